@@ -1,0 +1,44 @@
+# fleetreg: every target installs what it needs on a fresh machine and is safe to run twice.
+# See ../shared/spec/contract.md for what each one promises.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STACK  := deploy/local/stack.sh
+
+.PHONY: venv up down status demo test test-unit bench lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+up: venv
+	@$(STACK) up
+
+down:
+	@$(STACK) down
+
+status:
+	@$(STACK) status
+
+demo: up
+	@$(VENV)/bin/fleetreg demo
+
+test: venv
+	@$(STACK) infra-up
+	@$(PY) -m pytest
+
+test-unit: venv
+	@$(PY) -m pytest tests/unit
+
+bench: up
+	@$(PY) -m tests.bench
+
+lint: venv
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy

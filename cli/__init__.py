@@ -1,0 +1,1 @@
+"""The ``fleetreg`` operator command."""

@@ -1,0 +1,1 @@
+"""Postgres access. asyncpg is imported only in this package; domain errors leave it."""

@@ -1,0 +1,52 @@
+"""The asyncpg connection pool, opened and closed in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from asyncpg import Connection, Pool
+
+from shared.settings import DatabaseSettings
+
+__all__ = ["Connection", "DatabaseUnavailable", "Pool", "open_pool", "pool_context", "single_connection"]
+
+
+class DatabaseUnavailable(Exception):
+    """The registry database cannot be reached."""
+
+
+async def open_pool(settings: DatabaseSettings) -> Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            settings.url.reveal(),
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            command_timeout=30,
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to DATABASE_URL: {exc}") from exc
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def pool_context(settings: DatabaseSettings) -> AsyncIterator[Pool]:
+    pool = await open_pool(settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def single_connection(url: str) -> AsyncIterator[Connection]:
+    """One connection for a short command (migrations, bootstrap)."""
+    try:
+        conn = await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await conn.close()

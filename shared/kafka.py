@@ -1,0 +1,209 @@
+"""Kafka helpers with safe defaults.
+
+* Producers are idempotent with ``acks=all``: a retried send is never written twice.
+* Consumers never auto-commit. :class:`BatchConsumer` hands a batch of decoded
+  events to a handler and commits the batch's offsets only after the handler
+  returned, i.e. after the handler's database transaction committed. A crash in
+  between redelivers the batch, and the handler's idempotency record in Postgres
+  turns the redelivery into a no-op.
+* A record that cannot be decoded is copied to the dead-letter topic with the
+  reason, then skipped, so one poison record neither blocks a partition nor is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+
+from shared.events import Event, SchemaError, decode, encode
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names of one deployment, all under one prefix (see docs/asyncapi.yaml)."""
+
+    prefix: str
+
+    @property
+    def registration_requested(self) -> str:
+        return f"{self.prefix}.registration.requested"
+
+    @property
+    def registration_decided(self) -> str:
+        return f"{self.prefix}.registration.decided"
+
+    @property
+    def registration_outcomes(self) -> str:
+        return f"{self.prefix}.registration.outcomes"
+
+    @property
+    def device_signals(self) -> str:
+        return f"{self.prefix}.device.signals"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    def all(self) -> list[str]:
+        return [
+            self.registration_requested,
+            self.registration_decided,
+            self.registration_outcomes,
+            self.device_signals,
+            self.dead_letter,
+        ]
+
+
+async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
+    """Create the topics that do not exist yet (safe to call from every instance)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if not missing:
+            return
+        new = [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in missing]
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "enable_idempotence": True,
+        "acks": "all",
+        # A few milliseconds of lingering turns a burst of device requests into
+        # a handful of produce requests instead of one per device.
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: KafkaSettings, topics: Sequence[str], group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 500,
+        "isolation_level": "read_committed",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+@contextlib.asynccontextmanager
+async def running_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Event) -> None:
+    """Send one event and wait until the broker acknowledged it on all replicas."""
+    await producer.send_and_wait(topic, encode(event), key=key.encode())
+
+
+async def publish_many(
+    producer: AIOKafkaProducer, items: Sequence[tuple[str, str, Event]]
+) -> None:
+    """Send several (topic, key, event) records concurrently; return when all are acknowledged."""
+    futures = [await producer.send(t, encode(e), key=k.encode()) for t, k, e in items]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+BatchHandler = Callable[[list[Event]], Awaitable[None]]
+
+
+class BatchConsumer:
+    """Consume a group's topics in batches: decode, handle, then commit.
+
+    ``run()`` returns when ``stop()`` is called: the batch in hand is finished
+    and committed first, so a SIGTERM never loses or repeats work needlessly.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: BatchHandler,
+        *,
+        dead_letter: tuple[AIOKafkaProducer, str] | None = None,
+        max_records: int = 500,
+        poll_timeout_ms: int = 200,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._dead_letter = dead_letter
+        self._max_records = max_records
+        self._poll_timeout_ms = poll_timeout_ms
+        self._stopping = asyncio.Event()
+        self.batches_handled = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
+            )
+            if not batch:
+                continue
+            await self._handle(batch)
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        events: list[Event] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    events.append(decode(record.value))
+                except SchemaError as exc:
+                    await self._send_to_dead_letter(record, exc)
+        if events:
+            await self._handler(events)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The group rebalanced while we worked: the new owner of these
+            # partitions gets the batch again and the idempotent handler skips it.
+            log.warning("offset commit failed; batch will be redelivered", extra={"error": str(exc)})
+        self.batches_handled += 1
+
+    async def _send_to_dead_letter(self, record: Any, error: SchemaError) -> None:
+        log.error(
+            "undecodable record moved to the dead-letter topic",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "error": str(error)},
+        )
+        if self._dead_letter is None:
+            return
+        producer, topic = self._dead_letter
+        headers = [
+            ("fleetreg.error", str(error).encode()),
+            ("fleetreg.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        await producer.send_and_wait(topic, record.value, key=record.key, headers=headers)

@@ -1,0 +1,63 @@
+"""Fixtures on the real broker and database.
+
+``make test`` starts Kafka and Postgres (deploy/local/stack.sh infra-up); run
+directly, pytest starts them the same way. Tests use the ``fleetreg_test``
+database, never the demo's, and every test gets its own topic prefix, consumer
+groups and account, so no test depends on another or on their order.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cli.config import parse_env_file
+from shared.db.migrations import migrate
+from shared.db.pool import Pool, open_pool, single_connection
+from shared.settings import DatabaseSettings, KafkaSettings, Secret
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def infra() -> dict[str, str]:
+    """Kafka and Postgres are running; returns their coordinates."""
+    env_file = ROOT / "var" / "infra.env"
+    subprocess.run([str(ROOT / "deploy" / "local" / "stack.sh"), "infra-up"], check=True)
+    return parse_env_file(env_file)
+
+
+@pytest.fixture(scope="session")
+def database_url(infra: dict[str, str]) -> str:
+    return infra["FLEETREG_TEST_DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+async def migrated(database_url: str) -> str:
+    async with single_connection(database_url) as conn:
+        await migrate(conn)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+async def pool(migrated: str) -> AsyncIterator[Pool]:
+    db = await open_pool(DatabaseSettings(url=Secret(migrated), pool_min=1, pool_max=10))
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for names of topics, groups and rows of one test."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def kafka_settings(infra: dict[str, str], unique: str) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"], topic_prefix=f"t{unique}", partitions=3
+    )
