@@ -41,7 +41,5 @@ def load_endpoints() -> dict[str, str]:
 def require(values: dict[str, str], name: str) -> str:
     value = values.get(name)
     if not value:
-        raise ConfigError(
-            f"{name} is not set: run 'make up' (it writes var/endpoints.env) or export {name}"
-        )
+        raise ConfigError(f"{name} is not set: run 'make up' (it writes var/endpoints.env) or export {name}")
     return value

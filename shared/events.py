@@ -68,6 +68,7 @@ class RegistrationDecided(Event):
     hardware_id: str
     decision: str
     credential_generation: int
+    received_at: float = 0.0  # when the intake received the request, for pipeline latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class RegistrationOutcome(Event):
     hardware_id: str = ""
     decision: str = ""
     reason: str = ""
+    credential_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,7 @@ class DeviceSignal(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls
-    for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal)
+    cls.TYPE: cls for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal)
 }
 
 # (type, version) -> function turning that version's payload into the next version's.

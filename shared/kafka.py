@@ -6,6 +6,8 @@
   returned, i.e. after the handler's database transaction committed. A crash in
   between redelivers the batch, and the handler's idempotency record in Postgres
   turns the redelivery into a no-op.
+* A handler that fails (database restarting, say) gets the same batch again after
+  a growing pause; nothing is committed until it succeeds.
 * A record that cannot be decoded is copied to the dead-letter topic with the
   reason, then skipped, so one poison record neither blocks a partition nor is lost.
 """
@@ -126,9 +128,7 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Event
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 
 
-async def publish_many(
-    producer: AIOKafkaProducer, items: Sequence[tuple[str, str, Event]]
-) -> None:
+async def publish_many(producer: AIOKafkaProducer, items: Sequence[tuple[str, str, Event]]) -> None:
     """Send several (topic, key, event) records concurrently; return when all are acknowledged."""
     futures = [await producer.send(t, encode(e), key=k.encode()) for t, k, e in items]
     if futures:
@@ -160,7 +160,13 @@ class BatchConsumer:
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
         self._stopping = asyncio.Event()
+        self._failures = 0
         self.batches_handled = 0
+
+    @property
+    def healthy(self) -> bool:
+        """False while the handler keeps failing (say, the database is down)."""
+        return self._failures == 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -183,7 +189,12 @@ class BatchConsumer:
                 except SchemaError as exc:
                     await self._send_to_dead_letter(record, exc)
         if events:
-            await self._handler(events)
+            try:
+                await self._handler(events)
+            except Exception as exc:
+                await self._retry_later(batch, exc)
+                return
+        self._failures = 0
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             await self._consumer.commit(offsets)
@@ -193,11 +204,28 @@ class BatchConsumer:
             log.warning("offset commit failed; batch will be redelivered", extra={"error": str(exc)})
         self.batches_handled += 1
 
+    async def _retry_later(self, batch: dict[TopicPartition, list[Any]], error: Exception) -> None:
+        """The handler failed (database restarting, broker unreachable): hand the batch
+        back by seeking to its first offsets, wait, and let the loop fetch it again."""
+        self._failures += 1
+        delay = min(0.2 * 2 ** min(self._failures, 5), 5.0)
+        log.warning(
+            "batch failed; retrying", extra={"error": f"{type(error).__name__}: {error}", "retry_in_s": delay}
+        )
+        for tp, records in batch.items():
+            self._consumer.seek(tp, records[0].offset)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
     async def _send_to_dead_letter(self, record: Any, error: SchemaError) -> None:
         log.error(
             "undecodable record moved to the dead-letter topic",
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "error": str(error)},
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": str(error),
+            },
         )
         if self._dead_letter is None:
             return

@@ -137,3 +137,36 @@ class HttpSettings:
 def load(factory: Callable[[Env], T], environ: Mapping[str, str] | None = None) -> T:
     """Build a settings object from the environment (or the mapping given)."""
     return factory(Env(environ))
+
+
+def secret_key(env: Env) -> Secret:
+    key = env.secret("FLEETREG_SECRET_KEY")
+    if len(key.reveal()) < 32:
+        raise SettingsError("FLEETREG_SECRET_KEY must be at least 32 characters (use a random value)")
+    return key
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """A Kafka-consuming service (deduplication, provisioning): health port, broker,
+    registry, the deployment's secret key and its consumer group."""
+
+    http: HttpSettings
+    kafka: KafkaSettings
+    database: DatabaseSettings
+    secret_key: Secret
+    group_id: str
+    batch_size: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
+        return cls(
+            http=HttpSettings.from_env(env, "FLEETREG_HTTP", default_port),
+            kafka=KafkaSettings.from_env(env),
+            database=DatabaseSettings.from_env(env),
+            secret_key=secret_key(env),
+            group_id=env.text("FLEETREG_CONSUMER_GROUP", f"fleetreg-{service}"),
+            batch_size=env.integer("FLEETREG_BATCH_SIZE", 500, minimum=1),
+            log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
+        )

@@ -60,8 +60,9 @@ async def main(bootstrap: str, wait_seconds: float) -> int:
         except (KafkaError, OSError, RuntimeError, TimeoutError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(1)
-    print(f"Kafka at {bootstrap} did not complete a produce/consume round trip: {last_error}",
-          file=sys.stderr)
+    print(
+        f"Kafka at {bootstrap} did not complete a produce/consume round trip: {last_error}", file=sys.stderr
+    )
     return 1
 
 

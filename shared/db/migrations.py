@@ -75,7 +75,9 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                     await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version, migration.name, migration.checksum,
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
                     )
             except asyncpg.PostgresError as exc:
                 raise MigrationError(

@@ -5,6 +5,7 @@ and a consumer that dies before committing loses nothing and duplicates nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 from aiokafka import AIOKafkaConsumer
@@ -145,29 +146,28 @@ async def test_a_consumer_killed_before_commit_loses_and_duplicates_nothing(
                 f"INSERT INTO {table} VALUES ($1, $2) ON CONFLICT (device_id) DO NOTHING", rows
             )
 
-    class Crash(Exception):
-        pass
-
     handled_batches = 0
+    hang = asyncio.Event()
 
-    async def crashing_handler(batch: list[Event]) -> None:
+    async def dying_handler(batch: list[Event]) -> None:
         nonlocal handled_batches
         await handler(batch)  # the database commit happens...
         handled_batches += 1
         if handled_batches == 3:
-            raise Crash  # ...and the process dies before the offset commit
+            await hang.wait()  # ...and the process is killed before the offset commit
 
     group = f"g-{unique}"
     first = make_consumer(kafka_settings, [topic], group_id=group)
     await first.start()
+    task = asyncio.create_task(BatchConsumer(first, dying_handler, max_records=40).run())
     try:
-        crashed = False
-        try:
-            await BatchConsumer(first, crashing_handler, max_records=40).run()
-        except Crash:
-            crashed = True
-        assert crashed
+        async with asyncio.timeout(60):
+            while handled_batches < 3:
+                await asyncio.sleep(0.05)
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await first.stop()
     stored_after_crash = await pool.fetchval(f"SELECT count(*) FROM {table}")
     assert 0 < stored_after_crash < N_EVENTS
@@ -226,3 +226,32 @@ async def test_an_undecodable_record_goes_to_the_dead_letter_topic(
     headers = dict(records[0].headers)
     assert b"unknown schema version 99" in headers["fleetreg.error"]
     assert records[0].value == b'{"type":"device.signal","v":99}'
+
+
+async def test_a_failing_handler_gets_the_batch_again_and_nothing_is_committed_before(
+    kafka_settings: KafkaSettings, unique: str
+) -> None:
+    """A database that is down for a while: the batch is handed back and retried."""
+    topic = Topics(kafka_settings.topic_prefix).device_signals
+    events = _signals(10)
+    await _produce(kafka_settings, topic, events)
+    attempts = 0
+    seen: list[Event] = []
+
+    async def flaky(batch: list[Event]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise ConnectionError("database restarting")
+        seen.extend(batch)
+
+    raw = make_consumer(kafka_settings, [topic], group_id=f"g-{unique}")
+    await raw.start()
+    consumer = BatchConsumer(raw, flaky)
+    try:
+        await _consume_until(consumer, seen, len(events))
+    finally:
+        await raw.stop()
+    assert sorted(seen, key=_at) == events
+    assert attempts >= 3
+    assert consumer.healthy

@@ -17,7 +17,10 @@ from shared.events import (
 def test_every_event_survives_a_round_trip() -> None:
     events = [
         RegistrationRequested(
-            request_id="r", received_at=1.5, bulk_identification_code="C", hardware_id="h",
+            request_id="r",
+            received_at=1.5,
+            bulk_identification_code="C",
+            hardware_id="h",
             fingerprint="f",
         ),
         RegistrationOutcome(request_id="r", status="refused", reason="code unknown"),
@@ -36,10 +39,19 @@ def test_a_field_added_with_a_default_may_be_absent() -> None:
     ("payload", "message"),
     [
         ({"type": "nope", "v": 1}, "unknown event type"),
-        ({"type": "device.signal", "v": 2, "device_id": "d", "kind": "k", "at": 1}, "unknown schema version 2"),
+        (
+            {"type": "device.signal", "v": 2, "device_id": "d", "kind": "k", "at": 1},
+            "unknown schema version 2",
+        ),
         ({"type": "device.signal", "v": 1, "device_id": "d", "kind": "k"}, "missing field 'at'"),
-        ({"type": "device.signal", "v": 1, "device_id": 5, "kind": "k", "at": 1}, "'device_id' has the wrong type"),
-        ({"type": "device.signal", "v": 1, "device_id": "d", "kind": "k", "at": 1, "x": 1}, "unexpected fields"),
+        (
+            {"type": "device.signal", "v": 1, "device_id": 5, "kind": "k", "at": 1},
+            "'device_id' has the wrong type",
+        ),
+        (
+            {"type": "device.signal", "v": 1, "device_id": "d", "kind": "k", "at": 1, "x": 1},
+            "unexpected fields",
+        ),
     ],
 )
 def test_an_unknown_or_malformed_record_fails_loudly(payload: dict[str, object], message: str) -> None:

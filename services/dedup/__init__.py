@@ -1,0 +1,1 @@
+"""Deduplication: decides new device, same device or clone, and writes the registry."""

@@ -1,0 +1,1 @@
+"""Registration intake: the device-facing HTTP API."""

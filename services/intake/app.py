@@ -1,0 +1,65 @@
+"""The intake's app factory: every resource opened and closed in one cleanup context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.intake import routes
+from services.intake.outcomes import OutcomeWaiter
+from services.intake.settings import IntakeSettings
+from shared.db.pool import Pool, open_pool
+from shared.domain.credentials import Keyring
+from shared.http import READINESS, READINESS_PROBE, base_app
+from shared.kafka import Topics, ensure_topics, make_consumer, make_producer
+
+SERVICE = "intake"
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: IntakeSettings
+    pool: Pool
+    producer: AIOKafkaProducer
+    topics: Topics
+    waiter: OutcomeWaiter
+    keyring: Keyring
+
+
+RESOURCES = web.AppKey("resources", Resources)
+
+
+def create_app(settings: IntakeSettings) -> web.Application:
+    app = base_app(SERVICE, client_max_size=settings.max_body_bytes)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        topics = Topics(settings.kafka.topic_prefix)
+        await ensure_topics(settings.kafka, topics.all())
+        pool = await open_pool(settings.database)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        waiter = OutcomeWaiter(make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes)
+        await waiter.start()
+        app[RESOURCES] = Resources(
+            settings, pool, producer, topics, waiter, Keyring(settings.secret_key.reveal().encode())
+        )
+        app[READINESS]["outcome_waiter"] = True
+        app[READINESS_PROBE] = lambda: _database_answers(pool)
+        try:
+            yield
+        finally:
+            app[READINESS]["outcome_waiter"] = False
+            await waiter.stop()
+            await producer.stop()
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    routes.add_routes(app, RESOURCES)
+    return app
+
+
+async def _database_answers(pool: Pool) -> bool:
+    return bool(await pool.fetchval("SELECT 1"))

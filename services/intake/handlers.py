@@ -1,0 +1,311 @@
+"""The intake's business logic, free of HTTP and Kafka: the wiring in routes.py hands
+each function what it needs (a publish function, the outcome waiter, the pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from services.intake.outcomes import OutcomeWaiter
+from shared.db import devices
+from shared.db.pool import Pool
+from shared.domain.credentials import Keyring
+from shared.domain.identifiers import (
+    new_request_id,
+    normalize_code,
+    request_id_age_seconds,
+    validate_hardware_id,
+)
+from shared.domain.provisioning import FileSpec, render, sha256_hex
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
+
+log = logging.getLogger(__name__)
+
+TOKEN_MAX = 128
+REGISTRATION_FIELDS = {
+    "bulk_identification_code",
+    "hardware_id",
+    "fingerprint",
+    "device_secret",
+    "registration_key",
+}
+FINGERPRINT_FIELDS = {"cpu_id", "mac"}
+UNAUTHORIZED = "unknown device or wrong device secret"
+
+Publish = Callable[[RegistrationRequested], Awaitable[None]]
+PublishSignal = Callable[[DeviceSignal], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RegistrationInput:
+    bulk_identification_code: str
+    hardware_id: str
+    cpu_id: str = ""
+    mac: str = ""
+    device_secret: str = ""
+    registration_key: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to a registration call or poll, before it is shaped for a protocol."""
+
+    status: Literal["ready", "refused", "pending", "unknown"]
+    request_id: str
+    reason: str = ""
+    device_id: str = ""
+    hardware_id: str = ""
+    claimed_hardware_id: str = ""
+    decision: str = ""
+    device_secret: str = ""
+
+    @property
+    def clone(self) -> bool:
+        return bool(self.hardware_id) and self.hardware_id != self.claimed_hardware_id
+
+
+def _token(value: object, field: str) -> str:
+    """An optional short printable-ASCII string (a secret, key, identifier)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field, rule="type=string")
+    if len(value) > TOKEN_MAX:
+        raise InvalidInput(
+            f"{field} is longer than {TOKEN_MAX} characters", field=field, rule=f"max_length={TOKEN_MAX}"
+        )
+    if not value.isascii() or not value.isprintable():
+        raise InvalidInput(f"{field} may hold only printable ASCII", field=field, rule="charset=ascii")
+    return value
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", field="body", rule="json") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInput("the body must be a JSON object", field="body", rule="type=object")
+    return parsed
+
+
+def parse_registration(body: bytes, idempotency_key: str | None) -> RegistrationInput:
+    """Validate a native registration call; raise InvalidInput naming the field and rule."""
+    data = parse_json_object(body)
+    unknown = sorted(set(data) - REGISTRATION_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0], rule="known_fields")
+    fingerprint = data.get("fingerprint") or {}
+    if not isinstance(fingerprint, dict):
+        raise InvalidInput(
+            "fingerprint must be an object with cpu_id and mac", field="fingerprint", rule="type=object"
+        )
+    unknown = sorted(set(fingerprint) - FINGERPRINT_FIELDS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown field fingerprint.{unknown[0]}", field=f"fingerprint.{unknown[0]}", rule="known_fields"
+        )
+    return RegistrationInput(
+        bulk_identification_code=normalize_code(data.get("bulk_identification_code")),
+        hardware_id=validate_hardware_id(data.get("hardware_id")),
+        cpu_id=_token(fingerprint.get("cpu_id"), "fingerprint.cpu_id"),
+        mac=_token(fingerprint.get("mac"), "fingerprint.mac"),
+        device_secret=_token(data.get("device_secret"), "device_secret"),
+        registration_key=_token(data.get("registration_key"), "registration_key"),
+        idempotency_key=_token(idempotency_key, "Idempotency-Key"),
+    )
+
+
+def to_event(registration: RegistrationInput, keyring: Keyring, protocol: str) -> RegistrationRequested:
+    """The request as it travels: secrets replaced by their keyed digests."""
+    return RegistrationRequested(
+        request_id=new_request_id(),
+        received_at=time.time(),
+        bulk_identification_code=registration.bulk_identification_code,
+        hardware_id=registration.hardware_id,
+        fingerprint=keyring.fingerprint(registration.cpu_id, registration.mac),
+        secret_digest=keyring.digest(registration.device_secret),
+        registration_key_digest=keyring.digest(registration.registration_key),
+        idempotency_key=registration.idempotency_key,
+        protocol=protocol,
+    )
+
+
+def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) -> Answer:
+    if outcome.status != "ready":
+        return Answer("refused", outcome.request_id, reason=outcome.reason, claimed_hardware_id=claimed)
+    return Answer(
+        "ready",
+        outcome.request_id,
+        device_id=outcome.device_id,
+        hardware_id=outcome.hardware_id,
+        claimed_hardware_id=claimed,
+        decision=outcome.decision,
+        device_secret=keyring.device_secret(outcome.device_id, outcome.credential_generation),
+    )
+
+
+async def register(
+    event: RegistrationRequested,
+    publish: Publish,
+    waiter: OutcomeWaiter,
+    keyring: Keyring,
+    wait_seconds: float,
+) -> Answer:
+    """Publish the request and wait a bounded time for its outcome; else answer pending."""
+    future = waiter.expect(event.request_id)
+    try:
+        await publish(event)
+        outcome = await asyncio.wait_for(asyncio.shield(future), timeout=wait_seconds)
+    except TimeoutError:
+        return Answer("pending", event.request_id, claimed_hardware_id=event.hardware_id)
+    finally:
+        waiter.forget(event.request_id)
+    return _from_outcome(outcome, event.hardware_id, keyring)
+
+
+async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: float) -> Answer:
+    """The outcome of an earlier request, as the registry has it now."""
+    age = request_id_age_seconds(request_id)
+    if age is None:
+        raise InvalidInput(
+            "request_id is not a request ID issued by this service", field="request_id", rule="format=uuid7"
+        )
+    row = await devices.outcome(pool, request_id)
+    if row is None or row["status"] == "decided":
+        if row is None and age > forget_after:
+            return Answer("unknown", request_id, reason="no such registration request")
+        return Answer("pending", request_id)
+    if row["status"] == "refused":
+        return Answer(
+            "refused", request_id, reason=row["reason"], claimed_hardware_id=row["claimed_hardware_id"]
+        )
+    # The secret is handed out again only until the device confirmed its provisioning.
+    secret = (
+        keyring.device_secret(row["device_id"], row["credential_generation"])
+        if row["lifecycle"] == "registered" and not row["disabled"]
+        else ""
+    )
+    return Answer(
+        "ready",
+        request_id,
+        device_id=row["device_id"],
+        hardware_id=row["assigned_hardware_id"],
+        claimed_hardware_id=row["claimed_hardware_id"],
+        decision=row["decision"],
+        device_secret=secret,
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    hardware_id: str
+    name: str
+    lifecycle: str
+    credential_generation: int
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized(
+            "send the device secret as 'Authorization: Bearer <device secret>'",
+            field="Authorization",
+            rule="bearer",
+        )
+    return authorization.removeprefix("Bearer ").strip()
+
+
+async def authenticate(pool: Pool, keyring: Keyring, device_id: str, secret: str) -> Device:
+    """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
+    row = await devices.device_for_auth(pool, device_id) if _is_uuid(device_id) else None
+    if row is None:
+        keyring.device_secret(device_id, 1)  # same work either way: no timing hint
+        raise Unauthorized(UNAUTHORIZED)
+    expected = keyring.device_secret(row["id"], row["credential_generation"])
+    if not hmac.compare_digest(expected.encode(), secret.encode()):
+        raise Unauthorized(UNAUTHORIZED)
+    if row["disabled"]:
+        raise Forbidden("device disabled by the operator")
+    return Device(row["id"], row["hardware_id"], row["name"], row["lifecycle"], row["credential_generation"])
+
+
+async def _current_files(pool: Pool, device: Device) -> list[Any]:
+    rows = [
+        r for r in await devices.files(pool, device.id) if r["generation"] == device.credential_generation
+    ]
+    if not rows:
+        raise Conflict(
+            "no provisioning files yet: register first, then fetch the manifest", rule="registered_first"
+        )
+    return rows
+
+
+async def manifest(pool: Pool, device: Device, base_url: str) -> dict[str, Any]:
+    """Every provisioning file of the device with its size and SHA-256."""
+    rows = await _current_files(pool, device)
+    return {
+        "device_id": device.id,
+        "hardware_id": device.hardware_id,
+        "generation": device.credential_generation,
+        "files": [
+            {
+                "name": r["file_name"],
+                "provisioning_id": r["provisioning_id"].upper(),
+                "service": r["service_name"],
+                "type": r["service_type"],
+                "type_code": r["type_code"],
+                "port": r["port"],
+                "size": r["size"],
+                "sha256": r["sha256"],
+                "url": f"{base_url}/v1/devices/{device.id}/files/{r['file_name']}",
+            }
+            for r in rows
+        ],
+    }
+
+
+async def file_content(pool: Pool, keyring: Keyring, device: Device, file_name: str) -> bytes:
+    """Render one provisioning file again (nothing secret is stored) and check it
+    against the digest recorded when it was generated."""
+    rows = [r for r in await _current_files(pool, device) if r["file_name"] == file_name]
+    if not rows:
+        raise NotFound(f"the device has no provisioning file named {file_name!r}", field="file_name")
+    row = rows[0]
+    spec = FileSpec(
+        provisioning_id=row["provisioning_id"].upper(),
+        position=row["position"],
+        service_name=row["service_name"],
+        type_code=row["type_code"],
+        port=row["port"],
+        service_uid=row["service_uid"],
+        hardware_id=device.hardware_id,
+        device_name=device.name,
+    )
+    content = render(spec, keyring.service_password(row["service_uid"], device.credential_generation))
+    if sha256_hex(content) != row["sha256"]:
+        log.error("provisioning file does not match its manifest", extra={"device_id": device.id})
+        raise RuntimeError("provisioning file integrity check failed")
+    return content
+
+
+async def signal(publish: PublishSignal, device: Device, kind: Literal["ready", "heartbeat"]) -> None:
+    await publish(DeviceSignal(device_id=device.id, kind=kind, at=time.time()))

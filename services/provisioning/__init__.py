@@ -1,0 +1,1 @@
+"""Provisioning-file generation: one file per enabled service of the device's product."""

@@ -1,0 +1,82 @@
+"""Accounts and their operator API keys (stored as SHA-256 digests only)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shared.db.pool import Pool
+from shared.domain.credentials import api_key_digest, new_api_key
+from shared.errors import Conflict, NotFound
+
+INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
+SELECT_ACCOUNT_BY_NAME = "SELECT id::text, name FROM accounts WHERE name = $1"
+INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, label)
+                VALUES ($1, $2, $3, $4, $5)"""
+SELECT_ACCOUNT_FOR_KEY = """SELECT a.id::text AS id, a.name
+                            FROM api_keys k JOIN accounts a ON a.id = k.account_id
+                            WHERE k.key_digest = $1 AND k.revoked_at IS NULL"""
+SELECT_KEYS = """SELECT id::text, key_prefix, label, created_at, revoked_at FROM api_keys
+                 WHERE account_id = $1 ORDER BY created_at"""
+REVOKE_KEY = """UPDATE api_keys SET revoked_at = now()
+                WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING id"""
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+
+
+async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
+    """Create an account with its first API key; the key is returned once and never stored."""
+    account = Account(str(uuid.uuid4()), name)
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            await conn.execute(INSERT_ACCOUNT, account.id, name)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"an account named {name!r} exists already", field="name") from exc
+        key = await _insert_key(conn, account.id, "first key")
+    return account, key
+
+
+async def find_account(pool: Pool, name: str) -> Account | None:
+    row = await pool.fetchrow(SELECT_ACCOUNT_BY_NAME, name)
+    return Account(row["id"], row["name"]) if row else None
+
+
+async def create_api_key(pool: Pool, account_id: str, label: str) -> str:
+    async with pool.acquire() as conn:
+        return await _insert_key(conn, account_id, label)
+
+
+async def _insert_key(conn: Any, account_id: str, label: str) -> str:
+    key = new_api_key()
+    await conn.execute(INSERT_KEY, uuid.uuid4(), account_id, api_key_digest(key), key[:8], label)
+    return key
+
+
+async def account_for_key(pool: Pool, key: str) -> Account | None:
+    row = await pool.fetchrow(SELECT_ACCOUNT_FOR_KEY, api_key_digest(key))
+    return Account(row["id"], row["name"]) if row else None
+
+
+async def list_api_keys(pool: Pool, account_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r["id"],
+            "prefix": r["key_prefix"],
+            "label": r["label"],
+            "created_at": r["created_at"].isoformat(),
+            "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
+        }
+        for r in await pool.fetch(SELECT_KEYS, account_id)
+    ]
+
+
+async def revoke_api_key(pool: Pool, account_id: str, key_id: str) -> None:
+    if await pool.fetchval(REVOKE_KEY, key_id, account_id) is None:
+        raise NotFound(f"no active API key {key_id} in this account")

@@ -1,0 +1,1 @@
+"""The rules of fleet registration as plain functions and values: no I/O here."""

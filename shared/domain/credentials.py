@@ -1,0 +1,63 @@
+"""Secrets without storing secrets.
+
+* Operator API keys are random; only their SHA-256 digest is stored.
+* Device secrets and service passwords are derived with HMAC-SHA256 from the
+  server's secret key, the device ID (or service UID) and the device's credential
+  generation. Nothing secret is stored per device; a retry gets the same secret
+  back; an operator reset bumps the generation and so invalidates the old one.
+* A presented device secret or registration key travels through Kafka and is
+  stored only as a keyed digest (HMAC) and is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+API_KEY_PREFIX = "frk_"
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Everything derived from the deployment's secret key (FLEETREG_SECRET_KEY)."""
+
+    secret_key: bytes
+
+    def _mac(self, purpose: str, *parts: str) -> bytes:
+        message = "\x1f".join((purpose, *parts)).encode()
+        return hmac.new(self.secret_key, message, hashlib.sha256).digest()
+
+    def device_secret(self, device_id: str, generation: int) -> str:
+        return self._mac("device-secret", device_id, str(generation)).hex()
+
+    def service_password(self, service_uid: str, generation: int) -> str:
+        return self._mac("service-password", service_uid, str(generation)).hex()[:32]
+
+    def digest(self, value: str) -> str:
+        """Keyed digest of a presented secret or key: what travels and what is stored."""
+        return self._mac("digest", value).hex() if value else ""
+
+    def device_secret_matches(self, device_id: str, generation: int, presented_digest: str) -> bool:
+        if not presented_digest:
+            return False
+        expected = self.digest(self.device_secret(device_id, generation))
+        return hmac.compare_digest(expected, presented_digest)
+
+    def fingerprint(self, *identifiers: str) -> str:
+        """A device's fingerprint from its system identifiers; "" when it sent none."""
+        present = [i.strip().lower() for i in identifiers if i and i.strip()]
+        return self._mac("fingerprint", *present).hex()[:32] if present else ""
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

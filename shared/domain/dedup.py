@@ -1,0 +1,195 @@
+"""Deduplication: is a claimant of hardware ID ``H`` new, the same device again, or a clone?
+
+The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"):
+
+* A device presenting the device secret issued to ``H`` is ``H``.
+* Before ``H`` confirmed its provisioning, a retry with the same idempotency key or
+  from the same fingerprint is the same device and gets the same answer.
+* Any other claimant of a taken ``H`` is a clone and gets the smallest free ``H-N``
+  (auto registration), or is refused (bulk registration: one device per CSV row).
+
+:func:`decide` is pure: it reads a :class:`Family` (every registered device whose
+hardware ID could collide with the claim) and returns a :class:`Verdict`;
+:meth:`Family.apply` records the verdict so the next claim of the same batch
+sees it. The database's unique constraint is the final guard across instances.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from shared.domain.identifiers import next_free_index
+
+Lifecycle = Literal["preregistered", "registered", "provisioned"]
+DecisionKind = Literal["new", "same", "clone", "refused"]
+
+# Refusal reasons. Devices of the reference client read these as plain text, so they
+# contain no commas, braces, quotes or protocol key words (see docs/device-protocol.md).
+REASON_DISABLED = "device disabled by the operator"
+REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
+REASON_BULK_ALREADY_CLAIMED = (
+    "device already registered: it must present its device secret or be reset by the operator"
+)
+
+
+@dataclass
+class KnownDevice:
+    id: str
+    hardware_id: str
+    claimed_hardware_id: str
+    name: str
+    fingerprint: str
+    lifecycle: Lifecycle
+    disabled: bool
+    credential_generation: int
+    registration_id: str
+    registration_key_digest: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    request_id: str
+    hardware_id: str
+    fingerprint: str
+    secret_digest: str = ""
+    registration_key_digest: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: DecisionKind
+    device: KnownDevice | None = None
+    created: bool = False  # a new device row is to be inserted
+    claimed_preregistered: bool = False  # an existing preregistered row is taken over
+    reason: str = ""
+
+    @property
+    def hardware_id(self) -> str:
+        return self.device.hardware_id if self.device else ""
+
+
+@dataclass
+class Family:
+    """The registered devices of one account that a batch's claims can collide with."""
+
+    devices: dict[str, KnownDevice] = field(default_factory=dict)  # by hardware ID
+    idempotent: dict[str, str] = field(default_factory=dict)  # idempotency key -> device ID
+
+    @classmethod
+    def of(cls, devices: Iterable[KnownDevice], idempotent: dict[str, str] | None = None) -> Family:
+        return cls({d.hardware_id: d for d in devices}, dict(idempotent or {}))
+
+    def by_id(self, device_id: str) -> KnownDevice | None:
+        return next((d for d in self.devices.values() if d.id == device_id), None)
+
+    def apply(self, claim: Claim, verdict: Verdict) -> None:
+        if verdict.device is not None:
+            self.devices[verdict.device.hardware_id] = verdict.device
+            if claim.idempotency_key:
+                self.idempotent.setdefault(claim.idempotency_key, verdict.device.id)
+
+
+def _same(device: KnownDevice, reason: str) -> Verdict:
+    if device.disabled:
+        return Verdict("refused", device=device, reason=REASON_DISABLED)
+    return Verdict("same", device=device, reason=reason)
+
+
+def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | None:
+    if not claim.fingerprint:
+        return None
+    for device in family.devices.values():
+        if (
+            device.claimed_hardware_id == claim.hardware_id
+            and device.fingerprint == claim.fingerprint
+            and device.lifecycle == "registered"
+        ):
+            return device
+    return None
+
+
+def decide(
+    claim: Claim,
+    family: Family,
+    *,
+    kind: Literal["auto", "bulk"],
+    registration_id: str,
+    secret_matches: Callable[[KnownDevice, str], bool],
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> Verdict:
+    """Decide one claim against the family's current state (see the module docstring)."""
+    if claim.idempotency_key and claim.idempotency_key in family.idempotent:
+        prior = family.by_id(family.idempotent[claim.idempotency_key])
+        if prior is not None and prior.lifecycle == "registered":
+            return _same(prior, "retry with the same idempotency key")
+
+    existing = family.devices.get(claim.hardware_id)
+    if existing is not None and claim.secret_digest and secret_matches(existing, claim.secret_digest):
+        return _same(existing, "device presented its device secret")
+
+    retry = _retry_before_confirmation(claim, family)
+    if retry is not None:
+        return _same(retry, "retry from the same fingerprint before confirmation")
+
+    if kind == "bulk":
+        return _decide_bulk(claim, existing)
+
+    if existing is None:
+        device = KnownDevice(
+            id=new_id(),
+            hardware_id=claim.hardware_id,
+            claimed_hardware_id=claim.hardware_id,
+            name=claim.hardware_id,
+            fingerprint=claim.fingerprint,
+            lifecycle="registered",
+            disabled=False,
+            credential_generation=1,
+            registration_id=registration_id,
+        )
+        return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
+    if existing.lifecycle == "preregistered":
+        if existing.disabled:
+            return Verdict("refused", device=existing, reason=REASON_DISABLED)
+        taken = replace(existing, fingerprint=claim.fingerprint, lifecycle="registered")
+        return Verdict(
+            "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
+        )
+    assigned = next_free_index(claim.hardware_id, family.devices)
+    clone = KnownDevice(
+        id=new_id(),
+        hardware_id=assigned,
+        claimed_hardware_id=claim.hardware_id,
+        name=assigned,
+        fingerprint=claim.fingerprint,
+        lifecycle="registered",
+        disabled=False,
+        credential_generation=1,
+        registration_id=registration_id,
+    )
+    return Verdict(
+        "clone",
+        device=clone,
+        created=True,
+        reason=f"hardware ID {claim.hardware_id} belongs to another device: assigned {assigned}",
+    )
+
+
+def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
+    # A wrong key and an unknown hardware ID get the same answer: no hint which it was.
+    if existing is None or not (
+        existing.registration_key_digest
+        and claim.registration_key_digest
+        and hmac.compare_digest(existing.registration_key_digest, claim.registration_key_digest)
+    ):
+        return Verdict("refused", reason=REASON_BULK_NOT_LISTED)
+    if existing.disabled:
+        return Verdict("refused", device=existing, reason=REASON_DISABLED)
+    if existing.lifecycle != "preregistered":
+        return Verdict("refused", device=existing, reason=REASON_BULK_ALREADY_CLAIMED)
+    taken = replace(existing, fingerprint=claim.fingerprint, lifecycle="registered")
+    return Verdict("new", device=taken, claimed_preregistered=True, reason="bulk device claimed with its key")

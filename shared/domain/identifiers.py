@@ -1,0 +1,113 @@
+"""Hardware IDs, device names, codes: validation and the duplicate-index rule."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Container
+
+from shared.errors import InvalidInput
+
+HARDWARE_ID_MAX = 64
+DEVICE_NAME_MAX = 100
+_HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
+_INDEX_SUFFIX = re.compile(r"-[0-9]+$")
+_CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
+
+
+def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
+    """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons fits)."""
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    if len(value) > HARDWARE_ID_MAX:
+        raise InvalidInput(
+            f"{field} is {len(value)} characters; the limit is {HARDWARE_ID_MAX}",
+            field=field,
+            rule=f"max_length={HARDWARE_ID_MAX}",
+        )
+    if not value.isascii() or not _HARDWARE_ID.match(value):
+        raise InvalidInput(
+            f"{field} may hold only ASCII letters, digits, '.', '_' and '-'",
+            field=field,
+            rule="charset=[A-Za-z0-9._-]",
+        )
+    return value
+
+
+def validate_device_name(value: object, field: str = "name") -> str:
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    if len(value) > DEVICE_NAME_MAX:
+        raise InvalidInput(
+            f"{field} is {len(value)} characters; the limit is {DEVICE_NAME_MAX}",
+            field=field,
+            rule=f"max_length={DEVICE_NAME_MAX}",
+        )
+    if not value.isascii() or not _DEVICE_NAME.match(value):
+        raise InvalidInput(
+            f"{field} may hold only ASCII letters, digits, space, '_', '-' and '.'",
+            field=field,
+            rule="charset=[A-Za-z0-9 _.-]",
+        )
+    return value
+
+
+def hardware_id_stem(hardware_id: str) -> str:
+    """The hardware ID without an index suffix (``H-3`` -> ``H``); mirrors the database column."""
+    return _INDEX_SUFFIX.sub("", hardware_id)
+
+
+def family_stems(hardware_id: str) -> tuple[str, str]:
+    """The stems under which every ID that can collide with a claim of ``hardware_id`` is
+    stored: the claim itself shares ``stem(H)``, its indexed variants ``H-N`` have stem ``H``."""
+    return hardware_id_stem(hardware_id), hardware_id
+
+
+def next_free_index(hardware_id: str, taken: Container[str]) -> str:
+    """The smallest ``H-N`` (N >= 1) not taken; a literal ``H-1`` already taken is skipped."""
+    index = 1
+    while f"{hardware_id}-{index}" in taken:
+        index += 1
+    return f"{hardware_id}-{index}"
+
+
+def new_code() -> str:
+    """A Bulk Identification Code or product code: 128 random bits in upper-case UUID form."""
+    return str(uuid.UUID(bytes=secrets.token_bytes(16))).upper()
+
+
+def normalize_code(value: object, field: str = "bulk_identification_code") -> str:
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    code = value.upper()
+    if len(code) != 36 or not _CODE.match(code):
+        raise InvalidInput(
+            f"{field} must be 36 characters in UUID form (8-4-4-4-12 hex digits)",
+            field=field,
+            rule="format=uuid",
+        )
+    return code
+
+
+def new_request_id() -> str:
+    """A time-ordered UUID (version 7 layout): its first 48 bits are the issue time in ms,
+    so a lookup of an old unknown request can answer 'unknown' instead of 'pending'."""
+    millis = int(time.time() * 1000)
+    raw = bytearray(millis.to_bytes(6, "big") + secrets.token_bytes(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def request_id_age_seconds(request_id: str) -> float | None:
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        return None
+    if parsed.version != 7:
+        return None
+    millis = int.from_bytes(parsed.bytes[:6], "big")
+    return time.time() - millis / 1000

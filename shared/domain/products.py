@@ -1,0 +1,127 @@
+"""Product definitions: the service types with their wire codes, and a product's services."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import InvalidInput
+
+# Service type name -> numeric code used on the wire by the reference client.
+SERVICE_TYPES: dict[str, int] = {
+    "ssh": 28,
+    "web": 7,
+    "webs": 33,
+    "vnc": 4,
+    "rdp": 5,
+    "tcp": 29,
+    "smb": 34,
+    "nxw": 37,
+    "rmt3": 35,
+}
+BULK_SERVICE_TYPE = "rmt3"
+BULK_SERVICE_NAME = "bulk"
+BULK_SERVICE_PORT = 65535
+MAX_SERVICES = 32
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PRODUCT_NAME_MAX = 100
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    service_type: str
+    port: int
+    enabled: bool
+
+    @property
+    def type_code(self) -> int:
+        return SERVICE_TYPES[self.service_type]
+
+
+def parse_service(text: str) -> ServiceSpec:
+    """Parse the CLI form ``TYPE:PORT[:disabled]`` (e.g. ``ssh:22``, ``web:80:disabled``)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "disabled"):
+        raise InvalidInput(f"service {text!r} is not TYPE:PORT or TYPE:PORT:disabled", field="service")
+    try:
+        port = int(parts[1])
+    except ValueError as exc:
+        raise InvalidInput(f"service {text!r}: port {parts[1]!r} is not a number", field="service") from exc
+    return validate_service(
+        {"name": parts[0], "type": parts[0], "port": port, "enabled": len(parts) == 2}, index=0
+    )
+
+
+def validate_service(raw: object, index: int) -> ServiceSpec:
+    field = f"services[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{field} must be an object", field=field, rule="type=object")
+    service_type = raw.get("type")
+    if service_type not in SERVICE_TYPES:
+        raise InvalidInput(
+            f"{field}.type must be one of {', '.join(sorted(SERVICE_TYPES))}",
+            field=f"{field}.type",
+            rule="enum",
+        )
+    if service_type == BULK_SERVICE_TYPE:
+        raise InvalidInput(
+            f"{field}.type: the bulk service (rmt3) is added to every product automatically",
+            field=f"{field}.type",
+            rule="bulk_service_is_automatic",
+        )
+    port = raw.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise InvalidInput(
+            f"{field}.port must be a TCP port 1-65535", field=f"{field}.port", rule="range=1..65535"
+        )
+    name = raw.get("name", service_type)
+    if not isinstance(name, str) or not _SERVICE_NAME.match(name):
+        raise InvalidInput(
+            f"{field}.name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+            field=f"{field}.name",
+            rule="charset=[A-Za-z0-9_.-]",
+        )
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidInput(
+            f"{field}.enabled must be true or false", field=f"{field}.enabled", rule="type=boolean"
+        )
+    return ServiceSpec(name=name, service_type=service_type, port=port, enabled=enabled)
+
+
+def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
+    """Validate a product definition; the bulk service is not part of the input."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("the body must be a JSON object", rule="type=object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > PRODUCT_NAME_MAX or not name.isascii():
+        raise InvalidInput(
+            f"name is required: 1-{PRODUCT_NAME_MAX} ASCII characters", field="name", rule="required"
+        )
+    services_raw = raw.get("services", [])
+    if not isinstance(services_raw, list):
+        raise InvalidInput("services must be a list", field="services", rule="type=array")
+    if len(services_raw) > MAX_SERVICES:
+        raise InvalidInput(
+            f"a product has at most {MAX_SERVICES} services",
+            field="services",
+            rule=f"max_items={MAX_SERVICES}",
+        )
+    services = [validate_service(s, i) for i, s in enumerate(services_raw)]
+    names = [s.name for s in services]
+    for index, service_name in enumerate(names):
+        if service_name == BULK_SERVICE_NAME or names.index(service_name) != index:
+            raise InvalidInput(
+                f"services[{index}].name {service_name!r} is used twice (or is reserved); "
+                "give each service a distinct 'name'",
+                field=f"services[{index}].name",
+                rule="unique",
+            )
+    return name.strip(), services
+
+
+def bulk_service() -> ServiceSpec:
+    return ServiceSpec(
+        name=BULK_SERVICE_NAME, service_type=BULK_SERVICE_TYPE, port=BULK_SERVICE_PORT, enabled=True
+    )

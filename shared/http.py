@@ -1,0 +1,120 @@
+"""The HTTP side every service shares: health, readiness, metrics, JSON errors, running.
+
+* ``/healthz``: the process serves requests (liveness).
+* ``/readyz``: every component the service registered in ``READINESS`` is ready
+  and the database answers (readiness).
+* ``/metrics``: Prometheus exposition.
+* Domain errors become a 4xx JSON body naming the field and the rule; anything
+  unexpected becomes a logged 500 with no internals in the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from shared.errors import DomainError, PayloadTooLarge
+from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
+from shared.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = web.AppKey("service_name", str)
+ReadinessProbe = Callable[[], Awaitable[bool]]
+
+
+class Readiness:
+    """Which components of a service are ready; each sets its own flag."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, bool] = {}
+
+    def __setitem__(self, component: str, ready: bool) -> None:
+        self.parts[component] = ready
+
+
+READINESS = web.AppKey("readiness", Readiness)
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+READINESS_PROBE: web.AppKey[ReadinessProbe] = web.AppKey("readiness_probe")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, error: str, message: str, **extra: str) -> web.Response:
+    return web.json_response({"error": error, "message": message, **extra}, status=status)
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    service = request.app[SERVICE_NAME]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except DomainError as exc:
+        response = web.json_response(exc.to_dict(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY_BYTES]
+        error = PayloadTooLarge(
+            f"the body is larger than the limit of {limit} bytes", rule=f"max_body_bytes={limit}"
+        )
+        response = web.json_response(error.to_dict(), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error", extra={"route": route})
+        ERRORS.labels(service, "unhandled").inc()
+        response = json_error(500, "internal", "internal error; the details are in the service log")
+    HTTP_REQUESTS.labels(service, route, str(response.status)).inc()
+    HTTP_LATENCY.labels(service, route).observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    parts = dict(request.app[READINESS].parts)
+    probe = request.app.get(READINESS_PROBE)
+    if probe is not None:
+        try:
+            parts["database"] = await probe()
+        except Exception:  # readiness must answer, whatever the dependency does
+            parts["database"] = False
+    ready = bool(parts) and all(parts.values())
+    return web.json_response({"ready": ready, "parts": parts}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=client_max_size)
+    app[SERVICE_NAME] = service
+    app[READINESS] = Readiness()
+    app[MAX_BODY_BYTES] = client_max_size
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run(app: web.Application, settings: HttpSettings) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, finish in-flight work, clean up."""
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=15,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )

@@ -1,0 +1,94 @@
+"""The resources of a Kafka-consuming service, opened and closed in one place.
+
+A pipeline service is an aiohttp app (for /healthz, /readyz, /metrics) whose
+cleanup context opens the database pool and the producer, creates the topics,
+starts a :class:`BatchConsumer` task, and on shutdown stops the consumer after
+its batch in hand is handled and committed, then closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from shared.db.pool import Pool, open_pool
+from shared.domain.credentials import Keyring
+from shared.events import Event
+from shared.http import READINESS, READINESS_PROBE
+from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, make_producer
+from shared.metrics import BATCHES
+from shared.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What a pipeline handler may use; handed over by the wiring."""
+
+    pool: Pool
+    producer: AIOKafkaProducer
+    topics: Topics
+    keyring: Keyring
+
+
+HandlerFactory = Callable[[Pipeline], Callable[[list[Event]], Awaitable[None]]]
+PIPELINE = web.AppKey("pipeline", Pipeline)
+
+
+def consumer_context(
+    service: str,
+    settings: PipelineSettings,
+    subscribe: Callable[[Topics], Sequence[str]],
+    factory: HandlerFactory,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        topics = Topics(settings.kafka.topic_prefix)
+        await ensure_topics(settings.kafka, topics.all())
+        pool = await open_pool(settings.database)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        pipeline = Pipeline(pool, producer, topics, Keyring(settings.secret_key.reveal().encode()))
+        app[PIPELINE] = pipeline
+        consumer = make_consumer(
+            settings.kafka, subscribe(topics), settings.group_id, max_poll_records=settings.batch_size
+        )
+        await consumer.start()
+        handler = factory(pipeline)
+
+        async def counted(batch: list[Event]) -> None:
+            await handler(batch)
+            BATCHES.labels(service).inc()
+
+        loop = BatchConsumer(
+            consumer, counted, dead_letter=(producer, topics.dead_letter), max_records=settings.batch_size
+        )
+        task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
+        app[READINESS]["consumer"] = True
+        app[READINESS_PROBE] = lambda: _database_answers(pool)
+        log.info("consuming", extra={"group": settings.group_id, "topics": list(subscribe(topics))})
+        try:
+            yield
+        finally:
+            app[READINESS]["consumer"] = False
+            loop.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await asyncio.wait_for(task, timeout=30)
+                except TimeoutError:
+                    log.warning("consumer did not finish its batch in 30 s; it will be redelivered")
+            await consumer.stop()
+            await producer.stop()
+            await pool.close()
+
+    return context
+
+
+async def _database_answers(pool: Pool) -> bool:
+    return bool(await pool.fetchval("SELECT 1"))

@@ -1,0 +1,37 @@
+"""Process entry point shared by every service: settings, logging, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from aiohttp import web
+
+from shared import logging as fleet_logging
+from shared.http import run
+from shared.settings import Env, HttpSettings, SettingsError, load
+
+
+class ServiceSettings(Protocol):
+    @property
+    def http(self) -> HttpSettings: ...
+
+    @property
+    def log_level(self) -> str: ...
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def main(
+    service: str, settings_from_env: Callable[[Env], S], create_app: Callable[[S], web.Application]
+) -> None:
+    """Read settings (a bad one ends the process with exit code 2 and one line), then serve."""
+    try:
+        settings = load(settings_from_env)
+    except SettingsError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    fleet_logging.configure(service, settings.log_level)
+    run(create_app(settings), settings.http)
