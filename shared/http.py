@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 from aiohttp import web
 
-from shared.errors import DomainError, PayloadTooLarge
+from shared.errors import DomainError, InvalidInput, PayloadTooLarge
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
 
@@ -118,3 +120,20 @@ def run(app: web.Application, settings: HttpSettings) -> None:
         print=None,
         handle_signals=True,
     )
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or InvalidInput saying why it is not one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", field="body", rule="json") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInput("the body must be a JSON object", field="body", rule="type=object")
+    return parsed
+
+
+async def parse_json_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is an empty object."""
+    body = await request.read()
+    return decode_json_object(body) if body.strip() else {}

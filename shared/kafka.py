@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Topics:
-    """The topic names of one deployment, all under one prefix (see docs/asyncapi.yaml)."""
+    """The topic names of one deployment, all under one prefix (see docs/asyncapi.json)."""
 
     prefix: str
 

@@ -51,44 +51,47 @@ def consumer_context(
     async def context(app: web.Application) -> AsyncIterator[None]:
         topics = Topics(settings.kafka.topic_prefix)
         await ensure_topics(settings.kafka, topics.all())
-        pool = await open_pool(settings.database)
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        pipeline = Pipeline(pool, producer, topics, Keyring(settings.secret_key.reveal().encode()))
-        app[PIPELINE] = pipeline
-        consumer = make_consumer(
-            settings.kafka, subscribe(topics), settings.group_id, max_poll_records=settings.batch_size
-        )
-        await consumer.start()
-        handler = factory(pipeline)
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await open_pool(settings.database)
+            stack.push_async_callback(pool.close)
+            producer = make_producer(settings.kafka)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            pipeline = Pipeline(pool, producer, topics, Keyring(settings.secret_key.reveal().encode()))
+            app[PIPELINE] = pipeline
+            consumer = make_consumer(
+                settings.kafka, subscribe(topics), settings.group_id, max_poll_records=settings.batch_size
+            )
+            await consumer.start()
+            stack.push_async_callback(consumer.stop)
+            handler = factory(pipeline)
 
-        async def counted(batch: list[Event]) -> None:
-            await handler(batch)
-            BATCHES.labels(service).inc()
+            async def counted(batch: list[Event]) -> None:
+                await handler(batch)
+                BATCHES.labels(service).inc()
 
-        loop = BatchConsumer(
-            consumer, counted, dead_letter=(producer, topics.dead_letter), max_records=settings.batch_size
-        )
-        task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
-        app[READINESS]["consumer"] = True
-        app[READINESS_PROBE] = lambda: _database_answers(pool)
-        log.info("consuming", extra={"group": settings.group_id, "topics": list(subscribe(topics))})
-        try:
-            yield
-        finally:
-            app[READINESS]["consumer"] = False
-            loop.stop()
-            with contextlib.suppress(asyncio.CancelledError):
+            loop = BatchConsumer(
+                consumer, counted, dead_letter=(producer, topics.dead_letter), max_records=settings.batch_size
+            )
+            task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
+            app[READINESS]["consumer"] = True
+            app[READINESS_PROBE] = lambda: _consumer_and_database_ok(loop, task, pool)
+            log.info("consuming", extra={"group": settings.group_id, "topics": list(subscribe(topics))})
+            try:
+                yield
+            finally:
+                app[READINESS]["consumer"] = False
+                loop.stop()
                 try:
                     await asyncio.wait_for(task, timeout=30)
                 except TimeoutError:
                     log.warning("consumer did not finish its batch in 30 s; it will be redelivered")
-            await consumer.stop()
-            await producer.stop()
-            await pool.close()
 
     return context
 
 
-async def _database_answers(pool: Pool) -> bool:
+async def _consumer_and_database_ok(loop: BatchConsumer, task: asyncio.Task[None], pool: Pool) -> bool:
+    """Ready while the consume loop runs, its handler is not failing, and the database answers."""
+    if task.done() or not loop.healthy:
+        return False
     return bool(await pool.fetchval("SELECT 1"))

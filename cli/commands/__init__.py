@@ -1,5 +1,5 @@
 """Subcommands, one module each; every module has ``register(groups, common)``."""
 
-from cli.commands import migrate
+from cli.commands import account, auto, devices, migrate, product, simulate
 
-COMMAND_MODULES = [migrate]
+COMMAND_MODULES = [account, product, auto, devices, migrate, simulate]

@@ -32,7 +32,8 @@ PG_USER=fleetreg
 
 INTAKE_PORT=${FLEETREG_INTAKE_PORT:-18080}
 OPERATOR_PORT=${FLEETREG_OPERATOR_PORT:-18081}
-COMPAT_PORT=${FLEETREG_COMPAT_PORT:-18443}
+DEDUP_PORT=${FLEETREG_DEDUP_PORT:-18082}
+PROVISIONING_PORT=${FLEETREG_PROVISIONING_PORT:-18083}
 
 mkdir -p "$LOG" "$RUN"
 
@@ -210,7 +211,10 @@ database_url() { # database name
 SERVICES=(dedup provisioning intake operator)
 
 service_port() {
-  case $1 in intake) echo "$INTAKE_PORT" ;; operator) echo "$OPERATOR_PORT" ;; *) echo 0 ;; esac
+  case $1 in
+    intake) echo "$INTAKE_PORT" ;; operator) echo "$OPERATOR_PORT" ;;
+    dedup) echo "$DEDUP_PORT" ;; provisioning) echo "$PROVISIONING_PORT" ;;
+  esac
 }
 
 write_infra_env() {
@@ -233,7 +237,7 @@ start_services() {
     [ -d "$ROOT/services/$svc" ] || continue
     if pid_alive "$RUN/$svc.pid"; then continue; fi
     port=$(service_port "$svc")
-    [ "$port" != 0 ] && port_in_use "$port" && fail "port $port for $svc is already in use by another process"
+    port_in_use "$port" && fail "port $port for $svc is already in use by another process; set FLEETREG_${svc^^}_PORT"
     FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
     echo $! >"$RUN/$svc.pid"
   done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -38,23 +39,26 @@ def create_app(settings: IntakeSettings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         topics = Topics(settings.kafka.topic_prefix)
         await ensure_topics(settings.kafka, topics.all())
-        pool = await open_pool(settings.database)
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        waiter = OutcomeWaiter(make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes)
-        await waiter.start()
-        app[RESOURCES] = Resources(
-            settings, pool, producer, topics, waiter, Keyring(settings.secret_key.reveal().encode())
-        )
-        app[READINESS]["outcome_waiter"] = True
-        app[READINESS_PROBE] = lambda: _database_answers(pool)
-        try:
-            yield
-        finally:
-            app[READINESS]["outcome_waiter"] = False
-            await waiter.stop()
-            await producer.stop()
-            await pool.close()
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await open_pool(settings.database)
+            stack.push_async_callback(pool.close)
+            producer = make_producer(settings.kafka)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            waiter = OutcomeWaiter(
+                make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes
+            )
+            stack.push_async_callback(waiter.stop)
+            await waiter.start(await producer.partitions_for(topics.registration_outcomes))
+            app[RESOURCES] = Resources(
+                settings, pool, producer, topics, waiter, Keyring(settings.secret_key.reveal().encode())
+            )
+            app[READINESS]["outcome_waiter"] = True
+            app[READINESS_PROBE] = lambda: _database_answers(pool)
+            try:
+                yield
+            finally:
+                app[READINESS]["outcome_waiter"] = False
 
     app.cleanup_ctx.append(resources)
     routes.add_routes(app, RESOURCES)

@@ -7,18 +7,16 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import orjson
 
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import devices
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import (
+    is_uuid,
     new_request_id,
     normalize_code,
     request_id_age_seconds,
@@ -27,6 +25,7 @@ from shared.domain.identifiers import (
 from shared.domain.provisioning import FileSpec, render, sha256_hex
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
+from shared.http import decode_json_object
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +88,9 @@ def _token(value: object, field: str) -> str:
     return value
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}", field="body", rule="json") from exc
-    if not isinstance(parsed, dict):
-        raise InvalidInput("the body must be a JSON object", field="body", rule="type=object")
-    return parsed
-
-
 def parse_registration(body: bytes, idempotency_key: str | None) -> RegistrationInput:
     """Validate a native registration call; raise InvalidInput naming the field and rule."""
-    data = parse_json_object(body)
+    data = decode_json_object(body)
     unknown = sorted(set(data) - REGISTRATION_FIELDS)
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0], rule="known_fields")
@@ -207,14 +196,6 @@ async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: floa
     )
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class Device:
     id: str
@@ -236,7 +217,7 @@ def bearer_token(authorization: str | None) -> str:
 
 async def authenticate(pool: Pool, keyring: Keyring, device_id: str, secret: str) -> Device:
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
-    row = await devices.device_for_auth(pool, device_id) if _is_uuid(device_id) else None
+    row = await devices.device_for_auth(pool, device_id) if is_uuid(device_id) else None
     if row is None:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)

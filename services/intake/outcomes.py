@@ -26,9 +26,9 @@ class OutcomeWaiter:
         self._waiting: dict[str, asyncio.Future[RegistrationOutcome]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, partitions: set[int]) -> None:
+        """Read every partition of the outcomes topic from its current end."""
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic) or set()
         assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         self._consumer.assign(assigned)
         await self._consumer.seek_to_end(*assigned)

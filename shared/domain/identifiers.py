@@ -111,3 +111,11 @@ def request_id_age_seconds(request_id: str) -> float | None:
         return None
     millis = int.from_bytes(parsed.bytes[:6], "big")
     return time.time() - millis / 1000
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -128,7 +128,8 @@ CREATE TABLE registration_decisions (
 );
 CREATE INDEX registration_decisions_device ON registration_decisions (device_id);
 CREATE INDEX registration_decisions_account ON registration_decisions (account_id, decided_at);
-CREATE UNIQUE INDEX registration_decisions_idempotency
+-- Not unique: every retry with the same key is a request of its own in the audit trail.
+CREATE INDEX registration_decisions_idempotency
     ON registration_decisions (product_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 -- Lifecycle events other than registration decisions (ready, disabled, reset, ...).

@@ -1,0 +1,129 @@
+"""``fleetreg simulate``: boot simulated devices against the running system and report."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.config import ConfigError, load_endpoints, require
+from cli.errors import CliError
+from cli.output import emit_json, print_table, progress
+from cli.simulate import FleetPlan, ProgressCallback, Summary, plan_fleet, run_fleet
+
+BULK_UNAVAILABLE = "bulk simulation needs the bulk registration API (not available yet)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below the minimum of 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def register(groups: Any, common: argparse.ArgumentParser) -> None:
+    parser = groups.add_parser(
+        "simulate",
+        parents=[common],
+        help="boot simulated devices against the running system and summarize",
+        description=(
+            "Boot N simulated devices of one Bulk Identification Code (by default the demo "
+            "product's), some of them clones or with a lost first response; each registers, "
+            "verifies its provisioning files and confirms. Exit code 1 if any device failed."
+        ),
+    )
+    parser.add_argument("--devices", type=_positive_int, default=100, help="how many devices (100)")
+    parser.add_argument(
+        "--clone-rate", type=_rate, default=0.1, help="share of devices reusing another's hardware ID (0.1)"
+    )
+    parser.add_argument("--concurrency", type=_positive_int, default=20, help="devices booting at once (20)")
+    parser.add_argument(
+        "--lost-response-rate",
+        type=_rate,
+        default=0.05,
+        help="share of devices that retry their registration as if the answer was lost (0.05)",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
+    parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
+    parser.add_argument("--bulk", metavar="ID", help="boot the devices of this published bulk registration")
+    parser.add_argument("--device-url", help="native device API (default: FLEETREG_DEVICE_URL)")
+    parser.set_defaults(run=run)
+
+
+def _plan(args: argparse.Namespace, endpoints: dict[str, str]) -> FleetPlan:
+    if args.bulk:
+        raise CliError(BULK_UNAVAILABLE)
+    code = args.code or endpoints.get("FLEETREG_DEMO_CODE")
+    if not code:
+        raise CliError(
+            "no Bulk Identification Code: pass --code, or run 'make up' "
+            "(it sets up the demo product and writes FLEETREG_DEMO_CODE to var/endpoints.env)"
+        )
+    try:
+        return plan_fleet(code, args.devices, args.clone_rate, args.lost_response_rate, args.seed)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _progress_bar(devices: int) -> ProgressCallback:
+    """A callback redrawing the bar on stderr about 200 times a run at most, and at the end."""
+    step = max(1, devices // 200)
+
+    def show(done: int, total: int) -> None:
+        if done == total or done % step == 0:
+            progress(done, total, "devices")
+
+    return show
+
+
+def _print_summary(summary: Summary) -> None:
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_kinds.items())) or "-"
+    latency = summary.latency_ms
+    rows = [
+        ("devices", summary.devices),
+        ("provisioned", summary.provisioned),
+        ("clones planned", summary.clones_planned),
+        ("clones detected", summary.clones_detected),
+        ("lost responses planned", summary.lost_responses_planned),
+        ("errors", summary.errors),
+        ("error kinds", kinds),
+        ("hardware IDs unique", "yes" if summary.hardware_ids_unique else "NO"),
+        ("throughput (devices/s)", summary.throughput_per_s),
+        *((f"latency {name} (ms)", "-" if v is None else v) for name, v in latency.items()),
+        ("duration (s)", summary.duration_s),
+        ("seed", summary.seed),
+    ]
+    print_table(rows, ["metric", "value"])
+
+
+async def run(args: argparse.Namespace) -> int:
+    endpoints = load_endpoints()
+    plan = _plan(args, endpoints)
+    try:
+        device_url = args.device_url or require(endpoints, "FLEETREG_DEVICE_URL")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    if not device_url.startswith(("http://", "https://")):
+        raise CliError(f"the device API URL must start with http:// or https://, not {device_url!r}")
+    summary = await run_fleet(plan, device_url, args.concurrency, _progress_bar(len(plan.devices)))
+    document = summary.to_dict()
+    if not args.json:
+        _print_summary(summary)
+    if summary.ok:
+        if args.json:
+            emit_json(document)
+        return 0
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_kinds.items()))
+    raise CliError(f"{summary.errors} error(s) among {summary.devices} devices: {kinds}", document=document)

@@ -1,0 +1,77 @@
+"""Prepare the local demo account and write var/endpoints.env (run by ``make up``).
+
+The demo account's API key exists in clear only in var/demo_api_key (mode 600),
+because the registry stores keys hashed. The demo product (ssh and web, locked,
+with an active auto registration) gives ``fleetreg simulate`` a code to boot with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from cli.config import parse_env_file
+from shared.db import accounts, products
+from shared.db.pool import open_pool
+from shared.domain.products import parse_service
+from shared.settings import DatabaseSettings, Secret
+
+DEMO_ACCOUNT = "demo"
+DEMO_PRODUCT = "demo-gateway"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+
+
+async def prepare(var: Path) -> dict[str, str]:
+    infra = parse_env_file(var / "infra.env")
+    pool = await open_pool(DatabaseSettings(url=Secret(infra["DATABASE_URL"]), pool_min=1, pool_max=2))
+    try:
+        key_file = var / "demo_api_key"
+        account = await accounts.find_account(pool, DEMO_ACCOUNT)
+        if account is None:
+            account, key = await accounts.create_account(pool, DEMO_ACCOUNT)
+            _write_private(key_file, key)
+        elif not key_file.exists():
+            _write_private(key_file, await accounts.create_api_key(pool, account.id, "local demo"))
+        found = [p for p in await products.list_products(pool, account.id) if p["name"] == DEMO_PRODUCT]
+        product = (
+            found[0]
+            if found
+            else await products.create_product(
+                pool, account.id, DEMO_PRODUCT, [parse_service("ssh:22"), parse_service("web:80")]
+            )
+        )
+        if product["status"] == "new":
+            product = await products.lock_product(pool, account.id, product["id"])
+        if not await products.list_registrations(pool, account.id, "auto"):
+            await products.create_registration(pool, account.id, product["id"], "auto", "active")
+        product = await products.get_product(pool, account.id, product["id"])
+    finally:
+        await pool.close()
+    ports = {
+        name: os.environ.get(f"FLEETREG_{name.upper()}_PORT", default)
+        for name, default in (("intake", "18080"), ("operator", "18081"), ("compat", "18443"))
+    }
+    return {
+        "FLEETREG_DEVICE_URL": f"http://127.0.0.1:{ports['intake']}",
+        "FLEETREG_ADMIN_URL": f"http://127.0.0.1:{ports['operator']}",
+        "FLEETREG_ADMIN_TOKEN": key_file.read_text(encoding="utf-8").strip(),
+        "FLEETREG_DEMO_PRODUCT_ID": product["id"],
+        "FLEETREG_DEMO_CODE": product["bulk_identification_code"],
+        "KAFKA_BOOTSTRAP_SERVERS": infra["KAFKA_BOOTSTRAP_SERVERS"],
+        "DATABASE_URL": infra["DATABASE_URL"],
+    }
+
+
+def main(var: Path) -> None:
+    values = asyncio.run(prepare(var))
+    _write_private(var / "endpoints.env", "".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""The operator API: accounts' products, codes, registrations and devices (authenticated)."""

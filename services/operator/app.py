@@ -1,0 +1,47 @@
+"""The operator API's app factory: the database pool opened and closed in one place."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from services.operator import routes
+from services.operator.settings import OperatorSettings
+from shared.db.pool import Pool, open_pool
+from shared.http import READINESS, READINESS_PROBE, base_app
+
+SERVICE = "operator"
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: OperatorSettings
+    pool: Pool
+
+
+RESOURCES = web.AppKey("resources", Resources)
+
+
+def create_app(settings: OperatorSettings) -> web.Application:
+    app = base_app(SERVICE)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await open_pool(settings.database)
+        app[RESOURCES] = Resources(settings, pool)
+        app[READINESS]["pool"] = True
+        app[READINESS_PROBE] = lambda: _database_answers(pool)
+        try:
+            yield
+        finally:
+            app[READINESS]["pool"] = False
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    routes.add_routes(app, RESOURCES)
+    return app
+
+
+async def _database_answers(pool: Pool) -> bool:
+    return bool(await pool.fetchval("SELECT 1"))

@@ -1,0 +1,137 @@
+"""The running system for end-to-end tests: the real services as processes, on the
+real broker and database, each run with its own topic prefix and consumer groups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+LOGS = ROOT / "var" / "log" / "e2e"
+TEST_SECRET_KEY = "e2e-secret-key-that-is-long-enough-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServiceProcess:
+    """One instance of one service."""
+
+    service: str
+    instance: str
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "FLEETREG_HTTP_PORT": str(self.port)}
+        with (LOGS / f"{self.instance}.log").open("ab") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.service}"], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+
+    async def wait_ready(self, within_s: float = 60) -> None:
+        deadline = time.monotonic() + within_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    raise RuntimeError(f"{self.instance} exited; see var/log/e2e/{self.instance}.log")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.instance} not ready in {within_s} s; see var/log/e2e/{self.instance}.log")
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies with no chance to finish or commit anything."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait: the graceful shutdown path."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode if self.process else None
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    services: dict[str, ServiceProcess]
+    extra: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def device_url(self) -> str:
+        return self.services["intake"].url
+
+    @property
+    def operator_url(self) -> str:
+        return self.services["operator"].url
+
+    async def restart(self, name: str) -> None:
+        process = self.services[name]
+        process.kill()
+        process.start()
+        await process.wait_ready()
+
+    async def add_instance(self, name: str) -> ServiceProcess:
+        process = ServiceProcess(name, f"{name}-{len(self.extra) + 2}", self.env)
+        process.start()
+        self.extra.append(process)
+        await process.wait_ready()
+        return process
+
+    def stop(self) -> None:
+        for process in [*self.extra, *self.services.values()]:
+            process.stop()
+
+
+async def start_system(database_url: str, bootstrap: str, prefix: str) -> System:
+    env = {
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "FLEETREG_TOPIC_PREFIX": prefix,
+        "FLEETREG_SECRET_KEY": TEST_SECRET_KEY,
+        "FLEETREG_LOG_LEVEL": "INFO",
+    }
+    services = {}
+    for name in ("dedup", "provisioning", "intake", "operator"):
+        group_env = {**env, "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
+        services[name] = ServiceProcess(name, name, group_env)
+        services[name].start()
+    system = System(env={**env}, services=services)
+    try:
+        for process in services.values():
+            await process.wait_ready()
+    except RuntimeError:
+        system.stop()
+        raise
+    return system

@@ -1,0 +1,619 @@
+"""Keeps docs/asyncapi.json, the AsyncAPI 3.0 description of the Kafka topics, in step with the code.
+
+The code is the source of truth: the topic names of ``shared.kafka.Topics``, the event
+dataclasses of ``shared.events``, what the services subscribe to and publish, the
+dead-letter headers and the settings' defaults. Neither PyYAML nor a JSON Schema
+library is a dependency, hence a JSON document and the small schema checker below,
+which refuses any schema keyword it does not implement rather than ignore it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import time
+import typing
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, get_args
+
+import pytest
+from aiokafka import TopicPartition
+
+from services.dedup import handlers as dedup_handlers
+from services.dedup import streams as dedup_streams
+from services.dedup.app import SERVICE as DEDUP
+from services.dedup.handlers import Decisions
+from services.intake import handlers as intake_handlers
+from services.provisioning import handlers as provisioning_handlers
+from services.provisioning import streams as provisioning_streams
+from services.provisioning.app import SERVICE as PROVISIONING
+from shared.domain.credentials import Keyring
+from shared.domain.dedup import DecisionKind
+from shared.domain.identifiers import hardware_id_stem, new_code, new_request_id
+from shared.events import (
+    EVENT_TYPES,
+    DeviceSignal,
+    Event,
+    RegistrationDecided,
+    RegistrationOutcome,
+    RegistrationRequested,
+    decode,
+    encode,
+)
+from shared.kafka import BatchConsumer, Topics
+from shared.pipeline import Pipeline
+from shared.settings import KafkaSettings, PipelineSettings, load
+
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
+PREFIX = "fleetreg"
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+ENVELOPE = {"type", "v"}
+
+KEYRING = Keyring(b"a test key of at least thirty-two bytes")
+DEVICE_SECRET = "clear-device-secret-42"
+REGISTRATION_KEY = "clear-registration-key-42"
+
+
+# --- reading the document -------------------------------------------------------------
+
+
+@cache
+def document() -> dict[str, Any]:
+    loaded = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def pointer(ref: str) -> Any:
+    """The node a local reference (``#/a/b``) points at; fails on any other reference."""
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node: Any = document()
+    for part in ref[2:].split("/"):
+        key = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and key in node, f"dangling reference {ref}"
+        node = node[key]
+    return node
+
+
+def resolve(node: Any) -> Any:
+    while isinstance(node, dict) and "$ref" in node:
+        node = pointer(node["$ref"])
+    return node
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+def channels() -> dict[str, dict[str, Any]]:
+    return typing.cast(dict[str, dict[str, Any]], document()["channels"])
+
+
+def operations() -> dict[str, dict[str, Any]]:
+    return typing.cast(dict[str, dict[str, Any]], document()["operations"])
+
+
+def channel_at(address: str) -> dict[str, Any]:
+    found = [c for c in channels().values() if c["address"] == address]
+    assert len(found) == 1, f"{len(found)} channels with address {address}"
+    return found[0]
+
+
+def channel_messages(channel: dict[str, Any]) -> list[dict[str, Any]]:
+    return [resolve(m) for m in channel["messages"].values()]
+
+
+def payload_schema(message: dict[str, Any]) -> dict[str, Any]:
+    return typing.cast(dict[str, Any], resolve(message["payload"]))
+
+
+def type_const(message: dict[str, Any]) -> str | None:
+    prop = resolve(payload_schema(message).get("properties", {}).get("type", {}))
+    const = prop.get("const")
+    assert const is None or isinstance(const, str)
+    return const
+
+
+def message_of(cls: type[Event]) -> dict[str, Any]:
+    """The one documented message whose payload is the event ``cls``."""
+    messages: dict[str, dict[str, Any]] = document()["components"]["messages"]
+    found = [m for m in messages.values() if type_const(m) == cls.TYPE]
+    assert len(found) == 1, f"{len(found)} messages with type const {cls.TYPE!r}"
+    return found[0]
+
+
+def key_schema(message: dict[str, Any]) -> dict[str, Any]:
+    return typing.cast(dict[str, Any], resolve(message["bindings"]["kafka"]["key"]))
+
+
+def services_of(op: dict[str, Any]) -> set[str]:
+    return {resolve(tag)["name"] for tag in op.get("tags", [])}
+
+
+def service_operations(service: str) -> list[dict[str, Any]]:
+    return [op for op in operations().values() if service in services_of(op)]
+
+
+def documented(service: str, action: str) -> set[str]:
+    """The addresses of the channels on which ``service`` performs ``action``."""
+    return {resolve(op["channel"])["address"] for op in service_operations(service) if op["action"] == action}
+
+
+def group_default(service: str) -> str:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
+        "DATABASE_URL": "postgresql://u@h/db",
+        "FLEETREG_SECRET_KEY": "k" * 32,
+    }
+    return load(lambda e: PipelineSettings.from_env(e, service, default_port=0), env).group_id
+
+
+# --- a small JSON Schema checker: exactly the keywords the document uses ------------------
+
+ANNOTATIONS = {"description", "title", "default", "examples"}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "string":
+        return isinstance(value, str)
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "object":
+        return isinstance(value, dict)
+    raise AssertionError(f"the checker does not know the JSON type {name!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def violations(value: Any, schema: Any, path: str = "$") -> list[str]:
+    """What is wrong with ``value`` under ``schema``; an empty list when it is valid."""
+    schema = resolve(schema)
+    checks = {
+        "type",
+        "const",
+        "enum",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "format",
+        "required",
+        "properties",
+        "additionalProperties",
+    }
+    unknown = set(schema) - ANNOTATIONS - checks
+    if unknown:
+        return [f"{path}: the checker does not implement {sorted(unknown)}"]
+    if "type" in schema and not _is_type(value, schema["type"]):
+        return [f"{path}: {value!r} is not of type {schema['type']}"]
+    errors: list[str] = []
+    if "const" in schema and not _same(value, schema["const"]):
+        errors.append(f"{path}: {value!r} is not {schema['const']!r}")
+    if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
+        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
+        if len(value) < schema.get("minLength", 0):
+            errors.append(f"{path}: {value!r} is shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{path}: {value!r} is longer than {schema['maxLength']}")
+        if "format" in schema:
+            assert schema["format"] == "uuid", f"the checker does not implement format {schema['format']!r}"
+            if not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", value):
+                errors.append(f"{path}: {value!r} is not a UUID")
+    if _is_type(value, "number") and "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"{path}: {value!r} is below {schema['minimum']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{path}: required property {name!r} is missing")
+        if "additionalProperties" in schema:
+            assert schema["additionalProperties"] is False, (
+                "the checker implements additionalProperties: false"
+            )
+            errors += [f"{path}: unknown property {name!r}" for name in value if name not in properties]
+        for name, sub in properties.items():
+            if name in value:
+                errors += violations(value[name], sub, f"{path}.{name}")
+    return errors
+
+
+# --- events as the code makes them ---------------------------------------------------------
+
+
+def registration(idempotency_key: str | None = None, **fields: Any) -> RegistrationRequested:
+    """A request through the intake's real path: validation, then secrets replaced by digests."""
+    body = json.dumps({"bulk_identification_code": new_code().lower(), **fields}).encode()
+    parsed = intake_handlers.parse_registration(body, idempotency_key)
+    return intake_handlers.to_event(parsed, KEYRING, protocol="native")
+
+
+def sample_events() -> list[Event]:
+    device_id = str(uuid.uuid4())
+    return [
+        registration(
+            hardware_id="B827EB123456-2",
+            fingerprint={"cpu_id": "0000000012345678", "mac": "b8:27:eb:12:34:56"},
+            device_secret=DEVICE_SECRET,
+            registration_key=REGISTRATION_KEY,
+            idempotency_key="boot-1",
+        ),
+        registration(hardware_id="H"),
+        RegistrationDecided(
+            request_id=new_request_id(),
+            account_id=str(uuid.uuid4()),
+            product_id=str(uuid.uuid4()),
+            device_id=device_id,
+            hardware_id="B827EB123456-2",
+            decision="clone",
+            credential_generation=1,
+            received_at=time.time(),
+        ),
+        RegistrationDecided(
+            request_id=new_request_id(),
+            account_id=str(uuid.uuid4()),
+            product_id=str(uuid.uuid4()),
+            device_id=device_id,
+            hardware_id="H",
+            decision="same",
+            credential_generation=2,
+        ),
+        RegistrationOutcome(
+            request_id=new_request_id(),
+            status="ready",
+            device_id=device_id,
+            hardware_id="B827EB123456-2",
+            decision="clone",
+            credential_generation=1,
+        ),
+        RegistrationOutcome(
+            request_id=new_request_id(),
+            status="refused",
+            decision="refused",
+            reason="unknown bulk identification code",
+        ),
+        RegistrationOutcome(request_id=new_request_id(), status="ready"),
+        DeviceSignal(device_id=device_id, kind="ready", at=time.time()),
+        DeviceSignal(device_id=device_id, kind="heartbeat", at=1),
+    ]
+
+
+SAMPLES = sample_events()
+
+
+class RecordingProducer:
+    """Stands in for AIOKafkaProducer: keeps what would have been sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value, headers))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        await (await self.send(topic, value, key=key, headers=headers))
+
+
+# --- the document as a whole ----------------------------------------------------------------
+
+
+def test_the_document_is_asyncapi_3_for_the_local_broker() -> None:
+    doc = document()
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["info"]["title"] == "fleetreg"
+    assert doc["info"]["version"] == "1"
+    assert [(s["host"], s["protocol"]) for s in doc["servers"].values()] == [("127.0.0.1:19092", "kafka")]
+
+
+def test_every_reference_resolves() -> None:
+    for ref in refs(document()):
+        pointer(ref)
+
+
+def test_every_operation_uses_messages_of_its_own_channel() -> None:
+    for name, op in operations().items():
+        assert op["action"] in {"send", "receive"}, name
+        channel_ref = op["channel"]["$ref"]
+        assert op["messages"], f"{name} names no message"
+        for message in op["messages"]:
+            assert message["$ref"].startswith(f"{channel_ref}/messages/"), name
+        assert len(services_of(op)) == 1, f"{name} is tagged with exactly one service"
+        assert services_of(op) <= {"intake", DEDUP, PROVISIONING}, name
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+def test_there_is_exactly_one_channel_per_topic_and_no_other() -> None:
+    addresses = Counter(c["address"] for c in channels().values())
+    assert addresses == Counter(Topics(PREFIX).all())
+
+
+def test_every_channel_has_the_default_partition_count() -> None:
+    partitions = load(KafkaSettings.from_env, {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092"}).partitions
+    for channel in channels().values():
+        assert channel["bindings"]["kafka"]["partitions"] == partitions, channel["address"]
+
+
+def test_every_component_message_is_carried_by_exactly_one_channel() -> None:
+    carried = Counter(ref for c in channels().values() for ref in (m["$ref"] for m in c["messages"].values()))
+    for name in document()["components"]["messages"]:
+        assert carried[f"#/components/messages/{name}"] == 1, name
+
+
+# --- event payloads -------------------------------------------------------------------------
+
+EVENTS = pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
+
+
+@EVENTS
+def test_each_event_has_exactly_one_message_of_its_type_and_version(cls: type[Event]) -> None:
+    properties = payload_schema(message_of(cls))["properties"]
+    assert properties["type"] == {"type": "string", "const": cls.TYPE}
+    assert properties["v"] == {"type": "integer", "const": cls.VERSION}
+
+
+def test_no_message_documents_an_event_the_code_does_not_know() -> None:
+    documented_types = {type_const(m) for m in document()["components"]["messages"].values()} - {None}
+    assert documented_types == set(EVENT_TYPES)
+
+
+@EVENTS
+def test_the_payload_schema_has_the_dataclass_fields_their_types_and_defaults(cls: type[Event]) -> None:
+    schema = payload_schema(message_of(cls))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    properties = schema["properties"]
+    assert set(properties) - ENVELOPE == set(fields)
+    without_default = {
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    assert len(schema["required"]) == len(set(schema["required"]))
+    assert set(schema["required"]) == without_default | ENVELOPE
+    assert schema["additionalProperties"] is False
+    for name, f in fields.items():
+        prop = resolve(properties[name])
+        assert hints[name] in JSON_TYPES, f"{cls.__name__}.{name}: no JSON type for {hints[name]!r}"
+        assert prop["type"] == JSON_TYPES[hints[name]], f"{cls.__name__}.{name}"
+        if name in without_default:
+            assert "default" not in prop, f"{cls.__name__}.{name} has no default"
+        else:
+            assert _same(prop.get("default"), f.default), f"{cls.__name__}.{name}: default {f.default!r}"
+
+
+def test_documented_choices_follow_the_code() -> None:
+    decisions = set(get_args(DecisionKind))
+    decided = payload_schema(message_of(RegistrationDecided))["properties"]
+    outcome = payload_schema(message_of(RegistrationOutcome))["properties"]
+    signal = payload_schema(message_of(DeviceSignal))["properties"]
+    assert set(decided["decision"]["enum"]) == decisions - {"refused"}
+    assert set(outcome["decision"]["enum"]) == decisions | {""}
+    assert set(signal["kind"]["enum"]) == set(get_args(typing.get_type_hints(intake_handlers.signal)["kind"]))
+
+
+def test_the_samples_cover_every_event() -> None:
+    assert {type(e) for e in SAMPLES} == set(EVENT_TYPES.values())
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: f"{e.TYPE}")
+def test_an_encoded_event_matches_its_documented_schema(event: Event) -> None:
+    record = json.loads(encode(event))
+    assert violations(record, payload_schema(message_of(type(event)))) == []
+
+
+def test_secrets_travel_only_as_digests() -> None:
+    event = SAMPLES[0]
+    assert isinstance(event, RegistrationRequested)
+    assert event.secret_digest and event.registration_key_digest and event.fingerprint
+    raw = encode(event)
+    assert DEVICE_SECRET.encode() not in raw
+    assert REGISTRATION_KEY.encode() not in raw
+
+
+def test_the_checker_finds_what_the_decoder_refuses() -> None:
+    """The hand-written checker is not vacuous: each kind of malformed record is caught."""
+    schema = payload_schema(message_of(DeviceSignal))
+    good = json.loads(encode(DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=1.5)))
+    assert violations(good, schema) == []
+    assert violations({k: v for k, v in good.items() if k != "at"}, schema)
+    assert violations({**good, "extra": 1}, schema)
+    assert violations({**good, "at": "soon"}, schema)
+    assert violations({**good, "at": True}, schema)
+    assert violations({**good, "v": 2}, schema)
+    assert violations({**good, "type": "device.other"}, schema)
+    assert violations({**good, "kind": "asleep"}, schema)
+    assert violations({**good, "device_id": "not-a-uuid"}, schema)
+
+
+def test_the_documented_examples_are_records_the_code_decodes() -> None:
+    seen = 0
+    for cls in EVENT_TYPES.values():
+        message = message_of(cls)
+        for example in message.get("examples", []):
+            payload = example["payload"]
+            assert isinstance(decode(json.dumps(payload).encode()), cls), example["name"]
+            assert violations(payload, payload_schema(message)) == [], example["name"]
+            seen += 1
+    assert seen >= len(EVENT_TYPES)
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def test_every_message_documents_its_key() -> None:
+    for channel in channels().values():
+        for message in channel_messages(channel):
+            key = key_schema(message)
+            assert key["type"] == "string", channel["address"]
+            assert key.get("description"), channel["address"]
+
+
+def test_the_intake_keys_match_the_documented_key_schemas() -> None:
+    """The intake keys requests and signals by hardware-ID stem (services/intake/routes.py)."""
+    for event in SAMPLES:
+        if isinstance(event, RegistrationRequested):
+            stem = hardware_id_stem(event.hardware_id)
+            assert violations(stem, key_schema(message_of(RegistrationRequested))) == []
+    assert violations(hardware_id_stem("B827EB123456-2"), key_schema(message_of(DeviceSignal))) == []
+
+
+# --- who publishes and reads what -----------------------------------------------------------
+
+
+def check_published(service: str, sent: list[tuple[str, bytes | None, bytes, Any]]) -> None:
+    """Every record a service produced goes to a channel it documents sending on, carrying the
+    documented message for its event, with a key and value valid under the documented schemas."""
+    assert sent
+    for topic, key, value, _ in sent:
+        assert topic in documented(service, "send"), f"{service} sends to {topic}"
+        event = decode(value)
+        message = message_of(type(event))
+        assert message in channel_messages(channel_at(topic)), f"{event.TYPE} on {topic}"
+        assert key is not None
+        assert violations(key.decode(), key_schema(message)) == [], topic
+        assert violations(json.loads(value), payload_schema(message)) == [], topic
+
+
+async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    request, signal = SAMPLES[0], SAMPLES[-1]
+    decided = next(e for e in SAMPLES if isinstance(e, RegistrationDecided))
+    refused = next(e for e in SAMPLES if isinstance(e, RegistrationOutcome) and e.status == "refused")
+
+    async def decide_batch(*_: Any) -> Decisions:
+        return Decisions(decided=[decided], refused=[refused])
+
+    async def apply_signals(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(dedup_handlers, "decide_batch", decide_batch)
+    monkeypatch.setattr(dedup_handlers, "apply_signals", apply_signals)
+    producer = RecordingProducer()
+    pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
+    await dedup_streams.batch_handler(pipeline)([request, signal])
+    check_published(DEDUP, producer.sent)
+    assert {topic for topic, *_ in producer.sent} == {
+        Topics(PREFIX).registration_decided,
+        Topics(PREFIX).registration_outcomes,
+    }
+
+
+async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    decided = next(e for e in SAMPLES if isinstance(e, RegistrationDecided))
+    ready = next(e for e in SAMPLES if isinstance(e, RegistrationOutcome) and e.status == "ready")
+
+    async def provision_batch(*_: Any) -> list[RegistrationOutcome]:
+        return [ready]
+
+    monkeypatch.setattr(provisioning_handlers, "provision_batch", provision_batch)
+    producer = RecordingProducer()
+    pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
+    await provisioning_streams.batch_handler(pipeline)([decided])
+    check_published(PROVISIONING, producer.sent)
+
+
+@pytest.mark.parametrize(
+    ("service", "streams"), [(DEDUP, dedup_streams), (PROVISIONING, provisioning_streams)]
+)
+def test_a_pipeline_service_receives_its_subscriptions_in_its_consumer_group(
+    service: str, streams: Any
+) -> None:
+    assert documented(service, "receive") == set(streams.subscriptions(Topics(PREFIX)))
+    for op in service_operations(service):
+        if op["action"] == "receive":
+            group = resolve(op["bindings"]["kafka"]["groupId"])
+            assert group["type"] == "string"
+            assert group["default"] == group_default(service)
+
+
+def test_the_intake_sends_requests_and_signals_and_reads_outcomes_without_a_group() -> None:
+    topics = Topics(PREFIX)
+    assert documented("intake", "send") == {topics.registration_requested, topics.device_signals}
+    assert documented("intake", "receive") == {topics.registration_outcomes}
+    for op in service_operations("intake"):
+        assert "groupId" not in op.get("bindings", {}).get("kafka", {})
+
+
+async def test_dead_letters_carry_the_documented_headers() -> None:
+    """Drive the real BatchConsumer with one undecodable record and compare what it sends."""
+    topics = Topics(PREFIX)
+    record = SimpleNamespace(
+        topic=topics.registration_requested,
+        partition=4,
+        offset=17,
+        key=b"B827EB123456",
+        value=b"\xffnot json",
+    )
+    batches = [{TopicPartition(record.topic, record.partition): [record]}]
+    producer = RecordingProducer()
+
+    async def handler(_: list[Event]) -> None:
+        raise AssertionError("nothing decodable was in the batch")
+
+    class Consumer:
+        async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+            if batches:
+                return batches.pop()
+            consumer.stop()
+            return {}
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            assert offsets == {TopicPartition(record.topic, record.partition): record.offset + 1}
+
+    consumer = BatchConsumer(Consumer(), handler, dead_letter=(producer, topics.dead_letter))
+    await asyncio.wait_for(consumer.run(), timeout=5)
+
+    [(topic, key, value, headers)] = producer.sent
+    assert topic == topics.dead_letter
+    assert (key, value) == (record.key, record.value)
+    message = resolve(channel_at(topic)["messages"]["deadLetter"])
+    assert type_const(message) is None
+    header_schema = resolve(message["headers"])
+    assert headers is not None
+    received = {name: raw.decode() for name, raw in headers}
+    assert len(received) == len(headers)
+    assert violations(received, header_schema) == []
+    assert set(received) == set(header_schema["properties"]) == set(header_schema["required"])
+    assert received["fleetreg.source"] == f"{record.topic}/{record.partition}/{record.offset}"
+    assert key is not None
+    assert violations(key.decode(), key_schema(message)) == []
+    for service in (DEDUP, PROVISIONING):  # both run shared.pipeline, which wires the dead-letter topic
+        assert topics.dead_letter in documented(service, "send"), service
