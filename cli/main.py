@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from cli.commands import COMMAND_MODULES
 from cli.errors import CliError
+from shared.service import use_fast_event_loop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    use_fast_event_loop()
     try:
         code = asyncio.run(args.run(args))
     except CliError as exc:

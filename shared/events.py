@@ -145,9 +145,18 @@ def decode_as(cls: type[E], raw: bytes) -> E:
     return event
 
 
+_SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
+
+
+def _schema(cls: type[Event]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Type hints and fields of an event class, computed once (decoding is on the hot path)."""
+    if cls.TYPE not in _SCHEMAS:
+        _SCHEMAS[cls.TYPE] = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    return _SCHEMAS[cls.TYPE]
+
+
 def _build(cls: type[E], payload: dict[str, Any]) -> E:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(typing.cast(type[Event], cls))
     unexpected = set(payload) - set(fields)
     if unexpected:
         raise SchemaError(f"{cls.TYPE}: unexpected fields {sorted(unexpected)}")

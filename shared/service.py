@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+import uvloop
 from aiohttp import web
 
 from shared import logging as fleet_logging
@@ -34,4 +36,10 @@ def main(
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     fleet_logging.configure(service, settings.log_level)
+    use_fast_event_loop()
     run(create_app(settings), settings.http)
+
+
+def use_fast_event_loop() -> None:
+    """uvloop: the same asyncio semantics, with a markedly cheaper event loop and sockets."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -77,7 +77,7 @@ def _plan(args: argparse.Namespace, endpoints: dict[str, str]) -> FleetPlan:
         raise CliError(str(exc)) from exc
 
 
-def _progress_bar(devices: int) -> ProgressCallback:
+def progress_bar(devices: int) -> ProgressCallback:
     """A callback redrawing the bar on stderr about 200 times a run at most, and at the end."""
     step = max(1, devices // 200)
 
@@ -88,7 +88,7 @@ def _progress_bar(devices: int) -> ProgressCallback:
     return show
 
 
-def _print_summary(summary: Summary) -> None:
+def print_summary(summary: Summary) -> None:
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_kinds.items())) or "-"
     latency = summary.latency_ms
     rows = [
@@ -117,10 +117,10 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if not device_url.startswith(("http://", "https://")):
         raise CliError(f"the device API URL must start with http:// or https://, not {device_url!r}")
-    summary = await run_fleet(plan, device_url, args.concurrency, _progress_bar(len(plan.devices)))
+    summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(len(plan.devices)))
     document = summary.to_dict()
     if not args.json:
-        _print_summary(summary)
+        print_summary(summary)
     if summary.ok:
         if args.json:
             emit_json(document)

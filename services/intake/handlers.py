@@ -198,11 +198,14 @@ async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: floa
 
 @dataclass(frozen=True)
 class Device:
+    """An authenticated device with its current provisioning files."""
+
     id: str
     hardware_id: str
     name: str
     lifecycle: str
     credential_generation: int
+    files: tuple[Any, ...]
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -217,32 +220,32 @@ def bearer_token(authorization: str | None) -> str:
 
 async def authenticate(pool: Pool, keyring: Keyring, device_id: str, secret: str) -> Device:
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
-    row = await devices.device_for_auth(pool, device_id) if is_uuid(device_id) else None
-    if row is None:
+    rows = await devices.device_with_files(pool, device_id) if is_uuid(device_id) else []
+    if not rows:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)
+    row = rows[0]
     expected = keyring.device_secret(row["id"], row["credential_generation"])
     if not hmac.compare_digest(expected.encode(), secret.encode()):
         raise Unauthorized(UNAUTHORIZED)
     if row["disabled"]:
         raise Forbidden("device disabled by the operator")
-    return Device(row["id"], row["hardware_id"], row["name"], row["lifecycle"], row["credential_generation"])
+    files = tuple(r for r in rows if r["provisioning_id"] is not None)
+    return Device(
+        row["id"], row["hardware_id"], row["name"], row["lifecycle"], row["credential_generation"], files
+    )
 
 
-async def _current_files(pool: Pool, device: Device) -> list[Any]:
-    rows = [
-        r for r in await devices.files(pool, device.id) if r["generation"] == device.credential_generation
-    ]
-    if not rows:
+def _current_files(device: Device) -> tuple[Any, ...]:
+    if not device.files:
         raise Conflict(
             "no provisioning files yet: register first, then fetch the manifest", rule="registered_first"
         )
-    return rows
+    return device.files
 
 
-async def manifest(pool: Pool, device: Device, base_url: str) -> dict[str, Any]:
+def manifest(device: Device, base_url: str) -> dict[str, Any]:
     """Every provisioning file of the device with its size and SHA-256."""
-    rows = await _current_files(pool, device)
     return {
         "device_id": device.id,
         "hardware_id": device.hardware_id,
@@ -259,15 +262,15 @@ async def manifest(pool: Pool, device: Device, base_url: str) -> dict[str, Any]:
                 "sha256": r["sha256"],
                 "url": f"{base_url}/v1/devices/{device.id}/files/{r['file_name']}",
             }
-            for r in rows
+            for r in _current_files(device)
         ],
     }
 
 
-async def file_content(pool: Pool, keyring: Keyring, device: Device, file_name: str) -> bytes:
+def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
     """Render one provisioning file again (nothing secret is stored) and check it
     against the digest recorded when it was generated."""
-    rows = [r for r in await _current_files(pool, device) if r["file_name"] == file_name]
+    rows = [r for r in _current_files(device) if r["file_name"] == file_name]
     if not rows:
         raise NotFound(f"the device has no provisioning file named {file_name!r}", field="file_name")
     row = rows[0]

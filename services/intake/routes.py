@@ -77,12 +77,12 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     async def get_manifest(request: web.Request) -> web.Response:
         found = await device(request)
         base = f"{request.scheme}://{request.host}"
-        return web.json_response(await handlers.manifest(resources(request).pool, found, base))
+        return web.json_response(handlers.manifest(found, base))
 
     async def get_file(request: web.Request) -> web.Response:
         r = resources(request)
         found = await device(request)
-        content = await handlers.file_content(r.pool, r.keyring, found, request.match_info["file_name"])
+        content = handlers.file_content(r.keyring, found, request.match_info["file_name"])
         return web.Response(body=content, content_type="text/plain", charset="ascii")
 
     async def publish_signal(r: Resources, found: handlers.Device, signal: DeviceSignal) -> None:

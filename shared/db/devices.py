@@ -80,13 +80,16 @@ SELECT_OUTCOME = """
            d.decision, d.reason, d.status, v.name, v.lifecycle, v.disabled, v.credential_generation
     FROM registration_decisions d LEFT JOIN devices v ON v.id = d.device_id
     WHERE d.request_id = $1"""
-SELECT_DEVICE_AUTH = """SELECT id::text, hardware_id, name, lifecycle, disabled, credential_generation
-                        FROM devices WHERE id = $1"""
-SELECT_FILES = """
-    SELECT f.file_name, f.size, f.sha256, f.service_uid, f.generation, s.id::text AS provisioning_id,
+# One round trip for a device call: the device (to authenticate it) and its current files.
+SELECT_DEVICE_WITH_FILES = """
+    SELECT v.id::text, v.hardware_id, v.name, v.lifecycle, v.disabled, v.credential_generation,
+           f.file_name, f.size, f.sha256, f.service_uid, s.id::text AS provisioning_id,
            s.position, s.name AS service_name, s.service_type, s.type_code, s.port
-    FROM provisioning_files f JOIN product_services s ON s.id = f.product_service_id
-    WHERE f.device_id = $1 AND s.enabled ORDER BY s.position"""
+    FROM devices v
+    LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.generation = v.credential_generation
+    LEFT JOIN product_services s ON s.id = f.product_service_id AND s.enabled
+    WHERE v.id = $1
+    ORDER BY s.position"""
 MARK_PROVISIONED = """
     WITH changed AS (
         UPDATE devices SET lifecycle = 'provisioned', provisioned_at = to_timestamp(u.at),
@@ -306,12 +309,10 @@ async def outcome(pool: Pool, request_id: str) -> Any:
     return await pool.fetchrow(SELECT_OUTCOME, request_id)
 
 
-async def device_for_auth(pool: Pool, device_id: str) -> Any:
-    return await pool.fetchrow(SELECT_DEVICE_AUTH, device_id)
-
-
-async def files(pool: Pool, device_id: str) -> list[Any]:
-    return list(await pool.fetch(SELECT_FILES, device_id))
+async def device_with_files(pool: Pool, device_id: str) -> list[Any]:
+    """Rows of the device joined with each current provisioning file (one row, file
+    columns NULL, when it has none); empty when there is no such device."""
+    return list(await pool.fetch(SELECT_DEVICE_WITH_FILES, device_id))
 
 
 async def apply_signals(

@@ -17,6 +17,10 @@ class DatabaseUnavailable(Exception):
     """The registry database cannot be reached."""
 
 
+async def _keep_session(conn: Connection) -> None:
+    return None
+
+
 async def open_pool(settings: DatabaseSettings) -> Pool:
     try:
         pool = await asyncpg.create_pool(
@@ -24,6 +28,10 @@ async def open_pool(settings: DatabaseSettings) -> Pool:
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             command_timeout=30,
+            # asyncpg resets session state on every release (a round trip each time). The
+            # services keep no session state on pooled connections (no SET, LISTEN or
+            # advisory locks there), so the reset is skipped.
+            reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot connect to DATABASE_URL: {exc}") from exc

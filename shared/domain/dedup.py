@@ -100,6 +100,15 @@ def _same(device: KnownDevice, reason: str) -> Verdict:
     return Verdict("same", device=device, reason=reason)
 
 
+def _key_holds(device: KnownDevice, claim: Claim, kind: str) -> bool:
+    """A bulk retry without the device secret must still carry the row's registration key."""
+    if kind != "bulk":
+        return True
+    return bool(device.registration_key_digest) and hmac.compare_digest(
+        device.registration_key_digest, claim.registration_key_digest
+    )
+
+
 def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | None:
     if not claim.fingerprint:
         return None
@@ -125,7 +134,12 @@ def decide(
     """Decide one claim against the family's current state (see the module docstring)."""
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
-        if prior is not None and prior.lifecycle == "registered":
+        if (
+            prior is not None
+            and prior.lifecycle == "registered"
+            and prior.claimed_hardware_id == claim.hardware_id
+            and _key_holds(prior, claim, kind)
+        ):
             return _same(prior, "retry with the same idempotency key")
 
     existing = family.devices.get(claim.hardware_id)
@@ -133,7 +147,7 @@ def decide(
         return _same(existing, "device presented its device secret")
 
     retry = _retry_before_confirmation(claim, family)
-    if retry is not None:
+    if retry is not None and _key_holds(retry, claim, kind):
         return _same(retry, "retry from the same fingerprint before confirmation")
 
     if kind == "bulk":

@@ -18,17 +18,24 @@ _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 
+def _require_string(value: object, field: str) -> str:
+    if value is None or value == "":
+        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field, rule="type=string")
+    return value
+
+
 def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
     """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons fits)."""
-    if not isinstance(value, str) or value == "":
-        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    value = _require_string(value, field)
     if len(value) > HARDWARE_ID_MAX:
         raise InvalidInput(
             f"{field} is {len(value)} characters; the limit is {HARDWARE_ID_MAX}",
             field=field,
             rule=f"max_length={HARDWARE_ID_MAX}",
         )
-    if not value.isascii() or not _HARDWARE_ID.match(value):
+    if not value.isascii() or not _HARDWARE_ID.fullmatch(value):
         raise InvalidInput(
             f"{field} may hold only ASCII letters, digits, '.', '_' and '-'",
             field=field,
@@ -38,15 +45,14 @@ def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
 
 
 def validate_device_name(value: object, field: str = "name") -> str:
-    if not isinstance(value, str) or value == "":
-        raise InvalidInput(f"{field} is required", field=field, rule="required")
+    value = _require_string(value, field)
     if len(value) > DEVICE_NAME_MAX:
         raise InvalidInput(
             f"{field} is {len(value)} characters; the limit is {DEVICE_NAME_MAX}",
             field=field,
             rule=f"max_length={DEVICE_NAME_MAX}",
         )
-    if not value.isascii() or not _DEVICE_NAME.match(value):
+    if not value.isascii() or not _DEVICE_NAME.fullmatch(value):
         raise InvalidInput(
             f"{field} may hold only ASCII letters, digits, space, '_', '-' and '.'",
             field=field,
@@ -83,7 +89,7 @@ def normalize_code(value: object, field: str = "bulk_identification_code") -> st
     if not isinstance(value, str) or value == "":
         raise InvalidInput(f"{field} is required", field=field, rule="required")
     code = value.upper()
-    if len(code) != 36 or not _CODE.match(code):
+    if len(code) != 36 or not _CODE.fullmatch(code):
         raise InvalidInput(
             f"{field} must be 36 characters in UUID form (8-4-4-4-12 hex digits)",
             field=field,

@@ -76,7 +76,7 @@ def validate_service(raw: object, index: int) -> ServiceSpec:
             f"{field}.port must be a TCP port 1-65535", field=f"{field}.port", rule="range=1..65535"
         )
     name = raw.get("name", service_type)
-    if not isinstance(name, str) or not _SERVICE_NAME.match(name):
+    if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
         raise InvalidInput(
             f"{field}.name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
             field=f"{field}.name",

@@ -1,0 +1,423 @@
+"""The deduplication rules of docs "Auto registration" and "Bulk registration", one per test.
+
+Every claim is decided and then recorded with ``Family.apply``, as the dedup service does
+for the claims of one batch; device IDs come from a counter so verdicts are reproducible.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from shared.domain.credentials import Keyring
+from shared.domain.dedup import (
+    REASON_BULK_ALREADY_CLAIMED,
+    REASON_BULK_NOT_LISTED,
+    REASON_DISABLED,
+    Claim,
+    Family,
+    KnownDevice,
+    Verdict,
+    decide,
+)
+
+KEYRING = Keyring(b"unit-test-secret-key")
+H = "b827eb8905e5"
+REGISTRATION = "registration-1"
+FP_A = KEYRING.fingerprint("cpu-a", "b8:27:eb:00:00:0a")
+FP_B = KEYRING.fingerprint("cpu-b", "b8:27:eb:00:00:0b")
+KEY = "1c1b0dbe190e"
+
+
+def secret_matches(device: KnownDevice, digest: str) -> bool:
+    """What the dedup service passes to ``decide``."""
+    return KEYRING.device_secret_matches(device.id, device.credential_generation, digest)
+
+
+def presented_secret(device: KnownDevice) -> str:
+    """The digest of the device secret issued to ``device``, as it travels in a claim."""
+    return KEYRING.digest(KEYRING.device_secret(device.id, device.credential_generation))
+
+
+def preregistered(
+    hardware_id: str = H, *, key: str = KEY, disabled: bool = False, device_id: str = "pre-1"
+) -> KnownDevice:
+    return KnownDevice(
+        id=device_id,
+        hardware_id=hardware_id,
+        claimed_hardware_id=hardware_id,
+        name=f"Device {hardware_id}",
+        fingerprint="",
+        lifecycle="preregistered",
+        disabled=disabled,
+        credential_generation=1,
+        registration_id=REGISTRATION,
+        registration_key_digest=KEYRING.digest(key) if key else "",
+    )
+
+
+def registered(
+    hardware_id: str, *, claimed: str | None = None, device_id: str, fingerprint: str
+) -> KnownDevice:
+    return KnownDevice(
+        id=device_id,
+        hardware_id=hardware_id,
+        claimed_hardware_id=claimed if claimed is not None else hardware_id,
+        name=hardware_id,
+        fingerprint=fingerprint,
+        lifecycle="provisioned",
+        disabled=False,
+        credential_generation=1,
+        registration_id=REGISTRATION,
+    )
+
+
+@dataclass
+class Fleet:
+    """One account's family of devices, and the claims of its devices decided one by one."""
+
+    family: Family = field(default_factory=Family)
+    kind: Literal["auto", "bulk"] = "auto"
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _requests: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def new_id(self) -> str:
+        return f"dev-{next(self._ids)}"
+
+    def claim(
+        self,
+        hardware_id: str = H,
+        fingerprint: str = "",
+        *,
+        secret: str = "",
+        key: str = "",
+        idempotency_key: str = "",
+    ) -> Verdict:
+        claim = Claim(
+            request_id=f"req-{next(self._requests)}",
+            hardware_id=hardware_id,
+            fingerprint=fingerprint,
+            secret_digest=secret,
+            registration_key_digest=KEYRING.digest(key),
+            idempotency_key=idempotency_key,
+        )
+        verdict = decide(
+            claim,
+            self.family,
+            kind=self.kind,
+            registration_id=REGISTRATION,
+            secret_matches=secret_matches,
+            new_id=self.new_id,
+        )
+        self.family.apply(claim, verdict)
+        return verdict
+
+    def confirm(self, hardware_id: str) -> KnownDevice:
+        """The device sent "ready": its provisioning is confirmed."""
+        device = self.family.devices[hardware_id]
+        device.lifecycle = "provisioned"
+        return device
+
+    def device(self, hardware_id: str) -> KnownDevice:
+        return self.family.devices[hardware_id]
+
+    @property
+    def hardware_ids(self) -> list[str]:
+        return sorted(self.family.devices)
+
+
+def device_of(verdict: Verdict) -> KnownDevice:
+    assert verdict.device is not None, verdict
+    return verdict.device
+
+
+# ---------------------------------------------------------------- auto registration
+
+
+def test_first_claimant_of_a_hardware_id_is_new_and_named_after_it() -> None:
+    fleet = Fleet()
+    verdict = fleet.claim(H, FP_A)
+    device = device_of(verdict)
+    assert verdict.decision == "new"
+    assert verdict.created and not verdict.claimed_preregistered
+    assert verdict.hardware_id == H
+    assert (device.id, device.hardware_id, device.claimed_hardware_id, device.name) == ("dev-1", H, H, H)
+    assert (device.lifecycle, device.fingerprint, device.disabled) == ("registered", FP_A, False)
+    assert device.credential_generation == 1
+    assert device.registration_id == REGISTRATION
+
+
+def test_second_and_third_distinct_claimants_become_clones_h_1_then_h_2() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    second = fleet.claim(H, FP_B)
+    third = fleet.claim(H, KEYRING.fingerprint("cpu-c"))
+    assert (second.decision, third.decision) == ("clone", "clone")
+    assert second.created and third.created
+    assert (device_of(second).hardware_id, device_of(third).hardware_id) == (f"{H}-1", f"{H}-2")
+    assert device_of(second).name == f"{H}-1"
+    assert device_of(second).claimed_hardware_id == H
+    assert device_of(second).lifecycle == "registered"
+    assert f"{H}-1" in second.reason
+    assert len({device_of(second).id, device_of(third).id, fleet.device(H).id}) == 3
+    assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2"]
+
+
+def test_a_clone_gets_the_smallest_free_index() -> None:
+    fleet = Fleet(
+        Family.of(
+            [
+                registered(H, device_id="d-h", fingerprint=FP_A),
+                registered(f"{H}-2", claimed=H, device_id="d-h2", fingerprint=FP_B),
+            ]
+        )
+    )
+    verdict = fleet.claim(H, KEYRING.fingerprint("cpu-c"))
+    assert verdict.decision == "clone"
+    assert verdict.hardware_id == f"{H}-1"
+
+
+def test_a_literal_h_1_owned_by_another_device_is_skipped() -> None:
+    own_h_1 = registered(f"{H}-1", device_id="d-literal", fingerprint=FP_B)  # its own hardware ID is H-1
+    fleet = Fleet(Family.of([registered(H, device_id="d-h", fingerprint=FP_A), own_h_1]))
+    first_clone = fleet.claim(H, KEYRING.fingerprint("cpu-c"))
+    second_clone = fleet.claim(H, KEYRING.fingerprint("cpu-d"))
+    assert (first_clone.hardware_id, second_clone.hardware_id) == (f"{H}-2", f"{H}-3")
+    assert fleet.device(f"{H}-1") is own_h_1
+
+
+def test_same_fingerprint_before_confirmation_is_the_same_device() -> None:
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A)
+    retry = fleet.claim(H, FP_A)
+    assert retry.decision == "same"
+    assert not retry.created
+    assert device_of(retry).id == device_of(first).id
+    assert fleet.hardware_ids == [H]
+
+
+def test_same_fingerprint_after_confirmation_without_secret_is_a_clone() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    fleet.confirm(H)
+    again = fleet.claim(H, FP_A)
+    assert again.decision == "clone"
+    assert again.hardware_id == f"{H}-1"
+
+
+@pytest.mark.parametrize("fingerprint", [FP_A, FP_B, ""], ids=["same-fp", "other-fp", "no-fp"])
+def test_the_device_secret_identifies_the_device_even_after_confirmation(fingerprint: str) -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    device = fleet.confirm(H)
+    verdict = fleet.claim(H, fingerprint, secret=presented_secret(device))
+    assert verdict.decision == "same"
+    assert not verdict.created
+    assert device_of(verdict).id == device.id
+    assert fleet.hardware_ids == [H]
+
+
+@pytest.mark.parametrize(
+    "wrong_secret",
+    [
+        pytest.param(KEYRING.digest("not the secret"), id="other-value"),
+        pytest.param(KEYRING.digest(KEYRING.device_secret("dev-1", 2)), id="other-generation"),
+        pytest.param(KEYRING.device_secret("dev-1", 1), id="undigested"),
+        pytest.param(
+            Keyring(b"other key").digest(Keyring(b"other key").device_secret("dev-1", 1)), id="other-key"
+        ),
+    ],
+)
+def test_a_wrong_secret_is_treated_as_no_secret(wrong_secret: str) -> None:
+    fleet = Fleet()
+    assert device_of(fleet.claim(H, FP_A)).id == "dev-1"
+    fleet.confirm(H)
+    verdict = fleet.claim(H, FP_A, secret=wrong_secret)
+    assert verdict.decision == "clone"
+    assert verdict.hardware_id == f"{H}-1"
+
+
+def test_a_wrong_secret_does_not_spoil_a_retry_before_confirmation() -> None:
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A)
+    retry = fleet.claim(H, FP_A, secret=KEYRING.digest("garbage"))
+    assert retry.decision == "same"
+    assert device_of(retry).id == device_of(first).id
+
+
+def test_an_idempotency_key_retry_is_the_same_device_while_registered() -> None:
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A, idempotency_key="boot-1")
+    # The retry lost its fingerprint: the idempotency key alone identifies it.
+    retry = fleet.claim(H, "", idempotency_key="boot-1")
+    assert retry.decision == "same"
+    assert not retry.created
+    assert device_of(retry).id == device_of(first).id
+    assert fleet.hardware_ids == [H]
+
+
+def test_an_idempotency_key_no_longer_identifies_the_device_after_confirmation() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A, idempotency_key="boot-1")
+    fleet.confirm(H)
+    verdict = fleet.claim(H, FP_B, idempotency_key="boot-1")
+    assert verdict.decision == "clone"
+    assert verdict.hardware_id == f"{H}-1"
+
+
+def test_a_clone_retrying_with_its_fingerprint_gets_its_indexed_id_back() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    clone = fleet.claim(H, FP_B)
+    retry = fleet.claim(H, FP_B)
+    assert retry.decision == "same"
+    assert not retry.created
+    assert device_of(retry).id == device_of(clone).id
+    assert retry.hardware_id == f"{H}-1"
+    assert fleet.hardware_ids == [H, f"{H}-1"]
+
+
+def test_a_confirmed_clone_presenting_its_secret_under_its_new_id_is_the_same_device() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    fleet.claim(H, FP_B)
+    clone = fleet.confirm(f"{H}-1")
+    verdict = fleet.claim(f"{H}-1", FP_B, secret=presented_secret(clone))
+    assert verdict.decision == "same"
+    assert device_of(verdict).id == clone.id
+
+
+@pytest.mark.parametrize("confirmed", [False, True], ids=["registered", "provisioned"])
+def test_a_disabled_device_presenting_its_secret_is_refused(confirmed: bool) -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    device = fleet.confirm(H) if confirmed else fleet.device(H)
+    device.disabled = True
+    verdict = fleet.claim(H, FP_A, secret=presented_secret(device))
+    assert verdict.decision == "refused"
+    assert verdict.reason == REASON_DISABLED
+    assert not verdict.created
+    assert fleet.hardware_ids == [H]
+
+
+def test_a_preregistered_device_reset_for_reprovisioning_is_taken_over() -> None:
+    fleet = Fleet(Family.of([preregistered(key="")]))
+    verdict = fleet.claim(H, FP_A)
+    device = device_of(verdict)
+    assert verdict.decision == "new"
+    assert verdict.claimed_preregistered
+    assert not verdict.created  # the existing row is taken over, none is inserted
+    assert (device.id, device.hardware_id) == ("pre-1", H)
+    assert (device.lifecycle, device.fingerprint) == ("registered", FP_A)
+    # Whoever comes next with another fingerprint is a clone of the device that took it over.
+    assert fleet.claim(H, FP_B).hardware_id == f"{H}-1"
+
+
+def test_a_disabled_preregistered_device_is_not_taken_over() -> None:
+    fleet = Fleet(Family.of([preregistered(key="", disabled=True)]))
+    verdict = fleet.claim(H, FP_A)
+    assert verdict.decision == "refused"
+    assert verdict.reason == REASON_DISABLED
+    assert fleet.device(H).lifecycle == "preregistered"
+
+
+def test_an_empty_fingerprint_never_matches() -> None:
+    fleet = Fleet()
+    fleet.claim(H, "")
+    verdicts = [fleet.claim(H, "") for _ in range(3)]
+    assert [v.decision for v in verdicts] == ["clone"] * 3
+    assert [v.hardware_id for v in verdicts] == [f"{H}-1", f"{H}-2", f"{H}-3"]
+
+
+def test_200_clones_of_one_image_get_h_to_h_199_each_exactly_once() -> None:
+    fleet = Fleet()
+    verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(200)]
+    assigned = [v.hardware_id for v in verdicts]
+    assert assigned == [H] + [f"{H}-{n}" for n in range(1, 200)]
+    assert [v.decision for v in verdicts] == ["new"] + ["clone"] * 199
+    assert len({device_of(v).id for v in verdicts}) == 200
+    assert len(fleet.family.devices) == 200
+
+
+# ---------------------------------------------------------------- bulk registration
+
+
+def bulk_fleet(*devices: KnownDevice) -> Fleet:
+    return Fleet(Family.of(devices), kind="bulk")
+
+
+def test_bulk_unknown_hardware_id_and_wrong_key_get_the_same_refusal() -> None:
+    unknown = bulk_fleet(preregistered()).claim("f0038c1be545", FP_A, key=KEY)
+    wrong_key = bulk_fleet(preregistered()).claim(H, FP_A, key="000000000000")
+    no_key = bulk_fleet(preregistered()).claim(H, FP_A)
+    assert unknown.decision == "refused"
+    assert unknown.reason == REASON_BULK_NOT_LISTED
+    # Equal verdicts, no device attached: nothing tells which of the two was wrong.
+    assert wrong_key == unknown
+    assert no_key == unknown
+    assert unknown.device is None
+    assert unknown.hardware_id == ""
+
+
+def test_bulk_right_key_claims_the_preregistered_device() -> None:
+    fleet = bulk_fleet(preregistered())
+    verdict = fleet.claim(H, FP_A, key=KEY)
+    device = device_of(verdict)
+    assert verdict.decision == "new"
+    assert verdict.claimed_preregistered
+    assert not verdict.created
+    assert (device.id, device.hardware_id, device.name) == ("pre-1", H, f"Device {H}")
+    assert (device.lifecycle, device.fingerprint) == ("registered", FP_A)
+
+
+def test_bulk_retry_before_confirmation_is_the_same_device() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY)
+    retry = fleet.claim(H, FP_A, key=KEY)
+    assert retry.decision == "same"
+    assert device_of(retry).id == "pre-1"
+
+
+def test_bulk_never_makes_an_indexed_clone() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY)
+    other = fleet.claim(H, FP_B, key=KEY)
+    assert other.decision == "refused"
+    assert other.reason == REASON_BULK_ALREADY_CLAIMED
+    assert fleet.hardware_ids == [H]
+
+
+def test_bulk_after_confirmation_a_claim_without_secret_is_refused_as_already_claimed() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY)
+    fleet.confirm(H)
+    verdict = fleet.claim(H, FP_A, key=KEY)
+    assert verdict.decision == "refused"
+    assert verdict.reason == REASON_BULK_ALREADY_CLAIMED
+    assert not verdict.created
+    assert fleet.hardware_ids == [H]
+
+
+def test_bulk_after_confirmation_a_claim_with_the_device_secret_is_the_same_device() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY)
+    device = fleet.confirm(H)
+    verdict = fleet.claim(H, FP_A, key=KEY, secret=presented_secret(device))
+    assert verdict.decision == "same"
+    assert device_of(verdict).id == "pre-1"
+
+
+def test_bulk_disabled_device_with_the_right_key_is_refused_as_disabled() -> None:
+    verdict = bulk_fleet(preregistered(disabled=True)).claim(H, FP_A, key=KEY)
+    assert verdict.decision == "refused"
+    assert verdict.reason == REASON_DISABLED
+
+
+@pytest.mark.parametrize("reason", [REASON_DISABLED, REASON_BULK_NOT_LISTED, REASON_BULK_ALREADY_CLAIMED])
+def test_refusal_reasons_are_plain_text_for_the_reference_client(reason: str) -> None:
+    assert reason.isascii()
+    assert not set(reason) & set(",{}\"'\n")

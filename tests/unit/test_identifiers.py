@@ -1,0 +1,280 @@
+"""Hardware IDs, device names and codes: docs "Names and limits" and "Auto registration"."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import uuid
+
+import pytest
+
+from shared.domain.identifiers import (
+    DEVICE_NAME_MAX,
+    HARDWARE_ID_MAX,
+    family_stems,
+    hardware_id_stem,
+    is_uuid,
+    new_code,
+    new_request_id,
+    next_free_index,
+    normalize_code,
+    request_id_age_seconds,
+    validate_device_name,
+    validate_hardware_id,
+)
+from shared.errors import InvalidInput
+
+UPPER_UUID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
+CODE = "2513F28C-13AD-BEBE-7329-D70C2F5F34A6"
+HARDWARE_CHARSET = "charset=[A-Za-z0-9._-]"
+NAME_CHARSET = "charset=[A-Za-z0-9 _.-]"
+
+
+# ---------------------------------------------------------------- hardware IDs
+
+
+@pytest.mark.parametrize("value", ["b827eb8905e5", "B827EB8905E5", "dev_01.rack-7", "x", "a" * 64])
+def test_a_valid_hardware_id_is_returned_unchanged(value: str) -> None:
+    assert validate_hardware_id(value) == value
+
+
+def test_the_hardware_id_limit_is_64_characters() -> None:
+    assert HARDWARE_ID_MAX == 64
+    assert validate_hardware_id("a" * 64) == "a" * 64
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id("a" * 65)
+    assert (refused.value.field, refused.value.rule) == ("hardware_id", "max_length=64")
+    assert "65" in refused.value.message and "64" in refused.value.message
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_a_missing_hardware_id_is_required(value: object) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id(value)
+    assert (refused.value.field, refused.value.rule) == ("hardware_id", "required")
+
+
+@pytest.mark.parametrize("value", [123, b"b827eb8905e5", ["b827eb8905e5"]])
+def test_a_hardware_id_that_is_not_a_string_is_refused_as_such(value: object) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id(value)
+    assert (refused.value.field, refused.value.rule) == ("hardware_id", "type=string")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("b827eb8905é5", id="non-ascii"),
+        pytest.param("b8:27:eb:89:05:e5", id="colon"),
+        pytest.param("b827 eb8905e5", id="space"),
+        pytest.param("b827eb8905e5/", id="slash"),
+        pytest.param("b827eb8905e5,", id="comma"),
+        pytest.param("\tb827eb8905e5", id="leading-tab"),
+        pytest.param("b827eb8905e5\r\n", id="trailing-crlf"),
+    ],
+)
+def test_a_hardware_id_outside_the_charset_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id(value)
+    assert (refused.value.field, refused.value.rule) == ("hardware_id", HARDWARE_CHARSET)
+
+
+def test_a_hardware_id_with_a_trailing_newline_is_refused() -> None:
+    """A newline is outside the charset; accepted, "H\\n" would be a second device beside "H"
+    that looks the same, and would break its provisioning files' lines."""
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id("b827eb8905e5\n")
+    assert (refused.value.field, refused.value.rule) == ("hardware_id", HARDWARE_CHARSET)
+
+
+def test_hardware_id_errors_name_the_callers_field() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_hardware_id("b8:27", field="rows[3].hardware_id")
+    assert refused.value.field == "rows[3].hardware_id"
+
+
+# ---------------------------------------------------------------- device names
+
+
+def test_a_device_name_of_100_characters_is_accepted_and_101_refused() -> None:
+    assert DEVICE_NAME_MAX == 100
+    assert validate_device_name("n" * 100) == "n" * 100
+    with pytest.raises(InvalidInput) as refused:
+        validate_device_name("n" * 101)
+    assert (refused.value.field, refused.value.rule) == ("name", "max_length=100")
+
+
+@pytest.mark.parametrize("value", ["Example Device", "pump_7.rack-2", "ABC xyz 019", "a"])
+def test_a_device_name_of_letters_digits_space_underscore_dash_dot_is_accepted(value: str) -> None:
+    assert validate_device_name(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("Pumpe Süd", id="non-ascii"),
+        pytest.param("pump/7", id="slash"),
+        pytest.param("pump,7", id="comma"),
+        pytest.param("pump:7", id="colon"),
+        pytest.param("pump\t7", id="tab"),
+    ],
+)
+def test_a_device_name_outside_the_charset_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_device_name(value)
+    assert (refused.value.field, refused.value.rule) == ("name", NAME_CHARSET)
+
+
+def test_a_device_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_device_name("pump 7\n")
+    assert (refused.value.field, refused.value.rule) == ("name", NAME_CHARSET)
+
+
+@pytest.mark.parametrize(("value", "rule"), [("", "required"), (None, "required"), (7, "type=string")])
+def test_a_missing_or_non_string_device_name_is_refused(value: object, rule: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_device_name(value)
+    assert (refused.value.field, refused.value.rule) == ("name", rule)
+
+
+# ---------------------------------------------------------------- stems and indexes
+
+
+@pytest.mark.parametrize(
+    ("hardware_id", "stem"),
+    [
+        ("abc-5", "abc"),
+        ("abc", "abc"),
+        ("a-b-12", "a-b"),
+        ("abc-", "abc-"),
+        ("abc-x", "abc-x"),
+        ("abc-5-1", "abc-5"),
+    ],
+)
+def test_hardware_id_stem_strips_one_index_suffix(hardware_id: str, stem: str) -> None:
+    assert hardware_id_stem(hardware_id) == stem
+
+
+def test_family_stems_of_an_indexed_id() -> None:
+    assert family_stems("abc-5") == ("abc", "abc-5")
+    assert family_stems("abc") == ("abc", "abc")
+
+
+@pytest.mark.parametrize("claimed", ["abc", "abc-5", "b827eb8905e5"])
+def test_family_stems_cover_the_claim_and_every_indexed_variant(claimed: str) -> None:
+    stems = family_stems(claimed)
+    colliding = [claimed, *(f"{claimed}-{n}" for n in (1, 2, 10, 199))]
+    assert all(hardware_id_stem(hardware_id) in stems for hardware_id in colliding)
+
+
+def test_next_free_index_starts_at_1() -> None:
+    assert next_free_index("H", set()) == "H-1"
+    assert next_free_index("H", {"H"}) == "H-1"
+
+
+def test_next_free_index_is_the_smallest_free_one() -> None:
+    assert next_free_index("H", {"H", "H-1", "H-3"}) == "H-2"
+    assert next_free_index("H", {"H", "H-1", "H-2"}) == "H-3"
+
+
+def test_next_free_index_of_an_indexed_looking_id_appends_another_index() -> None:
+    # A device whose own hardware ID is "H-1" has clones "H-1-1", "H-1-2", ...
+    assert next_free_index("H-1", {"H", "H-1", "H-1-1"}) == "H-1-2"
+
+
+# ---------------------------------------------------------------- codes
+
+
+def test_a_new_code_is_an_upper_case_uuid_of_36_characters() -> None:
+    code = new_code()
+    assert len(code) == 36
+    assert UPPER_UUID.fullmatch(code)
+    assert str(uuid.UUID(code)).upper() == code
+
+
+def test_new_codes_are_distinct() -> None:
+    assert len({new_code() for _ in range(1000)}) == 1000
+
+
+def test_a_new_code_passes_its_own_normalization() -> None:
+    code = new_code()
+    assert normalize_code(code) == code
+
+
+@pytest.mark.parametrize("value", [CODE, CODE.lower(), "2513f28c-13AD-bebe-7329-D70C2F5F34a6"])
+def test_normalize_code_accepts_any_case_and_upper_cases(value: str) -> None:
+    assert normalize_code(value) == CODE
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(CODE[:-1], id="35-chars"),
+        pytest.param(CODE + "0", id="37-chars"),
+        pytest.param(CODE.replace("-", ""), id="no-dashes"),
+        pytest.param("{" + CODE + "}", id="braces"),
+        pytest.param("G" + CODE[1:], id="non-hex"),
+        pytest.param(CODE.replace("-", "_"), id="wrong-separator"),
+        pytest.param(" " + CODE[1:], id="leading-space"),
+        pytest.param(CODE + "\n", id="trailing-newline"),
+    ],
+)
+def test_normalize_code_refuses_anything_but_the_uuid_form(value: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        normalize_code(value)
+    assert (refused.value.field, refused.value.rule) == ("bulk_identification_code", "format=uuid")
+
+
+@pytest.mark.parametrize("value", ["", None, 42])
+def test_normalize_code_requires_a_string(value: object) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        normalize_code(value, field="product_code")
+    assert (refused.value.field, refused.value.rule) == ("product_code", "required")
+
+
+# ---------------------------------------------------------------- request IDs
+
+
+def test_a_new_request_id_is_a_version_7_uuid() -> None:
+    parsed = uuid.UUID(new_request_id())
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+
+
+def test_a_new_request_id_is_about_0_seconds_old() -> None:
+    age = request_id_age_seconds(new_request_id())
+    assert age is not None
+    assert abs(age) < 2
+
+
+def test_request_id_age_reads_the_issue_time() -> None:
+    millis = int(time.time() * 1000) - 3_600_000  # issued an hour ago
+    raw = bytearray(millis.to_bytes(6, "big") + secrets.token_bytes(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    age = request_id_age_seconds(str(uuid.UUID(bytes=bytes(raw))))
+    assert age is not None
+    assert 3599 < age < 3610
+
+
+def test_request_ids_are_distinct() -> None:
+    assert len({new_request_id() for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize("value", [str(uuid.uuid4()), "garbage", "", CODE])
+def test_request_id_age_is_unknown_for_anything_but_version_7(value: str) -> None:
+    assert request_id_age_seconds(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(CODE, True), (CODE.lower(), True), ("not-a-uuid", False), ("", False)]
+)
+def test_is_uuid(value: str, expected: bool) -> None:
+    assert is_uuid(value) is expected
+
+
+def test_new_codes_and_request_ids_are_uuids() -> None:
+    assert is_uuid(new_code())
+    assert is_uuid(new_request_id())
