@@ -7,6 +7,7 @@ from typing import Any
 from shared.db import accounts, devices, products
 from shared.db.accounts import Account
 from shared.db.pool import Pool
+from shared.domain.identifiers import is_uuid
 from shared.domain.products import validate_product, validate_service
 from shared.errors import InvalidInput
 
@@ -26,6 +27,8 @@ async def create_auto_registration(pool: Pool, account: Account, body: dict[str,
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
+    if not is_uuid(product_id):
+        raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
     registration_id = await products.create_registration(pool, account.id, product_id, AUTO, "active")
     return await products.get_registration(pool, account.id, AUTO, registration_id)
 
@@ -58,6 +61,9 @@ async def list_devices(
         raise InvalidInput(
             f"limit must be 1-{page_limit_max}", field="limit", rule=f"range=1..{page_limit_max}"
         )
+    for name in ("after", "registration_id"):
+        if query.get(name) and not is_uuid(query[name]):
+            raise InvalidInput(f"{name} must be an ID", field=name, rule="format=uuid")
     found = await devices.list_devices(
         pool,
         account.id,

@@ -83,7 +83,9 @@ class PathItem:
     operations: dict[str, Operation] = field(default_factory=dict)
 
 
-_KEY = re.compile(r"""(?P<key>'[^']*'|"[^"]*"|[^\s'"{}\[\]#,&*!|>%@`-][^:]*?|-[^\s:][^:]*?):(?:\s+(?P<value>\S.*))?""")
+_KEY = re.compile(
+    r"""(?P<key>'[^']*'|"[^"]*"|[^\s'"{}\[\]#,&*!|>%@`-][^:]*?|-[^\s:][^:]*?):(?:\s+(?P<value>\S.*))?"""
+)
 _RESPONSE = re.compile(r"[1-5]\d\d|[1-5]XX|default")
 _SECURITY_ITEM = re.compile(r"- (?P<name>[A-Za-z0-9_.-]+): \[\]")
 
@@ -199,7 +201,9 @@ def read_parameters(line: Line, value: str | None, rest: list[Line], indent: int
             else:
                 schema = {
                     k: v
-                    for k, (_, v, _) in scalar_mapping(block_only(schema_line, None, schema_rest), indent + 4).items()
+                    for k, (_, v, _) in scalar_mapping(
+                        block_only(schema_line, None, schema_rest), indent + 4
+                    ).items()
                     if v is not None
                 }
         found.append(
@@ -248,7 +252,9 @@ def read_paths(text: str) -> dict[str, PathItem]:
         if path in items:
             raise LayoutError(f"line {head.number}: path {path} twice")
         item = items[path] = PathItem(path)
-        for key, (key_line, key_val, key_rest) in scalar_mapping(block_only(head, path_value, body), 4).items():
+        for key, (key_line, key_val, key_rest) in scalar_mapping(
+            block_only(head, path_value, body), 4
+        ).items():
             if key in METHODS:
                 item.operations[key] = read_operation(key, block_only(key_line, key_val, key_rest))
             elif key == "parameters":
@@ -412,8 +418,12 @@ def test_the_reader_reads_a_well_formed_sample() -> None:
         pytest.param(SAMPLE.replace("    get:\n", "    get: {}\n"), id="flow-operation"),
         pytest.param(SAMPLE.replace("  /b:\n", "  /a/{id}:\n"), id="path-twice"),
         pytest.param(SAMPLE.replace("    delete:", "    get:"), id="method-twice"),
-        pytest.param(SAMPLE.replace("    parameters:\n      - name", "    parameters:\n    - name"), id="compact-list"),
-        pytest.param(SAMPLE.replace("      - name: id", "      - $ref: '#/x'\n        name: id"), id="parameter-ref"),
+        pytest.param(
+            SAMPLE.replace("    parameters:\n      - name", "    parameters:\n    - name"), id="compact-list"
+        ),
+        pytest.param(
+            SAMPLE.replace("      - name: id", "      - $ref: '#/x'\n        name: id"), id="parameter-ref"
+        ),
         pytest.param(SAMPLE.replace("        '404':", "        'gone':"), id="bad-status"),
         pytest.param(SAMPLE.replace("      security: []", "      security: [{x: []}]"), id="flow-security"),
         pytest.param(SAMPLE.replace("  /b:\n    post:\n", "  /b:\n    summary: no operation\n"), id="no-op"),
@@ -446,7 +456,7 @@ def test_the_app_is_built_without_starting_it(app: web.Application) -> None:
     assert not app.frozen
 
 
-def test_openapi_yaml_serves_this_document(app: web.Application) -> None:
+def test_openapi_yaml_serves_this_document() -> None:
     assert routes.OPENAPI == DOCUMENT
 
 
@@ -497,7 +507,9 @@ async def test_the_documented_security_is_what_the_code_asks_for(app: web.Applic
         else:
             needs_key = False
         documented = BEARER in documented_schemes(operation)
-        assert needs_key == documented, f"{method} {path}: code needs a key: {needs_key}, document: {documented}"
+        assert needs_key == documented, (
+            f"{method} {path}: code needs a key: {needs_key}, document: {documented}"
+        )
 
 
 def test_every_authed_route_documents_the_status_the_code_answers_with(app: web.Application) -> None:
@@ -506,7 +518,9 @@ def test_every_authed_route_documents_the_status_the_code_answers_with(app: web.
         if "status" not in closure:  # not wrapped by authed(...): health, metrics, this document
             continue
         documented = [code for code in paths()[path].operations[method.lower()].responses if code[0] == "2"]
-        assert documented == [str(closure["status"])], f"{method} {path}: code {closure['status']}, doc {documented}"
+        assert documented == [str(closure["status"])], (
+            f"{method} {path}: code {closure['status']}, doc {documented}"
+        )
 
 
 def test_every_path_parameter_is_declared_and_every_declared_one_is_in_the_path() -> None:

@@ -1,0 +1,104 @@
+"""The fleetreg command against the running system: stable JSON shapes, readable
+tables, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from tests.support.api import Operator
+from tests.support.system import ROOT, System
+
+
+async def fleetreg(operator: Operator, system: System, *args: str) -> tuple[int, str, str]:
+    env = {
+        **os.environ,
+        "FLEETREG_ENDPOINTS_FILE": "/nonexistent",  # only what this test gives
+        "FLEETREG_ADMIN_URL": system.operator_url,
+        "FLEETREG_ADMIN_TOKEN": operator.api_key,
+        "FLEETREG_DEVICE_URL": system.device_url,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def fleetreg_json(operator: Operator, system: System, *args: str) -> Any:
+    code, out, err = await fleetreg(operator, system, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_product_auto_and_devices_commands(system: System, operator: Operator) -> None:
+    product = await fleetreg_json(operator, system, "product", "create", "--name", "gateway",
+                                  "--service", "ssh:22", "--service", "web:80:disabled")
+    assert product["status"] == "new"
+    assert [(s["type"], s["port"], s["enabled"]) for s in product["services"]] == [
+        ("rmt3", 65535, True), ("ssh", 22, True), ("web", 80, False)
+    ]
+    locked = await fleetreg_json(operator, system, "product", "lock", product["id"])
+    assert locked["status"] == "locked"
+    assert len(locked["bulk_identification_code"]) == 36 and len(locked["product_code"]) == 36
+    assert locked["bulk_identification_code"] != locked["product_code"]
+    listed = await fleetreg_json(operator, system, "product", "list")
+    assert [p["id"] for p in listed["products"]] == [product["id"]]
+
+    auto = await fleetreg_json(operator, system, "auto", "create", "--product", product["id"])
+    assert set(auto) == {"id", "product_id", "status", "bulk_identification_code"}
+    assert (auto["status"], auto["bulk_identification_code"]) == ("active", locked["bulk_identification_code"])
+    paused = await fleetreg_json(operator, system, "auto", "pause", auto["id"])
+    assert paused["status"] == "paused"
+    resumed = await fleetreg_json(operator, system, "auto", "resume", auto["id"])
+    assert resumed["status"] == "active"
+    rotated = await fleetreg_json(operator, system, "auto", "rotate-code", auto["id"])
+    assert rotated["bulk_identification_code"] != auto["bulk_identification_code"]
+
+    summary = await fleetreg_json(operator, system, "simulate", "--devices", "40", "--clone-rate", "0.25",
+                                  "--concurrency", "10", "--code", rotated["bulk_identification_code"],
+                                  "--seed", "7")
+    assert (summary["devices"], summary["provisioned"], summary["errors"]) == (40, 40, 0)
+    assert summary["clones_detected"] == 10
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["throughput_per_s"] > 0
+
+    devices = (await fleetreg_json(operator, system, "devices", "list"))["devices"]
+    assert len(devices) == 40
+    assert {"id", "hardware_id", "name", "state", "product_id"} <= set(devices[0])
+    assert len(set(d["hardware_id"] for d in devices)) == 40
+    limited = (await fleetreg_json(operator, system, "devices", "list", "--limit", "3"))["devices"]
+    assert [d["id"] for d in limited] == sorted(d["id"] for d in devices)[:3]
+    one = devices[0]
+    found = await fleetreg_json(operator, system, "devices", "list", "--hardware-id", one["hardware_id"])
+    assert [d["id"] for d in found["devices"]] == [one["id"]]
+
+    disabled = await fleetreg_json(operator, system, "devices", "disable", one["id"])
+    assert disabled["devices"][0]["state"] == "disabled"
+    assert [d["id"] for d in (await fleetreg_json(operator, system, "devices", "list", "--state",
+                                                  "disabled"))["devices"]] == [one["id"]]
+    other = devices[1]
+    reset = await fleetreg_json(operator, system, "devices", "reset", other["id"])
+    assert reset["devices"][0]["lifecycle"] == "preregistered"
+    shown = await fleetreg_json(operator, system, "devices", "show", other["id"])
+    assert [e["kind"] for e in shown["history"]][-1] == "reset"
+
+    code, out, _ = await fleetreg(operator, system, "devices", "list")
+    assert out.splitlines()[0].split() == ["id", "hardware", "id", "name", "state", "product"]
+    assert "40 device(s)" in out
+
+
+async def test_errors_exit_non_zero_with_one_line(system: System, operator: Operator) -> None:
+    code, out, err = await fleetreg(operator, system, "product", "lock", "00000000-0000-0000-0000-000000000000")
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1 and "404" in err and "no product" in err
+    code, _, err = await fleetreg(operator, system, "product", "create", "--name", "x", "--service", "ssh")
+    assert code == 1 and "TYPE:PORT" in err
+    code, _, err = await fleetreg(operator, system, "auto", "create", "--product", "nope")
+    assert code == 1 and err.startswith("fleetreg: ") and "400" in err and "product_id" in err
