@@ -37,7 +37,8 @@ async def prepare(var: Path) -> dict[str, str]:
             account, key = await accounts.create_account(pool, DEMO_ACCOUNT)
             _write_private(key_file, key)
         elif not key_file.exists():
-            _write_private(key_file, await accounts.create_api_key(pool, account.id, "local demo"))
+            _, key = await accounts.create_api_key(pool, account.id, "local demo")
+            _write_private(key_file, key)
         found = [p for p in await products.list_products(pool, account.id) if p["name"] == DEMO_PRODUCT]
         product = (
             found[0]

@@ -110,7 +110,9 @@ E = TypeVar("E", bound=Event)
 
 
 def encode(event: Event) -> bytes:
-    payload = {"type": event.TYPE, "v": event.VERSION, **dataclasses.asdict(event)}
+    _, fields = _schema(type(event))
+    payload = {"type": event.TYPE, "v": event.VERSION}
+    payload.update((name, getattr(event, name)) for name in fields)  # flat fields: no deep copy needed
     return orjson.dumps(payload)
 
 

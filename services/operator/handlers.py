@@ -54,7 +54,7 @@ async def list_devices(
     if state is not None and state not in DEVICE_STATES:
         raise InvalidInput(f"state must be one of {', '.join(DEVICE_STATES)}", field="state", rule="enum")
     try:
-        limit = int(query.get("limit", "100"))
+        limit = int(query.get("limit", str(min(100, page_limit_max))))
     except ValueError as exc:
         raise InvalidInput("limit must be a whole number", field="limit", rule="type=integer") from exc
     if not 1 <= limit <= page_limit_max:
@@ -81,5 +81,10 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
     label = body.get("label", "")
     if not isinstance(label, str) or len(label) > 100 or not label.isascii():
         raise InvalidInput("label must be up to 100 ASCII characters", field="label", rule="max_length=100")
-    key = await accounts.create_api_key(pool, account.id, label)
-    return {"api_key": key, "label": label, "note": "shown once: store it now, it cannot be shown again"}
+    key_id, key = await accounts.create_api_key(pool, account.id, label)
+    return {
+        "id": key_id,
+        "api_key": key,
+        "label": label,
+        "note": "shown once: store it now, it cannot be shown again",
+    }

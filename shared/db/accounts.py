@@ -39,7 +39,7 @@ async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
             await conn.execute(INSERT_ACCOUNT, account.id, name)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"an account named {name!r} exists already", field="name") from exc
-        key = await _insert_key(conn, account.id, "first key")
+        _, key = await _insert_key(conn, account.id, "first key")
     return account, key
 
 
@@ -48,15 +48,16 @@ async def find_account(pool: Pool, name: str) -> Account | None:
     return Account(row["id"], row["name"]) if row else None
 
 
-async def create_api_key(pool: Pool, account_id: str, label: str) -> str:
+async def create_api_key(pool: Pool, account_id: str, label: str) -> tuple[str, str]:
+    """A new key of the account: (key ID, the key itself, returned this once)."""
     async with pool.acquire() as conn:
         return await _insert_key(conn, account_id, label)
 
 
-async def _insert_key(conn: Any, account_id: str, label: str) -> str:
-    key = new_api_key()
-    await conn.execute(INSERT_KEY, uuid.uuid4(), account_id, api_key_digest(key), key[:8], label)
-    return key
+async def _insert_key(conn: Any, account_id: str, label: str) -> tuple[str, str]:
+    key, key_id = new_api_key(), str(uuid.uuid4())
+    await conn.execute(INSERT_KEY, key_id, account_id, api_key_digest(key), key[:8], label)
+    return key_id, key
 
 
 async def account_for_key(pool: Pool, key: str) -> Account | None:

@@ -113,8 +113,9 @@ SELECT_DEVICES = """
       AND ($5::uuid IS NULL OR id = $5)
       AND ($6::text IS NULL OR CASE
             WHEN $6 = 'disabled' THEN disabled
-            WHEN $6 = 'online' THEN NOT disabled AND last_seen_at > now() - make_interval(secs => $7)
-            WHEN $6 = 'offline' THEN NOT disabled
+            WHEN $6 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
+                 AND last_seen_at > now() - make_interval(secs => $7)
+            WHEN $6 = 'offline' THEN NOT disabled AND lifecycle = 'provisioned'
                  AND (last_seen_at IS NULL OR last_seen_at <= now() - make_interval(secs => $7))
             ELSE NOT disabled AND lifecycle = $6 END)
     ORDER BY id LIMIT $8"""
@@ -330,6 +331,7 @@ def _device_view(row: Any, online_ttl: float) -> dict[str, Any]:
     last_seen = row["last_seen_at"]
     online = (
         not row["disabled"]
+        and row["lifecycle"] == "provisioned"
         and last_seen is not None
         and (datetime.now(UTC) - last_seen).total_seconds() < online_ttl
     )

@@ -22,8 +22,14 @@ async def fleetreg(operator: Operator, system: System, *args: str) -> tuple[int,
         "FLEETREG_DEVICE_URL": system.device_url,
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", *args, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "cli.main",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     assert process.returncode is not None
@@ -37,11 +43,23 @@ async def fleetreg_json(operator: Operator, system: System, *args: str) -> Any:
 
 
 async def test_product_auto_and_devices_commands(system: System, operator: Operator) -> None:
-    product = await fleetreg_json(operator, system, "product", "create", "--name", "gateway",
-                                  "--service", "ssh:22", "--service", "web:80:disabled")
+    product = await fleetreg_json(
+        operator,
+        system,
+        "product",
+        "create",
+        "--name",
+        "gateway",
+        "--service",
+        "ssh:22",
+        "--service",
+        "web:80:disabled",
+    )
     assert product["status"] == "new"
     assert [(s["type"], s["port"], s["enabled"]) for s in product["services"]] == [
-        ("rmt3", 65535, True), ("ssh", 22, True), ("web", 80, False)
+        ("rmt3", 65535, True),
+        ("ssh", 22, True),
+        ("web", 80, False),
     ]
     locked = await fleetreg_json(operator, system, "product", "lock", product["id"])
     assert locked["status"] == "locked"
@@ -52,7 +70,10 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
 
     auto = await fleetreg_json(operator, system, "auto", "create", "--product", product["id"])
     assert set(auto) == {"id", "product_id", "status", "bulk_identification_code"}
-    assert (auto["status"], auto["bulk_identification_code"]) == ("active", locked["bulk_identification_code"])
+    assert (auto["status"], auto["bulk_identification_code"]) == (
+        "active",
+        locked["bulk_identification_code"],
+    )
     paused = await fleetreg_json(operator, system, "auto", "pause", auto["id"])
     assert paused["status"] == "paused"
     resumed = await fleetreg_json(operator, system, "auto", "resume", auto["id"])
@@ -60,9 +81,21 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
     rotated = await fleetreg_json(operator, system, "auto", "rotate-code", auto["id"])
     assert rotated["bulk_identification_code"] != auto["bulk_identification_code"]
 
-    summary = await fleetreg_json(operator, system, "simulate", "--devices", "40", "--clone-rate", "0.25",
-                                  "--concurrency", "10", "--code", rotated["bulk_identification_code"],
-                                  "--seed", "7")
+    summary = await fleetreg_json(
+        operator,
+        system,
+        "simulate",
+        "--devices",
+        "40",
+        "--clone-rate",
+        "0.25",
+        "--concurrency",
+        "10",
+        "--code",
+        rotated["bulk_identification_code"],
+        "--seed",
+        "7",
+    )
     assert (summary["devices"], summary["provisioned"], summary["errors"]) == (40, 40, 0)
     assert summary["clones_detected"] == 10
     assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
@@ -80,8 +113,10 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
 
     disabled = await fleetreg_json(operator, system, "devices", "disable", one["id"])
     assert disabled["devices"][0]["state"] == "disabled"
-    assert [d["id"] for d in (await fleetreg_json(operator, system, "devices", "list", "--state",
-                                                  "disabled"))["devices"]] == [one["id"]]
+    assert [
+        d["id"]
+        for d in (await fleetreg_json(operator, system, "devices", "list", "--state", "disabled"))["devices"]
+    ] == [one["id"]]
     other = devices[1]
     reset = await fleetreg_json(operator, system, "devices", "reset", other["id"])
     assert reset["devices"][0]["lifecycle"] == "preregistered"
@@ -89,12 +124,15 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
     assert [e["kind"] for e in shown["history"]][-1] == "reset"
 
     code, out, _ = await fleetreg(operator, system, "devices", "list")
+    assert code == 0
     assert out.splitlines()[0].split() == ["id", "hardware", "id", "name", "state", "product"]
     assert "40 device(s)" in out
 
 
 async def test_errors_exit_non_zero_with_one_line(system: System, operator: Operator) -> None:
-    code, out, err = await fleetreg(operator, system, "product", "lock", "00000000-0000-0000-0000-000000000000")
+    code, out, err = await fleetreg(
+        operator, system, "product", "lock", "00000000-0000-0000-0000-000000000000"
+    )
     assert code == 1
     assert out == ""
     assert err.count("\n") == 1 and "404" in err and "no product" in err

@@ -80,7 +80,7 @@ CASES: list[tuple[str, bytes, int, str, str]] = [
         f'{{"bulk_identification_code": "{VALID_CODE}", "hardware_id": 5}}'.encode(),
         400,
         "hardware_id",
-        "required",
+        "type=string",
     ),
     (
         "unknown field",

@@ -15,29 +15,46 @@ async def test_every_call_needs_a_valid_api_key(system: System, session: aiohttp
             assert (await response.json())["error"] == "unauthorized"
 
 
-async def test_a_revoked_key_stops_working(system: System, operator: Operator, session: aiohttp.ClientSession
-                                           ) -> None:
+async def test_a_revoked_key_stops_working(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
     created = await operator.call("POST", "/v1/api-keys", {"label": "ci"}, expect=201)
     keys = (await operator.call("GET", "/v1/api-keys", expect=200))["api_keys"]
     new = next(k for k in keys if k["label"] == "ci")
+    assert new["id"] == created["id"]
     assert created["api_key"].startswith(new["prefix"])
     assert "api_key" not in new  # listed keys never show the key itself
     await operator.call("DELETE", f"/v1/api-keys/{new['id']}", expect=200)
-    async with session.get(f"{system.operator_url}/v1/products",
-                           headers={"Authorization": f"Bearer {created['api_key']}"}) as response:
+    async with session.get(
+        f"{system.operator_url}/v1/products", headers={"Authorization": f"Bearer {created['api_key']}"}
+    ) as response:
         assert response.status == 401
 
 
 async def test_products_lock_once_and_serve_one_kind_of_registration(operator: Operator) -> None:
-    product = await operator.call("POST", "/v1/products", {"name": "cam", "services": [
-        {"type": "ssh", "port": 22}, {"name": "admin", "type": "webs", "port": 443, "enabled": False}]}, expect=201)
+    product = await operator.call(
+        "POST",
+        "/v1/products",
+        {
+            "name": "cam",
+            "services": [
+                {"type": "ssh", "port": 22},
+                {"name": "admin", "type": "webs", "port": 443, "enabled": False},
+            ],
+        },
+        expect=201,
+    )
     assert [s["type_code"] for s in product["services"]] == [35, 28, 33]
     assert "bulk_identification_code" not in product
     await operator.call("POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=409)
     locked = await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
     await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=409)
-    late = await operator.call("POST", f"/v1/products/{product['id']}/services",
-                               {"name": "vnc", "type": "vnc", "port": 5900}, expect=201)
+    late = await operator.call(
+        "POST",
+        f"/v1/products/{product['id']}/services",
+        {"name": "vnc", "type": "vnc", "port": 5900},
+        expect=201,
+    )
     assert late["services"][-1]["enabled"] is False  # added after locking: disabled by default
     assert late["bulk_identification_code"] == locked["bulk_identification_code"]
     await operator.call("POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201)
@@ -51,8 +68,10 @@ async def test_bad_product_input_names_the_field(operator: Operator) -> None:
         ({"name": "x", "services": [{"type": "telnet", "port": 23}]}, "services[0].type"),
         ({"name": "x", "services": [{"type": "ssh", "port": 70000}]}, "services[0].port"),
         ({"name": "x", "services": [{"type": "rmt3", "port": 1}]}, "services[0].type"),
-        ({"name": "x", "services": [{"type": "ssh", "port": 22}, {"type": "ssh", "port": 2222}]},
-         "services[1].name"),
+        (
+            {"name": "x", "services": [{"type": "ssh", "port": 22}, {"type": "ssh", "port": 2222}]},
+            "services[1].name",
+        ),
     ]
     for body, field in cases:
         answer = await operator.call("POST", "/v1/products", body, expect=400)
@@ -73,14 +92,17 @@ async def test_the_audit_trail_records_every_decision(
     clone = await register(session, system.device_url, code, "cafe01", cpu_id="b", mac="b")
     original = await operator.call("GET", f"/v1/devices/{first.body['device_id']}", expect=200)
     assert [(e["decision"], e["claimed_hardware_id"]) for e in original["history"]] == [
-        ("new", "cafe01"), ("same", "cafe01")]
+        ("new", "cafe01"),
+        ("same", "cafe01"),
+    ]
     cloned = await operator.call("GET", f"/v1/devices/{clone.body['device_id']}", expect=200)
     assert [(e["decision"], e["assigned_hardware_id"]) for e in cloned["history"]] == [("clone", "cafe01-1")]
     assert "belongs to another device" in cloned["history"][0]["reason"]
 
 
-async def test_the_operator_api_serves_its_openapi_document(system: System, session: aiohttp.ClientSession
-                                                            ) -> None:
+async def test_the_operator_api_serves_its_openapi_document(
+    system: System, session: aiohttp.ClientSession
+) -> None:
     async with session.get(f"{system.operator_url}/openapi.yaml") as response:
         assert response.status == 200
         assert (await response.text()).startswith("openapi: 3.1")
