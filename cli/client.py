@@ -1,4 +1,4 @@
-"""A small client of the operator API for the CLI: one session, clear errors."""
+"""A small client of the operator and bulk APIs for the CLI: one session, clear errors."""
 
 from __future__ import annotations
 
@@ -18,12 +18,21 @@ class OperatorClient:
         self._base = base_url.rstrip("/")
 
     async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        """Call the API; any non-2xx answer becomes a CliError with the API's own message."""
+        """Call the API; any non-2xx answer becomes a CliError with the API's own message
+        (and the API's JSON body as the error's document, for --json)."""
         url = self._base + path
         try:
-            async with self._session.request(method, url, json=body, params=params) as response:
+            async with self._session.request(
+                method, url, json=body, params=params, data=data, headers=headers
+            ) as response:
                 payload = await response.json(content_type=None)
                 if response.status >= 400:
                     message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
@@ -34,7 +43,7 @@ class OperatorClient:
                     )
                 return payload
         except aiohttp.ClientError as exc:
-            raise CliError(f"cannot reach the operator API at {self._base}: {exc}") from exc
+            raise CliError(f"cannot reach the API at {self._base}: {exc}") from exc
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         return await self.call("GET", path, params=params)
@@ -44,13 +53,15 @@ class OperatorClient:
 
 
 @contextlib.asynccontextmanager
-async def operator_client() -> AsyncIterator[OperatorClient]:
+async def operator_client(url_variable: str = "FLEETREG_ADMIN_URL") -> AsyncIterator[OperatorClient]:
+    """A client of the operator API (or, with FLEETREG_BULK_URL, of the bulk ingestion API)."""
     try:
         endpoints = load_endpoints()
-        url = require(endpoints, "FLEETREG_ADMIN_URL")
+        url = require(endpoints, url_variable)
         token = require(endpoints, "FLEETREG_ADMIN_TOKEN")
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as session:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         yield OperatorClient(session, url)

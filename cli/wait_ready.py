@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-PORTS = {"intake": 18080, "operator": 18081, "dedup": 18082, "provisioning": 18083}
+PORTS = {"intake": 18080, "operator": 18081, "dedup": 18082, "provisioning": 18083, "ingestion": 18084}
 
 
 def _alive(pidfile: Path) -> bool:

@@ -99,8 +99,21 @@ class DeviceSignal(Event):
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class BulkPublish(Event):
+    """Publish the next chunk of a bulk registration's rows after ``after_line``; each
+    handled chunk sends the next one, so a long publish is many short transactions."""
+
+    TYPE: ClassVar[str] = "bulk.publish"
+    VERSION: ClassVar[int] = 1
+
+    registration_id: str
+    after_line: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal)
+    cls.TYPE: cls
+    for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal, BulkPublish)
 }
 
 # (type, version) -> function turning that version's payload into the next version's.

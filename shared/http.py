@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shared.errors import DomainError, InvalidInput, PayloadTooLarge
+from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
 
@@ -137,3 +137,33 @@ async def parse_json_body(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is an empty object."""
     body = await request.read()
     return decode_json_object(body) if body.strip() else {}
+
+
+def api_key(request: web.Request) -> str:
+    """The account API key the request carries (``Authorization: Bearer <key>``)."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise Unauthorized(
+            "send the account API key as 'Authorization: Bearer <key>'", field="Authorization", rule="bearer"
+        )
+    return header.removeprefix("Bearer ").strip()
+
+
+async def account_for(key: str, pool: Any) -> Any:
+    """The account of an API key, or Unauthorized."""
+    from shared.db import accounts  # the HTTP layer needs the registry only for this
+
+    account = await accounts.account_for_key(pool, key)
+    if account is None:
+        raise Unauthorized("unknown or revoked API key", field="Authorization")
+    return account
+
+
+def path_id(request: web.Request, name: str) -> str:
+    """A UUID from the path; a malformed one is simply not found."""
+    from shared.domain.identifiers import is_uuid
+
+    value = request.match_info[name]
+    if not is_uuid(value):
+        raise NotFound(f"no {name.removesuffix('_id')} {value!r}: not an ID", field=name)
+    return value

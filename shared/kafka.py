@@ -54,6 +54,10 @@ class Topics:
         return f"{self.prefix}.device.signals"
 
     @property
+    def bulk_publish(self) -> str:
+        return f"{self.prefix}.bulk.publish"
+
+    @property
     def dead_letter(self) -> str:
         return f"{self.prefix}.deadletter"
 
@@ -63,6 +67,7 @@ class Topics:
             self.registration_decided,
             self.registration_outcomes,
             self.device_signals,
+            self.bulk_publish,
             self.dead_letter,
         ]
 

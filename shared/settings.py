@@ -158,6 +158,10 @@ class PipelineSettings:
     group_id: str
     batch_size: int
     log_level: str
+    # Deduplication's brute-force guard: after this many refused bulk claims of one
+    # hardware ID within the window, claims by registration key are refused too.
+    max_failed_claims: int = 10
+    failed_claims_window_s: float = 900.0
 
     @classmethod
     def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
@@ -169,4 +173,8 @@ class PipelineSettings:
             group_id=env.text("FLEETREG_CONSUMER_GROUP", f"fleetreg-{service}"),
             batch_size=env.integer("FLEETREG_BATCH_SIZE", 500, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
+            max_failed_claims=env.integer("FLEETREG_BULK_MAX_FAILED_CLAIMS", 10, minimum=1),
+            failed_claims_window_s=env.number(
+                "FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS", 900.0, minimum=1.0
+            ),
         )

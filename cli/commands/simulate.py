@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from pathlib import Path
 from typing import Any
 
+from cli.client import operator_client
+from cli.commands.bulk import BULK_URL, uploaded_file
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
-from cli.simulate import FleetPlan, ProgressCallback, Summary, plan_fleet, run_fleet
-
-BULK_UNAVAILABLE = "bulk simulation needs the bulk registration API (not available yet)"
+from cli.simulate import FleetPlan, ProgressCallback, Summary, plan_bulk, plan_fleet, run_fleet
+from shared.domain.bulk_csv import CsvReader
 
 
 def _positive_int(text: str) -> int:
@@ -44,7 +47,9 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
             "verifies its provisioning files and confirms. Exit code 1 if any device failed."
         ),
     )
-    parser.add_argument("--devices", type=_positive_int, default=100, help="how many devices (100)")
+    parser.add_argument(
+        "--devices", type=_positive_int, help="how many devices (100; with --bulk: all the CSV's)"
+    )
     parser.add_argument(
         "--clone-rate", type=_rate, default=0.1, help="share of devices reusing another's hardware ID (0.1)"
     )
@@ -58,13 +63,46 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
     parser.add_argument("--bulk", metavar="ID", help="boot the devices of this published bulk registration")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        help="with --bulk: the uploaded CSV (the registry keeps keys only hashed); "
+        "default: the file 'fleetreg bulk upload' sent from this folder",
+    )
     parser.add_argument("--device-url", help="native device API (default: FLEETREG_DEVICE_URL)")
     parser.set_defaults(run=run)
 
 
+async def _bulk_plan(args: argparse.Namespace) -> FleetPlan:
+    """The devices of a published bulk registration: hardware IDs and keys from its CSV,
+    the code from its product."""
+    csv_path = args.csv or uploaded_file(args.bulk)
+    if csv_path is None:
+        raise CliError(f"no CSV known for bulk registration {args.bulk}: pass --csv FILE")
+    async with operator_client(BULK_URL) as bulk:
+        registration = await bulk.get(f"/v1/bulk-registrations/{args.bulk}")
+    if registration["status"] not in ("publishing", "preregistered"):
+        raise CliError(f"bulk registration {args.bulk} is {registration['status']}: publish it first")
+    async with operator_client() as operator:
+        product = await operator.get(f"/v1/products/{registration['product_id']}")
+    listed = await asyncio.to_thread(_listed_devices, csv_path, args.devices)
+    try:
+        return plan_bulk(product["bulk_identification_code"], listed, args.lost_response_rate, args.seed)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _listed_devices(path: Path, limit: int | None) -> list[tuple[str, str]]:
+    with path.open("rb") as handle:
+        reader = CsvReader(handle, max_rows=10_000_000)
+        listed = [(row.hardware_id, row.registration_key) for row in reader]
+    if reader.errors.total:
+        first = reader.errors.shown[0]
+        raise CliError(f"{path}: line {first.line}: {first.reason}")
+    return listed[:limit] if limit else listed
+
+
 def _plan(args: argparse.Namespace, endpoints: dict[str, str]) -> FleetPlan:
-    if args.bulk:
-        raise CliError(BULK_UNAVAILABLE)
     code = args.code or endpoints.get("FLEETREG_DEMO_CODE")
     if not code:
         raise CliError(
@@ -72,7 +110,7 @@ def _plan(args: argparse.Namespace, endpoints: dict[str, str]) -> FleetPlan:
             "(it sets up the demo product and writes FLEETREG_DEMO_CODE to var/endpoints.env)"
         )
     try:
-        return plan_fleet(code, args.devices, args.clone_rate, args.lost_response_rate, args.seed)
+        return plan_fleet(code, args.devices or 100, args.clone_rate, args.lost_response_rate, args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 
@@ -110,7 +148,7 @@ def print_summary(summary: Summary) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     endpoints = load_endpoints()
-    plan = _plan(args, endpoints)
+    plan = await _bulk_plan(args) if args.bulk else _plan(args, endpoints)
     try:
         device_url = args.device_url or require(endpoints, "FLEETREG_DEVICE_URL")
     except ConfigError as exc:

@@ -34,6 +34,7 @@ INTAKE_PORT=${FLEETREG_INTAKE_PORT:-18080}
 OPERATOR_PORT=${FLEETREG_OPERATOR_PORT:-18081}
 DEDUP_PORT=${FLEETREG_DEDUP_PORT:-18082}
 PROVISIONING_PORT=${FLEETREG_PROVISIONING_PORT:-18083}
+INGESTION_PORT=${FLEETREG_INGESTION_PORT:-18084}
 
 mkdir -p "$LOG" "$RUN"
 
@@ -208,12 +209,13 @@ database_url() { # database name
 }
 
 # ------------------------------------------------------------- services ----
-SERVICES=(dedup provisioning intake operator)
+SERVICES=(dedup provisioning intake operator ingestion)
 
 service_port() {
   case $1 in
     intake) echo "$INTAKE_PORT" ;; operator) echo "$OPERATOR_PORT" ;;
     dedup) echo "$DEDUP_PORT" ;; provisioning) echo "$PROVISIONING_PORT" ;;
+    ingestion) echo "$INGESTION_PORT" ;;
   esac
 }
 

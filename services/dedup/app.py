@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.dedup import streams
+from services.dedup import handlers, streams
 from shared.http import base_app
 from shared.pipeline import consumer_context
 from shared.settings import PipelineSettings
@@ -14,5 +14,8 @@ SERVICE = "dedup"
 
 def create_app(settings: PipelineSettings) -> web.Application:
     app = base_app(SERVICE)
-    app.cleanup_ctx.append(consumer_context(SERVICE, settings, streams.subscriptions, streams.batch_handler))
+    guard = handlers.ClaimGuard(settings.max_failed_claims, settings.failed_claims_window_s)
+    app.cleanup_ctx.append(
+        consumer_context(SERVICE, settings, streams.subscriptions, streams.batch_handler(guard))
+    )
     return app

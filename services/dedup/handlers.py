@@ -13,13 +13,22 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shared.db import devices, products
 from shared.db.devices import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
 from shared.db.products import CodeAdmission
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import Claim, Family, KnownDevice, Verdict, decide
+from shared.domain.dedup import (
+    REASON_BULK_NOT_LISTED,
+    REASON_TOO_MANY_ATTEMPTS,
+    Claim,
+    Family,
+    KnownDevice,
+    Verdict,
+    decide,
+)
 from shared.domain.identifiers import family_stems
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
 from shared.metrics import PIPELINE_LATENCY, REGISTRATIONS
@@ -81,7 +90,9 @@ def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome
     )
 
 
-async def decide_batch(pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested]) -> Decisions:
+async def decide_batch(
+    pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested], guard: ClaimGuard | None = None
+) -> Decisions:
     """Decide every request of a batch in one transaction; return what to publish."""
     out = Decisions()
     unique = list({r.request_id: r for r in requests}.values())
@@ -102,7 +113,7 @@ async def decide_batch(pool: Pool, keyring: Keyring, requests: Sequence[Registra
 
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
         try:
-            records = await _decide_and_record(pool, fresh, admissions, secret_matches)
+            records = await _decide_and_record(pool, fresh, admissions, secret_matches, guard or ClaimGuard())
             break
         except RegistryConflict:
             # Another instance took a hardware ID meanwhile (a rebalance): decide again on fresh state.
@@ -141,11 +152,31 @@ async def decide_batch(pool: Pool, keyring: Keyring, requests: Sequence[Registra
     return out
 
 
+@dataclass(frozen=True)
+class ClaimGuard:
+    """Brute-force guard of bulk claims: a wrong key counts against the hardware ID, and
+    past ``limit`` refusals within the window a claim by key is refused whatever the key
+    (a device presenting its device secret is not held back)."""
+
+    limit: int = 10
+    window_s: float = 900.0
+
+    def check(self, claim: Claim, verdict: Verdict, failures: dict[str, int]) -> Verdict:
+        if verdict.decision == "same":
+            return verdict
+        if failures.get(claim.hardware_id, 0) >= self.limit:
+            return Verdict("refused", reason=REASON_TOO_MANY_ATTEMPTS)
+        if verdict.reason == REASON_BULK_NOT_LISTED:
+            failures[claim.hardware_id] = failures.get(claim.hardware_id, 0) + 1
+        return verdict
+
+
 async def _decide_and_record(
     pool: Pool,
     requests: Sequence[RegistrationRequested],
     admissions: dict[str, CodeAdmission],
     secret_matches: Callable[[KnownDevice, str], bool],
+    guard: ClaimGuard,
 ) -> list[DecisionRecord]:
     records: list[DecisionRecord] = []
     by_product: dict[tuple[str, str], list[tuple[RegistrationRequested, CodeAdmission]]] = defaultdict(list)
@@ -174,15 +205,26 @@ async def _decide_and_record(
                 await devices.load_family(conn, account_id, stems),
                 await devices.load_idempotent(conn, product_id, keys),
             )
+            bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
+            failures = (
+                await devices.failed_claims(
+                    conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, guard.window_s
+                )
+                if bulk_items
+                else {}
+            )
             for request, admission in items:
                 claim = _claim(request)
+                kind: Literal["auto", "bulk"] = "bulk" if admission.kind == "bulk" else "auto"
                 verdict = decide(
                     claim,
                     family,
-                    kind="bulk" if admission.kind == "bulk" else "auto",
+                    kind=kind,
                     registration_id=admission.registration_id or "",
                     secret_matches=secret_matches,
                 )
+                if kind == "bulk":
+                    verdict = guard.check(claim, verdict, failures)
                 family.apply(claim, verdict)
                 records.append(
                     DecisionRecord(

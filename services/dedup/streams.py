@@ -14,7 +14,13 @@ def subscriptions(topics: Topics) -> Sequence[str]:
     return [topics.registration_requested, topics.device_signals]
 
 
-def batch_handler(pipeline: Pipeline) -> Callable[[list[Event]], Awaitable[None]]:
+def batch_handler(
+    guard: handlers.ClaimGuard,
+) -> Callable[[Pipeline], Callable[[list[Event]], Awaitable[None]]]:
+    return lambda pipeline: _handler(pipeline, guard)
+
+
+def _handler(pipeline: Pipeline, guard: handlers.ClaimGuard) -> Callable[[list[Event]], Awaitable[None]]:
     topics = pipeline.topics
 
     async def handle(batch: list[Event]) -> None:
@@ -24,7 +30,7 @@ def batch_handler(pipeline: Pipeline) -> Callable[[list[Event]], Awaitable[None]
             await handlers.apply_signals(pipeline.pool, signals)
         if not requests:
             return
-        decisions = await handlers.decide_batch(pipeline.pool, pipeline.keyring, requests)
+        decisions = await handlers.decide_batch(pipeline.pool, pipeline.keyring, requests, guard)
         await publish_many(
             pipeline.producer,
             [

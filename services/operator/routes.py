@@ -11,9 +11,7 @@ from aiohttp import web
 from services.operator import handlers
 from shared.db import accounts, devices, products
 from shared.db.accounts import Account
-from shared.domain.identifiers import is_uuid
-from shared.errors import NotFound, Unauthorized
-from shared.http import parse_json_body
+from shared.http import account_for, api_key, parse_json_body, path_id
 
 if TYPE_CHECKING:
     from services.operator.app import Resources
@@ -22,29 +20,10 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 AuthedHandler = Callable[[web.Request, Account], Awaitable[Any]]
 
 
-def path_id(request: web.Request, name: str) -> str:
-    """A UUID from the path; a malformed one is simply not found."""
-    value = request.match_info[name]
-    if not is_uuid(value):
-        raise NotFound(f"no {name.removesuffix('_id')} {value!r}: not an ID", field=name)
-    return value
-
-
 def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     def authed(handler: AuthedHandler, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def wrapped(request: web.Request) -> web.Response:
-            header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer "):
-                raise Unauthorized(
-                    "send the account API key as 'Authorization: Bearer <key>'",
-                    field="Authorization",
-                    rule="bearer",
-                )
-            account = await accounts.account_for_key(
-                request.app[key].pool, header.removeprefix("Bearer ").strip()
-            )
-            if account is None:
-                raise Unauthorized("unknown or revoked API key", field="Authorization")
+            account = await account_for(api_key(request), request.app[key].pool)
             return web.json_response(await handler(request, account), status=status)
 
         return wrapped

@@ -33,6 +33,11 @@ SELECT_IDEMPOTENT = """
     FROM registration_decisions
     WHERE product_id = $1 AND idempotency_key = ANY($2::text[]) AND device_id IS NOT NULL
     ORDER BY idempotency_key, decided_at"""
+FAILED_CLAIMS = """
+    SELECT claimed_hardware_id, count(*) AS failures FROM registration_decisions
+    WHERE product_id = $1 AND claimed_hardware_id = ANY($2::text[]) AND decision = 'refused'
+      AND reason = $3 AND decided_at > now() - make_interval(secs => $4)
+    GROUP BY claimed_hardware_id"""
 SELECT_DECIDED = """
     SELECT d.request_id::text, d.account_id::text, d.product_id::text, d.device_id::text,
            d.assigned_hardware_id, d.decision, d.reason, d.status,
@@ -115,8 +120,8 @@ SELECT_DEVICES = """
             WHEN $6 = 'disabled' THEN disabled
             WHEN $6 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
                  AND last_seen_at > now() - make_interval(secs => $7)
-            WHEN $6 = 'offline' THEN NOT disabled AND lifecycle = 'provisioned'
-                 AND (last_seen_at IS NULL OR last_seen_at <= now() - make_interval(secs => $7))
+            WHEN $6 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
+                 AND coalesce(last_seen_at > now() - make_interval(secs => $7), false))
             ELSE NOT disabled AND lifecycle = $6 END)
     ORDER BY id LIMIT $8"""
 SELECT_HISTORY = """
@@ -192,6 +197,14 @@ async def load_idempotent(conn: Connection, product_id: str, keys: Sequence[str]
         return {}
     rows = await conn.fetch(SELECT_IDEMPOTENT, product_id, list(set(keys)))
     return {r["idempotency_key"]: r["device_id"] for r in rows}
+
+
+async def failed_claims(
+    conn: Connection, product_id: str, hardware_ids: Sequence[str], reason: str, window_s: float
+) -> dict[str, int]:
+    """Refusals with ``reason`` per claimed hardware ID within the window (brute-force guard)."""
+    rows = await conn.fetch(FAILED_CLAIMS, product_id, list(set(hardware_ids)), reason, window_s)
+    return {r["claimed_hardware_id"]: r["failures"] for r in rows}
 
 
 async def decided(pool: Pool, request_ids: Sequence[str]) -> dict[str, StoredDecision]:
@@ -335,12 +348,9 @@ def _device_view(row: Any, online_ttl: float) -> dict[str, Any]:
         and last_seen is not None
         and (datetime.now(UTC) - last_seen).total_seconds() < online_ttl
     )
-    if row["disabled"]:
-        state = "disabled"
-    elif row["lifecycle"] == "provisioned":
-        state = "online" if online else "offline"
-    else:
-        state = row["lifecycle"]
+    # The reference shows a device online or offline; the lifecycle step is its own field.
+    state = "disabled" if row["disabled"] else "online" if online else "offline"
+
     return {
         "id": row["id"],
         "hardware_id": row["hardware_id"],
@@ -375,8 +385,8 @@ async def list_devices(
 ) -> list[dict[str, Any]]:
     """Devices of an account in ID order; ``after`` is the last ID of the previous page.
 
-    ``state`` filters on what the listing shows: preregistered, registered, online,
-    offline (provisioned devices by heartbeat) or disabled."""
+    ``state`` filters on the state shown (online, offline, disabled) or, for devices
+    not disabled, on the lifecycle step (preregistered, registered)."""
     rows = await pool.fetch(
         SELECT_DEVICES, account_id, hardware_id, registration_id, after, device_id, state, online_ttl, limit
     )

@@ -55,7 +55,7 @@ RESOLVE_CODES = """
     FROM bulk_identification_codes c
     JOIN products p ON p.id = c.product_id
     LEFT JOIN registrations r ON r.product_id = p.id
-         AND (r.kind = 'auto' OR r.status = 'preregistered')
+         AND (r.kind = 'auto' OR r.status IN ('publishing', 'preregistered'))
     WHERE c.code = ANY($1::text[])"""
 
 

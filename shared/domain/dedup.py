@@ -31,9 +31,8 @@ DecisionKind = Literal["new", "same", "clone", "refused"]
 # contain no commas, braces, quotes or protocol key words (see docs/device-protocol.md).
 REASON_DISABLED = "device disabled by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
-REASON_BULK_ALREADY_CLAIMED = (
-    "device already registered: it must present its device secret or be reset by the operator"
-)
+REASON_TOO_MANY_ATTEMPTS = "too many failed attempts for this hardware ID: try again later"
+REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
 
 
 @dataclass

@@ -96,6 +96,10 @@ class System:
     def operator_url(self) -> str:
         return self.services["operator"].url
 
+    @property
+    def bulk_url(self) -> str:
+        return self.services["ingestion"].url
+
     async def restart(self, name: str) -> None:
         process = self.services[name]
         process.kill()
@@ -121,9 +125,15 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         "FLEETREG_TOPIC_PREFIX": prefix,
         "FLEETREG_SECRET_KEY": TEST_SECRET_KEY,
         "FLEETREG_LOG_LEVEL": "INFO",
+        # Small bulk limits, so that the tests can cross them; small chunks, so that a
+        # publish lasts long enough to be interrupted.
+        "FLEETREG_BULK_MAX_BYTES": str(1024 * 1024),
+        "FLEETREG_BULK_MAX_ROWS": "20000",
+        "FLEETREG_BULK_PUBLISH_CHUNK_ROWS": "500",
+        "FLEETREG_BULK_MAX_FAILED_CLAIMS": "5",
     }
     services = {}
-    for name in ("dedup", "provisioning", "intake", "operator"):
+    for name in ("dedup", "provisioning", "intake", "operator", "ingestion"):
         group_env = {**env, "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
         services[name] = ServiceProcess(name, name, group_env)
         services[name].start()

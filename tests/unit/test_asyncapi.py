@@ -30,6 +30,8 @@ from services.dedup import handlers as dedup_handlers
 from services.dedup import streams as dedup_streams
 from services.dedup.app import SERVICE as DEDUP
 from services.dedup.handlers import Decisions
+from services.ingestion import streams as ingestion_streams
+from services.ingestion.app import SERVICE as INGESTION
 from services.intake import handlers as intake_handlers
 from services.provisioning import handlers as provisioning_handlers
 from services.provisioning import streams as provisioning_streams
@@ -39,6 +41,7 @@ from shared.domain.dedup import DecisionKind
 from shared.domain.identifiers import hardware_id_stem, new_code, new_request_id
 from shared.events import (
     EVENT_TYPES,
+    BulkPublish,
     DeviceSignal,
     Event,
     RegistrationDecided,
@@ -297,6 +300,8 @@ def sample_events() -> list[Event]:
         RegistrationOutcome(request_id=new_request_id(), status="ready"),
         DeviceSignal(device_id=device_id, kind="ready", at=time.time()),
         DeviceSignal(device_id=device_id, kind="heartbeat", at=1),
+        BulkPublish(registration_id=str(uuid.uuid4())),
+        BulkPublish(registration_id=str(uuid.uuid4()), after_line=5000),
     ]
 
 
@@ -355,7 +360,7 @@ def test_every_operation_uses_messages_of_its_own_channel() -> None:
         for message in op["messages"]:
             assert message["$ref"].startswith(f"{channel_ref}/messages/"), name
         assert len(services_of(op)) == 1, f"{name} is tagged with exactly one service"
-        assert services_of(op) <= {"intake", DEDUP, PROVISIONING}, name
+        assert services_of(op) <= {"intake", DEDUP, PROVISIONING, INGESTION}, name
 
 
 # --- topics ---------------------------------------------------------------------------------
@@ -528,7 +533,7 @@ async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytes
     monkeypatch.setattr(dedup_handlers, "apply_signals", apply_signals)
     producer = RecordingProducer()
     pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
-    await dedup_streams.batch_handler(pipeline)([request, signal])
+    await dedup_streams.batch_handler(dedup_handlers.ClaimGuard())(pipeline)([request, signal])
     check_published(DEDUP, producer.sent)
     assert {topic for topic, *_ in producer.sent} == {
         Topics(PREFIX).registration_decided,
@@ -551,7 +556,8 @@ async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest
 
 
 @pytest.mark.parametrize(
-    ("service", "streams"), [(DEDUP, dedup_streams), (PROVISIONING, provisioning_streams)]
+    ("service", "streams"),
+    [(DEDUP, dedup_streams), (PROVISIONING, provisioning_streams), (INGESTION, ingestion_streams)],
 )
 def test_a_pipeline_service_receives_its_subscriptions_in_its_consumer_group(
     service: str, streams: Any
@@ -615,5 +621,9 @@ async def test_dead_letters_carry_the_documented_headers() -> None:
     assert received["fleetreg.source"] == f"{record.topic}/{record.partition}/{record.offset}"
     assert key is not None
     assert violations(key.decode(), key_schema(message)) == []
-    for service in (DEDUP, PROVISIONING):  # both run shared.pipeline, which wires the dead-letter topic
+    for service in (
+        DEDUP,
+        PROVISIONING,
+        INGESTION,
+    ):  # each runs shared.pipeline, which wires the dead-letter topic
         assert topics.dead_letter in documented(service, "send"), service

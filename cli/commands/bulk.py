@@ -1,0 +1,164 @@
+"""``fleetreg bulk upload|publish|show|list``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from cli.client import operator_client
+from cli.errors import CliError
+from cli.output import emit_json, print_table, progress
+
+BULK_URL = "FLEETREG_BULK_URL"
+CHUNK = 256 * 1024
+UPLOADS = Path("var") / "bulk-uploads.json"
+
+
+def register(groups: Any, common: argparse.ArgumentParser) -> None:
+    bulk = groups.add_parser("bulk", help="bulk registrations: CSV upload, publish, show")
+    actions = bulk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upload = actions.add_parser(
+        "upload",
+        parents=[common],
+        help="upload a CSV (REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B)",
+    )
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--product", required=True, metavar="ID")
+    upload.set_defaults(run=upload_file)
+    publish = actions.add_parser("publish", parents=[common], help="publish: the devices appear offline")
+    publish.add_argument("id")
+    publish.add_argument("--wait", action="store_true", help="wait until every row is published")
+    publish.set_defaults(run=publish_registration)
+    show = actions.add_parser("show", parents=[common], help="one bulk registration, with its conflicts")
+    show.add_argument("id")
+    show.set_defaults(run=show_registration)
+    listing = actions.add_parser("list", parents=[common], help="the account's bulk registrations")
+    listing.set_defaults(run=list_registrations)
+
+
+def _public(registration: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in registration.items() if k != "account_id"}
+
+
+def _show(registration: dict[str, Any]) -> None:
+    for key in ("id", "product_id", "status", "rows", "published", "conflicts", "file_name"):
+        print(f"{key:12} {registration.get(key)}")
+    conflicts = registration.get("conflict_rows") or []
+    if conflicts:
+        print()
+        print_table(
+            [(c["line"], c["hardware_id"], c["reason"]) for c in conflicts], ["line", "hardware id", "reason"]
+        )
+
+
+async def _chunks(path: Path, total: int, show_progress: bool) -> AsyncIterator[bytes]:
+    sent = 0
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            sent += len(chunk)
+            if show_progress:
+                progress(sent, total, "uploading")
+            yield chunk
+    if show_progress and total == 0:
+        progress(0, 0, "uploading")
+
+
+def remember_upload(registration_id: str, path: Path) -> None:
+    """Remember which file a registration came from (keys are stored only hashed, so
+    ``fleetreg simulate --bulk ID`` reads them from the file)."""
+    if not UPLOADS.parent.is_dir():
+        return
+    known = json.loads(UPLOADS.read_text()) if UPLOADS.exists() else {}
+    known[registration_id] = str(path.resolve())
+    UPLOADS.write_text(json.dumps(known, indent=2))
+
+
+def uploaded_file(registration_id: str) -> Path | None:
+    if not UPLOADS.exists():
+        return None
+    known = json.loads(UPLOADS.read_text())
+    return Path(known[registration_id]) if registration_id in known else None
+
+
+def _size_of(path: Path) -> int:
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    return path.stat().st_size
+
+
+async def upload_file(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    total = await asyncio.to_thread(_size_of, path)
+    async with operator_client(BULK_URL) as client:
+        try:
+            registration = await client.call(
+                "POST",
+                "/v1/bulk-registrations",
+                params={"product_id": args.product, "file_name": path.name},
+                data=_chunks(path, total, show_progress=True),
+                headers={"Content-Type": "text/csv"},
+            )
+        except CliError as exc:
+            document = exc.document if isinstance(exc.document, dict) else {}
+            errors = document.get("errors")
+            if errors and not args.json:
+                print_table(
+                    [(e["line"], e["column"], e["value"], e["reason"]) for e in errors],
+                    ["line", "column", "value", "reason"],
+                )
+                hidden = document.get("errors_total", len(errors)) - len(errors)
+                if hidden > 0:
+                    print(f"... and {hidden} more")
+            raise
+    remember_upload(registration["id"], path)
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show(registration)
+    return 0
+
+
+async def publish_registration(args: argparse.Namespace) -> int:
+    async with operator_client(BULK_URL) as client:
+        registration = await client.post(f"/v1/bulk-registrations/{args.id}/publish")
+        while args.wait and registration["status"] != "preregistered":
+            progress(
+                registration["published"] + registration["conflicts"], registration["rows"], "publishing"
+            )
+            await asyncio.sleep(0.5)
+            registration = await client.get(f"/v1/bulk-registrations/{args.id}")
+        if args.wait:
+            progress(registration["rows"], registration["rows"], "publishing")
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show(registration)
+    return 0
+
+
+async def show_registration(args: argparse.Namespace) -> int:
+    async with operator_client(BULK_URL) as client:
+        registration = await client.get(f"/v1/bulk-registrations/{args.id}")
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show(registration)
+    return 0
+
+
+async def list_registrations(args: argparse.Namespace) -> int:
+    async with operator_client(BULK_URL) as client:
+        registrations = (await client.get("/v1/bulk-registrations"))["bulk_registrations"]
+    if args.json:
+        emit_json({"bulk_registrations": [_public(r) for r in registrations]})
+    else:
+        rows = [
+            (r["id"], r["product_id"], r["status"], r["rows"], r["published"], r["conflicts"])
+            for r in registrations
+        ]
+        print_table(rows, ["id", "product", "status", "rows", "published", "conflicts"])
+    return 0

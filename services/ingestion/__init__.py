@@ -1,0 +1,1 @@
+"""CSV ingestion: bulk registration uploads (operator-facing) and their publishing."""

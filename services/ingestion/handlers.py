@@ -1,0 +1,168 @@
+"""Bulk registration's business logic: ingest an upload (streamed, checked, all or
+nothing), publish it chunk by chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import IO, Any
+
+from services.ingestion.settings import BulkLimits
+from shared.db import bulk
+from shared.db.accounts import Account
+from shared.db.pool import Pool
+from shared.domain.bulk_csv import BulkRow, CsvReader, Errors, RowError, shorten
+from shared.domain.credentials import Keyring
+from shared.domain.identifiers import is_uuid
+from shared.errors import DomainError, InvalidInput, PayloadTooLarge
+from shared.events import BulkPublish
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BATCH = 5000
+DRAIN_FACTOR = (
+    4  # past the size limit, read on (discarding) up to this many times it, so the client sees our answer
+)
+
+
+class UploadRejected(DomainError):
+    """A file with any invalid row is rejected whole; the answer lists every bad row."""
+
+    status = 422
+    code = "upload_rejected"
+
+    def __init__(self, errors: Errors, status: int = 422) -> None:
+        first = errors.shown[0] if errors.shown else None
+        where = f" (first: line {first.line}: {first.reason})" if first else ""
+        super().__init__(f"the file was rejected: {errors.total} problem(s){where}; nothing was stored")
+        self.errors = errors
+        self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "errors": [e.to_dict() for e in self.errors.shown],
+            "errors_total": self.errors.total,
+        }
+
+
+async def spool(chunks: AsyncIterator[bytes], target: IO[bytes], max_bytes: int) -> int:
+    """Copy the upload to ``target``; past ``max_bytes`` refuse it (and read on a little,
+    discarding, so that the client receives the refusal instead of a broken pipe)."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            async for rest in chunks:
+                size += len(rest)
+                if size > max_bytes * DRAIN_FACTOR:
+                    break
+            raise PayloadTooLarge(
+                f"the file is larger than the limit of {max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
+                rule=f"max_bytes={max_bytes}",
+            )
+        target.write(chunk)
+    return size
+
+
+def _batch(
+    rows: Iterator[BulkRow], registration_id: str, keyring: Keyring, size: int
+) -> list[tuple[Any, ...]]:
+    """The next rows as COPY records, keys replaced by their keyed digests (runs in a thread)."""
+    batch = []
+    for row in rows:
+        batch.append(
+            (
+                registration_id,
+                row.line,
+                row.hardware_id,
+                bytes.fromhex(keyring.digest(row.registration_key)),
+                row.name,
+                row.category_a,
+                row.category_b,
+            )
+        )
+        if len(batch) == size:
+            break
+    return batch
+
+
+async def ingest(
+    pool: Pool,
+    keyring: Keyring,
+    account: Account,
+    product_id: str,
+    file_name: str,
+    chunks: AsyncIterator[bytes],
+    limits: BulkLimits,
+) -> dict[str, Any]:
+    """Store a valid upload as a bulk registration in state 'configured'; reject an invalid
+    one whole, listing every bad row, with nothing of it left in the registry."""
+    if not is_uuid(product_id):
+        raise InvalidInput(
+            "product_id must be the ID of a locked product", field="product_id", rule="format=uuid"
+        )
+    registration_id = await bulk.start_upload(pool, account.id, product_id, file_name)
+    try:
+        rows = await _store_rows(pool, keyring, registration_id, chunks, limits)
+        problems = await bulk.duplicate_problems(
+            pool, registration_id, account.id, limits.max_reported_errors
+        )
+        if problems:
+            errors = Errors(limits.max_reported_errors)
+            for line, hardware_id, reason in problems:
+                errors.add(RowError(line, "HARDWARE_ID", shorten(hardware_id), reason))
+            raise UploadRejected(errors)
+        await bulk.finish_upload(pool, registration_id, account.id, product_id, rows)
+    except BaseException:
+        await asyncio.shield(bulk.discard_upload(pool, registration_id))
+        raise
+    log.info("bulk upload configured", extra={"registration_id": registration_id, "rows": rows})
+    return await bulk.get_bulk(pool, account.id, registration_id)
+
+
+async def _store_rows(
+    pool: Pool, keyring: Keyring, registration_id: str, chunks: AsyncIterator[bytes], limits: BulkLimits
+) -> int:
+    with tempfile.TemporaryFile(dir=limits.spool_dir) as spooled:
+        await spool(chunks, spooled, limits.max_bytes)
+        spooled.seek(0)
+        reader = CsvReader(spooled, max_rows=limits.max_rows, max_errors=limits.max_reported_errors)
+        rows = iter(reader)
+        stored = 0
+        while True:
+            batch = await asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
+            if not batch:
+                break
+            if reader.errors.total == 0:  # once the file is invalid, read on only to report every error
+                await bulk.copy_rows(pool, batch)
+                stored += len(batch)
+    if reader.errors.total:
+        raise UploadRejected(reader.errors, status=413 if reader.too_many_rows else 422)
+    if stored == 0:
+        errors = Errors(1)
+        errors.add(RowError(2, "", "", "no data rows: the file has a header only"))
+        raise UploadRejected(errors)
+    return stored
+
+
+async def request_publish(pool: Pool, account: Account, registration_id: str) -> BulkPublish:
+    """configured -> publishing; returns the first chunk's event (publishing again resumes)."""
+    await bulk.start_publish(pool, account.id, registration_id)
+    return BulkPublish(registration_id=registration_id, after_line=0)
+
+
+async def publish_chunks(pool: Pool, events: Sequence[BulkPublish], chunk_rows: int) -> list[BulkPublish]:
+    """Publish one chunk per event; return the events for the chunks that follow."""
+    following = []
+    for event in events:
+        result = await bulk.publish_chunk(pool, event.registration_id, event.after_line, chunk_rows)
+        if result is None:
+            continue
+        if result.finished:
+            log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
+        elif result.published or result.conflicts:
+            following.append(BulkPublish(registration_id=event.registration_id, after_line=result.last_line))
+    return following

@@ -1,0 +1,249 @@
+"""Bulk registrations: uploaded rows, the checks that need the whole file, publishing.
+
+An upload streams its rows into ``bulk_rows`` under a registration in the internal
+state ``uploading``; the checks that need every row (duplicates in the file, in
+the account, in other pending uploads) run in SQL; a rejected upload is deleted
+with its rows, so the registry is as it was. Publishing turns pending rows into
+preregistered devices chunk by chunk, each chunk one transaction, resumable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.db.pool import Pool
+from shared.errors import Conflict, NotFound
+
+BULK = "bulk"
+ROW_COLUMNS = (
+    "registration_id",
+    "line",
+    "hardware_id",
+    "registration_key_digest",
+    "name",
+    "category_a",
+    "category_b",
+)
+
+SELECT_PRODUCT = "SELECT status, registration_kind FROM products WHERE id = $1 AND account_id = $2"
+INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
+                   VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
+DUPLICATES_IN_FILE = """
+    SELECT hardware_id, array_agg(line ORDER BY line) AS lines
+    FROM bulk_rows WHERE registration_id = $1
+    GROUP BY hardware_id HAVING count(*) > 1
+    ORDER BY min(line) LIMIT $2"""
+TAKEN_IN_ACCOUNT = """
+    SELECT b.line, b.hardware_id FROM bulk_rows b
+    JOIN devices d ON d.account_id = $2 AND d.hardware_id = b.hardware_id
+    WHERE b.registration_id = $1 ORDER BY b.line LIMIT $3"""
+LISTED_ELSEWHERE = """
+    SELECT b.line, b.hardware_id, r.id::text AS other FROM bulk_rows b
+    JOIN bulk_rows o ON o.hardware_id = b.hardware_id AND o.registration_id <> b.registration_id
+                    AND o.state = 'pending'
+    JOIN registrations r ON r.id = o.registration_id AND r.account_id = $2
+                        AND r.status IN ('configured', 'publishing')
+    WHERE b.registration_id = $1 ORDER BY b.line LIMIT $3"""
+CLAIM_PRODUCT = """UPDATE products SET registration_kind = 'bulk'
+    WHERE id = $1 AND account_id = $2 AND status = 'locked'
+      AND (registration_kind IS NULL OR registration_kind = 'bulk') RETURNING id"""
+FINISH_UPLOAD = """UPDATE registrations SET status = 'configured', row_count = $2, updated_at = now()
+                   WHERE id = $1 AND status = 'uploading'"""
+DISCARD_UPLOAD = "DELETE FROM registrations WHERE id = $1 AND status = 'uploading'"
+DISCARD_STALE = """DELETE FROM registrations WHERE kind = 'bulk' AND status = 'uploading'
+                   AND created_at < now() - make_interval(secs => $1) RETURNING id"""
+SELECT_BULK = """
+    SELECT r.id::text, r.product_id::text, r.account_id::text, r.status, r.row_count, r.published_count,
+           r.conflict_count, r.file_name, r.created_at, r.updated_at
+    FROM registrations r
+    WHERE r.account_id = $1 AND r.kind = 'bulk' AND r.status <> 'uploading'
+      AND ($2::uuid IS NULL OR r.id = $2)
+    ORDER BY r.created_at, r.id"""
+SELECT_CONFLICTS = """SELECT line, hardware_id FROM bulk_rows
+                      WHERE registration_id = $1 AND state = 'conflict' ORDER BY line LIMIT $2"""
+START_PUBLISH = """UPDATE registrations SET status = 'publishing', updated_at = now()
+                   WHERE id = $1 AND account_id = $2 AND kind = 'bulk'
+                     AND status IN ('configured', 'publishing')
+                   RETURNING id"""
+SELECT_PUBLISH_TARGET = """SELECT account_id::text, product_id::text, status FROM registrations
+                           WHERE id = $1 AND kind = 'bulk'"""
+PUBLISH_CHUNK = """
+    WITH chunk AS (
+        SELECT line, hardware_id, registration_key_digest, name, category_a, category_b
+        FROM bulk_rows WHERE registration_id = $1 AND state = 'pending' AND line > $2
+        ORDER BY line LIMIT $3 FOR UPDATE),
+    inserted AS (
+        INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
+                             name, category_a, category_b, lifecycle, registration_key_digest)
+        SELECT gen_random_uuid(), $4, $5, $1, hardware_id, hardware_id, name, category_a, category_b,
+               'preregistered', registration_key_digest
+        FROM chunk
+        ON CONFLICT (account_id, hardware_id) DO NOTHING
+        RETURNING hardware_id),
+    marked AS (
+        UPDATE bulk_rows b
+        SET state = CASE WHEN i.hardware_id IS NULL THEN 'conflict' ELSE 'published' END
+        FROM chunk c LEFT JOIN inserted i ON i.hardware_id = c.hardware_id
+        WHERE b.registration_id = $1 AND b.line = c.line
+        RETURNING b.state, b.line)
+    SELECT count(*) FILTER (WHERE state = 'published') AS published,
+           count(*) FILTER (WHERE state = 'conflict') AS conflicts,
+           coalesce(max(line), $2) AS last_line
+    FROM marked"""
+ADD_COUNTS = """UPDATE registrations SET published_count = published_count + $2,
+                       conflict_count = conflict_count + $3, updated_at = now() WHERE id = $1"""
+FINISH_PUBLISH = """UPDATE registrations SET status = 'preregistered', updated_at = now()
+                    WHERE id = $1 AND status = 'publishing'
+                      AND NOT EXISTS (SELECT 1 FROM bulk_rows
+                                      WHERE registration_id = $1 AND state = 'pending')
+                    RETURNING id"""
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    published: int
+    conflicts: int
+    last_line: int
+    finished: bool
+
+
+async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: str) -> str:
+    """A registration in the internal state 'uploading', after checking the product."""
+    state = await pool.fetchrow(SELECT_PRODUCT, product_id, account_id)
+    if state is None:
+        raise NotFound(f"no product {product_id} in this account", field="product_id")
+    if state["status"] != "locked":
+        raise Conflict(
+            f"product {product_id} must be locked first", field="product_id", rule="product_locked"
+        )
+    if state["registration_kind"] == "auto":
+        raise Conflict(
+            f"product {product_id} serves an auto registration; a product is used by one auto "
+            "registration or by bulk registrations, never both",
+            field="product_id",
+            rule="one_registration_kind",
+        )
+    registration_id = str(uuid.uuid4())
+    await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+    return registration_id
+
+
+async def copy_rows(pool: Pool, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append rows (in ROW_COLUMNS order) with COPY: one round trip for the whole batch."""
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table("bulk_rows", records=rows, columns=ROW_COLUMNS)
+
+
+async def duplicate_problems(
+    pool: Pool, registration_id: str, account_id: str, limit: int
+) -> list[tuple[int, str, str]]:
+    """(line, hardware ID, reason) for every row whose hardware ID is listed twice in the
+    file, registered in the account already, or listed by another pending upload."""
+    problems: list[tuple[int, str, str]] = []
+    for row in await pool.fetch(DUPLICATES_IN_FILE, registration_id, limit):
+        first, *later = row["lines"]
+        problems.extend(
+            (line, row["hardware_id"], f"duplicate hardware ID: also on line {first}") for line in later
+        )
+    for row in await pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit):
+        problems.append((row["line"], row["hardware_id"], "hardware ID already registered in this account"))
+    for row in await pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit):
+        problems.append(
+            (
+                row["line"],
+                row["hardware_id"],
+                f"hardware ID already listed by bulk registration {row['other']}",
+            )
+        )
+    problems.sort()
+    return problems
+
+
+async def finish_upload(
+    pool: Pool, registration_id: str, account_id: str, product_id: str, rows: int
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(CLAIM_PRODUCT, product_id, account_id) is None:
+            raise Conflict(
+                f"product {product_id} serves an auto registration; a product is used by one auto "
+                "registration or by bulk registrations, never both",
+                field="product_id",
+                rule="one_registration_kind",
+            )
+        await conn.execute(FINISH_UPLOAD, registration_id, rows)
+
+
+async def discard_upload(pool: Pool, registration_id: str) -> None:
+    await pool.execute(DISCARD_UPLOAD, registration_id)
+
+
+async def discard_stale_uploads(pool: Pool, older_than_s: float) -> int:
+    """Uploads left 'uploading' by a crashed instance: delete them and their rows."""
+    return len(await pool.fetch(DISCARD_STALE, older_than_s))
+
+
+def _view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "product_id": row["product_id"],
+        "status": row["status"],
+        "rows": row["row_count"],
+        "published": row["published_count"],
+        "conflicts": row["conflict_count"],
+        "file_name": row["file_name"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+async def list_bulk(pool: Pool, account_id: str, registration_id: str | None = None) -> list[dict[str, Any]]:
+    return [_view(r) for r in await pool.fetch(SELECT_BULK, account_id, registration_id)]
+
+
+async def get_bulk(
+    pool: Pool, account_id: str, registration_id: str, conflicts_shown: int = 1000
+) -> dict[str, Any]:
+    found = await list_bulk(pool, account_id, registration_id)
+    if not found:
+        raise NotFound(f"no bulk registration {registration_id} in this account")
+    view = found[0]
+    view["conflict_rows"] = [
+        {
+            "line": r["line"],
+            "hardware_id": r["hardware_id"],
+            "reason": "hardware ID registered in the account between upload and publish",
+        }
+        for r in await pool.fetch(SELECT_CONFLICTS, registration_id, conflicts_shown)
+    ]
+    return view
+
+
+async def start_publish(pool: Pool, account_id: str, registration_id: str) -> None:
+    """configured -> publishing; publishing again resumes (the chunks are idempotent)."""
+    if await pool.fetchval(START_PUBLISH, registration_id, account_id) is None:
+        view = await get_bulk(pool, account_id, registration_id)
+        raise Conflict(
+            f"bulk registration {registration_id} is {view['status']}: nothing to publish",
+            rule="state=configured",
+        )
+
+
+async def publish_chunk(pool: Pool, registration_id: str, after_line: int, size: int) -> ChunkResult | None:
+    """Publish the next ``size`` pending rows after ``after_line`` in one transaction;
+    None when the registration is not (or no longer) publishing."""
+    async with pool.acquire() as conn, conn.transaction():
+        target = await conn.fetchrow(SELECT_PUBLISH_TARGET + " FOR UPDATE", registration_id)
+        if target is None or target["status"] != "publishing":
+            return None
+        row = await conn.fetchrow(
+            PUBLISH_CHUNK, registration_id, after_line, size, target["account_id"], target["product_id"]
+        )
+        if row["published"] or row["conflicts"]:
+            await conn.execute(ADD_COUNTS, registration_id, row["published"], row["conflicts"])
+        finished = False
+        if row["published"] + row["conflicts"] < size:
+            finished = await conn.fetchval(FINISH_PUBLISH, registration_id) is not None
+        return ChunkResult(row["published"], row["conflicts"], row["last_line"], finished)

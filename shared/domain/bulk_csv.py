@@ -1,0 +1,253 @@
+"""Reading a bulk registration CSV: streamed, row by row, every problem reported.
+
+Columns, in this order: ``REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B``
+(the two category columns may be left out of the header, or left empty).
+Spreadsheet exports work: a UTF-8 byte-order mark, CRLF line ends, RFC 4180
+quoting and blank lines are accepted. Only ASCII is accepted in values.
+
+:class:`CsvReader` yields one :class:`BulkRow` per data row and records a
+:class:`RowError` (line, column, shortened value, reason) for each problem; a
+structural problem (binary content, bad UTF-8, an unterminated quote) ends the
+reading with one last error. Memory stays bounded: only the current row and
+the first ``max_errors`` errors are kept.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from shared.domain.identifiers import validate_device_name, validate_hardware_id
+from shared.errors import InvalidInput
+
+COLUMNS = ("REGISTRATION_KEY", "HARDWARE_ID", "DEVICE_NAME", "CATEGORY_A", "CATEGORY_B")
+REQUIRED_COLUMNS = 3
+KEY_MAX = 128
+CATEGORY_MAX = 100
+VALUE_SHOWN = 40
+_KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces
+FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+class _BinaryContent(Exception):
+    """A NUL byte: this is no text file."""
+
+
+@dataclass(frozen=True)
+class BulkRow:
+    line: int
+    registration_key: str
+    hardware_id: str
+    name: str
+    category_a: str = ""
+    category_b: str = ""
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    column: str
+    value: str
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"line": self.line, "column": self.column, "value": self.value, "reason": self.reason}
+
+
+def shorten(value: str) -> str:
+    """A value as shown in an error: printable, at most VALUE_SHOWN characters."""
+    shown = value.encode("ascii", "backslashreplace").decode("ascii")
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= VALUE_SHOWN else shown[: VALUE_SHOWN - 3] + "..."
+
+
+@dataclass
+class Errors:
+    """The first ``limit`` errors, and how many there were in all."""
+
+    limit: int
+    shown: list[RowError] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, error: RowError) -> None:
+        self.total += 1
+        if len(self.shown) < self.limit:
+            self.shown.append(error)
+
+
+class CsvReader:
+    """Iterate the valid rows of a CSV read from a binary stream; collect the errors."""
+
+    def __init__(self, stream: IO[bytes], *, max_rows: int, max_errors: int = 1000) -> None:
+        self._text = codecs.getreader("utf-8-sig")(stream, "strict")
+        self._max_rows = max_rows
+        self.errors = Errors(max_errors)
+        self.rows_read = 0
+        self.columns: tuple[str, ...] = ()
+        self.too_many_rows = False
+
+    def __iter__(self) -> Iterator[BulkRow]:
+        reader = csv.reader(self._lines(), strict=True)
+        record_start = 1
+        try:
+            for record in reader:
+                line = record_start
+                record_start = reader.line_num + 1
+                if not record or all(not cell.strip() for cell in record):
+                    continue  # blank lines, including the trailing ones spreadsheets leave
+                if not self.columns:
+                    self._read_header(record, line)
+                    if not self.columns:
+                        return
+                    continue
+                self.rows_read += 1
+                if self.rows_read > self._max_rows:
+                    self.too_many_rows = True
+                    self.errors.add(
+                        RowError(line, "", "", f"more than {self._max_rows} rows (the row limit)")
+                    )
+                    return
+                row = self._row(record, line)
+                if row is not None:
+                    yield row
+        except UnicodeDecodeError:
+            self.errors.add(RowError(record_start, "", "", "the file is not UTF-8 text (a binary file?)"))
+            return
+        except _BinaryContent:
+            self.errors.add(RowError(record_start, "", "", "the file contains NUL bytes (a binary file?)"))
+            return
+        except csv.Error as exc:
+            message = str(exc)
+            if "EOF" in message or "unexpected end of data" in message:
+                reason = 'unterminated quote: a field opened with " is never closed'
+            else:
+                reason = f"malformed CSV: {message}"
+            self.errors.add(RowError(record_start, "", "", reason))
+            return
+        if not self.columns:
+            self.errors.add(
+                RowError(1, "", "", "the file is empty: expected the header " + ",".join(COLUMNS))
+            )
+
+    def _lines(self) -> Iterator[str]:
+        while True:
+            line = self._text.readline()
+            if not line:
+                return
+            if "\x00" in line:
+                raise _BinaryContent
+            yield line
+
+    def _read_header(self, record: list[str], line: int) -> None:
+        names = tuple(cell.strip().upper() for cell in record)
+        if names in (COLUMNS, COLUMNS[:REQUIRED_COLUMNS], COLUMNS[:4]):
+            self.columns = names
+            return
+        expected = ",".join(COLUMNS)
+        missing = [c for c in COLUMNS[:REQUIRED_COLUMNS] if c not in names]
+        if missing:
+            reason = f"missing column {missing[0]}: the header must be {expected}"
+        elif len(names) > len(COLUMNS) or any(n not in COLUMNS for n in names):
+            unknown = next((n for n in names if n not in COLUMNS), names[-1])
+            reason = f"unknown column {shorten(unknown)}: the header must be {expected}"
+        else:
+            reason = f"columns in the wrong order: the header must be {expected}"
+        self.errors.add(RowError(line, "", shorten(",".join(record)), reason))
+
+    def _row(self, record: list[str], line: int) -> BulkRow | None:
+        if len(record) > len(self.columns):
+            self.errors.add(
+                RowError(
+                    line,
+                    "",
+                    shorten(",".join(record)),
+                    f"{len(record)} fields; the header has {len(self.columns)} columns",
+                )
+            )
+            return None
+        if len(record) < REQUIRED_COLUMNS:
+            self.errors.add(
+                RowError(
+                    line,
+                    COLUMNS[len(record)],
+                    "",
+                    f"{len(record)} fields; at least {REQUIRED_COLUMNS} are required",
+                )
+            )
+            return None
+        values = [cell.strip() for cell in record] + [""] * (len(COLUMNS) - len(record))
+        key, hardware_id, name, category_a, category_b = values
+        problems = self._check_ascii(values, line)
+        if problems:
+            for problem in problems:
+                self.errors.add(problem)
+            return None
+        ok = True
+        for column, value, check in (
+            ("REGISTRATION_KEY", key, _check_key),
+            ("HARDWARE_ID", hardware_id, _check_hardware_id),
+            ("DEVICE_NAME", name, _check_name),
+            ("CATEGORY_A", category_a, _check_category),
+            ("CATEGORY_B", category_b, _check_category),
+        ):
+            reason = check(value)
+            if reason:
+                self.errors.add(RowError(line, column, shorten(value), reason))
+                ok = False
+        if not ok:
+            return None
+        return BulkRow(line, key, hardware_id, name or hardware_id, category_a, category_b)
+
+    def _check_ascii(self, values: list[str], line: int) -> list[RowError]:
+        return [
+            RowError(line, column, shorten(value), "only ASCII is accepted")
+            for column, value in zip(COLUMNS, values, strict=True)
+            if not value.isascii()
+        ]
+
+
+def _check_key(value: str) -> str:
+    if not value:
+        return "a registration key is required"
+    if len(value) > KEY_MAX:
+        return f"longer than {KEY_MAX} characters"
+    if not _KEY.fullmatch(value):
+        return "only printable ASCII without spaces"
+    return ""
+
+
+def _check_hardware_id(value: str) -> str:
+    try:
+        validate_hardware_id(value, "HARDWARE_ID")
+    except InvalidInput as exc:
+        return exc.message.removeprefix("HARDWARE_ID ")
+    return ""
+
+
+def _formula(value: str) -> str:
+    if value.startswith(FORMULA_STARTS):
+        return f"starts with {value[0]!r}: a spreadsheet would run it as a formula"
+    return ""
+
+
+def _check_name(value: str) -> str:
+    if not value:
+        return ""  # the device name defaults to the hardware ID
+    formula = _formula(value)
+    if formula:
+        return formula
+    try:
+        validate_device_name(value, "DEVICE_NAME")
+    except InvalidInput as exc:
+        return exc.message.removeprefix("DEVICE_NAME ")
+    return ""
+
+
+def _check_category(value: str) -> str:
+    if len(value) > CATEGORY_MAX:
+        return f"longer than {CATEGORY_MAX} characters"
+    return _formula(value)
