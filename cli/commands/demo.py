@@ -1,90 +1,182 @@
 """``fleetreg demo``: the main job on a fresh machine, shown end to end.
 
-Creates a product (ssh and web), locks it, starts auto registration, boots a
-fleet of simulated devices (some of them clones of one image, some retrying a
-lost answer) against the running system, and prints what happened.
+Auto registration: a product (ssh and web) is defined and locked, auto
+registration starts, and a fleet of simulated devices (some clones of another
+device's image, some retrying a lost answer) boots at once.
+Bulk registration: a CSV of devices is uploaded, published (the devices appear
+offline), and those devices boot and claim their registrations with their keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
-from cli.client import operator_client
+from cli.client import OperatorClient, operator_client
+from cli.commands.bulk import BULK_URL, remember_upload
 from cli.commands.devices import fetch_devices
 from cli.commands.simulate import print_summary, progress_bar
-from cli.config import load_endpoints, require
+from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
-from cli.output import emit_json, print_table
-from cli.simulate import plan_fleet, run_fleet
+from cli.output import emit_json, print_table, progress
+from cli.simulate import Summary, plan_bulk, plan_fleet, run_fleet
+
+DEMO_CSV = Path("var") / "demo" / "bulk.csv"
 
 
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
     parser = groups.add_parser("demo", parents=[common], help="run the demo against the running system")
-    parser.add_argument("--devices", type=int, default=1000, help="simulated devices to boot (1000)")
+    parser.add_argument("--devices", type=int, default=1000, help="auto-registering devices to boot (1000)")
     parser.add_argument("--clone-rate", type=float, default=0.05, help="share of cloned images (0.05)")
+    parser.add_argument("--bulk-devices", type=int, default=200, help="devices in the bulk CSV (200)")
     parser.add_argument("--concurrency", type=int, default=100, help="devices booting at once (100)")
     parser.set_defaults(run=run)
 
 
 def _step(text: str) -> None:
-    print(f"\n== {text}")
+    print(f"\n== {text}", flush=True)
+
+
+async def _product(client: OperatorClient, prefix: str) -> dict[str, Any]:
+    product = await client.post(
+        "/v1/products",
+        {
+            "name": f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
+            "services": [{"type": "ssh", "port": 22}, {"type": "web", "port": 80}],
+        },
+    )
+    print(
+        f"product {product['name']}: services "
+        + ", ".join(f"{s['name']} ({s['type']}:{s['port']})" for s in product["services"])
+    )
+    locked: dict[str, Any] = await client.post(f"/v1/products/{product['id']}/lock")
+    code = locked["bulk_identification_code"]
+    print(f"locked: bulk identification code {code[:8]}-****-****-****-************ (kept secret)")
+    return locked
+
+
+async def _settled(client: OperatorClient, registration_id: str, expected: int) -> list[dict[str, Any]]:
+    """The registration's devices once every confirmation has reached the registry."""
+    devices: list[dict[str, Any]] = []
+    for _ in range(50):
+        devices = await fetch_devices(client, {"registration_id": registration_id}, None)
+        if len(devices) >= expected and all(d["lifecycle"] == "provisioned" for d in devices):
+            break
+        await asyncio.sleep(0.2)
+    return devices
+
+
+def _states(devices: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for device in devices:
+        counts[device["state"]] = counts.get(device["state"], 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+
+
+async def _auto_demo(args: argparse.Namespace, device_url: str) -> tuple[Summary, list[dict[str, Any]]]:
+    async with operator_client() as client:
+        _step("1. Auto registration: define and lock a product; its code goes into the factory image")
+        product = await _product(client, "demo-auto")
+        registration = await client.post("/v1/auto-registrations", {"product_id": product["id"]})
+        print(f"auto registration {registration['id']} is {registration['status']}")
+        _step(
+            f"2. Power on {args.devices} devices at once "
+            f"({args.clone_rate:.0%} are clones of another's SD card)"
+        )
+        plan = plan_fleet(product["bulk_identification_code"], args.devices, args.clone_rate, seed=None)
+        summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(args.devices))
+        print_summary(summary)
+        devices = await _settled(client, registration["id"], args.devices)
+    _step("3. The registry: each clone was given the next free indexed hardware ID")
+    clones = sorted(
+        (d for d in devices if d["hardware_id"] != d["claimed_hardware_id"]), key=lambda d: d["hardware_id"]
+    )
+    print_table(
+        [(d["claimed_hardware_id"], d["hardware_id"], d["name"], d["state"]) for d in clones[:5]],
+        ["claimed hardware id", "assigned", "name", "state"],
+    )
+    print(f"... {len(clones)} clones in all; devices: {_states(devices)}")
+    return summary, devices
+
+
+def _write_csv(path: Path, rows: int) -> list[tuple[str, str]]:
+    listed = [(secrets.token_hex(6), secrets.token_hex(8)) for _ in range(rows)]  # (hardware ID, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B"]
+    lines += [
+        f"{key},{hardware_id},Sensor {i + 1},site-{i % 3 + 1}," for i, (hardware_id, key) in enumerate(listed)
+    ]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="ascii")
+    return listed
+
+
+async def _bulk_demo(rows: int, concurrency: int) -> tuple[Summary, list[dict[str, Any]]]:
+    device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
+    async with operator_client() as client:
+        _step("4. Bulk registration: a product, and a CSV of devices with their registration keys")
+        product = await _product(client, "demo-bulk")
+        listed = await asyncio.to_thread(_write_csv, DEMO_CSV, rows)
+        print(f"{DEMO_CSV}: {rows} rows (REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B)")
+        async with operator_client(BULK_URL) as bulk:
+            content = await asyncio.to_thread(DEMO_CSV.read_bytes)
+            uploaded = await bulk.call(
+                "POST",
+                "/v1/bulk-registrations",
+                params={"product_id": product["id"], "file_name": DEMO_CSV.name},
+                data=io.BytesIO(content),
+                headers={"Content-Type": "text/csv"},
+            )
+            remember_upload(uploaded["id"], DEMO_CSV)
+            print(f"uploaded: bulk registration {uploaded['id']} is {uploaded['status']}, {uploaded['rows']} rows")
+            _step("5. Publish: the devices appear in the account, offline")
+            state = await bulk.post(f"/v1/bulk-registrations/{uploaded['id']}/publish")
+            while state["status"] != "preregistered":
+                progress(state["published"] + state["conflicts"], state["rows"], "publishing")
+                await asyncio.sleep(0.3)
+                state = await bulk.get(f"/v1/bulk-registrations/{uploaded['id']}")
+            progress(state["rows"], state["rows"], "publishing")
+        before = await fetch_devices(client, {"registration_id": uploaded["id"]}, None)
+        print(f"published {state['published']} devices: {_states(before)}")
+        _step("6. The listed devices boot and claim their registrations with their keys")
+        plan = plan_bulk(product["bulk_identification_code"], listed, seed=None)
+        summary = await run_fleet(plan, device_url, concurrency, progress_bar(rows))
+        print_summary(summary)
+        after = await _settled(client, uploaded["id"], rows)
+        print(f"devices: {_states(after)}")
+    return summary, after
 
 
 async def run(args: argparse.Namespace) -> int:
-    device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
-    async with operator_client() as client:
-        _step("1. Define a product: the services every device will get")
-        product = await client.post(
-            "/v1/products",
-            {
-                "name": f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                "services": [{"type": "ssh", "port": 22}, {"type": "web", "port": 80}],
-            },
-        )
-        print(
-            f"product {product['name']}: services "
-            + ", ".join(f"{s['name']} ({s['type']}:{s['port']})" for s in product["services"])
-        )
-        _step("2. Lock it: this creates its Bulk Identification Code, baked into the factory image")
-        product = await client.post(f"/v1/products/{product['id']}/lock")
-        code = product["bulk_identification_code"]
-        print(f"bulk identification code {code[:8]}-****-****-****-************ (kept secret)")
-        _step("3. Start auto registration: any device presenting the code registers itself")
-        registration = await client.post("/v1/auto-registrations", {"product_id": product["id"]})
-        print(f"auto registration {registration['id']} is {registration['status']}")
-
-        _step(f"4. Power on {args.devices} devices at once ({args.clone_rate:.0%} are clones of one SD card)")
-        plan = plan_fleet(code, args.devices, args.clone_rate, seed=None)
-        summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(args.devices))
-        print_summary(summary)
-
-        _step("5. The registry: clones were given indexed hardware IDs")
-        devices = await fetch_devices(client, {"registration_id": registration["id"]}, None)
-        clones = sorted(
-            (d for d in devices if d["hardware_id"] != d["claimed_hardware_id"]),
-            key=lambda d: d["hardware_id"],
-        )
-        rows = [(d["claimed_hardware_id"], d["hardware_id"], d["name"], d["state"]) for d in clones[:5]]
-        print_table(rows, ["claimed hardware id", "assigned", "name", "state"])
-        states: dict[str, int] = {}
-        for device in devices:
-            states[device["state"]] = states.get(device["state"], 0) + 1
+    try:
+        device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    auto_summary, auto_devices = await _auto_demo(args, device_url)
+    bulk_summary, bulk_devices = await _bulk_demo(args.bulk_devices, args.concurrency)
 
     _step("Summary")
+    clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
     print(
-        f"{len(devices)} devices registered, {summary.provisioned} provisioned and confirmed, "
-        f"{len(clones)} clones detected and renamed, {summary.errors} errors."
+        f"Auto registration: {len(auto_devices)} devices registered themselves, "
+        f"{auto_summary.provisioned} downloaded and verified their files and confirmed, "
+        f"{clones} clones were detected and renamed, {auto_summary.errors} errors; "
+        f"{auto_summary.throughput_per_s} devices/s, p50 {auto_summary.latency_ms['p50']} ms, "
+        f"p99 {auto_summary.latency_ms['p99']} ms."
     )
     print(
-        f"{summary.throughput_per_s} devices/s end to end; latency p50 {summary.latency_ms['p50']} ms, "
-        f"p99 {summary.latency_ms['p99']} ms."
+        f"Bulk registration: {len(bulk_devices)} devices uploaded and published, "
+        f"{bulk_summary.provisioned} claimed with their keys and provisioned, {bulk_summary.errors} errors."
     )
-    print("Device states: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-    print("Explore: .venv/bin/fleetreg devices list --state online | fleetreg devices show ID | make down")
+    print(
+        "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
+    )
     if args.json:
-        emit_json({"product": product, "auto_registration": registration, "simulation": summary.to_dict()})
-    if not summary.ok or len(devices) != args.devices:
-        raise CliError(f"the demo saw {summary.errors} device error(s)")
+        emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict()})
+    if not (auto_summary.ok and bulk_summary.ok):
+        raise CliError(f"the demo saw {auto_summary.errors + bulk_summary.errors} device error(s)")
     return 0

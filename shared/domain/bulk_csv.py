@@ -83,7 +83,10 @@ class CsvReader:
     """Iterate the valid rows of a CSV read from a binary stream; collect the errors."""
 
     def __init__(self, stream: IO[bytes], *, max_rows: int, max_errors: int = 1000) -> None:
-        self._text = codecs.getreader("utf-8-sig")(stream, "strict")
+        self._stream = stream
+        # Each physical line is decoded on its own, so a bad byte is reported on its own
+        # line and only CR/LF end a line (str.splitlines would also split on FF, NEL, ...).
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
         self._max_rows = max_rows
         self.errors = Errors(max_errors)
         self.rows_read = 0
@@ -122,7 +125,7 @@ class CsvReader:
             return
         except csv.Error as exc:
             message = str(exc)
-            if "EOF" in message or "unexpected end of data" in message:
+            if "EOF" in message or "unexpected end of data" in message or "field limit" in message:
                 reason = 'unterminated quote: a field opened with " is never closed'
             else:
                 reason = f"malformed CSV: {message}"
@@ -135,12 +138,12 @@ class CsvReader:
 
     def _lines(self) -> Iterator[str]:
         while True:
-            line = self._text.readline()
-            if not line:
+            raw = self._stream.readline()
+            if not raw:
                 return
-            if "\x00" in line:
+            if b"\x00" in raw:
                 raise _BinaryContent
-            yield line
+            yield self._decoder.decode(raw)
 
     def _read_header(self, record: list[str], line: int) -> None:
         names = tuple(cell.strip().upper() for cell in record)
@@ -179,9 +182,10 @@ class CsvReader:
                 )
             )
             return None
-        values = [cell.strip() for cell in record] + [""] * (len(COLUMNS) - len(record))
+        raw = record + [""] * (len(COLUMNS) - len(record))
+        problems = self._check_ascii(raw, line)  # before stripping: a no-break space is not ASCII
+        values = [cell.strip() for cell in raw]
         key, hardware_id, name, category_a, category_b = values
-        problems = self._check_ascii(values, line)
         if problems:
             for problem in problems:
                 self.errors.add(problem)
@@ -250,4 +254,6 @@ def _check_name(value: str) -> str:
 def _check_category(value: str) -> str:
     if len(value) > CATEGORY_MAX:
         return f"longer than {CATEGORY_MAX} characters"
+    if not value.isprintable():
+        return "only printable characters (no line breaks or control characters)"
     return _formula(value)
