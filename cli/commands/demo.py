@@ -132,7 +132,7 @@ async def _bulk_demo(rows: int, concurrency: int) -> tuple[Summary, list[dict[st
                 headers={"Content-Type": "text/csv"},
             )
             remember_upload(uploaded["id"], DEMO_CSV)
-            print(f"uploaded: bulk registration {uploaded['id']}: {uploaded['status']}, {uploaded['rows']} rows")
+            print(f"bulk registration {uploaded['id']}: {uploaded['status']}, {uploaded['rows']} rows")
             _step("5. Publish: the devices appear in the account, offline")
             state = await bulk.post(f"/v1/bulk-registrations/{uploaded['id']}/publish")
             while state["status"] != "preregistered":
