@@ -39,7 +39,7 @@ class IngestionSettings:
                 max_bytes=env.integer("FLEETREG_BULK_MAX_BYTES", 256 * 1024 * 1024, minimum=1024),
                 max_rows=env.integer("FLEETREG_BULK_MAX_ROWS", 2_000_000, minimum=1),
                 max_reported_errors=env.integer("FLEETREG_BULK_MAX_REPORTED_ERRORS", 1000, minimum=1),
-                publish_chunk_rows=env.integer("FLEETREG_BULK_PUBLISH_CHUNK_ROWS", 5000, minimum=1),
+                publish_chunk_rows=env.integer("FLEETREG_BULK_PUBLISH_CHUNK_ROWS", 20000, minimum=1),
                 spool_dir=env.text("FLEETREG_BULK_SPOOL_DIR", tempfile.gettempdir()),
                 stale_upload_seconds=env.number("FLEETREG_BULK_STALE_UPLOAD_SECONDS", 3600.0, minimum=60.0),
             ),

@@ -32,16 +32,16 @@ SELECT_PRODUCT = "SELECT status, registration_kind FROM products WHERE id = $1 A
 INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
                    VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
 DUPLICATES_IN_FILE = """
-    SELECT hardware_id, array_agg(line ORDER BY line) AS lines
+    SELECT hardware_id, array_agg(line ORDER BY line) AS lines, sum(count(*) - 1) OVER () AS total
     FROM bulk_rows WHERE registration_id = $1
     GROUP BY hardware_id HAVING count(*) > 1
     ORDER BY min(line) LIMIT $2"""
 TAKEN_IN_ACCOUNT = """
-    SELECT b.line, b.hardware_id FROM bulk_rows b
+    SELECT b.line, b.hardware_id, count(*) OVER () AS total FROM bulk_rows b
     JOIN devices d ON d.account_id = $2 AND d.hardware_id = b.hardware_id
     WHERE b.registration_id = $1 ORDER BY b.line LIMIT $3"""
 LISTED_ELSEWHERE = """
-    SELECT b.line, b.hardware_id, r.id::text AS other FROM bulk_rows b
+    SELECT b.line, b.hardware_id, r.id::text AS other, count(*) OVER () AS total FROM bulk_rows b
     JOIN bulk_rows o ON o.hardware_id = b.hardware_id AND o.registration_id <> b.registration_id
                     AND o.state = 'pending'
     JOIN registrations r ON r.id = o.registration_id AND r.account_id = $2
@@ -83,16 +83,19 @@ PUBLISH_CHUNK = """
         FROM chunk
         ON CONFLICT (account_id, hardware_id) DO NOTHING
         RETURNING hardware_id),
-    marked AS (
-        UPDATE bulk_rows b
-        SET state = CASE WHEN i.hardware_id IS NULL THEN 'conflict' ELSE 'published' END
-        FROM chunk c LEFT JOIN inserted i ON i.hardware_id = c.hardware_id
+    published AS (
+        DELETE FROM bulk_rows b USING chunk c JOIN inserted i ON i.hardware_id = c.hardware_id
         WHERE b.registration_id = $1 AND b.line = c.line
-        RETURNING b.state, b.line)
-    SELECT count(*) FILTER (WHERE state = 'published') AS published,
-           count(*) FILTER (WHERE state = 'conflict') AS conflicts,
-           coalesce(max(line), $2) AS last_line
-    FROM marked"""
+        RETURNING b.line),
+    conflicts AS (
+        UPDATE bulk_rows b SET state = 'conflict'
+        FROM chunk c
+        WHERE b.registration_id = $1 AND b.line = c.line
+          AND NOT EXISTS (SELECT 1 FROM inserted i WHERE i.hardware_id = c.hardware_id)
+        RETURNING b.line)
+    SELECT (SELECT count(*) FROM published) AS published,
+           (SELECT count(*) FROM conflicts) AS conflicts,
+           coalesce((SELECT max(line) FROM chunk), $2) AS last_line"""
 ADD_COUNTS = """UPDATE registrations SET published_count = published_count + $2,
                        conflict_count = conflict_count + $3, updated_at = now() WHERE id = $1"""
 FINISH_PUBLISH = """UPDATE registrations SET status = 'preregistered', updated_at = now()
@@ -137,29 +140,41 @@ async def copy_rows(pool: Pool, rows: Sequence[tuple[Any, ...]]) -> None:
         await conn.copy_records_to_table("bulk_rows", records=rows, columns=ROW_COLUMNS)
 
 
+@dataclass(frozen=True)
+class DuplicateProblems:
+    """The first problems (line, hardware ID, reason), and how many there are in all."""
+
+    shown: list[tuple[int, str, str]]
+    total: int
+
+
 async def duplicate_problems(
-    pool: Pool, registration_id: str, account_id: str, limit: int
-) -> list[tuple[int, str, str]]:
-    """(line, hardware ID, reason) for every row whose hardware ID is listed twice in the
-    file, registered in the account already, or listed by another pending upload."""
-    problems: list[tuple[int, str, str]] = []
-    for row in await pool.fetch(DUPLICATES_IN_FILE, registration_id, limit):
+    pool: Pool, registration_id: str, account_id: str, limit: int, timeout_s: float = 600
+) -> DuplicateProblems:
+    """Rows whose hardware ID is listed twice in the file, registered in the account
+    already, or listed by another upload not yet published."""
+    shown: list[tuple[int, str, str]] = []
+    total = 0
+    rows = await pool.fetch(DUPLICATES_IN_FILE, registration_id, limit, timeout=timeout_s)
+    for row in rows:
         first, *later = row["lines"]
-        problems.extend(
+        shown.extend(
             (line, row["hardware_id"], f"duplicate hardware ID: also on line {first}") for line in later
         )
-    for row in await pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit):
-        problems.append((row["line"], row["hardware_id"], "hardware ID already registered in this account"))
-    for row in await pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit):
-        problems.append(
-            (
-                row["line"],
-                row["hardware_id"],
-                f"hardware ID already listed by bulk registration {row['other']}",
-            )
-        )
-    problems.sort()
-    return problems
+    total += int(rows[0]["total"]) if rows else 0
+    rows = await pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit, timeout=timeout_s)
+    shown.extend(
+        (r["line"], r["hardware_id"], "hardware ID already registered in this account") for r in rows
+    )
+    total += int(rows[0]["total"]) if rows else 0
+    rows = await pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit, timeout=timeout_s)
+    shown.extend(
+        (r["line"], r["hardware_id"], f"hardware ID already listed by bulk registration {r['other']}")
+        for r in rows
+    )
+    total += int(rows[0]["total"]) if rows else 0
+    shown.sort()
+    return DuplicateProblems(shown[:limit], total)
 
 
 async def finish_upload(

@@ -106,7 +106,6 @@ CREATE TABLE devices (
 );
 CREATE INDEX devices_stem ON devices (account_id, hardware_id_stem);
 CREATE INDEX devices_registration ON devices (registration_id);
-CREATE INDEX devices_lifecycle ON devices (account_id, lifecycle);
 
 -- One row per registration request: the deduplication service's processed-message
 -- record (request_id) and the audit trail of every decision.

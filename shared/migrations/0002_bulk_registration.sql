@@ -22,13 +22,14 @@ CREATE TABLE bulk_rows (
     name                     text NOT NULL,
     category_a               text NOT NULL DEFAULT '',
     category_b               text NOT NULL DEFAULT '',
-    -- pending -> published (a preregistered device exists) or conflict (its hardware
-    -- ID was taken between upload and publish; reported per row).
-    state                    text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'conflict')),
+    -- A pending row becomes a preregistered device when published, and is then deleted
+    -- (the device is the record); a row whose hardware ID was taken between upload and
+    -- publish stays, as a conflict, to be reported per row.
+    state                    text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'conflict')),
     PRIMARY KEY (registration_id, line)
 );
-CREATE INDEX bulk_rows_hardware_id ON bulk_rows (hardware_id);
-CREATE INDEX bulk_rows_pending ON bulk_rows (registration_id, line) WHERE state = 'pending';
+-- Uploads check their hardware IDs against the rows other uploads have not published yet.
+CREATE INDEX bulk_rows_pending_hardware_id ON bulk_rows (hardware_id) WHERE state = 'pending';
 
 -- The brute-force guard counts recent refused claims per product and hardware ID.
 CREATE INDEX registration_decisions_refused

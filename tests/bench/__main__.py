@@ -161,15 +161,44 @@ def report(result: dict[str, Any]) -> None:
     print_table(rows, ["benchmark", "count", "per second", "ratio to baseline", "p50 ms", "p99 ms", "errors"])
 
 
+def report_bulk(result: dict[str, Any]) -> None:
+    rows = [
+        ("baseline: csv.reader over the file, locally", result["baseline_local_csv_parse_s"], "-", "1.00"),
+        (
+            "upload, stream, validate, store",
+            result["upload_and_validate_s"],
+            result["upload_rows_per_s"],
+            f"{result['upload_to_baseline_ratio']:.2f}",
+        ),
+        ("publish (rows -> offline devices)", result["publish_s"], result["publish_rows_per_s"], "-"),
+    ]
+    print_table(rows, ["bulk ingestion", "seconds", "rows per second", "time ratio to baseline"])
+    print(
+        f"{result['rows']} rows, {result['file_mb']} MB; ingestion service peak RSS "
+        f"{result['ingestion_peak_rss_mb']} MB (before: {result['ingestion_rss_before_mb']} MB)"
+    )
+
+
+def _write(name: str, result: dict[str, Any]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {OUT / name}\n")
+
+
 if __name__ == "__main__":
+    from tests.bench import bulk
+
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--devices", type=int, default=5000, help="devices in the registration storm")
     parser.add_argument("--boot-devices", type=int, default=2000, help="devices in the full boot")
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--bulk-rows", type=int, default=1_000_000, help="rows of the bulk CSV (0: skip)")
     arguments = parser.parse_args()
     use_fast_event_loop()
     outcome = asyncio.run(main(arguments))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "auto_registration.json").write_text(json.dumps(outcome, indent=2) + "\n", encoding="utf-8")
     report(outcome)
-    print(f"\nwritten to {OUT / 'auto_registration.json'}")
+    _write("auto_registration.json", outcome)
+    if arguments.bulk_rows:
+        bulk_outcome = asyncio.run(bulk.run(arguments.bulk_rows))
+        report_bulk(bulk_outcome)
+        _write("bulk_ingestion.json", bulk_outcome)

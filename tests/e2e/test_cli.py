@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from tests.support.api import Operator
+from tests.support.bulk import HEADER, csv_rows, csv_text
 from tests.support.system import ROOT, System
 
 
@@ -20,6 +21,7 @@ async def fleetreg(operator: Operator, system: System, *args: str) -> tuple[int,
         "FLEETREG_ADMIN_URL": system.operator_url,
         "FLEETREG_ADMIN_TOKEN": operator.api_key,
         "FLEETREG_DEVICE_URL": system.device_url,
+        "FLEETREG_BULK_URL": system.bulk_url,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -140,3 +142,42 @@ async def test_errors_exit_non_zero_with_one_line(system: System, operator: Oper
     assert code == 1 and "TYPE:PORT" in err
     code, _, err = await fleetreg(operator, system, "auto", "create", "--product", "nope")
     assert code == 1 and err.startswith("fleetreg: ") and "400" in err and "product_id" in err
+
+
+async def test_bulk_upload_publish_show_and_simulate(
+    system: System, operator: Operator, tmp_path: Any
+) -> None:
+    product = await fleetreg_json(
+        operator, system, "product", "create", "--name", "sensors", "--service", "tcp:9000"
+    )
+    await fleetreg_json(operator, system, "product", "lock", product["id"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "\r\nk1,aa01,=evil(),,\r\nk2,aa01,ok,,\r\n")
+    code, out, err = await fleetreg(
+        operator, system, "bulk", "upload", str(bad), "--product", product["id"], "--json"
+    )
+    assert code == 1 and "rejected" in err
+    document = json.loads(out)
+    assert [(e["line"], e["column"]) for e in document["errors"]] == [(2, "DEVICE_NAME")]
+    assert set(document["errors"][0]) == {"line", "column", "value", "reason"}
+    code, out, _ = await fleetreg(operator, system, "bulk", "upload", str(bad), "--product", product["id"])
+    assert code == 1 and "DEVICE_NAME" in out and "formula" in out  # a readable table of the bad rows
+
+    good = tmp_path / "fleet.csv"
+    good.write_text(csv_text(csv_rows(30)))
+    uploaded = await fleetreg_json(operator, system, "bulk", "upload", str(good), "--product", product["id"])
+    assert {"id", "product_id", "status", "rows"} <= set(uploaded)
+    assert (uploaded["status"], uploaded["rows"]) == ("configured", 30)
+    published = await fleetreg_json(operator, system, "bulk", "publish", uploaded["id"], "--wait")
+    assert (published["status"], published["published"]) == ("preregistered", 30)
+    shown = await fleetreg_json(operator, system, "bulk", "show", uploaded["id"])
+    assert shown["status"] == "preregistered"
+    listed = await fleetreg_json(operator, system, "bulk", "list")
+    assert [b["id"] for b in listed["bulk_registrations"]] == [uploaded["id"]]
+    offline = await fleetreg_json(operator, system, "devices", "list", "--state", "offline")
+    assert len(offline["devices"]) == 30
+
+    summary = await fleetreg_json(
+        operator, system, "simulate", "--bulk", uploaded["id"], "--csv", str(good), "--concurrency", "10"
+    )
+    assert (summary["devices"], summary["provisioned"], summary["errors"]) == (30, 30, 0)
