@@ -56,12 +56,19 @@ async def prepare(var: Path) -> dict[str, str]:
         await pool.close()
     ports = {
         name: os.environ.get(f"FLEETREG_{name.upper()}_PORT", default)
-        for name, default in (("intake", "18080"), ("operator", "18081"), ("ingestion", "18084"))
+        for name, default in (
+            ("intake", "18080"),
+            ("operator", "18081"),
+            ("ingestion", "18084"),
+            ("compat", "18443"),
+        )
     }
     return {
         "FLEETREG_DEVICE_URL": f"http://127.0.0.1:{ports['intake']}",
         "FLEETREG_ADMIN_URL": f"http://127.0.0.1:{ports['operator']}",
         "FLEETREG_BULK_URL": f"http://127.0.0.1:{ports['ingestion']}",
+        "FLEETREG_COMPAT_URL": f"https://127.0.0.1:{ports['compat']}",
+        "FLEETREG_TLS_CA": str((var / "tls" / "ca.pem").resolve()),
         "FLEETREG_ADMIN_TOKEN": key_file.read_text(encoding="utf-8").strip(),
         "FLEETREG_DEMO_PRODUCT_ID": product["id"],
         "FLEETREG_DEMO_CODE": product["bulk_identification_code"],

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -109,17 +113,41 @@ def base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application
     return app
 
 
-def run(app: web.Application, settings: HttpSettings) -> None:
+@dataclass(frozen=True)
+class TlsSite:
+    """A second, https listener of the same app (the reference-compatible device API)."""
+
+    host: str
+    port: int
+    cert_file: str
+    key_file: str
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def run(app: web.Application, settings: HttpSettings, tls: TlsSite | None = None) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting, finish in-flight work, clean up."""
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=15,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    asyncio.run(_serve(app, settings, tls))
+
+
+async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | None) -> None:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=15)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        if tls is not None:
+            await web.TCPSite(runner, tls.host, tls.port, ssl_context=tls.context()).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("serving", extra={"port": settings.port, "tls_port": tls.port if tls else None})
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import uvloop
 from aiohttp import web
 
 from shared import logging as fleet_logging
-from shared.http import run
+from shared.http import TlsSite, run
 from shared.settings import Env, HttpSettings, SettingsError, load
 
 
@@ -27,7 +27,10 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 def main(
-    service: str, settings_from_env: Callable[[Env], S], create_app: Callable[[S], web.Application]
+    service: str,
+    settings_from_env: Callable[[Env], S],
+    create_app: Callable[[S], web.Application],
+    tls_of: Callable[[S], TlsSite | None] = lambda _: None,
 ) -> None:
     """Read settings (a bad one ends the process with exit code 2 and one line), then serve."""
     try:
@@ -37,7 +40,7 @@ def main(
         sys.exit(2)
     fleet_logging.configure(service, settings.log_level)
     use_fast_event_loop()
-    run(create_app(settings), settings.http)
+    run(create_app(settings), settings.http, tls_of(settings))
 
 
 def use_fast_event_loop() -> None:

@@ -34,6 +34,7 @@ INTAKE_PORT=${FLEETREG_INTAKE_PORT:-18080}
 OPERATOR_PORT=${FLEETREG_OPERATOR_PORT:-18081}
 DEDUP_PORT=${FLEETREG_DEDUP_PORT:-18082}
 PROVISIONING_PORT=${FLEETREG_PROVISIONING_PORT:-18083}
+COMPAT_PORT=${FLEETREG_COMPAT_PORT:-18443}
 INGESTION_PORT=${FLEETREG_INGESTION_PORT:-18084}
 
 mkdir -p "$LOG" "$RUN"
@@ -234,12 +235,15 @@ start_services() {
   chmod 600 "$VAR/secret_key"
   export FLEETREG_SECRET_KEY; FLEETREG_SECRET_KEY=$(cat "$VAR/secret_key")
   "$ROOT/.venv/bin/fleetreg" migrate >>"$LOG/migrate.log" 2>&1 || fail "migrations failed; see var/log/migrate.log"
+  "$ROOT/deploy/local/tls.sh" "$VAR/tls" || fail "generating the local TLS certificate failed"
+  export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
   local svc port
   for svc in "${SERVICES[@]}"; do
     [ -d "$ROOT/services/$svc" ] || continue
     if pid_alive "$RUN/$svc.pid"; then continue; fi
     port=$(service_port "$svc")
     port_in_use "$port" && fail "port $port for $svc is already in use by another process; set FLEETREG_${svc^^}_PORT"
+    [ "$svc" = intake ] && port_in_use "$COMPAT_PORT" && fail "port $COMPAT_PORT (https device API) is already in use; set FLEETREG_COMPAT_PORT"
     FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
     echo $! >"$RUN/$svc.pid"
   done

@@ -18,7 +18,7 @@ from typing import Literal
 from shared.db import devices, products
 from shared.db.devices import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
-from shared.db.products import CodeAdmission
+from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
@@ -35,10 +35,6 @@ from shared.metrics import PIPELINE_LATENCY, REGISTRATIONS
 
 log = logging.getLogger(__name__)
 
-REASON_UNKNOWN_CODE = "unknown bulk identification code"
-REASON_REVOKED_CODE = "bulk identification code revoked: the operator rotated it"
-REASON_NO_REGISTRATION = "no active registration uses this product"
-REASON_PAUSED = "auto registration paused by the operator"
 MAX_CONFLICT_RETRIES = 5
 
 
@@ -48,19 +44,6 @@ class Decisions:
 
     decided: list[RegistrationDecided] = field(default_factory=list)
     refused: list[RegistrationOutcome] = field(default_factory=list)
-
-
-def admission_refusal(admission: CodeAdmission | None) -> str | None:
-    """Why a code admits no device now, or None when it does."""
-    if admission is None:
-        return REASON_UNKNOWN_CODE
-    if admission.revoked:
-        return REASON_REVOKED_CODE
-    if admission.registration_id is None:
-        return REASON_NO_REGISTRATION
-    if admission.kind == "auto" and admission.status != "active":
-        return REASON_PAUSED
-    return None
 
 
 def _claim(request: RegistrationRequested) -> Claim:

@@ -5,4 +5,4 @@ from services.intake.settings import IntakeSettings
 from shared.service import main
 
 if __name__ == "__main__":
-    main(SERVICE, IntakeSettings.from_env, create_app)
+    main(SERVICE, IntakeSettings.from_env, create_app, lambda settings: settings.compat.tls)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.intake import routes
+from services.intake import compat_routes, routes
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
 from shared.db.pool import Pool, open_pool
@@ -62,6 +62,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     routes.add_routes(app, RESOURCES)
+    compat_routes.add_compat_routes(app, RESOURCES, settings.compat.prefix)
     return app
 
 

@@ -4,7 +4,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.settings import DatabaseSettings, Env, HttpSettings, KafkaSettings, Secret, secret_key
+from shared.http import TlsSite
+from shared.settings import (
+    DatabaseSettings,
+    Env,
+    HttpSettings,
+    KafkaSettings,
+    Secret,
+    SettingsError,
+    secret_key,
+)
+
+
+@dataclass(frozen=True)
+class CompatSettings:
+    """The reference-compatible device API (apv/v27), served over https."""
+
+    prefix: str
+    wait_seconds: float  # its calls cannot answer "pending" at every step: they wait longer
+    tls: TlsSite | None  # None: no https listener (the routes still answer on the http port)
+
+    @classmethod
+    def from_env(cls, env: Env) -> CompatSettings:
+        prefix = env.text("FLEETREG_COMPAT_PREFIX", "/apv/v27").rstrip("/")
+        if not prefix.startswith("/"):
+            raise SettingsError(f"FLEETREG_COMPAT_PREFIX={prefix!r} must start with '/'")
+        cert, key = env.text("FLEETREG_TLS_CERT", "-"), env.text("FLEETREG_TLS_KEY", "-")
+        if (cert == "-") != (key == "-"):
+            raise SettingsError("FLEETREG_TLS_CERT and FLEETREG_TLS_KEY must be set together")
+        tls = None
+        if cert != "-":
+            tls = TlsSite(
+                host=env.text("FLEETREG_COMPAT_HOST", env.text("FLEETREG_HTTP_HOST", "127.0.0.1")),
+                port=env.integer("FLEETREG_COMPAT_PORT", 18443),
+                cert_file=cert,
+                key_file=key,
+            )
+        return cls(prefix=prefix, wait_seconds=env.number("FLEETREG_COMPAT_WAIT_SECONDS", 20.0), tls=tls)
 
 
 @dataclass(frozen=True)
@@ -19,6 +55,7 @@ class IntakeSettings:
     online_ttl_seconds: float  # a heartbeat keeps a device online this long
     pending_forget_seconds: float  # an unknown request older than this is "unknown", not "pending"
     log_level: str
+    compat: CompatSettings
 
     @classmethod
     def from_env(cls, env: Env) -> IntakeSettings:
@@ -33,4 +70,5 @@ class IntakeSettings:
             online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
             pending_forget_seconds=env.number("FLEETREG_PENDING_FORGET_SECONDS", 900.0, minimum=1.0),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
+            compat=CompatSettings.from_env(env),
         )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from shared.db.pool import Pool
+from shared.domain.admission import CodeAdmission
 from shared.domain.identifiers import new_code
 from shared.domain.products import ServiceSpec, bulk_service
 from shared.errors import Conflict, NotFound
@@ -57,19 +57,6 @@ RESOLVE_CODES = """
     LEFT JOIN registrations r ON r.product_id = p.id
          AND (r.kind = 'auto' OR r.status IN ('publishing', 'preregistered'))
     WHERE c.code = ANY($1::text[])"""
-
-
-@dataclass(frozen=True)
-class CodeAdmission:
-    """What a Bulk Identification Code opens, as the registry knows it now."""
-
-    code: str
-    revoked: bool
-    account_id: str
-    product_id: str
-    registration_id: str | None  # the auto registration, or one published bulk registration
-    kind: str | None
-    status: str | None
 
 
 async def create_product(

@@ -2,7 +2,8 @@
 
 The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"):
 
-* A device presenting the device secret issued to ``H`` is ``H``.
+* A device presenting the device secret issued to ``H`` is ``H``, unless its system
+  identifiers differ from ``H``'s: then the secret came with a cloned SD card.
 * Before ``H`` confirmed its provisioning, a retry with the same idempotency key or
   from the same fingerprint is the same device and gets the same answer.
 * Any other claimant of a taken ``H`` is a clone and gets the smallest free ``H-N``
@@ -108,12 +109,19 @@ def _key_holds(device: KnownDevice, claim: Claim, kind: str) -> bool:
     )
 
 
+def _same_machine(device: KnownDevice, claim: Claim) -> bool:
+    """The secret was copied with the SD card if the system identifiers differ: a clone."""
+    return not claim.fingerprint or not device.fingerprint or claim.fingerprint == device.fingerprint
+
+
 def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | None:
+    """A device not yet confirmed that claims again, from the same fingerprint, the hardware
+    ID it claimed before or the one it was assigned (a clone starting over as ``H-1``)."""
     if not claim.fingerprint:
         return None
     for device in family.devices.values():
         if (
-            device.claimed_hardware_id == claim.hardware_id
+            claim.hardware_id in (device.claimed_hardware_id, device.hardware_id)
             and device.fingerprint == claim.fingerprint
             and device.lifecycle == "registered"
         ):
@@ -142,7 +150,12 @@ def decide(
             return _same(prior, "retry with the same idempotency key")
 
     existing = family.devices.get(claim.hardware_id)
-    if existing is not None and claim.secret_digest and secret_matches(existing, claim.secret_digest):
+    if (
+        existing is not None
+        and claim.secret_digest
+        and secret_matches(existing, claim.secret_digest)
+        and _same_machine(existing, claim)
+    ):
         return _same(existing, "device presented its device secret")
 
     retry = _retry_before_confirmation(claim, family)

@@ -100,6 +100,15 @@ class System:
     def bulk_url(self) -> str:
         return self.services["ingestion"].url
 
+    @property
+    def compat_url(self) -> str:
+        """The https base URL a reference client is pointed at (CI_APISERVER), prefix included."""
+        return f"https://127.0.0.1:{self.env['FLEETREG_COMPAT_PORT']}/apv/v27"
+
+    @property
+    def tls_ca(self) -> Path:
+        return ROOT / "var" / "e2e-tls" / "ca.pem"
+
     async def restart(self, name: str) -> None:
         process = self.services[name]
         process.kill()
@@ -118,7 +127,15 @@ class System:
             process.stop()
 
 
+def make_tls() -> Path:
+    """The local CA and loopback certificate, made by the same script as ``make up``."""
+    directory = ROOT / "var" / "e2e-tls"
+    subprocess.run([str(ROOT / "deploy" / "local" / "tls.sh"), str(directory)], check=True)
+    return directory
+
+
 async def start_system(database_url: str, bootstrap: str, prefix: str) -> System:
+    tls = make_tls()
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -131,6 +148,9 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         "FLEETREG_BULK_MAX_ROWS": "20000",
         "FLEETREG_BULK_PUBLISH_CHUNK_ROWS": "500",
         "FLEETREG_BULK_MAX_FAILED_CLAIMS": "5",
+        "FLEETREG_TLS_CERT": str(tls / "server.pem"),
+        "FLEETREG_TLS_KEY": str(tls / "server.key"),
+        "FLEETREG_COMPAT_PORT": str(free_port()),
     }
     services = {}
     for name in ("dedup", "provisioning", "intake", "operator", "ingestion"):

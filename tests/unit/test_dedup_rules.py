@@ -209,7 +209,7 @@ def test_same_fingerprint_after_confirmation_without_secret_is_a_clone() -> None
     assert again.hardware_id == f"{H}-1"
 
 
-@pytest.mark.parametrize("fingerprint", [FP_A, FP_B, ""], ids=["same-fp", "other-fp", "no-fp"])
+@pytest.mark.parametrize("fingerprint", [FP_A, ""], ids=["same-fp", "no-fp"])
 def test_the_device_secret_identifies_the_device_even_after_confirmation(fingerprint: str) -> None:
     fleet = Fleet()
     fleet.claim(H, FP_A)
@@ -219,6 +219,29 @@ def test_the_device_secret_identifies_the_device_even_after_confirmation(fingerp
     assert not verdict.created
     assert device_of(verdict).id == device.id
     assert fleet.hardware_ids == [H]
+
+
+def test_the_secret_on_a_cloned_sd_card_does_not_make_the_clone_the_same_device() -> None:
+    """The copied card carries H's secret, but the system identifiers are another board's."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    device = fleet.confirm(H)
+    verdict = fleet.claim(H, FP_B, secret=presented_secret(device))
+    assert verdict.decision == "clone"
+    assert verdict.hardware_id == f"{H}-1"
+    assert fleet.hardware_ids == [H, f"{H}-1"]
+
+
+def test_a_clone_starting_over_with_its_new_hardware_id_is_the_same_device() -> None:
+    """The reference client stores the H-1 it was told and registers again with it."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    clone = fleet.claim(H, FP_B)
+    assert clone.hardware_id == f"{H}-1"
+    again = fleet.claim(f"{H}-1", FP_B)
+    assert again.decision == "same"
+    assert device_of(again).id == device_of(clone).id
+    assert fleet.hardware_ids == [H, f"{H}-1"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,227 @@
+"""The reference client's registration protocol (apv/v27) on the same registry and rules.
+
+Decisions are made where the protocol lets them be:
+* auto registration: at the friendly-configuration call (step 2), from the fingerprint
+  and secret the device reported at the information call (step 1); a clone is told
+  ``reset`` with its new hardware ID;
+* bulk registration: at the register call (step 5), the first call that carries the
+  registration key; step 2 answers the same whether or not the hardware ID is listed,
+  so it tells nothing about the CSV.
+Every answer is built by ``compat_answers`` so that the client can read it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from services.intake.compat_answers import answer, refused
+from services.intake.handlers import Publish, PublishSignal, register
+from services.intake.outcomes import OutcomeWaiter
+from shared.db import compat, products
+from shared.db.pool import Pool
+from shared.domain.admission import admission_refusal
+from shared.domain.credentials import Keyring
+from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
+from shared.errors import InvalidInput
+from shared.events import DeviceSignal, RegistrationRequested
+
+PENDING = "registration in progress: try again shortly"
+NOT_REGISTERED = "device not registered: boot again to register"
+UNKNOWN_ID = "unknown provisioning ID"
+CONFIRMED = "device already provisioned: reset by the operator needed"
+TEXT_MAX = 128
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        value = str(value)
+    return value[:TEXT_MAX]
+
+
+def _checked(code: str, hardware_id: str) -> tuple[str, str] | str:
+    """(code, hardware ID) in canonical form, or the reason they cannot be used."""
+    try:
+        return normalize_code(code), validate_hardware_id(hardware_id)
+    except InvalidInput as exc:
+        return exc.message
+
+
+async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> str:
+    """Step 1: remember the device's fingerprint and the digest of the secret it holds."""
+    checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
+    if isinstance(checked, str):
+        return refused(checked)
+    code, hardware_id = checked
+    stored = await compat.record_information(
+        pool,
+        code,
+        hardware_id,
+        keyring.fingerprint(_text(body, "CPUId"), _text(body, "MACAddress")),
+        keyring.digest(_text(body, "DeviceSecret")),
+        _text(body, "OSLabel"),
+    )
+    return answer("true") if stored else refused("unknown bulk identification code")
+
+
+def _claim(
+    code: str, hardware_id: str, fingerprint: str, secret_digest: str, key_digest: str = ""
+) -> RegistrationRequested:
+    return RegistrationRequested(
+        request_id=new_request_id(),
+        received_at=time.time(),
+        bulk_identification_code=code,
+        hardware_id=hardware_id,
+        fingerprint=fingerprint,
+        secret_digest=secret_digest,
+        registration_key_digest=key_digest,
+        protocol="compat",
+    )
+
+
+async def friendly_configuration(
+    pool: Pool,
+    keyring: Keyring,
+    publish: Publish,
+    waiter: OutcomeWaiter,
+    wait_s: float,
+    code_text: str,
+    hardware_id_text: str,
+) -> str:
+    """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
+    or ``reset`` with the hardware ID a clone must take."""
+    checked = _checked(code_text, hardware_id_text)
+    if isinstance(checked, str):
+        return refused(checked)
+    code, hardware_id = checked
+    admission = (await products.resolve_codes(pool, [code])).get(code)
+    reason = admission_refusal(admission)
+    if reason is not None or admission is None:
+        return refused(reason or "unknown bulk identification code")
+    projects = await compat.provisioning_ids(pool, code)
+    if admission.kind == "bulk":
+        return answer("true", projects=projects)
+    fingerprint, secret_digest = await compat.information(pool, code, hardware_id)
+    outcome = await register(
+        _claim(code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
+    )
+    if outcome.status == "pending":
+        return answer("pending", ("reason", PENDING))
+    if outcome.status != "ready":
+        return refused(outcome.reason)
+    if outcome.clone:
+        return answer("reset", ("HardwareId", outcome.hardware_id))
+    return answer("true", projects=projects)
+
+
+async def provisioning_file(pool: Pool, provisioning_id: str) -> bytes | None:
+    """Step 3: the product-level provisioning file (``#begin`` and the 36-character ID
+    first); None for an unknown ID. Per-device credentials come at step 5."""
+    found = await compat.service(pool, provisioning_id)
+    if found is None:
+        return None
+    shown_id = found.code if found.is_bulk_service and found.code else found.service_id.upper()
+    lines = [
+        "#begin",
+        shown_id,
+        f"application_type {found.type_code}",
+        f"proxy_dest_port {found.port}",
+        "proxy_dest_ip 127.0.0.1",
+        "#end",
+    ]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+async def service_configuration(pool: Pool, provisioning_id: str) -> str:
+    """Step 4: whether and how the service is set up."""
+    found = await compat.service(pool, provisioning_id)
+    if found is None:
+        return refused(UNKNOWN_ID)
+    return answer(
+        "true",
+        ("timestamp", str(found.locked_epoch)),
+        ("enabled", "1" if found.enabled else "0"),
+        ("content_type", str(found.type_code)),
+        ("content_port", str(found.port)),
+        ("content_ip", "127.0.0.1"),
+    )
+
+
+async def register_service(
+    pool: Pool, keyring: Keyring, publish: Publish, waiter: OutcomeWaiter, wait_s: float, body: dict[str, Any]
+) -> str:
+    """Step 5: the service's UID and secret (the device secret for the bulk service).
+    For bulk registration the first such call claims the device with its key."""
+    found = await compat.service(pool, _text(body, "project_id"))
+    if found is None or found.code is None:
+        return refused(UNKNOWN_ID)
+    try:
+        hardware_id = validate_hardware_id(_text(body, "hardware_id"))
+    except InvalidInput as exc:
+        return refused(exc.message)
+    fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id)
+    key_digest = keyring.digest(_text(body, "registration_key"))
+    device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
+    if found.registration_kind == "bulk" and not _claimed_by(device, fingerprint, key_digest):
+        outcome = await register(
+            _claim(found.code, hardware_id, fingerprint, secret_digest, key_digest),
+            publish,
+            waiter,
+            keyring,
+            wait_s,
+        )
+        if outcome.status == "pending":
+            return answer("pending", ("reason", PENDING))
+        if outcome.status != "ready":
+            return refused(outcome.reason)
+        device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
+    if device is None:
+        return refused(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
+    if device["disabled"]:
+        return refused("device disabled by the operator")
+    if device["lifecycle"] == "provisioned":
+        return refused(CONFIRMED)
+    if device["lifecycle"] != "registered" or not fingerprint or device["fingerprint"] != fingerprint:
+        return refused(NOT_REGISTERED)
+    if not device["provisioned_files"] or device["service_uid"] is None:
+        return answer("pending", ("reason", PENDING))
+    generation = device["credential_generation"]
+    secret = (
+        keyring.device_secret(device["id"], generation)
+        if found.is_bulk_service
+        else keyring.service_password(device["service_uid"], generation)
+    )
+    return answer("true", ("uid", device["service_uid"]), ("secret", secret))
+
+
+def _claimed_by(device: Any, fingerprint: str, key_digest: str) -> bool:
+    """Already claimed by this very device (a later service of the same boot)."""
+    return (
+        device is not None
+        and device["lifecycle"] == "registered"
+        and bool(fingerprint)
+        and device["fingerprint"] == fingerprint
+        and device["registration_key_digest"] == key_digest
+    )
+
+
+async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> str:
+    """Step 6: the device confirms, proving itself with its device secret."""
+    checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
+    if isinstance(checked, str):
+        return refused(checked)
+    code, hardware_id = checked
+    found = await compat.service(pool, code)
+    device = await compat.device(pool, found.account_id, hardware_id, found.service_id) if found else None
+    secret = _text(body, "DeviceSecret")
+    if (
+        device is None
+        or not secret
+        or keyring.digest(secret)
+        != keyring.digest(keyring.device_secret(device["id"], device["credential_generation"]))
+    ):
+        return refused(NOT_REGISTERED)
+    await publish_signal(DeviceSignal(device_id=device["id"], kind="ready", at=time.time()))
+    return answer("true")

@@ -1,0 +1,97 @@
+"""What the reference-compatible device API (apv/v27) reads and writes.
+
+Its calls name a provisioning ID (a product service's ID, or the Bulk
+Identification Code standing for the product's bulk service) and a hardware ID,
+never a device ID; these statements resolve them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.db.pool import Pool
+
+UPSERT_INFORMATION = """
+    INSERT INTO device_information (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label)
+    SELECT $1, $2, $3, $4, $5
+    WHERE EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1 AND revoked_at IS NULL)
+    ON CONFLICT (bulk_identification_code, hardware_id) DO UPDATE
+       SET fingerprint = excluded.fingerprint, secret_digest = excluded.secret_digest,
+           os_label = excluded.os_label, updated_at = now()
+    RETURNING 1"""
+SELECT_INFORMATION = """SELECT fingerprint, secret_digest FROM device_information
+                        WHERE bulk_identification_code = $1 AND hardware_id = $2"""
+SELECT_CODE_SERVICES = """
+    SELECT s.id::text AS provisioning_id, s.is_bulk_service, s.type_code, s.port, s.enabled
+    FROM bulk_identification_codes c JOIN product_services s ON s.product_id = c.product_id
+    WHERE c.code = $1 ORDER BY s.position"""
+# A provisioning ID is a service ID, or a (current) code standing for the bulk service.
+SELECT_SERVICE = """
+    SELECT s.id::text AS service_id, s.is_bulk_service, s.type_code, s.port, s.enabled,
+           p.id::text AS product_id, p.account_id::text AS account_id, p.registration_kind,
+           extract(epoch FROM p.locked_at)::bigint AS locked_epoch,
+           (SELECT code FROM bulk_identification_codes
+             WHERE product_id = p.id AND revoked_at IS NULL) AS code
+    FROM product_services s JOIN products p ON p.id = s.product_id
+    WHERE p.status = 'locked' AND (
+        s.id = CASE WHEN $1 ~* '^[0-9a-f-]{36}$' THEN $1::uuid END
+        OR (s.is_bulk_service AND s.product_id = (
+            SELECT product_id FROM bulk_identification_codes WHERE code = upper($1) AND revoked_at IS NULL)))"""
+SELECT_DEVICE = """
+    SELECT v.id::text, v.hardware_id, v.lifecycle, v.disabled, v.fingerprint, v.credential_generation,
+           coalesce(encode(v.registration_key_digest, 'hex'), '') AS registration_key_digest,
+           f.service_uid,
+           EXISTS (SELECT 1 FROM registration_decisions d WHERE d.device_id = v.id AND d.status = 'ready')
+               AS provisioned_files
+    FROM devices v
+    LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = $3
+         AND f.generation = v.credential_generation
+    WHERE v.account_id = $1 AND v.hardware_id = $2"""
+
+
+@dataclass(frozen=True)
+class Service:
+    service_id: str
+    is_bulk_service: bool
+    type_code: int
+    port: int
+    enabled: bool
+    product_id: str
+    account_id: str
+    registration_kind: str | None
+    locked_epoch: int
+    code: str | None
+
+
+async def record_information(
+    pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str
+) -> bool:
+    """Remember what a device reported; False when the code is unknown (nothing stored)."""
+    stored = await pool.fetchval(UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label)
+    return stored is not None
+
+
+async def information(pool: Pool, code: str, hardware_id: str) -> tuple[str, str]:
+    """(fingerprint, secret digest) the device reported, or two empty strings."""
+    row = await pool.fetchrow(SELECT_INFORMATION, code, hardware_id)
+    return (row["fingerprint"], row["secret_digest"]) if row else ("", "")
+
+
+async def provisioning_ids(pool: Pool, code: str) -> list[str]:
+    """The provisioning IDs a device of this code downloads: the code itself for the
+    bulk service, then each enabled service's ID."""
+    rows = await pool.fetch(SELECT_CODE_SERVICES, code)
+    return [code if r["is_bulk_service"] else r["provisioning_id"].upper() for r in rows if r["enabled"]]
+
+
+async def service(pool: Pool, provisioning_id: str) -> Service | None:
+    row = await pool.fetchrow(SELECT_SERVICE, provisioning_id)
+    if row is None:
+        return None
+    return Service(**{k: row[k] for k in Service.__dataclass_fields__})
+
+
+async def device(pool: Pool, account_id: str, hardware_id: str, service_id: str) -> Any:
+    """The device with this hardware ID, with its UID for one service (NULL until rendered)."""
+    return await pool.fetchrow(SELECT_DEVICE, account_id, hardware_id, service_id)
