@@ -192,7 +192,7 @@ async def test_killing_ingestion_mid_publish_and_publishing_again_completes_with
         session, system.bulk_url, operator, "POST", f"/v1/bulk-registrations/{registration['id']}/publish"
     )
     assert status == 202
-    for _ in range(200):
+    for _ in range(1500):  # the first publish of a session waits for the consumer group to form
         done = await pool.fetchval(
             "SELECT published_count FROM registrations WHERE id = $1", registration["id"]
         )
