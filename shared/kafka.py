@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 
 from shared.events import Event, SchemaError, decode, encode
+from shared.metrics import CONSUMER_LAG, ERRORS
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,9 @@ class BatchConsumer:
         dead_letter: tuple[AIOKafkaProducer, str] | None = None,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
+        name: str = "consumer",
     ) -> None:
+        self._name = name
         self._consumer = consumer
         self._handler = handler
         self._dead_letter = dead_letter
@@ -201,6 +204,7 @@ class BatchConsumer:
                 return
         self._failures = 0
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        self._record_lag(offsets)
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
@@ -209,10 +213,18 @@ class BatchConsumer:
             log.warning("offset commit failed; batch will be redelivered", extra={"error": str(exc)})
         self.batches_handled += 1
 
+    def _record_lag(self, positions: dict[TopicPartition, int]) -> None:
+        """Records between where this consumer is and the partition's end, as last fetched."""
+        for tp, position in positions.items():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                CONSUMER_LAG.labels(self._name, tp.topic, str(tp.partition)).set(max(0, end - position))
+
     async def _retry_later(self, batch: dict[TopicPartition, list[Any]], error: Exception) -> None:
         """The handler failed (database restarting, broker unreachable): hand the batch
         back by seeking to its first offsets, wait, and let the loop fetch it again."""
         self._failures += 1
+        ERRORS.labels(self._name, "batch_failed").inc()
         delay = min(0.2 * 2 ** min(self._failures, 5), 5.0)
         log.warning(
             "batch failed; retrying", extra={"error": f"{type(error).__name__}: {error}", "retry_in_s": delay}

@@ -71,7 +71,11 @@ def consumer_context(
                 BATCHES.labels(service).inc()
 
             loop = BatchConsumer(
-                consumer, counted, dead_letter=(producer, topics.dead_letter), max_records=settings.batch_size
+                consumer,
+                counted,
+                dead_letter=(producer, topics.dead_letter),
+                max_records=settings.batch_size,
+                name=service,
             )
             task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
             app[READINESS]["consumer"] = True

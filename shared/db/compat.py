@@ -13,7 +13,8 @@ from typing import Any
 from shared.db.pool import Pool
 
 UPSERT_INFORMATION = """
-    INSERT INTO device_information (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label)
+    INSERT INTO device_information
+        (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label)
     SELECT $1, $2, $3, $4, $5
     WHERE EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1 AND revoked_at IS NULL)
     ON CONFLICT (bulk_identification_code, hardware_id) DO UPDATE
@@ -37,7 +38,8 @@ SELECT_SERVICE = """
     WHERE p.status = 'locked' AND (
         s.id = CASE WHEN $1 ~* '^[0-9a-f-]{36}$' THEN $1::uuid END
         OR (s.is_bulk_service AND s.product_id = (
-            SELECT product_id FROM bulk_identification_codes WHERE code = upper($1) AND revoked_at IS NULL)))"""
+            SELECT product_id FROM bulk_identification_codes
+             WHERE code = upper($1) AND revoked_at IS NULL)))"""
 SELECT_DEVICE = """
     SELECT v.id::text, v.hardware_id, v.lifecycle, v.disabled, v.fingerprint, v.credential_generation,
            coalesce(encode(v.registration_key_digest, 'hex'), '') AS registration_key_digest,

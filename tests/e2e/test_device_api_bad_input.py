@@ -162,3 +162,29 @@ async def test_health_readiness_and_metrics(system: System, session: aiohttp.Cli
     async with session.get(system.device_url + "/metrics") as response:
         text = await response.text()
     assert "fleetreg_http_requests_total" in text
+
+
+async def test_the_metrics_show_registrations_by_outcome_latency_and_lag(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    from tests.support.api import register
+
+    code = (await operator.product())["bulk_identification_code"]
+    await register(session, system.device_url, code, "feedbeef0001", cpu_id="a", mac="a")
+    await register(session, system.device_url, code, "feedbeef0001", cpu_id="b", mac="b")
+    async with session.get(system.services["dedup"].url + "/metrics") as response:
+        dedup = await response.text()
+    async with session.get(system.services["provisioning"].url + "/metrics") as response:
+        provisioning = await response.text()
+
+    def value(text: str, prefix: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
+        assert lines, prefix
+        return float(lines[0].rsplit(" ", 1)[1])
+
+    assert value(dedup, 'fleetreg_registrations_total{decision="new"}') >= 1
+    assert value(dedup, 'fleetreg_registrations_total{decision="clone"}') >= 1
+    assert value(dedup, 'fleetreg_pipeline_seconds_count{stage="decided"}') >= 2
+    assert value(provisioning, 'fleetreg_pipeline_seconds_count{stage="provisioned"}') >= 2
+    assert "fleetreg_consumer_lag_records{" in dedup
+    assert value(dedup, 'fleetreg_batches_total{service="dedup"}') >= 1
