@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from shared.db.pool import Pool, open_pool
+from shared.db.pool import Pool, answers, open_pool
 from shared.domain.credentials import Keyring
 from shared.events import Event
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, make_producer
 from shared.metrics import BATCHES
-from shared.settings import PipelineSettings
+from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ HandlerFactory = Callable[[Pipeline], Callable[[list[Event]], Awaitable[None]]]
 PIPELINE = web.AppKey("pipeline", Pipeline)
 
 
+async def open_registry_and_broker(
+    stack: contextlib.AsyncExitStack, database: DatabaseSettings, kafka: KafkaSettings
+) -> tuple[Topics, Pool, AIOKafkaProducer]:
+    """What every service that talks to the registry and the broker opens first: the
+    topics (created if missing), the pool and a producer, closed by ``stack``."""
+    topics = Topics(kafka.topic_prefix)
+    await ensure_topics(kafka, topics.all())
+    pool = await open_pool(database)
+    stack.push_async_callback(pool.close)
+    producer = make_producer(kafka)
+    await producer.start()
+    stack.push_async_callback(producer.stop)
+    return topics, pool, producer
+
+
 def consumer_context(
     service: str,
     settings: PipelineSettings,
@@ -49,14 +64,8 @@ def consumer_context(
     factory: HandlerFactory,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        topics = Topics(settings.kafka.topic_prefix)
-        await ensure_topics(settings.kafka, topics.all())
         async with contextlib.AsyncExitStack() as stack:
-            pool = await open_pool(settings.database)
-            stack.push_async_callback(pool.close)
-            producer = make_producer(settings.kafka)
-            await producer.start()
-            stack.push_async_callback(producer.stop)
+            topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
             pipeline = Pipeline(pool, producer, topics, Keyring(settings.secret_key.reveal().encode()))
             app[PIPELINE] = pipeline
             consumer = make_consumer(
@@ -98,4 +107,4 @@ async def _consumer_and_database_ok(loop: BatchConsumer, task: asyncio.Task[None
     """Ready while the consume loop runs, its handler is not failing, and the database answers."""
     if task.done() or not loop.healthy:
         return False
-    return bool(await pool.fetchval("SELECT 1"))
+    return await answers(pool)

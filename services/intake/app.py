@@ -12,10 +12,11 @@ from aiokafka import AIOKafkaProducer
 from services.intake import compat_routes, routes
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
-from shared.db.pool import Pool, open_pool
+from shared.db.pool import Pool, answers
 from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE, base_app
-from shared.kafka import Topics, ensure_topics, make_consumer, make_producer
+from shared.kafka import Topics, make_consumer
+from shared.pipeline import open_registry_and_broker
 
 SERVICE = "intake"
 
@@ -37,14 +38,8 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app = base_app(SERVICE, client_max_size=settings.max_body_bytes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        topics = Topics(settings.kafka.topic_prefix)
-        await ensure_topics(settings.kafka, topics.all())
         async with contextlib.AsyncExitStack() as stack:
-            pool = await open_pool(settings.database)
-            stack.push_async_callback(pool.close)
-            producer = make_producer(settings.kafka)
-            await producer.start()
-            stack.push_async_callback(producer.stop)
+            topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
             waiter = OutcomeWaiter(
                 make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes
             )
@@ -54,7 +49,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
                 settings, pool, producer, topics, waiter, Keyring(settings.secret_key.reveal().encode())
             )
             app[READINESS]["outcome_waiter"] = True
-            app[READINESS_PROBE] = lambda: _database_answers(pool)
+            app[READINESS_PROBE] = lambda: answers(pool)
             try:
                 yield
             finally:
@@ -64,7 +59,3 @@ def create_app(settings: IntakeSettings) -> web.Application:
     routes.add_routes(app, RESOURCES)
     compat_routes.add_compat_routes(app, RESOURCES, settings.compat.prefix)
     return app
-
-
-async def _database_answers(pool: Pool) -> bool:
-    return bool(await pool.fetchval("SELECT 1"))

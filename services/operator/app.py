@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.operator import routes
 from services.operator.settings import OperatorSettings
-from shared.db.pool import Pool, open_pool
+from shared.db.pool import Pool, answers, open_pool
 from shared.http import READINESS, READINESS_PROBE, base_app
 
 SERVICE = "operator"
@@ -31,7 +31,7 @@ def create_app(settings: OperatorSettings) -> web.Application:
         pool = await open_pool(settings.database)
         app[RESOURCES] = Resources(settings, pool)
         app[READINESS]["pool"] = True
-        app[READINESS_PROBE] = lambda: _database_answers(pool)
+        app[READINESS_PROBE] = lambda: answers(pool)
         try:
             yield
         finally:
@@ -41,7 +41,3 @@ def create_app(settings: OperatorSettings) -> web.Application:
     app.cleanup_ctx.append(resources)
     routes.add_routes(app, RESOURCES)
     return app
-
-
-async def _database_answers(pool: Pool) -> bool:
-    return bool(await pool.fetchval("SELECT 1"))

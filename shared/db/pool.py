@@ -10,7 +10,15 @@ from asyncpg import Connection, Pool
 
 from shared.settings import DatabaseSettings
 
-__all__ = ["Connection", "DatabaseUnavailable", "Pool", "open_pool", "pool_context", "single_connection"]
+__all__ = [
+    "Connection",
+    "DatabaseUnavailable",
+    "Pool",
+    "answers",
+    "open_pool",
+    "pool_context",
+    "single_connection",
+]
 
 
 class DatabaseUnavailable(Exception):
@@ -58,3 +66,8 @@ async def single_connection(url: str) -> AsyncIterator[Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def answers(pool: Pool) -> bool:
+    """The database answers a trivial query (for readiness probes)."""
+    return bool(await pool.fetchval("SELECT 1"))

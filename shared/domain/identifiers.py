@@ -18,47 +18,47 @@ _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 
-def _require_string(value: object, field: str) -> str:
+def _validate_text(
+    value: object, field: str, limit: int, pattern: re.Pattern[str], allowed: str, rule: str
+) -> str:
+    """A required string of at most ``limit`` ASCII characters matching ``pattern``."""
     if value is None or value == "":
         raise InvalidInput(f"{field} is required", field=field, rule="required")
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string", field=field, rule="type=string")
+    if len(value) > limit:
+        raise InvalidInput(
+            f"{field} is {len(value)} characters; the limit is {limit}",
+            field=field,
+            rule=f"max_length={limit}",
+        )
+    if not value.isascii() or not pattern.fullmatch(value):
+        raise InvalidInput(f"{field} may hold only {allowed}", field=field, rule=f"charset={rule}")
     return value
 
 
 def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
     """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons fits)."""
-    value = _require_string(value, field)
-    if len(value) > HARDWARE_ID_MAX:
-        raise InvalidInput(
-            f"{field} is {len(value)} characters; the limit is {HARDWARE_ID_MAX}",
-            field=field,
-            rule=f"max_length={HARDWARE_ID_MAX}",
-        )
-    if not value.isascii() or not _HARDWARE_ID.fullmatch(value):
-        raise InvalidInput(
-            f"{field} may hold only ASCII letters, digits, '.', '_' and '-'",
-            field=field,
-            rule="charset=[A-Za-z0-9._-]",
-        )
-    return value
+    return _validate_text(
+        value,
+        field,
+        HARDWARE_ID_MAX,
+        _HARDWARE_ID,
+        "ASCII letters, digits, '.', '_' and '-'",
+        "[A-Za-z0-9._-]",
+    )
 
 
 def validate_device_name(value: object, field: str = "name") -> str:
-    value = _require_string(value, field)
-    if len(value) > DEVICE_NAME_MAX:
-        raise InvalidInput(
-            f"{field} is {len(value)} characters; the limit is {DEVICE_NAME_MAX}",
-            field=field,
-            rule=f"max_length={DEVICE_NAME_MAX}",
-        )
-    if not value.isascii() or not _DEVICE_NAME.fullmatch(value):
-        raise InvalidInput(
-            f"{field} may hold only ASCII letters, digits, space, '_', '-' and '.'",
-            field=field,
-            rule="charset=[A-Za-z0-9 _.-]",
-        )
-    return value
+    """A device name: 1-100 ASCII letters, digits, space, '_', '-' or '.'."""
+    return _validate_text(
+        value,
+        field,
+        DEVICE_NAME_MAX,
+        _DEVICE_NAME,
+        "ASCII letters, digits, space, '_', '-' and '.'",
+        "[A-Za-z0-9 _.-]",
+    )
 
 
 def hardware_id_stem(hardware_id: str) -> str:

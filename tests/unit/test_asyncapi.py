@@ -604,6 +604,9 @@ async def test_dead_letters_carry_the_documented_headers() -> None:
         async def commit(self, offsets: dict[TopicPartition, int]) -> None:
             assert offsets == {TopicPartition(record.topic, record.partition): record.offset + 1}
 
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return None  # no fetch response seen: the lag is not known
+
     consumer = BatchConsumer(Consumer(), handler, dead_letter=(producer, topics.dead_letter))
     await asyncio.wait_for(consumer.run(), timeout=5)
 
