@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VAR="$ROOT/var"
+VAR="${FLEETREG_VAR_DIR:-$ROOT/var}"  # another folder: a second, separate local stack
 LOG="$VAR/log"
 RUN="$VAR/run"
 PY="$ROOT/.venv/bin/python"
@@ -258,14 +258,33 @@ stop_services() {
   for svc in "${SERVICES[@]}"; do stop_pid "$RUN/$svc.pid" "$svc"; done
 }
 
+# Everything that can be checked before starting anything is checked first, so that a
+# failure leaves nothing half-started.
+preflight() {
+  if ! pid_alive "$RUN/kafka.pid"; then
+    command -v java >/dev/null || fail "java not found: install a JDK 17 or newer (Kafka runs on it)"
+    [ -f "$KAFKA_LIBS/.complete" ] || command -v mvn >/dev/null ||
+      fail "Maven (mvn) not found: it fetches Kafka's jars from Maven Central"
+    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+      port_in_use "$p" && fail "port $p is already in use by another process; set FLEETREG_KAFKA_PORT / FLEETREG_KAFKA_CONTROLLER_PORT"
+    done
+  fi
+  if ! { [ -f "$PG_DATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; }; then
+    port_in_use "$PG_PORT" && fail "port $PG_PORT is already in use by another process; set FLEETREG_PG_PORT"
+  fi
+  return 0
+}
+
 cmd=${1:-}
 case "$cmd" in
   infra-up)
+    preflight
     start_postgres
     start_kafka
     write_infra_env
     ;;
   up)
+    preflight
     start_postgres
     start_kafka
     write_infra_env
