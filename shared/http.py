@@ -49,8 +49,17 @@ READINESS_PROBE: web.AppKey[ReadinessProbe] = web.AppKey("readiness_probe")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _dumps(document: Any) -> str:
+    return orjson.dumps(document).decode()
+
+
+def json_response(document: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer encoded with orjson (several times faster than the standard library)."""
+    return web.json_response(document, status=status, headers=headers, dumps=_dumps)
+
+
 def json_error(status: int, error: str, message: str, **extra: str) -> web.Response:
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
+    return json_response({"error": error, "message": message, **extra}, status=status)
 
 
 @web.middleware
@@ -61,13 +70,13 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except DomainError as exc:
-        response = web.json_response(exc.to_dict(), status=exc.status)
+        response = json_response(exc.to_dict(), status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY_BYTES]
         error = PayloadTooLarge(
             f"the body is larger than the limit of {limit} bytes", rule=f"max_body_bytes={limit}"
         )
-        response = web.json_response(error.to_dict(), status=413)
+        response = json_response(error.to_dict(), status=413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -82,7 +91,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -94,7 +103,7 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception:  # readiness must answer, whatever the dependency does
             parts["database"] = False
     ready = bool(parts) and all(parts.values())
-    return web.json_response({"ready": ready, "parts": parts}, status=200 if ready else 503)
+    return json_response({"ready": ready, "parts": parts}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

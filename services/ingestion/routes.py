@@ -7,7 +7,7 @@ from aiohttp import web
 from services.ingestion import handlers
 from services.ingestion.settings import BulkLimits
 from shared.db import bulk
-from shared.http import account_for, api_key, path_id
+from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
 from shared.pipeline import PIPELINE
 
@@ -25,17 +25,17 @@ def add_routes(app: web.Application, limits: BulkLimits) -> None:
             request.content.iter_chunked(256 * 1024),
             limits,
         )
-        return web.json_response(registration, status=201)
+        return json_response(registration, status=201)
 
     async def list_all(request: web.Request) -> web.Response:
         pipeline = request.app[PIPELINE]
         account = await account_for(api_key(request), pipeline.pool)
-        return web.json_response({"bulk_registrations": await bulk.list_bulk(pipeline.pool, account.id)})
+        return json_response({"bulk_registrations": await bulk.list_bulk(pipeline.pool, account.id)})
 
     async def show(request: web.Request) -> web.Response:
         pipeline = request.app[PIPELINE]
         account = await account_for(api_key(request), pipeline.pool)
-        return web.json_response(
+        return json_response(
             await bulk.get_bulk(pipeline.pool, account.id, path_id(request, "registration_id"))
         )
 
@@ -45,7 +45,7 @@ def add_routes(app: web.Application, limits: BulkLimits) -> None:
         registration_id = path_id(request, "registration_id")
         first = await handlers.request_publish(pipeline.pool, account, registration_id)
         await publish(pipeline.producer, pipeline.topics.bulk_publish, registration_id, first)
-        return web.json_response(await bulk.get_bulk(pipeline.pool, account.id, registration_id), status=202)
+        return json_response(await bulk.get_bulk(pipeline.pool, account.id, registration_id), status=202)
 
     app.router.add_post("/v1/bulk-registrations", upload)
     app.router.add_get("/v1/bulk-registrations", list_all)

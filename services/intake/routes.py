@@ -10,6 +10,7 @@ from services.intake import handlers
 from services.intake.handlers import Answer
 from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
+from shared.http import json_response
 from shared.kafka import publish
 
 if TYPE_CHECKING:
@@ -29,10 +30,10 @@ def native_view(answer: Answer, retry_after: int) -> web.Response:
         )
         if answer.device_secret:
             body["device_secret"] = answer.device_secret
-        return web.json_response(body, status=200)
+        return json_response(body, status=200)
     if answer.status == "pending":
         body["retry_after"] = retry_after
-        return web.json_response(
+        return json_response(
             body,
             status=202,
             headers={
@@ -41,7 +42,7 @@ def native_view(answer: Answer, retry_after: int) -> web.Response:
             },
         )
     body["reason"] = answer.reason
-    return web.json_response(body, status=403 if answer.status == "refused" else 404)
+    return json_response(body, status=403 if answer.status == "refused" else 404)
 
 
 def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
@@ -77,7 +78,7 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     async def get_manifest(request: web.Request) -> web.Response:
         found = await device(request)
         base = f"{request.scheme}://{request.host}"
-        return web.json_response(handlers.manifest(found, base))
+        return json_response(handlers.manifest(found, base))
 
     async def get_file(request: web.Request) -> web.Response:
         r = resources(request)
@@ -92,13 +93,13 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
         r = resources(request)
         found = await device(request)
         await handlers.signal(lambda s: publish_signal(r, found, s), found, "ready")
-        return web.json_response({"status": "accepted"}, status=202)
+        return json_response({"status": "accepted"}, status=202)
 
     async def post_heartbeat(request: web.Request) -> web.Response:
         r = resources(request)
         found = await device(request)
         await handlers.signal(lambda s: publish_signal(r, found, s), found, "heartbeat")
-        return web.json_response(
+        return json_response(
             {"status": "accepted", "online_ttl_seconds": r.settings.online_ttl_seconds}, status=202
         )
 

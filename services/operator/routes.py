@@ -11,7 +11,7 @@ from aiohttp import web
 from services.operator import handlers
 from shared.db import accounts, devices, products
 from shared.db.accounts import Account
-from shared.http import account_for, api_key, parse_json_body, path_id
+from shared.http import account_for, api_key, json_response, parse_json_body, path_id
 
 if TYPE_CHECKING:
     from services.operator.app import Resources
@@ -24,7 +24,7 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     def authed(handler: AuthedHandler, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def wrapped(request: web.Request) -> web.Response:
             account = await account_for(api_key(request), request.app[key].pool)
-            return web.json_response(await handler(request, account), status=status)
+            return json_response(await handler(request, account), status=status)
 
         return wrapped
 

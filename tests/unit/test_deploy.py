@@ -192,6 +192,7 @@ def settings_factory(service: str) -> Callable[[Env], Any]:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "main"
     ]
     expression = ast.Expression(call.args[1])
+    # The default is a Python expression of the settings module (e.g. tempfile.gettempdir()).
     return eval(compile(expression, module.__file__ or "", "eval"), vars(module))  # noqa: S307
 
 
