@@ -121,7 +121,7 @@ def test_bad_plan_arguments_are_refused(kwargs: dict[str, object], message: str)
     }
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        plan_fleet(**arguments)  # type: ignore[arg-type]
+        plan_fleet(**arguments)  # type: ignore[arg-type]  # wrong types on purpose: the checks must catch them
 
 
 def test_a_bulk_plan_keeps_the_list_order_sends_keys_and_has_no_clones() -> None:
