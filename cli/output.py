@@ -28,8 +28,18 @@ def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
     print(table(rows, headers))
 
 
+_last_tenth: dict[str, int] = {}
+
+
 def progress(done: int, total: int, label: str, width: int = 30) -> None:
-    """Redraw a one-line progress bar on stderr (stdout stays clean for --json)."""
+    """Redraw a one-line progress bar on stderr (stdout stays clean for --json). When
+    stderr is not a terminal (a log, CI), write a plain line every tenth instead."""
+    if not sys.stderr.isatty():
+        tenth = 10 * done // total if total else 10
+        if _last_tenth.get(label) != tenth:
+            _last_tenth[label] = tenth
+            sys.stderr.write(f"{label}: {done}/{total}\n")
+        return
     filled = int(width * done / total) if total else width
     bar = "#" * filled + "-" * (width - filled)
     end = "\n" if done >= total else ""
