@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared.db.pool import TRANSIENT_ERRORS
 from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
@@ -77,6 +78,14 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
             f"the body is larger than the limit of {limit} bytes", rule=f"max_body_bytes={limit}"
         )
         response = json_response(error.to_dict(), status=413)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("registry unreachable", extra={"route": route, "error": f"{type(exc).__name__}: {exc}"})
+        ERRORS.labels(service, "registry_unreachable").inc()
+        response = json_response(
+            {"error": "unavailable", "message": "the registry is unreachable for a moment; try again"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -11,6 +11,7 @@ from asyncpg import Connection, Pool
 from shared.settings import DatabaseSettings
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "Connection",
     "DatabaseUnavailable",
     "Pool",
@@ -23,6 +24,18 @@ __all__ = [
 
 class DatabaseUnavailable(Exception):
     """The registry database cannot be reached."""
+
+
+# Errors that mean "the database is not there right now" (restarting, failing over), as
+# opposed to a bug or bad data: callers answer "try again" instead of failing.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InterfaceError,
+    DatabaseUnavailable,
+)
 
 
 async def _keep_session(conn: Connection) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
+from pathlib import Path
 
 import aiohttp
 
@@ -84,3 +85,47 @@ async def test_two_instances_of_each_pipeline_service_give_the_same_result_as_on
         codes = [process.stop() for process in extra]
         system.extra.clear()
     assert codes == [0, 0]
+
+
+def _pg_ctl() -> Path:
+    return sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
+
+
+async def test_restarting_the_database_mid_storm_loses_and_duplicates_nothing(
+    system: System, session: aiohttp.ClientSession, operator: Operator, pool: Pool, infra: dict[str, str]
+) -> None:
+    """Postgres goes away for a moment: the pipeline hands its batches back and retries,
+    the device API answers 503 with Retry-After meanwhile, and every device ends registered once."""
+    import os
+    import shutil
+
+    from tests.support.system import ROOT
+
+    code = (await operator.product())["bulk_identification_code"]
+    plan = _storm_plan(originals=300, clones_per_original=1)
+    storm = asyncio.create_task(_storm(session, system, code, plan))
+    await asyncio.sleep(0.1)
+    pg_ctl = _pg_ctl()
+    decided_before_restart = await pool.fetchval(
+        "SELECT count(*) FROM registration_decisions WHERE account_id = $1", operator.account_id
+    )
+    data = ROOT / "var" / "postgres" / "data"
+    log = ROOT / "var" / "log" / "postgres.log"
+    command = [str(pg_ctl), "-D", str(data), "-l", str(log), "restart", "-m", "fast", "-w", "-t", "60"]
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        command = ["runuser", "-u", "postgres", "--", *command]
+    restart = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(restart.wait(), timeout=90) == 0
+    await pool.expire_connections()  # this test's own pool: drop the connections the restart cut
+    answers = await storm
+
+    assert all(a.status == 200 for a in answers), [a.body for a in answers if a.status != 200][:3]
+    assert sorted(a.body["hardware_id"] for a in answers) == _expected_ids(plan)
+    assert sorted(d["hardware_id"] for d in await operator.devices()) == _expected_ids(plan)
+    decisions = await pool.fetchval(
+        "SELECT count(*) FROM registration_decisions WHERE account_id = $1", operator.account_id
+    )
+    assert decisions == len(plan)
+    assert decided_before_restart < len(plan), "the restart came after the storm: it proved nothing"

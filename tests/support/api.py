@@ -83,9 +83,16 @@ async def register(
     async with session.post(f"{device_url}/v1/registrations", json=body, headers=headers) as response:
         answer = DeviceAnswer(response.status, await response.json())
     deadline = time.monotonic() + 90
-    while settle and answer.body.get("status") == "pending" and time.monotonic() < deadline:
+    request_id = answer.body.get("request_id")
+    while (
+        settle
+        and time.monotonic() < deadline
+        and (
+            answer.body.get("status") == "pending" or answer.status == 503  # 503: registry unreachable, retry
+        )
+    ):
         await asyncio.sleep(0.3)
-        async with session.get(f"{device_url}/v1/registrations/{answer.body['request_id']}") as response:
+        async with session.get(f"{device_url}/v1/registrations/{request_id}") as response:
             answer = DeviceAnswer(response.status, await response.json())
     return answer
 
