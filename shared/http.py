@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from shared.db.pool import TRANSIENT_ERRORS
 from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
@@ -78,11 +79,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
             f"the body is larger than the limit of {limit} bytes", rule=f"max_body_bytes={limit}"
         )
         response = json_response(error.to_dict(), status=413)
-    except TRANSIENT_ERRORS as exc:
-        log.warning("registry unreachable", extra={"route": route, "error": f"{type(exc).__name__}: {exc}"})
-        ERRORS.labels(service, "registry_unreachable").inc()
+    except (*TRANSIENT_ERRORS, KafkaError) as exc:
+        part = "broker" if isinstance(exc, KafkaError) else "registry"
+        log.warning(f"{part} unreachable", extra={"route": route, "error": f"{type(exc).__name__}: {exc}"})
+        ERRORS.labels(service, f"{part}_unreachable").inc()
         response = json_response(
-            {"error": "unavailable", "message": "the registry is unreachable for a moment; try again"},
+            {"error": "unavailable", "message": f"the {part} is unreachable for a moment; try again"},
             status=503,
             headers={"Retry-After": "5"},
         )

@@ -292,6 +292,9 @@ case "$cmd" in
     "$PY" -m cli.endpoints "$VAR"
     say "up; endpoints in var/endpoints.env"
     ;;
+  stop-kafka)  # only the broker (fault tests restart it with infra-up)
+    stop_pid "$RUN/kafka.pid" kafka
+    ;;
   down)
     stop_services
     stop_pid "$RUN/kafka.pid" kafka
@@ -305,5 +308,5 @@ case "$cmd" in
     if [ -f "$PG_DATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
       echo "postgres: running"; else echo "postgres: stopped"; fi
     ;;
-  *) fail "usage: stack.sh infra-up|up|down|status" ;;
+  *) fail "usage: stack.sh infra-up|up|down|status|stop-kafka" ;;
 esac

@@ -12,7 +12,7 @@ import aiohttp
 
 from shared.db.pool import Pool
 from tests.support.api import DeviceAnswer, Operator, register
-from tests.support.system import System
+from tests.support.system import ROOT, System
 
 
 def _storm_plan(originals: int, clones_per_original: int) -> list[tuple[str, str]]:
@@ -99,8 +99,6 @@ async def test_restarting_the_database_mid_storm_loses_and_duplicates_nothing(
     import os
     import shutil
 
-    from tests.support.system import ROOT
-
     code = (await operator.product())["bulk_identification_code"]
     plan = _storm_plan(originals=300, clones_per_original=1)
     storm = asyncio.create_task(_storm(session, system, code, plan))
@@ -128,4 +126,30 @@ async def test_restarting_the_database_mid_storm_loses_and_duplicates_nothing(
         "SELECT count(*) FROM registration_decisions WHERE account_id = $1", operator.account_id
     )
     assert decisions == len(plan)
+    assert decided_before_restart < len(plan), "the restart came after the storm: it proved nothing"
+
+
+async def test_restarting_the_broker_mid_storm_loses_and_duplicates_nothing(
+    system: System, session: aiohttp.ClientSession, operator: Operator, pool: Pool
+) -> None:
+    """Kafka stops and starts again: producers and consumers reconnect, devices retry a 503,
+    and every device ends registered once."""
+    code = (await operator.product())["bulk_identification_code"]
+    plan = _storm_plan(originals=300, clones_per_original=1)
+    storm = asyncio.create_task(_storm(session, system, code, plan))
+    await asyncio.sleep(0.1)
+    decided_before_restart = await pool.fetchval(
+        "SELECT count(*) FROM registration_decisions WHERE account_id = $1", operator.account_id
+    )
+    stack = str(ROOT / "deploy" / "local" / "stack.sh")
+    for step in ("stop-kafka", "infra-up"):
+        process = await asyncio.create_subprocess_exec(
+            stack, step, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert await asyncio.wait_for(process.wait(), timeout=120) == 0, step
+    answers = await storm
+
+    assert all(a.status == 200 for a in answers), [a.body for a in answers if a.status != 200][:3]
+    assert sorted(a.body["hardware_id"] for a in answers) == _expected_ids(plan)
+    assert sorted(d["hardware_id"] for d in await operator.devices()) == _expected_ids(plan)
     assert decided_before_restart < len(plan), "the restart came after the storm: it proved nothing"

@@ -80,9 +80,13 @@ async def register(
     if registration_key:
         body["registration_key"] = registration_key
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    async with session.post(f"{device_url}/v1/registrations", json=body, headers=headers) as response:
-        answer = DeviceAnswer(response.status, await response.json())
     deadline = time.monotonic() + 90
+    while True:  # 503: a part is unreachable for a moment; the device tries again, as a real one would
+        async with session.post(f"{device_url}/v1/registrations", json=body, headers=headers) as response:
+            answer = DeviceAnswer(response.status, await response.json())
+        if answer.status != 503 or not settle or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     request_id = answer.body.get("request_id")
     while (
         settle
