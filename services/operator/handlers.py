@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared.db import accounts, devices, products
@@ -88,3 +89,33 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
         "label": label,
         "note": "shown once: store it now, it cannot be shown again",
     }
+
+
+DECISIONS = ("new", "same", "clone", "refused")
+
+
+async def list_decisions(
+    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
+) -> dict[str, Any]:
+    """The audit trail of registration decisions, newest first; ``before`` pages back."""
+    decision = query.get("decision") or None
+    if decision is not None and decision not in DECISIONS:
+        raise InvalidInput(f"decision must be one of {', '.join(DECISIONS)}", field="decision", rule="enum")
+    try:
+        limit = int(query.get("limit", str(min(100, page_limit_max))))
+    except ValueError as exc:
+        raise InvalidInput("limit must be a whole number", field="limit", rule="type=integer") from exc
+    if not 1 <= limit <= page_limit_max:
+        raise InvalidInput(
+            f"limit must be 1-{page_limit_max}", field="limit", rule=f"range=1..{page_limit_max}"
+        )
+    before = None
+    if query.get("before"):
+        try:
+            before = datetime.fromisoformat(query["before"])
+        except ValueError as exc:
+            raise InvalidInput(
+                "before must be an ISO 8601 time", field="before", rule="format=date-time"
+            ) from exc
+    found = await devices.list_decisions(pool, account.id, decision=decision, before=before, limit=limit)
+    return {"decisions": found, "next_before": found[-1]["decided_at"] if len(found) == limit else None}

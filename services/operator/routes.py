@@ -98,6 +98,14 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
         await devices.reset_device(pool(request), account.id, path_id(request, "device_id"))
         return await get_device(request, account)
 
+    async def list_decisions(request: web.Request, account: Account) -> Any:
+        return await handlers.list_decisions(
+            pool(request),
+            account,
+            dict(request.query),
+            page_limit_max=request.app[key].settings.page_limit_max,
+        )
+
     async def list_keys(request: web.Request, account: Account) -> Any:
         return {"api_keys": await accounts.list_api_keys(pool(request), account.id)}
 
@@ -128,6 +136,7 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     r.add_get("/v1/devices/{device_id}", authed(get_device))
     r.add_post("/v1/devices/{device_id}/disable", authed(disable_device))
     r.add_post("/v1/devices/{device_id}/reset", authed(reset_device))
+    r.add_get("/v1/registration-decisions", authed(list_decisions))
     r.add_get("/v1/api-keys", authed(list_keys))
     r.add_post("/v1/api-keys", authed(create_key, 201))
     r.add_delete("/v1/api-keys/{key_id}", authed(revoke_key))

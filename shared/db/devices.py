@@ -134,6 +134,13 @@ SELECT_HISTORY = """
     UNION ALL
     SELECT at, kind, detail FROM device_events WHERE device_id = $1
     ORDER BY at"""
+SELECT_DECISIONS = """
+    SELECT request_id::text, decided_at, decision, reason, claimed_hardware_id, assigned_hardware_id,
+           device_id::text, product_id::text, protocol
+    FROM registration_decisions
+    WHERE account_id = $1 AND ($2::text IS NULL OR decision = $2)
+      AND ($3::timestamptz IS NULL OR decided_at < $3)
+    ORDER BY decided_at DESC, request_id DESC LIMIT $4"""
 SET_DISABLED = """
     WITH changed AS (UPDATE devices SET disabled = true WHERE id = $1 AND account_id = $2 AND NOT disabled
                      RETURNING id)
@@ -403,6 +410,28 @@ async def get_device(pool: Pool, account_id: str, device_id: str, online_ttl: fl
         for r in await pool.fetch(SELECT_HISTORY, device_id)
     ]
     return device
+
+
+async def list_decisions(
+    pool: Pool, account_id: str, *, decision: str | None, before: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    """The account's registration decisions, newest first: the audit trail, including
+    refusals that created no device (a paused registration, a wrong bulk key, ...)."""
+    rows = await pool.fetch(SELECT_DECISIONS, account_id, decision, before, limit)
+    return [
+        {
+            "request_id": r["request_id"],
+            "decided_at": r["decided_at"].isoformat(),
+            "decision": r["decision"],
+            "reason": r["reason"],
+            "claimed_hardware_id": r["claimed_hardware_id"],
+            "assigned_hardware_id": r["assigned_hardware_id"],
+            "device_id": r["device_id"],
+            "product_id": r["product_id"],
+            "protocol": r["protocol"],
+        }
+        for r in rows
+    ]
 
 
 async def disable_device(pool: Pool, account_id: str, device_id: str) -> None:

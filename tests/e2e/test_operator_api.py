@@ -106,3 +106,33 @@ async def test_the_operator_api_serves_its_openapi_document(
     async with session.get(f"{system.operator_url}/openapi.yaml") as response:
         assert response.status == 200
         assert (await response.text()).startswith("openapi: 3.1")
+
+
+async def test_refusals_that_created_no_device_are_in_the_audit_trail(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    registration = await operator.product()
+    code = registration["bulk_identification_code"]
+    await register(session, system.device_url, code, "cafe02", cpu_id="a", mac="a")
+    await operator.call("POST", f"/v1/auto-registrations/{registration['id']}/pause", expect=200)
+    await register(session, system.device_url, code, "cafe03", cpu_id="b", mac="b")
+
+    everything = (await operator.call("GET", "/v1/registration-decisions", expect=200))["decisions"]
+    assert [(d["decision"], d["claimed_hardware_id"]) for d in everything] == [
+        ("refused", "cafe03"),
+        ("new", "cafe02"),
+    ]
+    refused = (await operator.call("GET", "/v1/registration-decisions?decision=refused", expect=200))[
+        "decisions"
+    ]
+    assert [(d["reason"], d["device_id"]) for d in refused] == [
+        ("auto registration paused by the operator", None)
+    ]
+    page = await operator.call("GET", "/v1/registration-decisions?limit=1", expect=200)
+    older = await operator.call(
+        "GET",
+        f"/v1/registration-decisions?limit=1&before={page['next_before'].replace('+', '%2B')}",
+        expect=200,
+    )
+    assert [d["claimed_hardware_id"] for d in older["decisions"]] == ["cafe02"]
+    await operator.call("GET", "/v1/registration-decisions?decision=maybe", expect=400)
