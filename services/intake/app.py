@@ -10,6 +10,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from services.intake import compat_routes, routes
+from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
 from shared.db.pool import Pool, answers
@@ -29,6 +30,7 @@ class Resources:
     topics: Topics
     waiter: OutcomeWaiter
     keyring: Keyring
+    devices: DeviceCache
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -46,7 +48,13 @@ def create_app(settings: IntakeSettings) -> web.Application:
             stack.push_async_callback(waiter.stop)
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
             app[RESOURCES] = Resources(
-                settings, pool, producer, topics, waiter, Keyring(settings.secret_key.reveal().encode())
+                settings,
+                pool,
+                producer,
+                topics,
+                waiter,
+                Keyring(settings.secret_key.reveal().encode()),
+                DeviceCache(settings.device_cache_seconds),
             )
             app[READINESS]["outcome_waiter"] = True
             app[READINESS_PROBE] = lambda: answers(pool)

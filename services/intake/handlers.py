@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import devices
 from shared.db.pool import Pool
@@ -218,9 +219,15 @@ def bearer_token(authorization: str | None) -> str:
     return authorization.removeprefix("Bearer ").strip()
 
 
-async def authenticate(pool: Pool, keyring: Keyring, device_id: str, secret: str) -> Device:
+async def authenticate(
+    pool: Pool, keyring: Keyring, device_id: str, secret: str, cache: DeviceCache
+) -> Device:
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
-    rows = await devices.device_with_files(pool, device_id) if is_uuid(device_id) else []
+    rows = cache.get(device_id)
+    if rows is None:
+        rows = await devices.device_with_files(pool, device_id) if is_uuid(device_id) else []
+        if rows and rows[0]["provisioning_id"] is not None:  # only complete answers are kept
+            cache.put(device_id, rows)
     if not rows:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)

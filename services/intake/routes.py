@@ -73,7 +73,9 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     async def device(request: web.Request) -> handlers.Device:
         r = resources(request)
         secret = handlers.bearer_token(request.headers.get("Authorization"))
-        return await handlers.authenticate(r.pool, r.keyring, request.match_info["device_id"], secret)
+        return await handlers.authenticate(
+            r.pool, r.keyring, request.match_info["device_id"], secret, r.devices
+        )
 
     async def get_manifest(request: web.Request) -> web.Response:
         found = await device(request)

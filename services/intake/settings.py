@@ -56,6 +56,7 @@ class IntakeSettings:
     pending_forget_seconds: float  # an unknown request older than this is "unknown", not "pending"
     log_level: str
     compat: CompatSettings
+    device_cache_seconds: float = 2.0  # see services/intake/device_cache.py
 
     @classmethod
     def from_env(cls, env: Env) -> IntakeSettings:
@@ -71,4 +72,5 @@ class IntakeSettings:
             pending_forget_seconds=env.number("FLEETREG_PENDING_FORGET_SECONDS", 900.0, minimum=1.0),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             compat=CompatSettings.from_env(env),
+            device_cache_seconds=env.number("FLEETREG_DEVICE_CACHE_SECONDS", 2.0),
         )
