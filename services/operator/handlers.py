@@ -45,15 +45,16 @@ async def change_auto_registration(
     return await products.get_registration(pool, account.id, AUTO, registration_id)
 
 
-DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
+def _choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    """An optional query parameter that must be one of ``allowed``."""
+    value = query.get(name) or None
+    if value is not None and value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}", field=name, rule="enum")
+    return value
 
 
-async def list_devices(
-    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int, online_ttl: float
-) -> dict[str, Any]:
-    state = query.get("state") or None
-    if state is not None and state not in DEVICE_STATES:
-        raise InvalidInput(f"state must be one of {', '.join(DEVICE_STATES)}", field="state", rule="enum")
+def _page_limit(query: dict[str, str], page_limit_max: int) -> int:
+    """The page size asked for (default 100), within 1..page_limit_max."""
     try:
         limit = int(query.get("limit", str(min(100, page_limit_max))))
     except ValueError as exc:
@@ -62,6 +63,17 @@ async def list_devices(
         raise InvalidInput(
             f"limit must be 1-{page_limit_max}", field="limit", rule=f"range=1..{page_limit_max}"
         )
+    return limit
+
+
+DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
+
+
+async def list_devices(
+    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int, online_ttl: float
+) -> dict[str, Any]:
+    state = _choice(query, "state", DEVICE_STATES)
+    limit = _page_limit(query, page_limit_max)
     for name in ("after", "registration_id"):
         if query.get(name) and not is_uuid(query[name]):
             raise InvalidInput(f"{name} must be an ID", field=name, rule="format=uuid")
@@ -98,17 +110,8 @@ async def list_decisions(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
-    decision = query.get("decision") or None
-    if decision is not None and decision not in DECISIONS:
-        raise InvalidInput(f"decision must be one of {', '.join(DECISIONS)}", field="decision", rule="enum")
-    try:
-        limit = int(query.get("limit", str(min(100, page_limit_max))))
-    except ValueError as exc:
-        raise InvalidInput("limit must be a whole number", field="limit", rule="type=integer") from exc
-    if not 1 <= limit <= page_limit_max:
-        raise InvalidInput(
-            f"limit must be 1-{page_limit_max}", field="limit", rule=f"range=1..{page_limit_max}"
-        )
+    decision = _choice(query, "decision", DECISIONS)
+    limit = _page_limit(query, page_limit_max)
     before = None
     if query.get("before"):
         try:
