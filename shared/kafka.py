@@ -10,6 +10,8 @@
   a growing pause; nothing is committed until it succeeds.
 * A record that cannot be decoded is copied to the dead-letter topic with the
   reason, then skipped, so one poison record neither blocks a partition nor is lost.
+* Every client (producer, consumer, admin) connects as :func:`connection_options`
+  says: TLS and SASL (SCRAM) from :class:`~shared.settings.KafkaSettings`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from shared.events import Event, SchemaError, decode, encode
 from shared.metrics import CONSUMER_LAG, ERRORS
@@ -73,9 +76,30 @@ class Topics:
         ]
 
 
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """What every Kafka client of this deployment is given to reach the brokers: their
+    addresses, the security protocol, the TLS context (which verifies the broker's
+    certificate and host name) and the SASL credentials."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.uses_tls:
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile or None,  # None: the system's trust store
+            certfile=settings.ssl_certfile or None,
+            keyfile=settings.ssl_keyfile or None,
+        )
+    if settings.uses_sasl:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password.reveal()
+    return options
+
+
 async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
     """Create the topics that do not exist yet (safe to call from every instance)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -91,7 +115,7 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **connection_options(settings),
         "enable_idempotence": True,
         "acks": "all",
         # A few milliseconds of lingering turns a burst of device requests into
@@ -108,7 +132,7 @@ def make_consumer(
     settings: KafkaSettings, topics: Sequence[str], group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **connection_options(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -9,8 +9,9 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -90,11 +91,89 @@ class Env:
         return value
 
 
+# Transport security towards the broker (Kafka's own protocol names, as aiokafka takes them).
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+# libpq's sslmode values, which asyncpg honours in DATABASE_URL's query string.
+POSTGRES_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# DATABASE_URL parameters naming a file the services must be able to read.
+_POSTGRES_SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+def _readable_file(name: str, path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}={path!r} is not a readable file")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
+    """The broker and how to reach it: TLS (SSL, SASL_SSL) and SASL authentication
+    (SASL_PLAINTEXT, SASL_SSL); managed Kafka services require SASL_SSL."""
+
     bootstrap_servers: str
     topic_prefix: str
     partitions: int
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    # Empty: the system's trust store (what a managed service's public certificate needs).
+    ssl_cafile: str = ""
+    # A client certificate and its key, for brokers that authenticate clients by TLS.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        protocol = self.security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+            )
+        if self.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(
+                f"KAFKA_SASL_MECHANISM={self.sasl_mechanism!r} is not one of"
+                f" {', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+        credentials = {
+            "KAFKA_SASL_USERNAME": self.sasl_username,
+            "KAFKA_SASL_PASSWORD": self.sasl_password.reveal(),
+        }
+        for name, value in credentials.items():
+            if self.uses_sasl and not value:
+                raise SettingsError(
+                    f"{name} is not set: it is required with KAFKA_SECURITY_PROTOCOL={protocol}"
+                )
+            if not self.uses_sasl and value:
+                # Most likely a forgotten protocol: refuse rather than connect unauthenticated.
+                raise SettingsError(
+                    f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not authenticate with SASL"
+                    " (use SASL_SSL)"
+                )
+        if protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            raise SettingsError(
+                "KAFKA_SASL_MECHANISM=PLAIN with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT would send"
+                " the password in clear text: use SASL_SSL"
+            )
+        files = {
+            "KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        for name, path in files.items():
+            if path and not self.uses_tls:
+                raise SettingsError(f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS")
+            if path:
+                _readable_file(name, path)
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are set together or not at all")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
     @classmethod
     def from_env(cls, env: Env) -> KafkaSettings:
@@ -102,23 +181,55 @@ class KafkaSettings:
             bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS"),
             topic_prefix=env.text("FLEETREG_TOPIC_PREFIX", "fleetreg"),
             partitions=env.integer("FLEETREG_TOPIC_PARTITIONS", 6, minimum=1),
+            security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=env.text("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            sasl_username=env.text("KAFKA_SASL_USERNAME", ""),
+            sasl_password=env.secret("KAFKA_SASL_PASSWORD", ""),
+            ssl_cafile=env.text("KAFKA_SSL_CAFILE", ""),
+            ssl_certfile=env.text("KAFKA_SSL_CERTFILE", ""),
+            ssl_keyfile=env.text("KAFKA_SSL_KEYFILE", ""),
         )
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
+    """The registry. TLS is set in DATABASE_URL with libpq's own parameters
+    (``?sslmode=verify-full&sslrootcert=/path/ca.pem``), so the migration command and every
+    service read it from the same place; see docs/operations.md, "Transport security"."""
+
     url: Secret
     pool_min: int
     pool_max: int
 
+    @property
+    def sslmode(self) -> str:
+        """The URL's sslmode; asyncpg's default, "prefer", when it names none."""
+        return postgres_tls_parameters(self.url).get("sslmode", "prefer")
+
     @classmethod
     def from_env(cls, env: Env) -> DatabaseSettings:
         env.url("DATABASE_URL", ("postgresql", "postgres"))
+        url = env.secret("DATABASE_URL")
+        parameters = postgres_tls_parameters(url)
+        sslmode = parameters.get("sslmode")
+        if sslmode is not None and sslmode not in POSTGRES_SSLMODES:
+            raise SettingsError(
+                f"DATABASE_URL: sslmode={sslmode!r} is not one of {', '.join(POSTGRES_SSLMODES)}"
+            )
+        for parameter in _POSTGRES_SSL_FILES:
+            if parameter in parameters:
+                _readable_file(f"DATABASE_URL's {parameter}", parameters[parameter])
         return cls(
-            url=env.secret("DATABASE_URL"),
+            url=url,
             pool_min=env.integer("FLEETREG_DB_POOL_MIN", 1, minimum=1),
             pool_max=env.integer("FLEETREG_DB_POOL_MAX", 10, minimum=1),
         )
+
+
+def postgres_tls_parameters(url: Secret) -> dict[str, str]:
+    """The TLS parameters (sslmode, sslrootcert, ...) of a Postgres URL; never its credentials."""
+    query = urllib.parse.urlsplit(url.reveal()).query
+    return {name: value for name, value in urllib.parse.parse_qsl(query) if name.startswith("ssl")}
 
 
 @dataclass(frozen=True)

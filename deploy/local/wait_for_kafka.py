@@ -2,25 +2,32 @@
 
 Used by deploy/local/stack.sh: "the port is open" is not "clients can work".
 Exit 0 when a round trip succeeded, 1 with one line on stderr otherwise.
+The clients connect as the services do: TLS and SASL from the KAFKA_* variables of
+the environment (shared.settings.KafkaSettings); the broker address is the argument.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from shared.kafka import connection_options
+from shared.settings import Env, KafkaSettings, SettingsError
+
 TOPIC = "_fleetreg_health"
 
 
-async def round_trip(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+async def round_trip(connection: dict[str, Any]) -> None:
+    admin = AIOKafkaAdminClient(**connection, request_timeout_ms=5000)
     await admin.start()
     try:
         if TOPIC not in await admin.list_topics():
@@ -29,13 +36,13 @@ async def round_trip(bootstrap: str) -> None:
     finally:
         await admin.close()
     marker = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         sent = await producer.send_and_wait(TOPIC, marker)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection, enable_auto_commit=False)
     await consumer.start()
     try:
         from aiokafka import TopicPartition
@@ -51,11 +58,17 @@ async def round_trip(bootstrap: str) -> None:
 
 
 async def main(bootstrap: str, wait_seconds: float) -> int:
+    try:
+        settings = KafkaSettings.from_env(Env({**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}))
+    except SettingsError as exc:
+        print(f"Kafka at {bootstrap}: configuration error: {exc}", file=sys.stderr)
+        return 1
+    connection = connection_options(settings)
     deadline = time.monotonic() + wait_seconds
     last_error = "no attempt made"
     while time.monotonic() < deadline:
         try:
-            await asyncio.wait_for(round_trip(bootstrap), timeout=15)
+            await asyncio.wait_for(round_trip(connection), timeout=15)
             return 0
         except (KafkaError, OSError, RuntimeError, TimeoutError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"

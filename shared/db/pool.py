@@ -1,4 +1,10 @@
-"""The asyncpg connection pool, opened and closed in one place."""
+"""The asyncpg connection pool, opened and closed in one place.
+
+TLS towards Postgres is configured in the URL itself with libpq's parameters
+(``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``), which asyncpg honours; a
+TLS failure (the server refuses TLS, its certificate does not verify) is reported as
+:class:`DatabaseUnavailable` naming the cause, never the URL (it holds the password).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +44,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Connecting failed: the server is unreachable or refused us (OSError, which includes
+# ssl.SSLError), rejected the login, or the URL's TLS parameters cannot be used.
+_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.ClientConfigurationError)
+
+
 async def _keep_session(conn: Connection) -> None:
     return None
 
@@ -54,8 +65,8 @@ async def open_pool(settings: DatabaseSettings) -> Pool:
             # advisory locks there), so the reset is skipped.
             reset=_keep_session,
         )
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to DATABASE_URL: {exc}") from exc
+    except _CONNECT_ERRORS as exc:
+        raise DatabaseUnavailable(f"cannot connect to DATABASE_URL: {_describe(exc)}") from exc
     return pool
 
 
@@ -73,12 +84,17 @@ async def single_connection(url: str) -> AsyncIterator[Connection]:
     """One connection for a short command (migrations, bootstrap)."""
     try:
         conn = await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    except _CONNECT_ERRORS as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc)}") from exc
     try:
         yield conn
     finally:
         await conn.close()
+
+
+def _describe(error: BaseException) -> str:
+    """The error's type and message: "rejected SSL upgrade" alone hides that TLS is the cause."""
+    return f"{type(error).__name__}: {error}"
 
 
 async def answers(pool: Pool) -> bool:

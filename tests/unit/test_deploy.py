@@ -59,7 +59,11 @@ SERVICES = tuple(PORTS)
 # The APIs reachable from outside a Compose host: the device API (http, and https for the
 # reference-compatible API), the operator API and the bulk API.
 PUBLISHED = {"intake": {18080, 18443}, "operator": {18081}, "ingestion": {18084}}
-SECRETS = {"DATABASE_URL", "FLEETREG_SECRET_KEY"}  # in the Secret fleetreg-secrets, never in a manifest
+# In the Secret fleetreg-secrets, never in a manifest.
+SECRETS = {"DATABASE_URL", "FLEETREG_SECRET_KEY", "KAFKA_SASL_PASSWORD"}
+# Secret keys a deployment needs only with some settings (SASL towards Kafka): referenced as
+# optional, so a pod starts without them and the variable is then unset.
+OPTIONAL_SECRETS = {"KAFKA_SASL_PASSWORD"}
 SECRET_NAME = "fleetreg-secrets"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 -- what a service in a container must listen on
 # Set per service by docker-compose.yml and by each Deployment, so not in .env.example
@@ -590,8 +594,10 @@ def pod_environment(container: dict[str, Any], config: dict[str, str]) -> tuple[
             continue
         reference = variable["valueFrom"]["secretKeyRef"]
         assert reference["name"] == SECRET_NAME and reference["key"] == variable["name"], variable
+        assert reference.get("optional", False) == (reference["key"] in OPTIONAL_SECRETS), variable
         secret_keys.add(reference["key"])
-        environment[variable["name"]] = REQUIRED[reference["key"]]
+        if reference["key"] not in OPTIONAL_SECRETS:  # absent from the Secret: the variable is unset
+            environment[variable["name"]] = REQUIRED[reference["key"]]
     return environment, secret_keys
 
 
@@ -616,7 +622,7 @@ def test_each_deployment_gets_what_its_settings_read(directory: Path) -> None:
         [container] = deployments[f"fleetreg-{service}"]["spec"]["template"]["spec"]["containers"]
         environment, secret_keys = pod_environment(container, config)
         named |= {v["name"] for v in container.get("env", [])}
-        missing = service_reads(service) - set(environment)
+        missing = service_reads(service) - set(environment) - secret_keys
         assert not missing, f"{service} reads {missing}, which its Deployment does not set"
         assert secret_keys == SECRETS & service_reads(service), f"{service}: only the secrets it reads"
         settings = load_settings(service, environment)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.settings import DatabaseSettings, KafkaSettings, Secret, SettingsError, load
@@ -33,3 +35,94 @@ def test_database_url_must_be_a_postgres_url_and_is_kept_secret() -> None:
 def test_secret_never_prints_its_value() -> None:
     secret = Secret("hunter2")
     assert "hunter2" not in f"{secret} {secret!r}"
+
+
+# ------------------------------------------------------------ transport security ----
+KAFKA = {"KAFKA_BOOTSTRAP_SERVERS": "k:9093"}
+SASL = {**KAFKA, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "fleetreg"}
+
+
+def test_kafka_defaults_to_plaintext_without_credentials() -> None:
+    settings = load(KafkaSettings.from_env, KAFKA)
+    assert settings.security_protocol == "PLAINTEXT"
+    assert not settings.uses_tls and not settings.uses_sasl
+
+
+def test_kafka_sasl_ssl_with_scram_and_a_ca_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a certificate")
+    env = {**SASL, "KAFKA_SASL_PASSWORD": "s3cr3t-pw", "KAFKA_SSL_CAFILE": str(ca)}
+    settings = load(KafkaSettings.from_env, env)
+    assert settings.uses_tls and settings.uses_sasl and settings.sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.sasl_password.reveal() == "s3cr3t-pw"
+    assert "s3cr3t-pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({**KAFKA, "KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL='TLS' is not one of"),
+        ({**SASL, "KAFKA_SASL_PASSWORD": "pw", "KAFKA_SASL_MECHANISM": "MD5"}, "KAFKA_SASL_MECHANISM='MD5'"),
+        (SASL, "KAFKA_SASL_PASSWORD is not set: it is required with KAFKA_SECURITY_PROTOCOL=SASL_SSL"),
+        (
+            {**KAFKA, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD": "pw"},
+            "KAFKA_SASL_USERNAME is not set",
+        ),
+        (
+            {**KAFKA, "KAFKA_SASL_USERNAME": "fleetreg", "KAFKA_SASL_PASSWORD": "pw"},
+            "KAFKA_SASL_USERNAME is set but KAFKA_SECURITY_PROTOCOL=PLAINTEXT does not authenticate",
+        ),
+        (
+            {**KAFKA, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_PASSWORD": "pw"},
+            "KAFKA_SASL_PASSWORD is set but KAFKA_SECURITY_PROTOCOL=SSL",
+        ),
+        (
+            {
+                **SASL,
+                "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "KAFKA_SASL_PASSWORD": "pw",
+                "KAFKA_SASL_MECHANISM": "PLAIN",
+            },
+            "clear text",
+        ),
+        ({**KAFKA, "KAFKA_SSL_CAFILE": "/etc/ca.pem"}, "KAFKA_SSL_CAFILE is set but .*does not use TLS"),
+        (
+            {**KAFKA, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "KAFKA_SSL_CAFILE='/nonexistent/ca.pem' is not a readable file",
+        ),
+    ],
+)
+def test_kafka_transport_mistakes_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as caught:
+        load(KafkaSettings.from_env, env)
+    assert "pw" not in str(caught.value).replace("PASSWORD", "")
+
+
+def test_a_kafka_client_certificate_needs_its_key(tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("a certificate")
+    env = {**KAFKA, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": str(cert)}
+    with pytest.raises(SettingsError, match="KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are set together"):
+        load(KafkaSettings.from_env, env)
+
+
+def test_postgres_tls_is_read_from_the_database_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a certificate")
+    url = f"postgresql://u:pw@db.example.com/fleetreg?sslmode=verify-full&sslrootcert={ca}"
+    settings = load(DatabaseSettings.from_env, {"DATABASE_URL": url})
+    assert settings.sslmode == "verify-full"
+    assert load(DatabaseSettings.from_env, {"DATABASE_URL": "postgresql://u:pw@h/db"}).sslmode == "prefer"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("sslmode=strict", "DATABASE_URL: sslmode='strict' is not one of disable, allow, prefer"),
+        ("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", "DATABASE_URL's sslrootcert='/nonexistent/"),
+    ],
+)
+def test_postgres_tls_mistakes_are_named_without_the_password(query: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as caught:
+        load(DatabaseSettings.from_env, {"DATABASE_URL": f"postgresql://u:hunter2@h/db?{query}"})
+    assert "hunter2" not in str(caught.value)
