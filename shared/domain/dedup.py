@@ -8,11 +8,17 @@ The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"
   from the same fingerprint is the same device and gets the same answer.
 * Any other claimant of a taken ``H`` is a clone and gets the smallest free ``H-N``
   (auto registration), or is refused (bulk registration: one device per CSV row).
+* Creating a device is bounded (auto registration): by the registration's quota
+  (``max_devices``) and by the clone limit per claimed hardware ID and time window.
+  Past either the claim is refused with a reason naming the limit and nothing is
+  created; a retry of a device that exists is never refused by them.
 
 :func:`decide` is pure: it reads a :class:`Family` (every registered device whose
 hardware ID could collide with the claim) and returns a :class:`Verdict`;
 :meth:`Family.apply` records the verdict so the next claim of the same batch
-sees it. The database's unique constraint is the final guard across instances.
+sees it. The database's unique constraint is the final guard across instances: two
+instances that decide clones of ``H`` on the same state pick the same ``H-N`` and one of
+them decides again, so the clone limit holds across instances too.
 """
 
 from __future__ import annotations
@@ -32,8 +38,20 @@ DecisionKind = Literal["new", "same", "clone", "refused"]
 # contain no commas, braces, quotes or protocol key words (see docs/device-protocol.md).
 REASON_DISABLED = "device disabled by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
-REASON_TOO_MANY_ATTEMPTS = "too many failed attempts for this hardware ID: try again later"
 REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
+
+Quota = Literal["max_devices", "clone_limit"]
+
+
+def reason_max_devices(max_devices: int) -> str:
+    return f"quota reached: auto registration max_devices={max_devices}"
+
+
+def reason_clone_limit(limit: int, window_s: float) -> str:
+    return (
+        f"clone limit reached: at most {limit} clones of one hardware ID per {window_s:g} seconds"
+        " (FLEETREG_CLONE_LIMIT)"
+    )
 
 
 @dataclass
@@ -48,6 +66,7 @@ class KnownDevice:
     credential_generation: int
     registration_id: str
     registration_key_digest: str = ""
+    created_at: float = 0.0  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -67,10 +86,24 @@ class Verdict:
     created: bool = False  # a new device row is to be inserted
     claimed_preregistered: bool = False  # an existing preregistered row is taken over
     reason: str = ""
+    quota: Quota | None = None  # the limit that refused the claim, if one did
 
     @property
     def hardware_id(self) -> str:
         return self.device.hardware_id if self.device else ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What bounds the devices an auto registration's claims may create.
+
+    ``now`` is the decision time (seconds since the epoch): devices created by this
+    batch carry it, and the clone window ends at it."""
+
+    max_devices: int | None = None  # the registration's quota; None: no quota
+    clone_limit: int | None = None  # clones of one claimed hardware ID per window; None: none
+    clone_window_s: float = 3600.0
+    now: float = 0.0
 
 
 @dataclass
@@ -79,19 +112,39 @@ class Family:
 
     devices: dict[str, KnownDevice] = field(default_factory=dict)  # by hardware ID
     idempotent: dict[str, str] = field(default_factory=dict)  # idempotency key -> device ID
+    # Devices per registration, for the registrations with a quota (counted under their lock).
+    registration_devices: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, devices: Iterable[KnownDevice], idempotent: dict[str, str] | None = None) -> Family:
-        return cls({d.hardware_id: d for d in devices}, dict(idempotent or {}))
+    def of(
+        cls,
+        devices: Iterable[KnownDevice],
+        idempotent: dict[str, str] | None = None,
+        registration_devices: dict[str, int] | None = None,
+    ) -> Family:
+        return cls(
+            {d.hardware_id: d for d in devices}, dict(idempotent or {}), dict(registration_devices or {})
+        )
 
     def by_id(self, device_id: str) -> KnownDevice | None:
         return next((d for d in self.devices.values() if d.id == device_id), None)
+
+    def clones_since(self, hardware_id: str, since: float) -> int:
+        """Clones assigned to claimants of ``hardware_id`` (``H-N``) created at or after ``since``."""
+        return sum(
+            1
+            for d in self.devices.values()
+            if d.claimed_hardware_id == hardware_id and d.hardware_id != hardware_id and d.created_at >= since
+        )
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:
         if verdict.device is not None:
             self.devices[verdict.device.hardware_id] = verdict.device
             if claim.idempotency_key:
                 self.idempotent.setdefault(claim.idempotency_key, verdict.device.id)
+            if verdict.created:
+                registration = verdict.device.registration_id
+                self.registration_devices[registration] = self.registration_devices.get(registration, 0) + 1
 
 
 def _same(device: KnownDevice, reason: str) -> Verdict:
@@ -137,8 +190,10 @@ def decide(
     registration_id: str,
     secret_matches: Callable[[KnownDevice, str], bool],
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    limits: Limits | None = None,
 ) -> Verdict:
     """Decide one claim against the family's current state (see the module docstring)."""
+    limits = limits or Limits()
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
         if (
@@ -165,6 +220,12 @@ def decide(
     if kind == "bulk":
         return _decide_bulk(claim, existing)
 
+    creates = existing is None or existing.lifecycle != "preregistered"
+    if creates:
+        refusal = _over_limit(claim, family, registration_id, limits, clone=existing is not None)
+        if refusal is not None:
+            return refusal
+
     if existing is None:
         device = KnownDevice(
             id=new_id(),
@@ -176,6 +237,7 @@ def decide(
             disabled=False,
             credential_generation=1,
             registration_id=registration_id,
+            created_at=limits.now,
         )
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
     if existing.lifecycle == "preregistered":
@@ -196,6 +258,7 @@ def decide(
         disabled=False,
         credential_generation=1,
         registration_id=registration_id,
+        created_at=limits.now,
     )
     return Verdict(
         "clone",
@@ -203,6 +266,28 @@ def decide(
         created=True,
         reason=f"hardware ID {claim.hardware_id} belongs to another device: assigned {assigned}",
     )
+
+
+def _over_limit(
+    claim: Claim, family: Family, registration_id: str, limits: Limits, *, clone: bool
+) -> Verdict | None:
+    """The refusal when creating one more device would exceed a limit, else None."""
+    if (
+        limits.max_devices is not None
+        and family.registration_devices.get(registration_id, 0) >= limits.max_devices
+    ):
+        return Verdict("refused", reason=reason_max_devices(limits.max_devices), quota="max_devices")
+    if (
+        clone
+        and limits.clone_limit is not None
+        and family.clones_since(claim.hardware_id, limits.now - limits.clone_window_s) >= limits.clone_limit
+    ):
+        return Verdict(
+            "refused",
+            reason=reason_clone_limit(limits.clone_limit, limits.clone_window_s),
+            quota="clone_limit",
+        )
+    return None
 
 
 def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:

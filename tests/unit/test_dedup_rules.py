@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pytest
@@ -21,8 +21,11 @@ from shared.domain.dedup import (
     Claim,
     Family,
     KnownDevice,
+    Limits,
     Verdict,
     decide,
+    reason_clone_limit,
+    reason_max_devices,
 )
 
 KEYRING = Keyring(b"unit-test-secret-key")
@@ -82,6 +85,7 @@ class Fleet:
 
     family: Family = field(default_factory=Family)
     kind: Literal["auto", "bulk"] = "auto"
+    limits: Limits = field(default_factory=Limits)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _requests: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -112,6 +116,7 @@ class Fleet:
             registration_id=REGISTRATION,
             secret_matches=secret_matches,
             new_id=self.new_id,
+            limits=self.limits,
         )
         self.family.apply(claim, verdict)
         return verdict
@@ -440,7 +445,106 @@ def test_bulk_disabled_device_with_the_right_key_is_refused_as_disabled() -> Non
     assert verdict.reason == REASON_DISABLED
 
 
-@pytest.mark.parametrize("reason", [REASON_DISABLED, REASON_BULK_NOT_LISTED, REASON_BULK_ALREADY_CLAIMED])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        REASON_DISABLED,
+        REASON_BULK_NOT_LISTED,
+        REASON_BULK_ALREADY_CLAIMED,
+        reason_max_devices(1000),
+        reason_clone_limit(100, 3600.0),
+        reason_clone_limit(5, 0.5),
+    ],
+)
 def test_refusal_reasons_are_plain_text_for_the_reference_client(reason: str) -> None:
     assert reason.isascii()
     assert not set(reason) & set(",{}\"'\n")
+
+
+# ---------------------------------------------------------------- limits on device creation
+
+NOW = 1_800_000_000.0
+
+
+def test_a_registration_quota_refuses_the_device_past_it_naming_the_quota() -> None:
+    fleet = Fleet(limits=Limits(max_devices=3, now=NOW))
+    fleet.family.registration_devices[REGISTRATION] = 1  # one device registered before
+    verdicts = [fleet.claim(f"hw{n}", KEYRING.fingerprint(f"cpu-{n}")) for n in range(4)]
+    assert [v.decision for v in verdicts] == ["new", "new", "refused", "refused"]
+    refused = verdicts[2]
+    assert (refused.reason, refused.quota) == (reason_max_devices(3), "max_devices")
+    assert refused.reason == "quota reached: auto registration max_devices=3"
+    assert (refused.device, refused.created) == (None, False)
+    assert fleet.hardware_ids == ["hw0", "hw1"]
+    assert fleet.family.registration_devices == {REGISTRATION: 3}
+
+
+def test_clones_count_against_the_quota() -> None:
+    fleet = Fleet(limits=Limits(max_devices=2, now=NOW))
+    verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(3)]
+    assert [v.decision for v in verdicts] == ["new", "clone", "refused"]
+    assert verdicts[2].quota == "max_devices"
+
+
+def test_retries_and_the_same_device_never_count_against_the_quota() -> None:
+    fleet = Fleet(limits=Limits(max_devices=1, now=NOW))
+    first = fleet.claim(H, FP_A, idempotency_key="k1")
+    assert first.decision == "new"
+    # At the quota: a retry by fingerprint, by idempotency key and by secret are still the device.
+    assert fleet.claim(H, FP_A).decision == "same"
+    assert fleet.claim(H, "", idempotency_key="k1").decision == "same"
+    device = fleet.confirm(H)
+    assert fleet.claim(H, FP_A, secret=presented_secret(device)).decision == "same"
+    # ...and a different device is refused, creating nothing.
+    assert fleet.claim("other", FP_B).quota == "max_devices"
+    assert fleet.family.registration_devices == {REGISTRATION: 1}
+    assert fleet.hardware_ids == [H]
+
+
+def test_a_reset_device_taken_over_is_not_a_new_device_for_the_quota() -> None:
+    reset = preregistered(key="")
+    fleet = Fleet(Family.of([reset], registration_devices={REGISTRATION: 1}), limits=Limits(max_devices=1))
+    verdict = fleet.claim(H, FP_A)
+    assert (verdict.decision, verdict.claimed_preregistered, verdict.created) == ("new", True, False)
+
+
+def test_no_quota_means_no_limit() -> None:
+    fleet = Fleet(limits=Limits(now=NOW))
+    assert all(fleet.claim(f"hw{n}", FP_A).decision == "new" for n in range(50))
+
+
+def test_the_clone_limit_refuses_clones_past_it_within_the_window() -> None:
+    fleet = Fleet(limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(6)]
+    assert [v.decision for v in verdicts] == ["new", "clone", "clone", "clone", "refused", "refused"]
+    assert verdicts[4].reason == reason_clone_limit(3, 3600)
+    assert verdicts[4].reason == (
+        "clone limit reached: at most 3 clones of one hardware ID per 3600 seconds (FLEETREG_CLONE_LIMIT)"
+    )
+    assert (verdicts[4].quota, verdicts[4].device) == ("clone_limit", None)
+    assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2", f"{H}-3"]
+
+
+def test_clones_older_than_the_window_do_not_count() -> None:
+    old = [
+        replace(
+            registered(f"{H}-{n}", claimed=H, device_id=f"old-{n}", fingerprint=f"fp{n}"),
+            created_at=NOW - 7200,
+        )
+        for n in range(1, 4)
+    ]
+    family = Family.of([registered(H, device_id="first", fingerprint=FP_A), *old])
+    fleet = Fleet(family, limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(4)]
+    assert [v.decision for v in verdicts] == ["clone", "clone", "clone", "refused"]
+    assert [v.hardware_id for v in verdicts[:3]] == [f"{H}-4", f"{H}-5", f"{H}-6"]
+
+
+def test_the_clone_limit_is_per_claimed_hardware_id_and_spares_new_devices_and_retries() -> None:
+    fleet = Fleet(limits=Limits(clone_limit=1, now=NOW))
+    assert [fleet.claim(H, fp).decision for fp in (FP_A, FP_B)] == ["new", "clone"]
+    assert fleet.claim(H, "fp-c").quota == "clone_limit"
+    # The clone retrying before confirmation is still itself...
+    assert fleet.claim(H, FP_B).decision == "same"
+    # ...and another hardware ID has a limit of its own.
+    assert [fleet.claim("other", fp).decision for fp in (FP_A, FP_B)] == ["new", "clone"]
