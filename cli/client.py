@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +12,17 @@ import aiohttp
 
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
+
+MAX_THROTTLED_RETRIES = 5
+MAX_THROTTLE_WAIT_S = 300
+
+
+def _retry_after(header: str | None) -> int:
+    """Seconds from a Retry-After header (RFC 9110: delay-seconds); 1 when absent or odd."""
+    try:
+        return max(1, int(header or "1"))
+    except ValueError:
+        return 1
 
 
 class OperatorClient:
@@ -27,21 +40,49 @@ class OperatorClient:
         headers: dict[str, str] | None = None,
     ) -> Any:
         """Call the API; any non-2xx answer becomes a CliError with the API's own message
-        (and the API's JSON body as the error's document, for --json)."""
+        (and the API's JSON body as the error's document, for --json).
+
+        A 429 is waited out (its ``Retry-After``, said on stderr) and the call made
+        again, up to MAX_THROTTLED_RETRIES times; a streamed upload (``data``) cannot
+        be sent twice, so its 429 is reported instead.
+        """
+        attempt = 0
+        while True:
+            status, payload, retry_after = await self._once(method, path, body, params, data, headers)
+            if status != 429 or data is not None or attempt >= MAX_THROTTLED_RETRIES:
+                break
+            attempt += 1
+            wait = min(retry_after, MAX_THROTTLE_WAIT_S)
+            print(
+                f"fleetreg: the API is throttling these calls (429); retrying in {wait} s "
+                f"({attempt}/{MAX_THROTTLED_RETRIES})",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(wait)
+        if status >= 400:
+            message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
+            field = payload.get("field") if isinstance(payload, dict) else None
+            where = f" ({field})" if field else ""
+            raise CliError(f"{method} {path} failed with {status}: {message}{where}", payload)
+        return payload
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict[str, str] | None,
+        data: Any,
+        headers: dict[str, str] | None,
+    ) -> tuple[int, Any, int]:
         url = self._base + path
         try:
             async with self._session.request(
                 method, url, json=body, params=params, data=data, headers=headers
             ) as response:
                 payload = await response.json(content_type=None)
-                if response.status >= 400:
-                    message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
-                    field = payload.get("field") if isinstance(payload, dict) else None
-                    where = f" ({field})" if field else ""
-                    raise CliError(
-                        f"{method} {path} failed with {response.status}: {message}{where}", payload
-                    )
-                return payload
+                return response.status, payload, _retry_after(response.headers.get("Retry-After"))
         except aiohttp.ClientError as exc:
             raise CliError(f"cannot reach the API at {self._base}: {exc}") from exc
 

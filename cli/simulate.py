@@ -49,8 +49,9 @@ class DevicePlan:
     """One simulated device: what it claims and how it behaves.
 
     ``clone_of`` is the index of the device of the same run whose hardware ID this
-    one reuses (with its own fingerprint). ``idempotency_key`` is set exactly for the
-    devices that simulate a lost first response (``lost_response``).
+    one reuses (with its own fingerprint). Every device sends an ``idempotency_key`` (as
+    docs/device-api.md asks of real devices): a retry after a lost response
+    (``lost_response``) carries the first call's key and so gets its secret back.
     """
 
     index: int
@@ -161,8 +162,8 @@ def plan_fleet(
     ``devices - 1``: the first device is always an original), every clone reuses the
     hardware ID of an original that comes *earlier* in the plan and has a fingerprint
     of its own; originals have distinct 12-hex-digit hardware IDs; exactly
-    ``round(devices * lost_response_rate)`` devices simulate a lost first response and
-    carry an idempotency key. The same arguments and seed give an equal plan.
+    ``round(devices * lost_response_rate)`` devices simulate a lost first response;
+    every device carries an idempotency key of its own. The same arguments and seed give an equal plan.
     Raises ValueError on a malformed code, a negative device count or a rate outside [0, 1].
     """
     if devices < 0:
@@ -192,7 +193,7 @@ def plan_fleet(
             mac=mac,
             clone_of=clone_of,
             lost_response=index in lost,
-            idempotency_key=_idempotency_key(rng) if index in lost else None,
+            idempotency_key=_idempotency_key(rng),
         )
         if clone_of is None:
             originals.append(device)
@@ -240,7 +241,7 @@ def plan_bulk(
                 cpu_id=cpu_id,
                 mac=mac,
                 lost_response=index in lost,
-                idempotency_key=_idempotency_key(rng) if index in lost else None,
+                idempotency_key=_idempotency_key(rng),
                 registration_key=key,
             )
         )

@@ -16,6 +16,10 @@ class DomainError(Exception):
         self.field = field
         self.rule = rule
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that belong to the answer (none but for throttling)."""
+        return {}
+
     def to_dict(self) -> dict[str, str]:
         body = {"error": self.code, "message": self.message}
         if self.field is not None:
@@ -53,3 +57,20 @@ class NotFound(DomainError):
 class Conflict(DomainError):
     status = 409
     code = "conflict"
+
+
+class TooManyRequests(DomainError):
+    """A limit was crossed; the caller may try again after ``retry_after`` seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, rule: str | None = None) -> None:
+        super().__init__(message, rule=rule)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "retry_after": str(self.retry_after)}

@@ -72,7 +72,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except DomainError as exc:
-        response = json_response(exc.to_dict(), status=exc.status)
+        response = json_response(exc.to_dict(), status=exc.status, headers=exc.headers() or None)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY_BYTES]
         error = PayloadTooLarge(
@@ -122,8 +122,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application:
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=client_max_size)
+def base_app(
+    service: str, *, client_max_size: int = 1024**2, middlewares: tuple[Any, ...] = ()
+) -> web.Application:
+    """An app with health, readiness and metrics routes; ``middlewares`` run inside the
+    error mapping, so their domain errors (a 429) are answered like any other."""
+    app = web.Application(middlewares=[errors_and_metrics, *middlewares], client_max_size=client_max_size)
     app[SERVICE_NAME] = service
     app[READINESS] = Readiness()
     app[MAX_BODY_BYTES] = client_max_size

@@ -31,6 +31,41 @@ CONSUMER_LAG = Gauge(
     ["service", "topic", "partition"],
 )
 ERRORS = Counter("fleetreg_errors_total", "Errors by service and kind", ["service", "kind"])
+QUOTA_REFUSALS = Counter(
+    "fleetreg_quota_refusals_total",
+    "Registration claims refused by a limit on device creation (max_devices, clone_limit)",
+    ["quota"],
+)
+SECURITY_ALERTS = Counter(
+    "fleetreg_security_alerts_total",
+    "Security alerts raised (a threshold crossed within its window), by kind",
+    ["kind"],
+)
+SECURITY_ALERT_EVENTS = Counter(
+    "fleetreg_security_alert_events_total",
+    "Occurrences at or past an alert's threshold (each wrong key once alerted), by kind",
+    ["kind"],
+)
+THROTTLED = Counter(
+    "fleetreg_throttled_total",
+    "Calls answered 429 (or the reference protocol's pending/refusal) by a limit",
+    ["service", "limit"],
+)
+THROTTLE_REFUSALS = Counter(
+    "fleetreg_throttle_refusals_total",
+    "Refused calls counted against their source address (unknown code, wrong key or secret)",
+    ["service"],
+)
+THROTTLE_BLOCKED_SOURCES = Gauge(
+    "fleetreg_throttle_blocked_sources",
+    "Source addresses this instance currently answers 429 for refused calls",
+    ["service"],
+)
+CACHE_INVALIDATIONS = Counter(
+    "fleetreg_device_cache_invalidations_total",
+    "Invalidation signals applied by the intake's device cache",
+    ["kind"],
+)
 
 
 def exposition() -> tuple[bytes, str]:

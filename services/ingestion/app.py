@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -12,13 +13,14 @@ from services.ingestion.settings import IngestionSettings
 from shared.db import bulk
 from shared.http import base_app
 from shared.pipeline import PIPELINE, consumer_context
+from shared.throttle import THROTTLE, open_throttle, throttle_middleware
 
 SERVICE = "ingestion"
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: IngestionSettings) -> web.Application:
-    app = base_app(SERVICE)
+    app = base_app(SERVICE, middlewares=(throttle_middleware(per_key=True),))
     app.cleanup_ctx.append(
         consumer_context(
             SERVICE,
@@ -35,5 +37,14 @@ def create_app(settings: IngestionSettings) -> web.Application:
         yield
 
     app.cleanup_ctx.append(discard_abandoned_uploads)
+
+    async def throttling(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            app[THROTTLE] = await open_throttle(
+                stack, settings.throttle, SERVICE, app[PIPELINE].pool, settings.pipeline.database.url.reveal()
+            )
+            yield
+
+    app.cleanup_ctx.append(throttling)
     routes.add_routes(app, settings.limits)
     return app

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.settings import Env, HttpSettings, PipelineSettings
+from shared.throttle import ThrottleSettings
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class BulkLimits:
 class IngestionSettings:
     pipeline: PipelineSettings
     limits: BulkLimits
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
     @property
     def http(self) -> HttpSettings:
@@ -43,4 +45,5 @@ class IngestionSettings:
                 spool_dir=env.text("FLEETREG_BULK_SPOOL_DIR", tempfile.gettempdir()),
                 stale_upload_seconds=env.number("FLEETREG_BULK_STALE_UPLOAD_SECONDS", 3600.0, minimum=60.0),
             ),
+            throttle=ThrottleSettings.from_env(env),
         )

@@ -18,6 +18,7 @@ from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE, base_app
 from shared.kafka import Topics, make_consumer
 from shared.pipeline import open_registry_and_broker
+from shared.throttle import THROTTLE, open_throttle, throttle_middleware
 
 SERVICE = "intake"
 
@@ -37,7 +38,11 @@ RESOURCES = web.AppKey("resources", Resources)
 
 
 def create_app(settings: IntakeSettings) -> web.Application:
-    app = base_app(SERVICE, client_max_size=settings.max_body_bytes)
+    app = base_app(
+        SERVICE,
+        client_max_size=settings.max_body_bytes,
+        middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -47,6 +52,16 @@ def create_app(settings: IntakeSettings) -> web.Application:
             )
             stack.push_async_callback(waiter.stop)
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
+            device_cache = DeviceCache(settings.device_cache_seconds)
+            app[THROTTLE] = await open_throttle(
+                stack,
+                settings.throttle,
+                SERVICE,
+                pool,
+                settings.database.url.reveal(),
+                on_payload=device_cache.apply,
+                on_connected=device_cache.listening,
+            )
             app[RESOURCES] = Resources(
                 settings,
                 pool,
@@ -54,7 +69,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
                 topics,
                 waiter,
                 Keyring(settings.secret_key.reveal().encode()),
-                DeviceCache(settings.device_cache_seconds),
+                device_cache,
             )
             app[READINESS]["outcome_waiter"] = True
             app[READINESS_PROBE] = lambda: answers(pool)

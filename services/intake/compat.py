@@ -13,6 +13,7 @@ Every answer is built by ``compat_answers`` so that the client can read it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.intake.compat_answers import answer, refused
@@ -20,18 +21,41 @@ from services.intake.handlers import Publish, PublishSignal, register
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, products
 from shared.db.pool import Pool
-from shared.domain.admission import admission_refusal
+from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
+from shared.throttle import Throttle
 
 PENDING = "registration in progress: try again shortly"
 NOT_REGISTERED = "device not registered: boot again to register"
 UNKNOWN_ID = "unknown provisioning ID"
 CONFIRMED = "device already provisioned: reset by the operator needed"
 TEXT_MAX = 128
+# Refusals that count against the caller's address (shared/throttle.py): what a
+# guesser of codes, keys, secrets or provisioning IDs gets. A paused registration or
+# a disabled device is the operator's doing and does not count.
+COUNTED = frozenset(
+    {REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED, UNKNOWN_ID, NOT_REGISTERED}
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer's text, and whether it is a refusal counted against the caller."""
+
+    text: str
+    counted: bool = False
+
+
+def _refusal(reason: str) -> Reply:
+    return Reply(refused(reason), counted=reason in COUNTED)
+
+
+def _ok(text: str) -> Reply:
+    return Reply(text)
 
 
 def _text(body: dict[str, Any], name: str) -> str:
@@ -49,11 +73,11 @@ def _checked(code: str, hardware_id: str) -> tuple[str, str] | str:
         return exc.message
 
 
-async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> str:
+async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> Reply:
     """Step 1: remember the device's fingerprint and the digest of the secret it holds."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
-        return refused(checked)
+        return _refusal(checked)
     code, hardware_id = checked
     stored = await compat.record_information(
         pool,
@@ -63,7 +87,7 @@ async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> str
         keyring.digest(_text(body, "DeviceSecret")),
         _text(body, "OSLabel"),
     )
-    return answer("true") if stored else refused("unknown bulk identification code")
+    return _ok(answer("true")) if stored else _refusal(REASON_UNKNOWN_CODE)
 
 
 def _claim(
@@ -89,40 +113,61 @@ async def friendly_configuration(
     wait_s: float,
     code_text: str,
     hardware_id_text: str,
-) -> str:
+    throttle: Throttle,
+) -> Reply:
     """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
     or ``reset`` with the hardware ID a clone must take."""
     checked = _checked(code_text, hardware_id_text)
     if isinstance(checked, str):
-        return refused(checked)
+        return _refusal(checked)
     code, hardware_id = checked
     admission = (await products.resolve_codes(pool, [code])).get(code)
     reason = admission_refusal(admission)
     if reason is not None or admission is None:
-        return refused(reason or "unknown bulk identification code")
+        return _refusal(reason or REASON_UNKNOWN_CODE)
+    # The bulk service's provisioning ID is the code itself, which the caller presented.
     projects = await compat.provisioning_ids(pool, code)
     if admission.kind == "bulk":
-        return answer("true", projects=projects)
+        return _ok(answer("true", projects=projects))
+    try:
+        await throttle.check_code(code)
+    except TooManyRequests as exc:
+        return _refusal(exc.message)
     fingerprint, secret_digest = await compat.information(pool, code, hardware_id)
     outcome = await register(
         _claim(code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
     )
     if outcome.status == "pending":
-        return answer("pending", ("reason", PENDING))
+        return _ok(answer("pending", ("reason", PENDING)))
     if outcome.status != "ready":
-        return refused(outcome.reason)
+        return _refusal(outcome.reason)
+    if outcome.decision in ("new", "clone"):
+        await throttle.count_new_device(code)
     if outcome.clone:
-        return answer("reset", ("HardwareId", outcome.hardware_id))
-    return answer("true", projects=projects)
+        return _ok(answer("reset", ("HardwareId", outcome.hardware_id)))
+    return _ok(answer("true", projects=projects))
 
 
 async def provisioning_file(pool: Pool, provisioning_id: str) -> bytes | None:
     """Step 3: the product-level provisioning file (``#begin`` and the 36-character ID
-    first); None for an unknown ID. Per-device credentials come at step 5."""
+    first); None for an unknown ID. Per-device credentials come at step 5.
+
+    The bulk service's file carries the Bulk Identification Code, so it is served
+    only to a caller who presented that very code as the provisioning ID (the
+    reference client does); asked by the bulk service's own ID (which native devices
+    see in their manifest) it is unknown: no unauthenticated answer reveals a code
+    the caller did not present, and after a rotation nothing reveals the new one.
+    """
     found = await compat.service(pool, provisioning_id)
     if found is None:
         return None
-    shown_id = found.code if found.is_bulk_service and found.code else found.service_id.upper()
+    if found.is_bulk_service:
+        presented = provisioning_id.strip().upper()
+        if found.code is None or presented != found.code:
+            return None
+        shown_id = found.code
+    else:
+        shown_id = found.service_id.upper()
     lines = [
         "#begin",
         shown_id,
@@ -134,33 +179,35 @@ async def provisioning_file(pool: Pool, provisioning_id: str) -> bytes | None:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-async def service_configuration(pool: Pool, provisioning_id: str) -> str:
+async def service_configuration(pool: Pool, provisioning_id: str) -> Reply:
     """Step 4: whether and how the service is set up."""
     found = await compat.service(pool, provisioning_id)
     if found is None:
-        return refused(UNKNOWN_ID)
-    return answer(
-        "true",
-        ("timestamp", str(found.locked_epoch)),
-        ("enabled", "1" if found.enabled else "0"),
-        ("content_type", str(found.type_code)),
-        ("content_port", str(found.port)),
-        ("content_ip", "127.0.0.1"),
+        return _refusal(UNKNOWN_ID)
+    return _ok(
+        answer(
+            "true",
+            ("timestamp", str(found.locked_epoch)),
+            ("enabled", "1" if found.enabled else "0"),
+            ("content_type", str(found.type_code)),
+            ("content_port", str(found.port)),
+            ("content_ip", "127.0.0.1"),
+        )
     )
 
 
 async def register_service(
     pool: Pool, keyring: Keyring, publish: Publish, waiter: OutcomeWaiter, wait_s: float, body: dict[str, Any]
-) -> str:
+) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
     For bulk registration the first such call claims the device with its key."""
     found = await compat.service(pool, _text(body, "project_id"))
     if found is None or found.code is None:
-        return refused(UNKNOWN_ID)
+        return _refusal(UNKNOWN_ID)
     try:
         hardware_id = validate_hardware_id(_text(body, "hardware_id"))
     except InvalidInput as exc:
-        return refused(exc.message)
+        return _refusal(exc.message)
     fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id)
     key_digest = keyring.digest(_text(body, "registration_key"))
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
@@ -173,27 +220,27 @@ async def register_service(
             wait_s,
         )
         if outcome.status == "pending":
-            return answer("pending", ("reason", PENDING))
+            return _ok(answer("pending", ("reason", PENDING)))
         if outcome.status != "ready":
-            return refused(outcome.reason)
+            return _refusal(outcome.reason)
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if device is None:
-        return refused(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
+        return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
     if device["disabled"]:
-        return refused("device disabled by the operator")
+        return _refusal("device disabled by the operator")
     if device["lifecycle"] == "provisioned":
-        return refused(CONFIRMED)
+        return _refusal(CONFIRMED)
     if device["lifecycle"] != "registered" or not fingerprint or device["fingerprint"] != fingerprint:
-        return refused(NOT_REGISTERED)
+        return _refusal(NOT_REGISTERED)
     if not device["provisioned_files"] or device["service_uid"] is None:
-        return answer("pending", ("reason", PENDING))
+        return _ok(answer("pending", ("reason", PENDING)))
     generation = device["credential_generation"]
     secret = (
         keyring.device_secret(device["id"], generation)
         if found.is_bulk_service
         else keyring.service_password(device["service_uid"], generation)
     )
-    return answer("true", ("uid", device["service_uid"]), ("secret", secret))
+    return _ok(answer("true", ("uid", device["service_uid"]), ("secret", secret)))
 
 
 def _claimed_by(device: Any, fingerprint: str, key_digest: str) -> bool:
@@ -207,11 +254,11 @@ def _claimed_by(device: Any, fingerprint: str, key_digest: str) -> bool:
     )
 
 
-async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> str:
+async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> Reply:
     """Step 6: the device confirms, proving itself with its device secret."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
-        return refused(checked)
+        return _refusal(checked)
     code, hardware_id = checked
     found = await compat.service(pool, code)
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id) if found else None
@@ -222,6 +269,6 @@ async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, bod
         or keyring.digest(secret)
         != keyring.digest(keyring.device_secret(device["id"], device["credential_generation"]))
     ):
-        return refused(NOT_REGISTERED)
+        return _refusal(NOT_REGISTERED)
     await publish_signal(DeviceSignal(device_id=device["id"], kind="ready", at=time.time()))
-    return answer("true")
+    return _ok(answer("true"))

@@ -1,10 +1,23 @@
-"""Devices the device API looked up, kept for a few seconds.
+"""Devices the device API looked up, kept for a few seconds, dropped at once on change.
 
 One boot makes five authenticated calls for the same device within a second or two
 (manifest, each file, ready); the cache turns five registry round trips into one.
-An operator's disable or reset therefore reaches the file and ready calls within
-``ttl_s`` (FLEETREG_DEVICE_CACHE_SECONDS; 0 turns the cache off). Registration calls
-never use it: they are decided by deduplication on the registry itself.
+
+An operator's disable or reset must bite at once on every instance, so the cache is
+not trusted on its TTL alone:
+
+* every statement that disables or resets a device sends ``device:<id>`` on the
+  Postgres channel ``fleetreg_invalidate`` in its own transaction; each intake
+  listens and drops the entry when the notification arrives (the bound: its delivery
+  time, measured in docs/security.md);
+* a lookup that started before an invalidation is not stored (``generation``), so a
+  slow read cannot put the old state back after the signal;
+* while the listener is disconnected, signals may be lost, so the cache is off
+  (every call reads the registry) until it listens again.
+
+Registration calls never use it: they are decided by deduplication on the registry.
+``ttl_s`` (FLEETREG_DEVICE_CACHE_SECONDS; 0 turns the cache off) only bounds memory
+and staleness of what nobody changes.
 """
 
 from __future__ import annotations
@@ -13,12 +26,22 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from shared.metrics import CACHE_INVALIDATIONS
+
 
 class DeviceCache:
     def __init__(self, ttl_s: float, max_entries: int = 50_000) -> None:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
+        self._generation = 0
+        # Off until the invalidation listener runs: without it, changes go unseen.
+        self._listening = False
+
+    @property
+    def generation(self) -> int:
+        """Changes with every invalidation: pass it back to :meth:`put`."""
+        return self._generation
 
     def get(self, device_id: str) -> list[Any] | None:
         entry = self._entries.get(device_id)
@@ -29,10 +52,34 @@ class DeviceCache:
             return None
         return entry[1]
 
-    def put(self, device_id: str, rows: list[Any]) -> None:
-        if self._ttl_s <= 0:
+    def put(self, device_id: str, rows: list[Any], generation: int) -> None:
+        """Keep ``rows``, read while the cache was at ``generation``, unless anything
+        was invalidated since (the read may predate the change)."""
+        if self._ttl_s <= 0 or not self._listening or generation != self._generation:
             return
         self._entries[device_id] = (time.monotonic() + self._ttl_s, rows)
         self._entries.move_to_end(device_id)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    def invalidate(self, device_id: str) -> None:
+        self._generation += 1
+        self._entries.pop(device_id, None)
+        CACHE_INVALIDATIONS.labels("device").inc()
+
+    def apply(self, payload: str) -> None:
+        """Apply a ``device:<id>`` invalidation payload; anything else drops everything."""
+        if payload.startswith("device:"):
+            self.invalidate(payload.removeprefix("device:").strip().lower())
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+        CACHE_INVALIDATIONS.labels("all").inc()
+
+    def listening(self, up: bool) -> None:
+        """The invalidation listener connected (True) or lost its connection (False)."""
+        self._listening = up
+        self.clear()

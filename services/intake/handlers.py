@@ -15,7 +15,9 @@ from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import devices
 from shared.db.pool import Pool
+from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
+from shared.domain.dedup import REASON_BULK_NOT_LISTED
 from shared.domain.identifiers import (
     is_uuid,
     new_request_id,
@@ -40,6 +42,10 @@ REGISTRATION_FIELDS = {
 }
 FINGERPRINT_FIELDS = {"cpu_id", "mac"}
 UNAUTHORIZED = "unknown device or wrong device secret"
+# Refusals that count against the caller's address (shared/throttle.py): what a
+# guesser of codes or registration keys gets. (A wrong device secret is a 401,
+# counted by the throttling middleware.)
+COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
 
 Publish = Callable[[RegistrationRequested], Awaitable[None]]
 PublishSignal = Callable[[DeviceSignal], Awaitable[None]]
@@ -225,9 +231,10 @@ async def authenticate(
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
     rows = cache.get(device_id)
     if rows is None:
+        generation = cache.generation  # read before the query: see DeviceCache.put
         rows = await devices.device_with_files(pool, device_id) if is_uuid(device_id) else []
         if rows and rows[0]["provisioning_id"] is not None:  # only complete answers are kept
-            cache.put(device_id, rows)
+            cache.put(device_id, rows, generation)
     if not rows:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)

@@ -12,6 +12,7 @@ from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import json_response
 from shared.kafka import publish
+from shared.throttle import THROTTLE, mark_refused
 
 if TYPE_CHECKING:
     from services.intake.app import Resources
@@ -57,10 +58,16 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
         registration = handlers.parse_registration(
             await request.read(), request.headers.get("Idempotency-Key")
         )
+        throttle = request.app[THROTTLE]
+        await throttle.check_code(registration.bulk_identification_code)
         event = handlers.to_event(registration, r.keyring, protocol="native")
         answer = await handlers.register(
             event, lambda e: publish_request(r, e), r.waiter, r.keyring, r.settings.outcome_wait_seconds
         )
+        if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
+            mark_refused(request)
+        if answer.decision in ("new", "clone"):
+            await throttle.count_new_device(registration.bulk_identification_code)
         return native_view(answer, r.settings.retry_after_seconds)
 
     async def get_registration(request: web.Request) -> web.Response:
@@ -68,6 +75,10 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
         answer = await handlers.poll(
             r.pool, r.keyring, request.match_info["request_id"], r.settings.pending_forget_seconds
         )
+        if answer.status == "unknown" or (
+            answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS
+        ):
+            mark_refused(request)
         return native_view(answer, r.settings.retry_after_seconds)
 
     async def device(request: web.Request) -> handlers.Device:

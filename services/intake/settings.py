@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.http import TlsSite
 from shared.settings import (
@@ -14,6 +14,7 @@ from shared.settings import (
     SettingsError,
     secret_key,
 )
+from shared.throttle import ThrottleSettings
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class IntakeSettings:
     log_level: str
     compat: CompatSettings
     device_cache_seconds: float = 2.0  # see services/intake/device_cache.py
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
     @classmethod
     def from_env(cls, env: Env) -> IntakeSettings:
@@ -73,4 +75,5 @@ class IntakeSettings:
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             compat=CompatSettings.from_env(env),
             device_cache_seconds=env.number("FLEETREG_DEVICE_CACHE_SECONDS", 2.0),
+            throttle=ThrottleSettings.from_env(env),
         )

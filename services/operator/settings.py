@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.settings import DatabaseSettings, Env, HttpSettings
+from shared.throttle import ThrottleSettings
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class OperatorSettings:
     online_ttl_seconds: float
     page_limit_max: int
     log_level: str
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
     @classmethod
     def from_env(cls, env: Env) -> OperatorSettings:
@@ -23,4 +25,5 @@ class OperatorSettings:
             online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
+            throttle=ThrottleSettings.from_env(env),
         )

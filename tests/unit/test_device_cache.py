@@ -5,22 +5,64 @@ import time
 from services.intake.device_cache import DeviceCache
 
 
+def listening_cache(ttl_s: float, max_entries: int = 50_000) -> DeviceCache:
+    cache = DeviceCache(ttl_s=ttl_s, max_entries=max_entries)
+    cache.listening(True)
+    return cache
+
+
 def test_a_device_is_kept_for_the_ttl_only() -> None:
-    cache = DeviceCache(ttl_s=0.05)
-    cache.put("d1", ["row"])
+    cache = listening_cache(ttl_s=0.05)
+    cache.put("d1", ["row"], cache.generation)
     assert cache.get("d1") == ["row"]
     time.sleep(0.06)
     assert cache.get("d1") is None
 
 
 def test_a_ttl_of_zero_keeps_nothing() -> None:
-    cache = DeviceCache(ttl_s=0)
-    cache.put("d1", ["row"])
+    cache = listening_cache(ttl_s=0)
+    cache.put("d1", ["row"], cache.generation)
     assert cache.get("d1") is None
 
 
 def test_the_oldest_entries_go_first_when_full() -> None:
-    cache = DeviceCache(ttl_s=60, max_entries=2)
+    cache = listening_cache(ttl_s=60, max_entries=2)
     for device in ("d1", "d2", "d3"):
-        cache.put(device, [device])
+        cache.put(device, [device], cache.generation)
     assert [cache.get(d) for d in ("d1", "d2", "d3")] == [None, ["d2"], ["d3"]]
+
+
+def test_an_invalidation_drops_the_device_at_once() -> None:
+    cache = listening_cache(ttl_s=60)
+    cache.put("d1", ["old"], cache.generation)
+    cache.put("d2", ["other"], cache.generation)
+    cache.apply("device:D1")
+    assert cache.get("d1") is None
+    assert cache.get("d2") == ["other"]
+
+
+def test_a_read_that_started_before_an_invalidation_is_not_kept() -> None:
+    cache = listening_cache(ttl_s=60)
+    before = cache.generation  # a lookup starts ...
+    cache.apply("device:d1")  # ... the operator resets the device meanwhile ...
+    cache.put("d1", ["stale"], before)  # ... and the lookup's old answer arrives
+    assert cache.get("d1") is None
+
+
+def test_nothing_is_kept_while_the_listener_is_away() -> None:
+    cache = listening_cache(ttl_s=60)
+    cache.put("d1", ["row"], cache.generation)
+    cache.listening(False)
+    assert cache.get("d1") is None
+    cache.put("d1", ["row"], cache.generation)
+    assert cache.get("d1") is None
+    cache.listening(True)
+    cache.put("d1", ["row"], cache.generation)
+    assert cache.get("d1") == ["row"]
+
+
+def test_an_unknown_payload_drops_everything() -> None:
+    cache = listening_cache(ttl_s=60)
+    cache.put("d1", ["row"], cache.generation)
+    cache.apply("something-new")
+    assert cache.get("d1") is None

@@ -1,0 +1,378 @@
+"""Throttling of the HTTP APIs exposed to the internet: who is limited, by what, where.
+
+Three limits, each a set of ``limits`` rate items ("30/minute;300/hour") parsed by
+the ``limits`` library (https://limits.readthedocs.io), whose strategies do the
+counting; fleetreg invents no algorithm:
+
+* **refused calls per source address** (unknown or revoked code, wrong registration
+  key, wrong device secret, bad API key): the fixed-window strategy on
+  :class:`shared.db.throttle.PostgresStorage`, so the count is global across every
+  instance and service. Stacked windows make the delay grow with persistence: past
+  the per-minute allowance a source waits out the minute, past the hourly one the
+  hour, past the daily one the day; never a permanent lock. Only refusals count, so
+  a healthy fleet behind one NAT address is never throttled. A source over its limit
+  gets ``429`` + ``Retry-After`` on every throttled API until its window ends; every
+  instance learns it at once through a Postgres notification (``source:`` payloads).
+* **requests per operator API key** (operator and bulk APIs): the moving-window
+  strategy in each instance's memory. Tolerance: with N instances behind a load
+  balancer a key can get up to N times the configured rate.
+* **new devices per Bulk Identification Code** (registration calls; off by default):
+  the moving-window strategy in each instance's memory, counting calls answered with
+  a new device or a clone; while a code's window is full its registration calls get
+  ``429``. Same N-instances tolerance.
+
+IPv6 sources are counted per /64 (one subscriber's whole prefix, RFC 6177). The
+client address comes from ``X-Forwarded-For`` only when the peer is a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+from shared.db.pool import Pool
+from shared.db.throttle import Listener, PostgresStorage, notify
+from shared.errors import TooManyRequests, Unauthorized
+from shared.metrics import THROTTLE_BLOCKED_SOURCES, THROTTLE_REFUSALS, THROTTLED
+from shared.settings import Env, SettingsError
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_REFUSALS_PER_SOURCE = "30/minute;300/hour;1000/day"
+DEFAULT_REQUESTS_PER_KEY = "25/second;1000/minute"
+MAX_BLOCKED_SOURCES = 100_000
+
+
+def _items(env: Env, name: str, default: str) -> tuple[RateLimitItem, ...]:
+    raw = env.text(name, default).strip()
+    if raw.lower() in ("", "off", "none", "0"):
+        return ()
+    try:
+        return tuple(parse_many(raw))
+    except ValueError as exc:
+        raise SettingsError(
+            f"{name}={raw!r} is not a list of limits such as '30/minute;300/hour' (or 'off')"
+        ) from exc
+
+
+def _networks(env: Env, name: str) -> tuple[Network, ...]:
+    raw = env.text(name, "-")
+    if raw == "-":
+        return ()
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+        )
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a comma-separated list of addresses or CIDRs") from exc
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    """Every limit of :mod:`shared.throttle`; empty tuples turn a limit off."""
+
+    refusals_per_source: tuple[RateLimitItem, ...]
+    requests_per_key: tuple[RateLimitItem, ...]
+    new_devices_per_code: tuple[RateLimitItem, ...]
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Env) -> ThrottleSettings:
+        return cls(
+            refusals_per_source=_items(
+                env, "FLEETREG_LIMIT_REFUSALS_PER_SOURCE", DEFAULT_REFUSALS_PER_SOURCE
+            ),
+            requests_per_key=_items(env, "FLEETREG_LIMIT_REQUESTS_PER_KEY", DEFAULT_REQUESTS_PER_KEY),
+            new_devices_per_code=_items(env, "FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", "off"),
+            trusted_proxies=_networks(env, "FLEETREG_TRUSTED_PROXIES"),
+        )
+
+    @classmethod
+    def off(cls) -> ThrottleSettings:
+        return cls((), (), ())
+
+
+def source_of(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The source a request is counted under: the client's IPv4 address, or its IPv6 /64.
+
+    ``forwarded_for`` (the ``X-Forwarded-For`` header) is read only when the peer is a
+    trusted proxy: from the right, the first address that is not itself a trusted
+    proxy is the client. Anything unparsable falls back to the peer.
+    """
+    address = _address(peer)
+    if address is not None and forwarded_for and _trusted(address, trusted):
+        for hop in reversed(forwarded_for.split(",")):
+            candidate = _address(hop.strip())
+            if candidate is None:
+                break
+            address = candidate
+            if not _trusted(candidate, trusted):
+                break
+    if address is None:
+        return "unknown"
+    if address.version == 6:
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[Network]) -> bool:
+    return any(address.version == net.version and address in net for net in trusted)
+
+
+def key_identity(api_key: str) -> str:
+    """What a key's bucket is named after: a digest, so no key sits in memory as text."""
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _limit_text(item: RateLimitItem) -> str:
+    return f"{item.amount}/{item.GRANULARITY.name}"
+
+
+@dataclass
+class Throttle:
+    """The limits of one service instance; see the module docstring.
+
+    ``refusal_storage`` is shared by every instance (Postgres); ``announce`` tells the
+    other instances that a source is blocked until an epoch time.
+    """
+
+    settings: ThrottleSettings
+    service: str
+    refusal_storage: Storage | None = None
+    announce: Callable[[str, float], Awaitable[None]] | None = None
+    _blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        memory = MemoryStorage()
+        self._moving = MovingWindowRateLimiter(memory)
+        self._refusals = (
+            FixedWindowRateLimiter(self.refusal_storage) if self.refusal_storage is not None else None
+        )
+
+    # -- refused calls per source --------------------------------------------------
+
+    def check_source(self, source: str) -> None:
+        """Raise TooManyRequests while ``source`` is over its refusal limit."""
+        until = self._blocked.get(source)
+        if until is None:
+            return
+        wait = until - time.time()
+        if wait <= 0:
+            self._blocked.pop(source, None)
+            THROTTLE_BLOCKED_SOURCES.labels(self.service).set(len(self._blocked))
+            return
+        THROTTLED.labels(self.service, "refusals_per_source").inc()
+        raise TooManyRequests(
+            "too many refused calls from this address: slow down and try again later",
+            retry_after=math.ceil(wait),
+            rule="refusals_per_source",
+        )
+
+    def retry_after(self, source: str) -> int | None:
+        """Seconds ``source`` must still wait, or None when it is not blocked."""
+        until = self._blocked.get(source)
+        if until is None or until <= time.time():
+            return None
+        return math.ceil(until - time.time())
+
+    async def refused(self, source: str) -> None:
+        """Count one refused call of ``source``; past a limit, block it everywhere."""
+        THROTTLE_REFUSALS.labels(self.service).inc()
+        if self._refusals is None or not self.settings.refusals_per_source:
+            return
+        until = 0.0
+        for item in self.settings.refusals_per_source:
+            if not await self._refusals.hit(item, "refusals", source):
+                stats = await self._refusals.get_window_stats(item, "refusals", source)
+                until = max(until, stats.reset_time)
+        if until > time.time():
+            self.block(source, until)
+            log.warning(
+                "source throttled after repeated refusals",
+                extra={"source": source, "retry_after_s": math.ceil(until - time.time())},
+            )
+            if self.announce is not None:
+                await self.announce(source, until)
+
+    def block(self, source: str, until: float) -> None:
+        """Refuse ``source`` until the epoch time ``until`` (kept in memory, bounded)."""
+        if until <= self._blocked.get(source, 0.0):
+            return
+        self._blocked[source] = until
+        self._blocked.move_to_end(source)
+        while len(self._blocked) > MAX_BLOCKED_SOURCES:
+            self._blocked.popitem(last=False)
+        THROTTLE_BLOCKED_SOURCES.labels(self.service).set(len(self._blocked))
+
+    def apply_announcement(self, payload: str) -> bool:
+        """Apply a ``source:<source> <until>`` payload; False if it is not one."""
+        if not payload.startswith("source:"):
+            return False
+        source, _, until = payload.removeprefix("source:").rpartition(" ")
+        try:
+            self.block(source, float(until))
+        except ValueError:
+            log.warning("malformed throttle announcement ignored")
+        return True
+
+    # -- requests per operator key ---------------------------------------------------
+
+    async def check_key(self, api_key: str) -> None:
+        """Count one request of an operator key; raise TooManyRequests past its rate."""
+        await self._hit_all(self.settings.requests_per_key, "key", key_identity(api_key), "requests_per_key")
+
+    # -- new devices per code --------------------------------------------------------
+
+    async def check_code(self, code: str) -> None:
+        """Raise TooManyRequests while the code's new-device window is full."""
+        for item in self.settings.new_devices_per_code:
+            if not await self._moving.test(item, "code", code):
+                stats = await self._moving.get_window_stats(item, "code", code)
+                THROTTLED.labels(self.service, "new_devices_per_code").inc()
+                raise TooManyRequests(
+                    f"too many new devices for this bulk identification code (limit {_limit_text(item)})",
+                    retry_after=math.ceil(stats.reset_time - time.time()),
+                    rule="new_devices_per_code",
+                )
+
+    async def count_new_device(self, code: str) -> None:
+        for item in self.settings.new_devices_per_code:
+            await self._moving.hit(item, "code", code)
+
+    async def _hit_all(self, items: Sequence[RateLimitItem], kind: str, identity: str, rule: str) -> None:
+        for item in items:
+            if not await self._moving.hit(item, kind, identity):
+                stats = await self._moving.get_window_stats(item, kind, identity)
+                THROTTLED.labels(self.service, rule).inc()
+                raise TooManyRequests(
+                    f"too many requests for this API key (limit {_limit_text(item)})",
+                    retry_after=math.ceil(stats.reset_time - time.time()),
+                    rule=rule,
+                )
+
+
+# -- HTTP wiring -----------------------------------------------------------------------
+
+THROTTLE = web.AppKey("throttle", Throttle)
+SOURCE = "fleetreg.source"  # request key: the source the request is counted under
+REFUSED = "fleetreg.refused"  # request key: the handler refused the call (counts per source)
+UNTHROTTLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.yaml"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_source(request: web.Request) -> str:
+    """The source a request counts under (computed once, by the middleware)."""
+    cached = request.get(SOURCE)
+    if isinstance(cached, str):
+        return cached
+    throttle = request.app.get(THROTTLE)
+    trusted = throttle.settings.trusted_proxies if throttle is not None else ()
+    source = source_of(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+    request[SOURCE] = source
+    return source
+
+
+def mark_refused(request: web.Request) -> None:
+    """The handler refused the call for a reason that counts against its source."""
+    request[REFUSED] = True
+
+
+async def count_refusal(request: web.Request) -> None:
+    throttle = request.app.get(THROTTLE)
+    if throttle is None:
+        return
+    try:
+        await throttle.refused(request_source(request))
+    except Exception:  # the refusal stands; losing one count is better than a 5xx
+        log.warning("refused call not counted: the registry is unreachable")
+
+
+def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> Callable[..., object]:
+    """429 for sources over their refusal limit (and keys over their rate with
+    ``per_key``); counts 401 answers and handlers' :func:`mark_refused` calls.
+
+    Paths under ``own_answers`` prefixes (the reference protocol, whose client reads
+    no HTTP status) are counted but not refused here: their routes answer in the
+    protocol's own words (see services/intake/compat_routes.py).
+    """
+
+    @web.middleware
+    async def throttled(request: web.Request, handler: Handler) -> web.StreamResponse:
+        throttle = request.app.get(THROTTLE)
+        if throttle is None or request.path in UNTHROTTLED_PATHS:
+            return await handler(request)
+        source = request_source(request)
+        if not (own_answers and request.path.startswith(own_answers)):
+            throttle.check_source(source)
+        if per_key:
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                await throttle.check_key(header.removeprefix("Bearer ").strip())
+        try:
+            response = await handler(request)
+        except Unauthorized:
+            await count_refusal(request)
+            raise
+        if request.get(REFUSED):
+            await count_refusal(request)
+        return response
+
+    return throttled
+
+
+async def open_throttle(
+    stack: contextlib.AsyncExitStack,
+    settings: ThrottleSettings,
+    service: str,
+    pool: Pool,
+    database_url: str,
+    on_payload: Callable[[str], None] | None = None,
+    on_connected: Callable[[bool], None] | None = None,
+) -> Throttle:
+    """A service's throttle with its shared counters and its invalidation listener.
+
+    The listener applies ``source:`` announcements itself and hands every other
+    payload (``device:<id>``) to ``on_payload``; ``on_connected`` learns when
+    notifications may have been missed.
+    """
+
+    async def announce(source: str, until: float) -> None:
+        await notify(pool, f"source:{source} {until:.3f}")
+
+    throttle = Throttle(settings, service, PostgresStorage(pool), announce)
+
+    def deliver(payload: str) -> None:
+        if not throttle.apply_announcement(payload) and on_payload is not None:
+            on_payload(payload)
+
+    listener = Listener(database_url, deliver, on_connected or (lambda _up: None))
+    await listener.start()
+    stack.push_async_callback(listener.stop)
+    return throttle

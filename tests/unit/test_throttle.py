@@ -1,0 +1,131 @@
+"""The throttle's rules without I/O: which address counts, what the settings mean, and
+that refusals (never healthy calls) lead to 429 with a growing Retry-After."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from limits.aio.storage import MemoryStorage
+
+from shared.errors import TooManyRequests
+from shared.settings import Env, SettingsError
+from shared.throttle import Throttle, ThrottleSettings, source_of
+
+PROXY = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def settings(**env: str) -> ThrottleSettings:
+    return ThrottleSettings.from_env(Env(env))
+
+
+def test_defaults_throttle_refusals_and_keys_but_not_codes() -> None:
+    s = settings()
+    assert [str(i) for i in s.refusals_per_source] == [
+        "30 per 1 minute",
+        "300 per 1 hour",
+        "1000 per 1 day",
+    ]
+    assert s.requests_per_key
+    assert s.new_devices_per_code == ()
+    assert s.trusted_proxies == ()
+
+
+@pytest.mark.parametrize("value", ["lots", "30/fortnight", "30 per"])
+def test_a_malformed_limit_names_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="FLEETREG_LIMIT_REFUSALS_PER_SOURCE"):
+        settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE=value)
+
+
+def test_off_turns_a_limit_off_and_proxies_are_parsed() -> None:
+    s = settings(FLEETREG_LIMIT_REQUESTS_PER_KEY="off", FLEETREG_TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.1")
+    assert s.requests_per_key == ()
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+    with pytest.raises(SettingsError, match="FLEETREG_TRUSTED_PROXIES"):
+        settings(FLEETREG_TRUSTED_PROXIES="not-an-address")
+
+
+def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
+    assert source_of("198.51.100.7", "203.0.113.9", PROXY) == "198.51.100.7"
+    assert source_of("10.1.2.3", "203.0.113.9", PROXY) == "203.0.113.9"
+    # The client may put anything in front; only the hop the proxy added counts.
+    assert source_of("10.1.2.3", "1.1.1.1, 203.0.113.9", PROXY) == "203.0.113.9"
+    # Several trusted proxies in a row are skipped.
+    assert source_of("10.1.2.3", "203.0.113.9, 10.9.9.9", PROXY) == "203.0.113.9"
+    assert source_of("10.1.2.3", "garbage", PROXY) == "10.1.2.3"
+    assert source_of(None, None, ()) == "unknown"
+
+
+def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() -> None:
+    one = source_of("2001:db8:1:2:aaaa::1", None, ())
+    two = source_of("2001:db8:1:2:ffff::9", None, ())
+    assert one == two == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1", None, ()) != one
+    assert source_of("::ffff:192.0.2.5", None, ()) == "192.0.2.5"
+
+
+async def test_refusals_past_the_limit_answer_429_with_retry_after() -> None:
+    throttle = Throttle(
+        settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE="3/minute;5/hour"), "test", MemoryStorage()
+    )
+    for _ in range(3):
+        throttle.check_source("192.0.2.1")
+        await throttle.refused("192.0.2.1")
+    throttle.check_source("192.0.2.1")  # three refusals are within the allowance
+    await throttle.refused("192.0.2.1")
+    with pytest.raises(TooManyRequests) as raised:
+        throttle.check_source("192.0.2.1")
+    assert 1 <= raised.value.retry_after <= 60
+    assert raised.value.headers() == {"Retry-After": str(raised.value.retry_after)}
+    throttle.check_source("192.0.2.2")  # another address is not affected
+
+
+async def test_persistence_makes_the_wait_grow_to_the_longer_window() -> None:
+    throttle = Throttle(
+        settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE="3/minute;5/hour"), "test", MemoryStorage()
+    )
+    for _ in range(6):  # past the hourly allowance as well
+        await throttle.refused("192.0.2.1")
+    with pytest.raises(TooManyRequests) as raised:
+        throttle.check_source("192.0.2.1")
+    assert raised.value.retry_after > 60
+
+
+async def test_another_instance_learns_a_block_from_its_announcement() -> None:
+    announced: list[str] = []
+
+    async def announce(source: str, until: float) -> None:
+        announced.append(f"source:{source} {until:.3f}")
+
+    first = Throttle(
+        settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE="1/minute"), "a", MemoryStorage(), announce
+    )
+    second = Throttle(settings(), "b", MemoryStorage())
+    await first.refused("2001:db8::/64")
+    await first.refused("2001:db8::/64")
+    assert len(announced) == 1
+    assert second.apply_announcement(announced[0])
+    with pytest.raises(TooManyRequests):
+        second.check_source("2001:db8::/64")
+    assert not second.apply_announcement("device:abc")
+
+
+async def test_key_rate_is_per_key() -> None:
+    throttle = Throttle(settings(FLEETREG_LIMIT_REQUESTS_PER_KEY="5/minute"), "test")
+    for _ in range(5):
+        await throttle.check_key("key-one")
+    with pytest.raises(TooManyRequests) as raised:
+        await throttle.check_key("key-one")
+    assert raised.value.rule == "requests_per_key"
+    await throttle.check_key("key-two")
+
+
+async def test_new_devices_per_code_counts_only_new_devices() -> None:
+    throttle = Throttle(settings(FLEETREG_LIMIT_NEW_DEVICES_PER_CODE="2/minute"), "test")
+    for _ in range(5):
+        await throttle.check_code("CODE")  # checks alone (reboots, retries) do not count
+    await throttle.count_new_device("CODE")
+    await throttle.count_new_device("CODE")
+    with pytest.raises(TooManyRequests, match="bulk identification code"):
+        await throttle.check_code("CODE")
+    await throttle.check_code("OTHER")
