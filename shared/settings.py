@@ -269,10 +269,14 @@ class PipelineSettings:
     group_id: str
     batch_size: int
     log_level: str
-    # Deduplication's brute-force guard: after this many refused bulk claims of one
-    # hardware ID within the window, claims by registration key are refused too.
+    # Deduplication's brute-force alert: this many wrong registration keys for one bulk
+    # hardware ID within the window raise a security alert; the right key still claims.
     max_failed_claims: int = 10
     failed_claims_window_s: float = 900.0
+    # Deduplication's clone limit: at most this many clones (H-N) of one claimed hardware ID
+    # of an account within the window; past it a clone claim is refused and nothing is created.
+    clone_limit: int = 100
+    clone_window_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
@@ -288,4 +292,6 @@ class PipelineSettings:
             failed_claims_window_s=env.number(
                 "FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS", 900.0, minimum=1.0
             ),
+            clone_limit=env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
+            clone_window_s=env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
         )

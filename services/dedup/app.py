@@ -14,8 +14,13 @@ SERVICE = "dedup"
 
 def create_app(settings: PipelineSettings) -> web.Application:
     app = base_app(SERVICE)
-    guard = handlers.ClaimGuard(settings.max_failed_claims, settings.failed_claims_window_s)
+    policy = handlers.Policy(
+        alert_threshold=settings.max_failed_claims,
+        alert_window_s=settings.failed_claims_window_s,
+        clone_limit=settings.clone_limit,
+        clone_window_s=settings.clone_window_s,
+    )
     app.cleanup_ctx.append(
-        consumer_context(SERVICE, settings, streams.subscriptions, streams.batch_handler(guard))
+        consumer_context(SERVICE, settings, streams.subscriptions, streams.batch_handler(policy))
     )
     return app

@@ -15,23 +15,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.db import devices, products
+from shared.db import alerts, devices, products
+from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
 from shared.db.devices import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
-    REASON_TOO_MANY_ATTEMPTS,
     Claim,
     Family,
     KnownDevice,
+    Limits,
     Verdict,
     decide,
 )
 from shared.domain.identifiers import family_stems
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
-from shared.metrics import PIPELINE_LATENCY, REGISTRATIONS
+from shared.metrics import (
+    PIPELINE_LATENCY,
+    QUOTA_REFUSALS,
+    REGISTRATIONS,
+    SECURITY_ALERT_EVENTS,
+    SECURITY_ALERTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,32 @@ def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome
     )
 
 
+@dataclass(frozen=True)
+class Policy:
+    """Deduplication's limits (FLEETREG_CLONE_LIMIT, FLEETREG_BULK_MAX_FAILED_CLAIMS, ...).
+
+    ``alert_threshold`` wrong registration keys for one bulk hardware ID within
+    ``alert_window_s`` raise a security alert; they never refuse the right key, so an
+    attacker cannot lock a real device out. ``clone_limit`` clones of one claimed hardware
+    ID within ``clone_window_s`` are created at most."""
+
+    alert_threshold: int = 10
+    alert_window_s: float = 900.0
+    clone_limit: int = 100
+    clone_window_s: float = 3600.0
+
+
+@dataclass
+class _Outcome:
+    """What one transaction decided, and the alert occurrences it recorded."""
+
+    records: list[DecisionRecord] = field(default_factory=list)
+    sightings: list[AlertSighting] = field(default_factory=list)
+    raised: list[AlertSighting] = field(default_factory=list)  # the occurrences that crossed a threshold
+
+
 async def decide_batch(
-    pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested], guard: ClaimGuard | None = None
+    pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested], policy: Policy | None = None
 ) -> Decisions:
     """Decide every request of a batch in one transaction; return what to publish."""
     out = Decisions()
@@ -96,7 +127,7 @@ async def decide_batch(
 
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
         try:
-            records = await _decide_and_record(pool, fresh, admissions, secret_matches, guard or ClaimGuard())
+            outcome = await _decide_and_record(pool, fresh, admissions, secret_matches, policy or Policy())
             break
         except RegistryConflict:
             # Another instance took a hardware ID meanwhile (a rebalance): decide again on fresh state.
@@ -105,8 +136,9 @@ async def decide_batch(
             )
             if attempt == MAX_CONFLICT_RETRIES:
                 raise
+    _count_limits(outcome)
     now = time.time()
-    for record in records:
+    for record in outcome.records:
         verdict, device = record.verdict, record.verdict.device
         REGISTRATIONS.labels(verdict.decision).inc()
         PIPELINE_LATENCY.labels("decided").observe(max(0.0, now - record.received_at))
@@ -135,23 +167,27 @@ async def decide_batch(
     return out
 
 
-@dataclass(frozen=True)
-class ClaimGuard:
-    """Brute-force guard of bulk claims: a wrong key counts against the hardware ID, and
-    past ``limit`` refusals within the window a claim by key is refused whatever the key
-    (a device presenting its device secret is not held back)."""
-
-    limit: int = 10
-    window_s: float = 900.0
-
-    def check(self, claim: Claim, verdict: Verdict, failures: dict[str, int]) -> Verdict:
-        if verdict.decision == "same":
-            return verdict
-        if failures.get(claim.hardware_id, 0) >= self.limit:
-            return Verdict("refused", reason=REASON_TOO_MANY_ATTEMPTS)
-        if verdict.reason == REASON_BULK_NOT_LISTED:
-            failures[claim.hardware_id] = failures.get(claim.hardware_id, 0) + 1
-        return verdict
+def _count_limits(outcome: _Outcome) -> None:
+    """Metrics and log lines of a committed transaction (never of one decided again)."""
+    for record in outcome.records:
+        if record.verdict.quota is not None:
+            QUOTA_REFUSALS.labels(record.verdict.quota).inc()
+    for sighting in outcome.sightings:
+        SECURITY_ALERT_EVENTS.labels(sighting.kind).inc()
+    for sighting in outcome.raised:
+        SECURITY_ALERTS.labels(sighting.kind).inc()
+        # The hardware ID is not a secret; the keys tried are never logged (only digests travel).
+        log.warning(
+            "security alert: repeated wrong registration keys for one hardware ID",
+            extra={
+                "alert": sighting.kind,
+                "account_id": sighting.account_id,
+                "product_id": sighting.product_id,
+                "hardware_id": sighting.hardware_id,
+                "wrong_keys": sighting.wrong_keys,
+                "window_s": sighting.window_s,
+            },
+        )
 
 
 async def _decide_and_record(
@@ -159,9 +195,10 @@ async def _decide_and_record(
     requests: Sequence[RegistrationRequested],
     admissions: dict[str, CodeAdmission],
     secret_matches: Callable[[KnownDevice, str], bool],
-    guard: ClaimGuard,
-) -> list[DecisionRecord]:
-    records: list[DecisionRecord] = []
+    policy: Policy,
+) -> _Outcome:
+    out = _Outcome()
+    records = out.records
     by_product: dict[tuple[str, str], list[tuple[RegistrationRequested, CodeAdmission]]] = defaultdict(list)
     for request in requests:
         admission = admissions.get(request.bulk_identification_code)
@@ -180,18 +217,26 @@ async def _decide_and_record(
         else:
             by_product[(admission.account_id, admission.product_id)].append((request, admission))
 
+    auto_registrations = [
+        a.registration_id for items in by_product.values() for _, a in items if a.kind == "auto"
+    ]
     async with pool.acquire() as conn, conn.transaction():
+        now = time.time()
+        # Only registrations with a quota are locked and counted (see products.lock_quotas).
+        quotas = await products.lock_quotas(conn, [r for r in auto_registrations if r])
+        counts = await devices.count_registration_devices(conn, list(quotas))
         for (account_id, product_id), items in by_product.items():
             stems = [stem for request, _ in items for stem in family_stems(request.hardware_id)]
             keys = [r.idempotency_key for r, _ in items if r.idempotency_key]
             family = Family.of(
                 await devices.load_family(conn, account_id, stems),
                 await devices.load_idempotent(conn, product_id, keys),
+                counts,
             )
             bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
             failures = (
                 await devices.failed_claims(
-                    conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, guard.window_s
+                    conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, policy.alert_window_s
                 )
                 if bulk_items
                 else {}
@@ -199,15 +244,22 @@ async def _decide_and_record(
             for request, admission in items:
                 claim = _claim(request)
                 kind: Literal["auto", "bulk"] = "bulk" if admission.kind == "bulk" else "auto"
+                registration_id = admission.registration_id or ""
                 verdict = decide(
                     claim,
                     family,
                     kind=kind,
-                    registration_id=admission.registration_id or "",
+                    registration_id=registration_id,
                     secret_matches=secret_matches,
+                    limits=Limits(
+                        max_devices=quotas.get(registration_id),
+                        clone_limit=policy.clone_limit,
+                        clone_window_s=policy.clone_window_s,
+                        now=now,
+                    ),
                 )
-                if kind == "bulk":
-                    verdict = guard.check(claim, verdict, failures)
+                if kind == "bulk" and verdict.reason == REASON_BULK_NOT_LISTED:
+                    _count_wrong_key(out, policy, failures, family, claim, account_id, product_id)
                 family.apply(claim, verdict)
                 records.append(
                     DecisionRecord(
@@ -220,7 +272,38 @@ async def _decide_and_record(
                     )
                 )
         await devices.record_decisions(conn, records)
-    return records
+        await alerts.record(conn, out.sightings)
+    return out
+
+
+def _count_wrong_key(
+    out: _Outcome,
+    policy: Policy,
+    failures: dict[str, int],
+    family: Family,
+    claim: Claim,
+    account_id: str,
+    product_id: str,
+) -> None:
+    """A wrong key (or an unlisted hardware ID: the device cannot tell them apart, nor can
+    this count) for the claimed hardware ID; at the threshold and past it, an alert."""
+    wrong_keys = failures.get(claim.hardware_id, 0) + 1
+    failures[claim.hardware_id] = wrong_keys
+    if wrong_keys < policy.alert_threshold:
+        return
+    listed = family.devices.get(claim.hardware_id)
+    sighting = AlertSighting(
+        account_id=account_id,
+        product_id=product_id,
+        kind=BULK_KEY_GUESSING,
+        hardware_id=claim.hardware_id,
+        listed=listed is not None and bool(listed.registration_key_digest),
+        wrong_keys=wrong_keys,
+        window_s=policy.alert_window_s,
+    )
+    out.sightings.append(sighting)
+    if wrong_keys == policy.alert_threshold:
+        out.raised.append(sighting)
 
 
 async def apply_signals(pool: Pool, signals: Sequence[DeviceSignal]) -> None:

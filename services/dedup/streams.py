@@ -15,12 +15,12 @@ def subscriptions(topics: Topics) -> Sequence[str]:
 
 
 def batch_handler(
-    guard: handlers.ClaimGuard,
+    policy: handlers.Policy,
 ) -> Callable[[Pipeline], Callable[[list[Event]], Awaitable[None]]]:
-    return lambda pipeline: _handler(pipeline, guard)
+    return lambda pipeline: _handler(pipeline, policy)
 
 
-def _handler(pipeline: Pipeline, guard: handlers.ClaimGuard) -> Callable[[list[Event]], Awaitable[None]]:
+def _handler(pipeline: Pipeline, policy: handlers.Policy) -> Callable[[list[Event]], Awaitable[None]]:
     topics = pipeline.topics
 
     async def handle(batch: list[Event]) -> None:
@@ -30,7 +30,7 @@ def _handler(pipeline: Pipeline, guard: handlers.ClaimGuard) -> Callable[[list[E
             await handlers.apply_signals(pipeline.pool, signals)
         if not requests:
             return
-        decisions = await handlers.decide_batch(pipeline.pool, pipeline.keyring, requests, guard)
+        decisions = await handlers.decide_batch(pipeline.pool, pipeline.keyring, requests, policy)
         await publish_many(
             pipeline.producer,
             [

@@ -26,8 +26,14 @@ class RegistryConflict(Exception):
 SELECT_FAMILY = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, fingerprint, lifecycle, disabled,
            credential_generation, registration_id::text,
-           coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest
+           coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
+           extract(epoch FROM created_at)::float8 AS created_at
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
+# Run after the registrations' rows are locked (products.lock_quotas): a statement of its
+# own, so that it sees every device a transaction that held the lock before committed.
+COUNT_REGISTRATION_DEVICES = """
+    SELECT registration_id::text, count(*) AS devices FROM devices
+    WHERE registration_id = ANY($1::uuid[]) GROUP BY registration_id"""
 SELECT_IDEMPOTENT = """
     SELECT DISTINCT ON (idempotency_key) idempotency_key, device_id::text
     FROM registration_decisions
@@ -192,6 +198,7 @@ def _known(row: Any) -> KnownDevice:
         credential_generation=row["credential_generation"],
         registration_id=row["registration_id"],
         registration_key_digest=row["registration_key_digest"],
+        created_at=row["created_at"],
     )
 
 
@@ -204,6 +211,15 @@ async def load_idempotent(conn: Connection, product_id: str, keys: Sequence[str]
         return {}
     rows = await conn.fetch(SELECT_IDEMPOTENT, product_id, list(set(keys)))
     return {r["idempotency_key"]: r["device_id"] for r in rows}
+
+
+async def count_registration_devices(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:
+    """Devices per registration (every registration asked for, 0 when it has none)."""
+    if not registration_ids:
+        return {}
+    rows = await conn.fetch(COUNT_REGISTRATION_DEVICES, list(set(registration_ids)))
+    counts = {r["registration_id"]: r["devices"] for r in rows}
+    return {registration_id: counts.get(registration_id, 0) for registration_id in registration_ids}
 
 
 async def failed_claims(

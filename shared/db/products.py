@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db.pool import Pool
+from shared.db.pool import Connection, Pool
 from shared.domain.admission import CodeAdmission
 from shared.domain.identifiers import new_code
 from shared.domain.products import ServiceSpec, bulk_service
@@ -49,6 +49,12 @@ SELECT_REGISTRATIONS = """
     ORDER BY r.created_at, r.id"""
 SET_REGISTRATION_STATUS = """UPDATE registrations SET status = $4, updated_at = now()
     WHERE id = $1 AND account_id = $2 AND kind = $3 RETURNING product_id::text"""
+# Rows of registrations without a quota are not locked: an unlimited registration pays
+# nothing. Locked in ID order, so that two batches never wait for each other in a circle.
+LOCK_QUOTAS = """
+    SELECT id::text, max_devices FROM registrations
+    WHERE id = ANY($1::uuid[]) AND max_devices IS NOT NULL
+    ORDER BY id FOR UPDATE"""
 RESOLVE_CODES = """
     SELECT c.code, c.revoked_at IS NOT NULL AS revoked, p.id::text AS product_id,
            p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status
@@ -256,3 +262,13 @@ async def resolve_codes(pool: Pool, codes: Sequence[str]) -> dict[str, CodeAdmis
         )
         for r in rows
     }
+
+
+async def lock_quotas(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:
+    """The device quota (``max_devices``) of each registration that has one, its row locked
+    until the caller's transaction ends, so that instances deciding claims of the same
+    registration count its devices one after the other."""
+    if not registration_ids:
+        return {}
+    rows = await conn.fetch(LOCK_QUOTAS, sorted(set(registration_ids)))
+    return {r["id"]: r["max_devices"] for r in rows}
