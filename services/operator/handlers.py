@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.db import accounts, devices, products
+from shared.db import accounts, alerts, devices, products
 from shared.db.accounts import Account
 from shared.db.pool import Pool
 from shared.domain.identifiers import is_uuid
@@ -13,6 +13,10 @@ from shared.domain.products import validate_product, validate_service
 from shared.errors import InvalidInput
 
 AUTO = "auto"
+# The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
+MAX_DEVICES_LIMIT = 2_147_483_647
+# Device IDs one batch action takes: one transaction, an answer of bounded size.
+BATCH_MAX_IDS = 1000
 
 
 async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +34,42 @@ async def create_auto_registration(pool: Pool, account: Account, body: dict[str,
         raise InvalidInput("product_id is required", field="product_id", rule="required")
     if not is_uuid(product_id):
         raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
-    registration_id = await products.create_registration(pool, account.id, product_id, AUTO, "active")
+    max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
+    registration_id = await products.create_registration(
+        pool, account.id, product_id, AUTO, "active", max_devices
+    )
+    return await products.get_registration(pool, account.id, AUTO, registration_id)
+
+
+def _max_devices(value: object) -> int | None:
+    """An auto registration's device quota: a whole number 1..MAX_DEVICES_LIMIT, or null (none)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(
+            "max_devices must be a whole number or null", field="max_devices", rule="type=integer"
+        )
+    if not 1 <= value <= MAX_DEVICES_LIMIT:
+        raise InvalidInput(
+            f"max_devices must be 1-{MAX_DEVICES_LIMIT} (null: no quota)",
+            field="max_devices",
+            rule=f"range=1..{MAX_DEVICES_LIMIT}",
+        )
+    return value
+
+
+async def update_auto_registration(
+    pool: Pool, account: Account, registration_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Change an auto registration's settings: ``max_devices`` (null clears the quota)."""
+    unknown = sorted(set(body) - {"max_devices"})
+    if unknown:
+        raise InvalidInput(
+            f"{unknown[0]} cannot be changed here (only max_devices)", field=unknown[0], rule="unknown_field"
+        )
+    if "max_devices" not in body:
+        raise InvalidInput("max_devices is required", field="max_devices", rule="required")
+    await products.set_max_devices(pool, account.id, registration_id, _max_devices(body["max_devices"]))
     return await products.get_registration(pool, account.id, AUTO, registration_id)
 
 
@@ -106,19 +145,101 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
 DECISIONS = ("new", "same", "clone", "refused")
 
 
+def _before(query: dict[str, str]) -> datetime | None:
+    """The optional ``before`` cursor of a newest-first listing (ISO 8601)."""
+    if not query.get("before"):
+        return None
+    try:
+        return datetime.fromisoformat(query["before"])
+    except ValueError as exc:
+        raise InvalidInput(
+            "before must be an ISO 8601 time", field="before", rule="format=date-time"
+        ) from exc
+
+
 async def list_decisions(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
     decision = _choice(query, "decision", DECISIONS)
     limit = _page_limit(query, page_limit_max)
-    before = None
-    if query.get("before"):
-        try:
-            before = datetime.fromisoformat(query["before"])
-        except ValueError as exc:
-            raise InvalidInput(
-                "before must be an ISO 8601 time", field="before", rule="format=date-time"
-            ) from exc
+    before = _before(query)
     found = await devices.list_decisions(pool, account.id, decision=decision, before=before, limit=limit)
     return {"decisions": found, "next_before": found[-1]["decided_at"] if len(found) == limit else None}
+
+
+def _device_ids(body: dict[str, Any]) -> list[str]:
+    """``device_ids``: 1..BATCH_MAX_IDS distinct device IDs (UUIDs), lower-cased."""
+    raw = body.get("device_ids")
+    if raw is None:
+        raise InvalidInput("device_ids is required", field="device_ids", rule="required")
+    if not isinstance(raw, list):
+        raise InvalidInput("device_ids must be a list of device IDs", field="device_ids", rule="type=array")
+    if not 1 <= len(raw) <= BATCH_MAX_IDS:
+        raise InvalidInput(
+            f"device_ids must hold 1-{BATCH_MAX_IDS} IDs; it holds {len(raw)}",
+            field="device_ids",
+            rule=f"items=1..{BATCH_MAX_IDS}",
+        )
+    ids: list[str] = []
+    seen: set[str] = set()
+    for index, value in enumerate(raw):
+        where = f"device_ids[{index}]"
+        if not isinstance(value, str) or not is_uuid(value):
+            raise InvalidInput(f"{where} is not a device ID", field=where, rule="format=uuid")
+        device_id = value.lower()
+        if device_id in seen:
+            raise InvalidInput(f"{where} is given twice", field=where, rule="unique")
+        seen.add(device_id)
+        ids.append(device_id)
+    return ids
+
+
+async def change_devices(
+    pool: Pool, account: Account, body: dict[str, Any], action: devices.DeviceAction, *, online_ttl: float
+) -> dict[str, Any]:
+    """Disable or reset many devices in one transaction; one result per ID, in order: the
+    outcome and the device as it is now (null when not found in this account)."""
+    ids = _device_ids(body)
+    changes = await devices.change_devices(pool, account.id, ids, action)
+    now = await devices.devices_by_id(pool, account.id, ids, online_ttl)
+    counts: dict[str, int] = {}
+    for change in changes:
+        counts[change.outcome] = counts.get(change.outcome, 0) + 1
+    return {
+        "action": action,
+        "results": [
+            {"id": c.device_id, "outcome": c.outcome, "device": now.get(c.device_id)} for c in changes
+        ],
+        "counts": counts,
+    }
+
+
+ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
+
+
+async def list_security_alerts(
+    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
+) -> dict[str, Any]:
+    """The account's security alerts, most recently seen first; ``before`` pages back."""
+    kind = _choice(query, "kind", ALERT_KINDS)
+    limit = _page_limit(query, page_limit_max)
+    before = _before(query)
+    found = await alerts.list_alerts(pool, account.id, kind=kind, before=before, limit=limit)
+    return {
+        "security_alerts": [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "product_id": a.product_id,
+                "hardware_id": a.hardware_id,
+                "listed": a.listed,
+                "wrong_keys": a.wrong_keys,
+                "window_seconds": a.window_seconds,
+                "first_seen_at": a.first_seen_at.isoformat(),
+                "last_seen_at": a.last_seen_at.isoformat(),
+            }
+            for a in found
+        ],
+        "next_before": found[-1].last_seen_at.isoformat() if len(found) == limit else None,
+    }

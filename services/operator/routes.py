@@ -64,6 +64,11 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
             pool(request), account.id, handlers.AUTO, path_id(request, "registration_id")
         )
 
+    async def update_auto(request: web.Request, account: Account) -> Any:
+        return await handlers.update_auto_registration(
+            pool(request), account, path_id(request, "registration_id"), await parse_json_body(request)
+        )
+
     def change_auto(action: str) -> AuthedHandler:
         async def change(request: web.Request, account: Account) -> Any:
             return await handlers.change_auto_registration(
@@ -98,6 +103,26 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
         await devices.reset_device(pool(request), account.id, path_id(request, "device_id"))
         return await get_device(request, account)
 
+    def change_devices(action: devices.DeviceAction) -> AuthedHandler:
+        async def change(request: web.Request, account: Account) -> Any:
+            return await handlers.change_devices(
+                pool(request),
+                account,
+                await parse_json_body(request),
+                action,
+                online_ttl=request.app[key].settings.online_ttl_seconds,
+            )
+
+        return change
+
+    async def list_alerts(request: web.Request, account: Account) -> Any:
+        return await handlers.list_security_alerts(
+            pool(request),
+            account,
+            dict(request.query),
+            page_limit_max=request.app[key].settings.page_limit_max,
+        )
+
     async def list_decisions(request: web.Request, account: Account) -> Any:
         return await handlers.list_decisions(
             pool(request),
@@ -130,13 +155,17 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
     r.add_post("/v1/auto-registrations", authed(create_auto, 201))
     r.add_get("/v1/auto-registrations", authed(list_auto))
     r.add_get("/v1/auto-registrations/{registration_id}", authed(get_auto))
+    r.add_patch("/v1/auto-registrations/{registration_id}", authed(update_auto))
     for action in ("pause", "resume", "rotate-code"):
         r.add_post(f"/v1/auto-registrations/{{registration_id}}/{action}", authed(change_auto(action)))
     r.add_get("/v1/devices", authed(list_devices))
+    r.add_post("/v1/devices/disable", authed(change_devices("disable")))
+    r.add_post("/v1/devices/reset", authed(change_devices("reset")))
     r.add_get("/v1/devices/{device_id}", authed(get_device))
     r.add_post("/v1/devices/{device_id}/disable", authed(disable_device))
     r.add_post("/v1/devices/{device_id}/reset", authed(reset_device))
     r.add_get("/v1/registration-decisions", authed(list_decisions))
+    r.add_get("/v1/security-alerts", authed(list_alerts))
     r.add_get("/v1/api-keys", authed(list_keys))
     r.add_post("/v1/api-keys", authed(create_key, 201))
     r.add_delete("/v1/api-keys/{key_id}", authed(revoke_key))

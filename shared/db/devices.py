@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -27,7 +27,10 @@ SELECT_FAMILY = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, fingerprint, lifecycle, disabled,
            credential_generation, registration_id::text,
            coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
-           extract(epoch FROM created_at)::float8 AS created_at
+           extract(epoch FROM created_at)::float8 AS created_at,
+           EXISTS (SELECT 1 FROM registration_decisions d
+                   WHERE d.device_id = devices.id AND d.idempotency_key IS NOT NULL
+                     AND d.decision IN ('new', 'clone')) AS registered_with_key
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
 # Run after the registrations' rows are locked (products.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
@@ -147,18 +150,45 @@ SELECT_DECISIONS = """
     WHERE account_id = $1 AND ($2::text IS NULL OR decision = $2)
       AND ($3::timestamptz IS NULL OR decided_at < $3)
     ORDER BY decided_at DESC, request_id DESC LIMIT $4"""
-SET_DISABLED = """
-    WITH changed AS (UPDATE devices SET disabled = true WHERE id = $1 AND account_id = $2 AND NOT disabled
-                     RETURNING id)
-    INSERT INTO device_events (device_id, kind) SELECT id, 'disabled' FROM changed"""
-RESET_DEVICE = """
+# The intake LISTENs on fleetreg_invalidate (shared/db/throttle.py INVALIDATION_CHANNEL) to
+# drop a cached device at once (payload ``device:<lower-case uuid>``); Postgres delivers a
+# notification when, and only if, the transaction that sent it commits.
+SELECT_FOR_CHANGE = """
+    SELECT id::text, disabled FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2
+    ORDER BY id FOR UPDATE"""
+DISABLE_DEVICES = """
+    WITH changed AS (
+        UPDATE devices SET disabled = true
+        WHERE id = ANY($1::uuid[]) AND account_id = $2 AND NOT disabled RETURNING id),
+    events AS (INSERT INTO device_events (device_id, kind) SELECT id, 'disabled' FROM changed)
+    SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
+RESET_DEVICES = """
     WITH changed AS (
         UPDATE devices SET lifecycle = 'preregistered', credential_generation = credential_generation + 1,
                            fingerprint = '', provisioned_at = NULL
-        WHERE id = $1 AND account_id = $2 RETURNING id, credential_generation)
-    INSERT INTO device_events (device_id, kind, detail)
-    SELECT id, 'reset', jsonb_build_object('credential_generation', credential_generation) FROM changed
-    RETURNING device_id"""
+        WHERE id = ANY($1::uuid[]) AND account_id = $2 AND NOT disabled
+        RETURNING id, credential_generation),
+    events AS (
+        INSERT INTO device_events (device_id, kind, detail)
+        SELECT id, 'reset', jsonb_build_object('credential_generation', credential_generation) FROM changed)
+    SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
+SELECT_DEVICES_BY_ID = """
+    SELECT id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle, disabled,
+           product_id::text, registration_id::text, created_at, registered_at, provisioned_at, last_seen_at,
+           credential_generation
+    FROM devices WHERE account_id = $1 AND id = ANY($2::uuid[])"""
+
+DeviceAction = Literal["disable", "reset"]
+# What an action did to one device: changed (disabled, reset), nothing to do (unchanged: it
+# was disabled already), refused (conflict: a disabled device cannot be reset), not_found
+# (no such device in this account, whatever other account may hold the ID).
+ChangeOutcome = Literal["disabled", "reset", "unchanged", "conflict", "not_found"]
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    device_id: str
+    outcome: ChangeOutcome
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,7 @@ def _known(row: Any) -> KnownDevice:
         registration_id=row["registration_id"],
         registration_key_digest=row["registration_key_digest"],
         created_at=row["created_at"],
+        registered_with_key=row["registered_with_key"],
     )
 
 
@@ -450,25 +481,47 @@ async def list_decisions(
     ]
 
 
-async def disable_device(pool: Pool, account_id: str, device_id: str) -> None:
+async def change_devices(
+    pool: Pool, account_id: str, device_ids: Sequence[str], action: DeviceAction
+) -> list[DeviceChange]:
+    """Disable or reset the account's devices among ``device_ids`` in one transaction: one
+    outcome per ID, in the order given. Every device changed is announced on
+    ``fleetreg_invalidate`` in the same transaction. Another account's device is not found."""
+    ids = [device_id.lower() for device_id in device_ids]
     async with pool.acquire() as conn, conn.transaction():
-        exists = await conn.fetchval(
-            "SELECT 1 FROM devices WHERE id = $1 AND account_id = $2", device_id, account_id
+        found = {r["id"]: r["disabled"] for r in await conn.fetch(SELECT_FOR_CHANGE, ids, account_id)}
+        statement = DISABLE_DEVICES if action == "disable" else RESET_DEVICES
+        changed = {r["id"] for r in await conn.fetch(statement, list(found), account_id)}
+    done: ChangeOutcome = "disabled" if action == "disable" else "reset"
+    kept: ChangeOutcome = "unchanged" if action == "disable" else "conflict"
+    return [
+        DeviceChange(
+            device_id, "not_found" if device_id not in found else done if device_id in changed else kept
         )
-        if not exists:
-            raise NotFound(f"no device {device_id} in this account")
-        await conn.execute(SET_DISABLED, device_id, account_id)
+        for device_id in ids
+    ]
+
+
+async def devices_by_id(
+    pool: Pool, account_id: str, device_ids: Sequence[str], online_ttl: float = 300
+) -> dict[str, dict[str, Any]]:
+    """The account's devices among ``device_ids``, by ID (others are absent)."""
+    rows = await pool.fetch(SELECT_DEVICES_BY_ID, account_id, list(device_ids))
+    return {r["id"]: _device_view(r, online_ttl) for r in rows}
+
+
+async def disable_device(pool: Pool, account_id: str, device_id: str) -> None:
+    """Disable one device (see :func:`change_devices`); an unknown one is not found."""
+    (change,) = await change_devices(pool, account_id, [device_id], "disable")
+    if change.outcome == "not_found":
+        raise NotFound(f"no device {device_id} in this account")
 
 
 async def reset_device(pool: Pool, account_id: str, device_id: str) -> None:
     """Reset for re-provisioning: the next claim of its hardware ID takes the device over,
     and its old device secret stops working."""
-    async with pool.acquire() as conn, conn.transaction():
-        disabled = await conn.fetchval(
-            "SELECT disabled FROM devices WHERE id = $1 AND account_id = $2", device_id, account_id
-        )
-        if disabled is None:
-            raise NotFound(f"no device {device_id} in this account")
-        if disabled:
-            raise Conflict(f"device {device_id} is disabled; a disabled device cannot be reset")
-        await conn.execute(RESET_DEVICE, device_id, account_id)
+    (change,) = await change_devices(pool, account_id, [device_id], "reset")
+    if change.outcome == "not_found":
+        raise NotFound(f"no device {device_id} in this account")
+    if change.outcome == "conflict":
+        raise Conflict(f"device {device_id} is disabled; a disabled device cannot be reset")

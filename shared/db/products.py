@@ -38,15 +38,18 @@ CLAIM_PRODUCT_KIND = """UPDATE products SET registration_kind = $3
       AND (registration_kind IS NULL OR registration_kind = $3)
     RETURNING id"""
 SELECT_PRODUCT_STATE = "SELECT status, registration_kind FROM products WHERE id = $1 AND account_id = $2"
-INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status)
-                         VALUES ($1, $2, $3, $4, $5)"""
+INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status, max_devices)
+                         VALUES ($1, $2, $3, $4, $5, $6)"""
 SELECT_REGISTRATIONS = """
     SELECT r.id::text, r.product_id::text, r.kind, r.status, r.created_at, r.updated_at,
-           c.code AS bulk_identification_code
+           c.code AS bulk_identification_code, r.max_devices,
+           (SELECT count(*) FROM devices d WHERE d.registration_id = r.id) AS device_count
     FROM registrations r
     LEFT JOIN bulk_identification_codes c ON c.product_id = r.product_id AND c.revoked_at IS NULL
     WHERE r.account_id = $1 AND r.kind = $2 AND ($3::uuid IS NULL OR r.id = $3)
     ORDER BY r.created_at, r.id"""
+SET_MAX_DEVICES = """UPDATE registrations SET max_devices = $4, updated_at = now()
+    WHERE id = $1 AND account_id = $2 AND kind = $3 RETURNING id"""
 SET_REGISTRATION_STATUS = """UPDATE registrations SET status = $4, updated_at = now()
     WHERE id = $1 AND account_id = $2 AND kind = $3 RETURNING product_id::text"""
 # Rows of registrations without a quota are not locked: an unlimited registration pays
@@ -173,8 +176,11 @@ async def lock_product(pool: Pool, account_id: str, product_id: str) -> dict[str
     return await get_product(pool, account_id, product_id)
 
 
-async def create_registration(pool: Pool, account_id: str, product_id: str, kind: str, status: str) -> str:
-    """Create an auto or bulk registration; a product serves one kind only, and one auto."""
+async def create_registration(
+    pool: Pool, account_id: str, product_id: str, kind: str, status: str, max_devices: int | None = None
+) -> str:
+    """Create an auto or bulk registration; a product serves one kind only, and one auto.
+    ``max_devices`` is an auto registration's device quota (None: none)."""
     registration_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(CLAIM_PRODUCT_KIND, product_id, account_id, kind)
@@ -193,7 +199,9 @@ async def create_registration(pool: Pool, account_id: str, product_id: str, kind
                 rule="one_registration_kind",
             )
         try:
-            await conn.execute(INSERT_REGISTRATION, registration_id, account_id, product_id, kind, status)
+            await conn.execute(
+                INSERT_REGISTRATION, registration_id, account_id, product_id, kind, status, max_devices
+            )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
                 f"product {product_id} has an auto registration already",
@@ -213,6 +221,8 @@ async def list_registrations(
             "kind": r["kind"],
             "status": r["status"],
             "bulk_identification_code": r["bulk_identification_code"],
+            "max_devices": r["max_devices"],
+            "device_count": r["device_count"],
             "created_at": r["created_at"].isoformat(),
             "updated_at": r["updated_at"].isoformat(),
         }
@@ -232,6 +242,13 @@ async def set_registration_status(
 ) -> None:
     if await pool.fetchval(SET_REGISTRATION_STATUS, registration_id, account_id, kind, status) is None:
         raise NotFound(f"no {kind} registration {registration_id} in this account")
+
+
+async def set_max_devices(pool: Pool, account_id: str, registration_id: str, max_devices: int | None) -> None:
+    """Set (or, with None, clear) an auto registration's device quota. It applies to the
+    claims decided after the answer; devices over a lowered quota are kept."""
+    if await pool.fetchval(SET_MAX_DEVICES, registration_id, account_id, "auto", max_devices) is None:
+        raise NotFound(f"no auto registration {registration_id} in this account")
 
 
 async def rotate_code(pool: Pool, account_id: str, registration_id: str) -> None:

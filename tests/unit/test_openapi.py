@@ -5,8 +5,9 @@ The code is the source of truth: the routes the operator app's router holds, whi
 for an account API key, the status a success answers with and the choices the handlers accept.
 The app is built but never started, so nothing here connects anywhere.
 
-PyYAML is not a dependency, hence the small line-based reader below. It reads the block layout
-this document uses (two spaces per level: paths at 2, methods at 4, operation keys at 6) and
+The route checks use the small line-based reader below, written when PyYAML was not yet a
+(dev) dependency; the newer checks at the end read the document with PyYAML. The reader reads
+the block layout this document uses (two spaces per level: paths at 2, methods at 4, operation keys at 6) and
 raises :class:`LayoutError` on anything else, so that a document it cannot read fails the tests
 instead of yielding fewer routes than are there.
 """
@@ -20,9 +21,11 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any, get_args
 
 import asyncpg
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -30,9 +33,11 @@ from services.operator import app as operator_app
 from services.operator import handlers, routes
 from services.operator.app import RESOURCES, create_app
 from services.operator.settings import OperatorSettings
+from shared.db.devices import ChangeOutcome
 from shared.domain.products import BULK_SERVICE_TYPE, SERVICE_TYPES
 from shared.errors import Unauthorized
 from shared.settings import DatabaseSettings, Env, HttpSettings, Secret
+from shared.throttle import UNTHROTTLED_PATHS
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "services" / "operator" / "openapi.yaml"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -570,3 +575,41 @@ def test_the_service_types_follow_the_code() -> None:
 
     assert set(enum("ServiceInput")) == set(SERVICE_TYPES) - {BULK_SERVICE_TYPE}
     assert set(enum("Service")) == set(SERVICE_TYPES)
+
+
+# --- throttling and the issue 9 operations (read with PyYAML, as a user's tools would) ---------
+
+
+@cache
+def loaded() -> dict[str, Any]:
+    document_: dict[str, Any] = yaml.safe_load(document())
+    return document_
+
+
+def test_every_throttled_route_documents_429_with_retry_after(app: web.Application) -> None:
+    """The throttle middleware answers 429 on every path but the operational ones."""
+    spec = loaded()
+    for method, path in sorted(code_routes(app)):
+        responses = spec["paths"][path][method.lower()]["responses"]
+        if path in UNTHROTTLED_PATHS:
+            assert "429" not in responses, f"{method} {path} is never throttled"
+        else:
+            assert responses.get("429") == {"$ref": "#/components/responses/TooManyRequests"}, (
+                f"{method} {path} documents no 429"
+            )
+    too_many = spec["components"]["responses"]["TooManyRequests"]
+    assert too_many["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    assert too_many["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert "retry_after" in spec["components"]["schemas"]["Error"]["properties"]
+
+
+def test_the_batch_outcomes_and_alert_kinds_follow_the_code() -> None:
+    schemas = loaded()["components"]["schemas"]
+    outcome = schemas["BatchResult"]["properties"]["results"]["items"]["properties"]["outcome"]
+    assert set(outcome["enum"]) == set(get_args(ChangeOutcome))
+    assert schemas["DeviceIdsInput"]["properties"]["device_ids"]["maxItems"] == handlers.BATCH_MAX_IDS
+    assert schemas["SecurityAlert"]["properties"]["kind"]["enum"] == list(handlers.ALERT_KINDS)
+    kinds = loaded()["paths"]["/v1/security-alerts"]["get"]["parameters"]
+    assert next(p for p in kinds if p["name"] == "kind")["schema"]["enum"] == list(handlers.ALERT_KINDS)
+    quota = schemas["AutoRegistrationInput"]["properties"]["max_devices"]
+    assert (quota["minimum"], quota["maximum"]) == (1, handlers.MAX_DEVICES_LIMIT)
