@@ -1,4 +1,4 @@
-"""``fleetreg auto create|pause|resume|rotate-code``"""
+"""``fleetreg auto create|update|pause|resume|rotate-code|list``"""
 
 from __future__ import annotations
 
@@ -16,7 +16,19 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         "create", parents=[common], help="start auto registration for a locked product"
     )
     create.add_argument("--product", required=True, metavar="ID")
+    create.add_argument(
+        "--max-devices",
+        type=int,
+        metavar="N",
+        help="at most N devices (new devices and clones); none by default",
+    )
     create.set_defaults(run=create_auto)
+    update = actions.add_parser("update", parents=[common], help="set or clear the device quota")
+    update.add_argument("id")
+    quota = update.add_mutually_exclusive_group(required=True)
+    quota.add_argument("--max-devices", type=int, metavar="N", help="at most N devices from now on")
+    quota.add_argument("--no-max-devices", action="store_true", help="remove the device quota")
+    update.set_defaults(run=update_auto)
     for action, text in (
         ("pause", "refuse new devices until resumed"),
         ("resume", "accept devices again"),
@@ -29,18 +41,42 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     listing.set_defaults(run=list_auto)
 
 
+PUBLIC = ("id", "product_id", "status", "bulk_identification_code", "max_devices", "device_count")
+
+
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
-    return {k: registration[k] for k in ("id", "product_id", "status", "bulk_identification_code")}
+    return {k: registration[k] for k in PUBLIC}
 
 
 def _show(registrations: list[dict[str, Any]]) -> None:
-    rows = [(r["id"], r["product_id"], r["status"], r["bulk_identification_code"]) for r in registrations]
-    print_table(rows, ["id", "product", "status", "bulk identification code"])
+    rows = [
+        (
+            r["id"],
+            r["product_id"],
+            r["status"],
+            r["bulk_identification_code"],
+            "-" if r["max_devices"] is None else r["max_devices"],
+            r["device_count"],
+        )
+        for r in registrations
+    ]
+    print_table(rows, ["id", "product", "status", "bulk identification code", "max devices", "devices"])
 
 
 async def create_auto(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"product_id": args.product}
+    if args.max_devices is not None:
+        body["max_devices"] = args.max_devices
     async with operator_client() as client:
-        registration = await client.post("/v1/auto-registrations", {"product_id": args.product})
+        registration = await client.post("/v1/auto-registrations", body)
+    emit_json(_public(registration)) if args.json else _show([registration])
+    return 0
+
+
+async def update_auto(args: argparse.Namespace) -> int:
+    body = {"max_devices": None if args.no_max_devices else args.max_devices}
+    async with operator_client() as client:
+        registration = await client.call("PATCH", f"/v1/auto-registrations/{args.id}", body=body)
     emit_json(_public(registration)) if args.json else _show([registration])
     return 0
 

@@ -6,9 +6,11 @@ import argparse
 from typing import Any
 
 from cli.client import OperatorClient, operator_client
+from cli.errors import CliError
 from cli.output import emit_json, print_table
 
 PAGE = 1000
+BATCH = 1000  # device IDs per batch call (the API's limit)
 
 
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
@@ -96,14 +98,41 @@ async def show_device(args: argparse.Namespace) -> int:
 
 
 async def change_devices(args: argparse.Namespace) -> int:
-    changed = []
+    """Reset or disable the devices given, through the batch endpoint: one call per
+    BATCH IDs (each call one transaction). Exits 1 if any ID was not found or refused."""
+    ids = list(dict.fromkeys(i.strip().lower() for i in args.ids))  # the API refuses repeats
+    results: list[dict[str, Any]] = []
     async with operator_client() as client:
-        for device_id in args.ids:
-            changed.append(await client.post(f"/v1/devices/{device_id}/{args.change}"))
-    if args.json:
-        emit_json({"devices": changed})
-    else:
+        for start in range(0, len(ids), BATCH):
+            answer = await client.post(
+                f"/v1/devices/{args.change}", {"device_ids": ids[start : start + BATCH]}
+            )
+            results.extend(answer["results"])
+    document = {
+        "devices": [r["device"] for r in results if r["device"] is not None],
+        "results": [{"id": r["id"], "outcome": r["outcome"]} for r in results],
+    }
+    failed = [r for r in results if r["outcome"] in ("not_found", "conflict")]
+    if not args.json:
         print_table(
-            [(d["id"], d["hardware_id"], d["state"]) for d in changed], ["id", "hardware id", "state"]
+            [
+                (
+                    r["id"],
+                    (r["device"] or {}).get("hardware_id", "-"),
+                    (r["device"] or {}).get("state", "-"),
+                    r["outcome"],
+                )
+                for r in results
+            ],
+            ["id", "hardware id", "state", "outcome"],
         )
+    if failed:
+        first = failed[0]
+        why = "not found in this account" if first["outcome"] == "not_found" else "disabled: cannot be reset"
+        raise CliError(
+            f"{len(failed)} of {len(results)} device(s) not changed; e.g. {first['id']}: {why}",
+            document if args.json else None,
+        )
+    if args.json:
+        emit_json(document)
     return 0

@@ -71,7 +71,7 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
     assert [p["id"] for p in listed["products"]] == [product["id"]]
 
     auto = await fleetreg_json(operator, system, "auto", "create", "--product", product["id"])
-    assert set(auto) == {"id", "product_id", "status", "bulk_identification_code"}
+    assert set(auto) == {"id", "product_id", "status", "bulk_identification_code", "max_devices", "device_count"}
     assert (auto["status"], auto["bulk_identification_code"]) == (
         "active",
         locked["bulk_identification_code"],
