@@ -52,13 +52,11 @@ log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_REFUSALS_PER_SOURCE = "30/minute;300/hour;1000/day"
-DEFAULT_REQUESTS_PER_KEY = "25/second;1000/minute"
 MAX_BLOCKED_SOURCES = 100_000
 
 
-def _items(env: Env, name: str, default: str) -> tuple[RateLimitItem, ...]:
-    raw = env.text(name, default).strip()
+def _items(name: str, raw: str) -> tuple[RateLimitItem, ...]:
+    raw = raw.strip()
     if raw.lower() in ("", "off", "none", "0"):
         return ()
     try:
@@ -69,8 +67,7 @@ def _items(env: Env, name: str, default: str) -> tuple[RateLimitItem, ...]:
         ) from exc
 
 
-def _networks(env: Env, name: str) -> tuple[Network, ...]:
-    raw = env.text(name, "-")
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
     if raw == "-":
         return ()
     try:
@@ -94,11 +91,17 @@ class ThrottleSettings:
     def from_env(cls, env: Env) -> ThrottleSettings:
         return cls(
             refusals_per_source=_items(
-                env, "FLEETREG_LIMIT_REFUSALS_PER_SOURCE", DEFAULT_REFUSALS_PER_SOURCE
+                "FLEETREG_LIMIT_REFUSALS_PER_SOURCE",
+                env.text("FLEETREG_LIMIT_REFUSALS_PER_SOURCE", "30/minute;300/hour;1000/day"),
             ),
-            requests_per_key=_items(env, "FLEETREG_LIMIT_REQUESTS_PER_KEY", DEFAULT_REQUESTS_PER_KEY),
-            new_devices_per_code=_items(env, "FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", "off"),
-            trusted_proxies=_networks(env, "FLEETREG_TRUSTED_PROXIES"),
+            requests_per_key=_items(
+                "FLEETREG_LIMIT_REQUESTS_PER_KEY",
+                env.text("FLEETREG_LIMIT_REQUESTS_PER_KEY", "25/second;1000/minute"),
+            ),
+            new_devices_per_code=_items(
+                "FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", env.text("FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", "off")
+            ),
+            trusted_proxies=_networks("FLEETREG_TRUSTED_PROXIES", env.text("FLEETREG_TRUSTED_PROXIES", "-")),
         )
 
     @classmethod
@@ -208,7 +211,9 @@ class Throttle:
             return
         until = 0.0
         for item in self.settings.refusals_per_source:
-            if not await self._refusals.hit(item, "refusals", source):
+            # "30/minute" allows 30 refusals: the 30th already closes the window.
+            hit = await self._refusals.hit(item, "refusals", source)
+            if not hit or not await self._refusals.test(item, "refusals", source):
                 stats = await self._refusals.get_window_stats(item, "refusals", source)
                 until = max(until, stats.reset_time)
         if until > time.time():

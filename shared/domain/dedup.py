@@ -67,6 +67,9 @@ class KnownDevice:
     registration_id: str
     registration_key_digest: str = ""
     created_at: float = 0.0  # seconds since the epoch
+    # Its first registration carried an Idempotency-Key: then only that key, never the
+    # fingerprint alone, makes a later claim "the same device" before confirmation.
+    registered_with_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,9 @@ def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | No
             claim.hardware_id in (device.claimed_hardware_id, device.hardware_id)
             and device.fingerprint == claim.fingerprint
             and device.lifecycle == "registered"
+            # CPU ID and MAC are not secret: a device that registered with a key proves
+            # a retry with that key (checked first in decide), not with its fingerprint.
+            and not device.registered_with_key
         ):
             return device
     return None
@@ -238,12 +244,18 @@ def decide(
             credential_generation=1,
             registration_id=registration_id,
             created_at=limits.now,
+            registered_with_key=bool(claim.idempotency_key),
         )
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
     if existing.lifecycle == "preregistered":
         if existing.disabled:
             return Verdict("refused", device=existing, reason=REASON_DISABLED)
-        taken = replace(existing, fingerprint=claim.fingerprint, lifecycle="registered")
+        taken = replace(
+        existing,
+        fingerprint=claim.fingerprint,
+        lifecycle="registered",
+        registered_with_key=bool(claim.idempotency_key),
+    )
         return Verdict(
             "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
         )
@@ -259,6 +271,7 @@ def decide(
         credential_generation=1,
         registration_id=registration_id,
         created_at=limits.now,
+        registered_with_key=bool(claim.idempotency_key),
     )
     return Verdict(
         "clone",
@@ -302,5 +315,10 @@ def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
         return Verdict("refused", device=existing, reason=REASON_DISABLED)
     if existing.lifecycle != "preregistered":
         return Verdict("refused", device=existing, reason=REASON_BULK_ALREADY_CLAIMED)
-    taken = replace(existing, fingerprint=claim.fingerprint, lifecycle="registered")
+    taken = replace(
+        existing,
+        fingerprint=claim.fingerprint,
+        lifecycle="registered",
+        registered_with_key=bool(claim.idempotency_key),
+    )
     return Verdict("new", device=taken, claimed_preregistered=True, reason="bulk device claimed with its key")

@@ -115,8 +115,13 @@ class System:
         process.start()
         await process.wait_ready()
 
-    async def add_instance(self, name: str) -> ServiceProcess:
-        process = ServiceProcess(name, f"{name}-{len(self.extra) + 2}", self.env)
+    async def add_instance(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        """One more instance of a service, with ``env`` on top of the system's settings
+        (and the same consumer group as the first instance)."""
+        group = {"FLEETREG_CONSUMER_GROUP": self.services[name].env["FLEETREG_CONSUMER_GROUP"]}
+        if name == "intake":  # its https listener needs a port of its own too
+            group["FLEETREG_COMPAT_PORT"] = str(free_port())
+        process = ServiceProcess(name, f"{name}-{len(self.extra) + 2}", {**self.env, **group, **(env or {})})
         process.start()
         self.extra.append(process)
         await process.wait_ready()
@@ -151,6 +156,10 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         "FLEETREG_TLS_CERT": str(tls / "server.pem"),
         "FLEETREG_TLS_KEY": str(tls / "server.key"),
         "FLEETREG_COMPAT_PORT": str(free_port()),
+        # Tests of other features make many refused calls from 127.0.0.1; the limits'
+        # defaults are tested on instances of their own (tests/e2e/test_throttling.py).
+        "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "10000/minute",
+        "FLEETREG_LIMIT_REQUESTS_PER_KEY": "10000/second",
     }
     services = {}
     for name in ("dedup", "provisioning", "intake", "operator", "ingestion"):

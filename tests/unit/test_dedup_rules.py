@@ -490,8 +490,8 @@ def test_retries_and_the_same_device_never_count_against_the_quota() -> None:
     fleet = Fleet(limits=Limits(max_devices=1, now=NOW))
     first = fleet.claim(H, FP_A, idempotency_key="k1")
     assert first.decision == "new"
-    # At the quota: a retry by fingerprint, by idempotency key and by secret are still the device.
-    assert fleet.claim(H, FP_A).decision == "same"
+    # At the quota: a retry by idempotency key and by secret are still the device.
+    assert fleet.claim(H, FP_A, idempotency_key="k1").decision == "same"
     assert fleet.claim(H, "", idempotency_key="k1").decision == "same"
     device = fleet.confirm(H)
     assert fleet.claim(H, FP_A, secret=presented_secret(device)).decision == "same"
@@ -548,3 +548,29 @@ def test_the_clone_limit_is_per_claimed_hardware_id_and_spares_new_devices_and_r
     assert fleet.claim(H, FP_B).decision == "same"
     # ...and another hardware ID has a limit of its own.
     assert [fleet.claim("other", fp).decision for fp in (FP_A, FP_B)] == ["new", "clone"]
+
+
+def test_after_a_keyed_registration_the_fingerprint_alone_is_no_longer_the_device() -> None:
+    """docs/security.md, "The window before ready": CPU ID and MAC are not secret, so a
+    device that registered with an Idempotency-Key proves a retry with that key; a
+    look-alike with the same hardware ID and fingerprint but no key is a clone and
+    gets a device (and secret) of its own, never the original's."""
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A, idempotency_key="k1")
+    assert first.decision == "new"
+    assert fleet.claim(H, FP_A, idempotency_key="k1").decision == "same"
+    assert fleet.claim(H, FP_A, idempotency_key="other").decision == "clone"
+    look_alike = fleet.claim(H, FP_A)
+    assert look_alike.decision == "clone"
+    assert look_alike.device is not None and first.device is not None
+    assert look_alike.device.id != first.device.id
+    assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2"]
+
+
+def test_without_a_key_the_fingerprint_retry_still_is_the_device() -> None:
+    """The domain rule (a lost response never creates H-1) for devices that send no key,
+    such as the reference client."""
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A)
+    assert fleet.claim(H, FP_A).decision == "same"
+    assert first.decision == "new"

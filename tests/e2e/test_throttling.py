@@ -1,0 +1,198 @@
+"""Throttling on the running services, with the default limits: floods from their own
+loopback addresses (127.x.y.z) get 429 while the real device and a healthy storm pass,
+on two intake instances, and a throttled call changes nothing in the registry.
+
+The shared e2e system runs with high limits (other tests make many refusals from
+127.0.0.1), so these tests start instances of their own with the defaults. Each run
+draws fresh source addresses: the refusal counters live in Postgres and outlast a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared.db.pool import Pool
+from tests.support.api import Operator, provision, register
+from tests.support.system import ROOT, ServiceProcess, System
+
+pytestmark = pytest.mark.e2e
+
+DEFAULTS = {  # the shipped defaults (shared/throttle.py), whatever the shared system uses
+    "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "30/minute;300/hour;1000/day",
+    "FLEETREG_LIMIT_REQUESTS_PER_KEY": "25/second;1000/minute",
+}
+FIRST_ALLOWANCE = 30
+
+
+def fresh_address() -> str:
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+
+
+@pytest.fixture(scope="module")
+async def own(system: System) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """Two intake instances and an operator and ingestion instance with the default limits."""
+    started = {
+        "intake": await system.add_instance("intake", DEFAULTS),
+        "intake2": await system.add_instance("intake", DEFAULTS),
+        "operator": await system.add_instance("operator", DEFAULTS),
+        "ingestion": await system.add_instance("ingestion", DEFAULTS),
+    }
+    yield started
+    for process in started.values():
+        process.stop()
+        system.extra.remove(process)
+
+
+def from_address(address: str) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=100)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def registration(session: aiohttp.ClientSession, url: str, code: str, hardware_id: str) -> Any:
+    body = {"bulk_identification_code": code, "hardware_id": hardware_id}
+    async with session.post(f"{url}/v1/registrations", json=body) as response:
+        return response.status, response.headers.get("Retry-After"), await response.json()
+
+
+async def test_a_flood_of_unknown_codes_is_throttled_while_the_real_device_passes(
+    own: dict[str, ServiceProcess], operator: Operator, pool: Pool
+) -> None:
+    registration_ = await operator.product()
+    code = registration_["bulk_identification_code"]
+    unknown = str(uuid.uuid4()).upper()
+    abuser = fresh_address()
+    async with from_address(abuser) as attacker:
+        answers = [await registration(attacker, own["intake"].url, unknown, f"h{i}") for i in range(60)]
+        statuses = Counter(status for status, _, _ in answers)
+        assert statuses == {403: FIRST_ALLOWANCE, 429: 60 - FIRST_ALLOWANCE}
+        throttled = [a for a in answers if a[0] == 429]
+        assert all(1 <= int(retry) <= 60 for _, retry, _ in throttled)
+        assert throttled[0][2]["error"] == "too_many_requests"
+        assert throttled[0][2]["rule"] == "refusals_per_source"
+        # The second intake instance refuses the address at once too (a Postgres notification).
+        status, retry, _ = await registration(attacker, own["intake2"].url, unknown, "h-other")
+        assert status == 429 and retry is not None
+        # A throttled call with a VALID code creates nothing: it never reaches the pipeline.
+        decisions_before = await pool.fetchval("SELECT count(*) FROM registration_decisions")
+        status, _, _ = await registration(attacker, own["intake"].url, code, "throttled-device")
+        assert status == 429
+        assert await operator.devices(hardware_id="throttled-device") == []
+        assert await pool.fetchval("SELECT count(*) FROM registration_decisions") == decisions_before
+    async with from_address(fresh_address()) as device:
+        answer = await register(device, own["intake"].url, code, "real-device", cpu_id="c1", mac="m1")
+        assert answer.status == 200 and answer.body["status"] == "ready"
+        await provision(device, own["intake2"].url, answer.body)
+
+
+async def test_guessing_device_secrets_is_throttled_but_the_device_keeps_working(
+    own: dict[str, ServiceProcess], operator: Operator
+) -> None:
+    registration_ = await operator.product()
+    async with from_address(fresh_address()) as device:
+        answer = await register(
+            device, own["intake"].url, registration_["bulk_identification_code"], "sec-1", cpu_id="c", mac="m"
+        )
+        manifest_url = f"{own['intake'].url}/v1/devices/{answer.body['device_id']}/manifest"
+    statuses = []
+    async with from_address(fresh_address()) as guesser:
+        for i in range(40):
+            headers = {"Authorization": f"Bearer guess-{i}"}
+            async with guesser.get(manifest_url, headers=headers) as response:
+                statuses.append(response.status)
+    assert Counter(statuses) == {401: FIRST_ALLOWANCE, 429: 40 - FIRST_ALLOWANCE}
+    async with from_address(fresh_address()) as device:
+        headers = {"Authorization": f"Bearer {answer.body['device_secret']}"}
+        async with device.get(manifest_url, headers=headers) as response:
+            assert response.status == 200
+
+
+async def test_random_api_keys_are_throttled_per_address_and_a_busy_key_per_key(
+    own: dict[str, ServiceProcess], operator: Operator
+) -> None:
+    statuses = []
+    async with from_address(fresh_address()) as guesser:
+        for _ in range(40):
+            headers = {"Authorization": f"Bearer {uuid.uuid4().hex}"}
+            async with guesser.get(f"{own['operator'].url}/v1/account", headers=headers) as response:
+                statuses.append(response.status)
+            async with guesser.get(f"{own['ingestion'].url}/v1/bulk-registrations", headers=headers) as r:
+                statuses.append(r.status)
+    assert statuses[:FIRST_ALLOWANCE] == [401] * FIRST_ALLOWANCE
+    assert set(statuses[FIRST_ALLOWANCE + 1 :]) == {429}
+
+    # One key, many calls at once: past its rate, 429 with Retry-After; the operator's
+    # other key (another dashboard, say) is not held back.
+    headers = {"Authorization": f"Bearer {operator.api_key}"}
+    async with from_address(fresh_address()) as busy:
+
+        async def call() -> tuple[int, str | None]:
+            async with busy.get(f"{own['operator'].url}/v1/account", headers=headers) as response:
+                return response.status, response.headers.get("Retry-After")
+
+        results = await asyncio.gather(*(call() for _ in range(300)))
+    by_status = Counter(status for status, _ in results)
+    assert by_status[200] >= 25 and by_status[429] > 0 and set(by_status) == {200, 429}
+    assert all(retry is not None and int(retry) >= 1 for status, retry in results if status == 429)
+    other = await operator.call("POST", "/v1/api-keys", {"label": "dashboard"}, expect=201)
+    async with (
+        from_address(fresh_address()) as dashboard,
+        dashboard.get(
+            f"{own['operator'].url}/v1/account", headers={"Authorization": f"Bearer {other['api_key']}"}
+        ) as response,
+    ):
+        assert response.status == 200
+
+
+async def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit(
+    own: dict[str, ServiceProcess],
+) -> None:
+    unknown = str(uuid.uuid4()).upper()
+    statuses = []
+    async with from_address(fresh_address()) as attacker:
+        for i in range(FIRST_ALLOWANCE + 5):
+            body = {"bulk_identification_code": unknown, "hardware_id": f"x{i}"}
+            headers = {"X-Forwarded-For": fresh_address()}  # a new "client" each time
+            async with attacker.post(f"{own['intake'].url}/v1/registrations", json=body, headers=headers) as r:
+                statuses.append(r.status)
+    assert statuses[-1] == 429
+
+
+async def test_a_storm_of_2000_devices_from_one_address_passes_the_defaults(
+    own: dict[str, ServiceProcess], operator: Operator, system: System
+) -> None:
+    registration_ = await operator.product()
+    env = {
+        "FLEETREG_DEVICE_URL": own["intake"].url,
+        "FLEETREG_ADMIN_URL": own["operator"].url,
+        "FLEETREG_ADMIN_TOKEN": operator.api_key,
+        "FLEETREG_ENDPOINTS_FILE": str(ROOT / "var" / "does-not-exist.env"),
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "cli.main", "simulate", "--devices", "2000", "--clone-rate", "0.05",
+            "--concurrency", "100", "--code", registration_["bulk_identification_code"], "--json",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["devices"] == 2000
+    assert summary["errors"] == 0
+    assert summary["provisioned"] == 2000
