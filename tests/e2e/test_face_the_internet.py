@@ -1,0 +1,167 @@
+"""What a device holder cannot do, on the running services: keep using a secret after
+the operator's reset or disable (on two intake instances), learn a code from any ID a
+device is given, or get a look-alike's secret; and what the reference protocol says to
+an address it throttles."""
+
+from __future__ import annotations
+
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.api import Operator, provision, register
+from tests.support.system import ServiceProcess, System
+
+pytestmark = pytest.mark.e2e
+
+RESETS = 10
+
+
+@pytest.fixture(scope="module")
+async def second_intake(system: System) -> AsyncIterator[ServiceProcess]:
+    process = await system.add_instance("intake")
+    yield process
+    process.stop()
+    system.extra.remove(process)
+
+
+async def status_of(session: aiohttp.ClientSession, url: str, secret: str) -> int:
+    async with session.get(url, headers={"Authorization": f"Bearer {secret}"}) as response:
+        return response.status
+
+
+async def test_reset_and_disable_bite_at_once_on_every_intake(
+    system: System, second_intake: ServiceProcess, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """After the operator's answer, the very next call on either instance sees the change:
+    the old secret is refused and the new one served (no cache window). Each round first
+    warms both instances' caches with the current secret."""
+    code = (await operator.product())["bulk_identification_code"]
+    intakes = [system.device_url, second_intake.url]
+    hardware_id = uuid.uuid4().hex[:12]
+    answer = await register(session, intakes[0], code, hardware_id, cpu_id="c", mac="m")
+    await provision(session, intakes[0], answer.body)
+    device_id, secret = answer.body["device_id"], answer.body["device_secret"]
+    manifest = [f"{url}/v1/devices/{device_id}/manifest" for url in intakes]
+    delays: list[float] = []
+    for _ in range(RESETS):
+        assert [await status_of(session, url, secret) for url in manifest] == [200, 200]  # cached now
+        await operator.call("POST", f"/v1/devices/{device_id}/reset", expect=200)
+        answered = time.perf_counter()
+        assert [await status_of(session, url, secret) for url in manifest] == [401, 401]
+        delays.append(time.perf_counter() - answered)
+        again = await register(
+            session, intakes[1], code, hardware_id, cpu_id="c", mac="m", idempotency_key=str(uuid.uuid4())
+        )
+        assert again.status == 200, again.body
+        secret = again.body["device_secret"]
+        assert [await status_of(session, url, secret) for url in manifest] == [200, 200]
+    await operator.call("POST", f"/v1/devices/{device_id}/disable", expect=200)
+    assert [await status_of(session, url, secret) for url in manifest] == [403, 403]
+    print(f"first refused call after reset, {RESETS} rounds: max {max(delays) * 1000:.1f} ms after the answer")
+
+
+async def test_no_id_a_device_receives_reveals_a_code(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    registration = await operator.product([{"type": "ssh", "port": 22}, {"type": "web", "port": 80}])
+    code = registration["bulk_identification_code"]
+    answer = await register(session, system.device_url, code, uuid.uuid4().hex[:12], cpu_id="c", mac="m")
+    manifest = await provision(session, system.device_url, answer.body)
+    received: list[str] = [answer.body["device_id"], answer.body["request_id"]]
+    received += [f["provisioning_id"] for f in manifest["files"]]
+    texts: list[str] = [str(answer.body), str(manifest)]
+    auth = {"Authorization": f"Bearer {answer.body['device_secret']}"}
+    for item in manifest["files"]:
+        async with session.get(item["url"], headers=auth) as r:
+            texts.append(await r.text())
+    rotated = await operator.call(
+        "POST", f"/v1/auto-registrations/{registration['id']}/rotate-code", expect=200
+    )
+    new_code = rotated["bulk_identification_code"]
+    ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+    for identifier in received:
+        for variant in (identifier, identifier.upper(), identifier.lower()):
+            async with session.get(
+                f"{system.compat_url}/project/provisioning/download/{variant}", ssl=ctx
+            ) as r:
+                texts.append(await r.text())
+            async with session.get(
+                f"{system.compat_url}/bulk/registration/configuration/{variant}/x/", ssl=ctx
+            ) as r:
+                texts.append(await r.text())
+    # The old code is revoked: it opens nothing any more, not even its own file.
+    async with session.get(f"{system.compat_url}/project/provisioning/download/{code}", ssl=ctx) as r:
+        assert r.status == 404
+    for text in texts:
+        assert new_code not in text.upper()
+    assert all(code not in text.upper() for text in texts[2:])
+    # The reference client, which holds the (new) code, still gets its file.
+    async with session.get(f"{system.compat_url}/project/provisioning/download/{new_code}", ssl=ctx) as r:
+        assert r.status == 200
+        assert (await r.text()).splitlines()[1] == new_code
+
+
+async def test_a_look_alike_without_the_key_gets_no_secret_before_ready(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    key = str(uuid.uuid4())
+    first = await register(
+        session, system.device_url, code, hardware_id, cpu_id="cpu", mac="mac", idempotency_key=key
+    )
+    retry = await register(
+        session, system.device_url, code, hardware_id, cpu_id="cpu", mac="mac", idempotency_key=key
+    )
+    assert retry.body["device_id"] == first.body["device_id"]
+    assert retry.body["device_secret"] == first.body["device_secret"]
+    look_alike = await register(session, system.device_url, code, hardware_id, cpu_id="cpu", mac="mac")
+    assert look_alike.body["device_id"] != first.body["device_id"]
+    assert look_alike.body.get("device_secret") != first.body["device_secret"]
+    assert look_alike.body["clone"] is True
+    trail = await operator.call("GET", "/v1/registration-decisions?limit=100", expect=200)
+    assert {d["decision"] for d in trail["decisions"]} >= {"new", "same", "clone"}
+
+
+def read(text: str) -> dict[str, Any]:
+    """The reference client's way of reading an answer (flat key:value parts)."""
+    parts = text.strip("{}").replace('"', "").split(",")
+    return dict(p.split(":", 1) for p in parts if ":" in p)
+
+
+async def test_the_reference_protocol_throttles_in_its_own_words(system: System) -> None:
+    from tests.e2e.test_throttling import DEFAULTS, fresh_address, from_address
+
+    intake = await system.add_instance("intake", DEFAULTS)
+    try:
+        base = f"https://127.0.0.1:{intake.env['FLEETREG_COMPAT_PORT']}/apv/v27"
+        ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+        unknown = str(uuid.uuid4()).upper()
+        async with from_address(fresh_address()) as guesser:
+            answers = []
+            for i in range(35):
+                body = {"BulkIdentificationCode": unknown, "HardwareId": f"h{i}"}
+                async with guesser.post(
+                    f"{base}/bulk/registration/device/information/", json=body, ssl=ctx
+                ) as r:
+                    assert r.status == 200
+                    answers.append(read(await r.text()))
+            assert [a["status"] for a in answers] == ["false"] * 35
+            assert answers[0]["reason"] == "unknown bulk identification code"
+            assert answers[-1]["reason"].startswith("too many refused calls from this address")
+            body = {"project_id": unknown, "hardware_id": "h", "registration_key": "k"}
+            async with guesser.post(f"{base}/bulk/registration/register", json=body, ssl=ctx) as r:
+                register_answer = read(await r.text())
+            assert register_answer["status"] == "pending"
+            assert register_answer["reason"].startswith("too many refused calls")
+            async with guesser.get(f"{base}/project/provisioning/download/{unknown}", ssl=ctx) as r:
+                assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    finally:
+        intake.stop()
+        system.extra.remove(intake)
