@@ -153,6 +153,9 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         "FLEETREG_BULK_MAX_ROWS": "20000",
         "FLEETREG_BULK_PUBLISH_CHUNK_ROWS": "500",
         "FLEETREG_BULK_MAX_FAILED_CLAIMS": "5",
+        # The clone limit just allows the 199 clones of test_auto_registration's boot storm,
+        # so that tests/e2e/test_quotas.py can cross it with a flood of its own.
+        "FLEETREG_CLONE_LIMIT": "199",
         "FLEETREG_TLS_CERT": str(tls / "server.pem"),
         "FLEETREG_TLS_KEY": str(tls / "server.key"),
         "FLEETREG_COMPAT_PORT": str(free_port()),
