@@ -324,3 +324,36 @@ async def test_batch_input_is_validated_per_id(operator: Operator) -> None:
         "POST", "/v1/devices/reset", {"device_ids": [str(uuid.uuid4()) for _ in range(1000)]}, expect=200
     )
     assert many["counts"] == {"not_found": 1000}
+
+
+async def test_the_cli_sets_quotas_lists_alerts_and_changes_devices_in_batches(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    from tests.e2e.test_cli import fleetreg, fleetreg_json
+
+    product_id = await locked_product(operator)
+    auto = await fleetreg_json(
+        operator, system, "auto", "create", "--product", product_id, "--max-devices", "2"
+    )
+    assert (auto["max_devices"], auto["device_count"]) == (2, 0)
+    assert (await fleetreg_json(operator, system, "auto", "update", auto["id"], "--max-devices", "3"))[
+        "max_devices"
+    ] == 3
+    assert (await fleetreg_json(operator, system, "auto", "update", auto["id"], "--no-max-devices"))[
+        "max_devices"
+    ] is None
+    code, _, err = await fleetreg(operator, system, "auto", "update", auto["id"], "--max-devices", "0")
+    assert code == 1 and "max_devices" in err and err.count("\n") == 1
+    assert (await fleetreg_json(operator, system, "alerts", "list")) == {"security_alerts": []}
+
+    device = (
+        await register(
+            session, system.device_url, auto["bulk_identification_code"], "cli-1", cpu_id="c", mac="m"
+        )
+    ).body
+    disabled = await fleetreg_json(operator, system, "devices", "disable", device["device_id"])
+    assert disabled["results"] == [{"id": device["device_id"], "outcome": "disabled"}]
+    unknown = str(uuid.uuid4())
+    code, out, err = await fleetreg(operator, system, "devices", "reset", device["device_id"], unknown)
+    assert code == 1 and err.count("\n") == 1 and "2 of 2 device(s) not changed" in err
+    assert "conflict" in out and "not_found" in out
