@@ -76,15 +76,18 @@ async def test_a_retry_whose_response_was_lost_gets_the_same_registration(
     first = await register(session, system.device_url, code, h, cpu_id="c", mac="m", idempotency_key="boot-1")
     # Same idempotency key: same answer.
     again = await register(session, system.device_url, code, h, cpu_id="c", mac="m", idempotency_key="boot-1")
-    # No key but the same fingerprint, before confirmation: still the same device.
-    retry = await register(session, system.device_url, code, h, cpu_id="c", mac="m")
-    for answer in (again, retry):
+    # A device that sends no key (the reference protocol has none): the same fingerprint,
+    # before confirmation, is still the same device.
+    h2 = hardware_id()
+    unkeyed = await register(session, system.device_url, code, h2, cpu_id="c2", mac="m2")
+    retry = await register(session, system.device_url, code, h2, cpu_id="c2", mac="m2")
+    for original, answer in ((first, again), (unkeyed, retry)):
         assert answer.status == 200
-        assert answer.body["device_id"] == first.body["device_id"]
-        assert answer.body["hardware_id"] == h
+        assert answer.body["device_id"] == original.body["device_id"]
+        assert answer.body["hardware_id"] == original.body["hardware_id"]
         assert answer.body["decision"] == "same"
-        assert answer.body["device_secret"] == first.body["device_secret"]
-    assert len(await operator.devices()) == 1
+        assert answer.body["device_secret"] == original.body["device_secret"]
+    assert len(await operator.devices()) == 2
 
 
 async def test_a_clone_retrying_a_lost_response_keeps_its_index(

@@ -533,7 +533,7 @@ async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytes
     monkeypatch.setattr(dedup_handlers, "apply_signals", apply_signals)
     producer = RecordingProducer()
     pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
-    await dedup_streams.batch_handler(dedup_handlers.ClaimGuard())(pipeline)([request, signal])
+    await dedup_streams.batch_handler(dedup_handlers.Policy())(pipeline)([request, signal])
     check_published(DEDUP, producer.sent)
     assert {topic for topic, *_ in producer.sent} == {
         Topics(PREFIX).registration_decided,
