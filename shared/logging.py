@@ -1,15 +1,25 @@
-"""Structured JSON logging, one object per line, with secrets redacted.
+"""Structured JSON logging, one object per line, with secrets redacted by construction.
 
-Fields passed through ``extra=`` become JSON keys. Any field whose name says it
-holds a secret (codes, keys, secrets, passwords, tokens) is replaced by
-``"[redacted]"`` whatever its value, so a careless ``extra`` cannot leak one.
+Every record of every logger of the process (aiohttp's, aiokafka's, asyncpg's and
+ours) is written by the one handler ``configure`` installs on the root logger, and
+its formatter redacts every text it writes: the message with its arguments, the
+exception and its traceback, the stack, and each ``extra`` value. Two rules apply:
+
+* a field passed through ``extra=`` whose *name* says it holds a secret (codes,
+  keys, secrets, passwords, tokens) is replaced by ``"[redacted]"`` whatever its value;
+* every text is rewritten by :func:`redact`, which removes secrets by their *shape*
+  or their *context* (:data:`SECRET_PATTERNS`), so that a secret echoed by a library
+  (aiohttp logs the first 100 bytes of an over-long header when it refuses it) never
+  reaches the log either.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -20,10 +30,69 @@ _STANDARD_ATTRS = frozenset(
 )
 REDACTED = "[redacted]"
 
+# Names that, followed by ':' or '=', introduce a secret value in text (JSON bodies,
+# form fields, key=value pairs): registration keys, device secrets, passwords, tokens.
+_SECRET_NAME = r"[A-Za-z_-]*(?:secret|passw(?:or)?d|registration[ _-]?key|api[ _-]?key|token)[A-Za-z_-]*"
+
+# The one place that says what a secret looks like in a text. Each pattern's
+# replacement keeps what says *where* the secret was and drops the secret itself.
+SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Python bytes literals are raw wire data: aiohttp quotes the start of a refused
+    # header, URL or request line this way (b'Bearer frk_...', bytearray(b'/v1/...')),
+    # cut at 100 bytes, so a secret may stand there cut short, past any shape rule.
+    (re.compile(r"""\bb(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""), f"b'{REDACTED}'"),
+    # The value of an Authorization header, whatever its scheme, to the end of the
+    # quoted string or line.
+    (re.compile(r"""(?i)(\bauthorization['"]?\s*[:=]\s*['"]?)[^'"\r\n]*"""), rf"\1{REDACTED}"),
+    # A bearer token anywhere else (an error message quoting a header value).
+    (re.compile(r"""(?i)(\bbearer\s+)[^\s'"]+"""), rf"\1{REDACTED}"),
+    # The password of a DSN (postgresql://user:password@host/db).
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s:/@'\"]*:)[^\s@'\"]*@"), rf"\1{REDACTED}@"),
+    # name=value and "name": "value" pairs whose name says secret.
+    (
+        re.compile(
+            rf"""(?i)(\b{_SECRET_NAME}['"]?\s*[:=]\s*)("(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[^\s,;&}}\])]+)"""
+        ),
+        rf'\1"{REDACTED}"',
+    ),
+    # The password line of a provisioning file ("password <value>", at a line start).
+    (re.compile(r"(?im)((?:^|\\n)[ \t]*password[ \t]+)[^\s'\"\\]+"), rf"\1{REDACTED}"),
+    # Operator API keys (shared.domain.credentials.new_api_key): "frk_" and 43 URL-safe characters.
+    (re.compile(r"\bfrk_[A-Za-z0-9_-]*"), f"frk_{REDACTED}"),
+    # Bulk Identification Codes and product codes: upper-case UUIDs. Product, device
+    # and request IDs are lower-case UUIDs and stay readable.
+    (re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"), REDACTED),
+    # Device secrets (64 hex digits), service passwords (32) and keyed digests: any run
+    # of 32 or more hex digits. Hardware IDs (a MAC is 12) and UUIDs stay readable.
+    (re.compile(r"[0-9A-Fa-f]{32,}"), REDACTED),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret :data:`SECRET_PATTERNS` recognises replaced."""
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
 
 def is_secret_field(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _redact_value(value: Any) -> Any:
+    """An ``extra`` value with every text inside it redacted; numbers stay numbers."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if is_secret_field(str(k)) else _redact_value(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    return redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,19 +106,39 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(_message(record)),
         }
         for key, value in record.__dict__.items():
             if key in _STANDARD_ATTRS or key.startswith("_"):
                 continue
-            entry[key] = REDACTED if is_secret_field(key) else value
+            entry[key] = REDACTED if is_secret_field(key) else _redact_value(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exc"] = redact(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
         return orjson.dumps(entry, default=str).decode()
 
 
+def _message(record: logging.LogRecord) -> str:
+    """The record's message; a message that cannot be formatted is logged as its template
+    alone, since logging's own fallback prints the raw arguments to stderr."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return f"{record.msg} (arguments not formatted)"
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("fleetreg").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
 def configure(service: str, level: str = "INFO") -> None:
-    """Send every log record of the process to stderr as JSON lines."""
+    """Send every log record of the process to stderr as JSON lines, secrets redacted."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -57,3 +146,12 @@ def configure(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiokafka logs connection chatter at INFO; keep it for warnings and worse.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # Whatever would otherwise be printed to stderr around the handler goes through it:
+    # warnings, and a crash's traceback (which may quote a secret in its message). A
+    # record the handler cannot write is dropped, not dumped raw by logging's fallback.
+    logging.captureWarnings(True)
+    logging.raiseExceptions = False
+    sys.excepthook = _log_uncaught
+
+
+__all__ = ["REDACTED", "SECRET_PATTERNS", "JsonFormatter", "configure", "is_secret_field", "redact"]

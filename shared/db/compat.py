@@ -28,6 +28,8 @@ SELECT_CODE_SERVICES = """
     FROM bulk_identification_codes c JOIN product_services s ON s.product_id = c.product_id
     WHERE c.code = $1 ORDER BY s.position"""
 # A provisioning ID is a service ID, or a (current) code standing for the bulk service.
+# Only a well-formed UUID is cast: a failed cast would be an error in Postgres's log
+# echoing the value (a code or key a caller sent), and a 500.
 SELECT_SERVICE = """
     SELECT s.id::text AS service_id, s.is_bulk_service, s.type_code, s.port, s.enabled,
            p.id::text AS product_id, p.account_id::text AS account_id, p.registration_kind,
@@ -36,7 +38,8 @@ SELECT_SERVICE = """
              WHERE product_id = p.id AND revoked_at IS NULL) AS code
     FROM product_services s JOIN products p ON p.id = s.product_id
     WHERE p.status = 'locked' AND (
-        s.id = CASE WHEN $1 ~* '^[0-9a-f-]{36}$' THEN $1::uuid END
+        s.id = CASE WHEN $1 ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                    THEN $1::uuid END
         OR (s.is_bulk_service AND s.product_id = (
             SELECT product_id FROM bulk_identification_codes
              WHERE code = upper($1) AND revoked_at IS NULL)))"""
