@@ -87,9 +87,7 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {
-            str(k): REDACTED if is_secret_field(str(k)) else _redact_value(v) for k, v in value.items()
-        }
+        return {str(k): REDACTED if is_secret_field(str(k)) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
     return redact(str(value))
