@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from shared.db.pool import TRANSIENT_ERRORS
 from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
 
@@ -81,7 +82,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = json_response(error.to_dict(), status=413)
     except (*TRANSIENT_ERRORS, KafkaError) as exc:
         part = "broker" if isinstance(exc, KafkaError) else "registry"
-        log.warning(f"{part} unreachable", extra={"route": route, "error": f"{type(exc).__name__}: {exc}"})
+        # The exception's type and place only: a driver's message may quote a parameter.
+        log.warning(f"{part} unreachable", extra={"route": route, "error": exception_summary(exc)})
         ERRORS.labels(service, f"{part}_unreachable").inc()
         response = json_response(
             {"error": "unavailable", "message": f"the {part} is unreachable for a moment; try again"},
@@ -92,8 +94,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except Exception:
-        log.exception("unhandled error", extra={"route": route})
+    except Exception as exc:
+        # Not the exception's text nor its traceback's: a parser's or driver's message
+        # may quote the request (a header, the body, a path ID) and so a secret.
+        log.error("unhandled error", extra={"route": route, "error": exception_summary(exc)})
         ERRORS.labels(service, "unhandled").inc()
         response = json_error(500, "internal", "internal error; the details are in the service log")
     HTTP_REQUESTS.labels(service, route, str(response.status)).inc()

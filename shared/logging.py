@@ -16,9 +16,12 @@ exception and its traceback, the stack, and each ``extra`` value. Two rules appl
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -128,6 +131,36 @@ def _message(record: logging.LogRecord) -> str:
         return f"{record.msg} (arguments not formatted)"
 
 
+def exception_summary(exc: BaseException) -> str:
+    """Where an exception was raised, and by what, without its message or values:
+    ``"ValueError at shared/x.py:12 in parse <- services/y.py:40 in handle"``, then
+    the same for its cause. For errors whose message may quote a request (a header,
+    a body, a parameter), so that the log says where to look and echoes nothing."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)[::-1][:_SUMMARY_FRAMES]
+        where = " <- ".join(f"{_short_path(f.filename)}:{f.lineno} in {f.name}" for f in frames)
+        parts.append(
+            f"{type(current).__module__}.{type(current).__qualname__}" + (f" at {where}" if where else "")
+        )
+        current = current.__cause__ or current.__context__
+    return "; caused by ".join(parts)
+
+
+_SUMMARY_FRAMES = 8
+_PROJECT_ROOT = f"{Path(__file__).resolve().parents[1]}{os.sep}"
+
+
+def _short_path(filename: str) -> str:
+    """A source path from the package root (``shared/http.py``, ``aiohttp/web_protocol.py``)."""
+    if filename.startswith(_PROJECT_ROOT):
+        return filename.removeprefix(_PROJECT_ROOT)
+    return filename.rsplit("/site-packages/", 1)[-1]
+
+
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
         sys.__excepthook__(kind, exc, tb)
@@ -152,4 +185,12 @@ def configure(service: str, level: str = "INFO") -> None:
     sys.excepthook = _log_uncaught
 
 
-__all__ = ["REDACTED", "SECRET_PATTERNS", "JsonFormatter", "configure", "is_secret_field", "redact"]
+__all__ = [
+    "REDACTED",
+    "SECRET_PATTERNS",
+    "JsonFormatter",
+    "configure",
+    "exception_summary",
+    "is_secret_field",
+    "redact",
+]

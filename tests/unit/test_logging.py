@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from shared.domain.credentials import Keyring, new_api_key
 from shared.domain.identifiers import new_code, new_request_id
 from shared.domain.provisioning import FileSpec, render
-from shared.logging import REDACTED, JsonFormatter, redact
+from shared.logging import REDACTED, JsonFormatter, exception_summary, redact
 
 KEYRING = Keyring(b"unit-test-secret-key-that-is-long-enough")
 DEVICE_ID = str(uuid.uuid4())
@@ -189,3 +189,20 @@ def test_every_logger_reaches_the_redacting_handler() -> None:
         logger = logging.getLogger(name)
         assert logger.propagate
         assert logger.handlers == []
+
+
+def test_an_exception_summary_says_where_and_what_but_not_the_message() -> None:
+    def parse(text: str) -> None:
+        try:
+            int(text)
+        except ValueError as exc:
+            raise RuntimeError(f"cannot read {text}") from exc
+
+    try:
+        parse(API_KEY)
+    except RuntimeError as exc:
+        summary = exception_summary(exc)
+    assert summary.startswith("builtins.RuntimeError at tests/unit/test_logging.py:")
+    assert "in parse" in summary
+    assert "caused by builtins.ValueError" in summary
+    _assert_clean(summary, API_KEY)
