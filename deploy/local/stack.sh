@@ -182,7 +182,7 @@ start_postgres() {
   say "starting Postgres on 127.0.0.1:$PG_PORT (log: var/log/postgres.log)"
   mkdir -p "$PG_HOME/socket"; [ "$(id -u)" = 0 ] && chown postgres "$PG_HOME/socket"
   if ! as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$LOG/postgres.log" -w -t 60 start \
-        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_HOME/socket -c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=on -c log_error_verbosity=terse -c log_min_error_statement=panic" \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_HOME/socket -c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=on -c log_error_verbosity=terse -c log_min_error_statement=panic -c log_parameter_max_length_on_error=0 -c log_parameter_max_length=0" \
         >/dev/null 2>&1; then
     as_pg "$bin/pg_ctl" -D "$PG_DATA" stop -m immediate >/dev/null 2>&1 || true
     fail "Postgres did not start on 127.0.0.1:$PG_PORT; see var/log/postgres.log"

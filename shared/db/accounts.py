@@ -10,7 +10,7 @@ import asyncpg
 
 from shared.db.pool import Pool
 from shared.domain.credentials import api_key_digest, new_api_key
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound
 
 INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
 SELECT_ACCOUNT_BY_NAME = "SELECT id::text, name FROM accounts WHERE name = $1"
@@ -55,12 +55,17 @@ async def create_api_key(pool: Pool, account_id: str, label: str) -> tuple[str, 
 
 
 async def _insert_key(conn: Any, account_id: str, label: str) -> tuple[str, str]:
+    if "\0" in label:  # Postgres's text cannot hold it: the server's refusal would be a 500
+        raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
     await conn.execute(INSERT_KEY, key_id, account_id, api_key_digest(key), key[:8], label)
     return key_id, key
 
 
 async def account_for_key(pool: Pool, key: str) -> Account | None:
+    """The account of a presented key, or None; never an error, whatever the text."""
+    if not key.isascii():  # keys are ASCII; a header's undecodable bytes cannot be digested
+        return None
     row = await pool.fetchrow(SELECT_ACCOUNT_FOR_KEY, api_key_digest(key))
     return Account(row["id"], row["name"]) if row else None
 
@@ -79,5 +84,9 @@ async def list_api_keys(pool: Pool, account_id: str) -> list[dict[str, Any]]:
 
 
 async def revoke_api_key(pool: Pool, account_id: str, key_id: str) -> None:
-    if await pool.fetchval(REVOKE_KEY, key_id, account_id) is None:
+    try:  # parsed here, so the driver never refuses a caller's text with its value in the error
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        raise NotFound(f"no active API key {key_id} in this account") from None
+    if await pool.fetchval(REVOKE_KEY, parsed, account_id) is None:
         raise NotFound(f"no active API key {key_id} in this account")

@@ -7,6 +7,8 @@ never a device ID; these statements resolve them.
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +30,6 @@ SELECT_CODE_SERVICES = """
     FROM bulk_identification_codes c JOIN product_services s ON s.product_id = c.product_id
     WHERE c.code = $1 ORDER BY s.position"""
 # A provisioning ID is a service ID, or a (current) code standing for the bulk service.
-# Only a well-formed UUID is cast: a failed cast would be an error in Postgres's log
-# echoing the value (a code or key a caller sent), and a 500.
 SELECT_SERVICE = """
     SELECT s.id::text AS service_id, s.is_bulk_service, s.type_code, s.port, s.enabled,
            p.id::text AS product_id, p.account_id::text AS account_id, p.registration_kind,
@@ -38,11 +38,15 @@ SELECT_SERVICE = """
              WHERE product_id = p.id AND revoked_at IS NULL) AS code
     FROM product_services s JOIN products p ON p.id = s.product_id
     WHERE p.status = 'locked' AND (
-        s.id = CASE WHEN $1 ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                    THEN $1::uuid END
+        s.id = $1
         OR (s.is_bulk_service AND s.product_id = (
             SELECT product_id FROM bulk_identification_codes
-             WHERE code = upper($1) AND revoked_at IS NULL)))"""
+             WHERE code = $2 AND revoked_at IS NULL)))"""
+# What a provisioning ID can be: a service ID or a code, in UUID form, either case. It
+# is checked before any query, so no caller's text reaches a cast or the server at
+# all: a failed cast (or a NUL, which text cannot hold) is an error in Postgres's log
+# that echoes the value, a code or a key, and a 500.
+_PROVISIONING_ID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 SELECT_DEVICE = """
     SELECT v.id::text, v.hardware_id, v.lifecycle, v.disabled, v.fingerprint, v.credential_generation,
            coalesce(encode(v.registration_key_digest, 'hex'), '') AS registration_key_digest,
@@ -72,8 +76,13 @@ class Service:
 async def record_information(
     pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str
 ) -> bool:
-    """Remember what a device reported; False when the code is unknown (nothing stored)."""
-    stored = await pool.fetchval(UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label)
+    """Remember what a device reported; False when the code is unknown (nothing stored).
+
+    The OS label is the device's free text: a NUL, which Postgres's text cannot hold
+    (the server refuses it with an error, a 500), is dropped."""
+    stored = await pool.fetchval(
+        UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", "")
+    )
     return stored is not None
 
 
@@ -91,7 +100,10 @@ async def provisioning_ids(pool: Pool, code: str) -> list[str]:
 
 
 async def service(pool: Pool, provisioning_id: str) -> Service | None:
-    row = await pool.fetchrow(SELECT_SERVICE, provisioning_id)
+    """The service a provisioning ID names, or None; never an error, whatever the text."""
+    if not _PROVISIONING_ID.fullmatch(provisioning_id):
+        return None
+    row = await pool.fetchrow(SELECT_SERVICE, uuid.UUID(provisioning_id), provisioning_id.upper())
     if row is None:
         return None
     return Service(**{k: row[k] for k in Service.__dataclass_fields__})
