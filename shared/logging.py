@@ -156,9 +156,9 @@ _PROJECT_ROOT = f"{Path(__file__).resolve().parents[1]}{os.sep}"
 
 def _short_path(filename: str) -> str:
     """A source path from the package root (``shared/http.py``, ``aiohttp/web_protocol.py``)."""
-    if filename.startswith(_PROJECT_ROOT):
-        return filename.removeprefix(_PROJECT_ROOT)
-    return filename.rsplit("/site-packages/", 1)[-1]
+    if "/site-packages/" in filename:
+        return filename.rsplit("/site-packages/", 1)[1]
+    return filename.removeprefix(_PROJECT_ROOT)
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
