@@ -232,6 +232,11 @@ async def register_service(
         return _refusal(CONFIRMED)
     if device["lifecycle"] != "registered" or not fingerprint or device["fingerprint"] != fingerprint:
         return _refusal(NOT_REGISTERED)
+    # A device that registered with an Idempotency-Key (the native API) is recognised
+    # before "ready" only by that key; the fingerprint reported at step 1 is anyone's to
+    # claim (CPU ID and MAC are not secret), so it never hands out that device's secrets.
+    if device["registered_with_key"]:
+        return _refusal(NOT_REGISTERED)
     if not device["provisioned_files"] or device["service_uid"] is None:
         return _ok(answer("pending", ("reason", PENDING)))
     generation = device["credential_generation"]

@@ -52,7 +52,11 @@ SELECT_DEVICE = """
            coalesce(encode(v.registration_key_digest, 'hex'), '') AS registration_key_digest,
            f.service_uid,
            EXISTS (SELECT 1 FROM registration_decisions d WHERE d.device_id = v.id AND d.status = 'ready')
-               AS provisioned_files
+               AS provisioned_files,
+           -- the latest registration that created or took over the device carried a key
+           coalesce((SELECT d.idempotency_key IS NOT NULL FROM registration_decisions d
+                     WHERE d.device_id = v.id AND d.decision IN ('new', 'clone')
+                     ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key
     FROM devices v
     LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = $3
          AND f.generation = v.credential_generation

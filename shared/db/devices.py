@@ -28,9 +28,10 @@ SELECT_FAMILY = """
            credential_generation, registration_id::text,
            coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
            extract(epoch FROM created_at)::float8 AS created_at,
-           EXISTS (SELECT 1 FROM registration_decisions d
-                   WHERE d.device_id = devices.id AND d.idempotency_key IS NOT NULL
-                     AND d.decision IN ('new', 'clone')) AS registered_with_key
+           -- the latest registration that created or took over the device carried a key
+           coalesce((SELECT d.idempotency_key IS NOT NULL FROM registration_decisions d
+                     WHERE d.device_id = devices.id AND d.decision IN ('new', 'clone')
+                     ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
 # Run after the registrations' rows are locked (products.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
