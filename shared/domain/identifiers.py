@@ -12,6 +12,7 @@ from shared.errors import InvalidInput
 
 HARDWARE_ID_MAX = 64
 DEVICE_NAME_MAX = 100
+_CANONICAL_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
 _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
@@ -109,19 +110,19 @@ def new_request_id() -> str:
 
 
 def request_id_age_seconds(request_id: str) -> float | None:
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError:
+    if not is_uuid(request_id):  # canonical form only: it goes to Postgres as it is
         return None
+    parsed = uuid.UUID(request_id)
     if parsed.version != 7:
         return None
     millis = int.from_bytes(parsed.bytes[:6], "big")
     return time.time() - millis / 1000
 
 
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+def is_uuid(value: object) -> bool:
+    """``value`` is a UUID in its canonical 8-4-4-4-12 hex form (either case).
+
+    Stricter than ``uuid.UUID``, which also takes braces, ``urn:uuid:`` and stray
+    hyphens: Postgres refuses those spellings, so an ID that passes here never makes
+    a query fail (a 500, and the caller's text in the database's log)."""
+    return isinstance(value, str) and _CANONICAL_UUID.fullmatch(value) is not None

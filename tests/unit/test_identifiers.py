@@ -269,7 +269,21 @@ def test_request_id_age_is_unknown_for_anything_but_version_7(value: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(CODE, True), (CODE.lower(), True), ("not-a-uuid", False), ("", False)]
+    ("value", "expected"),
+    [
+        (CODE, True),
+        (CODE.lower(), True),
+        ("not-a-uuid", False),
+        ("", False),
+        # Spellings Python's uuid.UUID takes but Postgres refuses: never an ID here.
+        ("{" + CODE + "}", False),
+        ("urn:uuid:" + CODE, False),
+        (CODE + "-", False),
+        (CODE.replace("-", ""), False),
+        ("-" * 36, False),
+        ("f" * 36, False),
+        (CODE + "\n", False),
+    ],
 )
 def test_is_uuid(value: str, expected: bool) -> None:
     assert is_uuid(value) is expected
