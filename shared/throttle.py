@@ -285,8 +285,8 @@ class Throttle:
 # -- HTTP wiring -----------------------------------------------------------------------
 
 THROTTLE = web.AppKey("throttle", Throttle)
-SOURCE = "fleetreg.source"  # request key: the source the request is counted under
-REFUSED = "fleetreg.refused"  # request key: the handler refused the call (counts per source)
+SOURCE = web.RequestKey("source", str)  # the source the request is counted under
+REFUSED = web.RequestKey("refused", bool)  # the handler refused the call (counts per source)
 UNTHROTTLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.yaml"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -299,7 +299,10 @@ def request_source(request: web.Request) -> str:
         return cached
     throttle = request.app.get(THROTTLE)
     trusted = throttle.settings.trusted_proxies if throttle is not None else ()
-    source = source_of(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+    # Every X-Forwarded-For line, joined in order: a proxy may add its own line after
+    # one the client sent, and only the rightmost hops are the proxies' word.
+    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", [])) or None
+    source = source_of(request.remote, forwarded, trusted)
     request[SOURCE] = source
     return source
 

@@ -165,3 +165,79 @@ async def test_the_reference_protocol_throttles_in_its_own_words(system: System)
     finally:
         intake.stop()
         system.extra.remove(intake)
+
+
+async def test_the_reference_protocol_gives_a_keyed_device_s_secret_to_no_look_alike(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """A native device registered with an Idempotency-Key, not yet ready. Someone with
+    the code and the device's hardware ID, CPU ID and MAC reports them at apv/v27 step 1
+    and asks step 5 for the bulk service and a service: no secret of that device."""
+    registration = await operator.product()
+    code = registration["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    victim = await register(
+        session, system.device_url, code, hardware_id, cpu_id="cpu-v", mac="mac-v", idempotency_key="k-v"
+    )
+    manifest = await session.get(
+        f"{system.device_url}/v1/devices/{victim.body['device_id']}/manifest",
+        headers={"Authorization": f"Bearer {victim.body['device_secret']}"},
+    )
+    services = [f["provisioning_id"] for f in (await manifest.json())["files"]]
+    ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+    base = system.compat_url
+    info = {"BulkIdentificationCode": code, "HardwareId": hardware_id, "CPUId": "cpu-v", "MACAddress": "mac-v"}
+    async with session.post(f"{base}/bulk/registration/device/information/", json=info, ssl=ctx) as r:
+        assert read(await r.text())["status"] == "true"
+    answers = []
+    for project_id in [code, *services]:
+        body = {"project_id": project_id, "hardware_id": hardware_id, "registration_key": ""}
+        async with session.post(f"{base}/bulk/registration/register", json=body, ssl=ctx) as r:
+            answers.append(await r.text())
+    for text in answers:
+        assert read(text)["status"] == "false", text
+        assert victim.body["device_secret"] not in text
+        assert "secret" not in read(text)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "{{{id}}}",
+        "urn:uuid:{id}",
+        "{id}-",
+        "{hex}",
+    ],
+)
+async def test_no_spelling_of_an_id_makes_a_server_error(
+    system: System, operator: Operator, session: aiohttp.ClientSession, spelling: str
+) -> None:
+    """Python's uuid.UUID takes these spellings, Postgres does not: each is a 4xx."""
+    registration = await operator.product()
+    answer = await register(
+        session, system.device_url, registration["bulk_identification_code"], uuid.uuid4().hex[:12]
+    )
+    device_id = answer.body["device_id"]
+    odd = spelling.format(id=device_id, hex=device_id.replace("-", ""))
+    auth = {"Authorization": f"Bearer {answer.body['device_secret']}"}
+    statuses = []
+    async with session.get(f"{system.device_url}/v1/devices/{odd}/manifest", headers=auth) as r:
+        statuses.append(r.status)
+    async with session.get(f"{system.device_url}/v1/registrations/{odd}") as r:
+        statuses.append(r.status)
+    op = {"Authorization": f"Bearer {operator.api_key}"}
+    async with session.get(f"{operator.url}/v1/devices/{odd}", headers=op) as r:
+        statuses.append(r.status)
+    async with session.patch(
+        f"{operator.url}/v1/auto-registrations/{spelling.format(id=registration['id'], hex='x')}",
+        json={"max_devices": 5},
+        headers=op,
+    ) as r:
+        statuses.append(r.status)
+    async with session.post(f"{operator.url}/v1/devices/reset", json={"device_ids": [odd]}, headers=op) as r:
+        statuses.append(r.status)
+    async with session.get(f"{operator.url}/v1/devices?registration_id={odd}", headers=op) as r:
+        statuses.append(r.status)
+    async with session.get(f"{system.bulk_url}/v1/bulk-registrations/{odd}", headers=op) as r:
+        statuses.append(r.status)
+    assert all(400 <= s < 500 for s in statuses), statuses

@@ -126,3 +126,23 @@ async def test_new_devices_per_code_counts_only_new_devices() -> None:
     with pytest.raises(TooManyRequests, match="bulk identification code"):
         await throttle.check_code("CODE")
     await throttle.check_code("OTHER")
+
+
+def test_every_forwarded_for_line_is_read_from_the_right() -> None:
+    """A proxy that adds a line of its own after the client's (HAProxy's option
+    forwardfor) must not let the client's forged first line decide the source."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from shared.throttle import THROTTLE, request_source
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        ("10.0.0.5", 4000) if name == "peername" else default
+    )
+    app = {THROTTLE: Throttle(ThrottleSettings((), (), (), PROXY), "test")}
+    headers = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "203.0.113.9")])
+    request = make_mocked_request("GET", "/v1/account", headers=headers, transport=transport, app=app)
+    assert request_source(request) == "203.0.113.9"
