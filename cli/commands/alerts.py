@@ -11,6 +11,16 @@ from cli.output import emit_json, print_table
 PAGE = 1000
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below the minimum of 1")
+    return value
+
+
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
     alerts = groups.add_parser("alerts", help="security alerts of the account")
     actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -18,7 +28,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         "list", parents=[common], help="list alerts, most recently seen first (all unless --limit)"
     )
     listing.add_argument("--kind", choices=["bulk_key_guessing"])
-    listing.add_argument("--limit", type=int, help="at most this many alerts")
+    listing.add_argument("--limit", type=_positive_int, help="at most this many alerts")
     listing.set_defaults(run=list_alerts)
 
 

@@ -45,6 +45,8 @@ def _max_devices(value: object) -> int | None:
     """An auto registration's device quota: a whole number 1..MAX_DEVICES_LIMIT, or null (none)."""
     if value is None:
         return None
+    if isinstance(value, float) and abs(value) > MAX_DEVICES_LIMIT:
+        value = MAX_DEVICES_LIMIT + 1  # a whole number too large for the JSON parser's integers
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(
             "max_devices must be a whole number or null", field="max_devices", rule="type=integer"
