@@ -222,7 +222,10 @@ def bearer_token(authorization: str | None) -> str:
             field="Authorization",
             rule="bearer",
         )
-    return authorization.removeprefix("Bearer ").strip()
+    secret = authorization.removeprefix("Bearer ").strip()
+    if not secret.isascii():  # device secrets are hex; other bytes cannot match (and cannot be encoded)
+        raise Unauthorized(UNAUTHORIZED)
+    return secret
 
 
 async def authenticate(

@@ -95,9 +95,17 @@ def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
     if not isinstance(raw, dict):
         raise InvalidInput("the body must be a JSON object", rule="type=object")
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > PRODUCT_NAME_MAX or not name.isascii():
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > PRODUCT_NAME_MAX
+        or not name.isascii()
+        or not name.isprintable()  # NUL and control characters: Postgres refuses NUL
+    ):
         raise InvalidInput(
-            f"name is required: 1-{PRODUCT_NAME_MAX} ASCII characters", field="name", rule="required"
+            f"name is required: 1-{PRODUCT_NAME_MAX} printable ASCII characters",
+            field="name",
+            rule="required",
         )
     services_raw = raw.get("services", [])
     if not isinstance(services_raw, list):
