@@ -23,7 +23,7 @@ from shared.db import compat, products
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
 from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
@@ -73,8 +73,11 @@ def _checked(code: str, hardware_id: str) -> tuple[str, str] | str:
         return exc.message
 
 
-async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> Reply:
-    """Step 1: remember the device's fingerprint and the digest of the secret it holds."""
+async def information(pool: Pool, keyring: Keyring, body: dict[str, Any], source: str) -> Reply:
+    """Step 1: remember the device's fingerprint and the digest of the secret it holds,
+    for the caller's address ``source``: steps 2 and 5 read only what was reported from
+    their own address, so nobody elsewhere can swap a rebooting device's record between
+    its steps (which would make the real device a clone)."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
         return _refusal(checked)
@@ -86,6 +89,7 @@ async def information(pool: Pool, keyring: Keyring, body: dict[str, Any]) -> Rep
         keyring.fingerprint(_text(body, "CPUId"), _text(body, "MACAddress")),
         keyring.digest(_text(body, "DeviceSecret")),
         _text(body, "OSLabel"),
+        source,
     )
     return _ok(answer("true")) if stored else _refusal(REASON_UNKNOWN_CODE)
 
@@ -114,6 +118,7 @@ async def friendly_configuration(
     code_text: str,
     hardware_id_text: str,
     throttle: Throttle,
+    source: str,
 ) -> Reply:
     """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
     or ``reset`` with the hardware ID a clone must take."""
@@ -133,7 +138,7 @@ async def friendly_configuration(
         await throttle.check_code(code)
     except TooManyRequests as exc:
         return _refusal(exc.message)
-    fingerprint, secret_digest = await compat.information(pool, code, hardware_id)
+    fingerprint, secret_digest = await compat.information(pool, code, hardware_id, source)
     outcome = await register(
         _claim(code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
     )
@@ -197,7 +202,13 @@ async def service_configuration(pool: Pool, provisioning_id: str) -> Reply:
 
 
 async def register_service(
-    pool: Pool, keyring: Keyring, publish: Publish, waiter: OutcomeWaiter, wait_s: float, body: dict[str, Any]
+    pool: Pool,
+    keyring: Keyring,
+    publish: Publish,
+    waiter: OutcomeWaiter,
+    wait_s: float,
+    body: dict[str, Any],
+    source: str,
 ) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
     For bulk registration the first such call claims the device with its key."""
@@ -208,7 +219,7 @@ async def register_service(
         hardware_id = validate_hardware_id(_text(body, "hardware_id"))
     except InvalidInput as exc:
         return _refusal(exc.message)
-    fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id)
+    fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id, source)
     key_digest = keyring.digest(_text(body, "registration_key"))
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if found.registration_kind == "bulk" and not _claimed_by(device, fingerprint, key_digest):
@@ -227,7 +238,7 @@ async def register_service(
     if device is None:
         return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
     if device["disabled"]:
-        return _refusal("device disabled by the operator")
+        return _refusal(REASON_DISABLED)
     if device["lifecycle"] == "provisioned":
         return _refusal(CONFIRMED)
     if device["lifecycle"] != "registered" or not fingerprint or device["fingerprint"] != fingerprint:
@@ -275,5 +286,7 @@ async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, bod
         != keyring.digest(keyring.device_secret(device["id"], device["credential_generation"]))
     ):
         return _refusal(NOT_REGISTERED)
+    if device["disabled"]:
+        return _refusal(REASON_DISABLED)
     await publish_signal(DeviceSignal(device_id=device["id"], kind="ready", at=time.time()))
     return _ok(answer("true"))

@@ -80,7 +80,7 @@ def add_compat_routes(app: web.Application, key: web.AppKey[Resources], prefix: 
         if body is None:
             return _reply(refused("the body is not a JSON object"))
         r = resources(request)
-        return _answer(request, await compat.information(r.pool, r.keyring, body))
+        return _answer(request, await compat.information(r.pool, r.keyring, body, request_source(request)))
 
     async def friendly_configuration(request: web.Request) -> web.Response:
         if (wait := _throttled(request)) is not None:
@@ -97,6 +97,7 @@ def add_compat_routes(app: web.Application, key: web.AppKey[Resources], prefix: 
                 request.match_info["code"],
                 request.match_info["hardware_id"],
                 request.app[THROTTLE],
+                request_source(request),
             ),
         )
 
@@ -131,7 +132,13 @@ def add_compat_routes(app: web.Application, key: web.AppKey[Resources], prefix: 
         return _answer(
             request,
             await compat.register_service(
-                r.pool, r.keyring, publisher(r), r.waiter, r.settings.compat.wait_seconds, body
+                r.pool,
+                r.keyring,
+                publisher(r),
+                r.waiter,
+                r.settings.compat.wait_seconds,
+                body,
+                request_source(request),
             ),
         )
 

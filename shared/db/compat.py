@@ -16,15 +16,15 @@ from shared.db.pool import Pool
 
 UPSERT_INFORMATION = """
     INSERT INTO device_information
-        (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label)
-    SELECT $1, $2, $3, $4, $5
+        (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label, source)
+    SELECT $1, $2, $3, $4, $5, $6
     WHERE EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1 AND revoked_at IS NULL)
-    ON CONFLICT (bulk_identification_code, hardware_id) DO UPDATE
+    ON CONFLICT (bulk_identification_code, hardware_id, source) DO UPDATE
        SET fingerprint = excluded.fingerprint, secret_digest = excluded.secret_digest,
            os_label = excluded.os_label, updated_at = now()
     RETURNING 1"""
 SELECT_INFORMATION = """SELECT fingerprint, secret_digest FROM device_information
-                        WHERE bulk_identification_code = $1 AND hardware_id = $2"""
+                        WHERE bulk_identification_code = $1 AND hardware_id = $2 AND source = $3"""
 SELECT_CODE_SERVICES = """
     SELECT s.id::text AS provisioning_id, s.is_bulk_service, s.type_code, s.port, s.enabled
     FROM bulk_identification_codes c JOIN product_services s ON s.product_id = c.product_id
@@ -78,21 +78,22 @@ class Service:
 
 
 async def record_information(
-    pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str
+    pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str, source: str
 ) -> bool:
-    """Remember what a device reported; False when the code is unknown (nothing stored).
+    """Remember what a device reported from ``source`` (its address, as the throttle
+    counts it); False when the code is unknown (nothing stored).
 
     The OS label is the device's free text: a NUL, which Postgres's text cannot hold
     (the server refuses it with an error, a 500), is dropped."""
     stored = await pool.fetchval(
-        UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", "")
+        UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", ""), source
     )
     return stored is not None
 
 
-async def information(pool: Pool, code: str, hardware_id: str) -> tuple[str, str]:
-    """(fingerprint, secret digest) the device reported, or two empty strings."""
-    row = await pool.fetchrow(SELECT_INFORMATION, code, hardware_id)
+async def information(pool: Pool, code: str, hardware_id: str, source: str) -> tuple[str, str]:
+    """(fingerprint, secret digest) the device reported from ``source``, or two empty strings."""
+    row = await pool.fetchrow(SELECT_INFORMATION, code, hardware_id, source)
     return (row["fingerprint"], row["secret_digest"]) if row else ("", "")
 
 

@@ -63,7 +63,9 @@ async def test_reset_and_disable_bite_at_once_on_every_intake(
         assert [await status_of(session, url, secret) for url in manifest] == [200, 200]
     await operator.call("POST", f"/v1/devices/{device_id}/disable", expect=200)
     assert [await status_of(session, url, secret) for url in manifest] == [403, 403]
-    print(f"first refused call after reset, {RESETS} rounds: max {max(delays) * 1000:.1f} ms after the answer")
+    print(
+        f"first refused call after reset, {RESETS} rounds: max {max(delays) * 1000:.1f} ms after the answer"
+    )
 
 
 async def test_no_id_a_device_receives_reveals_a_code(
@@ -186,7 +188,12 @@ async def test_the_reference_protocol_gives_a_keyed_device_s_secret_to_no_look_a
     services = [f["provisioning_id"] for f in (await manifest.json())["files"]]
     ctx = ssl.create_default_context(cafile=str(system.tls_ca))
     base = system.compat_url
-    info = {"BulkIdentificationCode": code, "HardwareId": hardware_id, "CPUId": "cpu-v", "MACAddress": "mac-v"}
+    info = {
+        "BulkIdentificationCode": code,
+        "HardwareId": hardware_id,
+        "CPUId": "cpu-v",
+        "MACAddress": "mac-v",
+    }
     async with session.post(f"{base}/bulk/registration/device/information/", json=info, ssl=ctx) as r:
         assert read(await r.text())["status"] == "true"
     answers = []
@@ -241,3 +248,60 @@ async def test_no_spelling_of_an_id_makes_a_server_error(
     async with session.get(f"{system.bulk_url}/v1/bulk-registrations/{odd}", headers=op) as r:
         statuses.append(r.status)
     assert all(400 <= s < 500 for s in statuses), statuses
+
+
+async def test_nobody_elsewhere_can_swap_a_rebooting_device_s_step_1_record(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """apv/v27 steps 1 and 2 are linked only by code and hardware ID. An attacker who
+    writes step 1 for a provisioned device's hardware ID between the device's own steps
+    1 and 2 (from another address) must not turn the real device into a clone."""
+    from tests.e2e.test_throttling import fresh_address, from_address
+    from tests.support.reference_client import ReferenceClient, ReferenceDevice
+
+    code = (await operator.product())["bulk_identification_code"]
+    client = ReferenceClient(session, system.compat_url, system.tls_ca)
+    device = ReferenceDevice(code, uuid.uuid4().hex[:12])
+    assert await client.boot(device) == "provisioned"
+    ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+    info = {
+        "BulkIdentificationCode": code,
+        "HardwareId": device.hardware_id,
+        "CPUId": device.cpu_id,
+        "MACAddress": device.mac,
+        "DeviceSecret": device.device_secret,
+    }
+    await client._call("POST", "/bulk/registration/device/information/", info)  # the reboot's step 1
+    forged = {**info, "CPUId": "attacker", "MACAddress": "attacker", "DeviceSecret": ""}
+    async with (
+        from_address(fresh_address()) as attacker,
+        attacker.post(
+            f"{system.compat_url}/bulk/registration/device/information/", json=forged, ssl=ctx
+        ) as r,
+    ):
+        assert read(await r.text())["status"] == "true"
+    _, text = await client._call(
+        "GET", f"/bulk/registration/device/friendly/configuration/{code}/{device.hardware_id}/"
+    )
+    assert read(text)["status"] == "true", text  # not "reset": still the same device
+    assert [d["hardware_id"] for d in await operator.devices()] == [device.hardware_id]
+
+
+async def test_a_disabled_device_is_refused_at_the_reference_ready_step(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    from tests.support.reference_client import ReferenceClient, ReferenceDevice
+
+    code = (await operator.product())["bulk_identification_code"]
+    client = ReferenceClient(session, system.compat_url, system.tls_ca)
+    device = ReferenceDevice(code, uuid.uuid4().hex[:12])
+    assert await client.boot(device) == "provisioned"
+    (found,) = await operator.devices(hardware_id=device.hardware_id)
+    await operator.call("POST", f"/v1/devices/{found['id']}/disable", expect=200)
+    ready = {
+        "BulkIdentificationCode": code,
+        "HardwareId": device.hardware_id,
+        "DeviceSecret": device.device_secret,
+    }
+    _, text = await client._call("POST", "/bulk/registration/device/ready/", ready)
+    assert read(text) == {"status": "false", "reason": "device disabled by the operator"}
