@@ -26,6 +26,12 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from shared.metrics import MALFORMED_REQUESTS
 
 _SECRET_WORDS = ("secret", "password", "token", "registration_key", "code", "api_key", "dsn")
 _STANDARD_ATTRS = frozenset(
@@ -168,6 +174,34 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
     logging.getLogger("fleetreg").critical("uncaught exception", exc_info=(kind, exc, tb))
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp's server logs every request its parser refuses (an oversized header, a raw
+    control character in the URL) at error level with a full traceback, before any
+    middleware, so no throttle sees it: anyone could fill the log with tracebacks.
+    Such a record becomes one warning line without the traceback, and at most
+    ``per_minute`` of them are written (a moving window of the ``limits`` library);
+    every one is counted in ``fleetreg_http_malformed_requests_total``."""
+
+    def __init__(self, per_minute: int = 10) -> None:
+        super().__init__()
+        self._item = RateLimitItemPerMinute(per_minute)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        MALFORMED_REQUESTS.inc()
+        if not self._limiter.hit(self._item, "malformed"):
+            return False
+        record.msg = "refused a malformed request (400): %s"
+        record.args = (type(exc).__name__,)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Send every log record of the process to stderr as JSON lines, secrets redacted."""
     handler = logging.StreamHandler(sys.stderr)
@@ -177,6 +211,9 @@ def configure(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiokafka logs connection chatter at INFO; keep it for warnings and worse.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
+    server.addFilter(MalformedRequests())
     # Whatever would otherwise be printed to stderr around the handler goes through it:
     # warnings, and a crash's traceback (which may quote a secret in its message). A
     # record the handler cannot write is dropped, not dumped raw by logging's fallback.
@@ -189,6 +226,7 @@ __all__ = [
     "REDACTED",
     "SECRET_PATTERNS",
     "JsonFormatter",
+    "MalformedRequests",
     "configure",
     "exception_summary",
     "is_secret_field",

@@ -61,6 +61,10 @@ THROTTLE_BLOCKED_SOURCES = Gauge(
     "Source addresses this instance currently answers 429 for refused calls",
     ["service"],
 )
+MALFORMED_REQUESTS = Counter(
+    "fleetreg_http_malformed_requests_total",
+    "Requests refused by the HTTP parser (oversized headers, bad request lines) before any route",
+)
 CACHE_INVALIDATIONS = Counter(
     "fleetreg_device_cache_invalidations_total",
     "Invalidation signals applied by the intake's device cache",

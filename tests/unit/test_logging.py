@@ -206,3 +206,30 @@ def test_an_exception_summary_says_where_and_what_but_not_the_message() -> None:
     assert "in parse" in summary
     assert "caused by builtins.ValueError" in summary
     _assert_clean(summary, API_KEY)
+
+
+def test_parser_refusals_become_one_bounded_warning_line() -> None:
+    """aiohttp logs each request its parser refuses with a traceback quoting the request;
+    an attacker could fill the log with them: one short line each, at most 10 a minute."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    from shared.logging import MalformedRequests
+
+    guard = MalformedRequests(per_minute=10)
+
+    def refused() -> logging.LogRecord:
+        try:
+            raise LineTooLong(b"Bearer frk_" + b"A" * 90, "8190")
+        except LineTooLong:
+            import sys
+
+            return logging.LogRecord(
+                "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", None, sys.exc_info()
+            )
+
+    kept = [record for record in (refused() for _ in range(25)) if guard.filter(record)]
+    assert len(kept) == 10
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in kept)
+    assert kept[0].getMessage() == "refused a malformed request (400): LineTooLong"
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "something else", None, None)
+    assert guard.filter(other) and other.levelno == logging.ERROR
