@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,6 +15,7 @@ from services.intake import compat_routes, routes
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
+from shared.db import compat
 from shared.db.pool import Pool, answers
 from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE, base_app
@@ -21,6 +24,7 @@ from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, open_throttle, throttle_middleware
 
 SERVICE = "intake"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,29 @@ class Resources:
 
 
 RESOURCES = web.AppKey("resources", Resources)
+
+
+SWEEP_EVERY_S = 300.0
+
+
+async def forget_old_information(pool: Pool, retention_s: float) -> None:
+    """Every few minutes, delete the reference protocol's step-1 records older than the
+    retention (anyone with the code can write them, so the table is kept bounded)."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            deleted = await compat.forget_information(pool, retention_s)
+        except Exception as exc:  # the next sweep tries again; the service keeps serving
+            log.warning("step-1 records not swept", extra={"error": type(exc).__name__})
+            continue
+        if deleted:
+            log.info("forgot old step-1 records", extra={"count": deleted})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(settings: IntakeSettings) -> web.Application:
@@ -71,6 +98,11 @@ def create_app(settings: IntakeSettings) -> web.Application:
                 Keyring(settings.secret_key.reveal().encode()),
                 device_cache,
             )
+            sweeper = asyncio.create_task(
+                forget_old_information(pool, settings.compat.information_retention_seconds),
+                name="forget-step-1-records",
+            )
+            stack.push_async_callback(_cancel, sweeper)
             app[READINESS]["outcome_waiter"] = True
             app[READINESS_PROBE] = lambda: answers(pool)
             try:

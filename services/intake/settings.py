@@ -22,6 +22,7 @@ class CompatSettings:
     """The reference-compatible device API (apv/v27), served over https."""
 
     prefix: str
+    information_retention_seconds: float  # step-1 records older than this are deleted
     wait_seconds: float  # its calls cannot answer "pending" at every step: they wait longer
     tls: TlsSite | None  # None: no https listener (the routes still answer on the http port)
 
@@ -41,7 +42,14 @@ class CompatSettings:
                 cert_file=cert,
                 key_file=key,
             )
-        return cls(prefix=prefix, wait_seconds=env.number("FLEETREG_COMPAT_WAIT_SECONDS", 20.0), tls=tls)
+        return cls(
+            prefix=prefix,
+            information_retention_seconds=env.number(
+                "FLEETREG_COMPAT_INFORMATION_RETENTION_SECONDS", 86400.0, minimum=600.0
+            ),
+            wait_seconds=env.number("FLEETREG_COMPAT_WAIT_SECONDS", 20.0),
+            tls=tls,
+        )
 
 
 @dataclass(frozen=True)

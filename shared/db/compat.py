@@ -23,6 +23,10 @@ UPSERT_INFORMATION = """
        SET fingerprint = excluded.fingerprint, secret_digest = excluded.secret_digest,
            os_label = excluded.os_label, updated_at = now()
     RETURNING 1"""
+FORGET_INFORMATION = """
+    DELETE FROM device_information WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM device_information
+        WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2))"""
 SELECT_INFORMATION = """SELECT fingerprint, secret_digest FROM device_information
                         WHERE bulk_identification_code = $1 AND hardware_id = $2 AND source = $3"""
 SELECT_CODE_SERVICES = """
@@ -89,6 +93,18 @@ async def record_information(
         UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", ""), source
     )
     return stored is not None
+
+
+async def forget_information(pool: Pool, older_than_s: float, batch: int = 10_000) -> int:
+    """Delete step-1 records not written for ``older_than_s`` seconds, ``batch`` at a
+    time until none is left; the number deleted. Safe on several instances at once."""
+    total = 0
+    while True:
+        status = await pool.execute(FORGET_INFORMATION, float(older_than_s), batch)
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
 
 
 async def information(pool: Pool, code: str, hardware_id: str, source: str) -> tuple[str, str]:

@@ -305,3 +305,23 @@ async def test_a_disabled_device_is_refused_at_the_reference_ready_step(
     }
     _, text = await client._call("POST", "/bulk/registration/device/ready/", ready)
     assert read(text) == {"status": "false", "reason": "device disabled by the operator"}
+
+
+async def test_old_step_1_records_are_forgotten_and_fresh_ones_kept(operator: Operator, pool: Any) -> None:
+    """Anyone with the code can write a step-1 record for any hardware ID: the intake
+    deletes those older than the retention, so the table stays bounded."""
+    from shared.db import compat
+
+    code = (await operator.product())["bulk_identification_code"]
+    for hardware_id in ("old-one", "fresh-one"):
+        assert await compat.record_information(pool, code, hardware_id, "fp", "", "", "192.0.2.1")
+    await pool.execute(
+        "UPDATE device_information SET updated_at = now() - interval '2 days'"
+        " WHERE bulk_identification_code = $1 AND hardware_id = 'old-one'",
+        code,
+    )
+    assert await compat.forget_information(pool, 86400, batch=1) >= 1
+    left = await pool.fetch(
+        "SELECT hardware_id FROM device_information WHERE bulk_identification_code = $1", code
+    )
+    assert [r["hardware_id"] for r in left] == ["fresh-one"]
