@@ -34,16 +34,16 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
 
 async def list_alerts(args: argparse.Namespace) -> int:
     found: list[dict[str, Any]] = []
-    before: str | None = None
+    before: tuple[str, str] | None = None
     async with operator_client() as client:
         while args.limit is None or len(found) < args.limit:
             size = PAGE if args.limit is None else min(PAGE, args.limit - len(found))
             params = {"limit": str(size), **({"kind": args.kind} if args.kind else {})}
             if before:
-                params["before"] = before
+                params["before"], params["before_id"] = before
             page = await client.get("/v1/security-alerts", params)
             found.extend(page["security_alerts"])
-            before = page["next_before"]
+            before = (page["next_before"], page["next_before_id"]) if page["next_before"] else None
             if before is None:
                 break
     if args.json:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.db import accounts, alerts, devices, products
@@ -147,16 +147,29 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
 DECISIONS = ("new", "same", "clone", "refused")
 
 
-def _before(query: dict[str, str]) -> datetime | None:
-    """The optional ``before`` cursor of a newest-first listing (ISO 8601)."""
-    if not query.get("before"):
-        return None
+def _before(query: dict[str, str]) -> tuple[datetime | None, str | None]:
+    """The optional cursor of a newest-first listing: ``before`` (ISO 8601 time) and
+    ``before_id`` (the last ID seen at that time, from ``next_before_id``)."""
+    raw = query.get("before")
+    before_id = query.get("before_id") or None
+    if before_id is not None and not is_uuid(before_id):
+        raise InvalidInput("before_id is not an ID", field="before_id", rule="format=uuid")
+    if not raw:
+        if before_id is not None:
+            raise InvalidInput("before_id needs before", field="before_id", rule="requires=before")
+        return None, None
     try:
-        return datetime.fromisoformat(query["before"])
+        when = datetime.fromisoformat(raw)
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError as exc:
         raise InvalidInput(
             "before must be an ISO 8601 time", field="before", rule="format=date-time"
         ) from exc
+    except OverflowError as exc:  # e.g. year 9999 with a negative offset: past what a time can hold
+        raise InvalidInput(
+            "before is out of range: years 1 to 9999 in UTC", field="before", rule="range=date-time"
+        ) from exc
+    return when, before_id
 
 
 async def list_decisions(
@@ -165,9 +178,16 @@ async def list_decisions(
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
     decision = _choice(query, "decision", DECISIONS)
     limit = _page_limit(query, page_limit_max)
-    before = _before(query)
-    found = await devices.list_decisions(pool, account.id, decision=decision, before=before, limit=limit)
-    return {"decisions": found, "next_before": found[-1]["decided_at"] if len(found) == limit else None}
+    before, before_id = _before(query)
+    found = await devices.list_decisions(
+        pool, account.id, decision=decision, before=before, limit=limit, before_id=before_id
+    )
+    full = len(found) == limit
+    return {
+        "decisions": found,
+        "next_before": found[-1]["decided_at"] if full else None,
+        "next_before_id": found[-1]["request_id"] if full else None,
+    }
 
 
 def _device_ids(body: dict[str, Any]) -> list[str]:
@@ -226,8 +246,10 @@ async def list_security_alerts(
     """The account's security alerts, most recently seen first; ``before`` pages back."""
     kind = _choice(query, "kind", ALERT_KINDS)
     limit = _page_limit(query, page_limit_max)
-    before = _before(query)
-    found = await alerts.list_alerts(pool, account.id, kind=kind, before=before, limit=limit)
+    before, before_id = _before(query)
+    found = await alerts.list_alerts(
+        pool, account.id, kind=kind, before=before, limit=limit, before_id=before_id
+    )
     return {
         "security_alerts": [
             {
@@ -244,4 +266,5 @@ async def list_security_alerts(
             for a in found
         ],
         "next_before": found[-1].last_seen_at.isoformat() if len(found) == limit else None,
+        "next_before_id": found[-1].id if len(found) == limit else None,
     }

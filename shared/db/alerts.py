@@ -30,7 +30,8 @@ SELECT_ALERTS = """
            first_seen_at, last_seen_at
     FROM security_alerts
     WHERE account_id = $1 AND ($2::text IS NULL OR kind = $2)
-      AND ($3::timestamptz IS NULL OR last_seen_at < $3)
+      AND ($3::timestamptz IS NULL OR last_seen_at < $3
+           OR (last_seen_at = $3 AND $5::uuid IS NOT NULL AND id < $5::uuid))
     ORDER BY last_seen_at DESC, id DESC LIMIT $4"""
 
 
@@ -81,10 +82,17 @@ async def record(conn: Connection, sightings: Sequence[AlertSighting]) -> None:
 
 
 async def list_alerts(
-    pool: Pool, account_id: str, *, kind: str | None, before: datetime | None, limit: int
+    pool: Pool,
+    account_id: str,
+    *,
+    kind: str | None,
+    before: datetime | None,
+    limit: int,
+    before_id: str | None = None,
 ) -> list[SecurityAlert]:
-    """The account's alerts, the most recently seen first; ``before`` pages back."""
-    rows = await pool.fetch(SELECT_ALERTS, account_id, kind, before, limit)
+    """The account's alerts, the most recently seen first; ``before`` and ``before_id``
+    (the last alert ID seen at that time) page back without skipping any."""
+    rows = await pool.fetch(SELECT_ALERTS, account_id, kind, before, limit, before_id)
     return [
         SecurityAlert(
             id=r["id"],

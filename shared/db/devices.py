@@ -149,7 +149,8 @@ SELECT_DECISIONS = """
            device_id::text, product_id::text, protocol
     FROM registration_decisions
     WHERE account_id = $1 AND ($2::text IS NULL OR decision = $2)
-      AND ($3::timestamptz IS NULL OR decided_at < $3)
+      AND ($3::timestamptz IS NULL OR decided_at < $3
+           OR (decided_at = $3 AND $5::uuid IS NOT NULL AND request_id < $5::uuid))
     ORDER BY decided_at DESC, request_id DESC LIMIT $4"""
 # The intake LISTENs on fleetreg_invalidate (shared/db/throttle.py INVALIDATION_CHANNEL) to
 # drop a cached device at once (payload ``device:<lower-case uuid>``); Postgres delivers a
@@ -461,11 +462,19 @@ async def get_device(pool: Pool, account_id: str, device_id: str, online_ttl: fl
 
 
 async def list_decisions(
-    pool: Pool, account_id: str, *, decision: str | None, before: datetime | None, limit: int
+    pool: Pool,
+    account_id: str,
+    *,
+    decision: str | None,
+    before: datetime | None,
+    limit: int,
+    before_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """The account's registration decisions, newest first: the audit trail, including
-    refusals that created no device (a paused registration, a wrong bulk key, ...)."""
-    rows = await pool.fetch(SELECT_DECISIONS, account_id, decision, before, limit)
+    refusals that created no device (a paused registration, a wrong bulk key, ...).
+    ``before`` (and ``before_id``, the last request ID seen at that time: many decisions
+    share one time) page back without skipping any."""
+    rows = await pool.fetch(SELECT_DECISIONS, account_id, decision, before, limit, before_id)
     return [
         {
             "request_id": r["request_id"],

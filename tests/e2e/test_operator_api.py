@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import quote
+
 import aiohttp
+import pytest
 
 from tests.support.api import Operator, register
 from tests.support.system import System
@@ -136,3 +140,37 @@ async def test_refusals_that_created_no_device_are_in_the_audit_trail(
     )
     assert [d["claimed_hardware_id"] for d in older["decisions"]] == ["cafe02"]
     await operator.call("GET", "/v1/registration-decisions?decision=maybe", expect=400)
+
+
+async def test_paging_the_audit_trail_skips_no_decision_that_shares_a_time(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    """Deduplication records a batch's decisions with one time; the cursor carries the
+    last request ID too, so a page boundary inside such a group loses nothing."""
+    code = (await operator.product())["bulk_identification_code"]
+    await asyncio.gather(
+        *(register(session, system.device_url, code, f"tie{i:02d}", cpu_id=f"c{i}") for i in range(25))
+    )
+    everything = (await operator.call("GET", "/v1/registration-decisions?limit=1000", expect=200))[
+        "decisions"
+    ]
+    assert len(everything) == 25
+    assert len({d["decided_at"] for d in everything}) < 25  # some share a time (one batch)
+    seen: list[str] = []
+    query = "limit=2"
+    while True:
+        page = await operator.call("GET", f"/v1/registration-decisions?{query}", expect=200)
+        seen += [d["request_id"] for d in page["decisions"]]
+        if page["next_before"] is None:
+            break
+        query = f"limit=2&before={quote(page['next_before'])}&before_id={page['next_before_id']}"
+    assert seen == [d["request_id"] for d in everything]
+
+
+@pytest.mark.parametrize("before", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00", "yesterday"])
+async def test_a_cursor_time_out_of_range_is_a_400(operator: Operator, before: str) -> None:
+    for path in ("/v1/registration-decisions", "/v1/security-alerts"):
+        answer = await operator.call("GET", f"{path}?before={quote(before)}", expect=400)
+        assert answer["field"] == "before"
+    answer = await operator.call("GET", "/v1/security-alerts?before_id=x", expect=400)
+    assert answer["field"] == "before_id"
