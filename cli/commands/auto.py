@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli.arguments import object_id
 from cli.client import operator_client
 from cli.output import emit_json, print_table
 
@@ -15,7 +16,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     create = actions.add_parser(
         "create", parents=[common], help="start auto registration for a locked product"
     )
-    create.add_argument("--product", required=True, metavar="ID")
+    create.add_argument("--product", required=True, metavar="ID", type=object_id)
     create.add_argument(
         "--max-devices",
         type=int,
@@ -24,7 +25,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     create.set_defaults(run=create_auto)
     update = actions.add_parser("update", parents=[common], help="set or clear the device quota")
-    update.add_argument("id")
+    update.add_argument("id", type=object_id)
     quota = update.add_mutually_exclusive_group(required=True)
     quota.add_argument("--max-devices", type=int, metavar="N", help="at most N devices from now on")
     quota.add_argument("--no-max-devices", action="store_true", help="remove the device quota")
@@ -35,7 +36,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         ("rotate-code", "replace the Bulk Identification Code; the old one stops working at once"),
     ):
         parser = actions.add_parser(action, parents=[common], help=text)
-        parser.add_argument("id")
+        parser.add_argument("id", type=object_id)
         parser.set_defaults(run=change_auto, change=action)
     listing = actions.add_parser("list", parents=[common], help="list auto registrations")
     listing.set_defaults(run=list_auto)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from cli.arguments import object_id
 from cli.client import operator_client
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
@@ -27,14 +28,14 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         help="upload a CSV (REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B)",
     )
     upload.add_argument("file", type=Path)
-    upload.add_argument("--product", required=True, metavar="ID")
+    upload.add_argument("--product", required=True, metavar="ID", type=object_id)
     upload.set_defaults(run=upload_file)
     publish = actions.add_parser("publish", parents=[common], help="publish: the devices appear offline")
-    publish.add_argument("id")
+    publish.add_argument("id", type=object_id)
     publish.add_argument("--wait", action="store_true", help="wait until every row is published")
     publish.set_defaults(run=publish_registration)
     show = actions.add_parser("show", parents=[common], help="one bulk registration, with its conflicts")
-    show.add_argument("id")
+    show.add_argument("id", type=object_id)
     show.set_defaults(run=show_registration)
     listing = actions.add_parser("list", parents=[common], help="the account's bulk registrations")
     listing.set_defaults(run=list_registrations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli.arguments import object_id
 from cli.client import OperatorClient, operator_client
 from cli.errors import CliError
 from cli.output import emit_json, print_table
@@ -19,18 +20,18 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], help="list devices (all pages unless --limit)")
     listing.add_argument("--state", choices=["preregistered", "registered", "online", "offline", "disabled"])
     listing.add_argument("--hardware-id")
-    listing.add_argument("--registration", metavar="ID")
+    listing.add_argument("--registration", metavar="ID", type=object_id)
     listing.add_argument("--limit", type=int, help="at most this many devices")
     listing.set_defaults(run=list_devices)
     show = actions.add_parser("show", parents=[common], help="one device with its history (audit trail)")
-    show.add_argument("id")
+    show.add_argument("id", type=object_id)
     show.set_defaults(run=show_device)
     for action, text in (
         ("reset", "reset for re-provisioning: the next claim of its hardware ID takes it over"),
         ("disable", "refuse the device's registration calls from now on"),
     ):
         parser = actions.add_parser(action, parents=[common], help=text)
-        parser.add_argument("ids", nargs="+", metavar="ID")
+        parser.add_argument("ids", nargs="+", metavar="ID", type=object_id)
         parser.set_defaults(run=change_devices, change=action)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli.arguments import object_id
 from cli.client import operator_client
 from cli.errors import CliError
 from cli.output import emit_json, print_table
@@ -26,7 +27,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     create.set_defaults(run=create_product)
     lock = actions.add_parser("lock", parents=[common], help="lock a product: creates its codes (one-way)")
-    lock.add_argument("id")
+    lock.add_argument("id", type=object_id)
     lock.set_defaults(run=lock_product)
     listing = actions.add_parser("list", parents=[common], help="list the account's products")
     listing.set_defaults(run=list_products)

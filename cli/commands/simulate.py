@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from cli.arguments import object_id
 from cli.client import operator_client
 from cli.commands.bulk import BULK_URL, uploaded_file
 from cli.config import ConfigError, load_endpoints, require
@@ -62,7 +63,9 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
-    parser.add_argument("--bulk", metavar="ID", help="boot the devices of this published bulk registration")
+    parser.add_argument(
+        "--bulk", metavar="ID", type=object_id, help="boot the devices of this published bulk registration"
+    )
     parser.add_argument(
         "--csv",
         type=Path,

@@ -140,8 +140,13 @@ async def test_errors_exit_non_zero_with_one_line(system: System, operator: Oper
     assert err.count("\n") == 1 and "404" in err and "no product" in err
     code, _, err = await fleetreg(operator, system, "product", "create", "--name", "x", "--service", "ssh")
     assert code == 1 and "TYPE:PORT" in err
+    # An ID is checked before any call (it goes into URL paths): a usage error naming it.
     code, _, err = await fleetreg(operator, system, "auto", "create", "--product", "nope")
-    assert code == 1 and err.startswith("fleetreg: ") and "400" in err and "product_id" in err
+    assert code == 2 and "argument --product: 'nope' is not an ID" in err
+    code, _, err = await fleetreg(operator, system, "auto", "pause", "../api-keys?label=x")
+    assert code == 2 and "is not an ID" in err
+    keys = (await operator.call("GET", "/v1/api-keys", expect=200))["api_keys"]
+    assert [k["label"] for k in keys].count("x") == 0
 
 
 async def test_bulk_upload_publish_show_and_simulate(

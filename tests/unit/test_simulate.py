@@ -218,3 +218,16 @@ def test_a_shared_hardware_id_is_an_error_and_so_is_an_undetected_clone() -> Non
 def test_every_claimant_may_be_a_clone_when_the_id_was_taken_before_the_run() -> None:
     results = [_ok(0, "aa", "aa-1", 0.1), _ok(1, "aa", "aa-2", 0.1)]
     assert summarize(_plan(2), results, duration_s=1.0).ok
+
+
+@pytest.mark.parametrize("value", ["../api-keys?label=", "../devices/disable?", "{x}", "", "1234"])
+def test_cli_ids_never_reach_a_url_unchecked(value: str) -> None:
+    """An ID argument is checked before it goes into a URL path: ``../api-keys`` once
+    made ``fleetreg auto pause`` create an API key."""
+    import argparse
+
+    from cli.arguments import object_id
+
+    with pytest.raises(argparse.ArgumentTypeError, match="is not an ID"):
+        object_id(value)
+    assert object_id(" 7E0D1A4E-0000-4000-8000-00000000000A ") == "7e0d1a4e-0000-4000-8000-00000000000a"
