@@ -195,14 +195,28 @@ async def parse_json_body(request: web.Request) -> dict[str, Any]:
     return decode_json_object(body) if body.strip() else {}
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None. The scheme
+    name is case-insensitive and any whitespace may follow it (RFC 9110 section 11.1,
+    RFC 6750 section 2.1)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if not token:
+        scheme, _, token = authorization.strip().partition("\t")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 def api_key(request: web.Request) -> str:
     """The account API key the request carries (``Authorization: Bearer <key>``)."""
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
         raise Unauthorized(
             "send the account API key as 'Authorization: Bearer <key>'", field="Authorization", rule="bearer"
         )
-    return header.removeprefix("Bearer ").strip()
+    return token
 
 
 async def account_for(key: str, pool: Any) -> Any:

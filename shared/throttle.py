@@ -45,6 +45,7 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from shared.db.pool import Pool
 from shared.db.throttle import Listener, PostgresStorage, notify
 from shared.errors import TooManyRequests, Unauthorized
+from shared.http import bearer
 from shared.metrics import THROTTLE_BLOCKED_SOURCES, THROTTLE_REFUSALS, THROTTLED
 from shared.settings import Env, SettingsError
 
@@ -340,9 +341,9 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
         if not (own_answers and request.path.startswith(own_answers)):
             throttle.check_source(source)
         if per_key:
-            header = request.headers.get("Authorization", "")
-            if header.startswith("Bearer "):
-                await throttle.check_key(header.removeprefix("Bearer ").strip())
+            token = bearer(request.headers.get("Authorization"))
+            if token is not None:
+                await throttle.check_key(token)
         try:
             response = await handler(request)
         except Unauthorized:

@@ -28,7 +28,7 @@ from shared.domain.identifiers import (
 from shared.domain.provisioning import FileSpec, render, sha256_hex
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
-from shared.http import decode_json_object
+from shared.http import bearer, decode_json_object
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +216,13 @@ class Device:
 
 
 def bearer_token(authorization: str | None) -> str:
-    if not authorization or not authorization.startswith("Bearer "):
+    secret = bearer(authorization)
+    if secret is None:
         raise Unauthorized(
             "send the device secret as 'Authorization: Bearer <device secret>'",
             field="Authorization",
             rule="bearer",
         )
-    secret = authorization.removeprefix("Bearer ").strip()
     if not secret.isascii():  # device secrets are hex; other bytes cannot match (and cannot be encoded)
         raise Unauthorized(UNAUTHORIZED)
     return secret

@@ -146,3 +146,24 @@ def test_every_forwarded_for_line_is_read_from_the_right() -> None:
     headers = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "203.0.113.9")])
     request = make_mocked_request("GET", "/v1/account", headers=headers, transport=transport, app=app)
     assert request_source(request) == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER  abc ", "abc"),
+        ("Bearer\tabc", "abc"),
+        ("Basic abc", None),
+        ("Bearer ", None),
+        ("Bearerabc", None),
+        (None, None),
+    ],
+)
+def test_the_bearer_scheme_is_case_insensitive(header: str | None, token: str | None) -> None:
+    """RFC 9110 11.1: the scheme name is case-insensitive; the same token is authenticated
+    and counted against its key's rate."""
+    from shared.http import bearer
+
+    assert bearer(header) == token
