@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from cli.arguments import object_id
@@ -71,6 +72,12 @@ async def create_auto(args: argparse.Namespace) -> int:
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
     emit_json(_public(registration)) if args.json else _show([registration])
+    if args.max_devices is None:
+        print(
+            "fleetreg: note: no --max-devices: anyone holding the code (every factory image) can "
+            "register any number of devices; set one with 'fleetreg auto update ID --max-devices N'",
+            file=sys.stderr,
+        )
     return 0
 
 
