@@ -5,20 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli.arguments import positive_int
 from cli.client import operator_client
 from cli.output import emit_json, print_table
 
 PAGE = 1000
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below the minimum of 1")
-    return value
 
 
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
@@ -28,7 +19,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         "list", parents=[common], help="list alerts, most recently seen first (all unless --limit)"
     )
     listing.add_argument("--kind", choices=["bulk_key_guessing"])
-    listing.add_argument("--limit", type=_positive_int, help="at most this many alerts")
+    listing.add_argument("--limit", type=positive_int, help="at most this many alerts")
     listing.set_defaults(run=list_alerts)
 
 

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from cli.arguments import object_id
+from cli.arguments import object_id, positive_int
 from cli.client import operator_client
 from cli.commands.bulk import BULK_URL, uploaded_file
 from cli.config import ConfigError, load_endpoints, require
@@ -15,16 +15,6 @@ from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
 from cli.simulate import FleetPlan, ProgressCallback, Summary, plan_bulk, plan_fleet, run_fleet
 from shared.domain.bulk_csv import CsvReader
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below the minimum of 1")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -49,12 +39,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
-        "--devices", type=_positive_int, help="how many devices (100; with --bulk: all the CSV's)"
+        "--devices", type=positive_int, help="how many devices (100; with --bulk: all the CSV's)"
     )
     parser.add_argument(
         "--clone-rate", type=_rate, default=0.1, help="share of devices reusing another's hardware ID (0.1)"
     )
-    parser.add_argument("--concurrency", type=_positive_int, default=20, help="devices booting at once (20)")
+    parser.add_argument("--concurrency", type=positive_int, default=20, help="devices booting at once (20)")
     parser.add_argument(
         "--lost-response-rate",
         type=_rate,
