@@ -7,6 +7,7 @@ import asyncio
 import logging
 import tempfile
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import IO, Any
 
@@ -90,6 +91,29 @@ def _batch(
     return batch
 
 
+FILE_NAME_MAX = 255
+
+
+def checked_file_name(value: str) -> str:
+    """The upload's file name as shown to operators: at most 255 characters, none of
+    them a control, format (bidi override, zero-width) or unassigned character, which
+    could disguise the name in a listing; Postgres's text cannot hold NUL either."""
+    name = value.strip()
+    if len(name) > FILE_NAME_MAX:
+        raise InvalidInput(
+            f"file_name is {len(name)} characters; the limit is {FILE_NAME_MAX}",
+            field="file_name",
+            rule=f"max_length={FILE_NAME_MAX}",
+        )
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise InvalidInput(
+            "file_name may hold only printable characters (no control or bidi-override characters)",
+            field="file_name",
+            rule="charset=printable",
+        )
+    return name
+
+
 async def ingest(
     pool: Pool,
     keyring: Keyring,
@@ -105,7 +129,7 @@ async def ingest(
         raise InvalidInput(
             "product_id must be the ID of a locked product", field="product_id", rule="format=uuid"
         )
-    registration_id = await bulk.start_upload(pool, account.id, product_id, file_name)
+    registration_id = await bulk.start_upload(pool, account.id, product_id, checked_file_name(file_name))
     started = time.perf_counter()
     try:
         rows = await _store_rows(pool, keyring, registration_id, chunks, limits)

@@ -8,7 +8,7 @@ from typing import Any
 from shared.db import accounts, alerts, devices, products
 from shared.db.accounts import Account
 from shared.db.pool import Pool
-from shared.domain.identifiers import is_uuid
+from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.domain.products import validate_product, validate_service
 from shared.errors import InvalidInput
 
@@ -122,7 +122,7 @@ async def list_devices(
         pool,
         account.id,
         state=state,
-        hardware_id=query.get("hardware_id") or None,
+        hardware_id=validate_hardware_id(query["hardware_id"]) if query.get("hardware_id") else None,
         registration_id=query.get("registration_id") or None,
         after=query.get("after") or None,
         limit=limit,

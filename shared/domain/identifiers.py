@@ -22,7 +22,12 @@ _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{1
 def _validate_text(
     value: object, field: str, limit: int, pattern: re.Pattern[str], allowed: str, rule: str
 ) -> str:
-    """A required string of at most ``limit`` ASCII characters matching ``pattern``."""
+    """A required string of at most ``limit`` ASCII characters matching ``pattern``,
+    surrounding whitespace trimmed (../shared/spec/domain.md, "Identity rules": on
+    every path, as the CSV reader does; a device reading its ID from a file sends
+    ``"b827eb8905e5\\n"``)."""
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         raise InvalidInput(f"{field} is required", field=field, rule="required")
     if not isinstance(value, str):
@@ -87,9 +92,10 @@ def new_code() -> str:
 
 
 def normalize_code(value: object, field: str = "bulk_identification_code") -> str:
-    if not isinstance(value, str) or value == "":
+    """A Bulk Identification Code in canonical (upper-case) form, whitespace trimmed."""
+    if not isinstance(value, str) or value.strip() == "":
         raise InvalidInput(f"{field} is required", field=field, rule="required")
-    code = value.upper()
+    code = value.strip().upper()
     if len(code) != 36 or not _CODE.fullmatch(code):
         raise InvalidInput(
             f"{field} must be 36 characters in UUID form (8-4-4-4-12 hex digits)",

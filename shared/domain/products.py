@@ -58,7 +58,7 @@ def validate_service(raw: object, index: int) -> ServiceSpec:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{field} must be an object", field=field, rule="type=object")
     service_type = raw.get("type")
-    if service_type not in SERVICE_TYPES:
+    if not isinstance(service_type, str) or service_type not in SERVICE_TYPES:
         raise InvalidInput(
             f"{field}.type must be one of {', '.join(sorted(SERVICE_TYPES))}",
             field=f"{field}.type",
