@@ -95,10 +95,10 @@ async def information(pool: Pool, keyring: Keyring, body: dict[str, Any], source
 
 
 def _claim(
-    code: str, hardware_id: str, fingerprint: str, secret_digest: str, key_digest: str = ""
+    keyring: Keyring, code: str, hardware_id: str, fingerprint: str, secret_digest: str, key_digest: str = ""
 ) -> RegistrationRequested:
     return RegistrationRequested(
-        request_id=new_request_id(),
+        request_id=new_request_id(keyring.request_tag),
         received_at=time.time(),
         bulk_identification_code=code,
         hardware_id=hardware_id,
@@ -140,7 +140,7 @@ async def friendly_configuration(
         return _refusal(exc.message)
     fingerprint, secret_digest = await compat.information(pool, code, hardware_id, source)
     outcome = await register(
-        _claim(code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
+        _claim(keyring, code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
     )
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
@@ -224,7 +224,7 @@ async def register_service(
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if found.registration_kind == "bulk" and not _claimed_by(device, fingerprint, key_digest):
         outcome = await register(
-            _claim(found.code, hardware_id, fingerprint, secret_digest, key_digest),
+            _claim(keyring, found.code, hardware_id, fingerprint, secret_digest, key_digest),
             publish,
             waiter,
             keyring,

@@ -23,6 +23,7 @@ from shared.domain.identifiers import (
     new_request_id,
     normalize_code,
     request_id_age_seconds,
+    request_id_is_issued,
     validate_hardware_id,
 )
 from shared.domain.provisioning import FileSpec, render, sha256_hex
@@ -125,7 +126,7 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
 def to_event(registration: RegistrationInput, keyring: Keyring, protocol: str) -> RegistrationRequested:
     """The request as it travels: secrets replaced by their keyed digests."""
     return RegistrationRequested(
-        request_id=new_request_id(),
+        request_id=new_request_id(keyring.request_tag),
         received_at=time.time(),
         bulk_identification_code=registration.bulk_identification_code,
         hardware_id=registration.hardware_id,
@@ -177,6 +178,9 @@ async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: floa
         raise InvalidInput(
             "request_id is not a request ID issued by this service", field="request_id", rule="format=uuid7"
         )
+    if not request_id_is_issued(request_id, keyring.request_tag):
+        # Never issued here (or issued before request IDs carried a tag): nothing to wait for.
+        return Answer("unknown", request_id, reason="no such registration request")
     row = await devices.outcome(pool, request_id)
     if row is None or row["status"] == "decided":
         if row is None and age > forget_after:

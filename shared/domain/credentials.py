@@ -35,6 +35,11 @@ class Keyring:
     def service_password(self, service_uid: str, generation: int) -> str:
         return self._mac("service-password", service_uid, str(generation)).hex()[:32]
 
+    def request_tag(self, prefix: bytes) -> bytes:
+        """4 bytes that only this deployment can compute for a request ID's first 12
+        (shared.domain.identifiers.new_request_id)."""
+        return self._mac("request-id", prefix.hex())[:4]
+
     def digest(self, value: str) -> str:
         """Keyed digest of a presented secret or key: what travels and what is stored."""
         return self._mac("digest", value).hex() if value else ""

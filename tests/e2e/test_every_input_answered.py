@@ -104,3 +104,12 @@ async def test_a_nul_in_the_reference_client_s_os_label_is_dropped(
         f"{system.compat_url}/bulk/registration/device/information/", json=info, ssl=ctx
     ) as r:
         assert r.status == 200 and '"status":"true"' in await r.text()
+
+
+async def test_a_never_issued_request_id_is_unknown_at_once(
+    system: System, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(f"{system.device_url}/v1/registrations/{uuid.uuid4()}") as r:
+        assert r.status == 400  # not even a request ID's form (version 7)
+    async with session.get(f"{system.device_url}/v1/registrations/01ffffff-ffff-7fff-bfff-ffffffffffff") as r:
+        assert r.status == 404 and (await r.json())["status"] == "unknown"

@@ -294,3 +294,22 @@ def test_new_codes_and_request_ids_are_uuids() -> None:
 
 def test_a_code_s_surrounding_whitespace_is_trimmed() -> None:
     assert normalize_code(" " + CODE.lower() + "\n") == CODE
+
+
+def test_a_request_id_carries_a_tag_only_its_deployment_can_make() -> None:
+    """docs/device-api.md: a never-issued request ID is 'unknown' at once, with no
+    registry write per request to remember the issued ones."""
+    from shared.domain.credentials import Keyring
+    from shared.domain.identifiers import request_id_is_issued
+
+    keyring = Keyring(b"k" * 32)
+    other = Keyring(b"o" * 32)
+    issued = new_request_id(keyring.request_tag)
+    assert uuid.UUID(issued).version == 7
+    assert request_id_is_issued(issued, keyring.request_tag)
+    assert not request_id_is_issued(issued, other.request_tag)
+    assert not request_id_is_issued("01ffffff-ffff-7fff-bfff-ffffffffffff", keyring.request_tag)
+    tampered = issued[:-1] + ("0" if issued[-1] != "0" else "1")
+    assert not request_id_is_issued(tampered, keyring.request_tag)
+    assert not request_id_is_issued("not-an-id", keyring.request_tag)
+    assert len({new_request_id(keyring.request_tag) for _ in range(1000)}) == 1000
