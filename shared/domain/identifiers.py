@@ -17,6 +17,7 @@ _CANONICAL_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9
 _HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
 _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
+_ASSIGNED_INDEX = re.compile(r"(.+)-([1-9][0-9]{0,8})")  # "H-N": what a clone is told to adopt
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 
@@ -45,7 +46,15 @@ def _validate_text(
 
 
 def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
-    """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons fits)."""
+    """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons
+    fits), plus an index suffix ``-N`` that fleetreg may have assigned to a clone: every
+    ID it assigns is accepted by every later call of that device, whatever the length of
+    its stem (../shared/spec/domain.md, "Identity rules")."""
+    if isinstance(value, str):
+        indexed = _ASSIGNED_INDEX.fullmatch(value.strip())
+        if indexed is not None and len(value.strip()) > HARDWARE_ID_MAX:
+            stem = validate_hardware_id(indexed.group(1), field)
+            return f"{stem}-{indexed.group(2)}"
     return _validate_text(
         value,
         field,

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.api import Operator, register
+from tests.support.api import Operator, provision, register
 from tests.support.system import System
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +113,26 @@ async def test_a_never_issued_request_id_is_unknown_at_once(
         assert r.status == 400  # not even a request ID's form (version 7)
     async with session.get(f"{system.device_url}/v1/registrations/01ffffff-ffff-7fff-bfff-ffffffffffff") as r:
         assert r.status == 404 and (await r.json())["status"] == "unknown"
+
+
+async def test_a_clone_of_a_64_character_hardware_id_keeps_working_as_h_1(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    stem = uuid.uuid4().hex * 2  # 64 characters, the limit
+    await register(session, system.device_url, code, stem, cpu_id="original", mac="m0")
+    clone = await register(session, system.device_url, code, stem, cpu_id="clone", mac="m1")
+    assert clone.status == 200 and clone.body["hardware_id"] == f"{stem}-1"
+    # The clone adopts H-1 and boots again with it and its secret: the same device, served.
+    again = await register(
+        session,
+        system.device_url,
+        code,
+        f"{stem}-1",
+        cpu_id="clone",
+        mac="m1",
+        secret=clone.body["device_secret"],
+    )
+    assert again.status == 200 and again.body["device_id"] == clone.body["device_id"]
+    assert again.body["decision"] == "same"
+    await provision(session, system.device_url, again.body)

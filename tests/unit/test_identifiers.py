@@ -313,3 +313,20 @@ def test_a_request_id_carries_a_tag_only_its_deployment_can_make() -> None:
     assert not request_id_is_issued(tampered, keyring.request_tag)
     assert not request_id_is_issued("not-an-id", keyring.request_tag)
     assert len({new_request_id(keyring.request_tag) for _ in range(1000)}) == 1000
+
+
+def test_an_assigned_index_is_accepted_whatever_the_stem_s_length() -> None:
+    """A clone of a 64-character hardware ID is told to adopt H-1 (66 characters): every
+    later call of that device must accept it (../shared/spec/domain.md, identity rules)."""
+    stem = "a" * HARDWARE_ID_MAX
+    assert validate_hardware_id(f"{stem}-1") == f"{stem}-1"
+    assert validate_hardware_id(f"{stem}-1-2") == f"{stem}-1-2"
+    for refused in (
+        "a" * (HARDWARE_ID_MAX + 1),
+        f"{stem}a-1",
+        f"{stem}-0",
+        f"{stem}-x",
+        f"{stem}-1234567890",
+    ):
+        with pytest.raises(InvalidInput):
+            validate_hardware_id(refused)
