@@ -86,6 +86,18 @@ async def change_auto_registration(
     return await products.get_registration(pool, account.id, AUTO, registration_id)
 
 
+def _only(query: dict[str, str], known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the listing does not know: silently ignored, a filter
+    such as ``category_a=x`` would return everything."""
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter {unknown[0]!r}: this listing takes {', '.join(known)}",
+            field=unknown[0],
+            rule="known_parameters",
+        )
+
+
 def _choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
     """An optional query parameter that must be one of ``allowed``."""
     value = query.get(name) or None
@@ -113,6 +125,7 @@ DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
 async def list_devices(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int, online_ttl: float
 ) -> dict[str, Any]:
+    _only(query, ("state", "hardware_id", "registration_id", "after", "limit"))
     state = _choice(query, "state", DEVICE_STATES)
     limit = _page_limit(query, page_limit_max)
     for name in ("after", "registration_id"):
@@ -176,6 +189,7 @@ async def list_decisions(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
+    _only(query, ("decision", "limit", "before", "before_id"))
     decision = _choice(query, "decision", DECISIONS)
     limit = _page_limit(query, page_limit_max)
     before, before_id = _before(query)
@@ -244,6 +258,7 @@ async def list_security_alerts(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The account's security alerts, most recently seen first; ``before`` pages back."""
+    _only(query, ("kind", "limit", "before", "before_id"))
     kind = _choice(query, "kind", ALERT_KINDS)
     limit = _page_limit(query, page_limit_max)
     before, before_id = _before(query)

@@ -136,3 +136,19 @@ async def test_a_clone_of_a_64_character_hardware_id_keeps_working_as_h_1(
     assert again.status == 200 and again.body["device_id"] == clone.body["device_id"]
     assert again.body["decision"] == "same"
     await provision(session, system.device_url, again.body)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/devices?category_a=x",
+        "/v1/devices?sort=",
+        "/v1/registration-decisions?hardware_id=h",
+        "/v1/security-alerts?state=x",
+    ],
+)
+async def test_an_unknown_query_parameter_is_a_400_naming_it(operator: Operator, path: str) -> None:
+    """Ignored, a filter the listing does not know would return everything."""
+    answer = await operator.call("GET", path, expect=400)
+    assert answer["field"] == path.split("?")[1].split("=")[0]
+    assert answer["rule"] == "known_parameters"
