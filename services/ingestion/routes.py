@@ -7,6 +7,7 @@ from aiohttp import web
 from services.ingestion import handlers
 from services.ingestion.settings import BulkLimits
 from shared.db import bulk
+from shared.errors import PayloadTooLarge
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
 from shared.pipeline import PIPELINE
@@ -16,6 +17,12 @@ def add_routes(app: web.Application, limits: BulkLimits) -> None:
     async def upload(request: web.Request) -> web.Response:
         pipeline = request.app[PIPELINE]
         account = await account_for(api_key(request), pipeline.pool)
+        if request.content_length is not None and request.content_length > limits.max_bytes:
+            # Said up front: refused before a byte of the body is read or spooled.
+            raise PayloadTooLarge(
+                f"the file is larger than the limit of {limits.max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
+                rule=f"max_bytes={limits.max_bytes}",
+            )
         registration = await handlers.ingest(
             pipeline.pool,
             pipeline.keyring,

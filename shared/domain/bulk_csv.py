@@ -31,10 +31,23 @@ CATEGORY_MAX = 100
 VALUE_SHOWN = 40
 _KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces
 FORMULA_STARTS = ("=", "+", "-", "@")
+# What a spreadsheet writes for a long number in a "General" cell (1.23457E+11): the
+# digits are gone, so a device sending the real key or ID could never match.
+SCIENTIFIC = re.compile(r"[0-9]\.[0-9]+E[+-][0-9]+", re.IGNORECASE)
+LINE_MAX_BYTES = 64 * 1024  # a physical line longer than this is refused (memory stays flat)
+DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
 class _BinaryContent(Exception):
     """A NUL byte: this is no text file."""
+
+
+class _Utf16(Exception):
+    """A UTF-16 file (a spreadsheet's "Unicode text")."""
+
+
+class _LineTooLong(Exception):
+    """A physical line over LINE_MAX_BYTES."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +133,25 @@ class CsvReader:
         except UnicodeDecodeError:
             self.errors.add(RowError(record_start, "", "", "the file is not UTF-8 text (a binary file?)"))
             return
+        except _Utf16:
+            self.errors.add(
+                RowError(
+                    record_start, "", "", "the file is UTF-16 text: save it as CSV UTF-8 (comma-separated)"
+                )
+            )
+            return
         except _BinaryContent:
             self.errors.add(RowError(record_start, "", "", "the file contains NUL bytes (a binary file?)"))
+            return
+        except _LineTooLong:
+            self.errors.add(
+                RowError(
+                    reader.line_num + 1,
+                    "",
+                    "",
+                    f"a line longer than {LINE_MAX_BYTES} bytes (the line limit): is this a CSV file?",
+                )
+            )
             return
         except csv.Error as exc:
             message = str(exc)
@@ -137,20 +167,35 @@ class CsvReader:
             )
 
     def _lines(self) -> Iterator[str]:
+        first = True
         while True:
-            raw = self._stream.readline()
+            raw = self._stream.readline(LINE_MAX_BYTES + 1)
             if not raw:
                 return
+            if len(raw) > LINE_MAX_BYTES:
+                raise _LineTooLong
+            if first and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise _Utf16
             if b"\x00" in raw:
+                # UTF-16 without a byte-order mark: every other byte of ASCII text is NUL.
+                if first and _looks_utf16(raw):
+                    raise _Utf16
                 raise _BinaryContent
+            first = False
             yield self._decoder.decode(raw)
 
     def _read_header(self, record: list[str], line: int) -> None:
-        names = tuple(cell.strip().upper() for cell in record)
+        names = tuple(cell.strip().upper() for cell in _without_empty_tail(record))
         if names in (COLUMNS, COLUMNS[:REQUIRED_COLUMNS], COLUMNS[:4]):
             self.columns = names
             return
         expected = ",".join(COLUMNS)
+        if len(names) == 1:
+            for delimiter, what in DELIMITERS.items():
+                if names[0].split(delimiter)[:REQUIRED_COLUMNS] == list(COLUMNS[:REQUIRED_COLUMNS]):
+                    reason = f"the file is separated by {what}, not commas: save it as CSV (comma-separated)"
+                    self.errors.add(RowError(line, "", shorten(",".join(record)), reason))
+                    return
         missing = [c for c in COLUMNS[:REQUIRED_COLUMNS] if c not in names]
         if missing:
             reason = f"missing column {missing[0]}: the header must be {expected}"
@@ -162,6 +207,7 @@ class CsvReader:
         self.errors.add(RowError(line, "", shorten(",".join(record)), reason))
 
     def _row(self, record: list[str], line: int) -> BulkRow | None:
+        record = _without_empty_tail(record, keep=len(self.columns))
         if len(record) > len(self.columns):
             self.errors.add(
                 RowError(
@@ -191,6 +237,19 @@ class CsvReader:
                 self.errors.add(problem)
             return None
         ok = True
+        for column, value in zip(COLUMNS, values, strict=True):
+            if "\n" in value or "\r" in value:
+                self.errors.add(
+                    RowError(
+                        line,
+                        column,
+                        shorten(value),
+                        "a line break inside a quoted value: values are one line",
+                    )
+                )
+                ok = False
+        if not ok:
+            return None
         for column, value, check in (
             ("REGISTRATION_KEY", key, _check_key),
             ("HARDWARE_ID", hardware_id, _check_hardware_id),
@@ -214,9 +273,36 @@ class CsvReader:
         ]
 
 
+def _looks_utf16(raw: bytes) -> bool:
+    """UTF-16 text without a byte-order mark: every other byte of ASCII is NUL."""
+    half = len(raw) // 2
+    odd, even = raw[1::2].count(0), raw[0::2].count(0)
+    return half >= 4 and ((odd >= half - 1 and even <= 1) or (even >= half - 1 and odd <= 1))
+
+
+def _without_empty_tail(record: list[str], keep: int = 0) -> list[str]:
+    """The record without the empty fields a trailing delimiter leaves (``...,,`` at the
+    end of every line), keeping at least ``keep`` fields."""
+    end = len(record)
+    while end > keep and not record[end - 1].strip():
+        end -= 1
+    return record[:end]
+
+
+def _spreadsheet_number(value: str) -> str:
+    if SCIENTIFIC.fullmatch(value):
+        return (
+            "a number a spreadsheet wrote in scientific notation (its digits are lost): "
+            "format the column as text and export again"
+        )
+    return ""
+
+
 def _check_key(value: str) -> str:
     if not value:
         return "a registration key is required"
+    if _spreadsheet_number(value):
+        return _spreadsheet_number(value)
     if len(value) > KEY_MAX:
         return f"longer than {KEY_MAX} characters"
     if not _KEY.fullmatch(value):
@@ -225,6 +311,8 @@ def _check_key(value: str) -> str:
 
 
 def _check_hardware_id(value: str) -> str:
+    if _spreadsheet_number(value):
+        return _spreadsheet_number(value)
     try:
         validate_hardware_id(value, "HARDWARE_ID")
     except InvalidInput as exc:

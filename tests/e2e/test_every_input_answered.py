@@ -152,3 +152,26 @@ async def test_an_unknown_query_parameter_is_a_400_naming_it(operator: Operator,
     answer = await operator.call("GET", path, expect=400)
     assert answer["field"] == path.split("?")[1].split("=")[0]
     assert answer["rule"] == "known_parameters"
+
+
+async def test_a_claimed_length_over_the_upload_limit_is_refused_before_the_body(
+    system: System, operator: Operator
+) -> None:
+    """The e2e system's limit is 1 MiB; a client announcing 10 MiB gets 413 at once, without
+    sending (and without the service reading) the body."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    product = await operator.call("POST", "/v1/products", {"name": "big"}, expect=201)
+    await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+    parts = urlsplit(system.bulk_url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(
+        f"POST /v1/bulk-registrations?product_id={product['id']} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {operator.api_key}\r\nContent-Length: {10 * 1024 * 1024}\r\n\r\n".encode()
+        + b"REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME\r\n"
+    )
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), timeout=10)
+    writer.close()
+    assert status.split()[1] == b"413"

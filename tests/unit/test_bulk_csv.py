@@ -132,11 +132,11 @@ def test_a_quoted_field_spanning_two_lines_keeps_the_next_line_numbers_right() -
         + b"k3,h3,=bad,,\r\n"  # line 5
     )
     rows, reader = read(data)
-    # A line break is no part of a category shown in a device list: that row is refused,
-    # and the rows after it keep their physical line numbers.
+    # Quoting is read (the record spans lines 2-3), but a value is one line: that row is
+    # refused naming the line break, and the rows after it keep their physical line numbers.
     assert rows == [BulkRow(4, "k2", "h2", "n2", "", "")]
     assert [(e.line, e.column) for e in reader.errors.shown] == [(2, "CATEGORY_A"), (5, "DEVICE_NAME")]
-    assert "control characters" in reader.errors.shown[0].reason
+    assert reader.errors.shown[0].reason == "a line break inside a quoted value: values are one line"
     assert "formula" in reader.errors.shown[1].reason
 
 
@@ -527,3 +527,50 @@ def test_a_200000_row_file_is_streamed_with_the_right_last_line() -> None:
     assert reader.rows_read == count
     assert reader.errors.total == 0
     assert last == BulkRow(count + 1, f"k{count - 1}", f"h{count - 1}", f"h{count - 1}")
+
+
+# ------------------------------------------- spreadsheet damage and misleading reasons
+
+
+@pytest.mark.parametrize("value", ["1.23457E+11", "1.2e+11", "9.99999E-05", "1.0E+3"])
+@pytest.mark.parametrize("column", ["REGISTRATION_KEY", "HARDWARE_ID"])
+def test_a_number_in_scientific_notation_is_refused_naming_the_spreadsheet(value: str, column: str) -> None:
+    """A spreadsheet turns a long numeric key into 1.23457E+11: published, the real device
+    sending 123456789012 would be refused forever."""
+    row = f"{value},h1,n1" if column == "REGISTRATION_KEY" else f"k1,{value},n1"
+    error = only_error(HEADER_3 + row.encode() + b"\r\n")
+    assert (error.line, error.column, error.value) == (2, column, value)
+    assert "scientific notation" in error.reason and "format the column as text" in error.reason
+
+
+@pytest.mark.parametrize("value", ["1e5", "deadbeefe1", "1E05", "b827eb8905e5", "1.5"])
+def test_hex_and_plain_values_with_an_e_are_not_taken_for_scientific_notation(value: str) -> None:
+    rows = read_ok(HEADER_3 + f"k1,{value},n1\r\n".encode())
+    assert rows[0].hardware_id == value
+
+
+@pytest.mark.parametrize(("delimiter", "what"), [(b";", "semicolons"), (b"\t", "tabs")])
+def test_a_file_separated_by_another_delimiter_says_so(delimiter: bytes, what: str) -> None:
+    header = delimiter.join(c.encode() for c in COLUMNS)
+    error = only_error(header + b"\r\n" + delimiter.join([b"k1", b"h1", b"n1", b"", b""]) + b"\r\n")
+    assert error.line == 1 and f"separated by {what}" in error.reason
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_file_is_named_as_such(encoding: str) -> None:
+    data = (",".join(COLUMNS) + "\r\nk1,h1,n1,,\r\n").encode(encoding)
+    error = only_error(data)
+    assert error.reason == "the file is UTF-16 text: save it as CSV UTF-8 (comma-separated)"
+
+
+def test_a_trailing_delimiter_on_every_line_is_ignored() -> None:
+    rows = read_ok(HEADER.rstrip(b"\r\n") + b",\r\nk1,h1,n1,,,\r\nk2,h2,n2,a,b,\r\n")
+    assert [(r.hardware_id, r.category_a) for r in rows] == [("h1", ""), ("h2", "a")]
+
+
+def test_a_line_over_the_limit_is_refused_as_too_long_naming_the_limit() -> None:
+    from shared.domain.bulk_csv import LINE_MAX_BYTES
+
+    error = only_error(HEADER_3 + b'k1,h1,"' + b"x" * (LINE_MAX_BYTES * 2) + b'"\r\n')
+    assert error.line == 2
+    assert f"longer than {LINE_MAX_BYTES} bytes" in error.reason
