@@ -132,17 +132,24 @@ async def ingest(
     registration_id = await bulk.start_upload(pool, account.id, product_id, checked_file_name(file_name))
     started = time.perf_counter()
     try:
-        rows = await _store_rows(pool, keyring, registration_id, chunks, limits)
+        rows, format_errors, too_many_rows = await _store_rows(pool, keyring, registration_id, chunks, limits)
         stored = time.perf_counter()
-        problems = await bulk.duplicate_problems(
-            pool, registration_id, account.id, limits.max_reported_errors
+        # The whole-file checks run on every well-formed row even when other rows are
+        # bad, so one answer lists every problem of the file.
+        problems = (
+            await bulk.duplicate_problems(pool, registration_id, account.id, limits.max_reported_errors)
+            if rows
+            else None
         )
         checked = time.perf_counter()
-        if problems.total:
-            errors = Errors(limits.max_reported_errors)
-            for line, hardware_id, reason in problems.shown:
-                errors.add(RowError(line, "HARDWARE_ID", shorten(hardware_id), reason))
-            errors.total = problems.total
+        if format_errors.total or (problems is not None and problems.total):
+            raise UploadRejected(
+                _every_problem(format_errors, problems, limits.max_reported_errors),
+                status=413 if too_many_rows else 422,
+            )
+        if rows == 0:
+            errors = Errors(1)
+            errors.add(RowError(2, "", "", "no data rows: the file has a header only"))
             raise UploadRejected(errors)
         await bulk.finish_upload(pool, registration_id, account.id, product_id, rows)
     except BaseException:
@@ -160,9 +167,23 @@ async def ingest(
     return await bulk.get_bulk(pool, account.id, registration_id)
 
 
+def _every_problem(format_errors: Errors, problems: bulk.DuplicateProblems | None, limit: int) -> Errors:
+    """Format errors and whole-file problems in one list, by line; the total counts all."""
+    found = list(format_errors.shown)
+    if problems is not None:
+        found += [RowError(line, "HARDWARE_ID", shorten(h), reason) for line, h, reason in problems.shown]
+    errors = Errors(limit)
+    for error in sorted(found, key=lambda e: e.line):
+        errors.add(error)
+    errors.total = format_errors.total + (problems.total if problems is not None else 0)
+    return errors
+
+
 async def _store_rows(
     pool: Pool, keyring: Keyring, registration_id: str, chunks: AsyncIterator[bytes], limits: BulkLimits
-) -> int:
+) -> tuple[int, Errors, bool]:
+    """Spool, read and store every well-formed row (also when other rows are bad, for the
+    whole-file checks); (rows stored, format errors, whether the row limit was crossed)."""
     with tempfile.TemporaryFile(dir=limits.spool_dir) as spooled:
         await spool(chunks, spooled, limits.max_bytes)
         spooled.seek(0)
@@ -173,16 +194,9 @@ async def _store_rows(
             batch = await asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
             if not batch:
                 break
-            if reader.errors.total == 0:  # once the file is invalid, read on only to report every error
-                await bulk.copy_rows(pool, batch)
-                stored += len(batch)
-    if reader.errors.total:
-        raise UploadRejected(reader.errors, status=413 if reader.too_many_rows else 422)
-    if stored == 0:
-        errors = Errors(1)
-        errors.add(RowError(2, "", "", "no data rows: the file has a header only"))
-        raise UploadRejected(errors)
-    return stored
+            await bulk.copy_rows(pool, batch)
+            stored += len(batch)
+    return stored, reader.errors, reader.too_many_rows
 
 
 async def request_publish(pool: Pool, account: Account, registration_id: str) -> BulkPublish:

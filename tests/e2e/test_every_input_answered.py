@@ -175,3 +175,30 @@ async def test_a_claimed_length_over_the_upload_limit_is_refused_before_the_body
     status = await asyncio.wait_for(reader.readline(), timeout=10)
     writer.close()
     assert status.split()[1] == b"413"
+
+
+async def test_one_answer_lists_format_errors_and_whole_file_problems_together(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """A file with a format error, a hardware ID listed twice and one already in the
+    account: all of them in one answer, counted in errors_total, nothing stored."""
+    from tests.support.bulk import HEADER, bulk_product, upload
+
+    product_id = await bulk_product(operator)
+    taken = uuid.uuid4().hex[:12]
+    ok_body = f"{HEADER}\r\nkey-{taken},{taken},Taken,,\r\n".encode()
+    status, _ = await upload(session, system.bulk_url, operator, product_id, ok_body)
+    assert status == 201  # configured, not published: its hardware IDs are taken
+    twice = uuid.uuid4().hex[:12]
+    body = (
+        f"{HEADER}\r\n"
+        f"k-bad-1,has:colon,Bad,,\r\n"  # line 2: format error
+        f"k-dup-1,{twice},One,,\r\n"  # line 3
+        f"k-dup-2,{twice},Two,,\r\n"  # line 4: listed twice
+        f"k-taken,{taken},Again,,\r\n"  # line 5: in another upload not yet published
+    ).encode()
+    status, answer = await upload(session, system.bulk_url, operator, product_id, body)
+    assert status == 422, answer
+    lines = sorted({e["line"] for e in answer["errors"]})
+    assert lines[0] == 2 and 4 in lines and 5 in lines, answer["errors"]
+    assert answer["errors_total"] == len(answer["errors"]) >= 3
