@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,14 @@ async def upload_file(args: argparse.Namespace) -> int:
         emit_json(_public(registration))
     else:
         _show(registration)
+    warnings = registration.get("warnings") or []
+    if warnings:  # accepted, but the operator should know (stderr: --json output stays one document)
+        print(
+            f"fleetreg: {registration.get('warnings_total', len(warnings))} guessable key(s):",
+            file=sys.stderr,
+        )
+        for warning in warnings:
+            print(f"  line {warning['line']}: {warning['reason']}", file=sys.stderr)
     return 0
 
 

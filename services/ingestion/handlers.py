@@ -132,7 +132,9 @@ async def ingest(
     registration_id = await bulk.start_upload(pool, account.id, product_id, checked_file_name(file_name))
     started = time.perf_counter()
     try:
-        rows, format_errors, too_many_rows = await _store_rows(pool, keyring, registration_id, chunks, limits)
+        rows, format_errors, too_many_rows, warnings = await _store_rows(
+            pool, keyring, registration_id, chunks, limits
+        )
         stored = time.perf_counter()
         # The whole-file checks run on every well-formed row even when other rows are
         # bad, so one answer lists every problem of the file.
@@ -164,14 +166,22 @@ async def ingest(
             "check_s": round(checked - stored, 2),
         },
     )
-    return await bulk.get_bulk(pool, account.id, registration_id)
+    registration = await bulk.get_bulk(pool, account.id, registration_id)
+    # The upload report: keys that work but can be guessed (never stored, shown once).
+    return {
+        **registration,
+        "warnings": [w.to_dict() for w in warnings.shown],
+        "warnings_total": warnings.total,
+    }
 
 
 def _every_problem(format_errors: Errors, problems: bulk.DuplicateProblems | None, limit: int) -> Errors:
     """Format errors and whole-file problems in one list, by line; the total counts all."""
     found = list(format_errors.shown)
     if problems is not None:
-        found += [RowError(line, "HARDWARE_ID", shorten(h), reason) for line, h, reason in problems.shown]
+        found += [
+            RowError(line, column, shorten(value), reason) for line, column, value, reason in problems.shown
+        ]
     errors = Errors(limit)
     for error in sorted(found, key=lambda e: e.line):
         errors.add(error)
@@ -181,7 +191,7 @@ def _every_problem(format_errors: Errors, problems: bulk.DuplicateProblems | Non
 
 async def _store_rows(
     pool: Pool, keyring: Keyring, registration_id: str, chunks: AsyncIterator[bytes], limits: BulkLimits
-) -> tuple[int, Errors, bool]:
+) -> tuple[int, Errors, bool, Errors]:
     """Spool, read and store every well-formed row (also when other rows are bad, for the
     whole-file checks); (rows stored, format errors, whether the row limit was crossed)."""
     with tempfile.TemporaryFile(dir=limits.spool_dir) as spooled:
@@ -196,7 +206,7 @@ async def _store_rows(
                 break
             await bulk.copy_rows(pool, batch)
             stored += len(batch)
-    return stored, reader.errors, reader.too_many_rows
+    return stored, reader.errors, reader.too_many_rows, reader.warnings
 
 
 async def request_publish(pool: Pool, account: Account, registration_id: str) -> BulkPublish:

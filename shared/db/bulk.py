@@ -36,6 +36,13 @@ DUPLICATES_IN_FILE = """
     FROM bulk_rows WHERE registration_id = $1
     GROUP BY hardware_id HAVING count(*) > 1
     ORDER BY min(line) LIMIT $2"""
+# One key on several rows: every device of a CSV needs its own key (one key for a
+# whole batch lets anyone who learns it claim any listed hardware ID).
+REPEATED_KEYS = """
+    SELECT array_agg(line ORDER BY line) AS lines, sum(count(*) - 1) OVER () AS total
+    FROM bulk_rows WHERE registration_id = $1
+    GROUP BY registration_key_digest HAVING count(*) > 1
+    ORDER BY min(line) LIMIT $2"""
 TAKEN_IN_ACCOUNT = """
     SELECT b.line, b.hardware_id, count(*) OVER () AS total FROM bulk_rows b
     JOIN devices d ON d.account_id = $2 AND d.hardware_id = b.hardware_id
@@ -136,9 +143,9 @@ async def copy_rows(pool: Pool, rows: Sequence[tuple[Any, ...]]) -> None:
 
 @dataclass(frozen=True)
 class DuplicateProblems:
-    """The first problems (line, hardware ID, reason), and how many there are in all."""
+    """The first problems (line, column, value shown, reason), and how many in all."""
 
-    shown: list[tuple[int, str, str]]
+    shown: list[tuple[int, str, str, str]]
     total: int
 
 
@@ -146,26 +153,47 @@ async def duplicate_problems(
     pool: Pool, registration_id: str, account_id: str, limit: int, timeout_s: float = 600
 ) -> DuplicateProblems:
     """Rows whose hardware ID is listed twice in the file, registered in the account
-    already, or listed by another upload not yet published."""
+    already, or listed by another upload not yet published, and rows repeating another
+    row's registration key (keys are stored as digests: the value is not shown)."""
     # Fresh statistics for the rows just copied in, so the checks get index-driven plans.
     await pool.execute("ANALYZE bulk_rows", timeout=timeout_s)
-    shown: list[tuple[int, str, str]] = []
+    shown: list[tuple[int, str, str, str]] = []
     total = 0
     rows = await pool.fetch(DUPLICATES_IN_FILE, registration_id, limit, timeout=timeout_s)
     for row in rows:
         first, *later = row["lines"]
         shown.extend(
-            (line, row["hardware_id"], f"duplicate hardware ID: also on line {first}") for line in later
+            (line, "HARDWARE_ID", row["hardware_id"], f"duplicate hardware ID: also on line {first}")
+            for line in later
+        )
+    total += int(rows[0]["total"]) if rows else 0
+    rows = await pool.fetch(REPEATED_KEYS, registration_id, limit, timeout=timeout_s)
+    for row in rows:
+        first, *later = row["lines"]
+        shown.extend(
+            (
+                line,
+                "REGISTRATION_KEY",
+                "",
+                f"the registration key of line {first} again: every device needs a key of its own",
+            )
+            for line in later
         )
     total += int(rows[0]["total"]) if rows else 0
     rows = await pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit, timeout=timeout_s)
     shown.extend(
-        (r["line"], r["hardware_id"], "hardware ID already registered in this account") for r in rows
+        (r["line"], "HARDWARE_ID", r["hardware_id"], "hardware ID already registered in this account")
+        for r in rows
     )
     total += int(rows[0]["total"]) if rows else 0
     rows = await pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit, timeout=timeout_s)
     shown.extend(
-        (r["line"], r["hardware_id"], f"hardware ID already listed by bulk registration {r['other']}")
+        (
+            r["line"],
+            "HARDWARE_ID",
+            r["hardware_id"],
+            f"hardware ID already listed by bulk registration {r['other']}",
+        )
         for r in rows
     )
     total += int(rows[0]["total"]) if rows else 0

@@ -35,6 +35,11 @@ FORMULA_STARTS = ("=", "+", "-", "@")
 # digits are gone, so a device sending the real key or ID could never match.
 SCIENTIFIC = re.compile(r"[0-9]\.[0-9]+E[+-][0-9]+", re.IGNORECASE)
 LINE_MAX_BYTES = 64 * 1024  # a physical line longer than this is refused (memory stays flat)
+WEAK_KEY_LENGTH = 8
+WARNINGS_SHOWN = 20
+_MAC_SEPARATORS = re.compile(r"[:.-]")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+_HEX = re.compile(r"[0-9a-f]{12,}")
 DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
@@ -102,6 +107,8 @@ class CsvReader:
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
         self._max_rows = max_rows
         self.errors = Errors(max_errors)
+        # Keys that work but can be guessed: reported with the upload, never refused.
+        self.warnings = Errors(WARNINGS_SHOWN)
         self.rows_read = 0
         self.columns: tuple[str, ...] = ()
         self.too_many_rows = False
@@ -263,6 +270,9 @@ class CsvReader:
                 ok = False
         if not ok:
             return None
+        weak = weak_key(key, hardware_id)
+        if weak:
+            self.warnings.add(RowError(line, "REGISTRATION_KEY", "", weak))
         return BulkRow(line, key, hardware_id, name or hardware_id, category_a, category_b)
 
     def _check_ascii(self, values: list[str], line: int) -> list[RowError]:
@@ -271,6 +281,22 @@ class CsvReader:
             for column, value in zip(COLUMNS, values, strict=True)
             if not value.isascii()
         ]
+
+
+def weak_key(key: str, hardware_id: str) -> str:
+    """Why a registration key is guessable, or "": short, the hardware ID itself, or
+    derived from a MAC address (a MAC's first 6 hex digits name its vendor, publicly)."""
+    if len(key) < WEAK_KEY_LENGTH:
+        return f"a short registration key ({len(key)} characters): guessable; use 16 random hex digits"
+    plain_key = _MAC_SEPARATORS.sub("", key).lower()
+    plain_id = _MAC_SEPARATORS.sub("", hardware_id).lower()
+    if plain_key == plain_id:
+        return "the registration key is the hardware ID: guessable by anyone who reads the ID"
+    if _MAC.fullmatch(key) or (
+        _HEX.fullmatch(plain_key) and _HEX.fullmatch(plain_id) and plain_key[:6] == plain_id[:6]
+    ):
+        return "the registration key looks derived from a MAC address: guessable; use random keys"
+    return ""
 
 
 def _looks_utf16(raw: bytes) -> bool:

@@ -202,3 +202,25 @@ async def test_one_answer_lists_format_errors_and_whole_file_problems_together(
     lines = sorted({e["line"] for e in answer["errors"]})
     assert lines[0] == 2 and 4 in lines and 5 in lines, answer["errors"]
     assert answer["errors_total"] == len(answer["errors"]) >= 3
+
+
+async def test_one_key_on_many_rows_is_refused_per_row_and_weak_keys_are_warned(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    from tests.support.bulk import HEADER, bulk_product, upload
+
+    product_id = await bulk_product(operator)
+    tag = uuid.uuid4().hex[:6]
+    body = f"{HEADER}\r\nsame-key-123,{tag}01,a,,\r\nsame-key-123,{tag}02,b,,\r\nsame-key-123,{tag}03,c,,\r\n"
+    status, answer = await upload(session, system.bulk_url, operator, product_id, body.encode())
+    assert status == 422
+    assert [(e["line"], e["column"], e["value"]) for e in answer["errors"]] == [
+        (3, "REGISTRATION_KEY", ""),
+        (4, "REGISTRATION_KEY", ""),
+    ]
+    assert "every device needs a key of its own" in answer["errors"][0]["reason"]
+    weak = f"{HEADER}\r\nshort,{tag}04,d,,\r\n{tag}05abcdef,{tag}05abcdef,e,,\r\n9f3a1c77d0e2b4a8,{tag}06,f,,\r\n"
+    status, answer = await upload(session, system.bulk_url, operator, product_id, weak.encode())
+    assert status == 201
+    assert answer["warnings_total"] == 2
+    assert [w["line"] for w in answer["warnings"]] == [2, 3]

@@ -574,3 +574,27 @@ def test_a_line_over_the_limit_is_refused_as_too_long_naming_the_limit() -> None
     error = only_error(HEADER_3 + b'k1,h1,"' + b"x" * (LINE_MAX_BYTES * 2) + b'"\r\n')
     assert error.line == 2
     assert f"longer than {LINE_MAX_BYTES} bytes" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "hardware_id", "why"),
+    [
+        ("abc123", "h1", "short registration key"),
+        ("b827eb8905e5", "b827eb8905e5", "is the hardware ID"),
+        ("B8-27-EB-89-05-E5", "b827eb8905e5", "is the hardware ID"),
+        ("aa:bb:cc:dd:ee:ff", "x1", "derived from a MAC"),
+        ("b827eb000001", "b827eb8905e5", "derived from a MAC"),
+    ],
+)
+def test_a_guessable_key_is_accepted_with_a_warning(key: str, hardware_id: str, why: str) -> None:
+    rows, reader = read(HEADER_3 + f"{key},{hardware_id},n1\r\n".encode())
+    assert len(rows) == 1 and reader.errors.total == 0
+    assert reader.warnings.total == 1
+    warning = reader.warnings.shown[0]
+    assert (warning.line, warning.column, warning.value) == (2, "REGISTRATION_KEY", "")  # never shown
+    assert why in warning.reason
+
+
+def test_random_keys_get_no_warning() -> None:
+    rows, reader = read(HEADER_3 + b"1c1b0dbe190e,f0038c1be545,n1\r\n9f3a1c77d0e2b4a8,b827eb8905e5,n2\r\n")
+    assert len(rows) == 2 and reader.warnings.total == 0
