@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STACK  := deploy/local/stack.sh
 
-.PHONY: venv up down status demo test test-unit bench lint
+.PHONY: venv up down status demo test test-unit bench fuzz lint
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ test-unit: venv
 
 bench: up
 	@$(PY) -m tests.bench
+
+# The OpenAPI fuzzing of make test (25 examples an operation), 300 examples an operation.
+fuzz: venv
+	@$(STACK) infra-up
+	@FLEETREG_FUZZ_EXAMPLES=300 $(PY) -m pytest tests/e2e/test_openapi_fuzz.py
 
 lint: venv
 	@$(VENV)/bin/ruff check .

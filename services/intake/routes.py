@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -16,6 +17,9 @@ from shared.throttle import THROTTLE, mark_refused
 
 if TYPE_CHECKING:
     from services.intake.app import Resources
+
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def native_view(answer: Answer, retry_after: int) -> web.Response:
@@ -116,6 +120,10 @@ def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
             {"status": "accepted", "online_ttl_seconds": r.settings.online_ttl_seconds}, status=202
         )
 
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
+
+    app.router.add_get("/openapi.yaml", openapi)
     app.router.add_post("/v1/registrations", post_registration)
     app.router.add_get("/v1/registrations/{request_id}", get_registration)
     app.router.add_get("/v1/devices/{device_id}/manifest", get_manifest)

@@ -1,0 +1,84 @@
+"""Schemathesis against the running services, from each API's own served OpenAPI
+document: no 5xx, only documented status codes and content types, and bodies that match
+their schemas. A bounded number of examples per operation keeps `make test` fast;
+`make fuzz` runs the same with FLEETREG_FUZZ_EXAMPLES=300.
+
+The operator and bulk APIs are fuzzed with an account of their own (never the demo's),
+whose key the cases send; the device API with whatever the fuzzer generates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import pytest
+import requests
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.support.api import Operator
+from tests.support.system import System
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = int(os.environ.get("FLEETREG_FUZZ_EXAMPLES", "25"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def fuzz(base_url: str, headers: dict[str, str], skip: Callable[[str, str], bool] = lambda m, p: False) -> int:
+    """Run every operation of the document served at ``base_url``/openapi.yaml; the
+    number of operations run. A failing check raises with schemathesis's report."""
+    document = requests.get(f"{base_url}/openapi.yaml", timeout=10)
+    document.raise_for_status()
+    schema = schemathesis.openapi.from_dict(yaml.safe_load(document.text))
+    run = 0
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if skip(operation.method.upper(), operation.path):
+                continue
+
+            # Valid inputs and invalid ones (wrong types, missing fields, out of range).
+            cases = st.one_of(
+                operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
+            )
+
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=True,
+            )
+            @given(case=cases)
+            def check(case: schemathesis.Case) -> None:
+                case.call_and_validate(base_url=base_url, session=session, headers=headers, checks=CHECKS)
+
+            check()
+            run += 1
+    return run
+
+
+async def test_the_device_api_answers_every_generated_input_as_documented(system: System) -> None:
+    assert await asyncio.to_thread(fuzz, system.device_url, {}) == 10
+
+
+async def test_the_operator_api_answers_every_generated_input_as_documented(
+    system: System, operator: Operator
+) -> None:
+    def destructive(method: str, path: str) -> bool:
+        # Revoking keys would revoke the fuzzing account's own key mid-run.
+        return method == "DELETE" and path.startswith("/v1/api-keys")
+
+    headers = {"Authorization": f"Bearer {operator.api_key}"}
+    assert await asyncio.to_thread(fuzz, system.operator_url, headers, destructive) > 20
