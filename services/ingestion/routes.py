@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from services.ingestion import handlers
@@ -11,6 +13,8 @@ from shared.errors import PayloadTooLarge
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
 from shared.pipeline import PIPELINE
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def add_routes(app: web.Application, limits: BulkLimits) -> None:
@@ -54,6 +58,10 @@ def add_routes(app: web.Application, limits: BulkLimits) -> None:
         await publish(pipeline.producer, pipeline.topics.bulk_publish, registration_id, first)
         return json_response(await bulk.get_bulk(pipeline.pool, account.id, registration_id), status=202)
 
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
+
+    app.router.add_get("/openapi.yaml", openapi)
     app.router.add_post("/v1/bulk-registrations", upload)
     app.router.add_get("/v1/bulk-registrations", list_all)
     app.router.add_get("/v1/bulk-registrations/{registration_id}", show)

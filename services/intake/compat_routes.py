@@ -12,6 +12,7 @@ the address are marked by the business logic (``Reply.counted``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,6 +29,9 @@ from shared.throttle import THROTTLE, mark_refused, request_source
 
 if TYPE_CHECKING:
     from services.intake.app import Resources
+
+
+OPENAPI = Path(__file__).with_name("openapi-compat.yaml")
 
 
 def _reply(text: str) -> web.Response:
@@ -157,7 +161,12 @@ def add_compat_routes(app: web.Application, key: web.AppKey[Resources], prefix: 
 
         return _answer(request, await compat.ready(r.pool, r.keyring, publish_signal, body))
 
+    async def openapi(request: web.Request) -> web.Response:
+        document = OPENAPI.read_text(encoding="utf-8").replace("'{prefix}'", repr(prefix or "/"))
+        return web.Response(text=document, content_type="application/yaml")
+
     router = app.router
+    router.add_get(f"{prefix}/openapi.yaml", openapi)
     router.add_post(f"{prefix}/bulk/registration/device/information/", information)
     router.add_get(
         f"{prefix}/bulk/registration/device/friendly/configuration/{{code}}/{{hardware_id}}/",
