@@ -32,9 +32,10 @@ SELECT_PRODUCT = "SELECT status, registration_kind FROM products WHERE id = $1 A
 INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
                    VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
 DUPLICATES_IN_FILE = """
-    SELECT hardware_id, array_agg(line ORDER BY line) AS lines, sum(count(*) - 1) OVER () AS total
+    SELECT min(hardware_id) AS hardware_id, array_agg(line ORDER BY line) AS lines,
+           sum(count(*) - 1) OVER () AS total
     FROM bulk_rows WHERE registration_id = $1
-    GROUP BY hardware_id HAVING count(*) > 1
+    GROUP BY lower(hardware_id) HAVING count(*) > 1
     ORDER BY min(line) LIMIT $2"""
 # One key on several rows: every device of a CSV needs its own key (one key for a
 # whole batch lets anyone who learns it claim any listed hardware ID).
@@ -45,11 +46,11 @@ REPEATED_KEYS = """
     ORDER BY min(line) LIMIT $2"""
 TAKEN_IN_ACCOUNT = """
     SELECT b.line, b.hardware_id, count(*) OVER () AS total FROM bulk_rows b
-    JOIN devices d ON d.account_id = $2 AND d.hardware_id = b.hardware_id
+    JOIN devices d ON d.account_id = $2 AND lower(d.hardware_id) = lower(b.hardware_id)
     WHERE b.registration_id = $1 ORDER BY b.line LIMIT $3"""
 LISTED_ELSEWHERE = """
     SELECT b.line, b.hardware_id, r.id::text AS other, count(*) OVER () AS total FROM bulk_rows b
-    JOIN bulk_rows o ON o.hardware_id = b.hardware_id AND o.registration_id <> b.registration_id
+    JOIN bulk_rows o ON lower(o.hardware_id) = lower(b.hardware_id) AND o.registration_id <> b.registration_id
                     AND o.state = 'pending'
     JOIN registrations r ON r.id = o.registration_id AND r.account_id = $2
                         AND r.status IN ('configured', 'publishing')
@@ -91,7 +92,7 @@ INSERT_PREREGISTERED = """
            'preregistered', u.key_digest
     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[])
          AS u(hardware_id, name, category_a, category_b, key_digest)
-    ON CONFLICT (account_id, hardware_id) DO NOTHING
+    ON CONFLICT (account_id, lower(hardware_id)) DO NOTHING
     RETURNING hardware_id"""
 DELETE_PUBLISHED = "DELETE FROM bulk_rows WHERE registration_id = $1 AND line = ANY($2::int[])"
 MARK_CONFLICTS = (

@@ -64,7 +64,7 @@ SELECT_DEVICE = """
     FROM devices v
     LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = $3
          AND f.generation = v.credential_generation
-    WHERE v.account_id = $1 AND v.hardware_id = $2"""
+    WHERE v.account_id = $1 AND lower(v.hardware_id) = lower($2)"""
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ SELECT_DEVICES = """
            credential_generation
     FROM devices
     WHERE account_id = $1
-      AND ($2::text IS NULL OR hardware_id = $2)
+      AND ($2::text IS NULL OR lower(hardware_id) = lower($2))
       AND ($3::uuid IS NULL OR registration_id = $3)
       AND ($4::uuid IS NULL OR id > $4)
       AND ($5::uuid IS NULL OR id = $5)

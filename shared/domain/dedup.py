@@ -126,7 +126,9 @@ class Family:
         registration_devices: dict[str, int] | None = None,
     ) -> Family:
         return cls(
-            {d.hardware_id: d for d in devices}, dict(idempotent or {}), dict(registration_devices or {})
+            {d.hardware_id.lower(): d for d in devices},
+            dict(idempotent or {}),
+            dict(registration_devices or {}),
         )
 
     def by_id(self, device_id: str) -> KnownDevice | None:
@@ -137,12 +139,14 @@ class Family:
         return sum(
             1
             for d in self.devices.values()
-            if d.claimed_hardware_id == hardware_id and d.hardware_id != hardware_id and d.created_at >= since
+            if d.claimed_hardware_id.lower() == hardware_id.lower()
+            and d.hardware_id.lower() != hardware_id.lower()
+            and d.created_at >= since
         )
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:
         if verdict.device is not None:
-            self.devices[verdict.device.hardware_id] = verdict.device
+            self.devices[verdict.device.hardware_id.lower()] = verdict.device
             if claim.idempotency_key:
                 self.idempotent.setdefault(claim.idempotency_key, verdict.device.id)
             if verdict.created:
@@ -177,7 +181,7 @@ def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | No
         return None
     for device in family.devices.values():
         if (
-            claim.hardware_id in (device.claimed_hardware_id, device.hardware_id)
+            claim.hardware_id.lower() in (device.claimed_hardware_id.lower(), device.hardware_id.lower())
             and device.fingerprint == claim.fingerprint
             and device.lifecycle == "registered"
             # CPU ID and MAC are not secret: a device that registered with a key proves
@@ -205,12 +209,12 @@ def decide(
         if (
             prior is not None
             and prior.lifecycle == "registered"
-            and prior.claimed_hardware_id == claim.hardware_id
+            and prior.claimed_hardware_id.lower() == claim.hardware_id.lower()
             and _key_holds(prior, claim, kind)
         ):
             return _same(prior, "retry with the same idempotency key")
 
-    existing = family.devices.get(claim.hardware_id)
+    existing = family.devices.get(claim.hardware_id.lower())  # case-insensitive (domain: identity rules)
     if (
         existing is not None
         and claim.secret_digest
@@ -251,15 +255,16 @@ def decide(
         if existing.disabled:
             return Verdict("refused", device=existing, reason=REASON_DISABLED)
         taken = replace(
-        existing,
-        fingerprint=claim.fingerprint,
-        lifecycle="registered",
-        registered_with_key=bool(claim.idempotency_key),
-    )
+            existing,
+            fingerprint=claim.fingerprint,
+            lifecycle="registered",
+            registered_with_key=bool(claim.idempotency_key),
+        )
         return Verdict(
             "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
         )
-    assigned = next_free_index(claim.hardware_id, family.devices)
+    # H-N keeps the case in which H was first registered (the registry's display case).
+    assigned = next_free_index(existing.hardware_id, family.devices)
     clone = KnownDevice(
         id=new_id(),
         hardware_id=assigned,

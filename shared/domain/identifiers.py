@@ -78,20 +78,22 @@ def validate_device_name(value: object, field: str = "name") -> str:
 
 
 def hardware_id_stem(hardware_id: str) -> str:
-    """The hardware ID without an index suffix (``H-3`` -> ``H``); mirrors the database column."""
-    return _INDEX_SUFFIX.sub("", hardware_id)
+    """The hardware ID without an index suffix, in lower case (``B8-3`` -> ``b8``): hardware
+    IDs are unique case-insensitively; mirrors the database column."""
+    return _INDEX_SUFFIX.sub("", hardware_id).lower()
 
 
 def family_stems(hardware_id: str) -> tuple[str, str]:
     """The stems under which every ID that can collide with a claim of ``hardware_id`` is
     stored: the claim itself shares ``stem(H)``, its indexed variants ``H-N`` have stem ``H``."""
-    return hardware_id_stem(hardware_id), hardware_id
+    return hardware_id_stem(hardware_id), hardware_id.lower()
 
 
 def next_free_index(hardware_id: str, taken: Container[str]) -> str:
-    """The smallest ``H-N`` (N >= 1) not taken; a literal ``H-1`` already taken is skipped."""
+    """The smallest ``H-N`` (N >= 1) not taken; a literal ``H-1`` already taken is skipped.
+    ``taken`` holds lower-case IDs (hardware IDs are unique case-insensitively)."""
     index = 1
-    while f"{hardware_id}-{index}" in taken:
+    while f"{hardware_id}-{index}".lower() in taken:
         index += 1
     return f"{hardware_id}-{index}"
 

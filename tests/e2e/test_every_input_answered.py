@@ -224,3 +224,27 @@ async def test_one_key_on_many_rows_is_refused_per_row_and_weak_keys_are_warned(
     assert status == 201
     assert answer["warnings_total"] == 2
     assert [w["line"] for w in answer["warnings"]] == [2, 3]
+
+
+async def test_two_cases_of_one_hardware_id_are_one_id_everywhere(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    from tests.support.bulk import HEADER, bulk_product, upload
+
+    code = (await operator.product())["bulk_identification_code"]
+    upper = uuid.uuid4().hex[:12].upper()
+    first = await register(session, system.device_url, code, upper, cpu_id="a", mac="a")
+    second = await register(session, system.device_url, code, upper.lower(), cpu_id="b", mac="b")
+    assert first.body["hardware_id"] == upper
+    assert second.body["clone"] is True and second.body["hardware_id"] == f"{upper}-1"
+    found = await operator.devices(hardware_id=upper.lower())
+    assert [d["hardware_id"] for d in found] == [upper]
+
+    product_id = await bulk_product(operator)
+    h = uuid.uuid4().hex[:12]
+    body = f"{HEADER}\r\nkey-aaaaaaaa1,{h},a,,\r\nkey-aaaaaaaa2,{h.upper()},b,,\r\n"
+    status, answer = await upload(session, system.bulk_url, operator, product_id, body.encode())
+    assert status == 422
+    assert [(e["line"], e["reason"]) for e in answer["errors"]] == [
+        (3, "duplicate hardware ID: also on line 2")
+    ]

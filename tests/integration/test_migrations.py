@@ -89,3 +89,38 @@ async def test_the_registry_refuses_two_devices_with_one_hardware_id(empty_datab
         await conn.execute(insert)
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(insert)
+
+
+async def test_the_case_insensitive_migration_refuses_a_registry_with_two_cases_of_an_id(
+    empty_database: str,
+) -> None:
+    """0008 makes hardware IDs unique case-insensitively; a registry that already holds
+    B827EB8905E5 and b827eb8905e5 is refused with both named, and nothing changes."""
+    import asyncpg
+
+    files = sorted(available_migrations(), key=lambda m: m.version)
+    before = [m for m in files if m.version < 8]
+    case_migration = next(m for m in files if m.version == 8)
+    async with single_connection(empty_database) as conn:
+        for migration in before:
+            await conn.execute(migration.sql)
+        await conn.execute(
+            """INSERT INTO accounts (id, name) VALUES ('00000000-0000-4000-8000-000000000001', 'a');
+               INSERT INTO products (id, account_id, name)
+                    VALUES ('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'p');
+               INSERT INTO registrations (id, account_id, product_id, kind, status)
+                    VALUES ('00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000001',
+                            '00000000-0000-4000-8000-000000000002', 'auto', 'active');
+               INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id,
+                                    claimed_hardware_id, name, lifecycle)
+               SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000001',
+                      '00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000003',
+                      h, h, h, 'registered'
+               FROM unnest(ARRAY['B827EB8905E5', 'b827eb8905e5', 'other']) AS h"""
+        )
+        with pytest.raises(asyncpg.RaiseError) as refused:
+            await conn.execute(case_migration.sql)
+        assert "B827EB8905E5, b827eb8905e5" in str(refused.value)
+        assert "other" not in str(refused.value)
+        indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'devices'")
+        assert "devices_account_hardware_id_ci" not in {r["indexname"] for r in indexes}

@@ -574,3 +574,15 @@ def test_without_a_key_the_fingerprint_retry_still_is_the_device() -> None:
     first = fleet.claim(H, FP_A)
     assert fleet.claim(H, FP_A).decision == "same"
     assert first.decision == "new"
+
+
+def test_hardware_ids_differing_only_in_case_are_one_id() -> None:
+    """../shared/spec/domain.md, identity rules: unique case-insensitively, as Azure DPS
+    registration IDs are; the registry keeps the first case, and H-N keeps it too."""
+    fleet = Fleet()
+    first = fleet.claim("B827EB8905E5", FP_A)
+    assert first.decision == "new"
+    other = fleet.claim("b827eb8905e5", FP_B)
+    assert other.decision == "clone"
+    assert other.device is not None and other.device.hardware_id == "B827EB8905E5-1"
+    assert fleet.claim("b827eb8905e5", FP_A).decision == "same"  # the retry, in another case

@@ -174,13 +174,19 @@ def test_next_free_index_starts_at_1() -> None:
 
 
 def test_next_free_index_is_the_smallest_free_one() -> None:
-    assert next_free_index("H", {"H", "H-1", "H-3"}) == "H-2"
-    assert next_free_index("H", {"H", "H-1", "H-2"}) == "H-3"
+    # ``taken`` holds lower-case IDs: hardware IDs are unique case-insensitively.
+    assert next_free_index("H", {"h", "h-1", "h-3"}) == "H-2"
+    assert next_free_index("H", {"h", "h-1", "h-2"}) == "H-3"
 
 
 def test_next_free_index_of_an_indexed_looking_id_appends_another_index() -> None:
     # A device whose own hardware ID is "H-1" has clones "H-1-1", "H-1-2", ...
-    assert next_free_index("H-1", {"H", "H-1", "H-1-1"}) == "H-1-2"
+    assert next_free_index("H-1", {"h", "h-1", "h-1-1"}) == "H-1-2"
+
+
+def test_stems_are_lower_case_so_cases_of_one_id_meet() -> None:
+    assert hardware_id_stem("B827EB8905E5-2") == hardware_id_stem("b827eb8905e5") == "b827eb8905e5"
+    assert family_stems("B827EB8905E5") == ("b827eb8905e5", "b827eb8905e5")
 
 
 # ---------------------------------------------------------------- codes
