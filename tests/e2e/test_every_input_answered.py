@@ -248,3 +248,15 @@ async def test_two_cases_of_one_hardware_id_are_one_id_everywhere(
     assert [(e["line"], e["reason"]) for e in answer["errors"]] == [
         (3, "duplicate hardware ID: also on line 2")
     ]
+
+
+async def test_a_nul_in_a_key_label_or_a_device_path_id_is_a_4xx(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    answer = await operator.call("POST", "/v1/api-keys", {"label": "ops\u0000bot"}, expect=400)
+    assert answer["field"] == "label"
+    for path in ("/v1/devices/%00/manifest", "/v1/devices/a%00b/files/x", "/v1/registrations/%00"):
+        async with session.get(system.device_url + path, headers={"Authorization": "Bearer x"}) as r:
+            assert 400 <= r.status < 500, (path, r.status)
+    async with session.get(f"{operator.url}/v1/devices/%00", headers=auth(operator)) as r:
+        assert r.status == 404
