@@ -220,7 +220,7 @@ async def register_service(
     except InvalidInput as exc:
         return _refusal(exc.message)
     fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id, source)
-    key_digest = keyring.digest(_text(body, "registration_key"))
+    key_digest = keyring.digest(_text(body, "registration_key").strip())  # trimmed as in the CSV
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if found.registration_kind == "bulk" and not _claimed_by(device, fingerprint, key_digest):
         outcome = await register(

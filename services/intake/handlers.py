@@ -78,7 +78,9 @@ class Answer:
 
     @property
     def clone(self) -> bool:
-        return bool(self.hardware_id) and self.hardware_id != self.claimed_hardware_id
+        # Case-insensitive: hardware IDs are unique case-insensitively, so a claim of
+        # "de01" answered with the registered "DE01" is the same ID, not a clone.
+        return bool(self.hardware_id) and self.hardware_id.lower() != self.claimed_hardware_id.lower()
 
 
 def _token(value: object, field: str) -> str:
@@ -94,6 +96,10 @@ def _token(value: object, field: str) -> str:
     if not value.isascii() or not value.isprintable():
         raise InvalidInput(f"{field} may hold only printable ASCII", field=field, rule="charset=ascii")
     return value
+
+
+def _stripped(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
 
 
 def parse_registration(body: bytes, idempotency_key: str | None) -> RegistrationInput:
@@ -118,7 +124,8 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
         cpu_id=_token(fingerprint.get("cpu_id"), "fingerprint.cpu_id"),
         mac=_token(fingerprint.get("mac"), "fingerprint.mac"),
         device_secret=_token(data.get("device_secret"), "device_secret"),
-        registration_key=_token(data.get("registration_key"), "registration_key"),
+        # Trimmed as the CSV trims it: a key read from a file may end in a line break.
+        registration_key=_token(_stripped(data.get("registration_key")), "registration_key"),
         idempotency_key=_token(idempotency_key, "Idempotency-Key"),
     )
 

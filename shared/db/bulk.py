@@ -32,7 +32,7 @@ SELECT_PRODUCT = "SELECT status, registration_kind FROM products WHERE id = $1 A
 INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
                    VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
 DUPLICATES_IN_FILE = """
-    SELECT min(hardware_id) AS hardware_id, array_agg(line ORDER BY line) AS lines,
+    SELECT array_agg(hardware_id ORDER BY line) AS hardware_ids, array_agg(line ORDER BY line) AS lines,
            sum(count(*) - 1) OVER () AS total
     FROM bulk_rows WHERE registration_id = $1
     GROUP BY lower(hardware_id) HAVING count(*) > 1
@@ -164,8 +164,8 @@ async def duplicate_problems(
     for row in rows:
         first, *later = row["lines"]
         shown.extend(
-            (line, "HARDWARE_ID", row["hardware_id"], f"duplicate hardware ID: also on line {first}")
-            for line in later
+            (line, "HARDWARE_ID", hardware_id, f"duplicate hardware ID: also on line {first}")
+            for line, hardware_id in zip(later, row["hardware_ids"][1:], strict=True)
         )
     total += int(rows[0]["total"]) if rows else 0
     rows = await pool.fetch(REPEATED_KEYS, registration_id, limit, timeout=timeout_s)

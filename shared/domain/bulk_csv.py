@@ -33,7 +33,7 @@ _KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces
 FORMULA_STARTS = ("=", "+", "-", "@")
 # What a spreadsheet writes for a long number in a "General" cell (1.23457E+11): the
 # digits are gone, so a device sending the real key or ID could never match.
-SCIENTIFIC = re.compile(r"[0-9]\.[0-9]+E[+-][0-9]+", re.IGNORECASE)
+SCIENTIFIC = re.compile(r"[0-9](\.[0-9]+)?E[+-][0-9]+", re.IGNORECASE)
 LINE_MAX_BYTES = 64 * 1024  # a physical line longer than this is refused (memory stays flat)
 WEAK_KEY_LENGTH = 8
 WARNINGS_SHOWN = 20
@@ -53,6 +53,14 @@ class _Utf16(Exception):
 
 class _LineTooLong(Exception):
     """A physical line over LINE_MAX_BYTES."""
+
+
+class _OtherDelimiter(Exception):
+    """The header is separated by something other than commas."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,14 @@ class CsvReader:
                 if row is not None:
                     yield row
         except UnicodeDecodeError:
-            self.errors.add(RowError(record_start, "", "", "the file is not UTF-8 text (a binary file?)"))
+            self.errors.add(
+                RowError(
+                    record_start,
+                    "",
+                    "",
+                    "the file is not UTF-8 text: save it as CSV UTF-8 (Windows-1252, Latin-1 or binary?)",
+                )
+            )
             return
         except _Utf16:
             self.errors.add(
@@ -149,6 +164,10 @@ class CsvReader:
             return
         except _BinaryContent:
             self.errors.add(RowError(record_start, "", "", "the file contains NUL bytes (a binary file?)"))
+            return
+        except _OtherDelimiter as exc:
+            reason = f"the file is separated by {exc.what}, not commas: save it as CSV (comma-separated)"
+            self.errors.add(RowError(1, "", "", reason))
             return
         except _LineTooLong:
             self.errors.add(
@@ -164,6 +183,10 @@ class CsvReader:
             message = str(exc)
             if "EOF" in message or "unexpected end of data" in message or "field limit" in message:
                 reason = 'unterminated quote: a field opened with " is never closed'
+            elif "new-line character seen in unquoted field" in message:
+                reason = (
+                    "lines end with CR only (old Mac format): save it as CSV UTF-8 (CRLF or LF line ends)"
+                )
             else:
                 reason = f"malformed CSV: {message}"
             self.errors.add(RowError(record_start, "", "", reason))
@@ -188,8 +211,11 @@ class CsvReader:
                 if first and _looks_utf16(raw):
                     raise _Utf16
                 raise _BinaryContent
+            text = self._decoder.decode(raw)
+            if first:
+                _check_delimiter(text)
             first = False
-            yield self._decoder.decode(raw)
+            yield text
 
     def _read_header(self, record: list[str], line: int) -> None:
         names = tuple(cell.strip().upper() for cell in _without_empty_tail(record))
@@ -199,7 +225,8 @@ class CsvReader:
         expected = ",".join(COLUMNS)
         if len(names) == 1:
             for delimiter, what in DELIMITERS.items():
-                if names[0].split(delimiter)[:REQUIRED_COLUMNS] == list(COLUMNS[:REQUIRED_COLUMNS]):
+                parts = [part.strip().strip('"').upper() for part in names[0].split(delimiter)]
+                if parts[:REQUIRED_COLUMNS] == list(COLUMNS[:REQUIRED_COLUMNS]):
                     reason = f"the file is separated by {what}, not commas: save it as CSV (comma-separated)"
                     self.errors.add(RowError(line, "", shorten(",".join(record)), reason))
                     return
@@ -215,6 +242,12 @@ class CsvReader:
 
     def _row(self, record: list[str], line: int) -> BulkRow | None:
         record = _without_empty_tail(record, keep=len(self.columns))
+        if tuple(cell.strip().upper() for cell in record) == self.columns:
+            # Two sheets pasted together: the header again would become a device.
+            self.errors.add(
+                RowError(line, "", shorten(",".join(record)), "the header again: is this two files in one?")
+            )
+            return None
         if len(record) > len(self.columns):
             self.errors.add(
                 RowError(
@@ -299,6 +332,16 @@ def weak_key(key: str, hardware_id: str) -> str:
     return ""
 
 
+def _check_delimiter(first_line: str) -> None:
+    """A header separated by semicolons, tabs or bars, quoted or not (LibreOffice quotes
+    every cell), is named before the CSV parser fails on it with a puzzling reason."""
+    if "," in first_line or "REGISTRATION_KEY" not in first_line.upper():
+        return
+    for delimiter, what in DELIMITERS.items():
+        if delimiter in first_line:
+            raise _OtherDelimiter(what)
+
+
 def _looks_utf16(raw: bytes) -> bool:
     """UTF-16 text without a byte-order mark: every other byte of ASCII is NUL."""
     half = len(raw) // 2
@@ -340,7 +383,7 @@ def _check_hardware_id(value: str) -> str:
     if _spreadsheet_number(value):
         return _spreadsheet_number(value)
     try:
-        validate_hardware_id(value, "HARDWARE_ID")
+        validate_hardware_id(value, "HARDWARE_ID", assigned=False)  # a CSV lists IDs, assigns none
     except InvalidInput as exc:
         return exc.message.removeprefix("HARDWARE_ID ")
     return ""

@@ -18,6 +18,7 @@ _HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
 _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
 _ASSIGNED_INDEX = re.compile(r"(.+)-([1-9][0-9]{0,8})")  # "H-N": what a clone is told to adopt
+MAX_INDEX_LEVELS = 3  # H-1-1-1: a clone of a clone of a clone
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 
@@ -45,16 +46,27 @@ def _validate_text(
     return value
 
 
-def validate_hardware_id(value: object, field: str = "hardware_id") -> str:
+def validate_hardware_id(value: object, field: str = "hardware_id", *, assigned: bool = True) -> str:
     """A hardware ID: 1-64 ASCII letters, digits, '.', '_' or '-' (a MAC without colons
-    fits), plus an index suffix ``-N`` that fleetreg may have assigned to a clone: every
-    ID it assigns is accepted by every later call of that device, whatever the length of
-    its stem (../shared/spec/domain.md, "Identity rules")."""
-    if isinstance(value, str):
-        indexed = _ASSIGNED_INDEX.fullmatch(value.strip())
-        if indexed is not None and len(value.strip()) > HARDWARE_ID_MAX:
-            stem = validate_hardware_id(indexed.group(1), field)
-            return f"{stem}-{indexed.group(2)}"
+    fits). With ``assigned`` (the device and operator APIs), also an ID fleetreg may have
+    assigned to a clone: a stem of at most 64 characters and up to MAX_INDEX_LEVELS
+    index suffixes ``-N`` (a clone of a clone), so that every ID it assigns is accepted by
+    every later call of that device, whatever the length of its stem
+    (../shared/spec/domain.md, "Identity rules"). A CSV lists IDs and takes none beyond 64.
+    """
+    if assigned and isinstance(value, str) and len(value.strip()) > HARDWARE_ID_MAX:
+        rest, suffixes = value.strip(), ""
+        for _ in range(MAX_INDEX_LEVELS):
+            indexed = _ASSIGNED_INDEX.fullmatch(rest)
+            if indexed is None:
+                break
+            rest, suffixes = indexed.group(1), f"-{indexed.group(2)}{suffixes}"
+            if len(rest) <= HARDWARE_ID_MAX:
+                return _validate_hardware_id_text(rest, field) + suffixes
+    return _validate_hardware_id_text(value, field)
+
+
+def _validate_hardware_id_text(value: object, field: str) -> str:
     return _validate_text(
         value,
         field,

@@ -4,6 +4,7 @@ refusal, and whitespace around identifiers is trimmed on the device APIs too."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import uuid
 from typing import Any
@@ -260,3 +261,37 @@ async def test_a_nul_in_a_key_label_or_a_device_path_id_is_a_4xx(
             assert 400 <= r.status < 500, (path, r.status)
     async with session.get(f"{operator.url}/v1/devices/%00", headers=auth(operator)) as r:
         assert r.status == 404
+
+
+async def test_a_bulk_claim_in_another_case_with_a_padded_key_is_the_listed_device(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    from tests.support.bulk import HEADER, bulk_call, bulk_product, upload
+
+    product_id = await bulk_product(operator)
+    h = uuid.uuid4().hex[:12].upper()
+    key = f"key-{uuid.uuid4().hex[:12]}"
+    status, uploaded = await upload(
+        session, system.bulk_url, operator, product_id, f"{HEADER}\r\n{key},{h},d,,\r\n".encode()
+    )
+    assert status == 201
+    status, _ = await bulk_call(
+        session, system.bulk_url, operator, "POST", f"/v1/bulk-registrations/{uploaded['id']}/publish"
+    )
+    assert status == 202
+    for _ in range(100):
+        if await operator.devices(hardware_id=h):
+            break
+        await asyncio.sleep(0.1)
+    product = await operator.call("GET", f"/v1/products/{product_id}", expect=200)
+    answer = await register(
+        session,
+        system.device_url,
+        product["bulk_identification_code"],
+        h.lower(),
+        registration_key=f" {key}\n",
+    )
+    assert answer.status == 200, answer.body
+    assert (
+        answer.body["hardware_id"] == h and answer.body["clone"] is False and answer.body["decision"] == "new"
+    )

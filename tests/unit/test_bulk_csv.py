@@ -23,7 +23,7 @@ BOM = b"\xef\xbb\xbf"
 HEADER = b"REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME,CATEGORY_A,CATEGORY_B\r\n"
 HEADER_3 = b"REGISTRATION_KEY,HARDWARE_ID,DEVICE_NAME\r\n"
 EXPECTED_HEADER = ",".join(COLUMNS)
-NOT_UTF8 = "the file is not UTF-8 text (a binary file?)"
+NOT_UTF8 = "the file is not UTF-8 text: save it as CSV UTF-8 (Windows-1252, Latin-1 or binary?)"
 NUL_BYTES = "the file contains NUL bytes (a binary file?)"
 UNTERMINATED = 'unterminated quote: a field opened with " is never closed'
 NAME_CHARSET = "may hold only ASCII letters, digits, space, '_', '-' and '.'"
@@ -598,3 +598,40 @@ def test_a_guessable_key_is_accepted_with_a_warning(key: str, hardware_id: str, 
 def test_random_keys_get_no_warning() -> None:
     rows, reader = read(HEADER_3 + b"1c1b0dbe190e,f0038c1be545,n1\r\n9f3a1c77d0e2b4a8,b827eb8905e5,n2\r\n")
     assert len(rows) == 2 and reader.warnings.total == 0
+
+
+def test_a_repeated_header_row_is_refused_not_made_a_device() -> None:
+    rows, reader = read(HEADER + b"k1aaaaaaaa,h1,n1,,\r\n" + HEADER + b"k2aaaaaaaa,h2,n2,,\r\n")
+    assert [r.hardware_id for r in rows] == ["h1", "h2"]
+    assert [(e.line, e.reason) for e in reader.errors.shown] == [
+        (3, "the header again: is this two files in one?")
+    ]
+
+
+@pytest.mark.parametrize("value", ["1E+11", "2e-05"])
+def test_scientific_notation_without_a_decimal_point_is_caught_too(value: str) -> None:
+    error = only_error(HEADER_3 + f"{value},h1,n1\r\n".encode())
+    assert "scientific notation" in error.reason
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'"REGISTRATION_KEY";"HARDWARE_ID";"DEVICE_NAME"',  # LibreOffice quotes every cell
+        b"REGISTRATION_KEY; HARDWARE_ID; DEVICE_NAME",
+    ],
+)
+def test_a_quoted_or_spaced_semicolon_header_is_named(header: bytes) -> None:
+    error = only_error(header + b'\r\n"k1";"h1";"n1"\r\n')
+    assert "separated by semicolons" in error.reason
+
+
+def test_cr_only_line_ends_are_named() -> None:
+    error = only_error(HEADER_3.replace(b"\r\n", b"\r") + b"k1aaaaaaaa,h1,n1\rk2aaaaaaaa,h2,n2\r")
+    assert "CR only" in error.reason
+
+
+def test_a_csv_lists_no_id_longer_than_64_characters() -> None:
+    """IDs beyond 64 characters exist only as assigned clone IDs (H-N); a CSV assigns none."""
+    error = only_error(HEADER_3 + ("k1aaaaaaaa," + "s" * 64 + "-1,n1\r\n").encode())
+    assert error.column == "HARDWARE_ID" and "the limit is 64" in error.reason
