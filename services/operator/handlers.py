@@ -185,14 +185,23 @@ def _before(query: dict[str, str]) -> tuple[datetime | None, str | None]:
     return when, before_id
 
 
+def _newest_first(
+    query: dict[str, str], filter_name: str, allowed: tuple[str, ...], page_limit_max: int
+) -> tuple[str | None, int, datetime | None, str | None]:
+    """The query of a newest-first listing with one enumerated filter: (filter value,
+    page size, ``before`` time, ``before_id``); unknown parameters refused."""
+    _only(query, (filter_name, "limit", "before", "before_id"))
+    chosen = _choice(query, filter_name, allowed)
+    limit = _page_limit(query, page_limit_max)
+    before, before_id = _before(query)
+    return chosen, limit, before, before_id
+
+
 async def list_decisions(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
-    _only(query, ("decision", "limit", "before", "before_id"))
-    decision = _choice(query, "decision", DECISIONS)
-    limit = _page_limit(query, page_limit_max)
-    before, before_id = _before(query)
+    decision, limit, before, before_id = _newest_first(query, "decision", DECISIONS, page_limit_max)
     found = await devices.list_decisions(
         pool, account.id, decision=decision, before=before, limit=limit, before_id=before_id
     )
@@ -258,10 +267,7 @@ async def list_security_alerts(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
 ) -> dict[str, Any]:
     """The account's security alerts, most recently seen first; ``before`` pages back."""
-    _only(query, ("kind", "limit", "before", "before_id"))
-    kind = _choice(query, "kind", ALERT_KINDS)
-    limit = _page_limit(query, page_limit_max)
-    before, before_id = _before(query)
+    kind, limit, before, before_id = _newest_first(query, "kind", ALERT_KINDS, page_limit_max)
     found = await alerts.list_alerts(
         pool, account.id, kind=kind, before=before, limit=limit, before_id=before_id
     )

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from limits.aio.storage import Storage
@@ -111,7 +111,7 @@ class Listener:
         on_connected: Callable[[bool], None],
         channel: str = INVALIDATION_CHANNEL,
         retry_s: float = 1.0,
-        connect: Callable[..., object] | None = None,
+        connect: Callable[[str], Awaitable[Connection]] | None = None,
     ) -> None:
         self._dsn = dsn
         self._on_payload = on_payload
@@ -134,7 +134,7 @@ class Listener:
                 await self._task
 
     async def _listen(self) -> Connection:
-        conn: Connection = await self._connect(self._dsn)  # type: ignore[misc]
+        conn = await self._connect(self._dsn)
         self._lost.clear()
         conn.add_termination_listener(lambda _conn: self._lost.set())
         await conn.add_listener(self._channel, self._deliver)

@@ -370,8 +370,8 @@ def _spreadsheet_number(value: str) -> str:
 def _check_key(value: str) -> str:
     if not value:
         return "a registration key is required"
-    if _spreadsheet_number(value):
-        return _spreadsheet_number(value)
+    if damaged := _spreadsheet_number(value):
+        return damaged
     if len(value) > KEY_MAX:
         return f"longer than {KEY_MAX} characters"
     if not _KEY.fullmatch(value):
@@ -380,8 +380,8 @@ def _check_key(value: str) -> str:
 
 
 def _check_hardware_id(value: str) -> str:
-    if _spreadsheet_number(value):
-        return _spreadsheet_number(value)
+    if damaged := _spreadsheet_number(value):
+        return damaged
     try:
         validate_hardware_id(value, "HARDWARE_ID", assigned=False)  # a CSV lists IDs, assigns none
     except InvalidInput as exc:
