@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 
 from shared.db.pool import Pool
 from tests.support.api import Operator, provision, register
-from tests.support.bulk import bulk_call, bulk_product, csv_rows, csv_text, upload
+from tests.support.bulk import bulk_call, bulk_product, csv_rows, csv_text, publish_and_wait, upload
 from tests.support.system import System
-
-
-async def _published(
-    session: aiohttp.ClientSession, system: System, operator: Operator, registration_id: str
-) -> dict[str, Any]:
-    status, body = await bulk_call(
-        session, system.bulk_url, operator, "POST", f"/v1/bulk-registrations/{registration_id}/publish"
-    )
-    assert status == 202, body
-    for _ in range(600):
-        status, body = await bulk_call(
-            session, system.bulk_url, operator, "GET", f"/v1/bulk-registrations/{registration_id}"
-        )
-        if body["status"] == "preregistered":
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not published: {body}")
 
 
 async def _code(operator: Operator, product_id: str) -> str:
@@ -52,7 +34,7 @@ async def test_upload_publish_and_claim_a_spreadsheet_export(
     assert (registration["status"], registration["rows"]) == ("configured", 3)
     assert await operator.devices() == []  # nothing until published
 
-    published = await _published(session, system, operator, registration["id"])
+    published = await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     assert (published["published"], published["conflicts"]) == (3, 0)
     devices = sorted(await operator.devices(), key=lambda d: d["hardware_id"])
     assert [
@@ -134,7 +116,7 @@ async def test_a_wrong_key_and_an_unlisted_device_get_the_same_refusal_and_guess
         session, system.bulk_url, operator, product_id, csv_text(rows).encode()
     )
     assert status == 201
-    await _published(session, system, operator, registration["id"])
+    await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     code = await _code(operator, product_id)
     key, hardware_id, _ = rows[0]
 
@@ -171,7 +153,7 @@ async def test_a_hardware_id_taken_between_upload_and_publish_is_reported_per_ro
     taken = rows[2][1]
     assert (await register(session, system.device_url, auto["bulk_identification_code"], taken)).status == 200
 
-    published = await _published(session, system, operator, registration["id"])
+    published = await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     assert (published["published"], published["conflicts"]) == (3, 1)
     assert published["conflict_rows"] == [
         {
@@ -209,7 +191,9 @@ async def test_killing_ingestion_mid_publish_and_publishing_again_completes_with
     )
     await system.restart("ingestion")
 
-    published = await _published(session, system, operator, registration["id"])  # publishing again resumes
+    published = await publish_and_wait(
+        session, system.bulk_url, operator, registration["id"]
+    )  # publishing again resumes
     assert 0 < at_kill < len(rows), "the kill came before or after the publish: it proved nothing"
     assert (published["published"], published["conflicts"]) == (len(rows), 0)
     count = await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration["id"])

@@ -160,7 +160,6 @@ async def test_a_claimed_length_over_the_upload_limit_is_refused_before_the_body
 ) -> None:
     """The e2e system's limit is 1 MiB; a client announcing 10 MiB gets 413 at once, without
     sending (and without the service reading) the body."""
-    import asyncio
     from urllib.parse import urlsplit
 
     product = await operator.call("POST", "/v1/products", {"name": "big"}, expect=201)
@@ -266,7 +265,7 @@ async def test_a_nul_in_a_key_label_or_a_device_path_id_is_a_4xx(
 async def test_a_bulk_claim_in_another_case_with_a_padded_key_is_the_listed_device(
     system: System, operator: Operator, session: aiohttp.ClientSession
 ) -> None:
-    from tests.support.bulk import HEADER, bulk_call, bulk_product, upload
+    from tests.support.bulk import HEADER, bulk_product, publish_and_wait, upload
 
     product_id = await bulk_product(operator)
     h = uuid.uuid4().hex[:12].upper()
@@ -275,14 +274,7 @@ async def test_a_bulk_claim_in_another_case_with_a_padded_key_is_the_listed_devi
         session, system.bulk_url, operator, product_id, f"{HEADER}\r\n{key},{h},d,,\r\n".encode()
     )
     assert status == 201
-    status, _ = await bulk_call(
-        session, system.bulk_url, operator, "POST", f"/v1/bulk-registrations/{uploaded['id']}/publish"
-    )
-    assert status == 202
-    for _ in range(100):
-        if await operator.devices(hardware_id=h):
-            break
-        await asyncio.sleep(0.1)
+    await publish_and_wait(session, system.bulk_url, operator, uploaded["id"])
     product = await operator.call("GET", f"/v1/products/{product_id}", expect=200)
     answer = await register(
         session,

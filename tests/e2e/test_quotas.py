@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.db.pool import Pool
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_limit, reason_max_devices
 from tests.support.api import Operator, new_operator, register
-from tests.support.bulk import bulk_call, bulk_product, csv_rows, csv_text, upload
+from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
 from tests.support.system import System
 
 CLONE_LIMIT = 199  # FLEETREG_CLONE_LIMIT of the e2e system (tests/support/system.py)
@@ -173,23 +173,6 @@ async def test_a_clone_flood_creates_exactly_the_clone_limit_and_nothing_more(
     assert (other.status, other.body["decision"]) == (200, "new")
 
 
-async def _published(
-    session: aiohttp.ClientSession, system: System, operator: Operator, registration_id: str
-) -> None:
-    status, body = await bulk_call(
-        session, system.bulk_url, operator, "POST", f"/v1/bulk-registrations/{registration_id}/publish"
-    )
-    assert status == 202, body
-    for _ in range(600):
-        status, body = await bulk_call(
-            session, system.bulk_url, operator, "GET", f"/v1/bulk-registrations/{registration_id}"
-        )
-        if body["status"] == "preregistered":
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not published: {body}")
-
-
 async def test_guessing_keys_raises_an_alert_and_never_locks_out_the_right_key(
     system: System, session: aiohttp.ClientSession, operator: Operator
 ) -> None:
@@ -199,7 +182,7 @@ async def test_guessing_keys_raises_an_alert_and_never_locks_out_the_right_key(
         session, system.bulk_url, operator, product_id, csv_text(rows).encode()
     )
     assert status == 201, registration
-    await _published(session, system, operator, registration["id"])
+    await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
     key, hardware_id, _ = rows[0]
     dedup = system.services["dedup"].url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from typing import Any
@@ -54,3 +55,21 @@ async def bulk_call(
         method, bulk_url + path, headers={"Authorization": f"Bearer {operator.api_key}"}
     ) as response:
         return response.status, await response.json()
+
+
+async def publish_and_wait(
+    session: aiohttp.ClientSession, bulk_url: str, operator: Operator, registration_id: str
+) -> dict[str, Any]:
+    """Publish a configured bulk registration and wait until its devices are preregistered."""
+    status, body = await bulk_call(
+        session, bulk_url, operator, "POST", f"/v1/bulk-registrations/{registration_id}/publish"
+    )
+    assert status == 202, body
+    for _ in range(600):
+        status, body = await bulk_call(
+            session, bulk_url, operator, "GET", f"/v1/bulk-registrations/{registration_id}"
+        )
+        if body["status"] == "preregistered":
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not published: {body}")
