@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
-from asyncpg import Connection, Pool
+from asyncpg import Record
 
 from shared.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # The registry's only driver types (typed by asyncpg-stubs). Repositories take these
+    # and hand back records of their own: no Record leaves shared/db.
+    Pool: TypeAlias = asyncpg.Pool[Record]
+    # A connection of the pool (``async with pool.acquire()``) or one opened alone.
+    Connection: TypeAlias = asyncpg.Connection[Record] | PoolConnectionProxy[Record]
+else:
+    Pool = asyncpg.Pool
+    Connection = asyncpg.Connection
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -49,7 +62,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.ClientConfigurationError)
 
 
-async def _keep_session(conn: Connection) -> None:
+async def _keep_session(conn: asyncpg.Connection[Record]) -> None:
     return None
 
 
@@ -80,7 +93,7 @@ async def pool_context(settings: DatabaseSettings) -> AsyncIterator[Pool]:
 
 
 @contextlib.asynccontextmanager
-async def single_connection(url: str) -> AsyncIterator[Connection]:
+async def single_connection(url: str) -> AsyncIterator[asyncpg.Connection[Record]]:
     """One connection for a short command (migrations, bootstrap)."""
     try:
         conn = await asyncpg.connect(url)

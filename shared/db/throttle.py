@@ -27,6 +27,14 @@ from shared.db.pool import TRANSIENT_ERRORS, Connection, Pool
 
 log = logging.getLogger(__name__)
 
+# The listening connection is gone or cannot be made: listen again after a pause.
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    asyncpg.PostgresError,
+    OSError,
+    TimeoutError,
+)
+
 INVALIDATION_CHANNEL = "fleetreg_invalidate"
 
 INCR = """
@@ -141,9 +149,9 @@ class Listener:
         self._on_connected(True)
         return conn
 
-    def _deliver(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
-            self._on_payload(payload)
+            self._on_payload(str(payload))
         except Exception:  # one bad payload must not stop the listener
             log.exception("invalidation payload not applied")
 
@@ -166,12 +174,12 @@ class Listener:
                 return
             try:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5.0)
-            except (*TRANSIENT_ERRORS, asyncpg.PostgresError, OSError, TimeoutError):
+            except _LISTEN_ERRORS:
                 return
 
     async def _reconnect(self) -> Connection:
         while True:
             try:
                 return await self._listen()
-            except (*TRANSIENT_ERRORS, asyncpg.PostgresError, OSError, TimeoutError):
+            except _LISTEN_ERRORS:
                 await asyncio.sleep(self._retry_s)
