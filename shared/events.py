@@ -1,10 +1,26 @@
 """Every event that crosses Kafka, defined once, with an explicit schema version.
 
 Wire format: one compact JSON object per record, ``{"type": ..., "v": N, ...fields}``.
-A new field always gets a default; an older version is upcast by a small
-function registered next to the model (see ``_UPCASTERS``). Decoding fails
-loudly with :class:`SchemaError` on an unknown type, an unknown (newer) version,
-a missing or unexpected field, or a field of the wrong type.
+Producers write every field of their version, also those with defaults.
+
+Evolving an event (old and new instances run side by side during a rolling upgrade,
+so each record may be read by code older or newer than its producer):
+
+* Adding a field WITH a default does NOT bump ``VERSION``. An older reader ignores
+  the field it does not know; a newer reader of an older record fills in the default.
+* Renaming or removing a field, changing its type or its meaning, or adding a field
+  without a default bumps ``VERSION`` by one and registers, next to the model, an
+  upcaster from the previous version (:func:`register_upcaster`); ``decode`` chains
+  them, so a record of any older version still decodes into the current class.
+* Deploy a version bump consumers first, then producers: a consumer that meets a
+  version newer than it knows fails loudly and the record goes to the dead-letter
+  topic. (A field added with a default needs no order.)
+
+Decoding fails loudly with :class:`SchemaError` on an unknown type, an unknown
+(newer) or malformed version, a missing upcaster, a missing field without a default,
+or a field of the wrong type. A field unknown to this version is dropped: it is
+logged at debug level only (type and field names, never values), and not counted,
+since during an upgrade it is on every record of the newer producers.
 
 Secrets never travel in clear: the intake replaces a presented device secret or
 registration key by its keyed digest before publishing.
@@ -13,6 +29,7 @@ registration key by its keyed digest before publishing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 
 class SchemaError(ValueError):
@@ -116,16 +135,36 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal, BulkPublish)
 }
 
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
 # (type, version) -> function turning that version's payload into the next version's.
-_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(type_name: str, from_version: int, upcast: Upcaster) -> None:
+    """Register the function turning a payload of ``type_name`` at ``from_version``
+    (its fields, without ``type`` and ``v``) into one of ``from_version + 1``.
+
+    Call it next to the model when its ``VERSION`` is bumped; one per older version.
+    It may change and return the dict it is given.
+    """
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise ValueError(f"unknown event type {type_name!r}")
+    if not 1 <= from_version < cls.VERSION:
+        raise ValueError(f"{type_name}: no version after {from_version} (current {cls.VERSION})")
+    if (type_name, from_version) in _UPCASTERS:
+        raise ValueError(f"{type_name}: an upcaster from version {from_version} is already registered")
+    _UPCASTERS[type_name, from_version] = upcast
+
 
 E = TypeVar("E", bound=Event)
 
 
 def encode(event: Event) -> bytes:
-    _, fields = _schema(type(event))
+    fields, _ = _schema(type(event))
     payload = {"type": event.TYPE, "v": event.VERSION}
-    payload.update((name, getattr(event, name)) for name in fields)  # flat fields: no deep copy needed
+    payload.update((name, getattr(event, name)) for name, _, _ in fields)  # flat fields: no deep copy needed
     return orjson.dumps(payload)
 
 
@@ -142,13 +181,16 @@ def decode(raw: bytes) -> Event:
     cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
         raise SchemaError(f"unknown event type {type_name!r}")
-    if not isinstance(version, int) or version < 1 or version > cls.VERSION:
+    if type(version) is not int or version < 1 or version > cls.VERSION:  # bool is no version
         raise SchemaError(f"{type_name}: unknown schema version {version!r} (knows 1..{cls.VERSION})")
     while version < cls.VERSION:
         upcast = _UPCASTERS.get((type_name, version))
         if upcast is None:
             raise SchemaError(f"{type_name}: no upcaster from version {version}")
-        payload = upcast(payload)
+        try:
+            payload = upcast(payload)
+        except Exception as exc:  # a malformed old record: dead-letter it, never crash the consumer
+            raise SchemaError(f"{type_name}: cannot upcast from version {version}: {exc!r}") from exc
         version += 1
     return _build(cls, payload)
 
@@ -160,29 +202,46 @@ def decode_as(cls: type[E], raw: bytes) -> E:
     return event
 
 
-_SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]] = {}
+# Per class: (name, type hint, required) of each field, and the set of field names.
+_Schema = tuple[tuple[tuple[str, Any, bool], ...], frozenset[str]]
+_SCHEMAS: dict[type[Event], _Schema] = {}
 
 
-def _schema(cls: type[Event]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-    """Type hints and fields of an event class, computed once (decoding is on the hot path)."""
-    if cls.TYPE not in _SCHEMAS:
-        _SCHEMAS[cls.TYPE] = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-    return _SCHEMAS[cls.TYPE]
+def _schema(cls: type[Event]) -> _Schema:
+    """Fields of an event class, computed once (decoding is on the hot path)."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        fields = tuple(
+            (
+                f.name,
+                hints[f.name],
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+        schema = _SCHEMAS[cls] = fields, frozenset(name for name, _, _ in fields)
+    return schema
 
 
 def _build(cls: type[E], payload: dict[str, Any]) -> E:
-    hints, fields = _schema(typing.cast(type[Event], cls))
-    unexpected = set(payload) - set(fields)
-    if unexpected:
-        raise SchemaError(f"{cls.TYPE}: unexpected fields {sorted(unexpected)}")
-    for name, field in fields.items():
-        if name not in payload:
-            has_default = field.default is not dataclasses.MISSING
-            if not has_default:
-                raise SchemaError(f"{cls.TYPE}: missing field {name!r}")
-            continue
-        if not _matches(payload[name], hints[name]):
-            raise SchemaError(f"{cls.TYPE}: field {name!r} has the wrong type")
+    fields, names = _schema(typing.cast(type[Event], cls))
+    present = 0
+    for name, hint, required in fields:
+        if name in payload:
+            if not _matches(payload[name], hint):
+                raise SchemaError(f"{cls.TYPE}: field {name!r} has the wrong type")
+            present += 1
+        elif required:
+            raise SchemaError(f"{cls.TYPE}: missing field {name!r}")
+    if present != len(payload):  # fields of a newer producer, same version: ignore them
+        unknown = [name for name in payload if name not in names]
+        for name in unknown:
+            del payload[name]
+        log.debug(
+            "ignored event fields unknown to this version",
+            extra={"event_type": cls.TYPE, "event_version": cls.VERSION, "fields": sorted(unknown)},
+        )
     return cls(**payload)
 
 
