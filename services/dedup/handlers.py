@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.db import alerts, devices, products
+from shared.db import alerts, decisions, devices, products
 from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
-from shared.db.devices import DecisionRecord, RegistryConflict, StoredDecision
+from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal
 from shared.domain.credentials import Keyring
@@ -110,7 +110,7 @@ async def decide_batch(
     """Decide every request of a batch in one transaction; return what to publish."""
     out = Decisions()
     unique = list({r.request_id: r for r in requests}.values())
-    already = await devices.decided(pool, [r.request_id for r in unique])
+    already = await decisions.decided(pool, [r.request_id for r in unique])
     for stored in already.values():
         replayed = _replay(stored)
         if isinstance(replayed, RegistrationOutcome):
@@ -230,12 +230,12 @@ async def _decide_and_record(
             keys = [r.idempotency_key for r, _ in items if r.idempotency_key]
             family = Family.of(
                 await devices.load_family(conn, account_id, stems),
-                await devices.load_idempotent(conn, product_id, keys),
+                await decisions.load_idempotent(conn, product_id, keys),
                 counts,
             )
             bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
             failures = (
-                await devices.failed_claims(
+                await decisions.failed_claims(
                     conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, policy.alert_window_s
                 )
                 if bulk_items
@@ -271,7 +271,7 @@ async def _decide_and_record(
                         protocol=request.protocol,
                     )
                 )
-        await devices.record_decisions(conn, records)
+        await decisions.record_decisions(conn, records)
         await alerts.record(conn, out.sightings)
     return out
 

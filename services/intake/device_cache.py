@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
 
+from shared.db.files import DeviceFiles
 from shared.metrics import CACHE_INVALIDATIONS
 
 
@@ -33,7 +33,7 @@ class DeviceCache:
     def __init__(self, ttl_s: float, max_entries: int = 50_000) -> None:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, DeviceFiles]] = OrderedDict()
         self._generation = 0
         # Off until the invalidation listener runs: without it, changes go unseen.
         self._listening = False
@@ -43,7 +43,7 @@ class DeviceCache:
         """Changes with every invalidation: pass it back to :meth:`put`."""
         return self._generation
 
-    def get(self, device_id: str) -> list[Any] | None:
+    def get(self, device_id: str) -> DeviceFiles | None:
         entry = self._entries.get(device_id)
         if entry is None:
             return None
@@ -52,12 +52,12 @@ class DeviceCache:
             return None
         return entry[1]
 
-    def put(self, device_id: str, rows: list[Any], generation: int) -> None:
-        """Keep ``rows``, read while the cache was at ``generation``, unless anything
+    def put(self, device_id: str, device: DeviceFiles, generation: int) -> None:
+        """Keep ``device``, read while the cache was at ``generation``, unless anything
         was invalidated since (the read may predate the change)."""
         if self._ttl_s <= 0 or not self._listening or generation != self._generation:
             return
-        self._entries[device_id] = (time.monotonic() + self._ttl_s, rows)
+        self._entries[device_id] = (time.monotonic() + self._ttl_s, device)
         self._entries.move_to_end(device_id)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import devices
+from shared.db import decisions, files
+from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
@@ -26,7 +27,7 @@ from shared.domain.identifiers import (
     request_id_is_issued,
     validate_hardware_id,
 )
-from shared.domain.provisioning import FileSpec, render, sha256_hex
+from shared.domain.provisioning import render, sha256_hex
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
@@ -188,28 +189,28 @@ async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: floa
     if not request_id_is_issued(request_id, keyring.request_tag):
         # Never issued here (or issued before request IDs carried a tag): nothing to wait for.
         return Answer("unknown", request_id, reason="no such registration request")
-    row = await devices.outcome(pool, request_id)
-    if row is None or row["status"] == "decided":
-        if row is None and age > forget_after:
+    found = await decisions.outcome(pool, request_id)
+    if found is None or found.status == "decided":
+        if found is None and age > forget_after:
             return Answer("unknown", request_id, reason="no such registration request")
         return Answer("pending", request_id)
-    if row["status"] == "refused":
+    if found.status == "refused" or found.device_id is None:
         return Answer(
-            "refused", request_id, reason=row["reason"], claimed_hardware_id=row["claimed_hardware_id"]
+            "refused", request_id, reason=found.reason, claimed_hardware_id=found.claimed_hardware_id
         )
     # The secret is handed out again only until the device confirmed its provisioning.
     secret = (
-        keyring.device_secret(row["device_id"], row["credential_generation"])
-        if row["lifecycle"] == "registered" and not row["disabled"]
+        keyring.device_secret(found.device_id, found.credential_generation)
+        if found.device_lifecycle == "registered" and not found.device_disabled
         else ""
     )
     return Answer(
         "ready",
         request_id,
-        device_id=row["device_id"],
-        hardware_id=row["assigned_hardware_id"],
-        claimed_hardware_id=row["claimed_hardware_id"],
-        decision=row["decision"],
+        device_id=found.device_id,
+        hardware_id=found.assigned_hardware_id or "",
+        claimed_hardware_id=found.claimed_hardware_id,
+        decision=found.decision,
         device_secret=secret,
     )
 
@@ -223,7 +224,8 @@ class Device:
     name: str
     lifecycle: str
     credential_generation: int
-    files: tuple[Any, ...]
+    files: tuple[ServiceFile, ...]
+    registry: DeviceFiles
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -243,28 +245,32 @@ async def authenticate(
     pool: Pool, keyring: Keyring, device_id: str, secret: str, cache: DeviceCache
 ) -> Device:
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
-    rows = cache.get(device_id)
-    if rows is None:
+    found = cache.get(device_id)
+    if found is None:
         generation = cache.generation  # read before the query: see DeviceCache.put
-        rows = await devices.device_with_files(pool, device_id) if is_uuid(device_id) else []
-        if rows and rows[0]["provisioning_id"] is not None:  # only complete answers are kept
-            cache.put(device_id, rows, generation)
-    if not rows:
+        found = (await files.device_files(pool, [device_id])).get(device_id) if is_uuid(device_id) else None
+        if found is not None and found.current():  # only complete answers are kept
+            cache.put(device_id, found, generation)
+    if found is None:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)
-    row = rows[0]
-    expected = keyring.device_secret(row["id"], row["credential_generation"])
+    expected = keyring.device_secret(found.device_id, found.credential_generation)
     if not hmac.compare_digest(expected.encode(), secret.encode()):
         raise Unauthorized(UNAUTHORIZED)
-    if row["disabled"]:
+    if found.disabled:
         raise Forbidden("device disabled by the operator")
-    files = tuple(r for r in rows if r["provisioning_id"] is not None)
     return Device(
-        row["id"], row["hardware_id"], row["name"], row["lifecycle"], row["credential_generation"], files
+        found.device_id,
+        found.hardware_id,
+        found.name,
+        found.lifecycle,
+        found.credential_generation,
+        found.current(),
+        found,
     )
 
 
-def _current_files(device: Device) -> tuple[Any, ...]:
+def _current_files(device: Device) -> tuple[ServiceFile, ...]:
     if not device.files:
         raise Conflict(
             "no provisioning files yet: register first, then fetch the manifest", rule="registered_first"
@@ -280,17 +286,18 @@ def manifest(device: Device, base_url: str) -> dict[str, Any]:
         "generation": device.credential_generation,
         "files": [
             {
-                "name": r["file_name"],
-                "provisioning_id": r["provisioning_id"].upper(),
-                "service": r["service_name"],
-                "type": r["service_type"],
-                "type_code": r["type_code"],
-                "port": r["port"],
-                "size": r["size"],
-                "sha256": r["sha256"],
-                "url": f"{base_url}/v1/devices/{device.id}/files/{r['file_name']}",
+                "name": f.recorded.file_name,
+                "provisioning_id": f.service.provisioning_id,
+                "service": f.service.name,
+                "type": f.service.service_type,
+                "type_code": f.service.type_code,
+                "port": f.service.port,
+                "size": f.recorded.size,
+                "sha256": f.recorded.sha256,
+                "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
             }
-            for r in _current_files(device)
+            for f in _current_files(device)
+            if f.recorded is not None
         ],
     }
 
@@ -298,22 +305,15 @@ def manifest(device: Device, base_url: str) -> dict[str, Any]:
 def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
     """Render one provisioning file again (nothing secret is stored) and check it
     against the digest recorded when it was generated."""
-    rows = [r for r in _current_files(device) if r["file_name"] == file_name]
-    if not rows:
+    found = [
+        f for f in _current_files(device) if f.recorded is not None and f.recorded.file_name == file_name
+    ]
+    if not found or found[0].recorded is None:
         raise NotFound(f"the device has no provisioning file named {file_name!r}", field="file_name")
-    row = rows[0]
-    spec = FileSpec(
-        provisioning_id=row["provisioning_id"].upper(),
-        position=row["position"],
-        service_name=row["service_name"],
-        type_code=row["type_code"],
-        port=row["port"],
-        service_uid=row["service_uid"],
-        hardware_id=device.hardware_id,
-        device_name=device.name,
-    )
-    content = render(spec, keyring.service_password(row["service_uid"], device.credential_generation))
-    if sha256_hex(content) != row["sha256"]:
+    service, recorded = found[0], found[0].recorded
+    spec = device.registry.spec(service, recorded.service_uid)
+    content = render(spec, keyring.service_password(recorded.service_uid, device.credential_generation))
+    if sha256_hex(content) != recorded.sha256:
         log.error("provisioning file does not match its manifest", extra={"device_id": device.id})
         raise RuntimeError("provisioning file integrity check failed")
     return content

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.db import accounts, alerts, devices, products
+from shared.db import accounts, alerts, decisions, devices, products
 from shared.db.accounts import Account
 from shared.db.pool import Pool
 from shared.domain.identifiers import is_uuid, validate_hardware_id
@@ -202,14 +202,27 @@ async def list_decisions(
 ) -> dict[str, Any]:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
     decision, limit, before, before_id = _newest_first(query, "decision", DECISIONS, page_limit_max)
-    found = await devices.list_decisions(
+    found = await decisions.list_decisions(
         pool, account.id, decision=decision, before=before, limit=limit, before_id=before_id
     )
     full = len(found) == limit
     return {
-        "decisions": found,
-        "next_before": found[-1]["decided_at"] if full else None,
-        "next_before_id": found[-1]["request_id"] if full else None,
+        "decisions": [
+            {
+                "request_id": d.request_id,
+                "decided_at": d.decided_at.isoformat(),
+                "decision": d.decision,
+                "reason": d.reason,
+                "claimed_hardware_id": d.claimed_hardware_id,
+                "assigned_hardware_id": d.assigned_hardware_id,
+                "device_id": d.device_id,
+                "product_id": d.product_id,
+                "protocol": d.protocol,
+            }
+            for d in found
+        ],
+        "next_before": found[-1].decided_at.isoformat() if full else None,
+        "next_before_id": found[-1].request_id if full else None,
     }
 
 

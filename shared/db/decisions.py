@@ -1,0 +1,254 @@
+"""Registration decisions: deduplication's writes (new devices, claimed preregistered
+devices, every decision: the audit trail) and what the intake and the operator API read back.
+
+Batch-shaped on purpose: deduplication writes a whole Kafka batch with one statement
+per kind of change, not one round trip per device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from shared.db.pool import Connection, Pool
+from shared.domain.dedup import Claim, KnownDevice, Verdict
+
+
+class RegistryConflict(Exception):
+    """Another writer took a hardware ID this batch meant to assign; decide the batch again."""
+
+
+SELECT_IDEMPOTENT = """
+    SELECT DISTINCT ON (idempotency_key) idempotency_key, device_id::text
+    FROM registration_decisions
+    WHERE product_id = $1 AND idempotency_key = ANY($2::text[]) AND device_id IS NOT NULL
+    ORDER BY idempotency_key, decided_at"""
+FAILED_CLAIMS = """
+    SELECT claimed_hardware_id, count(*) AS failures FROM registration_decisions
+    WHERE product_id = $1 AND claimed_hardware_id = ANY($2::text[]) AND decision = 'refused'
+      AND reason = $3 AND decided_at > now() - make_interval(secs => $4)
+    GROUP BY claimed_hardware_id"""
+SELECT_DECIDED = """
+    SELECT d.request_id::text, d.account_id::text, d.product_id::text, d.device_id::text,
+           d.assigned_hardware_id, d.decision, d.reason, d.status,
+           coalesce(v.credential_generation, 0) AS credential_generation
+    FROM registration_decisions d LEFT JOIN devices v ON v.id = d.device_id
+    WHERE d.request_id = ANY($1::uuid[])"""
+INSERT_DEVICES = """
+    INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
+                         name, lifecycle, fingerprint, registered_at)
+    SELECT u.id, $1, $2, u.registration_id, u.hardware_id, u.claimed, u.name, 'registered',
+           u.fingerprint, now()
+    FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[])
+         AS u(id, registration_id, hardware_id, claimed, name, fingerprint)"""
+CLAIM_PREREGISTERED = """
+    UPDATE devices SET lifecycle = 'registered', fingerprint = u.fingerprint, registered_at = now()
+    FROM unnest($1::uuid[], $2::text[]) AS u(id, fingerprint)
+    WHERE devices.id = u.id AND devices.lifecycle = 'preregistered'"""
+INSERT_DECISIONS = """
+    INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
+        assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])
+    ON CONFLICT (request_id) DO NOTHING"""
+MARK_READY = """UPDATE registration_decisions SET status = 'ready', ready_at = now()
+                WHERE request_id = ANY($1::uuid[]) AND status = 'decided'"""
+SELECT_OUTCOME = """
+    SELECT d.request_id::text, d.device_id::text, d.claimed_hardware_id, d.assigned_hardware_id,
+           d.decision, d.reason, d.status, v.name, v.lifecycle, v.disabled, v.credential_generation
+    FROM registration_decisions d LEFT JOIN devices v ON v.id = d.device_id
+    WHERE d.request_id = $1"""
+SELECT_DECISIONS = """
+    SELECT request_id::text, decided_at, decision, reason, claimed_hardware_id, assigned_hardware_id,
+           device_id::text, product_id::text, protocol
+    FROM registration_decisions
+    WHERE account_id = $1 AND ($2::text IS NULL OR decision = $2)
+      AND ($3::timestamptz IS NULL OR decided_at < $3
+           OR (decided_at = $3 AND $5::uuid IS NOT NULL AND request_id < $5::uuid))
+    ORDER BY decided_at DESC, request_id DESC LIMIT $4"""
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    request_id: str
+    account_id: str | None
+    product_id: str | None
+    device_id: str | None
+    hardware_id: str
+    decision: str
+    reason: str
+    status: str
+    credential_generation: int
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One claim's verdict with the context the audit trail keeps."""
+
+    claim: Claim
+    verdict: Verdict
+    account_id: str | None
+    product_id: str | None
+    received_at: float
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A registration request as the registry has it now, with its device's state."""
+
+    request_id: str
+    status: str  # decided (files not ready yet), ready or refused
+    decision: str
+    reason: str
+    claimed_hardware_id: str
+    assigned_hardware_id: str | None
+    device_id: str | None
+    device_lifecycle: str | None  # None: no device (a refusal)
+    device_disabled: bool
+    credential_generation: int
+
+
+@dataclass(frozen=True)
+class DecisionEntry:
+    """One line of the audit trail of registration decisions."""
+
+    request_id: str
+    decided_at: datetime
+    decision: str
+    reason: str
+    claimed_hardware_id: str
+    assigned_hardware_id: str | None
+    device_id: str | None
+    product_id: str | None
+    protocol: str
+
+
+async def load_idempotent(conn: Connection, product_id: str, keys: Sequence[str]) -> dict[str, str]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(SELECT_IDEMPOTENT, product_id, list(set(keys)))
+    return {r["idempotency_key"]: r["device_id"] for r in rows}
+
+
+async def failed_claims(
+    conn: Connection, product_id: str, hardware_ids: Sequence[str], reason: str, window_s: float
+) -> dict[str, int]:
+    """Refusals with ``reason`` per claimed hardware ID within the window (brute-force guard)."""
+    rows = await conn.fetch(FAILED_CLAIMS, product_id, list(set(hardware_ids)), reason, window_s)
+    return {r["claimed_hardware_id"]: r["failures"] for r in rows}
+
+
+async def decided(pool: Pool, request_ids: Sequence[str]) -> dict[str, StoredDecision]:
+    """Requests decided before (a redelivered batch): their stored decisions."""
+    rows = await pool.fetch(SELECT_DECIDED, list(request_ids))
+    return {
+        r["request_id"]: StoredDecision(
+            request_id=r["request_id"],
+            account_id=r["account_id"],
+            product_id=r["product_id"],
+            device_id=r["device_id"],
+            hardware_id=r["assigned_hardware_id"] or "",
+            decision=r["decision"],
+            reason=r["reason"],
+            status=r["status"],
+            credential_generation=r["credential_generation"],
+        )
+        for r in rows
+    }
+
+
+async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> None:
+    """Write new devices, claimed preregistered devices and every decision, in the caller's
+    transaction. A hardware ID taken meanwhile by another writer raises RegistryConflict."""
+    by_account: dict[tuple[str, str], list[Verdict]] = {}
+    claimed: list[KnownDevice] = []
+    for record in records:
+        verdict = record.verdict
+        if verdict.created and verdict.device and record.account_id and record.product_id:
+            by_account.setdefault((record.account_id, record.product_id), []).append(verdict)
+        elif verdict.claimed_preregistered and verdict.device:
+            claimed.append(verdict.device)
+    try:
+        for (account_id, product_id), verdicts in by_account.items():
+            devices = [v.device for v in verdicts if v.device]
+            await conn.execute(
+                INSERT_DEVICES,
+                account_id,
+                product_id,
+                [d.id for d in devices],
+                [d.registration_id for d in devices],
+                [d.hardware_id for d in devices],
+                [d.claimed_hardware_id for d in devices],
+                [d.name for d in devices],
+                [d.fingerprint for d in devices],
+            )
+    except asyncpg.UniqueViolationError as exc:
+        raise RegistryConflict(str(exc)) from exc
+    if claimed:
+        await conn.execute(CLAIM_PREREGISTERED, [d.id for d in claimed], [d.fingerprint for d in claimed])
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for record in records:
+        verdict, device = record.verdict, record.verdict.device
+        values = (
+            record.claim.request_id,
+            record.account_id,
+            record.product_id,
+            device.id if device else None,
+            record.claim.hardware_id,
+            device.hardware_id if device and verdict.decision != "refused" else None,
+            verdict.decision,
+            verdict.reason,
+            record.claim.idempotency_key or None,
+            record.protocol,
+            "refused" if verdict.decision == "refused" else "decided",
+            datetime.fromtimestamp(record.received_at, UTC),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.execute(INSERT_DECISIONS, *columns)
+
+
+async def mark_ready(conn: Connection, request_ids: Sequence[str]) -> None:
+    if request_ids:
+        await conn.execute(MARK_READY, list(request_ids))
+
+
+async def outcome(pool: Pool, request_id: str) -> Outcome | None:
+    """The request's decision and its device's state; None when it is not decided (yet)."""
+    r = await pool.fetchrow(SELECT_OUTCOME, request_id)
+    if r is None:
+        return None
+    return Outcome(
+        request_id=r["request_id"],
+        status=r["status"],
+        decision=r["decision"],
+        reason=r["reason"],
+        claimed_hardware_id=r["claimed_hardware_id"],
+        assigned_hardware_id=r["assigned_hardware_id"],
+        device_id=r["device_id"],
+        device_lifecycle=r["lifecycle"],
+        device_disabled=bool(r["disabled"]),
+        credential_generation=r["credential_generation"] or 0,
+    )
+
+
+async def list_decisions(
+    pool: Pool,
+    account_id: str,
+    *,
+    decision: str | None,
+    before: datetime | None,
+    limit: int,
+    before_id: str | None = None,
+) -> list[DecisionEntry]:
+    """The account's registration decisions, newest first: the audit trail, including
+    refusals that created no device (a paused registration, a wrong bulk key, ...).
+    ``before`` (and ``before_id``, the last request ID seen at that time: many decisions
+    share one time) page back without skipping any."""
+    rows = await pool.fetch(SELECT_DECISIONS, account_id, decision, before, limit, before_id)
+    return [DecisionEntry(**{name: r[name] for name in DecisionEntry.__dataclass_fields__}) for r in rows]
