@@ -38,6 +38,33 @@ class FileSpec:
         return f"{self.position:02d}-{self.service_name}.conf"
 
 
+@dataclass(frozen=True)
+class ServiceRecipe:
+    """What a product's service puts in each device's file (and in its manifest entry)."""
+
+    provisioning_id: str  # the service's ID, upper case (the reference shows it so)
+    position: int
+    name: str
+    service_type: str
+    type_code: int
+    port: int
+
+
+def file_spec(service: ServiceRecipe, service_uid: str, hardware_id: str, device_name: str) -> FileSpec:
+    """The provisioning-file recipe, in one place: rendering at provisioning and again on
+    download must give the same bytes, or the download fails its digest check."""
+    return FileSpec(
+        provisioning_id=service.provisioning_id,
+        position=service.position,
+        service_name=service.name,
+        type_code=service.type_code,
+        port=service.port,
+        service_uid=service_uid,
+        hardware_id=hardware_id,
+        device_name=device_name,
+    )
+
+
 def render(spec: FileSpec, password: str) -> bytes:
     lines = [
         "#begin",
