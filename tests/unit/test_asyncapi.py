@@ -2,9 +2,9 @@
 
 The code is the source of truth: the topic names of ``shared.kafka.Topics``, the event
 dataclasses of ``shared.events``, what the services subscribe to and publish, the
-dead-letter headers and the settings' defaults. Neither PyYAML nor a JSON Schema
-library is a dependency, hence a JSON document and the small schema checker below,
-which refuses any schema keyword it does not implement rather than ignore it.
+dead-letter headers and the settings' defaults. References are followed with ``referencing``
+and records are validated with ``jsonschema`` against the documented schemas (AsyncAPI 3.0's
+default schema format, a superset of JSON Schema draft 7).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import time
 import typing
 import uuid
@@ -23,8 +22,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, get_args
 
+import jsonschema
 import pytest
 from aiokafka import TopicPartition
+from jsonschema import Draft7Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 
 from services.dedup import handlers as dedup_handlers
 from services.dedup import streams as dedup_streams
@@ -55,6 +58,7 @@ from shared.pipeline import Pipeline
 from shared.settings import KafkaSettings, PipelineSettings, load
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
+URI = "urn:fleetreg:docs/asyncapi.json"
 PREFIX = "fleetreg"
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 ENVELOPE = {"type", "v"}
@@ -67,28 +71,58 @@ REGISTRATION_KEY = "clear-registration-key-42"
 # --- reading the document -------------------------------------------------------------
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json.loads`` keeps the last one silently)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    assert not twice, f"keys given twice in one object: {twice}"
+    return dict(pairs)
+
+
 @cache
 def document() -> dict[str, Any]:
-    loaded = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    loaded = json.loads(DOCUMENT.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     assert isinstance(loaded, dict)
     return loaded
 
 
-def pointer(ref: str) -> Any:
-    """The node a local reference (``#/a/b``) points at; fails on any other reference."""
-    assert ref.startswith("#/"), f"only local references are used: {ref}"
-    node: Any = document()
-    for part in ref[2:].split("/"):
-        key = part.replace("~1", "/").replace("~0", "~")
-        assert isinstance(node, dict) and key in node, f"dangling reference {ref}"
-        node = node[key]
-    return node
+@cache
+def registry() -> Registry[Any]:
+    """The document as the one resource of a registry, at URI: ``referencing`` follows its
+    references and pointers into it. Its schemas are in AsyncAPI 3.0's default schema format,
+    a superset of JSON Schema draft 7."""
+    return Registry().with_resource(URI, Resource.from_contents(document(), default_specification=DRAFT7))
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer fragment into the document: ``#/components/messages/DeviceSignal``."""
+    return "#" + "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def lookup(location: str) -> Any:
+    """The node at ``location``, a pointer fragment (``#/a/b``); a reference there is not followed."""
+    assert location.startswith("#/"), f"only local references are used: {location}"
+    return registry().resolver(URI).lookup(location).contents
+
+
+def target(location: str) -> str:
+    """Where the references at ``location`` lead, or ``location`` when there is none there: a
+    JSON pointer does not pass through a reference, so a location below one starts there."""
+    node = lookup(location)
+    while isinstance(node, dict) and "$ref" in node:
+        location = node["$ref"]
+        node = lookup(location)
+    return location
+
+
+def at(location: str) -> Any:
+    """The node at ``location``, references followed."""
+    return lookup(target(location))
 
 
 def resolve(node: Any) -> Any:
-    while isinstance(node, dict) and "$ref" in node:
-        node = pointer(node["$ref"])
-    return node
+    """``node``, or what its reference points at."""
+    return at(node["$ref"]) if isinstance(node, dict) and "$ref" in node else node
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -110,37 +144,51 @@ def operations() -> dict[str, dict[str, Any]]:
     return typing.cast(dict[str, dict[str, Any]], document()["operations"])
 
 
-def channel_at(address: str) -> dict[str, Any]:
-    found = [c for c in channels().values() if c["address"] == address]
+def channel_at(address: str) -> str:
+    """The location of the one channel with ``address``."""
+    found = [pointer("channels", name) for name, c in channels().items() if c["address"] == address]
     assert len(found) == 1, f"{len(found)} channels with address {address}"
     return found[0]
 
 
-def channel_messages(channel: dict[str, Any]) -> list[dict[str, Any]]:
-    return [resolve(m) for m in channel["messages"].values()]
+def channel_messages(channel: str) -> list[str]:
+    """The locations of the messages of the channel at ``channel``."""
+    return [target(channel + pointer("messages", name)[1:]) for name in at(channel)["messages"]]
 
 
-def payload_schema(message: dict[str, Any]) -> dict[str, Any]:
-    return typing.cast(dict[str, Any], resolve(message["payload"]))
+def payload_of(message: str) -> str:
+    return f"{message}/payload"
+
+
+def key_of(message: str) -> str:
+    return f"{message}/bindings/kafka/key"
+
+
+def payload_schema(message: str) -> dict[str, Any]:
+    return typing.cast(dict[str, Any], at(payload_of(message)))
+
+
+def key_schema(message: str) -> dict[str, Any]:
+    return typing.cast(dict[str, Any], at(key_of(message)))
 
 
 def type_const(message: dict[str, Any]) -> str | None:
-    prop = resolve(payload_schema(message).get("properties", {}).get("type", {}))
+    prop = resolve(resolve(message["payload"]).get("properties", {}).get("type", {}))
     const = prop.get("const")
     assert const is None or isinstance(const, str)
     return const
 
 
-def message_of(cls: type[Event]) -> dict[str, Any]:
-    """The one documented message whose payload is the event ``cls``."""
+def message_of(cls: type[Event]) -> str:
+    """The location of the one documented message whose payload is the event ``cls``."""
     messages: dict[str, dict[str, Any]] = document()["components"]["messages"]
-    found = [m for m in messages.values() if type_const(m) == cls.TYPE]
+    found = [
+        target(pointer("components", "messages", name))
+        for name, m in messages.items()
+        if type_const(resolve(m)) == cls.TYPE
+    ]
     assert len(found) == 1, f"{len(found)} messages with type const {cls.TYPE!r}"
     return found[0]
-
-
-def key_schema(message: dict[str, Any]) -> dict[str, Any]:
-    return typing.cast(dict[str, Any], resolve(message["bindings"]["kafka"]["key"]))
 
 
 def services_of(op: dict[str, Any]) -> set[str]:
@@ -165,82 +213,31 @@ def group_default(service: str) -> str:
     return load(lambda e: PipelineSettings.from_env(e, service, default_port=0), env).group_id
 
 
-# --- a small JSON Schema checker: exactly the keywords the document uses ------------------
+# --- validating with jsonschema --------------------------------------------------------------
 
-ANNOTATIONS = {"description", "title", "default", "examples"}
-
-
-def _is_type(value: Any, name: str) -> bool:
-    if name == "string":
-        return isinstance(value, str)
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if name == "boolean":
-        return isinstance(value, bool)
-    if name == "object":
-        return isinstance(value, dict)
-    raise AssertionError(f"the checker does not know the JSON type {name!r}")
+# As the decoder: an integer is an int (not 1.0, not True), as in the checks before jsonschema.
+Validator = jsonschema.validators.extend(
+    Draft7Validator,
+    type_checker=Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+# Every format jsonschema knows, "uuid" among them (draft 7's own checker has no "uuid").
+FORMATS = jsonschema.FormatChecker()
 
 
-def _same(a: Any, b: Any) -> bool:
+def violations(value: Any, location: str) -> list[str]:
+    """What is wrong with ``value`` under the schema at ``location`` in the document; an empty
+    list when it is valid. By reference, so that the schema's own references resolve."""
+    validator = Validator({"$ref": URI + location}, registry=registry(), format_checker=FORMATS)
+    return [
+        f"${''.join(f'.{part}' for part in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(value)
+    ]
+
+
+def same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
-
-
-def violations(value: Any, schema: Any, path: str = "$") -> list[str]:
-    """What is wrong with ``value`` under ``schema``; an empty list when it is valid."""
-    schema = resolve(schema)
-    checks = {
-        "type",
-        "const",
-        "enum",
-        "pattern",
-        "minLength",
-        "maxLength",
-        "minimum",
-        "format",
-        "required",
-        "properties",
-        "additionalProperties",
-    }
-    unknown = set(schema) - ANNOTATIONS - checks
-    if unknown:
-        return [f"{path}: the checker does not implement {sorted(unknown)}"]
-    if "type" in schema and not _is_type(value, schema["type"]):
-        return [f"{path}: {value!r} is not of type {schema['type']}"]
-    errors: list[str] = []
-    if "const" in schema and not _same(value, schema["const"]):
-        errors.append(f"{path}: {value!r} is not {schema['const']!r}")
-    if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
-        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
-    if isinstance(value, str):
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{path}: {value!r} is shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{path}: {value!r} is longer than {schema['maxLength']}")
-        if "format" in schema:
-            assert schema["format"] == "uuid", f"the checker does not implement format {schema['format']!r}"
-            if not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", value):
-                errors.append(f"{path}: {value!r} is not a UUID")
-    if _is_type(value, "number") and "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{path}: {value!r} is below {schema['minimum']}")
-    if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        for name in schema.get("required", []):
-            if name not in value:
-                errors.append(f"{path}: required property {name!r} is missing")
-        if "additionalProperties" in schema:
-            assert schema["additionalProperties"] is False, (
-                "the checker implements additionalProperties: false"
-            )
-            errors += [f"{path}: unknown property {name!r}" for name in value if name not in properties]
-        for name, sub in properties.items():
-            if name in value:
-                errors += violations(value[name], sub, f"{path}.{name}")
-    return errors
 
 
 # --- events as the code makes them ---------------------------------------------------------
@@ -348,8 +345,18 @@ def test_the_document_is_asyncapi_3_for_the_local_broker() -> None:
 
 
 def test_every_reference_resolves() -> None:
-    for ref in refs(document()):
-        pointer(ref)
+    found = list(refs(document()))
+    assert found
+    for ref in found:
+        lookup(ref)  # referencing.exceptions.Unresolvable when dangling
+
+
+def test_every_schema_is_a_valid_json_schema() -> None:
+    schemas = document()["components"]["schemas"]
+    assert schemas
+    for name, schema in schemas.items():
+        errors = [e.message for e in Draft7Validator(Draft7Validator.META_SCHEMA).iter_errors(schema)]
+        assert errors == [], name
 
 
 def test_every_operation_uses_messages_of_its_own_channel() -> None:
@@ -396,7 +403,8 @@ def test_each_event_has_exactly_one_message_of_its_type_and_version(cls: type[Ev
 
 
 def test_no_message_documents_an_event_the_code_does_not_know() -> None:
-    documented_types = {type_const(m) for m in document()["components"]["messages"].values()} - {None}
+    messages = document()["components"]["messages"].values()
+    documented_types = {type_const(resolve(m)) for m in messages} - {None}
     assert documented_types == set(EVENT_TYPES)
 
 
@@ -422,7 +430,7 @@ def test_the_payload_schema_has_the_dataclass_fields_their_types_and_defaults(cl
         if name in without_default:
             assert "default" not in prop, f"{cls.__name__}.{name} has no default"
         else:
-            assert _same(prop.get("default"), f.default), f"{cls.__name__}.{name}: default {f.default!r}"
+            assert same(prop.get("default"), f.default), f"{cls.__name__}.{name}: default {f.default!r}"
 
 
 def test_documented_choices_follow_the_code() -> None:
@@ -442,7 +450,7 @@ def test_the_samples_cover_every_event() -> None:
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: f"{e.TYPE}")
 def test_an_encoded_event_matches_its_documented_schema(event: Event) -> None:
     record = json.loads(encode(event))
-    assert violations(record, payload_schema(message_of(type(event)))) == []
+    assert violations(record, payload_of(message_of(type(event)))) == []
 
 
 def test_secrets_travel_only_as_digests() -> None:
@@ -454,9 +462,9 @@ def test_secrets_travel_only_as_digests() -> None:
     assert REGISTRATION_KEY.encode() not in raw
 
 
-def test_the_checker_finds_what_the_decoder_refuses() -> None:
-    """The hand-written checker is not vacuous: each kind of malformed record is caught."""
-    schema = payload_schema(message_of(DeviceSignal))
+def test_the_validation_finds_what_the_decoder_refuses() -> None:
+    """The validation is not vacuous: each kind of malformed record is caught."""
+    schema = payload_of(message_of(DeviceSignal))
     good = json.loads(encode(DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=1.5)))
     assert violations(good, schema) == []
     assert violations({k: v for k, v in good.items() if k != "at"}, schema)
@@ -464,6 +472,8 @@ def test_the_checker_finds_what_the_decoder_refuses() -> None:
     assert violations({**good, "at": "soon"}, schema)
     assert violations({**good, "at": True}, schema)
     assert violations({**good, "v": 2}, schema)
+    assert violations({**good, "v": 1.0}, schema)
+    assert violations({**good, "v": True}, schema)
     assert violations({**good, "type": "device.other"}, schema)
     assert violations({**good, "kind": "asleep"}, schema)
     assert violations({**good, "device_id": "not-a-uuid"}, schema)
@@ -473,10 +483,10 @@ def test_the_documented_examples_are_records_the_code_decodes() -> None:
     seen = 0
     for cls in EVENT_TYPES.values():
         message = message_of(cls)
-        for example in message.get("examples", []):
+        for example in at(message).get("examples", []):
             payload = example["payload"]
             assert isinstance(decode(json.dumps(payload).encode()), cls), example["name"]
-            assert violations(payload, payload_schema(message)) == [], example["name"]
+            assert violations(payload, payload_of(message)) == [], example["name"]
             seen += 1
     assert seen >= len(EVENT_TYPES)
 
@@ -485,8 +495,8 @@ def test_the_documented_examples_are_records_the_code_decodes() -> None:
 
 
 def test_every_message_documents_its_key() -> None:
-    for channel in channels().values():
-        for message in channel_messages(channel):
+    for name, channel in channels().items():
+        for message in channel_messages(pointer("channels", name)):
             key = key_schema(message)
             assert key["type"] == "string", channel["address"]
             assert key.get("description"), channel["address"]
@@ -497,8 +507,8 @@ def test_the_intake_keys_match_the_documented_key_schemas() -> None:
     for event in SAMPLES:
         if isinstance(event, RegistrationRequested):
             stem = hardware_id_stem(event.hardware_id)
-            assert violations(stem, key_schema(message_of(RegistrationRequested))) == []
-    assert violations(hardware_id_stem("B827EB123456-2"), key_schema(message_of(DeviceSignal))) == []
+            assert violations(stem, key_of(message_of(RegistrationRequested))) == []
+    assert violations(hardware_id_stem("B827EB123456-2"), key_of(message_of(DeviceSignal))) == []
 
 
 # --- who publishes and reads what -----------------------------------------------------------
@@ -514,8 +524,8 @@ def check_published(service: str, sent: list[tuple[str, bytes | None, bytes, Any
         message = message_of(type(event))
         assert message in channel_messages(channel_at(topic)), f"{event.TYPE} on {topic}"
         assert key is not None
-        assert violations(key.decode(), key_schema(message)) == [], topic
-        assert violations(json.loads(value), payload_schema(message)) == [], topic
+        assert violations(key.decode(), key_of(message)) == [], topic
+        assert violations(json.loads(value), payload_of(message)) == [], topic
 
 
 async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -613,17 +623,17 @@ async def test_dead_letters_carry_the_documented_headers() -> None:
     [(topic, key, value, headers)] = producer.sent
     assert topic == topics.dead_letter
     assert (key, value) == (record.key, record.value)
-    message = resolve(channel_at(topic)["messages"]["deadLetter"])
-    assert type_const(message) is None
-    header_schema = resolve(message["headers"])
+    message = target(channel_at(topic) + pointer("messages", "deadLetter")[1:])
+    assert type_const(at(message)) is None
+    header_schema = at(f"{message}/headers")
     assert headers is not None
     received = {name: raw.decode() for name, raw in headers}
     assert len(received) == len(headers)
-    assert violations(received, header_schema) == []
+    assert violations(received, f"{message}/headers") == []
     assert set(received) == set(header_schema["properties"]) == set(header_schema["required"])
     assert received["fleetreg.source"] == f"{record.topic}/{record.partition}/{record.offset}"
     assert key is not None
-    assert violations(key.decode(), key_schema(message)) == []
+    assert violations(key.decode(), key_of(message)) == []
     for service in (
         DEDUP,
         PROVISIONING,
