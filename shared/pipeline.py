@@ -1,9 +1,12 @@
-"""The resources of a Kafka-consuming service, opened and closed in one place.
+"""The Kafka side of a service, declared one way everywhere.
 
-A pipeline service is an aiohttp app (for /healthz, /readyz, /metrics) whose
-cleanup context opens the database pool and the producer, creates the topics,
-starts a :class:`BatchConsumer` task, and on shutdown stops the consumer after
-its batch in hand is handled and committed, then closes everything.
+A consuming service declares, in its ``streams.py``, one :class:`Subscription`: the
+topics it reads and a top-level batch handler ``async def handle_batch(resources,
+batch)``. Its ``resources.py`` opens what the handler uses (the registry pool, a
+producer, ...) in a cleanup context and stores it under a typed ``web.AppKey``;
+:func:`consumer_context`, appended after it, starts a :class:`BatchConsumer` that
+hands every batch to the handler with those resources, and on shutdown stops after
+the batch in hand is handled and committed.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from shared.db.pool import Pool, answers, open_pool
-from shared.domain.credentials import Keyring
 from shared.events import Event
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, make_producer
@@ -28,18 +31,32 @@ from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings
 log = logging.getLogger(__name__)
 
 
+class BrokerResources(Protocol):
+    """What the consume loop itself needs of a service's resources."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def producer(self) -> AIOKafkaProducer: ...
+
+    @property
+    def topics(self) -> Topics: ...
+
+
+R = TypeVar("R", bound=BrokerResources)
+
+
 @dataclass(frozen=True)
-class Pipeline:
-    """What a pipeline handler may use; handed over by the wiring."""
+class Subscription(Generic[R]):
+    """The topics a service consumes and its handler of one batch of their events.
 
-    pool: Pool
-    producer: AIOKafkaProducer
-    topics: Topics
-    keyring: Keyring
+    ``handle`` gets the service's resources and the decoded events of one poll (at most
+    the batch size); it returns once everything the batch causes is written and sent,
+    or raises (the batch is then retried; see :class:`shared.kafka.BatchConsumer`)."""
 
-
-HandlerFactory = Callable[[Pipeline], Callable[[list[Event]], Awaitable[None]]]
-PIPELINE = web.AppKey("pipeline", Pipeline)
+    topics: Callable[[Topics], Sequence[str]]
+    handle: Callable[[R, list[Event]], Awaitable[None]]
 
 
 async def open_registry_and_broker(
@@ -58,38 +75,36 @@ async def open_registry_and_broker(
 
 
 def consumer_context(
-    service: str,
-    settings: PipelineSettings,
-    subscribe: Callable[[Topics], Sequence[str]],
-    factory: HandlerFactory,
+    service: str, settings: PipelineSettings, subscription: Subscription[R], key: web.AppKey[R]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup context that runs ``subscription`` with the resources under ``key``
+    (opened by a cleanup context appended before this one)."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
+        resources = app[key]
+        topics = subscription.topics(resources.topics)
         async with contextlib.AsyncExitStack() as stack:
-            topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
-            pipeline = Pipeline(pool, producer, topics, Keyring(settings.secret_key.reveal().encode()))
-            app[PIPELINE] = pipeline
             consumer = make_consumer(
-                settings.kafka, subscribe(topics), settings.group_id, max_poll_records=settings.batch_size
+                settings.kafka, topics, settings.group_id, max_poll_records=settings.batch_size
             )
             await consumer.start()
             stack.push_async_callback(consumer.stop)
-            handler = factory(pipeline)
 
             async def counted(batch: list[Event]) -> None:
-                await handler(batch)
+                await subscription.handle(resources, batch)
                 BATCHES.labels(service).inc()
 
             loop = BatchConsumer(
                 consumer,
                 counted,
-                dead_letter=(producer, topics.dead_letter),
+                dead_letter=(resources.producer, resources.topics.dead_letter),
                 max_records=settings.batch_size,
                 name=service,
             )
             task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
             app[READINESS]["consumer"] = True
-            app[READINESS_PROBE] = lambda: _consumer_and_database_ok(loop, task, pool)
-            log.info("consuming", extra={"group": settings.group_id, "topics": list(subscribe(topics))})
+            app[READINESS_PROBE] = lambda: _consumer_and_database_ok(loop, task, resources.pool)
+            log.info("consuming", extra={"group": settings.group_id, "topics": list(topics)})
             try:
                 yield
             finally:

@@ -1,6 +1,7 @@
 """``python -m services.ingestion``"""
 
-from services.ingestion.app import SERVICE, create_app
+from services.ingestion.app import create_app
+from services.ingestion.resources import SERVICE
 from services.ingestion.settings import IngestionSettings
 from shared.service import main
 

@@ -8,7 +8,8 @@ import logging
 import tempfile
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 from services.ingestion.settings import BulkLimits
@@ -27,6 +28,17 @@ ROWS_PER_BATCH = 5000
 DRAIN_FACTOR = (
     4  # past the size limit, read on (discarding) up to this many times it, so the client sees our answer
 )
+
+
+SendPublish = Callable[[BulkPublish], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An accepted upload: the registration, and the warnings of its report."""
+
+    registration: bulk.BulkRegistration
+    warnings: Errors
 
 
 class UploadRejected(DomainError):
@@ -71,9 +83,9 @@ async def spool(chunks: AsyncIterator[bytes], target: IO[bytes], max_bytes: int)
 
 def _batch(
     rows: Iterator[BulkRow], registration_id: str, keyring: Keyring, size: int
-) -> list[tuple[Any, ...]]:
+) -> list[bulk.StagedRow]:
     """The next rows as COPY records, keys replaced by their keyed digests (runs in a thread)."""
-    batch = []
+    batch: list[bulk.StagedRow] = []
     for row in rows:
         batch.append(
             (
@@ -122,9 +134,11 @@ async def ingest(
     file_name: str,
     chunks: AsyncIterator[bytes],
     limits: BulkLimits,
-) -> dict[str, Any]:
+) -> Upload:
     """Store a valid upload as a bulk registration in state 'configured'; reject an invalid
-    one whole, listing every bad row, with nothing of it left in the registry."""
+    one whole (UploadRejected, 422, or 413 past the row limit), listing every bad row, with
+    nothing of it left in the registry. InvalidInput (400) for a bad product ID or file
+    name, PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES."""
     if not is_uuid(product_id):
         raise InvalidInput(
             "product_id must be the ID of a locked product", field="product_id", rule="format=uuid"
@@ -166,13 +180,8 @@ async def ingest(
             "check_s": round(checked - stored, 2),
         },
     )
-    registration = await bulk.get_bulk(pool, account.id, registration_id)
     # The upload report: keys that work but can be guessed (never stored, shown once).
-    return {
-        **registration,
-        "warnings": [w.to_dict() for w in warnings.shown],
-        "warnings_total": warnings.total,
-    }
+    return Upload(await bulk.get_bulk(pool, account.id, registration_id), warnings)
 
 
 def _every_problem(format_errors: Errors, problems: bulk.DuplicateProblems | None, limit: int) -> Errors:
@@ -209,10 +218,30 @@ async def _store_rows(
     return stored, reader.errors, reader.too_many_rows, reader.warnings
 
 
-async def request_publish(pool: Pool, account: Account, registration_id: str) -> BulkPublish:
-    """configured -> publishing; returns the first chunk's event (publishing again resumes)."""
+async def list_registrations(pool: Pool, account: Account) -> list[bulk.BulkRegistration]:
+    return await bulk.list_bulk(pool, account.id)
+
+
+async def registration(pool: Pool, account: Account, registration_id: str) -> bulk.BulkRegistration:
+    """One of the account's bulk registrations with its conflict rows; NotFound otherwise."""
+    return await bulk.get_bulk(pool, account.id, registration_id)
+
+
+async def request_publish(
+    pool: Pool, send: SendPublish, account: Account, registration_id: str
+) -> bulk.BulkRegistration:
+    """configured -> publishing, then send the first chunk's event (publishing again
+    resumes: the chunks are idempotent); Conflict (409) in any other state."""
     await bulk.start_publish(pool, account.id, registration_id)
-    return BulkPublish(registration_id=registration_id, after_line=0)
+    await send(BulkPublish(registration_id=registration_id, after_line=0))
+    return await bulk.get_bulk(pool, account.id, registration_id)
+
+
+async def discard_abandoned_uploads(pool: Pool, stale_after_s: float) -> None:
+    """At start: uploads left 'uploading' by a crashed instance are deleted with their rows."""
+    discarded = await bulk.discard_stale_uploads(pool, stale_after_s)
+    if discarded:
+        log.warning("discarded uploads abandoned by a crash", extra={"count": discarded})
 
 
 async def publish_chunks(pool: Pool, events: Sequence[BulkPublish], chunk_rows: int) -> list[BulkPublish]:

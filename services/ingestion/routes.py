@@ -1,4 +1,4 @@
-"""Ingestion's wiring on HTTP: the bulk registration routes (authenticated)."""
+"""The bulk registration API (authenticated): HTTP onto the handlers."""
 
 from __future__ import annotations
 
@@ -6,63 +6,71 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.ingestion import handlers
-from services.ingestion.settings import BulkLimits
-from shared.db import bulk
+from services.ingestion import handlers, views
+from services.ingestion.resources import RESOURCES
 from shared.errors import PayloadTooLarge
+from shared.events import BulkPublish
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
-from shared.pipeline import PIPELINE
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
+READ_CHUNK_BYTES = 256 * 1024
 
 
-def add_routes(app: web.Application, limits: BulkLimits) -> None:
-    async def upload(request: web.Request) -> web.Response:
-        pipeline = request.app[PIPELINE]
-        account = await account_for(api_key(request), pipeline.pool)
-        if request.content_length is not None and request.content_length > limits.max_bytes:
-            # Said up front: refused before a byte of the body is read or spooled.
-            raise PayloadTooLarge(
-                f"the file is larger than the limit of {limits.max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
-                rule=f"max_bytes={limits.max_bytes}",
-            )
-        registration = await handlers.ingest(
-            pipeline.pool,
-            pipeline.keyring,
-            account,
-            request.query.get("product_id", ""),
-            request.query.get("file_name", ""),
-            request.content.iter_chunked(256 * 1024),
-            limits,
+async def upload(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await account_for(api_key(request), r.pool)
+    if request.content_length is not None and request.content_length > r.limits.max_bytes:
+        # Said up front: refused before a byte of the body is read or spooled.
+        raise PayloadTooLarge(
+            f"the file is larger than the limit of {r.limits.max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
+            rule=f"max_bytes={r.limits.max_bytes}",
         )
-        return json_response(registration, status=201)
+    done = await handlers.ingest(
+        r.pool,
+        r.keyring,
+        account,
+        request.query.get("product_id", ""),
+        request.query.get("file_name", ""),
+        request.content.iter_chunked(READ_CHUNK_BYTES),
+        r.limits,
+    )
+    return json_response(views.upload(done), status=201)
 
-    async def list_all(request: web.Request) -> web.Response:
-        pipeline = request.app[PIPELINE]
-        account = await account_for(api_key(request), pipeline.pool)
-        return json_response({"bulk_registrations": await bulk.list_bulk(pipeline.pool, account.id)})
 
-    async def show(request: web.Request) -> web.Response:
-        pipeline = request.app[PIPELINE]
-        account = await account_for(api_key(request), pipeline.pool)
-        return json_response(
-            await bulk.get_bulk(pipeline.pool, account.id, path_id(request, "registration_id"))
-        )
+async def list_all(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await account_for(api_key(request), r.pool)
+    found = await handlers.list_registrations(r.pool, account)
+    return json_response({"bulk_registrations": [views.registration(b) for b in found]})
 
-    async def start_publish(request: web.Request) -> web.Response:
-        pipeline = request.app[PIPELINE]
-        account = await account_for(api_key(request), pipeline.pool)
-        registration_id = path_id(request, "registration_id")
-        first = await handlers.request_publish(pipeline.pool, account, registration_id)
-        await publish(pipeline.producer, pipeline.topics.bulk_publish, registration_id, first)
-        return json_response(await bulk.get_bulk(pipeline.pool, account.id, registration_id), status=202)
 
-    async def openapi(request: web.Request) -> web.Response:
-        return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
+async def show(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await account_for(api_key(request), r.pool)
+    found = await handlers.registration(r.pool, account, path_id(request, "registration_id"))
+    return json_response(views.registration_detail(found))
 
-    app.router.add_get("/openapi.yaml", openapi)
-    app.router.add_post("/v1/bulk-registrations", upload)
-    app.router.add_get("/v1/bulk-registrations", list_all)
-    app.router.add_get("/v1/bulk-registrations/{registration_id}", show)
-    app.router.add_post("/v1/bulk-registrations/{registration_id}/publish", start_publish)
+
+async def start_publish(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await account_for(api_key(request), r.pool)
+
+    async def send(event: BulkPublish) -> None:
+        await publish(r.producer, r.topics.bulk_publish, event.registration_id, event)
+
+    found = await handlers.request_publish(r.pool, send, account, path_id(request, "registration_id"))
+    return json_response(views.registration_detail(found), status=202)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/openapi.yaml", openapi),
+    web.post("/v1/bulk-registrations", upload),
+    web.get("/v1/bulk-registrations", list_all),
+    web.get("/v1/bulk-registrations/{registration_id}", show),
+    web.post("/v1/bulk-registrations/{registration_id}/publish", start_publish),
+]

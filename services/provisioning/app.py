@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.provisioning import streams
+from services.provisioning.resources import RESOURCES, resources_context
 from shared.http import base_app
 from shared.pipeline import consumer_context
 from shared.settings import PipelineSettings
@@ -14,5 +15,6 @@ SERVICE = "provisioning"
 
 def create_app(settings: PipelineSettings) -> web.Application:
     app = base_app(SERVICE)
-    app.cleanup_ctx.append(consumer_context(SERVICE, settings, streams.subscriptions, streams.batch_handler))
+    app.cleanup_ctx.append(resources_context(settings))
+    app.cleanup_ctx.append(consumer_context(SERVICE, settings, streams.SUBSCRIPTION, RESOURCES))
     return app

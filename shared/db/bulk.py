@@ -9,10 +9,13 @@ preregistered devices chunk by chunk, each chunk one transaction, resumable.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+
+from asyncpg import Record
 
 from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound
@@ -107,6 +110,36 @@ FINISH_PUBLISH = """UPDATE registrations SET status = 'preregistered', updated_a
                     RETURNING id"""
 
 
+# One uploaded row as COPY writes it, in ROW_COLUMNS order: (registration ID, line,
+# hardware ID, the registration key's keyed digest, name, category A, category B).
+StagedRow = tuple[str, int, str, bytes, str, str, str]
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    """A row whose hardware ID was registered in the account between upload and publish."""
+
+    line: int
+    hardware_id: str
+
+
+@dataclass(frozen=True)
+class BulkRegistration:
+    """An upload that passed its checks: its state and counts (``conflict_rows`` only
+    when asked for one registration, the first ``conflicts_shown`` of them)."""
+
+    id: str
+    product_id: str
+    status: str  # configured, publishing, preregistered
+    rows: int
+    published: int
+    conflicts: int
+    file_name: str
+    created_at: datetime
+    updated_at: datetime
+    conflict_rows: tuple[ConflictRow, ...] = ()
+
+
 @dataclass(frozen=True)
 class ChunkResult:
     published: int
@@ -136,7 +169,7 @@ async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: 
     return registration_id
 
 
-async def copy_rows(pool: Pool, rows: Sequence[tuple[Any, ...]]) -> None:
+async def copy_rows(pool: Pool, rows: Sequence[StagedRow]) -> None:
     """Append rows (in ROW_COLUMNS order) with COPY: one round trip for the whole batch."""
     async with pool.acquire() as conn:
         await conn.copy_records_to_table("bulk_rows", records=rows, columns=ROW_COLUMNS)
@@ -225,48 +258,47 @@ async def discard_stale_uploads(pool: Pool, older_than_s: float) -> int:
     return len(await pool.fetch(DISCARD_STALE, older_than_s))
 
 
-def _view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "product_id": row["product_id"],
-        "status": row["status"],
-        "rows": row["row_count"],
-        "published": row["published_count"],
-        "conflicts": row["conflict_count"],
-        "file_name": row["file_name"],
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-    }
+def _registration(row: Record) -> BulkRegistration:
+    return BulkRegistration(
+        id=row["id"],
+        product_id=row["product_id"],
+        status=row["status"],
+        rows=row["row_count"],
+        published=row["published_count"],
+        conflicts=row["conflict_count"],
+        file_name=row["file_name"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-async def list_bulk(pool: Pool, account_id: str, registration_id: str | None = None) -> list[dict[str, Any]]:
-    return [_view(r) for r in await pool.fetch(SELECT_BULK, account_id, registration_id)]
+async def list_bulk(
+    pool: Pool, account_id: str, registration_id: str | None = None
+) -> list[BulkRegistration]:
+    """The account's bulk registrations (not those still uploading), oldest first."""
+    return [_registration(r) for r in await pool.fetch(SELECT_BULK, account_id, registration_id)]
 
 
 async def get_bulk(
     pool: Pool, account_id: str, registration_id: str, conflicts_shown: int = 1000
-) -> dict[str, Any]:
+) -> BulkRegistration:
+    """One bulk registration with its first ``conflicts_shown`` conflict rows; NotFound
+    when the account has no such registration."""
     found = await list_bulk(pool, account_id, registration_id)
     if not found:
         raise NotFound(f"no bulk registration {registration_id} in this account")
-    view = found[0]
-    view["conflict_rows"] = [
-        {
-            "line": r["line"],
-            "hardware_id": r["hardware_id"],
-            "reason": "hardware ID registered in the account between upload and publish",
-        }
-        for r in await pool.fetch(SELECT_CONFLICTS, registration_id, conflicts_shown)
-    ]
-    return view
+    conflicts = await pool.fetch(SELECT_CONFLICTS, registration_id, conflicts_shown)
+    return dataclasses.replace(
+        found[0], conflict_rows=tuple(ConflictRow(r["line"], r["hardware_id"]) for r in conflicts)
+    )
 
 
 async def start_publish(pool: Pool, account_id: str, registration_id: str) -> None:
     """configured -> publishing; publishing again resumes (the chunks are idempotent)."""
     if await pool.fetchval(START_PUBLISH, registration_id, account_id) is None:
-        view = await get_bulk(pool, account_id, registration_id)
+        found = await get_bulk(pool, account_id, registration_id, conflicts_shown=0)
         raise Conflict(
-            f"bulk registration {registration_id} is {view['status']}: nothing to publish",
+            f"bulk registration {registration_id} is {found.status}: nothing to publish",
             rule="state=configured",
         )
 

@@ -1,0 +1,48 @@
+"""What the ingestion service's routes and batch handler use, opened and closed in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.ingestion import handlers
+from services.ingestion.settings import BulkLimits, IngestionSettings
+from shared.db.pool import Pool
+from shared.domain.credentials import Keyring
+from shared.kafka import Topics
+from shared.pipeline import open_registry_and_broker
+from shared.throttle import THROTTLE, open_throttle
+
+SERVICE = "ingestion"
+
+
+@dataclass(frozen=True)
+class Resources:
+    pool: Pool
+    producer: AIOKafkaProducer
+    topics: Topics
+    keyring: Keyring
+    limits: BulkLimits
+
+
+RESOURCES = web.AppKey("resources", Resources)
+
+
+def resources_context(settings: IngestionSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        pipeline = settings.pipeline
+        async with contextlib.AsyncExitStack() as stack:
+            topics, pool, producer = await open_registry_and_broker(stack, pipeline.database, pipeline.kafka)
+            await handlers.discard_abandoned_uploads(pool, settings.limits.stale_upload_seconds)
+            app[THROTTLE] = await open_throttle(
+                stack, settings.throttle, SERVICE, pool, pipeline.database.url.reveal()
+            )
+            keyring = Keyring(pipeline.secret_key.reveal().encode())
+            app[RESOURCES] = Resources(pool, producer, topics, keyring, settings.limits)
+            yield
+
+    return context
