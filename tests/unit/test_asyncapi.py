@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import jsonschema
 import pytest
@@ -32,13 +32,15 @@ from referencing.jsonschema import DRAFT7
 from services.dedup import handlers as dedup_handlers
 from services.dedup import streams as dedup_streams
 from services.dedup.app import SERVICE as DEDUP
-from services.dedup.handlers import Decisions
+from services.dedup.handlers import Decisions, Policy
+from services.dedup.resources import Resources as DedupResources
 from services.ingestion import streams as ingestion_streams
 from services.ingestion.app import SERVICE as INGESTION
 from services.intake import handlers as intake_handlers
 from services.provisioning import handlers as provisioning_handlers
 from services.provisioning import streams as provisioning_streams
 from services.provisioning.app import SERVICE as PROVISIONING
+from services.provisioning.resources import Resources as ProvisioningResources
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import DecisionKind
 from shared.domain.identifiers import hardware_id_stem, new_code, new_request_id
@@ -54,7 +56,6 @@ from shared.events import (
     encode,
 )
 from shared.kafka import BatchConsumer, Topics
-from shared.pipeline import Pipeline
 from shared.settings import KafkaSettings, PipelineSettings, load
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
@@ -542,8 +543,10 @@ async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytes
     monkeypatch.setattr(dedup_handlers, "decide_batch", decide_batch)
     monkeypatch.setattr(dedup_handlers, "apply_signals", apply_signals)
     producer = RecordingProducer()
-    pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
-    await dedup_streams.batch_handler(dedup_handlers.Policy())(pipeline)([request, signal])
+    resources = DedupResources(
+        pool=cast(Any, None), producer=producer, topics=Topics(PREFIX), keyring=KEYRING, policy=Policy()
+    )
+    await dedup_streams.handle_batch(resources, [request, signal])
     check_published(DEDUP, producer.sent)
     assert {topic for topic, *_ in producer.sent} == {
         Topics(PREFIX).registration_decided,
@@ -560,8 +563,10 @@ async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest
 
     monkeypatch.setattr(provisioning_handlers, "provision_batch", provision_batch)
     producer = RecordingProducer()
-    pipeline = Pipeline(pool=None, producer=producer, topics=Topics(PREFIX), keyring=KEYRING)
-    await provisioning_streams.batch_handler(pipeline)([decided])
+    resources = ProvisioningResources(
+        pool=cast(Any, None), producer=producer, topics=Topics(PREFIX), keyring=KEYRING
+    )
+    await provisioning_streams.handle_batch(resources, [decided])
     check_published(PROVISIONING, producer.sent)
 
 
@@ -572,7 +577,7 @@ async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest
 def test_a_pipeline_service_receives_its_subscriptions_in_its_consumer_group(
     service: str, streams: Any
 ) -> None:
-    assert documented(service, "receive") == set(streams.subscriptions(Topics(PREFIX)))
+    assert documented(service, "receive") == set(streams.SUBSCRIPTION.topics(Topics(PREFIX)))
     for op in service_operations(service):
         if op["action"] == "receive":
             group = resolve(op["bindings"]["kafka"]["groupId"])
