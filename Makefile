@@ -47,3 +47,4 @@ fuzz: venv
 lint: venv
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports
