@@ -329,7 +329,7 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
 
     Paths under ``own_answers`` prefixes (the reference protocol, whose client reads
     no HTTP status) are counted but not refused here: their routes answer in the
-    protocol's own words (see services/intake/compat_routes.py).
+    protocol's own words (see services/intake/compat/routes.py).
     """
 
     @web.middleware

@@ -1,67 +1,17 @@
-"""The intake's app factory: every resource opened and closed in one cleanup context."""
+"""The intake's app factory: middlewares, the resources' cleanup context, the routes."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
-from services.intake import compat_routes, routes
-from services.intake.device_cache import DeviceCache
-from services.intake.outcomes import OutcomeWaiter
+from services.intake import routes
+from services.intake.compat import routes as compat_routes
+from services.intake.resources import SERVICE, resources_context
 from services.intake.settings import IntakeSettings
-from shared.db import compat
-from shared.db.pool import Pool, answers
-from shared.domain.credentials import Keyring
-from shared.http import READINESS, READINESS_PROBE, base_app
-from shared.kafka import Topics, make_consumer
-from shared.pipeline import open_registry_and_broker
-from shared.throttle import THROTTLE, open_throttle, throttle_middleware
+from shared.http import base_app
+from shared.throttle import throttle_middleware
 
-SERVICE = "intake"
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Resources:
-    settings: IntakeSettings
-    pool: Pool
-    producer: AIOKafkaProducer
-    topics: Topics
-    waiter: OutcomeWaiter
-    keyring: Keyring
-    devices: DeviceCache
-
-
-RESOURCES = web.AppKey("resources", Resources)
-
-
-SWEEP_EVERY_S = 300.0
-
-
-async def forget_old_information(pool: Pool, retention_s: float) -> None:
-    """Every few minutes, delete the reference protocol's step-1 records older than the
-    retention (anyone with the code can write them, so the table is kept bounded)."""
-    while True:
-        await asyncio.sleep(SWEEP_EVERY_S)
-        try:
-            deleted = await compat.forget_information(pool, retention_s)
-        except Exception as exc:  # the next sweep tries again; the service keeps serving
-            log.warning("step-1 records not swept", extra={"error": type(exc).__name__})
-            continue
-        if deleted:
-            log.info("forgot old step-1 records", extra={"count": deleted})
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+__all__ = ["SERVICE", "create_app"]
 
 
 def create_app(settings: IntakeSettings) -> web.Application:
@@ -70,47 +20,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
         client_max_size=settings.max_body_bytes,
         middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
     )
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
-            waiter = OutcomeWaiter(
-                make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes
-            )
-            stack.push_async_callback(waiter.stop)
-            await waiter.start(await producer.partitions_for(topics.registration_outcomes))
-            device_cache = DeviceCache(settings.device_cache_seconds)
-            app[THROTTLE] = await open_throttle(
-                stack,
-                settings.throttle,
-                SERVICE,
-                pool,
-                settings.database.url.reveal(),
-                on_payload=device_cache.apply,
-                on_connected=device_cache.listening,
-            )
-            app[RESOURCES] = Resources(
-                settings,
-                pool,
-                producer,
-                topics,
-                waiter,
-                Keyring(settings.secret_key.reveal().encode()),
-                device_cache,
-            )
-            sweeper = asyncio.create_task(
-                forget_old_information(pool, settings.compat.information_retention_seconds),
-                name="forget-step-1-records",
-            )
-            stack.push_async_callback(_cancel, sweeper)
-            app[READINESS]["outcome_waiter"] = True
-            app[READINESS_PROBE] = lambda: answers(pool)
-            try:
-                yield
-            finally:
-                app[READINESS]["outcome_waiter"] = False
-
-    app.cleanup_ctx.append(resources)
-    routes.add_routes(app, RESOURCES)
-    compat_routes.add_compat_routes(app, RESOURCES, settings.compat.prefix)
+    app.cleanup_ctx.append(resources_context(settings))
+    app.add_routes(routes.ROUTES)
+    app.add_routes(compat_routes.routes(settings.compat.prefix))
     return app

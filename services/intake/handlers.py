@@ -1,4 +1,4 @@
-"""The intake's business logic, free of HTTP and Kafka: the wiring in routes.py hands
+"""The intake's business logic, free of HTTP and Kafka: the routes (routes.py) hand
 each function what it needs (a publish function, the outcome waiter, the pool)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
 from shared.domain.identifiers import (
     is_uuid,
     new_request_id,
@@ -28,6 +28,7 @@ from shared.domain.identifiers import (
     validate_hardware_id,
 )
 from shared.domain.provisioning import render, sha256_hex
+from shared.domain.release import Check, Release, secret_check, secret_release
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
@@ -201,7 +202,7 @@ async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: floa
     # The secret is handed out again only until the device confirmed its provisioning.
     secret = (
         keyring.device_secret(found.device_id, found.credential_generation)
-        if found.device_lifecycle == "registered" and not found.device_disabled
+        if secret_release(found.device_lifecycle, found.device_disabled) is Release.GRANTED
         else ""
     )
     return Answer(
@@ -255,10 +256,11 @@ async def authenticate(
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)
     expected = keyring.device_secret(found.device_id, found.credential_generation)
-    if not hmac.compare_digest(expected.encode(), secret.encode()):
+    check = secret_check(hmac.compare_digest(expected.encode(), secret.encode()), found.disabled)
+    if check is Check.UNPROVEN:
         raise Unauthorized(UNAUTHORIZED)
-    if found.disabled:
-        raise Forbidden("device disabled by the operator")
+    if check is Check.DISABLED:
+        raise Forbidden(REASON_DISABLED)
     return Device(
         found.device_id,
         found.hardware_id,

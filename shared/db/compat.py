@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from shared.db.pool import Pool
 
@@ -81,6 +80,38 @@ class Service:
     code: str | None
 
 
+@dataclass(frozen=True)
+class Reported:
+    """What a device reported at step 1 from one address: its fingerprint and the digest
+    of the secret it holds (both empty when it reported nothing from there)."""
+
+    fingerprint: str
+    secret_digest: str
+
+
+@dataclass(frozen=True)
+class DeviceCredentials:
+    """A device as the reference protocol's steps 5 and 6 see it: what proves a caller is
+    this device, the state that decides whether its secrets may be handed out
+    (:mod:`shared.domain.release`), and its UID for one service."""
+
+    device_id: str
+    hardware_id: str
+    lifecycle: str
+    disabled: bool
+    fingerprint: str
+    credential_generation: int
+    registration_key_digest: str  # hex; empty when it registered without a key
+    service_uid: str | None  # None until the service's file is rendered
+    provisioned_files: bool  # a registration of the device reached "ready"
+    registered_with_key: bool  # the registration that created or took it over had an Idempotency-Key
+
+    @property
+    def files_ready(self) -> bool:
+        """Its files are rendered, with a UID for the service asked about."""
+        return self.provisioned_files and self.service_uid is not None
+
+
 async def record_information(
     pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str, source: str
 ) -> bool:
@@ -107,10 +138,10 @@ async def forget_information(pool: Pool, older_than_s: float, batch: int = 10_00
             return total
 
 
-async def information(pool: Pool, code: str, hardware_id: str, source: str) -> tuple[str, str]:
-    """(fingerprint, secret digest) the device reported from ``source``, or two empty strings."""
+async def information(pool: Pool, code: str, hardware_id: str, source: str) -> Reported:
+    """What the device reported from ``source``, or two empty strings."""
     row = await pool.fetchrow(SELECT_INFORMATION, code, hardware_id, source)
-    return (row["fingerprint"], row["secret_digest"]) if row else ("", "")
+    return Reported(row["fingerprint"], row["secret_digest"]) if row else Reported("", "")
 
 
 async def provisioning_ids(pool: Pool, code: str) -> list[str]:
@@ -130,6 +161,20 @@ async def service(pool: Pool, provisioning_id: str) -> Service | None:
     return Service(**{k: row[k] for k in Service.__dataclass_fields__})
 
 
-async def device(pool: Pool, account_id: str, hardware_id: str, service_id: str) -> Any:
-    """The device with this hardware ID, with its UID for one service (NULL until rendered)."""
-    return await pool.fetchrow(SELECT_DEVICE, account_id, hardware_id, service_id)
+async def device(pool: Pool, account_id: str, hardware_id: str, service_id: str) -> DeviceCredentials | None:
+    """The account's device with this hardware ID, with its UID for one service, or None."""
+    r = await pool.fetchrow(SELECT_DEVICE, account_id, hardware_id, service_id)
+    if r is None:
+        return None
+    return DeviceCredentials(
+        device_id=r["id"],
+        hardware_id=r["hardware_id"],
+        lifecycle=r["lifecycle"],
+        disabled=r["disabled"],
+        fingerprint=r["fingerprint"],
+        credential_generation=r["credential_generation"],
+        registration_key_digest=r["registration_key_digest"],
+        service_uid=r["service_uid"],
+        provisioned_files=r["provisioned_files"],
+        registered_with_key=r["registered_with_key"],
+    )

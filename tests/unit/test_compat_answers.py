@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.intake.compat_answers import KEY_WORDS, answer, refused, safe_value
+from services.intake.compat.answers import KEY_WORDS, answer, refused, safe_value
 from tests.support.reference_client import read_answer
 
 FORBIDDEN = set(',{}"[]')

@@ -47,7 +47,7 @@ def documented(path: str) -> set[tuple[str, str]]:
     ("document", "app", "prefix", "exclude"),
     [
         ("services/intake/openapi.yaml", "intake", "", "/apv/v27"),
-        ("services/intake/openapi-compat.yaml", "intake", "/apv/v27", None),
+        ("services/intake/compat/openapi.yaml", "intake", "/apv/v27", None),
         ("services/operator/openapi.yaml", "operator", "", None),
         ("services/ingestion/openapi.yaml", "ingestion", "", None),
     ],

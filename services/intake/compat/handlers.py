@@ -7,7 +7,9 @@ Decisions are made where the protocol lets them be:
 * bulk registration: at the register call (step 5), the first call that carries the
   registration key; step 2 answers the same whether or not the hardware ID is listed,
   so it tells nothing about the CSV.
-Every answer is built by ``compat_answers`` so that the client can read it.
+Every answer is built by :mod:`services.intake.compat.answers` so that the client can
+read it. Whether a device's secrets may be handed out is decided by the rules shared
+with the native API (:mod:`shared.domain.release`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.intake.compat_answers import answer, refused
+from services.intake.compat.answers import answer, refused
 from services.intake.handlers import Publish, PublishSignal, register
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, products
@@ -25,6 +27,7 @@ from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, ad
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
+from shared.domain.release import Check, Release, claimed_by, secret_check, service_secret_release
 from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.throttle import Throttle
@@ -40,6 +43,12 @@ TEXT_MAX = 128
 COUNTED = frozenset(
     {REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED, UNKNOWN_ID, NOT_REGISTERED}
 )
+# Why step 5 hands out no secret, in the protocol's words.
+REFUSALS = {
+    Release.DISABLED: REASON_DISABLED,
+    Release.PROVISIONED: CONFIRMED,
+    Release.NOT_REGISTERED: NOT_REGISTERED,
+}
 
 
 @dataclass(frozen=True)
@@ -138,9 +147,13 @@ async def friendly_configuration(
         await throttle.check_code(code)
     except TooManyRequests as exc:
         return _refusal(exc.message)
-    fingerprint, secret_digest = await compat.information(pool, code, hardware_id, source)
+    reported = await compat.information(pool, code, hardware_id, source)
     outcome = await register(
-        _claim(keyring, code, hardware_id, fingerprint, secret_digest), publish, waiter, keyring, wait_s
+        _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest),
+        publish,
+        waiter,
+        keyring,
+        wait_s,
     )
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
@@ -219,12 +232,14 @@ async def register_service(
         hardware_id = validate_hardware_id(_text(body, "hardware_id"))
     except InvalidInput as exc:
         return _refusal(exc.message)
-    fingerprint, secret_digest = await compat.information(pool, found.code, hardware_id, source)
+    reported = await compat.information(pool, found.code, hardware_id, source)
     key_digest = keyring.digest(_text(body, "registration_key").strip())  # trimmed as in the CSV
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
-    if found.registration_kind == "bulk" and not _claimed_by(device, fingerprint, key_digest):
+    if found.registration_kind == "bulk" and not claimed_by(device, reported.fingerprint, key_digest):
         outcome = await register(
-            _claim(keyring, found.code, hardware_id, fingerprint, secret_digest, key_digest),
+            _claim(
+                keyring, found.code, hardware_id, reported.fingerprint, reported.secret_digest, key_digest
+            ),
             publish,
             waiter,
             keyring,
@@ -237,37 +252,17 @@ async def register_service(
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if device is None:
         return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
-    if device["disabled"]:
-        return _refusal(REASON_DISABLED)
-    if device["lifecycle"] == "provisioned":
-        return _refusal(CONFIRMED)
-    if device["lifecycle"] != "registered" or not fingerprint or device["fingerprint"] != fingerprint:
-        return _refusal(NOT_REGISTERED)
-    # A device that registered with an Idempotency-Key (the native API) is recognised
-    # before "ready" only by that key; the fingerprint reported at step 1 is anyone's to
-    # claim (CPU ID and MAC are not secret), so it never hands out that device's secrets.
-    if device["registered_with_key"]:
-        return _refusal(NOT_REGISTERED)
-    if not device["provisioned_files"] or device["service_uid"] is None:
+    verdict = service_secret_release(device, reported.fingerprint, device.files_ready)
+    if verdict in REFUSALS:
+        return _refusal(REFUSALS[verdict])
+    if verdict is Release.FILES_PENDING or device.service_uid is None:
         return _ok(answer("pending", ("reason", PENDING)))
-    generation = device["credential_generation"]
     secret = (
-        keyring.device_secret(device["id"], generation)
+        keyring.device_secret(device.device_id, device.credential_generation)
         if found.is_bulk_service
-        else keyring.service_password(device["service_uid"], generation)
+        else keyring.service_password(device.service_uid, device.credential_generation)
     )
-    return _ok(answer("true", ("uid", device["service_uid"]), ("secret", secret)))
-
-
-def _claimed_by(device: Any, fingerprint: str, key_digest: str) -> bool:
-    """Already claimed by this very device (a later service of the same boot)."""
-    return (
-        device is not None
-        and device["lifecycle"] == "registered"
-        and bool(fingerprint)
-        and device["fingerprint"] == fingerprint
-        and device["registration_key_digest"] == key_digest
-    )
+    return _ok(answer("true", ("uid", device.service_uid), ("secret", secret)))
 
 
 async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> Reply:
@@ -279,14 +274,16 @@ async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, bod
     found = await compat.service(pool, code)
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id) if found else None
     secret = _text(body, "DeviceSecret")
-    if (
-        device is None
-        or not secret
-        or keyring.digest(secret)
-        != keyring.digest(keyring.device_secret(device["id"], device["credential_generation"]))
-    ):
+    matches = (
+        device is not None
+        and bool(secret)
+        and keyring.digest(secret)
+        == keyring.digest(keyring.device_secret(device.device_id, device.credential_generation))
+    )
+    check = secret_check(matches, device is not None and device.disabled)
+    if check is Check.UNPROVEN or device is None:
         return _refusal(NOT_REGISTERED)
-    if device["disabled"]:
+    if check is Check.DISABLED:
         return _refusal(REASON_DISABLED)
-    await publish_signal(DeviceSignal(device_id=device["id"], kind="ready", at=time.time()))
+    await publish_signal(DeviceSignal(device_id=device.device_id, kind="ready", at=time.time()))
     return _ok(answer("true"))

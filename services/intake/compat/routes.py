@@ -1,0 +1,185 @@
+"""The routes of the reference-compatible device API (apv/v27) under its prefix.
+
+Every answer is 200 with a client-readable body (the client ignores HTTP status codes)
+except the provisioning download, which is 200 only with a valid file.
+
+Throttling (shared/throttle.py) speaks the protocol too: an address over its limit of
+refused calls is told ``pending`` with a reason at the register step (the client
+retries it every 30 s) and a refusal with a reason at the other steps (the client
+tries again at its next boot); the download answers 429. Refusals that count against
+the address are marked by the business logic (``Reply.counted``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.intake.compat import handlers
+from services.intake.compat.answers import answer, refused
+from services.intake.compat.handlers import Reply
+from services.intake.handlers import Publish
+from services.intake.resources import RESOURCES, Resources
+from services.intake.routes import publish_request, publish_signal
+from shared.events import DeviceSignal, RegistrationRequested
+from shared.metrics import THROTTLED
+from shared.throttle import THROTTLE, mark_refused, request_source
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def _reply(text: str) -> web.Response:
+    return web.Response(text=text, content_type="application/json")
+
+
+def _answer(request: web.Request, reply: Reply) -> web.Response:
+    if reply.counted:
+        mark_refused(request)
+    return _reply(reply.text)
+
+
+def _throttled(request: web.Request) -> int | None:
+    """Seconds the caller's address must still wait, or None."""
+    throttle = request.app.get(THROTTLE)
+    wait = throttle.retry_after(request_source(request)) if throttle is not None else None
+    if wait is not None:
+        THROTTLED.labels("intake", "refusals_per_source").inc()
+    return wait
+
+
+def _slow_down(wait: int) -> str:
+    return f"too many refused calls from this address: try again in {wait} s"
+
+
+async def _body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def publisher(r: Resources) -> Publish:
+    """Publishing a registration request as the native API does."""
+
+    async def publish(event: RegistrationRequested) -> None:
+        await publish_request(r, event)
+
+    return publish
+
+
+async def information(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return _reply(refused(_slow_down(wait)))
+    body = await _body(request)
+    if body is None:
+        return _reply(refused("the body is not a JSON object"))
+    r = request.app[RESOURCES]
+    return _answer(request, await handlers.information(r.pool, r.keyring, body, request_source(request)))
+
+
+async def friendly_configuration(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return _reply(refused(_slow_down(wait)))
+    r = request.app[RESOURCES]
+    return _answer(
+        request,
+        await handlers.friendly_configuration(
+            r.pool,
+            r.keyring,
+            publisher(r),
+            r.waiter,
+            r.settings.compat.wait_seconds,
+            request.match_info["code"],
+            request.match_info["hardware_id"],
+            request.app[THROTTLE],
+            request_source(request),
+        ),
+    )
+
+
+async def download(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return web.Response(status=429, text=_slow_down(wait) + "\n", headers={"Retry-After": str(wait)})
+    content = await handlers.provisioning_file(
+        request.app[RESOURCES].pool, request.match_info["provisioning_id"]
+    )
+    if content is None:
+        mark_refused(request)
+        return web.Response(status=404, text="unknown provisioning ID\n")
+    return web.Response(body=content, content_type="text/plain")
+
+
+async def configuration(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return _reply(refused(_slow_down(wait)))
+    return _answer(
+        request,
+        await handlers.service_configuration(
+            request.app[RESOURCES].pool, request.match_info["provisioning_id"]
+        ),
+    )
+
+
+async def register(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return _reply(answer("pending", ("reason", _slow_down(wait))))
+    body = await _body(request)
+    if body is None:
+        return _reply(refused("the body is not a JSON object"))
+    r = request.app[RESOURCES]
+    return _answer(
+        request,
+        await handlers.register_service(
+            r.pool,
+            r.keyring,
+            publisher(r),
+            r.waiter,
+            r.settings.compat.wait_seconds,
+            body,
+            request_source(request),
+        ),
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    if (wait := _throttled(request)) is not None:
+        return _reply(refused(_slow_down(wait)))
+    body = await _body(request)
+    if body is None:
+        return _reply(refused("the body is not a JSON object"))
+    r = request.app[RESOURCES]
+    hardware_id = str(body.get("HardwareId", ""))
+
+    async def signal(event: DeviceSignal) -> None:
+        await publish_signal(r, hardware_id, event)
+
+    return _answer(request, await handlers.ready(r.pool, r.keyring, signal, body))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The protocol's document, with the servers' prefix this instance serves under."""
+    prefix = request.app[RESOURCES].settings.compat.prefix
+    document = OPENAPI.read_text(encoding="utf-8").replace("'{prefix}'", repr(prefix or "/"))
+    return web.Response(text=document, content_type="application/yaml")
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    """The protocol's calls under ``prefix`` (``FLEETREG_COMPAT_PREFIX``)."""
+    return [
+        web.get(f"{prefix}/openapi.yaml", openapi),
+        web.post(f"{prefix}/bulk/registration/device/information/", information),
+        web.get(
+            f"{prefix}/bulk/registration/device/friendly/configuration/{{code}}/{{hardware_id}}/",
+            friendly_configuration,
+        ),
+        web.get(f"{prefix}/project/provisioning/download/{{provisioning_id}}", download),
+        web.get(
+            f"{prefix}/bulk/registration/configuration/{{provisioning_id}}/{{hardware_id}}/", configuration
+        ),
+        web.post(f"{prefix}/bulk/registration/register", register),
+        web.post(f"{prefix}/bulk/registration/device/ready/", ready),
+    ]

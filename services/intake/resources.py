@@ -1,0 +1,108 @@
+"""What the intake's routes use (the registry, the broker, the outcome waiter, the
+keyring, the device cache), opened and closed in one cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from services.intake.device_cache import DeviceCache
+from services.intake.outcomes import OutcomeWaiter
+from services.intake.settings import IntakeSettings
+from shared.db import compat
+from shared.db.pool import Pool, answers
+from shared.domain.credentials import Keyring
+from shared.http import READINESS, READINESS_PROBE
+from shared.kafka import Topics, make_consumer
+from shared.pipeline import open_registry_and_broker
+from shared.throttle import THROTTLE, open_throttle
+
+SERVICE = "intake"
+SWEEP_EVERY_S = 300.0
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: IntakeSettings
+    pool: Pool
+    producer: AIOKafkaProducer
+    topics: Topics
+    waiter: OutcomeWaiter
+    keyring: Keyring
+    devices: DeviceCache
+
+
+RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
+
+
+async def forget_old_information(pool: Pool, retention_s: float) -> None:
+    """Every few minutes, delete the reference protocol's step-1 records older than the
+    retention (anyone with the code can write them, so the table is kept bounded)."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            deleted = await compat.forget_information(pool, retention_s)
+        except Exception as exc:  # the next sweep tries again; the service keeps serving
+            log.warning("step-1 records not swept", extra={"error": type(exc).__name__})
+            continue
+        if deleted:
+            log.info("forgot old step-1 records", extra={"count": deleted})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def resources_context(settings: IntakeSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup context: opens everything, sets ``app[RESOURCES]``, the throttle and
+    readiness, and closes everything on exit."""
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
+            waiter = OutcomeWaiter(
+                make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes
+            )
+            stack.push_async_callback(waiter.stop)
+            await waiter.start(await producer.partitions_for(topics.registration_outcomes))
+            device_cache = DeviceCache(settings.device_cache_seconds)
+            app[THROTTLE] = await open_throttle(
+                stack,
+                settings.throttle,
+                SERVICE,
+                pool,
+                settings.database.url.reveal(),
+                on_payload=device_cache.apply,
+                on_connected=device_cache.listening,
+            )
+            app[RESOURCES] = Resources(
+                settings,
+                pool,
+                producer,
+                topics,
+                waiter,
+                Keyring(settings.secret_key.reveal().encode()),
+                device_cache,
+            )
+            sweeper = asyncio.create_task(
+                forget_old_information(pool, settings.compat.information_retention_seconds),
+                name="forget-step-1-records",
+            )
+            stack.push_async_callback(_cancel, sweeper)
+            app[READINESS]["outcome_waiter"] = True
+            app[READINESS_PROBE] = lambda: answers(pool)
+            try:
+                yield
+            finally:
+                app[READINESS]["outcome_waiter"] = False
+
+    return resources
