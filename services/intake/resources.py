@@ -18,8 +18,10 @@ from services.intake.settings import IntakeSettings
 from shared.db import compat
 from shared.db.pool import Pool, answers
 from shared.domain.credentials import Keyring
+from shared.domain.identifiers import hardware_id_stem
+from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
-from shared.kafka import Topics, make_consumer
+from shared.kafka import Topics, make_consumer, publish
 from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, open_throttle
 
@@ -37,6 +39,17 @@ class Resources:
     waiter: OutcomeWaiter
     keyring: Keyring
     devices: DeviceCache
+
+    async def publish_request(self, event: RegistrationRequested) -> None:
+        """A registration request, keyed by its hardware ID's stem (every claim of the IDs
+        an index could collide with goes to one partition, decided in order)."""
+        await publish(
+            self.producer, self.topics.registration_requested, hardware_id_stem(event.hardware_id), event
+        )
+
+    async def publish_signal(self, hardware_id: str, signal: DeviceSignal) -> None:
+        """A device's signal, keyed like its registration requests."""
+        await publish(self.producer, self.topics.device_signals, hardware_id_stem(hardware_id), signal)
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)

@@ -8,24 +8,10 @@ from pathlib import Path
 from aiohttp import web
 
 from services.intake import handlers, views
-from services.intake.resources import RESOURCES, Resources
-from shared.domain.identifiers import hardware_id_stem
-from shared.events import DeviceSignal, RegistrationRequested
-from shared.kafka import publish
+from services.intake.resources import RESOURCES
 from shared.throttle import THROTTLE, mark_refused
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
-
-
-async def publish_request(r: Resources, event: RegistrationRequested) -> None:
-    """A registration request, keyed by its hardware ID's stem (every claim of the IDs an
-    index could collide with goes to one partition, decided in order)."""
-    await publish(r.producer, r.topics.registration_requested, hardware_id_stem(event.hardware_id), event)
-
-
-async def publish_signal(r: Resources, hardware_id: str, signal: DeviceSignal) -> None:
-    """A device's signal, keyed like its registration requests."""
-    await publish(r.producer, r.topics.device_signals, hardware_id_stem(hardware_id), signal)
 
 
 async def authenticated(request: web.Request) -> handlers.Device:
@@ -42,7 +28,7 @@ async def post_registration(request: web.Request) -> web.Response:
     await throttle.check_code(registration.bulk_identification_code)
     event = handlers.to_event(registration, r.keyring, protocol="native")
     answer = await handlers.register(
-        event, lambda e: publish_request(r, e), r.waiter, r.keyring, r.settings.outcome_wait_seconds
+        event, r.publish_request, r.waiter, r.keyring, r.settings.outcome_wait_seconds
     )
     if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
         mark_refused(request)
@@ -77,14 +63,14 @@ async def get_file(request: web.Request) -> web.Response:
 async def post_ready(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     found = await authenticated(request)
-    await handlers.signal(lambda s: publish_signal(r, found.hardware_id, s), found, "ready")
+    await handlers.signal(lambda s: r.publish_signal(found.hardware_id, s), found, "ready")
     return views.accepted_view()
 
 
 async def post_heartbeat(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     found = await authenticated(request)
-    await handlers.signal(lambda s: publish_signal(r, found.hardware_id, s), found, "heartbeat")
+    await handlers.signal(lambda s: r.publish_signal(found.hardware_id, s), found, "heartbeat")
     return views.accepted_view(online_ttl_seconds=r.settings.online_ttl_seconds)
 
 

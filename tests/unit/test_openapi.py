@@ -45,7 +45,7 @@ from shared.throttle import UNTHROTTLED_PATHS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "services" / "operator" / "openapi.yaml"
-DOCUMENTS = sorted(ROOT.glob("services/*/openapi*.yaml"))
+DOCUMENTS = sorted(ROOT.glob("services/**/openapi*.yaml"))
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")  # OpenAPI 3.1's
 BEARER = "bearerAuth"
 SETTINGS = OperatorSettings(

@@ -23,7 +23,6 @@ from services.intake.compat.answers import answer, refused
 from services.intake.compat.handlers import Reply
 from services.intake.handlers import Publish
 from services.intake.resources import RESOURCES, Resources
-from services.intake.routes import publish_request, publish_signal
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.metrics import THROTTLED
 from shared.throttle import THROTTLE, mark_refused, request_source
@@ -66,7 +65,7 @@ def publisher(r: Resources) -> Publish:
     """Publishing a registration request as the native API does."""
 
     async def publish(event: RegistrationRequested) -> None:
-        await publish_request(r, event)
+        await r.publish_request(event)
 
     return publish
 
@@ -155,7 +154,7 @@ async def ready(request: web.Request) -> web.Response:
     hardware_id = str(body.get("HardwareId", ""))
 
     async def signal(event: DeviceSignal) -> None:
-        await publish_signal(r, hardware_id, event)
+        await r.publish_signal(hardware_id, event)
 
     return _answer(request, await handlers.ready(r.pool, r.keyring, signal, body))
 
