@@ -1,0 +1,341 @@
+"""shared.db.bulk on the real Postgres: starting an upload, the whole-file checks (which
+count only the uploader's own account), finishing and discarding uploads, the typed
+listing, and publishing in chunks that are idempotent, resumable and safe to run twice
+at once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import pytest
+
+from shared.db import bulk
+from shared.db.bulk import BulkRegistration, ChunkResult, ConflictRow
+from shared.db.pool import Pool
+from shared.errors import Conflict, NotFound
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+# (line, hardware ID, registration key); the key is stored as a digest, as ingestion does.
+Row = tuple[int, str, str]
+
+
+@pytest.fixture
+async def product(pool: Pool) -> registry.Product:
+    """A locked product of a new account, used by no registration yet."""
+    return await registry.new_product(pool, await registry.new_account(pool))
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _staged(registration_id: str, rows: Sequence[Row]) -> list[bulk.StagedRow]:
+    return [
+        (registration_id, line, hardware_id, _digest(key), f"Name {line}", f"a{line}", f"b{line}")
+        for line, hardware_id, key in rows
+    ]
+
+
+def _rows(*hardware_ids: str) -> list[Row]:
+    """Rows from line 1 on, each with a key of its own."""
+    return [(line, h, f"key-{h}-{uuid.uuid4().hex}") for line, h in enumerate(hardware_ids, start=1)]
+
+
+async def _uploading(pool: Pool, product: registry.Product, rows: Sequence[Row]) -> str:
+    registration_id = await bulk.start_upload(pool, product.account_id, product.id, "fleet.csv")
+    await bulk.copy_rows(pool, _staged(registration_id, rows))
+    return registration_id
+
+
+async def _configured(pool: Pool, product: registry.Product, rows: Sequence[Row]) -> str:
+    registration_id = await _uploading(pool, product, rows)
+    await bulk.finish_upload(pool, registration_id, product.account_id, product.id, len(rows))
+    return registration_id
+
+
+async def _any_registration(pool: Pool, product: registry.Product) -> str:
+    """An auto registration on a product of its own in the same account (for devices)."""
+    other = await registry.new_product(pool, product.account_id, kind="auto")
+    return await registry.new_registration(pool, other)
+
+
+async def _status(pool: Pool, registration_id: str) -> str | None:
+    status: str | None = await pool.fetchval(
+        "SELECT status FROM registrations WHERE id = $1", registration_id
+    )
+    return status
+
+
+async def _pending_rows(pool: Pool, registration_id: str) -> int:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM bulk_rows WHERE registration_id = $1", registration_id
+    )
+    return count
+
+
+async def test_start_upload_refuses_what_cannot_take_a_bulk_registration(
+    pool: Pool, product: registry.Product
+) -> None:
+    account_id = product.account_id
+    not_locked = await registry.new_product(pool, account_id, locked=False)
+    auto = await registry.new_product(pool, account_id, kind="auto")
+    foreign = await registry.new_product(pool, await registry.new_account(pool))
+
+    for unknown in (str(uuid.uuid4()), foreign.id):
+        with pytest.raises(NotFound):
+            await bulk.start_upload(pool, account_id, unknown, "f.csv")
+    with pytest.raises(Conflict) as locked:
+        await bulk.start_upload(pool, account_id, not_locked.id, "f.csv")
+    assert locked.value.rule == "product_locked"
+    with pytest.raises(Conflict) as kind:
+        await bulk.start_upload(pool, account_id, auto.id, "f.csv")
+    assert kind.value.rule == "one_registration_kind"
+
+    registration_id = await bulk.start_upload(pool, account_id, product.id, "f.csv")
+    assert await _status(pool, registration_id) == "uploading"
+    assert await bulk.list_bulk(pool, account_id) == []  # an upload is not listed until finished
+    with pytest.raises(NotFound):
+        await bulk.get_bulk(pool, account_id, registration_id)
+
+
+async def test_duplicate_problems_lists_every_kind_of_duplicate_in_the_account(
+    pool: Pool, product: registry.Product
+) -> None:
+    await registry.new_device(pool, product, await _any_registration(pool, product), "TakenHW")
+    listing = await _configured(pool, product, _rows("ListedHW"))
+    # Another account holds IDs of its own, registered and listed: they never count here.
+    stranger = await registry.new_product(pool, await registry.new_account(pool))
+    await registry.new_device(pool, stranger, await _any_registration(pool, stranger), "ForeignDev")
+    await _configured(pool, stranger, _rows("ForeignListed"))
+
+    rows = [
+        (1, "takenhw", "k1"),
+        (2, "listedhw", "k2"),
+        (3, "DupX", "k3"),
+        (4, "fine1", "k4"),
+        (5, "dupx", "k5"),
+        (6, "ForeignDev", "k6"),
+        (7, "ForeignListed", "k7"),
+        (8, "fine2", "k4"),
+        (9, "DUPX", "k9"),
+    ]
+    registration_id = await _uploading(pool, product, rows)
+
+    found = await bulk.duplicate_problems(pool, registration_id, product.account_id, limit=100)
+
+    assert [(line, column, value) for line, column, value, _ in found.shown] == [
+        (1, "HARDWARE_ID", "takenhw"),
+        (2, "HARDWARE_ID", "listedhw"),
+        (5, "HARDWARE_ID", "dupx"),
+        (8, "REGISTRATION_KEY", ""),
+        (9, "HARDWARE_ID", "DUPX"),
+    ]
+    reasons = [reason for *_, reason in found.shown]
+    assert "registered" in reasons[0]
+    assert listing in reasons[1]
+    assert "line 3" in reasons[2] and "line 3" in reasons[4]
+    assert "line 4" in reasons[3]
+    assert found.total == 5
+
+    first = await bulk.duplicate_problems(pool, registration_id, product.account_id, limit=2)
+    assert ([p[0] for p in first.shown], first.total) == ([1, 2], 5)
+
+
+async def test_the_same_ids_in_another_account_are_no_problem(pool: Pool, product: registry.Product) -> None:
+    await registry.new_device(pool, product, await _any_registration(pool, product), "Mine1")
+    await _configured(pool, product, _rows("Mine2"))
+    stranger = await registry.new_product(pool, await registry.new_account(pool))
+
+    registration_id = await _uploading(pool, stranger, _rows("MINE1", "mine2"))
+
+    found = await bulk.duplicate_problems(pool, registration_id, stranger.account_id, limit=100)
+    assert (found.shown, found.total) == ([], 0)
+
+
+async def test_finish_upload_configures_it_and_claims_the_product_for_bulk(
+    pool: Pool, product: registry.Product
+) -> None:
+    registration_id = await _configured(pool, product, _rows("fin1", "fin2"))
+
+    (listed,) = await bulk.list_bulk(pool, product.account_id)
+    assert (listed.id, listed.status, listed.rows, listed.file_name) == (
+        registration_id,
+        "configured",
+        2,
+        "fleet.csv",
+    )
+    assert await pool.fetchval("SELECT registration_kind FROM products WHERE id = $1", product.id) == "bulk"
+
+
+async def test_finish_upload_refuses_a_product_taken_by_an_auto_registration_meanwhile(
+    pool: Pool, product: registry.Product
+) -> None:
+    registration_id = await _uploading(pool, product, _rows("race1"))
+    await pool.execute("UPDATE products SET registration_kind = 'auto' WHERE id = $1", product.id)
+
+    with pytest.raises(Conflict):
+        await bulk.finish_upload(pool, registration_id, product.account_id, product.id, 1)
+    assert await _status(pool, registration_id) == "uploading"
+
+
+async def test_discard_upload_deletes_an_upload_with_its_rows_and_nothing_else(
+    pool: Pool, product: registry.Product
+) -> None:
+    rejected = await _uploading(pool, product, _rows("disc1", "disc2"))
+    kept = await _configured(pool, product, _rows("disc3"))
+
+    await bulk.discard_upload(pool, rejected)
+    await bulk.discard_upload(pool, kept)  # configured: never discarded as an upload
+
+    assert await _status(pool, rejected) is None
+    assert await _pending_rows(pool, rejected) == 0
+    assert await _status(pool, kept) == "configured"
+    assert await _pending_rows(pool, kept) == 1
+
+
+async def test_discard_stale_uploads_deletes_only_uploads_left_behind(
+    pool: Pool, product: registry.Product
+) -> None:
+    abandoned = await _uploading(pool, product, _rows("stale1"))
+    running = await _uploading(pool, product, _rows("stale2"))
+    configured = await _configured(pool, product, _rows("stale3"))
+    await pool.execute(
+        "UPDATE registrations SET created_at = now() - interval '2 hours' WHERE id = ANY($1::uuid[])",
+        [abandoned, configured],
+    )
+
+    assert await bulk.discard_stale_uploads(pool, 3600) >= 1  # others' abandoned uploads count too
+
+    assert await _status(pool, abandoned) is None
+    assert await _pending_rows(pool, abandoned) == 0
+    assert await _status(pool, running) == "uploading"
+    assert await _status(pool, configured) == "configured"
+
+
+async def test_list_and_get_are_typed_and_stay_in_the_account(pool: Pool, product: registry.Product) -> None:
+    first = await _configured(pool, product, _rows("list1", "list2"))
+    second = await _configured(pool, product, _rows("list3"))
+    await _uploading(pool, product, _rows("list4"))
+    stranger = await registry.new_account(pool)
+
+    listed = await bulk.list_bulk(pool, product.account_id)
+
+    assert [r.id for r in listed] == [first, second]
+    assert listed[0] == BulkRegistration(
+        id=first,
+        product_id=product.id,
+        status="configured",
+        rows=2,
+        published=0,
+        conflicts=0,
+        file_name="fleet.csv",
+        created_at=listed[0].created_at,
+        updated_at=listed[0].updated_at,
+    )
+    assert isinstance(listed[0].created_at, datetime)
+    assert await bulk.get_bulk(pool, product.account_id, second) == listed[1]
+    assert await bulk.list_bulk(pool, stranger) == []
+    for account_id, registration_id in ((stranger, first), (product.account_id, str(uuid.uuid4()))):
+        with pytest.raises(NotFound):
+            await bulk.get_bulk(pool, account_id, registration_id)
+        with pytest.raises(NotFound):
+            await bulk.start_publish(pool, account_id, registration_id)
+
+
+async def test_publishing_in_chunks_makes_preregistered_devices_and_conflicts(
+    pool: Pool, product: registry.Product
+) -> None:
+    rows = _rows("pub1", "pub2", "pub3", "pub4", "pub5")
+    registration_id = await _configured(pool, product, rows)
+    # Registered in the account between upload and publish (in another case).
+    await registry.new_device(pool, product, await _any_registration(pool, product), "PUB3")
+    assert await bulk.publish_chunk(pool, registration_id, 0, 2) is None  # not publishing yet
+
+    await bulk.start_publish(pool, product.account_id, registration_id)
+    results = [
+        await bulk.publish_chunk(pool, registration_id, 0, 2),
+        await bulk.publish_chunk(pool, registration_id, 2, 2),
+        await bulk.publish_chunk(pool, registration_id, 4, 2),
+    ]
+
+    assert results == [ChunkResult(2, 0, 2, False), ChunkResult(1, 1, 4, False), ChunkResult(1, 0, 5, True)]
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert (found.status, found.rows, found.published, found.conflicts) == ("preregistered", 5, 4, 1)
+    assert found.conflict_rows == (ConflictRow(3, "pub3"),)
+    devices = await pool.fetch(
+        """SELECT hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle,
+                  registration_key_digest, product_id::text
+           FROM devices WHERE registration_id = $1 ORDER BY hardware_id""",
+        registration_id,
+    )
+    assert [tuple(d) for d in devices] == [
+        (h, h, f"Name {line}", f"a{line}", f"b{line}", "preregistered", _digest(key), product.id)
+        for line, h, key in rows
+        if h != "pub3"
+    ]
+    assert await _pending_rows(pool, registration_id) == 1  # only the conflict row stays
+
+    assert await bulk.publish_chunk(pool, registration_id, 5, 2) is None
+    with pytest.raises(Conflict):
+        await bulk.start_publish(pool, product.account_id, registration_id)
+
+
+async def test_replayed_and_resumed_chunks_publish_each_row_once(
+    pool: Pool, product: registry.Product
+) -> None:
+    registration_id = await _configured(pool, product, _rows(*(f"rep{i}" for i in range(7))))
+    await bulk.start_publish(pool, product.account_id, registration_id)
+
+    first = await bulk.publish_chunk(pool, registration_id, 0, 3)
+    # The instance crashed before sending the next event: publishing is asked for again
+    # (resumes), and the first chunk's event is delivered again.
+    await bulk.start_publish(pool, product.account_id, registration_id)
+    replayed = await bulk.publish_chunk(pool, registration_id, 0, 3)
+    following = await bulk.publish_chunk(pool, registration_id, 3, 3)
+    late = await bulk.publish_chunk(pool, registration_id, 6, 3)
+
+    assert [first, replayed, following, late] == [
+        ChunkResult(3, 0, 3, False),
+        ChunkResult(3, 0, 6, False),
+        ChunkResult(1, 0, 7, True),
+        None,
+    ]
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert (found.status, found.published, found.conflicts, found.conflict_rows) == (
+        "preregistered",
+        7,
+        0,
+        (),
+    )
+    assert (
+        await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration_id) == 7
+    )
+
+
+async def test_concurrent_chunks_of_one_registration_never_double_insert(
+    pool: Pool, product: registry.Product
+) -> None:
+    registration_id = await _configured(pool, product, _rows(*(f"con{i:02d}" for i in range(12))))
+    await bulk.start_publish(pool, product.account_id, registration_id)
+
+    results = await asyncio.gather(*(bulk.publish_chunk(pool, registration_id, 0, 4) for _ in range(4)))
+
+    assert sum(r.published for r in results if r) == 12
+    assert sum(r.conflicts for r in results if r) == 0
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert (found.status, found.published, found.conflicts, found.conflict_rows) == (
+        "preregistered",
+        12,
+        0,
+        (),
+    )
+    assert (
+        await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration_id) == 12
+    )
+    assert await _pending_rows(pool, registration_id) == 0
