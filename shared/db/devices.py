@@ -46,7 +46,7 @@ TOUCH_LAST_SEEN = """
     UPDATE devices SET last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
     FROM unnest($1::uuid[], $2::float8[]) AS u(id, at) WHERE devices.id = u.id"""
 # The state filter: the state shown (online, offline, disabled) or, for devices not disabled,
-# the lifecycle step. Online is shared.domain.devices.is_online, with $7 its cut-off time
+# the lifecycle step. Online is shared.domain.devices.is_online, with $6 its cut-off time
 # (online_cutoff): not disabled, provisioned, last seen strictly after the cut-off.
 SELECT_DEVICES = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle, disabled,
@@ -57,15 +57,14 @@ SELECT_DEVICES = """
       AND ($2::text IS NULL OR lower(hardware_id) = lower($2))
       AND ($3::uuid IS NULL OR registration_id = $3)
       AND ($4::uuid IS NULL OR id > $4)
-      AND ($5::uuid IS NULL OR id = $5)
-      AND ($6::text IS NULL OR CASE
-            WHEN $6 = 'disabled' THEN disabled
-            WHEN $6 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
-                 AND last_seen_at > $7::timestamptz
-            WHEN $6 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
-                 AND coalesce(last_seen_at > $7::timestamptz, false))
-            ELSE NOT disabled AND lifecycle = $6 END)
-    ORDER BY id LIMIT $8"""
+      AND ($5::text IS NULL OR CASE
+            WHEN $5 = 'disabled' THEN disabled
+            WHEN $5 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
+                 AND last_seen_at > $6::timestamptz
+            WHEN $5 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
+                 AND coalesce(last_seen_at > $6::timestamptz, false))
+            ELSE NOT disabled AND lifecycle = $5 END)
+    ORDER BY id LIMIT $7"""
 SELECT_HISTORY = """
     SELECT decided_at AS at, 'registration' AS kind,
            jsonb_build_object('decision', decision, 'reason', reason,
@@ -220,7 +219,6 @@ async def list_devices(
     registration_id: str | None = None,
     after: str | None = None,
     limit: int = 100,
-    device_id: str | None = None,
 ) -> list[Device]:
     """Devices of an account in ID order; ``after`` is the last ID of the previous page.
 
@@ -233,7 +231,6 @@ async def list_devices(
         hardware_id,
         registration_id,
         after,
-        device_id,
         state,
         online_cutoff,
         limit,
