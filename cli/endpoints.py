@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cli.config import parse_env_file
-from shared.db import accounts, products
+from shared.db import accounts, products, registrations
 from shared.db.pool import open_pool
 from shared.domain.products import parse_service
 from shared.settings import DatabaseSettings, Secret
@@ -37,9 +37,9 @@ async def prepare(var: Path) -> dict[str, str]:
             account, key = await accounts.create_account(pool, DEMO_ACCOUNT)
             _write_private(key_file, key)
         elif not key_file.exists():
-            _, key = await accounts.create_api_key(pool, account.id, "local demo")
-            _write_private(key_file, key)
-        found = [p for p in await products.list_products(pool, account.id) if p["name"] == DEMO_PRODUCT]
+            issued = await accounts.create_api_key(pool, account.id, "local demo")
+            _write_private(key_file, issued.key)
+        found = [p for p in await products.list_products(pool, account.id) if p.name == DEMO_PRODUCT]
         product = (
             found[0]
             if found
@@ -47,11 +47,11 @@ async def prepare(var: Path) -> dict[str, str]:
                 pool, account.id, DEMO_PRODUCT, [parse_service("ssh:22"), parse_service("web:80")]
             )
         )
-        if product["status"] == "new":
-            product = await products.lock_product(pool, account.id, product["id"])
-        if not await products.list_registrations(pool, account.id, "auto"):
-            await products.create_registration(pool, account.id, product["id"], "auto", "active")
-        product = await products.get_product(pool, account.id, product["id"])
+        if product.status == "new":
+            product = await products.lock_product(pool, account.id, product.id)
+        if not await registrations.list_registrations(pool, account.id, "auto"):
+            await registrations.create_registration(pool, account.id, product.id, "auto", "active")
+        product = await products.get_product(pool, account.id, product.id)
     finally:
         await pool.close()
     ports = {
@@ -70,8 +70,8 @@ async def prepare(var: Path) -> dict[str, str]:
         "FLEETREG_COMPAT_URL": f"https://127.0.0.1:{ports['compat']}",
         "FLEETREG_TLS_CA": str((var / "tls" / "ca.pem").resolve()),
         "FLEETREG_ADMIN_TOKEN": key_file.read_text(encoding="utf-8").strip(),
-        "FLEETREG_DEMO_PRODUCT_ID": product["id"],
-        "FLEETREG_DEMO_CODE": product["bulk_identification_code"],
+        "FLEETREG_DEMO_PRODUCT_ID": product.id,
+        "FLEETREG_DEMO_CODE": product.bulk_identification_code or "",
         "KAFKA_BOOTSTRAP_SERVERS": infra["KAFKA_BOOTSTRAP_SERVERS"],
         "DATABASE_URL": infra["DATABASE_URL"],
     }

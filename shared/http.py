@@ -17,17 +17,20 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from shared.db.pool import TRANSIENT_ERRORS
+from shared.db.pool import TRANSIENT_ERRORS, Pool
 from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
+
+if TYPE_CHECKING:
+    from shared.db.accounts import Account
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +222,7 @@ def api_key(request: web.Request) -> str:
     return token
 
 
-async def account_for(key: str, pool: Any) -> Any:
+async def account_for(key: str, pool: Pool) -> Account:
     """The account of an API key, or Unauthorized."""
     from shared.db import accounts  # the HTTP layer needs the registry only for this
 

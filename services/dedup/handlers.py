@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.db import alerts, decisions, devices, products
+from shared.db import alerts, decisions, devices, products, registrations
 from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
 from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
@@ -222,8 +222,8 @@ async def _decide_and_record(
     ]
     async with pool.acquire() as conn, conn.transaction():
         now = time.time()
-        # Only registrations with a quota are locked and counted (see products.lock_quotas).
-        quotas = await products.lock_quotas(conn, [r for r in auto_registrations if r])
+        # Only registrations with a quota are locked and counted (see registrations.lock_quotas).
+        quotas = await registrations.lock_quotas(conn, [r for r in auto_registrations if r])
         counts = await devices.count_registration_devices(conn, list(quotas))
         for (account_id, product_id), items in by_product.items():
             stems = [stem for request, _ in items for stem in family_stems(request.hardware_id)]

@@ -1,6 +1,7 @@
 """``python -m services.operator``"""
 
-from services.operator.app import SERVICE, create_app
+from services.operator.app import create_app
+from services.operator.resources import SERVICE
 from services.operator.settings import OperatorSettings
 from shared.service import main
 

@@ -1,44 +1,132 @@
-"""The operator API's business logic: plain functions of the account and validated input."""
+"""The operator API's business logic: plain functions of the account and validated input,
+free of HTTP. They validate what the routes parsed, call the repositories and return
+records (the repositories' or this module's); views.py turns them into JSON."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from shared.db import accounts, alerts, decisions, devices, products
-from shared.db.accounts import Account
+from shared.db import accounts, alerts, decisions, devices, products, registrations
+from shared.db.accounts import Account, ApiKey, IssuedApiKey
+from shared.db.alerts import SecurityAlert
+from shared.db.decisions import DecisionEntry
+from shared.db.devices import Device, DeviceAction, DeviceChange, DeviceHistoryEntry
 from shared.db.pool import Pool
+from shared.db.products import Product
+from shared.db.registrations import Registration
+from shared.domain.devices import ShownState, online_cutoff, shown_state
 from shared.domain.identifiers import is_uuid, validate_hardware_id
-from shared.domain.products import validate_product, validate_service
+from shared.domain.products import RegistrationKind, validate_product, validate_service
 from shared.errors import InvalidInput
 
-AUTO = "auto"
+AUTO: RegistrationKind = "auto"
 # The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
 MAX_DEVICES_LIMIT = 2_147_483_647
 # Device IDs one batch action takes: one transaction, an answer of bounded size.
 BATCH_MAX_IDS = 1000
+DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
+DECISIONS = ("new", "same", "clone", "refused")
+ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
 
 
-async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> dict[str, Any]:
+# ---------------------------------------------------------------- what the handlers return
+
+
+@dataclass(frozen=True)
+class ShownDevice:
+    """A device and the state it is shown in (shared.domain.devices.shown_state) at the
+    moment it was read."""
+
+    device: Device
+    state: ShownState
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    devices: list[ShownDevice]
+    next_after: str | None  # the last ID, when the page is full
+
+
+@dataclass(frozen=True)
+class DeviceDetail:
+    device: ShownDevice
+    history: list[DeviceHistoryEntry]
+
+
+@dataclass(frozen=True)
+class DeviceChanges:
+    """A batch action: one change per ID in the order given, each with the device as it is
+    now (None when not found in this account)."""
+
+    action: DeviceAction
+    changes: list[tuple[DeviceChange, ShownDevice | None]]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for change, _ in self.changes:
+            counts[change.outcome] = counts.get(change.outcome, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class DecisionPage:
+    decisions: list[DecisionEntry]
+    next_before: datetime | None  # the cursor of the next page, when this one is full
+    next_before_id: str | None
+
+
+@dataclass(frozen=True)
+class AlertPage:
+    alerts: list[SecurityAlert]
+    next_before: datetime | None  # the cursor of the next page, when this one is full
+    next_before_id: str | None
+
+
+# ---------------------------------------------------------------- products
+
+
+async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> Product:
     name, services = validate_product(body)
     return await products.create_product(pool, account.id, name, services)
 
 
-async def add_service(pool: Pool, account: Account, product_id: str, body: dict[str, Any]) -> dict[str, Any]:
+async def list_products(pool: Pool, account: Account) -> list[Product]:
+    return await products.list_products(pool, account.id)
+
+
+async def get_product(pool: Pool, account: Account, product_id: str) -> Product:
+    return await products.get_product(pool, account.id, product_id)
+
+
+async def add_service(pool: Pool, account: Account, product_id: str, body: dict[str, Any]) -> Product:
     return await products.add_service(pool, account.id, product_id, validate_service(body, 0))
 
 
-async def create_auto_registration(pool: Pool, account: Account, body: dict[str, Any]) -> dict[str, Any]:
+async def lock_product(pool: Pool, account: Account, product_id: str) -> Product:
+    return await products.lock_product(pool, account.id, product_id)
+
+
+# ---------------------------------------------------------------- auto registrations
+
+
+async def create_auto_registration(pool: Pool, account: Account, body: dict[str, Any]) -> Registration:
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
     if not is_uuid(product_id):
         raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
     max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
-    registration_id = await products.create_registration(
+    registration_id = await registrations.create_registration(
         pool, account.id, product_id, AUTO, "active", max_devices
     )
-    return await products.get_registration(pool, account.id, AUTO, registration_id)
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
 
 
 def _max_devices(value: object) -> int | None:
@@ -60,9 +148,17 @@ def _max_devices(value: object) -> int | None:
     return value
 
 
+async def list_auto_registrations(pool: Pool, account: Account) -> list[Registration]:
+    return await registrations.list_registrations(pool, account.id, AUTO)
+
+
+async def get_auto_registration(pool: Pool, account: Account, registration_id: str) -> Registration:
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
 async def update_auto_registration(
     pool: Pool, account: Account, registration_id: str, body: dict[str, Any]
-) -> dict[str, Any]:
+) -> Registration:
     """Change an auto registration's settings: ``max_devices`` (null clears the quota)."""
     unknown = sorted(set(body) - {"max_devices"})
     if unknown:
@@ -71,19 +167,25 @@ async def update_auto_registration(
         )
     if "max_devices" not in body:
         raise InvalidInput("max_devices is required", field="max_devices", rule="required")
-    await products.set_max_devices(pool, account.id, registration_id, _max_devices(body["max_devices"]))
-    return await products.get_registration(pool, account.id, AUTO, registration_id)
+    await registrations.set_max_devices(pool, account.id, registration_id, _max_devices(body["max_devices"]))
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
+AutoAction = Literal["pause", "resume", "rotate-code"]
 
 
 async def change_auto_registration(
-    pool: Pool, account: Account, registration_id: str, action: str
-) -> dict[str, Any]:
+    pool: Pool, account: Account, registration_id: str, action: AutoAction
+) -> Registration:
     if action == "rotate-code":
-        await products.rotate_code(pool, account.id, registration_id)
+        await registrations.rotate_code(pool, account.id, registration_id)
     else:
         status = {"pause": "paused", "resume": "active"}[action]
-        await products.set_registration_status(pool, account.id, AUTO, registration_id, status)
-    return await products.get_registration(pool, account.id, AUTO, registration_id)
+        await registrations.set_registration_status(pool, account.id, AUTO, registration_id, status)
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
+# ---------------------------------------------------------------- query parameters
 
 
 def _only(query: dict[str, str], known: tuple[str, ...]) -> None:
@@ -119,45 +221,127 @@ def _page_limit(query: dict[str, str], page_limit_max: int) -> int:
     return limit
 
 
-DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
+# ---------------------------------------------------------------- devices
+
+
+def _shown(device: Device, now: datetime, online_ttl: float) -> ShownDevice:
+    state = shown_state(
+        disabled=device.disabled,
+        lifecycle=device.lifecycle,
+        last_seen_at=device.last_seen_at,
+        now=now,
+        online_ttl_s=online_ttl,
+    )
+    return ShownDevice(device, state)
 
 
 async def list_devices(
-    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int, online_ttl: float
-) -> dict[str, Any]:
+    pool: Pool,
+    account: Account,
+    query: dict[str, str],
+    *,
+    page_limit_max: int,
+    online_ttl: float,
+    now: datetime | None = None,
+) -> DevicePage:
+    """A page of the account's devices in ID order; the state filter and the states shown
+    follow one rule (shared.domain.devices) at one moment, ``now``."""
     _only(query, ("state", "hardware_id", "registration_id", "after", "limit"))
     state = _choice(query, "state", DEVICE_STATES)
     limit = _page_limit(query, page_limit_max)
     for name in ("after", "registration_id"):
         if query.get(name) and not is_uuid(query[name]):
             raise InvalidInput(f"{name} must be an ID", field=name, rule="format=uuid")
+    at = now or datetime.now(UTC)
     found = await devices.list_devices(
         pool,
         account.id,
+        online_cutoff=online_cutoff(at, online_ttl),
         state=state,
         hardware_id=validate_hardware_id(query["hardware_id"]) if query.get("hardware_id") else None,
         registration_id=query.get("registration_id") or None,
         after=query.get("after") or None,
         limit=limit,
-        online_ttl=online_ttl,
     )
-    return {"devices": found, "next_after": found[-1]["id"] if len(found) == limit else None}
+    return DevicePage(
+        devices=[_shown(d, at, online_ttl) for d in found],
+        next_after=found[-1].id if len(found) == limit else None,
+    )
 
 
-async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> dict[str, Any]:
-    label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 100 or not label.isascii():
-        raise InvalidInput("label must be up to 100 ASCII characters", field="label", rule="max_length=100")
-    key_id, key = await accounts.create_api_key(pool, account.id, label)
-    return {
-        "id": key_id,
-        "api_key": key,
-        "label": label,
-        "note": "shown once: store it now, it cannot be shown again",
-    }
+async def get_device(
+    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+) -> DeviceDetail:
+    device = await devices.get_device(pool, account.id, device_id)
+    history = await devices.device_history(pool, device_id)
+    return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl), history)
 
 
-DECISIONS = ("new", "same", "clone", "refused")
+async def disable_device(
+    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+) -> DeviceDetail:
+    """Disable one device (an unknown one is not found); the device as it is then."""
+    await devices.disable_device(pool, account.id, device_id)
+    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+
+
+async def reset_device(
+    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+) -> DeviceDetail:
+    """Reset one device for re-provisioning (a disabled one cannot be); the device as it is then."""
+    await devices.reset_device(pool, account.id, device_id)
+    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+
+
+def _device_ids(body: dict[str, Any]) -> list[str]:
+    """``device_ids``: 1..BATCH_MAX_IDS distinct device IDs (UUIDs), lower-cased."""
+    raw = body.get("device_ids")
+    if raw is None:
+        raise InvalidInput("device_ids is required", field="device_ids", rule="required")
+    if not isinstance(raw, list):
+        raise InvalidInput("device_ids must be a list of device IDs", field="device_ids", rule="type=array")
+    if not 1 <= len(raw) <= BATCH_MAX_IDS:
+        raise InvalidInput(
+            f"device_ids must hold 1-{BATCH_MAX_IDS} IDs; it holds {len(raw)}",
+            field="device_ids",
+            rule=f"items=1..{BATCH_MAX_IDS}",
+        )
+    ids: list[str] = []
+    seen: set[str] = set()
+    for index, value in enumerate(raw):
+        where = f"device_ids[{index}]"
+        if not isinstance(value, str) or not is_uuid(value):
+            raise InvalidInput(f"{where} is not a device ID", field=where, rule="format=uuid")
+        device_id = value.lower()
+        if device_id in seen:
+            raise InvalidInput(f"{where} is given twice", field=where, rule="unique")
+        seen.add(device_id)
+        ids.append(device_id)
+    return ids
+
+
+async def change_devices(
+    pool: Pool,
+    account: Account,
+    body: dict[str, Any],
+    action: DeviceAction,
+    *,
+    online_ttl: float,
+    now: datetime | None = None,
+) -> DeviceChanges:
+    """Disable or reset many devices in one transaction; one result per ID, in order: the
+    outcome and the device as it is now (None when not found in this account)."""
+    ids = _device_ids(body)
+    changes = await devices.change_devices(pool, account.id, ids, action)
+    found = await devices.devices_by_id(pool, account.id, ids)
+    at = now or datetime.now(UTC)
+    return DeviceChanges(
+        action,
+        [(c, _shown(found[c.device_id], at, online_ttl) if c.device_id in found else None) for c in changes],
+    )
+
+
+# ---------------------------------------------------------------- audit trail and alerts
 
 
 def _before(query: dict[str, str]) -> tuple[datetime | None, str | None]:
@@ -199,106 +383,49 @@ def _newest_first(
 
 async def list_decisions(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
-) -> dict[str, Any]:
+) -> DecisionPage:
     """The audit trail of registration decisions, newest first; ``before`` pages back."""
     decision, limit, before, before_id = _newest_first(query, "decision", DECISIONS, page_limit_max)
     found = await decisions.list_decisions(
         pool, account.id, decision=decision, before=before, limit=limit, before_id=before_id
     )
     full = len(found) == limit
-    return {
-        "decisions": [
-            {
-                "request_id": d.request_id,
-                "decided_at": d.decided_at.isoformat(),
-                "decision": d.decision,
-                "reason": d.reason,
-                "claimed_hardware_id": d.claimed_hardware_id,
-                "assigned_hardware_id": d.assigned_hardware_id,
-                "device_id": d.device_id,
-                "product_id": d.product_id,
-                "protocol": d.protocol,
-            }
-            for d in found
-        ],
-        "next_before": found[-1].decided_at.isoformat() if full else None,
-        "next_before_id": found[-1].request_id if full else None,
-    }
-
-
-def _device_ids(body: dict[str, Any]) -> list[str]:
-    """``device_ids``: 1..BATCH_MAX_IDS distinct device IDs (UUIDs), lower-cased."""
-    raw = body.get("device_ids")
-    if raw is None:
-        raise InvalidInput("device_ids is required", field="device_ids", rule="required")
-    if not isinstance(raw, list):
-        raise InvalidInput("device_ids must be a list of device IDs", field="device_ids", rule="type=array")
-    if not 1 <= len(raw) <= BATCH_MAX_IDS:
-        raise InvalidInput(
-            f"device_ids must hold 1-{BATCH_MAX_IDS} IDs; it holds {len(raw)}",
-            field="device_ids",
-            rule=f"items=1..{BATCH_MAX_IDS}",
-        )
-    ids: list[str] = []
-    seen: set[str] = set()
-    for index, value in enumerate(raw):
-        where = f"device_ids[{index}]"
-        if not isinstance(value, str) or not is_uuid(value):
-            raise InvalidInput(f"{where} is not a device ID", field=where, rule="format=uuid")
-        device_id = value.lower()
-        if device_id in seen:
-            raise InvalidInput(f"{where} is given twice", field=where, rule="unique")
-        seen.add(device_id)
-        ids.append(device_id)
-    return ids
-
-
-async def change_devices(
-    pool: Pool, account: Account, body: dict[str, Any], action: devices.DeviceAction, *, online_ttl: float
-) -> dict[str, Any]:
-    """Disable or reset many devices in one transaction; one result per ID, in order: the
-    outcome and the device as it is now (null when not found in this account)."""
-    ids = _device_ids(body)
-    changes = await devices.change_devices(pool, account.id, ids, action)
-    now = await devices.devices_by_id(pool, account.id, ids, online_ttl)
-    counts: dict[str, int] = {}
-    for change in changes:
-        counts[change.outcome] = counts.get(change.outcome, 0) + 1
-    return {
-        "action": action,
-        "results": [
-            {"id": c.device_id, "outcome": c.outcome, "device": now.get(c.device_id)} for c in changes
-        ],
-        "counts": counts,
-    }
-
-
-ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
+    return DecisionPage(
+        found,
+        next_before=found[-1].decided_at if full else None,
+        next_before_id=found[-1].request_id if full else None,
+    )
 
 
 async def list_security_alerts(
     pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
-) -> dict[str, Any]:
+) -> AlertPage:
     """The account's security alerts, most recently seen first; ``before`` pages back."""
     kind, limit, before, before_id = _newest_first(query, "kind", ALERT_KINDS, page_limit_max)
     found = await alerts.list_alerts(
         pool, account.id, kind=kind, before=before, limit=limit, before_id=before_id
     )
-    return {
-        "security_alerts": [
-            {
-                "id": a.id,
-                "kind": a.kind,
-                "product_id": a.product_id,
-                "hardware_id": a.hardware_id,
-                "listed": a.listed,
-                "wrong_keys": a.wrong_keys,
-                "window_seconds": a.window_seconds,
-                "first_seen_at": a.first_seen_at.isoformat(),
-                "last_seen_at": a.last_seen_at.isoformat(),
-            }
-            for a in found
-        ],
-        "next_before": found[-1].last_seen_at.isoformat() if len(found) == limit else None,
-        "next_before_id": found[-1].id if len(found) == limit else None,
-    }
+    full = len(found) == limit
+    return AlertPage(
+        found,
+        next_before=found[-1].last_seen_at if full else None,
+        next_before_id=found[-1].id if full else None,
+    )
+
+
+# ---------------------------------------------------------------- API keys
+
+
+async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
+    return await accounts.list_api_keys(pool, account.id)
+
+
+async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> IssuedApiKey:
+    label = body.get("label", "")
+    if not isinstance(label, str) or len(label) > 100 or not label.isascii():
+        raise InvalidInput("label must be up to 100 ASCII characters", field="label", rule="max_length=100")
+    return await accounts.create_api_key(pool, account.id, label)
+
+
+async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
+    await accounts.revoke_api_key(pool, account.id, key_id)

@@ -1,171 +1,274 @@
-"""The operator API's wiring: authenticated HTTP routes onto the handlers."""
+"""The operator API's HTTP routes: each authenticates, parses the request, calls one
+handler and shapes its answer with a view. ``ROUTES`` lists them for the app."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from services.operator import handlers
-from shared.db import accounts, devices, products
+from services.operator import handlers, views
+from services.operator.resources import RESOURCES, Resources
 from shared.db.accounts import Account
 from shared.http import account_for, api_key, json_response, parse_json_body, path_id
 
-if TYPE_CHECKING:
-    from services.operator.app import Resources
-
 OPENAPI = Path(__file__).with_name("openapi.yaml")
-AuthedHandler = Callable[[web.Request, Account], Awaitable[Any]]
+
+AuthedRoute = Callable[[web.Request, Account], Awaitable[views.Json]]
+Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def add_routes(app: web.Application, key: web.AppKey[Resources]) -> None:
-    def authed(handler: AuthedHandler, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def wrapped(request: web.Request) -> web.Response:
-            account = await account_for(api_key(request), request.app[key].pool)
-            return json_response(await handler(request, account), status=status)
+def authed(status: int = 200) -> Callable[[AuthedRoute], Route]:
+    """A route of an account: the request's API key names it (401 otherwise); the view the
+    route returns is answered as JSON with ``status``."""
 
-        return wrapped
+    def decorate(route: AuthedRoute) -> Route:
+        @functools.wraps(route)
+        async def answer(request: web.Request) -> web.Response:
+            key = api_key(request)  # first: a request without a key is refused before any I/O
+            account = await account_for(key, request.app[RESOURCES].pool)
+            return json_response(await route(request, account), status=status)
 
-    def pool(request: web.Request) -> Any:
-        return request.app[key].pool
+        return answer
 
-    async def whoami(request: web.Request, account: Account) -> Any:
-        return {"id": account.id, "name": account.name}
+    return decorate
 
-    async def create_product(request: web.Request, account: Account) -> Any:
-        return await handlers.create_product(pool(request), account, await parse_json_body(request))
 
-    async def list_products(request: web.Request, account: Account) -> Any:
-        return {"products": await products.list_products(pool(request), account.id)}
+def _resources(request: web.Request) -> Resources:
+    return request.app[RESOURCES]
 
-    async def get_product(request: web.Request, account: Account) -> Any:
-        return await products.get_product(pool(request), account.id, path_id(request, "product_id"))
 
-    async def add_service(request: web.Request, account: Account) -> Any:
-        return await handlers.add_service(
-            pool(request), account, path_id(request, "product_id"), await parse_json_body(request)
-        )
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
 
-    async def lock_product(request: web.Request, account: Account) -> Any:
-        return await products.lock_product(pool(request), account.id, path_id(request, "product_id"))
 
-    async def create_auto(request: web.Request, account: Account) -> Any:
-        return await handlers.create_auto_registration(pool(request), account, await parse_json_body(request))
+@authed()
+async def whoami(request: web.Request, account: Account) -> views.Json:
+    return views.account(account)
 
-    async def list_auto(request: web.Request, account: Account) -> Any:
-        return {
-            "auto_registrations": await products.list_registrations(pool(request), account.id, handlers.AUTO)
-        }
 
-    async def get_auto(request: web.Request, account: Account) -> Any:
-        return await products.get_registration(
-            pool(request), account.id, handlers.AUTO, path_id(request, "registration_id")
-        )
+# ---------------------------------------------------------------- products
 
-    async def update_auto(request: web.Request, account: Account) -> Any:
-        return await handlers.update_auto_registration(
-            pool(request), account, path_id(request, "registration_id"), await parse_json_body(request)
-        )
 
-    def change_auto(action: str) -> AuthedHandler:
-        async def change(request: web.Request, account: Account) -> Any:
-            return await handlers.change_auto_registration(
-                pool(request), account, path_id(request, "registration_id"), action
-            )
+@authed(status=201)
+async def create_product(request: web.Request, account: Account) -> views.Json:
+    body = await parse_json_body(request)
+    return views.product(await handlers.create_product(_resources(request).pool, account, body))
 
-        return change
 
-    async def list_devices(request: web.Request, account: Account) -> Any:
-        settings = request.app[key].settings
-        return await handlers.list_devices(
-            pool(request),
-            account,
-            dict(request.query),
-            page_limit_max=settings.page_limit_max,
-            online_ttl=settings.online_ttl_seconds,
-        )
+@authed()
+async def list_products(request: web.Request, account: Account) -> views.Json:
+    return views.products(await handlers.list_products(_resources(request).pool, account))
 
-    async def get_device(request: web.Request, account: Account) -> Any:
-        return await devices.get_device(
-            pool(request),
-            account.id,
-            path_id(request, "device_id"),
-            request.app[key].settings.online_ttl_seconds,
-        )
 
-    async def disable_device(request: web.Request, account: Account) -> Any:
-        await devices.disable_device(pool(request), account.id, path_id(request, "device_id"))
-        return await get_device(request, account)
+@authed()
+async def get_product(request: web.Request, account: Account) -> views.Json:
+    product_id = path_id(request, "product_id")
+    return views.product(await handlers.get_product(_resources(request).pool, account, product_id))
 
-    async def reset_device(request: web.Request, account: Account) -> Any:
-        await devices.reset_device(pool(request), account.id, path_id(request, "device_id"))
-        return await get_device(request, account)
 
-    def change_devices(action: devices.DeviceAction) -> AuthedHandler:
-        async def change(request: web.Request, account: Account) -> Any:
-            return await handlers.change_devices(
-                pool(request),
-                account,
-                await parse_json_body(request),
-                action,
-                online_ttl=request.app[key].settings.online_ttl_seconds,
-            )
+@authed(status=201)
+async def add_service(request: web.Request, account: Account) -> views.Json:
+    product_id = path_id(request, "product_id")
+    body = await parse_json_body(request)
+    return views.product(await handlers.add_service(_resources(request).pool, account, product_id, body))
 
-        return change
 
-    async def list_alerts(request: web.Request, account: Account) -> Any:
-        return await handlers.list_security_alerts(
-            pool(request),
-            account,
-            dict(request.query),
-            page_limit_max=request.app[key].settings.page_limit_max,
-        )
+@authed()
+async def lock_product(request: web.Request, account: Account) -> views.Json:
+    product_id = path_id(request, "product_id")
+    return views.product(await handlers.lock_product(_resources(request).pool, account, product_id))
 
-    async def list_decisions(request: web.Request, account: Account) -> Any:
-        return await handlers.list_decisions(
-            pool(request),
-            account,
-            dict(request.query),
-            page_limit_max=request.app[key].settings.page_limit_max,
-        )
 
-    async def list_keys(request: web.Request, account: Account) -> Any:
-        return {"api_keys": await accounts.list_api_keys(pool(request), account.id)}
+# ---------------------------------------------------------------- auto registrations
 
-    async def create_key(request: web.Request, account: Account) -> Any:
-        return await handlers.create_api_key(pool(request), account, await parse_json_body(request))
 
-    async def revoke_key(request: web.Request, account: Account) -> Any:
-        await accounts.revoke_api_key(pool(request), account.id, path_id(request, "key_id"))
-        return {"revoked": request.match_info["key_id"]}
+@authed(status=201)
+async def create_auto(request: web.Request, account: Account) -> views.Json:
+    body = await parse_json_body(request)
+    return views.auto_registration(
+        await handlers.create_auto_registration(_resources(request).pool, account, body)
+    )
 
-    async def openapi(request: web.Request) -> web.Response:
-        return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
 
-    r = app.router
-    r.add_get("/openapi.yaml", openapi)
-    r.add_get("/v1/account", authed(whoami))
-    r.add_post("/v1/products", authed(create_product, 201))
-    r.add_get("/v1/products", authed(list_products))
-    r.add_get("/v1/products/{product_id}", authed(get_product))
-    r.add_post("/v1/products/{product_id}/services", authed(add_service, 201))
-    r.add_post("/v1/products/{product_id}/lock", authed(lock_product))
-    r.add_post("/v1/auto-registrations", authed(create_auto, 201))
-    r.add_get("/v1/auto-registrations", authed(list_auto))
-    r.add_get("/v1/auto-registrations/{registration_id}", authed(get_auto))
-    r.add_patch("/v1/auto-registrations/{registration_id}", authed(update_auto))
-    for action in ("pause", "resume", "rotate-code"):
-        r.add_post(f"/v1/auto-registrations/{{registration_id}}/{action}", authed(change_auto(action)))
-    r.add_get("/v1/devices", authed(list_devices))
-    r.add_post("/v1/devices/disable", authed(change_devices("disable")))
-    r.add_post("/v1/devices/reset", authed(change_devices("reset")))
-    r.add_get("/v1/devices/{device_id}", authed(get_device))
-    r.add_post("/v1/devices/{device_id}/disable", authed(disable_device))
-    r.add_post("/v1/devices/{device_id}/reset", authed(reset_device))
-    r.add_get("/v1/registration-decisions", authed(list_decisions))
-    r.add_get("/v1/security-alerts", authed(list_alerts))
-    r.add_get("/v1/api-keys", authed(list_keys))
-    r.add_post("/v1/api-keys", authed(create_key, 201))
-    r.add_delete("/v1/api-keys/{key_id}", authed(revoke_key))
+@authed()
+async def list_auto(request: web.Request, account: Account) -> views.Json:
+    return views.auto_registrations(await handlers.list_auto_registrations(_resources(request).pool, account))
+
+
+@authed()
+async def get_auto(request: web.Request, account: Account) -> views.Json:
+    registration_id = path_id(request, "registration_id")
+    return views.auto_registration(
+        await handlers.get_auto_registration(_resources(request).pool, account, registration_id)
+    )
+
+
+@authed()
+async def update_auto(request: web.Request, account: Account) -> views.Json:
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    return views.auto_registration(
+        await handlers.update_auto_registration(_resources(request).pool, account, registration_id, body)
+    )
+
+
+async def _change_auto(request: web.Request, account: Account, action: handlers.AutoAction) -> views.Json:
+    registration_id = path_id(request, "registration_id")
+    return views.auto_registration(
+        await handlers.change_auto_registration(_resources(request).pool, account, registration_id, action)
+    )
+
+
+@authed()
+async def pause_auto(request: web.Request, account: Account) -> views.Json:
+    return await _change_auto(request, account, "pause")
+
+
+@authed()
+async def resume_auto(request: web.Request, account: Account) -> views.Json:
+    return await _change_auto(request, account, "resume")
+
+
+@authed()
+async def rotate_auto_code(request: web.Request, account: Account) -> views.Json:
+    return await _change_auto(request, account, "rotate-code")
+
+
+# ---------------------------------------------------------------- devices
+
+
+@authed()
+async def list_devices(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    page = await handlers.list_devices(
+        resources.pool,
+        account,
+        dict(request.query),
+        page_limit_max=resources.settings.page_limit_max,
+        online_ttl=resources.settings.online_ttl_seconds,
+    )
+    return views.device_page(page)
+
+
+@authed()
+async def get_device(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    device_id = path_id(request, "device_id")
+    detail = await handlers.get_device(
+        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_detail(detail)
+
+
+@authed()
+async def disable_device(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    device_id = path_id(request, "device_id")
+    detail = await handlers.disable_device(
+        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_detail(detail)
+
+
+@authed()
+async def reset_device(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    device_id = path_id(request, "device_id")
+    detail = await handlers.reset_device(
+        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_detail(detail)
+
+
+@authed()
+async def disable_devices(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    body = await parse_json_body(request)
+    changed = await handlers.change_devices(
+        resources.pool, account, body, "disable", online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_changes(changed)
+
+
+@authed()
+async def reset_devices(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    body = await parse_json_body(request)
+    changed = await handlers.change_devices(
+        resources.pool, account, body, "reset", online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_changes(changed)
+
+
+# ---------------------------------------------------------------- audit trail and alerts
+
+
+@authed()
+async def list_decisions(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    page = await handlers.list_decisions(
+        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+    )
+    return views.decision_page(page)
+
+
+@authed()
+async def list_alerts(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    page = await handlers.list_security_alerts(
+        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+    )
+    return views.alert_page(page)
+
+
+# ---------------------------------------------------------------- API keys
+
+
+@authed()
+async def list_keys(request: web.Request, account: Account) -> views.Json:
+    return views.api_keys(await handlers.list_api_keys(_resources(request).pool, account))
+
+
+@authed(status=201)
+async def create_key(request: web.Request, account: Account) -> views.Json:
+    body = await parse_json_body(request)
+    return views.issued_api_key(await handlers.create_api_key(_resources(request).pool, account, body))
+
+
+@authed()
+async def revoke_key(request: web.Request, account: Account) -> views.Json:
+    key_id = path_id(request, "key_id")
+    await handlers.revoke_api_key(_resources(request).pool, account, key_id)
+    return views.revoked_api_key(key_id)
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/openapi.yaml", openapi),
+    web.get("/v1/account", whoami),
+    web.post("/v1/products", create_product),
+    web.get("/v1/products", list_products),
+    web.get("/v1/products/{product_id}", get_product),
+    web.post("/v1/products/{product_id}/services", add_service),
+    web.post("/v1/products/{product_id}/lock", lock_product),
+    web.post("/v1/auto-registrations", create_auto),
+    web.get("/v1/auto-registrations", list_auto),
+    web.get("/v1/auto-registrations/{registration_id}", get_auto),
+    web.patch("/v1/auto-registrations/{registration_id}", update_auto),
+    web.post("/v1/auto-registrations/{registration_id}/pause", pause_auto),
+    web.post("/v1/auto-registrations/{registration_id}/resume", resume_auto),
+    web.post("/v1/auto-registrations/{registration_id}/rotate-code", rotate_auto_code),
+    web.get("/v1/devices", list_devices),
+    web.post("/v1/devices/disable", disable_devices),
+    web.post("/v1/devices/reset", reset_devices),
+    web.get("/v1/devices/{device_id}", get_device),
+    web.post("/v1/devices/{device_id}/disable", disable_device),
+    web.post("/v1/devices/{device_id}/reset", reset_device),
+    web.get("/v1/registration-decisions", list_decisions),
+    web.get("/v1/security-alerts", list_alerts),
+    web.get("/v1/api-keys", list_keys),
+    web.post("/v1/api-keys", create_key),
+    web.delete("/v1/api-keys/{key_id}", revoke_key),
+]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
 import asyncpg
 
-from shared.db.pool import Pool
+from shared.db.pool import Connection, Pool
 from shared.domain.credentials import api_key_digest, new_api_key
 from shared.errors import Conflict, InvalidInput, NotFound
 
@@ -31,6 +31,26 @@ class Account:
     name: str
 
 
+@dataclass(frozen=True)
+class IssuedApiKey:
+    """A key just created: the key itself exists in clear only here, once."""
+
+    id: str
+    key: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as stored: its first characters (``prefix``) identify it, never the key."""
+
+    id: str
+    prefix: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
     """Create an account with its first API key; the key is returned once and never stored."""
     account = Account(str(uuid.uuid4()), name)
@@ -39,8 +59,8 @@ async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
             await conn.execute(INSERT_ACCOUNT, account.id, name)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"an account named {name!r} exists already", field="name") from exc
-        _, key = await _insert_key(conn, account.id, "first key")
-    return account, key
+        issued = await _insert_key(conn, account.id, "first key")
+    return account, issued.key
 
 
 async def find_account(pool: Pool, name: str) -> Account | None:
@@ -48,18 +68,18 @@ async def find_account(pool: Pool, name: str) -> Account | None:
     return Account(row["id"], row["name"]) if row else None
 
 
-async def create_api_key(pool: Pool, account_id: str, label: str) -> tuple[str, str]:
-    """A new key of the account: (key ID, the key itself, returned this once)."""
+async def create_api_key(pool: Pool, account_id: str, label: str) -> IssuedApiKey:
+    """A new key of the account, the key itself returned this once."""
     async with pool.acquire() as conn:
         return await _insert_key(conn, account_id, label)
 
 
-async def _insert_key(conn: Any, account_id: str, label: str) -> tuple[str, str]:
+async def _insert_key(conn: Connection, account_id: str, label: str) -> IssuedApiKey:
     if "\0" in label:  # Postgres's text cannot hold it: the server's refusal would be a 500
         raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
     await conn.execute(INSERT_KEY, key_id, account_id, api_key_digest(key), key[:8], label)
-    return key_id, key
+    return IssuedApiKey(id=key_id, key=key, label=label)
 
 
 async def account_for_key(pool: Pool, key: str) -> Account | None:
@@ -70,15 +90,16 @@ async def account_for_key(pool: Pool, key: str) -> Account | None:
     return Account(row["id"], row["name"]) if row else None
 
 
-async def list_api_keys(pool: Pool, account_id: str) -> list[dict[str, Any]]:
+async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
+    """The account's keys, revoked ones included, oldest first."""
     return [
-        {
-            "id": r["id"],
-            "prefix": r["key_prefix"],
-            "label": r["label"],
-            "created_at": r["created_at"].isoformat(),
-            "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
-        }
+        ApiKey(
+            id=r["id"],
+            prefix=r["key_prefix"],
+            label=r["label"],
+            created_at=r["created_at"],
+            revoked_at=r["revoked_at"],
+        )
         for r in await pool.fetch(SELECT_KEYS, account_id)
     ]
 

@@ -8,13 +8,15 @@ batches with one statement per kind of change, not one round trip per device.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal
+
+from asyncpg import Record
 
 from shared.db.pool import Connection, Pool
-from shared.domain.dedup import KnownDevice
+from shared.domain.dedup import KnownDevice, Lifecycle
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
@@ -27,7 +29,7 @@ SELECT_FAMILY = """
                      WHERE d.device_id = devices.id AND d.decision IN ('new', 'clone')
                      ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
-# Run after the registrations' rows are locked (products.lock_quotas): a statement of its
+# Run after the registrations' rows are locked (registrations.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
 COUNT_REGISTRATION_DEVICES = """
     SELECT registration_id::text, count(*) AS devices FROM devices
@@ -43,6 +45,9 @@ MARK_PROVISIONED = """
 TOUCH_LAST_SEEN = """
     UPDATE devices SET last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
     FROM unnest($1::uuid[], $2::float8[]) AS u(id, at) WHERE devices.id = u.id"""
+# The state filter: the state shown (online, offline, disabled) or, for devices not disabled,
+# the lifecycle step. Online is shared.domain.devices.is_online, with $6 its cut-off time
+# (online_cutoff): not disabled, provisioned, last seen strictly after the cut-off.
 SELECT_DEVICES = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle, disabled,
            product_id::text, registration_id::text, created_at, registered_at, provisioned_at, last_seen_at,
@@ -52,15 +57,14 @@ SELECT_DEVICES = """
       AND ($2::text IS NULL OR lower(hardware_id) = lower($2))
       AND ($3::uuid IS NULL OR registration_id = $3)
       AND ($4::uuid IS NULL OR id > $4)
-      AND ($5::uuid IS NULL OR id = $5)
-      AND ($6::text IS NULL OR CASE
-            WHEN $6 = 'disabled' THEN disabled
-            WHEN $6 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
-                 AND last_seen_at > now() - make_interval(secs => $7)
-            WHEN $6 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
-                 AND coalesce(last_seen_at > now() - make_interval(secs => $7), false))
-            ELSE NOT disabled AND lifecycle = $6 END)
-    ORDER BY id LIMIT $8"""
+      AND ($5::text IS NULL OR CASE
+            WHEN $5 = 'disabled' THEN disabled
+            WHEN $5 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
+                 AND last_seen_at > $6::timestamptz
+            WHEN $5 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
+                 AND coalesce(last_seen_at > $6::timestamptz, false))
+            ELSE NOT disabled AND lifecycle = $5 END)
+    ORDER BY id LIMIT $7"""
 SELECT_HISTORY = """
     SELECT decided_at AS at, 'registration' AS kind,
            jsonb_build_object('decision', decision, 'reason', reason,
@@ -112,7 +116,39 @@ class DeviceChange:
     outcome: ChangeOutcome
 
 
-def _known(row: Any) -> KnownDevice:
+@dataclass(frozen=True)
+class Device:
+    """A device as its operator sees it. Whether it is online is not stored: it follows from
+    ``disabled``, ``lifecycle`` and ``last_seen_at`` (shared.domain.devices)."""
+
+    id: str
+    hardware_id: str
+    claimed_hardware_id: str
+    name: str
+    category_a: str
+    category_b: str
+    lifecycle: Lifecycle
+    disabled: bool
+    product_id: str
+    registration_id: str
+    created_at: datetime
+    registered_at: datetime | None
+    provisioned_at: datetime | None
+    last_seen_at: datetime | None
+    credential_generation: int
+
+
+@dataclass(frozen=True)
+class DeviceHistoryEntry:
+    """One event of a device's life: a registration decision or a device event (ready,
+    disabled, reset...), with its details (a JSON object, as recorded)."""
+
+    at: datetime
+    kind: str
+    detail: Mapping[str, object]
+
+
+def _known(row: Record) -> KnownDevice:
     return KnownDevice(
         id=row["id"],
         hardware_id=row["hardware_id"],
@@ -153,69 +189,70 @@ async def apply_signals(
             await conn.execute(TOUCH_LAST_SEEN, [d for d, _ in seen], [a for _, a in seen])
 
 
-def _device_view(row: Any, online_ttl: float) -> dict[str, Any]:
-    last_seen = row["last_seen_at"]
-    online = (
-        not row["disabled"]
-        and row["lifecycle"] == "provisioned"
-        and last_seen is not None
-        and (datetime.now(UTC) - last_seen).total_seconds() < online_ttl
+def _device(row: Record) -> Device:
+    return Device(
+        id=row["id"],
+        hardware_id=row["hardware_id"],
+        claimed_hardware_id=row["claimed_hardware_id"],
+        name=row["name"],
+        category_a=row["category_a"],
+        category_b=row["category_b"],
+        lifecycle=row["lifecycle"],
+        disabled=row["disabled"],
+        product_id=row["product_id"],
+        registration_id=row["registration_id"],
+        created_at=row["created_at"],
+        registered_at=row["registered_at"],
+        provisioned_at=row["provisioned_at"],
+        last_seen_at=row["last_seen_at"],
+        credential_generation=row["credential_generation"],
     )
-    # The reference shows a device online or offline; the lifecycle step is its own field.
-    state = "disabled" if row["disabled"] else "online" if online else "offline"
-
-    return {
-        "id": row["id"],
-        "hardware_id": row["hardware_id"],
-        "claimed_hardware_id": row["claimed_hardware_id"],
-        "name": row["name"],
-        "state": state,
-        "lifecycle": row["lifecycle"],
-        "online": online,
-        "disabled": row["disabled"],
-        "product_id": row["product_id"],
-        "registration_id": row["registration_id"],
-        "category_a": row["category_a"],
-        "category_b": row["category_b"],
-        "created_at": row["created_at"].isoformat(),
-        "registered_at": row["registered_at"].isoformat() if row["registered_at"] else None,
-        "provisioned_at": row["provisioned_at"].isoformat() if row["provisioned_at"] else None,
-        "last_seen_at": last_seen.isoformat() if last_seen else None,
-    }
 
 
 async def list_devices(
     pool: Pool,
     account_id: str,
     *,
+    online_cutoff: datetime,
     state: str | None = None,
     hardware_id: str | None = None,
     registration_id: str | None = None,
     after: str | None = None,
     limit: int = 100,
-    online_ttl: float = 300,
-    device_id: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Device]:
     """Devices of an account in ID order; ``after`` is the last ID of the previous page.
 
     ``state`` filters on the state shown (online, offline, disabled) or, for devices
-    not disabled, on the lifecycle step (preregistered, registered)."""
+    not disabled, on the lifecycle step (preregistered, registered); online means seen
+    strictly after ``online_cutoff`` (shared.domain.devices.online_cutoff)."""
     rows = await pool.fetch(
-        SELECT_DEVICES, account_id, hardware_id, registration_id, after, device_id, state, online_ttl, limit
+        SELECT_DEVICES,
+        account_id,
+        hardware_id,
+        registration_id,
+        after,
+        state,
+        online_cutoff,
+        limit,
     )
-    return [_device_view(r, online_ttl) for r in rows]
+    return [_device(r) for r in rows]
 
 
-async def get_device(pool: Pool, account_id: str, device_id: str, online_ttl: float = 300) -> dict[str, Any]:
-    found = await list_devices(pool, account_id, device_id=device_id, limit=1, online_ttl=online_ttl)
+async def get_device(pool: Pool, account_id: str, device_id: str) -> Device:
+    """The account's device, or NotFound."""
+    found = await pool.fetch(SELECT_DEVICES_BY_ID, account_id, [device_id])
     if not found:
         raise NotFound(f"no device {device_id} in this account")
-    device = found[0]
-    device["history"] = [
-        {"at": r["at"].isoformat(), "kind": r["kind"], **json.loads(r["detail"])}
+    return _device(found[0])
+
+
+async def device_history(pool: Pool, device_id: str) -> list[DeviceHistoryEntry]:
+    """A device's registration decisions and events, oldest first (the caller checked
+    that the device is the account's)."""
+    return [
+        DeviceHistoryEntry(at=r["at"], kind=r["kind"], detail=json.loads(r["detail"]))
         for r in await pool.fetch(SELECT_HISTORY, device_id)
     ]
-    return device
 
 
 async def change_devices(
@@ -239,12 +276,10 @@ async def change_devices(
     ]
 
 
-async def devices_by_id(
-    pool: Pool, account_id: str, device_ids: Sequence[str], online_ttl: float = 300
-) -> dict[str, dict[str, Any]]:
+async def devices_by_id(pool: Pool, account_id: str, device_ids: Sequence[str]) -> dict[str, Device]:
     """The account's devices among ``device_ids``, by ID (others are absent)."""
     rows = await pool.fetch(SELECT_DEVICES_BY_ID, account_id, list(device_ids))
-    return {r["id"]: _device_view(r, online_ttl) for r in rows}
+    return {r["id"]: _device(r) for r in rows}
 
 
 async def disable_device(pool: Pool, account_id: str, device_id: str) -> None:

@@ -1,11 +1,16 @@
-"""Product definitions: the service types with their wire codes, and a product's services."""
+"""Product definitions: the service types with their wire codes, a product's services, and
+which registrations a product may serve."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from shared.errors import InvalidInput
+from shared.errors import Conflict, InvalidInput
+
+ProductStatus = Literal["new", "locked"]
+RegistrationKind = Literal["auto", "bulk"]
 
 # Service type name -> numeric code used on the wire by the reference client.
 SERVICE_TYPES: dict[str, int] = {
@@ -132,4 +137,30 @@ def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
 def bulk_service() -> ServiceSpec:
     return ServiceSpec(
         name=BULK_SERVICE_NAME, service_type=BULK_SERVICE_TYPE, port=BULK_SERVICE_PORT, enabled=True
+    )
+
+
+def registration_kind_refusal(
+    product_id: str, status: str, current_kind: str | None, wanted_kind: str
+) -> Conflict | None:
+    """Why a product (its ``status``, the registration kind it serves so far, None until it
+    serves one) may not serve a registration of ``wanted_kind``, or None when it may.
+
+    A product must be locked first (``product_locked``), and it serves one kind of
+    registration: one auto registration or bulk registrations, never both
+    (``one_registration_kind``). Used when a registration is created (auto, or a bulk
+    upload started) and again when the claim of the kind is written (a bulk upload
+    finished), with the product's state as it is then."""
+    if status != "locked":
+        return Conflict(
+            f"product {product_id} must be locked first", field="product_id", rule="product_locked"
+        )
+    if current_kind is None or current_kind == wanted_kind:
+        return None
+    serves = "an auto registration;" if current_kind == "auto" else f"{current_kind} registration already;"
+    return Conflict(
+        f"product {product_id} serves {serves} "
+        "a product is used by one auto registration or by bulk registrations, never both",
+        field="product_id",
+        rule="one_registration_kind",
     )

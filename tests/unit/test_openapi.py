@@ -33,9 +33,10 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from services.operator import app as operator_app
 from services.operator import handlers, routes
-from services.operator.app import RESOURCES, create_app
+from services.operator import resources as operator_resources
+from services.operator.app import create_app
+from services.operator.resources import RESOURCES
 from services.operator.settings import OperatorSettings
 from shared.db.devices import ChangeOutcome
 from shared.domain.products import BULK_SERVICE_TYPE, SERVICE_TYPES
@@ -272,7 +273,7 @@ def app() -> web.Application:
         return refused
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(operator_app, "open_pool", refuse("open_pool"))
+        patch.setattr(operator_resources, "open_pool", refuse("open_pool"))
         patch.setattr(asyncpg, "create_pool", refuse("asyncpg.create_pool"))
         patch.setattr(asyncpg, "connect", refuse("asyncpg.connect"))
         patch.setattr(socket.socket, "connect", refuse("socket.connect"))

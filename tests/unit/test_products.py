@@ -11,10 +11,11 @@ from shared.domain.products import (
     ServiceSpec,
     bulk_service,
     parse_service,
+    registration_kind_refusal,
     validate_product,
     validate_service,
 )
-from shared.errors import InvalidInput
+from shared.errors import Conflict, InvalidInput
 
 # The list on the domain page, copied by hand: the wire codes the reference client understands.
 DOMAIN_PAGE_CODES = {
@@ -235,3 +236,58 @@ def test_the_bulk_service_cannot_be_part_of_a_product_body() -> None:
     with pytest.raises(InvalidInput) as refused:
         validate_product(body)
     assert (refused.value.field, refused.value.rule) == ("services[1].type", "bulk_service_is_automatic")
+
+
+# ---------------------------------------------------------------- which registrations a product serves
+
+PRODUCT = "3f1e2d4c-0000-4000-8000-000000000001"
+NEVER_BOTH = "a product is used by one auto registration or by bulk registrations, never both"
+
+
+@pytest.mark.parametrize("kind", ["auto", "bulk"])
+def test_a_new_product_serves_no_registration_until_it_is_locked(kind: str) -> None:
+    refusal = registration_kind_refusal(PRODUCT, "new", None, kind)
+    assert isinstance(refusal, Conflict)
+    assert (refusal.message, refusal.field, refusal.rule) == (
+        f"product {PRODUCT} must be locked first",
+        "product_id",
+        "product_locked",
+    )
+    assert refusal.status == 409
+
+
+@pytest.mark.parametrize("kind", ["auto", "bulk"])
+def test_a_locked_product_serving_no_kind_yet_takes_either(kind: str) -> None:
+    assert registration_kind_refusal(PRODUCT, "locked", None, kind) is None
+
+
+@pytest.mark.parametrize("kind", ["auto", "bulk"])
+def test_a_locked_product_takes_more_of_the_kind_it_serves(kind: str) -> None:
+    """(One auto registration per product is the database's unique index, not this rule.)"""
+    assert registration_kind_refusal(PRODUCT, "locked", kind, kind) is None
+
+
+def test_a_product_serving_bulk_refuses_an_auto_registration() -> None:
+    refusal = registration_kind_refusal(PRODUCT, "locked", "bulk", "auto")
+    assert refusal is not None
+    assert (refusal.message, refusal.field, refusal.rule) == (
+        f"product {PRODUCT} serves bulk registration already; {NEVER_BOTH}",
+        "product_id",
+        "one_registration_kind",
+    )
+
+
+def test_a_product_serving_auto_refuses_a_bulk_upload() -> None:
+    """The words shared/db/bulk.py answers with, at the start and at the end of an upload."""
+    refusal = registration_kind_refusal(PRODUCT, "locked", "auto", "bulk")
+    assert refusal is not None
+    assert (refusal.message, refusal.field, refusal.rule) == (
+        f"product {PRODUCT} serves an auto registration; {NEVER_BOTH}",
+        "product_id",
+        "one_registration_kind",
+    )
+
+
+def test_locking_comes_first_whatever_the_product_serves() -> None:
+    refusal = registration_kind_refusal(PRODUCT, "new", "auto", "bulk")
+    assert refusal is not None and refusal.rule == "product_locked"

@@ -1,0 +1,220 @@
+"""The operator API's JSON shapes: pure functions of the records the handlers return.
+
+The shapes are the API's contract (services/operator/openapi.yaml); they are built
+here, never in the repositories. Times are ISO 8601 text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.operator.handlers import (
+    AlertPage,
+    DecisionPage,
+    DeviceChanges,
+    DeviceDetail,
+    DevicePage,
+    ShownDevice,
+)
+from shared.db.accounts import Account, ApiKey, IssuedApiKey
+from shared.db.alerts import SecurityAlert
+from shared.db.decisions import DecisionEntry
+from shared.db.devices import DeviceHistoryEntry
+from shared.db.products import Product, ProductService
+from shared.db.registrations import Registration
+
+Json = dict[str, object]
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def account(found: Account) -> Json:
+    return {"id": found.id, "name": found.name}
+
+
+# ---------------------------------------------------------------- products
+
+
+def service(found: ProductService) -> Json:
+    return {
+        "provisioning_id": found.id.upper(),
+        "name": found.name,
+        "type": found.service_type,
+        "type_code": found.type_code,
+        "port": found.port,
+        "enabled": found.enabled,
+        "bulk_service": found.is_bulk_service,
+    }
+
+
+def product(found: Product) -> Json:
+    """A product; its codes are shown once it is locked."""
+    shown: Json = {
+        "id": found.id,
+        "name": found.name,
+        "status": found.status,
+        "registration_kind": found.registration_kind,
+        "created_at": found.created_at.isoformat(),
+        "services": [service(s) for s in found.services],
+    }
+    if found.status == "locked":
+        shown["bulk_identification_code"] = found.bulk_identification_code
+        shown["product_code"] = found.product_code
+    return shown
+
+
+def products(found: list[Product]) -> Json:
+    return {"products": [product(p) for p in found]}
+
+
+# ---------------------------------------------------------------- auto registrations
+
+
+def auto_registration(found: Registration) -> Json:
+    return {
+        "id": found.id,
+        "product_id": found.product_id,
+        "kind": found.kind,
+        "status": found.status,
+        "bulk_identification_code": found.bulk_identification_code,
+        "max_devices": found.max_devices,
+        "device_count": found.device_count,
+        "created_at": found.created_at.isoformat(),
+        "updated_at": found.updated_at.isoformat(),
+    }
+
+
+def auto_registrations(found: list[Registration]) -> Json:
+    return {"auto_registrations": [auto_registration(r) for r in found]}
+
+
+# ---------------------------------------------------------------- devices
+
+
+def device(shown: ShownDevice) -> Json:
+    """A device with the state it is shown in; the lifecycle step is a field of its own."""
+    d = shown.device
+    return {
+        "id": d.id,
+        "hardware_id": d.hardware_id,
+        "claimed_hardware_id": d.claimed_hardware_id,
+        "name": d.name,
+        "state": shown.state,
+        "lifecycle": d.lifecycle,
+        "online": shown.online,
+        "disabled": d.disabled,
+        "product_id": d.product_id,
+        "registration_id": d.registration_id,
+        "category_a": d.category_a,
+        "category_b": d.category_b,
+        "created_at": d.created_at.isoformat(),
+        "registered_at": _time(d.registered_at),
+        "provisioned_at": _time(d.provisioned_at),
+        "last_seen_at": _time(d.last_seen_at),
+    }
+
+
+def device_page(page: DevicePage) -> Json:
+    return {"devices": [device(d) for d in page.devices], "next_after": page.next_after}
+
+
+def history_entry(entry: DeviceHistoryEntry) -> Json:
+    return {"at": entry.at.isoformat(), "kind": entry.kind, **entry.detail}
+
+
+def device_detail(detail: DeviceDetail) -> Json:
+    return {**device(detail.device), "history": [history_entry(e) for e in detail.history]}
+
+
+def device_changes(changed: DeviceChanges) -> Json:
+    return {
+        "action": changed.action,
+        "results": [
+            {
+                "id": change.device_id,
+                "outcome": change.outcome,
+                "device": device(now) if now is not None else None,
+            }
+            for change, now in changed.changes
+        ],
+        "counts": changed.counts,
+    }
+
+
+# ---------------------------------------------------------------- audit trail and alerts
+
+
+def decision(entry: DecisionEntry) -> Json:
+    return {
+        "request_id": entry.request_id,
+        "decided_at": entry.decided_at.isoformat(),
+        "decision": entry.decision,
+        "reason": entry.reason,
+        "claimed_hardware_id": entry.claimed_hardware_id,
+        "assigned_hardware_id": entry.assigned_hardware_id,
+        "device_id": entry.device_id,
+        "product_id": entry.product_id,
+        "protocol": entry.protocol,
+    }
+
+
+def decision_page(page: DecisionPage) -> Json:
+    return {
+        "decisions": [decision(d) for d in page.decisions],
+        "next_before": _time(page.next_before),
+        "next_before_id": page.next_before_id,
+    }
+
+
+def security_alert(alert: SecurityAlert) -> Json:
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "product_id": alert.product_id,
+        "hardware_id": alert.hardware_id,
+        "listed": alert.listed,
+        "wrong_keys": alert.wrong_keys,
+        "window_seconds": alert.window_seconds,
+        "first_seen_at": alert.first_seen_at.isoformat(),
+        "last_seen_at": alert.last_seen_at.isoformat(),
+    }
+
+
+def alert_page(page: AlertPage) -> Json:
+    return {
+        "security_alerts": [security_alert(a) for a in page.alerts],
+        "next_before": _time(page.next_before),
+        "next_before_id": page.next_before_id,
+    }
+
+
+# ---------------------------------------------------------------- API keys
+
+
+def api_key(found: ApiKey) -> Json:
+    return {
+        "id": found.id,
+        "prefix": found.prefix,
+        "label": found.label,
+        "created_at": found.created_at.isoformat(),
+        "revoked_at": _time(found.revoked_at),
+    }
+
+
+def api_keys(found: list[ApiKey]) -> Json:
+    return {"api_keys": [api_key(k) for k in found]}
+
+
+def issued_api_key(issued: IssuedApiKey) -> Json:
+    return {
+        "id": issued.id,
+        "api_key": issued.key,
+        "label": issued.label,
+        "note": "shown once: store it now, it cannot be shown again",
+    }
+
+
+def revoked_api_key(key_id: str) -> Json:
+    return {"revoked": key_id}

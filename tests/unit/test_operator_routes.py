@@ -1,0 +1,198 @@
+"""The operator API's routes, handlers and views, each alone: a route is a top-level
+function that authenticates, calls one handler and answers with a view; handlers apply
+the domain's rules to the repositories' records; views shape JSON (no database here)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from services.operator import handlers, routes, views
+from services.operator.resources import RESOURCES, Resources
+from services.operator.settings import OperatorSettings
+from shared.db import devices
+from shared.db.accounts import Account
+from shared.db.devices import Device
+from shared.db.products import Product, ProductService
+from shared.domain.devices import online_cutoff
+from shared.settings import DatabaseSettings, HttpSettings, Secret
+
+OPERATOR = Path(routes.__file__).parent
+SETTINGS = OperatorSettings(
+    http=HttpSettings(host="127.0.0.1", port=0),
+    database=DatabaseSettings(url=Secret("postgresql://x@localhost/x"), pool_min=1, pool_max=1),
+    online_ttl_seconds=300,
+    page_limit_max=1000,
+    log_level="INFO",
+)
+ACCOUNT = Account("a0000000-0000-4000-8000-000000000000", "acme")
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+PRODUCT_ID = "b0000000-0000-4000-8000-000000000000"
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse((OPERATOR / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_routes_never_import_the_app_nor_call_repositories() -> None:
+    imported = imports_of("routes")
+    assert not any(name.startswith("services.operator.app") for name in imported)
+    from_registry = {name for name in imported if name.startswith("shared.db")}
+    assert from_registry == {"shared.db.accounts", "shared.db.accounts.Account"}, from_registry
+    assert "shared.db.accounts.Account" in imported  # a type, the only thing taken from shared.db
+
+
+def test_resources_import_nothing_of_routes_or_app() -> None:
+    imported = imports_of("resources")
+    assert not any(
+        name.startswith(("services.operator.routes", "services.operator.app")) for name in imported
+    )
+
+
+def product(status: str = "locked") -> Product:
+    return Product(
+        id=PRODUCT_ID,
+        name="gateway",
+        status="locked" if status == "locked" else "new",
+        product_code="PC1" if status == "locked" else None,
+        registration_kind=None,
+        created_at=NOW,
+        bulk_identification_code="CODE1" if status == "locked" else None,
+        services=(
+            ProductService(
+                id="c0000000-0000-4000-8000-00000000000a",
+                position=0,
+                name="bulk",
+                service_type="rmt3",
+                type_code=35,
+                port=65535,
+                enabled=True,
+                is_bulk_service=True,
+            ),
+        ),
+    )
+
+
+def request(method: str, path: str, **match_info: str) -> web.Request:
+    app = web.Application()
+    app[RESOURCES] = Resources(SETTINGS, pool=object())  # type: ignore[arg-type]
+    return make_mocked_request(
+        method, path, app=app, match_info=match_info, headers={"Authorization": "Bearer k"}
+    )
+
+
+async def test_a_route_is_testable_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def account_for(key: str, pool: object) -> Account:
+        assert key == "k"
+        return ACCOUNT
+
+    calls: list[tuple[Any, ...]] = []
+
+    async def get_product(pool: object, account: Account, product_id: str) -> Product:
+        calls.append((account, product_id))
+        return product()
+
+    monkeypatch.setattr(routes, "account_for", account_for)
+    monkeypatch.setattr(handlers, "get_product", get_product)
+    response = await routes.get_product(request("GET", f"/v1/products/{PRODUCT_ID}", product_id=PRODUCT_ID))
+    assert response.status == 200
+    assert calls == [(ACCOUNT, PRODUCT_ID)]
+    assert response.text is not None
+    assert json.loads(response.text) == {
+        "id": PRODUCT_ID,
+        "name": "gateway",
+        "status": "locked",
+        "registration_kind": None,
+        "created_at": NOW.isoformat(),
+        "services": [
+            {
+                "provisioning_id": "C0000000-0000-4000-8000-00000000000A",
+                "name": "bulk",
+                "type": "rmt3",
+                "type_code": 35,
+                "port": 65535,
+                "enabled": True,
+                "bulk_service": True,
+            }
+        ],
+        "bulk_identification_code": "CODE1",
+        "product_code": "PC1",
+    }
+
+
+def test_a_new_product_shows_no_codes() -> None:
+    shown = views.product(product("new"))
+    assert "bulk_identification_code" not in shown
+    assert "product_code" not in shown
+
+
+def device(device_id: str, *, last_seen_at: datetime | None, disabled: bool = False) -> Device:
+    return Device(
+        id=device_id,
+        hardware_id="HW",
+        claimed_hardware_id="HW",
+        name="",
+        category_a="",
+        category_b="",
+        lifecycle="provisioned",
+        disabled=disabled,
+        product_id=PRODUCT_ID,
+        registration_id="d0000000-0000-4000-8000-000000000000",
+        created_at=NOW - timedelta(days=1),
+        registered_at=None,
+        provisioned_at=None,
+        last_seen_at=last_seen_at,
+        credential_generation=1,
+    )
+
+
+async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: dict[str, Any] = {}
+    found = [
+        device("1", last_seen_at=NOW - timedelta(seconds=299)),
+        device("2", last_seen_at=NOW - timedelta(seconds=300)),
+        device("3", last_seen_at=NOW, disabled=True),
+    ]
+
+    async def list_devices(pool: object, account_id: str, **kwargs: Any) -> list[Device]:
+        asked.update(kwargs)
+        return found
+
+    monkeypatch.setattr(devices, "list_devices", list_devices)
+    page = await handlers.list_devices(
+        object(),  # type: ignore[arg-type]
+        ACCOUNT,
+        {"state": "offline", "limit": "3"},
+        page_limit_max=1000,
+        online_ttl=300,
+        now=NOW,
+    )
+    assert asked["online_cutoff"] == online_cutoff(NOW, 300) == NOW - timedelta(seconds=300)
+    assert (asked["state"], asked["limit"]) == ("offline", 3)
+    assert [(d.device.id, d.state, d.online) for d in page.devices] == [
+        ("1", "online", True),
+        ("2", "offline", False),
+        ("3", "disabled", False),
+    ]
+    assert page.next_after == "3"
+    shown = views.device_page(page)
+    assert [(d["state"], d["online"], d["last_seen_at"]) for d in shown["devices"]] == [  # type: ignore[attr-defined]
+        ("online", True, (NOW - timedelta(seconds=299)).isoformat()),
+        ("offline", False, (NOW - timedelta(seconds=300)).isoformat()),
+        ("disabled", False, NOW.isoformat()),
+    ]
