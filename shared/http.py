@@ -30,7 +30,7 @@ from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
 
 if TYPE_CHECKING:
-    from shared.db.accounts import Account
+    from shared.domain.accounts import Account
 
 log = logging.getLogger(__name__)
 

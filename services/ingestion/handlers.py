@@ -14,8 +14,8 @@ from typing import IO, Any
 
 from services.ingestion.settings import BulkLimits
 from shared.db import bulk
-from shared.db.accounts import Account
 from shared.db.pool import Pool
+from shared.domain.accounts import Account
 from shared.domain.bulk_csv import BulkRow, CsvReader, Errors, RowError, shorten
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import is_uuid

@@ -246,6 +246,9 @@ async def authenticate(
     pool: Pool, keyring: Keyring, device_id: str, secret: str, cache: DeviceCache
 ) -> Device:
     """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
+    # One spelling of the ID for the registry's answer, the cache and its invalidations
+    # (``device:<lower-case id>``): an entry kept under another case would never be dropped.
+    device_id = device_id.lower()
     found = cache.get(device_id)
     if found is None:
         generation = cache.generation  # read before the query: see DeviceCache.put

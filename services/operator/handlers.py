@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from shared.db import accounts, alerts, decisions, devices, products, registrations
-from shared.db.accounts import Account, ApiKey, IssuedApiKey
+from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
 from shared.db.decisions import DecisionEntry
 from shared.db.devices import Device, DeviceAction, DeviceChange, DeviceHistoryEntry
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import Registration
+from shared.domain.accounts import Account
 from shared.domain.devices import ShownState, online_cutoff, shown_state
 from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.domain.products import RegistrationKind, validate_product, validate_service

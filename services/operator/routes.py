@@ -11,7 +11,7 @@ from aiohttp import web
 
 from services.operator import handlers, views
 from services.operator.resources import RESOURCES, Resources
-from shared.db.accounts import Account
+from shared.domain.accounts import Account
 from shared.http import account_for, api_key, json_response, parse_json_body, path_id
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")

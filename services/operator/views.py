@@ -16,12 +16,13 @@ from services.operator.handlers import (
     DevicePage,
     ShownDevice,
 )
-from shared.db.accounts import Account, ApiKey, IssuedApiKey
+from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
 from shared.db.decisions import DecisionEntry
 from shared.db.devices import DeviceHistoryEntry
 from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
+from shared.domain.accounts import Account
 
 Json = dict[str, object]
 

@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
 from shared.errors import Conflict, InvalidInput, NotFound
 
@@ -23,12 +24,6 @@ SELECT_KEYS = """SELECT id::text, key_prefix, label, created_at, revoked_at FROM
                  WHERE account_id = $1 ORDER BY created_at"""
 REVOKE_KEY = """UPDATE api_keys SET revoked_at = now()
                 WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING id"""
-
-
-@dataclass(frozen=True)
-class Account:
-    id: str
-    name: str
 
 
 @dataclass(frozen=True)
