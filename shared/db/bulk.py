@@ -17,7 +17,9 @@ from datetime import datetime
 
 from asyncpg import Record
 
+from shared.db import products
 from shared.db.pool import Pool
+from shared.domain.products import registration_kind_refusal
 from shared.errors import Conflict, NotFound
 
 BULK = "bulk"
@@ -31,7 +33,6 @@ ROW_COLUMNS = (
     "category_b",
 )
 
-SELECT_PRODUCT = "SELECT status, registration_kind FROM products WHERE id = $1 AND account_id = $2"
 INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
                    VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
 DUPLICATES_IN_FILE = """
@@ -150,20 +151,13 @@ class ChunkResult:
 
 async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: str) -> str:
     """A registration in the internal state 'uploading', after checking the product."""
-    state = await pool.fetchrow(SELECT_PRODUCT, product_id, account_id)
+    async with pool.acquire() as conn:
+        state = await products.product_state(conn, account_id, product_id)
     if state is None:
         raise NotFound(f"no product {product_id} in this account", field="product_id")
-    if state["status"] != "locked":
-        raise Conflict(
-            f"product {product_id} must be locked first", field="product_id", rule="product_locked"
-        )
-    if state["registration_kind"] == "auto":
-        raise Conflict(
-            f"product {product_id} serves an auto registration; a product is used by one auto "
-            "registration or by bulk registrations, never both",
-            field="product_id",
-            rule="one_registration_kind",
-        )
+    refusal = registration_kind_refusal(product_id, state.status, state.registration_kind, BULK)
+    if refusal is not None:
+        raise refusal
     registration_id = str(uuid.uuid4())
     await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
     return registration_id
@@ -240,12 +234,12 @@ async def finish_upload(
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval(CLAIM_PRODUCT, product_id, account_id) is None:
-            raise Conflict(
-                f"product {product_id} serves an auto registration; a product is used by one auto "
-                "registration or by bulk registrations, never both",
-                field="product_id",
-                rule="one_registration_kind",
+            # An auto registration took the product while the file was checked.
+            state = await products.product_state(conn, account_id, product_id)
+            refusal = state and registration_kind_refusal(
+                product_id, state.status, state.registration_kind, BULK
             )
+            raise refusal or Conflict(f"product {product_id} cannot take a bulk registration now")
         await conn.execute(FINISH_UPLOAD, registration_id, rows)
 
 
