@@ -287,11 +287,12 @@ def _count_wrong_key(
 ) -> None:
     """A wrong key (or an unlisted hardware ID: the device cannot tell them apart, nor can
     this count) for the claimed hardware ID; at the threshold and past it, an alert."""
-    wrong_keys = failures.get(claim.hardware_id, 0) + 1
-    failures[claim.hardware_id] = wrong_keys
+    key = claim.hardware_id.lower()  # one hardware ID whatever its case (migration 0008)
+    wrong_keys = failures.get(key, 0) + 1
+    failures[key] = wrong_keys
     if wrong_keys < policy.alert_threshold:
         return
-    listed = family.devices.get(claim.hardware_id)
+    listed = family.devices.get(key)
     sighting = AlertSighting(
         account_id=account_id,
         product_id=product_id,
@@ -309,5 +310,5 @@ def _count_wrong_key(
 async def apply_signals(pool: Pool, signals: Sequence[DeviceSignal]) -> None:
     """Confirmations ("ready") and heartbeats; a confirmation is also a sign of life."""
     ready = [(s.device_id, s.at) for s in signals if s.kind == "ready"]
-    seen = [(s.device_id, s.at) for s in signals if s.kind == "heartbeat"]
+    seen = [(s.device_id, s.at) for s in signals]  # a confirmation is a sign of life too
     await devices.apply_signals(pool, ready, seen)

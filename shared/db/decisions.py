@@ -26,12 +26,17 @@ SELECT_IDEMPOTENT = """
     SELECT DISTINCT ON (idempotency_key) idempotency_key, device_id::text
     FROM registration_decisions
     WHERE product_id = $1 AND idempotency_key = ANY($2::text[]) AND device_id IS NOT NULL
+      -- a refusal that names a device (disabled, a bulk device registered once) never makes
+      -- its key that device's: a retry with it would be decided 'same' and get the secret
+      AND decision <> 'refused'
     ORDER BY idempotency_key, decided_at"""
+# Keyed by the lower-case hardware ID: one ID whatever its case (migration 0008), so a
+# guesser cannot stay under the alert threshold by changing case.
 FAILED_CLAIMS = """
-    SELECT claimed_hardware_id, count(*) AS failures FROM registration_decisions
-    WHERE product_id = $1 AND claimed_hardware_id = ANY($2::text[]) AND decision = 'refused'
+    SELECT lower(claimed_hardware_id) AS hardware_id, count(*) AS failures FROM registration_decisions
+    WHERE product_id = $1 AND lower(claimed_hardware_id) = ANY($2::text[]) AND decision = 'refused'
       AND reason = $3 AND decided_at > now() - make_interval(secs => $4)
-    GROUP BY claimed_hardware_id"""
+    GROUP BY lower(claimed_hardware_id)"""
 SELECT_DECIDED = """
     SELECT d.request_id::text, d.account_id::text, d.product_id::text, d.device_id::text,
            d.assigned_hardware_id, d.decision, d.reason, d.status,
@@ -48,7 +53,8 @@ INSERT_DEVICES = """
 CLAIM_PREREGISTERED = """
     UPDATE devices SET lifecycle = 'registered', fingerprint = u.fingerprint, registered_at = now()
     FROM unnest($1::uuid[], $2::text[]) AS u(id, fingerprint)
-    WHERE devices.id = u.id AND devices.lifecycle = 'preregistered'"""
+    WHERE devices.id = u.id AND devices.lifecycle = 'preregistered'
+    RETURNING devices.id::text"""
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
         assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at)
@@ -138,9 +144,11 @@ async def load_idempotent(conn: Connection, product_id: str, keys: Sequence[str]
 async def failed_claims(
     conn: Connection, product_id: str, hardware_ids: Sequence[str], reason: str, window_s: float
 ) -> dict[str, int]:
-    """Refusals with ``reason`` per claimed hardware ID within the window (brute-force guard)."""
-    rows = await conn.fetch(FAILED_CLAIMS, product_id, list(set(hardware_ids)), reason, window_s)
-    return {r["claimed_hardware_id"]: r["failures"] for r in rows}
+    """Refusals with ``reason`` per claimed hardware ID within the window (brute-force
+    guard), keyed by the lower-case hardware ID (claims in any case count together)."""
+    wanted = list({h.lower() for h in hardware_ids})
+    rows = await conn.fetch(FAILED_CLAIMS, product_id, wanted, reason, window_s)
+    return {r["hardware_id"]: r["failures"] for r in rows}
 
 
 async def decided(pool: Pool, request_ids: Sequence[str]) -> dict[str, StoredDecision]:
@@ -190,7 +198,13 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
     except asyncpg.UniqueViolationError as exc:
         raise RegistryConflict(str(exc)) from exc
     if claimed:
-        await conn.execute(CLAIM_PREREGISTERED, [d.id for d in claimed], [d.fingerprint for d in claimed])
+        taken = await conn.fetch(
+            CLAIM_PREREGISTERED, [d.id for d in claimed], [d.fingerprint for d in claimed]
+        )
+        if len({r["id"] for r in taken}) < len({d.id for d in claimed}):
+            # Another transaction claimed one of them first (it waited on the row's lock and
+            # then found it registered): decide the batch again on the fresh state.
+            raise RegistryConflict("a preregistered device was claimed concurrently")
     columns: list[list[Any]] = [[] for _ in range(12)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device

@@ -38,13 +38,15 @@ MARK_PROVISIONED = """
     WITH changed AS (
         UPDATE devices SET lifecycle = 'provisioned', provisioned_at = to_timestamp(u.at),
                            last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
-        FROM unnest($1::uuid[], $2::float8[]) AS u(id, at)
+        -- one row per device: UPDATE ... FROM applies only one joined row per target row
+        FROM (SELECT id, min(at) AS at FROM unnest($1::uuid[], $2::float8[]) AS b(id, at) GROUP BY id) AS u
         WHERE devices.id = u.id AND devices.lifecycle = 'registered' AND NOT devices.disabled
         RETURNING devices.id)
     INSERT INTO device_events (device_id, kind) SELECT id, 'ready' FROM changed"""
 TOUCH_LAST_SEEN = """
     UPDATE devices SET last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
-    FROM unnest($1::uuid[], $2::float8[]) AS u(id, at) WHERE devices.id = u.id"""
+    FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::float8[]) AS b(id, at) GROUP BY id) AS u
+    WHERE devices.id = u.id"""
 # The state filter: the state shown (online, offline, disabled) or, for devices not disabled,
 # the lifecycle step. Online is shared.domain.devices.is_online, with $6 its cut-off time
 # (online_cutoff): not disabled, provisioned, last seen strictly after the cut-off.

@@ -147,7 +147,8 @@ class Family:
     def apply(self, claim: Claim, verdict: Verdict) -> None:
         if verdict.device is not None:
             self.devices[verdict.device.hardware_id.lower()] = verdict.device
-            if claim.idempotency_key:
+            # A refusal naming a device never makes its key that device's (see load_idempotent).
+            if claim.idempotency_key and verdict.decision != "refused":
                 self.idempotent.setdefault(claim.idempotency_key, verdict.device.id)
             if verdict.created:
                 registration = verdict.device.registration_id

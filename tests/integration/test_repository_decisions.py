@@ -201,12 +201,6 @@ async def test_a_hardware_id_committed_before_raises_registry_conflict(pool: Poo
         await _write(pool, [_new(auto, "TAKEN-1")])
 
 
-@pytest.mark.xfail(
-    reason="bug: CLAIM_PREREGISTERED updates 0 rows when another transaction claimed the device "
-    "first, and record_decisions still records 'new' for it (no RegistryConflict): two claimants "
-    "get one device",
-    strict=True,
-)
 async def test_a_preregistered_device_claimed_concurrently_raises_registry_conflict(
     pool: Pool, auto: Setup
 ) -> None:
@@ -280,12 +274,6 @@ async def test_load_idempotent_maps_each_key_of_the_product_to_its_first_device(
     assert found == {"k1": _device_id(first)}
 
 
-@pytest.mark.xfail(
-    reason="bug: SELECT_IDEMPOTENT takes refused decisions that name a device (bulk 'already "
-    "registered once', 'disabled') as the key's device, so a retry with the refused claim's key "
-    "is decided 'same' and handed that device's secret",
-    strict=True,
-)
 async def test_a_refused_claim_never_makes_its_key_an_idempotency_match(pool: Pool) -> None:
     account_id = await registry.new_account(pool)
     product = await registry.new_product(pool, account_id, kind="bulk")
@@ -341,12 +329,6 @@ async def test_failed_claims_counts_refusals_with_the_reason_within_the_window(
     assert longer == {"guess": 3}
 
 
-@pytest.mark.xfail(
-    reason="bug: FAILED_CLAIMS compares claimed_hardware_id case-sensitively while hardware IDs are "
-    "one ID case-insensitively (migration 0008): wrong keys sent as B827EB and b827eb are counted "
-    "apart, so changing case keeps a guesser under the alert threshold",
-    strict=True,
-)
 async def test_failed_claims_counts_one_hardware_id_whatever_its_case(pool: Pool, auto: Setup) -> None:
     await _write(pool, [_refused(auto, "B827EB"), _refused(auto, "b827eb"), _refused(auto, "B827eb")])
     async with pool.acquire() as conn:

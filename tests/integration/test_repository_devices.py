@@ -183,12 +183,6 @@ async def test_heartbeats_only_move_last_seen_forward(
     assert (await _state(pool, device_id))[2] == _at(t + 20)
 
 
-@pytest.mark.xfail(
-    reason="bug: TOUCH_LAST_SEEN joins devices to the batch with UPDATE ... FROM unnest(...): with "
-    "several heartbeats of one device in a batch Postgres applies one of them (in practice the "
-    "first), so an older heartbeat can win over the newest",
-    strict=True,
-)
 async def test_the_newest_heartbeat_of_a_batch_wins(
     pool: Pool, product: registry.Product, registration_id: str
 ) -> None:

@@ -586,3 +586,15 @@ def test_hardware_ids_differing_only_in_case_are_one_id() -> None:
     assert other.decision == "clone"
     assert other.device is not None and other.device.hardware_id == "B827EB8905E5-1"
     assert fleet.claim("b827eb8905e5", FP_A).decision == "same"  # the retry, in another case
+
+
+def test_a_refused_claim_never_makes_its_idempotency_key_the_devices() -> None:
+    """A claim refused with a device named (here: disabled) must not make its
+    Idempotency-Key that device's: a retry with the key would be 'same' and get the
+    device's secret once the operator enables it again."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    fleet.device(H).disabled = True
+    refused = fleet.claim(H, FP_A, secret=presented_secret(fleet.device(H)), idempotency_key="k-1")
+    assert refused.decision == "refused"
+    assert "k-1" not in fleet.family.idempotent
