@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -283,28 +283,10 @@ def _current_files(device: Device) -> tuple[ServiceFile, ...]:
     return device.files
 
 
-def manifest(device: Device, base_url: str) -> dict[str, Any]:
-    """Every provisioning file of the device with its size and SHA-256."""
-    return {
-        "device_id": device.id,
-        "hardware_id": device.hardware_id,
-        "generation": device.credential_generation,
-        "files": [
-            {
-                "name": f.recorded.file_name,
-                "provisioning_id": f.service.provisioning_id,
-                "service": f.service.name,
-                "type": f.service.service_type,
-                "type_code": f.service.type_code,
-                "port": f.service.port,
-                "size": f.recorded.size,
-                "sha256": f.recorded.sha256,
-                "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
-            }
-            for f in _current_files(device)
-            if f.recorded is not None
-        ],
-    }
+def manifest(device: Device) -> tuple[ServiceFile, ...]:
+    """The files the device downloads (each with its size and SHA-256); Conflict (409)
+    while it has none yet."""
+    return tuple(f for f in _current_files(device) if f.recorded is not None)
 
 
 def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:

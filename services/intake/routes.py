@@ -51,7 +51,7 @@ async def get_registration(request: web.Request) -> web.Response:
 
 async def get_manifest(request: web.Request) -> web.Response:
     found = await authenticated(request)
-    return views.manifest_view(handlers.manifest(found, f"{request.scheme}://{request.host}"))
+    return views.manifest_view(found, handlers.manifest(found), f"{request.scheme}://{request.host}")
 
 
 async def get_file(request: web.Request) -> web.Response:

@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from services.intake.handlers import Answer
+from services.intake.handlers import Answer, Device
+from shared.db.files import ServiceFile
 from shared.http import json_response
 
 
@@ -39,8 +40,30 @@ def native_view(answer: Answer, retry_after: int) -> web.Response:
     return json_response(body, status=403 if answer.status == "refused" else 404)
 
 
-def manifest_view(manifest: dict[str, Any]) -> web.Response:
-    return json_response(manifest)
+def manifest_view(device: Device, files: tuple[ServiceFile, ...], base_url: str) -> web.Response:
+    """Every provisioning file of the device with its size, SHA-256 and download URL."""
+    return json_response(
+        {
+            "device_id": device.id,
+            "hardware_id": device.hardware_id,
+            "generation": device.credential_generation,
+            "files": [
+                {
+                    "name": f.recorded.file_name,
+                    "provisioning_id": f.service.provisioning_id,
+                    "service": f.service.name,
+                    "type": f.service.service_type,
+                    "type_code": f.service.type_code,
+                    "port": f.service.port,
+                    "size": f.recorded.size,
+                    "sha256": f.recorded.sha256,
+                    "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
+                }
+                for f in files
+                if f.recorded is not None
+            ],
+        }
+    )
 
 
 def file_view(content: bytes) -> web.Response:
