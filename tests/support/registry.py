@@ -144,3 +144,40 @@ async def wait_until_blocked(
             "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
         ):
             await asyncio.sleep(0.01)
+
+
+async def new_code(db: Pool | Connection, product_id: str, *, revoked: bool = False) -> str:
+    """A Bulk Identification Code of the product (upper-case UUID form): its current one, or
+    with ``revoked`` one it had before (a product has at most one current code)."""
+    code = str(uuid.uuid4()).upper()
+    await db.execute(
+        """INSERT INTO bulk_identification_codes (code, product_id, revoked_at)
+           VALUES ($1, $2, CASE WHEN $3 THEN now() END)""",
+        code,
+        product_id,
+        revoked,
+    )
+    return code
+
+
+async def wait_until_waiting_for(
+    pool: Pool, holder_pid: int, count: int = 1, timeout_s: float = 10.0
+) -> set[int]:
+    """Wait until ``count`` backends wait, directly or queued behind one another, for a lock
+    the backend ``holder_pid`` holds; their pids. For calls that take a connection of the
+    pool themselves, whose backend the test cannot name in advance."""
+    waiting: set[int] = set()
+    async with asyncio.timeout(timeout_s):
+        while len(waiting) < count:
+            await asyncio.sleep(0.01)
+            pids = await pool.fetchval(
+                """WITH RECURSIVE waiting (pid) AS (
+                       SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))
+                       UNION
+                       SELECT a.pid FROM pg_stat_activity a JOIN waiting w
+                           ON w.pid = ANY(pg_blocking_pids(a.pid)))
+                   SELECT coalesce(array_agg(pid), '{}') FROM waiting""",
+                holder_pid,
+            )
+            waiting = set(pids)
+    return waiting

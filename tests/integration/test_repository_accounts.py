@@ -1,0 +1,159 @@
+"""shared.db.accounts on the real Postgres: accounts with unique names, and the operator's
+API keys: stored as digests only, found only while not revoked, and revoked only by their
+own account."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pytest
+
+from shared.db import accounts
+from shared.db.pool import Pool
+from shared.domain.accounts import Account
+from shared.errors import Conflict, InvalidInput, NotFound
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def account(pool: Pool, unique: str) -> tuple[Account, str]:
+    """An account created by create_account, with its first key."""
+    return await accounts.create_account(pool, f"acct-{unique}")
+
+
+async def test_create_account_issues_a_first_key_that_finds_the_account(
+    pool: Pool, account: tuple[Account, str]
+) -> None:
+    created, key = account
+
+    assert await accounts.find_account(pool, created.name) == created
+    assert await accounts.account_for_key(pool, key) == created
+    (first,) = await accounts.list_api_keys(pool, created.id)
+    assert (first.label, first.prefix, first.revoked_at) == ("first key", key[:8], None)
+    assert await accounts.find_account(pool, f"{created.name}-other") is None
+
+
+async def test_an_account_name_is_unique(pool: Pool, account: tuple[Account, str]) -> None:
+    created, _ = account
+
+    with pytest.raises(Conflict) as refused:
+        await accounts.create_account(pool, created.name)
+
+    assert refused.value.field == "name"
+    assert await pool.fetchval("SELECT count(*) FROM accounts WHERE name = $1", created.name) == 1
+
+
+async def test_only_a_digest_of_a_key_is_stored(pool: Pool, account: tuple[Account, str]) -> None:
+    created, first = account
+    issued = await accounts.create_api_key(pool, created.id, "deploy bot")
+
+    assert issued.label == "deploy bot"
+    assert await accounts.account_for_key(pool, issued.key) == created
+    row = await pool.fetchrow(
+        "SELECT key_digest, key_prefix FROM api_keys WHERE id = $1", uuid.UUID(issued.id)
+    )
+    assert row is not None
+    assert (bytes(row["key_digest"]), row["key_prefix"]) == (
+        hashlib.sha256(issued.key.encode()).digest(),
+        issued.key[:8],
+    )
+    for key in (first, issued.key):
+        # Past its prefix, no column of any key row holds any of the key's text.
+        assert (
+            await pool.fetchval("SELECT count(*) FROM api_keys k WHERE position($1 IN k::text) > 0", key[8:])
+            == 0
+        )
+
+
+async def test_a_revoked_unknown_or_non_ascii_key_finds_nothing(
+    pool: Pool, account: tuple[Account, str]
+) -> None:
+    created, first = account
+    kept = await accounts.create_api_key(pool, created.id, "kept")
+    revoked = await accounts.create_api_key(pool, created.id, "revoked")
+
+    await accounts.revoke_api_key(pool, created.id, revoked.id)
+
+    assert await accounts.account_for_key(pool, revoked.key) is None
+    assert await accounts.account_for_key(pool, kept.key) == created
+    assert await accounts.account_for_key(pool, first) == created
+    for text in ("", "frk_unknown", revoked.key.upper(), first + "é", "frk_ünïcode", "frk_\udcff", "frk_\0"):
+        assert await accounts.account_for_key(pool, text) is None, text
+
+
+async def test_list_api_keys_lists_the_accounts_keys_oldest_first(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, _ = account
+    second = await accounts.create_api_key(pool, created.id, "second")
+    third = await accounts.create_api_key(pool, created.id, "third")
+    await accounts.revoke_api_key(pool, created.id, second.id)
+    stranger, _ = await accounts.create_account(pool, f"stranger-{unique}")
+    await accounts.create_api_key(pool, stranger.id, "the stranger's")
+
+    keys = await accounts.list_api_keys(pool, created.id)
+
+    assert [k.label for k in keys] == ["first key", "second", "third"]
+    assert [k.id for k in keys[1:]] == [second.id, third.id]
+    assert [k.prefix for k in keys[1:]] == [second.key[:8], third.key[:8]]
+    assert keys[0].created_at <= keys[1].created_at <= keys[2].created_at
+    assert keys[1].revoked_at is not None
+    assert keys[1].revoked_at >= keys[1].created_at
+    assert (keys[0].revoked_at, keys[2].revoked_at) == (None, None)
+    assert [k.label for k in await accounts.list_api_keys(pool, stranger.id)] == [
+        "first key",
+        "the stranger's",
+    ]
+
+
+async def test_revoke_api_key_revokes_only_an_active_key_of_the_account(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, _ = account
+    stranger, stranger_key = await accounts.create_account(pool, f"stranger-{unique}")
+    (strangers,) = await accounts.list_api_keys(pool, stranger.id)
+    mine = await accounts.create_api_key(pool, created.id, "mine")
+
+    with pytest.raises(NotFound):
+        await accounts.revoke_api_key(pool, created.id, strangers.id)
+    assert await accounts.account_for_key(pool, stranger_key) == stranger
+    assert (await accounts.list_api_keys(pool, stranger.id))[0].revoked_at is None
+
+    for malformed in ("", "not-an-id", mine.id + "0", "\0", "é" * 36, str(uuid.uuid4())):
+        with pytest.raises(NotFound):
+            await accounts.revoke_api_key(pool, created.id, malformed)
+
+    await accounts.revoke_api_key(pool, created.id, mine.id.upper())
+    with pytest.raises(NotFound):
+        await accounts.revoke_api_key(pool, created.id, mine.id)  # twice
+    assert await accounts.account_for_key(pool, mine.key) is None
+
+
+async def test_a_nul_in_a_label_is_refused(pool: Pool, account: tuple[Account, str]) -> None:
+    created, _ = account
+
+    with pytest.raises(InvalidInput) as refused:
+        await accounts.create_api_key(pool, created.id, "bad\0label")
+
+    assert (refused.value.field, refused.value.rule) == ("label", "charset=no-NUL")
+    assert len(await accounts.list_api_keys(pool, created.id)) == 1
+    assert (await accounts.create_api_key(pool, created.id, "ünïcode is fine")).label == "ünïcode is fine"
+
+
+async def test_keys_never_cross_accounts(pool: Pool) -> None:
+    """Two accounts made with plain SQL (tests.support.registry) and their keys."""
+    one, two = await registry.new_account(pool), await registry.new_account(pool)
+    key_one = await accounts.create_api_key(pool, one, "one")
+    key_two = await accounts.create_api_key(pool, two, "two")
+
+    found_one, found_two = (
+        await accounts.account_for_key(pool, key_one.key),
+        await accounts.account_for_key(pool, key_two.key),
+    )
+
+    assert found_one is not None and found_two is not None
+    assert (found_one.id, found_two.id) == (one, two)
+    assert [k.id for k in await accounts.list_api_keys(pool, one)] == [key_one.id]
