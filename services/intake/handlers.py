@@ -252,7 +252,7 @@ async def authenticate(
     found = cache.get(device_id)
     if found is None:
         generation = cache.generation  # read before the query: see DeviceCache.put
-        found = (await files.device_files(pool, [device_id])).get(device_id) if is_uuid(device_id) else None
+        found = await files.one_device_files(pool, device_id) if is_uuid(device_id) else None
         if found is not None and found.current():  # only complete answers are kept
             cache.put(device_id, found, generation)
     if found is None:

@@ -187,3 +187,18 @@ async def test_next_service_uids_are_fresh_numbers(pool: Pool) -> None:
         assert await files.next_service_uids(conn, 0) == []
     assert len(set(first + second)) == 8
     assert min(second) > max(first)
+
+
+async def test_the_intakes_one_device_lookup_reads_what_the_batch_query_reads(
+    pool: Pool, product: registry.Product
+) -> None:
+    """The intake's lookup of one device is the same query with a one-ID filter: the same
+    record, found whatever the case of the ID, and None for an unknown device."""
+    device_id = await _device(pool, product, "one-lookup")
+    uids = await _uids(pool, 1)
+    first = product.service_ids[0]
+    await _record(pool, [_file(device_id, first, 1, uids[0])])
+    batch = (await files.device_files(pool, [device_id]))[device_id]
+    assert await files.one_device_files(pool, device_id) == batch
+    assert await files.one_device_files(pool, device_id.upper()) == batch
+    assert await files.one_device_files(pool, "00000000-0000-4000-8000-000000000000") is None
