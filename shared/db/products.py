@@ -201,7 +201,12 @@ async def product_state(
 
 async def replace_code(conn: Connection, product_id: str) -> None:
     """Revoke the product's Bulk Identification Code and give it a new one, in the caller's
-    transaction; the old code stops working when it commits."""
+    transaction; the old code stops working when it commits.
+
+    The product's row is locked first: a concurrent rotation waits, then (its statements
+    taking fresh snapshots) revokes the code the first one created, instead of finding
+    nothing to revoke and breaking the one-current-code index with a second code."""
+    await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
     await conn.execute(REVOKE_CODES, product_id)
     await conn.execute(INSERT_CODE, new_code(), product_id)
 

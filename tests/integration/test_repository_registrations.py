@@ -266,14 +266,6 @@ async def test_rotate_code_of_another_account_or_a_bulk_registration_is_not_foun
     assert not (found[locked.code].revoked or found[bulk_code].revoked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: two concurrent rotate_code calls of one registration: the second's REVOKE_CODES "
-    "waits for the first's row lock, then finds the old code revoked and revokes nothing (the "
-    "first's new code is not in its snapshot), and its INSERT_CODE breaks the unique index "
-    "bulk_identification_codes_one_active: a raw asyncpg.UniqueViolationError (a 500), neither a "
-    "rotation nor a domain error",
-)
 async def test_two_concurrent_rotations_leave_one_current_code(pool: Pool, locked: Locked) -> None:
     registration_id = await registrations.create_registration(
         pool, locked.account_id, locked.product.id, "auto", "active"
