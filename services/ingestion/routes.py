@@ -42,7 +42,7 @@ async def list_all(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     account = await account_for(api_key(request), r.pool)
     found = await handlers.list_registrations(r.pool, account)
-    return json_response({"bulk_registrations": [views.registration(b) for b in found]})
+    return json_response(views.registrations(found))
 
 
 async def show(request: web.Request) -> web.Response:

@@ -25,6 +25,10 @@ def registration(found: BulkRegistration) -> dict[str, Any]:
     }
 
 
+def registrations(found: list[BulkRegistration]) -> dict[str, Any]:
+    return {"bulk_registrations": [registration(b) for b in found]}
+
+
 def registration_detail(found: BulkRegistration) -> dict[str, Any]:
     return {
         **registration(found),

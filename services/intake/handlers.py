@@ -161,6 +161,19 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
     )
 
 
+async def register_native(
+    registration: RegistrationInput,
+    publish: Publish,
+    waiter: OutcomeWaiter,
+    keyring: Keyring,
+    wait_seconds: float,
+) -> Answer:
+    """A native registration call, validated: publish it (secrets as keyed digests) and
+    wait a bounded time for its outcome."""
+    event = to_event(registration, keyring, protocol="native")
+    return await register(event, publish, waiter, keyring, wait_seconds)
+
+
 async def register(
     event: RegistrationRequested,
     publish: Publish,
@@ -243,9 +256,11 @@ def bearer_token(authorization: str | None) -> str:
 
 
 async def authenticate(
-    pool: Pool, keyring: Keyring, device_id: str, secret: str, cache: DeviceCache
+    pool: Pool, keyring: Keyring, device_id: str, authorization: str | None, cache: DeviceCache
 ) -> Device:
-    """The device whose secret this is; the same refusal whether the ID or the secret is wrong."""
+    """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
+    (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled."""
+    secret = bearer_token(authorization)
     # One spelling of the ID for the registry's answer, the cache and its invalidations
     # (``device:<lower-case id>``): an entry kept under another case would never be dropped.
     device_id = device_id.lower()

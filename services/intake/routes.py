@@ -17,8 +17,9 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 async def authenticated(request: web.Request) -> handlers.Device:
     """The device of the path's ID, proven by the bearer secret."""
     r = request.app[RESOURCES]
-    secret = handlers.bearer_token(request.headers.get("Authorization"))
-    return await handlers.authenticate(r.pool, r.keyring, request.match_info["device_id"], secret, r.devices)
+    return await handlers.authenticate(
+        r.pool, r.keyring, request.match_info["device_id"], request.headers.get("Authorization"), r.devices
+    )
 
 
 async def post_registration(request: web.Request) -> web.Response:
@@ -26,9 +27,8 @@ async def post_registration(request: web.Request) -> web.Response:
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
     throttle = request.app[THROTTLE]
     await throttle.check_code(registration.bulk_identification_code)
-    event = handlers.to_event(registration, r.keyring, protocol="native")
-    answer = await handlers.register(
-        event, r.publish_request, r.waiter, r.keyring, r.settings.outcome_wait_seconds
+    answer = await handlers.register_native(
+        registration, r.publish_request, r.waiter, r.keyring, r.settings.outcome_wait_seconds
     )
     if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
         mark_refused(request)
