@@ -33,8 +33,9 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import KafkaSettings
 
 # A registration call's body as devices send it (about the same bytes).
+CODE = "00000000-0000-4000-8000-000000000000"
 BODY = {
-    "bulk_identification_code": "00000000-0000-4000-8000-000000000000",
+    "bulk_identification_code": CODE,
     "hardware_id": "b827eb8905e5",
     "fingerprint": {"cpu_id": "cpu-0123456789", "mac": "b8:27:eb:00:00:0a"},
 }
@@ -113,7 +114,7 @@ async def kafka_ceiling(settings: KafkaSettings, events: int) -> dict[str, Any]:
     event = RegistrationRequested(
         request_id="0192f7a0-0000-7000-8000-000000000000",
         received_at=time.time(),
-        bulk_identification_code=BODY["bulk_identification_code"],  # type: ignore[arg-type]
+        bulk_identification_code=CODE,
         hardware_id="b827eb8905e5",
         fingerprint="f" * 64,
         secret_digest="d" * 64,
