@@ -511,7 +511,11 @@ class DeviceRetries:
             before_sleep=self._count,
             reraise=True,
         )
-        result: _T = await retrying(operation)
+
+        async def attempt() -> _T:  # a coroutine function: tenacity awaits only those
+            return await operation()
+
+        result: _T = await retrying(attempt)
         return result
 
 
