@@ -10,6 +10,12 @@ A run has two halves:
   file, verifies them and confirms with ``ready``. One failing device never stops
   the run; its failure is counted by kind in the :class:`Summary`.
 
+Like a real device, a simulated one retries every call of its boot that meets a fault
+(a refused or reset connection, a timeout, a 5xx, a 429) after a capped exponential
+backoff with full jitter, never sooner than the server's ``Retry-After``, until its
+deadline (:class:`RunOptions`); a definitive answer (403 refused, any other 4xx) ends
+it at once. Retries are counted by kind in the :class:`Summary`.
+
 Device secrets live only in memory for the duration of one device's boot; they are
 never logged, printed or put into the summary.
 """
@@ -24,13 +30,15 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from shared.domain.identifiers import normalize_code, validate_hardware_id
 from shared.errors import InvalidInput
@@ -39,6 +47,13 @@ ProgressCallback = Callable[[int, int], None]
 """Called as ``callback(done, total)`` each time a device has finished (either way)."""
 
 PERCENTILES = (50, 95, 99)
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.monotonic``; tests pass a fake one)."""
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits the given seconds (``asyncio.sleep``; tests pass a fake one)."""
+
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- plan
@@ -269,7 +284,9 @@ def percentile(values: Iterable[float], pct: float) -> float:
 @dataclass
 class DeviceResult:
     """What became of one planned device. ``hardware_id`` is the ID it adopted from
-    its final ready answer; ``error`` the kind of the first failure, if any."""
+    its final ready answer; ``error`` the kind of the failure it gave up on, if any;
+    ``retries`` how many of its calls were retried, by kind of fault; ``latency_s``
+    the time from its first call to its confirmed ``ready``."""
 
     index: int
     claimed_hardware_id: str
@@ -279,12 +296,17 @@ class DeviceResult:
     provisioned: bool = False
     latency_s: float | None = None
     error: str | None = None
+    retries: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Summary:
     """The report of one run. ``errors`` is the sum of ``error_kinds``; the run is a
-    success exactly when it is 0."""
+    success exactly when it is 0. ``retries`` is the sum of ``retry_kinds`` (faults a
+    device retried after: ``connection``, ``timeout``, ``http_<status>`` for a 5xx or
+    429), ``devices_retried`` how many devices retried at least once, and
+    ``time_to_provisioned_s`` the percentiles, in seconds, of the provisioned devices'
+    time from their first call to their confirmed ``ready`` (``latency_ms`` in ms)."""
 
     devices: int
     provisioned: int
@@ -298,6 +320,10 @@ class Summary:
     clones_planned: int
     lost_responses_planned: int
     seed: int
+    retries: int = 0
+    retry_kinds: dict[str, int] = field(default_factory=dict)
+    devices_retried: int = 0
+    time_to_provisioned_s: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -318,6 +344,10 @@ class Summary:
             "clones_planned": self.clones_planned,
             "lost_responses_planned": self.lost_responses_planned,
             "seed": self.seed,
+            "retries": self.retries,
+            "retry_kinds": dict(sorted(self.retry_kinds.items())),
+            "devices_retried": self.devices_retried,
+            "time_to_provisioned_s": dict(self.time_to_provisioned_s),
         }
 
 
@@ -337,9 +367,10 @@ def _undetected_clones(results: Sequence[DeviceResult]) -> int:
 
 
 def summarize(plan: FleetPlan, results: Sequence[DeviceResult], duration_s: float) -> Summary:
-    """The summary of a finished run (pure): counts, error kinds, latency percentiles
-    over the provisioned devices, and the fleet-wide checks (each device of a shared
-    hardware ID but one told it is a clone; provisioned devices' hardware IDs distinct)."""
+    """The summary of a finished run (pure): counts, error and retry kinds, latency
+    (time-to-provisioned) percentiles over the provisioned devices, and the fleet-wide
+    checks (each device of a shared hardware ID but one told it is a clone; provisioned
+    devices' hardware IDs distinct)."""
     kinds = Counter(r.error for r in results if r.error is not None)
     provisioned = [r for r in results if r.provisioned]
     final_ids = [r.hardware_id for r in provisioned]
@@ -353,6 +384,13 @@ def summarize(plan: FleetPlan, results: Sequence[DeviceResult], duration_s: floa
     latency_ms: dict[str, float | None] = {
         f"p{p}": round(percentile(latencies, p), 1) if latencies else None for p in PERCENTILES
     }
+    to_provisioned = [r.latency_s for r in provisioned if r.latency_s is not None]
+    time_to_provisioned_s: dict[str, float | None] = {
+        f"p{p}": round(percentile(to_provisioned, p), 3) if to_provisioned else None for p in PERCENTILES
+    }
+    retry_kinds: Counter[str] = Counter()
+    for result in results:
+        retry_kinds.update(result.retries)
     return Summary(
         devices=len(plan.devices),
         provisioned=len(provisioned),
@@ -366,6 +404,10 @@ def summarize(plan: FleetPlan, results: Sequence[DeviceResult], duration_s: floa
         clones_planned=plan.clones,
         lost_responses_planned=plan.lost_responses,
         seed=plan.seed,
+        retries=sum(retry_kinds.values()),
+        retry_kinds=dict(retry_kinds),
+        devices_retried=sum(1 for r in results if r.retries),
+        time_to_provisioned_s=time_to_provisioned_s,
     )
 
 
@@ -374,22 +416,107 @@ def summarize(plan: FleetPlan, results: Sequence[DeviceResult], duration_s: floa
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Timing of a run. A pending registration is polled after its ``Retry-After``
-    but at most ``max_poll_interval_s`` later, until ``registration_deadline_s`` after
-    the device's first request; every HTTP call is bounded by ``request_timeout_s``."""
+    """Timing of a run.
+
+    Every HTTP call is bounded by ``request_timeout_s``. A call that meets a fault is
+    retried after a capped exponential backoff with full jitter (a random wait between
+    0 and ``min(max_backoff_s, initial_backoff_s * 2 ** (retry - 1))``), plus the
+    server's ``Retry-After`` when it sends one, for as long as the retry would start
+    before the device's deadline, ``deadline_s`` after its first call. A pending
+    registration is polled after its ``Retry-After`` but at most
+    ``max_poll_interval_s`` later, until ``registration_deadline_s`` after the first
+    call (``None``: until the device's deadline). ``clock`` and ``sleep`` are the
+    run's time (fakes in tests).
+    """
 
     request_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
-    registration_deadline_s: float = 60.0
+    registration_deadline_s: float | None = None
     max_poll_interval_s: float = 0.5
+    deadline_s: float = 300.0
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
 
 
 class DeviceFailure(Exception):
-    """A device could not finish; ``kind`` is how the summary counts it."""
+    """A device could not finish; ``kind`` is how the summary counts it. ``status`` is
+    the HTTP status of the answer that failed it, if any, and ``retry_after`` the
+    seconds its server asked to wait before trying again."""
 
-    def __init__(self, kind: str, detail: str = "") -> None:
+    def __init__(
+        self, kind: str, detail: str = "", *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+def retry_kind(exc: BaseException) -> str | None:
+    """The kind of fault a device retries after (``connection``, ``timeout``,
+    ``http_<status>`` for a 5xx or a 429), or None for a definitive outcome."""
+    if isinstance(exc, DeviceFailure):
+        if exc.status is not None and (exc.status == 429 or exc.status >= 500):
+            return f"http_{exc.status}"
+        return None
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return "connection"  # refused, reset, or the server went away mid-answer
+    return None
+
+
+class DeviceRetries:
+    """One device's retries: every call of its boot goes through :meth:`call`, which
+    retries faults until the device's ``deadline`` (a ``clock`` time) and counts them
+    by kind in ``counts``."""
+
+    def __init__(self, options: RunOptions, deadline: float) -> None:
+        self.options = options
+        self.deadline = deadline
+        self.counts: Counter[str] = Counter()
+        self._jitter = wait_random_exponential(
+            multiplier=options.initial_backoff_s, max=options.max_backoff_s
+        )
+
+    def wait(self, retry_state: RetryCallState) -> float:
+        """The wait before the next attempt: full jitter over the capped exponential
+        window, added to the server's ``Retry-After`` when it sent one (so devices told
+        the same Retry-After do not all come back at the same instant)."""
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        retry_after = failure.retry_after if isinstance(failure, DeviceFailure) else None
+        return (retry_after or 0.0) + self._jitter(retry_state)
+
+    def stop(self, retry_state: RetryCallState) -> bool:
+        """Give up when the next attempt would start at or after the deadline."""
+        return self.options.clock() + retry_state.upcoming_sleep >= self.deadline
+
+    def _count(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        if failure is not None:
+            self.counts[retry_kind(failure) or "unexpected"] += 1
+
+    async def call(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """``await operation()``, retried after each fault (see :func:`retry_kind`);
+        raises its last exception at the deadline, and a definitive failure at once."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: retry_kind(exc) is not None),
+            wait=self.wait,
+            stop=self.stop,
+            sleep=self.options.sleep,
+            before_sleep=self._count,
+            reraise=True,
+        )
+
+        async def attempt() -> _T:  # a coroutine function: tenacity awaits only those
+            return await operation()
+
+        result: _T = await retrying(attempt)
+        return result
 
 
 @dataclass(frozen=True)
@@ -416,15 +543,28 @@ def _status_kind(status: int) -> str:
     return "http_5xx" if status >= 500 else f"http_{status}"
 
 
+def _seconds(raw: object) -> float | None:
+    """A non-negative number of seconds from a header or JSON value, else None."""
+    try:
+        value = float(raw) if isinstance(raw, str | int | float) else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < math.inf else None
+
+
 def _retry_after(response: aiohttp.ClientResponse, body: dict[str, Any]) -> float:
     for raw in (response.headers.get("Retry-After"), body.get("retry_after")):
-        try:
-            value = float(raw) if raw is not None else None
-        except (TypeError, ValueError):
-            continue
-        if value is not None and value >= 0:
+        value = _seconds(raw)
+        if value is not None:
             return value
     return 1.0
+
+
+def _failed(response: aiohttp.ClientResponse, what: str) -> DeviceFailure:
+    """The failure for an answer of an unexpected status, with its ``Retry-After``
+    (seconds; an HTTP date is ignored) for a retry to honour."""
+    retry_after = _seconds(response.headers.get("Retry-After"))
+    return DeviceFailure(_status_kind(response.status), what, status=response.status, retry_after=retry_after)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -447,8 +587,10 @@ def _string(body: dict[str, Any], name: str) -> str:
 class DeviceApi:
     """The native device API as one simulated device sees it, over a shared session.
 
-    Every method raises :class:`DeviceFailure` for an answer a device cannot use;
-    transport errors (timeouts, refused connections) propagate as aiohttp raises them.
+    Each method is one HTTP call, never retried here (callers go through
+    :class:`DeviceRetries`): it raises :class:`DeviceFailure` for an answer a device
+    cannot use (with the status and ``Retry-After`` of a 5xx or 429); transport errors
+    (timeouts, refused connections) propagate as aiohttp raises them.
     """
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, options: RunOptions) -> None:
@@ -470,13 +612,18 @@ class DeviceApi:
         return {"Authorization": f"Bearer {secret}"}
 
     async def _answer(self, response: aiohttp.ClientResponse) -> _Answer:
-        body = _json_object(await response.read())
+        raw = await response.read()
+        if response.status == 429 or response.status >= 500:
+            raise _failed(response, "registration")  # a fault, whatever its body (a proxy's page)
+        body = _json_object(raw)
         if response.status in (200, 202, 403) or (response.status == 404 and "status" in body):
             return _Answer(response.status, body, _retry_after(response, body))
-        raise DeviceFailure(_status_kind(response.status), str(body.get("error", "")))
+        raise DeviceFailure(_status_kind(response.status), str(body.get("error", "")), status=response.status)
 
     async def register(self, device: DevicePlan, code: str) -> _Answer:
-        """Send the device's registration once; return the answer whatever its status."""
+        """Send the device's registration once; return the answer whatever its status.
+        Every send carries the device's Idempotency-Key, so a retry is answered as the
+        same device."""
         headers = {"Content-Type": "application/json"}
         if device.idempotency_key is not None:
             headers["Idempotency-Key"] = device.idempotency_key
@@ -490,9 +637,11 @@ class DeviceApi:
         async with self.session.get(url) as response:
             return await self._answer(response)
 
-    async def resolve(self, answer: _Answer, claimed: str, deadline: float) -> _Ready:
-        """Poll a pending answer until it is final; return the ready answer, or raise
-        ``refused`` / ``unknown_request`` / ``timeout`` (past the monotonic ``deadline``)."""
+    async def resolve(self, answer: _Answer, claimed: str, retries: DeviceRetries, deadline: float) -> _Ready:
+        """Poll a pending answer (each poll retried through ``retries``) until it is
+        final; return the ready answer, or raise ``refused`` / ``unknown_request`` /
+        ``timeout`` (still pending at the ``clock`` time ``deadline``)."""
+        clock, sleep = self.options.clock, self.options.sleep
         while True:
             body = answer.body
             if answer.status == 200 and body.get("status") == "ready":
@@ -503,25 +652,26 @@ class DeviceApi:
                 raise DeviceFailure("unknown_request", str(body.get("reason", "")))
             if answer.status != 202 or body.get("status") != "pending":
                 raise DeviceFailure("bad_answer", f"status {answer.status} {body.get('status')!r}")
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock()
             if remaining <= 0:
                 raise DeviceFailure("timeout", "registration still pending at the deadline")
-            await asyncio.sleep(min(answer.retry_after, self.options.max_poll_interval_s, remaining))
-            answer = await self.poll(_string(body, "request_id"))
+            await sleep(min(answer.retry_after, self.options.max_poll_interval_s, remaining))
+            request_id = _string(body, "request_id")
+            answer = await retries.call(partial(self.poll, request_id))
 
     async def manifest(self, ready: _Ready) -> dict[str, Any]:
         """The device's manifest (authenticated with its secret)."""
         url = self.url(ready.manifest_url)
         async with self.session.get(url, headers=self._auth(ready.device_secret)) as response:
             if response.status != 200:
-                raise DeviceFailure(_status_kind(response.status), "manifest")
+                raise _failed(response, "manifest")
             return _json_object(await response.read())
 
     async def file(self, url: str, secret: str) -> bytes:
         """The bytes of one provisioning file."""
         async with self.session.get(self.url(url), headers=self._auth(secret)) as response:
             if response.status != 200:
-                raise DeviceFailure(_status_kind(response.status), "file")
+                raise _failed(response, "file")
             return await response.read()
 
     async def ready(self, ready: _Ready) -> None:
@@ -530,7 +680,7 @@ class DeviceApi:
         async with self.session.post(url, headers=self._auth(ready.device_secret)) as response:
             await response.read()
             if response.status != 202:
-                raise DeviceFailure(_status_kind(response.status), "ready")
+                raise _failed(response, "ready")
 
 
 def _ready(body: dict[str, Any], claimed: str) -> _Ready:
@@ -558,15 +708,22 @@ def _ready(body: dict[str, Any], claimed: str) -> _Ready:
     return ready
 
 
-async def _register(api: DeviceApi, plan: FleetPlan, device: DevicePlan, deadline: float) -> _Ready:
-    """Register until ready. A lost-response device sends the same request twice and
-    ignores the first answer; both must end as the same device with the same ID."""
-    first = await api.register(device, plan.code)
+async def _register(
+    api: DeviceApi, plan: FleetPlan, device: DevicePlan, retries: DeviceRetries, deadline: float
+) -> _Ready:
+    """Register until ready (each send and poll retried through ``retries``). A
+    lost-response device sends the same request twice and ignores the first answer;
+    both must end as the same device with the same ID."""
+
+    async def send() -> _Answer:
+        return await retries.call(lambda: api.register(device, plan.code))
+
+    first = await send()
     if not device.lost_response:
-        return await api.resolve(first, device.hardware_id, deadline)
-    final = await api.resolve(await api.register(device, plan.code), device.hardware_id, deadline)
+        return await api.resolve(first, device.hardware_id, retries, deadline)
+    final = await api.resolve(await send(), device.hardware_id, retries, deadline)
     try:
-        earlier = await api.resolve(first, device.hardware_id, deadline)
+        earlier = await api.resolve(first, device.hardware_id, retries, deadline)
     except DeviceFailure as exc:
         if exc.kind in ("refused", "unknown_request"):
             raise DeviceFailure("retry_mismatch", f"the first request ended {exc.kind}") from exc
@@ -595,9 +752,10 @@ def _verify_file(entry: dict[str, Any], content: bytes) -> None:
         raise DeviceFailure("file_mismatch", "no '#begin' line followed by the provisioning ID")
 
 
-async def _provision(api: DeviceApi, ready: _Ready) -> None:
-    """Fetch the manifest and every file, verify them, then confirm ``ready``."""
-    manifest = await api.manifest(ready)
+async def _provision(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> None:
+    """Fetch the manifest and every file, verify them, then confirm ``ready`` (each
+    call retried through ``retries``)."""
+    manifest = await retries.call(lambda: api.manifest(ready))
     if manifest.get("device_id") != ready.device_id or manifest.get("hardware_id") != ready.hardware_id:
         raise DeviceFailure("manifest_mismatch", "manifest is about another device or hardware ID")
     files = manifest.get("files")
@@ -606,8 +764,9 @@ async def _provision(api: DeviceApi, ready: _Ready) -> None:
     for entry in files:
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise DeviceFailure("bad_answer", "manifest file entry")
-        _verify_file(entry, await api.file(entry["url"], ready.device_secret))
-    await api.ready(ready)
+        url = entry["url"]
+        _verify_file(entry, await retries.call(partial(api.file, url, ready.device_secret)))
+    await retries.call(lambda: api.ready(ready))
 
 
 def _failure_kind(exc: Exception) -> str:
@@ -615,7 +774,7 @@ def _failure_kind(exc: Exception) -> str:
         return exc.kind
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectionError):
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
         return "connection"
     if isinstance(exc, aiohttp.ClientError):
         return "http_client"
@@ -623,23 +782,32 @@ def _failure_kind(exc: Exception) -> str:
 
 
 async def boot_device(api: DeviceApi, plan: FleetPlan, device: DevicePlan) -> DeviceResult:
-    """Boot one device: register, adopt the assigned hardware ID, provision, confirm.
+    """Boot one device: register, adopt the assigned hardware ID, provision, confirm,
+    retrying each call after a fault until ``api.options.deadline_s`` after its first.
 
-    Never raises for a device-side failure: it is recorded as ``DeviceResult.error``.
+    Never raises for a device-side failure: it is recorded as ``DeviceResult.error``,
+    and its retries by kind as ``DeviceResult.retries``.
     """
+    options = api.options
     result = DeviceResult(index=device.index, claimed_hardware_id=device.hardware_id)
-    started = time.monotonic()
+    started = options.clock()
+    retries = DeviceRetries(options, started + options.deadline_s)
+    pending_until = retries.deadline
+    if options.registration_deadline_s is not None:
+        pending_until = min(pending_until, started + options.registration_deadline_s)
     try:
-        ready = await _register(api, plan, device, started + api.options.registration_deadline_s)
+        ready = await _register(api, plan, device, retries, pending_until)
         result.device_id, result.hardware_id, result.clone = ready.device_id, ready.hardware_id, ready.clone
         if not ready.device_secret:
             raise DeviceFailure("no_secret", "the ready answer carries no device secret")
-        await _provision(api, ready)
+        await _provision(api, ready, retries)
     except Exception as exc:  # one device's failure must never end the run
         result.error = _failure_kind(exc)
         return result
+    finally:
+        result.retries = dict(retries.counts)
     result.provisioned = True
-    result.latency_s = time.monotonic() - started
+    result.latency_s = options.clock() - started
     return result
 
 
@@ -653,8 +821,9 @@ async def run_fleet(
     """Boot every device of ``plan`` against the native device API at ``device_url``,
     at most ``concurrency`` at a time over one keep-alive session, and summarize.
 
-    Promises: every planned device is attempted exactly once (its own retries aside);
-    failures are counted by kind, never raised; ``progress_cb(done, total)`` is called
+    Promises: every planned device is booted exactly once (its calls' retries aside,
+    each until its deadline, ``options.deadline_s``); failures and retries are counted
+    by kind, never raised; ``progress_cb(done, total)`` is called
     once per finished device.
     """
     if concurrency < 1:
@@ -678,7 +847,7 @@ async def run_fleet(
                 progress_cb(done, total)
             return result
 
-        started = time.monotonic()
+        started = options.clock()
         results = await asyncio.gather(*(one(d) for d in plan.devices))
-        duration = time.monotonic() - started
+        duration = options.clock() - started
     return summarize(plan, results, duration)

@@ -13,7 +13,7 @@ from cli.commands.bulk import BULK_URL, uploaded_file
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
-from cli.simulate import FleetPlan, ProgressCallback, Summary, plan_bulk, plan_fleet, run_fleet
+from cli.simulate import FleetPlan, ProgressCallback, RunOptions, Summary, plan_bulk, plan_fleet, run_fleet
 from shared.domain.bulk_csv import CsvReader
 
 
@@ -27,6 +27,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
     parser = groups.add_parser(
         "simulate",
@@ -35,7 +45,11 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         description=(
             "Boot N simulated devices of one Bulk Identification Code (by default the demo "
             "product's), some of them clones or with a lost first response; each registers, "
-            "verifies its provisioning files and confirms. Exit code 1 if any device failed."
+            "verifies its provisioning files and confirms. Like a real device, each call that "
+            "meets a fault (connection error, timeout, 5xx, 429) is retried after a capped "
+            "exponential backoff with full jitter, never sooner than the server's Retry-After, "
+            "until the device's deadline; a refusal or other 4xx is final. "
+            "Exit code 1 if any device failed."
         ),
     )
     parser.add_argument(
@@ -50,6 +64,19 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         type=_rate,
         default=0.05,
         help="share of devices that retry their registration as if the answer was lost (0.05)",
+    )
+    parser.add_argument(
+        "--deadline-seconds",
+        type=_seconds,
+        default=RunOptions.deadline_s,
+        help="a device gives up this long after its first call (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-backoff-seconds",
+        type=_seconds,
+        default=RunOptions.max_backoff_s,
+        help="cap of the backoff window between a call's retries; each wait is random "
+        f"below it, starting at {RunOptions.initial_backoff_s} s and doubling (%(default)s)",
     )
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
@@ -121,6 +148,7 @@ def progress_bar(devices: int) -> ProgressCallback:
 
 def print_summary(summary: Summary) -> None:
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_kinds.items())) or "-"
+    retry_kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.retry_kinds.items())) or "-"
     latency = summary.latency_ms
     rows = [
         ("devices", summary.devices),
@@ -130,9 +158,16 @@ def print_summary(summary: Summary) -> None:
         ("lost responses planned", summary.lost_responses_planned),
         ("errors", summary.errors),
         ("error kinds", kinds),
+        ("retries", summary.retries),
+        ("retry kinds", retry_kinds),
+        ("devices that retried", summary.devices_retried),
         ("hardware IDs unique", "yes" if summary.hardware_ids_unique else "NO"),
         ("throughput (devices/s)", summary.throughput_per_s),
         *((f"latency {name} (ms)", "-" if v is None else v) for name, v in latency.items()),
+        *(
+            (f"time to provisioned {name} (s)", "-" if v is None else v)
+            for name, v in summary.time_to_provisioned_s.items()
+        ),
         ("duration (s)", summary.duration_s),
         ("seed", summary.seed),
     ]
@@ -148,7 +183,8 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if not device_url.startswith(("http://", "https://")):
         raise CliError(f"the device API URL must start with http:// or https://, not {device_url!r}")
-    summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(len(plan.devices)))
+    options = RunOptions(deadline_s=args.deadline_seconds, max_backoff_s=args.max_backoff_seconds)
+    summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(len(plan.devices)), options)
     document = summary.to_dict()
     if not args.json:
         print_summary(summary)

@@ -71,7 +71,14 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
     assert [p["id"] for p in listed["products"]] == [product["id"]]
 
     auto = await fleetreg_json(operator, system, "auto", "create", "--product", product["id"])
-    assert set(auto) == {"id", "product_id", "status", "bulk_identification_code", "max_devices", "device_count"}
+    assert set(auto) == {
+        "id",
+        "product_id",
+        "status",
+        "bulk_identification_code",
+        "max_devices",
+        "device_count",
+    }
     assert (auto["status"], auto["bulk_identification_code"]) == (
         "active",
         locked["bulk_identification_code"],
@@ -102,6 +109,10 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
     assert summary["clones_detected"] == 10
     assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
     assert summary["throughput_per_s"] > 0
+    assert summary["retries"] == sum(summary["retry_kinds"].values())
+    assert summary["devices_retried"] <= 40
+    assert set(summary["time_to_provisioned_s"]) == {"p50", "p95", "p99"}
+    assert 0 < summary["time_to_provisioned_s"]["p50"] <= summary["time_to_provisioned_s"]["p99"]
 
     devices = (await fleetreg_json(operator, system, "devices", "list"))["devices"]
     assert len(devices) == 40

@@ -1,10 +1,24 @@
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 
-from cli.simulate import DeviceResult, FleetPlan, percentile, plan_bulk, plan_fleet, summarize
+from cli.simulate import (
+    DeviceFailure,
+    DeviceResult,
+    DeviceRetries,
+    FleetPlan,
+    RunOptions,
+    percentile,
+    plan_bulk,
+    plan_fleet,
+    retry_kind,
+    summarize,
+)
 
 CODE = "2513F28C-13AD-BEBE-7329-D70C2F5F34A6"
 
@@ -231,3 +245,171 @@ def test_cli_ids_never_reach_a_url_unchecked(value: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="is not an ID"):
         object_id(value)
     assert object_id(" 7E0D1A4E-0000-4000-8000-00000000000A ") == "7e0d1a4e-0000-4000-8000-00000000000a"
+
+
+# ------------------------------------------------------------------ retries
+
+
+class FakeTime:
+    """A clock that moves only when slept on, recording every wait: no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def _retries(
+    time_: FakeTime, deadline_s: float = 1e9, initial: float = 0.5, cap: float = 4.0
+) -> DeviceRetries:
+    options = RunOptions(
+        deadline_s=deadline_s,
+        initial_backoff_s=initial,
+        max_backoff_s=cap,
+        clock=time_.clock,
+        sleep=time_.sleep,
+    )
+    return DeviceRetries(options, time_.clock() + deadline_s)
+
+
+def _failing(failures: list[BaseException], result: str = "done") -> Callable[[], Awaitable[str]]:
+    """An operation raising each of ``failures`` in turn, then returning ``result``."""
+    calls = iter(failures)
+
+    async def operation() -> str:
+        failure = next(calls, None)
+        if failure is not None:
+            raise failure
+        return result
+
+    return operation
+
+
+@pytest.mark.parametrize(("draw", "expected"), [("high", [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]), ("low", [0.0] * 6)])
+async def test_the_backoff_window_doubles_up_to_its_cap(
+    monkeypatch: pytest.MonkeyPatch, draw: str, expected: list[float]
+) -> None:
+    """Full jitter draws uniformly in [0, min(cap, initial * 2**(retry - 1))]: pinned to
+    either end of the draw, the waits are the window's bounds."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high if draw == "high" else low)
+    time_ = FakeTime()
+    retries = _retries(time_)
+    failures: list[BaseException] = [aiohttp.ClientConnectionError() for _ in expected]
+    assert await retries.call(_failing(failures)) == "done"
+    assert time_.waits == expected
+    assert retries.counts == {"connection": 6}
+
+
+async def test_jittered_waits_stay_within_the_window_and_spread() -> None:
+    time_ = FakeTime()
+    retries = _retries(time_, initial=0.5, cap=4.0)
+    failures: list[BaseException] = [TimeoutError() for _ in range(200)]
+    await retries.call(_failing(failures))
+    windows = [min(4.0, 0.5 * 2**n) for n in range(200)]
+    assert all(0.0 <= wait <= window for wait, window in zip(time_.waits, windows, strict=True))
+    assert len(set(time_.waits)) > 100  # random, not a fixed schedule
+    assert retries.counts == {"timeout": 200}
+
+
+async def test_retry_after_is_the_floor_of_the_wait() -> None:
+    time_ = FakeTime()
+    retries = _retries(time_, initial=0.5, cap=4.0)
+    failures: list[BaseException] = [
+        DeviceFailure("http_5xx", status=503, retry_after=7.0),
+        DeviceFailure("http_429", status=429, retry_after=2.0),
+        DeviceFailure("http_5xx", status=502),
+    ]
+    await retries.call(_failing(failures))
+    first, second, third = time_.waits
+    assert 7.0 <= first <= 7.0 + 0.5
+    assert 2.0 <= second <= 2.0 + 1.0
+    assert 0.0 <= third <= 2.0
+    assert retries.counts == {"http_503": 1, "http_429": 1, "http_502": 1}
+
+
+async def test_the_deadline_stops_the_retries_and_the_last_fault_is_raised() -> None:
+    time_ = FakeTime()
+    retries = _retries(time_, deadline_s=30.0, initial=0.5, cap=4.0)
+    attempts = 0
+
+    async def always_500() -> str:
+        nonlocal attempts
+        attempts += 1
+        raise DeviceFailure("http_5xx", "register", status=500)
+
+    with pytest.raises(DeviceFailure) as raised:
+        await retries.call(always_500)
+    assert raised.value.status == 500
+    assert time_.now < 30.0  # no attempt started at or after the deadline
+    assert attempts == len(time_.waits) + 1 > 5
+    assert retries.counts == {"http_500": attempts - 1}
+
+
+async def test_a_retry_after_beyond_the_deadline_ends_the_retries_at_once() -> None:
+    time_ = FakeTime()
+    retries = _retries(time_, deadline_s=10.0)
+    with pytest.raises(DeviceFailure):
+        await retries.call(_failing([DeviceFailure("http_5xx", status=503, retry_after=60.0)]))
+    assert time_.waits == [] and retries.counts == {}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        DeviceFailure("refused", "blocked"),
+        DeviceFailure("http_404", status=404),
+        DeviceFailure("http_401", status=401),
+        DeviceFailure("bad_answer", "body is not JSON"),
+    ],
+)
+async def test_a_definitive_answer_is_not_retried(failure: DeviceFailure) -> None:
+    time_ = FakeTime()
+    retries = _retries(time_)
+    with pytest.raises(DeviceFailure):
+        await retries.call(_failing([failure]))
+    assert time_.waits == [] and retries.counts == {}
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (aiohttp.ClientConnectionError(), "connection"),
+        (aiohttp.ServerDisconnectedError(), "connection"),
+        (aiohttp.ClientPayloadError("cut"), "connection"),
+        (aiohttp.ServerTimeoutError(), "timeout"),
+        (TimeoutError(), "timeout"),
+        (DeviceFailure("http_5xx", status=500), "http_500"),
+        (DeviceFailure("http_5xx", status=503), "http_503"),
+        (DeviceFailure("http_429", status=429), "http_429"),
+        (DeviceFailure("http_403", status=403), None),
+        (DeviceFailure("refused"), None),
+        (ValueError("bug"), None),
+    ],
+)
+def test_retry_kinds(failure: BaseException, kind: str | None) -> None:
+    assert retry_kind(failure) == kind
+
+
+def test_the_summary_counts_retries_by_kind_and_times_to_provisioned() -> None:
+    results = [
+        _ok(0, "aa", "aa", 1.0),
+        _ok(1, "bb", "bb", 2.0),
+        _ok(2, "cc", "cc", 30.0),
+        DeviceResult(index=3, claimed_hardware_id="dd", error="http_5xx", retries={"http_500": 9}),
+    ]
+    results[1].retries = {"connection": 2, "http_503": 1}
+    results[2].retries = {"connection": 1, "http_429": 3}
+    summary = summarize(_plan(4), results, duration_s=40.0)
+    document = summary.to_dict()
+    assert document["retries"] == 16
+    assert document["retry_kinds"] == {"connection": 3, "http_429": 3, "http_500": 9, "http_503": 1}
+    assert document["devices_retried"] == 3
+    assert document["time_to_provisioned_s"] == {"p50": 2.0, "p95": 30.0, "p99": 30.0}
+    assert document["latency_ms"] == {"p50": 2000.0, "p95": 30000.0, "p99": 30000.0}
+    assert document["error_kinds"] == {"http_5xx": 1}
