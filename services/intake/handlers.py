@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from services.intake.device_cache import DeviceCache
@@ -44,6 +44,8 @@ REGISTRATION_FIELDS = {
     "registration_key",
 }
 FINGERPRINT_FIELDS = {"cpu_id", "mac"}
+# The registration call's and poll's ``include`` query flag: the one value it takes.
+INCLUDE_FILES = "files"
 UNAUTHORIZED = "unknown device or wrong device secret"
 # Refusals that count against the caller's address (shared/throttle.py): what a
 # guesser of codes or registration keys gets. (A wrong device secret is a 401,
@@ -66,6 +68,23 @@ class RegistrationInput:
 
 
 @dataclass(frozen=True)
+class InlineFile:
+    """One provisioning file of a two-call boot: its manifest entry and its content,
+    rendered and checked as the per-file download renders and checks it."""
+
+    file: ServiceFile
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What a ``ready`` answer with ``include=files`` carries: the manifest and every file."""
+
+    device: Device
+    files: tuple[InlineFile, ...]
+
+
+@dataclass(frozen=True)
 class Answer:
     """The answer to a registration call or poll, before it is shaped for a protocol."""
 
@@ -77,6 +96,7 @@ class Answer:
     claimed_hardware_id: str = ""
     decision: str = ""
     device_secret: str = ""
+    boot: Boot | None = None  # only with include=files, only beside the device secret
 
     @property
     def clone(self) -> bool:
@@ -132,6 +152,19 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     )
 
 
+def parse_include(values: list[str]) -> bool:
+    """The ``include`` query flag of a registration call or poll: absent, or ``files``
+    once (the answer then carries the manifest and the files inline); anything else is
+    refused rather than ignored, so that a device asking for more learns it at once."""
+    if not values:
+        return False
+    if len(values) > 1 or values[0] != INCLUDE_FILES:
+        raise InvalidInput(
+            f"include takes one value, {INCLUDE_FILES!r}", field="include", rule=f"enum={INCLUDE_FILES}"
+        )
+    return True
+
+
 def to_event(registration: RegistrationInput, keyring: Keyring, protocol: str) -> RegistrationRequested:
     """The request as it travels: secrets replaced by their keyed digests."""
     return RegistrationRequested(
@@ -167,11 +200,16 @@ async def register_native(
     waiter: OutcomeWaiter,
     keyring: Keyring,
     wait_seconds: float,
+    pool: Pool,
+    *,
+    include_files: bool = False,
 ) -> Answer:
     """A native registration call, validated: publish it (secrets as keyed digests) and
-    wait a bounded time for its outcome."""
+    wait a bounded time for its outcome; with ``include_files``, a ``ready`` answer also
+    carries the device's files (:func:`with_files`)."""
     event = to_event(registration, keyring, protocol="native")
-    return await register(event, publish, waiter, keyring, wait_seconds)
+    answer = await register(event, publish, waiter, keyring, wait_seconds)
+    return await with_files(pool, keyring, answer) if include_files else answer
 
 
 async def register(
@@ -193,8 +231,16 @@ async def register(
     return _from_outcome(outcome, event.hardware_id, keyring)
 
 
-async def poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: float) -> Answer:
-    """The outcome of an earlier request, as the registry has it now."""
+async def poll(
+    pool: Pool, keyring: Keyring, request_id: str, forget_after: float, *, include_files: bool = False
+) -> Answer:
+    """The outcome of an earlier request, as the registry has it now; with
+    ``include_files``, a ``ready`` answer also carries the device's files (:func:`with_files`)."""
+    answer = await _poll(pool, keyring, request_id, forget_after)
+    return await with_files(pool, keyring, answer) if include_files else answer
+
+
+async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: float) -> Answer:
     age = request_id_age_seconds(request_id)
     if age is None:
         raise InvalidInput(
@@ -279,6 +325,10 @@ async def authenticate(
         raise Unauthorized(UNAUTHORIZED)
     if check is Check.DISABLED:
         raise Forbidden(REASON_DISABLED)
+    return _device(found)
+
+
+def _device(found: DeviceFiles) -> Device:
     return Device(
         found.device_id,
         found.hardware_id,
@@ -287,6 +337,32 @@ async def authenticate(
         found.credential_generation,
         found.current(),
         found,
+    )
+
+
+async def with_files(pool: Pool, keyring: Keyring, answer: Answer) -> Answer:
+    """A ``ready`` answer of a two-call boot: the device's manifest and every file inline.
+
+    The files hold service passwords, so they go out under the device secret's rule
+    (:func:`shared.domain.release.secret_release`), read from the registry now: only while
+    the device is ``registered`` and not disabled, and only beside the device secret of
+    its current credential generation. When the rule says no, the device secret is left
+    out of the answer too (a device that confirmed already holds it). Files not rendered
+    yet (provisioning records them in the transaction that marks the request ready, so
+    this should not happen): the answer has no files, and the device downloads them from
+    the manifest URL."""
+    if answer.status != "ready":
+        return answer
+    found = await files.one_device_files(pool, answer.device_id)
+    if found is None or secret_release(found.lifecycle, found.disabled) is not Release.GRANTED:
+        return replace(answer, device_secret="")
+    device = _device(found)
+    current = keyring.device_secret(device.id, device.credential_generation)
+    if not device.files or not hmac.compare_digest(current.encode(), answer.device_secret.encode()):
+        return answer
+    return replace(
+        answer,
+        boot=Boot(device, tuple(InlineFile(f, _rendered(keyring, device, f)) for f in manifest(device))),
     )
 
 
@@ -310,9 +386,17 @@ def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
     found = [
         f for f in _current_files(device) if f.recorded is not None and f.recorded.file_name == file_name
     ]
-    if not found or found[0].recorded is None:
+    if not found:
         raise NotFound(f"the device has no provisioning file named {file_name!r}", field="file_name")
-    service, recorded = found[0], found[0].recorded
+    return _rendered(keyring, device, found[0])
+
+
+def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
+    """The file of ``service`` (one the manifest lists), rendered from its recipe and
+    checked against its recorded digest: the one way a file is made for a device."""
+    recorded = service.recorded
+    if recorded is None:
+        raise NotFound("the device has no provisioning file for this service", field="file_name")
     spec = device.registry.spec(service, recorded.service_uid)
     content = render(spec, keyring.service_password(recorded.service_uid, device.credential_generation))
     if sha256_hex(content) != recorded.sha256:

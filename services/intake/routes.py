@@ -14,6 +14,11 @@ from shared.throttle import THROTTLE, mark_refused
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
+def base_url(request: web.Request) -> str:
+    """Where the device reached this API: the manifests' file URLs start with it."""
+    return f"{request.scheme}://{request.host}"
+
+
 async def authenticated(request: web.Request) -> handlers.Device:
     """The device of the path's ID, proven by the bearer secret."""
     r = request.app[RESOURCES]
@@ -24,34 +29,46 @@ async def authenticated(request: web.Request) -> handlers.Device:
 
 async def post_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
+    include_files = handlers.parse_include(request.query.getall("include", []))
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
     throttle = request.app[THROTTLE]
     await throttle.check_code(registration.bulk_identification_code)
     answer = await handlers.register_native(
-        registration, r.publish_request, r.waiter, r.keyring, r.settings.outcome_wait_seconds
+        registration,
+        r.publish_request,
+        r.waiter,
+        r.keyring,
+        r.settings.outcome_wait_seconds,
+        r.pool,
+        include_files=include_files,
     )
     if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
         mark_refused(request)
     if answer.decision in ("new", "clone"):
         await throttle.count_new_device(registration.bulk_identification_code)
-    return views.native_view(answer, r.settings.retry_after_seconds)
+    return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
 
 
 async def get_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
+    include_files = handlers.parse_include(request.query.getall("include", []))
     answer = await handlers.poll(
-        r.pool, r.keyring, request.match_info["request_id"], r.settings.pending_forget_seconds
+        r.pool,
+        r.keyring,
+        request.match_info["request_id"],
+        r.settings.pending_forget_seconds,
+        include_files=include_files,
     )
     if answer.status == "unknown" or (
         answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS
     ):
         mark_refused(request)
-    return views.native_view(answer, r.settings.retry_after_seconds)
+    return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
 
 
 async def get_manifest(request: web.Request) -> web.Response:
     found = await authenticated(request)
-    return views.manifest_view(found, handlers.manifest(found), f"{request.scheme}://{request.host}")
+    return views.manifest_view(found, handlers.manifest(found), base_url(request))
 
 
 async def get_file(request: web.Request) -> web.Response:

@@ -6,13 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-from services.intake.handlers import Answer, Device
+from services.intake.handlers import Answer, Boot, Device
 from shared.db.files import ServiceFile
 from shared.http import json_response
 
 
-def native_view(answer: Answer, retry_after: int) -> web.Response:
-    """A registration call's or poll's answer: 200 ready, 202 pending, 403 refused, 404 unknown."""
+def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
+    """A registration call's or poll's answer: 200 ready, 202 pending, 403 refused, 404 unknown;
+    a ready answer of a two-call boot (``include=files``) adds the manifest, files inline."""
     body: dict[str, Any] = {"status": answer.status, "request_id": answer.request_id}
     if answer.status == "ready":
         body.update(
@@ -25,6 +26,8 @@ def native_view(answer: Answer, retry_after: int) -> web.Response:
         )
         if answer.device_secret:
             body["device_secret"] = answer.device_secret
+        if answer.boot is not None:
+            body["manifest"] = boot_manifest(answer.boot, base_url)
         return json_response(body, status=200)
     if answer.status == "pending":
         body["retry_after"] = retry_after
@@ -42,28 +45,39 @@ def native_view(answer: Answer, retry_after: int) -> web.Response:
 
 def manifest_view(device: Device, files: tuple[ServiceFile, ...], base_url: str) -> web.Response:
     """Every provisioning file of the device with its size, SHA-256 and download URL."""
-    return json_response(
-        {
-            "device_id": device.id,
-            "hardware_id": device.hardware_id,
-            "generation": device.credential_generation,
-            "files": [
-                {
-                    "name": f.recorded.file_name,
-                    "provisioning_id": f.service.provisioning_id,
-                    "service": f.service.name,
-                    "type": f.service.service_type,
-                    "type_code": f.service.type_code,
-                    "port": f.service.port,
-                    "size": f.recorded.size,
-                    "sha256": f.recorded.sha256,
-                    "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
-                }
-                for f in files
-                if f.recorded is not None
-            ],
-        }
-    )
+    return json_response(manifest_body(device, files, base_url))
+
+
+def manifest_body(device: Device, files: tuple[ServiceFile, ...], base_url: str) -> dict[str, Any]:
+    return {
+        "device_id": device.id,
+        "hardware_id": device.hardware_id,
+        "generation": device.credential_generation,
+        "files": [
+            {
+                "name": f.recorded.file_name,
+                "provisioning_id": f.service.provisioning_id,
+                "service": f.service.name,
+                "type": f.service.service_type,
+                "type_code": f.service.type_code,
+                "port": f.service.port,
+                "size": f.recorded.size,
+                "sha256": f.recorded.sha256,
+                "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
+            }
+            for f in files
+            if f.recorded is not None
+        ],
+    }
+
+
+def boot_manifest(boot: Boot, base_url: str) -> dict[str, Any]:
+    """The manifest GET /v1/devices/{id}/manifest answers, each file with its ``content``:
+    the exact bytes the file's URL serves, as a string (the files are ASCII)."""
+    body = manifest_body(boot.device, tuple(f.file for f in boot.files), base_url)
+    for item, inline in zip(body["files"], boot.files, strict=True):
+        item["content"] = inline.content.decode("ascii")
+    return body
 
 
 def file_view(content: bytes) -> web.Response:

@@ -70,8 +70,10 @@ async def register(
     idempotency_key: str = "",
     registration_key: str = "",
     settle: bool = True,
+    include: str = "",
 ) -> DeviceAnswer:
-    """Register as a device; with ``settle`` poll a pending answer until it is final."""
+    """Register as a device; with ``settle`` poll a pending answer until it is final;
+    ``include`` is sent as the ``include`` query flag of the call and of every poll."""
     body: dict[str, Any] = {"bulk_identification_code": code, "hardware_id": hardware_id}
     if cpu_id or mac:
         body["fingerprint"] = {"cpu_id": cpu_id, "mac": mac}
@@ -80,9 +82,12 @@ async def register(
     if registration_key:
         body["registration_key"] = registration_key
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    query = f"?include={include}" if include else ""
     deadline = time.monotonic() + 90
     while True:  # 503: a part is unreachable for a moment; the device tries again, as a real one would
-        async with session.post(f"{device_url}/v1/registrations", json=body, headers=headers) as response:
+        async with session.post(
+            f"{device_url}/v1/registrations{query}", json=body, headers=headers
+        ) as response:
             answer = DeviceAnswer(response.status, await response.json())
         if answer.status != 503 or not settle or time.monotonic() > deadline:
             break
@@ -96,7 +101,7 @@ async def register(
         )
     ):
         await asyncio.sleep(0.3)
-        async with session.get(f"{device_url}/v1/registrations/{request_id}") as response:
+        async with session.get(f"{device_url}/v1/registrations/{request_id}{query}") as response:
             answer = DeviceAnswer(response.status, await response.json())
     return answer
 

@@ -1,0 +1,147 @@
+"""The two-call boot's rules, against a fake registry read: the include flag, when the
+files go out inline (the device secret's rule), and that they are the per-file download's
+bytes. The end-to-end tests are tests/e2e/test_two_call_boot.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from services.intake import handlers, views
+from services.intake.handlers import Answer
+from shared.db.files import DeviceFiles, RecordedFile, ServiceFile
+from shared.domain.credentials import Keyring
+from shared.domain.provisioning import ServiceRecipe, file_spec, render
+from shared.errors import InvalidInput
+
+KEYRING = Keyring(b"unit-test-key")
+DEVICE_ID = "3f0c7a4e-2b1d-4c55-9e61-0a8d2f7b9c10"
+UID = "80:00:00:00:01:00:00:01"
+POOL: Any = None  # the registry read is replaced (the ``reads`` fixture)
+
+
+def registry(lifecycle: str = "registered", disabled: bool = False, rendered: bool = True) -> DeviceFiles:
+    """The device as the registry answers it: one ssh file, recorded with its true digest."""
+    recipe = ServiceRecipe("5E0A1C2E-0000-4000-8000-000000000001", 2, "ssh", "ssh", 28, 22)
+    content = render(file_spec(recipe, UID, "b827eb8905e5", "b827eb8905e5"), KEYRING.service_password(UID, 1))
+    recorded = RecordedFile(1, UID, "02-ssh.conf", len(content), hashlib.sha256(content).hexdigest())
+    return DeviceFiles(
+        device_id=DEVICE_ID,
+        hardware_id="b827eb8905e5",
+        name="b827eb8905e5",
+        lifecycle=lifecycle,
+        disabled=disabled,
+        credential_generation=1,
+        services=(ServiceFile(recipe, recorded if rendered else None, UID),),
+    )
+
+
+def ready(generation: int = 1) -> Answer:
+    return Answer(
+        "ready",
+        "0190f3c2-7a1b-7c3d-8e4f-5a6b7c8d9e0f",
+        device_id=DEVICE_ID,
+        hardware_id="b827eb8905e5",
+        claimed_hardware_id="b827eb8905e5",
+        decision="new",
+        device_secret=KEYRING.device_secret(DEVICE_ID, generation),
+    )
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[DeviceFiles | None]:
+    """What the registry read answers next (and a record that it was asked)."""
+    answers: list[DeviceFiles | None] = []
+
+    async def one_device_files(pool: Any, device_id: str) -> DeviceFiles | None:
+        assert device_id == DEVICE_ID
+        return answers.pop(0)
+
+    monkeypatch.setattr(handlers.files, "one_device_files", one_device_files)
+    return answers
+
+
+@pytest.mark.parametrize(("values", "expected"), [([], False), (["files"], True)])
+def test_the_include_flag_is_absent_or_files(values: list[str], expected: bool) -> None:
+    assert handlers.parse_include(values) is expected
+
+
+@pytest.mark.parametrize("values", [[""], ["FILES"], ["manifest"], ["files", "files"], ["files,manifest"]])
+def test_any_other_include_is_refused(values: list[str]) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        handlers.parse_include(values)
+    assert (refused.value.field, refused.value.rule) == ("include", "enum=files")
+
+
+async def test_a_registered_device_gets_its_files_as_the_download_renders_them(
+    reads: list[DeviceFiles | None],
+) -> None:
+    reads.append(registry())
+    answer = await handlers.with_files(POOL, KEYRING, ready())
+    assert answer.device_secret == ready().device_secret and answer.boot is not None
+    device = answer.boot.device
+    [inline] = answer.boot.files
+    assert inline.content == handlers.file_content(KEYRING, device, "02-ssh.conf")
+
+    body = json.loads(views.native_view(answer, 2, "http://h").text)
+    [item] = body["manifest"]["files"]
+    assert item["content"].encode("ascii") == inline.content
+    assert item["size"] == len(inline.content)
+    assert item["sha256"] == hashlib.sha256(inline.content).hexdigest()
+    assert item["url"] == f"http://h/v1/devices/{DEVICE_ID}/files/02-ssh.conf"
+    manifest = json.loads(views.manifest_view(device, handlers.manifest(device), "http://h").text)
+    assert [{k: v for k, v in f.items() if k != "content"} for f in body["manifest"]["files"]] == manifest[
+        "files"
+    ]
+
+
+@pytest.mark.parametrize(
+    "found",
+    [registry(lifecycle="provisioned"), registry(disabled=True), registry(lifecycle="preregistered"), None],
+    ids=["confirmed", "disabled", "reset", "gone"],
+)
+async def test_no_files_and_no_secret_when_the_secret_may_not_go_out(
+    reads: list[DeviceFiles | None], found: DeviceFiles | None
+) -> None:
+    reads.append(found)
+    answer = await handlers.with_files(POOL, KEYRING, ready())
+    assert answer == dataclasses.replace(ready(), device_secret="")
+
+
+async def test_files_not_rendered_yet_leave_the_answer_as_it_is(reads: list[DeviceFiles | None]) -> None:
+    reads.append(registry(rendered=False))
+    assert await handlers.with_files(POOL, KEYRING, ready()) == ready()
+
+
+async def test_files_go_out_only_beside_the_secret_of_the_current_generation(
+    reads: list[DeviceFiles | None],
+) -> None:
+    reads.append(registry())
+    assert await handlers.with_files(POOL, KEYRING, ready(generation=2)) == ready(generation=2)
+
+
+@pytest.mark.parametrize("status", ["pending", "refused", "unknown"])
+async def test_other_answers_are_not_changed_and_read_nothing(
+    reads: list[DeviceFiles | None], status: str
+) -> None:
+    answer = Answer(status, "r", reason="x")
+    assert await handlers.with_files(POOL, KEYRING, answer) == answer
+
+
+def test_without_the_flag_the_ready_answer_is_what_it_was() -> None:
+    body = json.loads(views.native_view(ready(), 2, "http://h").text)
+    assert set(body) == {
+        "status",
+        "request_id",
+        "device_id",
+        "hardware_id",
+        "claimed_hardware_id",
+        "clone",
+        "decision",
+        "manifest_url",
+        "device_secret",
+    }
