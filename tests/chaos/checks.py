@@ -48,6 +48,10 @@ async def storm_registry(
     extra = max(0, len(rows) - planned)
     provisioned = sum(1 for r in rows if r["lifecycle"] == "provisioned")
     return {
+        "account_id": account_id,
+        "extra_devices": extra,
+        "hardware_ids_twice": same_hw,
+        "devices_created_twice": int(created_twice or 0),
         "devices_in_registry": len(rows),
         "provisioned_in_registry": provisioned,
         "acknowledged": len(acknowledged),
