@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STACK  := deploy/local/stack.sh
 
-.PHONY: venv up down status demo test test-unit bench fuzz lint
+.PHONY: venv up down status demo test test-unit bench fuzz lint chaos
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ bench: up
 fuzz: venv
 	@$(STACK) infra-up
 	@FLEETREG_FUZZ_EXAMPLES=300 $(PY) -m pytest tests/e2e/test_openapi_fuzz.py
+
+# Faults during a boot storm and a bulk publish, on a stack of its own (var/chaos-stack,
+# ports + 1000): see docs/chaos.md. Options: make chaos CHAOS_ARGS="--devices 2000 --bulk-rows 20000".
+CHAOS_ARGS ?=
+chaos: venv
+	@$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 lint: venv
 	@$(VENV)/bin/ruff check .

@@ -7,6 +7,8 @@
 #   stack.sh up           infra-up, migrate, start every service, write var/endpoints.env
 #   stack.sh down         stop whatever of the above runs (also after a crash)
 #   stack.sh status       one line per part
+#   stack.sh kill-service NAME / start-service NAME, stop-kafka, stop-postgres,
+#            restart-postgres: single faults and repairs (tests and make chaos)
 #
 # Data lives in var/kafka/data and var/postgres/data, logs in var/log/.
 # Every failure ends in one line naming what failed and the log to read.
@@ -258,6 +260,34 @@ stop_services() {
   for svc in "${SERVICES[@]}"; do stop_pid "$RUN/$svc.pid" "$svc"; done
 }
 
+# One service, on its own (make chaos kills one with SIGKILL, then starts it again).
+start_one_service() { # name
+  local svc=$1 port
+  [ -d "$ROOT/services/$svc" ] || fail "no service named $svc"
+  pid_alive "$RUN/$svc.pid" && { say "$svc already running"; return 0; }
+  set -a; . "$VAR/infra.env"; set +a
+  export FLEETREG_SECRET_KEY; FLEETREG_SECRET_KEY=$(cat "$VAR/secret_key")
+  export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
+  port=$(service_port "$svc")
+  FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$svc.pid"
+  "$PY" -m cli.wait_ready "$svc" "$RUN/$svc.pid" 60 || fail "$svc did not become ready; see $LOG/$svc.log"
+}
+
+kill_one_service() { # name: SIGKILL, no chance to finish or commit anything
+  local svc=$1
+  pid_alive "$RUN/$svc.pid" || { rm -f "$RUN/$svc.pid"; return 0; }
+  kill -KILL "$(cat "$RUN/$svc.pid")" 2>/dev/null || true
+  for _ in $(seq 1 40); do pid_alive "$RUN/$svc.pid" || break; sleep 0.05; done
+  rm -f "$RUN/$svc.pid"
+}
+
+restart_postgres() {
+  local bin; bin=$(pg_bin)
+  as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$LOG/postgres.log" restart -m fast -w -t 60 >/dev/null 2>&1 ||
+    fail "restarting Postgres failed; see $LOG/postgres.log"
+}
+
 # Everything that can be checked before starting anything is checked first, so that a
 # failure leaves nothing half-started.
 preflight() {
@@ -295,6 +325,20 @@ case "$cmd" in
   stop-kafka)  # only the broker (fault tests restart it with infra-up)
     stop_pid "$RUN/kafka.pid" kafka
     ;;
+  kill-service)  # kill -9 one service (make chaos)
+    [ -n "${2:-}" ] || fail "usage: stack.sh kill-service NAME"
+    kill_one_service "$2"
+    ;;
+  start-service)  # start one service again and wait until it is ready
+    [ -n "${2:-}" ] || fail "usage: stack.sh start-service NAME"
+    start_one_service "$2"
+    ;;
+  stop-postgres)  # only the database
+    stop_postgres
+    ;;
+  restart-postgres)  # pg_ctl restart -m fast: every connection is cut
+    restart_postgres
+    ;;
   down)
     stop_services
     stop_pid "$RUN/kafka.pid" kafka
@@ -308,5 +352,5 @@ case "$cmd" in
     if [ -f "$PG_DATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
       echo "postgres: running"; else echo "postgres: stopped"; fi
     ;;
-  *) fail "usage: stack.sh infra-up|up|down|status|stop-kafka" ;;
+  *) fail "usage: stack.sh infra-up|up|down|status|stop-kafka|stop-postgres|restart-postgres|kill-service NAME|start-service NAME" ;;
 esac
