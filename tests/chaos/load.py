@@ -1,13 +1,12 @@
 """The load of a chaos run, as the devices see it: a boot storm of ``cli.simulate`` devices
 that survive faults by retrying, and a timeline of what they saw.
 
-Each device boots with ``cli.simulate.boot_device`` (register, poll, manifest, files, ready).
-A boot that fails for a reason a real device would retry (refused connection, timeout,
-503) is started again from the top after a capped backoff, until its deadline: the retry
-carries the same Idempotency-Key, so it is answered as the same device. This is the
-simulator's coming ``deadline`` option done from the outside; once ``run_fleet`` takes a
-deadline (with capped backoff) itself, :func:`boot_storm` should pass ``deadline_s``
-through to it and keep only the timeline (see ``TimedDeviceApi``).
+Each device boots with ``cli.simulate.boot_device`` (register, poll, manifest, files, ready),
+which retries each call after a fault (refused connection, timeout, 5xx, 429) with capped,
+jittered backoff until the device's deadline, as ``fleetreg simulate`` does. A call is
+retried, never the whole boot: a device whose "ready" was accepted while its answer was
+lost sends "ready" again with its secret, and never claims its hardware ID again without
+the secret (which the rules make a clone: ../shared/spec/domain.md, "Auto registration").
 
 The timeline records, at the HTTP level, every failed call (exception or 5xx) and every
 success (a ready registration answer, an accepted ``ready``): a fault's recovery time is
@@ -18,7 +17,6 @@ after that failure).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +33,6 @@ from cli.simulate import (
     _Ready,
     boot_device,
 )
-
-# Kinds of failure a device boot is retried after (the others are answers, not faults).
-RETRYABLE = frozenset({"connection", "timeout", "http_5xx", "http_client", "unexpected", "unknown_request"})
-BACKOFF_START_S = 0.2
-BACKOFF_CAP_S = 2.0
 
 
 @dataclass
@@ -126,8 +119,16 @@ class TimedDeviceApi(DeviceApi):
 @dataclass
 class StormResult:
     results: list[DeviceResult]
-    attempts: int
     duration_s: float
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """The devices' retried calls, by kind of fault."""
+        kinds: dict[str, int] = {}
+        for r in self.results:
+            for kind, n in r.retries.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        return kinds
 
     @property
     def acknowledged(self) -> dict[int, str]:
@@ -143,23 +144,6 @@ class StormResult:
         return kinds
 
 
-async def boot_with_retries(
-    api: DeviceApi, plan: FleetPlan, device: DevicePlan, deadline_s: float
-) -> tuple[DeviceResult, int]:
-    """Boot one device, retrying a failed boot (same idempotency key) with capped
-    exponential backoff until ``deadline_s`` after its first attempt."""
-    give_up = time.monotonic() + deadline_s
-    delay = BACKOFF_START_S
-    attempts = 0
-    while True:
-        attempts += 1
-        result = await boot_device(api, plan, device)
-        if result.provisioned or result.error not in RETRYABLE or time.monotonic() >= give_up:
-            return result, attempts
-        await asyncio.sleep(min(delay, max(0.0, give_up - time.monotonic())) * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, BACKOFF_CAP_S)
-
-
 async def boot_storm(
     plan: FleetPlan,
     device_url: str,
@@ -169,26 +153,28 @@ async def boot_storm(
     deadline_s: float = 300.0,
     options: RunOptions | None = None,
 ) -> StormResult:
-    """Boot every device of ``plan``, at most ``concurrency`` at a time, each retried
-    until ``deadline_s``; never raises for a device's failure."""
+    """Boot every device of ``plan``, at most ``concurrency`` at a time, each call retried
+    until ``deadline_s`` after the device's first (backoff capped at 2 s, so a device comes
+    back within about 2 s of a recovery and the recovery time reads true); never raises
+    for a device's failure."""
     options = options or RunOptions(
-        request_timeout_s=15.0, connect_timeout_s=3.0, registration_deadline_s=60.0
+        request_timeout_s=15.0,
+        connect_timeout_s=3.0,
+        deadline_s=deadline_s,
+        initial_backoff_s=0.2,
+        max_backoff_s=2.0,
     )
     timeout = aiohttp.ClientTimeout(total=options.request_timeout_s, connect=options.connect_timeout_s)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    attempts = 0
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         api = TimedDeviceApi(session, device_url, options, timeline)
 
         async def one(device: DevicePlan) -> DeviceResult:
-            nonlocal attempts
             async with gate:
-                result, tries = await boot_with_retries(api, plan, device, deadline_s)
-            attempts += tries
-            return result
+                return await boot_device(api, plan, device)
 
         started = time.monotonic()
         results = list(await asyncio.gather(*(one(d) for d in plan.devices)))
         duration = time.monotonic() - started
-    return StormResult(results=results, attempts=attempts, duration_s=duration)
+    return StormResult(results=results, duration_s=duration)

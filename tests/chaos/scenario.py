@@ -149,7 +149,7 @@ async def storm_wave(
         "during": "storm",
         "devices": devices,
         "storm_s": round(result.duration_s, 2),
-        "attempts": result.attempts,
+        "retries": result.retries,
         "failed_devices": result.failed,
     }
     row.update(timeline.recovery(fault_at))

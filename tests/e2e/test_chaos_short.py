@@ -10,7 +10,6 @@ in the dead-letter topic with its reason while its partition moves on.
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from shared.db.pool import Pool
 from shared.kafka import Topics
@@ -53,11 +52,6 @@ async def test_killing_the_intake_mid_storm_devices_retry_and_all_boot_once(
     assert row["provisioned_in_registry"] == row["devices_in_registry"], row
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (docs/chaos.md): a device whose request was in flight when the intake died is "
-    "sometimes registered twice on its retry (same Idempotency-Key and fingerprint: H and H-1)",
-)
 async def test_killing_the_intake_mid_storm_duplicates_no_device(
     system: System, session: aiohttp.ClientSession, pool: Pool, infra: dict[str, str]
 ) -> None:
