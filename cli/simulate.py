@@ -426,7 +426,10 @@ class RunOptions:
     registration is polled after its ``Retry-After`` but at most
     ``max_poll_interval_s`` later, until ``registration_deadline_s`` after the first
     call (``None``: until the device's deadline). ``clock`` and ``sleep`` are the
-    run's time (fakes in tests).
+    run's time (fakes in tests). ``two_call``: devices boot in two calls (docs/device-api.md,
+    "Two-call boot"): registration and polls ask ``include=files``, the inline files are
+    verified as downloaded ones are, then ``ready``; a ready answer without them falls
+    back to the manifest and per-file downloads.
     """
 
     request_timeout_s: float = 30.0
@@ -438,6 +441,7 @@ class RunOptions:
     max_backoff_s: float = 10.0
     clock: Clock = time.monotonic
     sleep: Sleep = asyncio.sleep
+    two_call: bool = False
 
 
 class DeviceFailure(Exception):
@@ -537,6 +541,8 @@ class _Ready:
     clone: bool
     manifest_url: str
     device_secret: str = field(default="", repr=False)  # never shown, even in a traceback
+    # The two-call boot's inline manifest, files' content included (service passwords).
+    manifest: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def _status_kind(status: int) -> str:
@@ -598,6 +604,7 @@ class DeviceApi:
         self.base_url = base_url.rstrip("/")
         self.options = options
         self._origin = urlsplit(self.base_url)[:2]
+        self._include = "?include=files" if options.two_call else ""
 
     def url(self, path_or_url: str) -> str:
         """An absolute URL on the device API; refuses to leave its origin (secrets go
@@ -628,12 +635,14 @@ class DeviceApi:
         if device.idempotency_key is not None:
             headers["Idempotency-Key"] = device.idempotency_key
         data = orjson.dumps(device.registration_body(code))
-        async with self.session.post(self.url("/v1/registrations"), data=data, headers=headers) as response:
+        async with self.session.post(
+            self.url(f"/v1/registrations{self._include}"), data=data, headers=headers
+        ) as response:
             return await self._answer(response)
 
     async def poll(self, request_id: str) -> _Answer:
         """Ask again for the outcome of an earlier registration request."""
-        url = self.url(f"/v1/registrations/{quote(request_id, safe='')}")
+        url = self.url(f"/v1/registrations/{quote(request_id, safe='')}{self._include}")
         async with self.session.get(url) as response:
             return await self._answer(response)
 
@@ -690,6 +699,9 @@ def _ready(body: dict[str, Any], claimed: str) -> _Ready:
     if not isinstance(clone, bool):
         raise DeviceFailure("bad_answer", "clone missing")
     secret = body.get("device_secret")
+    manifest = body.get("manifest")
+    if manifest is not None and not isinstance(manifest, dict):
+        raise DeviceFailure("bad_answer", "manifest is not an object")
     ready = _Ready(
         request_id=_string(body, "request_id"),
         device_id=_string(body, "device_id"),
@@ -698,6 +710,7 @@ def _ready(body: dict[str, Any], claimed: str) -> _Ready:
         clone=clone,
         manifest_url=_string(body, "manifest_url"),
         device_secret=secret if isinstance(secret, str) else "",
+        manifest=manifest,
     )
     if ready.claimed_hardware_id != claimed:
         raise DeviceFailure("bad_answer", "claimed_hardware_id is not the one sent")
@@ -752,10 +765,9 @@ def _verify_file(entry: dict[str, Any], content: bytes) -> None:
         raise DeviceFailure("file_mismatch", "no '#begin' line followed by the provisioning ID")
 
 
-async def _provision(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> None:
-    """Fetch the manifest and every file, verify them, then confirm ``ready`` (each
-    call retried through ``retries``)."""
-    manifest = await retries.call(lambda: api.manifest(ready))
+def _manifest_files(manifest: dict[str, Any], ready: _Ready) -> list[dict[str, Any]]:
+    """The manifest's file entries, once it is checked to be about the ready answer's
+    device and hardware ID and to list at least one file, each with a ``url``."""
     if manifest.get("device_id") != ready.device_id or manifest.get("hardware_id") != ready.hardware_id:
         raise DeviceFailure("manifest_mismatch", "manifest is about another device or hardware ID")
     files = manifest.get("files")
@@ -764,8 +776,39 @@ async def _provision(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> N
     for entry in files:
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise DeviceFailure("bad_answer", "manifest file entry")
-        url = entry["url"]
-        _verify_file(entry, await retries.call(partial(api.file, url, ready.device_secret)))
+    return files
+
+
+def verify_inline_files(ready: _Ready) -> int:
+    """Check a two-call boot's inline manifest as a device does before writing anything
+    (docs/device-api.md): every ``content`` ASCII, of its entry's ``size`` and SHA-256,
+    marked with its provisioning ID; the manifest about this device. Returns how many
+    files it holds; raises :class:`DeviceFailure` for the first that fails."""
+    if ready.manifest is None:
+        raise DeviceFailure("bad_answer", "no inline manifest")
+    files = _manifest_files(ready.manifest, ready)
+    for entry in files:
+        content = entry.get("content")
+        if not isinstance(content, str):
+            raise DeviceFailure("bad_answer", "inline file without content")
+        try:
+            raw = content.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise DeviceFailure("file_mismatch", "inline content is not ASCII") from exc
+        _verify_file(entry, raw)
+    return len(files)
+
+
+async def _provision(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> None:
+    """Verify the inline files of a two-call boot's answer, or else fetch the manifest
+    and every file and verify them; then confirm ``ready`` (each call retried through
+    ``retries``)."""
+    if ready.manifest is not None:
+        verify_inline_files(ready)
+    else:
+        manifest = await retries.call(lambda: api.manifest(ready))
+        for entry in _manifest_files(manifest, ready):
+            _verify_file(entry, await retries.call(partial(api.file, entry["url"], ready.device_secret)))
     await retries.call(lambda: api.ready(ready))
 
 

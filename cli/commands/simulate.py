@@ -78,6 +78,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         help="cap of the backoff window between a call's retries; each wait is random "
         f"below it, starting at {RunOptions.initial_backoff_s} s and doubling (%(default)s)",
     )
+    parser.add_argument(
+        "--two-call",
+        action="store_true",
+        help="boot in two calls: register with include=files, verify the inline files' size and "
+        "SHA-256, confirm (docs/device-api.md); a ready answer without files falls back to downloads",
+    )
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
     parser.add_argument(
@@ -183,7 +189,9 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if not device_url.startswith(("http://", "https://")):
         raise CliError(f"the device API URL must start with http:// or https://, not {device_url!r}")
-    options = RunOptions(deadline_s=args.deadline_seconds, max_backoff_s=args.max_backoff_seconds)
+    options = RunOptions(
+        deadline_s=args.deadline_seconds, max_backoff_s=args.max_backoff_seconds, two_call=args.two_call
+    )
     summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(len(plan.devices)), options)
     document = summary.to_dict()
     if not args.json:

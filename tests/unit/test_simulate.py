@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -13,11 +15,13 @@ from cli.simulate import (
     DeviceRetries,
     FleetPlan,
     RunOptions,
+    _Ready,
     percentile,
     plan_bulk,
     plan_fleet,
     retry_kind,
     summarize,
+    verify_inline_files,
 )
 
 CODE = "2513F28C-13AD-BEBE-7329-D70C2F5F34A6"
@@ -413,3 +417,61 @@ def test_the_summary_counts_retries_by_kind_and_times_to_provisioned() -> None:
     assert document["time_to_provisioned_s"] == {"p50": 2.0, "p95": 30.0, "p99": 30.0}
     assert document["latency_ms"] == {"p50": 2000.0, "p95": 30000.0, "p99": 30000.0}
     assert document["error_kinds"] == {"http_5xx": 1}
+
+
+# ------------------------------------------------------------------ two-call boot
+
+
+def _inline_ready(raw: bytes, **entry: object) -> _Ready:
+    """A two-call ready answer holding one inline file, with the entry's fields as given."""
+    item: dict[str, object] = {
+        "name": "02-ssh.conf",
+        "provisioning_id": PROVISIONING_ID,
+        "size": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "url": "http://h/v1/devices/d/files/02-ssh.conf",
+        "content": raw.decode("ascii"),
+        **entry,
+    }
+    manifest = {"device_id": "d", "hardware_id": "h", "files": [item]}
+    return _Ready("r", "d", "h", "h", False, "/v1/devices/d/manifest", "secret", manifest)
+
+
+PROVISIONING_ID = "D8179AB6-0000-4000-8000-000000000001"
+FILE = f"# ssh\n#begin\n{PROVISIONING_ID}\nport 22\n#end\n".encode()
+
+
+def test_inline_files_of_their_size_and_digest_pass() -> None:
+    assert verify_inline_files(_inline_ready(FILE)) == 1
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"size": len(FILE) + 1}, "file_mismatch"),
+        ({"sha256": "0" * 64}, "file_mismatch"),
+        ({"content": FILE.decode() + " "}, "file_mismatch"),  # one byte more than size says
+        ({"content": "é"}, "file_mismatch"),  # not ASCII
+        ({"content": None}, "bad_answer"),
+        ({"provisioning_id": "short"}, "bad_answer"),
+    ],
+)
+def test_an_inline_file_that_is_not_what_its_entry_says_fails_the_device(
+    entry: dict[str, object], kind: str
+) -> None:
+    with pytest.raises(DeviceFailure) as failed:
+        verify_inline_files(_inline_ready(FILE, **entry))
+    assert failed.value.kind == kind
+
+
+def test_an_inline_manifest_about_another_device_fails_the_device() -> None:
+    ready = _inline_ready(FILE)
+    assert ready.manifest is not None
+    other = dataclasses.replace(ready, manifest={**ready.manifest, "device_id": "other"})
+    with pytest.raises(DeviceFailure) as failed:
+        verify_inline_files(other)
+    assert failed.value.kind == "manifest_mismatch"
+
+
+def test_the_inline_manifest_is_never_shown() -> None:
+    assert "manifest=" not in repr(_inline_ready(FILE)) and "port 22" not in repr(_inline_ready(FILE))
