@@ -1,7 +1,9 @@
 """Devices the device API looked up, kept for a few seconds, dropped at once on change.
 
 One boot makes five authenticated calls for the same device within a second or two
-(manifest, each file, ready); the cache turns five registry round trips into one.
+(manifest, each file, ready); the cache turns five registry round trips into one. A
+two-call boot's registration answer (``include=files``) reads the device for its
+inline files anyway: that read is kept too, so its ``ready`` makes none.
 
 An operator's disable or reset must bite at once on every instance, so the cache is
 not trusted on its TTL alone:

@@ -203,13 +203,14 @@ async def register_native(
     pool: Pool,
     *,
     include_files: bool = False,
+    cache: DeviceCache | None = None,
 ) -> Answer:
     """A native registration call, validated: publish it (secrets as keyed digests) and
     wait a bounded time for its outcome; with ``include_files``, a ``ready`` answer also
     carries the device's files (:func:`with_files`)."""
     event = to_event(registration, keyring, protocol="native")
     answer = await register(event, publish, waiter, keyring, wait_seconds)
-    return await with_files(pool, keyring, answer) if include_files else answer
+    return await with_files(pool, keyring, answer, cache) if include_files else answer
 
 
 async def register(
@@ -232,12 +233,18 @@ async def register(
 
 
 async def poll(
-    pool: Pool, keyring: Keyring, request_id: str, forget_after: float, *, include_files: bool = False
+    pool: Pool,
+    keyring: Keyring,
+    request_id: str,
+    forget_after: float,
+    *,
+    include_files: bool = False,
+    cache: DeviceCache | None = None,
 ) -> Answer:
     """The outcome of an earlier request, as the registry has it now; with
     ``include_files``, a ``ready`` answer also carries the device's files (:func:`with_files`)."""
     answer = await _poll(pool, keyring, request_id, forget_after)
-    return await with_files(pool, keyring, answer) if include_files else answer
+    return await with_files(pool, keyring, answer, cache) if include_files else answer
 
 
 async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: float) -> Answer:
@@ -312,10 +319,7 @@ async def authenticate(
     device_id = device_id.lower()
     found = cache.get(device_id)
     if found is None:
-        generation = cache.generation  # read before the query: see DeviceCache.put
-        found = await files.one_device_files(pool, device_id) if is_uuid(device_id) else None
-        if found is not None and found.current():  # only complete answers are kept
-            cache.put(device_id, found, generation)
+        found = await _read_device(pool, device_id, cache) if is_uuid(device_id) else None
     if found is None:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         raise Unauthorized(UNAUTHORIZED)
@@ -326,6 +330,16 @@ async def authenticate(
     if check is Check.DISABLED:
         raise Forbidden(REASON_DISABLED)
     return _device(found)
+
+
+async def _read_device(pool: Pool, device_id: str, cache: DeviceCache | None) -> DeviceFiles | None:
+    """The device as the registry has it now (``device_id``: lower-case UUID text), kept
+    in ``cache`` for the device's next authenticated calls when it is complete."""
+    generation = cache.generation if cache is not None else 0  # before the query: see DeviceCache.put
+    found = await files.one_device_files(pool, device_id)
+    if cache is not None and found is not None and found.current():  # only complete answers are kept
+        cache.put(device_id, found, generation)
+    return found
 
 
 def _device(found: DeviceFiles) -> Device:
@@ -340,7 +354,9 @@ def _device(found: DeviceFiles) -> Device:
     )
 
 
-async def with_files(pool: Pool, keyring: Keyring, answer: Answer) -> Answer:
+async def with_files(
+    pool: Pool, keyring: Keyring, answer: Answer, cache: DeviceCache | None = None
+) -> Answer:
     """A ``ready`` answer of a two-call boot: the device's manifest and every file inline.
 
     The files hold service passwords, so they go out under the device secret's rule
@@ -350,10 +366,14 @@ async def with_files(pool: Pool, keyring: Keyring, answer: Answer) -> Answer:
     out of the answer too (a device that confirmed already holds it). Files not rendered
     yet (provisioning records them in the transaction that marks the request ready, so
     this should not happen): the answer has no files, and the device downloads them from
-    the manifest URL."""
+    the manifest URL.
+
+    The read is always made (never answered from ``cache``: the rule needs the
+    lifecycle now), and what it finds is kept in ``cache``: the device's next call,
+    its ``ready``, then authenticates without a registry round trip."""
     if answer.status != "ready":
         return answer
-    found = await files.one_device_files(pool, answer.device_id)
+    found = await _read_device(pool, answer.device_id.lower(), cache)
     if found is None or secret_release(found.lifecycle, found.disabled) is not Release.GRANTED:
         return replace(answer, device_secret="")
     device = _device(found)

@@ -41,6 +41,7 @@ async def post_registration(request: web.Request) -> web.Response:
         r.settings.outcome_wait_seconds,
         r.pool,
         include_files=include_files,
+        cache=r.devices,
     )
     if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
         mark_refused(request)
@@ -58,6 +59,7 @@ async def get_registration(request: web.Request) -> web.Response:
         request.match_info["request_id"],
         r.settings.pending_forget_seconds,
         include_files=include_files,
+        cache=r.devices,
     )
     if answer.status == "unknown" or (
         answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.intake import handlers, views
+from services.intake.device_cache import DeviceCache
 from services.intake.handlers import Answer
 from shared.db.files import DeviceFiles, RecordedFile, ServiceFile
 from shared.domain.credentials import Keyring
@@ -122,6 +123,54 @@ async def test_files_go_out_only_beside_the_secret_of_the_current_generation(
 ) -> None:
     reads.append(registry())
     assert await handlers.with_files(POOL, KEYRING, ready(generation=2)) == ready(generation=2)
+
+
+def listening_cache() -> DeviceCache:
+    cache = DeviceCache(ttl_s=60)
+    cache.listening(True)
+    return cache
+
+
+async def test_the_ready_after_a_two_call_answer_authenticates_without_a_second_read(
+    reads: list[DeviceFiles | None],
+) -> None:
+    """The read behind the inline files is kept in the device cache: the device's next
+    call, its ready, needs no registry round trip (``reads`` would fail on a second)."""
+    cache = listening_cache()
+    reads.append(registry())
+    answer = await handlers.with_files(POOL, KEYRING, ready(), cache)
+    assert answer.boot is not None and not reads
+    device = await handlers.authenticate(
+        POOL, KEYRING, DEVICE_ID.upper(), f"Bearer {ready().device_secret}", cache
+    )
+    assert device.id == DEVICE_ID
+
+
+async def test_the_inline_files_are_never_answered_from_the_cache(reads: list[DeviceFiles | None]) -> None:
+    """The release rule needs the lifecycle as it is now: a cached ``registered`` device
+    that has confirmed since gets neither files nor secret."""
+    cache = listening_cache()
+    cache.put(DEVICE_ID, registry(), cache.generation)
+    reads.append(registry(lifecycle="provisioned"))
+    assert await handlers.with_files(POOL, KEYRING, ready(), cache) == dataclasses.replace(
+        ready(), device_secret=""
+    )
+
+
+async def test_a_read_overtaken_by_an_invalidation_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator's disable or reset that arrives while the read is under way may be
+    newer than what the read found: it is not kept (DeviceCache.put's generation)."""
+    cache = listening_cache()
+
+    async def one_device_files(pool: Any, device_id: str) -> DeviceFiles | None:
+        cache.apply(f"device:{DEVICE_ID}")  # the notification arrives during the read
+        return registry()
+
+    monkeypatch.setattr(handlers.files, "one_device_files", one_device_files)
+    assert (await handlers.with_files(POOL, KEYRING, ready(), cache)).boot is not None
+    assert cache.get(DEVICE_ID) is None
 
 
 @pytest.mark.parametrize("status", ["pending", "refused", "unknown"])
