@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import ssl
@@ -103,9 +104,17 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         log.error("unhandled error", extra={"route": route, "error": exception_summary(exc)})
         ERRORS.labels(service, "unhandled").inc()
         response = json_error(500, "internal", "internal error; the details are in the service log")
-    HTTP_REQUESTS.labels(service, route, str(response.status)).inc()
-    HTTP_LATENCY.labels(service, route).observe(time.perf_counter() - started)
+    requests, latency = _route_metrics(service, route, response.status)
+    requests.inc()
+    latency.observe(time.perf_counter() - started)
     return response
+
+
+@functools.lru_cache(maxsize=1024)  # services x routes x statuses: a few dozen in practice
+def _route_metrics(service: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram of one route and status: ``labels()``
+    takes a lock and checks its arguments on every call, measurable on the hot path."""
+    return HTTP_REQUESTS.labels(service, route, str(status)), HTTP_LATENCY.labels(service, route)
 
 
 async def healthz(request: web.Request) -> web.Response:

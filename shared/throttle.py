@@ -28,6 +28,7 @@ client address comes from ``X-Forwarded-For`` only when the peer is a trusted pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -110,12 +111,20 @@ class ThrottleSettings:
         return cls((), (), ())
 
 
-def source_of(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+# A boot storm comes from a few addresses (one factory NAT, a few proxies): parsing them
+# with ipaddress on every call was ~2-3 % of the intake's time under load. A pure
+# function of its arguments, so a bounded memo (arguments an attacker picks only evict).
+SOURCE_MEMO_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=SOURCE_MEMO_SIZE)
+def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
     """The source a request is counted under: the client's IPv4 address, or its IPv6 /64.
 
     ``forwarded_for`` (the ``X-Forwarded-For`` header) is read only when the peer is a
     trusted proxy: from the right, the first address that is not itself a trusted
-    proxy is the client. Anything unparsable falls back to the peer.
+    proxy is the client. Anything unparsable falls back to the peer. Memoized
+    (``SOURCE_MEMO_SIZE`` argument sets): the answer depends on nothing else.
     """
     address = _address(peer)
     if address is not None and forwarded_for and _trusted(address, trusted):
