@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 import ssl
@@ -176,6 +177,8 @@ def run(app: web.Application, settings: HttpSettings, tls: TlsSite | None = None
 async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | None) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=15)
     await runner.setup()
+    gc.collect()  # start-up is done: what exists now lives as long as the process,
+    gc.freeze()  # so full collections need not walk it again (shared/service.py)
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         if tls is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
 from cli.simulate import FleetPlan, ProgressCallback, RunOptions, Summary, plan_bulk, plan_fleet, run_fleet
 from shared.domain.bulk_csv import CsvReader
+from shared.service import use_fewer_collections
 
 
 def _rate(text: str) -> float:
@@ -189,6 +191,11 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if not device_url.startswith(("http://", "https://")):
         raise CliError(f"the device API URL must start with http:// or https://, not {device_url!r}")
+    # The plan (thousands of devices) lives until the end of the run: out of the cyclic
+    # collector's reach, and collections less often. Measured (gc.callbacks), a
+    # 4,000-device five-call run spent 1.65 s of its 7.3 s CPU collecting; then 0.58 s.
+    gc.freeze()
+    use_fewer_collections()
     options = RunOptions(
         deadline_s=args.deadline_seconds, max_backoff_s=args.max_backoff_seconds, two_call=args.two_call
     )
