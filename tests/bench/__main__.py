@@ -25,7 +25,7 @@ import aiohttp
 from cli.client import operator_client
 from cli.config import load_endpoints, require
 from cli.output import print_table
-from cli.simulate import percentile, plan_fleet, run_fleet
+from cli.simulate import RunOptions, percentile, plan_fleet, run_fleet
 from shared.service import use_fast_event_loop
 
 OUT = Path("var/bench")
@@ -114,21 +114,32 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     boot = await run_fleet(
         plan_fleet(await _fresh_code(), args.boot_devices, 0.05, seed=2), device_url, args.concurrency
     )
+    two_call = await run_fleet(
+        plan_fleet(await _fresh_code(), args.boot_devices, 0.05, seed=3),
+        device_url,
+        args.concurrency,
+        options=RunOptions(two_call=True),
+    )
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "concurrency": args.concurrency,
         "baseline_healthz": baseline,
         "registration_storm": storm,
         "full_boot": boot.to_dict(),
+        "two_call_boot": two_call.to_dict(),
         "ratios": {
             "registrations_per_healthz": round(storm["per_second"] / baseline["per_second"], 3),
             "booted_devices_per_healthz": round(boot.throughput_per_s / baseline["per_second"], 3),
+            "two_call_booted_devices_per_healthz": round(
+                two_call.throughput_per_s / baseline["per_second"], 3
+            ),
         },
     }
 
 
 def report(result: dict[str, Any]) -> None:
     base, storm, boot = result["baseline_healthz"], result["registration_storm"], result["full_boot"]
+    two_call = result["two_call_boot"]
     rows = [
         (
             "baseline: GET /healthz",
@@ -156,6 +167,15 @@ def report(result: dict[str, Any]) -> None:
             boot["latency_ms"]["p50"],
             boot["latency_ms"]["p99"],
             boot["errors"],
+        ),
+        (
+            "two-call boot (register?include=files, ready)",
+            two_call["devices"],
+            two_call["throughput_per_s"],
+            f"{result['ratios']['two_call_booted_devices_per_healthz']:.3f}",
+            two_call["latency_ms"]["p50"],
+            two_call["latency_ms"]["p99"],
+            two_call["errors"],
         ),
     ]
     print_table(rows, ["benchmark", "count", "per second", "ratio to baseline", "p50 ms", "p99 ms", "errors"])
