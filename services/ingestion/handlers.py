@@ -4,6 +4,7 @@ nothing), publish it chunk by chunk."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import tempfile
 import time
@@ -85,22 +86,11 @@ def _batch(
     rows: Iterator[BulkRow], registration_id: str, keyring: Keyring, size: int
 ) -> list[bulk.StagedRow]:
     """The next rows as COPY records, keys replaced by their keyed digests (runs in a thread)."""
-    batch: list[bulk.StagedRow] = []
-    for row in rows:
-        batch.append(
-            (
-                registration_id,
-                row.line,
-                row.hardware_id,
-                bytes.fromhex(keyring.digest(row.registration_key)),
-                row.name,
-                row.category_a,
-                row.category_b,
-            )
-        )
-        if len(batch) == size:
-            break
-    return batch
+    digest = keyring.digest_bytes
+    return [
+        (registration_id, line, hardware_id, digest(key), name, category_a, category_b)
+        for line, key, hardware_id, name, category_a, category_b in itertools.islice(rows, size)
+    ]
 
 
 FILE_NAME_MAX = 255
@@ -209,12 +199,23 @@ async def _store_rows(
         reader = CsvReader(spooled, max_rows=limits.max_rows, max_errors=limits.max_reported_errors)
         rows = iter(reader)
         stored = 0
-        while True:
-            batch = await asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
-            if not batch:
-                break
-            await bulk.copy_rows(pool, batch)
-            stored += len(batch)
+        # The next batch is read and checked in a worker thread while Postgres copies
+        # the last one in: the two run on two cores.
+        reading = asyncio.ensure_future(
+            asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
+        )
+        try:
+            while batch := await reading:
+                reading = asyncio.ensure_future(
+                    asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
+                )
+                await bulk.copy_rows(pool, batch)
+                stored += len(batch)
+        finally:
+            # The thread reads the spool file: let it finish before the file closes.
+            await asyncio.shield(asyncio.wait([reading]))
+            if not reading.cancelled():
+                reading.exception()  # retrieved: the error that counts is the one raised above
     return stored, reader.errors, reader.too_many_rows, reader.warnings
 
 

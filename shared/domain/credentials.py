@@ -27,7 +27,7 @@ class Keyring:
 
     def _mac(self, purpose: str, *parts: str) -> bytes:
         message = "\x1f".join((purpose, *parts)).encode()
-        return hmac.new(self.secret_key, message, hashlib.sha256).digest()
+        return hmac.digest(self.secret_key, message, "sha256")  # one-shot HMAC-SHA256 in C
 
     def device_secret(self, device_id: str, generation: int) -> str:
         return self._mac("device-secret", device_id, str(generation)).hex()
@@ -43,6 +43,11 @@ class Keyring:
     def digest(self, value: str) -> str:
         """Keyed digest of a presented secret or key: what travels and what is stored."""
         return self._mac("digest", value).hex() if value else ""
+
+    def digest_bytes(self, value: str) -> bytes:
+        """The keyed digest of a non-empty key as the 32 bytes stored (bulk rows: one
+        per row of files of millions, so without the hex round trip)."""
+        return hmac.digest(self.secret_key, f"digest\x1f{value}".encode(), "sha256")
 
     def device_secret_matches(self, device_id: str, generation: int, presented_digest: str) -> bool:
         if not presented_digest:
