@@ -26,6 +26,10 @@ from shared.events import BulkPublish
 log = logging.getLogger(__name__)
 
 ROWS_PER_BATCH = 5000
+# A publish event goes on with chunk after chunk (each its own transaction) for this
+# long before it hands over to its continuation event: a Kafka round trip per chunk
+# cost more than the chunk, and the handler stays well within the poll interval.
+PUBLISH_BUDGET_S = 5.0
 DRAIN_FACTOR = (
     4  # past the size limit, read on (discarding) up to this many times it, so the client sees our answer
 )
@@ -245,15 +249,28 @@ async def discard_abandoned_uploads(pool: Pool, stale_after_s: float) -> None:
         log.warning("discarded uploads abandoned by a crash", extra={"count": discarded})
 
 
-async def publish_chunks(pool: Pool, events: Sequence[BulkPublish], chunk_rows: int) -> list[BulkPublish]:
-    """Publish one chunk per event; return the events for the chunks that follow."""
+async def publish_chunks(
+    pool: Pool, events: Sequence[BulkPublish], chunk_rows: int, budget_s: float = PUBLISH_BUDGET_S
+) -> list[BulkPublish]:
+    """Publish chunks for each event, one transaction each, for up to ``budget_s`` per
+    event; return the events for the chunks that follow. A chunk's progress is in the
+    registry (its rows are gone from the pending ones), so a redelivered event after a
+    crash resumes where the last committed chunk ended."""
     following = []
     for event in events:
-        result = await bulk.publish_chunk(pool, event.registration_id, event.after_line, chunk_rows)
-        if result is None:
-            continue
-        if result.finished:
-            log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
-        elif result.published or result.conflicts:
-            following.append(BulkPublish(registration_id=event.registration_id, after_line=result.last_line))
+        after_line = event.after_line
+        deadline = time.monotonic() + budget_s
+        while True:
+            result = await bulk.publish_chunk(pool, event.registration_id, after_line, chunk_rows)
+            if result is None:
+                break
+            if result.finished:
+                log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
+                break
+            if not (result.published or result.conflicts):
+                break
+            after_line = result.last_line
+            if time.monotonic() >= deadline:
+                following.append(BulkPublish(registration_id=event.registration_id, after_line=after_line))
+                break
     return following

@@ -82,23 +82,36 @@ START_PUBLISH = """UPDATE registrations SET status = 'publishing', updated_at = 
                    RETURNING id"""
 SELECT_PUBLISH_TARGET = """SELECT account_id::text, product_id::text, status FROM registrations
                            WHERE id = $1 AND kind = 'bulk'"""
-# Publishing one chunk is four index-driven statements (no join between CTEs, whose
-# row estimates the planner cannot know): lock the chunk, insert its devices, delete
-# the rows that became devices, mark the others as conflicts.
-LOCK_CHUNK = """
-    SELECT line, hardware_id, registration_key_digest, name, category_a, category_b
-    FROM bulk_rows WHERE registration_id = $1 AND state = 'pending' AND line > $2
-    ORDER BY line LIMIT $3 FOR UPDATE"""
-INSERT_PREREGISTERED = """
-    INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
-                         name, category_a, category_b, lifecycle, registration_key_digest)
-    SELECT gen_random_uuid(), $1, $2, $3, u.hardware_id, u.hardware_id, u.name, u.category_a, u.category_b,
-           'preregistered', u.key_digest
-    FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[])
-         AS u(hardware_id, name, category_a, category_b, key_digest)
-    ON CONFLICT (account_id, lower(hardware_id)) DO NOTHING
-    RETURNING hardware_id"""
-DELETE_PUBLISHED = "DELETE FROM bulk_rows WHERE registration_id = $1 AND line = ANY($2::int[])"
+# Publishing one chunk: insert the devices of the next pending rows straight from
+# bulk_rows (the rows never travel to the service and back); the chunk's rows need
+# no row locks, as every chunk first locks its registration. Rows whose hardware ID
+# was taken meanwhile (rare) are found by index and marked as conflicts, then the
+# chunk's range of pending rows, now exactly the published ones, is deleted.
+INSERT_CHUNK = """
+    WITH chunk AS (
+        SELECT line, hardware_id, registration_key_digest, name, category_a, category_b
+        FROM bulk_rows WHERE registration_id = $1 AND state = 'pending' AND line > $2
+        ORDER BY line LIMIT $3),
+    inserted AS (
+        INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id,
+                             claimed_hardware_id, name, category_a, category_b, lifecycle,
+                             registration_key_digest)
+        SELECT gen_random_uuid(), $4, $5, $1, hardware_id, hardware_id, name, category_a, category_b,
+               'preregistered', registration_key_digest
+        FROM chunk ORDER BY line
+        ON CONFLICT (account_id, lower(hardware_id)) DO NOTHING
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM chunk) AS chunk_rows, (SELECT max(line) FROM chunk) AS last_line,
+           (SELECT count(*) FROM inserted) AS published"""
+# The chunk's rows without a device of this registration: taken in the account since.
+CHUNK_CONFLICTS = """
+    SELECT b.line FROM bulk_rows b
+    WHERE b.registration_id = $1 AND b.state = 'pending' AND b.line > $2 AND b.line <= $3
+      AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.account_id = $4
+                      AND lower(d.hardware_id) = lower(b.hardware_id) AND d.registration_id = $1)
+    ORDER BY b.line"""
+DELETE_PUBLISHED = """DELETE FROM bulk_rows
+    WHERE registration_id = $1 AND state = 'pending' AND line > $2 AND line <= $3"""
 MARK_CONFLICTS = (
     "UPDATE bulk_rows SET state = 'conflict' WHERE registration_id = $1 AND line = ANY($2::int[])"
 )
@@ -304,31 +317,25 @@ async def publish_chunk(pool: Pool, registration_id: str, after_line: int, size:
         target = await conn.fetchrow(SELECT_PUBLISH_TARGET + " FOR UPDATE", registration_id)
         if target is None or target["status"] != "publishing":
             return None
-        chunk = await conn.fetch(LOCK_CHUNK, registration_id, after_line, size)
-        inserted = {
-            r["hardware_id"]
-            for r in await conn.fetch(
-                INSERT_PREREGISTERED,
-                target["account_id"],
-                target["product_id"],
-                registration_id,
-                [r["hardware_id"] for r in chunk],
-                [r["name"] for r in chunk],
-                [r["category_a"] for r in chunk],
-                [r["category_b"] for r in chunk],
-                [r["registration_key_digest"] for r in chunk],
-            )
-        }
-        published = [r["line"] for r in chunk if r["hardware_id"] in inserted]
-        conflicts = [r["line"] for r in chunk if r["hardware_id"] not in inserted]
-        if published:
-            await conn.execute(DELETE_PUBLISHED, registration_id, published)
-        if conflicts:
+        chunk = await conn.fetchrow(
+            INSERT_CHUNK, registration_id, after_line, size, target["account_id"], target["product_id"]
+        )
+        assert chunk is not None  # an aggregate: always one row
+        rows, published = chunk["chunk_rows"], chunk["published"]
+        last_line = chunk["last_line"] if rows else after_line
+        conflicts: list[int] = []
+        if published < rows:
+            conflicts = [
+                r["line"]
+                for r in await conn.fetch(
+                    CHUNK_CONFLICTS, registration_id, after_line, last_line, target["account_id"]
+                )
+            ]
             await conn.execute(MARK_CONFLICTS, registration_id, conflicts)
-        if chunk:
-            await conn.execute(ADD_COUNTS, registration_id, len(published), len(conflicts))
+        if rows:
+            await conn.execute(DELETE_PUBLISHED, registration_id, after_line, last_line)
+            await conn.execute(ADD_COUNTS, registration_id, published, len(conflicts))
         finished = False
-        if len(chunk) < size:
+        if rows < size:
             finished = await conn.fetchval(FINISH_PUBLISH, registration_id) is not None
-        last_line = chunk[-1]["line"] if chunk else after_line
-        return ChunkResult(len(published), len(conflicts), last_line, finished)
+        return ChunkResult(published, len(conflicts), last_line, finished)
