@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from asyncpg import Record
+from asyncpg import Record, UniqueViolationError
 
 from shared.db import products
 from shared.db.pool import Pool
@@ -86,8 +86,11 @@ SELECT_PUBLISH_TARGET = """SELECT account_id::text, product_id::text, status FRO
 # bulk_rows (the rows never travel to the service and back); the chunk's rows need
 # no row locks, as every chunk first locks its registration. Rows whose hardware ID
 # was taken meanwhile (rare) are found by index and marked as conflicts, then the
-# chunk's range of pending rows, now exactly the published ones, is deleted.
-INSERT_CHUNK = """
+# chunk's range of pending rows, now exactly the published ones, is deleted. The
+# insert is tried plain first: ON CONFLICT's speculative insertion costs a fifth more
+# per row, and a taken hardware ID is rare (it fails the plain insert, which is then
+# undone to its savepoint and done again skipping the taken IDs).
+_INSERT_CHUNK = """
     WITH chunk AS (
         SELECT line, hardware_id, registration_key_digest, name, category_a, category_b
         FROM bulk_rows WHERE registration_id = $1 AND state = 'pending' AND line > $2
@@ -99,10 +102,14 @@ INSERT_CHUNK = """
         SELECT gen_random_uuid(), $4, $5, $1, hardware_id, hardware_id, name, category_a, category_b,
                'preregistered', registration_key_digest
         FROM chunk ORDER BY line
-        ON CONFLICT (account_id, lower(hardware_id)) DO NOTHING
+        {on_conflict}
         RETURNING 1)
     SELECT (SELECT count(*) FROM chunk) AS chunk_rows, (SELECT max(line) FROM chunk) AS last_line,
            (SELECT count(*) FROM inserted) AS published"""
+INSERT_CHUNK = _INSERT_CHUNK.format(on_conflict="")
+INSERT_CHUNK_SKIPPING_TAKEN = _INSERT_CHUNK.format(
+    on_conflict="ON CONFLICT (account_id, lower(hardware_id)) DO NOTHING"
+)
 # The chunk's rows without a device of this registration: taken in the account since.
 CHUNK_CONFLICTS = """
     SELECT b.line FROM bulk_rows b
@@ -317,9 +324,12 @@ async def publish_chunk(pool: Pool, registration_id: str, after_line: int, size:
         target = await conn.fetchrow(SELECT_PUBLISH_TARGET + " FOR UPDATE", registration_id)
         if target is None or target["status"] != "publishing":
             return None
-        chunk = await conn.fetchrow(
-            INSERT_CHUNK, registration_id, after_line, size, target["account_id"], target["product_id"]
-        )
+        arguments = (registration_id, after_line, size, target["account_id"], target["product_id"])
+        try:
+            async with conn.transaction():  # a savepoint
+                chunk = await conn.fetchrow(INSERT_CHUNK, *arguments)
+        except UniqueViolationError:
+            chunk = await conn.fetchrow(INSERT_CHUNK_SKIPPING_TAKEN, *arguments)
         assert chunk is not None  # an aggregate: always one row
         rows, published = chunk["chunk_rows"], chunk["published"]
         last_line = chunk["last_line"] if rows else after_line
