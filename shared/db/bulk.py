@@ -9,6 +9,7 @@ preregistered devices chunk by chunk, each chunk one transaction, resumable.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Sequence
@@ -205,18 +206,22 @@ async def duplicate_problems(
     row's registration key (keys are stored as digests: the value is not shown)."""
     # Fresh statistics for the rows just copied in, so the checks get index-driven plans.
     await pool.execute("ANALYZE bulk_rows", timeout=timeout_s)
+    # The four checks are independent: run at once, on connections of their own, they
+    # use every core the database has.
+    in_file, repeated_keys, taken, listed = await asyncio.gather(
+        pool.fetch(DUPLICATES_IN_FILE, registration_id, limit, timeout=timeout_s),
+        pool.fetch(REPEATED_KEYS, registration_id, limit, timeout=timeout_s),
+        pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit, timeout=timeout_s),
+        pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit, timeout=timeout_s),
+    )
     shown: list[tuple[int, str, str, str]] = []
-    total = 0
-    rows = await pool.fetch(DUPLICATES_IN_FILE, registration_id, limit, timeout=timeout_s)
-    for row in rows:
+    for row in in_file:
         first, *later = row["lines"]
         shown.extend(
             (line, "HARDWARE_ID", hardware_id, f"duplicate hardware ID: also on line {first}")
             for line, hardware_id in zip(later, row["hardware_ids"][1:], strict=True)
         )
-    total += int(rows[0]["total"]) if rows else 0
-    rows = await pool.fetch(REPEATED_KEYS, registration_id, limit, timeout=timeout_s)
-    for row in rows:
+    for row in repeated_keys:
         first, *later = row["lines"]
         shown.extend(
             (
@@ -227,14 +232,10 @@ async def duplicate_problems(
             )
             for line in later
         )
-    total += int(rows[0]["total"]) if rows else 0
-    rows = await pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit, timeout=timeout_s)
     shown.extend(
         (r["line"], "HARDWARE_ID", r["hardware_id"], "hardware ID already registered in this account")
-        for r in rows
+        for r in taken
     )
-    total += int(rows[0]["total"]) if rows else 0
-    rows = await pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit, timeout=timeout_s)
     shown.extend(
         (
             r["line"],
@@ -242,9 +243,9 @@ async def duplicate_problems(
             r["hardware_id"],
             f"hardware ID already listed by bulk registration {r['other']}",
         )
-        for r in rows
+        for r in listed
     )
-    total += int(rows[0]["total"]) if rows else 0
+    total = sum(int(rows[0]["total"]) if rows else 0 for rows in (in_file, repeated_keys, taken, listed))
     shown.sort()
     return DuplicateProblems(shown[:limit], total)
 
