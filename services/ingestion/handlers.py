@@ -4,6 +4,7 @@ nothing), publish it chunk by chunk."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import tempfile
 import time
@@ -25,6 +26,10 @@ from shared.events import BulkPublish
 log = logging.getLogger(__name__)
 
 ROWS_PER_BATCH = 5000
+# A publish event goes on with chunk after chunk (each its own transaction) for this
+# long before it hands over to its continuation event: a Kafka round trip per chunk
+# cost more than the chunk, and the handler stays well within the poll interval.
+PUBLISH_BUDGET_S = 5.0
 DRAIN_FACTOR = (
     4  # past the size limit, read on (discarding) up to this many times it, so the client sees our answer
 )
@@ -85,22 +90,11 @@ def _batch(
     rows: Iterator[BulkRow], registration_id: str, keyring: Keyring, size: int
 ) -> list[bulk.StagedRow]:
     """The next rows as COPY records, keys replaced by their keyed digests (runs in a thread)."""
-    batch: list[bulk.StagedRow] = []
-    for row in rows:
-        batch.append(
-            (
-                registration_id,
-                row.line,
-                row.hardware_id,
-                bytes.fromhex(keyring.digest(row.registration_key)),
-                row.name,
-                row.category_a,
-                row.category_b,
-            )
-        )
-        if len(batch) == size:
-            break
-    return batch
+    digest = keyring.digest_bytes
+    return [
+        (registration_id, line, hardware_id, digest(key), name, category_a, category_b)
+        for line, key, hardware_id, name, category_a, category_b in itertools.islice(rows, size)
+    ]
 
 
 FILE_NAME_MAX = 255
@@ -209,12 +203,23 @@ async def _store_rows(
         reader = CsvReader(spooled, max_rows=limits.max_rows, max_errors=limits.max_reported_errors)
         rows = iter(reader)
         stored = 0
-        while True:
-            batch = await asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
-            if not batch:
-                break
-            await bulk.copy_rows(pool, batch)
-            stored += len(batch)
+        # The next batch is read and checked in a worker thread while Postgres copies
+        # the last one in: the two run on two cores.
+        reading = asyncio.ensure_future(
+            asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
+        )
+        try:
+            while batch := await reading:
+                reading = asyncio.ensure_future(
+                    asyncio.to_thread(_batch, rows, registration_id, keyring, ROWS_PER_BATCH)
+                )
+                await bulk.copy_rows(pool, batch)
+                stored += len(batch)
+        finally:
+            # The thread reads the spool file: let it finish before the file closes.
+            await asyncio.shield(asyncio.wait([reading]))
+            if not reading.cancelled():
+                reading.exception()  # retrieved: the error that counts is the one raised above
     return stored, reader.errors, reader.too_many_rows, reader.warnings
 
 
@@ -244,15 +249,28 @@ async def discard_abandoned_uploads(pool: Pool, stale_after_s: float) -> None:
         log.warning("discarded uploads abandoned by a crash", extra={"count": discarded})
 
 
-async def publish_chunks(pool: Pool, events: Sequence[BulkPublish], chunk_rows: int) -> list[BulkPublish]:
-    """Publish one chunk per event; return the events for the chunks that follow."""
+async def publish_chunks(
+    pool: Pool, events: Sequence[BulkPublish], chunk_rows: int, budget_s: float = PUBLISH_BUDGET_S
+) -> list[BulkPublish]:
+    """Publish chunks for each event, one transaction each, for up to ``budget_s`` per
+    event; return the events for the chunks that follow. A chunk's progress is in the
+    registry (its rows are gone from the pending ones), so a redelivered event after a
+    crash resumes where the last committed chunk ended."""
     following = []
     for event in events:
-        result = await bulk.publish_chunk(pool, event.registration_id, event.after_line, chunk_rows)
-        if result is None:
-            continue
-        if result.finished:
-            log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
-        elif result.published or result.conflicts:
-            following.append(BulkPublish(registration_id=event.registration_id, after_line=result.last_line))
+        after_line = event.after_line
+        deadline = time.monotonic() + budget_s
+        while True:
+            result = await bulk.publish_chunk(pool, event.registration_id, after_line, chunk_rows)
+            if result is None:
+                break
+            if result.finished:
+                log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
+                break
+            if not (result.published or result.conflicts):
+                break
+            after_line = result.last_line
+            if time.monotonic() >= deadline:
+                following.append(BulkPublish(registration_id=event.registration_id, after_line=after_line))
+                break
     return following

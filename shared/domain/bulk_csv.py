@@ -19,7 +19,7 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 from shared.domain.identifiers import validate_device_name, validate_hardware_id
 from shared.errors import InvalidInput
@@ -41,6 +41,25 @@ _MAC_SEPARATORS = re.compile(r"[:.-]")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 _HEX = re.compile(r"[0-9a-f]{12,}")
 DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+READ_BYTES = 1024 * 1024  # the spooled file is read in blocks of this size
+# A block of lines that can be decoded and split at once holds only ASCII without NUL,
+# CR only before LF, and none of the characters str.splitlines splits at but a line
+# reader does not; any other block goes line by line through the checks that name
+# the problem.
+_SPLITLINES_ONLY = (b"\x00", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
+# The common row, valid as it stands, recognised by one regular expression per value.
+# Each accepts only values the full checks of _checked_row accept unchanged (nothing
+# to strip, no spreadsheet damage, no formula, within the limits); every other value
+# takes the full checks, which name what is wrong (tests/unit/test_bulk_csv_properties.py
+# checks that both paths agree).
+_NOT_SCIENTIFIC = r"(?![0-9](?:\.[0-9]+)?[eE][+-][0-9]+\Z)"
+_PLAIN_KEY = re.compile(_NOT_SCIENTIFIC + r"[!-~]{1,128}")
+_PLAIN_HARDWARE_ID = re.compile(_NOT_SCIENTIFIC + r"[A-Za-z0-9._-]{1,64}")
+_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_.](?:[A-Za-z0-9 _.-]{0,98}[A-Za-z0-9_.-])?)?")
+# printable ASCII, not starting with = + - @ (a formula), no surrounding spaces
+_PLAIN_CATEGORY = re.compile(
+    r"(?:[\x21-\x2a\x2c\x2e-\x3c\x3e\x3f\x41-\x7e](?:[\x20-\x7e]{0,98}[\x21-\x7e])?)?"
+)
 
 
 class _BinaryContent(Exception):
@@ -63,8 +82,9 @@ class _OtherDelimiter(Exception):
         self.what = what
 
 
-@dataclass(frozen=True)
-class BulkRow:
+class BulkRow(NamedTuple):
+    """One valid data row (a named tuple: one is built per row of files of millions)."""
+
     line: int
     registration_key: str
     hardware_id: str
@@ -128,7 +148,7 @@ class CsvReader:
             for record in reader:
                 line = record_start
                 record_start = reader.line_num + 1
-                if not record or all(not cell.strip() for cell in record):
+                if not record or (not record[0].strip() and all(not cell.strip() for cell in record)):
                     continue  # blank lines, including the trailing ones spreadsheets leave
                 if not self.columns:
                     self._read_header(record, line)
@@ -197,25 +217,54 @@ class CsvReader:
             )
 
     def _lines(self) -> Iterator[str]:
-        first = True
-        while True:
-            raw = self._stream.readline(LINE_MAX_BYTES + 1)
-            if not raw:
-                return
-            if len(raw) > LINE_MAX_BYTES:
+        """The file's physical lines, decoded, each ending at LF only (as a line reader
+        reads them: str.splitlines would also split at CR, FF, ...). After the first
+        line, read in blocks: a block of plain lines is decoded and split at once."""
+        first = self._stream.readline(LINE_MAX_BYTES + 1)
+        if not first:
+            return
+        yield self._checked_line(first, first=True)
+        carry = b""
+        while block := self._stream.read(READ_BYTES):
+            data = carry + block if carry else block
+            end = data.rfind(b"\n") + 1
+            if end:
+                yield from self._block_lines(data[:end])
+            carry = data[end:]
+            if len(carry) > LINE_MAX_BYTES:
                 raise _LineTooLong
-            if first and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if carry:
+            yield self._checked_line(carry, first=False)
+
+    def _block_lines(self, block: bytes) -> Iterator[str]:
+        """The complete lines of a block: at once when all are plain, else one by one."""
+        if (
+            block.isascii()
+            and not any(c in block for c in _SPLITLINES_ONLY)
+            and block.count(b"\r") == block.count(b"\r\n")
+        ):
+            lines = block.decode("ascii").splitlines(keepends=True)
+            if max(map(len, lines)) <= LINE_MAX_BYTES:
+                yield from lines
+                return
+        for raw in _lf_lines(block):
+            yield self._checked_line(raw, first=False)
+
+    def _checked_line(self, raw: bytes, *, first: bool) -> str:
+        """One physical line, checked and decoded (the first also for its encoding)."""
+        if len(raw) > LINE_MAX_BYTES:
+            raise _LineTooLong
+        if first and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise _Utf16
+        if b"\x00" in raw:
+            # UTF-16 without a byte-order mark: every other byte of ASCII text is NUL.
+            if first and _looks_utf16(raw):
                 raise _Utf16
-            if b"\x00" in raw:
-                # UTF-16 without a byte-order mark: every other byte of ASCII text is NUL.
-                if first and _looks_utf16(raw):
-                    raise _Utf16
-                raise _BinaryContent
-            text = self._decoder.decode(raw)
-            if first:
-                _check_delimiter(text)
-            first = False
-            yield text
+            raise _BinaryContent
+        text = self._decoder.decode(raw)
+        if first:
+            _check_delimiter(text)
+        return text
 
     def _read_header(self, record: list[str], line: int) -> None:
         names = tuple(cell.strip().upper() for cell in _without_empty_tail(record))
@@ -241,6 +290,24 @@ class CsvReader:
         self.errors.add(RowError(line, "", shorten(",".join(record)), reason))
 
     def _row(self, record: list[str], line: int) -> BulkRow | None:
+        if len(record) == len(self.columns):
+            key, hardware_id, name, category_a, category_b = record + _EMPTY[len(record) :]
+            if (
+                _PLAIN_KEY.fullmatch(key)
+                and _PLAIN_HARDWARE_ID.fullmatch(hardware_id)
+                and _PLAIN_NAME.fullmatch(name)
+                and _PLAIN_CATEGORY.fullmatch(category_a)
+                and _PLAIN_CATEGORY.fullmatch(category_b)
+                and key.upper() != COLUMNS[0]  # not the header again
+            ):
+                weak = weak_key(key, hardware_id)
+                if weak:
+                    self.warnings.add(RowError(line, "REGISTRATION_KEY", "", weak))
+                return BulkRow(line, key, hardware_id, name or hardware_id, category_a, category_b)
+        return self._checked_row(record, line)
+
+    def _checked_row(self, record: list[str], line: int) -> BulkRow | None:
+        """The full checks of a row, naming every problem of it."""
         record = _without_empty_tail(record, keep=len(self.columns))
         if tuple(cell.strip().upper() for cell in record) == self.columns:
             # Two sheets pasted together: the header again would become a device.
@@ -316,20 +383,38 @@ class CsvReader:
         ]
 
 
+_EMPTY = [""] * len(COLUMNS)
+
+
+def _lf_lines(block: bytes) -> Iterator[bytes]:
+    """A block's lines, each ending at LF (as a line reader's: CR alone ends none)."""
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n", start) + 1 or len(block)
+        yield block[start:end]
+        start = end
+
+
 def weak_key(key: str, hardware_id: str) -> str:
     """Why a registration key is guessable, or "": short, the hardware ID itself, or
     derived from a MAC address (a MAC's first 6 hex digits name its vendor, publicly)."""
     if len(key) < WEAK_KEY_LENGTH:
         return f"a short registration key ({len(key)} characters): guessable; use 16 random hex digits"
-    plain_key = _MAC_SEPARATORS.sub("", key).lower()
-    plain_id = _MAC_SEPARATORS.sub("", hardware_id).lower()
-    if plain_key == plain_id:
-        return "the registration key is the hardware ID: guessable by anyone who reads the ID"
-    if _MAC.fullmatch(key) or (
-        _HEX.fullmatch(plain_key) and _HEX.fullmatch(plain_id) and plain_key[:6] == plain_id[:6]
-    ):
+    plain_key, plain_id = _without_mac_separators(key), _without_mac_separators(hardware_id)
+    if plain_key[:6] == plain_id[:6]:  # else neither equal nor of one vendor (cheap: once per row)
+        if plain_key == plain_id:
+            return "the registration key is the hardware ID: guessable by anyone who reads the ID"
+        if _HEX.fullmatch(plain_key) and _HEX.fullmatch(plain_id):
+            return "the registration key looks derived from a MAC address: guessable; use random keys"
+    if _MAC.fullmatch(key):
         return "the registration key looks derived from a MAC address: guessable; use random keys"
     return ""
+
+
+def _without_mac_separators(value: str) -> str:
+    if ":" in value or "." in value or "-" in value:
+        value = _MAC_SEPARATORS.sub("", value)
+    return value.lower()
 
 
 def _check_delimiter(first_line: str) -> None:

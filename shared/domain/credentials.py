@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -27,7 +28,7 @@ class Keyring:
 
     def _mac(self, purpose: str, *parts: str) -> bytes:
         message = "\x1f".join((purpose, *parts)).encode()
-        return hmac.new(self.secret_key, message, hashlib.sha256).digest()
+        return hmac.digest(self.secret_key, message, "sha256")  # one-shot HMAC-SHA256 in C
 
     def device_secret(self, device_id: str, generation: int) -> str:
         return self._mac("device-secret", device_id, str(generation)).hex()
@@ -43,6 +44,18 @@ class Keyring:
     def digest(self, value: str) -> str:
         """Keyed digest of a presented secret or key: what travels and what is stored."""
         return self._mac("digest", value).hex() if value else ""
+
+    @functools.cached_property
+    def _digest_base(self) -> hmac.HMAC:
+        return hmac.new(self.secret_key, b"digest\x1f", hashlib.sha256)
+
+    def digest_bytes(self, value: str) -> bytes:
+        """The keyed digest of a non-empty key as the 32 bytes stored (bulk rows: one
+        per row of files of millions, so without the hex round trip, and from a copy
+        of the keyed state rather than keying HMAC again per row)."""
+        mac = self._digest_base.copy()
+        mac.update(value.encode())
+        return mac.digest()
 
     def device_secret_matches(self, device_id: str, generation: int, presented_digest: str) -> bool:
         if not presented_digest:

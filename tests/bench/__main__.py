@@ -183,19 +183,25 @@ def report(result: dict[str, Any]) -> None:
 
 def report_bulk(result: dict[str, Any]) -> None:
     rows = [
-        ("baseline: csv.reader over the file, locally", result["baseline_local_csv_parse_s"], "-", "1.00"),
+        ("baseline: csv.reader over the file, locally", result["baseline_local_csv_parse_s"], "-", "-"),
+        ("baseline: COPY into a table like devices", result["baseline_copy_s"], "-", "1.00"),
         (
             "upload, stream, validate, store",
-            result["upload_and_validate_s"],
+            result["validate_s"],
             result["upload_rows_per_s"],
-            f"{result['upload_to_baseline_ratio']:.2f}",
+            f"{result['validate_ratio_to_baseline']:.2f}",
         ),
-        ("publish (rows -> offline devices)", result["publish_s"], result["publish_rows_per_s"], "-"),
+        (
+            "publish (rows -> offline devices)",
+            result["publish_s"],
+            result["publish_rows_per_s"],
+            f"{result['publish_ratio_to_baseline']:.2f}",
+        ),
     ]
-    print_table(rows, ["bulk ingestion", "seconds", "rows per second", "time ratio to baseline"])
+    print_table(rows, ["bulk ingestion", "seconds", "rows per second", "COPY time / our time"])
     print(
         f"{result['rows']} rows, {result['file_mb']} MB; ingestion service peak RSS "
-        f"{result['ingestion_peak_rss_mb']} MB (before: {result['ingestion_rss_before_mb']} MB)"
+        f"{result['peak_rss_mb']} MB (before: {result['ingestion_rss_before_mb']} MB)"
     )
 
 

@@ -213,3 +213,39 @@ async def test_a_product_serves_auto_or_bulk_registration_never_both(
     assert status == 201
     answer = await operator.call("POST", "/v1/auto-registrations", {"product_id": product_id}, expect=409)
     assert answer["rule"] == "one_registration_kind"
+
+
+async def test_two_ingestion_instances_publish_two_uploads_at_once_each_row_once(
+    system: System, session: aiohttp.ClientSession, operator: Operator, pool: Pool
+) -> None:
+    """Publishing goes on chunk after chunk per event: with two instances sharing the
+    consumer group, two uploads (each sent to its own instance) publish side by side
+    and every row becomes exactly one device."""
+    second = await system.add_instance("ingestion")
+    try:
+        registrations = []
+        for url in (system.bulk_url, second.url):
+            rows = csv_rows(4000)
+            status, registration = await upload(
+                session, url, operator, await bulk_product(operator), csv_text(rows).encode()
+            )
+            assert status == 201, registration
+            registrations.append(registration["id"])
+        published = await asyncio.gather(
+            publish_and_wait(session, system.bulk_url, operator, registrations[0]),
+            publish_and_wait(session, second.url, operator, registrations[1]),
+        )
+    finally:
+        code = second.stop()
+        system.extra.clear()
+    assert code == 0
+    assert [(p["status"], p["published"], p["conflicts"]) for p in published] == [
+        ("preregistered", 4000, 0)
+    ] * 2
+    for registration_id in registrations:
+        counts = await pool.fetchrow(
+            """SELECT count(*) AS devices, count(DISTINCT lower(hardware_id)) AS distinct_ids
+               FROM devices WHERE registration_id = $1""",
+            registration_id,
+        )
+        assert (counts["devices"], counts["distinct_ids"]) == (4000, 4000)

@@ -339,3 +339,63 @@ async def test_concurrent_chunks_of_one_registration_never_double_insert(
         await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration_id) == 12
     )
     assert await _pending_rows(pool, registration_id) == 0
+
+
+async def test_a_conflict_in_the_middle_of_a_chunk_leaves_the_rows_around_it_published(
+    pool: Pool, product: registry.Product
+) -> None:
+    rows = _rows("mid1", "mid2", "mid3", "mid4", "mid5")
+    registration_id = await _configured(pool, product, rows)
+    await registry.new_device(pool, product, await _any_registration(pool, product), "MID2")
+    await registry.new_device(pool, product, await _any_registration(pool, product), "mid4")
+    await bulk.start_publish(pool, product.account_id, registration_id)
+
+    result = await bulk.publish_chunk(pool, registration_id, 0, 10)
+
+    assert result == ChunkResult(3, 2, 5, True)
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert found.conflict_rows == (ConflictRow(2, "mid2"), ConflictRow(4, "mid4"))
+    assert await _pending_rows(pool, registration_id) == 2  # the two conflict rows
+    published = await pool.fetch(
+        "SELECT hardware_id FROM devices WHERE registration_id = $1 ORDER BY hardware_id", registration_id
+    )
+    assert [r["hardware_id"] for r in published] == ["mid1", "mid3", "mid5"]
+
+
+async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
+    pool: Pool, product: registry.Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingestion's loop publishes chunks for a while per event; a crash after some of
+    them (the event not acknowledged) redelivers the event, which finishes the rest
+    without publishing a row twice."""
+    from services.ingestion import handlers
+    from shared.events import BulkPublish
+
+    registration_id = await _configured(pool, product, _rows(*(f"loop{i:02d}" for i in range(11))))
+    await bulk.start_publish(pool, product.account_id, registration_id)
+    event = BulkPublish(registration_id=registration_id, after_line=0)
+    real_chunk = bulk.publish_chunk
+    calls = 0
+
+    async def crashing_after_two(*args: object) -> ChunkResult | None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise ConnectionResetError("the instance died")
+        return await real_chunk(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bulk, "publish_chunk", crashing_after_two)
+    with pytest.raises(ConnectionResetError):
+        await handlers.publish_chunks(pool, [event], chunk_rows=3, budget_s=60)
+    assert await _pending_rows(pool, registration_id) == 5  # two chunks committed
+    monkeypatch.setattr(bulk, "publish_chunk", real_chunk)
+
+    # Redelivered: a short budget hands over to a continuation event, which finishes.
+    following = await handlers.publish_chunks(pool, [event], chunk_rows=3, budget_s=0)
+    assert following == [BulkPublish(registration_id=registration_id, after_line=9)]
+    assert await handlers.publish_chunks(pool, following, chunk_rows=3, budget_s=60) == []
+
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert (found.status, found.published, found.conflicts) == ("preregistered", 11, 0)
+    count = await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration_id)
+    assert count == 11
