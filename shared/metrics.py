@@ -25,6 +25,7 @@ PIPELINE_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 BATCHES = Counter("fleetreg_batches_total", "Kafka batches handled", ["service"])
+RECORDS = Counter("fleetreg_records_total", "Kafka records handled", ["service"])
 CONSUMER_LAG = Gauge(
     "fleetreg_consumer_lag_records",
     "Records between a consumer's position and the partition end",

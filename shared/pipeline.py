@@ -25,7 +25,7 @@ from shared.db.pool import Pool, answers, open_pool
 from shared.events import Event
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, make_producer
-from shared.metrics import BATCHES
+from shared.metrics import BATCHES, RECORDS
 from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def consumer_context(
             async def counted(batch: list[Event]) -> None:
                 await subscription.handle(resources, batch)
                 BATCHES.labels(service).inc()
+                RECORDS.labels(service).inc(len(batch))
 
             loop = BatchConsumer(
                 consumer,

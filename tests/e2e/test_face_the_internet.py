@@ -79,9 +79,7 @@ async def test_reset_and_disable_bite_at_once_on_every_intake(
     await operator.call("POST", f"/v1/devices/{device_id}/disable", expect=200)
     for url in manifest:
         await refused_within(session, url, secret, 403)
-    print(
-        f"old secret refused after reset, {RESETS} rounds x 2 instances: max {max(delays) * 1000:.1f} ms"
-    )
+    print(f"old secret refused after reset, {RESETS} rounds x 2 instances: max {max(delays) * 1000:.1f} ms")
 
 
 async def test_no_id_a_device_receives_reveals_a_code(

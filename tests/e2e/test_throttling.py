@@ -164,7 +164,9 @@ async def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit(
         for i in range(FIRST_ALLOWANCE + 5):
             body = {"bulk_identification_code": unknown, "hardware_id": f"x{i}"}
             headers = {"X-Forwarded-For": fresh_address()}  # a new "client" each time
-            async with attacker.post(f"{own['intake'].url}/v1/registrations", json=body, headers=headers) as r:
+            async with attacker.post(
+                f"{own['intake'].url}/v1/registrations", json=body, headers=headers
+            ) as r:
                 statuses.append(r.status)
     assert statuses[-1] == 429
 
@@ -182,8 +184,19 @@ async def test_a_storm_of_2000_devices_from_one_address_passes_the_defaults(
     result = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "cli.main", "simulate", "--devices", "2000", "--clone-rate", "0.05",
-            "--concurrency", "100", "--code", registration_["bulk_identification_code"], "--json",
+            sys.executable,
+            "-m",
+            "cli.main",
+            "simulate",
+            "--devices",
+            "2000",
+            "--clone-rate",
+            "0.05",
+            "--concurrency",
+            "100",
+            "--code",
+            registration_["bulk_identification_code"],
+            "--json",
         ],
         cwd=ROOT,
         env={**os.environ, **env},

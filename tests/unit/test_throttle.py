@@ -95,9 +95,7 @@ async def test_another_instance_learns_a_block_from_its_announcement() -> None:
     async def announce(source: str, until: float) -> None:
         announced.append(f"source:{source} {until:.3f}")
 
-    first = Throttle(
-        settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE="1/minute"), "a", MemoryStorage(), announce
-    )
+    first = Throttle(settings(FLEETREG_LIMIT_REFUSALS_PER_SOURCE="1/minute"), "a", MemoryStorage(), announce)
     second = Throttle(settings(), "b", MemoryStorage())
     await first.refused("2001:db8::/64")
     assert len(announced) == 1
