@@ -1,13 +1,23 @@
-"""``make bench``: throughput and latency of the running system, as ratios to a baseline
-measured in the same run (the machine is shared and noisy; absolute figures drift).
+"""``make bench`` (issue 12): fleetreg's boot storms and bulk ingestion on the local stack,
+each figure beside the machine's ceilings measured in the same run with the same client
+and message sizes (the machine is shared and noisy; absolute figures drift, ratios less).
 
-* baseline: GET /healthz on the intake at the same concurrency, the ceiling of one
-  HTTP round trip through this client and server on this machine right now;
-* registration storm: devices of a fresh product (with clones) only register: the
-  path through intake -> Kafka -> deduplication -> Kafka -> provisioning -> Kafka -> intake;
-* full boot: devices register, download and verify every file, and confirm.
+1. ceilings (tests/bench/ceilings.py): a bare aiohttp endpoint, aiokafka produce and
+   consume of the boot's events, batched Postgres writes of device rows;
+2. the storm of ``--devices`` devices (5 % clones, 1 % lost responses), closed loop at
+   ``--concurrency``, with the two-call boot and with the five-call boot (three files):
+   devices/s fully provisioned, time-to-provisioned percentiles, errors, and the registry
+   checked against what the devices were told (tests/bench/storms.py);
+3. the same storm offered open loop at 75 % of the two-call rate just measured: p99;
+4. the bulk upload and publish of ``--bulk-rows`` rows beside a Postgres ``COPY`` of the
+   same rows, and the ingestion service's peak memory (tests/bench/bulk.py);
+5. two instances of each pipeline service: no duplicate, and each instance's share of the
+   work (tests/bench/scaleout.py).
 
-Prints a table and writes var/bench/auto_registration.json.
+``ratio_to_ceiling`` is devices/s divided by the slowest per-device ceiling: each ceiling
+divided by what one device was measured to cost in that storm (HTTP requests to the
+intake, Kafka records, Postgres rows). Prints tables; writes var/bench/*.json and
+var/bench/summary.json (the shape in ../shared/spec/contract.md).
 """
 
 from __future__ import annotations
@@ -15,170 +25,194 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import asyncpg
 
-from cli.client import operator_client
-from cli.config import load_endpoints, require
+from cli.config import load_endpoints, parse_env_file, require
 from cli.output import print_table
-from cli.simulate import RunOptions, percentile, plan_fleet, run_fleet
 from shared.service import use_fast_event_loop, use_fewer_collections
+from shared.settings import KafkaSettings
+from tests.bench import bulk, ceilings, scaleout, storms
 
 OUT = Path("var/bench")
 
 
-async def _baseline(device_url: str, requests: int, concurrency: int) -> dict[str, Any]:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> None:
-            async with gate:
-                started = time.perf_counter()
-                async with session.get(f"{device_url}/healthz") as response:
-                    await response.read()
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*[one() for _ in range(requests)])
-        elapsed = time.perf_counter() - started
-    return _rates("requests", requests, elapsed, latencies)
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def _storm(device_url: str, code: str, devices: int, concurrency: int) -> dict[str, Any]:
-    plan = plan_fleet(code, devices, clone_rate=0.05, lost_response_rate=0.0, seed=1)
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    assigned: list[str] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
-    ) as session:
-
-        async def one(body: dict[str, Any]) -> None:
-            nonlocal errors
-            async with gate:
-                started = time.perf_counter()
-                async with session.post(f"{device_url}/v1/registrations", json=body) as response:
-                    answer = await response.json()
-                while answer.get("status") == "pending":
-                    await asyncio.sleep(0.2)
-                    async with session.get(
-                        f"{device_url}/v1/registrations/{answer['request_id']}"
-                    ) as response:
-                        answer = await response.json()
-                latencies.append(time.perf_counter() - started)
-                if answer.get("status") == "ready":
-                    assigned.append(answer["hardware_id"])
-                else:
-                    errors += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*[one(d.registration_body(code)) for d in plan.devices])
-        elapsed = time.perf_counter() - started
-    result = _rates("registrations", devices, elapsed, latencies)
-    result.update(errors=errors, hardware_ids_unique=len(set(assigned)) == len(assigned) == devices)
-    return result
+async def _stack(pool: Any) -> storms.Stack:
+    endpoints = load_endpoints()
+    infra = parse_env_file(Path("var/infra.env"))
+    return storms.Stack(
+        device_url=require(endpoints, "FLEETREG_DEVICE_URL"),
+        operator_url=require(endpoints, "FLEETREG_ADMIN_URL"),
+        bootstrap=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        topic_prefix=os.environ.get("FLEETREG_TOPIC_PREFIX", "fleetreg"),
+        pool=pool,
+    )
 
 
-def _rates(unit: str, count: int, elapsed: float, latencies: list[float]) -> dict[str, Any]:
-    return {
-        unit: count,
-        "seconds": round(elapsed, 3),
-        "per_second": round(count / elapsed, 1),
-        "latency_ms": {f"p{p}": round(percentile(latencies, p) * 1000, 1) for p in (50, 95, 99)},
-    }
-
-
-async def _fresh_code() -> str:
-    async with operator_client() as client:
-        product = await client.post(
-            "/v1/products",
-            {"name": f"bench-{uuid.uuid4().hex[:8]}", "services": [{"type": "ssh", "port": 22}]},
-        )
-        product = await client.post(f"/v1/products/{product['id']}/lock")
-        await client.post("/v1/auto-registrations", {"product_id": product["id"]})
-        return str(product["bulk_identification_code"])
+def _ratio(storm: dict[str, Any], ceiling: dict[str, Any]) -> float:
+    cost = storm["per_device"]
+    per_device = [
+        ceiling["http_requests_per_s"] / max(cost["http_requests"], 1e-9),
+        ceiling["kafka_events_per_s"] / max(cost["kafka_records"], 1e-9),
+        ceiling["postgres_rows_per_s"] / max(cost["postgres_rows"], 1e-9),
+    ]
+    storm["ceiling_devices_per_s"] = [round(x, 1) for x in per_device]
+    return float(round(storm["devices_per_s"] / min(per_device), 3))
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
-    baseline = await _baseline(device_url, args.devices, args.concurrency)
-    storm = await _storm(device_url, await _fresh_code(), args.devices, args.concurrency)
-    boot = await run_fleet(
-        plan_fleet(await _fresh_code(), args.boot_devices, 0.05, seed=2), device_url, args.concurrency
-    )
-    two_call = await run_fleet(
-        plan_fleet(await _fresh_code(), args.boot_devices, 0.05, seed=3),
-        device_url,
-        args.concurrency,
-        options=RunOptions(two_call=True),
-    )
-    return {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "concurrency": args.concurrency,
-        "baseline_healthz": baseline,
-        "registration_storm": storm,
-        "full_boot": boot.to_dict(),
-        "two_call_boot": two_call.to_dict(),
-        "ratios": {
-            "registrations_per_healthz": round(storm["per_second"] / baseline["per_second"], 3),
-            "booted_devices_per_healthz": round(boot.throughput_per_s / baseline["per_second"], 3),
-            "two_call_booted_devices_per_healthz": round(
-                two_call.throughput_per_s / baseline["per_second"], 3
-            ),
+    infra = parse_env_file(Path("var/infra.env"))
+    pool = await asyncpg.create_pool(infra["DATABASE_URL"], min_size=1, max_size=4)
+    try:
+        stack = await _stack(pool)
+        _progress("ceilings: bare HTTP endpoint, Kafka produce+consume, Postgres batched writes")
+        http = await ceilings.http_ceiling(args.ceiling_requests, args.concurrency)
+        kafka = await ceilings.kafka_ceiling(
+            KafkaSettings(bootstrap_servers=stack.bootstrap, topic_prefix="bench.", partitions=6),
+            args.ceiling_events,
+        )
+        postgres = await ceilings.postgres_ceiling(infra["DATABASE_URL"], args.ceiling_rows)
+        ceiling = {
+            "http_requests_per_s": http["per_second"],
+            "kafka_events_per_s": kafka["per_second"],
+            "postgres_rows_per_s": postgres["per_second"],
+        }
+        _progress(f"storm: {args.devices} devices, two-call boot, {args.concurrency} at once")
+        two = await storms.storm(stack, args.devices, two_call=True, concurrency=args.concurrency)
+        _progress(f"  {two['devices_per_s']} devices/s; storm: five-call boot")
+        five = await storms.storm(stack, args.devices, two_call=False, concurrency=args.concurrency)
+        two["ratio_to_ceiling"], five["ratio_to_ceiling"] = _ratio(two, ceiling), _ratio(five, ceiling)
+        offered = round(0.75 * two["devices_per_s"], 1)
+        _progress(
+            f"  {five['devices_per_s']} devices/s; open loop: {args.open_loop_devices} devices at {offered}/s"
+        )
+        open_loop = await storms.storm(stack, args.open_loop_devices, two_call=True, rate_per_s=offered)
+        result: dict[str, Any] = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "ceilings": {"http": http, "kafka": kafka, "postgres": postgres, **ceiling},
+            "boot_two_call": two,
+            "boot_five_call": five,
+            "open_loop": open_loop,
+        }
+        if args.bulk_rows:
+            _progress(
+                f"bulk: {args.bulk_rows} rows uploaded, validated and published, and COPY of the same rows"
+            )
+            result["bulk"] = await bulk.run(args.bulk_rows)
+        if args.scale_out_devices:
+            _progress(
+                f"two instances: a {args.scale_out_devices}-device storm and two {args.scale_out_rows}-row publishes"
+            )
+            result["scale_out"] = await scaleout.run(stack, args.scale_out_devices, args.scale_out_rows)
+        return result
+    finally:
+        await pool.close()
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """var/bench/summary.json, in the shape ../shared/spec/contract.md gives."""
+
+    def boot(storm: dict[str, Any]) -> dict[str, Any]:
+        keys = ("devices", "devices_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "errors")
+        return {k: storm[k] for k in keys} | {"lost": storm["lost"], "duplicated": storm["duplicated"]}
+
+    loop = result["open_loop"]
+    out: dict[str, Any] = {
+        "boot_two_call": boot(result["boot_two_call"]),
+        "boot_five_call": boot(result["boot_five_call"]),
+        "open_loop": {
+            "offered_per_s": loop["offered_per_s"],
+            "p99_ms": loop["p99_ms"],
+            "errors": loop["errors"],
+        },
+        "ceilings": {
+            k: result["ceilings"][k]
+            for k in ("http_requests_per_s", "kafka_events_per_s", "postgres_rows_per_s")
         },
     }
+    if "bulk" in result:
+        b = result["bulk"]
+        keys = (
+            "rows",
+            "validate_s",
+            "publish_s",
+            "peak_rss_mb",
+            "validate_ratio_to_baseline",
+            "publish_ratio_to_baseline",
+        )
+        out["bulk"] = {k: b[k] for k in keys} | {"baseline_copy_s": b["baseline_copy_s"]}
+    if "scale_out" in result:
+        out["scale_out"] = result["scale_out"]
+    return out
 
 
 def report(result: dict[str, Any]) -> None:
-    base, storm, boot = result["baseline_healthz"], result["registration_storm"], result["full_boot"]
-    two_call = result["two_call_boot"]
-    rows = [
-        (
-            "baseline: GET /healthz",
-            base["requests"],
-            base["per_second"],
-            "1.000",
-            base["latency_ms"]["p50"],
-            base["latency_ms"]["p99"],
-            "-",
-        ),
-        (
-            "registration storm",
-            storm["registrations"],
-            storm["per_second"],
-            f"{result['ratios']['registrations_per_healthz']:.3f}",
-            storm["latency_ms"]["p50"],
-            storm["latency_ms"]["p99"],
-            storm["errors"],
-        ),
-        (
-            "full boot (register, files, ready)",
-            boot["devices"],
-            boot["throughput_per_s"],
-            f"{result['ratios']['booted_devices_per_healthz']:.3f}",
-            boot["latency_ms"]["p50"],
-            boot["latency_ms"]["p99"],
-            boot["errors"],
-        ),
-        (
-            "two-call boot (register?include=files, ready)",
-            two_call["devices"],
-            two_call["throughput_per_s"],
-            f"{result['ratios']['two_call_booted_devices_per_healthz']:.3f}",
-            two_call["latency_ms"]["p50"],
-            two_call["latency_ms"]["p99"],
-            two_call["errors"],
-        ),
-    ]
-    print_table(rows, ["benchmark", "count", "per second", "ratio to baseline", "p50 ms", "p99 ms", "errors"])
+    c = result["ceilings"]
+    print_table(
+        [
+            ("HTTP: bare aiohttp endpoint", "requests/s", c["http_requests_per_s"]),
+            ("Kafka: produce + consume", "events/s", c["kafka_events_per_s"]),
+            ("Postgres: batched row writes", "rows/s", c["postgres_rows_per_s"]),
+        ],
+        ["ceiling (same run)", "unit", "per second"],
+    )
+    rows = []
+    for name, key in (
+        ("two-call boot", "boot_two_call"),
+        ("five-call boot", "boot_five_call"),
+        ("open loop (two-call)", "open_loop"),
+    ):
+        s = result[key]
+        rows.append(
+            (
+                name,
+                s["devices"],
+                s["offered_per_s"] or "-",
+                s["devices_per_s"],
+                s.get("ratio_to_ceiling", "-"),
+                s["p50_ms"],
+                s["p99_ms"],
+                s["errors"],
+                s["lost"],
+                s["duplicated"],
+                f"{s['per_device']['http_requests']}/{s['per_device']['kafka_records']}/{s['per_device']['postgres_rows']}",
+                s["load_generator_cpu_share_of_one_core"],
+            )
+        )
+    print_table(
+        rows,
+        [
+            "storm",
+            "devices",
+            "offered/s",
+            "devices/s",
+            "ratio to ceiling",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "lost",
+            "duplicated",
+            "per device: http/kafka/pg",
+            "client CPU (cores)",
+        ],
+    )
+    if "bulk" in result:
+        report_bulk(result["bulk"])
+    if "scale_out" in result:
+        so = result["scale_out"]
+        print_table(
+            [(svc, v["records_per_instance"], v["instances_working"]) for svc, v in so["spread"].items()],
+            ["two instances", "records per instance", "instances that worked"],
+        )
+        print(f"storm on two instances: {so['storm']}")
 
 
 def report_bulk(result: dict[str, Any]) -> None:
@@ -212,20 +246,26 @@ def _write(name: str, result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    from tests.bench import bulk
-
-    parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("--devices", type=int, default=5000, help="devices in the registration storm")
-    parser.add_argument("--boot-devices", type=int, default=2000, help="devices in the full boot")
-    parser.add_argument("--concurrency", type=int, default=200)
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=100_000, help="devices in each boot storm (100000)")
+    parser.add_argument(
+        "--open-loop-devices", type=int, default=100_000, help="devices of the open-loop storm (100000)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="devices booting at once, closed loop (200)"
+    )
+    parser.add_argument("--ceiling-requests", type=int, default=30_000)
+    parser.add_argument("--ceiling-events", type=int, default=100_000)
+    parser.add_argument("--ceiling-rows", type=int, default=200_000)
     parser.add_argument("--bulk-rows", type=int, default=1_000_000, help="rows of the bulk CSV (0: skip)")
+    parser.add_argument(
+        "--scale-out-devices", type=int, default=20_000, help="storm on two instances (0: skip)"
+    )
+    parser.add_argument("--scale-out-rows", type=int, default=100_000, help="rows of each of two publishes")
     arguments = parser.parse_args()
     use_fast_event_loop()
     use_fewer_collections()  # as fleetreg simulate does: the load generator's GC is part of every figure
     outcome = asyncio.run(main(arguments))
     report(outcome)
-    _write("auto_registration.json", outcome)
-    if arguments.bulk_rows:
-        bulk_outcome = asyncio.run(bulk.run(arguments.bulk_rows))
-        report_bulk(bulk_outcome)
-        _write("bulk_ingestion.json", bulk_outcome)
+    _write("bench.json", outcome)
+    _write("summary.json", summary(outcome))

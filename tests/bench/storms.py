@@ -1,0 +1,205 @@
+"""Boot storms for ``make bench`` (issue 12): closed loop (a fixed number of devices
+booting at once, as fast as the system answers) and open loop (devices started at a fixed
+rate whatever the system does), each on an account of its own so the registry can be
+checked against what the devices were told.
+
+Devices are ``cli.simulate``'s: they retry faults, verify every file (inline with the
+two-call boot, downloaded with the five-call one) and confirm. What one device costs the
+system is measured, not assumed: the intake's HTTP requests, the Kafka records written
+and the Postgres rows changed during the storm, each divided by the devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli.simulate import (
+    DeviceApi,
+    DeviceResult,
+    FleetPlan,
+    RunOptions,
+    boot_device,
+    percentile,
+    plan_fleet,
+    summarize,
+)
+from shared.db.pool import Pool
+from tests.chaos import checks
+from tests.support.api import new_operator
+
+# A product of three services, as the issue's boot (register, 3 files, ready).
+SERVICES = [{"type": "ssh", "port": 22}, {"type": "web", "port": 80}, {"type": "vnc", "port": 5900}]
+
+
+@dataclass(frozen=True)
+class Stack:
+    device_url: str
+    operator_url: str
+    bootstrap: str
+    topic_prefix: str
+    pool: Pool
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time (user + system), seconds: the load generator's own cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _http_requests(session: aiohttp.ClientSession, device_url: str) -> float:
+    """The intake's answered HTTP requests so far (its Prometheus counter)."""
+    async with session.get(f"{device_url}/metrics") as response:
+        text = await response.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "fleetreg_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("route") not in ("/metrics", None)
+    )
+
+
+async def _kafka_records(stack: Stack) -> int:
+    """Records written so far to fleetreg's topics (the sum of their partitions' end offsets)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(stack.topic_prefix + ".")]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return int(sum(ends.values()))
+
+
+async def _postgres_rows(pool: Pool) -> int:
+    """Rows inserted, updated and deleted so far in the current database."""
+    value = await pool.fetchval(
+        "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return int(value or 0)
+
+
+async def _counters(stack: Stack, session: aiohttp.ClientSession) -> tuple[float, int, int]:
+    return (
+        await _http_requests(session, stack.device_url),
+        await _kafka_records(stack),
+        await _postgres_rows(stack.pool),
+    )
+
+
+async def storm(
+    stack: Stack,
+    devices: int,
+    *,
+    two_call: bool,
+    concurrency: int = 200,
+    rate_per_s: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Boot ``devices`` devices (5 % clones, 1 % lost responses) of a fresh account.
+
+    Closed loop when ``rate_per_s`` is None (``concurrency`` devices at once); open loop
+    otherwise: device ``i`` starts at ``i / rate_per_s`` s, and its time to provisioned
+    counts from that scheduled start (a client that falls behind is not excused).
+    Returns devices/s, time-to-provisioned percentiles (ms), errors, the registry checks
+    (``lost``, ``duplicated``), the measured cost per device and the load generator's CPU.
+    """
+    options = RunOptions(request_timeout_s=60.0, deadline_s=600.0, two_call=two_call)
+    limit = concurrency if rate_per_s is None else 0  # 0: no limit (open loop)
+    async with aiohttp.ClientSession() as control:
+        operator = await new_operator(control, stack.pool, stack.operator_url)
+        product = await operator.call(
+            "POST", "/v1/products", {"name": "bench", "services": SERVICES}, expect=201
+        )
+        await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+        registration = await operator.call(
+            "POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201
+        )
+        plan = plan_fleet(registration["bulk_identification_code"], devices, 0.05, 0.01, seed=seed)
+        before = await _counters(stack, control)
+        cpu_before = cpu_seconds()
+        timeout = aiohttp.ClientTimeout(total=options.request_timeout_s, connect=options.connect_timeout_s)
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            api = DeviceApi(session, stack.device_url, options)
+            started = time.monotonic()
+            results = await (
+                _closed(api, plan, concurrency)
+                if rate_per_s is None
+                else _open(api, plan, rate_per_s, started)
+            )
+            duration = time.monotonic() - started
+        cpu = cpu_seconds() - cpu_before
+        after = await _counters(stack, control)
+        acknowledged = {r.index: r.device_id for r in results if r.provisioned and r.device_id}
+        registry = await checks.storm_registry(stack.pool, operator.account_id, devices, acknowledged)
+    summary = summarize(plan, results, duration)
+    latencies = [r.latency_s * 1000 for r in results if r.provisioned and r.latency_s is not None]
+    http, records, rows = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "devices": devices,
+        "boot": "two-call" if two_call else "five-call",
+        "loop": "closed" if rate_per_s is None else "open",
+        "concurrency": concurrency if rate_per_s is None else None,
+        "offered_per_s": rate_per_s,
+        "seconds": round(duration, 2),
+        "devices_per_s": round(summary.provisioned / duration, 1) if duration else 0.0,
+        **{f"p{p}_ms": round(percentile(latencies, p), 1) if latencies else None for p in (50, 95, 99)},
+        "errors": summary.errors,
+        "error_kinds": summary.error_kinds,
+        "retries": summary.retries,
+        "lost": registry["lost"],
+        "duplicated": registry["duplicated"],
+        "hardware_ids_unique": registry["hardware_ids_unique"] and summary.hardware_ids_unique,
+        "per_device": {
+            "http_requests": round(http / devices, 2),
+            "kafka_records": round(records / devices, 2),
+            "postgres_rows": round(rows / devices, 2),
+        },
+        "load_generator_cpu_s": round(cpu, 1),
+        "load_generator_cpu_share_of_one_core": round(cpu / duration, 2) if duration else None,
+    }
+
+
+async def _closed(api: DeviceApi, plan: FleetPlan, concurrency: int) -> list[DeviceResult]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> DeviceResult:
+        async with gate:
+            return await boot_device(api, plan, plan.devices[index])
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(plan.devices)))))
+
+
+async def _open(api: DeviceApi, plan: FleetPlan, rate_per_s: float, started: float) -> list[DeviceResult]:
+    async def one(index: int) -> DeviceResult:
+        scheduled = started + index / rate_per_s
+        await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+        result = await boot_device(api, plan, plan.devices[index])
+        if result.provisioned:
+            result.latency_s = time.monotonic() - scheduled
+        return result
+
+    tasks: list[asyncio.Task[DeviceResult]] = []
+    for index in range(len(plan.devices)):
+        # Create each device's task shortly before its start: 100,000 sleeping tasks at
+        # once would cost the load generator more than the devices do.
+        await asyncio.sleep(max(0.0, started + index / rate_per_s - 1.0 - time.monotonic()))
+        tasks.append(asyncio.create_task(one(index)))
+    return list(await asyncio.gather(*tasks))
