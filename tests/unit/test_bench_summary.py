@@ -1,0 +1,76 @@
+"""var/bench/summary.json keeps the shape ../shared/spec/contract.md gives, and a storm's
+ratio to the ceiling is taken against the slowest per-device ceiling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.bench.__main__ import _ratio, summary
+
+CONTRACT = {
+    "boot_two_call": {"devices", "devices_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "errors"},
+    "boot_five_call": {
+        "devices",
+        "devices_per_s",
+        "ratio_to_ceiling",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "errors",
+    },
+    "open_loop": {"offered_per_s", "p99_ms", "errors"},
+    "ceilings": {"http_requests_per_s", "kafka_events_per_s", "postgres_rows_per_s"},
+    "bulk": {
+        "rows",
+        "validate_s",
+        "publish_s",
+        "peak_rss_mb",
+        "validate_ratio_to_baseline",
+        "publish_ratio_to_baseline",
+    },
+}
+
+
+def _storm(per_s: float, http: float, kafka: float, rows: float) -> dict[str, Any]:
+    return {
+        "devices": 1000,
+        "devices_per_s": per_s,
+        "p50_ms": 1.0,
+        "p95_ms": 2.0,
+        "p99_ms": 3.0,
+        "errors": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "offered_per_s": None,
+        "per_device": {"http_requests": http, "kafka_records": kafka, "postgres_rows": rows},
+    }
+
+
+CEILING = {"http_requests_per_s": 6000.0, "kafka_events_per_s": 30000.0, "postgres_rows_per_s": 100000.0}
+
+
+def test_the_ratio_is_to_the_slowest_per_device_ceiling() -> None:
+    storm = _storm(300.0, http=2.0, kafka=4.0, rows=10.0)  # 3000, 7500, 10000 devices/s
+    assert _ratio(storm, CEILING) == pytest.approx(0.1)
+    storm = _storm(300.0, http=2.0, kafka=4.0, rows=50.0)  # Postgres now the slowest: 2000
+    assert _ratio(storm, CEILING) == pytest.approx(0.15)
+
+
+def test_summary_has_every_key_of_the_contract() -> None:
+    two, five = _storm(500.0, 2.0, 4.0, 9.0), _storm(300.0, 7.0, 4.0, 14.0)
+    two["ratio_to_ceiling"], five["ratio_to_ceiling"] = _ratio(two, CEILING), _ratio(five, CEILING)
+    bulk = {k: 1.0 for k in CONTRACT["bulk"]} | {"baseline_copy_s": 8.0}
+    result = {
+        "ceilings": CEILING,
+        "boot_two_call": two,
+        "boot_five_call": five,
+        "open_loop": _storm(375.0, 2.0, 4.0, 9.0) | {"offered_per_s": 375.0},
+        "bulk": bulk,
+    }
+    out = summary(result)
+    for section, keys in CONTRACT.items():
+        assert keys <= set(out[section]), section
+    assert out["boot_two_call"]["devices_per_s"] == 500.0
+    assert out["open_loop"]["offered_per_s"] == 375.0
