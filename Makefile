@@ -36,8 +36,11 @@ test: venv
 test-unit: venv
 	@$(PY) -m pytest tests/unit
 
+# Storms, open loop, bulk beside COPY, two instances, ceilings: see docs/performance.md.
+# Options: make bench BENCH_ARGS="--devices 20000 --bulk-rows 100000" (python -m tests.bench --help).
+BENCH_ARGS ?=
 bench: up
-	@$(PY) -m tests.bench
+	@$(PY) -m tests.bench $(BENCH_ARGS)
 
 # The OpenAPI fuzzing of make test (25 examples an operation), 300 examples an operation.
 fuzz: venv
