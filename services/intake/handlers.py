@@ -265,10 +265,13 @@ async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: flo
         return Answer(
             "refused", request_id, reason=found.reason, claimed_hardware_id=found.claimed_hardware_id
         )
-    # The secret is handed out again only until the device confirmed its provisioning.
+    # The secret is handed out again only until the device confirmed its provisioning, and
+    # only for a decision of the device's current credentials: after an operator reset a
+    # request ID from before it is answered without the new secret (or files).
     secret = (
         keyring.device_secret(found.device_id, found.credential_generation)
         if secret_release(found.device_lifecycle, found.device_disabled) is Release.GRANTED
+        and not found.superseded
         else ""
     )
     return Answer(
@@ -371,8 +374,8 @@ async def with_files(
     The read is always made (never answered from ``cache``: the rule needs the
     lifecycle now), and what it finds is kept in ``cache``: the device's next call,
     its ``ready``, then authenticates without a registry round trip."""
-    if answer.status != "ready":
-        return answer
+    if answer.status != "ready" or not answer.device_secret:
+        return answer  # no secret, no files: no registry read for it either
     found = await _read_device(pool, answer.device_id.lower(), cache)
     if found is None or secret_release(found.lifecycle, found.disabled) is not Release.GRANTED:
         return replace(answer, device_secret="")

@@ -57,15 +57,17 @@ CLAIM_PREREGISTERED = """
     RETURNING devices.id::text"""
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
-        assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at)
+        assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at,
+        credential_generation)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::int[])
     ON CONFLICT (request_id) DO NOTHING"""
 MARK_READY = """UPDATE registration_decisions SET status = 'ready', ready_at = now()
                 WHERE request_id = ANY($1::uuid[]) AND status = 'decided'"""
 SELECT_OUTCOME = """
     SELECT d.request_id::text, d.device_id::text, d.claimed_hardware_id, d.assigned_hardware_id,
-           d.decision, d.reason, d.status, v.name, v.lifecycle, v.disabled, v.credential_generation
+           d.decision, d.reason, d.status, v.name, v.lifecycle, v.disabled, v.credential_generation,
+           coalesce(d.credential_generation, 1) AS decided_generation
     FROM registration_decisions d LEFT JOIN devices v ON v.id = d.device_id
     WHERE d.request_id = $1"""
 SELECT_DECISIONS = """
@@ -117,6 +119,13 @@ class Outcome:
     device_lifecycle: str | None  # None: no device (a refusal)
     device_disabled: bool
     credential_generation: int
+    # The device's generation when this request was decided; None where not known (fakes).
+    decided_generation: int | None = None
+
+    @property
+    def superseded(self) -> bool:
+        """An operator reset came after this decision: its answer no longer carries secrets."""
+        return self.decided_generation is not None and self.decided_generation != self.credential_generation
 
 
 @dataclass(frozen=True)
@@ -205,7 +214,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             # Another transaction claimed one of them first (it waited on the row's lock and
             # then found it registered): decide the batch again on the fresh state.
             raise RegistryConflict("a preregistered device was claimed concurrently")
-    columns: list[list[Any]] = [[] for _ in range(12)]
+    columns: list[list[Any]] = [[] for _ in range(13)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device
         values = (
@@ -221,6 +230,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             record.protocol,
             "refused" if verdict.decision == "refused" else "decided",
             datetime.fromtimestamp(record.received_at, UTC),
+            device.credential_generation if device and verdict.decision != "refused" else None,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
@@ -248,6 +258,7 @@ async def outcome(pool: Pool, request_id: str) -> Outcome | None:
         device_lifecycle=r["lifecycle"],
         device_disabled=bool(r["disabled"]),
         credential_generation=r["credential_generation"] or 0,
+        decided_generation=r["decided_generation"],
     )
 
 

@@ -223,6 +223,38 @@ async def test_a_disabled_device_gets_no_secrets_or_files_from_a_poll(
     assert r.status == 200 and set(polled) == READY_FIELDS, polled
 
 
+async def test_after_an_operator_reset_a_request_id_from_before_it_yields_no_secret_or_files(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    h = hardware_id()
+    first = await register(session, system.device_url, code, h, cpu_id="c", mac="m", include="files")
+    assert first.status == 200 and checked_files(first)
+    async with session.post(
+        system.device_url + first.body["manifest_url"].replace("/manifest", "/ready"), headers=auth(first)
+    ) as r:
+        assert r.status == 202
+    await until_provisioned(operator, first.body["device_id"])
+    await operator.call("POST", f"/v1/devices/{first.body['device_id']}/reset", expect=200)
+    # The device registers again after the reset: new credentials, not yet confirmed.
+    again = await register(session, system.device_url, code, h, cpu_id="c2", mac="m", include="files")
+    assert again.body["device_id"] == first.body["device_id"]
+    assert again.body["device_secret"] != first.body["device_secret"] and checked_files(again)
+
+    # Whoever kept the first request ID (the old image, a clone of it) polls it now.
+    async with session.get(
+        f"{system.device_url}/v1/registrations/{first.body['request_id']}?include=files"
+    ) as r:
+        polled = await r.json()
+    assert r.status == 200 and set(polled) == READY_FIELDS, polled
+    # The new request's own poll still hands its device the new secret and files.
+    async with session.get(
+        f"{system.device_url}/v1/registrations/{again.body['request_id']}?include=files"
+    ) as r:
+        mine = await r.json()
+    assert mine["device_secret"] == again.body["device_secret"] and mine["manifest"]["files"]
+
+
 async def test_a_clone_gets_files_of_its_own(
     system: System, session: aiohttp.ClientSession, operator: Operator
 ) -> None:

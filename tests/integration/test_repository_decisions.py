@@ -383,7 +383,9 @@ async def test_outcome_is_typed_and_follows_the_devices_state(pool: Pool, auto: 
         device_lifecycle="registered",
         device_disabled=False,
         credential_generation=1,
+        decided_generation=1,
     )
+    assert not decided.superseded
     async with pool.acquire() as conn:
         await decisions.mark_ready(conn, [new.claim.request_id])
     await pool.execute(
@@ -398,6 +400,7 @@ async def test_outcome_is_typed_and_follows_the_devices_state(pool: Pool, auto: 
         True,
         2,
     )
+    assert later.decided_generation == 1 and later.superseded  # a reset came after the decision
 
     assert await decisions.outcome(pool, refused.claim.request_id) == Outcome(
         request_id=refused.claim.request_id,
@@ -410,6 +413,7 @@ async def test_outcome_is_typed_and_follows_the_devices_state(pool: Pool, auto: 
         device_lifecycle=None,
         device_disabled=False,
         credential_generation=0,
+        decided_generation=1,
     )
 
 
