@@ -17,7 +17,8 @@ not trusted on its TTL alone:
 * while the listener is disconnected, signals may be lost, so the cache is off
   (every call reads the registry) until it listens again.
 
-Registration calls never use it: they are decided by deduplication on the registry.
+Registration calls never read it: they are decided by deduplication on the registry (a
+two-call registration answer only fills it, from the registry read it makes anyway).
 ``ttl_s`` (FLEETREG_DEVICE_CACHE_SECONDS; 0 turns the cache off) only bounds memory
 and staleness of what nobody changes.
 """

@@ -5,7 +5,7 @@ and message sizes (the machine is shared and noisy; absolute figures drift, rati
 1. ceilings (tests/bench/ceilings.py): a bare aiohttp endpoint, aiokafka produce and
    consume of the boot's events, batched Postgres writes of device rows;
 2. the storm of ``--devices`` devices (5 % clones, 1 % lost responses), closed loop at
-   ``--concurrency``, with the two-call boot and with the five-call boot (three files):
+   ``--concurrency``, with the two-call boot and with the five-call boot (four files: seven calls):
    devices/s fully provisioned, time-to-provisioned percentiles, errors, and the registry
    checked against what the devices were told (tests/bench/storms.py);
 3. the same storm offered open loop at 75 % of the two-call rate just measured: p99;

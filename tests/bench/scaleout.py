@@ -140,10 +140,14 @@ async def _bulk_pair(stack: storms.Stack, bulk_urls: list[str], rows: int) -> li
             async with session.post(
                 f"{url}/v1/bulk-registrations/{registration}/publish", headers=headers
             ) as response:
-                await response.read()
+                if response.status >= 300:
+                    raise RuntimeError(f"bulk publish failed: {response.status} {await response.text()}")
         states = []
+        give_up = time.monotonic() + 900
         for url, registration in uploaded:
             while True:
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"bulk registration {registration} not published within 15 minutes")
                 async with session.get(
                     f"{url}/v1/bulk-registrations/{registration}", headers=headers
                 ) as response:

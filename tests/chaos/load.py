@@ -107,6 +107,20 @@ class TimedDeviceApi(DeviceApi):
             self.timeline.fail()
             raise
 
+    async def manifest(self, ready: _Ready) -> dict[str, Any]:
+        try:
+            return await super().manifest(ready)
+        except Exception:
+            self.timeline.fail()
+            raise
+
+    async def file(self, url: str, secret: str) -> bytes:
+        try:
+            return await super().file(url, secret)
+        except Exception:
+            self.timeline.fail()
+            raise
+
     async def ready(self, ready: _Ready) -> None:
         try:
             await super().ready(ready)
