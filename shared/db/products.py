@@ -12,7 +12,7 @@ import asyncpg
 from shared.db.pool import Connection, Pool
 from shared.domain.admission import CodeAdmission
 from shared.domain.identifiers import new_code
-from shared.domain.products import ProductStatus, RegistrationKind, ServiceSpec, bulk_service
+from shared.domain.products import MAX_SERVICES, ProductStatus, RegistrationKind, ServiceSpec, bulk_service
 from shared.errors import Conflict, NotFound
 
 INSERT_PRODUCT = "INSERT INTO products (id, account_id, name) VALUES ($1, $2, $3)"
@@ -108,11 +108,25 @@ async def create_product(pool: Pool, account_id: str, name: str, services: Seque
 
 
 async def add_service(pool: Pool, account_id: str, product_id: str, spec: ServiceSpec) -> Product:
-    """Add a service; on a locked product it starts disabled [ref]."""
+    """Add a service; on a locked product it starts disabled [ref].
+
+    Raises ``NotFound`` (no such product in the account), ``Conflict`` (a service of
+    that name exists, or the product holds ``MAX_SERVICES`` services already, the limit
+    product creation applies; the bulk service is not counted)."""
     async with pool.acquire() as conn, conn.transaction():
         state = await conn.fetchrow(SELECT_PRODUCT_STATE + " FOR UPDATE", product_id, account_id)
         if state is None:
             raise NotFound(f"no product {product_id} in this account")
+        # Counted under the product's row lock, so two concurrent additions cannot both pass.
+        held = await conn.fetchval(
+            "SELECT count(*) FROM product_services WHERE product_id = $1 AND NOT is_bulk_service", product_id
+        )
+        if held >= MAX_SERVICES:
+            raise Conflict(
+                f"a product has at most {MAX_SERVICES} services; this one has {held}",
+                field="services",
+                rule=f"max_items={MAX_SERVICES}",
+            )
         position = await conn.fetchval(
             "SELECT coalesce(max(position), 0) + 1 FROM product_services WHERE product_id = $1", product_id
         )

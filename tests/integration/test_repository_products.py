@@ -14,7 +14,7 @@ from shared.db import products
 from shared.db.pool import Pool
 from shared.db.products import Product, ProductState
 from shared.domain.admission import CodeAdmission
-from shared.domain.products import ServiceSpec
+from shared.domain.products import MAX_SERVICES, ServiceSpec
 from shared.errors import Conflict, NotFound
 from tests.support import registry
 
@@ -135,6 +135,26 @@ async def test_concurrent_add_service_takes_one_position_each(pool: Pool, accoun
     services = (await products.get_product(pool, account_id, product.id)).services
     assert [s.position for s in services] == list(range(8))
     assert {s.name for s in services[4:]} == {"tcp0", "tcp1", "tcp2", "tcp3"}
+
+
+async def test_adding_services_stops_at_the_limit_product_creation_applies_even_concurrently(
+    pool: Pool, account_id: str
+) -> None:
+    product = await _new(pool, account_id)  # three services and the bulk service
+    free = MAX_SERVICES - 3
+    results = await asyncio.gather(
+        *(
+            products.add_service(pool, account_id, product.id, ServiceSpec(f"tcp{i}", "tcp", 9000 + i, True))
+            for i in range(free + 3)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Exception) for r in results) == 3, results
+    refused = [r for r in results if isinstance(r, Conflict)]
+    assert len(refused) == 3
+    assert all(r.rule == f"max_items={MAX_SERVICES}" and r.field == "services" for r in refused)
+    services = (await products.get_product(pool, account_id, product.id)).services
+    assert len(services) == MAX_SERVICES + 1  # the bulk service is not counted
 
 
 async def test_another_accounts_product_is_not_found(pool: Pool, account_id: str) -> None:
