@@ -15,20 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from cli.config import parse_env_file
 from tests.bench import storms
 from tests.bench.bulk import _chunks, make_csv
-from tests.support.system import free_port
+from tests.support.system import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
@@ -44,62 +41,33 @@ def _first_url(service: str) -> str:
 
 
 async def records(session: aiohttp.ClientSession, url: str, service: str) -> float:
-    async with session.get(f"{url}/metrics") as response:
-        text = await response.text()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "fleetreg_records"
-        for s in family.samples
-        if s.name.endswith("_total") and s.labels.get("service") == service
+    """The Kafka records one instance of ``service`` has handled so far."""
+    return await storms.counter_total(
+        session, url, "fleetreg_records", lambda labels: labels.get("service") == service
     )
 
 
 @contextlib.asynccontextmanager
-async def second_instances(session: aiohttp.ClientSession) -> AsyncIterator[dict[str, str]]:
+async def second_instances() -> AsyncIterator[dict[str, str]]:
     """A second instance of each pipeline service, as the stack runs the first (same
-    registry, broker, secret key and consumer groups); stopped on exit."""
+    registry, broker, secret key and consumer groups); stopped on exit. Its log is
+    var/log/e2e/<service>-2.log."""
     var = ROOT / "var"
     env = {
-        **os.environ,
         **parse_env_file(var / "infra.env"),
         "FLEETREG_SECRET_KEY": (var / "secret_key").read_text().strip(),
     }
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    urls: dict[str, str] = {}
-    log_dir = var / "log"
+    started = [ServiceProcess(service, f"{service}-2", env) for service in SERVICES]
     try:
-        for service in SERVICES:
-            port = free_port()
-            with (log_dir / f"{service}-2.log").open("ab") as log:
-                processes[service] = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never waited on here
-                    [sys.executable, "-m", f"services.{service}"],
-                    cwd=ROOT,
-                    env={**env, "FLEETREG_HTTP_PORT": str(port)},
-                    stdout=log,
-                    stderr=log,
-                )
-            urls[service] = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        for service, url in urls.items():
-            while True:
-                if processes[service].poll() is not None:
-                    raise RuntimeError(f"the second {service} exited; see var/log/{service}-2.log")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{url}/readyz") as response:
-                        if response.status == 200:
-                            break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the second {service} did not become ready")
-                await asyncio.sleep(0.3)
+        for process in started:
+            process.start()
+        for process in started:
+            await process.wait_ready()
         await asyncio.sleep(8)  # the consumer groups rebalance onto both instances
-        yield urls
+        yield {process.service: process.url for process in started}
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
+        for process in started:
+            await asyncio.to_thread(process.stop)
 
 
 async def _shares(session: aiohttp.ClientSession, urls: dict[str, str]) -> dict[str, list[float]]:
@@ -161,7 +129,7 @@ async def _bulk_pair(stack: storms.Stack, bulk_urls: list[str], rows: int) -> li
 
 async def run(stack: storms.Stack, devices: int, bulk_rows: int) -> dict[str, Any]:
     """The storm and the two publishes on two instances; each instance's share of the records."""
-    async with aiohttp.ClientSession() as session, second_instances(session) as urls:
+    async with aiohttp.ClientSession() as session, second_instances() as urls:
         before = await _shares(session, urls)
         storm = await storms.storm(stack, devices, two_call=True)
         middle = await _shares(session, urls)

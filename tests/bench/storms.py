@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,16 +57,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _http_requests(session: aiohttp.ClientSession, device_url: str) -> float:
-    """The intake's answered HTTP requests so far (its Prometheus counter)."""
-    async with session.get(f"{device_url}/metrics") as response:
+async def counter_total(
+    session: aiohttp.ClientSession, url: str, family: str, labels_match: Callable[[dict[str, str]], bool]
+) -> float:
+    """The sum of a Prometheus counter ``family`` on one process's ``/metrics``, over the
+    samples whose labels ``labels_match``."""
+    async with session.get(f"{url}/metrics") as response:
         text = await response.text()
     return sum(
         sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "fleetreg_http_requests"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels.get("route") not in ("/metrics", None)
+        for found in text_string_to_metric_families(text)
+        if found.name == family
+        for sample in found.samples
+        if sample.name.endswith("_total") and labels_match(sample.labels)
+    )
+
+
+async def _http_requests(session: aiohttp.ClientSession, device_url: str) -> float:
+    """The intake's answered HTTP requests so far, its own /metrics calls aside."""
+    return await counter_total(
+        session,
+        device_url,
+        "fleetreg_http_requests",
+        lambda labels: labels.get("route") not in ("/metrics", None),
     )
 
 

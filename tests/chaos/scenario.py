@@ -157,8 +157,8 @@ async def storm_wave(
     # A device never told it is provisioned is lost too: it gave up before its deadline.
     registry["lost"] += devices - len(result.acknowledged)
     row.update(registry)
-    if "poison" in injected:
-        row.update(await poison_checks(target, fault, injected["poison"]))  # type: ignore[arg-type]
+    if fault is not None and "poison" in injected:
+        row.update(await poison_checks(target, fault, injected["poison"]))
     return row
 
 
@@ -230,6 +230,6 @@ async def bulk_wave(
     row.update(await checks.bulk_registry(target.pool, product_id, [h for _, h, _ in listed]))
     if progress["status"] != "preregistered":
         row["lost"] = max(row["lost"], rows - int(progress["published"]))
-    if "poison" in injected:
+    if fault is not None and "poison" in injected:
         row.update(await poison_checks(target, fault, injected["poison"]))
     return row

@@ -10,6 +10,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -377,12 +378,12 @@ async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
     real_chunk = bulk.publish_chunk
     calls = 0
 
-    async def crashing_after_two(*args: object) -> ChunkResult | None:
+    async def crashing_after_two(*args: Any, **kwargs: Any) -> ChunkResult | None:
         nonlocal calls
         calls += 1
         if calls > 2:
             raise ConnectionResetError("the instance died")
-        return await real_chunk(*args)  # type: ignore[arg-type]
+        return await real_chunk(*args, **kwargs)
 
     monkeypatch.setattr(bulk, "publish_chunk", crashing_after_two)
     with pytest.raises(ConnectionResetError):

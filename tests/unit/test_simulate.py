@@ -512,7 +512,7 @@ def test_urls_on_the_device_api_are_made_absolute(base: str, given: str, expecte
 )
 def test_a_url_off_the_device_api_is_refused(given: str) -> None:
     """Secrets go only where the registration was made."""
-    api = DeviceApi(None, "http://h:8080", RunOptions())  # type: ignore[arg-type]
+    api = DeviceApi(None, "http://h:8080", RunOptions())  # type: ignore[arg-type]  # no call is made
     with pytest.raises(DeviceFailure) as refused:
         api.url(given)
     assert refused.value.kind == "foreign_url"
