@@ -6,7 +6,6 @@ broker or database is needed."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections import Counter, defaultdict
@@ -18,25 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cli.simulate import RunOptions, Summary, plan_fleet, run_fleet
+from tests.support.fake_time import FakeTime
 
 CODE = "2513F28C-13AD-BEBE-7329-D70C2F5F34A6"
 FAULTS = ("reset", "503", "429", "500")  # the first calls of each route fail, in this order
-
-
-class FakeTime:
-    """A clock that moves only when slept on (shared by all devices of a run)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cli.simulate import (
     summarize,
     verify_inline_files,
 )
+from tests.support.fake_time import FakeTime
 
 CODE = "2513F28C-13AD-BEBE-7329-D70C2F5F34A6"
 
@@ -253,21 +254,6 @@ def test_cli_ids_never_reach_a_url_unchecked(value: str) -> None:
 
 
 # ------------------------------------------------------------------ retries
-
-
-class FakeTime:
-    """A clock that moves only when slept on, recording every wait: no real waiting."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 def _retries(
