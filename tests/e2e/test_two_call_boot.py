@@ -72,6 +72,16 @@ async def served(
     return manifest, files
 
 
+async def confirm(
+    session: aiohttp.ClientSession, system: System, operator: Operator, answer: DeviceAnswer
+) -> None:
+    """The device's "ready" (accepted: 202), then until the registry shows it provisioned."""
+    url = system.device_url + answer.body["manifest_url"].replace("/manifest", "/ready")
+    async with session.post(url, headers=auth(answer)) as r:
+        assert r.status == 202
+    await until_provisioned(operator, answer.body["device_id"])
+
+
 async def until_provisioned(operator: Operator, device_id: str) -> None:
     for _ in range(100):
         device = await operator.call("GET", f"/v1/devices/{device_id}", expect=200)
@@ -178,11 +188,7 @@ async def test_after_ready_neither_a_poll_nor_a_second_registration_gets_secrets
         session, system.device_url, code, h, cpu_id="c", mac="m", idempotency_key=key, include="files"
     )
     assert first.status == 200 and checked_files(first)
-    async with session.post(
-        system.device_url + first.body["manifest_url"].replace("/manifest", "/ready"), headers=auth(first)
-    ) as r:
-        assert r.status == 202
-    await until_provisioned(operator, first.body["device_id"])
+    await confirm(session, system, operator, first)
 
     async with session.get(
         f"{system.device_url}/v1/registrations/{first.body['request_id']}?include=files"
@@ -230,11 +236,7 @@ async def test_after_an_operator_reset_a_request_id_from_before_it_yields_no_sec
     h = hardware_id()
     first = await register(session, system.device_url, code, h, cpu_id="c", mac="m", include="files")
     assert first.status == 200 and checked_files(first)
-    async with session.post(
-        system.device_url + first.body["manifest_url"].replace("/manifest", "/ready"), headers=auth(first)
-    ) as r:
-        assert r.status == 202
-    await until_provisioned(operator, first.body["device_id"])
+    await confirm(session, system, operator, first)
     await operator.call("POST", f"/v1/devices/{first.body['device_id']}/reset", expect=200)
     # The device registers again after the reset: new credentials, not yet confirmed.
     again = await register(session, system.device_url, code, h, cpu_id="c2", mac="m", include="files")
