@@ -37,7 +37,7 @@ async def prepare(var: Path) -> dict[str, str]:
             account, key = await accounts.create_account(pool, DEMO_ACCOUNT)
             _write_private(key_file, key)
         elif not key_file.exists():
-            issued = await accounts.create_api_key(pool, account.id, "local demo")
+            issued = await accounts.create_api_key(pool, account, "local demo")
             _write_private(key_file, issued.key)
         found = [p for p in await products.list_products(pool, account.id) if p.name == DEMO_PRODUCT]
         product = (

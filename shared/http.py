@@ -26,7 +26,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from shared.db.pool import TRANSIENT_ERRORS, Pool
-from shared.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from shared.errors import DomainError, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
@@ -234,13 +234,20 @@ def api_key(request: web.Request) -> str:
     return token
 
 
-async def account_for(key: str, pool: Pool) -> Account:
-    """The account of an API key, or Unauthorized."""
+async def account_for(key: str, pool: Pool, *, write: bool = False) -> Account:
+    """The account of an API key (Unauthorized otherwise), with the key that calls; a call
+    that would change state (``write``) by a read-only key is Forbidden (403)."""
     from shared.db import accounts  # the HTTP layer needs the registry only for this
 
     account = await accounts.account_for_key(pool, key)
     if account is None:
         raise Unauthorized("unknown or revoked API key", field="Authorization")
+    if write and account.read_only:
+        raise Forbidden(
+            "this API key is read-only: it cannot change anything; use a full key",
+            field="Authorization",
+            rule="scope=read-only",
+        )
     return account
 
 

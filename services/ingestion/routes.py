@@ -19,7 +19,7 @@ READ_CHUNK_BYTES = 256 * 1024
 
 async def upload(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool)
+    account = await account_for(api_key(request), r.pool, write=True)
     if request.content_length is not None and request.content_length > r.limits.max_bytes:
         # Said up front: refused before a byte of the body is read or spooled.
         raise PayloadTooLarge(
@@ -54,7 +54,7 @@ async def show(request: web.Request) -> web.Response:
 
 async def start_publish(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool)
+    account = await account_for(api_key(request), r.pool, write=True)
 
     async def send(event: BulkPublish) -> None:
         await publish(r.producer, r.topics.bulk_publish, event.registration_id, event)

@@ -425,8 +425,11 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
     label = body.get("label", "")
     if not isinstance(label, str) or len(label) > 100 or not label.isascii():
         raise InvalidInput("label must be up to 100 ASCII characters", field="label", rule="max_length=100")
-    return await accounts.create_api_key(pool, account.id, label)
+    read_only = body.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
+    return await accounts.create_api_key(pool, account, label, read_only=read_only)
 
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
-    await accounts.revoke_api_key(pool, account.id, key_id)
+    await accounts.revoke_api_key(pool, account, key_id)

@@ -21,14 +21,16 @@ Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def authed(status: int = 200) -> Callable[[AuthedRoute], Route]:
-    """A route of an account: the request's API key names it (401 otherwise); the view the
-    route returns is answered as JSON with ``status``."""
+    """A route of an account: the request's API key names it (401 otherwise); a read-only
+    key may call only GET routes (403 otherwise: every other method changes state); the
+    view the route returns is answered as JSON with ``status``."""
 
     def decorate(route: AuthedRoute) -> Route:
         @functools.wraps(route)
         async def answer(request: web.Request) -> web.Response:
             key = api_key(request)  # first: a request without a key is refused before any I/O
-            account = await account_for(key, request.app[RESOURCES].pool)
+            write = request.method not in ("GET", "HEAD")
+            account = await account_for(key, request.app[RESOURCES].pool, write=write)
             return json_response(await route(request, account), status=status)
 
         return answer

@@ -199,6 +199,7 @@ def api_key(found: ApiKey) -> Json:
         "id": found.id,
         "prefix": found.prefix,
         "label": found.label,
+        "read_only": found.read_only,
         "created_at": found.created_at.isoformat(),
         "revoked_at": _time(found.revoked_at),
     }
@@ -213,6 +214,7 @@ def issued_api_key(issued: IssuedApiKey) -> Json:
         "id": issued.id,
         "api_key": issued.key,
         "label": issued.label,
+        "read_only": issued.read_only,
         "note": "shown once: store it now, it cannot be shown again",
     }
 

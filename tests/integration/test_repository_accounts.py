@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from shared.db import accounts
+from shared.db import accounts, audit
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -24,15 +24,28 @@ async def account(pool: Pool, unique: str) -> tuple[Account, str]:
     return await accounts.create_account(pool, f"acct-{unique}")
 
 
+def _account_of(found: Account | None) -> Account | None:
+    """The account a key found, without the key's own fields."""
+    return None if found is None else Account(found.id, found.name)
+
+
 async def test_create_account_issues_a_first_key_that_finds_the_account(
     pool: Pool, account: tuple[Account, str]
 ) -> None:
     created, key = account
 
     assert await accounts.find_account(pool, created.name) == created
-    assert await accounts.account_for_key(pool, key) == created
     (first,) = await accounts.list_api_keys(pool, created.id)
-    assert (first.label, first.prefix, first.revoked_at) == ("first key", key[:8], None)
+    assert (first.label, first.prefix, first.revoked_at, first.read_only) == (
+        "first key",
+        key[:8],
+        None,
+        False,
+    )
+    # Found by its key, the account names the key that called (for the audit trail).
+    assert await accounts.account_for_key(pool, key) == Account(
+        created.id, created.name, key_id=first.id, key_label="first key", read_only=False
+    )
     assert await accounts.find_account(pool, f"{created.name}-other") is None
 
 
@@ -48,10 +61,12 @@ async def test_an_account_name_is_unique(pool: Pool, account: tuple[Account, str
 
 async def test_only_a_digest_of_a_key_is_stored(pool: Pool, account: tuple[Account, str]) -> None:
     created, first = account
-    issued = await accounts.create_api_key(pool, created.id, "deploy bot")
+    issued = await accounts.create_api_key(pool, created, "deploy bot")
 
     assert issued.label == "deploy bot"
-    assert await accounts.account_for_key(pool, issued.key) == created
+    assert (await accounts.account_for_key(pool, issued.key)) == Account(
+        created.id, created.name, issued.id, "deploy bot"
+    )
     row = await pool.fetchrow(
         "SELECT key_digest, key_prefix FROM api_keys WHERE id = $1", uuid.UUID(issued.id)
     )
@@ -72,14 +87,14 @@ async def test_a_revoked_unknown_or_non_ascii_key_finds_nothing(
     pool: Pool, account: tuple[Account, str]
 ) -> None:
     created, first = account
-    kept = await accounts.create_api_key(pool, created.id, "kept")
-    revoked = await accounts.create_api_key(pool, created.id, "revoked")
+    kept = await accounts.create_api_key(pool, created, "kept")
+    revoked = await accounts.create_api_key(pool, created, "revoked")
 
-    await accounts.revoke_api_key(pool, created.id, revoked.id)
+    await accounts.revoke_api_key(pool, created, revoked.id)
 
     assert await accounts.account_for_key(pool, revoked.key) is None
-    assert await accounts.account_for_key(pool, kept.key) == created
-    assert await accounts.account_for_key(pool, first) == created
+    assert _account_of(await accounts.account_for_key(pool, kept.key)) == created
+    assert _account_of(await accounts.account_for_key(pool, first)) == created
     for text in ("", "frk_unknown", revoked.key.upper(), first + "é", "frk_ünïcode", "frk_\udcff", "frk_\0"):
         assert await accounts.account_for_key(pool, text) is None, text
 
@@ -88,11 +103,11 @@ async def test_list_api_keys_lists_the_accounts_keys_oldest_first(
     pool: Pool, account: tuple[Account, str], unique: str
 ) -> None:
     created, _ = account
-    second = await accounts.create_api_key(pool, created.id, "second")
-    third = await accounts.create_api_key(pool, created.id, "third")
-    await accounts.revoke_api_key(pool, created.id, second.id)
+    second = await accounts.create_api_key(pool, created, "second")
+    third = await accounts.create_api_key(pool, created, "third")
+    await accounts.revoke_api_key(pool, created, second.id)
     stranger, _ = await accounts.create_account(pool, f"stranger-{unique}")
-    await accounts.create_api_key(pool, stranger.id, "the stranger's")
+    await accounts.create_api_key(pool, stranger, "the stranger's")
 
     keys = await accounts.list_api_keys(pool, created.id)
 
@@ -115,20 +130,20 @@ async def test_revoke_api_key_revokes_only_an_active_key_of_the_account(
     created, _ = account
     stranger, stranger_key = await accounts.create_account(pool, f"stranger-{unique}")
     (strangers,) = await accounts.list_api_keys(pool, stranger.id)
-    mine = await accounts.create_api_key(pool, created.id, "mine")
+    mine = await accounts.create_api_key(pool, created, "mine")
 
     with pytest.raises(NotFound):
-        await accounts.revoke_api_key(pool, created.id, strangers.id)
-    assert await accounts.account_for_key(pool, stranger_key) == stranger
+        await accounts.revoke_api_key(pool, created, strangers.id)
+    assert _account_of(await accounts.account_for_key(pool, stranger_key)) == stranger
     assert (await accounts.list_api_keys(pool, stranger.id))[0].revoked_at is None
 
     for malformed in ("", "not-an-id", mine.id + "0", "\0", "é" * 36, str(uuid.uuid4())):
         with pytest.raises(NotFound):
-            await accounts.revoke_api_key(pool, created.id, malformed)
+            await accounts.revoke_api_key(pool, created, malformed)
 
-    await accounts.revoke_api_key(pool, created.id, mine.id.upper())
+    await accounts.revoke_api_key(pool, created, mine.id.upper())
     with pytest.raises(NotFound):
-        await accounts.revoke_api_key(pool, created.id, mine.id)  # twice
+        await accounts.revoke_api_key(pool, created, mine.id)  # twice
     assert await accounts.account_for_key(pool, mine.key) is None
 
 
@@ -136,18 +151,18 @@ async def test_a_nul_in_a_label_is_refused(pool: Pool, account: tuple[Account, s
     created, _ = account
 
     with pytest.raises(InvalidInput) as refused:
-        await accounts.create_api_key(pool, created.id, "bad\0label")
+        await accounts.create_api_key(pool, created, "bad\0label")
 
     assert (refused.value.field, refused.value.rule) == ("label", "charset=no-NUL")
     assert len(await accounts.list_api_keys(pool, created.id)) == 1
-    assert (await accounts.create_api_key(pool, created.id, "ünïcode is fine")).label == "ünïcode is fine"
+    assert (await accounts.create_api_key(pool, created, "ünïcode is fine")).label == "ünïcode is fine"
 
 
 async def test_keys_never_cross_accounts(pool: Pool) -> None:
     """Two accounts made with plain SQL (tests.support.registry) and their keys."""
     one, two = await registry.new_account(pool), await registry.new_account(pool)
-    key_one = await accounts.create_api_key(pool, one, "one")
-    key_two = await accounts.create_api_key(pool, two, "two")
+    key_one = await accounts.create_api_key(pool, Account(one, "one"), "one")
+    key_two = await accounts.create_api_key(pool, Account(two, "two"), "two")
 
     found_one, found_two = (
         await accounts.account_for_key(pool, key_one.key),
@@ -157,3 +172,28 @@ async def test_keys_never_cross_accounts(pool: Pool) -> None:
     assert found_one is not None and found_two is not None
     assert (found_one.id, found_two.id) == (one, two)
     assert [k.id for k in await accounts.list_api_keys(pool, one)] == [key_one.id]
+
+
+async def test_a_read_only_key_finds_its_account_as_read_only_and_both_key_changes_are_audited(
+    pool: Pool, account: tuple[Account, str]
+) -> None:
+    created, key = account
+    actor = await accounts.account_for_key(pool, key)
+    assert actor is not None
+
+    issued = await accounts.create_api_key(pool, actor, "dashboard", read_only=True)
+    found = await accounts.account_for_key(pool, issued.key)
+    await accounts.revoke_api_key(pool, actor, issued.id)
+
+    assert found is not None and (found.read_only, found.key_label, found.key_id) == (
+        True,
+        "dashboard",
+        issued.id,
+    )
+    assert await accounts.account_for_key(pool, issued.key) is None
+    trail = await audit.list_events(pool, created.id, audit.AuditFilter(target_id=issued.id), limit=10)
+    assert [(e.action, e.api_key_id, e.api_key_label, e.changes) for e in trail] == [
+        ("api_key.revoked", actor.key_id, "first key", {"label": "dashboard"}),
+        ("api_key.created", actor.key_id, "first key", {"label": "dashboard", "read_only": True}),
+    ]
+    assert issued.key not in str(trail)  # never the key itself

@@ -69,7 +69,7 @@ def request(method: str, path: str, **match_info: str) -> web.Request:
 
 
 async def test_a_route_is_testable_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def account_for(key: str, pool: object) -> Account:
+    async def account_for(key: str, pool: object, *, write: bool = False) -> Account:
         assert key == "k"
         return ACCOUNT
 

@@ -1,0 +1,128 @@
+"""The operator audit trail: who (which API key) changed what, and when.
+
+Every state-changing operator call records one event with :func:`record` on the connection
+of its own transaction, so the change and its event commit or roll back together (the
+peers' equivalents: Azure activity log, AWS CloudTrail management events). The API key's
+label is copied at the time of the change: a later revocation does not rewrite history.
+``changes`` holds field values, never a secret: a rotated code is recorded as rotated, not
+copied; an API key by its ID and label.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
+
+INSERT_EVENT = """
+    INSERT INTO operator_audit_events
+        (id, account_id, api_key_id, api_key_label, action, target_type, target_id, changes)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"""
+# Newest first; the cursor is the last event's (at, id). Every filter is optional.
+SELECT_EVENTS = """
+    SELECT id::text, at, api_key_id::text, api_key_label, action, target_type, target_id,
+           changes::text AS changes
+    FROM operator_audit_events
+    WHERE account_id = $1
+      AND ($2::text IS NULL OR action = $2)
+      AND ($3::text IS NULL OR target_id = $3)
+      AND ($4::timestamptz IS NULL OR at >= $4)
+      AND ($5::timestamptz IS NULL OR at < $5)
+      AND ($6::uuid IS NULL OR api_key_id = $6)
+      AND ($7::timestamptz IS NULL OR at < $7 OR (at = $7 AND id < $8::uuid))
+    ORDER BY at DESC, id DESC
+    LIMIT $9"""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One recorded operator action. ``api_key_id`` is None for changes fleetreg made
+    itself (the CLI's account setup); ``changes`` maps a field to its new value (or, for a
+    change of state, ``{"from": old, "to": new}``)."""
+
+    id: str
+    at: datetime
+    api_key_id: str | None
+    api_key_label: str
+    action: str
+    target_type: str
+    target_id: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What :func:`list_events` selects; None means any."""
+
+    action: str | None = None
+    target_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    api_key_id: str | None = None
+
+
+async def record(
+    conn: Connection,
+    actor: Account,
+    action: str,
+    target_type: str,
+    target_id: str,
+    changes: Mapping[str, Any] | None = None,
+) -> None:
+    """Record that ``actor`` did ``action`` (``"device.disabled"``, ``"product.locked"``, ...)
+    to ``target_type``/``target_id``, in the caller's transaction (``conn`` must be in one:
+    an event without its change, or a change without its event, must not commit)."""
+    await conn.execute(
+        INSERT_EVENT,
+        uuid.uuid4(),
+        actor.id,
+        actor.key_id,
+        actor.key_label,
+        action,
+        target_type,
+        target_id,
+        json.dumps(dict(changes or {}), default=str),
+    )
+
+
+async def list_events(
+    pool: Pool,
+    account_id: str,
+    where: AuditFilter,
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+) -> list[AuditEvent]:
+    """The account's events matching ``where``, newest first, at most ``limit``, those
+    strictly older than the cursor ``before`` (the last event's ``(at, id)``) when given."""
+    rows = await pool.fetch(
+        SELECT_EVENTS,
+        account_id,
+        where.action,
+        where.target_id,
+        where.since,
+        where.until,
+        where.api_key_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return [
+        AuditEvent(
+            id=r["id"],
+            at=r["at"],
+            api_key_id=r["api_key_id"],
+            api_key_label=r["api_key_label"],
+            action=r["action"],
+            target_type=r["target_type"],
+            target_id=r["target_id"],
+            changes=json.loads(r["changes"]),
+        )
+        for r in rows
+    ]
