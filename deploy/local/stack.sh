@@ -15,6 +15,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"  # services start as `python -m services.X`: this checkout's code, from wherever it is called
 VAR="${FLEETREG_VAR_DIR:-$ROOT/var}"  # another folder: a second, separate local stack
 LOG="$VAR/log"
 RUN="$VAR/run"
@@ -236,7 +237,9 @@ start_services() {
   [ -f "$VAR/secret_key" ] || "$PY" -c 'import secrets;print(secrets.token_urlsafe(32))' >"$VAR/secret_key"
   chmod 600 "$VAR/secret_key"
   export FLEETREG_SECRET_KEY; FLEETREG_SECRET_KEY=$(cat "$VAR/secret_key")
-  "$ROOT/.venv/bin/fleetreg" migrate >>"$LOG/migrate.log" 2>&1 || fail "migrations failed; see var/log/migrate.log"
+  # The checkout's own code (cd + -m), not the console script: a git worktree sharing the venv
+  # would otherwise apply the migrations of the checkout the venv was installed from.
+  "$PY" -m cli.main migrate >>"$LOG/migrate.log" 2>&1 || fail "migrations failed; see var/log/migrate.log"
   "$ROOT/deploy/local/tls.sh" "$VAR/tls" || fail "generating the local TLS certificate failed"
   export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
   local svc port
