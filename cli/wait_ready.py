@@ -15,7 +15,14 @@ from pathlib import Path
 
 import aiohttp
 
-PORTS = {"intake": 18080, "operator": 18081, "dedup": 18082, "provisioning": 18083, "ingestion": 18084}
+PORTS = {
+    "intake": 18080,
+    "operator": 18081,
+    "dedup": 18082,
+    "provisioning": 18083,
+    "ingestion": 18084,
+    "notifier": 18085,
+}
 
 
 def _alive(pidfile: Path) -> bool:

@@ -104,6 +104,9 @@ class RegistrationOutcome(Event):
     decision: str = ""
     reason: str = ""
     credential_generation: int = 0
+    # The account whose code the request named ("" when none: an unknown code); webhooks'
+    # registration.refused summary counts refusals by it.
+    account_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +133,34 @@ class BulkPublish(Event):
     after_line: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BulkPublished(Event):
+    """A bulk registration's last chunk committed: every row is a preregistered device (or a
+    conflict). Sent on the bulk.publish topic after that commit, and again when a publish
+    event arrives for a registration already published (a crash before the first send),
+    so it is sent at least once; webhooks deliver it as bulk.published."""
+
+    TYPE: ClassVar[str] = "bulk.published"
+    VERSION: ClassVar[int] = 1
+
+    registration_id: str
+    account_id: str
+    product_id: str
+    published: int  # devices preregistered
+    conflicts: int  # rows whose hardware ID was taken meanwhile
+    at: float  # when it was found published (Unix seconds)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
-    for cls in (RegistrationRequested, RegistrationDecided, RegistrationOutcome, DeviceSignal, BulkPublish)
+    for cls in (
+        RegistrationRequested,
+        RegistrationDecided,
+        RegistrationOutcome,
+        DeviceSignal,
+        BulkPublish,
+        BulkPublished,
+    )
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -72,6 +72,28 @@ CACHE_INVALIDATIONS = Counter(
     ["kind"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "fleetreg_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered, retrying (failed, tried again later), failed (gave up)",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "fleetreg_webhook_attempt_seconds",
+    "Duration of one webhook attempt, from sending to the answer (or the failure)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_DELIVERY_LAG = Histogram(
+    "fleetreg_webhook_delivery_lag_seconds",
+    "Time from a delivery being queued to its successful attempt",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000),
+)
+WEBHOOK_PENDING = Gauge(
+    "fleetreg_webhook_pending_deliveries", "Webhook deliveries not yet delivered or failed"
+)
+WEBHOOK_LAG = Gauge(
+    "fleetreg_webhook_lag_seconds", "How long the oldest due webhook delivery has waited (0 when none is due)"
+)
+
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST

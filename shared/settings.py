@@ -295,3 +295,13 @@ class PipelineSettings:
             clone_limit=env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
             clone_window_s=env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
         )
+
+
+def webhooks_allow_private_urls(env: Env) -> bool:
+    """FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS (``true`` or ``false``, default false): whether a
+    webhook may point at a loopback, link-local or private address. The local stack, the
+    demo and the tests turn it on; a deployment facing the internet leaves it off."""
+    value = env.text("FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS", "false").lower()
+    if value not in ("true", "false"):
+        raise SettingsError(f"FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS={value!r} is not true or false")
+    return value == "true"

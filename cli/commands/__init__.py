@@ -1,5 +1,5 @@
 """Subcommands, one module each; every module has ``register(groups, common)``."""
 
-from cli.commands import account, alerts, auto, bulk, demo, devices, migrate, product, simulate
+from cli.commands import account, alerts, auto, bulk, demo, devices, migrate, product, simulate, webhooks
 
-COMMAND_MODULES = [account, product, auto, bulk, devices, alerts, simulate, demo, migrate]
+COMMAND_MODULES = [account, product, auto, bulk, devices, alerts, webhooks, simulate, demo, migrate]

@@ -39,6 +39,7 @@ DEDUP_PORT=${FLEETREG_DEDUP_PORT:-18082}
 PROVISIONING_PORT=${FLEETREG_PROVISIONING_PORT:-18083}
 COMPAT_PORT=${FLEETREG_COMPAT_PORT:-18443}
 INGESTION_PORT=${FLEETREG_INGESTION_PORT:-18084}
+NOTIFIER_PORT=${FLEETREG_NOTIFIER_PORT:-18085}
 
 mkdir -p "$LOG" "$RUN"
 
@@ -213,13 +214,13 @@ database_url() { # database name
 }
 
 # ------------------------------------------------------------- services ----
-SERVICES=(dedup provisioning intake operator ingestion)
+SERVICES=(dedup provisioning intake operator ingestion notifier)
 
 service_port() {
   case $1 in
     intake) echo "$INTAKE_PORT" ;; operator) echo "$OPERATOR_PORT" ;;
     dedup) echo "$DEDUP_PORT" ;; provisioning) echo "$PROVISIONING_PORT" ;;
-    ingestion) echo "$INGESTION_PORT" ;;
+    ingestion) echo "$INGESTION_PORT" ;; notifier) echo "$NOTIFIER_PORT" ;;
   esac
 }
 
@@ -242,6 +243,8 @@ start_services() {
   "$PY" -m cli.main migrate >>"$LOG/migrate.log" 2>&1 || fail "migrations failed; see var/log/migrate.log"
   "$ROOT/deploy/local/tls.sh" "$VAR/tls" || fail "generating the local TLS certificate failed"
   export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
+  # The local stack's webhooks may call this machine (the demo's receiver listens on 127.0.0.1).
+  export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
   local svc port
   for svc in "${SERVICES[@]}"; do
     [ -d "$ROOT/services/$svc" ] || continue
@@ -271,6 +274,7 @@ start_one_service() { # name
   set -a; . "$VAR/infra.env"; set +a
   export FLEETREG_SECRET_KEY; FLEETREG_SECRET_KEY=$(cat "$VAR/secret_key")
   export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
+  export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
   port=$(service_port "$svc")
   FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
   echo $! >"$RUN/$svc.pid"

@@ -67,7 +67,11 @@ def _claim(request: RegistrationRequested) -> Claim:
 def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome:
     if stored.decision == "refused" or stored.device_id is None:
         return RegistrationOutcome(
-            request_id=stored.request_id, status="refused", reason=stored.reason, decision="refused"
+            request_id=stored.request_id,
+            status="refused",
+            reason=stored.reason,
+            decision="refused",
+            account_id=stored.account_id or "",
         )
     return RegistrationDecided(
         request_id=stored.request_id,
@@ -149,6 +153,7 @@ async def decide_batch(
                     status="refused",
                     reason=verdict.reason,
                     decision="refused",
+                    account_id=record.account_id or "",
                 )
             )
         else:

@@ -21,7 +21,7 @@ from shared.domain.bulk_csv import BulkRow, CsvReader, Errors, RowError, shorten
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import is_uuid
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge
-from shared.events import BulkPublish
+from shared.events import BulkPublish, BulkPublished
 
 log = logging.getLogger(__name__)
 
@@ -251,21 +251,36 @@ async def discard_abandoned_uploads(pool: Pool, stale_after_s: float) -> None:
 
 async def publish_chunks(
     pool: Pool, events: Sequence[BulkPublish], chunk_rows: int, budget_s: float = PUBLISH_BUDGET_S
-) -> list[BulkPublish]:
+) -> list[BulkPublish | BulkPublished]:
     """Publish chunks for each event, one transaction each, for up to ``budget_s`` per
-    event; return the events for the chunks that follow. A chunk's progress is in the
-    registry (its rows are gone from the pending ones), so a redelivered event after a
-    crash resumes where the last committed chunk ended."""
-    following = []
+    event; return the events to send next: for a registration not finished, the event of
+    the chunk that follows; for one finished (now, or before: a redelivered event after a
+    crash), its BulkPublished announcement. A chunk's progress is in the registry (its rows
+    are gone from the pending ones), so a redelivered event after a crash resumes where the
+    last committed chunk ended."""
+    following: list[BulkPublish | BulkPublished] = []
     for event in events:
         after_line = event.after_line
         deadline = time.monotonic() + budget_s
         while True:
             result = await bulk.publish_chunk(pool, event.registration_id, after_line, chunk_rows)
-            if result is None:
-                break
-            if result.finished:
-                log.info("bulk registration preregistered", extra={"registration_id": event.registration_id})
+            if result is None or result.finished:
+                if result is not None:
+                    log.info(
+                        "bulk registration preregistered", extra={"registration_id": event.registration_id}
+                    )
+                done = await bulk.published_bulk(pool, event.registration_id)
+                if done is not None:
+                    following.append(
+                        BulkPublished(
+                            registration_id=done.registration_id,
+                            account_id=done.account_id,
+                            product_id=done.product_id,
+                            published=done.published,
+                            conflicts=done.conflicts,
+                            at=time.time(),
+                        )
+                    )
                 break
             if not (result.published or result.conflicts):
                 break

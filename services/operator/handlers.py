@@ -4,11 +4,13 @@ records (the repositories' or this module's); views.py turns them into JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from shared.db import accounts, alerts, decisions, devices, products, registrations
+from shared.db import accounts, alerts, decisions, devices, products, registrations, webhooks
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
 from shared.db.decisions import DecisionEntry
@@ -16,11 +18,14 @@ from shared.db.devices import Device, DeviceAction, DeviceChange, DeviceHistoryE
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import Registration
+from shared.db.webhooks import Delivery, Webhook
+from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
 from shared.domain.devices import ShownState, online_cutoff, shown_state
 from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.domain.products import RegistrationKind, validate_product, validate_service
 from shared.errors import InvalidInput
+from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
 # The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
@@ -433,3 +438,106 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
     await accounts.revoke_api_key(pool, account, key_id)
+
+
+# ---------------------------------------------------------------- webhooks
+
+WEBHOOK_FIELDS = ("url", "events")
+RESOLVE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class IssuedWebhook:
+    """A webhook just created: its signing secret exists in clear only here, once."""
+
+    webhook: Webhook
+    secret: str
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    deliveries: list[Delivery]
+    next_before: datetime | None
+    next_before_id: str | None
+
+
+async def _check_addresses(target: webhook_rules.Target, allow_private: bool) -> None:
+    """Refuse a URL whose host is, or resolves to, an address webhooks may not call (the
+    notifier checks again before every connection: a DNS answer may change)."""
+    literal = target.literal
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            found = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
+                timeout=RESOLVE_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
+            raise InvalidInput(
+                f"url: the host {target.host} cannot be resolved", field="url", rule="resolvable-host"
+            ) from exc
+        addresses = [str(info[4][0]) for info in found]
+    for address in addresses:
+        refusal = webhook_rules.address_refusal(address, allow_private=allow_private)
+        if refusal is not None:
+            raise InvalidInput(f"url: {target.host}: {refusal}", field="url", rule="public-address")
+
+
+async def create_webhook(
+    pool: Pool,
+    account: Account,
+    body: dict[str, Any],
+    *,
+    secret_key: Secret,
+    allow_private: bool,
+    max_webhooks: int,
+) -> IssuedWebhook:
+    """A webhook for ``body`` (``url``, ``events``), with a new signing secret sealed at rest."""
+    unknown = sorted(set(body) - set(WEBHOOK_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {unknown[0]!r}: a webhook takes url and events",
+            field=unknown[0],
+            rule="known_fields",
+        )
+    url, target = webhook_rules.checked_url(body.get("url"))
+    events = webhook_rules.checked_events(body.get("events"))
+    await _check_addresses(target, allow_private)
+    webhook_id = webhooks.new_webhook_id()
+    secret = webhook_rules.new_secret()
+    sealed = webhook_rules.SecretBox(secret_key.reveal().encode()).seal(webhook_id, secret)
+    created = await webhooks.create_webhook(
+        pool, account, webhook_id, url, events, sealed, host=target.host, max_per_account=max_webhooks
+    )
+    return IssuedWebhook(created, secret)
+
+
+async def list_webhooks(pool: Pool, account: Account) -> list[Webhook]:
+    return await webhooks.list_webhooks(pool, account.id)
+
+
+async def get_webhook(pool: Pool, account: Account, webhook_id: str) -> Webhook:
+    return await webhooks.get_webhook(pool, account.id, webhook_id)
+
+
+async def delete_webhook(pool: Pool, account: Account, webhook_id: str) -> None:
+    await webhooks.delete_webhook(pool, account, webhook_id)
+
+
+async def list_webhook_deliveries(
+    pool: Pool, account: Account, webhook_id: str, query: dict[str, str], *, page_limit_max: int
+) -> DeliveryPage:
+    """A webhook's deliveries with their attempts, newest first; ``before`` pages back."""
+    _only(query, ("limit", "before", "before_id"))
+    limit = _page_limit(query, page_limit_max)
+    before, before_id = _before(query)
+    found = await webhooks.list_deliveries(
+        pool, account.id, webhook_id, limit=limit, before=before, before_id=before_id
+    )
+    full = len(found) == limit
+    return DeliveryPage(
+        found,
+        next_before=found[-1].created_at if full else None,
+        next_before_id=found[-1].id if full else None,
+    )

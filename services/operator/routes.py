@@ -247,6 +247,57 @@ async def revoke_key(request: web.Request, account: Account) -> views.Json:
     return views.revoked_api_key(key_id)
 
 
+# ---------------------------------------------------------------- webhooks
+
+
+@authed(status=201)
+async def create_webhook(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    body = await parse_json_body(request)
+    settings = resources.settings
+    issued = await handlers.create_webhook(
+        resources.pool,
+        account,
+        body,
+        secret_key=settings.secret_key,
+        allow_private=settings.webhooks_allow_private_urls,
+        max_webhooks=settings.max_webhooks,
+    )
+    return views.issued_webhook(issued)
+
+
+@authed()
+async def list_webhooks(request: web.Request, account: Account) -> views.Json:
+    return views.webhooks(await handlers.list_webhooks(_resources(request).pool, account))
+
+
+@authed()
+async def get_webhook(request: web.Request, account: Account) -> views.Json:
+    webhook_id = path_id(request, "webhook_id")
+    return views.webhook(await handlers.get_webhook(_resources(request).pool, account, webhook_id))
+
+
+@authed()
+async def delete_webhook(request: web.Request, account: Account) -> views.Json:
+    webhook_id = path_id(request, "webhook_id")
+    await handlers.delete_webhook(_resources(request).pool, account, webhook_id)
+    return views.deleted_webhook(webhook_id)
+
+
+@authed()
+async def list_webhook_deliveries(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    webhook_id = path_id(request, "webhook_id")
+    page = await handlers.list_webhook_deliveries(
+        resources.pool,
+        account,
+        webhook_id,
+        dict(request.query),
+        page_limit_max=resources.settings.page_limit_max,
+    )
+    return views.delivery_page(page)
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/openapi.yaml", openapi),
     web.get("/v1/account", whoami),
@@ -273,4 +324,9 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/api-keys", list_keys),
     web.post("/v1/api-keys", create_key),
     web.delete("/v1/api-keys/{key_id}", revoke_key),
+    web.post("/v1/webhooks", create_webhook),
+    web.get("/v1/webhooks", list_webhooks),
+    web.get("/v1/webhooks/{webhook_id}", get_webhook),
+    web.delete("/v1/webhooks/{webhook_id}", delete_webhook),
+    web.get("/v1/webhooks/{webhook_id}/deliveries", list_webhook_deliveries),
 ]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.settings import DatabaseSettings, Env, HttpSettings
+from shared.settings import (
+    DatabaseSettings,
+    Env,
+    HttpSettings,
+    Secret,
+    secret_key,
+    webhooks_allow_private_urls,
+)
 from shared.throttle import ThrottleSettings
 
 
@@ -16,6 +23,10 @@ class OperatorSettings:
     page_limit_max: int
     log_level: str
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
+    # Webhooks: their signing secrets are sealed with a key derived from this one.
+    secret_key: Secret = field(default_factory=lambda: Secret(""))
+    webhooks_allow_private_urls: bool = False
+    max_webhooks: int = 20  # per account
 
     @classmethod
     def from_env(cls, env: Env) -> OperatorSettings:
@@ -26,4 +37,7 @@ class OperatorSettings:
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             throttle=ThrottleSettings.from_env(env),
+            secret_key=secret_key(env),
+            webhooks_allow_private_urls=webhooks_allow_private_urls(env),
+            max_webhooks=env.integer("FLEETREG_WEBHOOKS_MAX_PER_ACCOUNT", 20, minimum=1),
         )

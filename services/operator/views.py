@@ -11,9 +11,11 @@ from datetime import datetime
 from services.operator.handlers import (
     AlertPage,
     DecisionPage,
+    DeliveryPage,
     DeviceChanges,
     DeviceDetail,
     DevicePage,
+    IssuedWebhook,
     ShownDevice,
 )
 from shared.db.accounts import ApiKey, IssuedApiKey
@@ -22,6 +24,7 @@ from shared.db.decisions import DecisionEntry
 from shared.db.devices import DeviceHistoryEntry
 from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
+from shared.db.webhooks import Attempt, Delivery, Webhook
 from shared.domain.accounts import Account
 
 Json = dict[str, object]
@@ -221,3 +224,63 @@ def issued_api_key(issued: IssuedApiKey) -> Json:
 
 def revoked_api_key(key_id: str) -> Json:
     return {"revoked": key_id}
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def webhook(found: Webhook) -> Json:
+    return {
+        "id": found.id,
+        "url": found.url,
+        "events": list(found.events),
+        "created_at": _time(found.created_at),
+    }
+
+
+def webhooks(found: list[Webhook]) -> Json:
+    return {"webhooks": [webhook(w) for w in found]}
+
+
+def issued_webhook(issued: IssuedWebhook) -> Json:
+    return {
+        **webhook(issued.webhook),
+        "secret": issued.secret,
+        "note": "the signing secret is shown once: store it now, it cannot be shown again",
+    }
+
+
+def deleted_webhook(webhook_id: str) -> Json:
+    return {"deleted": webhook_id}
+
+
+def webhook_attempt(attempt: Attempt) -> Json:
+    return {
+        "attempt": attempt.attempt,
+        "at": _time(attempt.at),
+        "status_code": attempt.http_status,
+        "error": attempt.error,
+        "latency_ms": attempt.latency_ms,
+    }
+
+
+def webhook_delivery(delivery: Delivery) -> Json:
+    return {
+        "id": delivery.id,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "created_at": _time(delivery.created_at),
+        "next_attempt_at": _time(delivery.next_attempt_at) if delivery.status == "pending" else None,
+        "finished_at": _time(delivery.finished_at),
+        "attempt_log": [webhook_attempt(a) for a in delivery.attempt_log],
+    }
+
+
+def delivery_page(page: DeliveryPage) -> Json:
+    return {
+        "deliveries": [webhook_delivery(d) for d in page.deliveries],
+        "next_before": _time(page.next_before),
+        "next_before_id": page.next_before_id,
+    }

@@ -20,6 +20,7 @@ from asyncpg import Record, UniqueViolationError
 
 from shared.db import products
 from shared.db.pool import Pool
+from shared.domain.identifiers import is_uuid
 from shared.domain.products import registration_kind_refusal
 from shared.errors import Conflict, NotFound
 
@@ -125,6 +126,8 @@ MARK_CONFLICTS = (
 )
 ADD_COUNTS = """UPDATE registrations SET published_count = published_count + $2,
                        conflict_count = conflict_count + $3, updated_at = now() WHERE id = $1"""
+SELECT_PUBLISHED = """SELECT account_id::text, product_id::text, published_count, conflict_count
+                      FROM registrations WHERE id = $1 AND kind = 'bulk' AND status = 'preregistered'"""
 FINISH_PUBLISH = """UPDATE registrations SET status = 'preregistered', updated_at = now()
                     WHERE id = $1 AND status = 'publishing'
                       AND NOT EXISTS (SELECT 1 FROM bulk_rows
@@ -160,6 +163,17 @@ class BulkRegistration:
     created_at: datetime
     updated_at: datetime
     conflict_rows: tuple[ConflictRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishedBulk:
+    """A bulk registration whose publishing finished: its devices and conflicts."""
+
+    registration_id: str
+    account_id: str
+    product_id: str
+    published: int
+    conflicts: int
 
 
 @dataclass(frozen=True)
@@ -350,3 +364,17 @@ async def publish_chunk(pool: Pool, registration_id: str, after_line: int, size:
         if rows < size:
             finished = await conn.fetchval(FINISH_PUBLISH, registration_id) is not None
         return ChunkResult(published, len(conflicts), last_line, finished)
+
+
+async def published_bulk(pool: Pool, registration_id: str) -> PublishedBulk | None:
+    """The registration if its publishing finished (status preregistered), else None."""
+    row = await pool.fetchrow(SELECT_PUBLISHED, registration_id) if is_uuid(registration_id) else None
+    if row is None:
+        return None
+    return PublishedBulk(
+        registration_id=registration_id,
+        account_id=row["account_id"],
+        product_id=row["product_id"],
+        published=row["published_count"],
+        conflicts=row["conflict_count"],
+    )

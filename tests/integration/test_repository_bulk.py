@@ -370,7 +370,7 @@ async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
     them (the event not acknowledged) redelivers the event, which finishes the rest
     without publishing a row twice."""
     from services.ingestion import handlers
-    from shared.events import BulkPublish
+    from shared.events import BulkPublish, BulkPublished
 
     registration_id = await _configured(pool, product, _rows(*(f"loop{i:02d}" for i in range(11))))
     await bulk.start_publish(pool, product.account_id, registration_id)
@@ -394,7 +394,18 @@ async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
     # Redelivered: a short budget hands over to a continuation event, which finishes.
     following = await handlers.publish_chunks(pool, [event], chunk_rows=3, budget_s=0)
     assert following == [BulkPublish(registration_id=registration_id, after_line=9)]
-    assert await handlers.publish_chunks(pool, following, chunk_rows=3, budget_s=60) == []
+    [announced] = await handlers.publish_chunks(pool, following, chunk_rows=3, budget_s=60)
+    assert isinstance(announced, BulkPublished)
+    assert (announced.registration_id, announced.account_id, announced.product_id) == (
+        registration_id,
+        product.account_id,
+        product.id,
+    )
+    assert (announced.published, announced.conflicts) == (11, 0)
+    # The announcement is sent at least once: an event redelivered after the last chunk
+    # committed (a crash before the send) announces it again, and publishes nothing.
+    [again] = await handlers.publish_chunks(pool, [event], chunk_rows=3, budget_s=60)
+    assert isinstance(again, BulkPublished) and again.published == 11
 
     found = await bulk.get_bulk(pool, product.account_id, registration_id)
     assert (found.status, found.published, found.conflicts) == ("preregistered", 11, 0)

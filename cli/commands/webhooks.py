@@ -1,0 +1,123 @@
+"""``fleetreg webhooks create|list|delete|deliveries``: the account's webhooks (Standard
+Webhooks: signed HTTP POSTs of registry events; docs/operations.md, "Webhooks")."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.arguments import object_id, positive_int
+from cli.client import operator_client
+from cli.output import emit_json, print_table
+from shared.domain.webhooks import EVENT_TYPES
+
+PAGE = 100
+
+
+def register(groups: Any, common: argparse.ArgumentParser) -> None:
+    webhooks = groups.add_parser("webhooks", help="HTTP endpoints that get the account's registry events")
+    actions = webhooks.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = actions.add_parser(
+        "create", parents=[common], help="add a webhook; prints its signing secret, once"
+    )
+    create.add_argument("--url", required=True, help="http(s) URL the events are POSTed to")
+    create.add_argument(
+        "--event",
+        dest="events",
+        action="append",
+        required=True,
+        choices=EVENT_TYPES,
+        metavar="EVENT",
+        help=f"an event to send (repeat for several): {', '.join(EVENT_TYPES)}",
+    )
+    create.set_defaults(run=create_webhook)
+
+    listing = actions.add_parser("list", parents=[common], help="list the account's webhooks")
+    listing.set_defaults(run=list_webhooks)
+
+    delete = actions.add_parser("delete", parents=[common], help="delete a webhook and its deliveries")
+    delete.add_argument("webhook_id", type=object_id, metavar="ID")
+    delete.set_defaults(run=delete_webhook)
+
+    deliveries = actions.add_parser(
+        "deliveries",
+        parents=[common],
+        help="a webhook's recent deliveries, newest first, with their attempts",
+    )
+    deliveries.add_argument("webhook_id", type=object_id, metavar="ID")
+    deliveries.add_argument("--limit", type=positive_int, default=20, help="at most this many (default 20)")
+    deliveries.set_defaults(run=list_deliveries)
+
+
+async def create_webhook(args: argparse.Namespace) -> int:
+    async with operator_client() as client:
+        created = await client.post("/v1/webhooks", {"url": args.url, "events": args.events})
+    if args.json:
+        emit_json(created)
+        return 0
+    print(f"webhook {created['id']} -> {created['url']}")
+    print(f"events: {', '.join(created['events'])}")
+    print(f"signing secret: {created['secret']}")
+    print("shown once: store it now (verify each request's webhook-signature with it)")
+    return 0
+
+
+async def list_webhooks(args: argparse.Namespace) -> int:
+    async with operator_client() as client:
+        found = (await client.get("/v1/webhooks"))["webhooks"]
+    if args.json:
+        emit_json({"webhooks": found})
+        return 0
+    print_table(
+        [(w["id"], w["url"], ", ".join(w["events"]), w["created_at"]) for w in found],
+        ["id", "url", "events", "created"],
+    )
+    print(f"{len(found)} webhook(s)")
+    return 0
+
+
+async def delete_webhook(args: argparse.Namespace) -> int:
+    async with operator_client() as client:
+        answer = await client.call("DELETE", f"/v1/webhooks/{args.webhook_id}")
+    if args.json:
+        emit_json(answer)
+    else:
+        print(f"deleted webhook {args.webhook_id}")
+    return 0
+
+
+async def list_deliveries(args: argparse.Namespace) -> int:
+    found: list[dict[str, Any]] = []
+    before: tuple[str, str] | None = None
+    async with operator_client() as client:
+        while len(found) < args.limit:
+            params = {"limit": str(min(PAGE, args.limit - len(found)))}
+            if before:
+                params["before"], params["before_id"] = before
+            page = await client.get(f"/v1/webhooks/{args.webhook_id}/deliveries", params)
+            found.extend(page["deliveries"])
+            before = (page["next_before"], page["next_before_id"]) if page["next_before"] else None
+            if before is None:
+                break
+    if args.json:
+        emit_json({"deliveries": found})
+        return 0
+    rows = []
+    for d in found:
+        last = d["attempt_log"][-1] if d["attempt_log"] else None
+        answer = "" if last is None else str(last["status_code"] or last["error"])
+        rows.append(
+            (
+                d["created_at"],
+                d["event_type"],
+                d["status"],
+                d["attempts"],
+                answer[:60],
+                "" if last is None else f"{last['latency_ms']:.0f} ms",
+                d["next_attempt_at"] or "",
+            )
+        )
+    print_table(rows, ["queued", "event", "status", "attempts", "last answer", "latency", "next attempt"])
+    print(f"{len(found)} deliver{'y' if len(found) == 1 else 'ies'}")
+    return 0

@@ -1,0 +1,1 @@
+"""Webhooks: registry events from Kafka turned into signed HTTP deliveries (docs/operations.md)."""

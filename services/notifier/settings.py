@@ -1,0 +1,67 @@
+"""The notifier's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.domain.webhooks import parse_schedule
+from shared.settings import Env, HttpSettings, PipelineSettings, SettingsError, webhooks_allow_private_urls
+
+DEFAULT_PORT = 18085
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How webhooks are delivered (docs/operations.md, "Webhooks")."""
+
+    allow_private_urls: bool  # loopback, link-local and private addresses may be called
+    retry_schedule: tuple[float, ...]  # seconds before each retry; then the delivery has failed
+    timeout_s: float  # one attempt, connecting included; past it the attempt failed
+    per_webhook: int  # attempts in flight at once for one webhook (on one instance)
+    concurrency: int  # attempts in flight at once on one instance, all webhooks together
+    poll_s: float  # how often due deliveries are looked for when there was nothing to send
+    sweep_s: float  # how often closed refusal minutes and offline devices are looked for
+    online_ttl_s: float  # a provisioned device not seen for this long is offline
+    retention_s: float  # finished deliveries (and their attempts) are pruned past this age
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed delivery is left to its instance: past it (the instance died),
+        another one sends it again."""
+        return self.timeout_s + 30.0
+
+
+@dataclass(frozen=True)
+class NotifierSettings:
+    pipeline: PipelineSettings
+    delivery: DeliverySettings
+
+    @property
+    def http(self) -> HttpSettings:
+        return self.pipeline.http
+
+    @property
+    def log_level(self) -> str:
+        return self.pipeline.log_level
+
+    @classmethod
+    def from_env(cls, env: Env) -> NotifierSettings:
+        schedule_text = env.text("FLEETREG_WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")
+        try:
+            schedule = parse_schedule(schedule_text)
+        except ValueError as exc:
+            raise SettingsError(f"FLEETREG_WEBHOOK_RETRY_SCHEDULE={schedule_text!r}: {exc}") from exc
+        return cls(
+            pipeline=PipelineSettings.from_env(env, "notifier", default_port=DEFAULT_PORT),
+            delivery=DeliverySettings(
+                allow_private_urls=webhooks_allow_private_urls(env),
+                retry_schedule=schedule,
+                timeout_s=env.number("FLEETREG_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+                per_webhook=env.integer("FLEETREG_WEBHOOK_CONCURRENCY_PER_WEBHOOK", 10, minimum=1),
+                concurrency=env.integer("FLEETREG_WEBHOOK_CONCURRENCY", 200, minimum=1),
+                poll_s=env.number("FLEETREG_WEBHOOK_POLL_SECONDS", 0.5, minimum=0.01),
+                sweep_s=env.number("FLEETREG_WEBHOOK_SWEEP_SECONDS", 10.0, minimum=0.1),
+                online_ttl_s=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
+                retention_s=86400.0 * env.number("FLEETREG_WEBHOOK_RETENTION_DAYS", 14.0, minimum=0.0),
+            ),
+        )

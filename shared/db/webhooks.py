@@ -1,0 +1,504 @@
+"""Webhooks: an account's endpoints, their deliveries and every attempt (migration 0014).
+
+The notifier turns consumed events into deliveries (:func:`enqueue`, idempotent on the
+webhook and the event ID), claims due ones with a lease (:func:`claim_due`, safe with
+several instances: a conditional update takes each row once), and records each attempt
+(:func:`record_attempt`). The operator API creates, lists and deletes webhooks (audited)
+and lists their deliveries. Signing secrets are stored sealed (``shared.domain.webhooks
+.SecretBox``); this module never sees one in clear.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from asyncpg import Record
+
+from shared.db import audit
+from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
+from shared.domain.identifiers import is_uuid
+from shared.errors import Conflict, NotFound
+
+# Serialises the creations of one account, so two at once cannot pass the limit; NO KEY
+# UPDATE, so devices and keys referencing the account are not blocked meanwhile.
+LOCK_ACCOUNT = "SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+COUNT_WEBHOOKS = "SELECT count(*) FROM webhooks WHERE account_id = $1"
+INSERT_WEBHOOK = """INSERT INTO webhooks (id, account_id, url, events, secret_ciphertext)
+                    VALUES ($1, $2, $3, $4, $5) RETURNING created_at"""
+SELECT_WEBHOOKS = """SELECT id::text, url, events, created_at FROM webhooks
+                     WHERE account_id = $1 ORDER BY created_at, id"""
+SELECT_WEBHOOK = """SELECT id::text, url, events, created_at FROM webhooks
+                    WHERE id = $1 AND account_id = $2"""
+DELETE_WEBHOOK = "DELETE FROM webhooks WHERE id = $1 AND account_id = $2 RETURNING url, events"
+SELECT_DELIVERIES = """
+    SELECT id::text, event_id, event_type, status, attempts, created_at, next_attempt_at, finished_at
+    FROM webhook_deliveries
+    WHERE webhook_id = $1
+      AND ($2::timestamptz IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3::uuid))
+    ORDER BY created_at DESC, id DESC LIMIT $4"""
+SELECT_ATTEMPTS = """SELECT delivery_id::text, attempt, at, http_status, error, latency_ms
+                     FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[])
+                     ORDER BY delivery_id, attempt"""
+
+# One delivery per (event, webhook of the event's account that wants its type); a
+# redelivered event (same webhook and event ID) adds nothing.
+ENQUEUE = """
+    INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, ordering_key, occurred_at, payload)
+    SELECT gen_random_uuid(), w.id, e.event_id, e.kind, e.ordering_key, e.occurred_at, e.payload
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+         WITH ORDINALITY AS e(account_id, kind, event_id, ordering_key, occurred_at, payload, n)
+    JOIN webhooks w ON w.account_id = e.account_id AND e.kind = ANY(w.events)
+    ORDER BY e.n, w.id
+    ON CONFLICT (webhook_id, event_id) DO NOTHING"""
+# Whose devices these are (for events that name only a device).
+SELECT_DEVICES = """SELECT id::text, account_id::text, product_id::text, hardware_id
+                    FROM devices WHERE id = ANY($1::uuid[])"""
+
+# Due deliveries to send, fairly over webhooks: of each webhook (in random order) the
+# earliest due ones, no more than ``per_webhook`` minus those already in flight, and none
+# behind a pending delivery of the same webhook and ordering key (a device's events go
+# out one at a time, in order). The conditional update takes each row once even when
+# two instances pick the same candidates.
+CLAIM_DUE = """
+    WITH busy AS (
+        SELECT webhook_id, count(*) AS in_flight FROM webhook_deliveries
+        WHERE status = 'pending' AND leased_until > now() GROUP BY webhook_id
+    ), due_webhooks AS (
+        SELECT w.id, coalesce(b.in_flight, 0) AS in_flight FROM webhooks w
+        LEFT JOIN busy b ON b.webhook_id = w.id
+        WHERE coalesce(b.in_flight, 0) < $1
+          AND EXISTS (SELECT 1 FROM webhook_deliveries d
+                      WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now())
+        ORDER BY random()
+    ), picked AS (
+        SELECT c.id FROM due_webhooks w
+        CROSS JOIN LATERAL (
+            SELECT d.id FROM webhook_deliveries d
+            WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+              AND (d.leased_until IS NULL OR d.leased_until <= now())
+              AND NOT EXISTS (
+                  SELECT 1 FROM webhook_deliveries e
+                  WHERE e.webhook_id = d.webhook_id AND e.ordering_key = d.ordering_key
+                    AND e.status = 'pending' AND (e.occurred_at, e.seq) < (d.occurred_at, d.seq))
+            ORDER BY d.next_attempt_at, d.seq
+            LIMIT $1 - w.in_flight
+        ) c
+        LIMIT $2
+    )
+    UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $3)
+    FROM picked, webhooks w
+    WHERE d.id = picked.id AND w.id = d.webhook_id AND d.status = 'pending'
+      AND (d.leased_until IS NULL OR d.leased_until <= now())
+    RETURNING d.id::text, d.webhook_id::text, w.url, w.secret_ciphertext, d.event_id, d.event_type,
+              d.payload, d.attempts, d.created_at"""
+INSERT_ATTEMPT = """INSERT INTO webhook_attempts (delivery_id, attempt, at, http_status, error, latency_ms)
+                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"""
+FINISH_ATTEMPT = """
+    UPDATE webhook_deliveries
+    SET attempts = $2, status = $3, leased_until = NULL,
+        next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                               ELSE now() + make_interval(secs => $4::float8) END,
+        finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END
+    WHERE id = $1 AND status = 'pending'"""
+SELECT_BACKLOG = """
+    SELECT count(*) AS pending,
+           extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE next_attempt_at <= now())) AS lag
+    FROM webhook_deliveries WHERE status = 'pending'"""
+# Retention: finished deliveries (and their attempts, by cascade) past the age, oldest
+# first, a small batch per transaction, so no lock is held for long.
+PRUNE = """
+    DELETE FROM webhook_deliveries WHERE id IN (
+        SELECT id FROM webhook_deliveries
+        WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1)
+        ORDER BY finished_at LIMIT $2)"""
+
+# Refusals of the account's own codes, counted only for accounts with a webhook for them;
+# sorted input, so concurrent upserts lock shared rows in one order.
+ADD_REFUSALS = """
+    INSERT INTO webhook_refusal_counts (account_id, minute, reason, count)
+    SELECT c.account_id, c.minute, c.reason, c.count
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int[]) AS c(account_id, minute, reason, count)
+    WHERE EXISTS (SELECT 1 FROM webhooks w
+                  WHERE w.account_id = c.account_id AND 'registration.refused' = ANY(w.events))
+    ON CONFLICT (account_id, minute, reason) DO UPDATE
+       SET count = webhook_refusal_counts.count + excluded.count"""
+# Closed minutes, taken out once: a concurrent instance waits, then finds them gone.
+TAKE_REFUSALS = """DELETE FROM webhook_refusal_counts WHERE minute < $1
+                   RETURNING account_id::text, minute, reason, count"""
+
+# Devices that went offline (provisioned, enabled, last seen at or before the cut-off)
+# while a webhook of their account wanted device.offline, and not announced yet for this
+# last sign of life. The conditional upsert takes each transition once.
+TAKE_OFFLINE = """
+    WITH subscribed AS (
+        SELECT account_id, min(created_at) AS since FROM webhooks
+        WHERE 'device.offline' = ANY(events) GROUP BY account_id
+    ), candidates AS (
+        SELECT d.id, d.account_id, d.product_id, d.hardware_id, d.last_seen_at
+        FROM subscribed s JOIN devices d ON d.account_id = s.account_id
+        WHERE d.lifecycle = 'provisioned' AND NOT d.disabled
+          AND d.last_seen_at <= $1
+          AND d.last_seen_at > s.since - make_interval(secs => $2)
+          AND NOT EXISTS (SELECT 1 FROM webhook_offline_announcements a
+                          WHERE a.device_id = d.id AND a.last_seen_at >= d.last_seen_at)
+        ORDER BY d.last_seen_at
+        LIMIT $3
+    ), taken AS (
+        INSERT INTO webhook_offline_announcements (device_id, last_seen_at)
+        SELECT id, last_seen_at FROM candidates ORDER BY id
+        ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+           WHERE webhook_offline_announcements.last_seen_at < excluded.last_seen_at
+        RETURNING device_id
+    )
+    SELECT c.id::text, c.account_id::text, c.product_id::text, c.hardware_id, c.last_seen_at
+    FROM candidates c JOIN taken t ON t.device_id = c.id"""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An endpoint of an account and the event types it gets (never its secret)."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try: ``http_status`` None when no answer came (``error`` says why); ``latency_ms``
+    from sending the request to the answer's head (or the failure)."""
+
+    attempt: int
+    at: datetime
+    http_status: int | None
+    error: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event for one webhook: pending (``next_attempt_at`` is when it is due),
+    delivered or failed (``finished_at``), with its attempts, oldest first."""
+
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    finished_at: datetime | None
+    attempt_log: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event of an account, ready to be delivered to its webhooks that want ``kind``;
+    ``payload`` is the exact JSON body; deliveries with one ``ordering_key`` (a device ID)
+    go out in ``occurred_at`` order."""
+
+    account_id: str
+    kind: str
+    event_id: str
+    ordering_key: str
+    occurred_at: datetime
+    payload: str
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery claimed for sending, with what the attempt needs (the sealed secret)."""
+
+    id: str
+    webhook_id: str
+    url: str
+    sealed_secret: bytes
+    event_id: str
+    event_type: str
+    payload: str
+    attempts: int  # made before this one
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """A device as events about it name it."""
+
+    device_id: str
+    account_id: str
+    product_id: str
+    hardware_id: str
+
+
+@dataclass(frozen=True)
+class OfflineDevice:
+    device: DeviceRef
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class RefusalCount:
+    """``count`` refusals of an account's codes for ``reason`` in the minute starting at ``minute``."""
+
+    account_id: str
+    minute: datetime
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class RefusalMinute:
+    """A closed minute of one account: counts by reason (only reasons that occurred)."""
+
+    account_id: str
+    minute: datetime
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Pending deliveries, and how long the oldest due one has waited (0 when none is due)."""
+
+    pending: int
+    lag_s: float
+
+
+def _webhook(r: Record) -> Webhook:
+    return Webhook(id=r["id"], url=r["url"], events=tuple(r["events"]), created_at=r["created_at"])
+
+
+# ------------------------------------------------------------------ operator side
+
+
+async def create_webhook(
+    pool: Pool,
+    actor: Account,
+    webhook_id: str,
+    url: str,
+    events: Sequence[str],
+    sealed_secret: bytes,
+    *,
+    host: str,
+    max_per_account: int,
+) -> Webhook:
+    """A new webhook of the actor's account (Conflict past ``max_per_account``); audited as
+    ``webhook.created`` with its host and events (not the whole URL, which may carry a
+    token in its path; never the secret)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_ACCOUNT, actor.id)
+        if await conn.fetchval(COUNT_WEBHOOKS, actor.id) >= max_per_account:
+            raise Conflict(
+                f"the account has {max_per_account} webhooks already: delete one first",
+                field="url",
+                rule=f"max_webhooks={max_per_account}",
+            )
+        created_at = await conn.fetchval(
+            INSERT_WEBHOOK, webhook_id, actor.id, url, list(events), sealed_secret
+        )
+        await audit.record(
+            conn, actor, "webhook.created", "webhook", webhook_id, {"host": host, "events": list(events)}
+        )
+    return Webhook(id=webhook_id, url=url, events=tuple(events), created_at=created_at)
+
+
+async def list_webhooks(pool: Pool, account_id: str) -> list[Webhook]:
+    """The account's webhooks, oldest first."""
+    return [_webhook(r) for r in await pool.fetch(SELECT_WEBHOOKS, account_id)]
+
+
+async def get_webhook(pool: Pool, account_id: str, webhook_id: str) -> Webhook:
+    """One webhook of the account; NotFound for an unknown ID or another account's."""
+    row = await pool.fetchrow(SELECT_WEBHOOK, webhook_id, account_id) if is_uuid(webhook_id) else None
+    if row is None:
+        raise NotFound(f"no webhook {webhook_id} in this account")
+    return _webhook(row)
+
+
+async def delete_webhook(pool: Pool, actor: Account, webhook_id: str) -> None:
+    """Delete a webhook with its deliveries (NotFound otherwise); audited as ``webhook.deleted``.
+    A delivery in flight at that moment may still arrive once."""
+    if not is_uuid(webhook_id):
+        raise NotFound(f"no webhook {webhook_id} in this account")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(DELETE_WEBHOOK, webhook_id, actor.id)
+        if row is None:
+            raise NotFound(f"no webhook {webhook_id} in this account")
+        await audit.record(
+            conn, actor, "webhook.deleted", "webhook", webhook_id, {"events": list(row["events"])}
+        )
+
+
+async def list_deliveries(
+    pool: Pool,
+    account_id: str,
+    webhook_id: str,
+    *,
+    limit: int,
+    before: datetime | None = None,
+    before_id: str | None = None,
+) -> list[Delivery]:
+    """A webhook's deliveries, newest first, each with its attempts; ``before`` (and
+    ``before_id``, the last ID seen at that time) pages back. NotFound for a webhook not
+    of the account."""
+    await get_webhook(pool, account_id, webhook_id)
+    rows = await pool.fetch(SELECT_DELIVERIES, webhook_id, before, before_id, limit)
+    attempts: dict[str, list[Attempt]] = defaultdict(list)
+    for a in await pool.fetch(SELECT_ATTEMPTS, [r["id"] for r in rows]):
+        attempts[a["delivery_id"]].append(
+            Attempt(a["attempt"], a["at"], a["http_status"], a["error"], a["latency_ms"])
+        )
+    return [
+        Delivery(
+            id=r["id"],
+            event_id=r["event_id"],
+            event_type=r["event_type"],
+            status=r["status"],
+            attempts=r["attempts"],
+            created_at=r["created_at"],
+            next_attempt_at=r["next_attempt_at"],
+            finished_at=r["finished_at"],
+            attempt_log=tuple(attempts[r["id"]]),
+        )
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------ notifier side
+
+
+async def enqueue(conn: Connection | Pool, events: Sequence[NewEvent]) -> int:
+    """Deliveries for the events (one per webhook of the event's account that wants its
+    kind); an event ID a webhook has already is skipped. Returns how many were added."""
+    if not events:
+        return 0
+    status = await conn.execute(
+        ENQUEUE,
+        [e.account_id for e in events],
+        [e.kind for e in events],
+        [e.event_id for e in events],
+        [e.ordering_key for e in events],
+        [e.occurred_at for e in events],
+        [e.payload for e in events],
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def device_refs(pool: Pool, device_ids: Sequence[str]) -> dict[str, DeviceRef]:
+    """The devices among ``device_ids`` that exist, by ID (IDs that are not UUIDs are skipped)."""
+    ids = [d for d in set(device_ids) if is_uuid(d)]
+    if not ids:
+        return {}
+    return {
+        r["id"]: DeviceRef(r["id"], r["account_id"], r["product_id"], r["hardware_id"])
+        for r in await pool.fetch(SELECT_DEVICES, ids)
+    }
+
+
+async def claim_due(pool: Pool, *, per_webhook: int, limit: int, lease_s: float) -> list[DueDelivery]:
+    """Take up to ``limit`` due deliveries for sending (see CLAIM_DUE) under a lease of
+    ``lease_s`` seconds: another instance takes one again only after the lease lapsed."""
+    if limit <= 0:
+        return []
+    rows = await pool.fetch(CLAIM_DUE, per_webhook, limit, lease_s)
+    return [
+        DueDelivery(
+            id=r["id"],
+            webhook_id=r["webhook_id"],
+            url=r["url"],
+            sealed_secret=bytes(r["secret_ciphertext"]),
+            event_id=r["event_id"],
+            event_type=r["event_type"],
+            payload=r["payload"],
+            attempts=r["attempts"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+async def record_attempt(
+    pool: Pool, delivery_id: str, attempt: Attempt, *, status: str, retry_in_s: float | None
+) -> None:
+    """Record an attempt and the delivery's new state: ``status`` delivered, failed, or
+    pending (then due again in ``retry_in_s`` seconds); the lease ends."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            INSERT_ATTEMPT,
+            delivery_id,
+            attempt.attempt,
+            attempt.at,
+            attempt.http_status,
+            attempt.error,
+            attempt.latency_ms,
+        )
+        await conn.execute(FINISH_ATTEMPT, delivery_id, attempt.attempt, status, retry_in_s)
+
+
+async def backlog(pool: Pool) -> Backlog:
+    row = await pool.fetchrow(SELECT_BACKLOG)
+    lag = row["lag"] if row is not None else None
+    return Backlog(pending=row["pending"] if row is not None else 0, lag_s=float(lag or 0.0))
+
+
+async def prune(pool: Pool, older_than_s: float, batch: int = 1000) -> int:
+    """Delete finished deliveries older than ``older_than_s`` (by when they finished), a
+    batch per transaction; returns how many went."""
+    total = 0
+    while True:
+        status = await pool.execute(PRUNE, older_than_s, batch)
+        deleted = int(status.rsplit(" ", 1)[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def add_refusals(conn: Connection | Pool, counts: Sequence[RefusalCount]) -> None:
+    """Add refusal counts (kept only for accounts with a registration.refused webhook)."""
+    merged: dict[tuple[str, datetime, str], int] = defaultdict(int)
+    for c in counts:
+        merged[c.account_id, c.minute, c.reason] += c.count
+    keys = sorted(merged)
+    if not keys:
+        return
+    await conn.execute(
+        ADD_REFUSALS,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [merged[k] for k in keys],
+    )
+
+
+async def take_refusal_minutes(conn: Connection, before: datetime) -> list[RefusalMinute]:
+    """Remove and return the counts of minutes that start before ``before``, one per
+    account and minute; call it in the transaction that enqueues their summaries."""
+    grouped: dict[tuple[str, datetime], dict[str, int]] = defaultdict(dict)
+    for r in await conn.fetch(TAKE_REFUSALS, before):
+        grouped[r["account_id"], r["minute"]][r["reason"]] = r["count"]
+    return [RefusalMinute(account, minute, counts) for (account, minute), counts in sorted(grouped.items())]
+
+
+async def take_offline_devices(
+    conn: Connection, cutoff: datetime, online_ttl_s: float, limit: int
+) -> list[OfflineDevice]:
+    """Devices that went offline (last seen at or before ``cutoff``) while their account
+    had a device.offline webhook, not announced yet for this last sign of life: marked
+    announced, and returned once (whichever instance asks first). Call it in the
+    transaction that enqueues their events."""
+    rows = await conn.fetch(TAKE_OFFLINE, cutoff, online_ttl_s, limit)
+    return [
+        OfflineDevice(
+            DeviceRef(r["id"], r["account_id"], r["product_id"], r["hardware_id"]), r["last_seen_at"]
+        )
+        for r in rows
+    ]
+
+
+def new_webhook_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,236 @@
+"""Webhooks' rules, defined once: which events exist, which URLs and addresses may be
+called, the retry schedule, how a refusal is summarised, and the signing secret's
+encryption at rest. Pure functions (and one cipher): no registry, broker or HTTP.
+
+Payloads follow the Standard Webhooks specification (https://www.standardwebhooks.com):
+the body is ``{"type": ..., "timestamp": ISO 8601, "data": {...}}`` and each request
+carries ``webhook-id`` (the same on every attempt of one delivery), ``webhook-timestamp``
+(Unix seconds of the attempt) and ``webhook-signature`` (``v1,`` and the base64
+HMAC-SHA256 of ``id.timestamp.body`` with the secret), which the ``standardwebhooks``
+package verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import urllib.parse
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.errors import InvalidInput
+
+DEVICE_REGISTERED = "device.registered"
+DEVICE_PROVISIONED = "device.provisioned"
+DEVICE_CLONE_DETECTED = "device.clone_detected"
+DEVICE_OFFLINE = "device.offline"
+BULK_PUBLISHED = "bulk.published"
+REGISTRATION_REFUSED = "registration.refused"
+# Every event a webhook may ask for, in the order the docs list them.
+EVENT_TYPES = (
+    DEVICE_REGISTERED,
+    DEVICE_PROVISIONED,
+    DEVICE_CLONE_DETECTED,
+    DEVICE_OFFLINE,
+    BULK_PUBLISHED,
+    REGISTRATION_REFUSED,
+)
+
+MAX_URL_LENGTH = 2048
+SECRET_PREFIX = "whsec_"  # noqa: S105 -- the format's prefix, not a secret
+SECRET_BYTES = 32  # the specification asks for 24 to 64 random bytes
+
+# registration.refused counts refusals of the account's own codes by these reasons.
+REFUSAL_REASONS = ("throttled", "quota", "wrong_key", "other")
+# The quota refusals' texts (shared/domain/dedup.py reason_max_devices, reason_clone_limit).
+_QUOTA_PREFIXES = ("quota reached:", "clone limit reached:")
+
+# The Standard Webhooks suggested schedule, as the pause before each retry: attempts at
+# once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (about 27.5 hours in all).
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+def new_secret() -> str:
+    """A fresh signing secret, ``whsec_`` and base64 of 32 random bytes (shown once)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def event_id(kind: str, *source: str) -> str:
+    """The ``webhook-id`` of an event: derived from what caused it (a request ID, a device
+    and a time, ...), so an event consumed twice gets the same ID and one delivery."""
+    return "msg_" + uuid.uuid5(uuid.NAMESPACE_URL, "fleetreg:" + "\x1f".join((kind, *source))).hex
+
+
+def body(kind: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of a delivery (Standard Webhooks' payload shape)."""
+    return {"type": kind, "timestamp": at.astimezone(UTC).isoformat(), "data": data}
+
+
+def refusal_reason(reason: str) -> str:
+    """The summary's reason for one refusal's text: quota, wrong_key or other (throttled
+    refusals are counted where they happen, in the intake)."""
+    if reason.startswith(_QUOTA_PREFIXES):
+        return "quota"
+    if reason == REASON_BULK_NOT_LISTED:
+        return "wrong_key"
+    return "other"
+
+
+def checked_events(value: object) -> tuple[str, ...]:
+    """A webhook's event list: a non-empty JSON array of known event names, each once
+    (kept in the order given). InvalidInput otherwise."""
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(
+            "events must be a non-empty array of event names", field="events", rule="type=array,min_items=1"
+        )
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or item not in EVENT_TYPES:
+            raise InvalidInput(
+                f"events: each must be one of {', '.join(EVENT_TYPES)}", field="events", rule="enum"
+            )
+        if item not in names:
+            names.append(item)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a URL points: its scheme, host (a name or an address literal) and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def literal(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The address, when the host is one (no name to resolve)."""
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+
+def checked_url(value: object) -> tuple[str, Target]:
+    """A webhook URL: an absolute http or https URL of at most 2048 printable ASCII
+    characters, with a host, without credentials or a fragment. Returns it unchanged and
+    its target; InvalidInput (field ``url``) otherwise. The host's addresses are checked
+    separately (:func:`address_refusal`), at creation and before every attempt."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("url must be a non-empty string", field="url", rule="type=string")
+    if len(value) > MAX_URL_LENGTH:
+        raise InvalidInput(
+            f"url is longer than {MAX_URL_LENGTH} characters",
+            field="url",
+            rule=f"max_length={MAX_URL_LENGTH}",
+        )
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise InvalidInput(
+            "url must be printable ASCII without spaces (encode other characters)",
+            field="url",
+            rule="charset=printable-ascii",
+        )
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise InvalidInput(f"url is not a valid URL: {exc}", field="url", rule="format=uri") from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidInput("url must start with http:// or https://", field="url", rule="scheme=http,https")
+    if not host:
+        raise InvalidInput("url has no host", field="url", rule="format=uri")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput(
+            "url may not hold credentials: check the webhook-signature header instead",
+            field="url",
+            rule="no-userinfo",
+        )
+    if parts.fragment:
+        raise InvalidInput("url may not have a #fragment", field="url", rule="no-fragment")
+    if port == 0:
+        raise InvalidInput("url's port must be 1 to 65535", field="url", rule="range=port")
+    return value, Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+
+
+def address_refusal(address: str, *, allow_private: bool) -> str | None:
+    """Why the notifier may not connect to ``address`` (None: it may). Refused unless
+    ``allow_private`` (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS): loopback, link-local (cloud
+    metadata services live there), private, shared (100.64/10), multicast, unspecified and
+    reserved addresses; an IPv4 address mapped into IPv6 is judged as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ID names an interface
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if allow_private:
+        return None
+    for refused, what in (
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED, "shared (carrier-grade NAT)"),
+        (not ip.is_global, "not globally routable"),
+    ):
+        if refused:
+            return f"{ip} is a {what} address (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)"
+    return None
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
+def retry_delay(attempts: int, schedule: Sequence[float]) -> float | None:
+    """The pause before the next attempt after ``attempts`` failed ones (1 = the first
+    failed), or None when the schedule is exhausted and the delivery has failed."""
+    if attempts < 1 or attempts > len(schedule):
+        return None
+    return schedule[attempts - 1]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``"5,300,1800"``: seconds to wait before each retry (ValueError naming the problem)."""
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise ValueError("not a comma-separated list of seconds") from exc
+    if any(d < 0 or d != d for d in delays):  # d != d: NaN
+        raise ValueError("a delay is negative or not a number")
+    return delays
+
+
+class SecretBox:
+    """Encrypts webhook signing secrets at rest: AES-256-GCM with a key derived (HMAC-SHA256)
+    from FLEETREG_SECRET_KEY, the webhook's ID as associated data (a ciphertext copied to
+    another webhook does not decrypt). Stored as 12-byte nonce + ciphertext and tag."""
+
+    def __init__(self, secret_key: bytes) -> None:
+        key = hmac.digest(secret_key, b"fleetreg webhook signing secrets v1", hashlib.sha256)
+        self._aead = AESGCM(key)
+
+    def seal(self, webhook_id: str, secret: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, secret.encode(), webhook_id.encode())
+
+    def open(self, webhook_id: str, sealed: bytes) -> str:
+        """The secret; ValueError when it was sealed with another key (FLEETREG_SECRET_KEY
+        rotated) or for another webhook."""
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], webhook_id.encode()).decode()
+        except InvalidTag as exc:
+            raise ValueError("the webhook's secret does not decrypt with this FLEETREG_SECRET_KEY") from exc
