@@ -9,7 +9,7 @@
 # docker-compose.yml (one host) and deploy/k8s (Kubernetes) run it; docs/operations.md.
 #
 # The first argument names the part to run (deploy/container/entrypoint.sh):
-# dedup, provisioning, intake, operator, ingestion, migrate, or fleetreg ARGS.
+# dedup, provisioning, intake, operator, ingestion, notifier, migrate, or fleetreg ARGS.
 # Configuration comes only from the environment: nothing secret is in the image.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
@@ -66,10 +66,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 
-# intake 18080, operator 18081, dedup 18082, provisioning 18083, ingestion 18084
+# intake 18080, operator 18081, dedup 18082, provisioning 18083, ingestion 18084, notifier 18085
 # (each service's own FLEETREG_HTTP_PORT; /healthz, /readyz and /metrics on each),
 # and the intake's https listener 18443 (FLEETREG_COMPAT_PORT, when TLS is configured).
-EXPOSE 18080 18081 18082 18083 18084 18443
+EXPOSE 18080 18081 18082 18083 18084 18085 18443
 STOPSIGNAL SIGTERM
 
 ENTRYPOINT ["/usr/local/bin/fleetreg-entrypoint"]

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The container's entry point: runs one part of fleetreg, chosen by the first argument.
 #
-#   entrypoint.sh dedup|provisioning|intake|operator|ingestion   a service (python -m services.NAME)
+#   entrypoint.sh dedup|provisioning|intake|operator|ingestion|notifier   a service (python -m services.NAME)
 #   entrypoint.sh migrate [ARGS...]                               the database migrations (fleetreg migrate)
 #   entrypoint.sh fleetreg ARGS...                                any other fleetreg command
 #
@@ -13,7 +13,7 @@
 set -eu
 
 usage() { # EXIT_CODE
-  echo "usage: entrypoint.sh dedup|provisioning|intake|operator|ingestion|migrate [ARGS...] | fleetreg ARGS..." >&2
+  echo "usage: entrypoint.sh dedup|provisioning|intake|operator|ingestion|notifier|migrate [ARGS...] | fleetreg ARGS..." >&2
   exit "$1"
 }
 
@@ -35,7 +35,7 @@ command=$1
 shift
 
 case "$command" in
-  dedup | provisioning | intake | operator | ingestion)
+  dedup | provisioning | intake | operator | ingestion | notifier)
     refuse_placeholders
     exec python -m "services.$command" "$@" ;;
   migrate)

@@ -28,7 +28,7 @@ from tests.chaos.scenario import Fault, Target, bulk_wave, storm_wave
 from tests.chaos.stack import ROOT, ChaosStack
 
 OUT = ROOT / "var" / "chaos"
-SERVICES = ("intake", "dedup", "provisioning", "operator", "ingestion")
+SERVICES = ("intake", "dedup", "provisioning", "operator", "ingestion", "notifier")
 STORM_FAULTS = [
     *(f"kill-{s}" for s in SERVICES),
     "broker-restart",

@@ -121,7 +121,8 @@ class System:
         group = {"FLEETREG_CONSUMER_GROUP": self.services[name].env["FLEETREG_CONSUMER_GROUP"]}
         if name == "intake":  # its https listener needs a port of its own too
             group["FLEETREG_COMPAT_PORT"] = str(free_port())
-        process = ServiceProcess(name, f"{name}-{len(self.extra) + 2}", {**self.env, **group, **(env or {})})
+        settings = {**self.env, **SERVICE_ENV.get(name, {}), **group, **(env or {})}
+        process = ServiceProcess(name, f"{name}-{len(self.extra) + 2}", settings)
         process.start()
         self.extra.append(process)
         await process.wait_ready()
@@ -137,6 +138,21 @@ def make_tls() -> Path:
     directory = ROOT / "var" / "e2e-tls"
     subprocess.run([str(ROOT / "deploy" / "local" / "tls.sh"), str(directory)], check=True)
     return directory
+
+
+SERVICES = ("dedup", "provisioning", "intake", "operator", "ingestion", "notifier")
+# Settings of one service only. The notifier retries within seconds instead of hours, looks
+# for due deliveries and offline devices often, and counts a device offline after 3 s
+# without a sign of life (the operator still shows the default 300 s).
+SERVICE_ENV = {
+    "notifier": {
+        "FLEETREG_WEBHOOK_RETRY_SCHEDULE": "0.2,0.5,1,1,1,2,2,2,2,2",
+        "FLEETREG_WEBHOOK_TIMEOUT_SECONDS": "5",
+        "FLEETREG_WEBHOOK_POLL_SECONDS": "0.1",
+        "FLEETREG_WEBHOOK_SWEEP_SECONDS": "0.5",
+        "FLEETREG_ONLINE_TTL_SECONDS": "3",
+    }
+}
 
 
 async def start_system(database_url: str, bootstrap: str, prefix: str) -> System:
@@ -163,10 +179,13 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         # defaults are tested on instances of their own (tests/e2e/test_throttling.py).
         "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "10000/minute",
         "FLEETREG_LIMIT_REQUESTS_PER_KEY": "10000/second",
+        # The tests' webhook receivers listen on 127.0.0.1 (tests/e2e/test_webhooks.py turns
+        # it off on an operator instance of its own).
+        "FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS": "true",
     }
     services = {}
-    for name in ("dedup", "provisioning", "intake", "operator", "ingestion"):
-        group_env = {**env, "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
+    for name in SERVICES:
+        group_env = {**env, **SERVICE_ENV.get(name, {}), "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
         services[name] = ServiceProcess(name, name, group_env)
         services[name].start()
     system = System(env={**env}, services=services)

@@ -37,6 +37,8 @@ from services.dedup.resources import Resources as DedupResources
 from services.ingestion import streams as ingestion_streams
 from services.ingestion.app import SERVICE as INGESTION
 from services.intake import handlers as intake_handlers
+from services.notifier import streams as notifier_streams
+from services.notifier.app import SERVICE as NOTIFIER
 from services.provisioning import handlers as provisioning_handlers
 from services.provisioning import streams as provisioning_streams
 from services.provisioning.app import SERVICE as PROVISIONING
@@ -47,6 +49,7 @@ from shared.domain.identifiers import hardware_id_stem, new_code, new_request_id
 from shared.events import (
     EVENT_TYPES,
     BulkPublish,
+    BulkPublished,
     DeviceSignal,
     Event,
     RegistrationDecided,
@@ -300,6 +303,14 @@ def sample_events() -> list[Event]:
         DeviceSignal(device_id=device_id, kind="heartbeat", at=1),
         BulkPublish(registration_id=str(uuid.uuid4())),
         BulkPublish(registration_id=str(uuid.uuid4()), after_line=5000),
+        BulkPublished(
+            registration_id=str(uuid.uuid4()),
+            account_id=str(uuid.uuid4()),
+            product_id=str(uuid.uuid4()),
+            published=9998,
+            conflicts=2,
+            at=time.time(),
+        ),
     ]
 
 
@@ -368,7 +379,7 @@ def test_every_operation_uses_messages_of_its_own_channel() -> None:
         for message in op["messages"]:
             assert message["$ref"].startswith(f"{channel_ref}/messages/"), name
         assert len(services_of(op)) == 1, f"{name} is tagged with exactly one service"
-        assert services_of(op) <= {"intake", DEDUP, PROVISIONING, INGESTION}, name
+        assert services_of(op) <= {"intake", DEDUP, PROVISIONING, INGESTION, NOTIFIER}, name
 
 
 # --- topics ---------------------------------------------------------------------------------
@@ -572,7 +583,12 @@ async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest
 
 @pytest.mark.parametrize(
     ("service", "streams"),
-    [(DEDUP, dedup_streams), (PROVISIONING, provisioning_streams), (INGESTION, ingestion_streams)],
+    [
+        (DEDUP, dedup_streams),
+        (PROVISIONING, provisioning_streams),
+        (INGESTION, ingestion_streams),
+        (NOTIFIER, notifier_streams),
+    ],
 )
 def test_a_pipeline_service_receives_its_subscriptions_in_its_consumer_group(
     service: str, streams: Any

@@ -52,7 +52,14 @@ K8S_BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 
 # Each service's port (FLEETREG_HTTP_PORT) as deploy/local/stack.sh runs it.
-PORTS = {"intake": 18080, "operator": 18081, "dedup": 18082, "provisioning": 18083, "ingestion": 18084}
+PORTS = {
+    "intake": 18080,
+    "operator": 18081,
+    "dedup": 18082,
+    "provisioning": 18083,
+    "ingestion": 18084,
+    "notifier": 18085,
+}
 SERVICES = tuple(PORTS)
 # The APIs reachable from outside a Compose host: the device API (http, and https for the
 # reference-compatible API), the operator API and the bulk API.

@@ -509,7 +509,8 @@ def test_the_device_list_query_follows_the_handler() -> None:
     assert set(query) == {"state", "hardware_id", "registration_id", "limit", "after"}
     assert all(p["in"] == "query" and not p.get("required", False) for p in query.values())
     assert resolve(query["state"]["schema"])["enum"] == list(handlers.DEVICE_STATES)
-    default_max = OperatorSettings.from_env(Env({"DATABASE_URL": "postgresql://u@h/db"})).page_limit_max
+    environ = {"DATABASE_URL": "postgresql://u@h/db", "FLEETREG_SECRET_KEY": "k" * 32}
+    default_max = OperatorSettings.from_env(Env(environ)).page_limit_max
     limit = resolve(query["limit"]["schema"])
     assert (limit["type"], limit["minimum"], limit["maximum"], limit["default"]) == (
         "integer",
