@@ -1,0 +1,394 @@
+"""shared.db.webhooks and the notifier's handlers on the real Postgres: webhooks per account
+(audited, limited, never another account's), deliveries idempotent per event, claimed
+once, one at a time per device and in order, retried on the schedule, refusal minutes
+and offline transitions taken once, and finished deliveries pruned.
+
+The delivery worker claims every due delivery of its database, so these tests run on a
+database of their own: the end-to-end system's notifier (same session, the shared test
+database) would otherwise take their deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.notifier import handlers
+from shared.db import audit, webhooks
+from shared.db.migrations import migrate
+from shared.db.pool import Pool, open_pool, single_connection
+from shared.db.webhooks import Attempt, NewEvent
+from shared.domain.accounts import Account
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_max_devices
+from shared.domain.identifiers import new_request_id
+from shared.domain.webhooks import SecretBox
+from shared.errors import Conflict, NotFound
+from shared.events import BulkPublished, DeviceSignal, RegistrationDecided, RegistrationOutcome
+from shared.settings import DatabaseSettings, Secret
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+BOX = SecretBox(b"integration-test-key-of-32-bytes-at-least")
+ALL = ("device.registered", "device.provisioned", "device.clone_detected", "device.offline")
+
+
+@pytest.fixture(scope="module")
+async def db(database_url: str) -> AsyncIterator[Pool]:
+    name = f"webhooks_{uuid.uuid4().hex[:10]}"
+    async with single_connection(database_url) as admin:
+        await admin.execute(f"CREATE DATABASE {name}")
+    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    async with single_connection(url) as conn:
+        await migrate(conn)
+    pool = await open_pool(DatabaseSettings(url=Secret(url), pool_min=1, pool_max=10))
+    yield pool
+    await pool.close()
+    async with single_connection(database_url) as admin:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(autouse=True)
+async def nothing_due_from_other_tests(db: Pool) -> None:
+    """Claims take every due delivery of the database: each test starts with none."""
+    await db.execute("DELETE FROM webhook_deliveries")
+
+
+async def _actor(db: Pool) -> Account:
+    account_id = await registry.new_account(db)
+    return Account(account_id, f"repo-{account_id}", key_id=None, key_label="test", read_only=False)
+
+
+async def _webhook(db: Pool, actor: Account, events: tuple[str, ...] = ALL, url: str = "http://h/x") -> str:
+    webhook_id = webhooks.new_webhook_id()
+    sealed = BOX.seal(webhook_id, "whsec_dGVzdA==")
+    await webhooks.create_webhook(db, actor, webhook_id, url, events, sealed, host="h", max_per_account=20)
+    return webhook_id
+
+
+def _event(account_id: str, kind: str, device: str, at: datetime, event_id: str | None = None) -> NewEvent:
+    return NewEvent(
+        account_id=account_id,
+        kind=kind,
+        event_id=event_id or f"msg_{uuid.uuid4().hex}",
+        ordering_key=device,
+        occurred_at=at,
+        payload=json.dumps({"type": kind, "device": device}),
+    )
+
+
+async def test_webhooks_are_created_listed_and_deleted_with_an_audit_trail(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("device.offline",))
+
+    [found] = await webhooks.list_webhooks(db, actor.id)
+    assert (found.id, found.url, found.events) == (webhook_id, "http://h/x", ("device.offline",))
+    assert await webhooks.get_webhook(db, actor.id, webhook_id) == found
+    await webhooks.delete_webhook(db, actor, webhook_id)
+    assert await webhooks.list_webhooks(db, actor.id) == []
+
+    events = await audit.list_events(db, actor.id, audit.AuditFilter(), limit=10)
+    assert [(e.action, e.target_id) for e in events] == [
+        ("webhook.deleted", webhook_id),
+        ("webhook.created", webhook_id),
+    ]
+    assert events[1].changes == {"host": "h", "events": ["device.offline"]}
+
+
+async def test_another_accounts_webhook_is_not_found_and_not_deleted(db: Pool) -> None:
+    owner, other = await _actor(db), await _actor(db)
+    webhook_id = await _webhook(db, owner)
+
+    for call in (
+        webhooks.get_webhook(db, other.id, webhook_id),
+        webhooks.delete_webhook(db, other, webhook_id),
+        webhooks.list_deliveries(db, other.id, webhook_id, limit=10),
+        webhooks.get_webhook(db, owner.id, "not-a-uuid"),
+        webhooks.delete_webhook(db, owner, "'; DROP TABLE webhooks; --"),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    assert [w.id for w in await webhooks.list_webhooks(db, owner.id)] == [webhook_id]
+
+
+async def test_an_account_has_at_most_the_limit_even_when_created_at_once(db: Pool) -> None:
+    actor = await _actor(db)
+
+    async def create() -> bool:
+        webhook_id = webhooks.new_webhook_id()
+        try:
+            await webhooks.create_webhook(
+                db, actor, webhook_id, "http://h/", ALL, b"x", host="h", max_per_account=3
+            )
+        except Conflict:
+            return False
+        return True
+
+    created = await asyncio.gather(*[create() for _ in range(8)])
+    assert sum(created) == 3
+    assert len(await webhooks.list_webhooks(db, actor.id)) == 3
+
+
+async def test_an_event_becomes_one_delivery_per_matching_webhook_once(db: Pool) -> None:
+    actor, other = await _actor(db), await _actor(db)
+    wants = await _webhook(db, actor, ("device.registered",))
+    also = await _webhook(db, actor, ALL)
+    await _webhook(db, actor, ("device.offline",))  # does not want it
+    await _webhook(db, other, ALL)  # another account's
+    event = _event(actor.id, "device.registered", "d1", datetime.now(UTC))
+
+    assert await webhooks.enqueue(db, [event]) == 2
+    assert await webhooks.enqueue(db, [event, event]) == 0  # a redelivered record adds nothing
+    rows = await db.fetch("SELECT webhook_id::text, event_id FROM webhook_deliveries ORDER BY 1")
+    assert sorted(r["webhook_id"] for r in rows) == sorted([wants, also])
+    assert {r["event_id"] for r in rows} == {event.event_id}
+
+
+async def test_a_devices_deliveries_are_claimed_one_at_a_time_in_order(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    t0 = datetime.now(UTC)
+    # Queued out of order: the later event first.
+    provisioned = _event(actor.id, "device.provisioned", "dev-a", t0 + timedelta(seconds=2))
+    registered = _event(actor.id, "device.registered", "dev-a", t0)
+    other_device = _event(actor.id, "device.registered", "dev-b", t0 + timedelta(seconds=1))
+    await webhooks.enqueue(db, [provisioned])
+    await webhooks.enqueue(db, [registered, other_device])
+
+    first = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert sorted(d.event_id for d in first) == sorted([registered.event_id, other_device.event_id])
+    assert all(d.webhook_id == webhook_id and d.attempts == 0 for d in first)
+    assert BOX.open(webhook_id, first[0].sealed_secret) == "whsec_dGVzdA=="
+    # Leased: not claimed again; the device's next event waits behind its first.
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []
+
+    done = next(d for d in first if d.event_id == registered.event_id)
+    await webhooks.record_attempt(
+        db, done.id, Attempt(1, datetime.now(UTC), 204, "", 3.5), status="delivered", retry_in_s=None
+    )
+    [second] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert second.event_id == provisioned.event_id
+
+
+async def test_a_webhook_gets_at_most_its_share_in_flight_and_others_still_get_theirs(db: Pool) -> None:
+    slow, fast = await _actor(db), await _actor(db)
+    await _webhook(db, slow)
+    fast_webhook = await _webhook(db, fast)
+    now = datetime.now(UTC)
+    await webhooks.enqueue(db, [_event(slow.id, "device.registered", f"s{i}", now) for i in range(10)])
+
+    assert len(await webhooks.claim_due(db, per_webhook=3, limit=100, lease_s=60)) == 3
+    assert await webhooks.claim_due(db, per_webhook=3, limit=100, lease_s=60) == []  # its share is in flight
+    await webhooks.enqueue(db, [_event(fast.id, "device.registered", "f1", now)])
+    [claimed] = await webhooks.claim_due(db, per_webhook=3, limit=100, lease_s=60)
+    assert claimed.webhook_id == fast_webhook
+
+
+async def test_a_failed_attempt_is_due_again_after_its_pause_and_fails_for_good_at_the_end(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC))])
+    [due] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+
+    failed = Attempt(1, datetime.now(UTC), 503, "", 12.0)
+    await webhooks.record_attempt(db, due.id, failed, status="pending", retry_in_s=3600)
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []  # not due for an hour
+    await db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE id = $1", due.id)
+    [again] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert (again.id, again.attempts) == (due.id, 1)
+    await webhooks.record_attempt(
+        db,
+        due.id,
+        Attempt(2, datetime.now(UTC), None, "timed out after 10 s", 10000.0),
+        status="failed",
+        retry_in_s=None,
+    )
+
+    [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert (delivery.status, delivery.attempts, delivery.finished_at is not None) == ("failed", 2, True)
+    assert [(a.attempt, a.http_status, a.error) for a in delivery.attempt_log] == [
+        (1, 503, ""),
+        (2, None, "timed out after 10 s"),
+    ]
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []
+
+
+async def test_a_lapsed_lease_is_claimed_again(db: Pool) -> None:
+    """An instance that died while sending: another one sends it again (at least once)."""
+    actor = await _actor(db)
+    await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC))])
+    [first] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=0.2)
+    await asyncio.sleep(0.3)
+    [again] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert again.id == first.id
+
+
+async def test_deliveries_page_newest_first(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    now = datetime.now(UTC)
+    for i in range(5):
+        await webhooks.enqueue(db, [_event(actor.id, "device.registered", f"d{i}", now, event_id=f"e{i}")])
+    first = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=2)
+    rest = await webhooks.list_deliveries(
+        db, actor.id, webhook_id, limit=10, before=first[-1].created_at, before_id=first[-1].id
+    )
+    assert [d.event_id for d in first + rest] == ["e4", "e3", "e2", "e1", "e0"]
+
+
+async def test_only_finished_deliveries_past_retention_are_pruned(db: Pool) -> None:
+    actor = await _actor(db)
+    await _webhook(db, actor)
+    now = datetime.now(UTC)
+    await webhooks.enqueue(
+        db, [_event(actor.id, "device.registered", f"d{i}", now, event_id=f"p{i}") for i in range(3)]
+    )
+    await db.execute("""UPDATE webhook_deliveries SET status = 'delivered', finished_at = now() - interval '2 days'
+                        WHERE event_id = 'p0'""")
+    await db.execute("""UPDATE webhook_deliveries SET status = 'failed', finished_at = now() - interval '1 hour'
+                        WHERE event_id = 'p1'""")
+
+    assert await webhooks.prune(db, older_than_s=86400, batch=1) == 1
+    left = {r["event_id"] for r in await db.fetch("SELECT event_id FROM webhook_deliveries")}
+    assert left == {"p1", "p2"}
+
+
+# ------------------------------------------------------------------ the notifier's handlers
+
+
+def _decided(account_id: str, device_id: str, decision: str, hardware_id: str = "H") -> RegistrationDecided:
+    return RegistrationDecided(
+        request_id=new_request_id(),
+        account_id=account_id,
+        product_id=str(uuid.uuid4()),
+        device_id=device_id,
+        hardware_id=hardware_id,
+        decision=decision,
+        credential_generation=1,
+        received_at=1.0,
+    )
+
+
+async def test_a_batch_of_events_becomes_deliveries_once(db: Pool) -> None:
+    actor = await _actor(db)
+    await _webhook(
+        db, actor, ("device.registered", "device.clone_detected", "device.provisioned", "bulk.published")
+    )
+    product = await registry.new_product(db, actor.id)
+    registration_id = await registry.new_registration(db, product)
+    device_id = await registry.new_device(db, product, registration_id, "H1", lifecycle="provisioned")
+    batch = [
+        _decided(actor.id, device_id, "new", "H1"),
+        _decided(actor.id, str(uuid.uuid4()), "clone", "H1-1"),
+        _decided(actor.id, str(uuid.uuid4()), "same"),  # registering again: no event
+        DeviceSignal(device_id=device_id, kind="ready", at=2.0),
+        DeviceSignal(device_id=device_id, kind="heartbeat", at=3.0),  # no event
+        DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=2.0),  # unknown device: no event
+        BulkPublished(
+            registration_id=str(uuid.uuid4()),
+            account_id=actor.id,
+            product_id=product.id,
+            published=7,
+            conflicts=1,
+            at=4.0,
+        ),
+    ]
+
+    assert await handlers.record_events(db, batch) == 4
+    assert await handlers.record_events(db, batch) == 0  # the batch redelivered after a crash
+    rows = await db.fetch("SELECT event_type, payload FROM webhook_deliveries ORDER BY occurred_at")
+    assert [r["event_type"] for r in rows] == [
+        "device.registered",
+        "device.clone_detected",
+        "device.provisioned",
+        "bulk.published",
+    ]
+    provisioned = json.loads(rows[2]["payload"])
+    assert provisioned["type"] == "device.provisioned"
+    assert provisioned["data"] == {"device_id": device_id, "hardware_id": "H1", "product_id": product.id}
+    assert json.loads(rows[3]["payload"])["data"]["published"] == 7
+
+
+async def test_refusals_of_an_accounts_codes_are_summarised_per_minute(db: Pool) -> None:
+    actor, unsubscribed = await _actor(db), await _actor(db)
+    webhook_id = await _webhook(db, actor, ("registration.refused",))
+
+    def refused(account_id: str, reason: str) -> RegistrationOutcome:
+        return RegistrationOutcome(
+            request_id=new_request_id(),
+            status="refused",
+            decision="refused",
+            reason=reason,
+            account_id=account_id,
+        )
+
+    batch = [
+        refused(actor.id, reason_max_devices(2)),
+        refused(actor.id, reason_max_devices(2)),
+        refused(actor.id, REASON_BULK_NOT_LISTED),
+        refused(actor.id, "device disabled by the operator"),
+        refused(unsubscribed.id, REASON_BULK_NOT_LISTED),  # no webhook wants it: not counted
+        refused("", "unknown bulk identification code"),  # nobody's code
+    ]
+    await handlers.record_events(db, batch)
+    # Not yet: the minute is still open.
+    assert await handlers.sweep(db, online_ttl_s=300, retention_s=86400) == 0
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    assert await handlers.sweep(db, online_ttl_s=300, retention_s=86400, now=later) == 1
+    assert await handlers.sweep(db, online_ttl_s=300, retention_s=86400, now=later) == 0  # taken once
+
+    [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    payload = json.loads(
+        await db.fetchval("SELECT payload FROM webhook_deliveries WHERE id = $1", delivery.id)
+    )
+    assert payload["type"] == "registration.refused"
+    assert payload["data"]["counts"] == {"throttled": 0, "quota": 2, "wrong_key": 1, "other": 1}
+    assert payload["data"]["total"] == 4
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM webhook_refusal_counts WHERE account_id = $1", unsubscribed.id
+        )
+        == 0
+    )
+
+
+async def test_a_device_going_offline_is_announced_once_per_transition(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("device.offline",))
+    product = await registry.new_product(db, actor.id)
+    registration_id = await registry.new_registration(db, product)
+    device_id = await registry.new_device(db, product, registration_id, "OFF1", lifecycle="provisioned")
+    never_seen = await registry.new_device(db, product, registration_id, "OFF2", lifecycle="provisioned")
+    disabled = await registry.new_device(
+        db, product, registration_id, "OFF3", lifecycle="provisioned", disabled=True
+    )
+    now = datetime.now(UTC)
+    await db.execute(
+        "UPDATE devices SET last_seen_at = $2 WHERE id = ANY($1::uuid[])", [device_id, disabled], now
+    )
+
+    assert await handlers.sweep(db, online_ttl_s=60, retention_s=86400, now=now) == 0  # still online
+    later = now + timedelta(seconds=61)
+    swept = await asyncio.gather(
+        *[handlers.sweep(db, online_ttl_s=60, retention_s=86400, now=later) for _ in range(4)]
+    )
+    assert sum(swept) == 1  # several instances at once: announced once
+    # Seen again, then lost again: a new transition.
+    await db.execute("UPDATE devices SET last_seen_at = $2 WHERE id = $1", device_id, later)
+    assert (
+        await handlers.sweep(db, online_ttl_s=60, retention_s=86400, now=later + timedelta(seconds=61)) == 1
+    )
+
+    deliveries = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    payloads = [
+        json.loads(await db.fetchval("SELECT payload FROM webhook_deliveries WHERE id = $1", d.id))
+        for d in deliveries
+    ]
+    assert [p["data"]["device_id"] for p in payloads] == [device_id, device_id]
+    assert never_seen not in {p["data"]["device_id"] for p in payloads}

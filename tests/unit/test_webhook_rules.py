@@ -1,0 +1,169 @@
+"""Webhooks' pure rules (shared/domain/webhooks.py) and the signing the notifier does,
+checked against the ``standardwebhooks`` package a receiver would verify with."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from services.notifier.handlers import signed_headers
+from services.notifier.sender import Sender
+from shared.domain import webhooks as rules
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_limit, reason_max_devices
+from shared.errors import InvalidInput
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/fleetreg",
+        "http://hooks.example.com:8080/a/b?c=d",
+        "https://[2001:db8::1]/x",
+        "http://127.0.0.1:18999/hook",
+    ],
+)
+def test_a_plain_http_or_https_url_is_taken_as_it_is(url: str) -> None:
+    assert rules.checked_url(url)[0] == url
+
+
+def test_the_target_names_the_host_and_the_default_port() -> None:
+    assert rules.checked_url("https://hooks.example.com/x")[1] == rules.Target(
+        "https", "hooks.example.com", 443
+    )
+    assert rules.checked_url("http://10.0.0.1:81/")[1].port == 81
+    assert str(rules.checked_url("http://[::1]:9/")[1].literal) == "::1"
+    assert rules.checked_url("http://example.com/")[1].literal is None
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        (None, "type=string"),
+        (42, "type=string"),
+        (["https://x"], "type=string"),
+        ("", "type=string"),
+        ("ftp://example.com/x", "scheme=http,https"),
+        ("file:///etc/passwd", "scheme=http,https"),
+        ("javascript:alert(1)", "scheme=http,https"),
+        ("example.com/hook", "scheme=http,https"),
+        ("https://", "format=uri"),
+        ("https://user:pw@example.com/", "no-userinfo"),
+        ("https://example.com/#frag", "no-fragment"),
+        ("https://example.com:0/", "range=port"),
+        ("https://example.com:99999/", "format=uri"),
+        ("https://exa mple.com/", "charset=printable-ascii"),
+        ("https://example.com/\x00", "charset=printable-ascii"),
+        ("https://exämple.com/", "charset=printable-ascii"),
+        ("https://example.com/" + "a" * 2048, "max_length=2048"),
+    ],
+)
+def test_a_bad_url_is_refused_naming_the_rule(url: object, rule: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        rules.checked_url(url)
+    assert (refused.value.field, refused.value.rule) == ("url", rule)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "169.254.169.254",  # cloud metadata
+        "fe80::1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "fd00::1",
+        "100.64.0.1",
+        "0.0.0.0",  # noqa: S104 -- an address to refuse, not one to bind
+        "::",
+        "224.0.0.1",
+        "ff02::1",
+        "240.0.0.1",
+        "::ffff:127.0.0.1",  # IPv4-mapped loopback
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_non_public_addresses_are_refused_unless_allowed(address: str) -> None:
+    refusal = rules.address_refusal(address, allow_private=False)
+    assert refusal is not None and "FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS" in refusal
+    assert rules.address_refusal(address, allow_private=True) is None
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert rules.address_refusal(address, allow_private=False) is None
+
+
+def test_a_non_address_is_refused_even_when_private_ones_are_allowed() -> None:
+    assert rules.address_refusal("localhost", allow_private=True) is not None
+
+
+async def test_the_sender_refuses_an_address_literal_before_connecting() -> None:
+    sender = Sender(allow_private=False, timeout_s=1, concurrency=1)  # never opened: no connection made
+    answer = await sender.post("http://169.254.169.254/latest/meta-data", "{}", {})
+    assert answer.http_status is None and not answer.delivered
+    assert answer.error.startswith("refused: 169.254.169.254 is a link-local address")
+
+
+def test_events_are_a_non_empty_list_of_known_names_each_once() -> None:
+    assert rules.checked_events(["device.offline", "bulk.published", "device.offline"]) == (
+        "device.offline",
+        "bulk.published",
+    )
+    for bad in (None, [], "device.offline", ["device.deleted"], [1], [None], {"a": 1}):
+        with pytest.raises(InvalidInput) as refused:
+            rules.checked_events(bad)
+        assert refused.value.field == "events"
+
+
+def test_the_retry_schedule_gives_the_pause_before_each_retry_then_none() -> None:
+    schedule = rules.DEFAULT_RETRY_SCHEDULE
+    assert [rules.retry_delay(n, schedule) for n in range(1, 9)] == [*schedule, None]
+    assert sum(schedule) / 3600 > 27  # retried for more than a day
+    assert rules.parse_schedule("0.5, 1,2") == (0.5, 1.0, 2.0)
+    for bad in ("", "a", "1,-1", "1,nan"):
+        with pytest.raises(ValueError):
+            rules.parse_schedule(bad)
+
+
+def test_refusals_are_summarised_by_reason() -> None:
+    assert rules.refusal_reason(reason_max_devices(5)) == "quota"
+    assert rules.refusal_reason(reason_clone_limit(100, 3600)) == "quota"
+    assert rules.refusal_reason(REASON_BULK_NOT_LISTED) == "wrong_key"
+    assert rules.refusal_reason("device disabled by the operator") == "other"
+
+
+def test_an_event_id_is_the_same_for_the_same_cause_and_differs_otherwise() -> None:
+    assert rules.event_id("device.registered", "r1") == rules.event_id("device.registered", "r1")
+    assert rules.event_id("device.registered", "r1") != rules.event_id("device.clone_detected", "r1")
+    assert rules.event_id("device.registered", "r1") != rules.event_id("device.registered", "r2")
+
+
+def test_a_sealed_secret_opens_only_with_its_key_and_for_its_webhook() -> None:
+    box = rules.SecretBox(b"k" * 40)
+    secret = rules.new_secret()
+    sealed = box.seal("webhook-1", secret)
+    assert secret.encode() not in sealed
+    assert box.open("webhook-1", sealed) == secret
+    with pytest.raises(ValueError, match="FLEETREG_SECRET_KEY"):
+        box.open("webhook-2", sealed)
+    with pytest.raises(ValueError, match="FLEETREG_SECRET_KEY"):
+        rules.SecretBox(b"j" * 40).open("webhook-1", sealed)
+    assert box.seal("webhook-1", secret) != sealed  # a fresh nonce each time
+
+
+def test_the_signature_verifies_with_the_standardwebhooks_package() -> None:
+    secret = rules.new_secret()
+    assert secret.startswith("whsec_")
+    body = json.dumps(rules.body("device.registered", datetime.now(UTC), {"device_id": "d"}))
+    headers = signed_headers(secret, "msg_1", body, datetime.now(UTC))
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body.replace('"d"', '"e"'), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(rules.new_secret()).verify(body, headers)
