@@ -1,0 +1,306 @@
+"""Webhooks end to end: the operator API creates them, the running notifier delivers the
+registry's events to receivers in this test process, signed (checked with the
+``standardwebhooks`` package), at least once, in order per device, through failures,
+and without one slow endpoint holding up another account's.
+
+The test system's notifier retries within seconds (tests/support/system.py SERVICE_ENV)
+and counts a device offline 3 s after its last sign of life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared.db.pool import Pool
+from tests.support.api import Operator, new_operator, provision, register
+from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
+from tests.support.system import System
+from tests.support.webhooks import Receiver, Request, events_by_device
+
+pytestmark = pytest.mark.e2e
+
+STORM = 500
+DEVICE_EVENTS = ["device.registered", "device.provisioned", "device.offline"]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    started = await Receiver().start()
+    yield started
+    await started.stop()
+
+
+async def create_webhook(operator: Operator, url: str, events: list[str]) -> dict[str, Any]:
+    created: dict[str, Any] = await operator.call(
+        "POST", "/v1/webhooks", {"url": url, "events": events}, expect=201
+    )
+    return created
+
+
+async def boot(
+    session: aiohttp.ClientSession, system: System, code: str, count: int, concurrency: int = 100
+) -> list[str]:
+    """``count`` devices register, fetch their files and confirm; their device IDs."""
+    gate = asyncio.Semaphore(concurrency)
+    tag = uuid.uuid4().hex[:6]
+
+    async def one(i: int) -> str:
+        async with gate:
+            answer = await register(
+                session, system.device_url, code, f"wh{tag}{i:05d}", cpu_id=f"c{i}", mac=f"m{i}"
+            )
+            assert answer.status == 200, answer.body
+            await provision(session, system.device_url, answer.body)
+            return str(answer.body["device_id"])
+
+    return await asyncio.gather(*[one(i) for i in range(count)])
+
+
+async def test_a_500_device_storm_reaches_the_receiver_signed_in_order_at_least_once(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    webhook = await create_webhook(operator, receiver.url, DEVICE_EVENTS)
+    code = (await operator.product())["bulk_identification_code"]
+
+    devices = await boot(session, system, code, STORM)
+
+    def complete() -> bool:
+        found = events_by_device(receiver.accepted)
+        return all(len(found.get(d, [])) == len(DEVICE_EVENTS) for d in devices)
+
+    await receiver.wait_for(complete, 180, "every device's three events")
+    receiver.verify_all(webhook["secret"])
+    found = events_by_device(receiver.accepted)
+    assert set(found) == set(devices)  # nothing of another account's
+    for device in devices:
+        assert found[device] == DEVICE_EVENTS, (device, found[device])
+    for r in receiver.accepted:
+        assert r.payload["data"]["device_id"] in found
+        assert r.headers["content-type"] == "application/json"
+    # Every delivery is recorded as delivered, with its attempts.
+    page = await operator.call("GET", f"/v1/webhooks/{webhook['id']}/deliveries?limit=1000", expect=200)
+    assert page["deliveries"] and all(d["status"] == "delivered" for d in page["deliveries"])
+    assert all(d["attempt_log"][-1]["status_code"] == 204 for d in page["deliveries"])
+
+
+async def test_a_receiver_that_fails_for_a_while_then_recovers_gets_everything(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    refused = 0
+
+    async def unavailable_at_first(_: Request) -> int:
+        nonlocal refused
+        if refused < 25:
+            refused += 1
+            return 503
+        return 204
+
+    receiver.answer = unavailable_at_first
+    webhook = await create_webhook(operator, receiver.url, ["device.registered", "device.provisioned"])
+    code = (await operator.product())["bulk_identification_code"]
+
+    devices = await boot(session, system, code, 12)
+
+    def complete() -> bool:
+        found = events_by_device(receiver.accepted)
+        return all(len(found.get(d, [])) == 2 for d in devices)
+
+    await receiver.wait_for(complete, 120, "every event after the receiver recovered")
+    assert refused == 25
+    receiver.verify_all(webhook["secret"])
+    assert all(
+        events == ["device.registered", "device.provisioned"]
+        for events in events_by_device(receiver.accepted).values()
+    )
+    page = await operator.call("GET", f"/v1/webhooks/{webhook['id']}/deliveries", expect=200)
+    retried = [d for d in page["deliveries"] if d["attempts"] > 1]
+    assert retried, "some deliveries were tried more than once"
+    for d in retried:
+        assert [a["status_code"] for a in d["attempt_log"]][:-1] == [503] * (d["attempts"] - 1)
+        assert d["status"] == "delivered"
+
+
+async def test_a_slow_receiver_does_not_hold_up_another_accounts_deliveries(
+    system: System, session: aiohttp.ClientSession, pool: Pool, operator: Operator
+) -> None:
+    release = asyncio.Event()
+
+    async def stuck(_: Request) -> int:
+        await release.wait()
+        return 204
+
+    slow, fast = await Receiver(answer=stuck).start(), await Receiver().start()
+    try:
+        other = await new_operator(session, pool, system.operator_url)
+        await create_webhook(operator, slow.url, ["device.registered"])
+        await create_webhook(other, fast.url, ["device.registered"])
+        slow_devices = await boot(session, system, (await operator.product())["bulk_identification_code"], 30)
+        await slow.wait_for(lambda: slow.in_flight > 0, 30, "the slow receiver being called")
+        fast_devices = await boot(session, system, (await other.product())["bulk_identification_code"], 10)
+
+        # Every event of the other account arrives while the slow endpoint still holds its calls.
+        await fast.wait_for(
+            lambda: len(events_by_device(fast.accepted)) == 10, 60, "the other account's events"
+        )
+        assert set(events_by_device(fast.accepted)) == set(fast_devices)
+        # Meanwhile the slow endpoint held its first calls open, no more at once than its
+        # share (FLEETREG_WEBHOOK_CONCURRENCY_PER_WEBHOOK), none answered nor tried again.
+        assert not release.is_set() and slow.accepted == []
+        assert 1 <= slow.in_flight == slow.most_in_flight <= 10
+        assert len({r.event_id for r in slow.arrived}) == len(slow.arrived)
+
+        release.set()
+        await slow.wait_for(
+            lambda: set(events_by_device(slow.accepted)) == set(slow_devices),
+            120,
+            "the slow receiver's events",
+        )
+    finally:
+        release.set()
+        await slow.stop()
+        await fast.stop()
+
+
+async def test_a_finished_bulk_publish_is_announced(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    webhook = await create_webhook(operator, receiver.url, ["bulk.published"])
+    product_id = await bulk_product(operator)
+    status, uploaded = await upload(
+        session, system.bulk_url, operator, product_id, csv_text(csv_rows(30)).encode()
+    )
+    assert status == 201, uploaded
+    await publish_and_wait(session, system.bulk_url, operator, uploaded["id"])
+
+    await receiver.wait_for(lambda: bool(receiver.accepted), 60, "bulk.published")
+    receiver.verify_all(webhook["secret"])
+    [announced] = {r.event_id: r for r in receiver.accepted}.values()
+    assert announced.kind == "bulk.published"
+    assert announced.payload["data"] == {
+        "registration_id": uploaded["id"],
+        "product_id": product_id,
+        "published": 30,
+        "conflicts": 0,
+    }
+
+
+# ------------------------------------------------------------------ the operator API
+
+
+async def test_webhooks_are_created_listed_shown_and_deleted(operator: Operator, receiver: Receiver) -> None:
+    created = await create_webhook(operator, receiver.url, ["device.offline", "registration.refused"])
+    assert created["secret"].startswith("whsec_")
+    assert created["events"] == ["device.offline", "registration.refused"]
+
+    listed = await operator.call("GET", "/v1/webhooks", expect=200)
+    assert listed == {"webhooks": [{k: v for k, v in created.items() if k not in ("secret", "note")}]}
+    shown = await operator.call("GET", f"/v1/webhooks/{created['id']}", expect=200)
+    assert "secret" not in shown and created["secret"] not in str(listed)
+    assert await operator.call("GET", f"/v1/webhooks/{created['id']}/deliveries", expect=200) == {
+        "deliveries": [],
+        "next_before": None,
+        "next_before_id": None,
+    }
+
+    assert await operator.call("DELETE", f"/v1/webhooks/{created['id']}", expect=200) == {
+        "deleted": created["id"]
+    }
+    await operator.call("GET", f"/v1/webhooks/{created['id']}", expect=404)
+    await operator.call("DELETE", f"/v1/webhooks/{created['id']}", expect=404)
+
+
+async def test_another_accounts_webhook_is_not_found(
+    system: System, session: aiohttp.ClientSession, pool: Pool, operator: Operator, receiver: Receiver
+) -> None:
+    created = await create_webhook(operator, receiver.url, ["device.offline"])
+    other = await new_operator(session, pool, system.operator_url)
+    for method, path in (
+        ("GET", f"/v1/webhooks/{created['id']}"),
+        ("GET", f"/v1/webhooks/{created['id']}/deliveries"),
+        ("DELETE", f"/v1/webhooks/{created['id']}"),
+    ):
+        answer = await other.call(method, path, expect=404)
+        assert answer["error"] == "not_found"
+    assert (await other.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
+    await operator.call("GET", f"/v1/webhooks/{created['id']}", expect=200)
+
+
+async def test_a_read_only_key_lists_but_cannot_create_or_delete(
+    operator: Operator, receiver: Receiver
+) -> None:
+    created = await create_webhook(operator, receiver.url, ["device.offline"])
+    key = await operator.call("POST", "/v1/api-keys", {"label": "ro", "read_only": True}, expect=201)
+    reader = Operator(operator.session, operator.url, key["api_key"], operator.account_id)
+
+    listed = await reader.call("GET", "/v1/webhooks", expect=200)
+    assert [w["id"] for w in listed["webhooks"]] == [created["id"]]
+    await reader.call("POST", "/v1/webhooks", {"url": receiver.url, "events": ["device.offline"]}, expect=403)
+    await reader.call("DELETE", f"/v1/webhooks/{created['id']}", expect=403)
+    await operator.call("GET", f"/v1/webhooks/{created['id']}", expect=200)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": 5, "events": ["device.offline"]}, "url"),
+        ({"url": "http://127.0.0.1:9/\u0000", "events": ["device.offline"]}, "url"),
+        ({"url": "http://127.0.0.1:9/h\u00e9", "events": ["device.offline"]}, "url"),
+        ({"url": "http://127.0.0.1:9/" + "a" * 3000, "events": ["device.offline"]}, "url"),
+        ({"url": "gopher://127.0.0.1:9/", "events": ["device.offline"]}, "url"),
+        ({"url": "http://127.0.0.1:9/", "events": []}, "events"),
+        ({"url": "http://127.0.0.1:9/", "events": "device.offline"}, "events"),
+        ({"url": "http://127.0.0.1:9/", "events": ["device.exploded"]}, "events"),
+        ({"url": "http://127.0.0.1:9/", "events": [None]}, "events"),
+        ({"url": "http://127.0.0.1:9/", "events": ["device.offline"], "secret": "mine"}, "secret"),
+        ({"events": ["device.offline"]}, "url"),
+        ({"url": "http://no-such-host.invalid/", "events": ["device.offline"]}, "url"),
+    ],
+)
+async def test_bad_webhook_input_is_refused_naming_the_field(
+    operator: Operator, body: dict[str, Any], field: str
+) -> None:
+    answer = await operator.call("POST", "/v1/webhooks", body, expect=400)
+    assert (answer["error"], answer["field"]) == ("invalid_input", field)
+    assert (await operator.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
+
+
+async def test_a_body_that_is_not_an_object_is_refused(operator: Operator) -> None:
+    for body in ([], "x", 1, None):
+        answer = await operator.call("POST", "/v1/webhooks", body, expect=400)
+        assert answer["error"] == "invalid_input"
+
+
+async def test_an_account_has_at_most_20_webhooks(operator: Operator, receiver: Receiver) -> None:
+    for _ in range(20):
+        await create_webhook(operator, receiver.url, ["device.offline"])
+    answer = await operator.call(
+        "POST", "/v1/webhooks", {"url": receiver.url, "events": ["device.offline"]}, expect=409
+    )
+    assert answer["rule"] == "max_webhooks=20"
+
+
+async def test_private_addresses_are_refused_where_the_setting_is_off(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    public_only = await system.add_instance("operator", {"FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS": "false"})
+    guarded = Operator(session, public_only.url, operator.api_key, operator.account_id)
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "http://localhost:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.7/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+    ):
+        answer = await guarded.call(
+            "POST", "/v1/webhooks", {"url": url, "events": ["device.offline"]}, expect=400
+        )
+        assert (answer["field"], answer["rule"]) == ("url", "public-address"), url
+    assert (await guarded.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
