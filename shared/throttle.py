@@ -34,7 +34,7 @@ import ipaddress
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -180,6 +180,9 @@ class Throttle:
     refusal_storage: Storage | None = None
     announce: Callable[[str, float], Awaitable[None]] | None = None
     _blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # Calls refused by a code's new-device limit, by (code, start of the minute): the intake
+    # reports them for webhooks' registration.refused summary (take_refused_codes).
+    _refused_codes: Counter[tuple[str, float]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         memory = MemoryStorage()
@@ -270,11 +273,18 @@ class Throttle:
             if not await self._moving.test(item, "code", code):
                 stats = await self._moving.get_window_stats(item, "code", code)
                 THROTTLED.labels(self.service, "new_devices_per_code").inc()
+                self._refused_codes[code, math.floor(time.time() / 60) * 60] += 1
                 raise TooManyRequests(
                     f"too many new devices for this bulk identification code (limit {_limit_text(item)})",
                     retry_after=math.ceil(stats.reset_time - time.time()),
                     rule="new_devices_per_code",
                 )
+
+    def take_refused_codes(self) -> dict[tuple[str, float], int]:
+        """The calls refused by a code's new-device limit since the last take, by code and
+        minute (Unix seconds of its start); the counts start again from zero."""
+        taken, self._refused_codes = dict(self._refused_codes), Counter()
+        return taken
 
     async def count_new_device(self, code: str) -> None:
         for item in self.settings.new_devices_per_code:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -15,18 +16,20 @@ from aiokafka import AIOKafkaProducer
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
-from shared.db import compat
+from shared.db import compat, products, webhooks
 from shared.db.pool import Pool, answers
+from shared.db.webhooks import RefusalCount
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import Topics, make_consumer, publish
 from shared.pipeline import open_registry_and_broker
-from shared.throttle import THROTTLE, open_throttle
+from shared.throttle import THROTTLE, Throttle, open_throttle
 
 SERVICE = "intake"
 SWEEP_EVERY_S = 300.0
+REPORT_EVERY_S = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +70,33 @@ async def forget_old_information(pool: Pool, retention_s: float) -> None:
             continue
         if deleted:
             log.info("forgot old step-1 records", extra={"count": deleted})
+
+
+async def report_throttled_codes(pool: Pool, throttle: Throttle, every_s: float = REPORT_EVERY_S) -> None:
+    """Every few seconds, add the calls refused by a code's new-device limit to the
+    account's registration.refused counts (webhooks; only accounts with such a webhook
+    keep them). Counted in memory first, so a flood of refusals costs no write each."""
+    while True:
+        await asyncio.sleep(every_s)
+        await _report(pool, throttle)
+
+
+async def _report(pool: Pool, throttle: Throttle) -> None:
+    taken = throttle.take_refused_codes()
+    if not taken:
+        return
+    try:
+        owners = await products.resolve_codes(pool, [code for code, _ in taken])
+        await webhooks.add_refusals(
+            pool,
+            [
+                RefusalCount(owners[code].account_id, datetime.fromtimestamp(minute, UTC), "throttled", count)
+                for (code, minute), count in taken.items()
+                if code in owners
+            ],
+        )
+    except Exception as exc:  # a summary short of a few throttled calls; the service keeps serving
+        log.warning("throttled calls not reported to webhooks", extra={"error": type(exc).__name__})
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -111,6 +141,11 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 name="forget-step-1-records",
             )
             stack.push_async_callback(_cancel, sweeper)
+            reporter = asyncio.create_task(
+                report_throttled_codes(pool, app[THROTTLE]), name="report-throttled-codes"
+            )
+            stack.push_async_callback(_report, pool, app[THROTTLE])  # the last counts, on the way out
+            stack.push_async_callback(_cancel, reporter)
             app[READINESS]["outcome_waiter"] = True
             app[READINESS_PROBE] = lambda: answers(pool)
             try:

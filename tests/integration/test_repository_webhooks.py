@@ -27,7 +27,7 @@ from shared.domain.accounts import Account
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_max_devices
 from shared.domain.identifiers import new_request_id
 from shared.domain.webhooks import SecretBox
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.events import BulkPublished, DeviceSignal, RegistrationDecided, RegistrationOutcome
 from shared.settings import DatabaseSettings, Secret
 from tests.support import registry
@@ -392,3 +392,32 @@ async def test_a_device_going_offline_is_announced_once_per_transition(db: Pool)
     ]
     assert [p["data"]["device_id"] for p in payloads] == [device_id, device_id]
     assert never_seen not in {p["data"]["device_id"] for p in payloads}
+
+
+async def test_calls_throttled_by_a_codes_limit_are_counted_for_its_account(db: Pool) -> None:
+    """The intake counts them in memory and adds them now and then (services/intake/resources.py)."""
+    from limits import parse_many
+
+    from services.intake.resources import _report
+    from shared.throttle import Throttle, ThrottleSettings
+
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("registration.refused",))
+    code = await registry.new_code(db, (await registry.new_product(db, actor.id)).id)
+    unknown_code = str(uuid.uuid4()).upper()
+    throttle = Throttle(ThrottleSettings((), (), tuple(parse_many("1/minute"))), "intake")
+    await throttle.count_new_device(code)
+    for refused_code in (code, code, code, unknown_code):
+        await throttle.count_new_device(refused_code)
+        with pytest.raises(TooManyRequests):
+            await throttle.check_code(refused_code)
+
+    await _report(db, throttle)
+    await _report(db, throttle)  # taken: nothing twice
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    assert await handlers.sweep(db, online_ttl_s=300, retention_s=86400, now=later) == 1
+    [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    payload = json.loads(
+        await db.fetchval("SELECT payload FROM webhook_deliveries WHERE id = $1", delivery.id)
+    )
+    assert payload["data"]["counts"] == {"throttled": 3, "quota": 0, "wrong_key": 0, "other": 0}
