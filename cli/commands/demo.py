@@ -5,6 +5,7 @@ registration starts, and a fleet of simulated devices (some clones of another
 device's image, some retrying a lost answer) boots at once.
 Bulk registration: a CSV of devices is uploaded, published (the devices appear
 offline), and those devices boot and claim their registrations with their keys.
+Webhooks: a receiver started by the demo gets the events of both, signed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
 from cli.simulate import Summary, plan_bulk, plan_fleet, run_fleet
+from cli.webhook_receiver import DemoReceiver
 
 DEMO_CSV = Path("var") / "demo" / "bulk.csv"
+DEMO_EVENTS = ["device.registered", "device.clone_detected", "device.provisioned", "bulk.published"]
 
 
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
@@ -151,13 +154,60 @@ async def _bulk_demo(rows: int, concurrency: int) -> tuple[Summary, list[dict[st
     return summary, after
 
 
+async def _start_webhook(receiver: DemoReceiver) -> str | None:
+    """A webhook of the demo's events to the demo's receiver; None when the deployment
+    refuses a local URL (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS=false)."""
+    _step("0. Webhooks: a receiver on this machine gets the account's events, signed")
+    await receiver.start()
+    async with operator_client() as client:
+        try:
+            created = await client.post("/v1/webhooks", {"url": receiver.url, "events": DEMO_EVENTS})
+        except CliError as exc:
+            print(f"no webhook: {exc}")
+            return None
+    receiver.secret = created["secret"]
+    print(f"webhook {created['id']} -> {receiver.url}: {', '.join(DEMO_EVENTS)}")
+    return str(created["id"])
+
+
+async def _show_webhooks(receiver: DemoReceiver, webhook_id: str, expected: dict[str, int]) -> None:
+    _step("7. Webhooks delivered (each signature verified with the standardwebhooks package)")
+    complete = await receiver.wait_for(expected, within_s=60)
+    print_table(
+        [(kind, receiver.counts[kind], expected.get(kind, "")) for kind in DEMO_EVENTS],
+        ["event", "delivered", "expected"],
+    )
+    if not complete:
+        print("(not everything arrived within 60 s: see fleetreg webhooks deliveries " + webhook_id + ")")
+    if receiver.bad_signatures:
+        print(f"{receiver.bad_signatures} request(s) with a bad signature were refused")
+    async with operator_client() as client:  # the receiver stops with the demo: so does its webhook
+        await client.call("DELETE", f"/v1/webhooks/{webhook_id}")
+
+
 async def run(args: argparse.Namespace) -> int:
     try:
         device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
-    auto_summary, auto_devices = await _auto_demo(args, device_url)
-    bulk_summary, bulk_devices = await _bulk_demo(args.bulk_devices, args.concurrency)
+    receiver = DemoReceiver()
+    try:
+        webhook_id = await _start_webhook(receiver)
+        auto_summary, auto_devices = await _auto_demo(args, device_url)
+        bulk_summary, bulk_devices = await _bulk_demo(args.bulk_devices, args.concurrency)
+        if webhook_id is not None:
+            auto_clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
+            expected = {
+                "device.registered": len(auto_devices) - auto_clones + len(bulk_devices),
+                "device.clone_detected": auto_clones,
+                "device.provisioned": sum(
+                    1 for d in auto_devices + bulk_devices if d["lifecycle"] == "provisioned"
+                ),
+                "bulk.published": 1,
+            }
+            await _show_webhooks(receiver, webhook_id, expected)
+    finally:
+        await receiver.stop()
 
     _step("Summary")
     clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
@@ -176,7 +226,9 @@ async def run(args: argparse.Namespace) -> int:
         "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
     )
     if args.json:
-        emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict()})
+        emit_json(
+            {"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": dict(receiver.counts)}
+        )
     if not (auto_summary.ok and bulk_summary.ok):
         raise CliError(f"the demo saw {auto_summary.errors + bulk_summary.errors} device error(s)")
     return 0
