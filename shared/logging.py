@@ -68,6 +68,8 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?im)((?:^|\\n)[ \t]*password[ \t]+)[^\s'\"\\]+"), rf"\1{REDACTED}"),
     # Operator API keys (shared.domain.credentials.new_api_key): "frk_" and 43 URL-safe characters.
     (re.compile(r"\bfrk_[A-Za-z0-9_-]*"), f"frk_{REDACTED}"),
+    # Webhook signing secrets (shared.domain.webhooks.new_secret): "whsec_" and base64.
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]*"), f"whsec_{REDACTED}"),
     # Bulk Identification Codes and product codes: upper-case UUIDs. Product, device
     # and request IDs are lower-case UUIDs and stay readable.
     (re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"), REDACTED),
