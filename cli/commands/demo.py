@@ -226,9 +226,8 @@ async def run(args: argparse.Namespace) -> int:
         "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
     )
     if args.json:
-        emit_json(
-            {"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": dict(receiver.counts)}
-        )
+        webhooks = dict(receiver.counts)
+        emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": webhooks})
     if not (auto_summary.ok and bulk_summary.ok):
         raise CliError(f"the demo saw {auto_summary.errors + bulk_summary.errors} device error(s)")
     return 0
