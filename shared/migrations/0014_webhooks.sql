@@ -36,9 +36,12 @@ CREATE TABLE webhook_deliveries (
     -- A Kafka record consumed twice (a crash before the offset commit) adds nothing.
     UNIQUE (webhook_id, event_id)
 );
--- The delivery worker: a webhook's due deliveries, and what is ahead of one in its order.
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, next_attempt_at)
+-- The delivery worker: a webhook's due deliveries in the order it takes them (so a claim
+-- reads a few index entries, not the whole backlog), what is ahead of one in its order,
+-- and the deliveries in flight (a lease is cleared when the attempt is recorded).
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, next_attempt_at, seq)
     WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (webhook_id) WHERE leased_until IS NOT NULL;
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (webhook_id, ordering_key, occurred_at, seq)
     WHERE status = 'pending';
 -- The operator's listing, newest first, with the ID as the keyset cursor's tie-break.

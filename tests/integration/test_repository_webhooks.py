@@ -421,3 +421,31 @@ async def test_calls_throttled_by_a_codes_limit_are_counted_for_its_account(db: 
         await db.fetchval("SELECT payload FROM webhook_deliveries WHERE id = $1", delivery.id)
     )
     assert payload["data"]["counts"] == {"throttled": 3, "quota": 0, "wrong_key": 0, "other": 0}
+
+
+async def test_an_attempt_of_a_delivery_deleted_meanwhile_is_dropped(db: Pool) -> None:
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC))])
+    [due] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    await webhooks.delete_webhook(db, actor, webhook_id)  # while the attempt is in flight
+
+    attempt = Attempt(1, datetime.now(UTC), 204, "", 1.0)
+    await webhooks.record_attempt(db, due.id, attempt, status="delivered", retry_in_s=None)
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts WHERE delivery_id = $1", due.id) == 0
+
+
+async def test_a_claim_reads_a_few_rows_of_a_large_backlog(db: Pool) -> None:
+    """40,000 pending deliveries, half of them behind their device's first: a claim still
+    takes the ten first due ones of the webhook (each the first of its device)."""
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    await db.execute(
+        """INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, ordering_key, occurred_at, payload)
+           SELECT gen_random_uuid(), $1, k || g, 'device.registered', 'd' || g,
+                  now() + g * interval '1 ms' + CASE WHEN k = 'p' THEN interval '1 hour' ELSE interval '0' END, '{}'
+           FROM generate_series(1, 20000) g, (VALUES ('r'), ('p')) AS kinds(k)""",
+        webhook_id,
+    )
+    claimed = await webhooks.claim_due(db, per_webhook=10, limit=100, lease_s=60)
+    assert len(claimed) == 10 and all(d.event_id.startswith("r") for d in claimed)
