@@ -28,7 +28,7 @@ import pytest
 from shared.db.pool import Pool
 from tests.support.api import Operator, register
 from tests.support.bulk import bulk_product, csv_text, upload
-from tests.support.system import LOGS, ROOT, System
+from tests.support.system import LOGS, ROOT, System, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +154,17 @@ async def test_no_secret_reaches_any_log(
         csv_text([(registration_key, uuid.uuid4().hex[:12], "Leak test")]).encode(),
     )
     assert status == 201, uploaded
+    # A webhook's signing secret, shown once; its deliveries go to a port nobody listens on.
+    webhook_secret = (
+        await operator.call(
+            "POST",
+            "/v1/webhooks",
+            {"url": f"http://127.0.0.1:{free_port()}/leak", "events": ["device.registered"]},
+            expect=201,
+        )
+    )["secret"]
     secrets_by_name = {
+        "webhook signing secret": webhook_secret,
         "API key": api_key,
         "operator's own API key": operator.api_key,
         "device secret": device_secret,
@@ -170,7 +180,7 @@ async def test_no_secret_reaches_any_log(
     device_auth = [bearer(device_secret.encode())]
 
     calls: list[Call] = []
-    for secret in (api_key, device_secret, code, registration_key):
+    for secret in (api_key, device_secret, code, registration_key, webhook_secret):
         s = secret.encode()
         calls += transport_calls("intake", intake, f"/v1/devices/{device_id}/manifest", s)
         calls += transport_calls(
@@ -201,6 +211,7 @@ async def test_no_secret_reaches_any_log(
             calls += body_calls("compat", compat_base, "POST", prefix + step, s, field, [], compat=True)
         calls += body_calls("operator", operator_api, "POST", "/v1/products", s, b"name", op_auth)
         calls += body_calls("operator", operator_api, "POST", "/v1/api-keys", s, b"label", op_auth)
+        calls += body_calls("operator", operator_api, "POST", "/v1/webhooks", s, b"url", op_auth)
         # A code has a device ID's form: ["<code>"] is a well-formed batch whose ID is not found.
         calls += body_calls(
             "operator",

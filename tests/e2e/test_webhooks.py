@@ -304,3 +304,39 @@ async def test_private_addresses_are_refused_where_the_setting_is_off(
         )
         assert (answer["field"], answer["rule"]) == ("url", "public-address"), url
     assert (await guarded.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
+
+
+# ------------------------------------------------------------------ the command
+
+
+async def test_the_webhooks_command_creates_lists_shows_deliveries_and_deletes(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    from tests.e2e.test_cli import fleetreg, fleetreg_json
+
+    created = await fleetreg_json(
+        operator, system, "webhooks", "create", "--url", receiver.url, "--event", "device.registered"
+    )
+    assert created["secret"].startswith("whsec_") and created["events"] == ["device.registered"]
+    code, table, _ = await fleetreg(operator, system, "webhooks", "list")
+    assert code == 0 and created["id"] in table and receiver.url in table and created["secret"] not in table
+
+    [device] = await boot(session, system, (await operator.product())["bulk_identification_code"], 1)
+    await receiver.wait_for(lambda: bool(receiver.accepted), 60, "the device's event")
+    deliveries = await fleetreg_json(operator, system, "webhooks", "deliveries", created["id"])
+    [delivery] = deliveries["deliveries"]
+    assert (delivery["event_type"], delivery["status"]) == ("device.registered", "delivered")
+    code, table, _ = await fleetreg(operator, system, "webhooks", "deliveries", created["id"])
+    assert code == 0 and "device.registered" in table and "delivered" in table and "204" in table
+    assert receiver.accepted[0].payload["data"]["device_id"] == device
+
+    code, _, err = await fleetreg(
+        operator, system, "webhooks", "create", "--url", "ftp://x/", "--event", "device.offline"
+    )
+    assert code == 1 and err.count("\n") == 1 and "http:// or https://" in err
+    code, _, err = await fleetreg(operator, system, "webhooks", "delete", "not-an-id")
+    assert code == 2 and "not an ID" in err  # a usage error, before any call
+    assert (await fleetreg_json(operator, system, "webhooks", "delete", created["id"])) == {
+        "deleted": created["id"]
+    }
+    assert (await fleetreg_json(operator, system, "webhooks", "list")) == {"webhooks": []}
