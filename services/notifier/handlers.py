@@ -17,8 +17,9 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from standardwebhooks.webhooks import Webhook as Signer
@@ -213,7 +214,23 @@ async def sweep(pool: Pool, *, online_ttl_s: float, retention_s: float, now: dat
     return added
 
 
-Post = Callable[[str, str, dict[str, str]], Awaitable[Any]]
+class Answer(Protocol):
+    """What one attempt got (services/notifier/sender.py ``Answer``)."""
+
+    @property
+    def http_status(self) -> int | None: ...
+
+    @property
+    def error(self) -> str: ...
+
+    @property
+    def latency_ms(self) -> float: ...
+
+    @property
+    def delivered(self) -> bool: ...
+
+
+Post = Callable[[str, str, dict[str, str]], Awaitable[Answer]]
 Unseal = Callable[[str, bytes], str]
 
 
@@ -234,10 +251,11 @@ async def attempt(
     ``http_status``, ``error``, ``latency_ms`` and ``delivered`` (services/notifier/sender.py)."""
     number = due.attempts + 1
     started = datetime.now(UTC)
+    answer: Answer
     try:
         secret = unseal(due.webhook_id, due.sealed_secret)
     except ValueError as exc:
-        answer: Any = _NoAnswer(str(exc))
+        answer = _NoAnswer(str(exc))
     else:
         answer = await post(due.url, due.payload, signed_headers(secret, due.event_id, due.payload, started))
     WEBHOOK_ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
@@ -259,15 +277,14 @@ async def attempt(
     return False
 
 
+@dataclass(frozen=True)
 class _NoAnswer:
     """An attempt that could not be made (the secret does not decrypt)."""
 
-    http_status = None
-    latency_ms = 0.0
-    delivered = False
-
-    def __init__(self, error: str) -> None:
-        self.error = error
+    error: str
+    http_status: int | None = None
+    latency_ms: float = 0.0
+    delivered: bool = False
 
 
 async def claim(pool: Pool, *, per_webhook: int, limit: int, lease_s: float) -> list[DueDelivery]:

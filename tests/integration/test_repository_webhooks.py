@@ -449,3 +449,53 @@ async def test_a_claim_reads_a_few_rows_of_a_large_backlog(db: Pool) -> None:
     )
     claimed = await webhooks.claim_due(db, per_webhook=10, limit=100, lease_s=60)
     assert len(claimed) == 10 and all(d.event_id.startswith("r") for d in claimed)
+
+
+async def test_an_attempt_signs_sends_and_follows_the_retry_schedule(db: Pool) -> None:
+    """handlers.attempt with a stand-in for the HTTP sender: 503, then no answer, then gone."""
+    from standardwebhooks.webhooks import Webhook
+
+    from services.notifier.sender import Answer
+
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC))])
+    sent: list[tuple[str, str, dict[str, str]]] = []
+    answers = [Answer(503, "", 4.0), Answer(None, "timed out after 10 s", 10000.0)]
+
+    async def post(url: str, body: str, headers: dict[str, str]) -> Answer:
+        sent.append((url, body, headers))
+        return answers.pop(0)
+
+    schedule = (0.0,)  # one retry, at once
+    for _ in range(2):
+        [due] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+        assert await handlers.attempt(db, due, post, BOX.open, schedule) is False
+
+    [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert (delivery.status, delivery.attempts) == ("failed", 2)
+    assert [(a.http_status, a.error) for a in delivery.attempt_log] == [
+        (503, ""),
+        (None, "timed out after 10 s"),
+    ]
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []
+    url, body, headers = sent[0]
+    assert url == "http://h/x" and Webhook("whsec_dGVzdA==").verify(body, headers) == json.loads(body)
+    assert sent[0][2]["webhook-id"] == sent[1][2]["webhook-id"]  # one ID for every attempt
+
+
+async def test_a_secret_that_does_not_open_is_a_failed_attempt(db: Pool) -> None:
+    """FLEETREG_SECRET_KEY rotated: nothing is sent, the attempt says why."""
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC))])
+    [due] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+
+    async def post(url: str, body: str, headers: dict[str, str]) -> object:
+        raise AssertionError("nothing may be sent unsigned")
+
+    other_key = SecretBox(b"another-deployment-key-of-32-bytes-at-least")
+    assert await handlers.attempt(db, due, post, other_key.open, (60.0,)) is False  # type: ignore[arg-type]
+    [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert delivery.status == "pending"
+    assert "FLEETREG_SECRET_KEY" in delivery.attempt_log[0].error
