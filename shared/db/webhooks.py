@@ -45,14 +45,17 @@ SELECT_ATTEMPTS = """SELECT delivery_id::text, attempt, at, http_status, error, 
                      FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[])
                      ORDER BY delivery_id, attempt"""
 
-# One delivery per (event, webhook of the event's account that wants its type); a
-# redelivered event (same webhook and event ID) adds nothing.
+# One delivery per (event, webhook of the event's account that wants its type and existed
+# when it happened: a consumer group starting over from the topics' beginning replays
+# history, which no webhook asked for); a redelivered event (same webhook and event ID)
+# adds nothing.
 ENQUEUE = """
     INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, ordering_key, occurred_at, payload)
     SELECT gen_random_uuid(), w.id, e.event_id, e.kind, e.ordering_key, e.occurred_at, e.payload
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
          WITH ORDINALITY AS e(account_id, kind, event_id, ordering_key, occurred_at, payload, n)
     JOIN webhooks w ON w.account_id = e.account_id AND e.kind = ANY(w.events)
+                   AND e.occurred_at >= w.created_at
     ORDER BY e.n, w.id
     ON CONFLICT (webhook_id, event_id) DO NOTHING"""
 # Whose devices these are (for events that name only a device).
@@ -380,7 +383,8 @@ async def list_deliveries(
 
 async def enqueue(conn: Connection | Pool, events: Sequence[NewEvent]) -> int:
     """Deliveries for the events (one per webhook of the event's account that wants its
-    kind); an event ID a webhook has already is skipped. Returns how many were added."""
+    kind and was created before the event occurred); an event ID a webhook has already is
+    skipped. Returns how many were added."""
     if not events:
         return 0
     status = await conn.execute(

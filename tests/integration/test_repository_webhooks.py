@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -262,7 +263,9 @@ async def test_only_finished_deliveries_past_retention_are_pruned(db: Pool) -> N
 # ------------------------------------------------------------------ the notifier's handlers
 
 
-def _decided(account_id: str, device_id: str, decision: str, hardware_id: str = "H") -> RegistrationDecided:
+def _decided(
+    account_id: str, device_id: str, decision: str, hardware_id: str = "H", at: float = 0.0
+) -> RegistrationDecided:
     return RegistrationDecided(
         request_id=new_request_id(),
         account_id=account_id,
@@ -271,7 +274,7 @@ def _decided(account_id: str, device_id: str, decision: str, hardware_id: str = 
         hardware_id=hardware_id,
         decision=decision,
         credential_generation=1,
-        received_at=1.0,
+        received_at=at or time.time(),
     )
 
 
@@ -283,20 +286,22 @@ async def test_a_batch_of_events_becomes_deliveries_once(db: Pool) -> None:
     product = await registry.new_product(db, actor.id)
     registration_id = await registry.new_registration(db, product)
     device_id = await registry.new_device(db, product, registration_id, "H1", lifecycle="provisioned")
+    now = time.time()
     batch = [
-        _decided(actor.id, device_id, "new", "H1"),
-        _decided(actor.id, str(uuid.uuid4()), "clone", "H1-1"),
-        _decided(actor.id, str(uuid.uuid4()), "same"),  # registering again: no event
-        DeviceSignal(device_id=device_id, kind="ready", at=2.0),
-        DeviceSignal(device_id=device_id, kind="heartbeat", at=3.0),  # no event
-        DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=2.0),  # unknown device: no event
+        _decided(actor.id, device_id, "new", "H1", now + 1),
+        _decided(actor.id, str(uuid.uuid4()), "clone", "H1-1", now + 2),
+        _decided(actor.id, str(uuid.uuid4()), "same", at=now + 2),  # registering again: no event
+        _decided(actor.id, str(uuid.uuid4()), "new", at=now - 3600),  # before the webhook existed
+        DeviceSignal(device_id=device_id, kind="ready", at=now + 3),
+        DeviceSignal(device_id=device_id, kind="heartbeat", at=now + 4),  # no event
+        DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=now + 3),  # unknown device: no event
         BulkPublished(
             registration_id=str(uuid.uuid4()),
             account_id=actor.id,
             product_id=product.id,
             published=7,
             conflicts=1,
-            at=4.0,
+            at=now + 5,
         ),
     ]
 
