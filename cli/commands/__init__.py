@@ -1,5 +1,31 @@
 """Subcommands, one module each; every module has ``register(groups, common)``."""
 
-from cli.commands import account, alerts, auto, bulk, demo, devices, migrate, product, simulate, webhooks
+from cli.commands import (
+    account,
+    alerts,
+    audit,
+    auto,
+    bulk,
+    demo,
+    devices,
+    keys,
+    migrate,
+    product,
+    simulate,
+    webhooks,
+)
 
-COMMAND_MODULES = [account, product, auto, bulk, devices, alerts, webhooks, simulate, demo, migrate]
+COMMAND_MODULES = [
+    account,
+    keys,
+    product,
+    auto,
+    bulk,
+    devices,
+    alerts,
+    audit,
+    webhooks,
+    simulate,
+    demo,
+    migrate,
+]

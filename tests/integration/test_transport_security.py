@@ -197,7 +197,9 @@ def broker(pki: Pki) -> Iterator[Broker]:
         "      AppenderRef:\n        - ref: STDOUT\n"
     )
     java = ["java", "-cp", f"{KAFKA_LIBS}/*", f"-Dlog4j2.configurationFile={folder}/log4j2.yaml"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # the storage tool would read a leading "-" as an option (1 in 64)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     formatted = subprocess.run(
         [
             *java,
