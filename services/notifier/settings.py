@@ -22,7 +22,7 @@ class DeliverySettings:
     poll_s: float  # how often due deliveries are looked for when there was nothing to send
     sweep_s: float  # how often closed refusal minutes and offline devices are looked for
     online_ttl_s: float  # a provisioned device not seen for this long is offline
-    retention_s: float  # finished deliveries (and their attempts) are pruned past this age
+    retention_s: float  # finished deliveries (and their attempts) are pruned past this age; 0: kept
 
     @property
     def lease_s(self) -> float:

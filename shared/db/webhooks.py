@@ -124,7 +124,7 @@ PRUNE = """
     DELETE FROM webhook_deliveries WHERE id IN (
         SELECT id FROM webhook_deliveries
         WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1)
-        ORDER BY finished_at LIMIT $2)"""
+        ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)"""
 
 # Refusals of the account's own codes, counted only for accounts with a webhook for them;
 # sorted input, so concurrent upserts lock shared rows in one order.
@@ -465,9 +465,12 @@ async def backlog(pool: Pool) -> Backlog:
 
 
 async def prune(pool: Pool, older_than_s: float, batch: int = 1000) -> int:
-    """Delete finished deliveries older than ``older_than_s`` (by when they finished), a
-    batch per transaction; returns how many went."""
+    """Delete finished deliveries older than ``older_than_s`` (by when they finished; 0
+    keeps them forever), a batch per transaction, rows another instance is deleting
+    skipped; returns how many went."""
     total = 0
+    if older_than_s <= 0:
+        return total
     while True:
         status = await pool.execute(PRUNE, older_than_s, batch)
         deleted = int(status.rsplit(" ", 1)[-1])

@@ -504,3 +504,13 @@ async def test_a_secret_that_does_not_open_is_a_failed_attempt(db: Pool) -> None
     [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
     assert delivery.status == "pending"
     assert "FLEETREG_SECRET_KEY" in delivery.attempt_log[0].error
+
+
+async def test_a_retention_of_zero_keeps_finished_deliveries(db: Pool) -> None:
+    actor = await _actor(db)
+    await _webhook(db, actor)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d", datetime.now(UTC), event_id="z0")])
+    await db.execute("""UPDATE webhook_deliveries SET status = 'delivered', finished_at = now() - interval '999 days'
+                        WHERE event_id = 'z0'""")
+    assert await webhooks.prune(db, older_than_s=0) == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = 'z0'") == 1
