@@ -190,6 +190,44 @@ async def test_a_finished_bulk_publish_is_announced(
     }
 
 
+async def test_refusals_of_the_accounts_code_are_counted_for_its_summary(
+    system: System, session: aiohttp.ClientSession, pool: Pool, operator: Operator, receiver: Receiver
+) -> None:
+    """The refusals travel with their account (dedup's outcome) to the notifier, which counts
+    them for the minute's registration.refused summary (sent once the minute closed: the
+    summary itself is tested in tests/integration/test_repository_webhooks.py)."""
+    await create_webhook(operator, receiver.url, ["registration.refused"])
+    product = await operator.call(
+        "POST", "/v1/products", {"name": f"q-{uuid.uuid4().hex[:8]}", "services": []}, expect=201
+    )
+    await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+    registration = await operator.call(
+        "POST", "/v1/auto-registrations", {"product_id": product["id"], "max_devices": 1}, expect=201
+    )
+    answers = [
+        await register(
+            session, system.device_url, registration["bulk_identification_code"], f"q{uuid.uuid4().hex[:10]}"
+        )
+        for _ in range(3)
+    ]
+    assert [a.body["status"] for a in answers] == ["ready", "refused", "refused"]
+
+    async def counted() -> int:
+        found = await pool.fetchval(
+            "SELECT sum(count) FROM webhook_refusal_counts WHERE account_id = $1 AND reason = 'quota'",
+            operator.account_id,
+        )
+        return int(found or 0)
+
+    seen = 0
+    for _ in range(300):  # counted within a second or so; the minute's summary takes them 5 s after it
+        seen = await counted()
+        if seen >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert seen == 2
+
+
 # ------------------------------------------------------------------ the operator API
 
 
