@@ -93,7 +93,9 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
     ready = [e for e in batch if isinstance(e, DeviceSignal) and e.kind == "ready"]
     devices = await webhooks.device_refs(pool, [s.device_id for s in ready]) if ready else {}
     for e in batch:
-        if isinstance(e, RegistrationDecided) and e.decision in ("new", "clone"):
+        # An event naming no valid account is of no webhook (and must not fail the batch,
+        # which would hold the partition): skipped.
+        if isinstance(e, RegistrationDecided) and e.decision in ("new", "clone") and is_uuid(e.account_id):
             kind = rules.DEVICE_REGISTERED if e.decision == "new" else rules.DEVICE_CLONE_DETECTED
             events.append(
                 _event(
@@ -127,7 +129,7 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
                     },
                 )
             )
-        elif isinstance(e, BulkPublished):
+        elif isinstance(e, BulkPublished) and is_uuid(e.account_id):
             events.append(
                 _event(
                     e.account_id,

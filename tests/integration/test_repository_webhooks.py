@@ -292,6 +292,8 @@ async def test_a_batch_of_events_becomes_deliveries_once(db: Pool) -> None:
         _decided(actor.id, str(uuid.uuid4()), "clone", "H1-1", now + 2),
         _decided(actor.id, str(uuid.uuid4()), "same", at=now + 2),  # registering again: no event
         _decided(actor.id, str(uuid.uuid4()), "new", at=now - 3600),  # before the webhook existed
+        _decided("", str(uuid.uuid4()), "new", at=now + 1),  # no account: of no webhook, not an error
+        _decided("not-a-uuid", str(uuid.uuid4()), "new", at=now + 1),
         DeviceSignal(device_id=device_id, kind="ready", at=now + 3),
         DeviceSignal(device_id=device_id, kind="heartbeat", at=now + 4),  # no event
         DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=now + 3),  # unknown device: no event
