@@ -89,6 +89,30 @@ async def test_a_500_device_storm_reaches_the_receiver_signed_in_order_at_least_
     assert all(d["attempt_log"][-1]["status_code"] == 204 for d in page["deliveries"])
 
 
+async def test_two_notifier_instances_share_the_work_without_breaking_order(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    """Claims are leases in Postgres: a second instance in the same consumer group takes
+    deliveries too, and each device's events still arrive in order, each at least once."""
+    second = await system.add_instance("notifier")
+    try:
+        webhook = await create_webhook(operator, receiver.url, ["device.registered", "device.provisioned"])
+        devices = await boot(session, system, (await operator.product())["bulk_identification_code"], 200)
+
+        def complete() -> bool:
+            found = events_by_device(receiver.accepted)
+            return all(len(found.get(d, [])) == 2 for d in devices)
+
+        await receiver.wait_for(complete, 120, "every event with two notifiers")
+        receiver.verify_all(webhook["secret"])
+        assert all(
+            e == ["device.registered", "device.provisioned"]
+            for e in events_by_device(receiver.accepted).values()
+        )
+    finally:
+        second.stop()
+
+
 async def test_a_receiver_that_fails_for_a_while_then_recovers_gets_everything(
     system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
 ) -> None:

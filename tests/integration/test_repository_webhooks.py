@@ -516,3 +516,22 @@ async def test_a_retention_of_zero_keeps_finished_deliveries(db: Pool) -> None:
                         WHERE event_id = 'z0'""")
     assert await webhooks.prune(db, older_than_s=0) == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = 'z0'") == 1
+
+
+async def test_claims_made_at_once_never_take_one_delivery_twice(db: Pool) -> None:
+    """Several notifier instances claiming together: each delivery goes to one of them."""
+    actor = await _actor(db)
+    await _webhook(db, actor)
+    now = datetime.now(UTC)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", f"c{i}", now) for i in range(60)])
+
+    claims = await asyncio.gather(
+        *[webhooks.claim_due(db, per_webhook=100, limit=20, lease_s=60) for _ in range(6)]
+    )
+    taken = [d.id for claim in claims for d in claim]
+    assert taken and len(taken) == len(set(taken))
+    # Candidates another claim took meanwhile are skipped, not waited for: the next claims
+    # take the rest.
+    while more := await webhooks.claim_due(db, per_webhook=100, limit=20, lease_s=60):
+        taken += [d.id for d in more]
+    assert len(taken) == len(set(taken)) == 60
