@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,7 +27,7 @@ from standardwebhooks.webhooks import Webhook as Signer
 
 from shared.db import webhooks
 from shared.db.pool import Pool
-from shared.db.webhooks import Attempt, DueDelivery, NewEvent, RefusalCount
+from shared.db.webhooks import Attempt, DueDelivery, LastRegistration, NewEvent, RefusalCount
 from shared.domain import webhooks as rules
 from shared.domain.devices import online_cutoff
 from shared.domain.identifiers import is_uuid
@@ -61,6 +62,21 @@ def _event(
         ordering_key=ordering_key,
         occurred_at=at,
         payload=orjson.dumps(rules.body(kind, at, data)).decode(),
+    )
+
+
+def _after_registration(event: NewEvent, registration: LastRegistration | None) -> NewEvent:
+    """The event, to be delivered after the device's registration event: the notifier reads
+    registrations and confirmations from different topics, so it may see the confirmation
+    first (a lagging partition, a rebalance)."""
+    if registration is None or registration.decision not in ("new", "clone"):
+        return event  # registering again (same) makes no event to wait for
+    kind = rules.DEVICE_REGISTERED if registration.decision == "new" else rules.DEVICE_CLONE_DETECTED
+    return dataclasses.replace(
+        event,
+        after_event_id=rules.event_id(kind, registration.request_id),
+        after_kind=kind,
+        after_at=registration.received_at,
     )
 
 
@@ -114,21 +130,20 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
                 )
             )
         elif isinstance(e, DeviceSignal) and e.kind == "ready" and e.device_id in devices:
-            device = devices[e.device_id]
-            events.append(
-                _event(
-                    device.account_id,
-                    rules.DEVICE_PROVISIONED,
-                    (e.device_id, repr(e.at)),
-                    e.device_id,
-                    _at(e.at),
-                    {
-                        "device_id": device.device_id,
-                        "hardware_id": device.hardware_id,
-                        "product_id": device.product_id,
-                    },
-                )
+            device, registration = devices[e.device_id]
+            provisioned = _event(
+                device.account_id,
+                rules.DEVICE_PROVISIONED,
+                (e.device_id, repr(e.at)),
+                e.device_id,
+                _at(e.at),
+                {
+                    "device_id": device.device_id,
+                    "hardware_id": device.hardware_id,
+                    "product_id": device.product_id,
+                },
             )
+            events.append(_after_registration(provisioned, registration))
         elif isinstance(e, BulkPublished) and is_uuid(e.account_id):
             events.append(
                 _event(

@@ -50,17 +50,32 @@ SELECT_ATTEMPTS = """SELECT delivery_id::text, attempt, at, http_status, error, 
 # history, which no webhook asked for); a redelivered event (same webhook and event ID)
 # adds nothing.
 ENQUEUE = """
-    INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, ordering_key, occurred_at, payload)
-    SELECT gen_random_uuid(), w.id, e.event_id, e.kind, e.ordering_key, e.occurred_at, e.payload
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-         WITH ORDINALITY AS e(account_id, kind, event_id, ordering_key, occurred_at, payload, n)
+    INSERT INTO webhook_deliveries
+        (id, webhook_id, event_id, event_type, ordering_key, occurred_at, payload, after_event_id)
+    SELECT gen_random_uuid(), w.id, e.event_id, e.kind, e.ordering_key, e.occurred_at, e.payload,
+           -- Wait for the event before only when this webhook gets it too.
+           CASE WHEN e.after_kind = ANY(w.events) AND e.after_at >= w.created_at
+                THEN nullif(e.after_event_id, '') END
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                $7::text[], $8::text[], $9::timestamptz[])
+         WITH ORDINALITY AS e(account_id, kind, event_id, ordering_key, occurred_at, payload,
+                              after_event_id, after_kind, after_at, n)
     JOIN webhooks w ON w.account_id = e.account_id AND e.kind = ANY(w.events)
                    AND e.occurred_at >= w.created_at
     ORDER BY e.n, w.id
     ON CONFLICT (webhook_id, event_id) DO NOTHING"""
-# Whose devices these are (for events that name only a device).
-SELECT_DEVICES = """SELECT id::text, account_id::text, product_id::text, hardware_id
-                    FROM devices WHERE id = ANY($1::uuid[])"""
+# Whose devices these are (for events that name only a device), and the request of the
+# device's last accepted registration (what a webhook got as device.registered or
+# device.clone_detected, to deliver first).
+SELECT_DEVICES = """
+    SELECT d.id::text, d.account_id::text, d.product_id::text, d.hardware_id,
+           r.request_id::text AS request_id, r.decision, r.received_at
+    FROM devices d
+    LEFT JOIN LATERAL (
+        SELECT x.request_id, x.decision, x.received_at FROM registration_decisions x
+        WHERE x.device_id = d.id AND x.decision IN ('new', 'same', 'clone')
+        ORDER BY x.decided_at DESC LIMIT 1) r ON true
+    WHERE d.id = ANY($1::uuid[])"""
 
 # Due deliveries to send, fairly over webhooks: of each webhook (in random order) the
 # earliest due ones, no more than ``per_webhook`` minus those already in flight, and each
@@ -94,6 +109,14 @@ CLAIM_DUE = """
                   WHERE e.webhook_id = d.webhook_id AND e.ordering_key = d.ordering_key
                     AND e.status = 'pending'
                   ORDER BY e.occurred_at, e.seq LIMIT 1)
+              -- The event that must go first is delivered or failed; or it has not arrived
+              -- within $4 seconds (its record lost or long delayed: go on without it).
+              AND (d.after_event_id IS NULL
+                   OR coalesce(
+                          (SELECT p.status FROM webhook_deliveries p
+                           WHERE p.webhook_id = d.webhook_id AND p.event_id = d.after_event_id),
+                          CASE WHEN d.created_at < now() - make_interval(secs => $4) THEN 'gone' END
+                      ) IN ('delivered', 'failed', 'gone'))
             ORDER BY d.next_attempt_at, d.seq
             LIMIT $1 - w.in_flight
         ) c
@@ -218,6 +241,11 @@ class NewEvent:
     ordering_key: str
     occurred_at: datetime
     payload: str
+    # An event of the same webhook to deliver first, if the webhook gets ``after_kind`` and
+    # existed at ``after_at`` (a device's registration before its confirmation).
+    after_event_id: str = ""
+    after_kind: str = ""
+    after_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +271,16 @@ class DeviceRef:
     account_id: str
     product_id: str
     hardware_id: str
+
+
+@dataclass(frozen=True)
+class LastRegistration:
+    """A device's last accepted registration: its request, decision (new, same, clone) and
+    when the intake received it."""
+
+    request_id: str
+    decision: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -395,31 +433,43 @@ async def enqueue(conn: Connection | Pool, events: Sequence[NewEvent]) -> int:
         [e.ordering_key for e in events],
         [e.occurred_at for e in events],
         [e.payload for e in events],
+        [e.after_event_id for e in events],
+        [e.after_kind for e in events],
+        [e.after_at for e in events],
     )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def device_refs(pool: Pool, device_ids: Sequence[str]) -> dict[str, DeviceRef]:
-    """The devices among ``device_ids`` that exist, by ID (IDs that are not UUIDs are skipped)."""
+async def device_refs(
+    pool: Pool, device_ids: Sequence[str]
+) -> dict[str, tuple[DeviceRef, LastRegistration | None]]:
+    """The devices among ``device_ids`` that exist, by ID, each with its last accepted
+    registration when the registry still has it (IDs that are not UUIDs are skipped)."""
     ids = [d for d in set(device_ids) if is_uuid(d)]
     if not ids:
         return {}
     return {
-        r["id"]: DeviceRef(r["id"], r["account_id"], r["product_id"], r["hardware_id"])
+        r["id"]: (
+            DeviceRef(r["id"], r["account_id"], r["product_id"], r["hardware_id"]),
+            LastRegistration(r["request_id"], r["decision"], r["received_at"]) if r["request_id"] else None,
+        )
         for r in await pool.fetch(SELECT_DEVICES, ids)
     }
 
 
-async def claim_due(pool: Pool, *, per_webhook: int, limit: int, lease_s: float) -> list[DueDelivery]:
+async def claim_due(
+    pool: Pool, *, per_webhook: int, limit: int, lease_s: float, order_wait_s: float = 300.0
+) -> list[DueDelivery]:
     """Take up to ``limit`` due deliveries for sending (see CLAIM_DUE) under a lease of
-    ``lease_s`` seconds: another instance takes one again only after the lease lapsed."""
+    ``lease_s`` seconds: another instance takes one again only after the lease lapsed. A
+    delivery whose event must follow another not consumed yet waits up to ``order_wait_s``."""
     if limit <= 0:
         return []
     async with pool.acquire() as conn, conn.transaction():
         # Its cost estimate (a subquery per candidate) passes jit_above_cost, and compiling
         # it takes longer than running it: tens of milliseconds per claim, for nothing.
         await conn.execute("SET LOCAL jit = off")
-        rows = await conn.fetch(CLAIM_DUE, per_webhook, limit, lease_s)
+        rows = await conn.fetch(CLAIM_DUE, per_webhook, limit, lease_s, order_wait_s)
     return [
         DueDelivery(
             id=r["id"],

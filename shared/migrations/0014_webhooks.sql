@@ -26,6 +26,9 @@ CREATE TABLE webhook_deliveries (
     occurred_at     timestamptz NOT NULL,
     seq             bigint GENERATED ALWAYS AS IDENTITY,
     payload         text NOT NULL,
+    -- The event of this webhook that must go first, when the notifier may consume it later
+    -- than this one (a device's registration before its confirmation: different topics).
+    after_event_id  text,
     status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),

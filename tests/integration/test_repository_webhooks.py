@@ -535,3 +535,80 @@ async def test_claims_made_at_once_never_take_one_delivery_twice(db: Pool) -> No
     while more := await webhooks.claim_due(db, per_webhook=100, limit=20, lease_s=60):
         taken += [d.id for d in more]
     assert len(taken) == len(set(taken)) == 60
+
+
+async def _registered_device(db: Pool, actor: Account, decision: str = "new") -> tuple[str, str]:
+    """A provisioned device and the request of its accepted registration (in the registry)."""
+    product = await registry.new_product(db, actor.id)
+    registration_id = await registry.new_registration(db, product)
+    device_id = await registry.new_device(
+        db, product, registration_id, uuid.uuid4().hex[:12], lifecycle="provisioned"
+    )
+    request_id = new_request_id()
+    await db.execute(
+        """INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
+                                              decision, status, received_at)
+           VALUES ($1, $2, $3, $4, 'H', $5, 'ready', now())""",
+        request_id,
+        actor.id,
+        product.id,
+        device_id,
+        decision,
+    )
+    return device_id, request_id
+
+
+async def test_a_confirmation_consumed_before_its_registration_waits_for_it(db: Pool) -> None:
+    """The notifier reads device.signals and registration.decided separately: a lagging
+    partition can hand it a device's ready before the decision. The provisioned delivery
+    waits for the registered one, which then goes first."""
+    actor = await _actor(db)
+    await _webhook(db, actor, ("device.registered", "device.provisioned"))
+    device_id, request_id = await _registered_device(db, actor)
+    now = time.time()
+
+    await handlers.record_events(db, [DeviceSignal(device_id=device_id, kind="ready", at=now + 1)])
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []  # waits
+    decided = RegistrationDecided(
+        request_id=request_id,
+        account_id=actor.id,
+        product_id=str(uuid.uuid4()),
+        device_id=device_id,
+        hardware_id="H",
+        decision="new",
+        credential_generation=1,
+        received_at=now,
+    )
+    await handlers.record_events(db, [decided])
+    [first] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert first.event_type == "device.registered"
+    await webhooks.record_attempt(
+        db, first.id, Attempt(1, datetime.now(UTC), 204, "", 1.0), status="delivered", retry_in_s=None
+    )
+    [second] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert second.event_type == "device.provisioned"
+
+
+async def test_a_registration_that_never_comes_is_waited_for_a_bounded_time(db: Pool) -> None:
+    actor = await _actor(db)
+    await _webhook(db, actor, ("device.registered", "device.provisioned"))
+    device_id, _ = await _registered_device(db, actor)
+    await handlers.record_events(db, [DeviceSignal(device_id=device_id, kind="ready", at=time.time())])
+
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60, order_wait_s=300) == []
+    await asyncio.sleep(0.2)
+    [alone] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60, order_wait_s=0.1)
+    assert alone.event_type == "device.provisioned"
+
+
+async def test_nothing_waits_for_an_event_the_webhook_does_not_get(db: Pool) -> None:
+    actor = await _actor(db)
+    await _webhook(db, actor, ("device.provisioned",))  # not device.registered
+    device_id, _ = await _registered_device(db, actor)
+    again, _ = await _registered_device(db, actor, decision="same")  # registering again: no event
+    now = time.time()
+    await handlers.record_events(
+        db, [DeviceSignal(device_id=d, kind="ready", at=now) for d in (device_id, again)]
+    )
+    claimed = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert sorted(d.event_type for d in claimed) == ["device.provisioned", "device.provisioned"]
