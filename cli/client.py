@@ -92,6 +92,12 @@ class OperatorClient:
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.call("POST", path, body=body if body is not None else {})
 
+    async def patch(self, path: str, body: Any) -> Any:
+        return await self.call("PATCH", path, body=body)
+
+    async def delete(self, path: str) -> Any:
+        return await self.call("DELETE", path)
+
 
 @contextlib.asynccontextmanager
 async def operator_client(url_variable: str = "FLEETREG_ADMIN_URL") -> AsyncIterator[OperatorClient]:

@@ -23,6 +23,7 @@ from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admissio
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
+    REASON_DELETED,
     Claim,
     Family,
     KnownDevice,
@@ -67,7 +68,10 @@ def _claim(request: RegistrationRequested) -> Claim:
 def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome:
     if stored.decision == "refused" or stored.device_id is None:
         return RegistrationOutcome(
-            request_id=stored.request_id, status="refused", reason=stored.reason, decision="refused"
+            request_id=stored.request_id,
+            status="refused",
+            reason=stored.reason or REASON_DELETED,
+            decision="refused",
         )
     return RegistrationDecided(
         request_id=stored.request_id,
