@@ -70,7 +70,7 @@ def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome
         return RegistrationOutcome(
             request_id=stored.request_id,
             status="refused",
-            reason=stored.reason or REASON_DELETED,
+            reason=stored.reason if stored.decision == "refused" else REASON_DELETED,  # device deleted
             decision="refused",
         )
     return RegistrationDecided(

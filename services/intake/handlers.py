@@ -265,7 +265,9 @@ async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: flo
         return Answer(
             "refused",
             request_id,
-            reason=found.reason or REASON_DELETED,
+            # A decision whose device was deleted since keeps its own reason ("first
+            # device with this hardware ID"): the answer says what happened instead.
+            reason=found.reason if found.status == "refused" else REASON_DELETED,
             claimed_hardware_id=found.claimed_hardware_id,
         )
     # The secret is handed out again only until the device confirmed its provisioning, and
