@@ -355,7 +355,8 @@ async def delete_product(pool: Pool, actor: Account, product_id: str) -> None:
             raise Conflict(
                 f"product {product_id} is in use by {', '.join(users)}: "
                 "only a product no registration and no device uses can be deleted "
-                "(cancel a configured bulk registration, delete the devices first)",
+                "(delete its devices and cancel its configured bulk registrations first; "
+                "an auto registration stays with its product: pause it instead)",
                 field="product_id",
                 rule="product_unused",
             )
