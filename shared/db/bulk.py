@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from asyncpg import Record, UniqueViolationError
+from asyncpg import ForeignKeyViolationError, Record, UniqueViolationError
 
 from shared.db import audit, products
 from shared.db.pool import Pool
@@ -191,7 +191,10 @@ async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: 
     if refusal is not None:
         raise refusal
     registration_id = str(uuid.uuid4())
-    await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+    try:
+        await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+    except ForeignKeyViolationError as exc:  # the product was deleted since it was read
+        raise NotFound(f"no product {product_id} in this account", field="product_id") from exc
     return registration_id
 
 

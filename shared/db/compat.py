@@ -11,6 +11,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from asyncpg import ForeignKeyViolationError
+
 from shared.db.pool import Pool
 
 UPSERT_INFORMATION = """
@@ -121,9 +123,18 @@ async def record_information(
 
     The OS label is the device's free text: a NUL, which Postgres's text cannot hold
     (the server refuses it with an error, a 500), is dropped."""
-    stored = await pool.fetchval(
-        UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", ""), source
-    )
+    try:
+        stored = await pool.fetchval(
+            UPSERT_INFORMATION,
+            code,
+            hardware_id,
+            fingerprint,
+            secret_digest,
+            os_label.replace("\0", ""),
+            source,
+        )
+    except ForeignKeyViolationError:  # the code's product was deleted while this was written
+        return False
     return stored is not None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asyncpg import Record
+from asyncpg import ForeignKeyViolationError, Record
 
 from shared.db.pool import Connection, Pool
 from shared.domain.credentials import Keyring
@@ -261,12 +261,17 @@ async def complete_device_files(pool: Pool, keyring: Keyring, device: DeviceFile
     another UID, and the answer is read back after the write."""
     if not device.provisioned() or not device.stale():
         return device
-    async with pool.acquire() as conn, conn.transaction():
-        # Read again under the transaction: a reset since the caller's read moved the generation.
-        found = await one_device_files(conn, device.device_id)
-        if found is None or not found.provisioned():
-            return found or device
-        stale = [(found, s) for s in found.stale()]
-        uids = await next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
-        await record_files(conn, render_stale(keyring, stale, uids))
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            # Read again under the transaction: a reset since the caller's read moved the generation.
+            found = await one_device_files(conn, device.device_id)
+            if found is None or not found.provisioned():
+                return found or device
+            stale = [(found, s) for s in found.stale()]
+            uids = await next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
+            await record_files(conn, render_stale(keyring, stale, uids))
+    except ForeignKeyViolationError:
+        # The operator deleted the device meanwhile: this call is answered as the device
+        # was read, and the next one finds no device (its cache entry is invalidated).
+        return device
     return await one_device_files(pool, device.device_id) or device

@@ -547,3 +547,23 @@ async def test_cancel_and_publish_at_once_do_one_or_the_other(pool: Pool, actor:
             assert (
                 await pool.fetchval("SELECT count(*) FROM registrations WHERE id = $1", registration_id) == 0
             )
+
+
+async def test_an_upload_started_while_its_product_is_deleted_is_not_found(
+    pool: Pool, actor: Account
+) -> None:
+    product = await _locked(pool, actor)
+    async with pool.acquire() as deleting:
+        transaction = deleting.transaction()
+        await transaction.start()
+        await deleting.execute("DELETE FROM products WHERE id = $1", product.id)  # delete_product, mid-way
+        starting = asyncio.create_task(bulk.start_upload(pool, actor.id, product.id, "fleet.csv"))
+        async with asyncio.timeout(10):  # the upload read the product, and waits on its row
+            while not starting.done() and not await pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+                deleting.get_server_pid(),
+            ):
+                await asyncio.sleep(0.01)
+        await transaction.commit()
+        with pytest.raises(NotFound):
+            await starting
