@@ -215,6 +215,39 @@ async def test_a_service_enabled_after_locking_reaches_both_kinds_of_device_at_t
     print(f"service edits seen by the intake after {max(DELAYS) * 1000:.1f} ms at most ({len(DELAYS)} edits)")
 
 
+async def test_a_bulk_reference_device_gets_a_service_enabled_after_it_confirmed(
+    operator: Operator, session: aiohttp.ClientSession, system: System, client: ReferenceClient
+) -> None:
+    product_id = await bulk_product(operator)
+    rows = csv_rows(1)
+    status, configured = await upload(session, system.bulk_url, operator, product_id, csv_text(rows).encode())
+    assert status == 201, configured
+    await publish_and_wait(session, system.bulk_url, operator, configured["id"])
+    code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
+    key, hardware_id, _ = rows[0]
+    device = ReferenceDevice(code, hardware_id, registration_key=key)
+    assert await client.boot(device) == "provisioned"
+    for _ in range(200):
+        if (await operator.devices(hardware_id=hardware_id))[0]["lifecycle"] == "provisioned":
+            break
+        await asyncio.sleep(0.05)
+    added = await operator.call(
+        "POST", f"/v1/products/{product_id}/services", {"name": "cam", "type": "tcp", "port": 554}, expect=201
+    )
+    cam = next(s for s in added["services"] if s["name"] == "cam")
+    await _edit(operator, product_id, "cam", {"enabled": True})
+
+    assert await client.boot(device) == "provisioned"
+
+    assert cam["provisioning_id"] in device.credentials
+    (found,) = await operator.devices(hardware_id=hardware_id)
+    assert found["lifecycle"] == "provisioned"  # the same device, not reset
+    # Another board with the same hardware ID and key but no secret gets nothing of it.
+    impostor = ReferenceDevice(code, hardware_id, registration_key=key)
+    assert (await client.boot(impostor)).startswith("failed: ")
+    assert cam["provisioning_id"] not in impostor.credentials
+
+
 async def test_a_deleted_device_frees_its_hardware_id_and_its_secret_stops_working(
     operator: Operator, session: aiohttp.ClientSession, system: System
 ) -> None:
