@@ -50,7 +50,7 @@ async def prepare(var: Path) -> dict[str, str]:
         if product.status == "new":
             product = await products.lock_product(pool, account, product.id)
         if not await registrations.list_registrations(pool, account.id, "auto"):
-            await registrations.create_registration(pool, account.id, product.id, "auto", "active")
+            await registrations.create_registration(pool, account, product.id, "auto", "active")
         product = await products.get_product(pool, account.id, product.id)
     finally:
         await pool.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import OperatorClient, operator_client
+from cli.commands.audit import audit_rows
 from cli.errors import CliError
 from cli.output import confirm, emit_json, print_table
 
@@ -102,6 +103,9 @@ async def show_device(args: argparse.Namespace) -> int:
     print()
     rows = [(h["at"], h["kind"], h.get("decision", ""), h.get("reason", "")) for h in device["history"]]
     print_table(rows, ["at", "event", "decision", "reason"])
+    print()
+    print("operator actions (newest first):")
+    print_table(audit_rows(device["audit_events"]), ["at", "action", "target", "key", "changes"])
     return 0
 
 

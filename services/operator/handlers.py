@@ -4,13 +4,17 @@ records (the repositories' or this module's); views.py turns them into JSON."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from shared.db import accounts, alerts, decisions, devices, products, registrations
+from services.operator.settings import RetentionSettings
+from shared.db import accounts, alerts, audit, decisions, devices, products, registrations
+from shared.db import retention as retention_db
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
+from shared.db.audit import AuditEvent
 from shared.db.decisions import DecisionEntry
 from shared.db.devices import Device, DeviceChange, DeviceHistoryEntry
 from shared.db.devices import DeviceAction as DeviceAction  # the routes name the actions
@@ -33,6 +37,8 @@ AUTO: RegistrationKind = "auto"
 MAX_DEVICES_LIMIT = 2_147_483_647
 # Device IDs one batch action takes: one transaction, an answer of bounded size.
 BATCH_MAX_IDS = 1000
+# Operator actions shown with a device: the newest; the whole trail is /v1/audit-events.
+DEVICE_AUDIT_EVENTS = 50
 DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
 DECISIONS = ("new", "same", "clone", "refused")
 ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
@@ -62,8 +68,12 @@ class DevicePage:
 
 @dataclass(frozen=True)
 class DeviceDetail:
+    """A device with its history (registration decisions and lifecycle events) and the
+    newest operator actions on it (``audit``, newest first, at most DEVICE_AUDIT_EVENTS)."""
+
     device: ShownDevice
     history: list[DeviceHistoryEntry]
+    audit: list[AuditEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,13 @@ class DeviceChanges:
 @dataclass(frozen=True)
 class DecisionPage:
     decisions: list[DecisionEntry]
+    next_before: datetime | None  # the cursor of the next page, when this one is full
+    next_before_id: str | None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    events: list[AuditEvent]
     next_before: datetime | None  # the cursor of the next page, when this one is full
     next_before_id: str | None
 
@@ -148,7 +165,7 @@ async def create_auto_registration(pool: Pool, account: Account, body: dict[str,
         raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
     max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
     registration_id = await registrations.create_registration(
-        pool, account.id, product_id, AUTO, "active", max_devices
+        pool, account, product_id, AUTO, "active", max_devices
     )
     return await registrations.get_registration(pool, account.id, AUTO, registration_id)
 
@@ -191,7 +208,7 @@ async def update_auto_registration(
         )
     if "max_devices" not in body:
         raise InvalidInput("max_devices is required", field="max_devices", rule="required")
-    await registrations.set_max_devices(pool, account.id, registration_id, _max_devices(body["max_devices"]))
+    await registrations.set_max_devices(pool, account, registration_id, _max_devices(body["max_devices"]))
     return await registrations.get_registration(pool, account.id, AUTO, registration_id)
 
 
@@ -202,10 +219,10 @@ async def change_auto_registration(
     pool: Pool, account: Account, registration_id: str, action: AutoAction
 ) -> Registration:
     if action == "rotate-code":
-        await registrations.rotate_code(pool, account.id, registration_id)
+        await registrations.rotate_code(pool, account, registration_id)
     else:
         status = {"pause": "paused", "resume": "active"}[action]
-        await registrations.set_registration_status(pool, account.id, AUTO, registration_id, status)
+        await registrations.set_registration_status(pool, account, AUTO, registration_id, status)
     return await registrations.get_registration(pool, account.id, AUTO, registration_id)
 
 
@@ -297,8 +314,11 @@ async def get_device(
     pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
 ) -> DeviceDetail:
     device = await devices.get_device(pool, account.id, device_id)
-    history = await devices.device_history(pool, device_id)
-    return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl), history)
+    history = await devices.device_history(pool, device.id)
+    trail = await audit.list_events(
+        pool, account.id, audit.AuditFilter(target_id=device.id), limit=DEVICE_AUDIT_EVENTS
+    )
+    return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl), history, trail)
 
 
 async def change_device(
@@ -381,26 +401,29 @@ async def change_devices(
 def _before(query: dict[str, str]) -> tuple[datetime | None, str | None]:
     """The optional cursor of a newest-first listing: ``before`` (ISO 8601 time) and
     ``before_id`` (the last ID seen at that time, from ``next_before_id``)."""
-    raw = query.get("before")
     before_id = query.get("before_id") or None
     if before_id is not None and not is_uuid(before_id):
         raise InvalidInput("before_id is not an ID", field="before_id", rule="format=uuid")
+    when = _time_param(query, "before")
+    if when is None and before_id is not None:
+        raise InvalidInput("before_id needs before", field="before_id", rule="requires=before")
+    return when, before_id
+
+
+def _time_param(query: dict[str, str], name: str) -> datetime | None:
+    """An optional ISO 8601 time parameter, in UTC (a time without an offset is UTC)."""
+    raw = query.get(name)
     if not raw:
-        if before_id is not None:
-            raise InvalidInput("before_id needs before", field="before_id", rule="requires=before")
-        return None, None
+        return None
     try:
         when = datetime.fromisoformat(raw)
-        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError as exc:
-        raise InvalidInput(
-            "before must be an ISO 8601 time", field="before", rule="format=date-time"
-        ) from exc
+        raise InvalidInput(f"{name} must be an ISO 8601 time", field=name, rule="format=date-time") from exc
     except OverflowError as exc:  # e.g. year 9999 with a negative offset: past what a time can hold
         raise InvalidInput(
-            "before is out of range: years 1 to 9999 in UTC", field="before", rule="range=date-time"
+            f"{name} is out of range: years 1 to 9999 in UTC", field=name, rule="range=date-time"
         ) from exc
-    return when, before_id
 
 
 def _newest_first(
@@ -445,6 +468,94 @@ async def list_security_alerts(
         next_before=found[-1].last_seen_at if full else None,
         next_before_id=found[-1].id if full else None,
     )
+
+
+# ---------------------------------------------------------------- operator audit trail
+
+# An action is ``noun.verb`` in lower case (``device.disabled``); a target ID is an ID or a
+# name an operator typed, bounded so a filter cannot be a megabyte.
+_ACTION = re.compile(r"[a-z_]{1,40}\.[a-z_]{1,40}")
+_TARGET_ID_MAX = 200
+AUDIT_PARAMETERS = ("action", "target_id", "api_key_id", "since", "until", "limit", "before", "before_id")
+
+
+async def list_audit_events(
+    pool: Pool, account: Account, query: dict[str, str], *, page_limit_max: int
+) -> AuditPage:
+    """The operator audit trail, newest first: every state-changing operator call of the
+    account, filtered by ``action`` (exact), ``target_id``, ``api_key_id``, a time range
+    ``since`` (inclusive) .. ``until`` (exclusive); ``before``/``before_id`` page back.
+    InvalidInput (400) names a bad or unknown parameter."""
+    _only(query, AUDIT_PARAMETERS)
+    where = audit.AuditFilter(
+        action=_audit_action(query.get("action") or None),
+        target_id=_audit_target(query.get("target_id") or None),
+        since=_time_param(query, "since"),
+        until=_time_param(query, "until"),
+        api_key_id=query.get("api_key_id") or None,
+    )
+    if where.api_key_id is not None and not is_uuid(where.api_key_id):
+        raise InvalidInput("api_key_id is not an ID", field="api_key_id", rule="format=uuid")
+    limit = _page_limit(query, page_limit_max)
+    before, before_id = _before(query)
+    found = await audit.list_events(
+        pool, account.id, where, limit=limit, before=(before, before_id) if before else None
+    )
+    full = len(found) == limit
+    return AuditPage(
+        found,
+        next_before=found[-1].at if full else None,
+        next_before_id=found[-1].id if full else None,
+    )
+
+
+def _audit_action(value: str | None) -> str | None:
+    if value is not None and not _ACTION.fullmatch(value):
+        raise InvalidInput(
+            "action must be an action name such as device.disabled (see docs/operations.md)",
+            field="action",
+            rule="format=noun.verb",
+        )
+    return value
+
+
+def _audit_target(value: str | None) -> str | None:
+    if value is not None and (len(value) > _TARGET_ID_MAX or "\0" in value):
+        raise InvalidInput(
+            f"target_id must be up to {_TARGET_ID_MAX} characters without NUL",
+            field="target_id",
+            rule=f"max_length={_TARGET_ID_MAX}",
+        )
+    return value
+
+
+# ---------------------------------------------------------------- retention
+
+
+async def prune_expired(
+    pool: Pool, retention: RetentionSettings, now: datetime | None = None
+) -> dict[str, int]:
+    """Delete the registration decisions and audit events past their keep time (a table
+    kept for 0 days is kept forever), batch after batch until none is left; return the
+    rows deleted per table."""
+    at = now or datetime.now(UTC)
+    deleted: dict[str, int] = {}
+    keep: tuple[tuple[retention_db.Table, int], ...] = (
+        ("registration_decisions", retention.decisions_days),
+        ("operator_audit_events", retention.audit_days),
+    )
+    for table, days in keep:
+        if days <= 0:
+            continue
+        deleted[table] = 0
+        while True:
+            count = await retention_db.prune_batch(
+                pool, table, at - timedelta(days=days), retention.batch_rows
+            )
+            deleted[table] += count
+            if count < retention.batch_rows:
+                break
+    return deleted
 
 
 # ---------------------------------------------------------------- API keys

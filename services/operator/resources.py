@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from services.operator.settings import OperatorSettings
+from services.operator import handlers
+from services.operator.settings import OperatorSettings, RetentionSettings
 from shared.db.pool import Pool, answers, open_pool
 from shared.http import READINESS, READINESS_PROBE
 from shared.throttle import THROTTLE, open_throttle
 
 SERVICE = "operator"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
             app[RESOURCES] = Resources(settings, pool)
+            pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
+            stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True
             app[READINESS_PROBE] = lambda: answers(pool)
             try:
@@ -45,3 +51,25 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 app[READINESS]["pool"] = False
 
     return resources
+
+
+async def _prune_forever(pool: Pool, retention: RetentionSettings) -> None:
+    """Prune expired records (registration decisions, operator audit events) every
+    ``interval_seconds``. Every instance runs it: the batches skip each other's rows
+    (shared.db.retention). A failed round (the database restarting) is logged and tried
+    again at the next one; the service keeps serving."""
+    while True:
+        await asyncio.sleep(retention.interval_seconds)
+        try:
+            deleted = await handlers.prune_expired(pool, retention)
+        except Exception as exc:
+            log.warning("retention: expired records not pruned", extra={"error": type(exc).__name__})
+            continue
+        if any(deleted.values()):
+            log.info("retention: pruned expired records", extra={"deleted": deleted})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -57,31 +57,42 @@ async def whoami(request: web.Request, account: Account) -> views.Json:
 @authed(status=201)
 async def create_product(request: web.Request, account: Account) -> views.Json:
     body = await parse_json_body(request)
-    return views.product(await handlers.create_product(_resources(request).pool, account, body))
+    return views.product(
+        await handlers.create_product(_resources(request).pool, account, body), masked=account.read_only
+    )
 
 
 @authed()
 async def list_products(request: web.Request, account: Account) -> views.Json:
-    return views.products(await handlers.list_products(_resources(request).pool, account))
+    return views.products(
+        await handlers.list_products(_resources(request).pool, account), masked=account.read_only
+    )
 
 
 @authed()
 async def get_product(request: web.Request, account: Account) -> views.Json:
     product_id = path_id(request, "product_id")
-    return views.product(await handlers.get_product(_resources(request).pool, account, product_id))
+    return views.product(
+        await handlers.get_product(_resources(request).pool, account, product_id), masked=account.read_only
+    )
 
 
 @authed(status=201)
 async def add_service(request: web.Request, account: Account) -> views.Json:
     product_id = path_id(request, "product_id")
     body = await parse_json_body(request)
-    return views.product(await handlers.add_service(_resources(request).pool, account, product_id, body))
+    return views.product(
+        await handlers.add_service(_resources(request).pool, account, product_id, body),
+        masked=account.read_only,
+    )
 
 
 @authed()
 async def lock_product(request: web.Request, account: Account) -> views.Json:
     product_id = path_id(request, "product_id")
-    return views.product(await handlers.lock_product(_resources(request).pool, account, product_id))
+    return views.product(
+        await handlers.lock_product(_resources(request).pool, account, product_id), masked=account.read_only
+    )
 
 
 @authed()
@@ -91,7 +102,8 @@ async def change_service(request: web.Request, account: Account) -> views.Json:
     return views.product(
         await handlers.change_service(
             _resources(request).pool, account, product_id, path_id(request, "service_id"), body
-        )
+        ),
+        masked=account.read_only,
     )
 
 
@@ -108,20 +120,24 @@ async def delete_product(request: web.Request, account: Account) -> views.Json:
 async def create_auto(request: web.Request, account: Account) -> views.Json:
     body = await parse_json_body(request)
     return views.auto_registration(
-        await handlers.create_auto_registration(_resources(request).pool, account, body)
+        await handlers.create_auto_registration(_resources(request).pool, account, body),
+        masked=account.read_only,
     )
 
 
 @authed()
 async def list_auto(request: web.Request, account: Account) -> views.Json:
-    return views.auto_registrations(await handlers.list_auto_registrations(_resources(request).pool, account))
+    return views.auto_registrations(
+        await handlers.list_auto_registrations(_resources(request).pool, account), masked=account.read_only
+    )
 
 
 @authed()
 async def get_auto(request: web.Request, account: Account) -> views.Json:
     registration_id = path_id(request, "registration_id")
     return views.auto_registration(
-        await handlers.get_auto_registration(_resources(request).pool, account, registration_id)
+        await handlers.get_auto_registration(_resources(request).pool, account, registration_id),
+        masked=account.read_only,
     )
 
 
@@ -130,14 +146,16 @@ async def update_auto(request: web.Request, account: Account) -> views.Json:
     registration_id = path_id(request, "registration_id")
     body = await parse_json_body(request)
     return views.auto_registration(
-        await handlers.update_auto_registration(_resources(request).pool, account, registration_id, body)
+        await handlers.update_auto_registration(_resources(request).pool, account, registration_id, body),
+        masked=account.read_only,
     )
 
 
 async def _change_auto(request: web.Request, account: Account, action: handlers.AutoAction) -> views.Json:
     registration_id = path_id(request, "registration_id")
     return views.auto_registration(
-        await handlers.change_auto_registration(_resources(request).pool, account, registration_id, action)
+        await handlers.change_auto_registration(_resources(request).pool, account, registration_id, action),
+        masked=account.read_only,
     )
 
 
@@ -260,6 +278,15 @@ async def list_decisions(request: web.Request, account: Account) -> views.Json:
 
 
 @authed()
+async def list_audit_events(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    page = await handlers.list_audit_events(
+        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+    )
+    return views.audit_page(page)
+
+
+@authed()
 async def list_alerts(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     page = await handlers.list_security_alerts(
@@ -318,6 +345,7 @@ ROUTES: list[web.RouteDef] = [
     web.delete("/v1/devices/{device_id}", delete_device),
     web.get("/v1/registration-decisions", list_decisions),
     web.get("/v1/security-alerts", list_alerts),
+    web.get("/v1/audit-events", list_audit_events),
     web.get("/v1/api-keys", list_keys),
     web.post("/v1/api-keys", create_key),
     web.delete("/v1/api-keys/{key_id}", revoke_key),

@@ -9,6 +9,28 @@ from shared.throttle import ThrottleSettings
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long records are kept before the background pruning deletes them; 0 days keeps
+    them forever. Defaults: registration decisions 90 days (the window the peers keep
+    device-level history in, e.g. Azure Monitor activity logs, AWS CloudTrail event
+    history), the operator audit trail 365 days (a year of who-did-what for reviews)."""
+
+    decisions_days: int = 90
+    audit_days: int = 365
+    interval_seconds: float = 300.0  # between pruning rounds
+    batch_rows: int = 1000  # rows per delete transaction: short locks on a busy table
+
+    @classmethod
+    def from_env(cls, env: Env) -> RetentionSettings:
+        return cls(
+            decisions_days=env.integer("FLEETREG_RETAIN_DECISIONS_DAYS", 90),
+            audit_days=env.integer("FLEETREG_RETAIN_AUDIT_DAYS", 365),
+            interval_seconds=env.number("FLEETREG_RETENTION_INTERVAL_SECONDS", 300.0, minimum=1.0),
+            batch_rows=env.integer("FLEETREG_RETENTION_BATCH_ROWS", 1000, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     http: HttpSettings
     database: DatabaseSettings
@@ -16,6 +38,7 @@ class OperatorSettings:
     page_limit_max: int
     log_level: str
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @classmethod
     def from_env(cls, env: Env) -> OperatorSettings:
@@ -26,4 +49,5 @@ class OperatorSettings:
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             throttle=ThrottleSettings.from_env(env),
+            retention=RetentionSettings.from_env(env),
         )

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from services.operator.handlers import (
     AlertPage,
+    AuditPage,
     DecisionPage,
     DeviceChanges,
     DeviceDetail,
@@ -18,6 +19,7 @@ from services.operator.handlers import (
 )
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
+from shared.db.audit import AuditEvent
 from shared.db.decisions import DecisionEntry
 from shared.db.devices import DeviceHistoryEntry
 from shared.db.products import Product, ProductService
@@ -50,8 +52,13 @@ def service(found: ProductService) -> Json:
     }
 
 
-def product(found: Product) -> Json:
-    """A product; its codes are shown once it is locked."""
+# What a read-only API key sees instead of a code: it may watch a fleet, never enroll one.
+MASKED = "********"
+
+
+def product(found: Product, *, masked: bool = False) -> Json:
+    """A product; its codes are shown once it is locked, as MASKED when ``masked`` (a
+    read-only key)."""
     shown: Json = {
         "id": found.id,
         "name": found.name,
@@ -61,8 +68,8 @@ def product(found: Product) -> Json:
         "services": [service(s) for s in found.services],
     }
     if found.status == "locked":
-        shown["bulk_identification_code"] = found.bulk_identification_code
-        shown["product_code"] = found.product_code
+        shown["bulk_identification_code"] = MASKED if masked else found.bulk_identification_code
+        shown["product_code"] = MASKED if masked else found.product_code
     return shown
 
 
@@ -77,20 +84,22 @@ def deleted_product(found: Product) -> Json:
     }
 
 
-def products(found: list[Product]) -> Json:
-    return {"products": [product(p) for p in found]}
+def products(found: list[Product], *, masked: bool = False) -> Json:
+    return {"products": [product(p, masked=masked) for p in found]}
 
 
 # ---------------------------------------------------------------- auto registrations
 
 
-def auto_registration(found: Registration) -> Json:
+def auto_registration(found: Registration, *, masked: bool = False) -> Json:
+    """An auto registration with its product's current code (MASKED when ``masked``)."""
+    code = found.bulk_identification_code
     return {
         "id": found.id,
         "product_id": found.product_id,
         "kind": found.kind,
         "status": found.status,
-        "bulk_identification_code": found.bulk_identification_code,
+        "bulk_identification_code": MASKED if masked and code is not None else code,
         "max_devices": found.max_devices,
         "device_count": found.device_count,
         "created_at": found.created_at.isoformat(),
@@ -98,8 +107,8 @@ def auto_registration(found: Registration) -> Json:
     }
 
 
-def auto_registrations(found: list[Registration]) -> Json:
-    return {"auto_registrations": [auto_registration(r) for r in found]}
+def auto_registrations(found: list[Registration], *, masked: bool = False) -> Json:
+    return {"auto_registrations": [auto_registration(r, masked=masked) for r in found]}
 
 
 # ---------------------------------------------------------------- devices
@@ -142,7 +151,11 @@ def history_entry(entry: DeviceHistoryEntry) -> Json:
 
 
 def device_detail(detail: DeviceDetail) -> Json:
-    return {**device(detail.device), "history": [history_entry(e) for e in detail.history]}
+    return {
+        **device(detail.device),
+        "history": [history_entry(e) for e in detail.history],
+        "audit_events": [audit_event(e) for e in detail.audit],
+    }
 
 
 def device_changes(changed: DeviceChanges) -> Json:
@@ -180,6 +193,27 @@ def decision(entry: DecisionEntry) -> Json:
 def decision_page(page: DecisionPage) -> Json:
     return {
         "decisions": [decision(d) for d in page.decisions],
+        "next_before": _time(page.next_before),
+        "next_before_id": page.next_before_id,
+    }
+
+
+def audit_event(event: AuditEvent) -> Json:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "api_key_id": event.api_key_id,
+        "api_key_label": event.api_key_label,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "changes": event.changes,
+    }
+
+
+def audit_page(page: AuditPage) -> Json:
+    return {
+        "audit_events": [audit_event(e) for e in page.events],
         "next_before": _time(page.next_before),
         "next_before_id": page.next_before_id,
     }

@@ -97,10 +97,11 @@ async def list_events(
     where: AuditFilter,
     *,
     limit: int,
-    before: tuple[datetime, str] | None = None,
+    before: tuple[datetime, str | None] | None = None,
 ) -> list[AuditEvent]:
     """The account's events matching ``where``, newest first, at most ``limit``, those
-    strictly older than the cursor ``before`` (the last event's ``(at, id)``) when given."""
+    before the cursor ``before`` when given: the last event's ``(at, id)``, or ``(at, None)``
+    for every event strictly older than ``at``."""
     rows = await pool.fetch(
         SELECT_EVENTS,
         account_id,

@@ -11,8 +11,9 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.db import products
+from shared.db import audit, products
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.products import RegistrationKind, registration_kind_refusal
 from shared.errors import Conflict, NotFound
 
@@ -28,10 +29,17 @@ SELECT_REGISTRATIONS = """
     LEFT JOIN bulk_identification_codes c ON c.product_id = r.product_id AND c.revoked_at IS NULL
     WHERE r.account_id = $1 AND r.kind = $2 AND ($3::uuid IS NULL OR r.id = $3)
     ORDER BY r.created_at, r.id"""
-SET_MAX_DEVICES = """UPDATE registrations SET max_devices = $4, updated_at = now()
-    WHERE id = $1 AND account_id = $2 AND kind = $3 RETURNING id"""
-SET_REGISTRATION_STATUS = """UPDATE registrations SET status = $4, updated_at = now()
-    WHERE id = $1 AND account_id = $2 AND kind = $3 RETURNING product_id::text"""
+# Both return the value before the change (the row locked first), for the audit trail.
+SET_MAX_DEVICES = """
+    WITH before AS (SELECT id, max_devices FROM registrations
+                    WHERE id = $1 AND account_id = $2 AND kind = $3 FOR UPDATE)
+    UPDATE registrations r SET max_devices = $4, updated_at = now()
+    FROM before WHERE r.id = before.id RETURNING before.id, before.max_devices"""
+SET_REGISTRATION_STATUS = """
+    WITH before AS (SELECT id, status FROM registrations
+                    WHERE id = $1 AND account_id = $2 AND kind = $3 FOR UPDATE)
+    UPDATE registrations r SET status = $4, updated_at = now()
+    FROM before WHERE r.id = before.id RETURNING before.status"""
 SELECT_AUTO_PRODUCT = (
     "SELECT product_id::text FROM registrations WHERE id = $1 AND account_id = $2 AND kind = 'auto'"
 )
@@ -61,7 +69,7 @@ class Registration:
 
 async def create_registration(
     pool: Pool,
-    account_id: str,
+    actor: Account,
     product_id: str,
     kind: RegistrationKind,
     status: str,
@@ -69,7 +77,9 @@ async def create_registration(
 ) -> str:
     """Create a registration (its ID); a product serves one kind only
     (shared.domain.products.registration_kind_refusal), and one auto registration.
-    ``max_devices`` is an auto registration's device quota (None: none)."""
+    ``max_devices`` is an auto registration's device quota (None: none). Audited as
+    ``<kind>_registration.created``."""
+    account_id = actor.id
     registration_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
         # The product's row stays locked until the registration exists: a concurrent claim
@@ -92,6 +102,14 @@ async def create_registration(
                 field="product_id",
                 rule="one_auto_registration",
             ) from exc
+        await audit.record(
+            conn,
+            actor,
+            f"{kind}_registration.created",
+            f"{kind}_registration",
+            registration_id,
+            {"product_id": product_id, "status": status, "max_devices": max_devices},
+        )
     return registration_id
 
 
@@ -124,27 +142,65 @@ async def get_registration(
     return found[0]
 
 
+# The audit action of a status change: pausing and resuming are what operators look for.
+_STATUS_ACTIONS = {"paused": "paused", "active": "resumed"}
+
+
 async def set_registration_status(
-    pool: Pool, account_id: str, kind: RegistrationKind, registration_id: str, status: str
+    pool: Pool, actor: Account, kind: RegistrationKind, registration_id: str, status: str
 ) -> None:
-    if await pool.fetchval(SET_REGISTRATION_STATUS, registration_id, account_id, kind, status) is None:
-        raise NotFound(f"no {kind} registration {registration_id} in this account")
-
-
-async def set_max_devices(pool: Pool, account_id: str, registration_id: str, max_devices: int | None) -> None:
-    """Set (or, with None, clear) an auto registration's device quota. It applies to the
-    claims decided after the answer; devices over a lowered quota are kept."""
-    if await pool.fetchval(SET_MAX_DEVICES, registration_id, account_id, "auto", max_devices) is None:
-        raise NotFound(f"no auto registration {registration_id} in this account")
-
-
-async def rotate_code(pool: Pool, account_id: str, registration_id: str) -> None:
-    """Replace the product's Bulk Identification Code; the old one stops working at once."""
+    """Set a registration's status (NotFound outside the actor's account); audited as
+    ``<kind>_registration.paused`` / ``.resumed`` (``.status_changed`` otherwise) with the
+    status before and after, also when it did not change (the operator did ask)."""
     async with pool.acquire() as conn, conn.transaction():
-        product_id = await conn.fetchval(SELECT_AUTO_PRODUCT, registration_id, account_id)
+        before = await conn.fetchval(SET_REGISTRATION_STATUS, registration_id, actor.id, kind, status)
+        if before is None:
+            raise NotFound(f"no {kind} registration {registration_id} in this account")
+        action = _STATUS_ACTIONS.get(status, "status_changed")
+        await audit.record(
+            conn,
+            actor,
+            f"{kind}_registration.{action}",
+            f"{kind}_registration",
+            registration_id,
+            {"status": {"from": before, "to": status}},
+        )
+
+
+async def set_max_devices(pool: Pool, actor: Account, registration_id: str, max_devices: int | None) -> None:
+    """Set (or, with None, clear) an auto registration's device quota. It applies to the
+    claims decided after the answer; devices over a lowered quota are kept. Audited as
+    ``auto_registration.quota_changed``."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(SET_MAX_DEVICES, registration_id, actor.id, "auto", max_devices)
+        if before is None:
+            raise NotFound(f"no auto registration {registration_id} in this account")
+        await audit.record(
+            conn,
+            actor,
+            "auto_registration.quota_changed",
+            "auto_registration",
+            registration_id,
+            {"max_devices": {"from": before["max_devices"], "to": max_devices}},
+        )
+
+
+async def rotate_code(pool: Pool, actor: Account, registration_id: str) -> None:
+    """Replace the product's Bulk Identification Code; the old one stops working at once.
+    Audited as ``auto_registration.code_rotated``: that it was rotated, never a code."""
+    async with pool.acquire() as conn, conn.transaction():
+        product_id = await conn.fetchval(SELECT_AUTO_PRODUCT, registration_id, actor.id)
         if product_id is None:
             raise NotFound(f"no auto registration {registration_id} in this account")
         await products.replace_code(conn, product_id)
+        await audit.record(
+            conn,
+            actor,
+            "auto_registration.code_rotated",
+            "auto_registration",
+            registration_id,
+            {"product_id": product_id, "bulk_identification_code": "rotated"},
+        )
 
 
 async def lock_quotas(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:

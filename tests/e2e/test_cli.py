@@ -197,3 +197,28 @@ async def test_bulk_upload_publish_show_and_simulate(
         operator, system, "simulate", "--bulk", uploaded["id"], "--csv", str(good), "--concurrency", "10"
     )
     assert (summary["devices"], summary["provisioned"], summary["errors"]) == (30, 30, 0)
+
+
+async def test_keys_and_audit_commands(system: System, operator: Operator) -> None:
+    """A read-only key made with the CLI reads but cannot change anything; the audit trail
+    lists the key's creation and revocation with the key that did them."""
+    issued = await fleetreg_json(operator, system, "keys", "create", "--label", "grafana", "--read-only")
+    assert (issued["label"], issued["read_only"]) == ("grafana", True)
+    reader = Operator(operator.session, operator.url, issued["api_key"], operator.account_id)
+    code, out, _ = await fleetreg(reader, system, "keys", "list")
+    assert code == 0 and "grafana" in out and "read-only" in out and issued["api_key"] not in out
+    code, _, err = await fleetreg(reader, system, "keys", "create", "--label", "sneaky")
+    assert code == 1 and "403" in err and "read-only" in err and len(err.strip().splitlines()) == 1
+
+    await fleetreg_json(operator, system, "keys", "revoke", issued["id"])
+    events = (await fleetreg_json(operator, system, "audit", "list", "--target", issued["id"]))[
+        "audit_events"
+    ]
+    code, table_out, _ = await fleetreg(operator, system, "audit", "list", "--action", "api_key.created")
+
+    assert [e["action"] for e in events] == ["api_key.revoked", "api_key.created"]
+    assert {e["api_key_label"] for e in events} == {"first key"}
+    assert code == 0 and "api_key.created" in table_out and "grafana" in table_out
+    assert "api_key.revoked" not in table_out  # the filter holds
+    code, _, err = await fleetreg(operator, system, "audit", "list", "--since", "yesterday")
+    assert code == 1 and "since" in err

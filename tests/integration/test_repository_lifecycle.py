@@ -48,7 +48,7 @@ async def _provisioned_device(pool: Pool, actor: Account, product: products.Prod
     """A device of the product whose files provisioning rendered (as it does at registration)."""
     registration_id = await pool.fetchval(
         "SELECT id::text FROM registrations WHERE product_id = $1", product.id
-    ) or await registrations.create_registration(pool, actor.id, product.id, "auto", "active")
+    ) or await registrations.create_registration(pool, actor, product.id, "auto", "active")
     device_id = await pool.fetchval(
         """INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
                                 name, lifecycle)
@@ -283,7 +283,7 @@ async def test_a_port_change_renders_the_file_again_with_the_same_uid(pool: Pool
 
 async def test_a_device_never_provisioned_is_left_to_provisioning(pool: Pool, actor: Account) -> None:
     product = await _locked(pool, actor)
-    registration_id = await registrations.create_registration(pool, actor.id, product.id, "auto", "active")
+    registration_id = await registrations.create_registration(pool, actor, product.id, "auto", "active")
     device_id = await pool.fetchval(
         """INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
                                 name, lifecycle)
@@ -413,7 +413,7 @@ async def test_a_batch_change_records_one_event_per_device_changed(pool: Pool, a
 
 async def test_only_an_unused_product_can_be_deleted_with_its_codes(pool: Pool, actor: Account) -> None:
     used = await _locked(pool, actor, "used")
-    registration_id = await registrations.create_registration(pool, actor.id, used.id, "auto", "active")
+    registration_id = await registrations.create_registration(pool, actor, used.id, "auto", "active")
     unused = await _locked(pool, actor, "unused")
     code = unused.bulk_identification_code
     assert code is not None

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared.db import products, registrations
+from shared.db import audit, products, registrations
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.errors import Conflict, DomainError, NotFound
 from tests.support import registry
 
@@ -35,6 +36,11 @@ async def locked(pool: Pool) -> Locked:
     return Locked(account_id, product, await registry.new_code(pool, product.id))
 
 
+def _actor(account_id: str) -> Account:
+    """The account as an operator call names it (no key: the audit trail records NULL)."""
+    return Account(account_id, "test")
+
+
 async def _kind(pool: Pool, product_id: str) -> str | None:
     kind: str | None = await pool.fetchval("SELECT registration_kind FROM products WHERE id = $1", product_id)
     return kind
@@ -47,7 +53,7 @@ async def _count(pool: Pool, product_id: str) -> int:
 
 async def test_create_registration_claims_the_product_for_its_kind(pool: Pool, locked: Locked) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active", max_devices=5
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active", max_devices=5
     )
 
     found = await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
@@ -67,7 +73,7 @@ async def test_a_product_must_be_locked_first(pool: Pool) -> None:
     product = await registry.new_product(pool, account_id, locked=False)
 
     with pytest.raises(Conflict) as refused:
-        await registrations.create_registration(pool, account_id, product.id, "auto", "active")
+        await registrations.create_registration(pool, _actor(account_id), product.id, "auto", "active")
 
     assert refused.value.rule == "product_locked"
     assert (await _kind(pool, product.id), await _count(pool, product.id)) == (None, 0)
@@ -78,12 +84,12 @@ async def test_a_product_serves_one_registration_kind(pool: Pool) -> None:
     bulk = await registry.new_product(pool, account_id, kind="bulk")
     await registry.new_registration(pool, bulk, kind="bulk", status="configured")
     auto = await registry.new_product(pool, account_id)
-    await registrations.create_registration(pool, account_id, auto.id, "auto", "active")
+    await registrations.create_registration(pool, _actor(account_id), auto.id, "auto", "active")
 
     with pytest.raises(Conflict) as auto_on_bulk:
-        await registrations.create_registration(pool, account_id, bulk.id, "auto", "active")
+        await registrations.create_registration(pool, _actor(account_id), bulk.id, "auto", "active")
     with pytest.raises(Conflict) as bulk_on_auto:
-        await registrations.create_registration(pool, account_id, auto.id, "bulk", "configured")
+        await registrations.create_registration(pool, _actor(account_id), auto.id, "bulk", "configured")
 
     assert (auto_on_bulk.value.rule, bulk_on_auto.value.rule) == (
         "one_registration_kind",
@@ -92,17 +98,19 @@ async def test_a_product_serves_one_registration_kind(pool: Pool) -> None:
     assert (await _kind(pool, bulk.id), await _kind(pool, auto.id)) == ("bulk", "auto")
     assert (await _count(pool, bulk.id), await _count(pool, auto.id)) == (1, 1)
     # Bulk registrations: as many as wanted.
-    await registrations.create_registration(pool, account_id, bulk.id, "bulk", "configured")
+    await registrations.create_registration(pool, _actor(account_id), bulk.id, "bulk", "configured")
     assert await _count(pool, bulk.id) == 2
 
 
 async def test_one_auto_registration_per_product(pool: Pool, locked: Locked) -> None:
     first = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
 
     with pytest.raises(Conflict) as refused:
-        await registrations.create_registration(pool, locked.account_id, locked.product.id, "auto", "paused")
+        await registrations.create_registration(
+            pool, _actor(locked.account_id), locked.product.id, "auto", "paused"
+        )
 
     assert refused.value.rule == "one_auto_registration"
     assert [r.id for r in await registrations.list_registrations(pool, locked.account_id, "auto")] == [first]
@@ -116,7 +124,7 @@ async def test_two_concurrent_auto_registrations_of_one_product_one_wins(pool: P
             racing = [
                 asyncio.create_task(
                     registrations.create_registration(
-                        pool, locked.account_id, locked.product.id, "auto", "active"
+                        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
                     )
                 )
                 for _ in range(2)
@@ -136,18 +144,18 @@ async def test_another_accounts_product_takes_no_registration(pool: Pool, locked
 
     for product_id in (locked.product.id, str(uuid.uuid4())):
         with pytest.raises(NotFound):
-            await registrations.create_registration(pool, stranger, product_id, "auto", "active")
+            await registrations.create_registration(pool, _actor(stranger), product_id, "auto", "active")
 
     assert (await _kind(pool, locked.product.id), await _count(pool, locked.product.id)) == (None, 0)
 
 
 async def test_list_and_get_count_devices_and_stay_in_the_account(pool: Pool, locked: Locked) -> None:
     first = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
     other_product = await registry.new_product(pool, locked.account_id)
     second = await registrations.create_registration(
-        pool, locked.account_id, other_product.id, "auto", "paused", max_devices=2
+        pool, _actor(locked.account_id), other_product.id, "auto", "paused", max_devices=2
     )
     for i in range(3):
         await registry.new_device(pool, locked.product, first, f"count-{i}")
@@ -155,7 +163,7 @@ async def test_list_and_get_count_devices_and_stay_in_the_account(pool: Pool, lo
     bulk_registration = await registry.new_registration(pool, bulk, kind="bulk", status="configured")
     stranger = await registry.new_account(pool)
     strangers = await registry.new_product(pool, stranger)
-    await registrations.create_registration(pool, stranger, strangers.id, "auto", "active")
+    await registrations.create_registration(pool, _actor(stranger), strangers.id, "auto", "active")
 
     listed = await registrations.list_registrations(pool, locked.account_id, "auto")
 
@@ -179,16 +187,18 @@ async def test_list_and_get_count_devices_and_stay_in_the_account(pool: Pool, lo
 
 async def test_set_registration_status_only_in_the_account_and_kind(pool: Pool, locked: Locked) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
     stranger = await registry.new_account(pool)
 
-    await registrations.set_registration_status(pool, locked.account_id, "auto", registration_id, "paused")
+    await registrations.set_registration_status(
+        pool, _actor(locked.account_id), "auto", registration_id, "paused"
+    )
     with pytest.raises(NotFound):
-        await registrations.set_registration_status(pool, stranger, "auto", registration_id, "active")
+        await registrations.set_registration_status(pool, _actor(stranger), "auto", registration_id, "active")
     with pytest.raises(NotFound):
         await registrations.set_registration_status(
-            pool, locked.account_id, "bulk", registration_id, "configured"
+            pool, _actor(locked.account_id), "bulk", registration_id, "configured"
         )
 
     found = await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
@@ -201,7 +211,7 @@ async def test_set_max_devices_sets_and_clears_an_auto_registrations_quota(
     pool: Pool, locked: Locked
 ) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
     bulk = await registry.new_product(pool, locked.account_id, kind="bulk")
     bulk_registration = await registry.new_registration(pool, bulk, kind="bulk", status="configured")
@@ -212,24 +222,24 @@ async def test_set_max_devices_sets_and_clears_an_auto_registrations_quota(
             await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
         ).max_devices
 
-    await registrations.set_max_devices(pool, locked.account_id, registration_id, 10)
+    await registrations.set_max_devices(pool, _actor(locked.account_id), registration_id, 10)
     assert await quota() == 10
     with pytest.raises(NotFound):
-        await registrations.set_max_devices(pool, stranger, registration_id, 1)
+        await registrations.set_max_devices(pool, _actor(stranger), registration_id, 1)
     with pytest.raises(NotFound):
-        await registrations.set_max_devices(pool, locked.account_id, bulk_registration, 1)
+        await registrations.set_max_devices(pool, _actor(locked.account_id), bulk_registration, 1)
     assert await quota() == 10
-    await registrations.set_max_devices(pool, locked.account_id, registration_id, None)
+    await registrations.set_max_devices(pool, _actor(locked.account_id), registration_id, None)
     assert await quota() is None
 
 
 async def test_rotate_code_revokes_the_old_code_at_once(pool: Pool, locked: Locked) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
     assert not (await products.resolve_codes(pool, [locked.code]))[locked.code].revoked
 
-    await registrations.rotate_code(pool, locked.account_id, registration_id)
+    await registrations.rotate_code(pool, _actor(locked.account_id), registration_id)
 
     new = (
         await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
@@ -250,7 +260,7 @@ async def test_rotate_code_of_another_account_or_a_bulk_registration_is_not_foun
     pool: Pool, locked: Locked
 ) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
     bulk = await registry.new_product(pool, locked.account_id, kind="bulk")
     bulk_code = await registry.new_code(pool, bulk.id)
@@ -258,9 +268,9 @@ async def test_rotate_code_of_another_account_or_a_bulk_registration_is_not_foun
     stranger = await registry.new_account(pool)
 
     with pytest.raises(NotFound):
-        await registrations.rotate_code(pool, stranger, registration_id)
+        await registrations.rotate_code(pool, _actor(stranger), registration_id)
     with pytest.raises(NotFound):
-        await registrations.rotate_code(pool, locked.account_id, bulk_registration)
+        await registrations.rotate_code(pool, _actor(locked.account_id), bulk_registration)
 
     found = await products.resolve_codes(pool, [locked.code, bulk_code])
     assert not (found[locked.code].revoked or found[bulk_code].revoked)
@@ -268,7 +278,7 @@ async def test_rotate_code_of_another_account_or_a_bulk_registration_is_not_foun
 
 async def test_two_concurrent_rotations_leave_one_current_code(pool: Pool, locked: Locked) -> None:
     registration_id = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active"
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
     )
 
     async with pool.acquire() as holder:
@@ -277,7 +287,9 @@ async def test_two_concurrent_rotations_leave_one_current_code(pool: Pool, locke
                 "SELECT 1 FROM bulk_identification_codes WHERE code = $1 FOR UPDATE", locked.code
             )
             racing = [
-                asyncio.create_task(registrations.rotate_code(pool, locked.account_id, registration_id))
+                asyncio.create_task(
+                    registrations.rotate_code(pool, _actor(locked.account_id), registration_id)
+                )
                 for _ in range(2)
             ]
             await registry.wait_until_waiting_for(pool, holder.get_server_pid(), count=2)
@@ -295,13 +307,15 @@ async def test_two_concurrent_rotations_leave_one_current_code(pool: Pool, locke
 
 async def test_lock_quotas_returns_only_registrations_with_a_quota(pool: Pool, locked: Locked) -> None:
     limited = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active", max_devices=5
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active", max_devices=5
     )
     other = await registry.new_product(pool, locked.account_id)
-    unlimited = await registrations.create_registration(pool, locked.account_id, other.id, "auto", "active")
+    unlimited = await registrations.create_registration(
+        pool, _actor(locked.account_id), other.id, "auto", "active"
+    )
     third = await registry.new_product(pool, locked.account_id)
     paused = await registrations.create_registration(
-        pool, locked.account_id, third.id, "auto", "paused", max_devices=2
+        pool, _actor(locked.account_id), third.id, "auto", "paused", max_devices=2
     )
 
     async with pool.acquire() as conn, conn.transaction():
@@ -315,10 +329,12 @@ async def test_lock_quotas_returns_only_registrations_with_a_quota(pool: Pool, l
 
 async def test_lock_quotas_holds_the_rows_until_the_transaction_ends(pool: Pool, locked: Locked) -> None:
     limited = await registrations.create_registration(
-        pool, locked.account_id, locked.product.id, "auto", "active", max_devices=5
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active", max_devices=5
     )
     other = await registry.new_product(pool, locked.account_id)
-    unlimited = await registrations.create_registration(pool, locked.account_id, other.id, "auto", "active")
+    unlimited = await registrations.create_registration(
+        pool, _actor(locked.account_id), other.id, "auto", "active"
+    )
 
     async with pool.acquire() as first, pool.acquire() as second, pool.acquire() as third:
         async with first.transaction():
@@ -336,3 +352,38 @@ async def test_lock_quotas_holds_the_rows_until_the_transaction_ends(pool: Pool,
             await asyncio.sleep(0.05)
             assert not waiting.done()
         assert await asyncio.wait_for(waiting, 10) == {limited: 5}
+
+
+async def test_every_auto_registration_change_is_audited_once_with_its_key_and_never_a_code(
+    pool: Pool, locked: Locked
+) -> None:
+    key_id = str(uuid.uuid4())
+    actor = Account(locked.account_id, "test", key_id=key_id, key_label="ops laptop")
+    registration_id = await registrations.create_registration(
+        pool, actor, locked.product.id, "auto", "active"
+    )
+    await registrations.set_max_devices(pool, actor, registration_id, 10)
+    await registrations.set_registration_status(pool, actor, "auto", registration_id, "paused")
+    await registrations.set_registration_status(pool, actor, "auto", registration_id, "active")
+    await registrations.rotate_code(pool, actor, registration_id)
+    with pytest.raises(NotFound):  # a refused change leaves no event
+        await registrations.rotate_code(pool, _actor(await registry.new_account(pool)), registration_id)
+    new_code = await pool.fetchval(
+        "SELECT code FROM bulk_identification_codes WHERE product_id = $1 AND revoked_at IS NULL",
+        locked.product.id,
+    )
+
+    trail = await audit.list_events(
+        pool, locked.account_id, audit.AuditFilter(target_id=registration_id), limit=10
+    )
+
+    assert [(e.action, e.api_key_id, e.api_key_label) for e in reversed(trail)] == [
+        ("auto_registration.created", key_id, "ops laptop"),
+        ("auto_registration.quota_changed", key_id, "ops laptop"),
+        ("auto_registration.paused", key_id, "ops laptop"),
+        ("auto_registration.resumed", key_id, "ops laptop"),
+        ("auto_registration.code_rotated", key_id, "ops laptop"),
+    ]
+    assert trail[3].changes == {"max_devices": {"from": None, "to": 10}}
+    assert trail[2].changes == {"status": {"from": "active", "to": "paused"}}
+    assert locked.code not in str(trail) and new_code not in str(trail)

@@ -1,0 +1,35 @@
+"""Retention: rows past their keep time are deleted in the background, in small batches.
+
+Each batch is one short transaction deleting at most ``batch`` of the oldest expired rows,
+picked with ``FOR UPDATE SKIP LOCKED``: no long lock on a busy table, and several
+instances pruning at once take different rows instead of waiting for each other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from shared.db.pool import Pool
+
+Table = Literal["registration_decisions", "operator_audit_events"]
+
+
+# One statement per table: the oldest expired rows first, each batch one short transaction.
+_PRUNE: dict[Table, str] = {
+    "registration_decisions": """
+        DELETE FROM registration_decisions WHERE request_id IN (
+            SELECT request_id FROM registration_decisions WHERE decided_at < $1
+            ORDER BY decided_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+    "operator_audit_events": """
+        DELETE FROM operator_audit_events WHERE id IN (
+            SELECT id FROM operator_audit_events WHERE at < $1
+            ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+}
+
+
+async def prune_batch(pool: Pool, table: Table, older_than: datetime, batch: int) -> int:
+    """Delete up to ``batch`` rows of ``table`` older than ``older_than`` (oldest first);
+    return how many were deleted (fewer than ``batch``: nothing more to do right now)."""
+    status = await pool.execute(_PRUNE[table], older_than, batch)
+    return int(status.rsplit(" ", 1)[-1])  # "DELETE n"

@@ -1,0 +1,94 @@
+"""Retention on the real Postgres: expired registration decisions and operator audit
+events are deleted in small batches, fresh ones kept, a table kept for 0 days is kept
+forever, and two instances pruning at once delete each row once between them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.operator.handlers import prune_expired
+from services.operator.settings import RetentionSettings
+from shared.db.pool import Pool
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+# Far enough back that only this test's rows are past the keep times used here.
+ANCIENT = datetime(2001, 1, 1, tzinfo=UTC)
+KEEP_DAYS = 365 * 20
+CUTOFF = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
+
+
+async def _seed(pool: Pool, account_id: str, old: int, fresh: int) -> tuple[list[str], list[str]]:
+    """``old`` + ``fresh`` audit events and decisions; returns the old and fresh event IDs."""
+    old_ids, fresh_ids = [], []
+    for index in range(old + fresh):
+        is_old = index < old
+        when = ANCIENT + timedelta(seconds=index) if is_old else datetime.now(UTC)
+        event_id = str(uuid.uuid4())
+        (old_ids if is_old else fresh_ids).append(event_id)
+        await pool.execute(
+            """INSERT INTO operator_audit_events (id, account_id, at, action, target_type, target_id)
+               VALUES ($1, $2, $3, 'device.disabled', 'device', 'x')""",
+            event_id,
+            account_id,
+            when,
+        )
+        await pool.execute(
+            """INSERT INTO registration_decisions (request_id, account_id, claimed_hardware_id, decision,
+                   status, received_at, decided_at)
+               VALUES ($1, $2, 'H', 'refused', 'refused', $3, $3)""",
+            event_id,
+            account_id,
+            when,
+        )
+    return old_ids, fresh_ids
+
+
+async def _left(pool: Pool, account_id: str) -> tuple[set[str], set[str]]:
+    events = await pool.fetch("SELECT id::text FROM operator_audit_events WHERE account_id = $1", account_id)
+    decisions = await pool.fetch(
+        "SELECT request_id::text AS id FROM registration_decisions WHERE account_id = $1", account_id
+    )
+    return {r["id"] for r in events}, {r["id"] for r in decisions}
+
+
+async def test_expired_records_are_pruned_in_batches_and_fresh_ones_kept(pool: Pool) -> None:
+    account_id = await registry.new_account(pool)
+    old, fresh = await _seed(pool, account_id, old=7, fresh=3)
+
+    deleted = await prune_expired(
+        pool, RetentionSettings(decisions_days=KEEP_DAYS, audit_days=KEEP_DAYS, batch_rows=2)
+    )
+
+    assert deleted == {"registration_decisions": 7, "operator_audit_events": 7}
+    assert await _left(pool, account_id) == (set(fresh), set(fresh))
+    assert old  # the seeded old rows were there to delete
+
+
+async def test_a_table_kept_for_zero_days_is_kept_forever(pool: Pool) -> None:
+    account_id = await registry.new_account(pool)
+    old, fresh = await _seed(pool, account_id, old=2, fresh=1)
+
+    deleted = await prune_expired(pool, RetentionSettings(decisions_days=KEEP_DAYS, audit_days=0))
+
+    assert deleted == {"registration_decisions": 2}
+    assert await _left(pool, account_id) == (set(old + fresh), set(fresh))
+
+
+async def test_two_instances_pruning_at_once_delete_each_row_once(pool: Pool) -> None:
+    account_id = await registry.new_account(pool)
+    await _seed(pool, account_id, old=40, fresh=2)
+    settings = RetentionSettings(decisions_days=KEEP_DAYS, audit_days=KEEP_DAYS, batch_rows=3)
+    expired = await pool.fetchval("SELECT count(*) FROM operator_audit_events WHERE at < $1", CUTOFF)
+    assert expired >= 40  # (another test's rows kept "forever" may be there too)
+
+    one, two = await asyncio.gather(prune_expired(pool, settings), prune_expired(pool, settings))
+
+    assert one["operator_audit_events"] + two["operator_audit_events"] == expired
+    events, decisions = await _left(pool, account_id)
+    assert (len(events), len(decisions)) == (2, 2)
