@@ -151,6 +151,12 @@ async def test_enable_after_disable_lets_the_device_register_again(
     # Enabling an enabled device changes nothing; the batch says so.
     batch = await operator.call("POST", "/v1/devices/enable", {"device_ids": [device_id]}, expect=200)
     assert [r["outcome"] for r in batch["results"]] == ["unchanged"]
+    # The device's page shows the operator's two actions, newest first, with the key.
+    shown = await operator.call("GET", f"/v1/devices/{device_id}", expect=200)
+    assert [(e["action"], e["api_key_label"]) for e in shown["audit_events"]] == [
+        ("device.enabled", "first key"),
+        ("device.disabled", "first key"),
+    ]
 
 
 async def test_a_service_enabled_after_locking_reaches_both_kinds_of_device_at_their_next_boot(
