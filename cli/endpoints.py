@@ -44,11 +44,11 @@ async def prepare(var: Path) -> dict[str, str]:
             found[0]
             if found
             else await products.create_product(
-                pool, account.id, DEMO_PRODUCT, [parse_service("ssh:22"), parse_service("web:80")]
+                pool, account, DEMO_PRODUCT, [parse_service("ssh:22"), parse_service("web:80")]
             )
         )
         if product.status == "new":
-            product = await products.lock_product(pool, account.id, product.id)
+            product = await products.lock_product(pool, account, product.id)
         if not await registrations.list_registrations(pool, account.id, "auto"):
             await registrations.create_registration(pool, account, product.id, "auto", "active")
         product = await products.get_product(pool, account.id, product.id)

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from cli.errors import CliError
+
 
 def emit_json(document: Any) -> None:
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -26,6 +28,22 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
     print(table(rows, headers))
+
+
+def confirm(question: str, *, assume_yes: bool) -> None:
+    """Ask ``question`` on the terminal before something that cannot be undone; go on only
+    on "y" or "yes". With ``assume_yes`` (``--yes``) nothing is asked; without a terminal
+    to ask on (a script, a pipe) the command is refused, so a script never deletes by
+    accident and never hangs waiting for an answer."""
+    if assume_yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Refused: no terminal to confirm on; add --yes to confirm")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("cancelled: nothing was changed")
 
 
 _last_tenth: dict[str, int] = {}

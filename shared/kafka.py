@@ -1,6 +1,9 @@
 """Kafka helpers with safe defaults.
 
 * Producers are idempotent with ``acks=all``: a retried send is never written twice.
+  An aiokafka producer whose idempotence state broke (the broker lost or rejected its
+  sequence numbers, e.g. across a broker restart under load) never sends again; a
+  :class:`Producer` replaces it with a new one and sends once more.
 * Consumers never auto-commit. :class:`BatchConsumer` hands a batch of decoded
   events to a handler and commits the batch's offsets only after the handler
   returned, i.e. after the handler's database transaction committed. A crash in
@@ -25,11 +28,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from aiokafka.helpers import create_ssl_context
 
 from shared.events import Event, SchemaError, decode, encode
-from shared.metrics import CONSUMER_LAG, ERRORS
+from shared.metrics import CONSUMER_LAG, ERRORS, PRODUCER_REPLACED
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -143,9 +153,96 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
+# Errors after which an idempotent aiokafka producer is dead: its sender task ends and
+# every later send fails with the same error until the process restarts
+# (aio-libs/aiokafka#1017). The Java client recovers by bumping its epoch (KAFKA-12152);
+# aiokafka has no such path, so the whole producer is replaced.
+FATAL_PRODUCER_ERRORS: tuple[type[Exception], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    ProducerFenced,
+)
+
+
+class Producer:
+    """An idempotent producer (:func:`make_producer`) that replaces itself after a fatal
+    producer error and sends once more with the new one.
+
+    The new producer has a new producer ID, so the broker cannot tell a record the old
+    one may have written from its repetition: a replaced send may be written twice.
+    Every consumer of fleetreg's topics is idempotent (request IDs, event IDs), so a
+    duplicate costs a skipped record, while a dead producer would stop the service.
+    Several coroutines hitting the error at once replace the producer once.
+    """
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        self._settings = settings
+        self._overrides = overrides
+        self._inner = make_producer(settings, **overrides)
+        self._replacing = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def stop(self) -> None:
+        await self._inner.stop()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The partition numbers of ``topic`` (from the cluster's metadata)."""
+        found: set[int] = await self._inner.partitions_for(topic)
+        return found
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send one record; return when the broker acknowledged it on all replicas."""
+        inner = self._inner
+        try:
+            await inner.send_and_wait(topic, value, key=key, headers=headers)
+        except FATAL_PRODUCER_ERRORS as exc:
+            await self._replace(inner, exc)
+            await self._inner.send_and_wait(topic, value, key=key, headers=headers)
+
+    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Send (topic, key, value) records concurrently; return when all are acknowledged."""
+        inner = self._inner
+        try:
+            await _send_all(inner, records)
+        except FATAL_PRODUCER_ERRORS as exc:
+            await self._replace(inner, exc)
+            await _send_all(self._inner, records)
+
+    async def _replace(self, broken: AIOKafkaProducer, error: Exception) -> None:
+        async with self._replacing:
+            if self._inner is not broken:
+                return  # another coroutine replaced it already
+            log.warning("Kafka producer broken; replacing it", extra={"error": type(error).__name__})
+            with contextlib.suppress(Exception):  # it is dead: stopping it only frees its sockets
+                await broken.stop()
+            fresh = make_producer(self._settings, **self._overrides)
+            try:
+                await fresh.start()
+            except BaseException:
+                await fresh.stop()
+                raise  # the broker is unreachable: the caller fails, the next send tries again
+            self._inner = fresh
+            PRODUCER_REPLACED.inc()
+
+
+async def _send_all(producer: AIOKafkaProducer, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+    futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
+    if futures:
+        await asyncio.gather(*futures)
+
+
 @contextlib.asynccontextmanager
-async def running_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = make_producer(settings)
+async def running_producer(settings: KafkaSettings) -> AsyncIterator[Producer]:
+    producer = Producer(settings)
     await producer.start()
     try:
         yield producer
@@ -153,16 +250,14 @@ async def running_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaPro
         await producer.stop()
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Event) -> None:
+async def publish(producer: Producer, topic: str, key: str, event: Event) -> None:
     """Send one event and wait until the broker acknowledged it on all replicas."""
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 
 
-async def publish_many(producer: AIOKafkaProducer, items: Sequence[tuple[str, str, Event]]) -> None:
+async def publish_many(producer: Producer, items: Sequence[tuple[str, str, Event]]) -> None:
     """Send several (topic, key, event) records concurrently; return when all are acknowledged."""
-    futures = [await producer.send(t, encode(e), key=k.encode()) for t, k, e in items]
-    if futures:
-        await asyncio.gather(*futures)
+    await producer.send_many([(t, k.encode(), encode(e)) for t, k, e in items])
 
 
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
@@ -180,7 +275,7 @@ class BatchConsumer:
         consumer: AIOKafkaConsumer,
         handler: BatchHandler,
         *,
-        dead_letter: tuple[AIOKafkaProducer, str] | None = None,
+        dead_letter: tuple[Producer, str] | None = None,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
         name: str = "consumer",

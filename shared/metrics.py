@@ -32,6 +32,10 @@ CONSUMER_LAG = Gauge(
     ["service", "topic", "partition"],
 )
 ERRORS = Counter("fleetreg_errors_total", "Errors by service and kind", ["service", "kind"])
+PRODUCER_REPLACED = Counter(
+    "fleetreg_kafka_producer_replaced_total",
+    "Kafka producers replaced after a fatal idempotence error (shared.kafka.Producer)",
+)
 QUOTA_REFUSALS = Counter(
     "fleetreg_quota_refusals_total",
     "Registration claims refused by a limit on device creation (max_devices, clone_limit)",

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from shared.db.pool import Pool, answers, open_pool
 from shared.events import Event
 from shared.http import READINESS, READINESS_PROBE
-from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, make_producer
+from shared.kafka import BatchConsumer, Producer, Topics, ensure_topics, make_consumer
 from shared.metrics import BATCHES, RECORDS
 from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings
 
@@ -38,7 +37,7 @@ class BrokerResources(Protocol):
     def pool(self) -> Pool: ...
 
     @property
-    def producer(self) -> AIOKafkaProducer: ...
+    def producer(self) -> Producer: ...
 
     @property
     def topics(self) -> Topics: ...
@@ -61,14 +60,14 @@ class Subscription(Generic[R]):
 
 async def open_registry_and_broker(
     stack: contextlib.AsyncExitStack, database: DatabaseSettings, kafka: KafkaSettings
-) -> tuple[Topics, Pool, AIOKafkaProducer]:
+) -> tuple[Topics, Pool, Producer]:
     """What every service that talks to the registry and the broker opens first: the
     topics (created if missing), the pool and a producer, closed by ``stack``."""
     topics = Topics(kafka.topic_prefix)
     await ensure_topics(kafka, topics.all())
     pool = await open_pool(database)
     stack.push_async_callback(pool.close)
-    producer = make_producer(kafka)
+    producer = Producer(kafka)
     await producer.start()
     stack.push_async_callback(producer.stop)
     return topics, pool, producer

@@ -1,4 +1,4 @@
-"""``fleetreg bulk upload|publish|show|list``"""
+"""``fleetreg bulk upload|publish|show|list|cancel``"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from cli.arguments import object_id
 from cli.client import operator_client
 from cli.errors import CliError
-from cli.output import emit_json, print_table, progress
+from cli.output import confirm, emit_json, print_table, progress
 
 BULK_URL = "FLEETREG_BULK_URL"
 CHUNK = 256 * 1024
@@ -40,6 +40,14 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(run=show_registration)
     listing = actions.add_parser("list", parents=[common], help="the account's bulk registrations")
     listing.set_defaults(run=list_registrations)
+    cancel = actions.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a configured upload (not yet published): its rows are dropped",
+    )
+    cancel.add_argument("id", type=object_id)
+    cancel.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    cancel.set_defaults(run=cancel_registration)
 
 
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
@@ -171,4 +179,18 @@ async def list_registrations(args: argparse.Namespace) -> int:
             for r in registrations
         ]
         print_table(rows, ["id", "product", "status", "rows", "published", "conflicts"])
+    return 0
+
+
+async def cancel_registration(args: argparse.Namespace) -> int:
+    confirm(
+        f"Cancel bulk registration {args.id}? Its uploaded rows are dropped.",
+        assume_yes=args.yes,
+    )
+    async with operator_client(BULK_URL) as client:
+        registration = await client.post(f"/v1/bulk-registrations/{args.id}/cancel")
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show(registration)
     return 0

@@ -1,4 +1,4 @@
-"""``fleetreg devices list|show|reset|disable``"""
+"""``fleetreg devices list|show|reset|disable|enable|delete``"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cli.arguments import object_id
 from cli.client import OperatorClient, operator_client
 from cli.commands.audit import audit_rows
 from cli.errors import CliError
-from cli.output import emit_json, print_table
+from cli.output import confirm, emit_json, print_table
 
 PAGE = 1000
 BATCH = 1000  # device IDs per batch call (the API's limit)
@@ -30,9 +30,16 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     for action, text in (
         ("reset", "reset for re-provisioning: the next claim of its hardware ID takes it over"),
         ("disable", "refuse the device's registration calls from now on"),
+        ("enable", "undo disable: the device may register and authenticate again"),
+        (
+            "delete",
+            "decommission: remove the device (its hardware ID is free again; the audit trail keeps it)",
+        ),
     ):
         parser = actions.add_parser(action, parents=[common], help=text)
         parser.add_argument("ids", nargs="+", metavar="ID", type=object_id)
+        if action == "delete":
+            parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         parser.set_defaults(run=change_devices, change=action)
 
 
@@ -103,9 +110,15 @@ async def show_device(args: argparse.Namespace) -> int:
 
 
 async def change_devices(args: argparse.Namespace) -> int:
-    """Reset or disable the devices given, through the batch endpoint: one call per
-    BATCH IDs (each call one transaction). Exits 1 if any ID was not found or refused."""
+    """Reset, disable, enable or delete the devices given, through the batch endpoint: one
+    call per BATCH IDs (each call one transaction). Exits 1 if any ID was not found or
+    refused. Deleting asks first, unless --yes."""
     ids = list(dict.fromkeys(i.strip().lower() for i in args.ids))  # the API refuses repeats
+    if args.change == "delete":
+        confirm(
+            f"Delete {len(ids)} device(s)? Their hardware IDs become free; their secrets stop working.",
+            assume_yes=args.yes,
+        )
     results: list[dict[str, Any]] = []
     async with operator_client() as client:
         for start in range(0, len(ids), BATCH):
@@ -124,7 +137,7 @@ async def change_devices(args: argparse.Namespace) -> int:
                 (
                     r["id"],
                     (r["device"] or {}).get("hardware_id", "-"),
-                    (r["device"] or {}).get("state", "-"),
+                    "-" if r["outcome"] == "deleted" else (r["device"] or {}).get("state", "-"),
                     r["outcome"],
                 )
                 for r in results
@@ -133,7 +146,11 @@ async def change_devices(args: argparse.Namespace) -> int:
         )
     if failed:
         first = failed[0]
-        why = "not found in this account" if first["outcome"] == "not_found" else "disabled: cannot be reset"
+        why = (
+            "not found in this account"
+            if first["outcome"] == "not_found"
+            else "disabled: cannot be reset (enable it first)"
+        )
         raise CliError(
             f"{len(failed)} of {len(results)} device(s) not changed; e.g. {first['id']}: {why}",
             document if args.json else None,

@@ -23,6 +23,7 @@ from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admissio
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
+    REASON_DELETED,
     Claim,
     Family,
     KnownDevice,
@@ -69,7 +70,7 @@ def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome
         return RegistrationOutcome(
             request_id=stored.request_id,
             status="refused",
-            reason=stored.reason,
+            reason=stored.reason if stored.decision == "refused" else REASON_DELETED,  # device deleted
             decision="refused",
             account_id=stored.account_id or "",
         )

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from services.dedup.handlers import Policy
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
-from shared.kafka import Topics
+from shared.kafka import Producer, Topics
 from shared.pipeline import open_registry_and_broker
 from shared.settings import PipelineSettings
 
@@ -20,7 +19,7 @@ from shared.settings import PipelineSettings
 @dataclass(frozen=True)
 class Resources:
     pool: Pool
-    producer: AIOKafkaProducer
+    producer: Producer
     topics: Topics
     keyring: Keyring
     policy: Policy

@@ -161,7 +161,7 @@ async def ingest(
             errors = Errors(1)
             errors.add(RowError(2, "", "", "no data rows: the file has a header only"))
             raise UploadRejected(errors)
-        await bulk.finish_upload(pool, registration_id, account.id, product_id, rows)
+        await bulk.finish_upload(pool, registration_id, account, product_id, rows, file_name.strip())
     except BaseException:
         await asyncio.shield(bulk.discard_upload(pool, registration_id))
         raise
@@ -237,9 +237,15 @@ async def request_publish(
 ) -> bulk.BulkRegistration:
     """configured -> publishing, then send the first chunk's event (publishing again
     resumes: the chunks are idempotent); Conflict (409) in any other state."""
-    await bulk.start_publish(pool, account.id, registration_id)
+    await bulk.start_publish(pool, account, registration_id)
     await send(BulkPublish(registration_id=registration_id, after_line=0))
     return await bulk.get_bulk(pool, account.id, registration_id)
+
+
+async def cancel(pool: Pool, account: Account, registration_id: str) -> bulk.BulkRegistration:
+    """Cancel a configured bulk registration (its staged rows are dropped); the
+    registration as it was. NotFound, or Conflict (409) once publishing has started."""
+    return await bulk.cancel_bulk(pool, account, registration_id)
 
 
 async def discard_abandoned_uploads(pool: Pool, stale_after_s: float) -> None:

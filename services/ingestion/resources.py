@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from services.ingestion import handlers
 from services.ingestion.settings import BulkLimits, IngestionSettings
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
-from shared.kafka import Topics
+from shared.kafka import Producer, Topics
 from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, open_throttle
 
@@ -23,7 +22,7 @@ SERVICE = "ingestion"
 @dataclass(frozen=True)
 class Resources:
     pool: Pool
-    producer: AIOKafkaProducer
+    producer: Producer
     topics: Topics
     keyring: Keyring
     limits: BulkLimits

@@ -63,6 +63,13 @@ async def start_publish(request: web.Request) -> web.Response:
     return json_response(views.registration_detail(found), status=202)
 
 
+async def cancel(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await account_for(api_key(request), r.pool, write=True)
+    found = await handlers.cancel(r.pool, account, path_id(request, "registration_id"))
+    return json_response(views.cancelled(found))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
 
@@ -73,4 +80,5 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/bulk-registrations", list_all),
     web.get("/v1/bulk-registrations/{registration_id}", show),
     web.post("/v1/bulk-registrations/{registration_id}/publish", start_publish),
+    web.post("/v1/bulk-registrations/{registration_id}/cancel", cancel),
 ]

@@ -45,3 +45,8 @@ def upload(done: Upload) -> dict[str, Any]:
         "warnings": [w.to_dict() for w in done.warnings.shown],
         "warnings_total": done.warnings.total,
     }
+
+
+def cancelled(found: BulkRegistration) -> dict[str, Any]:
+    """A cancelled registration, as it was: it no longer exists."""
+    return {**registration(found), "status": "cancelled"}

@@ -8,10 +8,12 @@ inline files anyway: that read is kept too, so its ``ready`` makes none.
 An operator's disable or reset must bite at once on every instance, so the cache is
 not trusted on its TTL alone:
 
-* every statement that disables or resets a device sends ``device:<id>`` on the
-  Postgres channel ``fleetreg_invalidate`` in its own transaction; each intake
-  listens and drops the entry when the notification arrives (the bound: its delivery
-  time, measured in docs/security.md);
+* every statement that disables, enables, resets or deletes a device sends
+  ``device:<id>`` on the Postgres channel ``fleetreg_invalidate`` in its own
+  transaction; each intake listens and drops the entry when the notification arrives
+  (the bound: its delivery time, measured in docs/security.md); an edit of a
+  product's services sends ``product:<id>``, which drops every entry (any payload
+  but ``device:`` does: edits are rare, and entries do not know their product);
 * a lookup that started before an invalidation is not stored (``generation``), so a
   slow read cannot put the old state back after the signal;
 * while the listener is disconnected, signals may be lost, so the cache is off
@@ -71,7 +73,8 @@ class DeviceCache:
         CACHE_INVALIDATIONS.labels("device").inc()
 
     def apply(self, payload: str) -> None:
-        """Apply a ``device:<id>`` invalidation payload; anything else drops everything."""
+        """Apply a ``device:<id>`` invalidation payload; anything else (``product:<id>``,
+        a service edit) drops everything."""
         if payload.startswith("device:"):
             self.invalidate(payload.removeprefix("device:").strip().lower())
         else:

@@ -18,7 +18,7 @@ from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DELETED, REASON_DISABLED
 from shared.domain.identifiers import (
     is_uuid,
     new_request_id,
@@ -263,7 +263,12 @@ async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: flo
         return Answer("pending", request_id)
     if found.status == "refused" or found.device_id is None:
         return Answer(
-            "refused", request_id, reason=found.reason, claimed_hardware_id=found.claimed_hardware_id
+            "refused",
+            request_id,
+            # A decision whose device was deleted since keeps its own reason ("first
+            # device with this hardware ID"): the answer says what happened instead.
+            reason=found.reason if found.status == "refused" else REASON_DELETED,
+            claimed_hardware_id=found.claimed_hardware_id,
         )
     # The secret is handed out again only until the device confirmed its provisioning, and
     # only for a decision of the device's current credentials: after an operator reset a
@@ -315,11 +320,16 @@ async def authenticate(
     pool: Pool, keyring: Keyring, device_id: str, authorization: str | None, cache: DeviceCache
 ) -> Device:
     """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
-    (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled."""
+    (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled.
+
+    Once the device is proven, the files of services enabled or changed since it was
+    provisioned are rendered (:func:`shared.db.files.complete_device_files`): the device
+    sees them in its manifest at its next boot, without a reset."""
     secret = bearer_token(authorization)
     # One spelling of the ID for the registry's answer, the cache and its invalidations
     # (``device:<lower-case id>``): an entry kept under another case would never be dropped.
     device_id = device_id.lower()
+    generation = cache.generation  # before any read: see DeviceCache.put
     found = cache.get(device_id)
     if found is None:
         found = await _read_device(pool, device_id, cache) if is_uuid(device_id) else None
@@ -332,15 +342,31 @@ async def authenticate(
         raise Unauthorized(UNAUTHORIZED)
     if check is Check.DISABLED:
         raise Forbidden(REASON_DISABLED)
-    return _device(found)
+    return _device(await _completed(pool, keyring, found, cache, generation))
+
+
+async def _completed(
+    pool: Pool, keyring: Keyring, found: DeviceFiles, cache: DeviceCache | None, generation: int
+) -> DeviceFiles:
+    """``found`` with the files of services enabled or changed since its provisioning
+    rendered and recorded (nothing to do, and no write, for a device whose files are all
+    current), kept in ``cache`` when it was read at cache ``generation``."""
+    if not found.provisioned() or not found.stale():
+        return found
+    completed = await files.complete_device_files(pool, keyring, found)
+    if cache is not None:
+        cache.put(completed.device_id, completed, generation)
+    return completed
 
 
 async def _read_device(pool: Pool, device_id: str, cache: DeviceCache | None) -> DeviceFiles | None:
     """The device as the registry has it now (``device_id``: lower-case UUID text), kept
-    in ``cache`` for the device's next authenticated calls when it is complete."""
+    in ``cache`` for the device's next authenticated calls when it is complete (every
+    enabled service's file current: one with files still to render is not kept, so the
+    next call renders them)."""
     generation = cache.generation if cache is not None else 0  # before the query: see DeviceCache.put
     found = await files.one_device_files(pool, device_id)
-    if cache is not None and found is not None and found.current():  # only complete answers are kept
+    if cache is not None and found is not None and found.current() and not found.stale():
         cache.put(device_id, found, generation)
     return found
 
@@ -376,9 +402,11 @@ async def with_files(
     its ``ready``, then authenticates without a registry round trip."""
     if answer.status != "ready" or not answer.device_secret:
         return answer  # no secret, no files: no registry read for it either
+    generation = cache.generation if cache is not None else 0
     found = await _read_device(pool, answer.device_id.lower(), cache)
     if found is None or secret_release(found.lifecycle, found.disabled) is not Release.GRANTED:
         return replace(answer, device_secret="")
+    found = await _completed(pool, keyring, found, cache, generation)
     device = _device(found)
     current = keyring.device_secret(device.id, device.credential_generation)
     if not device.files or not hmac.compare_digest(current.encode(), answer.device_secret.encode()):

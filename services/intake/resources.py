@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -23,7 +22,7 @@ from shared.domain.credentials import Keyring
 from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
-from shared.kafka import Topics, make_consumer, publish
+from shared.kafka import Producer, Topics, make_consumer, publish
 from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, Throttle, open_throttle
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 class Resources:
     settings: IntakeSettings
     pool: Pool
-    producer: AIOKafkaProducer
+    producer: Producer
     topics: Topics
     waiter: OutcomeWaiter
     keyring: Keyring

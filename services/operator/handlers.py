@@ -18,7 +18,8 @@ from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
 from shared.db.audit import AuditEvent
 from shared.db.decisions import DecisionEntry
-from shared.db.devices import Device, DeviceAction, DeviceChange, DeviceHistoryEntry
+from shared.db.devices import Device, DeviceChange, DeviceHistoryEntry
+from shared.db.devices import DeviceAction as DeviceAction  # the routes name the actions
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import Registration
@@ -27,7 +28,12 @@ from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
 from shared.domain.devices import ShownState, online_cutoff, shown_state
 from shared.domain.identifiers import is_uuid, validate_hardware_id
-from shared.domain.products import RegistrationKind, validate_product, validate_service
+from shared.domain.products import (
+    RegistrationKind,
+    validate_product,
+    validate_service,
+    validate_service_change,
+)
 from shared.errors import InvalidInput
 from shared.settings import Secret
 
@@ -117,7 +123,7 @@ class AlertPage:
 
 async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> Product:
     name, services = validate_product(body)
-    return await products.create_product(pool, account.id, name, services)
+    return await products.create_product(pool, account, name, services)
 
 
 async def list_products(pool: Pool, account: Account) -> list[Product]:
@@ -129,11 +135,28 @@ async def get_product(pool: Pool, account: Account, product_id: str) -> Product:
 
 
 async def add_service(pool: Pool, account: Account, product_id: str, body: dict[str, Any]) -> Product:
-    return await products.add_service(pool, account.id, product_id, validate_service(body, 0))
+    return await products.add_service(pool, account, product_id, validate_service(body, 0))
 
 
 async def lock_product(pool: Pool, account: Account, product_id: str) -> Product:
-    return await products.lock_product(pool, account.id, product_id)
+    return await products.lock_product(pool, account, product_id)
+
+
+async def change_service(
+    pool: Pool, account: Account, product_id: str, service_name: str, body: dict[str, Any]
+) -> Product:
+    """Edit one service of a product (``enabled``, ``port``; ``name`` while the product is
+    new; never ``type``); the product as it is then."""
+    return await products.change_service(
+        pool, account, product_id, service_name, validate_service_change(body)
+    )
+
+
+async def delete_product(pool: Pool, account: Account, product_id: str) -> Product:
+    """Delete a product no registration and no device uses; the product as it was."""
+    before = await products.get_product(pool, account.id, product_id)
+    await products.delete_product(pool, account, product_id)
+    return before
 
 
 # ---------------------------------------------------------------- auto registrations
@@ -303,20 +326,28 @@ async def get_device(
     return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl), history, trail)
 
 
-async def disable_device(
-    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+async def change_device(
+    pool: Pool,
+    account: Account,
+    device_id: str,
+    action: DeviceAction,
+    *,
+    online_ttl: float,
+    now: datetime | None = None,
 ) -> DeviceDetail:
-    """Disable one device (an unknown one is not found); the device as it is then."""
-    await devices.disable_device(pool, account.id, device_id)
+    """Disable, enable or reset one device (an unknown one is not found; a disabled one
+    cannot be reset); the device as it is then."""
+    await devices.change_device(pool, account, device_id, action)
     return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
 
 
-async def reset_device(
+async def delete_device(
     pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
-) -> DeviceDetail:
-    """Reset one device for re-provisioning (a disabled one cannot be); the device as it is then."""
-    await devices.reset_device(pool, account.id, device_id)
-    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+) -> ShownDevice:
+    """Decommission one device: its hardware ID is free again; the device as it was."""
+    before = await devices.get_device(pool, account.id, device_id)
+    await devices.change_device(pool, account, device_id, "delete")
+    return _shown(before, now or datetime.now(UTC), online_ttl)
 
 
 def _device_ids(body: dict[str, Any]) -> list[str]:
@@ -355,11 +386,13 @@ async def change_devices(
     online_ttl: float,
     now: datetime | None = None,
 ) -> DeviceChanges:
-    """Disable or reset many devices in one transaction; one result per ID, in order: the
-    outcome and the device as it is now (None when not found in this account)."""
+    """Disable, enable, reset or delete many devices in one transaction; one result per
+    ID, in order: the outcome and the device as it is now (as it was, for a device
+    deleted; None when not found in this account)."""
     ids = _device_ids(body)
-    changes = await devices.change_devices(pool, account.id, ids, action)
-    found = await devices.devices_by_id(pool, account.id, ids)
+    before = await devices.devices_by_id(pool, account.id, ids) if action == "delete" else {}
+    changes = await devices.change_devices(pool, account, ids, action)
+    found = {**before, **await devices.devices_by_id(pool, account.id, ids)}
     at = now or datetime.now(UTC)
     return DeviceChanges(
         action,

@@ -95,6 +95,24 @@ async def lock_product(request: web.Request, account: Account) -> views.Json:
     )
 
 
+@authed()
+async def change_service(request: web.Request, account: Account) -> views.Json:
+    product_id = path_id(request, "product_id")
+    body = await parse_json_body(request)
+    return views.product(
+        await handlers.change_service(
+            _resources(request).pool, account, product_id, path_id(request, "service_id"), body
+        ),
+        masked=account.read_only,
+    )
+
+
+@authed()
+async def delete_product(request: web.Request, account: Account) -> views.Json:
+    product_id = path_id(request, "product_id")
+    return views.deleted_product(await handlers.delete_product(_resources(request).pool, account, product_id))
+
+
 # ---------------------------------------------------------------- auto registrations
 
 
@@ -182,44 +200,69 @@ async def get_device(request: web.Request, account: Account) -> views.Json:
     return views.device_detail(detail)
 
 
-@authed()
-async def disable_device(request: web.Request, account: Account) -> views.Json:
+async def _change_device(request: web.Request, account: Account, action: handlers.DeviceAction) -> views.Json:
     resources = _resources(request)
     device_id = path_id(request, "device_id")
-    detail = await handlers.disable_device(
-        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+    detail = await handlers.change_device(
+        resources.pool, account, device_id, action, online_ttl=resources.settings.online_ttl_seconds
     )
     return views.device_detail(detail)
+
+
+@authed()
+async def disable_device(request: web.Request, account: Account) -> views.Json:
+    return await _change_device(request, account, "disable")
+
+
+@authed()
+async def enable_device(request: web.Request, account: Account) -> views.Json:
+    return await _change_device(request, account, "enable")
 
 
 @authed()
 async def reset_device(request: web.Request, account: Account) -> views.Json:
+    return await _change_device(request, account, "reset")
+
+
+@authed()
+async def delete_device(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     device_id = path_id(request, "device_id")
-    detail = await handlers.reset_device(
+    gone = await handlers.delete_device(
         resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
     )
-    return views.device_detail(detail)
+    return views.deleted_device(gone)
+
+
+async def _change_devices(
+    request: web.Request, account: Account, action: handlers.DeviceAction
+) -> views.Json:
+    resources = _resources(request)
+    body = await parse_json_body(request)
+    changed = await handlers.change_devices(
+        resources.pool, account, body, action, online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_changes(changed)
 
 
 @authed()
 async def disable_devices(request: web.Request, account: Account) -> views.Json:
-    resources = _resources(request)
-    body = await parse_json_body(request)
-    changed = await handlers.change_devices(
-        resources.pool, account, body, "disable", online_ttl=resources.settings.online_ttl_seconds
-    )
-    return views.device_changes(changed)
+    return await _change_devices(request, account, "disable")
+
+
+@authed()
+async def enable_devices(request: web.Request, account: Account) -> views.Json:
+    return await _change_devices(request, account, "enable")
 
 
 @authed()
 async def reset_devices(request: web.Request, account: Account) -> views.Json:
-    resources = _resources(request)
-    body = await parse_json_body(request)
-    changed = await handlers.change_devices(
-        resources.pool, account, body, "reset", online_ttl=resources.settings.online_ttl_seconds
-    )
-    return views.device_changes(changed)
+    return await _change_devices(request, account, "reset")
+
+
+@authed()
+async def delete_devices(request: web.Request, account: Account) -> views.Json:
+    return await _change_devices(request, account, "delete")
 
 
 # ---------------------------------------------------------------- audit trail and alerts
@@ -332,6 +375,8 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/products/{product_id}", get_product),
     web.post("/v1/products/{product_id}/services", add_service),
     web.post("/v1/products/{product_id}/lock", lock_product),
+    web.patch("/v1/products/{product_id}/services/{service_id}", change_service),
+    web.delete("/v1/products/{product_id}", delete_product),
     web.post("/v1/auto-registrations", create_auto),
     web.get("/v1/auto-registrations", list_auto),
     web.get("/v1/auto-registrations/{registration_id}", get_auto),
@@ -342,9 +387,13 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/devices", list_devices),
     web.post("/v1/devices/disable", disable_devices),
     web.post("/v1/devices/reset", reset_devices),
+    web.post("/v1/devices/enable", enable_devices),
+    web.post("/v1/devices/delete", delete_devices),
     web.get("/v1/devices/{device_id}", get_device),
     web.post("/v1/devices/{device_id}/disable", disable_device),
     web.post("/v1/devices/{device_id}/reset", reset_device),
+    web.post("/v1/devices/{device_id}/enable", enable_device),
+    web.delete("/v1/devices/{device_id}", delete_device),
     web.get("/v1/registration-decisions", list_decisions),
     web.get("/v1/security-alerts", list_alerts),
     web.get("/v1/audit-events", list_audit_events),

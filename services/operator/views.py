@@ -76,6 +76,17 @@ def product(found: Product, *, masked: bool = False) -> Json:
     return shown
 
 
+def deleted_product(found: Product) -> Json:
+    """A product just deleted, as it was (its codes are gone with it: not shown)."""
+    return {
+        "deleted": True,
+        "id": found.id,
+        "name": found.name,
+        "status": found.status,
+        "services": [service(s) for s in found.services],
+    }
+
+
 def products(found: list[Product], *, masked: bool = False) -> Json:
     return {"products": [product(p, masked=masked) for p in found]}
 
@@ -127,6 +138,11 @@ def device(shown: ShownDevice) -> Json:
         "provisioned_at": _time(d.provisioned_at),
         "last_seen_at": _time(d.last_seen_at),
     }
+
+
+def deleted_device(shown: ShownDevice) -> Json:
+    """A device just deleted (decommissioned), as it was."""
+    return {**device(shown), "deleted": True}
 
 
 def device_page(page: DevicePage) -> Json:

@@ -13,10 +13,8 @@ import time
 from collections.abc import Sequence
 
 from shared.db import decisions, files
-from shared.db.files import NewFile
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
-from shared.domain.provisioning import render, service_uid, sha256_hex
 from shared.events import RegistrationDecided, RegistrationOutcome
 from shared.metrics import PIPELINE_LATENCY
 
@@ -27,26 +25,8 @@ async def provision_batch(
     async with pool.acquire() as conn, conn.transaction():
         found = await files.device_files(conn, [d.device_id for d in decided])
         stale = [(device, service) for device in found.values() for service in device.stale()]
-        fresh_uids = iter(
-            await files.next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
-        )
-        rendered = []
-        for device, service in stale:
-            uid = service.service_uid or service_uid(next(fresh_uids))
-            spec = device.spec(service, uid)
-            content = render(spec, keyring.service_password(uid, device.credential_generation))
-            rendered.append(
-                NewFile(
-                    device_id=device.device_id,
-                    service_id=service.service.provisioning_id,
-                    generation=device.credential_generation,
-                    service_uid=uid,
-                    file_name=spec.file_name,
-                    size=len(content),
-                    sha256=sha256_hex(content),
-                )
-            )
-        await files.record_files(conn, rendered)
+        fresh_uids = await files.next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
+        await files.record_files(conn, files.render_stale(keyring, stale, fresh_uids))
         await decisions.mark_ready(conn, [d.request_id for d in decided])
     now = time.time()
     for d in decided:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,3 +127,32 @@ async def list_events(
         )
         for r in rows
     ]
+
+
+async def record_many(
+    conn: Connection,
+    actor: Account,
+    action: str,
+    target_type: str,
+    targets: Sequence[tuple[str, Mapping[str, Any]]],
+) -> None:
+    """:func:`record` for each ``(target_id, changes)`` of a batch action (one event per
+    target changed), in the caller's transaction, in one pipelined round trip."""
+    if not targets:
+        return
+    await conn.executemany(
+        INSERT_EVENT,
+        [
+            (
+                uuid.uuid4(),
+                actor.id,
+                actor.key_id,
+                actor.key_label,
+                action,
+                target_type,
+                target_id,
+                json.dumps(dict(changes), default=str),
+            )
+            for target_id, changes in targets
+        ],
+    )

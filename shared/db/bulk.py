@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from asyncpg import Record, UniqueViolationError
+from asyncpg import ForeignKeyViolationError, Record, UniqueViolationError
 
-from shared.db import products
+from shared.db import audit, products
 from shared.db.pool import Pool
+from shared.domain.accounts import Account
 from shared.domain.identifiers import is_uuid
 from shared.domain.products import registration_kind_refusal
 from shared.errors import Conflict, NotFound
@@ -78,10 +79,20 @@ SELECT_BULK = """
     ORDER BY r.created_at, r.id"""
 SELECT_CONFLICTS = """SELECT line, hardware_id FROM bulk_rows
                       WHERE registration_id = $1 AND state = 'conflict' ORDER BY line LIMIT $2"""
+SELECT_FOR_CHANGE = """SELECT status, product_id::text, row_count, file_name FROM registrations
+                       WHERE id = $1 AND account_id = $2 AND kind = 'bulk' AND status <> 'uploading'
+                       FOR UPDATE"""
 START_PUBLISH = """UPDATE registrations SET status = 'publishing', updated_at = now()
                    WHERE id = $1 AND account_id = $2 AND kind = 'bulk'
                      AND status IN ('configured', 'publishing')
                    RETURNING id"""
+# Cancelling drops the registration with its staged rows (ON DELETE CASCADE); the audit
+# trail keeps what it was. The product no longer serves bulk registrations once none is
+# left (uploads still being checked included), so it may serve an auto registration.
+DELETE_REGISTRATION = "DELETE FROM registrations WHERE id = $1 AND status = 'configured'"
+RELEASE_PRODUCT_KIND = """UPDATE products SET registration_kind = NULL
+    WHERE id = $1 AND registration_kind = 'bulk'
+      AND NOT EXISTS (SELECT 1 FROM registrations WHERE product_id = $1)"""
 SELECT_PUBLISH_TARGET = """SELECT account_id::text, product_id::text, status FROM registrations
                            WHERE id = $1 AND kind = 'bulk'"""
 # Publishing one chunk: insert the devices of the next pending rows straight from
@@ -194,7 +205,10 @@ async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: 
     if refusal is not None:
         raise refusal
     registration_id = str(uuid.uuid4())
-    await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+    try:
+        await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+    except ForeignKeyViolationError as exc:  # the product was deleted since it was read
+        raise NotFound(f"no product {product_id} in this account", field="product_id") from exc
     return registration_id
 
 
@@ -265,17 +279,27 @@ async def duplicate_problems(
 
 
 async def finish_upload(
-    pool: Pool, registration_id: str, account_id: str, product_id: str, rows: int
+    pool: Pool, registration_id: str, actor: Account, product_id: str, rows: int, file_name: str = ""
 ) -> None:
+    """uploading -> configured, the product claimed for bulk registrations; audited as
+    ``bulk.uploaded`` (the product, file name and row count)."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(CLAIM_PRODUCT, product_id, account_id) is None:
+        if await conn.fetchval(CLAIM_PRODUCT, product_id, actor.id) is None:
             # An auto registration took the product while the file was checked.
-            state = await products.product_state(conn, account_id, product_id)
+            state = await products.product_state(conn, actor.id, product_id)
             refusal = state and registration_kind_refusal(
                 product_id, state.status, state.registration_kind, BULK
             )
             raise refusal or Conflict(f"product {product_id} cannot take a bulk registration now")
         await conn.execute(FINISH_UPLOAD, registration_id, rows)
+        await audit.record(
+            conn,
+            actor,
+            "bulk.uploaded",
+            "bulk_registration",
+            registration_id,
+            {"product_id": product_id, "file_name": file_name, "rows": rows, "status": "configured"},
+        )
 
 
 async def discard_upload(pool: Pool, registration_id: str) -> None:
@@ -322,14 +346,69 @@ async def get_bulk(
     )
 
 
-async def start_publish(pool: Pool, account_id: str, registration_id: str) -> None:
-    """configured -> publishing; publishing again resumes (the chunks are idempotent)."""
-    if await pool.fetchval(START_PUBLISH, registration_id, account_id) is None:
-        found = await get_bulk(pool, account_id, registration_id, conflicts_shown=0)
-        raise Conflict(
-            f"bulk registration {registration_id} is {found.status}: nothing to publish",
-            rule="state=configured",
+async def start_publish(pool: Pool, actor: Account, registration_id: str) -> None:
+    """configured -> publishing; publishing again resumes (the chunks are idempotent).
+    Audited as ``bulk.publish_requested`` (each request, a resumption included).
+    NotFound (no such registration in the account), Conflict once it is preregistered."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(SELECT_FOR_CHANGE, registration_id, actor.id)
+        if before is None:
+            raise NotFound(f"no bulk registration {registration_id} in this account")
+        if await conn.fetchval(START_PUBLISH, registration_id, actor.id) is None:
+            raise Conflict(
+                f"bulk registration {registration_id} is {before['status']}: nothing to publish",
+                rule="state=configured",
+            )
+        await audit.record(
+            conn,
+            actor,
+            "bulk.publish_requested",
+            "bulk_registration",
+            registration_id,
+            {"status": {"from": before["status"], "to": "publishing"}},
         )
+
+
+async def cancel_bulk(pool: Pool, actor: Account, registration_id: str) -> BulkRegistration:
+    """Cancel a configured (uploaded, not yet published) bulk registration: it and its
+    staged rows are deleted, and its product, when no other registration uses it, may
+    serve an auto registration again. Audited as ``bulk.cancelled`` (product, file
+    name, rows). The registration as it was is returned.
+
+    NotFound (no such registration in the account); Conflict (409) once publishing has
+    started (its devices exist or are being created: delete them instead). The
+    registration's row is locked first, as publishing locks it: a publish request at the
+    same moment either comes first (and the cancel is refused) or finds nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(SELECT_FOR_CHANGE, registration_id, actor.id)
+        if before is None:
+            raise NotFound(f"no bulk registration {registration_id} in this account")
+        if before["status"] != "configured":
+            raise Conflict(
+                f"bulk registration {registration_id} is {before['status']}: only a configured "
+                "registration (not yet published) can be cancelled; delete its devices instead",
+                rule="state=configured",
+            )
+        row = await conn.fetchrow(SELECT_BULK, actor.id, registration_id)
+        if row is None:  # locked above: it cannot have gone
+            raise NotFound(f"no bulk registration {registration_id} in this account")
+        found = _registration(row)
+        await conn.execute(DELETE_REGISTRATION, registration_id)
+        await conn.execute(RELEASE_PRODUCT_KIND, uuid.UUID(before["product_id"]))
+        await audit.record(
+            conn,
+            actor,
+            "bulk.cancelled",
+            "bulk_registration",
+            registration_id,
+            {
+                "product_id": before["product_id"],
+                "file_name": before["file_name"],
+                "rows": before["row_count"],
+                "status": {"from": "configured", "to": "cancelled"},
+            },
+        )
+    return found
 
 
 async def publish_chunk(pool: Pool, registration_id: str, after_line: int, size: int) -> ChunkResult | None:

@@ -11,6 +11,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from asyncpg import ForeignKeyViolationError
+
 from shared.db.pool import Pool
 
 UPSERT_INFORMATION = """
@@ -36,7 +38,8 @@ SELECT_CODE_SERVICES = """
 SELECT_SERVICE = """
     SELECT s.id::text AS service_id, s.is_bulk_service, s.type_code, s.port, s.enabled,
            p.id::text AS product_id, p.account_id::text AS account_id, p.registration_kind,
-           extract(epoch FROM p.locked_at)::bigint AS locked_epoch,
+           -- the configuration's timestamp: the lock, or the service's last change since
+           extract(epoch FROM greatest(p.locked_at, s.changed_at))::bigint AS changed_epoch,
            (SELECT code FROM bulk_identification_codes
              WHERE product_id = p.id AND revoked_at IS NULL) AS code
     FROM product_services s JOIN products p ON p.id = s.product_id
@@ -76,7 +79,7 @@ class Service:
     product_id: str
     account_id: str
     registration_kind: str | None
-    locked_epoch: int
+    changed_epoch: int  # the product's lock or the service's last change, in Unix seconds
     code: str | None
 
 
@@ -120,9 +123,18 @@ async def record_information(
 
     The OS label is the device's free text: a NUL, which Postgres's text cannot hold
     (the server refuses it with an error, a 500), is dropped."""
-    stored = await pool.fetchval(
-        UPSERT_INFORMATION, code, hardware_id, fingerprint, secret_digest, os_label.replace("\0", ""), source
-    )
+    try:
+        stored = await pool.fetchval(
+            UPSERT_INFORMATION,
+            code,
+            hardware_id,
+            fingerprint,
+            secret_digest,
+            os_label.replace("\0", ""),
+            source,
+        )
+    except ForeignKeyViolationError:  # the code's product was deleted while this was written
+        return False
     return stored is not None
 
 

@@ -15,7 +15,9 @@ from typing import Literal
 
 from asyncpg import Record
 
+from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.dedup import KnownDevice, Lifecycle
 from shared.errors import Conflict, NotFound
 
@@ -81,13 +83,21 @@ SELECT_HISTORY = """
 # drop a cached device at once (payload ``device:<lower-case uuid>``); Postgres delivers a
 # notification when, and only if, the transaction that sent it commits.
 SELECT_FOR_CHANGE = """
-    SELECT id::text, disabled FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2
+    SELECT id::text, disabled, hardware_id, name, lifecycle, credential_generation,
+           product_id::text, registration_id::text
+    FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2
     ORDER BY id FOR UPDATE"""
 DISABLE_DEVICES = """
     WITH changed AS (
         UPDATE devices SET disabled = true
         WHERE id = ANY($1::uuid[]) AND account_id = $2 AND NOT disabled RETURNING id),
     events AS (INSERT INTO device_events (device_id, kind) SELECT id, 'disabled' FROM changed)
+    SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
+ENABLE_DEVICES = """
+    WITH changed AS (
+        UPDATE devices SET disabled = false
+        WHERE id = ANY($1::uuid[]) AND account_id = $2 AND disabled RETURNING id),
+    events AS (INSERT INTO device_events (device_id, kind) SELECT id, 'enabled' FROM changed)
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
 RESET_DEVICES = """
     WITH changed AS (
@@ -99,17 +109,44 @@ RESET_DEVICES = """
         INSERT INTO device_events (device_id, kind, detail)
         SELECT id, 'reset', jsonb_build_object('credential_generation', credential_generation) FROM changed)
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
+# Decommissioning: the device's row goes with its events and files (ON DELETE CASCADE), so
+# its hardware ID is free for a new device, without an index; its registration decisions
+# stay, without the device (device_id SET NULL), and the operator audit trail keeps its
+# hardware ID and name. Its intake cache entries are dropped like a disabled device's.
+DELETE_DEVICES = """
+    WITH gone AS (DELETE FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2 RETURNING id)
+    SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM gone"""
+STATEMENTS = {
+    "disable": DISABLE_DEVICES,
+    "enable": ENABLE_DEVICES,
+    "reset": RESET_DEVICES,
+    "delete": DELETE_DEVICES,
+}
 SELECT_DEVICES_BY_ID = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle, disabled,
            product_id::text, registration_id::text, created_at, registered_at, provisioned_at, last_seen_at,
            credential_generation
     FROM devices WHERE account_id = $1 AND id = ANY($2::uuid[])"""
 
-DeviceAction = Literal["disable", "reset"]
-# What an action did to one device: changed (disabled, reset), nothing to do (unchanged: it
-# was disabled already), refused (conflict: a disabled device cannot be reset), not_found
-# (no such device in this account, whatever other account may hold the ID).
-ChangeOutcome = Literal["disabled", "reset", "unchanged", "conflict", "not_found"]
+DeviceAction = Literal["disable", "enable", "reset", "delete"]
+# What an action did to one device: changed (disabled, enabled, reset, deleted), nothing to
+# do (unchanged: it was disabled, or enabled, already), refused (conflict: a disabled device
+# cannot be reset), not_found (no such device in this account, whatever other account may
+# hold the ID).
+ChangeOutcome = Literal["disabled", "enabled", "reset", "deleted", "unchanged", "conflict", "not_found"]
+DONE: dict[DeviceAction, ChangeOutcome] = {
+    "disable": "disabled",
+    "enable": "enabled",
+    "reset": "reset",
+    "delete": "deleted",
+}
+# The operator audit trail's action for each (one event per device changed).
+AUDITED = {
+    "disable": "device.disabled",
+    "enable": "device.enabled",
+    "reset": "device.reset",
+    "delete": "device.deleted",
+}
 
 
 @dataclass(frozen=True)
@@ -258,24 +295,53 @@ async def device_history(pool: Pool, device_id: str) -> list[DeviceHistoryEntry]
 
 
 async def change_devices(
-    pool: Pool, account_id: str, device_ids: Sequence[str], action: DeviceAction
+    pool: Pool, actor: Account, device_ids: Sequence[str], action: DeviceAction
 ) -> list[DeviceChange]:
-    """Disable or reset the account's devices among ``device_ids`` in one transaction: one
-    outcome per ID, in the order given. Every device changed is announced on
-    ``fleetreg_invalidate`` in the same transaction. Another account's device is not found."""
+    """Disable, enable, reset or delete the actor's account's devices among ``device_ids``
+    in one transaction: one outcome per ID, in the order given. Every device changed is
+    announced on ``fleetreg_invalidate`` and recorded in the operator audit trail (one
+    event each: ``device.disabled``, ``device.enabled``, ``device.reset``,
+    ``device.deleted``) in the same transaction. Another account's device is not found."""
     ids = [device_id.lower() for device_id in device_ids]
     async with pool.acquire() as conn, conn.transaction():
-        found = {r["id"]: r["disabled"] for r in await conn.fetch(SELECT_FOR_CHANGE, ids, account_id)}
-        statement = DISABLE_DEVICES if action == "disable" else RESET_DEVICES
-        changed = {r["id"] for r in await conn.fetch(statement, list(found), account_id)}
-    done: ChangeOutcome = "disabled" if action == "disable" else "reset"
-    kept: ChangeOutcome = "unchanged" if action == "disable" else "conflict"
+        found = {r["id"]: r for r in await conn.fetch(SELECT_FOR_CHANGE, ids, actor.id)}
+        changed = {r["id"] for r in await conn.fetch(STATEMENTS[action], list(found), actor.id)}
+        await audit.record_many(
+            conn,
+            actor,
+            AUDITED[action],
+            "device",
+            [(device_id, _audited(action, found[device_id])) for device_id in sorted(changed)],
+        )
+    kept: ChangeOutcome = "conflict" if action == "reset" else "unchanged"
     return [
         DeviceChange(
-            device_id, "not_found" if device_id not in found else done if device_id in changed else kept
+            device_id,
+            "not_found" if device_id not in found else DONE[action] if device_id in changed else kept,
         )
         for device_id in ids
     ]
+
+
+def _audited(action: DeviceAction, before: Record) -> dict[str, object]:
+    """What the audit trail records of one device's change: the fields changed (old and
+    new), with the hardware ID to read it by; a deletion keeps what identified the device."""
+    shown: dict[str, object] = {"hardware_id": before["hardware_id"]}
+    if action in ("disable", "enable"):
+        shown["disabled"] = {"from": before["disabled"], "to": action == "disable"}
+    elif action == "reset":
+        generation = before["credential_generation"]
+        shown["lifecycle"] = {"from": before["lifecycle"], "to": "preregistered"}
+        shown["credential_generation"] = {"from": generation, "to": generation + 1}
+    else:
+        shown.update(
+            name=before["name"],
+            lifecycle=before["lifecycle"],
+            disabled=before["disabled"],
+            product_id=before["product_id"],
+            registration_id=before["registration_id"],
+        )
+    return shown
 
 
 async def devices_by_id(pool: Pool, account_id: str, device_ids: Sequence[str]) -> dict[str, Device]:
@@ -284,18 +350,14 @@ async def devices_by_id(pool: Pool, account_id: str, device_ids: Sequence[str]) 
     return {r["id"]: _device(r) for r in rows}
 
 
-async def disable_device(pool: Pool, account_id: str, device_id: str) -> None:
-    """Disable one device (see :func:`change_devices`); an unknown one is not found."""
-    (change,) = await change_devices(pool, account_id, [device_id], "disable")
-    if change.outcome == "not_found":
-        raise NotFound(f"no device {device_id} in this account")
-
-
-async def reset_device(pool: Pool, account_id: str, device_id: str) -> None:
-    """Reset for re-provisioning: the next claim of its hardware ID takes the device over,
-    and its old device secret stops working."""
-    (change,) = await change_devices(pool, account_id, [device_id], "reset")
+async def change_device(pool: Pool, actor: Account, device_id: str, action: DeviceAction) -> None:
+    """One device's :func:`change_devices`: NotFound for a device not in the account;
+    Conflict for a disabled device asked to reset (enable it first)."""
+    (change,) = await change_devices(pool, actor, [device_id], action)
     if change.outcome == "not_found":
         raise NotFound(f"no device {device_id} in this account")
     if change.outcome == "conflict":
-        raise Conflict(f"device {device_id} is disabled; a disabled device cannot be reset")
+        raise Conflict(
+            f"device {device_id} is disabled; a disabled device cannot be reset (enable it first)",
+            rule="device_enabled",
+        )

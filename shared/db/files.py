@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asyncpg import Record
+from asyncpg import ForeignKeyViolationError, Record
 
 from shared.db.pool import Connection, Pool
-from shared.domain.provisioning import FileSpec, ServiceRecipe, file_spec
+from shared.domain.credentials import Keyring
+from shared.domain.provisioning import FileSpec, ServiceRecipe, file_spec, render, service_uid, sha256_hex
 
 # Every enabled service of each device's product, with the file recorded for it (if any):
 # the one query behind both provisioning and the intake. The intake asks for one device
@@ -25,7 +26,8 @@ _DEVICE_FILES = """
     SELECT v.id::text AS device_id, v.hardware_id, v.name, v.lifecycle, v.disabled,
            v.credential_generation,
            s.id::text AS service_id, s.position, s.name AS service_name, s.service_type, s.type_code,
-           s.port, f.service_uid, f.generation AS file_generation, f.file_name, f.size, f.sha256
+           s.port, s.revision, f.service_uid, f.generation AS file_generation, f.service_revision,
+           f.file_name, f.size, f.sha256
     FROM devices v
     LEFT JOIN product_services s ON s.product_id = v.product_id AND s.enabled
     LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = s.id
@@ -33,25 +35,32 @@ _DEVICE_FILES = """
     ORDER BY v.id, s.position"""
 SELECT_DEVICE_FILES = _DEVICE_FILES.format(devices="v.id = ANY($1::uuid[])")
 SELECT_ONE_DEVICE_FILES = _DEVICE_FILES.format(devices="v.id = $1::uuid")
+# A file row is replaced only by one of a newer (generation, service revision): a file
+# rendered concurrently by another writer for the same pair is kept, with its UID (the
+# loser's UID number is simply never used). The UID itself is never replaced.
 UPSERT_FILES = """
     INSERT INTO provisioning_files
-        (device_id, product_service_id, generation, service_uid, file_name, size, sha256)
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[])
+        (device_id, product_service_id, generation, service_uid, file_name, size, sha256, service_revision)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
+                         $8::int[])
     ON CONFLICT (device_id, product_service_id) DO UPDATE
        SET generation = excluded.generation, file_name = excluded.file_name,
-           size = excluded.size, sha256 = excluded.sha256
-       WHERE provisioning_files.generation < excluded.generation"""
+           size = excluded.size, sha256 = excluded.sha256, service_revision = excluded.service_revision
+       WHERE (provisioning_files.generation, provisioning_files.service_revision)
+             < (excluded.generation, excluded.service_revision)"""
 
 
 @dataclass(frozen=True)
 class RecordedFile:
-    """A file rendered for one service of one device: its generation, UID and digest."""
+    """A file rendered for one service of one device: its generation, UID and digest, and
+    the revision of the service it was rendered from."""
 
     generation: int
     service_uid: str
     file_name: str
     size: int
     sha256: str
+    service_revision: int = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,16 @@ class ServiceFile:
     recorded: RecordedFile | None
     # A UID is allocated once per (device, service) and kept across generations.
     service_uid: str | None
+    # The service's revision now (shared/migrations/0013): a file of an older one is stale.
+    revision: int = 1
+
+    def up_to_date(self, generation: int) -> bool:
+        """Its file is rendered for credential ``generation`` from the service as it is now."""
+        return (
+            self.recorded is not None
+            and self.recorded.generation == generation
+            and self.recorded.service_revision >= self.revision
+        )
 
 
 @dataclass(frozen=True)
@@ -78,19 +97,23 @@ class DeviceFiles:
     services: tuple[ServiceFile, ...]
 
     def current(self) -> tuple[ServiceFile, ...]:
-        """The files of the device's current credential generation (what it downloads)."""
-        return tuple(
-            s
-            for s in self.services
-            if s.recorded is not None and s.recorded.generation == self.credential_generation
-        )
+        """The files the device downloads: of its current credential generation, rendered
+        from each service as it is now."""
+        return tuple(s for s in self.services if s.up_to_date(self.credential_generation))
 
     def stale(self) -> tuple[ServiceFile, ...]:
-        """The services whose file is missing or of an older generation (to render)."""
-        return tuple(
-            s
+        """The services whose file is missing, of an older generation, or rendered from an
+        older revision of the service (to render)."""
+        return tuple(s for s in self.services if not s.up_to_date(self.credential_generation))
+
+    def provisioned(self) -> bool:
+        """Provisioning rendered the device's files for its current credentials: the file
+        of its bulk service (always enabled, never changed) is of this generation. Files
+        of services enabled or changed since then are rendered on demand
+        (:func:`complete_device_files`)."""
+        return any(
+            s.recorded is not None and s.recorded.generation == self.credential_generation
             for s in self.services
-            if s.recorded is None or s.recorded.generation < self.credential_generation
         )
 
     def spec(self, service: ServiceFile, service_uid: str) -> FileSpec:
@@ -109,6 +132,7 @@ class NewFile:
     file_name: str
     size: int
     sha256: str
+    service_revision: int = 1
 
 
 async def device_files(db: Pool | Connection, device_ids: Sequence[str]) -> dict[str, DeviceFiles]:
@@ -131,7 +155,14 @@ def _assemble(rows: Sequence[Record]) -> dict[str, DeviceFiles]:
         if r["service_id"] is None:  # a product without enabled services
             continue
         recorded = (
-            RecordedFile(r["file_generation"], r["service_uid"], r["file_name"], r["size"], r["sha256"])
+            RecordedFile(
+                r["file_generation"],
+                r["service_uid"],
+                r["file_name"],
+                r["size"],
+                r["sha256"],
+                r["service_revision"],
+            )
             if r["file_generation"] is not None
             else None
         )
@@ -147,6 +178,7 @@ def _assemble(rows: Sequence[Record]) -> dict[str, DeviceFiles]:
                 ),
                 recorded,
                 r["service_uid"],
+                r["revision"],
             )
         )
     return {
@@ -184,4 +216,62 @@ async def record_files(conn: Connection, files: Sequence[NewFile]) -> None:
             [f.file_name for f in files],
             [f.size for f in files],
             [f.sha256 for f in files],
+            [f.service_revision for f in files],
         )
+
+
+def render_stale(
+    keyring: Keyring, stale: Sequence[tuple[DeviceFiles, ServiceFile]], fresh_uids: Sequence[int]
+) -> list[NewFile]:
+    """Render the file of each (device, service), at the device's credential generation and
+    the service's revision: the one recipe both provisioning and the on-demand path apply.
+    A service without a UID for the device takes the next of ``fresh_uids`` (as many as
+    there are such services, from :func:`next_service_uids`)."""
+    fresh = iter(fresh_uids)
+    rendered = []
+    for device, service in stale:
+        uid = service.service_uid or service_uid(next(fresh))
+        spec = device.spec(service, uid)
+        content = render(spec, keyring.service_password(uid, device.credential_generation))
+        rendered.append(
+            NewFile(
+                device_id=device.device_id,
+                service_id=service.service.provisioning_id,
+                generation=device.credential_generation,
+                service_uid=uid,
+                file_name=spec.file_name,
+                size=len(content),
+                sha256=sha256_hex(content),
+                service_revision=service.revision,
+            )
+        )
+    return rendered
+
+
+async def complete_device_files(pool: Pool, keyring: Keyring, device: DeviceFiles) -> DeviceFiles:
+    """The device's files once those of services enabled or changed since it was
+    provisioned are rendered too (a UID allocated on first need), as the registry then has
+    them; ``device`` itself when nothing is missing or it was never provisioned (that is
+    provisioning's work, at registration).
+
+    Called when the device asks for its files (manifest, the reference protocol's
+    register call), so a service enabled after locking reaches each device at its next
+    boot, one device at a time, never in one write for the whole fleet. Safe to race:
+    rows are inserted or moved to a newer revision only (``UPSERT_FILES``), never given
+    another UID, and the answer is read back after the write."""
+    if not device.provisioned() or not device.stale():
+        return device
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            # Read again under the transaction: a reset since the caller's read moved the generation.
+            found = await one_device_files(conn, device.device_id)
+            if found is None or not found.provisioned():
+                return found or device
+            stale = [(found, s) for s in found.stale()]
+            uids = await next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
+            await record_files(conn, render_stale(keyring, stale, uids))
+    except ForeignKeyViolationError:
+        # The operator deleted the device meanwhile: this call is answered as the device
+        # was read, and the next one finds no device (its cache entry is invalidated).
+        return device
+    return await one_device_files(pool, device.device_id) or device

@@ -9,10 +9,20 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.admission import CodeAdmission
 from shared.domain.identifiers import new_code
-from shared.domain.products import MAX_SERVICES, ProductStatus, RegistrationKind, ServiceSpec, bulk_service
+from shared.domain.products import (
+    MAX_SERVICES,
+    ProductStatus,
+    RegistrationKind,
+    ServiceChange,
+    ServiceSpec,
+    bulk_service,
+    service_change_refusal,
+)
 from shared.errors import Conflict, NotFound
 
 INSERT_PRODUCT = "INSERT INTO products (id, account_id, name) VALUES ($1, $2, $3)"
@@ -35,6 +45,33 @@ INSERT_CODE = "INSERT INTO bulk_identification_codes (code, product_id) VALUES (
 REVOKE_CODES = (
     "UPDATE bulk_identification_codes SET revoked_at = now() WHERE product_id = $1 AND revoked_at IS NULL"
 )
+SELECT_SERVICE_FOR_CHANGE = """
+    SELECT id::text, name, enabled, port, is_bulk_service FROM product_services
+    WHERE product_id = $1 AND id = $2 FOR UPDATE"""
+# A change of port or name alters the service's provisioning files: its revision moves on,
+# and every device's file of the older revision is rendered again when that device next
+# asks (shared.db.files.complete_device_files), never in one write for the whole fleet.
+# ``changed_at`` is the reference protocol's configuration ``timestamp``: it moves forward
+# by at least a second at every change, so a client comparing whole seconds always sees one.
+UPDATE_SERVICE = """
+    UPDATE product_services s
+       SET enabled = $3, port = $4, name = $5,
+           revision = s.revision + CASE WHEN s.port <> $4 OR s.name <> $5 THEN 1 ELSE 0 END,
+           changed_at = greatest(
+               now(), coalesce(s.changed_at, p.locked_at, p.created_at) + interval '1 second')
+      FROM products p
+     WHERE s.id = $1 AND p.id = s.product_id AND p.id = $2"""
+# Devices' intakes drop every cached device of every product when a product's services
+# change (shared.db.throttle's channel; services/intake/device_cache.py): edits are rare.
+NOTIFY_PRODUCT = "SELECT pg_notify('fleetreg_invalidate', 'product:' || $1::text)"
+# What uses a product: its registrations (auto, or bulk in any state, an upload still being
+# checked included) and devices. Devices always belong to a registration; they are counted
+# anyway so that the refusal names them.
+SELECT_PRODUCT_USE = """
+    SELECT (SELECT count(*) FROM registrations WHERE product_id = $1 AND kind = 'auto') AS auto,
+           (SELECT count(*) FROM registrations WHERE product_id = $1 AND kind = 'bulk') AS bulk,
+           (SELECT count(*) FROM devices WHERE product_id = $1) AS devices"""
+DELETE_PRODUCT = "DELETE FROM products WHERE id = $1 AND account_id = $2"
 RESOLVE_CODES = """
     SELECT c.code, c.revoked_at IS NOT NULL AS revoked, p.id::text AS product_id,
            p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status
@@ -82,11 +119,18 @@ class ProductState:
     registration_kind: RegistrationKind | None
 
 
-async def create_product(pool: Pool, account_id: str, name: str, services: Sequence[ServiceSpec]) -> Product:
+def _spec(spec: ServiceSpec) -> dict[str, object]:
+    """A service as the audit trail records it."""
+    return {"name": spec.name, "type": spec.service_type, "port": spec.port, "enabled": spec.enabled}
+
+
+async def create_product(pool: Pool, actor: Account, name: str, services: Sequence[ServiceSpec]) -> Product:
+    """A new product of the actor's account with the bulk service first, then ``services``;
+    audited as ``product.created``. Conflict (409) when the account has a product of that name."""
     product_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
         try:
-            await conn.execute(INSERT_PRODUCT, product_id, account_id, name)
+            await conn.execute(INSERT_PRODUCT, product_id, actor.id, name)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"a product named {name!r} exists already in this account", field="name") from exc
         rows = [
@@ -104,17 +148,26 @@ async def create_product(pool: Pool, account_id: str, name: str, services: Seque
             for position, s in enumerate([bulk_service(), *services])
         ]
         await conn.executemany(INSERT_SERVICE, rows)
-    return await get_product(pool, account_id, product_id)
+        await audit.record(
+            conn,
+            actor,
+            "product.created",
+            "product",
+            product_id,
+            {"name": name, "services": [_spec(s) for s in services]},
+        )
+    return await get_product(pool, actor.id, product_id)
 
 
-async def add_service(pool: Pool, account_id: str, product_id: str, spec: ServiceSpec) -> Product:
-    """Add a service; on a locked product it starts disabled [ref].
+async def add_service(pool: Pool, actor: Account, product_id: str, spec: ServiceSpec) -> Product:
+    """Add a service; on a locked product it starts disabled [ref] (enable it with
+    :func:`change_service`). Audited as ``product.service_added``.
 
     Raises ``NotFound`` (no such product in the account), ``Conflict`` (a service of
     that name exists, or the product holds ``MAX_SERVICES`` services already, the limit
     product creation applies; the bulk service is not counted)."""
     async with pool.acquire() as conn, conn.transaction():
-        state = await conn.fetchrow(SELECT_PRODUCT_STATE + " FOR UPDATE", product_id, account_id)
+        state = await conn.fetchrow(SELECT_PRODUCT_STATE + " FOR UPDATE", product_id, actor.id)
         if state is None:
             raise NotFound(f"no product {product_id} in this account")
         # Counted under the product's row lock, so two concurrent additions cannot both pass.
@@ -146,7 +199,9 @@ async def add_service(pool: Pool, account_id: str, product_id: str, spec: Servic
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"the product has a service named {spec.name!r} already", field="name") from exc
-    return await get_product(pool, account_id, product_id)
+        added = {**_spec(spec), "enabled": enabled}
+        await audit.record(conn, actor, "product.service_added", "product", product_id, added)
+    return await get_product(pool, actor.id, product_id)
 
 
 async def list_products(pool: Pool, account_id: str, product_id: str | None = None) -> list[Product]:
@@ -189,17 +244,134 @@ async def get_product(pool: Pool, account_id: str, product_id: str) -> Product:
     return found[0]
 
 
-async def lock_product(pool: Pool, account_id: str, product_id: str) -> Product:
-    """Lock a product (one-way): creates its Bulk Identification Code and product code."""
+async def lock_product(pool: Pool, actor: Account, product_id: str) -> Product:
+    """Lock a product (one-way): creates its Bulk Identification Code and product code.
+    Audited as ``product.locked`` (the codes are named as created, never copied)."""
     async with pool.acquire() as conn, conn.transaction():
-        locked = await conn.fetchval(LOCK_PRODUCT, product_id, account_id, new_code())
+        locked = await conn.fetchval(LOCK_PRODUCT, product_id, actor.id, new_code())
         if locked is None:
-            state = await conn.fetchrow(SELECT_PRODUCT_STATE, product_id, account_id)
+            state = await conn.fetchrow(SELECT_PRODUCT_STATE, product_id, actor.id)
             if state is None:
                 raise NotFound(f"no product {product_id} in this account")
             raise Conflict(f"product {product_id} is locked already")
         await conn.execute(INSERT_CODE, new_code(), product_id)
-    return await get_product(pool, account_id, product_id)
+        await audit.record(
+            conn,
+            actor,
+            "product.locked",
+            "product",
+            product_id,
+            {"status": {"from": "new", "to": "locked"}, "bulk_identification_code": "created"},
+        )
+    return await get_product(pool, actor.id, product_id)
+
+
+async def change_service(
+    pool: Pool, actor: Account, product_id: str, service_id: str, change: ServiceChange
+) -> Product:
+    """Enable or disable a service, change its port (and, while the product is new, its
+    name); the product as it is then. Audited as ``product.service_changed`` with each
+    field's old and new value; an edit that changes nothing records nothing.
+
+    Devices pick the change up at their next boot, without a reset: the change is
+    announced on ``fleetreg_invalidate`` (``product:<id>``) so no intake keeps serving
+    a cached manifest, and a device's file for a service enabled (or changed) after it
+    was provisioned is rendered when that device next asks for it. A disabled service
+    drops out of manifests and the reference protocol's project lists; each device keeps
+    its UID for it, for when it is enabled again.
+
+    ``service_id`` is the service's provisioning ID (a UUID, either case). Raises NotFound
+    (no such product in the account, or no such service of it) and Conflict (the bulk
+    service; a locked product's service renamed; a name in use)."""
+    try:  # parsed here, so the driver never refuses a caller's text with its value in the error
+        service = uuid.UUID(service_id)
+    except ValueError:
+        raise NotFound(f"product {product_id} has no service {service_id}", field="service_id") from None
+    async with pool.acquire() as conn, conn.transaction():
+        # The product's row first, as add_service and lock_product take it: one order of locks.
+        state = await product_state(conn, actor.id, product_id, for_update=True)
+        if state is None:
+            raise NotFound(f"no product {product_id} in this account")
+        found = await conn.fetchrow(SELECT_SERVICE_FOR_CHANGE, product_id, service)
+        if found is None:
+            raise NotFound(f"product {product_id} has no service {service_id}", field="service_id")
+        service_name = found["name"]
+        refusal = service_change_refusal(
+            product_id, service_name, state.status, found["is_bulk_service"], change
+        )
+        if refusal is not None:
+            raise refusal
+        changed = change.changed_from(found["enabled"], found["port"], found["name"])
+        if changed:
+            try:
+                await conn.execute(
+                    UPDATE_SERVICE,
+                    uuid.UUID(found["id"]),
+                    product_id,
+                    found["enabled"] if change.enabled is None else change.enabled,
+                    found["port"] if change.port is None else change.port,
+                    found["name"] if change.name is None else change.name,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(
+                    f"the product has a service named {change.name!r} already", field="name"
+                ) from exc
+            await conn.execute(NOTIFY_PRODUCT, product_id)
+            await audit.record(
+                conn,
+                actor,
+                "product.service_changed",
+                "product",
+                product_id,
+                {"service": service_name, "provisioning_id": found["id"].upper(), **changed},
+            )
+    return await get_product(pool, actor.id, product_id)
+
+
+async def delete_product(pool: Pool, actor: Account, product_id: str) -> None:
+    """Delete a product no registration and no device uses, with its services and its
+    codes (a device presenting one is then told the code is unknown). Audited as
+    ``product.deleted`` (its name and state, never a code).
+
+    Raises NotFound (no such product in the account) and Conflict (409) naming what uses
+    it. The product's row is locked first: a registration created at the same moment
+    (which locks it too) either comes first, and is named, or waits and finds no product."""
+    async with pool.acquire() as conn, conn.transaction():
+        state = await product_state(conn, actor.id, product_id, for_update=True)
+        if state is None:
+            raise NotFound(f"no product {product_id} in this account")
+        use = await conn.fetchrow(SELECT_PRODUCT_USE, product_id)
+        assert use is not None  # scalar subqueries: always one row
+        users = [
+            f"{count} {what}"
+            for count, what in (
+                (use["auto"], "auto registration"),
+                (use["bulk"], "bulk registration(s)"),
+                (use["devices"], "device(s)"),
+            )
+            if count
+        ]
+        if users:
+            raise Conflict(
+                f"product {product_id} is in use by {', '.join(users)}: "
+                "only a product no registration and no device uses can be deleted "
+                "(delete its devices and cancel its configured bulk registrations first; "
+                "an auto registration stays with its product: pause it instead)",
+                field="product_id",
+                rule="product_unused",
+            )
+        name = await conn.fetchval("SELECT name FROM products WHERE id = $1", product_id)
+        await conn.execute(DELETE_PRODUCT, product_id, actor.id)
+        await audit.record(
+            conn,
+            actor,
+            "product.deleted",
+            "product",
+            product_id,
+            {"name": name, "status": state.status, "bulk_identification_code": "deleted"}
+            if state.status == "locked"
+            else {"name": name, "status": state.status},
+        )
 
 
 async def product_state(

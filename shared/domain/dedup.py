@@ -37,6 +37,9 @@ DecisionKind = Literal["new", "same", "clone", "refused"]
 # Refusal reasons. Devices of the reference client read these as plain text, so they
 # contain no commas, braces, quotes or protocol key words (see docs/device-protocol.md).
 REASON_DISABLED = "device disabled by the operator"
+# A decision whose device the operator deleted since (its device_id is NULL): replayed or
+# polled, it is answered refused with this reason.
+REASON_DELETED = "device deleted by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
 REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
 

@@ -25,10 +25,10 @@ SERVICE_TYPES: dict[str, int] = {
     "rmt3": 35,
 }
 BULK_SERVICE_TYPE = "rmt3"
-BULK_SERVICE_NAME = "bulk"
+BULKSERVICE_NAME = "bulk"
 BULK_SERVICE_PORT = 65535
 MAX_SERVICES = 32
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PRODUCT_NAME_MAX = 100
 
 
@@ -81,7 +81,7 @@ def validate_service(raw: object, index: int) -> ServiceSpec:
             f"{field}.port must be a TCP port 1-65535", field=f"{field}.port", rule="range=1..65535"
         )
     name = raw.get("name", service_type)
-    if not isinstance(name, str) or not _SERVICE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
         raise InvalidInput(
             f"{field}.name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
             field=f"{field}.name",
@@ -124,7 +124,7 @@ def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
     services = [validate_service(s, i) for i, s in enumerate(services_raw)]
     names = [s.name for s in services]
     for index, service_name in enumerate(names):
-        if service_name == BULK_SERVICE_NAME or names.index(service_name) != index:
+        if service_name == BULKSERVICE_NAME or names.index(service_name) != index:
             raise InvalidInput(
                 f"services[{index}].name {service_name!r} is used twice (or is reserved); "
                 "give each service a distinct 'name'",
@@ -136,7 +136,7 @@ def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
 
 def bulk_service() -> ServiceSpec:
     return ServiceSpec(
-        name=BULK_SERVICE_NAME, service_type=BULK_SERVICE_TYPE, port=BULK_SERVICE_PORT, enabled=True
+        name=BULKSERVICE_NAME, service_type=BULK_SERVICE_TYPE, port=BULK_SERVICE_PORT, enabled=True
     )
 
 
@@ -164,3 +164,102 @@ def registration_kind_refusal(
         field="product_id",
         rule="one_registration_kind",
     )
+
+
+# What PATCH /v1/products/{id}/services/{name} may change: on a locked product, whether the
+# service is enabled and its port (devices pick either up at their next boot); on a new
+# product, also its name. The type never changes (a service of another type is another
+# service: add it, and disable this one).
+SERVICE_FIELDS_LOCKED = ("enabled", "port")
+SERVICE_FIELDS_NEW = ("enabled", "port", "name")
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """The fields a service edit sets (None: left as it is)."""
+
+    enabled: bool | None = None
+    port: int | None = None
+    name: str | None = None
+
+    def changed_from(self, enabled: bool, port: int, name: str) -> dict[str, dict[str, object]]:
+        """The fields whose value this edit changes, each as ``{"from": old, "to": new}``
+        (the audit trail's shape of a change)."""
+        shown: dict[str, dict[str, object]] = {}
+        for field, old, new in (
+            ("enabled", enabled, self.enabled),
+            ("port", port, self.port),
+            ("name", name, self.name),
+        ):
+            if new is not None and new != old:
+                shown[field] = {"from": old, "to": new}
+        return shown
+
+
+def validate_service_change(raw: object) -> ServiceChange:
+    """Validate a service edit's body: ``enabled`` (boolean), ``port`` (1-65535) and
+    ``name`` (as at creation), at least one of them. ``type`` is refused (it never
+    changes), as is any other field; whether the product's state allows the fields
+    given is :func:`service_change_refusal`'s to say."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("the body must be a JSON object", rule="type=object")
+    if "type" in raw:
+        raise InvalidInput(
+            "a service's type never changes: add a service of the new type and disable this one",
+            field="type",
+            rule="immutable",
+        )
+    unknown = sorted(set(raw) - set(SERVICE_FIELDS_NEW))
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {unknown[0]!r}: a service edit takes {', '.join(SERVICE_FIELDS_NEW)}",
+            field=unknown[0],
+            rule="known_fields",
+        )
+    if not raw:
+        raise InvalidInput(
+            f"nothing to change: give at least one of {', '.join(SERVICE_FIELDS_NEW)}", rule="required"
+        )
+    enabled = raw.get("enabled")
+    if "enabled" in raw and not isinstance(enabled, bool):
+        raise InvalidInput("enabled must be true or false", field="enabled", rule="type=boolean")
+    port = raw.get("port")
+    if "port" in raw and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+        raise InvalidInput("port must be a TCP port 1-65535", field="port", rule="range=1..65535")
+    name = raw.get("name")
+    if "name" in raw and (not isinstance(name, str) or not SERVICE_NAME.fullmatch(name)):
+        raise InvalidInput(
+            "name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+            field="name",
+            rule="charset=[A-Za-z0-9_.-]",
+        )
+    if name == BULKSERVICE_NAME:
+        raise InvalidInput(f"the name {BULKSERVICE_NAME!r} is reserved", field="name", rule="unique")
+    return ServiceChange(
+        enabled=enabled if isinstance(enabled, bool) else None,
+        port=port if isinstance(port, int) and not isinstance(port, bool) else None,
+        name=name if isinstance(name, str) else None,
+    )
+
+
+def service_change_refusal(
+    product_id: str, service_name: str, status: str, is_bulk_service: bool, change: ServiceChange
+) -> Conflict | None:
+    """Why ``change`` may not be made to a service (of a product in ``status``), or None.
+
+    The bulk service carries the device's identity and is on every device: it is never
+    changed (``bulk_service_fixed``). A locked product's services keep their name, which
+    names the file on every device (``product_locked``)."""
+    if is_bulk_service:
+        return Conflict(
+            f"service {service_name!r} is the product's bulk service: always enabled, on its fixed port",
+            field="name",
+            rule="bulk_service_fixed",
+        )
+    if status == "locked" and change.name is not None and change.name != service_name:
+        return Conflict(
+            f"product {product_id} is locked: a service's name no longer changes (only enabled and port)",
+            field="name",
+            rule="product_locked",
+        )
+    return None

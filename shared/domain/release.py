@@ -13,7 +13,9 @@ registry's state, so that the two protocols cannot drift apart:
   the caller to be the device that registered: the same fingerprint reported at step
   1, and a device that did not register with an Idempotency-Key (the native API's
   proof, which a fingerprint cannot stand in for); and it waits for the files
-  (:func:`service_secret_release`);
+  (:func:`service_secret_release`); a device that confirmed already gets a service
+  enabled since then (not the bulk service) when it proved its device secret at step
+  1, as a native device proves it for its manifest;
 * a device acting on its secret (the native device calls, the reference ready step)
   proves the secret first and only then learns that it is disabled: a guesser learns
   nothing about a device's state (:func:`secret_check`).
@@ -87,7 +89,14 @@ def claimed_by(device: Registration | None, fingerprint: str, key_digest: str) -
     )
 
 
-def service_secret_release(device: Registration, fingerprint: str, files_ready: bool) -> Release:
+def service_secret_release(
+    device: Registration,
+    fingerprint: str,
+    files_ready: bool,
+    *,
+    secret_proven: bool = False,
+    bulk_service: bool = True,
+) -> Release:
     """Whether a caller that reported ``fingerprint`` (at the reference protocol's step 1)
     may be handed a service's secrets of ``device``: the rule of :func:`secret_release`,
     and the caller must be the device that registered, which the reference protocol can
@@ -95,8 +104,22 @@ def service_secret_release(device: Registration, fingerprint: str, files_ready: 
 
     A device that registered with an Idempotency-Key (the native API) is recognised
     before "ready" only by that key; the fingerprint is anyone's to claim (CPU ID and MAC
-    are not secret), so it never hands out that device's secrets."""
+    are not secret), so it never hands out that device's secrets.
+
+    A device that confirmed (provisioned) gets no secret again, except a service's other
+    than the bulk service (``bulk_service`` False) when it proves its current device
+    secret (``secret_proven``: the secret it reported at step 1 from the same address)
+    from the fingerprint it registered with: a service enabled after it was provisioned
+    reaches it at its next boot, without a reset, as the native manifest does."""
     verdict = secret_release(device.lifecycle, device.disabled)
+    if (
+        verdict is Release.PROVISIONED
+        and secret_proven
+        and not bulk_service
+        and bool(fingerprint)
+        and device.fingerprint == fingerprint
+    ):
+        return Release.GRANTED if files_ready else Release.FILES_PENDING
     if verdict is not Release.GRANTED:
         return verdict
     if not fingerprint or device.fingerprint != fingerprint or device.registered_with_key:

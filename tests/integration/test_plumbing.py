@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import uuid
 
-from aiokafka import AIOKafkaConsumer
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import OutOfOrderSequenceNumber
 
 from shared.db.pool import Pool
 from shared.events import DeviceSignal, Event
@@ -17,9 +19,11 @@ from shared.kafka import (
     Topics,
     ensure_topics,
     make_consumer,
+    make_producer,
     publish_many,
     running_producer,
 )
+from shared.metrics import PRODUCER_REPLACED
 from shared.settings import KafkaSettings
 
 N_EVENTS = 300
@@ -255,3 +259,50 @@ async def test_a_failing_handler_gets_the_batch_again_and_nothing_is_committed_b
     assert sorted(seen, key=_at) == events
     assert attempts >= 3
     assert consumer.healthy
+
+
+def _desynchronise(producer: AIOKafkaProducer, topic: str, partitions: set[int]) -> None:
+    """Make the broker reject the producer's next batches as out of order: the fault a
+    broker restart under load caused (its idempotence state and the producer's disagree).
+    The broker's refusal is real; only the client's sequence numbers are skewed to get it."""
+    for partition in partitions:
+        producer._txn_manager.increment_sequence_number(TopicPartition(topic, partition), 7)  # type: ignore[attr-defined]
+
+
+async def test_a_producer_whose_idempotence_broke_is_replaced_and_sends_again(
+    kafka_settings: KafkaSettings, unique: str
+) -> None:
+    topic = f"{kafka_settings.topic_prefix}.producer-fault-{unique}"
+    await ensure_topics(kafka_settings, [topic])
+    signal = _signals(1)[0]
+    # Without the replacement the fault is permanent: aiokafka's producer never sends again.
+    bare = make_producer(kafka_settings)
+    await bare.start()
+    try:
+        await bare.send_and_wait(topic, b"first", key=b"k")
+        _desynchronise(bare, topic, await bare.partitions_for(topic))
+        for _ in range(2):
+            with pytest.raises(OutOfOrderSequenceNumber):
+                await bare.send_and_wait(topic, b"lost", key=b"k")
+    finally:
+        await bare.stop()
+    replaced_before = PRODUCER_REPLACED._value.get()
+
+    async with running_producer(kafka_settings) as producer:
+        await publish_many(producer, [(topic, "k", signal)])
+        _desynchronise(producer._inner, topic, await producer.partitions_for(topic))
+        await publish_many(producer, [(topic, "k", signal)])  # replaced, then sent
+        await publish_many(producer, [(topic, "k", signal)])  # and it keeps working
+
+    assert PRODUCER_REPLACED._value.get() == replaced_before + 1
+    consumer = make_consumer(kafka_settings, [topic], group_id=f"check-{unique}")
+    await consumer.start()
+    try:
+        received: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(received) < 4:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    received.extend(r.value for r in records)
+    finally:
+        await consumer.stop()
+    assert received[0] == b"first" and len(received) == 4  # bare's first, then the three sends

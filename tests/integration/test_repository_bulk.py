@@ -17,6 +17,7 @@ import pytest
 from shared.db import bulk
 from shared.db.bulk import BulkRegistration, ChunkResult, ConflictRow
 from shared.db.pool import Pool
+from shared.domain.accounts import Account
 from shared.errors import Conflict, NotFound
 from tests.support import registry
 
@@ -56,7 +57,9 @@ async def _uploading(pool: Pool, product: registry.Product, rows: Sequence[Row])
 
 async def _configured(pool: Pool, product: registry.Product, rows: Sequence[Row]) -> str:
     registration_id = await _uploading(pool, product, rows)
-    await bulk.finish_upload(pool, registration_id, product.account_id, product.id, len(rows))
+    await bulk.finish_upload(
+        pool, registration_id, Account(product.account_id, "test"), product.id, len(rows)
+    )
     return registration_id
 
 
@@ -181,7 +184,7 @@ async def test_finish_upload_refuses_a_product_taken_by_an_auto_registration_mea
     await pool.execute("UPDATE products SET registration_kind = 'auto' WHERE id = $1", product.id)
 
     with pytest.raises(Conflict):
-        await bulk.finish_upload(pool, registration_id, product.account_id, product.id, 1)
+        await bulk.finish_upload(pool, registration_id, Account(product.account_id, "test"), product.id, 1)
     assert await _status(pool, registration_id) == "uploading"
 
 
@@ -246,7 +249,7 @@ async def test_list_and_get_are_typed_and_stay_in_the_account(pool: Pool, produc
         with pytest.raises(NotFound):
             await bulk.get_bulk(pool, account_id, registration_id)
         with pytest.raises(NotFound):
-            await bulk.start_publish(pool, account_id, registration_id)
+            await bulk.start_publish(pool, Account(account_id, "test"), registration_id)
 
 
 async def test_publishing_in_chunks_makes_preregistered_devices_and_conflicts(
@@ -258,7 +261,7 @@ async def test_publishing_in_chunks_makes_preregistered_devices_and_conflicts(
     await registry.new_device(pool, product, await _any_registration(pool, product), "PUB3")
     assert await bulk.publish_chunk(pool, registration_id, 0, 2) is None  # not publishing yet
 
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
     results = [
         await bulk.publish_chunk(pool, registration_id, 0, 2),
         await bulk.publish_chunk(pool, registration_id, 2, 2),
@@ -284,19 +287,19 @@ async def test_publishing_in_chunks_makes_preregistered_devices_and_conflicts(
 
     assert await bulk.publish_chunk(pool, registration_id, 5, 2) is None
     with pytest.raises(Conflict):
-        await bulk.start_publish(pool, product.account_id, registration_id)
+        await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
 
 
 async def test_replayed_and_resumed_chunks_publish_each_row_once(
     pool: Pool, product: registry.Product
 ) -> None:
     registration_id = await _configured(pool, product, _rows(*(f"rep{i}" for i in range(7))))
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
 
     first = await bulk.publish_chunk(pool, registration_id, 0, 3)
     # The instance crashed before sending the next event: publishing is asked for again
     # (resumes), and the first chunk's event is delivered again.
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
     replayed = await bulk.publish_chunk(pool, registration_id, 0, 3)
     following = await bulk.publish_chunk(pool, registration_id, 3, 3)
     late = await bulk.publish_chunk(pool, registration_id, 6, 3)
@@ -323,7 +326,7 @@ async def test_concurrent_chunks_of_one_registration_never_double_insert(
     pool: Pool, product: registry.Product
 ) -> None:
     registration_id = await _configured(pool, product, _rows(*(f"con{i:02d}" for i in range(12))))
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
 
     results = await asyncio.gather(*(bulk.publish_chunk(pool, registration_id, 0, 4) for _ in range(4)))
 
@@ -349,7 +352,7 @@ async def test_a_conflict_in_the_middle_of_a_chunk_leaves_the_rows_around_it_pub
     registration_id = await _configured(pool, product, rows)
     await registry.new_device(pool, product, await _any_registration(pool, product), "MID2")
     await registry.new_device(pool, product, await _any_registration(pool, product), "mid4")
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
 
     result = await bulk.publish_chunk(pool, registration_id, 0, 10)
 
@@ -373,7 +376,7 @@ async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
     from shared.events import BulkPublish, BulkPublished
 
     registration_id = await _configured(pool, product, _rows(*(f"loop{i:02d}" for i in range(11))))
-    await bulk.start_publish(pool, product.account_id, registration_id)
+    await bulk.start_publish(pool, Account(product.account_id, "test"), registration_id)
     event = BulkPublish(registration_id=registration_id, after_line=0)
     real_chunk = bulk.publish_chunk
     calls = 0

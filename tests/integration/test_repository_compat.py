@@ -173,7 +173,7 @@ async def test_provisioning_ids_are_the_code_then_each_enabled_service(pool: Poo
 
 
 async def test_service_by_its_service_id_in_either_case(pool: Pool, setup: Setup) -> None:
-    locked_epoch = await pool.fetchval(
+    changed_epoch = await pool.fetchval(
         "SELECT extract(epoch FROM locked_at)::bigint FROM products WHERE id = $1", setup.product.id
     )
     expected = compat.Service(
@@ -185,7 +185,7 @@ async def test_service_by_its_service_id_in_either_case(pool: Pool, setup: Setup
         product_id=setup.product.id,
         account_id=setup.account_id,
         registration_kind="auto",
-        locked_epoch=locked_epoch,
+        changed_epoch=changed_epoch,
         code=setup.code,
     )
 

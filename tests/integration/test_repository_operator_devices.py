@@ -20,6 +20,7 @@ import pytest
 from shared.db import devices
 from shared.db.pool import Connection, Pool
 from shared.db.throttle import INVALIDATION_CHANNEL
+from shared.domain.accounts import Account
 from shared.domain.devices import online_cutoff, shown_state
 from shared.errors import Conflict, NotFound
 from tests.support import registry
@@ -277,7 +278,7 @@ async def test_disable_gives_one_outcome_per_id_in_order(pool: Pool, setup: Setu
     unknown = str(uuid.uuid4())
 
     changes = await devices.change_devices(
-        pool, setup.account_id, [theirs, already, active.upper(), unknown], "disable"
+        pool, Account(setup.account_id, "test"), [theirs, already, active.upper(), unknown], "disable"
     )
 
     assert [(c.device_id, c.outcome) for c in changes] == [
@@ -289,7 +290,7 @@ async def test_disable_gives_one_outcome_per_id_in_order(pool: Pool, setup: Setu
     assert await _row(pool, active) == ("provisioned", True, 1, "fp", True, ["disabled"])
     assert await _row(pool, already) == ("registered", True, 1, "fp", False, [])
     assert await _row(pool, theirs) == ("registered", False, 1, "fp", False, [])
-    assert await devices.change_devices(pool, setup.account_id, [], "disable") == []
+    assert await devices.change_devices(pool, Account(setup.account_id, "test"), [], "disable") == []
 
 
 async def test_reset_bumps_the_generation_and_refuses_a_disabled_device(
@@ -301,7 +302,7 @@ async def test_reset_bumps_the_generation_and_refuses_a_disabled_device(
     theirs = await _device(pool, stranger, "theirs", lifecycle="provisioned")
 
     changes = await devices.change_devices(
-        pool, setup.account_id, [disabled, provisioned, theirs, registered], "reset"
+        pool, Account(setup.account_id, "test"), [disabled, provisioned, theirs, registered], "reset"
     )
 
     assert [c.outcome for c in changes] == ["conflict", "reset", "not_found", "reset"]
@@ -311,7 +312,7 @@ async def test_reset_bumps_the_generation_and_refuses_a_disabled_device(
     assert await _row(pool, theirs) == ("provisioned", False, 1, "fp", True, [])
     (reset,) = [h for h in await devices.device_history(pool, provisioned) if h.kind == "reset"]
     assert reset.detail == {"credential_generation": 2}
-    await devices.change_devices(pool, setup.account_id, [provisioned], "reset")
+    await devices.change_devices(pool, Account(setup.account_id, "test"), [provisioned], "reset")
     assert (await _row(pool, provisioned))[2] == 3
 
 
@@ -322,13 +323,15 @@ async def test_disable_device_and_reset_device_raise_for_one_device(
     mine = await _device(pool, setup, "mine")
 
     with pytest.raises(NotFound):
-        await devices.disable_device(pool, setup.account_id, theirs)
+        await devices.change_device(pool, Account(setup.account_id, "test"), theirs, "disable")
     with pytest.raises(NotFound):
-        await devices.reset_device(pool, setup.account_id, theirs)
-    await devices.disable_device(pool, setup.account_id, mine)
-    await devices.disable_device(pool, setup.account_id, mine)  # disabled already: nothing to do
+        await devices.change_device(pool, Account(setup.account_id, "test"), theirs, "reset")
+    await devices.change_device(pool, Account(setup.account_id, "test"), mine, "disable")
+    await devices.change_device(
+        pool, Account(setup.account_id, "test"), mine, "disable"
+    )  # disabled already: nothing to do
     with pytest.raises(Conflict):
-        await devices.reset_device(pool, setup.account_id, mine)
+        await devices.change_device(pool, Account(setup.account_id, "test"), mine, "reset")
     assert (await _row(pool, theirs))[1:3] == (False, 1)
 
 
@@ -370,9 +373,11 @@ async def test_each_change_is_announced_on_fleetreg_invalidate(
     ours = [a, b, off, theirs]
 
     async with _listening(migrated) as received:
-        await devices.change_devices(pool, setup.account_id, [a.upper(), off, theirs], "disable")
+        await devices.change_devices(
+            pool, Account(setup.account_id, "test"), [a.upper(), off, theirs], "disable"
+        )
         disabled = await _payloads(received, ours)
-        await devices.change_devices(pool, setup.account_id, [b, off, theirs], "reset")
+        await devices.change_devices(pool, Account(setup.account_id, "test"), [b, off, theirs], "reset")
         reset = await _payloads(received, ours)
 
     assert disabled == [f"device:{a}"]
@@ -400,7 +405,9 @@ async def test_nothing_is_announced_unless_the_transaction_commits(
         in_transaction = cast(Pool, _InTransaction(conn))
         rollback = conn.transaction()
         await rollback.start()
-        (change,) = await devices.change_devices(in_transaction, setup.account_id, [device_id], "disable")
+        (change,) = await devices.change_devices(
+            in_transaction, Account(setup.account_id, "test"), [device_id], "disable"
+        )
         assert change.outcome == "disabled"
         assert await _payloads(received, [device_id]) == []
         await rollback.rollback()
@@ -409,7 +416,9 @@ async def test_nothing_is_announced_unless_the_transaction_commits(
 
         commit = conn.transaction()
         await commit.start()
-        await devices.change_devices(in_transaction, setup.account_id, [device_id], "disable")
+        await devices.change_devices(
+            in_transaction, Account(setup.account_id, "test"), [device_id], "disable"
+        )
         assert await _payloads(received, [device_id]) == []  # not before the commit
         await commit.commit()
         assert await _payloads(received, [device_id]) == [f"device:{device_id}"]

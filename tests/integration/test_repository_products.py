@@ -13,6 +13,7 @@ import pytest
 from shared.db import products
 from shared.db.pool import Pool
 from shared.db.products import Product, ProductState
+from shared.domain.accounts import Account
 from shared.domain.admission import CodeAdmission
 from shared.domain.products import MAX_SERVICES, ServiceSpec
 from shared.errors import Conflict, NotFound
@@ -34,7 +35,7 @@ async def account_id(pool: Pool) -> str:
 
 
 async def _new(pool: Pool, account_id: str, name: str = "gateway") -> Product:
-    return await products.create_product(pool, account_id, name, SPECS)
+    return await products.create_product(pool, Account(account_id, "test"), name, SPECS)
 
 
 def _shape(product: Product) -> list[tuple[int, str, str, int, int, bool, bool]]:
@@ -94,11 +95,11 @@ async def test_add_service_appends_and_starts_disabled_on_a_locked_product(
     product = await _new(pool, account_id)
 
     before_lock = await products.add_service(
-        pool, account_id, product.id, ServiceSpec("rdp", "rdp", 3389, True)
+        pool, Account(account_id, "test"), product.id, ServiceSpec("rdp", "rdp", 3389, True)
     )
-    await products.lock_product(pool, account_id, product.id)
+    await products.lock_product(pool, Account(account_id, "test"), product.id)
     after_lock = await products.add_service(
-        pool, account_id, product.id, ServiceSpec("smb", "smb", 445, True)
+        pool, Account(account_id, "test"), product.id, ServiceSpec("smb", "smb", 445, True)
     )
 
     assert _shape(before_lock)[-1] == (4, "rdp", "rdp", 5, 3389, True, False)
@@ -114,7 +115,9 @@ async def test_a_service_name_is_unique_within_a_product(pool: Pool, account_id:
 
     for name in ("ssh", "bulk"):
         with pytest.raises(Conflict) as refused:
-            await products.add_service(pool, account_id, product.id, ServiceSpec(name, "tcp", 9000, True))
+            await products.add_service(
+                pool, Account(account_id, "test"), product.id, ServiceSpec(name, "tcp", 9000, True)
+            )
         assert refused.value.field == "name"
 
     assert await products.get_product(pool, account_id, product.id) == product
@@ -127,7 +130,9 @@ async def test_concurrent_add_service_takes_one_position_each(pool: Pool, accoun
 
     await asyncio.gather(
         *(
-            products.add_service(pool, account_id, product.id, ServiceSpec(f"tcp{i}", "tcp", 9000 + i, True))
+            products.add_service(
+                pool, Account(account_id, "test"), product.id, ServiceSpec(f"tcp{i}", "tcp", 9000 + i, True)
+            )
             for i in range(4)
         )
     )
@@ -144,7 +149,9 @@ async def test_adding_services_stops_at_the_limit_product_creation_applies_even_
     free = MAX_SERVICES - 3
     results = await asyncio.gather(
         *(
-            products.add_service(pool, account_id, product.id, ServiceSpec(f"tcp{i}", "tcp", 9000 + i, True))
+            products.add_service(
+                pool, Account(account_id, "test"), product.id, ServiceSpec(f"tcp{i}", "tcp", 9000 + i, True)
+            )
             for i in range(free + 3)
         ),
         return_exceptions=True,
@@ -166,9 +173,11 @@ async def test_another_accounts_product_is_not_found(pool: Pool, account_id: str
     with pytest.raises(NotFound):
         await products.get_product(pool, account_id, str(uuid.uuid4()))
     with pytest.raises(NotFound):
-        await products.add_service(pool, stranger, product.id, ServiceSpec("tcp", "tcp", 9000, True))
+        await products.add_service(
+            pool, Account(stranger, "test"), product.id, ServiceSpec("tcp", "tcp", 9000, True)
+        )
     with pytest.raises(NotFound):
-        await products.lock_product(pool, stranger, product.id)
+        await products.lock_product(pool, Account(stranger, "test"), product.id)
     assert await products.list_products(pool, stranger) == []
     assert await products.list_products(pool, stranger, product.id) == []
     async with pool.acquire() as conn:
@@ -181,7 +190,7 @@ async def test_another_accounts_product_is_not_found(pool: Pool, account_id: str
 async def test_lock_product_is_one_way_and_creates_both_codes(pool: Pool, account_id: str) -> None:
     product = await _new(pool, account_id)
 
-    locked = await products.lock_product(pool, account_id, product.id)
+    locked = await products.lock_product(pool, Account(account_id, "test"), product.id)
 
     assert locked.status == "locked"
     assert locked.product_code is not None
@@ -192,7 +201,7 @@ async def test_lock_product_is_one_way_and_creates_both_codes(pool: Pool, accoun
     assert locked.services == product.services
     assert await pool.fetchval("SELECT locked_at IS NOT NULL FROM products WHERE id = $1", product.id)
     with pytest.raises(Conflict):
-        await products.lock_product(pool, account_id, product.id)
+        await products.lock_product(pool, Account(account_id, "test"), product.id)
     assert await products.get_product(pool, account_id, product.id) == locked
     assert (
         await pool.fetchval(
@@ -211,7 +220,8 @@ async def test_two_concurrent_locks_lock_once(pool: Pool, account_id: str) -> No
         async with holder.transaction():
             await holder.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product.id)
             racing = [
-                asyncio.create_task(products.lock_product(pool, account_id, product.id)) for _ in range(2)
+                asyncio.create_task(products.lock_product(pool, Account(account_id, "test"), product.id))
+                for _ in range(2)
             ]
             await registry.wait_until_waiting_for(pool, holder.get_server_pid(), count=2)
         outcomes = await asyncio.gather(*racing, return_exceptions=True)
@@ -235,7 +245,9 @@ async def test_product_state_for_update_holds_the_row_until_the_transaction_ends
     async with pool.acquire() as holder:
         async with holder.transaction():
             state = await products.product_state(holder, account_id, product.id, for_update=True)
-            locking = asyncio.create_task(products.lock_product(pool, account_id, product.id))
+            locking = asyncio.create_task(
+                products.lock_product(pool, Account(account_id, "test"), product.id)
+            )
             await registry.wait_until_waiting_for(pool, holder.get_server_pid())
             assert not locking.done()
         locked = await asyncio.wait_for(locking, 10)

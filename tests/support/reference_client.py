@@ -93,6 +93,14 @@ class ReferenceClient:
         self.calls.append((method, path, response.status, text))
         return response.status, text
 
+    async def configuration(self, device: ReferenceDevice, provisioning_id: str) -> dict[str, str]:
+        """The configuration call (step 4) for one service, as the client reads its answer:
+        ``enabled``, ``timestamp`` (a changed value makes the client rewrite its config)..."""
+        _, text = await self._call(
+            "GET", f"/bulk/registration/configuration/{provisioning_id}/{device.hardware_id}/"
+        )
+        return read_answer(text)
+
     async def boot(self, device: ReferenceDevice, *, pending_retries: int = 100) -> str:
         """One boot: 'provisioned', 'reset' (the device took a new hardware ID and must boot
         again) or 'failed: <reason>' (it stops until the next boot)."""

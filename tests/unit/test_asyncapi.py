@@ -318,7 +318,7 @@ SAMPLES = sample_events()
 
 
 class RecordingProducer:
-    """Stands in for AIOKafkaProducer: keeps what would have been sent."""
+    """Stands in for shared.kafka.Producer: keeps what would have been sent."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
@@ -343,6 +343,10 @@ class RecordingProducer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         await (await self.send(topic, value, key=key, headers=headers))
+
+    async def send_many(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        for topic, key, value in records:
+            await self.send(topic, value, key=key)
 
 
 # --- the document as a whole ----------------------------------------------------------------

@@ -14,6 +14,7 @@ with the native API (:mod:`shared.domain.release`).
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from services.intake.compat.answers import answer, refused
 from services.intake.handlers import Publish, PublishSignal, register
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import compat, products
+from shared.db import compat, files, products
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import Keyring
@@ -36,6 +37,7 @@ PENDING = "registration in progress: try again shortly"
 NOT_REGISTERED = "device not registered: boot again to register"
 UNKNOWN_ID = "unknown provisioning ID"
 CONFIRMED = "device already provisioned: reset by the operator needed"
+SERVICE_DISABLED = "service disabled by the operator"
 TEXT_MAX = 128
 # Refusals that count against the caller's address (shared/throttle.py): what a
 # guesser of codes, keys, secrets or provisioning IDs gets. A paused registration or
@@ -205,7 +207,7 @@ async def service_configuration(pool: Pool, provisioning_id: str) -> Reply:
     return _ok(
         answer(
             "true",
-            ("timestamp", str(found.locked_epoch)),
+            ("timestamp", str(found.changed_epoch)),
             ("enabled", "1" if found.enabled else "0"),
             ("content_type", str(found.type_code)),
             ("content_port", str(found.port)),
@@ -224,10 +226,16 @@ async def register_service(
     source: str,
 ) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
-    For bulk registration the first such call claims the device with its key."""
+    For bulk registration the first such call claims the device with its key.
+
+    A service enabled after the device was provisioned gets its UID now, on this first
+    ask (:func:`shared.db.files.complete_device_files`); a device that confirmed already
+    gets it when it proved its device secret at step 1 (shared.domain.release)."""
     found = await compat.service(pool, _text(body, "project_id"))
     if found is None or found.code is None:
         return _refusal(UNKNOWN_ID)
+    if not found.enabled:
+        return _refusal(SERVICE_DISABLED)
     try:
         hardware_id = validate_hardware_id(_text(body, "hardware_id"))
     except InvalidInput as exc:
@@ -252,9 +260,29 @@ async def register_service(
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if device is None:
         return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
-    verdict = service_secret_release(device, reported.fingerprint, device.files_ready)
+    proven = bool(reported.secret_digest) and hmac.compare_digest(
+        reported.secret_digest,
+        keyring.digest(keyring.device_secret(device.device_id, device.credential_generation)),
+    )
+
+    def verdict_for(device: compat.DeviceCredentials) -> Release:
+        return service_secret_release(
+            device,
+            reported.fingerprint,
+            device.files_ready,
+            secret_proven=proven,
+            bulk_service=found.is_bulk_service,
+        )
+
+    verdict = verdict_for(device)
     if verdict in REFUSALS:
         return _refusal(REFUSALS[verdict])
+    if device.service_uid is None and device.provisioned_files:
+        # Enabled since the device's files were rendered: its file and UID are made now.
+        device = await _with_later_service(pool, keyring, device, found)
+        verdict = verdict_for(device)
+        if verdict in REFUSALS:
+            return _refusal(REFUSALS[verdict])
     if verdict is Release.FILES_PENDING or device.service_uid is None:
         return _ok(answer("pending", ("reason", PENDING)))
     secret = (
@@ -263,6 +291,17 @@ async def register_service(
         else keyring.service_password(device.service_uid, device.credential_generation)
     )
     return _ok(answer("true", ("uid", device.service_uid), ("secret", secret)))
+
+
+async def _with_later_service(
+    pool: Pool, keyring: Keyring, device: compat.DeviceCredentials, found: compat.Service
+) -> compat.DeviceCredentials:
+    """``device`` once the files of services enabled since its provisioning are rendered,
+    with its UID for ``found`` (still None if the device's files are not rendered yet)."""
+    registered = await files.one_device_files(pool, device.device_id)
+    if registered is not None:
+        await files.complete_device_files(pool, keyring, registered)
+    return await compat.device(pool, found.account_id, device.hardware_id, found.service_id) or device
 
 
 async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> Reply:
