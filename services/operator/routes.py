@@ -184,8 +184,8 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
     key and query are checked before the answer starts (401/403/400 as JSON); a failure
     after it started cannot change the status, so the connection is closed before the
     end of the chunked body and the client sees a truncated, failed download."""
+    key = api_key(request)  # first: a request without a key is refused before any I/O
     resources = _resources(request)
-    key = api_key(request)
     account = await account_for(key, resources.pool, write=False)
     query = dict(request.query)
     chosen = handlers.export_format(query)
