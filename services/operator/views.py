@@ -185,7 +185,8 @@ def export_lines(batch: Sequence[ShownDevice], export_format: str) -> bytes:
     """Devices as export lines: CSV rows of EXPORT_COLUMNS (empty for null, true/false,
     spreadsheet-safe text), or one JSON object per line (the listing's device shape)."""
     if export_format == "csv":
-        return _csv([[_csv_cell(device(d)[column]) for column in EXPORT_COLUMNS] for d in batch])
+        shown = [device(d) for d in batch]
+        return _csv([[_csv_cell(one[column]) for column in EXPORT_COLUMNS] for one in shown])
     return b"".join(orjson.dumps(device(d)) + b"\n" for d in batch)
 
 
