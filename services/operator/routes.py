@@ -13,6 +13,7 @@ from aiohttp import web
 from services.operator import handlers, views
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
+from shared.errors import TooManyRequests
 from shared.http import account_for, api_key, json_response, parse_json_body, path_id
 from shared.logging import exception_summary
 
@@ -176,6 +177,7 @@ async def list_devices(request: web.Request, account: Account) -> views.Json:
     return views.device_page(page)
 
 
+EXPORT_RETRY_AFTER_S = 5
 EXPORT_CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
 
 
@@ -189,6 +191,20 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
     account = await account_for(key, resources.pool, write=False)
     query = dict(request.query)
     chosen = handlers.export_format(query)
+    if resources.export_slots.locked():
+        limit = resources.settings.exports_max
+        raise TooManyRequests(
+            f"{limit} device exports are running on this instance; try again shortly",
+            retry_after=EXPORT_RETRY_AFTER_S,
+            rule=f"exports_max={limit}",
+        )
+    async with resources.export_slots:
+        return await _export(request, resources, account, query, chosen)
+
+
+async def _export(
+    request: web.Request, resources: Resources, account: Account, query: dict[str, str], chosen: str
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": EXPORT_CONTENT_TYPES[chosen],

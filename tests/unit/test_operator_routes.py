@@ -175,3 +175,35 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
         ("offline", False, (NOW - timedelta(seconds=300)).isoformat()),
         ("disabled", False, NOW.isoformat()),
     ]
+
+
+async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each export holds a database connection for its length: with every slot taken, one
+    more is refused at once (429, Retry-After, the limit named) and reads nothing."""
+    import asyncio
+
+    from shared.errors import TooManyRequests
+
+    async def account_for(key: str, pool: object, *, write: bool = False) -> Account:
+        assert write is False  # a read-only key may export
+        return ACCOUNT
+
+    def export_devices(*args: object, **kwargs: object) -> object:
+        raise AssertionError("nothing is read for a refused export")
+
+    monkeypatch.setattr(routes, "account_for", account_for)
+    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    app = web.Application()
+    slots = asyncio.Semaphore(SETTINGS.exports_max)
+    for _ in range(SETTINGS.exports_max):
+        await slots.acquire()
+    app[RESOURCES] = Resources(SETTINGS, pool=object(), export_slots=slots)  # type: ignore[arg-type]
+    refused = make_mocked_request(
+        "GET", "/v1/devices/export?format=csv", app=app, headers={"Authorization": "Bearer k"}
+    )
+    with pytest.raises(TooManyRequests) as caught:
+        await routes.export_devices(refused)
+    assert caught.value.rule == f"exports_max={SETTINGS.exports_max}"
+    assert caught.value.headers() == {"Retry-After": str(routes.EXPORT_RETRY_AFTER_S)}
