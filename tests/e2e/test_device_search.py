@@ -326,3 +326,29 @@ async def test_a_read_only_key_searches_and_exports_and_another_account_sees_not
         {"registration_id": mine["registration_id"], "product_id": mine["product_id"]},
     )
     assert status == 200 and json.loads(body)["devices"] == []
+
+
+async def test_above_the_threshold_the_total_is_an_estimate_flagged_as_such(
+    session: aiohttp.ClientSession, system: System, operator: Operator
+) -> None:
+    """An operator instance with FLEETREG_COUNT_EXACT_MAX=10: 30 matching devices are
+    counted as an estimate of at least 11, flagged ``total_exact: false``; 10 are exact."""
+    tag = uuid.uuid4().hex[:6]
+    lines = [
+        HEADER,
+        *(f"k{tag}{i},{tag}{i:04x},Unit {i},{'west' if i < 10 else 'south'},," for i in range(30)),
+    ]
+    product_id = await bulk_product(operator)
+    status, registration = await upload(
+        session, system.bulk_url, operator, product_id, ("\r\n".join(lines) + "\r\n").encode()
+    )
+    assert status == 201, registration
+    await publish_and_wait(session, system.bulk_url, operator, registration["id"])
+    small = await system.add_instance("operator", {"FLEETREG_COUNT_EXACT_MAX": "10"})
+    counted = Operator(session, small.url, operator.api_key, operator.account_id)
+    found, totals = await _list_all(session, counted, {"hardware_id_prefix": tag}, limit=7)
+    assert len(found) == 30
+    total, exact = totals[0]
+    assert exact is False and total >= 11
+    _, totals = await _list_all(session, counted, {"hardware_id_prefix": tag, "category_a": "west"})
+    assert totals[0] == (10, True)
