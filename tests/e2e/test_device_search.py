@@ -345,10 +345,14 @@ async def test_above_the_threshold_the_total_is_an_estimate_flagged_as_such(
     assert status == 201, registration
     await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     small = await system.add_instance("operator", {"FLEETREG_COUNT_EXACT_MAX": "10"})
-    counted = Operator(session, small.url, operator.api_key, operator.account_id)
-    found, totals = await _list_all(session, counted, {"hardware_id_prefix": tag}, limit=7)
-    assert len(found) == 30
-    total, exact = totals[0]
-    assert exact is False and total >= 11
-    _, totals = await _list_all(session, counted, {"hardware_id_prefix": tag, "category_a": "west"})
-    assert totals[0] == (10, True)
+    try:
+        counted = Operator(session, small.url, operator.api_key, operator.account_id)
+        found, totals = await _list_all(session, counted, {"hardware_id_prefix": tag}, limit=7)
+        assert len(found) == 30
+        total, exact = totals[0]
+        assert exact is False and total >= 11
+        _, totals = await _list_all(session, counted, {"hardware_id_prefix": tag, "category_a": "west"})
+        assert totals[0] == (10, True)
+    finally:  # an instance of this test's own: stopped here, not left to the session
+        small.stop()
+        system.extra.remove(small)
