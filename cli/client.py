@@ -86,6 +86,21 @@ class OperatorClient:
         except aiohttp.ClientError as exc:
             raise CliError(f"cannot reach the API at {self._base}: {exc}") from exc
 
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[bytes]:
+        """A GET whose body is streamed: its chunks as they arrive. A non-2xx answer is a
+        CliError with the API's message; a body cut short (the server failed midway) is a
+        CliError too, never a silently short download."""
+        try:
+            async with self._session.get(self._base + path, params=params) as response:
+                if response.status >= 400:
+                    payload = await response.json(content_type=None)
+                    message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
+                    raise CliError(f"GET {path} failed with {response.status}: {message}", payload)
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise CliError(f"GET {path} did not complete: {exc}") from exc
+
     async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         return await self.call("GET", path, params=params)
 

@@ -1,29 +1,87 @@
-"""``fleetreg devices list|show|reset|disable|enable|delete``"""
+"""``fleetreg devices list|show|export|reset|disable|enable|delete``"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from cli.arguments import object_id
 from cli.client import OperatorClient, operator_client
 from cli.commands.audit import audit_rows
 from cli.errors import CliError
-from cli.output import confirm, emit_json, print_table
+from cli.output import confirm, emit_json, print_table, progress
 
 PAGE = 1000
 BATCH = 1000  # device IDs per batch call (the API's limit)
+# The search options of list and export: (option, query parameter, choices). The API
+# checks every value (a 400 names the parameter); choices only make --help and typos clearer.
+SEARCH_OPTIONS: tuple[tuple[str, str, tuple[str, ...] | None, str], ...] = (
+    ("--state", "state", ("preregistered", "registered", "online", "offline", "disabled"), "shown state"),
+    ("--lifecycle", "lifecycle", ("preregistered", "registered", "provisioned"), "lifecycle step"),
+    ("--product", "product_id", None, "product ID"),
+    ("--registration", "registration_id", None, "registration ID (auto or bulk)"),
+    ("--hardware-id", "hardware_id", None, "exact hardware ID (case-insensitive)"),
+    ("--hardware-id-prefix", "hardware_id_prefix", None, "hardware ID prefix (case-insensitive)"),
+    ("--name-prefix", "name_prefix", None, "device name prefix (case-insensitive)"),
+    ("--category-a", "category_a", None, "exact CATEGORY_A"),
+    ("--category-b", "category_b", None, "exact CATEGORY_B"),
+    ("--registered-since", "registered_since", None, "registered at or after (ISO 8601, UTC if no offset)"),
+    ("--registered-before", "registered_before", None, "registered before (ISO 8601)"),
+    ("--seen-since", "seen_since", None, "last seen at or after (ISO 8601)"),
+    ("--seen-before", "seen_before", None, "last seen before (ISO 8601)"),
+    (
+        "--sort",
+        "sort",
+        ("id", "hardware_id", "name", "created_at", "registered_at", "last_seen_at"),
+        "sort key",
+    ),
+    ("--order", "order", ("asc", "desc"), "sort order (default asc)"),
+)
+
+
+def _metavar(parameter: str) -> str:
+    for ending, metavar in (("_id", "ID"), ("_prefix", "PREFIX"), ("_since", "TIME"), ("_before", "TIME")):
+        if parameter.endswith(ending):
+            return "H" if parameter == "hardware_id" else metavar
+    return "VALUE"
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    for option, parameter, choices, text in SEARCH_OPTIONS:
+        metavar = None if choices else _metavar(parameter)
+        parser.add_argument(option, dest=parameter, choices=choices, metavar=metavar, help=text)
+
+
+def _search(args: argparse.Namespace) -> dict[str, str]:
+    """The query parameters of the search options given."""
+    return {p: getattr(args, p) for _, p, _, _ in SEARCH_OPTIONS if getattr(args, p) is not None}
 
 
 def register(groups: Any, common: argparse.ArgumentParser) -> None:
     devices = groups.add_parser("devices", help="the account's devices")
     actions = devices.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[common], help="list devices (all pages unless --limit)")
-    listing.add_argument("--state", choices=["preregistered", "registered", "online", "offline", "disabled"])
-    listing.add_argument("--hardware-id")
-    listing.add_argument("--registration", metavar="ID", type=object_id)
+    listing = actions.add_parser(
+        "list", parents=[common], help="search devices (all pages unless --limit), with the total count"
+    )
+    _add_search_options(listing)
     listing.add_argument("--limit", type=int, help="at most this many devices")
     listing.set_defaults(run=list_devices)
+    export = actions.add_parser(
+        "export",
+        parents=[common],
+        help="every matching device as CSV or JSON lines (progress on stderr)",
+        description="Streams every matching device from GET /v1/devices/export; the CSV's columns and "
+        "its spreadsheet-safe escaping are in docs/operations.md. With --json, a summary on stdout "
+        "(needs --output).",
+    )
+    export.add_argument("--format", choices=["csv", "jsonl"], required=True)
+    export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    _add_search_options(export)
+    export.set_defaults(run=export_devices)
     show = actions.add_parser("show", parents=[common], help="one device with its history (audit trail)")
     show.add_argument("id", type=object_id)
     show.set_defaults(run=show_device)
@@ -43,41 +101,102 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         parser.set_defaults(run=change_devices, change=action)
 
 
-async def fetch_devices(
+async def search_devices(
     client: OperatorClient, filters: dict[str, str], limit: int | None
-) -> list[dict[str, Any]]:
-    """Every matching device, paging through the API, or the first ``limit``."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every matching device, paging through the API, or the first ``limit``; and the first
+    page's ``total`` and ``total_exact``."""
     found: list[dict[str, Any]] = []
+    count: dict[str, Any] = {}
     after: str | None = None
     while limit is None or len(found) < limit:
         page_size = PAGE if limit is None else min(PAGE, limit - len(found))
         params = {**filters, "limit": str(page_size), **({"after": after} if after else {})}
         page = await client.get("/v1/devices", params)
+        count = count or {"total": page["total"], "total_exact": page["total_exact"]}
         found.extend(page["devices"])
         after = page["next_after"]
         if after is None:
             break
+    return found, count
+
+
+async def fetch_devices(
+    client: OperatorClient, filters: dict[str, str], limit: int | None
+) -> list[dict[str, Any]]:
+    """Every matching device, paging through the API, or the first ``limit``."""
+    found, _ = await search_devices(client, filters, limit)
     return found
 
 
+def _total(count: dict[str, Any]) -> str:
+    return f"{count['total']}" if count["total_exact"] else f"about {count['total']} (an estimate)"
+
+
 async def list_devices(args: argparse.Namespace) -> int:
-    filters = {
-        name: value
-        for name, value in (
-            ("state", args.state),
-            ("hardware_id", args.hardware_id),
-            ("registration_id", args.registration),
-        )
-        if value
-    }
     async with operator_client() as client:
-        devices = await fetch_devices(client, filters, args.limit)
+        devices, count = await search_devices(client, _search(args), args.limit)
     if args.json:
-        emit_json({"devices": devices})
+        emit_json({"devices": devices, **count})
         return 0
-    rows = [(d["id"], d["hardware_id"], d["name"], d["state"], d["product_id"]) for d in devices]
-    print_table(rows, ["id", "hardware id", "name", "state", "product"])
-    print(f"{len(devices)} device(s)")
+    rows = [
+        (d["id"], d["hardware_id"], d["name"], d["state"], d["category_a"], d["category_b"], d["product_id"])
+        for d in devices
+    ]
+    print_table(rows, ["id", "hardware id", "name", "state", "category a", "category b", "product"])
+    print(f"{len(devices)} device(s) shown of {_total(count)} matching")
+    return 0
+
+
+@contextlib.contextmanager
+def _destination(output: str | None) -> Any:
+    """stdout, or FILE written as FILE.partial and renamed once complete: a failed export
+    never leaves a file that looks whole."""
+    if output is None:
+        yield sys.stdout.buffer
+        return
+    target = Path(output)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("wb") as handle:
+        try:
+            yield handle
+        except BaseException:
+            handle.close()
+            partial.unlink(missing_ok=True)
+            raise
+    os.replace(partial, target)
+
+
+async def export_devices(args: argparse.Namespace) -> int:
+    """Stream the export to stdout or --output, counting devices (lines) for a progress bar
+    on stderr whose total is the listing's count (an estimate above its threshold)."""
+    if args.json and args.output is None:
+        raise CliError("--json prints a summary on stdout, so the export needs --output FILE")
+    filters = _search(args)
+    async with operator_client() as client:
+        first = await client.get("/v1/devices", {**filters, "limit": "1"})
+        label = "exporting" if first["total_exact"] else "exporting (total estimated)"
+        exported = 0
+        header = args.format == "csv"
+        try:
+            with _destination(args.output) as out:
+                sink: BinaryIO = out
+                async for chunk in client.stream("/v1/devices/export", {**filters, "format": args.format}):
+                    sink.write(chunk)
+                    lines = chunk.count(b"\n")
+                    if header and lines:
+                        lines, header = lines - 1, False
+                    exported += lines
+                    progress(exported, max(exported, first["total"]), label)
+                sink.flush()
+        except BrokenPipeError:  # stdout's reader is gone (``| head``): it has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        progress(exported, exported, label)
+    if args.json:
+        emit_json({"devices": exported, "format": args.format, "output": args.output})
+    else:
+        print(f"{exported} device(s) exported to {args.output or 'stdout'}", file=sys.stderr)
     return 0
 
 
@@ -93,6 +212,8 @@ async def show_device(args: argparse.Namespace) -> int:
         "claimed_hardware_id",
         "name",
         "state",
+        "category_a",
+        "category_b",
         "product_id",
         "registration_id",
         "registered_at",

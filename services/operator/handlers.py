@@ -5,8 +5,10 @@ records (the repositories' or this module's); views.py turns them into JSON."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -26,8 +28,18 @@ from shared.db.registrations import Registration
 from shared.db.webhooks import Delivery, Webhook
 from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
+from shared.domain.device_search import (
+    PAGE_PARAMETERS,
+    SEARCH_PARAMETERS,
+    Cursor,
+    DeviceSearch,
+    decode_cursor,
+    encode_cursor,
+    parse_search,
+    sort_value,
+)
 from shared.domain.devices import ShownState, online_cutoff, shown_state
-from shared.domain.identifiers import is_uuid, validate_hardware_id
+from shared.domain.identifiers import is_uuid
 from shared.domain.products import (
     RegistrationKind,
     validate_product,
@@ -44,7 +56,7 @@ MAX_DEVICES_LIMIT = 2_147_483_647
 BATCH_MAX_IDS = 1000
 # Operator actions shown with a device: the newest; the whole trail is /v1/audit-events.
 DEVICE_AUDIT_EVENTS = 50
-DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
+EXPORT_FORMATS = ("csv", "jsonl")
 DECISIONS = ("new", "same", "clone", "refused")
 ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
 
@@ -67,8 +79,14 @@ class ShownDevice:
 
 @dataclass(frozen=True)
 class DevicePage:
+    """A page of a device search: ``next_after`` is the cursor of the next page when this one
+    is full; ``total`` counts every matching device (exact when ``total_exact``, else an
+    estimate above the exact-count threshold: repositories ``count_devices``)."""
+
     devices: list[ShownDevice]
-    next_after: str | None  # the last ID, when the page is full
+    next_after: str | None
+    total: int
+    total_exact: bool
 
 
 @dataclass(frozen=True)
@@ -288,31 +306,80 @@ async def list_devices(
     *,
     page_limit_max: int,
     online_ttl: float,
+    count_exact_max: int,
     now: datetime | None = None,
 ) -> DevicePage:
-    """A page of the account's devices in ID order; the state filter and the states shown
-    follow one rule (shared.domain.devices) at one moment, ``now``."""
-    _only(query, ("state", "hardware_id", "registration_id", "after", "limit"))
-    state = _choice(query, "state", DEVICE_STATES)
+    """A page of the account's devices matching the query's filters, in its sort order
+    (shared.domain.device_search), with the total count of matches; the state filter and
+    the states shown follow one rule (shared.domain.devices) at one moment, ``now``.
+    Unknown parameters, bad values and a cursor of another sort are InvalidInput."""
+    _only(query, (*SEARCH_PARAMETERS, *PAGE_PARAMETERS))
+    search = parse_search(query)
     limit = _page_limit(query, page_limit_max)
-    for name in ("after", "registration_id"):
-        if query.get(name) and not is_uuid(query[name]):
-            raise InvalidInput(f"{name} must be an ID", field=name, rule="format=uuid")
+    after = decode_cursor(search, query["after"]) if query.get("after") else None
     at = now or datetime.now(UTC)
-    found = await devices.list_devices(
-        pool,
-        account.id,
-        online_cutoff=online_cutoff(at, online_ttl),
-        state=state,
-        hardware_id=validate_hardware_id(query["hardware_id"]) if query.get("hardware_id") else None,
-        registration_id=query.get("registration_id") or None,
-        after=query.get("after") or None,
-        limit=limit,
+    cutoff = online_cutoff(at, online_ttl)
+    found = await devices.search_devices(
+        pool, account.id, search, online_cutoff=cutoff, after=after, limit=limit
+    )
+    count = await devices.count_devices(
+        pool, account.id, search, online_cutoff=cutoff, exact_max=count_exact_max
     )
     return DevicePage(
         devices=[_shown(d, at, online_ttl) for d in found],
-        next_after=found[-1].id if len(found) == limit else None,
+        next_after=_cursor(search, found[-1]) if len(found) == limit else None,
+        total=count.total,
+        total_exact=count.exact,
     )
+
+
+def _cursor(search: DeviceSearch, last: Device) -> str:
+    key = sort_value(
+        search.sort,
+        device_id=last.id,
+        hardware_id=last.hardware_id,
+        name=last.name,
+        created_at=last.created_at,
+        registered_at=last.registered_at,
+        last_seen_at=last.last_seen_at,
+    )
+    return encode_cursor(search, Cursor(key, last.id))
+
+
+def export_format(query: dict[str, str]) -> str:
+    """The export's ``format`` (csv, the default, or jsonl); the other parameters are
+    checked by :func:`export_devices`."""
+    _only(query, (*SEARCH_PARAMETERS, "format"))
+    chosen = query.get("format") or "csv"
+    if chosen not in EXPORT_FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(EXPORT_FORMATS)}", field="format", rule="enum")
+    return chosen
+
+
+@contextlib.asynccontextmanager
+async def export_devices(
+    pool: Pool,
+    account: Account,
+    query: dict[str, str],
+    *,
+    online_ttl: float,
+    now: datetime | None = None,
+) -> AsyncIterator[AsyncIterator[list[ShownDevice]]]:
+    """Every device of the account matching the query's filters (no page size, no cursor),
+    in its sort order, as batches: one snapshot of the registry, read with bounded memory
+    (repositories ``export_devices``). The query is validated before anything is read."""
+    export_format(query)
+    search = parse_search(query)
+    at = now or datetime.now(UTC)
+    async with devices.export_devices(
+        pool, account.id, search, online_cutoff=online_cutoff(at, online_ttl)
+    ) as batches:
+
+        async def shown() -> AsyncIterator[list[ShownDevice]]:
+            async for batch in batches:
+                yield [_shown(d, at, online_ttl) for d in batch]
+
+        yield shown()
 
 
 async def get_device(

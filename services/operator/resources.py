@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class Resources:
     settings: OperatorSettings
     pool: Pool
+    # Device exports running on this instance: each holds a pooled connection for its whole
+    # length, so they are capped below the pool's size (settings.exports_max).
+    export_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -40,7 +43,7 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             app[THROTTLE] = await open_throttle(
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
-            app[RESOURCES] = Resources(settings, pool)
+            app[RESOURCES] = Resources(settings, pool, asyncio.Semaphore(settings.exports_max))
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
             stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True

@@ -4,6 +4,7 @@ handler and shapes its answer with a view. ``ROUTES`` lists them for the app."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from aiohttp import web
 from services.operator import handlers, views
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
+from shared.errors import TooManyRequests
 from shared.http import account_for, api_key, json_response, parse_json_body, path_id
+from shared.logging import exception_summary
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
+log = logging.getLogger(__name__)
 
 AuthedRoute = Callable[[web.Request, Account], Awaitable[views.Json]]
 Route = Callable[[web.Request], Awaitable[web.Response]]
@@ -186,8 +190,61 @@ async def list_devices(request: web.Request, account: Account) -> views.Json:
         dict(request.query),
         page_limit_max=resources.settings.page_limit_max,
         online_ttl=resources.settings.online_ttl_seconds,
+        count_exact_max=resources.settings.count_exact_max,
     )
     return views.device_page(page)
+
+
+EXPORT_RETRY_AFTER_S = 5
+EXPORT_CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
+
+
+async def export_devices(request: web.Request) -> web.StreamResponse:
+    """Every matching device, streamed (chunked) as CSV or JSON lines while it is read. The
+    key and query are checked before the answer starts (401/403/400 as JSON); a failure
+    after it started cannot change the status, so the connection is closed before the
+    end of the chunked body and the client sees a truncated, failed download."""
+    key = api_key(request)  # first: a request without a key is refused before any I/O
+    resources = _resources(request)
+    account = await account_for(key, resources.pool, write=False)
+    query = dict(request.query)
+    chosen = handlers.export_format(query)
+    if resources.export_slots.locked():
+        limit = resources.settings.exports_max
+        raise TooManyRequests(
+            f"{limit} device exports are running on this instance; try again shortly",
+            retry_after=EXPORT_RETRY_AFTER_S,
+            rule=f"exports_max={limit}",
+        )
+    async with resources.export_slots:
+        return await _export(request, resources, account, query, chosen)
+
+
+async def _export(
+    request: web.Request, resources: Resources, account: Account, query: dict[str, str], chosen: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": EXPORT_CONTENT_TYPES[chosen],
+            "Content-Disposition": f'attachment; filename="devices.{chosen}"',
+        }
+    )
+    response.enable_chunked_encoding()
+    async with handlers.export_devices(
+        resources.pool, account, query, online_ttl=resources.settings.online_ttl_seconds
+    ) as batches:
+        await response.prepare(request)
+        try:
+            await response.write(views.export_header(chosen))
+            async for batch in batches:
+                await response.write(views.export_lines(batch, chosen))
+        except Exception as exc:
+            log.warning("device export ended early", extra={"error": exception_summary(exc)})
+            if request.transport is not None:
+                request.transport.close()
+            return response
+    await response.write_eof()
+    return response
 
 
 @authed()
@@ -385,6 +442,7 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/auto-registrations/{registration_id}/resume", resume_auto),
     web.post("/v1/auto-registrations/{registration_id}/rotate-code", rotate_auto_code),
     web.get("/v1/devices", list_devices),
+    web.get("/v1/devices/export", export_devices),
     web.post("/v1/devices/disable", disable_devices),
     web.post("/v1/devices/reset", reset_devices),
     web.post("/v1/devices/enable", enable_devices),

@@ -44,6 +44,12 @@ class OperatorSettings:
     online_ttl_seconds: float
     page_limit_max: int
     log_level: str
+    # Up to this many matching devices a listing's total is exact; above, an estimate
+    # flagged total_exact: false (shared/db/devices.py count_devices).
+    count_exact_max: int = 10_000
+    # Device exports one instance streams at once (each holds a database connection for
+    # its length); one more is answered 429 with Retry-After.
+    exports_max: int = 2
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     # Webhooks: their signing secrets are sealed with a key derived from this one.
@@ -59,6 +65,8 @@ class OperatorSettings:
             online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
+            count_exact_max=env.integer("FLEETREG_COUNT_EXACT_MAX", 10_000, minimum=0),
+            exports_max=env.integer("FLEETREG_EXPORTS_MAX", 2, minimum=1),
             throttle=ThrottleSettings.from_env(env),
             retention=RetentionSettings.from_env(env),
             secret_key=secret_key(env),

@@ -6,7 +6,12 @@ here, never in the repositories. Times are ISO 8601 text.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
 from datetime import datetime
+
+import orjson
 
 from services.operator.handlers import (
     AlertPage,
@@ -28,6 +33,7 @@ from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
 from shared.db.webhooks import Attempt, Delivery, Webhook
 from shared.domain.accounts import Account
+from shared.domain.device_search import spreadsheet_safe
 
 Json = dict[str, object]
 
@@ -146,7 +152,61 @@ def deleted_device(shown: ShownDevice) -> Json:
 
 
 def device_page(page: DevicePage) -> Json:
-    return {"devices": [device(d) for d in page.devices], "next_after": page.next_after}
+    return {
+        "devices": [device(d) for d in page.devices],
+        "next_after": page.next_after,
+        "total": page.total,
+        "total_exact": page.total_exact,
+    }
+
+
+# The columns of a CSV export, in order (docs/operations.md, "Exporting devices"): the
+# fields of a device as the listing shows it, without the derived ``online`` flag.
+EXPORT_COLUMNS = (
+    "id",
+    "hardware_id",
+    "claimed_hardware_id",
+    "name",
+    "state",
+    "lifecycle",
+    "disabled",
+    "product_id",
+    "registration_id",
+    "category_a",
+    "category_b",
+    "created_at",
+    "registered_at",
+    "provisioned_at",
+    "last_seen_at",
+)
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return spreadsheet_safe(str(value))
+
+
+def _csv(rows: Sequence[Sequence[str]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)  # RFC 4180: CRLF, quotes doubled
+    return buffer.getvalue().encode("utf-8")
+
+
+def export_header(export_format: str) -> bytes:
+    """What an export starts with: the CSV's header line, nothing for JSON lines."""
+    return _csv([EXPORT_COLUMNS]) if export_format == "csv" else b""
+
+
+def export_lines(batch: Sequence[ShownDevice], export_format: str) -> bytes:
+    """Devices as export lines: CSV rows of EXPORT_COLUMNS (empty for null, true/false,
+    spreadsheet-safe text), or one JSON object per line (the listing's device shape)."""
+    if export_format == "csv":
+        shown = [device(d) for d in batch]
+        return _csv([[_csv_cell(one[column]) for column in EXPORT_COLUMNS] for one in shown])
+    return b"".join(orjson.dumps(device(d)) + b"\n" for d in batch)
 
 
 def history_entry(entry: DeviceHistoryEntry) -> Json:

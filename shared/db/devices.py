@@ -7,8 +7,9 @@ batches with one statement per kind of change, not one round trip per device.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -19,6 +20,7 @@ from shared.db import audit
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.dedup import KnownDevice, Lifecycle
+from shared.domain.device_search import Cursor, DeviceSearch
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
@@ -49,26 +51,6 @@ TOUCH_LAST_SEEN = """
     UPDATE devices SET last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
     FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::float8[]) AS b(id, at) GROUP BY id) AS u
     WHERE devices.id = u.id"""
-# The state filter: the state shown (online, offline, disabled) or, for devices not disabled,
-# the lifecycle step. Online is shared.domain.devices.is_online, with $6 its cut-off time
-# (online_cutoff): not disabled, provisioned, last seen strictly after the cut-off.
-SELECT_DEVICES = """
-    SELECT id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle, disabled,
-           product_id::text, registration_id::text, created_at, registered_at, provisioned_at, last_seen_at,
-           credential_generation
-    FROM devices
-    WHERE account_id = $1
-      AND ($2::text IS NULL OR lower(hardware_id) = lower($2))
-      AND ($3::uuid IS NULL OR registration_id = $3)
-      AND ($4::uuid IS NULL OR id > $4)
-      AND ($5::text IS NULL OR CASE
-            WHEN $5 = 'disabled' THEN disabled
-            WHEN $5 = 'online' THEN NOT disabled AND lifecycle = 'provisioned'
-                 AND last_seen_at > $6::timestamptz
-            WHEN $5 = 'offline' THEN NOT disabled AND NOT (lifecycle = 'provisioned'
-                 AND coalesce(last_seen_at > $6::timestamptz, false))
-            ELSE NOT disabled AND lifecycle = $5 END)
-    ORDER BY id LIMIT $7"""
 SELECT_HISTORY = """
     SELECT decided_at AS at, 'registration' AS kind,
            jsonb_build_object('decision', decision, 'reason', reason,
@@ -248,6 +230,195 @@ def _device(row: Record) -> Device:
     )
 
 
+# ---------------------------------------------------------------- search (the operator's listing)
+
+# A search's SQL is put together from the fixed fragments below, with every value a
+# positional parameter: nothing a caller sends becomes SQL text. Each sort key's
+# expression is the one an index of migration 0015 is built on, so a page in any sort
+# order is an index range scan, not a sort of the account's devices.
+_DEVICE_COLUMNS = """id::text, hardware_id, claimed_hardware_id, name, category_a, category_b, lifecycle,
+           disabled, product_id::text, registration_id::text, created_at, registered_at, provisioned_at,
+           last_seen_at, credential_generation"""
+# (expression, type of a cursor's key): devices never registered or seen sort as -infinity.
+# Qualified with the table: in an ORDER BY a bare name is the output column (``id`` is
+# ``id::text`` there, whose order need not be the uuid's).
+_REGISTERED = "coalesce(devices.registered_at, '-infinity'::timestamptz)"
+_SEEN = "coalesce(devices.last_seen_at, '-infinity'::timestamptz)"
+_SORT_EXPRESSIONS: dict[str, tuple[str, str]] = {
+    "id": ("devices.id", "uuid"),
+    "hardware_id": ('lower(devices.hardware_id) COLLATE "C"', "text"),
+    "name": ('lower(devices.name) COLLATE "C"', "text"),
+    "created_at": ("devices.created_at", "timestamptz"),
+    "registered_at": (_REGISTERED, "timestamptz"),
+    "last_seen_at": (_SEEN, "timestamptz"),
+}
+# The state filter: the state shown (online, offline, disabled) or, for devices not disabled,
+# the lifecycle step. Online is shared.domain.devices.is_online, with {cutoff} its cut-off
+# time (online_cutoff): not disabled, provisioned, last seen strictly after the cut-off
+# (written on the sort expression, which is the same for a device ever seen, so that the
+# index of last_seen_at serves it).
+_STATE_CONDITIONS = {
+    "disabled": "disabled",
+    "online": f"NOT disabled AND lifecycle = 'provisioned' AND {_SEEN} > {{cutoff}}",
+    "offline": "NOT disabled AND NOT (lifecycle = 'provisioned'"
+    " AND coalesce(last_seen_at > {cutoff}, false))",
+    "preregistered": "NOT disabled AND lifecycle = 'preregistered'",
+    "registered": "NOT disabled AND lifecycle = 'registered'",
+}
+_RANGE = '{column} COLLATE "C" >= {low} AND {column} COLLATE "C" < {high}'
+SEARCH_PAGE = "SELECT {columns} FROM devices WHERE {where} ORDER BY {order} LIMIT {limit}"
+SEARCH_COUNT = "SELECT count(*) FROM (SELECT 1 FROM devices WHERE {where} LIMIT {cap}) AS capped"
+SEARCH_ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM devices WHERE {where}"
+SEARCH_ALL = "SELECT {columns} FROM devices WHERE {where} ORDER BY {order}"
+
+
+class _Statement:
+    """Conditions and their parameters, numbered in order; the fragments are this
+    module's constants, the values are only ever parameters."""
+
+    def __init__(self) -> None:
+        self.args: list[object] = []
+        self.conditions: list[str] = []
+
+    def param(self, value: object, cast: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{cast}"
+
+    def where(self, fragment: str, **values: tuple[object, str]) -> None:
+        self.conditions.append(fragment.format(**{k: self.param(v, c) for k, (v, c) in values.items()}))
+
+    def sql(self, template: str, order: str = "") -> str:
+        """``template`` (one of the SEARCH_* statements) with this statement's conditions
+        and an ORDER BY of :func:`_order`: fragments of this module only."""
+        where = " AND ".join(f"({c})" for c in self.conditions)
+        return template.format(columns=_DEVICE_COLUMNS, where=where, order=order)
+
+
+def _order(search: DeviceSearch) -> str:
+    """The ORDER BY of a search: its sort key's expression, then the ID, both one way."""
+    expression, _ = _SORT_EXPRESSIONS[search.sort]
+    direction = "DESC" if search.order == "desc" else "ASC"
+    if search.sort == "id":
+        return f"devices.id {direction}"
+    return f"{expression} {direction}, devices.id {direction}"
+
+
+def _filtered(account_id: str, search: DeviceSearch, online_cutoff: datetime) -> _Statement:
+    q = _Statement()
+    q.where("account_id = {account}", account=(account_id, "uuid"))
+    if search.state is not None:
+        state = _STATE_CONDITIONS[search.state]
+        q.where(state, **({"cutoff": (online_cutoff, "timestamptz")} if "{cutoff}" in state else {}))
+    if search.lifecycle is not None:
+        q.where("lifecycle = {lifecycle}", lifecycle=(search.lifecycle, "text"))
+    if search.product_id is not None:
+        q.where("product_id = {product}", product=(search.product_id, "uuid"))
+    if search.registration_id is not None:
+        q.where("registration_id = {registration}", registration=(search.registration_id, "uuid"))
+    if search.hardware_id is not None:  # the unique index of migration 0008
+        q.where("lower(hardware_id) = lower({hardware_id})", hardware_id=(search.hardware_id, "text"))
+    for column, prefix in (
+        ("lower(hardware_id)", search.hardware_id_prefix),
+        ("lower(name)", search.name_prefix),
+    ):
+        if prefix is not None:
+            q.where(_RANGE.replace("{column}", column), low=(prefix.low, "text"), high=(prefix.high, "text"))
+    if search.category_a is not None:
+        q.where("category_a = {category}", category=(search.category_a, "text"))
+    if search.category_b is not None:
+        q.where("category_b = {category}", category=(search.category_b, "text"))
+    # Time ranges on the sort expressions (their indexes); a device never registered or seen
+    # (-infinity there) is in no range: "before T" means "at a time before T".
+    for expression, since, before in (
+        (_REGISTERED, search.registered_since, search.registered_before),
+        (_SEEN, search.seen_since, search.seen_before),
+    ):
+        if since is not None:
+            q.where(f"{expression} >= {{since}}", since=(since, "timestamptz"))
+        if before is not None:
+            q.where(
+                f"{expression} > '-infinity' AND {expression} < {{before}}", before=(before, "timestamptz")
+            )
+    return q
+
+
+@dataclass(frozen=True)
+class DeviceCount:
+    """How many devices a search matches: exact up to the threshold asked for; above it
+    ``total`` is the planner's estimate, at least threshold + 1, and ``exact`` is False."""
+
+    total: int
+    exact: bool
+
+
+async def search_devices(
+    pool: Pool,
+    account_id: str,
+    search: DeviceSearch,
+    *,
+    online_cutoff: datetime,
+    after: Cursor | None = None,
+    limit: int = 100,
+) -> list[Device]:
+    """Up to ``limit`` of the account's devices matching ``search``, in its sort order with
+    the device ID as the tie-break, starting after the ``after`` cursor (the sort key's
+    value and ID of the previous page's last device). ``state`` online means seen strictly
+    after ``online_cutoff`` (shared.domain.devices.online_cutoff)."""
+    q = _filtered(account_id, search, online_cutoff)
+    expression, key_type = _SORT_EXPRESSIONS[search.sort]
+    comparison = "<" if search.order == "desc" else ">"
+    if after is not None:
+        if search.sort == "id":
+            q.where(f"devices.id {comparison} {{id}}", id=(after.id, "uuid"))
+        else:
+            key = "coalesce({key}, '-infinity'::timestamptz)" if key_type == "timestamptz" else "{key}"
+            q.where(
+                f"({expression}, devices.id) {comparison} ({key}, {{id}})",
+                key=(after.key, key_type),
+                id=(after.id, "uuid"),
+            )
+    statement = q.sql(SEARCH_PAGE.replace("{limit}", q.param(limit, "int")), _order(search))
+    return [_device(r) for r in await pool.fetch(statement, *q.args)]
+
+
+async def count_devices(
+    pool: Pool, account_id: str, search: DeviceSearch, *, online_cutoff: datetime, exact_max: int
+) -> DeviceCount:
+    """How many of the account's devices match ``search`` (its sort is irrelevant).
+
+    Exact while at most ``exact_max``: a count of at most ``exact_max + 1`` rows, so its
+    cost is bounded whatever the registry's size. Above, the planner's row estimate of the
+    search (EXPLAIN), raised to ``exact_max + 1`` since that many were counted."""
+    q = _filtered(account_id, search, online_cutoff)
+    estimate = q.sql(SEARCH_ESTIMATE)
+    count = q.sql(SEARCH_COUNT.replace("{cap}", q.param(exact_max + 1, "int")))
+    counted: int = await pool.fetchval(count, *q.args)
+    if counted <= exact_max:
+        return DeviceCount(counted, exact=True)
+    plan = json.loads(await pool.fetchval(estimate, *q.args[:-1]))
+    return DeviceCount(max(int(plan[0]["Plan"]["Plan Rows"]), exact_max + 1), exact=False)
+
+
+@contextlib.asynccontextmanager
+async def export_devices(
+    pool: Pool, account_id: str, search: DeviceSearch, *, online_cutoff: datetime, batch: int = 1000
+) -> AsyncIterator[AsyncIterator[list[Device]]]:
+    """Every device matching ``search``, in its sort order, as batches of up to ``batch``:
+    a server-side cursor in one read-only REPEATABLE READ transaction, so the export is
+    one snapshot of the registry (a device changed meanwhile is neither missed nor
+    repeated) read with bounded memory. The connection is held until the context exits."""
+    q = _filtered(account_id, search, online_cutoff)
+    statement = q.sql(SEARCH_ALL, _order(search))
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(statement, *q.args)
+
+        async def batches() -> AsyncIterator[list[Device]]:
+            while rows := await cursor.fetch(batch):
+                yield [_device(r) for r in rows]
+
+        yield batches()
+
+
 async def list_devices(
     pool: Pool,
     account_id: str,
@@ -259,22 +430,13 @@ async def list_devices(
     after: str | None = None,
     limit: int = 100,
 ) -> list[Device]:
-    """Devices of an account in ID order; ``after`` is the last ID of the previous page.
-
-    ``state`` filters on the state shown (online, offline, disabled) or, for devices
-    not disabled, on the lifecycle step (preregistered, registered); online means seen
-    strictly after ``online_cutoff`` (shared.domain.devices.online_cutoff)."""
-    rows = await pool.fetch(
-        SELECT_DEVICES,
-        account_id,
-        hardware_id,
-        registration_id,
-        after,
-        state,
-        online_cutoff,
-        limit,
+    """Devices of an account in ID order; ``after`` is the last ID of the previous page
+    (:func:`search_devices` with the filters of the first listing)."""
+    search = DeviceSearch(state=state, hardware_id=hardware_id, registration_id=registration_id)
+    cursor = Cursor(after, after) if after is not None else None
+    return await search_devices(
+        pool, account_id, search, online_cutoff=online_cutoff, after=cursor, limit=limit
     )
-    return [_device(r) for r in rows]
 
 
 async def get_device(pool: Pool, account_id: str, device_id: str) -> Device:

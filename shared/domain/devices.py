@@ -2,7 +2,7 @@
 
 The rule is defined here once. The operator API applies it to each device it shows
 (:func:`shown_state`), and the device listing's ``state`` filter applies the same rule
-in SQL (``shared/db/devices.py`` ``SELECT_DEVICES``) with the cut-off time computed here
+in SQL (``shared/db/devices.py`` ``_STATE_CONDITIONS``) with the cut-off time computed here
 (:func:`online_cutoff`), passed as a parameter: a device is online when it is not
 disabled, is provisioned and was last seen strictly after the cut-off.
 """

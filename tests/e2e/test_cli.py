@@ -138,7 +138,18 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
 
     code, out, _ = await fleetreg(operator, system, "devices", "list")
     assert code == 0
-    assert out.splitlines()[0].split() == ["id", "hardware", "id", "name", "state", "product"]
+    assert out.splitlines()[0].split() == [
+        "id",
+        "hardware",
+        "id",
+        "name",
+        "state",
+        "category",
+        "a",
+        "category",
+        "b",
+        "product",
+    ]
     assert "40 device(s)" in out
 
 

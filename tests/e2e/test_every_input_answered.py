@@ -142,8 +142,8 @@ async def test_a_clone_of_a_64_character_hardware_id_keeps_working_as_h_1(
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1/devices?category_a=x",
-        "/v1/devices?sort=",
+        "/v1/devices?category_c=x",
+        "/v1/devices?sort_by=",
         "/v1/registration-decisions?hardware_id=h",
         "/v1/security-alerts?state=x",
     ],

@@ -39,6 +39,7 @@ from services.operator.app import create_app
 from services.operator.resources import RESOURCES
 from services.operator.settings import OperatorSettings
 from shared.db.devices import ChangeOutcome
+from shared.domain import device_search
 from shared.domain.products import BULK_SERVICE_TYPE, SERVICE_TYPES
 from shared.errors import Unauthorized
 from shared.settings import DatabaseSettings, Env, HttpSettings, Secret
@@ -506,9 +507,15 @@ def test_every_operation_documents_its_errors_as_error_bodies() -> None:
 
 def test_the_device_list_query_follows_the_handler() -> None:
     query = {p["name"]: p for p in parameters("/v1/devices", "get")}
-    assert set(query) == {"state", "hardware_id", "registration_id", "limit", "after"}
+    assert set(query) == {*device_search.SEARCH_PARAMETERS, *device_search.PAGE_PARAMETERS}
     assert all(p["in"] == "query" and not p.get("required", False) for p in query.values())
-    assert resolve(query["state"]["schema"])["enum"] == list(handlers.DEVICE_STATES)
+    assert resolve(query["state"]["schema"])["enum"] == list(device_search.DEVICE_STATES)
+    assert resolve(query["lifecycle"]["schema"])["enum"] == list(device_search.LIFECYCLES)
+    assert resolve(query["sort"]["schema"])["enum"] == list(device_search.SORT_KEYS)
+    assert resolve(query["order"]["schema"])["enum"] == list(device_search.ORDERS)
+    exported = {p["name"]: p for p in parameters("/v1/devices/export", "get")}
+    assert set(exported) == {*device_search.SEARCH_PARAMETERS, "format"}
+    assert resolve(exported["format"]["schema"])["enum"] == list(handlers.EXPORT_FORMATS)
     environ = {"DATABASE_URL": "postgresql://u@h/db", "FLEETREG_SECRET_KEY": "k" * 32}
     default_max = OperatorSettings.from_env(Env(environ)).page_limit_max
     limit = resolve(query["limit"]["schema"])

@@ -141,26 +141,33 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
         device("3", last_seen_at=NOW, disabled=True),
     ]
 
-    async def list_devices(pool: object, account_id: str, **kwargs: Any) -> list[Device]:
-        asked.update(kwargs)
+    async def search_devices(pool: object, account_id: str, search: Any, **kwargs: Any) -> list[Device]:
+        asked.update(kwargs, search=search)
         return found
 
-    monkeypatch.setattr(devices, "list_devices", list_devices)
+    async def count_devices(pool: object, account_id: str, search: Any, **kwargs: Any) -> devices.DeviceCount:
+        assert kwargs["online_cutoff"] == asked["online_cutoff"]  # the page and its count at one moment
+        return devices.DeviceCount(12, exact=True)
+
+    monkeypatch.setattr(devices, "search_devices", search_devices)
+    monkeypatch.setattr(devices, "count_devices", count_devices)
     page = await handlers.list_devices(
         object(),  # type: ignore[arg-type]
         ACCOUNT,
         {"state": "offline", "limit": "3"},
         page_limit_max=1000,
         online_ttl=300,
+        count_exact_max=10_000,
         now=NOW,
     )
     assert asked["online_cutoff"] == online_cutoff(NOW, 300) == NOW - timedelta(seconds=300)
-    assert (asked["state"], asked["limit"]) == ("offline", 3)
+    assert (asked["search"].state, asked["limit"]) == ("offline", 3)
     assert [(d.device.id, d.state, d.online) for d in page.devices] == [
         ("1", "online", True),
         ("2", "offline", False),
         ("3", "disabled", False),
     ]
+    assert (page.total, page.total_exact) == (12, True)
     assert page.next_after == "3"
     shown = views.device_page(page)
     assert [(d["state"], d["online"], d["last_seen_at"]) for d in shown["devices"]] == [  # type: ignore[attr-defined]
@@ -168,3 +175,35 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
         ("offline", False, (NOW - timedelta(seconds=300)).isoformat()),
         ("disabled", False, NOW.isoformat()),
     ]
+
+
+async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each export holds a database connection for its length: with every slot taken, one
+    more is refused at once (429, Retry-After, the limit named) and reads nothing."""
+    import asyncio
+
+    from shared.errors import TooManyRequests
+
+    async def account_for(key: str, pool: object, *, write: bool = False) -> Account:
+        assert write is False  # a read-only key may export
+        return ACCOUNT
+
+    def export_devices(*args: object, **kwargs: object) -> object:
+        raise AssertionError("nothing is read for a refused export")
+
+    monkeypatch.setattr(routes, "account_for", account_for)
+    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    app = web.Application()
+    slots = asyncio.Semaphore(SETTINGS.exports_max)
+    for _ in range(SETTINGS.exports_max):
+        await slots.acquire()
+    app[RESOURCES] = Resources(SETTINGS, pool=object(), export_slots=slots)  # type: ignore[arg-type]
+    refused = make_mocked_request(
+        "GET", "/v1/devices/export?format=csv", app=app, headers={"Authorization": "Bearer k"}
+    )
+    with pytest.raises(TooManyRequests) as caught:
+        await routes.export_devices(refused)
+    assert caught.value.rule == f"exports_max={SETTINGS.exports_max}"
+    assert caught.value.headers() == {"Retry-After": str(routes.EXPORT_RETRY_AFTER_S)}
