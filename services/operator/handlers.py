@@ -36,6 +36,7 @@ from shared.domain.device_search import (
     decode_cursor,
     encode_cursor,
     parse_search,
+    parse_time,
     sort_value,
 )
 from shared.domain.devices import ShownState, online_cutoff, shown_state
@@ -485,17 +486,7 @@ def _before(query: dict[str, str]) -> tuple[datetime | None, str | None]:
 def _time_param(query: dict[str, str], name: str) -> datetime | None:
     """An optional ISO 8601 time parameter, in UTC (a time without an offset is UTC)."""
     raw = query.get(name)
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
-    except ValueError as exc:
-        raise InvalidInput(f"{name} must be an ISO 8601 time", field=name, rule="format=date-time") from exc
-    except OverflowError as exc:  # e.g. year 9999 with a negative offset: past what a time can hold
-        raise InvalidInput(
-            f"{name} is out of range: years 1 to 9999 in UTC", field=name, rule="range=date-time"
-        ) from exc
+    return parse_time(raw, name) if raw else None
 
 
 def _newest_first(

@@ -27,13 +27,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.errors import InvalidInput
 
 DEVICE_STATES = ("preregistered", "registered", "online", "offline", "disabled")
 LIFECYCLES = ("preregistered", "registered", "provisioned")
+C = TypeVar("C", bound=str)
 SortKey = Literal["id", "hardware_id", "name", "created_at", "registered_at", "last_seen_at"]
 SORT_KEYS: tuple[SortKey, ...] = ("id", "hardware_id", "name", "created_at", "registered_at", "last_seen_at")
 # Sort keys whose value may be missing (never registered, never seen): such devices sort
@@ -127,11 +128,14 @@ def _text(query: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+def _choice(query: Mapping[str, str], name: str, allowed: tuple[C, ...]) -> C | None:
+    """An optional parameter that must be one of ``allowed``, typed as they are."""
     value = _text(query, name)
-    if value is not None and value not in allowed:
+    if value is None:
+        return None
+    if value not in allowed:
         raise InvalidInput(f"{name} must be one of {', '.join(allowed)}", field=name, rule="enum")
-    return value
+    return allowed[allowed.index(value)]  # the allowed item itself: its Literal type, no cast
 
 
 def _uuid(query: Mapping[str, str], name: str) -> str | None:
@@ -213,8 +217,8 @@ def parse_search(query: Mapping[str, str]) -> DeviceSearch:
         registered_before=_time(query, "registered_before"),
         seen_since=_time(query, "seen_since"),
         seen_before=_time(query, "seen_before"),
-        sort=_choice(query, "sort", SORT_KEYS) or "id",  # type: ignore[arg-type]  # checked against SORT_KEYS
-        order=_choice(query, "order", ORDERS) or "asc",  # type: ignore[arg-type]  # checked against ORDERS
+        sort=_choice(query, "sort", SORT_KEYS) or "id",
+        order=_choice(query, "order", ORDERS) or "asc",
     )
 
 
