@@ -31,6 +31,7 @@ demo: up
 
 test: venv
 	@$(STACK) infra-up
+	@deploy/local/browser.sh
 	@$(PY) -m pytest
 
 test-unit: venv

@@ -233,6 +233,16 @@ write_infra_env() {
   chmod 600 "$VAR/infra.env"
 }
 
+# What every service of the local stack is started with, besides its port.
+service_env() {
+  export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
+  # The local stack's webhooks may call this machine (the demo's receiver listens on 127.0.0.1).
+  export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
+  # The console (operator) forwards bulk uploads to the bulk API and shows the pipeline's health.
+  export FLEETREG_INGESTION_URL="http://127.0.0.1:$INGESTION_PORT"
+  export FLEETREG_PIPELINE_HEALTH_URLS="http://127.0.0.1:$INTAKE_PORT/readyz,http://127.0.0.1:$DEDUP_PORT/readyz,http://127.0.0.1:$PROVISIONING_PORT/readyz"
+}
+
 start_services() {
   set -a; . "$VAR/infra.env"; set +a
   [ -f "$VAR/secret_key" ] || "$PY" -c 'import secrets;print(secrets.token_urlsafe(32))' >"$VAR/secret_key"
@@ -242,9 +252,7 @@ start_services() {
   # would otherwise apply the migrations of the checkout the venv was installed from.
   "$PY" -m cli.main migrate >>"$LOG/migrate.log" 2>&1 || fail "migrations failed; see var/log/migrate.log"
   "$ROOT/deploy/local/tls.sh" "$VAR/tls" || fail "generating the local TLS certificate failed"
-  export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
-  # The local stack's webhooks may call this machine (the demo's receiver listens on 127.0.0.1).
-  export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
+  service_env
   local svc port
   for svc in "${SERVICES[@]}"; do
     [ -d "$ROOT/services/$svc" ] || continue
@@ -273,8 +281,7 @@ start_one_service() { # name
   pid_alive "$RUN/$svc.pid" && { say "$svc already running"; return 0; }
   set -a; . "$VAR/infra.env"; set +a
   export FLEETREG_SECRET_KEY; FLEETREG_SECRET_KEY=$(cat "$VAR/secret_key")
-  export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
-  export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
+  service_env
   port=$(service_port "$svc")
   FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
   echo $! >"$RUN/$svc.pid"

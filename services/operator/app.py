@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.operator import routes
+from services.operator.console.app import create_console
 from services.operator.resources import SERVICE, resources_context
 from services.operator.settings import OperatorSettings
 from shared.http import base_app
@@ -15,4 +16,10 @@ def create_app(settings: OperatorSettings) -> web.Application:
     app = base_app(SERVICE, middlewares=(throttle_middleware(per_key=True),))
     app.cleanup_ctx.append(resources_context(settings))
     app.add_routes(routes.ROUTES)
+    app.router.add_get("/console", _to_console)
+    app.add_subapp("/console/", create_console(settings.console))
     return app
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect("/console/")

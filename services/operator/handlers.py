@@ -14,7 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from services.operator.settings import RetentionSettings
-from shared.db import accounts, alerts, audit, decisions, devices, products, registrations, webhooks
+from shared.db import (
+    accounts,
+    alerts,
+    audit,
+    console_sessions,
+    decisions,
+    devices,
+    products,
+    registrations,
+    webhooks,
+)
 from shared.db import retention as retention_db
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.alerts import SecurityAlert
@@ -47,7 +57,7 @@ from shared.domain.products import (
     validate_service,
     validate_service_change,
 )
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, Unauthorized
 from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
@@ -599,22 +609,23 @@ async def prune_expired(
     pool: Pool, retention: RetentionSettings, now: datetime | None = None
 ) -> dict[str, int]:
     """Delete the registration decisions and audit events past their keep time (a table
-    kept for 0 days is kept forever), batch after batch until none is left; return the
-    rows deleted per table."""
+    kept for 0 days is kept forever) and expired console sessions, batch after batch until
+    none is left; return the rows deleted per table."""
     at = now or datetime.now(UTC)
     deleted: dict[str, int] = {}
     keep: tuple[tuple[retention_db.Table, int], ...] = (
         ("registration_decisions", retention.decisions_days),
         ("operator_audit_events", retention.audit_days),
     )
-    for table, days in keep:
-        if days <= 0:
-            continue
+    # Console sessions are kept until they expire (expires_at is their own keep time).
+    cutoffs: list[tuple[retention_db.Table, datetime]] = [
+        (table, at - timedelta(days=days)) for table, days in keep if days > 0
+    ]
+    cutoffs.append(("console_sessions", at))
+    for table, older_than in cutoffs:
         deleted[table] = 0
         while True:
-            count = await retention_db.prune_batch(
-                pool, table, at - timedelta(days=days), retention.batch_rows
-            )
+            count = await retention_db.prune_batch(pool, table, older_than, retention.batch_rows)
             deleted[table] += count
             if count < retention.batch_rows:
                 break
@@ -743,3 +754,33 @@ async def list_webhook_deliveries(
         next_before=found[-1].created_at if full else None,
         next_before_id=found[-1].id if full else None,
     )
+
+
+# ---------------------------------------------------------------- console sessions
+
+
+async def console_account(pool: Pool, key_id: str) -> Account | None:
+    """The account a console session acts for, through its key; None once the key is revoked."""
+    return await accounts.account_for_key_id(pool, key_id)
+
+
+async def console_sign_in(pool: Pool, key: str) -> Account:
+    """The account of the key an operator signs in with (Unauthorized otherwise)."""
+    account = await accounts.account_for_key(pool, key)
+    if account is None:
+        raise Unauthorized("unknown or revoked API key", field="api_key")
+    return account
+
+
+async def load_console_session(pool: Pool, digest: bytes) -> str | None:
+    return await console_sessions.load(pool, digest)
+
+
+async def save_console_session(
+    pool: Pool, digest: bytes, account_id: str, key_id: str, data: str, expires_at: datetime
+) -> None:
+    await console_sessions.save(pool, digest, account_id, key_id, data, expires_at)
+
+
+async def end_console_session(pool: Pool, digest: bytes) -> None:
+    await console_sessions.delete(pool, digest)

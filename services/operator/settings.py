@@ -9,6 +9,7 @@ from shared.settings import (
     Env,
     HttpSettings,
     Secret,
+    SettingsError,
     secret_key,
     webhooks_allow_private_urls,
 )
@@ -38,6 +39,38 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The web console's settings (docs/console.md).
+
+    A session lasts ``session_seconds`` from sign-in whatever is done with it (8 hours: a
+    working day, as the AWS console's default session); its cookie is ``Secure`` on https
+    requests (or behind a proxy saying ``X-Forwarded-Proto: https``), always when
+    ``secure_cookie`` is "always". Bulk uploads, publishes and cancels are forwarded to the
+    bulk API at ``ingestion_url`` with the session's key. ``pipeline_health_urls`` are the
+    readiness URLs (``/readyz``) of the pipeline's services the live view asks."""
+
+    session_seconds: int = 8 * 3600
+    secure_cookie: str = "auto"
+    ingestion_url: str = "http://127.0.0.1:18084"
+    pipeline_health_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Env) -> ConsoleSettings:
+        secure = env.text("FLEETREG_CONSOLE_SECURE_COOKIE", "auto")
+        if secure not in ("auto", "always"):
+            raise SettingsError(f"FLEETREG_CONSOLE_SECURE_COOKIE must be auto or always, not {secure!r}")
+        urls = env.text("FLEETREG_PIPELINE_HEALTH_URLS", "")
+        return cls(
+            session_seconds=env.integer("FLEETREG_CONSOLE_SESSION_SECONDS", 8 * 3600, minimum=60),
+            secure_cookie=secure,
+            ingestion_url=env.url(
+                "FLEETREG_INGESTION_URL", ("http", "https"), "http://127.0.0.1:18084"
+            ).rstrip("/"),
+            pipeline_health_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
+        )
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     http: HttpSettings
     database: DatabaseSettings
@@ -56,6 +89,7 @@ class OperatorSettings:
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     webhooks_allow_private_urls: bool = False
     max_webhooks: int = 20  # per account
+    console: ConsoleSettings = field(default_factory=lambda: ConsoleSettings())
 
     @classmethod
     def from_env(cls, env: Env) -> OperatorSettings:
@@ -72,4 +106,5 @@ class OperatorSettings:
             secret_key=secret_key(env),
             webhooks_allow_private_urls=webhooks_allow_private_urls(env),
             max_webhooks=env.integer("FLEETREG_WEBHOOKS_MAX_PER_ACCOUNT", 20, minimum=1),
+            console=ConsoleSettings.from_env(env),
         )

@@ -126,3 +126,23 @@ async def revoke_api_key(pool: Pool, actor: Account, key_id: str) -> None:
         if label is None:
             raise NotFound(f"no active API key {key_id} in this account")
         await audit.record(conn, actor, "api_key.revoked", "api_key", str(parsed), {"label": label})
+
+
+SELECT_ACCOUNT_FOR_KEY_ID = """SELECT a.id::text AS id, a.name, k.id::text AS key_id, k.label, k.read_only
+                               FROM api_keys k JOIN accounts a ON a.id = k.account_id
+                               WHERE k.id = $1 AND k.revoked_at IS NULL"""
+
+
+async def account_for_key_id(pool: Pool, key_id: str) -> Account | None:
+    """The account of an active key named by its ID (a console session's key), or None when
+    the key is revoked, unknown or the text is not a key ID."""
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        return None
+    row = await pool.fetchrow(SELECT_ACCOUNT_FOR_KEY_ID, parsed)
+    if row is None:
+        return None
+    return Account(
+        row["id"], row["name"], key_id=row["key_id"], key_label=row["label"], read_only=row["read_only"]
+    )

@@ -12,7 +12,7 @@ from typing import Literal
 
 from shared.db.pool import Pool
 
-Table = Literal["registration_decisions", "operator_audit_events"]
+Table = Literal["registration_decisions", "operator_audit_events", "console_sessions"]
 
 
 # One statement per table: the oldest expired rows first, each batch one short transaction.
@@ -25,6 +25,10 @@ _PRUNE: dict[Table, str] = {
         DELETE FROM operator_audit_events WHERE id IN (
             SELECT id FROM operator_audit_events WHERE at < $1
             ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+    "console_sessions": """
+        DELETE FROM console_sessions WHERE digest IN (
+            SELECT digest FROM console_sessions WHERE expires_at < $1
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
 }
 
 

@@ -214,13 +214,19 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
-class SecretBox:
-    """Encrypts webhook signing secrets at rest: AES-256-GCM with a key derived (HMAC-SHA256)
-    from FLEETREG_SECRET_KEY, the webhook's ID as associated data (a ciphertext copied to
-    another webhook does not decrypt). Stored as 12-byte nonce + ciphertext and tag."""
+WEBHOOK_SECRETS = b"fleetreg webhook signing secrets v1"
+CONSOLE_SESSION_KEYS = b"fleetreg console session api keys v1"
 
-    def __init__(self, secret_key: bytes) -> None:
-        key = hmac.digest(secret_key, b"fleetreg webhook signing secrets v1", hashlib.sha256)
+
+class SecretBox:
+    """Encrypts secrets at rest: AES-256-GCM with a key derived (HMAC-SHA256) from
+    FLEETREG_SECRET_KEY and ``purpose`` (webhook signing secrets, or the API key a console
+    session forwards to the bulk API), the owner's ID as associated data (a ciphertext
+    copied to another webhook or session does not decrypt). Stored as 12-byte nonce +
+    ciphertext and tag."""
+
+    def __init__(self, secret_key: bytes, purpose: bytes = WEBHOOK_SECRETS) -> None:
+        key = hmac.digest(secret_key, purpose, hashlib.sha256)
         self._aead = AESGCM(key)
 
     def seal(self, webhook_id: str, secret: str) -> bytes:

@@ -187,7 +187,13 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
     for name in SERVICES:
         group_env = {**env, **SERVICE_ENV.get(name, {}), "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
         services[name] = ServiceProcess(name, name, group_env)
-        services[name].start()
+    # The console forwards bulk uploads to the bulk API and asks the pipeline's readiness.
+    services["operator"].env["FLEETREG_INGESTION_URL"] = services["ingestion"].url
+    services["operator"].env["FLEETREG_PIPELINE_HEALTH_URLS"] = ",".join(
+        f"{services[name].url}/readyz" for name in ("intake", "dedup", "provisioning")
+    )
+    for process in services.values():
+        process.start()
     system = System(env={**env}, services=services)
     try:
         for process in services.values():

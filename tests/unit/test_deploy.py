@@ -89,6 +89,8 @@ NOT_CODE_DEFAULT = {
     "DATABASE_URL",
     "FLEETREG_SECRET_KEY",
     "FLEETREG_BULK_SPOOL_DIR",
+    "FLEETREG_INGESTION_URL",  # URLs of the containers' network
+    "FLEETREG_PIPELINE_HEALTH_URLS",
 }
 # Kubernetes versions whose schemas every manifest must satisfy: an old supported one, the newest bundled.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())

@@ -292,6 +292,8 @@ def code_routes(app: web.Application) -> dict[tuple[str, str], web.AbstractRoute
         if route.method == "HEAD":
             continue
         assert route.resource is not None, f"a route without a resource: {route!r}"
+        if route.resource.canonical.startswith("/console"):
+            continue  # the console's HTML pages, for browsers: docs/console.md
         found[(route.method, route.resource.canonical)] = route
     return found
 

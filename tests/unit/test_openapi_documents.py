@@ -48,7 +48,7 @@ def documented(path: str) -> set[tuple[str, str]]:
     [
         ("services/intake/openapi.yaml", "intake", "", "/apv/v27"),
         ("services/intake/compat/openapi.yaml", "intake", "/apv/v27", None),
-        ("services/operator/openapi.yaml", "operator", "", None),
+        ("services/operator/openapi.yaml", "operator", "", "/console"),  # HTML: docs/console.md
         ("services/ingestion/openapi.yaml", "ingestion", "", None),
     ],
 )

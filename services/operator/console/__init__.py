@@ -1,0 +1,2 @@
+"""The operator console: server-rendered pages at /console/ on the operator service
+(docs/console.md)."""

@@ -1,0 +1,99 @@
+"""The console's sub-application, mounted at /console/ by the operator's app.
+
+Templates are Jinja2 through aiohttp-jinja2 (autoescaping on: every value an operator or a
+device sent is escaped); sessions are aiohttp-session's, kept in the registry
+(:mod:`sessions`). Static files (the stylesheet, the console's own script and the vendored
+htmx with its licence) are served from ``static/``; nothing is fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import aiohttp_session
+import jinja2
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from services.operator.console import filters
+from services.operator.console.auth import SignInRequired, render
+from services.operator.console.pages import products, signin
+from services.operator.console.sessions import RegistryStorage
+from services.operator.resources import RESOURCES
+from services.operator.settings import ConsoleSettings
+from shared.errors import DomainError
+
+STATIC = Path(__file__).with_name("static")
+TEMPLATES = Path(__file__).with_name("templates")
+log = logging.getLogger(__name__)
+
+# Every page forbids framing (clickjacking) and loads scripts, styles and images from the
+# console itself only.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as pages, not JSON: no session sends a browser to the sign-in page; a domain
+    error (403, 404, 409, 429, ...) or an HTTP error is a page saying what and why."""
+    try:
+        response = await handler(request)
+    except SignInRequired as exc:
+        if request.method in ("GET", "HEAD"):
+            response = web.HTTPSeeOther(signin.sign_in_location(request))
+        else:
+            response = render(
+                "error.html", request, None, {"status": 401, "message": exc.message}, status=401
+            )
+    except DomainError as exc:
+        response = render(
+            "error.html", request, None, {"status": exc.status, "message": exc.message}, status=exc.status
+        )
+        response.headers.update(exc.headers())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            response = exc
+        else:
+            response = render(
+                "error.html", request, None, {"status": exc.status, "message": exc.reason}, status=exc.status
+            )
+    if not response.prepared:
+        response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def create_console(settings: ConsoleSettings) -> web.Application:
+    """The console app; ``/console/...`` paths of the operator service."""
+    console = web.Application(middlewares=[html_errors])
+    static = console.router.add_static("/static/", STATIC, append_version=True, name="static")
+    environment = aiohttp_jinja2.setup(
+        console,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(default_for_string=True, default=True),
+        undefined=jinja2.StrictUndefined,
+        filters=filters.FILTERS,
+        context_processors=[aiohttp_jinja2.request_processor],
+    )
+    # A static file's URL carries a hash of its content (?v=...): cached, never stale.
+    environment.globals["static"] = lambda name: str(static.url_for(filename=name))
+    aiohttp_session.setup(
+        console,
+        RegistryStorage(
+            lambda request: request.config_dict[RESOURCES].pool,
+            max_age=settings.session_seconds,
+            always_secure=settings.secure_cookie == "always",
+        ),
+    )
+    for pages in (signin, products):
+        console.add_routes(pages.ROUTES)
+    return console

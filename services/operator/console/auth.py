@@ -1,0 +1,173 @@
+"""Who is using the console, and the checks every page and form goes through.
+
+- A page (:func:`page`) needs a signed-in session; without one, the browser is sent to the
+  sign-in page (a GET) or refused (anything else).
+- A form (:func:`action`) also needs its CSRF token: the session's synchronizer token in the
+  form field ``csrf_token`` or the header ``X-CSRF-Token`` (OWASP CSRF Prevention Cheat
+  Sheet, "Synchronizer Token Pattern"), and, when the browser sends ``Origin``, our own host.
+  A read-only session may submit no form that changes anything (403), as a read-only API
+  key may call no such route.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp_jinja2
+from aiohttp import web
+from aiohttp_session import Session, get_session
+
+from services.operator import handlers
+from services.operator.resources import RESOURCES, Resources
+from shared.domain.accounts import Account
+from shared.errors import DomainError, Forbidden, Unauthorized
+
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+class SignInRequired(Unauthorized):
+    """No signed-in session (never was, expired, signed out, or its key revoked)."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The signed-in operator: the account, the key the session was opened with, the
+    session's CSRF token (every form carries it) and the session itself (flash messages)."""
+
+    account: Account
+    csrf: str
+    session: Session
+
+    @property
+    def read_only(self) -> bool:
+        return self.account.read_only
+
+
+def resources(request: web.Request) -> Resources:
+    return request.config_dict[RESOURCES]
+
+
+async def signed_in(request: web.Request) -> Operator:
+    """The signed-in operator (SignInRequired otherwise). The key is checked on every
+    request: revoking it ends its console sessions at once."""
+    session = await get_session(request)
+    key_id = session.get("key_id")
+    if not isinstance(key_id, str):
+        raise SignInRequired("sign in with an API key first", field="session")
+    account = await handlers.console_account(resources(request).pool, key_id)
+    if account is None or account.id != session.get("account_id"):
+        session.invalidate()
+        raise SignInRequired("the session's API key was revoked; sign in again", field="session")
+    return Operator(account, str(session.get("csrf", "")), session)
+
+
+def flash(operator: Operator, text: str, level: str = "ok") -> None:
+    """A message shown once, on the next page (after a form's redirect)."""
+    operator.session["flash"] = [*operator.session.get("flash", []), {"level": level, "text": text}]
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def check_origin(request: web.Request) -> None:
+    """A cross-site form post is refused even before its token is looked at."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null" and urlsplit(origin).netloc != request.host:
+        raise Forbidden("the form was sent from another site", field="Origin", rule="same-origin")
+    if origin == "null":
+        raise Forbidden("the form was sent from an opaque origin", field="Origin", rule="same-origin")
+
+
+def check_csrf(expected: str, presented: str | None) -> None:
+    if not expected or not presented or not hmac.compare_digest(expected.encode(), presented.encode()):
+        raise Forbidden(
+            "the form's CSRF token is missing or wrong; reload the page and try again",
+            field=CSRF_FIELD,
+            rule="csrf",
+        )
+
+
+Context = dict[str, Any]
+PageHandler = Callable[[web.Request, Operator], Awaitable[Context]]
+ActionHandler = Callable[[web.Request, Operator, Any], Awaitable[str | web.StreamResponse]]
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def render(
+    template: str, request: web.Request, operator: Operator | None, context: Context, status: int = 200
+) -> web.Response:
+    """A page rendered with the layout's context: who is signed in, the CSRF token, and the
+    flash messages (shown once)."""
+    shown: Context = {"operator": operator, "csrf": operator.csrf if operator else "", "flash": []}
+    if operator is not None:
+        shown["flash"] = operator.session.pop("flash", [])
+    response = aiohttp_jinja2.render_template(template, request, {**shown, **context}, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page(template: str) -> Callable[[PageHandler], Route]:
+    """A GET page of a signed-in operator: the handler returns the template's context."""
+
+    def decorate(handler: PageHandler) -> Route:
+        @functools.wraps(handler)
+        async def answer(request: web.Request) -> web.StreamResponse:
+            operator = await signed_in(request)
+            return render(template, request, operator, await handler(request, operator))
+
+        return answer
+
+    return decorate
+
+
+def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHandler], Route]:
+    """A form post of a signed-in operator. Checks origin and CSRF token (from the form, or
+    the ``X-CSRF-Token`` header when ``read_form`` is False: a streamed upload) and, for a
+    ``write``, that the session may change things. The handler gets the parsed form (or
+    None) and returns where to go next (303 See Other), or a response of its own. A
+    domain error (invalid input, not found, conflict) is flashed on the page the form came
+    from."""
+
+    def decorate(handler: ActionHandler) -> Route:
+        @functools.wraps(handler)
+        async def answer(request: web.Request) -> web.StreamResponse:
+            check_origin(request)
+            operator = await signed_in(request)
+            form = await request.post() if read_form else None
+            presented = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
+            check_csrf(operator.csrf, presented if isinstance(presented, str) else None)
+            if write and operator.read_only:
+                raise Forbidden(
+                    "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
+                )
+            try:
+                outcome = await handler(request, operator, form)
+            except (Forbidden, Unauthorized):
+                raise
+            except DomainError as exc:
+                flash(operator, exc.message, "error")
+                back = request.headers.get("Referer", "")
+                raise web.HTTPSeeOther(_same_site_path(request, back)) from None
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            raise web.HTTPSeeOther(outcome)
+
+        return answer
+
+    return decorate
+
+
+def _same_site_path(request: web.Request, referer: str) -> str:
+    """Where to go back to after a refused form: the referring console page, or the home."""
+    parts = urlsplit(referer)
+    if parts.netloc == request.host and parts.path.startswith("/console/"):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return "/console/"

@@ -1,0 +1,120 @@
+"""Sign in with an API key, sign out, and the console's home page.
+
+Before sign-in there is no session: the sign-in form's CSRF token is a double-submit
+cookie (HttpOnly, SameSite=Strict) compared with the form's field, so an anonymous visitor
+costs no registry row. Signing in opens a new session (a new identity: no session fixation)
+holding the key's ID, a fresh CSRF token and the key itself sealed with FLEETREG_SECRET_KEY
+(the console forwards bulk uploads to the bulk API with it, services/operator/console/bulk_api.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp_session import new_session
+
+from services.operator import handlers
+from services.operator.console.auth import (
+    CSRF_FIELD,
+    Operator,
+    action,
+    check_csrf,
+    check_origin,
+    new_csrf_token,
+    page,
+    render,
+    resources,
+)
+from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
+from shared.errors import Unauthorized
+from shared.throttle import mark_refused
+
+SIGN_IN_COOKIE = "fleetreg_console_sign_in"
+MAX_KEY_CHARS = 200  # keys are 40-odd characters; a longer text is not a key
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after sign-in: a console path only (never another site: no open redirect)."""
+    if value and value.startswith("/console/") and "//" not in value and "\\" not in value:
+        return value
+    return "/console/"
+
+
+def _sign_in_page(request: web.Request, error: str = "", status: int = 200) -> web.Response:
+    token = request.cookies.get(SIGN_IN_COOKIE)
+    if not token or len(token) > 64:
+        token = new_csrf_token()
+    response = render(
+        "sign_in.html",
+        request,
+        None,
+        {"sign_in_csrf": token, "next": safe_next(request.query.get("next")), "error": error},
+        status=status,
+    )
+    response.set_cookie(
+        SIGN_IN_COOKIE, token, path="/console/", httponly=True, samesite="Strict", secure=request.secure
+    )
+    return response
+
+
+async def sign_in_form(request: web.Request) -> web.StreamResponse:
+    return _sign_in_page(request)
+
+
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    check_origin(request)
+    form = await request.post()
+    presented = form.get(CSRF_FIELD)
+    check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), presented if isinstance(presented, str) else None)
+    key = form.get("api_key")
+    key = key.strip() if isinstance(key, str) else ""
+    if not key or len(key) > MAX_KEY_CHARS:
+        mark_refused(request)
+        return _sign_in_page(request, "Enter an account API key.", status=400 if not key else 401)
+    r = resources(request)
+    try:
+        account = await handlers.console_sign_in(r.pool, key)
+    except Unauthorized:
+        mark_refused(request)  # counts against the source, as a wrong key on the API does
+        return _sign_in_page(request, "That API key is unknown or revoked.", status=401)
+    session = await new_session(request)
+    assert account.key_id is not None
+    box = SecretBox(r.settings.secret_key.reveal().encode(), CONSOLE_SESSION_KEYS)
+    session.update(
+        {
+            "account_id": account.id,
+            "key_id": account.key_id,
+            "csrf": new_csrf_token(),
+            "sealed_key": base64.b64encode(box.seal(account.key_id, key)).decode(),
+        }
+    )
+    target = form.get("next")
+    response = web.HTTPSeeOther(safe_next(target if isinstance(target, str) else None))
+    response.del_cookie(SIGN_IN_COOKIE, path="/console/")
+    raise response
+
+
+@action(write=False)
+async def sign_out(request: web.Request, operator: Operator, form: object) -> str:
+    operator.session.invalidate()
+    return "/console/sign-in"
+
+
+@page("home.html")
+async def home(request: web.Request, operator: Operator) -> dict[str, object]:
+    return {}
+
+
+def sign_in_location(request: web.Request) -> str:
+    """The sign-in page, coming back to this page afterwards."""
+    return "/console/sign-in?next=" + quote(request.path_qs, safe="/")
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/", home),
+    web.get("/sign-in", sign_in_form),
+    web.post("/sign-in", sign_in),
+    web.post("/sign-out", sign_out),
+]

@@ -1,0 +1,88 @@
+"""Console sessions kept in the registry, behind aiohttp-session's storage interface.
+
+The cookie carries 32 random bytes (URL-safe base64); the registry stores only their SHA-256
+digest (migration 0016), so every instance of the operator service finds every session and
+a copy of the table opens none. The cookie is HttpOnly, SameSite=Strict, scoped to
+/console/, and Secure on https (settings.ConsoleSettings.secure_cookie). A session lasts a
+fixed time from sign-in (``max_age``): aiohttp-session ignores an older one, and the
+registry's ``expires_at`` makes the row unfindable and prunable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from aiohttp_session import AbstractStorage, Session
+
+from services.operator import handlers
+from shared.db.pool import Pool
+
+COOKIE = "fleetreg_console"
+PATH = "/console/"
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class RegistryStorage(AbstractStorage):
+    """aiohttp-session storage in the ``console_sessions`` table. A session is only ever
+    stored once it names its account and key (``account_id``, ``key_id``: signed in)."""
+
+    def __init__(self, pool_of: Callable[[web.Request], Pool], *, max_age: int, always_secure: bool) -> None:
+        super().__init__(cookie_name=COOKIE, max_age=max_age, path=PATH, httponly=True, samesite="Strict")
+        self._pool_of = pool_of
+        self._always_secure = always_secure
+
+    async def load_session(self, request: web.Request) -> Session:
+        token = self.load_cookie(request)
+        # A token is 43 URL-safe characters; anything else is not looked up.
+        if token is None or len(token) > 64 or not token.isascii():
+            return Session(None, data=None, new=True, max_age=self.max_age)
+        data = await handlers.load_console_session(self._pool_of(request), digest(token))
+        if data is None:
+            return Session(None, data=None, new=True, max_age=self.max_age)
+        return Session(token, data=json.loads(data), new=False, max_age=self.max_age)
+
+    async def save_session(
+        self, request: web.Request, response: web.StreamResponse, session: Session
+    ) -> None:
+        pool = self._pool_of(request)
+        token = session.identity
+        if session.empty:  # signed out (invalidated)
+            if token is not None:
+                await handlers.end_console_session(pool, digest(str(token)))
+            self._set_cookie(request, response, "")
+            return
+        if "key_id" not in session or "account_id" not in session:
+            return  # never store a session that is not signed in
+        if token is None:
+            token = secrets.token_urlsafe(32)
+        created = datetime.fromtimestamp(session.created, UTC)
+        await handlers.save_console_session(
+            pool,
+            digest(str(token)),
+            session["account_id"],
+            session["key_id"],
+            json.dumps(self._get_session_data(session)),
+            created + timedelta(seconds=self.max_age or 0),
+        )
+        self._set_cookie(request, response, str(token))
+
+    def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:
+        if not value:
+            response.del_cookie(COOKIE, path=PATH)
+            return
+        secure = (
+            self._always_secure
+            or request.secure
+            or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+        )
+        response.set_cookie(
+            COOKIE, value, path=PATH, max_age=self.max_age, httponly=True, samesite="Strict", secure=secure
+        )

@@ -1,0 +1,39 @@
+"""Console sessions (migration 0016): server-side state of a signed-in browser, found by
+the SHA-256 digest of the cookie's token. A session whose key was revoked, or that has
+expired, is not found."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from shared.db.pool import Pool
+
+SELECT_SESSION = """SELECT s.data::text FROM console_sessions s
+                    JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
+                    WHERE s.digest = $1 AND s.expires_at > now()"""
+UPSERT_SESSION = """INSERT INTO console_sessions (digest, account_id, key_id, data, expires_at)
+                    VALUES ($1, $2, $3, $4::jsonb, $5)
+                    ON CONFLICT (digest) DO UPDATE SET data = excluded.data
+                    WHERE console_sessions.account_id = excluded.account_id
+                      AND console_sessions.key_id = excluded.key_id"""
+DELETE_SESSION = "DELETE FROM console_sessions WHERE digest = $1"
+
+
+async def load(pool: Pool, digest: bytes) -> str | None:
+    """The session's data (JSON text), or None: unknown, expired, or its key revoked."""
+    data: str | None = await pool.fetchval(SELECT_SESSION, digest)
+    return data
+
+
+async def save(
+    pool: Pool, digest: bytes, account_id: str, key_id: str, data: str, expires_at: datetime
+) -> None:
+    """Create the session or replace its data. The account, key and expiry are fixed when it
+    is created: a later save never moves a session to another key or extends it."""
+    await pool.execute(UPSERT_SESSION, digest, uuid.UUID(account_id), uuid.UUID(key_id), data, expires_at)
+
+
+async def delete(pool: Pool, digest: bytes) -> None:
+    """End the session (sign-out); nothing happens when there is none."""
+    await pool.execute(DELETE_SESSION, digest)

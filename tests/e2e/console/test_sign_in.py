@@ -1,0 +1,74 @@
+"""Signing in and out of the console, its session cookie, CSRF and account scoping."""
+
+from __future__ import annotations
+
+import aiohttp
+from playwright.async_api import expect
+
+from tests.e2e.console.conftest import Console, NewConsole
+from tests.support.api import Operator
+
+
+async def test_sign_in_opens_a_session_with_a_safe_cookie_and_sign_out_ends_it(
+    new_console: NewConsole, operator: Operator
+) -> None:
+    console = await new_console(operator)
+    await console.open("/console/products")  # not signed in: sent to sign in, then back
+    await expect(console.page.get_by_role("heading", name="Sign in to the fleetreg console")).to_be_visible()
+    await console.check_accessibility()
+
+    await console.page.get_by_label("API key").fill(operator.api_key)
+    await console.page.get_by_role("button", name="Sign in").click()
+
+    assert console.page.url.endswith("/console/products")
+    cookies = {c["name"]: c for c in await console.page.context.cookies()}
+    session = cookies["fleetreg_console"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/console/"
+    assert not session["secure"]  # served over http here; Secure on https (docs/console.md)
+    assert operator.api_key not in str(cookies)  # the browser keeps a session token, never the key
+
+    await console.page.get_by_role("button", name="Sign out").click()
+    await expect(console.page.get_by_role("button", name="Sign in")).to_be_visible()
+    await console.open("/console/")
+    await expect(console.page.get_by_role("button", name="Sign in")).to_be_visible()  # the session is gone
+
+
+async def test_a_wrong_key_is_refused_with_a_message(new_console: NewConsole, operator: Operator) -> None:
+    console = await new_console(operator)
+    await console.open("/console/sign-in")
+    await console.page.get_by_label("API key").fill("frk_not-a-key")
+    await console.page.get_by_role("button", name="Sign in").click()
+    await expect(console.page.get_by_role("alert")).to_have_text("That API key is unknown or revoked.")
+
+
+async def test_a_form_without_its_csrf_token_is_refused(
+    console: Console, session: aiohttp.ClientSession
+) -> None:
+    # The browser's own cookies, sent by a request that lacks the form's token: what a
+    # cross-site form would send if SameSite did not stop it.
+    request = console.page.context.request
+    refused = await request.post(console.url + "/console/sign-out", form={"csrf_token": "forged"})
+    assert refused.status == 403
+    assert "CSRF token" in await refused.text()
+    no_token = await request.post(console.url + "/console/sign-out", form={})
+    assert no_token.status == 403
+    cross_site = await request.post(
+        console.url + "/console/sign-out",
+        form={"csrf_token": await console.csrf()},
+        headers={"Origin": "https://attacker.example"},
+    )
+    assert cross_site.status == 403
+
+    await console.open("/console/")  # still signed in: none of those signed out
+    await expect(console.page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+async def test_revoking_the_key_ends_its_console_sessions(console: Console, operator: Operator) -> None:
+    keys = await operator.call("GET", "/v1/api-keys", expect=200)
+    spare = await operator.call("POST", "/v1/api-keys", {"label": "spare"}, expect=201)
+    own = next(k for k in keys["api_keys"] if k["label"] != "spare")
+    second = Operator(operator.session, operator.url, spare["api_key"], operator.account_id)
+    await second.call("DELETE", f"/v1/api-keys/{own['id']}", expect=200)
+
+    await console.open("/console/")
+    await expect(console.page.get_by_role("button", name="Sign in")).to_be_visible()
