@@ -1,0 +1,107 @@
+"""Console sessions on the real Postgres (migration 0016): found by the digest of their
+token only while unexpired and while their key is active, never moved to another key or
+extended by a later save, and pruned once expired."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.operator.handlers import prune_expired
+from services.operator.settings import RetentionSettings
+from shared.db import accounts, console_sessions
+from shared.db.pool import Pool
+from shared.domain.accounts import Account
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def account(pool: Pool, unique: str) -> tuple[Account, str]:
+    return await accounts.create_account(pool, f"console-{unique}")
+
+
+async def _key_id(pool: Pool, key: str) -> str:
+    found = await accounts.account_for_key(pool, key)
+    assert found is not None and found.key_id is not None
+    return found.key_id
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def test_a_session_is_found_by_its_digest_and_only_the_digest_is_stored(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, key = account
+    key_id = await _key_id(pool, key)
+    token = f"token-{unique}"
+    data = json.dumps({"created": 1, "session": {"key_id": key_id}})
+
+    await console_sessions.save(
+        pool, _digest(token), created.id, key_id, data, datetime.now(UTC) + timedelta(hours=1)
+    )
+
+    assert json.loads(await console_sessions.load(pool, _digest(token)) or "{}") == json.loads(data)
+    assert await console_sessions.load(pool, _digest(token + "x")) is None
+    stored = await pool.fetchval("SELECT count(*) FROM console_sessions WHERE digest = $1", token.encode())
+    assert stored == 0  # the token itself is nowhere
+
+
+async def test_revoking_the_key_or_expiry_makes_the_session_unfindable(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, key = account
+    key_id = await _key_id(pool, key)
+    live, expired = _digest(f"live-{unique}"), _digest(f"expired-{unique}")
+    now = datetime.now(UTC)
+    await console_sessions.save(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
+    await console_sessions.save(pool, expired, created.id, key_id, "{}", now - timedelta(seconds=1))
+
+    assert await console_sessions.load(pool, live) == "{}"
+    assert await console_sessions.load(pool, expired) is None
+
+    await accounts.revoke_api_key(pool, Account(created.id, created.name, key_id=key_id), key_id)
+    assert await console_sessions.load(pool, live) is None
+    assert await accounts.account_for_key_id(pool, key_id) is None
+
+
+async def test_a_later_save_never_moves_a_session_to_another_key_or_extends_it(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, key = account
+    key_id = await _key_id(pool, key)
+    other = await accounts.create_api_key(pool, Account(created.id, created.name, key_id=key_id), "other")
+    digest = _digest(f"fixed-{unique}")
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    await console_sessions.save(pool, digest, created.id, key_id, '{"n": 1}', expires)
+
+    await console_sessions.save(pool, digest, created.id, key_id, '{"n": 2}', expires + timedelta(days=9))
+    await console_sessions.save(pool, digest, created.id, other.id, '{"n": 3}', expires)
+
+    row = await pool.fetchrow(
+        "SELECT key_id::text, data, expires_at FROM console_sessions WHERE digest = $1", digest
+    )
+    assert row is not None
+    assert (row["key_id"], json.loads(row["data"]), row["expires_at"]) == (key_id, {"n": 2}, expires)
+
+
+async def test_expired_sessions_are_pruned_and_live_ones_kept(
+    pool: Pool, account: tuple[Account, str], unique: str
+) -> None:
+    created, key = account
+    key_id = await _key_id(pool, key)
+    now = datetime.now(UTC)
+    live, expired = _digest(f"keep-{unique}"), _digest(f"prune-{unique}")
+    await console_sessions.save(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
+    await console_sessions.save(pool, expired, created.id, key_id, "{}", now - timedelta(minutes=1))
+
+    deleted = await prune_expired(pool, RetentionSettings(decisions_days=0, audit_days=0))
+
+    assert deleted["console_sessions"] >= 1
+    left = await pool.fetch("SELECT digest FROM console_sessions WHERE digest = ANY($1)", [live, expired])
+    assert [r["digest"] for r in left] == [live]
