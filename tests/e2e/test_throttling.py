@@ -209,3 +209,30 @@ async def test_a_storm_of_2000_devices_from_one_address_passes_the_defaults(
     assert summary["devices"] == 2000
     assert summary["errors"] == 0
     assert summary["provisioned"] == 2000
+
+
+async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
+    own: dict[str, ServiceProcess], operator: Operator
+) -> None:
+    """The console's sign-in form is another door to the same keys: a wrong key there counts
+    against the address as a wrong key on the API does, and past the limit the address gets
+    429 there too, with Retry-After."""
+    statuses = []
+    console = f"{own['operator'].url}/console/sign-in"
+    async with from_address(fresh_address()) as guesser:
+        async with guesser.get(console) as page:
+            assert page.status == 200
+            token = page.cookies["fleetreg_console_sign_in"].value
+        # (aiohttp's cookie jar keeps no cookie of an IP address: the form's cookie is sent by hand)
+        cookie = {"Cookie": f"fleetreg_console_sign_in={token}"}
+        for _ in range(FIRST_ALLOWANCE + 5):
+            form = {"csrf_token": token, "api_key": f"frk_{uuid.uuid4().hex}"}
+            async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as response:
+                statuses.append((response.status, response.headers.get("Retry-After")))
+        # Even the right key is held back from this address now.
+        form = {"csrf_token": token, "api_key": operator.api_key}
+        async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as held:
+            assert held.status == 429
+    assert [s for s, _ in statuses[:FIRST_ALLOWANCE]] == [401] * FIRST_ALLOWANCE
+    assert {s for s, _ in statuses[FIRST_ALLOWANCE + 1 :]} == {429}
+    assert all(retry is not None for s, retry in statuses if s == 429)
