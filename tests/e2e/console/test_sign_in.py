@@ -7,6 +7,7 @@ from playwright.async_api import expect
 
 from tests.e2e.console.conftest import Console, NewConsole
 from tests.support.api import Operator
+from tests.support.system import LOGS, System
 
 
 async def test_sign_in_opens_a_session_with_a_safe_cookie_and_sign_out_ends_it(
@@ -72,3 +73,45 @@ async def test_revoking_the_key_ends_its_console_sessions(console: Console, oper
 
     await console.open("/console/")
     await expect(console.page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+async def test_hostile_sign_in_forms_get_a_clear_4xx_and_no_key_reaches_a_log(
+    system: System, operator: Operator
+) -> None:
+    """NUL bytes, unicode, oversized and wrongly typed fields, a missing token, a foreign
+    ``next``: each answered 4xx (or a refused sign-in), never 5xx; neither the right key nor
+    any guess appears in any service's log."""
+    offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    url = f"{system.operator_url}/console/sign-in"
+    guesses = [
+        "frk_\x00nul",
+        "frk_ünïcødé‮",
+        "frk_" + "A" * 5000,
+        f"{operator.api_key}\x00",
+        " ",
+    ]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(url) as page:
+            assert page.status == 200
+            token = page.cookies["fleetreg_console_sign_in"].value
+        statuses = []
+        for guess in guesses:
+            async with browser.post(url, data={"csrf_token": token, "api_key": guess}) as answer:
+                statuses.append(answer.status)
+                assert "frk_" not in await answer.text() or guess == " "
+        async with browser.post(url, data={"api_key": operator.api_key}) as no_token:
+            statuses.append(no_token.status)
+        many = aiohttp.FormData([("csrf_token", token), ("api_key", "a"), ("api_key", "b")])
+        async with browser.post(url, data=many) as doubled:
+            statuses.append(doubled.status)
+        async with browser.post(url, data=b"\x00\xff" * 1000, headers={"Content-Type": "text/plain"}) as raw:
+            statuses.append(raw.status)
+        form = {"csrf_token": token, "api_key": operator.api_key, "next": "https://attacker.example/"}
+        async with browser.post(url, data=form, allow_redirects=False) as signed_in:
+            assert signed_in.status == 303
+            assert signed_in.headers["Location"] == "/console/"  # never to another site
+    assert all(400 <= s < 500 for s in statuses), statuses
+
+    logged = "".join(path.read_text(errors="replace")[offsets.get(path, 0) :] for path in LOGS.glob("*.log"))
+    assert operator.api_key not in logged
+    assert not any(guess.strip() and guess in logged for guess in guesses)

@@ -13,7 +13,7 @@ import base64
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp_session import new_session
+from aiohttp_session import get_session, new_session
 
 from services.operator import handlers
 from services.operator.console.auth import (
@@ -27,6 +27,7 @@ from services.operator.console.auth import (
     render,
     resources,
 )
+from services.operator.console.sessions import digest
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import Unauthorized
 from shared.throttle import mark_refused
@@ -79,6 +80,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     except Unauthorized:
         mark_refused(request)  # counts against the source, as a wrong key on the API does
         return _sign_in_page(request, "That API key is unknown or revoked.", status=401)
+    previous = await get_session(request)
+    if previous.identity is not None:  # signing in again (another key, say): the old session ends
+        await handlers.end_console_session(r.pool, digest(str(previous.identity)))
     session = await new_session(request)
     assert account.key_id is not None
     box = SecretBox(r.settings.secret_key.reveal().encode(), CONSOLE_SESSION_KEYS)
