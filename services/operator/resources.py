@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from services.operator import handlers
+from services.operator.exports import ExportSlots
 from services.operator.settings import OperatorSettings, RetentionSettings
 from shared.db.pool import Pool, answers, open_pool
 from shared.http import READINESS, READINESS_PROBE
@@ -25,8 +26,8 @@ class Resources:
     settings: OperatorSettings
     pool: Pool
     # Device exports running on this instance: each holds a pooled connection for its whole
-    # length, so they are capped below the pool's size (settings.exports_max).
-    export_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # length, so they are capped below the pool's size (settings.exports_max), one per account.
+    export_slots: ExportSlots = field(default_factory=lambda: ExportSlots(1))
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -43,7 +44,7 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             app[THROTTLE] = await open_throttle(
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
-            app[RESOURCES] = Resources(settings, pool, asyncio.Semaphore(settings.exports_max))
+            app[RESOURCES] = Resources(settings, pool, ExportSlots(settings.exports_max))
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
             stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True

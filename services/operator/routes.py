@@ -10,12 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.operator import handlers, views
+from services.operator import exports, handlers, views
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
-from shared.errors import TooManyRequests
 from shared.http import account_for, api_key, json_response, parse_json_body, path_id
-from shared.logging import exception_summary
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 log = logging.getLogger(__name__)
@@ -195,56 +193,24 @@ async def list_devices(request: web.Request, account: Account) -> views.Json:
     return views.device_page(page)
 
 
-EXPORT_RETRY_AFTER_S = 5
-EXPORT_CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
-
-
 async def export_devices(request: web.Request) -> web.StreamResponse:
-    """Every matching device, streamed (chunked) as CSV or JSON lines while it is read. The
-    key and query are checked before the answer starts (401/403/400 as JSON); a failure
-    after it started cannot change the status, so the connection is closed before the
-    end of the chunked body and the client sees a truncated, failed download."""
+    """Every matching device, streamed as CSV or JSON lines (services/operator/exports.py).
+    The key and query are checked before the answer starts (401/403/400/429 as JSON)."""
     key = api_key(request)  # first: a request without a key is refused before any I/O
     resources = _resources(request)
     account = await account_for(key, resources.pool, write=False)
     query = dict(request.query)
     chosen = handlers.export_format(query)
-    if resources.export_slots.locked():
-        limit = resources.settings.exports_max
-        raise TooManyRequests(
-            f"{limit} device exports are running on this instance; try again shortly",
-            retry_after=EXPORT_RETRY_AFTER_S,
-            rule=f"exports_max={limit}",
+    with resources.export_slots.take(account.id):
+        return await exports.stream(
+            request,
+            resources.pool,
+            account,
+            query,
+            chosen,
+            online_ttl=resources.settings.online_ttl_seconds,
+            stall_seconds=resources.settings.export_stall_seconds,
         )
-    async with resources.export_slots:
-        return await _export(request, resources, account, query, chosen)
-
-
-async def _export(
-    request: web.Request, resources: Resources, account: Account, query: dict[str, str], chosen: str
-) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": EXPORT_CONTENT_TYPES[chosen],
-            "Content-Disposition": f'attachment; filename="devices.{chosen}"',
-        }
-    )
-    response.enable_chunked_encoding()
-    async with handlers.export_devices(
-        resources.pool, account, query, online_ttl=resources.settings.online_ttl_seconds
-    ) as batches:
-        await response.prepare(request)
-        try:
-            await response.write(views.export_header(chosen))
-            async for batch in batches:
-                await response.write(views.export_lines(batch, chosen))
-        except Exception as exc:
-            log.warning("device export ended early", extra={"error": exception_summary(exc)})
-            if request.transport is not None:
-                request.transport.close()
-            return response
-    await response.write_eof()
-    return response
 
 
 @authed()

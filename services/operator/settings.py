@@ -83,6 +83,8 @@ class OperatorSettings:
     # Device exports one instance streams at once (each holds a database connection for
     # its length); one more is answered 429 with Retry-After.
     exports_max: int = 2
+    # An export whose client reads nothing for this long is ended (its snapshot released).
+    export_stall_seconds: float = 30.0
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     # Webhooks: their signing secrets are sealed with a key derived from this one.
@@ -101,6 +103,7 @@ class OperatorSettings:
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             count_exact_max=env.integer("FLEETREG_COUNT_EXACT_MAX", 10_000, minimum=0),
             exports_max=env.integer("FLEETREG_EXPORTS_MAX", 2, minimum=1),
+            export_stall_seconds=env.number("FLEETREG_EXPORT_STALL_SECONDS", 30.0, minimum=1.0),
             throttle=ThrottleSettings.from_env(env),
             retention=RetentionSettings.from_env(env),
             secret_key=secret_key(env),

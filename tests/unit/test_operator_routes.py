@@ -4,6 +4,8 @@ the domain's rules to the repositories' records; views shape JSON (no database h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from services.operator import handlers, routes, views
+from services.operator import exports, handlers, routes, views
+from services.operator.exports import EXPORT_RETRY_AFTER_S, ExportSlots
 from services.operator.resources import RESOURCES, Resources
 from services.operator.settings import OperatorSettings
 from shared.db import devices
@@ -21,6 +24,7 @@ from shared.db.devices import Device
 from shared.db.products import Product, ProductService
 from shared.domain.accounts import Account
 from shared.domain.devices import online_cutoff
+from shared.errors import TooManyRequests
 from shared.settings import DatabaseSettings, HttpSettings, Secret
 
 OPERATOR = Path(routes.__file__).parent
@@ -182,7 +186,6 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
 ) -> None:
     """Each export holds a database connection for its length: with every slot taken, one
     more is refused at once (429, Retry-After, the limit named) and reads nothing."""
-    import asyncio
 
     from shared.errors import TooManyRequests
 
@@ -196,9 +199,10 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
     monkeypatch.setattr(routes, "account_for", account_for)
     monkeypatch.setattr(handlers, "export_devices", export_devices)
     app = web.Application()
-    slots = asyncio.Semaphore(SETTINGS.exports_max)
-    for _ in range(SETTINGS.exports_max):
-        await slots.acquire()
+    slots = ExportSlots(SETTINGS.exports_max)
+    held = contextlib.ExitStack()
+    for n in range(SETTINGS.exports_max):
+        held.enter_context(slots.take(f"another-account-{n}"))
     app[RESOURCES] = Resources(SETTINGS, pool=object(), export_slots=slots)  # type: ignore[arg-type]
     refused = make_mocked_request(
         "GET", "/v1/devices/export?format=csv", app=app, headers={"Authorization": "Bearer k"}
@@ -206,4 +210,53 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
     with pytest.raises(TooManyRequests) as caught:
         await routes.export_devices(refused)
     assert caught.value.rule == f"exports_max={SETTINGS.exports_max}"
-    assert caught.value.headers() == {"Retry-After": str(routes.EXPORT_RETRY_AFTER_S)}
+    assert caught.value.headers() == {"Retry-After": str(EXPORT_RETRY_AFTER_S)}
+    held.close()
+
+
+def test_an_account_runs_one_export_at_a_time_and_a_finished_one_frees_its_slot() -> None:
+    slots = ExportSlots(limit=3)
+    with slots.take("a"):
+        with pytest.raises(TooManyRequests) as caught, slots.take("a"):
+            pass
+        assert caught.value.rule == "exports_per_account=1"
+        with slots.take("b"), slots.take("c"):
+            with pytest.raises(TooManyRequests) as full, slots.take("d"):
+                pass
+            assert full.value.rule == "exports_max=3"
+    with slots.take("a"), slots.take("d"):  # every slot was given back, even after the refusals
+        pass
+
+
+async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write waits while the client's buffers are full; past stall_seconds the export ends,
+    the snapshot is released (the context manager exits) and the connection is closed."""
+    released = []
+
+    @contextlib.asynccontextmanager
+    async def export_devices(*args: object, **kwargs: object) -> Any:
+        async def batches() -> Any:
+            yield []
+
+        try:
+            yield batches()
+        finally:
+            released.append(True)
+
+    async def never_drains(self: web.StreamResponse, data: bytes) -> None:
+        await asyncio.Event().wait()
+
+    async def prepared(self: web.StreamResponse, request: web.Request) -> None:
+        return None
+
+    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    monkeypatch.setattr(web.StreamResponse, "write", never_drains)
+    monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
+    request = make_mocked_request("GET", "/v1/devices/export")
+
+    await exports.stream(request, object(), ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=0.05)  # type: ignore[arg-type]
+
+    assert released == [True]
+    request.transport.close.assert_called_once()  # type: ignore[union-attr]
