@@ -39,6 +39,11 @@ class PayloadTooLarge(DomainError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(DomainError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Unauthorized(DomainError):
     status = 401
     code = "unauthorized"

@@ -26,7 +26,15 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from shared.db.pool import TRANSIENT_ERRORS, Pool
-from shared.errors import DomainError, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from shared.errors import (
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, exposition
 from shared.settings import HttpSettings
@@ -70,12 +78,25 @@ def json_error(status: int, error: str, message: str, **extra: str) -> web.Respo
     return json_response({"error": error, "message": message, **extra}, status=status)
 
 
+def refuse_encoded_body(request: web.Request) -> None:
+    """No API takes a compressed body (RFC 9110 section 8.4: 415 for a content coding the
+    server does not accept; identity is no coding)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            "request bodies are not accepted with a Content-Encoding; send them uncompressed",
+            field="Content-Encoding",
+            rule="identity",
+        )
+
+
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[SERVICE_NAME]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.perf_counter()
     try:
+        refuse_encoded_body(request)
         response = await handler(request)
     except DomainError as exc:
         response = json_response(exc.to_dict(), status=exc.status, headers=exc.headers() or None)
@@ -175,7 +196,11 @@ def run(app: web.Application, settings: HttpSettings, tls: TlsSite | None = None
 
 
 async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | None) -> None:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=15)
+    # auto_decompress=False: bodies are read as sent. No API takes a compressed body
+    # (errors_and_metrics answers a Content-Encoding with 415 before the body is read);
+    # decompressing one that is not what it says raised from inside aiohttp's parser
+    # (a 500, and a traceback logged by aiohttp itself).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=15, auto_decompress=False)
     await runner.setup()
     gc.collect()  # start-up is done: what exists now lives as long as the process,
     gc.freeze()  # so full collections need not walk it again (shared/service.py)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.api import Operator, provision, register
-from tests.support.system import System
+from tests.support.system import LOGS, System
 
 pytestmark = pytest.mark.e2e
 
@@ -287,3 +287,25 @@ async def test_a_bulk_claim_in_another_case_with_a_padded_key_is_the_listed_devi
     assert (
         answer.body["hardware_id"] == h and answer.body["clone"] is False and answer.body["decision"] == "new"
     )
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "x-unknown"])
+async def test_a_compressed_or_mislabelled_body_is_a_415_on_every_api(
+    system: System, operator: Operator, session: aiohttp.ClientSession, coding: str
+) -> None:
+    """Found by an outsider attack: an uncompressed body labelled gzip was a 500 (aiohttp's
+    decompressor failed inside its parser) with a traceback in the log, and br or zstd a
+    plain-text 400 before authentication. No API takes a compressed body: 415, as JSON."""
+    calls = [
+        (system.device_url + "/v1/registrations", {}),
+        (system.operator_url + "/v1/products", auth(operator)),
+        (system.bulk_url + "/v1/bulk-registrations?product_id=" + str(uuid.uuid4()), auth(operator)),
+    ]
+    offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    for url, headers in calls:
+        sent = {**headers, "Content-Encoding": coding, "Content-Type": "application/json"}
+        async with session.post(url, data=b'{"name": "x"}', headers=sent) as answer:
+            assert answer.status == 415, (url, answer.status, await answer.text())
+            assert (await answer.json())["field"] == "Content-Encoding"
+    logged = "".join(path.read_text(errors="replace")[offsets.get(path, 0) :] for path in LOGS.glob("*.log"))
+    assert "Unhandled exception" not in logged and "Traceback" not in logged
