@@ -51,6 +51,7 @@ from shared.domain.device_search import (
 )
 from shared.domain.devices import ShownState, online_cutoff, shown_state
 from shared.domain.identifiers import is_uuid
+from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.products import (
     RegistrationKind,
     validate_product,
@@ -164,7 +165,7 @@ async def get_product(pool: Pool, account: Account, product_id: str) -> Product:
 
 
 async def add_service(pool: Pool, account: Account, product_id: str, body: dict[str, Any]) -> Product:
-    return await products.add_service(pool, account, product_id, validate_service(body, 0))
+    return await products.add_service(pool, account, product_id, validate_service(body, None))
 
 
 async def lock_product(pool: Pool, account: Account, product_id: str) -> Product:
@@ -640,9 +641,16 @@ async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
 
 
 async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> IssuedApiKey:
+    refuse_unknown_fields(body, ("label", "read_only"), what="an API key")
     label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 100 or not label.isascii():
-        raise InvalidInput("label must be up to 100 ASCII characters", field="label", rule="max_length=100")
+    if not isinstance(label, str):
+        raise InvalidInput("label must be a string", field="label", rule="type=string")
+    if len(label) > 100 or not label.isascii() or not label.isprintable() or (label and not label.strip()):
+        raise InvalidInput(
+            "label must be up to 100 printable ASCII characters, not only spaces",
+            field="label",
+            rule="max_length=100",
+        )
     read_only = body.get("read_only", False)
     if not isinstance(read_only, bool):
         raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
@@ -693,8 +701,17 @@ async def _check_addresses(target: webhook_rules.Target, allow_private: bool) ->
         addresses = [str(info[4][0]) for info in found]
     for address in addresses:
         refusal = webhook_rules.address_refusal(address, allow_private=allow_private)
-        if refusal is not None:
-            raise InvalidInput(f"url: {target.host}: {refusal}", field="url", rule="public-address")
+        if refusal is None:
+            continue
+        if literal is not None:  # the caller wrote the address: saying what it is tells nothing new
+            raise InvalidInput(f"url: {refusal}", field="url", rule="public-address")
+        # A name: which private address it resolves to is this network's business, not the caller's.
+        raise InvalidInput(
+            f"url: {target.host} does not resolve to a public address only "
+            "(FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)",
+            field="url",
+            rule="public-address",
+        )
 
 
 async def create_webhook(
@@ -707,13 +724,7 @@ async def create_webhook(
     max_webhooks: int,
 ) -> IssuedWebhook:
     """A webhook for ``body`` (``url``, ``events``), with a new signing secret sealed at rest."""
-    unknown = sorted(set(body) - set(WEBHOOK_FIELDS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown field {unknown[0]!r}: a webhook takes url and events",
-            field=unknown[0],
-            rule="known_fields",
-        )
+    refuse_unknown_fields(body, WEBHOOK_FIELDS, what="a webhook")
     url, target = webhook_rules.checked_url(body.get("url"))
     events = webhook_rules.checked_events(body.get("events"))
     await _check_addresses(target, allow_private)

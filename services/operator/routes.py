@@ -360,13 +360,15 @@ async def create_webhook(request: web.Request, account: Account) -> views.Json:
 
 @authed()
 async def list_webhooks(request: web.Request, account: Account) -> views.Json:
-    return views.webhooks(await handlers.list_webhooks(_resources(request).pool, account))
+    found = await handlers.list_webhooks(_resources(request).pool, account)
+    return views.webhooks(found, masked=account.read_only)
 
 
 @authed()
 async def get_webhook(request: web.Request, account: Account) -> views.Json:
     webhook_id = path_id(request, "webhook_id")
-    return views.webhook(await handlers.get_webhook(_resources(request).pool, account, webhook_id))
+    found = await handlers.get_webhook(_resources(request).pool, account, webhook_id)
+    return views.webhook(found, masked=account.read_only)
 
 
 @authed()

@@ -10,6 +10,7 @@ import csv
 import io
 from collections.abc import Sequence
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -339,17 +340,30 @@ def revoked_api_key(key_id: str) -> Json:
 # ---------------------------------------------------------------- webhooks
 
 
-def webhook(found: Webhook) -> Json:
+def webhook(found: Webhook, *, masked: bool = False) -> Json:
+    """A webhook; for a read-only key (``masked``) its URL without path and query, which
+    often carry the receiver's own token (the audit trail records only the host too)."""
     return {
         "id": found.id,
-        "url": found.url,
+        "url": masked_url(found.url) if masked else found.url,
         "events": list(found.events),
         "created_at": _time(found.created_at),
     }
 
 
-def webhooks(found: list[Webhook]) -> Json:
-    return {"webhooks": [webhook(w) for w in found]}
+def webhooks(found: list[Webhook], *, masked: bool = False) -> Json:
+    return {"webhooks": [webhook(w, masked=masked) for w in found]}
+
+
+def masked_url(url: str) -> str:
+    """``https://hooks.example.com/...``: the scheme and host (and port) of a URL, its
+    user information, path and query replaced by an ellipsis."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/{MASKED}"
 
 
 def issued_webhook(issued: IssuedWebhook) -> Json:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.domain.inputs import refuse_unknown_fields
 from shared.errors import Conflict, InvalidInput
 
 ProductStatus = Literal["new", "locked"]
@@ -58,40 +59,47 @@ def parse_service(text: str) -> ServiceSpec:
     )
 
 
-def validate_service(raw: object, index: int) -> ServiceSpec:
-    field = f"services[{index}]"
+def validate_service(raw: object, index: int | None) -> ServiceSpec:
+    """A service of a product definition (``index``: its place in ``services``) or a service
+    added on its own (``index`` None: the fields are the body's own)."""
+    place = f"services[{index}]" if index is not None else ""
+
+    def at(name: str) -> str:
+        return f"{place}.{name}" if place else name
+
     if not isinstance(raw, dict):
-        raise InvalidInput(f"{field} must be an object", field=field, rule="type=object")
+        raise InvalidInput(
+            f"{place or 'the body'} must be an object", field=place or "body", rule="type=object"
+        )
+    refuse_unknown_fields(raw, ("name", "type", "port", "enabled"), what="a service", prefix=at(""))
     service_type = raw.get("type")
     if not isinstance(service_type, str) or service_type not in SERVICE_TYPES:
         raise InvalidInput(
-            f"{field}.type must be one of {', '.join(sorted(SERVICE_TYPES))}",
-            field=f"{field}.type",
+            f"{at('type')} must be one of {', '.join(sorted(SERVICE_TYPES))}",
+            field=at("type"),
             rule="enum",
         )
     if service_type == BULK_SERVICE_TYPE:
         raise InvalidInput(
-            f"{field}.type: the bulk service (rmt3) is added to every product automatically",
-            field=f"{field}.type",
+            f"{at('type')}: the bulk service (rmt3) is added to every product automatically",
+            field=at("type"),
             rule="bulk_service_is_automatic",
         )
     port = raw.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise InvalidInput(
-            f"{field}.port must be a TCP port 1-65535", field=f"{field}.port", rule="range=1..65535"
+            f"{at('port')} must be a TCP port 1-65535", field=at("port"), rule="range=1..65535"
         )
     name = raw.get("name", service_type)
     if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
         raise InvalidInput(
-            f"{field}.name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
-            field=f"{field}.name",
+            f"{at('name')} must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+            field=at("name"),
             rule="charset=[A-Za-z0-9_.-]",
         )
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise InvalidInput(
-            f"{field}.enabled must be true or false", field=f"{field}.enabled", rule="type=boolean"
-        )
+        raise InvalidInput(f"{at('enabled')} must be true or false", field=at("enabled"), rule="type=boolean")
     return ServiceSpec(name=name, service_type=service_type, port=port, enabled=enabled)
 
 
@@ -99,6 +107,7 @@ def validate_product(raw: object) -> tuple[str, list[ServiceSpec]]:
     """Validate a product definition; the bulk service is not part of the input."""
     if not isinstance(raw, dict):
         raise InvalidInput("the body must be a JSON object", rule="type=object")
+    refuse_unknown_fields(raw, ("name", "services"), what="a product")
     name = raw.get("name")
     if (
         not isinstance(name, str)
@@ -209,13 +218,7 @@ def validate_service_change(raw: object) -> ServiceChange:
             field="type",
             rule="immutable",
         )
-    unknown = sorted(set(raw) - set(SERVICE_FIELDS_NEW))
-    if unknown:
-        raise InvalidInput(
-            f"unknown field {unknown[0]!r}: a service edit takes {', '.join(SERVICE_FIELDS_NEW)}",
-            field=unknown[0],
-            rule="known_fields",
-        )
+    refuse_unknown_fields(raw, SERVICE_FIELDS_NEW, what="a service edit")
     if not raw:
         raise InvalidInput(
             f"nothing to change: give at least one of {', '.join(SERVICE_FIELDS_NEW)}", rule="required"

@@ -168,15 +168,22 @@ def address_refusal(address: str, *, allow_private: bool) -> str | None:
     """Why the notifier may not connect to ``address`` (None: it may). Refused unless
     ``allow_private`` (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS): loopback, link-local (cloud
     metadata services live there), private, shared (100.64/10), multicast, unspecified and
-    reserved addresses; an IPv4 address mapped into IPv6 is judged as itself."""
+    reserved addresses; an IPv4 address inside an IPv6 one (mapped, 6to4, Teredo) is judged
+    as itself."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ID names an interface
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if allow_private:
         return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo's client) is judged as
+        # itself: 2002:7f00:1:: reaches 127.0.0.1 through a 6to4 relay.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            refusal = address_refusal(str(embedded), allow_private=False)
+            if refusal is not None or ip.ipv4_mapped is not None:
+                return refusal and f"{ip} carries {refusal}"
     for refused, what in (
         (ip.is_loopback, "loopback"),
         (ip.is_link_local, "link-local"),
@@ -188,7 +195,8 @@ def address_refusal(address: str, *, allow_private: bool) -> str | None:
         (not ip.is_global, "not globally routable"),
     ):
         if refused:
-            return f"{ip} is a {what} address (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)"
+            article = "an" if what[0] in "aeiou" else "a"
+            return f"{ip} is {article} {what} address (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)"
     return None
 
 

@@ -86,6 +86,9 @@ def test_a_bad_url_is_refused_naming_the_rule(url: object, rule: str) -> None:
         "240.0.0.1",
         "::ffff:127.0.0.1",  # IPv4-mapped loopback
         "::ffff:169.254.169.254",
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1 (found by an outsider attack)
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
     ],
 )
 def test_non_public_addresses_are_refused_unless_allowed(address: str) -> None:
@@ -167,3 +170,8 @@ def test_the_signature_verifies_with_the_standardwebhooks_package() -> None:
         Webhook(secret).verify(body.replace('"d"', '"e"'), headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(rules.new_secret()).verify(body, headers)
+
+
+def test_a_refusal_reads_as_english() -> None:
+    assert "is an unspecified address" in (rules.address_refusal("0.0.0.0", allow_private=False) or "")  # noqa: S104
+    assert "is a loopback address" in (rules.address_refusal("127.0.0.1", allow_private=False) or "")

@@ -1,0 +1,25 @@
+"""Checks every JSON body of the APIs shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from shared.errors import InvalidInput
+
+
+def refuse_unknown_fields(
+    body: Mapping[str, Any], known: Iterable[str], *, what: str, prefix: str = ""
+) -> None:
+    """InvalidInput naming the first field of ``body`` not in ``known``: a misspelt field
+    (``readonly`` for ``read_only``) must not be ignored and leave its default in force.
+    ``what`` names the object in the message ("an API key"), ``prefix`` its place
+    (``services[0].``)."""
+    allowed = tuple(known)
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {prefix}{unknown[0]!r}: {what} takes {', '.join(allowed)}",
+            field=f"{prefix}{unknown[0]}",
+            rule="known_fields",
+        )
