@@ -276,6 +276,16 @@ async def account_for(key: str, pool: Pool, *, write: bool = False) -> Account:
     return account
 
 
+def query_params(request: web.Request) -> dict[str, str]:
+    """The query string as one value per parameter; a parameter given twice is a 400 (which
+    one was meant? ``limit=1&limit=2`` must not quietly mean either)."""
+    query = request.query
+    if len(query) != len(set(query)):
+        repeated = next(name for name in query if len(query.getall(name)) > 1)
+        raise InvalidInput(f"the parameter {repeated} is given twice", field=repeated, rule="once")
+    return dict(query)
+
+
 def path_id(request: web.Request, name: str) -> str:
     """A UUID from the path; a malformed one is simply not found."""
     from shared.domain.identifiers import is_uuid

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from services.ingestion import handlers, views
 from services.ingestion.resources import RESOURCES
-from shared.errors import PayloadTooLarge
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.events import BulkPublish
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
@@ -41,6 +41,11 @@ async def upload(request: web.Request) -> web.Response:
 async def list_all(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     account = await account_for(api_key(request), r.pool)
+    if request.query:  # the listing has no filters or paging: a parameter would be ignored
+        name = next(iter(request.query))
+        raise InvalidInput(
+            f"unknown parameter {name!r}: the bulk listing takes none", field=name, rule="known_parameters"
+        )
     found = await handlers.list_registrations(r.pool, account)
     return json_response(views.registrations(found))
 

@@ -640,7 +640,9 @@ async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
     return await accounts.list_api_keys(pool, account.id)
 
 
-async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> IssuedApiKey:
+async def create_api_key(
+    pool: Pool, account: Account, body: dict[str, Any], *, max_active: int | None = None
+) -> IssuedApiKey:
     refuse_unknown_fields(body, ("label", "read_only"), what="an API key")
     label = body.get("label", "")
     if not isinstance(label, str):
@@ -654,7 +656,7 @@ async def create_api_key(pool: Pool, account: Account, body: dict[str, Any]) -> 
     read_only = body.get("read_only", False)
     if not isinstance(read_only, bool):
         raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
-    return await accounts.create_api_key(pool, account, label, read_only=read_only)
+    return await accounts.create_api_key(pool, account, label, read_only=read_only, max_active=max_active)
 
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from services.operator import exports, handlers, views
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
-from shared.http import account_for, api_key, json_response, parse_json_body, path_id
+from shared.http import account_for, api_key, json_response, parse_json_body, path_id, query_params
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ async def list_devices(request: web.Request, account: Account) -> views.Json:
     page = await handlers.list_devices(
         resources.pool,
         account,
-        dict(request.query),
+        query_params(request),
         page_limit_max=resources.settings.page_limit_max,
         online_ttl=resources.settings.online_ttl_seconds,
         count_exact_max=resources.settings.count_exact_max,
@@ -199,7 +199,7 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
     key = api_key(request)  # first: a request without a key is refused before any I/O
     resources = _resources(request)
     account = await account_for(key, resources.pool, write=False)
-    query = dict(request.query)
+    query = query_params(request)
     chosen = handlers.export_format(query)
     with resources.export_slots.take(account.id):
         return await exports.stream(
@@ -295,7 +295,7 @@ async def delete_devices(request: web.Request, account: Account) -> views.Json:
 async def list_decisions(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     page = await handlers.list_decisions(
-        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+        resources.pool, account, query_params(request), page_limit_max=resources.settings.page_limit_max
     )
     return views.decision_page(page)
 
@@ -304,7 +304,7 @@ async def list_decisions(request: web.Request, account: Account) -> views.Json:
 async def list_audit_events(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     page = await handlers.list_audit_events(
-        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+        resources.pool, account, query_params(request), page_limit_max=resources.settings.page_limit_max
     )
     return views.audit_page(page)
 
@@ -313,7 +313,7 @@ async def list_audit_events(request: web.Request, account: Account) -> views.Jso
 async def list_alerts(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     page = await handlers.list_security_alerts(
-        resources.pool, account, dict(request.query), page_limit_max=resources.settings.page_limit_max
+        resources.pool, account, query_params(request), page_limit_max=resources.settings.page_limit_max
     )
     return views.alert_page(page)
 
@@ -329,7 +329,11 @@ async def list_keys(request: web.Request, account: Account) -> views.Json:
 @authed(status=201)
 async def create_key(request: web.Request, account: Account) -> views.Json:
     body = await parse_json_body(request)
-    return views.issued_api_key(await handlers.create_api_key(_resources(request).pool, account, body))
+    resources = _resources(request)
+    issued = await handlers.create_api_key(
+        resources.pool, account, body, max_active=resources.settings.max_api_keys
+    )
+    return views.issued_api_key(issued)
 
 
 @authed()
@@ -386,7 +390,7 @@ async def list_webhook_deliveries(request: web.Request, account: Account) -> vie
         resources.pool,
         account,
         webhook_id,
-        dict(request.query),
+        query_params(request),
         page_limit_max=resources.settings.page_limit_max,
     )
     return views.delivery_page(page)

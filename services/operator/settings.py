@@ -91,6 +91,9 @@ class OperatorSettings:
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     webhooks_allow_private_urls: bool = False
     max_webhooks: int = 20  # per account
+    # Active API keys per account: each key has its own request rate, so keys without a
+    # bound would make the per-key limit an account's to multiply.
+    max_api_keys: int = 50
     console: ConsoleSettings = field(default_factory=lambda: ConsoleSettings())
 
     @classmethod
@@ -109,5 +112,6 @@ class OperatorSettings:
             secret_key=secret_key(env),
             webhooks_allow_private_urls=webhooks_allow_private_urls(env),
             max_webhooks=env.integer("FLEETREG_WEBHOOKS_MAX_PER_ACCOUNT", 20, minimum=1),
+            max_api_keys=env.integer("FLEETREG_API_KEYS_MAX_PER_ACCOUNT", 50, minimum=1),
             console=ConsoleSettings.from_env(env),
         )

@@ -66,10 +66,26 @@ async def find_account(pool: Pool, name: str) -> Account | None:
     return Account(row["id"], row["name"]) if row else None
 
 
-async def create_api_key(pool: Pool, actor: Account, label: str, *, read_only: bool = False) -> IssuedApiKey:
+LOCK_ACCOUNT = "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE"
+COUNT_ACTIVE_KEYS = "SELECT count(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL"
+
+
+async def create_api_key(
+    pool: Pool, actor: Account, label: str, *, read_only: bool = False, max_active: int | None = None
+) -> IssuedApiKey:
     """A new key of the actor's account, the key itself returned this once; audited as
-    ``api_key.created`` (label and scope, never the key)."""
+    ``api_key.created`` (label and scope, never the key). Conflict when the account already
+    has ``max_active`` active keys (checked under the account's row lock: parallel
+    creations cannot pass it together)."""
     async with pool.acquire() as conn, conn.transaction():
+        if max_active is not None:
+            await conn.execute(LOCK_ACCOUNT, actor.id)
+            if await conn.fetchval(COUNT_ACTIVE_KEYS, actor.id) >= max_active:
+                raise Conflict(
+                    f"the account has {max_active} active API keys, the most it may have; "
+                    "revoke one it no longer uses first",
+                    rule=f"max_active_keys={max_active}",
+                )
         issued = await _insert_key(conn, actor.id, label, read_only=read_only)
         await audit.record(
             conn, actor, "api_key.created", "api_key", issued.id, {"label": label, "read_only": read_only}

@@ -175,6 +175,8 @@ def _category(query: Mapping[str, str], name: str) -> str | None:
 
 def parse_time(value: str, name: str) -> datetime:
     """An ISO 8601 time (UTC when it has no offset), as an aware UTC datetime."""
+    if not value.isprintable():  # fromisoformat lets some control characters through
+        raise InvalidInput(f"{name} must be an ISO 8601 time", field=name, rule="format=date-time")
     try:
         when = datetime.fromisoformat(value)
         return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)

@@ -4,6 +4,7 @@ own account."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 
@@ -197,3 +198,27 @@ async def test_a_read_only_key_finds_its_account_as_read_only_and_both_key_chang
         ("api_key.created", actor.key_id, "first key", {"label": "dashboard", "read_only": True}),
     ]
     assert issued.key not in str(trail)  # never the key itself
+
+
+async def test_parallel_key_creations_never_pass_the_active_key_limit(
+    pool: Pool, account: tuple[Account, str]
+) -> None:
+    created, key = account
+    actor = await accounts.account_for_key(pool, key)
+    assert actor is not None
+
+    async def create(n: int) -> str:
+        try:
+            await accounts.create_api_key(pool, actor, f"k{n}", max_active=5)
+            return "created"
+        except Conflict as exc:
+            assert exc.rule == "max_active_keys=5"
+            return "refused"
+
+    outcomes = await asyncio.gather(*(create(n) for n in range(12)))
+    assert outcomes.count("created") == 4  # the first key plus four make five
+    active = [k for k in await accounts.list_api_keys(pool, created.id) if k.revoked_at is None]
+    assert len(active) == 5
+    # a revoked key frees its place
+    await accounts.revoke_api_key(pool, actor, active[-1].id)
+    await accounts.create_api_key(pool, actor, "again", max_active=5)
