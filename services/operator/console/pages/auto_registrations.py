@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from services.operator import handlers, views
-from services.operator.console.auth import Context, Operator, action, flash, page, render, resources
+from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
 from services.operator.console.pages.products import FIELD_MAX, Form, text
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
@@ -110,7 +110,10 @@ async def set_quota(request: web.Request, operator: Operator, form: Form) -> str
     return f"/console/auto-registrations/{registration_id}"
 
 
-def _change(action_name: handlers.AutoAction, done: str) -> Any:
+def _change(action_name: handlers.AutoAction, done: str) -> Route:
+    """The form of one state change (pause, resume, rotate-code): it 303s back to the
+    registration's page with ``done`` flashed; rotating needs the ``confirm`` box ticked."""
+
     @action()
     async def change(request: web.Request, operator: Operator, form: Form) -> str:
         registration_id = path_id(request, "registration_id")
