@@ -1,0 +1,159 @@
+"""Auto registrations: list, create, a registration's page (pause, resume, quota, rotate the
+code) and revealing its code.
+
+An auto registration's code is its product's Bulk Identification Code. As on a product's
+page, it is shown only as the answer of a "Reveal" POST (CSRF, never to a read-only
+session), never on a GET page or in a URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from services.operator import handlers, views
+from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
+from services.operator.console.pages.products import FIELD_MAX, Form, text
+from shared.errors import Forbidden, InvalidInput
+from shared.http import path_id
+
+
+def max_devices(form: Form) -> int | str | None:
+    """The quota field as the API takes ``max_devices``: empty is no quota (null); a number
+    is a number; other text is passed on for the API's validation to refuse."""
+    raw = text(form, "max_devices")[:FIELD_MAX].replace(",", "").replace("_", "")
+    if not raw:
+        return None
+    if raw.isascii() and raw.isdigit():
+        return int(raw)
+    return raw
+
+
+async def _product_names(request: web.Request, operator: Operator) -> dict[str, Any]:
+    found = await handlers.list_products(resources(request).pool, operator.account)
+    return {p.id: p for p in found}
+
+
+@page("auto_registrations.html")
+async def list_auto(request: web.Request, operator: Operator) -> Context:
+    pool = resources(request).pool
+    found = await handlers.list_auto_registrations(pool, operator.account)
+    products = await _product_names(request, operator)
+    # Products an auto registration may be created for: locked, serving no registration yet
+    # (the registry says why any other is refused).
+    choices = [p for p in products.values() if p.status == "locked" and p.registration_kind is None]
+    return {
+        # masked: the list never shows a code (each is revealed on its registration's page)
+        "registrations": views.auto_registrations(found, masked=True)["auto_registrations"],
+        "product_names": {pid: p.name for pid, p in products.items()},
+        "choices": choices,
+    }
+
+
+@action()
+async def create_auto(request: web.Request, operator: Operator, form: Form) -> str:
+    body: dict[str, Any] = {"product_id": text(form, "product_id")[:FIELD_MAX]}
+    quota = max_devices(form)
+    if quota is not None:
+        body["max_devices"] = quota
+    created = await handlers.create_auto_registration(resources(request).pool, operator.account, body)
+    flash(operator, "Auto registration created: devices with the product's code register now.")
+    return f"/console/auto-registrations/{created.id}"
+
+
+async def _auto_context(request: web.Request, operator: Operator, reveal: bool) -> Context:
+    registration_id = path_id(request, "registration_id")
+    pool = resources(request).pool
+    found = await handlers.get_auto_registration(pool, operator.account, registration_id)
+    product = await handlers.get_product(pool, operator.account, found.product_id)
+    shown = reveal and not operator.read_only
+    return {
+        "registration": views.auto_registration(found, masked=not shown),
+        "product": views.product(product, masked=True),
+        "revealed": shown and found.bulk_identification_code is not None,
+    }
+
+
+@page("auto_registration.html")
+async def show_auto(request: web.Request, operator: Operator) -> Context:
+    return await _auto_context(request, operator, reveal=False)
+
+
+@action(write=False)
+async def reveal_code(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
+    """The registration's page with its code shown (the answer of a POST: not cached, not in
+    a URL); refused to a read-only session (403)."""
+    if operator.read_only:
+        raise Forbidden(
+            "this session's API key is read-only: it may not see a registration's code",
+            rule="scope=read-only",
+        )
+    context = await _auto_context(request, operator, reveal=True)
+    return render("auto_registration.html", request, operator, context)
+
+
+async def reveal_link(request: web.Request) -> web.StreamResponse:
+    """A GET of the reveal URL (reload, or a refused form's way back): the page, code hidden."""
+    raise web.HTTPSeeOther(f"/console/auto-registrations/{path_id(request, 'registration_id')}")
+
+
+@action()
+async def set_quota(request: web.Request, operator: Operator, form: Form) -> str:
+    registration_id = path_id(request, "registration_id")
+    quota = max_devices(form)
+    await handlers.update_auto_registration(
+        resources(request).pool, operator.account, registration_id, {"max_devices": quota}
+    )
+    done = "Quota removed: no device limit." if quota is None else f"Quota set to {quota:,} devices."
+    flash(operator, done)
+    return f"/console/auto-registrations/{registration_id}"
+
+
+def _change(action_name: handlers.AutoAction, done: str) -> Route:
+    """The form of one state change (pause, resume, rotate-code): it 303s back to the
+    registration's page with ``done`` flashed; rotating needs the ``confirm`` box ticked."""
+
+    @action()
+    async def change(request: web.Request, operator: Operator, form: Form) -> str:
+        registration_id = path_id(request, "registration_id")
+        if action_name == "rotate-code" and text(form, "confirm") != "yes":
+            raise InvalidInput(
+                "tick “I understand the old code stops working” to rotate the code",
+                field="confirm",
+                rule="required",
+            )
+        await handlers.change_auto_registration(
+            resources(request).pool, operator.account, registration_id, action_name
+        )
+        flash(operator, done)
+        return f"/console/auto-registrations/{registration_id}"
+
+    change.__name__ = change.__qualname__ = action_name.replace("-", "_")
+    return change
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/auto-registrations", list_auto),
+    web.post("/auto-registrations", create_auto),
+    web.get("/auto-registrations/{registration_id}", show_auto),
+    web.post("/auto-registrations/{registration_id}/reveal", reveal_code),
+    web.get("/auto-registrations/{registration_id}/reveal", reveal_link),
+    web.post("/auto-registrations/{registration_id}/quota", set_quota),
+    web.post(
+        "/auto-registrations/{registration_id}/pause",
+        _change("pause", "Paused: devices presenting the code are refused until it is resumed."),
+    ),
+    web.post(
+        "/auto-registrations/{registration_id}/resume",
+        _change("resume", "Resumed: devices presenting the code register again."),
+    ),
+    web.post(
+        "/auto-registrations/{registration_id}/rotate-code",
+        _change(
+            "rotate-code",
+            "Code rotated: the old code no longer registers devices. "
+            "Reveal the new one for the factory image.",
+        ),
+    ),
+]
