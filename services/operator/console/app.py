@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from services.operator.console import filters
-from services.operator.console.auth import SignInRequired, render
+from services.operator.console.auth import Operator, SignInRequired, render, signed_in
 from services.operator.console.pages import auto_registrations, products, signin
 from services.operator.console.sessions import RegistryStorage
 from services.operator.resources import RESOURCES
@@ -45,31 +45,31 @@ SECURITY_HEADERS = {
 @web.middleware
 async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors as pages, not JSON: no session sends a browser to the sign-in page; a domain
-    error (403, 404, 409, 429, ...) or an HTTP error is a page saying what and why."""
+    error (403, 404, 409, 429, ...) or an HTTP error is a page saying what and why, with the
+    console's navigation when the browser is signed in."""
     try:
         response = await handler(request)
     except SignInRequired as exc:
         if request.method in ("GET", "HEAD"):
             response = web.HTTPSeeOther(signin.sign_in_location(request))
         else:
-            response = render(
-                "error.html", request, None, {"status": 401, "message": exc.message}, status=401
-            )
+            response = await _error_page(request, 401, exc.message)
     except DomainError as exc:
-        response = render(
-            "error.html", request, None, {"status": exc.status, "message": exc.message}, status=exc.status
-        )
+        response = await _error_page(request, exc.status, exc.message)
         response.headers.update(exc.headers())
     except web.HTTPException as exc:
-        if exc.status < 400:
-            response = exc
-        else:
-            response = render(
-                "error.html", request, None, {"status": exc.status, "message": exc.reason}, status=exc.status
-            )
+        response = exc if exc.status < 400 else await _error_page(request, exc.status, exc.reason)
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
     return response
+
+
+async def _error_page(request: web.Request, status: int, message: str) -> web.Response:
+    try:
+        operator: Operator | None = await signed_in(request)
+    except DomainError:
+        operator = None
+    return render("error.html", request, operator, {"status": status, "message": message}, status=status)
 
 
 def create_console(settings: ConsoleSettings) -> web.Application:
