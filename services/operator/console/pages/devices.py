@@ -1,0 +1,214 @@
+"""Devices: the operator API's device search as a page, a device's page with its
+registration decisions and operator audit trail, enable / disable / reset, and the export.
+
+The list's query string is exactly ``GET /v1/devices``'s (shared.domain.device_search):
+the filter form is a GET form whose fields carry the API's parameter names, so a search
+is a bookmarkable URL and works without JavaScript; the export link carries the same
+filters to ``/console/devices/export`` (the API's export, streamed with the session's
+account)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from services.operator import exports, handlers, views
+from services.operator.console.auth import (
+    Context,
+    Operator,
+    action,
+    flash,
+    page,
+    render,
+    resources,
+    signed_in,
+)
+from shared.domain.device_search import DEVICE_STATES, LIFECYCLES, SEARCH_PARAMETERS, SORT_KEYS
+from shared.errors import Forbidden, InvalidInput, NotFound
+from shared.http import path_id, query_params
+
+PAGE_SIZE = 50
+SORT_LABELS = {
+    "id": "Device ID",
+    "hardware_id": "Hardware ID",
+    "name": "Name",
+    "created_at": "Created",
+    "registered_at": "Registered",
+    "last_seen_at": "Last seen",
+}
+ACTIONS: dict[str, handlers.DeviceAction] = {"disable": "disable", "enable": "enable", "reset": "reset"}
+DONE = {"disable": "disabled", "enable": "enabled", "reset": "reset"}
+
+
+def _search_query(request: web.Request) -> dict[str, str]:
+    """The search of the page's query string, as ``GET /v1/devices`` takes it (a repeated
+    parameter is InvalidInput, as on the API), empty values dropped (the API treats them
+    as not given, and a form sends every field), the console's page size unless one is
+    asked for."""
+    query = {name: value for name, value in query_params(request).items() if value}
+    query.setdefault("limit", str(min(PAGE_SIZE, resources(request).settings.page_limit_max)))
+    return query
+
+
+def _about(total: int) -> str:
+    """An estimate as an operator reads it: "about 1.2 million", "about 25 million",
+    "about 45,000" (two or three significant figures: it is an estimate)."""
+    if total >= 1_000_000:
+        millions = total / 1_000_000
+        return f"about {millions:.1f} million" if millions < 10 else f"about {millions:,.0f} million"
+    if total >= 10_000:
+        return f"about {round(total, -3):,}"
+    return f"about {total:,}"
+
+
+async def list_devices(request: web.Request) -> web.StreamResponse:
+    """``GET /console/devices``: the form, the total, a page of devices and the next link.
+    A bad filter is shown above the form with status 400 (the API's message)."""
+    operator = await signed_in(request)
+    settings = resources(request).settings
+    context: Context = {
+        # what the form shows again, whether or not the search is valid
+        "query": {name: request.query[name] for name in request.query},
+        "states": DEVICE_STATES,
+        "lifecycles": LIFECYCLES,
+        "sorts": [(key, SORT_LABELS[key]) for key in SORT_KEYS],
+        "problem": None,
+        "devices": [],
+        "products": {},
+        "total": None,
+        "next_url": None,
+        "export_csv": None,
+        "export_jsonl": None,
+        "first_url": None,
+    }
+    try:
+        query = _search_query(request)
+        found = await handlers.list_devices(
+            resources(request).pool,
+            operator.account,
+            query,
+            page_limit_max=settings.page_limit_max,
+            online_ttl=settings.online_ttl_seconds,
+            count_exact_max=settings.count_exact_max,
+        )
+    except InvalidInput as exc:
+        context["problem"] = exc.message
+        return render("devices.html", request, operator, context, status=400)
+    shown = views.device_page(found)
+    # Products by name, as the operator named them (an account has a handful: one read).
+    products = {p.id: p.name for p in await handlers.list_products(resources(request).pool, operator.account)}
+    search = {k: v for k, v in query.items() if k in SEARCH_PARAMETERS}
+    paged = {**search, **({"limit": query["limit"]} if "limit" in request.query else {})}
+    context.update(
+        devices=shown["devices"],
+        products=products,
+        total=_about(found.total) if not found.total_exact else f"{found.total:,}",
+        total_exact=found.total_exact,
+        total_count=found.total,
+        next_url=f"/console/devices?{urlencode({**paged, 'after': found.next_after})}"
+        if found.next_after
+        else None,
+        first_url=f"/console/devices?{urlencode(paged)}" if "after" in query else None,
+        export_csv=f"/console/devices/export?{urlencode({**search, 'format': 'csv'})}",
+        export_jsonl=f"/console/devices/export?{urlencode({**search, 'format': 'jsonl'})}",
+    )
+    return render("devices.html", request, operator, context)
+
+
+async def export_devices(request: web.Request) -> web.StreamResponse:
+    """``GET /console/devices/export``: the API's export (CSV or JSON lines, an attachment)
+    of the session's account, with the list's filters, under the same limits as the API's
+    (one export per account, ``exports_max`` per instance: a 429 page beyond them). A bad
+    filter is the 400 page."""
+    operator = await signed_in(request)
+    query = {name: value for name, value in query_params(request).items() if value}
+    chosen = handlers.export_format(query)
+    found = resources(request)
+    with found.export_slots.take(operator.account.id):
+        return await exports.stream(
+            request,
+            found.pool,
+            operator.account,
+            query,
+            chosen,
+            online_ttl=found.settings.online_ttl_seconds,
+            stall_seconds=found.settings.export_stall_seconds,
+        )
+
+
+async def _detail(request: web.Request, operator: Operator) -> dict[str, Any]:
+    settings = resources(request).settings
+    detail = await handlers.get_device(
+        resources(request).pool,
+        operator.account,
+        path_id(request, "device_id"),
+        online_ttl=settings.online_ttl_seconds,
+    )
+    return views.device_detail(detail)
+
+
+@page("device.html")
+async def show_device(request: web.Request, operator: Operator) -> Context:
+    """``GET /console/devices/{id}``: facts, registration decisions, lifecycle events and
+    the newest operator actions on the device (another account's device: 404)."""
+    device = await _detail(request, operator)
+    history = device["history"]
+    products = await handlers.list_products(resources(request).pool, operator.account)
+    return {
+        "device": device,
+        "product_name": next((p.name for p in products if p.id == device["product_id"]), None),
+        "decisions": [h for h in history if h["kind"] == "registration"],
+        "events": [h for h in history if h["kind"] != "registration"],
+        "audit_events": device["audit_events"],
+    }
+
+
+def _refuse_read_only(operator: Operator) -> None:
+    if operator.read_only:
+        raise Forbidden(
+            "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
+        )
+
+
+@page("device_reset.html")
+async def confirm_reset(request: web.Request, operator: Operator) -> Context:
+    """``GET /console/devices/{id}/reset``: the confirmation step of a reset (a page of its
+    own, so it works without JavaScript)."""
+    _refuse_read_only(operator)
+    return {"device": await _detail(request, operator)}
+
+
+@action(write=True)
+async def change_device(request: web.Request, operator: Operator, form: Any) -> str:
+    """``POST /console/devices/{id}/{disable|enable|reset}``: the API's single-device
+    action; back to the device's page with what was done (or why not)."""
+    chosen = ACTIONS.get(request.match_info["action"])
+    if chosen is None:
+        raise web.HTTPNotFound(reason="no such device action")
+    settings = resources(request).settings
+    try:
+        device_id = path_id(request, "device_id")
+        changed = await handlers.change_device(
+            resources(request).pool,
+            operator.account,
+            device_id,
+            chosen,
+            online_ttl=settings.online_ttl_seconds,
+        )
+    except NotFound:
+        # Not a flash back to the page it came from: another account's device is the
+        # 404 page, as on a GET.
+        raise web.HTTPNotFound(reason="no such device in this account") from None
+    flash(operator, f"Device {changed.device.device.hardware_id} {DONE[chosen]}.")
+    return f"/console/devices/{device_id}"
+
+
+ROUTES: list[web.RouteDef] = [
+    web.get("/devices", list_devices),
+    web.get("/devices/export", export_devices),
+    web.get("/devices/{device_id}", show_device),
+    web.get("/devices/{device_id}/reset", confirm_reset),
+    web.post("/devices/{device_id}/{action}", change_device),
+]
