@@ -23,7 +23,9 @@ from services.operator.console.pages import auto_registrations, devices, product
 from services.operator.console.sessions import RegistryStorage
 from services.operator.resources import RESOURCES
 from services.operator.settings import ConsoleSettings
+from shared.db.pool import TRANSIENT_ERRORS
 from shared.errors import DomainError
+from shared.logging import exception_summary
 
 STATIC = Path(__file__).with_name("static")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -59,6 +61,20 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response.headers.update(exc.headers())
     except web.HTTPException as exc:
         response = exc if exc.status < 400 else await _error_page(request, exc.status, exc.reason)
+    except TRANSIENT_ERRORS as exc:
+        # The registry restarting: a page that says so (the API answers the same 503 as JSON).
+        log.warning("registry unreachable", extra={"path": request.path, "error": exception_summary(exc)})
+        response = render(
+            "error.html",
+            request,
+            None,
+            {
+                "status": 503,
+                "message": "The registry is unreachable for a moment; try again in a few seconds.",
+            },
+            status=503,
+        )
+        response.headers["Retry-After"] = "5"
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
     return response
