@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from services.operator import handlers
@@ -28,6 +29,8 @@ class Resources:
     # Device exports running on this instance: each holds a pooled connection for its whole
     # length, so they are capped below the pool's size (settings.exports_max), one per account.
     export_slots: ExportSlots = field(default_factory=lambda: ExportSlots(1))
+    # The console's live view asks the pipeline's /readyz with it (a short timeout per call).
+    pipeline_http: aiohttp.ClientSession | None = None
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -44,7 +47,11 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             app[THROTTLE] = await open_throttle(
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
-            app[RESOURCES] = Resources(settings, pool, ExportSlots(settings.exports_max))
+            pipeline_http = aiohttp.ClientSession()
+            stack.push_async_callback(pipeline_http.close)
+            app[RESOURCES] = Resources(
+                settings, pool, ExportSlots(settings.exports_max), pipeline_http=pipeline_http
+            )
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
             stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True
