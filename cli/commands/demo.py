@@ -41,6 +41,23 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+# How to sign in to the console: the command that shows the key, not the key. The demo's
+# output gets pasted into issues, CI logs and screen shares; the key is the demo account's
+# full-access key and outlives the demo, while var/endpoints.env is readable by this user
+# only (mode 600).
+SHOW_KEY = "grep '^FLEETREG_ADMIN_TOKEN=' var/endpoints.env | cut -d= -f2-"
+
+
+def console_hint(endpoints: dict[str, str]) -> list[str]:
+    """Where the console is (the operator URL + /console/) and how to sign in to it."""
+    console = endpoints.get("FLEETREG_ADMIN_URL", "http://127.0.0.1:18081").rstrip("/") + "/console/"
+    return [
+        f"Console: {console} (this demo's storm, live: {console}live)",
+        f"Sign in with the demo account's API key; show it with: {SHOW_KEY}",
+        "(the key is not printed here: terminal output ends up in logs and screen shares)",
+    ]
+
+
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
@@ -191,6 +208,8 @@ async def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
     receiver = DemoReceiver()
+    _step("The web console: open it now to watch the storm as it happens")
+    print("\n".join(console_hint(load_endpoints())), flush=True)
     try:
         webhook_id = await _start_webhook(receiver)
         auto_summary, auto_devices = await _auto_demo(args, device_url)
@@ -225,6 +244,7 @@ async def run(args: argparse.Namespace) -> int:
     print(
         "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
     )
+    print("\n".join(console_hint(load_endpoints())))
     if args.json:
         webhooks = dict(receiver.counts)
         emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": webhooks})
