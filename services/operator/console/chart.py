@@ -90,7 +90,7 @@ def line_chart(title: str, description: str, x_labels: Sequence[str], series: Se
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        'aria-labelledby="chart-title chart-desc" focusable="false">',
+        'aria-labelledby="chart-title" aria-describedby="chart-desc" focusable="false">',
         f'<title id="chart-title">{escape(title)}</title>',
         f'<desc id="chart-desc">{escape(description)}</desc>',
         '<g class="grid" stroke="#c9d0d8" stroke-width="1">',

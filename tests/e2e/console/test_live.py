@@ -169,3 +169,13 @@ async def test_a_bad_window_is_a_400_page_and_no_session_goes_to_sign_in(
     assert lapsed.headers["hx-redirect"] == "/console/sign-in?next=/console/live"
     await stranger.open("/console/live")
     await expect(stranger.page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+async def test_a_read_only_session_watches_the_storm_too(new_console: NewConsole, operator: Operator) -> None:
+    key = await operator.call("POST", "/v1/api-keys", {"label": "ro", "read_only": True}, expect=201)
+    console = await new_console(operator)
+    await console.sign_in(key["api_key"])
+    await console.open("/console/live")
+    await expect(console.page.locator("#total-registered")).to_have_text("0")
+    await expect(console.page.locator("#pipeline-health .badge")).to_have_text("healthy")
+    await console.check_accessibility()
