@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 from playwright.async_api import Browser, expect
 
-from tests.e2e.console.conftest import Console, NewConsole
+from tests.e2e.console.conftest import ARTIFACTS, Console, NewConsole
 from tests.support.api import DeviceAnswer, Operator, provision, register
 from tests.support.system import System, free_port
 
@@ -144,6 +144,8 @@ async def test_without_javascript_the_page_shows_the_chart_and_a_refresh_link(
         await page.get_by_role("link", name="Pause live updates").click()
         await expect(page.get_by_role("link", name="Resume live updates")).to_be_visible()
         assert await page.locator("#storm").get_attribute("hx-trigger") is None
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "test_live_without_javascript.png"), full_page=True)
     finally:
         await context.close()
 
