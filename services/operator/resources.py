@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from services.operator import handlers
@@ -27,6 +28,8 @@ class Resources:
     # Device exports running on this instance: each holds a pooled connection for its whole
     # length, so they are capped below the pool's size (settings.exports_max).
     export_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # The console's client of the bulk API (uploads streamed through, publish, cancel).
+    bulk_http: aiohttp.ClientSession | None = None
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -43,7 +46,13 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             app[THROTTLE] = await open_throttle(
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
-            app[RESOURCES] = Resources(settings, pool, asyncio.Semaphore(settings.exports_max))
+            # No total timeout: an upload of a large file takes as long as it takes; a bulk
+            # API that does not accept or answer is given up on.
+            bulk_http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
+            )
+            stack.push_async_callback(bulk_http.close)
+            app[RESOURCES] = Resources(settings, pool, asyncio.Semaphore(settings.exports_max), bulk_http)
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
             stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True
