@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 
 from services.operator.console import filters
 from services.operator.console.auth import SignInRequired, render
-from services.operator.console.pages import products, signin
+from services.operator.console.pages import bulk, products, signin
 from services.operator.console.sessions import RegistryStorage
 from services.operator.resources import RESOURCES
 from services.operator.settings import ConsoleSettings
@@ -94,6 +94,6 @@ def create_console(settings: ConsoleSettings) -> web.Application:
             always_secure=settings.secure_cookie == "always",
         ),
     )
-    for pages in (signin, products):
+    for pages in (signin, products, bulk):
         console.add_routes(pages.ROUTES)
     return console
