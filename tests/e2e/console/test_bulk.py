@@ -321,6 +321,7 @@ async def test_bad_upload_forms_get_a_4xx_or_a_message_never_a_500(
         ("", csv_file, "Choose the product"),
         (product_id, "", "Choose a CSV file"),  # a file field with no file in it
         ("not-a-uuid\x00é", csv_file, "Bulk API (400)"),
+        (product_id, {**csv_file, "buffer": b"x" * (1024 * 1024 + 1)}, "Bulk API (413)"),  # the stack's limit
         (product_id, {"name": "e\u202emoc.csv", "mimeType": "text/csv", "buffer": b"x"}, "Bulk API (400)"),
     ):
         answer = await request.post(url, multipart={"csrf_token": token, "product_id": product, "file": file})
@@ -363,3 +364,32 @@ async def test_without_javascript_the_form_uploads_and_a_rejection_shows_its_row
         await (refresh.click() if await refresh.count() else page.reload())
     await expect(page.locator("#publish-count")).to_contain_text("Done: 40 published of 40 rows.")
     assert len(await operator.devices()) == 40
+
+
+async def test_publish_progress_updates_live_without_a_reload(console: Console, operator: Operator) -> None:
+    """20,000 rows publish in 40 chunks (the test stack's FLEETREG_BULK_PUBLISH_CHUNK_ROWS):
+    long enough for the page to see publishing, and for htmx to poll its progress."""
+    _, product_name = await _named_product(operator)
+    page = console.page
+    await _upload_in_browser(console, product_name, "big.csv", csv_text(csv_rows(20_000)))
+    await expect(page).to_have_url(re.compile(rf"/console/bulk-registrations/{UUID}$"), timeout=60_000)
+    registration_id = page.url.rsplit("/", 1)[1]
+
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/progress") else None)
+    async with page.expect_response(
+        lambda r: r.url.endswith(f"/bulk-registrations/{registration_id}")
+    ) as shown:
+        await page.get_by_label("Create these 20,000 devices").check()
+        await page.get_by_role("button", name="Publish").click()
+    first = await (await shown.value).text()
+    await expect(page.locator("#publish-count")).to_contain_text(
+        "Done: 20,000 published of 20,000 rows.", timeout=120_000
+    )
+    if 'hx-trigger="every 1s"' in first:  # rendered while publishing: the rest came by polling
+        assert polls and all(registration_id in url for url in polls)
+        assert "Done:" not in first
+    await expect(page.locator("#publish-progress")).to_have_attribute("value", "20000")
+    found = await operator.call("GET", f"/v1/devices?registration_id={registration_id}&limit=1", expect=200)
+    # past FLEETREG_COUNT_EXACT_MAX (10,000) the operator API's total is an estimate
+    assert found["total"] > 10_000 and found["devices"][0]["registration_id"] == registration_id
