@@ -31,6 +31,9 @@ class Resources:
     export_slots: ExportSlots = field(default_factory=lambda: ExportSlots(1))
     # The console's live view asks the pipeline's /readyz with it (a short timeout per call).
     pipeline_http: aiohttp.ClientSession | None = None
+    # The console's client of the bulk API (uploads streamed through, publish, cancel): a
+    # session of its own, so a slow upload never holds up the health probes.
+    bulk_http: aiohttp.ClientSession | None = None
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -49,8 +52,18 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             )
             pipeline_http = aiohttp.ClientSession()
             stack.push_async_callback(pipeline_http.close)
+            # No total timeout: an upload of a large file takes as long as it takes; a bulk
+            # API that does not accept or answer is given up on.
+            bulk_http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
+            )
+            stack.push_async_callback(bulk_http.close)
             app[RESOURCES] = Resources(
-                settings, pool, ExportSlots(settings.exports_max), pipeline_http=pipeline_http
+                settings,
+                pool,
+                ExportSlots(settings.exports_max),
+                pipeline_http=pipeline_http,
+                bulk_http=bulk_http,
             )
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
             stack.push_async_callback(_cancel, pruning)

@@ -19,7 +19,15 @@ from aiohttp.typedefs import Handler
 
 from services.operator.console import filters
 from services.operator.console.auth import Operator, SignInRequired, render, signed_in
-from services.operator.console.pages import auto_registrations, devices, live, products, signin, webhooks
+from services.operator.console.pages import (
+    auto_registrations,
+    bulk,
+    devices,
+    live,
+    products,
+    signin,
+    webhooks,
+)
 from services.operator.console.sessions import RegistryStorage
 from services.operator.resources import RESOURCES
 from services.operator.settings import ConsoleSettings
@@ -110,6 +118,6 @@ def create_console(settings: ConsoleSettings) -> web.Application:
             always_secure=settings.secure_cookie == "always",
         ),
     )
-    for pages in (signin, products, auto_registrations, devices, webhooks, live):
+    for pages in (signin, products, auto_registrations, bulk, devices, webhooks, live):
         console.add_routes(pages.ROUTES)
     return console
