@@ -185,3 +185,13 @@ def test_a_bad_window_is_refused_with_its_limits(raw: str) -> None:
 def test_the_window_defaults_to_two_minutes() -> None:
     assert handlers.storm_window({}) == 120
     assert handlers.storm_window({"seconds": "600"}) == 600
+
+
+def test_two_charts_on_one_page_have_their_own_element_ids() -> None:
+    labels = ["10:00:00", "10:00:01"]
+    one = str(line_chart("a", "b", labels, [Series("x", "x", "#000", "1 0", [1, 2])]))
+    two = str(
+        line_chart("c", "d", labels, [Series("y", "y", "#000", "1 0", [3, 4])], chart_id="online-chart")
+    )
+    assert 'id="chart-title"' in one and 'id="online-chart-title"' in two
+    assert 'aria-labelledby="online-chart-title"' in two and 'id="chart-title"' not in two

@@ -69,12 +69,20 @@ def _number(value: float) -> str:
     return f"{value:.1f}".removesuffix(".0")
 
 
-def line_chart(title: str, description: str, x_labels: Sequence[str], series: Sequence[Series]) -> Markup:
+def line_chart(
+    title: str,
+    description: str,
+    x_labels: Sequence[str],
+    series: Sequence[Series],
+    *,
+    chart_id: str = "chart",
+) -> Markup:
     """An SVG line chart: y from 0 to a round ceiling of the largest value (whole-number
     grid lines: grid_steps),
     x one step per label (at most X_LABELS of them written under the axis), one polyline
     per series. ``title`` and ``description`` are the image's accessible name and
-    description. Values must be as many as the labels (ValueError otherwise)."""
+    description (``chart_id`` makes their element IDs unique on a page of several charts).
+    Values must be as many as the labels (ValueError otherwise)."""
     points = len(x_labels)
     for s in series:
         if len(s.values) != points:
@@ -90,9 +98,9 @@ def line_chart(title: str, description: str, x_labels: Sequence[str], series: Se
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        'aria-labelledby="chart-title" aria-describedby="chart-desc" focusable="false">',
-        f'<title id="chart-title">{escape(title)}</title>',
-        f'<desc id="chart-desc">{escape(description)}</desc>',
+        f'aria-labelledby="{chart_id}-title" aria-describedby="{chart_id}-desc" focusable="false">',
+        f'<title id="{chart_id}-title">{escape(title)}</title>',
+        f'<desc id="{chart_id}-desc">{escape(description)}</desc>',
         '<g class="grid" stroke="#c9d0d8" stroke-width="1">',
     ]
     ticks = []

@@ -49,13 +49,24 @@ async def storm_context(request: web.Request, operator: Operator) -> Context:
         for key, name, colour, dash in SERIES
     ]
     first, last = labels[0], labels[-1]
+    # Two charts: the per-second rates (tens a second) beside the online count (thousands)
+    # on one axis would flatten the rates into the floor.
+    rates = [s for s in series if s.key != "online"]
+    online = [s for s in series if s.key == "online"]
     chart = line_chart(
         f"Boot storm, the last {window} seconds",
         f"Per second from {first} to {last} UTC: "
-        + "; ".join(f"{s.name} {_peak(s.values)}" for s in series)
+        + "; ".join(f"{s.name} {_peak(s.values)}" for s in rates)
         + ". The table below gives the numbers of the last seconds.",
         labels,
-        series,
+        rates,
+    )
+    online_chart = line_chart(
+        f"Devices online, the last {window} seconds",
+        f"Devices online from {first} to {last} UTC: at most {max(online[0].values, default=0):,}.",
+        labels,
+        online,
+        chart_id="online-chart",
     )
     return {
         "window": window,
@@ -64,6 +75,7 @@ async def storm_context(request: web.Request, operator: Operator) -> Context:
         "storm": storm,
         "series": SERIES,
         "chart": chart,
+        "online_chart": online_chart,
         "recent": list(reversed(storm.seconds[-TABLE_SECONDS:])),
         "health": health,
     }
