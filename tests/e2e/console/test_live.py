@@ -117,15 +117,19 @@ async def test_a_service_not_ready_makes_the_pipeline_degraded_with_the_reason(
         "operator",
         {"FLEETREG_PIPELINE_HEALTH_URLS": f"{system.device_url}/readyz,http://{closed}/readyz"},
     )
-    console = await new_console(operator)
-    console.url = instance.url
-    await console.sign_in()
-    await console.open("/console/live")
-    await expect(console.page.locator("#pipeline-health .badge")).to_have_text("degraded")
-    await expect(console.page.get_by_role("listitem").filter(has_text=closed)).to_contain_text(
-        f"{closed} is not ready: unreachable"
-    )
-    await console.check_accessibility()
+    try:
+        console = await new_console(operator)
+        console.url = instance.url
+        await console.sign_in()
+        await console.open("/console/live")
+        await expect(console.page.locator("#pipeline-health .badge")).to_have_text("degraded")
+        await expect(console.page.get_by_role("listitem").filter(has_text=closed)).to_contain_text(
+            f"{closed} is not ready: unreachable"
+        )
+        await console.check_accessibility()
+    finally:
+        instance.stop()
+        system.extra.remove(instance)
 
 
 async def test_without_javascript_the_page_shows_the_chart_and_a_refresh_link(
