@@ -76,6 +76,9 @@ async def stream(
         headers={
             "Content-Type": EXPORT_CONTENT_TYPES[chosen],
             "Content-Disposition": f'attachment; filename="devices.{chosen}"',
+            # A fleet's list: never kept by a cache, never sniffed into something to render.
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
         }
     )
     response.enable_chunked_encoding()

@@ -793,10 +793,14 @@ async def load_console_session(pool: Pool, digest: bytes) -> str | None:
     return await console_sessions.load(pool, digest)
 
 
-async def save_console_session(
+async def create_console_session(
     pool: Pool, digest: bytes, account_id: str, key_id: str, data: str, expires_at: datetime
 ) -> None:
-    await console_sessions.save(pool, digest, account_id, key_id, data, expires_at)
+    await console_sessions.create(pool, digest, account_id, key_id, data, expires_at)
+
+
+async def update_console_session(pool: Pool, digest: bytes, data: str) -> bool:
+    return await console_sessions.update(pool, digest, data)
 
 
 async def end_console_session(pool: Pool, digest: bytes) -> None:

@@ -12,11 +12,11 @@ from shared.db.pool import Pool
 SELECT_SESSION = """SELECT s.data::text FROM console_sessions s
                     JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
                     WHERE s.digest = $1 AND s.expires_at > now()"""
-UPSERT_SESSION = """INSERT INTO console_sessions (digest, account_id, key_id, data, expires_at)
-                    VALUES ($1, $2, $3, $4::jsonb, $5)
-                    ON CONFLICT (digest) DO UPDATE SET data = excluded.data
-                    WHERE console_sessions.account_id = excluded.account_id
-                      AND console_sessions.key_id = excluded.key_id"""
+INSERT_SESSION = """INSERT INTO console_sessions (digest, account_id, key_id, data, expires_at)
+                    VALUES ($1, $2, $3, $4::jsonb, $5)"""
+# Only a session that still exists is updated: a request that loaded it before sign-out and
+# saves after must not bring it back.
+UPDATE_SESSION = "UPDATE console_sessions SET data = $2::jsonb WHERE digest = $1 AND expires_at > now()"
 DELETE_SESSION = "DELETE FROM console_sessions WHERE digest = $1"
 
 
@@ -26,12 +26,18 @@ async def load(pool: Pool, digest: bytes) -> str | None:
     return data
 
 
-async def save(
+async def create(
     pool: Pool, digest: bytes, account_id: str, key_id: str, data: str, expires_at: datetime
 ) -> None:
-    """Create the session or replace its data. The account, key and expiry are fixed when it
-    is created: a later save never moves a session to another key or extends it."""
-    await pool.execute(UPSERT_SESSION, digest, uuid.UUID(account_id), uuid.UUID(key_id), data, expires_at)
+    """A new session (sign-in): its account, key and expiry are fixed here, for good."""
+    await pool.execute(INSERT_SESSION, digest, uuid.UUID(account_id), uuid.UUID(key_id), data, expires_at)
+
+
+async def update(pool: Pool, digest: bytes, data: str) -> bool:
+    """Replace the data of a live session; False (nothing written) when it has ended
+    (signed out, expired) meanwhile: an ended session is never brought back."""
+    status = await pool.execute(UPDATE_SESSION, digest, data)
+    return status.endswith(" 1")
 
 
 async def delete(pool: Pool, digest: bytes) -> None:

@@ -158,6 +158,7 @@ async def test_search_count_paging_and_export_agree_with_the_registry(
     )
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     assert headers["Content-Disposition"] == 'attachment; filename="devices.csv"'
+    assert (headers["Cache-Control"], headers["X-Content-Type-Options"]) == ("no-store", "nosniff")
     rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"), newline="")))
     assert [r["id"] for r in rows] == [d["id"] for d in listed]
     for row, device in zip(rows, listed, strict=True):

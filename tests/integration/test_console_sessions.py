@@ -1,6 +1,6 @@
 """Console sessions on the real Postgres (migration 0016): found by the digest of their
-token only while unexpired and while their key is active, never moved to another key or
-extended by a later save, and pruned once expired."""
+token only while unexpired and while their key is active, created only at sign-in (an
+update never moves, extends or revives one), and pruned once expired."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def test_a_session_is_found_by_its_digest_and_only_the_digest_is_stored(
     token = f"token-{unique}"
     data = json.dumps({"created": 1, "session": {"key_id": key_id}})
 
-    await console_sessions.save(
+    await console_sessions.create(
         pool, _digest(token), created.id, key_id, data, datetime.now(UTC) + timedelta(hours=1)
     )
 
@@ -59,8 +59,8 @@ async def test_revoking_the_key_or_expiry_makes_the_session_unfindable(
     key_id = await _key_id(pool, key)
     live, expired = _digest(f"live-{unique}"), _digest(f"expired-{unique}")
     now = datetime.now(UTC)
-    await console_sessions.save(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
-    await console_sessions.save(pool, expired, created.id, key_id, "{}", now - timedelta(seconds=1))
+    await console_sessions.create(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
+    await console_sessions.create(pool, expired, created.id, key_id, "{}", now - timedelta(seconds=1))
 
     assert await console_sessions.load(pool, live) == "{}"
     assert await console_sessions.load(pool, expired) is None
@@ -70,24 +70,28 @@ async def test_revoking_the_key_or_expiry_makes_the_session_unfindable(
     assert await accounts.account_for_key_id(pool, key_id) is None
 
 
-async def test_a_later_save_never_moves_a_session_to_another_key_or_extends_it(
+async def test_an_update_changes_only_the_data_and_never_brings_an_ended_session_back(
     pool: Pool, account: tuple[Account, str], unique: str
 ) -> None:
+    """Found by an outsider attack: a request that loaded the session before sign-out saved
+    it again afterwards (an upsert), and the signed-out cookie worked again."""
     created, key = account
     key_id = await _key_id(pool, key)
-    other = await accounts.create_api_key(pool, Account(created.id, created.name, key_id=key_id), "other")
     digest = _digest(f"fixed-{unique}")
     expires = datetime.now(UTC) + timedelta(minutes=5)
-    await console_sessions.save(pool, digest, created.id, key_id, '{"n": 1}', expires)
+    await console_sessions.create(pool, digest, created.id, key_id, '{"n": 1}', expires)
 
-    await console_sessions.save(pool, digest, created.id, key_id, '{"n": 2}', expires + timedelta(days=9))
-    await console_sessions.save(pool, digest, created.id, other.id, '{"n": 3}', expires)
-
+    assert await console_sessions.update(pool, digest, '{"n": 2}')
     row = await pool.fetchrow(
         "SELECT key_id::text, data, expires_at FROM console_sessions WHERE digest = $1", digest
     )
     assert row is not None
     assert (row["key_id"], json.loads(row["data"]), row["expires_at"]) == (key_id, {"n": 2}, expires)
+
+    await console_sessions.delete(pool, digest)  # signed out
+    assert not await console_sessions.update(pool, digest, '{"n": 3}')  # the late save of an old request
+    assert await console_sessions.load(pool, digest) is None
+    assert not await console_sessions.update(pool, _digest(f"never-{unique}"), "{}")
 
 
 async def test_expired_sessions_are_pruned_and_live_ones_kept(
@@ -97,8 +101,8 @@ async def test_expired_sessions_are_pruned_and_live_ones_kept(
     key_id = await _key_id(pool, key)
     now = datetime.now(UTC)
     live, expired = _digest(f"keep-{unique}"), _digest(f"prune-{unique}")
-    await console_sessions.save(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
-    await console_sessions.save(pool, expired, created.id, key_id, "{}", now - timedelta(minutes=1))
+    await console_sessions.create(pool, live, created.id, key_id, "{}", now + timedelta(hours=1))
+    await console_sessions.create(pool, expired, created.id, key_id, "{}", now - timedelta(minutes=1))
 
     deleted = await prune_expired(pool, RetentionSettings(decisions_days=0, audit_days=0))
 

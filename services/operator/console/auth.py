@@ -21,12 +21,14 @@ from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
 from aiohttp_session import Session, get_session
+from multidict import MultiDictProxy
 
 from services.operator import handlers
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
-from shared.errors import DomainError, Forbidden, Unauthorized
+from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -95,6 +97,20 @@ def check_csrf(expected: str, presented: str | None) -> None:
         )
 
 
+async def parsed_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The posted form; a body that is no well-formed form (a multipart body without its
+    boundary, cut short, ...) is a 400, never the parser's exception as a 500. A body past
+    the size limit stays aiohttp's 413."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception:  # the multipart and urlencoded parsers raise ValueError, AssertionError, ...
+        raise InvalidInput(
+            "the form could not be read: the body is not a well-formed form", field="body", rule="form"
+        ) from None
+
+
 Context = dict[str, Any]
 PageHandler = Callable[[web.Request, Operator], Awaitable[Context]]
 ActionHandler = Callable[[web.Request, Operator, Any], Awaitable[str | web.StreamResponse]]
@@ -141,7 +157,7 @@ def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHan
         async def answer(request: web.Request) -> web.StreamResponse:
             check_origin(request)
             operator = await signed_in(request)
-            form = await request.post() if read_form else None
+            form = await parsed_form(request) if read_form else None
             presented = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
             check_csrf(operator.csrf, presented if isinstance(presented, str) else None)
             if write and operator.read_only:

@@ -61,17 +61,20 @@ class RegistryStorage(AbstractStorage):
             return
         if "key_id" not in session or "account_id" not in session:
             return  # never store a session that is not signed in
-        if token is None:
+        data = json.dumps(self._get_session_data(session))
+        if token is None:  # signing in: the only way a session row comes to be
             token = secrets.token_urlsafe(32)
-        created = datetime.fromtimestamp(session.created, UTC)
-        await handlers.save_console_session(
-            pool,
-            digest(str(token)),
-            session["account_id"],
-            session["key_id"],
-            json.dumps(self._get_session_data(session)),
-            created + timedelta(seconds=self.max_age or 0),
-        )
+            created = datetime.fromtimestamp(session.created, UTC)
+            await handlers.create_console_session(
+                pool,
+                digest(str(token)),
+                session["account_id"],
+                session["key_id"],
+                data,
+                created + timedelta(seconds=self.max_age or 0),
+            )
+        elif not await handlers.update_console_session(pool, digest(str(token)), data):
+            return  # ended meanwhile (signed out in another tab, expired): stays ended
         self._set_cookie(request, response, str(token))
 
     def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:

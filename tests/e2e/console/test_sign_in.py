@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import aiohttp
 from playwright.async_api import expect
 
@@ -115,3 +117,36 @@ async def test_hostile_sign_in_forms_get_a_clear_4xx_and_no_key_reaches_a_log(
     logged = "".join(path.read_text(errors="replace")[offsets.get(path, 0) :] for path in LOGS.glob("*.log"))
     assert operator.api_key not in logged
     assert not any(guess.strip() and guess in logged for guess in guesses)
+
+
+async def test_malformed_form_bodies_are_a_400_page_on_sign_in_and_on_every_form(
+    console: Console, system: System
+) -> None:
+    """Found by an outsider attack: a multipart body without its boundary, or cut short, made
+    the form parser raise, and the console answered the API's JSON 500 (sign-in included,
+    reachable without an account)."""
+    request = console.page.context.request
+    bodies = [
+        ("multipart/form-data; boundary=q", b"zzz"),
+        ("multipart/form-data", b"--q\r\nContent-Disposition: form-data; name=x\r\n\r\n"),
+        ("multipart/form-data; boundary=q", b'--q\r\nContent-Disposition: form-data; name="csrf_token"\r\n'),
+    ]
+    for path in ("/console/sign-in", "/console/sign-out", "/console/bulk-registrations"):
+        for content_type, body in bodies:
+            answer = await request.post(console.url + path, headers={"Content-Type": content_type}, data=body)
+            assert 400 <= answer.status < 500, (path, content_type, answer.status)
+            assert answer.headers["content-type"].startswith("text/html"), (path, answer.headers)
+            assert answer.headers.get("content-security-policy"), path
+
+
+async def test_a_lapsed_session_sends_the_polling_tab_to_sign_in_not_into_the_fragment(
+    console: Console, operator: Operator
+) -> None:
+    """Found by an outsider attack: with the session ended, htmx swapped the whole sign-in
+    page into the bulk publish progress box."""
+    request = console.page.context.request
+    await console.page.get_by_role("button", name="Sign out").click()
+    for fragment in ("/console/bulk-registrations/" + str(uuid.uuid4()) + "/progress", "/console/live/chart"):
+        answer = await request.get(console.url + fragment, headers={"HX-Request": "true"}, max_redirects=0)
+        assert answer.status == 204, fragment
+        assert answer.headers["hx-redirect"].startswith("/console/sign-in?next=/console/"), fragment

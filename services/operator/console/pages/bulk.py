@@ -14,7 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from services.operator import handlers
 from services.operator.console.auth import (
@@ -22,6 +22,7 @@ from services.operator.console.auth import (
     CSRF_HEADER,
     Context,
     Operator,
+    SignInRequired,
     action,
     check_csrf,
     check_origin,
@@ -104,7 +105,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
         raise InvalidInput("send the upload form (multipart/form-data)", field="file") from None
     fields: dict[str, str] = {}
     file_part: BodyPartReader | None = None
-    while (part := await reader.next()) is not None:
+    while (part := await _next_part(reader)) is not None:
         if not isinstance(part, BodyPartReader):
             raise InvalidInput("a nested multipart body is not an upload form", field="file")
         if part.name == "file":
@@ -126,6 +127,19 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if wants_json:
         return web.json_response({"location": location})
     raise web.HTTPSeeOther(location)
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
+    """The next part of the upload form; a malformed body (a bad boundary, a part cut short,
+    a header the parser refuses) is a 400, never the parser's exception as a 500."""
+    try:
+        return await reader.next()
+    except web.HTTPException:
+        raise
+    except Exception:
+        raise InvalidInput(
+            "the upload form could not be read: it is not well-formed multipart", field="file"
+        ) from None
 
 
 def _read_only() -> Forbidden:
@@ -240,8 +254,16 @@ async def show(request: web.Request, operator: Operator) -> Context:
 
 
 async def progress(request: web.Request) -> web.StreamResponse:
-    """The publish progress fragment (htmx polls it every second while publishing)."""
-    operator = await signed_in(request)
+    """The publish progress fragment (htmx polls it every second while publishing). A lapsed
+    session sends the whole tab to the sign-in page (``HX-Redirect``) and back to the
+    registration, rather than swapping a sign-in page into the progress box."""
+    try:
+        operator = await signed_in(request)
+    except SignInRequired:
+        if request.headers.get("HX-Request") != "true":
+            raise
+        back = f"{BASE}/{_registration_id(request)}"
+        return web.Response(status=204, headers={"HX-Redirect": f"/console/sign-in?next={back}"})
     found = await _show(bulk_api(resources(request), operator), _registration_id(request))
     return render("bulk_progress.html", request, None, {"b": found})
 

@@ -24,6 +24,7 @@ from services.operator.console.auth import (
     check_origin,
     new_csrf_token,
     page,
+    parsed_form,
     render,
     resources,
 )
@@ -66,7 +67,7 @@ async def sign_in_form(request: web.Request) -> web.StreamResponse:
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
     check_origin(request)
-    form = await request.post()
+    form = await parsed_form(request)
     presented = form.get(CSRF_FIELD)
     check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), presented if isinstance(presented, str) else None)
     key = form.get("api_key")
