@@ -13,7 +13,9 @@ from shared.throttle import throttle_middleware
 
 
 def create_app(settings: OperatorSettings) -> web.Application:
-    app = base_app(SERVICE, middlewares=(throttle_middleware(per_key=True),))
+    # The console's pages are counted by this middleware but refused by the console itself
+    # (console/app.py), so that an address over its limit gets a 429 page, not JSON.
+    app = base_app(SERVICE, middlewares=(throttle_middleware(per_key=True, own_answers=("/console/",)),))
     app.cleanup_ctx.append(resources_context(settings))
     app.add_routes(routes.ROUTES)
     app.router.add_get("/console", _to_console)

@@ -233,6 +233,9 @@ async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
         form = {"csrf_token": token, "api_key": operator.api_key}
         async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as held:
             assert held.status == 429
+            # a page for the browser, with the console's headers, not the API's JSON
+            assert held.content_type == "text/html" and "Retry-After" in held.headers
+            assert "frame-ancestors 'none'" in held.headers["Content-Security-Policy"]
     assert [s for s, _ in statuses[:FIRST_ALLOWANCE]] == [401] * FIRST_ALLOWANCE
     assert {s for s, _ in statuses[FIRST_ALLOWANCE + 1 :]} == {429}
     assert all(retry is not None for s, retry in statuses if s == 429)

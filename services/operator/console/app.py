@@ -32,8 +32,9 @@ from services.operator.console.sessions import RegistryStorage
 from services.operator.resources import RESOURCES
 from services.operator.settings import ConsoleSettings
 from shared.db.pool import TRANSIENT_ERRORS
-from shared.errors import DomainError
+from shared.errors import DomainError, TooManyRequests
 from shared.logging import exception_summary
+from shared.throttle import THROTTLE, request_source
 
 STATIC = Path(__file__).with_name("static")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -57,6 +58,16 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Errors as pages, not JSON: no session sends a browser to the sign-in page; a domain
     error (403, 404, 409, 429, ...) or an HTTP error is a page saying what and why, with the
     console's navigation when the browser is signed in."""
+    throttle = request.config_dict.get(THROTTLE)
+    try:
+        if throttle is not None:  # the operator's throttle counts console refusals, this refuses
+            throttle.check_source(request_source(request))
+    except TooManyRequests as exc:
+        # Before any session or registry read: a flood costs nothing but this page.
+        refused = render("error.html", request, None, {"status": 429, "message": exc.message}, status=429)
+        refused.headers.update({**exc.headers(), **SECURITY_HEADERS})
+        return refused
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except SignInRequired as exc:
