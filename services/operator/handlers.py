@@ -644,9 +644,10 @@ async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
     return await accounts.list_api_keys(pool, account.id)
 
 
-async def create_api_key(
-    pool: Pool, account: Account, body: dict[str, Any], *, max_active: int | None = None
-) -> IssuedApiKey:
+def api_key_request(body: dict[str, Any]) -> tuple[str, bool]:
+    """The (label, read_only) a ``POST /v1/api-keys`` body asks for; InvalidInput naming the
+    field for an unknown field (``readonly`` must never leave a full key), a label that is
+    not up to 100 printable ASCII characters or only spaces, a read_only not a boolean."""
     refuse_unknown_fields(body, ("label", "read_only"), what="an API key")
     label = body.get("label", "")
     if not isinstance(label, str):
@@ -660,6 +661,13 @@ async def create_api_key(
     read_only = body.get("read_only", False)
     if not isinstance(read_only, bool):
         raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
+    return label, read_only
+
+
+async def create_api_key(
+    pool: Pool, account: Account, body: dict[str, Any], *, max_active: int | None = None
+) -> IssuedApiKey:
+    label, read_only = api_key_request(body)
     return await accounts.create_api_key(pool, account, label, read_only=read_only, max_active=max_active)
 
 

@@ -8,12 +8,9 @@ from typing import Any
 import pytest
 
 from services.operator import handlers
-from shared.domain.accounts import Account
 from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.products import validate_product
 from shared.errors import InvalidInput
-
-ACCOUNT = Account("a", "acct", key_id="k")
 
 
 def test_the_first_unknown_field_is_named_with_its_place() -> None:
@@ -52,9 +49,12 @@ def test_a_product_with_an_unknown_field_is_refused(body: dict[str, Any], field:
         ({"label": "x", "read_only": "yes"}, "read_only"),
     ],
 )
-async def test_an_api_key_body_that_is_not_exactly_right_is_refused_before_any_write(
-    body: dict[str, Any], field: str
-) -> None:
+def test_an_api_key_body_that_is_not_exactly_right_is_refused(body: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        await handlers.create_api_key(None, ACCOUNT, body)  # type: ignore[arg-type]  # never reached
+        handlers.api_key_request(body)
     assert caught.value.field == field
+
+
+def test_a_right_api_key_body_is_its_label_and_scope() -> None:
+    assert handlers.api_key_request({}) == ("", False)
+    assert handlers.api_key_request({"label": "grafana", "read_only": True}) == ("grafana", True)

@@ -9,7 +9,8 @@ import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from unittest import mock
 
 import pytest
 from aiohttp import web
@@ -21,6 +22,7 @@ from services.operator.resources import RESOURCES, Resources
 from services.operator.settings import OperatorSettings
 from shared.db import devices
 from shared.db.devices import Device
+from shared.db.pool import Pool
 from shared.db.products import Product, ProductService
 from shared.domain.accounts import Account
 from shared.domain.devices import online_cutoff
@@ -254,9 +256,14 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     monkeypatch.setattr(handlers, "export_devices", export_devices)
     monkeypatch.setattr(web.StreamResponse, "write", never_drains)
     monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
-    request = make_mocked_request("GET", "/v1/devices/export")
+    transport = mock.Mock()
+    request = make_mocked_request("GET", "/v1/devices/export", transport=transport)
+    never_read = cast(Pool, None)  # export_devices, the only user of the pool, is replaced above
 
-    await exports.stream(request, object(), ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=0.05)  # type: ignore[arg-type]
+    # (without the stall limit the export would wait forever: the outer bound makes that a failure)
+    await asyncio.wait_for(
+        exports.stream(request, never_read, ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=0.05), 10
+    )
 
     assert released == [True]
-    request.transport.close.assert_called_once()  # type: ignore[union-attr]
+    transport.close.assert_called_once()
