@@ -70,6 +70,15 @@ MALFORMED_REQUESTS = Counter(
     "fleetreg_http_malformed_requests_total",
     "Requests refused by the HTTP parser (oversized headers, bad request lines) before any route",
 )
+UNKNOWN_CODE_REFUSALS = Counter(
+    "fleetreg_unknown_code_refusals_total",
+    "Calls with an unknown Bulk Identification Code refused by the intake (nothing published or written)",
+    ["protocol"],
+)
+COMPAT_NEW_HARDWARE_IDS_REFUSED = Counter(
+    "fleetreg_compat_new_hardware_ids_refused_total",
+    "Reference step-1 reports of a new hardware ID refused: the source's cap a minute was reached",
+)
 CACHE_INVALIDATIONS = Counter(
     "fleetreg_device_cache_invalidations_total",
     "Invalidation signals applied by the intake's device cache",

@@ -19,7 +19,7 @@ from shared.db import alerts, decisions, devices, products, registrations
 from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
 from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
-from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal
+from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal, recorded
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
@@ -277,7 +277,7 @@ async def _decide_and_record(
                         protocol=request.protocol,
                     )
                 )
-        await decisions.record_decisions(conn, records)
+        await decisions.record_decisions(conn, [r for r in records if recorded(r.account_id)])
         await alerts.record(conn, out.sightings)
     return out
 

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import decisions, files
+from shared.db import decisions, files, products
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
@@ -32,6 +33,7 @@ from shared.domain.release import Check, Release, secret_check, secret_release
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
+from shared.metrics import UNKNOWN_CODE_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,18 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
     )
 
 
+async def code_known(pool: Pool, codes: CodeCache, code: str, protocol: str) -> bool:
+    """Whether the registry knows ``code`` (current or revoked), through the intake's
+    cache of codes (services/intake/code_cache.py). An unknown code is counted
+    (fleetreg_unknown_code_refusals_total and the minute's summary): the caller refuses
+    the call itself, with nothing published and nothing written."""
+    known = await codes.known(code, lambda c: products.known_code(pool, c))
+    if not known:
+        UNKNOWN_CODE_REFUSALS.labels(protocol).inc()
+        codes.refused()
+    return known
+
+
 async def register_native(
     registration: RegistrationInput,
     publish: Publish,
@@ -201,13 +215,25 @@ async def register_native(
     keyring: Keyring,
     wait_seconds: float,
     pool: Pool,
+    codes: CodeCache,
     *,
     include_files: bool = False,
     cache: DeviceCache | None = None,
 ) -> Answer:
     """A native registration call, validated: publish it (secrets as keyed digests) and
     wait a bounded time for its outcome; with ``include_files``, a ``ready`` answer also
-    carries the device's files (:func:`with_files`)."""
+    carries the device's files (:func:`with_files`).
+
+    A code the registry does not know is refused here, without a request published or a
+    row written: the answer is the one deduplication gives (``refused``, a fresh request
+    ID, the same reason), so a device sees no difference."""
+    if not await code_known(pool, codes, registration.bulk_identification_code, "native"):
+        return Answer(
+            "refused",
+            new_request_id(keyring.request_tag),
+            reason=REASON_UNKNOWN_CODE,
+            claimed_hardware_id=registration.hardware_id,
+        )
     event = to_event(registration, keyring, protocol="native")
     answer = await register(event, publish, waiter, keyring, wait_seconds)
     return await with_files(pool, keyring, answer, cache) if include_files else answer

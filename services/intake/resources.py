@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
 from shared.db import compat, products, webhooks
 from shared.db.pool import Pool, answers
+from shared.db.products import CODES_CHANGED
 from shared.db.webhooks import RefusalCount
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import hardware_id_stem
@@ -29,6 +31,7 @@ from shared.throttle import THROTTLE, Throttle, open_throttle
 SERVICE = "intake"
 SWEEP_EVERY_S = 300.0
 REPORT_EVERY_S = 5.0
+SUMMARY_EVERY_S = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +44,7 @@ class Resources:
     waiter: OutcomeWaiter
     keyring: Keyring
     devices: DeviceCache
+    codes: CodeCache
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, keyed by its hardware ID's stem (every claim of the IDs
@@ -98,6 +102,16 @@ async def _report(pool: Pool, throttle: Throttle) -> None:
         log.warning("throttled calls not reported to webhooks", extra={"error": type(exc).__name__})
 
 
+async def summarize_unknown_codes(codes: CodeCache, every_s: float = SUMMARY_EVERY_S) -> None:
+    """Once a minute, one log line with the number of calls refused for an unknown code
+    (each is counted in fleetreg_unknown_code_refusals_total; none is written anywhere)."""
+    while True:
+        await asyncio.sleep(every_s)
+        refused = codes.take_refused()
+        if refused:
+            log.info("calls refused for an unknown code", extra={"count": refused, "period_s": every_s})
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -117,14 +131,26 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             stack.push_async_callback(waiter.stop)
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
             device_cache = DeviceCache(settings.device_cache_seconds)
+            code_cache = CodeCache(settings.code_cache_seconds)
+
+            def invalidate(payload: str) -> None:
+                if payload == CODES_CHANGED:
+                    code_cache.clear()
+                else:
+                    device_cache.apply(payload)
+
+            def listening(up: bool) -> None:
+                device_cache.listening(up)
+                code_cache.listening(up)
+
             app[THROTTLE] = await open_throttle(
                 stack,
                 settings.throttle,
                 SERVICE,
                 pool,
                 settings.database.url.reveal(),
-                on_payload=device_cache.apply,
-                on_connected=device_cache.listening,
+                on_payload=invalidate,
+                on_connected=listening,
             )
             app[RESOURCES] = Resources(
                 settings,
@@ -134,7 +160,12 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 waiter,
                 Keyring(settings.secret_key.reveal().encode()),
                 device_cache,
+                code_cache,
             )
+            summarizer = asyncio.create_task(
+                summarize_unknown_codes(code_cache), name="summarize-unknown-codes"
+            )
+            stack.push_async_callback(_cancel, summarizer)
             sweeper = asyncio.create_task(
                 forget_old_information(pool, settings.compat.information_retention_seconds),
                 name="forget-step-1-records",

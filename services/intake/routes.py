@@ -40,6 +40,7 @@ async def post_registration(request: web.Request) -> web.Response:
         r.keyring,
         r.settings.outcome_wait_seconds,
         r.pool,
+        r.codes,
         include_files=include_files,
         cache=r.devices,
     )

@@ -25,6 +25,9 @@ class CompatSettings:
     information_retention_seconds: float  # step-1 records older than this are deleted
     wait_seconds: float  # its calls cannot answer "pending" at every step: they wait longer
     tls: TlsSite | None  # None: no https listener (the routes still answer on the http port)
+    # Step-1 records of hardware IDs a source reports for the first time, at most this many
+    # a minute (a 2,000-device NAT boot passes the default); overwrites are never capped.
+    new_hardware_ids_per_minute: int = 3000
 
     @classmethod
     def from_env(cls, env: Env) -> CompatSettings:
@@ -49,6 +52,9 @@ class CompatSettings:
             ),
             wait_seconds=env.number("FLEETREG_COMPAT_WAIT_SECONDS", 20.0),
             tls=tls,
+            new_hardware_ids_per_minute=env.integer(
+                "FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE", 3000, minimum=1
+            ),
         )
 
 
@@ -66,6 +72,7 @@ class IntakeSettings:
     log_level: str
     compat: CompatSettings
     device_cache_seconds: float = 2.0  # see services/intake/device_cache.py
+    code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
     @classmethod
@@ -83,5 +90,6 @@ class IntakeSettings:
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             compat=CompatSettings.from_env(env),
             device_cache_seconds=env.number("FLEETREG_DEVICE_CACHE_SECONDS", 2.0),
+            code_cache_seconds=env.number("FLEETREG_CODE_CACHE_SECONDS", 10.0, minimum=0.0),
             throttle=ThrottleSettings.from_env(env),
         )

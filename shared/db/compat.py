@@ -7,6 +7,7 @@ never a device ID; these statements resolve them.
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from dataclasses import dataclass
@@ -15,15 +16,40 @@ from asyncpg import ForeignKeyViolationError
 
 from shared.db.pool import Pool
 
+# One statement: a record of (code, hardware ID, source) already there is overwritten
+# (never capped: a device reboots from the same address); a new one is inserted only
+# while the source created fewer than $7 records in the last minute (migration 0017's
+# index on (source, created_at); the count stops at $7). Both only for a current code.
+# Concurrent first reports of one record meet in ON CONFLICT and overwrite.
 UPSERT_INFORMATION = """
-    INSERT INTO device_information
-        (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label, source)
-    SELECT $1, $2, $3, $4, $5, $6
-    WHERE EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1 AND revoked_at IS NULL)
-    ON CONFLICT (bulk_identification_code, hardware_id, source) DO UPDATE
-       SET fingerprint = excluded.fingerprint, secret_digest = excluded.secret_digest,
-           os_label = excluded.os_label, updated_at = now()
-    RETURNING 1"""
+    WITH code AS (
+        SELECT 1 FROM bulk_identification_codes WHERE code = $1 AND revoked_at IS NULL
+    ), updated AS (
+        UPDATE device_information
+           SET fingerprint = $3, secret_digest = $4, os_label = $5, updated_at = now()
+         WHERE bulk_identification_code = $1 AND hardware_id = $2 AND source = $6
+           AND EXISTS (SELECT 1 FROM code)
+        RETURNING 1
+    ), inserted AS (
+        INSERT INTO device_information
+            (bulk_identification_code, hardware_id, fingerprint, secret_digest, os_label, source)
+        SELECT $1, $2, $3, $4, $5, $6
+        WHERE EXISTS (SELECT 1 FROM code) AND NOT EXISTS (SELECT 1 FROM updated)
+          AND (SELECT count(*) FROM (SELECT 1 FROM device_information
+                                     WHERE source = $6 AND created_at > now() - interval '1 minute'
+                                     LIMIT $7) AS recent) < $7
+        ON CONFLICT (bulk_identification_code, hardware_id, source) DO UPDATE
+           SET fingerprint = excluded.fingerprint, secret_digest = excluded.secret_digest,
+               os_label = excluded.os_label, updated_at = now()
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM code) AS known,
+           EXISTS (SELECT 1 FROM updated) OR EXISTS (SELECT 1 FROM inserted) AS stored"""
+# Whether a source created at least $2 records in the last minute (counting stops there).
+SELECT_NEW_RECORDS_CAPPED = """
+    SELECT count(*) >= $2 FROM (SELECT 1 FROM device_information
+                                WHERE source = $1 AND created_at > now() - interval '1 minute'
+                                LIMIT $2) AS recent"""
 FORGET_INFORMATION = """
     DELETE FROM device_information WHERE ctid = ANY (ARRAY(
         SELECT ctid FROM device_information
@@ -83,6 +109,21 @@ class Service:
     code: str | None
 
 
+class Recorded(enum.Enum):
+    """What became of a step-1 report; true only when it was stored."""
+
+    STORED = "stored"
+    UNKNOWN_CODE = "unknown_code"  # no current code: nothing stored
+    CAPPED = "capped"  # a new hardware ID past the source's cap a minute: nothing stored
+
+    def __bool__(self) -> bool:
+        return self is Recorded.STORED
+
+
+# No cap: the default of record_information (tests, tools); the intake passes its setting.
+NO_CAP = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class Reported:
     """What a device reported at step 1 from one address: its fingerprint and the digest
@@ -116,15 +157,29 @@ class DeviceCredentials:
 
 
 async def record_information(
-    pool: Pool, code: str, hardware_id: str, fingerprint: str, secret_digest: str, os_label: str, source: str
-) -> bool:
+    pool: Pool,
+    code: str,
+    hardware_id: str,
+    fingerprint: str,
+    secret_digest: str,
+    os_label: str,
+    source: str,
+    *,
+    new_per_minute: int = NO_CAP,
+) -> Recorded:
     """Remember what a device reported from ``source`` (its address, as the throttle
-    counts it); False when the code is unknown (nothing stored).
+    counts it): one record per (code, hardware ID, source), overwritten by each report.
+
+    Returns :attr:`Recorded.STORED`; :attr:`Recorded.UNKNOWN_CODE` when the code is not
+    a current code; :attr:`Recorded.CAPPED` when the record would be new and ``source``
+    created ``new_per_minute`` records in the last minute already (in every instance:
+    the count is the table's; concurrent reports may pass it by the number of calls
+    in flight). Nothing is stored unless STORED.
 
     The OS label is the device's free text: a NUL, which Postgres's text cannot hold
     (the server refuses it with an error, a 500), is dropped."""
     try:
-        stored = await pool.fetchval(
+        row = await pool.fetchrow(
             UPSERT_INFORMATION,
             code,
             hardware_id,
@@ -132,10 +187,19 @@ async def record_information(
             secret_digest,
             os_label.replace("\0", ""),
             source,
+            new_per_minute,
         )
     except ForeignKeyViolationError:  # the code's product was deleted while this was written
-        return False
-    return stored is not None
+        return Recorded.UNKNOWN_CODE
+    if row is None or not row["known"]:
+        return Recorded.UNKNOWN_CODE
+    return Recorded.STORED if row["stored"] else Recorded.CAPPED
+
+
+async def new_records_capped(pool: Pool, source: str, new_per_minute: int) -> bool:
+    """Whether ``source`` created ``new_per_minute`` step-1 records in the last minute
+    (a report of a new hardware ID from it is refused now)."""
+    return bool(await pool.fetchval(SELECT_NEW_RECORDS_CAPPED, source, new_per_minute))
 
 
 async def forget_information(pool: Pool, older_than_s: float, batch: int = 10_000) -> int:

@@ -7,6 +7,7 @@ per kind of change, not one round trip per device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.pool import Connection, Pool
+from shared.domain.admission import kept_once_an_hour
 from shared.domain.dedup import Claim, KnownDevice, Verdict
 
 
@@ -58,10 +60,13 @@ CLAIM_PREREGISTERED = """
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
         assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at,
-        credential_generation)
+        credential_generation, revoked_hour)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::int[])
-    ON CONFLICT (request_id) DO NOTHING"""
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::int[],
+                         $14::timestamptz[])
+    -- a redelivered request (request_id), or a revoked code's claim of a hardware ID
+    -- already recorded this hour (registration_decisions_revoked_hourly, migration 0017)
+    ON CONFLICT DO NOTHING"""
 MARK_READY = """UPDATE registration_decisions SET status = 'ready', ready_at = now()
                 WHERE request_id = ANY($1::uuid[]) AND status = 'decided'"""
 SELECT_OUTCOME = """
@@ -181,7 +186,11 @@ async def decided(pool: Pool, request_ids: Sequence[str]) -> dict[str, StoredDec
 
 async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> None:
     """Write new devices, claimed preregistered devices and every decision, in the caller's
-    transaction. A hardware ID taken meanwhile by another writer raises RegistryConflict."""
+    transaction. A hardware ID taken meanwhile by another writer raises RegistryConflict.
+
+    A refusal for a revoked code (:func:`shared.domain.admission.kept_once_an_hour`) is
+    written only if no claim of its product and hardware ID (any case) was recorded in
+    the same UTC hour of ``received_at``; the others are answered but leave no row."""
     by_account: dict[tuple[str, str], list[Verdict]] = {}
     claimed: list[KnownDevice] = []
     for record in records:
@@ -214,9 +223,10 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             # Another transaction claimed one of them first (it waited on the row's lock and
             # then found it registered): decide the batch again on the fresh state.
             raise RegistryConflict("a preregistered device was claimed concurrently")
-    columns: list[list[Any]] = [[] for _ in range(13)]
+    columns: list[list[Any]] = [[] for _ in range(14)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device
+        hourly = verdict.decision == "refused" and kept_once_an_hour(verdict.reason)
         values = (
             record.claim.request_id,
             record.account_id,
@@ -231,10 +241,16 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             "refused" if verdict.decision == "refused" else "decided",
             datetime.fromtimestamp(record.received_at, UTC),
             device.credential_generation if device and verdict.decision != "refused" else None,
+            _hour_of(record.received_at) if hourly else None,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     await conn.execute(INSERT_DECISIONS, *columns)
+
+
+def _hour_of(epoch_s: float) -> datetime:
+    """The start of the UTC hour holding ``epoch_s``."""
+    return datetime.fromtimestamp(math.floor(epoch_s / 3600) * 3600, UTC)
 
 
 async def mark_ready(conn: Connection, request_ids: Sequence[str]) -> None:

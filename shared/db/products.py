@@ -11,6 +11,7 @@ import asyncpg
 
 from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.db.throttle import notify
 from shared.domain.accounts import Account
 from shared.domain.admission import CodeAdmission
 from shared.domain.identifiers import new_code
@@ -72,6 +73,11 @@ SELECT_PRODUCT_USE = """
            (SELECT count(*) FROM registrations WHERE product_id = $1 AND kind = 'bulk') AS bulk,
            (SELECT count(*) FROM devices WHERE product_id = $1) AS devices"""
 DELETE_PRODUCT = "DELETE FROM products WHERE id = $1 AND account_id = $2"
+# Sent on the invalidation channel (shared.db.throttle.notify) by every transaction that
+# creates, revokes or deletes a code: each intake drops its cache of known and unknown
+# codes (services/intake/code_cache.py). The codes themselves never travel.
+CODES_CHANGED = "codes"
+KNOWN_CODE = "SELECT EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1)"
 RESOLVE_CODES = """
     SELECT c.code, c.revoked_at IS NOT NULL AS revoked, p.id::text AS product_id,
            p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status
@@ -255,6 +261,7 @@ async def lock_product(pool: Pool, actor: Account, product_id: str) -> Product:
                 raise NotFound(f"no product {product_id} in this account")
             raise Conflict(f"product {product_id} is locked already")
         await conn.execute(INSERT_CODE, new_code(), product_id)
+        await notify(conn, CODES_CHANGED)
         await audit.record(
             conn,
             actor,
@@ -362,6 +369,8 @@ async def delete_product(pool: Pool, actor: Account, product_id: str) -> None:
             )
         name = await conn.fetchval("SELECT name FROM products WHERE id = $1", product_id)
         await conn.execute(DELETE_PRODUCT, product_id, actor.id)
+        if state.status == "locked":
+            await notify(conn, CODES_CHANGED)  # its code is unknown from now on
         await audit.record(
             conn,
             actor,
@@ -395,6 +404,13 @@ async def replace_code(conn: Connection, product_id: str) -> None:
     await conn.execute("SELECT 1 FROM products WHERE id = $1 FOR UPDATE", product_id)
     await conn.execute(REVOKE_CODES, product_id)
     await conn.execute(INSERT_CODE, new_code(), product_id)
+    await notify(conn, CODES_CHANGED)
+
+
+async def known_code(pool: Pool, code: str) -> bool:
+    """Whether ``code`` (canonical form: shared.domain.identifiers.normalize_code) is a
+    Bulk Identification Code of the registry, current or revoked: one index read."""
+    return bool(await pool.fetchval(KNOWN_CODE, code))
 
 
 async def resolve_codes(pool: Pool, codes: Sequence[str]) -> dict[str, CodeAdmission]:

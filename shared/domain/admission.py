@@ -34,3 +34,19 @@ def admission_refusal(admission: CodeAdmission | None) -> str | None:
     if admission.kind == "auto" and admission.status != "active":
         return REASON_PAUSED
     return None
+
+
+def kept_once_an_hour(reason: str) -> bool:
+    """Whether a refusal for ``reason`` is recorded at most once per product, hardware ID
+    and hour: a revoked code's claims (a stale board after a rotation retries at every
+    boot, and whoever kept an old image can retry forever). The operator still sees each
+    stale board, once an hour, in the audit trail."""
+    return reason == REASON_REVOKED_CODE
+
+
+def recorded(account_id: str | None) -> bool:
+    """Whether a decision is written to the audit trail at all: never for a code the
+    registry does not know (no account could read it; anyone can send one, so each
+    would be a row from a stranger). The intake refuses those itself; deduplication
+    sees one only when a product was deleted a moment before."""
+    return account_id is not None

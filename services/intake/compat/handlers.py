@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.intake.code_cache import CodeCache
 from services.intake.compat.answers import answer, refused
-from services.intake.handlers import Publish, PublishSignal, register
+from services.intake.handlers import Publish, PublishSignal, code_known, register
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, files, products
+from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import Keyring
@@ -31,6 +33,7 @@ from shared.domain.identifiers import new_request_id, normalize_code, validate_h
 from shared.domain.release import Check, Release, claimed_by, secret_check, service_secret_release
 from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
+from shared.metrics import COMPAT_NEW_HARDWARE_IDS_REFUSED
 from shared.throttle import Throttle
 
 PENDING = "registration in progress: try again shortly"
@@ -38,6 +41,11 @@ NOT_REGISTERED = "device not registered: boot again to register"
 UNKNOWN_ID = "unknown provisioning ID"
 CONFIRMED = "device already provisioned: reset by the operator needed"
 SERVICE_DISABLED = "service disabled by the operator"
+# Step 1 past the source's cap of new hardware IDs a minute; the client ignores step 1's
+# answer, so step 2 (whose refusal it logs, then tries again at its next boot) says it
+# too, rather than deciding the device without what it reported (a rebooting device
+# would be taken for a clone). No protocol key word, comma or quote (answers.py).
+TOO_MANY_NEW = "too many new hardware IDs reported from this address in a minute: boot again later"
 TEXT_MAX = 128
 # Refusals that count against the caller's address (shared/throttle.py): what a
 # guesser of codes, keys, secrets or provisioning IDs gets. A paused registration or
@@ -84,16 +92,29 @@ def _checked(code: str, hardware_id: str) -> tuple[str, str] | str:
         return exc.message
 
 
-async def information(pool: Pool, keyring: Keyring, body: dict[str, Any], source: str) -> Reply:
+async def information(
+    pool: Pool,
+    keyring: Keyring,
+    codes: CodeCache,
+    body: dict[str, Any],
+    source: str,
+    new_per_minute: int,
+) -> Reply:
     """Step 1: remember the device's fingerprint and the digest of the secret it holds,
     for the caller's address ``source``: steps 2 and 5 read only what was reported from
     their own address, so nobody elsewhere can swap a rebooting device's record between
-    its steps (which would make the real device a clone)."""
+    its steps (which would make the real device a clone).
+
+    One record per (code, hardware ID, source), overwritten; at most ``new_per_minute``
+    new ones a minute per source (FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE), past it
+    :data:`TOO_MANY_NEW`. An unknown code is refused without a registry write."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
         return _refusal(checked)
     code, hardware_id = checked
-    stored = await compat.record_information(
+    if not await code_known(pool, codes, code, "compat"):
+        return _refusal(REASON_UNKNOWN_CODE)
+    recorded = await compat.record_information(
         pool,
         code,
         hardware_id,
@@ -101,8 +122,12 @@ async def information(pool: Pool, keyring: Keyring, body: dict[str, Any], source
         keyring.digest(_text(body, "DeviceSecret")),
         _text(body, "OSLabel"),
         source,
+        new_per_minute=new_per_minute,
     )
-    return _ok(answer("true")) if stored else _refusal(REASON_UNKNOWN_CODE)
+    if recorded is Recorded.CAPPED:
+        COMPAT_NEW_HARDWARE_IDS_REFUSED.inc()
+        return _refusal(TOO_MANY_NEW)
+    return _ok(answer("true")) if recorded else _refusal(REASON_UNKNOWN_CODE)
 
 
 def _claim(
@@ -130,17 +155,29 @@ async def friendly_configuration(
     hardware_id_text: str,
     throttle: Throttle,
     source: str,
+    codes: CodeCache,
+    new_per_minute: int,
 ) -> Reply:
     """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
-    or ``reset`` with the hardware ID a clone must take."""
+    or ``reset`` with the hardware ID a clone must take.
+
+    A device whose step 1 was refused by its source's cap of new hardware IDs (it has
+    no record from this address, and the source is at the cap) is refused with
+    :data:`TOO_MANY_NEW`: decided without what it reported, a rebooting device would be
+    taken for a clone, and a bulk device's step 5 for another board."""
     checked = _checked(code_text, hardware_id_text)
     if isinstance(checked, str):
         return _refusal(checked)
     code, hardware_id = checked
+    if not await code_known(pool, codes, code, "compat"):
+        return _refusal(REASON_UNKNOWN_CODE)
     admission = (await products.resolve_codes(pool, [code])).get(code)
     reason = admission_refusal(admission)
     if reason is not None or admission is None:
         return _refusal(reason or REASON_UNKNOWN_CODE)
+    reported = await compat.information(pool, code, hardware_id, source)
+    if reported == Reported("", "") and await compat.new_records_capped(pool, source, new_per_minute):
+        return _refusal(TOO_MANY_NEW)
     # The bulk service's provisioning ID is the code itself, which the caller presented.
     projects = await compat.provisioning_ids(pool, code)
     if admission.kind == "bulk":
@@ -149,7 +186,6 @@ async def friendly_configuration(
         await throttle.check_code(code)
     except TooManyRequests as exc:
         return _refusal(exc.message)
-    reported = await compat.information(pool, code, hardware_id, source)
     outcome = await register(
         _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest),
         publish,

@@ -77,7 +77,17 @@ async def information(request: web.Request) -> web.Response:
     if body is None:
         return _reply(refused("the body is not a JSON object"))
     r = request.app[RESOURCES]
-    return _answer(request, await handlers.information(r.pool, r.keyring, body, request_source(request)))
+    return _answer(
+        request,
+        await handlers.information(
+            r.pool,
+            r.keyring,
+            r.codes,
+            body,
+            request_source(request),
+            r.settings.compat.new_hardware_ids_per_minute,
+        ),
+    )
 
 
 async def friendly_configuration(request: web.Request) -> web.Response:
@@ -96,6 +106,8 @@ async def friendly_configuration(request: web.Request) -> web.Response:
             request.match_info["hardware_id"],
             request.app[THROTTLE],
             request_source(request),
+            r.codes,
+            r.settings.compat.new_hardware_ids_per_minute,
         ),
     )
 
