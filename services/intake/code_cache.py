@@ -50,6 +50,11 @@ class CodeCache:
         self._inflight: dict[str, asyncio.Future[bool]] = {}
         self._refused = 0  # calls refused for an unknown code since the last take_refused
 
+    @property
+    def generation(self) -> int:
+        """Changes with every invalidation: pass it back to :meth:`put`."""
+        return self._generation
+
     def get(self, code: str) -> bool | None:
         """True (known), False (unknown) or None (not cached)."""
         now = time.monotonic()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from shared.db import compat
-from shared.db.compat import Reported
+from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
 from tests.support import registry
 from tests.support.registry import Service
@@ -120,6 +120,59 @@ async def test_information_is_read_only_from_its_own_source(pool: Pool, setup: S
     assert await compat.information(pool, setup.code, hardware_id, "") == Reported("", "")
     assert await compat.information(pool, other.code, hardware_id, "10.0.0.1") == Reported("", "")
     assert await compat.information(pool, setup.code, f"{hardware_id}-1", "10.0.0.1") == Reported("", "")
+
+
+async def test_reports_repeated_from_one_source_keep_one_record(
+    pool: Pool, setup: Setup, unique: str
+) -> None:
+    source = f"repeat-{unique}"
+    for i in range(100):
+        assert (
+            await compat.record_information(pool, setup.code, "board", f"fp{i}", "", "", source)
+            is Recorded.STORED
+        )
+    rows = await pool.fetch(
+        "SELECT source, fingerprint FROM device_information WHERE bulk_identification_code = $1", setup.code
+    )
+    assert [tuple(r) for r in rows] == [(source, "fp99")]
+
+
+async def test_new_hardware_ids_are_capped_per_source_a_minute_and_overwrites_never(
+    pool: Pool, setup: Setup, unique: str
+) -> None:
+    nat, other = f"nat-{unique}", f"other-{unique}"
+
+    async def report(hardware_id: str, source: str = nat, fingerprint: str = "fp") -> Recorded:
+        return await compat.record_information(
+            pool, setup.code, hardware_id, fingerprint, "", "", source, new_per_minute=3
+        )
+
+    assert [await report(f"h{i}-{unique}") for i in range(3)] == [Recorded.STORED] * 3
+    assert not await compat.new_records_capped(pool, other, 3)
+    assert await compat.new_records_capped(pool, nat, 3)
+    assert await report(f"h3-{unique}") is Recorded.CAPPED  # a fourth new hardware ID: refused
+    assert await report(f"h0-{unique}", fingerprint="rebooted") is Recorded.STORED  # an overwrite: never
+    assert await report(f"h3-{unique}", source=other) is Recorded.STORED  # another source has its own cap
+    assert (
+        await compat.record_information(
+            pool, str(uuid.uuid4()).upper(), f"h9-{unique}", "fp", "", "", nat, new_per_minute=3
+        )
+        is Recorded.UNKNOWN_CODE
+    )
+    stored = await pool.fetch(
+        "SELECT hardware_id, fingerprint FROM device_information WHERE source = $1 ORDER BY hardware_id", nat
+    )
+    assert [(r["hardware_id"], r["fingerprint"]) for r in stored] == [
+        (f"h0-{unique}", "rebooted"),
+        (f"h1-{unique}", "fp"),
+        (f"h2-{unique}", "fp"),
+    ]
+    # Records older than a minute no longer count: the source may report new ones again.
+    await pool.execute(
+        "UPDATE device_information SET created_at = now() - interval '61 seconds' WHERE source = $1", nat
+    )
+    assert not await compat.new_records_capped(pool, nat, 3)
+    assert await report(f"h3-{unique}") is Recorded.STORED
 
 
 async def test_a_nul_in_the_os_label_is_dropped(pool: Pool, setup: Setup, unique: str) -> None:

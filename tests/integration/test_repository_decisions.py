@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -458,3 +460,37 @@ async def test_list_decisions_pages_newest_first_through_shared_timestamps(pool:
         product_id=auto.product.id,
         protocol="native",
     )
+
+
+async def test_a_revoked_code_s_claims_keep_one_row_per_hardware_id_and_hour(pool: Pool, auto: Setup) -> None:
+    """A stale board retrying a rotated code: one audit row per hardware ID (any case) and
+    UTC hour, whatever the batches; other refusals keep one row each."""
+    from shared.domain.admission import REASON_REVOKED_CODE
+
+    hour = (time.time() // 3600) * 3600 + 60.0  # a minute into this hour: later claims stay in it
+
+    def revoked(hardware_id: str, at: float = hour) -> DecisionRecord:
+        return _record(auto, Verdict("refused", reason=REASON_REVOKED_CODE), hardware_id, received_at=at)
+
+    first = revoked("Stale")
+    await _write(pool, [first, revoked("stale"), revoked("STALE", hour + 10), revoked("other")])
+    await _write(pool, [revoked("stale", hour + 600), _refused(auto, "stale"), _refused(auto, "stale")])
+    await _write(pool, [revoked("stale", hour + 3600), revoked("stale", hour + 3700)])  # the next hour
+
+    rows = await pool.fetch(
+        """SELECT lower(claimed_hardware_id) AS hardware_id, reason, revoked_hour FROM registration_decisions
+           WHERE product_id = $1 ORDER BY received_at, reason""",
+        auto.product.id,
+    )
+    kept = Counter((r["hardware_id"], r["reason"]) for r in rows)
+    assert kept == {
+        ("stale", REASON_REVOKED_CODE): 2,  # this hour and the next
+        ("other", REASON_REVOKED_CODE): 1,
+        ("stale", REASON_BULK_NOT_LISTED): 2,  # counted for the key-guessing alert: each kept
+    }
+    assert {r["revoked_hour"] for r in rows if r["reason"] == REASON_REVOKED_CODE} == {
+        datetime.fromtimestamp(hour - 60, UTC),
+        datetime.fromtimestamp(hour - 60 + 3600, UTC),
+    }
+    # The kept claim answers its poll; the others were answered when they were decided.
+    assert set(await decisions.decided(pool, [first.claim.request_id])) == {first.claim.request_id}

@@ -345,3 +345,49 @@ async def test_replace_code_rolled_back_changes_nothing(pool: Pool, account_id: 
             product.id,
         )
     ] == [old]
+
+
+async def test_known_code_is_true_for_current_and_revoked_codes_only(pool: Pool, account_id: str) -> None:
+    product = await registry.new_product(pool, account_id, kind="auto")
+    revoked = await registry.new_code(pool, product.id, revoked=True)
+    current = await registry.new_code(pool, product.id)
+    assert await products.known_code(pool, current)
+    assert await products.known_code(pool, revoked)
+    assert not await products.known_code(pool, str(uuid.uuid4()).upper())
+    assert not await products.known_code(pool, current.lower())  # callers pass the canonical form
+
+
+async def test_creating_rotating_and_deleting_a_code_tells_every_intake(
+    pool: Pool, database_url: str, account_id: str
+) -> None:
+    """Lock, rotation and deletion send ``codes`` on fleetreg_invalidate when they commit:
+    each intake then drops its cache of known and unknown codes (code_cache.py)."""
+    import asyncpg
+
+    from shared.db.throttle import INVALIDATION_CHANNEL
+
+    received: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(INVALIDATION_CHANNEL, lambda *args: received.put_nowait(str(args[-1])))
+
+    async def codes_signal() -> bool:
+        """A ``codes`` payload arrives (others' payloads on the shared database are skipped)."""
+        try:
+            while await asyncio.wait_for(received.get(), timeout=2) != products.CODES_CHANGED:
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+    try:
+        actor = Account(account_id, "test")
+        product = await _new(pool, account_id)
+        await products.lock_product(pool, actor, product.id)
+        assert await codes_signal()
+        async with pool.acquire() as conn, conn.transaction():
+            await products.replace_code(conn, product.id)
+        assert await codes_signal()
+        await products.delete_product(pool, actor, product.id)
+        assert await codes_signal()
+    finally:
+        await listener.close()
