@@ -49,10 +49,11 @@ def read(text: str) -> dict[str, str]:
 
 
 def addresses(count: int) -> list[str]:
-    """``count`` loopback addresses of this run (a /16 drawn at random, so counters of
-    earlier runs, which live in Postgres, are not met again)."""
-    base = uuid.uuid4().int % 200 + 20
-    return [f"127.{base}.{i // 250}.{i % 250 + 1}" for i in range(count)]
+    """``count`` (at most 13,000) loopback addresses of this run, drawn at random, so that
+    counters and records of earlier runs, which live in Postgres, are not met again."""
+    draw = uuid.uuid4().int
+    second, third = draw % 200 + 20, (draw >> 8) % 200
+    return [f"127.{second}.{third + i // 250}.{i % 250 + 1}" for i in range(count)]
 
 
 @pytest.fixture
@@ -278,7 +279,13 @@ async def test_reference_step_1_is_one_record_per_source_and_capped_for_new_hard
         boot_s = time.monotonic() - started
         more = [f"more-{i}" for i in range(DEFAULT_NEW_PER_MINUTE - 2001)]
         assert await many(client, more) == {"true": len(more)}
-        assert time.monotonic() - started < 55, "the cap is a minute: the test cannot prove it this slowly"
+        # On a machine slow enough to take a minute for this, the first records would have
+        # left the window: they were all created within the minute, as far as the cap knows.
+        await pool.execute(
+            "UPDATE device_information SET created_at = now() WHERE source = $1 AND bulk_identification_code = $2",
+            nat,
+            code,
+        )
         assert (await step_1(client, "one-too-many"))["reason"] == TOO_MANY_NEW
         assert (await step_1(client, "nat-7", cpu="rebooted"))["status"] == "true"
         # Step 2 of the refused device says why, in words the client logs, and decides nothing.
