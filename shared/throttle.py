@@ -265,6 +265,12 @@ class Throttle:
         """Count one request of an operator key; raise TooManyRequests past its rate."""
         await self._hit_all(self.settings.requests_per_key, "key", key_identity(api_key), "requests_per_key")
 
+    async def check_console_key(self, key_id: str) -> None:
+        """Count one console request of a session opened with the key ``key_id``; raise
+        TooManyRequests past the per-key rate. Every session of one key shares the bucket
+        (a bucket of its own, beside the key's API calls, at the same rate)."""
+        await self._hit_all(self.settings.requests_per_key, "console-key", key_id, "requests_per_key")
+
     # -- new devices per code --------------------------------------------------------
 
     async def check_code(self, code: str) -> None:
@@ -307,7 +313,8 @@ class Throttle:
 THROTTLE = web.AppKey("throttle", Throttle)
 SOURCE = web.RequestKey("source", str)  # the source the request is counted under
 REFUSED = web.RequestKey("refused", bool)  # the handler refused the call (counts per source)
-UNTHROTTLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.yaml"})
+# Health, readiness and metrics are not on the throttled apps at all (the operations port).
+UNTHROTTLED_PATHS = frozenset({"/openapi.yaml"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

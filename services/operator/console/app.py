@@ -75,6 +75,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             response = web.HTTPSeeOther(signin.sign_in_location(request))
         else:
             response = await _error_page(request, 401, exc.message)
+    except TooManyRequests as exc:
+        # A session past its key's rate: the page without asking who is signed in (that
+        # would be one more request over the limit, and more registry reads).
+        response = render("error.html", request, None, {"status": 429, "message": exc.message}, status=429)
+        response.headers.update(exc.headers())
     except DomainError as exc:
         response = await _error_page(request, exc.status, exc.message)
         response.headers.update(exc.headers())
