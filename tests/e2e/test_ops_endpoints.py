@@ -144,6 +144,11 @@ async def test_a_console_session_past_its_keys_rate_gets_the_429_page(
     assert refused.content_type == "text/html"
     assert int(refused.headers["Retry-After"]) >= 1
     assert "frame-ancestors 'none'" in refused.headers["Content-Security-Policy"]
+    # Refused again, now from memory, before the session's row is read (console/app.py).
+    again = await chart(session, url, first)
+    assert again.status == 429 and again.content_type == "text/html"
+    assert "API key: slow down" in await again.text()  # the memory's answer, not the check's
+    assert int(again.headers["Retry-After"]) >= 1
     # Another session of the same key is no way around the key's rate ...
     second = await sign_in(session, url, operator.api_key)
     assert (await chart(session, url, second)).status == 429

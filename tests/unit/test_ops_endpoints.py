@@ -15,8 +15,10 @@ from aiohttp.test_utils import make_mocked_request
 
 from services.intake.settings import IntakeSettings
 from shared.cache import SharedResult
+from shared.errors import TooManyRequests
 from shared.http import READINESS, READINESS_PROBE, base_app, ops_app
 from shared.settings import Env, HttpSettings, SettingsError, load
+from shared.throttle import Throttle, ThrottleSettings
 
 REQUIRED = {
     "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
@@ -211,3 +213,23 @@ async def test_a_cancelled_caller_does_not_cancel_the_others_computation() -> No
 def test_a_negative_period_is_refused() -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         SharedResult(functools.partial(asyncio.sleep, 0), -1.0)
+
+
+# ------------------------------------------------------------------ console sessions ----
+async def test_a_console_key_past_its_rate_is_refused_and_remembered_until_its_window_frees() -> None:
+    throttle = Throttle(
+        ThrottleSettings.from_env(Env({"FLEETREG_LIMIT_REQUESTS_PER_KEY": "5/minute"})), "test"
+    )
+    for _ in range(5):
+        await throttle.check_console_key("key-one")
+    assert throttle.console_key_wait("key-one") is None  # at the limit, not past it
+    with pytest.raises(TooManyRequests) as raised:
+        await throttle.check_console_key("key-one")
+    assert raised.value.rule == "requests_per_key" and raised.value.retry_after >= 1
+    # the console refuses the key's sessions from memory until the window frees a request
+    wait = throttle.console_key_wait("key-one")
+    assert wait is not None and 1 <= wait <= 60
+    # another key's sessions, and the same key's own API calls, are counted apart
+    assert throttle.console_key_wait("key-two") is None
+    await throttle.check_console_key("key-two")
+    await throttle.check_key("key-one")
