@@ -67,9 +67,11 @@ WORKDIR /app
 USER 10001:10001
 
 # intake 18080, operator 18081, dedup 18082, provisioning 18083, ingestion 18084, notifier 18085
-# (each service's own FLEETREG_HTTP_PORT; /healthz, /readyz and /metrics on each),
-# and the intake's https listener 18443 (FLEETREG_COMPAT_PORT, when TLS is configured).
-EXPOSE 18080 18081 18082 18083 18084 18085 18443
+# (each service's own FLEETREG_HTTP_PORT), and the intake's https listener 18443
+# (FLEETREG_COMPAT_PORT, when TLS is configured). /healthz, /readyz and /metrics are on
+# each service's operations port only, its port + 100 (FLEETREG_<SERVICE>_OPS_PORT,
+# 18180-18185): for probes and Prometheus, never to be published.
+EXPOSE 18080 18081 18082 18083 18084 18085 18443 18180 18181 18182 18183 18184 18185
 STOPSIGNAL SIGTERM
 
 ENTRYPOINT ["/usr/local/bin/fleetreg-entrypoint"]

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from cli import wait_ready
 from cli.config import parse_env_file
 from shared.db import accounts, products, registrations
 from shared.db.pool import open_pool
@@ -63,6 +64,11 @@ async def prepare(var: Path) -> dict[str, str]:
             ("compat", "18443"),
         )
     }
+    # Each service's operations listener (health, readiness, metrics): not on the URLs above.
+    ops_urls = {
+        f"FLEETREG_{name.upper()}_OPS_URL": f"http://127.0.0.1:{wait_ready.ops_port(name)}"
+        for name in wait_ready.PORTS
+    }
     return {
         "FLEETREG_DEVICE_URL": f"http://127.0.0.1:{ports['intake']}",
         "FLEETREG_ADMIN_URL": f"http://127.0.0.1:{ports['operator']}",
@@ -74,6 +80,7 @@ async def prepare(var: Path) -> dict[str, str]:
         "FLEETREG_DEMO_CODE": product.bulk_identification_code or "",
         "KAFKA_BOOTSTRAP_SERVERS": infra["KAFKA_BOOTSTRAP_SERVERS"],
         "DATABASE_URL": infra["DATABASE_URL"],
+        **ops_urls,
     }
 
 

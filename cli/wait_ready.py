@@ -1,8 +1,8 @@
 """Wait until a local service answers /readyz (used by deploy/local/stack.sh).
 
-``python -m cli.wait_ready NAME PIDFILE SECONDS`` with FLEETREG_HTTP_PORT-style
-ports known from the stack: exits 0 when ready, 1 when the process died or the
-time ran out.
+``python -m cli.wait_ready NAME PIDFILE SECONDS`` asks the service's operations port
+(``FLEETREG_<NAME>_OPS_PORT``, else ``FLEETREG_<NAME>_PORT`` + 100, as the service
+itself computes it): exits 0 when ready, 1 when the process died or the time ran out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
+from shared.settings import OPS_PORT_OFFSET
+
 PORTS = {
     "intake": 18080,
     "operator": 18081,
@@ -23,6 +25,12 @@ PORTS = {
     "ingestion": 18084,
     "notifier": 18085,
 }
+
+
+def ops_port(name: str) -> int:
+    """The operations port of the local stack's service ``name``."""
+    port = int(os.environ.get(f"FLEETREG_{name.upper()}_PORT", PORTS[name]))
+    return int(os.environ.get(f"FLEETREG_{name.upper()}_OPS_PORT", port + OPS_PORT_OFFSET))
 
 
 def _alive(pidfile: Path) -> bool:
@@ -34,8 +42,7 @@ def _alive(pidfile: Path) -> bool:
 
 
 async def wait(name: str, pidfile: Path, seconds: float) -> bool:
-    port = int(os.environ.get(f"FLEETREG_{name.upper()}_PORT", PORTS[name]))
-    url = f"http://127.0.0.1:{port}/readyz"
+    url = f"http://127.0.0.1:{ops_port(name)}/readyz"
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.monotonic() < deadline:

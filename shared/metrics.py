@@ -31,6 +31,15 @@ CONSUMER_LAG = Gauge(
     "Records between a consumer's position and the partition end",
     ["service", "topic", "partition"],
 )
+READINESS_PROBES = Counter(
+    "fleetreg_readiness_probes_total",
+    "Database queries made for /readyz (its answer is kept a second: shared/http.py)",
+    ["service"],
+)
+PIPELINE_HEALTH_CHECKS = Counter(
+    "fleetreg_pipeline_health_checks_total",
+    "Pipeline health computations for the console's live view (kept a second, shared by every tab)",
+)
 ERRORS = Counter("fleetreg_errors_total", "Errors by service and kind", ["service", "kind"])
 PRODUCER_REPLACED = Counter(
     "fleetreg_kafka_producer_replaced_total",

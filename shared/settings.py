@@ -232,17 +232,35 @@ def postgres_tls_parameters(url: Secret) -> dict[str, str]:
     return {name: value for name, value in urllib.parse.parse_qsl(query) if name.startswith("ssl")}
 
 
+SERVICES = ("intake", "operator", "dedup", "provisioning", "ingestion", "notifier")
+# The operations port is the service's own port plus this, unless set.
+OPS_PORT_OFFSET = 100
+
+
 @dataclass(frozen=True)
 class HttpSettings:
+    """Where a service listens: ``port`` for its API (``FLEETREG_HTTP_PORT``) and
+    ``ops_port`` for /healthz, /readyz and /metrics (``FLEETREG_<SERVICE>_OPS_PORT``,
+    default ``port`` + 100; 0 with port 0), both on ``host`` (``FLEETREG_HTTP_HOST``)."""
+
     host: str
     port: int
+    ops_port: int = 0
 
     @classmethod
-    def from_env(cls, env: Env, prefix: str, default_port: int) -> HttpSettings:
-        return cls(
-            host=env.text(f"{prefix}_HOST", "127.0.0.1"),
-            port=env.integer(f"{prefix}_PORT", default_port, minimum=0),
+    def from_env(cls, env: Env, prefix: str, default_port: int, *, service: str) -> HttpSettings:
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}")
+        port = env.integer(f"{prefix}_PORT", default_port, minimum=0)
+        ops_port = env.integer(
+            f"FLEETREG_{service.upper()}_OPS_PORT", port + OPS_PORT_OFFSET if port else 0, minimum=0
         )
+        name = f"FLEETREG_{service.upper()}_OPS_PORT"
+        if ops_port > 65535:
+            raise SettingsError(f"{name}={ops_port} is not a TCP port (set it below 65536)")
+        if ops_port and ops_port == port:
+            raise SettingsError(f"{name}={ops_port} is the service's own port; give it a port of its own")
+        return cls(host=env.text(f"{prefix}_HOST", "127.0.0.1"), port=port, ops_port=ops_port)
 
 
 def load(factory: Callable[[Env], T], environ: Mapping[str, str] | None = None) -> T:
@@ -281,7 +299,7 @@ class PipelineSettings:
     @classmethod
     def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
         return cls(
-            http=HttpSettings.from_env(env, "FLEETREG_HTTP", default_port),
+            http=HttpSettings.from_env(env, "FLEETREG_HTTP", default_port, service=service),
             kafka=KafkaSettings.from_env(env),
             database=DatabaseSettings.from_env(env),
             secret_key=secret_key(env),

@@ -183,6 +183,9 @@ class Throttle:
     # Calls refused by a code's new-device limit, by (code, start of the minute): the intake
     # reports them for webhooks' registration.refused summary (take_refused_codes).
     _refused_codes: Counter[tuple[str, float]] = field(default_factory=Counter)
+    # Console keys past their rate, until when (epoch seconds): their sessions' next requests
+    # are refused before the session is even read (console_key_wait). Bounded as _blocked.
+    _console_blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         memory = MemoryStorage()
@@ -265,6 +268,32 @@ class Throttle:
         """Count one request of an operator key; raise TooManyRequests past its rate."""
         await self._hit_all(self.settings.requests_per_key, "key", key_identity(api_key), "requests_per_key")
 
+    async def check_console_key(self, key_id: str) -> None:
+        """Count one console request of a session opened with the key ``key_id``; raise
+        TooManyRequests past the per-key rate. Every session of one key shares the bucket
+        (a bucket of its own, beside the key's API calls, at the same rate)."""
+        try:
+            await self._hit_all(self.settings.requests_per_key, "console-key", key_id, "requests_per_key")
+        except TooManyRequests as exc:
+            self._console_blocked[key_id] = time.time() + exc.retry_after
+            self._console_blocked.move_to_end(key_id)
+            while len(self._console_blocked) > MAX_BLOCKED_SOURCES:
+                self._console_blocked.popitem(last=False)
+            raise
+
+    def console_key_wait(self, key_id: str) -> int | None:
+        """Seconds the console key ``key_id`` must still wait after :meth:`check_console_key`
+        refused it, or None; a refusal here is counted like the check's own."""
+        until = self._console_blocked.get(key_id)
+        if until is None:
+            return None
+        wait = until - time.time()
+        if wait <= 0:
+            del self._console_blocked[key_id]
+            return None
+        THROTTLED.labels(self.service, "requests_per_key").inc()
+        return math.ceil(wait)
+
     # -- new devices per code --------------------------------------------------------
 
     async def check_code(self, code: str) -> None:
@@ -307,7 +336,8 @@ class Throttle:
 THROTTLE = web.AppKey("throttle", Throttle)
 SOURCE = web.RequestKey("source", str)  # the source the request is counted under
 REFUSED = web.RequestKey("refused", bool)  # the handler refused the call (counts per source)
-UNTHROTTLED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.yaml"})
+# Health, readiness and metrics are not on the throttled apps at all (the operations port).
+UNTHROTTLED_PATHS = frozenset({"/openapi.yaml"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

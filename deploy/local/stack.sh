@@ -40,6 +40,13 @@ PROVISIONING_PORT=${FLEETREG_PROVISIONING_PORT:-18083}
 COMPAT_PORT=${FLEETREG_COMPAT_PORT:-18443}
 INGESTION_PORT=${FLEETREG_INGESTION_PORT:-18084}
 NOTIFIER_PORT=${FLEETREG_NOTIFIER_PORT:-18085}
+# Each service's operations port (/healthz, /readyz, /metrics): its port + 100 unless set.
+INTAKE_OPS_PORT=${FLEETREG_INTAKE_OPS_PORT:-$((INTAKE_PORT + 100))}
+OPERATOR_OPS_PORT=${FLEETREG_OPERATOR_OPS_PORT:-$((OPERATOR_PORT + 100))}
+DEDUP_OPS_PORT=${FLEETREG_DEDUP_OPS_PORT:-$((DEDUP_PORT + 100))}
+PROVISIONING_OPS_PORT=${FLEETREG_PROVISIONING_OPS_PORT:-$((PROVISIONING_PORT + 100))}
+INGESTION_OPS_PORT=${FLEETREG_INGESTION_OPS_PORT:-$((INGESTION_PORT + 100))}
+NOTIFIER_OPS_PORT=${FLEETREG_NOTIFIER_OPS_PORT:-$((NOTIFIER_PORT + 100))}
 
 mkdir -p "$LOG" "$RUN"
 
@@ -224,6 +231,14 @@ service_port() {
   esac
 }
 
+service_ops_port() {
+  case $1 in
+    intake) echo "$INTAKE_OPS_PORT" ;; operator) echo "$OPERATOR_OPS_PORT" ;;
+    dedup) echo "$DEDUP_OPS_PORT" ;; provisioning) echo "$PROVISIONING_OPS_PORT" ;;
+    ingestion) echo "$INGESTION_OPS_PORT" ;; notifier) echo "$NOTIFIER_OPS_PORT" ;;
+  esac
+}
+
 write_infra_env() {
   {
     echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
@@ -240,7 +255,12 @@ service_env() {
   export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
   # The console (operator) forwards bulk uploads to the bulk API and shows the pipeline's health.
   export FLEETREG_INGESTION_URL="http://127.0.0.1:$INGESTION_PORT"
-  export FLEETREG_PIPELINE_HEALTH_URLS="http://127.0.0.1:$INTAKE_PORT/readyz,http://127.0.0.1:$DEDUP_PORT/readyz,http://127.0.0.1:$PROVISIONING_PORT/readyz"
+  # Each service reads its own operations port (cli.wait_ready and cli.endpoints read them all).
+  export FLEETREG_INTAKE_OPS_PORT="$INTAKE_OPS_PORT" FLEETREG_OPERATOR_OPS_PORT="$OPERATOR_OPS_PORT" \
+    FLEETREG_DEDUP_OPS_PORT="$DEDUP_OPS_PORT" FLEETREG_PROVISIONING_OPS_PORT="$PROVISIONING_OPS_PORT" \
+    FLEETREG_INGESTION_OPS_PORT="$INGESTION_OPS_PORT" FLEETREG_NOTIFIER_OPS_PORT="$NOTIFIER_OPS_PORT"
+  # Readiness is asked on the operations ports, never on the public ones.
+  export FLEETREG_PIPELINE_HEALTH_URLS="http://127.0.0.1:$INTAKE_OPS_PORT/readyz,http://127.0.0.1:$DEDUP_OPS_PORT/readyz,http://127.0.0.1:$PROVISIONING_OPS_PORT/readyz"
 }
 
 start_services() {
@@ -259,6 +279,8 @@ start_services() {
     if pid_alive "$RUN/$svc.pid"; then continue; fi
     port=$(service_port "$svc")
     port_in_use "$port" && fail "port $port for $svc is already in use by another process; set FLEETREG_${svc^^}_PORT"
+    port_in_use "$(service_ops_port "$svc")" &&
+      fail "port $(service_ops_port "$svc") (operations of $svc) is already in use by another process; set FLEETREG_${svc^^}_OPS_PORT"
     [ "$svc" = intake ] && port_in_use "$COMPAT_PORT" && fail "port $COMPAT_PORT (https device API) is already in use; set FLEETREG_COMPAT_PORT"
     FLEETREG_HTTP_PORT=$port nohup "$PY" -m "services.$svc" >>"$LOG/$svc.log" 2>&1 </dev/null &
     echo $! >"$RUN/$svc.pid"

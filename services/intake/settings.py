@@ -75,10 +75,18 @@ class IntakeSettings:
     code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
+    def __post_init__(self) -> None:
+        tls = self.compat.tls
+        if tls is not None and self.http.ops_port and tls.port == self.http.ops_port:
+            raise SettingsError(
+                f"FLEETREG_INTAKE_OPS_PORT={self.http.ops_port} is also FLEETREG_COMPAT_PORT; "
+                "the operations port must not be the https device port"
+            )
+
     @classmethod
     def from_env(cls, env: Env) -> IntakeSettings:
         return cls(
-            http=HttpSettings.from_env(env, "FLEETREG_HTTP", 18080),
+            http=HttpSettings.from_env(env, "FLEETREG_HTTP", service="intake", default_port=18080),
             kafka=KafkaSettings.from_env(env),
             database=DatabaseSettings.from_env(env),
             secret_key=secret_key(env),

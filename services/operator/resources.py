@@ -14,6 +14,7 @@ from aiohttp import web
 from services.operator import handlers
 from services.operator.exports import ExportSlots
 from services.operator.settings import OperatorSettings, RetentionSettings
+from shared.cache import SharedResult
 from shared.db.pool import Pool, answers, open_pool
 from shared.http import READINESS, READINESS_PROBE
 from shared.throttle import THROTTLE, open_throttle
@@ -31,6 +32,9 @@ class Resources:
     export_slots: ExportSlots = field(default_factory=lambda: ExportSlots(1))
     # The console's live view asks the pipeline's /readyz with it (a short timeout per call).
     pipeline_http: aiohttp.ClientSession | None = None
+    # The pipeline's probes, shared by every live view of this instance: computed at most
+    # once per handlers.PIPELINE_HEALTH_SECONDS, one computation at a time.
+    pipeline_probes: SharedResult[tuple[handlers.Probe, ...]] | None = None
     # The console's client of the bulk API (uploads streamed through, publish, cancel): a
     # session of its own, so a slow upload never holds up the health probes.
     bulk_http: aiohttp.ClientSession | None = None
@@ -58,11 +62,15 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
             )
             stack.push_async_callback(bulk_http.close)
+            urls = settings.console.pipeline_health_urls
             app[RESOURCES] = Resources(
                 settings,
                 pool,
                 ExportSlots(settings.exports_max),
                 pipeline_http=pipeline_http,
+                pipeline_probes=SharedResult(
+                    lambda: handlers.probe_pipeline(pipeline_http, urls), handlers.PIPELINE_HEALTH_SECONDS
+                ),
                 bulk_http=bulk_http,
             )
             pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")

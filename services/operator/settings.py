@@ -99,7 +99,7 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, env: Env) -> OperatorSettings:
         return cls(
-            http=HttpSettings.from_env(env, "FLEETREG_HTTP", 18081),
+            http=HttpSettings.from_env(env, "FLEETREG_HTTP", service="operator", default_port=18081),
             database=DatabaseSettings.from_env(env),
             online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),

@@ -51,6 +51,7 @@ async def _stack(pool: Any) -> storms.Stack:
     return storms.Stack(
         device_url=require(endpoints, "FLEETREG_DEVICE_URL"),
         operator_url=require(endpoints, "FLEETREG_ADMIN_URL"),
+        intake_ops_url=require(endpoints, "FLEETREG_INTAKE_OPS_URL"),
         bootstrap=infra["KAFKA_BOOTSTRAP_SERVERS"],
         topic_prefix=os.environ.get("FLEETREG_TOPIC_PREFIX", "fleetreg"),
         pool=pool,

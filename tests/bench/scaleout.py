@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from cli import wait_ready
 from cli.config import parse_env_file
 from tests.bench import storms
 from tests.bench.bulk import _chunks, make_csv
@@ -40,6 +41,11 @@ def _first_url(service: str) -> str:
     return f"http://127.0.0.1:{os.environ.get(SERVICES[service], DEFAULT_PORTS[service])}"
 
 
+def _first_ops_url(service: str) -> str:
+    """The stack's first instance's operations listener (its metrics)."""
+    return f"http://127.0.0.1:{wait_ready.ops_port(service)}"
+
+
 async def records(session: aiohttp.ClientSession, url: str, service: str) -> float:
     """The Kafka records one instance of ``service`` has handled so far."""
     return await storms.counter_total(
@@ -50,7 +56,8 @@ async def records(session: aiohttp.ClientSession, url: str, service: str) -> flo
 @contextlib.asynccontextmanager
 async def second_instances() -> AsyncIterator[dict[str, str]]:
     """A second instance of each pipeline service, as the stack runs the first (same
-    registry, broker, secret key and consumer groups); stopped on exit. Its log is
+    registry, broker, secret key and consumer groups); stopped on exit. Yields each one's
+    URL by service name and its operations URL (metrics) by ``<service>-ops``. Its log is
     var/log/e2e/<service>-2.log."""
     var = ROOT / "var"
     env = {
@@ -64,7 +71,9 @@ async def second_instances() -> AsyncIterator[dict[str, str]]:
         for process in started:
             await process.wait_ready()
         await asyncio.sleep(8)  # the consumer groups rebalance onto both instances
-        yield {process.service: process.url for process in started}
+        yield {process.service: process.url for process in started} | {
+            f"{process.service}-ops": process.ops_url for process in started
+        }
     finally:
         for process in started:
             await asyncio.to_thread(process.stop)
@@ -73,8 +82,8 @@ async def second_instances() -> AsyncIterator[dict[str, str]]:
 async def _shares(session: aiohttp.ClientSession, urls: dict[str, str]) -> dict[str, list[float]]:
     return {
         service: [
-            await records(session, _first_url(service), service),
-            await records(session, urls[service], service),
+            await records(session, _first_ops_url(service), service),
+            await records(session, urls[f"{service}-ops"], service),
         ]
         for service in SERVICES
     }

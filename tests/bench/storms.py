@@ -46,6 +46,7 @@ SERVICES = [{"type": "ssh", "port": 22}, {"type": "web", "port": 80}, {"type": "
 class Stack:
     device_url: str
     operator_url: str
+    intake_ops_url: str  # the intake's operations listener: its /metrics
     bootstrap: str
     topic_prefix: str
     pool: Pool
@@ -73,13 +74,11 @@ async def counter_total(
     )
 
 
-async def _http_requests(session: aiohttp.ClientSession, device_url: str) -> float:
-    """The intake's answered HTTP requests so far, its own /metrics calls aside."""
+async def _http_requests(session: aiohttp.ClientSession, ops_url: str) -> float:
+    """The intake's answered HTTP requests so far (its /metrics is on the operations
+    listener, ``ops_url``, and counts in none of them)."""
     return await counter_total(
-        session,
-        device_url,
-        "fleetreg_http_requests",
-        lambda labels: labels.get("route") not in ("/metrics", None),
+        session, ops_url, "fleetreg_http_requests", lambda labels: labels.get("route") is not None
     )
 
 
@@ -112,7 +111,7 @@ async def _postgres_rows(pool: Pool) -> int:
 
 async def _counters(stack: Stack, session: aiohttp.ClientSession) -> tuple[float, int, int]:
     return (
-        await _http_requests(session, stack.device_url),
+        await _http_requests(session, stack.intake_ops_url),
         await _kafka_records(stack),
         await _postgres_rows(stack.pool),
     )

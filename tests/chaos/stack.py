@@ -27,6 +27,13 @@ DEFAULT_PORTS = {
     "FLEETREG_INGESTION_PORT": 18084,
     "FLEETREG_NOTIFIER_PORT": 18085,
     "FLEETREG_COMPAT_PORT": 18443,
+    # The operations ports (health, readiness, metrics): each service's port + 100.
+    "FLEETREG_INTAKE_OPS_PORT": 18180,
+    "FLEETREG_OPERATOR_OPS_PORT": 18181,
+    "FLEETREG_DEDUP_OPS_PORT": 18182,
+    "FLEETREG_PROVISIONING_OPS_PORT": 18183,
+    "FLEETREG_INGESTION_OPS_PORT": 18184,
+    "FLEETREG_NOTIFIER_OPS_PORT": 18185,
 }
 
 # The services' settings on the chaos stack: the storm comes from one address with one

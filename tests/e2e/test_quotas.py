@@ -54,7 +54,7 @@ async def test_max_devices_creates_exactly_n_of_2n_concurrent_devices_and_refuse
     )
     assert (registration["max_devices"], registration["device_count"]) == (n, 0)
     code = registration["bulk_identification_code"]
-    dedup = system.services["dedup"].url
+    dedup = system.services["dedup"].ops_url
     before = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "max_devices"})
 
     answers = await asyncio.gather(
@@ -147,7 +147,7 @@ async def test_a_clone_flood_creates_exactly_the_clone_limit_and_nothing_more(
     code = (await operator.product())["bulk_identification_code"]
     h = "f100d0000001"
     flood = CLONE_LIMIT + 41
-    dedup = system.services["dedup"].url
+    dedup = system.services["dedup"].ops_url
     before = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "clone_limit"})
     answers = await asyncio.gather(
         *[
@@ -185,7 +185,7 @@ async def test_guessing_keys_raises_an_alert_and_never_locks_out_the_right_key(
     await publish_and_wait(session, system.bulk_url, operator, registration["id"])
     code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
     key, hardware_id, _ = rows[0]
-    dedup = system.services["dedup"].url
+    dedup = system.services["dedup"].ops_url
     raised_before = await metric(
         session, dedup, "fleetreg_security_alerts_total", {"kind": "bulk_key_guessing"}
     )

@@ -35,15 +35,26 @@ class ServiceProcess:
     instance: str
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    ops_port: int = field(default_factory=free_port)  # /healthz, /readyz, /metrics
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ops_url(self) -> str:
+        """The operations listener: health, readiness and metrics (not on ``url``)."""
+        return f"http://127.0.0.1:{self.ops_port}"
+
     def start(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "FLEETREG_HTTP_PORT": str(self.port)}
+        env = {
+            **os.environ,
+            **self.env,
+            "FLEETREG_HTTP_PORT": str(self.port),
+            f"FLEETREG_{self.service.upper()}_OPS_PORT": str(self.ops_port),
+        }
         with (LOGS / f"{self.instance}.log").open("ab") as log:  # the child keeps its own handle
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.service}"], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -56,7 +67,7 @@ class ServiceProcess:
                 if self.process is None or self.process.poll() is not None:
                     raise RuntimeError(f"{self.instance} exited; see var/log/e2e/{self.instance}.log")
                 try:
-                    async with session.get(f"{self.url}/readyz") as response:
+                    async with session.get(f"{self.ops_url}/readyz") as response:
                         if response.status == 200:
                             return
                 except aiohttp.ClientError:
@@ -187,10 +198,11 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
     for name in SERVICES:
         group_env = {**env, **SERVICE_ENV.get(name, {}), "FLEETREG_CONSUMER_GROUP": f"{prefix}-{name}"}
         services[name] = ServiceProcess(name, name, group_env)
-    # The console forwards bulk uploads to the bulk API and asks the pipeline's readiness.
+    # The console forwards bulk uploads to the bulk API and asks the pipeline's readiness
+    # (on each service's operations port).
     services["operator"].env["FLEETREG_INGESTION_URL"] = services["ingestion"].url
     services["operator"].env["FLEETREG_PIPELINE_HEALTH_URLS"] = ",".join(
-        f"{services[name].url}/readyz" for name in ("intake", "dedup", "provisioning")
+        f"{services[name].ops_url}/readyz" for name in ("intake", "dedup", "provisioning")
     )
     for process in services.values():
         process.start()

@@ -165,15 +165,15 @@ def test_waiting_decisions_are_summed_with_the_oldest_age() -> None:
     assert storm.oldest_waiting_s == pytest.approx(30.5)
 
 
-async def test_waiting_decisions_make_the_pipeline_degraded_with_the_reason() -> None:
+def test_waiting_decisions_make_the_pipeline_degraded_with_the_reason() -> None:
     storm = handlers.tally_storm(
         LAST - 9, LAST, [DecisionCount(LAST - 9, "new", 1, 1, datetime.fromtimestamp(LAST - 9, UTC))], [], NOW
     )
-    health = await handlers.pipeline_health(None, (), storm)
+    health = handlers.pipeline_health((), storm)
     assert not health.healthy
     assert health.reasons == ["1 registration waiting for provisioning longer than 5 s (the oldest for 10 s)"]
     calm = handlers.tally_storm(LAST - 9, LAST, [], [], NOW)
-    assert (await handlers.pipeline_health(None, (), calm)).healthy
+    assert handlers.pipeline_health((), calm).healthy
 
 
 @pytest.mark.parametrize("raw", ["", "9", "601", "-5", "1e3", "\uff11\uff12\uff10", "120\x00", "x" * 5000])

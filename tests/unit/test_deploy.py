@@ -61,6 +61,10 @@ PORTS = {
     "notifier": 18085,
 }
 SERVICES = tuple(PORTS)
+# Each service's operations port (FLEETREG_<SERVICE>_OPS_PORT): health, readiness and
+# metrics only, its port + 100; never published, never on a Service's http port.
+OPS_PORTS = {service: port + 100 for service, port in PORTS.items()}
+OPS_PORT_VARIABLES = {f"FLEETREG_{service.upper()}_OPS_PORT" for service in PORTS}
 # The APIs reachable from outside a Compose host: the device API (http, and https for the
 # reference-compatible API), the operator API and the bulk API.
 PUBLISHED = {"intake": {18080, 18443}, "operator": {18081}, "ingestion": {18084}}
@@ -79,6 +83,7 @@ PER_SERVICE = {
     "FLEETREG_CONSUMER_GROUP",
     "FLEETREG_COMPAT_HOST",  # the intake's https listener
     "FLEETREG_COMPAT_PORT",
+    *OPS_PORT_VARIABLES,
 }
 # Read by docker-compose.yml only: the bundled postgres container and the image name.
 COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "FLEETREG_IMAGE"}
@@ -168,6 +173,10 @@ def code_variables() -> dict[str, Any]:
         elif isinstance(name_node, ast.JoinedStr) and ast.unparse(name_node).startswith("f'{prefix}_"):
             suffix = ast.unparse(name_node).removeprefix("f'{prefix}").removesuffix("'")
             names = [prefix + suffix for prefix in sorted(prefixes)]
+        elif isinstance(name_node, ast.JoinedStr) and "{service.upper()}" in ast.unparse(name_node):
+            # HttpSettings.from_env's FLEETREG_{service.upper()}_OPS_PORT: one per service
+            template = ast.unparse(name_node).removeprefix("f'").removesuffix("'")
+            names = [template.replace("{service.upper()}", service.upper()) for service in SERVICES]
         else:
             raise AssertionError(
                 f"a settings variable named at run time: {ast.unparse(call)}; teach this test"
@@ -401,6 +410,7 @@ def test_compose_gives_each_service_exactly_what_its_settings_read(compose_model
             f"{service} must listen on every interface in a container"
         )
         assert settings.http.port == PORTS[service]
+        assert settings.http.ops_port == OPS_PORTS[service]
         group = getattr(getattr(settings, "pipeline", settings), "group_id", None)
         assert group in (None, f"fleetreg-{service}"), (
             "one consumer group per service, shared by its replicas"
@@ -427,7 +437,8 @@ def test_compose_services_wait_for_migrations_and_their_dependencies(compose_mod
         limits = definition["deploy"]["resources"]["limits"]
         assert limits["cpus"] and limits["memory"], service
         test = " ".join(definition["healthcheck"]["test"])
-        assert "/readyz" in test and "urllib.request" in test and "FLEETREG_HTTP_PORT" in test
+        assert "/readyz" in test and "urllib.request" in test and "_OPS_PORT" in test
+        assert "FLEETREG_HTTP_PORT" not in test, "readiness is not answered on the public port"
         assert definition["read_only"] is True and definition["cap_drop"] == ["ALL"]
     for infra in ("kafka", "postgres"):
         assert services[infra]["restart"] == "unless-stopped"
@@ -569,6 +580,7 @@ def test_each_deployment_gets_what_its_settings_read(directory: Path) -> None:
         assert secret_keys == SECRETS & service_reads(service), f"{service}: only the secrets it reads"
         settings = load_settings(service, environment)
         assert settings.http.host == ALL_INTERFACES and settings.http.port == PORTS[service]
+        assert settings.http.ops_port == OPS_PORTS[service]
         group = getattr(getattr(settings, "pipeline", settings), "group_id", None)
         assert group in (None, f"fleetreg-{service}")
     # ConfigMap keys + Secret keys + Deployment env: the very set the code reads.
@@ -599,9 +611,17 @@ def test_deployments_are_probed_limited_and_unprivileged(directory: Path) -> Non
         [container] = pod["containers"]
         assert container["args"] == [service]
         assert container["image"].rpartition(":")[0].endswith("fleetreg")
-        assert container["ports"] == [{"name": "http", "containerPort": PORTS[service], "protocol": "TCP"}]
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container["ports"] == [
+            {"name": "http", "containerPort": PORTS[service], "protocol": "TCP"},
+            {"name": "ops", "containerPort": OPS_PORTS[service], "protocol": "TCP"},
+        ]
+        # Probes and Prometheus on the operations port: /readyz and /metrics are 404 on http.
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(OPS_PORTS[service])
+        assert annotations["prometheus.io/path"] == "/metrics"
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{service} {kind}"
         security = container["securityContext"]
@@ -622,7 +642,14 @@ def test_services_budgets_and_autoscalers_match_the_deployments(directory: Path)
     assert set(services) == {f"fleetreg-{s}" for s in PUBLISHED}  # Kubernetes terminates TLS in front
     for name, service in services.items():
         assert service["spec"]["selector"] == deployments[name]["spec"]["template"]["metadata"]["labels"]
-        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+        # http for the API (what an Ingress routes to); ops inside the cluster (the console's
+        # pipeline health), on the operations port's own number.
+        assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            ("http", "http"),
+            ("ops", "ops"),
+        ]
+        ops = service["spec"]["ports"][1]["port"]
+        assert ops == OPS_PORTS[name.removeprefix("fleetreg-")]
     budgets = by_kind(documents, "PodDisruptionBudget")
     autoscalers = by_kind(documents, "HorizontalPodAutoscaler")
     assert set(budgets) == set(autoscalers) == set(deployments)

@@ -331,41 +331,59 @@ def replaced(old: str, new: str) -> str:
 @pytest.mark.parametrize(
     ("malformed", "expected"),
     [
-        pytest.param(lambda: replaced("  /v1/account:\n", "  /healthz:\n"), "given twice", id="path-twice"),
+        pytest.param(
+            lambda: replaced("  /v1/account:\n", "  /openapi.yaml:\n"), "given twice", id="path-twice"
+        ),
         pytest.param(
             lambda: replaced("  /v1/products:\n    post:", "  /v1/products:\n    get:"),
             "given twice",
             id="method-twice",
         ),
-        pytest.param(lambda: replaced("  /metrics:\n", "  metrics:\n"), "'metrics'", id="path-without-slash"),
         pytest.param(
-            lambda: replaced("  /metrics:\n    get:", "  /metrics:\n    GET:"),
+            lambda: replaced("  /openapi.yaml:\n", "  openapi.yaml:\n"),
+            "'openapi.yaml'",
+            id="path-without-slash",
+        ),
+        pytest.param(
+            lambda: replaced("  /openapi.yaml:\n    get:", "  /openapi.yaml:\n    GET:"),
             "'GET'",
             id="upper-case-method",
         ),
         pytest.param(
-            lambda: replaced("      operationId: metrics\n", "      operationID: metrics\n"),
+            lambda: replaced("      operationId: openapi\n", "      operationID: openapi\n"),
             "operationID",
             id="unknown-key",
         ),
-        pytest.param(lambda: replaced("        '503':", "        'gone':"), "'gone'", id="bad-status"),
         pytest.param(
-            lambda: replaced("        '503':", "        503:"), "not a string", id="unquoted-status"
+            lambda: replaced(
+                "        '200':\n          description: The account.",
+                "        'gone':\n          description: The account.",
+            ),
+            "'gone'",
+            id="bad-status",
         ),
-        pytest.param(lambda: replaced("  /metrics:\n", "\t/metrics:\n"), "not YAML", id="tab"),
+        pytest.param(
+            lambda: replaced(
+                "        '200':\n          description: The account.",
+                "        200:\n          description: The account.",
+            ),
+            "not a string",
+            id="unquoted-status",
+        ),
+        pytest.param(lambda: replaced("  /openapi.yaml:\n", "\t/openapi.yaml:\n"), "not YAML", id="tab"),
         pytest.param(
             lambda: document().replace(
-                "{$ref: '#/components/schemas/Readiness'}", "{$ref: '#/components/schemas/Readyness'}", 1
+                "{$ref: '#/components/schemas/Account'}", "{$ref: '#/components/schemas/Acount'}", 1
             ),
             "dangling reference",
             id="dangling-reference",
         ),
         pytest.param(
             lambda: replaced(
-                "              schema: {type: string}\n\n  /openapi.yaml:",
-                "              schema: {type: strin}\n\n  /openapi.yaml:",
+                "              schema: {type: object}\n\n  /v1/account:",
+                "              schema: {type: objec}\n\n  /v1/account:",
             ),
-            "'strin'",
+            "'objec'",
             id="schema-typo",
         ),
         pytest.param(

@@ -36,6 +36,7 @@ from shared.errors import DomainError, TooManyRequests
 from shared.logging import exception_summary
 from shared.throttle import THROTTLE, request_source
 
+SESSIONS = web.AppKey("console_sessions", RegistryStorage)
 STATIC = Path(__file__).with_name("static")
 TEMPLATES = Path(__file__).with_name("templates")
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         if throttle is not None:  # the operator's throttle counts console refusals, this refuses
             throttle.check_source(request_source(request))
+            # A session whose key is already past its rate (auth.signed_in counted it): refused
+            # before its row is read again, so a session's flood costs no registry read either.
+            key_id = request.config_dict[SESSIONS].known_key(request)
+            wait = throttle.console_key_wait(key_id) if key_id is not None else None
+            if wait is not None:
+                raise TooManyRequests(
+                    "too many requests for this session's API key: slow down",
+                    retry_after=wait,
+                    rule="requests_per_key",
+                )
     except TooManyRequests as exc:
         # Before any session or registry read: a flood costs nothing but this page.
         refused = render("error.html", request, None, {"status": 429, "message": exc.message}, status=429)
@@ -75,6 +86,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             response = web.HTTPSeeOther(signin.sign_in_location(request))
         else:
             response = await _error_page(request, 401, exc.message)
+    except TooManyRequests as exc:
+        # A session past its key's rate: the page without asking who is signed in (that
+        # would be one more request over the limit, and more registry reads).
+        response = render("error.html", request, None, {"status": 429, "message": exc.message}, status=429)
+        response.headers.update(exc.headers())
     except DomainError as exc:
         response = await _error_page(request, exc.status, exc.message)
         response.headers.update(exc.headers())
@@ -121,14 +137,13 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     )
     # A static file's URL carries a hash of its content (?v=...): cached, never stale.
     environment.globals["static"] = lambda name: str(static.url_for(filename=name))
-    aiohttp_session.setup(
-        console,
-        RegistryStorage(
-            lambda request: request.config_dict[RESOURCES].pool,
-            max_age=settings.session_seconds,
-            always_secure=settings.secure_cookie == "always",
-        ),
+    storage = RegistryStorage(
+        lambda request: request.config_dict[RESOURCES].pool,
+        max_age=settings.session_seconds,
+        always_secure=settings.secure_cookie == "always",
     )
+    console[SESSIONS] = storage
+    aiohttp_session.setup(console, storage)
     for pages in (signin, products, auto_registrations, bulk, devices, webhooks, live):
         console.add_routes(pages.ROUTES)
     return console

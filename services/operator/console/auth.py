@@ -29,9 +29,12 @@ from services.operator import handlers
 from services.operator.resources import RESOURCES, Resources
 from shared.domain.accounts import Account
 from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
+from shared.throttle import THROTTLE
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+# The request was counted against its session's key (an error page asks who is signed in again).
+KEY_COUNTED = web.RequestKey("console_key_counted", bool)
 
 
 class SignInRequired(Unauthorized):
@@ -58,11 +61,17 @@ def resources(request: web.Request) -> Resources:
 
 async def signed_in(request: web.Request) -> Operator:
     """The signed-in operator (SignInRequired otherwise). The key is checked on every
-    request: revoking it ends its console sessions at once."""
+    request: revoking it ends its console sessions at once. Each call counts one request
+    of the session's key against ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past
+    it), as the key's own API calls do: a session is no way around its key's rate."""
     session = await get_session(request)
     key_id = session.get("key_id")
     if not isinstance(key_id, str):
         raise SignInRequired("sign in with an API key first", field="session")
+    throttle = request.config_dict.get(THROTTLE)
+    if throttle is not None and not request.get(KEY_COUNTED):  # once a request, before more reads
+        request[KEY_COUNTED] = True
+        await throttle.check_console_key(key_id)
     account = await handlers.console_account(resources(request).pool, key_id)
     if account is None or account.id != session.get("account_id"):
         session.invalidate()

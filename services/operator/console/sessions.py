@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,8 @@ from shared.db.pool import Pool
 
 COOKIE = "fleetreg_console"
 PATH = "/console/"
+# Sessions whose key is remembered (known_key): the most recently read, a bounded memory.
+KNOWN_SESSIONS = 10_000
 
 
 def digest(token: str) -> bytes:
@@ -38,6 +41,17 @@ class RegistryStorage(AbstractStorage):
         super().__init__(cookie_name=COOKIE, max_age=max_age, path=PATH, httponly=True, samesite="Strict")
         self._pool_of = pool_of
         self._always_secure = always_secure
+        # The key of each session read lately (token digest -> key ID): a session whose key
+        # is over its rate is refused before its row is read again (console/app.py).
+        self._keys: OrderedDict[bytes, str] = OrderedDict()
+
+    def known_key(self, request: web.Request) -> str | None:
+        """The key ID of the request's session when this instance read it lately, else None
+        (nothing is read: a cheap first look, never an authentication)."""
+        token = request.cookies.get(COOKIE)
+        if not token or len(token) > 64 or not token.isascii():
+            return None
+        return self._keys.get(digest(token))
 
     async def load_session(self, request: web.Request) -> Session:
         token = self.load_cookie(request)
@@ -46,8 +60,18 @@ class RegistryStorage(AbstractStorage):
             return Session(None, data=None, new=True, max_age=self.max_age)
         data = await handlers.load_console_session(self._pool_of(request), digest(token))
         if data is None:
+            self._keys.pop(digest(token), None)
             return Session(None, data=None, new=True, max_age=self.max_age)
-        return Session(token, data=json.loads(data), new=False, max_age=self.max_age)
+        values = json.loads(data)
+        if isinstance(values.get("session", {}).get("key_id"), str):
+            self._remember(digest(token), values["session"]["key_id"])
+        return Session(token, data=values, new=False, max_age=self.max_age)
+
+    def _remember(self, token_digest: bytes, key_id: str) -> None:
+        self._keys[token_digest] = key_id
+        self._keys.move_to_end(token_digest)
+        while len(self._keys) > KNOWN_SESSIONS:
+            self._keys.popitem(last=False)
 
     async def save_session(
         self, request: web.Request, response: web.StreamResponse, session: Session
@@ -56,6 +80,7 @@ class RegistryStorage(AbstractStorage):
         token = session.identity
         if session.empty:  # signed out (invalidated)
             if token is not None:
+                self._keys.pop(digest(str(token)), None)
                 await handlers.end_console_session(pool, digest(str(token)))
             self._set_cookie(request, response, "")
             return

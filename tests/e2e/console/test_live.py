@@ -115,7 +115,9 @@ async def test_a_service_not_ready_makes_the_pipeline_degraded_with_the_reason(
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
     instance = await system.add_instance(
         "operator",
-        {"FLEETREG_PIPELINE_HEALTH_URLS": f"{system.device_url}/readyz,http://{closed}/readyz"},
+        {
+            "FLEETREG_PIPELINE_HEALTH_URLS": f"{system.services['intake'].ops_url}/readyz,http://{closed}/readyz"
+        },
     )
     try:
         console = await new_console(operator)

@@ -6,7 +6,10 @@ as an inline SVG chart, with the window's totals and the pipeline's health.
 refresh link); htmx replaces its ``/console/live/chart`` fragment every second unless the
 operator paused the updates (``?paused=1``: WCAG 2.2.2, moving content can be stopped).
 Both read the same handlers as nothing else: ``handlers.live_storm`` (two indexed
-statements bounded by the account and the window) and ``handlers.pipeline_health``.
+statements bounded by the account and the window) and ``handlers.pipeline_health``, whose
+probes of the pipeline are computed once a second per instance and shared by every tab
+(``Resources.pipeline_probes``). Each request counts against the session's key's rate
+(services/operator/console/auth.py).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ async def storm_context(request: web.Request, operator: Operator) -> Context:
     res = resources(request)
     window = handlers.storm_window(dict(request.query))
     storm = await handlers.live_storm(res.pool, operator.account, window, res.settings.online_ttl_seconds)
-    health = await handlers.pipeline_health(
-        res.pipeline_http, res.settings.console.pipeline_health_urls, storm
-    )
+    # The probes are shared by every tab of every session (at most one round a second).
+    probes = await res.pipeline_probes.get() if res.pipeline_probes is not None else ()
+    health = handlers.pipeline_health(probes, storm)
     labels = [s.second.strftime("%H:%M:%S") for s in storm.seconds]
     series = [
         Series(name, key, colour, dash, [getattr(s, key) for s in storm.seconds])
