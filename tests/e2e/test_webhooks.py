@@ -365,11 +365,23 @@ async def test_private_addresses_are_refused_where_the_setting_is_off(
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        "http://[fec0::1]/hook",  # IPv6 site-local: deprecated, still routed in some networks
     ):
         answer = await guarded.call(
             "POST", "/v1/webhooks", {"url": url, "events": ["device.offline"]}, expect=400
         )
         assert (answer["field"], answer["rule"]) == ("url", "public-address"), url
+    # An internal name and one that does not exist get one answer: no map of internal names.
+    internal, unknown = [
+        await guarded.call(
+            "POST", "/v1/webhooks", {"url": f"http://{host}/hook", "events": ["device.offline"]}, expect=400
+        )
+        for host in ("localhost", "no-such-host.invalid")
+    ]
+    assert {k: str(v).replace("localhost", "HOST") for k, v in internal.items()} == {
+        k: str(v).replace("no-such-host.invalid", "HOST") for k, v in unknown.items()
+    }
+    assert "127.0.0.1" not in internal["message"]
     assert (await guarded.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
 
 
