@@ -765,6 +765,12 @@ async def delete_webhook(pool: Pool, account: Account, webhook_id: str) -> None:
     await webhooks.delete_webhook(pool, account, webhook_id)
 
 
+async def enable_webhook(pool: Pool, account: Account, webhook_id: str) -> Webhook:
+    """Enable a webhook the notifier disabled (410 Gone, or failing for days); one that is
+    enabled stays as it is. NotFound for another account's."""
+    return await webhooks.enable_webhook(pool, account, webhook_id)
+
+
 async def list_webhook_deliveries(
     pool: Pool, account: Account, webhook_id: str, query: dict[str, str], *, page_limit_max: int
 ) -> DeliveryPage:

@@ -225,6 +225,28 @@ def retry_delay(attempts: int, schedule: Sequence[float]) -> float | None:
     return schedule[attempts - 1]
 
 
+# Standard Webhooks' reference (Svix) disables an endpoint after 5 days of failed
+# attempts; Stripe after several days. FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS.
+DEFAULT_DISABLE_AFTER_S = 5 * 86400.0
+GONE = 410  # RFC 9110 section 15.5.11: the target is gone, and that is likely permanent
+
+
+def disable_reason(
+    http_status: int | None, failing_since: datetime | None, now: datetime, disable_after_s: float
+) -> str | None:
+    """Why a webhook must be disabled after a failed attempt (None: it stays enabled): the
+    endpoint answered 410 Gone (the receiver says it is gone for good), or every attempt
+    has failed since ``failing_since``, ``disable_after_s`` seconds or more ago."""
+    if http_status == GONE:
+        return "the endpoint answered 410 Gone"
+    if failing_since is not None and (now - failing_since).total_seconds() >= disable_after_s:
+        return (
+            f"every attempt failed since {failing_since.astimezone(UTC).isoformat(timespec='seconds')}, "
+            f"for {disable_after_s:g} s or more (FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS)"
+        )
+    return None
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """``"5,300,1800"``: seconds to wait before each retry (ValueError naming the problem)."""
     try:

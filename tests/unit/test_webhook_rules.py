@@ -132,6 +132,22 @@ async def test_the_sender_fails_an_unknown_name_and_an_internal_one_alike() -> N
     assert internal.error.startswith("refused: ") and "127.0.0.1" not in internal.error
 
 
+def test_a_webhook_is_disabled_on_410_at_once_and_after_the_failure_period() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    five_days = rules.DEFAULT_DISABLE_AFTER_S
+    gone = rules.disable_reason(410, now, now, five_days)
+    assert gone is not None and "410 Gone" in gone
+    assert rules.disable_reason(500, now, now, five_days) is None  # the first failure
+    assert rules.disable_reason(None, now - timedelta(days=4, hours=23), now, five_days) is None
+    failing = rules.disable_reason(500, now - timedelta(days=5), now, five_days)
+    assert failing is not None and "2026-12-02T12:00:00+00:00" in failing
+    assert "FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS" in failing
+    assert rules.disable_reason(None, now - timedelta(days=6), now, five_days) is not None  # timeouts too
+    assert rules.disable_reason(503, None, now, five_days) is None  # no streak recorded
+
+
 def test_events_are_a_non_empty_list_of_known_names_each_once() -> None:
     assert rules.checked_events(["device.offline", "bulk.published", "device.offline"]) == (
         "device.offline",
