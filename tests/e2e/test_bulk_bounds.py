@@ -179,19 +179,27 @@ async def test_a_trickling_upload_is_cut_off_and_leaves_nothing(
     writer.write(_chunk(f"{HEADER}\r\n".encode()))
     answer = asyncio.create_task(_answer(reader))
     in_progress = spool_open = 0
+
+    async def watch() -> None:
+        nonlocal in_progress, spool_open
+        while not answer.done():
+            in_progress = max(in_progress, await _uploading(pool, operator.account_id))
+            spool_open = max(spool_open, _spool_files(bounded, spool_dir))
+            await asyncio.sleep(0.05)
+
+    watching = asyncio.create_task(watch())
     # One byte every half second: far below the instance's 2 KiB/s.
     for byte in csv_text(csv_rows(100)).encode()[len(HEADER) + 2 :]:
         done, _ = await asyncio.wait([answer], timeout=0.5)
         if done:
             break
-        in_progress = max(in_progress, await _uploading(pool, operator.account_id))
-        spool_open = max(spool_open, _spool_files(bounded, spool_dir))
         try:
             writer.write(_chunk(bytes([byte])))
             await writer.drain()
         except ConnectionError:
             break
     status, headers, body = await asyncio.wait_for(answer, timeout=30)
+    await watching
     # While it trickled, it held an upload row and a spool file: the attack's cost...
     assert in_progress == 1 and spool_open == 1
     # ...and once cut off, neither is left.
