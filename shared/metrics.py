@@ -115,6 +115,10 @@ WEBHOOK_PENDING = Gauge(
 WEBHOOK_LAG = Gauge(
     "fleetreg_webhook_lag_seconds", "How long the oldest due webhook delivery has waited (0 when none is due)"
 )
+WEBHOOKS_DISABLED = Counter(
+    "fleetreg_webhooks_disabled_total",
+    "Webhooks the notifier disabled: their endpoint answered 410 Gone, or failed for the disable period",
+)
 
 
 def exposition() -> tuple[bytes, str]:

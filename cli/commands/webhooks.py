@@ -40,6 +40,14 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     delete.add_argument("webhook_id", type=object_id, metavar="ID")
     delete.set_defaults(run=delete_webhook)
 
+    enable = actions.add_parser(
+        "enable",
+        parents=[common],
+        help="enable a webhook the notifier disabled (410 Gone, or failing for days)",
+    )
+    enable.add_argument("webhook_id", type=object_id, metavar="ID")
+    enable.set_defaults(run=enable_webhook)
+
     deliveries = actions.add_parser(
         "deliveries",
         parents=[common],
@@ -70,10 +78,28 @@ async def list_webhooks(args: argparse.Namespace) -> int:
         emit_json({"webhooks": found})
         return 0
     print_table(
-        [(w["id"], w["url"], ", ".join(w["events"]), w["created_at"]) for w in found],
-        ["id", "url", "events", "created"],
+        [(w["id"], w["url"], ", ".join(w["events"]), w["created_at"], _state(w)) for w in found],
+        ["id", "url", "events", "created", "state"],
     )
     print(f"{len(found)} webhook(s)")
+    return 0
+
+
+def _state(webhook: dict[str, Any]) -> str:
+    if not webhook.get("enabled", True):
+        return f"disabled {webhook.get('disabled_at')}: {webhook.get('disabled_reason')}"
+    if webhook.get("failing_since"):
+        return f"failing since {webhook['failing_since']}"
+    return "enabled"
+
+
+async def enable_webhook(args: argparse.Namespace) -> int:
+    async with operator_client() as client:
+        answer = await client.post(f"/v1/webhooks/{args.webhook_id}/enable", {})
+    if args.json:
+        emit_json(answer)
+    else:
+        print(f"enabled webhook {args.webhook_id}: new events are delivered to it")
     return 0
 
 

@@ -30,9 +30,6 @@ ROWS_PER_BATCH = 5000
 # long before it hands over to its continuation event: a Kafka round trip per chunk
 # cost more than the chunk, and the handler stays well within the poll interval.
 PUBLISH_BUDGET_S = 5.0
-DRAIN_FACTOR = (
-    4  # past the size limit, read on (discarding) up to this many times it, so the client sees our answer
-)
 
 
 SendPublish = Callable[[BulkPublish], Awaitable[None]]
@@ -68,18 +65,19 @@ class UploadRejected(DomainError):
 
 
 async def spool(chunks: AsyncIterator[bytes], target: IO[bytes], max_bytes: int) -> int:
-    """Copy the upload to ``target``; past ``max_bytes`` refuse it (and read on a little,
-    discarding, so that the client receives the refusal instead of a broken pipe)."""
+    """Copy the upload to ``target``; PayloadTooLarge (413) as soon as it passes
+    ``max_bytes``: nothing more of the body is read (at most the limit and one chunk), the
+    caller answers and closes the connection (services/ingestion/routes.py)."""
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > max_bytes:
-            async for rest in chunks:
-                size += len(rest)
-                if size > max_bytes * DRAIN_FACTOR:
-                    break
+            log.info(
+                "bulk upload refused past the size limit", extra={"bytes_read": size, "max_bytes": max_bytes}
+            )
             raise PayloadTooLarge(
-                f"the file is larger than the limit of {max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
+                f"the file is larger than the limit of {max_bytes} bytes (FLEETREG_BULK_MAX_BYTES); "
+                "the rest of it was not read",
                 rule=f"max_bytes={max_bytes}",
             )
         target.write(chunk)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from services.ingestion import handlers
-from services.ingestion.settings import BulkLimits, IngestionSettings
+from services.ingestion.settings import BulkLimits, IngestionSettings, UploadBounds
+from services.ingestion.uploads import UploadGate
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.kafka import Producer, Topics
@@ -26,6 +27,8 @@ class Resources:
     topics: Topics
     keyring: Keyring
     limits: BulkLimits
+    bounds: UploadBounds
+    gate: UploadGate
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -41,7 +44,9 @@ def resources_context(settings: IngestionSettings) -> Callable[[web.Application]
                 stack, settings.throttle, SERVICE, pool, pipeline.database.url.reveal()
             )
             keyring = Keyring(pipeline.secret_key.reveal().encode())
-            app[RESOURCES] = Resources(pool, producer, topics, keyring, settings.limits)
+            app[RESOURCES] = Resources(
+                pool, producer, topics, keyring, settings.limits, settings.bounds, UploadGate(settings.bounds)
+            )
             yield
 
     return context

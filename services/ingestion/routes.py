@@ -2,40 +2,75 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 from aiohttp import web
 
-from services.ingestion import handlers, views
+from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
-from shared.errors import InvalidInput, PayloadTooLarge
+from shared.errors import DomainError, InvalidInput, PayloadTooLarge
 from shared.events import BulkPublish
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 READ_CHUNK_BYTES = 256 * 1024
+# How long a refused upload's connection stays open, reading nothing, after the answer was
+# sent and the sending side shut: time for the client to read it before the close.
+CLOSE_GRACE_S = 1.0
 
 
-async def upload(request: web.Request) -> web.Response:
+async def upload(request: web.Request) -> web.StreamResponse:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool, write=True)
-    if request.content_length is not None and request.content_length > r.limits.max_bytes:
-        # Said up front: refused before a byte of the body is read or spooled.
-        raise PayloadTooLarge(
-            f"the file is larger than the limit of {r.limits.max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
-            rule=f"max_bytes={r.limits.max_bytes}",
-        )
-    done = await handlers.ingest(
-        r.pool,
-        r.keyring,
-        account,
-        request.query.get("product_id", ""),
-        request.query.get("file_name", ""),
-        request.content.iter_chunked(READ_CHUNK_BYTES),
-        r.limits,
-    )
+    try:
+        account = await account_for(api_key(request), r.pool, write=True)
+        length = request.content_length
+        if length is not None and length > r.limits.max_bytes:
+            # Said up front: refused before a byte of the body is read or spooled.
+            raise PayloadTooLarge(
+                f"the file is larger than the limit of {r.limits.max_bytes} bytes (FLEETREG_BULK_MAX_BYTES)",
+                rule=f"max_bytes={r.limits.max_bytes}",
+            )
+        # Without a length, the most it may spool: the size limit.
+        with r.gate.admit(account.key_id or account.id, length if length is not None else r.limits.max_bytes):
+            done = await handlers.ingest(
+                r.pool,
+                r.keyring,
+                account,
+                request.query.get("product_id", ""),
+                request.query.get("file_name", ""),
+                uploads.paced(request.content.iter_chunked(READ_CHUNK_BYTES), r.bounds),
+                r.limits,
+            )
+    except DomainError as exc:
+        if request.content.is_eof():
+            raise
+        return await _refuse_and_close(request, exc)
     return json_response(views.upload(done), status=201)
+
+
+async def _refuse_and_close(request: web.Request, error: DomainError) -> web.StreamResponse:
+    """Answer a refusal while the body is still coming, and read no more of it: the answer
+    is sent and the sending side shut (the client reads it to its end), then after
+    CLOSE_GRACE_S the connection is closed. Without this aiohttp would read on, discarding,
+    for its lingering time (10 s, at whatever speed the client sends) before closing."""
+    response = json_response(
+        error.to_dict(), status=error.status, headers={**error.headers(), "Connection": "close"}
+    )
+    transport = request.transport
+    with contextlib.suppress(ConnectionError):
+        if transport is not None:
+            transport.pause_reading()  # the rest of the body stays unread
+        await response.prepare(request)
+        await response.write_eof()
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+            # A close with unread data sends a reset, which may overtake the answer.
+            await asyncio.sleep(CLOSE_GRACE_S)
+    request.protocol.force_close()
+    return response
 
 
 async def list_all(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
-from shared.settings import Env, HttpSettings, PipelineSettings
+from shared.settings import Env, HttpSettings, PipelineSettings, SettingsError
 from shared.throttle import ThrottleSettings
 
 
@@ -20,9 +20,51 @@ class BulkLimits:
 
 
 @dataclass(frozen=True)
+class UploadBounds:
+    """What one instance lets uploads hold at once, and how slowly a body may arrive
+    (docs/bulk-registration.md, "Bounds on uploads"; docs/security.md).
+
+    Defaults: 2 uploads at once per API key, 8 per instance, 1 GiB of spool reserved per
+    instance (an upload reserves its Content-Length, or FLEETREG_BULK_MAX_BYTES when it
+    sends none), and a body must keep up 16 KiB/s on average after a 10 s grace and never
+    pause for 30 s: a 256 MiB file gets over 4 hours at that rate, a trickle is cut within
+    seconds."""
+
+    per_key: int = 2
+    per_instance: int = 8
+    spool_bytes: int = 1024 * 1024 * 1024
+    min_bytes_per_second: int = 16 * 1024
+    grace_seconds: float = 10.0
+    idle_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Env, max_bytes: int) -> UploadBounds:
+        bounds = cls(
+            per_key=env.integer("FLEETREG_INGESTION_UPLOADS_PER_KEY", 2, minimum=1),
+            per_instance=env.integer("FLEETREG_INGESTION_UPLOADS_PER_INSTANCE", 8, minimum=1),
+            spool_bytes=env.integer(
+                "FLEETREG_INGESTION_SPOOL_BYTES_IN_FLIGHT", 1024 * 1024 * 1024, minimum=1
+            ),
+            min_bytes_per_second=env.integer(
+                "FLEETREG_INGESTION_BODY_MIN_BYTES_PER_SECOND", 16 * 1024, minimum=1
+            ),
+            grace_seconds=env.number("FLEETREG_INGESTION_BODY_GRACE_SECONDS", 10.0, minimum=0.1),
+            idle_seconds=env.number("FLEETREG_INGESTION_BODY_IDLE_SECONDS", 30.0, minimum=0.1),
+        )
+        if bounds.spool_bytes < max_bytes:
+            # Else an upload of the largest allowed size could never be admitted.
+            raise SettingsError(
+                f"FLEETREG_INGESTION_SPOOL_BYTES_IN_FLIGHT={bounds.spool_bytes} is below "
+                f"FLEETREG_BULK_MAX_BYTES={max_bytes}: a file of the allowed size could never be taken"
+            )
+        return bounds
+
+
+@dataclass(frozen=True)
 class IngestionSettings:
     pipeline: PipelineSettings
     limits: BulkLimits
+    bounds: UploadBounds = field(default_factory=UploadBounds)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
 
     @property
@@ -35,15 +77,17 @@ class IngestionSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> IngestionSettings:
+        max_bytes = env.integer("FLEETREG_BULK_MAX_BYTES", 256 * 1024 * 1024, minimum=1024)
         return cls(
             pipeline=PipelineSettings.from_env(env, "ingestion", default_port=18084),
             limits=BulkLimits(
-                max_bytes=env.integer("FLEETREG_BULK_MAX_BYTES", 256 * 1024 * 1024, minimum=1024),
+                max_bytes=max_bytes,
                 max_rows=env.integer("FLEETREG_BULK_MAX_ROWS", 2_000_000, minimum=1),
                 max_reported_errors=env.integer("FLEETREG_BULK_MAX_REPORTED_ERRORS", 1000, minimum=1),
                 publish_chunk_rows=env.integer("FLEETREG_BULK_PUBLISH_CHUNK_ROWS", 20000, minimum=1),
                 spool_dir=env.text("FLEETREG_BULK_SPOOL_DIR", tempfile.gettempdir()),
                 stale_upload_seconds=env.number("FLEETREG_BULK_STALE_UPLOAD_SECONDS", 3600.0, minimum=60.0),
             ),
+            bounds=UploadBounds.from_env(env, max_bytes),
             throttle=ThrottleSettings.from_env(env),
         )

@@ -38,6 +38,7 @@ from shared.metrics import (
     WEBHOOK_DELIVERY_LAG,
     WEBHOOK_LAG,
     WEBHOOK_PENDING,
+    WEBHOOKS_DISABLED,
 )
 
 log = logging.getLogger(__name__)
@@ -261,11 +262,20 @@ def signed_headers(secret: str, event_id: str, body: str, at: datetime) -> dict[
 
 
 async def attempt(
-    pool: Pool, due: DueDelivery, post: Post, unseal: Unseal, retry_schedule: Sequence[float]
+    pool: Pool,
+    due: DueDelivery,
+    post: Post,
+    unseal: Unseal,
+    retry_schedule: Sequence[float],
+    disable_after_s: float = rules.DEFAULT_DISABLE_AFTER_S,
 ) -> bool:
     """Sign and send one claimed delivery, record the attempt and the delivery's new
     state; True when delivered. ``post(url, body, headers)`` answers with
-    ``http_status``, ``error``, ``latency_ms`` and ``delivered`` (services/notifier/sender.py)."""
+    ``http_status``, ``error``, ``latency_ms`` and ``delivered`` (services/notifier/sender.py).
+
+    A failed attempt may disable the webhook (:func:`rules.disable_reason`: 410 Gone, or
+    every attempt failed for ``disable_after_s``): its pending deliveries are failed, no
+    event is queued for it until the operator enables it again, and a warning is logged."""
     number = due.attempts + 1
     started = datetime.now(UTC)
     answer: Answer
@@ -278,14 +288,22 @@ async def attempt(
     WEBHOOK_ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
     record = Attempt(number, started, answer.http_status, answer.error, answer.latency_ms)
     if answer.delivered:
-        await webhooks.record_attempt(pool, due.id, record, status="delivered", retry_in_s=None)
+        await webhooks.record_attempt(
+            pool, due.id, record, status="delivered", retry_in_s=None, webhook_id=due.webhook_id
+        )
         WEBHOOK_DELIVERIES.labels("delivered").inc()
         WEBHOOK_DELIVERY_LAG.observe(max(0.0, (datetime.now(UTC) - due.created_at).total_seconds()))
         return True
     delay = rules.retry_delay(number, retry_schedule)
     status = "failed" if delay is None else "pending"
-    await webhooks.record_attempt(pool, due.id, record, status=status, retry_in_s=delay)
+    failing_since = await webhooks.record_attempt(
+        pool, due.id, record, status=status, retry_in_s=delay, webhook_id=due.webhook_id
+    )
     WEBHOOK_DELIVERIES.labels("failed" if delay is None else "retrying").inc()
+    reason = rules.disable_reason(answer.http_status, failing_since, started, disable_after_s)
+    if reason is not None and await webhooks.disable_webhook(pool, due.webhook_id, reason) is not None:
+        WEBHOOKS_DISABLED.inc()
+        log.warning("webhook disabled", extra={"webhook_id": due.webhook_id, "reason": reason})
     if delay is None:
         log.warning(
             "webhook delivery failed for good",

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from shared.domain.webhooks import address_refusal, checked_url
+from shared.domain.webhooks import address_refusal, checked_url, name_refusal
 from shared.errors import InvalidInput
 
 MAX_RESPONSE_BYTES = 4096  # read from an answer and then dropped: only its status matters
@@ -41,9 +41,9 @@ class CheckedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
         for result in found:
-            refusal = address_refusal(result["host"], allow_private=self._allow_private)
-            if refusal is not None:
-                raise RefusedAddress(f"{host} resolves to {refusal}")
+            if address_refusal(result["host"], allow_private=self._allow_private) is not None:
+                # Not which address: the attempt's error is shown to the operator API.
+                raise RefusedAddress(name_refusal(host))
         return found
 
     async def close(self) -> None:
@@ -122,8 +122,12 @@ class Sender:
             return Answer(None, f"timed out after {self._timeout.total:g} s", took())
         except aiohttp.ClientConnectorError as exc:
             cause = exc.os_error
-            if isinstance(cause, RefusedAddress):
-                return Answer(None, f"refused: {cause}", took())
+            if isinstance(cause, RefusedAddress) or (
+                isinstance(exc, aiohttp.ClientConnectorDNSError) and not self._allow_private
+            ):
+                # A name that no longer resolves and one that now resolves to a refused
+                # address fail alike, as at creation (shared.domain.webhooks.name_refusal).
+                return Answer(None, f"refused: {name_refusal(target.host)}", took())
             return Answer(None, f"cannot connect: {_short(cause)}", took())
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Answer(None, f"{type(exc).__name__}: {_short(exc)}", took())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.webhooks import parse_schedule
+from shared.domain.webhooks import DEFAULT_DISABLE_AFTER_S, parse_schedule
 from shared.settings import Env, HttpSettings, PipelineSettings, SettingsError, webhooks_allow_private_urls
 
 DEFAULT_PORT = 18085
@@ -23,6 +23,8 @@ class DeliverySettings:
     sweep_s: float  # how often closed refusal minutes and offline devices are looked for
     online_ttl_s: float  # a provisioned device not seen for this long is offline
     retention_s: float  # finished deliveries (and their attempts) are pruned past this age; 0: kept
+    # A webhook whose every attempt failed for this long is disabled (410 Gone: at once).
+    disable_after_s: float = DEFAULT_DISABLE_AFTER_S
 
     @property
     def lease_s(self) -> float:
@@ -63,5 +65,6 @@ class NotifierSettings:
                 sweep_s=env.number("FLEETREG_WEBHOOK_SWEEP_SECONDS", 10.0, minimum=0.1),
                 online_ttl_s=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
                 retention_s=86400.0 * env.number("FLEETREG_WEBHOOK_RETENTION_DAYS", 14.0, minimum=0.0),
+                disable_after_s=env.number("FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS", 432000.0, minimum=1.0),
             ),
         )

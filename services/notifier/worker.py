@@ -74,7 +74,12 @@ class DeliveryLoop:
     async def _send(self, due: DueDelivery) -> None:
         try:
             await handlers.attempt(
-                self._r.pool, due, self._r.sender.post, self._r.secrets.open, self._r.delivery.retry_schedule
+                self._r.pool,
+                due,
+                self._r.sender.post,
+                self._r.secrets.open,
+                self._r.delivery.retry_schedule,
+                self._r.delivery.disable_after_s,
             )
         except Exception as exc:  # recording failed: the lease lapses and it is tried again
             ERRORS.labels(self._service, "webhook_record_failed").inc()

@@ -699,34 +699,36 @@ class DeliveryPage:
 
 async def _check_addresses(target: webhook_rules.Target, allow_private: bool) -> None:
     """Refuse a URL whose host is, or resolves to, an address webhooks may not call (the
-    notifier checks again before every connection: a DNS answer may change)."""
+    notifier checks again before every connection: a DNS answer may change).
+
+    With private addresses refused, a name that does not resolve and a name that resolves
+    to a refused address get one answer (:func:`webhook_rules.name_refusal`): two answers
+    would tell a caller which internal names exist. Resolving here, rather than only at
+    delivery, tells an honest operator of a typo at once; the answer is the same either way."""
     literal = target.literal
     if literal is not None:
-        addresses = [str(literal)]
-    else:
-        try:
-            found = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
-                timeout=RESOLVE_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
+        refusal = webhook_rules.address_refusal(str(literal), allow_private=allow_private)
+        if refusal is not None:  # the caller wrote the address: saying what it is tells nothing new
+            raise InvalidInput(f"url: {refusal}", field="url", rule="public-address")
+        return
+    try:
+        found = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
+            timeout=RESOLVE_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
+        if allow_private:  # every address may be called: there is nothing to hide
             raise InvalidInput(
                 f"url: the host {target.host} cannot be resolved", field="url", rule="resolvable-host"
             ) from exc
-        addresses = [str(info[4][0]) for info in found]
-    for address in addresses:
-        refusal = webhook_rules.address_refusal(address, allow_private=allow_private)
-        if refusal is None:
-            continue
-        if literal is not None:  # the caller wrote the address: saying what it is tells nothing new
-            raise InvalidInput(f"url: {refusal}", field="url", rule="public-address")
-        # A name: which private address it resolves to is this network's business, not the caller's.
         raise InvalidInput(
-            f"url: {target.host} does not resolve to a public address only "
-            "(FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)",
-            field="url",
-            rule="public-address",
-        )
+            f"url: {webhook_rules.name_refusal(target.host)}", field="url", rule="public-address"
+        ) from None
+    for info in found:
+        if webhook_rules.address_refusal(str(info[4][0]), allow_private=allow_private) is not None:
+            raise InvalidInput(
+                f"url: {webhook_rules.name_refusal(target.host)}", field="url", rule="public-address"
+            )
 
 
 async def create_webhook(
@@ -762,6 +764,12 @@ async def get_webhook(pool: Pool, account: Account, webhook_id: str) -> Webhook:
 
 async def delete_webhook(pool: Pool, account: Account, webhook_id: str) -> None:
     await webhooks.delete_webhook(pool, account, webhook_id)
+
+
+async def enable_webhook(pool: Pool, account: Account, webhook_id: str) -> Webhook:
+    """Enable a webhook the notifier disabled (410 Gone, or failing for days); one that is
+    enabled stays as it is. NotFound for another account's."""
+    return await webhooks.enable_webhook(pool, account, webhook_id)
 
 
 async def list_webhook_deliveries(

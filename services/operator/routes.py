@@ -383,6 +383,13 @@ async def delete_webhook(request: web.Request, account: Account) -> views.Json:
 
 
 @authed()
+async def enable_webhook(request: web.Request, account: Account) -> views.Json:
+    webhook_id = path_id(request, "webhook_id")
+    found = await handlers.enable_webhook(_resources(request).pool, account, webhook_id)
+    return views.webhook(found)
+
+
+@authed()
 async def list_webhook_deliveries(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     webhook_id = path_id(request, "webhook_id")
@@ -434,5 +441,6 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/webhooks", list_webhooks),
     web.get("/v1/webhooks/{webhook_id}", get_webhook),
     web.delete("/v1/webhooks/{webhook_id}", delete_webhook),
+    web.post("/v1/webhooks/{webhook_id}/enable", enable_webhook),
     web.get("/v1/webhooks/{webhook_id}/deliveries", list_webhook_deliveries),
 ]

@@ -45,7 +45,11 @@ class ConsoleSettings:
     A session lasts ``session_seconds`` from sign-in whatever is done with it (8 hours: a
     working day, as the AWS console's default session); its cookie is ``Secure`` on https
     requests (or behind a proxy saying ``X-Forwarded-Proto: https``), always when
-    ``secure_cookie`` is "always". Bulk uploads, publishes and cancels are forwarded to the
+    ``secure_cookie`` is "always". Every console answer carries
+    ``Strict-Transport-Security: max-age=<hsts_seconds>`` (1 year; 0: none): browsers obey
+    it only over https and ignore it over http (RFC 6797 section 8.1), so it is sent
+    whatever the scheme, which behind a TLS-terminating proxy the service cannot always
+    tell. Bulk uploads, publishes and cancels are forwarded to the
     bulk API at ``ingestion_url`` with the session's key. ``pipeline_health_urls`` are the
     readiness URLs (``/readyz``) of the pipeline's services the live view asks."""
 
@@ -53,6 +57,7 @@ class ConsoleSettings:
     secure_cookie: str = "auto"
     ingestion_url: str = "http://127.0.0.1:18084"
     pipeline_health_urls: tuple[str, ...] = ()
+    hsts_seconds: int = 365 * 86400
 
     @classmethod
     def from_env(cls, env: Env) -> ConsoleSettings:
@@ -67,6 +72,7 @@ class ConsoleSettings:
                 "FLEETREG_INGESTION_URL", ("http", "https"), "http://127.0.0.1:18084"
             ).rstrip("/"),
             pipeline_health_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
+            hsts_seconds=env.integer("FLEETREG_CONSOLE_HSTS_SECONDS", 31536000),
         )
 
 

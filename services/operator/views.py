@@ -342,12 +342,18 @@ def revoked_api_key(key_id: str) -> Json:
 
 def webhook(found: Webhook, *, masked: bool = False) -> Json:
     """A webhook; for a read-only key (``masked``) its URL without path and query, which
-    often carry the receiver's own token (the audit trail records only the host too)."""
+    often carry the receiver's own token (the audit trail records only the host too).
+    ``enabled`` false: the notifier disabled it at ``disabled_at`` for ``disabled_reason``
+    and queues nothing for it; ``failing_since``: every attempt has failed since then."""
     return {
         "id": found.id,
         "url": masked_url(found.url) if masked else found.url,
         "events": list(found.events),
         "created_at": _time(found.created_at),
+        "enabled": found.enabled,
+        "disabled_at": _time(found.disabled_at),
+        "disabled_reason": found.disabled_reason or None,
+        "failing_since": _time(found.failing_since),
     }
 
 

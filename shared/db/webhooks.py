@@ -30,10 +30,26 @@ LOCK_ACCOUNT = "SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
 COUNT_WEBHOOKS = "SELECT count(*) FROM webhooks WHERE account_id = $1"
 INSERT_WEBHOOK = """INSERT INTO webhooks (id, account_id, url, events, secret_ciphertext)
                     VALUES ($1, $2, $3, $4, $5) RETURNING created_at"""
-SELECT_WEBHOOKS = """SELECT id::text, url, events, created_at FROM webhooks
-                     WHERE account_id = $1 ORDER BY created_at, id"""
-SELECT_WEBHOOK = """SELECT id::text, url, events, created_at FROM webhooks
-                    WHERE id = $1 AND account_id = $2"""
+# Every statement that returns a webhook returns these columns (_webhook reads them).
+SELECT_WEBHOOKS = """SELECT id::text, url, events, created_at, failing_since, disabled_at, disabled_reason
+                      FROM webhooks
+                      WHERE account_id = $1 ORDER BY created_at, id"""
+SELECT_WEBHOOK = """SELECT id::text, url, events, created_at, failing_since, disabled_at, disabled_reason
+                      FROM webhooks WHERE id = $1 AND account_id = $2"""
+# The notifier's: the first failed attempt of a streak starts it; a delivery ends it.
+START_FAILING = """UPDATE webhooks SET failing_since = coalesce(failing_since, $2) WHERE id = $1
+                   RETURNING failing_since"""
+STOP_FAILING = "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL"
+# Disabled once (the first reason stays); its pending deliveries are failed with it.
+DISABLE_WEBHOOK = """UPDATE webhooks SET disabled_at = now(), disabled_reason = $2
+                     WHERE id = $1 AND disabled_at IS NULL RETURNING disabled_at"""
+FAIL_PENDING = """UPDATE webhook_deliveries SET status = 'failed', leased_until = NULL, finished_at = now()
+                  WHERE webhook_id = $1 AND status = 'pending'"""
+LOCK_WEBHOOK = """SELECT id::text, url, events, created_at, failing_since, disabled_at, disabled_reason
+                      FROM webhooks WHERE id = $1 AND account_id = $2 FOR UPDATE"""
+ENABLE_WEBHOOK = """
+    UPDATE webhooks SET disabled_at = NULL, disabled_reason = '', failing_since = NULL WHERE id = $1
+    RETURNING id::text, url, events, created_at, failing_since, disabled_at, disabled_reason"""
 DELETE_WEBHOOK = "DELETE FROM webhooks WHERE id = $1 AND account_id = $2 RETURNING url, events"
 SELECT_DELIVERIES = """
     SELECT id::text, event_id, event_type, status, attempts, created_at, next_attempt_at, finished_at
@@ -61,7 +77,7 @@ ENQUEUE = """
          WITH ORDINALITY AS e(account_id, kind, event_id, ordering_key, occurred_at, payload,
                               after_event_id, after_kind, after_at, n)
     JOIN webhooks w ON w.account_id = e.account_id AND e.kind = ANY(w.events)
-                   AND e.occurred_at >= w.created_at
+                   AND e.occurred_at >= w.created_at AND w.disabled_at IS NULL
     ORDER BY e.n, w.id
     ON CONFLICT (webhook_id, event_id) DO NOTHING"""
 # Whose devices these are (for events that name only a device), and the request of the
@@ -93,7 +109,8 @@ CLAIM_DUE = """
                 WHERE b.webhook_id = w.id AND b.leased_until IS NOT NULL AND b.leased_until > now()
                ) AS in_flight
         FROM webhooks w
-        WHERE (SELECT true FROM webhook_deliveries d
+        WHERE w.disabled_at IS NULL
+          AND (SELECT true FROM webhook_deliveries d
                WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                ORDER BY d.next_attempt_at LIMIT 1)
     ), open_webhooks AS (
@@ -125,6 +142,7 @@ CLAIM_DUE = """
     UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $3)
     FROM webhooks w
     WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND w.id = d.webhook_id AND d.status = 'pending'
+      AND w.disabled_at IS NULL
       AND (d.leased_until IS NULL OR d.leased_until <= now())
     RETURNING d.id::text, d.webhook_id::text, w.url, w.secret_ciphertext, d.event_id, d.event_type,
               d.payload, d.attempts, d.created_at"""
@@ -156,7 +174,8 @@ ADD_REFUSALS = """
     SELECT c.account_id, c.minute, c.reason, c.count
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int[]) AS c(account_id, minute, reason, count)
     WHERE EXISTS (SELECT 1 FROM webhooks w
-                  WHERE w.account_id = c.account_id AND 'registration.refused' = ANY(w.events))
+                  WHERE w.account_id = c.account_id AND 'registration.refused' = ANY(w.events)
+                    AND w.disabled_at IS NULL)
     ON CONFLICT (account_id, minute, reason) DO UPDATE
        SET count = webhook_refusal_counts.count + excluded.count"""
 # Closed minutes, taken out once: a concurrent instance waits, then finds them gone.
@@ -169,7 +188,7 @@ TAKE_REFUSALS = """DELETE FROM webhook_refusal_counts WHERE minute < $1
 TAKE_OFFLINE = """
     WITH subscribed AS (
         SELECT account_id, min(created_at) AS since FROM webhooks
-        WHERE 'device.offline' = ANY(events) GROUP BY account_id
+        WHERE 'device.offline' = ANY(events) AND disabled_at IS NULL GROUP BY account_id
     ), candidates AS (
         SELECT d.id, d.account_id, d.product_id, d.hardware_id, d.last_seen_at
         FROM subscribed s JOIN devices d ON d.account_id = s.account_id
@@ -193,12 +212,22 @@ TAKE_OFFLINE = """
 
 @dataclass(frozen=True)
 class Webhook:
-    """An endpoint of an account and the event types it gets (never its secret)."""
+    """An endpoint of an account and the event types it gets (never its secret).
+    ``failing_since``: its first failed attempt since the last delivered one (None while
+    deliveries succeed); ``disabled_at`` and ``disabled_reason``: when and why the notifier
+    disabled it (None and "" while enabled)."""
 
     id: str
     url: str
     events: tuple[str, ...]
     created_at: datetime
+    failing_since: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
 
 
 @dataclass(frozen=True)
@@ -317,7 +346,15 @@ class Backlog:
 
 
 def _webhook(r: Record) -> Webhook:
-    return Webhook(id=r["id"], url=r["url"], events=tuple(r["events"]), created_at=r["created_at"])
+    return Webhook(
+        id=r["id"],
+        url=r["url"],
+        events=tuple(r["events"]),
+        created_at=r["created_at"],
+        failing_since=r["failing_since"],
+        disabled_at=r["disabled_at"],
+        disabled_reason=r["disabled_reason"],
+    )
 
 
 # ------------------------------------------------------------------ operator side
@@ -379,6 +416,33 @@ async def delete_webhook(pool: Pool, actor: Account, webhook_id: str) -> None:
         await audit.record(
             conn, actor, "webhook.deleted", "webhook", webhook_id, {"events": list(row["events"])}
         )
+
+
+async def enable_webhook(pool: Pool, actor: Account, webhook_id: str) -> Webhook:
+    """Enable a disabled webhook again (its failing streak forgotten): events from now on
+    are delivered to it; those while it was disabled are not. Audited as
+    ``webhook.enabled`` with the reason it had been disabled for; nothing when it was
+    enabled already. NotFound for a webhook not of the actor's account."""
+    if not is_uuid(webhook_id):
+        raise NotFound(f"no webhook {webhook_id} in this account")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(LOCK_WEBHOOK, webhook_id, actor.id)
+        if row is None:
+            raise NotFound(f"no webhook {webhook_id} in this account")
+        if row["disabled_at"] is None:
+            return _webhook(row)
+        enabled = await conn.fetchrow(ENABLE_WEBHOOK, webhook_id)
+        if enabled is None:  # locked above, in this transaction: it cannot be gone
+            raise NotFound(f"no webhook {webhook_id} in this account")
+        await audit.record(
+            conn,
+            actor,
+            "webhook.enabled",
+            "webhook",
+            webhook_id,
+            {"was_disabled_for": row["disabled_reason"]},
+        )
+    return _webhook(enabled)
 
 
 async def list_deliveries(
@@ -487,11 +551,22 @@ async def claim_due(
 
 
 async def record_attempt(
-    pool: Pool, delivery_id: str, attempt: Attempt, *, status: str, retry_in_s: float | None
-) -> None:
+    pool: Pool,
+    delivery_id: str,
+    attempt: Attempt,
+    *,
+    status: str,
+    retry_in_s: float | None,
+    webhook_id: str | None = None,
+) -> datetime | None:
     """Record an attempt and the delivery's new state: ``status`` delivered, failed, or
     pending (then due again in ``retry_in_s`` seconds); the lease ends. Nothing when the
-    delivery is gone (its webhook was deleted during the attempt)."""
+    delivery is gone (its webhook was deleted during the attempt).
+
+    With ``webhook_id``, also the webhook's failing streak: a delivered attempt ends it, a
+    failed one starts it at the attempt's time unless one is running. Returns when the
+    running streak started (None after a delivery, or when the webhook is gone)."""
+    since: datetime | None = None
     try:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -504,8 +579,25 @@ async def record_attempt(
                 attempt.latency_ms,
             )
             await conn.execute(FINISH_ATTEMPT, delivery_id, attempt.attempt, status, retry_in_s)
+            if webhook_id is not None and status == "delivered":
+                await conn.execute(STOP_FAILING, webhook_id)
+            elif webhook_id is not None:
+                since = await conn.fetchval(START_FAILING, webhook_id, attempt.at)
     except ForeignKeyViolationError:
-        return
+        return None
+    return since
+
+
+async def disable_webhook(pool: Pool, webhook_id: str, reason: str) -> datetime | None:
+    """Disable a webhook for ``reason`` (shown to the operator), and fail its pending
+    deliveries: no attempt is made for it and no event is queued for it until the operator
+    enables it again. Returns when it was disabled; None when it already was (the first
+    reason stays) or is gone."""
+    async with pool.acquire() as conn, conn.transaction():
+        disabled_at: datetime | None = await conn.fetchval(DISABLE_WEBHOOK, webhook_id, reason)
+        if disabled_at is not None:
+            await conn.execute(FAIL_PENDING, webhook_id)
+    return disabled_at
 
 
 async def backlog(pool: Pool) -> Backlog:

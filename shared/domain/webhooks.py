@@ -167,9 +167,9 @@ def checked_url(value: object) -> tuple[str, Target]:
 def address_refusal(address: str, *, allow_private: bool) -> str | None:
     """Why the notifier may not connect to ``address`` (None: it may). Refused unless
     ``allow_private`` (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS): loopback, link-local (cloud
-    metadata services live there), private, shared (100.64/10), multicast, unspecified and
-    reserved addresses; an IPv4 address inside an IPv6 one (mapped, 6to4, Teredo) is judged
-    as itself."""
+    metadata services live there), private, IPv6 site-local (fec0::/10), shared
+    (100.64/10), multicast, unspecified and reserved addresses; an IPv4 address inside an
+    IPv6 one (mapped, 6to4, Teredo) is judged as itself."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ID names an interface
     except ValueError:
@@ -190,6 +190,9 @@ def address_refusal(address: str, *, allow_private: bool) -> str | None:
         (ip.is_multicast, "multicast"),
         (ip.is_unspecified, "unspecified"),
         (ip.is_private, "private"),
+        # fec0::/10: deprecated (RFC 3879) and so out of the special-purpose registry the
+        # standard library's is_global reads, yet still routed inside some networks.
+        (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "site-local (fec0::/10)"),
         (ip.is_reserved, "reserved"),
         (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED, "shared (carrier-grade NAT)"),
         (not ip.is_global, "not globally routable"),
@@ -203,12 +206,45 @@ def address_refusal(address: str, *, allow_private: bool) -> str | None:
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
+def name_refusal(host: str) -> str:
+    """The one answer for a host name that does not resolve and for one that resolves to
+    an address webhooks may not call: telling them apart would let a caller map this
+    network's internal names (which exist, which do not). Neither the address nor the
+    resolver's error is named."""
+    return (
+        f"the host {host} does not resolve, or not to public addresses only "
+        "(FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS is off)"
+    )
+
+
 def retry_delay(attempts: int, schedule: Sequence[float]) -> float | None:
     """The pause before the next attempt after ``attempts`` failed ones (1 = the first
     failed), or None when the schedule is exhausted and the delivery has failed."""
     if attempts < 1 or attempts > len(schedule):
         return None
     return schedule[attempts - 1]
+
+
+# Standard Webhooks' reference (Svix) disables an endpoint after 5 days of failed
+# attempts; Stripe after several days. FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS.
+DEFAULT_DISABLE_AFTER_S = 5 * 86400.0
+GONE = 410  # RFC 9110 section 15.5.11: the target is gone, and that is likely permanent
+
+
+def disable_reason(
+    http_status: int | None, failing_since: datetime | None, now: datetime, disable_after_s: float
+) -> str | None:
+    """Why a webhook must be disabled after a failed attempt (None: it stays enabled): the
+    endpoint answered 410 Gone (the receiver says it is gone for good), or every attempt
+    has failed since ``failing_since``, ``disable_after_s`` seconds or more ago."""
+    if http_status == GONE:
+        return "the endpoint answered 410 Gone"
+    if failing_since is not None and (now - failing_since).total_seconds() >= disable_after_s:
+        return (
+            f"every attempt failed since {failing_since.astimezone(UTC).isoformat(timespec='seconds')}, "
+            f"for {disable_after_s:g} s or more (FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS)"
+        )
+    return None
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

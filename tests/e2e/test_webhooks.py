@@ -21,7 +21,7 @@ from shared.db.pool import Pool
 from tests.support.api import Operator, new_operator, provision, register
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
 from tests.support.system import System
-from tests.support.webhooks import Receiver, Request, events_by_device
+from tests.support.webhooks import Receiver, Request, accept, events_by_device
 
 pytestmark = pytest.mark.e2e
 
@@ -365,12 +365,104 @@ async def test_private_addresses_are_refused_where_the_setting_is_off(
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        "http://[fec0::1]/hook",  # IPv6 site-local: deprecated, still routed in some networks
     ):
         answer = await guarded.call(
             "POST", "/v1/webhooks", {"url": url, "events": ["device.offline"]}, expect=400
         )
         assert (answer["field"], answer["rule"]) == ("url", "public-address"), url
+    # An internal name and one that does not exist get one answer: no map of internal names.
+    internal, unknown = [
+        await guarded.call(
+            "POST", "/v1/webhooks", {"url": f"http://{host}/hook", "events": ["device.offline"]}, expect=400
+        )
+        for host in ("localhost", "no-such-host.invalid")
+    ]
+    assert {k: str(v).replace("localhost", "HOST") for k, v in internal.items()} == {
+        k: str(v).replace("no-such-host.invalid", "HOST") for k, v in unknown.items()
+    }
+    assert "127.0.0.1" not in internal["message"]
     assert (await guarded.call("GET", "/v1/webhooks", expect=200)) == {"webhooks": []}
+
+
+# ------------------------------------------------------------------ disabling
+
+
+async def _disabled(operator: Operator, webhook_id: str, within_s: float = 60) -> dict[str, Any]:
+    for _ in range(int(within_s / 0.1)):
+        shown: dict[str, Any] = await operator.call("GET", f"/v1/webhooks/{webhook_id}", expect=200)
+        if not shown["enabled"]:
+            return shown
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"webhook {webhook_id} not disabled within {within_s} s")
+
+
+async def test_an_endpoint_answering_410_is_disabled_at_once_and_enabled_again(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    async def gone(_: Request) -> int:
+        return 410
+
+    receiver.answer = gone
+    webhook = await create_webhook(operator, receiver.url, ["device.registered"])
+    code = (await operator.product())["bulk_identification_code"]
+    await boot(session, system, code, 1)
+    shown = await _disabled(operator, webhook["id"])
+    assert "410 Gone" in shown["disabled_reason"] and shown["disabled_at"] is not None
+    [delivery] = (await operator.call("GET", f"/v1/webhooks/{webhook['id']}/deliveries", expect=200))[
+        "deliveries"
+    ]
+    assert delivery["status"] == "failed" and delivery["attempt_log"][-1]["status_code"] == 410
+    # While disabled, events are not queued for it: a second webhook of the account, which
+    # gets the same event in the same transaction, shows when it would have been.
+    witness = await Receiver().start()
+    try:
+        await create_webhook(operator, witness.url, ["device.registered"])
+        [device] = await boot(session, system, code, 1)
+        await witness.wait_for(
+            lambda: any(r.device_id == device for r in witness.accepted), 60, "the witness"
+        )
+    finally:
+        await witness.stop()
+    page = await operator.call("GET", f"/v1/webhooks/{webhook['id']}/deliveries", expect=200)
+    assert [d["id"] for d in page["deliveries"]] == [delivery["id"]]
+    # The operator enables it again (the command calls POST /v1/webhooks/{id}/enable): what
+    # happens from now on is delivered.
+    from tests.e2e.test_cli import fleetreg_json
+
+    enabled = await fleetreg_json(operator, system, "webhooks", "enable", webhook["id"])
+    assert (enabled["enabled"], enabled["disabled_at"], enabled["disabled_reason"]) == (True, None, None)
+    receiver.answer = accept
+    [device] = await boot(session, system, code, 1)
+    await receiver.wait_for(
+        lambda: any(r.device_id == device for r in receiver.accepted), 60, "after enabling"
+    )
+    events = await operator.call("GET", f"/v1/audit-events?target_id={webhook['id']}", expect=200)
+    assert "webhook.enabled" in [e["action"] for e in events["audit_events"]]
+
+
+async def test_an_endpoint_failing_for_the_whole_period_is_disabled(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    # A notifier of its own whose period is 2 s (5 days by default); the system's first
+    # notifier (5 days) may take some attempts: the disabling waits for this one's.
+    short = await system.add_instance("notifier", {"FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS": "2"})
+    try:
+
+        async def broken(_: Request) -> int:
+            return 500
+
+        receiver.answer = broken
+        webhook = await create_webhook(operator, receiver.url, ["device.registered"])
+        await boot(session, system, (await operator.product())["bulk_identification_code"], 1)
+        shown = await _disabled(operator, webhook["id"])
+    finally:
+        short.stop()
+    assert "every attempt failed since" in shown["disabled_reason"], shown
+    assert shown["failing_since"] is not None
+    assert len(receiver.arrived) > 1  # a 500 is retried: only its persistence disables
+    page = await operator.call("GET", f"/v1/webhooks/{webhook['id']}/deliveries", expect=200)
+    assert [d["status"] for d in page["deliveries"]] == ["failed"]
 
 
 # ------------------------------------------------------------------ the command

@@ -612,3 +612,53 @@ async def test_nothing_waits_for_an_event_the_webhook_does_not_get(db: Pool) -> 
     )
     claimed = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
     assert sorted(d.event_type for d in claimed) == ["device.provisioned", "device.provisioned"]
+
+
+async def test_a_failing_streak_a_disabled_webhook_and_enabling_it_again(db: Pool) -> None:
+    """Migration 0018: a failed attempt starts the streak (a later one keeps its start), a
+    delivered one ends it; a disabled webhook has its pending deliveries failed, gets none
+    queued and none claimed; enabling it is audited and events are queued again."""
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("device.registered",))
+    now = datetime.now(UTC)
+    await webhooks.enqueue(db, [_event(actor.id, "device.registered", f"d{i}", now) for i in range(3)])
+    first, second = await webhooks.claim_due(db, per_webhook=2, limit=2, lease_s=60)
+    failed = Attempt(1, now, 500, "", 1.0)
+    since = await webhooks.record_attempt(
+        db, first.id, failed, status="pending", retry_in_s=0, webhook_id=webhook_id
+    )
+    later = Attempt(1, now + timedelta(seconds=5), 500, "", 1.0)
+    assert since == now
+    assert (
+        await webhooks.record_attempt(
+            db, second.id, later, status="pending", retry_in_s=0, webhook_id=webhook_id
+        )
+        == now
+    )  # the streak's start stays
+    assert (await webhooks.get_webhook(db, actor.id, webhook_id)).failing_since == now
+
+    assert await webhooks.disable_webhook(db, webhook_id, "the endpoint answered 410 Gone") is not None
+    assert await webhooks.disable_webhook(db, webhook_id, "another reason") is None  # the first stays
+    shown = await webhooks.get_webhook(db, actor.id, webhook_id)
+    assert (shown.enabled, shown.disabled_reason) == (False, "the endpoint answered 410 Gone")
+    page = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert {d.status for d in page} == {"failed"} and len(page) == 3
+    assert await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d9", now)]) == 0
+    assert await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60) == []
+
+    enabled = await webhooks.enable_webhook(db, actor, webhook_id)
+    assert (enabled.enabled, enabled.disabled_reason, enabled.failing_since) == (True, "", None)
+    assert await webhooks.enable_webhook(db, actor, webhook_id) == enabled  # once: nothing more
+    assert await webhooks.enqueue(db, [_event(actor.id, "device.registered", "d10", now)]) == 1
+    [due] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    ok = Attempt(1, now, 204, "", 1.0)
+    assert (
+        await webhooks.record_attempt(
+            db, due.id, ok, status="delivered", retry_in_s=None, webhook_id=webhook_id
+        )
+        is None
+    )
+    events = await audit.list_events(db, actor.id, audit.AuditFilter(action="webhook.enabled"), limit=10)
+    assert [e.changes for e in events] == [{"was_disabled_for": "the endpoint answered 410 Gone"}]
+    with pytest.raises(NotFound):
+        await webhooks.enable_webhook(db, await _actor(db), webhook_id)

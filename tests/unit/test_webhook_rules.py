@@ -89,6 +89,8 @@ def test_a_bad_url_is_refused_naming_the_rule(url: object, rule: str) -> None:
         "2002:7f00:1::",  # 6to4 of 127.0.0.1 (found by an outsider attack)
         "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
         "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+        "fec0::1",  # site-local, deprecated: is_global calls it global (found by an outsider attack)
+        "feff:ffff::1",  # the top of fec0::/10
     ],
 )
 def test_non_public_addresses_are_refused_unless_allowed(address: str) -> None:
@@ -111,6 +113,39 @@ async def test_the_sender_refuses_an_address_literal_before_connecting() -> None
     answer = await sender.post("http://169.254.169.254/latest/meta-data", "{}", {})
     assert answer.http_status is None and not answer.delivered
     assert answer.error.startswith("refused: 169.254.169.254 is a link-local address")
+
+
+async def test_the_sender_fails_an_unknown_name_and_an_internal_one_alike() -> None:
+    """At delivery as at creation: which internal names exist is not told (localhost is
+    the internal name every machine has; .invalid never resolves, RFC 6761)."""
+    sender = Sender(allow_private=False, timeout_s=5, concurrency=1)
+    await sender.open()
+    try:
+        internal = await sender.post("http://localhost:9/hook", "{}", {})
+        unknown = await sender.post("http://no-such-host.invalid:9/hook", "{}", {})
+    finally:
+        await sender.close()
+    assert internal.http_status is None and unknown.http_status is None
+    assert internal.error.replace("localhost", "HOST") == unknown.error.replace(
+        "no-such-host.invalid", "HOST"
+    )
+    assert internal.error.startswith("refused: ") and "127.0.0.1" not in internal.error
+
+
+def test_a_webhook_is_disabled_on_410_at_once_and_after_the_failure_period() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    five_days = rules.DEFAULT_DISABLE_AFTER_S
+    gone = rules.disable_reason(410, now, now, five_days)
+    assert gone is not None and "410 Gone" in gone
+    assert rules.disable_reason(500, now, now, five_days) is None  # the first failure
+    assert rules.disable_reason(None, now - timedelta(days=4, hours=23), now, five_days) is None
+    failing = rules.disable_reason(500, now - timedelta(days=5), now, five_days)
+    assert failing is not None and "2026-12-02T12:00:00+00:00" in failing
+    assert "FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS" in failing
+    assert rules.disable_reason(None, now - timedelta(days=6), now, five_days) is not None  # timeouts too
+    assert rules.disable_reason(503, None, now, five_days) is None  # no streak recorded
 
 
 def test_events_are_a_non_empty_list_of_known_names_each_once() -> None:

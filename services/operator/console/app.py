@@ -9,6 +9,7 @@ htmx with its licence) are served from ``static/``; nothing is fetched from else
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -123,9 +124,25 @@ async def _error_page(request: web.Request, status: int, message: str) -> web.Re
     return render("error.html", request, operator, {"status": status, "message": message}, status=status)
 
 
+def strict_transport(max_age_s: int) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """A response-prepare hook adding ``Strict-Transport-Security`` to every console answer
+    (pages, error pages, redirects, static files, downloads). Sent over http too: browsers
+    ignore it there (RFC 6797 section 8.1), and behind a TLS-terminating proxy the service
+    cannot always tell the browser's scheme. No ``includeSubDomains``: the console's host
+    name tells nothing of what else runs under the parent domain."""
+    value = f"max-age={max_age_s}"
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Strict-Transport-Security"] = value
+
+    return add
+
+
 def create_console(settings: ConsoleSettings) -> web.Application:
     """The console app; ``/console/...`` paths of the operator service."""
     console = web.Application(middlewares=[html_errors])
+    if settings.hsts_seconds > 0:
+        console.on_response_prepare.append(strict_transport(settings.hsts_seconds))
     static = console.router.add_static("/static/", STATIC, append_version=True, name="static")
     environment = aiohttp_jinja2.setup(
         console,

@@ -176,3 +176,38 @@ async def test_a_read_only_session_cannot_create_or_delete_and_sees_no_secret(
     assert answer is not None and answer.status == 403
     listed = await operator.call("GET", "/v1/webhooks", expect=200)
     assert [w["id"] for w in listed["webhooks"]] == [created["id"]]
+
+
+async def test_a_disabled_webhook_says_why_and_is_enabled_again(
+    console: Console, receiver: Receiver, session: aiohttp.ClientSession, system: System
+) -> None:
+    async def gone(_: object) -> int:
+        return 410
+
+    receiver.answer = gone
+    created = await console.operator.call(
+        "POST", "/v1/webhooks", {"url": receiver.url, "events": ["device.registered"]}, expect=201
+    )
+    code = (await console.operator.product())["bulk_identification_code"]
+    answer = await register(
+        session, system.device_url, code, f"wh{uuid.uuid4().hex[:8]}", cpu_id="c", mac="m"
+    )
+    assert answer.status == 200, answer.body
+    for _ in range(240):  # the notifier disables it once the 410 is recorded
+        shown = await console.operator.call("GET", f"/v1/webhooks/{created['id']}", expect=200)
+        if not shown["enabled"]:
+            break
+        await asyncio.sleep(0.25)
+    page = console.page
+    await console.open("/console/webhooks")
+    await expect(page.locator("tbody tr").first).to_contain_text("disabled")
+    await console.open(f"/console/webhooks/{created['id']}")
+    box = page.locator("#webhook-disabled-box")
+    await expect(box).to_contain_text("the endpoint answered 410 Gone")
+    await console.check_accessibility()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "webhook-disabled.png"), full_page=True)
+    await page.get_by_role("button", name="Enable it again").click()
+    await expect(page.get_by_role("status")).to_contain_text(f"Webhook to {receiver.url} enabled")
+    await expect(page.locator("#webhook-disabled-box")).to_have_count(0)
+    assert (await console.operator.call("GET", f"/v1/webhooks/{created['id']}", expect=200))["enabled"]

@@ -1,5 +1,5 @@
 """Webhooks: list, create (the signing secret shown once), delete (with a confirmation
-step), and a webhook's recent deliveries.
+step), enable one the notifier disabled, and a webhook's recent deliveries.
 
 The secret exists in clear only in the create call's answer (handlers.create_webhook).
 The console redirects after the form (so a reload never creates a second webhook) and
@@ -131,10 +131,24 @@ async def delete_webhook(request: web.Request, operator: Operator, form: Any) ->
     return "/console/webhooks"
 
 
+@action(write=True)
+async def enable_webhook(request: web.Request, operator: Operator, form: Any) -> str:
+    """``POST /console/webhooks/{id}/enable``: enables a webhook the notifier disabled;
+    back to its page."""
+    try:
+        webhook_id = path_id(request, "webhook_id")
+        found = await handlers.enable_webhook(resources(request).pool, operator.account, webhook_id)
+    except NotFound:
+        raise web.HTTPNotFound(reason="no such webhook in this account") from None
+    flash(operator, f"Webhook to {found.url} enabled: new events are delivered to it.")
+    return f"/console/webhooks/{webhook_id}"
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/webhooks", list_webhooks),
     web.post("/webhooks", create_webhook),
     web.get("/webhooks/{webhook_id}", show_webhook),
     web.get("/webhooks/{webhook_id}/delete", confirm_delete),
     web.post("/webhooks/{webhook_id}/delete", delete_webhook),
+    web.post("/webhooks/{webhook_id}/enable", enable_webhook),
 ]
