@@ -47,7 +47,14 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, 
 
 import orjson
 
-from shared.domain.identifiers import DEVICE_NAME_MAX, is_uuid, normalize_code, validate_hardware_id
+from shared.domain.identifiers import (
+    DEVICE_NAME_MAX,
+    HARDWARE_ID_MAX,
+    MAX_INDEX_LEVELS,
+    is_uuid,
+    normalize_code,
+    validate_hardware_id,
+)
 from shared.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -97,19 +104,17 @@ def _text(pattern: str, what: str) -> Rule:
     return Rule(what, lambda v: v.isascii() and compiled.fullmatch(v) is not None)
 
 
-def _domain(validate: Callable[[object], str], what: str, *, empty: bool = False) -> Rule:
+def _domain(validate: Callable[[object], str], what: str) -> Rule:
     """The domain's own rule (shared/domain/identifiers.py), which the value must pass
-    unchanged: the intake published it as that rule returned it."""
+    unchanged (or only upper-cased: codes): the intake published it as the rule returned it."""
 
     def check(value: str) -> bool:
-        if empty and value == "":
-            return True
         try:
             return validate(value) in (value, value.upper())
         except InvalidInput:
             return False
 
-    return Rule(what + (" or empty" if empty else ""), check)
+    return Rule(what, check)
 
 
 def _one_of(values: Collection[str]) -> Rule:
@@ -132,9 +137,16 @@ UnixTimeOrZero = Annotated[
 ]
 Generation = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
 LineCount = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
-# As the device APIs accept it: a stem of 1-64 characters, up to 3 index suffixes "-N".
+# A claimed hardware ID as the device APIs accept it: a stem of 1-64 characters and up
+# to 3 index suffixes "-N" (shared.domain.identifiers.validate_hardware_id).
 HardwareId = Annotated[str, _domain(validate_hardware_id, "a hardware ID")]
-HardwareIdOrEmpty = Annotated[str, _domain(validate_hardware_id, "a hardware ID", empty=True)]
+# One the registry holds (decided, outcomes): dedup may assign one more suffix to a claim
+# of 3 ("H-1-1-1" cloned: "H-1-1-1-1"), so the alphabet, and the longest stem with one
+# more level of at most 9 digits each.
+ASSIGNED_HARDWARE_ID_MAX = HARDWARE_ID_MAX + (MAX_INDEX_LEVELS + 1) * 10
+_ASSIGNED = rf"[A-Za-z0-9._-]{{1,{ASSIGNED_HARDWARE_ID_MAX}}}"
+AssignedHardwareId = Annotated[str, _text(_ASSIGNED, "a hardware ID")]
+AssignedHardwareIdOrEmpty = Annotated[str, _text(f"(?:{_ASSIGNED})?", "a hardware ID or empty")]
 Code = Annotated[str, _domain(normalize_code, "a code in UUID form")]
 Digest = Annotated[str, _text(r"(?:[0-9a-f]{2}){0,64}", "lower-case hex digits (a keyed digest) or empty")]
 Token = Annotated[
@@ -178,7 +190,7 @@ class RegistrationDecided(Event):
     account_id: UuidOrEmpty
     product_id: UuidOrEmpty
     device_id: Uuid
-    hardware_id: HardwareId
+    hardware_id: AssignedHardwareId
     decision: DecisionName
     credential_generation: Generation
     received_at: UnixTimeOrZero = 0.0  # when the intake received the request, for pipeline latency
@@ -194,7 +206,7 @@ class RegistrationOutcome(Event):
     request_id: Uuid
     status: Annotated[str, _one_of(("ready", "refused"))]
     device_id: UuidOrEmpty = ""
-    hardware_id: HardwareIdOrEmpty = ""
+    hardware_id: AssignedHardwareIdOrEmpty = ""
     decision: DecisionOrEmpty = ""
     reason: Reason = ""
     credential_generation: Generation = 0

@@ -359,6 +359,8 @@ POISON: list[tuple[Event, str, object, str]] = [
     (OUTCOME, "reason", "r" * 201, "printable ASCII"),
     (OUTCOME, "reason", "line\nbreak", "printable ASCII"),
     (OUTCOME, "hardware_id", "\u00e9", "a hardware ID"),
+    (DECIDED, "hardware_id", "a" * 105, "a hardware ID"),
+    (DECIDED, "hardware_id", "b8\x00eb", "a hardware ID"),
     (SIGNAL, "device_id", "d", "a UUID"),
     (SIGNAL, "at", 1e308, "Unix seconds"),
     (SIGNAL, "kind", "ready\x00", "one of"),
@@ -387,6 +389,8 @@ def test_a_value_of_the_right_type_that_breaks_its_rule_fails_at_decode(
     [
         (REQUESTED, {"bulk_identification_code": CODE.lower()}),  # either case, as is_uuid
         (REQUESTED, {"hardware_id": "a" * 64 + "-1-2-3"}),  # an index assigned to a clone of a clone
+        (DECIDED, {"hardware_id": "a" * 64 + "-1-2-3-4"}),  # ... and one more, assigned to its clone
+        (DECIDED, {"hardware_id": "a" * 64 + "-123456789" * 4}),
         (REQUESTED, {"idempotency_key": "~ key with spaces ~", "protocol": "compat"}),
         (REQUESTED, {"received_at": 946_684_800}),  # an integer time is a time
         (DECIDED, {"account_id": "", "product_id": "", "received_at": 0.0}),  # replayed: unknown
