@@ -39,6 +39,7 @@ import dataclasses
 import logging
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Collection
@@ -314,9 +315,9 @@ def decode(raw: bytes) -> Event:
     version = payload.pop("v", None)
     cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise SchemaError(f"unknown event type {type_name!r}")
+        raise SchemaError(f"unknown event type {_short(type_name)}")
     if type(version) is not int or version < 1 or version > cls.VERSION:  # bool is no version
-        raise SchemaError(f"{type_name}: unknown schema version {version!r} (knows 1..{cls.VERSION})")
+        raise SchemaError(f"{type_name}: unknown schema version {_short(version)} (knows 1..{cls.VERSION})")
     while version < cls.VERSION:
         upcast = _UPCASTERS.get((type_name, version))
         if upcast is None:
@@ -324,9 +325,18 @@ def decode(raw: bytes) -> Event:
         try:
             payload = upcast(payload)
         except Exception as exc:  # a malformed old record: dead-letter it, never crash the consumer
-            raise SchemaError(f"{type_name}: cannot upcast from version {version}: {exc!r}") from exc
+            # The exception's type only: its message may quote the record's values.
+            raise SchemaError(
+                f"{type_name}: cannot upcast from version {version}: {type(exc).__name__}"
+            ) from exc
         version += 1
     return _build(cls, payload)
+
+
+def _short(value: object) -> str:
+    """A record's own value in an error message (dead-letter headers, logs): short, with
+    control characters escaped (``repr``)."""
+    return reprlib.repr(value)
 
 
 def decode_as(cls: type[E], raw: bytes) -> E:

@@ -403,3 +403,31 @@ def test_a_value_of_the_right_type_that_breaks_its_rule_fails_at_decode(
 def test_the_edges_of_each_rule_still_decode(event: Event, changes: dict[str, object]) -> None:
     decoded = decode(_with(event, **changes))
     assert {name: getattr(decoded, name) for name in changes} == changes
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "x" * 10_000 + "\x1b[2J", "v": 1},
+        {"type": "device.signal", "v": ["secret-looking value"] * 1000},
+    ],
+)
+def test_an_error_quotes_a_record_s_own_values_short_and_escaped(payload: dict[str, object]) -> None:
+    """The message lands in dead-letter headers and logs: bounded, no raw control characters."""
+    with pytest.raises(SchemaError) as failed:
+        decode(orjson.dumps(payload))
+    message = str(failed.value)
+    assert len(message) < 120 and "\x1b" not in message
+
+
+@pytest.mark.usefixtures("registry")
+def test_an_upcaster_s_error_is_named_by_its_type_only() -> None:
+    use(GadgetV2)
+
+    def strict(payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "weight_grams": int(payload.pop("weight_kg"))}
+
+    register_upcaster("test.gadget", 1, strict)
+    with pytest.raises(SchemaError) as failed:
+        decode(orjson.dumps({**V1, "weight_kg": "hunter2"}))
+    assert str(failed.value) == "test.gadget: cannot upcast from version 1: ValueError"
