@@ -333,10 +333,15 @@ def decode(raw: bytes) -> Event:
     return _build(cls, payload)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlist = _REPR.maxdict = 3
+
+
 def _short(value: object) -> str:
-    """A record's own value in an error message (dead-letter headers, logs): short, with
-    control characters escaped (``repr``)."""
-    return reprlib.repr(value)
+    """A record's own value in an error message (dead-letter headers, logs): at most about
+    40 characters a string and 3 items a list, control characters escaped (``repr``)."""
+    return _REPR.repr(value)
 
 
 def decode_as(cls: type[E], raw: bytes) -> E:
