@@ -11,6 +11,10 @@ exception and its traceback, the stack, and each ``extra`` value. Two rules appl
   or their *context* (:data:`SECRET_PATTERNS`), so that a secret echoed by a library
   (aiohttp logs the first 100 bytes of an over-long header when it refuses it) never
   reaches the log either.
+
+Two filters bound how much a fault can write: :class:`MalformedRequests` (requests the
+HTTP parser refuses) and :class:`RepeatedLines` (the same error of the consume loops,
+producers and Kafka client, one line per fault every 10 s with a ``suppressed`` count).
 """
 
 from __future__ import annotations

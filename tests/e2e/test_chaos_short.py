@@ -3,8 +3,9 @@ shared test infrastructure (no broker or database restart here: test_faults_and_
 covers those, and the dedup/provisioning kills).
 
 What this adds: the intake itself killed with SIGKILL while devices boot and retry (a
-device talks to the intake only), and an undecodable record on a consumed topic landing
-in the dead-letter topic with its reason while its partition moves on.
+device talks to the intake only), an undecodable record on a consumed topic landing
+in the dead-letter topic with its reason while its partition moves on, and the
+schema-valid poison of every kind on every consumed topic before a storm.
 """
 
 from __future__ import annotations
