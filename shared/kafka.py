@@ -376,8 +376,10 @@ class BatchConsumer:
                 except Exception as exc:
                     await self._one_by_one(decoded, exc)
         except _Interrupted as stop:
+            # Partitions not in ``resume`` were handled to their end before the failure.
+            done = {tp: stop.resume.get(tp, records[-1].offset + 1) for tp, records in batch.items()}
             await self._commit(
-                {tp: at for tp, at in stop.resume.items() if at > batch[tp][0].offset}, redelivered=False
+                {tp: at for tp, at in done.items() if at > batch[tp][0].offset}, redelivered=False
             )
             await self._retry_later(stop.resume, stop.error)
             return
