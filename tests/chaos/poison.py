@@ -1,8 +1,8 @@
 """Schema-valid poison: records of the right event type and JSON types whose values no
 handler can take (a non-UUID ID, a time of 1e308, a NUL in a hardware ID, an integer
-past 2^63, control characters in a text), one set per consumed topic, plus an outcome
-whose key is not UTF-8. Used by ``make chaos`` (the ``poison-schema`` fault) and by
-tests/e2e/test_poison_records.py.
+past 2^63, control characters in a text), one set per consumed topic, a record without
+a value on each, and an outcome whose key is not UTF-8. Used by ``make chaos`` (the
+``poison-schema`` fault) and by tests/e2e/test_poison_records.py.
 
 Each record is sent to every partition of its topic, so every partition of every
 consumer meets it before the records that follow; the checks then find each one in the
@@ -45,7 +45,7 @@ class Kind:
     topic: str
     what: str
     key: bytes
-    value: bytes
+    value: bytes | None  # None: a tombstone (a record without a value)
     reason: str | None
 
 
@@ -230,6 +230,10 @@ def catalogue() -> list[Kind]:
     kinds = [
         Kind(topic, what, uuid.uuid4().hex.encode(), _record(event_type, valid, field, value), rule)
         for topic, what, event_type, valid, field, value, rule in faults
+    ]
+    # A record without a value (a tombstone, as a compacting tool writes) on every topic.
+    kinds += [
+        Kind(topic, "no value (tombstone)", uuid.uuid4().hex.encode(), None, "not JSON") for topic in READERS
     ]
     # A valid refusal whose key is not UTF-8: the intake's outcome listener once died on it.
     bad_key = orjson.dumps({"type": "registration.outcome", "v": 1, **{**outcome, "request_id": _id()}})
