@@ -18,7 +18,14 @@ so each record may be read by code older or newer than its producer):
 
 Decoding fails loudly with :class:`SchemaError` on an unknown type, an unknown
 (newer) or malformed version, a missing upcaster, a missing field without a default,
-or a field of the wrong type. A field unknown to this version is dropped: it is
+a field of the wrong type, or a field that breaks its rule. Rules go beyond types
+(``typing.Annotated`` metadata on the field, checked by the same decoder): IDs are
+canonical UUIDs, times finite Unix seconds within :data:`TIME_RANGE`, integers within
+the Postgres column they are written to, texts free of control characters and within
+the domain's lengths and alphabets (shared/domain/identifiers.py). A record that breaks
+one is a poison record: its consumer dead-letters it at decode instead of letting a
+query fail on it (see docs/architecture.md, "Delivery: nothing lost, nothing twice").
+The error names the field and the rule, never the value. A field unknown to this version is dropped: it is
 logged at debug level only (type and field names, never values), and not counted,
 since during an upgrade it is on every record of the newer producers.
 
@@ -30,13 +37,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
+import reprlib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import orjson
+
+from shared.domain.identifiers import (
+    DEVICE_NAME_MAX,
+    HARDWARE_ID_MAX,
+    MAX_INDEX_LEVELS,
+    is_uuid,
+    normalize_code,
+    validate_hardware_id,
+)
+from shared.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +74,93 @@ class Event:
 Decision = Literal["new", "same", "clone", "refused"]
 
 
+# Field rules beyond types ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A check of one field's value beyond its type (``Annotated[str, Rule...]``): ``name``
+    is what a SchemaError says the field must be, never quoting the value."""
+
+    name: str
+    check: Callable[[Any], bool]
+
+
+def _canonical_uuid(empty: bool) -> Rule:
+    if empty:
+        return Rule("a UUID or empty", lambda v: v == "" or is_uuid(v))
+    return Rule("a UUID", is_uuid)
+
+
+def _between(low: float, high: float, *, zero: bool = False, what: str) -> Rule:
+    """``low <= value <= high`` (NaN never is); with ``zero``, also exactly 0 ("unknown")."""
+    return Rule(
+        what + (" or 0" if zero else ""),
+        lambda v: (zero and v == 0) or (math.isfinite(v) and low <= v <= high),
+    )
+
+
+def _text(pattern: str, what: str) -> Rule:
+    compiled = re.compile(pattern)
+    return Rule(what, lambda v: v.isascii() and compiled.fullmatch(v) is not None)
+
+
+def _domain(validate: Callable[[object], str], what: str) -> Rule:
+    """The domain's own rule (shared/domain/identifiers.py), which the value must pass
+    unchanged (or only upper-cased: codes): the intake published it as the rule returned it."""
+
+    def check(value: str) -> bool:
+        try:
+            return validate(value) in (value, value.upper())
+        except InvalidInput:
+            return False
+
+    return Rule(what, check)
+
+
+def _one_of(values: Collection[str]) -> Rule:
+    allowed = frozenset(values)
+    return Rule("one of " + ", ".join(sorted(repr(v) for v in allowed)), lambda v: v in allowed)
+
+
+# Unix seconds from 2000-01-01 to 2200-01-01: every time an event carries was taken by a
+# clock of this century; past the range Postgres' timestamptz or Python's datetime fail.
+TIME_RANGE = (946_684_800.0, 7_258_118_400.0)
+INT32_MAX = 2**31 - 1  # Postgres integer: credential generations, bulk row lines
+TOKEN_MAX = 128  # the intake's limit on a client's tokens (Idempotency-Key), services/intake/handlers.py
+REASON_MAX = 2 * DEVICE_NAME_MAX  # refusal reasons are fleetreg's own sentences (shared/domain)
+
+Uuid = Annotated[str, _canonical_uuid(empty=False)]
+UuidOrEmpty = Annotated[str, _canonical_uuid(empty=True)]
+UnixTime = Annotated[float, _between(*TIME_RANGE, what="Unix seconds within years 2000-2200")]
+UnixTimeOrZero = Annotated[
+    float, _between(*TIME_RANGE, zero=True, what="Unix seconds within years 2000-2200")
+]
+Generation = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
+LineCount = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
+# A claimed hardware ID as the device APIs accept it: a stem of 1-64 characters and up
+# to 3 index suffixes "-N" (shared.domain.identifiers.validate_hardware_id).
+HardwareId = Annotated[str, _domain(validate_hardware_id, "a hardware ID")]
+# One the registry holds (decided, outcomes): dedup may assign one more suffix to a claim
+# of 3 ("H-1-1-1" cloned: "H-1-1-1-1"), so the alphabet, and the longest stem with one
+# more level of at most 9 digits each.
+ASSIGNED_HARDWARE_ID_MAX = HARDWARE_ID_MAX + (MAX_INDEX_LEVELS + 1) * 10
+_ASSIGNED = rf"[A-Za-z0-9._-]{{1,{ASSIGNED_HARDWARE_ID_MAX}}}"
+AssignedHardwareId = Annotated[str, _text(_ASSIGNED, "a hardware ID")]
+AssignedHardwareIdOrEmpty = Annotated[str, _text(f"(?:{_ASSIGNED})?", "a hardware ID or empty")]
+Code = Annotated[str, _domain(normalize_code, "a code in UUID form")]
+Digest = Annotated[str, _text(r"(?:[0-9a-f]{2}){0,64}", "lower-case hex digits (a keyed digest) or empty")]
+Token = Annotated[
+    str, _text(rf"[\x20-\x7e]{{0,{TOKEN_MAX}}}", f"at most {TOKEN_MAX} printable ASCII characters")
+]
+Name = Annotated[str, _text(r"[a-z][a-z_]{0,31}", "a lower-case name of at most 32 letters or '_'")]
+Reason = Annotated[
+    str, _text(rf"[\x20-\x7e]{{0,{REASON_MAX}}}", f"at most {REASON_MAX} printable ASCII characters")
+]
+DecisionName = Annotated[str, _one_of(("new", "same", "clone", "refused"))]
+DecisionOrEmpty = Annotated[str, _one_of(("", "new", "same", "clone", "refused"))]
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrationRequested(Event):
     """A device asked to register; published by the intake, keyed by account-independent
@@ -62,15 +169,15 @@ class RegistrationRequested(Event):
     TYPE: ClassVar[str] = "registration.requested"
     VERSION: ClassVar[int] = 1
 
-    request_id: str
-    received_at: float
-    bulk_identification_code: str
-    hardware_id: str
-    fingerprint: str  # digest of the device's system identifiers; "" when none were sent
-    secret_digest: str = ""  # keyed digest of the device secret presented, "" if none
-    registration_key_digest: str = ""  # keyed digest of the registration key, "" if none
-    idempotency_key: str = ""
-    protocol: str = "native"
+    request_id: Uuid
+    received_at: UnixTime
+    bulk_identification_code: Code
+    hardware_id: HardwareId
+    fingerprint: Digest  # digest of the device's system identifiers; "" when none were sent
+    secret_digest: Digest = ""  # keyed digest of the device secret presented, "" if none
+    registration_key_digest: Digest = ""  # keyed digest of the registration key, "" if none
+    idempotency_key: Token = ""
+    protocol: Name = "native"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +187,14 @@ class RegistrationDecided(Event):
     TYPE: ClassVar[str] = "registration.decided"
     VERSION: ClassVar[int] = 1
 
-    request_id: str
-    account_id: str
-    product_id: str
-    device_id: str
-    hardware_id: str
-    decision: str
-    credential_generation: int
-    received_at: float = 0.0  # when the intake received the request, for pipeline latency
+    request_id: Uuid
+    account_id: UuidOrEmpty
+    product_id: UuidOrEmpty
+    device_id: Uuid
+    hardware_id: AssignedHardwareId
+    decision: DecisionName
+    credential_generation: Generation
+    received_at: UnixTimeOrZero = 0.0  # when the intake received the request, for pipeline latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +204,16 @@ class RegistrationOutcome(Event):
     TYPE: ClassVar[str] = "registration.outcome"
     VERSION: ClassVar[int] = 1
 
-    request_id: str
-    status: str  # "ready" or "refused"
-    device_id: str = ""
-    hardware_id: str = ""
-    decision: str = ""
-    reason: str = ""
-    credential_generation: int = 0
+    request_id: Uuid
+    status: Annotated[str, _one_of(("ready", "refused"))]
+    device_id: UuidOrEmpty = ""
+    hardware_id: AssignedHardwareIdOrEmpty = ""
+    decision: DecisionOrEmpty = ""
+    reason: Reason = ""
+    credential_generation: Generation = 0
     # The account whose code the request named ("" when none: an unknown code); webhooks'
     # registration.refused summary counts refusals by it.
-    account_id: str = ""
+    account_id: UuidOrEmpty = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +223,9 @@ class DeviceSignal(Event):
     TYPE: ClassVar[str] = "device.signal"
     VERSION: ClassVar[int] = 1
 
-    device_id: str
-    kind: str  # "ready" or "heartbeat"
-    at: float
+    device_id: Uuid
+    kind: Annotated[str, _one_of(("ready", "heartbeat"))]
+    at: UnixTime
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +236,8 @@ class BulkPublish(Event):
     TYPE: ClassVar[str] = "bulk.publish"
     VERSION: ClassVar[int] = 1
 
-    registration_id: str
-    after_line: int = 0
+    registration_id: Uuid
+    after_line: LineCount = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +250,12 @@ class BulkPublished(Event):
     TYPE: ClassVar[str] = "bulk.published"
     VERSION: ClassVar[int] = 1
 
-    registration_id: str
-    account_id: str
-    product_id: str
-    published: int  # devices preregistered
-    conflicts: int  # rows whose hardware ID was taken meanwhile
-    at: float  # when it was found published (Unix seconds)
+    registration_id: Uuid
+    account_id: Uuid
+    product_id: Uuid
+    published: LineCount  # devices preregistered
+    conflicts: LineCount  # rows whose hardware ID was taken meanwhile
+    at: UnixTime  # when it was found published (Unix seconds)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -192,7 +299,7 @@ E = TypeVar("E", bound=Event)
 def encode(event: Event) -> bytes:
     fields, _ = _schema(type(event))
     payload = {"type": event.TYPE, "v": event.VERSION}
-    payload.update((name, getattr(event, name)) for name, _, _ in fields)  # flat fields: no deep copy needed
+    payload.update((name, getattr(event, name)) for name, *_ in fields)  # flat fields: no deep copy needed
     return orjson.dumps(payload)
 
 
@@ -208,9 +315,9 @@ def decode(raw: bytes) -> Event:
     version = payload.pop("v", None)
     cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise SchemaError(f"unknown event type {type_name!r}")
+        raise SchemaError(f"unknown event type {_short(type_name)}")
     if type(version) is not int or version < 1 or version > cls.VERSION:  # bool is no version
-        raise SchemaError(f"{type_name}: unknown schema version {version!r} (knows 1..{cls.VERSION})")
+        raise SchemaError(f"{type_name}: unknown schema version {_short(version)} (knows 1..{cls.VERSION})")
     while version < cls.VERSION:
         upcast = _UPCASTERS.get((type_name, version))
         if upcast is None:
@@ -218,9 +325,23 @@ def decode(raw: bytes) -> Event:
         try:
             payload = upcast(payload)
         except Exception as exc:  # a malformed old record: dead-letter it, never crash the consumer
-            raise SchemaError(f"{type_name}: cannot upcast from version {version}: {exc!r}") from exc
+            # The exception's type only: its message may quote the record's values.
+            raise SchemaError(
+                f"{type_name}: cannot upcast from version {version}: {type(exc).__name__}"
+            ) from exc
         version += 1
     return _build(cls, payload)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlist = _REPR.maxdict = 3
+
+
+def _short(value: object) -> str:
+    """A record's own value in an error message (dead-letter headers, logs): at most about
+    40 characters a string and 3 items a list, control characters escaped (``repr``)."""
+    return _REPR.repr(value)
 
 
 def decode_as(cls: type[E], raw: bytes) -> E:
@@ -230,8 +351,8 @@ def decode_as(cls: type[E], raw: bytes) -> E:
     return event
 
 
-# Per class: (name, type hint, required) of each field, and the set of field names.
-_Schema = tuple[tuple[tuple[str, Any, bool], ...], frozenset[str]]
+# Per class: (name, type hint, required, rules) of each field, and the set of field names.
+_Schema = tuple[tuple[tuple[str, Any, bool, tuple[Rule, ...]], ...], frozenset[str]]
 _SCHEMAS: dict[type[Event], _Schema] = {}
 
 
@@ -239,26 +360,33 @@ def _schema(cls: type[Event]) -> _Schema:
     """Fields of an event class, computed once (decoding is on the hot path)."""
     schema = _SCHEMAS.get(cls)
     if schema is None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         fields = tuple(
             (
                 f.name,
-                hints[f.name],
+                *_rules_of(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
             )
             for f in dataclasses.fields(cls)
         )
-        schema = _SCHEMAS[cls] = fields, frozenset(name for name, _, _ in fields)
+        schema = _SCHEMAS[cls] = (
+            tuple((name, hint, required, rules) for name, hint, rules, required in fields),
+            frozenset(name for name, *_ in fields),
+        )
     return schema
 
 
 def _build(cls: type[E], payload: dict[str, Any]) -> E:
     fields, names = _schema(typing.cast(type[Event], cls))
     present = 0
-    for name, hint, required in fields:
+    for name, hint, required, rules in fields:
         if name in payload:
-            if not _matches(payload[name], hint):
+            value = payload[name]
+            if not _matches(value, hint):
                 raise SchemaError(f"{cls.TYPE}: field {name!r} has the wrong type")
+            for rule in rules:
+                if not rule.check(value):
+                    raise SchemaError(f"{cls.TYPE}: field {name!r} must be {rule.name}")
             present += 1
         elif required:
             raise SchemaError(f"{cls.TYPE}: missing field {name!r}")
@@ -271,6 +399,14 @@ def _build(cls: type[E], payload: dict[str, Any]) -> E:
             extra={"event_type": cls.TYPE, "event_version": cls.VERSION, "fields": sorted(unknown)},
         )
     return cls(**payload)
+
+
+def _rules_of(hint: Any) -> tuple[Any, tuple[Rule, ...]]:
+    """A field's type without ``Annotated``, and the rules its metadata holds."""
+    if get_origin(hint) is Annotated:
+        base, *metadata = get_args(hint)
+        return base, tuple(m for m in metadata if isinstance(m, Rule))
+    return hint, ()
 
 
 def _matches(value: Any, hint: Any) -> bool:

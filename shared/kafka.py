@@ -9,10 +9,12 @@
   returned, i.e. after the handler's database transaction committed. A crash in
   between redelivers the batch, and the handler's idempotency record in Postgres
   turns the redelivery into a no-op.
-* A handler that fails (database restarting, say) gets the same batch again after
-  a growing pause; nothing is committed until it succeeds.
-* A record that cannot be decoded is copied to the dead-letter topic with the
-  reason, then skipped, so one poison record neither blocks a partition nor is lost.
+* A handler that fails for a transient reason (database restarting, say) gets the
+  same batch again after a growing pause; nothing is committed until it succeeds.
+* A record that cannot be decoded, or that its handler fails on alone (the batch
+  failed for a reason that is not transient and was handled record by record), is
+  copied to the dead-letter topic with the reason and its position, then skipped, so
+  one poison record neither blocks a partition nor is lost.
 * Every client (producer, consumer, admin) connects as :func:`connection_options`
   says: TLS and SASL (SCRAM) from :class:`~shared.settings.KafkaSettings`.
 """
@@ -39,7 +41,8 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from shared.events import Event, SchemaError, decode, encode
-from shared.metrics import CONSUMER_LAG, ERRORS, PRODUCER_REPLACED
+from shared.logging import exception_summary
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, ERRORS, PRODUCER_REPLACED
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -262,9 +265,60 @@ async def publish_many(producer: Producer, items: Sequence[tuple[str, str, Event
 
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
 
+# Failures that say "the broker or the registry is not there right now": the batch is
+# retried whole after a pause, never split, and no record of it is dead-lettered.
+# A consumer adds the registry's (shared.db.pool.BATCH_RETRY_ERRORS) through ``transient``.
+BROKER_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, TimeoutError, ConnectionError)
+
+DEAD_LETTER_HEADERS = (
+    "fleetreg.error",
+    "fleetreg.error_type",
+    "fleetreg.stage",
+    "fleetreg.consumer",
+    "fleetreg.source",
+    "fleetreg.topic",
+    "fleetreg.partition",
+    "fleetreg.offset",
+)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a record was dead-lettered, in words that are safe to log and to store: a
+    SchemaError's message (it names the field and the rule, never the value) or, for a
+    record its handler failed on, the exception's type and place only (a driver's
+    message may quote the record's values)."""
+
+    stage: str  # "decode" (no event schema took it) | "handle" (its handler failed on it alone)
+    error_type: str  # the exception's module and class, e.g. "asyncpg.exceptions.DataError"
+    reason: str
+
+
+class _Interrupted(Exception):
+    """A transient failure in the middle of a record-by-record pass: ``resume`` holds, per
+    partition of the batch, the offset of the first record not handled yet."""
+
+    def __init__(self, error: BaseException, resume: dict[TopicPartition, int]) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+        self.resume = resume
+
 
 class BatchConsumer:
     """Consume a group's topics in batches: decode, handle, then commit.
+
+    * A record that does not decode (:func:`shared.events.decode`: wrong JSON, unknown
+      type or version, a field of the wrong type or breaking its rule) is dead-lettered.
+    * A batch whose handler fails with a ``transient`` error (the registry or broker
+      unreachable) is handed back whole and retried after a growing pause (0.4 s to 5 s);
+      :attr:`healthy` is False meanwhile, so readiness answers 503.
+    * A batch whose handler fails with any other error is handled again record by
+      record, in order on each partition: a record that fails alone is dead-lettered with
+      its reason and position, and every other record is handled. A transient error in
+      that pass stops it: what was handled is committed, the rest retried as above.
+    * Offsets are committed after all that, so a record is handled at least once and its
+      handler's idempotency (request IDs, event IDs: docs/architecture.md "Delivery:
+      nothing lost, nothing twice") makes a replay alone after a failed batch a no-op.
 
     ``run()`` returns when ``stop()`` is called: the batch in hand is finished
     and committed first, so a SIGTERM never loses or repeats work needlessly.
@@ -279,6 +333,7 @@ class BatchConsumer:
         max_records: int = 500,
         poll_timeout_ms: int = 200,
         name: str = "consumer",
+        transient: tuple[type[BaseException], ...] = BROKER_TRANSIENT_ERRORS,
     ) -> None:
         self._name = name
         self._consumer = consumer
@@ -286,13 +341,15 @@ class BatchConsumer:
         self._dead_letter = dead_letter
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
+        self._transient = (*transient, *BROKER_TRANSIENT_ERRORS)
         self._stopping = asyncio.Event()
         self._failures = 0
         self.batches_handled = 0
+        self.dead_lettered = 0
 
     @property
     def healthy(self) -> bool:
-        """False while the handler keeps failing (say, the database is down)."""
+        """False while the handler keeps failing for a transient reason (say, the database is down)."""
         return self._failures == 0
 
     def stop(self) -> None:
@@ -308,29 +365,88 @@ class BatchConsumer:
             await self._handle(batch)
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        events: list[Event] = []
-        for records in batch.values():
-            for record in records:
+        try:
+            decoded = await self._decode(batch)
+            events = [event for pairs in decoded.values() for _, event in pairs]
+            if events:
                 try:
-                    events.append(decode(record.value))
-                except SchemaError as exc:
-                    await self._send_to_dead_letter(record, exc)
-        if events:
-            try:
-                await self._handler(events)
-            except Exception as exc:
-                await self._retry_later(batch, exc)
-                return
+                    await self._handler(events)
+                except self._transient:
+                    raise
+                except Exception as exc:
+                    await self._one_by_one(decoded, exc)
+        except _Interrupted as stop:
+            # Partitions not in ``resume`` were handled to their end before the failure.
+            done = {tp: stop.resume.get(tp, records[-1].offset + 1) for tp, records in batch.items()}
+            await self._commit(
+                {tp: at for tp, at in done.items() if at > batch[tp][0].offset}, redelivered=False
+            )
+            await self._retry_later(stop.resume, stop.error)
+            return
+        except self._transient as exc:
+            await self._retry_later({tp: records[0].offset for tp, records in batch.items()}, exc)
+            return
         self._failures = 0
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         self._record_lag(offsets)
+        await self._commit(offsets)
+        self.batches_handled += 1
+
+    async def _decode(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[tuple[Any, Event]]]:
+        """The batch's events with their records, in order per partition; a record that
+        does not decode is dead-lettered."""
+        decoded: dict[TopicPartition, list[tuple[Any, Event]]] = {}
+        for tp, records in batch.items():
+            pairs = decoded[tp] = []
+            for record in records:
+                try:
+                    pairs.append((record, decode(record.value)))
+                except SchemaError as exc:
+                    await self._send_to_dead_letter(record, DeadLetter("decode", _type_name(exc), str(exc)))
+        return decoded
+
+    async def _one_by_one(
+        self, decoded: dict[TopicPartition, list[tuple[Any, Event]]], error: Exception
+    ) -> None:
+        """The batch failed for a reason that is not transient (a record its handler cannot
+        take): hand each record alone to the handler; dead-letter each that fails alone."""
+        ERRORS.labels(self._name, "batch_split").inc()
+        log.warning(
+            "batch failed; handling its records one by one",
+            extra={
+                "consumer": self._name,
+                "error": exception_summary(error),
+                "records": sum(map(len, decoded.values())),
+            },
+        )
+        for index, (tp, pairs) in enumerate(decoded.items()):
+            for record, event in pairs:
+                try:
+                    await self._handler([event])
+                except self._transient as exc:
+                    resume = {tp: record.offset}
+                    for later, rest in list(decoded.items())[index + 1 :]:
+                        if rest:
+                            resume[later] = rest[0][0].offset
+                    raise _Interrupted(exc, resume) from exc
+                except Exception as exc:
+                    why = DeadLetter("handle", _type_name(exc), exception_summary(exc))
+                    await self._send_to_dead_letter(record, why)
+
+    async def _commit(self, offsets: dict[TopicPartition, int], *, redelivered: bool = True) -> None:
+        if not offsets:
+            return
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The group rebalanced while we worked: the new owner of these
             # partitions gets the batch again and the idempotent handler skips it.
-            log.warning("offset commit failed; batch will be redelivered", extra={"error": str(exc)})
-        self.batches_handled += 1
+            log.warning(
+                "offset commit failed; batch will be redelivered" if redelivered else "offset commit failed",
+                extra={"consumer": self._name, "error": type(exc).__name__},
+            )
 
     def _record_lag(self, positions: dict[TopicPartition, int]) -> None:
         """Records between where this consumer is and the partition's end, as last fetched."""
@@ -339,35 +455,57 @@ class BatchConsumer:
             if end is not None:
                 CONSUMER_LAG.labels(self._name, tp.topic, str(tp.partition)).set(max(0, end - position))
 
-    async def _retry_later(self, batch: dict[TopicPartition, list[Any]], error: Exception) -> None:
-        """The handler failed (database restarting, broker unreachable): hand the batch
-        back by seeking to its first offsets, wait, and let the loop fetch it again."""
+    async def _retry_later(self, positions: dict[TopicPartition, int], error: BaseException) -> None:
+        """The handler failed for a transient reason (database restarting, broker
+        unreachable): seek back to ``positions`` (per partition, the first record not
+        handled), wait, and let the loop fetch from there again."""
         self._failures += 1
         ERRORS.labels(self._name, "batch_failed").inc()
         delay = min(0.2 * 2 ** min(self._failures, 5), 5.0)
+        # The exception's type and place only: a driver's message quotes bound values.
         log.warning(
-            "batch failed; retrying", extra={"error": f"{type(error).__name__}: {error}", "retry_in_s": delay}
+            "batch failed; retrying",
+            extra={"consumer": self._name, "error": exception_summary(error), "retry_in_s": delay},
         )
-        for tp, records in batch.items():
-            self._consumer.seek(tp, records[0].offset)
+        for tp, offset in positions.items():
+            self._consumer.seek(tp, offset)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
-    async def _send_to_dead_letter(self, record: Any, error: SchemaError) -> None:
+    async def _send_to_dead_letter(self, record: Any, why: DeadLetter) -> None:
+        """Copy ``record`` (key and value unchanged) to the dead-letter topic with why and
+        where in headers (docs/asyncapi.json ``DeadLetterHeaders``). A send that fails is a
+        transient failure of the batch: it is retried, never skipped unrecorded."""
+        self.dead_lettered += 1
+        DEAD_LETTERED.labels(self._name, why.stage).inc()
         log.error(
-            "undecodable record moved to the dead-letter topic",
+            "record moved to the dead-letter topic",
             extra={
+                "consumer": self._name,
+                "stage": why.stage,
                 "topic": record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
-                "error": str(error),
+                "error_type": why.error_type,
+                "error": why.reason,
             },
         )
         if self._dead_letter is None:
             return
         producer, topic = self._dead_letter
-        headers = [
-            ("fleetreg.error", str(error).encode()),
-            ("fleetreg.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
+        values = (
+            why.reason,
+            why.error_type,
+            why.stage,
+            self._name,
+            f"{record.topic}/{record.partition}/{record.offset}",
+            record.topic,
+            str(record.partition),
+            str(record.offset),
+        )
+        headers = [(name, value.encode()) for name, value in zip(DEAD_LETTER_HEADERS, values, strict=True)]
         await producer.send_and_wait(topic, record.value, key=record.key, headers=headers)
+
+
+def _type_name(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"

@@ -11,6 +11,10 @@ exception and its traceback, the stack, and each ``extra`` value. Two rules appl
   or their *context* (:data:`SECRET_PATTERNS`), so that a secret echoed by a library
   (aiohttp logs the first 100 bytes of an over-long header when it refuses it) never
   reaches the log either.
+
+Two filters bound how much a fault can write: :class:`MalformedRequests` (requests the
+HTTP parser refuses) and :class:`RepeatedLines` (the same error of the consume loops,
+producers and Kafka client, one line per fault every 10 s with a ``suppressed`` count).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Any
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from shared.metrics import MALFORMED_REQUESTS
 
@@ -204,10 +208,63 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+# The loggers of the consume loops and producers, and of the Kafka client under them: a
+# broker restart made each consumer write about 16,800 error lines, one per retry.
+REPEATED_LINE_LOGGERS = ("aiokafka", "kafka", "shared.kafka", "shared.pipeline", "services.intake.outcomes")
+REPEATED_LINE_EVERY_S = 10
+
+
+class RepeatedLines(logging.Filter):
+    """At most one warning or error line per distinct fault every ``every_s`` seconds
+    from the loggers in ``loggers`` (their children included); the first line of a fault
+    after a quiet window carries ``suppressed``, the number of its lines left out before.
+
+    A fault is the logger, level and message template (not its arguments: aiokafka puts
+    node IDs and addresses there) and the ``error_type`` and ``error`` fields, which these
+    loggers fill with an exception's type and place only. Fixed windows of the ``limits``
+    library count the lines; every line still counts in the metrics its caller updates."""
+
+    _MAX_KEYS = 1000  # suppressed counts kept; past it they are dropped (errors naming offsets)
+
+    def __init__(
+        self, every_s: int = REPEATED_LINE_EVERY_S, loggers: tuple[str, ...] = REPEATED_LINE_LOGGERS
+    ) -> None:
+        super().__init__()
+        self._item = RateLimitItemPerSecond(1, every_s)
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._loggers = loggers
+        self._suppressed: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not self._watched(record.name):
+            return True
+        fault = "\x1f".join(
+            (
+                record.name,
+                record.levelname,
+                str(record.msg),
+                str(getattr(record, "error_type", "")),
+                str(getattr(record, "error", "")),
+            )
+        )
+        if not self._limiter.hit(self._item, fault):
+            if fault in self._suppressed or len(self._suppressed) < self._MAX_KEYS:
+                self._suppressed[fault] = self._suppressed.get(fault, 0) + 1
+            return False
+        suppressed = self._suppressed.pop(fault, 0)
+        if suppressed:
+            record.suppressed = suppressed
+        return True
+
+    def _watched(self, name: str) -> bool:
+        return any(name == prefix or name.startswith(prefix + ".") for prefix in self._loggers)
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Send every log record of the process to stderr as JSON lines, secrets redacted."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(RepeatedLines())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -229,6 +286,7 @@ __all__ = [
     "SECRET_PATTERNS",
     "JsonFormatter",
     "MalformedRequests",
+    "RepeatedLines",
     "configure",
     "exception_summary",
     "is_secret_field",

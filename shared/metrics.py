@@ -41,6 +41,12 @@ PIPELINE_HEALTH_CHECKS = Counter(
     "Pipeline health computations for the console's live view (kept a second, shared by every tab)",
 )
 ERRORS = Counter("fleetreg_errors_total", "Errors by service and kind", ["service", "kind"])
+DEAD_LETTERED = Counter(
+    "fleetreg_dead_lettered_total",
+    "Records copied to the dead-letter topic, by consumer and stage (decode: no schema took it;"
+    " handle: its handler failed on it alone)",
+    ["service", "stage"],
+)
 PRODUCER_REPLACED = Counter(
     "fleetreg_kafka_producer_replaced_total",
     "Kafka producers replaced after a fatal idempotence error (shared.kafka.Producer)",

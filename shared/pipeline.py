@@ -20,7 +20,7 @@ from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from shared.db.pool import Pool, answers, open_pool
+from shared.db.pool import BATCH_RETRY_ERRORS, Pool, answers, open_pool
 from shared.events import Event
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import BatchConsumer, Producer, Topics, ensure_topics, make_consumer
@@ -52,7 +52,11 @@ class Subscription(Generic[R]):
 
     ``handle`` gets the service's resources and the decoded events of one poll (at most
     the batch size); it returns once everything the batch causes is written and sent,
-    or raises (the batch is then retried; see :class:`shared.kafka.BatchConsumer`)."""
+    or raises: the batch is then retried whole if the error is transient (the registry
+    or broker unreachable), or else handled again one event at a time, the events it
+    fails on alone dead-lettered (see :class:`shared.kafka.BatchConsumer`). So it must be
+    idempotent per event: an event of a batch that failed half-way may be handled again
+    alone."""
 
     topics: Callable[[Topics], Sequence[str]]
     handle: Callable[[R, list[Event]], Awaitable[None]]
@@ -100,6 +104,7 @@ def consumer_context(
                 dead_letter=(resources.producer, resources.topics.dead_letter),
                 max_records=settings.batch_size,
                 name=service,
+                transient=BATCH_RETRY_ERRORS,
             )
             task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
             app[READINESS]["consumer"] = True

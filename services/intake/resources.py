@@ -125,8 +125,15 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             topics, pool, producer = await open_registry_and_broker(stack, settings.database, settings.kafka)
+            readiness = app[READINESS]
+
+            def outcome_waiter_health(healthy: bool) -> None:
+                readiness["outcome_waiter"] = healthy
+
             waiter = OutcomeWaiter(
-                make_consumer(settings.kafka, [], group_id=None), topics.registration_outcomes
+                make_consumer(settings.kafka, [], group_id=None),
+                topics.registration_outcomes,
+                on_health=outcome_waiter_health,
             )
             stack.push_async_callback(waiter.stop)
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
@@ -176,7 +183,8 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             )
             stack.push_async_callback(_report, pool, app[THROTTLE])  # the last counts, on the way out
             stack.push_async_callback(_cancel, reporter)
-            app[READINESS]["outcome_waiter"] = True
+            # The outcome listener sets its own part (outcome_waiter_health): False while
+            # its reads fail, so a load balancer sends devices to an instance that hears.
             app[READINESS_PROBE] = lambda: answers(pool)
             try:
                 yield

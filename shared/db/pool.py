@@ -30,6 +30,7 @@ else:
     Connection = asyncpg.Connection
 
 __all__ = [
+    "BATCH_RETRY_ERRORS",
     "TRANSIENT_ERRORS",
     "Connection",
     "DatabaseUnavailable",
@@ -54,6 +55,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
     DatabaseUnavailable,
+)
+
+# What a consumer's batch may meet from a registry that is busy, failing over or being
+# operated on, beyond TRANSIENT_ERRORS: the batch is retried whole later, never split and
+# dead-lettered record by record (shared.kafka.BatchConsumer). SQLSTATE classes 08
+# (connection), 40 (serialization failure, deadlock), 53 (insufficient resources: too
+# many connections, disk full), 57 (operator intervention: shutdown, statement timeout)
+# and 25006 (a read-only transaction: a replica promoted late).
+BATCH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 

@@ -16,7 +16,7 @@ from cli.simulate import plan_fleet
 from shared.db import accounts
 from shared.db.pool import Pool
 from shared.kafka import Topics
-from tests.chaos import checks
+from tests.chaos import checks, poison
 from tests.chaos.load import Timeline, boot_storm
 from tests.support.api import Operator
 from tests.support.bulk import bulk_call, bulk_product, csv_rows, csv_text, upload
@@ -50,7 +50,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Fault:
-    name: str  # kill-intake, broker-restart, postgres-restart, poison-registration.requested
+    name: str  # kill-intake, broker-restart, postgres-restart, poison-registration.requested, poison-schema
     during: str  # storm | bulk
 
     @property
@@ -78,6 +78,8 @@ async def inject(target: Target, fault: Fault, down_s: float = 1.0, key: str | N
         await target.restart_postgres()
         await target.pool.expire_connections()
         return {}
+    if fault.name == "poison-schema":
+        return {"schema_poison": await poison.send(target.bootstrap, target.topics, poison.catalogue())}
     if fault.kind == "poison":
         topic = f"{target.topics.prefix}.{fault.subject}"
         return {"poison": await checks.send_poison(target.bootstrap, topic, key)}
@@ -107,6 +109,25 @@ async def poison_checks(target: Target, fault: Fault, poison: checks.Poison) -> 
         partition_progress=committed is not None and committed >= poison.offset + 2,
     )
     return out
+
+
+async def schema_poison_checks(target: Target, sent: list[poison.Sent]) -> dict[str, Any]:
+    """Every schema-valid poison record (tests/chaos/poison.py) is in the dead-letter topic
+    once per consumer group reading its topic, with its reason and position, and every
+    group committed past it; the storm that followed is checked by the caller."""
+    found, problems = await poison.dead_letters(target.bootstrap, target.topics, sent)
+    groups = {
+        service: target.group(service) for service in ("dedup", "provisioning", "ingestion", "notifier")
+    }
+    behind = await poison.committed_past(target.bootstrap, groups, sent)
+    return {
+        "poison_records": len(sent),
+        "dead_letters": len(found),
+        "dead_lettered": not problems,
+        "dead_letter_reason": "; ".join(problems[:3]) or "every record, with the rule it breaks",
+        "partition_progress": not behind,
+        "behind": behind[:3],
+    }
 
 
 async def new_operator(session: aiohttp.ClientSession, target: Target, tag: str) -> Operator:
@@ -159,6 +180,8 @@ async def storm_wave(
     row.update(registry)
     if fault is not None and "poison" in injected:
         row.update(await poison_checks(target, fault, injected["poison"]))
+    if "schema_poison" in injected:
+        row.update(await schema_poison_checks(target, injected["schema_poison"]))
     return row
 
 

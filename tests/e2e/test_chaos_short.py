@@ -3,8 +3,9 @@ shared test infrastructure (no broker or database restart here: test_faults_and_
 covers those, and the dedup/provisioning kills).
 
 What this adds: the intake itself killed with SIGKILL while devices boot and retry (a
-device talks to the intake only), and an undecodable record on a consumed topic landing
-in the dead-letter topic with its reason while its partition moves on.
+device talks to the intake only), an undecodable record on a consumed topic landing
+in the dead-letter topic with its reason while its partition moves on, and the
+schema-valid poison of every kind on every consumed topic before a storm.
 """
 
 from __future__ import annotations
@@ -72,3 +73,18 @@ async def test_a_poison_record_is_dead_lettered_with_its_reason_and_its_partitio
     assert "not JSON" in row["dead_letter_reason"], row
     assert row["partition_progress"], row  # records after the poison were processed and committed
     assert (row["lost"], row["duplicated"]) == (0, 0), row
+
+
+async def test_schema_valid_poison_on_every_topic_then_a_storm_every_device_is_provisioned(
+    system: System, session: aiohttp.ClientSession, pool: Pool, infra: dict[str, str]
+) -> None:
+    """``make chaos``'s poison-schema fault, small: tests/chaos/poison.py's records on every
+    partition of every consumed topic, then a storm of 100 devices."""
+    row = await storm_wave(
+        _target(system, pool, infra), session, 100, Fault("poison-schema", "storm"), seed=15
+    )
+    assert row["dead_lettered"], row
+    assert row["partition_progress"], row
+    assert row["dead_letters"] > row["poison_records"] > 0, row  # topics read by two groups: two each
+    assert (row["lost"], row["duplicated"]) == (0, 0), row
+    assert row["provisioned_in_registry"] == row["devices_in_registry"] == 100, row

@@ -30,7 +30,10 @@ N_EVENTS = 300
 
 
 def _signals(n: int) -> list[DeviceSignal]:
-    return [DeviceSignal(device_id=str(uuid.uuid4()), kind="heartbeat", at=float(i)) for i in range(n)]
+    # Times of this century: decoding checks them (shared.events.TIME_RANGE).
+    return [
+        DeviceSignal(device_id=str(uuid.uuid4()), kind="heartbeat", at=1_765_000_000.0 + i) for i in range(n)
+    ]
 
 
 def _at(event: Event) -> float:

@@ -277,8 +277,8 @@ def _requests(n: int) -> list[RegistrationRequested]:
     return [
         RegistrationRequested(
             request_id=str(uuid.uuid4()),
-            received_at=float(i),
-            bulk_identification_code="",
+            received_at=1_765_000_000.0 + i,  # decoding checks times (shared.events.TIME_RANGE)
+            bulk_identification_code="5A1B2C3D-0000-4000-8000-00000000C0DE",
             hardware_id=f"hw-{i:04d}",
             fingerprint="",
             registration_key_digest=secrets.token_hex(32),

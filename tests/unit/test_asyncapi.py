@@ -300,7 +300,7 @@ def sample_events() -> list[Event]:
         ),
         RegistrationOutcome(request_id=new_request_id(), status="ready"),
         DeviceSignal(device_id=device_id, kind="ready", at=time.time()),
-        DeviceSignal(device_id=device_id, kind="heartbeat", at=1),
+        DeviceSignal(device_id=device_id, kind="heartbeat", at=946_684_800),  # the earliest time decoded
         BulkPublish(registration_id=str(uuid.uuid4())),
         BulkPublish(registration_id=str(uuid.uuid4()), after_line=5000),
         BulkPublished(
@@ -481,7 +481,7 @@ def test_secrets_travel_only_as_digests() -> None:
 def test_the_validation_finds_what_the_decoder_refuses() -> None:
     """The validation is not vacuous: each kind of malformed record is caught."""
     schema = payload_of(message_of(DeviceSignal))
-    good = json.loads(encode(DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=1.5)))
+    good = json.loads(encode(DeviceSignal(device_id=str(uuid.uuid4()), kind="ready", at=1_765_000_000.5)))
     assert violations(good, schema) == []
     assert violations({k: v for k, v in good.items() if k != "at"}, schema)
     assert violations({**good, "extra": 1}, schema)
@@ -493,6 +493,7 @@ def test_the_validation_finds_what_the_decoder_refuses() -> None:
     assert violations({**good, "type": "device.other"}, schema)
     assert violations({**good, "kind": "asleep"}, schema)
     assert violations({**good, "device_id": "not-a-uuid"}, schema)
+    assert violations({**good, "at": 1e308}, schema)  # the decode rules beyond types are documented too
 
 
 def test_the_documented_examples_are_records_the_code_decodes() -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from shared import events
 from shared.events import (
     BulkPublish,
+    BulkPublished,
     DeviceSignal,
     Event,
     RegistrationDecided,
@@ -28,26 +29,35 @@ from shared.events import (
     register_upcaster,
 )
 
+R = "0190f4a2-7c1e-7000-8000-00000000000a"  # a request ID (UUID v7)
+A = "11111111-2222-4333-8444-555555555555"
+P = "21111111-2222-4333-8444-555555555555"
+D = "31111111-2222-4333-8444-555555555555"
+B = "41111111-2222-4333-8444-555555555555"
+CODE = "5A1B2C3D-0000-4000-8000-00000000C0DE"
+T = 1_765_000_000.5  # December 2025, Unix seconds
+
 SAMPLES: list[Event] = [
     RegistrationRequested(
-        request_id="r",
-        received_at=1.5,
-        bulk_identification_code="C",
-        hardware_id="h",
-        fingerprint="f",
+        request_id=R,
+        received_at=T,
+        bulk_identification_code=CODE,
+        hardware_id="b827eb8905e5",
+        fingerprint="0f" * 16,
     ),
     RegistrationDecided(
-        request_id="r",
-        account_id="a",
-        product_id="p",
-        device_id="d",
-        hardware_id="h",
+        request_id=R,
+        account_id=A,
+        product_id=P,
+        device_id=D,
+        hardware_id="b827eb8905e5-1",
         decision="new",
         credential_generation=1,
     ),
-    RegistrationOutcome(request_id="r", status="refused", reason="code unknown"),
-    DeviceSignal(device_id="d", kind="ready", at=2.0),
-    BulkPublish(registration_id="b", after_line=7),
+    RegistrationOutcome(request_id=R, status="refused", reason="code unknown"),
+    DeviceSignal(device_id=D, kind="ready", at=T),
+    BulkPublish(registration_id=B, after_line=7),
+    BulkPublished(registration_id=B, account_id=A, product_id=P, published=3, conflicts=0, at=T),
 ]
 
 
@@ -57,8 +67,8 @@ def test_every_event_survives_a_round_trip() -> None:
 
 
 def test_a_field_added_with_a_default_may_be_absent() -> None:
-    raw = orjson.dumps({"type": "registration.outcome", "v": 1, "request_id": "r", "status": "ready"})
-    assert decode(raw) == RegistrationOutcome(request_id="r", status="ready")
+    raw = orjson.dumps({"type": "registration.outcome", "v": 1, "request_id": R, "status": "ready"})
+    assert decode(raw) == RegistrationOutcome(request_id=R, status="ready")
 
 
 def test_a_field_unknown_to_this_version_is_ignored() -> None:
@@ -68,19 +78,19 @@ def test_a_field_unknown_to_this_version_is_ignored() -> None:
         {
             "type": "device.signal",
             "v": 1,
-            "device_id": "d",
-            "kind": "k",
-            "at": 1,
+            "device_id": D,
+            "kind": "heartbeat",
+            "at": T,
             "x": 1,
             "nested": {"a": [1]},
         }
     )
-    assert decode(raw) == DeviceSignal(device_id="d", kind="k", at=1)
+    assert decode(raw) == DeviceSignal(device_id=D, kind="heartbeat", at=T)
 
 
 def test_ignored_fields_are_logged_at_debug_level_by_name_only(caplog: pytest.LogCaptureFixture) -> None:
     raw = orjson.dumps(
-        {"type": "device.signal", "v": 1, "device_id": "d", "kind": "k", "at": 1, "zone": "z9"}
+        {"type": "device.signal", "v": 1, "device_id": D, "kind": "ready", "at": T, "zone": "z9"}
     )
     with caplog.at_level(logging.DEBUG, logger="shared.events"):
         decode(raw)
@@ -100,31 +110,31 @@ def test_a_record_without_unknown_fields_logs_nothing(caplog: pytest.LogCaptureF
     ("payload", "message"),
     [
         ({"type": "nope", "v": 1}, "unknown event type"),
-        ({"v": 1, "device_id": "d", "kind": "k", "at": 1}, "unknown event type None"),
+        ({"v": 1, "device_id": D, "kind": "ready", "at": T}, "unknown event type None"),
         (
-            {"type": "device.signal", "v": 2, "device_id": "d", "kind": "k", "at": 1},
+            {"type": "device.signal", "v": 2, "device_id": D, "kind": "ready", "at": T},
             "unknown schema version 2",
         ),
         (
-            {"type": "device.signal", "v": 0, "device_id": "d", "kind": "k", "at": 1},
+            {"type": "device.signal", "v": 0, "device_id": D, "kind": "ready", "at": T},
             "unknown schema version 0",
         ),
-        ({"type": "device.signal", "device_id": "d", "kind": "k", "at": 1}, "unknown schema version None"),
+        ({"type": "device.signal", "device_id": D, "kind": "ready", "at": T}, "unknown schema version None"),
         (
-            {"type": "device.signal", "v": "1", "device_id": "d", "kind": "k", "at": 1},
+            {"type": "device.signal", "v": "1", "device_id": D, "kind": "ready", "at": T},
             "unknown schema version '1'",
         ),
         (
-            {"type": "device.signal", "v": True, "device_id": "d", "kind": "k", "at": 1},
+            {"type": "device.signal", "v": True, "device_id": D, "kind": "ready", "at": T},
             "unknown schema version True",
         ),
-        ({"type": "device.signal", "v": 1, "device_id": "d", "kind": "k"}, "missing field 'at'"),
+        ({"type": "device.signal", "v": 1, "device_id": D, "kind": "ready"}, "missing field 'at'"),
         (
-            {"type": "device.signal", "v": 1, "device_id": 5, "kind": "k", "at": 1},
+            {"type": "device.signal", "v": 1, "device_id": 5, "kind": "ready", "at": T},
             "'device_id' has the wrong type",
         ),
         (
-            {"type": "device.signal", "v": 1, "device_id": "d", "kind": 2, "at": 1, "x": 1},
+            {"type": "device.signal", "v": 1, "device_id": D, "kind": 2, "at": T, "x": 1},
             "'kind' has the wrong type",
         ),
     ],
@@ -146,7 +156,7 @@ def test_not_an_object_is_a_schema_error() -> None:
 
 def test_decode_as_checks_the_type() -> None:
     with pytest.raises(SchemaError, match="expected registration.outcome"):
-        decode_as(RegistrationOutcome, encode(DeviceSignal(device_id="d", kind="ready", at=1.0)))
+        decode_as(RegistrationOutcome, encode(DeviceSignal(device_id=D, kind="ready", at=T)))
 
 
 # --- forward compatibility, as a property ------------------------------------------------
@@ -309,3 +319,115 @@ def test_register_upcaster_refuses_what_decode_could_never_use() -> None:
     register_upcaster("test.gadget", 1, v1_to_v2)
     with pytest.raises(ValueError, match="already registered"):
         register_upcaster("test.gadget", 1, v1_to_v2)
+
+
+# --- rules beyond types: schema-valid poison fails at decode -----------------------------
+
+
+def _with(event: Event, **changes: object) -> bytes:
+    payload = orjson.loads(encode(event))
+    payload.update(changes)
+    return orjson.dumps(payload)
+
+
+REQUESTED, DECIDED, OUTCOME, SIGNAL, PUBLISH, PUBLISHED = SAMPLES
+POISON: list[tuple[Event, str, object, str]] = [
+    # (a valid event, a field, a value of the right JSON type that breaks its rule, the rule)
+    (REQUESTED, "request_id", "not-a-uuid", "a UUID"),
+    (REQUESTED, "request_id", "{" + R + "}", "a UUID"),  # uuid.UUID takes it, Postgres does not
+    (REQUESTED, "received_at", 1e308, "Unix seconds within years 2000-2200"),
+    (REQUESTED, "received_at", -1.0, "Unix seconds within years 2000-2200"),
+    (REQUESTED, "received_at", 2**64 - 1, "Unix seconds within years 2000-2200"),
+    (REQUESTED, "hardware_id", "b827\x00eb", "a hardware ID"),
+    (REQUESTED, "hardware_id", "b827eb\n", "a hardware ID"),
+    (REQUESTED, "hardware_id", "x" * 65, "a hardware ID"),
+    (REQUESTED, "hardware_id", "", "a hardware ID"),
+    (REQUESTED, "bulk_identification_code", "C0DE", "a code in UUID form"),
+    (REQUESTED, "fingerprint", "\x1b[2J", "lower-case hex digits"),
+    (REQUESTED, "secret_digest", "ab" * 65, "lower-case hex digits"),
+    (REQUESTED, "idempotency_key", "k\x00", "printable ASCII"),
+    (REQUESTED, "idempotency_key", "k" * 129, "printable ASCII"),
+    (REQUESTED, "protocol", "native\x00", "a lower-case name"),
+    (DECIDED, "device_id", "", "a UUID"),
+    (DECIDED, "account_id", "'; DROP TABLE devices; --", "a UUID or empty"),
+    (DECIDED, "credential_generation", 2**63, "an integer from 0 to 2^31-1"),
+    (DECIDED, "credential_generation", 2**31, "an integer from 0 to 2^31-1"),
+    (DECIDED, "credential_generation", -1, "an integer from 0 to 2^31-1"),
+    (DECIDED, "decision", "newer", "one of"),
+    (DECIDED, "received_at", 1e308, "Unix seconds within years 2000-2200 or 0"),
+    (OUTCOME, "status", "maybe", "one of"),
+    (OUTCOME, "reason", "r" * 201, "printable ASCII"),
+    (OUTCOME, "reason", "line\nbreak", "printable ASCII"),
+    (OUTCOME, "hardware_id", "\u00e9", "a hardware ID"),
+    (DECIDED, "hardware_id", "a" * 105, "a hardware ID"),
+    (DECIDED, "hardware_id", "b8\x00eb", "a hardware ID"),
+    (SIGNAL, "device_id", "d", "a UUID"),
+    (SIGNAL, "at", 1e308, "Unix seconds"),
+    (SIGNAL, "kind", "ready\x00", "one of"),
+    (PUBLISH, "registration_id", "b", "a UUID"),
+    (PUBLISH, "after_line", 2**63, "an integer from 0 to 2^31-1"),
+    (PUBLISHED, "published", 2**64 - 1, "an integer from 0 to 2^31-1"),
+    (PUBLISHED, "account_id", "", "a UUID"),
+]
+
+
+@pytest.mark.parametrize(("event", "field", "value", "rule"), POISON)
+def test_a_value_of_the_right_type_that_breaks_its_rule_fails_at_decode(
+    event: Event, field: str, value: object, rule: str
+) -> None:
+    with pytest.raises(SchemaError) as failed:
+        decode(_with(event, **{field: value}))
+    message = str(failed.value)
+    assert message.startswith(f"{event.TYPE}: field {field!r} must be ")
+    assert rule in message
+    if isinstance(value, str) and len(value) > 2:
+        assert value not in message  # the value is never quoted: it may be anything
+
+
+@pytest.mark.parametrize(
+    ("event", "changes"),
+    [
+        (REQUESTED, {"bulk_identification_code": CODE.lower()}),  # either case, as is_uuid
+        (REQUESTED, {"hardware_id": "a" * 64 + "-1-2-3"}),  # an index assigned to a clone of a clone
+        (DECIDED, {"hardware_id": "a" * 64 + "-1-2-3-4"}),  # ... and one more, assigned to its clone
+        (DECIDED, {"hardware_id": "a" * 64 + "-123456789" * 4}),
+        (REQUESTED, {"idempotency_key": "~ key with spaces ~", "protocol": "compat"}),
+        (REQUESTED, {"received_at": 946_684_800}),  # an integer time is a time
+        (DECIDED, {"account_id": "", "product_id": "", "received_at": 0.0}),  # replayed: unknown
+        (DECIDED, {"credential_generation": 2**31 - 1}),
+        (OUTCOME, {"device_id": "", "hardware_id": "", "decision": "", "account_id": ""}),
+        (SIGNAL, {"kind": "heartbeat"}),
+        (PUBLISH, {"after_line": 0}),
+    ],
+)
+def test_the_edges_of_each_rule_still_decode(event: Event, changes: dict[str, object]) -> None:
+    decoded = decode(_with(event, **changes))
+    assert {name: getattr(decoded, name) for name in changes} == changes
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "x" * 10_000 + "\x1b[2J", "v": 1},
+        {"type": "device.signal", "v": ["secret-looking value"] * 1000},
+    ],
+)
+def test_an_error_quotes_a_record_s_own_values_short_and_escaped(payload: dict[str, object]) -> None:
+    """The message lands in dead-letter headers and logs: bounded, no raw control characters."""
+    with pytest.raises(SchemaError) as failed:
+        decode(orjson.dumps(payload))
+    message = str(failed.value)
+    assert len(message) < 200 and "\x1b" not in message
+
+
+@pytest.mark.usefixtures("registry")
+def test_an_upcaster_s_error_is_named_by_its_type_only() -> None:
+    use(GadgetV2)
+
+    def strict(payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "weight_grams": int(payload.pop("weight_kg"))}
+
+    register_upcaster("test.gadget", 1, strict)
+    with pytest.raises(SchemaError) as failed:
+        decode(orjson.dumps({**V1, "weight_kg": "hunter2"}))
+    assert str(failed.value) == "test.gadget: cannot upcast from version 1: ValueError"
