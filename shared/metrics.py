@@ -70,6 +70,21 @@ MALFORMED_REQUESTS = Counter(
     "fleetreg_http_malformed_requests_total",
     "Requests refused by the HTTP parser (oversized headers, bad request lines) before any route",
 )
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "fleetreg_http_connections_open",
+    "Client connections open on the HTTP listeners (shared/connections.py)",
+    ["service"],
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "fleetreg_http_connections_refused_total",
+    "Connections answered 503 past a connection cap: source (per address) or process",
+    ["service", "limit"],
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "fleetreg_http_connections_closed_total",
+    "Connections closed past a bound: header_bytes (431), header_timeout (408), body_rate",
+    ["service", "reason"],
+)
 CACHE_INVALIDATIONS = Counter(
     "fleetreg_device_cache_invalidations_total",
     "Invalidation signals applied by the intake's device cache",
