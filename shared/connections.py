@@ -36,14 +36,17 @@ an aiohttp upgrade changes it.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import functools
 import ipaddress
 import logging
 import resource
+import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -70,6 +73,20 @@ LOG_LINES_PER_MINUTE = 10
 # pool, the broker's connections, spool and log files, the refused connections being
 # answered, and accept()'s own margin. At least this many, or an eighth of the limit.
 RESERVED_FDS = 256
+# What one open connection may cost at most in resident memory, and what the process
+# keeps for everything else, for the cap a memory limit implies. Measured on the intake
+# (tests/e2e/test_hostile_connections.py, docs/security.md "Bounded connections"): a TLS
+# connection pumping data as fast as it can costs its 256 KiB read buffer (touched only
+# as far as one read fills it: ``TLS_RECEIVE_BUFFER_BYTES``), the bytes on their way
+# through OpenSSL and the handler; a plain one a few KiB.
+CONNECTION_MEMORY_BYTES = 256 * 1024
+RESERVED_MEMORY_BYTES = 128 * 1024 * 1024
+# The kernel's receive buffer of a TLS listener's connections (it doubles the figure):
+# what one read can bring, so what a connection holds in flight. Devices send requests
+# of a few KiB; bulk uploads use the plain listener, whose buffers stay self-tuned.
+TLS_RECEIVE_BUFFER_BYTES = 32 * 1024
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def source_of(peername: Any) -> str:
@@ -93,19 +110,62 @@ def _source(host: str) -> str:
     return str(address)
 
 
-def process_connection_cap(configured: int, fd_soft_limit: int) -> int:
-    """The per-process connection cap: ``configured`` when set (above 0), else the
-    file-descriptor soft limit less ``RESERVED_FDS`` (or an eighth of the limit, whichever
-    is more). 1,024 descriptors give 768 connections; Compose's 20,000 give 17,500."""
+def process_connection_cap(configured: int, fd_soft_limit: int, memory_limit: int | None) -> int:
+    """The per-process connection cap: ``configured`` when set (above 0); else the smaller of
+
+    * the file-descriptor soft limit less ``RESERVED_FDS`` (or an eighth of the limit,
+      whichever is more): 1,024 descriptors give 768 connections, 20,000 give 17,500;
+    * with a memory limit (the container's cgroup), what fits in it past
+      ``RESERVED_MEMORY_BYTES`` at ``CONNECTION_MEMORY_BYTES`` a connection: 512 MiB
+      give 1,536 connections, 1 GiB 3,584.
+    """
     if configured > 0:
         return configured
-    return max(64, fd_soft_limit - max(RESERVED_FDS, fd_soft_limit // 8))
+    cap = fd_soft_limit - max(RESERVED_FDS, fd_soft_limit // 8)
+    if memory_limit is not None:
+        cap = min(cap, (memory_limit - RESERVED_MEMORY_BYTES) // CONNECTION_MEMORY_BYTES)
+    return max(64, cap)
 
 
 def fd_soft_limit() -> int:
     """RLIMIT_NOFILE's soft limit of this process (an unlimited one counts as 1,048,576)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1024**2
+
+
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2 (Docker, Kubernetes on current hosts)
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def memory_limit(files: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """The process's cgroup memory limit in bytes, or None (no limit, or not in a container:
+    v1 reports "no limit" as a number near 2^63)."""
+    for path in files:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+        return None
+    return None
+
+
+def return_large_buffers() -> None:
+    """Make glibc map every allocation of ``MMAP_THRESHOLD_BYTES`` or more on its own and
+    unmap it when freed. By default glibc raises that threshold to the largest block it
+    has freed, so after the first TLS connections the 256 KiB read buffer uvloop gives
+    each one, and the 256 KiB reads themselves, come from the heap: resident in full and
+    kept after the client leaves (150 connections sending 1 MB over https left the
+    intake 46 MB larger; with this, 8 MB). No-op on a C library without ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 class ConnectionLimits:
@@ -494,6 +554,9 @@ class BoundedSite(web.TCPSite):
             ssl_handshake_timeout=handshake_s,
             ssl_shutdown_timeout=handshake_s,
         )
+        if self._ssl_context is not None:  # accepted connections inherit the listener's buffer
+            for sock in self._server.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TLS_RECEIVE_BUFFER_BYTES)
 
 
 def process_limits(bounds: ConnectionBounds) -> ConnectionLimits:
@@ -501,5 +564,5 @@ def process_limits(bounds: ConnectionBounds) -> ConnectionLimits:
     from the file-descriptor limit when 0)."""
     return ConnectionLimits(
         per_source=bounds.max_connections_per_source,
-        total=process_connection_cap(bounds.max_connections, fd_soft_limit()),
+        total=process_connection_cap(bounds.max_connections, fd_soft_limit(), memory_limit()),
     )

@@ -207,6 +207,7 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
     # decompressing one that is not what it says raised from inside aiohttp's parser
     # (a 500, and a traceback logged by aiohttp itself).
     bounds = settings.connections
+    connections.return_large_buffers()
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=15, auto_decompress=False, **connections.handler_args(bounds)
     )
