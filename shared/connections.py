@@ -12,17 +12,21 @@ before the parser does:
   blank line that ends it, and past ``max_header_bytes`` answers ``431`` and closes
   without giving the parser another byte;
 * it closes a head not finished ``header_timeout_s`` after its first byte (``408``), and
-  a body that brings less than ``body_min_bytes_per_s`` bytes a second over a window of
-  ``body_timeout_s`` (``408``; a window in which the service itself stopped reading,
-  aiohttp's back-pressure, is not held against the client);
+  cuts a body that brings less than ``body_min_bytes_per_s`` bytes a second over a window
+  of ``body_timeout_s`` (no answer: the handler waiting for the body owns it; a window in
+  which the service itself stopped reading, aiohttp's back-pressure, is not held against
+  the client);
 * it admits a connection only under :class:`ConnectionLimits` (per source address and
   per process, over every listener of the process); past either it answers ``503`` with
   ``Retry-After``, logs it (at most ``LOG_LINES_PER_MINUTE`` lines a minute per reason)
   and counts it in ``fleetreg_http_connections_refused_total``.
 
 aiohttp's own settings do the rest (:func:`handler_args`): the idle keep-alive timeout,
-its per-line limits. TLS handshakes and shutdowns are bounded by ``header_timeout_s``
-(``ssl_handshake_timeout``, ``ssl_shutdown_timeout`` of ``loop.create_server``).
+its per-line limits, a body's buffer. TLS handshakes and shutdowns are bounded by
+``header_timeout_s`` (``ssl_handshake_timeout``, ``ssl_shutdown_timeout`` of
+``loop.create_server``); a TLS listener's sockets get a small receive buffer
+(``TLS_RECEIVE_BUFFER_BYTES``) and the process's large buffers are unmapped when freed
+(:func:`return_large_buffers`), so what a connection costs is bounded and given back.
 
 To find where a request's head ends, the connection splits what it receives at the
 first blank line and feeds the head alone to aiohttp's parser; then reads the request
@@ -85,6 +89,9 @@ RESERVED_MEMORY_BYTES = 128 * 1024 * 1024
 # what one read can bring, so what a connection holds in flight. Devices send requests
 # of a few KiB; bulk uploads use the plain listener, whose buffers stay self-tuned.
 TLS_RECEIVE_BUFFER_BYTES = 32 * 1024
+# aiohttp's read_bufsize: a body's buffer stops the socket's reading at twice this (its
+# default, 256 KiB, lets a connection whose handler has not read yet hold 512 KiB).
+READ_BUFFER_BYTES = 64 * 1024
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
@@ -208,9 +215,11 @@ class ConnectionLimits:
 def handler_args(bounds: ConnectionBounds) -> dict[str, Any]:
     """What aiohttp enforces itself (``web.AppRunner``'s keyword arguments, handed to every
     ``RequestHandler``): the idle keep-alive timeout (its default is 3,630 s), measured from
-    a connection's start and from each answer. Its per-line limits stay at their
-    defaults (8,190 bytes), under the total bound this module enforces."""
-    return {"keepalive_timeout": bounds.keepalive_s}
+    a connection's start and from each answer; and how much of a body it buffers before it
+    stops reading the socket (twice ``read_bufsize``: 512 KiB by default, 128 KiB here).
+    Its per-line limits stay at their defaults (8,190 bytes), under the total bound this
+    module enforces."""
+    return {"keepalive_timeout": bounds.keepalive_s, "read_bufsize": READ_BUFFER_BYTES}
 
 
 class _RateLimitedLog:
@@ -284,6 +293,7 @@ class GuardedConnection(asyncio.Protocol):
         self._body_left = 0
         self._payload: StreamReader | None = None
         self._window_bytes = 0
+        self._window_reading = True
         self._body_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -445,6 +455,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def _start_body_timer(self) -> None:
         self._window_bytes = 0
+        self._window_reading = self._transport is not None and self._transport.is_reading()
         self._body_timer = self._loop.call_later(self._listener.bounds.body_timeout_s, self._body_window)
 
     def _end_body(self) -> None:
@@ -456,7 +467,8 @@ class GuardedConnection(asyncio.Protocol):
     def _body_window(self) -> None:
         bounds = self._listener.bounds
         transport = self._transport
-        paused = transport is not None and not transport.is_reading()
+        # A window the service's own back-pressure began or ended in is not the client's.
+        paused = not self._window_reading or (transport is not None and not transport.is_reading())
         if paused or self._window_bytes >= bounds.body_min_bytes_per_s * bounds.body_timeout_s:
             self._start_body_timer()
             return

@@ -259,23 +259,14 @@ class ConnectionBounds:
 
     @classmethod
     def from_env(cls, env: Env, prefix: str) -> ConnectionBounds:
-        default = cls()
         return cls(
-            max_header_bytes=env.integer(
-                f"{prefix}_MAX_HEADER_BYTES", default.max_header_bytes, minimum=1024
-            ),
-            header_timeout_s=env.number(
-                f"{prefix}_HEADER_TIMEOUT_SECONDS", default.header_timeout_s, minimum=0.1
-            ),
-            body_timeout_s=env.number(f"{prefix}_BODY_TIMEOUT_SECONDS", default.body_timeout_s, minimum=0.1),
-            body_min_bytes_per_s=env.integer(
-                f"{prefix}_BODY_MIN_BYTES_PER_SECOND", default.body_min_bytes_per_s, minimum=1
-            ),
-            keepalive_s=env.number(f"{prefix}_KEEPALIVE_SECONDS", default.keepalive_s, minimum=0.1),
-            max_connections_per_source=env.integer(
-                f"{prefix}_MAX_CONNECTIONS_PER_SOURCE", default.max_connections_per_source, minimum=1
-            ),
-            max_connections=env.integer(f"{prefix}_MAX_CONNECTIONS", default.max_connections, minimum=0),
+            max_header_bytes=env.integer(f"{prefix}_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            header_timeout_s=env.number(f"{prefix}_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_timeout_s=env.number(f"{prefix}_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_min_bytes_per_s=env.integer(f"{prefix}_BODY_MIN_BYTES_PER_SECOND", 500, minimum=1),
+            keepalive_s=env.number(f"{prefix}_KEEPALIVE_SECONDS", 30.0, minimum=0.1),
+            max_connections_per_source=env.integer(f"{prefix}_MAX_CONNECTIONS_PER_SOURCE", 1000, minimum=1),
+            max_connections=env.integer(f"{prefix}_MAX_CONNECTIONS", 0, minimum=0),
         )
 
 
