@@ -78,12 +78,13 @@ LOG_LINES_PER_MINUTE = 10
 # answered, and accept()'s own margin. At least this many, or an eighth of the limit.
 RESERVED_FDS = 256
 # What one open connection may cost at most in resident memory, and what the process
-# keeps for everything else, for the cap a memory limit implies. Measured on the intake
-# (tests/e2e/test_hostile_connections.py, docs/security.md "Bounded connections"): a TLS
-# connection pumping data as fast as it can costs its 256 KiB read buffer (touched only
-# as far as one read fills it: ``TLS_RECEIVE_BUFFER_BYTES``), the bytes on their way
-# through OpenSSL and the handler; a plain one a few KiB.
-CONNECTION_MEMORY_BYTES = 256 * 1024
+# keeps for everything else, for the cap a memory limit implies. The worst connection is
+# one whose body arrives faster than its handler reads it: aiohttp buffers up to twice
+# ``READ_BUFFER_BYTES`` of it, plus one read of up to 256 KiB (uvloop's read size) before
+# it stops reading the socket. Measured on the intake (docs/security.md, "Bounded
+# connections"): 200 connections pushing bodies as fast as they could, 280 KiB each; 1,000
+# holding a 16 KiB head over https, 80 KiB each; idle, 4 (http) and 24 KiB (https).
+CONNECTION_MEMORY_BYTES = 384 * 1024
 RESERVED_MEMORY_BYTES = 128 * 1024 * 1024
 # The kernel's receive buffer of a TLS listener's connections (it doubles the figure):
 # what one read can bring, so what a connection holds in flight. Devices send requests
@@ -92,6 +93,8 @@ TLS_RECEIVE_BUFFER_BYTES = 32 * 1024
 # aiohttp's read_bufsize: a body's buffer stops the socket's reading at twice this (its
 # default, 256 KiB, lets a connection whose handler has not read yet hold 512 KiB).
 READ_BUFFER_BYTES = 64 * 1024
+TRIM_EVERY_SECONDS = 5.0
+TRIM_AFTER_CONNECTIONS = 100
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
@@ -124,7 +127,7 @@ def process_connection_cap(configured: int, fd_soft_limit: int, memory_limit: in
       whichever is more): 1,024 descriptors give 768 connections, 20,000 give 17,500;
     * with a memory limit (the container's cgroup), what fits in it past
       ``RESERVED_MEMORY_BYTES`` at ``CONNECTION_MEMORY_BYTES`` a connection: 512 MiB
-      give 1,536 connections, 1 GiB 3,584.
+      give 1,024 connections, 1 GiB 2,389.
     """
     if configured > 0:
         return configured
@@ -175,6 +178,35 @@ def return_large_buffers() -> None:
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def trim_after_crowds(limits: ConnectionLimits) -> None:
+    """Every ``TRIM_EVERY_SECONDS``, once ``TRIM_AFTER_CONNECTIONS`` connections fewer are open
+    than at the last look's peak, hand the heap's free pages back to the system (glibc's
+    ``malloc_trim``, a few milliseconds). A crowd's small buffers (headers, TLS state) are
+    freed when it leaves but stay resident, scattered among live objects, until then:
+    1,000 connections holding 16 KiB heads over https left the intake 54 MB larger."""
+    trim = _malloc_trim()
+    if trim is None or limits.trimming:
+        return
+    limits.trimming = True
+    loop = asyncio.get_running_loop()
+
+    def look() -> None:
+        if limits.peak - limits.open >= TRIM_AFTER_CONNECTIONS:
+            trim(0)
+            limits.peak = limits.open
+        loop.call_later(TRIM_EVERY_SECONDS, look)
+
+    loop.call_later(TRIM_EVERY_SECONDS, look)
+
+
 class ConnectionLimits:
     """Open connections per source and in total, shared by every listener of a process.
 
@@ -185,6 +217,8 @@ class ConnectionLimits:
         self.per_source = per_source
         self.total = total
         self.open = 0
+        self.peak = 0  # the most open since trim_after_crowds last looked
+        self.trimming = False
         self._by_source: Counter[str] = Counter()
 
     def admit(self, source: str) -> str | None:
@@ -193,6 +227,7 @@ class ConnectionLimits:
         if self._by_source[source] >= self.per_source:
             return "source"
         self.open += 1
+        self.peak = max(self.peak, self.open)
         self._by_source[source] += 1
         return None
 
@@ -566,6 +601,7 @@ class BoundedSite(web.TCPSite):
             ssl_handshake_timeout=handshake_s,
             ssl_shutdown_timeout=handshake_s,
         )
+        trim_after_crowds(listener.limits)
         if self._ssl_context is not None:  # accepted connections inherit the listener's buffer
             for sock in self._server.sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TLS_RECEIVE_BUFFER_BYTES)

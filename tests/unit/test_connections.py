@@ -41,8 +41,8 @@ def test_the_caps_per_source_and_per_process() -> None:
 def test_the_process_cap_is_derived_from_descriptors_and_memory() -> None:
     assert process_connection_cap(0, 1024, None) == 768
     assert process_connection_cap(0, 20_000, None) == 17_500
-    assert process_connection_cap(0, 20_000, 512 * MiB) == 1536  # Compose's and Kubernetes' intake
-    assert process_connection_cap(0, 20_000, 1024 * MiB) == 3584
+    assert process_connection_cap(0, 20_000, 512 * MiB) == 1024  # Compose's and Kubernetes' intake
+    assert process_connection_cap(0, 20_000, 1024 * MiB) == 2389  # ingestion
     assert process_connection_cap(0, 100, None) == 64  # never nothing
     assert process_connection_cap(5000, 1024, 512 * MiB) == 5000  # a configured cap is taken as is
 
