@@ -423,7 +423,13 @@ class GuardedConnection(asyncio.Protocol):
             return b""
         if at < 0:
             self._carry = seen[-(len(HEAD_END) - 1) :]
+            queued = len(self._inner._messages)
             self._inner.data_received(data)
+            if _parsed_request(self._inner, queued) is not None:
+                # A request before its blank line: the parser refused the head (a bare LF,
+                # a bad line) and answers 400 itself.
+                self._end_head()
+                self._phase = _Phase.PASS
             return b""
         head, rest = data[:end], data[end:]
         queued = len(self._inner._messages)
