@@ -93,6 +93,8 @@ TLS_RECEIVE_BUFFER_BYTES = 32 * 1024
 # aiohttp's read_bufsize: a body's buffer stops the socket's reading at twice this (its
 # default, 256 KiB, lets a connection whose handler has not read yet hold 512 KiB).
 READ_BUFFER_BYTES = 64 * 1024
+# A source with fewer connections than this may use the last quarter of the process cap.
+SMALL_SOURCE_CONNECTIONS = 16
 TRIM_EVERY_SECONDS = 5.0
 TRIM_AFTER_CONNECTIONS = 100
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
@@ -211,7 +213,11 @@ class ConnectionLimits:
     """Open connections per source and in total, shared by every listener of a process.
 
     ``admit`` says which cap a new connection would cross ("source" or "process") or
-    None, in which case it is counted until ``release``. Pure bookkeeping: no I/O."""
+    None, in which case it is counted until ``release``. The last quarter of the process
+    cap is kept for sources holding fewer than ``SMALL_SOURCE_CONNECTIONS``: one client
+    holding connections up to the cap would otherwise lock every new device out (issue
+    21: 1,100 idle connections from one client let 3 of 123 new devices in). Pure
+    bookkeeping: no I/O."""
 
     def __init__(self, per_source: int, total: int) -> None:
         self.per_source = per_source
@@ -222,10 +228,13 @@ class ConnectionLimits:
         self._by_source: Counter[str] = Counter()
 
     def admit(self, source: str) -> str | None:
+        held = self._by_source[source]
         if self.open >= self.total:
             return "process"
-        if self._by_source[source] >= self.per_source:
+        if held >= self.per_source:
             return "source"
+        if held >= SMALL_SOURCE_CONNECTIONS and self.open >= self.total - self.total // 4:
+            return "process"  # the reserve: for sources with few connections
         self.open += 1
         self.peak = max(self.peak, self.open)
         self._by_source[source] += 1

@@ -2,9 +2,10 @@
 1 MB headers over http and https, slow and idle connections, and the per-source cap, while
 devices from other addresses keep registering.
 
-Two intake instances of their own: ``guarded`` runs the shipped bounds except a per-source
+Three intake instances of their own: ``guarded`` runs the shipped bounds except a per-source
 cap of 20 (so that the test can cross it with few connections); ``quick`` has timeouts of
-a second or two, so that the slow connections are cut within the test's time. Attackers
+a second or two, so that the slow connections are cut within the test's time; ``crowded``
+has a process cap of 80. Attackers
 and devices use their own loopback addresses (127.x.y.z all reach 127.0.0.1).
 """
 
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.e2e
 
 PER_SOURCE = 20
 GUARDED = {"FLEETREG_HTTP_MAX_CONNECTIONS_PER_SOURCE": str(PER_SOURCE)}
+PROCESS_CAP = 80
+CROWDED = {"FLEETREG_HTTP_MAX_CONNECTIONS": str(PROCESS_CAP)}
 QUICK = {
     "FLEETREG_HTTP_HEADER_TIMEOUT_SECONDS": "1",
     "FLEETREG_HTTP_BODY_TIMEOUT_SECONDS": "1",
@@ -60,6 +63,14 @@ async def guarded(system: System) -> AsyncIterator[ServiceProcess]:
 @pytest.fixture(scope="module")
 async def quick(system: System) -> AsyncIterator[ServiceProcess]:
     process = await system.add_instance("intake", QUICK)
+    yield process
+    process.stop()
+    system.extra.remove(process)
+
+
+@pytest.fixture(scope="module")
+async def crowded(system: System) -> AsyncIterator[ServiceProcess]:
+    process = await system.add_instance("intake", CROWDED)
     yield process
     process.stop()
     system.extra.remove(process)
@@ -277,3 +288,32 @@ async def test_past_the_per_source_cap_a_503_with_retry_after_and_other_sources_
     answer, _ = await until_closed(reader)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+
+
+async def test_one_client_holding_the_process_cap_leaves_room_for_new_devices(
+    crowded: ServiceProcess, operator: Operator
+) -> None:
+    """Issue 21's starvation: one client holding as many idle connections as it could let 3
+    of 123 new devices in. Past three quarters of the process cap, a source holding many
+    connections gets the 503; the rest is kept for sources with few."""
+    hog = fresh_address()
+    held = [await connect(crowded.port, hog) for _ in range(PROCESS_CAP)]
+
+    async def status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(b"GET /v1/registrations/x HTTP/1.1\r\nHost: intake\r\n\r\n")
+        return (await asyncio.wait_for(reader.readline(), CLOSED_WITHIN_S)).strip()
+
+    try:
+        answers = await asyncio.gather(*(status(reader, writer) for reader, writer in held))
+        # Three quarters admitted (answered, and kept alive), the last quarter refused.
+        assert answers[: PROCESS_CAP * 3 // 4] == [b"HTTP/1.1 400 Bad Request"] * (PROCESS_CAP * 3 // 4)
+        assert answers[PROCESS_CAP * 3 // 4 :] == [b"HTTP/1.1 503 Service Unavailable"] * (PROCESS_CAP // 4)
+        code = (await operator.product())["bulk_identification_code"]
+        for i in range(3):  # new devices, each from its own address, all get in
+            connector = aiohttp.TCPConnector(local_addr=(fresh_address(), 0))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                answer = await register(session, crowded.url, code, f"new-device-{i}", cpu_id="c", mac="m")
+            assert answer.status == 200 and answer.body["status"] == "ready"
+    finally:
+        for _, writer in held:
+            writer.close()

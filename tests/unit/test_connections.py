@@ -38,6 +38,19 @@ def test_the_caps_per_source_and_per_process() -> None:
     assert (limits.open, limits.sources) == (0, 0)  # nothing left behind by departed sources
 
 
+def test_the_last_quarter_of_the_process_cap_is_kept_for_small_sources() -> None:
+    limits = ConnectionLimits(per_source=1000, total=80)
+    crowd = [limits.admit("crowd") for _ in range(70)]
+    assert crowd.count(None) == 60 and set(crowd[60:]) == {"process"}  # three quarters, then 503
+    assert [limits.admit(f"device-{i}") for i in range(20)] == [None] * 20  # the reserve
+    assert limits.admit("another") == "process"  # the cap itself holds
+    for i in range(20):
+        limits.release(f"device-{i}")
+    # A source with a few connections still gets into the reserve, up to the small-source bound.
+    assert [limits.admit("office") for _ in range(16)] == [None] * 16
+    assert limits.admit("office") == "process"
+
+
 def test_the_process_cap_is_derived_from_descriptors_and_memory() -> None:
     assert process_connection_cap(0, 1024, None) == 768
     assert process_connection_cap(0, 20_000, None) == 17_500
