@@ -299,7 +299,8 @@ class _Phase(enum.Enum):
     HEAD = "head"  # waiting for, or reading, a request line and its headers
     BODY = "body"  # reading a body of known length (Content-Length)
     CHUNKED = "chunked"  # reading a chunked body, to its end as aiohttp's parser sees it
-    PASS = "pass"  # noqa: S105 (a phase, not a password): aiohttp answers a parse error or switched protocols: bytes go straight through
+    # aiohttp answers a parse error itself, or the protocol switched: bytes go straight through.
+    PASS = "pass"  # noqa: S105 (a phase, not a password)
     CLOSING = "closing"  # answered by this module: what still arrives is dropped
 
 
