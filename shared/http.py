@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from shared import connections
 from shared.cache import SharedResult
 from shared.db.pool import TRANSIENT_ERRORS, Pool
 from shared.errors import (
@@ -117,6 +118,11 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         )
         response = json_response(error.to_dict(), status=413)
     except (*TRANSIENT_ERRORS, KafkaError) as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            # The client left while its body was read (or was cut off by a bound of
+            # shared/connections.py): no one to answer, and nothing is unavailable.
+            ERRORS.labels(service, "client_gone").inc()
+            return json_error(400, "client_gone", "the connection ended before the request did")
         part = "broker" if isinstance(exc, KafkaError) else "registry"
         # The exception's type and place only: a driver's message may quote a parameter.
         log.warning(f"{part} unreachable", extra={"route": route, "error": exception_summary(exc)})
@@ -246,18 +252,38 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
     # (errors_and_metrics answers a Content-Encoding with 415 before the body is read);
     # decompressing one that is not what it says raised from inside aiohttp's parser
     # (a 500, and a traceback logged by aiohttp itself).
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=15, auto_decompress=False)
+    bounds = settings.connections
+    connections.return_large_buffers()
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=15, auto_decompress=False, **connections.handler_args(bounds)
+    )
     # The operations listener: a runner of its own, so that no public site answers its routes.
-    ops_runner = web.AppRunner(ops_app(app), access_log=None, shutdown_timeout=2)
+    ops_runner = web.AppRunner(
+        ops_app(app), access_log=None, shutdown_timeout=2, **connections.handler_args(bounds)
+    )
     await runner.setup()
     await ops_runner.setup()
     gc.collect()  # start-up is done: what exists now lives as long as the process,
     gc.freeze()  # so full collections need not walk it again (shared/service.py)
+    # Every public listener: its connections bounded and counted together (shared/connections.py).
+    limits = connections.process_limits(bounds)
+    site = functools.partial(
+        connections.BoundedSite, runner, bounds=bounds, limits=limits, service=app[SERVICE_NAME]
+    )
     try:
-        await web.TCPSite(ops_runner, settings.host, settings.ops_port).start()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        # The operations listener is bounded like the public ones but counted apart: a flood
+        # on the device port must not make the probes answer 503 (and get the pod restarted).
+        await connections.BoundedSite(
+            ops_runner,
+            settings.host,
+            settings.ops_port,
+            bounds=bounds,
+            limits=connections.process_limits(bounds),
+            service=app[SERVICE_NAME],
+        ).start()
+        await site(settings.host, settings.port).start()
         if tls is not None:
-            await web.TCPSite(runner, tls.host, tls.port, ssl_context=tls.context()).start()
+            await site(tls.host, tls.port, ssl_context=tls.context()).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -268,6 +294,8 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
                 "port": settings.port,
                 "tls_port": tls.port if tls else None,
                 "ops_port": settings.ops_port,
+                "max_connections": limits.total,
+                "max_connections_per_source": limits.per_source,
             },
         )
         await stop.wait()

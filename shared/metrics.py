@@ -94,6 +94,21 @@ COMPAT_NEW_HARDWARE_IDS_REFUSED = Counter(
     "fleetreg_compat_new_hardware_ids_refused_total",
     "Reference step-1 reports of a new hardware ID refused: the source's cap a minute was reached",
 )
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "fleetreg_http_connections_open",
+    "Client connections open on the HTTP listeners (shared/connections.py)",
+    ["service"],
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "fleetreg_http_connections_refused_total",
+    "Connections answered 503 past a connection cap: source (per address) or process",
+    ["service", "limit"],
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "fleetreg_http_connections_closed_total",
+    "Connections closed past a bound: header_bytes (431), header_timeout (408), body_rate",
+    ["service", "reason"],
+)
 CACHE_INVALIDATIONS = Counter(
     "fleetreg_device_cache_invalidations_total",
     "Invalidation signals applied by the intake's device cache",

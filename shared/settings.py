@@ -238,6 +238,44 @@ OPS_PORT_OFFSET = 100
 
 
 @dataclass(frozen=True)
+class ConnectionBounds:
+    """What one client may hold of an HTTP listener (shared/connections.py enforces them;
+    docs/security.md, "Bounded connections", gives the reasons for each default).
+
+    * ``max_header_bytes``: the request line and headers of one request, in total (bytes).
+    * ``header_timeout_s``: from a request's first byte to the end of its headers; also
+      the TLS handshake's and TLS shutdown's limit.
+    * ``body_timeout_s`` and ``body_min_bytes_per_s``: while a body is unfinished, every
+      window of ``body_timeout_s`` seconds must bring ``body_min_bytes_per_s`` times as
+      many bytes (a window in which the service itself stopped reading is not counted).
+    * ``keepalive_s``: how long a connection may wait for its next request.
+    * ``max_connections_per_source``: open connections of one IPv4 address or IPv6 /64.
+    * ``max_connections``: open connections of the process, all listeners together;
+      0 derives it from the file-descriptor limit at start (``process_connection_cap``).
+    """
+
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 15.0
+    body_min_bytes_per_s: int = 500
+    keepalive_s: float = 30.0
+    max_connections_per_source: int = 1000
+    max_connections: int = 0
+
+    @classmethod
+    def from_env(cls, env: Env, prefix: str) -> ConnectionBounds:
+        return cls(
+            max_header_bytes=env.integer(f"{prefix}_MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            header_timeout_s=env.number(f"{prefix}_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_timeout_s=env.number(f"{prefix}_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_min_bytes_per_s=env.integer(f"{prefix}_BODY_MIN_BYTES_PER_SECOND", 500, minimum=1),
+            keepalive_s=env.number(f"{prefix}_KEEPALIVE_SECONDS", 30.0, minimum=0.1),
+            max_connections_per_source=env.integer(f"{prefix}_MAX_CONNECTIONS_PER_SOURCE", 1000, minimum=1),
+            max_connections=env.integer(f"{prefix}_MAX_CONNECTIONS", 0, minimum=0),
+        )
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """Where a service listens: ``port`` for its API (``FLEETREG_HTTP_PORT``) and
     ``ops_port`` for /healthz, /readyz and /metrics (``FLEETREG_<SERVICE>_OPS_PORT``,
@@ -246,6 +284,7 @@ class HttpSettings:
     host: str
     port: int
     ops_port: int = 0
+    connections: ConnectionBounds = field(default_factory=ConnectionBounds)
 
     @classmethod
     def from_env(cls, env: Env, prefix: str, default_port: int, *, service: str) -> HttpSettings:
@@ -260,7 +299,12 @@ class HttpSettings:
             raise SettingsError(f"{name}={ops_port} is not a TCP port (set it below 65536)")
         if ops_port and ops_port == port:
             raise SettingsError(f"{name}={ops_port} is the service's own port; give it a port of its own")
-        return cls(host=env.text(f"{prefix}_HOST", "127.0.0.1"), port=port, ops_port=ops_port)
+        return cls(
+            host=env.text(f"{prefix}_HOST", "127.0.0.1"),
+            port=port,
+            ops_port=ops_port,
+            connections=ConnectionBounds.from_env(env, prefix),
+        )
 
 
 def load(factory: Callable[[Env], T], environ: Mapping[str, str] | None = None) -> T:

@@ -30,6 +30,16 @@ refuse_placeholders() {
   refuse_placeholder DATABASE_URL "${DATABASE_URL:-}"
 }
 
+# The soft file-descriptor limit up to the hard one. Kubernetes sets no rlimit of its own, so
+# a pod gets the runtime's (often a soft 1,024 under a hard 1,048,576, or more); each client
+# connection is a descriptor and the per-process connection cap is derived from this limit
+# (docs/operations.md, "Connections and file descriptors"). Compose sets both (20,000).
+raise_fd_limit() {
+  hard=$(ulimit -Hn)
+  ulimit -n "$hard" 2>/dev/null ||
+    echo "entrypoint.sh: could not raise the file-descriptor limit to $hard; it stays $(ulimit -n)" >&2
+}
+
 [ "$#" -ge 1 ] || usage 64
 command=$1
 shift
@@ -37,6 +47,7 @@ shift
 case "$command" in
   dedup | provisioning | intake | operator | ingestion | notifier)
     refuse_placeholders
+    raise_fd_limit
     exec python -m "services.$command" "$@" ;;
   migrate)
     refuse_placeholders

@@ -1,0 +1,264 @@
+"""The connection guard's bookkeeping and its reading of aiohttp, without sockets: the caps,
+the derived per-process cap, sources, settings, and a GuardedConnection fed bytes through an
+in-memory transport (heads split from bodies, bounds crossed, requests still answered)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from shared import connections
+from shared.connections import (
+    ConnectionLimits,
+    GuardedConnection,
+    Listener,
+    process_connection_cap,
+    source_of,
+)
+from shared.settings import ConnectionBounds, HttpSettings, SettingsError, load
+
+MiB = 1024 * 1024
+
+
+def test_the_caps_per_source_and_per_process() -> None:
+    limits = ConnectionLimits(per_source=2, total=3)
+    assert limits.admit("a") is None and limits.admit("a") is None
+    assert limits.admit("a") == "source"  # a third from one address
+    assert limits.admit("b") is None  # another address still gets in
+    assert limits.admit("c") == "process"  # but not past the process's total
+    assert (limits.open, limits.of("a"), limits.sources) == (3, 2, 2)
+    limits.release("a")
+    assert limits.admit("a") is None
+    for source in ("a", "a", "b"):
+        limits.release(source)
+    assert (limits.open, limits.sources) == (0, 0)  # nothing left behind by departed sources
+
+
+def test_the_last_quarter_of_the_process_cap_is_kept_for_small_sources() -> None:
+    limits = ConnectionLimits(per_source=1000, total=80)
+    crowd = [limits.admit("crowd") for _ in range(70)]
+    assert crowd.count(None) == 60 and set(crowd[60:]) == {"process"}  # three quarters, then 503
+    assert [limits.admit(f"device-{i}") for i in range(20)] == [None] * 20  # the reserve
+    assert limits.admit("another") == "process"  # the cap itself holds
+    for i in range(20):
+        limits.release(f"device-{i}")
+    # A source with a few connections still gets into the reserve, up to the small-source bound.
+    assert [limits.admit("office") for _ in range(16)] == [None] * 16
+    assert limits.admit("office") == "process"
+
+
+def test_the_process_cap_is_derived_from_descriptors_and_memory() -> None:
+    assert process_connection_cap(0, 1024, None) == 768
+    assert process_connection_cap(0, 20_000, None) == 17_500
+    assert process_connection_cap(0, 20_000, 512 * MiB) == 1024  # Compose's and Kubernetes' intake
+    assert process_connection_cap(0, 20_000, 1024 * MiB) == 2389  # ingestion
+    assert process_connection_cap(0, 100, None) == 64  # never nothing
+    assert process_connection_cap(5000, 1024, 512 * MiB) == 5000  # a configured cap is taken as is
+
+
+def test_the_memory_limit_of_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("536870912\n")
+    assert connections.memory_limit((v2, v1)) == 512 * MiB
+    v2.write_text("max\n")
+    assert connections.memory_limit((v2, v1)) is None
+    v1.write_text("9223372036854771712\n")  # v1's "no limit"
+    assert connections.memory_limit((tmp_path / "absent", v1)) is None
+    assert connections.memory_limit((tmp_path / "absent",)) is None
+
+
+def test_sources_are_addresses_or_ipv6_prefixes() -> None:
+    assert source_of(("203.0.113.7", 50000)) == "203.0.113.7"
+    assert source_of(("2001:db8:1:2:aaaa::1", 1, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("2001:db8:1:2:bbbb::9", 1, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("::ffff:198.51.100.1", 1, 0, 0)) == "198.51.100.1"
+    assert source_of(None) == "unknown"
+
+
+def test_the_settings_and_their_names() -> None:
+    settings = load(lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), {})
+    assert settings.connections == ConnectionBounds()
+    assert settings.connections.max_connections_per_source >= 1000  # NAT sites, bench, agents
+    env = {"FLEETREG_HTTP_MAX_HEADER_BYTES": "32768", "FLEETREG_HTTP_BODY_TIMEOUT_SECONDS": "60"}
+    bounds = load(lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), env).connections
+    assert (bounds.max_header_bytes, bounds.body_timeout_s) == (32768, 60.0)
+    with pytest.raises(SettingsError, match="FLEETREG_HTTP_KEEPALIVE_SECONDS='long' is not a number"):
+        load(
+            lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"),
+            {"FLEETREG_HTTP_KEEPALIVE_SECONDS": "long"},
+        )
+    with pytest.raises(SettingsError, match="FLEETREG_HTTP_MAX_HEADER_BYTES=10 is below its minimum"):
+        load(
+            lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"),
+            {"FLEETREG_HTTP_MAX_HEADER_BYTES": "10"},
+        )
+
+
+# ---------------------------------------------------- a connection without sockets ----
+class MemoryTransport(asyncio.Transport):
+    """What the guard and aiohttp's handler use of a transport, in memory."""
+
+    def __init__(self, peer: str = "192.0.2.1") -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = b""
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def echo_length(request: web.Request) -> web.Response:
+    return web.Response(text=str(len(await request.read())))
+
+
+async def guarded(
+    bounds: ConnectionBounds, limits: ConnectionLimits | None = None
+) -> tuple[web.Server, Listener]:
+    server = web.Server(echo_length)
+    listener = Listener(server=server, bounds=bounds, limits=limits or ConnectionLimits(10, 10), service="t")
+    return server, listener
+
+
+async def exchange(listener: Listener, *pieces: bytes, peer: str = "192.0.2.1") -> MemoryTransport:
+    transport = MemoryTransport(peer)
+    connection = GuardedConnection(listener)
+    connection.connection_made(transport)
+    for piece in pieces:
+        connection.data_received(piece)
+        await asyncio.sleep(0.01)  # the handler's task answers
+    connection.connection_lost(None)
+    await asyncio.sleep(0)
+    return transport
+
+
+def statuses(transport: MemoryTransport) -> list[int]:
+    """The status of every answer written, in order."""
+    return [int(chunk[:3]) for chunk in transport.written.split(b"HTTP/1.1 ")[1:]]
+
+
+def test_aiohttp_still_queues_parsed_requests_where_the_guard_reads_them() -> None:
+    # shared/connections.py reads RequestHandler._messages; an aiohttp upgrade that moves it fails here.
+    assert "_messages" in web.RequestHandler.__slots__
+
+
+async def test_requests_heads_bodies_chunks_and_pipelining_pass_untouched() -> None:
+    _, listener = await guarded(ConnectionBounds(max_header_bytes=1024))
+    big_body = b"x" * 5000  # a body far past the header bound is still a body
+    transport = await exchange(
+        listener,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n" + big_body[:100],
+        big_body[100:] + b"GET / HTTP/1.1\r\nHo",  # the body's end and the next head, in one read
+        b"st: h\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        b"0\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    assert statuses(transport) == [200, 200, 200, 200]
+    assert transport.written.count(b"\r\n\r\n5000") == 1 and transport.written.count(b"\r\n\r\n3") == 1
+
+
+async def test_a_head_past_the_bound_is_answered_431_even_split_across_reads() -> None:
+    _, listener = await guarded(ConnectionBounds(max_header_bytes=1024))
+    line = b"X-Pad: " + b"a" * 200 + b"\r\n"
+    transport = await exchange(listener, b"GET / HTTP/1.1\r\n", *([line] * 6))
+    assert statuses(transport) == [431]
+    assert b'"error":"headers_too_large"' in transport.written
+    # Exactly at the bound passes (the blank line straddling two reads).
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX: "
+    head += b"a" * (1024 - len(head) - 4) + b"\r\n\r"
+    transport = await exchange(listener, head, b"\n")
+    assert statuses(transport) == [200]
+
+
+async def test_a_slow_head_is_answered_408_and_a_slow_body_cut() -> None:
+    _, listener = await guarded(
+        ConnectionBounds(header_timeout_s=0.05, body_timeout_s=0.05, body_min_bytes_per_s=100)
+    )
+    transport = MemoryTransport()
+    connection = GuardedConnection(listener)
+    connection.connection_made(transport)
+    connection.data_received(b"GET / HTTP/1.1\r\n")
+    await asyncio.sleep(0.1)
+    assert statuses(transport) == [408]
+    body = MemoryTransport()
+    connection = GuardedConnection(listener)
+    connection.connection_made(body)
+    connection.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nab")
+    await asyncio.sleep(0.1)
+    assert body.aborted
+
+
+async def test_a_body_the_service_stopped_reading_is_not_cut() -> None:
+    """aiohttp pauses the transport when a handler leaves a body unread (its back-pressure):
+    the client is not slow then, and the body-rate bound does not count that time."""
+    release = asyncio.Event()
+
+    async def busy(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text=str(len(await request.read())))
+
+    bounds = ConnectionBounds(body_timeout_s=0.05, body_min_bytes_per_s=100_000)
+    server = web.Server(busy, **connections.handler_args(bounds))
+    listener = Listener(server=server, bounds=bounds, limits=ConnectionLimits(10, 10), service="t")
+    transport = MemoryTransport()
+    connection = GuardedConnection(listener)
+    connection.connection_made(transport)
+    connection.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 300000\r\n\r\n" + b"x" * 200_000)
+    await asyncio.sleep(0.2)
+    assert not transport.reading and not transport.aborted  # paused by aiohttp, and kept
+    release.set()
+    await asyncio.sleep(0.01)
+    connection.data_received(b"x" * 100_000)
+    await asyncio.sleep(0.05)
+    assert statuses(transport) == [200] and transport.written.endswith(b"300000")
+    connection.connection_lost(None)
+
+
+async def test_past_a_cap_503_with_retry_after_and_the_slot_is_given_back() -> None:
+    limits = ConnectionLimits(per_source=1, total=5)
+    _, listener = await guarded(ConnectionBounds(), limits)
+    first = GuardedConnection(listener)
+    first.connection_made(MemoryTransport("198.51.100.1"))
+    refused = await exchange(listener, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", peer="198.51.100.1")
+    assert statuses(refused) == [503] and b"\r\nRetry-After: 5\r\n" in refused.written
+    assert refused.closed  # at the end of the refused request, not after the linger
+    assert limits.open == 1  # the refused one was never counted
+    other = await exchange(
+        listener, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", peer="198.51.100.2"
+    )
+    assert statuses(other) == [200]
+    first.connection_lost(None)
+    assert (limits.open, limits.sources) == (0, 0)
