@@ -34,8 +34,10 @@ async def spool_dir() -> AsyncIterator[Path]:
 
 
 @pytest.fixture(scope="module")
-async def bounded(system: System, spool_dir: Path) -> ServiceProcess:
-    return await system.add_instance(
+async def bounded(system: System, spool_dir: Path) -> AsyncIterator[ServiceProcess]:
+    # Stopped when the module ends: it joins the ingestion consumer group, and a member left
+    # running would take over publishes from the system's own ingestion in later tests.
+    process = await system.add_instance(
         "ingestion",
         {
             "FLEETREG_INGESTION_UPLOADS_PER_KEY": "2",
@@ -45,6 +47,9 @@ async def bounded(system: System, spool_dir: Path) -> ServiceProcess:
             "FLEETREG_BULK_SPOOL_DIR": str(spool_dir),
         },
     )
+    yield process
+    process.stop()
+    system.extra.remove(process)
 
 
 def _spool_files(process: ServiceProcess, spool_dir: Path) -> int:

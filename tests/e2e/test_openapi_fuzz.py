@@ -78,7 +78,7 @@ def fuzz(
 
 
 async def test_the_device_api_answers_every_generated_input_as_documented(system: System) -> None:
-    assert await asyncio.to_thread(fuzz, system.device_url, {}) == 10
+    assert await asyncio.to_thread(fuzz, system.device_url, {}) == 7
 
 
 async def test_the_operator_api_answers_every_generated_input_as_documented(
@@ -96,7 +96,7 @@ async def test_the_bulk_api_answers_every_generated_input_as_documented(
     system: System, operator: Operator
 ) -> None:
     headers = {"Authorization": f"Bearer {operator.api_key}"}
-    assert await asyncio.to_thread(fuzz, system.bulk_url, headers) == 9
+    assert await asyncio.to_thread(fuzz, system.bulk_url, headers) == 6
 
 
 async def test_the_reference_api_answers_every_generated_input_as_documented(system: System) -> None:

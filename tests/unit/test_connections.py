@@ -84,7 +84,9 @@ def test_the_settings_and_their_names() -> None:
     assert settings.connections == ConnectionBounds()
     assert settings.connections.max_connections_per_source >= 1000  # NAT sites, bench, agents
     env = {"FLEETREG_HTTP_MAX_HEADER_BYTES": "32768", "FLEETREG_HTTP_BODY_TIMEOUT_SECONDS": "60"}
-    bounds = load(lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), env).connections
+    bounds = load(
+        lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), env
+    ).connections
     assert (bounds.max_header_bytes, bounds.body_timeout_s) == (32768, 60.0)
     with pytest.raises(SettingsError, match="FLEETREG_HTTP_KEEPALIVE_SECONDS='long' is not a number"):
         load(
