@@ -54,6 +54,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
     DatabaseUnavailable,
+    # asyncpg's own timeouts (command_timeout, connect timeout): a registry that stopped
+    # answering (dropped packets, a partition) rather than refusing; a 500 before.
+    TimeoutError,
 )
 
 
