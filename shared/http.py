@@ -159,6 +159,11 @@ def _route_metrics(service: str, route: str, status: int) -> tuple[Any, Any]:
 # every 10 s) see a change within a second, and any rate of /readyz costs at most one
 # Postgres query a second per instance (15,000 /readyz in 9.4 s used to be 15,000 queries).
 READINESS_CACHE_SECONDS = 1.0
+# How long /readyz waits for the database's answer before it answers "not ready": a
+# registry that stops answering (dropped packets) held every /readyz until the driver's
+# own 30 s timeout, so probes got no answer at all. Below the probes' own timeouts
+# (Compose and Kubernetes: 3 s) so that they read a 503 rather than time out.
+READINESS_TIMEOUT_SECONDS = 2.0
 
 SERVED_APP = web.AppKey("served_app", web.Application)  # the ops app's service app
 DATABASE_READY: web.AppKey[SharedResult[bool | None]] = web.AppKey("database_ready")
@@ -186,16 +191,26 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _database_probe(app: web.Application) -> SharedResult[bool | None]:
     """The served app's database probe, shared by every /readyz within a second; None
-    when the service registered none. Never raises: readiness must answer, whatever the
-    dependency does."""
+    when the service registered none. Never raises and never waits longer than
+    ``READINESS_TIMEOUT_SECONDS``: readiness must answer, whatever the dependency does."""
 
     async def probe() -> bool | None:
         check = app.get(READINESS_PROBE)  # set by the service's resources at start-up
         if check is None:
             return None
         READINESS_PROBES.labels(app[SERVICE_NAME]).inc()
+        query = asyncio.ensure_future(check())
+        # Its outcome is read even when nobody waits for it any more (no "never retrieved").
+        query.add_done_callback(lambda task: task.cancelled() or task.exception())
+        # asyncio.wait, not wait_for: cancelling a query on a connection that stopped
+        # answering lasts until the driver gives up (32 s measured), and wait_for would wait
+        # for that too. The cancelled query ends in the background.
+        done, _ = await asyncio.wait({query}, timeout=READINESS_TIMEOUT_SECONDS)
+        if not done:
+            query.cancel()
+            return False
         try:
-            return await check()
+            return query.result()
         except Exception:
             return False
 

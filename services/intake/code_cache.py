@@ -12,7 +12,8 @@ A negative entry would refuse a real device if it were stale, so:
   ``fleetreg_invalidate`` in their transaction (:data:`shared.db.products.CODES_CHANGED`);
   each intake drops every entry when it arrives (the bound: its delivery time, as for
   the device cache, milliseconds);
-* a lookup that started before an invalidation is not stored (``generation``);
+* a lookup that started before an invalidation is not stored (``generation``), nor shared
+  with a call that arrives after it (that call reads the registry again);
 * while the listener is disconnected no negative entry is kept (every call with a code
   not known to be known reads the registry);
 * every entry lives at most ``ttl_s`` (FLEETREG_CODE_CACHE_SECONDS, default 10; 0 turns
@@ -47,7 +48,8 @@ class CodeCache:
         self._generation = 0
         self._listening = False  # off for negative entries until the listener runs
         self._lookups = asyncio.Semaphore(max_lookups)
-        self._inflight: dict[str, asyncio.Future[bool]] = {}
+        # code -> (the generation its read started in, the read's outcome)
+        self._inflight: dict[str, tuple[int, asyncio.Future[bool]]] = {}
         self._refused = 0  # calls refused for an unknown code since the last take_refused
 
     @property
@@ -69,17 +71,21 @@ class CodeCache:
     async def known(self, code: str, lookup: Lookup) -> bool:
         """Whether the registry knows ``code``: from the cache, else from ``lookup`` (a
         registry read, at most ``max_lookups`` at once; one read for concurrent calls
-        with the same code). A failed lookup raises to every caller that waited for it."""
+        with the same code that arrive in one generation). A failed lookup raises to every
+        caller that waited for it."""
         cached = self.get(code)
         if cached is not None:
             return cached
+        generation = self._generation  # before the read: see put
         pending = self._inflight.get(code)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        # A read that started before an invalidation may predate the code it asks about:
+        # a call that arrives after the invalidation reads again rather than share it.
+        if pending is not None and pending[0] == generation:
+            return await asyncio.shield(pending[1])
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._inflight[code] = future
+        entry = (generation, future)
+        self._inflight[code] = entry
         try:
-            generation = self._generation  # before the read: see put
             async with self._lookups:
                 found = await lookup(code)
             self.put(code, found, generation)
@@ -90,7 +96,8 @@ class CodeCache:
             future.exception()  # retrieved: callers that waited get it, nobody else must
             raise
         finally:
-            del self._inflight[code]
+            if self._inflight.get(code) is entry:  # not a newer read of the same code
+                del self._inflight[code]
 
     def put(self, code: str, known: bool, generation: int) -> None:
         """Keep what a read made at ``generation`` found, unless anything was invalidated

@@ -55,6 +55,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
     DatabaseUnavailable,
+    # asyncpg's own timeouts (command_timeout, connect timeout): a registry that stopped
+    # answering (dropped packets, a partition) rather than refusing; a 500 before.
+    TimeoutError,
 )
 
 # What a consumer's batch may meet from a registry that is busy, failing over or being

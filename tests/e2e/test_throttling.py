@@ -211,6 +211,24 @@ async def test_a_storm_of_2000_devices_from_one_address_passes_the_defaults(
     assert summary["provisioned"] == 2000
 
 
+async def test_made_up_console_session_cookies_are_throttled_and_a_lapsed_one_deleted(
+    own: dict[str, ServiceProcess],
+) -> None:
+    """A console cookie that names no session costs a registry read: each counts against
+    the address as a wrong key does (a stranger's flood of them used to be served without
+    limit), and the answer deletes it, so a browser whose session lapsed counts once."""
+    page = f"{own['operator'].url}/console/devices"
+    answers = []
+    async with from_address(fresh_address()) as stranger:
+        for _ in range(FIRST_ALLOWANCE + 5):
+            cookie = {"Cookie": f"fleetreg_console={uuid.uuid4().hex}{uuid.uuid4().hex[:11]}"}
+            async with stranger.get(page, headers=cookie, allow_redirects=False) as response:
+                deleted = response.cookies.get("fleetreg_console")
+                answers.append((response.status, deleted.value if deleted is not None else None))
+    assert answers[:FIRST_ALLOWANCE] == [(303, "")] * FIRST_ALLOWANCE  # to sign-in, cookie deleted
+    assert {status for status, _ in answers[FIRST_ALLOWANCE + 1 :]} == {429}
+
+
 async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
     own: dict[str, ServiceProcess], operator: Operator
 ) -> None:

@@ -71,6 +71,30 @@ async def test_an_invalidation_drops_everything_and_a_read_that_started_before_i
     assert await cache.known("NEW", registry)
 
 
+async def test_a_call_after_an_invalidation_does_not_share_a_read_that_started_before_it() -> None:
+    """The read's snapshot predates the code's creation: a call that arrives once the
+    creation's invalidation came must not be answered "unknown" from it."""
+    codes: set[str] = set()
+    gate = asyncio.Event()
+
+    async def snapshot(code: str) -> bool:
+        found = code in codes  # what the registry held when the read began
+        await gate.wait()
+        return found
+
+    cache = listening_cache()
+    early = asyncio.create_task(cache.known("NEW", snapshot))
+    await asyncio.sleep(0)
+    codes.add("NEW")  # created and committed ...
+    cache.clear()  # ... and its "codes" notification arrived
+    late = asyncio.create_task(cache.known("NEW", snapshot))
+    await asyncio.sleep(0)
+    gate.set()
+    assert not await early  # asked before the code existed
+    assert await late
+    assert cache.get("NEW") is True
+
+
 async def test_registry_reads_are_bounded_and_shared_by_callers_of_one_code() -> None:
     cache, registry = listening_cache(max_lookups=3), Registry("K", hold=True)
     same = [asyncio.create_task(cache.known("K", registry)) for _ in range(50)]

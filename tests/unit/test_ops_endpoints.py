@@ -136,6 +136,32 @@ async def test_a_failing_database_probe_is_not_ready_and_not_a_500() -> None:
     assert (status, body) == (503, {"ready": False, "parts": {"pool": True, "database": False}})
 
 
+async def test_a_database_that_stops_answering_is_not_ready_rather_than_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blackholed registry: the probe's query never returns (the driver gives up after
+    30 s). /readyz answers 503 after READINESS_TIMEOUT_SECONDS instead of holding every
+    probe until then."""
+    monkeypatch.setattr("shared.http.READINESS_TIMEOUT_SECONDS", 0.05)
+    app = base_app("dedup")
+    driver_gave_up = asyncio.Event()
+
+    async def database() -> bool:
+        try:
+            await asyncio.Event().wait()  # never answers
+        finally:
+            # Cancelling a query on a silent connection lasts until the driver gives up.
+            await driver_gave_up.wait()
+        return True
+
+    app[READINESS]["pool"] = True
+    app[READINESS_PROBE] = database
+    status, body = await asyncio.wait_for(_readyz(ops_app(app)), timeout=10)
+    assert (status, body) == (503, {"ready": False, "parts": {"pool": True, "database": False}})
+    driver_gave_up.set()
+    await asyncio.sleep(0.01)  # the abandoned query ends
+
+
 # -------------------------------------------------------------------- shared result ----
 class Clock:
     def __init__(self) -> None:

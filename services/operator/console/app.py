@@ -29,7 +29,7 @@ from services.operator.console.pages import (
     signin,
     webhooks,
 )
-from services.operator.console.sessions import RegistryStorage
+from services.operator.console.sessions import COOKIE, PATH, STALE_SESSION, RegistryStorage
 from services.operator.resources import RESOURCES
 from services.operator.settings import ConsoleSettings
 from shared.db.pool import TRANSIENT_ERRORS
@@ -113,6 +113,10 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response.headers["Retry-After"] = "5"
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
+        if request.get(STALE_SESSION) and COOKIE not in response.cookies:
+            # A cookie naming no session (lapsed, or made up) was read and counted: the
+            # browser drops it, so a lapsed session is read and counted once, not per call.
+            response.del_cookie(COOKIE, path=PATH)
     return response
 
 

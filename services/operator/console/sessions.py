@@ -22,11 +22,14 @@ from aiohttp_session import AbstractStorage, Session
 
 from services.operator import handlers
 from shared.db.pool import Pool
+from shared.throttle import mark_refused
 
 COOKIE = "fleetreg_console"
 PATH = "/console/"
 # Sessions whose key is remembered (known_key): the most recently read, a bounded memory.
 KNOWN_SESSIONS = 10_000
+# The request's cookie named no session: its answer deletes the cookie (console/app.py).
+STALE_SESSION = web.RequestKey("console_stale_session", bool)
 
 
 def digest(token: str) -> bytes:
@@ -61,6 +64,12 @@ class RegistryStorage(AbstractStorage):
         data = await handlers.load_console_session(self._pool_of(request), digest(token))
         if data is None:
             self._keys.pop(digest(token), None)
+            # A cookie naming no session is a refusal of the caller's address, as a wrong
+            # API key is: each costs a registry read, and made-up cookies were 543 reads
+            # a second from one address, never refused. A browser whose session lapsed
+            # counts once: the answer deletes its cookie (console/app.py, html_errors).
+            mark_refused(request)
+            request[STALE_SESSION] = True
             return Session(None, data=None, new=True, max_age=self.max_age)
         values = json.loads(data)
         if isinstance(values.get("session", {}).get("key_id"), str):
