@@ -975,10 +975,16 @@ async def probe_readiness(session: aiohttp.ClientSession, url: str, timeout_s: f
 # /readyz a second from each operator instance (1,145 refreshes in 20 s from one session
 # were 3,435 probes).
 PIPELINE_HEALTH_SECONDS = 1.0
+# Longer than a service's own bound on its database check (shared.http.READINESS_TIMEOUT_SECONDS,
+# 2 s): a silent registry then shows as "database: false" from the service's answer, not as
+# a probe that timed out with no reason.
+PIPELINE_PROBE_TIMEOUT_SECONDS = 2.5
 
 
 async def probe_pipeline(
-    session: aiohttp.ClientSession | None, urls: tuple[str, ...], timeout_s: float = 1.0
+    session: aiohttp.ClientSession | None,
+    urls: tuple[str, ...],
+    timeout_s: float = PIPELINE_PROBE_TIMEOUT_SECONDS,
 ) -> tuple[Probe, ...]:
     """Each readiness URL probed at once (``timeout_s`` each); never raises. Counted in
     ``fleetreg_pipeline_health_checks_total``: the console shares one result a second
