@@ -24,6 +24,7 @@ from aiohttp import web
 from services.notifier import handlers
 from services.notifier.resources import RESOURCES, Resources
 from shared.db.webhooks import DueDelivery
+from shared.logging import exception_summary
 from shared.metrics import ERRORS
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,7 @@ class DeliveryLoop:
             except Exception as exc:  # the database restarting: try again, a little later each time
                 failures += 1
                 ERRORS.labels(self._service, "webhook_claim_failed").inc()
-                log.warning(
-                    "claiming webhook deliveries failed", extra={"error": f"{type(exc).__name__}: {exc}"}
-                )
+                log.warning("claiming webhook deliveries failed", extra={"error": exception_summary(exc)})
                 await self._pause(min(0.5 * 2**failures, 10.0))
                 continue
             for due in claimed:
@@ -85,7 +84,7 @@ class DeliveryLoop:
             ERRORS.labels(self._service, "webhook_record_failed").inc()
             log.warning(
                 "recording a webhook attempt failed; it will be tried again",
-                extra={"delivery_id": due.id, "error": f"{type(exc).__name__}: {exc}"},
+                extra={"delivery_id": due.id, "error": exception_summary(exc)},
             )
         finally:
             self._wake.set()  # a slot is free, and the device's next event may be due
@@ -109,7 +108,7 @@ async def sweep_loop(service: str, resources: Resources, stopping: asyncio.Event
             )
         except Exception as exc:  # the database restarting: the next round does it
             ERRORS.labels(service, "webhook_sweep_failed").inc()
-            log.warning("webhook sweep failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            log.warning("webhook sweep failed", extra={"error": exception_summary(exc)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=settings.sweep_s)
 
