@@ -8,7 +8,7 @@ from typing import Any
 
 from cli.arguments import object_id, positive_int
 from cli.client import operator_client
-from cli.output import emit_json, print_table
+from cli.output import confirm, emit_json, print_table
 from shared.domain.webhooks import EVENT_TYPES
 
 PAGE = 100
@@ -38,6 +38,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
 
     delete = actions.add_parser("delete", parents=[common], help="delete a webhook and its deliveries")
     delete.add_argument("webhook_id", type=object_id, metavar="ID")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(run=delete_webhook)
 
     enable = actions.add_parser(
@@ -104,6 +105,10 @@ async def enable_webhook(args: argparse.Namespace) -> int:
 
 
 async def delete_webhook(args: argparse.Namespace) -> int:
+    confirm(
+        f"Delete webhook {args.webhook_id} with its deliveries? Events are no longer sent to it.",
+        assume_yes=args.yes,
+    )
     async with operator_client() as client:
         answer = await client.call("DELETE", f"/v1/webhooks/{args.webhook_id}")
     if args.json:

@@ -30,6 +30,7 @@ async def fleetreg(operator: Operator, system: System, *args: str) -> tuple[int,
         *args,
         cwd=ROOT,
         env=env,
+        stdin=asyncio.subprocess.DEVNULL,  # no terminal to confirm on, as in a script
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

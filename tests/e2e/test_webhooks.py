@@ -495,7 +495,13 @@ async def test_the_webhooks_command_creates_lists_shows_deliveries_and_deletes(
     assert code == 1 and err.count("\n") == 1 and "http:// or https://" in err
     code, _, err = await fleetreg(operator, system, "webhooks", "delete", "not-an-id")
     assert code == 2 and "not an ID" in err  # a usage error, before any call
-    assert (await fleetreg_json(operator, system, "webhooks", "delete", created["id"])) == {
+    # Deleting without a terminal to confirm on (a script), and without --yes: refused.
+    code, _, err = await fleetreg(operator, system, "webhooks", "delete", created["id"])
+    assert code == 1 and "--yes" in err
+    assert [w["id"] for w in (await fleetreg_json(operator, system, "webhooks", "list"))["webhooks"]] == [
+        created["id"]
+    ]
+    assert (await fleetreg_json(operator, system, "webhooks", "delete", created["id"], "--yes")) == {
         "deleted": created["id"]
     }
     assert (await fleetreg_json(operator, system, "webhooks", "list")) == {"webhooks": []}
