@@ -122,9 +122,12 @@ async def upload_file(args: argparse.Namespace) -> int:
                     [(e["line"], e["column"], e["value"], e["reason"]) for e in errors],
                     ["line", "column", "value", "reason"],
                 )
-                hidden = document.get("errors_total", len(errors)) - len(errors)
-                if hidden > 0:
-                    print(f"... and {hidden} more")
+                total = document.get("errors_total", len(errors))
+                if total > len(errors):  # the report lists the first FLEETREG_BULK_MAX_REPORTED_ERRORS
+                    print(
+                        f"the first {len(errors)} of {total} problems are shown: "
+                        "fix these and upload again to see the rest"
+                    )
             raise
     remember_upload(registration["id"], path)
     if args.json:

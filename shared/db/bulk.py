@@ -38,19 +38,35 @@ ROW_COLUMNS = (
 
 INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
                    VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
+# Each check answers the first rows at fault by line, at most the report's limit, each
+# row with the total: a file of 2,000,000 rows repeating 1,820 keys and IDs has ~4,000,000
+# problems, and answering whole groups (every line of the first 1,000 repeated IDs, as
+# these did before) took the ingestion service from 53 to 611 MB for one rejection. The
+# groups stay in Postgres (hashed there, spilled to disk past work_mem); an empty group
+# list ends the query before bulk_rows is read again, so a valid file pays one aggregate.
 DUPLICATES_IN_FILE = """
-    SELECT array_agg(hardware_id ORDER BY line) AS hardware_ids, array_agg(line ORDER BY line) AS lines,
-           sum(count(*) - 1) OVER () AS total
-    FROM bulk_rows WHERE registration_id = $1
-    GROUP BY lower(hardware_id) HAVING count(*) > 1
-    ORDER BY min(line) LIMIT $2"""
+    WITH repeated AS MATERIALIZED (
+        SELECT lower(hardware_id) AS id, min(line) AS first, count(*) - 1 AS later
+        FROM bulk_rows WHERE registration_id = $1
+        GROUP BY lower(hardware_id) HAVING count(*) > 1)
+    , at_fault AS MATERIALIZED (
+        SELECT b.line, b.hardware_id, r.first FROM repeated r
+        JOIN bulk_rows b ON b.registration_id = $1 AND lower(b.hardware_id) = r.id AND b.line > r.first)
+    SELECT line, hardware_id, first, (SELECT sum(later) FROM repeated) AS total
+    FROM at_fault ORDER BY line LIMIT $2"""
 # One key on several rows: every device of a CSV needs its own key (one key for a
 # whole batch lets anyone who learns it claim any listed hardware ID).
 REPEATED_KEYS = """
-    SELECT array_agg(line ORDER BY line) AS lines, sum(count(*) - 1) OVER () AS total
-    FROM bulk_rows WHERE registration_id = $1
-    GROUP BY registration_key_digest HAVING count(*) > 1
-    ORDER BY min(line) LIMIT $2"""
+    WITH repeated AS MATERIALIZED (
+        SELECT registration_key_digest AS digest, min(line) AS first, count(*) - 1 AS later
+        FROM bulk_rows WHERE registration_id = $1
+        GROUP BY registration_key_digest HAVING count(*) > 1)
+    , at_fault AS MATERIALIZED (
+        SELECT b.line, r.first FROM repeated r
+        JOIN bulk_rows b ON b.registration_id = $1 AND b.registration_key_digest = r.digest
+                        AND b.line > r.first)
+    SELECT line, first, (SELECT sum(later) FROM repeated) AS total
+    FROM at_fault ORDER BY line LIMIT $2"""
 TAKEN_IN_ACCOUNT = """
     SELECT b.line, b.hardware_id, count(*) OVER () AS total FROM bulk_rows b
     JOIN devices d ON d.account_id = $2 AND lower(d.hardware_id) = lower(b.hardware_id)
@@ -242,24 +258,19 @@ async def duplicate_problems(
         pool.fetch(TAKEN_IN_ACCOUNT, registration_id, account_id, limit, timeout=timeout_s),
         pool.fetch(LISTED_ELSEWHERE, registration_id, account_id, limit, timeout=timeout_s),
     )
-    shown: list[tuple[int, str, str, str]] = []
-    for row in in_file:
-        first, *later = row["lines"]
-        shown.extend(
-            (line, "HARDWARE_ID", hardware_id, f"duplicate hardware ID: also on line {first}")
-            for line, hardware_id in zip(later, row["hardware_ids"][1:], strict=True)
+    shown: list[tuple[int, str, str, str]] = [
+        (r["line"], "HARDWARE_ID", r["hardware_id"], f"duplicate hardware ID: also on line {r['first']}")
+        for r in in_file
+    ]
+    shown.extend(
+        (
+            r["line"],
+            "REGISTRATION_KEY",
+            "",
+            f"the registration key of line {r['first']} again: every device needs a key of its own",
         )
-    for row in repeated_keys:
-        first, *later = row["lines"]
-        shown.extend(
-            (
-                line,
-                "REGISTRATION_KEY",
-                "",
-                f"the registration key of line {first} again: every device needs a key of its own",
-            )
-            for line in later
-        )
+        for r in repeated_keys
+    )
     shown.extend(
         (r["line"], "HARDWARE_ID", r["hardware_id"], "hardware ID already registered in this account")
         for r in taken

@@ -1,7 +1,8 @@
 """Bounds on uploads (issue 21): one API key holds at most two uploads at once while
 another key's upload proceeds; a trickling body is cut off with nothing of it left (no
 spool file open, no 'uploading' row); a chunked body past the size limit is refused
-after about the limit was read, not four times it.
+after about the limit was read, not four times it; a file of 200,000 repeated rows gets
+its exact problem count and the first 1,000 problems, and the instance's RSS stays flat.
 
 These run on an ingestion instance of their own with short bounds (a 1 s grace, 2 KiB/s)."""
 
@@ -264,4 +265,90 @@ async def test_a_chunked_body_past_the_limit_is_refused_after_about_the_limit(
     print(
         f"chunked past the limit: the service read {read} bytes; the client got {sent} bytes out before the answer"
     )
+    assert await _uploading(pool, operator.account_id) == 0
+
+
+# ------------------------------------------------------- a rejection of many problems
+
+ROOMY_MAX_BYTES = 16 * 1024 * 1024
+REPORTED = 1000  # FLEETREG_BULK_MAX_REPORTED_ERRORS' default
+MANY_ROWS, DISTINCT = 200_000, 500
+# What one rejection of MANY_ROWS repeated rows may add to the instance's RSS at its peak,
+# and keep after: the file is spooled, read and copied in batches of 5,000 rows, and only
+# the first REPORTED problems reach the service. Before, it got every line of each repeated
+# ID and key (~400,000 problems here): 55 -> 162 MB at the peak.
+PEAK_GROWTH_MB = 40
+KEPT_MB = 15
+
+
+@pytest.fixture(scope="module")
+async def roomy(system: System) -> AsyncIterator[ServiceProcess]:
+    """An instance taking files of 16 MiB, with the default row and report limits."""
+    process = await system.add_instance(
+        "ingestion",
+        {
+            "FLEETREG_BULK_MAX_BYTES": str(ROOMY_MAX_BYTES),
+            "FLEETREG_BULK_MAX_ROWS": "2000000",
+            "FLEETREG_BULK_MAX_REPORTED_ERRORS": str(REPORTED),
+            "FLEETREG_INGESTION_SPOOL_BYTES_IN_FLIGHT": str(4 * ROOMY_MAX_BYTES),
+        },
+    )
+    yield process
+    process.stop()
+    system.extra.remove(process)
+
+
+def _rss_mb(process: ServiceProcess) -> float:
+    assert process.process is not None
+    for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_file_of_many_problems_is_counted_exactly_in_bounded_memory(
+    roomy: ServiceProcess, operator: Operator, session: aiohttp.ClientSession, pool: Pool
+) -> None:
+    product_id = await bulk_product(operator)
+    # A warm-up upload, so the baseline includes what any upload leaves (imports, pools).
+    status, _ = await upload(session, roomy.url, operator, product_id, csv_text(csv_rows(3)).encode() * 2)
+    assert status == 422
+    unique = csv_rows(DISTINCT)
+    body = csv_text([unique[i % DISTINCT] for i in range(MANY_ROWS)]).encode()
+    baseline = peak = _rss_mb(roomy)
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, _rss_mb(roomy))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        status, report = await upload(session, roomy.url, operator, product_id, body)
+    finally:
+        sampling = False
+        await sampler
+    # Each of the DISTINCT hardware IDs and keys is repeated on every following line.
+    repeated = MANY_ROWS - DISTINCT
+    assert status == 422, report
+    assert report["errors_total"] == 2 * repeated
+    assert len(report["errors"]) == REPORTED
+    # The first problems by line: from the first repeated row on, its ID and its key.
+    first = DISTINCT + 2  # line 1 is the header
+    assert [(e["line"], e["column"]) for e in report["errors"][:2]] == [
+        (first, "HARDWARE_ID"),
+        (first, "REGISTRATION_KEY"),
+    ]
+    assert report["errors"][0]["reason"] == "duplicate hardware ID: also on line 2"
+    assert report["errors"][-1]["line"] == first + REPORTED // 2 - 1
+    assert str(2 * repeated) in report["message"]
+    await asyncio.sleep(1.5)  # what the request held is freed once its answer is sent
+    after = _rss_mb(roomy)
+    print(
+        f"{MANY_ROWS} rows, {2 * repeated} problems: RSS {baseline:.0f} -> peak {peak:.0f} -> {after:.0f} MB"
+    )
+    assert peak - baseline < PEAK_GROWTH_MB, (baseline, peak)
+    assert after - baseline < KEPT_MB, (baseline, after)
     assert await _uploading(pool, operator.account_id) == 0

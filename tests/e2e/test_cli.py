@@ -190,6 +190,11 @@ async def test_bulk_upload_publish_show_and_simulate(
     assert set(document["errors"][0]) == {"line", "column", "value", "reason"}
     code, out, _ = await fleetreg(operator, system, "bulk", "upload", str(bad), "--product", product["id"])
     assert code == 1 and "DEVICE_NAME" in out and "formula" in out  # a readable table of the bad rows
+    # More problems than the report lists (FLEETREG_BULK_MAX_REPORTED_ERRORS, 1,000): it says so.
+    many = tmp_path / "many.csv"
+    many.write_text(HEADER + "\r\n" + "".join(f"k{i:08d},ab{i:06x},=x(),,\r\n" for i in range(1100)))
+    code, out, _ = await fleetreg(operator, system, "bulk", "upload", str(many), "--product", product["id"])
+    assert code == 1 and "the first 1000 of 1100 problems are shown" in out
 
     good = tmp_path / "fleet.csv"
     good.write_text(csv_text(csv_rows(30)))
