@@ -74,6 +74,20 @@ async def no_js_console(browser: Browser, system: System, operator: Operator) ->
     await context.close()
 
 
+async def test_a_rejection_of_more_problems_than_listed_says_how_many_are_shown(
+    console: Console, operator: Operator
+) -> None:
+    """The bulk API lists the first FLEETREG_BULK_MAX_REPORTED_ERRORS (1,000) problems
+    and counts them all: the page shows the count and says the list is cut."""
+    _, product_name = await _named_product(operator)
+    body = HEADER + "\r\n" + "".join(f"k{i:08d},ab{i:06x},=x(),,\r\n" for i in range(1100))
+    await _upload_in_browser(console, product_name, "many.csv", body)
+    page = console.page
+    await expect(page.locator("#bad-row-count")).to_have_text("1,100")
+    await expect(page.locator(".warning-box")).to_contain_text("lists the first 1,000 of 1,100 problems")
+    await expect(page.locator("#bad-rows tbody tr")).to_have_count(1000)
+
+
 async def test_a_rejected_file_shows_every_bad_row_and_downloads_them_as_csv(
     console: Console, operator: Operator, system: System, session: aiohttp.ClientSession
 ) -> None:
