@@ -247,7 +247,9 @@ async def duplicate_problems(
 ) -> DuplicateProblems:
     """Rows whose hardware ID is listed twice in the file, registered in the account
     already, or listed by another upload not yet published, and rows repeating another
-    row's registration key (keys are stored as digests: the value is not shown)."""
+    row's registration key (keys are stored as digests: the value is not shown): the
+    first ``limit`` problems by line and the exact total. Each check answers at most
+    ``limit`` rows, whatever the number of problems (see DUPLICATES_IN_FILE)."""
     # Fresh statistics for the rows just copied in, so the checks get index-driven plans.
     await pool.execute("ANALYZE bulk_rows", timeout=timeout_s)
     # The four checks are independent: run at once, on connections of their own, they
