@@ -100,6 +100,14 @@ PIPELINED_REQUESTS = 2
 # How often a connection whose reading the guard paused looks whether it may go on (the
 # handler's queue drained, the client read its answers): aiohttp's handler tells nobody.
 HOLD_POLL_SECONDS = 0.05
+# The write buffer of a TLS connection past which its writing pauses (the client is not
+# reading): uvloop's TLS layer defaults to 512 KiB (a quarter of it to resume), so 300
+# clients pipelining requests and never reading the answers held 150 MB of the intake
+# (issue 21), and a reader had to take 384 KiB within the send timeout to count as
+# progress. This is the plain transport's figure (64 KiB; resume at 16 KiB). Likewise what
+# its TLS layer keeps undecrypted while the guard holds the reading (256 KiB by default).
+TLS_SEND_BUFFER_BYTES = 64 * 1024
+TLS_HELD_READ_BYTES = 64 * 1024
 # A source with fewer connections than this may use the last quarter of the process cap.
 SMALL_SOURCE_CONNECTIONS = 16
 TRIM_EVERY_SECONDS = 5.0
@@ -385,6 +393,10 @@ class GuardedConnection(asyncio.Protocol):
             )
             return
         HTTP_CONNECTIONS_OPEN.labels(listener.service).inc()
+        if transport.get_extra_info("ssl_object") is not None:
+            transport.set_write_buffer_limits(high=TLS_SEND_BUFFER_BYTES)
+            # uvloop's TLS transport has it (asyncio's too); typeshed's Transport does not.
+            cast(Any, transport).set_read_buffer_limits(high=TLS_HELD_READ_BYTES)
         self._inner = listener.server()
         self._inner.connection_made(transport)
 
