@@ -16,6 +16,13 @@ before the parser does:
   of ``body_timeout_s`` (no answer: the handler waiting for the body owns it; a window in
   which the service itself stopped reading, aiohttp's back-pressure, is not held against
   the client);
+* it reads at most ``PIPELINED_REQUESTS`` requests ahead of their answers, none while
+  the client is not reading the answers already sent (its writing paused), and cuts a
+  connection whose writing stays paused ``send_timeout_s``; a bound crossed behind a
+  pipelined request is answered after that request's answer, never before;
+* it answers a request asking to switch protocols (``Connection: Upgrade``) like any
+  other and closes the connection after it, reading nothing more into aiohttp (which
+  would buffer it without bound);
 * it admits a connection only under :class:`ConnectionLimits` (per source address and
   per process, over every listener of the process); past either it answers ``503`` with
   ``Retry-After``, logs it (at most ``LOG_LINES_PER_MINUTE`` lines a minute per reason)
