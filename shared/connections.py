@@ -372,6 +372,7 @@ class GuardedConnection(asyncio.Protocol):
         self._held = False  # the guard paused the transport's reading
         self._writing_paused = False
         self._when_answered: Callable[[], None] | None = None
+        self._last = False  # the request being read asked to switch protocols: the last one read
 
     # ------------------------------------------------------------ asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -583,19 +584,19 @@ class GuardedConnection(asyncio.Protocol):
         message, payload = parsed
         if not isinstance(message, RawRequestMessage):
             self._phase = _Phase.PASS  # aiohttp answers its parse error
-        elif message.upgrade:
+            return rest
+        if message.upgrade:
             # No fleetreg route switches protocols (no WebSocket), and after an upgrade
             # request aiohttp buffers what follows without bound until the answer (then
             # parses it with per-line limits only). RFC 9110 section 7.8 lets a server
-            # ignore Upgrade: the request is answered like any other, nothing after it is
-            # read (dropped, not buffered), and the connection closes after the answer.
-            self._phase = _Phase.LAST
-            self._stash = b""
-            # It keeps reading (what arrives is dropped): closing on unread data would
-            # send a reset, which can destroy the answer before the client reads it.
-            self._after_answers(self._close_quietly, hold=False)
-            return b""
-        elif payload.is_eof():
+            # ignore Upgrade: the request (its body too, bounded as any) is answered like
+            # any other, nothing after it is read into aiohttp, and the connection closes
+            # after the answer.
+            self._last = True
+            if payload.is_eof():
+                self._last_read()
+                return b""
+        if payload.is_eof():
             self._phase = _Phase.HEAD
         elif message.chunked:
             self._phase, self._payload = _Phase.CHUNKED, payload
@@ -623,6 +624,8 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.data_received(data)
         if self._payload is not None and self._payload.is_eof():
             self._end_body()
+            if self._phase is _Phase.LAST:
+                return b""  # what followed in this read went to aiohttp's tail: one read at most
             # A chunked body ends with a blank line: what follows it in the same read is the
             # start of a pipelined request's head, counted as such.
             after = data.rsplit(HEAD_END, 1)[-1] if HEAD_END in data else b""
@@ -655,6 +658,16 @@ class GuardedConnection(asyncio.Protocol):
             self._body_timer.cancel()
             self._body_timer = None
         self._payload, self._body_left, self._phase = None, 0, _Phase.HEAD
+        if self._last:
+            self._last_read()
+
+    def _last_read(self) -> None:
+        """The upgrade request is read: drop what follows, close once it is answered."""
+        self._phase = _Phase.LAST
+        self._stash = b""
+        # It keeps reading (what arrives is dropped): closing on unread data would send a
+        # reset, which can destroy the answer before the client reads it.
+        self._after_answers(self._close_quietly, hold=False)
 
     def _body_window(self) -> None:
         bounds = self._listener.bounds

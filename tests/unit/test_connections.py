@@ -307,6 +307,22 @@ async def test_an_upgrade_request_is_answered_then_the_connection_closes_unread(
     connection.connection_lost(None)
 
 
+async def test_an_upgrade_request_with_a_body_gets_its_body_and_its_answer() -> None:
+    _, listener = await guarded(ConnectionBounds())
+    upgrade = b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    for framed in (
+        b"Content-Length: 5\r\n\r\nabcde",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+    ):
+        connection, transport = connect(listener)
+        request = upgrade + framed
+        connection.data_received(request[:70])
+        connection.data_received(request[70:] + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")  # never read
+        await asyncio.sleep(0.2)
+        assert statuses(transport) == [200] and transport.written.endswith(b"\r\n\r\n5") and transport.closed
+        connection.connection_lost(None)
+
+
 async def test_pipelined_requests_past_a_few_stop_the_reading_until_answered() -> None:
     server, release = gated_server()
     listener = Listener(
