@@ -111,10 +111,11 @@ HOLD_POLL_SECONDS = 0.05
 # reading): uvloop's TLS layer defaults to 512 KiB (a quarter of it to resume), so 300
 # clients pipelining requests and never reading the answers held 150 MB of the intake
 # (issue 21), and a reader had to take 384 KiB within the send timeout to count as
-# progress. This is the plain transport's figure (64 KiB; resume at 16 KiB). Likewise what
-# its TLS layer keeps undecrypted while the guard holds the reading (256 KiB by default).
-TLS_SEND_BUFFER_BYTES = 64 * 1024
-TLS_HELD_READ_BYTES = 64 * 1024
+# progress. At 32 KiB (resume at 8 KiB), and at most 32 KiB kept undecrypted while the
+# guard holds the reading (256 KiB by default), 300 such clients over https took 107 MB
+# (357 KiB each, within CONNECTION_MEMORY_BYTES); at 64 KiB each, 134 MB.
+TLS_SEND_BUFFER_BYTES = 32 * 1024
+TLS_HELD_READ_BYTES = 32 * 1024
 # A source with fewer connections than this may use the last quarter of the process cap.
 SMALL_SOURCE_CONNECTIONS = 16
 TRIM_EVERY_SECONDS = 5.0
