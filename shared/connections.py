@@ -39,9 +39,11 @@ To find where a request's head ends, the connection splits what it receives at t
 first blank line and feeds the head alone to aiohttp's parser; then reads the request
 aiohttp just parsed (``RequestHandler._messages``, the queue its ``data_received``
 fills) to know whether a body follows and how long it is (``Content-Length``; a
-chunked body is followed to its end through the request's payload). That one private
-attribute is read in :func:`_parsed_request`; tests/unit/test_connections.py fails if
-an aiohttp upgrade changes it.
+chunked body is followed to its end through the request's payload). That private
+attribute is read in :func:`_parsed_request` and ``_busy``; ``_answered`` reads the
+handler's idle state (``_waiter``) and ``_look`` its own holds on the reading
+(``_reading_paused``, ``_buffer_paused``); tests/unit/test_connections.py fails if an
+aiohttp upgrade changes them.
 """
 
 from __future__ import annotations

@@ -180,6 +180,9 @@ def statuses(transport: MemoryTransport) -> list[int]:
 def test_aiohttp_still_queues_parsed_requests_where_the_guard_reads_them() -> None:
     # shared/connections.py reads RequestHandler._messages; an aiohttp upgrade that moves it fails here.
     assert "_messages" in web.RequestHandler.__slots__
+    # ... and its idle state (_waiter) and its own holds on the reading (base_protocol.py).
+    assert "_waiter" in web.RequestHandler.__slots__
+    assert {"_reading_paused", "_buffer_paused"} <= set(web.RequestHandler.__mro__[1].__slots__)
 
 
 async def test_requests_heads_bodies_chunks_and_pipelining_pass_untouched() -> None:
