@@ -16,6 +16,13 @@ before the parser does:
   of ``body_timeout_s`` (no answer: the handler waiting for the body owns it; a window in
   which the service itself stopped reading, aiohttp's back-pressure, is not held against
   the client);
+* it reads at most ``PIPELINED_REQUESTS`` requests ahead of their answers, none while
+  the client is not reading the answers already sent (its writing paused), and cuts a
+  connection whose writing stays paused ``send_timeout_s``; a bound crossed behind a
+  pipelined request is answered after that request's answer, never before;
+* it answers a request asking to switch protocols (``Connection: Upgrade``) like any
+  other and closes the connection after it, reading nothing more into aiohttp (which
+  would buffer it without bound);
 * it admits a connection only under :class:`ConnectionLimits` (per source address and
   per process, over every listener of the process); past either it answers ``503`` with
   ``Retry-After``, logs it (at most ``LOG_LINES_PER_MINUTE`` lines a minute per reason)
@@ -32,9 +39,11 @@ To find where a request's head ends, the connection splits what it receives at t
 first blank line and feeds the head alone to aiohttp's parser; then reads the request
 aiohttp just parsed (``RequestHandler._messages``, the queue its ``data_received``
 fills) to know whether a body follows and how long it is (``Content-Length``; a
-chunked body is followed to its end through the request's payload). That one private
-attribute is read in :func:`_parsed_request`; tests/unit/test_connections.py fails if
-an aiohttp upgrade changes it.
+chunked body is followed to its end through the request's payload). That private
+attribute is read in :func:`_parsed_request` and ``_busy``; ``_answered`` reads the
+handler's idle state (``_waiter``) and ``_look`` its own holds on the reading
+(``_reading_paused``, ``_buffer_paused``); tests/unit/test_connections.py fails if an
+aiohttp upgrade changes them.
 """
 
 from __future__ import annotations
@@ -93,6 +102,22 @@ TLS_RECEIVE_BUFFER_BYTES = 32 * 1024
 # aiohttp's read_bufsize: a body's buffer stops the socket's reading at twice this (its
 # default, 256 KiB, lets a connection whose handler has not read yet hold 512 KiB).
 READ_BUFFER_BYTES = 64 * 1024
+# Pipelining: parsed requests a connection may have queued behind the one being handled
+# before the guard stops reading it (aiohttp's own queue holds 32). A client that sends
+# requests and never reads the answers then holds at most this many, and one read.
+PIPELINED_REQUESTS = 2
+# How often a connection whose reading the guard paused looks whether it may go on (the
+# handler's queue drained, the client read its answers): aiohttp's handler tells nobody.
+HOLD_POLL_SECONDS = 0.05
+# The write buffer of a TLS connection past which its writing pauses (the client is not
+# reading): uvloop's TLS layer defaults to 512 KiB (a quarter of it to resume), so 300
+# clients pipelining requests and never reading the answers held 150 MB of the intake
+# (issue 21), and a reader had to take 384 KiB within the send timeout to count as
+# progress. At 32 KiB (resume at 8 KiB), and at most 32 KiB kept undecrypted while the
+# guard holds the reading (256 KiB by default), 300 such clients over https took 107 MB
+# (357 KiB each, within CONNECTION_MEMORY_BYTES); at 64 KiB each, 134 MB.
+TLS_SEND_BUFFER_BYTES = 32 * 1024
+TLS_HELD_READ_BYTES = 32 * 1024
 # A source with fewer connections than this may use the last quarter of the process cap.
 SMALL_SOURCE_CONNECTIONS = 16
 TRIM_EVERY_SECONDS = 5.0
@@ -299,8 +324,11 @@ class _Phase(enum.Enum):
     HEAD = "head"  # waiting for, or reading, a request line and its headers
     BODY = "body"  # reading a body of known length (Content-Length)
     CHUNKED = "chunked"  # reading a chunked body, to its end as aiohttp's parser sees it
-    # aiohttp answers a parse error itself, or the protocol switched: bytes go straight through.
+    # aiohttp answers a parse error itself: bytes go straight through (it reads no more).
     PASS = "pass"  # noqa: S105 (a phase, not a password)
+    # A request asked for a protocol upgrade: it is answered like any other, then the
+    # connection closes; what follows it is dropped unread (see _head).
+    LAST = "last"
     CLOSING = "closing"  # answered by this module: what still arrives is dropped
 
 
@@ -341,6 +369,13 @@ class GuardedConnection(asyncio.Protocol):
         self._window_reading = True
         self._body_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._stash = b""  # what arrived while reading was held (at most one read)
+        self._held = False  # the guard paused the transport's reading
+        self._writing_paused = False
+        self._when_answered: Callable[[], None] | None = None
+        self._last = False  # the request being read asked to switch protocols: the last one read
 
     # ------------------------------------------------------------ asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -369,20 +404,38 @@ class GuardedConnection(asyncio.Protocol):
             )
             return
         HTTP_CONNECTIONS_OPEN.labels(listener.service).inc()
+        if transport.get_extra_info("ssl_object") is not None:
+            transport.set_write_buffer_limits(high=TLS_SEND_BUFFER_BYTES)
+            # uvloop's TLS transport has it (asyncio's too); typeshed's Transport does not.
+            cast(Any, transport).set_read_buffer_limits(high=TLS_HELD_READ_BYTES)
         self._inner = listener.server()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
         if phase is _Phase.CLOSING:
-            if HEAD_END in data and self._transport is not None:
+            if HEAD_END in data and self._transport is not None and self._close_timer is not None:
                 self._transport.close()  # the refused request is read: the answer is safe to close on
             return
+        if phase is _Phase.LAST:
+            return  # after a request asking to switch protocols: nothing more is read
         if phase is _Phase.PASS:
             self._inner.data_received(data)
             return
-        while data and self._phase is not _Phase.CLOSING:
+        if self._held:
+            self._stash += data  # a read already under way when reading was paused
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        while data and self._phase not in (_Phase.CLOSING, _Phase.LAST):
             if self._phase is _Phase.HEAD:
+                if self._head_bytes == 0 and not self._carry and self._busy():
+                    # A new request while earlier ones wait for their answers: hold it
+                    # (and stop reading) until they are answered.
+                    self._stash = data + self._stash
+                    self._hold()
+                    return
                 data = self._head(data)
             elif self._phase is _Phase.BODY:
                 data = self._body(data)
@@ -399,11 +452,18 @@ class GuardedConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._body_timer, self._close_timer):
+        for timer in (
+            self._head_timer,
+            self._body_timer,
+            self._close_timer,
+            self._send_timer,
+            self._poll_timer,
+        ):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = self._close_timer = None
+        self._head_timer = self._body_timer = self._close_timer = self._send_timer = self._poll_timer = None
         self._transport = None
+        self._stash, self._when_answered = b"", None
         if self._inner is not None:
             inner, self._inner = self._inner, None
             self._listener.limits.release(self._source)
@@ -411,12 +471,85 @@ class GuardedConnection(asyncio.Protocol):
             inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        # The client does not read its answers as fast as they come: no new request is read
+        # meanwhile (_busy), and it has send_timeout_s to read some before it is cut. Over
+        # TLS this is called when the TLS layer's own buffer passes its high-water mark.
+        self._writing_paused = True
+        if self._send_timer is None and self._transport is not None:
+            self._send_timer = self._loop.call_later(
+                self._listener.bounds.send_timeout_s, self._close_for, "send_timeout"
+            )
         if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._send_timer is not None:  # progress: a slow but steady reader is not cut
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._inner is not None:
             self._inner.resume_writing()
+
+    # -------------------------------------------------------- holding the reading ----
+    def _busy(self) -> bool:
+        """Whether a new request must wait: ``PIPELINED_REQUESTS`` already queued behind the
+        one being handled, or the client not reading the answers written so far."""
+        return self._writing_paused or len(self._inner._messages) >= PIPELINED_REQUESTS
+
+    def _answered(self) -> bool:
+        """Whether every request read so far has been answered: none queued, and aiohttp's
+        handler waiting for the next one (its ``_waiter``, the idle state its own keep-alive
+        timeout looks for), so every answer is written to the transport."""
+        inner = self._inner
+        waiter = inner._waiter
+        return not inner._messages and waiter is not None and not waiter.done()
+
+    def _hold(self) -> None:
+        """Stop reading the socket until :meth:`_look` finds the connection free again."""
+        self._held = True
+        transport = self._transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()
+        self._look_later()
+
+    def _look_later(self) -> None:
+        if self._poll_timer is None:
+            self._poll_timer = self._loop.call_later(HOLD_POLL_SECONDS, self._look)
+
+    def _look(self) -> None:
+        self._poll_timer = None
+        if self._transport is None or self._inner is None:
+            return
+        if self._when_answered is not None:
+            if self._answered():
+                then, self._when_answered = self._when_answered, None
+                then()
+            else:
+                self._look_later()
+            return
+        if not self._held:
+            return
+        if self._busy():
+            self._look_later()
+            return
+        self._held = False
+        data, self._stash = self._stash, b""
+        self._feed(data)
+        inner, transport = self._inner, self._transport
+        if self._held or self._phase is _Phase.CLOSING or inner is None or transport is None:
+            return
+        # aiohttp may hold the reading itself (a body its handler has not read yet).
+        if not (inner._reading_paused or inner._buffer_paused) and not transport.is_reading():
+            transport.resume_reading()
+
+    def _after_answers(self, then: Callable[[], None], *, hold: bool) -> None:
+        """Call ``then`` once every request read so far is answered; with ``hold``, read
+        nothing meanwhile."""
+        self._when_answered = then
+        if hold:
+            self._hold()
+        else:
+            self._look_later()
 
     # ------------------------------------------------------------------ the phases ----
     def _head(self, data: bytes) -> bytes:
@@ -452,9 +585,21 @@ class GuardedConnection(asyncio.Protocol):
             return rest
         self._end_head()
         message, payload = parsed
-        if not isinstance(message, RawRequestMessage) or message.upgrade:
-            self._phase = _Phase.PASS  # aiohttp answers its parse error, or the protocol changed
-        elif payload.is_eof():
+        if not isinstance(message, RawRequestMessage):
+            self._phase = _Phase.PASS  # aiohttp answers its parse error
+            return rest
+        if message.upgrade:
+            # No fleetreg route switches protocols (no WebSocket), and after an upgrade
+            # request aiohttp buffers what follows without bound until the answer (then
+            # parses it with per-line limits only). RFC 9110 section 7.8 lets a server
+            # ignore Upgrade: the request (its body too, bounded as any) is answered like
+            # any other, nothing after it is read into aiohttp, and the connection closes
+            # after the answer.
+            self._last = True
+            if payload.is_eof():
+                self._last_read()
+                return b""
+        if payload.is_eof():
             self._phase = _Phase.HEAD
         elif message.chunked:
             self._phase, self._payload = _Phase.CHUNKED, payload
@@ -482,6 +627,8 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.data_received(data)
         if self._payload is not None and self._payload.is_eof():
             self._end_body()
+            if self._phase is _Phase.LAST:
+                return b""  # what followed in this read went to aiohttp's tail: one read at most
             # A chunked body ends with a blank line: what follows it in the same read is the
             # start of a pipelined request's head, counted as such.
             after = data.rsplit(HEAD_END, 1)[-1] if HEAD_END in data else b""
@@ -514,6 +661,16 @@ class GuardedConnection(asyncio.Protocol):
             self._body_timer.cancel()
             self._body_timer = None
         self._payload, self._body_left, self._phase = None, 0, _Phase.HEAD
+        if self._last:
+            self._last_read()
+
+    def _last_read(self) -> None:
+        """The upgrade request is read: drop what follows, close once it is answered."""
+        self._phase = _Phase.LAST
+        self._stash = b""
+        # It keeps reading (what arrives is dropped): closing on unread data would send a
+        # reset, which can destroy the answer before the client reads it.
+        self._after_answers(self._close_quietly, hold=False)
 
     def _body_window(self) -> None:
         bounds = self._listener.bounds
@@ -527,6 +684,10 @@ class GuardedConnection(asyncio.Protocol):
         self._close_for("body_rate")
 
     # ------------------------------------------------------------------- closing ----
+    def _close_quietly(self) -> None:
+        if self._transport is not None:
+            self._transport.close()  # the answers written so far are sent first
+
     def _close_for(self, reason: str) -> None:
         bounds = self._listener.bounds
         HTTP_CONNECTIONS_CLOSED.labels(self._listener.service, reason).inc()
@@ -545,23 +706,41 @@ class GuardedConnection(asyncio.Protocol):
             )
         else:
             # Mid-body, aiohttp's handler owns the answer; the client is not waiting for one.
+            # Past the send timeout, the client reads nothing: what is queued for it is dropped.
             self._phase = _Phase.CLOSING
+            self._send_timer = None
             if self._transport is not None:
                 self._transport.abort()
             return
+        if self._inner is not None and not self._answered():
+            # Earlier requests of this connection are still being answered: the error is
+            # written after their answers, never before (a client reading answers in order
+            # would take it for an earlier request's). Nothing more is read meanwhile.
+            self._phase = _Phase.CLOSING
+            self._cancel_request_timers()
+            self._stash = b""
+            self._after_answers(functools.partial(self._answer_and_close, answer), hold=True)
+            return
         self._answer_and_close(answer)
+
+    def _cancel_request_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
 
     def _answer_and_close(self, answer: bytes | None) -> None:
         """Answer (when nothing else is being answered), drop what still arrives, close at
         the end of the client's request or after ``LINGER_SECONDS``."""
         self._phase = _Phase.CLOSING
-        for timer in (self._head_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._cancel_request_timers()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        if self._held:  # what the client still sends is read and dropped until the close
+            self._held, self._stash = False, b""
+            if not transport.is_reading():
+                transport.resume_reading()
         if answer is not None:
             transport.write(answer)
         self._close_timer = self._loop.call_later(LINGER_SECONDS, transport.close)

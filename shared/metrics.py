@@ -106,7 +106,7 @@ HTTP_CONNECTIONS_REFUSED = Counter(
 )
 HTTP_CONNECTIONS_CLOSED = Counter(
     "fleetreg_http_connections_closed_total",
-    "Connections closed past a bound: header_bytes (431), header_timeout (408), body_rate",
+    "Connections closed past a bound: header_bytes (431), header_timeout (408), body_rate, send_timeout",
     ["service", "reason"],
 )
 CACHE_INVALIDATIONS = Counter(

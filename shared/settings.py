@@ -249,6 +249,9 @@ class ConnectionBounds:
       window of ``body_timeout_s`` seconds must bring ``body_min_bytes_per_s`` times as
       many bytes (a window in which the service itself stopped reading is not counted).
     * ``keepalive_s``: how long a connection may wait for its next request.
+    * ``send_timeout_s``: how long an answer may wait for a client that reads none of it
+      (the connection's writing paused, no progress); any progress restarts the wait, so
+      a slow but steady reader still gets a large answer.
     * ``max_connections_per_source``: open connections of one IPv4 address or IPv6 /64.
     * ``max_connections``: open connections of the process, all listeners together;
       0 derives it from the file-descriptor limit at start (``process_connection_cap``).
@@ -259,6 +262,7 @@ class ConnectionBounds:
     body_timeout_s: float = 15.0
     body_min_bytes_per_s: int = 500
     keepalive_s: float = 30.0
+    send_timeout_s: float = 30.0
     max_connections_per_source: int = 1000
     max_connections: int = 0
 
@@ -270,6 +274,7 @@ class ConnectionBounds:
             body_timeout_s=env.number(f"{prefix}_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
             body_min_bytes_per_s=env.integer(f"{prefix}_BODY_MIN_BYTES_PER_SECOND", 500, minimum=1),
             keepalive_s=env.number(f"{prefix}_KEEPALIVE_SECONDS", 30.0, minimum=0.1),
+            send_timeout_s=env.number(f"{prefix}_SEND_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             max_connections_per_source=env.integer(f"{prefix}_MAX_CONNECTIONS_PER_SOURCE", 1000, minimum=1),
             max_connections=env.integer(f"{prefix}_MAX_CONNECTIONS", 0, minimum=0),
         )

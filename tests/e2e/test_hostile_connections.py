@@ -2,10 +2,11 @@
 1 MB headers over http and https, slow and idle connections, and the per-source cap, while
 devices from other addresses keep registering.
 
-Three intake instances of their own: ``guarded`` runs the shipped bounds except a per-source
+Four intake instances of their own: ``guarded`` runs the shipped bounds except a per-source
 cap of 20 (so that the test can cross it with few connections); ``quick`` has timeouts of
 a second or two, so that the slow connections are cut within the test's time; ``crowded``
-has a process cap of 80. Attackers
+has a process cap of 80; ``unread`` has a send timeout of a second (clients that never read
+their answers, upgrade requests, pipelined requests past a bound). Attackers
 and devices use their own loopback addresses (127.x.y.z all reach 127.0.0.1).
 """
 
@@ -14,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
+import socket
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.support.api import Operator, register
@@ -45,6 +50,7 @@ ATTACK_BYTES = 1024 * 1024
 # docs/security.md, "Bounded connections"); 150 connections holding 1 MB each was +200 MB.
 RSS_GROWTH_BOUND = 48 * 1024 * 1024
 RSS_RETURN_BOUND = 24 * 1024 * 1024
+UNREAD = {"FLEETREG_HTTP_SEND_TIMEOUT_SECONDS": "1"}  # keep-alive stays at its 30 s
 CLOSED_WITHIN_S = 20.0  # a generous ceiling for cuts configured at 1-2 s, on a loaded machine
 
 
@@ -71,6 +77,14 @@ async def quick(system: System) -> AsyncIterator[ServiceProcess]:
 @pytest.fixture(scope="module")
 async def crowded(system: System) -> AsyncIterator[ServiceProcess]:
     process = await system.add_instance("intake", CROWDED)
+    yield process
+    process.stop()
+    system.extra.remove(process)
+
+
+@pytest.fixture(scope="module")
+async def unread(system: System) -> AsyncIterator[ServiceProcess]:
+    process = await system.add_instance("intake", UNREAD)
     yield process
     process.stop()
     system.extra.remove(process)
@@ -317,3 +331,150 @@ async def test_one_client_holding_the_process_cap_leaves_room_for_new_devices(
     finally:
         for _, writer in held:
             writer.close()
+
+
+# ------------------------------------- upgrades, unread answers, pipelined bounds ----
+UPGRADERS = 30  # a source each scheme; 300 of them were measured (docs/security.md)
+UPGRADE_CLOSED_WITHIN_S = 10.0  # well under the 30 s keep-alive that used to close them
+
+
+def status_lines_of(received: bytes) -> list[bytes]:
+    """The status line of every answer in what a connection received (an answer's body
+    does not end in a line break: the next answer follows it on the same line)."""
+    return re.findall(rb"HTTP/1\.[01] \d{3} [^\r]*", received)
+
+
+async def upgrade_then_unfinished_head(
+    port: int, source: str, tls: ssl.SSLContext | None
+) -> tuple[bytes, float]:
+    """Issue 21's upgrade bypass: a request asking for h2c (answered normally), then 1 MB of
+    an unfinished second request; what came back, and after how long the server closed."""
+    reader, writer = await connect(port, source, tls)
+    opened = time.monotonic()
+    writer.write(b"GET /openapi.yaml HTTP/1.1\r\nHost: intake\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    writer.write(b"GET /openapi.yaml HTTP/1.1\r\nHost: intake\r\n")
+    line = b"X-Padding: " + b"a" * 8000 + b"\r\n"
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        for _ in range(ATTACK_BYTES // len(line)):
+            writer.write(line)
+            await writer.drain()
+    received = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while chunk := await asyncio.wait_for(reader.read(65536), UPGRADE_CLOSED_WITHIN_S):
+            received += chunk
+    closed = time.monotonic() - opened
+    writer.close()
+    return received, closed
+
+
+async def test_an_upgrade_request_is_answered_and_its_connection_closed_taking_nothing_more(
+    unread: ServiceProcess, system: System
+) -> None:
+    """Connection: Upgrade used to switch the guard off: every later byte went to aiohttp,
+    which buffered the unfinished second request (300 connections: +577 MB, kept until the
+    30 s keep-alive). Now the upgrade request is answered, the rest dropped, the connection
+    closed at once."""
+    for port, tls in ((unread.port, None), (int(unread.env["FLEETREG_COMPAT_PORT"]), tls_context(system))):
+        source = fresh_address()
+        baseline = rss_bytes(unread)
+        results = await asyncio.gather(
+            *(upgrade_then_unfinished_head(port, source, tls) for _ in range(UPGRADERS))
+        )
+        grown = rss_bytes(unread) - baseline
+        print(
+            f"\n{'https' if tls else 'http'}: {UPGRADERS} upgrade requests + 1 MB each: RSS {grown / 2**20:+.0f} MB"
+        )
+        for received, closed in results:
+            # The upgrade request's own answer, nothing for the unfinished one, closed at once.
+            status_lines = status_lines_of(received)
+            assert status_lines == [b"HTTP/1.1 200 OK"], status_lines
+            assert closed < UPGRADE_CLOSED_WITHIN_S
+        assert grown < RSS_GROWTH_BOUND
+
+
+async def never_reading(port: int, source: str, tls: ssl.SSLContext | None) -> str:
+    """Pipeline small GETs and never read an answer, until the server cuts the connection:
+    "cut", or "held" if it still had not after ``CLOSED_WITHIN_S``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers pile up on the server
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    _, writer = await asyncio.open_connection(
+        sock=sock, ssl=tls, server_hostname="127.0.0.1" if tls else None
+    )
+    requests = b"GET /openapi.yaml HTTP/1.1\r\nHost: intake\r\n\r\n" * 50
+    try:
+        async with asyncio.timeout(CLOSED_WITHIN_S):
+            while True:
+                writer.write(requests)
+                await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        return "cut"
+    except TimeoutError:
+        return "held"
+    finally:
+        writer.close()
+
+
+async def closed_for(process: ServiceProcess, reason: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{process.ops_url}/metrics") as response:
+        text = await response.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("fleetreg_http_connections_closed_total{") and f'reason="{reason}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut_after_the_send_timeout(
+    unread: ServiceProcess, system: System
+) -> None:
+    """Issue 21: pipelined GETs never read held their connections for as long as the client
+    liked (keep-alive does not apply while an answer waits), and over https the intake's
+    memory grew without bound. Now the server stops reading past a few pipelined requests
+    and cuts a connection whose answers are not read for the send timeout (1 s here)."""
+    before = await closed_for(unread, "send_timeout")
+    baseline = rss_bytes(unread)
+    outcomes = await asyncio.gather(
+        *(never_reading(unread.port, fresh_address(), None) for _ in range(10)),
+        *(
+            never_reading(int(unread.env["FLEETREG_COMPAT_PORT"]), fresh_address(), tls_context(system))
+            for _ in range(10)
+        ),
+    )
+    print(f"\n20 never-reading pipeliners: RSS {(rss_bytes(unread) - baseline) / 2**20:+.0f} MB after")
+    assert outcomes == ["cut"] * 20
+    assert await closed_for(unread, "send_timeout") - before >= 20
+
+
+async def test_a_pipelined_request_past_the_header_bound_is_refused_after_the_earlier_answer(
+    unread: ServiceProcess, operator: Operator
+) -> None:
+    """Issue 21: the guard's 431 was written ahead of the answer of the registration before
+    it, so a client reading answers in order took the 431 for the registration's."""
+    code = (await operator.product())["bulk_identification_code"]
+    body = orjson.dumps(
+        {
+            "bulk_identification_code": code,
+            "hardware_id": f"desync-{uuid.uuid4().hex[:8]}",
+            "fingerprint": {"cpu_id": "c1", "mac": "aa:bb:cc:dd:ee:ff"},
+        }
+    )
+    registration = (
+        b"POST /v1/registrations HTTP/1.1\r\nHost: intake\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nIdempotency-Key: {uuid.uuid4()}\r\n\r\n".encode()
+        + body
+    )
+    # The second request's head passes 16 KiB (and never ends).
+    oversized = b"GET /openapi.yaml HTTP/1.1\r\nHost: intake\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(17)
+    )
+    reader, writer = await connect(unread.port, fresh_address())
+    writer.write(registration + oversized)
+    received, _ = await until_closed(reader)
+    writer.close()
+    status_lines = status_lines_of(received)
+    assert len(status_lines) == 2, status_lines
+    assert status_lines[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.1 202 Accepted"), status_lines
+    assert status_lines[1] == b"HTTP/1.1 431 Request Header Fields Too Large"

@@ -83,11 +83,15 @@ def test_the_settings_and_their_names() -> None:
     settings = load(lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), {})
     assert settings.connections == ConnectionBounds()
     assert settings.connections.max_connections_per_source >= 1000  # NAT sites, bench, agents
-    env = {"FLEETREG_HTTP_MAX_HEADER_BYTES": "32768", "FLEETREG_HTTP_BODY_TIMEOUT_SECONDS": "60"}
+    env = {
+        "FLEETREG_HTTP_MAX_HEADER_BYTES": "32768",
+        "FLEETREG_HTTP_BODY_TIMEOUT_SECONDS": "60",
+        "FLEETREG_HTTP_SEND_TIMEOUT_SECONDS": "90",
+    }
     bounds = load(
         lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"), env
     ).connections
-    assert (bounds.max_header_bytes, bounds.body_timeout_s) == (32768, 60.0)
+    assert (bounds.max_header_bytes, bounds.body_timeout_s, bounds.send_timeout_s) == (32768, 60.0, 90.0)
     with pytest.raises(SettingsError, match="FLEETREG_HTTP_KEEPALIVE_SECONDS='long' is not a number"):
         load(
             lambda env: HttpSettings.from_env(env, "FLEETREG_HTTP", 1, service="intake"),
@@ -176,6 +180,9 @@ def statuses(transport: MemoryTransport) -> list[int]:
 def test_aiohttp_still_queues_parsed_requests_where_the_guard_reads_them() -> None:
     # shared/connections.py reads RequestHandler._messages; an aiohttp upgrade that moves it fails here.
     assert "_messages" in web.RequestHandler.__slots__
+    # ... and its idle state (_waiter) and its own holds on the reading (base_protocol.py).
+    assert "_waiter" in web.RequestHandler.__slots__
+    assert {"_reading_paused", "_buffer_paused"} <= set(web.RequestHandler.__mro__[1].__slots__)
 
 
 async def test_requests_heads_bodies_chunks_and_pipelining_pass_untouched() -> None:
@@ -264,3 +271,114 @@ async def test_past_a_cap_503_with_retry_after_and_the_slot_is_given_back() -> N
     assert statuses(other) == [200]
     first.connection_lost(None)
     assert (limits.open, limits.sources) == (0, 0)
+
+
+# ------------------------------------ upgrades, pipelining, answers never read ----
+def gated_server() -> tuple[web.Server, asyncio.Event]:
+    """A server whose handler answers only once the event is set (a request in progress)."""
+    release = asyncio.Event()
+
+    async def gated(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text=str(len(await request.read())))
+
+    return web.Server(gated), release
+
+
+def connect(listener: Listener) -> tuple[GuardedConnection, MemoryTransport]:
+    transport = MemoryTransport()
+    connection = GuardedConnection(listener)
+    connection.connection_made(transport)
+    return connection, transport
+
+
+async def test_an_upgrade_request_is_answered_then_the_connection_closes_unread() -> None:
+    """Issue 21: after ``Connection: Upgrade`` the guard let every later byte through, and
+    aiohttp buffered a second, unfinished request without bound. Now the upgrade request
+    is answered as any other, what follows is dropped unread, and the connection closes."""
+    _, listener = await guarded(ConnectionBounds(max_header_bytes=1024))
+    connection, transport = connect(listener)
+    inner = connection._inner
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    for _ in range(128):  # 1 MB of an unfinished second request
+        connection.data_received(line)
+    assert inner._message_tail == b"" and len(inner._messages) == 1  # only the upgrade request
+    await asyncio.sleep(0.2)
+    assert statuses(transport) == [200] and transport.closed
+    connection.connection_lost(None)
+
+
+async def test_an_upgrade_request_with_a_body_gets_its_body_and_its_answer() -> None:
+    _, listener = await guarded(ConnectionBounds())
+    upgrade = b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    for framed in (
+        b"Content-Length: 5\r\n\r\nabcde",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+    ):
+        connection, transport = connect(listener)
+        request = upgrade + framed
+        connection.data_received(request[:70])
+        connection.data_received(request[70:] + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")  # never read
+        await asyncio.sleep(0.2)
+        assert statuses(transport) == [200] and transport.written.endswith(b"\r\n\r\n5") and transport.closed
+        connection.connection_lost(None)
+
+
+async def test_pipelined_requests_past_a_few_stop_the_reading_until_answered() -> None:
+    server, release = gated_server()
+    listener = Listener(
+        server=server, bounds=ConnectionBounds(), limits=ConnectionLimits(10, 10), service="t"
+    )
+    connection, transport = connect(listener)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 20)
+    await asyncio.sleep(0.1)
+    # One in progress, PIPELINED_REQUESTS queued, the rest not parsed; the socket not read.
+    assert len(connection._inner._messages) == connections.PIPELINED_REQUESTS
+    assert not transport.reading
+    release.set()
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if len(statuses(transport)) == 20:
+            break
+    assert statuses(transport) == [200] * 20 and transport.reading  # all answered, in order
+    connection.connection_lost(None)
+
+
+async def test_a_client_not_reading_its_answers_is_not_read_and_is_cut_after_the_send_timeout() -> None:
+    _, listener = await guarded(ConnectionBounds(send_timeout_s=0.3))
+    connection, transport = connect(listener)
+    connection.pause_writing()  # the transport's buffer is past its high-water mark
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await asyncio.sleep(0.1)
+    assert not transport.reading and not connection._inner._messages and statuses(transport) == []
+    connection.resume_writing()  # the client read: progress, the wait starts over
+    await asyncio.sleep(0.1)
+    assert statuses(transport) == [200] and transport.reading
+    connection.pause_writing()
+    await asyncio.sleep(0.5)
+    assert transport.aborted
+    connection.connection_lost(None)
+
+
+async def test_a_bound_crossed_behind_a_pipelined_request_is_answered_after_it() -> None:
+    """Issue 21: the 431 was written ahead of the previous request's answer, so a client
+    reading in order took it for the answer to its earlier request."""
+    server, release = gated_server()
+    listener = Listener(
+        server=server,
+        bounds=ConnectionBounds(max_header_bytes=1024),
+        limits=ConnectionLimits(10, 10),
+        service="t",
+    )
+    connection, transport = connect(listener)
+    oversized = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Pad: " + b"a" * 2000 + b"\r\n"
+    connection.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab" + oversized)
+    await asyncio.sleep(0.1)
+    assert transport.written == b"" and not transport.reading  # the first is not answered yet
+    release.set()
+    await asyncio.sleep(0.2)
+    assert statuses(transport) == [200, 431]
+    assert transport.written.index(b"\r\n\r\n2") < transport.written.index(b"431")
+    connection.connection_lost(None)
