@@ -223,6 +223,7 @@ async def sweep(pool: Pool, *, online_ttl_s: float, retention_s: float, now: dat
             added += await webhooks.enqueue(conn, [_offline_event(o, online_ttl_s) for o in offline])
         if len(offline) < OFFLINE_BATCH:
             break
+    await webhooks.fail_pending_of_disabled(pool)
     pruned = await webhooks.prune(pool, retention_s)
     if pruned:
         log.info("pruned finished webhook deliveries", extra={"deliveries": pruned})

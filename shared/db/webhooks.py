@@ -155,6 +155,12 @@ FINISH_ATTEMPT = """
                                ELSE now() + make_interval(secs => $4::float8) END,
         finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END
     WHERE id = $1 AND status = 'pending'"""
+# Deliveries queued for a webhook by a transaction that began before the webhook was
+# disabled and committed after it: disable_webhook's FAIL_PENDING could not see them.
+FAIL_PENDING_OF_DISABLED = """
+    UPDATE webhook_deliveries d SET status = 'failed', leased_until = NULL, finished_at = now()
+    FROM webhooks w
+    WHERE d.webhook_id = w.id AND w.disabled_at IS NOT NULL AND d.status = 'pending'"""
 SELECT_BACKLOG = """
     SELECT count(*) AS pending,
            extract(epoch FROM now() - min(next_attempt_at) FILTER (WHERE next_attempt_at <= now())) AS lag
@@ -598,6 +604,14 @@ async def disable_webhook(pool: Pool, webhook_id: str, reason: str) -> datetime 
         if disabled_at is not None:
             await conn.execute(FAIL_PENDING, webhook_id)
     return disabled_at
+
+
+async def fail_pending_of_disabled(pool: Pool) -> int:
+    """Fail the pending deliveries of disabled webhooks that :func:`disable_webhook` could not
+    see (queued by a transaction that committed after it): no attempt is made for them, and
+    left pending they would count in the backlog and its lag for ever. Returns how many."""
+    status = await pool.execute(FAIL_PENDING_OF_DISABLED)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def backlog(pool: Pool) -> Backlog:

@@ -662,3 +662,25 @@ async def test_a_failing_streak_a_disabled_webhook_and_enabling_it_again(db: Poo
     assert [e.changes for e in events] == [{"was_disabled_for": "the endpoint answered 410 Gone"}]
     with pytest.raises(NotFound):
         await webhooks.enable_webhook(db, await _actor(db), webhook_id)
+
+
+async def test_a_delivery_queued_across_the_disable_is_failed_by_the_sweep(db: Pool) -> None:
+    """A queueing transaction that began before the webhook was disabled and commits after
+    it leaves a pending delivery that disable_webhook could not see (found by the e2e
+    test): the sweep's fail_pending_of_disabled fails it, so no delivery of a disabled
+    webhook stays pending (and counted in the backlog) for ever."""
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("device.registered",))
+    now = datetime.now(UTC)
+    async with db.acquire() as conn:
+        queueing = conn.transaction()
+        await queueing.start()
+        assert await webhooks.enqueue(conn, [_event(actor.id, "device.registered", "late", now)]) == 1
+        assert await webhooks.disable_webhook(db, webhook_id, "the endpoint answered 410 Gone") is not None
+        await queueing.commit()
+    [stray] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert stray.status == "pending"  # what the race leaves
+
+    assert await webhooks.fail_pending_of_disabled(db) >= 1
+    [failed] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
+    assert failed.status == "failed"
