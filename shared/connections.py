@@ -139,6 +139,14 @@ def _source(host: str) -> str:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return "unknown"
+    return address_source(address)
+
+
+def address_source(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The source a limit counts an address under, the same for the connection caps and
+    the refused-calls throttle (shared/throttle.py): an IPv4 address (an IPv4-mapped IPv6
+    one as its IPv4 form), or an IPv6 address's /64, the smallest block a single site
+    is given (RFC 6177), so one site cannot take a fresh address per call."""
     if address.version == 6:
         mapped = address.ipv4_mapped
         if mapped is not None:

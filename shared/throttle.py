@@ -43,6 +43,7 @@ from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
+from shared.connections import address_source
 from shared.db.pool import Pool
 from shared.db.throttle import Listener, PostgresStorage, notify
 from shared.errors import TooManyRequests, Unauthorized
@@ -137,12 +138,7 @@ def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
                 break
     if address is None:
         return "unknown"
-    if address.version == 6:
-        mapped = address.ipv4_mapped
-        if mapped is not None:
-            return str(mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+    return address_source(address)
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -298,14 +298,6 @@ async def roomy(system: System) -> AsyncIterator[ServiceProcess]:
     system.extra.remove(process)
 
 
-def _rss_mb(process: ServiceProcess) -> float:
-    assert process.process is not None
-    for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_a_file_of_many_problems_is_counted_exactly_in_bounded_memory(
     roomy: ServiceProcess, operator: Operator, session: aiohttp.ClientSession, pool: Pool
 ) -> None:
@@ -315,13 +307,13 @@ async def test_a_file_of_many_problems_is_counted_exactly_in_bounded_memory(
     assert status == 422
     unique = csv_rows(DISTINCT)
     body = csv_text([unique[i % DISTINCT] for i in range(MANY_ROWS)]).encode()
-    baseline = peak = _rss_mb(roomy)
+    baseline = peak = roomy.rss_bytes() / 2**20
     sampling = True
 
     async def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, _rss_mb(roomy))
+            peak = max(peak, roomy.rss_bytes() / 2**20)
             await asyncio.sleep(0.02)
 
     sampler = asyncio.create_task(sample())
@@ -345,7 +337,7 @@ async def test_a_file_of_many_problems_is_counted_exactly_in_bounded_memory(
     assert report["errors"][-1]["line"] == first + REPORTED // 2 - 1
     assert str(2 * repeated) in report["message"]
     await asyncio.sleep(1.5)  # what the request held is freed once its answer is sent
-    after = _rss_mb(roomy)
+    after = roomy.rss_bytes() / 2**20
     print(
         f"{MANY_ROWS} rows, {2 * repeated} problems: RSS {baseline:.0f} -> peak {peak:.0f} -> {after:.0f} MB"
     )

@@ -21,7 +21,6 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -90,14 +89,6 @@ async def unread(system: System) -> AsyncIterator[ServiceProcess]:
     system.extra.remove(process)
 
 
-def rss_bytes(process: ServiceProcess) -> int:
-    assert process.process is not None
-    for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def tls_context(system: System) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(system.tls_ca))
 
@@ -136,14 +127,14 @@ async def unfinished_headers(port: int, source: str, tls: ssl.SSLContext | None)
 async def attack_with_unfinished_headers(
     process: ServiceProcess, port: int, tls: ssl.SSLContext | None
 ) -> None:
-    baseline = rss_bytes(process)
+    baseline = process.rss_bytes()
     peak = baseline
     sources = [fresh_address() for _ in range(ATTACKERS // 15)]  # 15 a source, under the cap
 
     async def watch() -> None:
         nonlocal peak
         while True:
-            peak = max(peak, rss_bytes(process))
+            peak = max(peak, process.rss_bytes())
             await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch())
@@ -154,7 +145,7 @@ async def attack_with_unfinished_headers(
     elapsed = time.monotonic() - started
     watcher.cancel()
     await asyncio.sleep(1.0)
-    after = rss_bytes(process)
+    after = process.rss_bytes()
     scheme = "https" if tls else "http"
     print(
         f"\n{scheme}: {ATTACKERS} connections x {ATTACK_BYTES} unfinished header bytes: RSS"
@@ -376,11 +367,11 @@ async def test_an_upgrade_request_is_answered_and_its_connection_closed_taking_n
     closed at once."""
     for port, tls in ((unread.port, None), (int(unread.env["FLEETREG_COMPAT_PORT"]), tls_context(system))):
         source = fresh_address()
-        baseline = rss_bytes(unread)
+        baseline = unread.rss_bytes()
         results = await asyncio.gather(
             *(upgrade_then_unfinished_head(port, source, tls) for _ in range(UPGRADERS))
         )
-        grown = rss_bytes(unread) - baseline
+        grown = unread.rss_bytes() - baseline
         print(
             f"\n{'https' if tls else 'http'}: {UPGRADERS} upgrade requests + 1 MB each: RSS {grown / 2**20:+.0f} MB"
         )
@@ -435,7 +426,7 @@ async def test_a_client_that_never_reads_its_answers_is_cut_after_the_send_timeo
     memory grew without bound. Now the server stops reading past a few pipelined requests
     and cuts a connection whose answers are not read for the send timeout (1 s here)."""
     before = await closed_for(unread, "send_timeout")
-    baseline = rss_bytes(unread)
+    baseline = unread.rss_bytes()
     outcomes = await asyncio.gather(
         *(never_reading(unread.port, fresh_address(), None) for _ in range(10)),
         *(
@@ -443,7 +434,7 @@ async def test_a_client_that_never_reads_its_answers_is_cut_after_the_send_timeo
             for _ in range(10)
         ),
     )
-    print(f"\n20 never-reading pipeliners: RSS {(rss_bytes(unread) - baseline) / 2**20:+.0f} MB after")
+    print(f"\n20 never-reading pipeliners: RSS {(unread.rss_bytes() - baseline) / 2**20:+.0f} MB after")
     assert outcomes == ["cut"] * 20
     assert await closed_for(unread, "send_timeout") - before >= 20
 

@@ -75,6 +75,15 @@ class ServiceProcess:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.instance} not ready in {within_s} s; see var/log/e2e/{self.instance}.log")
 
+    def rss_bytes(self) -> int:
+        """The process's resident memory (``VmRSS`` of /proc/PID/status), in bytes."""
+        if self.process is None:
+            raise RuntimeError(f"{self.instance} is not started")
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{self.instance}: no VmRSS in /proc/{self.process.pid}/status")
+
     def kill(self) -> None:
         """SIGKILL: the process dies with no chance to finish or commit anything."""
         if self.process and self.process.poll() is None:
