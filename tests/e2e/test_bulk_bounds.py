@@ -38,7 +38,7 @@ async def spool_dir() -> AsyncIterator[Path]:
 async def bounded(system: System, spool_dir: Path) -> AsyncIterator[ServiceProcess]:
     # Stopped when the module ends: it joins the ingestion consumer group, and a member left
     # running would take over publishes from the system's own ingestion in later tests.
-    process = await system.add_instance(
+    async with system.instance(
         "ingestion",
         {
             "FLEETREG_INGESTION_UPLOADS_PER_KEY": "2",
@@ -47,10 +47,8 @@ async def bounded(system: System, spool_dir: Path) -> AsyncIterator[ServiceProce
             "FLEETREG_INGESTION_BODY_IDLE_SECONDS": "2",
             "FLEETREG_BULK_SPOOL_DIR": str(spool_dir),
         },
-    )
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    ) as process:
+        yield process
 
 
 def _spool_files(process: ServiceProcess, spool_dir: Path) -> int:
@@ -284,7 +282,7 @@ KEPT_MB = 15
 @pytest.fixture(scope="module")
 async def roomy(system: System) -> AsyncIterator[ServiceProcess]:
     """An instance taking files of 16 MiB, with the default row and report limits."""
-    process = await system.add_instance(
+    async with system.instance(
         "ingestion",
         {
             "FLEETREG_BULK_MAX_BYTES": str(ROOMY_MAX_BYTES),
@@ -292,10 +290,8 @@ async def roomy(system: System) -> AsyncIterator[ServiceProcess]:
             "FLEETREG_BULK_MAX_REPORTED_ERRORS": str(REPORTED),
             "FLEETREG_INGESTION_SPOOL_BYTES_IN_FLIGHT": str(4 * ROOMY_MAX_BYTES),
         },
-    )
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    ) as process:
+        yield process
 
 
 async def test_a_file_of_many_problems_is_counted_exactly_in_bounded_memory(

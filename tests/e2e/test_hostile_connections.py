@@ -59,34 +59,26 @@ def fresh_address() -> str:
 
 @pytest.fixture(scope="module")
 async def guarded(system: System) -> AsyncIterator[ServiceProcess]:
-    process = await system.add_instance("intake", GUARDED)
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    async with system.instance("intake", GUARDED) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 async def quick(system: System) -> AsyncIterator[ServiceProcess]:
-    process = await system.add_instance("intake", QUICK)
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    async with system.instance("intake", QUICK) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 async def crowded(system: System) -> AsyncIterator[ServiceProcess]:
-    process = await system.add_instance("intake", CROWDED)
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    async with system.instance("intake", CROWDED) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 async def unread(system: System) -> AsyncIterator[ServiceProcess]:
-    process = await system.add_instance("intake", UNREAD)
-    yield process
-    process.stop()
-    system.extra.remove(process)
+    async with system.instance("intake", UNREAD) as process:
+        yield process
 
 
 def tls_context(system: System) -> ssl.SSLContext:

@@ -21,11 +21,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db.pool import Pool
 from tests.support.api import Operator, new_operator
-from tests.support.system import ServiceProcess, System
+from tests.support.system import ServiceProcess, System, metric_sample
 
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 CONSOLE_COOKIE = "fleetreg_console"
@@ -33,18 +32,6 @@ SIGN_IN_COOKIE = "fleetreg_console_sign_in"
 # The limited operator instance's rate per key: a minute's window, so nothing refills
 # while the test runs, however slow the machine.
 KEY_LIMIT = 10
-
-
-async def counter(session: aiohttp.ClientSession, ops_url: str, name: str, **labels: str) -> float:
-    """One sample of a counter on a process's /metrics (0 when it has not counted yet)."""
-    async with session.get(f"{ops_url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 async def test_ops_endpoints_answer_on_the_ops_port_and_nowhere_public(
@@ -71,7 +58,7 @@ async def test_a_readyz_flood_costs_about_one_database_query_a_second(
 ) -> None:
     intake = system.services["intake"]
     name = "fleetreg_readiness_probes_total"
-    before = await counter(session, intake.ops_url, name, service="intake")
+    before = await metric_sample(session, intake.ops_url, name, service="intake")
     statuses: Counter[int] = Counter()
     gate = asyncio.Semaphore(100)
 
@@ -82,7 +69,7 @@ async def test_a_readyz_flood_costs_about_one_database_query_a_second(
     started = time.monotonic()
     await asyncio.gather(*(probe() for _ in range(2000)))
     elapsed = time.monotonic() - started
-    queries = await counter(session, intake.ops_url, name, service="intake") - before
+    queries = await metric_sample(session, intake.ops_url, name, service="intake") - before
     assert statuses == {200: 2000}
     # At most one query per started second of the flood, plus one under way at its start.
     assert queries <= math.ceil(elapsed) + 1, f"{queries} queries for 2,000 /readyz in {elapsed:.1f} s"
@@ -90,7 +77,7 @@ async def test_a_readyz_flood_costs_about_one_database_query_a_second(
     await asyncio.sleep(1.2)
     async with session.get(f"{intake.ops_url}/readyz") as response:
         assert response.status == 200
-    assert await counter(session, intake.ops_url, name, service="intake") - before == queries + 1
+    assert await metric_sample(session, intake.ops_url, name, service="intake") - before == queries + 1
 
 
 # ------------------------------------------------------------------------- console ----
@@ -184,10 +171,10 @@ async def test_live_view_refreshes_from_many_sessions_share_one_pipeline_health_
     ]  # 6 sessions, 3 keys
     ops_url = system.services["operator"].ops_url
     name = "fleetreg_pipeline_health_checks_total"
-    before = await counter(session, ops_url, name)
+    before = await metric_sample(session, ops_url, name)
     started = time.monotonic()
     answers = await asyncio.gather(*(chart(session, url, cookie) for cookie in cookies for _ in range(25)))
     elapsed = time.monotonic() - started
-    computations = await counter(session, ops_url, name) - before
+    computations = await metric_sample(session, ops_url, name) - before
     assert Counter(a.status for a in answers) == {200: 150}
     assert 1 <= computations <= math.ceil(elapsed) + 1, f"{computations} for 150 refreshes in {elapsed:.1f} s"

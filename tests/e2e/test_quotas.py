@@ -9,26 +9,15 @@ import uuid
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db.pool import Pool
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_limit, reason_max_devices
 from tests.support.api import Operator, new_operator, register
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
-from tests.support.system import System
+from tests.support.system import System, metric_sample
 
 CLONE_LIMIT = 199  # FLEETREG_CLONE_LIMIT of the e2e system (tests/support/system.py)
 ALERT_THRESHOLD = 5  # FLEETREG_BULK_MAX_FAILED_CLAIMS of the e2e system
-
-
-async def metric(session: aiohttp.ClientSession, url: str, name: str, labels: dict[str, str]) -> float:
-    async with session.get(f"{url}/metrics") as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 async def decisions(operator: Operator) -> list[dict[str, Any]]:
@@ -55,7 +44,7 @@ async def test_max_devices_creates_exactly_n_of_2n_concurrent_devices_and_refuse
     assert (registration["max_devices"], registration["device_count"]) == (n, 0)
     code = registration["bulk_identification_code"]
     dedup = system.services["dedup"].ops_url
-    before = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "max_devices"})
+    before = await metric_sample(session, dedup, "fleetreg_quota_refusals_total", quota="max_devices")
 
     answers = await asyncio.gather(
         *[
@@ -75,7 +64,7 @@ async def test_max_devices_creates_exactly_n_of_2n_concurrent_devices_and_refuse
     trail = [d for d in await decisions(operator) if d["decision"] == "refused"]
     assert len(trail) == n
     assert all(d["reason"] == reason_max_devices(n) and d["device_id"] is None for d in trail)
-    after = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "max_devices"})
+    after = await metric_sample(session, dedup, "fleetreg_quota_refusals_total", quota="max_devices")
     assert after - before == n
 
     # Cleared, the quota stops refusing; set again, it applies from the next claim on.
@@ -148,7 +137,7 @@ async def test_a_clone_flood_creates_exactly_the_clone_limit_and_nothing_more(
     h = "f100d0000001"
     flood = CLONE_LIMIT + 41
     dedup = system.services["dedup"].ops_url
-    before = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "clone_limit"})
+    before = await metric_sample(session, dedup, "fleetreg_quota_refusals_total", quota="clone_limit")
     answers = await asyncio.gather(
         *[
             register(session, system.device_url, code, h, cpu_id=f"cpu-{i}", mac=f"mac-{i}")
@@ -166,7 +155,7 @@ async def test_a_clone_flood_creates_exactly_the_clone_limit_and_nothing_more(
     trail = [d for d in await decisions(operator) if d["decision"] == "refused"]
     assert len(trail) == flood - 1 - CLONE_LIMIT
     assert all(d["device_id"] is None and d["claimed_hardware_id"] == h for d in trail)
-    after = await metric(session, dedup, "fleetreg_quota_refusals_total", {"quota": "clone_limit"})
+    after = await metric_sample(session, dedup, "fleetreg_quota_refusals_total", quota="clone_limit")
     assert after - before == flood - 1 - CLONE_LIMIT
     # Another hardware ID of the same image is not held back.
     other = await register(session, system.device_url, code, "f100d0000002", cpu_id="z", mac="z")
@@ -186,8 +175,8 @@ async def test_guessing_keys_raises_an_alert_and_never_locks_out_the_right_key(
     code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
     key, hardware_id, _ = rows[0]
     dedup = system.services["dedup"].ops_url
-    raised_before = await metric(
-        session, dedup, "fleetreg_security_alerts_total", {"kind": "bulk_key_guessing"}
+    raised_before = await metric_sample(
+        session, dedup, "fleetreg_security_alerts_total", kind="bulk_key_guessing"
     )
 
     guesses = [
@@ -213,8 +202,8 @@ async def test_guessing_keys_raises_an_alert_and_never_locks_out_the_right_key(
         ("bulk_key_guessing", hardware_id, True, product_id)
     ]
     assert alerts[0]["wrong_keys"] == 3 * ALERT_THRESHOLD
-    raised_after = await metric(
-        session, dedup, "fleetreg_security_alerts_total", {"kind": "bulk_key_guessing"}
+    raised_after = await metric_sample(
+        session, dedup, "fleetreg_security_alerts_total", kind="bulk_key_guessing"
     )
     assert raised_after - raised_before == 1
     filtered = await operator.call("GET", "/v1/security-alerts?kind=bulk_key_guessing&limit=1", expect=200)

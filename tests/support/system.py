@@ -4,16 +4,19 @@ real broker and database, each run with its own topic prefix and consumer groups
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / "var" / "log" / "e2e"
@@ -148,6 +151,17 @@ class System:
         await process.wait_ready()
         return process
 
+    @contextlib.asynccontextmanager
+    async def instance(self, name: str, env: dict[str, str] | None = None) -> AsyncIterator[ServiceProcess]:
+        """:meth:`add_instance` for the ``with`` block, then stopped and removed alone: one
+        left running would stay in its consumer group and take other tests' work."""
+        process = await self.add_instance(name, env)
+        try:
+            yield process
+        finally:
+            process.stop()
+            self.extra.remove(process)
+
     def stop(self) -> None:
         for process in [*self.extra, *self.services.values()]:
             process.stop()
@@ -223,3 +237,16 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         system.stop()
         raise
     return system
+
+
+async def metric_sample(session: aiohttp.ClientSession, ops_url: str, name: str, **labels: str) -> float:
+    """One sample of a process's /metrics (on its operations listener, ``ops_url``) with
+    these labels; 0 when it has not counted yet."""
+    async with session.get(f"{ops_url}/metrics") as response:
+        assert response.status == 200, response.status
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -96,8 +96,8 @@ async def _readyz(ops: web.Application) -> tuple[int, Any]:
 
     handler = next(r.handler for r in ops.router.routes() if r.resource and r.resource.canonical == "/readyz")
     response = await handler(make_mocked_request("GET", "/readyz", app=ops))
-    assert isinstance(response, web.Response) and response.body is not None
-    return response.status, orjson.loads(bytes(response.body))  # type: ignore[arg-type]
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    return response.status, orjson.loads(response.body)
 
 
 async def test_readyz_asks_the_database_once_for_any_number_of_probes() -> None:

@@ -69,7 +69,7 @@ async def test_bad_keys_bad_values_and_other_types_are_skipped_and_the_next_outc
             [_record(5, waiting_key, encode(READY))],
         ]
     )
-    waiter = OutcomeWaiter(consumer, TOPIC)  # type: ignore[arg-type]
+    waiter = OutcomeWaiter(consumer, TOPIC)  # type: ignore[arg-type]  # a fake of the consumer calls the waiter makes
     future = waiter.expect(REQUEST)
     await waiter.start({0})
     try:
@@ -85,7 +85,7 @@ async def test_a_failed_read_restarts_the_listener_and_readiness_follows(monkeyp
     monkeypatch.setattr(outcomes, "RESTART_DELAYS_S", (0.05, 0.1))
     health: list[bool] = []
     consumer = FakeConsumer([KafkaConnectionError("gone"), RuntimeError("anything"), [], []])
-    waiter = OutcomeWaiter(consumer, TOPIC, on_health=health.append)  # type: ignore[arg-type]
+    waiter = OutcomeWaiter(consumer, TOPIC, on_health=health.append)  # type: ignore[arg-type]  # a fake consumer, as above
     await waiter.start({0})
     try:
         async with asyncio.timeout(5):

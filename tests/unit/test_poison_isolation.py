@@ -112,6 +112,8 @@ class Handler:
 
 
 async def _run(consumer: FakeConsumer, handler: Handler, producer: FakeProducer) -> BatchConsumer:
+    # Fakes of the consumer and producer calls the loop makes (the broker's own run is
+    # tests/integration/test_poison_batches.py).
     loop = BatchConsumer(consumer, handler, dead_letter=(producer, "t.deadletter"), name="dedup")  # type: ignore[arg-type]
     consumer.loop = loop
     await asyncio.wait_for(loop.run(), timeout=20)
