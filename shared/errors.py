@@ -45,8 +45,43 @@ class UnsupportedMediaType(DomainError):
 
 
 class Unauthorized(DomainError):
+    """A call that does not prove who it is (401). Every 401 carries ``WWW-Authenticate``
+    (RFC 9110 section 11.6.1) with the Bearer scheme (RFC 6750 section 3): ``realm`` names
+    the API; a call that presented a credential also gets ``error="invalid_token"``, a call
+    with none gets no error code (RFC 6750 section 3.1).
+
+    ``presented``: the call carried a credential (an ``Authorization`` header). ``counted``:
+    the refusal counts against the caller's source (shared/throttle.py); a call with no
+    credential, or a stale one (replaced by the operator), is not guessing and is not
+    counted. ``code`` overrides the body's ``error`` (``credentials_replaced``, ...).
+    """
+
     status = 401
     code = "unauthorized"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        rule: str | None = None,
+        realm: str = "fleetreg",
+        presented: bool = True,
+        counted: bool | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, field=field, rule=rule)
+        self.realm = realm
+        self.presented = presented
+        self.counted = presented if counted is None else counted
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        challenge = f'Bearer realm="{self.realm}"'
+        if self.presented:
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
 
 
 class Forbidden(DomainError):

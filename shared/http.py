@@ -351,12 +351,23 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
+# The realm of the operator and bulk APIs' 401 challenges (``WWW-Authenticate``).
+OPERATOR_REALM = "fleetreg operators"
+
+
 def api_key(request: web.Request) -> str:
-    """The account API key the request carries (``Authorization: Bearer <key>``)."""
-    token = bearer(request.headers.get("Authorization"))
+    """The account API key the request carries (``Authorization: Bearer <key>``);
+    Unauthorized without one (not counted against the source when the call carries no
+    ``Authorization`` header at all: a proxy that strips it is not guessing)."""
+    authorization = request.headers.get("Authorization")
+    token = bearer(authorization)
     if token is None:
         raise Unauthorized(
-            "send the account API key as 'Authorization: Bearer <key>'", field="Authorization", rule="bearer"
+            "send the account API key as 'Authorization: Bearer <key>'",
+            field="Authorization",
+            rule="bearer",
+            realm=OPERATOR_REALM,
+            presented=bool(authorization and authorization.strip()),
         )
     return token
 
@@ -368,7 +379,7 @@ async def account_for(key: str, pool: Pool, *, write: bool = False) -> Account:
 
     account = await accounts.account_for_key(pool, key)
     if account is None:
-        raise Unauthorized("unknown or revoked API key", field="Authorization")
+        raise Unauthorized("unknown or revoked API key", field="Authorization", realm=OPERATOR_REALM)
     if write and account.read_only:
         raise Forbidden(
             "this API key is read-only: it cannot change anything; use a full key",

@@ -37,6 +37,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiohttp import web
 from limits import RateLimitItem, parse_many
@@ -46,6 +47,7 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from shared.connections import address_source
 from shared.db.pool import Pool
 from shared.db.throttle import Listener, PostgresStorage, notify
+from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS
 from shared.errors import TooManyRequests, Unauthorized
 from shared.http import bearer
 from shared.metrics import THROTTLE_BLOCKED_SOURCES, THROTTLE_REFUSALS, THROTTLED
@@ -89,6 +91,10 @@ class ThrottleSettings:
     requests_per_key: tuple[RateLimitItem, ...]
     new_devices_per_code: tuple[RateLimitItem, ...]
     trusted_proxies: tuple[Network, ...] = ()
+    refusals_per_target: tuple[RateLimitItem, ...] = ()
+    # How long a credential the operator replaced (reset, delete) or a rotated code is
+    # recognised as stale, not as a guess (seconds).
+    stale_credential_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS
 
     @classmethod
     def from_env(cls, env: Env) -> ThrottleSettings:
@@ -105,6 +111,12 @@ class ThrottleSettings:
                 "FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", env.text("FLEETREG_LIMIT_NEW_DEVICES_PER_CODE", "off")
             ),
             trusted_proxies=_networks("FLEETREG_TRUSTED_PROXIES", env.text("FLEETREG_TRUSTED_PROXIES", "-")),
+            refusals_per_target=_items(
+                "FLEETREG_LIMIT_REFUSALS_PER_TARGET",
+                env.text("FLEETREG_LIMIT_REFUSALS_PER_TARGET", "10/minute"),
+            ),
+            # a week (DEFAULT_STALE_CREDENTIAL_SECONDS), spelled out for tests/unit/test_deploy.py
+            stale_credential_seconds=env.number("FLEETREG_STALE_CREDENTIAL_SECONDS", 604800, minimum=0),
         )
 
     @classmethod
@@ -159,6 +171,24 @@ def key_identity(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+TargetKind = Literal["code", "device", "key", "hardware", "provisioning"]
+
+
+def target_of(kind: TargetKind, *parts: str) -> str:
+    """What a refused call tried to guess, as its (source, target) bucket names it: the
+    kind and a digest of the guessed thing (a code, a device ID, an API key, a code and
+    hardware ID), so that no code or key is stored as text, and an attacker's long path
+    costs a fixed-size key."""
+    joined = "\0".join(parts)
+    return f"{kind}:{hashlib.sha256(joined.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+
+
+def _pair(source: str, target: str) -> str:
+    # "|" is in no source (IPv4, IPv6/64, "unknown") and in no target: the announcement's
+    # payload ("source:<key> <until>") carries the pair as one key.
+    return f"{source}|{target}"
+
+
 def _limit_text(item: RateLimitItem) -> str:
     return f"{item.amount}/{item.GRANULARITY.name}"
 
@@ -190,55 +220,74 @@ class Throttle:
             FixedWindowRateLimiter(self.refusal_storage) if self.refusal_storage is not None else None
         )
 
-    # -- refused calls per source --------------------------------------------------
+    # -- refused calls per source and per (source, target) ---------------------------
 
-    def check_source(self, source: str) -> None:
-        """Raise TooManyRequests while ``source`` is over its refusal limit."""
-        until = self._blocked.get(source)
-        if until is None:
-            return
-        wait = until - time.time()
-        if wait <= 0:
-            self._blocked.pop(source, None)
-            THROTTLE_BLOCKED_SOURCES.labels(self.service).set(len(self._blocked))
+    def retry_after(self, source: str, target: str | None = None) -> int | None:
+        """Seconds a call of ``source`` that fails to prove anything (about ``target``, if
+        given) must still wait, or None when neither its source nor its (source, target)
+        bucket is blocked. A call that proves something is never asked."""
+        wait = self._wait(source)
+        if target is not None:
+            wait = max(wait, self._wait(_pair(source, target)))
+        return math.ceil(wait) if wait > 0 else None
+
+    def check_source(self, source: str, target: str | None = None) -> None:
+        """Raise TooManyRequests while a failing call of ``source`` (on ``target``) is blocked."""
+        wait = self.retry_after(source, target)
+        if wait is None:
             return
         THROTTLED.labels(self.service, "refusals_per_source").inc()
         raise TooManyRequests(
             "too many refused calls from this address: slow down and try again later",
-            retry_after=math.ceil(wait),
+            retry_after=wait,
             rule="refusals_per_source",
         )
 
-    def retry_after(self, source: str) -> int | None:
-        """Seconds ``source`` must still wait, or None when it is not blocked."""
-        until = self._blocked.get(source)
-        if until is None or until <= time.time():
-            return None
-        return math.ceil(until - time.time())
+    def _wait(self, key: str) -> float:
+        until = self._blocked.get(key)
+        if until is None:
+            return 0.0
+        wait = until - time.time()
+        if wait <= 0:
+            self._blocked.pop(key, None)
+            THROTTLE_BLOCKED_SOURCES.labels(self.service).set(len(self._blocked))
+        return wait
 
-    async def refused(self, source: str) -> None:
-        """Count one refused call of ``source``; past a limit, block it everywhere."""
+    async def refused(self, source: str, target: str | None = None) -> None:
+        """Count one refused call of ``source`` in its source bucket and, with ``target``
+        (what was guessed: :func:`target_of`), in its (source, target) bucket; a bucket
+        past one of its windows is blocked everywhere until that window ends (no longer:
+        the window starts at the first refusal counted in it)."""
         THROTTLE_REFUSALS.labels(self.service).inc()
-        if self._refusals is None or not self.settings.refusals_per_source:
+        if self._refusals is None:
             return
-        until = 0.0
-        for item in self.settings.refusals_per_source:
-            # "30/minute" allows 30 refusals: the 30th already closes the window.
-            hit = await self._refusals.hit(item, "refusals", source)
-            if not hit or not await self._refusals.test(item, "refusals", source):
-                stats = await self._refusals.get_window_stats(item, "refusals", source)
-                until = max(until, stats.reset_time)
-        if until > time.time():
-            self.block(source, until)
-            log.warning(
-                "source throttled after repeated refusals",
-                extra={"source": source, "retry_after_s": math.ceil(until - time.time())},
-            )
-            if self.announce is not None:
-                await self.announce(source, until)
+        buckets = [("refusals", source, self.settings.refusals_per_source)]
+        if target is not None:
+            buckets.append(("refusals-target", _pair(source, target), self.settings.refusals_per_target))
+        for namespace, key, items in buckets:
+            until = 0.0
+            for item in items:
+                # "30/minute" allows 30 refusals: the 30th already closes the window.
+                hit = await self._refusals.hit(item, namespace, key)
+                if not hit or not await self._refusals.test(item, namespace, key):
+                    stats = await self._refusals.get_window_stats(item, namespace, key)
+                    until = max(until, stats.reset_time)
+            if until > time.time():
+                self.block(key, until)
+                log.warning(
+                    "source throttled after repeated refusals",
+                    extra={
+                        "source": source,
+                        "per_target": namespace != "refusals",
+                        "retry_after_s": math.ceil(until - time.time()),
+                    },
+                )
+                if self.announce is not None:
+                    await self.announce(key, until)
 
     def block(self, source: str, until: float) -> None:
-        """Refuse ``source`` until the epoch time ``until`` (kept in memory, bounded)."""
+        """Refuse failing calls of ``source`` (a source, or a ``source|target`` pair) until
+        the epoch time ``until`` (kept in memory, bounded)."""
         if until <= self._blocked.get(source, 0.0):
             return
         self._blocked[source] = until
@@ -332,6 +381,7 @@ class Throttle:
 THROTTLE = web.AppKey("throttle", Throttle)
 SOURCE = web.RequestKey("source", str)  # the source the request is counted under
 REFUSED = web.RequestKey("refused", bool)  # the handler refused the call (counts per source)
+TARGET = web.RequestKey("target", str)  # what the refused call tried to guess (target_of)
 # Health, readiness and metrics are not on the throttled apps at all (the operations port).
 UNTHROTTLED_PATHS = frozenset({"/openapi.yaml"})
 
@@ -353,28 +403,58 @@ def request_source(request: web.Request) -> str:
     return source
 
 
-def mark_refused(request: web.Request) -> None:
-    """The handler refused the call for a reason that counts against its source."""
+def mark_refused(request: web.Request, target: str | None = None) -> None:
+    """The handler refused the call for a reason that counts against its source (and,
+    with ``target`` (:func:`target_of`), against its (source, target) bucket). The
+    middleware counts it, or answers 429 instead when the source or the pair is blocked."""
     request[REFUSED] = True
+    if target is not None:
+        request[TARGET] = target
 
 
-async def count_refusal(request: web.Request) -> None:
-    throttle = request.app.get(THROTTLE)
-    if throttle is None:
-        return
+def blocked_refusal(request: web.Request) -> TooManyRequests | None:
+    """For a route that answers in its own words (the reference protocol, the console):
+    the 429 to give instead of the refusal it marked (:func:`mark_refused`) while the
+    caller's source or (source, target) is blocked, else None. A refusal answered so is
+    no longer counted (waiting calls never lengthen a block)."""
+    throttle = request.config_dict.get(THROTTLE)
+    if throttle is None or not request.get(REFUSED):
+        return None
     try:
-        await throttle.refused(request_source(request))
+        throttle.check_source(request_source(request), request.get(TARGET))
+    except TooManyRequests as exc:
+        request[REFUSED] = False
+        return exc
+    return None
+
+
+def _credential_target(request: web.Request) -> str | None:
+    """What a 401 refused: the device of the path (a device call), or the API key presented."""
+    device_id = request.match_info.get("device_id")
+    if device_id is not None:
+        return target_of("device", device_id.lower())
+    token = bearer(request.headers.get("Authorization"))
+    return target_of("key", token) if token is not None else None
+
+
+async def _count_refusal(throttle: Throttle, source: str, target: str | None) -> None:
+    try:
+        await throttle.refused(source, target)
     except Exception:  # the refusal stands; losing one count is better than a 5xx
         log.warning("refused call not counted: the registry is unreachable")
 
 
 def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> Callable[..., object]:
-    """429 for sources over their refusal limit (and keys over their rate with
-    ``per_key``); counts 401 answers and handlers' :func:`mark_refused` calls.
+    """Counts the calls that fail to prove anything (a 401 that presented a credential, a
+    handler's :func:`mark_refused`) and answers them 429 + ``Retry-After`` instead while
+    their source or (source, target) is blocked; with ``per_key``, 429 for operator keys
+    over their rate. The proof is evaluated first, always: a call that proves something
+    (a device secret, the current code, an API key, an issued request ID) is never
+    refused because of what its address did.
 
-    Paths under ``own_answers`` prefixes (the reference protocol, whose client reads
-    no HTTP status) are counted but not refused here: their routes answer in the
-    protocol's own words (see services/intake/compat/routes.py).
+    Paths under ``own_answers`` prefixes (the reference protocol, whose client reads no
+    HTTP status; the console's pages) are counted here but refused by their routes, in
+    their own words (:func:`blocked_refusal`).
     """
 
     @web.middleware
@@ -383,22 +463,29 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
         if throttle is None or request.path in UNTHROTTLED_PATHS:
             return await handler(request)
         source = request_source(request)
-        if not (own_answers and request.path.startswith(own_answers)):
-            throttle.check_source(source)
         if per_key:
             token = bearer(request.headers.get("Authorization"))
             if token is not None:
                 await throttle.check_key(token)
+        own = bool(own_answers) and request.path.startswith(own_answers)
         try:
             response = await handler(request)
-        except Unauthorized:
-            await count_refusal(request)
+        except Unauthorized as exc:
+            if exc.counted:
+                await _refuse(throttle, source, _credential_target(request), replace=not own)
             raise
         if request.get(REFUSED):
-            await count_refusal(request)
+            await _refuse(throttle, source, request.get(TARGET), replace=not own)
         return response
 
     return throttled
+
+
+async def _refuse(throttle: Throttle, source: str, target: str | None, *, replace: bool) -> None:
+    """A refusal: 429 (TooManyRequests) instead while blocked, else counted."""
+    if replace:
+        throttle.check_source(source, target)  # blocked: not counted again
+    await _count_refusal(throttle, source, target)
 
 
 async def open_throttle(
@@ -417,8 +504,9 @@ async def open_throttle(
     notifications may have been missed.
     """
 
-    async def announce(source: str, until: float) -> None:
-        await notify(pool, f"source:{source} {until:.3f}")
+    async def announce(key: str, until: float) -> None:
+        # key: a source, or a "source|target" pair (Throttle.block)
+        await notify(pool, f"source:{key} {until:.3f}")
 
     throttle = Throttle(settings, service, PostgresStorage(pool), announce)
 

@@ -9,16 +9,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Literal
 
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import decisions, files, products
+from shared.db import decisions, devices, files, products
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
-from shared.domain.credentials import Keyring
+from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DELETED, REASON_DISABLED
 from shared.domain.identifiers import (
     is_uuid,
@@ -34,6 +35,7 @@ from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthori
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
 from shared.metrics import UNKNOWN_CODE_REFUSALS
+from shared.throttle import target_of
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,20 @@ FINGERPRINT_FIELDS = {"cpu_id", "mac"}
 # The registration call's and poll's ``include`` query flag: the one value it takes.
 INCLUDE_FILES = "files"
 UNAUTHORIZED = "unknown device or wrong device secret"
-# Refusals that count against the caller's address (shared/throttle.py): what a
-# guesser of codes or registration keys gets. (A wrong device secret is a 401,
-# counted by the throttling middleware.)
+# The realm of the device API's 401 challenges (WWW-Authenticate).
+DEVICE_REALM = "fleetreg devices"
+# Stale credentials (an old secret after the operator's reset, or a deleted device's):
+# answered 401 saying so, and not counted against the caller's address.
+CREDENTIALS_REPLACED = (
+    "the device's credentials were replaced by the operator (reset for re-provisioning): "
+    "register again to get new ones"
+)
+DEVICE_DELETED = "the device was deleted by the operator: register again as a new device"
+# Refusals of a registration call that count against the caller's address and what it
+# guessed (shared/throttle.py): what a guesser of codes or registration keys gets. A code
+# revoked by a rotation within the stale-credential window is stale, not a guess (a
+# board still on the old image), and is not counted (counted_refusal). (A wrong device
+# secret is a 401, counted by the throttling middleware.)
 COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
 
 Publish = Callable[[RegistrationRequested], Awaitable[None]]
@@ -330,23 +343,37 @@ class Device:
 
 
 def bearer_token(authorization: str | None) -> str:
+    """The device secret of an ``Authorization: Bearer`` header; Unauthorized (401) without
+    one (not counted against the caller when no header was sent at all)."""
     secret = bearer(authorization)
     if secret is None:
         raise Unauthorized(
             "send the device secret as 'Authorization: Bearer <device secret>'",
             field="Authorization",
             rule="bearer",
+            realm=DEVICE_REALM,
+            presented=bool(authorization and authorization.strip()),
         )
     if not secret.isascii():  # device secrets are hex; other bytes cannot match (and cannot be encoded)
-        raise Unauthorized(UNAUTHORIZED)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
     return secret
 
 
 async def authenticate(
-    pool: Pool, keyring: Keyring, device_id: str, authorization: str | None, cache: DeviceCache
+    pool: Pool,
+    keyring: Keyring,
+    device_id: str,
+    authorization: str | None,
+    cache: DeviceCache,
+    stale_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
 ) -> Device:
     """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
     (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled.
+
+    A secret the operator replaced within ``stale_seconds`` (an older credential
+    generation after a reset, or the secret of a deleted device) is a 401 that says so
+    (``credentials_replaced``, ``device_deleted``) and is not counted against the caller
+    (:attr:`Unauthorized.counted`): a stale board is not a guesser.
 
     Once the device is proven, the files of services enabled or changed since it was
     provisioned are rendered (:func:`shared.db.files.complete_device_files`): the device
@@ -361,14 +388,70 @@ async def authenticate(
         found = await _read_device(pool, device_id, cache) if is_uuid(device_id) else None
     if found is None:
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
-        raise Unauthorized(UNAUTHORIZED)
+        if is_uuid(device_id):
+            await _refuse_if_deleted(pool, keyring, device_id, secret, stale_seconds)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
     expected = keyring.device_secret(found.device_id, found.credential_generation)
     check = secret_check(hmac.compare_digest(expected.encode(), secret.encode()), found.disabled)
     if check is Check.UNPROVEN:
-        raise Unauthorized(UNAUTHORIZED)
+        await _refuse_if_replaced(pool, keyring, found, secret, stale_seconds)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
     if check is Check.DISABLED:
         raise Forbidden(REASON_DISABLED)
     return _device(await _completed(pool, keyring, found, cache, generation))
+
+
+async def _refuse_if_replaced(
+    pool: Pool, keyring: Keyring, found: DeviceFiles, secret: str, stale_seconds: float
+) -> None:
+    """Raise the stale 401 when ``secret`` is the device's secret of an older credential
+    generation that the operator's reset replaced within ``stale_seconds``."""
+    older = keyring.older_generation(found.device_id, found.credential_generation, secret)
+    if older is None:
+        return
+    replaced_at = await devices.credentials_replaced_at(pool, found.device_id, older)
+    if stale(replaced_at, datetime.now(UTC), stale_seconds):
+        raise Unauthorized(
+            CREDENTIALS_REPLACED, realm=DEVICE_REALM, counted=False, code="credentials_replaced"
+        )
+
+
+async def _refuse_if_deleted(
+    pool: Pool, keyring: Keyring, device_id: str, secret: str, stale_seconds: float
+) -> None:
+    """Raise the stale 401 when ``secret`` is a secret of a device the operator deleted
+    within ``stale_seconds`` (remembered in ``deleted_devices``)."""
+    deleted = await devices.deleted_device(pool, device_id)
+    if deleted is None:
+        return
+    if keyring.older_generation(device_id, deleted.credential_generation + 1, secret) is None:
+        return
+    if stale(deleted.deleted_at, datetime.now(UTC), stale_seconds):
+        raise Unauthorized(DEVICE_DELETED, realm=DEVICE_REALM, counted=False, code="device_deleted")
+
+
+async def counted_refusal(
+    pool: Pool, registration: RegistrationInput, answer: Answer, stale_seconds: float
+) -> str | None:
+    """What a refused registration call guessed, for its (source, target) count
+    (:func:`shared.throttle.target_of`), or None when the answer is not counted: it was
+    not refused for a counted reason, or its code was revoked by a rotation within
+    ``stale_seconds`` (a board still on the old image, not a guesser)."""
+    if answer.status != "refused" or answer.reason not in COUNTED_REFUSALS:
+        return None
+    code = registration.bulk_identification_code
+    if answer.reason == REASON_REVOKED_CODE:
+        revoked_at = await products.code_revoked_at(pool, code)
+        return None if stale(revoked_at, datetime.now(UTC), stale_seconds) else target_of("code", code)
+    if answer.reason == REASON_BULK_NOT_LISTED:
+        return target_of("hardware", code, registration.hardware_id.lower())
+    return target_of("code", code)
+
+
+def poll_counted(keyring: Keyring, request_id: str, answer: Answer) -> bool:
+    """Whether a poll counts against the caller's address: only a request ID this service
+    never issued (a guess); a poll of an issued one, even forgotten or refused, does not."""
+    return answer.status == "unknown" and not request_id_is_issued(request_id, keyring.request_tag)
 
 
 async def _completed(

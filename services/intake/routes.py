@@ -23,7 +23,12 @@ async def authenticated(request: web.Request) -> handlers.Device:
     """The device of the path's ID, proven by the bearer secret."""
     r = request.app[RESOURCES]
     return await handlers.authenticate(
-        r.pool, r.keyring, request.match_info["device_id"], request.headers.get("Authorization"), r.devices
+        r.pool,
+        r.keyring,
+        request.match_info["device_id"],
+        request.headers.get("Authorization"),
+        r.devices,
+        r.settings.throttle.stale_credential_seconds,
     )
 
 
@@ -44,8 +49,13 @@ async def post_registration(request: web.Request) -> web.Response:
         include_files=include_files,
         cache=r.devices,
     )
-    if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
-        mark_refused(request)
+    # Counted (and, from a source past its limit, answered 429 instead) only when the call
+    # proved nothing: a current code whose claim is answered is never refused for its address.
+    target = await handlers.counted_refusal(
+        r.pool, registration, answer, r.settings.throttle.stale_credential_seconds
+    )
+    if target is not None:
+        mark_refused(request, target)
     if answer.decision in ("new", "clone"):
         await throttle.count_new_device(registration.bulk_identification_code)
     return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
@@ -62,10 +72,8 @@ async def get_registration(request: web.Request) -> web.Response:
         include_files=include_files,
         cache=r.devices,
     )
-    if answer.status == "unknown" or (
-        answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS
-    ):
-        mark_refused(request)
+    if handlers.poll_counted(r.keyring, request.match_info["request_id"], answer):
+        mark_refused(request)  # a request ID never issued here: a guess
     return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
 
 

@@ -42,6 +42,7 @@ from shared.db.registrations import Registration
 from shared.db.webhooks import Delivery, Webhook
 from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
+from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS
 from shared.domain.device_search import (
     PAGE_PARAMETERS,
     SEARCH_PARAMETERS,
@@ -612,11 +613,15 @@ def _audit_target(value: str | None) -> str | None:
 
 
 async def prune_expired(
-    pool: Pool, retention: RetentionSettings, now: datetime | None = None
+    pool: Pool,
+    retention: RetentionSettings,
+    now: datetime | None = None,
+    stale_credential_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
 ) -> dict[str, int]:
     """Delete the registration decisions and audit events past their keep time (a table
-    kept for 0 days is kept forever) and expired console sessions, batch after batch until
-    none is left; return the rows deleted per table."""
+    kept for 0 days is kept forever), expired console sessions and deleted devices
+    remembered longer than ``stale_credential_seconds``, batch after batch until none is
+    left; return the rows deleted per table."""
     at = now or datetime.now(UTC)
     deleted: dict[str, int] = {}
     keep: tuple[tuple[retention_db.Table, int], ...] = (
@@ -628,6 +633,8 @@ async def prune_expired(
         (table, at - timedelta(days=days)) for table, days in keep if days > 0
     ]
     cutoffs.append(("console_sessions", at))
+    # A deleted device's old secret is stale (not a guess) only within the window.
+    cutoffs.append(("deleted_devices", at - timedelta(seconds=stale_credential_seconds)))
     for table, older_than in cutoffs:
         deleted[table] = 0
         while True:

@@ -73,7 +73,10 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 ),
                 bulk_http=bulk_http,
             )
-            pruning = asyncio.create_task(_prune_forever(pool, settings.retention), name="retention")
+            pruning = asyncio.create_task(
+                _prune_forever(pool, settings.retention, settings.throttle.stale_credential_seconds),
+                name="retention",
+            )
             stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True
             app[READINESS_PROBE] = lambda: answers(pool)
@@ -85,15 +88,18 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
     return resources
 
 
-async def _prune_forever(pool: Pool, retention: RetentionSettings) -> None:
-    """Prune expired records (registration decisions, operator audit events) every
+async def _prune_forever(pool: Pool, retention: RetentionSettings, stale_credential_seconds: float) -> None:
+    """Prune expired records (registration decisions, operator audit events, deleted
+    devices past the stale-credential window) every
     ``interval_seconds``. Every instance runs it: the batches skip each other's rows
     (shared.db.retention). A failed round (the database restarting) is logged and tried
     again at the next one; the service keeps serving."""
     while True:
         await asyncio.sleep(retention.interval_seconds)
         try:
-            deleted = await handlers.prune_expired(pool, retention)
+            deleted = await handlers.prune_expired(
+                pool, retention, stale_credential_seconds=stale_credential_seconds
+            )
         except Exception as exc:
             log.warning("retention: expired records not pruned", extra={"error": type(exc).__name__})
             continue

@@ -94,10 +94,26 @@ RESET_DEVICES = """
 # Decommissioning: the device's row goes with its events and files (ON DELETE CASCADE), so
 # its hardware ID is free for a new device, without an index; its registration decisions
 # stay, without the device (device_id SET NULL), and the operator audit trail keeps its
-# hardware ID and name. Its intake cache entries are dropped like a disabled device's.
+# hardware ID and name. Its intake cache entries are dropped like a disabled device's. Its
+# ID and last credential generation are remembered (deleted_devices, migration 0019) for
+# the stale-credential window, so that its old secret is told "deleted", not counted.
 DELETE_DEVICES = """
-    WITH gone AS (DELETE FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2 RETURNING id)
+    WITH gone AS (
+        DELETE FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2
+        RETURNING id, credential_generation),
+    remembered AS (
+        INSERT INTO deleted_devices (device_id, credential_generation)
+        SELECT id, credential_generation FROM gone
+        ON CONFLICT (device_id) DO UPDATE
+            SET credential_generation = excluded.credential_generation, deleted_at = now())
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM gone"""
+# When the credential generation ``$2`` of a device was replaced by the operator's reset
+# (the first reset event to a later generation), for the stale-credential rule.
+CREDENTIALS_REPLACED_AT = """
+    SELECT min(at) FROM device_events
+    WHERE device_id = $1 AND kind = 'reset' AND (detail->>'credential_generation')::int > $2"""
+DELETED_DEVICE = """
+    SELECT credential_generation, deleted_at FROM deleted_devices WHERE device_id = $1"""
 STATEMENTS = {
     "disable": DISABLE_DEVICES,
     "enable": ENABLE_DEVICES,
@@ -523,3 +539,27 @@ async def change_device(pool: Pool, actor: Account, device_id: str, action: Devi
             f"device {device_id} is disabled; a disabled device cannot be reset (enable it first)",
             rule="device_enabled",
         )
+
+
+@dataclass(frozen=True)
+class DeletedDevice:
+    """A device the operator deleted, as remembered for the stale-credential window."""
+
+    device_id: str
+    credential_generation: int
+    deleted_at: datetime
+
+
+async def credentials_replaced_at(pool: Pool, device_id: str, generation: int) -> datetime | None:
+    """When the operator's reset replaced the device's credential ``generation`` (the
+    first reset to a later one), or None when no reset did (``device_id``: a UUID)."""
+    replaced: datetime | None = await pool.fetchval(CREDENTIALS_REPLACED_AT, device_id, generation)
+    return replaced
+
+
+async def deleted_device(pool: Pool, device_id: str) -> DeletedDevice | None:
+    """The deleted device of ``device_id`` (a UUID) while it is remembered, else None."""
+    row = await pool.fetchrow(DELETED_DEVICE, device_id)
+    if row is None:
+        return None
+    return DeletedDevice(device_id, row["credential_generation"], row["deleted_at"])

@@ -78,6 +78,7 @@ DELETE_PRODUCT = "DELETE FROM products WHERE id = $1 AND account_id = $2"
 # codes (services/intake/code_cache.py). The codes themselves never travel.
 CODES_CHANGED = "codes"
 KNOWN_CODE = "SELECT EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code = $1)"
+CODE_REVOKED_AT = "SELECT revoked_at FROM bulk_identification_codes WHERE code = $1"
 RESOLVE_CODES = """
     SELECT c.code, c.revoked_at IS NOT NULL AS revoked, p.id::text AS product_id,
            p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status
@@ -411,6 +412,13 @@ async def known_code(pool: Pool, code: str) -> bool:
     """Whether ``code`` (canonical form: shared.domain.identifiers.normalize_code) is a
     Bulk Identification Code of the registry, current or revoked: one index read."""
     return bool(await pool.fetchval(KNOWN_CODE, code))
+
+
+async def code_revoked_at(pool: Pool, code: str) -> datetime | None:
+    """When ``code`` (canonical form) was revoked by a rotation; None for a current or
+    unknown code: one index read."""
+    revoked: datetime | None = await pool.fetchval(CODE_REVOKED_AT, code)
+    return revoked
 
 
 async def resolve_codes(pool: Pool, codes: Sequence[str]) -> dict[str, CodeAdmission]:

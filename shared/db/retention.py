@@ -12,7 +12,7 @@ from typing import Literal
 
 from shared.db.pool import Pool
 
-Table = Literal["registration_decisions", "operator_audit_events", "console_sessions"]
+Table = Literal["registration_decisions", "operator_audit_events", "console_sessions", "deleted_devices"]
 
 
 # One statement per table: the oldest expired rows first, each batch one short transaction.
@@ -29,6 +29,10 @@ _PRUNE: dict[Table, str] = {
         DELETE FROM console_sessions WHERE digest IN (
             SELECT digest FROM console_sessions WHERE expires_at < $1
             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+    "deleted_devices": """
+        DELETE FROM deleted_devices WHERE device_id IN (
+            SELECT device_id FROM deleted_devices WHERE deleted_at < $1
+            ORDER BY deleted_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
 }
 
 

@@ -16,8 +16,16 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 API_KEY_PREFIX = "frk_"
+# How long a device secret the operator replaced (reset, delete) is recognised as stale,
+# not as a guess (FLEETREG_STALE_CREDENTIAL_SECONDS): a week, so that a board powered off
+# over a long weekend or a holiday still learns what happened.
+DEFAULT_STALE_CREDENTIAL_SECONDS = 7 * 24 * 3600.0
+# How many generations back an old secret is tried (one HMAC each, on a refusal only):
+# a device reset several times in a row still presents one of its recent secrets.
+STALE_GENERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,16 @@ class Keyring:
         expected = self.digest(self.device_secret(device_id, generation))
         return hmac.compare_digest(expected, presented_digest)
 
+    def older_generation(self, device_id: str, below: int, presented: str) -> int | None:
+        """The credential generation below ``below`` (at most :data:`STALE_GENERATIONS`
+        back) whose device secret is ``presented``, or None: a secret the operator
+        replaced, not a guess."""
+        for generation in range(below - 1, max(0, below - 1 - STALE_GENERATIONS), -1):
+            expected = self.device_secret(device_id, generation)
+            if hmac.compare_digest(expected.encode(), presented.encode()):
+                return generation
+        return None
+
     def fingerprint(self, *identifiers: str) -> str:
         """A device's fingerprint from its system identifiers; "" when it sent none."""
         present = [i.strip().lower() for i in identifiers if i and i.strip()]
@@ -79,3 +97,9 @@ def api_key_digest(key: str) -> bytes:
 
 def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def stale(replaced_at: datetime | None, now: datetime, window_seconds: float) -> bool:
+    """Whether a credential replaced at ``replaced_at`` (None: never replaced) is still
+    recognised as stale at ``now``: within ``window_seconds`` of its replacement."""
+    return replaced_at is not None and (now - replaced_at).total_seconds() <= window_seconds

@@ -40,6 +40,7 @@ DEFAULT_PORTS = {
 # operator key polling, so the abuse limits are opened wide (they are tested elsewhere).
 SERVICE_ENV = {
     "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "1000000/minute",
+    "FLEETREG_LIMIT_REFUSALS_PER_TARGET": "1000000/minute",
     "FLEETREG_LIMIT_REQUESTS_PER_KEY": "100000/second",
     "FLEETREG_LOG_LEVEL": "WARNING",
 }

@@ -212,6 +212,7 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         # Tests of other features make many refused calls from 127.0.0.1; the limits'
         # defaults are tested on instances of their own (tests/e2e/test_throttling.py).
         "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "10000/minute",
+        "FLEETREG_LIMIT_REFUSALS_PER_TARGET": "10000/minute",
         "FLEETREG_LIMIT_REQUESTS_PER_KEY": "10000/second",
         # The tests' webhook receivers listen on 127.0.0.1 (tests/e2e/test_webhooks.py turns
         # it off on an operator instance of its own).

@@ -17,24 +17,25 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from services.intake.code_cache import CodeCache
 from services.intake.compat.answers import answer, refused
 from services.intake.handlers import Publish, PublishSignal, code_known, register
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import compat, files, products
+from shared.db import compat, devices, files, products
 from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
-from shared.domain.credentials import Keyring
+from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
 from shared.domain.release import Check, Release, claimed_by, secret_check, service_secret_release
 from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.metrics import COMPAT_NEW_HARDWARE_IDS_REFUSED
-from shared.throttle import Throttle
+from shared.throttle import Throttle, target_of
 
 PENDING = "registration in progress: try again shortly"
 NOT_REGISTERED = "device not registered: boot again to register"
@@ -63,14 +64,21 @@ REFUSALS = {
 
 @dataclass(frozen=True)
 class Reply:
-    """An answer's text, and whether it is a refusal counted against the caller."""
+    """An answer's text, whether it is a refusal counted against the caller, and what the
+    refused call guessed (:func:`shared.throttle.target_of`), when that is known."""
 
     text: str
     counted: bool = False
+    target: str | None = None
 
 
-def _refusal(reason: str) -> Reply:
-    return Reply(refused(reason), counted=reason in COUNTED)
+def _refusal(reason: str, target: str | None = None) -> Reply:
+    return Reply(refused(reason), counted=reason in COUNTED, target=target)
+
+
+def _stale(reason: str) -> Reply:
+    """A refusal of a stale credential (a rotated code, a replaced device secret): not counted."""
+    return Reply(refused(reason))
 
 
 def _ok(text: str) -> Reply:
@@ -113,7 +121,7 @@ async def information(
         return _refusal(checked)
     code, hardware_id = checked
     if not await code_known(pool, codes, code, "compat"):
-        return _refusal(REASON_UNKNOWN_CODE)
+        return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
     recorded = await compat.record_information(
         pool,
         code,
@@ -127,7 +135,7 @@ async def information(
     if recorded is Recorded.CAPPED:
         COMPAT_NEW_HARDWARE_IDS_REFUSED.inc()
         return _refusal(TOO_MANY_NEW)
-    return _ok(answer("true")) if recorded else _refusal(REASON_UNKNOWN_CODE)
+    return _ok(answer("true")) if recorded else _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
 
 
 def _claim(
@@ -157,6 +165,7 @@ async def friendly_configuration(
     source: str,
     codes: CodeCache,
     new_per_minute: int,
+    stale_s: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
 ) -> Reply:
     """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
     or ``reset`` with the hardware ID a clone must take.
@@ -170,11 +179,15 @@ async def friendly_configuration(
         return _refusal(checked)
     code, hardware_id = checked
     if not await code_known(pool, codes, code, "compat"):
-        return _refusal(REASON_UNKNOWN_CODE)
+        return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
     admission = (await products.resolve_codes(pool, [code])).get(code)
     reason = admission_refusal(admission)
+    if reason == REASON_REVOKED_CODE and stale(
+        await products.code_revoked_at(pool, code), datetime.now(UTC), stale_s
+    ):
+        return _stale(reason)  # a board still on the old image, not a guesser
     if reason is not None or admission is None:
-        return _refusal(reason or REASON_UNKNOWN_CODE)
+        return _refusal(reason or REASON_UNKNOWN_CODE, target_of("code", code))
     reported = await compat.information(pool, code, hardware_id, source)
     if reported == Reported("", "") and await compat.new_records_capped(pool, source, new_per_minute):
         return _refusal(TOO_MANY_NEW)
@@ -292,7 +305,7 @@ async def register_service(
         if outcome.status == "pending":
             return _ok(answer("pending", ("reason", PENDING)))
         if outcome.status != "ready":
-            return _refusal(outcome.reason)
+            return _refusal(outcome.reason, target_of("hardware", found.code, hardware_id.lower()))
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
     if device is None:
         return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
@@ -340,8 +353,15 @@ async def _with_later_service(
     return await compat.device(pool, found.account_id, device.hardware_id, found.service_id) or device
 
 
-async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, body: dict[str, Any]) -> Reply:
-    """Step 6: the device confirms, proving itself with its device secret."""
+async def ready(
+    pool: Pool,
+    keyring: Keyring,
+    publish_signal: PublishSignal,
+    body: dict[str, Any],
+    stale_s: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
+) -> Reply:
+    """Step 6: the device confirms, proving itself with its device secret. A secret the
+    operator's reset replaced within ``stale_s`` is refused, not counted (not a guess)."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
         return _refusal(checked)
@@ -357,8 +377,23 @@ async def ready(pool: Pool, keyring: Keyring, publish_signal: PublishSignal, bod
     )
     check = secret_check(matches, device is not None and device.disabled)
     if check is Check.UNPROVEN or device is None:
-        return _refusal(NOT_REGISTERED)
+        if device is not None and secret and await _replaced(pool, keyring, device, secret, stale_s):
+            return _stale(NOT_REGISTERED)
+        return _refusal(NOT_REGISTERED, target_of("device", device.device_id) if device else None)
     if check is Check.DISABLED:
         return _refusal(REASON_DISABLED)
     await publish_signal(DeviceSignal(device_id=device.device_id, kind="ready", at=time.time()))
     return _ok(answer("true"))
+
+
+async def _replaced(
+    pool: Pool, keyring: Keyring, device: compat.DeviceCredentials, secret: str, stale_s: float
+) -> bool:
+    """Whether ``secret`` is the device's secret of an older credential generation that
+    the operator's reset replaced within ``stale_s`` seconds."""
+    older = keyring.older_generation(device.device_id, device.credential_generation, secret)
+    if older is None:
+        return False
+    return stale(
+        await devices.credentials_replaced_at(pool, device.device_id, older), datetime.now(UTC), stale_s
+    )

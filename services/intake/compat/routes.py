@@ -3,11 +3,14 @@
 Every answer is 200 with a client-readable body (the client ignores HTTP status codes)
 except the provisioning download, which is 200 only with a valid file.
 
-Throttling (shared/throttle.py) speaks the protocol too: an address over its limit of
-refused calls is told ``pending`` with a reason at the register step (the client
-retries it every 30 s) and a refusal with a reason at the other steps (the client
-tries again at its next boot); the download answers 429. Refusals that count against
-the address are marked by the business logic (``Reply.counted``).
+Throttling (shared/throttle.py) speaks the protocol too. Every call is evaluated first:
+one that proves something (a current code, a listed device with its key, its device
+secret) is answered whatever its address did. A call refused for a reason that counts
+(``Reply.counted``, marked by the business logic) is counted against its address and
+what it guessed; while that address (or pair) is over its limit it is told ``pending``
+with a reason at the register step (the client retries it every 30 s) and a refusal
+with a reason at the other steps (the client tries again at its next boot) instead;
+the download answers 429.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from services.intake.compat.handlers import Reply
 from services.intake.handlers import Publish
 from services.intake.resources import RESOURCES, Resources
 from shared.events import DeviceSignal, RegistrationRequested
-from shared.metrics import THROTTLED
-from shared.throttle import THROTTLE, mark_refused, request_source
+from shared.throttle import THROTTLE, blocked_refusal, mark_refused, request_source
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -34,19 +36,16 @@ def _reply(text: str) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
-def _answer(request: web.Request, reply: Reply) -> web.Response:
+def _answer(request: web.Request, reply: Reply, *, register_step: bool = False) -> web.Response:
+    """The reply, or, for a counted refusal from an address (or address and target) past
+    its limit, the protocol's "slow down" in its place (not counted again)."""
     if reply.counted:
-        mark_refused(request)
+        mark_refused(request, reply.target)
+        if (blocked := blocked_refusal(request)) is not None:
+            if register_step:
+                return _reply(answer("pending", ("reason", _slow_down(blocked.retry_after))))
+            return _reply(refused(_slow_down(blocked.retry_after)))
     return _reply(reply.text)
-
-
-def _throttled(request: web.Request) -> int | None:
-    """Seconds the caller's address must still wait, or None."""
-    throttle = request.app.get(THROTTLE)
-    wait = throttle.retry_after(request_source(request)) if throttle is not None else None
-    if wait is not None:
-        THROTTLED.labels("intake", "refusals_per_source").inc()
-    return wait
 
 
 def _slow_down(wait: int) -> str:
@@ -71,8 +70,6 @@ def publisher(r: Resources) -> Publish:
 
 
 async def information(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return _reply(refused(_slow_down(wait)))
     body = await _body(request)
     if body is None:
         return _reply(refused("the body is not a JSON object"))
@@ -91,8 +88,6 @@ async def information(request: web.Request) -> web.Response:
 
 
 async def friendly_configuration(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return _reply(refused(_slow_down(wait)))
     r = request.app[RESOURCES]
     return _answer(
         request,
@@ -108,25 +103,25 @@ async def friendly_configuration(request: web.Request) -> web.Response:
             request_source(request),
             r.codes,
             r.settings.compat.new_hardware_ids_per_minute,
+            r.settings.throttle.stale_credential_seconds,
         ),
     )
 
 
 async def download(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return web.Response(status=429, text=_slow_down(wait) + "\n", headers={"Retry-After": str(wait)})
     content = await handlers.provisioning_file(
         request.app[RESOURCES].pool, request.match_info["provisioning_id"]
     )
     if content is None:
         mark_refused(request)
+        if (blocked := blocked_refusal(request)) is not None:
+            wait = blocked.retry_after
+            return web.Response(status=429, text=_slow_down(wait) + "\n", headers={"Retry-After": str(wait)})
         return web.Response(status=404, text="unknown provisioning ID\n")
     return web.Response(body=content, content_type="text/plain")
 
 
 async def configuration(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return _reply(refused(_slow_down(wait)))
     return _answer(
         request,
         await handlers.service_configuration(
@@ -136,8 +131,6 @@ async def configuration(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return _reply(answer("pending", ("reason", _slow_down(wait))))
     body = await _body(request)
     if body is None:
         return _reply(refused("the body is not a JSON object"))
@@ -153,12 +146,11 @@ async def register(request: web.Request) -> web.Response:
             body,
             request_source(request),
         ),
+        register_step=True,
     )
 
 
 async def ready(request: web.Request) -> web.Response:
-    if (wait := _throttled(request)) is not None:
-        return _reply(refused(_slow_down(wait)))
     body = await _body(request)
     if body is None:
         return _reply(refused("the body is not a JSON object"))
@@ -168,7 +160,10 @@ async def ready(request: web.Request) -> web.Response:
     async def signal(event: DeviceSignal) -> None:
         await r.publish_signal(hardware_id, event)
 
-    return _answer(request, await handlers.ready(r.pool, r.keyring, signal, body))
+    return _answer(
+        request,
+        await handlers.ready(r.pool, r.keyring, signal, body, r.settings.throttle.stale_credential_seconds),
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:

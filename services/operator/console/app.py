@@ -35,7 +35,7 @@ from services.operator.settings import ConsoleSettings
 from shared.db.pool import TRANSIENT_ERRORS
 from shared.errors import DomainError, TooManyRequests
 from shared.logging import exception_summary
-from shared.throttle import THROTTLE, request_source
+from shared.throttle import THROTTLE, blocked_refusal
 
 SESSIONS = web.AppKey("console_sessions", RegistryStorage)
 STATIC = Path(__file__).with_name("static")
@@ -62,8 +62,7 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     console's navigation when the browser is signed in."""
     throttle = request.config_dict.get(THROTTLE)
     try:
-        if throttle is not None:  # the operator's throttle counts console refusals, this refuses
-            throttle.check_source(request_source(request))
+        if throttle is not None:
             # A session whose key is already past its rate (auth.signed_in counted it): refused
             # before its row is read again, so a session's flood costs no registry read either.
             key_id = request.config_dict[SESSIONS].known_key(request)
@@ -111,6 +110,14 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             status=503,
         )
         response.headers["Retry-After"] = "5"
+    if (blocked := blocked_refusal(request)) is not None:
+        # A call that proved nothing (a made-up session cookie, a wrong key at sign-in)
+        # from a source past its refusal limit: the 429 page instead of its answer. One
+        # that proves something (a session, the right key) was answered above.
+        response = render(
+            "error.html", request, None, {"status": 429, "message": blocked.message}, status=429
+        )
+        response.headers.update(blocked.headers())
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
         if request.get(STALE_SESSION) and COOKIE not in response.cookies:
