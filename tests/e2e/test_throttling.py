@@ -1,6 +1,8 @@
 """Throttling on the running services, with the default limits: floods from their own
 loopback addresses (127.x.y.z) get 429 while the real device and a healthy storm pass,
-on two intake instances, and a throttled call changes nothing in the registry.
+on two intake instances; a call that proves something (the current code, a device
+secret, an API key) is answered even from an address over its limit, and a call that
+proves nothing is answered 429 before it reaches the pipeline.
 
 The shared e2e system runs with high limits (other tests make many refusals from
 127.0.0.1), so these tests start instances of their own with the defaults. Each run
@@ -31,9 +33,11 @@ pytestmark = pytest.mark.e2e
 
 DEFAULTS = {  # the shipped defaults (shared/throttle.py), whatever the shared system uses
     "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "30/minute;300/hour;1000/day",
+    "FLEETREG_LIMIT_REFUSALS_PER_TARGET": "10/minute",
     "FLEETREG_LIMIT_REQUESTS_PER_KEY": "25/second;1000/minute",
 }
 FIRST_ALLOWANCE = 30
+TARGET_ALLOWANCE = 10  # FLEETREG_LIMIT_REFUSALS_PER_TARGET's default: 10/minute
 
 
 def fresh_address() -> str:
@@ -71,10 +75,12 @@ async def test_a_flood_of_unknown_codes_is_throttled_while_the_real_device_passe
 ) -> None:
     registration_ = await operator.product()
     code = registration_["bulk_identification_code"]
-    unknown = str(uuid.uuid4()).upper()
     abuser = fresh_address()
     async with from_address(abuser) as attacker:
-        answers = [await registration(attacker, own["intake"].url, unknown, f"h{i}") for i in range(60)]
+        answers = [
+            await registration(attacker, own["intake"].url, str(uuid.uuid4()).upper(), f"h{i}")
+            for i in range(60)
+        ]
         statuses = Counter(status for status, _, _ in answers)
         assert statuses == {403: FIRST_ALLOWANCE, 429: 60 - FIRST_ALLOWANCE}
         throttled = [a for a in answers if a[0] == 429]
@@ -82,14 +88,19 @@ async def test_a_flood_of_unknown_codes_is_throttled_while_the_real_device_passe
         assert throttled[0][2]["error"] == "too_many_requests"
         assert throttled[0][2]["rule"] == "refusals_per_source"
         # The second intake instance refuses the address at once too (a Postgres notification).
+        unknown = str(uuid.uuid4()).upper()
         status, retry, _ = await registration(attacker, own["intake2"].url, unknown, "h-other")
         assert status == 429 and retry is not None
-        # A throttled call with a VALID code creates nothing: it never reaches the pipeline.
+        # An unknown code from the address creates nothing: refused by the intake's code
+        # cache, never published; the current code proves the call and is answered, on
+        # both instances (a device behind the guesser's NAT address).
         decisions_before = await pool.fetchval("SELECT count(*) FROM registration_decisions")
-        status, _, _ = await registration(attacker, own["intake"].url, code, "throttled-device")
+        status, _, _ = await registration(attacker, own["intake"].url, unknown, "throttled-device")
         assert status == 429
-        assert await operator.devices(hardware_id="throttled-device") == []
         assert await pool.fetchval("SELECT count(*) FROM registration_decisions") == decisions_before
+        for instance in ("intake", "intake2"):
+            neighbour = await register(attacker, own[instance].url, code, f"nat-{instance}", cpu_id="n")
+            assert neighbour.status == 200 and neighbour.body["status"] == "ready", neighbour.body
     async with from_address(fresh_address()) as device:
         answer = await register(device, own["intake"].url, code, "real-device", cpu_id="c1", mac="m1")
         assert answer.status == 200 and answer.body["status"] == "ready"
@@ -111,11 +122,22 @@ async def test_guessing_device_secrets_is_throttled_but_the_device_keeps_working
             headers = {"Authorization": f"Bearer guess-{i}"}
             async with guesser.get(manifest_url, headers=headers) as response:
                 statuses.append(response.status)
-    assert Counter(statuses) == {401: FIRST_ALLOWANCE, 429: 40 - FIRST_ALLOWANCE}
-    async with from_address(fresh_address()) as device:
+        # One device's secret guessed: its (address, device) pair is over at the 10th,
+        # long before the address is; the device itself, behind the same address, is served.
+        assert Counter(statuses) == {401: TARGET_ALLOWANCE, 429: 40 - TARGET_ALLOWANCE}
         headers = {"Authorization": f"Bearer {answer.body['device_secret']}"}
-        async with device.get(manifest_url, headers=headers) as response:
+        async with guesser.get(manifest_url, headers=headers) as response:
             assert response.status == 200
+        # A guess at another device from the address is still its 401 (the pair, not the address).
+        other = f"{own['intake'].url}/v1/devices/{uuid.uuid4()}/manifest"
+        async with guesser.get(other, headers={"Authorization": "Bearer guess"}) as response:
+            assert response.status == 401
+            assert (
+                response.headers["WWW-Authenticate"]
+                == 'Bearer realm="fleetreg devices", error="invalid_token"'
+            )
+    async with from_address(fresh_address()) as device, device.get(manifest_url, headers=headers) as response:
+        assert response.status == 200
 
 
 async def test_random_api_keys_are_throttled_per_address_and_a_busy_key_per_key(
@@ -129,6 +151,14 @@ async def test_random_api_keys_are_throttled_per_address_and_a_busy_key_per_key(
                 statuses.append(response.status)
             async with guesser.get(f"{own['ingestion'].url}/v1/bulk-registrations", headers=headers) as r:
                 statuses.append(r.status)
+        # A valid key from the same address: answered by both APIs (the operator's own key
+        # is left to the rate test below).
+        other = await operator.call("POST", "/v1/api-keys", {"label": "dashboard"}, expect=201)
+        valid = {"Authorization": f"Bearer {other['api_key']}"}
+        async with guesser.get(f"{own['operator'].url}/v1/account", headers=valid) as response:
+            assert response.status == 200
+        async with guesser.get(f"{own['ingestion'].url}/v1/bulk-registrations", headers=valid) as response:
+            assert response.status == 200
     assert statuses[:FIRST_ALLOWANCE] == [401] * FIRST_ALLOWANCE
     assert set(statuses[FIRST_ALLOWANCE + 1 :]) == {429}
 
@@ -145,7 +175,6 @@ async def test_random_api_keys_are_throttled_per_address_and_a_busy_key_per_key(
     by_status = Counter(status for status, _ in results)
     assert by_status[200] >= 25 and by_status[429] > 0 and set(by_status) == {200, 429}
     assert all(retry is not None and int(retry) >= 1 for status, retry in results if status == 429)
-    other = await operator.call("POST", "/v1/api-keys", {"label": "dashboard"}, expect=201)
     async with (
         from_address(fresh_address()) as dashboard,
         dashboard.get(
@@ -158,11 +187,10 @@ async def test_random_api_keys_are_throttled_per_address_and_a_busy_key_per_key(
 async def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit(
     own: dict[str, ServiceProcess],
 ) -> None:
-    unknown = str(uuid.uuid4()).upper()
     statuses = []
     async with from_address(fresh_address()) as attacker:
         for i in range(FIRST_ALLOWANCE + 5):
-            body = {"bulk_identification_code": unknown, "hardware_id": f"x{i}"}
+            body = {"bulk_identification_code": str(uuid.uuid4()).upper(), "hardware_id": f"x{i}"}
             headers = {"X-Forwarded-For": fresh_address()}  # a new "client" each time
             async with attacker.post(
                 f"{own['intake'].url}/v1/registrations", json=body, headers=headers
@@ -233,8 +261,9 @@ async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
     own: dict[str, ServiceProcess], operator: Operator
 ) -> None:
     """The console's sign-in form is another door to the same keys: a wrong key there counts
-    against the address as a wrong key on the API does, and past the limit the address gets
-    429 there too, with Retry-After."""
+    against the address as a wrong key on the API does, and past the limit the address's
+    wrong keys get 429 there too, with Retry-After; the right key signs in whatever the
+    address's count."""
     statuses = []
     console = f"{own['operator'].url}/console/sign-in"
     async with from_address(fresh_address()) as guesser:
@@ -247,8 +276,11 @@ async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
             form = {"csrf_token": token, "api_key": f"frk_{uuid.uuid4().hex}"}
             async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as response:
                 statuses.append((response.status, response.headers.get("Retry-After")))
-        # Even the right key is held back from this address now.
+        # The right key proves itself: signed in (to the console), whatever the address did.
         form = {"csrf_token": token, "api_key": operator.api_key}
+        async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as signed_in:
+            assert signed_in.status == 303 and "sign-in" not in signed_in.headers["Location"]
+        form = {"csrf_token": token, "api_key": f"frk_{uuid.uuid4().hex}"}
         async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as held:
             assert held.status == 429
             # a page for the browser, with the console's headers, not the API's JSON
