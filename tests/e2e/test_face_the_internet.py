@@ -161,8 +161,8 @@ async def test_the_reference_protocol_throttles_in_its_own_words(system: System)
         unknown = str(uuid.uuid4()).upper()
         async with from_address(fresh_address()) as guesser:
             answers = []
-            for i in range(35):
-                body = {"BulkIdentificationCode": unknown, "HardwareId": f"h{i}"}
+            for i in range(35):  # a code of its own each time: the address's limit, not a code's
+                body = {"BulkIdentificationCode": str(uuid.uuid4()).upper(), "HardwareId": f"h{i}"}
                 async with guesser.post(
                     f"{base}/bulk/registration/device/information/", json=body, ssl=ctx
                 ) as r:

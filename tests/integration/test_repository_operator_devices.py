@@ -19,6 +19,7 @@ import pytest
 
 from shared.db import devices
 from shared.db.pool import Connection, Pool
+from shared.db.retention import prune_batch
 from shared.db.throttle import INVALIDATION_CHANNEL
 from shared.domain.accounts import Account
 from shared.domain.devices import online_cutoff, shown_state
@@ -437,3 +438,37 @@ async def test_devices_by_id_finds_only_the_accounts_devices(
     assert {d.hardware_id for d in found.values()} == {"by-id0", "by-id1", "by-id2"}
     assert found[mine[0]] == await devices.get_device(pool, setup.account_id, mine[0])
     assert await devices.devices_by_id(pool, setup.account_id, []) == {}
+
+
+async def test_stale_credentials_are_dated_reset_by_reset_and_a_deleted_device_remembered(
+    pool: Pool, setup: Setup
+) -> None:
+    """What the intake reads to tell a stale secret from a guess (issue 22): when a reset
+    replaced a credential generation, and a deleted device's last generation (migration
+    0019), swept by retention after the stale-credential window."""
+    actor = Account(setup.account_id, "test")
+    device_id = await _device(pool, setup, "stale", lifecycle="provisioned")
+    assert await devices.credentials_replaced_at(pool, device_id, 1) is None  # never reset
+    before = datetime.now(UTC)
+    await devices.change_devices(pool, actor, [device_id], "reset")
+    first = await devices.credentials_replaced_at(pool, device_id, 1)
+    assert first is not None and first >= before - timedelta(seconds=5)
+    await devices.change_devices(pool, actor, [device_id], "reset")
+    assert await devices.credentials_replaced_at(pool, device_id, 1) == first  # when 1 was replaced
+    assert await devices.credentials_replaced_at(pool, device_id, 3) is None  # the current one
+
+    assert await devices.deleted_device(pool, device_id) is None
+    await devices.change_devices(pool, actor, [device_id], "delete")
+    gone = await devices.deleted_device(pool, device_id)
+    assert gone is not None and gone.credential_generation == 3
+    assert gone.deleted_at >= before - timedelta(seconds=5)
+
+    # Swept once past the window (an hour here), not before.
+    deleted = await prune_batch(pool, "deleted_devices", datetime.now(UTC) - timedelta(hours=1), 1000)
+    assert await devices.deleted_device(pool, device_id) is not None
+    await pool.execute(
+        "UPDATE deleted_devices SET deleted_at = now() - interval '2 hours' WHERE device_id = $1", device_id
+    )
+    deleted = await prune_batch(pool, "deleted_devices", datetime.now(UTC) - timedelta(hours=1), 1000)
+    assert deleted >= 1
+    assert await devices.deleted_device(pool, device_id) is None

@@ -355,6 +355,10 @@ async def test_known_code_is_true_for_current_and_revoked_codes_only(pool: Pool,
     assert await products.known_code(pool, revoked)
     assert not await products.known_code(pool, str(uuid.uuid4()).upper())
     assert not await products.known_code(pool, current.lower())  # callers pass the canonical form
+    # When a code was revoked: a rotated code is stale (not a guess) for a while (issue 22).
+    assert await products.code_revoked_at(pool, revoked) is not None
+    assert await products.code_revoked_at(pool, current) is None
+    assert await products.code_revoked_at(pool, str(uuid.uuid4()).upper()) is None
 
 
 async def test_creating_rotating_and_deleting_a_code_tells_every_intake(

@@ -4,13 +4,15 @@ that refusals (never healthy calls) lead to 429 with a growing Retry-After."""
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from limits.aio.storage import MemoryStorage
 
-from shared.errors import TooManyRequests
+from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
+from shared.errors import TooManyRequests, Unauthorized
 from shared.settings import Env, SettingsError
-from shared.throttle import Throttle, ThrottleSettings, source_of
+from shared.throttle import Throttle, ThrottleSettings, source_of, target_of
 
 PROXY = (ipaddress.ip_network("10.0.0.0/8"),)
 
@@ -165,3 +167,73 @@ def test_the_bearer_scheme_is_case_insensitive(header: str | None, token: str | 
     from shared.http import bearer
 
     assert bearer(header) == token
+
+
+async def test_a_target_s_allowance_blocks_that_pair_only_and_travels_to_other_instances() -> None:
+    announced: list[str] = []
+
+    async def announce(key: str, until: float) -> None:
+        announced.append(f"source:{key} {until:.3f}")
+
+    throttle = Throttle(
+        settings(
+            FLEETREG_LIMIT_REFUSALS_PER_SOURCE="10/minute", FLEETREG_LIMIT_REFUSALS_PER_TARGET="2/minute"
+        ),
+        "test",
+        MemoryStorage(),
+        announce,
+    )
+    guessed = target_of("device", "7b0c0d3e-0000-7000-8000-000000000001")
+    for _ in range(2):
+        await throttle.refused("192.0.2.1", guessed)
+    with pytest.raises(TooManyRequests):
+        throttle.check_source("192.0.2.1", guessed)
+    throttle.check_source("192.0.2.1")  # the address's other failing calls: not yet
+    throttle.check_source("192.0.2.1", target_of("device", "another"))
+    throttle.check_source("192.0.2.2", guessed)  # the same target from another address
+    other = Throttle(settings(), "b", MemoryStorage())
+    assert other.apply_announcement(announced[-1])
+    assert other.retry_after("192.0.2.1", guessed) is not None
+    assert other.retry_after("192.0.2.1") is None
+
+
+def test_targets_are_digests_of_what_was_guessed() -> None:
+    code = "0A1B2C3D-0000-4000-8000-000000000000"
+    target = target_of("code", code)
+    assert target.startswith("code:") and code not in target and code.lower() not in target
+    assert target_of("key", "frk_a") != target_of("key", "frk_A")  # keys are case-sensitive
+    assert "|" not in target and " " not in target  # (the announcement's separators)
+
+
+def test_settings_of_targets_and_stale_credentials() -> None:
+    s = settings()
+    assert [str(i) for i in s.refusals_per_target] == ["10 per 1 minute"]
+    assert s.stale_credential_seconds == DEFAULT_STALE_CREDENTIAL_SECONDS == 7 * 24 * 3600
+    assert settings(FLEETREG_STALE_CREDENTIAL_SECONDS="60").stale_credential_seconds == 60
+
+
+def test_every_401_carries_a_bearer_challenge() -> None:
+    presented = Unauthorized("wrong", realm="fleetreg devices")
+    assert presented.headers() == {
+        "WWW-Authenticate": 'Bearer realm="fleetreg devices", error="invalid_token"'
+    }
+    assert presented.counted
+    missing = Unauthorized("send one", realm="fleetreg operators", presented=False)
+    assert missing.headers() == {"WWW-Authenticate": 'Bearer realm="fleetreg operators"'}
+    assert not missing.counted  # no credential at all: not a guess
+    stale_one = Unauthorized("replaced", counted=False, code="credentials_replaced")
+    assert not stale_one.counted and stale_one.to_dict()["error"] == "credentials_replaced"
+
+
+def test_an_older_generation_s_secret_is_recognised_within_the_window() -> None:
+    keyring = Keyring(b"k" * 32)
+    device = "7b0c0d3e-0000-7000-8000-000000000001"
+    assert keyring.older_generation(device, 4, keyring.device_secret(device, 3)) == 3
+    assert keyring.older_generation(device, 4, keyring.device_secret(device, 1)) == 1
+    assert keyring.older_generation(device, 4, keyring.device_secret(device, 4)) is None  # current
+    assert keyring.older_generation(device, 1, keyring.device_secret(device, 1)) is None
+    assert keyring.older_generation(device, 4, "guess") is None
+    now = datetime(2026, 1, 8, tzinfo=UTC)
+    assert stale(now - timedelta(days=7), now, DEFAULT_STALE_CREDENTIAL_SECONDS)
+    assert not stale(now - timedelta(days=7, seconds=1), now, DEFAULT_STALE_CREDENTIAL_SECONDS)
+    assert not stale(None, now, DEFAULT_STALE_CREDENTIAL_SECONDS)
