@@ -1,18 +1,25 @@
 """Throttling of the HTTP APIs exposed to the internet: who is limited, by what, where.
 
-Three limits, each a set of ``limits`` rate items ("30/minute;300/hour") parsed by
-the ``limits`` library (https://limits.readthedocs.io), whose strategies do the
-counting; fleetreg invents no algorithm:
+The limits are sets of ``limits`` rate items ("30/minute;300/hour") parsed by the
+``limits`` library (https://limits.readthedocs.io), whose strategies do the counting;
+fleetreg invents no algorithm:
 
-* **refused calls per source address** (unknown or revoked code, wrong registration
-  key, wrong device secret, bad API key): the fixed-window strategy on
-  :class:`shared.db.throttle.PostgresStorage`, so the count is global across every
-  instance and service. Stacked windows make the delay grow with persistence: past
-  the per-minute allowance a source waits out the minute, past the hourly one the
-  hour, past the daily one the day; never a permanent lock. Only refusals count, so
-  a healthy fleet behind one NAT address is never throttled. A source over its limit
-  gets ``429`` + ``Retry-After`` on every throttled API until its window ends; every
-  instance learns it at once through a Postgres notification (``source:`` payloads).
+* **refused calls per source, and per source and target**: calls that fail to prove
+  anything (unknown code, a bulk claim refused "not listed", wrong device secret, a
+  request ID never issued, bad API key, ...) are counted in the source's bucket and in
+  the bucket of the source and what it guessed (:func:`target_of`: a digest of the code,
+  device ID, API key, or code and hardware ID). The fixed-window strategy on
+  :class:`shared.db.throttle.PostgresStorage` keeps the count global across every
+  instance and service. A bucket past one of its windows is blocked until that window
+  ends (the window starts at the first refusal counted in it, so no block outlasts the
+  window that produced it); every instance learns it at once through a Postgres
+  notification (``source:`` payloads). The proof is evaluated first: only a call that
+  fails to prove anything is answered ``429`` + ``Retry-After`` (instead of its 401 or
+  403) while its source or pair is blocked, and a call answered so is not counted
+  again. A call that proves something (a device secret, the current code, a bulk key, an
+  issued request ID, a valid API key) is never refused because of its address. A 401
+  without any credential (no ``Authorization`` header) and stale credentials (the
+  operator replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted.
 * **requests per operator API key** (operator and bulk APIs): the moving-window
   strategy in each instance's memory. Tolerance: with N instances behind a load
   balancer a key can get up to N times the configured rate.
@@ -232,15 +239,20 @@ class Throttle:
         return math.ceil(wait) if wait > 0 else None
 
     def check_source(self, source: str, target: str | None = None) -> None:
-        """Raise TooManyRequests while a failing call of ``source`` (on ``target``) is blocked."""
-        wait = self.retry_after(source, target)
-        if wait is None:
+        """Raise TooManyRequests while a failing call of ``source`` (on ``target``) is blocked;
+        its ``rule`` names the bucket that blocks it longer (``refusals_per_source`` or
+        ``refusals_per_target``)."""
+        by_source = self._wait(source)
+        by_target = self._wait(_pair(source, target)) if target is not None else 0.0
+        wait = max(by_source, by_target)
+        if wait <= 0:
             return
-        THROTTLED.labels(self.service, "refusals_per_source").inc()
+        rule = "refusals_per_source" if by_source >= by_target else "refusals_per_target"
+        THROTTLED.labels(self.service, rule).inc()
         raise TooManyRequests(
             "too many refused calls from this address: slow down and try again later",
-            retry_after=wait,
-            rule="refusals_per_source",
+            retry_after=math.ceil(wait),
+            rule=rule,
         )
 
     def _wait(self, key: str) -> float:

@@ -186,8 +186,9 @@ async def test_a_target_s_allowance_blocks_that_pair_only_and_travels_to_other_i
     guessed = target_of("device", "7b0c0d3e-0000-7000-8000-000000000001")
     for _ in range(2):
         await throttle.refused("192.0.2.1", guessed)
-    with pytest.raises(TooManyRequests):
+    with pytest.raises(TooManyRequests) as raised:
         throttle.check_source("192.0.2.1", guessed)
+    assert raised.value.rule == "refusals_per_target"
     throttle.check_source("192.0.2.1")  # the address's other failing calls: not yet
     throttle.check_source("192.0.2.1", target_of("device", "another"))
     throttle.check_source("192.0.2.2", guessed)  # the same target from another address
