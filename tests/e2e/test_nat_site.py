@@ -269,7 +269,7 @@ async def test_stale_credentials_and_calls_without_one_are_not_counted(
     """Far more than the source's allowance of old secrets (reset, deleted), rotated codes
     and calls with no credential at all: none counted, so the address's first real guess
     is still answered 401, not 429."""
-    intake, admin = site["intake"].url, site["operator"].url
+    intake, admin, bulk = site["intake"].url, site["operator"].url, site["ingestion"].url
     registration = await operator.product()
     code = registration["bulk_identification_code"]
     async with behind(site_address()) as nat:
@@ -294,6 +294,8 @@ async def test_stale_credentials_and_calls_without_one_are_not_counted(
             seen["device, none", status, challenge] += 1
             async with nat.get(f"{admin}/v1/account") as r:
                 seen["operator, none", r.status, r.headers.get("WWW-Authenticate")] += 1
+            async with nat.get(f"{bulk}/v1/bulk-registrations") as r:
+                seen["bulk, none", r.status, r.headers.get("WWW-Authenticate")] += 1
             body = {"bulk_identification_code": code, "hardware_id": "old-image"}
             async with nat.post(f"{intake}/v1/registrations", json=body) as r:
                 seen["rotated", r.status, (await r.json())["reason"]] += 1
@@ -304,6 +306,7 @@ async def test_stale_credentials_and_calls_without_one_are_not_counted(
         ("deleted", 401, "device_deleted"): 15,
         ("device, none", 401, DEVICE_REALM): 15,
         ("operator, none", 401, OPERATOR_REALM): 15,
+        ("bulk, none", 401, OPERATOR_REALM): 15,
         ("rotated", 403, REASON_REVOKED_CODE): 15,
     }
     assert (status, body["error"], challenge) == (
