@@ -25,7 +25,7 @@ from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, fingerprint, lifecycle, disabled,
-           credential_generation, registration_id::text,
+           credential_generation, registration_id::text, product_id::text, created_source,
            coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
            extract(epoch FROM created_at)::float8 AS created_at,
            -- the latest registration that created or took over the device carried a key
@@ -183,6 +183,8 @@ def _known(row: Record) -> KnownDevice:
         registration_key_digest=row["registration_key_digest"],
         created_at=row["created_at"],
         registered_with_key=row["registered_with_key"],
+        product_id=row["product_id"],
+        created_source=row["created_source"],
     )
 
 
