@@ -598,8 +598,11 @@ async def test_a_move_is_refused_where_no_claim_could_take_the_device(
     assert await _row(pool, device_id) == ("provisioned", False, 1, "fp", True, [])
     assert await _row(pool, theirs) == ("registered", False, 1, "fp", False, [])
     assert await _audited(pool, setup, device_id, "device.moved") == []
-    # Once the quota is raised the move goes through.
-    await pool.execute("UPDATE registrations SET max_devices = 2 WHERE id = $1", full_registration)
+    # Once the quota is raised the move goes through, into a paused registration too (the
+    # device claims once it is resumed).
+    await pool.execute(
+        "UPDATE registrations SET max_devices = 2, status = 'paused' WHERE id = $1", full_registration
+    )
     await devices.move_device(pool, actor, device_id, full.id)
     assert (await devices.get_device(pool, setup.account_id, device_id)).registration_id == full_registration
 
