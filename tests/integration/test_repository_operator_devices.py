@@ -554,6 +554,8 @@ async def test_a_move_resets_the_device_into_the_target_products_registration(
             "credential_generation": {"from": 1, "to": 2},
         }
     ]
+    # The moved device's old secret is stale, not a guess (issue 22): dated by the move.
+    assert await devices.credentials_replaced_at(pool, device_id, 1) is not None
     # The old product holds nothing of it any more: it can be deleted (no file row refers
     # to its services).
     await pool.execute("DELETE FROM registrations WHERE id = $1", setup.registration_id)
