@@ -276,6 +276,10 @@ async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
             form = {"csrf_token": token, "api_key": f"frk_{uuid.uuid4().hex}"}
             async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as response:
                 statuses.append((response.status, response.headers.get("Retry-After")))
+                if response.status == 401:
+                    # The console's challenge names its sign-in form (RFC 9110: every 401 has one).
+                    challenge = response.headers["WWW-Authenticate"]
+                    assert challenge.startswith('Cookie realm="fleetreg console"'), challenge
         # The right key proves itself: signed in (to the console), whatever the address did.
         form = {"csrf_token": token, "api_key": operator.api_key}
         async with guesser.post(console, data=form, headers=cookie, allow_redirects=False) as signed_in:

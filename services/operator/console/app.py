@@ -53,6 +53,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+# Every 401 carries a challenge (RFC 9110 section 15.5.2). The console proves who is signed in
+# with a session cookie obtained from its sign-in form, not with an Authorization header, so
+# its challenge names the form (the "Cookie" scheme of draft-broyer-http-cookie-auth): no
+# Bearer challenge a client could answer would be honest here.
+CONSOLE_CHALLENGE = f'Cookie realm="fleetreg console", form-action="/console/sign-in", cookie-name="{COOKIE}"'
 
 
 @web.middleware
@@ -120,6 +125,8 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response.headers.update(blocked.headers())
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
+        if response.status == 401:
+            response.headers.setdefault("WWW-Authenticate", CONSOLE_CHALLENGE)
         if request.get(STALE_SESSION) and COOKIE not in response.cookies:
             # A cookie naming no session (lapsed, or made up) was read and counted: the
             # browser drops it, so a lapsed session is read and counted once, not per call.
