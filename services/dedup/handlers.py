@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.db import alerts, decisions, devices, products, registrations
-from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
+from shared.db.alerts import (
+    BULK_KEY_GUESSING,
+    HARDWARE_ID_SQUATTING,
+    QUOTA_FILLED,
+    TWO_SOURCES_BEFORE_READY,
+    AlertKind,
+    AlertSighting,
+)
 from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal, recorded
@@ -44,6 +51,14 @@ from shared.metrics import (
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+
+# The log line of a raised alert, per kind (docs/security.md, "Security alerts").
+ALERT_LOG_MESSAGES: dict[AlertKind, str] = {
+    BULK_KEY_GUESSING: "repeated wrong registration keys for one hardware ID",
+    HARDWARE_ID_SQUATTING: "one source is creating clones of one hardware ID",
+    QUOTA_FILLED: "an auto registration's max_devices is reached",
+    TWO_SOURCES_BEFORE_READY: "two sources reclaimed one hardware ID before it confirmed",
+}
 
 
 @dataclass
@@ -183,15 +198,17 @@ def _count_limits(outcome: _Outcome) -> None:
         SECURITY_ALERT_EVENTS.labels(sighting.kind).inc()
     for sighting in outcome.raised:
         SECURITY_ALERTS.labels(sighting.kind).inc()
-        # The hardware ID is not a secret; the keys tried are never logged (only digests travel).
+        # The hardware ID and the source are not secrets; the keys tried are never logged
+        # (only digests travel).
         log.warning(
-            "security alert: repeated wrong registration keys for one hardware ID",
+            f"security alert: {ALERT_LOG_MESSAGES[sighting.kind]}",
             extra={
                 "alert": sighting.kind,
                 "account_id": sighting.account_id,
                 "product_id": sighting.product_id,
                 "hardware_id": sighting.hardware_id,
-                "wrong_keys": sighting.wrong_keys,
+                "source": sighting.source,
+                "count": sighting.count,
                 "window_s": sighting.window_s,
             },
         )
@@ -306,9 +323,9 @@ def _count_wrong_key(
         product_id=product_id,
         kind=BULK_KEY_GUESSING,
         hardware_id=claim.hardware_id,
-        listed=listed is not None and bool(listed.registration_key_digest),
-        wrong_keys=wrong_keys,
+        count=wrong_keys,
         window_s=policy.alert_window_s,
+        listed=listed is not None and bool(listed.registration_key_digest),
     )
     out.sightings.append(sighting)
     if wrong_keys == policy.alert_threshold:
