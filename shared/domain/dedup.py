@@ -401,6 +401,8 @@ def limit_reached(claim: Claim, verdict: Verdict, family: Family, limits: Limits
     """The per-source clone limit or rate the claim's source reached, read after
     :meth:`Family.apply` recorded ``verdict`` (deduplication raises a squatting alert on
     it); None when the claim created nothing at a limit and was refused by neither."""
+    if not verdict.created and verdict.quota not in ("clone_limit", "clone_rate"):
+        return None  # most claims: nothing to count
     clone_since = limits.now - limits.clone_window_s
     rate_since = limits.now - limits.clone_rate_window_s
     clones = len(family.created_by(claim.hardware_id, claim.source, clone_since, clones=True))
@@ -409,8 +411,6 @@ def limit_reached(claim: Claim, verdict: Verdict, family: Family, limits: Limits
         return Reached("clone_limit", clones, limits.clone_window_s, just_now=False)
     if verdict.quota == "clone_rate":
         return Reached("clone_rate", created, limits.clone_rate_window_s, just_now=False)
-    if not verdict.created:
-        return None
     if verdict.decision == "clone" and clones == limits.clone_limit:
         return Reached("clone_limit", clones, limits.clone_window_s, just_now=True)
     if created == limits.clone_rate:
