@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.intake import handlers, views
 from services.intake.resources import RESOURCES
-from shared.throttle import THROTTLE, mark_refused
+from shared.throttle import THROTTLE, mark_refused, request_source
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -48,6 +48,7 @@ async def post_registration(request: web.Request) -> web.Response:
         r.codes,
         include_files=include_files,
         cache=r.devices,
+        source=request_source(request),
     )
     # Counted (and, from a source past its limit, answered 429 instead) only when the call
     # proved nothing: a current code whose claim is answered is never refused for its address.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+import uuid
+from typing import Any, cast
 
 import pytest
 
@@ -15,9 +16,12 @@ from services.intake import handlers, views
 from services.intake.device_cache import DeviceCache
 from services.intake.handlers import Answer
 from shared.db.files import DeviceFiles, RecordedFile, ServiceFile
+from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
+from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
 from shared.domain.provisioning import ServiceRecipe, file_spec, render
 from shared.errors import InvalidInput
+from shared.throttle import target_of
 
 KEYRING = Keyring(b"unit-test-key")
 DEVICE_ID = "3f0c7a4e-2b1d-4c55-9e61-0a8d2f7b9c10"
@@ -194,3 +198,47 @@ def test_without_the_flag_the_ready_answer_is_what_it_was() -> None:
         "manifest_url",
         "device_secret",
     }
+
+
+# ---------------------------------------------------------------- refusals for now (issue 22)
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [(7, "7"), (0, "2")])
+async def test_a_clone_rate_refusal_is_a_429_with_retry_after_also_when_polled(
+    retry_after: int, expected: str
+) -> None:
+    """The live answer carries the wait; a poll of the stored decision has only the reason,
+    and is told the pending interval: either way the device sends its registration again."""
+    reason = reason_clone_rate(20, 60)
+    answer = Answer("refused", "req-1", reason=reason, retry_after=retry_after)
+    response = views.native_view(answer, 2, "http://h")
+    assert (response.status, response.headers["Retry-After"]) == (429, expected)
+    body = json.loads(response.text)
+    assert body == {
+        "error": "too_many_requests",
+        "message": reason,
+        "rule": "clone_rate_per_source",
+        "retry_after": expected,
+        "request_id": "req-1",
+    }
+    # a factory behind one NAT retries it: not counted
+    assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) is None
+
+
+# counted_refusal reads the registry only for a revoked code's age: these answers need none.
+NO_POOL = cast(Pool, None)
+CLAIM = handlers.RegistrationInput(bulk_identification_code=str(uuid.uuid4()), hardware_id="H")
+
+
+async def test_quota_and_clone_limit_refusals_are_403_and_count_against_the_source() -> None:
+    code = CLAIM.bulk_identification_code
+    expected = {
+        reason_max_devices(5): target_of("code", code),
+        reason_clone_limit(100, 3600): target_of("hardware", code, "h"),
+    }
+    for reason, target in expected.items():
+        answer = Answer("refused", "req-1", reason=reason)
+        assert views.native_view(answer, 2, "http://h").status == 403
+        assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == target
+    disabled = Answer("refused", "req-1", reason="device disabled by the operator")
+    assert await handlers.counted_refusal(NO_POOL, CLAIM, disabled, 0) is None
