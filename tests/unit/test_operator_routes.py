@@ -233,8 +233,8 @@ def test_an_account_runs_one_export_at_a_time_and_a_finished_one_frees_its_slot(
 async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A write waits while the client's buffers are full; past stall_seconds the export ends,
-    the snapshot is released (the context manager exits) and the connection is closed."""
+    """A write waits while the client's buffers are full; past stall_seconds without a byte
+    taken from the transport's buffer the export ends, the snapshot is released (the context manager exits) and the connection is closed."""
     released = []
 
     @contextlib.asynccontextmanager
@@ -243,7 +243,7 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
             yield []
 
         try:
-            yield batches()
+            yield batches
         finally:
             released.append(True)
 
@@ -257,6 +257,8 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     monkeypatch.setattr(web.StreamResponse, "write", never_drains)
     monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
     transport = mock.Mock()
+    transport.get_write_buffer_size.return_value = 70_000  # what waits for the client, never taken
+    transport.get_extra_info.return_value = None  # no socket: the buffer alone
     request = make_mocked_request("GET", "/v1/devices/export", transport=transport)
     never_read = cast(Pool, None)  # export_devices, the only user of the pool, is replaced above
 
