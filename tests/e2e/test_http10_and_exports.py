@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import io
 import json
 import os
 import socket
@@ -99,6 +100,37 @@ def _exchange(url: str, requests: list[bytes], context: ssl.SSLContext | None) -
 
 async def exchange(url: str, *requests: bytes, context: ssl.SSLContext | None = None) -> list[Answer]:
     return await asyncio.to_thread(_exchange, url, list(requests), context)
+
+
+class _Kept(io.BytesIO):
+    """Bytes read once, parsed answer after answer (http.client closes what it read from)."""
+
+    def close(self) -> None:
+        pass
+
+    def makefile(self, mode: str) -> _Kept:  # what http.client asks of a socket
+        return self
+
+
+def _pipelined(url: str, requests: list[bytes]) -> list[Answer]:
+    """Every request written at once (pipelined), everything read until the server
+    closes, then parsed answer after answer."""
+    where = urlsplit(url)
+    assert where.hostname is not None and where.port is not None
+    received = b""
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(b"".join(requests))
+        while piece := sock.recv(65536):
+            received += piece
+    kept = _Kept(received)
+    answers = []
+    for request in requests:
+        response = http.client.HTTPResponse(kept, method=request.split(b" ", 1)[0].decode())
+        response.begin()
+        body = response.read()
+        answers.append(Answer(response.status, response.version, response.headers, body, response.will_close))
+    assert kept.read() == b"", "more answers than requests"
+    return answers
 
 
 def well_framed(answer: Answer, *, keep_alive: bool) -> None:
@@ -188,6 +220,23 @@ async def test_every_api_answers_http_1_0_completely_with_and_without_keep_alive
     assert as_csv.body.decode().count("\r\n") == 2 and device in as_csv.body.decode()
     assert [json.loads(line)["id"] for line in as_jsonl.body.splitlines()] == [device]
     assert json.loads(detail.body)["id"] == device
+    # Pipelined: written at once, answered in order (the connection guard reads at most two
+    # ahead), the last one closing the connection.
+    answers = await asyncio.to_thread(
+        _pipelined,
+        system.operator_url,
+        [
+            request10("GET", f"/v1/devices/{device}", key, keep_alive=True),
+            request10("GET", "/v1/devices/export?format=jsonl", key, keep_alive=True),
+            request10("GET", "/v1/devices?limit=10", key, keep_alive=True),
+            request10("GET", f"/v1/devices/{device}", key),
+        ],
+    )
+    assert [a.status for a in answers] == [200] * 4
+    for one in answers[:-1]:
+        well_framed(one, keep_alive=True)
+    well_framed(answers[-1], keep_alive=False)
+    assert json.loads(answers[1].body)["id"] == device and json.loads(answers[3].body)["id"] == device
     (alone,) = await exchange(system.operator_url, request10("GET", "/v1/devices/export?format=csv", key))
     well_framed(alone, keep_alive=False)
     # The same export over HTTP/1.0 alone (its times may have moved: the heartbeats land).
@@ -304,6 +353,7 @@ async def test_a_slow_steady_reader_gets_the_whole_export_and_a_stopped_one_is_c
     # The CLI through a relay that stops passing the export on (a client that stops
     # reading): the service ends the export after STALL_S; once the relay passes on what it
     # holds and the close, the CLI fails rather than leave a short export.
+    log_from = (LOGS / f"{stalling.instance}.log").stat().st_size
     async with Relay(stalling.url) as relay:
         env = {
             **os.environ,
@@ -325,22 +375,37 @@ async def test_a_slow_steady_reader_gets_the_whole_export_and_a_stopped_one_is_c
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        log = LOGS / f"{stalling.instance}.log"
-        start = log.stat().st_size
-
-        def cut() -> bool:
-            return "device export ended early" in log.read_text(errors="replace")[start:]
-
-        deadline = time.monotonic() + 20
-        while not cut() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        cut = await export_cut(stalling, log_from)
         stopped_for = time.monotonic() - relay.stopped_at
         relay.passing.set()
         out, err = await cli.communicate()
-    assert cut() and stopped_for >= STALL_S, stopped_for
+    assert cut and stopped_for >= STALL_S, stopped_for
     assert cli.returncode != 0, err
     assert b"did not complete" in err, err
     assert len(out.splitlines()) < SLOW_FLEET
+
+    # Over HTTP/1.0 the cut is as plain: fewer bytes than the Content-Length announced.
+    log_from = (LOGS / f"{stalling.instance}.log").stat().st_size
+    async with Relay(stalling.url) as relay:
+        key = {"Authorization": f"Bearer {owner.api_key}"}
+        reading = asyncio.create_task(
+            exchange(relay.url, request10("GET", "/v1/devices/export?format=jsonl", key))
+        )
+        assert await export_cut(stalling, log_from)
+        relay.passing.set()
+        with pytest.raises(http.client.IncompleteRead):
+            await reading
+
+
+async def export_cut(process: ServiceProcess, log_from: int, within_s: float = 20) -> bool:
+    """Whether the instance logs an export ended early (past ``log_from`` in its log)."""
+    log = LOGS / f"{process.instance}.log"
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if "device export ended early" in log.read_text(errors="replace")[log_from:]:
+            return True
+        await asyncio.sleep(0.2)
+    return False
 
 
 class Relay:
