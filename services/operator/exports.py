@@ -15,7 +15,7 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, hdrs, web
 
 from services.operator import handlers, views
 from shared.connections import sending_progress, took_some
@@ -91,6 +91,11 @@ async def stream(
             "X-Content-Type-Options": "nosniff",
         }
     )
+    if request.method == hdrs.METH_HEAD:
+        # aiohttp would send what is written even to a HEAD: its headers alone, nothing read.
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     async with handlers.export_devices(pool, account, query, online_ttl=online_ttl) as read:
         if request.version < HttpVersion11:
             response.content_length = len(views.export_header(chosen)) + sum(

@@ -220,6 +220,16 @@ async def test_every_api_answers_http_1_0_completely_with_and_without_keep_alive
     assert as_csv.body.decode().count("\r\n") == 2 and device in as_csv.body.decode()
     assert [json.loads(line)["id"] for line in as_jsonl.body.splitlines()] == [device]
     assert json.loads(detail.body)["id"] == device
+    # HEAD: the export's headers and no body, so the next answer on the connection is whole.
+    answers = await exchange(
+        system.operator_url,
+        request10("HEAD", "/v1/devices/export?format=csv", key, keep_alive=True),
+        request10("GET", f"/v1/devices/{device}", key),
+    )
+    assert [a.status for a in answers] == [200, 200] and answers[0].body == b""
+    assert answers[0].headers["Content-Type"].startswith("text/csv")
+    assert json.loads(answers[1].body)["id"] == device
+
     # Pipelined: written at once, answered in order (the connection guard reads at most two
     # ahead), the last one closing the connection.
     answers = await asyncio.to_thread(
