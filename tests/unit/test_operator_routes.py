@@ -269,3 +269,26 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
 
     assert released == [True]
     transport.close.assert_called_once()
+
+
+async def test_a_write_the_client_takes_slowly_is_not_cut_however_long_it_lasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22: the stall limit is progress, not the time one write takes. A write lasting
+    eight times stall_seconds while the client takes a few bytes at a time completes."""
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = None
+    transport.get_write_buffer_size.return_value = 100_000
+
+    async def slowly_taken() -> None:
+        for _ in range(40):  # 0.4 s, a few bytes taken every 10 ms
+            await asyncio.sleep(0.01)
+            transport.get_write_buffer_size.return_value -= 10
+
+    await exports._unstalled(slowly_taken(), transport, stall_seconds=0.05)
+
+    async def never_taken() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(exports._unstalled(never_taken(), transport, stall_seconds=0.05), 5)
