@@ -201,6 +201,12 @@ async def test_every_api_answers_http_1_0_completely_with_and_without_keep_alive
         well_framed(one, keep_alive=True)
     well_framed(answers[-1], keep_alive=False)
     assert answers[0].body == manifest.body and answers[1].body  # the file, to its length
+    # HTTP/1.0 wants a Content-Length on a POST; without one the body is empty, not awaited.
+    bare = f"POST /v1/devices/{device}/heartbeat HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+    bare += f"Authorization: {secret['Authorization']}\r\n\r\n"
+    (answer,) = await exchange(system.device_url, bare.encode())
+    well_framed(answer, keep_alive=False)
+    assert answer.status == 202
 
     # The operator API: list, export (both formats), get; alone and kept alive.
     key = {"Authorization": f"Bearer {operator.api_key}"}
