@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -41,10 +42,18 @@ from tests.support.system import LOGS, ROOT, ServiceProcess, System
 pytestmark = pytest.mark.e2e
 
 STALL_S = 2.0
-# Devices of the slow-reader test, each about 2 KB as JSON lines (long name and categories):
-# 6 MB, beyond what loopback's self-tuned socket buffers take (about 4 MB), so the
-# service's writes really wait for the reader; a 1,000-row batch is 2 MB.
-SLOW_FLEET = 3000
+
+
+def _slow_fleet() -> int:
+    """Devices of the slow-reader test, each about 2 KB as JSON lines (long name and
+    categories): 6 MB, or 2 MB more than the largest send buffer the kernel tunes a socket
+    to (net.ipv4.tcp_wmem, 4 MB by default), so the service's writes really wait for the
+    reader; a 1,000-row batch is 2 MB."""
+    largest = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    return max(3000, (largest + 2_000_000) // 2000)
+
+
+SLOW_FLEET = _slow_fleet()
 
 
 @dataclass
