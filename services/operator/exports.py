@@ -3,8 +3,9 @@
 An export holds a pooled connection and a REPEATABLE READ snapshot for its whole length, so
 exports are bounded on three sides: at most ``exports_max`` at once on an instance, at most
 one per account at once on an instance (one account's stalled downloads cannot take every
-slot from the others), and a download whose client accepts no byte for ``stall_seconds`` is
-ended (its snapshot released). Shared by the JSON API's ``GET /v1/devices/export`` and the console.
+slot from the others), and a download whose client takes no byte for ``stall_seconds`` is
+ended (its snapshot released). Shared by the JSON API's ``GET /v1/devices/export`` and the
+console.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def stream(
     such as nginx speaks it to its upstream by default), so there the snapshot is read
     twice: once to count the body's bytes (``Content-Length``), once to send it. Either way
     the framing tells a complete export from a cut one: a failure after the answer started,
-    or a client that accepts no byte for ``stall_seconds`` (however slowly it reads
+    or a client that takes no byte for ``stall_seconds`` (however slowly it reads
     otherwise), cannot change the status, so the connection is closed before the end of
     the chunked body, or before ``Content-Length`` bytes, and the client (the CLI too) sees
     a truncated, failed download, never a short file passing for a whole one."""
@@ -105,10 +106,22 @@ async def stream(
             response.enable_chunked_encoding()
         await response.prepare(request)
         transport = request.transport
+        counted, sent = response.content_length, 0
+
+        async def send(piece: bytes) -> None:
+            nonlocal sent
+            sent += len(piece)
+            if counted is not None and sent > counted:
+                # aiohttp would cut the body at the length: a short export that looks whole.
+                raise RuntimeError(f"the export grew past its Content-Length of {counted} bytes")
+            await _unstalled(response.write(piece), transport, stall_seconds)
+
         try:
-            await _unstalled(response.write(views.export_header(chosen)), transport, stall_seconds)
+            await send(views.export_header(chosen))
             async for batch in read():
-                await _unstalled(response.write(views.export_lines(batch, chosen)), transport, stall_seconds)
+                await send(views.export_lines(batch, chosen))
+            if counted is not None and sent != counted:
+                raise RuntimeError(f"the export is {sent} bytes, not its Content-Length of {counted}")
             await _unstalled(response.write_eof(), transport, stall_seconds)
         except Exception as exc:
             reason = "stalled" if isinstance(exc, TimeoutError) else exception_summary(exc)
@@ -122,10 +135,9 @@ async def _unstalled(
     writing: Coroutine[Any, Any, None], transport: asyncio.Transport | None, stall_seconds: float
 ) -> None:
     """Await a write of the answer, which waits while the client's buffers are full (aiohttp
-    drains past 64 KiB). TimeoutError once the client has taken no byte
-    (shared.connections.sending_progress) for ``stall_seconds``:
-    progress, not the time one write takes, so a slow but steady reader gets any size of
-    export."""
+    drains past 64 KiB). TimeoutError once the client has taken no byte for
+    ``stall_seconds`` (shared.connections.sending_progress): progress, not the time one
+    write takes, so a slow but steady reader gets any size of export."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(writing)
     tick = min(STALL_CHECK_SECONDS, stall_seconds / 4)

@@ -13,7 +13,7 @@ from typing import Any, cast
 from unittest import mock
 
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.test_utils import make_mocked_request
 
 from services.operator import exports, handlers, routes, views
@@ -292,3 +292,45 @@ async def test_a_write_the_client_takes_slowly_is_not_cut_however_long_it_lasts(
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(exports._unstalled(never_taken(), transport, stall_seconds=0.05), 5)
+
+
+async def test_an_http_1_0_export_that_would_not_match_its_counted_length_is_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over HTTP/1.0 the export's length is counted on a first reading of the snapshot. A
+    second reading that came out longer would be cut at the length by aiohttp, a short
+    export looking whole: it is cut before the length instead, the connection closed."""
+    readings = iter([[b"ab"], [b"abc"]])  # what each reading renders: 2 bytes, then 3
+
+    @contextlib.asynccontextmanager
+    async def export_devices(*args: object, **kwargs: object) -> Any:
+        async def read() -> Any:
+            for piece in next(readings):
+                yield piece
+
+        yield read
+
+    written: list[bytes] = []
+
+    async def write(self: web.StreamResponse, data: bytes) -> None:
+        written.append(data)
+
+    async def prepared(self: web.StreamResponse, request: web.Request) -> None:
+        return None
+
+    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    monkeypatch.setattr(views, "export_header", lambda chosen: b"")
+    monkeypatch.setattr(views, "export_lines", lambda batch, chosen: batch)
+    monkeypatch.setattr(web.StreamResponse, "write", write)
+    monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = None
+    transport.get_write_buffer_size.return_value = 0
+    request = make_mocked_request("GET", "/v1/devices/export", version=HttpVersion10, transport=transport)
+
+    response = await exports.stream(
+        request, cast(Pool, None), ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=1
+    )
+
+    assert response.content_length == 2 and b"".join(written) == b""  # nothing past the length
+    transport.close.assert_called_once()
