@@ -284,6 +284,9 @@ async def test_every_api_answers_http_1_0_completely_with_and_without_keep_alive
     (page,) = await exchange(system.operator_url, request10("GET", "/console/sign-in"))
     well_framed(page, keep_alive=False)
     assert page.status == 200 and b"</html>" in page.body
+    (static,) = await exchange(system.operator_url, request10("GET", "/console/static/console.css"))
+    well_framed(static, keep_alive=False)  # a file (aiohttp's FileResponse, sendfile)
+    assert static.status == 200 and len(static.body) > 100
     compat = urlsplit(system.compat_url)
     context = ssl.create_default_context(cafile=str(system.tls_ca))
     answers = await exchange(
