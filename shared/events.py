@@ -153,6 +153,9 @@ Digest = Annotated[str, _text(r"(?:[0-9a-f]{2}){0,64}", "lower-case hex digits (
 Token = Annotated[
     str, _text(rf"[\x20-\x7e]{{0,{TOKEN_MAX}}}", f"at most {TOKEN_MAX} printable ASCII characters")
 ]
+# The source a request is counted under (shared.throttle.source_of): an IPv4 address, an
+# IPv6 /64 ("2001:db8:1:2::/64"), "unknown", or "" (a record from before sources travelled).
+Source = Annotated[str, _text(r"(?:[0-9A-Fa-f.:/]{1,64}|unknown)?", "an address, an IPv6 /64, or empty")]
 Name = Annotated[str, _text(r"[a-z][a-z_]{0,31}", "a lower-case name of at most 32 letters or '_'")]
 Reason = Annotated[
     str, _text(rf"[\x20-\x7e]{{0,{REASON_MAX}}}", f"at most {REASON_MAX} printable ASCII characters")
@@ -178,6 +181,9 @@ class RegistrationRequested(Event):
     registration_key_digest: Digest = ""  # keyed digest of the registration key, "" if none
     idempotency_key: Token = ""
     protocol: Name = "native"
+    # Where the call came from (shared.throttle.source_of): deduplication bounds what one
+    # source may create and notices two sources claiming one hardware ID (docs/security.md).
+    source: Source = ""
 
 
 @dataclass(frozen=True, slots=True)

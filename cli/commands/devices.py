@@ -1,4 +1,4 @@
-"""``fleetreg devices list|show|export|reset|disable|enable|delete``"""
+"""``fleetreg devices list|show|export|reset|disable|enable|delete|move|rename``"""
 
 from __future__ import annotations
 
@@ -99,6 +99,23 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         if action == "delete":
             parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         parser.set_defaults(run=change_devices, change=action)
+    move = actions.add_parser(
+        "move",
+        parents=[common],
+        help="move a device to another product, reset for re-provisioning there",
+        description="The device takes the product's registration and a new credential generation (its "
+        "old secret stops working); its next claim with that product's code (and, for a bulk product, "
+        "its registration key) takes it over, same device ID, with that product's files.",
+    )
+    move.add_argument("id", type=object_id)
+    move.add_argument("--product", required=True, type=object_id, metavar="ID", help="the target product")
+    move.set_defaults(run=move_device)
+    rename = actions.add_parser(
+        "rename", parents=[common], help="give a device a new name (its credentials stay)"
+    )
+    rename.add_argument("id", type=object_id)
+    rename.add_argument("--name", required=True, help="1-100 ASCII letters, digits, space, '_', '-' or '.'")
+    rename.set_defaults(run=rename_device)
 
 
 async def search_devices(
@@ -279,3 +296,47 @@ async def change_devices(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(document)
     return 0
+
+
+async def move_device(args: argparse.Namespace) -> int:
+    """Move one device to another product (POST /v1/devices/{id}/move); the API's refusal
+    (404, 409 with its reason) ends the command with exit code 1."""
+    async with operator_client() as client:
+        device = await client.post(f"/v1/devices/{args.id}/move", {"product_id": args.product})
+    if args.json:
+        emit_json(device)
+        return 0
+    source = _changed(device, "device.moved", "product_id")
+    print(
+        f"moved device {device['id']} ({device['hardware_id']}) from product {source} "
+        f"to product {device['product_id']} (registration {device['registration_id']})"
+    )
+    print(
+        f"lifecycle {device['lifecycle']}: its old secret no longer works; its next claim with the "
+        "product's code takes it over"
+    )
+    return 0
+
+
+async def rename_device(args: argparse.Namespace) -> int:
+    """Rename one device (POST /v1/devices/{id}/rename); a name the API refuses (400 naming
+    the rule) ends the command with exit code 1."""
+    async with operator_client() as client:
+        before = await client.get(f"/v1/devices/{args.id}")
+        device = await client.post(f"/v1/devices/{args.id}/rename", {"name": args.name})
+    if args.json:
+        emit_json(device)
+        return 0
+    print(
+        f"renamed device {device['id']} ({device['hardware_id']}): {before['name']!r} -> {device['name']!r}"
+    )
+    return 0
+
+
+def _changed(device: dict[str, Any], action: str, field: str) -> Any:
+    """What ``field`` was before the device's newest ``action`` (its audit event, which the
+    answer carries), or "-" when none is shown."""
+    for event in device.get("audit_events", []):
+        if event["action"] == action:
+            return event["changes"].get(field, {}).get("from", "-")
+    return "-"

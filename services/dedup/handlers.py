@@ -62,6 +62,7 @@ def _claim(request: RegistrationRequested) -> Claim:
         secret_digest=request.secret_digest,
         registration_key_digest=request.registration_key_digest,
         idempotency_key=request.idempotency_key,
+        source=request.source,
     )
 
 
@@ -263,6 +264,7 @@ async def _decide_and_record(
                         clone_window_s=policy.clone_window_s,
                         now=now,
                     ),
+                    product_id=product_id,
                 )
                 if kind == "bulk" and verdict.reason == REASON_BULK_NOT_LISTED:
                     _count_wrong_key(out, policy, failures, family, claim, account_id, product_id)

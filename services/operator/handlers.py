@@ -42,6 +42,7 @@ from shared.db.registrations import Registration
 from shared.db.webhooks import Delivery, Webhook
 from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
+from shared.domain.credentials import Keyring
 from shared.domain.device_search import (
     PAGE_PARAMETERS,
     SEARCH_PARAMETERS,
@@ -54,7 +55,7 @@ from shared.domain.device_search import (
     sort_value,
 )
 from shared.domain.devices import ShownState, online_cutoff, shown_state
-from shared.domain.identifiers import is_uuid
+from shared.domain.identifiers import is_uuid, validate_device_name
 from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.products import (
     RegistrationKind,
@@ -433,6 +434,63 @@ async def delete_device(
     before = await devices.get_device(pool, account.id, device_id)
     await devices.change_device(pool, account, device_id, "delete")
     return _shown(before, now or datetime.now(UTC), online_ttl)
+
+
+MOVE_FIELDS = ("product_id",)
+RENAME_FIELDS = ("name",)
+
+
+def move_request(body: dict[str, Any]) -> str:
+    """The target ``product_id`` of a ``POST /v1/devices/{id}/move`` body (a product ID);
+    InvalidInput naming the field otherwise, or naming an unknown field."""
+    refuse_unknown_fields(body, MOVE_FIELDS, what="a move")
+    product_id = body.get("product_id")
+    if product_id is None or product_id == "":
+        raise InvalidInput("product_id is required", field="product_id", rule="required")
+    if not isinstance(product_id, str) or not is_uuid(product_id):
+        raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
+    return product_id.lower()
+
+
+def rename_request(body: dict[str, Any]) -> str:
+    """The ``name`` of a ``POST /v1/devices/{id}/rename`` body, by the rule every device name
+    follows (a bulk CSV's DEVICE_NAME: shared.domain.identifiers.validate_device_name;
+    surrounding spaces trimmed); InvalidInput naming the field otherwise."""
+    refuse_unknown_fields(body, RENAME_FIELDS, what="a rename")
+    return validate_device_name(body.get("name"), "name")
+
+
+async def move_device(
+    pool: Pool,
+    account: Account,
+    device_id: str,
+    body: dict[str, Any],
+    *,
+    online_ttl: float,
+    now: datetime | None = None,
+) -> DeviceDetail:
+    """Move one device to another product of the account, reset for re-provisioning there
+    (repositories ``move_device``: NotFound, Conflict); the device as it is then."""
+    product_id = move_request(body)
+    await devices.move_device(pool, account, device_id, product_id)
+    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+
+
+async def rename_device(
+    pool: Pool,
+    account: Account,
+    keyring: Keyring,
+    device_id: str,
+    body: dict[str, Any],
+    *,
+    online_ttl: float,
+    now: datetime | None = None,
+) -> DeviceDetail:
+    """Rename one device (its files rendered again with the name; credentials untouched:
+    repositories ``rename_device``; NotFound); the device as it is then."""
+    name = rename_request(body)
+    await devices.rename_device(pool, account, keyring, device_id, name)
+    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
 
 
 def _device_ids(body: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from services.operator.exports import ExportSlots
 from services.operator.settings import OperatorSettings, RetentionSettings
 from shared.cache import SharedResult
 from shared.db.pool import Pool, answers, open_pool
+from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE
 from shared.throttle import THROTTLE, open_throttle
 
@@ -38,6 +39,12 @@ class Resources:
     # The console's client of the bulk API (uploads streamed through, publish, cancel): a
     # session of its own, so a slow upload never holds up the health probes.
     bulk_http: aiohttp.ClientSession | None = None
+
+    @property
+    def keyring(self) -> Keyring:
+        """What the deployment's secret key derives: a rename renders the device's files
+        again (their service passwords), as provisioning does."""
+        return Keyring(self.settings.secret_key.reveal().encode())
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)

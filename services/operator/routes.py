@@ -248,6 +248,33 @@ async def reset_device(request: web.Request, account: Account) -> views.Json:
 
 
 @authed()
+async def move_device(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    device_id = path_id(request, "device_id")
+    body = await parse_json_body(request)
+    detail = await handlers.move_device(
+        resources.pool, account, device_id, body, online_ttl=resources.settings.online_ttl_seconds
+    )
+    return views.device_detail(detail)
+
+
+@authed()
+async def rename_device(request: web.Request, account: Account) -> views.Json:
+    resources = _resources(request)
+    device_id = path_id(request, "device_id")
+    body = await parse_json_body(request)
+    detail = await handlers.rename_device(
+        resources.pool,
+        account,
+        resources.keyring,
+        device_id,
+        body,
+        online_ttl=resources.settings.online_ttl_seconds,
+    )
+    return views.device_detail(detail)
+
+
+@authed()
 async def delete_device(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     device_id = path_id(request, "device_id")
@@ -430,6 +457,8 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/devices/{device_id}/disable", disable_device),
     web.post("/v1/devices/{device_id}/reset", reset_device),
     web.post("/v1/devices/{device_id}/enable", enable_device),
+    web.post("/v1/devices/{device_id}/move", move_device),
+    web.post("/v1/devices/{device_id}/rename", rename_device),
     web.delete("/v1/devices/{device_id}", delete_device),
     web.get("/v1/registration-decisions", list_decisions),
     web.get("/v1/security-alerts", list_alerts),

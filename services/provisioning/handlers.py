@@ -23,7 +23,7 @@ async def provision_batch(
     pool: Pool, keyring: Keyring, decided: Sequence[RegistrationDecided]
 ) -> list[RegistrationOutcome]:
     async with pool.acquire() as conn, conn.transaction():
-        found = await files.device_files(conn, [d.device_id for d in decided])
+        found = await files.device_files(conn, [d.device_id for d in decided], lock=True)
         stale = [(device, service) for device in found.values() for service in device.stale()]
         fresh_uids = await files.next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
         await files.record_files(conn, files.render_stale(keyring, stale, fresh_uids))

@@ -47,11 +47,11 @@ SELECT_DECIDED = """
     WHERE d.request_id = ANY($1::uuid[])"""
 INSERT_DEVICES = """
     INSERT INTO devices (id, account_id, product_id, registration_id, hardware_id, claimed_hardware_id,
-                         name, lifecycle, fingerprint, registered_at)
+                         name, lifecycle, fingerprint, registered_at, created_source)
     SELECT u.id, $1, $2, u.registration_id, u.hardware_id, u.claimed, u.name, 'registered',
-           u.fingerprint, now()
-    FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[])
-         AS u(id, registration_id, hardware_id, claimed, name, fingerprint)"""
+           u.fingerprint, now(), u.source
+    FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+         AS u(id, registration_id, hardware_id, claimed, name, fingerprint, source)"""
 CLAIM_PREREGISTERED = """
     UPDATE devices SET lifecycle = 'registered', fingerprint = u.fingerprint, registered_at = now()
     FROM unnest($1::uuid[], $2::text[]) AS u(id, fingerprint)
@@ -60,10 +60,10 @@ CLAIM_PREREGISTERED = """
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
         assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at,
-        credential_generation, revoked_hour)
+        credential_generation, revoked_hour, source)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                          $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::int[],
-                         $14::timestamptz[])
+                         $14::timestamptz[], $15::text[])
     -- a redelivered request (request_id), or a revoked code's claim of a hardware ID
     -- already recorded this hour (registration_decisions_revoked_hourly, migration 0017)
     ON CONFLICT DO NOTHING"""
@@ -212,6 +212,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
                 [d.claimed_hardware_id for d in devices],
                 [d.name for d in devices],
                 [d.fingerprint for d in devices],
+                [d.created_source for d in devices],
             )
     except asyncpg.UniqueViolationError as exc:
         raise RegistryConflict(str(exc)) from exc
@@ -223,7 +224,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             # Another transaction claimed one of them first (it waited on the row's lock and
             # then found it registered): decide the batch again on the fresh state.
             raise RegistryConflict("a preregistered device was claimed concurrently")
-    columns: list[list[Any]] = [[] for _ in range(14)]
+    columns: list[list[Any]] = [[] for _ in range(15)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device
         hourly = verdict.decision == "refused" and kept_once_an_hour(verdict.reason)
@@ -242,6 +243,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             datetime.fromtimestamp(record.received_at, UTC),
             device.credential_generation if device and verdict.decision != "refused" else None,
             _hour_of(record.received_at) if hourly else None,
+            record.claim.source or None,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)

@@ -10,22 +10,24 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
 from asyncpg import Record
 
-from shared.db import audit
+from shared.db import audit, files
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
+from shared.domain.credentials import Keyring
 from shared.domain.dedup import KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
+from shared.domain.devices import MoveTarget, move_refusal
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
     SELECT id::text, hardware_id, claimed_hardware_id, name, fingerprint, lifecycle, disabled,
-           credential_generation, registration_id::text,
+           credential_generation, registration_id::text, product_id::text, created_source,
            coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
            extract(epoch FROM created_at)::float8 AS created_at,
            -- the latest registration that created or took over the device carried a key
@@ -66,7 +68,7 @@ SELECT_HISTORY = """
 # notification when, and only if, the transaction that sent it commits.
 SELECT_FOR_CHANGE = """
     SELECT id::text, disabled, hardware_id, name, lifecycle, credential_generation,
-           product_id::text, registration_id::text
+           product_id::text, registration_id::text, registration_key_digest IS NOT NULL AS has_key
     FROM devices WHERE id = ANY($1::uuid[]) AND account_id = $2
     ORDER BY id FOR UPDATE"""
 DISABLE_DEVICES = """
@@ -183,6 +185,8 @@ def _known(row: Record) -> KnownDevice:
         registration_key_digest=row["registration_key_digest"],
         created_at=row["created_at"],
         registered_with_key=row["registered_with_key"],
+        product_id=row["product_id"],
+        created_source=row["created_source"],
     )
 
 
@@ -525,3 +529,140 @@ async def change_device(pool: Pool, actor: Account, device_id: str, action: Devi
             f"device {device_id} is disabled; a disabled device cannot be reset (enable it first)",
             rule="device_enabled",
         )
+
+
+# ---------------------------------------------------------------- move and rename
+
+# The product a device is moved to, with the registration it would take: its auto
+# registration (paused or not: the device claims once it is resumed), or its newest
+# published bulk registration (a product's bulk registrations share its code, and a bulk
+# claim finds the device by hardware ID and key whichever of them lists it). The product
+# row is locked FOR SHARE, so it is neither deleted nor given its first registration
+# under the move.
+SELECT_MOVE_TARGET = """
+    SELECT p.id::text AS product_id, p.status, p.registration_kind,
+           r.id::text AS registration_id, r.kind, r.max_devices
+    FROM products p
+    LEFT JOIN LATERAL (
+        SELECT id, kind, max_devices FROM registrations
+        WHERE product_id = p.id AND (kind = 'auto' OR status IN ('publishing', 'preregistered'))
+        ORDER BY created_at DESC, id LIMIT 1) r ON true
+    WHERE p.id = $1 AND p.account_id = $2
+    FOR SHARE OF p"""
+# Under the registration's lock, as deduplication counts a quota (registrations.lock_quotas).
+LOCK_REGISTRATION_QUOTA = "SELECT max_devices FROM registrations WHERE id = $1 FOR UPDATE"
+COUNT_ONE_REGISTRATION = "SELECT count(*) FROM devices WHERE registration_id = $1"
+# A move is a reset (RESET_DEVICES) into another product's registration; its files go
+# (files.drop_files) so that the target product's services are rendered at its next claim.
+MOVE_DEVICE = """
+    WITH moved AS (
+        UPDATE devices SET product_id = $2, registration_id = $3, lifecycle = 'preregistered',
+                           credential_generation = credential_generation + 1,
+                           fingerprint = '', provisioned_at = NULL
+        WHERE id = $1 RETURNING id, credential_generation),
+    events AS (
+        INSERT INTO device_events (device_id, kind, detail)
+        SELECT id, 'moved', jsonb_build_object('credential_generation', credential_generation,
+                                               'from_product_id', $4::text, 'to_product_id', $2::text)
+        FROM moved)
+    SELECT credential_generation, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM moved"""
+RENAME_DEVICE = """
+    WITH renamed AS (UPDATE devices SET name = $2 WHERE id = $1 RETURNING id),
+    events AS (
+        INSERT INTO device_events (device_id, kind, detail)
+        SELECT id, 'renamed', jsonb_build_object('name', $2::text) FROM renamed)
+    SELECT pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM renamed"""
+
+
+async def _locked(conn: Connection, actor: Account, device_id: str) -> Record:
+    """The account's device, locked FOR UPDATE for the rest of the transaction; NotFound."""
+    found = await conn.fetch(SELECT_FOR_CHANGE, [device_id.lower()], actor.id)
+    if not found:
+        raise NotFound(f"no device {device_id} in this account")
+    return found[0]
+
+
+async def move_device(pool: Pool, actor: Account, device_id: str, product_id: str) -> None:
+    """Move the account's device into the account's product ``product_id``, reset for
+    re-provisioning there, in one transaction: it takes the product's registration
+    (``SELECT_MOVE_TARGET``), lifecycle ``preregistered``, a new credential generation (its
+    device secret and service passwords revoked), no fingerprint, and no provisioning
+    files (rendered for the target's services, with new service UIDs, at its next
+    claim). Its registration key stays: a bulk device claims in the target bulk product
+    with it. The intake's cache of it is dropped (``fleetreg_invalidate``), a ``moved``
+    device event and a ``device.moved`` audit event naming both products are recorded.
+
+    NotFound for a device or product not in the account; Conflict for the refusals of
+    shared.domain.devices.move_refusal (disabled, same product, product not locked or
+    serving no registration, bulk product for a device without a key, quota)."""
+    async with pool.acquire() as conn, conn.transaction():
+        # The registration before the device, in the order deduplication locks them (the
+        # quota, then the devices it decides), so that the two never wait on each other.
+        row = await conn.fetchrow(SELECT_MOVE_TARGET, product_id, actor.id)
+        if row is None:
+            raise NotFound(f"no product {product_id} in this account", field="product_id")
+        target = MoveTarget(
+            product_id=row["product_id"],
+            status=row["status"],
+            registration_kind=row["kind"],
+            registration_id=row["registration_id"],
+        )
+        if target.registration_id is not None and row["max_devices"] is not None:
+            quota = await conn.fetchval(LOCK_REGISTRATION_QUOTA, target.registration_id)
+            if quota is not None:
+                count = await conn.fetchval(COUNT_ONE_REGISTRATION, target.registration_id)
+                target = replace(target, max_devices=quota, devices=count)
+        before = await _locked(conn, actor, device_id)
+        refusal = move_refusal(
+            before["id"],
+            disabled=before["disabled"],
+            product_id=before["product_id"],
+            has_registration_key=before["has_key"],
+            target=target,
+        )
+        if refusal is not None:
+            raise refusal
+        await files.drop_files(conn, before["id"])
+        generation = await conn.fetchval(
+            MOVE_DEVICE, before["id"], target.product_id, target.registration_id, before["product_id"]
+        )
+        await audit.record(
+            conn,
+            actor,
+            "device.moved",
+            "device",
+            before["id"],
+            {
+                "hardware_id": before["hardware_id"],
+                "product_id": {"from": before["product_id"], "to": target.product_id},
+                "registration_id": {"from": before["registration_id"], "to": target.registration_id},
+                "lifecycle": {"from": before["lifecycle"], "to": "preregistered"},
+                "credential_generation": {"from": before["credential_generation"], "to": generation},
+            },
+        )
+
+
+async def rename_device(pool: Pool, actor: Account, keyring: Keyring, device_id: str, name: str) -> bool:
+    """Give the account's device the name ``name`` (validated by the caller), in one
+    transaction: the device row (under FOR UPDATE, so no provisioning of it is under way:
+    files.SELECT_DEVICE_FILES_LOCKED), its files of the current generation rendered again
+    with the new name (``device_name`` line; same UIDs, same passwords:
+    files.render_again), a ``renamed`` device event, a ``device.renamed`` audit event
+    (``name`` from and to) and the intake's cache of it dropped. A device that already
+    bears the name is left as it is (no event): False; True when renamed. NotFound for a
+    device not in the account. Credentials and lifecycle are untouched."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await _locked(conn, actor, device_id)
+        if before["name"] == name:
+            return False
+        await conn.execute(RENAME_DEVICE, before["id"], name)
+        await files.render_again(conn, keyring, before["id"])
+        await audit.record(
+            conn,
+            actor,
+            "device.renamed",
+            "device",
+            before["id"],
+            {"hardware_id": before["hardware_id"], "name": {"from": before["name"], "to": name}},
+        )
+    return True

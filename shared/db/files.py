@@ -35,6 +35,15 @@ _DEVICE_FILES = """
     ORDER BY v.id, s.position"""
 SELECT_DEVICE_FILES = _DEVICE_FILES.format(devices="v.id = ANY($1::uuid[])")
 SELECT_ONE_DEVICE_FILES = _DEVICE_FILES.format(devices="v.id = $1::uuid")
+# The same read for a transaction that records files from it: the device rows are locked
+# FOR KEY SHARE, the lock the files' foreign key takes on them anyway a moment later, so
+# it costs no extra write. It conflicts only with FOR UPDATE, which an operator's rename or
+# move takes (shared/db/devices.py): either that change waits for these files to commit
+# (and then renders them again, or drops them), or this read waits for the change and
+# reads the device as it is then. Without it, files rendered from a name read before a
+# rename could be recorded after it, and every download of them would fail its digest.
+SELECT_DEVICE_FILES_LOCKED = SELECT_DEVICE_FILES + " FOR KEY SHARE OF v"
+SELECT_ONE_DEVICE_FILES_LOCKED = SELECT_ONE_DEVICE_FILES + " FOR KEY SHARE OF v"
 # A file row is replaced only by one of a newer (generation, service revision): a file
 # rendered concurrently by another writer for the same pair is kept, with its UID (the
 # loser's UID number is simply never used). The UID itself is never replaced.
@@ -135,15 +144,24 @@ class NewFile:
     service_revision: int = 1
 
 
-async def device_files(db: Pool | Connection, device_ids: Sequence[str]) -> dict[str, DeviceFiles]:
+async def device_files(
+    db: Pool | Connection, device_ids: Sequence[str], *, lock: bool = False
+) -> dict[str, DeviceFiles]:
     """The devices among ``device_ids`` (UUID text) with their services' files, by
-    lower-case device ID; an unknown ID is absent."""
-    return _assemble(await db.fetch(SELECT_DEVICE_FILES, list(set(device_ids))))
+    lower-case device ID; an unknown ID is absent. With ``lock`` (inside a transaction
+    that records files from this read), the device rows are locked FOR KEY SHARE
+    (``SELECT_DEVICE_FILES_LOCKED``)."""
+    statement = SELECT_DEVICE_FILES_LOCKED if lock else SELECT_DEVICE_FILES
+    return _assemble(await db.fetch(statement, list(set(device_ids))))
 
 
-async def one_device_files(db: Pool | Connection, device_id: str) -> DeviceFiles | None:
-    """One device (UUID text) with its services' files, or None when there is no such device."""
-    return _assemble(await db.fetch(SELECT_ONE_DEVICE_FILES, device_id)).get(device_id.lower())
+async def one_device_files(
+    db: Pool | Connection, device_id: str, *, lock: bool = False
+) -> DeviceFiles | None:
+    """One device (UUID text) with its services' files, or None when there is no such
+    device; ``lock`` as for :func:`device_files`."""
+    statement = SELECT_ONE_DEVICE_FILES_LOCKED if lock else SELECT_ONE_DEVICE_FILES
+    return _assemble(await db.fetch(statement, device_id)).get(device_id.lower())
 
 
 def _assemble(rows: Sequence[Record]) -> dict[str, DeviceFiles]:
@@ -264,7 +282,7 @@ async def complete_device_files(pool: Pool, keyring: Keyring, device: DeviceFile
     try:
         async with pool.acquire() as conn, conn.transaction():
             # Read again under the transaction: a reset since the caller's read moved the generation.
-            found = await one_device_files(conn, device.device_id)
+            found = await one_device_files(conn, device.device_id, lock=True)
             if found is None or not found.provisioned():
                 return found or device
             stale = [(found, s) for s in found.stale()]
@@ -275,3 +293,50 @@ async def complete_device_files(pool: Pool, keyring: Keyring, device: DeviceFile
         # was read, and the next one finds no device (its cache entry is invalidated).
         return device
     return await one_device_files(pool, device.device_id) or device
+
+
+# A rename renders the files of the device's current generation again: same UID, same
+# password (the generation is unchanged), the new name on the device_name line.
+RERECORD_FILES = """
+    UPDATE provisioning_files f
+       SET file_name = u.file_name, size = u.size, sha256 = u.sha256, service_revision = u.service_revision
+    FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::int[])
+         AS u(product_service_id, file_name, size, sha256, service_revision)
+    WHERE f.device_id = $1 AND f.product_service_id = u.product_service_id AND f.generation = $7"""
+DROP_FILES = "DELETE FROM provisioning_files WHERE device_id = $1"
+
+
+async def render_again(conn: Connection, keyring: Keyring, device_id: str) -> int:
+    """Render again, from the device row as it is now in this transaction (its name), each
+    file recorded for the device's current credential generation, and record the new size
+    and digest; the number of files rendered. The caller holds the device row FOR UPDATE
+    (so no provisioning of it is under way: ``SELECT_DEVICE_FILES_LOCKED``)."""
+    device = await one_device_files(conn, device_id)
+    if device is None:
+        return 0
+    current = [
+        (device, s)
+        for s in device.services
+        if s.recorded is not None
+        and s.service_uid is not None
+        and s.recorded.generation == device.credential_generation
+    ]
+    rendered = render_stale(keyring, current, [])
+    if rendered:
+        await conn.execute(
+            RERECORD_FILES,
+            device.device_id,
+            [f.service_id for f in rendered],
+            [f.file_name for f in rendered],
+            [f.size for f in rendered],
+            [f.sha256 for f in rendered],
+            [f.service_revision for f in rendered],
+            device.credential_generation,
+        )
+    return len(rendered)
+
+
+async def drop_files(conn: Connection, device_id: str) -> None:
+    """Delete every file recorded for the device (a move: the target product's services
+    are rendered at its next claim, with new service UIDs)."""
+    await conn.execute(DROP_FILES, device_id)

@@ -70,6 +70,8 @@ class KnownDevice:
     registration_id: str
     registration_key_digest: str = ""
     created_at: float = 0.0  # seconds since the epoch
+    product_id: str = ""
+    created_source: str = ""  # the source of the claim that created it ("" for bulk rows and older devices)
     # Its first registration carried an Idempotency-Key: then only that key, never the
     # fingerprint alone, makes a later claim "the same device" before confirmation.
     registered_with_key: bool = False
@@ -83,6 +85,7 @@ class Claim:
     secret_digest: str = ""
     registration_key_digest: str = ""
     idempotency_key: str = ""
+    source: str = ""  # where the call came from (shared.throttle.source_of)
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,10 @@ def decide(
     secret_matches: Callable[[KnownDevice, str], bool],
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     limits: Limits | None = None,
+    product_id: str = "",
 ) -> Verdict:
-    """Decide one claim against the family's current state (see the module docstring)."""
+    """Decide one claim against the family's current state (see the module docstring);
+    ``product_id`` is the product whose code the claim presented (devices it creates are in it)."""
     limits = limits or Limits()
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
@@ -253,6 +258,8 @@ def decide(
             registration_id=registration_id,
             created_at=limits.now,
             registered_with_key=bool(claim.idempotency_key),
+            product_id=product_id,
+            created_source=claim.source,
         )
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
     if existing.lifecycle == "preregistered":
@@ -281,6 +288,8 @@ def decide(
         registration_id=registration_id,
         created_at=limits.now,
         registered_with_key=bool(claim.idempotency_key),
+        product_id=product_id,
+        created_source=claim.source,
     )
     return Verdict(
         "clone",

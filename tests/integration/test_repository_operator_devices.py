@@ -17,11 +17,13 @@ from typing import cast
 import asyncpg
 import pytest
 
-from shared.db import devices
+from shared.db import audit, devices, files
 from shared.db.pool import Connection, Pool
 from shared.db.throttle import INVALIDATION_CHANNEL
 from shared.domain.accounts import Account
+from shared.domain.credentials import Keyring
 from shared.domain.devices import online_cutoff, shown_state
+from shared.domain.provisioning import render, sha256_hex
 from shared.errors import Conflict, NotFound
 from tests.support import registry
 
@@ -437,3 +439,232 @@ async def test_devices_by_id_finds_only_the_accounts_devices(
     assert {d.hardware_id for d in found.values()} == {"by-id0", "by-id1", "by-id2"}
     assert found[mine[0]] == await devices.get_device(pool, setup.account_id, mine[0])
     assert await devices.devices_by_id(pool, setup.account_id, []) == {}
+
+
+# ---------------------------------------------------------------- move and rename
+
+KEYRING = Keyring(b"k" * 32)
+
+
+async def _provisioned(pool: Pool, device_id: str) -> dict[str, str]:
+    """Render and record the device's files as provisioning does; their digests by file name."""
+    async with pool.acquire() as conn, conn.transaction():
+        found = await files.device_files(conn, [device_id], lock=True)
+        stale = [(d, s) for d in found.values() for s in d.stale()]
+        uids = await files.next_service_uids(conn, sum(1 for _, s in stale if s.service_uid is None))
+        await files.record_files(conn, files.render_stale(KEYRING, stale, uids))
+    return await _digests(pool, device_id)
+
+
+async def _digests(pool: Pool, device_id: str) -> dict[str, str]:
+    rows = await pool.fetch(
+        "SELECT file_name, sha256 FROM provisioning_files WHERE device_id = $1", device_id
+    )
+    return {r["file_name"]: r["sha256"] for r in rows}
+
+
+def _downloads_match(device: files.DeviceFiles | None) -> bool:
+    """Every current file rendered again as the intake does on download matches its digest."""
+    assert device is not None and device.current()
+    return all(
+        sha256_hex(
+            render(
+                device.spec(s, s.service_uid or ""),
+                KEYRING.service_password(s.service_uid or "", device.credential_generation),
+            )
+        )
+        == (s.recorded.sha256 if s.recorded else "")
+        for s in device.current()
+    )
+
+
+async def _audited(pool: Pool, setup: Setup, device_id: str, action: str) -> list[dict[str, object]]:
+    events = await audit.list_events(
+        pool, setup.account_id, audit.AuditFilter(action=action, target_id=device_id), limit=10
+    )
+    return [dict(e.changes) for e in events]
+
+
+async def test_a_move_resets_the_device_into_the_target_products_registration(
+    pool: Pool, setup: Setup, migrated: str
+) -> None:
+    actor = Account(setup.account_id, "test")
+    target = await registry.new_product(pool, setup.account_id, kind="auto")
+    target_registration = await registry.new_registration(pool, target)
+    device_id = await _device(pool, setup, "move-me", lifecycle="provisioned", last_seen_at=datetime.now(UTC))
+    assert await _provisioned(pool, device_id)
+
+    async with _listening(migrated) as received:
+        await devices.move_device(pool, actor, device_id.upper(), target.id)
+        announced = await _payloads(received, [device_id])
+
+    moved = await devices.get_device(pool, setup.account_id, device_id)
+    assert (moved.product_id, moved.registration_id) == (target.id, target_registration)
+    assert (moved.hardware_id, moved.name) == ("move-me", "Device move-me")
+    assert await _row(pool, device_id) == ("preregistered", False, 2, "", False, ["moved"])
+    assert await _digests(pool, device_id) == {}  # rendered for the target's services at its next claim
+    assert announced == [f"device:{device_id}"]
+    (event,) = [h for h in await devices.device_history(pool, device_id) if h.kind == "moved"]
+    assert event.detail == {
+        "credential_generation": 2,
+        "from_product_id": setup.product.id,
+        "to_product_id": target.id,
+    }
+    assert await _audited(pool, setup, device_id, "device.moved") == [
+        {
+            "hardware_id": "move-me",
+            "product_id": {"from": setup.product.id, "to": target.id},
+            "registration_id": {"from": setup.registration_id, "to": target_registration},
+            "lifecycle": {"from": "provisioned", "to": "preregistered"},
+            "credential_generation": {"from": 1, "to": 2},
+        }
+    ]
+    # The old product holds nothing of it any more: it can be deleted (no file row refers
+    # to its services).
+    await pool.execute("DELETE FROM registrations WHERE id = $1", setup.registration_id)
+    await pool.execute("DELETE FROM products WHERE id = $1", setup.product.id)
+
+
+async def test_a_bulk_device_moves_with_its_key_into_the_newest_published_bulk_registration(
+    pool: Pool,
+) -> None:
+    account_id = await registry.new_account(pool)
+    actor = Account(account_id, "test")
+    source = await registry.new_product(pool, account_id, kind="bulk")
+    source_registration = await registry.new_registration(pool, source, kind="bulk", status="preregistered")
+    target = await registry.new_product(pool, account_id, kind="bulk")
+    older = await registry.new_registration(pool, target, kind="bulk", status="preregistered")
+    newer = await registry.new_registration(pool, target, kind="bulk", status="preregistered")
+    await registry.new_registration(pool, target, kind="bulk", status="configured")  # not published
+    await pool.execute(
+        "UPDATE registrations SET created_at = created_at - interval '1 hour' WHERE id = $1", older
+    )
+    digest = b"d" * 32
+    device_id = await registry.new_device(pool, source, source_registration, "bulk-move", key_digest=digest)
+    auto = await registry.new_product(pool, account_id, kind="auto")
+    auto_registration = await registry.new_registration(pool, auto)
+    keyless = await registry.new_device(pool, auto, auto_registration, "keyless")
+
+    await devices.move_device(pool, actor, device_id, target.id)
+
+    moved = await devices.get_device(pool, account_id, device_id)
+    assert (moved.product_id, moved.registration_id, moved.lifecycle) == (target.id, newer, "preregistered")
+    assert (
+        await pool.fetchval("SELECT registration_key_digest FROM devices WHERE id = $1", device_id) == digest
+    )
+    with pytest.raises(Conflict) as refused:
+        await devices.move_device(pool, actor, keyless, target.id)
+    assert (refused.value.rule, refused.value.field) == ("registration_key_required", "product_id")
+    # A bulk device may go to an auto product (its key is kept, unused there).
+    await devices.move_device(pool, actor, device_id, auto.id)
+    assert (await devices.get_device(pool, account_id, device_id)).registration_id == auto_registration
+
+
+async def test_a_move_is_refused_where_no_claim_could_take_the_device(
+    pool: Pool, setup: Setup, stranger: Setup
+) -> None:
+    actor = Account(setup.account_id, "test")
+    device_id = await _device(pool, setup, "stay", lifecycle="provisioned")
+    disabled = await _device(pool, setup, "stay-off", disabled=True)
+    theirs = await _device(pool, stranger, "theirs")
+    new = await registry.new_product(pool, setup.account_id, locked=False)
+    idle = await registry.new_product(pool, setup.account_id, kind=None)
+    unpublished = await registry.new_product(pool, setup.account_id, kind="bulk")
+    await registry.new_registration(pool, unpublished, kind="bulk", status="configured")
+    full = await registry.new_product(pool, setup.account_id, kind="auto")
+    full_registration = await registry.new_registration(pool, full)
+    await pool.execute("UPDATE registrations SET max_devices = 1 WHERE id = $1", full_registration)
+    await registry.new_device(pool, full, full_registration, "occupant")
+    target = await registry.new_product(pool, setup.account_id, kind="auto")
+    await registry.new_registration(pool, target)
+
+    async def rule(device: str, product_id: str) -> str | None:
+        with pytest.raises(Conflict) as refused:
+            await devices.move_device(pool, actor, device, product_id)
+        return refused.value.rule
+
+    assert await rule(device_id, setup.product.id) == "same_product"
+    assert await rule(device_id, new.id) == "product_locked"
+    assert await rule(device_id, idle.id) == "no_registration"
+    assert await rule(device_id, unpublished.id) == "no_registration"
+    assert await rule(device_id, full.id) == "max_devices"
+    assert await rule(disabled, target.id) == "device_enabled"
+    with pytest.raises(NotFound):
+        await devices.move_device(pool, actor, theirs, target.id)
+    with pytest.raises(NotFound) as unknown:
+        await devices.move_device(pool, actor, device_id, stranger.product.id)
+    assert unknown.value.field == "product_id"
+    # Nothing changed, anywhere, and nothing was recorded.
+    assert await _row(pool, device_id) == ("provisioned", False, 1, "fp", True, [])
+    assert await _row(pool, theirs) == ("registered", False, 1, "fp", False, [])
+    assert await _audited(pool, setup, device_id, "device.moved") == []
+    # Once the quota is raised the move goes through, into a paused registration too (the
+    # device claims once it is resumed).
+    await pool.execute(
+        "UPDATE registrations SET max_devices = 2, status = 'paused' WHERE id = $1", full_registration
+    )
+    await devices.move_device(pool, actor, device_id, full.id)
+    assert (await devices.get_device(pool, setup.account_id, device_id)).registration_id == full_registration
+
+
+async def test_a_rename_renders_the_files_again_and_keeps_the_credentials(
+    pool: Pool, setup: Setup, stranger: Setup, migrated: str
+) -> None:
+    actor = Account(setup.account_id, "test")
+    device_id = await _device(pool, setup, "named", lifecycle="provisioned")
+    theirs = await _device(pool, stranger, "theirs")
+    before = await _provisioned(pool, device_id)
+    uids = await pool.fetch(
+        "SELECT service_uid FROM provisioning_files WHERE device_id = $1 ORDER BY 1", device_id
+    )
+
+    async with _listening(migrated) as received:
+        assert await devices.rename_device(pool, actor, KEYRING, device_id, "Lobby gateway 2")
+        announced = await _payloads(received, [device_id])
+
+    after = await _digests(pool, device_id)
+    assert set(after) == set(before) and all(after[f] != before[f] for f in before)
+    assert (
+        await pool.fetch(
+            "SELECT service_uid FROM provisioning_files WHERE device_id = $1 ORDER BY 1", device_id
+        )
+        == uids
+    )
+    assert _downloads_match(await files.one_device_files(pool, device_id))
+    assert (await devices.get_device(pool, setup.account_id, device_id)).name == "Lobby gateway 2"
+    assert await _row(pool, device_id) == ("provisioned", False, 1, "fp", True, ["renamed"])
+    assert announced == [f"device:{device_id}"]
+    assert await _audited(pool, setup, device_id, "device.renamed") == [
+        {"hardware_id": "named", "name": {"from": "Device named", "to": "Lobby gateway 2"}}
+    ]
+    assert not await devices.rename_device(pool, actor, KEYRING, device_id, "Lobby gateway 2")  # no change
+    assert len(await _audited(pool, setup, device_id, "device.renamed")) == 1
+    with pytest.raises(NotFound):
+        await devices.rename_device(pool, actor, KEYRING, theirs, "mine now")
+    assert (await devices.get_device(pool, stranger.account_id, theirs)).name == "Device theirs"
+
+
+async def test_a_rename_waits_for_a_provisioning_under_way_and_renders_its_files_again(
+    pool: Pool, setup: Setup
+) -> None:
+    """Provisioning reads the device (FOR KEY SHARE), the operator renames it, provisioning
+    records files rendered from the name it read: the rename waits for that commit and
+    renders them again, so every download still matches its manifest."""
+    actor = Account(setup.account_id, "test")
+    device_id = await _device(pool, setup, "racing")
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        found = await files.device_files(conn, [device_id], lock=True)
+        stale = [(d, s) for d in found.values() for s in d.stale()]
+        rename = asyncio.create_task(
+            devices.rename_device(pool, actor, KEYRING, device_id, "renamed meanwhile")
+        )
+        await registry.wait_until_waiting_for(pool, conn.get_server_pid())
+        uids = await files.next_service_uids(conn, len(stale))
+        await files.record_files(conn, files.render_stale(KEYRING, stale, uids))
+        await transaction.commit()
+    assert await rename
+    device = await files.one_device_files(pool, device_id)
+    assert device is not None and device.name == "renamed meanwhile"
+    assert _downloads_match(device)

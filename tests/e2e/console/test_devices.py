@@ -1,6 +1,6 @@
 """The console's device pages in a real browser: search (filters, count, paging, sort),
 the export link, a device's page with its decisions and audit trail, disable / enable /
-reset, account scoping, bad input and read-only sessions."""
+reset, rename and move, account scoping, bad input and read-only sessions."""
 
 from __future__ import annotations
 
@@ -173,6 +173,58 @@ async def test_disable_then_enable_a_device_from_its_page(
     assert history[-1]["kind"] == "reset"
 
 
+async def test_rename_then_move_a_device_from_its_page(
+    console: Console, session: aiohttp.ClientSession, system: System
+) -> None:
+    operator = console.operator
+    _, hardware_id, booted = await _booted_device(operator, session, system)
+    device_id = booted["device_id"]
+    target = await operator.product([{"type": "web", "port": 80}])
+    target_name = (await operator.call("GET", f"/v1/products/{target['product_id']}"))["name"]
+    page = console.page
+    await console.open(f"/console/devices/{device_id}")
+
+    await page.get_by_label("New name").fill("bad name é")
+    await page.get_by_role("button", name="Rename").click()
+    await expect(page.get_by_role("status")).to_contain_text("name may hold only")
+    await page.get_by_label("New name").fill("Lobby kiosk 3")
+    await page.get_by_role("button", name="Rename").click()
+    await expect(page.get_by_role("status")).to_contain_text(
+        f"Device {hardware_id} renamed to Lobby kiosk 3."
+    )
+    await expect(page.get_by_label("New name")).to_have_value("Lobby kiosk 3")
+    await expect(page.locator("#device-audit tbody tr").nth(0)).to_contain_text("device.renamed")
+
+    # move: a confirmation page with the products it may go to, then the move
+    await page.get_by_role("link", name="Move to another product…").click()
+    await expect(
+        page.get_by_role("heading", name=f"Move device {hardware_id} to another product?")
+    ).to_be_visible()
+    await console.check_accessibility()
+    await page.get_by_label("Product", exact=True).select_option(target["product_id"])
+    await page.get_by_role("button", name="Move the device").click()
+    await expect(page.get_by_role("status")).to_contain_text(
+        f"Device {hardware_id} moved to product {target_name}"
+    )
+    await expect(page.locator("#device-audit tbody tr").nth(0)).to_contain_text("device.moved")
+    shown = await operator.call("GET", f"/v1/devices/{device_id}", expect=200)
+    assert (shown["product_id"], shown["lifecycle"], shown["name"]) == (
+        target["product_id"],
+        "preregistered",
+        "Lobby kiosk 3",
+    )
+    # Its own product is no longer among the choices; a forged post of it is refused with the reason.
+    await console.open(f"/console/devices/{device_id}/move")
+    await expect(page.locator(f'option[value="{target["product_id"]}"]')).to_have_count(0)
+    refused = await page.context.request.post(
+        f"{console.url}/console/devices/{device_id}/move",
+        form={"csrf_token": await console.csrf(), "product_id": target["product_id"]},
+        headers={"Referer": f"{console.url}/console/devices/{device_id}/move"},
+    )
+    # (back to the form, the reason flashed on it)
+    assert refused.ok and "already in product" in await refused.text()
+
+
 async def test_another_accounts_device_is_not_found(
     console: Console, session: aiohttp.ClientSession, system: System, other_operator: Operator
 ) -> None:
@@ -214,13 +266,17 @@ async def test_a_read_only_session_sees_no_buttons_and_cannot_change_a_device(
     await expect(page.locator("main").get_by_role("button")).to_have_count(0)
     await expect(page.get_by_role("link", name="Reset…")).to_have_count(0)
     await console.check_accessibility()
-    for action in ("disable", "enable", "reset"):
+    await expect(page.get_by_role("link", name="Move to another product…")).to_have_count(0)
+    await expect(page.get_by_label("New name")).to_have_count(0)
+    for action in ("disable", "enable", "reset", "move", "rename"):
         refused = await page.context.request.post(
-            f"{console.url}/console/devices/{device_id}/{action}", form={"csrf_token": await console.csrf()}
+            f"{console.url}/console/devices/{device_id}/{action}",
+            form={"csrf_token": await console.csrf(), "name": "x", "product_id": device_id},
         )
         assert refused.status == 403, action
-    answer = await page.goto(f"{console.url}/console/devices/{device_id}/reset")
-    assert answer is not None and answer.status == 403
+    for confirmation in ("reset", "move"):
+        answer = await page.goto(f"{console.url}/console/devices/{device_id}/{confirmation}")
+        assert answer is not None and answer.status == 403
     shown = await operator.call("GET", f"/v1/devices/{device_id}", expect=200)
     assert shown["disabled"] is False and shown["audit_events"] == []
 

@@ -1,5 +1,6 @@
 """Devices: the operator API's device search as a page, a device's page with its
-registration decisions and operator audit trail, enable / disable / reset, and the export.
+registration decisions and operator audit trail, enable / disable / reset, move to another
+product (a confirmation page with the product to choose), rename, and the export.
 
 The list's query string is exactly ``GET /v1/devices``'s (shared.domain.device_search):
 the filter form is a GET form whose fields carry the API's parameter names, so a search
@@ -25,6 +26,7 @@ from services.operator.console.auth import (
     resources,
     signed_in,
 )
+from services.operator.console.pages.products import FIELD_MAX, Form, text
 from shared.domain.device_search import DEVICE_STATES, LIFECYCLES, SEARCH_PARAMETERS, SORT_KEYS
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.http import path_id, query_params
@@ -205,10 +207,83 @@ async def change_device(request: web.Request, operator: Operator, form: Any) -> 
     return f"/console/devices/{device_id}"
 
 
+@page("device_move.html")
+async def confirm_move(request: web.Request, operator: Operator) -> Context:
+    """``GET /console/devices/{id}/move``: the confirmation step of a move, with the products
+    it may go to (locked, serving a registration, not its own; the API says why any other
+    is refused)."""
+    _refuse_read_only(operator)
+    device = await _detail(request, operator)
+    products = await handlers.list_products(resources(request).pool, operator.account)
+    return {
+        "device": device,
+        "product_name": next((p.name for p in products if p.id == device["product_id"]), None),
+        "choices": [
+            p
+            for p in products
+            if p.id != device["product_id"] and p.status == "locked" and p.registration_kind is not None
+        ],
+    }
+
+
+@action(write=True)
+async def move_device(request: web.Request, operator: Operator, form: Form) -> str:
+    """``POST /console/devices/{id}/move`` (``product_id``): the API's move; to the device's
+    page with what was done, or back to the form with why not (409: its reason)."""
+    settings = resources(request).settings
+    try:
+        device_id = path_id(request, "device_id")
+        moved = await handlers.move_device(
+            resources(request).pool,
+            operator.account,
+            device_id,
+            {"product_id": text(form, "product_id")[:FIELD_MAX]},
+            online_ttl=settings.online_ttl_seconds,
+        )
+    except NotFound as exc:
+        if exc.field == "product_id":
+            raise  # the form's product: flashed on the form
+        raise web.HTTPNotFound(reason="no such device in this account") from None
+    products = await handlers.list_products(resources(request).pool, operator.account)
+    name = next((p.name for p in products if p.id == moved.device.device.product_id), "")
+    flash(
+        operator,
+        f"Device {moved.device.device.hardware_id} moved to product {name}: its next claim with that "
+        "product's code takes it over.",
+    )
+    return f"/console/devices/{device_id}"
+
+
+@action(write=True)
+async def rename_device(request: web.Request, operator: Operator, form: Form) -> str:
+    """``POST /console/devices/{id}/rename`` (``name``): the API's rename; back to the
+    device's page with what was done (or the API's reason a name is refused)."""
+    settings = resources(request).settings
+    try:
+        device_id = path_id(request, "device_id")
+        renamed = await handlers.rename_device(
+            resources(request).pool,
+            operator.account,
+            resources(request).keyring,
+            device_id,
+            {"name": text(form, "name")[:FIELD_MAX]},
+            online_ttl=settings.online_ttl_seconds,
+        )
+    except NotFound:
+        raise web.HTTPNotFound(reason="no such device in this account") from None
+    shown = renamed.device.device
+    flash(operator, f"Device {shown.hardware_id} renamed to {shown.name}.")
+    return f"/console/devices/{device_id}"
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/devices", list_devices),
     web.get("/devices/export", export_devices),
     web.get("/devices/{device_id}", show_device),
     web.get("/devices/{device_id}/reset", confirm_reset),
+    web.get("/devices/{device_id}/move", confirm_move),
+    # Before the generic action route: the first route that matches a path answers it.
+    web.post("/devices/{device_id}/move", move_device),
+    web.post("/devices/{device_id}/rename", rename_device),
     web.post("/devices/{device_id}/{action}", change_device),
 ]
