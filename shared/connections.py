@@ -18,7 +18,8 @@ before the parser does:
   the client);
 * it reads at most ``PIPELINED_REQUESTS`` requests ahead of their answers, none while
   the client is not reading the answers already sent (its writing paused), and cuts a
-  connection whose writing stays paused ``send_timeout_s``; a bound crossed behind a
+  connection whose writing is paused and whose client takes no byte of it for
+  ``send_timeout_s``; a bound crossed behind a
   pipelined request is answered after that request's answer, never before;
 * it answers a request asking to switch protocols (``Connection: Upgrade``) like any
   other and closes the connection after it, reading nothing more into aiohttp (which
@@ -49,13 +50,17 @@ aiohttp upgrade changes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import enum
+import fcntl
 import functools
 import ipaddress
 import logging
 import resource
 import socket
+import struct
+import termios
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +111,9 @@ READ_BUFFER_BYTES = 64 * 1024
 # before the guard stops reading it (aiohttp's own queue holds 32). A client that sends
 # requests and never reads the answers then holds at most this many, and one read.
 PIPELINED_REQUESTS = 2
+# How often a connection whose writing is paused looks whether the client took a byte of
+# what waits for it (at most; a quarter of the send timeout when that is shorter).
+SEND_CHECK_SECONDS = 1.0
 # How often a connection whose reading the guard paused looks whether it may go on (the
 # handler's queue drained, the client read its answers): aiohttp's handler tells nobody.
 HOLD_POLL_SECONDS = 0.05
@@ -124,6 +132,28 @@ TRIM_EVERY_SECONDS = 5.0
 TRIM_AFTER_CONNECTIONS = 100
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def sending_progress(transport: asyncio.BaseTransport) -> tuple[int, int]:
+    """What waits for the client, as (the transport's write buffer, the socket's send
+    queue): the second is ``SIOCOUTQ`` (Linux), bytes sent and not acknowledged or not sent
+    yet, 0 where it cannot be read. Either one shrinking means the client took some bytes:
+    the send queue shrinks with every byte acknowledged, whereas the buffer moves only
+    when the socket has room again, which the kernel signals once a third of its send
+    buffer is free (it grows to 4 MB on a fast link, so a slow reader may take seconds)."""
+    buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+    queued = 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)  # SIOCOUTQ == TIOCOUTQ
+            queued = int(struct.unpack("i", raw)[0])
+    return buffered, queued
+
+
+def took_some(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Whether the client took bytes between two :func:`sending_progress` readings."""
+    return after[0] < before[0] or after[1] < before[1]
 
 
 def source_of(peername: Any) -> str:
@@ -480,13 +510,11 @@ class GuardedConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client does not read its answers as fast as they come: no new request is read
-        # meanwhile (_busy), and it has send_timeout_s to read some before it is cut. Over
+        # meanwhile (_busy), and it is cut once it takes no byte for send_timeout_s. Over
         # TLS this is called when the TLS layer's own buffer passes its high-water mark.
         self._writing_paused = True
         if self._send_timer is None and self._transport is not None:
-            self._send_timer = self._loop.call_later(
-                self._listener.bounds.send_timeout_s, self._close_for, "send_timeout"
-            )
+            self._watch_sending(sending_progress(self._transport), self._loop.time())
         if self._inner is not None:
             self._inner.pause_writing()
 
@@ -497,6 +525,30 @@ class GuardedConnection(asyncio.Protocol):
             self._send_timer = None
         if self._inner is not None:
             self._inner.resume_writing()
+
+    def _watch_sending(self, buffered: tuple[int, int], progress_at: float) -> None:
+        """While writing is paused, look every ``SEND_CHECK_SECONDS`` whether the client took
+        some of what waits for it (:func:`sending_progress`): any byte is
+        progress, so only a client taking nothing for ``send_timeout_s`` is cut, however
+        slowly it reads (resuming the writing, at the low-water mark, may take a while)."""
+        timeout = self._listener.bounds.send_timeout_s
+        self._send_timer = self._loop.call_later(
+            min(SEND_CHECK_SECONDS, timeout / 4), self._sending_checked, buffered, progress_at
+        )
+
+    def _sending_checked(self, buffered: tuple[int, int], progress_at: float) -> None:
+        self._send_timer = None
+        transport = self._transport
+        if transport is None or not self._writing_paused:
+            return
+        now = self._loop.time()
+        left = sending_progress(transport)
+        if took_some(buffered, left):
+            progress_at = now
+        if now - progress_at >= self._listener.bounds.send_timeout_s:
+            self._close_for("send_timeout")
+            return
+        self._watch_sending(left, progress_at)
 
     # -------------------------------------------------------- holding the reading ----
     def _busy(self) -> bool:

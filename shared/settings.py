@@ -249,9 +249,9 @@ class ConnectionBounds:
       window of ``body_timeout_s`` seconds must bring ``body_min_bytes_per_s`` times as
       many bytes (a window in which the service itself stopped reading is not counted).
     * ``keepalive_s``: how long a connection may wait for its next request.
-    * ``send_timeout_s``: how long an answer may wait for a client that reads none of it
-      (the connection's writing paused, no progress); any progress restarts the wait, so
-      a slow but steady reader still gets a large answer.
+    * ``send_timeout_s``: how long an answer may wait for a client that takes no byte of
+      it (the connection's writing paused); every byte taken restarts the wait, so a
+      reader however slow still gets a large answer.
     * ``max_connections_per_source``: open connections of one IPv4 address or IPv6 /64.
     * ``max_connections``: open connections of the process, all listeners together;
       0 derives it from the file-descriptor limit at start (``process_connection_cap``).

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -382,9 +382,10 @@ async def export_devices(
     *,
     online_ttl: float,
     now: datetime | None = None,
-) -> AsyncIterator[AsyncIterator[list[ShownDevice]]]:
-    """Every device of the account matching the query's filters (no page size, no cursor),
-    in its sort order, as batches: one snapshot of the registry, read with bounded memory
+) -> AsyncIterator[Callable[[], AsyncIterator[list[ShownDevice]]]]:
+    """A reader of every device of the account matching the query's filters (no page size,
+    no cursor), in its sort order, as batches: each call reads one snapshot of the
+    registry, the same for every call, with bounded memory, and shows it as of one instant
     (repositories ``export_devices``). The query is validated before anything is read."""
     export_format(query)
     search = parse_search(query)
@@ -394,10 +395,10 @@ async def export_devices(
     ) as batches:
 
         async def shown() -> AsyncIterator[list[ShownDevice]]:
-            async for batch in batches:
+            async for batch in batches():
                 yield [_shown(d, at, online_ttl) for d in batch]
 
-        yield shown()
+        yield shown
 
 
 async def get_device(

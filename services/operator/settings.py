@@ -89,7 +89,8 @@ class OperatorSettings:
     # Device exports one instance streams at once (each holds a database connection for
     # its length); one more is answered 429 with Retry-After.
     exports_max: int = 2
-    # An export whose client reads nothing for this long is ended (its snapshot released).
+    # An export whose client takes no byte for this long is ended (its snapshot released);
+    # progress, not a rate: a slow but steady reader gets the whole export.
     export_stall_seconds: float = 30.0
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     retention: RetentionSettings = field(default_factory=RetentionSettings)

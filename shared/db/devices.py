@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -424,21 +424,23 @@ async def count_devices(
 @contextlib.asynccontextmanager
 async def export_devices(
     pool: Pool, account_id: str, search: DeviceSearch, *, online_cutoff: datetime, batch: int = 1000
-) -> AsyncIterator[AsyncIterator[list[Device]]]:
-    """Every device matching ``search``, in its sort order, as batches of up to ``batch``:
-    a server-side cursor in one read-only REPEATABLE READ transaction, so the export is
-    one snapshot of the registry (a device changed meanwhile is neither missed nor
-    repeated) read with bounded memory. The connection is held until the context exits."""
+) -> AsyncIterator[Callable[[], AsyncIterator[list[Device]]]]:
+    """A reader of every device matching ``search``, in its sort order, as batches of up to
+    ``batch``: each call of it is a server-side cursor in one read-only REPEATABLE READ
+    transaction, so the export is one snapshot of the registry (a device changed meanwhile
+    is neither missed nor repeated) read with bounded memory, and a second reading (an
+    HTTP/1.0 export's length, then its body) gives the same devices. The connection is
+    held until the context exits."""
     q = _filtered(account_id, search, online_cutoff)
     statement = q.sql(SEARCH_ALL, _order(search))
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await conn.cursor(statement, *q.args)
 
         async def batches() -> AsyncIterator[list[Device]]:
+            cursor = await conn.cursor(statement, *q.args)
             while rows := await cursor.fetch(batch):
                 yield [_device(r) for r in rows]
 
-        yield batches()
+        yield batches
 
 
 async def list_devices(

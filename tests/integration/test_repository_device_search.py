@@ -237,13 +237,24 @@ async def test_the_export_is_every_matching_device_in_order(pool: Pool, fleet: F
     for query in ({}, {"sort": "name", "order": "desc"}, {"state": "online", "sort": "last_seen_at"}):
         s = parse_search(query)
         exported: list[str] = []
-        async with devices.export_devices(
-            pool, fleet.account_id, s, online_cutoff=CUTOFF, batch=100
-        ) as batches:
-            async for batch in batches:
+        async with devices.export_devices(pool, fleet.account_id, s, online_cutoff=CUTOFF, batch=100) as read:
+            async for batch in read():
                 assert len(batch) <= 100
                 exported.extend(d.id for d in batch)
         assert exported == _expected(everything, s), query
+
+
+async def test_a_second_reading_of_an_export_is_the_same_snapshot(pool: Pool, fleet: Fleet) -> None:
+    """An HTTP/1.0 export reads twice (its length, then its body): a device changed between
+    the two readings must not change the second."""
+    s = parse_search({"sort": "name"})
+    async with devices.export_devices(pool, fleet.account_id, s, online_cutoff=CUTOFF, batch=100) as read:
+        first = [d for batch in [b async for b in read()] for d in batch]
+        await pool.execute(
+            "UPDATE devices SET name = 'renamed meanwhile' WHERE id = $1", first[0].id
+        )  # another connection, committed between the readings
+        second = [d for batch in [b async for b in read()] for d in batch]
+    assert second == first and first[0].name != "renamed meanwhile"
 
 
 async def test_another_accounts_devices_never_appear(pool: Pool, fleet: Fleet) -> None:

@@ -115,6 +115,7 @@ class MemoryTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.reading = True
+        self.buffered = 0  # what get_write_buffer_size says waits for the client
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (self.peer, 40000) if name == "peername" else default
@@ -145,7 +146,7 @@ class MemoryTransport(asyncio.Transport):
         self.reading = True
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
 
 async def echo_length(request: web.Request) -> web.Response:
@@ -358,6 +359,22 @@ async def test_a_client_not_reading_its_answers_is_not_read_and_is_cut_after_the
     assert statuses(transport) == [200] and transport.reading
     connection.pause_writing()
     await asyncio.sleep(0.5)
+    assert transport.aborted
+    connection.connection_lost(None)
+
+
+async def test_a_client_taking_a_byte_now_and_then_is_not_cut_however_slowly_it_reads() -> None:
+    """Issue 22: the send timeout counts from the last byte taken, not from the pause (the
+    buffer may take long to drain to its low-water mark); a client that stops is cut."""
+    _, listener = await guarded(ConnectionBounds(send_timeout_s=0.3))
+    connection, transport = connect(listener)
+    transport.buffered = 100_000
+    connection.pause_writing()
+    for _ in range(8):  # 0.8 s paused, well past the send timeout, a byte taken every 0.1 s
+        await asyncio.sleep(0.1)
+        transport.buffered -= 1
+    assert not transport.aborted
+    await asyncio.sleep(0.5)  # then nothing
     assert transport.aborted
     connection.connection_lost(None)
 

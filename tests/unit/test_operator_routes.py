@@ -13,7 +13,7 @@ from typing import Any, cast
 from unittest import mock
 
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.test_utils import make_mocked_request
 
 from services.operator import exports, handlers, routes, views
@@ -233,8 +233,8 @@ def test_an_account_runs_one_export_at_a_time_and_a_finished_one_frees_its_slot(
 async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A write waits while the client's buffers are full; past stall_seconds the export ends,
-    the snapshot is released (the context manager exits) and the connection is closed."""
+    """A write waits while the client's buffers are full; past stall_seconds without a byte
+    taken from the transport's buffer the export ends, the snapshot is released (the context manager exits) and the connection is closed."""
     released = []
 
     @contextlib.asynccontextmanager
@@ -243,7 +243,7 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
             yield []
 
         try:
-            yield batches()
+            yield batches
         finally:
             released.append(True)
 
@@ -257,6 +257,8 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     monkeypatch.setattr(web.StreamResponse, "write", never_drains)
     monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
     transport = mock.Mock()
+    transport.get_write_buffer_size.return_value = 70_000  # what waits for the client, never taken
+    transport.get_extra_info.return_value = None  # no socket: the buffer alone
     request = make_mocked_request("GET", "/v1/devices/export", transport=transport)
     never_read = cast(Pool, None)  # export_devices, the only user of the pool, is replaced above
 
@@ -266,4 +268,69 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     )
 
     assert released == [True]
+    transport.close.assert_called_once()
+
+
+async def test_a_write_the_client_takes_slowly_is_not_cut_however_long_it_lasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22: the stall limit is progress, not the time one write takes. A write lasting
+    eight times stall_seconds while the client takes a few bytes at a time completes."""
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = None
+    transport.get_write_buffer_size.return_value = 100_000
+
+    async def slowly_taken() -> None:
+        for _ in range(40):  # 0.4 s, a few bytes taken every 10 ms
+            await asyncio.sleep(0.01)
+            transport.get_write_buffer_size.return_value -= 10
+
+    await exports._unstalled(slowly_taken(), transport, stall_seconds=0.05)
+
+    async def never_taken() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(exports._unstalled(never_taken(), transport, stall_seconds=0.05), 5)
+
+
+async def test_an_http_1_0_export_that_would_not_match_its_counted_length_is_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over HTTP/1.0 the export's length is counted on a first reading of the snapshot. A
+    second reading that came out longer would be cut at the length by aiohttp, a short
+    export looking whole: it is cut before the length instead, the connection closed."""
+    readings = iter([[b"ab"], [b"abc"]])  # what each reading renders: 2 bytes, then 3
+
+    @contextlib.asynccontextmanager
+    async def export_devices(*args: object, **kwargs: object) -> Any:
+        async def read() -> Any:
+            for piece in next(readings):
+                yield piece
+
+        yield read
+
+    written: list[bytes] = []
+
+    async def write(self: web.StreamResponse, data: bytes) -> None:
+        written.append(data)
+
+    async def prepared(self: web.StreamResponse, request: web.Request) -> None:
+        return None
+
+    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    monkeypatch.setattr(views, "export_header", lambda chosen: b"")
+    monkeypatch.setattr(views, "export_lines", lambda batch, chosen: batch)
+    monkeypatch.setattr(web.StreamResponse, "write", write)
+    monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = None
+    transport.get_write_buffer_size.return_value = 0
+    request = make_mocked_request("GET", "/v1/devices/export", version=HttpVersion10, transport=transport)
+
+    response = await exports.stream(
+        request, cast(Pool, None), ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=1
+    )
+
+    assert response.content_length == 2 and b"".join(written) == b""  # nothing past the length
     transport.close.assert_called_once()
