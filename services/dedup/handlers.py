@@ -306,7 +306,10 @@ def _count_wrong_key(
         product_id=product_id,
         kind=BULK_KEY_GUESSING,
         hardware_id=claim.hardware_id,
-        listed=listed is not None and bool(listed.registration_key_digest),
+        # listed in this product: another product's row is as unlisted to this code
+        listed=listed is not None
+        and listed.product_id == product_id
+        and bool(listed.registration_key_digest),
         wrong_keys=wrong_keys,
         window_s=policy.alert_window_s,
     )
