@@ -138,6 +138,8 @@ UnixTimeOrZero = Annotated[
 ]
 Generation = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
 LineCount = Annotated[int, _between(0, INT32_MAX, what="an integer from 0 to 2^31-1")]
+# Seconds a refused-for-now claim waits (the clone rate's window at most; a day bounds it).
+RetryAfter = Annotated[int, _between(0, 86_400, what="whole seconds from 0 to 86400")]
 # A claimed hardware ID as the device APIs accept it: a stem of 1-64 characters and up
 # to 3 index suffixes "-N" (shared.domain.identifiers.validate_hardware_id).
 HardwareId = Annotated[str, _domain(validate_hardware_id, "a hardware ID")]
@@ -220,6 +222,9 @@ class RegistrationOutcome(Event):
     # The account whose code the request named ("" when none: an unknown code); webhooks'
     # registration.refused summary counts refusals by it.
     account_id: UuidOrEmpty = ""
+    # A refusal for now (the clone rate per source): seconds after which the same claim may
+    # succeed; the intake answers 429 with Retry-After. 0: the answer is final.
+    retry_after: RetryAfter = 0
 
 
 @dataclass(frozen=True, slots=True)

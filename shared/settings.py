@@ -341,9 +341,15 @@ class PipelineSettings:
     max_failed_claims: int = 10
     failed_claims_window_s: float = 900.0
     # Deduplication's clone limit: at most this many clones (H-N) of one claimed hardware ID
-    # of an account within the window; past it a clone claim is refused and nothing is created.
+    # of an account created from one source within the window; past it that source's clone
+    # claims are refused and nothing is created (other sources' are not).
     clone_limit: int = 100
     clone_window_s: float = 3600.0
+    # Deduplication's clone rate: at most this many devices of one claimed hardware ID (the
+    # first and its clones) created from one source within the window; past it the claim is
+    # answered "try again later" (429 + Retry-After), so a squatter pays in time.
+    clone_rate_per_source: int = 20
+    clone_rate_window_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
@@ -361,6 +367,8 @@ class PipelineSettings:
             ),
             clone_limit=env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
             clone_window_s=env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
+            clone_rate_per_source=env.integer("FLEETREG_CLONE_RATE_PER_SOURCE", 20, minimum=1),
+            clone_rate_window_s=env.number("FLEETREG_CLONE_RATE_WINDOW_SECONDS", 60.0, minimum=1.0),
         )
 
 

@@ -1,4 +1,5 @@
-"""``fleetreg alerts list``: the account's security alerts (e.g. bulk key guessing)."""
+"""``fleetreg alerts list``: the account's security alerts (bulk key guessing, hardware ID
+squatting, a filled quota, two sources before ready)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from cli.arguments import positive_int
 from cli.client import operator_client
 from cli.output import emit_json, print_table
 
+KINDS = ["bulk_key_guessing", "hardware_id_squatting", "quota_filled", "two_sources_before_ready"]
+
 PAGE = 1000
 
 
@@ -18,7 +21,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser(
         "list", parents=[common], help="list alerts, most recently seen first (all unless --limit)"
     )
-    listing.add_argument("--kind", choices=["bulk_key_guessing"])
+    listing.add_argument("--kind", choices=KINDS)
     listing.add_argument("--limit", type=positive_int, help="at most this many alerts")
     listing.set_defaults(run=list_alerts)
 
@@ -45,12 +48,13 @@ async def list_alerts(args: argparse.Namespace) -> int:
             a["last_seen_at"],
             a["kind"],
             a["hardware_id"],
-            "yes" if a["listed"] else "no",
-            f"{a['wrong_keys']} in {a['window_seconds']} s",
+            a["source"] or "-",
+            {True: "yes", False: "no", None: "-"}[a["listed"]],
+            f"{a['count']} in {a['window_seconds']} s" if a["window_seconds"] else str(a["count"]),
             a["product_id"],
         )
         for a in found
     ]
-    print_table(rows, ["last seen", "kind", "hardware id", "listed", "wrong keys", "product"])
+    print_table(rows, ["last seen", "kind", "hardware id", "source", "listed", "count", "product"])
     print(f"{len(found)} alert(s)")
     return 0

@@ -9,6 +9,7 @@ commit and the sends loses nothing.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.db import alerts, decisions, devices, products, registrations
-from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
+from shared.db.alerts import (
+    BULK_KEY_GUESSING,
+    HARDWARE_ID_SQUATTING,
+    QUOTA_FILLED,
+    TWO_SOURCES_BEFORE_READY,
+    AlertKind,
+    AlertSighting,
+)
 from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal, recorded
@@ -30,6 +38,7 @@ from shared.domain.dedup import (
     Limits,
     Verdict,
     decide,
+    limit_reached,
 )
 from shared.domain.identifiers import family_stems
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
@@ -44,6 +53,14 @@ from shared.metrics import (
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+
+# The log line of a raised alert, per kind (docs/security.md, "Security alerts").
+ALERT_LOG_MESSAGES: dict[AlertKind, str] = {
+    BULK_KEY_GUESSING: "repeated wrong registration keys for one hardware ID",
+    HARDWARE_ID_SQUATTING: "one source is creating clones of one hardware ID",
+    QUOTA_FILLED: "an auto registration's max_devices is reached",
+    TWO_SOURCES_BEFORE_READY: "two sources reclaimed one hardware ID before it confirmed",
+}
 
 
 @dataclass
@@ -92,13 +109,18 @@ class Policy:
 
     ``alert_threshold`` wrong registration keys for one bulk hardware ID within
     ``alert_window_s`` raise a security alert; they never refuse the right key, so an
-    attacker cannot lock a real device out. ``clone_limit`` clones of one claimed hardware
-    ID within ``clone_window_s`` are created at most."""
+    attacker cannot lock a real device out. One source creates at most ``clone_limit``
+    clones of one claimed hardware ID within ``clone_window_s``, and at most
+    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``
+    (past it: try again later); reaching either raises a squatting alert. Other sources'
+    claims of that hardware ID are never slowed by them."""
 
     alert_threshold: int = 10
     alert_window_s: float = 900.0
     clone_limit: int = 100
     clone_window_s: float = 3600.0
+    clone_rate: int = 20
+    clone_rate_window_s: float = 60.0
 
 
 @dataclass
@@ -156,6 +178,7 @@ async def decide_batch(
                     reason=verdict.reason,
                     decision="refused",
                     account_id=record.account_id or "",
+                    retry_after=min(86_400, math.ceil(verdict.retry_after)),
                 )
             )
         else:
@@ -183,15 +206,17 @@ def _count_limits(outcome: _Outcome) -> None:
         SECURITY_ALERT_EVENTS.labels(sighting.kind).inc()
     for sighting in outcome.raised:
         SECURITY_ALERTS.labels(sighting.kind).inc()
-        # The hardware ID is not a secret; the keys tried are never logged (only digests travel).
+        # The hardware ID and the source are not secrets; the keys tried are never logged
+        # (only digests travel).
         log.warning(
-            "security alert: repeated wrong registration keys for one hardware ID",
+            f"security alert: {ALERT_LOG_MESSAGES[sighting.kind]}",
             extra={
                 "alert": sighting.kind,
                 "account_id": sighting.account_id,
                 "product_id": sighting.product_id,
                 "hardware_id": sighting.hardware_id,
-                "wrong_keys": sighting.wrong_keys,
+                "source": sighting.source,
+                "count": sighting.count,
                 "window_s": sighting.window_s,
             },
         )
@@ -252,23 +277,30 @@ async def _decide_and_record(
                 claim = _claim(request)
                 kind: Literal["auto", "bulk"] = "bulk" if admission.kind == "bulk" else "auto"
                 registration_id = admission.registration_id or ""
+                limits = Limits(
+                    max_devices=quotas.get(registration_id),
+                    clone_limit=policy.clone_limit,
+                    clone_window_s=policy.clone_window_s,
+                    clone_rate=policy.clone_rate,
+                    clone_rate_window_s=policy.clone_rate_window_s,
+                    now=now,
+                )
                 verdict = decide(
                     claim,
                     family,
                     kind=kind,
                     registration_id=registration_id,
                     secret_matches=secret_matches,
-                    limits=Limits(
-                        max_devices=quotas.get(registration_id),
-                        clone_limit=policy.clone_limit,
-                        clone_window_s=policy.clone_window_s,
-                        now=now,
-                    ),
+                    limits=limits,
                     product_id=product_id,
                 )
                 if kind == "bulk" and verdict.reason == REASON_BULK_NOT_LISTED:
                     _count_wrong_key(out, policy, failures, family, claim, account_id, product_id)
                 family.apply(claim, verdict)
+                if kind == "auto":
+                    _notice_creation_limits(
+                        out, family, claim, verdict, limits, registration_id, account_id, product_id
+                    )
                 records.append(
                     DecisionRecord(
                         claim=claim,
@@ -306,15 +338,61 @@ def _count_wrong_key(
         product_id=product_id,
         kind=BULK_KEY_GUESSING,
         hardware_id=claim.hardware_id,
+        count=wrong_keys,
+        window_s=policy.alert_window_s,
         # listed in this product: another product's row is as unlisted to this code
         listed=listed is not None
         and listed.product_id == product_id
         and bool(listed.registration_key_digest),
-        wrong_keys=wrong_keys,
-        window_s=policy.alert_window_s,
     )
     out.sightings.append(sighting)
     if wrong_keys == policy.alert_threshold:
+        out.raised.append(sighting)
+
+
+def _notice_creation_limits(
+    out: _Outcome,
+    family: Family,
+    claim: Claim,
+    verdict: Verdict,
+    limits: Limits,
+    registration_id: str,
+    account_id: str,
+    product_id: str,
+) -> None:
+    """An auto registration's claim, recorded in the family: the alerts of what its source
+    created. A source that reaches its clone rate or clone limit for one hardware ID raises
+    ``hardware_id_squatting`` (every later refusal by them updates the alert); the claim
+    that takes an auto registration's last place raises ``quota_filled`` with its source."""
+    reached = limit_reached(claim, verdict, family, limits)
+    if reached is not None:
+        sighting = AlertSighting(
+            account_id=account_id,
+            product_id=product_id,
+            kind=HARDWARE_ID_SQUATTING,
+            hardware_id=claim.hardware_id,
+            count=max(1, reached.count),
+            window_s=reached.window_s,
+            source=claim.source,
+        )
+        out.sightings.append(sighting)
+        if reached.just_now:
+            out.raised.append(sighting)
+    if (
+        verdict.created
+        and limits.max_devices is not None
+        and family.registration_devices.get(registration_id, 0) == limits.max_devices
+    ):
+        sighting = AlertSighting(
+            account_id=account_id,
+            product_id=product_id,
+            kind=QUOTA_FILLED,
+            hardware_id=claim.hardware_id,
+            count=limits.max_devices,
+            window_s=None,
+            source=claim.source,
+        )
+        out.sightings.append(sighting)
         out.raised.append(sighting)
 
 

@@ -34,6 +34,8 @@ def policy_of(settings: PipelineSettings) -> Policy:
         alert_window_s=settings.failed_claims_window_s,
         clone_limit=settings.clone_limit,
         clone_window_s=settings.clone_window_s,
+        clone_rate=settings.clone_rate_per_source,
+        clone_rate_window_s=settings.clone_rate_window_s,
     )
 
 

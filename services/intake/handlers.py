@@ -19,7 +19,13 @@ from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DELETED, REASON_DISABLED
+from shared.domain.dedup import (
+    REASON_BULK_NOT_LISTED,
+    REASON_DELETED,
+    REASON_DISABLED,
+    is_clone_rate_refusal,
+    is_quota_refusal,
+)
 from shared.domain.identifiers import (
     is_uuid,
     new_request_id,
@@ -53,6 +59,23 @@ UNAUTHORIZED = "unknown device or wrong device secret"
 # guesser of codes or registration keys gets. (A wrong device secret is a 401,
 # counted by the throttling middleware.)
 COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
+
+
+def counts_against_source(answer: Answer) -> bool:
+    """Whether a registration call's or poll's answer is a refusal that counts against the
+    caller's source: a guess (COUNTED_REFUSALS), or what the source tried to create past the
+    quota or the clone limit (the clone rate's "try again later" does not count: a factory
+    behind one address retries it)."""
+    return answer.status == "refused" and (
+        answer.reason in COUNTED_REFUSALS or is_quota_refusal(answer.reason)
+    )
+
+
+def retry_later(answer: Answer) -> bool:
+    """Whether a refusal is for now only (the clone rate per source): answered 429 with
+    Retry-After, also when it is polled (the stored decision keeps the reason, not the wait)."""
+    return answer.status == "refused" and (answer.retry_after > 0 or is_clone_rate_refusal(answer.reason))
+
 
 Publish = Callable[[RegistrationRequested], Awaitable[None]]
 PublishSignal = Callable[[DeviceSignal], Awaitable[None]]
@@ -99,6 +122,7 @@ class Answer:
     decision: str = ""
     device_secret: str = ""
     boot: Boot | None = None  # only with include=files, only beside the device secret
+    retry_after: int = 0  # a refusal for now: seconds to wait before claiming again
 
     @property
     def clone(self) -> bool:
@@ -167,8 +191,11 @@ def parse_include(values: list[str]) -> bool:
     return True
 
 
-def to_event(registration: RegistrationInput, keyring: Keyring, protocol: str) -> RegistrationRequested:
-    """The request as it travels: secrets replaced by their keyed digests."""
+def to_event(
+    registration: RegistrationInput, keyring: Keyring, protocol: str, source: str = ""
+) -> RegistrationRequested:
+    """The request as it travels: secrets replaced by their keyed digests; ``source`` is
+    where the call came from (shared.throttle.request_source)."""
     return RegistrationRequested(
         request_id=new_request_id(keyring.request_tag),
         received_at=time.time(),
@@ -179,12 +206,19 @@ def to_event(registration: RegistrationInput, keyring: Keyring, protocol: str) -
         registration_key_digest=keyring.digest(registration.registration_key),
         idempotency_key=registration.idempotency_key,
         protocol=protocol,
+        source=source,
     )
 
 
 def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) -> Answer:
     if outcome.status != "ready":
-        return Answer("refused", outcome.request_id, reason=outcome.reason, claimed_hardware_id=claimed)
+        return Answer(
+            "refused",
+            outcome.request_id,
+            reason=outcome.reason,
+            claimed_hardware_id=claimed,
+            retry_after=outcome.retry_after,
+        )
     return Answer(
         "ready",
         outcome.request_id,
@@ -219,10 +253,11 @@ async def register_native(
     *,
     include_files: bool = False,
     cache: DeviceCache | None = None,
+    source: str = "",
 ) -> Answer:
-    """A native registration call, validated: publish it (secrets as keyed digests) and
-    wait a bounded time for its outcome; with ``include_files``, a ``ready`` answer also
-    carries the device's files (:func:`with_files`).
+    """A native registration call, validated: publish it (secrets as keyed digests, with the
+    caller's ``source``) and wait a bounded time for its outcome; with ``include_files``, a
+    ``ready`` answer also carries the device's files (:func:`with_files`).
 
     A code the registry does not know is refused here, without a request published or a
     row written: the answer is the one deduplication gives (``refused``, a fresh request
@@ -234,7 +269,7 @@ async def register_native(
             reason=REASON_UNKNOWN_CODE,
             claimed_hardware_id=registration.hardware_id,
         )
-    event = to_event(registration, keyring, protocol="native")
+    event = to_event(registration, keyring, protocol="native", source=source)
     answer = await register(event, publish, waiter, keyring, wait_seconds)
     return await with_files(pool, keyring, answer, cache) if include_files else answer
 

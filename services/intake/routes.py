@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.intake import handlers, views
 from services.intake.resources import RESOURCES
-from shared.throttle import THROTTLE, mark_refused
+from shared.throttle import THROTTLE, mark_refused, request_source
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -43,8 +43,9 @@ async def post_registration(request: web.Request) -> web.Response:
         r.codes,
         include_files=include_files,
         cache=r.devices,
+        source=request_source(request),
     )
-    if answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS:
+    if handlers.counts_against_source(answer):
         mark_refused(request)
     if answer.decision in ("new", "clone"):
         await throttle.count_new_device(registration.bulk_identification_code)
@@ -62,9 +63,7 @@ async def get_registration(request: web.Request) -> web.Response:
         include_files=include_files,
         cache=r.devices,
     )
-    if answer.status == "unknown" or (
-        answer.status == "refused" and answer.reason in handlers.COUNTED_REFUSALS
-    ):
+    if answer.status == "unknown" or handlers.counts_against_source(answer):
         mark_refused(request)
     return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
 

@@ -6,14 +6,19 @@ from typing import Any
 
 from aiohttp import web
 
-from services.intake.handlers import Answer, Boot, Device
+from services.intake.handlers import Answer, Boot, Device, retry_later
 from shared.db.files import ServiceFile
+from shared.errors import TooManyRequests
 from shared.http import json_response
+
+# The rule a 429 of the clone rate per source names (docs/device-api.md, "Limits").
+CLONE_RATE_RULE = "clone_rate_per_source"
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
-    """A registration call's or poll's answer: 200 ready, 202 pending, 403 refused, 404 unknown;
-    a ready answer of a two-call boot (``include=files``) adds the manifest, files inline."""
+    """A registration call's or poll's answer: 200 ready, 202 pending, 403 refused, 404 unknown,
+    429 refused for now (the clone rate per source, with Retry-After); a ready answer of a
+    two-call boot (``include=files``) adds the manifest, files inline."""
     body: dict[str, Any] = {"status": answer.status, "request_id": answer.request_id}
     if answer.status == "ready":
         body.update(
@@ -38,6 +43,16 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
                 "Retry-After": str(retry_after),
                 "Location": f"/v1/registrations/{answer.request_id}",
             },
+        )
+    if retry_later(answer):
+        # The clone rate per source: the device waits Retry-After, then sends its
+        # registration again (a poll of the request gets the same answer: the stored
+        # decision keeps the reason, not the wait, so it is told the pending interval).
+        wait = TooManyRequests(
+            answer.reason, retry_after=answer.retry_after or retry_after, rule=CLONE_RATE_RULE
+        )
+        return json_response(
+            {**wait.to_dict(), "request_id": answer.request_id}, status=429, headers=wait.headers()
         )
     body["reason"] = answer.reason
     return json_response(body, status=403 if answer.status == "refused" else 404)

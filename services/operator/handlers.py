@@ -75,7 +75,7 @@ BATCH_MAX_IDS = 1000
 DEVICE_AUDIT_EVENTS = 50
 EXPORT_FORMATS = ("csv", "jsonl")
 DECISIONS = ("new", "same", "clone", "refused")
-ALERT_KINDS = (alerts.BULK_KEY_GUESSING,)
+ALERT_KINDS = alerts.ALERT_KINDS
 
 
 # ---------------------------------------------------------------- what the handlers return

@@ -289,6 +289,8 @@ def security_alert(alert: SecurityAlert) -> Json:
         "kind": alert.kind,
         "product_id": alert.product_id,
         "hardware_id": alert.hardware_id,
+        "source": alert.source,
+        "count": alert.count,
         "listed": alert.listed,
         "wrong_keys": alert.wrong_keys,
         "window_seconds": alert.window_seconds,

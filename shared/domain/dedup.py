@@ -17,10 +17,15 @@ The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"
   ``H-1`` and never a refusal. Two sources doing that to one ``H`` raise a security alert.
 * Any other claimant of a taken ``H`` is a clone and gets the smallest free ``H-N``
   (auto registration), or is refused (bulk registration: one device per CSV row).
-* Creating a device is bounded (auto registration): by the registration's quota
-  (``max_devices``) and by the clone limit per claimed hardware ID and time window.
-  Past either the claim is refused with a reason naming the limit and nothing is
-  created; a retry of a device that exists is never refused by them.
+* Creating a device is bounded (auto registration), where the one who creates pays: by
+  the registration's quota (``max_devices``); by the clone limit, the clones of one claimed
+  hardware ID one source may create within a window; and by the clone rate, the devices one
+  source may create for one claimed hardware ID within a shorter window. Past the quota or
+  the clone limit the claim is refused with a reason naming the limit; past the rate it is
+  refused for now (``Verdict.retry_after``: the device tries again then, so a factory of
+  boards sharing one placeholder serial behind one address gets through, slower). Nothing
+  is created; a retry of a device that exists is never refused by them, and another
+  source's claims are never slowed by what one source created.
 
 :func:`decide` is pure: it reads a :class:`Family` (every registered device whose
 hardware ID could collide with the claim) and returns a :class:`Verdict`;
@@ -54,7 +59,17 @@ REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must
 # The security alert of a device reclaimed before "ready" from two sources (docs/security.md).
 TWO_SOURCES_BEFORE_READY = "two_sources_before_ready"
 
-Quota = Literal["max_devices", "clone_limit"]
+Quota = Literal["max_devices", "clone_limit", "clone_rate"]
+
+
+# The starts of the quota's and the clone limit's refusals (reason_max_devices,
+# reason_clone_limit): refusals of what a source tried to create, counted against it.
+_QUOTA_PREFIXES = ("quota reached:", "clone limit reached:")
+
+
+def is_quota_refusal(reason: str) -> bool:
+    """Whether a refusal's reason is the quota's or the clone limit's (final for now)."""
+    return reason.startswith(_QUOTA_PREFIXES)
 
 
 def reason_max_devices(max_devices: int) -> str:
@@ -64,8 +79,25 @@ def reason_max_devices(max_devices: int) -> str:
 def reason_clone_limit(limit: int, window_s: float) -> str:
     return (
         f"clone limit reached: at most {limit} clones of one hardware ID per {window_s:g} seconds"
-        " (FLEETREG_CLONE_LIMIT)"
+        " from one address (FLEETREG_CLONE_LIMIT)"
     )
+
+
+# The clone rate's refusal is a "try again later" (429 with Retry-After on the native API):
+# the intake recognises it by this start (is_clone_rate_refusal), also when it is polled.
+_CLONE_RATE_PREFIX = "too many new devices with this hardware ID from this address:"
+
+
+def reason_clone_rate(limit: int, window_s: float) -> str:
+    return (
+        f"{_CLONE_RATE_PREFIX} at most {limit} per {window_s:g} seconds"
+        " (FLEETREG_CLONE_RATE_PER_SOURCE): try again later"
+    )
+
+
+def is_clone_rate_refusal(reason: str) -> bool:
+    """Whether a refusal's reason is the clone rate's (a claim to try again later)."""
+    return reason.startswith(_CLONE_RATE_PREFIX)
 
 
 @dataclass
@@ -111,6 +143,8 @@ class Verdict:
     # one): the earlier secret and service passwords are revoked.
     regenerated: bool = False
     alert: str = ""  # a security alert this claim raises (TWO_SOURCES_BEFORE_READY), or ""
+    # Seconds after which the same claim may succeed (the clone rate's refusal); 0: final.
+    retry_after: float = 0.0
 
     @property
     def hardware_id(self) -> str:
@@ -122,11 +156,17 @@ class Limits:
     """What bounds the devices an auto registration's claims may create.
 
     ``now`` is the decision time (seconds since the epoch): devices created by this
-    batch carry it, and the clone window ends at it."""
+    batch carry it, and the windows end at it. The clone limit and the clone rate count
+    what the claim's own source created (``KnownDevice.created_source``)."""
 
     max_devices: int | None = None  # the registration's quota; None: no quota
-    clone_limit: int | None = None  # clones of one claimed hardware ID per window; None: none
+    # Clones of one claimed hardware ID one source may create per window; None: no limit.
+    clone_limit: int | None = None
     clone_window_s: float = 3600.0
+    # Devices (the first and its clones) one source may create for one claimed hardware ID
+    # per window; past it the claim is to be tried again later. None: no rate.
+    clone_rate: int | None = None
+    clone_rate_window_s: float = 60.0
     now: float = 0.0
 
 
@@ -155,14 +195,19 @@ class Family:
     def by_id(self, device_id: str) -> KnownDevice | None:
         return next((d for d in self.devices.values() if d.id == device_id), None)
 
-    def clones_since(self, hardware_id: str, since: float) -> int:
-        """Clones assigned to claimants of ``hardware_id`` (``H-N``) created at or after ``since``."""
-        return sum(
-            1
+    def created_by(self, hardware_id: str, source: str, since: float, *, clones: bool) -> list[float]:
+        """When (seconds since the epoch, ascending) the devices claiming ``hardware_id``
+        that ``source`` created after ``since`` were created (one created exactly a window
+        ago has left it: the wait a refusal names is then enough); with ``clones`` only the
+        clones (``H-N``), else the first device too."""
+        claimed = hardware_id.lower()
+        return sorted(
+            d.created_at
             for d in self.devices.values()
-            if d.claimed_hardware_id.lower() == hardware_id.lower()
-            and d.hardware_id.lower() != hardware_id.lower()
-            and d.created_at >= since
+            if d.claimed_hardware_id.lower() == claimed
+            and d.created_source == source
+            and d.created_at > since
+            and not (clones and d.hardware_id.lower() == claimed)
         )
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:
@@ -333,7 +378,8 @@ def decide(
 def _over_limit(
     claim: Claim, family: Family, registration_id: str, limits: Limits, *, clone: bool
 ) -> Verdict | None:
-    """The refusal when creating one more device would exceed a limit, else None."""
+    """The refusal when creating one more device would exceed a limit, else None: the quota,
+    then the clone limit (final for the window), then the clone rate (try again later)."""
     if (
         limits.max_devices is not None
         and family.registration_devices.get(registration_id, 0) >= limits.max_devices
@@ -342,13 +388,64 @@ def _over_limit(
     if (
         clone
         and limits.clone_limit is not None
-        and family.clones_since(claim.hardware_id, limits.now - limits.clone_window_s) >= limits.clone_limit
+        and len(
+            family.created_by(
+                claim.hardware_id, claim.source, limits.now - limits.clone_window_s, clones=True
+            )
+        )
+        >= limits.clone_limit
     ):
         return Verdict(
             "refused",
             reason=reason_clone_limit(limits.clone_limit, limits.clone_window_s),
             quota="clone_limit",
         )
+    if limits.clone_rate is not None:
+        created = family.created_by(
+            claim.hardware_id, claim.source, limits.now - limits.clone_rate_window_s, clones=False
+        )
+        if len(created) >= limits.clone_rate:
+            # Free again when the oldest creation that fills the window leaves it.
+            freed = created[len(created) - limits.clone_rate] + limits.clone_rate_window_s
+            return Verdict(
+                "refused",
+                reason=reason_clone_rate(limits.clone_rate, limits.clone_rate_window_s),
+                quota="clone_rate",
+                retry_after=max(1.0, freed - limits.now),
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class Reached:
+    """A per-source clone limit or clone rate that one claim's source reached: its creation
+    filled it (``just_now``) or the claim was refused by it. ``count`` is what the source
+    created within ``window_s`` (clones for the clone limit, devices for the rate)."""
+
+    quota: Quota
+    count: int
+    window_s: float
+    just_now: bool
+
+
+def limit_reached(claim: Claim, verdict: Verdict, family: Family, limits: Limits) -> Reached | None:
+    """The per-source clone limit or rate the claim's source reached, read after
+    :meth:`Family.apply` recorded ``verdict`` (deduplication raises a squatting alert on
+    it); None when the claim created nothing at a limit and was refused by neither."""
+    clone_since = limits.now - limits.clone_window_s
+    rate_since = limits.now - limits.clone_rate_window_s
+    clones = len(family.created_by(claim.hardware_id, claim.source, clone_since, clones=True))
+    created = len(family.created_by(claim.hardware_id, claim.source, rate_since, clones=False))
+    if verdict.quota == "clone_limit":
+        return Reached("clone_limit", clones, limits.clone_window_s, just_now=False)
+    if verdict.quota == "clone_rate":
+        return Reached("clone_rate", created, limits.clone_rate_window_s, just_now=False)
+    if not verdict.created:
+        return None
+    if verdict.decision == "clone" and clones == limits.clone_limit:
+        return Reached("clone_limit", clones, limits.clone_window_s, just_now=True)
+    if created == limits.clone_rate:
+        return Reached("clone_rate", created, limits.clone_rate_window_s, just_now=True)
     return None
 
 

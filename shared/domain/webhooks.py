@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, is_clone_rate_refusal, is_quota_refusal
 from shared.errors import InvalidInput
 
 DEVICE_REGISTERED = "device.registered"
@@ -53,8 +53,6 @@ SECRET_BYTES = 32  # the specification asks for 24 to 64 random bytes
 
 # registration.refused counts refusals of the account's own codes by these reasons.
 REFUSAL_REASONS = ("throttled", "quota", "wrong_key", "other")
-# The quota refusals' texts (shared/domain/dedup.py reason_max_devices, reason_clone_limit).
-_QUOTA_PREFIXES = ("quota reached:", "clone limit reached:")
 
 # The Standard Webhooks suggested schedule, as the pause before each retry: attempts at
 # once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (about 27.5 hours in all).
@@ -78,10 +76,12 @@ def body(kind: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def refusal_reason(reason: str) -> str:
-    """The summary's reason for one refusal's text: quota, wrong_key or other (throttled
-    refusals are counted where they happen, in the intake)."""
-    if reason.startswith(_QUOTA_PREFIXES):
+    """The summary's reason for one refusal's text: quota, throttled (the clone rate per
+    source; the intake's own throttling is counted where it happens), wrong_key or other."""
+    if is_quota_refusal(reason):
         return "quota"
+    if is_clone_rate_refusal(reason):
+        return "throttled"
     if reason == REASON_BULK_NOT_LISTED:
         return "wrong_key"
     return "other"

@@ -1,17 +1,19 @@
 """shared.db.alerts on the real Postgres: one alert per (product, kind, hardware ID) that
-every later sighting updates, concurrent batches that never deadlock on shared alerts,
-and the operator's listing, paged without skipping alerts seen at the same time."""
+every later sighting updates, each kind with its own fields, concurrent batches that never
+deadlock on shared alerts, and the operator's listing, paged without skipping alerts seen at
+the same time."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from shared.db import alerts
-from shared.db.alerts import BULK_KEY_GUESSING, AlertSighting
+from shared.db.alerts import BULK_KEY_GUESSING, HARDWARE_ID_SQUATTING, QUOTA_FILLED, AlertSighting
 from shared.db.pool import Connection, Pool
 from tests.support import registry
 
@@ -27,7 +29,7 @@ def _sighting(
     product: registry.Product, hardware_id: str, wrong_keys: int = 10, listed: bool = True
 ) -> AlertSighting:
     return AlertSighting(
-        product.account_id, product.id, BULK_KEY_GUESSING, hardware_id, listed, wrong_keys, 900.0
+        product.account_id, product.id, BULK_KEY_GUESSING, hardware_id, wrong_keys, 900.0, listed=listed
     )
 
 
@@ -58,11 +60,13 @@ async def test_one_alert_per_hardware_id_and_the_last_sighting_wins(
         for a in await _all(pool, product.account_id)
         if a.hardware_id == "H1" and a.product_id == product.id
     ]
-    assert (first.kind, first.wrong_keys, first.listed, first.window_seconds) == (
+    assert (first.kind, first.count, first.wrong_keys, first.listed, first.window_seconds, first.source) == (
         BULK_KEY_GUESSING,
+        11,
         11,
         True,
         900,
+        "",
     )
 
     await _record(pool, [_sighting(product, "H1", 12, listed=False)])
@@ -78,6 +82,43 @@ async def test_one_alert_per_hardware_id_and_the_last_sighting_wins(
     assert found[0] == later  # the most recently seen first
 
     await _record(pool, [])  # nothing to record: no statement, no error
+
+
+async def test_each_kind_keeps_its_source_count_and_window_beside_the_bulk_alerts(
+    pool: Pool, product: registry.Product
+) -> None:
+    """The kinds of issue 22 share the table with bulk_key_guessing: one alert per (product,
+    kind, hardware ID), the last occurrence's source, count and window; listed and wrong_keys
+    are bulk_key_guessing's alone."""
+    squat = AlertSighting(
+        product.account_id, product.id, HARDWARE_ID_SQUATTING, "H", 20, 60.0, source="192.0.2.7"
+    )
+    quota = AlertSighting(product.account_id, product.id, QUOTA_FILLED, "H-3", 50, None, source="192.0.2.8")
+    await _record(pool, [squat, quota, _sighting(product, "H", 10, listed=True)])
+    await _record(pool, [replace(squat, count=21, source="2001:db8:1:2::/64")])
+
+    found = {a.kind: a for a in await _all(pool, product.account_id)}
+    assert set(found) == {BULK_KEY_GUESSING, HARDWARE_ID_SQUATTING, QUOTA_FILLED}
+    squatting = found[HARDWARE_ID_SQUATTING]
+    assert (squatting.hardware_id, squatting.source, squatting.count, squatting.window_seconds) == (
+        "H",
+        "2001:db8:1:2::/64",
+        21,
+        60,
+    )
+    assert (squatting.listed, squatting.wrong_keys) == (None, None)
+    filled = found[QUOTA_FILLED]
+    assert (filled.hardware_id, filled.source, filled.count, filled.window_seconds) == (
+        "H-3",
+        "192.0.2.8",
+        50,
+        None,
+    )
+    assert (found[BULK_KEY_GUESSING].wrong_keys, found[BULK_KEY_GUESSING].listed) == (10, True)
+    assert [
+        a.kind
+        for a in await alerts.list_alerts(pool, product.account_id, kind=QUOTA_FILLED, before=None, limit=10)
+    ] == [QUOTA_FILLED]
 
 
 async def test_concurrent_batches_updating_the_same_alerts_never_deadlock(

@@ -24,9 +24,14 @@ from shared.domain.dedup import (
     KnownDevice,
     Lifecycle,
     Limits,
+    Reached,
     Verdict,
     decide,
+    is_clone_rate_refusal,
+    is_quota_refusal,
+    limit_reached,
     reason_clone_limit,
+    reason_clone_rate,
     reason_max_devices,
 )
 
@@ -463,6 +468,7 @@ def test_bulk_disabled_device_with_the_right_key_is_refused_as_disabled() -> Non
         reason_max_devices(1000),
         reason_clone_limit(100, 3600.0),
         reason_clone_limit(5, 0.5),
+        reason_clone_rate(20, 60.0),
     ],
 )
 def test_refusal_reasons_are_plain_text_for_the_reference_client(reason: str) -> None:
@@ -528,7 +534,8 @@ def test_the_clone_limit_refuses_clones_past_it_within_the_window() -> None:
     assert [v.decision for v in verdicts] == ["new", "clone", "clone", "clone", "refused", "refused"]
     assert verdicts[4].reason == reason_clone_limit(3, 3600)
     assert verdicts[4].reason == (
-        "clone limit reached: at most 3 clones of one hardware ID per 3600 seconds (FLEETREG_CLONE_LIMIT)"
+        "clone limit reached: at most 3 clones of one hardware ID per 3600 seconds from one address"
+        " (FLEETREG_CLONE_LIMIT)"
     )
     assert (verdicts[4].quota, verdicts[4].device) == ("clone_limit", None)
     assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2", f"{H}-3"]
@@ -557,6 +564,118 @@ def test_the_clone_limit_is_per_claimed_hardware_id_and_spares_new_devices_and_r
     assert fleet.claim(H, FP_B).decision == "same"
     # ...and another hardware ID has a limit of its own.
     assert [fleet.claim("other", fp).decision for fp in (FP_A, FP_B)] == ["new", "clone"]
+
+
+# ---------------------------------------------------------------- what one source creates
+
+SQUATTER, BOARD = "192.0.2.66", "198.51.100.7"
+
+
+def fingerprints(count: int, tag: str = "cpu") -> list[str]:
+    return [KEYRING.fingerprint(f"{tag}-{n}") for n in range(count)]
+
+
+def test_the_clone_limit_counts_what_one_source_created_and_spares_the_others() -> None:
+    """docs/security.md, "Creation bounded where the attacker pays": a squatter that claims a
+    real device's hardware ID first and then clones it exhausts its own clone limit only;
+    the real board, from another address, is answered at once (as H-N)."""
+    fleet = Fleet(limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    squat = [fleet.claim(H, fp, source=SQUATTER) for fp in fingerprints(6)]
+    assert [v.decision for v in squat] == ["new", "clone", "clone", "clone", "refused", "refused"]
+    assert squat[4].quota == "clone_limit"
+    board = fleet.claim(H, FP_A, source=BOARD)
+    assert (board.decision, board.hardware_id) == ("clone", f"{H}-4")
+    # The board's own address has a limit of its own, untouched by the squatter's.
+    assert [fleet.claim(H, fp, source=BOARD).decision for fp in fingerprints(3, "b")] == [
+        "clone",
+        "clone",
+        "refused",
+    ]
+
+
+def test_the_clone_rate_asks_one_source_to_try_again_when_its_window_frees() -> None:
+    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, now=NOW))
+    older = replace(
+        registered(f"{H}-9", claimed=H, device_id="older", fingerprint="fp-old"),
+        created_at=NOW - 50,  # leaves the window 10 s from now
+        created_source=SQUATTER,
+    )
+    fleet.family = Family.of([older])
+    verdicts = [fleet.claim(H, fp, source=SQUATTER) for fp in fingerprints(4)]
+    # The first device and the clones count alike: what the source created for H.
+    assert [v.decision for v in verdicts] == ["new", "clone", "refused", "refused"]
+    refused = verdicts[2]
+    assert (refused.quota, refused.device, refused.created) == ("clone_rate", None, False)
+    assert refused.reason == reason_clone_rate(3, 60)
+    assert refused.reason == (
+        "too many new devices with this hardware ID from this address: at most 3 per 60 seconds"
+        " (FLEETREG_CLONE_RATE_PER_SOURCE): try again later"
+    )
+    assert refused.retry_after == pytest.approx(10.0)
+    assert is_clone_rate_refusal(refused.reason) and not is_quota_refusal(refused.reason)
+    # Another source is not slowed; nor is this one once the window frees.
+    assert fleet.claim(H, FP_A, source=BOARD).decision == "clone"
+    fleet.limits = replace(fleet.limits, now=NOW + 11)
+    assert fleet.claim(H, KEYRING.fingerprint("cpu-late"), source=SQUATTER).decision == "clone"
+
+
+def test_a_factory_sharing_one_serial_behind_one_address_gets_through_at_the_rate() -> None:
+    """Boards that all claim one placeholder serial from one NAT address: every one gets a
+    device, the rate's worth per window, each told when to try again."""
+    fleet = Fleet(limits=Limits(clone_rate=10, clone_rate_window_s=60, clone_limit=100, now=NOW))
+    waiting = fingerprints(30, "board")
+    rounds = 0
+    while waiting:
+        answers = {fp: fleet.claim("SERIAL0", fp, source=BOARD) for fp in waiting}
+        waiting = [fp for fp, v in answers.items() if v.decision == "refused"]
+        assert all(answers[fp].quota == "clone_rate" for fp in waiting)
+        fleet.limits = replace(
+            fleet.limits, now=fleet.limits.now + max(v.retry_after for v in answers.values())
+        )
+        rounds += 1
+    assert rounds == 3
+    assert len(fleet.hardware_ids) == 30
+
+
+def test_retries_of_a_device_are_never_refused_by_the_clone_rate() -> None:
+    fleet = Fleet(limits=Limits(clone_rate=1, now=NOW))
+    assert fleet.claim(H, FP_A, idempotency_key="k1", source=SQUATTER).decision == "new"
+    assert fleet.claim(H, FP_B, source=SQUATTER).quota == "clone_rate"
+    assert fleet.claim(H, FP_A, idempotency_key="k1", source=SQUATTER).decision == "same"
+    device = fleet.confirm(H)
+    assert fleet.claim(H, FP_A, secret=presented_secret(device), source=SQUATTER).decision == "same"
+    # A retry from the same fingerprint before confirmation (no key) too.
+    other = Fleet(limits=Limits(clone_rate=1, now=NOW))
+    assert other.claim(H, FP_A, source=SQUATTER).decision == "new"
+    assert other.claim(H, FP_A, source=SQUATTER).decision == "same"
+
+
+def test_a_source_reaching_its_clone_rate_or_limit_is_noticed_once_then_on_each_refusal() -> None:
+    limits = Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=4, clone_window_s=3600, now=NOW)
+    fleet = Fleet(limits=limits)
+
+    def claim(fp: str, source: str = SQUATTER) -> Reached | None:
+        claimed = Claim(request_id=fp, hardware_id=H, fingerprint=fp, source=source)
+        verdict = decide(
+            claimed,
+            fleet.family,
+            kind="auto",
+            registration_id=REGISTRATION,
+            secret_matches=secret_matches,
+            new_id=fleet.new_id,
+            limits=fleet.limits,
+        )
+        fleet.family.apply(claimed, verdict)
+        return limit_reached(claimed, verdict, fleet.family, fleet.limits)
+
+    assert [claim(f"fp{n}") for n in range(2)] == [None, None]
+    assert claim("fp2") == Reached("clone_rate", 3, 60, just_now=True)  # the third device fills it
+    assert claim("fp3") == Reached("clone_rate", 3, 60, just_now=False)  # refused: try again later
+    assert claim("fp4", BOARD) is None  # another source: nothing to notice
+    fleet.limits = replace(limits, now=NOW + 61)
+    assert claim("fp5") is None
+    assert claim("fp6") == Reached("clone_limit", 4, 3600, just_now=True)  # H-1 ... H-4 from one source
+    assert claim("fp7") == Reached("clone_limit", 4, 3600, just_now=False)
 
 
 def test_before_ready_a_new_or_no_idempotency_key_from_the_fingerprint_is_the_device_with_new_credentials() -> (

@@ -16,6 +16,7 @@ from services.intake.device_cache import DeviceCache
 from services.intake.handlers import Answer
 from shared.db.files import DeviceFiles, RecordedFile, ServiceFile
 from shared.domain.credentials import Keyring
+from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
 from shared.domain.provisioning import ServiceRecipe, file_spec, render
 from shared.errors import InvalidInput
 
@@ -194,3 +195,37 @@ def test_without_the_flag_the_ready_answer_is_what_it_was() -> None:
         "manifest_url",
         "device_secret",
     }
+
+
+# ---------------------------------------------------------------- refusals for now (issue 22)
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [(7, "7"), (0, "2")])
+def test_a_clone_rate_refusal_is_a_429_with_retry_after_also_when_polled(
+    retry_after: int, expected: str
+) -> None:
+    """The live answer carries the wait; a poll of the stored decision has only the reason,
+    and is told the pending interval: either way the device sends its registration again."""
+    reason = reason_clone_rate(20, 60)
+    answer = Answer("refused", "req-1", reason=reason, retry_after=retry_after)
+    response = views.native_view(answer, 2, "http://h")
+    assert (response.status, response.headers["Retry-After"]) == (429, expected)
+    body = json.loads(response.text)
+    assert body == {
+        "error": "too_many_requests",
+        "message": reason,
+        "rule": "clone_rate_per_source",
+        "retry_after": expected,
+        "request_id": "req-1",
+    }
+    assert not handlers.counts_against_source(answer)  # a factory behind one NAT retries it
+
+
+def test_quota_and_clone_limit_refusals_are_403_and_count_against_the_source() -> None:
+    for reason in (reason_max_devices(5), reason_clone_limit(100, 3600)):
+        answer = Answer("refused", "req-1", reason=reason)
+        assert views.native_view(answer, 2, "http://h").status == 403
+        assert handlers.counts_against_source(answer)
+    assert not handlers.counts_against_source(
+        Answer("refused", "req-1", reason="device disabled by the operator")
+    )

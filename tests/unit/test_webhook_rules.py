@@ -12,7 +12,12 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.notifier.handlers import signed_headers
 from services.notifier.sender import Sender
 from shared.domain import webhooks as rules
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_limit, reason_max_devices
+from shared.domain.dedup import (
+    REASON_BULK_NOT_LISTED,
+    reason_clone_limit,
+    reason_clone_rate,
+    reason_max_devices,
+)
 from shared.errors import InvalidInput
 
 
@@ -172,6 +177,7 @@ def test_the_retry_schedule_gives_the_pause_before_each_retry_then_none() -> Non
 def test_refusals_are_summarised_by_reason() -> None:
     assert rules.refusal_reason(reason_max_devices(5)) == "quota"
     assert rules.refusal_reason(reason_clone_limit(100, 3600)) == "quota"
+    assert rules.refusal_reason(reason_clone_rate(20, 60)) == "throttled"  # a 429 the device retries
     assert rules.refusal_reason(REASON_BULK_NOT_LISTED) == "wrong_key"
     assert rules.refusal_reason("device disabled by the operator") == "other"
 

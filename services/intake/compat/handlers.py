@@ -21,14 +21,14 @@ from typing import Any
 
 from services.intake.code_cache import CodeCache
 from services.intake.compat.answers import answer, refused
-from services.intake.handlers import Publish, PublishSignal, code_known, register
+from services.intake.handlers import Publish, PublishSignal, code_known, register, retry_later
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, files, products
 from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED, is_quota_refusal
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
 from shared.domain.release import Check, Release, claimed_by, secret_check, service_secret_release
 from shared.errors import InvalidInput, TooManyRequests
@@ -70,7 +70,14 @@ class Reply:
 
 
 def _refusal(reason: str) -> Reply:
-    return Reply(refused(reason), counted=reason in COUNTED)
+    # What a source tried to create past the quota or the clone limit counts too.
+    return Reply(refused(reason), counted=reason in COUNTED or is_quota_refusal(reason))
+
+
+def clone_rate_refusal(retry_after: int) -> str:
+    """Step 2's words for the clone rate per source (never counted against the source):
+    the client logs them and tries again at its next boot."""
+    return f"too many new devices with this hardware ID from this address: boot again in {retry_after} s"
 
 
 def _ok(text: str) -> Reply:
@@ -131,7 +138,13 @@ async def information(
 
 
 def _claim(
-    keyring: Keyring, code: str, hardware_id: str, fingerprint: str, secret_digest: str, key_digest: str = ""
+    keyring: Keyring,
+    code: str,
+    hardware_id: str,
+    fingerprint: str,
+    secret_digest: str,
+    source: str,
+    key_digest: str = "",
 ) -> RegistrationRequested:
     return RegistrationRequested(
         request_id=new_request_id(keyring.request_tag),
@@ -142,6 +155,7 @@ def _claim(
         secret_digest=secret_digest,
         registration_key_digest=key_digest,
         protocol="compat",
+        source=source,
     )
 
 
@@ -187,7 +201,7 @@ async def friendly_configuration(
     except TooManyRequests as exc:
         return _refusal(exc.message)
     outcome = await register(
-        _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest),
+        _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest, source),
         publish,
         waiter,
         keyring,
@@ -195,6 +209,8 @@ async def friendly_configuration(
     )
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
+    if retry_later(outcome):
+        return _ok(refused(clone_rate_refusal(outcome.retry_after or 1)))
     if outcome.status != "ready":
         return _refusal(outcome.reason)
     if outcome.decision in ("new", "clone"):
@@ -282,7 +298,13 @@ async def register_service(
     if found.registration_kind == "bulk" and not claimed_by(device, reported.fingerprint, key_digest):
         outcome = await register(
             _claim(
-                keyring, found.code, hardware_id, reported.fingerprint, reported.secret_digest, key_digest
+                keyring,
+                found.code,
+                hardware_id,
+                reported.fingerprint,
+                reported.secret_digest,
+                source,
+                key_digest,
             ),
             publish,
             waiter,

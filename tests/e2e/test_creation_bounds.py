@@ -1,0 +1,287 @@
+"""Creation bounded where the attacker pays (issue 22, docs/security.md "Creation bounded
+where the attacker pays"), end to end on a pipeline of its own (intake, deduplication,
+provisioning on a topic prefix of their own, so that the clone rate can be small while the
+shared system's boot storms clone by the hundred from 127.0.0.1):
+
+* a squatter that claims a real device's hardware ID first and then clones it fast is
+  answered 429 past its clone rate and 403 at its clone limit, while the real board from
+  another address is answered 200 at once (as H-N), and the operator sees the alert;
+* a quota filled from one source raises ``quota_filled`` and its refusals count against
+  that source;
+* a factory of boards sharing one placeholder serial behind one NAT address, each
+  retrying after Retry-After, all get through.
+
+Sources are distinct loopback addresses (127.x.y.z) and, through FLEETREG_TRUSTED_PROXIES,
+X-Forwarded-For addresses behind a load balancer on 127.0.0.1. Each run draws fresh ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.intake.compat.handlers import clone_rate_refusal
+from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
+from tests.e2e.test_strangers import INFORMATION, read
+from tests.support.api import Operator
+from tests.support.system import ServiceProcess, System, metric_sample
+
+pytestmark = pytest.mark.e2e
+
+RATE = 10  # FLEETREG_CLONE_RATE_PER_SOURCE of this pipeline
+RATE_WINDOW_S = 1  # FLEETREG_CLONE_RATE_WINDOW_SECONDS: short, to keep the tests fast
+CLONE_LIMIT = 30  # FLEETREG_CLONE_LIMIT: a factory's 29 clones fit, a squatter reaches it
+PROXY = "127.0.0.1"  # the load balancer: FLEETREG_TRUSTED_PROXIES
+
+
+def fresh_address() -> str:
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+
+
+def fresh_public_address() -> str:
+    """A client address behind the load balancer (TEST-NET-3)."""
+    return f"203.0.113.{random.randint(1, 254)}"
+
+
+@pytest.fixture(scope="module")
+async def intake(system: System) -> AsyncIterator[str]:
+    """The device URL of a pipeline of its own with a small clone rate and limit."""
+    prefix = f"{system.env['FLEETREG_TOPIC_PREFIX']}b{uuid.uuid4().hex[:6]}"
+    env = {
+        "FLEETREG_TOPIC_PREFIX": prefix,
+        "FLEETREG_CLONE_RATE_PER_SOURCE": str(RATE),
+        "FLEETREG_CLONE_RATE_WINDOW_SECONDS": str(RATE_WINDOW_S),
+        "FLEETREG_CLONE_LIMIT": str(CLONE_LIMIT),
+        "FLEETREG_TRUSTED_PROXIES": f"{PROXY}/32",
+    }
+    names = ("dedup", "provisioning", "intake")
+    started: list[ServiceProcess] = []
+    try:
+        started += await asyncio.gather(
+            *(system.add_instance(n, {**env, "FLEETREG_CONSUMER_GROUP": f"{prefix}-{n}"}) for n in names)
+        )
+        yield started[-1].url
+    finally:
+        for process in [p for p in system.extra if p.env.get("FLEETREG_TOPIC_PREFIX") == prefix]:
+            process.stop()
+            system.extra.remove(process)
+
+
+def from_address(address: str) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=100)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+
+
+class Device:
+    """A device's registration call as the docs ask: 503 and pending retried; 429 told
+    apart (the caller decides whether to wait Retry-After and send it again)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, forwarded_for: str = "") -> None:
+        self.session, self.url = session, url
+        self.headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        self.calls = 0
+
+    async def register(
+        self, code: str, hardware_id: str, cpu_id: str, idempotency_key: str = ""
+    ) -> tuple[int, dict[str, Any], int]:
+        """(status, body, Retry-After or 0) of one registration call, settled."""
+        body = {
+            "bulk_identification_code": code,
+            "hardware_id": hardware_id,
+            "fingerprint": {"cpu_id": cpu_id},
+        }
+        headers = {**self.headers, "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        while True:
+            self.calls += 1
+            async with self.session.post(f"{self.url}/v1/registrations", json=body, headers=headers) as r:
+                status, answer, retry = r.status, await r.json(), int(r.headers.get("Retry-After", 0))
+            if status == 202:  # pending: poll it
+                while status == 202:
+                    await asyncio.sleep(0.2)
+                    self.calls += 1
+                    location = f"{self.url}/v1/registrations/{answer['request_id']}"
+                    async with self.session.get(location, headers=self.headers) as r:
+                        status, answer = r.status, await r.json()
+                        retry = int(r.headers.get("Retry-After", 0))
+            if status != 503:
+                return status, answer, retry
+            await asyncio.sleep(0.5)
+
+
+async def auto_code(operator: Operator, max_devices: int | None = None) -> tuple[str, str]:
+    """(code, product ID) of a fresh auto registration."""
+    product = await operator.call(
+        "POST", "/v1/products", {"name": f"p-{uuid.uuid4().hex[:8]}", "services": []}, expect=201
+    )
+    await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+    body: dict[str, Any] = {"product_id": product["id"]}
+    if max_devices is not None:
+        body["max_devices"] = max_devices
+    registration = await operator.call("POST", "/v1/auto-registrations", body, expect=201)
+    return registration["bulk_identification_code"], product["id"]
+
+
+async def alerts(operator: Operator, kind: str) -> list[dict[str, Any]]:
+    return list(
+        (await operator.call("GET", f"/v1/security-alerts?kind={kind}", expect=200))["security_alerts"]
+    )
+
+
+@pytest.mark.parametrize("behind_proxy", [False, True], ids=["loopback-sources", "x-forwarded-for"])
+async def test_a_squatter_pays_for_its_clones_and_the_real_board_is_answered_at_once(
+    intake: str, operator: Operator, behind_proxy: bool
+) -> None:
+    code, product_id = await auto_code(operator)
+    h = f"b827eb{uuid.uuid4().hex[:6]}"  # a real board's MAC-derived ID, before it boots
+    fresh = fresh_public_address if behind_proxy else fresh_address
+    squatter_address, board_address = fresh(), fresh()
+    while board_address == squatter_address:
+        board_address = fresh()
+
+    def client(address: str) -> tuple[aiohttp.ClientSession, str]:
+        return (from_address(PROXY), address) if behind_proxy else (from_address(address), "")
+
+    squatter_session, squatter_forwarded = client(squatter_address)
+    async with squatter_session:
+        squatter = Device(squatter_session, intake, squatter_forwarded)
+        started = time.monotonic()
+        first = await squatter.register(code, h, "squat-0")
+        assert (first[0], first[1]["hardware_id"]) == (200, h)
+        # Clones as fast as it can, waiting only what each 429 asks, until the clone limit.
+        answers: Counter[int] = Counter()
+        throttled: list[tuple[dict[str, Any], int]] = []
+        final: dict[str, Any] = {}
+        fingerprints = iter(range(1, 10_000))
+        while not final:
+            burst = await asyncio.gather(
+                *(squatter.register(code, h, f"squat-{next(fingerprints)}") for _ in range(RATE + 5))
+            )
+            answers.update(status for status, _, _ in burst)
+            throttled += [(body, retry) for status, body, retry in burst if status == 429]
+            final = next((body for status, body, _ in burst if status == 403), {})
+            if not final:
+                await asyncio.sleep(max(retry for _, _, retry in burst))
+        squat_seconds = time.monotonic() - started
+    assert set(answers) <= {200, 403, 429}
+    assert answers[200] == CLONE_LIMIT, answers  # the clones its limit allows it, no more
+    assert final["reason"] == reason_clone_limit(CLONE_LIMIT, 3600)
+    assert throttled, "the squatter was never asked to slow down"
+    for body, retry in throttled:
+        assert (body["error"], body["rule"]) == ("too_many_requests", "clone_rate_per_source")
+        assert body["message"] == reason_clone_rate(RATE, RATE_WINDOW_S)
+        assert 1 <= retry <= RATE_WINDOW_S and body["retry_after"] == str(retry)
+    # It took the squatter several windows: the clone rate makes it pay in time.
+    assert squat_seconds >= (CLONE_LIMIT // RATE - 1) * RATE_WINDOW_S * 0.9, squat_seconds
+
+    board_session, board_forwarded = client(board_address)
+    async with board_session:
+        board = Device(board_session, intake, board_forwarded)
+        asked = time.monotonic()
+        status, body, _ = await board.register(code, h, "the-real-board")
+        board_seconds = time.monotonic() - asked
+    assert (status, body["clone"], body["hardware_id"]) == (200, True, f"{h}-{CLONE_LIMIT + 1}")
+    assert board_seconds < 3, board_seconds
+    assert board.calls == 1  # at once: no 429, no refusal, no retry
+
+    (alert,) = [a for a in await alerts(operator, "hardware_id_squatting") if a["hardware_id"] == h]
+    assert (alert["product_id"], alert["source"]) == (product_id, squatter_address)
+    assert (alert["count"], alert["window_seconds"]) == (CLONE_LIMIT, 3600)  # the limit, reached last
+    assert (alert["listed"], alert["wrong_keys"]) == (None, None)
+    print(
+        f"\nsquat ({'behind a proxy' if behind_proxy else 'loopback'}): {squatter.calls} calls in "
+        f"{squat_seconds:.1f} s to reach the clone limit of {CLONE_LIMIT} "
+        f"(rate {RATE} per {RATE_WINDOW_S} s); the real board: {board.calls} call, {board_seconds:.2f} s"
+    )
+
+
+async def test_a_quota_filled_from_one_source_raises_an_alert_and_counts_its_refusals(
+    intake: str, operator: Operator, system: System, session: aiohttp.ClientSession
+) -> None:
+    code, product_id = await auto_code(operator, max_devices=5)
+    filler = fresh_public_address()
+    intake_ops = next(p for p in system.extra if p.url == intake).ops_url
+    async with from_address(PROXY) as proxied:
+        device = Device(proxied, intake, filler)
+        created = [await device.register(code, f"q{uuid.uuid4().hex[:8]}", f"c{i}") for i in range(5)]
+        assert [status for status, _, _ in created] == [200] * 5
+        counted_before = await metric_sample(session, intake_ops, "fleetreg_throttle_refusals_total")
+        refused = [await device.register(code, f"q{uuid.uuid4().hex[:8]}", f"d{i}") for i in range(3)]
+        counted = (
+            await metric_sample(session, intake_ops, "fleetreg_throttle_refusals_total") - counted_before
+        )
+    assert {(status, body["reason"]) for status, body, _ in refused} == {(403, reason_max_devices(5))}
+    assert counted == 3  # each counted against the source, as a guess is
+    (alert,) = [a for a in await alerts(operator, "quota_filled") if a["product_id"] == product_id]
+    assert (alert["source"], alert["count"], alert["window_seconds"]) == (filler, 5, None)
+    assert alert["hardware_id"] == created[-1][1]["hardware_id"]  # the claim that took the last place
+
+
+async def test_a_factory_of_boards_sharing_one_serial_behind_one_nat_all_get_through(
+    intake: str, operator: Operator
+) -> None:
+    code, _ = await auto_code(operator)
+    placeholder = f"SERIAL{uuid.uuid4().hex[:6]}"
+    boards = 30
+    async with from_address(fresh_address()) as nat:
+        factory = Device(nat, intake)
+
+        async def boot(board: int) -> tuple[str, int]:
+            retries = 0
+            attempt = str(uuid.uuid4())  # one key per boot, the same on every retry (docs/device-api.md)
+            while True:
+                status, body, retry = await factory.register(code, placeholder, f"board-{board}", attempt)
+                if status != 429:
+                    assert status == 200, body
+                    return body["hardware_id"], retries
+                retries += 1
+                await asyncio.sleep(retry)
+
+        started = time.monotonic()
+        booted = await asyncio.gather(*(boot(b) for b in range(boards)))
+        seconds = time.monotonic() - started
+    hardware_ids = sorted(hardware_id for hardware_id, _ in booted)
+    assert hardware_ids == sorted([placeholder] + [f"{placeholder}-{n}" for n in range(1, boards)])
+    assert sum(retries for _, retries in booted) > 0  # slower, not refused
+    print(
+        f"\nfactory: {boards} boards sharing one serial behind one address: {factory.calls} calls, "
+        f"{seconds:.1f} s (rate {RATE} per {RATE_WINDOW_S} s)"
+    )
+
+
+async def test_the_reference_protocol_tells_a_squatter_to_boot_again_in_its_own_words(
+    intake: str, operator: Operator
+) -> None:
+    """Step 2 past the clone rate: a refusal naming the wait (the client logs it and tries at
+    its next boot), not counted against the source; another address is answered at once."""
+    code, _ = await auto_code(operator)
+    h = f"dca632{uuid.uuid4().hex[:6]}"
+
+    async def boot(client: aiohttp.ClientSession, cpu: str) -> dict[str, str]:
+        body = {"BulkIdentificationCode": code, "HardwareId": h, "CPUId": cpu, "MACAddress": "m"}
+        async with client.post(f"{intake}{INFORMATION}", json=body) as r:
+            assert read(await r.text())["status"] == "true"
+        path = f"/apv/v27/bulk/registration/device/friendly/configuration/{code}/{h}/"
+        async with client.get(f"{intake}{path}") as r:
+            return read(await r.text())
+
+    answers: list[dict[str, str]] = []
+    async with from_address(fresh_address()) as squatter:
+        # Until the first refusal: the rate's worth within its window (more only on a machine
+        # so slow that these calls outlast the window).
+        while not answers or answers[-1]["status"] != "false":
+            answers.append(await boot(squatter, f"squat-{len(answers)}"))
+            assert len(answers) <= 3 * RATE, answers
+    assert [a["status"] for a in answers[:-1]] == ["true"] + ["reset"] * (len(answers) - 2)
+    assert len(answers) > RATE
+    assert answers[-1]["reason"] in {clone_rate_refusal(n) for n in range(1, RATE_WINDOW_S + 1)}
+    async with from_address(fresh_address()) as board:
+        clone = await boot(board, "the-real-board")
+    assert clone == {"status": "reset", "HardwareId": f"{h}-{len(answers) - 1}"}
