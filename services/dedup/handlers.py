@@ -301,6 +301,8 @@ async def _decide_and_record(
                     _notice_creation_limits(
                         out, family, claim, verdict, limits, registration_id, account_id, product_id
                     )
+                if verdict.two_sources:
+                    _notice_two_sources(out, family, claim, verdict, account_id, product_id)
                 records.append(
                     DecisionRecord(
                         claim=claim,
@@ -393,6 +395,32 @@ def _notice_creation_limits(
             source=claim.source,
         )
         out.sightings.append(sighting)
+        out.raised.append(sighting)
+
+
+def _notice_two_sources(
+    out: _Outcome, family: Family, claim: Claim, verdict: Verdict, account_id: str, product_id: str
+) -> None:
+    """A device reclaimed before "ready" from a source other than an earlier claim's since
+    it was registered (each reclaim revokes the credentials the other holds): the alert
+    ``two_sources_before_ready`` (``count``: the sources so far), raised when a source
+    joins them; a reclaim from one of them updates it."""
+    device = verdict.device
+    if device is None:
+        return
+    recorded = family.by_id(device.id)
+    sources = recorded.claim_sources if recorded is not None else device.claim_sources
+    sighting = AlertSighting(
+        account_id=account_id,
+        product_id=product_id,
+        kind=TWO_SOURCES_BEFORE_READY,
+        hardware_id=device.hardware_id,
+        count=len(sources),
+        window_s=None,
+        source=claim.source,
+    )
+    out.sightings.append(sighting)
+    if claim.source not in device.claim_sources:  # before this claim
         out.raised.append(sighting)
 
 

@@ -56,8 +56,6 @@ REASON_DISABLED = "device disabled by the operator"
 REASON_DELETED = "device deleted by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
 REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
-# The security alert of a device reclaimed before "ready" from two sources (docs/security.md).
-TWO_SOURCES_BEFORE_READY = "two_sources_before_ready"
 
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
@@ -142,7 +140,9 @@ class Verdict:
     # "same" with a new credential generation (``device.credential_generation`` is the new
     # one): the earlier secret and service passwords are revoked.
     regenerated: bool = False
-    alert: str = ""  # a security alert this claim raises (TWO_SOURCES_BEFORE_READY), or ""
+    # A reclaim before "ready" from a source other than an earlier claim's of the device
+    # since it was registered (deduplication raises two_sources_before_ready).
+    two_sources: bool = False
     # Seconds after which the same claim may succeed (the clone rate's refusal); 0: final.
     retry_after: float = 0.0
 
@@ -273,7 +273,7 @@ def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
         device=replace(device, credential_generation=device.credential_generation + 1),
         reason="claimed again before confirmation: new credentials",
         regenerated=True,
-        alert=TWO_SOURCES_BEFORE_READY if claim.source and others else "",
+        two_sources=bool(claim.source and others),
     )
 
 

@@ -18,7 +18,6 @@ from shared.domain.dedup import (
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DISABLED,
-    TWO_SOURCES_BEFORE_READY,
     Claim,
     Family,
     KnownDevice,
@@ -763,15 +762,15 @@ def test_a_disabled_device_reclaimed_before_ready_is_refused_and_keeps_its_crede
 def test_two_sources_reclaiming_one_device_before_ready_raise_an_alert() -> None:
     fleet = Fleet()
     fleet.claim(H, FP_A, source="10.0.0.1")
-    assert fleet.claim(H, FP_A, source="10.0.0.1").alert == ""  # the board itself, rebooting
+    assert fleet.claim(H, FP_A, source="10.0.0.1").two_sources is False  # the board itself, rebooting
     other = fleet.claim(H, FP_A, source="10.0.0.2")
-    assert (other.decision, other.alert) == ("same", TWO_SOURCES_BEFORE_READY)
+    assert (other.decision, other.two_sources) == ("same", True)
     # The first source again: two sources still.
-    assert fleet.claim(H, FP_A, source="10.0.0.1").alert == TWO_SOURCES_BEFORE_READY
+    assert fleet.claim(H, FP_A, source="10.0.0.1").two_sources is True
     # A retry with the same key is no reclaim (nothing revoked), and raises nothing.
     keyed = Fleet()
     keyed.claim(H, FP_A, idempotency_key="k1", source="10.0.0.1")
-    assert keyed.claim(H, FP_A, idempotency_key="k1", source="10.0.0.2").alert == ""
+    assert keyed.claim(H, FP_A, idempotency_key="k1", source="10.0.0.2").two_sources is False
 
 
 def test_the_sources_of_a_device_start_again_when_it_is_reset() -> None:
@@ -785,7 +784,7 @@ def test_the_sources_of_a_device_start_again_when_it_is_reset() -> None:
     taken = fleet.claim(H, FP_A, key=KEY, source="10.0.0.2")
     assert taken.decision == "new"
     assert fleet.device(H).claim_sources == {"10.0.0.2"}
-    assert fleet.claim(H, FP_A, key=KEY, source="10.0.0.2").alert == ""
+    assert fleet.claim(H, FP_A, key=KEY, source="10.0.0.2").two_sources is False
 
 
 # ---------------------------------------------------------------- a claim stays in its product
