@@ -80,6 +80,7 @@ def _claim(request: RegistrationRequested) -> Claim:
         registration_key_digest=request.registration_key_digest,
         idempotency_key=request.idempotency_key,
         source=request.source,
+        protocol=request.protocol,
     )
 
 

@@ -57,6 +57,12 @@ REASON_DELETED = "device deleted by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
 REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
 
+# The reference protocol (apv/v27): it has no Idempotency-Key, and its client keeps each
+# service's credentials across boots and asks only for those it lacks, so a reclaim before
+# "ready" is answered with the credentials the device has (new ones would leave it with
+# two generations, its "ready" refused at every boot).
+REFERENCE_PROTOCOL = "compat"
+
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
 
@@ -127,6 +133,7 @@ class Claim:
     registration_key_digest: str = ""
     idempotency_key: str = ""
     source: str = ""  # where the call came from (shared.throttle.source_of)
+    protocol: str = "native"  # the device API it came through: "native" or REFERENCE_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -264,10 +271,18 @@ def _retry_before_confirmation(claim: Claim, family: Family, product_id: str) ->
 def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
     """A board that lost power or its answer before "ready" claims again without the
     idempotency key of the answer it lost: it is the device, with new credentials, so
-    that whoever holds the earlier answer holds nothing any more."""
+    that whoever holds the earlier answer holds nothing any more (on the reference
+    protocol: with the credentials it has, see REFERENCE_PROTOCOL)."""
     if device.disabled:
         return Verdict("refused", device=device, reason=REASON_DISABLED)
     others = device.claim_sources - {claim.source}
+    if claim.protocol == REFERENCE_PROTOCOL:
+        return Verdict(
+            "same",
+            device=device,
+            reason="retry from the same fingerprint before confirmation",
+            two_sources=bool(claim.source and others),
+        )
     return Verdict(
         "same",
         device=replace(device, credential_generation=device.credential_generation + 1),

@@ -18,6 +18,7 @@ from shared.domain.dedup import (
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DISABLED,
+    REFERENCE_PROTOCOL,
     Claim,
     Family,
     KnownDevice,
@@ -107,6 +108,7 @@ class Fleet:
         key: str = "",
         idempotency_key: str = "",
         source: str = "",
+        protocol: str = "native",
         product: str = "",
         kind: Literal["auto", "bulk"] | None = None,
     ) -> Verdict:
@@ -120,6 +122,7 @@ class Fleet:
             registration_key_digest=KEYRING.digest(key),
             idempotency_key=idempotency_key,
             source=source,
+            protocol=protocol,
         )
         verdict = decide(
             claim,
@@ -713,6 +716,22 @@ def test_without_a_key_the_fingerprint_retry_still_is_the_device() -> None:
     retry = fleet.claim(H, FP_A)
     assert first.decision == "new"
     assert (retry.decision, retry.regenerated, device_of(retry).id) == ("same", True, device_of(first).id)
+
+
+def test_on_the_reference_protocol_a_reclaim_before_ready_keeps_the_credentials_the_device_has() -> None:
+    """Its client keeps each service's credentials across boots and asks only for those it
+    lacks: new ones at each boot would leave it with two generations and its "ready"
+    refused. Two sources are still noticed."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.1")
+    retry = fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.1")
+    assert (retry.decision, retry.regenerated, device_of(retry).credential_generation) == ("same", False, 1)
+    elsewhere = fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.2")
+    assert (elsewhere.regenerated, elsewhere.two_sources) == (False, True)
+    bulk = bulk_fleet(preregistered())
+    bulk.claim(H, FP_A, key=KEY, protocol=REFERENCE_PROTOCOL)
+    again = bulk.claim(H, FP_A, key=KEY, protocol=REFERENCE_PROTOCOL)
+    assert (again.decision, again.regenerated) == ("same", False)
 
 
 def test_after_ready_a_look_alike_without_the_secret_is_a_clone_and_a_bulk_one_refused() -> None:
