@@ -80,6 +80,7 @@ def _claim(request: RegistrationRequested) -> Claim:
         registration_key_digest=request.registration_key_digest,
         idempotency_key=request.idempotency_key,
         source=request.source,
+        protocol=request.protocol,
     )
 
 
@@ -301,6 +302,8 @@ async def _decide_and_record(
                     _notice_creation_limits(
                         out, family, claim, verdict, limits, registration_id, account_id, product_id
                     )
+                if verdict.two_sources:
+                    _notice_two_sources(out, family, claim, verdict, account_id, product_id)
                 records.append(
                     DecisionRecord(
                         claim=claim,
@@ -340,7 +343,10 @@ def _count_wrong_key(
         hardware_id=claim.hardware_id,
         count=wrong_keys,
         window_s=policy.alert_window_s,
-        listed=listed is not None and bool(listed.registration_key_digest),
+        # listed in this product: another product's row is as unlisted to this code
+        listed=listed is not None
+        and listed.product_id == product_id
+        and bool(listed.registration_key_digest),
     )
     out.sightings.append(sighting)
     if wrong_keys == policy.alert_threshold:
@@ -390,6 +396,32 @@ def _notice_creation_limits(
             source=claim.source,
         )
         out.sightings.append(sighting)
+        out.raised.append(sighting)
+
+
+def _notice_two_sources(
+    out: _Outcome, family: Family, claim: Claim, verdict: Verdict, account_id: str, product_id: str
+) -> None:
+    """A device reclaimed before "ready" from a source other than an earlier claim's since
+    it was registered (each reclaim revokes the credentials the other holds): the alert
+    ``two_sources_before_ready`` (``count``: the sources so far), raised when a source
+    joins them; a reclaim from one of them updates it."""
+    device = verdict.device
+    if device is None:
+        return
+    recorded = family.by_id(device.id)
+    sources = recorded.claim_sources if recorded is not None else device.claim_sources
+    sighting = AlertSighting(
+        account_id=account_id,
+        product_id=product_id,
+        kind=TWO_SOURCES_BEFORE_READY,
+        hardware_id=device.hardware_id,
+        count=len(sources),
+        window_s=None,
+        source=claim.source,
+    )
+    out.sightings.append(sighting)
+    if claim.source not in device.claim_sources:  # before this claim
         out.raised.append(sighting)
 
 

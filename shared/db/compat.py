@@ -92,7 +92,10 @@ SELECT_DEVICE = """
     FROM devices v
     LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = $3
          AND f.generation = v.credential_generation
-    WHERE v.account_id = $1 AND lower(v.hardware_id) = lower($2)"""
+    -- a claim stays in its product: another product's device with this hardware ID is none
+    -- of this service's (its files, secrets and "ready" are its own product's)
+    WHERE v.account_id = $1 AND lower(v.hardware_id) = lower($2)
+      AND v.product_id = (SELECT product_id FROM product_services WHERE id = $3)"""
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,9 @@ async def service(pool: Pool, provisioning_id: str) -> Service | None:
 
 
 async def device(pool: Pool, account_id: str, hardware_id: str, service_id: str) -> DeviceCredentials | None:
-    """The account's device with this hardware ID, with its UID for one service, or None."""
+    """The device with this hardware ID of the product of ``service_id`` (in ``account_id``),
+    with its UID for that service, or None (also when another product of the account
+    holds the hardware ID)."""
     r = await pool.fetchrow(SELECT_DEVICE, account_id, hardware_id, service_id)
     if r is None:
         return None

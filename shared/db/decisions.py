@@ -57,6 +57,20 @@ CLAIM_PREREGISTERED = """
     FROM unnest($1::uuid[], $2::text[]) AS u(id, fingerprint)
     WHERE devices.id = u.id AND devices.lifecycle = 'preregistered'
     RETURNING devices.id::text"""
+# A device reclaimed before "ready" (dedup.Verdict.regenerated): its new credential
+# generation, only if nobody changed it since it was read (a "ready", an operator's reset,
+# disable or delete, another instance's reclaim: the batch is then decided again). The
+# intake drops its cached copy at once (INVALIDATION_CHANNEL, payload ``device:<uuid>``),
+# so the earlier secret is refused from the very next call; provisioning renders the new
+# generation's files when it handles the decision.
+REGENERATE = """
+    WITH changed AS (
+        UPDATE devices SET credential_generation = u.generation
+        FROM unnest($1::uuid[], $2::int[], $3::int[]) AS u(id, before, generation)
+        WHERE devices.id = u.id AND devices.credential_generation = u.before
+          AND devices.lifecycle = 'registered' AND NOT devices.disabled
+        RETURNING devices.id)
+    SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
         assigned_hardware_id, decision, reason, idempotency_key, protocol, status, received_at,
@@ -185,20 +199,29 @@ async def decided(pool: Pool, request_ids: Sequence[str]) -> dict[str, StoredDec
 
 
 async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> None:
-    """Write new devices, claimed preregistered devices and every decision, in the caller's
-    transaction. A hardware ID taken meanwhile by another writer raises RegistryConflict.
+    """Write new devices, claimed preregistered devices, the new credential generation of
+    devices reclaimed before "ready", and every decision, in the caller's transaction. A
+    hardware ID taken meanwhile by another writer, or a device changed since it was read,
+    raises RegistryConflict.
 
     A refusal for a revoked code (:func:`shared.domain.admission.kept_once_an_hour`) is
     written only if no claim of its product and hardware ID (any case) was recorded in
     the same UTC hour of ``received_at``; the others are answered but leave no row."""
     by_account: dict[tuple[str, str], list[Verdict]] = {}
     claimed: list[KnownDevice] = []
+    # Device ID -> (generation it had, generation it ends with): one device may be reclaimed
+    # several times in one batch (a board's retries queued during an outage).
+    regenerated: dict[str, tuple[int, int]] = {}
     for record in records:
         verdict = record.verdict
         if verdict.created and verdict.device and record.account_id and record.product_id:
             by_account.setdefault((record.account_id, record.product_id), []).append(verdict)
         elif verdict.claimed_preregistered and verdict.device:
             claimed.append(verdict.device)
+        elif verdict.regenerated and verdict.device:
+            generation = verdict.device.credential_generation
+            before, _ = regenerated.get(verdict.device.id, (generation - 1, 0))
+            regenerated[verdict.device.id] = (before, generation)
     try:
         for (account_id, product_id), verdicts in by_account.items():
             devices = [v.device for v in verdicts if v.device]
@@ -224,6 +247,13 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             # Another transaction claimed one of them first (it waited on the row's lock and
             # then found it registered): decide the batch again on the fresh state.
             raise RegistryConflict("a preregistered device was claimed concurrently")
+    if regenerated:
+        ids = sorted(regenerated)  # one order for every writer: no deadlock between batches
+        changed = await conn.fetch(
+            REGENERATE, ids, [regenerated[i][0] for i in ids], [regenerated[i][1] for i in ids]
+        )
+        if len(changed) < len(ids):
+            raise RegistryConflict("a device reclaimed before ready changed concurrently")
     columns: list[list[Any]] = [[] for _ in range(15)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device

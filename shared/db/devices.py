@@ -30,10 +30,13 @@ SELECT_FAMILY = """
            credential_generation, registration_id::text, product_id::text, created_source,
            coalesce(encode(registration_key_digest, 'hex'), '') AS registration_key_digest,
            extract(epoch FROM created_at)::float8 AS created_at,
-           -- the latest registration that created or took over the device carried a key
-           coalesce((SELECT d.idempotency_key IS NOT NULL FROM registration_decisions d
-                     WHERE d.device_id = devices.id AND d.decision IN ('new', 'clone')
-                     ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key
+           -- who claimed it since it was last registered, while it is not yet confirmed
+           -- (registration_decisions_device index; nothing to read for other devices)
+           CASE WHEN lifecycle = 'registered' THEN
+               array(SELECT DISTINCT d.source FROM registration_decisions d
+                     WHERE d.device_id = devices.id AND d.decision <> 'refused' AND d.source <> ''
+                       AND d.decided_at >= coalesce(devices.registered_at, '-infinity'))
+           ELSE '{}'::text[] END AS claim_sources
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
 # Run after the registrations' rows are locked (registrations.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
@@ -202,7 +205,7 @@ def _known(row: Record) -> KnownDevice:
         registration_id=row["registration_id"],
         registration_key_digest=row["registration_key_digest"],
         created_at=row["created_at"],
-        registered_with_key=row["registered_with_key"],
+        claim_sources=frozenset(row["claim_sources"]),
         product_id=row["product_id"],
         created_source=row["created_source"],
     )

@@ -2,10 +2,19 @@
 
 The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"):
 
+* A claim stays in its product: only devices of the product whose code the claim
+  presented can be "the same device" or a bulk row it claims. A hardware ID held by
+  another product of the account is, to an auto code, a taken ``H`` (its claimant is a
+  clone ``H-N`` in the code's product) and, to a bulk code, not listed (the refusal an
+  unlisted one gets: no oracle of other products' lists).
 * A device presenting the device secret issued to ``H`` is ``H``, unless its system
   identifiers differ from ``H``'s: then the secret came with a cloned SD card.
-* Before ``H`` confirmed its provisioning, a retry with the same idempotency key or
-  from the same fingerprint is the same device and gets the same answer.
+* Before ``H`` confirmed its provisioning, a retry with the same idempotency key is the
+  same device and gets the same answer (the same credentials). A claim from ``H``'s
+  fingerprint (and, for bulk, with the row's key) with a new or no idempotency key is
+  ``H`` too, a board that lost power or its answer before ``ready``: it gets ``H`` with a
+  new credential generation (the earlier secret and service passwords are revoked), never
+  ``H-1`` and never a refusal. Two sources doing that to one ``H`` raise a security alert.
 * Any other claimant of a taken ``H`` is a clone and gets the smallest free ``H-N``
   (auto registration), or is refused (bulk registration: one device per CSV row).
 * Creating a device is bounded (auto registration), where the one who creates pays: by
@@ -47,6 +56,12 @@ REASON_DISABLED = "device disabled by the operator"
 REASON_DELETED = "device deleted by the operator"
 REASON_BULK_NOT_LISTED = "hardware ID and registration key do not match a published bulk registration"
 REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must reset it before a new claim"
+
+# The reference protocol (apv/v27): it has no Idempotency-Key, and its client keeps each
+# service's credentials across boots and asks only for those it lacks, so a reclaim before
+# "ready" is answered with the credentials the device has (new ones would leave it with
+# two generations, its "ready" refused at every boot).
+REFERENCE_PROTOCOL = "compat"
 
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
@@ -109,9 +124,9 @@ class KnownDevice:
     created_at: float = 0.0  # seconds since the epoch
     product_id: str = ""
     created_source: str = ""  # the source of the claim that created it ("" for bulk rows and older devices)
-    # Its first registration carried an Idempotency-Key: then only that key, never the
-    # fingerprint alone, makes a later claim "the same device" before confirmation.
-    registered_with_key: bool = False
+    # The sources of the claims answered with this device since it was last registered
+    # (only while it is registered, not yet provisioned): a reclaim from another one is alerted.
+    claim_sources: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,7 @@ class Claim:
     registration_key_digest: str = ""
     idempotency_key: str = ""
     source: str = ""  # where the call came from (shared.throttle.source_of)
+    protocol: str = "native"  # the device API it came through: "native" or REFERENCE_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,12 @@ class Verdict:
     claimed_preregistered: bool = False  # an existing preregistered row is taken over
     reason: str = ""
     quota: Quota | None = None  # the limit that refused the claim, if one did
+    # "same" with a new credential generation (``device.credential_generation`` is the new
+    # one): the earlier secret and service passwords are revoked.
+    regenerated: bool = False
+    # A reclaim before "ready" from a source other than an earlier claim's of the device
+    # since it was registered (deduplication raises two_sources_before_ready).
+    two_sources: bool = False
     # Seconds after which the same claim may succeed (the clone rate's refusal); 0: final.
     retry_after: float = 0.0
 
@@ -202,7 +224,10 @@ class Family:
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:
         if verdict.device is not None:
-            self.devices[verdict.device.hardware_id.lower()] = verdict.device
+            device = verdict.device
+            if claim.source and verdict.decision != "refused" and device.lifecycle == "registered":
+                device = replace(device, claim_sources=device.claim_sources | {claim.source})
+            self.devices[device.hardware_id.lower()] = device
             # A refusal naming a device never makes its key that device's (see load_idempotent).
             if claim.idempotency_key and verdict.decision != "refused":
                 self.idempotent.setdefault(claim.idempotency_key, verdict.device.id)
@@ -231,22 +256,45 @@ def _same_machine(device: KnownDevice, claim: Claim) -> bool:
     return not claim.fingerprint or not device.fingerprint or claim.fingerprint == device.fingerprint
 
 
-def _retry_before_confirmation(claim: Claim, family: Family) -> KnownDevice | None:
-    """A device not yet confirmed that claims again, from the same fingerprint, the hardware
-    ID it claimed before or the one it was assigned (a clone starting over as ``H-1``)."""
+def _retry_before_confirmation(claim: Claim, family: Family, product_id: str) -> KnownDevice | None:
+    """A device of the claim's product not yet confirmed that claims again, from the same
+    fingerprint, the hardware ID it claimed before or the one it was assigned (a clone
+    starting over as ``H-1``)."""
     if not claim.fingerprint:
         return None
     for device in family.devices.values():
         if (
-            claim.hardware_id.lower() in (device.claimed_hardware_id.lower(), device.hardware_id.lower())
+            device.product_id == product_id
+            and claim.hardware_id.lower() in (device.claimed_hardware_id.lower(), device.hardware_id.lower())
             and device.fingerprint == claim.fingerprint
             and device.lifecycle == "registered"
-            # CPU ID and MAC are not secret: a device that registered with a key proves
-            # a retry with that key (checked first in decide), not with its fingerprint.
-            and not device.registered_with_key
         ):
             return device
     return None
+
+
+def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
+    """A board that lost power or its answer before "ready" claims again without the
+    idempotency key of the answer it lost: it is the device, with new credentials, so
+    that whoever holds the earlier answer holds nothing any more (on the reference
+    protocol: with the credentials it has, see REFERENCE_PROTOCOL)."""
+    if device.disabled:
+        return Verdict("refused", device=device, reason=REASON_DISABLED)
+    others = device.claim_sources - {claim.source}
+    if claim.protocol == REFERENCE_PROTOCOL:
+        return Verdict(
+            "same",
+            device=device,
+            reason="retry from the same fingerprint before confirmation",
+            two_sources=bool(claim.source and others),
+        )
+    return Verdict(
+        "same",
+        device=replace(device, credential_generation=device.credential_generation + 1),
+        reason="claimed again before confirmation: new credentials",
+        regenerated=True,
+        two_sources=bool(claim.source and others),
+    )
 
 
 def decide(
@@ -261,12 +309,14 @@ def decide(
     product_id: str = "",
 ) -> Verdict:
     """Decide one claim against the family's current state (see the module docstring);
-    ``product_id`` is the product whose code the claim presented (devices it creates are in it)."""
+    ``product_id`` is the product whose code the claim presented: only its devices can be
+    the claimant, and devices it creates are in it."""
     limits = limits or Limits()
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
         if (
             prior is not None
+            and prior.product_id == product_id
             and prior.lifecycle == "registered"
             and prior.claimed_hardware_id.lower() == claim.hardware_id.lower()
             and _key_holds(prior, claim, kind)
@@ -274,23 +324,25 @@ def decide(
             return _same(prior, "retry with the same idempotency key")
 
     existing = family.devices.get(claim.hardware_id.lower())  # case-insensitive (domain: identity rules)
+    # A device of another product is no candidate for "the same device", nor a bulk row of this code.
+    own = existing if existing is not None and existing.product_id == product_id else None
     if (
-        existing is not None
+        own is not None
         and claim.secret_digest
-        and secret_matches(existing, claim.secret_digest)
-        and _same_machine(existing, claim)
+        and secret_matches(own, claim.secret_digest)
+        and _same_machine(own, claim)
     ):
-        return _same(existing, "device presented its device secret")
+        return _same(own, "device presented its device secret")
 
-    retry = _retry_before_confirmation(claim, family)
+    retry = _retry_before_confirmation(claim, family, product_id)
     if retry is not None and _key_holds(retry, claim, kind):
-        return _same(retry, "retry from the same fingerprint before confirmation")
+        return _reclaimed(retry, claim)
 
     if kind == "bulk":
-        return _decide_bulk(claim, existing)
+        return _decide_bulk(claim, own)
 
-    creates = existing is None or existing.lifecycle != "preregistered"
-    if creates:
+    taken_over = own is not None and own.lifecycle == "preregistered"
+    if not taken_over:
         refusal = _over_limit(claim, family, registration_id, limits, clone=existing is not None)
         if refusal is not None:
             return refusal
@@ -307,24 +359,19 @@ def decide(
             credential_generation=1,
             registration_id=registration_id,
             created_at=limits.now,
-            registered_with_key=bool(claim.idempotency_key),
             product_id=product_id,
             created_source=claim.source,
         )
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
-    if existing.lifecycle == "preregistered":
-        if existing.disabled:
-            return Verdict("refused", device=existing, reason=REASON_DISABLED)
-        taken = replace(
-            existing,
-            fingerprint=claim.fingerprint,
-            lifecycle="registered",
-            registered_with_key=bool(claim.idempotency_key),
-        )
+    if own is not None and own.lifecycle == "preregistered":
+        if own.disabled:
+            return Verdict("refused", device=own, reason=REASON_DISABLED)
+        taken = replace(own, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset())
         return Verdict(
             "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
         )
-    # H-N keeps the case in which H was first registered (the registry's display case).
+    # H-N keeps the case in which H was first registered (the registry's display case); it is
+    # free in the whole account (hardware IDs are unique per account), whatever product holds H.
     assigned = next_free_index(existing.hardware_id, family.devices)
     clone = KnownDevice(
         id=new_id(),
@@ -337,7 +384,6 @@ def decide(
         credential_generation=1,
         registration_id=registration_id,
         created_at=limits.now,
-        registered_with_key=bool(claim.idempotency_key),
         product_id=product_id,
         created_source=claim.source,
     )
@@ -424,7 +470,9 @@ def limit_reached(claim: Claim, verdict: Verdict, family: Family, limits: Limits
 
 
 def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
-    # A wrong key and an unknown hardware ID get the same answer: no hint which it was.
+    """``existing``: the device of the code's product with the claimed hardware ID, if any.
+    A wrong key, an unknown hardware ID and another product's get the same answer: no hint
+    which it was."""
     if existing is None or not (
         existing.registration_key_digest
         and claim.registration_key_digest
@@ -436,9 +484,6 @@ def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
     if existing.lifecycle != "preregistered":
         return Verdict("refused", device=existing, reason=REASON_BULK_ALREADY_CLAIMED)
     taken = replace(
-        existing,
-        fingerprint=claim.fingerprint,
-        lifecycle="registered",
-        registered_with_key=bool(claim.idempotency_key),
+        existing, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset()
     )
     return Verdict("new", device=taken, claimed_preregistered=True, reason="bulk device claimed with its key")

@@ -76,8 +76,8 @@ async def test_a_retry_whose_response_was_lost_gets_the_same_registration(
     first = await register(session, system.device_url, code, h, cpu_id="c", mac="m", idempotency_key="boot-1")
     # Same idempotency key: same answer.
     again = await register(session, system.device_url, code, h, cpu_id="c", mac="m", idempotency_key="boot-1")
-    # A device that sends no key (the reference protocol has none): the same fingerprint,
-    # before confirmation, is still the same device.
+    # A device that sends no key: the same fingerprint, before confirmation, is still the
+    # same device (never H-1), with new credentials (docs/security.md, "The window before ready").
     h2 = hardware_id()
     unkeyed = await register(session, system.device_url, code, h2, cpu_id="c2", mac="m2")
     retry = await register(session, system.device_url, code, h2, cpu_id="c2", mac="m2")
@@ -86,7 +86,8 @@ async def test_a_retry_whose_response_was_lost_gets_the_same_registration(
         assert answer.body["device_id"] == original.body["device_id"]
         assert answer.body["hardware_id"] == original.body["hardware_id"]
         assert answer.body["decision"] == "same"
-        assert answer.body["device_secret"] == original.body["device_secret"]
+    assert again.body["device_secret"] == first.body["device_secret"]
+    assert retry.body["device_secret"] != unkeyed.body["device_secret"]
     assert len(await operator.devices()) == 2
 
 

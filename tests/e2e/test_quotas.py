@@ -98,7 +98,8 @@ async def test_a_retry_of_a_registered_device_is_not_refused_at_the_quota(
         "same",
         first.body["device_id"],
     )
-    reboot = await register(session, system.device_url, code, "r-1", secret=first.body["device_secret"])
+    # The retry (no Idempotency-Key) revoked the first answer's secret: the device holds the retry's.
+    reboot = await register(session, system.device_url, code, "r-1", secret=retry.body["device_secret"])
     assert (reboot.status, reboot.body["decision"]) == (200, "same")
     clone = await register(session, system.device_url, code, "r-1", cpu_id="b", mac="m")
     assert (clone.status, clone.body["reason"]) == (403, reason_max_devices(1))

@@ -356,6 +356,22 @@ async def test_device_by_hardware_id_in_any_case_within_the_account(pool: Pool, 
     assert await compat.device(pool, await registry.new_account(pool), "B827EB8905E5", setup.ssh_id) is None
 
 
+async def test_device_is_found_only_in_the_product_of_the_service_asked_about(
+    pool: Pool, setup: Setup
+) -> None:
+    """A claim stays in its product: another product of the same account holding the
+    hardware ID is no device of this product's services (reference steps 5 and 6)."""
+    other = await registry.new_product(pool, setup.account_id, kind="bulk", services=SERVICES)
+    theirs = await registry.new_device(
+        pool, other, await registry.new_registration(pool, other), "Moved-HW", fingerprint="fp"
+    )
+
+    assert await compat.device(pool, setup.account_id, "moved-hw", setup.ssh_id) is None
+    assert await compat.device(pool, setup.account_id, "moved-hw", setup.bulk_id) is None
+    found = await compat.device(pool, setup.account_id, "moved-hw", other.service_ids[0])
+    assert found is not None and found.device_id == theirs
+
+
 async def test_device_files_follow_the_credential_generation(pool: Pool, setup: Setup) -> None:
     device_id = await registry.new_device(pool, setup.product, setup.registration_id, "gen-hw")
     uid = await _file(pool, device_id, setup.ssh_id, 1)

@@ -494,3 +494,61 @@ async def test_a_revoked_code_s_claims_keep_one_row_per_hardware_id_and_hour(poo
     }
     # The kept claim answers its poll; the others were answered when they were decided.
     assert set(await decisions.decided(pool, [first.claim.request_id])) == {first.claim.request_id}
+
+
+async def test_a_device_reclaimed_before_ready_gets_its_last_generation_and_the_intake_hears_of_it(
+    pool: Pool, auto: Setup
+) -> None:
+    """Two reclaims of one device in one batch (a board's retries queued during an outage):
+    the device ends at the last one's generation, each decision row keeps its own, and the
+    intake is told to drop its cached copy (docs/security.md, "The window before ready")."""
+    first = _new(auto, "Reclaim1", fingerprint="fp-r")
+    device = first.verdict.device
+    assert device is not None
+
+    def reclaim(generation: int) -> DecisionRecord:
+        regenerated = replace(device, credential_generation=generation)
+        verdict = Verdict("same", regenerated, regenerated=True, reason="claimed again")
+        return _record(auto, verdict, "Reclaim1", fingerprint="fp-r")
+
+    heard: list[str] = []
+
+    def hear(*args: object) -> None:
+        heard.append(str(args[3]))
+
+    async with pool.acquire() as conn:  # a session hears its own notifications too
+        await conn.add_listener("fleetreg_invalidate", hear)
+        async with conn.transaction():
+            await decisions.record_decisions(conn, [first, reclaim(2), reclaim(3)])
+        async with asyncio.timeout(5):
+            while f"device:{device.id}" not in heard:
+                await asyncio.sleep(0.01)
+        await conn.remove_listener("fleetreg_invalidate", hear)
+
+    assert await pool.fetchval("SELECT credential_generation FROM devices WHERE id = $1", device.id) == 3
+    rows = await pool.fetch(
+        "SELECT credential_generation FROM registration_decisions WHERE device_id = $1 ORDER BY credential_generation",
+        device.id,
+    )
+    assert [r["credential_generation"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change", ["ready", "reset", "disable", "stale"])
+async def test_a_reclaim_of_a_device_changed_since_it_was_read_raises_registry_conflict(
+    pool: Pool, auto: Setup, change: str
+) -> None:
+    """A "ready", an operator's reset or disable, or another instance's reclaim between the
+    read and the write: the batch is decided again, on the device as it is now."""
+    device_id = await registry.new_device(pool, auto.product, auto.registration_id, f"Changed-{change}")
+    statement = {
+        "ready": "UPDATE devices SET lifecycle = 'provisioned' WHERE id = $1",
+        "reset": "UPDATE devices SET lifecycle = 'preregistered', credential_generation = 2 WHERE id = $1",
+        "disable": "UPDATE devices SET disabled = true WHERE id = $1",
+        "stale": "UPDATE devices SET credential_generation = 2 WHERE id = $1",
+    }[change]
+    await pool.execute(statement, device_id)
+    regenerated = replace(_device(auto, f"Changed-{change}"), id=device_id, credential_generation=2)
+    record = _record(auto, Verdict("same", regenerated, regenerated=True), f"Changed-{change}")
+    with pytest.raises(RegistryConflict):
+        await _write(pool, [record])
+    assert set(await decisions.decided(pool, [record.claim.request_id])) == set()

@@ -28,17 +28,17 @@ async def registration_id(pool: Pool, product: registry.Product) -> str:
     return await registry.new_registration(pool, product)
 
 
-async def _decision(pool: Pool, device_id: str, decision: str, key: str | None, age_s: int) -> None:
-    """A decision about the device, ``age_s`` seconds old."""
+async def _decision(pool: Pool, device_id: str, decision: str, source: str | None, age_s: int) -> None:
+    """A decision about the device from ``source``, ``age_s`` seconds old."""
     await pool.execute(
         """INSERT INTO registration_decisions (request_id, device_id, claimed_hardware_id, decision,
-                                              idempotency_key, status, received_at, decided_at)
+                                              source, status, received_at, decided_at)
            SELECT $1, $2, hardware_id, $3, $4, 'decided', now(), now() - make_interval(secs => $5)
            FROM devices WHERE id = $2""",
         uuid.uuid4(),
         device_id,
         decision,
-        key,
+        source,
         age_s,
     )
 
@@ -87,29 +87,33 @@ async def test_load_family_finds_every_id_of_the_stem_in_the_account(
     assert by_id[clone].registration_key_digest == ""
 
 
-async def test_registered_with_key_follows_the_latest_registration_that_created_or_took_over(
+async def test_claim_sources_are_those_of_the_claims_answered_since_the_device_was_last_registered(
     pool: Pool, product: registry.Product, registration_id: str
 ) -> None:
-    with_key = await registry.new_device(pool, product, registration_id, "Key1")
-    await _decision(pool, with_key, "new", "k-1", age_s=10)
-    await _decision(pool, with_key, "same", None, age_s=5)  # a retry changes nothing
-    taken_over = await registry.new_device(pool, product, registration_id, "Key2")
-    await _decision(pool, taken_over, "new", "k-2", age_s=10)
-    await _decision(pool, taken_over, "new", None, age_s=5)  # reset, then claimed without a key
-    by_retry = await registry.new_device(pool, product, registration_id, "Key3")
-    await _decision(pool, by_retry, "new", None, age_s=10)
-    await _decision(pool, by_retry, "same", "k-3", age_s=5)
-    never = await registry.new_device(pool, product, registration_id, "Key4")
+    """What the alert of two sources reclaiming one device before "ready" reads: the sources
+    of its decisions that were not refusals, since its (latest) registration, while it is
+    registered; none for a device that confirmed or is preregistered."""
+    reclaimed = await registry.new_device(pool, product, registration_id, "Src1")
+    await pool.execute(
+        "UPDATE devices SET registered_at = now() - interval '7 seconds' WHERE id = $1", reclaimed
+    )
+    await _decision(pool, reclaimed, "new", "10.0.0.9", age_s=20)  # before a reset: not counted
+    await _decision(pool, reclaimed, "new", "10.0.0.1", age_s=5)
+    await _decision(pool, reclaimed, "same", "10.0.0.2", age_s=4)
+    await _decision(pool, reclaimed, "same", "10.0.0.2", age_s=3)
+    await _decision(pool, reclaimed, "refused", "10.0.0.3", age_s=2)
+    await _decision(pool, reclaimed, "same", None, age_s=1)
+    confirmed = await registry.new_device(pool, product, registration_id, "Src2", lifecycle="provisioned")
+    await _decision(pool, confirmed, "new", "10.0.0.1", age_s=5)
 
     async with pool.acquire() as conn:
-        family = await devices.load_family(conn, product.account_id, ["key1", "key2", "key3", "key4"])
+        family = await devices.load_family(conn, product.account_id, ["src1", "src2"])
 
-    assert {d.id: d.registered_with_key for d in family} == {
-        with_key: True,
-        taken_over: False,
-        by_retry: False,
-        never: False,
+    assert {d.id: d.claim_sources for d in family} == {
+        reclaimed: {"10.0.0.1", "10.0.0.2"},
+        confirmed: frozenset(),
     }
+    assert {d.product_id for d in family} == {product.id}
 
 
 async def test_count_registration_devices_answers_for_every_registration_asked(

@@ -18,9 +18,11 @@ from shared.domain.dedup import (
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DISABLED,
+    REFERENCE_PROTOCOL,
     Claim,
     Family,
     KnownDevice,
+    Lifecycle,
     Limits,
     Reached,
     Verdict,
@@ -106,7 +108,12 @@ class Fleet:
         key: str = "",
         idempotency_key: str = "",
         source: str = "",
+        protocol: str = "native",
+        product: str = "",
+        kind: Literal["auto", "bulk"] | None = None,
     ) -> Verdict:
+        """A claim presenting the code of ``product`` ("": the fleet's one product), of
+        ``kind`` (default: the fleet's), from ``source``."""
         claim = Claim(
             request_id=f"req-{next(self._requests)}",
             hardware_id=hardware_id,
@@ -115,15 +122,17 @@ class Fleet:
             registration_key_digest=KEYRING.digest(key),
             idempotency_key=idempotency_key,
             source=source,
+            protocol=protocol,
         )
         verdict = decide(
             claim,
             self.family,
-            kind=self.kind,
-            registration_id=REGISTRATION,
+            kind=kind or self.kind,
+            registration_id=f"{REGISTRATION}{product}",
             secret_matches=secret_matches,
             new_id=self.new_id,
             limits=self.limits,
+            product_id=product,
         )
         self.family.apply(claim, verdict)
         return verdict
@@ -671,30 +680,196 @@ def test_a_source_reaching_its_clone_rate_or_limit_is_noticed_once_then_on_each_
     assert claim("fp7") == Reached("clone_limit", 4, 3600, just_now=False)
 
 
-def test_after_a_keyed_registration_the_fingerprint_alone_is_no_longer_the_device() -> None:
-    """docs/security.md, "The window before ready": CPU ID and MAC are not secret, so a
-    device that registered with an Idempotency-Key proves a retry with that key; a
-    look-alike with the same hardware ID and fingerprint but no key is a clone and
-    gets a device (and secret) of its own, never the original's."""
+def test_before_ready_a_new_or_no_idempotency_key_from_the_fingerprint_is_the_device_with_new_credentials() -> (
+    None
+):
+    """docs/security.md, "The window before ready": a board that lost power (or its answer)
+    before "ready" and claims again with a new Idempotency-Key, or none, from its
+    fingerprint is the device: never H-1 (a ghost H left behind), and with a new credential
+    generation, so that whoever holds the earlier answer holds nothing any more. The same
+    key is the same answer (the same credentials)."""
     fleet = Fleet()
     first = fleet.claim(H, FP_A, idempotency_key="k1")
-    assert first.decision == "new"
-    assert fleet.claim(H, FP_A, idempotency_key="k1").decision == "same"
-    assert fleet.claim(H, FP_A, idempotency_key="other").decision == "clone"
-    look_alike = fleet.claim(H, FP_A)
-    assert look_alike.decision == "clone"
-    assert look_alike.device is not None and first.device is not None
-    assert look_alike.device.id != first.device.id
-    assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2"]
+    assert (first.decision, device_of(first).credential_generation) == ("new", 1)
+    same_key = fleet.claim(H, FP_A, idempotency_key="k1")
+    assert (same_key.decision, same_key.regenerated, device_of(same_key).credential_generation) == (
+        "same",
+        False,
+        1,
+    )
+    new_key = fleet.claim(H, FP_A, idempotency_key="k2")
+    assert (new_key.decision, new_key.regenerated) == ("same", True)
+    assert (device_of(new_key).id, device_of(new_key).credential_generation) == (device_of(first).id, 2)
+    no_key = fleet.claim(H, FP_A)
+    assert (no_key.decision, no_key.regenerated, device_of(no_key).credential_generation) == ("same", True, 3)
+    # The first key now answers the device as it is: its current credentials, none revoked.
+    again = fleet.claim(H, FP_A, idempotency_key="k1")
+    assert (again.regenerated, device_of(again).credential_generation) == (False, 3)
+    assert fleet.hardware_ids == [H]
 
 
 def test_without_a_key_the_fingerprint_retry_still_is_the_device() -> None:
     """The domain rule (a lost response never creates H-1) for devices that send no key,
-    such as the reference client."""
+    such as the reference client: the device, with new credentials."""
     fleet = Fleet()
     first = fleet.claim(H, FP_A)
-    assert fleet.claim(H, FP_A).decision == "same"
+    retry = fleet.claim(H, FP_A)
     assert first.decision == "new"
+    assert (retry.decision, retry.regenerated, device_of(retry).id) == ("same", True, device_of(first).id)
+
+
+def test_on_the_reference_protocol_a_reclaim_before_ready_keeps_the_credentials_the_device_has() -> None:
+    """Its client keeps each service's credentials across boots and asks only for those it
+    lacks: new ones at each boot would leave it with two generations and its "ready"
+    refused. Two sources are still noticed."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.1")
+    retry = fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.1")
+    assert (retry.decision, retry.regenerated, device_of(retry).credential_generation) == ("same", False, 1)
+    elsewhere = fleet.claim(H, FP_A, protocol=REFERENCE_PROTOCOL, source="10.0.0.2")
+    assert (elsewhere.regenerated, elsewhere.two_sources) == (False, True)
+    bulk = bulk_fleet(preregistered())
+    bulk.claim(H, FP_A, key=KEY, protocol=REFERENCE_PROTOCOL)
+    again = bulk.claim(H, FP_A, key=KEY, protocol=REFERENCE_PROTOCOL)
+    assert (again.decision, again.regenerated) == ("same", False)
+
+
+def test_after_ready_a_look_alike_without_the_secret_is_a_clone_and_a_bulk_one_refused() -> None:
+    """Once confirmed, only the device secret is the device (today's rule stands)."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A, idempotency_key="k1")
+    fleet.confirm(H)
+    assert fleet.claim(H, FP_A, idempotency_key="k1").decision == "clone"
+    bulk = bulk_fleet(preregistered())
+    bulk.claim(H, FP_A, key=KEY, idempotency_key="k1")
+    bulk.confirm(H)
+    for idempotency_key in ("k1", "k2", ""):
+        verdict = bulk.claim(H, FP_A, key=KEY, idempotency_key=idempotency_key)
+        assert verdict.reason == REASON_BULK_ALREADY_CLAIMED
+
+
+def test_a_device_without_a_fingerprint_is_recognised_before_ready_only_by_its_key() -> None:
+    """No fingerprint, nothing to recognise a power-cut board by: it must keep its key."""
+    fleet = Fleet()
+    fleet.claim(H, "", idempotency_key="k1")
+    assert fleet.claim(H, "", idempotency_key="k1").decision == "same"
+    assert fleet.claim(H, "", idempotency_key="k2").decision == "clone"
+
+
+def test_bulk_power_cut_before_ready_gets_the_device_back_with_new_credentials_never_a_lockout() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY, idempotency_key="k1")
+    for idempotency_key, generation in (("k2", 2), ("", 3)):
+        verdict = fleet.claim(H, FP_A, key=KEY, idempotency_key=idempotency_key)
+        assert (verdict.decision, verdict.regenerated) == ("same", True)
+        assert (device_of(verdict).id, device_of(verdict).credential_generation) == ("pre-1", generation)
+    # The row's key is still needed, and another board is still refused.
+    assert fleet.claim(H, FP_A, key="000000000000", idempotency_key="k3").reason == REASON_BULK_NOT_LISTED
+    assert fleet.claim(H, FP_A, idempotency_key="k1").reason == REASON_BULK_NOT_LISTED
+    assert fleet.claim(H, FP_B, key=KEY).reason == REASON_BULK_ALREADY_CLAIMED
+
+
+def test_a_disabled_device_reclaimed_before_ready_is_refused_and_keeps_its_credentials() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    fleet.device(H).disabled = True
+    verdict = fleet.claim(H, FP_A, idempotency_key="k2")
+    assert (verdict.decision, verdict.reason, verdict.regenerated) == ("refused", REASON_DISABLED, False)
+    assert fleet.device(H).credential_generation == 1
+
+
+def test_two_sources_reclaiming_one_device_before_ready_raise_an_alert() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A, source="10.0.0.1")
+    assert fleet.claim(H, FP_A, source="10.0.0.1").two_sources is False  # the board itself, rebooting
+    other = fleet.claim(H, FP_A, source="10.0.0.2")
+    assert (other.decision, other.two_sources) == ("same", True)
+    # The first source again: two sources still.
+    assert fleet.claim(H, FP_A, source="10.0.0.1").two_sources is True
+    # A retry with the same key is no reclaim (nothing revoked), and raises nothing.
+    keyed = Fleet()
+    keyed.claim(H, FP_A, idempotency_key="k1", source="10.0.0.1")
+    assert keyed.claim(H, FP_A, idempotency_key="k1", source="10.0.0.2").two_sources is False
+
+
+def test_the_sources_of_a_device_start_again_when_it_is_reset() -> None:
+    fleet = bulk_fleet(preregistered())
+    fleet.claim(H, FP_A, key=KEY, source="10.0.0.1")
+    device = fleet.device(H)
+    assert device.claim_sources == {"10.0.0.1"}
+    fleet.family.devices[H] = replace(
+        device, lifecycle="preregistered", fingerprint="", credential_generation=2
+    )
+    taken = fleet.claim(H, FP_A, key=KEY, source="10.0.0.2")
+    assert taken.decision == "new"
+    assert fleet.device(H).claim_sources == {"10.0.0.2"}
+    assert fleet.claim(H, FP_A, key=KEY, source="10.0.0.2").two_sources is False
+
+
+# ---------------------------------------------------------------- a claim stays in its product
+
+A, B, C = "product-a", "product-b", "product-c"
+
+
+def other_products_fleet() -> Fleet:
+    """One account: product B's listed bulk row H (key KEY), products A (auto) and C (bulk)."""
+    return Fleet(Family.of([replace(preregistered(), product_id=B)]), kind="bulk")
+
+
+@pytest.mark.parametrize("lifecycle", ["preregistered", "registered", "provisioned"])
+def test_an_auto_code_naming_another_product_s_hardware_id_gets_a_clone_in_its_own_product(
+    lifecycle: Lifecycle,
+) -> None:
+    fleet = other_products_fleet()
+    held = fleet.device(H)
+    fleet.family.devices[H] = replace(
+        held, lifecycle=lifecycle, fingerprint=FP_A if lifecycle != "preregistered" else ""
+    )
+    for fingerprint, idempotency_key, secret in (
+        (FP_A, "", ""),  # B's board's fingerprint: not A's device
+        (FP_B, "k1", ""),
+        (KEYRING.fingerprint("cpu-c"), "", presented_secret(held)),  # even with B's device secret
+    ):
+        verdict = fleet.claim(
+            H, fingerprint, secret=secret, idempotency_key=idempotency_key, product=A, kind="auto"
+        )
+        assert verdict.decision == "clone", verdict
+        assert device_of(verdict).product_id == A
+        assert device_of(verdict).id != held.id
+    assert fleet.device(H) == replace(
+        held, lifecycle=lifecycle, fingerprint=FP_A if lifecycle != "preregistered" else ""
+    )
+    assert fleet.hardware_ids == [H, f"{H}-1", f"{H}-2", f"{H}-3"]
+    # A's clone retrying is A's clone, not B's device.
+    retry = fleet.claim(H, FP_B, idempotency_key="k1", product=A, kind="auto")
+    assert (retry.decision, device_of(retry).hardware_id) == ("same", f"{H}-2")
+
+
+@pytest.mark.parametrize("lifecycle", ["preregistered", "registered", "provisioned"])
+def test_a_bulk_code_naming_another_product_s_hardware_id_gets_the_unlisted_refusal(
+    lifecycle: Lifecycle,
+) -> None:
+    fleet = other_products_fleet()
+    held = fleet.device(H)
+    fleet.family.devices[H] = replace(
+        held, lifecycle=lifecycle, fingerprint=FP_A if lifecycle != "preregistered" else ""
+    )
+    unlisted = fleet.claim("f0038c1be545", FP_A, key=KEY, product=C)
+    for key, secret, idempotency_key in (
+        (KEY, "", ""),  # B's row key with C's code
+        ("", "", "k1"),
+        (KEY, presented_secret(held), ""),
+    ):
+        verdict = fleet.claim(H, FP_A, key=key, secret=secret, idempotency_key=idempotency_key, product=C)
+        assert verdict == unlisted, verdict
+    assert fleet.device(H).lifecycle == lifecycle
+
+
+def test_an_idempotency_key_of_another_product_s_device_is_no_retry() -> None:
+    fleet = other_products_fleet()
+    fleet.claim(H, FP_A, key=KEY, idempotency_key="k1", product=B)
+    assert fleet.claim(H, FP_A, key=KEY, idempotency_key="k1", product=C).reason == REASON_BULK_NOT_LISTED
+    assert fleet.claim(H, FP_A, idempotency_key="k1", product=A, kind="auto").decision == "clone"
 
 
 def test_hardware_ids_differing_only_in_case_are_one_id() -> None:

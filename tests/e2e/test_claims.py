@@ -1,0 +1,204 @@
+"""Claims that stay in their product and devices that survive a power cut before "ready"
+(issue 22; docs/security.md, "A claim stays in its product" and "The window before
+ready"), on the running services with inputs of their own: an auto product and bulk
+products in one account, a bulk board that loses power, an auto board that loses its
+answer, and a look-alike from another address."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared.domain.dedup import REASON_BULK_ALREADY_CLAIMED, REASON_BULK_NOT_LISTED
+from tests.e2e.test_face_the_internet import read
+from tests.e2e.test_throttling import fresh_address, from_address
+from tests.support.api import Operator, provision, register
+from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
+from tests.support.system import System
+
+pytestmark = pytest.mark.e2e
+
+
+async def published(
+    operator: Operator, system: System, session: aiohttp.ClientSession
+) -> tuple[str, str, tuple[str, str, str]]:
+    """A bulk product with one published row: (product ID, code, (key, hardware ID, name))."""
+    product_id = await bulk_product(operator)
+    rows = csv_rows(1)
+    status, registration = await upload(
+        session, system.bulk_url, operator, product_id, csv_text(rows).encode()
+    )
+    assert status == 201, registration
+    await publish_and_wait(session, system.bulk_url, operator, registration["id"])
+    code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
+    return product_id, code, rows[0]
+
+
+async def status_with(
+    session: aiohttp.ClientSession, system: System, answer: dict[str, Any], secret: str
+) -> int:
+    """What the device's manifest answers to ``secret``."""
+    async with session.get(
+        f"{system.device_url}/v1/devices/{answer['device_id']}/manifest",
+        headers={"Authorization": f"Bearer {secret}"},
+    ) as response:
+        return response.status
+
+
+def shape(answer: Any) -> tuple[int, dict[str, Any]]:
+    return answer.status, {k: v for k, v in answer.body.items() if k != "request_id"}
+
+
+async def test_a_claim_stays_in_its_product_before_and_after_the_operator_s_reset(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """Auto product A and bulk products B and C in one account. A's code naming B's listed
+    hardware ID gets a clone in A, never B's device; C's code with B's row key gets the
+    unlisted refusal (also on the reference protocol); B's board then gets its device."""
+    auto = await operator.product()
+    code_a = auto["bulk_identification_code"]
+    product_b, code_b, (key, hardware_id, _) = await published(operator, system, session)
+    _, code_c, _ = await published(operator, system, session)
+    ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+
+    async def other_products(round_: int) -> None:
+        stolen = await register(session, system.device_url, code_a, hardware_id, cpu_id=f"x{round_}", mac="x")
+        assert stolen.status == 200, stolen.body
+        assert (stolen.body["clone"], stolen.body["hardware_id"]) == (True, f"{hardware_id}-{round_}")
+        [device] = await operator.devices(hardware_id=stolen.body["hardware_id"])
+        assert device["product_id"] == auto["product_id"]
+        unlisted = await register(session, system.device_url, code_c, "0123456789ab", registration_key=key)
+        for with_key in (
+            await register(session, system.device_url, code_c, hardware_id, registration_key=key),
+            await register(
+                session, system.device_url, code_c, hardware_id, cpu_id="y", mac="y", registration_key=key
+            ),
+        ):
+            assert shape(with_key) == shape(unlisted) == (403, shape(unlisted)[1])
+            assert with_key.body["reason"] == REASON_BULK_NOT_LISTED
+        body = {"project_id": code_c, "hardware_id": hardware_id, "registration_key": key}
+        async with session.post(f"{system.compat_url}/bulk/registration/register", json=body, ssl=ctx) as r:
+            reference = read(await r.text())
+        assert (reference["status"], reference["reason"]) == ("false", REASON_BULK_NOT_LISTED)
+
+    await other_products(1)
+    real = await register(
+        session, system.device_url, code_b, hardware_id, cpu_id="real", mac="m", registration_key=key
+    )
+    assert (real.status, real.body["decision"], real.body["hardware_id"]) == (200, "new", hardware_id)
+    [device] = await operator.devices(hardware_id=hardware_id)
+    assert (device["id"], device["product_id"]) == (real.body["device_id"], product_b)
+
+    reset = await operator.call(
+        "POST", "/v1/devices/reset", {"device_ids": [real.body["device_id"]]}, expect=200
+    )
+    assert [r["outcome"] for r in reset["results"]] == ["reset"]
+    await other_products(2)
+    again = await register(
+        session, system.device_url, code_b, hardware_id, cpu_id="real", mac="m", registration_key=key
+    )
+    assert (again.status, again.body["decision"], again.body["device_id"]) == (
+        200,
+        "new",
+        real.body["device_id"],
+    )
+
+
+async def test_a_bulk_board_that_loses_power_before_ready_gets_its_device_with_new_credentials(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """Claimed with Idempotency-Key K1, no "ready"; the board boots again with a new key,
+    then with none: the same device each time with a new secret (the earlier one refused),
+    files that verify with it, and its "ready"; after that, today's rule stands."""
+    _, code, (key, hardware_id, _) = await published(operator, system, session)
+
+    async def claim(idempotency_key: str, include: str = "") -> dict[str, Any]:
+        answer = await register(
+            session,
+            system.device_url,
+            code,
+            hardware_id,
+            cpu_id="cpu",
+            mac="mac",
+            registration_key=key,
+            idempotency_key=idempotency_key,
+            include=include,
+        )
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    first = await claim("k1")
+    assert first["decision"] == "new"
+    assert (await claim("k1"))["device_secret"] == first["device_secret"]  # the same key: the same answer
+    second = await claim(str(uuid.uuid4()))
+    third = await claim("", include="files")
+    answers = [first, second, third]
+    assert {a["device_id"] for a in answers} == {first["device_id"]}
+    assert [a["decision"] for a in answers] == ["new", "same", "same"]
+    assert [a["hardware_id"] for a in answers] == [hardware_id] * 3
+    assert len({a["device_secret"] for a in answers}) == 3
+    for earlier in (first, second):
+        assert await status_with(session, system, third, earlier["device_secret"]) == 401
+    assert third["manifest"]["files"]  # the two-call boot's files, of the new generation
+    await provision(session, system.device_url, third)  # every file verified with the new secret, then ready
+    after = await register(
+        session,
+        system.device_url,
+        code,
+        hardware_id,
+        cpu_id="cpu",
+        mac="mac",
+        registration_key=key,
+        idempotency_key="k5",
+    )
+    assert (after.status, after.body["reason"]) == (403, REASON_BULK_ALREADY_CLAIMED)
+
+
+async def test_an_auto_board_that_lost_its_answer_is_no_ghost_and_a_second_source_is_alerted(
+    system: System, operator: Operator
+) -> None:
+    """An auto board loses its answer and claims again with a new Idempotency-Key: H again
+    (no H-1, no ghost H), the earlier credentials revoked. A look-alike from another
+    address does the same: it gets H too (the code mode's stated limit), and the operator
+    sees two_sources_before_ready."""
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    board, other = fresh_address(), fresh_address()
+    async with from_address(board) as at_board, from_address(other) as elsewhere:
+
+        async def claim(session: aiohttp.ClientSession, idempotency_key: str) -> dict[str, Any]:
+            answer = await register(
+                session,
+                system.device_url,
+                code,
+                hardware_id,
+                cpu_id="c",
+                mac="m",
+                idempotency_key=idempotency_key,
+            )
+            assert answer.status == 200, answer.body
+            return answer.body
+
+        first = await claim(at_board, "k1")
+        lost = await claim(at_board, "k2")
+        assert (lost["device_id"], lost["hardware_id"], lost["decision"]) == (
+            first["device_id"],
+            hardware_id,
+            "same",
+        )
+        assert await status_with(at_board, system, lost, first["device_secret"]) == 401
+        assert await status_with(at_board, system, lost, lost["device_secret"]) == 200
+        assert [d["hardware_id"] for d in await operator.devices()] == [hardware_id]
+        assert not (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
+
+        look_alike = await claim(elsewhere, "k3")
+        assert look_alike["device_id"] == first["device_id"]
+        assert await status_with(at_board, system, lost, lost["device_secret"]) == 401
+    alerts = (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
+    assert [(a["kind"], a["hardware_id"], a["source"], a["count"]) for a in alerts] == [
+        ("two_sources_before_ready", hardware_id, other, 2)
+    ]

@@ -1,0 +1,120 @@
+"""Deduplication on the real Postgres, for the claims a power cut and a second product
+bring (docs/security.md, "The window before ready" and "A claim stays in its product"):
+a board's retries queued while deduplication was down are decided in one batch as the
+device with its last credential generation, never H-1 and never a lockout; two sources
+reclaiming one device raise an alert; another product's listed row is nobody else's."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.dedup.handlers import decide_batch
+from shared.db import alerts
+from shared.db.pool import Pool
+from shared.domain.credentials import Keyring
+from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.identifiers import new_request_id
+from shared.events import RegistrationRequested
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+KEYRING = Keyring(b"dedup-reclaims-test-key-that-is-long-enough")
+FINGERPRINT = KEYRING.fingerprint("cpu", "mac")
+
+
+def _claim(
+    code: str, hardware_id: str, *, idempotency_key: str = "", key: str = "", source: str = "10.0.0.1"
+) -> RegistrationRequested:
+    return RegistrationRequested(
+        request_id=new_request_id(KEYRING.request_tag),
+        received_at=time.time(),
+        bulk_identification_code=code,
+        hardware_id=hardware_id,
+        fingerprint=FINGERPRINT,
+        registration_key_digest=KEYRING.digest(key) if key else "",
+        idempotency_key=idempotency_key,
+        source=source,
+    )
+
+
+async def _generation(pool: Pool, device_id: str) -> int:
+    return int(await pool.fetchval("SELECT credential_generation FROM devices WHERE id = $1", device_id))
+
+
+async def test_an_auto_board_s_retries_queued_in_an_outage_are_one_device_with_its_last_generation(
+    pool: Pool, unique: str
+) -> None:
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id, kind="auto")
+    await registry.new_registration(pool, product)
+    code = await registry.new_code(pool, product.id)
+    board = f"cut-{unique}"
+
+    out = await decide_batch(
+        pool, KEYRING, [_claim(code, board, idempotency_key="k1"), _claim(code, board, idempotency_key="k2")]
+    )
+
+    assert [(d.decision, d.hardware_id) for d in out.decided] == [("new", board), ("same", board)]
+    assert len({d.device_id for d in out.decided}) == 1
+    assert [d.credential_generation for d in out.decided] == [1, 2]
+    assert await _generation(pool, out.decided[0].device_id) == 2
+    # No ghost: one device of the board's stem.
+    assert await pool.fetchval("SELECT count(*) FROM devices WHERE hardware_id_stem = lower($1)", board) == 1
+
+    # Later, the board reclaims from another address: the device again, and the operator's alert.
+    later = await decide_batch(pool, KEYRING, [_claim(code, board, source="10.0.0.2")])
+    assert [(d.decision, d.credential_generation) for d in later.decided] == [("same", 3)]
+    listed = await alerts.list_alerts(
+        pool, account_id, kind="two_sources_before_ready", before=None, limit=10
+    )
+    assert [(a.hardware_id, a.source, a.count) for a in listed] == [(board, "10.0.0.2", 2)]
+
+
+async def test_a_bulk_board_s_retry_without_its_first_key_is_its_device_and_a_foreign_row_nobody_s(
+    pool: Pool, unique: str
+) -> None:
+    account_id = await registry.new_account(pool)
+    bulk = await registry.new_product(pool, account_id, kind="bulk")
+    registration_id = await registry.new_registration(pool, bulk, kind="bulk", status="preregistered")
+    board = f"row-{unique}"
+    device_id = await registry.new_device(
+        pool,
+        bulk,
+        registration_id,
+        board,
+        lifecycle="preregistered",
+        key_digest=bytes.fromhex(KEYRING.digest("K1")),
+    )
+    code = await registry.new_code(pool, bulk.id)
+    auto = await registry.new_product(pool, account_id, kind="auto")
+    await registry.new_registration(pool, auto)
+    auto_code = await registry.new_code(pool, auto.id)
+    other_bulk = await registry.new_product(pool, account_id, kind="bulk")
+    await registry.new_registration(pool, other_bulk, kind="bulk", status="preregistered")
+    other_code = await registry.new_code(pool, other_bulk.id)
+
+    out = await decide_batch(
+        pool,
+        KEYRING,
+        [
+            _claim(auto_code, board),  # another product's code, no key
+            _claim(other_code, board, key="K1"),  # a third product's code with the row's key
+            _claim(code, board, key="K1", idempotency_key="k1"),
+            _claim(code, board, key="K1"),  # the power cut: no key this time
+        ],
+    )
+
+    clone, real, again = out.decided
+    assert (clone.decision, clone.hardware_id, clone.product_id) == ("clone", f"{board}-1", auto.id)
+    assert clone.device_id != device_id
+    assert [(o.reason, o.device_id) for o in out.refused] == [(REASON_BULK_NOT_LISTED, "")]
+    assert (real.decision, real.device_id, again.decision, again.device_id) == (
+        "new",
+        device_id,
+        "same",
+        device_id,
+    )
+    assert await _generation(pool, device_id) == 2
