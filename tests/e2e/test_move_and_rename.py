@@ -179,6 +179,73 @@ async def test_a_bulk_device_moved_to_another_bulk_product_claims_there_with_its
     ] == auto_product
 
 
+async def test_after_a_move_the_old_products_code_never_takes_the_device(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    """A move and a claim stay in their products together: the old product's code gets
+    nothing of a moved device, whatever it presents (the device's current secret, the
+    Idempotency-Key of its first registration, before it confirms in its new product), and
+    a bulk device moved before it was ever claimed is not taken by its old code and key."""
+    _, source_code = await _auto_product(operator, [{"type": "ssh", "port": 22}])
+    target, target_code = await _auto_product(operator, [{"type": "web", "port": 8080}])
+    hardware_id, key = uuid.uuid4().hex[:12], f"boot-{uuid.uuid4().hex}"
+    first = _claimed(
+        await register(
+            session, system.device_url, source_code, hardware_id, cpu_id="c", mac="m", idempotency_key=key
+        )
+    )
+    await operator.call("POST", f"/v1/devices/{first['device_id']}/move", {"product_id": target}, expect=200)
+    # Claimed in its new product, not confirmed there yet.
+    moved = _claimed(
+        await register(session, system.device_url, target_code, hardware_id, cpu_id="c", mac="m")
+    )
+    assert moved["device_id"] == first["device_id"]
+    for presented in (
+        {"secret": moved["device_secret"]},  # its current secret, with the old product's code
+        {"idempotency_key": key},  # the key of its first registration, in the old product
+    ):
+        answer = await register(
+            session, system.device_url, source_code, hardware_id, cpu_id="c", mac="m", **presented
+        )
+        assert answer.body.get("device_id") != first["device_id"], (presented.keys(), answer.body)
+        assert answer.body.get("device_secret") != moved["device_secret"]
+    # The device itself is untouched by those claims: its secret still proves it.
+    status, _ = await _manifest(session, system, first["device_id"], moved["device_secret"])
+    assert status == 200
+
+    tag = uuid.uuid4().hex[:6]
+    old_bulk, new_bulk = await bulk_product(operator), await bulk_product(operator)
+    row = (f"key-{tag}", f"{tag}c0a1", "Valve 1")
+    for product, rows in ((old_bulk, [row]), (new_bulk, [(f"key-{tag}-n", f"{tag}c0a2", "Valve 2")])):
+        status, registration = await upload(
+            session, system.bulk_url, operator, product, csv_text(rows).encode()
+        )
+        assert status == 201, registration
+        await publish_and_wait(session, system.bulk_url, operator, registration["id"])
+    (listed,) = await operator.devices(hardware_id=row[1])
+    await operator.call("POST", f"/v1/devices/{listed['id']}/move", {"product_id": new_bulk}, expect=200)
+    old = await register(
+        session,
+        system.device_url,
+        await _code(operator, old_bulk),
+        row[1],
+        cpu_id="c",
+        registration_key=row[0],
+    )
+    assert (old.status, old.body["status"]) == (403, "refused"), old.body
+    claim = _claimed(
+        await register(
+            session,
+            system.device_url,
+            await _code(operator, new_bulk),
+            row[1],
+            cpu_id="c",
+            registration_key=row[0],
+        )
+    )
+    assert claim["device_id"] == listed["id"]
+
+
 async def test_a_rename_shows_everywhere_and_keeps_the_device_working(
     system: System, session: aiohttp.ClientSession, operator: Operator
 ) -> None:
