@@ -96,6 +96,10 @@ async def test_an_auto_device_moved_to_another_product_comes_back_there_with_its
         await register(session, system.device_url, source_code, hardware_id, cpu_id="c", mac="m")
     )
     await provision(session, system.device_url, first)
+    # Its confirmation applied first: a move is of a provisioned device, and the history's
+    # order is that of the transactions' start (a confirmation applied while the move's
+    # transaction ran would be listed after it).
+    await _provisioned(operator, first["device_id"])
 
     moved = await operator.call(
         "POST", f"/v1/devices/{first['device_id']}/move", {"product_id": target}, expect=200

@@ -14,6 +14,7 @@ draws fresh addresses: the refusal counters live in Postgres and outlast a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -63,15 +64,11 @@ def behind(address: str) -> aiohttp.ClientSession:
 @pytest.fixture(scope="module")
 async def site(system: System) -> AsyncIterator[dict[str, ServiceProcess]]:
     """An intake, operator and ingestion instance behind the "load balancer", short windows."""
-    started = {
-        "intake": await system.add_instance("intake", LIMITS),
-        "operator": await system.add_instance("operator", LIMITS),
-        "ingestion": await system.add_instance("ingestion", LIMITS),
-    }
-    yield started
-    for process in started.values():
-        process.stop()
-        system.extra.remove(process)
+    async with contextlib.AsyncExitStack() as stack:
+        yield {
+            name: await stack.enter_async_context(system.instance(name, LIMITS))
+            for name in ("intake", "operator", "ingestion")
+        }
 
 
 async def boot(client: aiohttp.ClientSession, url: str, code: str, hardware_id: str) -> float:

@@ -12,6 +12,7 @@ draws fresh source addresses: the refusal counters live in Postgres and outlast 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -47,16 +48,16 @@ def fresh_address() -> str:
 @pytest.fixture(scope="module")
 async def own(system: System) -> AsyncIterator[dict[str, ServiceProcess]]:
     """Two intake instances and an operator and ingestion instance with the default limits."""
-    started = {
-        "intake": await system.add_instance("intake", DEFAULTS),
-        "intake2": await system.add_instance("intake", DEFAULTS),
-        "operator": await system.add_instance("operator", DEFAULTS),
-        "ingestion": await system.add_instance("ingestion", DEFAULTS),
-    }
-    yield started
-    for process in started.values():
-        process.stop()
-        system.extra.remove(process)
+    async with contextlib.AsyncExitStack() as stack:
+        yield {
+            key: await stack.enter_async_context(system.instance(name, DEFAULTS))
+            for key, name in (
+                ("intake", "intake"),
+                ("intake2", "intake"),
+                ("operator", "operator"),
+                ("ingestion", "ingestion"),
+            )
+        }
 
 
 def from_address(address: str) -> aiohttp.ClientSession:
