@@ -818,16 +818,36 @@ def verify_inline_files(ready: _Ready) -> int:
     return len(files)
 
 
+# A downloaded file that does not match the manifest fetched just before: the device changed
+# in between (renamed, a service edited) and the next manifest lists the new digests
+# (docs/device-api.md, "Provision"). The manifest is fetched again this many times in all.
+MANIFEST_ATTEMPTS = 3
+
+
+async def _download_files(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> None:
+    """Fetch the manifest and every file, each checked against it; on a file that does not
+    match, fetch the manifest again (``MANIFEST_ATTEMPTS`` in all, each counted as a
+    ``file_changed`` retry) and raise the mismatch after the last."""
+    for attempt in range(1, MANIFEST_ATTEMPTS + 1):
+        manifest = await retries.call(lambda: api.manifest(ready))
+        try:
+            for entry in _manifest_files(manifest, ready):
+                _verify_file(entry, await retries.call(partial(api.file, entry["url"], ready.device_secret)))
+            return
+        except DeviceFailure as exc:
+            if exc.kind != "file_mismatch" or attempt == MANIFEST_ATTEMPTS:
+                raise
+            retries.counts["file_changed"] += 1
+
+
 async def _provision(api: DeviceApi, ready: _Ready, retries: DeviceRetries) -> None:
     """Verify the inline files of a two-call boot's answer, or else fetch the manifest
-    and every file and verify them; then confirm ``ready`` (each call retried through
-    ``retries``)."""
+    and every file and verify them (:func:`_download_files`); then confirm ``ready``
+    (each call retried through ``retries``)."""
     if ready.manifest is not None:
         verify_inline_files(ready)
     else:
-        manifest = await retries.call(lambda: api.manifest(ready))
-        for entry in _manifest_files(manifest, ready):
-            _verify_file(entry, await retries.call(partial(api.file, entry["url"], ready.device_secret)))
+        await _download_files(api, ready, retries)
     await retries.call(lambda: api.ready(ready))
 
 

@@ -5,6 +5,7 @@ import hashlib
 import random
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from cli.simulate import (
     DeviceRetries,
     FleetPlan,
     RunOptions,
+    _provision,
     _Ready,
     percentile,
     plan_bulk,
@@ -502,3 +504,56 @@ def test_a_url_off_the_device_api_is_refused(given: str) -> None:
     with pytest.raises(DeviceFailure) as refused:
         api.url(given)
     assert refused.value.kind == "foreign_url"
+
+
+# ------------------------------------------------------------------ files changed while downloading
+
+
+class ChangingApi:
+    """A device API whose files change (a rename) after the first ``changes`` manifests:
+    each manifest lists the digest of the file as it is when the manifest is read, and the
+    file itself is one version ahead until the changes stop."""
+
+    def __init__(self, changes: int) -> None:
+        self.changes = changes
+        self.version = 0
+        self.readies = 0
+
+    def _content(self) -> bytes:
+        return f"#begin\n{PROVISIONING_ID}\ndevice_name v{self.version}\n#end\n".encode()
+
+    async def manifest(self, ready: _Ready) -> dict[str, Any]:
+        content = self._content()
+        if self.changes:  # renamed between this manifest and the download
+            self.changes -= 1
+            self.version += 1
+        entry = {
+            "url": "/v1/devices/d/files/ssh.conf",
+            "provisioning_id": PROVISIONING_ID,
+            "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        }
+        return {"device_id": ready.device_id, "hardware_id": ready.hardware_id, "files": [entry]}
+
+    async def file(self, url: str, secret: str) -> bytes:
+        return self._content()
+
+    async def ready(self, ready: _Ready) -> None:
+        self.readies += 1
+
+
+@pytest.mark.parametrize(("changes", "provisioned"), [(0, True), (2, True), (3, False)])
+async def test_a_file_changed_since_its_manifest_is_fetched_again_a_bounded_number_of_times(
+    changes: int, provisioned: bool
+) -> None:
+    api = ChangingApi(changes)
+    retries = _retries(FakeTime())
+    ready = _Ready("r", "d", "h", "h", False, "/v1/devices/d/manifest", "secret")
+    if provisioned:
+        await _provision(cast(DeviceApi, api), ready, retries)
+        assert api.readies == 1
+        assert retries.counts == ({"file_changed": changes} if changes else {})
+    else:
+        with pytest.raises(DeviceFailure, match="sha256|size"):
+            await _provision(cast(DeviceApi, api), ready, retries)
+        assert api.readies == 0  # never confirms files it could not verify
