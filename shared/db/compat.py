@@ -88,7 +88,14 @@ SELECT_DEVICE = """
            -- the latest registration that created or took over the device carried a key
            coalesce((SELECT d.idempotency_key IS NOT NULL FROM registration_decisions d
                      WHERE d.device_id = v.id AND d.decision IN ('new', 'clone')
-                     ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key
+                     ORDER BY d.decided_at DESC LIMIT 1), false) AS registered_with_key,
+           -- who claimed it since it was last registered, while it is not yet confirmed (as
+           -- deduplication's family reads it: shared.db.devices.SELECT_FAMILY)
+           CASE WHEN v.lifecycle = 'registered' THEN
+               array(SELECT DISTINCT d.source FROM registration_decisions d
+                     WHERE d.device_id = v.id AND d.decision <> 'refused' AND d.source <> ''
+                       AND d.decided_at >= coalesce(v.registered_at, '-infinity'))
+           ELSE '{}'::text[] END AS claim_sources
     FROM devices v
     LEFT JOIN provisioning_files f ON f.device_id = v.id AND f.product_service_id = $3
          AND f.generation = v.credential_generation
@@ -152,6 +159,8 @@ class DeviceCredentials:
     service_uid: str | None  # None until the service's file is rendered
     provisioned_files: bool  # a registration of the device reached "ready"
     registered_with_key: bool  # the registration that created or took it over had an Idempotency-Key
+    # The sources whose claims took it since it was last registered (while not yet confirmed).
+    claim_sources: frozenset[str] = frozenset()
 
     @property
     def files_ready(self) -> bool:
@@ -258,4 +267,5 @@ async def device(pool: Pool, account_id: str, hardware_id: str, service_id: str)
         service_uid=r["service_uid"],
         provisioned_files=r["provisioned_files"],
         registered_with_key=r["registered_with_key"],
+        claim_sources=frozenset(r["claim_sources"]),
     )

@@ -205,3 +205,41 @@ async def test_an_auto_board_that_lost_its_answer_is_no_ghost_and_a_second_sourc
     assert [(a["kind"], a["hardware_id"], a["source"], a["count"]) for a in alerts] == [
         ("two_sources_before_ready", hardware_id, other, 2)
     ]
+
+
+async def test_a_look_alike_on_the_reference_protocol_is_decided_and_alerted_before_ready(
+    system: System, operator: Operator, session: aiohttp.ClientSession
+) -> None:
+    """A bulk board claimed on the native API (its key and fingerprint), not yet confirmed;
+    a look-alike at another address sends the reference protocol's step 1 with the board's
+    CPU ID and MAC and step 5 with the row key. It is decided by deduplication like any
+    other claim, so the second address raises ``two_sources_before_ready`` (the exposure
+    itself is the code mode's stated limit: docs/security.md, "The window before ready")."""
+    _, code, (key, hardware_id, _) = await published(operator, system, session)
+    board_address, other_address = fresh_address(), fresh_address()
+    async with from_address(board_address) as board:
+        claimed = await register(
+            board, system.device_url, code, hardware_id, cpu_id="cpu-1", mac="mac-1", registration_key=key
+        )
+        assert claimed.status == 200, claimed.body
+    ctx = ssl.create_default_context(cafile=str(system.tls_ca))
+    async with from_address(other_address) as look_alike:
+        information = {"BulkIdentificationCode": code, "HardwareId": hardware_id, "CPUId": "cpu-1"}
+        information["MACAddress"] = "mac-1"
+        async with look_alike.post(
+            f"{system.compat_url}/bulk/registration/device/information/", json=information, ssl=ctx
+        ) as r:
+            assert r.status == 200, await r.text()
+        body = {"project_id": code, "hardware_id": hardware_id, "registration_key": key}
+        for _ in range(50):
+            async with look_alike.post(
+                f"{system.compat_url}/bulk/registration/register", json=body, ssl=ctx
+            ) as r:
+                answer = read(await r.text())
+            if answer.get("status") != "pending":
+                break
+    assert answer.get("status") == "true", answer
+    alerts = (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
+    assert [
+        (a["kind"], a["hardware_id"], a["source"]) for a in alerts if a["hardware_id"] == hardware_id
+    ] == [("two_sources_before_ready", hardware_id, other_address)]

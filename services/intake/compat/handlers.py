@@ -308,7 +308,16 @@ async def register_service(
     reported = await compat.information(pool, found.code, hardware_id, source)
     key_digest = keyring.digest(_text(body, "registration_key").strip())  # trimmed as in the CSV
     device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
-    if found.registration_kind == "bulk" and not claimed_by(device, reported.fingerprint, key_digest):
+    # A later service of the same boot (the caller's fingerprint and key, from an address
+    # that claimed the device) is answered at once; any other caller's claim is decided by
+    # deduplication, which notices a second address before "ready" (the security alert
+    # two_sources_before_ready), as it does for the native API and auto registration.
+    same_boot = (
+        claimed_by(device, reported.fingerprint, key_digest)
+        and device is not None
+        and (source in device.claim_sources or not device.claim_sources)
+    )
+    if found.registration_kind == "bulk" and not same_boot:
         outcome = await register(
             _claim(
                 keyring,
