@@ -120,7 +120,7 @@ class ThrottleSettings:
             trusted_proxies=_networks("FLEETREG_TRUSTED_PROXIES", env.text("FLEETREG_TRUSTED_PROXIES", "-")),
             refusals_per_target=_items(
                 "FLEETREG_LIMIT_REFUSALS_PER_TARGET",
-                env.text("FLEETREG_LIMIT_REFUSALS_PER_TARGET", "10/minute"),
+                env.text("FLEETREG_LIMIT_REFUSALS_PER_TARGET", "10/minute;100/hour;300/day"),
             ),
             # a week (DEFAULT_STALE_CREDENTIAL_SECONDS), spelled out for tests/unit/test_deploy.py
             stale_credential_seconds=env.number("FLEETREG_STALE_CREDENTIAL_SECONDS", 604800, minimum=0),
@@ -178,7 +178,7 @@ def key_identity(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-TargetKind = Literal["code", "device", "key", "hardware", "provisioning"]
+TargetKind = Literal["code", "device", "key", "hardware", "provisioning", "revoked"]
 
 
 def target_of(kind: TargetKind, *parts: str) -> str:
@@ -238,6 +238,12 @@ class Throttle:
             wait = max(wait, self._wait(_pair(source, target)))
         return math.ceil(wait) if wait > 0 else None
 
+    def blocked(self, source: str, target: str | None = None) -> tuple[bool, bool]:
+        """Whether ``source``'s own bucket, and its (source, ``target``) bucket, are blocked
+        now (both False for an unblocked caller: the ordinary path, no registry read)."""
+        by_target = self._wait(_pair(source, target)) > 0 if target is not None else False
+        return self._wait(source) > 0, by_target
+
     def check_source(self, source: str, target: str | None = None) -> None:
         """Raise TooManyRequests while a failing call of ``source`` (on ``target``) is blocked;
         its ``rule`` names the bucket that blocks it longer (``refusals_per_source`` or
@@ -265,15 +271,16 @@ class Throttle:
             THROTTLE_BLOCKED_SOURCES.labels(self.service).set(len(self._blocked))
         return wait
 
-    async def refused(self, source: str, target: str | None = None) -> None:
-        """Count one refused call of ``source`` in its source bucket and, with ``target``
+    async def refused(self, source: str, target: str | None = None, *, per_source: bool = True) -> None:
+        """Count one refused call of ``source`` in its source bucket (unless ``per_source``
+        is False: a stale credential, or a guess answered 429 already) and, with ``target``
         (what was guessed: :func:`target_of`), in its (source, target) bucket; a bucket
         past one of its windows is blocked everywhere until that window ends (no longer:
         the window starts at the first refusal counted in it)."""
         THROTTLE_REFUSALS.labels(self.service).inc()
         if self._refusals is None:
             return
-        buckets = [("refusals", source, self.settings.refusals_per_source)]
+        buckets = [("refusals", source, self.settings.refusals_per_source)] if per_source else []
         if target is not None:
             buckets.append(("refusals-target", _pair(source, target), self.settings.refusals_per_target))
         for namespace, key, items in buckets:
@@ -394,6 +401,9 @@ THROTTLE = web.AppKey("throttle", Throttle)
 SOURCE = web.RequestKey("source", str)  # the source the request is counted under
 REFUSED = web.RequestKey("refused", bool)  # the handler refused the call (counts per source)
 TARGET = web.RequestKey("target", str)  # what the refused call tried to guess (target_of)
+# The refusal counts on its (source, target) bucket only, and is never answered 429 in its
+# place (a revoked code's board: the same 403 always, its writes bounded by the intake).
+PAIR_ONLY = web.RequestKey("pair_only", bool)
 # Health, readiness and metrics are not on the throttled apps at all (the operations port).
 UNTHROTTLED_PATHS = frozenset({"/openapi.yaml"})
 
@@ -415,13 +425,24 @@ def request_source(request: web.Request) -> str:
     return source
 
 
-def mark_refused(request: web.Request, target: str | None = None) -> None:
+def mark_refused(request: web.Request, target: str | None = None, *, per_source: bool = True) -> None:
     """The handler refused the call for a reason that counts against its source (and,
     with ``target`` (:func:`target_of`), against its (source, target) bucket). The
-    middleware counts it, or answers 429 instead when the source or the pair is blocked."""
+    middleware counts it, or answers 429 instead when the source or the pair is blocked.
+
+    With ``per_source`` False (and a ``target``), the refusal counts on the pair only and
+    its answer is never replaced: a stale credential whose writes the caller bounds itself
+    (a revoked code, shared/throttle.py's module docstring)."""
     request[REFUSED] = True
     if target is not None:
         request[TARGET] = target
+        request[PAIR_ONLY] = not per_source
+
+
+def clear_refused(request: web.Request) -> None:
+    """The call proved something after all (the right key at the console's sign-in, sent
+    with a lapsed session cookie that marked it refused): neither counted nor answered 429."""
+    request[REFUSED] = False
 
 
 def blocked_refusal(request: web.Request) -> TooManyRequests | None:
@@ -449,9 +470,11 @@ def _credential_target(request: web.Request) -> str | None:
     return target_of("key", token) if token is not None else None
 
 
-async def _count_refusal(throttle: Throttle, source: str, target: str | None) -> None:
+async def _count_refusal(
+    throttle: Throttle, source: str, target: str | None, *, per_source: bool = True
+) -> None:
     try:
-        await throttle.refused(source, target)
+        await throttle.refused(source, target, per_source=per_source)
     except Exception:  # the refusal stands; losing one count is better than a 5xx
         log.warning("refused call not counted: the registry is unreachable")
 
@@ -487,7 +510,10 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
                 await _refuse(throttle, source, _credential_target(request), replace=not own)
             raise
         if request.get(REFUSED):
-            await _refuse(throttle, source, request.get(TARGET), replace=not own)
+            if request.get(PAIR_ONLY):
+                await _count_refusal(throttle, source, request.get(TARGET), per_source=False)
+            else:
+                await _refuse(throttle, source, request.get(TARGET), replace=not own)
         return response
 
     return throttled

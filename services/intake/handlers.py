@@ -15,7 +15,7 @@ from typing import Literal
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
-from shared.db import decisions, devices, files, products
+from shared.db import bulk, decisions, devices, files, products
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
@@ -38,11 +38,11 @@ from shared.domain.identifiers import (
 )
 from shared.domain.provisioning import render, sha256_hex
 from shared.domain.release import Check, Release, secret_check, secret_release
-from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthorized
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
-from shared.metrics import UNKNOWN_CODE_REFUSALS
-from shared.throttle import target_of
+from shared.metrics import THROTTLED, UNKNOWN_CODE_REFUSALS
+from shared.throttle import Throttle, target_of
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ DEVICE_DELETED = "the device was deleted by the operator: register again as a ne
 # Refusals of a registration call that count against the caller's address and what it
 # guessed (shared/throttle.py): what a guesser of codes or registration keys gets. A code
 # revoked by a rotation within the stale-credential window is stale, not a guess (a
-# board still on the old image), and is not counted (counted_refusal). (A wrong device
-# secret is a 401, counted by the throttling middleware.)
+# board still on the old image): not counted against the address, only on its own
+# (source, revoked code) pair, which bounds its writes (counted_refusal, register_native).
+# (A wrong device secret is a 401, counted by the throttling middleware.)
 COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
 
 
@@ -127,6 +128,8 @@ class Answer:
     device_secret: str = ""
     boot: Boot | None = None  # only with include=files, only beside the device secret
     retry_after: int = 0  # a refusal for now: seconds to wait before claiming again
+    # Answered by the intake itself past a limit (nothing published): not counted again.
+    held: bool = False
 
     @property
     def clone(self) -> bool:
@@ -258,6 +261,7 @@ async def register_native(
     include_files: bool = False,
     cache: DeviceCache | None = None,
     source: str = "",
+    throttle: Throttle | None = None,
 ) -> Answer:
     """A native registration call, validated: publish it (secrets as keyed digests, with the
     caller's ``source``) and wait a bounded time for its outcome; with ``include_files``, a
@@ -265,17 +269,129 @@ async def register_native(
 
     A code the registry does not know is refused here, without a request published or a
     row written: the answer is the one deduplication gives (``refused``, a fresh request
-    ID, the same reason), so a device sees no difference."""
-    if not await code_known(pool, codes, registration.bulk_identification_code, "native"):
+    ID, the same reason), so a device sees no difference. So is a revoked code once the
+    caller's (source, revoked code) pair is over its refusal limit (``throttle``): the same
+    403, but no pipeline trip and no decision row (:func:`held_revoked`). A bulk claim from
+    a source or (source, code and hardware ID) pair over its limit is checked here first
+    (:func:`guard_bulk_claim`; TooManyRequests, nothing published, unless it proves itself)."""
+    code = registration.bulk_identification_code
+    if not await code_known(pool, codes, code, "native"):
         return Answer(
             "refused",
             new_request_id(keyring.request_tag),
             reason=REASON_UNKNOWN_CODE,
             claimed_hardware_id=registration.hardware_id,
         )
+    if throttle is not None:
+        if held_revoked(throttle, source, code):
+            return Answer(
+                "refused",
+                new_request_id(keyring.request_tag),
+                reason=REASON_REVOKED_CODE,
+                claimed_hardware_id=registration.hardware_id,
+                held=True,
+            )
+        await guard_bulk_claim(pool, keyring, throttle, registration, source)
     event = to_event(registration, keyring, protocol="native", source=source)
     answer = await register(event, publish, waiter, keyring, wait_seconds)
     return await with_files(pool, keyring, answer, cache) if include_files else answer
+
+
+def revoked_target(code: str) -> str:
+    """The (source, target) bucket of a revoked code's refusals: the target kind of its own,
+    so that a board on the old image never counts against its address, and its writes are
+    still bounded per address and code."""
+    return target_of("revoked", code)
+
+
+def held_revoked(throttle: Throttle, source: str, code: str) -> bool:
+    """Whether a claim with ``code`` from ``source`` is answered the revoked code's 403 by
+    the intake itself: the (source, revoked code) pair is over its refusal limit (only a
+    revoked code's refusals are counted there; a rotation is never undone). Counted in
+    ``fleetreg_throttled_total{limit="refusals_per_target"}``."""
+    if not throttle.blocked(source, revoked_target(code))[1]:
+        return False
+    THROTTLED.labels(throttle.service, "refusals_per_target").inc()
+    return True
+
+
+# Placeholders of a digest's length that match nothing: a claim without a key, or a hardware
+# ID not listed, is compared as a wrong key is (the same path and work: no oracle).
+_NO_KEY = "0" * 64
+_NO_ROW = "1" * 64
+
+
+async def guard_bulk_claim(
+    pool: Pool, keyring: Keyring, throttle: Throttle, registration: RegistrationInput, source: str
+) -> None:
+    """The bound on guessing a bulk registration key (operator-chosen keys may be weak, a
+    4-digit PIN) on the native API. Nothing to do, and no read, unless ``source`` or its
+    (source, code and hardware ID) pair is over its refusal limit; then a claim with a
+    current bulk code is checked here (one registry read,
+    :func:`shared.db.bulk.claim_evidence`) by :func:`hold_unproven_claim`: TooManyRequests
+    (429), nothing published and no decision row, unless it proves itself."""
+    code = registration.bulk_identification_code
+    target = target_of("hardware", code, registration.hardware_id.lower())
+    by_source, by_pair = throttle.blocked(source, target)
+    if not (by_source or by_pair):
+        return
+    evidence = await bulk.claim_evidence(pool, code, registration.hardware_id)
+    if evidence is None:
+        return  # not a current bulk code: decided (and counted) as usual
+    secret_proven = False
+    if registration.device_secret and evidence.device_id:
+        expected = keyring.device_secret(evidence.device_id, evidence.credential_generation)
+        secret_proven = hmac.compare_digest(expected.encode(), registration.device_secret.encode())
+    await hold_unproven_claim(
+        throttle,
+        source,
+        target,
+        by_pair=by_pair,
+        secret_proven=secret_proven,
+        presented_key_digest=keyring.digest(registration.registration_key),
+        listed_key_digest=evidence.registration_key_digest if evidence.device_id else "",
+    )
+
+
+async def hold_unproven_claim(
+    throttle: Throttle,
+    source: str,
+    target: str,
+    *,
+    by_pair: bool,
+    secret_proven: bool,
+    presented_key_digest: str,
+    listed_key_digest: str,
+) -> None:
+    """A bulk claim from a ``source`` over its refusal limit (or whose (source, ``target``)
+    pair is, ``by_pair``), decided before any pipeline trip; returns when the claim is to
+    be published and decided as usual, else raises TooManyRequests:
+
+    * the device's current secret (``secret_proven``) proves the call: high entropy, so it
+      is checked first, whatever the address did;
+    * the pair over its limit: refused before the key is evaluated (the "per what was
+      guessed" rule: the window that produced it, no longer);
+    * the source over its limit: the keyed digest of the presented key is compared with
+      the row's (``listed_key_digest``, "" for an unlisted hardware ID or a device without
+      a key). The right key returns; a wrong key and an unlisted hardware ID take the same
+      path (no oracle), are counted on the pair only (the source is blocked already, a 429
+      is not counted there again) and raise.
+    """
+    if secret_proven:
+        return
+    if not by_pair:
+        presented = presented_key_digest or _NO_KEY
+        listed = listed_key_digest or _NO_ROW
+        if hmac.compare_digest(presented.encode(), listed.encode()):
+            return
+        await throttle.refused(source, target, per_source=False)
+    throttle.check_source(source, target)
+    # The block ended in between (a window's last moment): held all the same, not published.
+    raise TooManyRequests(
+        "too many refused calls from this address: slow down and try again later",
+        retry_after=1,
+        rule="refusals_per_source",
+    )
 
 
 async def register(
@@ -456,29 +572,45 @@ async def _refuse_if_deleted(
         raise Unauthorized(DEVICE_DELETED, realm=DEVICE_REALM, counted=False, code="device_deleted")
 
 
+@dataclass(frozen=True)
+class Counted:
+    """How a refused call is counted: on the (source, ``target``) bucket, and on the
+    source's own bucket unless ``per_source`` is False (a stale revoked code)."""
+
+    target: str
+    per_source: bool = True
+
+
 async def counted_refusal(
     pool: Pool, registration: RegistrationInput, answer: Answer, stale_seconds: float
-) -> str | None:
-    """What a refused registration call guessed, for its (source, target) count
-    (:func:`shared.throttle.target_of`), or None when the answer is not counted: it was
-    not refused for a counted reason, or its code was revoked by a rotation within
-    ``stale_seconds`` (a board still on the old image, not a guesser). What a source tried
-    to create past the quota or the clone limit counts too, against the code (quota) or the
-    hardware ID (clone limit); the clone rate's "try again later" does not (a factory of
-    boards sharing one placeholder serial behind one address retries it)."""
+) -> Counted | None:
+    """How a refused registration call is counted (what it guessed, for its (source,
+    target) count: :func:`shared.throttle.target_of`), or None when the answer is not
+    counted: it was not refused for a counted reason, or the intake answered it itself
+    past a limit (:attr:`Answer.held`). A code revoked by a rotation within
+    ``stale_seconds`` (a board still on the old image, not a guesser) counts on its
+    (source, revoked code) pair only (:func:`revoked_target`), never against the source.
+    What a source tried to create past the quota or the clone limit counts too, against
+    the code (quota) or the hardware ID (clone limit); the clone rate's "try again later"
+    does not (a factory of boards sharing one placeholder serial behind one address
+    retries it)."""
     code = registration.bulk_identification_code
+    if answer.held:
+        return None
     if answer.status == "refused" and is_quota_refusal(answer.reason):
         if is_clone_limit_refusal(answer.reason):
-            return target_of("hardware", code, registration.hardware_id.lower())
-        return target_of("code", code)
+            return Counted(target_of("hardware", code, registration.hardware_id.lower()))
+        return Counted(target_of("code", code))
     if answer.status != "refused" or answer.reason not in COUNTED_REFUSALS:
         return None
     if answer.reason == REASON_REVOKED_CODE:
         revoked_at = await products.code_revoked_at(pool, code)
-        return None if stale(revoked_at, datetime.now(UTC), stale_seconds) else target_of("code", code)
+        if stale(revoked_at, datetime.now(UTC), stale_seconds):
+            return Counted(revoked_target(code), per_source=False)
+        return Counted(target_of("code", code))
     if answer.reason == REASON_BULK_NOT_LISTED:
-        return target_of("hardware", code, registration.hardware_id.lower())
-    return target_of("code", code)
+        return Counted(target_of("hardware", code, registration.hardware_id.lower()))
+    return Counted(target_of("code", code))
 
 
 def poll_counted(keyring: Keyring, request_id: str, answer: Answer) -> bool:

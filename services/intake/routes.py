@@ -49,14 +49,15 @@ async def post_registration(request: web.Request) -> web.Response:
         include_files=include_files,
         cache=r.devices,
         source=request_source(request),
+        throttle=throttle,
     )
     # Counted (and, from a source past its limit, answered 429 instead) only when the call
     # proved nothing: a current code whose claim is answered is never refused for its address.
-    target = await handlers.counted_refusal(
+    counted = await handlers.counted_refusal(
         r.pool, registration, answer, r.settings.throttle.stale_credential_seconds
     )
-    if target is not None:
-        mark_refused(request, target)
+    if counted is not None:
+        mark_refused(request, counted.target, per_source=counted.per_source)
     if answer.decision in ("new", "clone"):
         await throttle.count_new_device(registration.bulk_identification_code)
     return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))

@@ -470,3 +470,48 @@ async def published_bulk(pool: Pool, registration_id: str) -> PublishedBulk | No
         published=row["published_count"],
         conflicts=row["conflict_count"],
     )
+
+
+# What a bulk claim from an address over its refusal limit is checked against in the
+# intake (shared/throttle.py): the code's product (current code, bulk kind) and the device
+# of that product with the claimed hardware ID, if any. One indexed read: the code's
+# primary key, then devices_account_hardware_id_ci. A device of another product with the
+# hardware ID is none of this code's (a claim stays in its product).
+SELECT_CLAIM_EVIDENCE = """
+    SELECT p.registration_kind = 'bulk' AND c.revoked_at IS NULL AS bulk,
+           d.id::text AS device_id, d.credential_generation,
+           coalesce(encode(d.registration_key_digest, 'hex'), '') AS registration_key_digest
+    FROM bulk_identification_codes c
+    JOIN products p ON p.id = c.product_id
+    LEFT JOIN devices d ON d.account_id = p.account_id AND lower(d.hardware_id) = lower($2)
+                       AND d.product_id = p.id
+    WHERE c.code = $1"""
+
+
+@dataclass(frozen=True)
+class ClaimEvidence:
+    """What a bulk claim can prove, as the registry has it: the device of the code's own
+    product with the claimed hardware ID (``device_id`` "" when there is none) with its
+    current credential generation and its row's registration key digest (keyed, hex: as
+    ``RegistrationRequested.registration_key_digest`` carries the presented key; "" when
+    the device has none)."""
+
+    device_id: str
+    credential_generation: int
+    registration_key_digest: str
+
+
+async def claim_evidence(pool: Pool, code: str, hardware_id: str) -> ClaimEvidence | None:
+    """For a claim presenting the current bulk code ``code`` (canonical form) and
+    ``hardware_id`` (any case): what it is checked against; None when ``code`` is not a
+    current code of a bulk product (unknown, revoked, or an auto product's: those claims
+    are decided as usual). One registry read, the same whether or not the hardware ID is
+    listed."""
+    row = await pool.fetchrow(SELECT_CLAIM_EVIDENCE, code, hardware_id)
+    if row is None or not row["bulk"]:
+        return None
+    return ClaimEvidence(
+        device_id=row["device_id"] or "",
+        credential_generation=row["credential_generation"] or 0,
+        registration_key_digest=row["registration_key_digest"],
+    )

@@ -208,7 +208,7 @@ def test_targets_are_digests_of_what_was_guessed() -> None:
 
 def test_settings_of_targets_and_stale_credentials() -> None:
     s = settings()
-    assert [str(i) for i in s.refusals_per_target] == ["10 per 1 minute"]
+    assert [str(i) for i in s.refusals_per_target] == ["10 per 1 minute", "100 per 1 hour", "300 per 1 day"]
     assert s.stale_credential_seconds == DEFAULT_STALE_CREDENTIAL_SECONDS == 7 * 24 * 3600
     assert settings(FLEETREG_STALE_CREDENTIAL_SECONDS="60").stale_credential_seconds == 60
 

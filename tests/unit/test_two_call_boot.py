@@ -239,6 +239,6 @@ async def test_quota_and_clone_limit_refusals_are_403_and_count_against_the_sour
     for reason, target in expected.items():
         answer = Answer("refused", "req-1", reason=reason)
         assert views.native_view(answer, 2, "http://h").status == 403
-        assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == target
+        assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == handlers.Counted(target)
     disabled = Answer("refused", "req-1", reason="device disabled by the operator")
     assert await handlers.counted_refusal(NO_POOL, CLAIM, disabled, 0) is None

@@ -22,7 +22,14 @@ from typing import Any
 
 from services.intake.code_cache import CodeCache
 from services.intake.compat.answers import answer, refused
-from services.intake.handlers import Publish, PublishSignal, code_known, register, retry_later
+from services.intake.handlers import (
+    Publish,
+    PublishSignal,
+    code_known,
+    hold_unproven_claim,
+    register,
+    retry_later,
+)
 from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, devices, files, products
 from shared.db.compat import Recorded, Reported
@@ -114,6 +121,7 @@ async def information(
     body: dict[str, Any],
     source: str,
     new_per_minute: int,
+    stale_s: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
 ) -> Reply:
     """Step 1: remember the device's fingerprint and the digest of the secret it holds,
     for the caller's address ``source``: steps 2 and 5 read only what was reported from
@@ -122,7 +130,9 @@ async def information(
 
     One record per (code, hardware ID, source), overwritten; at most ``new_per_minute``
     new ones a minute per source (FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE), past it
-    :data:`TOO_MANY_NEW`. An unknown code is refused without a registry write."""
+    :data:`TOO_MANY_NEW`. An unknown code is refused without a registry write; so is a
+    revoked one, with its reason, counted as at step 2 (not at all within ``stale_s`` of
+    its rotation)."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
         return _refusal(checked)
@@ -142,7 +152,17 @@ async def information(
     if recorded is Recorded.CAPPED:
         COMPAT_NEW_HARDWARE_IDS_REFUSED.inc()
         return _refusal(TOO_MANY_NEW)
-    return _ok(answer("true")) if recorded else _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
+    if recorded:
+        return _ok(answer("true"))
+    # Known but not current: a code revoked by a rotation (or deleted a moment ago). A board
+    # on the old image gets the revoked reason, not counted against its address, as at
+    # step 2 and on the native API (nothing was written: no writes to bound either).
+    revoked_at = await products.code_revoked_at(pool, code)
+    if revoked_at is not None:
+        if stale(revoked_at, datetime.now(UTC), stale_s):
+            return _stale(REASON_REVOKED_CODE)
+        return _refusal(REASON_REVOKED_CODE, target_of("code", code))
+    return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
 
 
 def _claim(
@@ -289,9 +309,13 @@ async def register_service(
     wait_s: float,
     body: dict[str, Any],
     source: str,
+    throttle: Throttle | None = None,
 ) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
-    For bulk registration the first such call claims the device with its key.
+    For bulk registration the first such call claims the device with its key; from an
+    address (or address and hardware ID) over its refusal limit the key is checked here
+    first (:func:`services.intake.handlers.hold_unproven_claim`), and a claim that proves
+    nothing is told ``pending`` with the wait, nothing published.
 
     A service enabled after the device was provisioned gets its UID now, on this first
     ask (:func:`shared.db.files.complete_device_files`); a device that confirmed already
@@ -318,6 +342,11 @@ async def register_service(
         and (source in device.claim_sources or not device.claim_sources)
     )
     if found.registration_kind == "bulk" and not same_boot:
+        held = await _held_claim(
+            keyring, throttle, source, found.code, hardware_id, device, reported, key_digest
+        )
+        if held is not None:
+            return held
         outcome = await register(
             _claim(
                 keyring,
@@ -371,6 +400,52 @@ async def register_service(
         else keyring.service_password(device.service_uid, device.credential_generation)
     )
     return _ok(answer("true", ("uid", device.service_uid), ("secret", secret)))
+
+
+def slow_down(wait: int) -> str:
+    """The protocol's words for a call held by the refusal limits (no key word, comma or quote)."""
+    return f"too many refused calls from this address: try again in {wait} s"
+
+
+async def _held_claim(
+    keyring: Keyring,
+    throttle: Throttle | None,
+    source: str,
+    code: str,
+    hardware_id: str,
+    device: compat.DeviceCredentials | None,
+    reported: Reported,
+    key_digest: str,
+) -> Reply | None:
+    """Step 5's bulk claim from an address over its refusal limit: ``pending`` with the
+    wait when it proves nothing (the client asks again every 30 s), else None."""
+    if throttle is None:
+        return None
+    target = target_of("hardware", code, hardware_id.lower())
+    by_source, by_pair = throttle.blocked(source, target)
+    if not (by_source or by_pair):
+        return None
+    secret_proven = (
+        device is not None
+        and bool(reported.secret_digest)
+        and hmac.compare_digest(
+            reported.secret_digest,
+            keyring.digest(keyring.device_secret(device.device_id, device.credential_generation)),
+        )
+    )
+    try:
+        await hold_unproven_claim(
+            throttle,
+            source,
+            target,
+            by_pair=by_pair,
+            secret_proven=secret_proven,
+            presented_key_digest=key_digest,
+            listed_key_digest=device.registration_key_digest if device is not None else "",
+        )
+    except TooManyRequests as exc:
+        return _ok(answer("pending", ("reason", slow_down(exc.retry_after))))
+    return None
 
 
 async def _with_later_service(

@@ -48,8 +48,7 @@ def _answer(request: web.Request, reply: Reply, *, register_step: bool = False) 
     return _reply(reply.text)
 
 
-def _slow_down(wait: int) -> str:
-    return f"too many refused calls from this address: try again in {wait} s"
+_slow_down = handlers.slow_down
 
 
 async def _body(request: web.Request) -> dict[str, Any] | None:
@@ -83,6 +82,7 @@ async def information(request: web.Request) -> web.Response:
             body,
             request_source(request),
             r.settings.compat.new_hardware_ids_per_minute,
+            r.settings.throttle.stale_credential_seconds,
         ),
     )
 
@@ -145,6 +145,7 @@ async def register(request: web.Request) -> web.Response:
             r.settings.compat.wait_seconds,
             body,
             request_source(request),
+            request.app[THROTTLE],
         ),
         register_step=True,
     )

@@ -31,7 +31,7 @@ from services.operator.console.auth import (
 from services.operator.console.sessions import digest
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import Unauthorized
-from shared.throttle import THROTTLE, mark_refused
+from shared.throttle import THROTTLE, clear_refused, mark_refused
 
 SIGN_IN_COOKIE = "fleetreg_console_sign_in"
 MAX_KEY_CHARS = 200  # keys are 40-odd characters; a longer text is not a key
@@ -72,9 +72,12 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), presented if isinstance(presented, str) else None)
     key = form.get("api_key")
     key = key.strip() if isinstance(key, str) else ""
-    if not key or len(key) > MAX_KEY_CHARS:
+    if not key:
+        # No credential at all: 400, not counted (as a call without Authorization on the APIs).
+        return _sign_in_page(request, "Enter an account API key.", status=400)
+    if len(key) > MAX_KEY_CHARS:
         mark_refused(request)
-        return _sign_in_page(request, "Enter an account API key.", status=400 if not key else 401)
+        return _sign_in_page(request, "Enter an account API key.", status=401)
     r = resources(request)
     try:
         account = await handlers.console_sign_in(r.pool, key)
@@ -89,6 +92,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         # sessions in 4.2 s, each a row kept for FLEETREG_CONSOLE_SESSION_SECONDS.
         await throttle.check_console_key(account.key_id)
     previous = await get_session(request)
+    # The right key proved the call: a lapsed or made-up session cookie sent with the form
+    # marked it refused as it was read (sessions.py), and it must neither count nor have
+    # this answer (and the session written for it) replaced by the 429 page (console/app.py).
+    clear_refused(request)
     if previous.identity is not None:  # signing in again (another key, say): the old session ends
         await handlers.end_console_session(r.pool, digest(str(previous.identity)))
     session = await new_session(request)
