@@ -92,6 +92,22 @@ async def decisions(pool: Pool, product_id: str) -> int:
     )
 
 
+async def pin_product(
+    operator: Operator, system: System, session: aiohttp.ClientSession
+) -> tuple[str, str, list[tuple[str, str, str]]]:
+    """A published bulk product whose two rows' keys are 4-digit PINs (accepted with a
+    "guessable" warning): its ID, its code and its rows (key, hardware ID, name)."""
+    run = uuid.uuid4().hex[:6]
+    pins = random.sample(range(100, 10_000), 2)
+    rows = [(f"{pin:04d}", f"pin{run}{i}", f"Device {i}") for i, pin in enumerate(pins)]
+    product_id = await bulk_product(operator)
+    status, listed = await upload(session, system.bulk_url, operator, product_id, csv_text(rows).encode())
+    assert status == 201, listed
+    await publish_and_wait(session, system.bulk_url, operator, listed["id"])
+    code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
+    return product_id, code, rows
+
+
 async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
     own: dict[str, ServiceProcess],
     operator: Operator,
@@ -101,13 +117,7 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
 ) -> None:
     intake = own["intake"].url
     run = uuid.uuid4().hex[:6]
-    pins = random.sample(range(100, 10_000), 2)  # 4-digit PINs: accepted with a "guessable" warning
-    rows = [(f"{pin:04d}", f"pin{run}{i}", f"Device {i}") for i, pin in enumerate(pins)]
-    product_id = await bulk_product(operator)
-    status, listed = await upload(session, system.bulk_url, operator, product_id, csv_text(rows).encode())
-    assert status == 201, listed
-    await publish_and_wait(session, system.bulk_url, operator, listed["id"])
-    code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
+    product_id, code, rows = await pin_product(operator, system, session)
     (pin0, board0, _), (pin1, board1, _) = rows
 
     async with behind(address()) as guesser:
@@ -229,3 +239,33 @@ async def test_the_right_key_signs_in_with_a_lapsed_cookie_and_an_empty_key_is_n
         statuses = [(await sign_in("  ")).status for _ in range(SOURCE_ALLOWANCE + 3)]
         assert statuses == [400] * (SOURCE_ALLOWANCE + 3)  # never counted
         assert (await sign_in(f"frk_{uuid.uuid4().hex}")).status == 401
+
+
+async def test_a_weak_bulk_key_cannot_be_brute_forced_at_reference_step_5_either(
+    own: dict[str, ServiceProcess],
+    operator: Operator,
+    system: System,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+) -> None:
+    compat_port = own["intake"].env["FLEETREG_COMPAT_PORT"]
+    compat_url = system.compat_url.replace(f":{system.env['FLEETREG_COMPAT_PORT']}/", f":{compat_port}/")
+    product_id, code, ((pin0, board0, _), (pin1, board1, _)) = await pin_product(operator, system, session)
+    async with behind(address()) as guesser:
+        await block(guesser, own["intake"].url)
+        client = ReferenceClient(guesser, compat_url, system.tls_ca)
+        before = await decisions(pool, product_id)
+        for n in range(30):
+            key = f"{n:04d}" if f"{n:04d}" != pin0 else "x"
+            await client._call(  # the register step alone, as a guesser sends it
+                "POST",
+                "/bulk/registration/register",
+                {"project_id": code, "hardware_id": board0, "registration_key": key},
+            )
+        answers = Counter(read_answer(text).get("status") for _, _, _, text in client.calls)
+        assert answers == {"pending": 30}, client.calls[-1]
+        assert "too many refused calls" in client.calls[-1][3]
+        assert await decisions(pool, product_id) == before  # nothing published, no row
+        # Another board of the site, with its right key, from the same address: provisioned.
+        board = ReferenceDevice(code, board1, registration_key=pin1)
+        assert await client.boot(board) == "provisioned", client.calls[-3:]
