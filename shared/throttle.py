@@ -13,13 +13,19 @@ fleetreg invents no algorithm:
   instance and service. A bucket past one of its windows is blocked until that window
   ends (the window starts at the first refusal counted in it, so no block outlasts the
   window that produced it); every instance learns it at once through a Postgres
-  notification (``source:`` payloads). The proof is evaluated first: only a call that
-  fails to prove anything is answered ``429`` + ``Retry-After`` (instead of its 401 or
-  403) while its source or pair is blocked, and a call answered so is not counted
-  again. A call that proves something (a device secret, the current code, a bulk key, an
-  issued request ID, a valid API key) is never refused because of its address. A 401
-  without any credential (no ``Authorization`` header) and stale credentials (the
-  operator replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted.
+  notification (``source:`` payloads). A credential that cannot be guessed is evaluated
+  first: only a call that fails to prove anything is answered ``429`` + ``Retry-After``
+  (instead of its 401 or 403) while its source or pair is blocked, and a call answered
+  so is not counted again. A call that proves something (a device secret, the current
+  code, a bulk key, an issued request ID, a valid API key) is never refused because of
+  its address. A bulk registration key, chosen by the operator and maybe weak, is the
+  exception: the intake refuses a bulk claim before evaluating its key while its (source,
+  code and hardware ID) pair is blocked, and checks it itself, without a pipeline trip,
+  while its source is (services/intake/handlers.py, ``guard_bulk_claim``). A 401 without
+  any credential (no ``Authorization`` header) and stale credentials (the operator
+  replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted; a revoked
+  code is counted on its own pair only (``target_of("revoked", code)``,
+  :func:`mark_refused` with ``per_source=False``), which bounds its writes.
 * **requests per operator API key** (operator and bulk APIs): the moving-window
   strategy in each instance's memory. Tolerance: with N instances behind a load
   balancer a key can get up to N times the configured rate.
