@@ -414,3 +414,28 @@ async def test_publishing_chunk_after_chunk_survives_a_crash_between_chunks(
     assert (found.status, found.published, found.conflicts) == ("preregistered", 11, 0)
     count = await pool.fetchval("SELECT count(*) FROM devices WHERE registration_id = $1", registration_id)
     assert count == 11
+
+
+async def test_claim_evidence_is_the_codes_own_products_device_with_its_key(pool: Pool) -> None:
+    account = await registry.new_account(pool)
+    product = await registry.new_product(pool, account, kind="bulk")
+    registration_id = await registry.new_registration(pool, product, kind="bulk", status="preregistered")
+    code = await registry.new_code(pool, product.id)
+    device_id = await registry.new_device(
+        pool, product, registration_id, "Ev-1", lifecycle="preregistered", key_digest=_digest("k1")
+    )
+    # Another product of the account holds "ev-2": none of this code's.
+    auto = await registry.new_product(pool, account, kind="auto")
+    await registry.new_device(pool, auto, await registry.new_registration(pool, auto), "ev-2")
+
+    found = await bulk.claim_evidence(pool, code, "EV-1")  # any case
+    assert found == bulk.ClaimEvidence(device_id, 1, _digest("k1").hex())
+    assert await bulk.claim_evidence(pool, code, "ev-2") == bulk.ClaimEvidence("", 0, "")
+    assert await bulk.claim_evidence(pool, code, "nobody") == bulk.ClaimEvidence("", 0, "")
+    # Not a current bulk code: decided as usual, so no evidence.
+    assert (
+        await bulk.claim_evidence(pool, await registry.new_code(pool, product.id, revoked=True), "ev-1")
+        is None
+    )
+    assert await bulk.claim_evidence(pool, await registry.new_code(pool, auto.id), "ev-2") is None
+    assert await bulk.claim_evidence(pool, str(uuid.uuid4()).upper(), "ev-1") is None
