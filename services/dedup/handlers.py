@@ -40,7 +40,7 @@ from shared.domain.dedup import (
     decide,
     limit_reached,
 )
-from shared.domain.identifiers import family_stems
+from shared.domain.identifiers import family_stems, hardware_id_root
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
 from shared.metrics import (
     PIPELINE_LATENCY,
@@ -112,7 +112,8 @@ class Policy:
     ``alert_window_s`` raise a security alert; they never refuse the right key, so an
     attacker cannot lock a real device out. One source creates at most ``clone_limit``
     clones of one claimed hardware ID within ``clone_window_s``, and at most
-    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``
+    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``, both
+    counted per root of the claimed ID (every index suffix stripped, any case)
     (past it: try again later); reaching either raises a squatting alert. Other sources'
     claims of that hardware ID are never slowed by them."""
 
@@ -266,6 +267,12 @@ async def _decide_and_record(
                 await decisions.load_idempotent(conn, product_id, keys),
                 counts,
             )
+            family.created = await devices.load_creations(
+                conn,
+                account_id,
+                _creating(items, family, secret_matches, product_id, now),
+                now - max(policy.clone_window_s, policy.clone_rate_window_s),
+            )
             bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
             failures = (
                 await decisions.failed_claims(
@@ -319,6 +326,34 @@ async def _decide_and_record(
     return out
 
 
+def _creating(
+    items: Sequence[tuple[RegistrationRequested, CodeAdmission]],
+    family: Family,
+    secret_matches: Callable[[KnownDevice, str], bool],
+    product_id: str,
+    now: float,
+) -> list[tuple[str, str]]:
+    """The (root, source) of each auto claim that may create a device, decided as if no
+    limit applied (what their sources created elsewhere in the root is loaded for these
+    alone: a retry, a device presenting its secret and a bulk claim create nothing)."""
+    wanted = []
+    for request, admission in items:
+        if admission.kind != "auto" or not request.source:
+            continue
+        verdict = decide(
+            _claim(request),
+            family,
+            kind="auto",
+            registration_id=admission.registration_id or "",
+            secret_matches=secret_matches,
+            limits=Limits(now=now),
+            product_id=product_id,
+        )
+        if verdict.created:
+            wanted.append((hardware_id_root(request.hardware_id), request.source))
+    return wanted
+
+
 def _count_wrong_key(
     out: _Outcome,
     policy: Policy,
@@ -364,8 +399,9 @@ def _notice_creation_limits(
     product_id: str,
 ) -> None:
     """An auto registration's claim, recorded in the family: the alerts of what its source
-    created. A source that reaches its clone rate or clone limit for one hardware ID raises
-    ``hardware_id_squatting`` (every later refusal by them updates the alert); the claim
+    created. A source that reaches its clone rate or clone limit for one hardware ID (its
+    root: every spelling counted together) raises ``hardware_id_squatting`` (every later
+    refusal by them updates the alert); the claim
     that takes an auto registration's last place raises ``quota_filled`` with its source."""
     reached = limit_reached(claim, verdict, family, limits)
     if reached is not None:
@@ -373,7 +409,7 @@ def _notice_creation_limits(
             account_id=account_id,
             product_id=product_id,
             kind=HARDWARE_ID_SQUATTING,
-            hardware_id=claim.hardware_id,
+            hardware_id=_root_name(family, claim),
             count=max(1, reached.count),
             window_s=reached.window_s,
             source=claim.source,
@@ -397,6 +433,13 @@ def _notice_creation_limits(
         )
         out.sightings.append(sighting)
         out.raised.append(sighting)
+
+
+def _root_name(family: Family, claim: Claim) -> str:
+    """The root the claim's spellings share (one squatting alert for H, H-1, h-01-1...), as
+    the device holding it spells it when the family has it, else as the claim does."""
+    holder = family.devices.get(hardware_id_root(claim.hardware_id))
+    return holder.hardware_id if holder is not None else hardware_id_root(claim.hardware_id, lower=False)
 
 
 def _notice_two_sources(

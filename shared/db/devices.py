@@ -20,7 +20,7 @@ from shared.db import audit, files
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import KnownDevice, Lifecycle
+from shared.domain.dedup import Creation, KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
 from shared.domain.devices import MoveTarget, move_refusal
 from shared.errors import Conflict, NotFound
@@ -38,6 +38,19 @@ SELECT_FAMILY = """
                        AND d.decided_at >= coalesce(devices.registered_at, '-infinity'))
            ELSE '{}'::text[] END AS claim_sources
     FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
+# What each (root, source) of a batch's claims created since $4 (seconds since the epoch),
+# whatever the spelling of the claimed ID: the per-source clone rate and limit count per root
+# (migration 0026: the index devices_created_root answers it; its expression is ROOT_SQL's,
+# spelled out: tests/unit/test_dedup_rules.py checks they agree).
+SELECT_CREATIONS = """
+    SELECT devices.id::text, q.root, devices.created_source,
+           extract(epoch FROM devices.created_at)::float8 AS created_at,
+           lower(hardware_id) <> lower(claimed_hardware_id) AS clone
+    FROM (SELECT DISTINCT root, source FROM unnest($2::text[], $3::text[]) AS u(root, source)) AS q
+    JOIN devices ON account_id = $1
+                AND regexp_replace(lower(claimed_hardware_id), '(-[0-9]+)+$', '') = q.root
+                AND created_at > to_timestamp($4) AND created_source <> ''
+                AND created_source = q.source"""
 # Run after the registrations' rows are locked (registrations.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
 COUNT_REGISTRATION_DEVICES = """
@@ -213,6 +226,21 @@ def _known(row: Record) -> KnownDevice:
 
 async def load_family(conn: Connection, account_id: str, stems: Sequence[str]) -> list[KnownDevice]:
     return [_known(r) for r in await conn.fetch(SELECT_FAMILY, account_id, list(set(stems)))]
+
+
+async def load_creations(
+    conn: Connection, account_id: str, wanted: Sequence[tuple[str, str]], since: float
+) -> list[Creation]:
+    """The devices of the account created after ``since`` (seconds since the epoch) by each
+    ``(root, source)`` of ``wanted`` (root: :func:`hardware_id_root` of a claimed ID; source:
+    non-empty), whatever spelling of the root they claimed. One statement for a batch."""
+    wanted = sorted({(root, source) for root, source in wanted if source})
+    if not wanted:
+        return []
+    rows = await conn.fetch(
+        SELECT_CREATIONS, account_id, [r for r, _ in wanted], [s for _, s in wanted], since
+    )
+    return [Creation(r["id"], r["root"], r["created_source"], r["created_at"], r["clone"]) for r in rows]
 
 
 async def count_registration_devices(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:

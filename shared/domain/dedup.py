@@ -20,7 +20,9 @@ The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"
 * Creating a device is bounded (auto registration), where the one who creates pays: by
   the registration's quota (``max_devices``); by the clone limit, the clones of one claimed
   hardware ID one source may create within a window; and by the clone rate, the devices one
-  source may create for one claimed hardware ID within a shorter window. Past the quota or
+  source may create for one claimed hardware ID within a shorter window. Both count per root
+  of the claimed ID (every index suffix stripped, any case: ``H``, ``H-1``, ``H-01``,
+  ``h-1-1`` are one), so that spelling ``H`` differently buys no fresh allowance. Past the quota or
   the clone limit the claim is refused with a reason naming the limit; past the rate it is
   refused for now (``Verdict.retry_after``: the device tries again then, so a factory of
   boards sharing one placeholder serial behind one address gets through, slower). Nothing
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from shared.domain.identifiers import next_free_index
+from shared.domain.identifiers import hardware_id_root, next_free_index
 
 Lifecycle = Literal["preregistered", "registered", "provisioned"]
 DecisionKind = Literal["new", "same", "clone", "refused"]
@@ -172,14 +174,37 @@ class Limits:
     what the claim's own source created (``KnownDevice.created_source``)."""
 
     max_devices: int | None = None  # the registration's quota; None: no quota
-    # Clones of one claimed hardware ID one source may create per window; None: no limit.
+    # Clones of one claimed hardware ID (its root) one source may create per window; None: no limit.
     clone_limit: int | None = None
     clone_window_s: float = 3600.0
     # Devices (the first and its clones) one source may create for one claimed hardware ID
-    # per window; past it the claim is to be tried again later. None: no rate.
+    # (its root) per window; past it the claim is to be tried again later. None: no rate.
     clone_rate: int | None = None
     clone_rate_window_s: float = 60.0
     now: float = 0.0
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A device some source created, as the per-source clone rate and limit count it:
+    ``root`` is its claimed hardware ID's (:func:`hardware_id_root`), ``clone`` whether it
+    was assigned another ID than the one it claimed (``H-N``)."""
+
+    device_id: str
+    root: str
+    source: str
+    created_at: float  # seconds since the epoch
+    clone: bool
+
+    @classmethod
+    def of(cls, device: KnownDevice) -> Creation:
+        return cls(
+            device.id,
+            hardware_id_root(device.claimed_hardware_id),
+            device.created_source,
+            device.created_at,
+            device.hardware_id.lower() != device.claimed_hardware_id.lower(),
+        )
 
 
 @dataclass
@@ -190,6 +215,10 @@ class Family:
     idempotent: dict[str, str] = field(default_factory=dict)  # idempotency key -> device ID
     # Devices per registration, for the registrations with a quota (counted under their lock).
     registration_devices: dict[str, int] = field(default_factory=dict)
+    # What the batch's sources created under the roots of its claims, beyond the devices
+    # above (other spellings' stems: devices.load_creations); the same device in both is
+    # counted once.
+    created: list[Creation] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -197,29 +226,36 @@ class Family:
         devices: Iterable[KnownDevice],
         idempotent: dict[str, str] | None = None,
         registration_devices: dict[str, int] | None = None,
+        created: Iterable[Creation] = (),
     ) -> Family:
         return cls(
             {d.hardware_id.lower(): d for d in devices},
             dict(idempotent or {}),
             dict(registration_devices or {}),
+            list(created),
         )
 
     def by_id(self, device_id: str) -> KnownDevice | None:
         return next((d for d in self.devices.values() if d.id == device_id), None)
 
     def created_by(self, hardware_id: str, source: str, since: float, *, clones: bool) -> list[float]:
-        """When (seconds since the epoch, ascending) the devices claiming ``hardware_id``
+        """When (seconds since the epoch, ascending) the devices of ``hardware_id``'s root
+        (:func:`hardware_id_root`: every spelling ``H``, ``H-1``, ``H-01-1`` claimed alike)
         that ``source`` created after ``since`` were created (one created exactly a window
         ago has left it: the wait a refusal names is then enough); with ``clones`` only the
-        clones (``H-N``), else the first device too."""
-        claimed = hardware_id.lower()
+        clones (a device assigned an ID other than the one it claimed), else every device.
+        Counts the family's devices, this batch's creations and :attr:`created` alike."""
+        root = hardware_id_root(hardware_id)
+        counted = {c.device_id: c for c in self.created if c.source == source and c.root == root}
+        for d in self.devices.values():
+            if (
+                d.created_source == source
+                and d.id not in counted
+                and hardware_id_root(d.claimed_hardware_id) == root
+            ):
+                counted[d.id] = Creation.of(d)
         return sorted(
-            d.created_at
-            for d in self.devices.values()
-            if d.claimed_hardware_id.lower() == claimed
-            and d.created_source == source
-            and d.created_at > since
-            and not (clones and d.hardware_id.lower() == claimed)
+            c.created_at for c in counted.values() if c.created_at > since and (c.clone or not clones)
         )
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:

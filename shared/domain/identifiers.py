@@ -17,6 +17,8 @@ _CANONICAL_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9
 _HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
 _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
+# Every index suffix at the end (H-1-1, H-01): mirrors ROOT_SQL (migration 0026).
+_INDEX_SUFFIXES = re.compile(r"(-[0-9]+)+$")
 _ASSIGNED_INDEX = re.compile(r"(.+)-([1-9][0-9]{0,8})")  # "H-N": what a clone is told to adopt
 MAX_INDEX_LEVELS = 3  # H-1-1-1: a clone of a clone of a clone
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
@@ -93,6 +95,20 @@ def hardware_id_stem(hardware_id: str) -> str:
     """The hardware ID without an index suffix, in lower case (``B8-3`` -> ``b8``): hardware
     IDs are unique case-insensitively; mirrors the database column."""
     return _INDEX_SUFFIX.sub("", hardware_id).lower()
+
+
+def hardware_id_root(hardware_id: str, *, lower: bool = True) -> str:
+    """The hardware ID without any of its index suffixes, in lower case unless ``lower`` is
+    False (``H-1-1`` -> ``h``, ``H-01`` -> ``h``): the spellings of one family that the
+    per-source clone rate and clone limit count together (docs/security.md). An ID made of
+    index suffixes only (``-1``) has the root ``""``. Mirrors ``ROOT_SQL``."""
+    root = _INDEX_SUFFIXES.sub("", hardware_id)
+    return root.lower() if lower else root
+
+
+# The same in SQL: immutable (lower and regexp_replace with a constant pattern), so that it
+# can be indexed (devices_created_root, migration 0026); a query must spell it exactly so.
+ROOT_SQL = "regexp_replace(lower(claimed_hardware_id), '(-[0-9]+)+$', '')"
 
 
 def family_stems(hardware_id: str) -> tuple[str, str]:
