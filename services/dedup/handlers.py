@@ -469,7 +469,9 @@ def _notice_two_sources(
 
 
 async def apply_signals(pool: Pool, signals: Sequence[DeviceSignal]) -> None:
-    """Confirmations ("ready") and heartbeats; a confirmation is also a sign of life."""
-    ready = [(s.device_id, s.at) for s in signals if s.kind == "ready"]
+    """Confirmations ("ready") and heartbeats; a confirmation is also a sign of life. A
+    confirmation of a credential generation the device no longer has (a reclaim before
+    "ready" replaced it) is not applied (devices.MARK_PROVISIONED)."""
+    ready = [(s.device_id, s.at, s.credential_generation) for s in signals if s.kind == "ready"]
     seen = [(s.device_id, s.at) for s in signals]  # a confirmation is a sign of life too
     await devices.apply_signals(pool, ready, seen)

@@ -56,13 +56,21 @@ SELECT_CREATIONS = """
 COUNT_REGISTRATION_DEVICES = """
     SELECT registration_id::text, count(*) AS devices FROM devices
     WHERE registration_id = ANY($1::uuid[]) GROUP BY registration_id"""
+# A "ready" confirms the credential generation it was sent with ($3; 0: unknown, a record
+# of the previous release): one sent before a reclaim gave the device a new generation
+# confirms credentials revoked since, and is dropped (the device stays registered until
+# the holder of the new ones confirms). The generation is compared on the row being updated,
+# so a reclaim committed meanwhile is seen.
 MARK_PROVISIONED = """
     WITH changed AS (
         UPDATE devices SET lifecycle = 'provisioned', provisioned_at = to_timestamp(u.at),
                            last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
-        -- one row per device: UPDATE ... FROM applies only one joined row per target row
-        FROM (SELECT id, min(at) AS at FROM unnest($1::uuid[], $2::float8[]) AS b(id, at) GROUP BY id) AS u
+        -- UPDATE ... FROM applies only one joined row per target row (of those that match)
+        FROM (SELECT id, generation, min(at) AS at
+              FROM unnest($1::uuid[], $2::float8[], $3::int[]) AS b(id, at, generation)
+              GROUP BY id, generation) AS u
         WHERE devices.id = u.id AND devices.lifecycle = 'registered' AND NOT devices.disabled
+          AND (u.generation = 0 OR devices.credential_generation = u.generation)
         RETURNING devices.id)
     INSERT INTO device_events (device_id, kind) SELECT id, 'ready' FROM changed"""
 TOUCH_LAST_SEEN = """
@@ -126,11 +134,12 @@ DELETE_DEVICES = """
             SET credential_generation = excluded.credential_generation, deleted_at = now())
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM gone"""
 # When the credential generation ``$2`` of a device was replaced by the operator's reset
-# or move (a reset into another product): the first such event to a later generation, for
-# the stale-credential rule.
+# or move (a reset into another product), or by a reclaim before "ready" (a claim from the
+# device's fingerprint with a new or no Idempotency-Key: decisions.REGENERATE): the first
+# such event to a later generation, for the stale-credential rule.
 CREDENTIALS_REPLACED_AT = """
     SELECT min(at) FROM device_events
-    WHERE device_id = $1 AND kind IN ('reset', 'moved')
+    WHERE device_id = $1 AND kind IN ('reset', 'moved', 'reclaimed')
       AND (detail->>'credential_generation')::int > $2"""
 DELETED_DEVICE = """
     SELECT credential_generation, deleted_at FROM deleted_devices WHERE device_id = $1"""
@@ -253,12 +262,17 @@ async def count_registration_devices(conn: Connection, registration_ids: Sequenc
 
 
 async def apply_signals(
-    pool: Pool, ready: Sequence[tuple[str, float]], seen: Sequence[tuple[str, float]]
+    pool: Pool, ready: Sequence[tuple[str, float, int]], seen: Sequence[tuple[str, float]]
 ) -> None:
-    """Confirmations and heartbeats of a batch, idempotent whatever the redelivery."""
+    """Confirmations ``(device ID, at, credential generation)`` and heartbeats ``(device ID,
+    at)`` of a batch (``at``: seconds since the epoch), idempotent whatever the redelivery.
+    A confirmation applies only while the device is registered, enabled and at the
+    generation it names (0: any)."""
     async with pool.acquire() as conn, conn.transaction():
         if ready:
-            await conn.execute(MARK_PROVISIONED, [d for d, _ in ready], [a for _, a in ready])
+            await conn.execute(
+                MARK_PROVISIONED, [d for d, _, _ in ready], [a for _, a, _ in ready], [g for _, _, g in ready]
+            )
         if seen:
             await conn.execute(TOUCH_LAST_SEEN, [d for d, _ in seen], [a for _, a in seen])
 
@@ -590,8 +604,9 @@ class DeletedDevice:
 
 
 async def credentials_replaced_at(pool: Pool, device_id: str, generation: int) -> datetime | None:
-    """When the operator's reset or move replaced the device's credential ``generation``
-    (the first one to a later generation), or None when none did (``device_id``: a UUID)."""
+    """When the operator's reset or move, or a reclaim before "ready", replaced the device's
+    credential ``generation`` (the first one to a later generation), or None when none did
+    (``device_id``: a UUID)."""
     replaced: datetime | None = await pool.fetchval(CREDENTIALS_REPLACED_AT, device_id, generation)
     return replaced
 
