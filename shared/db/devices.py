@@ -23,6 +23,7 @@ from shared.domain.credentials import Keyring
 from shared.domain.dedup import Creation, KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
 from shared.domain.devices import MoveTarget, move_refusal
+from shared.domain.identifiers import hardware_id_root
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
@@ -37,20 +38,25 @@ SELECT_FAMILY = """
                      WHERE d.device_id = devices.id AND d.decision <> 'refused' AND d.source <> ''
                        AND d.decided_at >= coalesce(devices.registered_at, '-infinity'))
            ELSE '{}'::text[] END AS claim_sources
-    FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
-# What each (root, source) of a batch's claims created since $4 (seconds since the epoch),
-# whatever the spelling of the claimed ID: the per-source clone rate and limit count per root
-# (migration 0026: the index devices_created_root answers it; its expression is ROOT_SQL's,
-# spelled out: tests/unit/test_dedup_rules.py checks they agree).
+    FROM devices WHERE account_id = $1
+                   AND (hardware_id_stem = ANY($2::text[]) OR lower(hardware_id) = ANY($3::text[]))"""
+# What each (family head, source) of a batch's suffixed claims created since $5 (seconds since
+# the epoch): the devices that claimed the head ($3, lower case) or a suffixed spelling of it
+# (H-1, H-01, h-1-1). Those share the head's root ($2): migration 0026's index
+# devices_created_root finds them (its expression is ROOT_SQL's, spelled out:
+# tests/unit/test_dedup_rules.py checks they agree), the prefix keeps the head's own branch.
 SELECT_CREATIONS = """
-    SELECT devices.id::text, q.root, devices.created_source,
+    SELECT devices.id::text, lower(claimed_hardware_id) AS claimed, devices.created_source,
            extract(epoch FROM devices.created_at)::float8 AS created_at,
            lower(hardware_id) <> lower(claimed_hardware_id) AS clone
-    FROM (SELECT DISTINCT root, source FROM unnest($2::text[], $3::text[]) AS u(root, source)) AS q
+    FROM (SELECT DISTINCT root, head, source
+          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(root, head, source)) AS q
     JOIN devices ON account_id = $1
                 AND regexp_replace(lower(claimed_hardware_id), '(-[0-9]+)+$', '') = q.root
-                AND created_at > to_timestamp($4) AND created_source <> ''
-                AND created_source = q.source"""
+                AND created_at > to_timestamp($5) AND created_source <> ''
+                AND created_source = q.source
+                AND (lower(claimed_hardware_id) = q.head
+                     OR left(lower(claimed_hardware_id), length(q.head) + 1) = q.head || '-')"""
 # Run after the registrations' rows are locked (registrations.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
 COUNT_REGISTRATION_DEVICES = """
@@ -233,23 +239,40 @@ def _known(row: Record) -> KnownDevice:
     )
 
 
-async def load_family(conn: Connection, account_id: str, stems: Sequence[str]) -> list[KnownDevice]:
-    return [_known(r) for r in await conn.fetch(SELECT_FAMILY, account_id, list(set(stems)))]
+async def load_family(
+    conn: Connection, account_id: str, stems: Sequence[str], ids: Sequence[str] = ()
+) -> list[KnownDevice]:
+    """The devices of the account whose hardware ID has one of ``stems``
+    (:func:`family_stems` of the claims) or is one of ``ids`` (any case: the claims'
+    :func:`hardware_id_ancestors`, so that their family heads are known). One statement."""
+    return [
+        _known(r)
+        for r in await conn.fetch(
+            SELECT_FAMILY, account_id, list(set(stems)), sorted({i.lower() for i in ids})
+        )
+    ]
 
 
 async def load_creations(
     conn: Connection, account_id: str, wanted: Sequence[tuple[str, str]], since: float
 ) -> list[Creation]:
     """The devices of the account created after ``since`` (seconds since the epoch) by each
-    ``(root, source)`` of ``wanted`` (root: :func:`hardware_id_root` of a claimed ID; source:
-    non-empty), whatever spelling of the root they claimed. One statement for a batch."""
-    wanted = sorted({(root, source) for root, source in wanted if source})
-    if not wanted:
+    ``(head, source)`` of ``wanted`` (head: a family head, ``Family.head`` of a claim that
+    is a suffixed spelling of an existing device; source: non-empty) that claimed the head
+    or a suffixed spelling of it (``H``, ``H-1``, ``H-01``, ``h-1-1``). One statement for a
+    batch, none when ``wanted`` is empty."""
+    heads = sorted({(head.lower(), source) for head, source in wanted if source})
+    if not heads:
         return []
     rows = await conn.fetch(
-        SELECT_CREATIONS, account_id, [r for r, _ in wanted], [s for _, s in wanted], since
+        SELECT_CREATIONS,
+        account_id,
+        [hardware_id_root(h) for h, _ in heads],
+        [h for h, _ in heads],
+        [s for _, s in heads],
+        since,
     )
-    return [Creation(r["id"], r["root"], r["created_source"], r["created_at"], r["clone"]) for r in rows]
+    return [Creation(r["id"], r["claimed"], r["created_source"], r["created_at"], r["clone"]) for r in rows]
 
 
 async def count_registration_devices(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:

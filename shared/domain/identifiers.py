@@ -99,11 +99,34 @@ def hardware_id_stem(hardware_id: str) -> str:
 
 def hardware_id_root(hardware_id: str, *, lower: bool = True) -> str:
     """The hardware ID without any of its index suffixes, in lower case unless ``lower`` is
-    False (``H-1-1`` -> ``h``, ``H-01`` -> ``h``): the spellings of one family that the
-    per-source clone rate and clone limit count together (docs/security.md). An ID made of
-    index suffixes only (``-1``) has the root ``""``. Mirrors ``ROOT_SQL``."""
+    False (``H-1-1`` -> ``h``, ``H-01`` -> ``h``): every suffixed spelling of a family head
+    shares its root, so the creations a source made under a head are found by the root's
+    index (migration 0026), then kept by :func:`is_spelling_of`. An ID made of index
+    suffixes only (``-1``) has the root ``""``. Mirrors ``ROOT_SQL``."""
     root = _INDEX_SUFFIXES.sub("", hardware_id)
     return root.lower() if lower else root
+
+
+def hardware_id_ancestors(hardware_id: str) -> list[str]:
+    """The IDs one, two, ... index suffix levels up, nearest first, in lower case
+    (``H-1-01`` -> ``["h-1", "h"]``; ``H`` -> ``[]``): the devices that may be a claim's
+    family head (:meth:`shared.domain.dedup.Family.head`). An ID with no ``-N`` suffix has
+    none, so a storm of such claims loads nothing for them."""
+    ancestors = []
+    rest = hardware_id.lower()
+    while (parent := _INDEX_SUFFIX.sub("", rest)) != rest and parent:
+        ancestors.append(parent)
+        rest = parent
+    return ancestors
+
+
+def is_spelling_of(claimed: str, key: str) -> bool:
+    """Whether the hardware ID ``claimed`` is ``key`` or ``key`` with index suffixes
+    (``key-N``, ``key-N-M``), in any case: what one source created under a family head."""
+    claimed, key = claimed.lower(), key.lower()
+    if claimed == key:
+        return True
+    return claimed.startswith(key) and _INDEX_SUFFIXES.fullmatch(claimed[len(key) :]) is not None
 
 
 # The same in SQL: immutable (lower and regexp_replace with a constant pattern), so that it
