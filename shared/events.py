@@ -237,6 +237,10 @@ class DeviceSignal(Event):
     device_id: Uuid
     kind: Annotated[str, _one_of(("ready", "heartbeat"))]
     at: UnixTime
+    # The credential generation the device authenticated with: a "ready" is applied only
+    # while the device is still at it (a reclaim before "ready" since revoked it). 0: unknown
+    # (records of the previous release): applied as before.
+    credential_generation: Generation = 0
 
 
 @dataclass(frozen=True, slots=True)

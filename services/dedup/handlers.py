@@ -40,7 +40,7 @@ from shared.domain.dedup import (
     decide,
     limit_reached,
 )
-from shared.domain.identifiers import family_stems
+from shared.domain.identifiers import family_stems, hardware_id_ancestors
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
 from shared.metrics import (
     PIPELINE_LATENCY,
@@ -112,7 +112,9 @@ class Policy:
     ``alert_window_s`` raise a security alert; they never refuse the right key, so an
     attacker cannot lock a real device out. One source creates at most ``clone_limit``
     clones of one claimed hardware ID within ``clone_window_s``, and at most
-    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``
+    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``, both
+    counted per family head of the claimed ID (``Family.head``: a suffixed spelling of an
+    existing device counts with that device's ID)
     (past it: try again later); reaching either raises a squatting alert. Other sources'
     claims of that hardware ID are never slowed by them."""
 
@@ -260,11 +262,19 @@ async def _decide_and_record(
         counts = await devices.count_registration_devices(conn, list(quotas))
         for (account_id, product_id), items in by_product.items():
             stems = [stem for request, _ in items for stem in family_stems(request.hardware_id)]
+            # The claims' ancestors (none for an ID without a -N suffix): their family heads.
+            ancestors = [a for request, _ in items for a in hardware_id_ancestors(request.hardware_id)]
             keys = [r.idempotency_key for r, _ in items if r.idempotency_key]
             family = Family.of(
-                await devices.load_family(conn, account_id, stems),
+                await devices.load_family(conn, account_id, stems, ancestors),
                 await decisions.load_idempotent(conn, product_id, keys),
                 counts,
+            )
+            family.created = await devices.load_creations(
+                conn,
+                account_id,
+                _creating(items, family, secret_matches, product_id, now),
+                now - max(policy.clone_window_s, policy.clone_rate_window_s),
             )
             bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
             failures = (
@@ -319,6 +329,43 @@ async def _decide_and_record(
     return out
 
 
+def _creating(
+    items: Sequence[tuple[RegistrationRequested, CodeAdmission]],
+    family: Family,
+    secret_matches: Callable[[KnownDevice, str], bool],
+    product_id: str,
+    now: float,
+) -> list[tuple[str, str]]:
+    """The (family head, source) of each auto claim that may create a device and is a
+    suffixed spelling of an existing device (its head is an ancestor), the batch decided in
+    order on a copy of the family as if no limit applied (so that ``H`` created earlier in
+    the batch is known; the real decisions create no more, so their heads are these or
+    nearer, whose spellings these include). What their sources created under the head is
+    loaded for these alone: a claim that is its own head counts from the family, and a
+    retry, a device presenting its secret and a bulk claim create nothing."""
+    trial = Family(dict(family.devices), dict(family.idempotent), dict(family.registration_devices))
+    wanted = []
+    for request, admission in items:
+        if admission.kind != "auto":
+            continue
+        claim = _claim(request)
+        verdict = decide(
+            claim,
+            trial,
+            kind="auto",
+            registration_id=admission.registration_id or "",
+            secret_matches=secret_matches,
+            limits=Limits(now=now),
+            product_id=product_id,
+        )
+        if verdict.created and request.source:
+            head = trial.head(request.hardware_id)
+            if head != request.hardware_id.lower():
+                wanted.append((head, request.source))
+        trial.apply(claim, verdict)
+    return wanted
+
+
 def _count_wrong_key(
     out: _Outcome,
     policy: Policy,
@@ -364,8 +411,10 @@ def _notice_creation_limits(
     product_id: str,
 ) -> None:
     """An auto registration's claim, recorded in the family: the alerts of what its source
-    created. A source that reaches its clone rate or clone limit for one hardware ID raises
-    ``hardware_id_squatting`` (every later refusal by them updates the alert); the claim
+    created. A source that reaches its clone rate or clone limit for one hardware ID (its
+    family head: a suffixed spelling of an existing device counts with it) raises
+    ``hardware_id_squatting`` (every later
+    refusal by them updates the alert); the claim
     that takes an auto registration's last place raises ``quota_filled`` with its source."""
     reached = limit_reached(claim, verdict, family, limits)
     if reached is not None:
@@ -373,7 +422,7 @@ def _notice_creation_limits(
             account_id=account_id,
             product_id=product_id,
             kind=HARDWARE_ID_SQUATTING,
-            hardware_id=claim.hardware_id,
+            hardware_id=_head_name(family, claim),
             count=max(1, reached.count),
             window_s=reached.window_s,
             source=claim.source,
@@ -397,6 +446,14 @@ def _notice_creation_limits(
         )
         out.sightings.append(sighting)
         out.raised.append(sighting)
+
+
+def _head_name(family: Family, claim: Claim) -> str:
+    """The family head the claim is counted under (one squatting alert for H, H-1,
+    h-01-1... while H exists), as the device holding it spells it, else as the claim does
+    (a refused claim of an ID nobody holds is its own head)."""
+    holder = family.devices.get(family.head(claim.hardware_id))
+    return holder.hardware_id if holder is not None else claim.hardware_id
 
 
 def _notice_two_sources(
@@ -426,7 +483,9 @@ def _notice_two_sources(
 
 
 async def apply_signals(pool: Pool, signals: Sequence[DeviceSignal]) -> None:
-    """Confirmations ("ready") and heartbeats; a confirmation is also a sign of life."""
-    ready = [(s.device_id, s.at) for s in signals if s.kind == "ready"]
+    """Confirmations ("ready") and heartbeats; a confirmation is also a sign of life. A
+    confirmation of a credential generation the device no longer has (a reclaim before
+    "ready" replaced it) is not applied (devices.MARK_PROVISIONED)."""
+    ready = [(s.device_id, s.at, s.credential_generation) for s in signals if s.kind == "ready"]
     seen = [(s.device_id, s.at) for s in signals]  # a confirmation is a sign of life too
     await devices.apply_signals(pool, ready, seen)

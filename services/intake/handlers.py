@@ -63,8 +63,8 @@ DEVICE_REALM = "fleetreg devices"
 # Stale credentials (an old secret after the operator's reset, or a deleted device's):
 # answered 401 saying so, and not counted against the caller's address.
 CREDENTIALS_REPLACED = (
-    "the device's credentials were replaced by the operator (reset for re-provisioning): "
-    "register again to get new ones"
+    "the device's credentials were replaced (the operator's reset for re-provisioning or "
+    "move, or a new claim of the device before it confirmed): register again to get new ones"
 )
 DEVICE_DELETED = "the device was deleted by the operator: register again as a new device"
 # Refusals of a registration call that count against the caller's address and what it
@@ -512,9 +512,10 @@ async def authenticate(
     """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
     (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled.
 
-    A secret the operator replaced within ``stale_seconds`` (an older credential
-    generation after a reset, or the secret of a deleted device) is a 401 that says so
-    (``credentials_replaced``, ``device_deleted``) and is not counted against the caller
+    A secret replaced within ``stale_seconds`` (an older credential generation after the
+    operator's reset or move or a reclaim before "ready", or the secret of a deleted
+    device) is a 401 that says so (``credentials_replaced``, ``device_deleted``) and is
+    not counted against the caller
     (:attr:`Unauthorized.counted`): a stale board is not a guesser.
 
     Once the device is proven, the files of services enabled or changed since it was
@@ -547,7 +548,8 @@ async def _refuse_if_replaced(
     pool: Pool, keyring: Keyring, found: DeviceFiles, secret: str, stale_seconds: float
 ) -> None:
     """Raise the stale 401 when ``secret`` is the device's secret of an older credential
-    generation that the operator's reset replaced within ``stale_seconds``."""
+    generation that the operator's reset or move, or a reclaim before "ready", replaced
+    within ``stale_seconds``."""
     older = keyring.older_generation(found.device_id, found.credential_generation, secret)
     if older is None:
         return
@@ -731,4 +733,10 @@ def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
 
 
 async def signal(publish: PublishSignal, device: Device, kind: Literal["ready", "heartbeat"]) -> None:
-    await publish(DeviceSignal(device_id=device.id, kind=kind, at=time.time()))
+    """Publish the authenticated device's signal, with the credential generation it proved:
+    deduplication applies a "ready" only while the device is still at it."""
+    await publish(
+        DeviceSignal(
+            device_id=device.id, kind=kind, at=time.time(), credential_generation=device.credential_generation
+        )
+    )

@@ -6,7 +6,9 @@ The kinds (docs/security.md, "Security alerts"):
 * ``bulk_key_guessing``: repeated wrong registration keys for one hardware ID of a bulk
   product (``count`` wrong keys within the window; ``listed``: whether it is a real device);
 * ``hardware_id_squatting``: one source reached the per-source clone rate or the clone limit
-  for one claimed hardware ID (``count`` clones that source created within the window);
+  for one claimed hardware ID's family head (while ``H`` exists, its spellings ``H-1``,
+  ``H-01``, ``H-1-1`` count with it; ``hardware_id`` names the head; ``count`` what that
+  source created within the window);
 * ``quota_filled``: an auto registration's ``max_devices`` was reached (``count`` devices;
   ``source`` took the last place; no window);
 * ``two_sources_before_ready``: two sources reclaimed one hardware ID before it confirmed.

@@ -62,14 +62,21 @@ CLAIM_PREREGISTERED = """
 # disable or delete, another instance's reclaim: the batch is then decided again). The
 # intake drops its cached copy at once (INVALIDATION_CHANNEL, payload ``device:<uuid>``),
 # so the earlier secret is refused from the very next call; provisioning renders the new
-# generation's files when it handles the decision.
+# generation's files when it handles the decision. A device event 'reclaimed' (with the new
+# generation) tells the device's history, and the stale-credential rule
+# (devices.CREDENTIALS_REPLACED_AT): the earlier secret is answered credentials_replaced, not
+# counted as a guess of the board's address.
 REGENERATE = """
     WITH changed AS (
         UPDATE devices SET credential_generation = u.generation
         FROM unnest($1::uuid[], $2::int[], $3::int[]) AS u(id, before, generation)
         WHERE devices.id = u.id AND devices.credential_generation = u.before
           AND devices.lifecycle = 'registered' AND NOT devices.disabled
-        RETURNING devices.id)
+        RETURNING devices.id, devices.credential_generation),
+    events AS (
+        INSERT INTO device_events (device_id, kind, detail)
+        SELECT id, 'reclaimed', jsonb_build_object('credential_generation', credential_generation)
+        FROM changed)
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM changed"""
 INSERT_DECISIONS = """
     INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,

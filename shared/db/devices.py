@@ -20,9 +20,10 @@ from shared.db import audit, files
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import KnownDevice, Lifecycle
+from shared.domain.dedup import Creation, KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
 from shared.domain.devices import MoveTarget, move_refusal
+from shared.domain.identifiers import hardware_id_root
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
@@ -37,19 +38,45 @@ SELECT_FAMILY = """
                      WHERE d.device_id = devices.id AND d.decision <> 'refused' AND d.source <> ''
                        AND d.decided_at >= coalesce(devices.registered_at, '-infinity'))
            ELSE '{}'::text[] END AS claim_sources
-    FROM devices WHERE account_id = $1 AND hardware_id_stem = ANY($2::text[])"""
+    FROM devices WHERE account_id = $1
+                   AND (hardware_id_stem = ANY($2::text[]) OR lower(hardware_id) = ANY($3::text[]))"""
+# What each (family head, source) of a batch's suffixed claims created since $5 (seconds since
+# the epoch): the devices that claimed the head ($3, lower case) or a suffixed spelling of it
+# (H-1, H-01, h-1-1). Those share the head's root ($2): migration 0026's index
+# devices_created_root finds them (its expression is ROOT_SQL's, spelled out:
+# tests/unit/test_dedup_rules.py checks they agree), the prefix keeps the head's own branch.
+SELECT_CREATIONS = """
+    SELECT devices.id::text, lower(claimed_hardware_id) AS claimed, devices.created_source,
+           extract(epoch FROM devices.created_at)::float8 AS created_at,
+           lower(hardware_id) <> lower(claimed_hardware_id) AS clone
+    FROM (SELECT DISTINCT root, head, source
+          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(root, head, source)) AS q
+    JOIN devices ON account_id = $1
+                AND regexp_replace(lower(claimed_hardware_id), '(-[0-9]+)+$', '') = q.root
+                AND created_at > to_timestamp($5) AND created_source <> ''
+                AND created_source = q.source
+                AND (lower(claimed_hardware_id) = q.head
+                     OR left(lower(claimed_hardware_id), length(q.head) + 1) = q.head || '-')"""
 # Run after the registrations' rows are locked (registrations.lock_quotas): a statement of its
 # own, so that it sees every device a transaction that held the lock before committed.
 COUNT_REGISTRATION_DEVICES = """
     SELECT registration_id::text, count(*) AS devices FROM devices
     WHERE registration_id = ANY($1::uuid[]) GROUP BY registration_id"""
+# A "ready" confirms the credential generation it was sent with ($3; 0: unknown, a record
+# of the previous release): one sent before a reclaim gave the device a new generation
+# confirms credentials revoked since, and is dropped (the device stays registered until
+# the holder of the new ones confirms). The generation is compared on the row being updated,
+# so a reclaim committed meanwhile is seen.
 MARK_PROVISIONED = """
     WITH changed AS (
         UPDATE devices SET lifecycle = 'provisioned', provisioned_at = to_timestamp(u.at),
                            last_seen_at = greatest(last_seen_at, to_timestamp(u.at))
-        -- one row per device: UPDATE ... FROM applies only one joined row per target row
-        FROM (SELECT id, min(at) AS at FROM unnest($1::uuid[], $2::float8[]) AS b(id, at) GROUP BY id) AS u
+        -- UPDATE ... FROM applies only one joined row per target row (of those that match)
+        FROM (SELECT id, generation, min(at) AS at
+              FROM unnest($1::uuid[], $2::float8[], $3::int[]) AS b(id, at, generation)
+              GROUP BY id, generation) AS u
         WHERE devices.id = u.id AND devices.lifecycle = 'registered' AND NOT devices.disabled
+          AND (u.generation = 0 OR devices.credential_generation = u.generation)
         RETURNING devices.id)
     INSERT INTO device_events (device_id, kind) SELECT id, 'ready' FROM changed"""
 TOUCH_LAST_SEEN = """
@@ -113,11 +140,12 @@ DELETE_DEVICES = """
             SET credential_generation = excluded.credential_generation, deleted_at = now())
     SELECT id::text, pg_notify('fleetreg_invalidate', 'device:' || id::text) FROM gone"""
 # When the credential generation ``$2`` of a device was replaced by the operator's reset
-# or move (a reset into another product): the first such event to a later generation, for
-# the stale-credential rule.
+# or move (a reset into another product), or by a reclaim before "ready" (a claim from the
+# device's fingerprint with a new or no Idempotency-Key: decisions.REGENERATE): the first
+# such event to a later generation, for the stale-credential rule.
 CREDENTIALS_REPLACED_AT = """
     SELECT min(at) FROM device_events
-    WHERE device_id = $1 AND kind IN ('reset', 'moved')
+    WHERE device_id = $1 AND kind IN ('reset', 'moved', 'reclaimed')
       AND (detail->>'credential_generation')::int > $2"""
 DELETED_DEVICE = """
     SELECT credential_generation, deleted_at FROM deleted_devices WHERE device_id = $1"""
@@ -211,8 +239,40 @@ def _known(row: Record) -> KnownDevice:
     )
 
 
-async def load_family(conn: Connection, account_id: str, stems: Sequence[str]) -> list[KnownDevice]:
-    return [_known(r) for r in await conn.fetch(SELECT_FAMILY, account_id, list(set(stems)))]
+async def load_family(
+    conn: Connection, account_id: str, stems: Sequence[str], ids: Sequence[str] = ()
+) -> list[KnownDevice]:
+    """The devices of the account whose hardware ID has one of ``stems``
+    (:func:`family_stems` of the claims) or is one of ``ids`` (any case: the claims'
+    :func:`hardware_id_ancestors`, so that their family heads are known). One statement."""
+    return [
+        _known(r)
+        for r in await conn.fetch(
+            SELECT_FAMILY, account_id, list(set(stems)), sorted({i.lower() for i in ids})
+        )
+    ]
+
+
+async def load_creations(
+    conn: Connection, account_id: str, wanted: Sequence[tuple[str, str]], since: float
+) -> list[Creation]:
+    """The devices of the account created after ``since`` (seconds since the epoch) by each
+    ``(head, source)`` of ``wanted`` (head: a family head, ``Family.head`` of a claim that
+    is a suffixed spelling of an existing device; source: non-empty) that claimed the head
+    or a suffixed spelling of it (``H``, ``H-1``, ``H-01``, ``h-1-1``). One statement for a
+    batch, none when ``wanted`` is empty."""
+    heads = sorted({(head.lower(), source) for head, source in wanted if source})
+    if not heads:
+        return []
+    rows = await conn.fetch(
+        SELECT_CREATIONS,
+        account_id,
+        [hardware_id_root(h) for h, _ in heads],
+        [h for h, _ in heads],
+        [s for _, s in heads],
+        since,
+    )
+    return [Creation(r["id"], r["claimed"], r["created_source"], r["created_at"], r["clone"]) for r in rows]
 
 
 async def count_registration_devices(conn: Connection, registration_ids: Sequence[str]) -> dict[str, int]:
@@ -225,12 +285,17 @@ async def count_registration_devices(conn: Connection, registration_ids: Sequenc
 
 
 async def apply_signals(
-    pool: Pool, ready: Sequence[tuple[str, float]], seen: Sequence[tuple[str, float]]
+    pool: Pool, ready: Sequence[tuple[str, float, int]], seen: Sequence[tuple[str, float]]
 ) -> None:
-    """Confirmations and heartbeats of a batch, idempotent whatever the redelivery."""
+    """Confirmations ``(device ID, at, credential generation)`` and heartbeats ``(device ID,
+    at)`` of a batch (``at``: seconds since the epoch), idempotent whatever the redelivery.
+    A confirmation applies only while the device is registered, enabled and at the
+    generation it names (0: any)."""
     async with pool.acquire() as conn, conn.transaction():
         if ready:
-            await conn.execute(MARK_PROVISIONED, [d for d, _ in ready], [a for _, a in ready])
+            await conn.execute(
+                MARK_PROVISIONED, [d for d, _, _ in ready], [a for _, a, _ in ready], [g for _, _, g in ready]
+            )
         if seen:
             await conn.execute(TOUCH_LAST_SEEN, [d for d, _ in seen], [a for _, a in seen])
 
@@ -562,8 +627,9 @@ class DeletedDevice:
 
 
 async def credentials_replaced_at(pool: Pool, device_id: str, generation: int) -> datetime | None:
-    """When the operator's reset or move replaced the device's credential ``generation``
-    (the first one to a later generation), or None when none did (``device_id``: a UUID)."""
+    """When the operator's reset or move, or a reclaim before "ready", replaced the device's
+    credential ``generation`` (the first one to a later generation), or None when none did
+    (``device_id``: a UUID)."""
     replaced: datetime | None = await pool.fetchval(CREDENTIALS_REPLACED_AT, device_id, generation)
     return replaced
 

@@ -17,6 +17,8 @@ _CANONICAL_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9
 _HARDWARE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9 _.-]+$")
 _INDEX_SUFFIX = re.compile(r"-[0-9]+$")
+# Every index suffix at the end (H-1-1, H-01): mirrors ROOT_SQL (migration 0026).
+_INDEX_SUFFIXES = re.compile(r"(-[0-9]+)+$")
 _ASSIGNED_INDEX = re.compile(r"(.+)-([1-9][0-9]{0,8})")  # "H-N": what a clone is told to adopt
 MAX_INDEX_LEVELS = 3  # H-1-1-1: a clone of a clone of a clone
 _CODE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
@@ -93,6 +95,43 @@ def hardware_id_stem(hardware_id: str) -> str:
     """The hardware ID without an index suffix, in lower case (``B8-3`` -> ``b8``): hardware
     IDs are unique case-insensitively; mirrors the database column."""
     return _INDEX_SUFFIX.sub("", hardware_id).lower()
+
+
+def hardware_id_root(hardware_id: str, *, lower: bool = True) -> str:
+    """The hardware ID without any of its index suffixes, in lower case unless ``lower`` is
+    False (``H-1-1`` -> ``h``, ``H-01`` -> ``h``): every suffixed spelling of a family head
+    shares its root, so the creations a source made under a head are found by the root's
+    index (migration 0026), then kept by :func:`is_spelling_of`. An ID made of index
+    suffixes only (``-1``) has the root ``""``. Mirrors ``ROOT_SQL``."""
+    root = _INDEX_SUFFIXES.sub("", hardware_id)
+    return root.lower() if lower else root
+
+
+def hardware_id_ancestors(hardware_id: str) -> list[str]:
+    """The IDs one, two, ... index suffix levels up, nearest first, in lower case
+    (``H-1-01`` -> ``["h-1", "h"]``; ``H`` -> ``[]``): the devices that may be a claim's
+    family head (:meth:`shared.domain.dedup.Family.head`). An ID with no ``-N`` suffix has
+    none, so a storm of such claims loads nothing for them."""
+    ancestors = []
+    rest = hardware_id.lower()
+    while (parent := _INDEX_SUFFIX.sub("", rest)) != rest and parent:
+        ancestors.append(parent)
+        rest = parent
+    return ancestors
+
+
+def is_spelling_of(claimed: str, key: str) -> bool:
+    """Whether the hardware ID ``claimed`` is ``key`` or ``key`` with index suffixes
+    (``key-N``, ``key-N-M``), in any case: what one source created under a family head."""
+    claimed, key = claimed.lower(), key.lower()
+    if claimed == key:
+        return True
+    return claimed.startswith(key) and _INDEX_SUFFIXES.fullmatch(claimed[len(key) :]) is not None
+
+
+# The same in SQL: immutable (lower and regexp_replace with a constant pattern), so that it
+# can be indexed (devices_created_root, migration 0026); a query must spell it exactly so.
+ROOT_SQL = "regexp_replace(lower(claimed_hardware_id), '(-[0-9]+)+$', '')"
 
 
 def family_stems(hardware_id: str) -> tuple[str, str]:

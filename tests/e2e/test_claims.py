@@ -6,6 +6,7 @@ answer, and a look-alike from another address."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import uuid
 from typing import Any
@@ -201,6 +202,25 @@ async def test_an_auto_board_that_lost_its_answer_is_no_ghost_and_a_second_sourc
         # arrives: within its delivery time, as after an operator's reset.
         manifest_url = f"{system.device_url}/v1/devices/{lost['device_id']}/manifest"
         await refused_within(at_board, manifest_url, lost["device_secret"], 401)
+        # Revoked by a reclaim: told so (register again), not counted as a guess (attack2 F3).
+        for revoked in (first, lost):
+            auth = {"Authorization": f"Bearer {revoked['device_secret']}"}
+            async with at_board.get(manifest_url, headers=auth) as r:
+                assert (r.status, (await r.json())["error"]) == (401, "credentials_replaced")
+        history = (await operator.call("GET", f"/v1/devices/{first['device_id']}", expect=200))["history"]
+        assert [e["credential_generation"] for e in history if e["kind"] == "reclaimed"] == [2, 3]
+
+        # The look-alike confirms: the device is its own until the operator resets or deletes
+        # it; the board's next claim is a clone (docs/security.md, "The window before ready").
+        await provision(elsewhere, system.device_url, look_alike)
+        for _ in range(200):
+            (device,) = await operator.devices()
+            if device["lifecycle"] == "provisioned":
+                break
+            await asyncio.sleep(0.05)
+        assert device["lifecycle"] == "provisioned"
+        again = await claim(at_board, "k4")
+        assert (again["decision"], again["hardware_id"]) == ("clone", f"{hardware_id}-1")
     alerts = (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
     assert [(a["kind"], a["hardware_id"], a["source"], a["count"]) for a in alerts] == [
         ("two_sources_before_ready", hardware_id, other, 2)

@@ -5,7 +5,10 @@ shared system's boot storms clone by the hundred from 127.0.0.1):
 
 * a squatter that claims a real device's hardware ID first and then clones it fast is
   answered 429 past its clone rate and 403 at its clone limit, while the real board from
-  another address is answered 200 at once (as H-N), and the operator sees the alert;
+  another address is answered 200 at once (as H-N), and the operator sees the alert; other
+  spellings of the ID (H-1, H-01, H-1-1 while H exists: its family head) count with it;
+* devices named by sequential dashed MACs behind one address (one root, distinct IDs) are
+  all answered 200 at once;
 * a quota filled from one source raises ``quota_filled`` and its refusals count against
   that source;
 * a factory of boards sharing one placeholder serial behind one NAT address, each
@@ -200,6 +203,71 @@ async def test_a_squatter_pays_for_its_clones_and_the_real_board_is_answered_at_
         f"{squat_seconds:.1f} s to reach the clone limit of {CLONE_LIMIT} "
         f"(rate {RATE} per {RATE_WINDOW_S} s); the real board: {board.calls} call, {board_seconds:.2f} s"
     )
+
+
+async def test_suffixed_spellings_from_one_address_are_held_to_the_rate_of_their_head(
+    intake: str, operator: Operator
+) -> None:
+    """attack2 F1: the literal IDs H-1, H-01, H-1-1... (each "new", its own claimed ID) are
+    counted with H while H exists (their family head): past the rate 429 and the squatting
+    alert; the real board from another address is answered at once."""
+    code, product_id = await auto_code(operator)
+    h = f"b827eb{uuid.uuid4().hex[:6]}"
+    spellings = [
+        spelling
+        for n in range(1, RATE + 1)
+        for spelling in (f"{h}-{n + 1}", f"{h.upper()}-0{n}", f"{h}-1-{n}")
+    ]
+    squatter_address, board_address = fresh_address(), fresh_address()
+    async with from_address(squatter_address) as squatter_session:
+        squatter = Device(squatter_session, intake)
+        for n, spelling in enumerate((h, f"{h}-1")):
+            first = await squatter.register(code, spelling, f"squat-{n}")
+            assert (first[0], first[1]["hardware_id"]) == (200, spelling)
+        burst = await asyncio.gather(
+            *(squatter.register(code, spelling, f"squat-{spelling}") for spelling in spellings)
+        )
+    answers = Counter(status for status, _, _ in burst)
+    assert set(answers) == {200, 429}, answers
+    # Within the window (1 s) the rate's worth for the whole family; the burst of 30 takes
+    # longer only on a very slow machine, which lets through a window's worth more.
+    assert answers[200] < len(spellings) // 2, answers
+    for status, body, retry in burst:
+        if status == 429:
+            assert (body["rule"], body["message"]) == (
+                "clone_rate_per_source",
+                reason_clone_rate(RATE, RATE_WINDOW_S),
+            )
+            assert 1 <= retry <= RATE_WINDOW_S
+    (alert,) = [a for a in await alerts(operator, "hardware_id_squatting") if a["product_id"] == product_id]
+    assert (alert["hardware_id"], alert["source"]) == (h, squatter_address)
+
+    taken = {h.lower(), f"{h}-1"} | {
+        body["hardware_id"].lower() for status, body, _ in burst if status == 200
+    }
+    expected = next(f"{h}-{n}" for n in range(1, 100) if f"{h}-{n}".lower() not in taken)
+    async with from_address(board_address) as board_session:
+        board = Device(board_session, intake)
+        asked = time.monotonic()
+        status, body, _ = await board.register(code, h, "the-real-board")
+        board_seconds = time.monotonic() - asked
+    assert (status, body["clone"], body["hardware_id"]) == (200, True, expected)
+    assert board.calls == 1 and board_seconds < 3, (board.calls, board_seconds)
+
+
+async def test_sequential_dashed_macs_behind_one_address_are_all_created_at_once(
+    intake: str, operator: Operator
+) -> None:
+    """Devices named by dashed MACs from one factory (one root, no device holds their
+    parent ID): distinct IDs, each with an allowance of its own, so four times the rate's
+    worth from one address in one burst are all answered 200."""
+    code, _ = await auto_code(operator)
+    oui = "-".join(uuid.uuid4().hex[i : i + 2] for i in range(0, 6, 2))
+    macs = [f"{oui}-00-00-{n:02d}" for n in range(4 * RATE)]
+    async with from_address(fresh_address()) as nat:
+        factory = Device(nat, intake)
+        answers = await asyncio.gather(*(factory.register(code, mac, f"cpu-{mac}") for mac in macs))
+    assert [(status, body.get("hardware_id")) for status, body, _ in answers] == [(200, mac) for mac in macs]
 
 
 async def test_a_quota_filled_from_one_source_raises_an_alert_and_counts_its_refusals(

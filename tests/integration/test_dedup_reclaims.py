@@ -11,7 +11,7 @@ import time
 import pytest
 
 from services.dedup.handlers import decide_batch
-from shared.db import alerts
+from shared.db import alerts, devices
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED
@@ -63,6 +63,15 @@ async def test_an_auto_board_s_retries_queued_in_an_outage_are_one_device_with_i
     assert await _generation(pool, out.decided[0].device_id) == 2
     # No ghost: one device of the board's stem.
     assert await pool.fetchval("SELECT count(*) FROM devices WHERE hardware_id_stem = lower($1)", board) == 1
+    # The reclaim is in the device's history, and its secret of generation 1 is known as
+    # replaced (answered credentials_replaced, not counted as a guess: attack2 F3).
+    device_id = out.decided[0].device_id
+    history = await devices.device_history(pool, device_id)
+    assert [(e.kind, e.detail.get("credential_generation")) for e in history if e.kind == "reclaimed"] == [
+        ("reclaimed", 2)
+    ]
+    assert await devices.credentials_replaced_at(pool, device_id, 1) is not None
+    assert await devices.credentials_replaced_at(pool, device_id, 2) is None
 
     # Later, the board reclaims from another address: the device again, and the operator's alert.
     later = await decide_batch(pool, KEYRING, [_claim(code, board, source="10.0.0.2")])

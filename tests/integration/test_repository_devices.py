@@ -156,7 +156,7 @@ async def test_ready_provisions_only_registered_devices_not_disabled(
     disabled = await registry.new_device(pool, product, registration_id, "sig3", disabled=True)
     unknown = str(uuid.uuid4())
     t = 1_700_000_000.0
-    ready = [(d, t) for d in (registered, preregistered, disabled, unknown)]
+    ready = [(d, t, 1) for d in (registered, preregistered, disabled, unknown)]
 
     await devices.apply_signals(pool, ready, [])
     assert await _state(pool, registered) == ("provisioned", _at(t), _at(t), 1)
@@ -165,9 +165,30 @@ async def test_ready_provisions_only_registered_devices_not_disabled(
 
     # Redelivered, and a later confirmation of the same device: still provisioned once.
     await devices.apply_signals(pool, ready, [])
-    await devices.apply_signals(pool, [(registered, t + 60)], [])
+    await devices.apply_signals(pool, [(registered, t + 60, 0)], [])
     lifecycle, provisioned_at, _, events = await _state(pool, registered)
     assert (lifecycle, provisioned_at, events) == ("provisioned", _at(t), 1)
+
+
+async def test_ready_applies_only_to_the_credential_generation_it_was_sent_with(
+    pool: Pool, product: registry.Product, registration_id: str
+) -> None:
+    """A "ready" accepted for generation 1 and applied after a reclaim before "ready" gave
+    the device generation 2 confirms revoked credentials: dropped (attack2 F3). 0 (a record
+    of the previous release) applies as before."""
+    reclaimed = await registry.new_device(pool, product, registration_id, "gen1")
+    legacy = await registry.new_device(pool, product, registration_id, "gen2")
+    await pool.execute(
+        "UPDATE devices SET credential_generation = 2 WHERE id = ANY($1::uuid[])", [reclaimed, legacy]
+    )
+    t = 1_700_000_000.0
+
+    await devices.apply_signals(pool, [(reclaimed, t, 1), (legacy, t, 0)], [])
+    assert await _state(pool, reclaimed) == ("registered", None, None, 0)
+    assert await _state(pool, legacy) == ("provisioned", _at(t), _at(t), 1)
+    # The holder of the new credentials confirms, also in a batch with the stale one.
+    await devices.apply_signals(pool, [(reclaimed, t + 1, 1), (reclaimed, t + 2, 2)], [])
+    assert await _state(pool, reclaimed) == ("provisioned", _at(t + 2), _at(t + 2), 1)
 
 
 async def test_heartbeats_only_move_last_seen_forward(
@@ -181,7 +202,7 @@ async def test_heartbeats_only_move_last_seen_forward(
     await devices.apply_signals(pool, [], [(device_id, t + 10), (str(uuid.uuid4()), t)])  # redelivered
     assert (await _state(pool, device_id))[2] == _at(t + 10)
 
-    await devices.apply_signals(pool, [(device_id, t + 5)], [])  # a confirmation is a sign of life too
+    await devices.apply_signals(pool, [(device_id, t + 5, 1)], [])  # a confirmation is a sign of life too
     assert await _state(pool, device_id) == ("provisioned", _at(t + 5), _at(t + 10), 1)
     await devices.apply_signals(pool, [], [(device_id, t + 20)])
     assert (await _state(pool, device_id))[2] == _at(t + 20)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from shared.db import devices
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     REASON_BULK_ALREADY_CLAIMED,
@@ -20,6 +22,7 @@ from shared.domain.dedup import (
     REASON_DISABLED,
     REFERENCE_PROTOCOL,
     Claim,
+    Creation,
     Family,
     KnownDevice,
     Lifecycle,
@@ -34,6 +37,7 @@ from shared.domain.dedup import (
     reason_clone_rate,
     reason_max_devices,
 )
+from shared.domain.identifiers import ROOT_SQL, hardware_id_ancestors, hardware_id_root, is_spelling_of
 
 KEYRING = Keyring(b"unit-test-secret-key")
 H = "b827eb8905e5"
@@ -678,6 +682,197 @@ def test_a_source_reaching_its_clone_rate_or_limit_is_noticed_once_then_on_each_
     assert claim("fp5") is None
     assert claim("fp6") == Reached("clone_limit", 4, 3600, just_now=True)  # H-1 ... H-4 from one source
     assert claim("fp7") == Reached("clone_limit", 4, 3600, just_now=False)
+
+
+@pytest.mark.parametrize(
+    ("hardware_id", "root"),
+    [
+        ("H", "h"),
+        ("H-1", "h"),
+        ("H-01", "h"),
+        ("h-1-1", "h"),
+        ("H-200-3-4", "h"),
+        ("b8-27-eb", "b8-27-eb"),
+        ("b8-27-eb-12-34-56", "b8-27-eb"),
+        ("H-1a", "h-1a"),
+        ("-1", ""),
+    ],
+)
+def test_the_root_of_a_hardware_id_strips_every_index_suffix_in_lower_case(
+    hardware_id: str, root: str
+) -> None:
+    assert hardware_id_root(hardware_id) == root
+
+
+def test_the_root_keeps_the_claimed_case_when_asked() -> None:
+    assert hardware_id_root("Board-01-2", lower=False) == "Board"
+
+
+def test_the_creations_query_spells_the_root_as_its_index_does() -> None:
+    """The index devices_created_root (migration 0026) serves only the very same expression."""
+    migration = (Path(__file__).parents[2] / "shared/migrations/0026_clone_roots.sql").read_text()
+    assert ROOT_SQL in devices.SELECT_CREATIONS
+    assert f"({ROOT_SQL})" in migration
+
+
+def test_suffixed_spellings_from_one_source_share_the_clone_rate_and_the_limit_of_their_head() -> None:
+    """attack2 F1: H, then the literal IDs H-1, H-01, h-1-1... each "new" under its own
+    claimed ID, buy no fresh allowance: while H exists, the rate and the clone limit count
+    them with H (their family head)."""
+    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=2, now=NOW))
+    spellings = ["H", "H-1", "H-01", "h-1-1", "H-2"]
+    verdicts = [fleet.claim(h, fp, source=SQUATTER) for h, fp in zip(spellings, fingerprints(5), strict=True)]
+    assert [v.decision for v in verdicts] == ["new", "new", "new", "refused", "refused"]
+    assert {v.quota for v in verdicts[3:]} == {"clone_rate"}
+    assert all(v.retry_after == pytest.approx(60.0) for v in verdicts[3:])
+    # The real board, from another address, is answered at once (H is the squatter's).
+    board = fleet.claim("H", FP_A, source=BOARD)
+    assert (board.decision, board.hardware_id) == ("clone", "H-2")
+    # Clones of any spelling count against the one clone limit of the root.
+    fleet.limits = replace(fleet.limits, now=NOW + 61)
+    clones = [
+        fleet.claim(h, fp, source=SQUATTER)
+        for h, fp in zip(["H", "h-1", "H-01"], fingerprints(3, "c"), strict=True)
+    ]
+    assert [v.decision for v in clones] == ["clone", "clone", "refused"]
+    assert clones[2].quota == "clone_limit"
+    # Another head is another allowance.
+    assert fleet.claim("G-1", FP_B, source=SQUATTER).decision == "new"
+
+
+def test_creations_loaded_for_other_stems_count_with_the_family_and_the_batch_once_each() -> None:
+    """The family holds the claims' stems; what the source created under other spellings of
+    the family head comes in ``Family.created`` (a device in both is counted once)."""
+    head = replace(registered("H", device_id="head", fingerprint="fp-h"), created_at=NOW - 5000)
+    in_family = replace(
+        registered("H-2-1", device_id="in-both", fingerprint="fp0"),
+        created_at=NOW - 10,
+        created_source=SQUATTER,
+    )
+    loaded = [
+        Creation("in-both", "h-2-1", SQUATTER, NOW - 10, clone=False),
+        Creation("elsewhere", "h-01", SQUATTER, NOW - 5, clone=False),
+        Creation("old", "h-3", SQUATTER, NOW - 4000, clone=True),  # outside both windows
+    ]
+    fleet = Fleet(
+        Family.of([head, in_family], created=loaded),
+        limits=Limits(clone_rate=4, clone_rate_window_s=60, clone_limit=100, now=NOW),
+    )
+    assert fleet.family.created_by("H-7", SQUATTER, NOW - 60, clones=False) == [NOW - 10, NOW - 5]
+    assert [fleet.claim("H-7", fp, source=SQUATTER).decision for fp in fingerprints(3)] == [
+        "new",
+        "clone",
+        "refused",
+    ]
+    assert fleet.family.created_by("H-7", SQUATTER, NOW - 3600, clones=True) == [NOW]
+    assert fleet.family.created_by("H-7", BOARD, NOW - 3600, clones=False) == []
+    # H itself has no ancestor: its own claims and clones only (none from the squatter).
+    assert fleet.family.created_by("h", SQUATTER, NOW - 3600, clones=False) == []
+    # H-2-2's parent H-2 is no device: it is its own head, another allowance.
+    assert fleet.family.created_by("H-2-2", SQUATTER, NOW - 60, clones=False) == []
+
+
+@pytest.mark.parametrize(
+    ("hardware_id", "ancestors"),
+    [
+        ("H", []),
+        ("b827eb8905e5", []),
+        ("H-1", ["h"]),
+        ("H-1-01", ["h-1", "h"]),
+        ("b8-27-EB-00-00-02", ["b8-27-eb-00-00", "b8-27-eb-00", "b8-27-eb"]),
+        ("H-1a-2", ["h-1a"]),
+        ("-1", []),
+    ],
+)
+def test_the_ancestors_of_a_hardware_id_are_one_index_suffix_up_each_nearest_first(
+    hardware_id: str, ancestors: list[str]
+) -> None:
+    assert hardware_id_ancestors(hardware_id) == ancestors
+
+
+@pytest.mark.parametrize(
+    ("claimed", "key", "spelling"),
+    [
+        ("H", "h", True),
+        ("h-1", "H", True),
+        ("H-01-1", "h", True),
+        ("H-1-1", "h-1", True),
+        ("H-2-1", "h-1", False),
+        ("H1", "h", False),
+        ("H-1a", "h", False),
+        ("G-1", "h", False),
+    ],
+)
+def test_a_spelling_of_a_head_is_the_head_or_the_head_with_index_suffixes(
+    claimed: str, key: str, spelling: bool
+) -> None:
+    assert is_spelling_of(claimed, key) is spelling
+
+
+def _family_of(*hardware_ids: str) -> Family:
+    return Family.of(registered(h, device_id=f"dev-{h}", fingerprint=f"fp-{h}") for h in hardware_ids)
+
+
+@pytest.mark.parametrize(
+    ("existing", "claimed", "head"),
+    [
+        ((), "H-1", "h-1"),  # no ancestor: the claim is its own head
+        (("H",), "H", "h"),
+        (("H",), "H-1", "h"),  # one level
+        (("H",), "h-01", "h"),
+        (("H", "H-1"), "H-1-1", "h"),  # several levels
+        (("Board", "board-1-1"), "BOARD-1-1-1", "board-1-1"),  # stops at the first gap (board-1)
+        (("h", "H-1"), "H-1-7", "h"),  # any case
+        (("b8-27-eb-00-00-01",), "b8-27-eb-00-00-02", "b8-27-eb-00-00-02"),  # a sibling is no ancestor
+        (("b8-27-eb-00-00-01",), "B8-27-EB-00-00-01-1", "b8-27-eb-00-00-01"),
+    ],
+)
+def test_the_family_head_of_a_claim_is_its_highest_existing_ancestor(
+    existing: tuple[str, ...], claimed: str, head: str
+) -> None:
+    assert _family_of(*existing).head(claimed) == head
+
+
+def test_sequential_dashed_macs_from_one_source_are_each_a_distinct_id_never_slowed() -> None:
+    """Devices named by dashed MACs from a factory behind one NAT: they share a root but no
+    family head, so each has the rate of its own ID (unlike a squatter's spellings of H)."""
+    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=2, now=NOW))
+    macs = [f"aa-bb-cc-00-{n // 100:02d}-{n % 100:02d}" for n in range(100)]
+    verdicts = [fleet.claim(mac, fp, source=BOARD) for mac, fp in zip(macs, fingerprints(100), strict=True)]
+    assert [v.decision for v in verdicts] == ["new"] * 100
+    # A copied SD card of one of them is still counted against that MAC alone.
+    assert [fleet.claim(macs[5], fp, source=BOARD).decision for fp in fingerprints(3, "copy")] == [
+        "clone",
+        "clone",
+        "refused",
+    ]
+
+
+def test_a_squatting_alert_counts_under_the_family_head() -> None:
+    """The spellings of an existing H reach the rate together; the claim that fills it is
+    reported with the count of the head's creations."""
+    limits = Limits(clone_rate=3, clone_rate_window_s=60, now=NOW)
+    fleet = Fleet(limits=limits)
+    reached = []
+    for h, fp in zip(["H", "H-1", "H-1-1", "H-01"], fingerprints(4), strict=True):
+        claimed = Claim(request_id=fp, hardware_id=h, fingerprint=fp, source=SQUATTER)
+        verdict = decide(
+            claimed,
+            fleet.family,
+            kind="auto",
+            registration_id=REGISTRATION,
+            secret_matches=secret_matches,
+            new_id=fleet.new_id,
+            limits=limits,
+        )
+        fleet.family.apply(claimed, verdict)
+        reached.append(limit_reached(claimed, verdict, fleet.family, limits))
+    assert reached == [
+        None,
+        None,
+        Reached("clone_rate", 3, 60, just_now=True),
+        Reached("clone_rate", 3, 60, just_now=False),
+    ]
 
 
 def test_before_ready_a_new_or_no_idempotency_key_from_the_fingerprint_is_the_device_with_new_credentials() -> (

@@ -488,7 +488,14 @@ async def ready(
         return _refusal(NOT_REGISTERED, target_of("device", device.device_id) if device else None)
     if check is Check.DISABLED:
         return _refusal(REASON_DISABLED)
-    await publish_signal(DeviceSignal(device_id=device.device_id, kind="ready", at=time.time()))
+    await publish_signal(
+        DeviceSignal(
+            device_id=device.device_id,
+            kind="ready",
+            at=time.time(),
+            credential_generation=device.credential_generation,
+        )
+    )
     return _ok(answer("true"))
 
 
@@ -496,7 +503,8 @@ async def _replaced(
     pool: Pool, keyring: Keyring, device: compat.DeviceCredentials, secret: str, stale_s: float
 ) -> bool:
     """Whether ``secret`` is the device's secret of an older credential generation that
-    the operator's reset replaced within ``stale_s`` seconds."""
+    the operator's reset or move, or a reclaim before "ready", replaced within ``stale_s``
+    seconds."""
     older = keyring.older_generation(device.device_id, device.credential_generation, secret)
     if older is None:
         return False
