@@ -143,7 +143,8 @@ def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
 
     ``forwarded_for`` (the ``X-Forwarded-For`` header) is read only when the peer is a
     trusted proxy: from the right, the first address that is not itself a trusted
-    proxy is the client. Anything unparsable falls back to the peer. Memoized
+    proxy is the client (a hop may carry a port: ``1.2.3.4:5555``, ``[2001:db8::1]:443``).
+    Anything unparsable falls back to the peer. Memoized
     (``SOURCE_MEMO_SIZE`` argument sets): the answer depends on nothing else.
     """
     address = _address(peer)
@@ -161,8 +162,19 @@ def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a peer or a proxy writes it: bare, ``IPv4:port`` (Azure Application
+    Gateway), ``[IPv6]`` or ``[IPv6]:port``; a zone ID is dropped. A bare IPv6 address has
+    several colons, so one colon is always a port."""
     if not text:
         return None
+    if text.startswith("["):
+        text, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+    elif text.count(":") == 1:
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:

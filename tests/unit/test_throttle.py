@@ -59,6 +59,27 @@ def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
     assert source_of(None, None, ()) == "unknown"
 
 
+@pytest.mark.parametrize(
+    ("hop", "source"),
+    [
+        ("203.0.113.9:5555", "203.0.113.9"),  # Azure Application Gateway writes IP:port
+        ("[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::9]", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::/64"),  # bare: its colons are the address's
+        ("[fe80::1%eth0]:80", "fe80::/64"),
+        ("[::ffff:192.0.2.5]:1", "192.0.2.5"),
+        ("203.0.113.9:", "10.0.0.5"),  # unparsable: the proxy's own address
+        ("203.0.113.9:http", "10.0.0.5"),
+        ("[2001:db8::1]x", "10.0.0.5"),
+        ("[2001:db8::1", "10.0.0.5"),
+        ("[203.0.113.9:80]", "10.0.0.5"),
+    ],
+)
+def test_a_forwarded_for_hop_may_carry_a_port(hop: str, source: str) -> None:
+    assert source_of("10.0.0.5", hop, PROXY) == source
+    assert source_of("10.0.0.5", f"1.1.1.1, {hop}", PROXY) == source  # the rightmost hop counts
+
+
 def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() -> None:
     one = source_of("2001:db8:1:2:aaaa::1", None, ())
     two = source_of("2001:db8:1:2:ffff::9", None, ())
