@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
-from shared.errors import DomainError, InvalidInput, PayloadTooLarge
+from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
 from shared.http import account_for, api_key, json_response, path_id
 from shared.kafka import publish
@@ -79,7 +79,9 @@ async def list_all(request: web.Request) -> web.Response:
     if request.query:  # the listing has no filters or paging: a parameter would be ignored
         name = next(iter(request.query))
         raise InvalidInput(
-            f"unknown parameter {name!r}: the bulk listing takes none", field=name, rule="known_parameters"
+            f"unknown parameter {shortened(name)!r}: the bulk listing takes none",
+            field=shortened(name),
+            rule="known_parameters",
         )
     found = await handlers.list_registrations(r.pool, account)
     return json_response(views.registrations(found))
