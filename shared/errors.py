@@ -3,6 +3,15 @@ HTTP layer maps each to one status code and a JSON body naming what and why."""
 
 from __future__ import annotations
 
+# How much of a caller's value a message quotes: a 5,000-character path ID came back whole.
+ECHO_CHARS = 64
+
+
+def shortened(value: str) -> str:
+    """``value`` as an answer's message (or ``field``) may quote it: its first
+    ``ECHO_CHARS`` characters, then "…" when there was more."""
+    return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "…"
+
 
 class DomainError(Exception):
     """Base of every error a user of the system is meant to read."""

@@ -81,6 +81,10 @@ THROTTLE_BLOCKED_SOURCES = Gauge(
     "Source addresses this instance currently answers 429 for refused calls",
     ["service"],
 )
+CONSOLE_SESSION_READS = Counter(
+    "fleetreg_console_session_reads_total",
+    "Console session rows looked up in the registry (cookies carrying this deployment's tag only)",
+)
 MALFORMED_REQUESTS = Counter(
     "fleetreg_http_malformed_requests_total",
     "Requests refused by the HTTP parser (oversized headers, bad request lines) before any route",

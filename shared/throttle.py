@@ -62,7 +62,7 @@ from shared.db.pool import Pool
 from shared.db.throttle import Listener, PostgresStorage, notify
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS
 from shared.errors import TooManyRequests, Unauthorized
-from shared.http import bearer
+from shared.http import KEY_RATE, bearer
 from shared.metrics import THROTTLE_BLOCKED_SOURCES, THROTTLE_REFUSALS, THROTTLED
 from shared.settings import Env, SettingsError
 
@@ -149,7 +149,8 @@ def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
 
     ``forwarded_for`` (the ``X-Forwarded-For`` header) is read only when the peer is a
     trusted proxy: from the right, the first address that is not itself a trusted
-    proxy is the client. Anything unparsable falls back to the peer. Memoized
+    proxy is the client (a hop may carry a port: ``1.2.3.4:5555``, ``[2001:db8::1]:443``).
+    Anything unparsable falls back to the peer. Memoized
     (``SOURCE_MEMO_SIZE`` argument sets): the answer depends on nothing else.
     """
     address = _address(peer)
@@ -167,8 +168,19 @@ def source_of(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a peer or a proxy writes it: bare, ``IPv4:port`` (Azure Application
+    Gateway), ``[IPv6]`` or ``[IPv6]:port``; a zone ID is dropped. A bare IPv6 address has
+    several colons, so one colon is always a port."""
     if not text:
         return None
+    if text.startswith("["):
+        text, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+    elif text.count(":") == 1:
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
@@ -225,6 +237,10 @@ class Throttle:
     # Console keys past their rate, until when (epoch seconds): their sessions' next requests
     # are refused before the session is even read (console_key_wait). Bounded as _blocked.
     _console_blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # Operator keys (key_identity) past their rate, until when: the same for the APIs' calls
+    # (key_wait), so a busy key's flood costs no key lookup either. Only keys that
+    # authenticated are ever counted, so only they are here.
+    _keys_blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         memory = MemoryStorage()
@@ -335,8 +351,22 @@ class Throttle:
     # -- requests per operator key ---------------------------------------------------
 
     async def check_key(self, api_key: str) -> None:
-        """Count one request of an operator key; raise TooManyRequests past its rate."""
-        await self._hit_all(self.settings.requests_per_key, "key", key_identity(api_key), "requests_per_key")
+        """Count one request of an operator key that authenticated (shared.http.account_for:
+        never an unknown token, so the limiter's memory is bounded by the keys that exist);
+        raise TooManyRequests past its rate, and :meth:`key_wait` refuses the key's next
+        calls before their lookup until the window allows it again."""
+        identity = key_identity(api_key)
+        try:
+            await self._hit_all(self.settings.requests_per_key, "key", identity, "requests_per_key")
+        except TooManyRequests as exc:
+            self._hold(self._keys_blocked, identity, exc.retry_after)
+            raise
+
+    def key_wait(self, api_key: str) -> int | None:
+        """Seconds the operator key must still wait after :meth:`check_key` refused it, or
+        None (an unknown token is never held: it was never counted); a refusal here is
+        counted like the check's own."""
+        return self._held_wait(self._keys_blocked, key_identity(api_key))
 
     async def check_console_key(self, key_id: str) -> None:
         """Count one console request of a session opened with the key ``key_id``; raise
@@ -345,21 +375,28 @@ class Throttle:
         try:
             await self._hit_all(self.settings.requests_per_key, "console-key", key_id, "requests_per_key")
         except TooManyRequests as exc:
-            self._console_blocked[key_id] = time.time() + exc.retry_after
-            self._console_blocked.move_to_end(key_id)
-            while len(self._console_blocked) > MAX_BLOCKED_SOURCES:
-                self._console_blocked.popitem(last=False)
+            self._hold(self._console_blocked, key_id, exc.retry_after)
             raise
 
     def console_key_wait(self, key_id: str) -> int | None:
         """Seconds the console key ``key_id`` must still wait after :meth:`check_console_key`
         refused it, or None; a refusal here is counted like the check's own."""
-        until = self._console_blocked.get(key_id)
+        return self._held_wait(self._console_blocked, key_id)
+
+    @staticmethod
+    def _hold(held: OrderedDict[str, float], key: str, seconds: float) -> None:
+        held[key] = time.time() + seconds
+        held.move_to_end(key)
+        while len(held) > MAX_BLOCKED_SOURCES:
+            held.popitem(last=False)
+
+    def _held_wait(self, held: OrderedDict[str, float], key: str) -> int | None:
+        until = held.get(key)
         if until is None:
             return None
         wait = until - time.time()
         if wait <= 0:
-            del self._console_blocked[key_id]
+            del held[key]
             return None
         THROTTLED.labels(self.service, "requests_per_key").inc()
         return math.ceil(wait)
@@ -489,9 +526,10 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
     """Counts the calls that fail to prove anything (a 401 that presented a credential, a
     handler's :func:`mark_refused`) and answers them 429 + ``Retry-After`` instead while
     their source or (source, target) is blocked; with ``per_key``, 429 for operator keys
-    over their rate. The proof is evaluated first, always: a call that proves something
-    (a device secret, the current code, an API key, an issued request ID) is never
-    refused because of what its address did.
+    over their rate (counted by shared.http.account_for once the key is known: an unknown
+    token is never counted there). The proof is evaluated first, always: a call that
+    proves something (a device secret, the current code, an API key, an issued request
+    ID) is never refused because of what its address did.
 
     Paths under ``own_answers`` prefixes (the reference protocol, whose client reads no
     HTTP status; the console's pages) are counted here but refused by their routes, in
@@ -505,9 +543,16 @@ def throttle_middleware(*, per_key: bool, own_answers: tuple[str, ...] = ()) -> 
             return await handler(request)
         source = request_source(request)
         if per_key:
+            # A key is counted once it is known (shared.http.account_for), never before: a
+            # made-up token leaves nothing in the limiter's memory. A known key already past
+            # its rate is refused here, before its lookup.
             token = bearer(request.headers.get("Authorization"))
-            if token is not None:
-                await throttle.check_key(token)
+            wait = throttle.key_wait(token) if token is not None else None
+            if wait is not None:
+                raise TooManyRequests(
+                    "too many requests for this API key: slow down", retry_after=wait, rule="requests_per_key"
+                )
+            request[KEY_RATE] = throttle.check_key
         own = bool(own_answers) and request.path.startswith(own_answers)
         try:
             response = await handler(request)

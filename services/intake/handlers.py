@@ -38,7 +38,15 @@ from shared.domain.identifiers import (
 )
 from shared.domain.provisioning import render, sha256_hex
 from shared.domain.release import Check, Release, secret_check, secret_release
-from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests, Unauthorized
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    shortened,
+)
 from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
 from shared.http import bearer, decode_json_object
 from shared.metrics import THROTTLED, UNKNOWN_CODE_REFUSALS
@@ -162,7 +170,8 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     data = decode_json_object(body)
     unknown = sorted(set(data) - REGISTRATION_FIELDS)
     if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0], rule="known_fields")
+        name = shortened(unknown[0])
+        raise InvalidInput(f"unknown field {name!r}", field=name, rule="known_fields")
     fingerprint = data.get("fingerprint") or {}
     if not isinstance(fingerprint, dict):
         raise InvalidInput(
@@ -171,7 +180,9 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     unknown = sorted(set(fingerprint) - FINGERPRINT_FIELDS)
     if unknown:
         raise InvalidInput(
-            f"unknown field fingerprint.{unknown[0]}", field=f"fingerprint.{unknown[0]}", rule="known_fields"
+            f"unknown field fingerprint.{shortened(unknown[0])}",
+            field=f"fingerprint.{shortened(unknown[0])}",
+            rule="known_fields",
         )
     return RegistrationInput(
         bulk_identification_code=normalize_code(data.get("bulk_identification_code")),
@@ -714,7 +725,9 @@ def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
         f for f in _current_files(device) if f.recorded is not None and f.recorded.file_name == file_name
     ]
     if not found:
-        raise NotFound(f"the device has no provisioning file named {file_name!r}", field="file_name")
+        raise NotFound(
+            f"the device has no provisioning file named {shortened(file_name)!r}", field="file_name"
+        )
     return _rendered(keyring, device, found[0])
 
 

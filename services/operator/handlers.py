@@ -63,7 +63,7 @@ from shared.domain.products import (
     validate_service,
     validate_service_change,
 )
-from shared.errors import InvalidInput, Unauthorized
+from shared.errors import InvalidInput, Unauthorized, shortened
 from shared.metrics import PIPELINE_HEALTH_CHECKS
 from shared.settings import Secret
 
@@ -245,7 +245,9 @@ async def update_auto_registration(
     unknown = sorted(set(body) - {"max_devices"})
     if unknown:
         raise InvalidInput(
-            f"{unknown[0]} cannot be changed here (only max_devices)", field=unknown[0], rule="unknown_field"
+            f"{shortened(unknown[0])} cannot be changed here (only max_devices)",
+            field=shortened(unknown[0]),
+            rule="unknown_field",
         )
     if "max_devices" not in body:
         raise InvalidInput("max_devices is required", field="max_devices", rule="required")
@@ -276,8 +278,8 @@ def _only(query: dict[str, str], known: tuple[str, ...]) -> None:
     unknown = sorted(set(query) - set(known))
     if unknown:
         raise InvalidInput(
-            f"unknown query parameter {unknown[0]!r}: this listing takes {', '.join(known)}",
-            field=unknown[0],
+            f"unknown query parameter {shortened(unknown[0])!r}: this listing takes {', '.join(known)}",
+            field=shortened(unknown[0]),
             rule="known_parameters",
         )
 

@@ -32,7 +32,7 @@ def authed(status: int = 200) -> Callable[[AuthedRoute], Route]:
         async def answer(request: web.Request) -> web.Response:
             key = api_key(request)  # first: a request without a key is refused before any I/O
             write = request.method not in ("GET", "HEAD")
-            account = await account_for(key, request.app[RESOURCES].pool, write=write)
+            account = await account_for(key, request.app[RESOURCES].pool, write=write, request=request)
             return json_response(await route(request, account), status=status)
 
         return answer
@@ -198,7 +198,7 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
     The key and query are checked before the answer starts (401/403/400/429 as JSON)."""
     key = api_key(request)  # first: a request without a key is refused before any I/O
     resources = _resources(request)
-    account = await account_for(key, resources.pool, write=False)
+    account = await account_for(key, resources.pool, write=False, request=request)
     query = query_params(request)
     chosen = handlers.export_format(query)
     with resources.export_slots.take(account.id):

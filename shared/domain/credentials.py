@@ -7,14 +7,19 @@
   back; an operator reset bumps the generation and so invalidates the old one.
 * A presented device secret or registration key travels through Kafka and is
   stored only as a keyed digest (HMAC) and is compared in constant time.
+* A console session token carries a keyed tag of its random part, so that a made-up
+  session cookie is refused without a registry read; the registry stores only the
+  token's SHA-256 digest.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,6 +86,11 @@ class Keyring:
                 return generation
         return None
 
+    def session_tag(self, body: str) -> str:
+        """16 URL-safe characters (96 bits) that only this deployment can compute for a
+        console session token's random part (:func:`new_session_token`)."""
+        return base64.urlsafe_b64encode(self._mac("console-session", body)[:12]).decode()
+
     def fingerprint(self, *identifiers: str) -> str:
         """A device's fingerprint from its system identifiers; "" when it sent none."""
         present = [i.strip().lower() for i in identifiers if i and i.strip()]
@@ -89,6 +99,32 @@ class Keyring:
 
 def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+# A console session token: 32 random bytes (43 URL-safe characters), a dot, and the keyed
+# tag of those 43 (Keyring.session_tag), so that a cookie this deployment never issued is
+# refused from memory, without the registry read that finding its session costs.
+SESSION_BODY_CHARS = 43
+SESSION_TAG_CHARS = 16
+SessionTag = Callable[[str], str]
+
+
+def new_session_token(tag: SessionTag) -> str:
+    """A new console session token (59 ASCII characters) carrying ``tag`` of its random part."""
+    body = secrets.token_urlsafe(32)
+    return f"{body}.{tag(body)}"
+
+
+def session_token_is_issued(token: str, tag: SessionTag) -> bool:
+    """Whether ``token`` carries this deployment's tag (:func:`new_session_token`): False
+    for anything else, including tokens issued before sessions carried one. A pure check,
+    no I/O; it proves the token was issued, not that its session still exists."""
+    body, dot, presented = token.rpartition(".")
+    if not dot or len(body) != SESSION_BODY_CHARS or len(presented) != SESSION_TAG_CHARS:
+        return False
+    if not token.isascii():
+        return False
+    return hmac.compare_digest(presented.encode(), tag(body).encode())
 
 
 def api_key_digest(key: str) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, shortened
 
 
 def refuse_unknown_fields(
@@ -18,8 +18,9 @@ def refuse_unknown_fields(
     allowed = tuple(known)
     unknown = sorted(set(body) - set(allowed))
     if unknown:
+        name = shortened(unknown[0])
         raise InvalidInput(
-            f"unknown field {prefix}{unknown[0]!r}: {what} takes {', '.join(allowed)}",
-            field=f"{prefix}{unknown[0]}",
+            f"unknown field {prefix}{name!r}: {what} takes {', '.join(allowed)}",
+            field=f"{prefix}{name}",
             rule="known_fields",
         )

@@ -98,6 +98,13 @@ CASES: list[tuple[str, bytes, int, str, str]] = [
         "max_length=128",
     ),
     ("oversized body", b'{"pad": "' + b"x" * 20_000 + b'"}', 413, "", "max_body_bytes=16384"),
+    (
+        "a name given twice",
+        f'{{"bulk_identification_code": "{VALID_CODE}", "hardware_id": "a", "hardware_id": "b"}}'.encode(),
+        400,
+        "hardware_id",
+        "unique_fields",
+    ),
 ]
 
 

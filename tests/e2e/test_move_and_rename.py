@@ -321,6 +321,15 @@ async def test_refusals_name_what_is_wrong_and_change_nothing(
     ):
         answer = await refused(f"/v1/devices/{mine}/{path}", body, 400)
         assert (answer["field"], answer["rule"]) == (field, rule), answer
+    # A name given twice is refused, not the last one taken (the device moved to the second).
+    twice = f'{{"product_id": "{target}", "product_id": "{product}"}}'.encode()
+    headers = {"Authorization": f"Bearer {operator.api_key}", "Content-Type": "application/json"}
+    async with session.post(f"{operator.url}/v1/devices/{mine}/move", data=twice, headers=headers) as r:
+        answer = await r.json()
+        assert r.status == 400 and (answer["field"], answer["rule"]) == ("product_id", "unique_fields")
+    # A path ID is quoted shortened: a 5,000-character one came back whole.
+    async with session.post(f"{operator.url}/v1/devices/{'7' * 5000}/move", json={}, headers=headers) as r:
+        assert r.status == 404 and len((await r.json())["message"]) < 120
     device = await operator.call("GET", f"/v1/devices/{mine}", expect=200)
     assert (device["product_id"], device["name"], device["audit_events"]) == (
         product,

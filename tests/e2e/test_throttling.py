@@ -16,19 +16,21 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from shared.db.pool import Pool
 from tests.support.api import Operator, provision, register
-from tests.support.system import ROOT, ServiceProcess, System
+from tests.support.system import ROOT, ServiceProcess, System, metric_sample
 
 pytestmark = pytest.mark.e2e
 
@@ -294,3 +296,129 @@ async def test_guessing_keys_at_the_console_sign_in_is_throttled_like_the_api(
     assert [s for s, _ in statuses[:FIRST_ALLOWANCE]] == [401] * FIRST_ALLOWANCE
     assert {s for s, _ in statuses[FIRST_ALLOWANCE + 1 :]} == {429}
     assert all(retry is not None for s, retry in statuses if s == 429)
+
+
+# Made-up keys per API: each left about 800 bytes in the per-key limiter (6,000 grew the
+# operator and ingestion by 4.5 MB each) until keys were counted only once known (since:
+# 0.2 MB at most).
+RANDOM_KEYS = 6_000
+MEMORY_BOUND_MB = 2.5
+
+
+def _made_up_key() -> str:
+    return f"Authorization: Bearer frk_{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
+
+
+async def _flood(
+    url: str, count: int, header: Callable[[], str], addresses: int = 4, connections: int = 8
+) -> Counter[int]:
+    """``count`` GETs of ``url``, each with a new ``header()`` line, from ``addresses`` fresh
+    addresses at once: pipelined on plain keep-alive connections (an HTTP client library
+    spends more time per call than the services do). The answers' statuses, counted."""
+    parts = urlsplit(url)
+    statuses: Counter[int] = Counter()
+
+    async def connection(address: str, calls: int) -> None:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, local_addr=(address, 0))
+        try:
+            for start in range(0, calls, 50):
+                batch = min(50, calls - start)
+                writer.write(
+                    b"".join(
+                        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{header()}\r\n\r\n".encode()
+                        for _ in range(batch)
+                    )
+                )
+                for _ in range(batch):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    statuses[int(head.split(b" ", 2)[1])] += 1
+                    length = next(
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    sources = [fresh_address() for _ in range(addresses)] * connections
+    shares = [count // len(sources) + (n < count % len(sources)) for n in range(len(sources))]
+    await asyncio.gather(*(connection(source, share) for source, share in zip(sources, shares, strict=True)))
+    return statuses
+
+
+async def test_random_api_keys_leave_no_memory_behind(
+    own: dict[str, ServiceProcess], operator: Operator
+) -> None:
+    """Made-up keys from a few addresses, fast, on the operator and bulk APIs: answered
+    401 then 429, and the services' memory stays where it was (every token used to leave
+    moving windows in the per-key limiter: the operator grew from 68 to 628 MB in five
+    minutes). The per-key rate counts keys that authenticated only."""
+    apis = {"operator": "/v1/account", "ingestion": "/v1/bulk-registrations"}
+    # A first round settles the allocators (connection buffers, caches filled once).
+    await asyncio.gather(*(_flood(own[name].url + path, 1_000, _made_up_key) for name, path in apis.items()))
+    before = {name: own[name].rss_bytes() for name in apis}
+    answered = await asyncio.gather(
+        *(_flood(own[name].url + path, RANDOM_KEYS, _made_up_key) for name, path in apis.items())
+    )
+    grown = {name: (own[name].rss_bytes() - before[name]) / 2**20 for name in apis}
+    for statuses in answered:
+        assert set(statuses) == {401, 429} and sum(statuses.values()) == RANDOM_KEYS
+    assert all(mb < MEMORY_BOUND_MB for mb in grown.values()), grown
+    # A real key is still answered, and still counted against its rate.
+    headers = {"Authorization": f"Bearer {operator.api_key}"}
+    async with (
+        from_address(fresh_address()) as dashboard,
+        dashboard.get(f"{own['operator'].url}/v1/account", headers=headers) as response,
+    ):
+        assert response.status == 200
+
+
+MADE_UP_COOKIES = 2_000
+
+
+def _made_up_cookie() -> str:
+    """A console cookie never issued: the shape of a session from before sessions carried
+    a tag (43 characters), or today's shape with a made-up tag."""
+    body = secrets.token_urlsafe(32)
+    return f"Cookie: fleetreg_console={body if random.random() < 0.5 else body + '.' + secrets.token_urlsafe(12)}"
+
+
+async def test_made_up_console_cookies_cost_no_registry_read(
+    own: dict[str, ServiceProcess], operator: Operator
+) -> None:
+    """A console cookie carries a keyed tag: one this deployment never issued is refused
+    (counted against its address, then 429) without reading console_sessions. Made-up
+    cookies were a registry read each, 1,410 a second from one address, 429 or not."""
+    console = own["operator"]
+    async with aiohttp.ClientSession() as http:
+        before = await metric_sample(http, console.ops_url, READS)
+        statuses = await _flood(
+            f"{console.url}/console/devices", MADE_UP_COOKIES, _made_up_cookie, addresses=2
+        )
+        assert set(statuses) == {303, 429} and statuses[303] >= 2 * FIRST_ALLOWANCE, statuses
+        assert await metric_sample(http, console.ops_url, READS) == before
+        # A real session is read, and answered, from one of those addresses' neighbours.
+        async with from_address(fresh_address()) as browser:
+            cookie = await _console_session(browser, console.url, operator.api_key)
+            async with browser.get(f"{console.url}/console/devices", headers=cookie) as page:
+                assert page.status == 200
+        assert await metric_sample(http, console.ops_url, READS) == before + 1
+
+
+READS = "fleetreg_console_session_reads_total"
+
+
+async def _console_session(browser: aiohttp.ClientSession, url: str, api_key: str) -> dict[str, str]:
+    """Signed in with ``api_key``: the Cookie header of the session (aiohttp's cookie jar
+    keeps no cookie of an IP address: cookies are sent by hand)."""
+    async with browser.get(f"{url}/console/sign-in") as page:
+        token = page.cookies["fleetreg_console_sign_in"].value
+    async with browser.post(
+        f"{url}/console/sign-in",
+        data={"csrf_token": token, "api_key": api_key},
+        headers={"Cookie": f"fleetreg_console_sign_in={token}"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303, await response.text()
+        return {"Cookie": f"fleetreg_console={response.cookies['fleetreg_console'].value}"}

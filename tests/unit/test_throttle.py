@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from limits.aio.storage import MemoryStorage
@@ -56,6 +57,27 @@ def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
     assert source_of("10.1.2.3", "203.0.113.9, 10.9.9.9", PROXY) == "203.0.113.9"
     assert source_of("10.1.2.3", "garbage", PROXY) == "10.1.2.3"
     assert source_of(None, None, ()) == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("hop", "source"),
+    [
+        ("203.0.113.9:5555", "203.0.113.9"),  # Azure Application Gateway writes IP:port
+        ("[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::9]", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::/64"),  # bare: its colons are the address's
+        ("[fe80::1%eth0]:80", "fe80::/64"),
+        ("[::ffff:192.0.2.5]:1", "192.0.2.5"),
+        ("203.0.113.9:", "10.0.0.5"),  # unparsable: the proxy's own address
+        ("203.0.113.9:http", "10.0.0.5"),
+        ("[2001:db8::1]x", "10.0.0.5"),
+        ("[2001:db8::1", "10.0.0.5"),
+        ("[203.0.113.9:80]", "10.0.0.5"),
+    ],
+)
+def test_a_forwarded_for_hop_may_carry_a_port(hop: str, source: str) -> None:
+    assert source_of("10.0.0.5", hop, PROXY) == source
+    assert source_of("10.0.0.5", f"1.1.1.1, {hop}", PROXY) == source  # the rightmost hop counts
 
 
 def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() -> None:
@@ -238,3 +260,60 @@ def test_an_older_generation_s_secret_is_recognised_within_the_window() -> None:
     assert stale(now - timedelta(days=7), now, DEFAULT_STALE_CREDENTIAL_SECONDS)
     assert not stale(now - timedelta(days=7, seconds=1), now, DEFAULT_STALE_CREDENTIAL_SECONDS)
     assert not stale(None, now, DEFAULT_STALE_CREDENTIAL_SECONDS)
+
+
+async def test_an_unknown_key_never_reaches_the_key_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random bearer tokens left moving windows in the limiter's memory, one per token
+    (the operator went from 68 to 628 MB): a key is counted only once account_for found
+    it, and a known key past its rate is refused before its next lookup."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from shared.db import accounts
+    from shared.db.pool import Pool
+    from shared.domain.accounts import Account
+    from shared.http import account_for, api_key
+    from shared.throttle import THROTTLE, throttle_middleware
+
+    throttle = Throttle(settings(FLEETREG_LIMIT_REQUESTS_PER_KEY="3/minute"), "test")
+    counted: list[str] = []
+    lookups: list[str] = []
+    check_key = throttle.check_key
+
+    async def counting(key: str) -> None:
+        counted.append(key)
+        await check_key(key)
+
+    async def account_for_key(pool: object, key: str) -> Account | None:
+        lookups.append(key)
+        return Account("a0000000-0000-4000-8000-000000000000", "acme") if key == "frk_valid" else None
+
+    monkeypatch.setattr(throttle, "check_key", counting)
+    monkeypatch.setattr(accounts, "account_for_key", account_for_key)
+    app = web.Application()
+    app[THROTTLE] = throttle
+    middleware = throttle_middleware(per_key=True)
+
+    async def route(request: web.Request) -> web.Response:
+        await account_for(api_key(request), cast(Pool, None), request=request)  # the lookup is faked
+        return web.Response()
+
+    def call(key: str) -> web.Request:
+        return make_mocked_request("GET", "/v1/account", app=app, headers={"Authorization": f"Bearer {key}"})
+
+    for n in range(500):
+        with pytest.raises(Unauthorized):
+            await middleware(call(f"frk_{n:040x}"), route)
+    assert counted == []
+    memory = throttle._moving.storage
+    assert isinstance(memory, MemoryStorage) and not memory.events and not memory.locks
+
+    for _ in range(3):  # the key's rate: 3 a minute, counted once the key is known
+        assert (await middleware(call("frk_valid"), route)).status == 200
+    with pytest.raises(TooManyRequests):
+        await middleware(call("frk_valid"), route)
+    looked_up = len(lookups)
+    with pytest.raises(TooManyRequests) as held:  # held before its lookup now
+        await middleware(call("frk_valid"), route)
+    assert held.value.rule == "requests_per_key" and held.value.retry_after >= 1
+    assert len(lookups) == looked_up and counted == ["frk_valid"] * 4

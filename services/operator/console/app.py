@@ -174,6 +174,7 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     environment.globals["static"] = lambda name: str(static.url_for(filename=name))
     storage = RegistryStorage(
         lambda request: request.config_dict[RESOURCES].pool,
+        lambda request: request.config_dict[RESOURCES].keyring,
         max_age=settings.session_seconds,
         always_secure=settings.secure_cookie == "always",
     )

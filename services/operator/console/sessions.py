@@ -1,18 +1,20 @@
 """Console sessions kept in the registry, behind aiohttp-session's storage interface.
 
-The cookie carries 32 random bytes (URL-safe base64); the registry stores only their SHA-256
-digest (migration 0016), so every instance of the operator service finds every session and
-a copy of the table opens none. The cookie is HttpOnly, SameSite=Strict, scoped to
-/console/, and Secure on https (settings.ConsoleSettings.secure_cookie). A session lasts a
-fixed time from sign-in (``max_age``): aiohttp-session ignores an older one, and the
-registry's ``expires_at`` makes the row unfindable and prunable.
+The cookie carries 32 random bytes (URL-safe base64) and a keyed tag of them
+(:func:`shared.domain.credentials.new_session_token`); the registry stores only the
+token's SHA-256 digest (migration 0016), so every instance of the operator service finds
+every session and a copy of the table opens none. A cookie whose tag does not verify
+(made up, or issued before sessions carried one) is refused without reading the registry.
+The cookie is HttpOnly, SameSite=Strict, scoped to /console/, and Secure on https
+(settings.ConsoleSettings.secure_cookie). A session lasts a fixed time from sign-in
+(``max_age``): aiohttp-session ignores an older one, and the registry's ``expires_at``
+makes the row unfindable and prunable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,10 +24,15 @@ from aiohttp_session import AbstractStorage, Session
 
 from services.operator import handlers
 from shared.db.pool import Pool
+from shared.domain.credentials import Keyring, new_session_token, session_token_is_issued
+from shared.metrics import CONSOLE_SESSION_READS
 from shared.throttle import mark_refused
 
 COOKIE = "fleetreg_console"
 PATH = "/console/"
+# A session token is 60 characters (credentials.new_session_token); a longer cookie is
+# not even digested.
+MAX_TOKEN_CHARS = 64
 # Sessions whose key is remembered (known_key): the most recently read, a bounded memory.
 KNOWN_SESSIONS = 10_000
 # The request's cookie named no session: its answer deletes the cookie (console/app.py).
@@ -40,9 +47,17 @@ class RegistryStorage(AbstractStorage):
     """aiohttp-session storage in the ``console_sessions`` table. A session is only ever
     stored once it names its account and key (``account_id``, ``key_id``: signed in)."""
 
-    def __init__(self, pool_of: Callable[[web.Request], Pool], *, max_age: int, always_secure: bool) -> None:
+    def __init__(
+        self,
+        pool_of: Callable[[web.Request], Pool],
+        keyring_of: Callable[[web.Request], Keyring],
+        *,
+        max_age: int,
+        always_secure: bool,
+    ) -> None:
         super().__init__(cookie_name=COOKIE, max_age=max_age, path=PATH, httponly=True, samesite="Strict")
         self._pool_of = pool_of
+        self._keyring_of = keyring_of
         self._always_secure = always_secure
         # The key of each session read lately (token digest -> key ID): a session whose key
         # is over its rate is refused before its row is read again (console/app.py).
@@ -52,29 +67,36 @@ class RegistryStorage(AbstractStorage):
         """The key ID of the request's session when this instance read it lately, else None
         (nothing is read: a cheap first look, never an authentication)."""
         token = request.cookies.get(COOKIE)
-        if not token or len(token) > 64 or not token.isascii():
+        if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             return None
         return self._keys.get(digest(token))
 
     async def load_session(self, request: web.Request) -> Session:
         token = self.load_cookie(request)
-        # A token is 43 URL-safe characters; anything else is not looked up.
-        if token is None or len(token) > 64 or not token.isascii():
+        if not token:  # no cookie (or an emptied one): no credential, nothing counted
             return Session(None, data=None, new=True, max_age=self.max_age)
+        if not session_token_is_issued(token, self._keyring_of(request).session_tag):
+            # Never issued here (made up, or from before sessions carried a tag): refused
+            # from memory. Made-up cookies were one registry read each, 1,410 a second
+            # from one address even while it was answered 429.
+            return self._refused(request)
+        CONSOLE_SESSION_READS.inc()
         data = await handlers.load_console_session(self._pool_of(request), digest(token))
         if data is None:
             self._keys.pop(digest(token), None)
-            # A cookie naming no session is a refusal of the caller's address, as a wrong
-            # API key is: each costs a registry read, and made-up cookies were 543 reads
-            # a second from one address, never refused. A browser whose session lapsed
-            # counts once: the answer deletes its cookie (console/app.py, html_errors).
-            mark_refused(request)
-            request[STALE_SESSION] = True
-            return Session(None, data=None, new=True, max_age=self.max_age)
+            return self._refused(request)
         values = json.loads(data)
         if isinstance(values.get("session", {}).get("key_id"), str):
             self._remember(digest(token), values["session"]["key_id"])
         return Session(token, data=values, new=False, max_age=self.max_age)
+
+    def _refused(self, request: web.Request) -> Session:
+        # A cookie naming no session is a refusal of the caller's address, as a wrong API
+        # key is (and 429 from an address past its limit: console/app.py, html_errors). A
+        # browser whose session lapsed counts once: the answer deletes its cookie.
+        mark_refused(request)
+        request[STALE_SESSION] = True
+        return Session(None, data=None, new=True, max_age=self.max_age)
 
     def _remember(self, token_digest: bytes, key_id: str) -> None:
         self._keys[token_digest] = key_id
@@ -97,7 +119,7 @@ class RegistryStorage(AbstractStorage):
             return  # never store a session that is not signed in
         data = json.dumps(self._get_session_data(session))
         if token is None:  # signing in: the only way a session row comes to be
-            token = secrets.token_urlsafe(32)
+            token = new_session_token(self._keyring_of(request).session_tag)
             created = datetime.fromtimestamp(session.created, UTC)
             await handlers.create_console_session(
                 pool,
