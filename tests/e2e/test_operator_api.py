@@ -95,10 +95,14 @@ async def test_the_audit_trail_records_every_decision(
     await register(session, system.device_url, code, "cafe01", cpu_id="a", mac="a")
     clone = await register(session, system.device_url, code, "cafe01", cpu_id="b", mac="b")
     original = await operator.call("GET", f"/v1/devices/{first.body['device_id']}", expect=200)
-    assert [(e["decision"], e["claimed_hardware_id"]) for e in original["history"]] == [
-        ("new", "cafe01"),
-        ("same", "cafe01"),
-    ]
+    # Every decision, in order; the second claim (its fingerprint, no Idempotency-Key) was a
+    # reclaim before "ready", which the history also shows as the generation it made.
+    assert [
+        (e["decision"], e["claimed_hardware_id"]) for e in original["history"] if e["kind"] == "registration"
+    ] == [("new", "cafe01"), ("same", "cafe01")]
+    assert [
+        (e["kind"], e["credential_generation"]) for e in original["history"] if e["kind"] != "registration"
+    ] == [("reclaimed", 2)]
     cloned = await operator.call("GET", f"/v1/devices/{clone.body['device_id']}", expect=200)
     assert [(e["decision"], e["assigned_hardware_id"]) for e in cloned["history"]] == [("clone", "cafe01-1")]
     assert "belongs to another device" in cloned["history"][0]["reason"]
