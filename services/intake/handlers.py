@@ -29,6 +29,7 @@ from shared.domain.dedup import (
     is_quota_refusal,
 )
 from shared.domain.identifiers import (
+    fingerprint_identifiers,
     is_uuid,
     new_request_id,
     normalize_code,
@@ -219,7 +220,10 @@ def to_event(
         received_at=time.time(),
         bulk_identification_code=registration.bulk_identification_code,
         hardware_id=registration.hardware_id,
-        fingerprint=keyring.fingerprint(registration.cpu_id, registration.mac),
+        # Placeholders (an unprogrammed MAC, a CPU ID of zeros) are no value: boards of one
+        # image reporting only those have no fingerprint and are told apart by their
+        # Idempotency-Key (clones), never merged into one device.
+        fingerprint=keyring.fingerprint(*fingerprint_identifiers(registration.cpu_id, registration.mac)),
         secret_digest=keyring.digest(registration.device_secret),
         registration_key_digest=keyring.digest(registration.registration_key),
         idempotency_key=registration.idempotency_key,

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.domain.identifiers import fingerprint_identifiers
-
 API_KEY_PREFIX = "frk_"
 # How long a device secret the operator replaced (reset, delete) is recognised as stale,
 # not as a guess (FLEETREG_STALE_CREDENTIAL_SECONDS): a week, so that a board powered off
@@ -94,9 +92,9 @@ class Keyring:
         return base64.urlsafe_b64encode(self._mac("console-session", body)[:12]).decode()
 
     def fingerprint(self, *identifiers: str) -> str:
-        """A device's fingerprint from its system identifiers; "" when it sent none, or only
-        placeholders (:func:`shared.domain.identifiers.fingerprint_identifiers`)."""
-        present = fingerprint_identifiers(*identifiers)
+        """A device's fingerprint from its system identifiers; "" when it sent none (the
+        native API drops placeholders first: :func:`shared.domain.identifiers.fingerprint_identifiers`)."""
+        present = [i.strip().lower() for i in identifiers if i and i.strip()]
         return self._mac("fingerprint", *present).hex()[:32] if present else ""
 
 

@@ -16,7 +16,7 @@ from shared.db import alerts, devices
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED
-from shared.domain.identifiers import new_request_id
+from shared.domain.identifiers import fingerprint_identifiers, new_request_id
 from shared.events import RegistrationRequested
 from tests.support import registry
 
@@ -181,7 +181,7 @@ async def test_boards_reporting_only_placeholder_identifiers_are_clones_not_one_
     await registry.new_registration(pool, product)
     code = await registry.new_code(pool, product.id)
     board = f"image-{unique}"
-    placeholder = KEYRING.fingerprint("0000000000000000", "00:00:00:00:00:00")
+    placeholder = KEYRING.fingerprint(*fingerprint_identifiers("0000000000000000", "00:00:00:00:00:00"))
     assert placeholder == ""
     claims = [
         RegistrationRequested(

@@ -170,10 +170,7 @@ def test_a_service_password_is_deterministic_per_uid_and_generation() -> None:
 # ---------------------------------------------------------------- fingerprints
 
 
-@pytest.mark.parametrize(
-    "identifiers",
-    [(), ("",), ("", "  "), (" \t",), ("0000000000000000", "00:00:00:00:00:00"), ("", "FF-FF-FF-FF-FF-FF")],
-)
+@pytest.mark.parametrize("identifiers", [(), ("",), ("", "  "), (" \t",)])
 def test_the_fingerprint_of_no_identifiers_is_empty(identifiers: tuple[str, ...]) -> None:
     assert KEYRING.fingerprint(*identifiers) == ""
 
