@@ -225,6 +225,10 @@ class RegistrationOutcome(Event):
     # A refusal for now (the clone rate per source): seconds after which the same claim may
     # succeed; the intake answers 429 with Retry-After. 0: the answer is final.
     retry_after: RetryAfter = 0
+    # The decision's credential generation was no longer the device's when provisioning
+    # handled it (a later reclaim before "ready", in the same batch or after): the intake
+    # answers ready without the device secret, so only the last claim holds the credentials.
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,8 @@ def _count_wrong_key(
         account_id=account_id,
         product_id=product_id,
         kind=BULK_KEY_GUESSING,
-        hardware_id=claim.hardware_id,
+        # one alert whatever case the guesser types: the registry's spelling, else lower case
+        hardware_id=listed.hardware_id if listed is not None else key,
         count=wrong_keys,
         window_s=policy.alert_window_s,
         # listed in this product: another product's row is as unlisted to this code
@@ -450,10 +451,12 @@ def _notice_creation_limits(
 
 def _head_name(family: Family, claim: Claim) -> str:
     """The family head the claim is counted under (one squatting alert for H, H-1,
-    h-01-1... while H exists), as the device holding it spells it, else as the claim does
-    (a refused claim of an ID nobody holds is its own head)."""
-    holder = family.devices.get(family.head(claim.hardware_id))
-    return holder.hardware_id if holder is not None else claim.hardware_id
+    h-01-1... while H exists), as the device holding it spells it, else in lower case (a
+    refused claim of an ID nobody holds is its own head): one alert whatever the case the
+    squatter types."""
+    head = family.head(claim.hardware_id)
+    holder = family.devices.get(head)
+    return holder.hardware_id if holder is not None else head
 
 
 def _notice_two_sources(

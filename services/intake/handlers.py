@@ -29,6 +29,7 @@ from shared.domain.dedup import (
     is_quota_refusal,
 )
 from shared.domain.identifiers import (
+    fingerprint_identifiers,
     is_uuid,
     new_request_id,
     normalize_code,
@@ -219,7 +220,10 @@ def to_event(
         received_at=time.time(),
         bulk_identification_code=registration.bulk_identification_code,
         hardware_id=registration.hardware_id,
-        fingerprint=keyring.fingerprint(registration.cpu_id, registration.mac),
+        # Placeholders (an unprogrammed MAC, a CPU ID of zeros) are no value: boards of one
+        # image reporting only those have no fingerprint and are told apart by their
+        # Idempotency-Key (clones), never merged into one device.
+        fingerprint=keyring.fingerprint(*fingerprint_identifiers(registration.cpu_id, registration.mac)),
         secret_digest=keyring.digest(registration.device_secret),
         registration_key_digest=keyring.digest(registration.registration_key),
         idempotency_key=registration.idempotency_key,
@@ -244,7 +248,11 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
         hardware_id=outcome.hardware_id,
         claimed_hardware_id=claimed,
         decision=outcome.decision,
-        device_secret=keyring.device_secret(outcome.device_id, outcome.credential_generation),
+        # Only a decision of the device's current credentials carries its secret (as a poll:
+        # _poll's ``superseded``): of claims handled together, the last one's.
+        device_secret=""
+        if outcome.superseded
+        else keyring.device_secret(outcome.device_id, outcome.credential_generation),
     )
 
 
@@ -678,8 +686,10 @@ async def with_files(
     The files hold service passwords, so they go out under the device secret's rule
     (:func:`shared.domain.release.secret_release`), read from the registry now: only while
     the device is ``registered`` and not disabled, and only beside the device secret of
-    its current credential generation. When the rule says no, the device secret is left
-    out of the answer too (a device that confirmed already holds it). Files not rendered
+    its current credential generation. When the rule says no, or the answer's secret is
+    of an earlier generation (a later claim reclaimed the device before "ready"), the
+    device secret is left out of the answer too (a device that confirmed already holds
+    it; a superseded one must claim again). Files not rendered
     yet (provisioning records them in the transaction that marks the request ready, so
     this should not happen): the answer has no files, and the device downloads them from
     the manifest URL.
@@ -696,7 +706,11 @@ async def with_files(
     found = await _completed(pool, keyring, found, cache, generation)
     device = _device(found)
     current = keyring.device_secret(device.id, device.credential_generation)
-    if not device.files or not hmac.compare_digest(current.encode(), answer.device_secret.encode()):
+    if not hmac.compare_digest(current.encode(), answer.device_secret.encode()):
+        # A later claim (a reclaim before "ready") replaced this answer's credentials since
+        # it was decided: no files, and no secret either (it would be refused anyway).
+        return replace(answer, device_secret="")
+    if not device.files:
         return answer
     return replace(
         answer,

@@ -1,7 +1,9 @@
 """Provisioning's business logic: for each decided registration, make sure the device
 has one provisioning file per enabled service at its current credential generation
 (allocating service UIDs on first need), record each file's size and SHA-256 for the
-manifest, mark the request ready, all in one transaction per batch.
+manifest, mark the request ready, all in one transaction per batch. Each outcome carries
+its decision's credential generation, and says when that generation is no longer the
+device's (``superseded``: the intake then hands out no secret).
 
 Idempotent: files already rendered for the device's generation are left alone, so a
 redelivered batch or a device registering again changes nothing.
@@ -39,9 +41,13 @@ async def provision_batch(
             device_id=d.device_id,
             hardware_id=d.hardware_id,
             decision=d.decision,
-            credential_generation=(
-                found[d.device_id].credential_generation if d.device_id in found else d.credential_generation
-            ),
+            # The decision's own generation, never the device's current one: claims handled
+            # together (one batch, or a claim provisioned after a later reclaim) must not all
+            # get the last claim's secret (a look-alike's claim in the board's batch would
+            # keep working credentials after the board's "ready").
+            credential_generation=d.credential_generation,
+            superseded=d.device_id in found
+            and found[d.device_id].credential_generation != d.credential_generation,
         )
         for d in decided
     ]

@@ -13,7 +13,7 @@ The kinds (docs/security.md, "Security alerts"):
   ``source`` took the last place; no window);
 * ``two_sources_before_ready``: two sources reclaimed one hardware ID before it confirmed.
 
-One alert per (product, kind, hardware ID), updated by every later occurrence (its source,
+One alert per (product, kind, hardware ID in any case), updated by every later occurrence (its source,
 count and window are the last occurrence's)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -54,6 +54,15 @@ UPSERT_ALERTS = """
        SET source = excluded.source, count = excluded.count, listed = excluded.listed,
            wrong_keys = excluded.wrong_keys, window_seconds = excluded.window_seconds,
            last_seen_at = now()"""
+# An alert already recorded for the same ID in another case (rows of the previous release,
+# or a device renamed since): its spelling is kept, so one ID stays one alert.
+SELECT_SPELLINGS = """
+    SELECT DISTINCT ON (product_id, kind, lower(hardware_id))
+           product_id::text, kind, lower(hardware_id) AS folded, hardware_id
+    FROM security_alerts
+    WHERE product_id = ANY($1::uuid[]) AND kind = ANY($2::text[])
+      AND lower(hardware_id) = ANY($3::text[])
+    ORDER BY product_id, kind, lower(hardware_id), first_seen_at"""
 SELECT_ALERTS = """
     SELECT id::text, kind, product_id::text, hardware_id, source,
            CASE WHEN kind = 'bulk_key_guessing' THEN wrong_keys ELSE count END AS count,
@@ -103,12 +112,24 @@ class SecurityAlert:
 
 
 async def record(conn: Connection, sightings: Sequence[AlertSighting]) -> None:
-    """Create or update one alert per (product, kind, hardware ID), in the caller's transaction;
-    of several sightings of one alert the last (highest count) is kept."""
-    latest = {(s.product_id, s.kind, s.hardware_id): s for s in sightings}
-    rows = [latest[k] for k in sorted(latest)]
-    if not rows:
+    """Create or update one alert per (product, kind, hardware ID in any case), in the
+    caller's transaction; of several sightings of one alert the last (highest count) is
+    kept. An alert recorded before under another case of the ID keeps its spelling."""
+    if not sightings:
         return
+    found = await conn.fetch(
+        SELECT_SPELLINGS,
+        list({s.product_id for s in sightings}),
+        list({s.kind for s in sightings}),
+        list({s.hardware_id.lower() for s in sightings}),
+    )
+    spelling = {(r["product_id"], r["kind"], r["folded"]): r["hardware_id"] for r in found}
+    latest: dict[tuple[str, str, str], AlertSighting] = {}
+    for s in sightings:
+        folded = s.hardware_id.lower()
+        named = spelling.get((s.product_id, s.kind, folded), s.hardware_id)
+        latest[(s.product_id, s.kind, folded)] = replace(s, hardware_id=named)
+    rows = [latest[k] for k in sorted(latest)]
     await conn.execute(
         UPSERT_ALERTS,
         [uuid.uuid4() for _ in rows],

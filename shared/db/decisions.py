@@ -42,7 +42,8 @@ FAILED_CLAIMS = """
 SELECT_DECIDED = """
     SELECT d.request_id::text, d.account_id::text, d.product_id::text, d.device_id::text,
            d.assigned_hardware_id, d.decision, d.reason, d.status,
-           coalesce(v.credential_generation, 0) AS credential_generation
+           -- the decision's own generation (a replay after a later reclaim is superseded)
+           coalesce(d.credential_generation, v.credential_generation, 0) AS credential_generation
     FROM registration_decisions d LEFT JOIN devices v ON v.id = d.device_id
     WHERE d.request_id = ANY($1::uuid[])"""
 INSERT_DEVICES = """

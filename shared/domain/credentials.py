@@ -92,7 +92,8 @@ class Keyring:
         return base64.urlsafe_b64encode(self._mac("console-session", body)[:12]).decode()
 
     def fingerprint(self, *identifiers: str) -> str:
-        """A device's fingerprint from its system identifiers; "" when it sent none."""
+        """A device's fingerprint from its system identifiers; "" when it sent none (the
+        native API drops placeholders first: :func:`shared.domain.identifiers.fingerprint_identifiers`)."""
         present = [i.strip().lower() for i in identifiers if i and i.strip()]
         return self._mac("fingerprint", *present).hex()[:32] if present else ""
 

@@ -212,3 +212,56 @@ def is_uuid(value: object) -> bool:
     hyphens: Postgres refuses those spellings, so an ID that passes here never makes
     a query fail (a 500, and the caller's text in the database's log)."""
     return isinstance(value, str) and _CANONICAL_UUID.fullmatch(value) is not None
+
+
+# Values a board reports when its identifier was never programmed or cannot be read: an
+# unprogrammed MAC or eFuse (all zeros, all ones), Android's MAC for apps (02:00:00:00:00:00),
+# a firmware's filler text. Compared lower-case with separators removed.
+_PLACEHOLDER_WORDS = frozenset(
+    {
+        "0",
+        "unknown",
+        "none",
+        "null",
+        "nil",
+        "n/a",
+        "na",
+        "undefined",
+        "default",
+        "defaultstring",
+        "notavailable",
+        "notspecified",
+        "notapplicable",
+        "tobefilledbyoem",
+        "020000000000",
+    }
+)
+_SEPARATORS = re.compile(r"[\s:\-._]")
+
+
+def is_placeholder_identifier(value: str) -> bool:
+    """Whether a reported system identifier (CPU ID, MAC) is a well-known placeholder rather
+    than the board's own: empty, only zeros or only Fs in any separator form
+    (``00:00:00:00:00:00``, ``FF-FF-FF-FF-FF-FF``, ``0000000000000000``), Android's
+    ``02:00:00:00:00:00``, or a filler word (``unknown``, ``none``, ``n/a``, ...). Every
+    board of one image reports it alike, so it tells no board from another."""
+    text = value.strip().lower()
+    compact = _SEPARATORS.sub("", text)
+    if not compact:
+        return True
+    if set(compact) <= {"0"} or set(compact) <= {"f"}:
+        return True
+    return compact in _PLACEHOLDER_WORDS or text in _PLACEHOLDER_WORDS
+
+
+def fingerprint_identifiers(*identifiers: str) -> tuple[str, ...]:
+    """The identifiers a fingerprint is made of, trimmed and lower-case: none when every one
+    is a placeholder (:func:`is_placeholder_identifier`), so that boards of one image with
+    unprogrammed identifiers have NO fingerprint (each is then recognised before "ready"
+    only by its Idempotency-Key: clones ``H-1``, ``H-2``, ... rather than one device). With
+    at least one real identifier, every non-empty one counts, placeholders included (the
+    digest of such a device stays what it was)."""
+    present = tuple(i.strip().lower() for i in identifiers if i and i.strip())
+    if all(is_placeholder_identifier(i) for i in present):
+        return ()
+    return present

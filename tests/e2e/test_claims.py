@@ -23,6 +23,8 @@ from tests.support.system import System
 
 pytestmark = pytest.mark.e2e
 
+BOARDS = 30  # boards of one image sharing a placeholder serial, CPU ID and MAC (attack2 F10)
+
 
 async def published(
     operator: Operator, system: System, session: aiohttp.ClientSession
@@ -263,3 +265,85 @@ async def test_a_look_alike_on_the_reference_protocol_is_decided_and_alerted_bef
     assert [
         (a["kind"], a["hardware_id"], a["source"]) for a in alerts if a["hardware_id"] == hardware_id
     ] == [("two_sources_before_ready", hardware_id, other_address)]
+
+
+async def test_claims_sent_together_before_ready_leave_one_working_secret(
+    system: System, operator: Operator
+) -> None:
+    """attack2 F10: a board's reclaim and three look-alike claims (same hardware ID, CPU ID
+    and MAC, new keys) sent at the same moment. Each answer carries its own generation:
+    at most one secret works (the last generation's), every other answer has no secret or
+    a revoked one; after the board claims again and confirms, no other copy works."""
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    async with from_address(fresh_address()) as at_board, from_address(fresh_address()) as elsewhere:
+
+        async def claim(session: aiohttp.ClientSession, idempotency_key: str) -> dict[str, Any]:
+            answer = await register(
+                session,
+                system.device_url,
+                code,
+                hardware_id,
+                cpu_id="c",
+                mac="m",
+                idempotency_key=idempotency_key,
+            )
+            assert answer.status == 200, answer.body
+            assert answer.body["hardware_id"] == hardware_id
+            return answer.body
+
+        await claim(at_board, "board-1")
+        answers = await asyncio.gather(
+            claim(at_board, "board-2"), *(claim(elsewhere, f"evil-{n}") for n in range(3))
+        )
+        assert {a["decision"] for a in answers} == {"same"}
+        working = [
+            a
+            for a in answers
+            if a.get("device_secret") and await status_with(at_board, system, a, a["device_secret"]) == 200
+        ]
+        # The last decided claim's answer holds the device's credentials; the others none
+        # (superseded in the same batch) or revoked ones (decided in an earlier batch).
+        assert len(working) == 1
+        assert len({a["device_id"] for a in answers}) == 1
+        final = await claim(at_board, "board-3")
+        await provision(at_board, system.device_url, final)
+        for a in answers:
+            if a.get("device_secret"):
+                assert await status_with(elsewhere, system, a, a["device_secret"]) == 401
+        assert await status_with(at_board, system, final, final["device_secret"]) == 200
+
+
+async def test_boards_with_placeholder_identifiers_are_clones_each_with_its_own_secret(
+    system: System, operator: Operator
+) -> None:
+    """attack2 F10: boards of one image sharing a placeholder serial, CPU ID of zeros and an
+    unprogrammed MAC, each with its own Idempotency-Key, booting at once from one address:
+    clones H, H-1, ... each with its own secret, every one provisions (not one device)."""
+    # The session pipeline's clone rate per source is high (tests/support/system.py): all
+    # 30 boards of the tester's report behind one address, answered at once.
+    code = (await operator.product())["bulk_identification_code"]
+    serial = uuid.uuid4().hex[:12]
+    async with from_address(fresh_address()) as site:
+        answers = await asyncio.gather(
+            *(
+                register(
+                    site,
+                    system.device_url,
+                    code,
+                    serial,
+                    cpu_id="0000000000000000",
+                    mac="00:00:00:00:00:00" if n % 2 else "FF-FF-FF-FF-FF-FF",
+                    idempotency_key=f"boot-{n}",
+                )
+                for n in range(BOARDS)
+            )
+        )
+        assert [a.status for a in answers] == [200] * BOARDS
+        bodies = [a.body for a in answers]
+        assert sorted(b["hardware_id"] for b in bodies) == sorted(
+            [serial] + [f"{serial}-{n}" for n in range(1, BOARDS)]
+        )
+        assert len({b["device_secret"] for b in bodies}) == BOARDS
+        for body in bodies:
+            await provision(site, system.device_url, body)

@@ -353,3 +353,19 @@ async def test_the_reference_protocol_tells_a_squatter_to_boot_again_in_its_own_
     async with from_address(fresh_address()) as board:
         clone = await boot(board, "the-real-board")
     assert clone == {"status": "reset", "HardwareId": f"{h}-{len(answers) - 1}"}
+
+
+async def test_one_hardware_id_squatted_in_any_case_is_one_alert(intake: str, operator: Operator) -> None:
+    """attack2 F7: a squatter typing one hardware ID in changing case past its clone rate
+    raises one hardware_id_squatting alert, named as the registry spells the ID."""
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = "AbC" + uuid.uuid4().hex[:9]
+    async with from_address(fresh_address()) as session:
+        squatter = Device(session, intake)
+        statuses = [
+            (await squatter.register(code, hardware_id.upper() if n % 2 else hardware_id.lower(), f"s{n}"))[0]
+            for n in range(RATE + 3)
+        ]
+    assert 429 in statuses
+    alerts = (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
+    assert [(a["kind"], a["hardware_id"]) for a in alerts] == [("hardware_id_squatting", hardware_id.lower())]

@@ -11,11 +11,12 @@ import time
 import pytest
 
 from services.dedup.handlers import decide_batch
+from services.provisioning.handlers import provision_batch
 from shared.db import alerts, devices
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED
-from shared.domain.identifiers import new_request_id
+from shared.domain.identifiers import fingerprint_identifiers, new_request_id
 from shared.events import RegistrationRequested
 from tests.support import registry
 
@@ -127,3 +128,77 @@ async def test_a_bulk_board_s_retry_without_its_first_key_is_its_device_and_a_fo
         device_id,
     )
     assert await _generation(pool, device_id) == 2
+
+
+async def test_claims_provisioned_together_each_carry_their_own_generation_and_only_the_last_a_secret(
+    pool: Pool, unique: str
+) -> None:
+    # attack2 F10: a board's reclaim and three look-alike claims (same fingerprint, new keys)
+    # decided and provisioned in one batch. Each outcome carries its own decision's
+    # generation; only the last generation is the device's, the others are superseded (the
+    # intake then answers ready without a secret), so no copy of the final secret leaks.
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id, kind="auto")
+    await registry.new_registration(pool, product)
+    code = await registry.new_code(pool, product.id)
+    board = f"batch-{unique}"
+    first = await decide_batch(pool, KEYRING, [_claim(code, board, idempotency_key="board-1")])
+    await provision_batch(pool, KEYRING, first.decided)
+
+    claims = [_claim(code, board, idempotency_key="board-2")] + [
+        _claim(code, board, idempotency_key=f"evil-{n}", source="10.0.0.9") for n in range(3)
+    ]
+    out = await decide_batch(pool, KEYRING, claims)
+    outcomes = await provision_batch(pool, KEYRING, out.decided)
+
+    assert [(o.decision, o.credential_generation, o.superseded) for o in outcomes] == [
+        ("same", 2, True),
+        ("same", 3, True),
+        ("same", 4, True),
+        ("same", 5, False),
+    ]
+    assert await _generation(pool, outcomes[0].device_id) == 5
+    # A redelivered batch replays each decision with its own generation too.
+    again = await decide_batch(pool, KEYRING, claims)
+    replayed = {o.request_id: o for o in await provision_batch(pool, KEYRING, again.decided)}
+    assert [
+        (replayed[c.request_id].credential_generation, replayed[c.request_id].superseded) for c in claims
+    ] == [
+        (2, True),
+        (3, True),
+        (4, True),
+        (5, False),
+    ]
+
+
+async def test_boards_reporting_only_placeholder_identifiers_are_clones_not_one_device(
+    pool: Pool, unique: str
+) -> None:
+    # attack2 F10: boards of one image with an unprogrammed MAC and CPU ID have no
+    # fingerprint, so each (its own Idempotency-Key) is a clone, never H's power-cut reclaim.
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id, kind="auto")
+    await registry.new_registration(pool, product)
+    code = await registry.new_code(pool, product.id)
+    board = f"image-{unique}"
+    placeholder = KEYRING.fingerprint(*fingerprint_identifiers("0000000000000000", "00:00:00:00:00:00"))
+    assert placeholder == ""
+    claims = [
+        RegistrationRequested(
+            request_id=new_request_id(KEYRING.request_tag),
+            received_at=time.time(),
+            bulk_identification_code=code,
+            hardware_id=board,
+            fingerprint=placeholder,
+            idempotency_key=f"boot-{n}",
+            source="10.0.0.1",
+        )
+        for n in range(4)
+    ]
+    out = await decide_batch(pool, KEYRING, claims)
+    assert [(d.decision, d.hardware_id) for d in out.decided] == [
+        ("new", board),
+        ("clone", f"{board}-1"),
+        ("clone", f"{board}-2"),
+        ("clone", f"{board}-3"),
+    ]

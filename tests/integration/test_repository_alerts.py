@@ -188,3 +188,14 @@ async def test_list_alerts_pages_through_alerts_seen_at_the_same_time(
     assert (
         await alerts.list_alerts(pool, product.account_id, kind="another_kind", before=None, limit=10) == []
     )
+
+
+async def test_one_hardware_id_is_one_alert_whatever_its_case(pool: Pool, product: registry.Product) -> None:
+    # attack2 F7: a guesser (or squatter) typing 1E5B... and 1e5b... updates one alert; a row
+    # recorded before under another case (the previous release) keeps its spelling.
+    await _record(pool, [_sighting(product, "1E5BF3F6400F", 10)])
+    await _record(pool, [_sighting(product, "1e5bf3f6400f", 11), _sighting(product, "1E5bf3F6400f", 12)])
+    squat = AlertSighting(product.account_id, product.id, HARDWARE_ID_SQUATTING, "Ab12", 20, 60.0, source="s")
+    await _record(pool, [squat, replace(squat, hardware_id="aB12", count=21)])
+    found = sorted((a.kind, a.hardware_id, a.count) for a in await _all(pool, product.account_id))
+    assert found == [(BULK_KEY_GUESSING, "1E5BF3F6400F", 12), (HARDWARE_ID_SQUATTING, "aB12", 21)]

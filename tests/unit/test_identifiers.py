@@ -13,7 +13,9 @@ from shared.domain.identifiers import (
     DEVICE_NAME_MAX,
     HARDWARE_ID_MAX,
     family_stems,
+    fingerprint_identifiers,
     hardware_id_stem,
+    is_placeholder_identifier,
     is_uuid,
     new_code,
     new_request_id,
@@ -336,3 +338,41 @@ def test_an_assigned_index_is_accepted_whatever_the_stem_s_length() -> None:
     ):
         with pytest.raises(InvalidInput):
             validate_hardware_id(refused)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "00:00:00:00:00:00",
+        "00-00-00-00-00-00",
+        "000000000000",
+        "0000.0000.0000",
+        "FF:FF:FF:FF:FF:FF",
+        "ff-ff-ff-ff-ff-ff",
+        "ffffffffffff",
+        "0000000000000000",
+        "02:00:00:00:00:00",
+        "Unknown",
+        "N/A",
+        "To Be Filled By O.E.M.",
+    ],
+)
+def test_well_known_placeholder_identifiers_tell_no_board_from_another(value: str) -> None:
+    assert is_placeholder_identifier(value)
+
+
+@pytest.mark.parametrize("value", ["00000000a3b1c2d4", "b8:27:eb:89:05:e5", "02:00:00:00:00:01", "cpu-1"])
+def test_real_identifiers_are_not_placeholders(value: str) -> None:
+    assert not is_placeholder_identifier(value)
+
+
+def test_a_fingerprint_made_only_of_placeholders_is_no_fingerprint() -> None:
+    assert fingerprint_identifiers("0000000000000000", "00:00:00:00:00:00") == ()
+    assert fingerprint_identifiers("", "FF-FF-FF-FF-FF-FF") == ()
+    # One real identifier: every sent one counts, as before (stored digests stay valid).
+    assert fingerprint_identifiers("0000000000000000", "B8:27:EB:89:05:E5 ") == (
+        "0000000000000000",
+        "b8:27:eb:89:05:e5",
+    )

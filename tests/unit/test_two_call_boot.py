@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -21,6 +22,7 @@ from shared.domain.credentials import Keyring
 from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
 from shared.domain.provisioning import ServiceRecipe, file_spec, render
 from shared.errors import InvalidInput
+from shared.events import RegistrationOutcome
 from shared.throttle import target_of
 
 KEYRING = Keyring(b"unit-test-key")
@@ -125,8 +127,12 @@ async def test_files_not_rendered_yet_leave_the_answer_as_it_is(reads: list[Devi
 async def test_files_go_out_only_beside_the_secret_of_the_current_generation(
     reads: list[DeviceFiles | None],
 ) -> None:
+    # An answer of an earlier generation (a later claim reclaimed the device before
+    # "ready"): no files, and no secret either (attack2 F10).
     reads.append(registry())
-    assert await handlers.with_files(POOL, KEYRING, ready(generation=2)) == ready(generation=2)
+    assert await handlers.with_files(POOL, KEYRING, ready(generation=2)) == replace(
+        ready(generation=2), device_secret=""
+    )
 
 
 def listening_cache() -> DeviceCache:
@@ -242,3 +248,34 @@ async def test_quota_and_clone_limit_refusals_are_403_and_count_against_the_sour
         assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == handlers.Counted(target)
     disabled = Answer("refused", "req-1", reason="device disabled by the operator")
     assert await handlers.counted_refusal(NO_POOL, CLAIM, disabled, 0) is None
+
+
+def test_a_native_claim_of_only_placeholder_identifiers_has_no_fingerprint() -> None:
+    """attack2 F10: an unprogrammed MAC and a CPU ID of zeros are no fingerprint (the claim is
+    recognised by its Idempotency-Key alone); one real identifier makes one as before."""
+
+    def fingerprint(cpu_id: str, mac: str) -> str:
+        registration = handlers.RegistrationInput("C", "H", cpu_id=cpu_id, mac=mac)
+        return handlers.to_event(registration, KEYRING, protocol="native").fingerprint
+
+    assert fingerprint("0000000000000000", "00:00:00:00:00:00") == ""
+    assert fingerprint("", "FF-FF-FF-FF-FF-FF") == ""
+    assert fingerprint("0000000000000000", "b8:27:eb:89:05:e5") == KEYRING.fingerprint(
+        "0000000000000000", "b8:27:eb:89:05:e5"
+    )
+
+
+def test_a_superseded_outcome_is_ready_without_a_secret() -> None:
+    """attack2 F10: an outcome whose generation a later claim replaced carries no secret."""
+    outcome = RegistrationOutcome(
+        request_id=str(uuid.uuid4()),
+        status="ready",
+        device_id=DEVICE_ID,
+        hardware_id="H",
+        decision="same",
+        credential_generation=2,
+    )
+    current = handlers._from_outcome(outcome, "H", KEYRING)
+    assert current.device_secret == KEYRING.device_secret(DEVICE_ID, 2)
+    superseded = handlers._from_outcome(replace(outcome, superseded=True), "H", KEYRING)
+    assert (superseded.status, superseded.device_id, superseded.device_secret) == ("ready", DEVICE_ID, "")

@@ -367,6 +367,10 @@ async def register_service(
         if outcome.status != "ready":
             return _refusal(outcome.reason, target_of("hardware", found.code, hardware_id.lower()))
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
+        if device is not None and not _current(keyring, outcome.device_secret, device):
+            # A later claim (a reclaim before "ready") replaced this decision's credentials:
+            # they are not this caller's to take; it asks again (every 30 s) and is decided anew.
+            return _ok(answer("pending", ("reason", PENDING)))
     if device is None:
         return _refusal(REASON_BULK_NOT_LISTED if found.registration_kind == "bulk" else NOT_REGISTERED)
     proven = bool(reported.secret_digest) and hmac.compare_digest(
@@ -400,6 +404,12 @@ async def register_service(
         else keyring.service_password(device.service_uid, device.credential_generation)
     )
     return _ok(answer("true", ("uid", device.service_uid), ("secret", secret)))
+
+
+def _current(keyring: Keyring, decided_secret: str, device: compat.DeviceCredentials) -> bool:
+    """Whether a decision's device secret (empty: superseded) is still ``device``'s own."""
+    current = keyring.device_secret(device.device_id, device.credential_generation)
+    return bool(decided_secret) and hmac.compare_digest(decided_secret.encode(), current.encode())
 
 
 def slow_down(wait: int) -> str:
