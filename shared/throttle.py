@@ -26,6 +26,13 @@ fleetreg invents no algorithm:
   replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted; a revoked
   code is counted on its own pair only (``target_of("revoked", code)``,
   :func:`mark_refused` with ``per_source=False``), which bounds its writes.
+* **the clone rate's wait** (registration calls): deduplication decides the clone rate
+  per source; the intake holds the ``Retry-After`` of each such refusal per (source, code
+  and claimed hardware ID) in :attr:`Throttle._blocked` under a target kind of its own
+  (``clone``), announced like a block, so that every instance answers that source's
+  next claims of the ID (or of a suffixed spelling of it) itself until the wait ends
+  (:meth:`Throttle.hold_clone_rate`, :meth:`Throttle.clone_rate_wait`; the claim that
+  proves its device goes through: services/intake/handlers.py ``held_clone_rate``).
 * **requests per operator API key** (operator and bulk APIs): the moving-window
   strategy in each instance's memory. Tolerance: with N instances behind a load
   balancer a key can get up to N times the configured rate.

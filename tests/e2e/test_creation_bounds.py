@@ -12,7 +12,9 @@ shared system's boot storms clone by the hundred from 127.0.0.1):
 * a quota filled from one source raises ``quota_filled`` and its refusals count against
   that source;
 * a factory of boards sharing one placeholder serial behind one NAT address, each
-  retrying after Retry-After, all get through.
+  retrying after Retry-After, all get through;
+* a squatter ignoring Retry-After is answered its 429 by the intake within the wait,
+  without a pipeline trip or a decision row (attack2 F6).
 
 Sources are distinct loopback addresses (127.x.y.z) and, through FLEETREG_TRUSTED_PROXIES,
 X-Forwarded-For addresses behind a load balancer on 127.0.0.1. Each run draws fresh ones.
@@ -442,8 +444,12 @@ async def test_a_squatter_ignoring_retry_after_is_answered_by_the_intake_without
 
         # Still inside the wait: a spelling of H (its family head) and the reference
         # protocol's step 2 from the same address are answered without a row either.
-        status, body, retry = await squatter.register(code, f"{h}-01", "squat-spelling")
-        assert (status, body["rule"]) == (429, "clone_rate_per_source") and retry >= 1
+        for spelling in (f"{h}-01", h.upper()):
+            status, body, retry = await squatter.register(code, spelling, f"squat-{spelling}")
+            assert (status, body["rule"]) == (429, "clone_rate_per_source") and retry >= 1
+        # Its request ID names no decision: a poll says pending.
+        async with squatter_session.get(f"{url}/v1/registrations/{body['request_id']}") as r:
+            assert r.status == 202
         reference = {"BulkIdentificationCode": code, "HardwareId": h, "CPUId": "squat-ref", "MACAddress": "m"}
         async with squatter_session.post(f"{url}{INFORMATION}", json=reference) as r:
             assert read(await r.text())["status"] == "true"
