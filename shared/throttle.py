@@ -26,6 +26,13 @@ fleetreg invents no algorithm:
   replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted; a revoked
   code is counted on its own pair only (``target_of("revoked", code)``,
   :func:`mark_refused` with ``per_source=False``), which bounds its writes.
+* **the clone rate's wait** (registration calls): deduplication decides the clone rate
+  per source; the intake holds the ``Retry-After`` of each such refusal per (source, code
+  and claimed hardware ID) in :attr:`Throttle._blocked` under a target kind of its own
+  (``clone``), announced like a block, so that every instance answers that source's
+  next claims of the ID (or of a suffixed spelling of it) itself until the wait ends
+  (:meth:`Throttle.hold_clone_rate`, :meth:`Throttle.clone_rate_wait`; the claim that
+  proves its device goes through: services/intake/handlers.py ``held_clone_rate``).
 * **requests per operator API key** (operator and bulk APIs): the moving-window
   strategy in each instance's memory. Tolerance: with N instances behind a load
   balancer a key can get up to N times the configured rate.
@@ -61,6 +68,7 @@ from shared.connections import address_source
 from shared.db.pool import Pool
 from shared.db.throttle import Listener, PostgresStorage, notify
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS
+from shared.domain.identifiers import hardware_id_ancestors
 from shared.errors import TooManyRequests, Unauthorized
 from shared.http import KEY_RATE, bearer
 from shared.metrics import THROTTLE_BLOCKED_SOURCES, THROTTLE_REFUSALS, THROTTLED
@@ -196,7 +204,7 @@ def key_identity(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-TargetKind = Literal["code", "device", "key", "hardware", "provisioning", "revoked"]
+TargetKind = Literal["code", "device", "key", "hardware", "provisioning", "revoked", "clone"]
 
 
 def target_of(kind: TargetKind, *parts: str) -> str:
@@ -212,6 +220,11 @@ def _pair(source: str, target: str) -> str:
     # "|" is in no source (IPv4, IPv6/64, "unknown") and in no target: the announcement's
     # payload ("source:<key> <until>") carries the pair as one key.
     return f"{source}|{target}"
+
+
+def _clone_key(source: str, code: str, hardware_id: str) -> str:
+    # A pair of its own target kind: no refusal bucket is ever asked about it.
+    return _pair(source, target_of("clone", code, hardware_id))
 
 
 def _limit_text(item: RateLimitItem) -> str:
@@ -241,6 +254,9 @@ class Throttle:
     # (key_wait), so a busy key's flood costs no key lookup either. Only keys that
     # authenticated are ever counted, so only they are here.
     _keys_blocked: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # The words of the last clone-rate refusal deduplication gave this instance (its limit
+    # and window are deployment-wide): what the claims answered from memory say, "" before any.
+    clone_rate_reason: str = ""
 
     def __post_init__(self) -> None:
         memory = MemoryStorage()
@@ -347,6 +363,36 @@ class Throttle:
         except ValueError:
             log.warning("malformed throttle announcement ignored")
         return True
+
+    # -- the clone rate's wait, per (source, code and claimed hardware ID) -------------
+
+    async def hold_clone_rate(self, source: str, code: str, hardware_id: str, retry_after: float) -> None:
+        """Deduplication refused a claim of ``hardware_id`` with ``code`` from ``source`` by
+        the clone rate per source, for ``retry_after`` seconds (its ``Retry-After``): until
+        then every instance answers that source's other claims of the ID itself
+        (:meth:`clone_rate_wait`), nothing published. Announced once per refusal that
+        lengthens the wait by a second or more (the in-flight refusals of a flood land
+        together: one notification, not one each)."""
+        key = _clone_key(source, code, hardware_id.lower())
+        until = time.time() + retry_after
+        if until < self._blocked.get(key, 0.0) + 1.0:
+            return
+        self.block(key, until)
+        if self.announce is not None:
+            await self.announce(key, until)
+
+    def clone_rate_wait(self, source: str, code: str, hardware_id: str) -> int | None:
+        """Seconds a claim of ``hardware_id`` with ``code`` from ``source`` must still wait,
+        or None: the wait of a clone-rate refusal of the ID itself (lower case) or of one of
+        its index-suffix ancestors (``H-01`` waits with ``H``: deduplication counts a
+        spelling of an existing ID with it; a refused ``H`` exists). A sibling
+        (``b8-27-eb-00-00-03`` beside a refused ``b8-27-eb-00-00-02``) never waits. No
+        registry read; the caller lets a claim that proves its device through first."""
+        wait = max(
+            self._wait(_clone_key(source, code, claimed))
+            for claimed in (hardware_id.lower(), *hardware_id_ancestors(hardware_id))
+        )
+        return math.ceil(wait) if wait > 0 else None
 
     # -- requests per operator key ---------------------------------------------------
 

@@ -82,6 +82,9 @@ DEVICE_DELETED = "the device was deleted by the operator: register again as a ne
 # board still on the old image): not counted against the address, only on its own
 # (source, revoked code) pair, which bounds its writes (counted_refusal, register_native).
 # (A wrong device secret is a 401, counted by the throttling middleware.)
+# The rule of a 429 of the clone rate per source (docs/device-api.md, "Limits"), and the
+# limit fleetreg_throttled_total names for the claims the intake answers itself.
+CLONE_RATE_RULE = "clone_rate_per_source"
 COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
 
 
@@ -311,9 +314,76 @@ async def register_native(
                 held=True,
             )
         await guard_bulk_claim(pool, keyring, throttle, registration, source)
+        wait = await held_clone_rate(
+            pool,
+            keyring,
+            throttle,
+            source,
+            code,
+            registration.hardware_id,
+            keyring.digest(registration.device_secret),
+        )
+        if wait is not None:
+            return Answer(
+                "refused",
+                new_request_id(keyring.request_tag),
+                reason=throttle.clone_rate_reason or HELD_CLONE_RATE,
+                claimed_hardware_id=registration.hardware_id,
+                retry_after=wait,
+                held=True,
+            )
     event = to_event(registration, keyring, protocol="native", source=source)
     answer = await register(event, publish, waiter, keyring, wait_seconds)
+    if throttle is not None:
+        await remember_clone_rate(throttle, source, code, answer)
     return await with_files(pool, keyring, answer, cache) if include_files else answer
+
+
+# A claim answered by the intake from a clone-rate refusal's wait (held_clone_rate) says what
+# deduplication's last such refusal said here (Throttle.clone_rate_reason); on an instance
+# that learned the wait from another one only, the clone rate's words without the limit.
+HELD_CLONE_RATE = "too many new devices with this hardware ID from this address: try again after Retry-After"
+
+
+async def held_clone_rate(
+    pool: Pool,
+    keyring: Keyring,
+    throttle: Throttle,
+    source: str,
+    code: str,
+    hardware_id: str,
+    secret_digest: str,
+) -> int | None:
+    """Seconds a claim of ``hardware_id`` with ``code`` from ``source`` must still wait after
+    deduplication refused that source by the clone rate per source
+    (:meth:`Throttle.clone_rate_wait`, learned from every instance), or None to publish it.
+    While it waits, the caller answers the same 429 itself: no pipeline trip, no decision row.
+    A claim presenting the current secret (``secret_digest``, keyed; "" for none) of the
+    code's device with that hardware ID is an existing device, never refused by the clone
+    rate: it goes through (one indexed read, only for a held claim carrying a secret).
+    Counted in ``fleetreg_throttled_total{limit="clone_rate_per_source"}``."""
+    wait = throttle.clone_rate_wait(source, code, hardware_id)
+    if wait is None:
+        return None
+    if secret_digest:
+        found = await devices.claimed_device(pool, code, hardware_id)
+        if found is not None and keyring.device_secret_matches(*found, secret_digest):
+            return None
+    THROTTLED.labels(throttle.service, CLONE_RATE_RULE).inc()
+    return wait
+
+
+async def remember_clone_rate(throttle: Throttle, source: str, code: str, answer: Answer) -> None:
+    """After deduplication's answer: a clone-rate refusal's wait is held for its (source,
+    code and claimed hardware ID), on every instance (:meth:`Throttle.hold_clone_rate`).
+    Losing the announcement only costs pipeline trips, so an unreachable registry is logged."""
+    if not (retry_later(answer) and answer.retry_after > 0 and not answer.held):
+        return
+    throttle.clone_rate_reason = answer.reason
+    try:
+        await throttle.hold_clone_rate(source, code, answer.claimed_hardware_id, answer.retry_after)
+    except Exception:  # the 429 stands; its next claims are decided by deduplication again
+        log.warning("clone-rate wait not announced: the registry is unreachable")
 
 
 def revoked_target(code: str) -> str:

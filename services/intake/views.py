@@ -6,13 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.intake.handlers import Answer, Boot, Device, retry_later
+from services.intake.handlers import CLONE_RATE_RULE, Answer, Boot, Device, retry_later
 from shared.db.files import ServiceFile
 from shared.errors import TooManyRequests
 from shared.http import json_response
-
-# The rule a 429 of the clone rate per source names (docs/device-api.md, "Limits").
-CLONE_RATE_RULE = "clone_rate_per_source"
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:

@@ -626,6 +626,25 @@ class DeletedDevice:
     deleted_at: datetime
 
 
+CLAIMED_DEVICE = """
+    SELECT d.id::text AS device_id, d.credential_generation
+    FROM bulk_identification_codes c
+    JOIN devices d ON d.product_id = c.product_id AND d.account_id = (
+        SELECT p.account_id FROM products p WHERE p.id = c.product_id)
+    WHERE c.code = $1 AND lower(d.hardware_id) = lower($2)"""
+
+
+async def claimed_device(pool: Pool, code: str, hardware_id: str) -> tuple[str, int] | None:
+    """The device (its ID and current credential generation) of ``code``'s product whose
+    hardware ID is ``hardware_id`` (any case), or None: what a claim presenting a device
+    secret is checked against (deduplication's "the same device" compares the same
+    device). One indexed read, no write."""
+    row = await pool.fetchrow(CLAIMED_DEVICE, code, hardware_id)
+    if row is None:
+        return None
+    return row["device_id"], row["credential_generation"]
+
+
 async def credentials_replaced_at(pool: Pool, device_id: str, generation: int) -> datetime | None:
     """When the operator's reset or move, or a reclaim before "ready", replaced the device's
     credential ``generation`` (the first one to a later generation), or None when none did

@@ -12,7 +12,9 @@ shared system's boot storms clone by the hundred from 127.0.0.1):
 * a quota filled from one source raises ``quota_filled`` and its refusals count against
   that source;
 * a factory of boards sharing one placeholder serial behind one NAT address, each
-  retrying after Retry-After, all get through.
+  retrying after Retry-After, all get through;
+* a squatter ignoring Retry-After is answered its 429 by the intake within the wait,
+  without a pipeline trip or a decision row (attack2 F6).
 
 Sources are distinct loopback addresses (127.x.y.z) and, through FLEETREG_TRUSTED_PROXIES,
 X-Forwarded-For addresses behind a load balancer on 127.0.0.1. Each run draws fresh ones.
@@ -21,6 +23,8 @@ X-Forwarded-For addresses behind a load balancer on 127.0.0.1. Each run draws fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
 import uuid
@@ -32,6 +36,7 @@ import aiohttp
 import pytest
 
 from services.intake.compat.handlers import clone_rate_refusal
+from shared.db.pool import Pool
 from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
 from tests.e2e.test_strangers import INFORMATION, read
 from tests.support.api import Operator
@@ -54,28 +59,36 @@ def fresh_public_address() -> str:
     return f"203.0.113.{random.randint(1, 254)}"
 
 
-@pytest.fixture(scope="module")
-async def intake(system: System) -> AsyncIterator[str]:
-    """The device URL of a pipeline of its own with a small clone rate and limit."""
+@contextlib.asynccontextmanager
+async def pipeline(system: System, env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
+    """The intake of a pipeline of its own (intake, deduplication, provisioning on a topic
+    prefix of their own) with ``env``."""
     prefix = f"{system.env['FLEETREG_TOPIC_PREFIX']}b{uuid.uuid4().hex[:6]}"
-    env = {
-        "FLEETREG_TOPIC_PREFIX": prefix,
-        "FLEETREG_CLONE_RATE_PER_SOURCE": str(RATE),
-        "FLEETREG_CLONE_RATE_WINDOW_SECONDS": str(RATE_WINDOW_S),
-        "FLEETREG_CLONE_LIMIT": str(CLONE_LIMIT),
-        "FLEETREG_TRUSTED_PROXIES": f"{PROXY}/32",
-    }
+    env = {**env, "FLEETREG_TOPIC_PREFIX": prefix}
     names = ("dedup", "provisioning", "intake")
     started: list[ServiceProcess] = []
     try:
         started += await asyncio.gather(
             *(system.add_instance(n, {**env, "FLEETREG_CONSUMER_GROUP": f"{prefix}-{n}"}) for n in names)
         )
-        yield started[-1].url
+        yield started[-1]
     finally:
         for process in [p for p in system.extra if p.env.get("FLEETREG_TOPIC_PREFIX") == prefix]:
             process.stop()
             system.extra.remove(process)
+
+
+@pytest.fixture(scope="module")
+async def intake(system: System) -> AsyncIterator[str]:
+    """The device URL of a pipeline of its own with a small clone rate and limit."""
+    env = {
+        "FLEETREG_CLONE_RATE_PER_SOURCE": str(RATE),
+        "FLEETREG_CLONE_RATE_WINDOW_SECONDS": str(RATE_WINDOW_S),
+        "FLEETREG_CLONE_LIMIT": str(CLONE_LIMIT),
+        "FLEETREG_TRUSTED_PROXIES": f"{PROXY}/32",
+    }
+    async with pipeline(system, env) as process:
+        yield process.url
 
 
 def from_address(address: str) -> aiohttp.ClientSession:
@@ -369,3 +382,122 @@ async def test_one_hardware_id_squatted_in_any_case_is_one_alert(intake: str, op
     assert 429 in statuses
     alerts = (await operator.call("GET", "/v1/security-alerts", expect=200))["security_alerts"]
     assert [(a["kind"], a["hardware_id"]) for a in alerts] == [("hardware_id_squatting", hardware_id.lower())]
+
+
+HOLD_RATE = 5  # the clone rate of the pipeline below
+HOLD_WINDOW_S = 5  # its window: long enough to look at a held flood, short enough to wait out
+FLOOD = 300  # claims that ignore Retry-After
+FLOOD_CONCURRENCY = 30
+
+
+@pytest.fixture(scope="module")
+async def holding_intake(system: System) -> AsyncIterator[ServiceProcess]:
+    """The intake of a pipeline with a clone rate of 5 per 5 s."""
+    env = {
+        "FLEETREG_CLONE_RATE_PER_SOURCE": str(HOLD_RATE),
+        "FLEETREG_CLONE_RATE_WINDOW_SECONDS": str(HOLD_WINDOW_S),
+    }
+    async with pipeline(system, env) as process:
+        yield process
+
+
+async def decision_rows(pool: Pool, hardware_id: str) -> int:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM registration_decisions WHERE lower(claimed_hardware_id) = lower($1)",
+        hardware_id,
+    )
+    return count
+
+
+async def test_a_squatter_ignoring_retry_after_is_answered_by_the_intake_without_a_row(
+    holding_intake: ServiceProcess, operator: Operator, pool: Pool, session: aiohttp.ClientSession
+) -> None:
+    """attack2 F6: past the clone rate, the same source's claims of the ID are answered 429
+    by the intake from memory (no pipeline trip, no decision row) until the wait ends; a
+    claim proving the existing device, and another address, are answered at once."""
+    url = holding_intake.url
+    code, _ = await auto_code(operator)
+    h = f"b827eb{uuid.uuid4().hex[:6]}"
+    throttled_before = await metric_sample(
+        session, holding_intake.ops_url, "fleetreg_throttled_total", limit="clone_rate_per_source"
+    )
+    async with from_address(fresh_address()) as squatter_session:
+        squatter = Device(squatter_session, url)
+        status, first, _ = await squatter.register(code, h, "squat-0")
+        assert (status, first["hardware_id"]) == (200, h)
+        gate = asyncio.Semaphore(FLOOD_CONCURRENCY)
+
+        async def claim(n: int) -> tuple[int, dict[str, Any], int]:
+            async with gate:
+                return await squatter.register(code, h, f"squat-{n}")
+
+        started = time.monotonic()
+        flood = await asyncio.gather(*(claim(n) for n in range(1, FLOOD + 1)))
+        flood_seconds = time.monotonic() - started
+        rows = await decision_rows(pool, h)
+
+        answers = Counter(status for status, _, _ in flood)
+        assert set(answers) == {200, 429}, answers
+        for status, body, retry in flood:
+            if status == 429:
+                assert (body["rule"], body["message"]) == (
+                    "clone_rate_per_source",
+                    reason_clone_rate(HOLD_RATE, HOLD_WINDOW_S),
+                )
+                assert 1 <= retry <= HOLD_WINDOW_S and body["retry_after"] == str(retry)
+        # The rate's worth per window, and the claims in flight when the first refusal came
+        # back; every other claim was answered by the intake without a pipeline trip or a row.
+        windows = math.ceil(flood_seconds / HOLD_WINDOW_S) + 1
+        assert answers[200] <= HOLD_RATE * windows, (answers, flood_seconds)
+        assert rows <= 1 + windows * (HOLD_RATE + FLOOD_CONCURRENCY), (rows, flood_seconds)
+        throttled = (
+            await metric_sample(
+                session, holding_intake.ops_url, "fleetreg_throttled_total", limit="clone_rate_per_source"
+            )
+            - throttled_before
+        )
+        assert throttled >= FLOOD + 1 - rows, (throttled, rows)
+
+        # Still inside the wait: a spelling of H (its family head) and the reference
+        # protocol's step 2 from the same address are answered without a row either.
+        for spelling in (f"{h}-01", h.upper()):
+            status, body, retry = await squatter.register(code, spelling, f"squat-{spelling}")
+            assert (status, body["rule"]) == (429, "clone_rate_per_source") and retry >= 1
+        # Its request ID names no decision: a poll says pending.
+        async with squatter_session.get(f"{url}/v1/registrations/{body['request_id']}") as r:
+            assert r.status == 202
+        reference = {"BulkIdentificationCode": code, "HardwareId": h, "CPUId": "squat-ref", "MACAddress": "m"}
+        async with squatter_session.post(f"{url}{INFORMATION}", json=reference) as r:
+            assert read(await r.text())["status"] == "true"
+        path = f"/apv/v27/bulk/registration/device/friendly/configuration/{code}/{h}/"
+        async with squatter_session.get(f"{url}{path}") as r:
+            step2 = read(await r.text())
+        assert step2["status"] == "false"
+        assert step2["reason"] in {clone_rate_refusal(n) for n in range(1, HOLD_WINDOW_S + 1)}
+        assert await decision_rows(pool, h) == rows
+
+        # The existing device proves itself with its secret: never held by the clone rate.
+        proven = {
+            "bulk_identification_code": code,
+            "hardware_id": h,
+            "fingerprint": {"cpu_id": "squat-0"},
+            "device_secret": first["device_secret"],
+        }
+        async with squatter_session.post(f"{url}/v1/registrations", json=proven) as r:
+            same = await r.json()
+            assert (r.status, same["decision"], same["device_id"]) == (200, "same", first["device_id"])
+
+        # Another address's claim of H is answered at once.
+        async with from_address(fresh_address()) as board_session:
+            board = Device(board_session, url)
+            status, body, _ = await board.register(code, h, "the-real-board")
+        assert (status, body["clone"], board.calls) == (200, True, 1)
+
+        # After the wait, the squatter's claims are decided (and created) again.
+        await asyncio.sleep(max(retry for _, _, retry in flood) + 0.2)
+        status, body, _ = await squatter.register(code, h, "squat-after")
+    assert (status, body["clone"]) == (200, True), body
+    print(
+        f"\nflood ignoring Retry-After: {FLOOD} claims in {flood_seconds:.2f} s, {answers[200]} created, "
+        f"{rows} decision rows (rate {HOLD_RATE} per {HOLD_WINDOW_S} s)"
+    )

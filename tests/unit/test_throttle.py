@@ -317,3 +317,30 @@ async def test_an_unknown_key_never_reaches_the_key_rate(monkeypatch: pytest.Mon
         await middleware(call("frk_valid"), route)
     assert held.value.rule == "requests_per_key" and held.value.retry_after >= 1
     assert len(lookups) == looked_up and counted == ["frk_valid"] * 4
+
+
+async def test_a_clone_rate_wait_holds_the_id_and_its_spellings_on_every_instance() -> None:
+    announced: list[str] = []
+
+    async def announce(key: str, until: float) -> None:
+        announced.append(f"source:{key} {until:.3f}")
+
+    first = Throttle(settings(), "a", MemoryStorage(), announce)
+    second = Throttle(settings(), "b", MemoryStorage())
+    for _ in range(30):  # a flood's in-flight refusals land together: announced once
+        await first.hold_clone_rate("192.0.2.1", "CODE", "B827EB-01", 17)
+    assert len(announced) == 1
+    assert second.apply_announcement(announced[0])
+    # (the announcement carries milliseconds: rounded up, a whole second more at most)
+    waits = {17, 18}
+    for throttle in (first, second):
+        # Any case, and a spelling whose family head is the refused ID: held.
+        assert throttle.clone_rate_wait("192.0.2.1", "CODE", "b827eb-01") in waits
+        assert throttle.clone_rate_wait("192.0.2.1", "CODE", "b827eb-01-1") in waits
+        # A sibling (a distinct dashed ID), its parent, another code or address: not held.
+        assert throttle.clone_rate_wait("192.0.2.1", "CODE", "b827eb-02") is None
+        assert throttle.clone_rate_wait("192.0.2.1", "CODE", "b827eb") is None
+        assert throttle.clone_rate_wait("192.0.2.1", "OTHER", "b827eb-01") is None
+        assert throttle.clone_rate_wait("192.0.2.2", "CODE", "b827eb-01") is None
+        # It is no refusal of the address: nothing else it does is held.
+        assert throttle.retry_after("192.0.2.1") is None

@@ -26,8 +26,10 @@ from services.intake.handlers import (
     Publish,
     PublishSignal,
     code_known,
+    held_clone_rate,
     hold_unproven_claim,
     register,
+    remember_clone_rate,
     retry_later,
 )
 from services.intake.outcomes import OutcomeWaiter
@@ -233,6 +235,9 @@ async def friendly_configuration(
         await throttle.check_code(code)
     except TooManyRequests as exc:
         return _refusal(exc.message)
+    wait = await held_clone_rate(pool, keyring, throttle, source, code, hardware_id, reported.secret_digest)
+    if wait is not None:
+        return _ok(refused(clone_rate_refusal(wait)))  # answered here: nothing published
     outcome = await register(
         _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest, source),
         publish,
@@ -240,6 +245,7 @@ async def friendly_configuration(
         keyring,
         wait_s,
     )
+    await remember_clone_rate(throttle, source, code, outcome)
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
     if retry_later(outcome):
