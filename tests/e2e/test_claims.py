@@ -16,9 +16,9 @@ import pytest
 
 from shared.domain.dedup import REASON_BULK_ALREADY_CLAIMED, REASON_BULK_NOT_LISTED
 from tests.e2e.test_face_the_internet import read, refused_within
-from tests.e2e.test_throttling import fresh_address, from_address
 from tests.support.api import Operator, provision, register
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
+from tests.support.sources import fresh_address, from_address
 from tests.support.system import System
 
 pytestmark = pytest.mark.e2e

@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -40,6 +40,7 @@ from shared.db.pool import Pool
 from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
 from tests.e2e.test_strangers import INFORMATION, read
 from tests.support.api import Operator
+from tests.support.sources import fresh_address, from_address, public_address
 from tests.support.system import ServiceProcess, System, metric_sample
 
 pytestmark = pytest.mark.e2e
@@ -48,15 +49,6 @@ RATE = 10  # FLEETREG_CLONE_RATE_PER_SOURCE of this pipeline
 RATE_WINDOW_S = 1  # FLEETREG_CLONE_RATE_WINDOW_SECONDS: short, to keep the tests fast
 CLONE_LIMIT = 30  # FLEETREG_CLONE_LIMIT: a factory's 29 clones fit, a squatter reaches it
 PROXY = "127.0.0.1"  # the load balancer: FLEETREG_TRUSTED_PROXIES
-
-
-def fresh_address() -> str:
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-
-
-def fresh_public_address() -> str:
-    """A client address behind the load balancer (TEST-NET-3)."""
-    return f"203.0.113.{random.randint(1, 254)}"
 
 
 @contextlib.asynccontextmanager
@@ -89,11 +81,6 @@ async def intake(system: System) -> AsyncIterator[str]:
     }
     async with pipeline(system, env) as process:
         yield process.url
-
-
-def from_address(address: str) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=100)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
 
 
 class Device:
@@ -157,7 +144,7 @@ async def test_a_squatter_pays_for_its_clones_and_the_real_board_is_answered_at_
 ) -> None:
     code, product_id = await auto_code(operator)
     h = f"b827eb{uuid.uuid4().hex[:6]}"  # a real board's MAC-derived ID, before it boots
-    fresh = fresh_public_address if behind_proxy else fresh_address
+    fresh = partial(public_address, "203.0.113.0/24") if behind_proxy else fresh_address
     squatter_address, board_address = fresh(), fresh()
     while board_address == squatter_address:
         board_address = fresh()
@@ -287,7 +274,7 @@ async def test_a_quota_filled_from_one_source_raises_an_alert_and_counts_its_ref
     intake: str, operator: Operator, system: System, session: aiohttp.ClientSession
 ) -> None:
     code, product_id = await auto_code(operator, max_devices=5)
-    filler = fresh_public_address()
+    filler = public_address("203.0.113.0/24")
     intake_ops = next(p for p in system.extra if p.url == intake).ops_url
     async with from_address(PROXY) as proxied:
         device = Device(proxied, intake, filler)

@@ -157,7 +157,8 @@ def read(text: str) -> dict[str, Any]:
 
 
 async def test_the_reference_protocol_throttles_in_its_own_words(system: System) -> None:
-    from tests.e2e.test_throttling import DEFAULTS, fresh_address, from_address
+    from tests.e2e.test_throttling import DEFAULTS
+    from tests.support.sources import fresh_address, from_address
 
     intake = await system.add_instance("intake", DEFAULTS)
     try:
@@ -275,8 +276,8 @@ async def test_nobody_elsewhere_can_swap_a_rebooting_device_s_step_1_record(
     """apv/v27 steps 1 and 2 are linked only by code and hardware ID. An attacker who
     writes step 1 for a provisioned device's hardware ID between the device's own steps
     1 and 2 (from another address) must not turn the real device into a clone."""
-    from tests.e2e.test_throttling import fresh_address, from_address
     from tests.support.reference_client import ReferenceClient, ReferenceDevice
+    from tests.support.sources import fresh_address, from_address
 
     code = (await operator.product())["bulk_identification_code"]
     client = ReferenceClient(session, system.compat_url, system.tls_ca)

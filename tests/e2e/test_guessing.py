@@ -36,6 +36,7 @@ from shared.domain.admission import REASON_REVOKED_CODE
 from tests.support.api import Operator, register
 from tests.support.bulk import bulk_product, csv_text, publish_and_wait, upload
 from tests.support.reference_client import ReferenceClient, ReferenceDevice, read_answer
+from tests.support.sources import behind, public_address
 from tests.support.system import ServiceProcess, System
 
 pytestmark = pytest.mark.e2e
@@ -48,20 +49,6 @@ LIMITS = {
     "FLEETREG_LIMIT_REQUESTS_PER_KEY": "10000/second",
     "FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32",
 }
-
-
-def address() -> str:
-    """A fresh client address (the benchmark range, RFC 2544)."""
-    return f"198.19.{random.randint(0, 255)}.{random.randint(1, 254)}"
-
-
-def behind(client: str) -> aiohttp.ClientSession:
-    """Calls of ``client`` as the trusted load balancer (127.0.0.1) forwards them."""
-    return aiohttp.ClientSession(
-        headers={"X-Forwarded-For": client},
-        connector=aiohttp.TCPConnector(limit=100),
-        timeout=aiohttp.ClientTimeout(total=60),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +107,7 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
     product_id, code, rows = await pin_product(operator, system, session)
     (pin0, board0, _), (pin1, board1, _) = rows
 
-    async with behind(address()) as guesser:
+    async with behind(public_address()) as guesser:
         await block(guesser, intake)
         before = await decisions(pool, product_id)
         # The brute force of board 0's PIN: every wrong key 429, none published, no row.
@@ -145,7 +132,7 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
         assert again.status == 200 and again.body["device_id"] == first.body["device_id"], again.body
         assert await decisions(pool, product_id) == before + 2
     # Board 0 itself, from its own site: answered at once (only the guesser's pair is held).
-    async with behind(address()) as board:
+    async with behind(public_address()) as board:
         real = await register(board, intake, code, board0, registration_key=pin0, cpu_id="r", mac="r")
         assert real.status == 200 and real.body["decision"] == "new", real.body
 
@@ -159,7 +146,7 @@ async def test_a_revoked_code_flooded_with_new_hardware_ids_writes_at_most_the_p
     old = registration["bulk_identification_code"]
     flood, concurrency = 200, 8
     gate = asyncio.Semaphore(concurrency)
-    async with behind(address()) as holder:
+    async with behind(public_address()) as holder:
 
         async def one() -> tuple[int, str]:
             async with gate:
@@ -184,7 +171,7 @@ async def test_reference_step_1_with_a_revoked_code_says_so_and_is_not_counted(
     compat_url = system.compat_url.replace(f":{system.env['FLEETREG_COMPAT_PORT']}/", f":{compat_port}/")
     registration = await operator.product()
     code = registration["bulk_identification_code"]
-    async with behind(address()) as site:
+    async with behind(public_address()) as site:
         client = ReferenceClient(site, compat_url, system.tls_ca)
         boards = [ReferenceDevice(code, f"ref-{uuid.uuid4().hex[:8]}") for _ in range(3)]
         for board in boards:
@@ -209,7 +196,7 @@ async def test_the_right_key_signs_in_with_a_lapsed_cookie_and_an_empty_key_is_n
     own: dict[str, ServiceProcess], operator: Operator, pool: Pool
 ) -> None:
     console = f"{own['operator'].url}/console/sign-in"
-    async with behind(address()) as browser:
+    async with behind(public_address()) as browser:
         async with browser.get(console) as page:
             token = page.cookies["fleetreg_console_sign_in"].value
         cookie = f"fleetreg_console_sign_in={token}"
@@ -232,7 +219,7 @@ async def test_the_right_key_signs_in_with_a_lapsed_cookie_and_an_empty_key_is_n
         assert await pool.fetchval(sessions, operator.account_id) == before + 1
         # No credential at all: 400 whatever the address did.
         assert (await sign_in("")).status == 400
-    async with behind(address()) as browser:
+    async with behind(public_address()) as browser:
         async with browser.get(console) as page:
             token = page.cookies["fleetreg_console_sign_in"].value
         cookie = f"fleetreg_console_sign_in={token}"
@@ -251,7 +238,7 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_at_reference_step_5_either
     compat_port = own["intake"].env["FLEETREG_COMPAT_PORT"]
     compat_url = system.compat_url.replace(f":{system.env['FLEETREG_COMPAT_PORT']}/", f":{compat_port}/")
     product_id, code, ((pin0, board0, _), (pin1, board1, _)) = await pin_product(operator, system, session)
-    async with behind(address()) as guesser:
+    async with behind(public_address()) as guesser:
         await block(guesser, own["intake"].url)
         client = ReferenceClient(guesser, compat_url, system.tls_ca)
         before = await decisions(pool, product_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import socket
 import ssl
@@ -27,6 +26,7 @@ import orjson
 import pytest
 
 from tests.support.api import Operator, register
+from tests.support.sources import fresh_address
 from tests.support.system import ServiceProcess, System
 
 pytestmark = pytest.mark.e2e
@@ -51,10 +51,6 @@ RSS_GROWTH_BOUND = 48 * 1024 * 1024
 RSS_RETURN_BOUND = 24 * 1024 * 1024
 UNREAD = {"FLEETREG_HTTP_SEND_TIMEOUT_SECONDS": "1"}  # keep-alive stays at its 30 s
 CLOSED_WITHIN_S = 20.0  # a generous ceiling for cuts configured at 1-2 s, on a loaded machine
-
-
-def fresh_address() -> str:
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import statistics
 import time
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from shared.domain.admission import REASON_REVOKED_CODE
 from tests.support.api import Operator, provision, register
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
+from tests.support.sources import behind, public_address
 from tests.support.system import ServiceProcess, System
 
 pytestmark = pytest.mark.e2e
@@ -45,20 +45,6 @@ BOOTS = 150
 PROVISIONED = 24  # 12 heartbeat untouched, 8 are reset by the operator, 4 deleted
 DEVICE_REALM = 'Bearer realm="fleetreg devices"'
 OPERATOR_REALM = 'Bearer realm="fleetreg operators"'
-
-
-def site_address() -> str:
-    """A fresh public address of a NAT site (TEST-NET-style benchmark range, RFC 2544)."""
-    return f"198.18.{random.randint(0, 255)}.{random.randint(1, 254)}"
-
-
-def behind(address: str) -> aiohttp.ClientSession:
-    """Calls of a client at ``address``, as the trusted load balancer (127.0.0.1) forwards them."""
-    return aiohttp.ClientSession(
-        headers={"X-Forwarded-For": address},
-        connector=aiohttp.TCPConnector(limit=100),
-        timeout=aiohttp.ClientTimeout(total=60),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +122,7 @@ async def test_a_guesser_behind_a_nat_address_slows_itself_and_never_its_neighbo
         "bulk_identification_code"
     ]
 
-    address = site_address()
+    address = public_address()
     async with behind(address) as nat:
         # The site's provisioned devices; the operator resets some and deletes others.
         answers = await asyncio.gather(
@@ -269,7 +255,7 @@ async def test_stale_credentials_and_calls_without_one_are_not_counted(
     intake, admin, bulk = site["intake"].url, site["operator"].url, site["ingestion"].url
     registration = await operator.product()
     code = registration["bulk_identification_code"]
-    async with behind(site_address()) as nat:
+    async with behind(public_address()) as nat:
         answers = [
             await register(nat, intake, code, f"s-{uuid.uuid4().hex[:8]}", cpu_id="c") for _ in range(2)
         ]

@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.intake.compat.handlers import TOO_MANY_NEW
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
-from tests.e2e.test_throttling import from_address
 from tests.support.api import Operator, register
+from tests.support.sources import from_address
 from tests.support.system import System
 
 pytestmark = pytest.mark.e2e

@@ -30,6 +30,7 @@ import pytest
 
 from shared.db.pool import Pool
 from tests.support.api import Operator, provision, register
+from tests.support.sources import fresh_address, from_address
 from tests.support.system import ROOT, ServiceProcess, System, metric_sample
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +42,6 @@ DEFAULTS = {  # the shipped defaults (shared/throttle.py), whatever the shared s
 }
 FIRST_ALLOWANCE = 30
 TARGET_ALLOWANCE = 10  # FLEETREG_LIMIT_REFUSALS_PER_TARGET's default: 10/minute
-
-
-def fresh_address() -> str:
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +57,6 @@ async def own(system: System) -> AsyncIterator[dict[str, ServiceProcess]]:
                 ("ingestion", "ingestion"),
             )
         }
-
-
-def from_address(address: str) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=100)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
 
 
 async def registration(session: aiohttp.ClientSession, url: str, code: str, hardware_id: str) -> Any:

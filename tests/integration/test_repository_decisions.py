@@ -152,21 +152,27 @@ async def test_new_clone_claimed_and_refused_are_written_in_one_transaction(pool
     assert stored[refused.claim.request_id].credential_generation == 0
 
 
-async def test_decided_replays_stored_decisions_with_the_devices_current_generation(
-    pool: Pool, auto: Setup
-) -> None:
+async def test_decided_replays_stored_decisions_with_their_own_generation(pool: Pool, auto: Setup) -> None:
+    """A redelivered decision is answered with the generation it decided (so a replay after
+    a later reclaim or reset is superseded, never the device's newer secret); a decision
+    recorded before decisions kept their generation (migration 0011) falls back to the
+    device's current one."""
     record = _new(auto, "gen1")
-    await _write(pool, [record])
+    older = _new(auto, "gen0")
+    await _write(pool, [record, older])
+    for decided in (record, older):
+        await pool.execute("UPDATE devices SET credential_generation = 3 WHERE id = $1", _device_id(decided))
     await pool.execute(
-        "UPDATE devices SET credential_generation = 3 WHERE id = $1",
-        _device_id(record),
+        "UPDATE registration_decisions SET credential_generation = NULL WHERE request_id = $1",
+        older.claim.request_id,
     )
     unknown = str(uuid.uuid4())
 
-    stored = await decisions.decided(pool, [record.claim.request_id, unknown])
+    stored = await decisions.decided(pool, [record.claim.request_id, older.claim.request_id, unknown])
 
-    assert set(stored) == {record.claim.request_id}
-    assert stored[record.claim.request_id].credential_generation == 3
+    assert set(stored) == {record.claim.request_id, older.claim.request_id}
+    assert stored[record.claim.request_id].credential_generation == 1
+    assert stored[older.claim.request_id].credential_generation == 3
 
 
 async def test_a_hardware_id_taken_by_a_concurrent_transaction_raises_registry_conflict(
