@@ -263,21 +263,30 @@ class Family:
         else every device. Counted: the devices that claimed its :meth:`head`, and when the
         head is an ancestor (the claim is a suffixed spelling of an existing device) also
         those that claimed a suffixed spelling of the head (``H-1``, ``H-01``, ``h-1-1``).
-        Counts the family's devices, this batch's creations and :attr:`created` alike."""
+        Counts the family's devices, this batch's creations and :attr:`created` alike.
+
+        A suffixed spelling of the head counts as one of its clones (for ``clones``): a
+        source that made ``H-1`` ... ``H-k`` before ``H`` existed (each a new device then,
+        with no head to count under) meets them when it claims ``H`` itself, so it cannot
+        take ``H`` past the rate, nor past the clone limit, by spelling first (the outside
+        tester's attack3 G2). Distinct IDs are no spellings of each other (``...-02`` is not
+        ``...-01`` suffixed), so a site's dashed MACs stay independent."""
         key = self.head(hardware_id)
-        # No existing ancestor (every distinct real ID): its own claims and their clones only,
-        # all of them in the family (their stems are the claim's).
-        exact = key == hardware_id.lower()
 
         def counts(claimed: str) -> bool:
-            return claimed.lower() == key if exact else is_spelling_of(claimed, key)
+            # With no existing ancestor the spellings present are the claim's single-level
+            # ones (``H-N``: the family is loaded by the claim's own stem); with one, every
+            # spelling the source made under the head (loaded in ``created``).
+            return is_spelling_of(claimed, key)
 
         counted = {c.device_id: c for c in self.created if c.source == source and counts(c.claimed)}
         for d in self.devices.values():
             if d.created_source == source and d.id not in counted and counts(d.claimed_hardware_id):
                 counted[d.id] = Creation.of(d)
         return sorted(
-            c.created_at for c in counted.values() if c.created_at > since and (c.clone or not clones)
+            c.created_at
+            for c in counted.values()
+            if c.created_at > since and (not clones or c.clone or c.claimed.lower() != key)
         )
 
     def apply(self, claim: Claim, verdict: Verdict) -> None:

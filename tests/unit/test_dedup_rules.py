@@ -719,7 +719,7 @@ def test_suffixed_spellings_from_one_source_share_the_clone_rate_and_the_limit_o
     """attack2 F1: H, then the literal IDs H-1, H-01, h-1-1... each "new" under its own
     claimed ID, buy no fresh allowance: while H exists, the rate and the clone limit count
     them with H (their family head)."""
-    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=2, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=4, now=NOW))
     spellings = ["H", "H-1", "H-01", "h-1-1", "H-2"]
     verdicts = [fleet.claim(h, fp, source=SQUATTER) for h, fp in zip(spellings, fingerprints(5), strict=True)]
     assert [v.decision for v in verdicts] == ["new", "new", "new", "refused", "refused"]
@@ -728,7 +728,8 @@ def test_suffixed_spellings_from_one_source_share_the_clone_rate_and_the_limit_o
     # The real board, from another address, is answered at once (H is the squatter's).
     board = fleet.claim("H", FP_A, source=BOARD)
     assert (board.decision, board.hardware_id) == ("clone", "H-2")
-    # Clones of any spelling count against the one clone limit of the root.
+    # Clones of any spelling count against the one clone limit of the head, and so do the
+    # spellings themselves (H-1, H-01: two of the four).
     fleet.limits = replace(fleet.limits, now=NOW + 61)
     clones = [
         fleet.claim(h, fp, source=SQUATTER)
@@ -764,10 +765,12 @@ def test_creations_loaded_for_other_stems_count_with_the_family_and_the_batch_on
         "clone",
         "refused",
     ]
-    assert fleet.family.created_by("H-7", SQUATTER, NOW - 3600, clones=True) == [NOW]
+    # For the clone limit the spellings count as clones of the head: h-2-1, h-01, H-7 and
+    # H-7's clone.
+    assert fleet.family.created_by("H-7", SQUATTER, NOW - 3600, clones=True) == [NOW - 10, NOW - 5, NOW, NOW]
     assert fleet.family.created_by("H-7", BOARD, NOW - 3600, clones=False) == []
-    # H itself has no ancestor: its own claims and clones only (none from the squatter).
-    assert fleet.family.created_by("h", SQUATTER, NOW - 3600, clones=False) == []
+    # A claim of H itself meets the spellings its source made under it (attack3 G2).
+    assert fleet.family.created_by("h", SQUATTER, NOW - 3600, clones=False) == [NOW - 10, NOW - 5, NOW, NOW]
     # H-2-2's parent H-2 is no device: it is its own head, another allowance.
     assert fleet.family.created_by("H-2-2", SQUATTER, NOW - 60, clones=False) == []
 
@@ -1089,3 +1092,27 @@ def test_a_refused_claim_never_makes_its_idempotency_key_the_devices() -> None:
     refused = fleet.claim(H, FP_A, secret=presented_secret(fleet.device(H)), idempotency_key="k-1")
     assert refused.decision == "refused"
     assert "k-1" not in fleet.family.idempotent
+
+
+def test_spellings_made_before_their_head_existed_count_when_the_head_is_claimed() -> None:
+    """attack3 G2: a source claims H-1 ... H-k while H does not exist (each a new device
+    with no head to count under), then H itself: it meets them, at the rate (429) and at
+    the clone limit, and so cannot take H by spelling first; the real board from another
+    address then gets H itself. Distinct IDs (sequential dashed MACs) are no spellings of
+    each other and stay independent."""
+    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=100, now=NOW))
+    first = [fleet.claim(f"H-{n}", fp, source=SQUATTER) for n, fp in enumerate(fingerprints(3, "s"), 1)]
+    assert [v.decision for v in first] == ["new"] * 3
+    squat = fleet.claim("H", FP_A, source=SQUATTER)
+    assert (squat.decision, squat.quota) == ("refused", "clone_rate")
+    board = fleet.claim("H", FP_B, source=BOARD)
+    assert (board.decision, board.hardware_id) == ("new", "H")
+    # Past the rate's window, the clone limit still counts them: limit 3, three spellings.
+    fleet.limits = replace(fleet.limits, clone_limit=3, now=NOW + 61)
+    late = fleet.claim("H", fingerprints(1, "late")[0], source=SQUATTER)
+    assert (late.decision, late.quota) == ("refused", "clone_limit")
+    macs = [
+        fleet.claim(f"aa-bb-cc-00-00-{n:02d}", fp, source=SQUATTER)
+        for n, fp in enumerate(fingerprints(6, "m"))
+    ]
+    assert [v.decision for v in macs] == ["new"] * 6
