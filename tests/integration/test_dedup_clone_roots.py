@@ -122,5 +122,8 @@ async def test_the_creations_of_a_batch_are_read_through_the_root_index(pool: Po
             r[0] for r in await conn.fetch(f"EXPLAIN {devices.SELECT_FAMILY}", account_id, ["h-1"], ["h"])
         )
     assert "devices_created_root" in plan, plan
-    # The claims' ancestors are found by the unique (account, lower(hardware_id)) index.
-    assert "devices_stem" in family_plan and "devices_account_hardware_id_ci" in family_plan, family_plan
+    # The claims' ancestors are found through an index, never a scan of the devices table
+    # (which index the planner takes for so few rows depends on the database's statistics: a
+    # fresh clone's planner took devices_search_product, this machine's the stem and the
+    # unique (account, lower(hardware_id)) index).
+    assert "Seq Scan on devices" not in family_plan, family_plan
