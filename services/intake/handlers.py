@@ -292,7 +292,8 @@ async def register_native(
     A code the registry does not know is refused here, without a request published or a
     row written: the answer is the one deduplication gives (``refused``, a fresh request
     ID, the same reason), so a device sees no difference. With ``throttle``, a known code
-    costs one registry read (:func:`shared.db.bulk.code_claim`) that says what is counted
+    costs one registry read (:func:`shared.db.bulk.code_claim`; none for an auto product's
+    current code the code cache remembers as such) that says what is counted
     BEFORE anything is published, atomically, so that a concurrent burst gets no more than
     the allowance through: a revoked code's call counts on its (source, revoked code) pair
     and past it is answered the same 403 here, no pipeline trip and no decision row
@@ -310,7 +311,12 @@ async def register_native(
     if throttle is not None:
         if held_revoked(throttle, source, code):
             return _held_revoked_answer(keyring, registration)
-        claim = await bulk.code_claim(pool, code, registration.hardware_id)
+        # An auto product's current code has nothing counted before publishing: remembered,
+        # its boot storm costs no read here.
+        generation = codes.generation
+        claim = None if codes.is_auto(code) else await bulk.code_claim(pool, code, registration.hardware_id)
+        if claim is not None and claim.auto:
+            codes.put_auto(code, generation)
         if (
             claim is not None
             and claim.revoked

@@ -480,6 +480,7 @@ async def published_bulk(pool: Pool, registration_id: str) -> PublishedBulk | No
 SELECT_CLAIM_EVIDENCE = """
     SELECT p.registration_kind = 'bulk' AND c.revoked_at IS NULL AS bulk,
            c.revoked_at IS NOT NULL AS revoked,
+           p.registration_kind = 'auto' AND c.revoked_at IS NULL AS auto,
            d.id::text AS device_id, d.credential_generation,
            coalesce(encode(d.registration_key_digest, 'hex'), '') AS registration_key_digest
     FROM bulk_identification_codes c
@@ -515,11 +516,13 @@ async def claim_evidence(pool: Pool, code: str, hardware_id: str) -> ClaimEviden
 @dataclass(frozen=True)
 class CodeClaim:
     """What the registry says of a claim's code and hardware ID, in one read: whether the
-    code is revoked, and for a current bulk code the claim's :class:`ClaimEvidence`
-    (None for an auto product's or a revoked code)."""
+    code is revoked, whether it is the current code of an auto product (``auto``: a kind
+    that never changes, so an intake may remember it until the code is rotated), and for a
+    current bulk code the claim's :class:`ClaimEvidence` (None otherwise)."""
 
     revoked: bool
     evidence: ClaimEvidence | None
+    auto: bool = False
 
 
 async def code_claim(pool: Pool, code: str, hardware_id: str) -> CodeClaim | None:
@@ -528,7 +531,7 @@ async def code_claim(pool: Pool, code: str, hardware_id: str) -> CodeClaim | Non
     row = await pool.fetchrow(SELECT_CLAIM_EVIDENCE, code, hardware_id)
     if row is None:
         return None
-    return CodeClaim(bool(row["revoked"]), _evidence(row) if row["bulk"] else None)
+    return CodeClaim(bool(row["revoked"]), _evidence(row) if row["bulk"] else None, bool(row["auto"]))
 
 
 def _evidence(row: Record) -> ClaimEvidence:
