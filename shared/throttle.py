@@ -19,13 +19,17 @@ fleetreg invents no algorithm:
   so is not counted again. A call that proves something (a device secret, the current
   code, a bulk key, an issued request ID, a valid API key) is never refused because of
   its address. A bulk registration key, chosen by the operator and maybe weak, is the
-  exception: the intake refuses a bulk claim before evaluating its key while its (source,
-  code and hardware ID) pair is blocked, and checks it itself, without a pipeline trip,
-  while its source is (services/intake/handlers.py, ``guard_bulk_claim``). A 401 without
-  any credential (no ``Authorization`` header) and stale credentials (the operator
-  replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted; a revoked
-  code is counted on its own pair only (``target_of("revoked", code)``,
-  :func:`mark_refused` with ``per_source=False``), which bounds its writes.
+  exception: every claim of a listed hardware ID counts one attempt on its (source, code
+  and hardware ID) pair BEFORE its key is evaluated (:meth:`Throttle.attempt`: one atomic
+  hit per window, so a concurrent burst gets no more than the allowance evaluated), and
+  past it is refused with that pair's wait; while its source is blocked the intake checks
+  the key itself, without a pipeline trip (services/intake/handlers.py,
+  ``hold_unproven_claim``). A 401 without any credential (no ``Authorization`` header) and
+  stale credentials (the operator replaced them: :attr:`shared.errors.Unauthorized.counted`)
+  are not counted; a revoked code's calls count on their own pair only
+  (``target_of("revoked", code)``), before they are published (:meth:`Throttle.attempt`),
+  which bounds its writes. A block is logged and announced only when it is new or ends a
+  second or more later than the known one (a burst's in-flight refusals land together).
 * **the clone rate's wait** (registration calls): deduplication decides the clone rate
   per source; the intake holds the ``Retry-After`` of each such refusal per (source, code
   and claimed hardware ID) in :attr:`Throttle._blocked` under a target kind of its own

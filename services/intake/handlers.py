@@ -80,7 +80,8 @@ DEVICE_DELETED = "the device was deleted by the operator: register again as a ne
 # guessed (shared/throttle.py): what a guesser of codes or registration keys gets. A code
 # revoked by a rotation within the stale-credential window is stale, not a guess (a
 # board still on the old image): not counted against the address, only on its own
-# (source, revoked code) pair, which bounds its writes (counted_refusal, register_native).
+# (source, revoked code) pair, before it is published, which bounds its writes
+# (register_native; counted_refusal then leaves it alone).
 # (A wrong device secret is a 401, counted by the throttling middleware.)
 # The rule of a 429 of the clone rate per source (docs/device-api.md, "Limits"), and the
 # limit fleetreg_throttled_total names for the claims the intake answers itself.

@@ -312,3 +312,29 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_at_reference_step_5_either
         # Another board of the site, with its right key, from the same address: provisioned.
         board = ReferenceDevice(code, board1, registration_key=pin1)
         assert await client.boot(board) == "provisioned", client.calls[-3:]
+
+
+async def test_a_concurrent_burst_at_reference_step_5_gets_at_most_the_allowance_evaluated(
+    own: dict[str, ServiceProcess],
+    operator: Operator,
+    system: System,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+) -> None:
+    """Attack 3, G1 at the reference protocol's register step: the same attempt count."""
+    compat_port = own["intake"].env["FLEETREG_COMPAT_PORT"]
+    compat_url = system.compat_url.replace(f":{system.env['FLEETREG_COMPAT_PORT']}/", f":{compat_port}/")
+    product_id, code, ((pin0, board0, _), _) = await pin_product(operator, system, session)
+    wrong = random.sample([f"{n:04d}" for n in range(10_000) if f"{n:04d}" != pin0], 200)
+    async with behind(public_address()) as guesser:
+        client = ReferenceClient(guesser, compat_url, system.tls_ca)
+        body = {"project_id": code, "hardware_id": board0}
+        await asyncio.gather(
+            *(
+                client._call("POST", "/bulk/registration/register", {**body, "registration_key": key})
+                for key in wrong
+            )
+        )
+        answers = Counter(read_answer(text).get("status") for _, _, _, text in client.calls)
+        assert answers["pending"] >= len(wrong) - TARGET_ALLOWANCE, answers
+        assert await decisions(pool, product_id) <= TARGET_ALLOWANCE

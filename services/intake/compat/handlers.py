@@ -318,10 +318,11 @@ async def register_service(
     throttle: Throttle | None = None,
 ) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
-    For bulk registration the first such call claims the device with its key; from an
-    address (or address and hardware ID) over its refusal limit the key is checked here
-    first (:func:`services.intake.handlers.hold_unproven_claim`), and a claim that proves
-    nothing is told ``pending`` with the wait, nothing published.
+    For bulk registration the first such call claims the device with its key, by the
+    native API's rule (:func:`services.intake.handlers.hold_unproven_claim`): a claim of a
+    listed hardware ID counts an attempt on its (address, code and hardware ID) pair
+    before its key is evaluated, and past it, or from an address over its own limit
+    without the right key, is told ``pending`` with the wait, nothing published.
 
     A service enabled after the device was provisioned gets its UID now, on this first
     ask (:func:`shared.db.files.complete_device_files`); a device that confirmed already
