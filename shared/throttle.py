@@ -19,13 +19,17 @@ fleetreg invents no algorithm:
   so is not counted again. A call that proves something (a device secret, the current
   code, a bulk key, an issued request ID, a valid API key) is never refused because of
   its address. A bulk registration key, chosen by the operator and maybe weak, is the
-  exception: the intake refuses a bulk claim before evaluating its key while its (source,
-  code and hardware ID) pair is blocked, and checks it itself, without a pipeline trip,
-  while its source is (services/intake/handlers.py, ``guard_bulk_claim``). A 401 without
-  any credential (no ``Authorization`` header) and stale credentials (the operator
-  replaced them: :attr:`shared.errors.Unauthorized.counted`) are not counted; a revoked
-  code is counted on its own pair only (``target_of("revoked", code)``,
-  :func:`mark_refused` with ``per_source=False``), which bounds its writes.
+  exception: every claim of a listed hardware ID counts one attempt on its (source, code
+  and hardware ID) pair BEFORE its key is evaluated (:meth:`Throttle.attempt`: one atomic
+  hit per window, so a concurrent burst gets no more than the allowance evaluated), and
+  past it is refused with that pair's wait; while its source is blocked the intake checks
+  the key itself, without a pipeline trip (services/intake/handlers.py,
+  ``hold_unproven_claim``). A 401 without any credential (no ``Authorization`` header) and
+  stale credentials (the operator replaced them: :attr:`shared.errors.Unauthorized.counted`)
+  are not counted; a revoked code's calls count on their own pair only
+  (``target_of("revoked", code)``), before they are published (:meth:`Throttle.attempt`),
+  which bounds its writes. A block is logged and announced only when it is new or ends a
+  second or more later than the known one (a burst's in-flight refusals land together).
 * **the clone rate's wait** (registration calls): deduplication decides the clone rate
   per source; the intake holds the ``Retry-After`` of each such refusal per (source, code
   and claimed hardware ID) in :attr:`Throttle._blocked` under a target kind of its own
@@ -330,17 +334,57 @@ class Throttle:
                     stats = await self._refusals.get_window_stats(item, namespace, key)
                     until = max(until, stats.reset_time)
             if until > time.time():
-                self.block(key, until)
-                log.warning(
-                    "source throttled after repeated refusals",
-                    extra={
-                        "source": source,
-                        "per_target": namespace != "refusals",
-                        "retry_after_s": math.ceil(until - time.time()),
-                    },
-                )
-                if self.announce is not None:
-                    await self.announce(key, until)
+                await self._block_and_announce(source, key, until, per_target=namespace != "refusals")
+
+    async def attempt(self, source: str, target: str) -> int | None:
+        """Count one attempt of ``source`` on ``target`` (:func:`target_of`) in its (source,
+        target) bucket BEFORE the call is evaluated, at the limits of
+        ``refusals_per_target``; the seconds it must wait when that bucket is past one of
+        its windows (nothing evaluated then), else None.
+
+        Each hit is one atomic ``INSERT .. ON CONFLICT .. RETURNING count`` (the
+        fixed-window strategy on :class:`shared.db.throttle.PostgresStorage`), so calls
+        arriving together each see their own count: a burst gets at most the allowance
+        evaluated, not everything that arrived before the count caught up. The windows
+        are hit in order and the first one past its limit stops the others (an hour
+        counts the attempts its minutes let through). A bucket past its limit is blocked
+        everywhere until that window ends (the pair's own wait: never the source's), and
+        its next attempts are refused from memory, counted nowhere. Raises what the
+        storage raises (the registry unreachable): nothing is evaluated uncounted."""
+        key = _pair(source, target)
+        wait = self._wait(key)
+        if wait > 0:
+            THROTTLED.labels(self.service, "refusals_per_target").inc()
+            return math.ceil(wait)
+        if self._refusals is None:
+            return None
+        for item in self.settings.refusals_per_target:
+            if await self._refusals.hit(item, "refusals-target", key):
+                continue
+            stats = await self._refusals.get_window_stats(item, "refusals-target", key)
+            await self._block_and_announce(source, key, stats.reset_time, per_target=True)
+            THROTTLED.labels(self.service, "refusals_per_target").inc()
+            return max(1, math.ceil(stats.reset_time - time.time()))
+        return None
+
+    async def _block_and_announce(self, source: str, key: str, until: float, *, per_target: bool) -> None:
+        """Block ``key`` until ``until``; logged and announced only when the block is new or
+        extends the known one by a second or more: the in-flight refusals of a burst land
+        together and would each write a line and send a notification (attack 3, G6)."""
+        known = self._blocked.get(key, 0.0)
+        self.block(key, until)
+        if until < max(known, time.time()) + 1.0:
+            return
+        log.warning(
+            "source throttled after repeated refusals",
+            extra={
+                "source": source,
+                "per_target": per_target,
+                "retry_after_s": math.ceil(until - time.time()),
+            },
+        )
+        if self.announce is not None:
+            await self.announce(key, until)
 
     def block(self, source: str, until: float) -> None:
         """Refuse failing calls of ``source`` (a source, or a ``source|target`` pair) until

@@ -27,6 +27,12 @@ wait their turn, and concurrent calls with one code share one read. An attacker 
 random codes gets one indexed read each (no write), and the per-source refusal limit
 (shared/throttle.py) counts each of them. Known and unknown codes are kept in separate
 bounded maps, so random codes never evict the fleet's own code.
+
+The current codes of auto products are remembered as such too (:meth:`CodeCache.put_auto`,
+the same lifetime and invalidation as known codes): their registrations then need no
+read of what they claim (services/intake/handlers.py, ``register_native``: only a bulk or a
+revoked code is counted before it is published). A product that is auto stays auto, and
+a rotation or deletion invalidates the entry, so a stale one costs nothing wrong.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class CodeCache:
         self._max_entries = max_entries
         self._known: OrderedDict[str, float] = OrderedDict()  # code -> expiry (monotonic)
         self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._auto: OrderedDict[str, float] = OrderedDict()  # current codes of auto products
         self._generation = 0
         self._listening = False  # off for negative entries until the listener runs
         self._lookups = asyncio.Semaphore(max_lookups)
@@ -110,6 +117,27 @@ class CodeCache:
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
+    def is_auto(self, code: str) -> bool:
+        """Whether ``code`` is known (for the TTL) to be the current code of an auto product."""
+        expiry = self._auto.get(code)
+        if expiry is None:
+            return False
+        if expiry < time.monotonic():
+            del self._auto[code]
+            return False
+        return True
+
+    def put_auto(self, code: str, generation: int) -> None:
+        """Remember that a read made at ``generation`` found ``code`` the current code of an
+        auto product, unless anything was invalidated since; only while the invalidation
+        listener runs (a rotation missed would leave a revoked code uncounted for the TTL)."""
+        if self._ttl_s <= 0 or generation != self._generation or not self._listening:
+            return
+        self._auto[code] = time.monotonic() + self._ttl_s
+        self._auto.move_to_end(code)
+        while len(self._auto) > self._max_entries:
+            self._auto.popitem(last=False)
+
     def refused(self) -> None:
         """Count a call refused for an unknown code (summarised by :meth:`take_refused`)."""
         self._refused += 1
@@ -123,6 +151,7 @@ class CodeCache:
         self._generation += 1
         self._known.clear()
         self._unknown.clear()
+        self._auto.clear()
 
     def listening(self, up: bool) -> None:
         """The invalidation listener connected (True) or lost its connection (False)."""

@@ -80,7 +80,8 @@ DEVICE_DELETED = "the device was deleted by the operator: register again as a ne
 # guessed (shared/throttle.py): what a guesser of codes or registration keys gets. A code
 # revoked by a rotation within the stale-credential window is stale, not a guess (a
 # board still on the old image): not counted against the address, only on its own
-# (source, revoked code) pair, which bounds its writes (counted_refusal, register_native).
+# (source, revoked code) pair, before it is published, which bounds its writes
+# (register_native; counted_refusal then leaves it alone).
 # (A wrong device secret is a 401, counted by the throttling middleware.)
 # The rule of a 429 of the clone rate per source (docs/device-api.md, "Limits"), and the
 # limit fleetreg_throttled_total names for the claims the intake answers itself.
@@ -291,10 +292,14 @@ async def register_native(
 
     A code the registry does not know is refused here, without a request published or a
     row written: the answer is the one deduplication gives (``refused``, a fresh request
-    ID, the same reason), so a device sees no difference. So is a revoked code once the
-    caller's (source, revoked code) pair is over its refusal limit (``throttle``): the same
-    403, but no pipeline trip and no decision row (:func:`held_revoked`). A bulk claim from
-    a source or (source, code and hardware ID) pair over its limit is checked here first
+    ID, the same reason), so a device sees no difference. With ``throttle``, a known code
+    costs one registry read (:func:`shared.db.bulk.code_claim`; none for an auto product's
+    current code the code cache remembers as such) that says what is counted
+    BEFORE anything is published, atomically, so that a concurrent burst gets no more than
+    the allowance through: a revoked code's call counts on its (source, revoked code) pair
+    and past it is answered the same 403 here, no pipeline trip and no decision row
+    (:func:`held_revoked`); a bulk claim of a listed hardware ID counts on its (source,
+    code and hardware ID) pair and past it is refused 429 before its key is evaluated
     (:func:`guard_bulk_claim`; TooManyRequests, nothing published, unless it proves itself)."""
     code = registration.bulk_identification_code
     if not await code_known(pool, codes, code, "native"):
@@ -306,14 +311,21 @@ async def register_native(
         )
     if throttle is not None:
         if held_revoked(throttle, source, code):
-            return Answer(
-                "refused",
-                new_request_id(keyring.request_tag),
-                reason=REASON_REVOKED_CODE,
-                claimed_hardware_id=registration.hardware_id,
-                held=True,
-            )
-        await guard_bulk_claim(pool, keyring, throttle, registration, source)
+            return _held_revoked_answer(keyring, registration)
+        # An auto product's current code has nothing counted before publishing: remembered,
+        # its boot storm costs no read here.
+        generation = codes.generation
+        claim = None if codes.is_auto(code) else await bulk.code_claim(pool, code, registration.hardware_id)
+        if claim is not None and claim.auto:
+            codes.put_auto(code, generation)
+        if (
+            claim is not None
+            and claim.revoked
+            and await throttle.attempt(source, revoked_target(code)) is not None
+        ):
+            return _held_revoked_answer(keyring, registration)
+        if claim is not None and claim.evidence is not None:
+            await guard_bulk_claim(keyring, throttle, registration, source, claim.evidence)
         wait = await held_clone_rate(
             pool,
             keyring,
@@ -337,6 +349,16 @@ async def register_native(
     if throttle is not None:
         await remember_clone_rate(throttle, source, code, answer)
     return await with_files(pool, keyring, answer, cache) if include_files else answer
+
+
+def _held_revoked_answer(keyring: Keyring, registration: RegistrationInput) -> Answer:
+    return Answer(
+        "refused",
+        new_request_id(keyring.request_tag),
+        reason=REASON_REVOKED_CODE,
+        claimed_hardware_id=registration.hardware_id,
+        held=True,
+    )
 
 
 # A claim answered by the intake from a clone-rate refusal's wait (held_clone_rate) says what
@@ -411,22 +433,18 @@ _NO_ROW = "1" * 64
 
 
 async def guard_bulk_claim(
-    pool: Pool, keyring: Keyring, throttle: Throttle, registration: RegistrationInput, source: str
+    keyring: Keyring,
+    throttle: Throttle,
+    registration: RegistrationInput,
+    source: str,
+    evidence: bulk.ClaimEvidence,
 ) -> None:
     """The bound on guessing a bulk registration key (operator-chosen keys may be weak, a
-    4-digit PIN) on the native API. Nothing to do, and no read, unless ``source`` or its
-    (source, code and hardware ID) pair is over its refusal limit; then a claim with a
-    current bulk code is checked here (one registry read,
-    :func:`shared.db.bulk.claim_evidence`) by :func:`hold_unproven_claim`: TooManyRequests
-    (429), nothing published and no decision row, unless it proves itself."""
+    4-digit PIN) on the native API, for a claim with a current bulk code and what the
+    registry has for it (``evidence``: :func:`shared.db.bulk.claim_evidence`, read once
+    per claim): :func:`hold_unproven_claim` decides, before anything is published.
+    TooManyRequests (429), nothing published and no decision row, when it holds it."""
     code = registration.bulk_identification_code
-    target = target_of("hardware", code, registration.hardware_id.lower())
-    by_source, by_pair = throttle.blocked(source, target)
-    if not (by_source or by_pair):
-        return
-    evidence = await bulk.claim_evidence(pool, code, registration.hardware_id)
-    if evidence is None:
-        return  # not a current bulk code: decided (and counted) as usual
     secret_proven = False
     if registration.device_secret and evidence.device_id:
         expected = keyring.device_secret(evidence.device_id, evidence.credential_generation)
@@ -434,11 +452,11 @@ async def guard_bulk_claim(
     await hold_unproven_claim(
         throttle,
         source,
-        target,
-        by_pair=by_pair,
+        target_of("hardware", code, registration.hardware_id.lower()),
+        listed=bool(evidence.device_id),
         secret_proven=secret_proven,
         presented_key_digest=keyring.digest(registration.registration_key),
-        listed_key_digest=evidence.registration_key_digest if evidence.device_id else "",
+        listed_key_digest=evidence.registration_key_digest,
     )
 
 
@@ -447,34 +465,47 @@ async def hold_unproven_claim(
     source: str,
     target: str,
     *,
-    by_pair: bool,
+    listed: bool,
     secret_proven: bool,
     presented_key_digest: str,
     listed_key_digest: str,
 ) -> None:
-    """A bulk claim from a ``source`` over its refusal limit (or whose (source, ``target``)
-    pair is, ``by_pair``), decided before any pipeline trip; returns when the claim is to
-    be published and decided as usual, else raises TooManyRequests:
+    """A bulk claim of a hardware ID (``target``: its code and hardware ID), decided before
+    any pipeline trip; returns when the claim is to be published and decided as usual,
+    else raises TooManyRequests (429, ``Retry-After`` the wait of the bucket that held it):
 
     * the device's current secret (``secret_proven``) proves the call: high entropy, so it
-      is checked first, whatever the address did;
-    * the pair over its limit: refused before the key is evaluated (the "per what was
-      guessed" rule: the window that produced it, no longer);
-    * the source over its limit: the keyed digest of the presented key is compared with
-      the row's (``listed_key_digest``, "" for an unlisted hardware ID or a device without
-      a key). The right key returns; a wrong key and an unlisted hardware ID take the same
-      path (no oracle), are counted on the pair only (the source is blocked already, a 429
-      is not counted there again) and raise.
+      is checked first, whatever the address did, and counted nowhere;
+    * a hardware ID ``listed`` in the code's product: every claim of it counts one attempt
+      in its (source, ``target``) bucket FIRST, atomically (:meth:`Throttle.attempt`,
+      the limits of FLEETREG_LIMIT_REFUSALS_PER_TARGET, right key or wrong: a board
+      needs one or two); past it the claim is refused before its key is evaluated, with
+      that bucket's wait. Within it, from a source over its own limit, the keyed digest of
+      the presented key is compared here with the row's (``listed_key_digest``, "" for a
+      device without a key): the right key returns, a wrong one is refused with the
+      source's wait, nothing published;
+    * an unlisted hardware ID has no key to guess: no (source, ``target``) bucket is made
+      for it. From a source over its limit it is refused with the source's wait, after
+      the same one registry read as a wrong key (no oracle); else it is published
+      (deduplication refuses it "not listed", counted on the source after its answer).
     """
     if secret_proven:
         return
-    if not by_pair:
-        presented = presented_key_digest or _NO_KEY
-        listed = listed_key_digest or _NO_ROW
-        if hmac.compare_digest(presented.encode(), listed.encode()):
-            return
-        await throttle.refused(source, target, per_source=False)
-    throttle.check_source(source, target)
+    if listed:
+        wait = await throttle.attempt(source, target)
+        if wait is not None:
+            raise TooManyRequests(
+                "too many claims of this hardware ID from this address: slow down and try again later",
+                retry_after=wait,
+                rule="refusals_per_target",
+            )
+    if not throttle.blocked(source)[0]:
+        return
+    presented = presented_key_digest or _NO_KEY
+    expected = (listed_key_digest if listed else "") or _NO_ROW
+    if hmac.compare_digest(presented.encode(), expected.encode()):
+        return
+    throttle.check_source(source)
     # The block ended in between (a window's last moment): held all the same, not published.
     raise TooManyRequests(
         "too many refused calls from this address: slow down and try again later",
@@ -668,7 +699,7 @@ class Counted:
     """How a refused call is counted: on the (source, ``target``) bucket, and on the
     source's own bucket unless ``per_source`` is False (a stale revoked code)."""
 
-    target: str
+    target: str | None
     per_source: bool = True
 
 
@@ -679,8 +710,11 @@ async def counted_refusal(
     target) count: :func:`shared.throttle.target_of`), or None when the answer is not
     counted: it was not refused for a counted reason, or the intake answered it itself
     past a limit (:attr:`Answer.held`). A code revoked by a rotation within
-    ``stale_seconds`` (a board still on the old image, not a guesser) counts on its
-    (source, revoked code) pair only (:func:`revoked_target`), never against the source.
+    ``stale_seconds`` (a board still on the old image, not a guesser) is not counted here:
+    it was counted on its (source, revoked code) pair before it was published
+    (:func:`register_native`), never against the source. A bulk claim refused "not listed"
+    counts on the source only (a listed hardware ID's claims were counted on their pair
+    before publishing).
     What a source tried to create past the quota or the clone limit counts too, against
     the code (quota) or the hardware ID (clone limit); the clone rate's "try again later"
     does not (a factory of boards sharing one placeholder serial behind one address
@@ -697,10 +731,13 @@ async def counted_refusal(
     if answer.reason == REASON_REVOKED_CODE:
         revoked_at = await products.code_revoked_at(pool, code)
         if stale(revoked_at, datetime.now(UTC), stale_seconds):
-            return Counted(revoked_target(code), per_source=False)
+            return None  # counted on its (source, revoked code) pair before it was published
         return Counted(target_of("code", code))
     if answer.reason == REASON_BULK_NOT_LISTED:
-        return Counted(target_of("hardware", code, registration.hardware_id.lower()))
+        # On the source only: a listed hardware ID's claims were counted on its (source, code
+        # and hardware ID) pair before they were published (hold_unproven_claim), an
+        # unlisted one has no key to guess and gets no pair.
+        return Counted(None)
     return Counted(target_of("code", code))
 
 

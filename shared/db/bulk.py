@@ -479,6 +479,8 @@ async def published_bulk(pool: Pool, registration_id: str) -> PublishedBulk | No
 # hardware ID is none of this code's (a claim stays in its product).
 SELECT_CLAIM_EVIDENCE = """
     SELECT p.registration_kind = 'bulk' AND c.revoked_at IS NULL AS bulk,
+           c.revoked_at IS NOT NULL AS revoked,
+           p.registration_kind = 'auto' AND c.revoked_at IS NULL AS auto,
            d.id::text AS device_id, d.credential_generation,
            coalesce(encode(d.registration_key_digest, 'hex'), '') AS registration_key_digest
     FROM bulk_identification_codes c
@@ -507,9 +509,32 @@ async def claim_evidence(pool: Pool, code: str, hardware_id: str) -> ClaimEviden
     current code of a bulk product (unknown, revoked, or an auto product's: those claims
     are decided as usual). One registry read, the same whether or not the hardware ID is
     listed."""
+    found = await code_claim(pool, code, hardware_id)
+    return found.evidence if found is not None else None
+
+
+@dataclass(frozen=True)
+class CodeClaim:
+    """What the registry says of a claim's code and hardware ID, in one read: whether the
+    code is revoked, whether it is the current code of an auto product (``auto``: a kind
+    that never changes, so an intake may remember it until the code is rotated), and for a
+    current bulk code the claim's :class:`ClaimEvidence` (None otherwise)."""
+
+    revoked: bool
+    evidence: ClaimEvidence | None
+    auto: bool = False
+
+
+async def code_claim(pool: Pool, code: str, hardware_id: str) -> CodeClaim | None:
+    """:func:`claim_evidence` and whether ``code`` is revoked, in the same one read; None
+    for a code the registry does not know."""
     row = await pool.fetchrow(SELECT_CLAIM_EVIDENCE, code, hardware_id)
-    if row is None or not row["bulk"]:
+    if row is None:
         return None
+    return CodeClaim(bool(row["revoked"]), _evidence(row) if row["bulk"] else None, bool(row["auto"]))
+
+
+def _evidence(row: Record) -> ClaimEvidence:
     return ClaimEvidence(
         device_id=row["device_id"] or "",
         credential_generation=row["credential_generation"] or 0,

@@ -44,7 +44,9 @@ pytestmark = pytest.mark.e2e
 SOURCE_ALLOWANCE = 5
 TARGET_ALLOWANCE = 10
 LIMITS = {
-    "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": f"{SOURCE_ALLOWANCE}/minute",
+    # An hour, so that a blocked source waits longer than a (source, target) pair's minute:
+    # a call refused by its pair is told the pair's wait (attack 3, G5).
+    "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": f"{SOURCE_ALLOWANCE}/hour",
     "FLEETREG_LIMIT_REFUSALS_PER_TARGET": f"{TARGET_ALLOWANCE}/minute",
     "FLEETREG_LIMIT_REQUESTS_PER_KEY": "10000/second",
     "FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32",
@@ -119,9 +121,14 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
         assert (await claim(guesser, intake, code, f"nope{run}", pin1))[0] == 429
         assert await decisions(pool, product_id) == before
         # The pair (address, code and board 0) is over its limit: refused before evaluation,
-        # the right key too, for the window that produced it.
+        # the right key too, for the window that produced it, and told that window's wait,
+        # not the source's hour (a site's real board behind the guesser's NAT, G5).
         status, body = await claim(guesser, intake, code, board0, pin0)
         assert (status, body["rule"]) == (429, "refusals_per_target")
+        assert 0 < int(body["retry_after"]) <= 60, body
+        status, body = await claim(guesser, intake, str(uuid.uuid4()).upper(), "h", "")
+        assert (status, body["rule"]) == (429, "refusals_per_source")
+        assert int(body["retry_after"]) > 60, body
         # Another board's right key from the same blocked address proves itself, and so does
         # its device secret afterwards (a reboot): both decided as usual.
         first = await register(guesser, intake, code, board1, registration_key=pin1, cpu_id="c", mac="m")
@@ -137,6 +144,56 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_from_a_blocked_address(
         assert real.status == 200 and real.body["decision"] == "new", real.body
 
 
+async def test_a_concurrent_burst_of_wrong_keys_gets_at_most_the_minute_allowance_evaluated(
+    own: dict[str, ServiceProcess],
+    operator: Operator,
+    system: System,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+) -> None:
+    """Attack 3, G1: the attempts on a listed hardware ID are counted before evaluation,
+    atomically, so a burst that arrives before any answer gets no more through."""
+    intake = own["intake"].url
+    product_id, code, ((pin0, board0, _), _) = await pin_product(operator, system, session)
+    burst = 300
+    wrong = random.sample([f"{n:04d}" for n in range(10_000) if f"{n:04d}" != pin0], burst)
+    async with behind(public_address()) as guesser:
+        answers = await asyncio.gather(*(claim(guesser, intake, code, board0, key) for key in wrong))
+        statuses = Counter(status for status, _ in answers)
+        assert set(statuses) <= {403, 429} and statuses[403] <= TARGET_ALLOWANCE, statuses
+        assert await decisions(pool, product_id) <= TARGET_ALLOWANCE
+        # The right key, past the allowance: refused before evaluation, with the pair's wait.
+        status, body = await claim(guesser, intake, code, board0, pin0)
+        assert (status, body["rule"]) == (429, "refusals_per_target"), body
+        assert 0 < int(body["retry_after"]) <= 60, body
+    assert await decisions(pool, product_id) <= TARGET_ALLOWANCE
+
+
+async def test_unlisted_hardware_ids_from_a_blocked_address_make_no_counters(
+    own: dict[str, ServiceProcess],
+    operator: Operator,
+    system: System,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+) -> None:
+    """Attack 3, G4: a hardware ID not listed has no key to guess: claims of new ones from a
+    blocked address are the wrong key's 429 and leave no (source, target) counter behind."""
+    intake = own["intake"].url
+    product_id, code, _ = await pin_product(operator, system, session)
+    address = public_address()
+    counters = "SELECT count(*) FROM throttle_counters WHERE key LIKE '%' || $1 || '|%'"
+    async with behind(address) as guesser:
+        await block(guesser, intake)
+        before = await pool.fetchval(counters, address)
+        answers = await asyncio.gather(
+            *(claim(guesser, intake, code, f"nope{uuid.uuid4().hex[:10]}", "1234") for _ in range(100))
+        )
+        assert Counter(status for status, _ in answers) == {429: 100}
+        assert {body["rule"] for _, body in answers} == {"refusals_per_source"}
+        assert await pool.fetchval(counters, address) == before  # block()'s unknown codes only
+    assert await decisions(pool, product_id) == 0
+
+
 async def test_a_revoked_code_flooded_with_new_hardware_ids_writes_at_most_the_pair_allowance(
     own: dict[str, ServiceProcess], operator: Operator, pool: Pool
 ) -> None:
@@ -144,24 +201,23 @@ async def test_a_revoked_code_flooded_with_new_hardware_ids_writes_at_most_the_p
     registration = await operator.product()
     await operator.call("POST", f"/v1/auto-registrations/{registration['id']}/rotate-code", expect=200)
     old = registration["bulk_identification_code"]
-    flood, concurrency = 200, 8
-    gate = asyncio.Semaphore(concurrency)
+    flood = 300
     async with behind(public_address()) as holder:
 
         async def one() -> tuple[int, str]:
-            async with gate:
-                status, body = await claim(holder, intake, old, uuid.uuid4().hex[:12], "")
-                return status, body.get("reason", "")
+            status, body = await claim(holder, intake, old, uuid.uuid4().hex[:12], "")
+            return status, body.get("reason", "")
 
+        # All at once (the connector's 100 connections): counted before publishing (attack 3, G3).
         answers = Counter(await asyncio.gather(*(one() for _ in range(flood))))
         # Every answer is the revoked 403 (what a board on the old image must read), never 429...
         assert answers == {(403, REASON_REVOKED_CODE): flood}, answers
         # ...nothing counted against the address (its unknown code is still a plain 403)...
         status, _ = await claim(holder, intake, str(uuid.uuid4()).upper(), "h", "")
         assert status == 403
-    # ...and the writes are bounded: the pair's allowance (plus the calls in flight as it closed).
+    # ...and the writes are bounded: the pair's allowance, however many arrived together.
     rows = await decisions(pool, registration["product_id"])
-    assert TARGET_ALLOWANCE <= rows <= TARGET_ALLOWANCE + concurrency, rows
+    assert rows == TARGET_ALLOWANCE, rows
 
 
 async def test_reference_step_1_with_a_revoked_code_says_so_and_is_not_counted(
@@ -256,3 +312,29 @@ async def test_a_weak_bulk_key_cannot_be_brute_forced_at_reference_step_5_either
         # Another board of the site, with its right key, from the same address: provisioned.
         board = ReferenceDevice(code, board1, registration_key=pin1)
         assert await client.boot(board) == "provisioned", client.calls[-3:]
+
+
+async def test_a_concurrent_burst_at_reference_step_5_gets_at_most_the_allowance_evaluated(
+    own: dict[str, ServiceProcess],
+    operator: Operator,
+    system: System,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+) -> None:
+    """Attack 3, G1 at the reference protocol's register step: the same attempt count."""
+    compat_port = own["intake"].env["FLEETREG_COMPAT_PORT"]
+    compat_url = system.compat_url.replace(f":{system.env['FLEETREG_COMPAT_PORT']}/", f":{compat_port}/")
+    product_id, code, ((pin0, board0, _), _) = await pin_product(operator, system, session)
+    wrong = random.sample([f"{n:04d}" for n in range(10_000) if f"{n:04d}" != pin0], 200)
+    async with behind(public_address()) as guesser:
+        client = ReferenceClient(guesser, compat_url, system.tls_ca)
+        body = {"project_id": code, "hardware_id": board0}
+        await asyncio.gather(
+            *(
+                client._call("POST", "/bulk/registration/register", {**body, "registration_key": key})
+                for key in wrong
+            )
+        )
+        answers = Counter(read_answer(text).get("status") for _, _, _, text in client.calls)
+        assert answers["pending"] >= len(wrong) - TARGET_ALLOWANCE, answers
+        assert await decisions(pool, product_id) <= TARGET_ALLOWANCE

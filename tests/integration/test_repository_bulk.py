@@ -439,3 +439,11 @@ async def test_claim_evidence_is_the_codes_own_products_device_with_its_key(pool
     )
     assert await bulk.claim_evidence(pool, await registry.new_code(pool, auto.id), "ev-2") is None
     assert await bulk.claim_evidence(pool, str(uuid.uuid4()).upper(), "ev-1") is None
+    # The same read says what the intake counts before publishing: a revoked code, an auto
+    # product's current code (remembered, no read next time), a current bulk code's evidence.
+    revoked = await registry.new_code(pool, product.id, revoked=True)
+    assert await bulk.code_claim(pool, revoked, "ev-1") == bulk.CodeClaim(True, None, False)
+    auto_code = await registry.new_code(pool, (await registry.new_product(pool, account, kind="auto")).id)
+    assert await bulk.code_claim(pool, auto_code, "ev-2") == bulk.CodeClaim(False, None, True)
+    assert await bulk.code_claim(pool, code, "nobody") == bulk.CodeClaim(False, bulk.ClaimEvidence("", 0, ""))
+    assert await bulk.code_claim(pool, str(uuid.uuid4()).upper(), "ev-1") is None

@@ -146,3 +146,23 @@ def test_refusals_are_summed_until_taken() -> None:
         cache.refused()
     assert cache.take_refused() == 5
     assert cache.take_refused() == 0
+
+
+def test_an_auto_products_code_is_remembered_until_an_invalidation() -> None:
+    """Its registrations then cost no read of what they claim (nothing is counted before
+    publishing for them); a rotation drops it, and nothing is kept while the listener is
+    down or from a read older than an invalidation."""
+    down = CodeCache(10.0)
+    down.put_auto("A", down.generation)
+    assert not down.is_auto("A")
+    cache = listening_cache()
+    generation = cache.generation
+    cache.put_auto("A", generation)
+    assert cache.is_auto("A") and not cache.is_auto("B")
+    cache.clear()  # a rotation, lock or deletion
+    assert not cache.is_auto("A")
+    cache.put_auto("A", generation)  # read before the invalidation: not kept
+    assert not cache.is_auto("A")
+    off = listening_cache(ttl_s=0)
+    off.put_auto("A", off.generation)
+    assert not off.is_auto("A")

@@ -3,6 +3,7 @@ that refusals (never healthy calls) lead to 429 with a growing Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -344,3 +345,30 @@ async def test_a_clone_rate_wait_holds_the_id_and_its_spellings_on_every_instanc
         assert throttle.clone_rate_wait("192.0.2.2", "CODE", "b827eb-01") is None
         # It is no refusal of the address: nothing else it does is held.
         assert throttle.retry_after("192.0.2.1") is None
+
+
+async def test_attempts_are_counted_before_evaluation_and_a_burst_gets_only_the_allowance() -> None:
+    """Attack 3, G1: each attempt is one atomic hit, so calls arriving together each see
+    their own count; past it the pair's own wait (never the source's, G5), from memory."""
+    announced: list[str] = []
+
+    async def announce(key: str, until: float) -> None:
+        announced.append(key)
+
+    throttle = Throttle(
+        settings(
+            FLEETREG_LIMIT_REFUSALS_PER_SOURCE="1/day",
+            FLEETREG_LIMIT_REFUSALS_PER_TARGET="10/minute;100/hour",
+        ),
+        "test",
+        MemoryStorage(),
+        announce,
+    )
+    guessed = target_of("hardware", "CODE", "h")
+    await throttle.refused("192.0.2.1")  # the source is blocked for a day
+    waits = await asyncio.gather(*(throttle.attempt("192.0.2.1", guessed) for _ in range(300)))
+    assert waits.count(None) == 10
+    assert {w is not None and 1 <= w <= 60 for w in waits if w is not None} == {True}
+    # One announcement for the pair (and the source's), however many attempts saw it over (G6).
+    assert announced.count(f"192.0.2.1|{guessed}") == 1
+    assert await throttle.attempt("192.0.2.2", guessed) is None  # another address: its own

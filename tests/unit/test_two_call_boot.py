@@ -19,7 +19,12 @@ from services.intake.handlers import Answer
 from shared.db.files import DeviceFiles, RecordedFile, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import reason_clone_limit, reason_clone_rate, reason_max_devices
+from shared.domain.dedup import (
+    REASON_BULK_NOT_LISTED,
+    reason_clone_limit,
+    reason_clone_rate,
+    reason_max_devices,
+)
 from shared.domain.provisioning import ServiceRecipe, file_spec, render
 from shared.errors import InvalidInput
 from shared.events import RegistrationOutcome
@@ -248,6 +253,13 @@ async def test_quota_and_clone_limit_refusals_are_403_and_count_against_the_sour
         assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == handlers.Counted(target)
     disabled = Answer("refused", "req-1", reason="device disabled by the operator")
     assert await handlers.counted_refusal(NO_POOL, CLAIM, disabled, 0) is None
+
+
+async def test_a_bulk_claim_refused_not_listed_counts_on_the_source_only() -> None:
+    """Its (source, code and hardware ID) pair was counted before it was published, for a
+    listed hardware ID (an unlisted one gets none): not counted there twice."""
+    answer = Answer("refused", "req-1", reason=REASON_BULK_NOT_LISTED)
+    assert await handlers.counted_refusal(NO_POOL, CLAIM, answer, 0) == handlers.Counted(None)
 
 
 def test_a_native_claim_of_only_placeholder_identifiers_has_no_fingerprint() -> None:

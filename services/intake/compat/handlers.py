@@ -318,10 +318,11 @@ async def register_service(
     throttle: Throttle | None = None,
 ) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
-    For bulk registration the first such call claims the device with its key; from an
-    address (or address and hardware ID) over its refusal limit the key is checked here
-    first (:func:`services.intake.handlers.hold_unproven_claim`), and a claim that proves
-    nothing is told ``pending`` with the wait, nothing published.
+    For bulk registration the first such call claims the device with its key, by the
+    native API's rule (:func:`services.intake.handlers.hold_unproven_claim`): a claim of a
+    listed hardware ID counts an attempt on its (address, code and hardware ID) pair
+    before its key is evaluated, and past it, or from an address over its own limit
+    without the right key, is told ``pending`` with the wait, nothing published.
 
     A service enabled after the device was provisioned gets its UID now, on this first
     ask (:func:`shared.db.files.complete_device_files`); a device that confirmed already
@@ -371,7 +372,10 @@ async def register_service(
         if outcome.status == "pending":
             return _ok(answer("pending", ("reason", PENDING)))
         if outcome.status != "ready":
-            return _refusal(outcome.reason, target_of("hardware", found.code, hardware_id.lower()))
+            # Counted on the source only when "not listed": the claim of a listed hardware ID
+            # counted on its (source, code and hardware ID) pair before it was published
+            # (_held_claim), an unlisted one has no key to guess.
+            return _refusal(outcome.reason)
         device = await compat.device(pool, found.account_id, hardware_id, found.service_id)
         if device is not None and not _current(keyring, outcome.device_secret, device):
             # A later claim (a reclaim before "ready") replaced this decision's credentials:
@@ -433,14 +437,14 @@ async def _held_claim(
     reported: Reported,
     key_digest: str,
 ) -> Reply | None:
-    """Step 5's bulk claim from an address over its refusal limit: ``pending`` with the
-    wait when it proves nothing (the client asks again every 30 s), else None."""
+    """Step 5's bulk claim, before it is published, by the native API's rule
+    (:func:`services.intake.handlers.hold_unproven_claim`: a listed hardware ID's claims
+    count on their (source, code and hardware ID) pair first, an unlisted one's make no
+    pair): ``pending`` with the wait when it is held (the client asks again every 30 s),
+    else None."""
     if throttle is None:
         return None
     target = target_of("hardware", code, hardware_id.lower())
-    by_source, by_pair = throttle.blocked(source, target)
-    if not (by_source or by_pair):
-        return None
     secret_proven = (
         device is not None
         and bool(reported.secret_digest)
@@ -454,7 +458,7 @@ async def _held_claim(
             throttle,
             source,
             target,
-            by_pair=by_pair,
+            listed=device is not None,
             secret_proven=secret_proven,
             presented_key_digest=key_digest,
             listed_key_digest=device.registration_key_digest if device is not None else "",
