@@ -58,6 +58,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # asyncpg's own timeouts (command_timeout, connect timeout): a registry that stopped
     # answering (dropped packets, a partition) rather than refusing; a 500 before.
     TimeoutError,
+    # asyncpg's protocol state machine raises this ("cannot switch to state N; another
+    # operation is in progress") when the server ends a session mid-statement, as a fast
+    # restart does (MagicStack/asyncpg#784, #1069; sqlalchemy/sqlalchemy#13241). Seen here
+    # as six 500s in a storm across `pg_ctl restart -m fast`. Its subclasses are transient
+    # too: a stale statement cache after a migration, a standby reached during failover.
+    asyncpg.InternalClientError,
 )
 
 # What a consumer's batch may meet from a registry that is busy, failing over or being
