@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STACK  := deploy/local/stack.sh
 
-.PHONY: venv up down status demo test test-unit bench fuzz lint chaos
+.PHONY: venv up down status demo test test-unit bench fuzz lint chaos compose-test
 
 venv: $(STAMP)
 
@@ -53,6 +53,15 @@ fuzz: venv
 CHAOS_ARGS ?=
 chaos: venv
 	@$(PY) -m tests.chaos $(CHAOS_ARGS)
+
+# The container path (docs/operations.md, "Running with containers"): the images built from
+# Debian's packages and Maven Central, the real docker-compose.yml under podman, through its
+# published ports. COMPOSE_SCALE=short is CI's form (200 devices, 100 rows, up and down).
+COMPOSE_SCALE ?= full
+compose-test: venv
+	@deploy/container/images.sh all
+	@deploy/local/browser.sh
+	@FLEETREG_COMPOSE_TEST=1 FLEETREG_COMPOSE_SCALE=$(COMPOSE_SCALE) $(PY) -m pytest -s tests/compose
 
 lint: venv
 	@$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ groups and account, so no test depends on another or on their order.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,10 @@ from shared.db.pool import Pool, open_pool, single_connection
 from shared.settings import DatabaseSettings, KafkaSettings, Secret
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The container tests (tests/compose) build images and run the compose stack under podman:
+# `make compose-test` (and .ci/run after `make test`) runs them, with FLEETREG_COMPOSE_TEST set.
+collect_ignore = [] if os.environ.get("FLEETREG_COMPOSE_TEST") else ["compose"]
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ refuse_placeholders() {
 # a pod gets the runtime's (often a soft 1,024 under a hard 1,048,576, or more); each client
 # connection is a descriptor and the per-process connection cap is derived from this limit
 # (docs/operations.md, "Connections and file descriptors"). Compose sets both (20,000).
+# shellcheck disable=SC3045 # the image's /bin/sh is dash, whose ulimit has -H and -n
 raise_fd_limit() {
   hard=$(ulimit -Hn)
   ulimit -n "$hard" 2>/dev/null ||

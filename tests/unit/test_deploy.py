@@ -85,8 +85,19 @@ PER_SERVICE = {
     "FLEETREG_COMPAT_PORT",
     *OPS_PORT_VARIABLES,
 }
-# Read by docker-compose.yml only: the bundled postgres container and the image name.
-COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "FLEETREG_IMAGE"}
+# Read by docker-compose.yml only: the bundled postgres container, the images and the published ports.
+COMPOSE_ONLY = {
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "FLEETREG_IMAGE",
+    "KAFKA_IMAGE",
+    "POSTGRES_IMAGE",
+    "FLEETREG_INTAKE_PUBLISHED_PORT",
+    "FLEETREG_INTAKE_TLS_PUBLISHED_PORT",
+    "FLEETREG_OPERATOR_PUBLISHED_PORT",
+    "FLEETREG_INGESTION_PUBLISHED_PORT",
+}
 # .env.example values that are not the code's default, on purpose: required by the code
 # (no default), or a path the containers provide.
 NOT_CODE_DEFAULT = {

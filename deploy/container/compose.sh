@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# docker-compose.yml under podman and podman-compose, where the compose tool cannot wait for a
+# healthcheck: podman below 4.6 has no `podman wait --condition=healthy` (podman-compose then
+# ignores `condition: service_healthy`), and podman runs healthchecks from systemd timers, which
+# do not exist on a machine or container without systemd. This script is the documented
+# workaround (docs/operations.md, "Running with containers"): it starts the stack in the order
+# the compose file's depends_on states, and runs each container's own compose healthcheck
+# (`podman healthcheck run`) until it passes. With Docker, `docker compose up -d --wait` does all
+# of it by itself.
+#
+#   compose.sh up                   postgres and kafka (healthy), migrate (exit 0), the six services (healthy)
+#   compose.sh wait SERVICE...      run the services' healthchecks until each passes (FLEETREG_HEALTH_TIMEOUT, 180 s)
+#   compose.sh upgrade IMAGE        the documented rolling order: migrate with IMAGE, then dedup,
+#                                   provisioning, notifier, ingestion, operator, intake, one by one,
+#                                   each recreated with IMAGE and healthy before the next
+#   compose.sh down                 stop and remove the project's containers, networks and volumes
+#                                   (images stay: they are the layer cache)
+#   compose.sh [ARGS...]            anything else goes to podman-compose as it is (ps, logs, stop, start)
+#
+# Environment: COMPOSE_PROJECT_NAME (fleetreg), FLEETREG_COMPOSE_ENV_FILE (.env beside the compose
+# file), FLEETREG_COMPOSE_FILE (docker-compose.yml), PODMAN_COMPOSE (podman-compose on the PATH,
+# else the project's .venv/bin/podman-compose).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+PROJECT=${COMPOSE_PROJECT_NAME:-fleetreg}
+ENV_FILE=${FLEETREG_COMPOSE_ENV_FILE:-$ROOT/.env}
+COMPOSE_FILE=${FLEETREG_COMPOSE_FILE:-$ROOT/docker-compose.yml}
+TIMEOUT=${FLEETREG_HEALTH_TIMEOUT:-180}
+INFRA=(postgres kafka)
+SERVICES=(dedup provisioning intake operator ingestion notifier)
+# The rolling order of an upgrade: the consumers first (each reads what the older producers
+# write), the operator before the intake (the edges last, so devices meet one version at a time).
+UPGRADE_ORDER=(dedup provisioning notifier ingestion operator intake)
+
+say() { echo "compose: $*"; }
+fail() { echo "compose: $*" >&2; exit 1; }
+
+tool() {
+  local pc=${PODMAN_COMPOSE:-}
+  if [ -z "$pc" ]; then
+    if command -v podman-compose >/dev/null; then pc=podman-compose; else pc="$ROOT/.venv/bin/podman-compose"; fi
+  fi
+  local args=(-p "$PROJECT" -f "$COMPOSE_FILE")
+  [ -f "$ENV_FILE" ] && args+=(--env-file "$ENV_FILE")
+  "$pc" "${args[@]}" "$@"
+}
+
+container() { echo "${PROJECT}_$1_1"; }
+
+# Runs SERVICE's compose healthcheck until it passes; fails with the container's last log lines.
+wait_healthy() { # SERVICE...
+  local deadline=$((SECONDS + TIMEOUT)) name service pending
+  pending=("$@")
+  while [ "${#pending[@]}" -gt 0 ]; do
+    local still=()
+    for service in "${pending[@]}"; do
+      name=$(container "$service")
+      if podman healthcheck run "$name" >/dev/null 2>&1; then continue; fi
+      still+=("$service")
+    done
+    pending=("${still[@]+"${still[@]}"}")
+    [ "${#pending[@]}" -eq 0 ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      for service in "${pending[@]}"; do
+        podman logs --tail 20 "$(container "$service")" >&2 || true
+      done
+      fail "not healthy within ${TIMEOUT} s: ${pending[*]}"
+    fi
+    sleep 1
+  done
+  say "healthy: $*"
+}
+
+migrate() {
+  tool up -d --no-deps --no-build --force-recreate migrate >/dev/null
+  local code
+  code=$(podman wait "$(container migrate)")
+  podman logs "$(container migrate)" 2>&1 | tail -n 1
+  [ "$code" = 0 ] || fail "migrate exited $code"
+}
+
+up() {
+  # --no-deps: podman-compose would otherwise tie each container to its dependencies with
+  # --requires, and podman 4.3 refuses to start one whose dependency (migrate) has exited.
+  tool up -d --no-deps --no-build "${INFRA[@]}" >/dev/null
+  wait_healthy "${INFRA[@]}"
+  migrate
+  tool up -d --no-deps --no-build "${SERVICES[@]}" >/dev/null
+  wait_healthy "${SERVICES[@]}"
+}
+
+upgrade() { # IMAGE
+  local image=$1 service
+  export FLEETREG_IMAGE=$image
+  say "migrating with $image"
+  migrate
+  for service in "${UPGRADE_ORDER[@]}"; do
+    say "replacing $service"
+    tool up -d --no-deps --no-build --force-recreate "$service" >/dev/null
+    wait_healthy "$service"
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  wait) shift; wait_healthy "$@" ;;
+  upgrade) [ "$#" -eq 2 ] || fail "usage: compose.sh upgrade IMAGE"; upgrade "$2" ;;
+  down) tool down -v ;;
+  "") fail "usage: compose.sh up|wait SERVICE...|upgrade IMAGE|down|PODMAN-COMPOSE-ARGS..." ;;
+  *) tool "$@" ;;
+esac
