@@ -37,7 +37,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN /opt/venv/bin/pip install --no-deps .
+# The installer is not needed to run (nothing imports pip or setuptools at run time): 25 MB less.
+RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # ------------------------------------------------------------------ final ----
 # The same base, no compiler, no pip cache, no source tree: the venv and the entry point.

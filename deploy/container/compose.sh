@@ -72,8 +72,20 @@ wait_healthy() { # SERVICE...
   say "healthy: $*"
 }
 
+# Replaces SERVICE's container with one made from the current settings and image: stopped
+# within its stop_grace_period (podman-compose stop: SIGTERM, then SIGKILL), removed, created
+# again. Not `up --force-recreate`: podman-compose then recreates every service that depends on
+# the one named too (all of them depend on migrate), which stops the whole stack at once.
+recreate() { # SERVICE
+  if podman container exists "$(container "$1")"; then
+    tool stop "$1" >/dev/null
+    podman rm "$(container "$1")" >/dev/null
+  fi
+  tool up -d --no-deps --no-build "$1" >/dev/null
+}
+
 migrate() {
-  tool up -d --no-deps --no-build --force-recreate migrate >/dev/null
+  recreate migrate
   local code
   code=$(podman wait "$(container migrate)")
   podman logs "$(container migrate)" 2>&1 | tail -n 1
@@ -97,7 +109,7 @@ upgrade() { # IMAGE
   migrate
   for service in "${UPGRADE_ORDER[@]}"; do
     say "replacing $service"
-    tool up -d --no-deps --no-build --force-recreate "$service" >/dev/null
+    recreate "$service"
     wait_healthy "$service"
   done
 }

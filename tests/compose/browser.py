@@ -61,4 +61,7 @@ async def still_signed_in(url: str, cookies: list[Any]) -> bool:
     """Whether the devices page opens with these cookies (no redirect to the sign-in page)."""
     async with _page(cookies) as page:
         await page.goto(f"{url}/console/devices")
-        return "/console/sign-in" not in page.url and await page.get_by_role("button", name="Sign out").count() == 1
+        return (
+            "/console/sign-in" not in page.url
+            and await page.get_by_role("button", name="Sign out").count() == 1
+        )

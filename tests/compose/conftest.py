@@ -32,7 +32,8 @@ STORM_SETTINGS = {
 
 
 def image_exists(image: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", image], check=False)  # noqa: S607 - podman from the PATH.returncode == 0
+    found = subprocess.run(["podman", "image", "exists", image], check=False)  # noqa: S607 - podman from the PATH
+    return found.returncode == 0
 
 
 @pytest.fixture(scope="session", autouse=True)

