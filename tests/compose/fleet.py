@@ -111,17 +111,17 @@ class KeepBooting:
         return sum(len(r.results) for r in self.results)
 
     @property
+    def all(self) -> StormResult:
+        """Every wave's devices as one storm (for its retry and failure counts)."""
+        return StormResult(
+            results=[d for r in self.results for d in r.results],
+            duration_s=sum(r.duration_s for r in self.results),
+        )
+
+    @property
     def failed(self) -> dict[str, int]:
-        failed: dict[str, int] = {}
-        for result in self.results:
-            for kind, n in result.failed.items():
-                failed[kind] = failed.get(kind, 0) + n
-        return failed
+        return self.all.failed
 
     @property
     def retries(self) -> dict[str, int]:
-        retries: dict[str, int] = {}
-        for result in self.results:
-            for kind, n in result.retries.items():
-                retries[kind] = retries.get(kind, 0) + n
-        return retries
+        return self.all.retries

@@ -122,18 +122,17 @@ class ComposeStack:
         return time.monotonic() - started
 
     async def down(self) -> None:
-        """compose.sh down, then the project's settings file (it holds its secrets); a second
-        call does nothing."""
+        """compose.sh down --volumes, then the project's settings file (it holds its secrets);
+        a second call does nothing."""
         if not self.env_file.exists():
             return
-        await self.compose("down")
+        await self.compose("down", "--volumes")
         shutil.rmtree(self.home, ignore_errors=True)
 
     async def fleetreg(self, *args: str) -> Any:
-        """``fleetreg ARGS --json`` inside the operator container (it holds DATABASE_URL)."""
-        out = await self.run(
-            "podman", "exec", self.container("operator"), "fleetreg", *args, "--json", secret=True
-        )
+        """``fleetreg ARGS --json`` in the operator container (it holds DATABASE_URL), as the
+        docs say: compose.sh exec -T operator fleetreg ..."""
+        out = await self.run(str(COMPOSE), "exec", "-T", "operator", "fleetreg", *args, "--json", secret=True)
         return json.loads(out)
 
     async def inspect(self, service: str, template: str) -> str:

@@ -9,7 +9,10 @@ checked on the running containers."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
 import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -28,7 +31,7 @@ from tests.compose.fleet import (
     storm,
     storm_figures,
 )
-from tests.compose.stack import LOCAL_IMAGE, ROOT, SERVICES, ComposeStack, PeakMemory
+from tests.compose.stack import COMPOSE, LOCAL_IMAGE, ROOT, SERVICES, ComposeStack, PeakMemory
 from tests.support.api import Operator
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
 
@@ -58,6 +61,48 @@ async def test_every_container_passes_its_compose_healthcheck(stack: ComposeStac
         await stack.run("podman", "healthcheck", "run", stack.container(service))
         assert await stack.inspect(service, "{{.State.Health.Status}}") == "healthy", service
     assert await stack.inspect("migrate", "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+    table = await stack.compose("health")  # what monitoring calls without systemd
+    assert [line.split() for line in table.splitlines()[1:]] == [
+        [service, "healthy"] for service in ("postgres", "kafka", *SERVICES)
+    ]
+
+
+async def exit_code(*command: str) -> int:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(process.wait(), 60)
+
+
+async def test_kafka_and_postgres_are_out_of_reach_of_the_host_and_other_networks(
+    stack: ComposeStack,
+) -> None:
+    """Kafka's listener has no authentication: it and Postgres sit on an internal network, which
+    neither the host nor a container on another network can reach (the services on it can)."""
+    probe = (
+        "import socket, sys; s = socket.socket(); s.settimeout(3); s.connect((sys.argv[1], int(sys.argv[2])))"
+    )
+    for service, port in (("kafka", 9092), ("postgres", 5432)):
+        [ip] = (
+            await stack.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
+        ).split()
+        assert await exit_code(sys.executable, "-c", probe, ip, str(port)) != 0, f"the host reaches {service}"
+        other_network = [
+            "podman",
+            "run",
+            "--rm",
+            "--network",
+            "podman",
+            "--entrypoint",
+            "python",
+            LOCAL_IMAGE,
+        ]
+        assert await exit_code(*other_network, "-c", probe, ip, str(port)) != 0, (
+            f"another network reaches {service}"
+        )
+        inside = ["podman", "exec", stack.container("dedup"), "python", "-c", probe]
+        assert await exit_code(*inside, service, str(port)) == 0, f"dedup cannot reach {service}"
+        assert await exit_code(*inside, ip, str(port)) == 0  # the address probed above is the right one
 
 
 async def test_the_services_run_unprivileged_on_a_read_only_root(stack: ComposeStack) -> None:
@@ -231,6 +276,13 @@ async def test_a_stop_and_start_of_the_whole_stack_keeps_registry_topics_and_ses
     topics_after = await stack.run("podman", "exec", stack.container("kafka"), "ls", "/var/lib/kafka/data")
     assert {t for t in topics_before.split() if t.startswith("fleetreg.")} <= set(topics_after.split())
     assert await still_signed_in(stack.operator_url, cookie)
+    # the backup command of docs/operations.md, while the stack runs
+    dump = await asyncio.create_subprocess_exec(
+        str(COMPOSE), "exec", "-T", "postgres", "pg_dump", "-U", "fleetreg", "-d", "fleetreg", "--format=custom",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=stack.environment(),
+    )  # fmt: skip
+    backup, _ = await dump.communicate()
+    assert dump.returncode == 0 and backup.startswith(b"PGDMP") and len(backup) > 100_000, len(backup)
     # and the pipeline goes on where it was: a new storm on the same topics and groups
     second = await storm(stack, plan_fleet(code, 100, clone_rate=0.0))
     assert not second.failed
@@ -239,9 +291,26 @@ async def test_a_stop_and_start_of_the_whole_stack_keeps_registry_topics_and_ses
     assert check["extra_devices"] == 100  # the first storm's, still there
 
 
+async def test_a_secret_left_as_the_placeholder_stops_the_start_before_any_container(images: None) -> None:
+    """Postgres would initialise its volume with the placeholder password and keep it."""
+    project = ComposeStack(
+        f"fct{uuid.uuid4().hex[:6]}", settings={"POSTGRES_PASSWORD": "change-me-postgres-password"}
+    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(COMPOSE), "up", env=project.environment(), stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 1 and b"POSTGRES_PASSWORD" in err and b"placeholder" in err, err
+        listed = await project.run("podman", "ps", "-a", "--format", "{{.Names}}")
+        assert project.project not in listed
+    finally:
+        shutil.rmtree(project.home, ignore_errors=True)
+
+
 async def test_down_removes_the_projects_containers_networks_and_volumes_only(stack: ComposeStack) -> None:
-    """compose.sh down (the module's last step) leaves no container, network or volume of the
-    project, and keeps the images (the layer cache)."""
+    """compose.sh down --volumes (the module's last step) leaves no container, network or
+    volume of the project, and keeps the images (the layer cache)."""
     await stack.down()
     for listing in (
         ["ps", "-a", "--format", "{{.Names}}"],
