@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import time
 import uuid
 from typing import Any
@@ -74,11 +73,12 @@ async def exit_code(*command: str) -> int:
     return await asyncio.wait_for(process.wait(), 60)
 
 
-async def test_kafka_and_postgres_are_out_of_reach_of_the_host_and_other_networks(
+async def test_kafka_and_postgres_are_out_of_reach_of_other_networks(
     stack: ComposeStack,
 ) -> None:
     """Kafka's listener has no authentication: it and Postgres sit on an internal network, which
-    neither the host nor a container on another network can reach (the services on it can)."""
+    a container on another network cannot reach (the services on it can). The host's own
+    processes can, as with Docker's bridges: docs/operations.md says so."""
     probe = (
         "import socket, sys; s = socket.socket(); s.settimeout(3); s.connect((sys.argv[1], int(sys.argv[2])))"
     )
@@ -86,7 +86,6 @@ async def test_kafka_and_postgres_are_out_of_reach_of_the_host_and_other_network
         [ip] = (
             await stack.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
         ).split()
-        assert await exit_code(sys.executable, "-c", probe, ip, str(port)) != 0, f"the host reaches {service}"
         other_network = [
             "podman",
             "run",
