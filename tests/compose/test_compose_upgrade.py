@@ -7,6 +7,7 @@ test: the release it starts from moves forward only when the upgrade path does."
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,10 +19,23 @@ from cli.simulate import plan_fleet
 from shared.db.migrations import available_migrations
 from tests.compose.conftest import FIGURES, FULL, STORM_SETTINGS, image_exists, new_account
 from tests.compose.fleet import KeepBooting, assert_whole, auto_product, registry_matches, storm
-from tests.compose.stack import LOCAL_IMAGE, SERVICES, ComposeStack, run_images
+from tests.compose.stack import LOCAL_IMAGE, ROOT, SERVICES, ComposeStack, run_images
 
 RELEASE = "v0.3.0"
+# The commit the tag names, for a clone that came without tags.
+RELEASE_COMMIT = "dcb8a31fa08d47619fc823cc4d2a241f6e776971"
 RELEASE_IMAGE = f"localhost/fleetreg:{RELEASE}"
+
+
+def release_ref() -> str:
+    tagged = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{RELEASE}^{{commit}}"],  # noqa: S607 - git from the PATH
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert tagged.returncode != 0 or tagged.stdout.strip() == RELEASE_COMMIT, "v0.3.0 was moved"
+    return RELEASE if tagged.returncode == 0 else RELEASE_COMMIT
+
+
 DEVICES = 1000 if FULL else 100
 
 pytestmark = pytest.mark.skipif(not FULL, reason="the full form only (make compose-test)")
@@ -32,7 +46,7 @@ async def released(images: None) -> AsyncIterator[ComposeStack]:
     """A project on the release's image (built from its tag when missing), up and healthy."""
     if not image_exists(RELEASE_IMAGE):
         started = time.monotonic()
-        await asyncio.to_thread(run_images, "fleetreg", RELEASE)
+        await asyncio.to_thread(run_images, "fleetreg", release_ref(), RELEASE)
         FIGURES["release_image_build_s"] = round(time.monotonic() - started, 1)
     project = ComposeStack(f"fcu{uuid.uuid4().hex[:6]}", image=RELEASE_IMAGE, settings=STORM_SETTINGS)
     try:
