@@ -10,7 +10,7 @@
 #
 #   compose.sh up                   postgres and kafka (healthy), migrate (exit 0), the six services (healthy)
 #   compose.sh wait SERVICE...      run the services' healthchecks until each passes (FLEETREG_HEALTH_TIMEOUT, 180 s)
-#   compose.sh health               run every healthcheck once and print a table; exit 1 if any fails
+#   compose.sh health               run every healthcheck (up to three tries) and print a table; exit 1 if any fails
 #                                   (podman without systemd never runs them by itself: call this from
 #                                   cron or your monitoring to see "unhealthy")
 #   compose.sh stop                 the six services first (each drains within its grace period), then
@@ -147,7 +147,11 @@ health() {
   local service status failed=0
   printf '%-14s %s\n' SERVICE HEALTH
   for service in "${INFRA[@]}" "${SERVICES[@]}"; do
-    if podman healthcheck run "$(container "$service")" >/dev/null 2>&1; then
+    # Up to three tries, a second apart: one slow check (a JVM's start on a loaded host) is not
+    # "unhealthy", as the compose file's retries say.
+    if podman healthcheck run "$(container "$service")" >/dev/null 2>&1 ||
+      { sleep 1; podman healthcheck run "$(container "$service")" >/dev/null 2>&1; } ||
+      { sleep 1; podman healthcheck run "$(container "$service")" >/dev/null 2>&1; }; then
       status=healthy
     else
       status=$(podman inspect --format '{{.State.Status}}' "$(container "$service")" 2>/dev/null || echo missing)

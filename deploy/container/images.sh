@@ -76,12 +76,20 @@ engine() {
 }
 
 # ------------------------------------------------------------------- bases ----
-have_image() { podman image exists "$1"; }
+# An image is reused only while what it was built from is unchanged: its label
+# dev.fleetreg.source holds a digest of the build's files and package list.
+source_digest() { # WHAT [FILES...]
+  { echo "$1"; shift; [ "$#" -eq 0 ] || cat "$@"; } | sha256sum | cut -c1-16
+}
+
+current() { # IMAGE DIGEST
+  [ "$(podman image inspect --format '{{index .Labels "dev.fleetreg.source"}}' "$1" 2>/dev/null)" = "$2" ]
+}
 
 # A Debian root filesystem with PACKAGES, imported as IMAGE. Documentation, manual pages and
 # translations are left out (the man1 folder is kept: the JRE's postinst links into it).
-debian_base() { # IMAGE PACKAGES(comma-separated)
-  local image=$1 packages=$2 tarball
+debian_base() { # IMAGE PACKAGES(comma-separated) [DIGEST]
+  local image=$1 packages=$2 digest=${3:-} tarball
   tarball="$WORK/$(echo "$image" | tr '/:' '__').tar"
   # shellcheck disable=SC2016 # the hooks' $1 is mmdebstrap's (the root folder), not ours
   mmdebstrap --variant=minbase --include="$packages" \
@@ -90,7 +98,7 @@ debian_base() { # IMAGE PACKAGES(comma-separated)
     --essential-hook='mkdir -p "$1/usr/share/man/man1"' \
     --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
     "$SUITE" "$tarball" "$MIRROR"
-  podman import --change 'CMD ["/bin/sh"]' "$tarball" "$image"
+  podman import --change 'CMD ["/bin/sh"]' --change "LABEL dev.fleetreg.source=$digest" "$tarball" "$image"
   rm -f "$tarball"
 }
 
@@ -99,28 +107,36 @@ fetch_kafka_jars() { # DIR
     -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$1"
 }
 
-kafka_image() {
+KAFKA_FILES=("$ROOT"/deploy/container/kafka/*)
+POSTGRES_FILES=("$ROOT"/deploy/container/postgres/*)
+PYTHON_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
+
+kafka_image() { # DIGEST
   local context="$WORK/kafka-context"
   rm -rf "$context" && mkdir -p "$context"
   cp -r "$ROOT/deploy/container/kafka/." "$context/"
   fetch_kafka_jars "$context/libs"
   debian_base localhost/fleetreg-jre:17-bookworm openjdk-17-jre-headless
-  podman build --build-arg BASE=localhost/fleetreg-jre:17-bookworm -t "$KAFKA_IMAGE" "$context"
+  podman build --build-arg BASE=localhost/fleetreg-jre:17-bookworm --label "dev.fleetreg.source=$1" \
+    -t "$KAFKA_IMAGE" "$context"
   rm -rf "$context"
 }
 
-postgres_image() {
+postgres_image() { # DIGEST
   debian_base localhost/fleetreg-postgres-base:15-bookworm postgresql-15
-  podman build --build-arg BASE=localhost/fleetreg-postgres-base:15-bookworm -t "$POSTGRES_IMAGE" \
-    "$ROOT/deploy/container/postgres"
+  podman build --build-arg BASE=localhost/fleetreg-postgres-base:15-bookworm --label "dev.fleetreg.source=$1" \
+    -t "$POSTGRES_IMAGE" "$ROOT/deploy/container/postgres"
 }
 
 bases() {
   command -v mmdebstrap >/dev/null || fail "mmdebstrap is missing: run 'images.sh engine' first"
-  have_image "$PYTHON_BASE" ||
-    timed base-python debian_base "$PYTHON_BASE" python3,python3-venv,python-is-python3,ca-certificates
-  have_image "$KAFKA_IMAGE" || timed base-kafka kafka_image
-  have_image "$POSTGRES_IMAGE" || timed base-postgres postgres_image
+  local python kafka postgres
+  python=$(source_digest "$SUITE $PYTHON_PACKAGES")
+  kafka=$(source_digest "$SUITE $KAFKA_VERSION" "${KAFKA_FILES[@]}")
+  postgres=$(source_digest "$SUITE postgresql-15" "${POSTGRES_FILES[@]}")
+  current "$PYTHON_BASE" "$python" || timed base-python debian_base "$PYTHON_BASE" "$PYTHON_PACKAGES" "$python"
+  current "$KAFKA_IMAGE" "$kafka" || timed base-kafka kafka_image "$kafka"
+  current "$POSTGRES_IMAGE" "$postgres" || timed base-postgres postgres_image "$postgres"
 }
 
 # ---------------------------------------------------------------- fleetreg ----
