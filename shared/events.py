@@ -72,6 +72,9 @@ class Event:
 
 
 Decision = Literal["new", "same", "clone", "refused"]
+# What a device signals after its registration. One home: the intake publishes these kinds,
+# dedup and the notifier decide by them, and docs/asyncapi.json lists them (a test compares).
+SignalKind = Literal["ready", "heartbeat"]
 
 
 # Field rules beyond types ------------------------------------------------------------
@@ -239,7 +242,7 @@ class DeviceSignal(Event):
     VERSION: ClassVar[int] = 1
 
     device_id: Uuid
-    kind: Annotated[str, _one_of(("ready", "heartbeat"))]
+    kind: SignalKind
     at: UnixTime
     # The credential generation the device authenticated with: a "ready" is applied only
     # while the device is still at it (a reclaim before "ready" since revoked it). 0: unknown
@@ -425,6 +428,10 @@ def _rules_of(hint: Any) -> tuple[Any, tuple[Rule, ...]]:
     if get_origin(hint) is Annotated:
         base, *metadata = get_args(hint)
         return base, tuple(m for m in metadata if isinstance(m, Rule))
+    if get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint)):
+        # A closed set of strings (SignalKind): checked as a string, then as one of the set,
+        # so a wrong value is refused as "must be one of ...", not as a wrong type.
+        return str, (_one_of(get_args(hint)),)
     return hint, ()
 
 

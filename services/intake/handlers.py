@@ -48,7 +48,7 @@ from shared.errors import (
     Unauthorized,
     shortened,
 )
-from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested
+from shared.events import DeviceSignal, RegistrationOutcome, RegistrationRequested, SignalKind
 from shared.http import bearer, decode_json_object
 from shared.metrics import THROTTLED, UNKNOWN_CODE_REFUSALS
 from shared.throttle import Throttle, target_of
@@ -866,7 +866,7 @@ def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
     return content
 
 
-async def signal(publish: PublishSignal, device: Device, kind: Literal["ready", "heartbeat"]) -> None:
+async def signal(publish: PublishSignal, device: Device, kind: SignalKind) -> None:
     """Publish the authenticated device's signal, with the credential generation it proved:
     deduplication applies a "ready" only while the device is still at it."""
     await publish(

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast, get_args
+from typing import Any, Literal, cast, get_args, get_origin
 
 import jsonschema
 import pytest
@@ -55,6 +55,7 @@ from shared.events import (
     RegistrationDecided,
     RegistrationOutcome,
     RegistrationRequested,
+    SignalKind,
     decode,
     encode,
 )
@@ -441,8 +442,15 @@ def test_the_payload_schema_has_the_dataclass_fields_their_types_and_defaults(cl
     assert schema["additionalProperties"] is False
     for name, f in fields.items():
         prop = resolve(properties[name])
-        assert hints[name] in JSON_TYPES, f"{cls.__name__}.{name}: no JSON type for {hints[name]!r}"
-        assert prop["type"] == JSON_TYPES[hints[name]], f"{cls.__name__}.{name}"
+        hint = hints[name]
+        if get_origin(hint) is Literal:  # a closed set of strings: a string schema listing them
+            assert all(isinstance(a, str) for a in get_args(hint)), f"{cls.__name__}.{name}"
+            assert prop["type"] == "string" and set(prop["enum"]) == set(get_args(hint)), (
+                f"{cls.__name__}.{name}"
+            )
+        else:
+            assert hint in JSON_TYPES, f"{cls.__name__}.{name}: no JSON type for {hint!r}"
+            assert prop["type"] == JSON_TYPES[hint], f"{cls.__name__}.{name}"
         if name in without_default:
             assert "default" not in prop, f"{cls.__name__}.{name} has no default"
         else:
@@ -456,7 +464,8 @@ def test_documented_choices_follow_the_code() -> None:
     signal = payload_schema(message_of(DeviceSignal))["properties"]
     assert set(decided["decision"]["enum"]) == decisions - {"refused"}
     assert set(outcome["decision"]["enum"]) == decisions | {""}
-    assert set(signal["kind"]["enum"]) == set(get_args(typing.get_type_hints(intake_handlers.signal)["kind"]))
+    assert set(signal["kind"]["enum"]) == set(get_args(SignalKind))
+    assert typing.get_type_hints(intake_handlers.signal)["kind"] == SignalKind
 
 
 def test_the_samples_cover_every_event() -> None:
