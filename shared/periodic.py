@@ -80,9 +80,11 @@ class PeriodicJob:
         if task is None:
             return
         self._stopping.set()  # ends a pause at once, and the loop after the round in progress
-        if self._stop_grace_s > 0:
-            await asyncio.wait({task}, timeout=self._stop_grace_s)
-        task.cancel()
+        try:
+            if self._stop_grace_s > 0:
+                await asyncio.wait({task}, timeout=self._stop_grace_s)
+        finally:
+            task.cancel()  # also when the caller is cancelled during the grace: no task left
         # asyncio.wait, not ``await task``: a cancellation of the caller itself still
         # propagates (suppressing CancelledError around ``await task`` would swallow it).
         await asyncio.wait({task})

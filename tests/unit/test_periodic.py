@@ -141,6 +141,25 @@ async def test_a_grace_lets_the_round_in_progress_finish() -> None:
     assert time.monotonic() - started < 0.5
 
 
+async def test_a_stop_cancelled_during_the_grace_still_ends_the_job() -> None:
+    service = _service()
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    job = PeriodicJob(service, "stuck", TICK_S, work, run_at_start=True, stop_grace_s=10.0)
+    job.start()
+    await asyncio.wait_for(entered.wait(), timeout=1.0)
+    stopping = asyncio.create_task(job.stop())
+    await asyncio.sleep(TICK_S)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping  # the caller's cancellation is not swallowed
+    await _until(lambda: _job_tasks(service) == [])
+
+
 async def test_a_final_round_runs_once_after_the_job_stopped() -> None:
     rounds = 0
 
