@@ -62,7 +62,7 @@ import socket
 import struct
 import termios
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -251,25 +251,26 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def trim_after_crowds(limits: ConnectionLimits) -> None:
-    """Every ``TRIM_EVERY_SECONDS``, once ``TRIM_AFTER_CONNECTIONS`` connections fewer are open
-    than at the last look's peak, hand the heap's free pages back to the system (glibc's
-    ``malloc_trim``, a few milliseconds). A crowd's small buffers (headers, TLS state) are
-    freed when it leaves but stay resident, scattered among live objects, until then:
-    1,000 connections holding 16 KiB heads over https left the intake 54 MB larger."""
+def heap_trimmer(*limits: ConnectionLimits) -> Callable[[], Awaitable[None]] | None:
+    """One round of heap trimming, for a ``shared.periodic.PeriodicJob`` every
+    ``TRIM_EVERY_SECONDS``: once ``TRIM_AFTER_CONNECTIONS`` connections fewer are open on one
+    of ``limits`` than at the last round's peak, hand the heap's free pages back to the system
+    (glibc's ``malloc_trim``, a few milliseconds). A crowd's small buffers (headers, TLS
+    state) are freed when it leaves but stay resident, scattered among live objects, until
+    then: 1,000 connections holding 16 KiB heads over https left the intake 54 MB larger.
+    None where there is no ``malloc_trim`` (not glibc)."""
     trim = _malloc_trim()
-    if trim is None or limits.trimming:
-        return
-    limits.trimming = True
-    loop = asyncio.get_running_loop()
+    if trim is None:
+        return None
 
-    def look() -> None:
-        if limits.peak - limits.open >= TRIM_AFTER_CONNECTIONS:
+    async def trim_round() -> None:
+        left = [each for each in limits if each.peak - each.open >= TRIM_AFTER_CONNECTIONS]
+        if left:
             trim(0)
-            limits.peak = limits.open
-        loop.call_later(TRIM_EVERY_SECONDS, look)
+        for each in left:
+            each.peak = each.open
 
-    loop.call_later(TRIM_EVERY_SECONDS, look)
+    return trim_round
 
 
 class ConnectionLimits:
@@ -286,8 +287,7 @@ class ConnectionLimits:
         self.per_source = per_source
         self.total = total
         self.open = 0
-        self.peak = 0  # the most open since trim_after_crowds last looked
-        self.trimming = False
+        self.peak = 0  # the most open since heap_trimmer's round last looked
         self._by_source: Counter[str] = Counter()
 
     def admit(self, source: str) -> str | None:
@@ -856,7 +856,6 @@ class BoundedSite(web.TCPSite):
             ssl_handshake_timeout=handshake_s,
             ssl_shutdown_timeout=handshake_s,
         )
-        trim_after_crowds(listener.limits)
         if self._ssl_context is not None:  # accepted connections inherit the listener's buffer
             for sock in self._server.sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TLS_RECEIVE_BUFFER_BYTES)

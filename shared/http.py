@@ -50,6 +50,7 @@ from shared.errors import (
 )
 from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, READINESS_PROBES, exposition
+from shared.periodic import PeriodicJob
 from shared.settings import HttpSettings
 
 if TYPE_CHECKING:
@@ -284,23 +285,32 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
     gc.freeze()  # so full collections need not walk it again (shared/service.py)
     # Every public listener: its connections bounded and counted together (shared/connections.py).
     limits = connections.process_limits(bounds)
+    # The operations listener is bounded like the public ones but counted apart: a flood
+    # on the device port must not make the probes answer 503 (and get the pod restarted).
+    ops_limits = connections.process_limits(bounds)
     site = functools.partial(
         connections.BoundedSite, runner, bounds=bounds, limits=limits, service=app[SERVICE_NAME]
     )
+    trim_round = connections.heap_trimmer(limits, ops_limits)
+    trimming = (
+        PeriodicJob(app[SERVICE_NAME], "heap_trim", connections.TRIM_EVERY_SECONDS, trim_round)
+        if trim_round is not None
+        else None
+    )
     try:
-        # The operations listener is bounded like the public ones but counted apart: a flood
-        # on the device port must not make the probes answer 503 (and get the pod restarted).
         await connections.BoundedSite(
             ops_runner,
             settings.host,
             settings.ops_port,
             bounds=bounds,
-            limits=connections.process_limits(bounds),
+            limits=ops_limits,
             service=app[SERVICE_NAME],
         ).start()
         await site(settings.host, settings.port).start()
         if tls is not None:
             await site(tls.host, tls.port, ssl_context=tls.context()).start()
+        if trimming is not None:
+            trimming.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -320,6 +330,8 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
         # The public listeners first: probes are answered until the service is gone.
         await runner.cleanup()
         await ops_runner.cleanup()
+        if trimming is not None:
+            await trimming.stop()
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:

@@ -41,6 +41,12 @@ PIPELINE_HEALTH_CHECKS = Counter(
     "Pipeline health computations for the console's live view (kept a second, shared by every tab)",
 )
 ERRORS = Counter("fleetreg_errors_total", "Errors by service and kind", ["service", "kind"])
+PERIODIC_JOB_FAILURES = Counter(
+    "fleetreg_periodic_job_failures_total",
+    "Rounds of periodic work that failed (logged; the job goes on at its next round:"
+    " shared/periodic.py), by service and job",
+    ["service", "job"],
+)
 DEAD_LETTERED = Counter(
     "fleetreg_dead_lettered_total",
     "Records copied to the dead-letter topic, by consumer and stage (decode: no schema took it;"

@@ -3,12 +3,12 @@ keyring, the device cache), opened and closed in one cleanup context."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import Producer, Topics, make_consumer, publish
+from shared.periodic import PeriodicJob
 from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, Throttle, open_throttle
 
@@ -62,60 +63,39 @@ RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
 
 
 async def forget_old_information(pool: Pool, retention_s: float) -> None:
-    """Every few minutes, delete the reference protocol's step-1 records older than the
-    retention (anyone with the code can write them, so the table is kept bounded)."""
-    while True:
-        await asyncio.sleep(SWEEP_EVERY_S)
-        try:
-            deleted = await compat.forget_information(pool, retention_s)
-        except Exception as exc:  # the next sweep tries again; the service keeps serving
-            log.warning("step-1 records not swept", extra={"error": type(exc).__name__})
-            continue
-        if deleted:
-            log.info("forgot old step-1 records", extra={"count": deleted})
+    """One round of the step-1 sweep: delete the reference protocol's step-1 records older
+    than the retention (anyone with the code can write them, so the table is kept bounded)."""
+    deleted = await compat.forget_information(pool, retention_s)
+    if deleted:
+        log.info("forgot old step-1 records", extra={"count": deleted})
 
 
-async def report_throttled_codes(pool: Pool, throttle: Throttle, every_s: float = REPORT_EVERY_S) -> None:
-    """Every few seconds, add the calls refused by a code's new-device limit to the
+async def report_throttled_codes(pool: Pool, throttle: Throttle) -> None:
+    """One round of the report: add the calls refused by a code's new-device limit to the
     account's registration.refused counts (webhooks; only accounts with such a webhook
-    keep them). Counted in memory first, so a flood of refusals costs no write each."""
-    while True:
-        await asyncio.sleep(every_s)
-        await _report(pool, throttle)
-
-
-async def _report(pool: Pool, throttle: Throttle) -> None:
+    keep them). Counted in memory first, so a flood of refusals costs no write each; a
+    failed round loses those counts (a summary short of a few throttled calls)."""
     taken = throttle.take_refused_codes()
     if not taken:
         return
-    try:
-        owners = await products.resolve_codes(pool, [code for code, _ in taken])
-        await webhooks.add_refusals(
-            pool,
-            [
-                RefusalCount(owners[code].account_id, datetime.fromtimestamp(minute, UTC), "throttled", count)
-                for (code, minute), count in taken.items()
-                if code in owners
-            ],
-        )
-    except Exception as exc:  # a summary short of a few throttled calls; the service keeps serving
-        log.warning("throttled calls not reported to webhooks", extra={"error": type(exc).__name__})
+    owners = await products.resolve_codes(pool, [code for code, _ in taken])
+    await webhooks.add_refusals(
+        pool,
+        [
+            RefusalCount(owners[code].account_id, datetime.fromtimestamp(minute, UTC), "throttled", count)
+            for (code, minute), count in taken.items()
+            if code in owners
+        ],
+    )
 
 
-async def summarize_unknown_codes(codes: CodeCache, every_s: float = SUMMARY_EVERY_S) -> None:
-    """Once a minute, one log line with the number of calls refused for an unknown code
-    (each is counted in fleetreg_unknown_code_refusals_total; none is written anywhere)."""
-    while True:
-        await asyncio.sleep(every_s)
-        refused = codes.take_refused()
-        if refused:
-            log.info("calls refused for an unknown code", extra={"count": refused, "period_s": every_s})
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def summarize_unknown_codes(codes: CodeCache) -> None:
+    """One round of the summary: one log line with the number of calls refused for an
+    unknown code since the last (each is counted in fleetreg_unknown_code_refusals_total;
+    none is written anywhere)."""
+    refused = codes.take_refused()
+    if refused:
+        log.info("calls refused for an unknown code", extra={"count": refused, "period_s": SUMMARY_EVERY_S})
 
 
 def resources_context(settings: IntakeSettings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -169,20 +149,32 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 device_cache,
                 code_cache,
             )
-            summarizer = asyncio.create_task(
-                summarize_unknown_codes(code_cache), name="summarize-unknown-codes"
+            # Periodic work, each waiting one interval first (nothing to do at start-up).
+            await stack.enter_async_context(
+                PeriodicJob(
+                    SERVICE,
+                    "summarize_unknown_codes",
+                    SUMMARY_EVERY_S,
+                    partial(summarize_unknown_codes, code_cache),
+                )
             )
-            stack.push_async_callback(_cancel, summarizer)
-            sweeper = asyncio.create_task(
-                forget_old_information(pool, settings.compat.information_retention_seconds),
-                name="forget-step-1-records",
+            await stack.enter_async_context(
+                PeriodicJob(
+                    SERVICE,
+                    "forget_step1_records",
+                    SWEEP_EVERY_S,
+                    partial(forget_old_information, pool, settings.compat.information_retention_seconds),
+                )
             )
-            stack.push_async_callback(_cancel, sweeper)
-            reporter = asyncio.create_task(
-                report_throttled_codes(pool, app[THROTTLE]), name="report-throttled-codes"
+            await stack.enter_async_context(
+                PeriodicJob(
+                    SERVICE,
+                    "report_throttled_codes",
+                    REPORT_EVERY_S,
+                    partial(report_throttled_codes, pool, app[THROTTLE]),
+                    final_round=True,  # the last counts, on the way out
+                )
             )
-            stack.push_async_callback(_report, pool, app[THROTTLE])  # the last counts, on the way out
-            stack.push_async_callback(_cancel, reporter)
             # The outcome listener sets its own part (outcome_waiter_health): False while
             # its reads fail, so a load balancer sends devices to an instance that hears.
             app[READINESS_PROBE] = lambda: answers(pool)

@@ -4,7 +4,8 @@
   slots, at most ``per_webhook`` in flight per webhook) and sends each in a task of its
   own, so a slow endpoint holds only its own slots; it looks again as soon as an attempt
   ends, or after ``poll_s`` when there was nothing to send.
-* The sweep loop runs :func:`handlers.sweep` every ``sweep_s``.
+* The sweep runs :func:`handlers.sweep` at start-up, then every ``sweep_s``
+  (``shared.periodic.PeriodicJob``: a failed round is logged, counted, and tried again).
 
 Nothing here depends on being the only instance: claims are leases in Postgres, the
 sweep's takes are conditional. On shutdown no new delivery is claimed, the attempts in
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -26,8 +28,11 @@ from services.notifier.resources import RESOURCES, Resources
 from shared.db.webhooks import DueDelivery
 from shared.logging import exception_summary
 from shared.metrics import ERRORS
+from shared.periodic import PeriodicJob
 
 log = logging.getLogger(__name__)
+# How long a sweep round in progress at shutdown is given to finish (a few short transactions).
+SWEEP_STOP_GRACE_S = 5.0
 
 
 class DeliveryLoop:
@@ -99,37 +104,36 @@ class DeliveryLoop:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def sweep_loop(service: str, resources: Resources, stopping: asyncio.Event) -> None:
+async def sweep(resources: Resources) -> None:
+    """One round of the sweep (:func:`handlers.sweep`), run every ``sweep_s``."""
     settings = resources.delivery
-    while not stopping.is_set():
-        try:
-            await handlers.sweep(
-                resources.pool, online_ttl_s=settings.online_ttl_s, retention_s=settings.retention_s
-            )
-        except Exception as exc:  # the database restarting: the next round does it
-            ERRORS.labels(service, "webhook_sweep_failed").inc()
-            log.warning("webhook sweep failed", extra={"error": exception_summary(exc)})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=settings.sweep_s)
+    await handlers.sweep(resources.pool, online_ttl_s=settings.online_ttl_s, retention_s=settings.retention_s)
 
 
 def worker_context(service: str) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The cleanup context of the delivery and sweep loops, on the resources under RESOURCES."""
+    """The cleanup context of the delivery loop and the sweep, on the resources under RESOURCES."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         resources = app[RESOURCES]
         loop = DeliveryLoop(service, resources)
-        stopping = asyncio.Event()
-        tasks = [
-            asyncio.create_task(loop.run(), name=f"{service}-deliveries"),
-            asyncio.create_task(sweep_loop(service, resources, stopping), name=f"{service}-sweep"),
-        ]
+        # The sweep's first round at once (minutes closed while no notifier ran); on
+        # shutdown a round in progress gets SWEEP_STOP_GRACE_S to finish (cut short, its
+        # transactions roll back and the next round, on any instance, does the work).
+        sweeper = PeriodicJob(
+            service,
+            "webhook_sweep",
+            resources.delivery.sweep_s,
+            partial(sweep, resources),
+            run_at_start=True,
+            stop_grace_s=SWEEP_STOP_GRACE_S,
+        )
+        deliveries = asyncio.create_task(loop.run(), name=f"{service}-deliveries")
+        sweeper.start()
         try:
             yield
         finally:
             loop.stop()
-            stopping.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(deliveries, sweeper.stop(), return_exceptions=True)
             await loop.drain(resources.delivery.timeout_s + 1)
 
     return context

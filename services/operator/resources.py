@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +18,7 @@ from shared.cache import SharedResult
 from shared.db.pool import Pool, answers, open_pool
 from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE
+from shared.periodic import PeriodicJob
 from shared.throttle import THROTTLE, open_throttle
 
 SERVICE = "operator"
@@ -80,11 +81,17 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 ),
                 bulk_http=bulk_http,
             )
-            pruning = asyncio.create_task(
-                _prune_forever(pool, settings.retention, settings.throttle.stale_credential_seconds),
-                name="retention",
+            # Every instance prunes: the batches skip each other's rows (shared.db.retention).
+            await stack.enter_async_context(
+                PeriodicJob(
+                    SERVICE,
+                    "retention",
+                    settings.retention.interval_seconds,
+                    partial(
+                        retention_round, pool, settings.retention, settings.throttle.stale_credential_seconds
+                    ),
+                )
             )
-            stack.push_async_callback(_cancel, pruning)
             app[READINESS]["pool"] = True
             app[READINESS_PROBE] = lambda: answers(pool)
             try:
@@ -95,26 +102,10 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
     return resources
 
 
-async def _prune_forever(pool: Pool, retention: RetentionSettings, stale_credential_seconds: float) -> None:
-    """Prune expired records (registration decisions, operator audit events, deleted
-    devices past the stale-credential window) every
-    ``interval_seconds``. Every instance runs it: the batches skip each other's rows
-    (shared.db.retention). A failed round (the database restarting) is logged and tried
-    again at the next one; the service keeps serving."""
-    while True:
-        await asyncio.sleep(retention.interval_seconds)
-        try:
-            deleted = await handlers.prune_expired(
-                pool, retention, stale_credential_seconds=stale_credential_seconds
-            )
-        except Exception as exc:
-            log.warning("retention: expired records not pruned", extra={"error": type(exc).__name__})
-            continue
-        if any(deleted.values()):
-            log.info("retention: pruned expired records", extra={"deleted": deleted})
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def retention_round(pool: Pool, retention: RetentionSettings, stale_credential_seconds: float) -> None:
+    """One round of retention, every ``retention.interval_seconds`` after the first wait:
+    prune expired records (registration decisions, operator audit events, deleted devices
+    past the stale-credential window, console sessions past their expiry)."""
+    deleted = await handlers.prune_expired(pool, retention, stale_credential_seconds=stale_credential_seconds)
+    if any(deleted.values()):
+        log.info("retention: pruned expired records", extra={"deleted": deleted})

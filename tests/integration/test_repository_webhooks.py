@@ -405,7 +405,7 @@ async def test_calls_throttled_by_a_codes_limit_are_counted_for_its_account(db: 
     """The intake counts them in memory and adds them now and then (services/intake/resources.py)."""
     from limits import parse_many
 
-    from services.intake.resources import _report
+    from services.intake.resources import report_throttled_codes
     from shared.throttle import Throttle, ThrottleSettings
 
     actor = await _actor(db)
@@ -419,8 +419,8 @@ async def test_calls_throttled_by_a_codes_limit_are_counted_for_its_account(db: 
         with pytest.raises(TooManyRequests):
             await throttle.check_code(refused_code)
 
-    await _report(db, throttle)
-    await _report(db, throttle)  # taken: nothing twice
+    await report_throttled_codes(db, throttle)
+    await report_throttled_codes(db, throttle)  # taken: nothing twice
     later = datetime.now(UTC) + timedelta(minutes=2)
     assert await handlers.sweep(db, online_ttl_s=300, retention_s=86400, now=later) == 1
     [delivery] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)

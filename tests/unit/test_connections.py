@@ -399,3 +399,32 @@ async def test_a_bound_crossed_behind_a_pipelined_request_is_answered_after_it()
     assert statuses(transport) == [200, 431]
     assert transport.written.index(b"\r\n\r\n2") < transport.written.index(b"431")
     connection.connection_lost(None)
+
+
+async def test_the_heap_is_trimmed_once_a_crowd_left_either_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round of the ``heap_trim`` periodic job (shared/http.py runs it every
+    TRIM_EVERY_SECONDS): one malloc_trim when a crowd left the public or the operations
+    listener, and that listener's peak taken down to what is open now."""
+    trims: list[int] = []
+
+    def fake_trim(pad: int) -> int:
+        trims.append(pad)
+        return 1
+
+    monkeypatch.setattr(connections, "_malloc_trim", lambda: fake_trim)
+    public, ops = ConnectionLimits(per_source=1000, total=1000), ConnectionLimits(per_source=1000, total=1000)
+    trim_round = connections.heap_trimmer(public, ops)
+    assert trim_round is not None
+    crowd = connections.TRIM_AFTER_CONNECTIONS + 5
+    for n in range(crowd):
+        assert public.admit(f"10.0.0.{n}") is None
+    await trim_round()
+    assert trims == []  # the crowd is still here
+    for n in range(crowd - 2):
+        public.release(f"10.0.0.{n}")
+    await trim_round()
+    assert trims == [0] and (public.peak, ops.peak) == (2, 0)
+    await trim_round()
+    assert trims == [0]  # nothing left since the last round
+    monkeypatch.setattr(connections, "_malloc_trim", lambda: None)
+    assert connections.heap_trimmer(public, ops) is None  # not glibc: no job
