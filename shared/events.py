@@ -71,7 +71,6 @@ class Event:
     VERSION: ClassVar[int]
 
 
-Decision = Literal["new", "same", "clone", "refused"]
 # What a device signals after its registration. One home: the intake publishes these kinds,
 # dedup and the notifier decide by them, and docs/asyncapi.json lists them (a test compares).
 SignalKind = Literal["ready", "heartbeat"]

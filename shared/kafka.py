@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,16 +241,6 @@ async def _send_all(producer: AIOKafkaProducer, records: Sequence[tuple[str, byt
     futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
     if futures:
         await asyncio.gather(*futures)
-
-
-@contextlib.asynccontextmanager
-async def running_producer(settings: KafkaSettings) -> AsyncIterator[Producer]:
-    producer = Producer(settings)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def publish(producer: Producer, topic: str, key: str, event: Event) -> None:

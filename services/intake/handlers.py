@@ -441,7 +441,7 @@ async def guard_bulk_claim(
 ) -> None:
     """The bound on guessing a bulk registration key (operator-chosen keys may be weak, a
     4-digit PIN) on the native API, for a claim with a current bulk code and what the
-    registry has for it (``evidence``: :func:`shared.db.bulk.claim_evidence`, read once
+    registry has for it (``evidence``: :func:`shared.db.bulk.code_claim`, read once
     per claim): :func:`hold_unproven_claim` decides, before anything is published.
     TooManyRequests (429), nothing published and no decision row, when it holds it."""
     code = registration.bulk_identification_code

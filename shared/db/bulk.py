@@ -503,16 +503,6 @@ class ClaimEvidence:
     registration_key_digest: str
 
 
-async def claim_evidence(pool: Pool, code: str, hardware_id: str) -> ClaimEvidence | None:
-    """For a claim presenting the current bulk code ``code`` (canonical form) and
-    ``hardware_id`` (any case): what it is checked against; None when ``code`` is not a
-    current code of a bulk product (unknown, revoked, or an auto product's: those claims
-    are decided as usual). One registry read, the same whether or not the hardware ID is
-    listed."""
-    found = await code_claim(pool, code, hardware_id)
-    return found.evidence if found is not None else None
-
-
 @dataclass(frozen=True)
 class CodeClaim:
     """What the registry says of a claim's code and hardware ID, in one read: whether the
@@ -526,8 +516,10 @@ class CodeClaim:
 
 
 async def code_claim(pool: Pool, code: str, hardware_id: str) -> CodeClaim | None:
-    """:func:`claim_evidence` and whether ``code`` is revoked, in the same one read; None
-    for a code the registry does not know."""
+    """What a claim presenting ``code`` (canonical form) and ``hardware_id`` (any case) is
+    checked against, in one registry read, the same whether or not the hardware ID is
+    listed: whether the code is revoked or an auto product's, and for a current bulk code
+    the claim's :class:`ClaimEvidence`. None for a code the registry does not know."""
     row = await pool.fetchrow(SELECT_CLAIM_EVIDENCE, code, hardware_id)
     if row is None:
         return None

@@ -132,10 +132,6 @@ def api_key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
 def stale(replaced_at: datetime | None, now: datetime, window_seconds: float) -> bool:
     """Whether a credential replaced at ``replaced_at`` (None: never replaced) is still
     recognised as stale at ``now``: within ``window_seconds`` of its replacement."""

@@ -1,6 +1,7 @@
 """Deduplication: is a claimant of hardware ID ``H`` new, the same device again, or a clone?
 
-The rules (../shared/spec/domain.md, "Auto registration" and "Bulk registration"):
+The rules (docs/domain.md#duplicate-hardware-ids, docs/domain.md#auto-registration and
+docs/domain.md#bulk-registration):
 
 * A claim stays in its product: only devices of the product whose code the claim
   presented can be "the same device" or a bulk row it claims. A hardware ID held by
@@ -54,7 +55,7 @@ Lifecycle = Literal["preregistered", "registered", "provisioned"]
 DecisionKind = Literal["new", "same", "clone", "refused"]
 
 # Refusal reasons. Devices of the reference client read these as plain text, so they
-# contain no commas, braces, quotes or protocol key words (see docs/device-protocol.md).
+# contain no commas, braces, quotes or protocol key words (docs/reference-client.md#what-fleetreg-serves).
 REASON_DISABLED = "device disabled by the operator"
 # A decision whose device the operator deleted since (its device_id is NULL): replayed or
 # polled, it is answered refused with this reason.

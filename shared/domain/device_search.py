@@ -9,7 +9,7 @@ query parameter.
 Matching rules:
 
 * ``hardware_id`` is exact and case-insensitive (hardware IDs are unique in an account
-  case-insensitively: migration 0008, ../shared/spec/domain.md "Identity rules").
+  case-insensitively: migration 0008, docs/domain.md#identity-rules).
 * ``hardware_id_prefix`` and ``name_prefix`` are case-insensitive prefixes, compared
   byte by byte (collation "C") as a range ``prefix <= lower(value) < next(prefix)``: no
   LIKE pattern is built, so ``%``, ``_`` and ``\\`` in a prefix match only themselves,

@@ -28,7 +28,7 @@ def _validate_text(
     value: object, field: str, limit: int, pattern: re.Pattern[str], allowed: str, rule: str
 ) -> str:
     """A required string of at most ``limit`` ASCII characters matching ``pattern``,
-    surrounding whitespace trimmed (../shared/spec/domain.md, "Identity rules": on
+    surrounding whitespace trimmed (docs/domain.md#identity-rules: on
     every path, as the CSV reader does; a device reading its ID from a file sends
     ``"b827eb8905e5\\n"``)."""
     if isinstance(value, str):
@@ -54,7 +54,7 @@ def validate_hardware_id(value: object, field: str = "hardware_id", *, assigned:
     assigned to a clone: a stem of at most 64 characters and up to MAX_INDEX_LEVELS
     index suffixes ``-N`` (a clone of a clone), so that every ID it assigns is accepted by
     every later call of that device, whatever the length of its stem
-    (../shared/spec/domain.md, "Identity rules"). A CSV lists IDs and takes none beyond 64.
+    (docs/domain.md#identity-rules). A CSV lists IDs and takes none beyond 64.
     """
     if assigned and isinstance(value, str) and len(value.strip()) > HARDWARE_ID_MAX:
         rest, suffixes = value.strip(), ""

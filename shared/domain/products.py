@@ -175,11 +175,10 @@ def registration_kind_refusal(
     )
 
 
-# What PATCH /v1/products/{id}/services/{name} may change: on a locked product, whether the
-# service is enabled and its port (devices pick either up at their next boot); on a new
-# product, also its name. The type never changes (a service of another type is another
-# service: add it, and disable this one).
-SERVICE_FIELDS_LOCKED = ("enabled", "port")
+# What PATCH /v1/products/{id}/services/{name} may change: whether the service is enabled
+# and its port (devices pick either up at their next boot), and on a new product its name
+# (a locked product's: service_change_refusal). The type never changes (a service of
+# another type is another service: add it, and disable this one).
 SERVICE_FIELDS_NEW = ("enabled", "port", "name")
 
 

@@ -17,7 +17,7 @@ and message sizes (the machine is shared and noisy; absolute figures drift, rati
 ``ratio_to_ceiling`` is devices/s divided by the slowest per-device ceiling: each ceiling
 divided by what one device was measured to cost in that storm (HTTP requests to the
 intake, Kafka records, Postgres rows). Prints tables; writes var/bench/*.json and
-var/bench/summary.json (the shape in ../shared/spec/contract.md).
+var/bench/summary.json (the shape in docs/performance.md#the-summary-file).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """var/bench/summary.json, in the shape ../shared/spec/contract.md gives."""
+    """var/bench/summary.json, in the shape docs/performance.md#the-summary-file gives."""
 
     def boot(storm: dict[str, Any]) -> dict[str, Any]:
         keys = ("devices", "devices_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "errors")

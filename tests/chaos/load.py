@@ -6,7 +6,7 @@ which retries each call after a fault (refused connection, timeout, 5xx, 429) wi
 jittered backoff until the device's deadline, as ``fleetreg simulate`` does. A call is
 retried, never the whole boot: a device whose "ready" was accepted while its answer was
 lost sends "ready" again with its secret, and never claims its hardware ID again without
-the secret (which the rules make a clone: ../shared/spec/domain.md, "Auto registration").
+the secret (which the rules make a clone: docs/domain.md#duplicate-hardware-ids).
 
 The timeline records, at the HTTP level, every failed call (exception or 5xx) and every
 success (a ready registration answer, an accepted ``ready``): a fault's recovery time is

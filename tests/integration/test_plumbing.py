@@ -21,10 +21,10 @@ from shared.kafka import (
     make_consumer,
     make_producer,
     publish_many,
-    running_producer,
 )
 from shared.metrics import PRODUCER_REPLACED
 from shared.settings import KafkaSettings
+from tests.support.kafka import running_producer
 
 N_EVENTS = 300
 

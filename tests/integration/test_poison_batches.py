@@ -14,8 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.db.pool import BATCH_RETRY_ERRORS, Pool
 from shared.events import DeviceSignal, Event
-from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, publish_many, running_producer
+from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, publish_many
 from shared.settings import KafkaSettings
+from tests.support.kafka import running_producer
 
 N = 60
 

@@ -428,17 +428,17 @@ async def test_claim_evidence_is_the_codes_own_products_device_with_its_key(pool
     auto = await registry.new_product(pool, account, kind="auto")
     await registry.new_device(pool, auto, await registry.new_registration(pool, auto), "ev-2")
 
-    found = await bulk.claim_evidence(pool, code, "EV-1")  # any case
+    found = await registry.claim_evidence(pool, code, "EV-1")  # any case
     assert found == bulk.ClaimEvidence(device_id, 1, _digest("k1").hex())
-    assert await bulk.claim_evidence(pool, code, "ev-2") == bulk.ClaimEvidence("", 0, "")
-    assert await bulk.claim_evidence(pool, code, "nobody") == bulk.ClaimEvidence("", 0, "")
+    assert await registry.claim_evidence(pool, code, "ev-2") == bulk.ClaimEvidence("", 0, "")
+    assert await registry.claim_evidence(pool, code, "nobody") == bulk.ClaimEvidence("", 0, "")
     # Not a current bulk code: decided as usual, so no evidence.
     assert (
-        await bulk.claim_evidence(pool, await registry.new_code(pool, product.id, revoked=True), "ev-1")
+        await registry.claim_evidence(pool, await registry.new_code(pool, product.id, revoked=True), "ev-1")
         is None
     )
-    assert await bulk.claim_evidence(pool, await registry.new_code(pool, auto.id), "ev-2") is None
-    assert await bulk.claim_evidence(pool, str(uuid.uuid4()).upper(), "ev-1") is None
+    assert await registry.claim_evidence(pool, await registry.new_code(pool, auto.id), "ev-2") is None
+    assert await registry.claim_evidence(pool, str(uuid.uuid4()).upper(), "ev-1") is None
     # The same read says what the intake counts before publishing: a revoked code, an auto
     # product's current code (remembered, no read next time), a current bulk code's evidence.
     revoked = await registry.new_code(pool, product.id, revoked=True)

@@ -37,9 +37,9 @@ from shared.kafka import (
     make_consumer,
     make_producer,
     publish_many,
-    running_producer,
 )
 from shared.settings import DatabaseSettings, KafkaSettings, Secret, load
+from tests.support.kafka import running_producer
 from tests.support.system import free_port
 
 pytestmark = pytest.mark.integration

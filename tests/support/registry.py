@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared.db import bulk
 from shared.db.pool import Connection, Pool
 from shared.domain.products import SERVICE_TYPES
 
@@ -181,3 +182,11 @@ async def wait_until_waiting_for(
             )
             waiting = set(pids)
     return waiting
+
+
+async def claim_evidence(pool: Pool, code: str, hardware_id: str) -> bulk.ClaimEvidence | None:
+    """The :class:`~shared.db.bulk.ClaimEvidence` part of :func:`shared.db.bulk.code_claim`:
+    None when ``code`` is not a current code of a bulk product (unknown, revoked, or an
+    auto product's)."""
+    found = await bulk.code_claim(pool, code, hardware_id)
+    return found.evidence if found is not None else None

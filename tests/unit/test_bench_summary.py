@@ -1,4 +1,4 @@
-"""var/bench/summary.json keeps the shape ../shared/spec/contract.md gives, and a storm's
+"""var/bench/summary.json keeps the shape docs/performance.md#the-summary-file gives, and a storm's
 ratio to the ceiling is taken against the slowest per-device ceiling."""
 
 from __future__ import annotations

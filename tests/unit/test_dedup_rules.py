@@ -1071,7 +1071,7 @@ def test_an_idempotency_key_of_another_product_s_device_is_no_retry() -> None:
 
 
 def test_hardware_ids_differing_only_in_case_are_one_id() -> None:
-    """../shared/spec/domain.md, identity rules: unique case-insensitively, as Azure DPS
+    """docs/domain.md#identity-rules: unique case-insensitively, as Azure DPS
     registration IDs are; the registry keeps the first case, and H-N keeps it too."""
     fleet = Fleet()
     first = fleet.claim("B827EB8905E5", FP_A)

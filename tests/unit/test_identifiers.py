@@ -83,7 +83,7 @@ def test_a_hardware_id_outside_the_charset_is_refused(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["b827eb8905e5\n", "\tb827eb8905e5", "b827eb8905e5\r\n", " b827eb8905e5 "])
 def test_surrounding_whitespace_of_a_hardware_id_is_trimmed(value: str) -> None:
-    """../shared/spec/domain.md, "Identity rules": trimmed on every path, as the CSV reader
+    """docs/domain.md#identity-rules: trimmed on every path, as the CSV reader
     does, so a device that read its ID from a file ("H\\n") is the device "H"."""
     assert validate_hardware_id(value) == "b827eb8905e5"
 
@@ -325,7 +325,7 @@ def test_a_request_id_carries_a_tag_only_its_deployment_can_make() -> None:
 
 def test_an_assigned_index_is_accepted_whatever_the_stem_s_length() -> None:
     """A clone of a 64-character hardware ID is told to adopt H-1 (66 characters): every
-    later call of that device must accept it (../shared/spec/domain.md, identity rules)."""
+    later call of that device must accept it (docs/domain.md#identity-rules)."""
     stem = "a" * HARDWARE_ID_MAX
     assert validate_hardware_id(f"{stem}-1") == f"{stem}-1"
     assert validate_hardware_id(f"{stem}-1-2") == f"{stem}-1-2"

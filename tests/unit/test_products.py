@@ -17,7 +17,7 @@ from shared.domain.products import (
 )
 from shared.errors import Conflict, InvalidInput
 
-# The list on the domain page, copied by hand: the wire codes the reference client understands.
+# The list in docs/domain.md#products-and-service-types, copied by hand: the wire codes the reference client understands.
 DOMAIN_PAGE_CODES = {
     "ssh": 28,
     "web": 7,

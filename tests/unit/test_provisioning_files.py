@@ -13,7 +13,6 @@ from shared.domain.credentials import (
     API_KEY_PREFIX,
     Keyring,
     api_key_digest,
-    constant_time_equal,
     new_api_key,
 )
 from shared.domain.provisioning import FileSpec, render, service_uid, sha256_hex
@@ -204,9 +203,3 @@ def test_an_api_key_digest_is_its_32_byte_sha256() -> None:
     assert len(digest) == 32
     assert digest == hashlib.sha256(key.encode()).digest()
     assert api_key_digest(new_api_key()) != digest
-
-
-def test_constant_time_equal_compares_values() -> None:
-    assert constant_time_equal("frk_abc", "frk_abc")
-    assert not constant_time_equal("frk_abc", "frk_abd")
-    assert not constant_time_equal("frk_abc", "frk_ab")
