@@ -372,6 +372,14 @@ class PipelineSettings:
         )
 
 
+def online_ttl_s(env: Env) -> float:
+    """FLEETREG_ONLINE_TTL_SECONDS (seconds, default 300, at least 1): how long a device's last
+    heartbeat or confirmation keeps it online. One setting for the three services that use
+    it: the intake tells devices, the operator shows ``online``/``offline``, the notifier
+    sends ``device.offline``; read here so they cannot disagree on its default or bound."""
+    return env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0)
+
+
 def webhooks_allow_private_urls(env: Env) -> bool:
     """FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS (``true`` or ``false``, default false): whether a
     webhook may point at a loopback, link-local or private address. The local stack, the

@@ -101,7 +101,7 @@ async def post_heartbeat(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     found = await authenticated(request)
     await handlers.signal(lambda s: r.publish_signal(found.hardware_id, s), found, "heartbeat")
-    return views.accepted_view(online_ttl_seconds=r.settings.online_ttl_seconds)
+    return views.accepted_view(online_ttl_seconds=r.settings.online_ttl_s)
 
 
 async def get_openapi(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from shared.settings import (
     KafkaSettings,
     Secret,
     SettingsError,
+    online_ttl_s,
     secret_key,
 )
 from shared.throttle import ThrottleSettings
@@ -67,7 +68,7 @@ class IntakeSettings:
     outcome_wait_seconds: float  # how long a registration call waits for its outcome
     retry_after_seconds: int  # what a "pending" answer tells the device
     max_body_bytes: int
-    online_ttl_seconds: float  # a heartbeat keeps a device online this long
+    online_ttl_s: float  # a heartbeat keeps a device online this long (shared.settings.online_ttl_s)
     pending_forget_seconds: float  # an unknown request older than this is "unknown", not "pending"
     log_level: str
     compat: CompatSettings
@@ -93,7 +94,7 @@ class IntakeSettings:
             outcome_wait_seconds=env.number("FLEETREG_OUTCOME_WAIT_SECONDS", 5.0),
             retry_after_seconds=env.integer("FLEETREG_RETRY_AFTER_SECONDS", 2, minimum=1),
             max_body_bytes=env.integer("FLEETREG_MAX_BODY_BYTES", 16 * 1024, minimum=1024),
-            online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
+            online_ttl_s=online_ttl_s(env),
             pending_forget_seconds=env.number("FLEETREG_PENDING_FORGET_SECONDS", 900.0, minimum=1.0),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             compat=CompatSettings.from_env(env),

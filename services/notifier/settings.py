@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.domain.webhooks import DEFAULT_DISABLE_AFTER_S, parse_schedule
-from shared.settings import Env, HttpSettings, PipelineSettings, SettingsError, webhooks_allow_private_urls
+from shared.settings import (
+    Env,
+    HttpSettings,
+    PipelineSettings,
+    SettingsError,
+    online_ttl_s,
+    webhooks_allow_private_urls,
+)
 
 DEFAULT_PORT = 18085
 
@@ -63,7 +70,7 @@ class NotifierSettings:
                 concurrency=env.integer("FLEETREG_WEBHOOK_CONCURRENCY", 200, minimum=1),
                 poll_s=env.number("FLEETREG_WEBHOOK_POLL_SECONDS", 0.5, minimum=0.01),
                 sweep_s=env.number("FLEETREG_WEBHOOK_SWEEP_SECONDS", 10.0, minimum=0.1),
-                online_ttl_s=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
+                online_ttl_s=online_ttl_s(env),
                 retention_s=86400.0 * env.number("FLEETREG_WEBHOOK_RETENTION_DAYS", 14.0, minimum=0.0),
                 disable_after_s=env.number("FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS", 432000.0, minimum=1.0),
             ),

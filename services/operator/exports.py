@@ -69,7 +69,7 @@ async def stream(
     query: dict[str, str],
     chosen: str,
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     stall_seconds: float,
 ) -> web.StreamResponse:
     """Every matching device as CSV or JSON lines, written while it is read. The query was
@@ -97,7 +97,7 @@ async def stream(
         await response.prepare(request)
         await response.write_eof()
         return response
-    async with handlers.export_devices(pool, account, query, online_ttl=online_ttl) as read:
+    async with handlers.export_devices(pool, account, query, online_ttl_s=online_ttl_s) as read:
         if request.version < HttpVersion11:
             response.content_length = len(views.export_header(chosen)) + sum(
                 [len(views.export_lines(batch, chosen)) async for batch in read()]

@@ -308,13 +308,13 @@ def _page_limit(query: dict[str, str], page_limit_max: int) -> int:
 # ---------------------------------------------------------------- devices
 
 
-def _shown(device: Device, now: datetime, online_ttl: float) -> ShownDevice:
+def _shown(device: Device, now: datetime, online_ttl_s: float) -> ShownDevice:
     state = shown_state(
         disabled=device.disabled,
         lifecycle=device.lifecycle,
         last_seen_at=device.last_seen_at,
         now=now,
-        online_ttl_s=online_ttl,
+        online_ttl_s=online_ttl_s,
     )
     return ShownDevice(device, state)
 
@@ -325,7 +325,7 @@ async def list_devices(
     query: dict[str, str],
     *,
     page_limit_max: int,
-    online_ttl: float,
+    online_ttl_s: float,
     count_exact_max: int,
     now: datetime | None = None,
 ) -> DevicePage:
@@ -338,7 +338,7 @@ async def list_devices(
     limit = _page_limit(query, page_limit_max)
     after = decode_cursor(search, query["after"]) if query.get("after") else None
     at = now or datetime.now(UTC)
-    cutoff = online_cutoff(at, online_ttl)
+    cutoff = online_cutoff(at, online_ttl_s)
     found = await devices.search_devices(
         pool, account.id, search, online_cutoff=cutoff, after=after, limit=limit
     )
@@ -346,7 +346,7 @@ async def list_devices(
         pool, account.id, search, online_cutoff=cutoff, exact_max=count_exact_max
     )
     return DevicePage(
-        devices=[_shown(d, at, online_ttl) for d in found],
+        devices=[_shown(d, at, online_ttl_s) for d in found],
         next_after=_cursor(search, found[-1]) if len(found) == limit else None,
         total=count.total,
         total_exact=count.exact,
@@ -382,7 +382,7 @@ async def export_devices(
     account: Account,
     query: dict[str, str],
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     now: datetime | None = None,
 ) -> AsyncIterator[Callable[[], AsyncIterator[list[ShownDevice]]]]:
     """A reader of every device of the account matching the query's filters (no page size,
@@ -393,25 +393,25 @@ async def export_devices(
     search = parse_search(query)
     at = now or datetime.now(UTC)
     async with devices.export_devices(
-        pool, account.id, search, online_cutoff=online_cutoff(at, online_ttl)
+        pool, account.id, search, online_cutoff=online_cutoff(at, online_ttl_s)
     ) as batches:
 
         async def shown() -> AsyncIterator[list[ShownDevice]]:
             async for batch in batches():
-                yield [_shown(d, at, online_ttl) for d in batch]
+                yield [_shown(d, at, online_ttl_s) for d in batch]
 
         yield shown
 
 
 async def get_device(
-    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+    pool: Pool, account: Account, device_id: str, *, online_ttl_s: float, now: datetime | None = None
 ) -> DeviceDetail:
     device = await devices.get_device(pool, account.id, device_id)
     history = await devices.device_history(pool, device.id)
     trail = await audit.list_events(
         pool, account.id, audit.AuditFilter(target_id=device.id), limit=DEVICE_AUDIT_EVENTS
     )
-    return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl), history, trail)
+    return DeviceDetail(_shown(device, now or datetime.now(UTC), online_ttl_s), history, trail)
 
 
 async def change_device(
@@ -420,22 +420,22 @@ async def change_device(
     device_id: str,
     action: DeviceAction,
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     now: datetime | None = None,
 ) -> DeviceDetail:
     """Disable, enable or reset one device (an unknown one is not found; a disabled one
     cannot be reset); the device as it is then."""
     await devices.change_device(pool, account, device_id, action)
-    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+    return await get_device(pool, account, device_id, online_ttl_s=online_ttl_s, now=now)
 
 
 async def delete_device(
-    pool: Pool, account: Account, device_id: str, *, online_ttl: float, now: datetime | None = None
+    pool: Pool, account: Account, device_id: str, *, online_ttl_s: float, now: datetime | None = None
 ) -> ShownDevice:
     """Decommission one device: its hardware ID is free again; the device as it was."""
     before = await devices.get_device(pool, account.id, device_id)
     await devices.change_device(pool, account, device_id, "delete")
-    return _shown(before, now or datetime.now(UTC), online_ttl)
+    return _shown(before, now or datetime.now(UTC), online_ttl_s)
 
 
 MOVE_FIELDS = ("product_id",)
@@ -468,14 +468,14 @@ async def move_device(
     device_id: str,
     body: dict[str, Any],
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     now: datetime | None = None,
 ) -> DeviceDetail:
     """Move one device to another product of the account, reset for re-provisioning there
     (repositories ``move_device``: NotFound, Conflict); the device as it is then."""
     product_id = move_request(body)
     await devices.move_device(pool, account, device_id, product_id)
-    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+    return await get_device(pool, account, device_id, online_ttl_s=online_ttl_s, now=now)
 
 
 async def rename_device(
@@ -485,14 +485,14 @@ async def rename_device(
     device_id: str,
     body: dict[str, Any],
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     now: datetime | None = None,
 ) -> DeviceDetail:
     """Rename one device (its files rendered again with the name; credentials untouched:
     repositories ``rename_device``; NotFound); the device as it is then."""
     name = rename_request(body)
     await devices.rename_device(pool, account, keyring, device_id, name)
-    return await get_device(pool, account, device_id, online_ttl=online_ttl, now=now)
+    return await get_device(pool, account, device_id, online_ttl_s=online_ttl_s, now=now)
 
 
 def _device_ids(body: dict[str, Any]) -> list[str]:
@@ -528,7 +528,7 @@ async def change_devices(
     body: dict[str, Any],
     action: DeviceAction,
     *,
-    online_ttl: float,
+    online_ttl_s: float,
     now: datetime | None = None,
 ) -> DeviceChanges:
     """Disable, enable, reset or delete many devices in one transaction; one result per
@@ -541,7 +541,10 @@ async def change_devices(
     at = now or datetime.now(UTC)
     return DeviceChanges(
         action,
-        [(c, _shown(found[c.device_id], at, online_ttl) if c.device_id in found else None) for c in changes],
+        [
+            (c, _shown(found[c.device_id], at, online_ttl_s) if c.device_id in found else None)
+            for c in changes
+        ],
     )
 
 

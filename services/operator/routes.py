@@ -187,7 +187,7 @@ async def list_devices(request: web.Request, account: Account) -> views.Json:
         account,
         query_params(request),
         page_limit_max=resources.settings.page_limit_max,
-        online_ttl=resources.settings.online_ttl_seconds,
+        online_ttl_s=resources.settings.online_ttl_s,
         count_exact_max=resources.settings.count_exact_max,
     )
     return views.device_page(page)
@@ -208,7 +208,7 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
             account,
             query,
             chosen,
-            online_ttl=resources.settings.online_ttl_seconds,
+            online_ttl_s=resources.settings.online_ttl_s,
             stall_seconds=resources.settings.export_stall_seconds,
         )
 
@@ -218,7 +218,7 @@ async def get_device(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     device_id = path_id(request, "device_id")
     detail = await handlers.get_device(
-        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+        resources.pool, account, device_id, online_ttl_s=resources.settings.online_ttl_s
     )
     return views.device_detail(detail)
 
@@ -227,7 +227,7 @@ async def _change_device(request: web.Request, account: Account, action: handler
     resources = _resources(request)
     device_id = path_id(request, "device_id")
     detail = await handlers.change_device(
-        resources.pool, account, device_id, action, online_ttl=resources.settings.online_ttl_seconds
+        resources.pool, account, device_id, action, online_ttl_s=resources.settings.online_ttl_s
     )
     return views.device_detail(detail)
 
@@ -253,7 +253,7 @@ async def move_device(request: web.Request, account: Account) -> views.Json:
     device_id = path_id(request, "device_id")
     body = await parse_json_body(request)
     detail = await handlers.move_device(
-        resources.pool, account, device_id, body, online_ttl=resources.settings.online_ttl_seconds
+        resources.pool, account, device_id, body, online_ttl_s=resources.settings.online_ttl_s
     )
     return views.device_detail(detail)
 
@@ -269,7 +269,7 @@ async def rename_device(request: web.Request, account: Account) -> views.Json:
         resources.keyring,
         device_id,
         body,
-        online_ttl=resources.settings.online_ttl_seconds,
+        online_ttl_s=resources.settings.online_ttl_s,
     )
     return views.device_detail(detail)
 
@@ -279,7 +279,7 @@ async def delete_device(request: web.Request, account: Account) -> views.Json:
     resources = _resources(request)
     device_id = path_id(request, "device_id")
     gone = await handlers.delete_device(
-        resources.pool, account, device_id, online_ttl=resources.settings.online_ttl_seconds
+        resources.pool, account, device_id, online_ttl_s=resources.settings.online_ttl_s
     )
     return views.deleted_device(gone)
 
@@ -290,7 +290,7 @@ async def _change_devices(
     resources = _resources(request)
     body = await parse_json_body(request)
     changed = await handlers.change_devices(
-        resources.pool, account, body, action, online_ttl=resources.settings.online_ttl_seconds
+        resources.pool, account, body, action, online_ttl_s=resources.settings.online_ttl_s
     )
     return views.device_changes(changed)
 

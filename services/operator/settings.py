@@ -10,6 +10,7 @@ from shared.settings import (
     HttpSettings,
     Secret,
     SettingsError,
+    online_ttl_s,
     secret_key,
     webhooks_allow_private_urls,
 )
@@ -80,7 +81,7 @@ class ConsoleSettings:
 class OperatorSettings:
     http: HttpSettings
     database: DatabaseSettings
-    online_ttl_seconds: float
+    online_ttl_s: float  # shared.settings.online_ttl_s
     page_limit_max: int
     log_level: str
     # Up to this many matching devices a listing's total is exact; above, an estimate
@@ -108,7 +109,7 @@ class OperatorSettings:
         return cls(
             http=HttpSettings.from_env(env, "FLEETREG_HTTP", service="operator", default_port=18081),
             database=DatabaseSettings.from_env(env),
-            online_ttl_seconds=env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0),
+            online_ttl_s=online_ttl_s(env),
             page_limit_max=env.integer("FLEETREG_PAGE_LIMIT_MAX", 1000, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
             count_exact_max=env.integer("FLEETREG_COUNT_EXACT_MAX", 10_000, minimum=0),

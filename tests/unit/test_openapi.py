@@ -53,7 +53,7 @@ BEARER = "bearerAuth"
 SETTINGS = OperatorSettings(
     http=HttpSettings(host="127.0.0.1", port=0),
     database=DatabaseSettings(url=Secret("postgresql://x@localhost/x"), pool_min=1, pool_max=1),
-    online_ttl_seconds=300,
+    online_ttl_s=300,
     page_limit_max=1000,
     log_level="INFO",
 )

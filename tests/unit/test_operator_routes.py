@@ -33,7 +33,7 @@ OPERATOR = Path(routes.__file__).parent
 SETTINGS = OperatorSettings(
     http=HttpSettings(host="127.0.0.1", port=0),
     database=DatabaseSettings(url=Secret("postgresql://x@localhost/x"), pool_min=1, pool_max=1),
-    online_ttl_seconds=300,
+    online_ttl_s=300,
     page_limit_max=1000,
     log_level="INFO",
 )
@@ -162,7 +162,7 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
         ACCOUNT,
         {"state": "offline", "limit": "3"},
         page_limit_max=1000,
-        online_ttl=300,
+        online_ttl_s=300,
         count_exact_max=10_000,
         now=NOW,
     )
@@ -264,7 +264,7 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
 
     # (without the stall limit the export would wait forever: the outer bound makes that a failure)
     await asyncio.wait_for(
-        exports.stream(request, never_read, ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=0.05), 10
+        exports.stream(request, never_read, ACCOUNT, {}, "csv", online_ttl_s=300, stall_seconds=0.05), 10
     )
 
     assert released == [True]
@@ -329,7 +329,7 @@ async def test_an_http_1_0_export_that_would_not_match_its_counted_length_is_cut
     request = make_mocked_request("GET", "/v1/devices/export", version=HttpVersion10, transport=transport)
 
     response = await exports.stream(
-        request, cast(Pool, None), ACCOUNT, {}, "csv", online_ttl=300, stall_seconds=1
+        request, cast(Pool, None), ACCOUNT, {}, "csv", online_ttl_s=300, stall_seconds=1
     )
 
     assert response.content_length == 2 and b"".join(written) == b""  # nothing past the length

@@ -92,7 +92,7 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
             operator.account,
             query,
             page_limit_max=settings.page_limit_max,
-            online_ttl=settings.online_ttl_seconds,
+            online_ttl_s=settings.online_ttl_s,
             count_exact_max=settings.count_exact_max,
         )
     except InvalidInput as exc:
@@ -135,7 +135,7 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
             operator.account,
             query,
             chosen,
-            online_ttl=found.settings.online_ttl_seconds,
+            online_ttl_s=found.settings.online_ttl_s,
             stall_seconds=found.settings.export_stall_seconds,
         )
 
@@ -146,7 +146,7 @@ async def _detail(request: web.Request, operator: Operator) -> dict[str, Any]:
         resources(request).pool,
         operator.account,
         path_id(request, "device_id"),
-        online_ttl=settings.online_ttl_seconds,
+        online_ttl_s=settings.online_ttl_s,
     )
     return views.device_detail(detail)
 
@@ -197,7 +197,7 @@ async def change_device(request: web.Request, operator: Operator, form: Any) -> 
             operator.account,
             device_id,
             chosen,
-            online_ttl=settings.online_ttl_seconds,
+            online_ttl_s=settings.online_ttl_s,
         )
     except NotFound:
         # Not a flash back to the page it came from: another account's device is the
@@ -238,7 +238,7 @@ async def move_device(request: web.Request, operator: Operator, form: Form) -> s
             operator.account,
             device_id,
             {"product_id": text(form, "product_id")[:FIELD_MAX]},
-            online_ttl=settings.online_ttl_seconds,
+            online_ttl_s=settings.online_ttl_s,
         )
     except NotFound as exc:
         if exc.field == "product_id":
@@ -267,7 +267,7 @@ async def rename_device(request: web.Request, operator: Operator, form: Form) ->
             resources(request).keyring,
             device_id,
             {"name": text(form, "name")[:FIELD_MAX]},
-            online_ttl=settings.online_ttl_seconds,
+            online_ttl_s=settings.online_ttl_s,
         )
     except NotFound:
         raise web.HTTPNotFound(reason="no such device in this account") from None

@@ -42,7 +42,7 @@ async def storm_context(request: web.Request, operator: Operator) -> Context:
     table and the pipeline's health, all of this operator's account only."""
     res = resources(request)
     window = handlers.storm_window(dict(request.query))
-    storm = await handlers.live_storm(res.pool, operator.account, window, res.settings.online_ttl_seconds)
+    storm = await handlers.live_storm(res.pool, operator.account, window, res.settings.online_ttl_s)
     # The probes are shared by every tab of every session (at most one round a second).
     probes = await res.pipeline_probes.get() if res.pipeline_probes is not None else ()
     health = handlers.pipeline_health(probes, storm)
