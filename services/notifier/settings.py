@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.webhooks import DEFAULT_DISABLE_AFTER_S, parse_schedule
+from shared.domain.webhooks import DEFAULT_DISABLE_AFTER_S, DEFAULT_RETRY_SCHEDULE_TEXT, parse_schedule
 from shared.settings import (
     Env,
     HttpSettings,
@@ -55,7 +55,7 @@ class NotifierSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> NotifierSettings:
-        schedule_text = env.text("FLEETREG_WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")
+        schedule_text = env.text("FLEETREG_WEBHOOK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE_TEXT)
         try:
             schedule = parse_schedule(schedule_text)
         except ValueError as exc:
@@ -72,6 +72,8 @@ class NotifierSettings:
                 sweep_s=env.number("FLEETREG_WEBHOOK_SWEEP_SECONDS", 10.0, minimum=0.1),
                 online_ttl_s=online_ttl_s(env),
                 retention_s=86400.0 * env.number("FLEETREG_WEBHOOK_RETENTION_DAYS", 14.0, minimum=0.0),
-                disable_after_s=env.number("FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS", 432000.0, minimum=1.0),
+                disable_after_s=env.number(
+                    "FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS", DEFAULT_DISABLE_AFTER_S, minimum=1.0
+                ),
             ),
         )

@@ -54,10 +54,6 @@ SECRET_BYTES = 32  # the specification asks for 24 to 64 random bytes
 # registration.refused counts refusals of the account's own codes by these reasons.
 REFUSAL_REASONS = ("throttled", "quota", "wrong_key", "other")
 
-# The Standard Webhooks suggested schedule, as the pause before each retry: attempts at
-# once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (about 27.5 hours in all).
-DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-
 
 def new_secret() -> str:
     """A fresh signing secret, ``whsec_`` and base64 of 32 random bytes (shown once)."""
@@ -226,7 +222,8 @@ def retry_delay(attempts: int, schedule: Sequence[float]) -> float | None:
 
 
 # Standard Webhooks' reference (Svix) disables an endpoint after 5 days of failed
-# attempts; Stripe after several days. FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS.
+# attempts; Stripe after several days. FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS's default
+# (the notifier's settings read it).
 DEFAULT_DISABLE_AFTER_S = 5 * 86400.0
 GONE = 410  # RFC 9110 section 15.5.11: the target is gone, and that is likely permanent
 
@@ -256,6 +253,14 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     if any(d < 0 or d != d for d in delays):  # d != d: NaN
         raise ValueError("a delay is negative or not a number")
     return delays
+
+
+# The Standard Webhooks suggested schedule, as the pause before each retry: attempts at
+# once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (about 27.5 hours in all).
+# Written as FLEETREG_WEBHOOK_RETRY_SCHEDULE is, the one default: the notifier's settings
+# read it, .env.example, docker-compose.yml and the ConfigMap repeat it (tests/unit/test_deploy.py).
+DEFAULT_RETRY_SCHEDULE_TEXT = "5,300,1800,7200,18000,36000,36000"
+DEFAULT_RETRY_SCHEDULE = parse_schedule(DEFAULT_RETRY_SCHEDULE_TEXT)
 
 
 WEBHOOK_SECRETS = b"fleetreg webhook signing secrets v1"

@@ -12,7 +12,8 @@
   need the rendered manifests are skipped.
 * **Environment variables**: what the code reads comes from the source (every
   ``env.text|integer|number|secret|url(...)`` call, parsed with :mod:`ast` so calls over
-  several lines and their defaults count) and from running each service's own settings
+  several lines and their defaults count, a default named by a module constant such as
+  ``DEFAULT_RETRY_SCHEDULE_TEXT`` included) and from running each service's own settings
   factory (taken from its ``__main__.py``) on an environment that records every read. The
   compose file, .env.example and the manifests must name the same variables.
 """
@@ -133,14 +134,29 @@ NOT_CONSTANT = _NotConstant()
 READERS = {"text", "integer", "number", "secret", "url"}
 
 
-def _constant(node: ast.expr | None) -> Any:
-    """The value of a default written as a constant expression (``256 * 1024``), else NOT_CONSTANT."""
+def _module_globals(path: Path) -> dict[str, Any]:
+    """The global names of the module at ``path`` (under ROOT), imported."""
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    return dict(vars(importlib.import_module(name)))
+
+
+def _constant(node: ast.expr | None, path: Path) -> Any:
+    """The value of a default written as a constant expression (``256 * 1024``) or named by
+    an upper-case module constant (``DEFAULT_RETRY_SCHEDULE_TEXT``,
+    ``rules.DEFAULT_DISABLE_AFTER_S``, looked up in the globals of the module at ``path``:
+    the one default a domain module defines is the default checked), else NOT_CONSTANT."""
     if node is None:
         return None
     if isinstance(node, ast.Constant):
         return node.value
+    if isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node).rpartition(".")[2].isupper():
+        expression = compile(ast.Expression(node), str(path), "eval")
+        value = eval(expression, _module_globals(path))  # noqa: S307 -- a dotted name, no call
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return value
+        return NOT_CONSTANT
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Add | ast.Sub):
-        left, right = _constant(node.left), _constant(node.right)
+        left, right = _constant(node.left, path), _constant(node.right, path)
         if isinstance(left, int | float) and isinstance(right, int | float):
             return {ast.Mult: left * right, ast.Add: left + right, ast.Sub: left - right}[type(node.op)]
     return NOT_CONSTANT
@@ -149,15 +165,15 @@ def _constant(node: ast.expr | None) -> Any:
 @cache
 def code_variables() -> dict[str, Any]:
     """Every variable a settings reader reads: name -> its default (None when required)."""
-    calls: list[ast.Call] = []
+    calls: list[tuple[ast.Call, Path]] = []
     for folder in ("shared", "services", "cli"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            calls += [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+            calls += [(node, path) for node in ast.walk(tree) if isinstance(node, ast.Call)]
     # HttpSettings.from_env(env, "FLEETREG_HTTP", port) names its variables f"{prefix}_HOST" etc.
     prefixes = {
         c.args[1].value
-        for c in calls
+        for c, _ in calls
         if isinstance(c.func, ast.Attribute)
         and c.func.attr == "from_env"
         and isinstance(c.func.value, ast.Name)
@@ -165,7 +181,7 @@ def code_variables() -> dict[str, Any]:
         and isinstance(c.args[1], ast.Constant)
     }
     found: dict[str, Any] = {}
-    for call in calls:
+    for call, path in calls:
         func = call.func
         if not (
             isinstance(func, ast.Attribute)
@@ -177,7 +193,7 @@ def code_variables() -> dict[str, Any]:
         default_at = 2 if func.attr == "url" else 1  # url(name, schemes, default)
         default_node = call.args[default_at] if len(call.args) > default_at else None
         default_node = next((k.value for k in call.keywords if k.arg == "default"), default_node)
-        default = _constant(default_node)
+        default = _constant(default_node, path)
         name_node = call.args[0]
         if isinstance(name_node, ast.Constant) and isinstance(name_node.value, str):
             names = [name_node.value]

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from services.notifier.settings import NotifierSettings
+from shared.domain import webhooks
 from shared.settings import DatabaseSettings, KafkaSettings, Secret, SettingsError, load
 
 
@@ -126,3 +128,18 @@ def test_postgres_tls_mistakes_are_named_without_the_password(query: str, messag
     with pytest.raises(SettingsError, match=message) as caught:
         load(DatabaseSettings.from_env, {"DATABASE_URL": f"postgresql://u:hunter2@h/db?{query}"})
     assert "hunter2" not in str(caught.value)
+
+
+# -------------------------------------------------- one default, one reader ----
+SERVICE_REQUIRED = {
+    "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+    "DATABASE_URL": "postgresql://u:pw@h/db",
+    "FLEETREG_SECRET_KEY": "k" * 40,
+}
+
+
+def test_the_notifier_retries_on_the_domain_default_schedule() -> None:
+    delivery = load(NotifierSettings.from_env, SERVICE_REQUIRED).delivery
+    assert delivery.retry_schedule == webhooks.DEFAULT_RETRY_SCHEDULE
+    assert delivery.retry_schedule == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    assert delivery.disable_after_s == webhooks.DEFAULT_DISABLE_AFTER_S == 5 * 86400
