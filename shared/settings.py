@@ -326,8 +326,10 @@ def secret_key(env: Env) -> Secret:
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """A Kafka-consuming service (deduplication, provisioning): health port, broker,
-    registry, the deployment's secret key and its consumer group."""
+    """What every Kafka-consuming service reads (deduplication, provisioning, ingestion,
+    the notifier): health port, broker, registry, the deployment's secret key, its consumer
+    group and batch size. A service's own settings live in its settings module
+    (services/dedup/settings.py, ...)."""
 
     http: HttpSettings
     kafka: KafkaSettings
@@ -336,20 +338,6 @@ class PipelineSettings:
     group_id: str
     batch_size: int
     log_level: str
-    # Deduplication's brute-force alert: this many wrong registration keys for one bulk
-    # hardware ID within the window raise a security alert; the right key still claims.
-    max_failed_claims: int = 10
-    failed_claims_window_s: float = 900.0
-    # Deduplication's clone limit: at most this many clones (H-N) of one claimed hardware ID
-    # of an account created from one source within the window; past it that source's clone
-    # claims are refused and nothing is created (other sources' are not).
-    clone_limit: int = 100
-    clone_window_s: float = 3600.0
-    # Deduplication's clone rate: at most this many devices of one claimed hardware ID (the
-    # first and its clones) created from one source within the window; past it the claim is
-    # answered "try again later" (429 + Retry-After), so a squatter pays in time.
-    clone_rate_per_source: int = 20
-    clone_rate_window_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Env, service: str, default_port: int) -> PipelineSettings:
@@ -361,14 +349,6 @@ class PipelineSettings:
             group_id=env.text("FLEETREG_CONSUMER_GROUP", f"fleetreg-{service}"),
             batch_size=env.integer("FLEETREG_BATCH_SIZE", 500, minimum=1),
             log_level=env.text("FLEETREG_LOG_LEVEL", "INFO"),
-            max_failed_claims=env.integer("FLEETREG_BULK_MAX_FAILED_CLAIMS", 10, minimum=1),
-            failed_claims_window_s=env.number(
-                "FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS", 900.0, minimum=1.0
-            ),
-            clone_limit=env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
-            clone_window_s=env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
-            clone_rate_per_source=env.integer("FLEETREG_CLONE_RATE_PER_SOURCE", 20, minimum=1),
-            clone_rate_window_s=env.number("FLEETREG_CLONE_RATE_WINDOW_SECONDS", 60.0, minimum=1.0),
         )
 
 

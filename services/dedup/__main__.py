@@ -1,8 +1,8 @@
 """``python -m services.dedup``"""
 
 from services.dedup.app import SERVICE, create_app
+from services.dedup.settings import DedupSettings
 from shared.service import main
-from shared.settings import PipelineSettings
 
 if __name__ == "__main__":
-    main(SERVICE, lambda env: PipelineSettings.from_env(env, SERVICE, default_port=18082), create_app)
+    main(SERVICE, DedupSettings.from_env, create_app)

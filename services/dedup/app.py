@@ -6,15 +6,15 @@ from aiohttp import web
 
 from services.dedup import streams
 from services.dedup.resources import RESOURCES, resources_context
+from services.dedup.settings import DedupSettings
 from shared.http import base_app
 from shared.pipeline import consumer_context
-from shared.settings import PipelineSettings
 
 SERVICE = "dedup"
 
 
-def create_app(settings: PipelineSettings) -> web.Application:
+def create_app(settings: DedupSettings) -> web.Application:
     app = base_app(SERVICE)
     app.cleanup_ctx.append(resources_context(settings))
-    app.cleanup_ctx.append(consumer_context(SERVICE, settings, streams.SUBSCRIPTION, RESOURCES))
+    app.cleanup_ctx.append(consumer_context(SERVICE, settings.pipeline, streams.SUBSCRIPTION, RESOURCES))
     return app

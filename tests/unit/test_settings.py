@@ -4,9 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from services.dedup.handlers import Policy
+from services.dedup.settings import DedupSettings
+from services.ingestion.settings import IngestionSettings
+from services.intake.settings import IntakeSettings
 from services.notifier.settings import NotifierSettings
+from services.operator.settings import OperatorSettings
 from shared.domain import webhooks
-from shared.settings import DatabaseSettings, KafkaSettings, Secret, SettingsError, load
+from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings, Secret, SettingsError, load
 
 
 def test_a_missing_variable_is_named() -> None:
@@ -143,3 +148,45 @@ def test_the_notifier_retries_on_the_domain_default_schedule() -> None:
     assert delivery.retry_schedule == webhooks.DEFAULT_RETRY_SCHEDULE
     assert delivery.retry_schedule == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     assert delivery.disable_after_s == webhooks.DEFAULT_DISABLE_AFTER_S == 5 * 86400
+
+
+def test_the_online_ttl_is_one_setting_for_the_three_services_that_use_it() -> None:
+    def ttls(environ: dict[str, str]) -> set[float]:
+        return {
+            load(IntakeSettings.from_env, environ).online_ttl_s,
+            load(OperatorSettings.from_env, environ).online_ttl_s,
+            load(NotifierSettings.from_env, environ).delivery.online_ttl_s,
+        }
+
+    assert ttls(SERVICE_REQUIRED) == {300.0}
+    assert ttls({**SERVICE_REQUIRED, "FLEETREG_ONLINE_TTL_SECONDS": "42.5"}) == {42.5}
+    low = {**SERVICE_REQUIRED, "FLEETREG_ONLINE_TTL_SECONDS": "0.5"}
+    for factory in (IntakeSettings.from_env, OperatorSettings.from_env, NotifierSettings.from_env):
+        with pytest.raises(SettingsError, match="FLEETREG_ONLINE_TTL_SECONDS=0.5 is below its minimum of 1"):
+            load(factory, low)
+
+
+def test_only_deduplication_reads_and_checks_its_limits() -> None:
+    limits = {
+        "FLEETREG_BULK_MAX_FAILED_CLAIMS": "5",
+        "FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS": "60",
+        "FLEETREG_CLONE_LIMIT": "7",
+        "FLEETREG_CLONE_WINDOW_SECONDS": "120",
+        "FLEETREG_CLONE_RATE_PER_SOURCE": "3",
+        "FLEETREG_CLONE_RATE_WINDOW_SECONDS": "30",
+    }
+    assert load(DedupSettings.from_env, {**SERVICE_REQUIRED, **limits}).policy == Policy(
+        alert_threshold=5,
+        alert_window_s=60,
+        clone_limit=7,
+        clone_window_s=120,
+        clone_rate=3,
+        clone_rate_window_s=30,
+    )
+    assert load(DedupSettings.from_env, SERVICE_REQUIRED).policy == Policy()  # the defaults are Policy's
+    with pytest.raises(SettingsError, match="FLEETREG_CLONE_LIMIT=0 is below its minimum of 1"):
+        load(DedupSettings.from_env, {**SERVICE_REQUIRED, "FLEETREG_CLONE_LIMIT": "0"})
+    broken = {**SERVICE_REQUIRED, **{name: "not a number" for name in limits}}
+    load(lambda e: PipelineSettings.from_env(e, "provisioning", default_port=0), broken)
+    load(IngestionSettings.from_env, broken)
+    load(NotifierSettings.from_env, broken)
