@@ -39,6 +39,7 @@ from shared.domain.dedup import (
     Verdict,
     decide,
     limit_reached,
+    quota_of_reason,
 )
 from shared.domain.identifiers import family_stems, hardware_id_ancestors
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
@@ -92,6 +93,8 @@ def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome
             reason=stored.reason if stored.decision == "refused" else REASON_DELETED,  # device deleted
             decision="refused",
             account_id=stored.account_id or "",
+            # The registry keeps the reason alone: its text is all there is to tell the limit.
+            quota=(quota_of_reason(stored.reason) or "none") if stored.decision == "refused" else "none",
         )
     return RegistrationDecided(
         request_id=stored.request_id,
@@ -182,6 +185,7 @@ async def decide_batch(
                     decision="refused",
                     account_id=record.account_id or "",
                     retry_after=min(86_400, math.ceil(verdict.retry_after)),
+                    quota=verdict.quota or "none",
                 )
             )
         else:
