@@ -48,6 +48,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, 
 
 import orjson
 
+from shared.domain.dedup import Quota, quota_of_reason
 from shared.domain.identifiers import (
     DEVICE_NAME_MAX,
     HARDWARE_ID_MAX,
@@ -166,6 +167,10 @@ Reason = Annotated[
 ]
 DecisionName = Annotated[str, _one_of(("new", "same", "clone", "refused"))]
 DecisionOrEmpty = Annotated[str, _one_of(("", "new", "same", "clone", "refused"))]
+# The limit that refused a claim, in deduplication's terms (shared.domain.dedup.Quota);
+# "none": a refusal by no limit; "": not said (a ready outcome, or a refusal of the release
+# before the field, see RegistrationOutcome.refused_by).
+QuotaOrNone = Literal["", "none", Quota]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,20 @@ class RegistrationOutcome(Event):
     # handled it (a later reclaim before "ready", in the same batch or after): the intake
     # answers ready without the device secret, so only the last claim holds the credentials.
     superseded: bool = False
+    # A refusal: the limit that refused it, as deduplication decided it (Verdict.quota), or
+    # "none". Added with a default in the same version: read it through refused_by.
+    quota: QuotaOrNone = ""
+
+    def refused_by(self) -> Quota | None:
+        """The limit that refused this request, or None: refused by no limit, or not refused."""
+        if self.status != "refused" or self.quota == "none":
+            return None
+        if self.quota == "":
+            # Today's fallback, ONLY for a refusal of the release before the field (it says
+            # nothing, and its reason's text is all there is): every refusal this release
+            # publishes says "none" or the limit, so the text is never read for those.
+            return quota_of_reason(self.reason)
+        return self.quota
 
 
 @dataclass(frozen=True, slots=True)

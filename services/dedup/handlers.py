@@ -36,9 +36,11 @@ from shared.domain.dedup import (
     Family,
     KnownDevice,
     Limits,
+    Quota,
     Verdict,
     decide,
     limit_reached,
+    quota_of_reason,
 )
 from shared.domain.identifiers import family_stems, hardware_id_ancestors
 from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
@@ -70,6 +72,86 @@ class Decisions:
     decided: list[RegistrationDecided] = field(default_factory=list)
     refused: list[RegistrationOutcome] = field(default_factory=list)
 
+    def add(self, answer: _Answer) -> None:
+        event = answer.event()
+        if isinstance(event, RegistrationOutcome):
+            self.refused.append(event)
+        else:
+            self.decided.append(event)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one claim's decision publishes, taken from the verdict just recorded or from the
+    registry's row (a replay): :meth:`event` is the one place the events are built."""
+
+    request_id: str
+    account_id: str | None
+    product_id: str | None
+    decision: str
+    device_id: str | None  # None: refused, or the device was deleted since (a replay)
+    hardware_id: str
+    credential_generation: int
+    reason: str = ""
+    quota: Quota | None = None
+    retry_after: float = 0.0  # seconds
+    received_at: float = 0.0  # 0: not known (a replay)
+
+    @classmethod
+    def recorded(cls, record: DecisionRecord) -> _Answer:
+        verdict, device = record.verdict, record.verdict.device
+        return cls(
+            request_id=record.claim.request_id,
+            account_id=record.account_id,
+            product_id=record.product_id,
+            decision=verdict.decision,
+            device_id=device.id if device is not None else None,
+            hardware_id=device.hardware_id if device is not None else "",
+            credential_generation=device.credential_generation if device is not None else 0,
+            reason=verdict.reason,
+            quota=verdict.quota,
+            retry_after=verdict.retry_after,
+            received_at=record.received_at,
+        )
+
+    @classmethod
+    def replayed(cls, stored: StoredDecision) -> _Answer:
+        refused = stored.decision == "refused"
+        return cls(
+            request_id=stored.request_id,
+            account_id=stored.account_id,
+            product_id=stored.product_id,
+            decision=stored.decision,
+            device_id=stored.device_id,
+            hardware_id=stored.hardware_id,
+            credential_generation=stored.credential_generation,
+            reason=stored.reason if refused else REASON_DELETED,  # no device: deleted since
+            # The registry keeps the reason alone: its text is all there is to tell the limit.
+            quota=quota_of_reason(stored.reason) if refused else None,
+        )
+
+    def event(self) -> RegistrationDecided | RegistrationOutcome:
+        if self.decision == "refused" or self.device_id is None:
+            return RegistrationOutcome(
+                request_id=self.request_id,
+                status="refused",
+                reason=self.reason,
+                decision="refused",
+                account_id=self.account_id or "",
+                retry_after=min(86_400, math.ceil(self.retry_after)),
+                quota=self.quota or "none",
+            )
+        return RegistrationDecided(
+            request_id=self.request_id,
+            account_id=self.account_id or "",
+            product_id=self.product_id or "",
+            device_id=self.device_id,
+            hardware_id=self.hardware_id,
+            decision=self.decision,
+            credential_generation=self.credential_generation,
+            received_at=self.received_at,
+        )
+
 
 def _claim(request: RegistrationRequested) -> Claim:
     return Claim(
@@ -81,26 +163,6 @@ def _claim(request: RegistrationRequested) -> Claim:
         idempotency_key=request.idempotency_key,
         source=request.source,
         protocol=request.protocol,
-    )
-
-
-def _replay(stored: StoredDecision) -> RegistrationDecided | RegistrationOutcome:
-    if stored.decision == "refused" or stored.device_id is None:
-        return RegistrationOutcome(
-            request_id=stored.request_id,
-            status="refused",
-            reason=stored.reason if stored.decision == "refused" else REASON_DELETED,  # device deleted
-            decision="refused",
-            account_id=stored.account_id or "",
-        )
-    return RegistrationDecided(
-        request_id=stored.request_id,
-        account_id=stored.account_id or "",
-        product_id=stored.product_id or "",
-        device_id=stored.device_id,
-        hardware_id=stored.hardware_id,
-        decision=stored.decision,
-        credential_generation=stored.credential_generation,
     )
 
 
@@ -143,11 +205,7 @@ async def decide_batch(
     unique = list({r.request_id: r for r in requests}.values())
     already = await decisions.decided(pool, [r.request_id for r in unique])
     for stored in already.values():
-        replayed = _replay(stored)
-        if isinstance(replayed, RegistrationOutcome):
-            out.refused.append(replayed)
-        else:
-            out.decided.append(replayed)
+        out.add(_Answer.replayed(stored))
     fresh = [r for r in unique if r.request_id not in already]
     if not fresh:
         return out
@@ -170,33 +228,9 @@ async def decide_batch(
     _count_limits(outcome)
     now = time.time()
     for record in outcome.records:
-        verdict, device = record.verdict, record.verdict.device
-        REGISTRATIONS.labels(verdict.decision).inc()
+        REGISTRATIONS.labels(record.verdict.decision).inc()
         PIPELINE_LATENCY.labels("decided").observe(max(0.0, now - record.received_at))
-        if verdict.decision == "refused" or device is None:
-            out.refused.append(
-                RegistrationOutcome(
-                    request_id=record.claim.request_id,
-                    status="refused",
-                    reason=verdict.reason,
-                    decision="refused",
-                    account_id=record.account_id or "",
-                    retry_after=min(86_400, math.ceil(verdict.retry_after)),
-                )
-            )
-        else:
-            out.decided.append(
-                RegistrationDecided(
-                    request_id=record.claim.request_id,
-                    account_id=record.account_id or "",
-                    product_id=record.product_id or "",
-                    device_id=device.id,
-                    hardware_id=device.hardware_id,
-                    decision=verdict.decision,
-                    credential_generation=device.credential_generation,
-                    received_at=record.received_at,
-                )
-            )
+        out.add(_Answer.recorded(record))
     return out
 
 

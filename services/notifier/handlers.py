@@ -163,7 +163,9 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
             )
         elif isinstance(e, RegistrationOutcome) and e.status == "refused" and is_uuid(e.account_id):
             minute = _minute(_request_time(e.request_id, at_now))
-            refusals.append(RefusalCount(e.account_id, minute, rules.refusal_reason(e.reason), 1))
+            refusals.append(
+                RefusalCount(e.account_id, minute, rules.refusal_reason(e.refused_by(), e.reason), 1)
+            )
     async with pool.acquire() as conn, conn.transaction():
         added = await webhooks.enqueue(conn, events)
         await webhooks.add_refusals(conn, refusals)

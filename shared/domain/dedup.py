@@ -69,50 +69,65 @@ REASON_BULK_ALREADY_CLAIMED = "device already registered once: the operator must
 # two generations, its "ready" refused at every boot).
 REFERENCE_PROTOCOL = "compat"
 
+# The limits that refuse a claim: the kind travels typed (Verdict.quota, then the refused
+# outcome's ``quota`` field, shared/events.py), never re-read from the reason's text except
+# where the text is all there is (quota_of_reason).
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
+# The start of each limit's refusal reason (reason_max_devices, reason_clone_limit,
+# reason_clone_rate): what quota_of_reason recognises.
+_REFUSAL_PREFIXES: dict[Quota, str] = {
+    "max_devices": "quota reached:",
+    "clone_limit": "clone limit reached:",
+    # A "try again later" (429 with Retry-After on the native API).
+    "clone_rate": "too many new devices with this hardware ID from this address:",
+}
 
-# The starts of the quota's and the clone limit's refusals (reason_max_devices,
-# reason_clone_limit): refusals of what a source tried to create, counted against it.
-_QUOTA_PREFIXES = ("quota reached:", "clone limit reached:")
+
+def quota_of_reason(reason: str) -> Quota | None:
+    """The limit whose refusal ``reason`` is (by its start), or None: a refusal by no limit.
+
+    Only for where the reason's text is all there is: the registry's decisions, which keep
+    the reason alone (the intake's polls, deduplication's replays), and refused outcomes of
+    the release before RegistrationOutcome carried ``quota``. Everywhere else the kind
+    travels typed."""
+    return next((q for q, prefix in _REFUSAL_PREFIXES.items() if reason.startswith(prefix)), None)
 
 
 def is_quota_refusal(reason: str) -> bool:
-    """Whether a refusal's reason is the quota's or the clone limit's (final for now)."""
-    return reason.startswith(_QUOTA_PREFIXES)
+    """Whether a refusal's reason is the quota's or the clone limit's (final for now):
+    refusals of what a source tried to create, counted against it."""
+    return quota_of_reason(reason) in ("max_devices", "clone_limit")
 
 
 def is_clone_limit_refusal(reason: str) -> bool:
     """Whether a refusal's reason is the clone limit's (what one hardware ID was refused)."""
-    return reason.startswith(_QUOTA_PREFIXES[1])
+    return quota_of_reason(reason) == "clone_limit"
 
 
 def reason_max_devices(max_devices: int) -> str:
-    return f"quota reached: auto registration max_devices={max_devices}"
+    return f"{_REFUSAL_PREFIXES['max_devices']} auto registration max_devices={max_devices}"
 
 
 def reason_clone_limit(limit: int, window_s: float) -> str:
     return (
-        f"clone limit reached: at most {limit} clones of one hardware ID per {window_s:g} seconds"
-        " from one address (FLEETREG_CLONE_LIMIT)"
+        f"{_REFUSAL_PREFIXES['clone_limit']} at most {limit} clones of one hardware ID"
+        f" per {window_s:g} seconds from one address (FLEETREG_CLONE_LIMIT)"
     )
 
 
-# The clone rate's refusal is a "try again later" (429 with Retry-After on the native API):
-# the intake recognises it by this start (is_clone_rate_refusal), also when it is polled.
-_CLONE_RATE_PREFIX = "too many new devices with this hardware ID from this address:"
-
-
 def reason_clone_rate(limit: int, window_s: float) -> str:
+    """The clone rate's refusal, a "try again later": the intake recognises it by its start
+    (is_clone_rate_refusal), also when it is polled."""
     return (
-        f"{_CLONE_RATE_PREFIX} at most {limit} per {window_s:g} seconds"
+        f"{_REFUSAL_PREFIXES['clone_rate']} at most {limit} per {window_s:g} seconds"
         " (FLEETREG_CLONE_RATE_PER_SOURCE): try again later"
     )
 
 
 def is_clone_rate_refusal(reason: str) -> bool:
     """Whether a refusal's reason is the clone rate's (a claim to try again later)."""
-    return reason.startswith(_CLONE_RATE_PREFIX)
+    return quota_of_reason(reason) == "clone_rate"
 
 
 @dataclass

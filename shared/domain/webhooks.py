@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, is_clone_rate_refusal, is_quota_refusal
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, Quota
 from shared.errors import InvalidInput
 
 DEVICE_REGISTERED = "device.registered"
@@ -71,16 +71,21 @@ def body(kind: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, "timestamp": at.astimezone(UTC).isoformat(), "data": data}
 
 
-def refusal_reason(reason: str) -> str:
-    """The summary's reason for one refusal's text: quota, throttled (the clone rate per
-    source; the intake's own throttling is counted where it happens), wrong_key or other."""
-    if is_quota_refusal(reason):
-        return "quota"
-    if is_clone_rate_refusal(reason):
-        return "throttled"
-    if reason == REASON_BULK_NOT_LISTED:
-        return "wrong_key"
-    return "other"
+def refusal_reason(quota: Quota | None, reason: str) -> str:
+    """The summary's reason for one refusal, by the limit that refused it (``quota``, as
+    the refused outcome carries it: RegistrationOutcome.refused_by) or else its text:
+    quota (the registration's max_devices or the clone limit), throttled (the clone rate per
+    source; the intake's own throttling is counted where it happens), wrong_key or other.
+    A new kind of limit must be placed here (mypy checks every kind is)."""
+    match quota:
+        case "max_devices" | "clone_limit":
+            return "quota"
+        case "clone_rate":
+            return "throttled"
+        case None:
+            return "wrong_key" if reason == REASON_BULK_NOT_LISTED else "other"
+        case _:
+            assert_never(quota)
 
 
 def checked_events(value: object) -> tuple[str, ...]:

@@ -55,10 +55,19 @@ async def test_suffixed_spellings_of_an_existing_id_count_with_it_against_one_so
     )
     assert [d.decision for d in first.decided + second.decided] == ["new"] * 4
     # A fifth spelling, whose stem (h-01) holds none of the others: too many for now.
-    third = await decide_batch(pool, KEYRING, [_claim(code, f"{h}-01-1", "e")], policy)
+    fifth = _claim(code, f"{h}-01-1", "e")
+    third = await decide_batch(pool, KEYRING, [fifth], policy)
     assert third.decided == []
-    assert [(r.status, r.retry_after > 0) for r in third.refused] == [("refused", True)]
+    assert [(r.status, r.retry_after > 0, r.quota) for r in third.refused] == [
+        ("refused", True, "clone_rate")
+    ]
     assert third.refused[0].reason.startswith("too many new devices")
+    # Redelivered: the stored decision is replayed, and says the same limit (from the text
+    # the registry keeps: all there is).
+    replayed = await decide_batch(pool, KEYRING, [fifth], policy)
+    assert [(r.request_id, r.reason, r.quota) for r in replayed.refused] == [
+        (fifth.request_id, third.refused[0].reason, "clone_rate")
+    ]
     # The real board, from another address, at once; the operator sees the squatter.
     board = await decide_batch(pool, KEYRING, [_claim(code, h, "board", BOARD)], policy)
     assert [(d.decision, d.hardware_id) for d in board.decided] == [("clone", f"{h}-2")]

@@ -7,6 +7,7 @@ reclaiming one device raise an alert; another product's listed row is nobody els
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,7 @@ from services.provisioning.handlers import provision_batch
 from shared.db import alerts, devices
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import REASON_BULK_NOT_LISTED
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DELETED
 from shared.domain.identifiers import fingerprint_identifiers, new_request_id
 from shared.events import RegistrationRequested
 from tests.support import registry
@@ -168,6 +169,31 @@ async def test_claims_provisioned_together_each_carry_their_own_generation_and_o
         (3, True),
         (4, True),
         (5, False),
+    ]
+
+
+async def test_a_redelivered_claim_whose_device_was_deleted_since_is_refused_by_no_limit(
+    pool: Pool, unique: str
+) -> None:
+    """The replay of a decision is built as a fresh one is (the same fields); a decision
+    whose device the operator deleted since is answered refused, naming the deletion."""
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id, kind="auto")
+    await registry.new_registration(pool, product)
+    code = await registry.new_code(pool, product.id)
+    kept, deleted = _claim(code, f"kept-{unique}"), _claim(code, f"gone-{unique}")
+    first = await decide_batch(pool, KEYRING, [kept, deleted])
+    assert first.refused == []
+    gone = next(d.device_id for d in first.decided if d.request_id == deleted.request_id)
+    await pool.execute("DELETE FROM devices WHERE id = $1", gone)
+
+    again = await decide_batch(pool, KEYRING, [kept, deleted])
+
+    [decided] = again.decided
+    fresh = next(d for d in first.decided if d.request_id == kept.request_id)
+    assert decided == replace(fresh, received_at=0.0)  # the request's time is not stored
+    assert [(r.request_id, r.status, r.decision, r.reason, r.account_id, r.quota) for r in again.refused] == [
+        (deleted.request_id, "refused", "refused", REASON_DELETED, account_id, "none")
     ]
 
 

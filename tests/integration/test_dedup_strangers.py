@@ -47,9 +47,12 @@ async def test_unknown_and_revoked_codes_are_answered_with_bounded_rows(pool: Po
         batch += [_claim(revoked, board if i % 2 else board.upper()) for i in range(5)]
         out = await decide_batch(pool, KEYRING, batch)
         assert out.decided == []
-        answered += [(o.status, o.reason) for o in out.refused]
+        answered += [(o.status, o.reason, o.quota) for o in out.refused]
 
-    assert sorted(set(answered)) == [("refused", REASON_REVOKED_CODE), ("refused", REASON_UNKNOWN_CODE)]
+    assert sorted(set(answered)) == [
+        ("refused", REASON_REVOKED_CODE, "none"),
+        ("refused", REASON_UNKNOWN_CODE, "none"),
+    ]
     assert len(answered) == 30  # every claim answered
     assert (
         await pool.fetchval(

@@ -25,11 +25,11 @@ from shared.db.migrations import migrate
 from shared.db.pool import Pool, open_pool, single_connection
 from shared.db.webhooks import Attempt, NewEvent
 from shared.domain.accounts import Account
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_max_devices
+from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_rate, reason_max_devices
 from shared.domain.identifiers import new_request_id
 from shared.domain.webhooks import SecretBox
 from shared.errors import Conflict, NotFound, TooManyRequests
-from shared.events import BulkPublished, DeviceSignal, RegistrationDecided, RegistrationOutcome
+from shared.events import BulkPublished, DeviceSignal, QuotaOrNone, RegistrationDecided, RegistrationOutcome
 from shared.settings import DatabaseSettings, Secret
 from tests.support import registry
 
@@ -326,18 +326,21 @@ async def test_refusals_of_an_accounts_codes_are_summarised_per_minute(db: Pool)
     actor, unsubscribed = await _actor(db), await _actor(db)
     webhook_id = await _webhook(db, actor, ("registration.refused",))
 
-    def refused(account_id: str, reason: str) -> RegistrationOutcome:
+    def refused(account_id: str, reason: str, quota: QuotaOrNone = "none") -> RegistrationOutcome:
         return RegistrationOutcome(
             request_id=new_request_id(),
             status="refused",
             decision="refused",
             reason=reason,
             account_id=account_id,
+            quota=quota,
         )
 
     batch = [
-        refused(actor.id, reason_max_devices(2)),
-        refused(actor.id, reason_max_devices(2)),
+        refused(actor.id, reason_max_devices(2), "max_devices"),
+        # A refusal of the previous release, which did not say the limit: read from its text.
+        refused(actor.id, reason_max_devices(2), ""),
+        refused(actor.id, reason_clone_rate(20, 60), "clone_rate"),
         refused(actor.id, REASON_BULK_NOT_LISTED),
         refused(actor.id, "device disabled by the operator"),
         refused(unsubscribed.id, REASON_BULK_NOT_LISTED),  # no webhook wants it: not counted
@@ -355,8 +358,8 @@ async def test_refusals_of_an_accounts_codes_are_summarised_per_minute(db: Pool)
         await db.fetchval("SELECT payload FROM webhook_deliveries WHERE id = $1", delivery.id)
     )
     assert payload["type"] == "registration.refused"
-    assert payload["data"]["counts"] == {"throttled": 0, "quota": 2, "wrong_key": 1, "other": 1}
-    assert payload["data"]["total"] == 4
+    assert payload["data"]["counts"] == {"throttled": 1, "quota": 2, "wrong_key": 1, "other": 1}
+    assert payload["data"]["total"] == 5
     assert (
         await db.fetchval(
             "SELECT count(*) FROM webhook_refusal_counts WHERE account_id = $1", unsubscribed.id

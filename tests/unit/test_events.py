@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, get_args
 
 import orjson
 import pytest
@@ -14,11 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared import events
+from shared.domain.dedup import Quota, reason_clone_limit, reason_clone_rate, reason_max_devices
 from shared.events import (
     BulkPublish,
     BulkPublished,
     DeviceSignal,
     Event,
+    QuotaOrNone,
     RegistrationDecided,
     RegistrationOutcome,
     RegistrationRequested,
@@ -69,6 +71,44 @@ def test_every_event_survives_a_round_trip() -> None:
 def test_a_field_added_with_a_default_may_be_absent() -> None:
     raw = orjson.dumps({"type": "registration.outcome", "v": 1, "request_id": R, "status": "ready"})
     assert decode(raw) == RegistrationOutcome(request_id=R, status="ready")
+
+
+def _refusal(**fields: object) -> bytes:
+    return orjson.dumps(
+        {"type": "registration.outcome", "v": 1, "request_id": R, "status": "refused", **fields}
+    )
+
+
+@pytest.mark.parametrize("quota", ["none", *get_args(Quota)])
+def test_a_refusal_carries_the_limit_that_refused_it(quota: QuotaOrNone) -> None:
+    refusal = RegistrationOutcome(request_id=R, status="refused", reason="words", quota=quota)
+    raw = encode(refusal)
+    assert orjson.loads(raw)["quota"] == quota  # written, as every field
+    assert decode(raw) == refusal
+    # The typed field is what counts, whatever the text says.
+    assert refusal.refused_by() == (None if quota == "none" else quota)
+    assert replace(refusal, reason=reason_max_devices(5)).refused_by() == (None if quota == "none" else quota)
+
+
+def test_a_refusal_of_the_previous_release_decodes_and_its_limit_is_read_from_its_text() -> None:
+    """Before the field, a refusal said its limit in its reason only: it still decodes (the
+    default, "": not said), and only such a record is read by its text."""
+    for reason, quota in [
+        (reason_max_devices(5), "max_devices"),
+        (reason_clone_limit(100, 3600), "clone_limit"),
+        (reason_clone_rate(20, 60), "clone_rate"),
+        ("unknown bulk identification code", None),
+    ]:
+        old = decode_as(RegistrationOutcome, _refusal(reason=reason, decision="refused"))
+        assert old == RegistrationOutcome(request_id=R, status="refused", reason=reason, decision="refused")
+        assert old.quota == ""
+        assert old.refused_by() == quota, reason
+
+
+def test_a_ready_outcome_is_refused_by_no_limit() -> None:
+    assert RegistrationOutcome(request_id=R, status="ready").quota == ""
+    assert RegistrationOutcome(request_id=R, status="ready").refused_by() is None
+    assert RegistrationOutcome(request_id=R, status="ready", quota="max_devices").refused_by() is None
 
 
 def test_a_field_unknown_to_this_version_is_ignored() -> None:
@@ -359,6 +399,8 @@ POISON: list[tuple[Event, str, object, str]] = [
     (OUTCOME, "reason", "r" * 201, "printable ASCII"),
     (OUTCOME, "reason", "line\nbreak", "printable ASCII"),
     (OUTCOME, "hardware_id", "\u00e9", "a hardware ID"),
+    (OUTCOME, "quota", "devices_max", "one of"),
+    (OUTCOME, "quota", "none\x00", "one of"),
     (DECIDED, "hardware_id", "a" * 105, "a hardware ID"),
     (DECIDED, "hardware_id", "b8\x00eb", "a hardware ID"),
     (SIGNAL, "device_id", "d", "a UUID"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import get_args
 
+import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -14,11 +16,15 @@ from services.notifier.sender import Sender
 from shared.domain import webhooks as rules
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
+    Quota,
     reason_clone_limit,
     reason_clone_rate,
     reason_max_devices,
 )
 from shared.errors import InvalidInput
+from shared.events import RegistrationOutcome, decode_as
+
+R = "0190f4a2-7c1e-7000-8000-00000000000a"  # a request ID
 
 
 @pytest.mark.parametrize(
@@ -174,12 +180,44 @@ def test_the_retry_schedule_gives_the_pause_before_each_retry_then_none() -> Non
             rules.parse_schedule(bad)
 
 
-def test_refusals_are_summarised_by_reason() -> None:
-    assert rules.refusal_reason(reason_max_devices(5)) == "quota"
-    assert rules.refusal_reason(reason_clone_limit(100, 3600)) == "quota"
-    assert rules.refusal_reason(reason_clone_rate(20, 60)) == "throttled"  # a 429 the device retries
-    assert rules.refusal_reason(REASON_BULK_NOT_LISTED) == "wrong_key"
-    assert rules.refusal_reason("device disabled by the operator") == "other"
+def test_refusals_are_summarised_by_the_limit_that_refused_them() -> None:
+    assert rules.refusal_reason("max_devices", reason_max_devices(5)) == "quota"
+    assert rules.refusal_reason("clone_limit", reason_clone_limit(100, 3600)) == "quota"
+    # a 429 the device retries
+    assert rules.refusal_reason("clone_rate", reason_clone_rate(20, 60)) == "throttled"
+    assert rules.refusal_reason(None, REASON_BULK_NOT_LISTED) == "wrong_key"
+    assert rules.refusal_reason(None, "device disabled by the operator") == "other"
+    # The typed limit decides, not the text.
+    assert rules.refusal_reason(None, reason_max_devices(5)) == "other"
+    assert rules.refusal_reason("max_devices", "some other words") == "quota"
+    # Every limit is summarised as one of the documented reasons.
+    assert {rules.refusal_reason(q, "") for q in get_args(Quota)} <= set(rules.REFUSAL_REASONS)
+
+
+def test_a_refusal_of_the_previous_release_is_summarised_by_its_text_as_before() -> None:
+    """An outcome without ``quota`` (the release before the field): the limit is read from
+    the reason's start, only for such records."""
+    for reason, summary in [
+        (reason_max_devices(5), "quota"),
+        (reason_clone_limit(100, 3600), "quota"),
+        (reason_clone_rate(20, 60), "throttled"),
+        (REASON_BULK_NOT_LISTED, "wrong_key"),
+        ("device disabled by the operator", "other"),
+    ]:
+        old = decode_as(
+            RegistrationOutcome,
+            orjson.dumps(
+                {
+                    "type": "registration.outcome",
+                    "v": 1,
+                    "request_id": R,
+                    "status": "refused",
+                    "reason": reason,
+                }
+            ),
+        )
+        assert old.quota == ""
+        assert rules.refusal_reason(old.refused_by(), old.reason) == summary, reason
 
 
 def test_an_event_id_is_the_same_for_the_same_cause_and_differs_otherwise() -> None:
