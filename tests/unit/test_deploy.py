@@ -150,8 +150,10 @@ def _constant(node: ast.expr | None, path: Path) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node).rpartition(".")[2].isupper():
-        expression = compile(ast.Expression(node), str(path), "eval")
-        value = eval(expression, _module_globals(path))  # noqa: S307 -- a dotted name, no call
+        first, *rest = ast.unparse(node).split(".")
+        value = _module_globals(path)[first]
+        for attribute in rest:  # a dotted name: module attributes, no call
+            value = getattr(value, attribute)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return value
         return NOT_CONSTANT
