@@ -182,8 +182,9 @@ AUDITED = {
     "delete": "device.deleted",
 }
 # The webhook event each action announces (one per device changed), written with the
-# change in its transaction (shared.db.webhooks.announce_device_changes). device.enabled,
-# device.reset or device.deleted would each be one line here and one in EVENT_TYPES.
+# change in its transaction (shared.db.webhooks.announce_device_changes, which reads the
+# device after the change). device.enabled or device.reset would each be one line here and
+# one in EVENT_TYPES; device.deleted more, since the row is gone by then.
 ANNOUNCED: dict[DeviceAction, str] = {"disable": DEVICE_DISABLED}
 
 
