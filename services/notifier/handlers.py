@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -20,14 +19,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
 from standardwebhooks.webhooks import Webhook as Signer
 
 from shared.db import webhooks
 from shared.db.pool import Pool
-from shared.db.webhooks import Attempt, DueDelivery, LastRegistration, NewEvent, RefusalCount
+from shared.db.webhooks import Attempt, DueDelivery, NewEvent, RefusalCount, after_registration, new_event
 from shared.domain import webhooks as rules
 from shared.domain.devices import online_cutoff
 from shared.domain.identifiers import is_uuid
@@ -51,34 +49,6 @@ OFFLINE_BATCH = 1000  # device.offline transitions taken per sweep transaction
 
 def _at(unix_s: float) -> datetime:
     return datetime.fromtimestamp(unix_s, UTC)
-
-
-def _event(
-    account_id: str, kind: str, source: tuple[str, ...], ordering_key: str, at: datetime, data: dict[str, Any]
-) -> NewEvent:
-    return NewEvent(
-        account_id=account_id,
-        kind=kind,
-        event_id=rules.event_id(kind, *source),
-        ordering_key=ordering_key,
-        occurred_at=at,
-        payload=orjson.dumps(rules.body(kind, at, data)).decode(),
-    )
-
-
-def _after_registration(event: NewEvent, registration: LastRegistration | None) -> NewEvent:
-    """The event, to be delivered after the device's registration event: the notifier reads
-    registrations and confirmations from different topics, so it may see the confirmation
-    first (a lagging partition, a rebalance)."""
-    if registration is None or registration.decision not in ("new", "clone"):
-        return event  # registering again (same) makes no event to wait for
-    kind = rules.DEVICE_REGISTERED if registration.decision == "new" else rules.DEVICE_CLONE_DETECTED
-    return dataclasses.replace(
-        event,
-        after_event_id=rules.event_id(kind, registration.request_id),
-        after_kind=kind,
-        after_at=registration.received_at,
-    )
 
 
 def _request_time(request_id: str, fallback: float) -> float:
@@ -115,7 +85,7 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
         if isinstance(e, RegistrationDecided) and e.decision in ("new", "clone") and is_uuid(e.account_id):
             kind = rules.DEVICE_REGISTERED if e.decision == "new" else rules.DEVICE_CLONE_DETECTED
             events.append(
-                _event(
+                new_event(
                     e.account_id,
                     kind,
                     (e.request_id,),
@@ -132,7 +102,7 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
             )
         elif isinstance(e, DeviceSignal) and e.kind == "ready" and e.device_id in devices:
             device, registration = devices[e.device_id]
-            provisioned = _event(
+            provisioned = new_event(
                 device.account_id,
                 rules.DEVICE_PROVISIONED,
                 (e.device_id, repr(e.at)),
@@ -144,10 +114,10 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
                     "product_id": device.product_id,
                 },
             )
-            events.append(_after_registration(provisioned, registration))
+            events.append(after_registration(provisioned, registration))
         elif isinstance(e, BulkPublished) and is_uuid(e.account_id):
             events.append(
-                _event(
+                new_event(
                     e.account_id,
                     rules.BULK_PUBLISHED,
                     (e.registration_id,),
@@ -175,7 +145,7 @@ async def record_events(pool: Pool, batch: Sequence[Event], now: float | None = 
 def _refusal_summary(minute: webhooks.RefusalMinute) -> NewEvent:
     counts = {reason: minute.counts.get(reason, 0) for reason in rules.REFUSAL_REASONS}
     end = minute.minute + timedelta(minutes=1)
-    return _event(
+    return new_event(
         minute.account_id,
         rules.REGISTRATION_REFUSED,
         # A random part: a late refusal makes a second summary of the same minute, never a lost one.
@@ -193,7 +163,7 @@ def _refusal_summary(minute: webhooks.RefusalMinute) -> NewEvent:
 
 def _offline_event(found: webhooks.OfflineDevice, online_ttl_s: float) -> NewEvent:
     device = found.device
-    return _event(
+    return new_event(
         device.account_id,
         rules.DEVICE_OFFLINE,
         (device.device_id, found.last_seen_at.isoformat()),

@@ -16,7 +16,7 @@ from typing import Literal
 
 from asyncpg import Record
 
-from shared.db import audit, files
+from shared.db import audit, files, webhooks
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.credentials import Keyring
@@ -24,6 +24,7 @@ from shared.domain.dedup import Creation, KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
 from shared.domain.devices import MoveTarget, move_refusal
 from shared.domain.identifiers import hardware_id_root
+from shared.domain.webhooks import DEVICE_DISABLED
 from shared.errors import Conflict, NotFound
 
 SELECT_FAMILY = """
@@ -180,6 +181,11 @@ AUDITED = {
     "reset": "device.reset",
     "delete": "device.deleted",
 }
+# The webhook event each action announces (one per device changed), written with the
+# change in its transaction (shared.db.webhooks.announce_device_changes, which reads the
+# device after the change). device.enabled or device.reset would each be one line here and
+# one in EVENT_TYPES; device.deleted more, since the row is gone by then.
+ANNOUNCED: dict[DeviceAction, str] = {"disable": DEVICE_DISABLED}
 
 
 @dataclass(frozen=True)
@@ -555,7 +561,9 @@ async def change_devices(
     in one transaction: one outcome per ID, in the order given. Every device changed is
     announced on ``fleetreg_invalidate`` and recorded in the operator audit trail (one
     event each: ``device.disabled``, ``device.enabled``, ``device.reset``,
-    ``device.deleted``) in the same transaction. Another account's device is not found."""
+    ``device.deleted``) in the same transaction, and so are its webhook deliveries where
+    the action has an event (``ANNOUNCED``: a disable, ``device.disabled``). A device left
+    as it was (disabled already) gets neither. Another account's device is not found."""
     ids = [device_id.lower() for device_id in device_ids]
     async with pool.acquire() as conn, conn.transaction():
         found = {r["id"]: r for r in await conn.fetch(SELECT_FOR_CHANGE, ids, actor.id)}
@@ -567,6 +575,8 @@ async def change_devices(
             "device",
             [(device_id, _audited(action, found[device_id])) for device_id in sorted(changed)],
         )
+        if action in ANNOUNCED:
+            await webhooks.announce_device_changes(conn, actor, ANNOUNCED[action], sorted(changed))
     kept: ChangeOutcome = "conflict" if action == "reset" else "unchanged"
     return [
         DeviceChange(

@@ -3,23 +3,29 @@
 The notifier turns consumed events into deliveries (:func:`enqueue`, idempotent on the
 webhook and the event ID), claims due ones with a lease (:func:`claim_due`, safe with
 several instances: a conditional update takes each row once), and records each attempt
-(:func:`record_attempt`). The operator API creates, lists and deletes webhooks (audited)
-and lists their deliveries. Signing secrets are stored sealed (``shared.domain.webhooks
-.SecretBox``); this module never sees one in clear.
+(:func:`record_attempt`). A change the registry makes itself announces its event in its
+own transaction (:func:`announce_device_changes`: the delivery rows are the outbox). The
+operator API creates, lists and deletes webhooks (audited) and lists their deliveries.
+Signing secrets are stored sealed (``shared.domain.webhooks.SecretBox``); this module
+never sees one in clear.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+import orjson
 from asyncpg import ForeignKeyViolationError, Record
 
 from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain import webhooks as rules
 from shared.domain.accounts import Account
 from shared.domain.identifiers import is_uuid
 from shared.errors import Conflict, NotFound
@@ -92,6 +98,14 @@ SELECT_DEVICES = """
         WHERE x.device_id = d.id AND x.decision IN ('new', 'same', 'clone')
         ORDER BY x.decided_at DESC LIMIT 1) r ON true
     WHERE d.id = ANY($1::uuid[])"""
+
+# When a change of the account's devices happens (the transaction's time, as its
+# device_events rows record it), and whether an enabled webhook of the account wants its
+# event: when none does, the change costs no further query.
+SELECT_ANNOUNCEMENT = """
+    SELECT now() AS at,
+           EXISTS (SELECT 1 FROM webhooks
+                   WHERE account_id = $1 AND $2 = ANY(events) AND disabled_at IS NULL) AS wanted"""
 
 # Due deliveries to send, fairly over webhooks: of each webhook (in random order) the
 # earliest due ones, no more than ``per_webhook`` minus those already in flight, and each
@@ -511,7 +525,7 @@ async def enqueue(conn: Connection | Pool, events: Sequence[NewEvent]) -> int:
 
 
 async def device_refs(
-    pool: Pool, device_ids: Sequence[str]
+    conn: Connection | Pool, device_ids: Sequence[str]
 ) -> dict[str, tuple[DeviceRef, LastRegistration | None]]:
     """The devices among ``device_ids`` that exist, by ID, each with its last accepted
     registration when the registry still has it (IDs that are not UUIDs are skipped)."""
@@ -523,12 +537,89 @@ async def device_refs(
             DeviceRef(r["id"], r["account_id"], r["product_id"], r["hardware_id"]),
             LastRegistration(r["request_id"], r["decision"], r["received_at"]) if r["request_id"] else None,
         )
-        for r in await pool.fetch(SELECT_DEVICES, ids)
+        for r in await conn.fetch(SELECT_DEVICES, ids)
     }
 
 
+def new_event(
+    account_id: str, kind: str, source: Sequence[str], ordering_key: str, at: datetime, data: dict[str, Any]
+) -> NewEvent:
+    """An event of ``kind`` that happened at ``at``: its ID derived from ``source`` (what
+    caused it, so the same cause gives the same ID: ``shared.domain.webhooks.event_id``),
+    its body the Standard Webhooks payload of ``data``; deliveries with one
+    ``ordering_key`` (a device ID) go out in ``at`` order."""
+    return NewEvent(
+        account_id=account_id,
+        kind=kind,
+        event_id=rules.event_id(kind, *source),
+        ordering_key=ordering_key,
+        occurred_at=at,
+        payload=orjson.dumps(rules.body(kind, at, data)).decode(),
+    )
+
+
+def after_registration(event: NewEvent, registration: LastRegistration | None) -> NewEvent:
+    """The event, to be delivered after the device's registration event (the
+    ``device.registered`` or ``device.clone_detected`` of ``registration``), which the
+    notifier may consume later: it reads registrations from Kafka, while confirmations come
+    from another topic and device changes from the registry. A webhook that does not get
+    that event, or did not exist when it happened, does not wait (shared.db.webhooks
+    ENQUEUE); nor does anyone past ``shared.domain.webhooks.ORDER_WAIT_S``."""
+    if registration is None or registration.decision not in ("new", "clone"):
+        return event  # registering again (same) makes no event to wait for
+    kind = rules.DEVICE_REGISTERED if registration.decision == "new" else rules.DEVICE_CLONE_DETECTED
+    return dataclasses.replace(
+        event,
+        after_event_id=rules.event_id(kind, registration.request_id),
+        after_kind=kind,
+        after_at=registration.received_at,
+    )
+
+
+async def announce_device_changes(
+    conn: Connection, actor: Account, kind: str, device_ids: Sequence[str]
+) -> int:
+    """Deliveries of ``kind`` (``device.disabled``) for the actor's devices ``device_ids``,
+    which the caller's transaction has just changed (``conn`` must be in it: the change and
+    its event commit together or not at all, so none is lost and none is sent for a change
+    rolled back). One event per device: ``data`` the device's ``device_id``,
+    ``hardware_id`` and ``product_id``, and the actor's ``api_key_id`` (None for a change
+    made without a key) and ``api_key_label``; ``timestamp`` the transaction's time. Each
+    waits for the device's registration event when that registration was received within
+    ``ORDER_WAIT_S`` (the notifier may not have consumed it yet; an older one was, or its
+    delivery may have been pruned, and waiting for it would only delay this one). Returns
+    the deliveries added; no query when no device is given, one when no enabled webhook of
+    the account wants ``kind``."""
+    if not device_ids:
+        return 0
+    row = await conn.fetchrow(SELECT_ANNOUNCEMENT, actor.id, kind)
+    if row is None or not row["wanted"]:
+        return 0
+    at: datetime = row["at"]
+    recent = at - timedelta(seconds=rules.ORDER_WAIT_S)
+    events = []
+    for device, registration in (await device_refs(conn, device_ids)).values():
+        event = new_event(
+            device.account_id,
+            kind,
+            (device.device_id, at.isoformat()),
+            device.device_id,
+            at,
+            {
+                "device_id": device.device_id,
+                "hardware_id": device.hardware_id,
+                "product_id": device.product_id,
+                "api_key_id": actor.key_id,
+                "api_key_label": actor.key_label,
+            },
+        )
+        waits = registration is not None and registration.received_at >= recent
+        events.append(after_registration(event, registration if waits else None))
+    return await enqueue(conn, sorted(events, key=lambda e: e.ordering_key))
+
+
 async def claim_due(
-    pool: Pool, *, per_webhook: int, limit: int, lease_s: float, order_wait_s: float = 300.0
+    pool: Pool, *, per_webhook: int, limit: int, lease_s: float, order_wait_s: float = rules.ORDER_WAIT_S
 ) -> list[DueDelivery]:
     """Take up to ``limit`` due deliveries for sending (see CLAIM_DUE) under a lease of
     ``lease_s`` seconds: another instance takes one again only after the lease lapsed. A

@@ -35,6 +35,7 @@ DEVICE_REGISTERED = "device.registered"
 DEVICE_PROVISIONED = "device.provisioned"
 DEVICE_CLONE_DETECTED = "device.clone_detected"
 DEVICE_OFFLINE = "device.offline"
+DEVICE_DISABLED = "device.disabled"
 BULK_PUBLISHED = "bulk.published"
 REGISTRATION_REFUSED = "registration.refused"
 # Every event a webhook may ask for, in the order the docs list them.
@@ -43,9 +44,16 @@ EVENT_TYPES = (
     DEVICE_PROVISIONED,
     DEVICE_CLONE_DETECTED,
     DEVICE_OFFLINE,
+    DEVICE_DISABLED,
     BULK_PUBLISHED,
     REGISTRATION_REFUSED,
 )
+# How long a delivery that must follow another event of its device (``after_event_id``: a
+# confirmation after its registration, a disable after a registration just made) waits for
+# that event to be consumed; past it, it goes without it (the event's record lost or long
+# delayed). The claim reads it (shared.db.webhooks.claim_due), and so does the registry's
+# announcement of a device change, which waits only for a registration this recent.
+ORDER_WAIT_S = 300.0
 
 MAX_URL_LENGTH = 2048
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the format's prefix, not a secret

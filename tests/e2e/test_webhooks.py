@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ import aiohttp
 import pytest
 
 from shared.db.pool import Pool
+from tests.e2e.test_ops_endpoints import sign_in
 from tests.support.api import Operator, new_operator, provision, register
 from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
 from tests.support.system import System
@@ -251,6 +253,88 @@ async def test_refusals_of_the_accounts_code_are_counted_for_its_summary(
             break
         await asyncio.sleep(0.1)
     assert seen == 2
+
+
+async def _console_disable(
+    system: System, session: aiohttp.ClientSession, operator: Operator, device_id: str
+) -> None:
+    """Disable a device with the console's button (its form post, signed in with the key)."""
+    cookie = await sign_in(session, system.operator_url, operator.api_key)
+    async with session.get(f"{system.operator_url}/console/devices/{device_id}", headers=cookie) as page:
+        assert page.status == 200
+        found = re.search(r'name="csrf_token" value="([^"]+)"', await page.text())
+    assert found is not None
+    async with session.post(
+        f"{system.operator_url}/console/devices/{device_id}/disable",
+        data={"csrf_token": found.group(1)},
+        headers=cookie,
+        allow_redirects=False,
+    ) as answer:
+        assert answer.status == 303, await answer.text()
+
+
+async def test_a_device_disabled_by_the_api_the_batch_call_or_the_console_is_announced_after_its_registration(
+    system: System, session: aiohttp.ClientSession, operator: Operator, receiver: Receiver
+) -> None:
+    """device.disabled is written with the disable itself (shared.db.devices.change_devices),
+    whichever door it came through: one signed delivery per device whose state changed, after
+    the device's device.registered (disabled at once, before the notifier may have consumed
+    the registration), with the key that did it as the audit trail records it; none for a
+    webhook that does not want it."""
+    wants = await create_webhook(operator, receiver.url, ["device.registered", "device.disabled"])
+    others = await Receiver().start()
+    try:
+        other = await create_webhook(operator, others.url, ["device.registered", "device.provisioned"])
+        code = (await operator.product())["bulk_identification_code"]
+        tag = uuid.uuid4().hex[:6]
+        devices = []
+        for door in ("api", "batch", "console"):
+            answer = await register(session, system.device_url, code, f"dis{tag}{door}")
+            assert answer.status == 200, answer.body
+            devices.append(str(answer.body["device_id"]))
+        by_api, by_batch, by_console = devices
+
+        await operator.call("POST", f"/v1/devices/{by_api}/disable", expect=200)
+        batch = await operator.call(
+            "POST", "/v1/devices/disable", {"device_ids": [by_batch, by_api]}, expect=200
+        )
+        assert [r["outcome"] for r in batch["results"]] == ["disabled", "unchanged"]  # no second event
+        await _console_disable(system, session, operator, by_console)
+
+        def complete() -> bool:
+            found = events_by_device(receiver.accepted)
+            return all(len(found.get(d, [])) == 2 for d in devices)
+
+        await receiver.wait_for(complete, 30, "each device's registration and disable")
+        receiver.verify_all(wants["secret"])
+        assert events_by_device(receiver.accepted) == {
+            d: ["device.registered", "device.disabled"] for d in devices
+        }
+        audited = await operator.call("GET", "/v1/audit-events?action=device.disabled&limit=10", expect=200)
+        by_whom = {e["target_id"]: (e["api_key_id"], e["api_key_label"]) for e in audited["audit_events"]}
+        assert set(by_whom) == set(devices)
+        shown = {d["id"]: d for d in await operator.devices()}
+        for r in receiver.accepted:
+            if r.kind == "device.disabled":
+                data = r.payload["data"]
+                device = shown[data["device_id"]]
+                assert data == {
+                    "device_id": device["id"],
+                    "hardware_id": device["hardware_id"],
+                    "product_id": device["product_id"],
+                    "api_key_id": by_whom[device["id"]][0],
+                    "api_key_label": by_whom[device["id"]][1],
+                }
+        page = await operator.call("GET", f"/v1/webhooks/{wants['id']}/deliveries?limit=100", expect=200)
+        assert sorted(d["event_type"] for d in page["deliveries"]) == sorted(
+            ["device.registered"] * 3 + ["device.disabled"] * 3
+        )
+        # The rows are written with the disable: the other webhook has none, now or later.
+        page = await operator.call("GET", f"/v1/webhooks/{other['id']}/deliveries?limit=100", expect=200)
+        assert "device.disabled" not in {d["event_type"] for d in page["deliveries"]}
+        assert all(r.kind != "device.disabled" for r in others.arrived)
+    finally:
+        await others.stop()
 
 
 # ------------------------------------------------------------------ the operator API

@@ -20,10 +20,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.notifier import handlers
-from shared.db import audit, webhooks
+from shared.db import audit, devices, webhooks
 from shared.db.migrations import migrate
 from shared.db.pool import Pool, open_pool, single_connection
 from shared.db.webhooks import Attempt, NewEvent
+from shared.domain import webhooks as rules
 from shared.domain.accounts import Account
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, reason_clone_rate, reason_max_devices
 from shared.domain.identifiers import new_request_id
@@ -540,8 +541,11 @@ async def test_claims_made_at_once_never_take_one_delivery_twice(db: Pool) -> No
     assert len(taken) == len(set(taken)) == 60
 
 
-async def _registered_device(db: Pool, actor: Account, decision: str = "new") -> tuple[str, str]:
-    """A provisioned device and the request of its accepted registration (in the registry)."""
+async def _registered_device(
+    db: Pool, actor: Account, decision: str = "new", received_ago_s: float = 0.0
+) -> tuple[str, str]:
+    """A provisioned device and the request of its accepted registration (in the registry),
+    received ``received_ago_s`` seconds ago."""
     product = await registry.new_product(db, actor.id)
     registration_id = await registry.new_registration(db, product)
     device_id = await registry.new_device(
@@ -551,12 +555,13 @@ async def _registered_device(db: Pool, actor: Account, decision: str = "new") ->
     await db.execute(
         """INSERT INTO registration_decisions (request_id, account_id, product_id, device_id, claimed_hardware_id,
                                               decision, status, received_at)
-           VALUES ($1, $2, $3, $4, 'H', $5, 'ready', now())""",
+           VALUES ($1, $2, $3, $4, 'H', $5, 'ready', now() - make_interval(secs => $6))""",
         request_id,
         actor.id,
         product.id,
         device_id,
         decision,
+        received_ago_s,
     )
     return device_id, request_id
 
@@ -687,3 +692,88 @@ async def test_a_delivery_queued_across_the_disable_is_failed_by_the_sweep(db: P
     assert await webhooks.fail_pending_of_disabled(db) >= 1
     [failed] = await webhooks.list_deliveries(db, actor.id, webhook_id, limit=10)
     assert failed.status == "failed"
+
+
+# ------------------------------------------------------------------ device.disabled
+
+
+async def test_a_disable_writes_its_device_disabled_delivery_in_its_own_transaction(db: Pool) -> None:
+    """The operator's disable (one device, the batch call and the console all go through
+    devices.change_devices) queues device.disabled for each webhook of the account that
+    wants it, with the change and its audit event: one per device whose state changed, as
+    the audit trail records, and nothing for a webhook that does not want it, another
+    account's, an enable, or a disable of a device disabled already."""
+    actor, other = await _actor(db), await _actor(db)
+    wants = await _webhook(db, actor, ("device.registered", "device.disabled"))
+    await _webhook(db, actor, ALL)  # every device event but device.disabled
+    await _webhook(db, other, ("device.disabled",))
+    device_id, _ = await _registered_device(db, actor)
+    already, _ = await _registered_device(db, actor)
+    await db.execute("UPDATE devices SET disabled = true WHERE id = $1", already)
+
+    changes = await devices.change_devices(db, actor, [device_id, already], "disable")
+    assert [c.outcome for c in changes] == ["disabled", "unchanged"]
+    [row] = await db.fetch(
+        "SELECT webhook_id::text, event_id, event_type, ordering_key, occurred_at, payload FROM webhook_deliveries"
+    )
+    device = await devices.get_device(db, actor.id, device_id)
+    disabled_at = await db.fetchval(
+        "SELECT at FROM device_events WHERE device_id = $1 AND kind = 'disabled'", device_id
+    )
+    assert (row["webhook_id"], row["event_type"], row["ordering_key"]) == (
+        wants,
+        "device.disabled",
+        device_id,
+    )
+    assert row["occurred_at"] == disabled_at  # the change's own time
+    assert row["event_id"] == rules.event_id("device.disabled", device_id, disabled_at.isoformat())
+    assert json.loads(row["payload"]) == {
+        "type": "device.disabled",
+        "timestamp": disabled_at.isoformat(),
+        "data": {
+            "device_id": device_id,
+            "hardware_id": device.hardware_id,
+            "product_id": device.product_id,
+            "api_key_id": None,
+            "api_key_label": "test",
+        },
+    }
+    await devices.change_devices(db, actor, [device_id], "disable")  # disabled already: nothing
+    await devices.change_devices(db, actor, [device_id], "enable")  # no device.enabled event
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+    [audited] = await audit.list_events(db, actor.id, audit.AuditFilter(action="device.disabled"), limit=10)
+    assert audited.target_id == device_id  # one audit event, one webhook event
+
+
+async def test_a_disable_follows_a_recent_registration_and_does_not_wait_for_an_old_one(db: Pool) -> None:
+    """A device disabled right after its registration: the notifier may not have consumed
+    the registration yet, so device.disabled waits for device.registered and goes after it.
+    One registered longer ago than ORDER_WAIT_S is not waited for (its delivery may have
+    been pruned since: the wait would hold the disable for 5 minutes for nothing)."""
+    actor = await _actor(db)
+    webhook_id = await _webhook(db, actor, ("device.registered", "device.disabled"))
+    await db.execute("UPDATE webhooks SET created_at = now() - interval '1 hour' WHERE id = $1", webhook_id)
+    fresh, request_id = await _registered_device(db, actor)
+    old, _ = await _registered_device(db, actor, received_ago_s=rules.ORDER_WAIT_S + 60)
+
+    await devices.change_devices(db, actor, [fresh, old], "disable")
+    [alone] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert (alone.event_type, json.loads(alone.payload)["data"]["device_id"]) == ("device.disabled", old)
+    decided = RegistrationDecided(
+        request_id=request_id,
+        account_id=actor.id,
+        product_id=str(uuid.uuid4()),
+        device_id=fresh,
+        hardware_id="H",
+        decision="new",
+        credential_generation=1,
+        received_at=time.time() - 1,
+    )
+    await handlers.record_events(db, [decided])  # consumed after the disable
+    [first] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert first.event_type == "device.registered"
+    await webhooks.record_attempt(
+        db, first.id, Attempt(1, datetime.now(UTC), 204, "", 1.0), status="delivered", retry_in_s=None
+    )
+    [second] = await webhooks.claim_due(db, per_webhook=10, limit=10, lease_s=60)
+    assert (second.event_type, json.loads(second.payload)["data"]["device_id"]) == ("device.disabled", fresh)

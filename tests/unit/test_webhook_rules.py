@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import get_args
 
 import orjson
 import pytest
+import yaml
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notifier.handlers import signed_headers
@@ -24,6 +26,7 @@ from shared.domain.dedup import (
 from shared.errors import InvalidInput
 from shared.events import RegistrationOutcome, decode_as
 
+ROOT = Path(__file__).resolve().parents[2]
 R = "0190f4a2-7c1e-7000-8000-00000000000a"  # a request ID
 
 
@@ -168,6 +171,15 @@ def test_events_are_a_non_empty_list_of_known_names_each_once() -> None:
         with pytest.raises(InvalidInput) as refused:
             rules.checked_events(bad)
         assert refused.value.field == "events"
+
+
+def test_every_event_is_subscribable_and_named_in_the_operator_openapi_enum() -> None:
+    """A new event is one name in EVENT_TYPES, and the OpenAPI document's WebhookEvent
+    enum lists the same names in the same order (the API validates with the first, the
+    fuzzing and clients read the second)."""
+    document = yaml.safe_load((ROOT / "services/operator/openapi.yaml").read_text(encoding="utf-8"))
+    assert document["components"]["schemas"]["WebhookEvent"]["enum"] == list(rules.EVENT_TYPES)
+    assert rules.checked_events(["device.disabled"]) == ("device.disabled",)
 
 
 def test_the_retry_schedule_gives_the_pause_before_each_retry_then_none() -> None:
