@@ -74,13 +74,24 @@ REFERENCE_PROTOCOL = "compat"
 # where the text is all there is (quota_of_reason).
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
-# The start of each limit's refusal reason (reason_max_devices, reason_clone_limit,
-# reason_clone_rate): what quota_of_reason recognises.
-_REFUSAL_PREFIXES: dict[Quota, str] = {
-    "max_devices": "quota reached:",
-    "clone_limit": "clone limit reached:",
-    # A "try again later" (429 with Retry-After on the native API).
-    "clone_rate": "too many new devices with this hardware ID from this address:",
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """What every reader of a limit's refusal needs to know of it, in one entry of
+    :data:`QUOTAS`: ``prefix``, the start of its refusal reason (what quota_of_reason
+    recognises); ``final``, whether the claim is refused for good (for the window) and
+    counted against its source, or else refused for now, to be tried again later (the
+    native API's 429 with Retry-After; webhooks' refusal summaries count it "throttled")."""
+
+    prefix: str
+    final: bool
+
+
+# Every Quota has its entry (tests/unit/test_dedup_rules.py checks).
+QUOTAS: dict[Quota, QuotaRule] = {
+    "max_devices": QuotaRule("quota reached:", final=True),
+    "clone_limit": QuotaRule("clone limit reached:", final=True),
+    "clone_rate": QuotaRule("too many new devices with this hardware ID from this address:", final=False),
 }
 
 
@@ -91,13 +102,14 @@ def quota_of_reason(reason: str) -> Quota | None:
     the reason alone (the intake's polls, deduplication's replays), and refused outcomes of
     the release before RegistrationOutcome carried ``quota``. Everywhere else the kind
     travels typed."""
-    return next((q for q, prefix in _REFUSAL_PREFIXES.items() if reason.startswith(prefix)), None)
+    return next((q for q, rule in QUOTAS.items() if reason.startswith(rule.prefix)), None)
 
 
 def is_quota_refusal(reason: str) -> bool:
-    """Whether a refusal's reason is the quota's or the clone limit's (final for now):
-    refusals of what a source tried to create, counted against it."""
-    return quota_of_reason(reason) in ("max_devices", "clone_limit")
+    """Whether a refusal's reason is a final limit's (the quota's or the clone limit's:
+    :attr:`QuotaRule.final`): refusals of what a source tried to create, counted against it."""
+    quota = quota_of_reason(reason)
+    return quota is not None and QUOTAS[quota].final
 
 
 def is_clone_limit_refusal(reason: str) -> bool:
@@ -106,12 +118,12 @@ def is_clone_limit_refusal(reason: str) -> bool:
 
 
 def reason_max_devices(max_devices: int) -> str:
-    return f"{_REFUSAL_PREFIXES['max_devices']} auto registration max_devices={max_devices}"
+    return f"{QUOTAS['max_devices'].prefix} auto registration max_devices={max_devices}"
 
 
 def reason_clone_limit(limit: int, window_s: float) -> str:
     return (
-        f"{_REFUSAL_PREFIXES['clone_limit']} at most {limit} clones of one hardware ID"
+        f"{QUOTAS['clone_limit'].prefix} at most {limit} clones of one hardware ID"
         f" per {window_s:g} seconds from one address (FLEETREG_CLONE_LIMIT)"
     )
 
@@ -120,7 +132,7 @@ def reason_clone_rate(limit: int, window_s: float) -> str:
     """The clone rate's refusal, a "try again later": the intake recognises it by its start
     (is_clone_rate_refusal), also when it is polled."""
     return (
-        f"{_REFUSAL_PREFIXES['clone_rate']} at most {limit} per {window_s:g} seconds"
+        f"{QUOTAS['clone_rate'].prefix} at most {limit} per {window_s:g} seconds"
         " (FLEETREG_CLONE_RATE_PER_SOURCE): try again later"
     )
 

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import pytest
 
@@ -18,6 +18,7 @@ from shared.db import devices
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
     NO_LIMITS,
+    QUOTAS,
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DISABLED,
@@ -30,12 +31,14 @@ from shared.domain.dedup import (
     Lifecycle,
     Limits,
     PerWindow,
+    Quota,
     Reached,
     Verdict,
     decide,
     is_clone_rate_refusal,
     is_quota_refusal,
     limit_reached,
+    quota_of_reason,
     reason_clone_limit,
     reason_clone_rate,
     reason_max_devices,
@@ -492,6 +495,24 @@ def test_refusal_reasons_are_plain_text_for_the_reference_client(reason: str) ->
 
 
 # ---------------------------------------------------------------- limits on device creation
+
+
+def test_every_limit_has_one_rule_that_its_reason_starts_with() -> None:
+    """shared.domain.dedup.QUOTAS is the one entry a new limit adds for every reader of its
+    refusal (the registry's reason, the intake, webhooks' summaries)."""
+    assert set(QUOTAS) == set(get_args(Quota))
+    reasons: dict[Quota, str] = {
+        "max_devices": reason_max_devices(5),
+        "clone_limit": reason_clone_limit(3, 3600),
+        "clone_rate": reason_clone_rate(3, 60),
+    }
+    assert set(reasons) == set(QUOTAS)
+    for quota, reason in reasons.items():
+        assert reason.startswith(QUOTAS[quota].prefix)
+        assert quota_of_reason(reason) == quota
+        assert is_quota_refusal(reason) is QUOTAS[quota].final
+    assert quota_of_reason(REASON_BULK_NOT_LISTED) is None and not is_quota_refusal(REASON_BULK_NOT_LISTED)
+
 
 NOW = 1_800_000_000.0
 
