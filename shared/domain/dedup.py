@@ -430,7 +430,7 @@ def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
 def decide(claim: Claim, family: Family, context: Context) -> Verdict:
     """Decide one claim against the family's current state under ``context`` (see the
     module docstring)."""
-    product_id, registration_id, kind = context.product_id, context.registration_id, context.kind
+    product_id, kind = context.product_id, context.kind
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
         if (
@@ -467,51 +467,51 @@ def decide(claim: Claim, family: Family, context: Context) -> Verdict:
             return refusal
 
     if existing is None:
-        device = KnownDevice(
-            id=context.new_id(),
-            hardware_id=claim.hardware_id,
-            claimed_hardware_id=claim.hardware_id,
-            name=claim.hardware_id,
-            fingerprint=claim.fingerprint,
-            lifecycle="registered",
-            disabled=False,
-            credential_generation=1,
-            registration_id=registration_id,
-            created_at=context.now,
-            product_id=product_id,
-            created_source=claim.source,
-        )
+        device = _created(claim, context, claim.hardware_id)
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
     if own is not None and own.lifecycle == "preregistered":
         if own.disabled:
             return Verdict("refused", device=own, reason=REASON_DISABLED)
-        taken = replace(own, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset())
         return Verdict(
-            "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
+            "new",
+            device=_taken_over(own, claim),
+            claimed_preregistered=True,
+            reason="device was reset for re-provisioning",
         )
     # H-N keeps the case in which H was first registered (the registry's display case); it is
     # free in the whole account (hardware IDs are unique per account), whatever product holds H.
     assigned = next_free_index(existing.hardware_id, family.devices)
-    clone = KnownDevice(
+    return Verdict(
+        "clone",
+        device=_created(claim, context, assigned),
+        created=True,
+        reason=f"hardware ID {claim.hardware_id} belongs to another device: assigned {assigned}",
+    )
+
+
+def _created(claim: Claim, context: Context, hardware_id: str) -> KnownDevice:
+    """The device a claim creates under ``hardware_id`` (the claimed one, or ``H-N`` for a
+    clone), in the context's product and registration, created now by the claim's source."""
+    return KnownDevice(
         id=context.new_id(),
-        hardware_id=assigned,
+        hardware_id=hardware_id,
         claimed_hardware_id=claim.hardware_id,
-        name=assigned,
+        name=hardware_id,
         fingerprint=claim.fingerprint,
         lifecycle="registered",
         disabled=False,
         credential_generation=1,
-        registration_id=registration_id,
+        registration_id=context.registration_id,
         created_at=context.now,
-        product_id=product_id,
+        product_id=context.product_id,
         created_source=claim.source,
     )
-    return Verdict(
-        "clone",
-        device=clone,
-        created=True,
-        reason=f"hardware ID {claim.hardware_id} belongs to another device: assigned {assigned}",
-    )
+
+
+def _taken_over(device: KnownDevice, claim: Claim) -> KnownDevice:
+    """A preregistered row (a reset device, a bulk row) taken over by the claim: registered
+    with the claimant's fingerprint, no claim sources yet."""
+    return replace(device, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset())
 
 
 def _over_limit(claim: Claim, family: Family, context: Context, *, clone: bool) -> Verdict | None:
@@ -596,7 +596,9 @@ def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
         return Verdict("refused", device=existing, reason=REASON_DISABLED)
     if existing.lifecycle != "preregistered":
         return Verdict("refused", device=existing, reason=REASON_BULK_ALREADY_CLAIMED)
-    taken = replace(
-        existing, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset()
+    return Verdict(
+        "new",
+        device=_taken_over(existing, claim),
+        claimed_preregistered=True,
+        reason="bulk device claimed with its key",
     )
-    return Verdict("new", device=taken, claimed_preregistered=True, reason="bulk device claimed with its key")
