@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.domain.dedup import Limits, PerWindow
-from shared.settings import Env, HttpSettings, PipelineSettings
+from shared.settings import Env, OnPipeline, PipelineSettings
 
 DEFAULT_PORT = 18082
 
@@ -44,17 +44,9 @@ def limits_from_env(env: Env) -> Limits:
 
 
 @dataclass(frozen=True)
-class DedupSettings:
+class DedupSettings(OnPipeline):
     pipeline: PipelineSettings
     limits: Limits
-
-    @property
-    def http(self) -> HttpSettings:
-        return self.pipeline.http
-
-    @property
-    def log_level(self) -> str:
-        return self.pipeline.log_level
 
     @classmethod
     def from_env(cls, env: Env) -> DedupSettings:
