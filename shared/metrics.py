@@ -59,7 +59,7 @@ PRODUCER_REPLACED = Counter(
 )
 QUOTA_REFUSALS = Counter(
     "fleetreg_quota_refusals_total",
-    "Registration claims refused by a limit on device creation (max_devices, clone_limit)",
+    "Registration claims refused by a limit on device creation, by the limit (shared.domain.dedup.Quota)",
     ["quota"],
 )
 SECURITY_ALERTS = Counter(

@@ -352,6 +352,22 @@ class PipelineSettings:
         )
 
 
+class OnPipeline:
+    """What a consumer's own settings (services/<name>/settings.py, a frozen dataclass
+    holding :class:`PipelineSettings` as its field ``pipeline``) inherit: their HTTP
+    listener and log level are the pipeline's (what shared.service.main reads)."""
+
+    pipeline: PipelineSettings
+
+    @property
+    def http(self) -> HttpSettings:
+        return self.pipeline.http
+
+    @property
+    def log_level(self) -> str:
+        return self.pipeline.log_level
+
+
 def online_ttl_s(env: Env) -> float:
     """FLEETREG_ONLINE_TTL_SECONDS (seconds, default 300, at least 1): how long a device's last
     heartbeat or confirmation keeps it online. One setting for the three services that use

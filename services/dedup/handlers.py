@@ -13,8 +13,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
 
 from shared.db import alerts, decisions, devices, products, registrations
 from shared.db.alerts import (
@@ -30,12 +29,15 @@ from shared.db.pool import Pool
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal, recorded
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
+    NO_LIMITS,
     REASON_BULK_NOT_LISTED,
     REASON_DELETED,
     Claim,
+    Context,
     Family,
     KnownDevice,
     Limits,
+    PerWindow,
     Quota,
     Verdict,
     decide,
@@ -166,28 +168,6 @@ def _claim(request: RegistrationRequested) -> Claim:
     )
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Deduplication's limits (FLEETREG_CLONE_LIMIT, FLEETREG_BULK_MAX_FAILED_CLAIMS, ...).
-
-    ``alert_threshold`` wrong registration keys for one bulk hardware ID within
-    ``alert_window_s`` raise a security alert; they never refuse the right key, so an
-    attacker cannot lock a real device out. One source creates at most ``clone_limit``
-    clones of one claimed hardware ID within ``clone_window_s``, and at most
-    ``clone_rate`` devices for one claimed hardware ID within ``clone_rate_window_s``, both
-    counted per family head of the claimed ID (``Family.head``: a suffixed spelling of an
-    existing device counts with that device's ID)
-    (past it: try again later); reaching either raises a squatting alert. Other sources'
-    claims of that hardware ID are never slowed by them."""
-
-    alert_threshold: int = 10
-    alert_window_s: float = 900.0
-    clone_limit: int = 100
-    clone_window_s: float = 3600.0
-    clone_rate: int = 20
-    clone_rate_window_s: float = 60.0
-
-
 @dataclass
 class _Outcome:
     """What one transaction decided, and the alert occurrences it recorded."""
@@ -198,9 +178,10 @@ class _Outcome:
 
 
 async def decide_batch(
-    pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested], policy: Policy | None = None
+    pool: Pool, keyring: Keyring, requests: Sequence[RegistrationRequested], limits: Limits
 ) -> Decisions:
-    """Decide every request of a batch in one transaction; return what to publish."""
+    """Decide every request of a batch in one transaction under deduplication's ``limits``
+    (the service's settings); return what to publish."""
     out = Decisions()
     unique = list({r.request_id: r for r in requests}.values())
     already = await decisions.decided(pool, [r.request_id for r in unique])
@@ -216,7 +197,7 @@ async def decide_batch(
 
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
         try:
-            outcome = await _decide_and_record(pool, fresh, admissions, secret_matches, policy or Policy())
+            outcome = await _decide_and_record(pool, fresh, admissions, secret_matches, limits)
             break
         except RegistryConflict:
             # Another instance took a hardware ID meanwhile (a rebalance): decide again on fresh state.
@@ -264,7 +245,7 @@ async def _decide_and_record(
     requests: Sequence[RegistrationRequested],
     admissions: dict[str, CodeAdmission],
     secret_matches: Callable[[KnownDevice, str], bool],
-    policy: Policy,
+    limits: Limits,
 ) -> _Outcome:
     out = _Outcome()
     records = out.records
@@ -304,50 +285,44 @@ async def _decide_and_record(
                 await decisions.load_idempotent(conn, product_id, keys),
                 counts,
             )
-            family.created = await devices.load_creations(
-                conn,
-                account_id,
-                _creating(items, family, secret_matches, product_id, now),
-                now - max(policy.clone_window_s, policy.clone_rate_window_s),
+            base = Context(
+                kind="auto",
+                registration_id="",
+                secret_matches=secret_matches,
+                product_id=product_id,
+                limits=limits,
+                now=now,
             )
+            family.created = await devices.load_creations(
+                conn, account_id, _creating(items, family, base), now - _longest_creation_window(limits)
+            )
+            scope = _Scope(out, family, account_id, product_id)
+            alert = limits.wrong_keys_alert
             bulk_items = [r.hardware_id for r, a in items if a.kind == "bulk"]
             failures = (
                 await decisions.failed_claims(
-                    conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, policy.alert_window_s
+                    conn, product_id, bulk_items, REASON_BULK_NOT_LISTED, alert.window_s
                 )
-                if bulk_items
+                if bulk_items and alert is not None
                 else {}
             )
             for request, admission in items:
                 claim = _claim(request)
-                kind: Literal["auto", "bulk"] = "bulk" if admission.kind == "bulk" else "auto"
                 registration_id = admission.registration_id or ""
-                limits = Limits(
-                    max_devices=quotas.get(registration_id),
-                    clone_limit=policy.clone_limit,
-                    clone_window_s=policy.clone_window_s,
-                    clone_rate=policy.clone_rate,
-                    clone_rate_window_s=policy.clone_rate_window_s,
-                    now=now,
-                )
-                verdict = decide(
-                    claim,
-                    family,
-                    kind=kind,
+                context = replace(
+                    base,
+                    kind="bulk" if admission.kind == "bulk" else "auto",
                     registration_id=registration_id,
-                    secret_matches=secret_matches,
-                    limits=limits,
-                    product_id=product_id,
+                    max_devices=quotas.get(registration_id),
                 )
-                if kind == "bulk" and verdict.reason == REASON_BULK_NOT_LISTED:
-                    _count_wrong_key(out, policy, failures, family, claim, account_id, product_id)
+                verdict = decide(claim, family, context)
+                if context.kind == "bulk" and verdict.reason == REASON_BULK_NOT_LISTED and alert is not None:
+                    _count_wrong_key(scope, alert, failures, claim)
                 family.apply(claim, verdict)
-                if kind == "auto":
-                    _notice_creation_limits(
-                        out, family, claim, verdict, limits, registration_id, account_id, product_id
-                    )
+                if context.kind == "auto":
+                    _notice_creation_limits(scope, claim, verdict, context)
                 if verdict.two_sources:
-                    _notice_two_sources(out, family, claim, verdict, account_id, product_id)
+                    _notice_two_sources(scope, claim, verdict)
                 records.append(
                     DecisionRecord(
                         claim=claim,
@@ -363,12 +338,13 @@ async def _decide_and_record(
     return out
 
 
+def _longest_creation_window(limits: Limits) -> float:
+    """Seconds back to which what a source created can count against a limit (0: none)."""
+    return max((w.window_s for w in (limits.clone_limit, limits.clone_rate) if w is not None), default=0.0)
+
+
 def _creating(
-    items: Sequence[tuple[RegistrationRequested, CodeAdmission]],
-    family: Family,
-    secret_matches: Callable[[KnownDevice, str], bool],
-    product_id: str,
-    now: float,
+    items: Sequence[tuple[RegistrationRequested, CodeAdmission]], family: Family, base: Context
 ) -> list[tuple[str, str]]:
     """The (family head, source) of each auto claim that may create a device and is a
     suffixed spelling of an existing device (its head is an ancestor), the batch decided in
@@ -383,15 +359,10 @@ def _creating(
         if admission.kind != "auto":
             continue
         claim = _claim(request)
-        verdict = decide(
-            claim,
-            trial,
-            kind="auto",
-            registration_id=admission.registration_id or "",
-            secret_matches=secret_matches,
-            limits=Limits(now=now),
-            product_id=product_id,
+        context = replace(
+            base, kind="auto", registration_id=admission.registration_id or "", limits=NO_LIMITS
         )
+        verdict = decide(claim, trial, context)
         if verdict.created and request.source:
             head = trial.head(request.hardware_id)
             if head != request.hardware_id.lower():
@@ -400,87 +371,87 @@ def _creating(
     return wanted
 
 
-def _count_wrong_key(
-    out: _Outcome,
-    policy: Policy,
-    failures: dict[str, int],
-    family: Family,
-    claim: Claim,
-    account_id: str,
-    product_id: str,
-) -> None:
+@dataclass(frozen=True)
+class _Scope:
+    """One product's claims of a batch, decided in the transaction on one family: where
+    the alerts they raise are recorded."""
+
+    out: _Outcome
+    family: Family
+    account_id: str
+    product_id: str
+
+    def sighting(
+        self,
+        kind: AlertKind,
+        hardware_id: str,
+        count: int,
+        window_s: float | None,
+        source: str = "",
+        listed: bool | None = None,
+    ) -> AlertSighting:
+        """An occurrence of ``kind`` in this product (AlertSighting's fields)."""
+        return AlertSighting(
+            self.account_id, self.product_id, kind, hardware_id, count, window_s, source, listed
+        )
+
+    def notice(self, sighting: AlertSighting, *, raised: bool) -> None:
+        """Record an occurrence of an alert; ``raised``: it crossed its threshold."""
+        self.out.sightings.append(sighting)
+        if raised:
+            self.out.raised.append(sighting)
+
+
+def _count_wrong_key(scope: _Scope, alert: PerWindow, failures: dict[str, int], claim: Claim) -> None:
     """A wrong key (or an unlisted hardware ID: the device cannot tell them apart, nor can
-    this count) for the claimed hardware ID; at the threshold and past it, an alert."""
+    this count) for the claimed hardware ID; at the threshold (``alert.count`` within
+    ``alert.window_s``) and past it, an alert."""
     key = claim.hardware_id.lower()  # one hardware ID whatever its case (migration 0008)
     wrong_keys = failures.get(key, 0) + 1
     failures[key] = wrong_keys
-    if wrong_keys < policy.alert_threshold:
+    if wrong_keys < alert.count:
         return
-    listed = family.devices.get(key)
-    sighting = AlertSighting(
-        account_id=account_id,
-        product_id=product_id,
-        kind=BULK_KEY_GUESSING,
+    listed = scope.family.devices.get(key)
+    sighting = scope.sighting(
+        BULK_KEY_GUESSING,
         # one alert whatever case the guesser types: the registry's spelling, else lower case
-        hardware_id=listed.hardware_id if listed is not None else key,
-        count=wrong_keys,
-        window_s=policy.alert_window_s,
+        listed.hardware_id if listed is not None else key,
+        wrong_keys,
+        alert.window_s,
         # listed in this product: another product's row is as unlisted to this code
         listed=listed is not None
-        and listed.product_id == product_id
+        and listed.product_id == scope.product_id
         and bool(listed.registration_key_digest),
     )
-    out.sightings.append(sighting)
-    if wrong_keys == policy.alert_threshold:
-        out.raised.append(sighting)
+    scope.notice(sighting, raised=wrong_keys == alert.count)
 
 
-def _notice_creation_limits(
-    out: _Outcome,
-    family: Family,
-    claim: Claim,
-    verdict: Verdict,
-    limits: Limits,
-    registration_id: str,
-    account_id: str,
-    product_id: str,
-) -> None:
+def _notice_creation_limits(scope: _Scope, claim: Claim, verdict: Verdict, context: Context) -> None:
     """An auto registration's claim, recorded in the family: the alerts of what its source
     created. A source that reaches its clone rate or clone limit for one hardware ID (its
     family head: a suffixed spelling of an existing device counts with it) raises
-    ``hardware_id_squatting`` (every later
-    refusal by them updates the alert); the claim
+    ``hardware_id_squatting`` (every later refusal by them updates the alert); the claim
     that takes an auto registration's last place raises ``quota_filled`` with its source."""
-    reached = limit_reached(claim, verdict, family, limits)
+    family = scope.family
+    reached = limit_reached(claim, verdict, family, context)
     if reached is not None:
-        sighting = AlertSighting(
-            account_id=account_id,
-            product_id=product_id,
-            kind=HARDWARE_ID_SQUATTING,
-            hardware_id=_head_name(family, claim),
-            count=max(1, reached.count),
-            window_s=reached.window_s,
-            source=claim.source,
+        sighting = scope.sighting(
+            HARDWARE_ID_SQUATTING,
+            _head_name(family, claim),
+            max(1, reached.count),
+            reached.window_s,
+            claim.source,
         )
-        out.sightings.append(sighting)
-        if reached.just_now:
-            out.raised.append(sighting)
+        scope.notice(sighting, raised=reached.just_now)
+    max_devices = context.max_devices
     if (
         verdict.created
-        and limits.max_devices is not None
-        and family.registration_devices.get(registration_id, 0) == limits.max_devices
+        and max_devices is not None
+        and family.registration_devices.get(context.registration_id, 0) == max_devices
     ):
-        sighting = AlertSighting(
-            account_id=account_id,
-            product_id=product_id,
-            kind=QUOTA_FILLED,
-            hardware_id=claim.hardware_id,
-            count=limits.max_devices,
-            window_s=None,
-            source=claim.source,
+        scope.notice(
+            scope.sighting(QUOTA_FILLED, claim.hardware_id, max_devices, None, claim.source), raised=True
         )
-        out.sightings.append(sighting)
-        out.raised.append(sighting)
 
 
 def _head_name(family: Family, claim: Claim) -> str:
@@ -493,9 +464,7 @@ def _head_name(family: Family, claim: Claim) -> str:
     return holder.hardware_id if holder is not None else head
 
 
-def _notice_two_sources(
-    out: _Outcome, family: Family, claim: Claim, verdict: Verdict, account_id: str, product_id: str
-) -> None:
+def _notice_two_sources(scope: _Scope, claim: Claim, verdict: Verdict) -> None:
     """A device reclaimed before "ready" from a source other than an earlier claim's since
     it was registered (each reclaim revokes the credentials the other holds): the alert
     ``two_sources_before_ready`` (``count``: the sources so far), raised when a source
@@ -503,20 +472,10 @@ def _notice_two_sources(
     device = verdict.device
     if device is None:
         return
-    recorded = family.by_id(device.id)
+    recorded = scope.family.by_id(device.id)
     sources = recorded.claim_sources if recorded is not None else device.claim_sources
-    sighting = AlertSighting(
-        account_id=account_id,
-        product_id=product_id,
-        kind=TWO_SOURCES_BEFORE_READY,
-        hardware_id=device.hardware_id,
-        count=len(sources),
-        window_s=None,
-        source=claim.source,
-    )
-    out.sightings.append(sighting)
-    if claim.source not in device.claim_sources:  # before this claim
-        out.raised.append(sighting)
+    sighting = scope.sighting(TWO_SOURCES_BEFORE_READY, device.hardware_id, len(sources), None, claim.source)
+    scope.notice(sighting, raised=claim.source not in device.claim_sources)  # before this claim
 
 
 async def apply_signals(pool: Pool, signals: Sequence[DeviceSignal]) -> None:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from services.dedup.handlers import Policy
 from services.dedup.settings import DedupSettings
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
+from shared.domain.dedup import Limits
 from shared.kafka import Producer, Topics
 from shared.pipeline import open_registry_and_broker
 
@@ -22,7 +22,7 @@ class Resources:
     producer: Producer
     topics: Topics
     keyring: Keyring
-    policy: Policy
+    limits: Limits
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -34,7 +34,7 @@ def resources_context(settings: DedupSettings) -> Callable[[web.Application], As
             pipeline = settings.pipeline
             topics, pool, producer = await open_registry_and_broker(stack, pipeline.database, pipeline.kafka)
             keyring = Keyring(pipeline.secret_key.reveal().encode())
-            app[RESOURCES] = Resources(pool, producer, topics, keyring, settings.policy)
+            app[RESOURCES] = Resources(pool, producer, topics, keyring, settings.limits)
             yield
 
     return context

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.dedup.handlers import Policy
-from shared.settings import Env, HttpSettings, PipelineSettings
+from shared.domain.dedup import Limits, PerWindow
+from shared.settings import Env, OnPipeline, PipelineSettings
 
 DEFAULT_PORT = 18082
 
 
-def policy_from_env(env: Env) -> Policy:
-    """Deduplication's limits (docs/security.md, "Limits"; each a count per window in seconds):
+def limits_from_env(env: Env) -> Limits:
+    """Deduplication's limits (docs/security.md, "Limits"; each a count per window in seconds),
+    the one place their environment variables and defaults are written:
 
     * ``FLEETREG_BULK_MAX_FAILED_CLAIMS`` (10) wrong registration keys for one bulk hardware
       ID within ``FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS`` (900) raise a security
@@ -26,32 +27,30 @@ def policy_from_env(env: Env) -> Policy:
       squatter pays in time.
 
     Raises SettingsError naming a variable that is malformed or below its minimum."""
-    return Policy(
-        alert_threshold=env.integer("FLEETREG_BULK_MAX_FAILED_CLAIMS", 10, minimum=1),
-        alert_window_s=env.number("FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS", 900.0, minimum=1.0),
-        clone_limit=env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
-        clone_window_s=env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
-        clone_rate=env.integer("FLEETREG_CLONE_RATE_PER_SOURCE", 20, minimum=1),
-        clone_rate_window_s=env.number("FLEETREG_CLONE_RATE_WINDOW_SECONDS", 60.0, minimum=1.0),
+    return Limits(
+        clone_limit=PerWindow(
+            env.integer("FLEETREG_CLONE_LIMIT", 100, minimum=1),
+            env.number("FLEETREG_CLONE_WINDOW_SECONDS", 3600.0, minimum=1.0),
+        ),
+        clone_rate=PerWindow(
+            env.integer("FLEETREG_CLONE_RATE_PER_SOURCE", 20, minimum=1),
+            env.number("FLEETREG_CLONE_RATE_WINDOW_SECONDS", 60.0, minimum=1.0),
+        ),
+        wrong_keys_alert=PerWindow(
+            env.integer("FLEETREG_BULK_MAX_FAILED_CLAIMS", 10, minimum=1),
+            env.number("FLEETREG_BULK_FAILED_CLAIMS_WINDOW_SECONDS", 900.0, minimum=1.0),
+        ),
     )
 
 
 @dataclass(frozen=True)
-class DedupSettings:
+class DedupSettings(OnPipeline):
     pipeline: PipelineSettings
-    policy: Policy
-
-    @property
-    def http(self) -> HttpSettings:
-        return self.pipeline.http
-
-    @property
-    def log_level(self) -> str:
-        return self.pipeline.log_level
+    limits: Limits
 
     @classmethod
     def from_env(cls, env: Env) -> DedupSettings:
         return cls(
             pipeline=PipelineSettings.from_env(env, "dedup", default_port=DEFAULT_PORT),
-            policy=policy_from_env(env),
+            limits=limits_from_env(env),
         )

@@ -17,7 +17,7 @@ async def handle_batch(resources: Resources, batch: list[Event]) -> None:
         await handlers.apply_signals(resources.pool, signals)
     if not requests:
         return
-    decisions = await handlers.decide_batch(resources.pool, resources.keyring, requests, resources.policy)
+    decisions = await handlers.decide_batch(resources.pool, resources.keyring, requests, resources.limits)
     topics = resources.topics
     await publish_many(
         resources.producer,

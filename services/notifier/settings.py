@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from shared.domain.webhooks import DEFAULT_DISABLE_AFTER_S, DEFAULT_RETRY_SCHEDULE_TEXT, parse_schedule
 from shared.settings import (
     Env,
-    HttpSettings,
+    OnPipeline,
     PipelineSettings,
     SettingsError,
     online_ttl_s,
@@ -41,17 +41,9 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
-class NotifierSettings:
+class NotifierSettings(OnPipeline):
     pipeline: PipelineSettings
     delivery: DeliverySettings
-
-    @property
-    def http(self) -> HttpSettings:
-        return self.pipeline.http
-
-    @property
-    def log_level(self) -> str:
-        return self.pipeline.log_level
 
     @classmethod
     def from_env(cls, env: Env) -> NotifierSettings:

@@ -78,8 +78,15 @@ async def record(
     """Record that ``actor`` did ``action`` (``"device.disabled"``, ``"product.locked"``, ...)
     to ``target_type``/``target_id``, in the caller's transaction (``conn`` must be in one:
     an event without its change, or a change without its event, must not commit)."""
-    await conn.execute(
-        INSERT_EVENT,
+    await conn.execute(INSERT_EVENT, *_event_row(actor, action, target_type, target_id, changes or {}))
+
+
+def _event_row(
+    actor: Account, action: str, target_type: str, target_id: str, changes: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """INSERT_EVENT's arguments for one event: a new ID, the actor, and the changes as JSON
+    (values JSON does not know, such as times, as their text)."""
+    return (
         uuid.uuid4(),
         actor.id,
         actor.key_id,
@@ -87,7 +94,7 @@ async def record(
         action,
         target_type,
         target_id,
-        json.dumps(dict(changes or {}), default=str),
+        json.dumps(dict(changes), default=str),
     )
 
 
@@ -142,17 +149,5 @@ async def record_many(
         return
     await conn.executemany(
         INSERT_EVENT,
-        [
-            (
-                uuid.uuid4(),
-                actor.id,
-                actor.key_id,
-                actor.key_label,
-                action,
-                target_type,
-                target_id,
-                json.dumps(dict(changes), default=str),
-            )
-            for target_id, changes in targets
-        ],
+        [_event_row(actor, action, target_type, target_id, changes) for target_id, changes in targets],
     )

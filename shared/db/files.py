@@ -132,16 +132,12 @@ class DeviceFiles:
 
 @dataclass(frozen=True)
 class NewFile:
-    """A file just rendered, to record."""
+    """A file just rendered for the service ``service_id`` (its provisioning ID) of the
+    device ``device_id``, to record."""
 
     device_id: str
     service_id: str
-    generation: int
-    service_uid: str
-    file_name: str
-    size: int
-    sha256: str
-    service_revision: int = 1
+    file: RecordedFile
 
 
 async def device_files(
@@ -229,12 +225,12 @@ async def record_files(conn: Connection, files: Sequence[NewFile]) -> None:
             UPSERT_FILES,
             [f.device_id for f in files],
             [f.service_id for f in files],
-            [f.generation for f in files],
-            [f.service_uid for f in files],
-            [f.file_name for f in files],
-            [f.size for f in files],
-            [f.sha256 for f in files],
-            [f.service_revision for f in files],
+            [f.file.generation for f in files],
+            [f.file.service_uid for f in files],
+            [f.file.file_name for f in files],
+            [f.file.size for f in files],
+            [f.file.sha256 for f in files],
+            [f.file.service_revision for f in files],
         )
 
 
@@ -255,12 +251,14 @@ def render_stale(
             NewFile(
                 device_id=device.device_id,
                 service_id=service.service.provisioning_id,
-                generation=device.credential_generation,
-                service_uid=uid,
-                file_name=spec.file_name,
-                size=len(content),
-                sha256=sha256_hex(content),
-                service_revision=service.revision,
+                file=RecordedFile(
+                    generation=device.credential_generation,
+                    service_uid=uid,
+                    file_name=spec.file_name,
+                    size=len(content),
+                    sha256=sha256_hex(content),
+                    service_revision=service.revision,
+                ),
             )
         )
     return rendered
@@ -327,10 +325,10 @@ async def render_again(conn: Connection, keyring: Keyring, device_id: str) -> in
             RERECORD_FILES,
             device.device_id,
             [f.service_id for f in rendered],
-            [f.file_name for f in rendered],
-            [f.size for f in rendered],
-            [f.sha256 for f in rendered],
-            [f.service_revision for f in rendered],
+            [f.file.file_name for f in rendered],
+            [f.file.size for f in rendered],
+            [f.file.sha256 for f in rendered],
+            [f.file.service_revision for f in rendered],
             device.credential_generation,
         )
     return len(rendered)

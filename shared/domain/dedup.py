@@ -74,13 +74,24 @@ REFERENCE_PROTOCOL = "compat"
 # where the text is all there is (quota_of_reason).
 Quota = Literal["max_devices", "clone_limit", "clone_rate"]
 
-# The start of each limit's refusal reason (reason_max_devices, reason_clone_limit,
-# reason_clone_rate): what quota_of_reason recognises.
-_REFUSAL_PREFIXES: dict[Quota, str] = {
-    "max_devices": "quota reached:",
-    "clone_limit": "clone limit reached:",
-    # A "try again later" (429 with Retry-After on the native API).
-    "clone_rate": "too many new devices with this hardware ID from this address:",
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """What every reader of a limit's refusal needs to know of it, in one entry of
+    :data:`QUOTAS`: ``prefix``, the start of its refusal reason (what quota_of_reason
+    recognises); ``final``, whether the claim is refused for good (for the window) and
+    counted against its source, or else refused for now, to be tried again later (the
+    native API's 429 with Retry-After; webhooks' refusal summaries count it "throttled")."""
+
+    prefix: str
+    final: bool
+
+
+# Every Quota has its entry (tests/unit/test_dedup_rules.py checks).
+QUOTAS: dict[Quota, QuotaRule] = {
+    "max_devices": QuotaRule("quota reached:", final=True),
+    "clone_limit": QuotaRule("clone limit reached:", final=True),
+    "clone_rate": QuotaRule("too many new devices with this hardware ID from this address:", final=False),
 }
 
 
@@ -91,13 +102,14 @@ def quota_of_reason(reason: str) -> Quota | None:
     the reason alone (the intake's polls, deduplication's replays), and refused outcomes of
     the release before RegistrationOutcome carried ``quota``. Everywhere else the kind
     travels typed."""
-    return next((q for q, prefix in _REFUSAL_PREFIXES.items() if reason.startswith(prefix)), None)
+    return next((q for q, rule in QUOTAS.items() if reason.startswith(rule.prefix)), None)
 
 
 def is_quota_refusal(reason: str) -> bool:
-    """Whether a refusal's reason is the quota's or the clone limit's (final for now):
-    refusals of what a source tried to create, counted against it."""
-    return quota_of_reason(reason) in ("max_devices", "clone_limit")
+    """Whether a refusal's reason is a final limit's (the quota's or the clone limit's:
+    :attr:`QuotaRule.final`): refusals of what a source tried to create, counted against it."""
+    quota = quota_of_reason(reason)
+    return quota is not None and QUOTAS[quota].final
 
 
 def is_clone_limit_refusal(reason: str) -> bool:
@@ -106,12 +118,12 @@ def is_clone_limit_refusal(reason: str) -> bool:
 
 
 def reason_max_devices(max_devices: int) -> str:
-    return f"{_REFUSAL_PREFIXES['max_devices']} auto registration max_devices={max_devices}"
+    return f"{QUOTAS['max_devices'].prefix} auto registration max_devices={max_devices}"
 
 
 def reason_clone_limit(limit: int, window_s: float) -> str:
     return (
-        f"{_REFUSAL_PREFIXES['clone_limit']} at most {limit} clones of one hardware ID"
+        f"{QUOTAS['clone_limit'].prefix} at most {limit} clones of one hardware ID"
         f" per {window_s:g} seconds from one address (FLEETREG_CLONE_LIMIT)"
     )
 
@@ -120,7 +132,7 @@ def reason_clone_rate(limit: int, window_s: float) -> str:
     """The clone rate's refusal, a "try again later": the intake recognises it by its start
     (is_clone_rate_refusal), also when it is polled."""
     return (
-        f"{_REFUSAL_PREFIXES['clone_rate']} at most {limit} per {window_s:g} seconds"
+        f"{QUOTAS['clone_rate'].prefix} at most {limit} per {window_s:g} seconds"
         " (FLEETREG_CLONE_RATE_PER_SOURCE): try again later"
     )
 
@@ -185,22 +197,57 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class PerWindow:
+    """A count per window: at most ``count`` within ``window_s`` seconds."""
+
+    count: int
+    window_s: float
+
+
+@dataclass(frozen=True)
 class Limits:
-    """What bounds the devices an auto registration's claims may create.
+    """Deduplication's limits, one value each, built once from its settings
+    (services/dedup/settings.py, ``limits_from_env``: the only place their defaults and
+    environment variables are written). None: no such limit (a test's, or a trial decision's).
 
-    ``now`` is the decision time (seconds since the epoch): devices created by this
-    batch carry it, and the windows end at it. The clone limit and the clone rate count
-    what the claim's own source created (``KnownDevice.created_source``)."""
+    * ``clone_limit``: the clones of one claimed hardware ID (its family head) one source
+      may create per window; past it the claim is refused for the window.
+    * ``clone_rate``: the devices (the first and its clones) one source may create for one
+      claimed hardware ID (its family head) per window; past it the claim is to be tried
+      again later.
+    * ``wrong_keys_alert``: wrong registration keys for one bulk hardware ID per window that
+      raise a security alert; they never refuse the right key."""
 
-    max_devices: int | None = None  # the registration's quota; None: no quota
-    # Clones of one claimed hardware ID (its family head) one source may create per window; None: no limit.
-    clone_limit: int | None = None
-    clone_window_s: float = 3600.0
-    # Devices (the first and its clones) one source may create for one claimed hardware ID
-    # (its family head) per window; past it the claim is to be tried again later. None: no rate.
-    clone_rate: int | None = None
-    clone_rate_window_s: float = 60.0
+    clone_limit: PerWindow | None = None
+    clone_rate: PerWindow | None = None
+    wrong_keys_alert: PerWindow | None = None
+
+
+NO_LIMITS = Limits()
+
+
+def _new_device_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Context:
+    """What one claim is decided under, beside its family: the code it presented (``kind``,
+    its ``registration_id`` and ``product_id``: only that product's devices can be the
+    claimant, and devices it creates are in it), the registration's quota ``max_devices``
+    (None: no quota), deduplication's ``limits``, the decision time ``now`` (seconds since
+    the epoch: devices created carry it, and the windows end at it), how a presented device
+    secret is checked and how a new device ID is made. The clone limit and the clone rate
+    count what the claim's own source created (``KnownDevice.created_source``)."""
+
+    kind: Literal["auto", "bulk"]
+    registration_id: str
+    secret_matches: Callable[[KnownDevice, str], bool]
+    product_id: str = ""
+    limits: Limits = NO_LIMITS
+    max_devices: int | None = None
     now: float = 0.0
+    new_id: Callable[[], str] = _new_device_id
 
 
 @dataclass(frozen=True)
@@ -380,21 +427,10 @@ def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
     )
 
 
-def decide(
-    claim: Claim,
-    family: Family,
-    *,
-    kind: Literal["auto", "bulk"],
-    registration_id: str,
-    secret_matches: Callable[[KnownDevice, str], bool],
-    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
-    limits: Limits | None = None,
-    product_id: str = "",
-) -> Verdict:
-    """Decide one claim against the family's current state (see the module docstring);
-    ``product_id`` is the product whose code the claim presented: only its devices can be
-    the claimant, and devices it creates are in it."""
-    limits = limits or Limits()
+def decide(claim: Claim, family: Family, context: Context) -> Verdict:
+    """Decide one claim against the family's current state under ``context`` (see the
+    module docstring)."""
+    product_id, kind = context.product_id, context.kind
     if claim.idempotency_key and claim.idempotency_key in family.idempotent:
         prior = family.by_id(family.idempotent[claim.idempotency_key])
         if (
@@ -412,7 +448,7 @@ def decide(
     if (
         own is not None
         and claim.secret_digest
-        and secret_matches(own, claim.secret_digest)
+        and context.secret_matches(own, claim.secret_digest)
         and _same_machine(own, claim)
     ):
         return _same(own, "device presented its device secret")
@@ -426,95 +462,84 @@ def decide(
 
     taken_over = own is not None and own.lifecycle == "preregistered"
     if not taken_over:
-        refusal = _over_limit(claim, family, registration_id, limits, clone=existing is not None)
+        refusal = _over_limit(claim, family, context, clone=existing is not None)
         if refusal is not None:
             return refusal
 
     if existing is None:
-        device = KnownDevice(
-            id=new_id(),
-            hardware_id=claim.hardware_id,
-            claimed_hardware_id=claim.hardware_id,
-            name=claim.hardware_id,
-            fingerprint=claim.fingerprint,
-            lifecycle="registered",
-            disabled=False,
-            credential_generation=1,
-            registration_id=registration_id,
-            created_at=limits.now,
-            product_id=product_id,
-            created_source=claim.source,
-        )
+        device = _created(claim, context, claim.hardware_id)
         return Verdict("new", device=device, created=True, reason="first device with this hardware ID")
     if own is not None and own.lifecycle == "preregistered":
         if own.disabled:
             return Verdict("refused", device=own, reason=REASON_DISABLED)
-        taken = replace(own, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset())
         return Verdict(
-            "new", device=taken, claimed_preregistered=True, reason="device was reset for re-provisioning"
+            "new",
+            device=_taken_over(own, claim),
+            claimed_preregistered=True,
+            reason="device was reset for re-provisioning",
         )
     # H-N keeps the case in which H was first registered (the registry's display case); it is
     # free in the whole account (hardware IDs are unique per account), whatever product holds H.
     assigned = next_free_index(existing.hardware_id, family.devices)
-    clone = KnownDevice(
-        id=new_id(),
-        hardware_id=assigned,
-        claimed_hardware_id=claim.hardware_id,
-        name=assigned,
-        fingerprint=claim.fingerprint,
-        lifecycle="registered",
-        disabled=False,
-        credential_generation=1,
-        registration_id=registration_id,
-        created_at=limits.now,
-        product_id=product_id,
-        created_source=claim.source,
-    )
     return Verdict(
         "clone",
-        device=clone,
+        device=_created(claim, context, assigned),
         created=True,
         reason=f"hardware ID {claim.hardware_id} belongs to another device: assigned {assigned}",
     )
 
 
-def _over_limit(
-    claim: Claim, family: Family, registration_id: str, limits: Limits, *, clone: bool
-) -> Verdict | None:
+def _created(claim: Claim, context: Context, hardware_id: str) -> KnownDevice:
+    """The device a claim creates under ``hardware_id`` (the claimed one, or ``H-N`` for a
+    clone), in the context's product and registration, created now by the claim's source."""
+    return KnownDevice(
+        id=context.new_id(),
+        hardware_id=hardware_id,
+        claimed_hardware_id=claim.hardware_id,
+        name=hardware_id,
+        fingerprint=claim.fingerprint,
+        lifecycle="registered",
+        disabled=False,
+        credential_generation=1,
+        registration_id=context.registration_id,
+        created_at=context.now,
+        product_id=context.product_id,
+        created_source=claim.source,
+    )
+
+
+def _taken_over(device: KnownDevice, claim: Claim) -> KnownDevice:
+    """A preregistered row (a reset device, a bulk row) taken over by the claim: registered
+    with the claimant's fingerprint, no claim sources yet."""
+    return replace(device, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset())
+
+
+def _over_limit(claim: Claim, family: Family, context: Context, *, clone: bool) -> Verdict | None:
     """The refusal when creating one more device would exceed a limit, else None: the quota,
     then the clone limit (final for the window), then the clone rate (try again later)."""
-    if (
-        limits.max_devices is not None
-        and family.registration_devices.get(registration_id, 0) >= limits.max_devices
-    ):
-        return Verdict("refused", reason=reason_max_devices(limits.max_devices), quota="max_devices")
+    max_devices, limits, now = context.max_devices, context.limits, context.now
+    if max_devices is not None and family.registration_devices.get(context.registration_id, 0) >= max_devices:
+        return Verdict("refused", reason=reason_max_devices(max_devices), quota="max_devices")
+    clone_limit, clone_rate = limits.clone_limit, limits.clone_rate
     if (
         clone
-        and limits.clone_limit is not None
-        and len(
-            family.created_by(
-                claim.hardware_id, claim.source, limits.now - limits.clone_window_s, clones=True
-            )
-        )
-        >= limits.clone_limit
+        and clone_limit is not None
+        and len(family.created_by(claim.hardware_id, claim.source, now - clone_limit.window_s, clones=True))
+        >= clone_limit.count
     ):
         return Verdict(
-            "refused",
-            reason=reason_clone_limit(limits.clone_limit, limits.clone_window_s),
-            quota="clone_limit",
+            "refused", reason=reason_clone_limit(clone_limit.count, clone_limit.window_s), quota="clone_limit"
         )
-    if limits.clone_rate is not None:
-        created = family.created_by(
-            claim.hardware_id, claim.source, limits.now - limits.clone_rate_window_s, clones=False
-        )
-        if len(created) >= limits.clone_rate:
+    if clone_rate is not None:
+        created = family.created_by(claim.hardware_id, claim.source, now - clone_rate.window_s, clones=False)
+        if len(created) >= clone_rate.count:
             # Free again when the oldest creation that fills the window leaves it.
-            freed = created[len(created) - limits.clone_rate] + limits.clone_rate_window_s
+            freed = created[len(created) - clone_rate.count] + clone_rate.window_s
             return Verdict(
                 "refused",
-                reason=reason_clone_rate(limits.clone_rate, limits.clone_rate_window_s),
+                reason=reason_clone_rate(clone_rate.count, clone_rate.window_s),
                 quota="clone_rate",
-                retry_after=max(1.0, freed - limits.now),
+                retry_after=max(1.0, freed - now),
             )
     return None
 
@@ -531,24 +556,29 @@ class Reached:
     just_now: bool
 
 
-def limit_reached(claim: Claim, verdict: Verdict, family: Family, limits: Limits) -> Reached | None:
+def limit_reached(claim: Claim, verdict: Verdict, family: Family, context: Context) -> Reached | None:
     """The per-source clone limit or rate the claim's source reached, read after
     :meth:`Family.apply` recorded ``verdict`` (deduplication raises a squatting alert on
     it); None when the claim created nothing at a limit and was refused by neither."""
     if not verdict.created and verdict.quota not in ("clone_limit", "clone_rate"):
         return None  # most claims: nothing to count
-    clone_since = limits.now - limits.clone_window_s
-    rate_since = limits.now - limits.clone_rate_window_s
-    clones = len(family.created_by(claim.hardware_id, claim.source, clone_since, clones=True))
-    created = len(family.created_by(claim.hardware_id, claim.source, rate_since, clones=False))
-    if verdict.quota == "clone_limit":
-        return Reached("clone_limit", clones, limits.clone_window_s, just_now=False)
-    if verdict.quota == "clone_rate":
-        return Reached("clone_rate", created, limits.clone_rate_window_s, just_now=False)
-    if verdict.decision == "clone" and clones == limits.clone_limit:
-        return Reached("clone_limit", clones, limits.clone_window_s, just_now=True)
-    if created == limits.clone_rate:
-        return Reached("clone_rate", created, limits.clone_rate_window_s, just_now=True)
+    clone_limit, clone_rate = context.limits.clone_limit, context.limits.clone_rate
+
+    def count(limit: PerWindow | None, *, clones: bool) -> int:
+        if limit is None:
+            return 0
+        since = context.now - limit.window_s
+        return len(family.created_by(claim.hardware_id, claim.source, since, clones=clones))
+
+    clones, created = count(clone_limit, clones=True), count(clone_rate, clones=False)
+    if verdict.quota == "clone_limit" and clone_limit is not None:
+        return Reached("clone_limit", clones, clone_limit.window_s, just_now=False)
+    if verdict.quota == "clone_rate" and clone_rate is not None:
+        return Reached("clone_rate", created, clone_rate.window_s, just_now=False)
+    if verdict.decision == "clone" and clone_limit is not None and clones == clone_limit.count:
+        return Reached("clone_limit", clones, clone_limit.window_s, just_now=True)
+    if clone_rate is not None and created == clone_rate.count:
+        return Reached("clone_rate", created, clone_rate.window_s, just_now=True)
     return None
 
 
@@ -566,7 +596,9 @@ def _decide_bulk(claim: Claim, existing: KnownDevice | None) -> Verdict:
         return Verdict("refused", device=existing, reason=REASON_DISABLED)
     if existing.lifecycle != "preregistered":
         return Verdict("refused", device=existing, reason=REASON_BULK_ALREADY_CLAIMED)
-    taken = replace(
-        existing, fingerprint=claim.fingerprint, lifecycle="registered", claim_sources=frozenset()
+    return Verdict(
+        "new",
+        device=_taken_over(existing, claim),
+        claimed_preregistered=True,
+        reason="bulk device claimed with its key",
     )
-    return Verdict("new", device=taken, claimed_preregistered=True, reason="bulk device claimed with its key")

@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.domain.dedup import REASON_BULK_NOT_LISTED, Quota
+from shared.domain.dedup import QUOTAS, REASON_BULK_NOT_LISTED, Quota
 from shared.errors import InvalidInput
 
 DEVICE_REGISTERED = "device.registered"
@@ -82,18 +82,13 @@ def body(kind: str, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
 def refusal_reason(quota: Quota | None, reason: str) -> str:
     """The summary's reason for one refusal, by the limit that refused it (``quota``, as
     the refused outcome carries it: RegistrationOutcome.refused_by) or else its text:
-    quota (the registration's max_devices or the clone limit), throttled (the clone rate per
-    source; the intake's own throttling is counted where it happens), wrong_key or other.
-    A new kind of limit must be placed here (mypy checks every kind is)."""
-    match quota:
-        case "max_devices" | "clone_limit":
-            return "quota"
-        case "clone_rate":
-            return "throttled"
-        case None:
-            return "wrong_key" if reason == REASON_BULK_NOT_LISTED else "other"
-        case _:
-            assert_never(quota)
+    quota (a final limit: the registration's max_devices, the clone limit), throttled (a
+    limit refusing for now: the clone rate per source; the intake's own throttling is
+    counted where it happens), wrong_key or other. A new kind of limit is placed by its
+    entry in shared.domain.dedup.QUOTAS (``final``), nothing here."""
+    if quota is not None:
+        return "quota" if QUOTAS[quota].final else "throttled"
+    return "wrong_key" if reason == REASON_BULK_NOT_LISTED else "other"
 
 
 def checked_events(value: object) -> tuple[str, ...]:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
-from services.dedup.handlers import Policy, decide_batch
+from services.dedup.handlers import decide_batch
+from services.dedup.settings import limits_from_env
 from shared.db import alerts, devices
 from shared.db.pool import Connection, Pool
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import Creation
+from shared.domain.dedup import Creation, PerWindow
 from shared.domain.identifiers import new_request_id
 from shared.events import RegistrationRequested
+from shared.settings import Env
 from tests.support import registry
 
 pytestmark = pytest.mark.integration
@@ -45,7 +48,7 @@ async def test_suffixed_spellings_of_an_existing_id_count_with_it_against_one_so
     await registry.new_registration(pool, product)
     code = await registry.new_code(pool, product.id)
     h = f"R{unique}"
-    policy = Policy(clone_rate=4, clone_rate_window_s=60, clone_limit=100)
+    policy = replace(limits_from_env(Env({})), clone_rate=PerWindow(4, 60), clone_limit=PerWindow(100, 3600))
 
     # H, then spellings of it (H-1 while H is created in the same batch; h-01, H-1-1 of two
     # stems), two batches: each a new device under its own ID, all counted under H.
@@ -86,7 +89,7 @@ async def test_sequential_dashed_macs_from_one_source_are_all_created_with_no_ex
     await registry.new_registration(pool, product)
     code = await registry.new_code(pool, product.id)
     prefix = "-".join(unique[i : i + 2] for i in range(0, 6, 2))  # aa-bb-cc, unique to the test
-    policy = Policy(clone_rate=4, clone_rate_window_s=60, clone_limit=2)
+    policy = replace(limits_from_env(Env({})), clone_rate=PerWindow(4, 60), clone_limit=PerWindow(2, 3600))
     asked: list[list[tuple[str, str]]] = []
     load_creations = devices.load_creations
 

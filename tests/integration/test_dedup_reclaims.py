@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from services.dedup.handlers import decide_batch
+from services.dedup.settings import limits_from_env
 from services.provisioning.handlers import provision_batch
 from shared.db import alerts, devices
 from shared.db.pool import Pool
@@ -19,11 +20,13 @@ from shared.domain.credentials import Keyring
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DELETED
 from shared.domain.identifiers import fingerprint_identifiers, new_request_id
 from shared.events import RegistrationRequested
+from shared.settings import Env
 from tests.support import registry
 
 pytestmark = pytest.mark.integration
 
 KEYRING = Keyring(b"dedup-reclaims-test-key-that-is-long-enough")
+LIMITS = limits_from_env(Env({}))  # the service's defaults
 FINGERPRINT = KEYRING.fingerprint("cpu", "mac")
 
 
@@ -56,7 +59,10 @@ async def test_an_auto_board_s_retries_queued_in_an_outage_are_one_device_with_i
     board = f"cut-{unique}"
 
     out = await decide_batch(
-        pool, KEYRING, [_claim(code, board, idempotency_key="k1"), _claim(code, board, idempotency_key="k2")]
+        pool,
+        KEYRING,
+        [_claim(code, board, idempotency_key="k1"), _claim(code, board, idempotency_key="k2")],
+        LIMITS,
     )
 
     assert [(d.decision, d.hardware_id) for d in out.decided] == [("new", board), ("same", board)]
@@ -76,7 +82,7 @@ async def test_an_auto_board_s_retries_queued_in_an_outage_are_one_device_with_i
     assert await devices.credentials_replaced_at(pool, device_id, 2) is None
 
     # Later, the board reclaims from another address: the device again, and the operator's alert.
-    later = await decide_batch(pool, KEYRING, [_claim(code, board, source="10.0.0.2")])
+    later = await decide_batch(pool, KEYRING, [_claim(code, board, source="10.0.0.2")], LIMITS)
     assert [(d.decision, d.credential_generation) for d in later.decided] == [("same", 3)]
     listed = await alerts.list_alerts(
         pool, account_id, kind="two_sources_before_ready", before=None, limit=10
@@ -116,6 +122,7 @@ async def test_a_bulk_board_s_retry_without_its_first_key_is_its_device_and_a_fo
             _claim(code, board, key="K1", idempotency_key="k1"),
             _claim(code, board, key="K1"),  # the power cut: no key this time
         ],
+        LIMITS,
     )
 
     clone, real, again = out.decided
@@ -143,13 +150,13 @@ async def test_claims_provisioned_together_each_carry_their_own_generation_and_o
     await registry.new_registration(pool, product)
     code = await registry.new_code(pool, product.id)
     board = f"batch-{unique}"
-    first = await decide_batch(pool, KEYRING, [_claim(code, board, idempotency_key="board-1")])
+    first = await decide_batch(pool, KEYRING, [_claim(code, board, idempotency_key="board-1")], LIMITS)
     await provision_batch(pool, KEYRING, first.decided)
 
     claims = [_claim(code, board, idempotency_key="board-2")] + [
         _claim(code, board, idempotency_key=f"evil-{n}", source="10.0.0.9") for n in range(3)
     ]
-    out = await decide_batch(pool, KEYRING, claims)
+    out = await decide_batch(pool, KEYRING, claims, LIMITS)
     outcomes = await provision_batch(pool, KEYRING, out.decided)
 
     assert [(o.decision, o.credential_generation, o.superseded) for o in outcomes] == [
@@ -160,7 +167,7 @@ async def test_claims_provisioned_together_each_carry_their_own_generation_and_o
     ]
     assert await _generation(pool, outcomes[0].device_id) == 5
     # A redelivered batch replays each decision with its own generation too.
-    again = await decide_batch(pool, KEYRING, claims)
+    again = await decide_batch(pool, KEYRING, claims, LIMITS)
     replayed = {o.request_id: o for o in await provision_batch(pool, KEYRING, again.decided)}
     assert [
         (replayed[c.request_id].credential_generation, replayed[c.request_id].superseded) for c in claims
@@ -182,12 +189,12 @@ async def test_a_redelivered_claim_whose_device_was_deleted_since_is_refused_by_
     await registry.new_registration(pool, product)
     code = await registry.new_code(pool, product.id)
     kept, deleted = _claim(code, f"kept-{unique}"), _claim(code, f"gone-{unique}")
-    first = await decide_batch(pool, KEYRING, [kept, deleted])
+    first = await decide_batch(pool, KEYRING, [kept, deleted], LIMITS)
     assert first.refused == []
     gone = next(d.device_id for d in first.decided if d.request_id == deleted.request_id)
     await pool.execute("DELETE FROM devices WHERE id = $1", gone)
 
-    again = await decide_batch(pool, KEYRING, [kept, deleted])
+    again = await decide_batch(pool, KEYRING, [kept, deleted], LIMITS)
 
     [decided] = again.decided
     fresh = next(d for d in first.decided if d.request_id == kept.request_id)
@@ -221,7 +228,7 @@ async def test_boards_reporting_only_placeholder_identifiers_are_clones_not_one_
         )
         for n in range(4)
     ]
-    out = await decide_batch(pool, KEYRING, claims)
+    out = await decide_batch(pool, KEYRING, claims, LIMITS)
     assert [(d.decision, d.hardware_id) for d in out.decided] == [
         ("new", board),
         ("clone", f"{board}-1"),

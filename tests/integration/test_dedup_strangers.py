@@ -10,16 +10,19 @@ import uuid
 import pytest
 
 from services.dedup.handlers import decide_batch
+from services.dedup.settings import limits_from_env
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import Keyring
 from shared.domain.identifiers import new_request_id
 from shared.events import RegistrationRequested
+from shared.settings import Env
 from tests.support import registry
 
 pytestmark = pytest.mark.integration
 
 KEYRING = Keyring(b"dedup-strangers-test-key-that-is-long-enough")
+LIMITS = limits_from_env(Env({}))  # the service's defaults
 
 
 def _claim(code: str, hardware_id: str) -> RegistrationRequested:
@@ -45,7 +48,7 @@ async def test_unknown_and_revoked_codes_are_answered_with_bounded_rows(pool: Po
     for _ in range(3):  # three batches, as redelivered or later retries would come
         batch = [_claim(unknown, f"u{i}-{unique}") for i in range(5)]
         batch += [_claim(revoked, board if i % 2 else board.upper()) for i in range(5)]
-        out = await decide_batch(pool, KEYRING, batch)
+        out = await decide_batch(pool, KEYRING, batch, LIMITS)
         assert out.decided == []
         answered += [(o.status, o.reason, o.quota) for o in out.refused]
 

@@ -40,11 +40,13 @@ def _file(device_id: str, service_id: str, generation: int, uid: str, tag: str =
     return NewFile(
         device_id=device_id,
         service_id=service_id.upper(),  # provisioning records the provisioning ID (upper case)
-        generation=generation,
-        service_uid=uid,
-        file_name=f"{uid}.conf",
-        size=100 + generation,
-        sha256=f"{tag}{generation}-{uid}".ljust(64, "0"),
+        file=RecordedFile(
+            generation=generation,
+            service_uid=uid,
+            file_name=f"{uid}.conf",
+            size=100 + generation,
+            sha256=f"{tag}{generation}-{uid}".ljust(64, "0"),
+        ),
     )
 
 
@@ -142,7 +144,7 @@ async def test_an_older_generation_never_replaces_a_newer_one(pool: Pool, produc
     await _record(pool, [_file(device_id, ssh, 2, uid, tag="redelivered")])
 
     recorded = (await _files_of(pool, device_id)).services[1].recorded
-    assert recorded == RecordedFile(2, uid, newer.file_name, newer.size, newer.sha256)
+    assert recorded == RecordedFile(2, uid, newer.file.file_name, newer.file.size, newer.file.sha256)
 
 
 async def test_a_disabled_service_is_absent_even_with_a_file_recorded(

@@ -32,7 +32,7 @@ from referencing.jsonschema import DRAFT7
 from services.dedup import handlers as dedup_handlers
 from services.dedup import streams as dedup_streams
 from services.dedup.app import SERVICE as DEDUP
-from services.dedup.handlers import Decisions, Policy
+from services.dedup.handlers import Decisions
 from services.dedup.resources import Resources as DedupResources
 from services.ingestion import streams as ingestion_streams
 from services.ingestion.app import SERVICE as INGESTION
@@ -44,7 +44,7 @@ from services.provisioning import streams as provisioning_streams
 from services.provisioning.app import SERVICE as PROVISIONING
 from services.provisioning.resources import Resources as ProvisioningResources
 from shared.domain.credentials import Keyring
-from shared.domain.dedup import DecisionKind
+from shared.domain.dedup import NO_LIMITS, DecisionKind
 from shared.domain.identifiers import hardware_id_stem, new_code, new_request_id
 from shared.events import (
     EVENT_TYPES,
@@ -569,7 +569,7 @@ async def test_deduplication_publishes_what_the_document_says(monkeypatch: pytes
     monkeypatch.setattr(dedup_handlers, "apply_signals", apply_signals)
     producer = RecordingProducer()
     resources = DedupResources(
-        pool=cast(Any, None), producer=producer, topics=Topics(PREFIX), keyring=KEYRING, policy=Policy()
+        pool=cast(Any, None), producer=producer, topics=Topics(PREFIX), keyring=KEYRING, limits=NO_LIMITS
     )
     await dedup_streams.handle_batch(resources, [request, signal])
     check_published(DEDUP, producer.sent)

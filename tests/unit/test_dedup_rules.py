@@ -10,29 +10,35 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import pytest
 
 from shared.db import devices
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
+    NO_LIMITS,
+    QUOTAS,
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DISABLED,
     REFERENCE_PROTOCOL,
     Claim,
+    Context,
     Creation,
     Family,
     KnownDevice,
     Lifecycle,
     Limits,
+    PerWindow,
+    Quota,
     Reached,
     Verdict,
     decide,
     is_clone_rate_refusal,
     is_quota_refusal,
     limit_reached,
+    quota_of_reason,
     reason_clone_limit,
     reason_clone_rate,
     reason_max_devices,
@@ -96,12 +102,27 @@ class Fleet:
 
     family: Family = field(default_factory=Family)
     kind: Literal["auto", "bulk"] = "auto"
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = NO_LIMITS
+    max_devices: int | None = None  # the registration's quota
+    now: float = 0.0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _requests: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def new_id(self) -> str:
         return f"dev-{next(self._ids)}"
+
+    def context(self, kind: Literal["auto", "bulk"] | None = None, product: str = "") -> Context:
+        """What a claim presenting the code of ``product`` is decided under, as the dedup service builds it."""
+        return Context(
+            kind=kind or self.kind,
+            registration_id=f"{REGISTRATION}{product}",
+            secret_matches=secret_matches,
+            product_id=product,
+            limits=self.limits,
+            max_devices=self.max_devices,
+            now=self.now,
+            new_id=self.new_id,
+        )
 
     def claim(
         self,
@@ -128,16 +149,7 @@ class Fleet:
             source=source,
             protocol=protocol,
         )
-        verdict = decide(
-            claim,
-            self.family,
-            kind=kind or self.kind,
-            registration_id=f"{REGISTRATION}{product}",
-            secret_matches=secret_matches,
-            new_id=self.new_id,
-            limits=self.limits,
-            product_id=product,
-        )
+        verdict = decide(claim, self.family, self.context(kind, product))
         self.family.apply(claim, verdict)
         return verdict
 
@@ -484,11 +496,29 @@ def test_refusal_reasons_are_plain_text_for_the_reference_client(reason: str) ->
 
 # ---------------------------------------------------------------- limits on device creation
 
+
+def test_every_limit_has_one_rule_that_its_reason_starts_with() -> None:
+    """shared.domain.dedup.QUOTAS is the one entry a new limit adds for every reader of its
+    refusal (the registry's reason, the intake, webhooks' summaries)."""
+    assert set(QUOTAS) == set(get_args(Quota))
+    reasons: dict[Quota, str] = {
+        "max_devices": reason_max_devices(5),
+        "clone_limit": reason_clone_limit(3, 3600),
+        "clone_rate": reason_clone_rate(3, 60),
+    }
+    assert set(reasons) == set(QUOTAS)
+    for quota, reason in reasons.items():
+        assert reason.startswith(QUOTAS[quota].prefix)
+        assert quota_of_reason(reason) == quota
+        assert is_quota_refusal(reason) is QUOTAS[quota].final
+    assert quota_of_reason(REASON_BULK_NOT_LISTED) is None and not is_quota_refusal(REASON_BULK_NOT_LISTED)
+
+
 NOW = 1_800_000_000.0
 
 
 def test_a_registration_quota_refuses_the_device_past_it_naming_the_quota() -> None:
-    fleet = Fleet(limits=Limits(max_devices=3, now=NOW))
+    fleet = Fleet(max_devices=3, now=NOW)
     fleet.family.registration_devices[REGISTRATION] = 1  # one device registered before
     verdicts = [fleet.claim(f"hw{n}", KEYRING.fingerprint(f"cpu-{n}")) for n in range(4)]
     assert [v.decision for v in verdicts] == ["new", "new", "refused", "refused"]
@@ -501,14 +531,14 @@ def test_a_registration_quota_refuses_the_device_past_it_naming_the_quota() -> N
 
 
 def test_clones_count_against_the_quota() -> None:
-    fleet = Fleet(limits=Limits(max_devices=2, now=NOW))
+    fleet = Fleet(max_devices=2, now=NOW)
     verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(3)]
     assert [v.decision for v in verdicts] == ["new", "clone", "refused"]
     assert verdicts[2].quota == "max_devices"
 
 
 def test_retries_and_the_same_device_never_count_against_the_quota() -> None:
-    fleet = Fleet(limits=Limits(max_devices=1, now=NOW))
+    fleet = Fleet(max_devices=1, now=NOW)
     first = fleet.claim(H, FP_A, idempotency_key="k1")
     assert first.decision == "new"
     # At the quota: a retry by idempotency key and by secret are still the device.
@@ -524,18 +554,18 @@ def test_retries_and_the_same_device_never_count_against_the_quota() -> None:
 
 def test_a_reset_device_taken_over_is_not_a_new_device_for_the_quota() -> None:
     reset = preregistered(key="")
-    fleet = Fleet(Family.of([reset], registration_devices={REGISTRATION: 1}), limits=Limits(max_devices=1))
+    fleet = Fleet(Family.of([reset], registration_devices={REGISTRATION: 1}), max_devices=1)
     verdict = fleet.claim(H, FP_A)
     assert (verdict.decision, verdict.claimed_preregistered, verdict.created) == ("new", True, False)
 
 
 def test_no_quota_means_no_limit() -> None:
-    fleet = Fleet(limits=Limits(now=NOW))
+    fleet = Fleet(now=NOW)
     assert all(fleet.claim(f"hw{n}", FP_A).decision == "new" for n in range(50))
 
 
 def test_the_clone_limit_refuses_clones_past_it_within_the_window() -> None:
-    fleet = Fleet(limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    fleet = Fleet(limits=Limits(clone_limit=PerWindow(3, 3600)), now=NOW)
     verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(6)]
     assert [v.decision for v in verdicts] == ["new", "clone", "clone", "clone", "refused", "refused"]
     assert verdicts[4].reason == reason_clone_limit(3, 3600)
@@ -556,14 +586,14 @@ def test_clones_older_than_the_window_do_not_count() -> None:
         for n in range(1, 4)
     ]
     family = Family.of([registered(H, device_id="first", fingerprint=FP_A), *old])
-    fleet = Fleet(family, limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    fleet = Fleet(family, limits=Limits(clone_limit=PerWindow(3, 3600)), now=NOW)
     verdicts = [fleet.claim(H, KEYRING.fingerprint(f"cpu-{n}")) for n in range(4)]
     assert [v.decision for v in verdicts] == ["clone", "clone", "clone", "refused"]
     assert [v.hardware_id for v in verdicts[:3]] == [f"{H}-4", f"{H}-5", f"{H}-6"]
 
 
 def test_the_clone_limit_is_per_claimed_hardware_id_and_spares_new_devices_and_retries() -> None:
-    fleet = Fleet(limits=Limits(clone_limit=1, now=NOW))
+    fleet = Fleet(limits=Limits(clone_limit=PerWindow(1, 3600)), now=NOW)
     assert [fleet.claim(H, fp).decision for fp in (FP_A, FP_B)] == ["new", "clone"]
     assert fleet.claim(H, "fp-c").quota == "clone_limit"
     # The clone retrying before confirmation is still itself...
@@ -585,7 +615,7 @@ def test_the_clone_limit_counts_what_one_source_created_and_spares_the_others() 
     """docs/security.md, "Creation bounded where the attacker pays": a squatter that claims a
     real device's hardware ID first and then clones it exhausts its own clone limit only;
     the real board, from another address, is answered at once (as H-N)."""
-    fleet = Fleet(limits=Limits(clone_limit=3, clone_window_s=3600, now=NOW))
+    fleet = Fleet(limits=Limits(clone_limit=PerWindow(3, 3600)), now=NOW)
     squat = [fleet.claim(H, fp, source=SQUATTER) for fp in fingerprints(6)]
     assert [v.decision for v in squat] == ["new", "clone", "clone", "clone", "refused", "refused"]
     assert squat[4].quota == "clone_limit"
@@ -600,7 +630,7 @@ def test_the_clone_limit_counts_what_one_source_created_and_spares_the_others() 
 
 
 def test_the_clone_rate_asks_one_source_to_try_again_when_its_window_frees() -> None:
-    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60)), now=NOW)
     older = replace(
         registered(f"{H}-9", claimed=H, device_id="older", fingerprint="fp-old"),
         created_at=NOW - 50,  # leaves the window 10 s from now
@@ -621,64 +651,54 @@ def test_the_clone_rate_asks_one_source_to_try_again_when_its_window_frees() -> 
     assert is_clone_rate_refusal(refused.reason) and not is_quota_refusal(refused.reason)
     # Another source is not slowed; nor is this one once the window frees.
     assert fleet.claim(H, FP_A, source=BOARD).decision == "clone"
-    fleet.limits = replace(fleet.limits, now=NOW + 11)
+    fleet.now = NOW + 11
     assert fleet.claim(H, KEYRING.fingerprint("cpu-late"), source=SQUATTER).decision == "clone"
 
 
 def test_a_factory_sharing_one_serial_behind_one_address_gets_through_at_the_rate() -> None:
     """Boards that all claim one placeholder serial from one NAT address: every one gets a
     device, the rate's worth per window, each told when to try again."""
-    fleet = Fleet(limits=Limits(clone_rate=10, clone_rate_window_s=60, clone_limit=100, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(10, 60), clone_limit=PerWindow(100, 3600)), now=NOW)
     waiting = fingerprints(30, "board")
     rounds = 0
     while waiting:
         answers = {fp: fleet.claim("SERIAL0", fp, source=BOARD) for fp in waiting}
         waiting = [fp for fp, v in answers.items() if v.decision == "refused"]
         assert all(answers[fp].quota == "clone_rate" for fp in waiting)
-        fleet.limits = replace(
-            fleet.limits, now=fleet.limits.now + max(v.retry_after for v in answers.values())
-        )
+        fleet.now += max(v.retry_after for v in answers.values())
         rounds += 1
     assert rounds == 3
     assert len(fleet.hardware_ids) == 30
 
 
 def test_retries_of_a_device_are_never_refused_by_the_clone_rate() -> None:
-    fleet = Fleet(limits=Limits(clone_rate=1, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(1, 60)), now=NOW)
     assert fleet.claim(H, FP_A, idempotency_key="k1", source=SQUATTER).decision == "new"
     assert fleet.claim(H, FP_B, source=SQUATTER).quota == "clone_rate"
     assert fleet.claim(H, FP_A, idempotency_key="k1", source=SQUATTER).decision == "same"
     device = fleet.confirm(H)
     assert fleet.claim(H, FP_A, secret=presented_secret(device), source=SQUATTER).decision == "same"
     # A retry from the same fingerprint before confirmation (no key) too.
-    other = Fleet(limits=Limits(clone_rate=1, now=NOW))
+    other = Fleet(limits=Limits(clone_rate=PerWindow(1, 60)), now=NOW)
     assert other.claim(H, FP_A, source=SQUATTER).decision == "new"
     assert other.claim(H, FP_A, source=SQUATTER).decision == "same"
 
 
 def test_a_source_reaching_its_clone_rate_or_limit_is_noticed_once_then_on_each_refusal() -> None:
-    limits = Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=4, clone_window_s=3600, now=NOW)
-    fleet = Fleet(limits=limits)
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60), clone_limit=PerWindow(4, 3600)), now=NOW)
 
     def claim(fp: str, source: str = SQUATTER) -> Reached | None:
         claimed = Claim(request_id=fp, hardware_id=H, fingerprint=fp, source=source)
-        verdict = decide(
-            claimed,
-            fleet.family,
-            kind="auto",
-            registration_id=REGISTRATION,
-            secret_matches=secret_matches,
-            new_id=fleet.new_id,
-            limits=fleet.limits,
-        )
+        context = fleet.context()
+        verdict = decide(claimed, fleet.family, context)
         fleet.family.apply(claimed, verdict)
-        return limit_reached(claimed, verdict, fleet.family, fleet.limits)
+        return limit_reached(claimed, verdict, fleet.family, context)
 
     assert [claim(f"fp{n}") for n in range(2)] == [None, None]
     assert claim("fp2") == Reached("clone_rate", 3, 60, just_now=True)  # the third device fills it
     assert claim("fp3") == Reached("clone_rate", 3, 60, just_now=False)  # refused: try again later
     assert claim("fp4", BOARD) is None  # another source: nothing to notice
-    fleet.limits = replace(limits, now=NOW + 61)
+    fleet.now = NOW + 61
     assert claim("fp5") is None
     assert claim("fp6") == Reached("clone_limit", 4, 3600, just_now=True)  # H-1 ... H-4 from one source
     assert claim("fp7") == Reached("clone_limit", 4, 3600, just_now=False)
@@ -719,7 +739,7 @@ def test_suffixed_spellings_from_one_source_share_the_clone_rate_and_the_limit_o
     """attack2 F1: H, then the literal IDs H-1, H-01, h-1-1... each "new" under its own
     claimed ID, buy no fresh allowance: while H exists, the rate and the clone limit count
     them with H (their family head)."""
-    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=4, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60), clone_limit=PerWindow(4, 3600)), now=NOW)
     spellings = ["H", "H-1", "H-01", "h-1-1", "H-2"]
     verdicts = [fleet.claim(h, fp, source=SQUATTER) for h, fp in zip(spellings, fingerprints(5), strict=True)]
     assert [v.decision for v in verdicts] == ["new", "new", "new", "refused", "refused"]
@@ -730,7 +750,7 @@ def test_suffixed_spellings_from_one_source_share_the_clone_rate_and_the_limit_o
     assert (board.decision, board.hardware_id) == ("clone", "H-2")
     # Clones of any spelling count against the one clone limit of the head, and so do the
     # spellings themselves (H-1, H-01: two of the four).
-    fleet.limits = replace(fleet.limits, now=NOW + 61)
+    fleet.now = NOW + 61
     clones = [
         fleet.claim(h, fp, source=SQUATTER)
         for h, fp in zip(["H", "h-1", "H-01"], fingerprints(3, "c"), strict=True)
@@ -757,7 +777,8 @@ def test_creations_loaded_for_other_stems_count_with_the_family_and_the_batch_on
     ]
     fleet = Fleet(
         Family.of([head, in_family], created=loaded),
-        limits=Limits(clone_rate=4, clone_rate_window_s=60, clone_limit=100, now=NOW),
+        limits=Limits(clone_rate=PerWindow(4, 60), clone_limit=PerWindow(100, 3600)),
+        now=NOW,
     )
     assert fleet.family.created_by("H-7", SQUATTER, NOW - 60, clones=False) == [NOW - 10, NOW - 5]
     assert [fleet.claim("H-7", fp, source=SQUATTER).decision for fp in fingerprints(3)] == [
@@ -839,7 +860,7 @@ def test_the_family_head_of_a_claim_is_its_highest_existing_ancestor(
 def test_sequential_dashed_macs_from_one_source_are_each_a_distinct_id_never_slowed() -> None:
     """Devices named by dashed MACs from a factory behind one NAT: they share a root but no
     family head, so each has the rate of its own ID (unlike a squatter's spellings of H)."""
-    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=2, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60), clone_limit=PerWindow(2, 3600)), now=NOW)
     macs = [f"aa-bb-cc-00-{n // 100:02d}-{n % 100:02d}" for n in range(100)]
     verdicts = [fleet.claim(mac, fp, source=BOARD) for mac, fp in zip(macs, fingerprints(100), strict=True)]
     assert [v.decision for v in verdicts] == ["new"] * 100
@@ -854,22 +875,14 @@ def test_sequential_dashed_macs_from_one_source_are_each_a_distinct_id_never_slo
 def test_a_squatting_alert_counts_under_the_family_head() -> None:
     """The spellings of an existing H reach the rate together; the claim that fills it is
     reported with the count of the head's creations."""
-    limits = Limits(clone_rate=3, clone_rate_window_s=60, now=NOW)
-    fleet = Fleet(limits=limits)
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60)), now=NOW)
     reached = []
     for h, fp in zip(["H", "H-1", "H-1-1", "H-01"], fingerprints(4), strict=True):
         claimed = Claim(request_id=fp, hardware_id=h, fingerprint=fp, source=SQUATTER)
-        verdict = decide(
-            claimed,
-            fleet.family,
-            kind="auto",
-            registration_id=REGISTRATION,
-            secret_matches=secret_matches,
-            new_id=fleet.new_id,
-            limits=limits,
-        )
+        context = fleet.context()
+        verdict = decide(claimed, fleet.family, context)
         fleet.family.apply(claimed, verdict)
-        reached.append(limit_reached(claimed, verdict, fleet.family, limits))
+        reached.append(limit_reached(claimed, verdict, fleet.family, context))
     assert reached == [
         None,
         None,
@@ -1100,7 +1113,7 @@ def test_spellings_made_before_their_head_existed_count_when_the_head_is_claimed
     the clone limit, and so cannot take H by spelling first; the real board from another
     address then gets H itself. Distinct IDs (sequential dashed MACs) are no spellings of
     each other and stay independent."""
-    fleet = Fleet(limits=Limits(clone_rate=3, clone_rate_window_s=60, clone_limit=100, now=NOW))
+    fleet = Fleet(limits=Limits(clone_rate=PerWindow(3, 60), clone_limit=PerWindow(100, 3600)), now=NOW)
     first = [fleet.claim(f"H-{n}", fp, source=SQUATTER) for n, fp in enumerate(fingerprints(3, "s"), 1)]
     assert [v.decision for v in first] == ["new"] * 3
     squat = fleet.claim("H", FP_A, source=SQUATTER)
@@ -1108,7 +1121,7 @@ def test_spellings_made_before_their_head_existed_count_when_the_head_is_claimed
     board = fleet.claim("H", FP_B, source=BOARD)
     assert (board.decision, board.hardware_id) == ("new", "H")
     # Past the rate's window, the clone limit still counts them: limit 3, three spellings.
-    fleet.limits = replace(fleet.limits, clone_limit=3, now=NOW + 61)
+    fleet.limits, fleet.now = replace(fleet.limits, clone_limit=PerWindow(3, 3600)), NOW + 61
     late = fleet.claim("H", fingerprints(1, "late")[0], source=SQUATTER)
     assert (late.decision, late.quota) == ("refused", "clone_limit")
     macs = [

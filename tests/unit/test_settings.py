@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup.handlers import Policy
 from services.dedup.settings import DedupSettings
 from services.ingestion.settings import IngestionSettings
 from services.intake.settings import IntakeSettings
 from services.notifier.settings import NotifierSettings
 from services.operator.settings import OperatorSettings
 from shared.domain import webhooks
+from shared.domain.dedup import Limits, PerWindow
 from shared.settings import DatabaseSettings, KafkaSettings, PipelineSettings, Secret, SettingsError, load
 
 
@@ -175,15 +175,13 @@ def test_only_deduplication_reads_and_checks_its_limits() -> None:
         "FLEETREG_CLONE_RATE_PER_SOURCE": "3",
         "FLEETREG_CLONE_RATE_WINDOW_SECONDS": "30",
     }
-    assert load(DedupSettings.from_env, {**SERVICE_REQUIRED, **limits}).policy == Policy(
-        alert_threshold=5,
-        alert_window_s=60,
-        clone_limit=7,
-        clone_window_s=120,
-        clone_rate=3,
-        clone_rate_window_s=30,
+    assert load(DedupSettings.from_env, {**SERVICE_REQUIRED, **limits}).limits == Limits(
+        clone_limit=PerWindow(7, 120), clone_rate=PerWindow(3, 30), wrong_keys_alert=PerWindow(5, 60)
     )
-    assert load(DedupSettings.from_env, SERVICE_REQUIRED).policy == Policy()  # the defaults are Policy's
+    # The defaults, written in the settings alone (docs/security.md, "Limits").
+    assert load(DedupSettings.from_env, SERVICE_REQUIRED).limits == Limits(
+        clone_limit=PerWindow(100, 3600), clone_rate=PerWindow(20, 60), wrong_keys_alert=PerWindow(10, 900)
+    )
     with pytest.raises(SettingsError, match="FLEETREG_CLONE_LIMIT=0 is below its minimum of 1"):
         load(DedupSettings.from_env, {**SERVICE_REQUIRED, "FLEETREG_CLONE_LIMIT": "0"})
     broken = {**SERVICE_REQUIRED, **{name: "not a number" for name in limits}}
