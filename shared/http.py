@@ -440,6 +440,49 @@ async def account_for(
     return account
 
 
+async def authenticate(request: web.Request, pool: Pool, *, write: bool | None = None) -> Account:
+    """The account of the request's API key (``Authorization: Bearer <key>``): the one way
+    every HTTP API authenticates a key (:func:`api_key`, then :func:`account_for`, counted on
+    the request's per-key rate). Unauthorized (401) without a key or for an unknown one,
+    before any I/O for a request without one; Forbidden (403) for a read-only key when the
+    call changes state: ``write``, by default any method but GET and HEAD."""
+    return await _authenticate(request, lambda: pool, write)
+
+
+async def _authenticate(request: web.Request, pool: Callable[[], Pool], write: bool | None) -> Account:
+    key = api_key(request)  # first: a request without a key is refused before anything is looked up
+    if write is None:
+        write = request.method not in ("GET", "HEAD")
+    return await account_for(key, pool(), write=write, request=request)
+
+
+PoolOf = Callable[[web.Request], Pool]
+AuthedRoute = Callable[[web.Request, "Account"], Awaitable[Any]]
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authed(
+    pool_of: PoolOf, *, status: int = 200, write: bool | None = None
+) -> Callable[[AuthedRoute], Route]:
+    """A route of an account: :func:`authenticate` against the registry ``pool_of(request)``
+    (``write`` as there: by default a read-only key may call only GET and HEAD routes), then
+    the route's answer, ``route(request, account)``, as JSON with ``status`` (a response the
+    route made itself, a stream, is answered as it is)."""
+
+    def decorate(route: AuthedRoute) -> Route:
+        @functools.wraps(route)
+        async def answer(request: web.Request) -> web.StreamResponse:
+            account = await _authenticate(request, lambda: pool_of(request), write)
+            answered = await route(request, account)
+            if isinstance(answered, web.StreamResponse):
+                return answered
+            return json_response(answered, status=status)
+
+        return answer
+
+    return decorate
+
+
 def query_params(request: web.Request) -> dict[str, str]:
     """The query string as one value per parameter; a parameter given twice is a 400 (which
     one was meant? ``limit=1&limit=2`` must not quietly mean either)."""

@@ -12,7 +12,7 @@ from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
-from shared.http import account_for, api_key, json_response, path_id
+from shared.http import authenticate, json_response, path_id
 from shared.kafka import publish
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -25,7 +25,7 @@ CLOSE_GRACE_S = 1.0
 async def upload(request: web.Request) -> web.StreamResponse:
     r = request.app[RESOURCES]
     try:
-        account = await account_for(api_key(request), r.pool, write=True, request=request)
+        account = await authenticate(request, r.pool, write=True)
         length = request.content_length
         if length is not None and length > r.limits.max_bytes:
             # Said up front: refused before a byte of the body is read or spooled.
@@ -75,7 +75,7 @@ async def _refuse_and_close(request: web.Request, error: DomainError) -> web.Str
 
 async def list_all(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool, request=request)
+    account = await authenticate(request, r.pool, write=False)
     if request.query:  # the listing has no filters or paging: a parameter would be ignored
         name = next(iter(request.query))
         raise InvalidInput(
@@ -89,14 +89,14 @@ async def list_all(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool, request=request)
+    account = await authenticate(request, r.pool, write=False)
     found = await handlers.registration(r.pool, account, path_id(request, "registration_id"))
     return json_response(views.registration_detail(found))
 
 
 async def start_publish(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool, write=True, request=request)
+    account = await authenticate(request, r.pool, write=True)
 
     async def send(event: BulkPublish) -> None:
         await publish(r.producer, r.topics.bulk_publish, event.registration_id, event)
@@ -107,7 +107,7 @@ async def start_publish(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
-    account = await account_for(api_key(request), r.pool, write=True, request=request)
+    account = await authenticate(request, r.pool, write=True)
     found = await handlers.cancel(r.pool, account, path_id(request, "registration_id"))
     return json_response(views.cancelled(found))
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from services.operator import handlers, views
+from services.operator.handlers import devices as handlers
+from services.operator.handlers.devices import Fleet
+from services.operator.views import devices as views
 from shared.connections import sending_progress, took_some
-from shared.db.pool import Pool
-from shared.domain.accounts import Account
 from shared.errors import TooManyRequests
 from shared.logging import exception_summary
 
@@ -63,16 +63,10 @@ class ExportSlots:
 
 
 async def stream(
-    request: web.Request,
-    pool: Pool,
-    account: Account,
-    query: dict[str, str],
-    chosen: str,
-    *,
-    online_ttl_s: float,
-    stall_seconds: float,
+    request: web.Request, fleet: Fleet, query: dict[str, str], chosen: str, *, stall_seconds: float
 ) -> web.StreamResponse:
-    """Every matching device as CSV or JSON lines, written while it is read. The query was
+    """Every matching device of ``fleet`` as CSV or JSON lines (``chosen``: csv or jsonl),
+    written while it is read. The query was
     checked before (a 400 is still possible here, before the answer starts).
 
     Over HTTP/1.1 the body is chunked and starts at once. HTTP/1.0 has no chunks (a proxy
@@ -97,7 +91,7 @@ async def stream(
         await response.prepare(request)
         await response.write_eof()
         return response
-    async with handlers.export_devices(pool, account, query, online_ttl_s=online_ttl_s) as read:
+    async with handlers.export_devices(fleet, query) as read:
         if request.version < HttpVersion11:
             response.content_length = len(views.export_header(chosen)) + sum(
                 [len(views.export_lines(batch, chosen)) async for batch in read()]

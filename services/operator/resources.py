@@ -11,10 +11,9 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from services.operator import handlers
 from services.operator.exports import ExportSlots
+from services.operator.handlers import trail
 from services.operator.settings import OperatorSettings, RetentionSettings
-from shared.cache import SharedResult
 from shared.db.pool import Pool, answers, open_pool
 from shared.domain.credentials import Keyring
 from shared.http import READINESS, READINESS_PROBE
@@ -32,11 +31,6 @@ class Resources:
     # Device exports running on this instance: each holds a pooled connection for its whole
     # length, so they are capped below the pool's size (settings.exports_max), one per account.
     export_slots: ExportSlots = field(default_factory=lambda: ExportSlots(1))
-    # The console's live view asks the pipeline's /readyz with it (a short timeout per call).
-    pipeline_http: aiohttp.ClientSession | None = None
-    # The pipeline's probes, shared by every live view of this instance: computed at most
-    # once per handlers.PIPELINE_HEALTH_SECONDS, one computation at a time.
-    pipeline_probes: SharedResult[tuple[handlers.Probe, ...]] | None = None
     # The console's client of the bulk API (uploads streamed through, publish, cancel): a
     # session of its own, so a slow upload never holds up the health probes.
     bulk_http: aiohttp.ClientSession | None = None
@@ -62,23 +56,16 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             app[THROTTLE] = await open_throttle(
                 stack, settings.throttle, SERVICE, pool, settings.database.url.reveal()
             )
-            pipeline_http = aiohttp.ClientSession()
-            stack.push_async_callback(pipeline_http.close)
             # No total timeout: an upload of a large file takes as long as it takes; a bulk
             # API that does not accept or answer is given up on.
             bulk_http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
             )
             stack.push_async_callback(bulk_http.close)
-            urls = settings.console.pipeline_health_urls
             app[RESOURCES] = Resources(
                 settings,
                 pool,
                 ExportSlots(settings.exports_max),
-                pipeline_http=pipeline_http,
-                pipeline_probes=SharedResult(
-                    lambda: handlers.probe_pipeline(pipeline_http, urls), handlers.PIPELINE_HEALTH_SECONDS
-                ),
                 bulk_http=bulk_http,
             )
             # Every instance prunes: the batches skip each other's rows (shared.db.retention).
@@ -106,6 +93,6 @@ async def retention_round(pool: Pool, retention: RetentionSettings, stale_creden
     """One round of retention, every ``retention.interval_seconds`` after the first wait:
     prune expired records (registration decisions, operator audit events, deleted devices
     past the stale-credential window, console sessions past their expiry)."""
-    deleted = await handlers.prune_expired(pool, retention, stale_credential_seconds=stale_credential_seconds)
+    deleted = await trail.prune_expired(pool, retention, stale_credential_seconds=stale_credential_seconds)
     if any(deleted.values()):
         log.info("retention: pruned expired records", extra={"deleted": deleted})

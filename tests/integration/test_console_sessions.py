@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.operator.handlers import prune_expired
+from services.operator.handlers.trail import prune_expired
 from services.operator.settings import RetentionSettings
 from shared.db import accounts, console_sessions
 from shared.db.pool import Pool

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.operator import handlers
 from services.operator.console.chart import HEIGHT, Series, compact, line_chart, nice_ceiling
+from services.operator.handlers import live as handlers
 from shared.db.storm import DecisionCount, DeviceSpan
 from shared.errors import InvalidInput
 

@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import REGISTRY
 
-from services.operator import handlers
 from services.operator.console.sessions import STALE_SESSION, RegistryStorage, digest
+from shared.db import console_sessions
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring, new_session_token, session_token_is_issued
 from shared.throttle import REFUSED
@@ -55,7 +55,7 @@ async def test_a_cookie_never_issued_is_refused_without_a_registry_read(
         read.append(token_digest)
         return None  # lapsed
 
-    monkeypatch.setattr(handlers, "load_console_session", load_console_session)
+    monkeypatch.setattr(console_sessions, "load", load_console_session)
     storage = RegistryStorage(  # the pool is never used: the reads are faked
         lambda _: cast(Pool, None), lambda _: KEYRING, max_age=3600, always_secure=False
     )

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.operator import views
-from services.operator.handlers import ShownDevice
+from services.operator.handlers.devices import ShownDevice
+from services.operator.views import devices as views
 from shared.db.devices import Device
 from shared.domain.device_search import (
     Cursor,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.operator import handlers
+from services.operator.handlers import access as handlers
 from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.products import validate_product
 from shared.errors import InvalidInput

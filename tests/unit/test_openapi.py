@@ -33,9 +33,10 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from services.operator import handlers, routes
 from services.operator import resources as operator_resources
+from services.operator import routes
 from services.operator.app import create_app
+from services.operator.handlers import devices, products, trail
 from services.operator.resources import RESOURCES
 from services.operator.settings import OperatorSettings
 from shared.db.devices import ChangeOutcome
@@ -535,7 +536,7 @@ def test_the_device_list_query_follows_the_handler() -> None:
     assert resolve(query["order"]["schema"])["enum"] == list(device_search.ORDERS)
     exported = {p["name"]: p for p in parameters("/v1/devices/export", "get")}
     assert set(exported) == {*device_search.SEARCH_PARAMETERS, "format"}
-    assert resolve(exported["format"]["schema"])["enum"] == list(handlers.EXPORT_FORMATS)
+    assert resolve(exported["format"]["schema"])["enum"] == list(devices.EXPORT_FORMATS)
     environ = {"DATABASE_URL": "postgresql://u@h/db", "FLEETREG_SECRET_KEY": "k" * 32}
     default_max = OperatorSettings.from_env(Env(environ)).page_limit_max
     limit = resolve(query["limit"]["schema"])
@@ -579,9 +580,9 @@ def test_the_batch_outcomes_and_alert_kinds_follow_the_code() -> None:
     schemas = spec()["components"]["schemas"]
     outcome = schemas["BatchResult"]["properties"]["results"]["items"]["properties"]["outcome"]
     assert set(outcome["enum"]) == set(get_args(ChangeOutcome))
-    assert schemas["DeviceIdsInput"]["properties"]["device_ids"]["maxItems"] == handlers.BATCH_MAX_IDS
-    assert schemas["SecurityAlert"]["properties"]["kind"]["enum"] == list(handlers.ALERT_KINDS)
+    assert schemas["DeviceIdsInput"]["properties"]["device_ids"]["maxItems"] == devices.BATCH_MAX_IDS
+    assert schemas["SecurityAlert"]["properties"]["kind"]["enum"] == list(trail.ALERT_KINDS)
     kinds = parameters("/v1/security-alerts", "get")
-    assert next(p for p in kinds if p["name"] == "kind")["schema"]["enum"] == list(handlers.ALERT_KINDS)
+    assert next(p for p in kinds if p["name"] == "kind")["schema"]["enum"] == list(trail.ALERT_KINDS)
     quota = schemas["AutoRegistrationInput"]["properties"]["max_devices"]
-    assert (quota["minimum"], quota["maximum"]) == (1, handlers.MAX_DEVICES_LIMIT)
+    assert (quota["minimum"], quota["maximum"]) == (1, products.MAX_DEVICES_LIMIT)

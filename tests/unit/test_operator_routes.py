@@ -16,10 +16,17 @@ import pytest
 from aiohttp import HttpVersion10, web
 from aiohttp.test_utils import make_mocked_request
 
-from services.operator import exports, handlers, routes, views
+from services.operator import exports
 from services.operator.exports import EXPORT_RETRY_AFTER_S, ExportSlots
+from services.operator.handlers import devices as device_handlers
+from services.operator.handlers import products as product_handlers
 from services.operator.resources import RESOURCES, Resources
+from services.operator.routes import devices as device_routes
+from services.operator.routes import products as product_routes
 from services.operator.settings import OperatorSettings
+from services.operator.views import devices as device_views
+from services.operator.views import products as product_views
+from shared import http
 from shared.db import devices
 from shared.db.devices import Device
 from shared.db.pool import Pool
@@ -29,7 +36,7 @@ from shared.domain.devices import online_cutoff
 from shared.errors import TooManyRequests
 from shared.settings import DatabaseSettings, HttpSettings, Secret
 
-OPERATOR = Path(routes.__file__).parent
+OPERATOR = Path(exports.__file__).parent
 SETTINGS = OperatorSettings(
     http=HttpSettings(host="127.0.0.1", port=0),
     database=DatabaseSettings(url=Secret("postgresql://x@localhost/x"), pool_min=1, pool_max=1),
@@ -66,6 +73,10 @@ def product(status: str = "locked") -> Product:
     )
 
 
+def _fleet(pool: Pool) -> device_handlers.Fleet:
+    return device_handlers.Fleet(pool, ACCOUNT, online_ttl_s=300)
+
+
 def request(method: str, path: str, **match_info: str) -> web.Request:
     app = web.Application()
     app[RESOURCES] = Resources(SETTINGS, pool=object())  # type: ignore[arg-type]
@@ -85,9 +96,11 @@ async def test_a_route_is_testable_alone(monkeypatch: pytest.MonkeyPatch) -> Non
         calls.append((account, product_id))
         return product()
 
-    monkeypatch.setattr(routes, "account_for", account_for)
-    monkeypatch.setattr(handlers, "get_product", get_product)
-    response = await routes.get_product(request("GET", f"/v1/products/{PRODUCT_ID}", product_id=PRODUCT_ID))
+    monkeypatch.setattr(http, "account_for", account_for)
+    monkeypatch.setattr(product_handlers, "get_product", get_product)
+    response = await product_routes.get_product(
+        request("GET", f"/v1/products/{PRODUCT_ID}", product_id=PRODUCT_ID)
+    )
     assert response.status == 200
     assert calls == [(ACCOUNT, PRODUCT_ID)]
     assert response.text is not None
@@ -114,7 +127,7 @@ async def test_a_route_is_testable_alone(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_new_product_shows_no_codes() -> None:
-    shown = views.product(product("new"))
+    shown = product_views.product(product("new"))
     assert "bulk_identification_code" not in shown
     assert "product_code" not in shown
 
@@ -157,14 +170,11 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
 
     monkeypatch.setattr(devices, "search_devices", search_devices)
     monkeypatch.setattr(devices, "count_devices", count_devices)
-    page = await handlers.list_devices(
-        object(),  # type: ignore[arg-type]
-        ACCOUNT,
+    page = await device_handlers.list_devices(
+        device_handlers.Fleet(cast(Pool, object()), ACCOUNT, online_ttl_s=300, now=NOW),
         {"state": "offline", "limit": "3"},
         page_limit_max=1000,
-        online_ttl_s=300,
         count_exact_max=10_000,
-        now=NOW,
     )
     assert asked["online_cutoff"] == online_cutoff(NOW, 300) == NOW - timedelta(seconds=300)
     assert (asked["search"].state, asked["limit"]) == ("offline", 3)
@@ -175,7 +185,7 @@ async def test_the_device_listing_filters_and_shows_at_one_moment(monkeypatch: p
     ]
     assert (page.total, page.total_exact) == (12, True)
     assert page.next_after == "3"
-    shown = views.device_page(page)
+    shown = device_views.device_page(page)
     assert [(d["state"], d["online"], d["last_seen_at"]) for d in shown["devices"]] == [  # type: ignore[attr-defined]
         ("online", True, (NOW - timedelta(seconds=299)).isoformat()),
         ("offline", False, (NOW - timedelta(seconds=300)).isoformat()),
@@ -198,8 +208,8 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
     def export_devices(*args: object, **kwargs: object) -> object:
         raise AssertionError("nothing is read for a refused export")
 
-    monkeypatch.setattr(routes, "account_for", account_for)
-    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    monkeypatch.setattr(http, "account_for", account_for)
+    monkeypatch.setattr(device_handlers, "export_devices", export_devices)
     app = web.Application()
     slots = ExportSlots(SETTINGS.exports_max)
     held = contextlib.ExitStack()
@@ -210,7 +220,7 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
         "GET", "/v1/devices/export?format=csv", app=app, headers={"Authorization": "Bearer k"}
     )
     with pytest.raises(TooManyRequests) as caught:
-        await routes.export_devices(refused)
+        await device_routes.export_devices(refused)
     assert caught.value.rule == f"exports_max={SETTINGS.exports_max}"
     assert caught.value.headers() == {"Retry-After": str(EXPORT_RETRY_AFTER_S)}
     held.close()
@@ -253,7 +263,7 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     async def prepared(self: web.StreamResponse, request: web.Request) -> None:
         return None
 
-    monkeypatch.setattr(handlers, "export_devices", export_devices)
+    monkeypatch.setattr(device_handlers, "export_devices", export_devices)
     monkeypatch.setattr(web.StreamResponse, "write", never_drains)
     monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
     transport = mock.Mock()
@@ -263,9 +273,7 @@ async def test_an_export_whose_client_stops_reading_is_ended_and_its_connection_
     never_read = cast(Pool, None)  # export_devices, the only user of the pool, is replaced above
 
     # (without the stall limit the export would wait forever: the outer bound makes that a failure)
-    await asyncio.wait_for(
-        exports.stream(request, never_read, ACCOUNT, {}, "csv", online_ttl_s=300, stall_seconds=0.05), 10
-    )
+    await asyncio.wait_for(exports.stream(request, _fleet(never_read), {}, "csv", stall_seconds=0.05), 10)
 
     assert released == [True]
     transport.close.assert_called_once()
@@ -318,9 +326,9 @@ async def test_an_http_1_0_export_that_would_not_match_its_counted_length_is_cut
     async def prepared(self: web.StreamResponse, request: web.Request) -> None:
         return None
 
-    monkeypatch.setattr(handlers, "export_devices", export_devices)
-    monkeypatch.setattr(views, "export_header", lambda chosen: b"")
-    monkeypatch.setattr(views, "export_lines", lambda batch, chosen: batch)
+    monkeypatch.setattr(device_handlers, "export_devices", export_devices)
+    monkeypatch.setattr(device_views, "export_header", lambda chosen: b"")
+    monkeypatch.setattr(device_views, "export_lines", lambda batch, chosen: batch)
     monkeypatch.setattr(web.StreamResponse, "write", write)
     monkeypatch.setattr(web.StreamResponse, "prepare", prepared)
     transport = mock.Mock()
@@ -328,9 +336,7 @@ async def test_an_http_1_0_export_that_would_not_match_its_counted_length_is_cut
     transport.get_write_buffer_size.return_value = 0
     request = make_mocked_request("GET", "/v1/devices/export", version=HttpVersion10, transport=transport)
 
-    response = await exports.stream(
-        request, cast(Pool, None), ACCOUNT, {}, "csv", online_ttl_s=300, stall_seconds=1
-    )
+    response = await exports.stream(request, _fleet(cast(Pool, None)), {}, "csv", stall_seconds=1)
 
     assert response.content_length == 2 and b"".join(written) == b""  # nothing past the length
     transport.close.assert_called_once()

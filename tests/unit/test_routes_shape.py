@@ -14,6 +14,7 @@ from services.ingestion import routes as ingestion_routes
 from services.intake import routes
 from services.intake.compat import routes as compat_routes
 from services.operator import routes as operator_routes
+from services.operator.routes import access, devices, products, trail, webhooks
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,8 @@ from services.operator import routes as operator_routes
     [
         (routes, routes.ROUTES),
         (compat_routes, compat_routes.routes("/apv/v27")),
-        (operator_routes, operator_routes.ROUTES),
+        # The operator's routes are by area, each module with its own ROUTES.
+        *((area, area.ROUTES) for area in (access, products, devices, trail, webhooks)),
         (ingestion_routes, ingestion_routes.ROUTES),
     ],
 )
@@ -33,6 +35,16 @@ def test_every_route_is_a_top_level_coroutine_of_its_module(
         assert inspect.iscoroutinefunction(d.handler), d.path
         assert inspect.getmodule(d.handler) is module, d.path
         assert getattr(module, d.handler.__name__) is d.handler, d.path
+
+
+def test_the_operator_serves_every_area_s_routes_and_its_document() -> None:
+    areas = (access, products, devices, trail, webhooks)
+    assert areas == operator_routes.AREAS
+    assert [
+        web.get("/openapi.yaml", operator_routes.openapi),
+        *(d for area in areas for d in area.ROUTES),
+    ] == operator_routes.ROUTES
+    assert inspect.iscoroutinefunction(operator_routes.openapi)
 
 
 def test_the_compat_routes_follow_their_prefix() -> None:

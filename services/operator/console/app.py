@@ -20,9 +20,11 @@ from aiohttp.typedefs import Handler
 
 from services.operator.console import filters
 from services.operator.console.auth import Operator, SignInRequired, render, signed_in
+from services.operator.console.health import health_context
 from services.operator.console.pages import (
     auto_registrations,
     bulk,
+    bulk_upload,
     devices,
     live,
     products,
@@ -179,7 +181,9 @@ def create_console(settings: ConsoleSettings) -> web.Application:
         always_secure=settings.secure_cookie == "always",
     )
     console[SESSIONS] = storage
+    console.cleanup_ctx.append(health_context(settings.pipeline_health_urls))
     aiohttp_session.setup(console, storage)
-    for pages in (signin, products, auto_registrations, bulk, devices, webhooks, live):
+    # The upload's routes first: ``rejections/...`` is no registration ID.
+    for pages in (signin, products, auto_registrations, bulk_upload, bulk, devices, webhooks, live):
         console.add_routes(pages.ROUTES)
     return console

@@ -25,8 +25,8 @@ from aiohttp.web_request import FileField
 from aiohttp_session import Session, get_session
 from multidict import MultiDictProxy
 
-from services.operator import handlers
 from services.operator.resources import RESOURCES, Resources
+from shared.db import accounts
 from shared.domain.accounts import Account
 from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 from shared.throttle import THROTTLE
@@ -72,7 +72,8 @@ async def signed_in(request: web.Request) -> Operator:
     if throttle is not None and not request.get(KEY_COUNTED):  # once a request, before more reads
         request[KEY_COUNTED] = True
         await throttle.check_console_key(key_id)
-    account = await handlers.console_account(resources(request).pool, key_id)
+    # The session's credential is the key it was opened with, by its ID: looked up afresh.
+    account = await accounts.account_for_key_id(resources(request).pool, key_id)
     if account is None or account.id != session.get("account_id"):
         session.invalidate()
         raise SignInRequired("the session's API key was revoked; sign in again", field="session")

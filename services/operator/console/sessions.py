@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session
 
-from services.operator import handlers
+from shared.db import console_sessions
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring, new_session_token, session_token_is_issued
 from shared.metrics import CONSOLE_SESSION_READS
@@ -41,6 +41,11 @@ STALE_SESSION = web.RequestKey("console_stale_session", bool)
 
 def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+async def end_session(pool: Pool, token: str) -> None:
+    """End the session of ``token`` (signed out, or signing in again): its row is gone."""
+    await console_sessions.delete(pool, digest(token))
 
 
 class RegistryStorage(AbstractStorage):
@@ -81,7 +86,7 @@ class RegistryStorage(AbstractStorage):
             # from one address even while it was answered 429.
             return self._refused(request)
         CONSOLE_SESSION_READS.inc()
-        data = await handlers.load_console_session(self._pool_of(request), digest(token))
+        data = await console_sessions.load(self._pool_of(request), digest(token))
         if data is None:
             self._keys.pop(digest(token), None)
             return self._refused(request)
@@ -112,7 +117,7 @@ class RegistryStorage(AbstractStorage):
         if session.empty:  # signed out (invalidated)
             if token is not None:
                 self._keys.pop(digest(str(token)), None)
-                await handlers.end_console_session(pool, digest(str(token)))
+                await end_session(pool, str(token))
             self._set_cookie(request, response, "")
             return
         if "key_id" not in session or "account_id" not in session:
@@ -121,7 +126,7 @@ class RegistryStorage(AbstractStorage):
         if token is None:  # signing in: the only way a session row comes to be
             token = new_session_token(self._keyring_of(request).session_tag)
             created = datetime.fromtimestamp(session.created, UTC)
-            await handlers.create_console_session(
+            await console_sessions.create(
                 pool,
                 digest(str(token)),
                 session["account_id"],
@@ -129,7 +134,7 @@ class RegistryStorage(AbstractStorage):
                 data,
                 created + timedelta(seconds=self.max_age or 0),
             )
-        elif not await handlers.update_console_session(pool, digest(str(token)), data):
+        elif not await console_sessions.update(pool, digest(str(token)), data):
             return  # ended meanwhile (signed out in another tab, expired): stays ended
         self._set_cookie(request, response, str(token))
 

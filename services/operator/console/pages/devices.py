@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from services.operator import exports, handlers, views
+from services.operator import exports
 from services.operator.console.auth import (
     Context,
     Operator,
@@ -27,6 +27,9 @@ from services.operator.console.auth import (
     signed_in,
 )
 from services.operator.console.pages.products import FIELD_MAX, Form, text
+from services.operator.handlers import devices as handlers
+from services.operator.handlers.products import list_products
+from services.operator.views import devices as views
 from shared.domain.device_search import DEVICE_STATES, LIFECYCLES, SEARCH_PARAMETERS, SORT_KEYS
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.http import path_id, query_params
@@ -88,11 +91,9 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
     try:
         query = _search_query(request)
         found = await handlers.list_devices(
-            resources(request).pool,
-            operator.account,
+            _fleet(request, operator),
             query,
             page_limit_max=settings.page_limit_max,
-            online_ttl_s=settings.online_ttl_s,
             count_exact_max=settings.count_exact_max,
         )
     except InvalidInput as exc:
@@ -100,7 +101,7 @@ async def list_devices(request: web.Request) -> web.StreamResponse:
         return render("devices.html", request, operator, context, status=400)
     shown = views.device_page(found)
     # Products by name, as the operator named them (an account has a handful: one read).
-    products = {p.id: p.name for p in await handlers.list_products(resources(request).pool, operator.account)}
+    products = {p.id: p.name for p in await list_products(resources(request).pool, operator.account)}
     search = {k: v for k, v in query.items() if k in SEARCH_PARAMETERS}
     paged = {**search, **({"limit": query["limit"]} if "limit" in request.query else {})}
     context.update(
@@ -131,23 +132,21 @@ async def export_devices(request: web.Request) -> web.StreamResponse:
     with found.export_slots.take(operator.account.id):
         return await exports.stream(
             request,
-            found.pool,
-            operator.account,
+            _fleet(request, operator),
             query,
             chosen,
-            online_ttl_s=found.settings.online_ttl_s,
             stall_seconds=found.settings.export_stall_seconds,
         )
 
 
+def _fleet(request: web.Request, operator: Operator) -> handlers.Fleet:
+    """The session's account's devices, shown by the service's online TTL."""
+    r = resources(request)
+    return handlers.Fleet(r.pool, operator.account, r.settings.online_ttl_s)
+
+
 async def _detail(request: web.Request, operator: Operator) -> dict[str, Any]:
-    settings = resources(request).settings
-    detail = await handlers.get_device(
-        resources(request).pool,
-        operator.account,
-        path_id(request, "device_id"),
-        online_ttl_s=settings.online_ttl_s,
-    )
+    detail = await handlers.get_device(_fleet(request, operator), path_id(request, "device_id"))
     return views.device_detail(detail)
 
 
@@ -157,7 +156,7 @@ async def show_device(request: web.Request, operator: Operator) -> Context:
     the newest operator actions on the device (another account's device: 404)."""
     device = await _detail(request, operator)
     history = device["history"]
-    products = await handlers.list_products(resources(request).pool, operator.account)
+    products = await list_products(resources(request).pool, operator.account)
     return {
         "device": device,
         "product_name": next((p.name for p in products if p.id == device["product_id"]), None),
@@ -189,16 +188,9 @@ async def change_device(request: web.Request, operator: Operator, form: Any) -> 
     chosen = ACTIONS.get(request.match_info["action"])
     if chosen is None:
         raise web.HTTPNotFound(reason="no such device action")
-    settings = resources(request).settings
     try:
         device_id = path_id(request, "device_id")
-        changed = await handlers.change_device(
-            resources(request).pool,
-            operator.account,
-            device_id,
-            chosen,
-            online_ttl_s=settings.online_ttl_s,
-        )
+        changed = await handlers.change_device(_fleet(request, operator), device_id, chosen)
     except NotFound:
         # Not a flash back to the page it came from: another account's device is the
         # 404 page, as on a GET.
@@ -214,7 +206,7 @@ async def confirm_move(request: web.Request, operator: Operator) -> Context:
     is refused)."""
     _refuse_read_only(operator)
     device = await _detail(request, operator)
-    products = await handlers.list_products(resources(request).pool, operator.account)
+    products = await list_products(resources(request).pool, operator.account)
     return {
         "device": device,
         "product_name": next((p.name for p in products if p.id == device["product_id"]), None),
@@ -230,21 +222,16 @@ async def confirm_move(request: web.Request, operator: Operator) -> Context:
 async def move_device(request: web.Request, operator: Operator, form: Form) -> str:
     """``POST /console/devices/{id}/move`` (``product_id``): the API's move; to the device's
     page with what was done, or back to the form with why not (409: its reason)."""
-    settings = resources(request).settings
     try:
         device_id = path_id(request, "device_id")
         moved = await handlers.move_device(
-            resources(request).pool,
-            operator.account,
-            device_id,
-            {"product_id": text(form, "product_id")[:FIELD_MAX]},
-            online_ttl_s=settings.online_ttl_s,
+            _fleet(request, operator), device_id, {"product_id": text(form, "product_id")[:FIELD_MAX]}
         )
     except NotFound as exc:
         if exc.field == "product_id":
             raise  # the form's product: flashed on the form
         raise web.HTTPNotFound(reason="no such device in this account") from None
-    products = await handlers.list_products(resources(request).pool, operator.account)
+    products = await list_products(resources(request).pool, operator.account)
     name = next((p.name for p in products if p.id == moved.device.device.product_id), "")
     flash(
         operator,
@@ -258,16 +245,13 @@ async def move_device(request: web.Request, operator: Operator, form: Form) -> s
 async def rename_device(request: web.Request, operator: Operator, form: Form) -> str:
     """``POST /console/devices/{id}/rename`` (``name``): the API's rename; back to the
     device's page with what was done (or the API's reason a name is refused)."""
-    settings = resources(request).settings
     try:
         device_id = path_id(request, "device_id")
         renamed = await handlers.rename_device(
-            resources(request).pool,
-            operator.account,
+            _fleet(request, operator),
             resources(request).keyring,
             device_id,
             {"name": text(form, "name")[:FIELD_MAX]},
-            online_ttl_s=settings.online_ttl_s,
         )
     except NotFound:
         raise web.HTTPNotFound(reason="no such device in this account") from None

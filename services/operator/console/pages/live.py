@@ -5,11 +5,11 @@ as an inline SVG chart, with the window's totals and the pipeline's health.
 ``/console/live`` is the page (works without JavaScript: the chart as of the load and a
 refresh link); htmx replaces its ``/console/live/chart`` fragment every second unless the
 operator paused the updates (``?paused=1``: WCAG 2.2.2, moving content can be stopped).
-Both read the same handlers as nothing else: ``handlers.live_storm`` (two indexed
-statements bounded by the account and the window) and ``handlers.pipeline_health``, whose
-probes of the pipeline are computed once a second per instance and shared by every tab
-(``Resources.pipeline_probes``). Each request counts against the session's key's rate
-(services/operator/console/auth.py).
+Both read the same handlers as nothing else: ``handlers.live.live_storm`` (two indexed
+statements bounded by the account and the window) and ``handlers.live.pipeline_health``,
+whose probes of the pipeline are taken once a second per instance and shared by every tab
+(services/operator/console/health.py, ``PIPELINE_PROBES``). Each request counts against
+the session's key's rate (services/operator/console/auth.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from services.operator import handlers
 from services.operator.console.auth import Context, Operator, SignInRequired, page, resources, signed_in
 from services.operator.console.chart import Series, line_chart
+from services.operator.console.health import PIPELINE_PROBES
 from services.operator.console.pages.signin import sign_in_location
+from services.operator.handlers import live as handlers
 
 WINDOWS = (60, 120, 300, 600)
 # name, colour, dash pattern: told apart by the pattern as well as the colour
@@ -44,7 +45,8 @@ async def storm_context(request: web.Request, operator: Operator) -> Context:
     window = handlers.storm_window(dict(request.query))
     storm = await handlers.live_storm(res.pool, operator.account, window, res.settings.online_ttl_s)
     # The probes are shared by every tab of every session (at most one round a second).
-    probes = await res.pipeline_probes.get() if res.pipeline_probes is not None else ()
+    shared = request.config_dict.get(PIPELINE_PROBES)
+    probes = await shared.get() if shared is not None else ()
     health = handlers.pipeline_health(probes, storm)
     labels = [s.second.strftime("%H:%M:%S") for s in storm.seconds]
     series = [

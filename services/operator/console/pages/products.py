@@ -13,7 +13,6 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from services.operator import handlers, views
 from services.operator.console.auth import (
     Context,
     Operator,
@@ -23,6 +22,8 @@ from services.operator.console.auth import (
     render,
     resources,
 )
+from services.operator.handlers import products as handlers
+from services.operator.views import products as views
 from shared.domain.products import BULK_SERVICE_TYPE, SERVICE_TYPES
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id

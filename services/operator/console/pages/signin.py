@@ -15,7 +15,6 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp_session import get_session, new_session
 
-from services.operator import handlers
 from services.operator.console.auth import (
     CSRF_FIELD,
     Operator,
@@ -28,9 +27,10 @@ from services.operator.console.auth import (
     render,
     resources,
 )
-from services.operator.console.sessions import digest
+from services.operator.console.sessions import end_session
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import Unauthorized
+from shared.http import account_for
 from shared.throttle import THROTTLE, clear_refused, mark_refused
 
 SIGN_IN_COOKIE = "fleetreg_console_sign_in"
@@ -80,7 +80,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         return _sign_in_page(request, "Enter an account API key.", status=401)
     r = resources(request)
     try:
-        account = await handlers.console_sign_in(r.pool, key)
+        # The key is checked as every API checks one (its per-request rate is the console's:
+        # counted just below, so no request is given here).
+        account = await account_for(key, r.pool)
     except Unauthorized:
         mark_refused(request)  # counts against the source, as a wrong key on the API does
         return _sign_in_page(request, "That API key is unknown or revoked.", status=401)
@@ -97,7 +99,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     # this answer (and the session written for it) replaced by the 429 page (console/app.py).
     clear_refused(request)
     if previous.identity is not None:  # signing in again (another key, say): the old session ends
-        await handlers.end_console_session(r.pool, digest(str(previous.identity)))
+        await end_session(r.pool, str(previous.identity))
     session = await new_session(request)
     box = SecretBox(r.settings.secret_key.reveal().encode(), CONSOLE_SESSION_KEYS)
     session.update(

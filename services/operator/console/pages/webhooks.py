@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.operator import handlers, views
 from services.operator.console.auth import Context, Operator, action, flash, page, resources
+from services.operator.handlers import webhooks as handlers
+from services.operator.views import webhooks as views
 from shared.domain.webhooks import EVENT_TYPES, SecretBox
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.http import path_id
@@ -101,7 +102,7 @@ async def show_webhook(request: web.Request, operator: Operator) -> Context:
         "webhook": views.webhook(found, masked=operator.read_only),
         "secret": _secret_once(request, operator, found.id),
         # each with its attempts: the newest one's answer and latency are shown
-        "deliveries": views.delivery_page(deliveries)["deliveries"],
+        "deliveries": [views.webhook_delivery(d) for d in deliveries.items],
     }
 
 

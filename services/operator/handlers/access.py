@@ -1,0 +1,49 @@
+"""Access: the account's API keys (listed, created with a label and a scope, revoked).
+Who a key or a console session is, is decided in shared.http (``authenticate``) and
+services/operator/console/auth.py; no handler stands between them and the repository."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.db import accounts
+from shared.db.accounts import ApiKey, IssuedApiKey
+from shared.db.pool import Pool
+from shared.domain.accounts import Account
+from shared.domain.inputs import refuse_unknown_fields
+from shared.errors import InvalidInput
+
+
+async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
+    return await accounts.list_api_keys(pool, account.id)
+
+
+def api_key_request(body: dict[str, Any]) -> tuple[str, bool]:
+    """The (label, read_only) a ``POST /v1/api-keys`` body asks for; InvalidInput naming the
+    field for an unknown field (``readonly`` must never leave a full key), a label that is
+    not up to 100 printable ASCII characters or only spaces, a read_only not a boolean."""
+    refuse_unknown_fields(body, ("label", "read_only"), what="an API key")
+    label = body.get("label", "")
+    if not isinstance(label, str):
+        raise InvalidInput("label must be a string", field="label", rule="type=string")
+    if len(label) > 100 or not label.isascii() or not label.isprintable() or (label and not label.strip()):
+        raise InvalidInput(
+            "label must be up to 100 printable ASCII characters, not only spaces",
+            field="label",
+            rule="max_length=100",
+        )
+    read_only = body.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
+    return label, read_only
+
+
+async def create_api_key(
+    pool: Pool, account: Account, body: dict[str, Any], *, max_active: int | None = None
+) -> IssuedApiKey:
+    label, read_only = api_key_request(body)
+    return await accounts.create_api_key(pool, account, label, read_only=read_only, max_active=max_active)
+
+
+async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
+    await accounts.revoke_api_key(pool, account, key_id)

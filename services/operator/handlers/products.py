@@ -1,0 +1,136 @@
+"""Products and their services, and auto registrations (a product's code, paused,
+resumed or rotated, with an optional device quota)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from shared.db import products, registrations
+from shared.db.pool import Pool
+from shared.db.products import Product
+from shared.db.registrations import Registration
+from shared.domain.accounts import Account
+from shared.domain.identifiers import is_uuid
+from shared.domain.products import (
+    RegistrationKind,
+    validate_product,
+    validate_service,
+    validate_service_change,
+)
+from shared.errors import InvalidInput, shortened
+
+AUTO: RegistrationKind = "auto"
+# The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
+MAX_DEVICES_LIMIT = 2_147_483_647
+
+
+async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> Product:
+    name, services = validate_product(body)
+    return await products.create_product(pool, account, name, services)
+
+
+async def list_products(pool: Pool, account: Account) -> list[Product]:
+    return await products.list_products(pool, account.id)
+
+
+async def get_product(pool: Pool, account: Account, product_id: str) -> Product:
+    return await products.get_product(pool, account.id, product_id)
+
+
+async def add_service(pool: Pool, account: Account, product_id: str, body: dict[str, Any]) -> Product:
+    return await products.add_service(pool, account, product_id, validate_service(body, None))
+
+
+async def lock_product(pool: Pool, account: Account, product_id: str) -> Product:
+    return await products.lock_product(pool, account, product_id)
+
+
+async def change_service(
+    pool: Pool, account: Account, product_id: str, service_name: str, body: dict[str, Any]
+) -> Product:
+    """Edit one service of a product (``enabled``, ``port``; ``name`` while the product is
+    new; never ``type``); the product as it is then."""
+    return await products.change_service(
+        pool, account, product_id, service_name, validate_service_change(body)
+    )
+
+
+async def delete_product(pool: Pool, account: Account, product_id: str) -> Product:
+    """Delete a product no registration and no device uses; the product as it was."""
+    before = await products.get_product(pool, account.id, product_id)
+    await products.delete_product(pool, account, product_id)
+    return before
+
+
+# ---------------------------------------------------------------- auto registrations
+
+
+async def create_auto_registration(pool: Pool, account: Account, body: dict[str, Any]) -> Registration:
+    product_id = body.get("product_id")
+    if not isinstance(product_id, str) or not product_id:
+        raise InvalidInput("product_id is required", field="product_id", rule="required")
+    if not is_uuid(product_id):
+        raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
+    max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
+    registration_id = await registrations.create_registration(
+        pool, account, product_id, AUTO, "active", max_devices
+    )
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
+def _max_devices(value: object) -> int | None:
+    """An auto registration's device quota: a whole number 1..MAX_DEVICES_LIMIT, or null (none)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and abs(value) > MAX_DEVICES_LIMIT:
+        value = MAX_DEVICES_LIMIT + 1  # a whole number too large for the JSON parser's integers
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(
+            "max_devices must be a whole number or null", field="max_devices", rule="type=integer"
+        )
+    if not 1 <= value <= MAX_DEVICES_LIMIT:
+        raise InvalidInput(
+            f"max_devices must be 1-{MAX_DEVICES_LIMIT} (null: no quota)",
+            field="max_devices",
+            rule=f"range=1..{MAX_DEVICES_LIMIT}",
+        )
+    return value
+
+
+async def list_auto_registrations(pool: Pool, account: Account) -> list[Registration]:
+    return await registrations.list_registrations(pool, account.id, AUTO)
+
+
+async def get_auto_registration(pool: Pool, account: Account, registration_id: str) -> Registration:
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
+async def update_auto_registration(
+    pool: Pool, account: Account, registration_id: str, body: dict[str, Any]
+) -> Registration:
+    """Change an auto registration's settings: ``max_devices`` (null clears the quota)."""
+    unknown = sorted(set(body) - {"max_devices"})
+    if unknown:
+        raise InvalidInput(
+            f"{shortened(unknown[0])} cannot be changed here (only max_devices)",
+            field=shortened(unknown[0]),
+            rule="unknown_field",
+        )
+    if "max_devices" not in body:
+        raise InvalidInput("max_devices is required", field="max_devices", rule="required")
+    await registrations.set_max_devices(pool, account, registration_id, _max_devices(body["max_devices"]))
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+
+
+AutoAction = Literal["pause", "resume", "rotate-code"]
+
+
+async def change_auto_registration(
+    pool: Pool, account: Account, registration_id: str, action: AutoAction
+) -> Registration:
+    if action == "rotate-code":
+        await registrations.rotate_code(pool, account, registration_id)
+    else:
+        status = {"pause": "paused", "resume": "active"}[action]
+        await registrations.set_registration_status(pool, account, AUTO, registration_id, status)
+    return await registrations.get_registration(pool, account.id, AUTO, registration_id)

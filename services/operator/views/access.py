@@ -1,0 +1,40 @@
+"""Access: the account a key acts for and its API keys (a new key's secret shown once)."""
+
+from __future__ import annotations
+
+from services.operator.views.common import Json, time
+from shared.db.accounts import ApiKey, IssuedApiKey
+from shared.domain.accounts import Account
+
+
+def account(found: Account) -> Json:
+    return {"id": found.id, "name": found.name}
+
+
+def api_key(found: ApiKey) -> Json:
+    return {
+        "id": found.id,
+        "prefix": found.prefix,
+        "label": found.label,
+        "read_only": found.read_only,
+        "created_at": found.created_at.isoformat(),
+        "revoked_at": time(found.revoked_at),
+    }
+
+
+def api_keys(found: list[ApiKey]) -> Json:
+    return {"api_keys": [api_key(k) for k in found]}
+
+
+def issued_api_key(issued: IssuedApiKey) -> Json:
+    return {
+        "id": issued.id,
+        "api_key": issued.key,
+        "label": issued.label,
+        "read_only": issued.read_only,
+        "note": "shown once: store it now, it cannot be shown again",
+    }
+
+
+def revoked_api_key(key_id: str) -> Json:
+    return {"revoked": key_id}

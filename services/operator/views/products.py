@@ -1,0 +1,75 @@
+"""Products with their services and codes, and auto registrations (codes masked for a
+read-only key)."""
+
+from __future__ import annotations
+
+from services.operator.views.common import MASKED, Json
+from shared.db.products import Product, ProductService
+from shared.db.registrations import Registration
+
+
+def service(found: ProductService) -> Json:
+    return {
+        "provisioning_id": found.id.upper(),
+        "name": found.name,
+        "type": found.service_type,
+        "type_code": found.type_code,
+        "port": found.port,
+        "enabled": found.enabled,
+        "bulk_service": found.is_bulk_service,
+    }
+
+
+def product(found: Product, *, masked: bool = False) -> Json:
+    """A product; its codes are shown once it is locked, as MASKED when ``masked`` (a
+    read-only key)."""
+    shown: Json = {
+        "id": found.id,
+        "name": found.name,
+        "status": found.status,
+        "registration_kind": found.registration_kind,
+        "created_at": found.created_at.isoformat(),
+        "services": [service(s) for s in found.services],
+    }
+    if found.status == "locked":
+        shown["bulk_identification_code"] = MASKED if masked else found.bulk_identification_code
+        shown["product_code"] = MASKED if masked else found.product_code
+    return shown
+
+
+def deleted_product(found: Product) -> Json:
+    """A product just deleted, as it was (its codes are gone with it: not shown)."""
+    return {
+        "deleted": True,
+        "id": found.id,
+        "name": found.name,
+        "status": found.status,
+        "services": [service(s) for s in found.services],
+    }
+
+
+def products(found: list[Product], *, masked: bool = False) -> Json:
+    return {"products": [product(p, masked=masked) for p in found]}
+
+
+# ---------------------------------------------------------------- auto registrations
+
+
+def auto_registration(found: Registration, *, masked: bool = False) -> Json:
+    """An auto registration with its product's current code (MASKED when ``masked``)."""
+    code = found.bulk_identification_code
+    return {
+        "id": found.id,
+        "product_id": found.product_id,
+        "kind": found.kind,
+        "status": found.status,
+        "bulk_identification_code": MASKED if masked and code is not None else code,
+        "max_devices": found.max_devices,
+        "device_count": found.device_count,
+        "created_at": found.created_at.isoformat(),
+        "updated_at": found.updated_at.isoformat(),
+    }
+
+
+def auto_registrations(found: list[Registration], *, masked: bool = False) -> Json:
+    return {"auto_registrations": [auto_registration(r, masked=masked) for r in found]}
