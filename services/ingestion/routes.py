@@ -99,7 +99,7 @@ async def start_publish(request: web.Request) -> web.Response:
     account = await account_for(api_key(request), r.pool, write=True, request=request)
 
     async def send(event: BulkPublish) -> None:
-        await publish(r.producer, r.topics.bulk_publish, event.registration_id, event)
+        await publish(r.producer, r.topics, event)
 
     found = await handlers.request_publish(r.pool, send, account, path_id(request, "registration_id"))
     return json_response(views.registration_detail(found), status=202)

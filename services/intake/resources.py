@@ -21,7 +21,6 @@ from shared.db.pool import Pool, answers
 from shared.db.products import CODES_CHANGED
 from shared.db.webhooks import RefusalCount
 from shared.domain.credentials import Keyring
-from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import Producer, Topics, make_consumer, publish
@@ -48,15 +47,13 @@ class Resources:
     codes: CodeCache
 
     async def publish_request(self, event: RegistrationRequested) -> None:
-        """A registration request, keyed by its hardware ID's stem (every claim of the IDs
-        an index could collide with goes to one partition, decided in order)."""
-        await publish(
-            self.producer, self.topics.registration_requested, hardware_id_stem(event.hardware_id), event
-        )
+        """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
+        await publish(self.producer, self.topics, event)
 
     async def publish_signal(self, hardware_id: str, signal: DeviceSignal) -> None:
-        """A device's signal, keyed like its registration requests."""
-        await publish(self.producer, self.topics.device_signals, hardware_id_stem(hardware_id), signal)
+        """A device's signal, to its declared topic, keyed by its device's ``hardware_id``
+        as PUBLICATIONS declares (the stem, like its registration requests)."""
+        await publish(self.producer, self.topics, signal, hardware_id=hardware_id)
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
