@@ -123,7 +123,7 @@ class InlineFile:
 class Boot:
     """What a ``ready`` answer with ``include=files`` carries: the manifest and every file."""
 
-    device: Device
+    device: AuthenticatedDevice
     files: tuple[InlineFile, ...]
 
 
@@ -592,7 +592,7 @@ async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: flo
 
 
 @dataclass(frozen=True)
-class Device:
+class AuthenticatedDevice:
     """An authenticated device with its current provisioning files."""
 
     id: str
@@ -628,7 +628,7 @@ async def authenticate(
     authorization: str | None,
     cache: DeviceCache,
     stale_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
-) -> Device:
+) -> AuthenticatedDevice:
     """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
     (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled.
 
@@ -773,8 +773,8 @@ async def _read_device(pool: Pool, device_id: str, cache: DeviceCache | None) ->
     return found
 
 
-def _device(found: DeviceFiles) -> Device:
-    return Device(
+def _device(found: DeviceFiles) -> AuthenticatedDevice:
+    return AuthenticatedDevice(
         found.device_id,
         found.hardware_id,
         found.name,
@@ -825,7 +825,7 @@ async def with_files(
     )
 
 
-def _current_files(device: Device) -> tuple[ServiceFile, ...]:
+def _current_files(device: AuthenticatedDevice) -> tuple[ServiceFile, ...]:
     if not device.files:
         raise Conflict(
             "no provisioning files yet: register first, then fetch the manifest", rule="registered_first"
@@ -833,13 +833,13 @@ def _current_files(device: Device) -> tuple[ServiceFile, ...]:
     return device.files
 
 
-def manifest(device: Device) -> tuple[ServiceFile, ...]:
+def manifest(device: AuthenticatedDevice) -> tuple[ServiceFile, ...]:
     """The files the device downloads (each with its size and SHA-256); Conflict (409)
     while it has none yet."""
     return tuple(f for f in _current_files(device) if f.recorded is not None)
 
 
-def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
+def file_content(keyring: Keyring, device: AuthenticatedDevice, file_name: str) -> bytes:
     """Render one provisioning file again (nothing secret is stored) and check it
     against the digest recorded when it was generated."""
     found = [
@@ -852,7 +852,7 @@ def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
     return _rendered(keyring, device, found[0])
 
 
-def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
+def _rendered(keyring: Keyring, device: AuthenticatedDevice, service: ServiceFile) -> bytes:
     """The file of ``service`` (one the manifest lists), rendered from its recipe and
     checked against its recorded digest: the one way a file is made for a device."""
     recorded = service.recorded
@@ -866,7 +866,7 @@ def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
     return content
 
 
-async def signal(publish: PublishSignal, device: Device, kind: SignalKind) -> None:
+async def signal(publish: PublishSignal, device: AuthenticatedDevice, kind: SignalKind) -> None:
     """Publish the authenticated device's signal, with the credential generation it proved:
     deduplication applies a "ready" only while the device is still at it."""
     await publish(

@@ -19,7 +19,7 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def authenticated(request: web.Request) -> handlers.Device:
+async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
     """The device of the path's ID, proven by the bearer secret."""
     r = request.app[RESOURCES]
     return await handlers.authenticate(
