@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resources:
+    """What the routes and handlers use (the handlers through their view of it,
+    :class:`services.intake.handlers.Intake`). ``throttle`` is also ``app[THROTTLE]``, where
+    the throttling middleware finds it."""
+
     settings: IntakeSettings
     pool: Pool
     producer: Producer
@@ -45,6 +49,7 @@ class Resources:
     keyring: Keyring
     devices: DeviceCache
     codes: CodeCache
+    throttle: Throttle
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
@@ -127,7 +132,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 device_cache.listening(up)
                 code_cache.listening(up)
 
-            app[THROTTLE] = await open_throttle(
+            throttle = app[THROTTLE] = await open_throttle(
                 stack,
                 settings.throttle,
                 SERVICE,
@@ -145,6 +150,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 Keyring(settings.secret_key.reveal().encode()),
                 device_cache,
                 code_cache,
+                throttle,
             )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(
@@ -168,7 +174,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     SERVICE,
                     "report_throttled_codes",
                     REPORT_EVERY_S,
-                    partial(report_throttled_codes, pool, app[THROTTLE]),
+                    partial(report_throttled_codes, pool, throttle),
                     final_round=True,  # the last counts, on the way out
                 )
             )
