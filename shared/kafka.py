@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -40,7 +40,19 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from shared.events import Event, SchemaError, decode, encode
+from shared.domain.identifiers import hardware_id_stem
+from shared.events import (
+    BulkPublish,
+    BulkPublished,
+    DeviceSignal,
+    Event,
+    RegistrationDecided,
+    RegistrationOutcome,
+    RegistrationRequested,
+    SchemaError,
+    decode,
+    encode,
+)
 from shared.logging import exception_summary
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, ERRORS, PRODUCER_REPLACED
 from shared.settings import KafkaSettings
@@ -87,6 +99,70 @@ class Topics:
             self.bulk_publish,
             self.dead_letter,
         ]
+
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class Publication(Generic[E]):
+    """Where every event of one type is published: its topic, and its record key. Records
+    of one key stay on one partition, in the order they were sent: each consumer's order
+    rests on the key, so it is chosen here and nowhere else (docs/asyncapi.json says the
+    same; tests/unit/test_publications.py compares).
+
+    ``key`` is a function of the event; None for an event that does not carry what it is
+    keyed by (a device's signal, keyed by the device's hardware-ID stem): its publisher
+    gives the hardware ID (:func:`publish`), and the stem is taken here."""
+
+    topic: Callable[[Topics], str]
+    key: Callable[[E], str] | None
+
+
+def _request_key(event: RegistrationRequested) -> str:
+    # Every claim of the IDs an index could collide with on one partition, decided in order.
+    return hardware_id_stem(event.hardware_id)
+
+
+def _decided_key(event: RegistrationDecided) -> str:
+    return event.device_id
+
+
+def _outcome_key(event: RegistrationOutcome) -> str:
+    return event.request_id
+
+
+def _bulk_key(event: BulkPublish | BulkPublished) -> str:
+    # A registration's chunks one after the other, and its announcement after its last chunk.
+    return event.registration_id
+
+
+# The one declaration of every event's topic and key; every publisher goes through it.
+PUBLICATIONS: dict[type[Event], Publication[Any]] = {
+    RegistrationRequested: Publication(lambda t: t.registration_requested, _request_key),
+    # Keyed like the device's registration requests (the hardware-ID stem), so that a
+    # "ready" follows its registration on one partition.
+    DeviceSignal: Publication[DeviceSignal](lambda t: t.device_signals, None),
+    RegistrationDecided: Publication(lambda t: t.registration_decided, _decided_key),
+    RegistrationOutcome: Publication(lambda t: t.registration_outcomes, _outcome_key),
+    BulkPublish: Publication(lambda t: t.bulk_publish, _bulk_key),
+    BulkPublished: Publication(lambda t: t.bulk_publish, _bulk_key),
+}
+
+
+def destination(topics: Topics, event: Event, hardware_id: str | None = None) -> tuple[str, str]:
+    """(topic, key) of ``event`` as :data:`PUBLICATIONS` declares them. ``hardware_id``: the
+    hardware ID of the device an event keyed by it is about (a signal), and only then;
+    ValueError when it is missing there or given elsewhere."""
+    publication = PUBLICATIONS[type(event)]
+    topic = publication.topic(topics)
+    if publication.key is not None:
+        if hardware_id is not None:
+            raise ValueError(f"{event.TYPE} carries its own key: no hardware ID is given for it")
+        return topic, publication.key(event)
+    if hardware_id is None:
+        raise ValueError(f"{event.TYPE} is keyed by its device's hardware ID: give it")
+    return topic, hardware_id_stem(hardware_id)
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -243,13 +319,25 @@ async def _send_all(producer: AIOKafkaProducer, records: Sequence[tuple[str, byt
         await asyncio.gather(*futures)
 
 
-async def publish(producer: Producer, topic: str, key: str, event: Event) -> None:
-    """Send one event and wait until the broker acknowledged it on all replicas."""
+async def publish(
+    producer: Producer, topics: Topics, event: Event, *, hardware_id: str | None = None
+) -> None:
+    """Send one event to its declared topic under its declared key (:func:`destination`;
+    ``hardware_id`` for a signal) and wait until the broker acknowledged it on all replicas."""
+    topic, key = destination(topics, event, hardware_id)
     await producer.send_and_wait(topic, encode(event), key=key.encode())
 
 
-async def publish_many(producer: Producer, items: Sequence[tuple[str, str, Event]]) -> None:
-    """Send several (topic, key, event) records concurrently; return when all are acknowledged."""
+async def publish_many(producer: Producer, topics: Topics, events: Sequence[Event]) -> None:
+    """Send several events, each to its declared topic under its declared key, concurrently;
+    return when all are acknowledged."""
+    await send_records(producer, [(*destination(topics, e), e) for e in events])
+
+
+async def send_records(producer: Producer, items: Sequence[tuple[str, str, Event]]) -> None:
+    """Send (topic, key, event) records as given, concurrently; return when all are
+    acknowledged. The plumbing under :func:`publish_many`, for tests of the broker's own
+    behaviour: a service publishes through the declarations (:data:`PUBLICATIONS`)."""
     await producer.send_many([(t, k.encode(), encode(e)) for t, k, e in items])
 
 

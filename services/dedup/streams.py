@@ -18,14 +18,7 @@ async def handle_batch(resources: Resources, batch: list[Event]) -> None:
     if not requests:
         return
     decisions = await handlers.decide_batch(resources.pool, resources.keyring, requests, resources.limits)
-    topics = resources.topics
-    await publish_many(
-        resources.producer,
-        [
-            *[(topics.registration_decided, d.device_id, d) for d in decisions.decided],
-            *[(topics.registration_outcomes, o.request_id, o) for o in decisions.refused],
-        ],
-    )
+    await publish_many(resources.producer, resources.topics, [*decisions.decided, *decisions.refused])
 
 
 def _topics(topics: Topics) -> list[str]:

@@ -11,7 +11,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from services.ingestion.settings import BulkLimits
 from shared.db import bulk
@@ -33,6 +33,21 @@ PUBLISH_BUDGET_S = 5.0
 
 
 SendPublish = Callable[[BulkPublish], Awaitable[None]]
+
+
+class Store(Protocol):
+    """What an upload uses of the service's resources (``services.ingestion.resources.Resources``
+    is one, opened once per app; a Protocol because the resources sit above the handlers):
+    the registry, the keyring that digests the registration keys, and the upload limits."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def keyring(self) -> Keyring: ...
+
+    @property
+    def limits(self) -> BulkLimits: ...
 
 
 @dataclass(frozen=True)
@@ -119,18 +134,13 @@ def checked_file_name(value: str) -> str:
 
 
 async def ingest(
-    pool: Pool,
-    keyring: Keyring,
-    account: Account,
-    product_id: str,
-    file_name: str,
-    chunks: AsyncIterator[bytes],
-    limits: BulkLimits,
+    r: Store, account: Account, product_id: str, file_name: str, chunks: AsyncIterator[bytes]
 ) -> Upload:
     """Store a valid upload as a bulk registration in state 'configured'; reject an invalid
     one whole (UploadRejected, 422, or 413 past the row limit), listing every bad row, with
     nothing of it left in the registry. InvalidInput (400) for a bad product ID or file
     name, PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES."""
+    pool, limits = r.pool, r.limits
     if not is_uuid(product_id):
         raise InvalidInput(
             "product_id must be the ID of a locked product", field="product_id", rule="format=uuid"
@@ -139,7 +149,7 @@ async def ingest(
     started = time.perf_counter()
     try:
         rows, format_errors, too_many_rows, warnings = await _store_rows(
-            pool, keyring, registration_id, chunks, limits
+            pool, r.keyring, registration_id, chunks, limits
         )
         stored = time.perf_counter()
         # The whole-file checks run on every well-formed row even when other rows are

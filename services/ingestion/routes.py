@@ -36,13 +36,11 @@ async def upload(request: web.Request) -> web.StreamResponse:
         # Without a length, the most it may spool: the size limit.
         with r.gate.admit(account.key_id or account.id, length if length is not None else r.limits.max_bytes):
             done = await handlers.ingest(
-                r.pool,
-                r.keyring,
+                r,
                 account,
                 request.query.get("product_id", ""),
                 request.query.get("file_name", ""),
                 uploads.paced(request.content.iter_chunked(READ_CHUNK_BYTES), r.bounds),
-                r.limits,
             )
     except DomainError as exc:
         if request.content.is_eof():
@@ -99,7 +97,7 @@ async def start_publish(request: web.Request) -> web.Response:
     account = await authenticate(request, r.pool, write=True)
 
     async def send(event: BulkPublish) -> None:
-        await publish(r.producer, r.topics.bulk_publish, event.registration_id, event)
+        await publish(r.producer, r.topics, event)
 
     found = await handlers.request_publish(r.pool, send, account, path_id(request, "registration_id"))
     return json_response(views.registration_detail(found), status=202)

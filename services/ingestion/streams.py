@@ -12,9 +12,7 @@ from shared.pipeline import Subscription
 async def handle_batch(resources: Resources, batch: list[Event]) -> None:
     requests = [e for e in batch if isinstance(e, BulkPublish)]
     following = await handlers.publish_chunks(resources.pool, requests, resources.limits.publish_chunk_rows)
-    await publish_many(
-        resources.producer, [(resources.topics.bulk_publish, e.registration_id, e) for e in following]
-    )
+    await publish_many(resources.producer, resources.topics, following)
 
 
 def _topics(topics: Topics) -> list[str]:

@@ -1,5 +1,13 @@
 """The intake's business logic, free of HTTP and Kafka: the routes (routes.py) hand
-each function what it needs (a publish function, the outcome waiter, the pool)."""
+each function the service's resources (:class:`Intake`, what it may use of them) and the
+call's own values.
+
+Both protocols' limits on registration calls are applied here, at this one layer: the
+new-device limit per code (:meth:`Throttle.check_code` before anything is published,
+:func:`count_new_device` after a new device or clone), the clone rate's wait and the
+bounds on guessing a bulk key or reusing a revoked code. The HTTP middleware
+(shared/throttle.py) only counts the refusals the handlers report and answers a blocked
+source's next ones."""
 
 from __future__ import annotations
 
@@ -10,11 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
+from services.intake.settings import IntakeSettings
 from shared.db import bulk, decisions, devices, files, products
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
@@ -95,8 +104,65 @@ def retry_later(answer: Answer) -> bool:
     return answer.status == "refused" and (answer.retry_after > 0 or is_clone_rate_refusal(answer.reason))
 
 
-Publish = Callable[[RegistrationRequested], Awaitable[None]]
-PublishSignal = Callable[[DeviceSignal], Awaitable[None]]
+# Publishes a device's signal: the hardware ID it is keyed by (shared.kafka.PUBLICATIONS:
+# the device's hardware-ID stem, which the event does not carry), and the signal.
+PublishSignal = Callable[[str, DeviceSignal], Awaitable[None]]
+
+
+class Intake(Protocol):
+    """What the handlers use of the intake's resources: the registry, the caches, the
+    outcome waiter, the throttle, the settings, and the publishing of a registration
+    request to its declared topic and key. ``services.intake.resources.Resources`` is one,
+    opened once per app; it carries no HTTP object, so the handlers stay free of aiohttp (a
+    Protocol, because the resources sit above the handlers in the service's layers)."""
+
+    @property
+    def settings(self) -> IntakeSettings: ...
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def keyring(self) -> Keyring: ...
+
+    @property
+    def waiter(self) -> OutcomeWaiter: ...
+
+    @property
+    def devices(self) -> DeviceCache: ...
+
+    @property
+    def codes(self) -> CodeCache: ...
+
+    @property
+    def throttle(self) -> Throttle: ...
+
+    async def publish_request(self, event: RegistrationRequested) -> None: ...
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims what: the caller's ``source`` (shared.throttle.request_source), the
+    Bulk Identification Code (canonical) and the hardware ID it claims."""
+
+    source: str
+    code: str
+    hardware_id: str
+
+
+@dataclass(frozen=True)
+class BulkClaim:
+    """What a bulk claim of a hardware ID shows before it is published
+    (:func:`hold_unproven_claim`): ``target``, its (source, target) bucket (the code and
+    hardware ID: :func:`shared.throttle.target_of`); whether the hardware ID is ``listed``
+    in the code's product; whether the device's current secret proved the call; the keyed
+    digests of the presented registration key and of the listed one ("" for none)."""
+
+    target: str
+    listed: bool
+    secret_proven: bool
+    presented_key_digest: str
+    listed_key_digest: str
 
 
 @dataclass(frozen=True)
@@ -123,7 +189,7 @@ class InlineFile:
 class Boot:
     """What a ``ready`` answer with ``include=files`` carries: the manifest and every file."""
 
-    device: Device
+    device: AuthenticatedDevice
     files: tuple[InlineFile, ...]
 
 
@@ -273,82 +339,80 @@ async def code_known(pool: Pool, codes: CodeCache, code: str, protocol: str) -> 
 
 
 async def register_native(
-    registration: RegistrationInput,
-    publish: Publish,
-    waiter: OutcomeWaiter,
-    keyring: Keyring,
-    wait_seconds: float,
-    pool: Pool,
-    codes: CodeCache,
-    *,
-    include_files: bool = False,
-    cache: DeviceCache | None = None,
-    source: str = "",
-    throttle: Throttle | None = None,
+    r: Intake, registration: RegistrationInput, source: str, *, include_files: bool = False
 ) -> Answer:
     """A native registration call, validated: publish it (secrets as keyed digests, with the
-    caller's ``source``) and wait a bounded time for its outcome; with ``include_files``, a
-    ``ready`` answer also carries the device's files (:func:`with_files`).
+    caller's ``source``) and wait a bounded time (FLEETREG_OUTCOME_WAIT_SECONDS) for its
+    outcome; with ``include_files``, a ``ready`` answer also carries the device's files
+    (:func:`with_files`).
 
-    A code the registry does not know is refused here, without a request published or a
-    row written: the answer is the one deduplication gives (``refused``, a fresh request
-    ID, the same reason), so a device sees no difference. With ``throttle``, a known code
-    costs one registry read (:func:`shared.db.bulk.code_claim`; none for an auto product's
-    current code the code cache remembers as such) that says what is counted
-    BEFORE anything is published, atomically, so that a concurrent burst gets no more than
-    the allowance through: a revoked code's call counts on its (source, revoked code) pair
-    and past it is answered the same 403 here, no pipeline trip and no decision row
-    (:func:`held_revoked`); a bulk claim of a listed hardware ID counts on its (source,
-    code and hardware ID) pair and past it is refused 429 before its key is evaluated
-    (:func:`guard_bulk_claim`; TooManyRequests, nothing published, unless it proves itself)."""
+    First the code's new-device limit (FLEETREG_LIMIT_NEW_DEVICES_PER_CODE): TooManyRequests
+    (429) while its window is full; a call answered with a new device or a clone counts in
+    it (:func:`count_new_device`). A code the registry does not know is refused here,
+    without a request published or a row written: the answer is the one deduplication
+    gives (``refused``, a fresh request ID, the same reason), so a device sees no
+    difference. A known code costs one registry read (:func:`shared.db.bulk.code_claim`;
+    none for an auto product's current code the code cache remembers as such) that says
+    what is counted BEFORE anything is published, atomically, so that a concurrent burst
+    gets no more than the allowance through: a revoked code's call counts on its (source,
+    revoked code) pair and past it is answered the same 403 here, no pipeline trip and no
+    decision row (:func:`held_revoked`); a bulk claim of a listed hardware ID counts on its
+    (source, code and hardware ID) pair and past it is refused 429 before its key is
+    evaluated (:func:`guard_bulk_claim`; TooManyRequests, nothing published, unless it
+    proves itself)."""
     code = registration.bulk_identification_code
-    if not await code_known(pool, codes, code, "native"):
+    throttle = r.throttle
+    await throttle.check_code(code)
+    if not await code_known(r.pool, r.codes, code, "native"):
         return Answer(
             "refused",
-            new_request_id(keyring.request_tag),
+            new_request_id(r.keyring.request_tag),
             reason=REASON_UNKNOWN_CODE,
             claimed_hardware_id=registration.hardware_id,
         )
-    if throttle is not None:
-        if held_revoked(throttle, source, code):
-            return _held_revoked_answer(keyring, registration)
-        # An auto product's current code has nothing counted before publishing: remembered,
-        # its boot storm costs no read here.
-        generation = codes.generation
-        claim = None if codes.is_auto(code) else await bulk.code_claim(pool, code, registration.hardware_id)
-        if claim is not None and claim.auto:
-            codes.put_auto(code, generation)
-        if (
-            claim is not None
-            and claim.revoked
-            and await throttle.attempt(source, revoked_target(code)) is not None
-        ):
-            return _held_revoked_answer(keyring, registration)
-        if claim is not None and claim.evidence is not None:
-            await guard_bulk_claim(keyring, throttle, registration, source, claim.evidence)
-        wait = await held_clone_rate(
-            pool,
-            keyring,
-            throttle,
-            source,
-            code,
-            registration.hardware_id,
-            keyring.digest(registration.device_secret),
+    if held_revoked(throttle, source, code):
+        return _held_revoked_answer(r.keyring, registration)
+    # An auto product's current code has nothing counted before publishing: remembered,
+    # its boot storm costs no read here.
+    generation = r.codes.generation
+    claim = None if r.codes.is_auto(code) else await bulk.code_claim(r.pool, code, registration.hardware_id)
+    if claim is not None and claim.auto:
+        r.codes.put_auto(code, generation)
+    if (
+        claim is not None
+        and claim.revoked
+        and await throttle.attempt(source, revoked_target(code)) is not None
+    ):
+        return _held_revoked_answer(r.keyring, registration)
+    if claim is not None and claim.evidence is not None:
+        await guard_bulk_claim(r, registration, source, claim.evidence)
+    wait = await held_clone_rate(
+        r, Claimant(source, code, registration.hardware_id), r.keyring.digest(registration.device_secret)
+    )
+    if wait is not None:
+        return Answer(
+            "refused",
+            new_request_id(r.keyring.request_tag),
+            reason=throttle.clone_rate_reason or HELD_CLONE_RATE,
+            claimed_hardware_id=registration.hardware_id,
+            retry_after=wait,
+            held=True,
         )
-        if wait is not None:
-            return Answer(
-                "refused",
-                new_request_id(keyring.request_tag),
-                reason=throttle.clone_rate_reason or HELD_CLONE_RATE,
-                claimed_hardware_id=registration.hardware_id,
-                retry_after=wait,
-                held=True,
-            )
-    event = to_event(registration, keyring, protocol="native", source=source)
-    answer = await register(event, publish, waiter, keyring, wait_seconds)
-    if throttle is not None:
-        await remember_clone_rate(throttle, source, code, answer)
-    return await with_files(pool, keyring, answer, cache) if include_files else answer
+    event = to_event(registration, r.keyring, protocol="native", source=source)
+    answer = await register(r, event, r.settings.outcome_wait_seconds)
+    await remember_clone_rate(throttle, source, code, answer)
+    if include_files:
+        answer = await with_files(r.pool, r.keyring, answer, r.devices)
+    await count_new_device(throttle, code, answer)
+    return answer
+
+
+async def count_new_device(throttle: Throttle, code: str, answer: Answer) -> None:
+    """Count a call answered with a new device or a clone in its code's new-device window
+    (:meth:`Throttle.count_new_device`; the limit is checked before publishing, by
+    :meth:`Throttle.check_code`): the same for both protocols."""
+    if answer.decision in ("new", "clone"):
+        await throttle.count_new_device(code)
 
 
 def _held_revoked_answer(keyring: Keyring, registration: RegistrationInput) -> Answer:
@@ -367,16 +431,8 @@ def _held_revoked_answer(keyring: Keyring, registration: RegistrationInput) -> A
 HELD_CLONE_RATE = "too many new devices with this hardware ID from this address: try again after Retry-After"
 
 
-async def held_clone_rate(
-    pool: Pool,
-    keyring: Keyring,
-    throttle: Throttle,
-    source: str,
-    code: str,
-    hardware_id: str,
-    secret_digest: str,
-) -> int | None:
-    """Seconds a claim of ``hardware_id`` with ``code`` from ``source`` must still wait after
+async def held_clone_rate(r: Intake, claimant: Claimant, secret_digest: str) -> int | None:
+    """Seconds the ``claimant``'s claim (its hardware ID with its code from its source) must still wait after
     deduplication refused that source by the clone rate per source
     (:meth:`Throttle.clone_rate_wait`, learned from every instance), or None to publish it.
     While it waits, the caller answers the same 429 itself: no pipeline trip, no decision row.
@@ -384,14 +440,14 @@ async def held_clone_rate(
     code's device with that hardware ID is an existing device, never refused by the clone
     rate: it goes through (one indexed read, only for a held claim carrying a secret).
     Counted in ``fleetreg_throttled_total{limit="clone_rate_per_source"}``."""
-    wait = throttle.clone_rate_wait(source, code, hardware_id)
+    wait = r.throttle.clone_rate_wait(claimant.source, claimant.code, claimant.hardware_id)
     if wait is None:
         return None
     if secret_digest:
-        found = await devices.claimed_device(pool, code, hardware_id)
-        if found is not None and keyring.device_secret_matches(*found, secret_digest):
+        found = await devices.claimed_device(r.pool, claimant.code, claimant.hardware_id)
+        if found is not None and r.keyring.device_secret_matches(*found, secret_digest):
             return None
-    THROTTLED.labels(throttle.service, CLONE_RATE_RULE).inc()
+    THROTTLED.labels(r.throttle.service, CLONE_RATE_RULE).inc()
     return wait
 
 
@@ -433,11 +489,7 @@ _NO_ROW = "1" * 64
 
 
 async def guard_bulk_claim(
-    keyring: Keyring,
-    throttle: Throttle,
-    registration: RegistrationInput,
-    source: str,
-    evidence: bulk.ClaimEvidence,
+    r: Intake, registration: RegistrationInput, source: str, evidence: bulk.ClaimEvidence
 ) -> None:
     """The bound on guessing a bulk registration key (operator-chosen keys may be weak, a
     4-digit PIN) on the native API, for a claim with a current bulk code and what the
@@ -447,30 +499,23 @@ async def guard_bulk_claim(
     code = registration.bulk_identification_code
     secret_proven = False
     if registration.device_secret and evidence.device_id:
-        expected = keyring.device_secret(evidence.device_id, evidence.credential_generation)
+        expected = r.keyring.device_secret(evidence.device_id, evidence.credential_generation)
         secret_proven = hmac.compare_digest(expected.encode(), registration.device_secret.encode())
     await hold_unproven_claim(
-        throttle,
+        r.throttle,
         source,
-        target_of("hardware", code, registration.hardware_id.lower()),
-        listed=bool(evidence.device_id),
-        secret_proven=secret_proven,
-        presented_key_digest=keyring.digest(registration.registration_key),
-        listed_key_digest=evidence.registration_key_digest,
+        BulkClaim(
+            target_of("hardware", code, registration.hardware_id.lower()),
+            listed=bool(evidence.device_id),
+            secret_proven=secret_proven,
+            presented_key_digest=r.keyring.digest(registration.registration_key),
+            listed_key_digest=evidence.registration_key_digest,
+        ),
     )
 
 
-async def hold_unproven_claim(
-    throttle: Throttle,
-    source: str,
-    target: str,
-    *,
-    listed: bool,
-    secret_proven: bool,
-    presented_key_digest: str,
-    listed_key_digest: str,
-) -> None:
-    """A bulk claim of a hardware ID (``target``: its code and hardware ID), decided before
+async def hold_unproven_claim(throttle: Throttle, source: str, claim: BulkClaim) -> None:
+    """A bulk ``claim`` of a hardware ID (its ``target``: its code and hardware ID), decided before
     any pipeline trip; returns when the claim is to be published and decided as usual,
     else raises TooManyRequests (429, ``Retry-After`` the wait of the bucket that held it):
 
@@ -489,10 +534,10 @@ async def hold_unproven_claim(
       the same one registry read as a wrong key (no oracle); else it is published
       (deduplication refuses it "not listed", counted on the source after its answer).
     """
-    if secret_proven:
+    if claim.secret_proven:
         return
-    if listed:
-        wait = await throttle.attempt(source, target)
+    if claim.listed:
+        wait = await throttle.attempt(source, claim.target)
         if wait is not None:
             raise TooManyRequests(
                 "too many claims of this hardware ID from this address: slow down and try again later",
@@ -501,8 +546,8 @@ async def hold_unproven_claim(
             )
     if not throttle.blocked(source)[0]:
         return
-    presented = presented_key_digest or _NO_KEY
-    expected = (listed_key_digest if listed else "") or _NO_ROW
+    presented = claim.presented_key_digest or _NO_KEY
+    expected = (claim.listed_key_digest if claim.listed else "") or _NO_ROW
     if hmac.compare_digest(presented.encode(), expected.encode()):
         return
     throttle.check_source(source)
@@ -514,23 +559,17 @@ async def hold_unproven_claim(
     )
 
 
-async def register(
-    event: RegistrationRequested,
-    publish: Publish,
-    waiter: OutcomeWaiter,
-    keyring: Keyring,
-    wait_seconds: float,
-) -> Answer:
-    """Publish the request and wait a bounded time for its outcome; else answer pending."""
-    future = waiter.expect(event.request_id)
+async def register(r: Intake, event: RegistrationRequested, wait_seconds: float) -> Answer:
+    """Publish the request and wait ``wait_seconds`` for its outcome; else answer pending."""
+    future = r.waiter.expect(event.request_id)
     try:
-        await publish(event)
+        await r.publish_request(event)
         outcome = await asyncio.wait_for(asyncio.shield(future), timeout=wait_seconds)
     except TimeoutError:
         return Answer("pending", event.request_id, claimed_hardware_id=event.hardware_id)
     finally:
-        waiter.forget(event.request_id)
-    return _from_outcome(outcome, event.hardware_id, keyring)
+        r.waiter.forget(event.request_id)
+    return _from_outcome(outcome, event.hardware_id, r.keyring)
 
 
 async def poll(
@@ -592,7 +631,7 @@ async def _poll(pool: Pool, keyring: Keyring, request_id: str, forget_after: flo
 
 
 @dataclass(frozen=True)
-class Device:
+class AuthenticatedDevice:
     """An authenticated device with its current provisioning files."""
 
     id: str
@@ -628,7 +667,7 @@ async def authenticate(
     authorization: str | None,
     cache: DeviceCache,
     stale_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
-) -> Device:
+) -> AuthenticatedDevice:
     """The device whose secret the ``Authorization: Bearer`` header carries; Unauthorized
     (401), the same whether the ID or the secret is wrong; Forbidden (403) when disabled.
 
@@ -773,8 +812,8 @@ async def _read_device(pool: Pool, device_id: str, cache: DeviceCache | None) ->
     return found
 
 
-def _device(found: DeviceFiles) -> Device:
-    return Device(
+def _device(found: DeviceFiles) -> AuthenticatedDevice:
+    return AuthenticatedDevice(
         found.device_id,
         found.hardware_id,
         found.name,
@@ -825,7 +864,7 @@ async def with_files(
     )
 
 
-def _current_files(device: Device) -> tuple[ServiceFile, ...]:
+def _current_files(device: AuthenticatedDevice) -> tuple[ServiceFile, ...]:
     if not device.files:
         raise Conflict(
             "no provisioning files yet: register first, then fetch the manifest", rule="registered_first"
@@ -833,13 +872,13 @@ def _current_files(device: Device) -> tuple[ServiceFile, ...]:
     return device.files
 
 
-def manifest(device: Device) -> tuple[ServiceFile, ...]:
+def manifest(device: AuthenticatedDevice) -> tuple[ServiceFile, ...]:
     """The files the device downloads (each with its size and SHA-256); Conflict (409)
     while it has none yet."""
     return tuple(f for f in _current_files(device) if f.recorded is not None)
 
 
-def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
+def file_content(keyring: Keyring, device: AuthenticatedDevice, file_name: str) -> bytes:
     """Render one provisioning file again (nothing secret is stored) and check it
     against the digest recorded when it was generated."""
     found = [
@@ -852,7 +891,7 @@ def file_content(keyring: Keyring, device: Device, file_name: str) -> bytes:
     return _rendered(keyring, device, found[0])
 
 
-def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
+def _rendered(keyring: Keyring, device: AuthenticatedDevice, service: ServiceFile) -> bytes:
     """The file of ``service`` (one the manifest lists), rendered from its recipe and
     checked against its recorded digest: the one way a file is made for a device."""
     recorded = service.recorded
@@ -866,11 +905,12 @@ def _rendered(keyring: Keyring, device: Device, service: ServiceFile) -> bytes:
     return content
 
 
-async def signal(publish: PublishSignal, device: Device, kind: SignalKind) -> None:
+async def signal(publish: PublishSignal, device: AuthenticatedDevice, kind: SignalKind) -> None:
     """Publish the authenticated device's signal, with the credential generation it proved:
     deduplication applies a "ready" only while the device is still at it."""
     await publish(
+        device.hardware_id,
         DeviceSignal(
             device_id=device.id, kind=kind, at=time.time(), credential_generation=device.credential_generation
-        )
+        ),
     )

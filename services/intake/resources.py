@@ -21,7 +21,6 @@ from shared.db.pool import Pool, answers
 from shared.db.products import CODES_CHANGED
 from shared.db.webhooks import RefusalCount
 from shared.domain.credentials import Keyring
-from shared.domain.identifiers import hardware_id_stem
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import Producer, Topics, make_consumer, publish
@@ -38,6 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resources:
+    """What the routes and handlers use (the handlers through their view of it,
+    :class:`services.intake.handlers.Intake`). ``throttle`` is also ``app[THROTTLE]``, where
+    the throttling middleware finds it."""
+
     settings: IntakeSettings
     pool: Pool
     producer: Producer
@@ -46,17 +49,16 @@ class Resources:
     keyring: Keyring
     devices: DeviceCache
     codes: CodeCache
+    throttle: Throttle
 
     async def publish_request(self, event: RegistrationRequested) -> None:
-        """A registration request, keyed by its hardware ID's stem (every claim of the IDs
-        an index could collide with goes to one partition, decided in order)."""
-        await publish(
-            self.producer, self.topics.registration_requested, hardware_id_stem(event.hardware_id), event
-        )
+        """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
+        await publish(self.producer, self.topics, event)
 
     async def publish_signal(self, hardware_id: str, signal: DeviceSignal) -> None:
-        """A device's signal, keyed like its registration requests."""
-        await publish(self.producer, self.topics.device_signals, hardware_id_stem(hardware_id), signal)
+        """A device's signal, to its declared topic, keyed by its device's ``hardware_id``
+        as PUBLICATIONS declares (the stem, like its registration requests)."""
+        await publish(self.producer, self.topics, signal, hardware_id=hardware_id)
 
 
 RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
@@ -130,7 +132,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 device_cache.listening(up)
                 code_cache.listening(up)
 
-            app[THROTTLE] = await open_throttle(
+            throttle = app[THROTTLE] = await open_throttle(
                 stack,
                 settings.throttle,
                 SERVICE,
@@ -148,6 +150,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 Keyring(settings.secret_key.reveal().encode()),
                 device_cache,
                 code_cache,
+                throttle,
             )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(
@@ -171,7 +174,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     SERVICE,
                     "report_throttled_codes",
                     REPORT_EVERY_S,
-                    partial(report_throttled_codes, pool, app[THROTTLE]),
+                    partial(report_throttled_codes, pool, throttle),
                     final_round=True,  # the last counts, on the way out
                 )
             )

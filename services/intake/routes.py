@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.intake import handlers, views
 from services.intake.resources import RESOURCES
-from shared.throttle import THROTTLE, mark_refused, request_source
+from shared.throttle import mark_refused, request_source
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -19,7 +19,7 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def authenticated(request: web.Request) -> handlers.Device:
+async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
     """The device of the path's ID, proven by the bearer secret."""
     r = request.app[RESOURCES]
     return await handlers.authenticate(
@@ -36,20 +36,8 @@ async def post_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     include_files = handlers.parse_include(request.query.getall("include", []))
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
-    throttle = request.app[THROTTLE]
-    await throttle.check_code(registration.bulk_identification_code)
     answer = await handlers.register_native(
-        registration,
-        r.publish_request,
-        r.waiter,
-        r.keyring,
-        r.settings.outcome_wait_seconds,
-        r.pool,
-        r.codes,
-        include_files=include_files,
-        cache=r.devices,
-        source=request_source(request),
-        throttle=throttle,
+        r, registration, request_source(request), include_files=include_files
     )
     # Counted (and, from a source past its limit, answered 429 instead) only when the call
     # proved nothing: a current code whose claim is answered is never refused for its address.
@@ -58,8 +46,6 @@ async def post_registration(request: web.Request) -> web.Response:
     )
     if counted is not None:
         mark_refused(request, counted.target, per_source=counted.per_source)
-    if answer.decision in ("new", "clone"):
-        await throttle.count_new_device(registration.bulk_identification_code)
     return views.native_view(answer, r.settings.retry_after_seconds, base_url(request))
 
 
@@ -93,14 +79,14 @@ async def get_file(request: web.Request) -> web.Response:
 async def post_ready(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     found = await authenticated(request)
-    await handlers.signal(lambda s: r.publish_signal(found.hardware_id, s), found, "ready")
+    await handlers.signal(r.publish_signal, found, "ready")
     return views.accepted_view()
 
 
 async def post_heartbeat(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     found = await authenticated(request)
-    await handlers.signal(lambda s: r.publish_signal(found.hardware_id, s), found, "heartbeat")
+    await handlers.signal(r.publish_signal, found, "heartbeat")
     return views.accepted_view(online_ttl_seconds=r.settings.online_ttl_s)
 
 

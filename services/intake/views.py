@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.intake.handlers import CLONE_RATE_RULE, Answer, Boot, Device, retry_later
+from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
 from shared.db.files import ServiceFile
 from shared.errors import TooManyRequests
 from shared.http import json_response
@@ -55,12 +55,14 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
     return json_response(body, status=403 if answer.status == "refused" else 404)
 
 
-def manifest_view(device: Device, files: tuple[ServiceFile, ...], base_url: str) -> web.Response:
+def manifest_view(device: AuthenticatedDevice, files: tuple[ServiceFile, ...], base_url: str) -> web.Response:
     """Every provisioning file of the device with its size, SHA-256 and download URL."""
     return json_response(manifest_body(device, files, base_url))
 
 
-def manifest_body(device: Device, files: tuple[ServiceFile, ...], base_url: str) -> dict[str, Any]:
+def manifest_body(
+    device: AuthenticatedDevice, files: tuple[ServiceFile, ...], base_url: str
+) -> dict[str, Any]:
     return {
         "device_id": device.id,
         "hardware_id": device.hardware_id,

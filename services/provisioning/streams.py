@@ -14,9 +14,7 @@ async def handle_batch(resources: Resources, batch: list[Event]) -> None:
     if not decided:
         return
     outcomes = await handlers.provision_batch(resources.pool, resources.keyring, decided)
-    await publish_many(
-        resources.producer, [(resources.topics.registration_outcomes, o.request_id, o) for o in outcomes]
-    )
+    await publish_many(resources.producer, resources.topics, outcomes)
 
 
 def _topics(topics: Topics) -> list[str]:

@@ -24,10 +24,10 @@ async def test_the_reference_ready_carries_the_generation_the_device_proved(pool
     device_id = await registry.new_device(
         pool, setup.product, setup.registration_id, hardware_id, credential_generation=3
     )
-    published: list[DeviceSignal] = []
+    published: list[tuple[str, DeviceSignal]] = []
 
-    async def publish(signal: DeviceSignal) -> None:
-        published.append(signal)
+    async def publish(keyed_by: str, signal: DeviceSignal) -> None:
+        published.append((keyed_by, signal))
 
     body = {
         "BulkIdentificationCode": setup.code,
@@ -35,4 +35,6 @@ async def test_the_reference_ready_carries_the_generation_the_device_proved(pool
         "DeviceSecret": KEYRING.device_secret(device_id, 3),
     }
     await handlers.ready(pool, KEYRING, publish, body)
-    assert [(s.device_id, s.kind, s.credential_generation) for s in published] == [(device_id, "ready", 3)]
+    assert [(h, s.device_id, s.kind, s.credential_generation) for h, s in published] == [
+        (hardware_id, device_id, "ready", 3)
+    ]

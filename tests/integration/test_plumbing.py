@@ -20,7 +20,7 @@ from shared.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
-    publish_many,
+    send_records,
 )
 from shared.metrics import PRODUCER_REPLACED
 from shared.settings import KafkaSettings
@@ -44,7 +44,7 @@ def _at(event: Event) -> float:
 async def _produce(settings: KafkaSettings, topic: str, events: list[DeviceSignal]) -> None:
     await ensure_topics(settings, [topic])
     async with running_producer(settings) as producer:
-        await publish_many(producer, [(topic, e.device_id, e) for e in events])
+        await send_records(producer, [(topic, e.device_id, e) for e in events])
 
 
 async def _consume_until(consumer: BatchConsumer, seen: list[Event], count: int) -> None:
@@ -212,7 +212,7 @@ async def test_an_undecodable_record_goes_to_the_dead_letter_topic(
 
     async with running_producer(kafka_settings) as producer:
         await producer.send_and_wait(topics.device_signals, b'{"type":"device.signal","v":99}', key=b"k")
-        await publish_many(producer, [(topics.device_signals, "k", good)])
+        await send_records(producer, [(topics.device_signals, "k", good)])
         raw = make_consumer(kafka_settings, [topics.device_signals], group_id=f"g-{unique}")
         await raw.start()
         consumer = BatchConsumer(raw, handler, dead_letter=(producer, topics.dead_letter))
@@ -292,10 +292,10 @@ async def test_a_producer_whose_idempotence_broke_is_replaced_and_sends_again(
     replaced_before = PRODUCER_REPLACED._value.get()
 
     async with running_producer(kafka_settings) as producer:
-        await publish_many(producer, [(topic, "k", signal)])
+        await send_records(producer, [(topic, "k", signal)])
         _desynchronise(producer._inner, topic, await producer.partitions_for(topic))
-        await publish_many(producer, [(topic, "k", signal)])  # replaced, then sent
-        await publish_many(producer, [(topic, "k", signal)])  # and it keeps working
+        await send_records(producer, [(topic, "k", signal)])  # replaced, then sent
+        await send_records(producer, [(topic, "k", signal)])  # and it keeps working
 
     assert PRODUCER_REPLACED._value.get() == replaced_before + 1
     consumer = make_consumer(kafka_settings, [topic], group_id=f"check-{unique}")

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.db.pool import BATCH_RETRY_ERRORS, Pool
 from shared.events import DeviceSignal, Event
-from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, publish_many
+from shared.kafka import BatchConsumer, Topics, ensure_topics, make_consumer, send_records
 from shared.settings import KafkaSettings
 from tests.support.kafka import running_producer
 
@@ -49,7 +49,7 @@ async def test_a_record_the_database_refuses_is_dead_lettered_and_the_rest_writt
     try:
         async with running_producer(kafka_settings) as producer:
             # One key: the poison sits in the middle of one partition, the rest follows it.
-            await publish_many(producer, [(topics.device_signals, "one-partition", s) for s in signals])
+            await send_records(producer, [(topics.device_signals, "one-partition", s) for s in signals])
             raw = make_consumer(kafka_settings, [topics.device_signals], group_id=f"g-{unique}")
             await raw.start()
             consumer = BatchConsumer(

@@ -36,7 +36,7 @@ from shared.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
-    publish_many,
+    send_records,
 )
 from shared.settings import DatabaseSettings, KafkaSettings, Secret, load
 from tests.support.kafka import running_producer
@@ -296,7 +296,7 @@ async def test_the_pipeline_runs_over_sasl_ssl_with_scram(
     sent = _requests(50)
     await ensure_topics(settings, [topic])
     async with running_producer(settings) as producer:
-        await publish_many(producer, [(topic, e.hardware_id, e) for e in sent])
+        await send_records(producer, [(topic, e.hardware_id, e) for e in sent])
 
     received: list[Event] = []
     done = asyncio.Event()

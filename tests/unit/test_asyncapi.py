@@ -529,7 +529,7 @@ def test_every_message_documents_its_key() -> None:
 
 
 def test_the_intake_keys_match_the_documented_key_schemas() -> None:
-    """The intake keys requests and signals by hardware-ID stem (services/intake/routes.py)."""
+    """The intake keys requests and signals by hardware-ID stem (shared.kafka.PUBLICATIONS)."""
     for event in SAMPLES:
         if isinstance(event, RegistrationRequested):
             stem = hardware_id_stem(event.hardware_id)

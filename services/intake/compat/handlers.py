@@ -20,19 +20,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.intake.code_cache import CodeCache
 from services.intake.compat.answers import answer, refused
 from services.intake.handlers import (
-    Publish,
+    BulkClaim,
+    Claimant,
+    Intake,
     PublishSignal,
     code_known,
+    count_new_device,
     held_clone_rate,
     hold_unproven_claim,
     register,
     remember_clone_rate,
     retry_later,
 )
-from services.intake.outcomes import OutcomeWaiter
 from shared.db import compat, devices, files, products
 from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
@@ -44,7 +45,7 @@ from shared.domain.release import Check, Release, claimed_by, secret_check, serv
 from shared.errors import InvalidInput, TooManyRequests
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.metrics import COMPAT_NEW_HARDWARE_IDS_REFUSED
-from shared.throttle import Throttle, target_of
+from shared.throttle import target_of
 
 PENDING = "registration in progress: try again shortly"
 NOT_REGISTERED = "device not registered: boot again to register"
@@ -116,30 +117,23 @@ def _checked(code: str, hardware_id: str) -> tuple[str, str] | str:
         return exc.message
 
 
-async def information(
-    pool: Pool,
-    keyring: Keyring,
-    codes: CodeCache,
-    body: dict[str, Any],
-    source: str,
-    new_per_minute: int,
-    stale_s: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
-) -> Reply:
+async def information(r: Intake, body: dict[str, Any], source: str) -> Reply:
     """Step 1: remember the device's fingerprint and the digest of the secret it holds,
     for the caller's address ``source``: steps 2 and 5 read only what was reported from
     their own address, so nobody elsewhere can swap a rebooting device's record between
     its steps (which would make the real device a clone).
 
-    One record per (code, hardware ID, source), overwritten; at most ``new_per_minute``
-    new ones a minute per source (FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE), past it
+    One record per (code, hardware ID, source), overwritten; at most
+    FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE new ones a minute per source, past it
     :data:`TOO_MANY_NEW`. An unknown code is refused without a registry write; so is a
-    revoked one, with its reason, counted as at step 2 (not at all within ``stale_s`` of
-    its rotation)."""
+    revoked one, with its reason, counted as at step 2 (not at all within
+    FLEETREG_STALE_CREDENTIAL_SECONDS of its rotation)."""
     checked = _checked(_text(body, "BulkIdentificationCode"), _text(body, "HardwareId"))
     if isinstance(checked, str):
         return _refusal(checked)
     code, hardware_id = checked
-    if not await code_known(pool, codes, code, "compat"):
+    pool, keyring = r.pool, r.keyring
+    if not await code_known(pool, r.codes, code, "compat"):
         return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
     recorded = await compat.record_information(
         pool,
@@ -149,7 +143,7 @@ async def information(
         keyring.digest(_text(body, "DeviceSecret")),
         _text(body, "OSLabel"),
         source,
-        new_per_minute=new_per_minute,
+        new_per_minute=r.settings.compat.new_hardware_ids_per_minute,
     )
     if recorded is Recorded.CAPPED:
         COMPAT_NEW_HARDWARE_IDS_REFUSED.inc()
@@ -161,65 +155,55 @@ async def information(
     # step 2 and on the native API (nothing was written: no writes to bound either).
     revoked_at = await products.code_revoked_at(pool, code)
     if revoked_at is not None:
-        if stale(revoked_at, datetime.now(UTC), stale_s):
+        if stale(revoked_at, datetime.now(UTC), r.settings.throttle.stale_credential_seconds):
             return _stale(REASON_REVOKED_CODE)
         return _refusal(REASON_REVOKED_CODE, target_of("code", code))
     return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
 
 
 def _claim(
-    keyring: Keyring,
-    code: str,
-    hardware_id: str,
-    fingerprint: str,
-    secret_digest: str,
-    source: str,
-    key_digest: str = "",
+    keyring: Keyring, claimant: Claimant, reported: Reported, key_digest: str = ""
 ) -> RegistrationRequested:
+    """The request of ``claimant``'s claim, with what its step 1 reported from its address."""
     return RegistrationRequested(
         request_id=new_request_id(keyring.request_tag),
         received_at=time.time(),
-        bulk_identification_code=code,
-        hardware_id=hardware_id,
-        fingerprint=fingerprint,
-        secret_digest=secret_digest,
+        bulk_identification_code=claimant.code,
+        hardware_id=claimant.hardware_id,
+        fingerprint=reported.fingerprint,
+        secret_digest=reported.secret_digest,
         registration_key_digest=key_digest,
         protocol="compat",
-        source=source,
+        source=claimant.source,
     )
 
 
-async def friendly_configuration(
-    pool: Pool,
-    keyring: Keyring,
-    publish: Publish,
-    waiter: OutcomeWaiter,
-    wait_s: float,
-    code_text: str,
-    hardware_id_text: str,
-    throttle: Throttle,
-    source: str,
-    codes: CodeCache,
-    new_per_minute: int,
-    stale_s: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
-) -> Reply:
+async def friendly_configuration(r: Intake, code_text: str, hardware_id_text: str, source: str) -> Reply:
     """Step 2: register (auto) or admit (bulk) the device; answer its provisioning IDs,
     or ``reset`` with the hardware ID a clone must take.
 
     A device whose step 1 was refused by its source's cap of new hardware IDs (it has
     no record from this address, and the source is at the cap) is refused with
     :data:`TOO_MANY_NEW`: decided without what it reported, a rebooting device would be
-    taken for a clone, and a bulk device's step 5 for another board."""
+    taken for a clone, and a bulk device's step 5 for another board.
+
+    The code's new-device limit (FLEETREG_LIMIT_NEW_DEVICES_PER_CODE) is checked and
+    counted here for an auto registration, by the native API's rule
+    (:func:`services.intake.handlers.register_native`), and answered in the protocol's
+    words."""
     checked = _checked(code_text, hardware_id_text)
     if isinstance(checked, str):
         return _refusal(checked)
     code, hardware_id = checked
-    if not await code_known(pool, codes, code, "compat"):
+    pool, throttle, new_per_minute = r.pool, r.throttle, r.settings.compat.new_hardware_ids_per_minute
+    if not await code_known(pool, r.codes, code, "compat"):
         return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
     admission = (await products.resolve_codes(pool, [code])).get(code)
     reason = admission_refusal(admission)
     if reason == REASON_REVOKED_CODE and stale(
-        await products.code_revoked_at(pool, code), datetime.now(UTC), stale_s
+        await products.code_revoked_at(pool, code),
+        datetime.now(UTC),
+        r.settings.throttle.stale_credential_seconds,
     ):
         return _stale(reason)  # a board still on the old image, not a guesser
     if reason is not None or admission is None:
@@ -235,16 +219,11 @@ async def friendly_configuration(
         await throttle.check_code(code)
     except TooManyRequests as exc:
         return _refusal(exc.message)
-    wait = await held_clone_rate(pool, keyring, throttle, source, code, hardware_id, reported.secret_digest)
+    claimant = Claimant(source, code, hardware_id)
+    wait = await held_clone_rate(r, claimant, reported.secret_digest)
     if wait is not None:
         return _ok(refused(clone_rate_refusal(wait)))  # answered here: nothing published
-    outcome = await register(
-        _claim(keyring, code, hardware_id, reported.fingerprint, reported.secret_digest, source),
-        publish,
-        waiter,
-        keyring,
-        wait_s,
-    )
+    outcome = await register(r, _claim(r.keyring, claimant, reported), r.settings.compat.wait_seconds)
     await remember_clone_rate(throttle, source, code, outcome)
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
@@ -252,8 +231,7 @@ async def friendly_configuration(
         return _ok(refused(clone_rate_refusal(outcome.retry_after or 1)))
     if outcome.status != "ready":
         return _refusal(outcome.reason)
-    if outcome.decision in ("new", "clone"):
-        await throttle.count_new_device(code)
+    await count_new_device(throttle, code, outcome)
     if outcome.clone:
         return _ok(answer("reset", ("HardwareId", outcome.hardware_id)))
     return _ok(answer("true", projects=projects))
@@ -307,16 +285,7 @@ async def service_configuration(pool: Pool, provisioning_id: str) -> Reply:
     )
 
 
-async def register_service(
-    pool: Pool,
-    keyring: Keyring,
-    publish: Publish,
-    waiter: OutcomeWaiter,
-    wait_s: float,
-    body: dict[str, Any],
-    source: str,
-    throttle: Throttle | None = None,
-) -> Reply:
+async def register_service(r: Intake, body: dict[str, Any], source: str) -> Reply:
     """Step 5: the service's UID and secret (the device secret for the bulk service).
     For bulk registration the first such call claims the device with its key, by the
     native API's rule (:func:`services.intake.handlers.hold_unproven_claim`): a claim of a
@@ -327,6 +296,7 @@ async def register_service(
     A service enabled after the device was provisioned gets its UID now, on this first
     ask (:func:`shared.db.files.complete_device_files`); a device that confirmed already
     gets it when it proved its device secret at step 1 (shared.domain.release)."""
+    pool, keyring = r.pool, r.keyring
     found = await compat.service(pool, _text(body, "project_id"))
     if found is None or found.code is None:
         return _refusal(UNKNOWN_ID)
@@ -349,25 +319,12 @@ async def register_service(
         and (source in device.claim_sources or not device.claim_sources)
     )
     if found.registration_kind == "bulk" and not same_boot:
-        held = await _held_claim(
-            keyring, throttle, source, found.code, hardware_id, device, reported, key_digest
-        )
+        claimant = Claimant(source, found.code, hardware_id)
+        held = await _held_claim(r, claimant, device, reported, key_digest)
         if held is not None:
             return held
         outcome = await register(
-            _claim(
-                keyring,
-                found.code,
-                hardware_id,
-                reported.fingerprint,
-                reported.secret_digest,
-                source,
-                key_digest,
-            ),
-            publish,
-            waiter,
-            keyring,
-            wait_s,
+            r, _claim(keyring, claimant, reported, key_digest), r.settings.compat.wait_seconds
         )
         if outcome.status == "pending":
             return _ok(answer("pending", ("reason", PENDING)))
@@ -428,11 +385,8 @@ def slow_down(wait: int) -> str:
 
 
 async def _held_claim(
-    keyring: Keyring,
-    throttle: Throttle | None,
-    source: str,
-    code: str,
-    hardware_id: str,
+    r: Intake,
+    claimant: Claimant,
     device: compat.DeviceCredentials | None,
     reported: Reported,
     key_digest: str,
@@ -442,9 +396,7 @@ async def _held_claim(
     count on their (source, code and hardware ID) pair first, an unlisted one's make no
     pair): ``pending`` with the wait when it is held (the client asks again every 30 s),
     else None."""
-    if throttle is None:
-        return None
-    target = target_of("hardware", code, hardware_id.lower())
+    keyring = r.keyring
     secret_proven = (
         device is not None
         and bool(reported.secret_digest)
@@ -455,13 +407,15 @@ async def _held_claim(
     )
     try:
         await hold_unproven_claim(
-            throttle,
-            source,
-            target,
-            listed=device is not None,
-            secret_proven=secret_proven,
-            presented_key_digest=key_digest,
-            listed_key_digest=device.registration_key_digest if device is not None else "",
+            r.throttle,
+            claimant.source,
+            BulkClaim(
+                target_of("hardware", claimant.code, claimant.hardware_id.lower()),
+                listed=device is not None,
+                secret_proven=secret_proven,
+                presented_key_digest=key_digest,
+                listed_key_digest=device.registration_key_digest if device is not None else "",
+            ),
         )
     except TooManyRequests as exc:
         return _ok(answer("pending", ("reason", slow_down(exc.retry_after))))
@@ -509,12 +463,13 @@ async def ready(
     if check is Check.DISABLED:
         return _refusal(REASON_DISABLED)
     await publish_signal(
+        hardware_id,
         DeviceSignal(
             device_id=device.device_id,
             kind="ready",
             at=time.time(),
             credential_generation=device.credential_generation,
-        )
+        ),
     )
     return _ok(answer("true"))
 

@@ -24,10 +24,8 @@ from aiohttp import web
 from services.intake.compat import handlers
 from services.intake.compat.answers import answer, refused
 from services.intake.compat.handlers import Reply
-from services.intake.handlers import Publish
-from services.intake.resources import RESOURCES, Resources
-from shared.events import DeviceSignal, RegistrationRequested
-from shared.throttle import THROTTLE, blocked_refusal, mark_refused, request_source
+from services.intake.resources import RESOURCES
+from shared.throttle import blocked_refusal, mark_refused, request_source
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -59,51 +57,21 @@ async def _body(request: web.Request) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def publisher(r: Resources) -> Publish:
-    """Publishing a registration request as the native API does."""
-
-    async def publish(event: RegistrationRequested) -> None:
-        await r.publish_request(event)
-
-    return publish
-
-
 async def information(request: web.Request) -> web.Response:
     body = await _body(request)
     if body is None:
         return _reply(refused("the body is not a JSON object"))
-    r = request.app[RESOURCES]
-    return _answer(
-        request,
-        await handlers.information(
-            r.pool,
-            r.keyring,
-            r.codes,
-            body,
-            request_source(request),
-            r.settings.compat.new_hardware_ids_per_minute,
-            r.settings.throttle.stale_credential_seconds,
-        ),
-    )
+    return _answer(request, await handlers.information(request.app[RESOURCES], body, request_source(request)))
 
 
 async def friendly_configuration(request: web.Request) -> web.Response:
-    r = request.app[RESOURCES]
     return _answer(
         request,
         await handlers.friendly_configuration(
-            r.pool,
-            r.keyring,
-            publisher(r),
-            r.waiter,
-            r.settings.compat.wait_seconds,
+            request.app[RESOURCES],
             request.match_info["code"],
             request.match_info["hardware_id"],
-            request.app[THROTTLE],
             request_source(request),
-            r.codes,
-            r.settings.compat.new_hardware_ids_per_minute,
-            r.settings.throttle.stale_credential_seconds,
         ),
     )
 
@@ -134,19 +102,9 @@ async def register(request: web.Request) -> web.Response:
     body = await _body(request)
     if body is None:
         return _reply(refused("the body is not a JSON object"))
-    r = request.app[RESOURCES]
     return _answer(
         request,
-        await handlers.register_service(
-            r.pool,
-            r.keyring,
-            publisher(r),
-            r.waiter,
-            r.settings.compat.wait_seconds,
-            body,
-            request_source(request),
-            request.app[THROTTLE],
-        ),
+        await handlers.register_service(request.app[RESOURCES], body, request_source(request)),
         register_step=True,
     )
 
@@ -156,14 +114,11 @@ async def ready(request: web.Request) -> web.Response:
     if body is None:
         return _reply(refused("the body is not a JSON object"))
     r = request.app[RESOURCES]
-    hardware_id = str(body.get("HardwareId", ""))
-
-    async def signal(event: DeviceSignal) -> None:
-        await r.publish_signal(hardware_id, event)
-
     return _answer(
         request,
-        await handlers.ready(r.pool, r.keyring, signal, body, r.settings.throttle.stale_credential_seconds),
+        await handlers.ready(
+            r.pool, r.keyring, r.publish_signal, body, r.settings.throttle.stale_credential_seconds
+        ),
     )
 
 
