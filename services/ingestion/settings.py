@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
-from shared.settings import Env, HttpSettings, PipelineSettings, SettingsError
+from shared.settings import Env, OnPipeline, PipelineSettings, SettingsError
 from shared.throttle import ThrottleSettings
 
 
@@ -61,19 +61,11 @@ class UploadBounds:
 
 
 @dataclass(frozen=True)
-class IngestionSettings:
+class IngestionSettings(OnPipeline):
     pipeline: PipelineSettings
     limits: BulkLimits
     bounds: UploadBounds = field(default_factory=UploadBounds)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
-
-    @property
-    def http(self) -> HttpSettings:
-        return self.pipeline.http
-
-    @property
-    def log_level(self) -> str:
-        return self.pipeline.log_level
 
     @classmethod
     def from_env(cls, env: Env) -> IngestionSettings:
