@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from services.operator.console import filters
-from services.operator.console.auth import Operator, SignInRequired, render, signed_in
+from services.operator.console.auth import Operator, SignInRequired, render, sign_in_location, signed_in
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
     auto_registrations,
@@ -90,7 +90,7 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response = await handler(request)
     except SignInRequired as exc:
         if request.method in ("GET", "HEAD"):
-            response = web.HTTPSeeOther(signin.sign_in_location(request))
+            response = web.HTTPSeeOther(sign_in_location(request))
         else:
             response = await _error_page(request, 401, exc.message)
     except TooManyRequests as exc:

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -197,3 +197,8 @@ def _same_site_path(request: web.Request, referer: str) -> str:
     if parts.netloc == request.host and parts.path.startswith("/console/"):
         return parts.path + (f"?{parts.query}" if parts.query else "")
     return "/console/"
+
+
+def sign_in_location(request: web.Request) -> str:
+    """The sign-in page, coming back to this page afterwards."""
+    return "/console/sign-in?next=" + quote(request.path_qs, safe="/")

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
-from services.operator.console.pages.products import FIELD_MAX, Form, text
+from services.operator.console.forms import FIELD_MAX, Form, text
 from services.operator.handlers import products as handlers
 from services.operator.views import products as views
 from shared.errors import Forbidden, InvalidInput

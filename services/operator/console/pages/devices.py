@@ -26,7 +26,7 @@ from services.operator.console.auth import (
     resources,
     signed_in,
 )
-from services.operator.console.pages.products import FIELD_MAX, Form, text
+from services.operator.console.forms import FIELD_MAX, Form, text
 from services.operator.handlers import devices as handlers
 from services.operator.handlers.products import list_products
 from services.operator.views import devices as views

@@ -20,10 +20,17 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from services.operator.console.auth import Context, Operator, SignInRequired, page, resources, signed_in
+from services.operator.console.auth import (
+    Context,
+    Operator,
+    SignInRequired,
+    page,
+    resources,
+    sign_in_location,
+    signed_in,
+)
 from services.operator.console.chart import Series, line_chart
 from services.operator.console.health import PIPELINE_PROBES
-from services.operator.console.pages.signin import sign_in_location
 from services.operator.handlers import live as handlers
 
 WINDOWS = (60, 120, 300, 600)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from services.operator.console.auth import (
     Context,
@@ -22,6 +21,7 @@ from services.operator.console.auth import (
     render,
     resources,
 )
+from services.operator.console.forms import FIELD_MAX, Form, text
 from services.operator.handlers import products as handlers
 from services.operator.views import products as views
 from shared.domain.products import BULK_SERVICE_TYPE, SERVICE_TYPES
@@ -32,16 +32,6 @@ from shared.http import path_id
 SERVICE_ROWS = 5
 # Types an operator picks; the bulk service (rmt3) is added to every product by itself.
 SERVICE_TYPE_CHOICES = sorted(t for t in SERVICE_TYPES if t != BULK_SERVICE_TYPE)
-# A form field longer than this is not a port, a name or a type: refused before parsing.
-FIELD_MAX = 200
-
-Form = MultiDictProxy[Any]
-
-
-def text(form: Form, name: str) -> str:
-    """A form field as text ("" when missing; a file or a doubled field is the first value)."""
-    value = form.get(name, "")
-    return value.strip() if isinstance(value, str) else ""
 
 
 def port_value(raw: str, field: str) -> object:

@@ -10,7 +10,6 @@ holding the key's ID, a fresh CSRF token and the key itself sealed with FLEETREG
 from __future__ import annotations
 
 import base64
-from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp_session import get_session, new_session
@@ -125,11 +124,6 @@ async def sign_out(request: web.Request, operator: Operator, form: object) -> st
 @page("home.html")
 async def home(request: web.Request, operator: Operator) -> dict[str, object]:
     return {}
-
-
-def sign_in_location(request: web.Request) -> str:
-    """The sign-in page, coming back to this page afterwards."""
-    return "/console/sign-in?next=" + quote(request.path_qs, safe="/")
 
 
 ROUTES: list[web.RouteDef] = [
