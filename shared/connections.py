@@ -324,9 +324,16 @@ def handler_args(bounds: ConnectionBounds) -> dict[str, Any]:
     ``RequestHandler``): the idle keep-alive timeout (its default is 3,630 s), measured from
     a connection's start and from each answer; and how much of a body it buffers before it
     stops reading the socket (twice ``read_bufsize``: 512 KiB by default, 128 KiB here).
-    Its per-line limits stay at their defaults (8,190 bytes), under the total bound this
-    module enforces."""
-    return {"keepalive_timeout": bounds.keepalive_s, "read_bufsize": READ_BUFFER_BYTES}
+    Its per-line limits (``max_line_size``, ``max_field_size``) are the total bound this
+    module enforces first: at their default (8,190 bytes) one long header line under that
+    total got aiohttp's own ``text/plain`` 400, which quotes the line back (a bearer token
+    included), instead of this module's JSON 431; no head it is given can pass them now."""
+    return {
+        "keepalive_timeout": bounds.keepalive_s,
+        "read_bufsize": READ_BUFFER_BYTES,
+        "max_line_size": bounds.max_header_bytes,
+        "max_field_size": bounds.max_header_bytes,
+    }
 
 
 class _RateLimitedLog:

@@ -213,6 +213,24 @@ async def test_a_head_past_the_bound_is_answered_431_even_split_across_reads() -
     assert statuses(transport) == [200]
 
 
+async def test_one_long_header_line_is_bounded_by_the_total_alone() -> None:
+    """A single header line longer than aiohttp's default per-line limit (8,190 bytes) but
+    under the total bound reaches the service; past the total it is the JSON 431, never
+    aiohttp's text/plain 400 that quotes the line (a bearer token) back to its sender."""
+    bounds = ConnectionBounds()  # 16 KiB in total, the default
+    server = web.Server(echo_length, **connections.handler_args(bounds))
+    listener = Listener(server=server, bounds=bounds, limits=ConnectionLimits(10, 10), service="t")
+    token = b"Authorization: Bearer " + b"k" * 10_000 + b"\r\n"
+    transport = await exchange(listener, b"GET / HTTP/1.1\r\nHost: h\r\n" + token + b"\r\n")
+    assert statuses(transport) == [200]
+    token = b"Authorization: Bearer " + b"k" * 17_000 + b"\r\n"
+    # In pieces, as from a socket: the handler's task is waiting before the line arrives.
+    transport = await exchange(listener, b"GET / HTTP/1.1\r\nHost: h\r\n", token, b"\r\n")
+    assert statuses(transport) == [431]
+    assert b'"error":"headers_too_large"' in transport.written
+    assert b"kkkk" not in transport.written
+
+
 async def test_a_slow_head_is_answered_408_and_a_slow_body_cut() -> None:
     _, listener = await guarded(
         ConnectionBounds(header_timeout_s=0.05, body_timeout_s=0.05, body_min_bytes_per_s=100)
