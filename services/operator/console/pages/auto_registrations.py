@@ -120,6 +120,7 @@ async def _auto_context(
         "registration": views.auto_registration(found, masked=not shown),
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
+        "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)
     }
 
 
