@@ -40,6 +40,7 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from shared.domain import derived_keys
 from shared.domain.identifiers import normalize_code, validate_hardware_id
 from shared.errors import InvalidInput
 
@@ -78,8 +79,10 @@ class DevicePlan:
     idempotency_key: str | None = None
     registration_key: str | None = None
 
-    def registration_body(self, code: str) -> dict[str, Any]:
-        """The JSON body of this device's ``POST /v1/registrations`` (the same on a retry)."""
+    def registration_body(self, code: str, group_key: str | None = None) -> dict[str, Any]:
+        """The JSON body of this device's ``POST /v1/registrations`` (the same on a retry,
+        but for a derived_key product's proof: with ``group_key``, the device key of its
+        hardware ID proves a fresh nonce on every send, docs/device-identity.md)."""
         body: dict[str, Any] = {
             "bulk_identification_code": code,
             "hardware_id": self.hardware_id,
@@ -87,7 +90,23 @@ class DevicePlan:
         }
         if self.registration_key is not None:
             body["registration_key"] = self.registration_key
+        if group_key is not None:
+            body["proof"] = new_proof(
+                derived_keys.derive_device_key(group_key, self.hardware_id), self.hardware_id
+            )
         return body
+
+
+def new_proof(device_key: str, hardware_id: str, now: float | None = None) -> dict[str, Any]:
+    """A proof of ``device_key`` for one registration call, valid five minutes from ``now``
+    (the wall clock by default), with a random nonce (docs/device-identity.md)."""
+    expires = int(time.time() if now is None else now) + 300
+    nonce = secrets.token_hex(16)
+    return {
+        "expires": expires,
+        "nonce": nonce,
+        "mac": derived_keys.proof_mac(device_key, hardware_id, expires, nonce),
+    }
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,9 @@ class FleetPlan:
     devices: tuple[DevicePlan, ...]
     seed: int
     bulk: bool = False
+    # A derived_key product's group key (base64): every device proves the key derived from
+    # it and its hardware ID (clones, sharing a hardware ID, share its key: a copied image).
+    group_key: str | None = None
 
     @property
     def clones(self) -> int:
@@ -646,14 +668,14 @@ class DeviceApi:
             return _Answer(response.status, body, _retry_after(response, body))
         raise DeviceFailure(_status_kind(response.status), str(body.get("error", "")), status=response.status)
 
-    async def register(self, device: DevicePlan, code: str) -> _Answer:
+    async def register(self, device: DevicePlan, code: str, group_key: str | None = None) -> _Answer:
         """Send the device's registration once; return the answer whatever its status.
         Every send carries the device's Idempotency-Key, so a retry is answered as the
         same device."""
         headers = {"Content-Type": "application/json"}
         if device.idempotency_key is not None:
             headers["Idempotency-Key"] = device.idempotency_key
-        data = orjson.dumps(device.registration_body(code))
+        data = orjson.dumps(device.registration_body(code, group_key))
         async with self.session.post(
             self.url(f"/v1/registrations{self._include}"), data=data, headers=headers
         ) as response:
@@ -748,7 +770,7 @@ async def _register(
     both must end as the same device with the same ID."""
 
     async def send() -> _Answer:
-        return await retries.call(lambda: api.register(device, plan.code))
+        return await retries.call(lambda: api.register(device, plan.code, plan.group_key))
 
     first = await send()
     if not device.lost_response:

@@ -1,4 +1,4 @@
-"""``fleetreg auto create|update|pause|resume|rotate-code|list``"""
+"""``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``"""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N devices (new devices and clones); none by default",
     )
+    create.add_argument(
+        "--attestation",
+        choices=("code", "derived_key", "x509"),
+        help="how devices prove they belong: the code alone (default) or a key derived per "
+        "hardware ID from a group key (derived_key; docs/device-identity.md)",
+    )
     create.set_defaults(run=create_auto)
     update = actions.add_parser("update", parents=[common], help="set or clear the device quota")
     update.add_argument("id", type=object_id)
@@ -39,15 +45,63 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         parser = actions.add_parser(action, parents=[common], help=text)
         parser.add_argument("id", type=object_id)
         parser.set_defaults(run=change_auto, change=action)
+    rotate_key = actions.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="replace a derived_key registration's primary (or --secondary) group key; "
+        "device keys derived from the old one stop registering at once",
+    )
+    rotate_key.add_argument("id", type=object_id)
+    rotate_key.add_argument("--secondary", action="store_true", help="the secondary key")
+    rotate_key.set_defaults(run=rotate_key_auto)
+    derive = actions.add_parser(
+        "derive-key",
+        parents=[common],
+        help="print the device key of a hardware ID (for a factory line): derived by the "
+        "server from the primary (or --secondary) group key, audited",
+    )
+    derive.add_argument("id", type=object_id)
+    derive.add_argument("--hardware-id", required=True, metavar="H")
+    derive.add_argument("--secondary", action="store_true", help="derive from the secondary key")
+    derive.set_defaults(run=derive_key_auto)
     listing = actions.add_parser("list", parents=[common], help="list auto registrations")
     listing.set_defaults(run=list_auto)
 
 
-PUBLIC = ("id", "product_id", "status", "bulk_identification_code", "max_devices", "device_count")
+PUBLIC = (
+    "id",
+    "product_id",
+    "status",
+    "bulk_identification_code",
+    "max_devices",
+    "attestation",
+    "device_count",
+)
+# A derived_key registration's group keys: in the answer of its creation or a key's rotation only.
+GROUP_KEYS = ("primary_key", "secondary_key")
+KEY_WARNING = (
+    "fleetreg: the group key is shown once: keep it offline, never in a factory image; put each "
+    "device's derived key on it ('fleetreg auto derive-key ID --hardware-id H')"
+)
 
 
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
-    return {k: registration[k] for k in PUBLIC}
+    shown = {k: registration[k] for k in PUBLIC}
+    shown.update({k: registration[k] for k in GROUP_KEYS if k in registration})
+    return shown
+
+
+def _emit(args: argparse.Namespace, registration: dict[str, Any]) -> None:
+    """One registration, as JSON or a table; group keys (shown once) after the table."""
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show([registration])
+        for name in GROUP_KEYS:
+            if name in registration:
+                print(f"{name.replace('_', ' ')}: {registration[name]}")
+    if any(name in registration for name in GROUP_KEYS):
+        print(KEY_WARNING, file=sys.stderr)
 
 
 def _show(registrations: list[dict[str, Any]]) -> None:
@@ -58,20 +112,25 @@ def _show(registrations: list[dict[str, Any]]) -> None:
             r["status"],
             r["bulk_identification_code"],
             "-" if r["max_devices"] is None else r["max_devices"],
+            r["attestation"],
             r["device_count"],
         )
         for r in registrations
     ]
-    print_table(rows, ["id", "product", "status", "bulk identification code", "max devices", "devices"])
+    print_table(
+        rows, ["id", "product", "status", "bulk identification code", "max devices", "attestation", "devices"]
+    )
 
 
 async def create_auto(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"product_id": args.product}
     if args.max_devices is not None:
         body["max_devices"] = args.max_devices
+    if args.attestation is not None:
+        body["attestation"] = args.attestation
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
-    emit_json(_public(registration)) if args.json else _show([registration])
+    _emit(args, registration)
     if args.max_devices is None:
         print(
             "fleetreg: note: no --max-devices: anyone holding the code (every factory image) can "
@@ -93,6 +152,27 @@ async def change_auto(args: argparse.Namespace) -> int:
     async with operator_client() as client:
         registration = await client.post(f"/v1/auto-registrations/{args.id}/{args.change}")
     emit_json(_public(registration)) if args.json else _show([registration])
+    return 0
+
+
+async def rotate_key_auto(args: argparse.Namespace) -> int:
+    body = {"key": "secondary" if args.secondary else "primary"}
+    async with operator_client() as client:
+        registration = await client.post(f"/v1/auto-registrations/{args.id}/rotate-key", body)
+    _emit(args, registration)
+    return 0
+
+
+async def derive_key_auto(args: argparse.Namespace) -> int:
+    """The device key alone on stdout (a factory script takes ``$(fleetreg auto derive-key
+    ...)``), or with ``--json`` ``{"device_key", "hardware_id", "key", "auto_registration_id"}``."""
+    body = {"hardware_id": args.hardware_id, "key": "secondary" if args.secondary else "primary"}
+    async with operator_client() as client:
+        derived = await client.post(f"/v1/auto-registrations/{args.id}/derive-key", body)
+    if args.json:
+        emit_json(derived)
+    else:
+        print(derived["device_key"])
     return 0
 
 

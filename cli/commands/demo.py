@@ -6,6 +6,8 @@ device's image, some retrying a lost answer) boots at once.
 Bulk registration: a CSV of devices is uploaded, published (the devices appear
 offline), and those devices boot and claim their registrations with their keys.
 Webhooks: a receiver started by the demo gets the events of both, signed.
+Derived keys: a product whose devices each prove a key derived from a group key and their
+hardware ID (docs/device-identity.md): how a factory derives one, then a fleet boots.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import io
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--clone-rate", type=float, default=0.05, help="share of cloned images (0.05)")
     parser.add_argument("--bulk-devices", type=int, default=200, help="devices in the bulk CSV (200)")
     parser.add_argument("--concurrency", type=int, default=100, help="devices booting at once (100)")
+    parser.add_argument(
+        "--derived-devices",
+        type=int,
+        default=50,
+        help="devices of the derived-key product to boot (50; 0: none)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -122,6 +131,47 @@ async def _auto_demo(args: argparse.Namespace, device_url: str) -> tuple[Summary
     )
     print(f"... {len(clones)} clones in all; devices: {_states(devices)}")
     return summary, devices
+
+
+# How a factory line derives a device's key offline, in POSIX sh (docs/device-identity.md).
+FACTORY_SH = (
+    "hexkey() {{ printf '%s' \"$1\" | openssl base64 -d -A | od -An -v -tx1 | tr -d ' \\n'; }}\n"
+    "printf '%s' '{hardware_id}' | openssl dgst -sha256 -mac HMAC "
+    '-macopt "hexkey:$(hexkey "$GROUP_KEY")" -binary | openssl base64 -A'
+)
+
+
+async def _derived_demo(devices: int, concurrency: int, device_url: str) -> Summary:
+    """A derived_key product: its group keys (shown once), one device key derived by the
+    server as a factory line asks for it (and the sh that gives the same offline), then
+    ``devices`` boards booting, each proving its own key."""
+    async with operator_client() as client:
+        _step("Derived keys: each device proves its own key, derived from a group key and its hardware ID")
+        product = await _product(client, "demo-derived")
+        registration = await client.post(
+            "/v1/auto-registrations", {"product_id": product["id"], "attestation": "derived_key"}
+        )
+        group_key = registration["primary_key"]
+        print(
+            f"auto registration {registration['id']} (attestation derived_key): group keys shown once, "
+            f"primary {group_key[:6]}... (kept offline, never in a factory image)"
+        )
+        plan = plan_fleet(product["bulk_identification_code"], devices, 0.0, seed=None)
+        example = plan.devices[0].hardware_id
+        derived = await client.post(
+            f"/v1/auto-registrations/{registration['id']}/derive-key", {"hardware_id": example}
+        )
+        print(
+            f"a factory line writes each board's own key: fleetreg auto derive-key {registration['id']} "
+            f"--hardware-id {example}"
+        )
+        print(f"  -> {derived['device_key'][:6]}... (audited); offline, with the group key in $GROUP_KEY:")
+        print("\n".join("  " + line for line in FACTORY_SH.format(hardware_id=example).splitlines()))
+        summary = await run_fleet(
+            replace(plan, group_key=group_key), device_url, concurrency, progress_bar(devices)
+        )
+        print_summary(summary)
+    return summary
 
 
 def _write_csv(path: Path, rows: int) -> list[tuple[str, str]]:
@@ -227,6 +277,11 @@ async def run(args: argparse.Namespace) -> int:
             await _show_webhooks(receiver, webhook_id, expected)
     finally:
         await receiver.stop()
+    derived_summary = (
+        await _derived_demo(args.derived_devices, args.concurrency, device_url)
+        if args.derived_devices > 0
+        else None
+    )
 
     _step("Summary")
     clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
@@ -241,6 +296,11 @@ async def run(args: argparse.Namespace) -> int:
         f"Bulk registration: {len(bulk_devices)} devices uploaded and published, "
         f"{bulk_summary.provisioned} claimed with their keys and provisioned, {bulk_summary.errors} errors."
     )
+    if derived_summary is not None:
+        print(
+            f"Derived keys: {derived_summary.provisioned} devices proved their own keys, provisioned, "
+            f"{derived_summary.errors} errors."
+        )
     print(
         "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
     )
@@ -248,6 +308,9 @@ async def run(args: argparse.Namespace) -> int:
     if args.json:
         webhooks = dict(receiver.counts)
         emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": webhooks})
-    if not (auto_summary.ok and bulk_summary.ok):
-        raise CliError(f"the demo saw {auto_summary.errors + bulk_summary.errors} device error(s)")
+    derived_errors = derived_summary.errors if derived_summary is not None else 0
+    if not (auto_summary.ok and bulk_summary.ok) or derived_errors:
+        raise CliError(
+            f"the demo saw {auto_summary.errors + bulk_summary.errors + derived_errors} device error(s)"
+        )
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
 from cli.simulate import FleetPlan, ProgressCallback, RunOptions, Summary, plan_bulk, plan_fleet, run_fleet
+from shared.domain import derived_keys
 from shared.domain.bulk_csv import CsvReader
 from shared.service import use_fewer_collections
 
@@ -88,6 +91,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
+    parser.add_argument(
+        "--group-key",
+        help="a derived_key product's group key (base64, as 'fleetreg auto create --attestation "
+        "derived_key' printed it): each device proves the key derived from it and its hardware ID "
+        "(docs/device-identity.md); also FLEETREG_SIMULATE_GROUP_KEY",
+    )
     parser.add_argument(
         "--bulk", metavar="ID", type=object_id, help="boot the devices of this published bulk registration"
     )
@@ -185,6 +194,13 @@ def print_summary(summary: Summary) -> None:
 async def run(args: argparse.Namespace) -> int:
     endpoints = load_endpoints()
     plan = await _bulk_plan(args) if args.bulk else _plan(args, endpoints)
+    group_key = args.group_key or os.environ.get("FLEETREG_SIMULATE_GROUP_KEY")
+    if group_key:
+        try:
+            derived_keys.derive_device_key(group_key, "check")
+        except ValueError as exc:
+            raise CliError(f"--group-key: {exc}") from exc
+        plan = replace(plan, group_key=group_key)
     try:
         device_url = args.device_url or require(endpoints, "FLEETREG_DEVICE_URL")
     except ConfigError as exc:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from services.intake.attestation import GroupKeyCache, check_proof
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -27,6 +28,7 @@ from services.intake.settings import IntakeSettings
 from shared.db import bulk, decisions, devices, files, products
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
+from shared.domain import derived_keys
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import (
@@ -71,8 +73,10 @@ REGISTRATION_FIELDS = {
     "fingerprint",
     "device_secret",
     "registration_key",
+    "proof",
 }
 FINGERPRINT_FIELDS = {"cpu_id", "mac"}
+PROOF_FIELDS = {"expires", "nonce", "mac"}
 # The registration call's and poll's ``include`` query flag: the one value it takes.
 INCLUDE_FILES = "files"
 UNAUTHORIZED = "unknown device or wrong device secret"
@@ -95,7 +99,17 @@ DEVICE_DELETED = "the device was deleted by the operator: register again as a ne
 # The rule of a 429 of the clone rate per source (docs/device-api.md, "Limits"), and the
 # limit fleetreg_throttled_total names for the claims the intake answers itself.
 CLONE_RATE_RULE = "clone_rate_per_source"
-COUNTED_REFUSALS = frozenset({REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED})
+# A missing, wrong or replayed proof of a derived key proved nothing: counted as a guess. A
+# right proof refused only for its time (a device without a clock) is not.
+COUNTED_REFUSALS = frozenset(
+    {REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED} | derived_keys.PROOF_REASONS_COUNTED
+)
+_PROOF_REFUSALS = {
+    "no_proof": derived_keys.REASON_NO_PROOF,
+    "wrong": derived_keys.REASON_WRONG_PROOF,
+    "replayed": derived_keys.REASON_REPLAYED_PROOF,
+    "time": derived_keys.REASON_PROOF_TIME,
+}
 
 
 def retry_later(answer: Answer) -> bool:
@@ -137,6 +151,9 @@ class Intake(Protocol):
     @property
     def throttle(self) -> Throttle: ...
 
+    @property
+    def group_keys(self) -> GroupKeyCache: ...
+
     async def publish_request(self, event: RegistrationRequested) -> None: ...
 
 
@@ -174,6 +191,7 @@ class RegistrationInput:
     device_secret: str = ""
     registration_key: str = ""
     idempotency_key: str = ""
+    proof: derived_keys.Proof | None = None  # of a derived key (docs/device-identity.md)
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,8 @@ class Answer:
     retry_after: int = 0  # a refusal for now: seconds to wait before claiming again
     # Answered by the intake itself past a limit (nothing published): not counted again.
     held: bool = False
+    # A proof refused only for its time: the server's clock (Unix seconds) for the device.
+    server_time: int = 0
 
     @property
     def clone(self) -> bool:
@@ -264,7 +284,51 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
         # Trimmed as the CSV trims it: a key read from a file may end in a line break.
         registration_key=_token(_stripped(data.get("registration_key")), "registration_key"),
         idempotency_key=_token(idempotency_key, "Idempotency-Key"),
+        proof=parse_proof(data.get("proof")),
     )
+
+
+def parse_proof(value: object) -> derived_keys.Proof | None:
+    """A registration call's ``proof`` of a derived key: ``{"expires": Unix seconds,
+    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent.
+    A malformed one is InvalidInput naming the field; a MAC of the wrong length is taken (it
+    is a wrong proof, refused and counted as one)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput(
+            "proof must be an object with expires, nonce and mac", field="proof", rule="type=object"
+        )
+    unknown = sorted(set(value) - PROOF_FIELDS)
+    if unknown:
+        name = f"proof.{shortened(unknown[0])}"
+        raise InvalidInput(f"unknown field {name}", field=name, rule="known_fields")
+    expires = value.get("expires")
+    if (
+        not isinstance(expires, int)
+        or isinstance(expires, bool)
+        or not 0 <= expires <= derived_keys.EXPIRES_MAX
+    ):
+        raise InvalidInput(
+            "proof.expires must be a whole number of seconds since 1970",
+            field="proof.expires",
+            rule=f"range=0..{derived_keys.EXPIRES_MAX}",
+        )
+    nonce = value.get("nonce")
+    if not isinstance(nonce, str) or derived_keys.NONCE_PATTERN.fullmatch(nonce) is None:
+        raise InvalidInput(
+            "proof.nonce must be 16-64 hex digits", field="proof.nonce", rule="pattern=hex{16,64}"
+        )
+    mac = value.get("mac")
+    if not isinstance(mac, str) or not mac or len(mac) > derived_keys.MAC_MAX_LENGTH:
+        raise InvalidInput(
+            "proof.mac must be the MAC in hex",
+            field="proof.mac",
+            rule=f"max_length={derived_keys.MAC_MAX_LENGTH}",
+        )
+    if not mac.isascii() or not mac.isalnum():
+        raise InvalidInput("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
+    return derived_keys.Proof(expires, nonce, mac.lower())
 
 
 def parse_include(values: list[str]) -> bool:
@@ -372,6 +436,9 @@ async def register_native(
         )
     if held_revoked(throttle, source, code):
         return _held_revoked_answer(r.keyring, registration)
+    refused = await attest(r, registration)
+    if refused is not None:
+        return refused
     # An auto product's current code has nothing counted before publishing: remembered,
     # its boot storm costs no read here.
     generation = r.codes.generation
@@ -405,6 +472,28 @@ async def register_native(
         answer = await with_files(r.pool, r.keyring, answer, r.devices)
     await count_new_device(throttle, code, answer)
     return answer
+
+
+async def attest(r: Intake, registration: RegistrationInput) -> Answer | None:
+    """The refusal of a claim whose code's auto registration takes derived keys and which
+    does not prove the device key of its hardware ID (services/intake/attestation.py), or
+    None to go on. Nothing is published for a refused one; its reason says which: a missing,
+    wrong or replayed proof counts against the caller (:data:`COUNTED_REFUSALS`), a right
+    proof out of its time does not and carries ``server_time``."""
+    found = await r.group_keys.of_code(r.pool, registration.bulk_identification_code)
+    if found.attestation != "derived_key":
+        return None
+    now = time.time()
+    checked = await check_proof(r.pool, found, registration.hardware_id, registration.proof, now)
+    if checked == "proven":
+        return None
+    return Answer(
+        "refused",
+        new_request_id(r.keyring.request_tag),
+        reason=_PROOF_REFUSALS[checked],
+        claimed_hardware_id=registration.hardware_id,
+        server_time=int(now) if checked == "time" else 0,
+    )
 
 
 async def count_new_device(throttle: Throttle, code: str, answer: Answer) -> None:

@@ -12,15 +12,17 @@ from functools import partial
 
 from aiohttp import web
 
+from services.intake.attestation import GroupKeyCache
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
-from shared.db import compat, products, webhooks
+from shared.db import attestation, compat, products, webhooks
 from shared.db.pool import Pool, answers
 from shared.db.products import CODES_CHANGED
 from shared.db.webhooks import RefusalCount
 from shared.domain.credentials import Keyring
+from shared.domain.derived_keys import GroupKeyBox
 from shared.events import DeviceSignal, RegistrationRequested
 from shared.http import READINESS, READINESS_PROBE
 from shared.kafka import Producer, Topics, make_consumer, publish
@@ -50,6 +52,7 @@ class Resources:
     devices: DeviceCache
     codes: CodeCache
     throttle: Throttle
+    group_keys: GroupKeyCache
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
@@ -70,6 +73,14 @@ async def forget_old_information(pool: Pool, retention_s: float) -> None:
     deleted = await compat.forget_information(pool, retention_s)
     if deleted:
         log.info("forgot old step-1 records", extra={"count": deleted})
+
+
+async def forget_proof_nonces(pool: Pool) -> None:
+    """One round of the nonce sweep: delete the nonces of expired proofs (a replay of one is
+    refused as expired, so its nonce need not be kept: docs/device-identity.md)."""
+    deleted = await attestation.forget_expired_nonces(pool)
+    if deleted:
+        log.info("forgot the nonces of expired proofs", extra={"count": deleted})
 
 
 async def report_throttled_codes(pool: Pool, throttle: Throttle) -> None:
@@ -121,16 +132,21 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
             device_cache = DeviceCache(settings.device_cache_seconds)
             code_cache = CodeCache(settings.code_cache_seconds)
+            group_keys = GroupKeyCache(
+                GroupKeyBox(settings.secret_key.reveal().encode()), settings.code_cache_seconds
+            )
 
             def invalidate(payload: str) -> None:
                 if payload == CODES_CHANGED:
                     code_cache.clear()
+                    group_keys.clear()
                 else:
                     device_cache.apply(payload)
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)
                 code_cache.listening(up)
+                group_keys.listening(up)
 
             throttle = app[THROTTLE] = await open_throttle(
                 stack,
@@ -151,6 +167,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 device_cache,
                 code_cache,
                 throttle,
+                group_keys,
             )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(
@@ -167,6 +184,11 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     "forget_step1_records",
                     SWEEP_EVERY_S,
                     partial(forget_old_information, pool, settings.compat.information_retention_seconds),
+                )
+            )
+            await stack.enter_async_context(
+                PeriodicJob(
+                    SERVICE, "forget_proof_nonces", SUMMARY_EVERY_S, partial(forget_proof_nonces, pool)
                 )
             )
             await stack.enter_async_context(

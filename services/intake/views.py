@@ -52,6 +52,10 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
             {**wait.to_dict(), "request_id": answer.request_id}, status=429, headers=wait.headers()
         )
     body["reason"] = answer.reason
+    if answer.server_time:
+        # A proof refused only for its time: the device takes the server's clock (this field,
+        # or the Date header every answer has) and proves again (docs/device-identity.md).
+        body["server_time"] = answer.server_time
     return json_response(body, status=403 if answer.status == "refused" else 404)
 
 

@@ -19,11 +19,12 @@ from shared.errors import Conflict, NotFound
 
 # Run after the product's row is locked (products.product_state) and the rule checked.
 CLAIM_PRODUCT_KIND = "UPDATE products SET registration_kind = $2 WHERE id = $1"
-INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status, max_devices)
-                         VALUES ($1, $2, $3, $4, $5, $6)"""
+INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status, max_devices,
+                                                attestation, primary_key_sealed, secondary_key_sealed)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
 SELECT_REGISTRATIONS = """
     SELECT r.id::text, r.product_id::text, r.kind, r.status, r.created_at, r.updated_at,
-           c.code AS bulk_identification_code, r.max_devices,
+           c.code AS bulk_identification_code, r.max_devices, r.attestation,
            (SELECT count(*) FROM devices d WHERE d.registration_id = r.id) AS device_count
     FROM registrations r
     LEFT JOIN bulk_identification_codes c ON c.product_id = r.product_id AND c.revoked_at IS NULL
@@ -52,6 +53,16 @@ LOCK_QUOTAS = """
 
 
 @dataclass(frozen=True)
+class GroupKeys:
+    """A new derived_key registration's ID and its two group keys, sealed
+    (shared.domain.derived_keys.GroupKeyBox: the ID is their associated data)."""
+
+    registration_id: str
+    primary_sealed: bytes
+    secondary_sealed: bytes
+
+
+@dataclass(frozen=True)
 class Registration:
     """A registration of a product's devices, with the product's current Bulk
     Identification Code and how many devices it registered so far."""
@@ -65,6 +76,8 @@ class Registration:
     device_count: int
     created_at: datetime
     updated_at: datetime
+    # How its devices prove they belong (shared.domain.derived_keys): "code" or "derived_key".
+    attestation: str = "code"
 
 
 async def create_registration(
@@ -74,13 +87,18 @@ async def create_registration(
     kind: RegistrationKind,
     status: str,
     max_devices: int | None = None,
+    group_keys: GroupKeys | None = None,
 ) -> str:
     """Create a registration (its ID); a product serves one kind only
     (shared.domain.products.registration_kind_refusal), and one auto registration.
-    ``max_devices`` is an auto registration's device quota (None: none). Audited as
-    ``<kind>_registration.created``."""
+    ``max_devices`` is an auto registration's device quota (None: none); ``group_keys``
+    (an auto registration in ``derived_key`` attestation: its ID and sealed keys) make it
+    derived_key, else it is ``code``. Audited as ``<kind>_registration.created`` (with the
+    attestation, never a key)."""
     account_id = actor.id
-    registration_id = str(uuid.uuid4())
+    registration_id = group_keys.registration_id if group_keys is not None else str(uuid.uuid4())
+    attestation = "derived_key" if group_keys is not None else "code"
+    sealed = (group_keys.primary_sealed, group_keys.secondary_sealed) if group_keys else (None, None)
     async with pool.acquire() as conn, conn.transaction():
         # The product's row stays locked until the registration exists: a concurrent claim
         # of the other kind (bulk.finish_upload) sees this one's kind.
@@ -94,7 +112,15 @@ async def create_registration(
             await conn.execute(CLAIM_PRODUCT_KIND, product_id, kind)
         try:
             await conn.execute(
-                INSERT_REGISTRATION, registration_id, account_id, product_id, kind, status, max_devices
+                INSERT_REGISTRATION,
+                registration_id,
+                account_id,
+                product_id,
+                kind,
+                status,
+                max_devices,
+                attestation,
+                *sealed,
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
@@ -108,7 +134,8 @@ async def create_registration(
             f"{kind}_registration.created",
             f"{kind}_registration",
             registration_id,
-            {"product_id": product_id, "status": status, "max_devices": max_devices},
+            {"product_id": product_id, "status": status, "max_devices": max_devices}
+            | ({"attestation": attestation} if kind == "auto" else {}),
         )
     return registration_id
 
@@ -128,6 +155,7 @@ async def list_registrations(
             device_count=r["device_count"],
             created_at=r["created_at"],
             updated_at=r["updated_at"],
+            attestation=r["attestation"],
         )
         for r in await pool.fetch(SELECT_REGISTRATIONS, account_id, kind, registration_id)
     ]

@@ -9,7 +9,9 @@ docs/domain.md#bulk-registration):
   clone ``H-N`` in the code's product) and, to a bulk code, not listed (the refusal an
   unlisted one gets: no oracle of other products' lists).
 * A device presenting the device secret issued to ``H`` is ``H``, unless its system
-  identifiers differ from ``H``'s: then the secret came with a cloned SD card.
+  identifiers differ from ``H``'s: then the secret came with a cloned SD card. A clone
+  ``H-N`` that claims ``H`` again (the ID it claimed when it was made) with its own secret
+  is ``H-N`` (a copied image's board, which can prove only ``H``'s derived key).
 * Before ``H`` confirmed its provisioning, a retry with the same idempotency key is the
   same device and gets the same answer (the same credentials). A claim from ``H``'s
   fingerprint (and, for bulk, with the row's key) with a new or no idempotency key is
@@ -381,6 +383,26 @@ def _key_holds(device: KnownDevice, claim: Claim, kind: str) -> bool:
     )
 
 
+def _own_clone(claim: Claim, family: Family, context: Context) -> KnownDevice | None:
+    """The clone ``H-N`` of the claim's product that claimed ``H`` when it was created and
+    now presents ``H`` again with its own device secret (from the same machine): itself.
+    A board of a copied image holds ``H``'s derived key only, so it proves ``H`` and is
+    known by its secret (docs/device-identity.md); with a code, the same holds. Only a claim
+    carrying a secret pays the comparisons."""
+    if not claim.secret_digest:
+        return None
+    for device in family.devices.values():
+        if (
+            device.product_id == context.product_id
+            and device.hardware_id.lower() != claim.hardware_id.lower()
+            and device.claimed_hardware_id.lower() == claim.hardware_id.lower()
+            and context.secret_matches(device, claim.secret_digest)
+            and _same_machine(device, claim)
+        ):
+            return device
+    return None
+
+
 def _same_machine(device: KnownDevice, claim: Claim) -> bool:
     """The secret was copied with the SD card if the system identifiers differ: a clone."""
     return not claim.fingerprint or not device.fingerprint or claim.fingerprint == device.fingerprint
@@ -452,6 +474,9 @@ def decide(claim: Claim, family: Family, context: Context) -> Verdict:
         and _same_machine(own, claim)
     ):
         return _same(own, "device presented its device secret")
+    clone = _own_clone(claim, family, context)
+    if clone is not None:
+        return _same(clone, "clone presented its device secret with the hardware ID it claimed")
 
     retry = _retry_before_confirmation(claim, family, product_id)
     if retry is not None and _key_holds(retry, claim, kind):

@@ -78,6 +78,7 @@ async def test_product_auto_and_devices_commands(system: System, operator: Opera
         "status",
         "bulk_identification_code",
         "max_devices",
+        "attestation",
         "device_count",
     }
     assert (auto["status"], auto["bulk_identification_code"]) == (

@@ -163,7 +163,31 @@ async def test_no_secret_reaches_any_log(
             expect=201,
         )
     )["secret"]
+    # A derived_key registration's group key (shown once) and a device key derived from it.
+    keyed = await operator.call(
+        "POST",
+        "/v1/products",
+        {"name": f"leak-{uuid.uuid4().hex[:6]}", "services": [{"type": "ssh", "port": 22}]},
+    )
+    await operator.call("POST", f"/v1/products/{keyed['id']}/lock", expect=200)
+    derived = await operator.call(
+        "POST",
+        "/v1/auto-registrations",
+        {"product_id": keyed["id"], "attestation": "derived_key"},
+        expect=201,
+    )
+    group_key = derived["primary_key"]
+    device_key = (
+        await operator.call(
+            "POST",
+            f"/v1/auto-registrations/{derived['id']}/derive-key",
+            {"hardware_id": "leak-1"},
+            expect=200,
+        )
+    )["device_key"]
     secrets_by_name = {
+        "group key": group_key,
+        "device key": device_key,
         "webhook signing secret": webhook_secret,
         "API key": api_key,
         "operator's own API key": operator.api_key,
@@ -180,7 +204,7 @@ async def test_no_secret_reaches_any_log(
     device_auth = [bearer(device_secret.encode())]
 
     calls: list[Call] = []
-    for secret in (api_key, device_secret, code, registration_key, webhook_secret):
+    for secret in (api_key, device_secret, code, registration_key, webhook_secret, group_key, device_key):
         s = secret.encode()
         calls += transport_calls("intake", intake, f"/v1/devices/{device_id}/manifest", s)
         calls += transport_calls(

@@ -351,6 +351,23 @@ def test_a_confirmed_clone_presenting_its_secret_under_its_new_id_is_the_same_de
     assert device_of(verdict).id == clone.id
 
 
+def test_a_confirmed_clone_presenting_the_id_it_claimed_and_its_own_secret_is_itself() -> None:
+    """A copied image's board proves only H's derived key (docs/device-identity.md): it
+    claims H with its own secret, issued to H-1, and is H-1, never a further clone."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A)
+    fleet.confirm(H)
+    fleet.claim(H, FP_B)
+    clone = fleet.confirm(f"{H}-1")
+    verdict = fleet.claim(H, FP_B, secret=presented_secret(clone))
+    assert (verdict.decision, device_of(verdict).id, verdict.hardware_id) == ("same", clone.id, f"{H}-1")
+    assert fleet.hardware_ids == [H, f"{H}-1"]
+    # Its secret on yet another board (a copied card) is no proof of H-1: a clone H-2.
+    assert (
+        fleet.claim(H, KEYRING.fingerprint("cpu-c"), secret=presented_secret(clone)).hardware_id == f"{H}-2"
+    )
+
+
 @pytest.mark.parametrize("confirmed", [False, True], ids=["registered", "provisioned"])
 def test_a_disabled_device_presenting_its_secret_is_refused(confirmed: bool) -> None:
     fleet = Fleet()

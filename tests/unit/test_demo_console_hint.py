@@ -25,3 +25,21 @@ def test_the_hint_gives_the_console_url_and_a_command_that_shows_the_key(tmp_pat
         ["/bin/sh", "-c", SHOW_KEY], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=10
     )
     assert shown.stdout == KEY + "\n"
+
+
+def test_the_demos_factory_line_derives_the_servers_device_key() -> None:
+    """``make demo`` prints how a factory derives a key offline: that sh, run with a group
+    key, gives the key the server derives."""
+    from cli.commands.demo import FACTORY_SH
+    from shared.domain.derived_keys import derive_device_key, new_group_key
+
+    group_key = new_group_key()
+    shown = subprocess.run(
+        ["/bin/sh", "-c", FACTORY_SH.format(hardware_id="b827eb8905e5")],
+        env={"GROUP_KEY": group_key, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    assert shown.stdout == derive_device_key(group_key, "b827eb8905e5")

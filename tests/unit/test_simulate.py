@@ -557,3 +557,18 @@ async def test_a_file_changed_since_its_manifest_is_fetched_again_a_bounded_numb
         with pytest.raises(DeviceFailure, match="sha256|size"):
             await _provision(cast(DeviceApi, api), ready, retries)
         assert api.readies == 0  # never confirms files it could not verify
+
+
+def test_a_derived_key_devices_body_carries_a_fresh_proof_of_its_own_key() -> None:
+    from cli.simulate import DevicePlan
+    from shared.domain import derived_keys
+
+    group_key = derived_keys.new_group_key()
+    device = DevicePlan(index=0, hardware_id="sim-1", cpu_id="c", mac="m")
+    first, second = device.registration_body("C", group_key), device.registration_body("C", group_key)
+    assert "proof" not in device.registration_body("C")
+    assert first["proof"]["nonce"] != second["proof"]["nonce"]
+    for body in (first, second):
+        shown = derived_keys.Proof(**body["proof"])
+        assert derived_keys.proof_matches((group_key,), "sim-1", shown)
+        assert not derived_keys.proof_matches((group_key,), "sim-2", shown)

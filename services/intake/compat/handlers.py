@@ -40,6 +40,7 @@ from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED, is_quota_refusal
+from shared.domain.derived_keys import REASON_REFERENCE_PROTOCOL
 from shared.domain.identifiers import new_request_id, normalize_code, validate_hardware_id
 from shared.domain.release import Check, Release, claimed_by, secret_check, service_secret_release
 from shared.errors import InvalidInput, TooManyRequests
@@ -61,8 +62,17 @@ TEXT_MAX = 128
 # Refusals that count against the caller's address (shared/throttle.py): what a
 # guesser of codes, keys, secrets or provisioning IDs gets. A paused registration or
 # a disabled device is the operator's doing and does not count.
+# A derived_key registration's code is no credential (it names the registration): its calls
+# here prove nothing, so they count too.
 COUNTED = frozenset(
-    {REASON_UNKNOWN_CODE, REASON_REVOKED_CODE, REASON_BULK_NOT_LISTED, UNKNOWN_ID, NOT_REGISTERED}
+    {
+        REASON_UNKNOWN_CODE,
+        REASON_REVOKED_CODE,
+        REASON_BULK_NOT_LISTED,
+        UNKNOWN_ID,
+        NOT_REGISTERED,
+        REASON_REFERENCE_PROTOCOL,
+    }
 )
 # Why step 5 hands out no secret, in the protocol's words.
 REFUSALS = {
@@ -96,6 +106,16 @@ def clone_rate_refusal(retry_after: int) -> str:
     """Step 2's words for the clone rate per source (never counted against the source):
     the client logs them and tries again at its next boot."""
     return f"too many new devices with this hardware ID from this address: boot again in {retry_after} s"
+
+
+async def _native_only(r: Intake, code: str) -> Reply | None:
+    """The refusal of every step for a code whose auto registration takes derived keys: this
+    protocol carries no proof (docs/device-identity.md), so such devices use the native API.
+    None for any other code."""
+    found = await r.group_keys.of_code(r.pool, code)
+    if found.attestation == "code":
+        return None
+    return _refusal(REASON_REFERENCE_PROTOCOL, target_of("code", code))
 
 
 def _ok(text: str) -> Reply:
@@ -135,6 +155,9 @@ async def information(r: Intake, body: dict[str, Any], source: str) -> Reply:
     pool, keyring = r.pool, r.keyring
     if not await code_known(pool, r.codes, code, "compat"):
         return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
+    native_only = await _native_only(r, code)
+    if native_only is not None:
+        return native_only
     recorded = await compat.record_information(
         pool,
         code,
@@ -198,6 +221,9 @@ async def friendly_configuration(r: Intake, code_text: str, hardware_id_text: st
     pool, throttle, new_per_minute = r.pool, r.throttle, r.settings.compat.new_hardware_ids_per_minute
     if not await code_known(pool, r.codes, code, "compat"):
         return _refusal(REASON_UNKNOWN_CODE, target_of("code", code))
+    native_only = await _native_only(r, code)
+    if native_only is not None:
+        return native_only
     admission = (await products.resolve_codes(pool, [code])).get(code)
     reason = admission_refusal(admission)
     if reason == REASON_REVOKED_CODE and stale(
@@ -302,6 +328,9 @@ async def register_service(r: Intake, body: dict[str, Any], source: str) -> Repl
         return _refusal(UNKNOWN_ID)
     if not found.enabled:
         return _refusal(SERVICE_DISABLED)
+    native_only = await _native_only(r, found.code)
+    if native_only is not None:
+        return native_only
     try:
         hardware_id = validate_hardware_id(_text(body, "hardware_id"))
     except InvalidInput as exc:

@@ -3,14 +3,18 @@ resumed or rotated, with an optional device quota)."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.db import products, registrations
+from shared.db import attestation, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
-from shared.db.registrations import Registration
+from shared.db.registrations import GroupKeys, Registration
+from shared.domain import derived_keys
 from shared.domain.accounts import Account
-from shared.domain.identifiers import is_uuid
+from shared.domain.derived_keys import KeySlot
+from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.domain.products import (
     RegistrationKind,
     validate_product,
@@ -18,6 +22,7 @@ from shared.domain.products import (
     validate_service_change,
 )
 from shared.errors import InvalidInput, shortened
+from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
 # The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
@@ -65,17 +70,125 @@ async def delete_product(pool: Pool, account: Account, product_id: str) -> Produ
 # ---------------------------------------------------------------- auto registrations
 
 
-async def create_auto_registration(pool: Pool, account: Account, body: dict[str, Any]) -> Registration:
+@dataclass(frozen=True)
+class IssuedAutoRegistration:
+    """An auto registration just created, with its group keys (slot -> base64) when it
+    attests by derived keys: shown once, in the creation's answer only."""
+
+    registration: Registration
+    group_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DerivedKey:
+    """A device key derived for a factory line: of ``hardware_id`` under the group key
+    ``slot`` of the registration, base64."""
+
+    registration_id: str
+    hardware_id: str
+    slot: KeySlot
+    device_key: str
+
+
+def _attestation(value: object) -> str:
+    """The ``attestation`` of a new auto registration: ``code`` (the default) or
+    ``derived_key``; ``x509`` is refused (InvalidInput, ``rule: available``) until it exists."""
+    if value is None:
+        return "code"
+    if value not in derived_keys.ATTESTATIONS:
+        raise InvalidInput(
+            f"attestation must be one of {', '.join(derived_keys.ATTESTATIONS)}",
+            field="attestation",
+            rule="enum=" + ",".join(derived_keys.ATTESTATIONS),
+        )
+    if value not in derived_keys.AVAILABLE_ATTESTATIONS:
+        raise InvalidInput(
+            f"attestation {value} is not available yet: use code or derived_key",
+            field="attestation",
+            rule="available=" + ",".join(derived_keys.AVAILABLE_ATTESTATIONS),
+        )
+    return str(value)
+
+
+async def create_auto_registration(
+    pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret
+) -> IssuedAutoRegistration:
+    """An auto registration of ``body`` (``product_id``, optional ``max_devices`` and
+    ``attestation``); for ``derived_key``, two new 256-bit group keys, sealed at rest with
+    ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
     if not is_uuid(product_id):
         raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
     max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
+    issued: dict[str, str] = {}
+    sealed = None
+    if _attestation(body.get("attestation")) == "derived_key":
+        box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
+        new_id = str(uuid.uuid4())
+        issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
+        sealed = GroupKeys(
+            new_id,
+            box.seal(new_id, "primary", issued["primary"]),
+            box.seal(new_id, "secondary", issued["secondary"]),
+        )
     registration_id = await registrations.create_registration(
-        pool, account, product_id, AUTO, "active", max_devices
+        pool, account, product_id, AUTO, "active", max_devices, group_keys=sealed
     )
-    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+    found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
+    return IssuedAutoRegistration(found, issued)
+
+
+def key_slot(body: dict[str, Any]) -> KeySlot:
+    """The ``key`` of a rotation or derivation: ``primary`` (the default) or ``secondary``."""
+    value = body.get("key", "primary")
+    if value == "primary":
+        return "primary"
+    if value == "secondary":
+        return "secondary"
+    raise InvalidInput("key must be primary or secondary", field="key", rule="enum=primary,secondary")
+
+
+async def rotate_group_key(
+    pool: Pool, account: Account, registration_id: str, body: dict[str, Any], *, secret_key: Secret
+) -> IssuedAutoRegistration:
+    """Replace one group key of a derived_key registration (``body``: ``key``, primary or
+    secondary); the new key is returned this once. Conflict for another attestation."""
+    unknown = sorted(set(body) - {"key"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {shortened(unknown[0])!r}", field=shortened(unknown[0]), rule="known_fields"
+        )
+    slot = key_slot(body)
+    group_key = derived_keys.new_group_key()
+    sealed = derived_keys.GroupKeyBox(secret_key.reveal().encode()).seal(registration_id, slot, group_key)
+    await attestation.rotate_group_key(pool, account, registration_id, slot, sealed)
+    found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
+    return IssuedAutoRegistration(found, {slot: group_key})
+
+
+async def derive_device_key(
+    pool: Pool, account: Account, registration_id: str, body: dict[str, Any], *, secret_key: Secret
+) -> DerivedKey:
+    """The device key of ``body``'s ``hardware_id`` (trimmed, case kept) under the group key
+    ``key`` (primary, the default, or secondary) of a derived_key registration, for a
+    factory line: base64. Audited (the hardware ID, never a key). Conflict for another
+    attestation."""
+    unknown = sorted(set(body) - {"hardware_id", "key"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown field {shortened(unknown[0])!r}", field=shortened(unknown[0]), rule="known_fields"
+        )
+    hardware_id = validate_hardware_id(body.get("hardware_id"))
+    slot = key_slot(body)
+    found = await attestation.sealed_group_keys(pool, account.id, registration_id)
+    sealed = found.primary_sealed if slot == "primary" else found.secondary_sealed
+    group_key = derived_keys.GroupKeyBox(secret_key.reveal().encode()).open(registration_id, slot, sealed)
+    await attestation.record_derivation(pool, account, registration_id, hardware_id, slot)
+    return DerivedKey(
+        registration_id, hardware_id, slot, derived_keys.derive_device_key(group_key, hardware_id)
+    )
 
 
 def _max_devices(value: object) -> int | None:

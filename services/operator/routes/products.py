@@ -76,11 +76,10 @@ async def delete_product(request: web.Request, account: Account) -> Json:
 
 @authed(status=201)
 async def create_auto(request: web.Request, account: Account) -> Json:
+    r = resources(request)
     body = await parse_json_body(request)
-    return views.auto_registration(
-        await handlers.create_auto_registration(resources(request).pool, account, body),
-        masked=account.read_only,
-    )
+    issued = await handlers.create_auto_registration(r.pool, account, body, secret_key=r.settings.secret_key)
+    return views.issued_auto_registration(issued, masked=account.read_only)
 
 
 @authed()
@@ -132,6 +131,28 @@ async def rotate_auto_code(request: web.Request, account: Account) -> Json:
     return await _change_auto(request, account, "rotate-code")
 
 
+@authed()
+async def rotate_auto_key(request: web.Request, account: Account) -> Json:
+    r = resources(request)
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    issued = await handlers.rotate_group_key(
+        r.pool, account, registration_id, body, secret_key=r.settings.secret_key
+    )
+    return views.issued_auto_registration(issued)
+
+
+@authed()
+async def derive_auto_key(request: web.Request, account: Account) -> Json:
+    r = resources(request)
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    derived = await handlers.derive_device_key(
+        r.pool, account, registration_id, body, secret_key=r.settings.secret_key
+    )
+    return views.device_key(derived)
+
+
 ROUTES: list[web.RouteDef] = [
     web.post("/v1/products", create_product),
     web.get("/v1/products", list_products),
@@ -147,4 +168,6 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/auto-registrations/{registration_id}/pause", pause_auto),
     web.post("/v1/auto-registrations/{registration_id}/resume", resume_auto),
     web.post("/v1/auto-registrations/{registration_id}/rotate-code", rotate_auto_code),
+    web.post("/v1/auto-registrations/{registration_id}/rotate-key", rotate_auto_key),
+    web.post("/v1/auto-registrations/{registration_id}/derive-key", derive_auto_key),
 ]

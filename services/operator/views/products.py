@@ -3,6 +3,7 @@ read-only key)."""
 
 from __future__ import annotations
 
+from services.operator.handlers.products import DerivedKey, IssuedAutoRegistration
 from services.operator.views.common import MASKED, Json
 from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
@@ -65,6 +66,7 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
         "status": found.status,
         "bulk_identification_code": MASKED if masked and code is not None else code,
         "max_devices": found.max_devices,
+        "attestation": found.attestation,
         "device_count": found.device_count,
         "created_at": found.created_at.isoformat(),
         "updated_at": found.updated_at.isoformat(),
@@ -73,3 +75,22 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
 
 def auto_registrations(found: list[Registration], *, masked: bool = False) -> Json:
     return {"auto_registrations": [auto_registration(r, masked=masked) for r in found]}
+
+
+def issued_auto_registration(issued: IssuedAutoRegistration, *, masked: bool = False) -> Json:
+    """An auto registration as created or with a group key rotated: for derived_key, the
+    new group keys (``primary_key``, ``secondary_key``, base64) shown this once."""
+    shown = auto_registration(issued.registration, masked=masked)
+    for slot, group_key in issued.group_keys.items():
+        shown[f"{slot}_key"] = group_key
+    return shown
+
+
+def device_key(derived: DerivedKey) -> Json:
+    """A derived device key, as ``fleetreg auto derive-key`` prints it."""
+    return {
+        "auto_registration_id": derived.registration_id,
+        "hardware_id": derived.hardware_id,
+        "key": derived.slot,
+        "device_key": derived.device_key,
+    }

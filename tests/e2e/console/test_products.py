@@ -3,6 +3,9 @@ pause/resume/rotate/quota, and what a read-only session, another account and bad
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from typing import Any
 
@@ -305,3 +308,44 @@ async def test_bad_product_forms_get_a_readable_message_never_a_500(
         answer = await request.post(console.url + path, form={"csrf_token": csrf, **form})
         assert answer.status < 500, path
     assert (await operator.call("GET", "/v1/products", expect=200))["products"] == []
+
+
+async def test_a_derived_key_auto_registration_shows_its_group_keys_once_and_rotates_one(
+    console: Console, operator: Operator
+) -> None:
+    page = console.page
+    product = await operator.call(
+        "POST", "/v1/products", {"name": "Keyed", "services": [{"type": "ssh", "port": 22}]}, expect=201
+    )
+    await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+    await console.open("/console/auto-registrations")
+    await page.get_by_label("Product", exact=True).select_option(label="Keyed")
+    await page.get_by_label("Attestation").select_option("derived_key")
+    await page.get_by_role("button", name="Create auto registration").click()
+    await expect(page.get_by_role("heading", name="Group keys: shown once")).to_be_visible()
+    primary = (await page.locator("[data-group-key=primary]").inner_text()).strip()
+    secondary = (await page.locator("[data-group-key=secondary]").inner_text()).strip()
+    await console.check_accessibility()
+    registration = next(
+        r
+        for r in (await operator.call("GET", "/v1/auto-registrations"))["auto_registrations"]
+        if r["product_id"] == product["id"]
+    )
+    assert registration["attestation"] == "derived_key"
+    derived = await operator.call(
+        "POST", f"/v1/auto-registrations/{registration['id']}/derive-key", {"hardware_id": "k1"}, expect=200
+    )
+    expected = base64.b64encode(hmac.digest(base64.b64decode(primary), b"k1", hashlib.sha256)).decode()
+    assert derived["device_key"] == expected and secondary != primary
+
+    # Its page afterwards never shows them; a rotation shows the new one once.
+    await console.open(f"/console/auto-registrations/{registration['id']}")
+    await expect(page.locator("dd", has_text="derived keys")).to_be_visible()
+    assert primary not in await page.content() and secondary not in await page.content()
+    await page.get_by_label("Key", exact=True).select_option("secondary")
+    await page.get_by_label("I understand device keys of the old group key stop registering").check()
+    await page.get_by_role("button", name="Rotate the key").click()
+    await expect(flash(console)).to_contain_text("Group key rotated")
+    rotated = (await page.locator("[data-group-key=secondary]").inner_text()).strip()
+    assert rotated not in (primary, secondary) and await page.locator("[data-group-key=primary]").count() == 0
+    await console.check_accessibility()

@@ -1,5 +1,9 @@
 """Auto registrations: list, create, a registration's page (pause, resume, quota, rotate the
-code) and revealing its code.
+code, rotate a group key) and revealing its code.
+
+A derived_key registration's group keys are shown once: the page answering its creation or
+a key's rotation (a POST: never on a GET page, in a URL or in the session) carries them,
+with the factory-image warning.
 
 An auto registration's code is its product's Bulk Identification Code. As on a product's
 page, it is shown only as the answer of a "Reveal" POST (CSRF, never to a read-only
@@ -53,18 +57,61 @@ async def list_auto(request: web.Request, operator: Operator) -> Context:
 
 
 @action()
-async def create_auto(request: web.Request, operator: Operator, form: Form) -> str:
+async def create_auto(request: web.Request, operator: Operator, form: Form) -> str | web.StreamResponse:
     body: dict[str, Any] = {"product_id": text(form, "product_id")[:FIELD_MAX]}
     quota = max_devices(form)
     if quota is not None:
         body["max_devices"] = quota
-    created = await handlers.create_auto_registration(resources(request).pool, operator.account, body)
+    attestation = text(form, "attestation")[:FIELD_MAX]
+    if attestation:
+        body["attestation"] = attestation
+    r = resources(request)
+    created = await handlers.create_auto_registration(
+        r.pool, operator.account, body, secret_key=r.settings.secret_key
+    )
+    if created.group_keys:
+        flash(operator, "Auto registration created: copy its group keys now, they are shown only once.")
+        return await _with_keys(request, operator, created)
     flash(operator, "Auto registration created: devices with the product's code register now.")
-    return f"/console/auto-registrations/{created.id}"
+    return f"/console/auto-registrations/{created.registration.id}"
 
 
-async def _auto_context(request: web.Request, operator: Operator, reveal: bool) -> Context:
+async def _with_keys(
+    request: web.Request, operator: Operator, issued: handlers.IssuedAutoRegistration
+) -> web.StreamResponse:
+    """The registration's page with its new group keys shown, this once."""
+    context = await _auto_context(request, operator, reveal=False, registration_id=issued.registration.id)
+    context["group_keys"] = issued.group_keys
+    return render("auto_registration.html", request, operator, context)
+
+
+@action()
+async def rotate_key(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
+    """Replace the primary or secondary group key (the ``key`` field; the ``confirm`` box
+    ticked); the page shows the new key once."""
     registration_id = path_id(request, "registration_id")
+    if text(form, "confirm") != "yes":
+        raise InvalidInput(
+            "tick “I understand device keys of the old group key stop registering” to rotate it",
+            field="confirm",
+            rule="required",
+        )
+    r = resources(request)
+    issued = await handlers.rotate_group_key(
+        r.pool,
+        operator.account,
+        registration_id,
+        {"key": text(form, "key")[:FIELD_MAX]},
+        secret_key=r.settings.secret_key,
+    )
+    flash(operator, "Group key rotated: copy the new key now, it is shown only once.")
+    return await _with_keys(request, operator, issued)
+
+
+async def _auto_context(
+    request: web.Request, operator: Operator, reveal: bool, registration_id: str | None = None
+) -> Context:
+    registration_id = registration_id or path_id(request, "registration_id")
     pool = resources(request).pool
     found = await handlers.get_auto_registration(pool, operator.account, registration_id)
     product = await handlers.get_product(pool, operator.account, found.product_id)
@@ -73,6 +120,7 @@ async def _auto_context(request: web.Request, operator: Operator, reveal: bool) 
         "registration": views.auto_registration(found, masked=not shown),
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
+        "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)
     }
 
 
@@ -141,6 +189,7 @@ ROUTES: list[web.RouteDef] = [
     web.post("/auto-registrations/{registration_id}/reveal", reveal_code),
     web.get("/auto-registrations/{registration_id}/reveal", reveal_link),
     web.post("/auto-registrations/{registration_id}/quota", set_quota),
+    web.post("/auto-registrations/{registration_id}/rotate-key", rotate_key),
     web.post(
         "/auto-registrations/{registration_id}/pause",
         _change("pause", "Paused: devices presenting the code are refused until it is resumed."),

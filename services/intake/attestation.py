@@ -1,0 +1,103 @@
+"""Checking a device's proof of its derived key (docs/device-identity.md), before its
+claim is published: which attestation a code's auto registration takes, and its group
+keys, kept for a few seconds as the code cache keeps codes.
+
+A cached entry is dropped on every ``codes`` invalidation (a code rotation, a group key's
+rotation, a product's lock or deletion: shared.db.products.CODES_CHANGED), lives at most
+``ttl_s`` (FLEETREG_CODE_CACHE_SECONDS), and is kept only while the invalidation listener
+runs and no invalidation arrived during its read: a rotated-out group key proves nothing
+after the invalidation's delivery time (milliseconds).
+
+The group keys are opened here (FLEETREG_SECRET_KEY) and held in memory only; they, the
+derived device keys and the proofs' MACs are never logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.db import attestation
+from shared.db.pool import Pool
+from shared.domain import derived_keys
+from shared.domain.derived_keys import GroupKeyBox, Proof
+
+
+@dataclass(frozen=True)
+class CodeAttestation:
+    """What a code's registration takes: ``attestation`` (``code`` for a bulk product's code
+    too: its rows' keys are checked by deduplication), and for ``derived_key`` its ID and
+    opened group keys (primary, secondary)."""
+
+    attestation: str
+    registration_id: str = ""
+    group_keys: tuple[str, ...] = ()
+
+
+CODE_ATTESTATION = CodeAttestation("code")
+
+Check = Literal["proven", "no_proof", "wrong", "time", "replayed"]
+
+
+class GroupKeyCache:
+    def __init__(self, box: GroupKeyBox, ttl_s: float, max_entries: int = 10_000) -> None:
+        self._box = box
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, CodeAttestation]] = OrderedDict()
+        self._generation = 0
+        self._listening = False
+
+    async def of_code(self, pool: Pool, code: str) -> CodeAttestation:
+        """The attestation of ``code``'s registration (one indexed read when not cached)."""
+        entry = self._entries.get(code)
+        if entry is not None and entry[0] >= time.monotonic():
+            return entry[1]
+        generation = self._generation
+        found = await attestation.group_keys_of_code(pool, code)
+        shown = CODE_ATTESTATION
+        if found is not None and found.attestation == "derived_key":
+            keys = (
+                self._box.open(found.registration_id, "primary", found.primary_sealed),
+                self._box.open(found.registration_id, "secondary", found.secondary_sealed),
+            )
+            shown = CodeAttestation("derived_key", found.registration_id, keys)
+        if self._ttl_s > 0 and self._listening and generation == self._generation:
+            self._entries[code] = (time.monotonic() + self._ttl_s, shown)
+            self._entries.move_to_end(code)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return shown
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    def listening(self, up: bool) -> None:
+        """The invalidation listener connected (True) or lost its connection (False)."""
+        self._listening = up
+        self.clear()
+
+
+async def check_proof(
+    pool: Pool, found: CodeAttestation, hardware_id: str, proof: Proof | None, now: float
+) -> Check:
+    """Whether a claim of ``hardware_id`` proves the device key of ``found``'s registration:
+    ``proven`` (its nonce now recorded, on every instance: shared/db/attestation.py),
+    ``no_proof``, ``wrong`` (no group key made it), ``time`` (a right MAC whose expiry is
+    past or too far ahead of ``now``: a device without a clock) or ``replayed`` (its nonce
+    was accepted before). The MAC is checked first, so that only a device holding the key
+    learns anything about time or nonces."""
+    if proof is None:
+        return "no_proof"
+    if not derived_keys.proof_matches(found.group_keys, hardware_id, proof):
+        return "wrong"
+    if not derived_keys.proof_time_ok(proof.expires, now):
+        return "time"
+    if not await attestation.accept_nonce(
+        pool, found.registration_id, hardware_id, proof.nonce, proof.expires
+    ):
+        return "replayed"
+    return "proven"

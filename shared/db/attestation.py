@@ -1,0 +1,131 @@
+"""Derived-key attestation in the registry (docs/device-identity.md): an auto
+registration's sealed group keys (rotated one at a time, read by the operator to derive a
+device key and by the intake to check a proof), and the nonces of accepted proofs, so that
+every intake instance accepts a proof once. The keys are stored sealed
+(shared.domain.derived_keys.GroupKeyBox); this module never sees them in the clear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from shared.db import audit
+from shared.db.pool import Pool
+from shared.db.products import CODES_CHANGED
+from shared.db.throttle import notify
+from shared.domain.accounts import Account
+from shared.domain.derived_keys import KeySlot
+from shared.errors import Conflict, NotFound
+
+SELECT_SEALED = """
+    SELECT attestation, primary_key_sealed, secondary_key_sealed FROM registrations
+    WHERE id = $1 AND account_id = $2 AND kind = 'auto'"""
+# One statement for both slots (KeySlot: $4 is 'primary' or 'secondary'), the other kept.
+ROTATE = """
+    UPDATE registrations
+    SET primary_key_sealed = CASE WHEN $4 = 'primary' THEN $3 ELSE primary_key_sealed END,
+        secondary_key_sealed = CASE WHEN $4 = 'secondary' THEN $3 ELSE secondary_key_sealed END,
+        updated_at = now()
+    WHERE id = $1 AND account_id = $2 AND kind = 'auto' AND attestation = 'derived_key'
+    RETURNING product_id::text"""
+# Any code of the product, current or revoked: a revoked code's claims still need a proof.
+SELECT_OF_CODE = """
+    SELECT r.id::text, r.attestation, r.primary_key_sealed, r.secondary_key_sealed
+    FROM bulk_identification_codes c
+    JOIN registrations r ON r.product_id = c.product_id AND r.kind = 'auto'
+    WHERE c.code = $1"""
+INSERT_NONCE = """
+    INSERT INTO proof_nonces (registration_id, hardware_id, nonce, expires_at)
+    VALUES ($1, lower($2), $3, $4) ON CONFLICT DO NOTHING RETURNING true"""
+# A nonce is kept a minute past its proof's expiry: instances' clocks may differ a little.
+DELETE_EXPIRED = "DELETE FROM proof_nonces WHERE expires_at < now() - interval '60 seconds'"
+
+
+@dataclass(frozen=True)
+class SealedGroupKeys:
+    """An auto registration's attestation and, for ``derived_key``, its sealed group keys
+    (``b""`` otherwise)."""
+
+    registration_id: str
+    attestation: str
+    primary_sealed: bytes
+    secondary_sealed: bytes
+
+
+async def sealed_group_keys(pool: Pool, account_id: str, registration_id: str) -> SealedGroupKeys:
+    """The account's auto registration's sealed group keys; NotFound outside the account,
+    Conflict (``rule: attestation=derived_key``) for a registration of another attestation."""
+    row = await pool.fetchrow(SELECT_SEALED, registration_id, account_id)
+    if row is None:
+        raise NotFound(f"no auto registration {registration_id} in this account")
+    if row["attestation"] != "derived_key":
+        raise Conflict(
+            f"auto registration {registration_id} attests by {row['attestation']}, not derived_key: "
+            "it has no group keys",
+            rule="attestation=derived_key",
+        )
+    return SealedGroupKeys(
+        registration_id, row["attestation"], row["primary_key_sealed"], row["secondary_key_sealed"]
+    )
+
+
+async def rotate_group_key(
+    pool: Pool, actor: Account, registration_id: str, slot: KeySlot, sealed: bytes
+) -> None:
+    """Replace one group key (``slot``) with ``sealed``; device keys derived from the old one
+    stop proving anything at once (every intake drops its cached keys: the ``codes``
+    invalidation). Audited as ``auto_registration.key_rotated`` (the slot, never a key)."""
+    async with pool.acquire() as conn, conn.transaction():
+        product_id = await conn.fetchval(ROTATE, registration_id, actor.id, sealed, slot)
+        if product_id is None:
+            await sealed_group_keys(pool, actor.id, registration_id)  # NotFound or Conflict
+            raise NotFound(f"no auto registration {registration_id} in this account")
+        await notify(conn, CODES_CHANGED)
+        await audit.record(
+            conn,
+            actor,
+            "auto_registration.key_rotated",
+            "auto_registration",
+            registration_id,
+            {"product_id": product_id, "key": slot},
+        )
+
+
+async def record_derivation(
+    pool: Pool, actor: Account, registration_id: str, hardware_id: str, slot: KeySlot
+) -> None:
+    """Audit that the operator derived the device key of ``hardware_id`` (never the key):
+    ``auto_registration.device_key_derived``."""
+    async with pool.acquire() as conn, conn.transaction():
+        await audit.record(
+            conn,
+            actor,
+            "auto_registration.device_key_derived",
+            "auto_registration",
+            registration_id,
+            {"hardware_id": hardware_id, "key": slot},
+        )
+
+
+async def group_keys_of_code(pool: Pool, code: str) -> SealedGroupKeys | None:
+    """The attestation of the auto registration whose product ``code`` (current or revoked)
+    belongs to, or None (a bulk product's code, or no such code): one indexed read."""
+    row = await pool.fetchrow(SELECT_OF_CODE, code)
+    if row is None:
+        return None
+    return SealedGroupKeys(
+        row["id"], row["attestation"], row["primary_key_sealed"] or b"", row["secondary_key_sealed"] or b""
+    )
+
+
+async def accept_nonce(pool: Pool, registration_id: str, hardware_id: str, nonce: str, expires: int) -> bool:
+    """Record a valid proof's nonce for (registration, hardware ID in any case); False when it
+    was recorded already (a replay), by this instance or another."""
+    expires_at = datetime.fromtimestamp(expires, UTC)
+    return bool(await pool.fetchval(INSERT_NONCE, registration_id, hardware_id, nonce, expires_at))
+
+
+async def forget_expired_nonces(pool: Pool) -> int:
+    """Delete the nonces whose proofs expired (a minute ago); how many."""
+    result = await pool.execute(DELETE_EXPIRED)
+    return int(result.split()[-1])
