@@ -20,6 +20,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from cryptography import x509
+
+from services.intake import certificates
+from services.intake.certificates import Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -71,6 +75,7 @@ REGISTRATION_FIELDS = {
     "fingerprint",
     "device_secret",
     "registration_key",
+    "csr",
 }
 FINGERPRINT_FIELDS = {"cpu_id", "mac"}
 # The registration call's and poll's ``include`` query flag: the one value it takes.
@@ -137,6 +142,9 @@ class Intake(Protocol):
     @property
     def throttle(self) -> Throttle: ...
 
+    @property
+    def issuer(self) -> Issuer: ...
+
     async def publish_request(self, event: RegistrationRequested) -> None: ...
 
 
@@ -174,6 +182,7 @@ class RegistrationInput:
     device_secret: str = ""
     registration_key: str = ""
     idempotency_key: str = ""
+    csr: x509.CertificateSigningRequest | None = None  # checked: a certificate is asked for
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,7 @@ class Answer:
     retry_after: int = 0  # a refusal for now: seconds to wait before claiming again
     # Answered by the intake itself past a limit (nothing published): not counted again.
     held: bool = False
+    certificate: Issued | None = None  # only with a CSR, only beside the device secret
 
     @property
     def clone(self) -> bool:
@@ -264,7 +274,18 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
         # Trimmed as the CSV trims it: a key read from a file may end in a line break.
         registration_key=_token(_stripped(data.get("registration_key")), "registration_key"),
         idempotency_key=_token(idempotency_key, "Idempotency-Key"),
+        csr=parse_csr_field(data.get("csr")),
     )
+
+
+def parse_csr_field(value: object) -> x509.CertificateSigningRequest | None:
+    """A call's ``csr`` (PEM or base64 DER), checked (services.intake.certificates.checked_csr:
+    CsrRefused, 400); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("csr must be a string (PEM or base64 DER)", field="csr", rule="type=string")
+    return certificates.checked_csr(value)
 
 
 def parse_include(values: list[str]) -> bool:
@@ -403,8 +424,44 @@ async def register_native(
     await remember_clone_rate(throttle, source, code, answer)
     if include_files:
         answer = await with_files(r.pool, r.keyring, answer, r.devices)
+    if registration.csr is not None:
+        answer = await with_certificate(r, answer, registration.csr)
     await count_new_device(throttle, code, answer)
     return answer
+
+
+async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigningRequest) -> Answer:
+    """A ``ready`` answer carrying the device secret also carries the certificate of the
+    CSR's key, signed by the account's issuing CA for the device's credentials of that
+    secret (no secret in the answer, no certificate: the device asks later with its
+    secret, POST /v1/devices/{id}/certificate)."""
+    if answer.status != "ready" or not answer.device_secret:
+        return answer
+    secret = answer.device_secret.encode()
+
+    def proven(generation: int) -> bool:
+        return hmac.compare_digest(r.keyring.device_secret(answer.device_id, generation).encode(), secret)
+
+    try:
+        issued = await certificates.issue(r.pool, r.issuer, answer.device_id, csr, proven, via="registration")
+    except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
+        return answer
+    return replace(answer, certificate=issued)
+
+
+async def device_certificate(
+    r: Intake, device: AuthenticatedDevice, csr: x509.CertificateSigningRequest, *, via: str = "native"
+) -> Issued:
+    """Issue a certificate of the CSR's key to the proven ``device`` (a renewal is the same
+    call): Forbidden (403) when it was disabled, reset or deleted since it was proven."""
+    return await certificates.issue(
+        r.pool, r.issuer, device.id, csr, lambda g: g == device.credential_generation, via=via
+    )
+
+
+async def current_certificate(r: Intake, device: AuthenticatedDevice) -> Issued:
+    """The proven device's current certificate; NotFound (404) when it has none."""
+    return await certificates.current(r.pool, r.issuer, device.id)
 
 
 async def count_new_device(throttle: Throttle, code: str, answer: Answer) -> None:

@@ -12,6 +12,7 @@ from functools import partial
 
 from aiohttp import web
 
+from services.intake.certificates import Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -50,6 +51,7 @@ class Resources:
     devices: DeviceCache
     codes: CodeCache
     throttle: Throttle
+    issuer: Issuer
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
@@ -121,16 +123,19 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             await waiter.start(await producer.partitions_for(topics.registration_outcomes))
             device_cache = DeviceCache(settings.device_cache_seconds)
             code_cache = CodeCache(settings.code_cache_seconds)
+            issuer = Issuer(settings.secret_key.reveal().encode(), settings.device_cert_days)
 
             def invalidate(payload: str) -> None:
                 if payload == CODES_CHANGED:
                     code_cache.clear()
                 else:
                     device_cache.apply(payload)
+                    issuer.invalidate()  # a disable, reset or delete may have revoked certificates
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)
                 code_cache.listening(up)
+                issuer.listening(up)
 
             throttle = app[THROTTLE] = await open_throttle(
                 stack,
@@ -151,6 +156,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 device_cache,
                 code_cache,
                 throttle,
+                issuer,
             )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(
