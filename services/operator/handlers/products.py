@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from shared.db import products, registrations
+from shared.db import certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import Registration
@@ -18,6 +18,7 @@ from shared.domain.products import (
     validate_service_change,
 )
 from shared.errors import InvalidInput, shortened
+from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
 # The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
@@ -65,7 +66,11 @@ async def delete_product(pool: Pool, account: Account, product_id: str) -> Produ
 # ---------------------------------------------------------------- auto registrations
 
 
-async def create_auto_registration(pool: Pool, account: Account, body: dict[str, Any]) -> Registration:
+async def create_auto_registration(
+    pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret
+) -> Registration:
+    """Create an auto registration; the account's issuing CA of device certificates exists
+    from then on (created here on first use: EST ``cacerts`` of the registration answers)."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
@@ -75,6 +80,7 @@ async def create_auto_registration(pool: Pool, account: Account, body: dict[str,
     registration_id = await registrations.create_registration(
         pool, account, product_id, AUTO, "active", max_devices
     )
+    await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
     return await registrations.get_registration(pool, account.id, AUTO, registration_id)
 
 

@@ -78,7 +78,9 @@ async def delete_product(request: web.Request, account: Account) -> Json:
 async def create_auto(request: web.Request, account: Account) -> Json:
     body = await parse_json_body(request)
     return views.auto_registration(
-        await handlers.create_auto_registration(resources(request).pool, account, body),
+        await handlers.create_auto_registration(
+            resources(request).pool, account, body, secret_key=resources(request).settings.secret_key
+        ),
         masked=account.read_only,
     )
 

@@ -58,7 +58,10 @@ async def create_auto(request: web.Request, operator: Operator, form: Form) -> s
     quota = max_devices(form)
     if quota is not None:
         body["max_devices"] = quota
-    created = await handlers.create_auto_registration(resources(request).pool, operator.account, body)
+    r = resources(request)
+    created = await handlers.create_auto_registration(
+        r.pool, operator.account, body, secret_key=r.settings.secret_key
+    )
     flash(operator, "Auto registration created: devices with the product's code register now.")
     return f"/console/auto-registrations/{created.id}"
 
