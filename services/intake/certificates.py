@@ -4,10 +4,11 @@ certificate to a proven device, renewal proven by the current certificate's key,
 account's CRL and EST's ``cacerts`` (docs/device-identity.md, "Device certificates").
 
 The CRL is built from the registry (so every instance publishes the same revocations)
-and kept until a device of any account is disabled, reset or deleted: those statements
+and kept until a device of any account is disabled, reset, deleted or moved: those statements
 announce ``device:<id>`` on ``fleetreg_invalidate``, which drops every kept CRL
 (:meth:`Issuer.invalidate`), and none is kept while the listener is disconnected. A
-revocation is therefore in the CRL from the next fetch after the operator's answer."""
+revocation is therefore in the CRL once the notification is delivered (milliseconds after
+the operator's answer: the device cache's bound, docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -126,15 +127,17 @@ async def issue(
     *,
     via: str,
     registration_id: str | None = None,
+    known: registry.IssuingDevice | None = None,
 ) -> Issued:
     """Sign the CSR's key for the device (its assigned hardware ID as subject) and record
     the certificate. ``proven(generation)``: whether the caller proved the device's
     credentials of that generation (its current one is read here); ``registration_id``:
     the auto registration the device must belong to (an EST label); ``via``: the
-    metric's label. Forbidden (403) when the device is unknown, disabled, elsewhere, or
+    metric's label; ``known``: the device as the caller knows it (its registration's
+    outcome), read otherwise. Forbidden (403) when the device is unknown, disabled, elsewhere, or
     no longer at the proven generation (a reset, a disable or a delete that commits while
     this runs either waits for the record and revokes it, or leaves nothing recorded)."""
-    device = await registry.issuing_device(pool, device_id)
+    device = known or await registry.issuing_device(pool, device_id)
     if device is None or device.disabled or not proven(device.credential_generation):
         raise Forbidden(NOT_ISSUED)
     if registration_id is not None and device.registration_id != registration_id:

@@ -29,6 +29,7 @@ from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
 from shared.db import bulk, decisions, devices, files, products
+from shared.db.certificates import IssuingDevice
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
@@ -219,6 +220,10 @@ class Answer:
     # Answered by the intake itself past a limit (nothing published): not counted again.
     held: bool = False
     certificate: Issued | None = None  # only with a CSR, only beside the device secret
+    # Of an outcome just decided (not of a poll): what issuing a certificate needs, so that
+    # it reads nothing more than its conditional record (services/intake/certificates.py).
+    account_id: str = ""
+    credential_generation: int = 0
 
     @property
     def clone(self) -> bool:
@@ -344,6 +349,8 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
         device_secret=""
         if outcome.superseded
         else keyring.device_secret(outcome.device_id, outcome.credential_generation),
+        account_id=outcome.account_id,
+        credential_generation=outcome.credential_generation,
     )
 
 
@@ -442,8 +449,17 @@ async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigni
     def proven(generation: int) -> bool:
         return hmac.compare_digest(r.keyring.device_secret(answer.device_id, generation).encode(), secret)
 
+    # The outcome names the device's account, assigned ID and credential generation: no read
+    # before signing (the record is conditional on them and on the device being enabled).
+    known = (
+        IssuingDevice(answer.account_id, "", answer.hardware_id, False, answer.credential_generation)
+        if answer.account_id and answer.credential_generation
+        else None
+    )
     try:
-        issued = await certificates.issue(r.pool, r.issuer, answer.device_id, csr, proven, via="registration")
+        issued = await certificates.issue(
+            r.pool, r.issuer, answer.device_id, csr, proven, via="registration", known=known
+        )
     except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
         return answer
     return replace(answer, certificate=issued)

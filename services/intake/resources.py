@@ -130,7 +130,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     code_cache.clear()
                 else:
                     device_cache.apply(payload)
-                    issuer.invalidate()  # a disable, reset or delete may have revoked certificates
+                    issuer.invalidate()  # a disable, reset, delete or move may have revoked certificates
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)

@@ -33,7 +33,7 @@ SELECT_DEVICE = """
     SELECT account_id::text, registration_id::text, hardware_id, disabled, credential_generation
     FROM devices WHERE id = $1"""
 # Recorded only while the device is still enabled and at the credential generation the
-# caller proved: the row is share-locked, so a disable, reset or delete either waits for
+# caller proved: the row is share-locked, so a disable, reset, delete or move either waits for
 # this record (and then revokes it) or commits first (and nothing is recorded, or handed out).
 RECORD_CERTIFICATE = """
     WITH device AS (
@@ -171,7 +171,7 @@ async def revoke_devices(
     conn: Connection, device_ids: Sequence[str], reason: RevocationReason
 ) -> list[tuple[str, str]]:
     """Revoke every unexpired certificate of the devices, in the caller's transaction (the
-    disable, reset or delete that is the reason): ``(device ID, serial)`` of each."""
+    disable, reset, delete or move that is the reason): ``(device ID, serial)`` of each."""
     if not device_ids:
         return []
     return [(r["device_id"], r["serial"]) for r in await conn.fetch(REVOKE_DEVICES, list(device_ids), reason)]

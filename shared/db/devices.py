@@ -812,6 +812,8 @@ async def move_device(pool: Pool, actor: Account, device_id: str, product_id: st
                 "credential_generation": {"from": before["credential_generation"], "to": generation},
             },
         )
+        # A reset into another product: its certificates are revoked as a reset's are.
+        await _revoke_certificates(conn, actor, {before["id"]: before}, [before["id"]], "reset")
 
 
 async def rename_device(pool: Pool, actor: Account, keyring: Keyring, device_id: str, name: str) -> bool:

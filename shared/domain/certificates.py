@@ -55,7 +55,7 @@ HARDWARE_ID_URN = "urn:fleetreg:hardware-id:"
 CN_MAX = 64
 
 CsrRefusal = Literal["too_large", "malformed", "bad_signature", "weak_key", "unsupported_key"]
-RevocationReason = Literal["disabled", "reset", "deleted"]
+RevocationReason = Literal["disabled", "reset", "deleted"]  # a move is a reset
 _CRL_REASONS: dict[str, x509.ReasonFlags] = {
     "disabled": x509.ReasonFlags.privilege_withdrawn,
     "reset": x509.ReasonFlags.superseded,
@@ -313,8 +313,9 @@ class Revoked:
 def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: datetime | None = None) -> bytes:
     """The account's CRL (DER), signed by its CA: every revoked certificate not yet
     expired, with its reason (disabled: privilegeWithdrawn, reset: superseded, deleted:
-    cessationOfOperation); thisUpdate ``now``, nextUpdate CRL_VALIDITY later; the CRL
-    number is the build time in milliseconds (increasing across instances)."""
+    cessationOfOperation); thisUpdate ``now``, nextUpdate
+    CRL_VALIDITY later; the CRL number is the build time in milliseconds (increasing
+    across instances)."""
     now = now or datetime.now(UTC)
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (

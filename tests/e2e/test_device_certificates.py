@@ -8,9 +8,11 @@ no log."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,29 +150,35 @@ async def crl_serials(
     return {format(entry.serial_number, "x") for entry in crl}
 
 
-async def test_disable_reset_and_delete_revoke_into_the_crl_and_the_audit_trail(
+async def test_disable_reset_delete_and_move_revoke_into_the_crl_and_the_audit_trail(
     session: aiohttp.ClientSession, system: System, operator: Operator, ca_pem: str
 ) -> None:
-    auto = await operator.product()
+    auto, elsewhere = await operator.product(), await operator.product()
     code = auto["bulk_identification_code"]
     booted = [
-        await boot(session, system.device_url, code, uuid.uuid4().hex[:12], csr_of(p256())) for _ in range(3)
+        await boot(session, system.device_url, code, uuid.uuid4().hex[:12], csr_of(p256())) for _ in range(4)
     ]
     assert not {b["certificate"]["serial"] for b in booted} & await crl_serials(
         session, system, operator, ca_pem
     )
     for answer, (method, path) in zip(
-        booted, (("POST", "/disable"), ("POST", "/reset"), ("DELETE", "")), strict=True
+        booted, (("POST", "/disable"), ("POST", "/reset"), ("DELETE", ""), ("POST", "/move")), strict=True
     ):
-        await operator.call(method, f"/v1/devices/{answer['device_id']}{path}", expect=200)
-        # Within the invalidation bound: the next fetch after the operator's answer.
-        assert answer["certificate"]["serial"] in await crl_serials(session, system, operator, ca_pem)
+        body = {"product_id": elsewhere["product_id"]} if path == "/move" else None
+        await operator.call(method, f"/v1/devices/{answer['device_id']}{path}", body, expect=200)
+        # Within the invalidation bound (the notification's delivery: milliseconds), awaited
+        # up to a second as tests/e2e/test_lifecycle.py awaits a disable.
+        deadline = time.monotonic() + 1
+        while answer["certificate"]["serial"] not in await crl_serials(session, system, operator, ca_pem):
+            assert time.monotonic() < deadline, path
+            await asyncio.sleep(0.01)
     events = await operator.call("GET", "/v1/audit-events?action=certificate.revoked", expect=200)
     revoked = {e["changes"]["serial"]: e["changes"]["reason"] for e in events["audit_events"]}
     assert revoked == {
         booted[0]["certificate"]["serial"]: "disabled",
         booted[1]["certificate"]["serial"]: "reset",
         booted[2]["certificate"]["serial"]: "deleted",
+        booted[3]["certificate"]["serial"]: "reset",  # a move is a reset into another product
     }
     device = await operator.call("GET", f"/v1/devices/{booted[0]['device_id']}", expect=200)
     assert device["certificate"]["revoked_at"] is not None
