@@ -451,7 +451,10 @@ class RunOptions:
     run's time (fakes in tests). ``two_call``: devices boot in two calls (docs/device-api.md,
     "Two-call boot"): registration and polls ask ``include=files``, the inline files are
     verified as downloaded ones are, then ``ready``; a ready answer without them falls
-    back to the manifest and per-file downloads.
+    back to the manifest and per-file downloads. ``csr``: a PKCS#10 request (PEM) every
+    registration carries (one key for the run: what is measured is the issuing); a ready
+    answer carrying the device secret must then carry a certificate
+    (docs/device-identity.md).
     """
 
     request_timeout_s: float = 30.0
@@ -464,6 +467,7 @@ class RunOptions:
     clock: Clock = time.monotonic
     sleep: Sleep = asyncio.sleep
     two_call: bool = False
+    csr: str = ""
 
 
 class DeviceFailure(Exception):
@@ -675,7 +679,10 @@ class DeviceApi:
         headers = {"Content-Type": "application/json"}
         if device.idempotency_key is not None:
             headers["Idempotency-Key"] = device.idempotency_key
-        data = orjson.dumps(device.registration_body(code, group_key))
+        body = device.registration_body(code, group_key)
+        if self.options.csr:
+            body["csr"] = self.options.csr
+        data = orjson.dumps(body)
         async with self.session.post(
             self.url(f"/v1/registrations{self._include}"), data=data, headers=headers
         ) as response:
@@ -695,7 +702,10 @@ class DeviceApi:
         while True:
             body = answer.body
             if answer.status == 200 and body.get("status") == "ready":
-                return _ready(body, claimed)
+                ready = _ready(body, claimed)
+                if self.options.csr and ready.device_secret and not isinstance(body.get("certificate"), dict):
+                    raise DeviceFailure("bad_answer", "no certificate beside the device secret")
+                return ready
             if answer.status == 403:
                 raise DeviceFailure("refused", str(body.get("reason", "")))
             if answer.status == 404:

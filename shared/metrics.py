@@ -151,6 +151,18 @@ WEBHOOKS_DISABLED = Counter(
     "Webhooks the notifier disabled: their endpoint answered 410 Gone, or failed for the disable period",
 )
 
+DEVICE_CERTIFICATES_ISSUED = Counter(
+    "fleetreg_device_certificates_issued_total",
+    "Device certificates signed by an account's issuing CA, by how the device asked"
+    " (registration, native, est_enroll, est_reenroll)",
+    ["via"],
+)
+CSR_REFUSALS = Counter(
+    "fleetreg_csr_refusals_total",
+    "CSRs refused, by reason (too_large, malformed, bad_signature, weak_key, unsupported_key)",
+    ["reason"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,4 +1,5 @@
-"""``fleetreg account create``: the bootstrap of a new account, straight in the database.
+"""``fleetreg account create``: the bootstrap of a new account, straight in the database;
+``fleetreg account issuing-ca``: the account's CA of device certificates (the API).
 
 The first API key of an account cannot come from the API (nothing could
 authenticate the call), so this command writes it with DATABASE_URL and prints
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli.client import operator_client
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json
@@ -27,6 +29,22 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--name", required=True)
     create.set_defaults(run=create_account)
+    ca = actions.add_parser(
+        "issuing-ca",
+        parents=[common],
+        help="the account's CA of device certificates (PEM; --json: subject, validity, CRL path)",
+    )
+    ca.set_defaults(run=show_issuing_ca)
+
+
+async def show_issuing_ca(args: argparse.Namespace) -> int:
+    async with operator_client() as client:
+        ca = await client.get("/v1/account/issuing-ca")
+    if args.json:
+        emit_json(ca)
+    else:
+        print(ca["certificate_pem"], end="")
+    return 0
 
 
 async def create_account(args: argparse.Namespace) -> int:

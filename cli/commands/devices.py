@@ -238,6 +238,13 @@ async def show_device(args: argparse.Namespace) -> int:
         "last_seen_at",
     ):
         print(f"{key:20} {device.get(key) or '-'}")
+    certificate = device.get("certificate")
+    if certificate:
+        revoked = f", revoked {certificate['revoked_at']}" if certificate["revoked_at"] else ""
+        shown = f"serial {certificate['serial']}, not after {certificate['not_after']}{revoked}"
+        print(f"{'certificate':20} {shown}")
+    else:
+        print(f"{'certificate':20} -")
     print()
     rows = [(h["at"], h["kind"], h.get("decision", ""), h.get("reason", "")) for h in device["history"]]
     print_table(rows, ["at", "event", "decision", "reason"])

@@ -10,6 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from cli.arguments import object_id, positive_int
 from cli.client import operator_client
 from cli.commands.bulk import BULK_URL, uploaded_file
@@ -88,6 +93,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="boot in two calls: register with include=files, verify the inline files' size and "
         "SHA-256, confirm (docs/device-api.md); a ready answer without files falls back to downloads",
+    )
+    parser.add_argument(
+        "--csr",
+        action="store_true",
+        help="send a CSR (P-256) with each registration and require a device certificate in every "
+        "ready answer carrying the device secret (docs/device-identity.md)",
     )
     parser.add_argument("--seed", type=int, help="seed of the fleet plan (default: random, reported)")
     parser.add_argument("--code", help="Bulk Identification Code (default: FLEETREG_DEMO_CODE)")
@@ -213,7 +224,10 @@ async def run(args: argparse.Namespace) -> int:
     gc.freeze()
     use_fewer_collections()
     options = RunOptions(
-        deadline_s=args.deadline_seconds, max_backoff_s=args.max_backoff_seconds, two_call=args.two_call
+        deadline_s=args.deadline_seconds,
+        max_backoff_s=args.max_backoff_seconds,
+        two_call=args.two_call,
+        csr=device_csr() if args.csr else "",
     )
     summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(len(plan.devices)), options)
     document = summary.to_dict()
@@ -225,3 +239,11 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(summary.error_kinds.items()))
     raise CliError(f"{summary.errors} error(s) among {summary.devices} devices: {kinds}", document=document)
+
+
+def device_csr() -> str:
+    """A PKCS#10 request (PEM) of a new P-256 key, as a device would make."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "simulated device")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")

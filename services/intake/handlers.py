@@ -20,12 +20,17 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from cryptography import x509
+
+from services.intake import certificates
 from services.intake.attestation import GroupKeyCache, check_proof
+from services.intake.certificates import Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
 from shared.db import bulk, decisions, devices, files, products
+from shared.db.certificates import IssuingDevice
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
 from shared.domain import derived_keys
@@ -74,6 +79,7 @@ REGISTRATION_FIELDS = {
     "device_secret",
     "registration_key",
     "proof",
+    "csr",
 }
 FINGERPRINT_FIELDS = {"cpu_id", "mac"}
 PROOF_FIELDS = {"expires", "nonce", "mac"}
@@ -154,6 +160,9 @@ class Intake(Protocol):
     @property
     def group_keys(self) -> GroupKeyCache: ...
 
+    @property
+    def issuer(self) -> Issuer: ...
+
     async def publish_request(self, event: RegistrationRequested) -> None: ...
 
 
@@ -192,6 +201,7 @@ class RegistrationInput:
     registration_key: str = ""
     idempotency_key: str = ""
     proof: derived_keys.Proof | None = None  # of a derived key (docs/device-identity.md)
+    csr: x509.CertificateSigningRequest | None = None  # checked: a certificate is asked for
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,11 @@ class Answer:
     held: bool = False
     # A proof refused only for its time: the server's clock (Unix seconds) for the device.
     server_time: int = 0
+    certificate: Issued | None = None  # only with a CSR, only beside the device secret
+    # Of an outcome just decided (not of a poll): what issuing a certificate needs, so that
+    # it reads nothing more than its conditional record (services/intake/certificates.py).
+    account_id: str = ""
+    credential_generation: int = 0
 
     @property
     def clone(self) -> bool:
@@ -285,6 +300,7 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
         registration_key=_token(_stripped(data.get("registration_key")), "registration_key"),
         idempotency_key=_token(idempotency_key, "Idempotency-Key"),
         proof=parse_proof(data.get("proof")),
+        csr=parse_csr_field(data.get("csr")),
     )
 
 
@@ -329,6 +345,16 @@ def parse_proof(value: object) -> derived_keys.Proof | None:
     if not mac.isascii() or not mac.isalnum():
         raise InvalidInput("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
     return derived_keys.Proof(expires, nonce, mac.lower())
+
+
+def parse_csr_field(value: object) -> x509.CertificateSigningRequest | None:
+    """A call's ``csr`` (PEM or base64 DER), checked (services.intake.certificates.checked_csr:
+    CsrRefused, 400); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("csr must be a string (PEM or base64 DER)", field="csr", rule="type=string")
+    return certificates.checked_csr(value)
 
 
 def parse_include(values: list[str]) -> bool:
@@ -387,6 +413,8 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
         device_secret=""
         if outcome.superseded
         else keyring.device_secret(outcome.device_id, outcome.credential_generation),
+        account_id=outcome.account_id,
+        credential_generation=outcome.credential_generation,
     )
 
 
@@ -470,6 +498,8 @@ async def register_native(
     await remember_clone_rate(throttle, source, code, answer)
     if include_files:
         answer = await with_files(r.pool, r.keyring, answer, r.devices)
+    if registration.csr is not None:
+        answer = await with_certificate(r, answer, registration.csr)
     await count_new_device(throttle, code, answer)
     return answer
 
@@ -494,6 +524,49 @@ async def attest(r: Intake, registration: RegistrationInput) -> Answer | None:
         claimed_hardware_id=registration.hardware_id,
         server_time=int(now) if checked == "time" else 0,
     )
+
+
+async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigningRequest) -> Answer:
+    """A ``ready`` answer carrying the device secret also carries the certificate of the
+    CSR's key, signed by the account's issuing CA for the device's credentials of that
+    secret (no secret in the answer, no certificate: the device asks later with its
+    secret, POST /v1/devices/{id}/certificate)."""
+    if answer.status != "ready" or not answer.device_secret:
+        return answer
+    secret = answer.device_secret.encode()
+
+    def proven(generation: int) -> bool:
+        return hmac.compare_digest(r.keyring.device_secret(answer.device_id, generation).encode(), secret)
+
+    # The outcome names the device's account, assigned ID and credential generation: no read
+    # before signing (the record is conditional on them and on the device being enabled).
+    known = (
+        IssuingDevice(answer.account_id, "", answer.hardware_id, False, answer.credential_generation)
+        if answer.account_id and answer.credential_generation
+        else None
+    )
+    try:
+        issued = await certificates.issue(
+            r.pool, r.issuer, answer.device_id, csr, proven, via="registration", known=known
+        )
+    except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
+        return answer
+    return replace(answer, certificate=issued)
+
+
+async def device_certificate(
+    r: Intake, device: AuthenticatedDevice, csr: x509.CertificateSigningRequest, *, via: str = "native"
+) -> Issued:
+    """Issue a certificate of the CSR's key to the proven ``device`` (a renewal is the same
+    call): Forbidden (403) when it was disabled, reset or deleted since it was proven."""
+    return await certificates.issue(
+        r.pool, r.issuer, device.id, csr, lambda g: g == device.credential_generation, via=via
+    )
+
+
+async def current_certificate(r: Intake, device: AuthenticatedDevice) -> Issued:
+    """The proven device's current certificate; NotFound (404) when it has none."""
+    return await certificates.current(r.pool, r.issuer, device.id)
 
 
 async def count_new_device(throttle: Throttle, code: str, answer: Answer) -> None:

@@ -13,6 +13,7 @@ from functools import partial
 from aiohttp import web
 
 from services.intake.attestation import GroupKeyCache
+from services.intake.certificates import Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -53,6 +54,7 @@ class Resources:
     codes: CodeCache
     throttle: Throttle
     group_keys: GroupKeyCache
+    issuer: Issuer
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
@@ -135,6 +137,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             group_keys = GroupKeyCache(
                 GroupKeyBox(settings.secret_key.reveal().encode()), settings.code_cache_seconds
             )
+            issuer = Issuer(settings.secret_key.reveal().encode(), settings.device_cert_days)
 
             def invalidate(payload: str) -> None:
                 if payload == CODES_CHANGED:
@@ -142,11 +145,13 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     group_keys.clear()
                 else:
                     device_cache.apply(payload)
+                    issuer.invalidate()  # a disable, reset, delete or move may have revoked certificates
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)
                 code_cache.listening(up)
                 group_keys.listening(up)
+                issuer.listening(up)
 
             throttle = app[THROTTLE] = await open_throttle(
                 stack,
@@ -168,6 +173,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 code_cache,
                 throttle,
                 group_keys,
+                issuer,
             )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(

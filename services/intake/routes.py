@@ -3,13 +3,20 @@ it to the handlers and shapes the answer with the views."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from services.intake import handlers, views
-from services.intake.resources import RESOURCES
+from services.intake import est, handlers, views
+from services.intake.resources import RESOURCES, Resources
+from shared.domain.certificates import CsrRefused
+from shared.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from shared.http import parse_json_body
 from shared.throttle import mark_refused, request_source
+
+# RFC 7030 section 4.2.1: an enrollment's body is a CSR, base64 DER, of this type.
+PKCS10 = "application/pkcs10"
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -32,7 +39,29 @@ async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
     )
 
 
+async def refusals_counted(request: web.Request, call: Callable[[], Awaitable[web.Response]]) -> web.Response:
+    """``call``'s answer; a refused CSR, an unknown EST label or account, or a body past the
+    size limit is answered as always but counted against the caller's source (429 once it
+    is past its limit: shared/throttle.py), like every refusal of something guessed."""
+    try:
+        return await call()
+    except (CsrRefused, NotFound) as exc:
+        mark_refused(request)
+        return views.error_view(exc)
+    except web.HTTPRequestEntityTooLarge:
+        mark_refused(request)
+        limit = request.app[RESOURCES].settings.max_body_bytes
+        too_large = PayloadTooLarge(
+            f"the body is larger than the limit of {limit} bytes", rule=f"max_body_bytes={limit}"
+        )
+        return views.error_view(too_large)
+
+
 async def post_registration(request: web.Request) -> web.Response:
+    return await refusals_counted(request, lambda: _post_registration(request))
+
+
+async def _post_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     include_files = handlers.parse_include(request.query.getall("include", []))
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
@@ -90,6 +119,72 @@ async def post_heartbeat(request: web.Request) -> web.Response:
     return views.accepted_view(online_ttl_seconds=r.settings.online_ttl_s)
 
 
+async def post_certificate(request: web.Request) -> web.Response:
+    """A certificate of the CSR's key for the device the bearer secret proves (a renewal too)."""
+    return await refusals_counted(request, lambda: _post_certificate(request))
+
+
+async def _post_certificate(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    found = await authenticated(request)
+    body = await parse_json_body(request)
+    unknown = sorted(set(body) - {"csr"})
+    if unknown or "csr" not in body:
+        raise InvalidInput('the body is {"csr": "<PEM or base64 DER>"}', field="csr", rule="required")
+    csr = handlers.parse_csr_field(body["csr"])
+    if csr is None:
+        raise InvalidInput("csr is required", field="csr", rule="required")
+    return views.certificate_view(await handlers.device_certificate(r, found, csr))
+
+
+async def get_certificate(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    found = await authenticated(request)
+    return views.certificate_view(await handlers.current_certificate(r, found))
+
+
+async def get_crl(request: web.Request) -> web.Response:
+    """The account's CRL (DER, unauthenticated: a relying party fetches it)."""
+    r = request.app[RESOURCES]
+    account_id = request.match_info["account_id"].lower()
+    return await refusals_counted(request, lambda: _crl(r, account_id))
+
+
+async def _crl(r: Resources, account_id: str) -> web.Response:
+    return views.crl_view(await r.issuer.crl(r.pool, account_id))
+
+
+async def est_cacerts(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    label = request.match_info["label"].lower()
+
+    async def answer() -> web.Response:
+        return views.certs_only_view((await est.cacerts(r, label)).der)
+
+    return await refusals_counted(request, answer)
+
+
+async def est_simpleenroll(request: web.Request) -> web.Response:
+    return await refusals_counted(request, lambda: _est_enroll(request, renewal=False))
+
+
+async def est_simplereenroll(request: web.Request) -> web.Response:
+    return await refusals_counted(request, lambda: _est_enroll(request, renewal=True))
+
+
+async def _est_enroll(request: web.Request, *, renewal: bool) -> web.Response:
+    r = request.app[RESOURCES]
+    if request.content_type != PKCS10:
+        raise UnsupportedMediaType(
+            f"send the CSR as {PKCS10} (base64 DER)", field="Content-Type", rule=PKCS10
+        )
+    text = (await request.read()).decode("ascii", errors="replace")
+    issued = await est.enroll(
+        r, request.match_info["label"].lower(), request.headers.get("Authorization"), text, renewal=renewal
+    )
+    return views.certs_only_view(issued.certificate.der)
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return views.yaml_view(OPENAPI.read_text(encoding="utf-8"))
 
@@ -102,4 +197,10 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/devices/{device_id}/files/{file_name}", get_file),
     web.post("/v1/devices/{device_id}/ready", post_ready),
     web.post("/v1/devices/{device_id}/heartbeat", post_heartbeat),
+    web.post("/v1/devices/{device_id}/certificate", post_certificate),
+    web.get("/v1/devices/{device_id}/certificate", get_certificate),
+    web.get("/v1/accounts/{account_id}/crl", get_crl),
+    web.get("/.well-known/est/{label}/cacerts", est_cacerts),
+    web.post("/.well-known/est/{label}/simpleenroll", est_simpleenroll),
+    web.post("/.well-known/est/{label}/simplereenroll", est_simplereenroll),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.domain.certificates import DEVICE_CERT_DAYS_DEFAULT, DEVICE_CERT_DAYS_MAX, DEVICE_CERT_DAYS_MIN
 from shared.http import TlsSite
 from shared.settings import (
     DatabaseSettings,
@@ -75,6 +76,7 @@ class IntakeSettings:
     device_cache_seconds: float = 2.0  # see services/intake/device_cache.py
     code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
+    device_cert_days: int = DEVICE_CERT_DAYS_DEFAULT  # validity of a device certificate
 
     def __post_init__(self) -> None:
         tls = self.compat.tls
@@ -101,4 +103,16 @@ class IntakeSettings:
             device_cache_seconds=env.number("FLEETREG_DEVICE_CACHE_SECONDS", 2.0),
             code_cache_seconds=env.number("FLEETREG_CODE_CACHE_SECONDS", 10.0, minimum=0.0),
             throttle=ThrottleSettings.from_env(env),
+            device_cert_days=device_cert_days(env),
         )
+
+
+def device_cert_days(env: Env) -> int:
+    """FLEETREG_DEVICE_CERT_DAYS: how long a device certificate is valid, in days
+    (DEVICE_CERT_DAYS_MIN..DEVICE_CERT_DAYS_MAX, default DEVICE_CERT_DAYS_DEFAULT)."""
+    days = env.integer("FLEETREG_DEVICE_CERT_DAYS", DEVICE_CERT_DAYS_DEFAULT, minimum=DEVICE_CERT_DAYS_MIN)
+    if days > DEVICE_CERT_DAYS_MAX:
+        raise SettingsError(
+            f"FLEETREG_DEVICE_CERT_DAYS={days} is above its maximum of {DEVICE_CERT_DAYS_MAX}"
+        )
+    return days

@@ -6,9 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
+from services.intake.certificates import Issued
 from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
 from shared.db.files import ServiceFile
-from shared.errors import TooManyRequests
+from shared.domain.certificates import certs_only
+from shared.errors import DomainError, TooManyRequests
 from shared.http import json_response
 
 
@@ -30,6 +32,8 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
             body["device_secret"] = answer.device_secret
         if answer.boot is not None:
             body["manifest"] = boot_manifest(answer.boot, base_url)
+        if answer.certificate is not None:
+            body["certificate"] = certificate_body(answer.certificate)
         return json_response(body, status=200)
     if answer.status == "pending":
         body["retry_after"] = retry_after
@@ -111,3 +115,40 @@ def accepted_view(**extra: Any) -> web.Response:
 def yaml_view(document: str) -> web.Response:
     """An OpenAPI document."""
     return web.Response(text=document, content_type="application/yaml")
+
+
+def certificate_body(issued: Issued) -> dict[str, Any]:
+    """A device certificate as the native API gives it: its serial (hex), validity (ISO 8601
+    UTC), the certificate and its issuing CA's, PEM."""
+    return {
+        "serial": issued.certificate.serial,
+        "not_before": issued.certificate.not_before.isoformat(),
+        "not_after": issued.certificate.not_after.isoformat(),
+        "pem": issued.certificate.pem,
+        "ca_pem": issued.ca.pem,
+    }
+
+
+def certificate_view(issued: Issued) -> web.Response:
+    return json_response(certificate_body(issued))
+
+
+def certs_only_view(*certificates_der: bytes) -> web.Response:
+    """RFC 7030's answer of certificates: a PKCS#7 certs-only body, base64 (section 4.1.3)."""
+    return web.Response(
+        body=certs_only(*certificates_der),
+        headers={
+            "Content-Type": "application/pkcs7-mime; smime-type=certs-only",
+            "Content-Transfer-Encoding": "base64",
+        },
+    )
+
+
+def crl_view(der: bytes) -> web.Response:
+    """A CRL, DER (RFC 5280 section 4.2.1.13's application/pkix-crl)."""
+    return web.Response(body=der, content_type="application/pkix-crl")
+
+
+def error_view(error: DomainError) -> web.Response:
+    """A refusal answered by the route itself (so that it is counted: routes.refusals_counted)."""
+    return json_response(error.to_dict(), status=error.status, headers=error.headers() or None)

@@ -16,9 +16,10 @@ from typing import Literal
 
 from asyncpg import Record
 
-from shared.db import audit, files, webhooks
+from shared.db import audit, certificates, files, webhooks
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
+from shared.domain.certificates import RevocationReason
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import Creation, KnownDevice, Lifecycle
 from shared.domain.device_search import Cursor, DeviceSearch
@@ -186,6 +187,13 @@ AUDITED = {
 # device after the change). device.enabled or device.reset would each be one line here and
 # one in EVENT_TYPES; device.deleted more, since the row is gone by then.
 ANNOUNCED: dict[DeviceAction, str] = {"disable": DEVICE_DISABLED}
+# The actions that revoke the device's certificates (the CRL's reason), each revocation
+# audited as ``certificate.revoked`` in the change's transaction.
+REVOKING: dict[DeviceAction, RevocationReason] = {
+    "disable": "disabled",
+    "reset": "reset",
+    "delete": "deleted",
+}
 
 
 @dataclass(frozen=True)
@@ -577,6 +585,8 @@ async def change_devices(
         )
         if action in ANNOUNCED:
             await webhooks.announce_device_changes(conn, actor, ANNOUNCED[action], sorted(changed))
+        if action in REVOKING:
+            await _revoke_certificates(conn, actor, found, sorted(changed), REVOKING[action])
     kept: ChangeOutcome = "conflict" if action == "reset" else "unchanged"
     return [
         DeviceChange(
@@ -585,6 +595,28 @@ async def change_devices(
         )
         for device_id in ids
     ]
+
+
+async def _revoke_certificates(
+    conn: Connection,
+    actor: Account,
+    found: Mapping[str, Record],
+    device_ids: Sequence[str],
+    reason: RevocationReason,
+) -> None:
+    """Revoke the changed devices' certificates and audit each (``certificate.revoked``,
+    on the device, with the serial and the reason)."""
+    revoked = await certificates.revoke_devices(conn, device_ids, reason)
+    await audit.record_many(
+        conn,
+        actor,
+        "certificate.revoked",
+        "device",
+        [
+            (device_id, {"hardware_id": found[device_id]["hardware_id"], "serial": serial, "reason": reason})
+            for device_id, serial in revoked
+        ],
+    )
 
 
 def _audited(action: DeviceAction, before: Record) -> dict[str, object]:
@@ -780,6 +812,8 @@ async def move_device(pool: Pool, actor: Account, device_id: str, product_id: st
                 "credential_generation": {"from": before["credential_generation"], "to": generation},
             },
         )
+        # A reset into another product: its certificates are revoked as a reset's are.
+        await _revoke_certificates(conn, actor, {before["id"]: before}, [before["id"]], "reset")
 
 
 async def rename_device(pool: Pool, actor: Account, keyring: Keyring, device_id: str, name: str) -> bool:

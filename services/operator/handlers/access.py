@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.db import accounts
+from shared.db import accounts, certificates
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
+from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, NotFound
+from shared.settings import Secret
 
 
 async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
@@ -47,3 +49,12 @@ async def create_api_key(
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
     await accounts.revoke_api_key(pool, account, key_id)
+
+
+async def issuing_ca(pool: Pool, secret_key: Secret, account: Account) -> IssuingCa:
+    """The account's issuing CA of device certificates (created on first use, its key
+    sealed with FLEETREG_SECRET_KEY); NotFound when the account is gone."""
+    found = await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
+    if found is None:
+        raise NotFound("no such account")
+    return found

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.operator.handlers.query import only, page_limit
-from shared.db import audit, devices
+from shared.db import audit, certificates, devices
 from shared.db.audit import AuditEvent
 from shared.db.devices import Device, DeviceChange, DeviceHistoryEntry
 from shared.db.devices import DeviceAction as DeviceAction  # the routes name the actions
@@ -90,6 +90,7 @@ class DeviceDetail:
     device: ShownDevice
     history: list[DeviceHistoryEntry]
     audit: list[AuditEvent] = field(default_factory=list)
+    certificate: certificates.IssuedCertificate | None = None  # its newest, revoked or not
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ async def get_device(fleet: Fleet, device_id: str) -> DeviceDetail:
     trail = await audit.list_events(
         fleet.pool, fleet.account.id, audit.AuditFilter(target_id=device.id), limit=DEVICE_AUDIT_EVENTS
     )
-    return DeviceDetail(_shown(device, fleet.moment(), fleet.online_ttl_s), history, trail)
+    certificate = await certificates.current_certificate(fleet.pool, device.id)
+    return DeviceDetail(_shown(device, fleet.moment(), fleet.online_ttl_s), history, trail, certificate)
 
 
 async def change_device(fleet: Fleet, device_id: str, action: DeviceAction) -> DeviceDetail:

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.db import attestation, products, registrations
+from shared.db import attestation, certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import GroupKeys, Registration
@@ -136,6 +136,9 @@ async def create_auto_registration(
     registration_id = await registrations.create_registration(
         pool, account, product_id, AUTO, "active", max_devices, group_keys=sealed
     )
+    # The account's issuing CA of device certificates exists from then on (created on first
+    # use): EST ``cacerts`` of the registration always answers.
+    await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, issued)
 

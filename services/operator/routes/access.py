@@ -37,8 +37,15 @@ async def revoke_key(request: web.Request, account: Account) -> Json:
     return views.revoked_api_key(key_id)
 
 
+@authed()
+async def issuing_ca(request: web.Request, account: Account) -> Json:
+    r = resources(request)
+    return views.issuing_ca(await handlers.issuing_ca(r.pool, r.settings.secret_key, account))
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/v1/account", whoami),
+    web.get("/v1/account/issuing-ca", issuing_ca),
     web.get("/v1/api-keys", list_keys),
     web.post("/v1/api-keys", create_key),
     web.delete("/v1/api-keys/{key_id}", revoke_key),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.operator.views.common import Json, time
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.domain.accounts import Account
+from shared.domain.certificates import IssuingCa
 
 
 def account(found: Account) -> Json:
@@ -38,3 +39,17 @@ def issued_api_key(issued: IssuedApiKey) -> Json:
 
 def revoked_api_key(key_id: str) -> Json:
     return {"revoked": key_id}
+
+
+def issuing_ca(ca: IssuingCa) -> Json:
+    """The account's issuing CA: its certificate (PEM), subject, validity, and the path of
+    its CRL on the device API (unauthenticated)."""
+    return {
+        "subject": ca.certificate.subject.rfc4514_string(),
+        "serial": format(ca.certificate.serial_number, "x"),
+        "not_before": ca.certificate.not_valid_before_utc.isoformat(),
+        "not_after": ca.certificate.not_valid_after_utc.isoformat(),
+        "certificate_pem": ca.pem,
+        "crl_path": f"/v1/accounts/{ca.account_id}/crl",
+        "est_path": "/.well-known/est/<auto registration ID>/",
+    }

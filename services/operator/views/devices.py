@@ -12,6 +12,7 @@ import orjson
 from services.operator.handlers.devices import DeviceChanges, DeviceDetail, DevicePage, ShownDevice
 from services.operator.views.common import Json, time
 from services.operator.views.trail import audit_event
+from shared.db.certificates import IssuedCertificate
 from shared.db.devices import DeviceHistoryEntry
 from shared.domain.device_search import spreadsheet_safe
 
@@ -111,6 +112,19 @@ def device_detail(detail: DeviceDetail) -> Json:
         **device(detail.device),
         "history": [history_entry(e) for e in detail.history],
         "audit_events": [audit_event(e) for e in detail.audit],
+        "certificate": certificate(detail.certificate),
+    }
+
+
+def certificate(issued: IssuedCertificate | None) -> Json | None:
+    """The device's newest certificate (serial in hex, validity, revocation), or None."""
+    if issued is None:
+        return None
+    return {
+        "serial": issued.serial,
+        "issued_at": issued.issued_at.isoformat(),
+        "not_after": issued.not_after.isoformat(),
+        "revoked_at": time(issued.revoked_at),
     }
 
 

@@ -27,6 +27,8 @@ from services.operator.console.auth import (
     resources,
 )
 from services.operator.console.sessions import end_session
+from services.operator.handlers import access
+from services.operator.views import access as access_views
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import Unauthorized
 from shared.http import account_for
@@ -123,7 +125,13 @@ async def sign_out(request: web.Request, operator: Operator, form: object) -> st
 
 @page("home.html")
 async def home(request: web.Request, operator: Operator) -> dict[str, object]:
-    return {}
+    """The account's areas, and its CA of device certificates (to download)."""
+    r = resources(request)
+    return {
+        "issuing_ca": access_views.issuing_ca(
+            await access.issuing_ca(r.pool, r.settings.secret_key, operator.account)
+        )
+    }
 
 
 ROUTES: list[web.RouteDef] = [

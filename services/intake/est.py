@@ -1,0 +1,107 @@
+"""EST (RFC 7030) on the intake, under the label of an auto registration
+(``/.well-known/est/<auto registration ID>/...``): ``cacerts``, ``simpleenroll`` and
+``simplereenroll``. Free of HTTP like the handlers (the routes hand in the header and
+the body's text).
+
+Authentication (RFC 7030 section 3.2.3, HTTP-based client authentication): HTTP Basic,
+the user ID the device ID and the password its device secret, checked exactly as the
+native API's bearer secret (:func:`services.intake.handlers.authenticate`: the same
+stale-credential and throttling rules). Basic because it is the scheme the RFC names and
+every EST client (curl ``--user``, libest, estclient) sends; the native API's Bearer
+carries no device ID, which EST's path has no room for. ``simplereenroll`` is also
+proven by the current certificate's key: a CSR (whose signature proves its key) of the
+key of an unrevoked, unexpired certificate of a device of the label's registration
+renews that device's certificate without a secret (a replayed CSR only gets a new
+certificate of a key the replayer does not hold)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from services.intake import certificates, handlers
+from services.intake.certificates import Issued
+from services.intake.handlers import Intake
+from shared.domain.certificates import IssuingCa
+from shared.errors import Unauthorized
+
+EST_REALM = "fleetreg EST"
+NO_CREDENTIALS = (
+    "send the device ID and device secret with HTTP Basic authentication "
+    "(curl --user DEVICE_ID:DEVICE_SECRET)"
+)
+NO_CURRENT_KEY = (
+    "the CSR's key is not the key of a current certificate of this auto registration's devices: "
+    "send the device ID and device secret with HTTP Basic authentication"
+)
+
+
+class EstUnauthorized(Unauthorized):
+    """A 401 whose challenge is HTTP Basic (RFC 7617), as RFC 7030 section 3.2.3 asks."""
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'}
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """The (device ID, device secret) of an ``Authorization: Basic`` header; None without
+    a header; EstUnauthorized (counted) for one that is not Basic or not decodable."""
+    if authorization is None or not authorization.strip():
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise EstUnauthorized(NO_CREDENTIALS, realm=EST_REALM)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise EstUnauthorized(NO_CREDENTIALS, realm=EST_REALM) from exc
+    device_id, colon, secret = decoded.partition(":")
+    if not colon or not device_id or not secret:
+        raise EstUnauthorized(NO_CREDENTIALS, realm=EST_REALM)
+    return device_id, secret
+
+
+async def cacerts(r: Intake, label: str) -> IssuingCa:
+    """The issuing CA of the label's account (created on first use); NotFound (404) for a
+    label that is no auto registration."""
+    return await r.issuer.ca(r.pool, await r.issuer.label_account(r.pool, label))
+
+
+async def enroll(r: Intake, label: str, authorization: str | None, csr_text: str, *, renewal: bool) -> Issued:
+    """``simpleenroll`` (``renewal`` False) or ``simplereenroll``: a certificate of the CSR's
+    key for the device the call proves, which must belong to the label's auto registration.
+
+    NotFound (404) for an unknown label; EstUnauthorized (401, Basic challenge) without a
+    proof (not counted when nothing was presented) or with a wrong one (counted);
+    CsrRefused (400); Forbidden (403) for a disabled device or another registration's."""
+    await r.issuer.label_account(r.pool, label)
+    credentials = basic_credentials(authorization)
+    if credentials is None:
+        if not renewal:
+            raise EstUnauthorized(NO_CREDENTIALS, realm=EST_REALM, presented=False)
+        issued = await certificates.renew_by_key(r.pool, r.issuer, label, certificates.checked_csr(csr_text))
+        if issued is None:
+            raise EstUnauthorized(NO_CURRENT_KEY, realm=EST_REALM)
+        return issued
+    device_id, secret = credentials
+    try:
+        device = await handlers.authenticate(
+            r.pool,
+            r.keyring,
+            device_id,
+            f"Bearer {secret}",
+            r.devices,
+            r.settings.throttle.stale_credential_seconds,
+        )
+    except Unauthorized as exc:
+        raise EstUnauthorized(exc.message, realm=EST_REALM, counted=exc.counted, code=exc.code) from exc
+    csr = certificates.checked_csr(csr_text)
+    return await certificates.issue(
+        r.pool,
+        r.issuer,
+        device.id,
+        csr,
+        lambda g: g == device.credential_generation,
+        via="est_reenroll" if renewal else "est_enroll",
+        registration_id=label,
+    )

@@ -1,0 +1,156 @@
+"""The device certificate rules (shared/domain/certificates.py): which CSRs are signed, the
+profile of what is issued, the CA's key sealed at rest, the CRL and EST's certs-only body."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.intake.settings import device_cert_days
+from shared.domain.certificates import (
+    CsrRefused,
+    Revoked,
+    certificate_revocation_list,
+    certs_only,
+    device_certificate,
+    new_issuing_ca,
+    open_issuing_ca,
+    parse_csr,
+    seal_ca_key,
+)
+from shared.settings import Env, SettingsError
+
+ACCOUNT = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+SECRET = b"k" * 32
+
+
+def csr_pem(key: object, subject: str = "attacker-chosen", extensions: int = 0) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    )
+    if extensions:
+        names = [x509.DNSName(f"n{i}.example") for i in range(extensions)]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    csr = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]  # any private key the test builds
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_p256_csr_gets_the_profile_with_the_assigned_hardware_id_as_subject() -> None:
+    ca = new_issuing_ca(ACCOUNT)
+    csr = parse_csr(csr_pem(ec.generate_private_key(ec.SECP256R1()), "someone-else"))
+    issued = device_certificate(ca, csr, "H-1", "dev", days=30)
+    cert = x509.load_der_x509_certificate(issued.der)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "H-1"
+    assert cert.issuer == ca.certificate.subject
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    assert not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert timedelta(days=29) < cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(days=30)
+    cert.verify_directly_issued_by(ca.certificate)
+    assert issued.serial == format(cert.serial_number, "x")
+
+
+def test_rsa_2048_and_base64_der_are_accepted() -> None:
+    pem = csr_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    der = x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER)
+    assert parse_csr(base64.encodebytes(der).decode()).is_signature_valid
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("garbage", "malformed"),
+        ("", "malformed"),
+        (base64.b64encode(b"\x30\x03\x02\x01\x00").decode(), "malformed"),
+        ("A" * 7000, "too_large"),
+    ],
+)
+def test_garbage_is_refused_with_its_reason(text: str, reason: str) -> None:
+    with pytest.raises(CsrRefused) as refused:
+        parse_csr(text)
+    assert refused.value.reason == reason
+
+
+def test_weak_and_unsupported_keys_are_refused() -> None:
+    weak_rsa = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505  # the weak key refused
+    for key, reason in (
+        (weak_rsa, "weak_key"),
+        (ec.generate_private_key(ec.SECP192R1()), "weak_key"),
+        (ec.generate_private_key(ec.SECP384R1()), "unsupported_key"),
+    ):
+        with pytest.raises(CsrRefused) as refused:
+            parse_csr(csr_pem(key))
+        assert refused.value.reason == reason
+
+
+def test_a_bad_signature_and_megabyte_extensions_are_refused() -> None:
+    der = bytearray(
+        x509.load_pem_x509_csr(csr_pem(ec.generate_private_key(ec.SECP256R1())).encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+    )
+    der[-3] ^= 0x01  # inside the signature
+    with pytest.raises(CsrRefused) as refused:
+        parse_csr(base64.b64encode(bytes(der)).decode())
+    assert refused.value.reason in ("bad_signature", "malformed")
+    with pytest.raises(CsrRefused) as refused:
+        parse_csr(csr_pem(ec.generate_private_key(ec.SECP256R1()), extensions=300))
+    assert refused.value.reason == "too_large"
+
+
+def test_the_ca_key_is_sealed_for_its_account_and_secret() -> None:
+    ca = new_issuing_ca(ACCOUNT)
+    sealed = seal_ca_key(SECRET, ca)
+    assert b"PRIVATE KEY" not in sealed
+    opened = open_issuing_ca(SECRET, ACCOUNT, ca.der, sealed)
+    assert opened.key.private_numbers() == ca.key.private_numbers()
+    with pytest.raises(ValueError, match="FLEETREG_SECRET_KEY"):
+        open_issuing_ca(b"x" * 32, ACCOUNT, ca.der, sealed)
+    with pytest.raises(ValueError, match="FLEETREG_SECRET_KEY"):
+        open_issuing_ca(SECRET, "another-account", ca.der, sealed)
+
+
+def test_the_crl_lists_revoked_serials_signed_by_the_ca() -> None:
+    ca = new_issuing_ca(ACCOUNT)
+    crl = x509.load_der_x509_crl(
+        certificate_revocation_list(ca, [Revoked("abc123", datetime.now(UTC), "disabled")])
+    )
+    assert crl.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]  # an EC key
+    entry = crl.get_revoked_certificate_by_serial_number(0xABC123)
+    assert entry is not None
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.privilege_withdrawn
+
+
+def test_certs_only_is_base64_pkcs7() -> None:
+    ca = new_issuing_ca(ACCOUNT)
+    loaded = pkcs7.load_der_pkcs7_certificates(base64.b64decode(certs_only(ca.der)))
+    assert loaded == [ca.certificate]
+
+
+def test_issuing_is_fast_enough_for_the_registration_rate() -> None:
+    ca = new_issuing_ca(ACCOUNT)
+    csr = parse_csr(csr_pem(ec.generate_private_key(ec.SECP256R1())))
+    started = time.perf_counter()
+    for _ in range(200):
+        device_certificate(ca, csr, "H", "dev", days=365)
+    per_second = 200 / (time.perf_counter() - started)
+    assert per_second > 1000, per_second  # the target is 400/s for the whole call
+
+
+def test_the_validity_setting_has_its_default_and_bounds() -> None:
+    assert device_cert_days(Env({})) == 365
+    assert device_cert_days(Env({"FLEETREG_DEVICE_CERT_DAYS": "30"})) == 30
+    for bad in ("0", "3651", "x"):
+        with pytest.raises(SettingsError, match="FLEETREG_DEVICE_CERT_DAYS"):
+            device_cert_days(Env({"FLEETREG_DEVICE_CERT_DAYS": bad}))
