@@ -184,6 +184,34 @@ async def test_disable_reset_delete_and_move_revoke_into_the_crl_and_the_audit_t
     assert device["certificate"]["revoked_at"] is not None
 
 
+async def test_a_reclaim_before_ready_revokes_the_superseded_credentials_certificates(
+    session: aiohttp.ClientSession, system: System, operator: Operator, ca_pem: str
+) -> None:
+    """The power-cut rule: the board claims again (same fingerprint, no Idempotency-Key)
+    before "ready": the same device with new credentials, and the certificate of the
+    earlier ones is revoked (superseded) in the reclaim's transaction, audited."""
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    first = await boot(session, system.device_url, code, hardware_id, csr_of(p256()), "pc")
+    again = await boot(session, system.device_url, code, hardware_id, csr_of(p256()), "pc")
+    assert (again["device_id"], again["decision"]) == (first["device_id"], "same")
+    assert again["device_secret"] != first["device_secret"]
+    deadline = time.monotonic() + 1  # the invalidation bound, as a disable's above
+    while first["certificate"]["serial"] not in (crl := await crl_serials(session, system, operator, ca_pem)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert again["certificate"]["serial"] not in crl
+    events = await operator.call(
+        "GET", f"/v1/audit-events?action=certificate.revoked&target_id={first['device_id']}", expect=200
+    )
+    assert [
+        (e["changes"]["serial"], e["changes"]["reason"], e["changes"]["by"]) for e in events["audit_events"]
+    ] == [(first["certificate"]["serial"], "reset", "reclaim")]
+    device = await operator.call("GET", f"/v1/devices/{first['device_id']}", expect=200)
+    assert device["certificate"]["serial"] == again["certificate"]["serial"]
+    assert device["certificate"]["revoked_at"] is None
+
+
 def run(command: str, cwd: Path) -> bytes:
     # A shell pipeline, as the RFC's and the docs' examples are written (the test's own text).
     done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, timeout=60, check=False)  # noqa: S602
