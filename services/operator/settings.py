@@ -22,10 +22,15 @@ class RetentionSettings:
     """How long records are kept before the background pruning deletes them; 0 days keeps
     them forever. Defaults: registration decisions 90 days (the window the peers keep
     device-level history in, e.g. Azure Monitor activity logs, AWS CloudTrail event
-    history), the operator audit trail 365 days (a year of who-did-what for reviews)."""
+    history), the operator audit trail 365 days (a year of who-did-what for reviews),
+    device certificates 30 days past their expiry (``not_after``): an expired certificate
+    has already left the CRL (it lists revoked certificates until they expire, RFC 5280
+    section 3.3's practice), so its row only lets the device's page show it a while
+    longer; the audit trail keeps its serial and revocation."""
 
     decisions_days: int = 90
     audit_days: int = 365
+    expired_certificates_days: int = 30
     interval_seconds: float = 300.0  # between pruning rounds
     batch_rows: int = 1000  # rows per delete transaction: short locks on a busy table
 
@@ -34,6 +39,7 @@ class RetentionSettings:
         return cls(
             decisions_days=env.integer("FLEETREG_RETAIN_DECISIONS_DAYS", 90),
             audit_days=env.integer("FLEETREG_RETAIN_AUDIT_DAYS", 365),
+            expired_certificates_days=env.integer("FLEETREG_RETAIN_EXPIRED_CERTIFICATES_DAYS", 30),
             interval_seconds=env.number("FLEETREG_RETENTION_INTERVAL_SECONDS", 300.0, minimum=1.0),
             batch_rows=env.integer("FLEETREG_RETENTION_BATCH_ROWS", 1000, minimum=1),
         )

@@ -171,7 +171,8 @@ async def revoke_devices(
     conn: Connection, device_ids: Sequence[str], reason: RevocationReason
 ) -> list[tuple[str, str]]:
     """Revoke every unexpired certificate of the devices, in the caller's transaction (the
-    disable, reset, delete or move that is the reason): ``(device ID, serial)`` of each."""
+    disable, reset, delete, move or reclaim before "ready" that is the reason):
+    ``(device ID, serial)`` of each."""
     if not device_ids:
         return []
     return [(r["device_id"], r["serial"]) for r in await conn.fetch(REVOKE_DEVICES, list(device_ids), reason)]

@@ -15,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import audit, certificates
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.admission import kept_once_an_hour
 from shared.domain.dedup import Claim, KnownDevice, Verdict
 
@@ -220,6 +222,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
     # Device ID -> (generation it had, generation it ends with): one device may be reclaimed
     # several times in one batch (a board's retries queued during an outage).
     regenerated: dict[str, tuple[int, int]] = {}
+    reclaimed: dict[str, tuple[str, str]] = {}  # device ID -> (account ID, hardware ID)
     for record in records:
         verdict = record.verdict
         if verdict.created and verdict.device and record.account_id and record.product_id:
@@ -230,6 +233,8 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             generation = verdict.device.credential_generation
             before, _ = regenerated.get(verdict.device.id, (generation - 1, 0))
             regenerated[verdict.device.id] = (before, generation)
+            if record.account_id:
+                reclaimed[verdict.device.id] = (record.account_id, verdict.device.hardware_id)
     try:
         for (account_id, product_id), verdicts in by_account.items():
             devices = [v.device for v in verdicts if v.device]
@@ -262,6 +267,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
         )
         if len(changed) < len(ids):
             raise RegistryConflict("a device reclaimed before ready changed concurrently")
+        await _revoke_reclaimed(conn, reclaimed)
     columns: list[list[Any]] = [[] for _ in range(15)]
     for record in records:
         verdict, device = record.verdict, record.verdict.device
@@ -286,6 +292,26 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     await conn.execute(INSERT_DECISIONS, *columns)
+
+
+async def _revoke_reclaimed(conn: Connection, reclaimed: dict[str, tuple[str, str]]) -> None:
+    """Revoke the certificates issued to the credentials a reclaim before "ready" just
+    superseded (reason ``reset``: the CRL's superseded, as an operator's reset), each
+    audited as ``certificate.revoked`` on the device with ``"by": "reclaim"``, in the
+    transaction of the new generation. A certificate being recorded meanwhile holds the
+    device's row (shared.db.certificates.RECORD_CERTIFICATE) so REGENERATE waited for it
+    and this statement sees it; one recorded later names the old generation and is not
+    recorded at all."""
+    revoked = await certificates.revoke_devices(conn, sorted(reclaimed), "reset")
+    by_account: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for device_id, serial in revoked:
+        account_id, hardware_id = reclaimed[device_id]
+        by_account.setdefault(account_id, []).append(
+            (device_id, {"hardware_id": hardware_id, "serial": serial, "reason": "reset", "by": "reclaim"})
+        )
+    for account_id, targets in by_account.items():
+        # Fleetreg's own change (no API key), as the CLI's account setup is recorded.
+        await audit.record_many(conn, Account(account_id, ""), "certificate.revoked", "device", targets)
 
 
 def _hour_of(epoch_s: float) -> datetime:

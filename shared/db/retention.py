@@ -12,7 +12,13 @@ from typing import Literal
 
 from shared.db.pool import Pool
 
-Table = Literal["registration_decisions", "operator_audit_events", "console_sessions", "deleted_devices"]
+Table = Literal[
+    "registration_decisions",
+    "operator_audit_events",
+    "console_sessions",
+    "deleted_devices",
+    "device_certificates",
+]
 
 
 # One statement per table: the oldest expired rows first, each batch one short transaction.
@@ -33,6 +39,12 @@ _PRUNE: dict[Table, str] = {
         DELETE FROM deleted_devices WHERE device_id IN (
             SELECT device_id FROM deleted_devices WHERE deleted_at < $1
             ORDER BY deleted_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+    # Expired certificates (older_than is a time before which they expired): no longer in
+    # the CRL, so no longer needed (shared/migrations/0029_device_certificates_expiry.sql).
+    "device_certificates": """
+        DELETE FROM device_certificates WHERE serial IN (
+            SELECT serial FROM device_certificates WHERE not_after < $1
+            ORDER BY not_after LIMIT $2 FOR UPDATE SKIP LOCKED)""",
 }
 
 

@@ -1,7 +1,8 @@
 """Device certificates from a CSR (issue 25, item 2) on the running system: issued with a
 two-call registration and later with the device secret, the subject always the ASSIGNED
-hardware ID, revoked by disable, reset and delete into the account's CRL (audited), EST
-(RFC 7030) driven with curl and openssl as the RFC's examples are, and the attacker's
+hardware ID, revoked by disable, reset, delete, move and a reclaim before "ready" into the
+account's CRL (audited), EST (RFC 7030) driven with curl and openssl as the RFC's examples
+are, on the native port and the https listener, and the attacker's
 cases: CSRs with another subject, weak keys, bad signatures, megabyte extensions,
 garbage, a flood from one address (429), another account's label, and the CA's key in
 no log."""
@@ -184,6 +185,40 @@ async def test_disable_reset_delete_and_move_revoke_into_the_crl_and_the_audit_t
     assert device["certificate"]["revoked_at"] is not None
 
 
+async def test_a_reclaim_before_ready_revokes_the_superseded_credentials_certificates(
+    session: aiohttp.ClientSession, system: System, operator: Operator, ca_pem: str
+) -> None:
+    """The power-cut rule: the board claims again (same fingerprint, no Idempotency-Key)
+    before "ready": the same device with new credentials, and the certificate of the
+    earlier ones is revoked (superseded) in the reclaim's transaction, audited."""
+    code = (await operator.product())["bulk_identification_code"]
+    hardware_id = uuid.uuid4().hex[:12]
+    first = await boot(session, system.device_url, code, hardware_id, csr_of(p256()), "pc")
+    again = await boot(session, system.device_url, code, hardware_id, csr_of(p256()), "pc")
+    assert (again["device_id"], again["decision"]) == (first["device_id"], "same")
+    assert again["device_secret"] != first["device_secret"]
+    deadline = time.monotonic() + 1  # the invalidation bound, as a disable's above
+    while first["certificate"]["serial"] not in (crl := await crl_serials(session, system, operator, ca_pem)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert again["certificate"]["serial"] not in crl
+    events = await operator.call(
+        "GET", f"/v1/audit-events?action=certificate.revoked&target_id={first['device_id']}", expect=200
+    )
+    assert [
+        (e["changes"]["serial"], e["changes"]["reason"], e["changes"]["by"]) for e in events["audit_events"]
+    ] == [(first["certificate"]["serial"], "reset", "reclaim")]
+    device = await operator.call("GET", f"/v1/devices/{first['device_id']}", expect=200)
+    assert device["certificate"]["serial"] == again["certificate"]["serial"]
+    assert device["certificate"]["revoked_at"] is None
+
+
+def exit_code(command: str, cwd: Path) -> int:
+    # As run(), for a command expected to fail.
+    done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, timeout=60, check=False)  # noqa: S602
+    return done.returncode
+
+
 def run(command: str, cwd: Path) -> bytes:
     # A shell pipeline, as the RFC's and the docs' examples are written (the test's own text).
     done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, timeout=60, check=False)  # noqa: S602
@@ -229,6 +264,44 @@ async def test_est_with_curl_and_openssl(
         assert response.headers["WWW-Authenticate"].startswith("Basic ")
     async with session.get(f"{system.device_url}/.well-known/est/{uuid.uuid4()}/cacerts") as response:
         assert response.status == 404
+
+
+async def test_est_on_the_https_listener_with_curl_and_openssl(
+    session: aiohttp.ClientSession, system: System, operator: Operator, ca_pem: str, tmp_path: Path
+) -> None:
+    """EST where a device meets it in the field: the intake's https listener
+    (FLEETREG_COMPAT_PORT with FLEETREG_TLS_CERT), the server verified with curl --cacert,
+    and the enrolled certificate verified against the account's CA by openssl."""
+    auto = await operator.product()
+    answer = await boot(
+        session, system.device_url, auto["bulk_identification_code"], uuid.uuid4().hex[:12], csr_of(p256())
+    )
+    (tmp_path / "issuing-ca.pem").write_text(ca_pem)
+    est = f"https://127.0.0.1:{system.env['FLEETREG_COMPAT_PORT']}/.well-known/est/{auto['id']}"
+    curl = f"curl -sf --cacert {system.tls_ca}"
+    shown = run(f"{curl} {est}/cacerts | base64 -d | openssl pkcs7 -inform DER -print_certs", tmp_path)
+    assert ca_pem.strip().splitlines()[1].encode() in shown
+    run(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key "
+        "-subj /CN=whatever -outform DER -out device.der && base64 device.der > device.b64",
+        tmp_path,
+    )
+    post = f"{curl} -H 'Content-Type: application/pkcs10' --data-binary @device.b64"
+    user = f"{answer['device_id']}:{answer['device_secret']}"
+    run(
+        f"{post} --user {user} {est}/simpleenroll | base64 -d | openssl pkcs7 -inform DER -print_certs "
+        "-out device.pem && openssl verify -CAfile issuing-ca.pem device.pem",
+        tmp_path,
+    )
+    subject = run("openssl x509 -in device.pem -noout -subject", tmp_path).decode()
+    assert subject.replace(" = ", "=").strip() == f"subject=CN={answer['hardware_id']}"
+    # Renewal proven by the current certificate's key alone, over TLS too.
+    renewed = run(
+        f"{post} {est}/simplereenroll | base64 -d | openssl pkcs7 -inform DER -print_certs", tmp_path
+    )
+    assert b"BEGIN CERTIFICATE" in renewed
+    # An unverified server is refused by curl (no --cacert: the test CA is not a public one).
+    assert exit_code(f"curl -sf {est}/cacerts", tmp_path) == 60  # peer certificate not authenticated
 
 
 async def test_another_accounts_device_never_gets_this_accounts_ca(

@@ -1,6 +1,8 @@
 """Retention on the real Postgres: expired registration decisions and operator audit
 events are deleted in small batches, fresh ones kept, a table kept for 0 days is kept
-forever, and two instances pruning at once delete each row once between them."""
+forever, device certificates expired for longer than their keep time are deleted (the
+CRL lists none of them), and two instances pruning at once delete each row once between
+them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from services.operator.handlers.trail import prune_expired
 from services.operator.settings import RetentionSettings
+from shared.db.certificates import revoked
 from shared.db.pool import Pool
 from tests.support import registry
 
@@ -69,6 +72,7 @@ async def test_expired_records_are_pruned_in_batches_and_fresh_ones_kept(pool: P
     # devices of any test past the stale-credential window
     deleted.pop("console_sessions")
     deleted.pop("deleted_devices")
+    deleted.pop("device_certificates")  # any test's, expired a month ago
     assert deleted == {"registration_decisions": 7, "operator_audit_events": 7}
     assert await _left(pool, account_id) == (set(fresh), set(fresh))
     assert old  # the seeded old rows were there to delete
@@ -82,6 +86,7 @@ async def test_a_table_kept_for_zero_days_is_kept_forever(pool: Pool) -> None:
 
     deleted.pop("console_sessions")
     deleted.pop("deleted_devices")
+    deleted.pop("device_certificates")  # any test's, expired a month ago
     assert deleted == {"registration_decisions": 2}
     assert await _left(pool, account_id) == (set(old + fresh), set(fresh))
 
@@ -98,3 +103,34 @@ async def test_two_instances_pruning_at_once_delete_each_row_once(pool: Pool) ->
     assert one["operator_audit_events"] + two["operator_audit_events"] == expired
     events, decisions = await _left(pool, account_id)
     assert (len(events), len(decisions)) == (2, 2)
+
+
+async def test_certificates_expired_past_their_keep_time_are_pruned_and_no_other(pool: Pool) -> None:
+    account_id = await registry.new_account(pool)
+    now = datetime.now(UTC)
+    ages = {
+        "long expired": now - timedelta(days=31),
+        "just expired": now - timedelta(days=1),
+        "valid": now + timedelta(days=1),
+    }
+    serials = {name: uuid.uuid4().hex for name in ages}
+    for name, not_after in ages.items():
+        await pool.execute(
+            """INSERT INTO device_certificates (serial, account_id, device_id, hardware_id, public_key_sha256,
+                   certificate, not_after, revoked_at, revocation_reason)
+               VALUES ($1, $2, $3, 'H', '\\x00', '\\x00', $4, now(), 'disabled')""",
+            serials[name],
+            account_id,
+            str(uuid.uuid4()),
+            not_after,
+        )
+
+    kept_forever = await prune_expired(pool, RetentionSettings(expired_certificates_days=0))
+    assert "device_certificates" not in kept_forever
+    deleted = await prune_expired(pool, RetentionSettings(expired_certificates_days=30, batch_rows=1))
+
+    assert deleted["device_certificates"] >= 1  # (another test's long-expired rows too)
+    left = await pool.fetch("SELECT serial FROM device_certificates WHERE account_id = $1", account_id)
+    assert {r["serial"] for r in left} == {serials["just expired"], serials["valid"]}
+    # Only the unexpired one is what the CRL lists (shared.db.certificates.revoked).
+    assert [r.serial for r in await revoked(pool, account_id)] == [serials["valid"]]

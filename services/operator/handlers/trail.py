@@ -110,14 +110,16 @@ async def prune_expired(
     stale_credential_seconds: float = DEFAULT_STALE_CREDENTIAL_SECONDS,
 ) -> dict[str, int]:
     """Delete the registration decisions and audit events past their keep time (a table
-    kept for 0 days is kept forever), expired console sessions and deleted devices
-    remembered longer than ``stale_credential_seconds``, batch after batch until none is
-    left; return the rows deleted per table."""
+    kept for 0 days is kept forever), device certificates expired for longer than theirs
+    (no longer in any CRL), expired console sessions and deleted devices remembered longer
+    than ``stale_credential_seconds``, batch after batch until none is left; return the
+    rows deleted per table."""
     at = now or datetime.now(UTC)
     deleted: dict[str, int] = {}
     keep: tuple[tuple[retention_db.Table, int], ...] = (
         ("registration_decisions", retention.decisions_days),
         ("operator_audit_events", retention.audit_days),
+        ("device_certificates", retention.expired_certificates_days),
     )
     # Console sessions are kept until they expire (expires_at is their own keep time).
     cutoffs: list[tuple[retention_db.Table, datetime]] = [
