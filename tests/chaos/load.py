@@ -93,9 +93,9 @@ class TimedDeviceApi(DeviceApi):
             self.timeline.succeed()
         return answer
 
-    async def register(self, device: DevicePlan, code: str) -> _Answer:
+    async def register(self, device: DevicePlan, code: str, group_key: str | None = None) -> _Answer:
         try:
-            return self._note(await super().register(device, code))
+            return self._note(await super().register(device, code, group_key))
         except Exception:
             self.timeline.fail()
             raise
