@@ -125,7 +125,9 @@ def test_the_crl_lists_revoked_serials_signed_by_the_ca() -> None:
     crl = x509.load_der_x509_crl(
         certificate_revocation_list(ca, [Revoked("abc123", datetime.now(UTC), "disabled")])
     )
-    assert crl.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]  # an EC key
+    ca_key = ca.certificate.public_key()
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey)  # the issuing CA is P-256
+    assert crl.is_signature_valid(ca_key)
     entry = crl.get_revoked_certificate_by_serial_number(0xABC123)
     assert entry is not None
     reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
