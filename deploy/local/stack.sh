@@ -181,7 +181,13 @@ start_postgres() {
       fail "user 'postgres' cannot write $PG_HOME (a parent folder is not traversable); clone the repository where other users can read it"
   fi
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    [ -f "$PG_HOME/password" ] || "$PY" -c 'import secrets;print(secrets.token_hex(16))' >"$PG_HOME/password"
+    # -s, not -f: a first run stopped before the password was written (no venv yet) leaves an
+    # empty file, and initdb refuses an empty password file. Written aside, then moved.
+    if [ ! -s "$PG_HOME/password" ]; then
+      od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$PG_HOME/password.new"
+      [ -s "$PG_HOME/password.new" ] || fail "could not write a Postgres password in $PG_HOME"
+      mv "$PG_HOME/password.new" "$PG_HOME/password"
+    fi
     chmod 600 "$PG_HOME/password"
     cp "$PG_HOME/password" "$PG_HOME/.pwfile"
     [ "$(id -u)" = 0 ] && chown postgres "$PG_HOME/.pwfile"
