@@ -8,9 +8,10 @@ as before. A certificate a client does present is verified by OpenSSL during the
 against the **anchors**: each account's issuing CA (EST renewal by the current
 certificate) and whatever else the service's providers return (the verified X.509
 attestation CAs). The anchors change while the process runs (a new account, an operator
-verifying a CA), so :class:`ClientCertTrust` rebuilds an ``SSLContext`` with them from the
-registry every ``FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS`` (:data:`REFRESH_MIN_S` to
-:data:`REFRESH_MAX_S`) and hands it to each new connection from the listening context's
+verifying a CA), so :class:`ClientCertTrust` reads them from the registry every
+``FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS`` (:data:`REFRESH_MIN_S` to :data:`REFRESH_MAX_S`),
+applies what changed to an ``SSLContext`` (:meth:`ClientCertTrust.refresh`) and hands that
+context to each new connection from the listening context's
 server-name callback (``sni_callback``: OpenSSL calls it for every ClientHello, with or
 without SNI, before the client's certificate arrives; switching ``SSLObject.context``
 switches the trust store the certificate is verified against). Every instance reads the
@@ -39,7 +40,6 @@ registration's attestation CA), that the certificate is not revoked, and its tim
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import ssl
 import time
@@ -59,6 +59,10 @@ NO_CHECK_TIME = 0x200000
 REFRESH_DEFAULT_S = 30.0
 REFRESH_MIN_S = 1.0
 REFRESH_MAX_S = 300.0
+
+# At most this many new anchors are added to the current context in place (on the event
+# loop, about 2.5 ms each with 5,000 loaded); more are loaded into a new one in a thread.
+IN_PLACE_MAX = 16
 
 # An anchors provider: the DER of every CA certificate it trusts now (read from the registry).
 AnchorsProvider = Callable[[], Awaitable[list[bytes]]]
@@ -106,9 +110,13 @@ class ClientCertTrust:
         self.key_file = key_file
         self._providers = tuple(providers)
         self._current = client_auth_context(cert_file, key_file)
-        self._fingerprint = b""
-        self.anchors = 0
+        self._anchors: frozenset[bytes] = frozenset()
         self.refreshed_at = 0.0  # time.monotonic() of the last successful round
+
+    @property
+    def anchors(self) -> int:
+        """How many CA certificates a client certificate may chain to now."""
+        return len(self._anchors)
 
     def listening_context(self) -> ssl.SSLContext:
         """The context the listener is started with: it hands each connection the anchors'
@@ -121,9 +129,14 @@ class ClientCertTrust:
         connection.context = self._current
 
     async def refresh(self) -> bool:
-        """Read every provider's anchors and, when they changed, build and swap in a new
-        context (in a worker thread: loading thousands of CAs takes milliseconds of CPU).
-        True when the context was replaced. Connections already open keep theirs."""
+        """Read every provider's anchors and apply what changed; True when anything did.
+
+        OpenSSL's trust store sorts itself again at every insertion, so loading n anchors
+        costs about n² (measured: 23 ms for 100, 0.28 s for 1,000, 4.8 s for 5,000 on one
+        core). Hence: a few new anchors (at most IN_PLACE_MAX, nothing removed: a new
+        account, a newly verified CA) are added to the current context in place (2.5 ms
+        each at 5,000); anything else (the first load, a removed CA) builds a new context
+        in a worker thread and swaps it in. Connections already open keep their context."""
         ders: list[bytes] = []
         for provider in self._providers:
             ders.extend(await provider())
@@ -132,15 +145,20 @@ class ClientCertTrust:
             log.warning(
                 "client certificate anchors skipped: not X.509 certificates", extra={"count": skipped}
             )
-        fingerprint = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in anchors)).digest()
         self.refreshed_at = time.monotonic()
-        if fingerprint == self._fingerprint:
+        wanted = frozenset(anchors)
+        if wanted == self._anchors:
             return False
-        self._current = await asyncio.to_thread(client_auth_context, self.cert_file, self.key_file, anchors)
-        self._fingerprint = fingerprint
-        self.anchors = len(anchors)
-        TLS_CLIENT_ANCHORS.set(len(anchors))
-        log.info("client certificate anchors loaded", extra={"count": len(anchors)})
+        added = wanted - self._anchors
+        if self._anchors and wanted > self._anchors and len(added) <= IN_PLACE_MAX:
+            self._current.load_verify_locations(cadata=b"".join(sorted(added)))
+        else:
+            self._current = await asyncio.to_thread(
+                client_auth_context, self.cert_file, self.key_file, anchors
+            )
+        self._anchors = wanted
+        TLS_CLIENT_ANCHORS.set(len(wanted))
+        log.info("client certificate anchors loaded", extra={"count": len(wanted), "added": len(added)})
         return True
 
 

@@ -218,3 +218,33 @@ async def test_a_failing_provider_keeps_the_anchors_loaded(listener: Listener, t
     with pytest.raises(ConnectionError):
         await listener.trust.refresh()
     assert await curl(listener, make_leaf(tmp_path, "device-3", account)) == (0, "tls:device-3:0")
+
+
+async def test_a_removed_anchor_is_no_longer_accepted_by_new_connections(
+    listener: Listener, tmp_path: Path
+) -> None:
+    kept, removed = make_ca("kept"), make_ca("removed")
+    listener.anchors.extend([kept.der, removed.der])
+    await listener.trust.refresh()
+    device = make_leaf(tmp_path, "removed-device", removed)
+    assert await curl(listener, device) == (0, "tls:removed-device:0")
+    listener.anchors.remove(removed.der)
+    assert await listener.trust.refresh()  # rebuilt without it
+    assert listener.trust.anchors == 1
+    code, body = await curl(listener, device)
+    assert code in (35, 52, 56) and body == ""
+    assert await curl(listener, make_leaf(tmp_path, "kept-device", kept)) == (0, "tls:kept-device:0")
+
+
+async def test_many_new_anchors_at_once_are_loaded_into_a_new_context(
+    listener: Listener, tmp_path: Path
+) -> None:
+    first = make_ca("first")
+    listener.anchors.append(first.der)
+    await listener.trust.refresh()
+    batch = [make_ca(f"batch {i}") for i in range(20)]  # past IN_PLACE_MAX
+    listener.anchors.extend(ca.der for ca in batch)
+    assert await listener.trust.refresh()
+    assert listener.trust.anchors == 21
+    assert await curl(listener, make_leaf(tmp_path, "batch-device", batch[-1])) == (0, "tls:batch-device:0")
+    assert await curl(listener, make_leaf(tmp_path, "first-device", first)) == (0, "tls:first-device:0")
