@@ -17,6 +17,7 @@ from shared.settings import (
     secret_key,
 )
 from shared.throttle import ThrottleSettings
+from shared.tls import REFRESH_DEFAULT_S, REFRESH_MAX_S, REFRESH_MIN_S
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class CompatSettings:
     # Step-1 records of hardware IDs a source reports for the first time, at most this many
     # a minute (a 2,000-device NAT boot passes the default); overwrites are never capped.
     new_hardware_ids_per_minute: int = 3000
+    # How often the https listener re-reads the CAs a client certificate may chain to
+    # (shared/tls.py): a new account's CA or a newly verified one is accepted within it.
+    client_ca_refresh_seconds: float = REFRESH_DEFAULT_S
 
     @classmethod
     def from_env(cls, env: Env) -> CompatSettings:
@@ -57,6 +61,7 @@ class CompatSettings:
             new_hardware_ids_per_minute=env.integer(
                 "FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE", 3000, minimum=1
             ),
+            client_ca_refresh_seconds=client_ca_refresh_seconds(env),
         )
 
 
@@ -116,3 +121,15 @@ def device_cert_days(env: Env) -> int:
             f"FLEETREG_DEVICE_CERT_DAYS={days} is above its maximum of {DEVICE_CERT_DAYS_MAX}"
         )
     return days
+
+
+def client_ca_refresh_seconds(env: Env) -> float:
+    """FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS: how often, in seconds, the https listener
+    re-reads the CAs a client certificate may chain to (REFRESH_MIN_S..REFRESH_MAX_S,
+    default REFRESH_DEFAULT_S; shared/tls.py)."""
+    seconds = env.number("FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS", REFRESH_DEFAULT_S, minimum=REFRESH_MIN_S)
+    if seconds > REFRESH_MAX_S:
+        raise SettingsError(
+            f"FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS={seconds:g} is above its maximum of {REFRESH_MAX_S:g}"
+        )
+    return seconds
