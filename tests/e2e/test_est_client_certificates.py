@@ -3,7 +3,7 @@ running system, driven with curl and openssl as the RFC's examples are: the TLS 
 certificate on the intake's https listener renews (``simplereenroll``) and enrolls
 (``simpleenroll``) with no secret, for the device's assigned hardware ID whatever the CSR
 says; a revoked, expired, another account's or another registration's certificate is
-refused with its reason and counted; a device without a certificate still registers on
+refused with its reason (and so are one not valid yet and one never recorded) and counted; a device without a certificate still registers on
 that listener; a certificate of an unknown CA gets no HTTP answer at all; a proxy's
 ``X-Client-Cert`` is honoured only from FLEETREG_TRUSTED_PROXIES; and a new account's CA
 is accepted within the refresh interval (FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS, 1 s in
@@ -201,6 +201,18 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
     (tmp_path / "expired.pem").write_text(expired.pem)
     refusal = est.refused("simplereenroll", f"--cert expired.pem --key {old.name}.key")
     assert refusal["rule"] == "expired" and "expired" in refusal["message"]
+    # Not valid yet (a device clock far ahead of the CA's would make one), and one the
+    # account's CA signed that fleetreg never recorded (as a leaked CA key would make).
+    later = datetime.now(UTC) + timedelta(days=2)
+    future = device_certificate(ca, csr, issuing.hardware_id, old.answer["device_id"], 5, later)
+    assert await registry.record_certificate(
+        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, future
+    )
+    (tmp_path / "future.pem").write_text(future.pem)
+    assert est.refused("simplereenroll", f"--cert future.pem --key {old.name}.key")["rule"] == "not_yet_valid"
+    ghost = device_certificate(ca, csr, "ghost", str(uuid.uuid4()), 1)
+    (tmp_path / "ghost.pem").write_text(ghost.pem)
+    assert est.refused("simpleenroll", f"--cert ghost.pem --key {old.name}.key")["rule"] == "unknown_serial"
 
     # Another registration's device of the same account (same CA): not this label's.
     stranger = await boot(session, system, sibling, tmp_path, "sibling")
@@ -217,8 +229,15 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
         assert refusal["rule"] == "unknown_issuer", refusal
     # Counted against the caller like every refusal (shared/throttle.py), by reason too.
     counted = await metric_sample(session, ops, "fleetreg_throttle_refusals_total", service="intake")
-    assert counted - counted_before >= 6
-    for reason in ("revoked", "expired", "other_registration", "unknown_issuer"):
+    assert counted - counted_before >= 8
+    for reason in (
+        "revoked",
+        "expired",
+        "not_yet_valid",
+        "unknown_serial",
+        "other_registration",
+        "unknown_issuer",
+    ):
         assert (
             await metric_sample(session, ops, "fleetreg_client_certificate_refusals_total", reason=reason)
             >= 1

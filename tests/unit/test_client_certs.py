@@ -141,3 +141,16 @@ def test_a_handshake_certificate_without_a_chain() -> None:
     found = client_certificate(request("203.0.113.9", [], der))
     assert found is not None and found.leaf == LEAF and found.chain == () and found.via == "tls"
     assert client_certificate(request("203.0.113.9", [])) is None
+
+
+def test_the_anchors_refresh_setting_has_its_default_and_bounds() -> None:
+    from services.intake.settings import client_ca_refresh_seconds
+    from shared.settings import Env, SettingsError
+
+    name = "FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS"
+    assert client_ca_refresh_seconds(Env({})) == 30.0
+    assert client_ca_refresh_seconds(Env({name: "1"})) == 1.0
+    assert client_ca_refresh_seconds(Env({name: "300"})) == 300.0
+    for bad in ("0.5", "301", "x"):
+        with pytest.raises(SettingsError, match=name):
+            client_ca_refresh_seconds(Env({name: bad}))
