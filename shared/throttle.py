@@ -562,7 +562,7 @@ def from_trusted_proxy(request: web.Request) -> bool:
     """Whether the connection's peer (not what any header says) is in
     FLEETREG_TRUSTED_PROXIES: only then are a proxy's headers (``X-Forwarded-For``, a
     client certificate's, shared/client_certs.py) believed."""
-    throttle = request.app.get(THROTTLE)
+    throttle = request.config_dict.get(THROTTLE)
     address = _address(request.remote)
     return (
         throttle is not None and address is not None and _trusted(address, throttle.settings.trusted_proxies)
