@@ -157,11 +157,17 @@ async def renew_by_key(
 ) -> Issued | None:
     """A renewal proven by the current certificate's key: the CSR (whose signature proves
     its key) holds the key of an unrevoked, unexpired certificate of an enabled device of
-    the label's auto registration; None when none does."""
+    the label's auto registration; None when none does. Before two thirds of that
+    certificate's validity have passed it is answered again, nothing signed or written: a
+    CSR proves its key but not when it was made, so a captured one replayed renews at most
+    once per two thirds of a validity, not at every call."""
     account_id = await issuer.label_account(pool, label)
     holder = await registry.holder_of_key(pool, account_id, public_key_sha256(csr))
     if holder is None or holder.registration_id != label:
         return None
+    held = holder.certificate
+    if datetime.now(UTC) < held.issued_at + (held.not_after - held.issued_at) * 2 / 3:
+        return Issued(_stored(held), await issuer.ca(pool, account_id))
     return await issue(
         pool,
         issuer,
@@ -185,10 +191,11 @@ async def current(pool: Pool, issuer: Issuer, device_id: str) -> Issued:
         or found.not_after <= datetime.now(UTC)
     ):
         raise NotFound("the device has no current certificate: send a CSR", field="device_id")
+    return Issued(_stored(found), await issuer.ca(pool, device.account_id))
+
+
+def _stored(found: registry.IssuedCertificate) -> DeviceCertificate:
     cert = x509.load_der_x509_certificate(found.der)
-    return Issued(
-        DeviceCertificate(
-            found.serial, cert.not_valid_before_utc, found.not_after, public_key_sha256(cert), found.der
-        ),
-        await issuer.ca(pool, device.account_id),
+    return DeviceCertificate(
+        found.serial, cert.not_valid_before_utc, found.not_after, public_key_sha256(cert), found.der
     )
