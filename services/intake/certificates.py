@@ -56,17 +56,20 @@ class Issuer:
         self._cas: dict[str, IssuingCa] = {}
         self._labels: dict[str, str] = {}  # auto registration ID -> account ID (never changes)
         self._crls: dict[str, bytes] = {}
+        self._generation = 0  # of the signals: a CRL read or built across one is not kept
         self._listening = False
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         """A device changed somewhere (``device:`` on fleetreg_invalidate): the next CRL
         fetch of every account is built again."""
+        self._generation += 1
         self._crls.clear()
 
     def listening(self, up: bool) -> None:
         """The invalidation listener's state: while it is down, no CRL is kept."""
         self._listening = up
+        self._generation += 1
         self._crls.clear()
 
     async def ca(self, pool: Pool, account_id: str) -> IssuingCa:
@@ -100,10 +103,15 @@ class Issuer:
         kept = self._crls.get(account_id)
         if kept is not None:
             return kept
-        listening = self._listening  # before the read: a signal during it is not missed
+        # Before the read: a signal during the read or the build is not missed.
+        listening, generation = self._listening, self._generation
         ca = await self.ca(pool, account_id)
-        built = certificate_revocation_list(ca, await registry.revoked(pool, account_id))
-        if listening and self._listening:
+        # Off the event loop: a CRL of 40,000 entries takes about 0.4 s to build, which
+        # stalled every call of this intake; in a thread only its signing holds the loop.
+        built = await asyncio.to_thread(
+            certificate_revocation_list, ca, await registry.revoked(pool, account_id)
+        )
+        if listening and self._listening and generation == self._generation:
             self._crls[account_id] = built
         return built
 

@@ -156,6 +156,38 @@ def test_the_crl_is_built_in_time_linear_in_its_entries(monkeypatch: pytest.Monk
     )
 
 
+async def test_a_crl_read_across_a_revocation_signal_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revocation committed after the CRL's read but announced before its build ends
+    must not leave the older CRL kept until some later signal: the build now runs in a
+    thread (it stalled the event loop), which widened that window to the build's length."""
+    from services.intake import certificates as intake_certificates
+    from shared.db import certificates as registry
+
+    issuer = intake_certificates.Issuer(SECRET, 365)
+    issuer.listening(True)
+    issuer._cas[ACCOUNT] = new_issuing_ca(ACCOUNT)
+    revoked: list[Revoked] = []
+    reads = 0
+
+    async def read(_pool: object, _account_id: str) -> list[Revoked]:
+        nonlocal reads
+        reads += 1
+        snapshot = list(revoked)
+        if reads == 1:  # the revocation commits and is announced while this read is in flight
+            revoked.append(Revoked("abc123", datetime.now(UTC), "disabled"))
+            issuer.invalidate()
+        return snapshot
+
+    monkeypatch.setattr(registry, "revoked", read)
+    first = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert first.get_revoked_certificate_by_serial_number(0xABC123) is None  # read before it
+    second = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert second.get_revoked_certificate_by_serial_number(0xABC123) is not None
+    assert reads == 2
+    third = await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    assert reads == 2 and x509.load_der_x509_crl(third).get_revoked_certificate_by_serial_number(0xABC123)
+
+
 def test_certs_only_is_base64_pkcs7() -> None:
     ca = new_issuing_ca(ACCOUNT)
     loaded = pkcs7.load_der_pkcs7_certificates(base64.b64decode(certs_only(ca.der)))
