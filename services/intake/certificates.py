@@ -70,17 +70,20 @@ class Issuer:
         self._cas: dict[str, IssuingCa] = {}
         self._labels: dict[str, str] = {}  # auto registration ID -> account ID (never changes)
         self._crls: dict[str, bytes] = {}
+        self._generation = 0  # of the signals: a CRL read or built across one is not kept
         self._listening = False
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         """A device changed somewhere (``device:`` on fleetreg_invalidate): the next CRL
         fetch of every account is built again."""
+        self._generation += 1
         self._crls.clear()
 
     def listening(self, up: bool) -> None:
         """The invalidation listener's state: while it is down, no CRL is kept."""
         self._listening = up
+        self._generation += 1
         self._crls.clear()
 
     async def ca(self, pool: Pool, account_id: str) -> IssuingCa:
@@ -114,10 +117,15 @@ class Issuer:
         kept = self._crls.get(account_id)
         if kept is not None:
             return kept
-        listening = self._listening  # before the read: a signal during it is not missed
+        # Before the read: a signal during the read or the build is not missed.
+        listening, generation = self._listening, self._generation
         ca = await self.ca(pool, account_id)
-        built = certificate_revocation_list(ca, await registry.revoked(pool, account_id))
-        if listening and self._listening:
+        # Off the event loop: a CRL of 40,000 entries takes about 0.4 s to build, which
+        # stalled every call of this intake; in a thread only its signing holds the loop.
+        built = await asyncio.to_thread(
+            certificate_revocation_list, ca, await registry.revoked(pool, account_id)
+        )
+        if listening and self._listening and generation == self._generation:
             self._crls[account_id] = built
         return built
 
@@ -171,11 +179,17 @@ async def renew_by_key(
 ) -> Issued | None:
     """A renewal proven by the current certificate's key: the CSR (whose signature proves
     its key) holds the key of an unrevoked, unexpired certificate of an enabled device of
-    the label's auto registration; None when none does."""
+    the label's auto registration; None when none does. Before two thirds of that
+    certificate's validity have passed it is answered again, nothing signed or written: a
+    CSR proves its key but not when it was made, so a captured one replayed renews at most
+    once per two thirds of a validity, not at every call."""
     account_id = await issuer.label_account(pool, label)
     holder = await registry.holder_of_key(pool, account_id, public_key_sha256(csr))
     if holder is None or holder.registration_id != label:
         return None
+    held = holder.certificate
+    if datetime.now(UTC) < held.issued_at + (held.not_after - held.issued_at) * 2 / 3:
+        return Issued(_stored(held), await issuer.ca(pool, account_id))
     return await issue(
         pool,
         issuer,
@@ -265,10 +279,11 @@ async def current(pool: Pool, issuer: Issuer, device_id: str) -> Issued:
         or found.not_after <= datetime.now(UTC)
     ):
         raise NotFound("the device has no current certificate: send a CSR", field="device_id")
+    return Issued(_stored(found), await issuer.ca(pool, device.account_id))
+
+
+def _stored(found: registry.IssuedCertificate) -> DeviceCertificate:
     cert = x509.load_der_x509_certificate(found.der)
-    return Issued(
-        DeviceCertificate(
-            found.serial, cert.not_valid_before_utc, found.not_after, public_key_sha256(cert), found.der
-        ),
-        await issuer.ca(pool, device.account_id),
+    return DeviceCertificate(
+        found.serial, cert.not_valid_before_utc, found.not_after, public_key_sha256(cert), found.der
     )

@@ -19,8 +19,9 @@ as the TLS client certificate on the https listener, or by a trusted proxy
 no proof here; ``simplereenroll`` then (and without any certificate) falls back to the
 current certificate's key: a CSR (whose signature proves its key) of the key of an
 unrevoked, unexpired certificate of a device of the label's registration renews that
-device's certificate (a replayed CSR only gets a new certificate of a key the replayer
-does not hold)."""
+device's certificate once two thirds of its validity have passed, and answers it again
+before (:func:`services.intake.certificates.renew_by_key`: a CSR can be replayed, a
+handshake cannot)."""
 
 from __future__ import annotations
 

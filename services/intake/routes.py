@@ -137,7 +137,9 @@ async def _post_certificate(request: web.Request) -> web.Response:
     found = await authenticated(request)
     body = await parse_json_body(request)
     unknown = sorted(set(body) - {"csr"})
-    if unknown or "csr" not in body:
+    if unknown:  # named, as the registration's unknown fields are
+        raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0], rule="known_fields")
+    if "csr" not in body:
         raise InvalidInput('the body is {"csr": "<PEM or base64 DER>"}', field="csr", rule="required")
     csr = handlers.parse_csr_field(body["csr"])
     if csr is None:

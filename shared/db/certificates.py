@@ -50,7 +50,8 @@ SELECT_CURRENT = """
 # A renewal proven by the current certificate's key: the newest unrevoked, unexpired
 # certificate of that key in the account, and its device as it is now.
 SELECT_BY_KEY = """
-    SELECT c.device_id::text, d.registration_id::text, d.hardware_id, d.credential_generation
+    SELECT c.device_id::text, d.registration_id::text, d.hardware_id, d.credential_generation,
+           c.serial, c.certificate, c.not_after, c.issued_at
     FROM device_certificates c JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.public_key_sha256 = $2 AND c.revoked_at IS NULL
       AND c.not_after > now() AND NOT d.disabled
@@ -162,6 +163,7 @@ class KeyHolder:
     registration_id: str
     hardware_id: str
     credential_generation: int
+    certificate: IssuedCertificate  # the newest current one of the key
 
 
 async def holder_of_key(pool: Pool, account_id: str, key_sha256: bytes) -> KeyHolder | None:
@@ -170,8 +172,9 @@ async def holder_of_key(pool: Pool, account_id: str, key_sha256: bytes) -> KeyHo
     row = await pool.fetchrow(SELECT_BY_KEY, account_id, key_sha256)
     if row is None:
         return None
+    held = IssuedCertificate(row["serial"], row["certificate"], row["not_after"], row["issued_at"], None)
     return KeyHolder(
-        row["device_id"], row["registration_id"], row["hardware_id"], row["credential_generation"]
+        row["device_id"], row["registration_id"], row["hardware_id"], row["credential_generation"], held
     )
 
 

@@ -318,14 +318,7 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
     across instances)."""
     now = now or datetime.now(UTC)
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(now)
-        .next_update(now + CRL_VALIDITY)
-        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-    )
+    entries = []
     for entry in revoked:
         item = (
             x509.RevokedCertificateBuilder()
@@ -334,7 +327,17 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
         )
         if entry.reason in _CRL_REASONS:
             item = item.add_extension(x509.CRLReason(_CRL_REASONS[entry.reason]), critical=False)
-        builder = builder.add_revoked_certificate(item.build())
+        entries.append(item.build())
+    # The entries go in at once: add_revoked_certificate copies the list on every call
+    # (quadratic: 20,000 entries took 1.7 s, on the intake's event loop).
+    builder = (
+        x509.CertificateRevocationListBuilder(revoked_certificates=entries)
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+    )
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 

@@ -134,6 +134,60 @@ def test_the_crl_lists_revoked_serials_signed_by_the_ca() -> None:
     assert reason == x509.ReasonFlags.privilege_withdrawn
 
 
+def test_the_crl_is_built_in_time_linear_in_its_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entries go into the builder at once: ``add_revoked_certificate`` copies the list
+    on every call, so a CRL that a reclaimed or disabled device filled with thousands of
+    revocations took quadratic time on the intake's event loop (40,000 entries: 2.5 s)."""
+
+    def quadratic(*_args: object) -> None:
+        raise AssertionError("add_revoked_certificate copies every entry added before")
+
+    monkeypatch.setattr(x509.CertificateRevocationListBuilder, "add_revoked_certificate", quadratic)
+    ca = new_issuing_ca(ACCOUNT)
+    now = datetime.now(UTC)
+    revoked = [Revoked(format(n, "x"), now, reason) for n, reason in ((1, "reset"), (2, "deleted"), (3, "x"))]
+    crl = x509.load_der_x509_crl(certificate_revocation_list(ca, revoked))
+    assert sorted(entry.serial_number for entry in crl) == [1, 2, 3]
+    entry = crl.get_revoked_certificate_by_serial_number(2)
+    assert entry is not None
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        == x509.ReasonFlags.cessation_of_operation
+    )
+
+
+async def test_a_crl_read_across_a_revocation_signal_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revocation committed after the CRL's read but announced before its build ends
+    must not leave the older CRL kept until some later signal: the build now runs in a
+    thread (it stalled the event loop), which widened that window to the build's length."""
+    from services.intake import certificates as intake_certificates
+    from shared.db import certificates as registry
+
+    issuer = intake_certificates.Issuer(SECRET, 365)
+    issuer.listening(True)
+    issuer._cas[ACCOUNT] = new_issuing_ca(ACCOUNT)
+    revoked: list[Revoked] = []
+    reads = 0
+
+    async def read(_pool: object, _account_id: str) -> list[Revoked]:
+        nonlocal reads
+        reads += 1
+        snapshot = list(revoked)
+        if reads == 1:  # the revocation commits and is announced while this read is in flight
+            revoked.append(Revoked("abc123", datetime.now(UTC), "disabled"))
+            issuer.invalidate()
+        return snapshot
+
+    monkeypatch.setattr(registry, "revoked", read)
+    first = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert first.get_revoked_certificate_by_serial_number(0xABC123) is None  # read before it
+    second = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert second.get_revoked_certificate_by_serial_number(0xABC123) is not None
+    assert reads == 2
+    third = await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    assert reads == 2 and x509.load_der_x509_crl(third).get_revoked_certificate_by_serial_number(0xABC123)
+
+
 def test_certs_only_is_base64_pkcs7() -> None:
     ca = new_issuing_ca(ACCOUNT)
     loaded = pkcs7.load_der_pkcs7_certificates(base64.b64decode(certs_only(ca.der)))
