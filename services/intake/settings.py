@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from shared.domain.certificates import DEVICE_CERT_DAYS_DEFAULT, DEVICE_CERT_DAYS_MAX, DEVICE_CERT_DAYS_MIN
@@ -82,6 +83,8 @@ class IntakeSettings:
     code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     device_cert_days: int = DEVICE_CERT_DAYS_DEFAULT  # validity of a device certificate
+    # The header a trusted proxy forwards a client certificate in; None: none is read.
+    client_cert_header: str | None = None
 
     def __post_init__(self) -> None:
         tls = self.compat.tls
@@ -109,6 +112,7 @@ class IntakeSettings:
             code_cache_seconds=env.number("FLEETREG_CODE_CACHE_SECONDS", 10.0, minimum=0.0),
             throttle=ThrottleSettings.from_env(env),
             device_cert_days=device_cert_days(env),
+            client_cert_header=client_cert_header(env),
         )
 
 
@@ -133,3 +137,20 @@ def client_ca_refresh_seconds(env: Env) -> float:
             f"FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS={seconds:g} is above its maximum of {REFRESH_MAX_S:g}"
         )
     return seconds
+
+
+# RFC 9110 section 5.6.2: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def client_cert_header(env: Env) -> str | None:
+    """FLEETREG_CLIENT_CERT_HEADER: the header in which a proxy listed in
+    FLEETREG_TRUSTED_PROXIES forwards a client's certificate (``X-Client-Cert``;
+    ``X-Amzn-Mtls-Clientcert`` for AWS ALB), or ``-`` (the default) for none: the header is
+    then never read (shared/client_certs.py says why it is off by default)."""
+    value = env.text("FLEETREG_CLIENT_CERT_HEADER", "-").strip()
+    if value == "-":
+        return None
+    if not _FIELD_NAME.fullmatch(value):
+        raise SettingsError(f"FLEETREG_CLIENT_CERT_HEADER={value!r} is not a header name (or -)")
+    return value

@@ -5,7 +5,8 @@ certificate on the intake's https listener renews (``simplereenroll``) and enrol
 says; a revoked, expired, another account's or another registration's certificate is
 refused with its reason (and so are one not valid yet and one never recorded) and counted; a device without a certificate still registers on
 that listener; a certificate of an unknown CA gets no HTTP answer at all; a proxy's
-``X-Client-Cert`` is honoured only from FLEETREG_TRUSTED_PROXIES; and a new account's CA
+``X-Client-Cert`` (named in FLEETREG_CLIENT_CERT_HEADER) is honoured only from
+FLEETREG_TRUSTED_PROXIES; and a new account's CA
 is accepted within the refresh interval (FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS, 1 s in
 the tests' system)."""
 
@@ -291,7 +292,8 @@ async def test_the_proxy_header_is_honoured_only_from_a_trusted_address(
         return made.decode()
 
     pkcs10 = {"Content-Type": "application/pkcs10"}
-    async with system.instance("intake", {"FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32"}) as intake:
+    proxied = {"FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32", "FLEETREG_CLIENT_CERT_HEADER": "X-Client-Cert"}
+    async with system.instance("intake", proxied) as intake:
         est = f"{intake.url}/.well-known/est/{auto['id']}/simplereenroll"
         # From the trusted proxy (127.0.0.1): the device's certificate, on the plain port.
         async with session.post(est, data=csr(), headers={**pkcs10, "X-Client-Cert": header}) as response:

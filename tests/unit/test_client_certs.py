@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from shared.client_certs import (
     CLIENT_CERT_HEADER,
+    CLIENT_CERT_HEADER_NAME,
     MAX_CHAIN_CERTIFICATES,
     MAX_HEADER_CHARS,
     ClientCertificateHeaderInvalid,
@@ -62,8 +63,16 @@ def escaped(*certs: x509.Certificate) -> str:
 LEAF, INTERMEDIATE = certificate("device-1"), certificate("maker line 7")
 
 
-def request(peer: str, headers: list[tuple[str, str]], tls_der: bytes | None = None) -> web.Request:
+def request(
+    peer: str,
+    headers: list[tuple[str, str]],
+    tls_der: bytes | None = None,
+    *,
+    header: str | None = CLIENT_CERT_HEADER,
+) -> web.Request:
     app = web.Application()
+    if header is not None:  # FLEETREG_CLIENT_CERT_HEADER
+        app[CLIENT_CERT_HEADER_NAME] = header
     trusted = (ipaddress.ip_network(f"{PROXY}/32"),)
     app[THROTTLE] = SimpleNamespace(settings=SimpleNamespace(trusted_proxies=trusted))  # type: ignore[assignment]
     connection = mock.Mock()
@@ -134,6 +143,41 @@ def test_from_a_trusted_proxy_the_header_is_the_only_source() -> None:
     with pytest.raises(ClientCertificateHeaderInvalid) as twice:
         client_certificate(request(PROXY, [(CLIENT_CERT_HEADER, escaped(LEAF))] * 2))
     assert twice.value.rule == "once"
+
+
+def test_without_a_configured_header_none_is_read_even_from_a_trusted_proxy() -> None:
+    """Off by default: a deployment that trusts its proxy for X-Forwarded-For must not start
+    believing a certificate header on upgrade (a certificate is no secret)."""
+    assert client_certificate(request(PROXY, [(CLIENT_CERT_HEADER, escaped(LEAF))], header=None)) is None
+    # The proxy then passes TLS through (an L4 balancer): the handshake's certificate counts.
+    der = LEAF.public_bytes(serialization.Encoding.DER)
+    found = client_certificate(
+        request(PROXY, [(CLIENT_CERT_HEADER, escaped(INTERMEDIATE))], der, header=None)
+    )
+    assert found is not None and found.leaf == LEAF and found.via == "tls"
+
+
+def test_the_configured_header_name_is_read_and_named_in_refusals() -> None:
+    alb = "X-Amzn-Mtls-Clientcert"
+    found = client_certificate(request(PROXY, [(alb, escaped(LEAF, INTERMEDIATE))], header=alb))
+    assert found is not None and found.chain == (INTERMEDIATE,)
+    assert client_certificate(request(PROXY, [(CLIENT_CERT_HEADER, escaped(LEAF))], header=alb)) is None
+    with pytest.raises(ClientCertificateHeaderInvalid) as refused:
+        client_certificate(request(PROXY, [(alb, "garbage")], header=alb))
+    assert refused.value.to_dict()["field"] == alb
+
+
+def test_the_header_setting() -> None:
+    from services.intake.settings import client_cert_header
+    from shared.settings import Env, SettingsError
+
+    assert client_cert_header(Env({})) is None
+    assert client_cert_header(Env({"FLEETREG_CLIENT_CERT_HEADER": "-"})) is None
+    assert client_cert_header(Env({"FLEETREG_CLIENT_CERT_HEADER": "X-Client-Cert"})) == "X-Client-Cert"
+    assert client_cert_header(Env({"FLEETREG_CLIENT_CERT_HEADER": ""})) is None  # empty: unset
+    for bad in ("X Client", "X-Client-Cert:", "X-Client-Cert\r\nX"):
+        with pytest.raises(SettingsError, match="FLEETREG_CLIENT_CERT_HEADER"):
+            client_cert_header(Env({"FLEETREG_CLIENT_CERT_HEADER": bad}))
 
 
 def test_a_handshake_certificate_without_a_chain() -> None:
