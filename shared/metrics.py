@@ -162,6 +162,17 @@ CSR_REFUSALS = Counter(
     "CSRs refused, by reason (too_large, malformed, bad_signature, weak_key, unsupported_key)",
     ["reason"],
 )
+TLS_CLIENT_ANCHORS = Gauge(
+    "fleetreg_tls_client_anchors",
+    "CA certificates a client certificate on the https listener may chain to (each account's"
+    " issuing CA, the verified attestation CAs), as of the last refresh (shared/tls.py)",
+)
+CLIENT_CERTIFICATE_REFUSALS = Counter(
+    "fleetreg_client_certificate_refusals_total",
+    "Client certificates refused by the application after the handshake, by reason (unknown_issuer,"
+    " unknown_serial, revoked, expired, not_yet_valid, disabled, other_registration, malformed_header)",
+    ["reason"],
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -560,6 +560,17 @@ def request_source(request: web.Request) -> str:
     return source
 
 
+def from_trusted_proxy(request: web.Request) -> bool:
+    """Whether the connection's peer (not what any header says) is in
+    FLEETREG_TRUSTED_PROXIES: only then are a proxy's headers (``X-Forwarded-For``, a
+    client certificate's, shared/client_certs.py) believed."""
+    throttle = request.config_dict.get(THROTTLE)
+    address = _address(request.remote)
+    return (
+        throttle is not None and address is not None and _trusted(address, throttle.settings.trusted_proxies)
+    )
+
+
 def mark_refused(request: web.Request, target: str | None = None, *, per_source: bool = True) -> None:
     """The handler refused the call for a reason that counts against its source (and,
     with ``target`` (:func:`target_of`), against its (source, target) bucket). The

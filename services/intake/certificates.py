@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from shared.db import certificates as registry
 from shared.db.pool import Pool
@@ -36,6 +38,18 @@ from shared.metrics import CSR_REFUSALS, DEVICE_CERTIFICATES_ISSUED
 
 NO_CA = "no such account"
 NOT_ISSUED = "the device is disabled, was reset or deleted, or is unknown: no certificate issued"
+
+
+class CertificateRefused(Forbidden):
+    """A client certificate that proves no device here (403): ``rule`` the reason, one of
+    unknown_issuer, unknown_serial, revoked, expired, not_yet_valid, disabled,
+    other_registration (the route counts it in ``fleetreg_client_certificate_refusals_total``)."""
+
+    code = "certificate_refused"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, field="client_certificate", rule=reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,72 @@ async def renew_by_key(
         csr,
         lambda g: g == holder.credential_generation,
         via="est_reenroll",
+        registration_id=label,
+    )
+
+
+def issued_by(certificate: x509.Certificate, ca: IssuingCa) -> bool:
+    """Whether ``certificate`` names ``ca`` as its issuer and carries its signature (a
+    proxy's header is verified here, not in any handshake: shared/client_certs.py)."""
+    if certificate.issuer != ca.certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+async def issue_by_certificate(
+    pool: Pool,
+    issuer: Issuer,
+    label: str,
+    presented: x509.Certificate,
+    csr: x509.CertificateSigningRequest,
+    *,
+    via: str,
+) -> Issued:
+    """A certificate of the CSR's key for the device whose current certificate the client
+    presented (RFC 7030 section 3.3.2, certificate-based client authentication): issued by
+    the label's account's CA (checked here, whatever verified the handshake), recorded for
+    a device of the label's auto registration under that serial and byte for byte, not
+    revoked, within its validity, the device enabled. The new certificate's subject is the
+    device's assigned hardware ID, as always. CertificateRefused (403) naming the reason."""
+    account_id = await issuer.label_account(pool, label)
+    ca = await issuer.ca(pool, account_id)
+    if not issued_by(presented, ca):
+        raise CertificateRefused(
+            "unknown_issuer",
+            "the client certificate is not issued by this auto registration's account CA "
+            "(EST cacerts names it)",
+        )
+    found = await registry.certificate_by_serial(pool, account_id, format(presented.serial_number, "x"))
+    if found is None or found.der != presented.public_bytes(Encoding.DER):
+        raise CertificateRefused("unknown_serial", "the client certificate was not issued to a device here")
+    now = datetime.now(UTC)
+    if found.revoked_at is not None or found.registration_id is None:
+        raise CertificateRefused(
+            "revoked", "the client certificate is revoked: enroll with the device secret"
+        )
+    if presented.not_valid_before_utc > now:
+        raise CertificateRefused("not_yet_valid", "the client certificate is not valid yet: check the clock")
+    if found.not_after <= now:
+        raise CertificateRefused(
+            "expired", "the client certificate has expired: enroll with the device secret"
+        )
+    if found.disabled:
+        raise CertificateRefused("disabled", "the device is disabled")
+    if found.registration_id != label:
+        raise CertificateRefused(
+            "other_registration", "the client certificate's device does not belong to this auto registration"
+        )
+    return await issue(
+        pool,
+        issuer,
+        found.device_id,
+        csr,
+        lambda g: g == found.credential_generation,
+        via=via,
         registration_id=label,
     )
 

@@ -9,10 +9,13 @@ from pathlib import Path
 from aiohttp import web
 
 from services.intake import est, handlers, views
+from services.intake.certificates import CertificateRefused
 from services.intake.resources import RESOURCES, Resources
+from shared.client_certs import client_certificate
 from shared.domain.certificates import CsrRefused
 from shared.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from shared.http import parse_json_body
+from shared.metrics import CLIENT_CERTIFICATE_REFUSALS
 from shared.throttle import mark_refused, request_source
 
 # RFC 7030 section 4.2.1: an enrollment's body is a CSR, base64 DER, of this type.
@@ -40,11 +43,16 @@ async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
 
 
 async def refusals_counted(request: web.Request, call: Callable[[], Awaitable[web.Response]]) -> web.Response:
-    """``call``'s answer; a refused CSR, an unknown EST label or account, or a body past the
-    size limit is answered as always but counted against the caller's source (429 once it
-    is past its limit: shared/throttle.py), like every refusal of something guessed."""
+    """``call``'s answer; a refused CSR or client certificate, an unknown EST label or
+    account, or a body past the size limit is answered as always but counted against the
+    caller's source (429 once it is past its limit: shared/throttle.py), like every refusal
+    of something guessed."""
     try:
         return await call()
+    except CertificateRefused as exc:
+        CLIENT_CERTIFICATE_REFUSALS.labels(exc.reason).inc()
+        mark_refused(request)
+        return views.error_view(exc)
     except (CsrRefused, NotFound) as exc:
         mark_refused(request)
         return views.error_view(exc)
@@ -181,8 +189,17 @@ async def _est_enroll(request: web.Request, *, renewal: bool) -> web.Response:
             f"send the CSR as {PKCS10} (base64 DER)", field="Content-Type", rule=PKCS10
         )
     text = (await request.read()).decode("ascii", errors="replace")
+    authorization = request.headers.get("Authorization")
+    # The client certificate is read only when it is the proof: with Basic credentials, a
+    # trusted proxy's header is not even parsed.
+    client = client_certificate(request) if not (authorization or "").strip() else None
     issued = await est.enroll(
-        r, request.match_info["label"].lower(), request.headers.get("Authorization"), text, renewal=renewal
+        r,
+        request.match_info["label"].lower(),
+        authorization,
+        text,
+        renewal=renewal,
+        presented=client.leaf if client is not None else None,
     )
     return views.certs_only_view(issued.certificate.der)
 

@@ -64,6 +64,14 @@ SELECT_REVOKED = """
     SELECT serial, revoked_at, revocation_reason FROM device_certificates
     WHERE account_id = $1 AND revoked_at IS NOT NULL AND not_after > now()
     ORDER BY revoked_at"""
+# A client certificate presented for EST: the certificate of that serial in the account and
+# its device as it is now (none: a deleted device, whose certificates are revoked anyway).
+SELECT_BY_SERIAL = """
+    SELECT c.certificate, c.not_after, c.revoked_at, c.device_id::text,
+           d.registration_id::text, d.disabled, d.credential_generation
+    FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
+    WHERE c.account_id = $1 AND c.serial = $2"""
+SELECT_CA_CERTIFICATES = "SELECT certificate FROM issuing_cas ORDER BY account_id"
 AUTO_REGISTRATION_ACCOUNT = "SELECT account_id::text FROM registrations WHERE id = $1 AND kind = 'auto'"
 
 
@@ -193,3 +201,40 @@ async def auto_registration_account(pool: Pool, registration_id: str) -> str | N
     """The account of an auto registration (an EST label), or None."""
     found: str | None = await pool.fetchval(AUTO_REGISTRATION_ACCOUNT, registration_id)
     return found
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """A certificate of the account found by its serial, and its device as it is now
+    (``registration_id`` None: the device was deleted)."""
+
+    der: bytes
+    not_after: datetime
+    revoked_at: datetime | None
+    device_id: str
+    registration_id: str | None
+    disabled: bool
+    credential_generation: int
+
+
+async def certificate_by_serial(pool: Pool, account_id: str, serial: str) -> PresentedCertificate | None:
+    """The account's certificate of ``serial`` (lower-case hex), or None: what a client
+    certificate presented for EST is checked against."""
+    row = await pool.fetchrow(SELECT_BY_SERIAL, account_id, serial)
+    if row is None:
+        return None
+    return PresentedCertificate(
+        row["certificate"],
+        row["not_after"],
+        row["revoked_at"],
+        row["device_id"],
+        row["registration_id"],
+        bool(row["disabled"]),
+        row["credential_generation"] or 0,
+    )
+
+
+async def issuing_ca_certificates(pool: Pool) -> list[bytes]:
+    """Every account's issuing CA certificate (DER): anchors of the https listener's client
+    certificates (shared/tls.py), so a device renews over EST with its current certificate."""
+    return [r["certificate"] for r in await pool.fetch(SELECT_CA_CERTIFICATES)]
