@@ -55,6 +55,20 @@ _PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*?-----END 
 
 E = TypeVar("E", bound=x509.ExtensionType)
 
+# Refusals of a claim in an x509 registration (all counted against the caller's address,
+# as a wrong proof is): no certificate, or one refused for a reason of :class:`Refusal`,
+# answered as REASON_CERTIFICATE_PREFIX + its reason.
+REASON_NO_CERTIFICATE = (
+    "this auto registration takes X.509 certificates: present the device's client certificate "
+    "(docs/device-identity.md)"
+)
+REASON_CERTIFICATE_PREFIX = "device certificate refused: "
+# The reference protocol (apv/v27) carries no client certificate fleetreg reads.
+REASON_REFERENCE_PROTOCOL = (
+    "this auto registration takes X.509 certificates which the reference protocol cannot carry: "
+    "use the native device API (/v1/registrations)"
+)
+
 RefusalRule = Literal[
     "malformed",
     "expired",
@@ -67,6 +81,7 @@ RefusalRule = Literal[
     "extended_key_usage",
     "revoked",
     "no_hardware_id",
+    "hardware_id_mismatch",
 ]
 
 
@@ -91,6 +106,11 @@ class TrustedCa:
     verified: bool
     revoked_serials: frozenset[int] = frozenset()
     crl: x509.CertificateRevocationList | None = None
+
+
+def is_certificate_refusal(reason: str) -> bool:
+    """Whether a claim's refusal is X.509 attestation's (counted against its caller)."""
+    return reason == REASON_NO_CERTIFICATE or reason.startswith(REASON_CERTIFICATE_PREFIX)
 
 
 def new_verification_code() -> str:

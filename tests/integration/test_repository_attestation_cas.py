@@ -68,7 +68,7 @@ async def test_upload_verify_revoke_crl_and_delete(pool: Pool) -> None:
     after = await handlers.revoke_serial(pool, actor, added.id, {"serial": "0xabcde"})  # the same
     after = await handlers.revoke_serial(pool, actor, added.id, {"serial": "ff"})
     assert after.revoked_serials == ("abcde", "ff")
-    after = await handlers.unrevoke_serial(pool, actor, added.id, "FF")
+    after = await handlers.unrevoke_serial(pool, actor, added.id, {"serial": "FF"})
     assert after.revoked_serials == ("abcde",)
     with pytest.raises(InvalidInput):
         await handlers.revoke_serial(pool, actor, added.id, {"serial": "not hex"})

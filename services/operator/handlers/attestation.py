@@ -109,9 +109,12 @@ async def revoke_serial(pool: Pool, account: Account, ca_id: str, body: dict[str
     return await attestation_cas.get_ca(pool, account.id, ca_id)
 
 
-async def unrevoke_serial(pool: Pool, account: Account, ca_id: str, serial: str) -> AttestationCa:
-    """Remove ``serial`` (hex) from the CA's revoked serials (idempotent)."""
-    await attestation_cas.change_revocation(pool, account, ca_id, serial_of(serial), revoked=False)
+async def unrevoke_serial(pool: Pool, account: Account, ca_id: str, body: dict[str, Any]) -> AttestationCa:
+    """Remove ``body``'s ``serial`` (hex) from the CA's revoked serials (idempotent)."""
+    _only(body, {"serial"})
+    await attestation_cas.change_revocation(
+        pool, account, ca_id, serial_of(body.get("serial")), revoked=False
+    )
     return await attestation_cas.get_ca(pool, account.id, ca_id)
 
 

@@ -54,8 +54,8 @@ async def revoke_serial(request: web.Request, account: Account) -> Json:
 @authed()
 async def unrevoke_serial(request: web.Request, account: Account) -> Json:
     ca_id = path_id(request, "ca_id")
-    serial = request.match_info["serial"]
-    return views.ca(await handlers.unrevoke_serial(resources(request).pool, account, ca_id, serial))
+    body = await parse_json_body(request)
+    return views.ca(await handlers.unrevoke_serial(resources(request).pool, account, ca_id, body))
 
 
 @authed()
@@ -71,7 +71,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/v1/attestation-cas/{ca_id}", get_ca),
     web.delete("/v1/attestation-cas/{ca_id}", delete_ca),
     web.post("/v1/attestation-cas/{ca_id}/verify", verify_ca),
-    web.post("/v1/attestation-cas/{ca_id}/revoked-serials", revoke_serial),
-    web.delete("/v1/attestation-cas/{ca_id}/revoked-serials/{serial}", unrevoke_serial),
+    web.post("/v1/attestation-cas/{ca_id}/revoke", revoke_serial),
+    web.post("/v1/attestation-cas/{ca_id}/unrevoke", unrevoke_serial),
     web.put("/v1/attestation-cas/{ca_id}/crl", upload_crl),
 ]
