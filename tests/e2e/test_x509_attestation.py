@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import shutil
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from shared.db.pool import Pool
 from shared.domain.x509_attestation import (
@@ -24,12 +29,15 @@ from shared.domain.x509_attestation import (
     REASON_NO_CERTIFICATE,
     REASON_REFERENCE_PROTOCOL,
 )
+from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.support import x509 as certs
 from tests.support.api import Operator, new_operator, provision
 from tests.support.sources import behind, fresh_address, from_address, public_address
-from tests.support.system import ServiceProcess, System
+from tests.support.system import ROOT, ServiceProcess, System
 
 pytestmark = pytest.mark.e2e
+
+DOC = ROOT / "docs" / "device-identity.md"
 
 PROXY = {"FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32"}  # the tests' calls from 127.0.0.1: the proxy
 DEFAULTS = {  # the shipped refusal limits (the shared system's are high)
@@ -308,3 +316,96 @@ async def test_a_flood_of_bad_certificates_from_one_address_gets_429(
 async def _settle() -> None:
     """The ``codes`` invalidation's delivery to the intake (milliseconds; docs: allow 1 s)."""
     await asyncio.sleep(0.5)
+
+
+def doc_functions() -> str:
+    """The factory's openssl functions, as docs/device-identity.md gives them."""
+    for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(), flags=re.S):
+        if block.startswith("# fleetreg x509: openssl"):
+            return str(block)
+    raise AssertionError(f"no x509 openssl block in {DOC}")
+
+
+def factory(directory: Path, script: str) -> None:
+    sh = shutil.which("dash") or "/bin/sh"
+    subprocess.run(
+        [sh, "-c", doc_functions() + script], cwd=directory, capture_output=True, check=True, timeout=30
+    )
+
+
+async def test_the_documented_openssl_and_the_cli_register_a_device(
+    system: System, intake: ServiceProcess, operator: Operator, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    product = await fleetreg_json(
+        operator, system, "product", "create", "--name", f"x-{uuid.uuid4().hex[:6]}", "--service", "ssh:22"
+    )
+    await fleetreg_json(operator, system, "product", "lock", product["id"])
+    created = await fleetreg_json(
+        operator,
+        system,
+        "auto",
+        "create",
+        "--product",
+        product["id"],
+        "--attestation",
+        "x509",
+        "--max-devices",
+        "10",
+    )
+    assert created["attestation"] == "x509" and created["hardware_id_from"] == "cn"
+    factory(tmp_path, 'make_ca "Example Maker Devices CA"')
+    added = await fleetreg_json(
+        operator, system, "auto", "ca", "add", created["id"], "--certificate", str(tmp_path / "ca.pem")
+    )
+    assert added["verified"] is False
+    code, out, _err = await fleetreg(operator, system, "auto", "ca", "show", added["id"])
+    assert code == 0 and added["verification_code"] in out and "openssl x509 -req" in out
+    factory(tmp_path, f'verification_cert "{added["verification_code"]}"')
+    verified = await fleetreg_json(
+        operator,
+        system,
+        "auto",
+        "ca",
+        "verify",
+        added["id"],
+        "--certificate",
+        str(tmp_path / "verification.pem"),
+    )
+    assert verified["verified"] is True
+    hardware_id = f"b827eb{uuid.uuid4().hex[:6]}"
+    factory(tmp_path, f'device_cert "{hardware_id}"')
+    device_pem = (tmp_path / "device.pem").read_text()
+    await _settle()
+    status, board = await claim(
+        session,
+        intake.url,
+        created["bulk_identification_code"],
+        hardware_id,
+        {"X-Client-Cert": quote(device_pem)},
+        include=True,
+    )
+    assert status == 200 and board["decision"] == "new" and board["hardware_id"] == hardware_id, board
+
+    serial = format(x509.load_pem_x509_certificate(device_pem.encode()).serial_number, "x")
+    revoked = await fleetreg_json(operator, system, "auto", "ca", "revoke", added["id"], "--serial", serial)
+    assert revoked["revoked_serials"] == [serial]
+    unrevoked = await fleetreg_json(
+        operator, system, "auto", "ca", "unrevoke", added["id"], "--serial", serial
+    )
+    assert unrevoked["revoked_serials"] == []
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(certs.crl_of(tmp_path / "ca.pem", tmp_path / "ca.key", [int(serial, 16)]))
+    with_crl = await fleetreg_json(operator, system, "auto", "ca", "crl", added["id"], "--file", str(crl))
+    assert with_crl["crl"] is not None
+    listed = await fleetreg_json(operator, system, "auto", "ca", "list", created["id"])
+    assert [c["id"] for c in listed["cas"]] == [added["id"]]
+    code, out, _err = await fleetreg(operator, system, "auto", "ca", "list", created["id"])
+    assert code == 0 and "Example Maker Devices CA" in out and "verified" in out
+    code, _out, err = await fleetreg(operator, system, "auto", "ca", "delete", added["id"])
+    assert code != 0 and "--yes" in err  # no terminal to confirm on
+    deleted = await fleetreg_json(operator, system, "auto", "ca", "delete", added["id"], "--yes")
+    assert deleted["deleted"] is True
+    code, _out, err = await fleetreg(
+        operator, system, "auto", "ca", "add", created["id"], "--certificate", str(tmp_path / "device.pem")
+    )
+    assert code != 0 and "CA" in err and len(err.strip().splitlines()) == 1

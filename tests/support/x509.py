@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -129,3 +130,12 @@ def crl(issuer: Issued, serials: list[int], *, signer: ec.EllipticCurvePrivateKe
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW - DAY).build()
         )
     return builder.sign(signer or issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def crl_of(ca_pem: Path, ca_key: Path, serials: list[int]) -> bytes:
+    """A DER CRL of the CA in files (what ``openssl ca -gencrl`` would make), for a CA the
+    documented openssl made."""
+    certificate = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    key = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return crl(Issued(certificate, key), serials)
