@@ -124,7 +124,7 @@ async def claim(
 async def test_an_x509_product_from_its_ca_to_a_wiped_board(
     system: System, intake: ServiceProcess, operator: Operator, session: aiohttp.ClientSession
 ) -> None:
-    created = await x509_registration(operator)
+    created = await x509_registration(operator, max_devices=2)
     registration_id, code = created["id"], created["bulk_identification_code"]
     assert created["attestation"] == "x509" and created["hardware_id_from"] == "cn"
     root = certs.ca(f"Maker Root {uuid.uuid4().hex[:6]}")
@@ -193,6 +193,10 @@ async def test_an_x509_product_from_its_ca_to_a_wiped_board(
     other = f"x5b-{uuid.uuid4().hex[:8]}"
     status, below = await claim(session, intake.url, code, other, header(certs.device(line, other), line))
     assert status == 200 and below["decision"] == "new", below
+    # The quota counts devices, not reclaims: the wiped board took none of it, a third ID is refused.
+    third = f"x5c-{uuid.uuid4().hex[:8]}"
+    status, over = await claim(session, intake.url, code, third, header(certs.device(root, third)))
+    assert status == 403 and over["reason"].startswith("quota reached"), over
 
     # The reference protocol answers false with the reason.
     compat = f"{intake.url}/apv/v27/bulk/registration/device"
