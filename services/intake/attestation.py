@@ -104,7 +104,7 @@ async def _x509_attestation(pool: Pool, registration_id: str, hardware_id_from: 
             x509.load_der_x509_certificate(t.certificate),
             t.verified,
             frozenset(int(serial, 16) for serial in t.revoked_serials),
-            x509.load_der_x509_crl(t.crl) if t.crl is not None else None,
+            x509_attestation.crl_serials(x509.load_der_x509_crl(t.crl)) if t.crl is not None else frozenset(),
         )
         for t in trust
     )

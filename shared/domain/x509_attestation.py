@@ -99,13 +99,14 @@ class Refusal:
 class TrustedCa:
     """An uploaded attestation CA as device verification sees it: its certificate, whether
     it is ``verified`` (an unverified CA trusts nothing), the serials the operator revoked
-    (integers) and its uploaded CRL, if any."""
+    and those its uploaded CRL lists (integers: :func:`crl_serials`, read once, since a
+    lookup in the CRL object scans it: 1.2 ms for 10,000 entries)."""
 
     id: str
     certificate: x509.Certificate
     verified: bool
     revoked_serials: frozenset[int] = frozenset()
-    crl: x509.CertificateRevocationList | None = None
+    crl_serials: frozenset[int] = frozenset()
 
 
 def is_certificate_refusal(reason: str) -> bool:
@@ -315,7 +316,7 @@ def _chain_refusal(
                         "ca_not_verified",
                         "the issuing CA is uploaded but not verified: the operator must verify it",
                     )
-                if current.serial_number in ca.revoked_serials or _in_crl(ca.crl, current):
+                if current.serial_number in ca.revoked_serials or current.serial_number in ca.crl_serials:
                     return Refusal("revoked", f"the {what} is revoked (serial {current.serial_number:x})")
                 return _validity_refusal(ca.certificate, now, "issuing CA")
         issuer = next(
@@ -340,11 +341,10 @@ def _chain_refusal(
     )
 
 
-def _in_crl(crl: x509.CertificateRevocationList | None, certificate: x509.Certificate) -> bool:
-    return (
-        crl is not None
-        and crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None
-    )
+def crl_serials(crl: x509.CertificateRevocationList) -> frozenset[int]:
+    """The serials a CRL revokes (every entry; its reasons and dates are not looked at: a
+    listed certificate is refused, RFC 5280 section 6.3.3)."""
+    return frozenset(entry.serial_number for entry in crl)
 
 
 def hardware_id_of(certificate: x509.Certificate, source: HardwareIdFrom) -> str | Refusal:

@@ -33,7 +33,7 @@ from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.support import x509 as certs
 from tests.support.api import Operator, new_operator, provision
 from tests.support.sources import behind, fresh_address, from_address, public_address
-from tests.support.system import ROOT, ServiceProcess, System
+from tests.support.system import ROOT, ServiceProcess, System, metric_sample
 
 pytestmark = pytest.mark.e2e
 
@@ -276,10 +276,13 @@ async def test_the_attackers_certificates_are_refused(
         "not yet valid": (certs.device(root, "h1", not_before=now + certs.DAY), "not valid yet"),
         "another hardware ID": (certs.device(root, "h2"), "hardware_id is not"),
     }
+    before = await metric_sample(session, intake.ops_url, "fleetreg_x509_refusals_total", rule="self_signed")
     for case, (leaf, words) in cases.items():
         status, answer = await claim(session, intake.url, code, "h1", header(leaf))
         assert status == 403 and answer["reason"].startswith(REASON_CERTIFICATE_PREFIX), (case, answer)
         assert words in answer["reason"], (case, answer["reason"])
+    after = await metric_sample(session, intake.ops_url, "fleetreg_x509_refusals_total", rule="self_signed")
+    assert after == before + 1
     status, answer = await claim(session, intake.url, code, "h1", {})
     assert status == 403 and answer["reason"] == REASON_NO_CERTIFICATE
     # A good certificate's header from an address that is no trusted proxy is ignored.
