@@ -68,12 +68,13 @@ async def x509_registration(operator: Operator, **settings: Any) -> dict[str, An
         expect=201,
     )
     await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
-    return await operator.call(
+    created: dict[str, Any] = await operator.call(
         "POST",
         "/v1/auto-registrations",
         {"product_id": product["id"], "attestation": "x509", **settings},
         expect=201,
     )
+    return created
 
 
 async def verified_ca(operator: Operator, registration_id: str, ca: certs.Issued) -> dict[str, Any]:
@@ -81,12 +82,13 @@ async def verified_ca(operator: Operator, registration_id: str, ca: certs.Issued
         "POST", f"/v1/auto-registrations/{registration_id}/cas", {"certificate": ca.pem}, expect=201
     )
     proof = certs.verification(ca, added["verification_code"])
-    return await operator.call(
+    verified: dict[str, Any] = await operator.call(
         "POST",
         f"/v1/attestation-cas/{added['id']}/verify",
         {"verification_certificate": proof.pem},
         expect=200,
     )
+    return verified
 
 
 async def claim(

@@ -139,9 +139,9 @@ async def test_what_a_ca_upload_refuses(pool: Pool) -> None:
             await handlers.add_ca(pool, actor, registration_id, body)
         assert caught.value.rule == rule
     code_actor, code_registration = await _x509(pool, attestation="code")
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(Conflict) as conflict:
         await handlers.add_ca(pool, code_actor, code_registration, {"certificate": certs.ca().pem})
-    assert caught.value.rule == "attestation=x509"
+    assert conflict.value.rule == "attestation=x509"
     with pytest.raises(NotFound):
         await handlers.add_ca(pool, actor, str(uuid.uuid4()), {"certificate": certs.ca().pem})
 

@@ -3,12 +3,14 @@ takes, the proof of possession, CRLs, and every reason a device certificate is r
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.domain import x509_attestation as xa
-from shared.domain.x509_attestation import Refusal, TrustedCa
+from shared.domain.x509_attestation import HardwareIdFrom, Refusal, TrustedCa
 from shared.errors import InvalidInput
 from tests.support import x509 as certs
 
@@ -34,14 +36,15 @@ def trusted(
 
 
 def verify(
-    leaf: certs.Issued, cas: list[TrustedCa], chain: tuple[certs.Issued, ...] = (), **kw: object
+    leaf: certs.Issued,
+    cas: list[TrustedCa],
+    chain: tuple[certs.Issued, ...] = (),
+    *,
+    now: datetime = NOW,
+    hardware_id_from: HardwareIdFrom = "cn",
 ) -> str | Refusal:
     return xa.verify_device_certificate(
-        leaf.certificate,
-        [c.certificate for c in chain],
-        cas,
-        kw.pop("now", NOW),
-        **kw,  # type: ignore[arg-type]
+        leaf.certificate, [c.certificate for c in chain], cas, now, hardware_id_from
     )
 
 
