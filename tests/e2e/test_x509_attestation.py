@@ -39,7 +39,11 @@ pytestmark = pytest.mark.e2e
 
 DOC = ROOT / "docs" / "device-identity.md"
 
-PROXY = {"FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32"}  # the tests' calls from 127.0.0.1: the proxy
+# The tests' calls from 127.0.0.1 come through the TLS-terminating proxy. The header's name
+# is set too for the fuller shared/client_certs.py (branch tlsclient), which reads a proxy's
+# header only when FLEETREG_CLIENT_CERT_HEADER names it; this branch's minimal one reads
+# X-Client-Cert from a trusted proxy always.
+PROXY = {"FLEETREG_TRUSTED_PROXIES": "127.0.0.1/32", "FLEETREG_CLIENT_CERT_HEADER": "X-Client-Cert"}
 DEFAULTS = {  # the shipped refusal limits (the shared system's are high)
     **PROXY,
     "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "30/minute;300/hour;1000/day",
