@@ -174,6 +174,14 @@ CLIENT_CERTIFICATE_REFUSALS = Counter(
     ["reason"],
 )
 
+X509_REFUSALS = Counter(
+    "fleetreg_x509_refusals_total",
+    "Claims of x509 auto registrations refused for their device certificate, by rule (no_certificate,"
+    " malformed, expired, not_yet_valid, unknown_issuer, ca_not_verified, self_signed, ca_certificate,"
+    " key_usage, extended_key_usage, revoked, no_hardware_id, hardware_id_mismatch)",
+    ["rule"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST

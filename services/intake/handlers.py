@@ -23,17 +23,18 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from services.intake import certificates
-from services.intake.attestation import GroupKeyCache, check_proof
+from services.intake.attestation import GroupKeyCache, check_certificate, check_proof
 from services.intake.certificates import Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
+from shared.client_certs import ClientCertificate
 from shared.db import bulk, decisions, devices, files, products
 from shared.db.certificates import IssuingDevice
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
-from shared.domain import derived_keys
+from shared.domain import derived_keys, x509_attestation
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import (
@@ -202,6 +203,10 @@ class RegistrationInput:
     idempotency_key: str = ""
     proof: derived_keys.Proof | None = None  # of a derived key (docs/device-identity.md)
     csr: x509.CertificateSigningRequest | None = None  # checked: a certificate is asked for
+    # The client certificate the call presented (shared.client_certs), and whether it
+    # attested the claimed hardware ID (an x509 registration: set by :func:`attest`).
+    client_certificate: ClientCertificate | None = None
+    attested: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,6 +394,7 @@ def to_event(
         idempotency_key=registration.idempotency_key,
         protocol=protocol,
         source=source,
+        attested=registration.attested,
     )
 
 
@@ -464,9 +470,10 @@ async def register_native(
         )
     if held_revoked(throttle, source, code):
         return _held_revoked_answer(r.keyring, registration)
-    refused = await attest(r, registration)
-    if refused is not None:
-        return refused
+    attested = await attest(r, registration)
+    if isinstance(attested, Answer):
+        return attested
+    registration = attested
     # An auto product's current code has nothing counted before publishing: remembered,
     # its boot storm costs no read here.
     generation = r.codes.generation
@@ -504,19 +511,31 @@ async def register_native(
     return answer
 
 
-async def attest(r: Intake, registration: RegistrationInput) -> Answer | None:
-    """The refusal of a claim whose code's auto registration takes derived keys and which
-    does not prove the device key of its hardware ID (services/intake/attestation.py), or
-    None to go on. Nothing is published for a refused one; its reason says which: a missing,
-    wrong or replayed proof counts against the caller (:data:`COUNTED_REFUSALS`), a right
-    proof out of its time does not and carries ``server_time``."""
+async def attest(r: Intake, registration: RegistrationInput) -> Answer | RegistrationInput:
+    """The refusal of a claim whose code's auto registration takes derived keys or X.509
+    certificates and which does not prove its hardware ID (services/intake/attestation.py),
+    or the registration to go on with (for x509, marked ``attested``). Nothing is published
+    for a refused one; its reason says which: a missing, wrong or replayed proof and every
+    certificate refusal count against the caller (:func:`counted_refusal`), a right proof
+    out of its time does not and carries ``server_time``."""
     found = await r.group_keys.of_code(r.pool, registration.bulk_identification_code)
+    if found.attestation == "x509":
+        now_utc = datetime.now(UTC)
+        reason = check_certificate(found, registration.hardware_id, registration.client_certificate, now_utc)
+        if reason is None:
+            return replace(registration, attested=True)
+        return Answer(
+            "refused",
+            new_request_id(r.keyring.request_tag),
+            reason=reason,
+            claimed_hardware_id=registration.hardware_id,
+        )
     if found.attestation != "derived_key":
-        return None
+        return registration
     now = time.time()
     checked = await check_proof(r.pool, found, registration.hardware_id, registration.proof, now)
     if checked == "proven":
-        return None
+        return registration
     return Answer(
         "refused",
         new_request_id(r.keyring.request_tag),
@@ -927,7 +946,9 @@ async def counted_refusal(
         if is_clone_limit_refusal(answer.reason):
             return Counted(target_of("hardware", code, registration.hardware_id.lower()))
         return Counted(target_of("code", code))
-    if answer.status != "refused" or answer.reason not in COUNTED_REFUSALS:
+    if answer.status != "refused" or not (
+        answer.reason in COUNTED_REFUSALS or x509_attestation.is_certificate_refusal(answer.reason)
+    ):
         return None
     if answer.reason == REASON_REVOKED_CODE:
         revoked_at = await products.code_revoked_at(pool, code)

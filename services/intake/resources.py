@@ -18,7 +18,7 @@ from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
-from shared.db import attestation, compat, products, webhooks
+from shared.db import attestation, attestation_cas, compat, products, webhooks
 from shared.db import certificates as certificate_registry
 from shared.db.pool import Pool, answers
 from shared.db.products import CODES_CHANGED
@@ -183,7 +183,12 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 # (EST by the current certificate). Loaded before the listener starts
                 # (shared/http.py), then re-read every interval (shared/tls.py).
                 trust = app[CLIENT_CERT_TRUST] = ClientCertTrust(
-                    tls.cert_file, tls.key_file, [partial(certificate_registry.issuing_ca_certificates, pool)]
+                    tls.cert_file,
+                    tls.key_file,
+                    [
+                        partial(certificate_registry.issuing_ca_certificates, pool),
+                        partial(attestation_cas.verified_ca_ders, pool),
+                    ],
                 )
                 await trust.refresh()
                 await stack.enter_async_context(

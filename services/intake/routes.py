@@ -4,6 +4,7 @@ it to the handlers and shapes the answer with the views."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -73,6 +74,9 @@ async def _post_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     include_files = handlers.parse_include(request.query.getall("include", []))
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
+    presented = client_certificate(request)
+    if presented is not None:
+        registration = replace(registration, client_certificate=presented)
     answer = await handlers.register_native(
         r, registration, request_source(request), include_files=include_files
     )
