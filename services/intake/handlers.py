@@ -24,7 +24,7 @@ from cryptography import x509
 
 from services.intake import certificates
 from services.intake.attestation import GroupKeyCache, check_proof
-from services.intake.certificates import Issued, Issuer
+from services.intake.certificates import CertificateLimit, Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -551,6 +551,8 @@ async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigni
         )
     except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
         return answer
+    except CertificateLimit:  # a retry past the cap: the device asks later and is told why
+        return answer
     return replace(answer, certificate=issued)
 
 
@@ -558,7 +560,9 @@ async def device_certificate(
     r: Intake, device: AuthenticatedDevice, csr: x509.CertificateSigningRequest, *, via: str = "native"
 ) -> Issued:
     """Issue a certificate of the CSR's key to the proven ``device`` (a renewal is the same
-    call): Forbidden (403) when it was disabled, reset or deleted since it was proven."""
+    call): Forbidden (403) when it was disabled, reset or deleted since it was proven;
+    CertificateLimit (409) when it holds FLEETREG_MAX_CERTIFICATES_PER_DEVICE unexpired
+    certificates."""
     return await certificates.issue(
         r.pool, r.issuer, device.id, csr, lambda g: g == device.credential_generation, via=via
     )

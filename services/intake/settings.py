@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.domain.certificates import DEVICE_CERT_DAYS_DEFAULT, DEVICE_CERT_DAYS_MAX, DEVICE_CERT_DAYS_MIN
+from shared.domain.certificates import (
+    DEVICE_CERT_DAYS_DEFAULT,
+    DEVICE_CERT_DAYS_MAX,
+    DEVICE_CERT_DAYS_MIN,
+    MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+    MAX_CERTIFICATES_PER_DEVICE_MAX,
+    MAX_CERTIFICATES_PER_DEVICE_MIN,
+)
 from shared.http import TlsSite
 from shared.settings import (
     DatabaseSettings,
@@ -77,6 +84,8 @@ class IntakeSettings:
     code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     device_cert_days: int = DEVICE_CERT_DAYS_DEFAULT  # validity of a device certificate
+    # unexpired certificates (revoked or not) a device may hold: services/intake/certificates.py
+    max_certificates_per_device: int = MAX_CERTIFICATES_PER_DEVICE_DEFAULT
 
     def __post_init__(self) -> None:
         tls = self.compat.tls
@@ -104,6 +113,7 @@ class IntakeSettings:
             code_cache_seconds=env.number("FLEETREG_CODE_CACHE_SECONDS", 10.0, minimum=0.0),
             throttle=ThrottleSettings.from_env(env),
             device_cert_days=device_cert_days(env),
+            max_certificates_per_device=max_certificates_per_device(env),
         )
 
 
@@ -116,3 +126,20 @@ def device_cert_days(env: Env) -> int:
             f"FLEETREG_DEVICE_CERT_DAYS={days} is above its maximum of {DEVICE_CERT_DAYS_MAX}"
         )
     return days
+
+
+def max_certificates_per_device(env: Env) -> int:
+    """FLEETREG_MAX_CERTIFICATES_PER_DEVICE: how many unexpired certificates, revoked or
+    not, one device may hold (MAX_CERTIFICATES_PER_DEVICE_MIN..MAX_CERTIFICATES_PER_DEVICE_MAX,
+    default MAX_CERTIFICATES_PER_DEVICE_DEFAULT)."""
+    limit = env.integer(
+        "FLEETREG_MAX_CERTIFICATES_PER_DEVICE",
+        MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+        minimum=MAX_CERTIFICATES_PER_DEVICE_MIN,
+    )
+    if limit > MAX_CERTIFICATES_PER_DEVICE_MAX:
+        raise SettingsError(
+            f"FLEETREG_MAX_CERTIFICATES_PER_DEVICE={limit} is above its maximum of "
+            f"{MAX_CERTIFICATES_PER_DEVICE_MAX}"
+        )
+    return limit
