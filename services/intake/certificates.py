@@ -83,6 +83,12 @@ class CertificateLimit(Conflict):
         return {**super().to_dict(), "available_at": self.available_at.isoformat()}
 
 
+class NotThisRegistration(Forbidden):
+    """A proven device asked under an EST label (an auto registration) that is not its
+    own (403): counted against the caller's source as an unknown label's 404 is, so a
+    device secret does not tell labels that exist from those that do not, uncounted."""
+
+
 @dataclass(frozen=True)
 class Issued:
     """A certificate just issued (or the current one) and the CA that signed it."""
@@ -211,7 +217,7 @@ async def issue(
     if device is None or device.disabled or not proven(device.credential_generation):
         raise Forbidden(NOT_ISSUED)
     if registration_id is not None and device.registration_id != registration_id:
-        raise Forbidden("the device does not belong to this auto registration")
+        raise NotThisRegistration("the device does not belong to this auto registration")
     ca = await issuer.ca(pool, device.account_id)
     recorded = await registry.record_certificate(
         pool,

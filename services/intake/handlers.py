@@ -304,6 +304,12 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     )
 
 
+class MalformedProof(InvalidInput):
+    """A ``proof`` that is not one (400 naming the field): a failed attempt to prove a
+    device key, counted against the caller's source like a wrong proof
+    (services/intake/routes.py ``refusals_counted``), so a flood of them is 429."""
+
+
 def parse_proof(value: object) -> derived_keys.Proof | None:
     """A registration call's ``proof`` of a derived key: ``{"expires": Unix seconds,
     "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent.
@@ -312,38 +318,38 @@ def parse_proof(value: object) -> derived_keys.Proof | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof must be an object with expires, nonce and mac", field="proof", rule="type=object"
         )
     unknown = sorted(set(value) - PROOF_FIELDS)
     if unknown:
         name = f"proof.{shortened(unknown[0])}"
-        raise InvalidInput(f"unknown field {name}", field=name, rule="known_fields")
+        raise MalformedProof(f"unknown field {name}", field=name, rule="known_fields")
     expires = value.get("expires")
     if (
         not isinstance(expires, int)
         or isinstance(expires, bool)
         or not 0 <= expires <= derived_keys.EXPIRES_MAX
     ):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.expires must be a whole number of seconds since 1970",
             field="proof.expires",
             rule=f"range=0..{derived_keys.EXPIRES_MAX}",
         )
     nonce = value.get("nonce")
     if not isinstance(nonce, str) or derived_keys.NONCE_PATTERN.fullmatch(nonce) is None:
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.nonce must be 16-64 hex digits", field="proof.nonce", rule="pattern=hex{16,64}"
         )
     mac = value.get("mac")
     if not isinstance(mac, str) or not mac or len(mac) > derived_keys.MAC_MAX_LENGTH:
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.mac must be the MAC in hex",
             field="proof.mac",
             rule=f"max_length={derived_keys.MAC_MAX_LENGTH}",
         )
     if not mac.isascii() or not mac.isalnum():
-        raise InvalidInput("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
+        raise MalformedProof("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
     return derived_keys.Proof(expires, nonce, mac.lower())
 
 

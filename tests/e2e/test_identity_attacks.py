@@ -195,3 +195,54 @@ async def test_a_device_secret_buys_at_most_the_cap_of_certificates_and_a_reclai
     # The device still downloads its current certificate.
     async with session.get(native, headers=bearer) as response:
         assert response.status == 200
+
+
+@pytest.fixture(scope="module")
+async def strict_intake(system: System) -> AsyncIterator[ServiceProcess]:
+    """An intake allowing 3 refused calls a minute per source."""
+    env = {
+        "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "3/minute",
+        "FLEETREG_LIMIT_REFUSALS_PER_TARGET": "100/minute",
+    }
+    async with system.instance("intake", env) as process:
+        yield process
+
+
+async def _statuses(calls: int, call: Any) -> list[int]:
+    return [await call() for _ in range(calls)]
+
+
+async def test_malformed_proofs_wrong_est_types_and_foreign_labels_count_as_refusals(
+    session: aiohttp.ClientSession, strict_intake: ServiceProcess, operator: Operator
+) -> None:
+    """Each was answered (400, 415, 403) but never counted, so never 429: a malformed proof,
+    an EST body of another type, and a proven device asking under another registration's
+    EST label (which told an existing label from an unknown one's counted 404)."""
+    auto, other = await operator.product(), await operator.product()
+    code = auto["bulk_identification_code"]
+    device = await boot(session, strict_intake.url, code)
+    csr = csr_der_b64(ec.generate_private_key(ec.SECP256R1()))
+    own = f"{strict_intake.url}/.well-known/est/{auto['id']}/simpleenroll"
+    foreign = f"{strict_intake.url}/.well-known/est/{other['id']}/simpleenroll"
+    auth = basic(device["device_id"], device["device_secret"])
+
+    async def malformed_proof() -> int:
+        body = {"bulk_identification_code": code, "hardware_id": "h1", "proof": {"expires": "soon"}}
+        async with prober.post(f"{strict_intake.url}/v1/registrations", json=body) as response:
+            return response.status
+
+    async def wrong_type() -> int:
+        headers = {"Content-Type": "text/plain", "Authorization": auth}
+        async with prober.post(own, data=csr, headers=headers) as response:
+            return response.status
+
+    async def foreign_label() -> int:
+        async with prober.post(foreign, data=csr, headers={**PKCS10, "Authorization": auth}) as response:
+            return response.status
+
+    for call, status in ((malformed_proof, 400), (wrong_type, 415), (foreign_label, 403)):
+        async with from_address(fresh_address()) as prober:
+            assert await _statuses(5, call) == [status] * 3 + [429] * 2, call.__name__
+            # The device proving itself from that address still enrolls under its own label.
+            async with prober.post(own, data=csr, headers={**PKCS10, "Authorization": auth}) as response:
+                assert response.status == 200, await response.text()
