@@ -312,9 +312,13 @@ class MalformedProof(InvalidInput):
 
 def parse_proof(value: object) -> derived_keys.Proof | None:
     """A registration call's ``proof`` of a derived key: ``{"expires": Unix seconds,
-    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent.
-    A malformed one is InvalidInput naming the field; a MAC of the wrong length is taken (it
-    is a wrong proof, refused and counted as one)."""
+    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent
+    or ``null``: null is no proof, as it is for every optional field of the body
+    (``fingerprint``, ``device_secret``, ``registration_key``, ``csr``), so a client that
+    writes its unset fields as null still registers in ``code`` mode, and in ``derived_key``
+    mode is refused 403 "send proof" and counted exactly as an absent proof. A malformed one
+    is MalformedProof (400) naming the field and its rule; a MAC of the wrong length is
+    taken (it is a wrong proof, refused and counted as one)."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -342,9 +346,20 @@ def parse_proof(value: object) -> derived_keys.Proof | None:
             "proof.nonce must be 16-64 hex digits", field="proof.nonce", rule="pattern=hex{16,64}"
         )
     mac = value.get("mac")
-    if not isinstance(mac, str) or not mac or len(mac) > derived_keys.MAC_MAX_LENGTH:
+    # The rule says what is wrong (an empty or integer mac was reported as too long).
+    if mac is None:
+        raise MalformedProof("proof.mac is required: the MAC in hex", field="proof.mac", rule="required")
+    if not isinstance(mac, str):
         raise MalformedProof(
-            "proof.mac must be the MAC in hex",
+            "proof.mac must be a string: the MAC in hex", field="proof.mac", rule="type=string"
+        )
+    if not mac:
+        raise MalformedProof(
+            "proof.mac is empty: send the MAC in hex", field="proof.mac", rule="min_length=1"
+        )
+    if len(mac) > derived_keys.MAC_MAX_LENGTH:
+        raise MalformedProof(
+            f"proof.mac is longer than {derived_keys.MAC_MAX_LENGTH} characters: send the MAC in hex",
             field="proof.mac",
             rule=f"max_length={derived_keys.MAC_MAX_LENGTH}",
         )
