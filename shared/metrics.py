@@ -157,6 +157,12 @@ DEVICE_CERTIFICATES_ISSUED = Counter(
     " (registration, native, est_enroll, est_reenroll)",
     ["via"],
 )
+CERTIFICATE_LIMIT_REFUSALS = Counter(
+    "fleetreg_certificate_limit_refusals_total",
+    "Certificates not issued because the device holds FLEETREG_MAX_CERTIFICATES_PER_DEVICE"
+    " unexpired ones, by how the device asked (registration, native, est_enroll, est_reenroll)",
+    ["via"],
+)
 CSR_REFUSALS = Counter(
     "fleetreg_csr_refusals_total",
     "CSRs refused, by reason (too_large, malformed, bad_signature, weak_key, unsupported_key)",

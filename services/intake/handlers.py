@@ -24,7 +24,7 @@ from cryptography import x509
 
 from services.intake import certificates
 from services.intake.attestation import GroupKeyCache, check_certificate, check_proof
-from services.intake.certificates import Issued, Issuer
+from services.intake.certificates import CertificateLimit, Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
@@ -309,46 +309,67 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     )
 
 
+class MalformedProof(InvalidInput):
+    """A ``proof`` that is not one (400 naming the field): a failed attempt to prove a
+    device key, counted against the caller's source like a wrong proof
+    (services/intake/routes.py ``refusals_counted``), so a flood of them is 429."""
+
+
 def parse_proof(value: object) -> derived_keys.Proof | None:
     """A registration call's ``proof`` of a derived key: ``{"expires": Unix seconds,
-    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent.
-    A malformed one is InvalidInput naming the field; a MAC of the wrong length is taken (it
-    is a wrong proof, refused and counted as one)."""
+    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent
+    or ``null``: null is no proof, as it is for every optional field of the body
+    (``fingerprint``, ``device_secret``, ``registration_key``, ``csr``), so a client that
+    writes its unset fields as null still registers in ``code`` mode, and in ``derived_key``
+    mode is refused 403 "send proof" and counted exactly as an absent proof. A malformed one
+    is MalformedProof (400) naming the field and its rule; a MAC of the wrong length is
+    taken (it is a wrong proof, refused and counted as one)."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof must be an object with expires, nonce and mac", field="proof", rule="type=object"
         )
     unknown = sorted(set(value) - PROOF_FIELDS)
     if unknown:
         name = f"proof.{shortened(unknown[0])}"
-        raise InvalidInput(f"unknown field {name}", field=name, rule="known_fields")
+        raise MalformedProof(f"unknown field {name}", field=name, rule="known_fields")
     expires = value.get("expires")
     if (
         not isinstance(expires, int)
         or isinstance(expires, bool)
         or not 0 <= expires <= derived_keys.EXPIRES_MAX
     ):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.expires must be a whole number of seconds since 1970",
             field="proof.expires",
             rule=f"range=0..{derived_keys.EXPIRES_MAX}",
         )
     nonce = value.get("nonce")
     if not isinstance(nonce, str) or derived_keys.NONCE_PATTERN.fullmatch(nonce) is None:
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.nonce must be 16-64 hex digits", field="proof.nonce", rule="pattern=hex{16,64}"
         )
     mac = value.get("mac")
-    if not isinstance(mac, str) or not mac or len(mac) > derived_keys.MAC_MAX_LENGTH:
-        raise InvalidInput(
-            "proof.mac must be the MAC in hex",
+    # The rule says what is wrong (an empty or integer mac was reported as too long).
+    if mac is None:
+        raise MalformedProof("proof.mac is required: the MAC in hex", field="proof.mac", rule="required")
+    if not isinstance(mac, str):
+        raise MalformedProof(
+            "proof.mac must be a string: the MAC in hex", field="proof.mac", rule="type=string"
+        )
+    if not mac:
+        raise MalformedProof(
+            "proof.mac is empty: send the MAC in hex", field="proof.mac", rule="min_length=1"
+        )
+    if len(mac) > derived_keys.MAC_MAX_LENGTH:
+        raise MalformedProof(
+            f"proof.mac is longer than {derived_keys.MAC_MAX_LENGTH} characters: send the MAC in hex",
             field="proof.mac",
             rule=f"max_length={derived_keys.MAC_MAX_LENGTH}",
         )
     if not mac.isascii() or not mac.isalnum():
-        raise InvalidInput("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
+        raise MalformedProof("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
     return derived_keys.Proof(expires, nonce, mac.lower())
 
 
@@ -570,6 +591,8 @@ async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigni
         )
     except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
         return answer
+    except CertificateLimit:  # a retry past the cap: the device asks later and is told why
+        return answer
     return replace(answer, certificate=issued)
 
 
@@ -577,7 +600,9 @@ async def device_certificate(
     r: Intake, device: AuthenticatedDevice, csr: x509.CertificateSigningRequest, *, via: str = "native"
 ) -> Issued:
     """Issue a certificate of the CSR's key to the proven ``device`` (a renewal is the same
-    call): Forbidden (403) when it was disabled, reset or deleted since it was proven."""
+    call): Forbidden (403) when it was disabled, reset or deleted since it was proven;
+    CertificateLimit (409) when it holds FLEETREG_MAX_CERTIFICATES_PER_DEVICE unexpired
+    certificates."""
     return await certificates.issue(
         r.pool, r.issuer, device.id, csr, lambda g: g == device.credential_generation, via=via
     )

@@ -139,7 +139,11 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             group_keys = GroupKeyCache(
                 GroupKeyBox(settings.secret_key.reveal().encode()), settings.code_cache_seconds
             )
-            issuer = Issuer(settings.secret_key.reveal().encode(), settings.device_cert_days)
+            issuer = Issuer(
+                settings.secret_key.reveal().encode(),
+                settings.device_cert_days,
+                settings.max_certificates_per_device,
+            )
 
             def invalidate(payload: str) -> None:
                 if payload == CODES_CHANGED:
@@ -147,7 +151,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     group_keys.clear()
                 else:
                     device_cache.apply(payload)
-                    issuer.invalidate()  # a disable, reset, delete or move may have revoked certificates
+                    issuer.apply(payload)  # crl:<account>: a certificate of it was revoked
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)

@@ -10,7 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from services.intake import est, handlers, views
-from services.intake.certificates import CertificateRefused
+from services.intake.certificates import CertificateRefused, NotThisRegistration
+from services.intake.handlers import MalformedProof
 from services.intake.resources import RESOURCES, Resources
 from shared.client_certs import client_certificate
 from shared.domain.certificates import CsrRefused
@@ -43,18 +44,24 @@ async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
     )
 
 
+# Refusals of something guessed or malformed on purpose: a refused CSR, a malformed proof
+# of a device key, an unknown EST label or account, an EST label not the device's own, an
+# EST body of another type than application/pkcs10.
+COUNTED = (CsrRefused, MalformedProof, NotFound, NotThisRegistration, UnsupportedMediaType)
+
+
 async def refusals_counted(request: web.Request, call: Callable[[], Awaitable[web.Response]]) -> web.Response:
-    """``call``'s answer; a refused CSR or client certificate, an unknown EST label or
-    account, or a body past the size limit is answered as always but counted against the
-    caller's source (429 once it is past its limit: shared/throttle.py), like every refusal
-    of something guessed."""
+    """``call``'s answer; a refused client certificate, a refusal of :data:`COUNTED` or a
+    body past the size limit is answered as always but counted against the caller's source
+    (429 once it is past its limit: shared/throttle.py), like every refusal of something
+    guessed."""
     try:
         return await call()
     except CertificateRefused as exc:
         CLIENT_CERTIFICATE_REFUSALS.labels(exc.reason).inc()
         mark_refused(request)
         return views.error_view(exc)
-    except (CsrRefused, NotFound) as exc:
+    except COUNTED as exc:
         mark_refused(request)
         return views.error_view(exc)
     except web.HTTPRequestEntityTooLarge:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from shared.domain.certificates import DEVICE_CERT_DAYS_DEFAULT, DEVICE_CERT_DAYS_MAX, DEVICE_CERT_DAYS_MIN
+from shared.domain.certificates import (
+    DEVICE_CERT_DAYS_DEFAULT,
+    DEVICE_CERT_DAYS_MAX,
+    DEVICE_CERT_DAYS_MIN,
+    MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+    MAX_CERTIFICATES_PER_DEVICE_MAX,
+    MAX_CERTIFICATES_PER_DEVICE_MIN,
+)
 from shared.http import TlsSite
 from shared.settings import (
     DatabaseSettings,
@@ -85,6 +92,8 @@ class IntakeSettings:
     device_cert_days: int = DEVICE_CERT_DAYS_DEFAULT  # validity of a device certificate
     # The header a trusted proxy forwards a client certificate in; None: none is read.
     client_cert_header: str | None = None
+    # unexpired certificates (revoked or not) a device may hold: services/intake/certificates.py
+    max_certificates_per_device: int = MAX_CERTIFICATES_PER_DEVICE_DEFAULT
 
     def __post_init__(self) -> None:
         tls = self.compat.tls
@@ -113,6 +122,7 @@ class IntakeSettings:
             throttle=ThrottleSettings.from_env(env),
             device_cert_days=device_cert_days(env),
             client_cert_header=client_cert_header(env),
+            max_certificates_per_device=max_certificates_per_device(env),
         )
 
 
@@ -154,3 +164,20 @@ def client_cert_header(env: Env) -> str | None:
     if not _FIELD_NAME.fullmatch(value):
         raise SettingsError(f"FLEETREG_CLIENT_CERT_HEADER={value!r} is not a header name (or -)")
     return value
+
+
+def max_certificates_per_device(env: Env) -> int:
+    """FLEETREG_MAX_CERTIFICATES_PER_DEVICE: how many unexpired certificates, revoked or
+    not, one device may hold (MAX_CERTIFICATES_PER_DEVICE_MIN..MAX_CERTIFICATES_PER_DEVICE_MAX,
+    default MAX_CERTIFICATES_PER_DEVICE_DEFAULT)."""
+    limit = env.integer(
+        "FLEETREG_MAX_CERTIFICATES_PER_DEVICE",
+        MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+        minimum=MAX_CERTIFICATES_PER_DEVICE_MIN,
+    )
+    if limit > MAX_CERTIFICATES_PER_DEVICE_MAX:
+        raise SettingsError(
+            f"FLEETREG_MAX_CERTIFICATES_PER_DEVICE={limit} is above its maximum of "
+            f"{MAX_CERTIFICATES_PER_DEVICE_MAX}"
+        )
+    return limit

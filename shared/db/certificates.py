@@ -4,7 +4,7 @@ certificates issued to devices, their revocation, and what the account's CRL lis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,17 +33,25 @@ SELECT_DEVICE = """
     SELECT account_id::text, registration_id::text, hardware_id, disabled, credential_generation
     FROM devices WHERE id = $1"""
 # Recorded only while the device is still enabled and at the credential generation the
-# caller proved: the row is share-locked, so a disable, reset, delete or move either waits for
-# this record (and then revokes it) or commits first (and nothing is recorded, or handed out).
-RECORD_CERTIFICATE = """
-    WITH device AS (
-        SELECT id, account_id, hardware_id FROM devices
-        WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
-        FOR SHARE)
+# caller proved. The row is locked (FOR NO KEY UPDATE, which foreign keys' KEY SHARE does
+# not wait for) for the rest of the transaction: a disable, reset, delete or move either
+# waits for this record (and then revokes it) or commits first (and nothing is recorded, or
+# handed out); and two issuances for one device take turns, so the count below (a statement
+# of its own, whose snapshot is taken once the lock is held) sees every certificate the
+# other committed: parallel calls on several instances never pass the cap.
+LOCK_DEVICE = """
+    SELECT id FROM devices
+    WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
+    FOR NO KEY UPDATE"""
+# The device's unexpired certificates, revoked or not (a revoked one is in the CRL, an
+# unrevoked one will be at the device's next reset): the cap counts both.
+SELECT_UNEXPIRED = """
+    SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
+    ORDER BY not_after"""
+INSERT_CERTIFICATE = """
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
-    SELECT $4, account_id, id, hardware_id, $5, $6, $7 FROM device
-    RETURNING serial"""
+    SELECT $2, account_id, id, hardware_id, $3, $4, $5 FROM devices WHERE id = $1"""
 SELECT_CURRENT = """
     SELECT serial, certificate, not_after, issued_at, revoked_at FROM device_certificates
     WHERE device_id = $1 ORDER BY issued_at DESC LIMIT 1"""
@@ -56,10 +64,16 @@ SELECT_BY_KEY = """
     WHERE c.account_id = $1 AND c.public_key_sha256 = $2 AND c.revoked_at IS NULL
       AND c.not_after > now() AND NOT d.disabled
     ORDER BY c.issued_at DESC LIMIT 1"""
+# Each account whose CRL changes is announced (``crl:<account ID>`` on fleetreg_invalidate,
+# delivered when the transaction commits, one per account: Postgres folds a transaction's
+# equal payloads), so each intake drops that account's kept CRL only.
 REVOKE_DEVICES = """
-    UPDATE device_certificates SET revoked_at = now(), revocation_reason = $2
-    WHERE device_id = ANY($1::uuid[]) AND revoked_at IS NULL AND not_after > now()
-    RETURNING device_id::text, serial"""
+    WITH revoked AS (
+        UPDATE device_certificates SET revoked_at = now(), revocation_reason = $2
+        WHERE device_id = ANY($1::uuid[]) AND revoked_at IS NULL AND not_after > now()
+        RETURNING device_id, serial, account_id)
+    SELECT device_id::text, serial, pg_notify('fleetreg_invalidate', 'crl:' || account_id::text)
+    FROM revoked"""
 SELECT_REVOKED = """
     SELECT serial, revoked_at, revocation_reason FROM device_certificates
     WHERE account_id = $1 AND revoked_at IS NOT NULL AND not_after > now()
@@ -115,23 +129,46 @@ async def issuing_device(pool: Pool, device_id: str) -> IssuingDevice | None:
     )
 
 
+@dataclass(frozen=True)
+class AtCertificateLimit:
+    """Nothing recorded: the device holds ``held`` unexpired certificates, at least the
+    cap; ``frees_at``: when enough of them expire for one more."""
+
+    held: int
+    frees_at: datetime
+
+
 async def record_certificate(
-    pool: Pool, device_id: str, credential_generation: int, hardware_id: str, issued: DeviceCertificate
-) -> bool:
-    """Record ``issued`` for the device; False (nothing recorded: do not hand it out) when
-    the device is gone, disabled, or no longer at ``credential_generation`` with
-    ``hardware_id``."""
-    serial = await pool.fetchval(
-        RECORD_CERTIFICATE,
-        device_id,
-        credential_generation,
-        hardware_id,
-        issued.serial,
-        issued.public_key_sha256,
-        issued.der,
-        issued.not_after,
-    )
-    return serial is not None
+    pool: Pool,
+    device_id: str,
+    credential_generation: int,
+    hardware_id: str,
+    sign: Callable[[], DeviceCertificate],
+    limit: int,
+) -> DeviceCertificate | AtCertificateLimit | None:
+    """Sign (``sign()``, called with the device row locked) and record a certificate for
+    the device while it holds fewer than ``limit`` unexpired certificates (revoked or not);
+    the certificate recorded, AtCertificateLimit (nothing signed or recorded) at the cap,
+    or None (nothing recorded: do not hand anything out) when the device is gone,
+    disabled, or no longer at ``credential_generation`` with ``hardware_id``. Decided in
+    one transaction under the device row's lock: concurrent calls, on any number of
+    instances, record at most ``limit``."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id) is None:
+            return None
+        held = [r["not_after"] for r in await conn.fetch(SELECT_UNEXPIRED, device_id)]
+        if len(held) >= limit:
+            return AtCertificateLimit(len(held), held[len(held) - limit])
+        issued = sign()
+        await conn.execute(
+            INSERT_CERTIFICATE,
+            device_id,
+            issued.serial,
+            issued.public_key_sha256,
+            issued.der,
+            issued.not_after,
+        )
+        return issued
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,11 @@ RSA_MAX_BITS = 4096  # bounds the work of checking a request's signature
 DEVICE_CERT_DAYS_DEFAULT = 365
 DEVICE_CERT_DAYS_MIN = 1
 DEVICE_CERT_DAYS_MAX = 3650
+# FLEETREG_MAX_CERTIFICATES_PER_DEVICE: unexpired certificates (revoked or not) one device
+# may hold; default and bounds (at least 2: a renewal needs room beside the current one).
+MAX_CERTIFICATES_PER_DEVICE_DEFAULT = 10
+MAX_CERTIFICATES_PER_DEVICE_MIN = 2
+MAX_CERTIFICATES_PER_DEVICE_MAX = 1000
 CA_DAYS = 20 * 365
 # A certificate is valid from a few minutes before it is issued: a device whose clock is a
 # little behind the server's can use it at once.

@@ -14,6 +14,7 @@ tester that the existing e2e tests of derived keys and device certificates did n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import uuid
@@ -153,3 +154,95 @@ async def test_a_replayed_csr_renews_once_per_two_thirds_of_a_validity(
         renewed = {await replay(replayer) for _ in range(5)}
         assert len(renewed) == 1 and renewed != {int(first, 16)}
         assert await rows() == 2
+
+
+async def test_a_device_secret_buys_at_most_the_cap_of_certificates_and_a_reclaim_no_more(
+    session: aiohttp.ClientSession, system: System, operator: Operator, pool: Pool
+) -> None:
+    """The outside tester's loop: 10 parallel loops of POST /certificate wrote 3,197
+    certificates in 20 s from one address, all revoked into the CRL by a reclaim. Now a
+    burst of 30 at once (native and EST) records the cap (FLEETREG_MAX_CERTIFICATES_PER_DEVICE,
+    10, the registration's included) and answers the rest 409 ``certificate_limit``."""
+    auto = await operator.product()
+    device = await boot(
+        session,
+        system.device_url,
+        auto["bulk_identification_code"],
+        csr_der_b64(ec.generate_private_key(ec.SECP256R1())),
+    )
+    native = f"{system.device_url}/v1/devices/{device['device_id']}/certificate"
+    est = f"{system.device_url}/.well-known/est/{auto['id']}/simpleenroll"
+    bearer = {"Authorization": f"Bearer {device['device_secret']}"}
+    est_auth = {**PKCS10, "Authorization": basic(device["device_id"], device["device_secret"])}
+
+    async def ask(index: int) -> tuple[int, dict[str, Any] | None]:
+        csr = csr_der_b64(ec.generate_private_key(ec.SECP256R1()))
+        if index % 2:
+            async with session.post(est, data=csr, headers=est_auth) as response:
+                body = await response.json() if response.status != 200 else None
+                return response.status, body
+        async with session.post(native, json={"csr": csr}, headers=bearer) as response:
+            return response.status, await response.json()
+
+    answers = await asyncio.gather(*(ask(i) for i in range(30)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] * 9 + [409] * 21, statuses
+    refused = next(body for status, body in answers if status == 409)
+    assert refused is not None and refused["error"] == "certificate_limit", refused
+    assert refused["rule"] == "max_certificates_per_device=10" and refused["available_at"]
+    query = "SELECT count(*) FROM device_certificates WHERE device_id = $1"
+    assert await pool.fetchval(query, uuid.UUID(device["device_id"])) == 10
+    # The device still downloads its current certificate.
+    async with session.get(native, headers=bearer) as response:
+        assert response.status == 200
+
+
+@pytest.fixture(scope="module")
+async def strict_intake(system: System) -> AsyncIterator[ServiceProcess]:
+    """An intake allowing 3 refused calls a minute per source."""
+    env = {
+        "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "3/minute",
+        "FLEETREG_LIMIT_REFUSALS_PER_TARGET": "100/minute",
+    }
+    async with system.instance("intake", env) as process:
+        yield process
+
+
+async def _statuses(calls: int, call: Any) -> list[int]:
+    return [await call() for _ in range(calls)]
+
+
+async def test_malformed_proofs_wrong_est_types_and_foreign_labels_count_as_refusals(
+    session: aiohttp.ClientSession, strict_intake: ServiceProcess, operator: Operator
+) -> None:
+    """Each was answered (400, 415, 403) but never counted, so never 429: a malformed proof,
+    an EST body of another type, and a proven device asking under another registration's
+    EST label (which told an existing label from an unknown one's counted 404)."""
+    auto, other = await operator.product(), await operator.product()
+    code = auto["bulk_identification_code"]
+    device = await boot(session, strict_intake.url, code)
+    csr = csr_der_b64(ec.generate_private_key(ec.SECP256R1()))
+    own = f"{strict_intake.url}/.well-known/est/{auto['id']}/simpleenroll"
+    foreign = f"{strict_intake.url}/.well-known/est/{other['id']}/simpleenroll"
+    auth = basic(device["device_id"], device["device_secret"])
+
+    async def malformed_proof() -> int:
+        body = {"bulk_identification_code": code, "hardware_id": "h1", "proof": {"expires": "soon"}}
+        async with prober.post(f"{strict_intake.url}/v1/registrations", json=body) as response:
+            return response.status
+
+    async def wrong_type() -> int:
+        headers = {"Content-Type": "text/plain", "Authorization": auth}
+        async with prober.post(own, data=csr, headers=headers) as response:
+            return response.status
+
+    async def foreign_label() -> int:
+        async with prober.post(foreign, data=csr, headers={**PKCS10, "Authorization": auth}) as response:
+            return response.status
+
+    for call, status in ((malformed_proof, 400), (wrong_type, 415), (foreign_label, 403)):
+        async with from_address(fresh_address()) as prober:
+            assert await _statuses(5, call) == [status] * 3 + [429] * 2, call.__name__
+            # The device proving itself from that address still enrolls under its own label.
+            async with prober.post(own, data=csr, headers={**PKCS10, "Authorization": auth}) as response:
+                assert response.status == 200, await response.text()
