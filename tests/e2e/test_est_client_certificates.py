@@ -196,9 +196,10 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
     csr = x509.load_pem_x509_csr(ok(f"openssl req -new -key {old.name}.key -subj /CN=x", tmp_path))
     long_ago = datetime.now(UTC) - timedelta(days=30)
     expired = device_certificate(ca, csr, issuing.hardware_id, old.answer["device_id"], 1, long_ago)
-    assert await registry.record_certificate(
-        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, expired
+    recorded = await registry.record_certificate(
+        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, lambda: expired, 10
     )
+    assert recorded == expired
     (tmp_path / "expired.pem").write_text(expired.pem)
     refusal = est.refused("simplereenroll", f"--cert expired.pem --key {old.name}.key")
     assert refusal["rule"] == "expired" and "expired" in refusal["message"]
@@ -206,9 +207,10 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
     # account's CA signed that fleetreg never recorded (as a leaked CA key would make).
     later = datetime.now(UTC) + timedelta(days=2)
     future = device_certificate(ca, csr, issuing.hardware_id, old.answer["device_id"], 5, later)
-    assert await registry.record_certificate(
-        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, future
+    recorded = await registry.record_certificate(
+        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, lambda: future, 10
     )
+    assert recorded == future
     (tmp_path / "future.pem").write_text(future.pem)
     assert est.refused("simplereenroll", f"--cert future.pem --key {old.name}.key")["rule"] == "not_yet_valid"
     ghost = device_certificate(ca, csr, "ghost", str(uuid.uuid4()), 1)
