@@ -144,7 +144,8 @@ async def create_auto(args: argparse.Namespace) -> int:
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
     _emit(args, registration)
-    if args.max_devices is None:
+    # The note is about the code alone: derived_key and x509 devices also prove a key.
+    if args.max_devices is None and registration.get("attestation", "code") == "code":
         print(
             "fleetreg: note: no --max-devices: anyone holding the code (every factory image) can "
             "register any number of devices; set one with 'fleetreg auto update ID --max-devices N'",

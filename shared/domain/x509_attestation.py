@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from shared.domain.identifiers import validate_hardware_id
 from shared.errors import DomainError, InvalidInput
@@ -267,6 +267,11 @@ def verify_device_certificate(
     and must be a valid hardware ID."""
     if not all(_parses(c) for c in (leaf, *presented_chain[:MAX_CHAIN])):
         return Refusal("malformed", "a presented certificate has extensions that do not parse")
+    if any(_unprocessed_critical(c) for c in (leaf, *presented_chain[:MAX_CHAIN])):
+        # RFC 5280 section 4.2: such a certificate must be rejected (the handshake does so too)
+        return Refusal(
+            "malformed", "a presented certificate has a critical extension fleetreg does not process"
+        )
     refusal = _leaf_refusal(leaf, now)
     if refusal is not None:
         return refusal
@@ -308,9 +313,11 @@ def _chain_refusal(
     leaf: x509.Certificate, presented: Sequence[x509.Certificate], cas: Sequence[TrustedCa], now: datetime
 ) -> Refusal | None:
     current, what = leaf, "device certificate"
-    for _ in range(len(presented) + 1):
+    for below in range(len(presented) + 1):  # below: the intermediates under the next issuer
         for ca in cas:
             if current.issuer == ca.certificate.subject and _signed_by(current, ca.certificate):
+                if _path_too_long(ca.certificate, below):
+                    return Refusal("unknown_issuer", "the chain is longer than the CA's pathLenConstraint")
                 if not ca.verified:
                     return Refusal(
                         "ca_not_verified",
@@ -332,6 +339,10 @@ def _chain_refusal(
         constraints = _extension(issuer, x509.BasicConstraints)
         if constraints is None or not constraints.ca:
             return Refusal("unknown_issuer", "a presented intermediate certificate is not a CA")
+        usage = _extension(issuer, x509.KeyUsage)
+        if (usage is not None and not usage.key_cert_sign) or _path_too_long(issuer, below):
+            # RFC 5280 sections 4.2.1.3 and 4.2.1.9: its key may not sign certificates, or not this deep
+            return Refusal("unknown_issuer", "a presented intermediate certificate may not sign this one")
         refusal = _validity_refusal(issuer, now, "intermediate certificate")
         if refusal is not None:
             return refusal
@@ -372,6 +383,20 @@ def hardware_id_of(certificate: x509.Certificate, source: HardwareIdFrom) -> str
 
 def _common_names(certificate: x509.Certificate) -> list[str]:
     return [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+# The critical extensions the checks above process; any other critical one refuses.
+_PROCESSED = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE}
+_PROCESSED |= {ExtensionOID.SUBJECT_ALTERNATIVE_NAME}
+
+
+def _unprocessed_critical(certificate: x509.Certificate) -> bool:
+    return any(e.critical and e.oid not in _PROCESSED for e in certificate.extensions)
+
+
+def _path_too_long(issuer: x509.Certificate, below: int) -> bool:
+    constraints = _extension(issuer, x509.BasicConstraints)
+    return constraints is not None and constraints.path_length is not None and below > constraints.path_length
 
 
 def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from shared.domain import x509_attestation as xa
 from shared.domain.x509_attestation import HardwareIdFrom, Refusal, TrustedCa
@@ -235,3 +237,51 @@ def test_verification_keeps_up_with_a_boot_storm() -> None:
     for _ in range(count):
         assert xa.verify_device_certificate(leaf.certificate, [], cas, NOW) == "dev-rate"
     assert count / (time.perf_counter() - started) > 1_000
+
+
+def _intermediate(
+    issuer: certs.Issued, *, path_length: int | None = None, cert_sign: bool = True
+) -> certs.Issued:
+    """A CA=true intermediate ``issuer`` signs, with the given pathLenConstraint and keyUsage."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Line CA {path_length}")]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - certs.DAY)
+        .not_valid_after(NOW + 30 * certs.DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, cert_sign, True, False, False), True)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return certs.Issued(built, key)
+
+
+def test_a_presented_intermediate_must_be_allowed_to_sign_and_that_deep() -> None:
+    """RFC 5280 4.2.1.3 and 4.2.1.9, as the https listener's handshake already enforces."""
+    no_sign = _intermediate(ROOT, cert_sign=False)
+    assert rule(verify(certs.device(no_sign, "d1"), trusted(ROOT), (no_sign,))) == "unknown_issuer"
+    zero = _intermediate(ROOT, path_length=0)
+    below = _intermediate(zero)
+    assert verify(certs.device(zero, "d2"), trusted(ROOT), (zero,)) == "d2"
+    assert rule(verify(certs.device(below, "d3"), trusted(ROOT), (below, zero))) == "unknown_issuer"
+
+
+def test_an_unprocessed_critical_extension_refuses() -> None:
+    """RFC 5280 4.2: a critical extension the verifier does not process rejects the certificate."""
+    plain = certs.device(ROOT, "d4")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(plain.certificate.subject)
+        .issuer_name(ROOT.certificate.subject)
+        .public_key(plain.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - certs.DAY)
+        .not_valid_after(NOW + 30 * certs.DAY)
+    )
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    leaf = certs.Issued(builder.add_extension(odd, critical=True).sign(ROOT.key, hashes.SHA256()), plain.key)
+    assert rule(verify(leaf, trusted(ROOT))) == "malformed"
+    assert verify(plain, trusted(ROOT)) == "d4"

@@ -160,6 +160,10 @@ async def create_auto_registration(
             box.seal(new_id, "primary", issued["primary"]),
             box.seal(new_id, "secondary", issued["secondary"]),
         )
+    # The account's issuing CA of device certificates exists before the registration (created
+    # on first use): EST ``cacerts`` of the registration always answers, and a failure here
+    # leaves no registration behind whose 500 hid its group keys (shown once) from a retry.
+    await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
     registration_id = await registrations.create_registration(
         pool,
         account,
@@ -171,9 +175,6 @@ async def create_auto_registration(
         x509=attestation_mode == "x509",
         hardware_id_from=hardware_id_from,
     )
-    # The account's issuing CA of device certificates exists from then on (created on first
-    # use): EST ``cacerts`` of the registration always answers.
-    await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, issued)
 
