@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.certificates import (
     DeviceCertificate,
     IssuingCa,
@@ -21,7 +23,7 @@ from shared.domain.certificates import (
 
 # The account (none: no such account) and its CA if it has one yet.
 SELECT_CA = """
-    SELECT c.certificate, c.sealed_key FROM accounts a
+    SELECT c.certificate, c.sealed_key, c.chain, c.uploaded_at FROM accounts a
     LEFT JOIN issuing_cas c ON c.account_id = a.id WHERE a.id = $1"""
 INSERT_CA = """
     INSERT INTO issuing_cas (account_id, certificate, sealed_key) VALUES ($1, $2, $3)
@@ -39,10 +41,15 @@ SELECT_DEVICE = """
 # handed out); and two issuances for one device take turns, so the count below (a statement
 # of its own, whose snapshot is taken once the lock is held) sees every certificate the
 # other committed: parallel calls on several instances never pass the cap.
+# The account's CA row is share-locked too, and compared with the caller's (an intake keeps
+# its CA unsealed): an upload replacing it (which locks the row FOR UPDATE before counting
+# the unexpired certificates) either waits for this record and then sees it (409), or
+# commits first and this caller, whose CA is now stale, signs nothing.
 LOCK_DEVICE = """
-    SELECT id FROM devices
-    WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
-    FOR NO KEY UPDATE"""
+    SELECT c.certificate = $4 AS current_ca FROM devices d
+    JOIN issuing_cas c ON c.account_id = d.account_id
+    WHERE d.id = $1 AND NOT d.disabled AND d.credential_generation = $2 AND d.hardware_id = $3
+    FOR NO KEY UPDATE OF d FOR KEY SHARE OF c"""
 # The device's unexpired certificates, revoked or not (a revoked one is in the CRL, an
 # unrevoked one will be at the device's next reset): the cap counts both.
 SELECT_UNEXPIRED = """
@@ -85,6 +92,16 @@ SELECT_BY_SERIAL = """
            d.registration_id::text, d.disabled, d.credential_generation
     FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.serial = $2"""
+# Replacing the CA (an upload): the row locked against issuances first (LOCK_DEVICE), then
+# the account's unexpired certificates counted (revoked ones too: they are in the CRL).
+LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
+COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
+# Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
+REPLACE_CA = """
+    UPDATE issuing_cas SET certificate = $2, sealed_key = $3, chain = $4, uploaded_at = $5,
+        created_at = $5
+    WHERE account_id = $1
+    RETURNING pg_notify('fleetreg_invalidate', 'issuer:' || account_id::text)"""
 SELECT_CA_CERTIFICATES = "SELECT certificate FROM issuing_cas ORDER BY account_id"
 AUTO_REGISTRATION_ACCOUNT = "SELECT account_id::text FROM registrations WHERE id = $1 AND kind = 'auto'"
 
@@ -101,7 +118,44 @@ async def issuing_ca(pool: Pool, secret_key: bytes, account_id: str) -> IssuingC
         row = await pool.fetchrow(SELECT_CA, account_id)
     if row is None or row["certificate"] is None:  # no account (or deleted meanwhile)
         return None
-    return open_issuing_ca(secret_key, account_id, row["certificate"], row["sealed_key"])
+    return open_issuing_ca(
+        secret_key,
+        account_id,
+        row["certificate"],
+        row["sealed_key"],
+        tuple(row["chain"] or ()),
+        row["uploaded_at"],
+    )
+
+
+async def replace_issuing_ca(
+    pool: Pool, secret_key: bytes, ca: IssuingCa, actor: Account, fingerprint: str
+) -> int:
+    """Make ``ca`` (uploaded, its ``uploaded_at`` set) the account's issuing CA, its key
+    sealed as a self-made one's, while the account holds no unexpired device certificate
+    (revoked or not); audited (``issuing_ca.uploaded``: its subject and the SHA-256
+    ``fingerprint`` of its certificate, never its key) in the same transaction. 0 when
+    replaced (every intake is told: ``issuer:<account ID>``), otherwise the count of
+    unexpired certificates (nothing changed). The account's CA row must exist
+    (:func:`issuing_ca` first)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(LOCK_CA, ca.account_id) is None:
+            raise LookupError("the account has no issuing CA row")
+        held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
+        if held:
+            return held
+        await conn.execute(
+            REPLACE_CA, ca.account_id, ca.der, seal_ca_key(secret_key, ca), list(ca.chain), ca.uploaded_at
+        )
+        await audit.record(
+            conn,
+            actor,
+            "issuing_ca.uploaded",
+            "account",
+            ca.account_id,
+            {"subject": ca.certificate.subject.rfc4514_string(), "fingerprint_sha256": fingerprint},
+        )
+        return 0
 
 
 @dataclass(frozen=True)
@@ -130,6 +184,12 @@ async def issuing_device(pool: Pool, device_id: str) -> IssuingDevice | None:
 
 
 @dataclass(frozen=True)
+class StaleCa:
+    """Nothing signed or recorded: the account's issuing CA is no longer the caller's (an
+    upload replaced it); read it again."""
+
+
+@dataclass(frozen=True)
 class AtCertificateLimit:
     """Nothing recorded: the device holds ``held`` unexpired certificates, at least the
     cap; ``frees_at``: when enough of them expire for one more."""
@@ -145,17 +205,22 @@ async def record_certificate(
     hardware_id: str,
     sign: Callable[[], DeviceCertificate],
     limit: int,
-) -> DeviceCertificate | AtCertificateLimit | None:
+    ca_der: bytes,
+) -> DeviceCertificate | AtCertificateLimit | StaleCa | None:
     """Sign (``sign()``, called with the device row locked) and record a certificate for
     the device while it holds fewer than ``limit`` unexpired certificates (revoked or not);
     the certificate recorded, AtCertificateLimit (nothing signed or recorded) at the cap,
     or None (nothing recorded: do not hand anything out) when the device is gone,
-    disabled, or no longer at ``credential_generation`` with ``hardware_id``. Decided in
-    one transaction under the device row's lock: concurrent calls, on any number of
-    instances, record at most ``limit``."""
+    disabled, or no longer at ``credential_generation`` with ``hardware_id``; StaleCa when
+    the account's CA is no longer ``ca_der`` (the signer's). Decided in one transaction
+    under the device row's lock: concurrent calls, on any number of instances, record at
+    most ``limit``."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id) is None:
+        current_ca = await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id, ca_der)
+        if current_ca is None:
             return None
+        if not current_ca:
+            return StaleCa()
         held = [r["not_after"] for r in await conn.fetch(SELECT_UNEXPIRED, device_id)]
         if len(held) >= limit:
             return AtCertificateLimit(len(held), held[len(held) - limit])

@@ -79,21 +79,48 @@ class CsrRefused(InvalidInput):
         self.reason: CsrRefusal = reason
 
 
+CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 @dataclass(frozen=True)
 class IssuingCa:
-    """An account's issuing CA: its self-signed certificate and its private key."""
+    """An account's issuing CA: its certificate (self-signed, or an intermediate the
+    operator uploaded), its private key (P-256; RSA only when uploaded), the certificates
+    above it the operator gave (``chain``, DER, each signing the one before) and when it was
+    uploaded (None: self-made)."""
 
     account_id: str
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: CaKey
+    chain: tuple[bytes, ...] = ()
+    uploaded_at: datetime | None = None
 
     @property
     def der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
+    def ders(self) -> tuple[bytes, ...]:
+        """The CA's certificate then its chain (DER): what EST ``cacerts`` answers."""
+        return (self.der, *self.chain)
+
+    @property
     def pem(self) -> str:
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        """The CA's certificate then its chain, PEM."""
+        return "".join(
+            x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode("ascii")
+            for d in self.ders
+        )
+
+    @property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """What names this CA in what it signs: its subjectKeyIdentifier if it has one (an
+        uploaded intermediate may not), otherwise RFC 5280 4.2.1.2 method 1 over its key."""
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 @dataclass(frozen=True)
@@ -160,15 +187,20 @@ def seal_ca_key(secret_key: bytes, ca: IssuingCa) -> bytes:
 
 
 def open_issuing_ca(
-    secret_key: bytes, account_id: str, certificate_der: bytes, sealed_key: bytes
+    secret_key: bytes,
+    account_id: str,
+    certificate_der: bytes,
+    sealed_key: bytes,
+    chain: tuple[bytes, ...] = (),
+    uploaded_at: datetime | None = None,
 ) -> IssuingCa:
     """The stored CA with its key unsealed; ValueError when FLEETREG_SECRET_KEY is not the
     one it was sealed with (or the row was copied to another account)."""
     pem = SecretBox(secret_key, ISSUING_CA_KEYS).open(account_id, sealed_key)
     key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the issuing CA's key is not an EC key")
-    return IssuingCa(account_id, x509.load_der_x509_certificate(certificate_der), key)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the issuing CA's key is neither EC nor RSA")
+    return IssuingCa(account_id, x509.load_der_x509_certificate(certificate_der), key, chain, uploaded_at)
 
 
 def decode_csr_text(text: str) -> bytes:
@@ -264,7 +296,6 @@ def device_certificate(
     now = now or datetime.now(UTC)
     common_name = hardware_id if len(hardware_id) <= CN_MAX else device_id
     not_after = min(now + timedelta(days=days), ca.certificate.not_valid_after_utc)
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -294,7 +325,7 @@ def device_certificate(
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(ca.authority_key_identifier, critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return DeviceCertificate(
@@ -322,7 +353,6 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
     CRL_VALIDITY later; the CRL number is the build time in milliseconds (increasing
     across instances)."""
     now = now or datetime.now(UTC)
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     entries = []
     for entry in revoked:
         item = (
@@ -341,7 +371,7 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
         .last_update(now)
         .next_update(now + CRL_VALIDITY)
         .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(ca.authority_key_identifier, critical=False)
     )
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
