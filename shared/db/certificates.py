@@ -28,6 +28,10 @@ SELECT_CA = """
 INSERT_CA = """
     INSERT INTO issuing_cas (account_id, certificate, sealed_key) VALUES ($1, $2, $3)
     ON CONFLICT (account_id) DO NOTHING"""
+# The advisory lock class of an account's issuing CA (with hashtext(account ID)): shared by
+# each issuance, exclusive by an upload. Two-key advisory locks never meet the migrations'
+# one-key lock (shared/db/migrations.py).
+# 1718773601 = 0x66726361, "frca", written into the statements below.
 # The issuing read of a device: its account, its registration (an EST label must be it),
 # and whether it may have a certificate now (enabled, of the credential generation the
 # caller proved).
@@ -41,20 +45,23 @@ SELECT_DEVICE = """
 # handed out); and two issuances for one device take turns, so the count below (a statement
 # of its own, whose snapshot is taken once the lock is held) sees every certificate the
 # other committed: parallel calls on several instances never pass the cap.
-# The account's CA row is share-locked too, and compared with the caller's (an intake keeps
-# its CA unsealed): an upload replacing it (which locks the row FOR UPDATE before counting
-# the unexpired certificates) either waits for this record and then sees it (409), or
-# commits first and this caller, whose CA is now stale, signs nothing.
+# The device's account's issuing CA is held too, shared (an advisory lock: in the lock
+# manager's memory, no write to the CA's row at every issuance): an upload replacing the CA
+# (which takes it exclusive before counting the unexpired certificates) either waits for
+# this record and then sees it (409), or commits first and the compare below (a statement
+# whose snapshot is taken once the lock is held) finds the caller's CA stale: nothing signed.
 LOCK_DEVICE = """
-    SELECT c.certificate = $4 AS current_ca FROM devices d
-    JOIN issuing_cas c ON c.account_id = d.account_id
-    WHERE d.id = $1 AND NOT d.disabled AND d.credential_generation = $2 AND d.hardware_id = $3
-    FOR NO KEY UPDATE OF d FOR KEY SHARE OF c"""
-# The device's unexpired certificates, revoked or not (a revoked one is in the CRL, an
-# unrevoked one will be at the device's next reset): the cap counts both.
+    SELECT account_id::text, pg_advisory_xact_lock_shared(1718773601, hashtext(account_id::text))
+    FROM devices
+    WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
+    FOR NO KEY UPDATE"""
+# Whether the account's CA is still the caller's, and the device's unexpired certificates,
+# revoked or not (a revoked one is in the CRL, an unrevoked one will be at the device's
+# next reset): the cap counts both.
 SELECT_UNEXPIRED = """
-    SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
-    ORDER BY not_after"""
+    SELECT (SELECT certificate = $3 FROM issuing_cas WHERE account_id = $2::uuid) AS current_ca,
+           ARRAY(SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
+                 ORDER BY not_after) AS held"""
 INSERT_CERTIFICATE = """
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
@@ -92,8 +99,10 @@ SELECT_BY_SERIAL = """
            d.registration_id::text, d.disabled, d.credential_generation
     FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.serial = $2"""
-# Replacing the CA (an upload): the row locked against issuances first (LOCK_DEVICE), then
-# the account's unexpired certificates counted (revoked ones too: they are in the CRL).
+# Replacing the CA (an upload): the CA's lock taken exclusive against issuances first
+# (LOCK_DEVICE), then the row (none: no CA yet), then the account's unexpired certificates
+# counted (revoked ones too: they are in the CRL).
+LOCK_CA_EXCLUSIVE = "SELECT pg_advisory_xact_lock(1718773601, hashtext($1::uuid::text))"
 LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
 COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
 # Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
@@ -139,6 +148,7 @@ async def replace_issuing_ca(
     unexpired certificates (nothing changed). The account's CA row must exist
     (:func:`issuing_ca` first)."""
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_CA_EXCLUSIVE, ca.account_id)
         if await conn.fetchval(LOCK_CA, ca.account_id) is None:
             raise LookupError("the account has no issuing CA row")
         held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
@@ -216,12 +226,13 @@ async def record_certificate(
     under the device row's lock: concurrent calls, on any number of instances, record at
     most ``limit``."""
     async with pool.acquire() as conn, conn.transaction():
-        current_ca = await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id, ca_der)
-        if current_ca is None:
+        account_id = await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id)
+        if account_id is None:
             return None
-        if not current_ca:
+        state = await conn.fetchrow(SELECT_UNEXPIRED, device_id, account_id, ca_der)
+        if state is None or not state["current_ca"]:
             return StaleCa()
-        held = [r["not_after"] for r in await conn.fetch(SELECT_UNEXPIRED, device_id)]
+        held = list(state["held"])
         if len(held) >= limit:
             return AtCertificateLimit(len(held), held[len(held) - limit])
         issued = sign()

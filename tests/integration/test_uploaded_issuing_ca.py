@@ -109,8 +109,10 @@ async def test_an_issuance_in_flight_makes_a_concurrent_upload_wait_then_refuse(
     device = await registry.new_device(pool, product, await registry.new_registration(pool, product), "h2")
     ca = await Issuer(KEY, 30).ca(pool, account.id)
     async with pool.acquire() as conn, conn.transaction():
-        # What record_certificate does, held open: the device and the CA row locked.
-        assert await conn.fetchval(certificates.LOCK_DEVICE, device, 1, "h2", ca.der) is True
+        # What record_certificate does, held open: the device row and the CA's lock held.
+        assert await conn.fetchval(certificates.LOCK_DEVICE, device, 1, "h2") == account.id
+        state = await conn.fetchrow(certificates.SELECT_UNEXPIRED, device, account.id, ca.der)
+        assert state["current_ca"] is True and state["held"] == []
         await conn.execute(
             certificates.INSERT_CERTIFICATE,
             device,
