@@ -22,6 +22,7 @@ from services.intake.certificates import Issuer, issue
 from services.operator.handlers import access as handlers
 from shared.db import certificates
 from shared.db.pool import Pool
+from shared.db.throttle import Listener
 from shared.domain.accounts import Account
 from shared.errors import InvalidInput
 from shared.settings import Secret
@@ -126,3 +127,36 @@ async def test_an_issuance_in_flight_makes_a_concurrent_upload_wait_then_refuse(
         assert not upload.done()  # waits for the issuance's transaction
     with pytest.raises(handlers.IssuingCaInUse):
         await upload
+
+
+async def test_an_upload_is_announced_and_each_intake_drops_its_kept_ca_and_crl(
+    pool: Pool, migrated: str
+) -> None:
+    account = Account(await registry.new_account(pool), "test")
+    other = Account(await registry.new_account(pool), "test")
+    issuer = Issuer(KEY, 30)
+    heard: list[str] = []
+
+    def deliver(payload: str) -> None:
+        heard.append(payload)
+        issuer.apply(payload)
+
+    listener = Listener(migrated, deliver, issuer.listening)
+    await listener.start()
+    try:
+        issuer.listening(True)
+        self_made = await issuer.ca(pool, account.id)
+        kept_other = await issuer.ca(pool, other.id)
+        before = x509.load_der_x509_crl(await issuer.crl(pool, account.id))
+        assert before.issuer == self_made.certificate.subject
+        pki = new_pki()
+        await handlers.upload_issuing_ca(pool, SECRET, account, pki.body())
+        async with asyncio.timeout(5):
+            while f"issuer:{account.id}" not in heard:
+                await asyncio.sleep(0.01)
+        assert (await issuer.ca(pool, account.id)).certificate == pki.intermediate
+        after = x509.load_der_x509_crl(await issuer.crl(pool, account.id))
+        assert after.issuer == pki.intermediate.subject and after.is_signature_valid(pki.key.public_key())
+        assert await issuer.ca(pool, other.id) is kept_other  # another account's stays kept
+    finally:
+        await listener.stop()
