@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
 from shared.db import audit
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
@@ -103,6 +105,11 @@ SELECT_BY_SERIAL = """
 # (LOCK_DEVICE), then the row (none: no CA yet), then the account's unexpired certificates
 # counted (revoked ones too: they are in the CRL).
 LOCK_CA_EXCLUSIVE = "SELECT pg_advisory_xact_lock(1718773601, hashtext($1::uuid::text))"
+# Uploads take turns (rare; the subject check below must see every other one committed).
+LOCK_UPLOADS = "SELECT pg_advisory_xact_lock(1718773601, 0)"
+SELECT_OTHER_UPLOADED = (
+    "SELECT certificate FROM issuing_cas WHERE uploaded_at IS NOT NULL AND account_id <> $1"
+)
 LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
 COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
 # Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
@@ -137,23 +144,36 @@ async def issuing_ca(pool: Pool, secret_key: bytes, account_id: str) -> IssuingC
     )
 
 
+@dataclass(frozen=True)
+class NotReplaced:
+    """Why an upload changed nothing: ``held`` unexpired device certificates of the current
+    CA, or (``held`` 0) another account's issuing CA has the same subject."""
+
+    held: int
+
+
 async def replace_issuing_ca(
     pool: Pool, secret_key: bytes, ca: IssuingCa, actor: Account, fingerprint: str
-) -> int:
+) -> NotReplaced | None:
     """Make ``ca`` (uploaded, its ``uploaded_at`` set) the account's issuing CA, its key
     sealed as a self-made one's, while the account holds no unexpired device certificate
-    (revoked or not); audited (``issuing_ca.uploaded``: its subject and the SHA-256
-    ``fingerprint`` of its certificate, never its key) in the same transaction. 0 when
-    replaced (every intake is told: ``issuer:<account ID>``), otherwise the count of
-    unexpired certificates (nothing changed). The account's CA row must exist
-    (:func:`issuing_ca` first)."""
+    (revoked or not) and no other account's uploaded CA has its subject (a relying party
+    finds a CRL by its issuer's name: two accounts' CRLs of one issuer would each hide the
+    other's revocations); audited (``issuing_ca.uploaded``: its subject and the SHA-256
+    ``fingerprint`` of its certificate, never its key) in the same transaction. None when
+    replaced (every intake is told: ``issuer:<account ID>``), NotReplaced otherwise
+    (nothing changed). The account's CA row must exist (:func:`issuing_ca` first)."""
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_UPLOADS)
         await conn.execute(LOCK_CA_EXCLUSIVE, ca.account_id)
         if await conn.fetchval(LOCK_CA, ca.account_id) is None:
             raise LookupError("the account has no issuing CA row")
         held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
         if held:
-            return held
+            return NotReplaced(held)
+        for row in await conn.fetch(SELECT_OTHER_UPLOADED, ca.account_id):
+            if x509.load_der_x509_certificate(row["certificate"]).subject == ca.certificate.subject:
+                return NotReplaced(0)
         await conn.execute(
             REPLACE_CA, ca.account_id, ca.der, seal_ca_key(secret_key, ca), list(ca.chain), ca.uploaded_at
         )
@@ -165,7 +185,7 @@ async def replace_issuing_ca(
             ca.account_id,
             {"subject": ca.certificate.subject.rfc4514_string(), "fingerprint_sha256": fingerprint},
         )
-        return 0
+        return None
 
 
 @dataclass(frozen=True)

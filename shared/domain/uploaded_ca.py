@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from shared.domain.certificates import RSA_MAX_BITS, RSA_MIN_BITS, CaKey, IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
@@ -31,6 +32,9 @@ MAX_CHAIN = 8
 # The CA must stay valid at least this long: device certificates are clamped to its
 # not_after (docs/device-identity.md says why), and one that expires tomorrow is a mistake.
 MIN_REMAINING = timedelta(days=1)
+# The self-made CAs' common names (shared/domain/certificates.py): an uploaded one may not
+# pose as another account's (its CRL would share their issuer name).
+SELF_MADE_CN = "fleetreg devices "
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ def _check_ca(certificate: x509.Certificate, now: datetime) -> None:
                 "the first certificate has a critical extension nobody processes "
                 f"({extension.oid.dotted_string})",
             )
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if any(str(n.value).startswith(SELF_MADE_CN) for n in names):
+        raise _refuse(
+            "certificate", "reserved_subject", f"a CN starting {SELF_MADE_CN!r} names fleetreg's own CAs"
+        )
     if certificate.not_valid_before_utc > now:
         raise _refuse("certificate", "not_yet_valid", "the first certificate is not valid yet")
     if certificate.not_valid_after_utc <= now + MIN_REMAINING:
@@ -126,7 +135,8 @@ def checked_upload(body: dict[str, Any], now: datetime | None = None) -> Uploade
     intermediate first, then its issuers), "private_key": PEM (PKCS#8 or traditional,
     unencrypted)}``, checked: each text at most MAX_TEXT_CHARS, parseable, at most
     1 + MAX_CHAIN certificates; the first a CA (basicConstraints CA=true) with keyUsage
-    keyCertSign and cRLSign, no unknown critical extension, valid now and for at least
+    keyCertSign and cRLSign, no unknown critical extension, not named as fleetreg's own CAs
+    (CN ``fleetreg devices ...``), valid now and for at least
     MIN_REMAINING; its key P-256 or RSA 2048-4096 and the private key's; each certificate
     signed by the next. InvalidInput (400) with ``field`` and ``rule`` otherwise."""
     now = now or datetime.now(UTC)

@@ -24,6 +24,7 @@ from shared.db.pool import Pool
 from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.e2e.test_device_certificates import boot, csr_of, p256, run
 from tests.support.api import Operator, new_operator
+from tests.support.pki import new_pki
 from tests.support.system import LOGS, System
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +54,9 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
     session: aiohttp.ClientSession, system: System, operator: Operator, pool: Pool, tmp_path: Path
 ) -> None:
     before = {path: path.stat().st_size for path in LOGS.glob("*.log")}
-    run(OPENSSL_PKI, tmp_path)
+    # The docs' names, made unique: two accounts may not upload intermediates of one subject.
+    name = f"Example Devices {uuid.uuid4().hex[:12]}"
+    run(OPENSSL_PKI.replace("Example Devices", name), tmp_path)
     intermediate = x509.load_pem_x509_certificate((tmp_path / "intermediate.pem").read_bytes())
     key_text = (tmp_path / "intermediate.key").read_text()
     key_lines = [line for line in key_text.splitlines() if not line.startswith("-----")]
@@ -79,7 +82,7 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
         operator, system, "account", "issuing-ca", "--upload", str(tmp_path / "chain.pem"), "--key",
         str(tmp_path / "intermediate.key"),
     )  # fmt: skip
-    assert uploaded["uploaded"] is True and uploaded["subject"] == "CN=Example Devices Intermediate"
+    assert uploaded["uploaded"] is True and uploaded["subject"] == f"CN={name} Intermediate"
     answers.append(json.dumps(uploaded))
     shown = await operator.call("GET", "/v1/account/issuing-ca", expect=200)
     assert shown["uploaded"] is True and shown["fingerprint_sha256"] == uploaded["fingerprint_sha256"]
@@ -87,7 +90,7 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
     answers.append(json.dumps(shown))
     events = await operator.call("GET", "/v1/audit-events?action=issuing_ca.uploaded", expect=200)
     assert [e["changes"] for e in events["audit_events"]] == [
-        {"subject": "CN=Example Devices Intermediate", "fingerprint_sha256": shown["fingerprint_sha256"]}
+        {"subject": f"CN={name} Intermediate", "fingerprint_sha256": shown["fingerprint_sha256"]}
     ]
     answers.append(json.dumps(events))
 
@@ -183,6 +186,26 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
     )
     async with session.get(f"{system.device_url}/.well-known/est/{their_auto['id']}/cacerts") as response:
         assert response.status == 200 and intermediate.subject.rfc4514_string() not in await response.text()
+
+    # A third account may not upload the same intermediate (one issuer name, one CRL); an
+    # intermediate of its own is shown as the CLI's table.
+    third = await new_operator(session, pool, system.operator_url)
+    code, out, err = await fleetreg(
+        third, system, "account", "issuing-ca", "--upload", str(tmp_path / "chain.pem"), "--key",
+        str(tmp_path / "intermediate.key"),
+    )  # fmt: skip
+    assert code != 0 and "another account's issuing CA has this subject" in err, (out, err)
+    own = new_pki()
+    (tmp_path / "third-chain.pem").write_text(own.body()["certificate"])
+    (tmp_path / "third.key").write_text(own.body()["private_key"])
+    code, out, err = await fleetreg(
+        third, system, "account", "issuing-ca", "--upload", str(tmp_path / "third-chain.pem"), "--key",
+        str(tmp_path / "third.key"),
+    )  # fmt: skip
+    assert code == 0 and own.intermediate.subject.rfc4514_string() in out and "fingerprint_sha256" in out, err
+    answers.extend((out, err))
+    code, out, err = await fleetreg(third, system, "account", "issuing-ca", "--key", "x")
+    assert code != 0 and "go together" in err
 
     # The intermediate's key: in no answer and no log.
     for text in answers:

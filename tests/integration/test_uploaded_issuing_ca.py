@@ -24,7 +24,7 @@ from shared.db import certificates
 from shared.db.pool import Pool
 from shared.db.throttle import Listener
 from shared.domain.accounts import Account
-from shared.errors import InvalidInput
+from shared.errors import Conflict, InvalidInput
 from shared.settings import Secret
 from tests.support import registry
 from tests.support.pki import new_pki
@@ -59,7 +59,10 @@ async def test_an_upload_replaces_the_ca_sealed_and_audited_without_its_key(pool
     assert [e["action"] for e in events] == ["issuing_ca.uploaded"]
     changes = json.loads(events[0]["changes"])
     fingerprint = hashlib.sha256(pki.intermediate.public_bytes(serialization.Encoding.DER)).hexdigest()
-    assert changes == {"subject": "CN=Example Devices Intermediate", "fingerprint_sha256": fingerprint}
+    assert changes == {
+        "subject": pki.intermediate.subject.rfc4514_string(),
+        "fingerprint_sha256": fingerprint,
+    }
     # A refused upload changes nothing.
     with pytest.raises(InvalidInput):
         await handlers.upload_issuing_ca(pool, SECRET, account, {**new_pki().body(), "private_key": "x"})
@@ -160,3 +163,14 @@ async def test_an_upload_is_announced_and_each_intake_drops_its_kept_ca_and_crl(
         assert await issuer.ca(pool, other.id) is kept_other  # another account's stays kept
     finally:
         await listener.stop()
+
+
+async def test_two_accounts_may_not_share_an_intermediates_subject(pool: Pool) -> None:
+    first, second = [Account(await registry.new_account(pool), "test") for _ in range(2)]
+    pki = new_pki()
+    await handlers.upload_issuing_ca(pool, SECRET, first, pki.body())
+    with pytest.raises(Conflict) as caught:
+        await handlers.upload_issuing_ca(pool, SECRET, second, pki.body())
+    assert caught.value.rule == "subject_unique"
+    # The first account may upload it again (nothing issued yet).
+    await handlers.upload_issuing_ca(pool, SECRET, first, pki.body())

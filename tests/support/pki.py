@@ -3,6 +3,7 @@ issuing CA, docs/device-identity.md "Bringing your own intermediate")."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,7 +83,10 @@ class Pki:
         return {"certificate": pem(self.intermediate, self.root), "private_key": key_pem(self.key)}
 
 
-def new_pki(name: str = "Example Devices", **intermediate: Any) -> Pki:
+def new_pki(name: str = "", **intermediate: Any) -> Pki:
+    """A root ``<name> Root`` and its intermediate ``<name> Intermediate``; the name is a
+    fresh one by default (two accounts may not upload intermediates of one subject)."""
+    name = name or f"Example Devices {uuid.uuid4().hex[:12]}"
     root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     root = certificate(f"{name} Root", root_key, None, root_key)
     return Pki(root_key, root, key, certificate(f"{name} Intermediate", key, root, root_key, **intermediate))

@@ -59,6 +59,7 @@ def test_each_refusal_names_its_field_and_rule_and_never_the_key() -> None:
     p384 = ec.generate_private_key(ec.SECP384R1())
     p384_ca = certificate("p384", p384, pki.root, pki.root_key)
     stranger = new_pki("Stranger")
+    posing = new_pki("fleetreg devices 0f1e2d3c")
     encrypted = pki.key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -85,6 +86,11 @@ def test_each_refusal_names_its_field_and_rule_and_never_the_key() -> None:
             {"certificate": pem(later.intermediate), "private_key": key_pem(later.key)},
             "certificate",
             "not_yet_valid",
+        ),
+        (
+            {"certificate": pem(posing.intermediate), "private_key": key_pem(posing.key)},
+            "certificate",
+            "reserved_subject",
         ),
         (
             {"certificate": pem(short.intermediate), "private_key": key_pem(short.key)},

@@ -84,13 +84,21 @@ async def upload_issuing_ca(
 ) -> IssuingCa:
     """``PUT /v1/account/issuing-ca``: the intermediate and key of ``body`` (checked by
     shared.domain.uploaded_ca.checked_upload: InvalidInput 400) become the account's issuing
-    CA, while it holds no unexpired device certificate (IssuingCaInUse 409); audited
+    CA, while it holds no unexpired device certificate (IssuingCaInUse 409) and no other
+    account's uploaded CA has its subject (Conflict 409, ``subject_unique``); audited
     ``issuing_ca.uploaded`` (subject, fingerprint)."""
     upload = checked_upload(body)
     key = secret_key.reveal().encode()
     await issuing_ca(pool, secret_key, account)  # the row to replace (created on first use)
     ca = upload.issuing_ca(account.id, datetime.now(UTC))
-    held = await certificates.replace_issuing_ca(pool, key, ca, account, upload.fingerprint)
-    if held:
-        raise IssuingCaInUse(held)
+    refused = await certificates.replace_issuing_ca(pool, key, ca, account, upload.fingerprint)
+    if refused is not None and refused.held:
+        raise IssuingCaInUse(refused.held)
+    if refused is not None:
+        raise Conflict(
+            "another account's issuing CA has this subject: a relying party finds a CRL by its "
+            "issuer's name, so each account needs an intermediate of its own",
+            field="certificate",
+            rule="subject_unique",
+        )
     return ca

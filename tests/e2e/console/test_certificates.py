@@ -55,7 +55,7 @@ async def test_the_ca_is_on_the_home_page_and_a_certificate_on_its_device_page(
 
 
 async def test_the_home_page_says_when_the_ca_is_an_uploaded_intermediate(console: Console) -> None:
-    pki = new_pki("Console")
+    pki = new_pki()
     uploaded = await console.operator.call("PUT", "/v1/account/issuing-ca", pki.body(), expect=200)
     await console.open("/console/")
     origin = console.page.locator("#issuing-ca-origin")
