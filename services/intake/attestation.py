@@ -17,9 +17,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
+from shared.batching import Coalescer
 from shared.db import attestation
+from shared.db.attestation import ProofNonce
 from shared.db.pool import Pool
 from shared.domain import derived_keys
 from shared.domain.derived_keys import GroupKeyBox, Proof
@@ -81,8 +84,22 @@ class GroupKeyCache:
         self.clear()
 
 
+class NonceBook:
+    """Records valid proofs' nonces (shared.db.attestation.accept_nonces): the proofs of
+    concurrent registrations share one statement (shared.batching.Coalescer: a lone proof
+    is sent at once), so a derived-key boot storm costs no round trip of its own per device
+    and no lock on its registration's row per device."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._batches: Coalescer[ProofNonce, bool] = Coalescer(partial(attestation.accept_nonces, pool))
+
+    async def accept(self, registration_id: str, hardware_id: str, nonce: str, expires: int) -> bool:
+        """True when the nonce is recorded now; False for a replay (recorded before)."""
+        return await self._batches.submit(ProofNonce(registration_id, hardware_id, nonce, expires))
+
+
 async def check_proof(
-    pool: Pool, found: CodeAttestation, hardware_id: str, proof: Proof | None, now: float
+    nonces: NonceBook, found: CodeAttestation, hardware_id: str, proof: Proof | None, now: float
 ) -> Check:
     """Whether a claim of ``hardware_id`` proves the device key of ``found``'s registration:
     ``proven`` (its nonce now recorded, on every instance: shared/db/attestation.py),
@@ -96,8 +113,6 @@ async def check_proof(
         return "wrong"
     if not derived_keys.proof_time_ok(proof.expires, now):
         return "time"
-    if not await attestation.accept_nonce(
-        pool, found.registration_id, hardware_id, proof.nonce, proof.expires
-    ):
+    if not await nonces.accept(found.registration_id, hardware_id, proof.nonce, proof.expires):
         return "replayed"
     return "proven"

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from services.intake import certificates
-from services.intake.attestation import GroupKeyCache, check_proof
+from services.intake.attestation import GroupKeyCache, NonceBook, check_proof
 from services.intake.certificates import Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
@@ -159,6 +159,9 @@ class Intake(Protocol):
 
     @property
     def group_keys(self) -> GroupKeyCache: ...
+
+    @property
+    def nonces(self) -> NonceBook: ...
 
     @property
     def issuer(self) -> Issuer: ...
@@ -514,7 +517,7 @@ async def attest(r: Intake, registration: RegistrationInput) -> Answer | None:
     if found.attestation != "derived_key":
         return None
     now = time.time()
-    checked = await check_proof(r.pool, found, registration.hardware_id, registration.proof, now)
+    checked = await check_proof(r.nonces, found, registration.hardware_id, registration.proof, now)
     if checked == "proven":
         return None
     return Answer(
