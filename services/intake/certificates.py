@@ -16,9 +16,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from cryptography import x509
 
+from shared.batching import Coalescer
 from shared.db import certificates as registry
 from shared.db.pool import Pool
 from shared.domain.certificates import (
@@ -58,6 +60,15 @@ class Issuer:
         self._crls: dict[str, bytes] = {}
         self._listening = False
         self._lock = asyncio.Lock()
+        self._records: Coalescer[registry.CertificateRecord, bool] | None = None
+
+    async def record(self, pool: Pool, record: registry.CertificateRecord) -> bool:
+        """Record a certificate just signed (shared.db.certificates.record_certificates): the
+        records of concurrent registrations share one statement (shared.batching; a lone one
+        is sent at once). The intake has one pool: the first one given is the one used."""
+        if self._records is None:
+            self._records = Coalescer(partial(registry.record_certificates, pool))
+        return await self._records.submit(record)
 
     def invalidate(self) -> None:
         """A device changed somewhere (``device:`` on fleetreg_invalidate): the next CRL
@@ -144,8 +155,8 @@ async def issue(
         raise Forbidden("the device does not belong to this auto registration")
     ca = await issuer.ca(pool, device.account_id)
     issued = device_certificate(ca, csr, device.hardware_id, device_id, issuer.days, datetime.now(UTC))
-    if not await registry.record_certificate(
-        pool, device_id, device.credential_generation, device.hardware_id, issued
+    if not await issuer.record(
+        pool, registry.CertificateRecord(device_id, device.credential_generation, device.hardware_id, issued)
     ):
         raise Forbidden(NOT_ISSUED)
     DEVICE_CERTIFICATES_ISSUED.labels(via).inc()

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
 from shared.db.pool import Connection, Pool
 from shared.domain.certificates import (
     DeviceCertificate,
@@ -35,15 +37,27 @@ SELECT_DEVICE = """
 # Recorded only while the device is still enabled and at the credential generation the
 # caller proved: the row is share-locked, so a disable, reset, delete or move either waits for
 # this record (and then revokes it) or commits first (and nothing is recorded, or handed out).
-RECORD_CERTIFICATE = """
-    WITH device AS (
-        SELECT id, account_id, hardware_id FROM devices
-        WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
-        FOR SHARE)
+# A batch of certificates (the intake's concurrent registrations) is one statement: its
+# devices are locked in ID order (two batches never wait on each other in a cycle), and each
+# certificate's conditions are checked against its device's row as locked (the newest
+# version: a disable that committed meanwhile is seen).
+RECORD_CERTIFICATES = """
+    WITH input AS (
+        SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::bytea[],
+                             $6::bytea[], $7::timestamptz[])
+            AS t(device_id, generation, hardware_id, serial, key_sha256, der, not_after)),
+    device AS (
+        SELECT id, account_id, hardware_id, disabled, credential_generation FROM devices
+        WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE)
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
-    SELECT $4, account_id, id, hardware_id, $5, $6, $7 FROM device
+    SELECT i.serial, d.account_id, d.id, d.hardware_id, i.key_sha256, i.der, i.not_after
+    FROM input i JOIN device d ON d.id = i.device_id
+    WHERE NOT d.disabled AND d.credential_generation = i.generation AND d.hardware_id = i.hardware_id
     RETURNING serial"""
+# A batch meeting a deadlock (with an operator's statement on several of its devices) or a
+# serialization failure is sent again, this many times in all.
+RECORD_ATTEMPTS = 3
 SELECT_CURRENT = """
     SELECT serial, certificate, not_after, issued_at, revoked_at FROM device_certificates
     WHERE device_id = $1 ORDER BY issued_at DESC LIMIT 1"""
@@ -106,23 +120,50 @@ async def issuing_device(pool: Pool, device_id: str) -> IssuingDevice | None:
     )
 
 
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A certificate just signed for a device, to record if the device is still enabled,
+    at ``credential_generation``, with ``hardware_id``."""
+
+    device_id: str
+    credential_generation: int
+    hardware_id: str
+    issued: DeviceCertificate
+
+
+async def record_certificates(pool: Pool, records: Sequence[CertificateRecord]) -> list[bool]:
+    """Record the certificates in one statement: for each, in order, False (nothing recorded:
+    do not hand it out) when its device is gone, disabled, or no longer at its credential
+    generation with its hardware ID. A deadlock or serialization failure is retried
+    (RECORD_ATTEMPTS in all; the statement changed nothing), then raised."""
+    if not records:
+        return []
+    arguments = (
+        [r.device_id for r in records],
+        [r.credential_generation for r in records],
+        [r.hardware_id for r in records],
+        [r.issued.serial for r in records],
+        [r.issued.public_key_sha256 for r in records],
+        [r.issued.der for r in records],
+        [r.issued.not_after for r in records],
+    )
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            rows = await pool.fetch(RECORD_CERTIFICATES, *arguments)
+            break
+        except asyncpg.TransactionRollbackError:
+            if attempt == RECORD_ATTEMPTS:
+                raise
+    recorded = {r["serial"] for r in rows}
+    return [r.issued.serial in recorded for r in records]
+
+
 async def record_certificate(
     pool: Pool, device_id: str, credential_generation: int, hardware_id: str, issued: DeviceCertificate
 ) -> bool:
-    """Record ``issued`` for the device; False (nothing recorded: do not hand it out) when
-    the device is gone, disabled, or no longer at ``credential_generation`` with
-    ``hardware_id``."""
-    serial = await pool.fetchval(
-        RECORD_CERTIFICATE,
-        device_id,
-        credential_generation,
-        hardware_id,
-        issued.serial,
-        issued.public_key_sha256,
-        issued.der,
-        issued.not_after,
-    )
-    return serial is not None
+    """Record ``issued`` for the device (:func:`record_certificates`, alone)."""
+    record = CertificateRecord(device_id, credential_generation, hardware_id, issued)
+    return (await record_certificates(pool, [record]))[0]
 
 
 @dataclass(frozen=True)
