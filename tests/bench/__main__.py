@@ -210,6 +210,7 @@ def identity_summary(found: dict[str, Any]) -> dict[str, Any]:
         if k in found
     }
     if "storms" in found:
+        out["median_cpu_ms_per_device"] = found.get("median_cpu_ms_per_device", {})
         out["errors"] = found["errors"]
         out["targets"] = found["targets"]
         out["storms"] = [
@@ -221,6 +222,12 @@ def identity_summary(found: dict[str, Any]) -> dict[str, Any]:
             k: v["per_s_per_core"] for k, v in found["signing"].items() if isinstance(v, dict)
         }
     return out
+
+
+def _cpu_columns(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    return "/".join(f"{cpu.get(k, 0.0):.2f}" for k in ("intake", "postgres", "total"))
 
 
 def report_identity(found: dict[str, Any]) -> None:
@@ -239,6 +246,7 @@ def report_identity(found: dict[str, Any]) -> None:
                     s["lost"],
                     s["duplicated"],
                     f"{s['per_device']['http_requests']}/{s['per_device']['kafka_records']}/{s['per_device']['postgres_rows']}",
+                    _cpu_columns(s.get("cpu_ms_per_device") or {}),
                 )
                 for s in found["storms"]
             ],
@@ -254,6 +262,7 @@ def report_identity(found: dict[str, Any]) -> None:
                 "lost",
                 "duplicated",
                 "per device: http/kafka/pg",
+                "CPU ms per device: intake/postgres/all",
             ],
         )
         medians, targets = found["median_devices_per_s"], found["targets"]

@@ -59,12 +59,17 @@ async def run(storm: Storm, rounds: int, first_code: dict[str, Any] | None = Non
 def summarize(storms: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Each mode's devices/s (each storm and the median), the CSR storms' certificates/s,
     the derived/code and csr/code ratios of the medians, and the targets met or not.
-    ``storms`` carry ``mode``, ``devices_per_s``, ``errors`` and, with a CSR,
-    ``certificates_per_s``."""
+    ``storms`` carry ``mode``, ``devices_per_s``, ``errors``, with a CSR
+    ``certificates_per_s``, and ``cpu_ms_per_device`` when it was measured."""
 
     def median(mode: Mode, key: str) -> float:
         values = [s[key] for s in storms if s["mode"] == mode]
         return round(statistics.median(values), 1) if values else 0.0
+
+    def cpu(mode: Mode) -> dict[str, float]:
+        found = [s["cpu_ms_per_device"] for s in storms if s["mode"] == mode and s.get("cpu_ms_per_device")]
+        names = sorted({name for each in found for name in each})
+        return {n: round(statistics.median(f[n] for f in found if n in f), 3) for n in names}
 
     code, derived, csr = (median(m, "devices_per_s") for m in MODES)
     certificates = median("csr", "certificates_per_s")
@@ -73,6 +78,8 @@ def summarize(storms: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "storms": list(storms),
         "median_devices_per_s": {"code": code, "derived_key": derived, "csr": csr},
         "median_certificates_per_s": certificates,
+        # CPU ms per device of each process (tests/bench/cpu.py), each mode's median.
+        "median_cpu_ms_per_device": {m: cpu(m) for m in MODES},
         "derived_to_code": derived_ratio,
         "csr_to_code": round(csr / code, 3) if code else 0.0,
         "errors": sum(int(s["errors"]) for s in storms),

@@ -36,6 +36,7 @@ from cli.simulate import (
     summarize,
 )
 from shared.db.pool import Pool
+from tests.bench.cpu import per_device_ms, stack_cpu_s
 from tests.chaos import checks
 from tests.support.api import new_operator
 
@@ -199,6 +200,7 @@ async def storm(
         before = await _counters(stack, control)
         issued_before = await _certificates_issued(stack, control)
         cpu_before = cpu_seconds()
+        stack_before = stack_cpu_s()
         timeout = aiohttp.ClientTimeout(total=options.request_timeout_s, connect=options.connect_timeout_s)
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -211,6 +213,11 @@ async def storm(
             )
             duration = time.monotonic() - started
         cpu = cpu_seconds() - cpu_before
+        stack_cpu = per_device_ms(
+            stack_before | {"load_generator": cpu_before},
+            stack_cpu_s() | {"load_generator": cpu_before + cpu},
+            devices,
+        )
         issued = await _certificates_issued(stack, control) - issued_before
         await asyncio.sleep(2.0)  # Postgres backends report their row counts about once a second
         after = await _counters(stack, control)
@@ -253,6 +260,9 @@ async def storm(
             "kafka_records": round(records / devices, 2),
             "postgres_rows": round(rows / devices, 2),
         },
+        # CPU ms one device cost each process of the local stack (tests/bench/cpu.py): drifts
+        # far less with the machine's other load than devices/s does.
+        "cpu_ms_per_device": stack_cpu,
         "load_generator_cpu_s": round(cpu, 1),
         "load_generator_cpu_share_of_one_core": round(cpu / duration, 2) if duration else None,
     }

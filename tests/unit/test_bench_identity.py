@@ -24,7 +24,14 @@ def test_the_order_interleaves_the_modes_and_mirrors_every_other_round() -> None
 
 
 def _storm(mode: str, per_s: float, certificates: float | None = None) -> dict[str, Any]:
-    storm: dict[str, Any] = {"mode": mode, "devices_per_s": per_s, "errors": 0, "p99_ms": 900.0}
+    cpu = {"intake": 1000 / per_s, "postgres": 0.5, "total": 1000 / per_s + 0.5}
+    storm: dict[str, Any] = {
+        "mode": mode,
+        "devices_per_s": per_s,
+        "errors": 0,
+        "p99_ms": 900.0,
+        "cpu_ms_per_device": cpu,
+    }
     if certificates is not None:
         storm["certificates_per_s"] = certificates
     return storm
@@ -44,6 +51,11 @@ def test_medians_ratios_and_targets() -> None:
     assert found["median_devices_per_s"] == {"code": 410.0, "derived_key": 360.0, "csr": 320.0}
     assert found["median_certificates_per_s"] == 323.0
     assert found["derived_to_code"] == pytest.approx(360 / 410, abs=1e-3)
+    assert found["median_cpu_ms_per_device"]["code"] == {
+        "intake": pytest.approx((2.5 + 1000 / 420) / 2, abs=1e-3),
+        "postgres": 0.5,
+        "total": pytest.approx((3.0 + 1000 / 420 + 0.5) / 2, abs=1e-3),
+    }
     assert found["targets"]["derived_met"] is False  # 0.878 < 0.9
     assert found["targets"]["certificates_met"] is False  # 323 < 400
     met = identity.summarize([_storm("code", 400.0), _storm("derived_key", 360.0), _storm("csr", 400, 401.0)])
