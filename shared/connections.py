@@ -24,6 +24,10 @@ before the parser does:
 * it answers a request asking to switch protocols (``Connection: Upgrade``) like any
   other and closes the connection after it, reading nothing more into aiohttp (which
   would buffer it without bound);
+* a request aiohttp's parser refuses (a NUL byte in a header, a bad header name or
+  request line) is answered by :class:`JsonParseErrors` with the services' JSON ``400``,
+  which repeats none of the request (aiohttp's own quoted the offending line: a bearer
+  secret included);
 * it admits a connection only under :class:`ConnectionLimits` (per source address and
   per process, over every listener of the process); past either it answers ``503`` with
   ``Retry-After``, logs it (at most ``LOG_LINES_PER_MINUTE`` lines a minute per reason)
@@ -69,6 +73,7 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from limits import RateLimitItemPerMinute
@@ -394,6 +399,46 @@ def error_answer(status: int, error: str, message: str, retry_after: int | None 
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+# What a request aiohttp's parser refused is told: never a byte of it.
+MALFORMED_REQUEST = (
+    "the request line or a header is not valid HTTP/1.1 (RFC 9112): a NUL or other control "
+    "character, a space before a header's colon, a malformed request line; none of it is "
+    "repeated here"
+)
+
+
+class JsonParseErrors(web.RequestHandler):
+    """aiohttp's ``RequestHandler``, but a request its parser refuses (an
+    ``HttpProcessingError``: a NUL byte in a header, a bad header name, a bad request line)
+    is answered ``400`` with the services' JSON error body naming no byte of the request.
+    aiohttp's own answer is ``text/plain`` with the parser's message, which quotes the
+    offending line: an ``Authorization: Bearer <device secret>`` line holding a NUL went
+    back to its sender, and to every proxy log on the way. aiohttp has no hook for it
+    (aio-libs/aiohttp#3287, #9882): its error handler calls ``handle_error``, which this
+    overrides; every other error is aiohttp's as before. The refusal is still logged
+    through aiohttp's logger, which shared.logging.MalformedRequests turns into one
+    warning line naming the exception's class only."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        if request.writer.output_size > 0:  # as aiohttp: an answer was under way
+            raise ConnectionError("an answer is sent already; the parse error is not answered")
+        body = orjson.dumps({"error": "bad_request", "message": MALFORMED_REQUEST, "rule": "http_syntax"})
+        response = web.Response(body=body, status=400, content_type="application/json")
+        response.force_close()
+        return response
+
+
 class GuardedConnection(asyncio.Protocol):
     """One client connection: the bounds of :class:`ConnectionBounds` around aiohttp's
     ``RequestHandler`` (created only once the connection is admitted)."""
@@ -454,6 +499,11 @@ class GuardedConnection(asyncio.Protocol):
             # uvloop's TLS transport has it (asyncio's too); typeshed's Transport does not.
             cast(Any, transport).set_read_buffer_limits(high=TLS_HELD_READ_BYTES)
         self._inner = listener.server()
+        if type(self._inner) is web.RequestHandler:
+            # The same object with the JSON answer to a parse error (an empty __slots__:
+            # the layout is aiohttp's own, so the class may change in place; web.Server
+            # has no way to make another handler class without its private arguments).
+            self._inner.__class__ = JsonParseErrors
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:

@@ -193,6 +193,10 @@ class RegistrationRequested(Event):
     # Where the call came from (shared.throttle.source_of): deduplication bounds what one
     # source may create and notices two sources claiming one hardware ID (docs/security.md).
     source: Source = ""
+    # The intake verified the device's X.509 certificate of this hardware ID (x509
+    # attestation): a claim of a registered hardware ID without its secret is that device (a
+    # wiped board; its key cannot be copied out of a secure element), with new credentials.
+    attested: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from shared.logging import exception_summary
 from shared.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, READINESS_PROBES, exposition
 from shared.periodic import PeriodicJob
 from shared.settings import HttpSettings
+from shared.tls import CLIENT_CERT_TRUST
 
 if TYPE_CHECKING:
     from shared.domain.accounts import Account
@@ -247,7 +248,9 @@ def base_app(
 
 @dataclass(frozen=True)
 class TlsSite:
-    """A second, https listener of the same app (the reference-compatible device API)."""
+    """A second, https listener of the same app (the reference-compatible device API).
+    Without a :class:`shared.tls.ClientCertTrust` in the app it asks for no client
+    certificate; with one, the trust's listening context serves it (``run``)."""
 
     host: str
     port: int
@@ -308,7 +311,10 @@ async def _serve(app: web.Application, settings: HttpSettings, tls: TlsSite | No
         ).start()
         await site(settings.host, settings.port).start()
         if tls is not None:
-            await site(tls.host, tls.port, ssl_context=tls.context()).start()
+            # The app's start-up (runner.setup) loaded the trust's first anchors already.
+            trust = app.get(CLIENT_CERT_TRUST)
+            context = trust.listening_context() if trust is not None else tls.context()
+            await site(tls.host, tls.port, ssl_context=context).start()
         if trimming is not None:
             trimming.start()
         stop = asyncio.Event()

@@ -157,10 +157,35 @@ DEVICE_CERTIFICATES_ISSUED = Counter(
     " (registration, native, est_enroll, est_reenroll)",
     ["via"],
 )
+CERTIFICATE_LIMIT_REFUSALS = Counter(
+    "fleetreg_certificate_limit_refusals_total",
+    "Certificates not issued because the device holds FLEETREG_MAX_CERTIFICATES_PER_DEVICE"
+    " unexpired ones, by how the device asked (registration, native, est_enroll, est_reenroll)",
+    ["via"],
+)
 CSR_REFUSALS = Counter(
     "fleetreg_csr_refusals_total",
     "CSRs refused, by reason (too_large, malformed, bad_signature, weak_key, unsupported_key)",
     ["reason"],
+)
+TLS_CLIENT_ANCHORS = Gauge(
+    "fleetreg_tls_client_anchors",
+    "CA certificates a client certificate on the https listener may chain to (each account's"
+    " issuing CA, the verified attestation CAs), as of the last refresh (shared/tls.py)",
+)
+CLIENT_CERTIFICATE_REFUSALS = Counter(
+    "fleetreg_client_certificate_refusals_total",
+    "Client certificates refused by the application after the handshake, by reason (unknown_issuer,"
+    " unknown_serial, revoked, expired, not_yet_valid, disabled, other_registration, malformed_header)",
+    ["reason"],
+)
+
+X509_REFUSALS = Counter(
+    "fleetreg_x509_refusals_total",
+    "Claims of x509 auto registrations refused for their device certificate, by rule (no_certificate,"
+    " malformed, expired, not_yet_valid, unknown_issuer, ca_not_verified, self_signed, ca_certificate,"
+    " key_usage, extended_key_usage, revoked, no_hardware_id, hardware_id_mismatch)",
+    ["rule"],
 )
 
 

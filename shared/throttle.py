@@ -51,6 +51,8 @@ client address comes from ``X-Forwarded-For`` only when the peer is a trusted pr
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import hashlib
@@ -558,6 +560,17 @@ def request_source(request: web.Request) -> str:
     return source
 
 
+def from_trusted_proxy(request: web.Request) -> bool:
+    """Whether the connection's peer (not what any header says) is in
+    FLEETREG_TRUSTED_PROXIES: only then are a proxy's headers (``X-Forwarded-For``, a
+    client certificate's, shared/client_certs.py) believed."""
+    throttle = request.config_dict.get(THROTTLE)
+    address = _address(request.remote)
+    return (
+        throttle is not None and address is not None and _trusted(address, throttle.settings.trusted_proxies)
+    )
+
+
 def mark_refused(request: web.Request, target: str | None = None, *, per_source: bool = True) -> None:
     """The handler refused the call for a reason that counts against its source (and,
     with ``target`` (:func:`target_of`), against its (source, target) bucket). The
@@ -594,9 +607,25 @@ def blocked_refusal(request: web.Request) -> TooManyRequests | None:
     return None
 
 
+def _basic_user(authorization: str | None) -> str | None:
+    """The user ID of an ``Authorization: Basic`` header (RFC 7617), None for any other."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, ValueError):
+        return None
+    return user or None
+
+
 def _credential_target(request: web.Request) -> str | None:
-    """What a 401 refused: the device of the path (a device call), or the API key presented."""
+    """What a 401 refused: the device of the path (a device call) or of EST's Basic user ID
+    (the device ID: a wrong secret guessed through EST counts on that device's pair as
+    through the native API), or the API key presented."""
     device_id = request.match_info.get("device_id")
+    if device_id is None and request.path.startswith("/.well-known/est/"):
+        device_id = _basic_user(request.headers.get("Authorization"))
     if device_id is not None:
         return target_of("device", device_id.lower())
     token = bearer(request.headers.get("Authorization"))

@@ -1,4 +1,5 @@
-"""``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``"""
+"""``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``, and
+``fleetreg auto ca ...`` (cli/commands/auto_ca.py)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import operator_client
+from cli.commands import auto_ca
 from cli.output import emit_json, print_table
 
 
@@ -27,8 +29,14 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--attestation",
         choices=("code", "derived_key", "x509"),
-        help="how devices prove they belong: the code alone (default) or a key derived per "
-        "hardware ID from a group key (derived_key; docs/device-identity.md)",
+        help="how devices prove they belong: the code alone (default), a key derived per "
+        "hardware ID from a group key (derived_key), or a certificate of a CA you upload "
+        "(x509; docs/device-identity.md)",
+    )
+    create.add_argument(
+        "--hardware-id-from",
+        choices=("cn", "san:dns", "san:uri"),
+        help="x509: where a device certificate names its hardware ID (default: its subject CN)",
     )
     create.set_defaults(run=create_auto)
     update = actions.add_parser("update", parents=[common], help="set or clear the device quota")
@@ -66,6 +74,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     derive.set_defaults(run=derive_key_auto)
     listing = actions.add_parser("list", parents=[common], help="list auto registrations")
     listing.set_defaults(run=list_auto)
+    auto_ca.register(actions, common)
 
 
 PUBLIC = (
@@ -87,6 +96,8 @@ KEY_WARNING = (
 
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
     shown = {k: registration[k] for k in PUBLIC}
+    if "hardware_id_from" in registration:
+        shown["hardware_id_from"] = registration["hardware_id_from"]
     shown.update({k: registration[k] for k in GROUP_KEYS if k in registration})
     return shown
 
@@ -128,10 +139,13 @@ async def create_auto(args: argparse.Namespace) -> int:
         body["max_devices"] = args.max_devices
     if args.attestation is not None:
         body["attestation"] = args.attestation
+    if args.hardware_id_from is not None:
+        body["hardware_id_from"] = args.hardware_id_from
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
     _emit(args, registration)
-    if args.max_devices is None:
+    # The note is about the code alone: derived_key and x509 devices also prove a key.
+    if args.max_devices is None and registration.get("attestation", "code") == "code":
         print(
             "fleetreg: note: no --max-devices: anyone holding the code (every factory image) can "
             "register any number of devices; set one with 'fleetreg auto update ID --max-devices N'",

@@ -165,6 +165,7 @@ def _claim(request: RegistrationRequested) -> Claim:
         idempotency_key=request.idempotency_key,
         source=request.source,
         protocol=request.protocol,
+        attested=request.attested,
     )
 
 

@@ -8,6 +8,7 @@ from services.intake import routes
 from services.intake.compat import routes as compat_routes
 from services.intake.resources import SERVICE, resources_context
 from services.intake.settings import IntakeSettings
+from shared.client_certs import CLIENT_CERT_HEADER_NAME
 from shared.http import base_app
 from shared.throttle import throttle_middleware
 
@@ -20,6 +21,8 @@ def create_app(settings: IntakeSettings) -> web.Application:
         client_max_size=settings.max_body_bytes,
         middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
     )
+    if settings.client_cert_header is not None:
+        app[CLIENT_CERT_HEADER_NAME] = settings.client_cert_header
     app.cleanup_ctx.append(resources_context(settings))
     app.add_routes(routes.ROUTES)
     app.add_routes(compat_routes.routes(settings.compat.prefix))

@@ -23,17 +23,18 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from services.intake import certificates
-from services.intake.attestation import GroupKeyCache, NonceBook, check_proof
-from services.intake.certificates import Issued, Issuer
+from services.intake.attestation import GroupKeyCache, NonceBook, check_certificate, check_proof
+from services.intake.certificates import CertificateLimit, Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
+from shared.client_certs import ClientCertificate
 from shared.db import bulk, decisions, devices, files, products
 from shared.db.certificates import IssuingDevice
 from shared.db.files import DeviceFiles, ServiceFile
 from shared.db.pool import Pool
-from shared.domain import derived_keys
+from shared.domain import derived_keys, x509_attestation
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import (
@@ -205,6 +206,10 @@ class RegistrationInput:
     idempotency_key: str = ""
     proof: derived_keys.Proof | None = None  # of a derived key (docs/device-identity.md)
     csr: x509.CertificateSigningRequest | None = None  # checked: a certificate is asked for
+    # The client certificate the call presented (shared.client_certs), and whether it
+    # attested the claimed hardware ID (an x509 registration: set by :func:`attest`).
+    client_certificate: ClientCertificate | None = None
+    attested: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,46 +312,67 @@ def parse_registration(body: bytes, idempotency_key: str | None) -> Registration
     )
 
 
+class MalformedProof(InvalidInput):
+    """A ``proof`` that is not one (400 naming the field): a failed attempt to prove a
+    device key, counted against the caller's source like a wrong proof
+    (services/intake/routes.py ``refusals_counted``), so a flood of them is 429."""
+
+
 def parse_proof(value: object) -> derived_keys.Proof | None:
     """A registration call's ``proof`` of a derived key: ``{"expires": Unix seconds,
-    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent.
-    A malformed one is InvalidInput naming the field; a MAC of the wrong length is taken (it
-    is a wrong proof, refused and counted as one)."""
+    "nonce": 16-64 hex digits, "mac": hex}`` (docs/device-identity.md), or None when absent
+    or ``null``: null is no proof, as it is for every optional field of the body
+    (``fingerprint``, ``device_secret``, ``registration_key``, ``csr``), so a client that
+    writes its unset fields as null still registers in ``code`` mode, and in ``derived_key``
+    mode is refused 403 "send proof" and counted exactly as an absent proof. A malformed one
+    is MalformedProof (400) naming the field and its rule; a MAC of the wrong length is
+    taken (it is a wrong proof, refused and counted as one)."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof must be an object with expires, nonce and mac", field="proof", rule="type=object"
         )
     unknown = sorted(set(value) - PROOF_FIELDS)
     if unknown:
         name = f"proof.{shortened(unknown[0])}"
-        raise InvalidInput(f"unknown field {name}", field=name, rule="known_fields")
+        raise MalformedProof(f"unknown field {name}", field=name, rule="known_fields")
     expires = value.get("expires")
     if (
         not isinstance(expires, int)
         or isinstance(expires, bool)
         or not 0 <= expires <= derived_keys.EXPIRES_MAX
     ):
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.expires must be a whole number of seconds since 1970",
             field="proof.expires",
             rule=f"range=0..{derived_keys.EXPIRES_MAX}",
         )
     nonce = value.get("nonce")
     if not isinstance(nonce, str) or derived_keys.NONCE_PATTERN.fullmatch(nonce) is None:
-        raise InvalidInput(
+        raise MalformedProof(
             "proof.nonce must be 16-64 hex digits", field="proof.nonce", rule="pattern=hex{16,64}"
         )
     mac = value.get("mac")
-    if not isinstance(mac, str) or not mac or len(mac) > derived_keys.MAC_MAX_LENGTH:
-        raise InvalidInput(
-            "proof.mac must be the MAC in hex",
+    # The rule says what is wrong (an empty or integer mac was reported as too long).
+    if mac is None:
+        raise MalformedProof("proof.mac is required: the MAC in hex", field="proof.mac", rule="required")
+    if not isinstance(mac, str):
+        raise MalformedProof(
+            "proof.mac must be a string: the MAC in hex", field="proof.mac", rule="type=string"
+        )
+    if not mac:
+        raise MalformedProof(
+            "proof.mac is empty: send the MAC in hex", field="proof.mac", rule="min_length=1"
+        )
+    if len(mac) > derived_keys.MAC_MAX_LENGTH:
+        raise MalformedProof(
+            f"proof.mac is longer than {derived_keys.MAC_MAX_LENGTH} characters: send the MAC in hex",
             field="proof.mac",
             rule=f"max_length={derived_keys.MAC_MAX_LENGTH}",
         )
     if not mac.isascii() or not mac.isalnum():
-        raise InvalidInput("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
+        raise MalformedProof("proof.mac must be the MAC in hex", field="proof.mac", rule="charset=hex")
     return derived_keys.Proof(expires, nonce, mac.lower())
 
 
@@ -392,6 +418,7 @@ def to_event(
         idempotency_key=registration.idempotency_key,
         protocol=protocol,
         source=source,
+        attested=registration.attested,
     )
 
 
@@ -467,9 +494,10 @@ async def register_native(
         )
     if held_revoked(throttle, source, code):
         return _held_revoked_answer(r.keyring, registration)
-    refused = await attest(r, registration)
-    if refused is not None:
-        return refused
+    attested = await attest(r, registration)
+    if isinstance(attested, Answer):
+        return attested
+    registration = attested
     # An auto product's current code has nothing counted before publishing: remembered,
     # its boot storm costs no read here.
     generation = r.codes.generation
@@ -507,19 +535,31 @@ async def register_native(
     return answer
 
 
-async def attest(r: Intake, registration: RegistrationInput) -> Answer | None:
-    """The refusal of a claim whose code's auto registration takes derived keys and which
-    does not prove the device key of its hardware ID (services/intake/attestation.py), or
-    None to go on. Nothing is published for a refused one; its reason says which: a missing,
-    wrong or replayed proof counts against the caller (:data:`COUNTED_REFUSALS`), a right
-    proof out of its time does not and carries ``server_time``."""
+async def attest(r: Intake, registration: RegistrationInput) -> Answer | RegistrationInput:
+    """The refusal of a claim whose code's auto registration takes derived keys or X.509
+    certificates and which does not prove its hardware ID (services/intake/attestation.py),
+    or the registration to go on with (for x509, marked ``attested``). Nothing is published
+    for a refused one; its reason says which: a missing, wrong or replayed proof and every
+    certificate refusal count against the caller (:func:`counted_refusal`), a right proof
+    out of its time does not and carries ``server_time``."""
     found = await r.group_keys.of_code(r.pool, registration.bulk_identification_code)
+    if found.attestation == "x509":
+        now_utc = datetime.now(UTC)
+        reason = check_certificate(found, registration.hardware_id, registration.client_certificate, now_utc)
+        if reason is None:
+            return replace(registration, attested=True)
+        return Answer(
+            "refused",
+            new_request_id(r.keyring.request_tag),
+            reason=reason,
+            claimed_hardware_id=registration.hardware_id,
+        )
     if found.attestation != "derived_key":
-        return None
+        return registration
     now = time.time()
     checked = await check_proof(r.nonces, found, registration.hardware_id, registration.proof, now)
     if checked == "proven":
-        return None
+        return registration
     return Answer(
         "refused",
         new_request_id(r.keyring.request_tag),
@@ -554,6 +594,8 @@ async def with_certificate(r: Intake, answer: Answer, csr: x509.CertificateSigni
         )
     except Forbidden:  # disabled or reset since it was decided: the answer goes out without one
         return answer
+    except CertificateLimit:  # a retry past the cap: the device asks later and is told why
+        return answer
     return replace(answer, certificate=issued)
 
 
@@ -561,7 +603,9 @@ async def device_certificate(
     r: Intake, device: AuthenticatedDevice, csr: x509.CertificateSigningRequest, *, via: str = "native"
 ) -> Issued:
     """Issue a certificate of the CSR's key to the proven ``device`` (a renewal is the same
-    call): Forbidden (403) when it was disabled, reset or deleted since it was proven."""
+    call): Forbidden (403) when it was disabled, reset or deleted since it was proven;
+    CertificateLimit (409) when it holds FLEETREG_MAX_CERTIFICATES_PER_DEVICE unexpired
+    certificates."""
     return await certificates.issue(
         r.pool, r.issuer, device.id, csr, lambda g: g == device.credential_generation, via=via
     )
@@ -930,7 +974,9 @@ async def counted_refusal(
         if is_clone_limit_refusal(answer.reason):
             return Counted(target_of("hardware", code, registration.hardware_id.lower()))
         return Counted(target_of("code", code))
-    if answer.status != "refused" or answer.reason not in COUNTED_REFUSALS:
+    if answer.status != "refused" or not (
+        answer.reason in COUNTED_REFUSALS or x509_attestation.is_certificate_refusal(answer.reason)
+    ):
         return None
     if answer.reason == REASON_REVOKED_CODE:
         revoked_at = await products.code_revoked_at(pool, code)

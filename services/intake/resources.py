@@ -18,7 +18,8 @@ from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
 from services.intake.outcomes import OutcomeWaiter
 from services.intake.settings import IntakeSettings
-from shared.db import attestation, compat, products, webhooks
+from shared.db import attestation, attestation_cas, compat, products, webhooks
+from shared.db import certificates as certificate_registry
 from shared.db.pool import Pool, answers
 from shared.db.products import CODES_CHANGED
 from shared.db.webhooks import RefusalCount
@@ -30,6 +31,7 @@ from shared.kafka import Producer, Topics, make_consumer, publish
 from shared.periodic import PeriodicJob
 from shared.pipeline import open_registry_and_broker
 from shared.throttle import THROTTLE, Throttle, open_throttle
+from shared.tls import CLIENT_CERT_TRUST, ClientCertTrust
 
 SERVICE = "intake"
 SWEEP_EVERY_S = 300.0
@@ -138,7 +140,11 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
             group_keys = GroupKeyCache(
                 GroupKeyBox(settings.secret_key.reveal().encode()), settings.code_cache_seconds
             )
-            issuer = Issuer(settings.secret_key.reveal().encode(), settings.device_cert_days)
+            issuer = Issuer(
+                settings.secret_key.reveal().encode(),
+                settings.device_cert_days,
+                settings.max_certificates_per_device,
+            )
 
             def invalidate(payload: str) -> None:
                 if payload == CODES_CHANGED:
@@ -146,7 +152,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                     group_keys.clear()
                 else:
                     device_cache.apply(payload)
-                    issuer.invalidate()  # a disable, reset, delete or move may have revoked certificates
+                    issuer.apply(payload)  # crl:<account>: a certificate of it was revoked
 
             def listening(up: bool) -> None:
                 device_cache.listening(up)
@@ -177,6 +183,28 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 issuer,
                 NonceBook(pool),
             )
+            tls = settings.compat.tls
+            if tls is not None:
+                # The https listener's client-certificate anchors: every account's issuing CA
+                # (EST by the current certificate). Loaded before the listener starts
+                # (shared/http.py), then re-read every interval (shared/tls.py).
+                trust = app[CLIENT_CERT_TRUST] = ClientCertTrust(
+                    tls.cert_file,
+                    tls.key_file,
+                    [
+                        partial(certificate_registry.issuing_ca_certificates, pool),
+                        partial(attestation_cas.verified_ca_ders, pool),
+                    ],
+                )
+                await trust.refresh()
+                await stack.enter_async_context(
+                    PeriodicJob(
+                        SERVICE,
+                        "refresh_client_cert_anchors",
+                        settings.compat.client_ca_refresh_seconds,
+                        trust.refresh,
+                    )
+                )
             # Periodic work, each waiting one interval first (nothing to do at start-up).
             await stack.enter_async_context(
                 PeriodicJob(

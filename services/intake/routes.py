@@ -4,15 +4,20 @@ it to the handlers and shapes the answer with the views."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
 from services.intake import est, handlers, views
+from services.intake.certificates import CertificateRefused, NotThisRegistration
+from services.intake.handlers import MalformedProof
 from services.intake.resources import RESOURCES, Resources
+from shared.client_certs import client_certificate
 from shared.domain.certificates import CsrRefused
 from shared.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from shared.http import parse_json_body
+from shared.metrics import CLIENT_CERTIFICATE_REFUSALS
 from shared.throttle import mark_refused, request_source
 
 # RFC 7030 section 4.2.1: an enrollment's body is a CSR, base64 DER, of this type.
@@ -39,13 +44,24 @@ async def authenticated(request: web.Request) -> handlers.AuthenticatedDevice:
     )
 
 
+# Refusals of something guessed or malformed on purpose: a refused CSR, a malformed proof
+# of a device key, an unknown EST label or account, an EST label not the device's own, an
+# EST body of another type than application/pkcs10.
+COUNTED = (CsrRefused, MalformedProof, NotFound, NotThisRegistration, UnsupportedMediaType)
+
+
 async def refusals_counted(request: web.Request, call: Callable[[], Awaitable[web.Response]]) -> web.Response:
-    """``call``'s answer; a refused CSR, an unknown EST label or account, or a body past the
-    size limit is answered as always but counted against the caller's source (429 once it
-    is past its limit: shared/throttle.py), like every refusal of something guessed."""
+    """``call``'s answer; a refused client certificate, a refusal of :data:`COUNTED` or a
+    body past the size limit is answered as always but counted against the caller's source
+    (429 once it is past its limit: shared/throttle.py), like every refusal of something
+    guessed."""
     try:
         return await call()
-    except (CsrRefused, NotFound) as exc:
+    except CertificateRefused as exc:
+        CLIENT_CERTIFICATE_REFUSALS.labels(exc.reason).inc()
+        mark_refused(request)
+        return views.error_view(exc)
+    except COUNTED as exc:
         mark_refused(request)
         return views.error_view(exc)
     except web.HTTPRequestEntityTooLarge:
@@ -65,6 +81,9 @@ async def _post_registration(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     include_files = handlers.parse_include(request.query.getall("include", []))
     registration = handlers.parse_registration(await request.read(), request.headers.get("Idempotency-Key"))
+    presented = client_certificate(request)
+    if presented is not None:
+        registration = replace(registration, client_certificate=presented)
     answer = await handlers.register_native(
         r, registration, request_source(request), include_files=include_files
     )
@@ -129,7 +148,9 @@ async def _post_certificate(request: web.Request) -> web.Response:
     found = await authenticated(request)
     body = await parse_json_body(request)
     unknown = sorted(set(body) - {"csr"})
-    if unknown or "csr" not in body:
+    if unknown:  # named, as the registration's unknown fields are
+        raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0], rule="known_fields")
+    if "csr" not in body:
         raise InvalidInput('the body is {"csr": "<PEM or base64 DER>"}', field="csr", rule="required")
     csr = handlers.parse_csr_field(body["csr"])
     if csr is None:
@@ -179,8 +200,17 @@ async def _est_enroll(request: web.Request, *, renewal: bool) -> web.Response:
             f"send the CSR as {PKCS10} (base64 DER)", field="Content-Type", rule=PKCS10
         )
     text = (await request.read()).decode("ascii", errors="replace")
+    authorization = request.headers.get("Authorization")
+    # The client certificate is read only when it is the proof: with Basic credentials, a
+    # trusted proxy's header is not even parsed.
+    client = client_certificate(request) if not (authorization or "").strip() else None
     issued = await est.enroll(
-        r, request.match_info["label"].lower(), request.headers.get("Authorization"), text, renewal=renewal
+        r,
+        request.match_info["label"].lower(),
+        authorization,
+        text,
+        renewal=renewal,
+        presented=client.leaf if client is not None else None,
     )
     return views.certs_only_view(issued.certificate.der)
 

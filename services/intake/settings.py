@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from shared.domain.certificates import DEVICE_CERT_DAYS_DEFAULT, DEVICE_CERT_DAYS_MAX, DEVICE_CERT_DAYS_MIN
+from shared.domain.certificates import (
+    DEVICE_CERT_DAYS_DEFAULT,
+    DEVICE_CERT_DAYS_MAX,
+    DEVICE_CERT_DAYS_MIN,
+    MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+    MAX_CERTIFICATES_PER_DEVICE_MAX,
+    MAX_CERTIFICATES_PER_DEVICE_MIN,
+)
 from shared.http import TlsSite
 from shared.settings import (
     DatabaseSettings,
@@ -17,6 +25,7 @@ from shared.settings import (
     secret_key,
 )
 from shared.throttle import ThrottleSettings
+from shared.tls import REFRESH_DEFAULT_S, REFRESH_MAX_S, REFRESH_MIN_S
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class CompatSettings:
     # Step-1 records of hardware IDs a source reports for the first time, at most this many
     # a minute (a 2,000-device NAT boot passes the default); overwrites are never capped.
     new_hardware_ids_per_minute: int = 3000
+    # How often the https listener re-reads the CAs a client certificate may chain to
+    # (shared/tls.py): a new account's CA or a newly verified one is accepted within it.
+    client_ca_refresh_seconds: float = REFRESH_DEFAULT_S
 
     @classmethod
     def from_env(cls, env: Env) -> CompatSettings:
@@ -57,6 +69,7 @@ class CompatSettings:
             new_hardware_ids_per_minute=env.integer(
                 "FLEETREG_COMPAT_NEW_HARDWARE_IDS_PER_MINUTE", 3000, minimum=1
             ),
+            client_ca_refresh_seconds=client_ca_refresh_seconds(env),
         )
 
 
@@ -77,6 +90,10 @@ class IntakeSettings:
     code_cache_seconds: float = 10.0  # see services/intake/code_cache.py
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
     device_cert_days: int = DEVICE_CERT_DAYS_DEFAULT  # validity of a device certificate
+    # The header a trusted proxy forwards a client certificate in; None: none is read.
+    client_cert_header: str | None = None
+    # unexpired certificates (revoked or not) a device may hold: services/intake/certificates.py
+    max_certificates_per_device: int = MAX_CERTIFICATES_PER_DEVICE_DEFAULT
 
     def __post_init__(self) -> None:
         tls = self.compat.tls
@@ -104,6 +121,8 @@ class IntakeSettings:
             code_cache_seconds=env.number("FLEETREG_CODE_CACHE_SECONDS", 10.0, minimum=0.0),
             throttle=ThrottleSettings.from_env(env),
             device_cert_days=device_cert_days(env),
+            client_cert_header=client_cert_header(env),
+            max_certificates_per_device=max_certificates_per_device(env),
         )
 
 
@@ -116,3 +135,49 @@ def device_cert_days(env: Env) -> int:
             f"FLEETREG_DEVICE_CERT_DAYS={days} is above its maximum of {DEVICE_CERT_DAYS_MAX}"
         )
     return days
+
+
+def client_ca_refresh_seconds(env: Env) -> float:
+    """FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS: how often, in seconds, the https listener
+    re-reads the CAs a client certificate may chain to (REFRESH_MIN_S..REFRESH_MAX_S,
+    default REFRESH_DEFAULT_S; shared/tls.py)."""
+    seconds = env.number("FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS", REFRESH_DEFAULT_S, minimum=REFRESH_MIN_S)
+    if seconds > REFRESH_MAX_S:
+        raise SettingsError(
+            f"FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS={seconds:g} is above its maximum of {REFRESH_MAX_S:g}"
+        )
+    return seconds
+
+
+# RFC 9110 section 5.6.2: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def client_cert_header(env: Env) -> str | None:
+    """FLEETREG_CLIENT_CERT_HEADER: the header in which a proxy listed in
+    FLEETREG_TRUSTED_PROXIES forwards a client's certificate (``X-Client-Cert``;
+    ``X-Amzn-Mtls-Clientcert`` for AWS ALB), or ``-`` (the default) for none: the header is
+    then never read (shared/client_certs.py says why it is off by default)."""
+    value = env.text("FLEETREG_CLIENT_CERT_HEADER", "-").strip()
+    if value == "-":
+        return None
+    if not _FIELD_NAME.fullmatch(value):
+        raise SettingsError(f"FLEETREG_CLIENT_CERT_HEADER={value!r} is not a header name (or -)")
+    return value
+
+
+def max_certificates_per_device(env: Env) -> int:
+    """FLEETREG_MAX_CERTIFICATES_PER_DEVICE: how many unexpired certificates, revoked or
+    not, one device may hold (MAX_CERTIFICATES_PER_DEVICE_MIN..MAX_CERTIFICATES_PER_DEVICE_MAX,
+    default MAX_CERTIFICATES_PER_DEVICE_DEFAULT)."""
+    limit = env.integer(
+        "FLEETREG_MAX_CERTIFICATES_PER_DEVICE",
+        MAX_CERTIFICATES_PER_DEVICE_DEFAULT,
+        minimum=MAX_CERTIFICATES_PER_DEVICE_MIN,
+    )
+    if limit > MAX_CERTIFICATES_PER_DEVICE_MAX:
+        raise SettingsError(
+            f"FLEETREG_MAX_CERTIFICATES_PER_DEVICE={limit} is above its maximum of "
+            f"{MAX_CERTIFICATES_PER_DEVICE_MAX}"
+        )
+    return limit

@@ -31,7 +31,7 @@ ROTATE = """
     RETURNING product_id::text"""
 # Any code of the product, current or revoked: a revoked code's claims still need a proof.
 SELECT_OF_CODE = """
-    SELECT r.id::text, r.attestation, r.primary_key_sealed, r.secondary_key_sealed
+    SELECT r.id::text, r.attestation, r.primary_key_sealed, r.secondary_key_sealed, r.hardware_id_from
     FROM bulk_identification_codes c
     JOIN registrations r ON r.product_id = c.product_id AND r.kind = 'auto'
     WHERE c.code = $1"""
@@ -60,12 +60,13 @@ DELETE_EXPIRED = "DELETE FROM proof_nonces WHERE expires_at < now() - interval '
 @dataclass(frozen=True)
 class SealedGroupKeys:
     """An auto registration's attestation and, for ``derived_key``, its sealed group keys
-    (``b""`` otherwise)."""
+    (``b""`` otherwise); for ``x509``, where its devices' certificates name their hardware IDs."""
 
     registration_id: str
     attestation: str
     primary_sealed: bytes
     secondary_sealed: bytes
+    hardware_id_from: str = "cn"  # x509: where a device certificate names the hardware ID
 
 
 async def sealed_group_keys(pool: Pool, account_id: str, registration_id: str) -> SealedGroupKeys:
@@ -130,7 +131,11 @@ async def group_keys_of_code(pool: Pool, code: str) -> SealedGroupKeys | None:
     if row is None:
         return None
     return SealedGroupKeys(
-        row["id"], row["attestation"], row["primary_key_sealed"] or b"", row["secondary_key_sealed"] or b""
+        row["id"],
+        row["attestation"],
+        row["primary_key_sealed"] or b"",
+        row["secondary_key_sealed"] or b"",
+        row["hardware_id_from"],
     )
 
 

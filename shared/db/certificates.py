@@ -4,11 +4,9 @@ certificates issued to devices, their revocation, and what the account's CRL lis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-import asyncpg
 
 from shared.db.pool import Connection, Pool
 from shared.domain.certificates import (
@@ -35,48 +33,59 @@ SELECT_DEVICE = """
     SELECT account_id::text, registration_id::text, hardware_id, disabled, credential_generation
     FROM devices WHERE id = $1"""
 # Recorded only while the device is still enabled and at the credential generation the
-# caller proved: the row is share-locked, so a disable, reset, delete or move either waits for
-# this record (and then revokes it) or commits first (and nothing is recorded, or handed out).
-# A batch of certificates (the intake's concurrent registrations) is one statement: its
-# devices are locked in ID order (two batches never wait on each other in a cycle), and each
-# certificate's conditions are checked against its device's row as locked (the newest
-# version: a disable that committed meanwhile is seen).
-RECORD_CERTIFICATES = """
-    WITH input AS (
-        SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::bytea[],
-                             $6::bytea[], $7::timestamptz[])
-            AS t(device_id, generation, hardware_id, serial, key_sha256, der, not_after)),
-    device AS (
-        SELECT id, account_id, hardware_id, disabled, credential_generation FROM devices
-        WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE)
+# caller proved. The row is locked (FOR NO KEY UPDATE, which foreign keys' KEY SHARE does
+# not wait for) for the rest of the transaction: a disable, reset, delete or move either
+# waits for this record (and then revokes it) or commits first (and nothing is recorded, or
+# handed out); and two issuances for one device take turns, so the count below (a statement
+# of its own, whose snapshot is taken once the lock is held) sees every certificate the
+# other committed: parallel calls on several instances never pass the cap.
+LOCK_DEVICE = """
+    SELECT id FROM devices
+    WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
+    FOR NO KEY UPDATE"""
+# The device's unexpired certificates, revoked or not (a revoked one is in the CRL, an
+# unrevoked one will be at the device's next reset): the cap counts both.
+SELECT_UNEXPIRED = """
+    SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
+    ORDER BY not_after"""
+INSERT_CERTIFICATE = """
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
-    SELECT i.serial, d.account_id, d.id, d.hardware_id, i.key_sha256, i.der, i.not_after
-    FROM input i JOIN device d ON d.id = i.device_id
-    WHERE NOT d.disabled AND d.credential_generation = i.generation AND d.hardware_id = i.hardware_id
-    RETURNING serial"""
-# A batch meeting a deadlock (with an operator's statement on several of its devices) or a
-# serialization failure is sent again, this many times in all.
-RECORD_ATTEMPTS = 3
+    SELECT $2, account_id, id, hardware_id, $3, $4, $5 FROM devices WHERE id = $1"""
 SELECT_CURRENT = """
     SELECT serial, certificate, not_after, issued_at, revoked_at FROM device_certificates
     WHERE device_id = $1 ORDER BY issued_at DESC LIMIT 1"""
 # A renewal proven by the current certificate's key: the newest unrevoked, unexpired
 # certificate of that key in the account, and its device as it is now.
 SELECT_BY_KEY = """
-    SELECT c.device_id::text, d.registration_id::text, d.hardware_id, d.credential_generation
+    SELECT c.device_id::text, d.registration_id::text, d.hardware_id, d.credential_generation,
+           c.serial, c.certificate, c.not_after, c.issued_at
     FROM device_certificates c JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.public_key_sha256 = $2 AND c.revoked_at IS NULL
       AND c.not_after > now() AND NOT d.disabled
     ORDER BY c.issued_at DESC LIMIT 1"""
+# Each account whose CRL changes is announced (``crl:<account ID>`` on fleetreg_invalidate,
+# delivered when the transaction commits, one per account: Postgres folds a transaction's
+# equal payloads), so each intake drops that account's kept CRL only.
 REVOKE_DEVICES = """
-    UPDATE device_certificates SET revoked_at = now(), revocation_reason = $2
-    WHERE device_id = ANY($1::uuid[]) AND revoked_at IS NULL AND not_after > now()
-    RETURNING device_id::text, serial"""
+    WITH revoked AS (
+        UPDATE device_certificates SET revoked_at = now(), revocation_reason = $2
+        WHERE device_id = ANY($1::uuid[]) AND revoked_at IS NULL AND not_after > now()
+        RETURNING device_id, serial, account_id)
+    SELECT device_id::text, serial, pg_notify('fleetreg_invalidate', 'crl:' || account_id::text)
+    FROM revoked"""
 SELECT_REVOKED = """
     SELECT serial, revoked_at, revocation_reason FROM device_certificates
     WHERE account_id = $1 AND revoked_at IS NOT NULL AND not_after > now()
     ORDER BY revoked_at"""
+# A client certificate presented for EST: the certificate of that serial in the account and
+# its device as it is now (none: a deleted device, whose certificates are revoked anyway).
+SELECT_BY_SERIAL = """
+    SELECT c.certificate, c.not_after, c.revoked_at, c.device_id::text,
+           d.registration_id::text, d.disabled, d.credential_generation
+    FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
+    WHERE c.account_id = $1 AND c.serial = $2"""
+SELECT_CA_CERTIFICATES = "SELECT certificate FROM issuing_cas ORDER BY account_id"
 AUTO_REGISTRATION_ACCOUNT = "SELECT account_id::text FROM registrations WHERE id = $1 AND kind = 'auto'"
 
 
@@ -121,49 +130,45 @@ async def issuing_device(pool: Pool, device_id: str) -> IssuingDevice | None:
 
 
 @dataclass(frozen=True)
-class CertificateRecord:
-    """A certificate just signed for a device, to record if the device is still enabled,
-    at ``credential_generation``, with ``hardware_id``."""
+class AtCertificateLimit:
+    """Nothing recorded: the device holds ``held`` unexpired certificates, at least the
+    cap; ``frees_at``: when enough of them expire for one more."""
 
-    device_id: str
-    credential_generation: int
-    hardware_id: str
-    issued: DeviceCertificate
-
-
-async def record_certificates(pool: Pool, records: Sequence[CertificateRecord]) -> list[bool]:
-    """Record the certificates in one statement: for each, in order, False (nothing recorded:
-    do not hand it out) when its device is gone, disabled, or no longer at its credential
-    generation with its hardware ID. A deadlock or serialization failure is retried
-    (RECORD_ATTEMPTS in all; the statement changed nothing), then raised."""
-    if not records:
-        return []
-    arguments = (
-        [r.device_id for r in records],
-        [r.credential_generation for r in records],
-        [r.hardware_id for r in records],
-        [r.issued.serial for r in records],
-        [r.issued.public_key_sha256 for r in records],
-        [r.issued.der for r in records],
-        [r.issued.not_after for r in records],
-    )
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            rows = await pool.fetch(RECORD_CERTIFICATES, *arguments)
-            break
-        except asyncpg.TransactionRollbackError:
-            if attempt == RECORD_ATTEMPTS:
-                raise
-    recorded = {r["serial"] for r in rows}
-    return [r.issued.serial in recorded for r in records]
+    held: int
+    frees_at: datetime
 
 
 async def record_certificate(
-    pool: Pool, device_id: str, credential_generation: int, hardware_id: str, issued: DeviceCertificate
-) -> bool:
-    """Record ``issued`` for the device (:func:`record_certificates`, alone)."""
-    record = CertificateRecord(device_id, credential_generation, hardware_id, issued)
-    return (await record_certificates(pool, [record]))[0]
+    pool: Pool,
+    device_id: str,
+    credential_generation: int,
+    hardware_id: str,
+    sign: Callable[[], DeviceCertificate],
+    limit: int,
+) -> DeviceCertificate | AtCertificateLimit | None:
+    """Sign (``sign()``, called with the device row locked) and record a certificate for
+    the device while it holds fewer than ``limit`` unexpired certificates (revoked or not);
+    the certificate recorded, AtCertificateLimit (nothing signed or recorded) at the cap,
+    or None (nothing recorded: do not hand anything out) when the device is gone,
+    disabled, or no longer at ``credential_generation`` with ``hardware_id``. Decided in
+    one transaction under the device row's lock: concurrent calls, on any number of
+    instances, record at most ``limit``."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id) is None:
+            return None
+        held = [r["not_after"] for r in await conn.fetch(SELECT_UNEXPIRED, device_id)]
+        if len(held) >= limit:
+            return AtCertificateLimit(len(held), held[len(held) - limit])
+        issued = sign()
+        await conn.execute(
+            INSERT_CERTIFICATE,
+            device_id,
+            issued.serial,
+            issued.public_key_sha256,
+            issued.der,
+            issued.not_after,
+        )
+        return issued
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ class KeyHolder:
     registration_id: str
     hardware_id: str
     credential_generation: int
+    certificate: IssuedCertificate  # the newest current one of the key
 
 
 async def holder_of_key(pool: Pool, account_id: str, key_sha256: bytes) -> KeyHolder | None:
@@ -203,8 +209,9 @@ async def holder_of_key(pool: Pool, account_id: str, key_sha256: bytes) -> KeyHo
     row = await pool.fetchrow(SELECT_BY_KEY, account_id, key_sha256)
     if row is None:
         return None
+    held = IssuedCertificate(row["serial"], row["certificate"], row["not_after"], row["issued_at"], None)
     return KeyHolder(
-        row["device_id"], row["registration_id"], row["hardware_id"], row["credential_generation"]
+        row["device_id"], row["registration_id"], row["hardware_id"], row["credential_generation"], held
     )
 
 
@@ -231,3 +238,40 @@ async def auto_registration_account(pool: Pool, registration_id: str) -> str | N
     """The account of an auto registration (an EST label), or None."""
     found: str | None = await pool.fetchval(AUTO_REGISTRATION_ACCOUNT, registration_id)
     return found
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """A certificate of the account found by its serial, and its device as it is now
+    (``registration_id`` None: the device was deleted)."""
+
+    der: bytes
+    not_after: datetime
+    revoked_at: datetime | None
+    device_id: str
+    registration_id: str | None
+    disabled: bool
+    credential_generation: int
+
+
+async def certificate_by_serial(pool: Pool, account_id: str, serial: str) -> PresentedCertificate | None:
+    """The account's certificate of ``serial`` (lower-case hex), or None: what a client
+    certificate presented for EST is checked against."""
+    row = await pool.fetchrow(SELECT_BY_SERIAL, account_id, serial)
+    if row is None:
+        return None
+    return PresentedCertificate(
+        row["certificate"],
+        row["not_after"],
+        row["revoked_at"],
+        row["device_id"],
+        row["registration_id"],
+        bool(row["disabled"]),
+        row["credential_generation"] or 0,
+    )
+
+
+async def issuing_ca_certificates(pool: Pool) -> list[bytes]:
+    """Every account's issuing CA certificate (DER): anchors of the https listener's client
+    certificates (shared/tls.py), so a device renews over EST with its current certificate."""
+    return [r["certificate"] for r in await pool.fetch(SELECT_CA_CERTIFICATES)]

@@ -60,8 +60,10 @@ CLAIM_PREREGISTERED = """
     FROM unnest($1::uuid[], $2::text[]) AS u(id, fingerprint)
     WHERE devices.id = u.id AND devices.lifecycle = 'preregistered'
     RETURNING devices.id::text"""
-# A device reclaimed before "ready" (dedup.Verdict.regenerated): its new credential
-# generation, only if nobody changed it since it was read (a "ready", an operator's reset,
+# A device reclaimed before "ready", or an x509 device proven by its certificate without its
+# secret (dedup.Verdict.regenerated): its new credential generation (registered again, to
+# be confirmed by the holder of the new credentials), only if nobody changed it since it was
+# read, lifecycle included (a "ready", an operator's reset,
 # disable or delete, another instance's reclaim: the batch is then decided again). The
 # intake drops its cached copy at once (INVALIDATION_CHANNEL, payload ``device:<uuid>``),
 # so the earlier secret is refused from the very next call; provisioning renders the new
@@ -71,10 +73,10 @@ CLAIM_PREREGISTERED = """
 # counted as a guess of the board's address.
 REGENERATE = """
     WITH changed AS (
-        UPDATE devices SET credential_generation = u.generation
-        FROM unnest($1::uuid[], $2::int[], $3::int[]) AS u(id, before, generation)
+        UPDATE devices SET credential_generation = u.generation, lifecycle = 'registered'
+        FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[]) AS u(id, before, generation, lifecycle)
         WHERE devices.id = u.id AND devices.credential_generation = u.before
-          AND devices.lifecycle = 'registered' AND NOT devices.disabled
+          AND devices.lifecycle = u.lifecycle AND NOT devices.disabled
         RETURNING devices.id, devices.credential_generation),
     events AS (
         INSERT INTO device_events (device_id, kind, detail)
@@ -222,6 +224,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
     # Device ID -> (generation it had, generation it ends with): one device may be reclaimed
     # several times in one batch (a board's retries queued during an outage).
     regenerated: dict[str, tuple[int, int]] = {}
+    lifecycles: dict[str, str] = {}  # device ID -> its lifecycle as read (the first verdict's)
     reclaimed: dict[str, tuple[str, str]] = {}  # device ID -> (account ID, hardware ID)
     for record in records:
         verdict = record.verdict
@@ -233,6 +236,7 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
             generation = verdict.device.credential_generation
             before, _ = regenerated.get(verdict.device.id, (generation - 1, 0))
             regenerated[verdict.device.id] = (before, generation)
+            lifecycles.setdefault(verdict.device.id, verdict.device.lifecycle)
             if record.account_id:
                 reclaimed[verdict.device.id] = (record.account_id, verdict.device.hardware_id)
     try:
@@ -263,7 +267,11 @@ async def record_decisions(conn: Connection, records: Sequence[DecisionRecord]) 
     if regenerated:
         ids = sorted(regenerated)  # one order for every writer: no deadlock between batches
         changed = await conn.fetch(
-            REGENERATE, ids, [regenerated[i][0] for i in ids], [regenerated[i][1] for i in ids]
+            REGENERATE,
+            ids,
+            [regenerated[i][0] for i in ids],
+            [regenerated[i][1] for i in ids],
+            [lifecycles[i] for i in ids],
         )
         if len(changed) < len(ids):
             raise RegistryConflict("a device reclaimed before ready changed concurrently")
@@ -299,7 +307,7 @@ async def _revoke_reclaimed(conn: Connection, reclaimed: dict[str, tuple[str, st
     superseded (reason ``reset``: the CRL's superseded, as an operator's reset), each
     audited as ``certificate.revoked`` on the device with ``"by": "reclaim"``, in the
     transaction of the new generation. A certificate being recorded meanwhile holds the
-    device's row (shared.db.certificates.RECORD_CERTIFICATES) so REGENERATE waited for it
+    device's row (shared.db.certificates.LOCK_DEVICE) so REGENERATE waited for it
     and this statement sees it; one recorded later names the old generation and is not
     recorded at all."""
     revoked = await certificates.revoke_devices(conn, sorted(reclaimed), "reset")

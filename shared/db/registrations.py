@@ -20,11 +20,12 @@ from shared.errors import Conflict, NotFound
 # Run after the product's row is locked (products.product_state) and the rule checked.
 CLAIM_PRODUCT_KIND = "UPDATE products SET registration_kind = $2 WHERE id = $1"
 INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status, max_devices,
-                                                attestation, primary_key_sealed, secondary_key_sealed)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
+                                                attestation, primary_key_sealed, secondary_key_sealed,
+                                                hardware_id_from)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 SELECT_REGISTRATIONS = """
     SELECT r.id::text, r.product_id::text, r.kind, r.status, r.created_at, r.updated_at,
-           c.code AS bulk_identification_code, r.max_devices, r.attestation,
+           c.code AS bulk_identification_code, r.max_devices, r.attestation, r.hardware_id_from,
            (SELECT count(*) FROM devices d WHERE d.registration_id = r.id) AS device_count
     FROM registrations r
     LEFT JOIN bulk_identification_codes c ON c.product_id = r.product_id AND c.revoked_at IS NULL
@@ -76,8 +77,11 @@ class Registration:
     device_count: int
     created_at: datetime
     updated_at: datetime
-    # How its devices prove they belong (shared.domain.derived_keys): "code" or "derived_key".
+    # How its devices prove they belong (shared.domain.derived_keys): "code", "derived_key"
+    # or "x509"; for x509, where a device certificate names the hardware ID
+    # (shared.domain.x509_attestation.HARDWARE_ID_SOURCES).
     attestation: str = "code"
+    hardware_id_from: str = "cn"
 
 
 async def create_registration(
@@ -88,16 +92,20 @@ async def create_registration(
     status: str,
     max_devices: int | None = None,
     group_keys: GroupKeys | None = None,
+    *,
+    x509: bool = False,
+    hardware_id_from: str = "cn",
 ) -> str:
     """Create a registration (its ID); a product serves one kind only
     (shared.domain.products.registration_kind_refusal), and one auto registration.
     ``max_devices`` is an auto registration's device quota (None: none); ``group_keys``
     (an auto registration in ``derived_key`` attestation: its ID and sealed keys) make it
-    derived_key, else it is ``code``. Audited as ``<kind>_registration.created`` (with the
-    attestation, never a key)."""
+    derived_key; ``x509`` makes it x509 (its devices' hardware IDs read from their
+    certificates' ``hardware_id_from``), else it is ``code``. Audited as
+    ``<kind>_registration.created`` (with the attestation, never a key)."""
     account_id = actor.id
     registration_id = group_keys.registration_id if group_keys is not None else str(uuid.uuid4())
-    attestation = "derived_key" if group_keys is not None else "code"
+    attestation = "derived_key" if group_keys is not None else "x509" if x509 else "code"
     sealed = (group_keys.primary_sealed, group_keys.secondary_sealed) if group_keys else (None, None)
     async with pool.acquire() as conn, conn.transaction():
         # The product's row stays locked until the registration exists: a concurrent claim
@@ -121,6 +129,7 @@ async def create_registration(
                 max_devices,
                 attestation,
                 *sealed,
+                hardware_id_from,
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
@@ -135,7 +144,8 @@ async def create_registration(
             f"{kind}_registration",
             registration_id,
             {"product_id": product_id, "status": status, "max_devices": max_devices}
-            | ({"attestation": attestation} if kind == "auto" else {}),
+            | ({"attestation": attestation} if kind == "auto" else {})
+            | ({"hardware_id_from": hardware_id_from} if x509 else {}),
         )
     return registration_id
 
@@ -156,6 +166,7 @@ async def list_registrations(
             created_at=r["created_at"],
             updated_at=r["updated_at"],
             attestation=r["attestation"],
+            hardware_id_from=r["hardware_id_from"],
         )
         for r in await pool.fetch(SELECT_REGISTRATIONS, account_id, kind, registration_id)
     ]

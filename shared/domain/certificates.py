@@ -42,6 +42,11 @@ RSA_MAX_BITS = 4096  # bounds the work of checking a request's signature
 DEVICE_CERT_DAYS_DEFAULT = 365
 DEVICE_CERT_DAYS_MIN = 1
 DEVICE_CERT_DAYS_MAX = 3650
+# FLEETREG_MAX_CERTIFICATES_PER_DEVICE: unexpired certificates (revoked or not) one device
+# may hold; default and bounds (at least 2: a renewal needs room beside the current one).
+MAX_CERTIFICATES_PER_DEVICE_DEFAULT = 10
+MAX_CERTIFICATES_PER_DEVICE_MIN = 2
+MAX_CERTIFICATES_PER_DEVICE_MAX = 1000
 CA_DAYS = 20 * 365
 # A certificate is valid from a few minutes before it is issued: a device whose clock is a
 # little behind the server's can use it at once.
@@ -331,14 +336,7 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
     CRL_VALIDITY later; the CRL number is the build time in milliseconds (increasing
     across instances)."""
     now = now or datetime.now(UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(now)
-        .next_update(now + CRL_VALIDITY)
-        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
-        .add_extension(ca.authority_key_identifier, critical=False)
-    )
+    entries = []
     for entry in revoked:
         item = (
             x509.RevokedCertificateBuilder()
@@ -347,7 +345,17 @@ def certificate_revocation_list(ca: IssuingCa, revoked: list[Revoked], now: date
         )
         if entry.reason in _CRL_REASONS:
             item = item.add_extension(x509.CRLReason(_CRL_REASONS[entry.reason]), critical=False)
-        builder = builder.add_revoked_certificate(item.build())
+        entries.append(item.build())
+    # The entries go in at once: add_revoked_certificate copies the list on every call
+    # (quadratic: 20,000 entries took 1.7 s, on the intake's event loop).
+    builder = (
+        x509.CertificateRevocationListBuilder(revoked_certificates=entries)
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+        .add_extension(ca.authority_key_identifier, critical=False)
+    )
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 

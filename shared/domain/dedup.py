@@ -174,6 +174,8 @@ class Claim:
     idempotency_key: str = ""
     source: str = ""  # where the call came from (shared.throttle.source_of)
     protocol: str = "native"  # the device API it came through: "native" or REFERENCE_PROTOCOL
+    # The device proved the key of an X.509 certificate of this hardware ID (x509 attestation).
+    attested: bool = False
 
 
 @dataclass(frozen=True)
@@ -449,6 +451,24 @@ def _reclaimed(device: KnownDevice, claim: Claim) -> Verdict:
     )
 
 
+def _attested_again(device: KnownDevice, claim: Claim) -> Verdict:
+    """A claim of a registered ``H`` proven by ``H``'s X.509 certificate but without ``H``'s
+    device secret: ``H`` itself, a board whose storage was wiped (its key lives in a secure
+    element and cannot be copied to another board), given a new credential generation (the
+    earlier secret and service passwords are revoked) and provisioned again: confirmed or
+    not, it is registered until it confirms. Never a clone; a disabled device stays refused."""
+    if device.disabled:
+        return Verdict("refused", device=device, reason=REASON_DISABLED)
+    others = device.claim_sources - {claim.source}
+    return Verdict(
+        "same",
+        device=replace(device, credential_generation=device.credential_generation + 1),
+        reason="device proved its certificate without its device secret: new credentials",
+        regenerated=True,
+        two_sources=bool(claim.source and others),
+    )
+
+
 def decide(claim: Claim, family: Family, context: Context) -> Verdict:
     """Decide one claim against the family's current state under ``context`` (see the
     module docstring)."""
@@ -477,6 +497,9 @@ def decide(claim: Claim, family: Family, context: Context) -> Verdict:
     clone = _own_clone(claim, family, context)
     if clone is not None:
         return _same(clone, "clone presented its device secret with the hardware ID it claimed")
+
+    if own is not None and claim.attested and own.lifecycle != "preregistered":
+        return _attested_again(own, claim)
 
     retry = _retry_before_confirmation(claim, family, product_id)
     if retry is not None and _key_holds(retry, claim, kind):

@@ -204,7 +204,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def identity_summary(found: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of issue 25's storms and signing cost (summary.json's ``identity``)."""
-    out = {
+    out: dict[str, Any] = {
         k: found[k]
         for k in ("median_devices_per_s", "median_certificates_per_s", "derived_to_code", "csr_to_code")
         if k in found

@@ -240,3 +240,14 @@ async def test_keys_and_audit_commands(system: System, operator: Operator) -> No
     assert "api_key.revoked" not in table_out  # the filter holds
     code, _, err = await fleetreg(operator, system, "audit", "list", "--since", "yesterday")
     assert code == 1 and "since" in err
+
+
+async def test_the_no_quota_note_is_for_code_attestation_only(system: System, operator: Operator) -> None:
+    """'anyone holding the code can register any number of devices' is true of `code` only."""
+    for attestation, noted in (("code", True), ("x509", False), ("derived_key", False)):
+        product = await fleetreg_json(operator, system, "product", "create", "--name", f"n-{attestation}")
+        await fleetreg_json(operator, system, "product", "lock", product["id"])
+        code, _, err = await fleetreg(
+            operator, system, "auto", "create", "--product", product["id"], "--attestation", attestation
+        )
+        assert code == 0 and ("no --max-devices" in err) == noted, (attestation, err)

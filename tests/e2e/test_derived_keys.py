@@ -145,7 +145,7 @@ async def test_a_derived_key_product_from_creation_to_a_clone(
     system: System, operator: Operator, session: aiohttp.ClientSession
 ) -> None:
     log_offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
-    # x509 is refused until it exists, with a clear reason; an unknown mode too.
+    # An unknown mode is refused with a clear reason (x509: tests/e2e/test_x509_attestation.py).
     product = await operator.call(
         "POST",
         "/v1/products",
@@ -153,9 +153,9 @@ async def test_a_derived_key_product_from_creation_to_a_clone(
     )
     await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
     refused = await operator.call(
-        "POST", "/v1/auto-registrations", {"product_id": product["id"], "attestation": "x509"}, expect=400
+        "POST", "/v1/auto-registrations", {"product_id": product["id"], "attestation": "tpm"}, expect=400
     )
-    assert refused["field"] == "attestation" and "not available yet" in refused["message"]
+    assert refused["field"] == "attestation" and "must be one of" in refused["message"]
     code_mode = await operator.call(
         "POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201
     )

@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.api import Operator, register
 from tests.support.sources import fresh_address
-from tests.support.system import ServiceProcess, System
+from tests.support.system import LOGS, ServiceProcess, System
 
 pytestmark = pytest.mark.e2e
 
@@ -457,3 +457,32 @@ async def test_a_pipelined_request_past_the_header_bound_is_refused_after_the_ea
     assert len(status_lines) == 2, status_lines
     assert status_lines[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.1 202 Accepted"), status_lines
     assert status_lines[1] == b"HTTP/1.1 431 Request Header Fields Too Large"
+
+
+async def test_a_nul_in_an_authorization_header_is_a_json_400_on_every_listener_quoting_nothing(
+    system: System,
+) -> None:
+    """aiohttp's parser refuses a header holding a NUL byte, and aiohttp answered it with
+    text/plain quoting the whole line: ``Authorization: Bearer <secret>`` went back to the
+    sender and to every proxy log. Every listener of every service (public, https and
+    operations) now answers the services' JSON 400 naming no byte of it, and no log holds
+    the secret."""
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    before = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    listeners = [(name, port, None) for name, p in system.services.items() for port in (p.port, p.ops_port)]
+    listeners.append(("intake https", int(system.env["FLEETREG_COMPAT_PORT"]), tls_context(system)))
+    for name, port, tls in listeners:
+        reader, writer = await connect(port, "127.0.0.1", tls)
+        writer.write(f"GET /v1/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {secret}\x00\r\n\r\n".encode())
+        received, _ = await until_closed(reader)
+        writer.close()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request"), (name, received)
+        assert b"Content-Type: application/json" in head, (name, head)
+        assert orjson.loads(body)["error"] == "bad_request", (name, body)
+        assert secret.encode() not in received, name
+    await asyncio.sleep(0.5)  # the log lines are written
+    for path in LOGS.glob("*.log"):
+        with path.open("rb") as log:
+            log.seek(before.get(path, 0))
+            assert secret.encode() not in log.read(), path

@@ -1,70 +1,168 @@
-"""shared.db.certificates on the real Postgres: the intake records the certificates of
-concurrent registrations in one statement, and each is recorded only when its device is
-still enabled, at the proven credential generation and with its hardware ID (a disable,
-reset or rename that committed first leaves nothing recorded for it)."""
+"""Device certificates on the real Postgres: the cap of unexpired certificates per device
+(revoked or not), decided under the device row's lock so a parallel burst on several
+intake instances never passes it; and the CRL kept per account, dropped only by its own
+account's revocation (``crl:<account ID>`` on fleetreg_invalidate)."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from cli.commands.simulate import device_csr
-from services.intake.certificates import Issuer
-from shared.db.certificates import CertificateRecord, record_certificates
+from services.intake import certificates
+from services.intake.certificates import CertificateLimit, Issuer
+from shared.db import certificates as registry
 from shared.db.pool import Pool
-from shared.domain.certificates import device_certificate, new_issuing_ca, parse_csr
-from tests.support import registry
+from shared.db.throttle import Listener
+from shared.domain.certificates import Revoked
+from tests.support import registry as rows
 
 pytestmark = pytest.mark.integration
 
-CSR = parse_csr(device_csr())
+SECRET = b"c" * 32
 
 
-async def _records(pool: Pool, count: int) -> tuple[str, list[CertificateRecord]]:
-    account_id = await registry.new_account(pool)
-    product = await registry.new_product(pool, account_id, kind="auto")
-    registration_id = await registry.new_registration(pool, product)
-    ca = new_issuing_ca(account_id)
-    out = []
-    for n in range(count):
-        device_id = await registry.new_device(pool, product, registration_id, f"cert-{account_id[:8]}-{n}")
-        hardware_id = f"cert-{account_id[:8]}-{n}"
-        issued = device_certificate(ca, CSR, hardware_id, device_id, 30, datetime.now(UTC))
-        out.append(CertificateRecord(device_id, 1, hardware_id, issued))
-    return account_id, out
+def _csr() -> x509.CertificateSigningRequest:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anything")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
 
 
-async def _recorded(pool: Pool, account_id: str) -> set[str]:
-    rows = await pool.fetch("SELECT serial FROM device_certificates WHERE account_id = $1", account_id)
-    return {r["serial"] for r in rows}
+async def _device(pool: Pool) -> tuple[str, str]:
+    """(account ID, device ID) of a new enabled device at credential generation 1."""
+    account_id = await rows.new_account(pool)
+    product = await rows.new_product(pool, account_id)
+    registration_id = await rows.new_registration(pool, product)
+    return account_id, await rows.new_device(pool, product, registration_id, "cap-board")
 
 
-async def test_a_batch_records_only_the_certificates_of_devices_still_as_proven(pool: Pool) -> None:
-    account_id, (kept, disabled, reset, renamed, twice) = await _records(pool, 5)
-    await pool.execute("UPDATE devices SET disabled = true WHERE id = $1", disabled.device_id)
-    await pool.execute(
-        "UPDATE devices SET credential_generation = credential_generation + 1 WHERE id = $1", reset.device_id
+async def _issue(pool: Pool, issuer: Issuer, device_id: str) -> certificates.Issued:
+    return await certificates.issue(pool, issuer, device_id, _csr(), lambda g: g == 1, via="native")
+
+
+async def _held(pool: Pool, device_id: str) -> int:
+    held: int = await pool.fetchval(
+        "SELECT count(*) FROM device_certificates WHERE device_id = $1", device_id
     )
-    await pool.execute(
-        "UPDATE devices SET hardware_id = hardware_id || '-x' WHERE id = $1", renamed.device_id
+    return held
+
+
+async def test_a_parallel_burst_on_two_instances_records_exactly_the_cap(pool: Pool) -> None:
+    _, device_id = await _device(pool)
+    # Two intake instances (each its own Issuer), 40 calls at once through the pool's
+    # ten connections: the count is decided under the device row's lock, never overshot.
+    instances = [Issuer(SECRET, 365, max_per_device=5), Issuer(SECRET, 365, max_per_device=5)]
+    results = await asyncio.gather(
+        *(_issue(pool, instances[i % 2], device_id) for i in range(40)), return_exceptions=True
     )
-    again = CertificateRecord(
-        twice.device_id,
-        1,
-        twice.hardware_id,
-        device_certificate(new_issuing_ca(account_id), CSR, twice.hardware_id, twice.device_id, 30),
-    )  # a lost response's retry: two certificates of one device in one batch
-    batch = [kept, disabled, reset, renamed, twice, again]
-    assert await record_certificates(pool, batch) == [True, False, False, False, True, True]
-    assert await _recorded(pool, account_id) == {kept.issued.serial, twice.issued.serial, again.issued.serial}
-    assert await record_certificates(pool, []) == []
+
+    issued = [r for r in results if isinstance(r, certificates.Issued)]
+    refused = [r for r in results if isinstance(r, CertificateLimit)]
+    assert (len(issued), len(refused)) == (5, 35), [r for r in results if isinstance(r, BaseException)]
+    assert await _held(pool, device_id) == 5
+    body = refused[0].to_dict()
+    assert refused[0].status == 409 and body["error"] == "certificate_limit"
+    assert body["rule"] == "max_certificates_per_device=5"
+    oldest = min(i.certificate.not_after for i in issued)
+    assert body["available_at"] == oldest.isoformat()  # when the oldest expires: room for one
+    assert "GET /v1/devices/{device_id}/certificate" in body["message"]
 
 
-async def test_the_intakes_concurrent_records_share_statements(pool: Pool) -> None:
-    account_id, records = await _records(pool, 12)
-    issuer = Issuer(b"k" * 32, 30)
-    assert await asyncio.gather(*(issuer.record(pool, r) for r in records)) == [True] * 12
-    assert await _recorded(pool, account_id) == {r.issued.serial for r in records}
-    assert issuer._records is not None and issuer._records.batches < 12
+async def test_revoked_certificates_count_and_expired_ones_free_their_place(pool: Pool) -> None:
+    _, device_id = await _device(pool)
+    issuer = Issuer(SECRET, 365, max_per_device=3)
+    for _ in range(3):
+        await _issue(pool, issuer, device_id)
+    async with pool.acquire() as conn, conn.transaction():
+        # A reclaim before "ready" revokes them, at the same credential generation here:
+        # revoked, they are in the CRL until they expire, so they still count.
+        assert len(await registry.revoke_devices(conn, [device_id], "reset")) == 3
+
+    with pytest.raises(CertificateLimit):
+        await _issue(pool, issuer, device_id)
+    assert await _held(pool, device_id) == 3
+
+    await pool.execute(
+        """UPDATE device_certificates SET not_after = now() - interval '1 second'
+           WHERE serial = (SELECT serial FROM device_certificates WHERE device_id = $1
+                           ORDER BY not_after LIMIT 1)""",
+        device_id,
+    )
+    await _issue(pool, issuer, device_id)  # an expired one is in no CRL: its place is free
+    with pytest.raises(CertificateLimit):
+        await _issue(pool, issuer, device_id)
+
+
+async def test_a_lowered_cap_names_when_enough_expire(pool: Pool) -> None:
+    _, device_id = await _device(pool)
+    issued = [await _issue(pool, Issuer(SECRET, 365, max_per_device=4), device_id) for _ in range(4)]
+    with pytest.raises(CertificateLimit) as refused:
+        await _issue(pool, Issuer(SECRET, 365, max_per_device=2), device_id)
+    ends = sorted(i.certificate.not_after for i in issued)
+    # 4 held, 2 allowed: three must expire before one more fits.
+    assert refused.value.available_at == ends[2]
+
+
+async def test_a_revocation_drops_its_own_accounts_crl_only(pool: Pool, migrated: str) -> None:
+    (account_a, device_a), (account_b, device_b) = await _device(pool), await _device(pool)
+    issuer = Issuer(SECRET, 365)
+    issued_a = await _issue(pool, issuer, device_a)
+    await _issue(pool, issuer, device_b)
+    heard: list[str] = []
+
+    def deliver(payload: str) -> None:
+        heard.append(payload)
+        issuer.apply(payload)
+
+    listener = Listener(migrated, deliver, issuer.listening)
+    await listener.start()
+    reads: list[str] = []
+    read = registry.revoked
+
+    async def counted(db: Pool, account_id: str) -> list[Revoked]:
+        reads.append(account_id)
+        return await read(db, account_id)
+
+    try:
+        issuer.listening(True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(registry, "revoked", counted)
+            await issuer.crl(pool, account_a)
+            await issuer.crl(pool, account_b)
+            assert reads == [account_a, account_b]
+
+            async with pool.acquire() as conn, conn.transaction():
+                await registry.revoke_devices(conn, [device_a], "disabled")
+            async with asyncio.timeout(5):
+                while f"crl:{account_a}" not in heard:
+                    await asyncio.sleep(0.01)
+
+            crl_a = x509.load_der_x509_crl(await issuer.crl(pool, account_a))
+            await issuer.crl(pool, account_b)  # kept: account B revoked nothing
+            await issuer.crl(pool, account_a)  # kept again until A's next signal
+    finally:
+        await listener.stop()
+    assert reads == [account_a, account_b, account_a]
+    assert crl_a.get_revoked_certificate_by_serial_number(int(issued_a.certificate.serial, 16)) is not None
+    assert f"crl:{account_b}" not in heard
+
+
+async def test_a_revocation_of_many_certificates_is_announced_once(pool: Pool, migrated: str) -> None:
+    account_id, device_id = await _device(pool)
+    issuer = Issuer(SECRET, 365)
+    for _ in range(4):
+        await _issue(pool, issuer, device_id)
+    heard: list[str] = []
+    listener = Listener(migrated, heard.append, lambda _up: None)
+    await listener.start()
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            assert len(await registry.revoke_devices(conn, [device_id], "reset")) == 4
+        await asyncio.sleep(0.3)  # delivered at commit; give it time to arrive
+    finally:
+        await listener.stop()
+    assert heard.count(f"crl:{account_id}") == 1

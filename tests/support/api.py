@@ -38,7 +38,10 @@ class Operator:
             expect=201,
         )
         await self.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
-        return await self.call("POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201)
+        registration: dict[str, Any] = await self.call(
+            "POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201
+        )
+        return registration
 
     async def devices(self, **query: str) -> list[dict[str, Any]]:
         params = "&".join(f"{k}={v}" for k, v in query.items())

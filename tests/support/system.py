@@ -213,6 +213,9 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         "FLEETREG_TLS_CERT": str(tls / "server.pem"),
         "FLEETREG_TLS_KEY": str(tls / "server.key"),
         "FLEETREG_COMPAT_PORT": str(free_port()),
+        # Every test makes an account of its own, and with it an issuing CA: the https
+        # listener accepts its device certificates within a second, not the default 30 s.
+        "FLEETREG_TLS_CLIENT_CA_REFRESH_SECONDS": "1",
         # Tests of other features make many refused calls from 127.0.0.1; the limits'
         # defaults are tested on instances of their own (tests/e2e/test_throttling.py).
         "FLEETREG_LIMIT_REFUSALS_PER_SOURCE": "10000/minute",

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -229,6 +230,36 @@ async def test_one_long_header_line_is_bounded_by_the_total_alone() -> None:
     assert statuses(transport) == [431]
     assert b'"error":"headers_too_large"' in transport.written
     assert b"kkkk" not in transport.written
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Authorization: Bearer s3cr3t-S3CR3T\x00x\r\n",  # a NUL in the value
+        b"Authorization: Bearer s3cr3t-S3CR3T\x01\r\n",  # another control character
+        b"Authorization : Bearer s3cr3t-S3CR3T\r\n",  # a space before the colon
+        b"Authorization: Bearer s3cr3t-S3CR3T\r\nX\x00: y\r\n",  # a bad header name after it
+    ],
+)
+async def test_a_header_the_parser_refuses_is_a_json_400_quoting_nothing(head: bytes) -> None:
+    """aiohttp's own 400 for a header its parser refuses is text/plain with the parser's
+    message, which quotes the line: ``Authorization: Bearer <secret>`` went back to the
+    sender (and to every proxy log). Now it is the services' JSON error, naming no byte of
+    the request, whether the head comes in one read or in pieces."""
+    bounds = ConnectionBounds()
+    server = web.Server(echo_length, **connections.handler_args(bounds))
+    listener = Listener(server=server, bounds=bounds, limits=ConnectionLimits(10, 10), service="t")
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n" + head + b"\r\n"
+    for pieces in ([request], [request[:30], request[30:]]):
+        transport = await exchange(listener, *pieces)
+        status_line, _, rest = transport.written.partition(b"\r\n")
+        assert status_line.endswith(b" 400 Bad Request"), transport.written
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/json" in headers
+        answer = orjson.loads(body)
+        assert (answer["error"], answer["rule"]) == ("bad_request", "http_syntax")
+        assert b"S3CR3T" not in transport.written and b"Authorization" not in transport.written
+        assert transport.closed  # aiohttp closes after a parse error, as before
 
 
 async def test_a_slow_head_is_answered_408_and_a_slow_body_cut() -> None:

@@ -136,9 +136,11 @@ class Fleet:
         protocol: str = "native",
         product: str = "",
         kind: Literal["auto", "bulk"] | None = None,
+        attested: bool = False,
     ) -> Verdict:
         """A claim presenting the code of ``product`` ("": the fleet's one product), of
-        ``kind`` (default: the fleet's), from ``source``."""
+        ``kind`` (default: the fleet's), from ``source``; ``attested``: proven by the
+        device's X.509 certificate of ``hardware_id``."""
         claim = Claim(
             request_id=f"req-{next(self._requests)}",
             hardware_id=hardware_id,
@@ -148,6 +150,7 @@ class Fleet:
             idempotency_key=idempotency_key,
             source=source,
             protocol=protocol,
+            attested=attested,
         )
         verdict = decide(claim, self.family, self.context(kind, product))
         self.family.apply(claim, verdict)
@@ -1146,3 +1149,48 @@ def test_spellings_made_before_their_head_existed_count_when_the_head_is_claimed
         for n, fp in enumerate(fingerprints(6, "m"))
     ]
     assert [v.decision for v in macs] == ["new"] * 6
+
+
+# ---------------------------------------------------------------- x509 attestation
+
+
+@pytest.mark.parametrize("confirmed", [False, True])
+def test_a_certificate_of_h_without_the_secret_is_h_with_new_credentials(confirmed: bool) -> None:
+    """A wiped board (its key in a secure element): H itself, re-provisioned, never H-1."""
+    fleet = Fleet()
+    fleet.claim(H, FP_A, attested=True)
+    if confirmed:
+        fleet.confirm(H)
+    again = fleet.claim(H, FP_B, attested=True, source="198.51.100.7")
+    assert (again.decision, again.hardware_id, again.regenerated) == ("same", H, True)
+    assert device_of(again).credential_generation == 2
+    assert fleet.hardware_ids == [H]
+    # The same claim unattested (a code) is a clone, as ever.
+    assert fleet.claim(H, FP_B).decision == "clone"
+
+
+def test_an_attested_retry_with_its_idempotency_key_or_secret_keeps_the_credentials() -> None:
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A, attested=True, idempotency_key="k1")
+    retry = fleet.claim(H, FP_A, attested=True, idempotency_key="k1")
+    assert (retry.decision, retry.regenerated) == ("same", False)
+    assert device_of(retry).credential_generation == device_of(first).credential_generation == 1
+    fleet.confirm(H)
+    with_secret = fleet.claim(H, FP_A, attested=True, secret=presented_secret(fleet.device(H)))
+    assert (with_secret.decision, with_secret.regenerated) == ("same", False)
+
+
+def test_an_attested_claim_of_a_disabled_device_is_refused() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A, attested=True)
+    fleet.confirm(H)
+    fleet.device(H).disabled = True
+    verdict = fleet.claim(H, FP_A, attested=True)
+    assert (verdict.decision, verdict.reason, verdict.regenerated) == ("refused", REASON_DISABLED, False)
+
+
+def test_an_attested_claim_of_h_held_by_another_product_is_a_clone_in_its_own() -> None:
+    fleet = Fleet()
+    fleet.claim(H, FP_A, product="other")
+    verdict = fleet.claim(H, FP_B, attested=True)
+    assert (verdict.decision, verdict.hardware_id) == ("clone", f"{H}-1")

@@ -9,6 +9,7 @@ import hmac
 
 import pytest
 
+from services.intake.handlers import MalformedProof, parse_proof, parse_registration
 from shared.domain import derived_keys
 from shared.domain.derived_keys import GroupKeyBox, KeySlot, Proof
 
@@ -66,3 +67,36 @@ def test_a_sealed_group_key_opens_only_for_its_registration_slot_and_secret_key(
     for registration, slot, opener in wrong:
         with pytest.raises(ValueError, match="FLEETREG_SECRET_KEY"):
             opener.open(registration, slot, sealed)
+
+
+@pytest.mark.parametrize(
+    ("mac", "rule"),
+    [
+        (None, "required"),
+        (7, "type=string"),
+        ("", "min_length=1"),
+        ("a" * 129, "max_length=128"),
+        ("zz-zz", "charset=hex"),
+    ],
+)
+def test_a_malformed_mac_is_named_with_the_rule_it_breaks(mac: object, rule: str) -> None:
+    proof: dict[str, object] = {"expires": 1000, "nonce": "00" * 16}
+    if mac is not None:
+        proof["mac"] = mac
+    with pytest.raises(MalformedProof) as refused:
+        parse_proof(proof)
+    assert (refused.value.status, refused.value.field, refused.value.rule) == (400, "proof.mac", rule)
+
+
+def test_a_null_proof_is_no_proof_as_null_is_for_every_optional_field() -> None:
+    """docs/device-identity.md, "The proof": ``"proof": null`` is absent (a derived-key
+    registration refuses it 403 "send proof", counted); a non-object is 400."""
+    body = b'{"bulk_identification_code": "2513F28C-13AD-BEBE-7329-D70C2F5F34A6", "hardware_id": "h1", "proof": null, "csr": null}'
+    assert parse_registration(body, None).proof is None
+    for value in ("[]", '"x"', "1", "true"):
+        with pytest.raises(MalformedProof) as refused:
+            parse_registration(
+                f'{{"bulk_identification_code": "2513F28C-13AD-BEBE-7329-D70C2F5F34A6", "hardware_id": "h1", "proof": {value}}}'.encode(),
+                None,
+            )
+        assert (refused.value.field, refused.value.rule) == ("proof", "type=object")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.intake.settings import device_cert_days
+from services.intake.settings import device_cert_days, max_certificates_per_device
 from shared.domain.certificates import (
     CsrRefused,
     Revoked,
@@ -134,6 +134,100 @@ def test_the_crl_lists_revoked_serials_signed_by_the_ca() -> None:
     assert reason == x509.ReasonFlags.privilege_withdrawn
 
 
+def test_the_crl_is_built_in_time_linear_in_its_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entries go into the builder at once: ``add_revoked_certificate`` copies the list
+    on every call, so a CRL that a reclaimed or disabled device filled with thousands of
+    revocations took quadratic time on the intake's event loop (40,000 entries: 2.5 s)."""
+
+    def quadratic(*_args: object) -> None:
+        raise AssertionError("add_revoked_certificate copies every entry added before")
+
+    monkeypatch.setattr(x509.CertificateRevocationListBuilder, "add_revoked_certificate", quadratic)
+    ca = new_issuing_ca(ACCOUNT)
+    now = datetime.now(UTC)
+    revoked = [Revoked(format(n, "x"), now, reason) for n, reason in ((1, "reset"), (2, "deleted"), (3, "x"))]
+    crl = x509.load_der_x509_crl(certificate_revocation_list(ca, revoked))
+    assert sorted(entry.serial_number for entry in crl) == [1, 2, 3]
+    entry = crl.get_revoked_certificate_by_serial_number(2)
+    assert entry is not None
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        == x509.ReasonFlags.cessation_of_operation
+    )
+
+
+async def test_a_crl_read_across_a_revocation_signal_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revocation committed after the CRL's read but announced before its build ends
+    must not leave the older CRL kept until some later signal: the build now runs in a
+    thread (it stalled the event loop), which widened that window to the build's length."""
+    from services.intake import certificates as intake_certificates
+    from shared.db import certificates as registry
+
+    issuer = intake_certificates.Issuer(SECRET, 365)
+    issuer.listening(True)
+    issuer._cas[ACCOUNT] = new_issuing_ca(ACCOUNT)
+    revoked: list[Revoked] = []
+    reads = 0
+
+    async def read(_pool: object, _account_id: str) -> list[Revoked]:
+        nonlocal reads
+        reads += 1
+        snapshot = list(revoked)
+        if reads == 1:  # the revocation commits and is announced while this read is in flight
+            revoked.append(Revoked("abc123", datetime.now(UTC), "disabled"))
+            issuer.invalidate(ACCOUNT)
+        return snapshot
+
+    monkeypatch.setattr(registry, "revoked", read)
+    first = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert first.get_revoked_certificate_by_serial_number(0xABC123) is None  # read before it
+    second = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert second.get_revoked_certificate_by_serial_number(0xABC123) is not None
+    assert reads == 2
+    third = await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    assert reads == 2 and x509.load_der_x509_crl(third).get_revoked_certificate_by_serial_number(0xABC123)
+
+
+async def test_a_kept_crl_stays_through_other_accounts_signals_until_its_keep_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only ``crl:<this account>`` drops the kept CRL (every account's used to be dropped
+    at any device's change: a 5,700-entry CRL rebuilt at each stalled unrelated calls), and
+    it is rebuilt past CRL_KEPT_SECONDS anyway: its nextUpdate is an hour after its build,
+    and a quiet account's CRL would otherwise be served expired."""
+    from services.intake import certificates as intake_certificates
+    from shared.db import certificates as registry
+
+    issuer = intake_certificates.Issuer(SECRET, 365)
+    issuer.listening(True)
+    issuer._cas[ACCOUNT] = new_issuing_ca(ACCOUNT)
+    reads = 0
+    clock = [1000.0]
+
+    async def read(_pool: object, _account_id: str) -> list[Revoked]:
+        nonlocal reads
+        reads += 1
+        return []
+
+    monkeypatch.setattr(registry, "revoked", read)
+    monkeypatch.setattr(intake_certificates.time, "monotonic", lambda: clock[0])
+    await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    issuer.apply("device:5b0c2f8e-5f57-4b7e-9b0a-9f1c2d3e4f50")  # a device change: no revocation
+    issuer.apply("crl:11111111-2222-4333-8444-555555555555")  # another account's revocation
+    clock[0] += intake_certificates.CRL_KEPT_SECONDS - 1
+    await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    assert reads == 1
+    clock[0] += 2
+    built = x509.load_der_x509_crl(await issuer.crl(None, ACCOUNT))  # type: ignore[arg-type]
+    assert reads == 2
+    assert built.next_update_utc is not None and built.next_update_utc > datetime.now(UTC) + timedelta(
+        minutes=55
+    )
+    issuer.apply(f"crl:{ACCOUNT.upper()}")
+    await issuer.crl(None, ACCOUNT)  # type: ignore[arg-type]
+    assert reads == 3
+
+
 def test_certs_only_is_base64_pkcs7() -> None:
     ca = new_issuing_ca(ACCOUNT)
     loaded = pkcs7.load_der_pkcs7_certificates(base64.b64decode(certs_only(ca.der)))
@@ -148,6 +242,14 @@ def test_issuing_is_fast_enough_for_the_registration_rate() -> None:
         device_certificate(ca, csr, "H", "dev", days=365)
     per_second = 200 / (time.perf_counter() - started)
     assert per_second > 1000, per_second  # the target is 400/s for the whole call
+
+
+def test_the_certificate_cap_setting_has_its_default_and_bounds() -> None:
+    assert max_certificates_per_device(Env({})) == 10
+    assert max_certificates_per_device(Env({"FLEETREG_MAX_CERTIFICATES_PER_DEVICE": "50"})) == 50
+    for bad in ("1", "1001", "x"):
+        with pytest.raises(SettingsError, match="FLEETREG_MAX_CERTIFICATES_PER_DEVICE"):
+            max_certificates_per_device(Env({"FLEETREG_MAX_CERTIFICATES_PER_DEVICE": bad}))
 
 
 def test_the_validity_setting_has_its_default_and_bounds() -> None:

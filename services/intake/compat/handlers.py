@@ -37,6 +37,7 @@ from services.intake.handlers import (
 from shared.db import compat, devices, files, products
 from shared.db.compat import Recorded, Reported
 from shared.db.pool import Pool
+from shared.domain import x509_attestation
 from shared.domain.admission import REASON_REVOKED_CODE, REASON_UNKNOWN_CODE, admission_refusal
 from shared.domain.credentials import DEFAULT_STALE_CREDENTIAL_SECONDS, Keyring, stale
 from shared.domain.dedup import REASON_BULK_NOT_LISTED, REASON_DISABLED, is_quota_refusal
@@ -72,6 +73,7 @@ COUNTED = frozenset(
         UNKNOWN_ID,
         NOT_REGISTERED,
         REASON_REFERENCE_PROTOCOL,
+        x509_attestation.REASON_REFERENCE_PROTOCOL,
     }
 )
 # Why step 5 hands out no secret, in the protocol's words.
@@ -109,12 +111,14 @@ def clone_rate_refusal(retry_after: int) -> str:
 
 
 async def _native_only(r: Intake, code: str) -> Reply | None:
-    """The refusal of every step for a code whose auto registration takes derived keys: this
-    protocol carries no proof (docs/device-identity.md), so such devices use the native API.
-    None for any other code."""
+    """The refusal of every step for a code whose auto registration takes derived keys or
+    X.509 certificates: this protocol carries neither (docs/device-identity.md), so such
+    devices use the native API. None for any other code."""
     found = await r.group_keys.of_code(r.pool, code)
     if found.attestation == "code":
         return None
+    if found.attestation == "x509":
+        return _refusal(x509_attestation.REASON_REFERENCE_PROTOCOL, target_of("code", code))
     return _refusal(REASON_REFERENCE_PROTOCOL, target_of("code", code))
 
 

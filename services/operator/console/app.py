@@ -22,6 +22,7 @@ from services.operator.console import filters
 from services.operator.console.auth import Operator, SignInRequired, render, sign_in_location, signed_in
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
+    attestation_cas,
     auto_registrations,
     bulk,
     bulk_upload,
@@ -184,6 +185,16 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     console.cleanup_ctx.append(health_context(settings.pipeline_health_urls))
     aiohttp_session.setup(console, storage)
     # The upload's routes first: ``rejections/...`` is no registration ID.
-    for pages in (signin, products, auto_registrations, bulk_upload, bulk, devices, webhooks, live):
+    for pages in (
+        signin,
+        products,
+        auto_registrations,
+        attestation_cas,
+        bulk_upload,
+        bulk,
+        devices,
+        webhooks,
+        live,
+    ):
         console.add_routes(pages.ROUTES)
     return console

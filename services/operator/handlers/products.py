@@ -11,7 +11,7 @@ from shared.db import attestation, certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import GroupKeys, Registration
-from shared.domain import derived_keys
+from shared.domain import derived_keys, x509_attestation
 from shared.domain.accounts import Account
 from shared.domain.derived_keys import KeySlot
 from shared.domain.identifiers import is_uuid, validate_hardware_id
@@ -91,8 +91,9 @@ class DerivedKey:
 
 
 def _attestation(value: object) -> str:
-    """The ``attestation`` of a new auto registration: ``code`` (the default) or
-    ``derived_key``; ``x509`` is refused (InvalidInput, ``rule: available``) until it exists."""
+    """The ``attestation`` of a new auto registration: ``code`` (the default),
+    ``derived_key`` or ``x509`` (a mode not in AVAILABLE_ATTESTATIONS is refused,
+    InvalidInput ``rule: available``)."""
     if value is None:
         return "code"
     if value not in derived_keys.ATTESTATIONS:
@@ -103,9 +104,32 @@ def _attestation(value: object) -> str:
         )
     if value not in derived_keys.AVAILABLE_ATTESTATIONS:
         raise InvalidInput(
-            f"attestation {value} is not available yet: use code or derived_key",
+            f"attestation {value} is not available yet: use "
+            + " or ".join(derived_keys.AVAILABLE_ATTESTATIONS),
             field="attestation",
             rule="available=" + ",".join(derived_keys.AVAILABLE_ATTESTATIONS),
+        )
+    return str(value)
+
+
+def _hardware_id_from(body: dict[str, Any], attestation: str) -> str:
+    """Where an x509 registration reads a device's hardware ID (``hardware_id_from``:
+    shared.domain.x509_attestation.HARDWARE_ID_SOURCES, ``cn`` by default); refused for
+    another attestation, which takes the hardware ID the device sends."""
+    value = body.get("hardware_id_from")
+    if value is None:
+        return "cn"
+    if attestation != "x509":
+        raise InvalidInput(
+            "hardware_id_from is an x509 registration's setting",
+            field="hardware_id_from",
+            rule="attestation=x509",
+        )
+    if value not in x509_attestation.HARDWARE_ID_SOURCES:
+        raise InvalidInput(
+            f"hardware_id_from must be one of {', '.join(x509_attestation.HARDWARE_ID_SOURCES)}",
+            field="hardware_id_from",
+            rule="enum=" + ",".join(x509_attestation.HARDWARE_ID_SOURCES),
         )
     return str(value)
 
@@ -113,9 +137,10 @@ def _attestation(value: object) -> str:
 async def create_auto_registration(
     pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret
 ) -> IssuedAutoRegistration:
-    """An auto registration of ``body`` (``product_id``, optional ``max_devices`` and
-    ``attestation``); for ``derived_key``, two new 256-bit group keys, sealed at rest with
-    ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once."""
+    """An auto registration of ``body`` (``product_id``, optional ``max_devices``,
+    ``attestation`` and, for x509, ``hardware_id_from``); for ``derived_key``, two new
+    256-bit group keys, sealed at rest with ``secret_key`` (FLEETREG_SECRET_KEY) and returned
+    in the clear this once."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
@@ -124,7 +149,9 @@ async def create_auto_registration(
     max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
     issued: dict[str, str] = {}
     sealed = None
-    if _attestation(body.get("attestation")) == "derived_key":
+    attestation_mode = _attestation(body.get("attestation"))
+    hardware_id_from = _hardware_id_from(body, attestation_mode)
+    if attestation_mode == "derived_key":
         box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
         new_id = str(uuid.uuid4())
         issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
@@ -133,12 +160,21 @@ async def create_auto_registration(
             box.seal(new_id, "primary", issued["primary"]),
             box.seal(new_id, "secondary", issued["secondary"]),
         )
-    registration_id = await registrations.create_registration(
-        pool, account, product_id, AUTO, "active", max_devices, group_keys=sealed
-    )
-    # The account's issuing CA of device certificates exists from then on (created on first
-    # use): EST ``cacerts`` of the registration always answers.
+    # The account's issuing CA of device certificates exists before the registration (created
+    # on first use): EST ``cacerts`` of the registration always answers, and a failure here
+    # leaves no registration behind whose 500 hid its group keys (shown once) from a retry.
     await certificates.issuing_ca(pool, secret_key.reveal().encode(), account.id)
+    registration_id = await registrations.create_registration(
+        pool,
+        account,
+        product_id,
+        AUTO,
+        "active",
+        max_devices,
+        group_keys=sealed,
+        x509=attestation_mode == "x509",
+        hardware_id_from=hardware_id_from,
+    )
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, issued)
 

@@ -67,6 +67,7 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
         "bulk_identification_code": MASKED if masked and code is not None else code,
         "max_devices": found.max_devices,
         "attestation": found.attestation,
+        **({"hardware_id_from": found.hardware_id_from} if found.attestation == "x509" else {}),
         "device_count": found.device_count,
         "created_at": found.created_at.isoformat(),
         "updated_at": found.updated_at.isoformat(),

@@ -1,5 +1,6 @@
 """Auto registrations: list, create, a registration's page (pause, resume, quota, rotate the
-code, rotate a group key) and revealing its code.
+code, rotate a group key, an x509 registration's CAs: their forms are attestation_cas.py's)
+and revealing its code.
 
 A derived_key registration's group keys are shown once: the page answering its creation or
 a key's rotation (a POST: never on a GET page, in a URL or in the session) carries them,
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
 from services.operator.console.forms import FIELD_MAX, Form, text
+from services.operator.handlers import attestation
 from services.operator.handlers import products as handlers
+from services.operator.views import attestation as attestation_views
 from services.operator.views import products as views
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
@@ -62,9 +65,12 @@ async def create_auto(request: web.Request, operator: Operator, form: Form) -> s
     quota = max_devices(form)
     if quota is not None:
         body["max_devices"] = quota
-    attestation = text(form, "attestation")[:FIELD_MAX]
-    if attestation:
-        body["attestation"] = attestation
+    attestation_mode = text(form, "attestation")[:FIELD_MAX]
+    if attestation_mode:
+        body["attestation"] = attestation_mode
+    hardware_id_from = text(form, "hardware_id_from")[:FIELD_MAX]
+    if attestation_mode == "x509" and hardware_id_from:
+        body["hardware_id_from"] = hardware_id_from
     r = resources(request)
     created = await handlers.create_auto_registration(
         r.pool, operator.account, body, secret_key=r.settings.secret_key
@@ -72,7 +78,13 @@ async def create_auto(request: web.Request, operator: Operator, form: Form) -> s
     if created.group_keys:
         flash(operator, "Auto registration created: copy its group keys now, they are shown only once.")
         return await _with_keys(request, operator, created)
-    flash(operator, "Auto registration created: devices with the product's code register now.")
+    if created.registration.attestation == "x509":
+        flash(
+            operator,
+            "Auto registration created: upload and verify your CA certificate for devices to register.",
+        )
+    else:
+        flash(operator, "Auto registration created: devices with the product's code register now.")
     return f"/console/auto-registrations/{created.registration.id}"
 
 
@@ -116,7 +128,13 @@ async def _auto_context(
     found = await handlers.get_auto_registration(pool, operator.account, registration_id)
     product = await handlers.get_product(pool, operator.account, found.product_id)
     shown = reveal and not operator.read_only
+    cas = (
+        await attestation.list_cas(pool, operator.account, registration_id)
+        if found.attestation == "x509"
+        else []
+    )
     return {
+        "cas": attestation_views.cas(cas)["cas"],
         "registration": views.auto_registration(found, masked=not shown),
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
