@@ -20,12 +20,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Literal
 
 from cryptography import x509
 
+from shared.batching import Coalescer
 from shared.client_certs import ClientCertificate
 from shared.db import attestation, attestation_cas
+from shared.db.attestation import ProofNonce
 from shared.db.pool import Pool
 from shared.domain import derived_keys, x509_attestation
 from shared.domain.derived_keys import GroupKeyBox, Proof
@@ -94,6 +97,20 @@ class GroupKeyCache:
         self.clear()
 
 
+class NonceBook:
+    """Records valid proofs' nonces (shared.db.attestation.accept_nonces): the proofs of
+    concurrent registrations share one statement (shared.batching.Coalescer: a lone proof
+    is sent at once), so a derived-key boot storm costs no round trip of its own per device
+    and no lock on its registration's row per device."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._batches: Coalescer[ProofNonce, bool] = Coalescer(partial(attestation.accept_nonces, pool))
+
+    async def accept(self, registration_id: str, hardware_id: str, nonce: str, expires: int) -> bool:
+        """True when the nonce is recorded now; False for a replay (recorded before)."""
+        return await self._batches.submit(ProofNonce(registration_id, hardware_id, nonce, expires))
+
+
 async def _x509_attestation(pool: Pool, registration_id: str, hardware_id_from: str) -> CodeAttestation:
     """An x509 registration's CAs as verification takes them (stored certificates and CRLs
     were checked at upload: parsed here, not checked again)."""
@@ -113,7 +130,7 @@ async def _x509_attestation(pool: Pool, registration_id: str, hardware_id_from: 
 
 
 async def check_proof(
-    pool: Pool, found: CodeAttestation, hardware_id: str, proof: Proof | None, now: float
+    nonces: NonceBook, found: CodeAttestation, hardware_id: str, proof: Proof | None, now: float
 ) -> Check:
     """Whether a claim of ``hardware_id`` proves the device key of ``found``'s registration:
     ``proven`` (its nonce now recorded, on every instance: shared/db/attestation.py),
@@ -127,9 +144,7 @@ async def check_proof(
         return "wrong"
     if not derived_keys.proof_time_ok(proof.expires, now):
         return "time"
-    if not await attestation.accept_nonce(
-        pool, found.registration_id, hardware_id, proof.nonce, proof.expires
-    ):
+    if not await nonces.accept(found.registration_id, hardware_id, proof.nonce, proof.expires):
         return "replayed"
     return "proven"
 

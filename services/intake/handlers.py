@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from services.intake import certificates
-from services.intake.attestation import GroupKeyCache, check_certificate, check_proof
+from services.intake.attestation import GroupKeyCache, NonceBook, check_certificate, check_proof
 from services.intake.certificates import CertificateLimit, Issued, Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
@@ -160,6 +160,9 @@ class Intake(Protocol):
 
     @property
     def group_keys(self) -> GroupKeyCache: ...
+
+    @property
+    def nonces(self) -> NonceBook: ...
 
     @property
     def issuer(self) -> Issuer: ...
@@ -554,7 +557,7 @@ async def attest(r: Intake, registration: RegistrationInput) -> Answer | Registr
     if found.attestation != "derived_key":
         return registration
     now = time.time()
-    checked = await check_proof(r.pool, found, registration.hardware_id, registration.proof, now)
+    checked = await check_proof(r.nonces, found, registration.hardware_id, registration.proof, now)
     if checked == "proven":
         return registration
     return Answer(

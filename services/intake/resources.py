@@ -12,7 +12,7 @@ from functools import partial
 
 from aiohttp import web
 
-from services.intake.attestation import GroupKeyCache
+from services.intake.attestation import GroupKeyCache, NonceBook
 from services.intake.certificates import Issuer
 from services.intake.code_cache import CodeCache
 from services.intake.device_cache import DeviceCache
@@ -57,6 +57,7 @@ class Resources:
     throttle: Throttle
     group_keys: GroupKeyCache
     issuer: Issuer
+    nonces: NonceBook
 
     async def publish_request(self, event: RegistrationRequested) -> None:
         """A registration request, to its declared topic and key (shared.kafka.PUBLICATIONS)."""
@@ -180,6 +181,7 @@ def resources_context(settings: IntakeSettings) -> Callable[[web.Application], A
                 throttle,
                 group_keys,
                 issuer,
+                NonceBook(pool),
             )
             tls = settings.compat.tls
             if tls is not None:

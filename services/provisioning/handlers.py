@@ -41,6 +41,10 @@ async def provision_batch(
             device_id=d.device_id,
             hardware_id=d.hardware_id,
             decision=d.decision,
+            # The device's account, so that the intake signs a CSR's certificate with its
+            # CA without reading the device first (services/intake/handlers.py,
+            # with_certificate; the record is conditional on the device's row).
+            account_id=d.account_id,
             # The decision's own generation, never the device's current one: claims handled
             # together (one batch, or a claim provisioned after a later reclaim) must not all
             # get the last claim's secret (a look-alike's claim in the board's batch would

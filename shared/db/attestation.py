@@ -6,6 +6,7 @@ every intake instance accepts a proof once. The keys are stored sealed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,9 +35,24 @@ SELECT_OF_CODE = """
     FROM bulk_identification_codes c
     JOIN registrations r ON r.product_id = c.product_id AND r.kind = 'auto'
     WHERE c.code = $1"""
-INSERT_NONCE = """
-    INSERT INTO proof_nonces (registration_id, hardware_id, nonce, expires_at)
-    VALUES ($1, lower($2), $3, $4) ON CONFLICT DO NOTHING RETURNING true"""
+# The same for a batch of proofs (one statement: services/intake/attestation.py, NonceBook):
+# the ordinals of the proofs accepted. Of proofs with the same key in one batch, only the
+# first is inserted (DISTINCT ON, lowest ordinal) and so only the first can be accepted;
+# ON CONFLICT DO NOTHING refuses a key recorded before, by any instance.
+INSERT_NONCES = """
+    WITH input AS (
+        SELECT DISTINCT ON (r, lower(h), n) r, lower(h) AS h, n, e, i
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+            WITH ORDINALITY AS t(r, h, n, e, i)
+        ORDER BY r, lower(h), n, i),
+    inserted AS (
+        INSERT INTO proof_nonces (registration_id, hardware_id, nonce, expires_at)
+        SELECT r, h, n, e FROM input ORDER BY r, h, n  -- key order: concurrent batches never deadlock
+        ON CONFLICT DO NOTHING
+        RETURNING registration_id, hardware_id, nonce)
+    SELECT input.i FROM input JOIN inserted
+        ON inserted.registration_id = input.r AND inserted.hardware_id = input.h
+        AND inserted.nonce = input.n"""
 # A nonce is kept a minute past its proof's expiry: instances' clocks may differ a little.
 DELETE_EXPIRED = "DELETE FROM proof_nonces WHERE expires_at < now() - interval '60 seconds'"
 
@@ -123,11 +139,38 @@ async def group_keys_of_code(pool: Pool, code: str) -> SealedGroupKeys | None:
     )
 
 
+@dataclass(frozen=True)
+class ProofNonce:
+    """A valid proof's nonce to record: its registration, claimed hardware ID (any case),
+    nonce and expiry (Unix seconds)."""
+
+    registration_id: str
+    hardware_id: str
+    nonce: str
+    expires: int
+
+
+async def accept_nonces(pool: Pool, proofs: Sequence[ProofNonce]) -> list[bool]:
+    """Record the proofs' nonces in one statement: for each, in order, True when it is the
+    first record of (registration, hardware ID in any case, nonce), False for a replay (of
+    an earlier record, by this instance or another, or of an earlier proof of the batch)."""
+    if not proofs:
+        return []
+    rows = await pool.fetch(
+        INSERT_NONCES,
+        [p.registration_id for p in proofs],
+        [p.hardware_id for p in proofs],
+        [p.nonce for p in proofs],
+        [datetime.fromtimestamp(p.expires, UTC) for p in proofs],
+    )
+    accepted = {int(r["i"]) for r in rows}
+    return [index in accepted for index in range(1, len(proofs) + 1)]
+
+
 async def accept_nonce(pool: Pool, registration_id: str, hardware_id: str, nonce: str, expires: int) -> bool:
     """Record a valid proof's nonce for (registration, hardware ID in any case); False when it
-    was recorded already (a replay), by this instance or another."""
-    expires_at = datetime.fromtimestamp(expires, UTC)
-    return bool(await pool.fetchval(INSERT_NONCE, registration_id, hardware_id, nonce, expires_at))
+    was recorded already (a replay), by this instance or another (:func:`accept_nonces`)."""
+    return (await accept_nonces(pool, [ProofNonce(registration_id, hardware_id, nonce, expires)]))[0]
 
 
 async def forget_expired_nonces(pool: Pool) -> int:

@@ -16,6 +16,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Literal
 
 from cryptography import x509
@@ -95,16 +96,18 @@ class IssuingCa:
     chain: tuple[bytes, ...] = ()
     uploaded_at: datetime | None = None
 
-    @property
+    # Encoded once per CA (an intake keeps its CAs for its lifetime): every certificate
+    # answer carries the CA's PEM, and every device certificate its key identifier.
+    @cached_property
     def der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
-    @property
+    @cached_property
     def ders(self) -> tuple[bytes, ...]:
         """The CA's certificate then its chain (DER): what EST ``cacerts`` answers."""
         return (self.der, *self.chain)
 
-    @property
+    @cached_property
     def pem(self) -> str:
         """The CA's certificate then its chain, PEM."""
         return "".join(
@@ -112,7 +115,7 @@ class IssuingCa:
             for d in self.ders
         )
 
-    @property
+    @cached_property
     def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         """What names this CA in what it signs: its subjectKeyIdentifier if it has one (an
         uploaded intermediate may not), otherwise RFC 5280 4.2.1.2 method 1 over its key."""
@@ -280,6 +283,23 @@ def public_key_sha256(csr: x509.CertificateSigningRequest | x509.Certificate) ->
     return hashlib.sha256(spki).digest()
 
 
+# The extensions every device certificate carries, whatever the device (immutable: built
+# once, not per certificate).
+_NOT_A_CA = x509.BasicConstraints(ca=False, path_length=None)
+_DEVICE_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_CLIENT_AUTH = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
 def device_certificate(
     ca: IssuingCa,
     csr: x509.CertificateSigningRequest,
@@ -296,43 +316,32 @@ def device_certificate(
     now = now or datetime.now(UTC)
     common_name = hardware_id if len(hardware_id) <= CN_MAX else device_id
     not_after = min(now + timedelta(days=days), ca.certificate.not_valid_after_utc)
+    key = csr.public_key()  # decoded once: each call decodes the CSR's key anew
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.certificate.subject)
-        .public_key(csr.public_key())
+        .public_key(key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_NOT_A_CA, critical=True)
+        .add_extension(_DEVICE_KEY_USAGE, critical=True)
+        .add_extension(_CLIENT_AUTH, critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(HARDWARE_ID_URN + hardware_id)]),
             critical=False,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(ca.authority_key_identifier, critical=False)
         .sign(ca.key, hashes.SHA256())
     )
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return DeviceCertificate(
         serial=format(certificate.serial_number, "x"),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
-        public_key_sha256=public_key_sha256(csr),
+        public_key_sha256=hashlib.sha256(spki).digest(),
         der=certificate.public_bytes(serialization.Encoding.DER),
     )
 

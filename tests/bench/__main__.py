@@ -8,6 +8,10 @@ and message sizes (the machine is shared and noisy; absolute figures drift, rati
    ``--concurrency``, with the two-call boot and with the five-call boot (four files: seven calls):
    devices/s fully provisioned, time-to-provisioned percentiles, errors, and the registry
    checked against what the devices were told (tests/bench/storms.py);
+   with the two-call storms of issue 25 interleaved in the same run (tests/bench/identity.py):
+   derived-key devices and devices sending a CSR (P-256), beside more code-mode storms
+   (code, derived, CSR, CSR, derived, code, ...): each storm, every mode's median,
+   derived/code, certificates/s; and the issuing CA's signing cost alone, in process;
 3. the same storm offered open loop at 75 % of the two-call rate just measured: p99;
 4. the bulk upload and publish of ``--bulk-rows`` rows beside a Postgres ``COPY`` of the
    same rows, and the ingestion service's peak memory (tests/bench/bulk.py);
@@ -32,11 +36,12 @@ from typing import Any
 
 import asyncpg
 
+from cli.commands.simulate import device_csr
 from cli.config import load_endpoints, parse_env_file, require
 from cli.output import print_table
 from shared.service import use_fast_event_loop, use_fewer_collections
 from shared.settings import KafkaSettings
-from tests.bench import bulk, ceilings, scaleout, storms
+from tests.bench import bulk, ceilings, identity, scaleout, storms
 
 OUT = Path("var/bench")
 
@@ -86,9 +91,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "kafka_events_per_s": kafka["per_second"],
             "postgres_rows_per_s": postgres["per_second"],
         }
+        signing = None
+        if args.signing_seconds:
+            _progress(f"issuing CA's signing cost, in process: {args.signing_seconds} CPU s each")
+            signing = identity.signing_cost(args.signing_seconds)
         _progress(f"storm: {args.devices} devices, two-call boot, {args.concurrency} at once")
         two = await storms.storm(stack, args.devices, two_call=True, concurrency=args.concurrency)
-        _progress(f"  {two['devices_per_s']} devices/s; storm: five-call boot")
+        _progress(f"  {two['devices_per_s']} devices/s")
+        identity_storms = None
+        if args.identity_rounds:
+            identity_storms = await identity.run(
+                _identity_storm(stack, args), args.identity_rounds, first_code=two
+            )
+            identity_storms["signing"] = signing
+            for each in identity_storms["storms"]:
+                each["ratio_to_ceiling"] = _ratio(each, ceiling)
+        _progress("storm: five-call boot")
         five = await storms.storm(stack, args.devices, two_call=False, concurrency=args.concurrency)
         two["ratio_to_ceiling"], five["ratio_to_ceiling"] = _ratio(two, ceiling), _ratio(five, ceiling)
         offered = round(0.75 * two["devices_per_s"], 1)
@@ -103,6 +121,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "boot_five_call": five,
             "open_loop": open_loop,
         }
+        if identity_storms is not None:
+            result["identity"] = identity_storms
+        elif signing is not None:
+            result["identity"] = {"signing": signing}
         if args.bulk_rows:
             _progress(
                 f"bulk: {args.bulk_rows} rows uploaded, validated and published, and COPY of the same rows"
@@ -116,6 +138,29 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         await pool.close()
+
+
+def _identity_storm(stack: storms.Stack, args: argparse.Namespace) -> identity.Storm:
+    """One two-call storm of a mode of issue 25, as the run's code storm (same devices and
+    concurrency); the CSR devices all send one P-256 request (the intake caches nothing by
+    it: each registration's CSR is decoded, parsed and its signature checked)."""
+    csr = device_csr()
+
+    async def storm(mode: identity.Mode) -> dict[str, Any]:
+        _progress(f"storm: {args.devices} devices, two-call boot, {mode}")
+        result = await storms.storm(
+            stack,
+            args.devices,
+            two_call=True,
+            concurrency=args.concurrency,
+            attestation="derived_key" if mode == "derived_key" else "code",
+            csr=csr if mode == "csr" else "",
+        )
+        certificates = f", {result['certificates_per_s']} certificates/s" if mode == "csr" else ""
+        _progress(f"  {result['devices_per_s']} devices/s{certificates}, {result['errors']} errors")
+        return result
+
+    return storm
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +184,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             for k in ("http_requests_per_s", "kafka_events_per_s", "postgres_rows_per_s")
         },
     }
+    if "identity" in result:
+        out["identity"] = identity_summary(result["identity"])
     if "bulk" in result:
         b = result["bulk"]
         keys = (
@@ -153,6 +200,89 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     if "scale_out" in result:
         out["scale_out"] = result["scale_out"]
     return out
+
+
+def identity_summary(found: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of issue 25's storms and signing cost (summary.json's ``identity``)."""
+    out: dict[str, Any] = {
+        k: found[k]
+        for k in ("median_devices_per_s", "median_certificates_per_s", "derived_to_code", "csr_to_code")
+        if k in found
+    }
+    if "storms" in found:
+        out["median_cpu_ms_per_device"] = found.get("median_cpu_ms_per_device", {})
+        out["errors"] = found["errors"]
+        out["targets"] = found["targets"]
+        out["storms"] = [
+            {k: s.get(k) for k in ("mode", "devices_per_s", "certificates_per_s", "p99_ms", "errors")}
+            for s in found["storms"]
+        ]
+    if found.get("signing"):
+        out["signing_per_s_per_core"] = {
+            k: v["per_s_per_core"] for k, v in found["signing"].items() if isinstance(v, dict)
+        }
+    return out
+
+
+def _cpu_columns(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    return "/".join(f"{cpu.get(k, 0.0):.2f}" for k in ("intake", "postgres", "total"))
+
+
+def report_identity(found: dict[str, Any]) -> None:
+    if "storms" in found:
+        print_table(
+            [
+                (
+                    s["position"] + 1,
+                    s["mode"],
+                    s["devices"],
+                    s["devices_per_s"],
+                    s.get("certificates_per_s", "-"),
+                    s["p50_ms"],
+                    s["p99_ms"],
+                    s["errors"],
+                    s["lost"],
+                    s["duplicated"],
+                    f"{s['per_device']['http_requests']}/{s['per_device']['kafka_records']}/{s['per_device']['postgres_rows']}",
+                    _cpu_columns(s.get("cpu_ms_per_device") or {}),
+                )
+                for s in found["storms"]
+            ],
+            [
+                "#",
+                "two-call storm",
+                "devices",
+                "devices/s",
+                "certificates/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "lost",
+                "duplicated",
+                "per device: http/kafka/pg",
+                "CPU ms per device: intake/postgres/all",
+            ],
+        )
+        medians, targets = found["median_devices_per_s"], found["targets"]
+        print(
+            f"medians: code {medians['code']}, derived_key {medians['derived_key']} devices/s: "
+            f"derived/code {found['derived_to_code']} (target >= {targets['derived_to_code_at_least']}: "
+            f"{'met' if targets['derived_met'] else 'MISSED'}); CSR {medians['csr']} devices/s, "
+            f"{found['median_certificates_per_s']} certificates/s (target >= "
+            f"{targets['certificates_per_s_at_least']}: {'met' if targets['certificates_met'] else 'MISSED'})"
+        )
+    if found.get("signing"):
+        sign = found["signing"]
+        print_table(
+            [
+                ("ECDSA P-256 signature alone", sign["ecdsa_sign"]["per_s_per_core"]),
+                ("device certificate: build + sign + DER", sign["device_certificate"]["per_s_per_core"]),
+                ("CSR check: decode, parse, verify", sign["csr_check"]["per_s_per_core"]),
+            ],
+            [f"issuing CA ({sign['ca_key']}), in process, no I/O", "per second per core"],
+        )
 
 
 def report(result: dict[str, Any]) -> None:
@@ -205,6 +335,8 @@ def report(result: dict[str, Any]) -> None:
             "client CPU (cores)",
         ],
     )
+    if "identity" in result:
+        report_identity(result["identity"])
     if "bulk" in result:
         report_bulk(result["bulk"])
     if "scale_out" in result:
@@ -254,6 +386,19 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--concurrency", type=int, default=200, help="devices booting at once, closed loop (200)"
+    )
+    parser.add_argument(
+        "--identity-rounds",
+        type=int,
+        default=2,
+        help="rounds of two-call storms of issue 25 (code, derived_key, CSR; odd rounds reversed), "
+        "each of --devices devices; the run's two-call storm is the first code storm (2; 0: skip)",
+    )
+    parser.add_argument(
+        "--signing-seconds",
+        type=float,
+        default=2.0,
+        help="CPU seconds of each in-process measure of the issuing CA's signing cost (2.0; 0: skip)",
     )
     parser.add_argument("--ceiling-requests", type=int, default=30_000)
     parser.add_argument("--ceiling-events", type=int, default=100_000)

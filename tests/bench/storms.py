@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import aiohttp
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,11 +36,14 @@ from cli.simulate import (
     summarize,
 )
 from shared.db.pool import Pool
+from tests.bench.cpu import per_device_ms, stack_cpu_s
 from tests.chaos import checks
 from tests.support.api import new_operator
 
 # A product of three services; with the bulk service every product carries (rmt3), four
 # files: the five-call boot makes seven calls (register, manifest, four files, ready).
+Attestation = Literal["code", "derived_key"]
+
 SERVICES = [{"type": "ssh", "port": 22}, {"type": "web", "port": 80}, {"type": "vnc", "port": 5900}]
 
 
@@ -109,6 +114,36 @@ async def _postgres_rows(pool: Pool) -> int:
     return int(value or 0)
 
 
+async def _certificates_issued(stack: Stack, session: aiohttp.ClientSession) -> float:
+    """Device certificates the intake has signed so far (every way a device asks)."""
+    return await counter_total(
+        session, stack.intake_ops_url, "fleetreg_device_certificates_issued", lambda labels: True
+    )
+
+
+async def _without_certificate(pool: Pool, device_ids: Iterable[str]) -> int:
+    """How many of the devices the registry holds no certificate of."""
+    ids = [uuid.UUID(d) for d in set(device_ids)]
+    held = await pool.fetchval(
+        "SELECT count(DISTINCT device_id) FROM device_certificates WHERE device_id = ANY($1::uuid[])", ids
+    )
+    return len(ids) - int(held or 0)
+
+
+async def checkpoint(pool: Pool) -> bool:
+    """A Postgres CHECKPOINT before a storm, so that every storm starts from the same
+    write-ahead-log state: the first change of each page after a checkpoint writes the whole
+    page to the WAL, and a timed checkpoint (every 5 minutes) starting during one storm and
+    not another slows the storms just after it (in issue 25's first runs, the storms that
+    followed one were the slowest of their mode whatever the mode). False when the role
+    may not (not a superuser nor pg_checkpoint): the storm runs all the same."""
+    try:
+        await pool.execute("CHECKPOINT")
+    except asyncpg.InsufficientPrivilegeError:
+        return False
+    return True
+
+
 async def _counters(stack: Stack, session: aiohttp.ClientSession) -> tuple[float, int, int]:
     return (
         await _http_requests(session, stack.intake_ops_url),
@@ -125,16 +160,26 @@ async def storm(
     concurrency: int = 200,
     rate_per_s: float | None = None,
     seed: int | None = None,
+    attestation: Attestation = "code",
+    csr: str = "",
 ) -> dict[str, Any]:
     """Boot ``devices`` devices (5 % clones, 1 % lost responses) of a fresh account.
 
     Closed loop when ``rate_per_s`` is None (``concurrency`` devices at once); open loop
     otherwise: device ``i`` starts at ``i / rate_per_s`` s, and its time to provisioned
     counts from that scheduled start (a client that falls behind is not excused).
+    ``attestation``: the auto registration's mode; with ``derived_key`` every device proves
+    the key derived from the registration's primary group key and its hardware ID (a fresh
+    proof on every send). ``csr``: a PKCS#10 request (PEM) every registration carries; each
+    ready answer with the device secret must then carry a certificate (issue 25).
     Returns devices/s, time-to-provisioned percentiles (ms), errors, the registry checks
-    (``lost``, ``duplicated``), the measured cost per device and the load generator's CPU.
+    (``lost``, ``duplicated``), the measured cost per device and the load generator's CPU;
+    with a CSR also ``certificates`` (signed by the intake during the storm, from its
+    ``fleetreg_device_certificates_issued_total``), ``certificates_per_s`` and
+    ``devices_without_certificate`` (provisioned devices the registry holds no
+    certificate of).
     """
-    options = RunOptions(request_timeout_s=60.0, deadline_s=600.0, two_call=two_call)
+    options = RunOptions(request_timeout_s=60.0, deadline_s=600.0, two_call=two_call, csr=csr)
     limit = concurrency if rate_per_s is None else 0  # 0: no limit (open loop)
     async with aiohttp.ClientSession() as control:
         operator = await new_operator(control, stack.pool, stack.operator_url)
@@ -143,11 +188,19 @@ async def storm(
         )
         await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
         registration = await operator.call(
-            "POST", "/v1/auto-registrations", {"product_id": product["id"]}, expect=201
+            "POST",
+            "/v1/auto-registrations",
+            {"product_id": product["id"], "attestation": attestation},
+            expect=201,
         )
         plan = plan_fleet(registration["bulk_identification_code"], devices, 0.05, 0.01, seed=seed)
+        if attestation == "derived_key":
+            plan = replace(plan, group_key=registration["primary_key"])
+        checkpointed = await checkpoint(stack.pool)
         before = await _counters(stack, control)
+        issued_before = await _certificates_issued(stack, control)
         cpu_before = cpu_seconds()
+        stack_before = stack_cpu_s()
         timeout = aiohttp.ClientTimeout(total=options.request_timeout_s, connect=options.connect_timeout_s)
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -160,15 +213,35 @@ async def storm(
             )
             duration = time.monotonic() - started
         cpu = cpu_seconds() - cpu_before
+        stack_cpu = per_device_ms(
+            stack_before | {"load_generator": cpu_before},
+            stack_cpu_s() | {"load_generator": cpu_before + cpu},
+            devices,
+        )
+        issued = await _certificates_issued(stack, control) - issued_before
         await asyncio.sleep(2.0)  # Postgres backends report their row counts about once a second
         after = await _counters(stack, control)
         acknowledged = {r.index: r.device_id for r in results if r.provisioned and r.device_id}
         registry = await checks.storm_registry(stack.pool, operator.account_id, devices, acknowledged)
+        uncertified = await _without_certificate(stack.pool, acknowledged.values()) if csr else None
     summary = summarize(plan, results, duration)
     latencies = [r.latency_s * 1000 for r in results if r.provisioned and r.latency_s is not None]
     http, records, rows = (a - b for a, b in zip(after, before, strict=True))
+    certified = (
+        {
+            "certificates": int(issued),
+            "certificates_per_s": round(issued / duration, 1) if duration else 0.0,
+            "devices_without_certificate": uncertified,
+        }
+        if csr
+        else {}
+    )
     return {
         "devices": devices,
+        "attestation": attestation,
+        "csr": bool(csr),
+        **certified,
+        "checkpoint_before": checkpointed,
         "boot": "two-call" if two_call else "five-call",
         "loop": "closed" if rate_per_s is None else "open",
         "concurrency": concurrency if rate_per_s is None else None,
@@ -187,6 +260,9 @@ async def storm(
             "kafka_records": round(records / devices, 2),
             "postgres_rows": round(rows / devices, 2),
         },
+        # CPU ms one device cost each process of the local stack (tests/bench/cpu.py): drifts
+        # far less with the machine's other load than devices/s does.
+        "cpu_ms_per_device": stack_cpu,
         "load_generator_cpu_s": round(cpu, 1),
         "load_generator_cpu_share_of_one_core": round(cpu / duration, 2) if duration else None,
     }

@@ -173,6 +173,8 @@ async def test_claims_provisioned_together_each_carry_their_own_generation_and_o
         ("same", 5, False),
     ]
     assert await _generation(pool, outcomes[0].device_id) == 5
+    # Each names the device's account: the intake issues a CSR's certificate without a read.
+    assert {o.account_id for o in outcomes} == {account_id}
     # A redelivered batch replays each decision with its own generation too.
     again = await decide_batch(pool, KEYRING, claims, LIMITS)
     replayed = {o.request_id: o for o in await provision_batch(pool, KEYRING, again.decided)}

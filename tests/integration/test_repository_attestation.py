@@ -5,12 +5,15 @@ their proof expired)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 
+from services.intake.attestation import NonceBook
 from shared.db import attestation, registrations
+from shared.db.attestation import ProofNonce
 from shared.db.pool import Pool
 from shared.db.registrations import GroupKeys
 from shared.domain.accounts import Account
@@ -90,3 +93,34 @@ async def test_a_nonce_is_accepted_once_and_forgotten_after_its_proof_expired(po
         "SELECT hardware_id FROM proof_nonces WHERE registration_id = $1", registration_id
     )
     assert sorted(r["hardware_id"] for r in left) == ["hw-1", "hw-2"]
+
+
+async def test_a_batch_of_nonces_accepts_each_key_once_in_any_case_and_order(pool: Pool) -> None:
+    """The intake records concurrent proofs in one statement (NonceBook): a key recorded
+    before, or already in the batch (the same hardware ID in another case), is a replay;
+    only the first of the batch is accepted; another registration's key is its own."""
+    _, registration_id, _, _ = await _derived(pool)
+    _, other_id, _, _ = await _derived(pool)
+    later = int(time.time()) + 300
+    assert await attestation.accept_nonce(pool, registration_id, "hw-old", "ee" * 8, later)
+    proofs = [
+        ProofNonce(registration_id, "HW-A", "ab" * 8, later),
+        ProofNonce(registration_id, "hw-old", "ee" * 8, later),  # recorded before
+        ProofNonce(registration_id, "hw-a", "ab" * 8, later),  # the first one again, in another case
+        ProofNonce(registration_id, "hw-b", "ab" * 8, later),
+        ProofNonce(other_id, "hw-a", "ab" * 8, later),
+        ProofNonce(registration_id, "HW-A", "ab" * 8, later),  # and again
+    ]
+    assert await attestation.accept_nonces(pool, proofs) == [True, False, False, True, True, False]
+    assert await attestation.accept_nonces(pool, proofs) == [False] * 6
+    assert await attestation.accept_nonces(pool, []) == []
+
+
+async def test_the_intakes_nonce_book_refuses_a_replay_sent_at_the_same_time(pool: Pool) -> None:
+    _, registration_id, _, _ = await _derived(pool)
+    later = int(time.time()) + 300
+    book = NonceBook(pool)
+    answers = await asyncio.gather(
+        *(book.accept(registration_id, f"hw-{n % 5}", "cd" * 8, later) for n in range(20))
+    )
+    assert answers == [True] * 5 + [False] * 15
