@@ -3,6 +3,11 @@
 certificate to a proven device, renewal proven by the current certificate's key, the
 account's CRL and EST's ``cacerts`` (docs/device-identity.md, "Device certificates").
 
+An account's CA is kept until ``issuer:<account ID>`` on ``fleetreg_invalidate`` (an operator
+uploaded an intermediate: :meth:`Issuer.replaced`) or a reconnection of the listener; an
+issuance with a CA kept too long signs nothing (the registry compares it under the lock an
+upload takes) and reads the CA again.
+
 The CRL is built from the registry (so every instance publishes the same revocations)
 and kept until a certificate of its account is revoked (a disable, reset, delete, move or
 reclaim before "ready"): the revoking statement announces ``crl:<account ID>`` on

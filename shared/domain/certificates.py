@@ -3,7 +3,8 @@ the certificate an account's issuing CA signs for a device, the CA itself, its C
 the PKCS#7 "certs-only" container EST answers with (docs/device-identity.md, "Device
 certificates"). Pure: the registry keeps what these build (shared/db/certificates.py).
 
-The issuing CA's key is P-256 (ECDSA with SHA-256): a signature costs tens of
+A self-made issuing CA's key is P-256 (an intermediate the operator uploads may be RSA
+2048-4096 too: shared/domain/uploaded_ca.py), ECDSA with SHA-256: a signature costs tens of
 microseconds where RSA-2048 costs about a millisecond, so certificates are issued at the
 registration rate on one core; certificates and CRLs stay small; and every TLS stack a
 device carries (OpenSSL, mbedTLS, wolfSSL) and the common secure elements verify it."""
