@@ -107,6 +107,9 @@ class OperatorClient:
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.call("POST", path, body=body if body is not None else {})
 
+    async def put(self, path: str, body: Any) -> Any:
+        return await self.call("PUT", path, body=body)
+
     async def patch(self, path: str, body: Any) -> Any:
         return await self.call("PATCH", path, body=body)
 

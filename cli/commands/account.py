@@ -1,5 +1,7 @@
 """``fleetreg account create``: the bootstrap of a new account, straight in the database;
-``fleetreg account issuing-ca``: the account's CA of device certificates (the API).
+``fleetreg account issuing-ca``: the account's CA of device certificates (the API); with
+``--upload CERT_PEM_FILE --key KEY_PEM_FILE``, an intermediate of the operator's own PKI
+becomes it (docs/device-identity.md, "Bringing your own intermediate").
 
 The first API key of an account cannot come from the API (nothing could
 authenticate the call), so this command writes it with DATABASE_URL and prints
@@ -14,9 +16,10 @@ from typing import Any
 from cli.client import operator_client
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
-from cli.output import emit_json
+from cli.output import emit_json, print_table
 from shared.db import accounts
 from shared.db.pool import DatabaseUnavailable, open_pool
+from shared.domain.uploaded_ca import MAX_TEXT_CHARS as MAX_UPLOAD_CHARS
 from shared.errors import DomainError
 from shared.settings import DatabaseSettings, Secret
 
@@ -32,18 +35,54 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     ca = actions.add_parser(
         "issuing-ca",
         parents=[common],
-        help="the account's CA of device certificates (PEM; --json: subject, validity, CRL path)",
+        help="the account's CA of device certificates (PEM; --json: subject, validity, CRL path); "
+        "--upload makes an intermediate of yours that CA",
+    )
+    ca.add_argument(
+        "--upload",
+        metavar="CERT_PEM_FILE",
+        help="the intermediate's certificate, then its issuers (PEM): replaces the account's issuing CA "
+        "(only while no unexpired device certificate is out)",
+    )
+    ca.add_argument(
+        "--key", metavar="KEY_PEM_FILE", help="with --upload: the intermediate's private key (PEM)"
     )
     ca.set_defaults(run=show_issuing_ca)
 
 
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read(MAX_UPLOAD_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the {what} {path}: {exc.__class__.__name__}") from exc
+
+
 async def show_issuing_ca(args: argparse.Namespace) -> int:
+    if (args.upload is None) != (args.key is None):
+        raise CliError("--upload CERT_PEM_FILE and --key KEY_PEM_FILE go together")
     async with operator_client() as client:
-        ca = await client.get("/v1/account/issuing-ca")
+        if args.upload is None:
+            ca = await client.get("/v1/account/issuing-ca")
+        else:
+            body = {
+                "certificate": _read(args.upload, "certificate file"),
+                "private_key": _read(args.key, "key file"),
+            }
+            ca = await client.put("/v1/account/issuing-ca", body)
     if args.json:
         emit_json(ca)
-    else:
+    elif args.upload is None:
         print(ca["certificate_pem"], end="")
+    else:
+        rows = [
+            ("subject", ca["subject"]),
+            ("fingerprint_sha256", ca["fingerprint_sha256"]),
+            ("not_after", ca["not_after"]),
+            ("uploaded_at", ca["uploaded_at"]),
+            ("crl_path", ca["crl_path"]),
+        ]
+        print_table(rows, ("FIELD", "VALUE"))
     return 0
 
 

@@ -3,6 +3,11 @@
 certificate to a proven device, renewal proven by the current certificate's key, the
 account's CRL and EST's ``cacerts`` (docs/device-identity.md, "Device certificates").
 
+An account's CA is kept until ``issuer:<account ID>`` on ``fleetreg_invalidate`` (an operator
+uploaded an intermediate: :meth:`Issuer.replaced`) or a reconnection of the listener; an
+issuance with a CA kept too long signs nothing (the registry compares it under the lock an
+upload takes) and reads the CA again.
+
 The CRL is built from the registry (so every instance publishes the same revocations)
 and kept until a certificate of its account is revoked (a disable, reset, delete, move or
 reclaim before "ready"): the revoking statement announces ``crl:<account ID>`` on
@@ -26,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -134,9 +140,18 @@ class Issuer:
 
     def apply(self, payload: str) -> None:
         """A ``fleetreg_invalidate`` payload: ``crl:<account ID>`` drops that account's CRL;
-        any other is not about CRLs."""
+        ``issuer:<account ID>`` (an operator uploaded its issuing CA) its kept CA and CRL;
+        any other is not about certificates."""
         if payload.startswith("crl:"):
             self.invalidate(payload.removeprefix("crl:").strip().lower())
+        elif payload.startswith("issuer:"):
+            self.replaced(payload.removeprefix("issuer:").strip().lower())
+
+    def replaced(self, account_id: str) -> None:
+        """The account's issuing CA was replaced: read (and unseal) it again, and build its
+        CRL with it."""
+        self._cas.pop(account_id, None)
+        self.invalidate(account_id)
 
     def invalidate(self, account_id: str) -> None:
         """A certificate of the account was revoked: its next CRL fetch is built again
@@ -149,6 +164,9 @@ class Issuer:
         self._listening = up
         self._epoch += 1
         self._crls.clear()
+        # An ``issuer:`` signal may have been missed: read every CA again (an issuance
+        # with a stale one signs nothing anyway: the registry compares it).
+        self._cas.clear()
 
     async def ca(self, pool: Pool, account_id: str) -> IssuingCa:
         """The account's issuing CA (created on first use); NotFound for no such account."""
@@ -232,16 +250,21 @@ async def issue(
         raise Forbidden(NOT_ISSUED)
     if registration_id is not None and device.registration_id != registration_id:
         raise NotThisRegistration("the device does not belong to this auto registration")
-    ca = await issuer.ca(pool, device.account_id)
-    recorded = await registry.record_certificate(
-        pool,
-        device_id,
-        device.credential_generation,
-        device.hardware_id,
-        lambda: device_certificate(ca, csr, device.hardware_id, device_id, issuer.days, datetime.now(UTC)),
-        issuer.max_per_device,
-    )
-    if recorded is None:
+    for _ in range(2):  # once more after an upload replaced the CA this instance kept
+        ca = await issuer.ca(pool, device.account_id)
+        recorded = await registry.record_certificate(
+            pool,
+            device_id,
+            device.credential_generation,
+            device.hardware_id,
+            partial(device_certificate, ca, csr, device.hardware_id, device_id, issuer.days),
+            issuer.max_per_device,
+            ca.der,
+        )
+        if not isinstance(recorded, registry.StaleCa):
+            break
+        issuer.replaced(device.account_id)
+    if recorded is None or isinstance(recorded, registry.StaleCa):
         raise Forbidden(NOT_ISSUED)
     if isinstance(recorded, registry.AtCertificateLimit):
         CERTIFICATE_LIMIT_REFUSALS.labels(via).inc()

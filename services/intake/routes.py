@@ -180,7 +180,7 @@ async def est_cacerts(request: web.Request) -> web.Response:
     label = request.match_info["label"].lower()
 
     async def answer() -> web.Response:
-        return views.certs_only_view((await est.cacerts(r, label)).der)
+        return views.certs_only_view(*(await est.cacerts(r, label)).ders)
 
     return await refusals_counted(request, answer)
 

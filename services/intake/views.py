@@ -119,7 +119,7 @@ def yaml_view(document: str) -> web.Response:
 
 def certificate_body(issued: Issued) -> dict[str, Any]:
     """A device certificate as the native API gives it: its serial (hex), validity (ISO 8601
-    UTC), the certificate and its issuing CA's, PEM."""
+    UTC), the certificate and its issuing CA's (then the chain above an uploaded one), PEM."""
     return {
         "serial": issued.certificate.serial,
         "not_before": issued.certificate.not_before.isoformat(),

@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
+from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain.accounts import Account
 from shared.domain.certificates import (
     DeviceCertificate,
     IssuingCa,
@@ -21,11 +25,15 @@ from shared.domain.certificates import (
 
 # The account (none: no such account) and its CA if it has one yet.
 SELECT_CA = """
-    SELECT c.certificate, c.sealed_key FROM accounts a
+    SELECT c.certificate, c.sealed_key, c.chain, c.uploaded_at FROM accounts a
     LEFT JOIN issuing_cas c ON c.account_id = a.id WHERE a.id = $1"""
 INSERT_CA = """
     INSERT INTO issuing_cas (account_id, certificate, sealed_key) VALUES ($1, $2, $3)
     ON CONFLICT (account_id) DO NOTHING"""
+# The advisory lock class of an account's issuing CA (with hashtext(account ID)): shared by
+# each issuance, exclusive by an upload. Two-key advisory locks never meet the migrations'
+# one-key lock (shared/db/migrations.py).
+# 1718773601 = 0x66726361, "frca", written into the statements below.
 # The issuing read of a device: its account, its registration (an EST label must be it),
 # and whether it may have a certificate now (enabled, of the credential generation the
 # caller proved).
@@ -39,15 +47,23 @@ SELECT_DEVICE = """
 # handed out); and two issuances for one device take turns, so the count below (a statement
 # of its own, whose snapshot is taken once the lock is held) sees every certificate the
 # other committed: parallel calls on several instances never pass the cap.
+# The device's account's issuing CA is held too, shared (an advisory lock: in the lock
+# manager's memory, no write to the CA's row at every issuance): an upload replacing the CA
+# (which takes it exclusive before counting the unexpired certificates) either waits for
+# this record and then sees it (409), or commits first and the compare below (a statement
+# whose snapshot is taken once the lock is held) finds the caller's CA stale: nothing signed.
 LOCK_DEVICE = """
-    SELECT id FROM devices
+    SELECT account_id::text, pg_advisory_xact_lock_shared(1718773601, hashtext(account_id::text))
+    FROM devices
     WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
     FOR NO KEY UPDATE"""
-# The device's unexpired certificates, revoked or not (a revoked one is in the CRL, an
-# unrevoked one will be at the device's next reset): the cap counts both.
+# Whether the account's CA is still the caller's, and the device's unexpired certificates,
+# revoked or not (a revoked one is in the CRL, an unrevoked one will be at the device's
+# next reset): the cap counts both.
 SELECT_UNEXPIRED = """
-    SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
-    ORDER BY not_after"""
+    SELECT (SELECT certificate = $3 FROM issuing_cas WHERE account_id = $2::uuid) AS current_ca,
+           ARRAY(SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
+                 ORDER BY not_after) AS held"""
 INSERT_CERTIFICATE = """
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
@@ -85,6 +101,23 @@ SELECT_BY_SERIAL = """
            d.registration_id::text, d.disabled, d.credential_generation
     FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.serial = $2"""
+# Replacing the CA (an upload): the CA's lock taken exclusive against issuances first
+# (LOCK_DEVICE), then the row (none: no CA yet), then the account's unexpired certificates
+# counted (revoked ones too: they are in the CRL).
+LOCK_CA_EXCLUSIVE = "SELECT pg_advisory_xact_lock(1718773601, hashtext($1::uuid::text))"
+# Uploads take turns (rare; the subject check below must see every other one committed).
+LOCK_UPLOADS = "SELECT pg_advisory_xact_lock(1718773601, 0)"
+SELECT_OTHER_UPLOADED = (
+    "SELECT certificate FROM issuing_cas WHERE uploaded_at IS NOT NULL AND account_id <> $1"
+)
+LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
+COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
+# Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
+REPLACE_CA = """
+    UPDATE issuing_cas SET certificate = $2, sealed_key = $3, chain = $4, uploaded_at = $5,
+        created_at = $5
+    WHERE account_id = $1
+    RETURNING pg_notify('fleetreg_invalidate', 'issuer:' || account_id::text)"""
 SELECT_CA_CERTIFICATES = "SELECT certificate FROM issuing_cas ORDER BY account_id"
 AUTO_REGISTRATION_ACCOUNT = "SELECT account_id::text FROM registrations WHERE id = $1 AND kind = 'auto'"
 
@@ -101,7 +134,58 @@ async def issuing_ca(pool: Pool, secret_key: bytes, account_id: str) -> IssuingC
         row = await pool.fetchrow(SELECT_CA, account_id)
     if row is None or row["certificate"] is None:  # no account (or deleted meanwhile)
         return None
-    return open_issuing_ca(secret_key, account_id, row["certificate"], row["sealed_key"])
+    return open_issuing_ca(
+        secret_key,
+        account_id,
+        row["certificate"],
+        row["sealed_key"],
+        tuple(row["chain"] or ()),
+        row["uploaded_at"],
+    )
+
+
+@dataclass(frozen=True)
+class NotReplaced:
+    """Why an upload changed nothing: ``held`` unexpired device certificates of the current
+    CA, or (``held`` 0) another account's issuing CA has the same subject."""
+
+    held: int
+
+
+async def replace_issuing_ca(
+    pool: Pool, secret_key: bytes, ca: IssuingCa, actor: Account, fingerprint: str
+) -> NotReplaced | None:
+    """Make ``ca`` (uploaded, its ``uploaded_at`` set) the account's issuing CA, its key
+    sealed as a self-made one's, while the account holds no unexpired device certificate
+    (revoked or not) and no other account's uploaded CA has its subject (a relying party
+    finds a CRL by its issuer's name: two accounts' CRLs of one issuer would each hide the
+    other's revocations); audited (``issuing_ca.uploaded``: its subject and the SHA-256
+    ``fingerprint`` of its certificate, never its key) in the same transaction. None when
+    replaced (every intake is told: ``issuer:<account ID>``), NotReplaced otherwise
+    (nothing changed). The account's CA row must exist (:func:`issuing_ca` first)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_UPLOADS)
+        await conn.execute(LOCK_CA_EXCLUSIVE, ca.account_id)
+        if await conn.fetchval(LOCK_CA, ca.account_id) is None:
+            raise LookupError("the account has no issuing CA row")
+        held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
+        if held:
+            return NotReplaced(held)
+        for row in await conn.fetch(SELECT_OTHER_UPLOADED, ca.account_id):
+            if x509.load_der_x509_certificate(row["certificate"]).subject == ca.certificate.subject:
+                return NotReplaced(0)
+        await conn.execute(
+            REPLACE_CA, ca.account_id, ca.der, seal_ca_key(secret_key, ca), list(ca.chain), ca.uploaded_at
+        )
+        await audit.record(
+            conn,
+            actor,
+            "issuing_ca.uploaded",
+            "account",
+            ca.account_id,
+            {"subject": ca.certificate.subject.rfc4514_string(), "fingerprint_sha256": fingerprint},
+        )
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,6 +214,12 @@ async def issuing_device(pool: Pool, device_id: str) -> IssuingDevice | None:
 
 
 @dataclass(frozen=True)
+class StaleCa:
+    """Nothing signed or recorded: the account's issuing CA is no longer the caller's (an
+    upload replaced it); read it again."""
+
+
+@dataclass(frozen=True)
 class AtCertificateLimit:
     """Nothing recorded: the device holds ``held`` unexpired certificates, at least the
     cap; ``frees_at``: when enough of them expire for one more."""
@@ -145,18 +235,24 @@ async def record_certificate(
     hardware_id: str,
     sign: Callable[[], DeviceCertificate],
     limit: int,
-) -> DeviceCertificate | AtCertificateLimit | None:
+    ca_der: bytes,
+) -> DeviceCertificate | AtCertificateLimit | StaleCa | None:
     """Sign (``sign()``, called with the device row locked) and record a certificate for
     the device while it holds fewer than ``limit`` unexpired certificates (revoked or not);
     the certificate recorded, AtCertificateLimit (nothing signed or recorded) at the cap,
     or None (nothing recorded: do not hand anything out) when the device is gone,
-    disabled, or no longer at ``credential_generation`` with ``hardware_id``. Decided in
-    one transaction under the device row's lock: concurrent calls, on any number of
-    instances, record at most ``limit``."""
+    disabled, or no longer at ``credential_generation`` with ``hardware_id``; StaleCa when
+    the account's CA is no longer ``ca_der`` (the signer's). Decided in one transaction
+    under the device row's lock: concurrent calls, on any number of instances, record at
+    most ``limit``."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id) is None:
+        account_id = await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id)
+        if account_id is None:
             return None
-        held = [r["not_after"] for r in await conn.fetch(SELECT_UNEXPIRED, device_id)]
+        state = await conn.fetchrow(SELECT_UNEXPIRED, device_id, account_id, ca_der)
+        if state is None or not state["current_ca"]:
+            return StaleCa()
+        held = list(state["held"])
         if len(held) >= limit:
             return AtCertificateLimit(len(held), held[len(held) - limit])
         issued = sign()

@@ -3,7 +3,8 @@ the certificate an account's issuing CA signs for a device, the CA itself, its C
 the PKCS#7 "certs-only" container EST answers with (docs/device-identity.md, "Device
 certificates"). Pure: the registry keeps what these build (shared/db/certificates.py).
 
-The issuing CA's key is P-256 (ECDSA with SHA-256): a signature costs tens of
+A self-made issuing CA's key is P-256 (an intermediate the operator uploads may be RSA
+2048-4096 too: shared/domain/uploaded_ca.py), ECDSA with SHA-256: a signature costs tens of
 microseconds where RSA-2048 costs about a millisecond, so certificates are issued at the
 registration rate on one core; certificates and CRLs stay small; and every TLS stack a
 device carries (OpenSSL, mbedTLS, wolfSSL) and the common secure elements verify it."""
@@ -80,13 +81,21 @@ class CsrRefused(InvalidInput):
         self.reason: CsrRefusal = reason
 
 
+CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 @dataclass(frozen=True)
 class IssuingCa:
-    """An account's issuing CA: its self-signed certificate and its private key."""
+    """An account's issuing CA: its certificate (self-signed, or an intermediate the
+    operator uploaded), its private key (P-256; RSA only when uploaded), the certificates
+    above it the operator gave (``chain``, DER, each signing the one before) and when it was
+    uploaded (None: self-made)."""
 
     account_id: str
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: CaKey
+    chain: tuple[bytes, ...] = ()
+    uploaded_at: datetime | None = None
 
     # Encoded once per CA (an intake keeps its CAs for its lifetime): every certificate
     # answer carries the CA's PEM, and every device certificate its key identifier.
@@ -95,13 +104,26 @@ class IssuingCa:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @cached_property
+    def ders(self) -> tuple[bytes, ...]:
+        """The CA's certificate then its chain (DER): what EST ``cacerts`` answers."""
+        return (self.der, *self.chain)
+
+    @cached_property
     def pem(self) -> str:
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        """The CA's certificate then its chain, PEM."""
+        return "".join(
+            x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode("ascii")
+            for d in self.ders
+        )
 
     @cached_property
     def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
-        """The AuthorityKeyIdentifier of the certificates this CA signs (its SKI)."""
-        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        """What names this CA in what it signs: its subjectKeyIdentifier if it has one (an
+        uploaded intermediate may not), otherwise RFC 5280 4.2.1.2 method 1 over its key."""
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
@@ -169,15 +191,20 @@ def seal_ca_key(secret_key: bytes, ca: IssuingCa) -> bytes:
 
 
 def open_issuing_ca(
-    secret_key: bytes, account_id: str, certificate_der: bytes, sealed_key: bytes
+    secret_key: bytes,
+    account_id: str,
+    certificate_der: bytes,
+    sealed_key: bytes,
+    chain: tuple[bytes, ...] = (),
+    uploaded_at: datetime | None = None,
 ) -> IssuingCa:
     """The stored CA with its key unsealed; ValueError when FLEETREG_SECRET_KEY is not the
     one it was sealed with (or the row was copied to another account)."""
     pem = SecretBox(secret_key, ISSUING_CA_KEYS).open(account_id, sealed_key)
     key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the issuing CA's key is not an EC key")
-    return IssuingCa(account_id, x509.load_der_x509_certificate(certificate_der), key)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the issuing CA's key is neither EC nor RSA")
+    return IssuingCa(account_id, x509.load_der_x509_certificate(certificate_der), key, chain, uploaded_at)
 
 
 def decode_csr_text(text: str) -> bytes:

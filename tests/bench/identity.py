@@ -121,9 +121,11 @@ def signing_cost(seconds: float = 2.0) -> dict[str, Any]:
     body = b"\x30" * 400  # about a device certificate's TBSCertificate
     now = datetime.now(UTC)
     signature = ec.ECDSA(hashes.SHA256())
+    key = ca.key
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # a self-made CA's (an uploaded one may be RSA)
     return {
         "ca_key": "P-256",
-        "ecdsa_sign": _rate(lambda: ca.key.sign(body, signature), seconds),
+        "ecdsa_sign": _rate(lambda: key.sign(body, signature), seconds),
         "device_certificate": _rate(
             lambda: device_certificate(ca, csr, "02a1b2c3d4e5", "device", 365, now), seconds
         ),

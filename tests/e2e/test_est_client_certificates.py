@@ -197,7 +197,13 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
     long_ago = datetime.now(UTC) - timedelta(days=30)
     expired = device_certificate(ca, csr, issuing.hardware_id, old.answer["device_id"], 1, long_ago)
     recorded = await registry.record_certificate(
-        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, lambda: expired, 10
+        pool,
+        old.answer["device_id"],
+        issuing.credential_generation,
+        issuing.hardware_id,
+        lambda: expired,
+        10,
+        ca.der,
     )
     assert recorded == expired
     (tmp_path / "expired.pem").write_text(expired.pem)
@@ -208,7 +214,13 @@ async def test_revoked_expired_and_foreign_certificates_are_refused_with_their_r
     later = datetime.now(UTC) + timedelta(days=2)
     future = device_certificate(ca, csr, issuing.hardware_id, old.answer["device_id"], 5, later)
     recorded = await registry.record_certificate(
-        pool, old.answer["device_id"], issuing.credential_generation, issuing.hardware_id, lambda: future, 10
+        pool,
+        old.answer["device_id"],
+        issuing.credential_generation,
+        issuing.hardware_id,
+        lambda: future,
+        10,
+        ca.der,
     )
     assert recorded == future
     (tmp_path / "future.pem").write_text(future.pem)

@@ -4,6 +4,7 @@ services/operator/console/auth.py; no handler stands between them and the reposi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.db import accounts, certificates
@@ -12,7 +13,8 @@ from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
-from shared.errors import InvalidInput, NotFound
+from shared.domain.uploaded_ca import checked_upload
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.settings import Secret
 
 
@@ -58,3 +60,45 @@ async def issuing_ca(pool: Pool, secret_key: Secret, account: Account) -> Issuin
     if found is None:
         raise NotFound("no such account")
     return found
+
+
+class IssuingCaInUse(Conflict):
+    """The account holds unexpired device certificates of its current CA (409): its CRL is
+    signed by that one CA, so replacing it would orphan their revocations."""
+
+    code = "issuing_ca_in_use"
+
+    def __init__(self, held: int) -> None:
+        super().__init__(
+            f"the account holds {held} unexpired device certificates (revoked ones too) issued by "
+            "its current CA: the CRL at /v1/accounts/{account_id}/crl is signed by one CA, so "
+            "replacing it would orphan the revocations of certificates already out; upload "
+            "before the first device certificate, or once they have all expired",
+            field="certificate",
+            rule="no_unexpired_certificates",
+        )
+
+
+async def upload_issuing_ca(
+    pool: Pool, secret_key: Secret, account: Account, body: dict[str, Any]
+) -> IssuingCa:
+    """``PUT /v1/account/issuing-ca``: the intermediate and key of ``body`` (checked by
+    shared.domain.uploaded_ca.checked_upload: InvalidInput 400) become the account's issuing
+    CA, while it holds no unexpired device certificate (IssuingCaInUse 409) and no other
+    account's uploaded CA has its subject (Conflict 409, ``subject_unique``); audited
+    ``issuing_ca.uploaded`` (subject, fingerprint)."""
+    upload = checked_upload(body)
+    key = secret_key.reveal().encode()
+    await issuing_ca(pool, secret_key, account)  # the row to replace (created on first use)
+    ca = upload.issuing_ca(account.id, datetime.now(UTC))
+    refused = await certificates.replace_issuing_ca(pool, key, ca, account, upload.fingerprint)
+    if refused is not None and refused.held:
+        raise IssuingCaInUse(refused.held)
+    if refused is not None:
+        raise Conflict(
+            "another account's issuing CA has this subject: a relying party finds a CRL by its "
+            "issuer's name, so each account needs an intermediate of its own",
+            field="certificate",
+            rule="subject_unique",
+        )
+    return ca

@@ -43,9 +43,17 @@ async def issuing_ca(request: web.Request, account: Account) -> Json:
     return views.issuing_ca(await handlers.issuing_ca(r.pool, r.settings.secret_key, account))
 
 
+@authed()
+async def upload_issuing_ca(request: web.Request, account: Account) -> Json:
+    body = await parse_json_body(request)
+    r = resources(request)
+    return views.issuing_ca(await handlers.upload_issuing_ca(r.pool, r.settings.secret_key, account, body))
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/v1/account", whoami),
     web.get("/v1/account/issuing-ca", issuing_ca),
+    web.put("/v1/account/issuing-ca", upload_issuing_ca),
     web.get("/v1/api-keys", list_keys),
     web.post("/v1/api-keys", create_key),
     web.delete("/v1/api-keys/{key_id}", revoke_key),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from services.operator.views.common import Json, time
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.domain.accounts import Account
@@ -42,10 +44,14 @@ def revoked_api_key(key_id: str) -> Json:
 
 
 def issuing_ca(ca: IssuingCa) -> Json:
-    """The account's issuing CA: its certificate (PEM), subject, validity, and the path of
-    its CRL on the device API (unauthenticated)."""
+    """The account's issuing CA: its certificate (PEM; an uploaded intermediate's then the
+    chain above it), subject, validity, SHA-256 fingerprint, whether the operator uploaded
+    it (and when), and the path of its CRL on the device API (unauthenticated)."""
     return {
         "subject": ca.certificate.subject.rfc4514_string(),
+        "uploaded": ca.uploaded_at is not None,
+        "uploaded_at": time(ca.uploaded_at),
+        "fingerprint_sha256": hashlib.sha256(ca.der).hexdigest(),
         "serial": format(ca.certificate.serial_number, "x"),
         "not_before": ca.certificate.not_valid_before_utc.isoformat(),
         "not_after": ca.certificate.not_valid_after_utc.isoformat(),

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from playwright.async_api import expect
 
 from tests.e2e.console.conftest import Console
+from tests.support.pki import new_pki, pem
 from tests.support.system import System
 
 
@@ -34,6 +35,9 @@ async def test_the_ca_is_on_the_home_page_and_a_certificate_on_its_device_page(
     await expect(console.page.locator("#issuing-ca-pem")).to_contain_text(
         ca["certificate_pem"].splitlines()[1]
     )
+    await expect(console.page.locator("#issuing-ca-origin")).to_contain_text(
+        "fleetreg account issuing-ca --upload"
+    )
     await console.check_accessibility()
 
     auto = await console.operator.product()
@@ -48,3 +52,16 @@ async def test_the_ca_is_on_the_home_page_and_a_certificate_on_its_device_page(
     await expect(console.page.locator("#device-certificate")).to_contain_text(serial)
     await console.page.get_by_role("button", name="Disable").click()
     await expect(console.page.locator("#device-certificate")).to_contain_text("revoked")
+
+
+async def test_the_home_page_says_when_the_ca_is_an_uploaded_intermediate(console: Console) -> None:
+    pki = new_pki()
+    uploaded = await console.operator.call("PUT", "/v1/account/issuing-ca", pki.body(), expect=200)
+    await console.open("/console/")
+    origin = console.page.locator("#issuing-ca-origin")
+    await expect(origin).to_contain_text("An intermediate of your own PKI, uploaded")
+    await expect(origin).to_contain_text(uploaded["fingerprint_sha256"])
+    await expect(console.page.locator("#issuing-ca-pem")).to_contain_text(
+        pem(pki.root).splitlines()[1]  # the chain above it too
+    )
+    assert "PRIVATE KEY" not in await console.page.content()
