@@ -57,11 +57,17 @@ engine() {
   command -v podman >/dev/null || missing+=(podman)
   command -v runc >/dev/null || missing+=(runc)
   command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  # The compose file's backend network is internal; its services find each other by name
+  # (kafka, postgres). Podman 4.3's CNI backend gives an internal network no DNS, so every
+  # lookup fails (Kafka: UnknownHostException kafka); netavark with aardvark-dns does. Both
+  # are only Recommends of podman: a --no-install-recommends install lacks them.
+  [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+  [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
   if [ "${#missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null || fail "missing ${missing[*]} and apt-get is not available to install them"
     say "installing Debian's ${missing[*]} (log: var/log/images-engine-install.log)"
     { as_root apt-get update && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y --no-install-recommends \
-        podman runc mmdebstrap uidmap slirp4netns containernetworking-plugins iptables; } \
+        podman runc mmdebstrap uidmap slirp4netns containernetworking-plugins iptables netavark aardvark-dns; } \
       >"$LOG/images-engine-install.log" 2>&1 || fail "installing podman failed; see var/log/images-engine-install.log"
   fi
   if [ ! -e /etc/containers/containers.conf ]; then
@@ -71,6 +77,14 @@ engine() {
       '# refused on this machine; runc with cgroupfs works.' \
       '[containers]' 'default_ulimits = []' '' '[engine]' 'cgroup_manager = "cgroupfs"' 'runtime = "runc"' |
       as_root tee /etc/containers/containers.conf >/dev/null
+  fi
+  # Our own file from before the network backend was set: add it (a machine's own file is
+  # left alone). Podman picks the backend at start; a switch keeps no CNI network's state.
+  if grep -q '^# Written by fleetreg deploy/container/images.sh' /etc/containers/containers.conf &&
+    ! grep -q '^network_backend' /etc/containers/containers.conf; then
+    say "setting podman's network backend to netavark in /etc/containers/containers.conf"
+    printf '%s\n' '' '[network]' '# internal networks get DNS (aardvark-dns) only with netavark' 'network_backend = "netavark"' |
+      as_root tee -a /etc/containers/containers.conf >/dev/null
   fi
   podman info >/dev/null 2>&1 || fail "podman does not run here; see 'podman info'"
 }
