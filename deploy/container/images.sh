@@ -158,7 +158,10 @@ build_fleetreg() { # CONTEXT TAG
   local mounts=()
   [ -f "$HOST_CA" ] && mounts+=(-v "$HOST_CA:$HOST_CA:ro")
   [ -f /etc/pip.conf ] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
-  podman build --build-arg PYTHON_IMAGE="$PYTHON_BASE" "${mounts[@]}" -t "localhost/fleetreg:$2" "$1"
+  # --network=host: the build's pip reaches PyPI as the host does. Under netavark (set by
+  # engine(), for DNS on the compose file's internal network) a build container's bridge
+  # got no answer from this machine's resolver, where CNI's did.
+  podman build --network=host --build-arg PYTHON_IMAGE="$PYTHON_BASE" "${mounts[@]}" -t "localhost/fleetreg:$2" "$1"
 }
 
 fleetreg() { # [REF] [TAG]
