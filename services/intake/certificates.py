@@ -37,6 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from shared.batching import Coalescer
 from shared.db import certificates as registry
 from shared.db.pool import Pool
 from shared.domain.certificates import (
@@ -137,6 +138,19 @@ class Issuer:
         self._epoch = 0
         self._listening = False
         self._lock = asyncio.Lock()
+        # The issuances of concurrent calls, recorded one transaction per batch
+        # (shared/db/certificates.py, record_certificates); one pool per process.
+        self._records: Coalescer[registry.CertificateRequest, registry.Recorded | Exception] | None = None
+
+    async def record(self, pool: Pool, request: registry.CertificateRequest) -> registry.Recorded:
+        """Sign and record ``request`` with the issuances in flight beside it (one
+        transaction a batch); what its ``sign()`` raised is raised."""
+        if self._records is None:
+            self._records = Coalescer(partial(registry.record_certificates, pool, limit=self.max_per_device))
+        outcome = await self._records.submit(request)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def apply(self, payload: str) -> None:
         """A ``fleetreg_invalidate`` payload: ``crl:<account ID>`` drops that account's CRL;
@@ -252,14 +266,15 @@ async def issue(
         raise NotThisRegistration("the device does not belong to this auto registration")
     for _ in range(2):  # once more after an upload replaced the CA this instance kept
         ca = await issuer.ca(pool, device.account_id)
-        recorded = await registry.record_certificate(
+        recorded = await issuer.record(
             pool,
-            device_id,
-            device.credential_generation,
-            device.hardware_id,
-            partial(device_certificate, ca, csr, device.hardware_id, device_id, issuer.days),
-            issuer.max_per_device,
-            ca.der,
+            registry.CertificateRequest(
+                device_id,
+                device.credential_generation,
+                device.hardware_id,
+                partial(device_certificate, ca, csr, device.hardware_id, device_id, issuer.days),
+                ca.der,
+            ),
         )
         if not isinstance(recorded, registry.StaleCa):
             break

@@ -52,22 +52,34 @@ SELECT_DEVICE = """
 # (which takes it exclusive before counting the unexpired certificates) either waits for
 # this record and then sees it (409), or commits first and the compare below (a statement
 # whose snapshot is taken once the lock is held) finds the caller's CA stale: nothing signed.
-LOCK_DEVICE = """
-    SELECT account_id::text, pg_advisory_xact_lock_shared(1718773601, hashtext(account_id::text))
-    FROM devices
-    WHERE id = $1 AND NOT disabled AND credential_generation = $2 AND hardware_id = $3
+# A batch of concurrent issuances (record_certificates) locks all its devices in one
+# statement and records all its certificates in one more: one transaction, hence one
+# foreign-key lock of the account's row, per batch instead of per device (hundreds of
+# transactions holding KEY SHARE on one account row made Postgres build a MultiXact per
+# locker, and halved a CSR storm's rate).
+LOCK_DEVICES = """
+    SELECT id::text, account_id::text, hardware_id, disabled, credential_generation,
+           pg_advisory_xact_lock_shared(1718773601, hashtext(account_id::text))
+    FROM devices WHERE id = ANY($1::uuid[])
+    ORDER BY id
     FOR NO KEY UPDATE"""
-# Whether the account's CA is still the caller's, and the device's unexpired certificates,
+# Rows are locked in the order of their IDs (the sort runs below the row locking), so two
+# batches on two instances that share devices take turns instead of deadlocking.
+# Whether each account's CA is still the caller's, and each device's unexpired certificates,
 # revoked or not (a revoked one is in the CRL, an unrevoked one will be at the device's
 # next reset): the cap counts both.
+SELECT_CAS = "SELECT account_id::text, certificate FROM issuing_cas WHERE account_id = ANY($1::uuid[])"
 SELECT_UNEXPIRED = """
-    SELECT (SELECT certificate = $3 FROM issuing_cas WHERE account_id = $2::uuid) AS current_ca,
-           ARRAY(SELECT not_after FROM device_certificates WHERE device_id = $1 AND not_after > now()
-                 ORDER BY not_after) AS held"""
-INSERT_CERTIFICATE = """
+    SELECT d.id::text, ARRAY(SELECT not_after FROM device_certificates c
+                             WHERE c.device_id = d.id AND c.not_after > now() ORDER BY not_after) AS held
+    FROM unnest($1::uuid[]) AS d(id)"""
+INSERT_CERTIFICATES = """
     INSERT INTO device_certificates
         (serial, account_id, device_id, hardware_id, public_key_sha256, certificate, not_after)
-    SELECT $2, account_id, id, hardware_id, $3, $4, $5 FROM devices WHERE id = $1"""
+    SELECT r.serial, d.account_id, d.id, d.hardware_id, r.key_sha256, r.der, r.not_after
+    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[])
+         AS r(device_id, serial, key_sha256, der, not_after)
+    JOIN devices d ON d.id = r.device_id"""
 SELECT_CURRENT = """
     SELECT serial, certificate, not_after, issued_at, revoked_at FROM device_certificates
     WHERE device_id = $1 ORDER BY issued_at DESC LIMIT 1"""
@@ -102,7 +114,7 @@ SELECT_BY_SERIAL = """
     FROM device_certificates c LEFT JOIN devices d ON d.id = c.device_id
     WHERE c.account_id = $1 AND c.serial = $2"""
 # Replacing the CA (an upload): the CA's lock taken exclusive against issuances first
-# (LOCK_DEVICE), then the row (none: no CA yet), then the account's unexpired certificates
+# (LOCK_DEVICES), then the row (none: no CA yet), then the account's unexpired certificates
 # counted (revoked ones too: they are in the CRL).
 LOCK_CA_EXCLUSIVE = "SELECT pg_advisory_xact_lock(1718773601, hashtext($1::uuid::text))"
 # Uploads take turns (rare; the subject check below must see every other one committed).
@@ -228,6 +240,22 @@ class AtCertificateLimit:
     frees_at: datetime
 
 
+@dataclass(frozen=True)
+class CertificateRequest:
+    """One issuance: sign (``sign()``, called with the device row locked) and record a
+    certificate for ``device_id`` while it is enabled, at ``credential_generation`` with
+    ``hardware_id``, and its account's CA is still ``ca_der`` (the signer's)."""
+
+    device_id: str
+    credential_generation: int
+    hardware_id: str
+    sign: Callable[[], DeviceCertificate]
+    ca_der: bytes
+
+
+Recorded = DeviceCertificate | AtCertificateLimit | StaleCa | None
+
+
 async def record_certificate(
     pool: Pool,
     device_id: str,
@@ -236,35 +264,74 @@ async def record_certificate(
     sign: Callable[[], DeviceCertificate],
     limit: int,
     ca_der: bytes,
-) -> DeviceCertificate | AtCertificateLimit | StaleCa | None:
-    """Sign (``sign()``, called with the device row locked) and record a certificate for
-    the device while it holds fewer than ``limit`` unexpired certificates (revoked or not);
-    the certificate recorded, AtCertificateLimit (nothing signed or recorded) at the cap,
-    or None (nothing recorded: do not hand anything out) when the device is gone,
-    disabled, or no longer at ``credential_generation`` with ``hardware_id``; StaleCa when
-    the account's CA is no longer ``ca_der`` (the signer's). Decided in one transaction
-    under the device row's lock: concurrent calls, on any number of instances, record at
-    most ``limit``."""
+) -> Recorded:
+    """One issuance (:func:`record_certificates` of one request); what ``sign()`` raised is
+    raised."""
+    (outcome,) = await record_certificates(
+        pool, [CertificateRequest(device_id, credential_generation, hardware_id, sign, ca_der)], limit
+    )
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+async def record_certificates(
+    pool: Pool, requests: Sequence[CertificateRequest], limit: int
+) -> list[Recorded | Exception]:
+    """Sign and record each request's certificate while its device holds fewer than
+    ``limit`` unexpired certificates (revoked or not), in one transaction; one outcome per
+    request, in order: the certificate recorded, AtCertificateLimit (nothing signed or
+    recorded) at the cap, None (nothing recorded: do not hand anything out) when the device
+    is gone, disabled, or no longer at the request's generation and hardware ID, StaleCa
+    when the account's CA is no longer the request's, or the exception its ``sign()``
+    raised (the other requests are recorded all the same). Decided under the devices' row
+    locks: concurrent calls, on any number of instances, record at most ``limit`` a
+    device, and two requests of one device in one batch count each other."""
     async with pool.acquire() as conn, conn.transaction():
-        account_id = await conn.fetchval(LOCK_DEVICE, device_id, credential_generation, hardware_id)
-        if account_id is None:
-            return None
-        state = await conn.fetchrow(SELECT_UNEXPIRED, device_id, account_id, ca_der)
-        if state is None or not state["current_ca"]:
-            return StaleCa()
-        held = list(state["held"])
-        if len(held) >= limit:
-            return AtCertificateLimit(len(held), held[len(held) - limit])
-        issued = sign()
-        await conn.execute(
-            INSERT_CERTIFICATE,
-            device_id,
-            issued.serial,
-            issued.public_key_sha256,
-            issued.der,
-            issued.not_after,
-        )
-        return issued
+        devices = {
+            r["id"]: r for r in await conn.fetch(LOCK_DEVICES, sorted({q.device_id for q in requests}))
+        }
+        accounts = sorted({d["account_id"] for d in devices.values()})
+        cas = {r["account_id"]: bytes(r["certificate"]) for r in await conn.fetch(SELECT_CAS, accounts)}
+        held = {r["id"]: list(r["held"]) for r in await conn.fetch(SELECT_UNEXPIRED, list(devices))}
+        outcomes: list[Recorded | Exception] = []
+        signed: list[tuple[str, DeviceCertificate]] = []
+        for request in requests:
+            device = devices.get(request.device_id)
+            if (
+                device is None
+                or device["disabled"]
+                or device["credential_generation"] != request.credential_generation
+                or device["hardware_id"] != request.hardware_id
+            ):
+                outcomes.append(None)
+                continue
+            if cas.get(device["account_id"]) != request.ca_der:
+                outcomes.append(StaleCa())
+                continue
+            unexpired = held[request.device_id]
+            if len(unexpired) >= limit:
+                outcomes.append(AtCertificateLimit(len(unexpired), unexpired[len(unexpired) - limit]))
+                continue
+            try:
+                issued = request.sign()
+            except Exception as exc:  # this request's own fault (its CSR): the batch goes on
+                outcomes.append(exc)
+                continue
+            unexpired.append(issued.not_after)
+            unexpired.sort()
+            signed.append((request.device_id, issued))
+            outcomes.append(issued)
+        if signed:
+            await conn.execute(
+                INSERT_CERTIFICATES,
+                [device_id for device_id, _ in signed],
+                [c.serial for _, c in signed],
+                [c.public_key_sha256 for _, c in signed],
+                [c.der for _, c in signed],
+                [c.not_after for _, c in signed],
+            )
+        return outcomes
 
 
 @dataclass(frozen=True)

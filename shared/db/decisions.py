@@ -307,7 +307,7 @@ async def _revoke_reclaimed(conn: Connection, reclaimed: dict[str, tuple[str, st
     superseded (reason ``reset``: the CRL's superseded, as an operator's reset), each
     audited as ``certificate.revoked`` on the device with ``"by": "reclaim"``, in the
     transaction of the new generation. A certificate being recorded meanwhile holds the
-    device's row (shared.db.certificates.LOCK_DEVICE) so REGENERATE waited for it
+    device's row (shared.db.certificates.LOCK_DEVICES) so REGENERATE waited for it
     and this statement sees it; one recorded later names the old generation and is not
     recorded at all."""
     revoked = await certificates.revoke_devices(conn, sorted(reclaimed), "reset")

@@ -18,7 +18,7 @@ from services.intake.certificates import CertificateLimit, Issuer
 from shared.db import certificates as registry
 from shared.db.pool import Pool
 from shared.db.throttle import Listener
-from shared.domain.certificates import Revoked
+from shared.domain.certificates import DeviceCertificate, IssuingCa, Revoked, device_certificate
 from tests.support import registry as rows
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,61 @@ async def test_a_parallel_burst_on_two_instances_records_exactly_the_cap(pool: P
     oldest = min(i.certificate.not_after for i in issued)
     assert body["available_at"] == oldest.isoformat()  # when the oldest expires: room for one
     assert "GET /v1/devices/{device_id}/certificate" in body["message"]
+
+
+async def test_a_batch_decides_each_request_on_its_own(pool: Pool) -> None:
+    """Concurrent issuances share a transaction (record_certificates); each request still
+    gets its own outcome: another account's device is signed with its own CA, a disabled
+    device or a stale generation gets nothing, a CA that is not the account's current one
+    is stale, and a signer that raises fails its own request only."""
+    issuer = Issuer(SECRET, 365, max_per_device=2)
+    (first_account, first), (second_account, second) = await _device(pool), await _device(pool)
+    _, disabled = await _device(pool)
+    await pool.execute("UPDATE devices SET disabled = true WHERE id = $1", disabled)
+    first_ca = await issuer.ca(pool, first_account)
+    second_ca = await issuer.ca(pool, second_account)
+
+    def sign(ca: IssuingCa, device_id: str) -> DeviceCertificate:
+        return device_certificate(ca, _csr(), "cap-board", device_id, 365)
+
+    def broken() -> DeviceCertificate:
+        raise ValueError("this request's own CSR")
+
+    request = registry.CertificateRequest
+    outcomes = await registry.record_certificates(
+        pool,
+        [
+            request(first, 1, "cap-board", lambda: sign(first_ca, first), first_ca.der),
+            request(second, 1, "cap-board", lambda: sign(second_ca, second), second_ca.der),
+            request(first, 1, "cap-board", broken, first_ca.der),
+            request(disabled, 1, "cap-board", lambda: sign(first_ca, disabled), first_ca.der),
+            request(second, 2, "cap-board", lambda: sign(second_ca, second), second_ca.der),
+            request(second, 1, "cap-board", lambda: sign(first_ca, second), first_ca.der),
+            request(first, 1, "cap-board", lambda: sign(first_ca, first), first_ca.der),
+            request(first, 1, "cap-board", lambda: sign(first_ca, first), first_ca.der),
+        ],
+        limit=2,
+    )
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds == [
+        "DeviceCertificate",
+        "DeviceCertificate",
+        "ValueError",
+        "NoneType",
+        "NoneType",
+        "StaleCa",
+        "DeviceCertificate",
+        "AtCertificateLimit",  # the batch's own two count: the cap holds inside a batch too
+    ]
+    assert (await _held(pool, first), await _held(pool, second), await _held(pool, disabled)) == (2, 1, 0)
+    recorded = await pool.fetch(
+        "SELECT device_id::text, account_id::text FROM device_certificates WHERE device_id = ANY($1::uuid[])",
+        [first, second],
+    )
+    assert {(r["device_id"], r["account_id"]) for r in recorded} == {
+        (first, first_account),
+        (second, second_account),
+    }
 
 
 async def test_revoked_certificates_count_and_expired_ones_free_their_place(pool: Pool) -> None:

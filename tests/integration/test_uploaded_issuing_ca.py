@@ -113,17 +113,20 @@ async def test_an_issuance_in_flight_makes_a_concurrent_upload_wait_then_refuse(
     device = await registry.new_device(pool, product, await registry.new_registration(pool, product), "h2")
     ca = await Issuer(KEY, 30).ca(pool, account.id)
     async with pool.acquire() as conn, conn.transaction():
-        # What record_certificate does, held open: the device row and the CA's lock held.
-        assert await conn.fetchval(certificates.LOCK_DEVICE, device, 1, "h2") == account.id
-        state = await conn.fetchrow(certificates.SELECT_UNEXPIRED, device, account.id, ca.der)
-        assert state["current_ca"] is True and state["held"] == []
+        # What record_certificates does, held open: the device row and the CA's lock held.
+        locked = await conn.fetch(certificates.LOCK_DEVICES, [device])
+        assert [r["account_id"] for r in locked] == [account.id]
+        cas = await conn.fetch(certificates.SELECT_CAS, [account.id])
+        assert [bytes(r["certificate"]) for r in cas] == [ca.der]
+        held = await conn.fetch(certificates.SELECT_UNEXPIRED, [device])
+        assert [r["held"] for r in held] == [[]]
         await conn.execute(
-            certificates.INSERT_CERTIFICATE,
-            device,
-            uuid.uuid4().hex,
-            b"k" * 32,
-            b"der",
-            datetime.now(UTC) + timedelta(days=1),
+            certificates.INSERT_CERTIFICATES,
+            [device],
+            [uuid.uuid4().hex],
+            [b"k" * 32],
+            [b"der"],
+            [datetime.now(UTC) + timedelta(days=1)],
         )
         upload = asyncio.create_task(handlers.upload_issuing_ca(pool, SECRET, account, new_pki().body()))
         await asyncio.sleep(0.3)
