@@ -367,10 +367,21 @@ async def test_credential_refusals_in_the_text_form(
     system: System, session: aiohttp.ClientSession, operator: Operator
 ) -> None:
     url = system.device_url
-    code = (await operator.product())["bulk_identification_code"]
+    registration = await operator.product()
+    code = registration["bulk_identification_code"]
     device = await register(session, url, code, uuid.uuid4().hex[:12])
     assert device.status == 200, device.body
     manifest = device_url(url, device, "manifest")
+
+    # EST's refusals carry the code too (its challenge is Basic, RFC 7030 section 3.2.3).
+    est = await call(
+        session,
+        "POST",
+        f"{url}/.well-known/est/{registration['id']}/simpleenroll",
+        headers={"Content-Type": "application/pkcs10"},
+    )
+    assert (est.status, est.fields["reason_code"]) == (401, "unauthorized"), est.body
+    assert est.headers["WWW-Authenticate"].startswith("Basic ")
 
     wrong = await call(session, "GET", manifest, headers={"Authorization": "Bearer " + "0" * 64})
     assert (wrong.status, wrong.fields["error"], wrong.fields["reason_code"]) == (

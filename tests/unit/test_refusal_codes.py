@@ -5,8 +5,10 @@ carries the code of its first answer), and the errors' bodies carrying it last."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.domain import derived_keys, x509_attestation
 from shared.domain.admission import (
@@ -112,3 +114,19 @@ def test_an_errors_body_carries_its_code_last_and_none_without_one() -> None:
     assert Forbidden("no", reason_code=ReasonCode.DISABLED).to_dict()["reason_code"] == "disabled"
     stale = Unauthorized("again", code="device_deleted", reason_code=ReasonCode.DEVICE_DELETED)
     assert stale.to_dict() == {"error": "device_deleted", "message": "again", "reason_code": "device_deleted"}
+
+
+def test_the_openapi_document_and_the_docs_list_every_code() -> None:
+    root = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((root / "services" / "intake" / "openapi.yaml").read_text(encoding="utf-8"))
+    schemas = document["components"]["schemas"]
+    assert schemas["ReasonCode"]["enum"] == [code.value for code in ReasonCode]
+    for shape in ("Answer", "Error"):
+        assert schemas[shape]["properties"]["reason_code"] == {"$ref": "#/components/schemas/ReasonCode"}
+    docs = (root / "docs" / "device-api.md").read_text(encoding="utf-8")
+    table = docs.split("## Refusal codes (`reason_code`)", 1)[1].split("\n## ", 1)[0]
+    listed = [c for c in re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE) if c != "reason_code"]
+    assert listed == [code.value for code in ReasonCode]
+    for code in ReasonCode:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{code.value}` |"))
+        assert ("| temporary |" in row) is (code in TEMPORARY), row
