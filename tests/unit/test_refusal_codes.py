@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -18,10 +19,12 @@ from shared.domain.admission import (
     REASON_UNKNOWN_CODE,
 )
 from shared.domain.dedup import (
+    QUOTAS,
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DELETED,
     REASON_DISABLED,
+    Quota,
     reason_clone_limit,
     reason_clone_rate,
     reason_max_devices,
@@ -86,6 +89,11 @@ def test_every_code_is_a_lower_case_token() -> None:
 )
 def test_a_refusal_reason_has_its_code(reason: str, code: str) -> None:
     assert reason_code_of(reason) == code
+
+
+def test_every_limit_has_its_code() -> None:
+    for quota in get_args(Quota):
+        assert reason_code_of(QUOTAS[quota].prefix + " anything") is not ReasonCode.OTHER, quota
 
 
 def test_the_intakes_own_clone_rate_hold_is_throttled() -> None:
