@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.intake import routes
+from services.intake import routes, views
 from services.intake.compat import routes as compat_routes
 from services.intake.resources import SERVICE, resources_context
 from services.intake.settings import IntakeSettings
@@ -16,10 +16,15 @@ __all__ = ["SERVICE", "create_app"]
 
 
 def create_app(settings: IntakeSettings) -> web.Application:
+    reference = settings.compat.prefix + "/"
     app = base_app(
         SERVICE,
         client_max_size=settings.max_body_bytes,
-        middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
+        answer_middlewares=(views.plain_text_answers(reference),),
+        middlewares=(
+            views.refusal_codes(reference),
+            throttle_middleware(per_key=False, own_answers=(reference,)),
+        ),
     )
     if settings.client_cert_header is not None:
         app[CLIENT_CERT_HEADER_NAME] = settings.client_cert_header

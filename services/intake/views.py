@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from services.intake.certificates import Issued
 from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
 from shared.db.files import ServiceFile
 from shared.domain.certificates import certs_only
+from shared.domain.refusals import ReasonCode, reason_code_of, reason_code_of_status
 from shared.errors import DomainError, TooManyRequests
-from shared.http import json_response
+from shared.http import Handler, json_response
+from shared.plain_text import PLAIN_TEXT, flatten, prefers_plain_text
+
+# Every path of the native device API, EST and the CRL included: their JSON answers have a
+# plain-text form, and their 401, 403 and 429 answers carry a reason_code (docs/device-api.md).
+# The reference protocol's prefix is configurable, so its paths are told apart by the app
+# (the middlewares' ``reference_prefix``).
+NATIVE_PATHS = ("/v1/", "/.well-known/est/")
+
+
+def is_native(path: str, reference_prefix: str) -> bool:
+    """Whether ``path`` is the native device API's (not the reference protocol's, which
+    answers in its own words, nor the OpenAPI document)."""
+    return path.startswith(NATIVE_PATHS) and not path.startswith(reference_prefix)
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
@@ -50,12 +66,19 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
         # registration again (a poll of the request gets the same answer: the stored
         # decision keeps the reason, not the wait, so it is told the pending interval).
         wait = TooManyRequests(
-            answer.reason, retry_after=answer.retry_after or retry_after, rule=CLONE_RATE_RULE
+            answer.reason,
+            retry_after=answer.retry_after or retry_after,
+            rule=CLONE_RATE_RULE,
+            reason_code=ReasonCode.THROTTLED,
         )
         return json_response(
             {**wait.to_dict(), "request_id": answer.request_id}, status=429, headers=wait.headers()
         )
     body["reason"] = answer.reason
+    if answer.status == "refused":
+        # Derived from the reason, which is all a stored decision keeps: a poll answered
+        # later carries the same code as the first answer.
+        body["reason_code"] = reason_code_of(answer.reason)
     if answer.server_time:
         # A proof refused only for its time: the device takes the server's clock (this field,
         # or the Date header every answer has) and proves again (docs/device-identity.md).
@@ -152,3 +175,62 @@ def crl_view(der: bytes) -> web.Response:
 def error_view(error: DomainError) -> web.Response:
     """A refusal answered by the route itself (so that it is counted: routes.refusals_counted)."""
     return json_response(error.to_dict(), status=error.status, headers=error.headers() or None)
+
+
+def plain_text_answers(reference_prefix: str) -> Callable[..., object]:
+    """A middleware giving the plain-text form (shared/plain_text.py) of every JSON-object
+    answer of the native device API to a call whose ``Accept`` prefers it: same status and
+    headers, the body flattened, ``Content-Type: text/plain; charset=utf-8``. Any other
+    answer (JSON not asked for, a file, an answer that is not a JSON object, the reference
+    protocol's under ``reference_prefix``) is left as it is. Runs outside the error mapping
+    (shared.http.base_app), so errors are converted too; never raises."""
+
+    @web.middleware
+    async def plain_text(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not prefers_plain_text(request.headers.get("Accept")) or not is_native(
+            request.path, reference_prefix
+        ):
+            return response
+        return as_plain_text(response)
+
+    return plain_text
+
+
+def as_plain_text(response: web.StreamResponse) -> web.StreamResponse:
+    """``response`` in the plain-text form when it is a JSON object, else ``response``."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return response
+    body = response.body
+    if not isinstance(body, bytes):
+        return response
+    try:
+        document = orjson.loads(body)
+        if not isinstance(document, dict):
+            return response
+        text = flatten(document)
+    except (orjson.JSONDecodeError, TypeError):
+        return response
+    response.body = text.encode()
+    response.content_type = PLAIN_TEXT
+    response.charset = "utf-8"
+    return response
+
+
+def refusal_codes(reference_prefix: str) -> Callable[..., object]:
+    """A middleware (inside the error mapping, outside the throttle) that gives a refusal of
+    the native device API raised without a ``reason_code`` the one its status implies
+    (:func:`reason_code_of_status`: the throttle's 429s, shared with the other services,
+    are ``throttled``). The reference protocol's paths (under ``reference_prefix``) answer
+    in their own words and are left alone."""
+
+    @web.middleware
+    async def with_reason_code(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DomainError as exc:
+            if exc.reason_code is None and is_native(request.path, reference_prefix):
+                exc.reason_code = reason_code_of_status(exc.status)
+            raise
+
+    return with_reason_code
