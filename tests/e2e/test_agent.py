@@ -9,8 +9,12 @@ itself checked by ShellCheck for anything that is not POSIX sh.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import shutil
 import stat
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +22,21 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import EXIT_DISABLED, EXIT_FINAL, SHELLS, Agent, install_shells
+from shared.plain_text import flatten
+from tests.e2e.test_x509_attestation import verified_ca, x509_registration
+from tests.support import x509 as certs
+from tests.support.agent import (
+    AGENT,
+    EXIT_DISABLED,
+    EXIT_FINAL,
+    SHELL_COMMANDS,
+    SHELLS,
+    Agent,
+    busybox_bin,
+    install_shells,
+)
 from tests.support.api import Operator
-from tests.support.system import System
+from tests.support.system import ROOT, System
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +76,14 @@ def make_agent(tmp_path: Path, shell: str, system: System) -> MakeAgent:
         return agent
 
     return make
+
+
+def tool(name: str) -> str:
+    """The installed program's path (Debian's packages: deploy/local/agent-shells.sh)."""
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(f"{name} is not installed: run deploy/local/agent-shells.sh")
+    return path
 
 
 def hardware_id() -> str:
@@ -365,3 +389,230 @@ async def test_a_paused_registration_is_retried_until_resumed(
     assert_booted(booted)
     assert "register_refused reason_code=paused" in booted.log
     assert booted.log.count("register_refused") >= 2
+
+
+async def derived_key_registration(operator: Operator) -> dict[str, Any]:
+    product = await operator.call(
+        "POST",
+        "/v1/products",
+        {"name": f"dk-{uuid.uuid4().hex[:8]}", "services": [{"type": "ssh", "port": 22}]},
+        expect=201,
+    )
+    await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+    created: dict[str, Any] = await operator.call(
+        "POST",
+        "/v1/auto-registrations",
+        {"product_id": product["id"], "attestation": "derived_key"},
+        expect=201,
+    )
+    return created
+
+
+def clockless(folder: Path) -> Path:
+    """A ``date`` for a board without a real-time clock: ``date +%s`` says 1970 (the
+    agent's only use of the clock)."""
+    folder.mkdir()
+    shim = folder / "date"
+    shim.write_text('#!/bin/sh\nif [ "$*" = "+%s" ]; then echo 5; else exec /bin/date "$@"; fi\n')
+    shim.chmod(0o755)
+    return folder
+
+
+async def test_derived_key_mode_proves_the_key_also_without_a_clock(
+    operator: Operator, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    created = await derived_key_registration(operator)
+    code = created["bulk_identification_code"]
+
+    async def device_key(h: str) -> str:
+        derived = await operator.call(
+            "POST", f"/v1/auto-registrations/{created['id']}/derive-key", {"hardware_id": h}, expect=200
+        )
+        return str(derived["device_key"])
+
+    h = hardware_id()
+    board = make_agent(code, h, DEVICE_KEY=await device_key(h))
+    booted = await board.boot()
+    assert_booted(booted)
+    assert "mode=derived_key" in booted.log and "register_proof_time" not in booted.log
+    assert board.state("hardware_id") == h
+    assert str(await device_key(h)) not in booted.log
+    assert_booted(await board.boot())  # a reboot: the secret, no proof
+
+    h2 = hardware_id()
+    no_clock = make_agent(code, h2, DEVICE_KEY=await device_key(h2))
+    no_clock.extra_path.append(clockless(tmp_path / "no-rtc"))
+    booted = await no_clock.boot()
+    assert_booted(booted)
+    assert "register_proof_time" in booted.events, booted.log
+    assert no_clock.state("hardware_id") == h2
+
+    wrong = make_agent(code, hardware_id(), DEVICE_KEY=await device_key(h))  # another board's key
+    refused = await wrong.boot()
+    assert refused.code == EXIT_FINAL
+    assert (
+        refused.log.strip().splitlines()[-1].startswith("fleetreg-agent: refused reason_code=proof_invalid")
+    )
+
+
+def openssl(*args: str, stdin: bytes = b"") -> str:
+    return subprocess.run(
+        [tool("openssl"), *args], input=stdin, check=True, capture_output=True
+    ).stdout.decode()
+
+
+async def test_csr_mode_makes_the_key_on_the_board_and_stores_its_certificate(
+    operator: Operator, make_agent: MakeAgent
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    h = hardware_id()
+    board = make_agent(code, h, CSR="1")
+    booted = await board.boot()
+    assert_booted(booted)
+    key = board.state_dir / "device.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    certificate = (board.state_dir / "certificate.pem").read_bytes()
+    subject = openssl("x509", "-noout", "-subject", "-nameopt", "RFC2253", stdin=certificate)
+    assert subject.strip() == f"subject=CN={h}"
+    # The certificate is of the board's own key, which never left the state folder.
+    assert openssl("x509", "-noout", "-pubkey", stdin=certificate) == openssl(
+        "pkey", "-pubout", "-in", str(key)
+    )
+    assert "BEGIN" not in booted.log
+    ca = (board.state_dir / "ca.pem").read_bytes()
+    assert ca.startswith(b"-----BEGIN CERTIFICATE-----")
+    held = (await device(operator, str(board.state("device_id"))))["certificate"]
+    assert held and held["serial"] in booted.log
+
+    # A board that lost its certificate asks for one with its secret at the next boot.
+    (board.state_dir / "certificate.pem").unlink()
+    again = await board.boot()
+    assert_booted(again)
+    assert "register" not in again.events and (board.state_dir / "certificate.pem").exists()
+
+
+async def test_x509_mode_registers_with_the_boards_certificate_over_tls(
+    operator: Operator, make_agent: MakeAgent, system: System, tmp_path: Path
+) -> None:
+    created = await x509_registration(operator)
+    root = certs.ca(f"Maker Root {uuid.uuid4().hex[:6]}")
+    h = f"x5a-{uuid.uuid4().hex[:8]}"
+    leaf = certs.device(root, h)
+    (tmp_path / "board.pem").write_text(leaf.pem)
+    (tmp_path / "board.key").write_text(leaf.key_pem)
+    await verified_ca(operator, created["id"], root)
+    board = make_agent(
+        created["bulk_identification_code"],
+        h,
+        SERVER_URL=f"https://127.0.0.1:{system.env['FLEETREG_COMPAT_PORT']}",
+        CA_FILE=str(system.tls_ca),
+        CERT_FILE=str(tmp_path / "board.pem"),
+        KEY_FILE=str(tmp_path / "board.key"),
+    )
+    # Until the https listener holds the new CA (within its refresh interval), the handshake
+    # fails: a fault the agent retries.
+    booted = await board.boot()
+    assert_booted(booted)
+    assert "mode=x509" in booted.log and board.state("hardware_id") == h
+    assert_provisioned_files(board, ["bulk", "ssh"])
+    reboot = await board.boot()
+    assert_booted(reboot)
+    assert "register" not in reboot.events
+
+    # A wiped board holds its key: it is itself, never a clone (docs/device-identity.md).
+    await until_provisioned(operator, str(board.state("device_id")))
+    device_id = board.state("device_id")
+    shutil.rmtree(board.state_dir)
+    wiped = await board.boot()
+    assert_booted(wiped)
+    assert (board.state("device_id"), board.state("hardware_id")) == (device_id, h)
+
+
+def test_shellcheck_finds_nothing(shells: None) -> None:
+    """Debian's ShellCheck, as POSIX sh: its SC3xxx checks refuse every bashism it knows."""
+    done = subprocess.run([tool("shellcheck"), "--shell=sh", str(AGENT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_a_bashism_fails_the_checks(shells: None, tmp_path: Path) -> None:
+    """The checks above can fail: a copy of the agent with bashisms planted is refused by
+    ShellCheck, by Debian's checkbashisms where installed, and dash cannot even run it."""
+    planted = tmp_path / "fleetreg-agent"
+    text = AGENT.read_text()
+    marker = "set -u\n"
+    assert marker in text
+    planted.write_text(
+        text.replace(marker, marker + 'if [[ "$0" == *agent ]]; then :; fi\nlocal_array=(a b)\n', 1)
+    )
+    checked = subprocess.run([tool("shellcheck"), "--shell=sh", str(planted)], capture_output=True, text=True)
+    assert checked.returncode != 0 and "SC3010" in checked.stdout, checked.stdout
+    assert subprocess.run([tool("dash"), "-n", str(planted)], capture_output=True).returncode != 0
+    if shutil.which("checkbashisms"):
+        assert subprocess.run([tool("checkbashisms"), str(AGENT)], capture_output=True).returncode == 0
+        assert subprocess.run([tool("checkbashisms"), str(planted)], capture_output=True).returncode != 0
+
+
+def test_the_agent_parses_under_both_shells(shells: None) -> None:
+    for command in ([tool("dash"), "-n"], [tool("busybox"), "sh", "-n"]):
+        done = subprocess.run([*command, str(AGENT)], capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+
+
+JSON_SHAPES: list[dict[str, Any]] = [
+    {"status": "pending", "request_id": "r-1", "retry_after": 2},
+    {
+        "status": "refused",
+        "request_id": "r",
+        "reason": "device disabled by the operator",
+        "reason_code": "disabled",
+    },
+    {
+        "error": "too_many_requests",
+        "message": "slow down",
+        "rule": "refusals_per_source",
+        "retry_after": "42",
+    },
+    {
+        "status": "ready",
+        "clone": False,
+        "device_secret": "9b1c",
+        "ignored": None,
+        "empty": "",
+        "spaced": " a ",
+        "unicode": "caf\u00e9 \U0001f600",
+        "manifest": {
+            "generation": 1,
+            "files": [
+                {"name": "02-ssh.conf", "port": 22, "size": 249, "content": '#begin\nX "q" \\ \t\n#end\n'},
+                None,
+                {"name": "b", "nested": {"list": [], "n": -1.5e3}},
+            ],
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_agents_json_fallback_reads_json_as_the_servers_text_form(
+    shell: str, shells: None, tmp_path: Path
+) -> None:
+    """A server without the text form (or an HTTP layer's JSON error) is read by the agent's
+    own flattening (json_to_text, awk): it gives exactly the lines shared/plain_text.py
+    answers, under each shell with its own awk (BusyBox's or mawk)."""
+    function = re.search(r"^json_to_text\(\) \{\n.*?^\}\n", AGENT.read_text(), re.M | re.S)
+    assert function
+    script = tmp_path / "flatten.sh"
+    script.write_text(function.group(0) + "json_to_text\n")
+    env = {"PATH": os.environ["PATH"]}
+    if shell == "busybox":
+        env["PATH"] = f"{busybox_bin(ROOT / 'var' / 'agent-busybox-bin')}:{env['PATH']}"
+    for shape in JSON_SHAPES:
+        for text in (json.dumps(shape), json.dumps(shape, indent=2, ensure_ascii=False)):
+            done = subprocess.run(
+                [*SHELL_COMMANDS[shell], str(script)],
+                input=text.encode(),
+                capture_output=True,
+                env=env,
+                check=True,
+            )
+            assert done.stdout.decode() == flatten(shape), text
