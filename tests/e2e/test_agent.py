@@ -498,6 +498,17 @@ async def test_csr_mode_makes_the_key_on_the_board_and_stores_its_certificate(
     again = await board.boot()
     assert_booted(again)
     assert "register" not in again.events and (board.state_dir / "certificate.pem").exists()
+    serial = openssl("x509", "-noout", "-serial", "-in", str(board.state_dir / "certificate.pem"))
+
+    # One expiring within CERT_RENEW_SECONDS is renewed at the check-in, of the same key.
+    board.config["CERT_RENEW_SECONDS"] = str(20 * 365 * 86400)
+    renewed = await board.boot()
+    assert_booted(renewed)
+    assert "certificate" in renewed.events
+    assert openssl("x509", "-noout", "-serial", "-in", str(board.state_dir / "certificate.pem")) != serial
+    assert openssl("x509", "-noout", "-pubkey", "-in", str(board.state_dir / "certificate.pem")) == openssl(
+        "pkey", "-pubout", "-in", str(key)
+    )
 
 
 async def test_x509_mode_registers_with_the_boards_certificate_over_tls(
@@ -698,3 +709,34 @@ async def test_syslog_takes_the_log_and_never_a_secret(
     syslog = (tmp_path / "syslog").read_text()
     assert "-t fleetreg-agent -- register hardware_id=" in syslog and "ready device_id=" in syslog
     assert str(board.state("secret")) not in syslog
+
+
+async def test_run_checks_in_every_checkin_seconds_and_picks_up_a_service(
+    operator: Operator, make_agent: MakeAgent
+) -> None:
+    registration = await operator.product([{"type": "ssh", "port": 22}])
+    code, product_id = registration["bulk_identification_code"], registration["product_id"]
+    board = make_agent(code, hardware_id(), CHECKIN_SECONDS="0.6")  # every other heartbeat
+    await board.start()
+    try:
+        await until_logged(board, "ready device_id")
+        added = await operator.call(
+            "POST",
+            f"/v1/products/{product_id}/services",
+            {"name": "admin", "type": "web", "port": 80},
+            expect=201,
+        )
+        admin = next(s for s in added["services"] if s["name"] == "admin")
+        await operator.call(
+            "PATCH",
+            f"/v1/products/{product_id}/services/{admin['provisioning_id']}",
+            {"enabled": True},
+            expect=200,
+        )
+        await until_logged(board, "file_written service=admin")
+        await until_logged(board, "hook script=10-record services=admin")
+    finally:
+        assert await board.stop() == 0
+    assert board.run_log().count("checkin device_id") >= 1
+    assert_provisioned_files(board, ["admin", "bulk", "ssh"])
+    assert board.hook_calls() == [["bulk", "ssh"], ["admin"]]
