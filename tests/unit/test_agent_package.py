@@ -245,13 +245,13 @@ SHELLS = [("dash",), ("busybox", "sh")]
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 def test_the_init_script_starts_reports_and_stops(shell: tuple[str, ...], tmp_path: Path) -> None:
-    """start, status and stop through the pidfile, with a stand-in agent that records its
-    arguments and waits for SIGTERM, under each shell a small image has."""
+    """start, status, restart and stop through the pidfile, with a stand-in agent that records
+    its arguments and environment and waits for SIGTERM, under each shell a small image has."""
     program = [tool(shell[0], shell[0]), *shell[1:]]
     daemon = tmp_path / "agent"
     daemon.write_text(
         "#!/bin/sh\n"
-        f'echo "$*" >{tmp_path}/args\n'
+        f'echo "$* $FLEETREG_AGENT_HARDWARE_ID" >{tmp_path}/args\n'
         "echo 'fleetreg-agent: heartbeat device_id=x'\n"
         f"trap 'echo stopped >{tmp_path}/stopped; exit 0' TERM\n"
         "while :; do sleep 1 & wait $!; done\n"
@@ -262,6 +262,8 @@ def test_the_init_script_starts_reports_and_stops(shell: tuple[str, ...], tmp_pa
     pidfile = tmp_path / "run" / "fleetreg-agent.pid"
     defaults.write_text(
         f"DAEMON={daemon}\nCONFIG={tmp_path}/agent.conf\nPIDFILE={pidfile}\nLOG={tmp_path}/agent.log\nSTOP_WAIT=10\n"
+        # A factory line's per-board value, as fleetreg-agent.service's EnvironmentFile reads it.
+        "FLEETREG_AGENT_HARDWARE_ID=board-7\n"
     )
     env = {**os.environ, "FLEETREG_AGENT_DEFAULTS": str(defaults)}
 
@@ -278,15 +280,21 @@ def test_the_init_script_starts_reports_and_stops(shell: tuple[str, ...], tmp_pa
     started = init("start")
     assert started.returncode == 0, started.stderr
     pid = int(pidfile.read_text())
-    os.kill(pid, 0)  # the pidfile names the agent itself
+    assert str(daemon) in Path(f"/proc/{pid}/cmdline").read_text()  # the agent, not a wrapper
     status = init("status")
     assert (status.returncode, f"(pid {pid})" in status.stdout) == (0, True), status.stdout
     assert "already running" in init("start").stdout
     assert int(pidfile.read_text()) == pid
+    restarted = init("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert (tmp_path / "stopped").read_text() == "stopped\n"  # SIGTERM, not SIGKILL
+    (tmp_path / "stopped").unlink()
+    pid = int(pidfile.read_text())
+    assert str(daemon) in Path(f"/proc/{pid}/cmdline").read_text()
     stopped = init("stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
     assert (tmp_path / "stopped").read_text() == "stopped\n"  # SIGTERM, not SIGKILL
-    assert (tmp_path / "args").read_text() == f"--config {tmp_path}/agent.conf run\n"
+    assert (tmp_path / "args").read_text() == f"--config {tmp_path}/agent.conf run board-7\n"
     assert "heartbeat" in (tmp_path / "agent.log").read_text()
     assert not pidfile.exists()
     assert init("status").returncode == 3
