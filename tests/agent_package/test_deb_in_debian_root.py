@@ -3,7 +3,8 @@ root that Debian's mmdebstrap made with what a small image has (curl, openssl, B
 configured against the running system, and booted inside the root (chroot; the root shares the
 host's network, so 127.0.0.1 reaches the intake). The device must be provisioned in the
 registry with its files in FILES_DIR, a reboot must be the same device, the init script must
-run and stop the agent, and a purge must keep the identity.
+run and stop the agent, an upgrade must restart a running agent and keep the filled-in
+configuration, and a purge must stop it and keep the identity.
 """
 
 from __future__ import annotations
@@ -52,11 +53,21 @@ def root_tarball() -> Path:
     return Path(made.stdout.split()[-1])
 
 
+def build(out: Path, version: str) -> Path:
+    env = {**os.environ, "FLEETREG_AGENT_VERSION": version}
+    subprocess.run([str(PACKAGING / "build.sh"), "--out", str(out)], env=env, check=True, capture_output=True)
+    return out / f"fleetreg-agent_{version}_all.deb"
+
+
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([str(PACKAGING / "build.sh"), "--out", str(out)], check=True, capture_output=True)
-    return out / f"fleetreg-agent_{VERSION}_all.deb"
+    return build(tmp_path_factory.mktemp("dist"), VERSION)
+
+
+@pytest.fixture(scope="module")
+def upgrade(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The next release: the same files, a higher version."""
+    return build(tmp_path_factory.mktemp("dist-next"), f"{VERSION}+next")
 
 
 @pytest.fixture
@@ -123,8 +134,21 @@ async def until_provisioned(operator: Operator, device_id: str) -> dict[str, Any
     raise AssertionError(f"the registry never showed {device_id} provisioned: {device}")
 
 
+async def until_no_process_in(root: Path) -> None:
+    for _ in range(100):  # the agent is gone; its last child (a sleep it kills) a moment later
+        if not processes_in(root):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still running in the root: {processes_in(root)}")
+
+
 async def test_the_deb_provisions_a_device_in_a_debian_root(
-    debian_root: Path, deb: Path, system: System, operator: Operator, session: aiohttp.ClientSession
+    debian_root: Path,
+    deb: Path,
+    upgrade: Path,
+    system: System,
+    operator: Operator,
+    session: aiohttp.ClientSession,
 ) -> None:
     root = debian_root
     shutil.copy(deb, root / "root" / deb.name)
@@ -203,18 +227,31 @@ async def test_the_deb_provisions_a_device_in_a_debian_root(
     assert f"heartbeat device_id={device_id}" in run_log.read_text(), run_log.read_text()
     rc, out, _ = await in_root(root, "/etc/init.d/fleetreg-agent", "stop")
     assert rc == 0 and "stopped" in out, out
-    for _ in range(100):  # the agent is gone; its last child (a sleep it kills) a moment later
-        if not processes_in(root):
-            break
-        await asyncio.sleep(0.05)
-    assert processes_in(root) == []
+    await until_no_process_in(root)
     assert "fleetreg-agent: stopped" in run_log.read_text()
     rc, _, _ = await in_root(root, "/etc/init.d/fleetreg-agent", "status")
     assert rc == 3
 
-    # A purge removes the program and the configuration, and keeps the device's identity.
+    # An upgrade restarts a running agent on the new script and keeps the filled-in
+    # configuration (a conffile) without asking.
+    rc, out, err = await in_root(root, "/etc/init.d/fleetreg-agent", "start")
+    assert rc == 0, out + err
+    pid = int((root / "run" / "fleetreg-agent.pid").read_text())
+    shutil.copy(upgrade, root / "root" / upgrade.name)
+    rc, out, err = await in_root(root, "dpkg", "-i", f"/root/{upgrade.name}")
+    assert rc == 0, out + err
+    rc, out, _ = await in_root(root, "dpkg-query", "-W", "-f", "${Version}", "fleetreg-agent")
+    assert out == f"{VERSION}+next"
+    assert f"SERVER_URL={system.device_url}" in conf.read_text()
+    upgraded = int((root / "run" / "fleetreg-agent.pid").read_text())
+    assert upgraded != pid and upgraded in processes_in(root)
+    assert f"AGENT_VERSION={VERSION}+next" in (root / "usr" / "bin" / "fleetreg-agent").read_text()
+
+    # A purge stops the agent, removes the program and the configuration, and keeps the
+    # device's identity.
     rc, out, err = await in_root(root, "dpkg", "--purge", "fleetreg-agent")
     assert rc == 0, out + err
+    await until_no_process_in(root)
     assert not (root / "usr" / "bin" / "fleetreg-agent").exists()
     assert not conf.exists()
     assert (state / "device_id").read_text().strip() == device_id
