@@ -7,7 +7,7 @@
 # into dist/ (or --out DIR). `make agent-package` runs it.
 #
 # usage: agent/packaging/build.sh [--out DIR] [--agent FILE]
-#   --agent FILE   package FILE instead of agent/fleetreg-agent (the tests use it)
+#   --agent FILE   package FILE instead of agent/fleetreg-agent (a patched agent, say)
 # The version is FLEETREG_AGENT_VERSION if set, else agent/VERSION; SOURCE_DATE_EPOCH (else the
 # last commit's time) dates every file, so two builds of one commit are the same bytes.
 # Needs dpkg-deb, GNU tar and gzip; runs as any user (--root-owner-group, no fakeroot).
