@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STACK  := deploy/local/stack.sh
 
-.PHONY: venv up down status demo test test-unit bench fuzz lint chaos compose-test
+.PHONY: venv up down status demo test test-unit bench fuzz lint chaos compose-test agent-package agent-package-test
 
 venv: $(STAMP)
 
@@ -63,6 +63,19 @@ compose-test: venv
 	@deploy/container/images.sh all
 	@deploy/local/browser.sh
 	@FLEETREG_COMPOSE_TEST=1 FLEETREG_COMPOSE_SCALE=$(COMPOSE_SCALE) $(PY) -m pytest -s tests/compose
+
+# The device agent's release files (docs/device-agent.md, "Packaging"): the Debian package
+# (dpkg-deb) and the tarball, into dist/. Options: make agent-package FLEETREG_AGENT_VERSION=1.2.3
+agent-package:
+	@agent/packaging/build.sh
+
+# The .deb installed into a Debian root made by Debian's mmdebstrap (installed when missing;
+# the root is cached under var/cache/agent-test-root), a device booted in it against the
+# running system. Needs root. make test checks the package itself (tests/unit/test_agent_package.py).
+agent-package-test: venv
+	@$(STACK) infra-up
+	@agent/packaging/test-root.sh >/dev/null
+	@FLEETREG_AGENT_PACKAGE_TEST=1 $(PY) -m pytest tests/agent_package
 
 lint: venv
 	@$(VENV)/bin/ruff check .

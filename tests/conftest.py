@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The container tests (tests/compose) build images and run the compose stack under podman:
 # `make compose-test` (and .ci/run after `make test`) runs them, with FLEETREG_COMPOSE_TEST set.
 collect_ignore = [] if os.environ.get("FLEETREG_COMPOSE_TEST") else ["compose"]
+# The agent's .deb installed into a Debian root (tests/agent_package): `make agent-package-test`
+# runs it, with FLEETREG_AGENT_PACKAGE_TEST set (it needs root and Debian's mmdebstrap).
+if not os.environ.get("FLEETREG_AGENT_PACKAGE_TEST"):
+    collect_ignore.append("agent_package")
 
 
 @pytest.fixture(scope="session")
