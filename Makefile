@@ -32,6 +32,7 @@ demo: up
 test: venv
 	@$(STACK) infra-up
 	@deploy/local/browser.sh
+	@deploy/local/agent-shells.sh
 	@$(PY) -m pytest
 
 test-unit: venv

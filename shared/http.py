@@ -234,12 +234,20 @@ def ops_app(app: web.Application) -> web.Application:
 
 
 def base_app(
-    service: str, *, client_max_size: int = 1024**2, middlewares: tuple[Any, ...] = ()
+    service: str,
+    *,
+    client_max_size: int = 1024**2,
+    middlewares: tuple[Any, ...] = (),
+    answer_middlewares: tuple[Any, ...] = (),
 ) -> web.Application:
     """A service's app with the shared error mapping; ``middlewares`` run inside it, so
-    their domain errors (a 429) are answered like any other. Health, readiness and
-    metrics are not on it: :func:`ops_app` serves them on the operations port."""
-    app = web.Application(middlewares=[errors_and_metrics, *middlewares], client_max_size=client_max_size)
+    their domain errors (a 429) are answered like any other; ``answer_middlewares`` run
+    outside it, so they see every answer, errors included, as a response (the intake's
+    plain-text form), and must never raise. Health, readiness and metrics are not on it:
+    :func:`ops_app` serves them on the operations port."""
+    app = web.Application(
+        middlewares=[*answer_middlewares, errors_and_metrics, *middlewares], client_max_size=client_max_size
+    )
     app[SERVICE_NAME] = service
     app[READINESS] = Readiness()
     app[MAX_BODY_BYTES] = client_max_size

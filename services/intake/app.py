@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.intake import routes
+from services.intake import routes, views
 from services.intake.compat import routes as compat_routes
 from services.intake.resources import SERVICE, resources_context
 from services.intake.settings import IntakeSettings
@@ -19,6 +19,7 @@ def create_app(settings: IntakeSettings) -> web.Application:
     app = base_app(
         SERVICE,
         client_max_size=settings.max_body_bytes,
+        answer_middlewares=(views.plain_text_answers,),
         middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
     )
     if settings.client_cert_header is not None:

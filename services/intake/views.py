@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from services.intake.certificates import Issued
@@ -11,7 +12,11 @@ from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevic
 from shared.db.files import ServiceFile
 from shared.domain.certificates import certs_only
 from shared.errors import DomainError, TooManyRequests
-from shared.http import json_response
+from shared.http import Handler, json_response
+from shared.plain_text import PLAIN_TEXT, flatten, prefers_plain_text
+
+# The native device API's paths: their JSON answers have a plain-text form (docs/device-api.md).
+DEVICE_API_PATHS = ("/v1/registrations", "/v1/devices/")
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
@@ -152,3 +157,36 @@ def crl_view(der: bytes) -> web.Response:
 def error_view(error: DomainError) -> web.Response:
     """A refusal answered by the route itself (so that it is counted: routes.refusals_counted)."""
     return json_response(error.to_dict(), status=error.status, headers=error.headers() or None)
+
+
+@web.middleware
+async def plain_text_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The plain-text form (shared/plain_text.py) of every JSON-object answer of the native
+    device API to a call whose ``Accept`` prefers it: same status and headers, the body
+    flattened, ``Content-Type: text/plain; charset=utf-8``. Any other answer (JSON not
+    asked for, a file, an answer that is not a JSON object) is left as it is. Runs outside
+    the error mapping (shared.http.base_app), so errors are converted too; never raises."""
+    response = await handler(request)
+    if not request.path.startswith(DEVICE_API_PATHS) or not prefers_plain_text(request.headers.get("Accept")):
+        return response
+    return as_plain_text(response)
+
+
+def as_plain_text(response: web.StreamResponse) -> web.StreamResponse:
+    """``response`` in the plain-text form when it is a JSON object, else ``response``."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return response
+    body = response.body
+    if not isinstance(body, bytes):
+        return response
+    try:
+        document = orjson.loads(body)
+        if not isinstance(document, dict):
+            return response
+        text = flatten(document)
+    except (orjson.JSONDecodeError, TypeError):
+        return response
+    response.body = text.encode()
+    response.content_type = PLAIN_TEXT
+    response.charset = "utf-8"
+    return response
