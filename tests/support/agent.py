@@ -68,6 +68,7 @@ class Agent:
     config: dict[str, str]
     extra_path: list[Path] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more environment (e.g. CURL_HOME)
 
     @property
     def state_dir(self) -> Path:
@@ -108,7 +109,7 @@ class Agent:
         if self.shell == "busybox":
             path.append(str(busybox_bin(ROOT / "var" / "agent-busybox-bin")))
         path.append(os.environ.get("PATH", "/usr/bin:/bin"))
-        return {"PATH": ":".join(path), "TMPDIR": str(self.root), "LC_ALL": "C"}
+        return {"PATH": ":".join(path), "TMPDIR": str(self.root), "LC_ALL": "C", **self.env}
 
     def install_hook(self) -> None:
         """An on-change script that appends its arguments to :attr:`hook_log`."""

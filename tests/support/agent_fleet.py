@@ -1,111 +1,104 @@
-"""Many device agents (``agent/fleetreg-agent``) as processes, for the fault tests, the storm
-and the benchmark: each board in a folder of its own, each boot's exit status, wall time and
-CPU (the ``wait4`` rusage of the agent and every program it waited for), a boot cut by
-SIGKILL to its whole process group (a power cut: the shell, curl and openssl die together)
-at an instant or at a line of its log, and the registry checked against the boards' state
-folders.
+"""Many device agents at once, for the fault tests, the storm and the benchmark: boards of
+:mod:`tests.support.agent` (each in a folder of its own), each boot's exit status, wall time
+and CPU (the ``wait4`` rusage of the agent and of every program it waited for), a boot cut
+by SIGKILL to its whole process group (a power cut: the shell, curl and openssl die
+together) at an instant or just after a line of its log, and the registry checked against
+the boards' state folders.
 
-A board is configured through the environment (``FLEETREG_AGENT_<KEY>``, the contract's
-keys); its calls come from a loopback address of its own choosing through curl's own
-configuration file (``CURL_HOME/.curlrc``: ``interface``), which the agent reads like any
-curl user, so no agent option is needed for it.
+A board's calls can come from a loopback address of its own: curl's own configuration file
+(``CURL_HOME/.curlrc``, ``interface``), which the agent's curl reads like any curl's, so the
+agent needs no option for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
-import secrets
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from shared.db.pool import Pool
+from tests.support.agent import Agent
 
-ROOT = Path(__file__).resolve().parents[2]
-AGENT = ROOT / "agent" / "fleetreg-agent"
-# The agent's retry waits in tests: a fault is retried within a second or two, not minutes
-# (the agent's defaults: 2 s doubling to 300 s).
-FAST_BACKOFF = {"BACKOFF_BASE_SECONDS": "0.2", "BACKOFF_MAX_SECONDS": "2"}
+T = TypeVar("T")
 
 
-@dataclass
-class Board:
-    """One device: its identity and the folder holding its state, files and logs."""
+def board(
+    root: Path, server_url: str, code: str, *, shell: str = "dash", source: str = "", **config: str
+) -> Agent:
+    """One board in ``root`` (made), a hardware ID and fingerprint of its own, booting
+    against ``server_url`` with ``code``; its calls from the loopback ``source`` when given."""
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "SERVER_URL": server_url,
+        "CODE": code,
+        "HARDWARE_ID": uuid.uuid4().hex[:12],
+        "CPU_ID": uuid.uuid4().hex[:16],
+        "MAC": ":".join(uuid.uuid4().hex[i : i + 2] for i in range(0, 12, 2)),
+        **config,
+    }
+    agent = Agent(root, shell, settings)
+    if source:
+        (root / ".curlrc").write_text(f'interface = "{source}"\n')
+        agent.env["CURL_HOME"] = str(root)
+    return agent
 
-    folder: Path
-    hardware_id: str = field(default_factory=lambda: secrets.token_hex(6))
-    cpu_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    mac: str = field(default_factory=lambda: ":".join(secrets.token_hex(1) for _ in range(6)))
-    source: str = ""  # a loopback address its calls come from; empty: the system's choice
-    settings: dict[str, str] = field(default_factory=dict)  # more FLEETREG_AGENT_<KEY> values
 
-    @property
-    def state(self) -> Path:
-        return self.folder / "state"
+def fleet(
+    base: Path,
+    count: int,
+    server_url: str,
+    code: str,
+    *,
+    shells: Sequence[str] = ("dash",),
+    sources: Sequence[str] = ("",),
+    prefix: str = "board",
+    **config: str,
+) -> list[Agent]:
+    """``count`` boards under ``base``, taking the ``shells`` and loopback ``sources`` in turn."""
+    return [
+        board(
+            base / f"{prefix}{i:04d}",
+            server_url,
+            code,
+            shell=shells[i % len(shells)],
+            source=sources[i % len(sources)],
+            **config,
+        )
+        for i in range(count)
+    ]
 
-    @property
-    def files(self) -> Path:
-        return self.folder / "files"
 
-    def read(self, name: str) -> str:
-        """A state file's first line ("" when absent)."""
-        path = self.state / name
-        return path.read_text(encoding="utf-8").split("\n", 1)[0] if path.exists() else ""
-
-    def environment(self, server_url: str, code: str) -> dict[str, str]:
-        keys = {
-            "SERVER_URL": server_url,
-            "CODE": code,
-            "HARDWARE_ID": self.hardware_id,
-            "CPU_ID": self.cpu_id,
-            "MAC": self.mac,
-            "STATE_DIR": str(self.state),
-            "FILES_DIR": str(self.files),
-            **FAST_BACKOFF,
-            "CONNECT_TIMEOUT_SECONDS": "5",
-            "TIMEOUT_SECONDS": "30",
-            **self.settings,
-        }
-        tmp = self.folder / "tmp"  # a boot killed with -9 leaves its work folder here
-        curl = self.folder / "curl"
-        for made in (tmp, curl):
-            made.mkdir(parents=True, exist_ok=True)
-        (curl / ".curlrc").write_text(f'interface = "{self.source}"\n' if self.source else "")
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETREG_", "CURL_"))}
-        return {
-            **base,
-            "TMPDIR": str(tmp),
-            "CURL_HOME": str(curl),
-            "FLEETREG_AGENT_CONFIG": os.devnull,  # everything from the environment
-            **{f"FLEETREG_AGENT_{k}": v for k, v in keys.items()},
-        }
+def hardware_id(agent: Agent) -> str:
+    """The hardware ID the board claims (its configuration's)."""
+    return agent.config["HARDWARE_ID"]
 
 
 @dataclass(frozen=True)
-class Boot:
+class Run:
     """One run of ``fleetreg-agent boot``."""
 
-    returncode: int  # -9: killed
+    code: int  # -9: killed
     seconds: float  # wall time, from the start to the exit
     cpu_s: float  # user + system time of the agent and of the programs it waited for
     log: list[tuple[float, str]]  # (seconds since the start, line) of its stderr
-    killed_at_s: float | None = None
 
     @property
-    def killed(self) -> bool:
-        return self.killed_at_s is not None
+    def cut(self) -> bool:
+        return self.code == -signal.SIGKILL
 
     @property
     def events(self) -> list[str]:
-        """The event word of each log line ("fleetreg-agent: register_ready device_id=..." -> register_ready)."""
+        """The event of each line ("fleetreg-agent: register_ready device_id=..." -> register_ready)."""
         return [_event(line) for _, line in self.log]
 
     def text(self) -> str:
@@ -113,33 +106,26 @@ class Boot:
 
 
 def _event(line: str) -> str:
-    words = line.split(": ", 1)[-1].split()
-    return words[0] if words else ""
+    words = line.removeprefix("fleetreg-agent: ").split(" ", 1)
+    return words[0]
 
 
-async def boot(
-    board: Board,
-    server_url: str,
-    code: str,
-    *,
-    shell: str = "dash",
-    kill_after_s: float | None = None,
-    kill_on: str | None = None,
-    within_s: float = 120.0,
-) -> Boot:
-    """Run ``fleetreg-agent boot`` for ``board`` under ``shell`` until it exits.
+async def run_boot(
+    agent: Agent, *, kill_after_s: float | None = None, kill_on: str | None = None, within_s: float = 120.0
+) -> Run:
+    """Run ``fleetreg-agent boot`` for ``agent`` until it exits.
 
-    ``kill_after_s``: SIGKILL to its process group that many seconds after the start (if it
-    still runs); ``kill_on``: SIGKILL as soon as it logs a line whose event is that word
-    (an instant just after the event, as a reader of its log sees it). Raises TimeoutError
-    (after killing it) when it runs longer than ``within_s``."""
-    environment = board.environment(server_url, code)
+    ``kill_after_s``: SIGKILL to its process group that many seconds after the start, if it
+    still runs; ``kill_on``: SIGKILL as soon as it logs a line of that event (an instant just
+    after it, as a reader of its log sees it). Raises TimeoutError (after killing it) when it
+    runs longer than ``within_s``."""
     started = time.monotonic()
-    # Popen, not asyncio's subprocess: its child watcher reaps without the rusage. Starting
-    # it does not block (fork and exec); its end is awaited through a pidfd.
+    # Popen, not asyncio's subprocess: asyncio's child watcher reaps without the rusage.
+    # Starting it does not block (fork and exec); its end is awaited through a pidfd. The
+    # command and environment are tests/support/agent.py's, as its own boots use.
     process = subprocess.Popen(  # noqa: ASYNC220
-        [shell, str(AGENT), "boot"],
-        env=environment,
+        agent._command("boot"),
+        env=agent._env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -153,19 +139,17 @@ async def boot(
         if not exited.done():
             exited.set_result(None)
 
-    loop.add_reader(pidfd, on_exit)
-    log: list[tuple[float, str]] = []
-    killed_at: float | None = None
-
     def kill() -> None:
-        nonlocal killed_at
-        if killed_at is None and not exited.done():
-            killed_at = time.monotonic() - started
+        if not exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    loop.add_reader(pidfd, on_exit)
+    log: list[tuple[float, str]] = []
+
     async def read_log() -> None:
-        assert process.stderr is not None
+        if process.stderr is None:
+            raise RuntimeError("no stderr pipe")
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), process.stderr
@@ -184,41 +168,33 @@ async def boot(
     try:
         await asyncio.wait_for(asyncio.shield(exited), within_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        kill()
         await exited
-        raise TimeoutError(f"the agent of {board.hardware_id} ran over {within_s} s") from None
+        raise TimeoutError(f"the agent in {agent.root} ran over {within_s} s") from None
     finally:
         if timer is not None:
             timer.cancel()
-        if not exited.done():  # cancelled: the agent must not outlive its test
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        kill()  # cancelled meanwhile: the agent must not outlive its test (a no-op once it ended)
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        # The pidfd said it ended (or SIGKILL was just sent): this reaps a zombie at once.
+        # The pidfd said it ended, or SIGKILL was just sent: this reaps a zombie at once.
         _, status, usage = os.wait4(process.pid, 0)  # noqa: ASYNC222
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - started
-        # The pipe ends when the last process holding it does (a killed group: at once).
+        # The pipe ends with the last process holding it (a killed group: at once).
         await asyncio.wait_for(reading, 30)
-    return Boot(process.returncode, seconds, usage.ru_utime + usage.ru_stime, log, killed_at)
+    return Run(process.returncode, seconds, usage.ru_utime + usage.ru_stime, log)
 
 
-async def gather_limited(jobs: Iterable[Any], limit: int) -> list[Any]:
-    """Await the coroutines of ``jobs``, at most ``limit`` at once, results in order."""
-    gate = asyncio.Semaphore(limit)
+async def limited(jobs: Iterable[Awaitable[T]], at_once: int) -> list[T]:
+    """Await ``jobs``, at most ``at_once`` at a time; the results in order."""
+    gate = asyncio.Semaphore(at_once)
 
-    async def one(job: Any) -> Any:
+    async def one(job: Awaitable[T]) -> T:
         async with gate:
             return await job
 
     return list(await asyncio.gather(*(one(job) for job in jobs)))
-
-
-def boards(base: Path, count: int, sources: Sequence[str] = ("",), prefix: str = "b") -> list[Board]:
-    """``count`` boards in folders under ``base``, spread over the loopback ``sources``."""
-    return [Board(base / f"{prefix}{i:04d}", source=sources[i % len(sources)]) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -235,46 +211,55 @@ class RegistryCheck:
         return not self.problems
 
 
-SUFFIX = re.compile(r"-\d+$")
+INDEXED = re.compile(r"-\d+$")
+
+
+def _board_problem(agent: Agent, row: dict[str, str] | None) -> str | None:
+    claimed = hardware_id(agent)
+    device_id, held = agent.state("device_id"), agent.state("hardware_id")
+    if not device_id or not agent.state("secret"):
+        return f"{claimed}: no device ID or secret in its state"
+    if row is None:
+        return f"{claimed}: its device {device_id} is not in the registry"
+    if row["hardware_id"] != claimed or held != claimed:
+        return f"{claimed}: {row['hardware_id']} in the registry, {held!r} in its state (a clone of itself)"
+    if row["lifecycle"] != "provisioned":
+        return f"{claimed}: {row['lifecycle']}, not provisioned"
+    return None
 
 
 async def registry_against_boards(
-    pool: Pool, account_id: str, fleet: Sequence[Board], *, settle_s: float = 60.0
+    pool: Pool, account_id: str, boards: Sequence[Agent], *, settle_s: float = 60.0
 ) -> RegistryCheck:
     """Every board holds one provisioned device of its own under the hardware ID it claimed
-    (no ``H-N``: these boards are all distinct), its state folder names that device, and the
-    account holds no other device (no ghost of a boot cut short) and no device decided new
-    twice. A ``ready`` reaches the registry asynchronously: given ``settle_s`` to show."""
+    (no ``H-N``: the boards are all distinct), its state folder names that device, and the
+    account holds no other device (no ghost of a boot cut short), no hardware ID twice and
+    no device decided new twice. A ``ready`` reaches the registry asynchronously: it is
+    given ``settle_s`` to show."""
     deadline = time.monotonic() + settle_s
     while True:
         rows = await pool.fetch(
             "SELECT id::text AS id, hardware_id, lifecycle FROM devices WHERE account_id = $1",
             uuid.UUID(account_id),
         )
-        by_id = {r["id"]: r for r in rows}
-        problems: list[str] = []
-        for board in fleet:
-            device_id, held = board.read("device_id"), board.read("hardware_id")
-            row = by_id.get(device_id)
-            if not device_id or not board.read("secret"):
-                problems.append(f"{board.hardware_id}: no device ID or secret in its state")
-            elif row is None:
-                problems.append(f"{board.hardware_id}: its device {device_id} is not in the registry")
-            elif row["hardware_id"] != board.hardware_id or held != board.hardware_id:
-                problems.append(
-                    f"{board.hardware_id}: registry {row['hardware_id']}, state {held!r} (a clone of itself?)"
-                )
-            elif row["lifecycle"] != "provisioned":
-                problems.append(f"{board.hardware_id}: {row['lifecycle']}, not provisioned")
+        by_id = {r["id"]: dict(r) for r in rows}
+        problems = [
+            p
+            for p in (_board_problem(agent, by_id.get(agent.state("device_id") or "")) for agent in boards)
+            if p is not None
+        ]
         if not problems or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    claimed = {b.read("device_id") for b in fleet}
-    ghosts = [r for r in rows if r["id"] not in claimed]
-    problems += [f"ghost device {r['id']} ({r['hardware_id']}, {r['lifecycle']})" for r in ghosts]
-    lowered = [r["hardware_id"].lower() for r in rows]
-    problems += [f"hardware ID {h} held twice" for h in sorted({h for h in lowered if lowered.count(h) > 1})]
-    problems += [f"indexed hardware ID {r['hardware_id']}" for r in rows if SUFFIX.search(r["hardware_id"])]
+    claimed = {agent.state("device_id") for agent in boards}
+    problems += [
+        f"ghost device {r['id']} ({r['hardware_id']}, {r['lifecycle']})"
+        for r in rows
+        if r["id"] not in claimed
+    ]
+    held = collections.Counter(r["hardware_id"].lower() for r in rows)
+    problems += [f"hardware ID {h} held {n} times" for h, n in sorted(held.items()) if n > 1]
+    problems += [f"indexed hardware ID {r['hardware_id']}" for r in rows if INDEXED.search(r["hardware_id"])]
     twice = await pool.fetch(
         """SELECT device_id::text AS id FROM registration_decisions
            WHERE account_id = $1 AND decision IN ('new', 'clone') AND device_id IS NOT NULL
@@ -283,7 +268,7 @@ async def registry_against_boards(
     )
     problems += [f"device {r['id']} decided new twice" for r in twice]
     return RegistryCheck(
-        boards=len(fleet),
+        boards=len(boards),
         devices=len(rows),
         provisioned=sum(1 for r in rows if r["lifecycle"] == "provisioned"),
         problems=problems,
