@@ -14,19 +14,37 @@ def shortened(value: str) -> str:
 
 
 class DomainError(Exception):
-    """Base of every error a user of the system is meant to read."""
+    """Base of every error a user of the system is meant to read.
+
+    ``reason_code``: the refusal's code for a device (shared.domain.refusals.ReasonCode,
+    a ``str``), the answer's last field when set; the native device API sets it on its
+    401, 403 and 429 answers, other APIs leave it None (and their bodies without it)."""
 
     status = 400
     code = "bad_request"
+    reason_code: str | None = None
 
-    def __init__(self, message: str, *, field: str | None = None, rule: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        rule: str | None = None,
+        reason_code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.rule = rule
+        if reason_code is not None:
+            self.reason_code = reason_code
 
     def headers(self) -> dict[str, str]:
         """HTTP headers that belong to the answer (none but for throttling)."""
+        return {}
+
+    def details(self) -> dict[str, str]:
+        """The fields a kind of error adds to the body (after ``rule``, before ``reason_code``)."""
         return {}
 
     def to_dict(self) -> dict[str, str]:
@@ -35,6 +53,9 @@ class DomainError(Exception):
             body["field"] = self.field
         if self.rule is not None:
             body["rule"] = self.rule
+        body.update(self.details())
+        if self.reason_code is not None:
+            body["reason_code"] = self.reason_code
         return body
 
 
@@ -78,8 +99,9 @@ class Unauthorized(DomainError):
         presented: bool = True,
         counted: bool | None = None,
         code: str | None = None,
+        reason_code: str | None = None,
     ) -> None:
-        super().__init__(message, field=field, rule=rule)
+        super().__init__(message, field=field, rule=rule, reason_code=reason_code)
         self.realm = realm
         self.presented = presented
         self.counted = presented if counted is None else counted
@@ -114,12 +136,14 @@ class TooManyRequests(DomainError):
     status = 429
     code = "too_many_requests"
 
-    def __init__(self, message: str, *, retry_after: int, rule: str | None = None) -> None:
-        super().__init__(message, rule=rule)
+    def __init__(
+        self, message: str, *, retry_after: int, rule: str | None = None, reason_code: str | None = None
+    ) -> None:
+        super().__init__(message, rule=rule, reason_code=reason_code)
         self.retry_after = max(1, retry_after)
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
 
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "retry_after": str(self.retry_after)}
+    def details(self) -> dict[str, str]:
+        return {"retry_after": str(self.retry_after)}

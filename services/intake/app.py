@@ -20,7 +20,10 @@ def create_app(settings: IntakeSettings) -> web.Application:
         SERVICE,
         client_max_size=settings.max_body_bytes,
         answer_middlewares=(views.plain_text_answers,),
-        middlewares=(throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),),
+        middlewares=(
+            views.refusal_codes(settings.compat.prefix + "/"),
+            throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),
+        ),
     )
     if settings.client_cert_header is not None:
         app[CLIENT_CERT_HEADER_NAME] = settings.client_cert_header

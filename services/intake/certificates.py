@@ -50,6 +50,7 @@ from shared.domain.certificates import (
     public_key_sha256,
 )
 from shared.domain.identifiers import is_uuid
+from shared.domain.refusals import ReasonCode
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.metrics import CERTIFICATE_LIMIT_REFUSALS, CSR_REFUSALS, DEVICE_CERTIFICATES_ISSUED
 
@@ -96,6 +97,8 @@ class NotThisRegistration(Forbidden):
     own (403): counted against the caller's source as an unknown label's 404 is, so a
     device secret does not tell labels that exist from those that do not, uncounted."""
 
+    reason_code = ReasonCode.OTHER_REGISTRATION
+
 
 class CertificateRefused(Forbidden):
     """A client certificate that proves no device here (403): ``rule`` the reason, one of
@@ -105,7 +108,9 @@ class CertificateRefused(Forbidden):
     code = "certificate_refused"
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, field="client_certificate", rule=reason)
+        # A disabled device's certificate: the device waits for the operator's enable.
+        code = ReasonCode.DISABLED if reason == "disabled" else ReasonCode.CERTIFICATE_REFUSED
+        super().__init__(message, field="client_certificate", rule=reason, reason_code=code)
         self.reason = reason
 
 
@@ -247,7 +252,7 @@ async def issue(
     (nothing signed), decided under the device row's lock in Postgres."""
     device = known or await registry.issuing_device(pool, device_id)
     if device is None or device.disabled or not proven(device.credential_generation):
-        raise Forbidden(NOT_ISSUED)
+        raise Forbidden(NOT_ISSUED, reason_code=ReasonCode.NOT_ISSUED)
     if registration_id is not None and device.registration_id != registration_id:
         raise NotThisRegistration("the device does not belong to this auto registration")
     for _ in range(2):  # once more after an upload replaced the CA this instance kept
@@ -265,7 +270,7 @@ async def issue(
             break
         issuer.replaced(device.account_id)
     if recorded is None or isinstance(recorded, registry.StaleCa):
-        raise Forbidden(NOT_ISSUED)
+        raise Forbidden(NOT_ISSUED, reason_code=ReasonCode.NOT_ISSUED)
     if isinstance(recorded, registry.AtCertificateLimit):
         CERTIFICATE_LIMIT_REFUSALS.labels(via).inc()
         raise CertificateLimit(recorded.held, issuer.max_per_device, recorded.frees_at)

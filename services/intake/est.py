@@ -131,7 +131,9 @@ async def enroll(
             r.settings.throttle.stale_credential_seconds,
         )
     except Unauthorized as exc:
-        raise EstUnauthorized(exc.message, realm=EST_REALM, counted=exc.counted, code=exc.code) from exc
+        raise EstUnauthorized(
+            exc.message, realm=EST_REALM, counted=exc.counted, code=exc.code, reason_code=exc.reason_code
+        ) from exc
     csr = certificates.checked_csr(csr_text)
     return await certificates.issue(
         r.pool,

@@ -55,6 +55,7 @@ from shared.domain.identifiers import (
     validate_hardware_id,
 )
 from shared.domain.provisioning import render, sha256_hex
+from shared.domain.refusals import ReasonCode
 from shared.domain.release import Check, Release, secret_check, secret_release
 from shared.errors import (
     Conflict,
@@ -752,6 +753,7 @@ async def hold_unproven_claim(throttle: Throttle, source: str, claim: BulkClaim)
                 "too many claims of this hardware ID from this address: slow down and try again later",
                 retry_after=wait,
                 rule="refusals_per_target",
+                reason_code=ReasonCode.THROTTLED,
             )
     if not throttle.blocked(source)[0]:
         return
@@ -765,6 +767,7 @@ async def hold_unproven_claim(throttle: Throttle, source: str, claim: BulkClaim)
         "too many refused calls from this address: slow down and try again later",
         retry_after=1,
         rule="refusals_per_source",
+        reason_code=ReasonCode.THROTTLED,
     )
 
 
@@ -863,9 +866,10 @@ def bearer_token(authorization: str | None) -> str:
             rule="bearer",
             realm=DEVICE_REALM,
             presented=bool(authorization and authorization.strip()),
+            reason_code=ReasonCode.UNAUTHORIZED,
         )
     if not secret.isascii():  # device secrets are hex; other bytes cannot match (and cannot be encoded)
-        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM, reason_code=ReasonCode.UNAUTHORIZED)
     return secret
 
 
@@ -901,14 +905,14 @@ async def authenticate(
         keyring.device_secret(device_id, 1)  # same work either way: no timing hint
         if is_uuid(device_id):
             await _refuse_if_deleted(pool, keyring, device_id, secret, stale_seconds)
-        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM, reason_code=ReasonCode.UNAUTHORIZED)
     expected = keyring.device_secret(found.device_id, found.credential_generation)
     check = secret_check(hmac.compare_digest(expected.encode(), secret.encode()), found.disabled)
     if check is Check.UNPROVEN:
         await _refuse_if_replaced(pool, keyring, found, secret, stale_seconds)
-        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM)
+        raise Unauthorized(UNAUTHORIZED, realm=DEVICE_REALM, reason_code=ReasonCode.UNAUTHORIZED)
     if check is Check.DISABLED:
-        raise Forbidden(REASON_DISABLED)
+        raise Forbidden(REASON_DISABLED, reason_code=ReasonCode.DISABLED)
     return _device(await _completed(pool, keyring, found, cache, generation))
 
 
@@ -924,7 +928,11 @@ async def _refuse_if_replaced(
     replaced_at = await devices.credentials_replaced_at(pool, found.device_id, older)
     if stale(replaced_at, datetime.now(UTC), stale_seconds):
         raise Unauthorized(
-            CREDENTIALS_REPLACED, realm=DEVICE_REALM, counted=False, code="credentials_replaced"
+            CREDENTIALS_REPLACED,
+            realm=DEVICE_REALM,
+            counted=False,
+            code="credentials_replaced",
+            reason_code=ReasonCode.CREDENTIALS_REPLACED,
         )
 
 
@@ -939,7 +947,13 @@ async def _refuse_if_deleted(
     if keyring.older_generation(device_id, deleted.credential_generation + 1, secret) is None:
         return
     if stale(deleted.deleted_at, datetime.now(UTC), stale_seconds):
-        raise Unauthorized(DEVICE_DELETED, realm=DEVICE_REALM, counted=False, code="device_deleted")
+        raise Unauthorized(
+            DEVICE_DELETED,
+            realm=DEVICE_REALM,
+            counted=False,
+            code="device_deleted",
+            reason_code=ReasonCode.DEVICE_DELETED,
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,12 +12,17 @@ from services.intake.certificates import Issued
 from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
 from shared.db.files import ServiceFile
 from shared.domain.certificates import certs_only
+from shared.domain.refusals import ReasonCode, reason_code_of, reason_code_of_status
 from shared.errors import DomainError, TooManyRequests
 from shared.http import Handler, json_response
 from shared.plain_text import PLAIN_TEXT, flatten, prefers_plain_text
 
 # The native device API's paths: their JSON answers have a plain-text form (docs/device-api.md).
 DEVICE_API_PATHS = ("/v1/registrations", "/v1/devices/")
+# Every path of the native device API, EST and the CRL included: their 401, 403 and 429
+# answers carry a reason_code. (The reference protocol's prefix is configurable, so its
+# paths are told apart by the app: refusal_codes's ``reference_prefix``.)
+NATIVE_PATHS = ("/v1/", "/.well-known/est/")
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
@@ -55,12 +61,19 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
         # registration again (a poll of the request gets the same answer: the stored
         # decision keeps the reason, not the wait, so it is told the pending interval).
         wait = TooManyRequests(
-            answer.reason, retry_after=answer.retry_after or retry_after, rule=CLONE_RATE_RULE
+            answer.reason,
+            retry_after=answer.retry_after or retry_after,
+            rule=CLONE_RATE_RULE,
+            reason_code=ReasonCode.THROTTLED,
         )
         return json_response(
             {**wait.to_dict(), "request_id": answer.request_id}, status=429, headers=wait.headers()
         )
     body["reason"] = answer.reason
+    if answer.status == "refused":
+        # Derived from the reason, which is all a stored decision keeps: a poll answered
+        # later carries the same code as the first answer.
+        body["reason_code"] = reason_code_of(answer.reason)
     if answer.server_time:
         # A proof refused only for its time: the device takes the server's clock (this field,
         # or the Date header every answer has) and proves again (docs/device-identity.md).
@@ -190,3 +203,27 @@ def as_plain_text(response: web.StreamResponse) -> web.StreamResponse:
     response.content_type = PLAIN_TEXT
     response.charset = "utf-8"
     return response
+
+
+def refusal_codes(reference_prefix: str) -> Callable[..., object]:
+    """A middleware (inside the error mapping, outside the throttle) that gives a refusal of
+    the native device API raised without a ``reason_code`` the one its status implies
+    (:func:`reason_code_of_status`: the throttle's 429s, shared with the other services,
+    are ``throttled``). The reference protocol's paths (under ``reference_prefix``) answer
+    in their own words and are left alone."""
+
+    @web.middleware
+    async def with_reason_code(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DomainError as exc:
+            path = request.path
+            if (
+                exc.reason_code is None
+                and path.startswith(NATIVE_PATHS)
+                and not path.startswith(reference_prefix)
+            ):
+                exc.reason_code = reason_code_of_status(exc.status)
+            raise
+
+    return with_reason_code

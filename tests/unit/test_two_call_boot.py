@@ -230,6 +230,7 @@ async def test_a_clone_rate_refusal_is_a_429_with_retry_after_also_when_polled(
         "message": reason,
         "rule": "clone_rate_per_source",
         "retry_after": expected,
+        "reason_code": "throttled",
         "request_id": "req-1",
     }
     # a factory behind one NAT retries it: not counted
