@@ -89,18 +89,44 @@ async def boots(stack: storms.Stack, count: int, folder: Path) -> dict[str, Any]
     return {"shells": out, "registry_ok": check.ok, "registry_problems": check.problems[:10]}
 
 
+async def idle_cpu_per_s(seconds: float = 5.0) -> dict[str, float]:
+    """CPU seconds each process of the stack spends per second with no device calling
+    (Kafka's and Postgres's housekeeping, the services' periodic jobs)."""
+    before = stack_cpu_s()
+    await asyncio.sleep(seconds)
+    after = stack_cpu_s()
+    return {name: (after[name] - before[name]) / seconds for name in before if name in after}
+
+
+def without_idle(
+    cpu_ms: dict[str, float], idle: dict[str, float], seconds: float, devices: int
+) -> dict[str, float]:
+    """``cpu_ms`` (per device, by process) less the idle work of a storm of ``seconds``:
+    a storm 20 times longer would otherwise charge its devices 20 times the housekeeping."""
+    out = {
+        name: round(max(0.0, ms - idle.get(name, 0.0) * seconds * 1000 / max(devices, 1)), 3)
+        for name, ms in cpu_ms.items()
+        if name != "total"
+    }
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
 async def agent_storm(stack: storms.Stack, agents: int, sources: int, folder: Path) -> dict[str, Any]:
     """``agents`` agent processes booting at once from ``sources`` loopback addresses."""
     account_id, code = await _product_code(stack)
     addresses = [fresh_address() for _ in range(sources)]
     boards = fleet(folder, agents, stack.device_url, code, shells=SHELLS, sources=addresses, **SETTINGS)
     await storms.checkpoint(stack.pool)
-    stack_before = stack_cpu_s()
-    started = time.monotonic()
-    runs = await asyncio.gather(*(run_boot(agent, within_s=600) for agent in boards))
-    duration = time.monotonic() - started
-    agents_cpu = sum(r.cpu_s for r in runs)
-    cpu = per_device_ms(stack_before | {"agents": 0.0}, stack_cpu_s() | {"agents": agents_cpu}, agents)
+    async with aiohttp.ClientSession() as session:
+        requests_before = await storms._http_requests(session, stack.intake_ops_url)
+        stack_before = stack_cpu_s()
+        started = time.monotonic()
+        runs = await asyncio.gather(*(run_boot(agent, within_s=600) for agent in boards))
+        duration = time.monotonic() - started
+        agents_cpu = sum(r.cpu_s for r in runs)
+        cpu = per_device_ms(stack_before | {"agents": 0.0}, stack_cpu_s() | {"agents": agents_cpu}, agents)
+        requests = await storms._http_requests(session, stack.intake_ops_url) - requests_before
     check = await registry_against_boards(stack.pool, account_id, boards)
     recorded = await stack.pool.fetch(
         "SELECT DISTINCT created_source FROM devices WHERE account_id = $1", uuid.UUID(account_id)
@@ -114,6 +140,7 @@ async def agent_storm(stack: storms.Stack, agents: int, sources: int, folder: Pa
         **{f"p{p}_ms": round(percentile([r.seconds for r in runs], p) * 1000, 1) for p in (50, 95, 99)},
         "errors": agents - provisioned,
         "retries": sum(1 for r in runs for event in r.events if event.endswith(("_fault", "_throttled"))),
+        "http_requests_per_device": round(requests / agents, 2),
         "cpu_ms_per_boot": round(agents_cpu * 1000 / agents, 1),
         # CPU ms one device cost each process of the stack, and the agents (their rusage).
         "cpu_ms_per_device": cpu,
@@ -131,15 +158,23 @@ async def run(stack: storms.Stack, *, agents: int, sources: int, boots_per_shell
     install_shells()
     with tempfile.TemporaryDirectory(prefix="fleetreg-bench-agents-") as folder:
         one_at_a_time = await boots(stack, boots_per_shell, Path(folder) / "boots") if boots_per_shell else {}
+        idle = await idle_cpu_per_s()
         simulator = await storms.storm(stack, agents, two_call=True, concurrency=agents)
         storm = await agent_storm(stack, agents, sources, Path(folder) / "storm")
-    sim_cpu, agent_cpu = simulator["cpu_ms_per_device"], storm["cpu_ms_per_device"]
+    simulator["cpu_ms_per_device_less_idle"] = without_idle(
+        simulator["cpu_ms_per_device"], idle, simulator["seconds"], agents
+    )
+    storm["cpu_ms_per_device_less_idle"] = without_idle(
+        storm["cpu_ms_per_device"], idle, storm["seconds"], agents
+    )
+    sim_cpu, agent_cpu = simulator["cpu_ms_per_device_less_idle"], storm["cpu_ms_per_device_less_idle"]
     server = ("intake", "dedup", "provisioning", "kafka", "postgres")
 
     def server_ms(cpu: dict[str, float]) -> float:
         return sum(cpu.get(name, 0.0) for name in server)
 
     return {
+        "idle_cpu_s_per_s": {name: round(v, 4) for name, v in idle.items()},
         "boots": one_at_a_time,
         "simulator_storm": simulator,
         "storm": storm,
@@ -150,8 +185,8 @@ async def run(stack: storms.Stack, *, agents: int, sources: int, boots_per_shell
             # What one device costs its client: an agent's processes against the simulator's
             # share of the load generator.
             "client_cpu_ms_per_device": _ratio(agent_cpu["agents"], sim_cpu.get("load_generator", 0.0)),
-            # What one device costs the intake, which answers every call; and the whole server
-            # side (services, Kafka, Postgres), whose idle work over a longer storm counts too.
+            # What one device costs the intake, which answers every call, and the whole server
+            # side (services, Kafka, Postgres): each less the stack's idle work over the storm.
             "intake_cpu_ms_per_device": _ratio(agent_cpu.get("intake"), sim_cpu.get("intake")),
             "server_cpu_ms_per_device": _ratio(server_ms(agent_cpu), server_ms(sim_cpu)),
         },
