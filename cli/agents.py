@@ -1,5 +1,5 @@
 """Real device agents for ``fleetreg demo``: ``agent/fleetreg-agent`` (the POSIX sh agent a
-device maker bakes into an image, docs/device-agent.md) run as processes beside the
+device maker bakes into an image) run as processes beside the
 simulated fleet, each board with its own configuration file, state folder and files folder.
 """
 

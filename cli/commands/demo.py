@@ -8,7 +8,7 @@ offline), and those devices boot and claim their registrations with their keys.
 Webhooks: a receiver started by the demo gets the events of both, signed.
 Derived keys: a product whose devices each prove a key derived from a group key and their
 hardware ID (docs/device-identity.md): how a factory derives one, then a fleet boots.
-Real device agents: a handful of boards run agent/fleetreg-agent (docs/device-agent.md),
+Real device agents: a handful of boards run agent/fleetreg-agent (the POSIX sh agent),
 booting with the auto product's code beside the simulated fleet.
 """
 
