@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import os
 import random
 import statistics
@@ -88,10 +89,10 @@ async def _device_view(session: aiohttp.ClientSession, device_url: str, agent: A
         if response.status != 200:
             return [f"{hardware_id(agent)}: its stored secret is refused ({response.status}): locked out"]
         manifest = await response.json()
-    held = agent.files()
-    wanted = {f"{item['service']}/{item['name']}": item["size"] for item in manifest["files"]}
-    if {name: len(content) for name, content in held.items()} != wanted:
-        return [f"{hardware_id(agent)}: holds {sorted(held)}, the manifest lists {sorted(wanted)}"]
+    held = {name: hashlib.sha256(content).hexdigest() for name, content in agent.files().items()}
+    wanted = {f"{item['service']}/{item['name']}": item["sha256"] for item in manifest["files"]}
+    if held != wanted:
+        return [f"{hardware_id(agent)}: holds {sorted(held)}, not the manifest's {sorted(wanted)}"]
     return []
 
 
