@@ -16,13 +16,14 @@ __all__ = ["SERVICE", "create_app"]
 
 
 def create_app(settings: IntakeSettings) -> web.Application:
+    reference = settings.compat.prefix + "/"
     app = base_app(
         SERVICE,
         client_max_size=settings.max_body_bytes,
-        answer_middlewares=(views.plain_text_answers,),
+        answer_middlewares=(views.plain_text_answers(reference),),
         middlewares=(
-            views.refusal_codes(settings.compat.prefix + "/"),
-            throttle_middleware(per_key=False, own_answers=(settings.compat.prefix + "/",)),
+            views.refusal_codes(reference),
+            throttle_middleware(per_key=False, own_answers=(reference,)),
         ),
     )
     if settings.client_cert_header is not None:

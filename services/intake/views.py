@@ -17,12 +17,17 @@ from shared.errors import DomainError, TooManyRequests
 from shared.http import Handler, json_response
 from shared.plain_text import PLAIN_TEXT, flatten, prefers_plain_text
 
-# The native device API's paths: their JSON answers have a plain-text form (docs/device-api.md).
-DEVICE_API_PATHS = ("/v1/registrations", "/v1/devices/")
-# Every path of the native device API, EST and the CRL included: their 401, 403 and 429
-# answers carry a reason_code. (The reference protocol's prefix is configurable, so its
-# paths are told apart by the app: refusal_codes's ``reference_prefix``.)
+# Every path of the native device API, EST and the CRL included: their JSON answers have a
+# plain-text form, and their 401, 403 and 429 answers carry a reason_code (docs/device-api.md).
+# The reference protocol's prefix is configurable, so its paths are told apart by the app
+# (the middlewares' ``reference_prefix``).
 NATIVE_PATHS = ("/v1/", "/.well-known/est/")
+
+
+def is_native(path: str, reference_prefix: str) -> bool:
+    """Whether ``path`` is the native device API's (not the reference protocol's, which
+    answers in its own words, nor the OpenAPI document)."""
+    return path.startswith(NATIVE_PATHS) and not path.startswith(reference_prefix)
 
 
 def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response:
@@ -172,17 +177,24 @@ def error_view(error: DomainError) -> web.Response:
     return json_response(error.to_dict(), status=error.status, headers=error.headers() or None)
 
 
-@web.middleware
-async def plain_text_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The plain-text form (shared/plain_text.py) of every JSON-object answer of the native
-    device API to a call whose ``Accept`` prefers it: same status and headers, the body
-    flattened, ``Content-Type: text/plain; charset=utf-8``. Any other answer (JSON not
-    asked for, a file, an answer that is not a JSON object) is left as it is. Runs outside
-    the error mapping (shared.http.base_app), so errors are converted too; never raises."""
-    response = await handler(request)
-    if not request.path.startswith(DEVICE_API_PATHS) or not prefers_plain_text(request.headers.get("Accept")):
-        return response
-    return as_plain_text(response)
+def plain_text_answers(reference_prefix: str) -> Callable[..., object]:
+    """A middleware giving the plain-text form (shared/plain_text.py) of every JSON-object
+    answer of the native device API to a call whose ``Accept`` prefers it: same status and
+    headers, the body flattened, ``Content-Type: text/plain; charset=utf-8``. Any other
+    answer (JSON not asked for, a file, an answer that is not a JSON object, the reference
+    protocol's under ``reference_prefix``) is left as it is. Runs outside the error mapping
+    (shared.http.base_app), so errors are converted too; never raises."""
+
+    @web.middleware
+    async def plain_text(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not prefers_plain_text(request.headers.get("Accept")) or not is_native(
+            request.path, reference_prefix
+        ):
+            return response
+        return as_plain_text(response)
+
+    return plain_text
 
 
 def as_plain_text(response: web.StreamResponse) -> web.StreamResponse:
@@ -217,12 +229,7 @@ def refusal_codes(reference_prefix: str) -> Callable[..., object]:
         try:
             return await handler(request)
         except DomainError as exc:
-            path = request.path
-            if (
-                exc.reason_code is None
-                and path.startswith(NATIVE_PATHS)
-                and not path.startswith(reference_prefix)
-            ):
+            if exc.reason_code is None and is_native(request.path, reference_prefix):
                 exc.reason_code = reason_code_of_status(exc.status)
             raise
 

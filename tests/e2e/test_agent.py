@@ -371,24 +371,33 @@ async def test_an_unknown_code_is_a_final_refusal_with_a_one_line_reason(make_ag
     assert board.files() == {} and board.state("device_id") is None
 
 
-async def test_a_paused_registration_is_retried_until_resumed(
-    operator: Operator, make_agent: MakeAgent
+@pytest.mark.parametrize("refusal", ["paused", "quota"])
+async def test_temporary_refusals_are_retried_until_they_end(
+    operator: Operator, make_agent: MakeAgent, refusal: str
 ) -> None:
     registration = await operator.product()
-    await operator.call("POST", f"/v1/auto-registrations/{registration['id']}/pause", expect=200)
-    board = make_agent(registration["bulk_identification_code"], hardware_id())
+    code, path = registration["bulk_identification_code"], f"/v1/auto-registrations/{registration['id']}"
+    if refusal == "paused":
+        await operator.call("POST", f"{path}/pause", expect=200)
+    else:
+        await operator.call("PATCH", path, {"max_devices": 1}, expect=200)
+        assert_booted(await make_agent(code, hardware_id()).boot())
+    board = make_agent(code, hardware_id())
     booting = asyncio.create_task(board.boot())
-    for _ in range(300):
-        if (board.root / "state" / "idempotency_key").exists() and booting.done() is False:
+    for _ in range(600):  # a few refusals at the small backoff, logged as they come
+        if booting.done() or (
+            board.boot_log.exists() and board.boot_log.read_text().count("register_refused") >= 3
+        ):
             break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(1)  # a few refusals at the small backoff
-    assert not booting.done()
-    await operator.call("POST", f"/v1/auto-registrations/{registration['id']}/resume", expect=200)
+        await asyncio.sleep(0.05)
+    assert not booting.done(), (await booting).log
+    if refusal == "paused":
+        await operator.call("POST", f"{path}/resume", expect=200)
+    else:
+        await operator.call("PATCH", path, {"max_devices": None}, expect=200)
     booted = await booting
     assert_booted(booted)
-    assert "register_refused reason_code=paused" in booted.log
-    assert booted.log.count("register_refused") >= 2
+    assert f"register_refused reason_code={refusal}" in booted.log
 
 
 async def derived_key_registration(operator: Operator) -> dict[str, Any]:
@@ -489,6 +498,17 @@ async def test_csr_mode_makes_the_key_on_the_board_and_stores_its_certificate(
     again = await board.boot()
     assert_booted(again)
     assert "register" not in again.events and (board.state_dir / "certificate.pem").exists()
+    serial = openssl("x509", "-noout", "-serial", "-in", str(board.state_dir / "certificate.pem"))
+
+    # One expiring within CERT_RENEW_SECONDS is renewed at the check-in, of the same key.
+    board.config["CERT_RENEW_SECONDS"] = str(20 * 365 * 86400)
+    renewed = await board.boot()
+    assert_booted(renewed)
+    assert "certificate" in renewed.events
+    assert openssl("x509", "-noout", "-serial", "-in", str(board.state_dir / "certificate.pem")) != serial
+    assert openssl("x509", "-noout", "-pubkey", "-in", str(board.state_dir / "certificate.pem")) == openssl(
+        "pkey", "-pubout", "-in", str(key)
+    )
 
 
 async def test_x509_mode_registers_with_the_boards_certificate_over_tls(
@@ -616,3 +636,107 @@ def test_the_agents_json_fallback_reads_json_as_the_servers_text_form(
                 check=True,
             )
             assert done.stdout.decode() == flatten(shape), text
+
+
+async def test_a_deleted_device_registers_again_as_a_new_device(
+    operator: Operator, make_agent: MakeAgent
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    h = hardware_id()
+    board = make_agent(code, h)
+    assert_booted(await board.boot())
+    device_id = str(board.state("device_id"))
+    await until_provisioned(operator, device_id)
+    await operator.call("DELETE", f"/v1/devices/{device_id}", expect=200)
+    for _ in range(20):  # the deletion reaches every intake within its delivery time
+        again = await board.boot()
+        assert_booted(again)
+        if "register" in again.events:
+            break
+        await asyncio.sleep(0.1)
+    assert "reason_code=device_deleted" in again.log, again.log
+    assert board.state("device_id") != device_id and board.state("hardware_id") == h  # its ID was freed
+    assert [d["id"] for d in await operator.devices()] == [board.state("device_id")]
+
+
+async def test_the_configuration_is_read_never_executed_and_the_environment_wins(
+    operator: Operator, make_agent: MakeAgent
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    board = make_agent("$(touch pwned-code)", hardware_id())
+    board.config_text = "  # a comment\n\nMAC = 'b8:27:eb:00:00:01'\n"
+    board.env = {"FLEETREG_AGENT_CODE": code}
+    booted = await board.boot()
+    assert_booted(booted)
+    assert (
+        board.state(
+            "fingerprint",
+        )
+        == f"{board.config['CPU_ID']} b8:27:eb:00:00:01"
+    )
+
+    board.env = {}
+    assert_booted(await board.boot())  # provisioned: the code is not even sent
+    fresh = make_agent("`touch pwned-tick`", "$(touch pwned-hardware-id)")
+    refused = await fresh.boot()
+    assert refused.code == EXIT_FINAL, refused.log  # the text itself was sent, and refused
+    assert not list(board.root.parent.glob("*/pwned*")) and not list(Path.cwd().glob("pwned*"))
+
+    fresh.config_text = "SERVER=oops\n"
+    unknown = await fresh.boot()
+    assert unknown.code == 64
+    line = (fresh.root / "agent.conf").read_text().splitlines().index("SERVER=oops") + 1
+    assert (
+        unknown.log.strip()
+        == f"fleetreg-agent: config: {fresh.root / 'agent.conf'} line {line}: unknown key SERVER"
+    )
+
+
+async def test_syslog_takes_the_log_and_never_a_secret(
+    operator: Operator, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    code = (await operator.product())["bulk_identification_code"]
+    board = make_agent(code, hardware_id(), LOG="syslog")
+    shims = tmp_path / "logger-shim"
+    shims.mkdir()
+    logger = shims / "logger"
+    logger.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path / "syslog"}\n')
+    logger.chmod(0o755)
+    board.extra_path.append(shims)
+    booted = await board.boot()
+    assert_booted(booted)
+    assert booted.log == ""
+    syslog = (tmp_path / "syslog").read_text()
+    assert "-t fleetreg-agent -- register hardware_id=" in syslog and "ready device_id=" in syslog
+    assert str(board.state("secret")) not in syslog
+
+
+async def test_run_checks_in_every_checkin_seconds_and_picks_up_a_service(
+    operator: Operator, make_agent: MakeAgent
+) -> None:
+    registration = await operator.product([{"type": "ssh", "port": 22}])
+    code, product_id = registration["bulk_identification_code"], registration["product_id"]
+    board = make_agent(code, hardware_id(), CHECKIN_SECONDS="0.6")  # every other heartbeat
+    await board.start()
+    try:
+        await until_logged(board, "ready device_id")
+        added = await operator.call(
+            "POST",
+            f"/v1/products/{product_id}/services",
+            {"name": "admin", "type": "web", "port": 80},
+            expect=201,
+        )
+        admin = next(s for s in added["services"] if s["name"] == "admin")
+        await operator.call(
+            "PATCH",
+            f"/v1/products/{product_id}/services/{admin['provisioning_id']}",
+            {"enabled": True},
+            expect=200,
+        )
+        await until_logged(board, "file_written service=admin")
+        await until_logged(board, "hook script=10-record services=admin")
+    finally:
+        assert await board.stop() == 0
+    assert board.run_log().count("checkin device_id") >= 1
+    assert_provisioned_files(board, ["admin", "bulk", "ssh"])
+    assert board.hook_calls() == [["bulk", "ssh"], ["admin"]]

@@ -84,9 +84,11 @@ async def call(
     url: str,
     body: Any = None,
     headers: Mapping[str, str] | None = None,
+    data: str | None = None,
 ) -> Answer:
     """One call asking for the plain-text form: never a 5xx, always the text form."""
-    async with session.request(method, url, json=body, headers={**TEXT, **(headers or {})}) as response:
+    sent = {**TEXT, **(headers or {})}
+    async with session.request(method, url, json=body, data=data, headers=sent) as response:
         text = await response.text()
         assert response.status < 500, (response.status, text)
         assert response.headers["Content-Type"] == TEXT_TYPE, (response.status, text)
@@ -367,10 +369,21 @@ async def test_credential_refusals_in_the_text_form(
     system: System, session: aiohttp.ClientSession, operator: Operator
 ) -> None:
     url = system.device_url
-    code = (await operator.product())["bulk_identification_code"]
+    registration = await operator.product()
+    code = registration["bulk_identification_code"]
     device = await register(session, url, code, uuid.uuid4().hex[:12])
     assert device.status == 200, device.body
     manifest = device_url(url, device, "manifest")
+
+    # EST's refusals carry the code too (its challenge is Basic, RFC 7030 section 3.2.3).
+    est = await call(
+        session,
+        "POST",
+        f"{url}/.well-known/est/{registration['id']}/simpleenroll",
+        headers={"Content-Type": "application/pkcs10"},
+    )
+    assert (est.status, est.fields["reason_code"]) == (401, "unauthorized"), est.body
+    assert est.headers["WWW-Authenticate"].startswith("Basic ")
 
     wrong = await call(session, "GET", manifest, headers={"Authorization": "Bearer " + "0" * 64})
     assert (wrong.status, wrong.fields["error"], wrong.fields["reason_code"]) == (
@@ -398,6 +411,24 @@ async def test_credential_refusals_in_the_text_form(
     await operator.call("DELETE", f"/v1/devices/{other.fields['device_id']}", expect=200)
     deleted = await call(session, "POST", device_url(url, other, "heartbeat"), headers=auth(other))
     assert (deleted.status, deleted.fields["reason_code"]) == (401, "device_deleted"), deleted.body
+
+
+async def test_est_under_another_registrations_label_is_other_registration(
+    system: System, session: aiohttp.ClientSession, operator: Operator
+) -> None:
+    url = system.device_url
+    own, other = await operator.product(), await operator.product()
+    device = await register(session, url, own["bulk_identification_code"], uuid.uuid4().hex[:12])
+    assert device.status == 200, device.body
+    basic = base64.b64encode(f"{device.fields['device_id']}:{device.fields['device_secret']}".encode())
+    answer = await call(
+        session,
+        "POST",
+        f"{url}/.well-known/est/{other['id']}/simpleenroll",
+        headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {basic.decode()}"},
+        data=csr_of(p256(), der=True),
+    )
+    assert (answer.status, answer.fields["reason_code"]) == (403, "other_registration"), answer.body
 
 
 # ------------------------------------------------------- limits (429, clone limit): own pipeline

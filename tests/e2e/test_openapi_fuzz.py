@@ -84,6 +84,12 @@ async def test_the_device_api_answers_every_generated_input_as_documented(system
     assert await asyncio.to_thread(fuzz, system.device_url, {}) == 13  # 7, and 6 of certificates
 
 
+async def test_the_device_api_in_the_plain_text_form_answers_as_documented(system: System) -> None:
+    """Asked with ``Accept: text/plain`` (docs/device-api.md, "Plain-text answers"): every
+    answer in a documented content type (the text form's), never a 5xx."""
+    assert await asyncio.to_thread(fuzz, system.device_url, {"Accept": "text/plain"}) == 13
+
+
 async def test_the_operator_api_answers_every_generated_input_as_documented(
     system: System, operator: Operator
 ) -> None:

@@ -121,7 +121,7 @@ async def test_a_rotating_source_flood_of_unknown_codes_publishes_and_writes_not
                     async with client.post(f"{system.device_url}/v1/registrations", json=body) as r:
                         answer = await r.json()
                         seen[r.status, answer["reason"]] += 1
-                        assert set(answer) == {"status", "request_id", "reason"}, answer
+                        assert set(answer) == {"status", "request_id", "reason", "reason_code"}, answer
                         assert answer["status"] == "refused"
                 else:
                     body = {"BulkIdentificationCode": code, "HardwareId": hardware_id, "CPUId": "c"}

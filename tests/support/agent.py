@@ -67,6 +67,8 @@ class Agent:
     shell: str
     config: dict[str, str]
     extra_path: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    config_text: str = ""
     process: asyncio.subprocess.Process | None = None
     env: dict[str, str] = field(default_factory=dict)  # more environment (e.g. CURL_HOME)
 
@@ -88,6 +90,8 @@ class Agent:
         return self.root / "hook.log"
 
     def write_config(self) -> Path:
+        """The configuration file, from :attr:`config`, with the test's folders and small
+        waits; ``config_text`` is appended as is."""
         path = self.root / "agent.conf"
         settings = {
             "STATE_DIR": str(self.state_dir),
@@ -97,7 +101,9 @@ class Agent:
             **self.config,
         }
         path.write_text(
-            "# written by tests/support/agent.py\n" + "".join(f"{k}={v}\n" for k, v in settings.items())
+            "# written by tests/support/agent.py\n"
+            + "".join(f"{k}={v}\n" for k, v in settings.items())
+            + self.config_text
         )
         return path
 
@@ -123,24 +129,27 @@ class Agent:
             return []
         return [line.split() for line in self.hook_log.read_text().splitlines()]
 
+    @property
+    def boot_log(self) -> Path:
+        """The log of the latest (or running) ``boot``."""
+        return self.root / "boot.log"
+
     async def boot(self, timeout_s: float = 90) -> Boot:
         """``fleetreg-agent boot``, to its end."""
-        process = await asyncio.create_subprocess_exec(
-            *self._command("boot"),
-            env=self._env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        with self.boot_log.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                *self._command("boot"), env=self._env(), stdout=asyncio.subprocess.DEVNULL, stderr=log
+            )
         try:
-            _, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+            await asyncio.wait_for(process.wait(), timeout_s)
         except TimeoutError:
             process.kill()
-            _, stderr = await process.communicate()
+            await process.wait()
             raise AssertionError(
-                f"the agent's boot did not end in {timeout_s} s:\n{stderr.decode()}"
+                f"the agent's boot did not end in {timeout_s} s:\n{self.boot_log.read_text()}"
             ) from None
         assert process.returncode is not None
-        return Boot(process.returncode, stderr.decode())
+        return Boot(process.returncode, self.boot_log.read_text())
 
     async def start(self) -> None:
         """``fleetreg-agent run`` in the background; its log goes to ``root/run.log``."""

@@ -5,8 +5,11 @@ carries the code of its first answer), and the errors' bodies carrying it last."
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import get_args
 
 import pytest
+import yaml
 
 from shared.domain import derived_keys, x509_attestation
 from shared.domain.admission import (
@@ -16,10 +19,12 @@ from shared.domain.admission import (
     REASON_UNKNOWN_CODE,
 )
 from shared.domain.dedup import (
+    QUOTAS,
     REASON_BULK_ALREADY_CLAIMED,
     REASON_BULK_NOT_LISTED,
     REASON_DELETED,
     REASON_DISABLED,
+    Quota,
     reason_clone_limit,
     reason_clone_rate,
     reason_max_devices,
@@ -86,6 +91,11 @@ def test_a_refusal_reason_has_its_code(reason: str, code: str) -> None:
     assert reason_code_of(reason) == code
 
 
+def test_every_limit_has_its_code() -> None:
+    for quota in get_args(Quota):
+        assert reason_code_of(QUOTAS[quota].prefix + " anything") is not ReasonCode.OTHER, quota
+
+
 def test_the_intakes_own_clone_rate_hold_is_throttled() -> None:
     from services.intake.handlers import HELD_CLONE_RATE
 
@@ -112,3 +122,19 @@ def test_an_errors_body_carries_its_code_last_and_none_without_one() -> None:
     assert Forbidden("no", reason_code=ReasonCode.DISABLED).to_dict()["reason_code"] == "disabled"
     stale = Unauthorized("again", code="device_deleted", reason_code=ReasonCode.DEVICE_DELETED)
     assert stale.to_dict() == {"error": "device_deleted", "message": "again", "reason_code": "device_deleted"}
+
+
+def test_the_openapi_document_and_the_docs_list_every_code() -> None:
+    root = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((root / "services" / "intake" / "openapi.yaml").read_text(encoding="utf-8"))
+    schemas = document["components"]["schemas"]
+    assert schemas["ReasonCode"]["enum"] == [code.value for code in ReasonCode]
+    for shape in ("Answer", "Error"):
+        assert schemas[shape]["properties"]["reason_code"] == {"$ref": "#/components/schemas/ReasonCode"}
+    docs = (root / "docs" / "device-api.md").read_text(encoding="utf-8")
+    table = docs.split("## Refusal codes (`reason_code`)", 1)[1].split("\n## ", 1)[0]
+    listed = [c for c in re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE) if c != "reason_code"]
+    assert listed == [code.value for code in ReasonCode]
+    for code in ReasonCode:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{code.value}` |"))
+        assert ("| temporary |" in row) is (code in TEMPORARY), row
