@@ -70,7 +70,6 @@ class Agent:
     env: dict[str, str] = field(default_factory=dict)
     config_text: str = ""
     process: asyncio.subprocess.Process | None = None
-    env: dict[str, str] = field(default_factory=dict)  # more environment (e.g. CURL_HOME)
 
     @property
     def state_dir(self) -> Path:
