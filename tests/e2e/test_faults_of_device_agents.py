@@ -38,8 +38,17 @@ BOARDS = 16
 # Retries while a part is down: at most every 2 s (the helper's 0.5 s would have two dozen
 # boards fork curl and awk several times a second, starving the restarting service of CPU).
 PATIENT = {"BACKOFF_BASE_SECONDS": "0.25", "BACKOFF_MAX_SECONDS": "2"}
-# A fault event a board logs when a call of its boot met the fault (no answer, 5xx, 429).
-FAULTS = ("register_fault", "register_throttled", "register_refused", "confirm_ready", "manifest", "download")
+# The events a board logs when a call of its boot met the fault: no answer, a 5xx or 429
+# (retried), or a registration answered pending (the decision held up meanwhile).
+FAULTS = (
+    "register_fault",
+    "register_throttled",
+    "register_refused",
+    "register_pending",
+    "confirm_ready",
+    "manifest",
+    "download",
+)
 
 
 @pytest.fixture(scope="module")
