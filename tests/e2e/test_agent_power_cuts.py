@@ -139,6 +139,8 @@ async def test_a_first_boot_cut_at_any_instant_is_finished_by_the_next_boot(
     context = f"seed {seed}, boot {span:.2f} s"
     left = collections.Counter(state for first, state, _ in runs if first.cut)
     assert sum(left.values()) >= 50, (context, left)
+    chosen = [(first.code, first.events) for first, _, _ in runs[RANDOM_CUTS:]]
+    assert all(code == -9 for code, _ in chosen), (context, chosen)  # every chosen moment was reached
     failed = [
         (hardware_id(a), second.code, second.text())
         for a, (_, _, second) in zip(boards, runs, strict=True)
