@@ -39,7 +39,8 @@ test-unit: venv
 	@$(PY) -m pytest tests/unit
 
 # Storms, open loop, bulk beside COPY, two instances, ceilings: see docs/performance.md.
-# Options: make bench BENCH_ARGS="--devices 20000 --bulk-rows 100000" (python -m tests.bench --help).
+# Options: make bench BENCH_ARGS="--devices 20000 --bulk-rows 100000" (python -m tests.bench --help);
+# only the device agent's part (its boots, a 500-agent storm beside the simulator's): BENCH_ARGS="--agents-only".
 BENCH_ARGS ?=
 bench: up
 	@$(PY) -m tests.bench $(BENCH_ARGS)

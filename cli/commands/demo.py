@@ -8,6 +8,8 @@ offline), and those devices boot and claim their registrations with their keys.
 Webhooks: a receiver started by the demo gets the events of both, signed.
 Derived keys: a product whose devices each prove a key derived from a group key and their
 hardware ID (docs/device-identity.md): how a factory derives one, then a fleet boots.
+Real device agents: a handful of boards run agent/fleetreg-agent (the POSIX sh agent),
+booting with the auto product's code beside the simulated fleet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cli.agents import AgentBoot, boot_agents
 from cli.client import OperatorClient, operator_client
 from cli.commands.bulk import BULK_URL, remember_upload
 from cli.commands.devices import fetch_devices
@@ -32,6 +35,7 @@ from cli.simulate import Summary, plan_bulk, plan_fleet, run_fleet
 from cli.webhook_receiver import DemoReceiver
 
 DEMO_CSV = Path("var") / "demo" / "bulk.csv"
+DEMO_AGENTS = Path("var") / "demo" / "agents"
 DEMO_EVENTS = ["device.registered", "device.clone_detected", "device.provisioned", "bulk.published"]
 
 
@@ -46,6 +50,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=50,
         help="devices of the derived-key product to boot (50; 0: none)",
+    )
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=5,
+        help="boards running the real device agent (agent/fleetreg-agent) beside the fleet (5; 0: none)",
     )
     parser.set_defaults(run=run)
 
@@ -107,20 +117,59 @@ def _states(devices: list[dict[str, Any]]) -> str:
     return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
 
-async def _auto_demo(args: argparse.Namespace, device_url: str) -> tuple[Summary, list[dict[str, Any]]]:
+async def _agents(device_url: str, code: str, count: int) -> list[AgentBoot]:
+    """The real agents' boots ([] when there are none to run: the demo goes on without)."""
+    if count <= 0:
+        return []
+    try:
+        return await boot_agents(device_url, code, count, DEMO_AGENTS.resolve())
+    except RuntimeError as exc:
+        print(f"(no real device agents: {exc})")
+        return []
+
+
+def _show_agents(boots: list[AgentBoot], devices: list[dict[str, Any]]) -> None:
+    by_id = {d["id"]: d for d in devices}
+    print_table(
+        [
+            (
+                b.hardware_id,
+                b.device_id or "-",
+                by_id.get(b.device_id, {}).get("lifecycle", "-"),
+                f"{b.seconds:.1f}",
+                "provisioned" if b.code == 0 else f"exit {b.code}: {b.last_line}",
+            )
+            for b in boots
+        ],
+        ["hardware id", "device id", "lifecycle", "boot s", "agent"],
+    )
+    print(f"their state and files: {DEMO_AGENTS}/board-N/ (the log of each: agent.log)")
+
+
+async def _auto_demo(
+    args: argparse.Namespace, device_url: str
+) -> tuple[Summary, list[dict[str, Any]], list[AgentBoot]]:
     async with operator_client() as client:
         _step("1. Auto registration: define and lock a product; its code goes into the factory image")
         product = await _product(client, "demo-auto")
         registration = await client.post("/v1/auto-registrations", {"product_id": product["id"]})
         print(f"auto registration {registration['id']} is {registration['status']}")
+        agents = max(args.agents, 0)
+        beside = f", and {agents} boards running the real device agent beside them" if agents else ""
         _step(
             f"2. Power on {args.devices} devices at once "
-            f"({args.clone_rate:.0%} are clones of another's SD card)"
+            f"({args.clone_rate:.0%} are clones of another's SD card){beside}"
         )
-        plan = plan_fleet(product["bulk_identification_code"], args.devices, args.clone_rate, seed=None)
+        code = product["bulk_identification_code"]
+        plan = plan_fleet(code, args.devices, args.clone_rate, seed=None)
+        booting = asyncio.create_task(_agents(device_url, code, agents))
         summary = await run_fleet(plan, device_url, args.concurrency, progress_bar(args.devices))
         print_summary(summary)
-        devices = await _settled(client, registration["id"], args.devices)
+        boots = await booting
+        devices = await _settled(client, registration["id"], args.devices + len(boots))
+    if boots:
+        _step(f"2b. The real device agents (agent/fleetreg-agent): {len(boots)} boards, their device IDs")
+        _show_agents(boots, devices)
     _step("3. The registry: each clone was given the next free indexed hardware ID")
     clones = sorted(
         (d for d in devices if d["hardware_id"] != d["claimed_hardware_id"]), key=lambda d: d["hardware_id"]
@@ -130,7 +179,7 @@ async def _auto_demo(args: argparse.Namespace, device_url: str) -> tuple[Summary
         ["claimed hardware id", "assigned", "name", "state"],
     )
     print(f"... {len(clones)} clones in all; devices: {_states(devices)}")
-    return summary, devices
+    return summary, devices, boots
 
 
 # How a factory line derives a device's key offline, in POSIX sh (docs/device-identity.md).
@@ -262,7 +311,7 @@ async def run(args: argparse.Namespace) -> int:
     print("\n".join(console_hint(load_endpoints())), flush=True)
     try:
         webhook_id = await _start_webhook(receiver)
-        auto_summary, auto_devices = await _auto_demo(args, device_url)
+        auto_summary, auto_devices, agent_boots = await _auto_demo(args, device_url)
         bulk_summary, bulk_devices = await _bulk_demo(args.bulk_devices, args.concurrency)
         if webhook_id is not None:
             auto_clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
@@ -296,6 +345,13 @@ async def run(args: argparse.Namespace) -> int:
         f"Bulk registration: {len(bulk_devices)} devices uploaded and published, "
         f"{bulk_summary.provisioned} claimed with their keys and provisioned, {bulk_summary.errors} errors."
     )
+    if agent_boots:
+        print(
+            f"Real device agents: {sum(1 for b in agent_boots if b.code == 0)} of {len(agent_boots)} boards "
+            f"provisioned by agent/fleetreg-agent: "
+            + ", ".join(f"{b.hardware_id} {b.device_id or '-'}" for b in agent_boots)
+            + "."
+        )
     if derived_summary is not None:
         print(
             f"Derived keys: {derived_summary.provisioned} devices proved their own keys, provisioned, "
@@ -307,10 +363,20 @@ async def run(args: argparse.Namespace) -> int:
     print("\n".join(console_hint(load_endpoints())))
     if args.json:
         webhooks = dict(receiver.counts)
-        emit_json({"auto": auto_summary.to_dict(), "bulk": bulk_summary.to_dict(), "webhooks": webhooks})
-    derived_errors = derived_summary.errors if derived_summary is not None else 0
-    if not (auto_summary.ok and bulk_summary.ok) or derived_errors:
-        raise CliError(
-            f"the demo saw {auto_summary.errors + bulk_summary.errors + derived_errors} device error(s)"
+        agents = [
+            {"hardware_id": b.hardware_id, "device_id": b.device_id, "exit_code": b.code} for b in agent_boots
+        ]
+        emit_json(
+            {
+                "auto": auto_summary.to_dict(),
+                "bulk": bulk_summary.to_dict(),
+                "webhooks": webhooks,
+                "agents": agents,
+            }
         )
+    derived_errors = derived_summary.errors if derived_summary is not None else 0
+    agent_errors = sum(1 for b in agent_boots if b.code != 0)
+    if not (auto_summary.ok and bulk_summary.ok) or derived_errors or agent_errors:
+        errors = auto_summary.errors + bulk_summary.errors + derived_errors + agent_errors
+        raise CliError(f"the demo saw {errors} device error(s)")
     return 0

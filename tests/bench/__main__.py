@@ -16,7 +16,11 @@ and message sizes (the machine is shared and noisy; absolute figures drift, rati
 4. the bulk upload and publish of ``--bulk-rows`` rows beside a Postgres ``COPY`` of the
    same rows, and the ingestion service's peak memory (tests/bench/bulk.py);
 5. two instances of each pipeline service: no duplicate, and each instance's share of the
-   work (tests/bench/scaleout.py).
+   work (tests/bench/scaleout.py);
+6. the device agent (tests/bench/agents.py): its boot time and the CPU a boot costs the
+   device, one boot at a time under each shell, and a storm of ``--agents`` agent
+   processes at once from a few loopback addresses beside the simulator's two-call storm of
+   as many devices in the same run (ratios); ``--agents-only`` runs only this part.
 
 ``ratio_to_ceiling`` is devices/s divided by the slowest per-device ceiling: each ceiling
 divided by what one device was measured to cost in that storm (HTTP requests to the
@@ -41,7 +45,7 @@ from cli.config import load_endpoints, parse_env_file, require
 from cli.output import print_table
 from shared.service import use_fast_event_loop, use_fewer_collections
 from shared.settings import KafkaSettings
-from tests.bench import bulk, ceilings, identity, scaleout, storms
+from tests.bench import agents, bulk, ceilings, identity, scaleout, storms
 
 OUT = Path("var/bench")
 
@@ -74,11 +78,31 @@ def _ratio(storm: dict[str, Any], ceiling: dict[str, Any]) -> float:
     return float(round(storm["devices_per_s"] / min(per_device), 3))
 
 
+async def _agents(stack: storms.Stack, args: argparse.Namespace) -> dict[str, Any]:
+    _progress(
+        f"device agent: {args.agent_boots} boots one at a time under each shell, then the simulator's "
+        f"two-call storm and an agent storm of {args.agents} at once from {args.agent_sources} addresses"
+    )
+    found = await agents.run(
+        stack, agents=args.agents, sources=args.agent_sources, boots_per_shell=args.agent_boots
+    )
+    _progress(
+        f"  agents {found['storm']['devices_per_s']} devices/s, simulator "
+        f"{found['simulator_storm']['devices_per_s']}: {found['ratios']['devices_per_s']}"
+    )
+    return found
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     infra = parse_env_file(Path("var/infra.env"))
     pool = await asyncpg.create_pool(infra["DATABASE_URL"], min_size=1, max_size=4)
     try:
         stack = await _stack(pool)
+        if args.agents_only:
+            return {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "agents": await _agents(stack, args),
+            }
         _progress("ceilings: bare HTTP endpoint, Kafka produce+consume, Postgres batched writes")
         http = await ceilings.http_ceiling(args.ceiling_requests, args.concurrency)
         kafka = await ceilings.kafka_ceiling(
@@ -135,6 +159,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"two instances: a {args.scale_out_devices}-device storm and two {args.scale_out_rows}-row publishes"
             )
             result["scale_out"] = await scaleout.run(stack, args.scale_out_devices, args.scale_out_rows)
+        if args.agents:
+            result["agents"] = await _agents(stack, args)
+            result["agents"]["ratios"]["devices_per_s_to_run_two_call"] = round(
+                result["agents"]["storm"]["devices_per_s"] / max(two["devices_per_s"], 1e-9), 3
+            )
         return result
     finally:
         await pool.close()
@@ -170,20 +199,22 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         keys = ("devices", "devices_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "errors")
         return {k: storm[k] for k in keys} | {"lost": storm["lost"], "duplicated": storm["duplicated"]}
 
-    loop = result["open_loop"]
-    out: dict[str, Any] = {
-        "boot_two_call": boot(result["boot_two_call"]),
-        "boot_five_call": boot(result["boot_five_call"]),
-        "open_loop": {
-            "offered_per_s": loop["offered_per_s"],
-            "p99_ms": loop["p99_ms"],
-            "errors": loop["errors"],
-        },
-        "ceilings": {
-            k: result["ceilings"][k]
-            for k in ("http_requests_per_s", "kafka_events_per_s", "postgres_rows_per_s")
-        },
-    }
+    out: dict[str, Any] = {}
+    if "boot_two_call" in result:  # not with --agents-only
+        loop = result["open_loop"]
+        out |= {
+            "boot_two_call": boot(result["boot_two_call"]),
+            "boot_five_call": boot(result["boot_five_call"]),
+            "open_loop": {
+                "offered_per_s": loop["offered_per_s"],
+                "p99_ms": loop["p99_ms"],
+                "errors": loop["errors"],
+            },
+            "ceilings": {
+                k: result["ceilings"][k]
+                for k in ("http_requests_per_s", "kafka_events_per_s", "postgres_rows_per_s")
+            },
+        }
     if "identity" in result:
         out["identity"] = identity_summary(result["identity"])
     if "bulk" in result:
@@ -199,6 +230,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         out["bulk"] = {k: b[k] for k in keys} | {"baseline_copy_s": b["baseline_copy_s"]}
     if "scale_out" in result:
         out["scale_out"] = result["scale_out"]
+    if "agents" in result:
+        out["agent"] = agents.summary(result["agents"])
     return out
 
 
@@ -286,6 +319,80 @@ def report_identity(found: dict[str, Any]) -> None:
 
 
 def report(result: dict[str, Any]) -> None:
+    if "ceilings" in result:
+        report_storms(result)
+    if "agents" in result:
+        report_agents(result["agents"])
+
+
+def report_agents(found: dict[str, Any]) -> None:
+    if found["boots"]:
+        print_table(
+            [
+                (
+                    shell,
+                    phase,
+                    f["boots"],
+                    f["p50_ms"],
+                    f["p95_ms"],
+                    f["cpu_ms_per_boot"],
+                    f["cpu_ms_p95"],
+                    f["errors"],
+                )
+                for shell, phases in found["boots"]["shells"].items()
+                for phase, f in phases.items()
+            ],
+            [
+                "agent, one boot at a time",
+                "boot",
+                "boots",
+                "p50 ms",
+                "p95 ms",
+                "CPU ms per boot",
+                "CPU ms p95",
+                "errors",
+            ],
+        )
+    storm, sim, ratios = found["storm"], found["simulator_storm"], found["ratios"]
+    print_table(
+        [
+            (
+                f"simulator, two-call, {sim['devices']} at once",
+                sim["devices_per_s"],
+                sim["p50_ms"],
+                sim["p99_ms"],
+                sim["errors"],
+                sim["cpu_ms_per_device"].get("load_generator", "-"),
+                "-",
+            ),
+            (
+                f"agents, {storm['agents']} at once from {storm['sources']} addresses",
+                storm["devices_per_s"],
+                storm["p50_ms"],
+                storm["p99_ms"],
+                storm["errors"],
+                storm["cpu_ms_per_device"]["agents"],
+                "ok" if storm["registry_ok"] else "; ".join(storm["registry_problems"][:3]),
+            ),
+            (
+                "agents / simulator",
+                ratios["devices_per_s"],
+                ratios["p50_ms"],
+                ratios["p99_ms"],
+                "",
+                ratios["client_cpu_ms_per_device"],
+                "",
+            ),
+        ],
+        ["storm", "devices/s", "p50 ms", "p99 ms", "errors", "client CPU ms per device", "registry"],
+    )
+    print(
+        f"CPU per device, agents / simulator: intake {ratios['intake_cpu_ms_per_device']}, "
+        f"server side (services, Kafka, Postgres) {ratios['server_cpu_ms_per_device']}"
+    )
+
+
+def report_storms(result: dict[str, Any]) -> None:
     c = result["ceilings"]
     print_table(
         [
@@ -408,6 +515,22 @@ if __name__ == "__main__":
         "--scale-out-devices", type=int, default=20_000, help="storm on two instances (0: skip)"
     )
     parser.add_argument("--scale-out-rows", type=int, default=100_000, help="rows of each of two publishes")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=500,
+        help="device agents booting at once in the agent storm, and simulated devices in its "
+        "comparison storm (500; 0: skip the agent part)",
+    )
+    parser.add_argument(
+        "--agent-sources", type=int, default=5, help="loopback addresses the agent storm comes from (5)"
+    )
+    parser.add_argument(
+        "--agent-boots", type=int, default=10, help="agent boots one at a time under each shell (10; 0: skip)"
+    )
+    parser.add_argument(
+        "--agents-only", action="store_true", help="run only the device agent part (boots, storms, ratios)"
+    )
     arguments = parser.parse_args()
     use_fast_event_loop()
     use_fewer_collections()  # as fleetreg simulate does: the load generator's GC is part of every figure

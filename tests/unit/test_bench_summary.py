@@ -74,3 +74,35 @@ def test_summary_has_every_key_of_the_contract() -> None:
         assert keys <= set(out[section]), section
     assert out["boot_two_call"]["devices_per_s"] == 500.0
     assert out["open_loop"]["offered_per_s"] == 375.0
+
+
+def test_an_agents_only_run_has_the_agent_figures_and_nothing_else() -> None:
+    figures = {
+        "boots": 10,
+        "errors": 0,
+        "p50_ms": 400.0,
+        "p95_ms": 500.0,
+        "cpu_ms_per_boot": 250.0,
+        "cpu_ms_p95": 260.0,
+    }
+    storm = {
+        "agents": 500,
+        "sources": 5,
+        "devices_per_s": 10.0,
+        "p50_ms": 20000.0,
+        "p99_ms": 40000.0,
+        "errors": 0,
+        "cpu_ms_per_boot": 250.0,
+        "registry_ok": True,
+    }
+    agents = {
+        "boots": {"shells": {"dash": {"first_boot": figures, "check_in": figures}}},
+        "simulator_storm": _storm(100.0, 2.0, 4.0, 9.0),
+        "storm": storm,
+        "ratios": {"devices_per_s": 0.1},
+    }
+    out = summary({"agents": agents})
+    assert set(out) == {"agent"}
+    assert out["agent"]["storm"]["devices_per_s"] == 10.0
+    assert out["agent"]["simulator_storm"]["devices_per_s"] == 100.0
+    assert out["agent"]["boots"]["dash"]["first_boot"] == {"p50_ms": 400.0, "cpu_ms_per_boot": 250.0}
