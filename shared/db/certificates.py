@@ -22,6 +22,7 @@ from shared.domain.certificates import (
     open_issuing_ca,
     seal_ca_key,
 )
+from shared.domain.uploaded_ca import comparable_name
 
 # The account (none: no such account) and its CA if it has one yet.
 SELECT_CA = """
@@ -169,7 +170,8 @@ async def replace_issuing_ca(
 ) -> NotReplaced | None:
     """Make ``ca`` (uploaded, its ``uploaded_at`` set) the account's issuing CA, its key
     sealed as a self-made one's, while the account holds no unexpired device certificate
-    (revoked or not) and no other account's uploaded CA has its subject (a relying party
+    (revoked or not) and no other account's uploaded CA has its subject (compared as relying
+    parties do: shared.domain.uploaded_ca.comparable_name; a relying party
     finds a CRL by its issuer's name: two accounts' CRLs of one issuer would each hide the
     other's revocations); audited (``issuing_ca.uploaded``: its subject and the SHA-256
     ``fingerprint`` of its certificate, never its key) in the same transaction. None when
@@ -184,7 +186,8 @@ async def replace_issuing_ca(
         if held:
             return NotReplaced(held)
         for row in await conn.fetch(SELECT_OTHER_UPLOADED, ca.account_id):
-            if x509.load_der_x509_certificate(row["certificate"]).subject == ca.certificate.subject:
+            theirs = x509.load_der_x509_certificate(row["certificate"]).subject
+            if comparable_name(theirs) == comparable_name(ca.certificate.subject):
                 return NotReplaced(0)
         await conn.execute(
             REPLACE_CA, ca.account_id, ca.der, seal_ca_key(secret_key, ca), list(ca.chain), ca.uploaded_at

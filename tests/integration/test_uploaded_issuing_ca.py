@@ -27,7 +27,7 @@ from shared.domain.accounts import Account
 from shared.errors import Conflict, InvalidInput
 from shared.settings import Secret
 from tests.support import registry
-from tests.support.pki import new_pki
+from tests.support.pki import hostile_uploads, new_pki
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +177,32 @@ async def test_two_accounts_may_not_share_an_intermediates_subject(pool: Pool) -
     assert caught.value.rule == "subject_unique"
     # The first account may upload it again (nothing issued yet).
     await handlers.upload_issuing_ca(pool, SECRET, first, pki.body())
+
+
+async def test_a_subject_only_case_or_spaces_apart_from_another_accounts_is_refused(pool: Pool) -> None:
+    # A relying party compares names case-folded, inner spaces collapsed (RFC 5280 7.1,
+    # OpenSSL's canonical form): to it these are one issuer, and so one CRL.
+    first, second = [Account(await registry.new_account(pool), "test") for _ in range(2)]
+    name = f"Example Devices {uuid.uuid4().hex[:12]}"
+    await handlers.upload_issuing_ca(pool, SECRET, first, new_pki(name).body())
+    with pytest.raises(Conflict) as caught:
+        await handlers.upload_issuing_ca(pool, SECRET, second, new_pki(f" {name.upper()}").body())
+    assert caught.value.rule == "subject_unique"
+    with pytest.raises(Conflict):
+        await handlers.upload_issuing_ca(pool, SECRET, second, new_pki(name.replace(" ", "   ")).body())
+    assert (await handlers.issuing_ca(pool, SECRET, second)).uploaded_at is None
+
+
+async def test_a_refused_upload_writes_nothing(pool: Pool) -> None:
+    account = Account(await registry.new_account(pool), "test")
+    before = await handlers.issuing_ca(pool, SECRET, account)
+    for what, body, field, rule in hostile_uploads():
+        with pytest.raises(InvalidInput) as caught:
+            await handlers.upload_issuing_ca(pool, SECRET, account, body)
+        assert (caught.value.field, caught.value.rule) == (field, rule), what
+    after = await handlers.issuing_ca(pool, SECRET, account)
+    assert after.der == before.der and after.uploaded_at is None
+    audited = await pool.fetchval(
+        "SELECT count(*) FROM operator_audit_events WHERE account_id = $1", uuid.UUID(account.id)
+    )
+    assert audited == 0

@@ -22,7 +22,7 @@ from shared.domain.certificates import (
 )
 from shared.domain.uploaded_ca import MAX_TEXT_CHARS, checked_upload
 from shared.errors import InvalidInput
-from tests.support.pki import certificate, key_pem, new_pki, pem, usage
+from tests.support.pki import certificate, hostile_uploads, key_pem, new_pki, pem, usage
 
 ACCOUNT = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 SECRET = b"k" * 32
@@ -157,3 +157,12 @@ def test_an_rsa_intermediate_signs_too() -> None:
     )
     issued = x509.load_der_x509_certificate(device_certificate(reopened, csr, "H2", "d", 30).der)
     issued.verify_directly_issued_by(intermediate)
+
+
+def test_a_path_relying_parties_would_refuse_is_refused_at_upload() -> None:
+    # Each was accepted, and every device certificate it signed then failed at relying
+    # parties (or, for the malformed subject, the upload answered 500; for the RSA key,
+    # OpenSSL tested its primes on the event loop before its size was looked at).
+    for what, body, field, rule in hostile_uploads():
+        got_field, got_rule, message = refused(body)
+        assert (got_field, got_rule) == (field, rule), (what, message)
