@@ -117,6 +117,13 @@ def _check_ca(certificate: x509.Certificate, now: datetime) -> None:
                 "the first certificate has a critical extension nobody processes "
                 f"({extension.oid.dotted_string})",
             )
+    if not certificate.subject:
+        raise _refuse(
+            "certificate",
+            "subject",
+            "the first certificate's subject is empty: a CA's subject names it, as its "
+            "certificates' and its CRL's issuer (RFC 5280 4.1.2.6)",
+        )
     names = [v for oid, v in comparable_name(certificate.subject) if oid == NameOID.COMMON_NAME.dotted_string]
     if any(n.startswith(SELF_MADE_CN) for n in names):
         raise _refuse(
@@ -150,7 +157,8 @@ def _check_path(certificates: list[x509.Certificate], now: datetime) -> None:
     cannot promise to keep within them: every certificate outside them would be refused by
     relying parties, after the upload); an extendedKeyUsage, if any, allowing clientAuth;
     and above the first: a CA whose keyUsage (if any) allows keyCertSign and whose pathLen
-    allows the CAs below it. Each signed by the next (its issuer's name and key)."""
+    allows the CAs below it, with no critical extension nobody processes. Each signed by
+    the next (its issuer's name and key)."""
     for position, certificate in enumerate(certificates, start=1):
         where = f"certificate {position} of the chain"
         if certificate.not_valid_before_utc > now or certificate.not_valid_after_utc <= now:
@@ -181,6 +189,13 @@ def _check_path(certificates: list[x509.Certificate], now: datetime) -> None:
             )
         if position == 1:
             continue
+        for extension in extensions:
+            if extension.critical and isinstance(extension.value, x509.UnrecognizedExtension):
+                raise _refuse(
+                    "certificate",
+                    "critical_extension",
+                    f"{where} has a critical extension nobody processes ({extension.oid.dotted_string})",
+                )
         try:
             constraints: x509.BasicConstraints | None = extensions.get_extension_for_class(
                 x509.BasicConstraints
@@ -219,9 +234,9 @@ def checked_upload(body: dict[str, Any], now: datetime | None = None) -> Uploade
     intermediate first, then its issuers), "private_key": PEM (PKCS#8 or traditional,
     unencrypted)}``, checked: each text at most MAX_TEXT_CHARS, parseable, at most
     1 + MAX_CHAIN certificates; the first a CA (basicConstraints CA=true) with keyUsage
-    keyCertSign and cRLSign, no unknown critical extension, not named as fleetreg's own CAs
-    (CN ``fleetreg devices ...``, compared as :func:`comparable_name`), valid now and for at
-    least MIN_REMAINING; its key P-256 or RSA 2048-4096 and the private key's; the path
+    keyCertSign and cRLSign, no unknown critical extension, a subject, not named as
+    fleetreg's own CAs (CN ``fleetreg devices ...``, compared as :func:`comparable_name`),
+    valid now and for at least MIN_REMAINING; its key P-256 or RSA 2048-4096 and the private key's; the path
     above it as a relying party checks it (:func:`_check_path`: each certificate valid now,
     no nameConstraints, clientAuth allowed, the ones above CAs within their pathLen, each
     signed by the next). InvalidInput (400) with ``field`` and ``rule`` otherwise."""

@@ -46,9 +46,9 @@ def certificate(
     extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> x509.Certificate:
     """A certificate of ``key`` signed by ``issuer_key`` (self-signed when ``issuer`` is
-    None); ``extensions``: more (extension, critical) pairs."""
+    None; an empty ``subject``: an empty name); ``extensions``: more (extension, critical) pairs."""
     now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else [])
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -156,6 +156,11 @@ def hostile_uploads() -> list[tuple[str, dict[str, str], str, str]]:
     old_root = certificate("Old Root", old_key, None, old_key, not_before=long_ago, days=10)
     of_old_root = certificate("Of An Old Root", key, old_root, old_key)
     posing = certificate("FLEETREG  Devices 0f1e2d3c", key, pki.root, pki.root_key)
+    nameless = certificate("", key, pki.root, pki.root_key)
+    odd_key = ec.generate_private_key(ec.SECP256R1())
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    odd_root = certificate("Odd Root", odd_key, None, odd_key, extensions=[(unknown, True)])
+    of_odd_root = certificate("Of An Odd Root", key, odd_root, odd_key)
     mine = key_pem(key)
     return [
         ("a subject of invalid UTF-8", {"certificate": bad_utf8_pem, "private_key": mine}, "certificate", "malformed"),
@@ -165,5 +170,7 @@ def hostile_uploads() -> list[tuple[str, dict[str, str], str, str]]:
         ("pathLen 0 above a CA", {"certificate": pem(under_intermediate, pki.intermediate, pki.root), "private_key": mine}, "certificate", "path_length"),
         ("an expired root", {"certificate": pem(of_old_root, old_root), "private_key": mine}, "certificate", "chain_validity"),
         ("fleetreg's name in other case and spaces", {"certificate": pem(posing), "private_key": mine}, "certificate", "reserved_subject"),
+        ("an empty subject", {"certificate": pem(nameless, pki.root), "private_key": mine}, "certificate", "subject"),
+        ("an unknown critical extension above", {"certificate": pem(of_odd_root, odd_root), "private_key": mine}, "certificate", "critical_extension"),
         ("an 8192-bit RSA key", {"certificate": pem(pki.intermediate), "private_key": oversized_rsa_key()}, "private_key", "key_type"),
     ]  # fmt: skip
