@@ -152,7 +152,7 @@ def _check_parsed(certificates: list[x509.Certificate]) -> None:
 
 def _check_path(certificates: list[x509.Certificate], now: datetime) -> None:
     """What a relying party checks of the path above a device certificate (RFC 5280 6.1),
-    for each certificate of the chain: valid now; no nameConstraints (fleetreg names a
+    for each certificate of the chain: valid now and for MIN_REMAINING; no nameConstraints (fleetreg names a
     device by its hardware ID, CN and SAN URI ``urn:fleetreg:hardware-id:...``, which it
     cannot promise to keep within them: every certificate outside them would be refused by
     relying parties, after the upload); an extendedKeyUsage, if any, allowing clientAuth;
@@ -161,8 +161,12 @@ def _check_path(certificates: list[x509.Certificate], now: datetime) -> None:
     the next (its issuer's name and key)."""
     for position, certificate in enumerate(certificates, start=1):
         where = f"certificate {position} of the chain"
-        if certificate.not_valid_before_utc > now or certificate.not_valid_after_utc <= now:
-            raise _refuse("certificate", "chain_validity", f"{where} is not valid now (expired or not yet)")
+        if certificate.not_valid_before_utc > now or certificate.not_valid_after_utc <= now + MIN_REMAINING:
+            raise _refuse(
+                "certificate",
+                "chain_validity",
+                f"{where} is not valid now, or expires within a day",
+            )
         extensions = certificate.extensions
         try:
             extensions.get_extension_for_class(x509.NameConstraints)

@@ -17,6 +17,7 @@ from shared.domain.certificates import (
     Revoked,
     certificate_revocation_list,
     device_certificate,
+    new_issuing_ca,
     open_issuing_ca,
     seal_ca_key,
 )
@@ -166,3 +167,32 @@ def test_a_path_relying_parties_would_refuse_is_refused_at_upload() -> None:
     for what, body, field, rule in hostile_uploads():
         got_field, got_rule, message = refused(body)
         assert (got_field, got_rule) == (field, rule), (what, message)
+
+
+def test_device_certificates_never_outlive_a_certificate_of_the_chain() -> None:
+    # A root that expires before its intermediate: a certificate valid past the root's end
+    # verifies nowhere then (it was clamped to the intermediate only).
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = certificate("Short Root", root_key, None, root_key, days=30)
+    intermediate = certificate("Long Intermediate", key, root, root_key, days=3650)
+    ca = checked_upload({"certificate": pem(intermediate, root), "private_key": key_pem(key)}).issuing_ca(
+        ACCOUNT, datetime.now(UTC)
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    issued = device_certificate(ca, csr, "H3", "d", 365)
+    assert issued.not_after == root.not_valid_after_utc
+    # A root that expires within a day is refused, as the intermediate would be.
+    with pytest.raises(InvalidInput) as caught:
+        checked_upload(
+            {"certificate": pem(intermediate, root), "private_key": key_pem(key)},
+            now=root.not_valid_after_utc - timedelta(hours=12),
+        )
+    assert caught.value.rule == "chain_validity"
+    # A self-made CA (no chain): its own end.
+    own = new_issuing_ca(ACCOUNT)
+    assert device_certificate(own, csr, "H4", "d", 365).not_after < own.certificate.not_valid_after_utc
+    assert own.not_after == own.certificate.not_valid_after_utc
