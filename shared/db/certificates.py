@@ -123,7 +123,7 @@ LOCK_UPLOADS = "SELECT pg_advisory_xact_lock(1718773601, 0)"
 SELECT_OTHER_UPLOADED = (
     "SELECT certificate FROM issuing_cas WHERE uploaded_at IS NOT NULL AND account_id <> $1"
 )
-LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
+LOCK_CA = "SELECT certificate, chain, uploaded_at FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
 COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
 # Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
 REPLACE_CA = """
@@ -175,13 +175,22 @@ async def replace_issuing_ca(
     finds a CRL by its issuer's name: two accounts' CRLs of one issuer would each hide the
     other's revocations); audited (``issuing_ca.uploaded``: its subject and the SHA-256
     ``fingerprint`` of its certificate, never its key) in the same transaction. None when
-    replaced (every intake is told: ``issuer:<account ID>``), NotReplaced otherwise
-    (nothing changed). The account's CA row must exist (:func:`issuing_ca` first)."""
+    replaced (every intake is told: ``issuer:<account ID>``) or when ``ca`` is already the
+    account's uploaded CA with this chain (a retried PUT: nothing written, not audited,
+    whatever certificates it issued meanwhile), NotReplaced otherwise (nothing changed).
+    The account's CA row must exist (:func:`issuing_ca` first)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(LOCK_UPLOADS)
         await conn.execute(LOCK_CA_EXCLUSIVE, ca.account_id)
-        if await conn.fetchval(LOCK_CA, ca.account_id) is None:
+        current = await conn.fetchrow(LOCK_CA, ca.account_id)
+        if current is None:
             raise LookupError("the account has no issuing CA row")
+        if (
+            current["uploaded_at"] is not None
+            and bytes(current["certificate"]) == ca.der
+            and tuple(current["chain"]) == ca.chain
+        ):
+            return None  # the same upload again (a retried PUT): nothing to change
         held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
         if held:
             return NotReplaced(held)

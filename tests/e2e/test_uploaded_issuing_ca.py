@@ -149,10 +149,12 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.2)
 
-    # Certificates are out: another upload would orphan their revocations.
-    again = {"certificate": (tmp_path / "chain.pem").read_text(), "private_key": key_text}
-    in_use = await operator.call("PUT", "/v1/account/issuing-ca", again, expect=409)
+    # Certificates are out: another CA would orphan their revocations; the same upload
+    # again (a retry) changes nothing.
+    in_use = await operator.call("PUT", "/v1/account/issuing-ca", new_pki().body(), expect=409)
     assert in_use["error"] == "issuing_ca_in_use" and "/crl" in in_use["message"]
+    again = {"certificate": (tmp_path / "chain.pem").read_text(), "private_key": key_text}
+    assert await operator.call("PUT", "/v1/account/issuing-ca", again, expect=200) == shown
 
     # A disable: the CRL lists the certificate, signed by the intermediate.
     await operator.call("POST", f"/v1/devices/{answer['device_id']}/disable", expect=200)

@@ -29,7 +29,7 @@ from shared.domain.accounts import Account
 from shared.errors import Conflict, InvalidInput
 from shared.settings import Secret
 from tests.support import registry
-from tests.support.pki import hostile_uploads, new_pki
+from tests.support.pki import hostile_uploads, new_pki, pem
 
 pytestmark = pytest.mark.integration
 
@@ -225,3 +225,25 @@ async def test_an_upload_is_checked_off_the_event_loop(pool: Pool, monkeypatch: 
     account = Account(await registry.new_account(pool), "test")
     await handlers.upload_issuing_ca(pool, SECRET, account, new_pki().body())
     assert checked_in and loop_thread not in checked_in
+
+
+async def test_the_same_upload_again_changes_nothing_even_with_certificates_out(pool: Pool) -> None:
+    # A retried PUT (the CLI run twice, an answer lost) after devices got certificates was a
+    # 409 issuing_ca_in_use, though replacing the CA by itself orphans nothing.
+    account = Account(await registry.new_account(pool), "test")
+    product = await registry.new_product(pool, account.id)
+    device = await registry.new_device(pool, product, await registry.new_registration(pool, product), "h1")
+    pki = new_pki()
+    first = await handlers.upload_issuing_ca(pool, SECRET, account, pki.body())
+    await issue(pool, Issuer(KEY, 30), device, csr(), lambda _: True, via="test")
+    again = await handlers.upload_issuing_ca(pool, SECRET, account, pki.body())
+    assert again.der == first.der and again.uploaded_at == first.uploaded_at
+    audited = await pool.fetchval(
+        "SELECT count(*) FROM operator_audit_events WHERE account_id = $1", uuid.UUID(account.id)
+    )
+    assert audited == 1
+    # Another chain (the root left out) is another CA answer: still refused.
+    with pytest.raises(handlers.IssuingCaInUse):
+        await handlers.upload_issuing_ca(
+            pool, SECRET, account, {**pki.body(), "certificate": pem(pki.intermediate)}
+        )

@@ -87,7 +87,9 @@ async def upload_issuing_ca(
     shared.domain.uploaded_ca.checked_upload: InvalidInput 400) become the account's issuing
     CA, while it holds no unexpired device certificate (IssuingCaInUse 409) and no other
     account's uploaded CA has its subject (Conflict 409, ``subject_unique``); audited
-    ``issuing_ca.uploaded`` (subject, fingerprint)."""
+    ``issuing_ca.uploaded`` (subject, fingerprint). The same intermediate and chain as the
+    account's uploaded CA (a retried PUT) changes nothing and answers it, certificates out
+    or not."""
     # In a thread: checking an RSA-4096 key (OpenSSL tests its primes) takes about half a
     # second, which held every other request of this process.
     upload = await asyncio.to_thread(checked_upload, body)
@@ -104,4 +106,4 @@ async def upload_issuing_ca(
             field="certificate",
             rule="subject_unique",
         )
-    return ca
+    return await issuing_ca(pool, secret_key, account)  # as stored (a retried PUT: since when)
