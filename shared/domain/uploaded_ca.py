@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +124,13 @@ def _check_ca(certificate: x509.Certificate, now: datetime) -> None:
             "subject",
             "the first certificate's subject is empty: a CA's subject names it, as its "
             "certificates' and its CRL's issuer (RFC 5280 4.1.2.6)",
+        )
+    if any(unicodedata.category(c) == "Cc" for a in certificate.subject for c in str(a.value)):
+        raise _refuse(
+            "certificate",
+            "subject",
+            "the first certificate's subject has control characters: it is shown in tables, "
+            "terminals and the audit trail",
         )
     names = [v for oid, v in comparable_name(certificate.subject) if oid == NameOID.COMMON_NAME.dotted_string]
     if any(n.startswith(SELF_MADE_CN) for n in names):
@@ -238,7 +246,8 @@ def checked_upload(body: dict[str, Any], now: datetime | None = None) -> Uploade
     intermediate first, then its issuers), "private_key": PEM (PKCS#8 or traditional,
     unencrypted)}``, checked: each text at most MAX_TEXT_CHARS, parseable, at most
     1 + MAX_CHAIN certificates; the first a CA (basicConstraints CA=true) with keyUsage
-    keyCertSign and cRLSign, no unknown critical extension, a subject, not named as
+    keyCertSign and cRLSign, no unknown critical extension, a subject (no control
+    characters), not named as
     fleetreg's own CAs (CN ``fleetreg devices ...``, compared as :func:`comparable_name`),
     valid now and for at least MIN_REMAINING; its key P-256 or RSA 2048-4096 and the private key's; the path
     above it as a relying party checks it (:func:`_check_path`: each certificate valid now,

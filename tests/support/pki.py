@@ -157,6 +157,7 @@ def hostile_uploads() -> list[tuple[str, dict[str, str], str, str]]:
     of_old_root = certificate("Of An Old Root", key, old_root, old_key)
     posing = certificate("FLEETREG  Devices 0f1e2d3c", key, pki.root, pki.root_key)
     nameless = certificate("", key, pki.root, pki.root_key)
+    clearing = certificate("Devices \x1b[2J", key, pki.root, pki.root_key)
     odd_key = ec.generate_private_key(ec.SECP256R1())
     unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
     odd_root = certificate("Odd Root", odd_key, None, odd_key, extensions=[(unknown, True)])
@@ -171,6 +172,7 @@ def hostile_uploads() -> list[tuple[str, dict[str, str], str, str]]:
         ("an expired root", {"certificate": pem(of_old_root, old_root), "private_key": mine}, "certificate", "chain_validity"),
         ("fleetreg's name in other case and spaces", {"certificate": pem(posing), "private_key": mine}, "certificate", "reserved_subject"),
         ("an empty subject", {"certificate": pem(nameless, pki.root), "private_key": mine}, "certificate", "subject"),
+        ("a terminal escape in the subject", {"certificate": pem(clearing, pki.root), "private_key": mine}, "certificate", "subject"),
         ("an unknown critical extension above", {"certificate": pem(of_odd_root, odd_root), "private_key": mine}, "certificate", "critical_extension"),
         ("an 8192-bit RSA key", {"certificate": pem(pki.intermediate), "private_key": oversized_rsa_key()}, "private_key", "key_type"),
     ]  # fmt: skip

@@ -163,7 +163,8 @@ def test_an_rsa_intermediate_signs_too() -> None:
 def test_a_path_relying_parties_would_refuse_is_refused_at_upload() -> None:
     # Each was accepted, and every device certificate it signed then failed at relying
     # parties (or, for the malformed subject, the upload answered 500; for the RSA key,
-    # OpenSSL tested its primes on the event loop before its size was looked at).
+    # OpenSSL tested its primes on the event loop before its size was looked at; for the
+    # control characters, the subject reached the CLI's tables and terminals raw).
     for what, body, field, rule in hostile_uploads():
         got_field, got_rule, message = refused(body)
         assert (got_field, got_rule) == (field, rule), (what, message)
