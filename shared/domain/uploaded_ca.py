@@ -160,13 +160,13 @@ def _check_parsed(certificates: list[x509.Certificate]) -> None:
 
 def _check_path(certificates: list[x509.Certificate], now: datetime) -> None:
     """What a relying party checks of the path above a device certificate (RFC 5280 6.1),
-    for each certificate of the chain: valid now and for MIN_REMAINING; no nameConstraints (fleetreg names a
-    device by its hardware ID, CN and SAN URI ``urn:fleetreg:hardware-id:...``, which it
-    cannot promise to keep within them: every certificate outside them would be refused by
-    relying parties, after the upload); an extendedKeyUsage, if any, allowing clientAuth;
-    and above the first: a CA whose keyUsage (if any) allows keyCertSign and whose pathLen
-    allows the CAs below it, with no critical extension nobody processes. Each signed by
-    the next (its issuer's name and key)."""
+    for each certificate of the chain: valid now and for MIN_REMAINING; no nameConstraints
+    (fleetreg names a device by its hardware ID, CN and SAN URI
+    ``urn:fleetreg:hardware-id:...``, which it cannot promise to keep within them: every
+    certificate outside them would be refused by relying parties, after the upload); an
+    extendedKeyUsage, if any, allowing clientAuth; and above the first: a CA whose keyUsage
+    (if any) allows keyCertSign and whose pathLen allows the CAs below it, with no critical
+    extension nobody processes. Each signed by the next (its issuer's name and key)."""
     for position, certificate in enumerate(certificates, start=1):
         where = f"certificate {position} of the chain"
         if certificate.not_valid_before_utc > now or certificate.not_valid_after_utc <= now + MIN_REMAINING:
@@ -247,12 +247,12 @@ def checked_upload(body: dict[str, Any], now: datetime | None = None) -> Uploade
     unencrypted)}``, checked: each text at most MAX_TEXT_CHARS, parseable, at most
     1 + MAX_CHAIN certificates; the first a CA (basicConstraints CA=true) with keyUsage
     keyCertSign and cRLSign, no unknown critical extension, a subject (no control
-    characters), not named as
-    fleetreg's own CAs (CN ``fleetreg devices ...``, compared as :func:`comparable_name`),
-    valid now and for at least MIN_REMAINING; its key P-256 or RSA 2048-4096 and the private key's; the path
-    above it as a relying party checks it (:func:`_check_path`: each certificate valid now,
-    no nameConstraints, clientAuth allowed, the ones above CAs within their pathLen, each
-    signed by the next). InvalidInput (400) with ``field`` and ``rule`` otherwise."""
+    characters), not named as fleetreg's own CAs (CN ``fleetreg devices ...``, compared as
+    :func:`comparable_name`), valid now and for at least MIN_REMAINING; its key P-256 or
+    RSA 2048-4096 and the private key's; the path above it as a relying party checks it
+    (:func:`_check_path`: each certificate valid for MIN_REMAINING, no nameConstraints,
+    clientAuth allowed, the ones above CAs within their pathLen, each signed by the next).
+    InvalidInput (400) with ``field`` and ``rule`` otherwise."""
     now = now or datetime.now(UTC)
     refuse_unknown_fields(body, ("certificate", "private_key"), what="an issuing CA")
     chain_text, key_text = _text(body, "certificate"), _text(body, "private_key")
