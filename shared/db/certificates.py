@@ -22,6 +22,7 @@ from shared.domain.certificates import (
     open_issuing_ca,
     seal_ca_key,
 )
+from shared.domain.uploaded_ca import comparable_name
 
 # The account (none: no such account) and its CA if it has one yet.
 SELECT_CA = """
@@ -122,7 +123,7 @@ LOCK_UPLOADS = "SELECT pg_advisory_xact_lock(1718773601, 0)"
 SELECT_OTHER_UPLOADED = (
     "SELECT certificate FROM issuing_cas WHERE uploaded_at IS NOT NULL AND account_id <> $1"
 )
-LOCK_CA = "SELECT account_id FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
+LOCK_CA = "SELECT certificate, chain, uploaded_at FROM issuing_cas WHERE account_id = $1 FOR UPDATE"
 COUNT_UNEXPIRED = "SELECT count(*) FROM device_certificates WHERE account_id = $1 AND not_after > now()"
 # Every intake drops its kept CA and CRL of the account (services/intake/certificates.py).
 REPLACE_CA = """
@@ -169,22 +170,33 @@ async def replace_issuing_ca(
 ) -> NotReplaced | None:
     """Make ``ca`` (uploaded, its ``uploaded_at`` set) the account's issuing CA, its key
     sealed as a self-made one's, while the account holds no unexpired device certificate
-    (revoked or not) and no other account's uploaded CA has its subject (a relying party
+    (revoked or not) and no other account's uploaded CA has its subject (compared as relying
+    parties do: shared.domain.uploaded_ca.comparable_name; a relying party
     finds a CRL by its issuer's name: two accounts' CRLs of one issuer would each hide the
     other's revocations); audited (``issuing_ca.uploaded``: its subject and the SHA-256
     ``fingerprint`` of its certificate, never its key) in the same transaction. None when
-    replaced (every intake is told: ``issuer:<account ID>``), NotReplaced otherwise
-    (nothing changed). The account's CA row must exist (:func:`issuing_ca` first)."""
+    replaced (every intake is told: ``issuer:<account ID>``) or when ``ca`` is already the
+    account's uploaded CA with this chain (a retried PUT: nothing written, not audited,
+    whatever certificates it issued meanwhile), NotReplaced otherwise (nothing changed).
+    The account's CA row must exist (:func:`issuing_ca` first)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(LOCK_UPLOADS)
         await conn.execute(LOCK_CA_EXCLUSIVE, ca.account_id)
-        if await conn.fetchval(LOCK_CA, ca.account_id) is None:
+        current = await conn.fetchrow(LOCK_CA, ca.account_id)
+        if current is None:
             raise LookupError("the account has no issuing CA row")
+        if (
+            current["uploaded_at"] is not None
+            and bytes(current["certificate"]) == ca.der
+            and tuple(current["chain"]) == ca.chain
+        ):
+            return None  # the same upload again (a retried PUT): nothing to change
         held: int = await conn.fetchval(COUNT_UNEXPIRED, ca.account_id)
         if held:
             return NotReplaced(held)
         for row in await conn.fetch(SELECT_OTHER_UPLOADED, ca.account_id):
-            if x509.load_der_x509_certificate(row["certificate"]).subject == ca.certificate.subject:
+            theirs = x509.load_der_x509_certificate(row["certificate"]).subject
+            if comparable_name(theirs) == comparable_name(ca.certificate.subject):
                 return NotReplaced(0)
         await conn.execute(
             REPLACE_CA, ca.account_id, ca.der, seal_ca_key(secret_key, ca), list(ca.chain), ca.uploaded_at

@@ -109,6 +109,17 @@ class IssuingCa:
         return (self.der, *self.chain)
 
     @cached_property
+    def not_after(self) -> datetime:
+        """When the first certificate of the CA's path expires (its own, or one of its chain
+        that expires before it): no certificate it signs verifies past it."""
+        return min(
+            (
+                self.certificate.not_valid_after_utc,
+                *(x509.load_der_x509_certificate(d).not_valid_after_utc for d in self.chain),
+            )
+        )
+
+    @cached_property
     def pem(self) -> str:
         """The CA's certificate then its chain, PEM."""
         return "".join(
@@ -312,11 +323,12 @@ def device_certificate(
     """The certificate of the device's key (the CSR's, checked by :func:`checked_csr`):
     subject CN the ASSIGNED ``hardware_id`` (``H-N`` for a clone; never the CSR's subject),
     the hardware ID also as SAN URI ``urn:fleetreg:hardware-id:<ID>``, valid from
-    BACKDATE before ``now`` for ``days`` (never past the CA), key usage digitalSignature,
-    extended key usage clientAuth, not a CA, a random 159-bit serial."""
+    BACKDATE before ``now`` for ``days`` (never past the CA nor its chain:
+    ``ca.not_after``), key usage digitalSignature, extended key usage clientAuth, not a CA,
+    a random 159-bit serial."""
     now = now or datetime.now(UTC)
     common_name = hardware_id if len(hardware_id) <= CN_MAX else device_id
-    not_after = min(now + timedelta(days=days), ca.certificate.not_valid_after_utc)
+    not_after = min(now + timedelta(days=days), ca.not_after)
     key = csr.public_key()  # decoded once: each call decodes the CSR's key anew
     certificate = (
         x509.CertificateBuilder()

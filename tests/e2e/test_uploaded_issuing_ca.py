@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,7 +25,7 @@ from shared.db.pool import Pool
 from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.e2e.test_device_certificates import boot, csr_of, p256, run
 from tests.support.api import Operator, new_operator
-from tests.support.pki import new_pki
+from tests.support.pki import hostile_uploads, new_pki, pem
 from tests.support.system import LOGS, System
 
 pytestmark = pytest.mark.e2e
@@ -148,10 +149,12 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.2)
 
-    # Certificates are out: another upload would orphan their revocations.
-    again = {"certificate": (tmp_path / "chain.pem").read_text(), "private_key": key_text}
-    in_use = await operator.call("PUT", "/v1/account/issuing-ca", again, expect=409)
+    # Certificates are out: another CA would orphan their revocations; the same upload
+    # again (a retry) changes nothing.
+    in_use = await operator.call("PUT", "/v1/account/issuing-ca", new_pki().body(), expect=409)
     assert in_use["error"] == "issuing_ca_in_use" and "/crl" in in_use["message"]
+    again = {"certificate": (tmp_path / "chain.pem").read_text(), "private_key": key_text}
+    assert await operator.call("PUT", "/v1/account/issuing-ca", again, expect=200) == shown
 
     # A disable: the CRL lists the certificate, signed by the intermediate.
     await operator.call("POST", f"/v1/devices/{answer['device_id']}/disable", expect=200)
@@ -218,3 +221,89 @@ async def test_an_uploaded_intermediate_issues_verifiable_certificates_and_signs
         assert "PRIVATE KEY" not in written, path
         for line in key_lines:
             assert line not in written, path
+
+
+async def test_hostile_uploads_get_a_4xx_naming_field_and_rule_and_change_nothing(
+    session: aiohttp.ClientSession, system: System, operator: Operator
+) -> None:
+    before = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    shown = await operator.call("GET", "/v1/account/issuing-ca", expect=200)
+    pki = new_pki()
+    good = pki.body()
+    block = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"
+    cases: list[tuple[str, Any, str, str]] = [
+        (what, body, field, rule) for what, body, field, rule in hostile_uploads()
+    ]
+    cases += [
+        ("a list", [good], "body", "type=object"),
+        ("a string", "certificate", "body", "type=object"),
+        ("a number as the certificate", {**good, "certificate": 5}, "certificate", "required"),
+        ("an object as the key", {**good, "private_key": {"pem": good["private_key"]}}, "private_key", "required"),
+        ("null as the key", {**good, "private_key": None}, "private_key", "required"),
+        ("1,000 empty PEM blocks", {**good, "certificate": block * 1000}, "certificate", "malformed"),
+        ("NUL bytes", {**good, "certificate": "\x00" * 100}, "certificate", "malformed"),
+        ("garbage", {**good, "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+         "private_key", "malformed"),
+        ("a chain past the limit", {**good, "certificate": pem(pki.intermediate, *[pki.root] * 9)},
+         "certificate", "max_chain=8"),
+    ]  # fmt: skip
+    headers = {"Authorization": f"Bearer {operator.api_key}"}
+    url = f"{system.operator_url}/v1/account/issuing-ca"
+    for what, body, field, rule in cases:
+        async with session.put(url, json=body, headers=headers) as response:
+            answer = await response.json()
+            assert response.status == 400, (what, response.status, answer)
+        assert (answer["field"], answer["rule"]) == (field, rule), (what, answer)
+        assert "PRIVATE KEY" not in json.dumps(answer)
+    async with session.put(url, data=b'{"certificate": \x00}', headers=headers) as response:
+        assert response.status == 400 and (await response.json())["rule"] == "json"
+
+    # Nothing half-written: the self-made CA, not audited.
+    assert await operator.call("GET", "/v1/account/issuing-ca", expect=200) == shown
+    events = await operator.call("GET", "/v1/audit-events?action=issuing_ca.uploaded", expect=200)
+    assert events["audit_events"] == []
+    for path in LOGS.glob("*.log"):
+        with path.open("rb") as log:
+            log.seek(before.get(path, 0))
+            assert "PRIVATE KEY" not in log.read().decode(errors="replace"), path
+
+
+async def test_an_upload_racing_registrations_with_csrs_leaves_one_ca_per_outcome(
+    session: aiohttp.ClientSession, system: System, operator: Operator
+) -> None:
+    # Devices boot with CSRs while the operator uploads: either the upload came first and
+    # every certificate is the intermediate's, or a certificate was out first (409) and
+    # every certificate is the self-made CA's. Never both, never a 5xx.
+    auto = await operator.product()
+    self_made = await operator.call("GET", "/v1/account/issuing-ca", expect=200)
+    pki = new_pki()
+    headers = {"Authorization": f"Bearer {operator.api_key}"}
+
+    async def upload() -> int:
+        await asyncio.sleep(0.05)
+        async with session.put(
+            f"{system.operator_url}/v1/account/issuing-ca", json=pki.body(), headers=headers
+        ) as response:
+            assert response.status in (200, 409), await response.text()
+            return response.status
+
+    boots = [
+        boot(
+            session,
+            system.device_url,
+            auto["bulk_identification_code"],
+            uuid.uuid4().hex[:12],
+            csr_of(p256()),
+        )
+        for _ in range(20)
+    ]
+    status, *answers = await asyncio.gather(upload(), *boots)
+    issuers = {
+        x509.load_pem_x509_certificate(a["certificate"]["pem"].encode()).issuer.rfc4514_string()
+        for a in answers
+    }
+    expected = pki.intermediate.subject.rfc4514_string() if status == 200 else self_made["subject"]
+    assert issuers == {expected}, status
+    shown = await operator.call("GET", "/v1/account/issuing-ca", expect=200)
+    assert shown["uploaded"] is (status == 200)
+    assert {a["certificate"]["ca_pem"] for a in answers} == {shown["certificate_pem"]}

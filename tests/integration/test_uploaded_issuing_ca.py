@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -27,7 +29,7 @@ from shared.domain.accounts import Account
 from shared.errors import Conflict, InvalidInput
 from shared.settings import Secret
 from tests.support import registry
-from tests.support.pki import new_pki
+from tests.support.pki import hostile_uploads, new_pki, pem
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +179,71 @@ async def test_two_accounts_may_not_share_an_intermediates_subject(pool: Pool) -
     assert caught.value.rule == "subject_unique"
     # The first account may upload it again (nothing issued yet).
     await handlers.upload_issuing_ca(pool, SECRET, first, pki.body())
+
+
+async def test_a_subject_only_case_or_spaces_apart_from_another_accounts_is_refused(pool: Pool) -> None:
+    # A relying party compares names case-folded, inner spaces collapsed (RFC 5280 7.1,
+    # OpenSSL's canonical form): to it these are one issuer, and so one CRL.
+    first, second = [Account(await registry.new_account(pool), "test") for _ in range(2)]
+    name = f"Example Devices {uuid.uuid4().hex[:12]}"
+    await handlers.upload_issuing_ca(pool, SECRET, first, new_pki(name).body())
+    with pytest.raises(Conflict) as caught:
+        await handlers.upload_issuing_ca(pool, SECRET, second, new_pki(f" {name.upper()}").body())
+    assert caught.value.rule == "subject_unique"
+    with pytest.raises(Conflict):
+        await handlers.upload_issuing_ca(pool, SECRET, second, new_pki(name.replace(" ", "   ")).body())
+    assert (await handlers.issuing_ca(pool, SECRET, second)).uploaded_at is None
+
+
+async def test_a_refused_upload_writes_nothing(pool: Pool) -> None:
+    account = Account(await registry.new_account(pool), "test")
+    before = await handlers.issuing_ca(pool, SECRET, account)
+    for what, body, field, rule in hostile_uploads():
+        with pytest.raises(InvalidInput) as caught:
+            await handlers.upload_issuing_ca(pool, SECRET, account, body)
+        assert (caught.value.field, caught.value.rule) == (field, rule), what
+    after = await handlers.issuing_ca(pool, SECRET, account)
+    assert after.der == before.der and after.uploaded_at is None
+    audited = await pool.fetchval(
+        "SELECT count(*) FROM operator_audit_events WHERE account_id = $1", uuid.UUID(account.id)
+    )
+    assert audited == 0
+
+
+async def test_an_upload_is_checked_off_the_event_loop(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checking an RSA-4096 key takes about half a second of OpenSSL: on the event loop, it
+    # held every other request of the operator service meanwhile.
+    loop_thread = threading.get_ident()
+    checked_in: list[int] = []
+
+    def checked_upload(body: dict[str, Any]) -> Any:
+        checked_in.append(threading.get_ident())
+        return real(body)
+
+    real = handlers.checked_upload
+    monkeypatch.setattr(handlers, "checked_upload", checked_upload)
+    account = Account(await registry.new_account(pool), "test")
+    await handlers.upload_issuing_ca(pool, SECRET, account, new_pki().body())
+    assert checked_in and loop_thread not in checked_in
+
+
+async def test_the_same_upload_again_changes_nothing_even_with_certificates_out(pool: Pool) -> None:
+    # A retried PUT (the CLI run twice, an answer lost) after devices got certificates was a
+    # 409 issuing_ca_in_use, though replacing the CA by itself orphans nothing.
+    account = Account(await registry.new_account(pool), "test")
+    product = await registry.new_product(pool, account.id)
+    device = await registry.new_device(pool, product, await registry.new_registration(pool, product), "h1")
+    pki = new_pki()
+    first = await handlers.upload_issuing_ca(pool, SECRET, account, pki.body())
+    await issue(pool, Issuer(KEY, 30), device, csr(), lambda _: True, via="test")
+    again = await handlers.upload_issuing_ca(pool, SECRET, account, pki.body())
+    assert again.der == first.der and again.uploaded_at == first.uploaded_at
+    audited = await pool.fetchval(
+        "SELECT count(*) FROM operator_audit_events WHERE account_id = $1", uuid.UUID(account.id)
+    )
+    assert audited == 1
+    # Another chain (the root left out) is another CA answer: still refused.
+    with pytest.raises(handlers.IssuingCaInUse):
+        await handlers.upload_issuing_ca(
+            pool, SECRET, account, {**pki.body(), "certificate": pem(pki.intermediate)}
+        )

@@ -17,12 +17,13 @@ from shared.domain.certificates import (
     Revoked,
     certificate_revocation_list,
     device_certificate,
+    new_issuing_ca,
     open_issuing_ca,
     seal_ca_key,
 )
 from shared.domain.uploaded_ca import MAX_TEXT_CHARS, checked_upload
 from shared.errors import InvalidInput
-from tests.support.pki import certificate, key_pem, new_pki, pem, usage
+from tests.support.pki import certificate, hostile_uploads, key_pem, new_pki, pem, usage
 
 ACCOUNT = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 SECRET = b"k" * 32
@@ -157,3 +158,42 @@ def test_an_rsa_intermediate_signs_too() -> None:
     )
     issued = x509.load_der_x509_certificate(device_certificate(reopened, csr, "H2", "d", 30).der)
     issued.verify_directly_issued_by(intermediate)
+
+
+def test_a_path_relying_parties_would_refuse_is_refused_at_upload() -> None:
+    # Each was accepted, and every device certificate it signed then failed at relying
+    # parties (or, for the malformed subject, the upload answered 500; for the RSA key,
+    # OpenSSL tested its primes on the event loop before its size was looked at; for the
+    # control characters, the subject reached the CLI's tables and terminals raw).
+    for what, body, field, rule in hostile_uploads():
+        got_field, got_rule, message = refused(body)
+        assert (got_field, got_rule) == (field, rule), (what, message)
+
+
+def test_device_certificates_never_outlive_a_certificate_of_the_chain() -> None:
+    # A root that expires before its intermediate: a certificate valid past the root's end
+    # verifies nowhere then (it was clamped to the intermediate only).
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = certificate("Short Root", root_key, None, root_key, days=30)
+    intermediate = certificate("Long Intermediate", key, root, root_key, days=3650)
+    ca = checked_upload({"certificate": pem(intermediate, root), "private_key": key_pem(key)}).issuing_ca(
+        ACCOUNT, datetime.now(UTC)
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    issued = device_certificate(ca, csr, "H3", "d", 365)
+    assert issued.not_after == root.not_valid_after_utc
+    # A root that expires within a day is refused, as the intermediate would be.
+    with pytest.raises(InvalidInput) as caught:
+        checked_upload(
+            {"certificate": pem(intermediate, root), "private_key": key_pem(key)},
+            now=root.not_valid_after_utc - timedelta(hours=12),
+        )
+    assert caught.value.rule == "chain_validity"
+    # A self-made CA (no chain): its own end.
+    own = new_issuing_ca(ACCOUNT)
+    assert device_certificate(own, csr, "H4", "d", 365).not_after < own.certificate.not_valid_after_utc
+    assert own.not_after == own.certificate.not_valid_after_utc
