@@ -109,7 +109,9 @@ def oversized_rsa_key(bits: int = 8192) -> str:
         p, q = (secrets.randbits(bits // 2) | (1 << (bits // 2 - 1)) | 1 for _ in range(2))
         if math.gcd(p, q) == 1:
             break
-    d = secrets.randbits(bits - 1) | 1
+    # Odd and below the modulus (cryptography checks that much even unvalidated: a random
+    # ``bits - 1``-bit exponent was above a ``bits - 1``-bit modulus at times).
+    d = secrets.randbelow((p * q - 1) // 2) * 2 + 1
     numbers = rsa.RSAPrivateNumbers(
         p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(65537, p * q)
     )
