@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from shared.domain.bulk_csv import CATEGORY_MAX
+from shared.domain.dedup import Claim, Verdict
 from shared.domain.identifiers import validate_device_name
+from shared.domain.refusals import ReasonCode
+from shared.domain.webhooks import event_id
 from shared.errors import InvalidInput
 
 HookFailure = Literal["closed", "open"]
@@ -209,3 +212,97 @@ class Breaker:
         self.failures += 1
         if self.opened_at is not None or self.failures >= self.failures_to_open:
             self.opened_at = now
+
+
+# ---------------------------------------------------------------- the decision path
+# Which claims consult the hook, what it is told, and what its result makes of the claim
+# (docs/registration-hook.md): deduplication applies these; the caller makes the call.
+
+HookDecision = Literal["new", "clone", "claim"]
+HookAction = Literal["confirm", "refuse", "pending"]
+# Failures of a call (services/notifier/hook_caller.HookResult.outcome): every outcome but
+# the hook's own answers.
+ANSWERS = ("allow", "deny")
+# What a fail-closed pending tells the device when the hook failed at once (its breaker is
+# open) or after its timeout: the intake's own pending wait (FLEETREG_RETRY_AFTER_SECONDS'
+# default), so a device comes back about when a breaker's pause is over.
+PENDING_RETRY_AFTER_S = 5
+DENIED_REASON = "refused by the operator's registration hook"
+
+
+def hook_decision(verdict: Verdict) -> HookDecision | None:
+    """What the hook is asked about a verdict, or None when the claim does not consult it:
+    a claim that creates a device (``new``, or ``clone`` with its ``H-N``) or takes over a
+    preregistered or reset device (``claim``). A refusal, a retry of the same device and a
+    reboot presenting its secret (``same``) never call it."""
+    if verdict.decision == "refused" or verdict.device is None:
+        return None
+    if verdict.created:
+        return "clone" if verdict.decision == "clone" else "new"
+    if verdict.claimed_preregistered:
+        return "claim"
+    return None
+
+
+def call_id(registration_id: str, claim: Claim) -> str:
+    """The ``webhook-id`` of a claim's hook call, the key of its one answer: derived from the
+    registration and the device's Idempotency-Key (its request ID without one), so a retry
+    with the same key is the same attempt, which reuses an answer (allow or deny)."""
+    attempt = f"key:{claim.idempotency_key}" if claim.idempotency_key else f"request:{claim.request_id}"
+    return event_id("registration.hook", registration_id, attempt)
+
+
+def hook_request(
+    claim: Claim,
+    verdict: Verdict,
+    decision: HookDecision,
+    product_id: str,
+    registration_id: str,
+    attestation: str,
+) -> HookRequest:
+    """The hook's request about ``claim``, decided as ``verdict`` would (``decision``:
+    :func:`hook_decision`)."""
+    return HookRequest(
+        call_id=call_id(registration_id, claim),
+        request_id=claim.request_id,
+        hardware_id=claim.hardware_id,
+        fingerprint=claim.fingerprint,
+        decision=decision,
+        assigned_hardware_id=verdict.hardware_id,
+        product_id=product_id,
+        registration_id=registration_id,
+        attestation=attestation,
+        source=claim.source,
+        protocol=claim.protocol,
+    )
+
+
+@dataclass(frozen=True)
+class HookRuling:
+    """What a hook call's result makes of a reserved claim: ``confirm`` it (with the
+    ``enrichment`` of an allow; ``failed_open``: decided without the hook, which failed),
+    ``refuse`` it with the hook's ``reason`` and ``reason_code`` ``hook_denied``, or answer
+    it ``pending`` with ``retry_after_s`` (fail closed: the reservation stays, the device
+    retries and its retry calls again)."""
+
+    action: HookAction
+    enrichment: HookAnswer | None = None
+    failed_open: bool = False
+    reason: str = ""
+    reason_code: str = ""
+    retry_after_s: int = 0
+
+
+def rule_on(outcome: str, answer: HookAnswer | None, failure: HookFailure) -> HookRuling:
+    """The ruling of a call's ``outcome`` (``allow``, ``deny`` with ``answer``, or a failure)
+    under the registration's ``failure`` policy. A deny without a reason is told
+    :data:`DENIED_REASON`. ValueError for an answer outcome without its answer."""
+    if outcome in ANSWERS:
+        if answer is None or answer.allow != (outcome == "allow"):
+            raise ValueError(f"a hook outcome {outcome!r} needs its answer")
+        if answer.allow:
+            return HookRuling("confirm", enrichment=answer)
+        return HookRuling("refuse", reason=answer.reason or DENIED_REASON, reason_code=ReasonCode.HOOK_DENIED)
+    if failure == "open":
+        return HookRuling("confirm", failed_open=True)
+    return HookRuling("pending", retry_after_s=PENDING_RETRY_AFTER_S)

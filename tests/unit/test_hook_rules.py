@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.domain import hooks
+from shared.domain.dedup import Claim
 from shared.domain.hooks import Breaker, HookAnswer, HookRequest, MalformedAnswer, parse_answer
 from shared.errors import InvalidInput
+from tests.unit.test_dedup_rules import FP_A, FP_B, KEY, Fleet, H, preregistered, presented_secret
 
 
 @pytest.mark.parametrize("value", [50, 2000, 10_000])
@@ -126,3 +128,72 @@ def test_the_breaker_opens_after_failures_in_a_row_and_lets_one_trial_through() 
     assert not breaker.allow(24.9) and breaker.allow(25.0)
     breaker.record(True, 25.5)
     assert not breaker.is_open and breaker.allow(25.6) and breaker.allow(25.7)
+
+
+# ---------------------------------------------------------------- the decision path
+
+
+def test_a_new_device_a_clone_and_a_claimed_preregistered_device_consult_the_hook() -> None:
+    fleet = Fleet()
+    first = fleet.claim(H, FP_A)
+    clone = fleet.claim(H, FP_B)
+    assert (hooks.hook_decision(first), hooks.hook_decision(clone)) == ("new", "clone")
+    assert clone.hardware_id == f"{H}-1"
+    claim = Claim(request_id="r-1", hardware_id=H, fingerprint=FP_B, idempotency_key="boot-1", source="s")
+    request = hooks.hook_request(
+        claim, clone, "clone", product_id="p", registration_id="g", attestation="code"
+    )
+    assert (request.decision, request.hardware_id, request.assigned_hardware_id) == ("clone", H, f"{H}-1")
+
+    bulk = Fleet(kind="bulk")
+    bulk.family.devices[H.lower()] = preregistered()
+    assert hooks.hook_decision(bulk.claim(H, FP_A, key=KEY)) == "claim"
+
+
+def test_a_retry_a_reboot_and_a_refusal_never_consult_it() -> None:
+    fleet = Fleet(max_devices=1)
+    first = fleet.claim(H, FP_A, idempotency_key="boot-1")
+    retry = fleet.claim(H, FP_A, idempotency_key="boot-1")
+    assert retry.decision == "same" and hooks.hook_decision(retry) is None
+    assert first.device is not None
+    reboot = fleet.claim(H, FP_A, secret=presented_secret(fleet.confirm(H)))
+    assert reboot.decision == "same" and hooks.hook_decision(reboot) is None
+    refused = fleet.claim("other", FP_A)  # over the quota of 1
+    assert refused.decision == "refused" and hooks.hook_decision(refused) is None
+
+
+def test_a_retry_with_the_same_idempotency_key_is_the_same_call() -> None:
+    one = Claim(request_id="r-1", hardware_id="H", fingerprint="f", idempotency_key="boot-1")
+    retry = Claim(request_id="r-2", hardware_id="H", fingerprint="f", idempotency_key="boot-1")
+    keyless = Claim(request_id="r-3", hardware_id="H", fingerprint="f")
+    assert hooks.call_id("g", one) == hooks.call_id("g", retry)
+    assert hooks.call_id("g", one) != hooks.call_id("other", one)  # per registration
+    assert hooks.call_id("g", keyless) != hooks.call_id(
+        "g", Claim(request_id="r-4", hardware_id="H", fingerprint="f")
+    )
+    assert hooks.call_id("g", one).startswith("msg_")
+
+
+def test_an_allow_confirms_with_its_enrichment_and_a_deny_refuses_with_its_reason() -> None:
+    allowed = HookAnswer(True, name="n1", category_a="a")
+    assert hooks.rule_on("allow", allowed, "closed") == hooks.HookRuling("confirm", enrichment=allowed)
+    denied = hooks.rule_on("deny", HookAnswer(False, "unknown serial"), "open")
+    assert (denied.action, denied.reason, denied.reason_code) == ("refuse", "unknown serial", "hook_denied")
+    assert hooks.rule_on("deny", HookAnswer(False), "closed").reason == hooks.DENIED_REASON
+    with pytest.raises(ValueError):
+        hooks.rule_on("allow", None, "closed")
+    with pytest.raises(ValueError):
+        hooks.rule_on("allow", HookAnswer(False), "closed")
+
+
+@pytest.mark.parametrize(
+    "outcome", ["timeout", "error", "http_error", "redirect", "malformed", "refused", "breaker_open", "busy"]
+)
+def test_a_failure_answers_pending_when_closed_and_decides_without_the_hook_when_open(outcome: str) -> None:
+    closed = hooks.rule_on(outcome, None, "closed")
+    assert (closed.action, closed.retry_after_s, closed.reason_code) == (
+        "pending",
+        hooks.PENDING_RETRY_AFTER_S,
+        "",
+    )
+    assert hooks.rule_on(outcome, None, "open") == hooks.HookRuling("confirm", failed_open=True)
