@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,7 @@ from shared.db.pool import Pool
 from shared.domain import hooks, webhooks
 from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.support.api import Operator
-from tests.support.system import TEST_SECRET_KEY, System
+from tests.support.system import LOGS, TEST_SECRET_KEY, System
 
 HOOK = "http://127.0.0.1:9/approve?token=receiver-token"
 
@@ -199,3 +200,30 @@ async def test_the_auto_command_takes_the_hooks_flags(system: System, operator: 
     assert code == 1 and "hook_timeout_ms" in err and err.count("\n") == 1
     code, _, err = await fleetreg(operator, system, "auto", "update", created["id"])
     assert code == 2 and "--max-devices" in err
+
+
+def _log_text_since(offsets: dict[Path, int]) -> str:
+    texts = []
+    for path in LOGS.glob("*.log"):
+        with path.open("rb") as log:
+            log.seek(offsets.get(path, 0))
+            texts.append(log.read().decode(errors="replace"))
+    return "\n".join(texts)
+
+
+async def test_the_hook_secret_is_never_logged(system: System, operator: Operator) -> None:
+    offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    product_id = await _locked_product(operator)
+    created = await fleetreg_json(
+        operator, system, "auto", "create", "--product", product_id, "--hook-url", HOOK
+    )
+    moved = await operator.call(
+        "PATCH", f"/v1/auto-registrations/{created['id']}", {"hook_url": HOOK + "&v=2"}, expect=200
+    )
+    # A refused change that echoes the secret back in a field the API does not take.
+    await operator.call(
+        "PATCH", f"/v1/auto-registrations/{created['id']}", {"hook_secret": moved["hook_secret"]}, expect=400
+    )
+    text = _log_text_since(offsets)
+    for secret in (created["hook_secret"], moved["hook_secret"]):
+        assert secret[:16] not in text
