@@ -16,7 +16,6 @@ from typing import Any, Literal
 from shared.domain.bulk_csv import CATEGORY_MAX
 from shared.domain.dedup import Claim, Verdict
 from shared.domain.identifiers import validate_device_name
-from shared.domain.refusals import ReasonCode
 from shared.domain.webhooks import event_id
 from shared.errors import InvalidInput
 
@@ -227,7 +226,20 @@ ANSWERS = ("allow", "deny")
 # open) or after its timeout: the intake's own pending wait (FLEETREG_RETRY_AFTER_SECONDS'
 # default), so a device comes back about when a breaker's pause is over.
 PENDING_RETRY_AFTER_S = 5
+# A denial's stored reason starts with this, then the hook's own reason: the device is told
+# both, and the reason code (shared.domain.refusals.reason_code_of) is read from it, also
+# when the decision is polled later, as every refusal's is.
 DENIED_REASON = "refused by the operator's registration hook"
+
+
+def denied_reason(hook_reason: str) -> str:
+    """The stored reason of a claim the hook denied, with the hook's reason ("" : none)."""
+    return f"{DENIED_REASON}: {hook_reason}" if hook_reason else DENIED_REASON
+
+
+def is_hook_denial(reason: str) -> bool:
+    """Whether a stored refusal's reason is a hook's denial (:func:`denied_reason`)."""
+    return reason == DENIED_REASON or reason.startswith(DENIED_REASON + ": ")
 
 
 def hook_decision(verdict: Verdict) -> HookDecision | None:
@@ -281,28 +293,27 @@ def hook_request(
 class HookRuling:
     """What a hook call's result makes of a reserved claim: ``confirm`` it (with the
     ``enrichment`` of an allow; ``failed_open``: decided without the hook, which failed),
-    ``refuse`` it with the hook's ``reason`` and ``reason_code`` ``hook_denied``, or answer
-    it ``pending`` with ``retry_after_s`` (fail closed: the reservation stays, the device
-    retries and its retry calls again)."""
+    ``refuse`` it with ``reason`` (:func:`denied_reason`, whose reason code is
+    ``hook_denied``), or answer it ``pending`` with ``retry_after_s`` (fail closed: the
+    reservation stays, the device retries and its retry calls again)."""
 
     action: HookAction
     enrichment: HookAnswer | None = None
     failed_open: bool = False
     reason: str = ""
-    reason_code: str = ""
     retry_after_s: int = 0
 
 
 def rule_on(outcome: str, answer: HookAnswer | None, failure: HookFailure) -> HookRuling:
     """The ruling of a call's ``outcome`` (``allow``, ``deny`` with ``answer``, or a failure)
-    under the registration's ``failure`` policy. A deny without a reason is told
-    :data:`DENIED_REASON`. ValueError for an answer outcome without its answer."""
+    under the registration's ``failure`` policy. ValueError for an answer outcome without
+    its answer."""
     if outcome in ANSWERS:
         if answer is None or answer.allow != (outcome == "allow"):
             raise ValueError(f"a hook outcome {outcome!r} needs its answer")
         if answer.allow:
             return HookRuling("confirm", enrichment=answer)
-        return HookRuling("refuse", reason=answer.reason or DENIED_REASON, reason_code=ReasonCode.HOOK_DENIED)
+        return HookRuling("refuse", reason=denied_reason(answer.reason))
     if failure == "open":
         return HookRuling("confirm", failed_open=True)
     return HookRuling("pending", retry_after_s=PENDING_RETRY_AFTER_S)

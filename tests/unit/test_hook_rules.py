@@ -12,6 +12,7 @@ import pytest
 from shared.domain import hooks
 from shared.domain.dedup import Claim
 from shared.domain.hooks import Breaker, HookAnswer, HookRequest, MalformedAnswer, parse_answer
+from shared.domain.refusals import ReasonCode, reason_code_of
 from shared.errors import InvalidInput
 from tests.unit.test_dedup_rules import FP_A, FP_B, KEY, Fleet, H, preregistered, presented_secret
 
@@ -178,8 +179,19 @@ def test_an_allow_confirms_with_its_enrichment_and_a_deny_refuses_with_its_reaso
     allowed = HookAnswer(True, name="n1", category_a="a")
     assert hooks.rule_on("allow", allowed, "closed") == hooks.HookRuling("confirm", enrichment=allowed)
     denied = hooks.rule_on("deny", HookAnswer(False, "unknown serial"), "open")
-    assert (denied.action, denied.reason, denied.reason_code) == ("refuse", "unknown serial", "hook_denied")
-    assert hooks.rule_on("deny", HookAnswer(False), "closed").reason == hooks.DENIED_REASON
+    assert (denied.action, denied.reason) == ("refuse", f"{hooks.DENIED_REASON}: unknown serial")
+    silent = hooks.rule_on("deny", HookAnswer(False), "closed")
+    assert silent.reason == hooks.DENIED_REASON
+    # The device is told hook_denied, from the stored reason, also when it polls later.
+    assert reason_code_of(denied.reason) == reason_code_of(silent.reason) == ReasonCode.HOOK_DENIED
+
+
+@pytest.mark.parametrize(
+    "hook_reason", ["quota reached: auto registration max_devices=1", "unknown Bulk Identification Code", ""]
+)
+def test_a_hooks_reason_that_reads_like_another_refusal_is_still_a_hook_denial(hook_reason: str) -> None:
+    assert reason_code_of(hooks.denied_reason(hook_reason)) == ReasonCode.HOOK_DENIED
+    assert not hooks.is_hook_denial(hook_reason)
     with pytest.raises(ValueError):
         hooks.rule_on("allow", None, "closed")
     with pytest.raises(ValueError):
@@ -191,7 +203,7 @@ def test_an_allow_confirms_with_its_enrichment_and_a_deny_refuses_with_its_reaso
 )
 def test_a_failure_answers_pending_when_closed_and_decides_without_the_hook_when_open(outcome: str) -> None:
     closed = hooks.rule_on(outcome, None, "closed")
-    assert (closed.action, closed.retry_after_s, closed.reason_code) == (
+    assert (closed.action, closed.retry_after_s, closed.reason) == (
         "pending",
         hooks.PENDING_RETRY_AFTER_S,
         "",
