@@ -135,6 +135,21 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "Duration of one webhook attempt, from sending to the answer (or the failure)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+HOOK_CALLS = Counter(
+    "fleetreg_hook_calls_total",
+    "Registration hook calls by outcome: allow, deny, timeout, error (connection), http_error "
+    "(a non-2xx status), redirect, malformed, refused (a forbidden address), breaker_open, busy",
+    ["outcome"],
+)
+HOOK_CALL_SECONDS = Histogram(
+    "fleetreg_hook_call_seconds",
+    "Duration of one registration hook call, from sending to the answer (or the failure)",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HOOK_BREAKERS_OPEN = Gauge(
+    "fleetreg_hook_breakers_open",
+    "Registration hooks whose circuit breaker is open (their calls fail at once) in this process",
+)
 WEBHOOK_DELIVERY_LAG = Histogram(
     "fleetreg_webhook_delivery_lag_seconds",
     "Time from a delivery being queued to its successful attempt",

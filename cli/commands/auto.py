@@ -38,12 +38,16 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         choices=("cn", "san:dns", "san:uri"),
         help="x509: where a device certificate names its hardware ID (default: its subject CN)",
     )
+    _hook_arguments(create)
     create.set_defaults(run=create_auto)
-    update = actions.add_parser("update", parents=[common], help="set or clear the device quota")
+    update = actions.add_parser(
+        "update", parents=[common], help="set or clear the device quota or the registration hook"
+    )
     update.add_argument("id", type=object_id)
-    quota = update.add_mutually_exclusive_group(required=True)
+    quota = update.add_mutually_exclusive_group()
     quota.add_argument("--max-devices", type=int, metavar="N", help="at most N devices from now on")
     quota.add_argument("--no-max-devices", action="store_true", help="remove the device quota")
+    _hook_arguments(update)
     update.set_defaults(run=update_auto)
     for action, text in (
         ("pause", "refuse new devices until resumed"),
@@ -77,6 +81,38 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     auto_ca.register(actions, common)
 
 
+def _hook_arguments(parser: argparse.ArgumentParser) -> None:
+    """The registration hook's flags (docs/registration-hook.md), as the contract names them."""
+    hook = parser.add_mutually_exclusive_group()
+    hook.add_argument(
+        "--hook-url",
+        metavar="URL",
+        help="ask this http(s) URL before each device is created or claimed; its signing "
+        "secret is printed once (hook_secret)",
+    )
+    if parser.prog.endswith(" update"):
+        hook.add_argument("--no-hook", action="store_true", help="remove the registration hook")
+    parser.add_argument("--hook-timeout-ms", type=int, metavar="N", help="the hook's timeout, 50-10000 ms")
+    parser.add_argument(
+        "--hook-failure",
+        choices=("closed", "open"),
+        help="when the hook fails: answer the device pending (closed, the default) or decide without it",
+    )
+
+
+def _hook_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.hook_url is not None:
+        body["hook_url"] = args.hook_url
+    if getattr(args, "no_hook", False):
+        body["hook_url"] = None
+    if args.hook_timeout_ms is not None:
+        body["hook_timeout_ms"] = args.hook_timeout_ms
+    if args.hook_failure is not None:
+        body["hook_failure"] = args.hook_failure
+    return body
+
+
 PUBLIC = (
     "id",
     "product_id",
@@ -86,11 +122,21 @@ PUBLIC = (
     "attestation",
     "device_count",
 )
-# A derived_key registration's group keys: in the answer of its creation or a key's rotation only.
+# A registration hook's settings: shown when it has one (the JSON of one without is unchanged).
+HOOK_SETTINGS = ("hook_url", "hook_timeout_ms", "hook_failure")
+# A derived_key registration's group keys (in the answer of its creation or a key's rotation)
+# and a hook's signing secret (in the answer that set its URL): shown once.
 GROUP_KEYS = ("primary_key", "secondary_key")
+SHOWN_ONCE = (*GROUP_KEYS, "hook_secret")
 KEY_WARNING = (
     "fleetreg: the group key is shown once: keep it offline, never in a factory image; put each "
     "device's derived key on it ('fleetreg auto derive-key ID --hardware-id H')"
+)
+
+
+HOOK_NOTE = (
+    "fleetreg: the hook secret is shown once: give it to your hook to verify each call's "
+    "webhook-signature (Standard Webhooks)"
 )
 
 
@@ -98,21 +144,26 @@ def _public(registration: dict[str, Any]) -> dict[str, Any]:
     shown = {k: registration[k] for k in PUBLIC}
     if "hardware_id_from" in registration:
         shown["hardware_id_from"] = registration["hardware_id_from"]
-    shown.update({k: registration[k] for k in GROUP_KEYS if k in registration})
+    if registration.get("hook_url") is not None:
+        shown.update({k: registration[k] for k in HOOK_SETTINGS})
+    shown.update({k: registration[k] for k in SHOWN_ONCE if k in registration})
     return shown
 
 
 def _emit(args: argparse.Namespace, registration: dict[str, Any]) -> None:
-    """One registration, as JSON or a table; group keys (shown once) after the table."""
+    """One registration, as JSON or a table; group keys and a hook secret (shown once) after
+    the table."""
     if args.json:
         emit_json(_public(registration))
     else:
         _show([registration])
-        for name in GROUP_KEYS:
+        for name in SHOWN_ONCE:
             if name in registration:
                 print(f"{name.replace('_', ' ')}: {registration[name]}")
     if any(name in registration for name in GROUP_KEYS):
         print(KEY_WARNING, file=sys.stderr)
+    if "hook_secret" in registration:
+        print(HOOK_NOTE, file=sys.stderr)
 
 
 def _show(registrations: list[dict[str, Any]]) -> None:
@@ -141,6 +192,7 @@ async def create_auto(args: argparse.Namespace) -> int:
         body["attestation"] = args.attestation
     if args.hardware_id_from is not None:
         body["hardware_id_from"] = args.hardware_id_from
+    body.update(_hook_body(args))
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
     _emit(args, registration)
@@ -155,10 +207,18 @@ async def create_auto(args: argparse.Namespace) -> int:
 
 
 async def update_auto(args: argparse.Namespace) -> int:
-    body = {"max_devices": None if args.no_max_devices else args.max_devices}
+    body: dict[str, Any] = _hook_body(args)
+    if args.no_max_devices or args.max_devices is not None:
+        body["max_devices"] = None if args.no_max_devices else args.max_devices
+    if not body:
+        print(
+            "fleetreg: auto update: give --max-devices, --no-max-devices or a hook setting",
+            file=sys.stderr,
+        )
+        return 2
     async with operator_client() as client:
         registration = await client.call("PATCH", f"/v1/auto-registrations/{args.id}", body=body)
-    emit_json(_public(registration)) if args.json else _show([registration])
+    _emit(args, registration)
     return 0
 
 

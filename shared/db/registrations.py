@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -21,11 +22,13 @@ from shared.errors import Conflict, NotFound
 CLAIM_PRODUCT_KIND = "UPDATE products SET registration_kind = $2 WHERE id = $1"
 INSERT_REGISTRATION = """INSERT INTO registrations (id, account_id, product_id, kind, status, max_devices,
                                                 attestation, primary_key_sealed, secondary_key_sealed,
-                                                hardware_id_from)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
+                                                hardware_id_from, hook_url, hook_timeout_ms, hook_failure,
+                                                hook_secret_sealed)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"""
 SELECT_REGISTRATIONS = """
     SELECT r.id::text, r.product_id::text, r.kind, r.status, r.created_at, r.updated_at,
            c.code AS bulk_identification_code, r.max_devices, r.attestation, r.hardware_id_from,
+           r.hook_url, r.hook_timeout_ms, r.hook_failure,
            (SELECT count(*) FROM devices d WHERE d.registration_id = r.id) AS device_count
     FROM registrations r
     LEFT JOIN bulk_identification_codes c ON c.product_id = r.product_id AND c.revoked_at IS NULL
@@ -42,6 +45,22 @@ SET_REGISTRATION_STATUS = """
                     WHERE id = $1 AND account_id = $2 AND kind = $3 FOR UPDATE)
     UPDATE registrations r SET status = $4, updated_at = now()
     FROM before WHERE r.id = before.id RETURNING before.status"""
+# The URL and its secret change together ($3: whether they change); a timeout or policy
+# left NULL keeps its value. Returns the settings before the change, for the audit trail.
+SET_HOOK = """
+    WITH before AS (SELECT id, hook_url, hook_timeout_ms, hook_failure FROM registrations
+                    WHERE id = $1 AND account_id = $2 AND kind = 'auto' FOR UPDATE)
+    UPDATE registrations r
+    SET hook_url = CASE WHEN $3 THEN $4 ELSE r.hook_url END,
+        hook_secret_sealed = CASE WHEN $3 THEN $5 ELSE r.hook_secret_sealed END,
+        hook_timeout_ms = COALESCE($6, r.hook_timeout_ms),
+        hook_failure = COALESCE($7, r.hook_failure),
+        updated_at = now()
+    FROM before WHERE r.id = before.id
+    RETURNING before.hook_url, before.hook_timeout_ms, before.hook_failure"""
+SELECT_HOOK = """
+    SELECT hook_url, hook_timeout_ms, hook_failure, hook_secret_sealed FROM registrations
+    WHERE id = $1 AND hook_url IS NOT NULL"""
 SELECT_AUTO_PRODUCT = (
     "SELECT product_id::text FROM registrations WHERE id = $1 AND account_id = $2 AND kind = 'auto'"
 )
@@ -82,6 +101,23 @@ class Registration:
     # (shared.domain.x509_attestation.HARDWARE_ID_SOURCES).
     attestation: str = "code"
     hardware_id_from: str = "cn"
+    # Its registration hook (docs/registration-hook.md): the URL (None: no hook), the call's
+    # timeout in milliseconds and what a failed call does ("closed" or "open").
+    hook_url: str | None = None
+    hook_timeout_ms: int = 2000
+    hook_failure: str = "closed"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A registration's hook as set: its URL, timeout (ms), failure policy and signing
+    secret sealed (shared.domain.hooks.HOOK_SECRETS, the registration's ID as associated
+    data)."""
+
+    url: str
+    timeout_ms: int
+    failure: str
+    secret_sealed: bytes
 
 
 async def create_registration(
@@ -95,16 +131,22 @@ async def create_registration(
     *,
     x509: bool = False,
     hardware_id_from: str = "cn",
+    registration_id: str | None = None,
+    hook: Hook | None = None,
 ) -> str:
     """Create a registration (its ID); a product serves one kind only
     (shared.domain.products.registration_kind_refusal), and one auto registration.
     ``max_devices`` is an auto registration's device quota (None: none); ``group_keys``
     (an auto registration in ``derived_key`` attestation: its ID and sealed keys) make it
     derived_key; ``x509`` makes it x509 (its devices' hardware IDs read from their
-    certificates' ``hardware_id_from``), else it is ``code``. Audited as
-    ``<kind>_registration.created`` (with the attestation, never a key)."""
+    certificates' ``hardware_id_from``), else it is ``code``. ``registration_id``: the ID
+    its sealed secrets were sealed for (a new one by default); ``hook``: its registration
+    hook. Audited as ``<kind>_registration.created`` (with the attestation and the hook's
+    host, never a key or secret)."""
     account_id = actor.id
-    registration_id = group_keys.registration_id if group_keys is not None else str(uuid.uuid4())
+    if group_keys is not None:
+        registration_id = group_keys.registration_id
+    registration_id = registration_id or str(uuid.uuid4())
     attestation = "derived_key" if group_keys is not None else "x509" if x509 else "code"
     sealed = (group_keys.primary_sealed, group_keys.secondary_sealed) if group_keys else (None, None)
     async with pool.acquire() as conn, conn.transaction():
@@ -130,6 +172,10 @@ async def create_registration(
                 attestation,
                 *sealed,
                 hardware_id_from,
+                hook.url if hook else None,
+                hook.timeout_ms if hook else 2000,
+                hook.failure if hook else "closed",
+                hook.secret_sealed if hook else None,
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
@@ -145,9 +191,24 @@ async def create_registration(
             registration_id,
             {"product_id": product_id, "status": status, "max_devices": max_devices}
             | ({"attestation": attestation} if kind == "auto" else {})
-            | ({"hardware_id_from": hardware_id_from} if x509 else {}),
+            | ({"hardware_id_from": hardware_id_from} if x509 else {})
+            | (
+                _hook_audit(hook.url, hook.timeout_ms, hook.failure) | {"hook_secret": "issued"}
+                if hook
+                else {}
+            ),
         )
     return registration_id
+
+
+def _hook_audit(url: str | None, timeout_ms: int, failure: str) -> dict[str, object]:
+    """A hook's settings for the audit trail: its URL's host only (a path or query often
+    carries the receiver's own token), as webhooks are audited."""
+    return {
+        "hook_host": urlsplit(url).hostname if url else None,
+        "hook_timeout_ms": timeout_ms,
+        "hook_failure": failure,
+    }
 
 
 async def list_registrations(
@@ -167,6 +228,9 @@ async def list_registrations(
             updated_at=r["updated_at"],
             attestation=r["attestation"],
             hardware_id_from=r["hardware_id_from"],
+            hook_url=r["hook_url"],
+            hook_timeout_ms=r["hook_timeout_ms"],
+            hook_failure=r["hook_failure"],
         )
         for r in await pool.fetch(SELECT_REGISTRATIONS, account_id, kind, registration_id)
     ]
@@ -222,6 +286,55 @@ async def set_max_devices(pool: Pool, actor: Account, registration_id: str, max_
             registration_id,
             {"max_devices": {"from": before["max_devices"], "to": max_devices}},
         )
+
+
+async def set_hook(
+    pool: Pool,
+    actor: Account,
+    registration_id: str,
+    *,
+    url_changes: bool,
+    url: str | None = None,
+    secret_sealed: bytes | None = None,
+    timeout_ms: int | None = None,
+    failure: str | None = None,
+) -> None:
+    """Change an auto registration's hook: with ``url_changes``, its URL and sealed secret
+    (both None: no hook); a ``timeout_ms`` or ``failure`` given replaces that setting.
+    NotFound outside the actor's account. Audited as ``auto_registration.hook_changed``
+    with the settings before and after (the URL's host, "hook_secret": "issued" when a new
+    secret was made, never the secret)."""
+    if url_changes and (url is None) != (secret_sealed is None):
+        raise ValueError("a hook's URL and its secret are set or removed together")
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(
+            SET_HOOK, registration_id, actor.id, url_changes, url, secret_sealed, timeout_ms, failure
+        )
+        if before is None:
+            raise NotFound(f"no auto registration {registration_id} in this account")
+        old = _hook_audit(before["hook_url"], before["hook_timeout_ms"], before["hook_failure"])
+        new = _hook_audit(
+            url if url_changes else before["hook_url"],
+            timeout_ms if timeout_ms is not None else before["hook_timeout_ms"],
+            failure if failure is not None else before["hook_failure"],
+        )
+        await audit.record(
+            conn,
+            actor,
+            "auto_registration.hook_changed",
+            "auto_registration",
+            registration_id,
+            {k: {"from": old[k], "to": new[k]} for k in old}
+            | ({"hook_secret": "issued"} if url_changes and url is not None else {}),
+        )
+
+
+async def hook_of(pool: Pool, registration_id: str) -> Hook | None:
+    """The registration's hook (None: it has none), its secret sealed."""
+    row = await pool.fetchrow(SELECT_HOOK, registration_id)
+    if row is None:
+        return None
+    return Hook(row["hook_url"], row["hook_timeout_ms"], row["hook_failure"], row["hook_secret_sealed"])
 
 
 async def rotate_code(pool: Pool, actor: Account, registration_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from shared.domain import derived_keys, x509_attestation
+from shared.domain import derived_keys, hooks, x509_attestation
 from shared.domain.admission import (
     REASON_NO_REGISTRATION,
     REASON_PAUSED,
@@ -43,7 +43,7 @@ class ReasonCode(StrEnum):
     PROOF_INVALID = "proof_invalid"  # derived key: a missing, wrong or replayed proof
     PROOF_TIME = "proof_time"  # derived key: a right proof refused for its time (server_time)
     CERTIFICATE_REFUSED = "certificate_refused"  # x509: the client certificate refused
-    HOOK_DENIED = "hook_denied"  # reserved: the registration hook (issue 27)
+    HOOK_DENIED = "hook_denied"  # the registration hook denied it (its reason follows in the text)
     THROTTLED = "throttled"  # every 429: wait Retry-After
     UNAUTHORIZED = "unauthorized"  # 401: no, or a wrong, device secret; an unknown device
     CREDENTIALS_REPLACED = "credentials_replaced"  # 401: the operator's reset or move, a reclaim
@@ -95,6 +95,8 @@ def reason_code_of(reason: str) -> ReasonCode:
     """The code of a registration's refusal, from its reason (the sentence the intake or
     deduplication gave, as stored in the decision); :attr:`ReasonCode.OTHER` for a sentence
     of no known refusal."""
+    if hooks.is_hook_denial(reason):  # first: the rest of its text is the operator's own
+        return ReasonCode.HOOK_DENIED
     code = _BY_REASON.get(reason)
     if code is not None:
         return code

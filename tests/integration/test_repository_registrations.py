@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 
 from shared.db import audit, products, registrations
@@ -387,3 +388,75 @@ async def test_every_auto_registration_change_is_audited_once_with_its_key_and_n
     assert trail[3].changes == {"max_devices": {"from": None, "to": 10}}
     assert trail[2].changes == {"status": {"from": "active", "to": "paused"}}
     assert locked.code not in str(trail) and new_code not in str(trail)
+
+
+async def test_a_hook_is_created_changed_and_removed_audited_with_its_host_only(
+    pool: Pool, locked: Locked
+) -> None:
+    actor = _actor(locked.account_id)
+    registration_id = str(uuid.uuid4())
+    sealed = b"\x01" * 40
+    url = "https://hooks.example.com/approve?token=receiver-token"
+    await registrations.create_registration(
+        pool,
+        actor,
+        locked.product.id,
+        "auto",
+        "active",
+        registration_id=registration_id,
+        hook=registrations.Hook(url, 700, "open", sealed),
+    )
+    found = await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
+    assert (found.hook_url, found.hook_timeout_ms, found.hook_failure) == (url, 700, "open")
+    assert await registrations.hook_of(pool, registration_id) == registrations.Hook(url, 700, "open", sealed)
+
+    # The timeout alone: the URL and the secret are kept.
+    await registrations.set_hook(pool, actor, registration_id, url_changes=False, timeout_ms=50)
+    assert await registrations.hook_of(pool, registration_id) == registrations.Hook(url, 50, "open", sealed)
+    other = b"\x02" * 40
+    await registrations.set_hook(
+        pool, actor, registration_id, url_changes=True, url="http://h2.example.com/", secret_sealed=other
+    )
+    assert await registrations.hook_of(pool, registration_id) == registrations.Hook(
+        "http://h2.example.com/", 50, "open", other
+    )
+    await registrations.set_hook(pool, actor, registration_id, url_changes=True, failure="closed")
+    assert await registrations.hook_of(pool, registration_id) is None
+    found = await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
+    assert (found.hook_url, found.hook_failure) == (None, "closed")
+    with pytest.raises(ValueError, match="together"):  # a URL without its secret is a bug of the caller
+        await registrations.set_hook(pool, actor, registration_id, url_changes=True, url="http://x/")
+    with pytest.raises(NotFound):
+        await registrations.set_hook(
+            pool, _actor(await registry.new_account(pool)), registration_id, url_changes=False, timeout_ms=60
+        )
+
+    trail = await audit.list_events(
+        pool, locked.account_id, audit.AuditFilter(target_id=registration_id), limit=10
+    )
+    assert [e.action for e in reversed(trail)] == [
+        "auto_registration.created",
+        "auto_registration.hook_changed",
+        "auto_registration.hook_changed",
+        "auto_registration.hook_changed",
+    ]
+    assert trail[3].changes["hook_host"] == "hooks.example.com"
+    assert trail[3].changes["hook_secret"] == "issued"
+    assert trail[2].changes == {
+        "hook_host": {"from": "hooks.example.com", "to": "hooks.example.com"},
+        "hook_timeout_ms": {"from": 700, "to": 50},
+        "hook_failure": {"from": "open", "to": "open"},
+    }
+    assert trail[1].changes["hook_secret"] == "issued"
+    assert trail[0].changes["hook_host"] == {"from": "h2.example.com", "to": None}
+    assert "receiver-token" not in str(trail)
+
+
+async def test_a_hook_url_without_its_secret_is_refused_by_the_schema(pool: Pool, locked: Locked) -> None:
+    registration_id = await registrations.create_registration(
+        pool, _actor(locked.account_id), locked.product.id, "auto", "active"
+    )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE registrations SET hook_url = 'http://x/' WHERE id = $1", registration_id)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE registrations SET hook_timeout_ms = 10001 WHERE id = $1", registration_id)

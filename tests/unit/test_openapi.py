@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from services.operator import resources as operator_resources
 from services.operator import routes
 from services.operator.app import create_app
-from services.operator.handlers import devices, products, trail
+from services.operator.handlers import auto_inputs, devices, trail
 from services.operator.resources import RESOURCES
 from services.operator.settings import OperatorSettings
 from shared.db.devices import ChangeOutcome
@@ -585,4 +585,4 @@ def test_the_batch_outcomes_and_alert_kinds_follow_the_code() -> None:
     kinds = parameters("/v1/security-alerts", "get")
     assert next(p for p in kinds if p["name"] == "kind")["schema"]["enum"] == list(trail.ALERT_KINDS)
     quota = schemas["AutoRegistrationInput"]["properties"]["max_devices"]
-    assert (quota["minimum"], quota["maximum"]) == (1, products.MAX_DEVICES_LIMIT)
+    assert (quota["minimum"], quota["maximum"]) == (1, auto_inputs.MAX_DEVICES_LIMIT)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.operator.handlers.products import _max_devices
+from services.operator.handlers.auto_inputs import max_devices_of as _max_devices
 from shared.errors import InvalidInput
 
 

@@ -7,13 +7,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.operator.handlers.auto_inputs import (
+    attestation_of,
+    hardware_id_from_of,
+    hook_change,
+    max_devices_of,
+)
 from shared.db import attestation, certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
 from shared.db.registrations import GroupKeys, Registration
-from shared.domain import derived_keys, x509_attestation
+from shared.domain import derived_keys
 from shared.domain.accounts import Account
 from shared.domain.derived_keys import KeySlot
+from shared.domain.hooks import HOOK_FIELDS
 from shared.domain.identifiers import is_uuid, validate_hardware_id
 from shared.domain.products import (
     RegistrationKind,
@@ -25,8 +32,6 @@ from shared.errors import InvalidInput, shortened
 from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
-# The column's range (a Postgres integer): a larger quota is no quota, so it is refused.
-MAX_DEVICES_LIMIT = 2_147_483_647
 
 
 async def create_product(pool: Pool, account: Account, body: dict[str, Any]) -> Product:
@@ -72,11 +77,13 @@ async def delete_product(pool: Pool, account: Account, product_id: str) -> Produ
 
 @dataclass(frozen=True)
 class IssuedAutoRegistration:
-    """An auto registration just created, with its group keys (slot -> base64) when it
-    attests by derived keys: shown once, in the creation's answer only."""
+    """An auto registration just created or changed, with its group keys (slot -> base64)
+    when it attests by derived keys, and its hook's signing secret when one was made: shown
+    once, in this answer only."""
 
     registration: Registration
     group_keys: dict[str, str] = field(default_factory=dict)
+    hook_secret: str = ""  # a hook's signing secret just made ("": none)
 
 
 @dataclass(frozen=True)
@@ -90,70 +97,33 @@ class DerivedKey:
     device_key: str
 
 
-def _attestation(value: object) -> str:
-    """The ``attestation`` of a new auto registration: ``code`` (the default),
-    ``derived_key`` or ``x509`` (a mode not in AVAILABLE_ATTESTATIONS is refused,
-    InvalidInput ``rule: available``)."""
-    if value is None:
-        return "code"
-    if value not in derived_keys.ATTESTATIONS:
-        raise InvalidInput(
-            f"attestation must be one of {', '.join(derived_keys.ATTESTATIONS)}",
-            field="attestation",
-            rule="enum=" + ",".join(derived_keys.ATTESTATIONS),
-        )
-    if value not in derived_keys.AVAILABLE_ATTESTATIONS:
-        raise InvalidInput(
-            f"attestation {value} is not available yet: use "
-            + " or ".join(derived_keys.AVAILABLE_ATTESTATIONS),
-            field="attestation",
-            rule="available=" + ",".join(derived_keys.AVAILABLE_ATTESTATIONS),
-        )
-    return str(value)
-
-
-def _hardware_id_from(body: dict[str, Any], attestation: str) -> str:
-    """Where an x509 registration reads a device's hardware ID (``hardware_id_from``:
-    shared.domain.x509_attestation.HARDWARE_ID_SOURCES, ``cn`` by default); refused for
-    another attestation, which takes the hardware ID the device sends."""
-    value = body.get("hardware_id_from")
-    if value is None:
-        return "cn"
-    if attestation != "x509":
-        raise InvalidInput(
-            "hardware_id_from is an x509 registration's setting",
-            field="hardware_id_from",
-            rule="attestation=x509",
-        )
-    if value not in x509_attestation.HARDWARE_ID_SOURCES:
-        raise InvalidInput(
-            f"hardware_id_from must be one of {', '.join(x509_attestation.HARDWARE_ID_SOURCES)}",
-            field="hardware_id_from",
-            rule="enum=" + ",".join(x509_attestation.HARDWARE_ID_SOURCES),
-        )
-    return str(value)
-
-
 async def create_auto_registration(
-    pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret
+    pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret, allow_private: bool = False
 ) -> IssuedAutoRegistration:
     """An auto registration of ``body`` (``product_id``, optional ``max_devices``,
-    ``attestation`` and, for x509, ``hardware_id_from``); for ``derived_key``, two new
-    256-bit group keys, sealed at rest with ``secret_key`` (FLEETREG_SECRET_KEY) and returned
-    in the clear this once."""
+    ``attestation`` and, for x509, ``hardware_id_from``, and a registration hook:
+    ``hook_url``, ``hook_timeout_ms``, ``hook_failure``); for ``derived_key``, two new
+    256-bit group keys, and for a hook its signing secret, sealed at rest with
+    ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once.
+    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
     if not is_uuid(product_id):
         raise InvalidInput("product_id is not a product ID", field="product_id", rule="format=uuid")
-    max_devices = _max_devices(body.get("max_devices")) if "max_devices" in body else None
+    max_devices = max_devices_of(body.get("max_devices")) if "max_devices" in body else None
     issued: dict[str, str] = {}
     sealed = None
-    attestation_mode = _attestation(body.get("attestation"))
-    hardware_id_from = _hardware_id_from(body, attestation_mode)
+    attestation_mode = attestation_of(body.get("attestation"))
+    hardware_id_from = hardware_id_from_of(body, attestation_mode)
+    new_id = str(uuid.uuid4())
+    hook = await hook_change(body, new_id, secret_key=secret_key, allow_private=allow_private)
+    if hook.hook is None and (hook.timeout_ms is not None or hook.failure is not None):
+        raise InvalidInput(
+            "hook_timeout_ms and hook_failure need a hook_url", field="hook_url", rule="required"
+        )
     if attestation_mode == "derived_key":
         box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
-        new_id = str(uuid.uuid4())
         issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
         sealed = GroupKeys(
             new_id,
@@ -174,9 +144,11 @@ async def create_auto_registration(
         group_keys=sealed,
         x509=attestation_mode == "x509",
         hardware_id_from=hardware_id_from,
+        registration_id=new_id,
+        hook=hook.hook,
     )
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
-    return IssuedAutoRegistration(found, issued)
+    return IssuedAutoRegistration(found, issued, hook.secret)
 
 
 def key_slot(body: dict[str, Any]) -> KeySlot:
@@ -230,25 +202,6 @@ async def derive_device_key(
     )
 
 
-def _max_devices(value: object) -> int | None:
-    """An auto registration's device quota: a whole number 1..MAX_DEVICES_LIMIT, or null (none)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and abs(value) > MAX_DEVICES_LIMIT:
-        value = MAX_DEVICES_LIMIT + 1  # a whole number too large for the JSON parser's integers
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(
-            "max_devices must be a whole number or null", field="max_devices", rule="type=integer"
-        )
-    if not 1 <= value <= MAX_DEVICES_LIMIT:
-        raise InvalidInput(
-            f"max_devices must be 1-{MAX_DEVICES_LIMIT} (null: no quota)",
-            field="max_devices",
-            rule=f"range=1..{MAX_DEVICES_LIMIT}",
-        )
-    return value
-
-
 async def list_auto_registrations(pool: Pool, account: Account) -> list[Registration]:
     return await registrations.list_registrations(pool, account.id, AUTO)
 
@@ -258,20 +211,43 @@ async def get_auto_registration(pool: Pool, account: Account, registration_id: s
 
 
 async def update_auto_registration(
-    pool: Pool, account: Account, registration_id: str, body: dict[str, Any]
-) -> Registration:
-    """Change an auto registration's settings: ``max_devices`` (null clears the quota)."""
-    unknown = sorted(set(body) - {"max_devices"})
+    pool: Pool,
+    account: Account,
+    registration_id: str,
+    body: dict[str, Any],
+    *,
+    secret_key: Secret,
+    allow_private: bool = False,
+) -> IssuedAutoRegistration:
+    """Change an auto registration's settings: ``max_devices`` (null clears the quota) and
+    its hook (``hook_url``, null removes it; a URL gets a new signing secret, shown once;
+    ``hook_timeout_ms``, ``hook_failure``)."""
+    unknown = sorted(set(body) - {"max_devices", *HOOK_FIELDS})
     if unknown:
         raise InvalidInput(
-            f"{shortened(unknown[0])} cannot be changed here (only max_devices)",
+            f"{shortened(unknown[0])} cannot be changed here (only max_devices and the hook's settings)",
             field=shortened(unknown[0]),
             rule="unknown_field",
         )
-    if "max_devices" not in body:
-        raise InvalidInput("max_devices is required", field="max_devices", rule="required")
-    await registrations.set_max_devices(pool, account, registration_id, _max_devices(body["max_devices"]))
-    return await registrations.get_registration(pool, account.id, AUTO, registration_id)
+    if not body:
+        raise InvalidInput("max_devices or a hook setting is required", field="max_devices", rule="required")
+    max_devices = max_devices_of(body["max_devices"]) if "max_devices" in body else None
+    hook = await hook_change(body, registration_id, secret_key=secret_key, allow_private=allow_private)
+    if "max_devices" in body:
+        await registrations.set_max_devices(pool, account, registration_id, max_devices)
+    if not hook.empty:
+        await registrations.set_hook(
+            pool,
+            account,
+            registration_id,
+            url_changes=hook.url_changes,
+            url=hook.hook.url if hook.hook else None,
+            secret_sealed=hook.hook.secret_sealed if hook.hook else None,
+            timeout_ms=hook.timeout_ms,
+            failure=hook.failure,
+        )
+    found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
+    return IssuedAutoRegistration(found, hook_secret=hook.secret)
 
 
 AutoAction = Literal["pause", "resume", "rotate-code"]

@@ -3,11 +3,10 @@ secret sealed at rest), listed, enabled again, deleted, and their deliveries."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from dataclasses import dataclass
 from typing import Any
 
+from services.operator.handlers.addresses import check_addresses
 from services.operator.handlers.query import Page, newest_first, newest_first_page
 from shared.db import webhooks
 from shared.db.pool import Pool
@@ -15,11 +14,9 @@ from shared.db.webhooks import Delivery, Webhook
 from shared.domain import webhooks as webhook_rules
 from shared.domain.accounts import Account
 from shared.domain.inputs import refuse_unknown_fields
-from shared.errors import InvalidInput
 from shared.settings import Secret
 
 WEBHOOK_FIELDS = ("url", "events")
-RESOLVE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -28,40 +25,6 @@ class IssuedWebhook:
 
     webhook: Webhook
     secret: str
-
-
-async def _check_addresses(target: webhook_rules.Target, allow_private: bool) -> None:
-    """Refuse a URL whose host is, or resolves to, an address webhooks may not call (the
-    notifier checks again before every connection: a DNS answer may change).
-
-    With private addresses refused, a name that does not resolve and a name that resolves
-    to a refused address get one answer (:func:`webhook_rules.name_refusal`): two answers
-    would tell a caller which internal names exist. Resolving here, rather than only at
-    delivery, tells an honest operator of a typo at once; the answer is the same either way."""
-    literal = target.literal
-    if literal is not None:
-        refusal = webhook_rules.address_refusal(str(literal), allow_private=allow_private)
-        if refusal is not None:  # the caller wrote the address: saying what it is tells nothing new
-            raise InvalidInput(f"url: {refusal}", field="url", rule="public-address")
-        return
-    try:
-        found = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM),
-            timeout=RESOLVE_TIMEOUT_S,
-        )
-    except (OSError, TimeoutError, UnicodeError, ValueError) as exc:
-        if allow_private:  # every address may be called: there is nothing to hide
-            raise InvalidInput(
-                f"url: the host {target.host} cannot be resolved", field="url", rule="resolvable-host"
-            ) from exc
-        raise InvalidInput(
-            f"url: {webhook_rules.name_refusal(target.host)}", field="url", rule="public-address"
-        ) from None
-    for info in found:
-        if webhook_rules.address_refusal(str(info[4][0]), allow_private=allow_private) is not None:
-            raise InvalidInput(
-                f"url: {webhook_rules.name_refusal(target.host)}", field="url", rule="public-address"
-            )
 
 
 async def create_webhook(
@@ -77,7 +40,7 @@ async def create_webhook(
     refuse_unknown_fields(body, WEBHOOK_FIELDS, what="a webhook")
     url, target = webhook_rules.checked_url(body.get("url"))
     events = webhook_rules.checked_events(body.get("events"))
-    await _check_addresses(target, allow_private)
+    await check_addresses(target, allow_private)
     webhook_id = webhooks.new_webhook_id()
     secret = webhook_rules.new_secret()
     sealed = webhook_rules.SecretBox(secret_key.reveal().encode()).seal(webhook_id, secret)

@@ -78,7 +78,13 @@ async def delete_product(request: web.Request, account: Account) -> Json:
 async def create_auto(request: web.Request, account: Account) -> Json:
     r = resources(request)
     body = await parse_json_body(request)
-    issued = await handlers.create_auto_registration(r.pool, account, body, secret_key=r.settings.secret_key)
+    issued = await handlers.create_auto_registration(
+        r.pool,
+        account,
+        body,
+        secret_key=r.settings.secret_key,
+        allow_private=r.settings.webhooks_allow_private_urls,
+    )
     return views.issued_auto_registration(issued, masked=account.read_only)
 
 
@@ -100,12 +106,18 @@ async def get_auto(request: web.Request, account: Account) -> Json:
 
 @authed()
 async def update_auto(request: web.Request, account: Account) -> Json:
+    r = resources(request)
     registration_id = path_id(request, "registration_id")
     body = await parse_json_body(request)
-    return views.auto_registration(
-        await handlers.update_auto_registration(resources(request).pool, account, registration_id, body),
-        masked=account.read_only,
+    issued = await handlers.update_auto_registration(
+        r.pool,
+        account,
+        registration_id,
+        body,
+        secret_key=r.settings.secret_key,
+        allow_private=r.settings.webhooks_allow_private_urls,
     )
+    return views.issued_auto_registration(issued, masked=account.read_only)
 
 
 async def _change_auto(request: web.Request, account: Account, action: handlers.AutoAction) -> Json:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from services.operator.handlers.query import Page
 
@@ -27,3 +28,14 @@ def page(name: str, found: Page[T], item: Callable[[T], Json]) -> Json:
         "next_before": time(found.next_before),
         "next_before_id": found.next_before_id,
     }
+
+
+def masked_url(url: str) -> str:
+    """``https://hooks.example.com/...``: the scheme and host (and port) of a URL, its
+    user information, path and query replaced by an ellipsis."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/{MASKED}"

@@ -4,7 +4,7 @@ read-only key)."""
 from __future__ import annotations
 
 from services.operator.handlers.products import DerivedKey, IssuedAutoRegistration
-from services.operator.views.common import MASKED, Json
+from services.operator.views.common import MASKED, Json, masked_url
 from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
 
@@ -57,7 +57,8 @@ def products(found: list[Product], *, masked: bool = False) -> Json:
 
 
 def auto_registration(found: Registration, *, masked: bool = False) -> Json:
-    """An auto registration with its product's current code (MASKED when ``masked``)."""
+    """An auto registration with its product's current code (MASKED when ``masked``) and its
+    hook's settings (the URL without path and query when ``masked``, as a webhook's)."""
     code = found.bulk_identification_code
     return {
         "id": found.id,
@@ -68,6 +69,9 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
         "max_devices": found.max_devices,
         "attestation": found.attestation,
         **({"hardware_id_from": found.hardware_id_from} if found.attestation == "x509" else {}),
+        "hook_url": masked_url(found.hook_url) if masked and found.hook_url else found.hook_url,
+        "hook_timeout_ms": found.hook_timeout_ms,
+        "hook_failure": found.hook_failure,
         "device_count": found.device_count,
         "created_at": found.created_at.isoformat(),
         "updated_at": found.updated_at.isoformat(),
@@ -79,11 +83,14 @@ def auto_registrations(found: list[Registration], *, masked: bool = False) -> Js
 
 
 def issued_auto_registration(issued: IssuedAutoRegistration, *, masked: bool = False) -> Json:
-    """An auto registration as created or with a group key rotated: for derived_key, the
-    new group keys (``primary_key``, ``secondary_key``, base64) shown this once."""
+    """An auto registration as created or changed: for derived_key, the new group keys
+    (``primary_key``, ``secondary_key``, base64), and a new hook's signing secret
+    (``hook_secret``, ``whsec_...``), shown this once."""
     shown = auto_registration(issued.registration, masked=masked)
     for slot, group_key in issued.group_keys.items():
         shown[f"{slot}_key"] = group_key
+    if issued.hook_secret:
+        shown["hook_secret"] = issued.hook_secret
     return shown
 
 

@@ -3,10 +3,8 @@ and their deliveries with each attempt."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from services.operator.handlers.webhooks import IssuedWebhook
-from services.operator.views.common import MASKED, Json, time
+from services.operator.views.common import Json, masked_url, time
 from shared.db.webhooks import Attempt, Delivery, Webhook
 
 
@@ -29,17 +27,6 @@ def webhook(found: Webhook, *, masked: bool = False) -> Json:
 
 def webhooks(found: list[Webhook], *, masked: bool = False) -> Json:
     return {"webhooks": [webhook(w, masked=masked) for w in found]}
-
-
-def masked_url(url: str) -> str:
-    """``https://hooks.example.com/...``: the scheme and host (and port) of a URL, its
-    user information, path and query replaced by an ellipsis."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/{MASKED}"
 
 
 def issued_webhook(issued: IssuedWebhook) -> Json:

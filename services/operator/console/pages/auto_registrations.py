@@ -169,8 +169,9 @@ async def reveal_link(request: web.Request) -> web.StreamResponse:
 async def set_quota(request: web.Request, operator: Operator, form: Form) -> str:
     registration_id = path_id(request, "registration_id")
     quota = max_devices(form)
+    r = resources(request)
     await handlers.update_auto_registration(
-        resources(request).pool, operator.account, registration_id, {"max_devices": quota}
+        r.pool, operator.account, registration_id, {"max_devices": quota}, secret_key=r.settings.secret_key
     )
     done = "Quota removed: no device limit." if quota is None else f"Quota set to {quota:,} devices."
     flash(operator, done)
