@@ -98,14 +98,21 @@ class DerivedKey:
 
 
 async def create_auto_registration(
-    pool: Pool, account: Account, body: dict[str, Any], *, secret_key: Secret, allow_private: bool = False
+    pool: Pool,
+    account: Account,
+    body: dict[str, Any],
+    *,
+    secret_key: Secret,
+    allow_private: bool = False,
+    hooks_preview: bool = False,
 ) -> IssuedAutoRegistration:
     """An auto registration of ``body`` (``product_id``, optional ``max_devices``,
     ``attestation`` and, for x509, ``hardware_id_from``, and a registration hook:
     ``hook_url``, ``hook_timeout_ms``, ``hook_failure``); for ``derived_key``, two new
     256-bit group keys, and for a hook its signing secret, sealed at rest with
     ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once.
-    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address."""
+    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address;
+    ``hooks_preview``: FLEETREG_REGISTRATION_HOOKS_PREVIEW (a hook refused without it)."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
@@ -117,7 +124,9 @@ async def create_auto_registration(
     attestation_mode = attestation_of(body.get("attestation"))
     hardware_id_from = hardware_id_from_of(body, attestation_mode)
     new_id = str(uuid.uuid4())
-    hook = await hook_change(body, new_id, secret_key=secret_key, allow_private=allow_private)
+    hook = await hook_change(
+        body, new_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview
+    )
     if hook.hook is None and (hook.timeout_ms is not None or hook.failure is not None):
         raise InvalidInput(
             "hook_timeout_ms and hook_failure need a hook_url", field="hook_url", rule="required"
@@ -218,10 +227,11 @@ async def update_auto_registration(
     *,
     secret_key: Secret,
     allow_private: bool = False,
+    hooks_preview: bool = False,
 ) -> IssuedAutoRegistration:
     """Change an auto registration's settings: ``max_devices`` (null clears the quota) and
     its hook (``hook_url``, null removes it; a URL gets a new signing secret, shown once;
-    ``hook_timeout_ms``, ``hook_failure``)."""
+    ``hook_timeout_ms``, ``hook_failure``; refused without ``hooks_preview``)."""
     unknown = sorted(set(body) - {"max_devices", *HOOK_FIELDS})
     if unknown:
         raise InvalidInput(
@@ -232,7 +242,9 @@ async def update_auto_registration(
     if not body:
         raise InvalidInput("max_devices or a hook setting is required", field="max_devices", rule="required")
     max_devices = max_devices_of(body["max_devices"]) if "max_devices" in body else None
-    hook = await hook_change(body, registration_id, secret_key=secret_key, allow_private=allow_private)
+    hook = await hook_change(
+        body, registration_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview
+    )
     if "max_devices" in body:
         await registrations.set_max_devices(pool, account, registration_id, max_devices)
     if not hook.empty:
