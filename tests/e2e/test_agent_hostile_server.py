@@ -299,3 +299,37 @@ async def test_a_zero_wait_or_timeout_is_a_configuration_error_not_a_hot_loop(
     assert refused.code == 64, refused.log
     assert refused.log == f"fleetreg-agent: config: {key} must be above 0\n"
     assert fake.calls == []
+
+
+async def test_a_file_the_disk_cannot_take_ends_the_boot_with_the_boards_failure(
+    board: Agent, fake: FakeServer, tmp_path: Path
+) -> None:
+    """A full disk (here a ``mv`` that fails into FILES_DIR, as ENOSPC does) is exit 1 with
+    the path it could not write, not a file "changed meanwhile" fetched again for ever."""
+    content = provisioning_file()
+
+    async def download(request: web.Request) -> web.Response:
+        if request.path.startswith("/v1/registrations"):
+            lines = ready()
+            del lines["manifest.files.0.content"]
+            return text(200, lines)
+        if request.path.endswith("/files/01-ssh.conf"):
+            return web.Response(body=content, content_type="text/plain", charset="ascii")
+        return text(202, {"status": "ok"})
+
+    fake.answer = download
+    shims = tmp_path / "full-disk"
+    shims.mkdir()
+    mv = shims / "mv"
+    mv.write_text(
+        f'#!/bin/sh\ncase "$*" in *{board.files_dir}/*) echo "mv: No space left on device" >&2; exit 1 ;; esac\n'
+        'exec /bin/mv "$@"\n'
+    )
+    mv.chmod(0o755)
+    board.extra_path.append(shims)
+    failed = await board.boot(timeout_s=30)
+    assert failed.code == 1, failed.log
+    assert failed.log.endswith(
+        f"fleetreg-agent: files: cannot write {board.files_dir}/ssh/.01-ssh.conf.tmp\n"
+    ), failed.log
+    assert "file_mismatch" not in failed.log and board.state("device_id") is None
