@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from services.intake.certificates import Issued
 from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
@@ -180,7 +180,8 @@ def error_view(error: DomainError) -> web.Response:
 def plain_text_answers(reference_prefix: str) -> Callable[..., object]:
     """A middleware giving the plain-text form (shared/plain_text.py) of every JSON-object
     answer of the native device API to a call whose ``Accept`` prefers it: same status and
-    headers, the body flattened, ``Content-Type: text/plain; charset=utf-8``. Any other
+    headers, the body flattened, ``Content-Type: text/plain; charset=utf-8``; either form
+    marked :func:`negotiated`. Any other
     answer (JSON not asked for, a file, an answer that is not a JSON object, the reference
     protocol's under ``reference_prefix``) is left as it is. Runs outside the error mapping
     (shared.http.base_app), so errors are converted too; never raises."""
@@ -188,13 +189,27 @@ def plain_text_answers(reference_prefix: str) -> Callable[..., object]:
     @web.middleware
     async def plain_text(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        if not prefers_plain_text(request.headers.get("Accept")) or not is_native(
-            request.path, reference_prefix
-        ):
+        if not is_native(request.path, reference_prefix):
+            return response
+        negotiated(response)
+        if not prefers_plain_text(request.headers.get("Accept")):
             return response
         return as_plain_text(response)
 
     return plain_text
+
+
+def negotiated(response: web.StreamResponse) -> None:
+    """A JSON answer of the native device API marked as one a cache must neither keep nor
+    serve for another ``Accept``: its form depends on that header (``Vary: Accept``), and
+    it is one device's (a ready answer, a poll's included, carries the device secret:
+    ``Cache-Control: no-store``, RFC 9111 section 5.2.2.5)."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return
+    vary = response.headers.get(hdrs.VARY, "")
+    if "accept" not in {v.strip().lower() for v in vary.split(",")}:
+        response.headers[hdrs.VARY] = f"{vary}, Accept" if vary else "Accept"
+    response.headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
 
 
 def as_plain_text(response: web.StreamResponse) -> web.StreamResponse:

@@ -29,7 +29,10 @@ BULK_SERVICE_TYPE = "rmt3"
 BULKSERVICE_NAME = "bulk"
 BULK_SERVICE_PORT = 65535
 MAX_SERVICES = 32
-SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A service's name is a folder on the device (the agent's FILES_DIR/<service>) and an argument
+# of its on-change scripts: never ".", "..", a hidden name or one an option parser takes for
+# an option, which the device agent refuses (and would then never finish its first boot).
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 PRODUCT_NAME_MAX = 100
 
 
@@ -93,7 +96,7 @@ def validate_service(raw: object, index: int | None) -> ServiceSpec:
     name = raw.get("name", service_type)
     if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
         raise InvalidInput(
-            f"{at('name')} must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+            f"{at('name')} must be 1-64 ASCII letters, digits, '.', '_' or '-', not starting with '.' or '-'",
             field=at("name"),
             rule="charset=[A-Za-z0-9_.-]",
         )
@@ -231,7 +234,7 @@ def validate_service_change(raw: object) -> ServiceChange:
     name = raw.get("name")
     if "name" in raw and (not isinstance(name, str) or not SERVICE_NAME.fullmatch(name)):
         raise InvalidInput(
-            "name must be 1-64 ASCII letters, digits, '.', '_' or '-'",
+            "name must be 1-64 ASCII letters, digits, '.', '_' or '-', not starting with '.' or '-'",
             field="name",
             rule="charset=[A-Za-z0-9_.-]",
         )

@@ -41,6 +41,8 @@ def test_a_service_edit_takes_enabled_port_and_name() -> None:
         ({"name": "nul\0"}, "name", "charset=[A-Za-z0-9_.-]"),
         ({"name": "é"}, "name", "charset=[A-Za-z0-9_.-]"),
         ({"name": "x" * 65}, "name", "charset=[A-Za-z0-9_.-]"),
+        ({"name": ".."}, "name", "charset=[A-Za-z0-9_.-]"),
+        ({"name": "-x"}, "name", "charset=[A-Za-z0-9_.-]"),
         ({"name": "bulk"}, "name", "unique"),
     ],
 )

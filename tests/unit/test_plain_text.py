@@ -252,3 +252,30 @@ def test_the_intake_converts_json_objects_only_keeping_status_and_headers() -> N
         "/openapi.yaml", "/apv/v27/"
     )
     assert not is_native("/v1/compat/x", "/v1/compat/")  # a reference prefix under /v1 stays its own
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/json", None])
+async def test_the_intakes_device_answers_vary_on_accept_and_are_never_stored(accept: str | None) -> None:
+    """Either form of a native answer says a cache must key it on Accept and keep none of it
+    (a ready answer, a poll's too, carries the device secret); a file and the reference
+    protocol's answers are left alone."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from services.intake.views import plain_text_answers
+    from shared.http import json_response
+
+    middleware: Any = plain_text_answers("/apv/v27/")
+    headers = {"Accept": accept} if accept else {}
+
+    async def ready(request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ready", "device_secret": "s"}, headers={"Vary": "Origin"})
+
+    async def a_file(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"#begin\n", content_type="text/plain", charset="ascii")
+
+    answer = await middleware(make_mocked_request("GET", "/v1/registrations/r", headers=headers), ready)
+    assert (answer.headers["Vary"], answer.headers["Cache-Control"]) == ("Origin, Accept", "no-store")
+    for path, handler in (("/v1/devices/d/files/f", a_file), ("/apv/v27/device/register", ready)):
+        left = await middleware(make_mocked_request("GET", path, headers=headers), handler)
+        assert "Cache-Control" not in left.headers and "Accept" not in left.headers.get("Vary", ""), path

@@ -114,6 +114,11 @@ def test_parse_service_refuses_the_bulk_service_type() -> None:
         ({"type": "ssh", "port": 22, "name": ""}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
         ({"type": "ssh", "port": 22, "name": "my ssh"}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
         ({"type": "ssh", "port": 22, "name": "s" * 65}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
+        # A folder on the device and an argument of its scripts (the agent refuses these):
+        ({"type": "ssh", "port": 22, "name": ".."}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
+        ({"type": "ssh", "port": 22, "name": "."}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
+        ({"type": "ssh", "port": 22, "name": ".ssh"}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
+        ({"type": "ssh", "port": 22, "name": "-rf"}, "services[4].name", "charset=[A-Za-z0-9_.-]"),
         ({"type": "ssh", "port": 22, "enabled": "yes"}, "services[4].enabled", "type=boolean"),
     ],
 )
@@ -121,6 +126,11 @@ def test_validate_service_names_the_bad_field_with_its_index(raw: object, field:
     with pytest.raises(InvalidInput) as refused:
         validate_service(raw, index=4)
     assert (refused.value.field, refused.value.rule) == (field, rule)
+
+
+def test_service_names_may_hold_dots_and_dashes_after_their_first_character() -> None:
+    for name in ("ssh.2", "a..b", "_x", "9-web", "s" * 64):
+        assert validate_service({"type": "ssh", "port": 22, "name": name}, index=0).name == name
 
 
 def test_a_service_name_with_a_trailing_newline_is_refused() -> None:
