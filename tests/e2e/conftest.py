@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from shared.db.pool import Pool
+from tests.support.agent import SHELLS, install_shells
 from tests.support.api import Operator, new_operator
 from tests.support.system import System, start_system
 
@@ -32,3 +33,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def operator(session: aiohttp.ClientSession, pool: Pool, system: System) -> Operator:
     """A fresh account of its own for each test."""
     return await new_operator(session, pool, system.operator_url)
+
+
+@pytest.fixture(scope="session")
+def shells() -> None:
+    """Debian's busybox and dash (and shellcheck), installed when missing."""
+    install_shells()
+
+
+@pytest.fixture(params=SHELLS)
+def shell(request: pytest.FixtureRequest, shells: None) -> str:
+    """Each device agent test runs under BusyBox ash and under dash."""
+    return str(request.param)

@@ -33,7 +33,6 @@ from tests.support.agent import (
     SHELLS,
     Agent,
     busybox_bin,
-    install_shells,
 )
 from tests.support.api import Operator
 from tests.support.system import ROOT, System
@@ -43,14 +42,20 @@ pytestmark = pytest.mark.e2e
 MakeAgent = Callable[..., Agent]
 
 
-@pytest.fixture(scope="session")
-def shells() -> None:
-    install_shells()
-
-
-@pytest.fixture(params=SHELLS)
-def shell(request: pytest.FixtureRequest, shells: None) -> str:
-    return str(request.param)
+async def enable_new_service(operator: Operator, product_id: str, name: str) -> dict[str, Any]:
+    """The operator adds a web service to a provisioned product and enables it (its
+    services as the API answers them): the boards' manifests list it from their next call."""
+    added = await operator.call(
+        "POST", f"/v1/products/{product_id}/services", {"name": name, "type": "web", "port": 80}, expect=201
+    )
+    service: dict[str, Any] = next(s for s in added["services"] if s["name"] == name)
+    await operator.call(
+        "PATCH",
+        f"/v1/products/{product_id}/services/{service['provisioning_id']}",
+        {"enabled": True},
+        expect=200,
+    )
+    return service
 
 
 @pytest.fixture
@@ -298,19 +303,7 @@ async def test_a_service_enabled_later_arrives_at_the_next_boot_and_a_disabled_o
     board = make_agent(code, hardware_id())
     assert_booted(await board.boot())
 
-    added = await operator.call(
-        "POST",
-        f"/v1/products/{product_id}/services",
-        {"name": "admin", "type": "web", "port": 80},
-        expect=201,
-    )
-    admin = next(s for s in added["services"] if s["name"] == "admin")
-    await operator.call(
-        "PATCH",
-        f"/v1/products/{product_id}/services/{admin['provisioning_id']}",
-        {"enabled": True},
-        expect=200,
-    )
+    admin = await enable_new_service(operator, product_id, "admin")
     await until_services(board, ["admin", "bulk", "ssh"])
     assert board.hook_calls()[-1] == ["admin"]
     [admin_file] = [content for name, content in board.files().items() if name.startswith("admin/")]
@@ -720,19 +713,7 @@ async def test_run_checks_in_every_checkin_seconds_and_picks_up_a_service(
     await board.start()
     try:
         await until_logged(board, "ready device_id")
-        added = await operator.call(
-            "POST",
-            f"/v1/products/{product_id}/services",
-            {"name": "admin", "type": "web", "port": 80},
-            expect=201,
-        )
-        admin = next(s for s in added["services"] if s["name"] == "admin")
-        await operator.call(
-            "PATCH",
-            f"/v1/products/{product_id}/services/{admin['provisioning_id']}",
-            {"enabled": True},
-            expect=200,
-        )
+        await enable_new_service(operator, product_id, "admin")
         await until_logged(board, "file_written service=admin")
         await until_logged(board, "hook script=10-record services=admin")
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.support.agent import EXIT_FINAL, SHELLS, Agent, install_shells
+from tests.support.agent import EXIT_FINAL, Agent
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +40,6 @@ class FakeServer:
         if self.answer is None:
             return web.Response(status=500, text="error internal\n")
         return await self.answer(request)
-
-
-@pytest.fixture(scope="session")
-def shells() -> None:
-    install_shells()
-
-
-@pytest.fixture(params=SHELLS)
-def shell(request: pytest.FixtureRequest, shells: None) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -35,15 +35,12 @@ import aiohttp
 import pytest
 
 from shared.db.pool import Pool
-from tests.support.agent import AGENT, SHELLS, Agent, install_shells
+from tests.support.agent import SHELLS, Agent, install_shells
 from tests.support.agent_fleet import Run, fleet, hardware_id, limited, registry_against_boards, run_boot
 from tests.support.api import Operator
 from tests.support.system import System
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not AGENT.exists(), reason="agent/fleetreg-agent is not in this checkout"),
-]
+pytestmark = pytest.mark.e2e
 
 RANDOM_CUTS = 66  # some end before their instant: at least 50 boots must be cut
 AT_ONCE = 12  # boards cut (and booted again) at once; the calibration boots as many at once

@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 
 from shared.db.pool import Pool
-from tests.support.agent import AGENT, SHELLS, install_shells
+from tests.support.agent import SHELLS, install_shells
 from tests.support.agent_fleet import fleet, registry_against_boards, run_boot
 from tests.support.api import Operator
 from tests.support.sources import fresh_address
 from tests.support.system import System
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not AGENT.exists(), reason="agent/fleetreg-agent is not in this checkout"),
-]
+pytestmark = pytest.mark.e2e
 
 AGENTS = 50
 SOURCES = 5

@@ -23,16 +23,13 @@ import aiohttp
 import pytest
 
 from shared.db.pool import Pool
-from tests.support.agent import AGENT, SHELLS, Agent, install_shells
+from tests.support.agent import SHELLS, Agent, install_shells
 from tests.support.agent_fleet import Run, fleet, hardware_id, registry_against_boards, run_boot
 from tests.support.api import Operator, register
 from tests.support.sources import fresh_address, from_address
 from tests.support.system import ROOT, System
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not AGENT.exists(), reason="agent/fleetreg-agent is not in this checkout"),
-]
+pytestmark = pytest.mark.e2e
 
 BOARDS = 16
 # Retries while a part is down: at most every 2 s (the helper's 0.5 s would have two dozen

@@ -81,7 +81,17 @@ def build(out: Path) -> Release:
 
 
 def tool(name: str, package: str) -> str:
-    """The program's path; the test is skipped where the Debian package is not installed."""
+    """The program's path. A missing one fails the test: make test installs busybox, dash
+    and shellcheck (deploy/local/agent-shells.sh), and dpkg-deb is in every Debian; only
+    systemd-analyze (:func:`optional_tool`) may be absent from a minimal system."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: install Debian's {package} (deploy/local/agent-shells.sh)")
+    return path
+
+
+def optional_tool(name: str, package: str) -> str:
+    """A program a minimal Debian may lack (systemd in a container): its test is skipped."""
     path = shutil.which(name)
     if path is None:
         pytest.skip(f"{name} is missing (Debian's {package})")
@@ -212,7 +222,7 @@ def test_the_agent_reads_the_sample_configuration_as_unconfigured(tmp_path: Path
 
 
 def test_the_unit_is_valid_to_systemd(tmp_path: Path) -> None:
-    systemd_analyze = tool("systemd-analyze", "systemd")
+    systemd_analyze = optional_tool("systemd-analyze", "systemd")
     # verify checks that ExecStart's program exists: the unit is checked with it pointing at
     # this checkout's agent, every other line as shipped.
     unit = (PACKAGING / "fleetreg-agent.service").read_text()
