@@ -206,7 +206,7 @@ async def sweep(pool: Pool, *, online_ttl_s: float, retention_s: float, now: dat
 
 
 class Answer(Protocol):
-    """What one attempt got (services/notifier/sender.py ``Answer``)."""
+    """What one attempt got (shared/webhook_sender.py ``Answer``)."""
 
     @property
     def http_status(self) -> int | None: ...
@@ -244,7 +244,7 @@ async def attempt(
 ) -> bool:
     """Sign and send one claimed delivery, record the attempt and the delivery's new
     state; True when delivered. ``post(url, body, headers)`` answers with
-    ``http_status``, ``error``, ``latency_ms`` and ``delivered`` (services/notifier/sender.py).
+    ``http_status``, ``error``, ``latency_ms`` and ``delivered`` (shared/webhook_sender.py).
 
     A failed attempt may disable the webhook (:func:`rules.disable_reason`: 410 Gone, or
     every attempt failed for ``disable_after_s``): its pending deliveries are failed, no

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from services.notifier.sender import Sender
 from services.notifier.settings import DeliverySettings, NotifierSettings
 from shared.db.pool import Pool
 from shared.domain.webhooks import SecretBox
 from shared.kafka import Topics
 from shared.pipeline import open_registry_and_broker
+from shared.webhook_sender import Sender
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The registration hook's caller (services/notifier/hook_caller.py) against a real local
+"""The registration hook's caller (shared/hook_caller.py) against a real local
 HTTP server: the signed request and its body, allow, deny and enrichment read from the
 answer, and every failure (garbage, 500, a redirect, a timeout, a refused address, a closed
 port) reported as one; the per-hook concurrency bound, and the breaker that fails calls at
@@ -17,9 +17,9 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from services.notifier.hook_caller import Hook, HookCaller
 from shared.domain.hooks import HookAnswer, HookRequest
 from shared.domain.webhooks import new_secret
+from shared.hook_caller import Hook, HookCaller
 from tests.support.system import free_port
 
 pytestmark = pytest.mark.integration

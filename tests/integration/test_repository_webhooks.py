@@ -466,7 +466,7 @@ async def test_an_attempt_signs_sends_and_follows_the_retry_schedule(db: Pool) -
     """handlers.attempt with a stand-in for the HTTP sender: 503, then no answer, then gone."""
     from standardwebhooks.webhooks import Webhook
 
-    from services.notifier.sender import Answer
+    from shared.webhook_sender import Answer
 
     actor = await _actor(db)
     webhook_id = await _webhook(db, actor)

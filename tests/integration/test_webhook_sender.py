@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from services.notifier.sender import Sender
 from shared.domain.webhooks import name_refusal
+from shared.webhook_sender import Sender
 from tests.support.system import free_port
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import yaml
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notifier.handlers import signed_headers
-from services.notifier.sender import Sender
 from shared.domain import webhooks as rules
 from shared.domain.dedup import (
     REASON_BULK_NOT_LISTED,
@@ -25,6 +24,7 @@ from shared.domain.dedup import (
 )
 from shared.errors import InvalidInput
 from shared.events import RegistrationOutcome, decode_as
+from shared.webhook_sender import Sender
 
 ROOT = Path(__file__).resolve().parents[2]
 R = "0190f4a2-7c1e-7000-8000-00000000000a"  # a request ID

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 import aiohttp
 from standardwebhooks.webhooks import Webhook as Signer
 
-from services.notifier.sender import USER_AGENT, CheckedResolver, RefusedAddress
 from shared.domain.hooks import (
     BREAKER_FAILURES,
     BREAKER_OPEN_S,
@@ -33,6 +32,7 @@ from shared.domain.hooks import (
 from shared.domain.webhooks import address_refusal, checked_url, name_refusal
 from shared.errors import InvalidInput
 from shared.metrics import HOOK_BREAKERS_OPEN, HOOK_CALL_SECONDS, HOOK_CALLS
+from shared.webhook_sender import USER_AGENT, CheckedResolver, RefusedAddress
 
 # Outcomes that are the hook's own answer; every other outcome is a failure, which the
 # registration's policy turns into pending (closed) or a decision without it (open).
