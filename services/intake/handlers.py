@@ -424,6 +424,12 @@ def to_event(
 
 
 def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) -> Answer:
+    if outcome.status == "pending":
+        # The registration's hook failed and its policy is fail closed: pending at once,
+        # with the wait it asks for (docs/registration-hook.md).
+        return Answer(
+            "pending", outcome.request_id, claimed_hardware_id=claimed, retry_after=outcome.retry_after
+        )
     if outcome.status != "ready":
         return Answer(
             "refused",
