@@ -47,7 +47,7 @@ async def make_call(
         # The hook was removed after the claim was reserved: decided without it.
         settled = await hooks.confirm(pool, call, CallResult("no_hook", None, None, None), None)
         if settled is not None:
-            await publish([RegistrationDecided(**settled.decided)])
+            await publish([RegistrationDecided(**d) for d in (settled.decided, *settled.also_decided)])
         return "confirm"
     hook = Hook(
         key=call.registration_id,
@@ -63,7 +63,7 @@ async def make_call(
         enrichment = asdict(ruling.enrichment) if ruling.enrichment is not None else None
         settled = await hooks.confirm(pool, call, recorded, enrichment)
         if settled is not None:
-            await publish([RegistrationDecided(**settled.decided)])
+            await publish([RegistrationDecided(**d) for d in (settled.decided, *settled.also_decided)])
     elif ruling.action == "refuse":
         settled = await hooks.refuse(pool, call, recorded, ruling.reason)
         if settled is not None:

@@ -82,6 +82,11 @@ REFUSE_DECISIONS = """
         device_id = NULL, assigned_hardware_id = NULL
     WHERE device_id = $1 AND status = 'decided'
     RETURNING request_id::text"""
+# An allowed reservation: the earlier requests of the same attempt (retries attached to the
+# row replaced its request ID) wait on the device too, each decided as it was recorded.
+ALSO_WAITING = """
+    SELECT request_id::text, decision, extract(epoch FROM received_at)::float8 AS received_at
+    FROM registration_decisions WHERE device_id = $1 AND status = 'decided' AND request_id <> $2"""
 UNCLAIM_PREREGISTERED = """
     UPDATE devices SET lifecycle = 'preregistered', fingerprint = '', registered_at = NULL
     WHERE id = $1 AND lifecycle = 'registered'"""
@@ -227,6 +232,9 @@ class Settled:
     account_id: str
     decided: dict[str, Any]
     refused_requests: tuple[str, ...] = ()
+    # A confirmation: the ``registration.decided`` fields of every other request still
+    # waiting on the device (an earlier request of a retried attempt).
+    also_decided: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,15 @@ async def confirm(
             json.dumps(data) if data else None,
             json.dumps({"call_id": call.call_id, "outcome": result.outcome, "latency_ms": result.latency_ms}),
         )
-    return Settled(row["device_id"], row["request_id"], row["account_id"], _json(row["decided"]) or {})
+        waiting = await conn.fetch(ALSO_WAITING, row["device_id"], row["request_id"])
+    decided = _json(row["decided"]) or {}
+    # Every request of the attempt is answered, not only the latest: a device (or anyone
+    # holding an earlier request ID) polling an earlier one would otherwise wait for ever.
+    also = tuple(
+        decided | {"request_id": w["request_id"], "decision": w["decision"], "received_at": w["received_at"]}
+        for w in waiting
+    )
+    return Settled(row["device_id"], row["request_id"], row["account_id"], decided, also_decided=also)
 
 
 async def refuse(pool: Pool, call: TakenCall, result: CallResult, reason: str) -> Settled | None:
