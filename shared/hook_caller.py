@@ -122,6 +122,11 @@ class HookCaller:
         found = self._breakers.get(key)
         return found is not None and found.paused(self._clock())
 
+    def paused_hooks(self) -> list[str]:
+        """The keys of the hooks :meth:`paused` says a call now would fail at once."""
+        now = self._clock()
+        return [key for key, breaker in self._breakers.items() if breaker.paused(now)]
+
     async def call(self, hook: Hook, request: HookRequest) -> HookResult:
         """Ask ``hook`` about ``request``; the result is counted in the metrics and, unless
         the hook was not called, by its breaker."""

@@ -100,8 +100,12 @@ async def redial(pool: Pool, caller: HookCaller, start: Callable[[HookRequested]
     closed failure after the pause its device was told, so the reservations of a hook that
     was down are decided as soon as it is back, whatever their devices do meanwhile; a
     request whose record or instance was lost. A hook whose breaker is open is skipped
-    until its pause is over (its calls would fail at once). Returns how many it started."""
-    due = await hooks.due_again(pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, REDIAL_BATCH)
+    until its pause is over (its calls would fail at once), left out of the round's query:
+    a hook down with a round's worth of calls would otherwise fill every round. Returns
+    how many it started."""
+    due = await hooks.due_again(
+        pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, REDIAL_BATCH, skip=caller.paused_hooks()
+    )
     started = 0
     for call_id, registration_id, request_id in due:
         if caller.paused(registration_id):

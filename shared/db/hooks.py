@@ -336,6 +336,9 @@ REDIAL = """
     SELECT c.call_id, c.registration_id::text, c.request_id::text FROM registration_hook_calls c
     JOIN registrations r ON r.id = c.registration_id
     WHERE c.outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired') AND c.device_id IS NOT NULL
+      -- hooks whose breaker is open: their calls would fail at once, and as the oldest they
+      -- would fill every round's limit, so no other hook's failed call would be made again
+      AND NOT (c.registration_id = ANY($4::uuid[]))
       AND CASE c.outcome
             WHEN 'waiting' THEN c.created_at < now() - make_interval(secs => $2::float8)
             WHEN 'calling'
@@ -345,12 +348,13 @@ REDIAL = """
 
 
 async def due_again(
-    pool: Pool, after_s: float, lost_after_s: float, limit: int
+    pool: Pool, after_s: float, lost_after_s: float, limit: int, skip: Sequence[str] = ()
 ) -> list[tuple[str, str, str]]:
     """(call ID, registration ID, request ID) of calls to make again: failed more than
     ``after_s`` seconds ago, or asked for (or in flight past the hook's timeout) more than
-    ``lost_after_s`` ago without a result; oldest first, at most ``limit``."""
-    rows = await pool.fetch(REDIAL, after_s, lost_after_s, limit)
+    ``lost_after_s`` ago without a result; oldest first, at most ``limit``; none of the
+    registrations ``skip`` names (hooks not to call now)."""
+    rows = await pool.fetch(REDIAL, after_s, lost_after_s, limit, list(skip))
     return [(r["call_id"], r["registration_id"], r["request_id"]) for r in rows]
 
 
