@@ -69,6 +69,7 @@ async def test_a_hook_down_for_30_s_strands_no_device_of_its_storm_and_slows_no_
         b = await storm_b
         await hook.come_back()
         a = await storm_a
+        await hook.read_calls()
     finally:
         await hook.stop()
     returned_at = hook.returned_at
@@ -146,6 +147,7 @@ async def test_every_request_of_an_attempt_retried_while_the_hook_was_down_is_an
         assert [(a.status, a.body["status"]) for a in sent] == [(202, "pending")] * 2, [a.body for a in sent]
         await hook.come_back()
         answers = [await _final(session, system.device_url, a.body["request_id"]) for a in sent]
+        await hook.read_calls()
     finally:
         await hook.stop()
     assert [a["status"] for a in answers] == ["ready", "ready"], answers

@@ -1,10 +1,10 @@
 """A registration hook and device storms against it (issue 27), for the e2e storm test
 (tests/e2e/test_registration_hook_storm.py) and the benchmark (tests/bench/hooks.py).
 
-:class:`StormHook` is the operator's hook as an aiohttp server in the calling process:
-it allows every claim after ``delay_s``, or is down (answers 503, or refuses connections:
-nothing listens) until :meth:`StormHook.come_back`; it records every call it received,
-when, and whether it was down. :func:`boot` runs ``cli.simulate`` devices (the native
+:class:`StormHook` is the operator's hook, an aiohttp server in a process of its own
+(tests/support/hook_server.py): it allows every claim after ``delay_s``, or is down
+(answers 503, or refuses connections: nothing listens) until :meth:`StormHook.come_back`;
+it records every call it received, when, and whether it was down. :func:`boot` runs ``cli.simulate`` devices (the native
 two-call boot, as ``fleetreg simulate`` does: register, poll a ``pending`` answer after
 its ``Retry-After``, verify the inline files, confirm ``ready``), closed loop or started at
 a fixed rate, and notes when each device finished (the test's clock, ``time.monotonic``).
@@ -13,7 +13,7 @@ a fixed rate, and notes when each device finished (the test's clock, ``time.mono
 from __future__ import annotations
 
 import asyncio
-import json
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-from aiohttp import web
 
 from cli.simulate import DeviceApi, DeviceResult, FleetPlan, RunOptions, boot_device
 from tests.support.api import Operator
-from tests.support.system import free_port
+from tests.support.system import ROOT, free_port
 
 # How a hook is down: it answers 503, or nothing listens on its port (connection refused).
 Outage = Literal["503", "refused"]
@@ -39,69 +38,84 @@ DEVICE_OPTIONS = RunOptions(request_timeout_s=60.0, deadline_s=600.0, two_call=T
 @dataclass(frozen=True)
 class HookCall:
     """One call the hook received: when (``time.monotonic``), whether it was down then
-    (answered 503), and the request's ``data`` (request ID, hardware IDs, decision...)."""
+    (answered 503), its own answering time (ms; None while down) and the request's
+    ``data`` (request ID, hardware IDs, decision...)."""
 
     at: float
     down: bool
+    answering_ms: float | None
     data: dict[str, Any]
 
 
 @dataclass
 class StormHook:
-    """The hook server: allows every claim after ``delay_s`` (seconds), unless down."""
+    """The hook (tests/support/hook_server.py, a process of its own, so that the load
+    generator's devices never hold its answers): allows every claim after ``delay_s``
+    (seconds), unless down."""
 
     port: int
     outage: Outage = "503"
     delay_s: float = 0.0
-    down: bool = False
     returned_at: float | None = None  # when it came back (time.monotonic)
-    calls: list[HookCall] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)  # its own answering time, allowed calls
-    _runner: web.AppRunner | None = None
-    _site: web.TCPSite | None = None
+    calls: list[HookCall] = field(default_factory=list)  # as of the last :meth:`read_calls`
+    _process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    async def _answer(self, request: web.Request) -> web.Response:
-        started = time.monotonic()
-        body = json.loads(await request.read())
-        down = self.down
-        self.calls.append(HookCall(started, down, body.get("data", {})))
-        if down:
-            return web.json_response({"error": "down for maintenance"}, status=503)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        self.latencies_ms.append((time.monotonic() - started) * 1000)
-        return web.json_response({"allow": True})
-
     async def start(self, *, down: bool = False) -> None:
         """Serve; ``down``: from the start, until :meth:`come_back` (with the ``refused``
         outage nothing listens meanwhile)."""
-        app = web.Application()
-        app.router.add_post("/hook", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.down = down
-        if not (down and self.outage == "refused"):
-            await self._listen()
+        if down and self.outage == "refused":
+            return
+        await self._spawn(down)
 
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await self._site.start()
+    async def _spawn(self, down: bool) -> None:
+        args = [str(self.port), str(self.delay_s), *(["--down"] if down else [])]
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.support.hook_server", *args, cwd=ROOT
+        )
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(self._control("calls")) as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    if time.monotonic() > deadline or self._process.returncode is not None:
+                        raise
+                await asyncio.sleep(0.1)
+
+    def _control(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/control/{name}"
 
     async def come_back(self) -> None:
         """The hook answers again (it allows every claim from now on)."""
-        if self._site is None:
-            await self._listen()
-        self.down = False
-        self.returned_at = time.monotonic()
+        if self._process is None:
+            await self._spawn(down=False)
+            self.returned_at = time.monotonic()
+            return
+        async with aiohttp.ClientSession() as session, session.post(self._control("up")) as response:
+            self.returned_at = float((await response.json())["at"])
+
+    async def read_calls(self) -> list[HookCall]:
+        """Every call the hook received so far (also kept as :attr:`calls`)."""
+        if self._process is None:
+            return self.calls
+        async with aiohttp.ClientSession() as session, session.get(self._control("calls")) as response:
+            self.calls = [HookCall(at, down, ms, data) for at, down, ms, data in await response.json()]
+        return self.calls
+
+    def answering_ms(self, since: int = 0) -> list[float]:
+        """The hook's own answering times (ms) of the allowed calls, from the ``since``-th call."""
+        return [c.answering_ms for c in self.calls[since:] if c.answering_ms is not None]
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
 
     def calls_after_return(self) -> list[HookCall]:
         return [
