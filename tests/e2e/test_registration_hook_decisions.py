@@ -19,8 +19,10 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook as Verifier
 
+from services.intake.compat.handlers import PENDING
 from shared.db.pool import Pool
 from tests.support.api import Operator, register
+from tests.support.reference_client import ReferenceClient, ReferenceDevice, read_answer
 from tests.support.system import LOGS, System, free_port
 
 
@@ -245,8 +247,40 @@ async def test_a_registration_without_a_hook_never_waits_for_one(
     assert answer.body["status"] == "ready" and hook.calls == []
 
 
+async def test_the_reference_protocol_is_answered_at_step_2_and_waits_for_the_hook_at_step_5(
+    system: System, operator: Operator, session: aiohttp.ClientSession, pool: Pool, hook: HookServer
+) -> None:
+    """apv/v27: step 2 answers as without a hook (H, then H-1 for a copied image); step 5
+    is pending while the hook is down and hands out the secret once it allowed; a denied
+    board is told it is not registered. Reference devices get the name, not the data file."""
+    registration = await _hooked(operator, hook, hook_timeout_ms=300)
+    code = registration["bulk_identification_code"]
+    client = ReferenceClient(session, system.compat_url, system.tls_ca)
+    hook.status, hook.answer = 503, {}
+    board = ReferenceDevice(code, f"HR-{uuid.uuid4().hex[:8]}")
+    # Down: step 2 answers at once, step 5 stays pending (the client gives up for this boot).
+    assert await client.boot(board, pending_retries=3) == f"failed: {PENDING}"
+    step2 = [text for method, path, _, text in client.calls if "friendly/configuration" in path]
+    assert read_answer(step2[-1])["status"] == "true"
+    hook.status, hook.answer = 200, {"allow": True, "name": "reference board", "data": {"k": "v"}}
+    assert await client.boot(board) == "provisioned"
+    device = await _device(pool, operator.account_id, board.hardware_id)
+    assert device is not None and device["name"] == "reference board"
+    assert hook.bodies()[-1]["data"]["protocol"] == "compat"
+
+    # A copy of its image on another board: step 2 answers reset with H-1 before any hook
+    # answer; the hook denies it, so its step 5 is refused.
+    hook.answer = {"allow": False, "reason": "unknown board"}
+    copy = board.clone_image()
+    assert await client.boot(copy) == "reset"
+    assert copy.hardware_id == f"{board.hardware_id}-1"
+    result = await client.boot(copy)
+    assert result.startswith("failed:") and result != f"failed: {PENDING}", result
+    assert await _device(pool, operator.account_id, copy.hardware_id) is None
+
+
 def test_no_hook_secret_in_any_log(system: System) -> None:
-    """Run last in this module: every secret the tests above issued stays out of the logs."""
+    """Every hook secret issued (and every receiver token in a hook URL) stays out of the logs."""
     # A hook secret is "whsec_" and base64; the URL's query carries the receiver's token.
     for path in LOGS.glob("*.log"):
         text = path.read_text(errors="replace")
