@@ -132,6 +132,12 @@ async def test_an_allow_enriches_the_device_and_the_call_is_signed(
         device["id"],
     )
     assert row is not None and (row["outcome"], row["attempts"], row["http_status"]) == ("allow", 1, 200)
+    # The operator sees the call beside the decision, and the allow in the device's history.
+    trail = await operator.call("GET", "/v1/registration-decisions?limit=20", expect=200)
+    decided = next(d for d in trail["decisions"] if d["request_id"] == answer.body["request_id"])
+    assert decided["hook"]["outcome"] == "allow" and decided["hook"]["latency_ms"] >= 0
+    shown = await operator.call("GET", f"/v1/devices/{device['id']}", expect=200)
+    assert "hook_allowed" in {entry["kind"] for entry in shown["history"]}, shown["history"]
 
     # The same attempt again (its Idempotency-Key): the answer is reused, no second call.
     again = await register(session, system.device_url, code, hardware_id, cpu_id="c1", idempotency_key="k1")
