@@ -21,9 +21,11 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from services.intake.compat.handlers import PENDING
 from shared.db.pool import Pool
+from shared.domain import hooks, webhooks
 from tests.support.api import Operator, register
+from tests.support.bulk import bulk_product, csv_rows, csv_text, publish_and_wait, upload
 from tests.support.reference_client import ReferenceClient, ReferenceDevice, read_answer
-from tests.support.system import LOGS, System, free_port
+from tests.support.system import LOGS, TEST_SECRET_KEY, System, free_port
 
 
 @dataclass
@@ -292,3 +294,47 @@ def test_no_hook_secret_in_any_log(system: System) -> None:
         text = path.read_text(errors="replace")
         assert "whsec_" not in text, path
         assert "receiver-token" not in text, path
+
+
+async def test_a_bulk_claim_asks_the_hook_and_a_denial_puts_the_device_back(
+    system: System, operator: Operator, session: aiohttp.ClientSession, pool: Pool, hook: HookServer
+) -> None:
+    """A bulk registration's hook is asked about the claim of a listed device (decision
+    ``claim``): denied, the device is preregistered again (its key still works for a later
+    attempt); allowed, it registers with the hook's name."""
+    product_id = await bulk_product(operator)
+    rows = csv_rows(1)
+    key, hardware_id, _ = rows[0]
+    status, registration = await upload(
+        session, system.bulk_url, operator, product_id, csv_text(rows).encode()
+    )
+    assert status == 201, registration
+    await publish_and_wait(session, system.bulk_url, operator, registration["id"])
+    # The hook set in the registry (the bulk API's own setting is tested with the API).
+    secret = webhooks.new_secret()
+    sealed = webhooks.SecretBox(TEST_SECRET_KEY.encode(), hooks.HOOK_SECRETS).seal(registration["id"], secret)
+    await pool.execute(
+        "UPDATE registrations SET hook_url = $2, hook_secret_sealed = $3 WHERE id = $1",
+        registration["id"],
+        hook.url,
+        sealed,
+    )
+    code = (await operator.call("GET", f"/v1/products/{product_id}", expect=200))["bulk_identification_code"]
+
+    hook.answer = {"allow": False, "reason": "returned to the factory"}
+    denied = await register(
+        session, system.device_url, code, hardware_id, registration_key=key, cpu_id="c1", idempotency_key="a"
+    )
+    assert (denied.status, denied.body["reason_code"]) == (403, "hook_denied"), denied.body
+    device = await _device(pool, operator.account_id, hardware_id)
+    assert device is not None and device["lifecycle"] == "preregistered"
+    Verifier(secret).verify(*reversed(hook.calls[-1]))
+    assert hook.bodies()[-1]["data"]["decision"] == "claim"
+
+    hook.answer = {"allow": True, "name": "refurbished unit"}
+    allowed = await register(
+        session, system.device_url, code, hardware_id, registration_key=key, cpu_id="c1", idempotency_key="b"
+    )
+    assert (allowed.status, allowed.body["status"]) == (200, "ready"), allowed.body
+    device = await _device(pool, operator.account_id, hardware_id)
+    assert device is not None and (device["lifecycle"], device["name"]) == ("registered", "refurbished unit")
