@@ -389,7 +389,7 @@ async def _decide_and_record(
                 desks.append(desk)
         await decisions.record_decisions(conn, [r for r in records if recorded(r.account_id)])
         for desk in desks:  # after the devices they reserve are written
-            await desk.record(conn)
+            await desk.record(conn, out)
         await alerts.record(conn, out.sightings)
     return out
 
@@ -492,9 +492,16 @@ class _HookDesk:
                 account_id=record.account_id,
             )
 
-    async def record(self, conn: Connection) -> None:
+    async def record(self, conn: Connection, out: _Outcome) -> None:
+        """Write the reservations and attach the retries; a retry whose row was answered
+        since it was read (the ruling committed meanwhile) is released: it publishes its
+        decision as a claim of a device no longer reserved."""
         await hooks.reserve(conn, list(self.new.values()))
-        await hooks.attach(conn, self.attached)
+        attached = await hooks.attach(conn, self.attached)
+        for call_id, request_id, _ in self.attached:
+            if call_id not in attached:
+                out.held.pop(request_id, None)
+                out.provisional.pop(request_id, None)
 
 
 def _longest_creation_window(limits: Limits) -> float:
