@@ -59,7 +59,7 @@ def make_app(serials: dict[str, Enrichment], secret: str) -> web.Application:
         return web.json_response(answer)
 
     app = web.Application(client_max_size=64 * 1024)
-    app.router.add_post("/", decide)
+    app.router.add_post("/{path:.*}", decide)  # any path: the hook URL may carry its own
     return app
 
 

@@ -24,12 +24,15 @@ STARTUP_S = 30.0  # the process's start (an import of aiohttp on a busy machine)
 
 
 @contextlib.asynccontextmanager
-async def reference_hook(folder: Path, secret: str, serials: str = SERIALS) -> AsyncIterator[str]:
-    """Start the reference hook with ``serials`` as its CSV (written under ``folder``) and
-    ``secret``; yields its URL once it listens, and stops it on exit."""
+async def reference_hook(
+    folder: Path, secret: str, serials: str = SERIALS, port: int | None = None
+) -> AsyncIterator[str]:
+    """Start the reference hook on ``port`` (a free one by default) with ``serials`` as its
+    CSV (written under ``folder``) and ``secret``; yields its URL once it listens, and
+    stops it on exit."""
     csv = folder / "serials.csv"
     csv.write_text(serials, encoding="utf-8")
-    port = free_port()
+    port = port or free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
