@@ -14,7 +14,7 @@ from shared.http import parse_json_body, path_id, query_params
 
 
 @authed()
-async def test_auto_hook(request: web.Request, account: Account) -> Json:
+async def try_auto_hook(request: web.Request, account: Account) -> Json:
     """A read-only key may not test (POST: a write): the call is a signed request."""
     r = resources(request)
     registration_id = path_id(request, "registration_id")
@@ -35,6 +35,6 @@ async def list_auto_hook_calls(request: web.Request, account: Account) -> Json:
 
 
 ROUTES: list[web.RouteDef] = [
-    web.post("/v1/auto-registrations/{registration_id}/hook/test", test_auto_hook),
+    web.post("/v1/auto-registrations/{registration_id}/hook/test", try_auto_hook),
     web.get("/v1/auto-registrations/{registration_id}/hook/calls", list_auto_hook_calls),
 ]

@@ -78,7 +78,7 @@ async def remove_hook(request: web.Request, operator: Operator, form: Form) -> s
 
 
 @action()
-async def test_hook(request: web.Request, operator: Operator, form: Form) -> str:
+async def try_hook(request: web.Request, operator: Operator, form: Form) -> str:
     """One real call with a sample request (the ``hardware_id`` field, SAMPLE-0001 when
     empty); its result is shown once on the registration's page."""
     registration_id = path_id(request, "registration_id")
@@ -99,5 +99,5 @@ async def test_hook(request: web.Request, operator: Operator, form: Form) -> str
 ROUTES: list[web.RouteDef] = [
     web.post("/auto-registrations/{registration_id}/hook", set_hook),
     web.post("/auto-registrations/{registration_id}/hook/remove", remove_hook),
-    web.post("/auto-registrations/{registration_id}/hook/test", test_hook),
+    web.post("/auto-registrations/{registration_id}/hook/test", try_hook),
 ]
