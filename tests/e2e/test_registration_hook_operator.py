@@ -21,7 +21,7 @@ from shared.db.pool import Pool
 from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.support.api import Operator, new_operator
 from tests.support.reference_hook import reference_hook
-from tests.support.system import System, free_port
+from tests.support.system import LOGS, System, free_port
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ async def test_a_test_call_reaches_the_hook_signed_and_answers_its_ruling(
     operator: Operator, hooked: Hooked
 ) -> None:
     registration_id = hooked.registration["id"]
+    offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
     sample = await operator.call("POST", _test_path(registration_id), expect=200)
     assert (sample["hardware_id"], sample["outcome"], sample["http_status"], sample["error"]) == (
         "SAMPLE-0001",
@@ -96,6 +97,11 @@ async def test_a_test_call_reaches_the_hook_signed_and_answers_its_ruling(
     ]
     calls = await operator.call("GET", f"/v1/auto-registrations/{registration_id}/hook/calls", expect=200)
     assert calls == {"calls": []}
+    # The secret signs the calls; no service logs it.
+    for path in LOGS.glob("*.log"):
+        with path.open("rb") as log:
+            log.seek(offsets.get(path, 0))
+            assert hooked.registration["hook_secret"][6:22].encode() not in log.read(), path
 
 
 async def test_a_failing_hook_is_answered_with_its_failure(operator: Operator) -> None:
