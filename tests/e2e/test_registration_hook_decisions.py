@@ -138,6 +138,10 @@ async def test_an_allow_enriches_the_device_and_the_call_is_signed(
     trail = await operator.call("GET", "/v1/registration-decisions?limit=20", expect=200)
     decided = next(d for d in trail["decisions"] if d["request_id"] == answer.body["request_id"])
     assert decided["hook"]["outcome"] == "allow" and decided["hook"]["latency_ms"] >= 0
+    calls = await operator.call("GET", f"/v1/auto-registrations/{registration['id']}/hook/calls", expect=200)
+    [listed] = calls["calls"]
+    assert (listed["hardware_id"], listed["decision"], listed["outcome"]) == (hardware_id, "new", "allow")
+    assert listed["request_id"] == answer.body["request_id"] and listed["device_id"] == device["id"]
     shown = await operator.call("GET", f"/v1/devices/{device['id']}", expect=200)
     assert "hook_allowed" in {entry["kind"] for entry in shown["history"]}, shown["history"]
 
