@@ -3,16 +3,13 @@ as an operator runs it: its secret in FLEETREG_HOOK_SECRET, never on its command
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from cli.reference_hook import reference_hook as demo_hook
 from tests.support.system import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 # The serials the tests' hooks allow: two enriched rows and one without a batch.
 SERIALS = (
     "hardware_id,name,category_a,category_b,site,batch\n"
@@ -20,7 +17,6 @@ SERIALS = (
     "SN-0002,pump-0002,pumps,line-2,Lyon,2026-11\n"
     "SN-0003,valve-0003,valves,line-1,Porto,\n"
 )
-STARTUP_S = 30.0  # the process's start (an import of aiohttp on a busy machine), not a speed check
 
 
 @contextlib.asynccontextmanager
@@ -29,31 +25,8 @@ async def reference_hook(
 ) -> AsyncIterator[str]:
     """Start the reference hook on ``port`` (a free one by default) with ``serials`` as its
     CSV (written under ``folder``) and ``secret``; yields its URL once it listens, and
-    stops it on exit."""
+    stops it on exit (the demo's own starter, cli/reference_hook.py)."""
     csv = folder / "serials.csv"
     csv.write_text(serials, encoding="utf-8")
-    port = port or free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "examples.registration_hook",
-        "--csv",
-        str(csv),
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env={**os.environ, "FLEETREG_HOOK_SECRET": secret, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None and process.stderr is not None
-        ready = await asyncio.wait_for(process.stdout.readline(), STARTUP_S)
-        if b"registration hook on" not in ready:
-            problem = await process.stderr.read()
-            raise RuntimeError(f"the reference hook did not start: {ready!r} {problem[-2000:]!r}")
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        await process.wait()
+    async with demo_hook(csv, secret, port or free_port()) as url:
+        yield url
