@@ -37,6 +37,8 @@ class HookServer:
     status: int = 200
     answer: dict[str, Any] = field(default_factory=lambda: {"allow": True})
     delay_s: float = 0.0
+    raw: bytes | None = None  # sent instead of ``answer`` (garbage)
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. a redirect's Location
     calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
     def bodies(self) -> list[dict[str, Any]]:
@@ -52,7 +54,9 @@ async def hook() -> AsyncIterator[HookServer]:
         server.calls.append((dict(request.headers), await request.read()))
         if server.delay_s:
             await asyncio.sleep(server.delay_s)
-        return web.json_response(server.answer, status=server.status)
+        if server.raw is not None:
+            return web.Response(body=server.raw, status=server.status, headers=server.headers)
+        return web.json_response(server.answer, status=server.status, headers=server.headers)
 
     app = web.Application()
     app.router.add_post("/approve", answer)
@@ -244,6 +248,46 @@ async def test_fail_open_decides_without_the_hook_and_records_it(
     )
     assert row is not None and row["outcome"] == "failed_open"
     assert json.loads(row["answer"])["failure"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "headers", "failure"),
+    [
+        (200, b"<html>not json</html>", {}, "malformed"),
+        (200, b'{"allow": "yes"}', {}, "malformed"),
+        (200, b"[true]", {}, "malformed"),
+        (302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}, "redirect"),
+        (500, b"{}", {}, "http_error"),
+    ],
+)
+async def test_a_hook_answering_garbage_a_redirect_or_500_is_a_failure_never_a_decision(
+    system: System,
+    operator: Operator,
+    session: aiohttp.ClientSession,
+    pool: Pool,
+    hook: HookServer,
+    status: int,
+    raw: bytes,
+    headers: dict[str, str],
+    failure: str,
+) -> None:
+    """Under fail open the device is decided without the hook, and the call row says what
+    the hook did wrong (under fail closed the same failures answer pending: above)."""
+    registration = await _hooked(operator, hook, hook_failure="open")
+    hook.status, hook.raw, hook.headers = status, raw, headers
+    hardware_id = f"HG-{uuid.uuid4().hex[:8]}"
+    answer = await register(session, system.device_url, registration["bulk_identification_code"], hardware_id)
+    assert (answer.status, answer.body["status"]) == (200, "ready"), answer.body
+    row = await pool.fetchrow(
+        "SELECT c.outcome, c.answer, c.http_status FROM registration_hook_calls c"
+        " JOIN devices d ON d.id = c.device_id WHERE d.account_id = $1 AND d.hardware_id = $2",
+        operator.account_id,
+        hardware_id,
+    )
+    assert row is not None and row["outcome"] == "failed_open"
+    assert (json.loads(row["answer"])["failure"], row["http_status"]) == (failure, status)
+    device = await _device(pool, operator.account_id, hardware_id)
+    assert device is not None and device["hook_data"] is None  # no enrichment from a failure
 
 
 async def test_a_registration_without_a_hook_never_waits_for_one(
