@@ -102,8 +102,9 @@ async def redial(
     closed failure after the pause its device was told, so the reservations of a hook that
     was down are decided as soon as it is back, whatever their devices do meanwhile; a
     request whose record or instance was lost. A hook whose breaker is open is skipped
-    until its pause is over (its calls would fail at once). Returns how many it started."""
-    due = await hooks.due_again(pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, REDIAL_BATCH)
+    until its pause is over (its calls would fail at once), then lets one trial through.
+    At most ``limit`` calls a round, the oldest first. Returns how many it started."""
+    due = await hooks.due_again(pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, limit)
     started = 0
     trials: set[str] = set()
     for call_id, registration_id, request_id in due:
