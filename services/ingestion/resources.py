@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from services.ingestion import handlers
-from services.ingestion.settings import BulkLimits, IngestionSettings, UploadBounds
+from services.ingestion.settings import BulkLimits, HookOptions, IngestionSettings, UploadBounds
 from services.ingestion.uploads import UploadGate
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring
 from shared.kafka import Producer, Topics
 from shared.pipeline import open_registry_and_broker
+from shared.settings import Secret
 from shared.throttle import THROTTLE, open_throttle
 
 SERVICE = "ingestion"
@@ -29,6 +30,8 @@ class Resources:
     limits: BulkLimits
     bounds: UploadBounds
     gate: UploadGate
+    secret_key: Secret  # FLEETREG_SECRET_KEY: seals a registration hook's signing secret
+    hooks: HookOptions
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -45,7 +48,15 @@ def resources_context(settings: IngestionSettings) -> Callable[[web.Application]
             )
             keyring = Keyring(pipeline.secret_key.reveal().encode())
             app[RESOURCES] = Resources(
-                pool, producer, topics, keyring, settings.limits, settings.bounds, UploadGate(settings.bounds)
+                pool,
+                producer,
+                topics,
+                keyring,
+                settings.limits,
+                settings.bounds,
+                UploadGate(settings.bounds),
+                pipeline.secret_key,
+                settings.hooks,
             )
             yield
 

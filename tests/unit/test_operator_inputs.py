@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from services.operator.handlers.auto_inputs import hook_change
 from services.operator.handlers.auto_inputs import max_devices_of as _max_devices
 from shared.errors import InvalidInput
+from shared.hook_settings import hook_change
 from shared.settings import Secret
 
 

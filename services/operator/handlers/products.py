@@ -7,12 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.operator.handlers.auto_inputs import (
-    attestation_of,
-    hardware_id_from_of,
-    hook_change,
-    max_devices_of,
-)
+from services.operator.handlers.auto_inputs import attestation_of, hardware_id_from_of, max_devices_of
 from shared.db import attestation, certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
@@ -29,6 +24,7 @@ from shared.domain.products import (
     validate_service_change,
 )
 from shared.errors import InvalidInput, shortened
+from shared.hook_settings import hook_change, store_hook_change
 from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
@@ -125,12 +121,8 @@ async def create_auto_registration(
     hardware_id_from = hardware_id_from_of(body, attestation_mode)
     new_id = str(uuid.uuid4())
     hook = await hook_change(
-        body, new_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview
+        body, new_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview, creation=True
     )
-    if hook.hook is None and (hook.timeout_ms is not None or hook.failure is not None):
-        raise InvalidInput(
-            "hook_timeout_ms and hook_failure need a hook_url", field="hook_url", rule="required"
-        )
     if attestation_mode == "derived_key":
         box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
         issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
@@ -247,17 +239,7 @@ async def update_auto_registration(
     )
     if "max_devices" in body:
         await registrations.set_max_devices(pool, account, registration_id, max_devices)
-    if not hook.empty:
-        await registrations.set_hook(
-            pool,
-            account,
-            registration_id,
-            url_changes=hook.url_changes,
-            url=hook.hook.url if hook.hook else None,
-            secret_sealed=hook.hook.secret_sealed if hook.hook else None,
-            timeout_ms=hook.timeout_ms,
-            failure=hook.failure,
-        )
+    await store_hook_change(pool, account, AUTO, registration_id, hook)
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, hook_secret=hook.secret)
 

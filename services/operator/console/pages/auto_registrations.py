@@ -25,7 +25,7 @@ from services.operator.handlers import products as handlers
 from services.operator.views import attestation as attestation_views
 from services.operator.views import hooks as hook_views
 from services.operator.views import products as views
-from services.operator.views.common import masked_url
+from shared.domain.accounts import masked_url
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
 
