@@ -5,8 +5,8 @@ serves them), and the record of each file rendered (its name, size and SHA-256).
 Nothing secret is stored: the files are rendered again from the same recipe
 (:func:`shared.domain.provisioning.file_spec`) on download and checked against the
 recorded digest. The registration hook's enrichment data file is not recorded: it holds
-no secret and is rendered from ``devices.hook_data``, read by the same query, whenever
-the device is read (:attr:`DeviceFiles.registration_data`).
+no secret and is rendered from ``devices.hook_data``, read by the same query
+(:attr:`DeviceFiles.registration_data`).
 """
 
 from __future__ import annotations
@@ -117,10 +117,18 @@ class DeviceFiles:
     disabled: bool
     credential_generation: int
     services: tuple[ServiceFile, ...]
-    # The registration hook's enrichment data file (native protocol only: the intake's
-    # /v1 manifest, its files and the two-call answer list it, the reference protocol
-    # never does); None when the device has no hook data (``devices.hook_data`` NULL).
-    registration_data: DataFile | None = None
+    # ``devices.hook_data`` as the registry's JSON text (None: no data), parsed only by
+    # :attr:`registration_data`, so a reader that serves no data file (provisioning, the
+    # reference protocol) never depends on it.
+    hook_data: str | None = None
+
+    @property
+    def registration_data(self) -> DataFile | None:
+        """The registration hook's enrichment data file (native protocol only: the intake's
+        /v1 manifest, its download and the two-call answer list it; the reference protocol
+        never does); None when the device has no hook data. ValueError for a column that is
+        not a JSON object of string values (the ruling writes nothing else)."""
+        return _registration_data(self.device_id, self.hook_data)
 
     def current(self) -> tuple[ServiceFile, ...]:
         """The files the device downloads: of its current credential generation, rendered
@@ -221,7 +229,7 @@ def _assemble(rows: Sequence[Record]) -> dict[str, DeviceFiles]:
             disabled=r["disabled"],
             credential_generation=r["credential_generation"],
             services=tuple(services[device_id]),
-            registration_data=_registration_data(device_id, r["hook_data"]),
+            hook_data=r["hook_data"],
         )
         for device_id, r in first.items()
     }

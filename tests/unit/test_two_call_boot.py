@@ -116,8 +116,9 @@ async def test_a_registered_device_gets_its_files_as_the_download_renders_them(
 async def test_the_enrichment_data_file_goes_out_last_with_the_services_files(
     reads: list[DeviceFiles | None],
 ) -> None:
-    data = registration_data_file(DEVICE_ID, {"site": 'Berlin "North"', "note": "a\nb"})
-    reads.append(replace(registry(), registration_data=data))
+    hook_data = {"site": 'Berlin "North"', "note": "a\nb"}
+    data = registration_data_file(DEVICE_ID, hook_data)
+    reads.append(replace(registry(), hook_data=json.dumps(hook_data)))
     answer = await handlers.with_files(POOL, KEYRING, ready())
     assert answer.boot is not None and answer.boot.data == data
     device = answer.boot.device
