@@ -11,6 +11,7 @@ cache listens to. The lead adds the end-to-end version through a real hook.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -245,3 +246,45 @@ async def test_the_agent_writes_the_data_file_and_a_check_in_delivers_new_data(
     assert (await board.boot()).code == 0
     assert sorted(board.files()) == ["bulk/00-bulk.conf", "ssh/01-ssh.conf"]
     assert board.hook_calls()[-1] == [DATA_SERVICE]
+
+
+async def test_the_agents_first_boot_path_writes_the_data_file_from_the_two_call_answer(
+    system: System, operator: Operator, pool: Pool, tmp_path: Path, shell: str
+) -> None:
+    """The first-boot path (register with include=files, the files inline): after the
+    operator's reset the agent registers again, and the data the device has by then
+    (written here after the reset, as the ruling writes it before the device is released)
+    comes inline with the services' files."""
+    code = (await operator.product([{"type": "ssh", "port": 22}]))["bulk_identification_code"]
+    (tmp_path / "board").mkdir()
+    board = Agent(
+        tmp_path / "board",
+        shell,
+        {
+            "SERVER_URL": system.device_url,
+            "CODE": code,
+            "HARDWARE_ID": hardware_id(),
+            "CPU_ID": "c2",
+            "MAC": "m2",
+        },
+    )
+    assert (await board.boot()).code == 0
+    device_id = str(board.state("device_id"))
+    for _ in range(100):
+        found = await operator.call("GET", f"/v1/devices/{device_id}", expect=200)
+        if found["lifecycle"] == "provisioned":
+            break
+        await asyncio.sleep(0.05)
+    await operator.call("POST", f"/v1/devices/{device_id}/reset", expect=200)
+    await set_hook_data(pool, device_id, DATA)
+
+    for _ in range(20):  # the reset reaches every intake within its delivery time
+        again = await board.boot()
+        assert again.code == 0, again.log
+        if "register" in again.events:
+            break
+        await asyncio.sleep(0.1)
+    assert "reason_code=credentials_replaced" in again.log, again.log
+    assert board.state("device_id") == device_id
+    assert data_of(board.files()[f"{DATA_SERVICE}/{DATA_FILE}"])[1] == DATA
+    assert "file_written service=registration-data name=registration-data.conf" in again.log
