@@ -93,8 +93,9 @@ def sha256_hex(content: bytes) -> str:
 # The registration hook's enrichment data (docs/registration-hook.md, "The enrichment data
 # file"): one more file in a native device's manifest, framed as every provisioning file is
 # (``#begin``, its provisioning ID, ``key value`` lines, ``#end``), so a device agent that
-# checks that frame (agent/fleetreg-agent ``verify_file``, also the releases before the hook)
-# writes it as it writes the others, into a folder of its own: FILES_DIR/registration-data/.
+# checks that frame (agent/fleetreg-agent ``verify_file``, as already baked into images: a
+# bare JSON file would fail it at every try, and a first boot never gives up) writes it as
+# it writes the others, into a folder of its own: FILES_DIR/registration-data/.
 # Its one ``data`` line is the data as canonical JSON (below): unambiguous for any key or
 # value (spaces, ``=``, quotes, newlines, any Unicode) and read by any JSON parser.
 REGISTRATION_DATA_SERVICE = "registration-data"
