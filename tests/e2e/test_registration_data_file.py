@@ -57,6 +57,30 @@ async def set_hook_data(pool: Pool, device_id: str, data: dict[str, str] | None)
         await conn.execute("SELECT pg_notify('fleetreg_invalidate', 'device:' || $1::text)", device_id)
 
 
+async def until_served(
+    session: aiohttp.ClientSession, url: str, device_id: str, secret: str, data: dict[str, str] | None
+) -> None:
+    """Until the native API serves ``data`` (None: no data file) to the device: the change
+    reaches the intakes' device cache within the delivery time of its invalidation
+    (milliseconds; docs/device-api.md), so a call sent at once may still be answered as
+    before."""
+    headers = {"Authorization": f"Bearer {secret}"}
+    served: object = "nothing"
+    for _ in range(200):
+        async with session.get(f"{url}/v1/devices/{device_id}/manifest", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            entry = data_entry(await r.json())
+        if entry is None:
+            served = None
+        else:
+            async with session.get(entry["url"], headers=headers) as r:
+                served = data_of(await r.read())[1] if r.status == 200 else "a failed download"
+        if served == data:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the intake serves {served!r}, not {data!r}")
+
+
 def data_of(content: bytes) -> tuple[str, dict[str, str]]:
     """The provisioning ID and the data a device reads from the file: the frame every
     provisioning file has (#begin, its ID, key value lines, #end), one ``data`` line of JSON
@@ -135,7 +159,9 @@ async def test_the_data_file_is_in_the_manifest_the_two_call_answer_and_the_down
 
     # New data: a new digest (the provisioning ID stays the device's); the same data again:
     # the same bytes.
+    secret = answer.body["device_secret"]
     await set_hook_data(pool, device_id, {**DATA, "site": "Hamburg"})
+    await until_served(session, system.device_url, device_id, secret, {**DATA, "site": "Hamburg"})
     changed = data_entry(await manifest_of(session, system.device_url, answer))
     assert changed is not None and changed["sha256"] != listed["sha256"]
     assert changed["provisioning_id"] == provisioning_id
@@ -143,17 +169,21 @@ async def test_the_data_file_is_in_the_manifest_the_two_call_answer_and_the_down
     assert status == 200 and data_of(served)[1]["site"] == "Hamburg"
     assert hashlib.sha256(served).hexdigest() == changed["sha256"]
     await set_hook_data(pool, device_id, dict(reversed(list(DATA.items()))))
+    await until_served(session, system.device_url, device_id, secret, DATA)
     assert data_entry(await manifest_of(session, system.device_url, answer)) == listed
 
     # An empty object is a file too; NULL is none.
     await set_hook_data(pool, device_id, {})
+    await until_served(session, system.device_url, device_id, secret, {})
     status, served = await download(session, system.device_url, answer)
     assert status == 200 and data_of(served) == (provisioning_id, {})
     await set_hook_data(pool, device_id, None)
+    await until_served(session, system.device_url, device_id, secret, None)
     assert data_entry(await manifest_of(session, system.device_url, answer)) is None
     assert (await download(session, system.device_url, answer))[0] == 404
     # The text form (an agent's) lists it like the other files.
     await set_hook_data(pool, device_id, DATA)
+    await until_served(session, system.device_url, device_id, secret, DATA)
     async with session.get(
         system.device_url + answer.body["manifest_url"], headers={**auth(answer), "Accept": "text/plain"}
     ) as r:
@@ -173,6 +203,7 @@ async def test_the_reference_protocol_neither_lists_nor_serves_the_data_file(
     [found] = await operator.devices()
     files = dict(device.files)
     await set_hook_data(pool, found["id"], DATA)
+    await until_served(session, system.device_url, found["id"], device.device_secret, DATA)
 
     before = len(client.calls)
     assert await client.boot(device) == "provisioned"  # a reboot: its secret, its services
@@ -198,7 +229,7 @@ async def test_the_reference_protocol_neither_lists_nor_serves_the_data_file(
 
 
 async def test_the_agent_writes_the_data_file_and_a_check_in_delivers_new_data(
-    system: System, operator: Operator, pool: Pool, tmp_path: Path, shell: str
+    system: System, session: aiohttp.ClientSession, operator: Operator, pool: Pool, tmp_path: Path, shell: str
 ) -> None:
     """agent/fleetreg-agent writes the data file as any provisioning file (the frame it
     checks, size, SHA-256, provisioning ID), into FILES_DIR/registration-data/, runs the
@@ -220,10 +251,11 @@ async def test_the_agent_writes_the_data_file_and_a_check_in_delivers_new_data(
     board.install_hook()
     first = await board.boot()
     assert first.code == 0, first.log
-    device_id = str(board.state("device_id"))
+    device_id, secret = str(board.state("device_id")), str(board.state("secret"))
     assert sorted(board.files()) == ["bulk/00-bulk.conf", "ssh/01-ssh.conf"]
 
     await set_hook_data(pool, device_id, DATA)
+    await until_served(session, system.device_url, device_id, secret, DATA)
     second = await board.boot()
     assert second.code == 0, second.log
     assert "register" not in second.events and "checkin" in second.events, second.log
@@ -233,6 +265,7 @@ async def test_the_agent_writes_the_data_file_and_a_check_in_delivers_new_data(
     assert board.hook_calls()[-1] == [DATA_SERVICE]
 
     await set_hook_data(pool, device_id, {**DATA, "site": "Hamburg"})
+    await until_served(session, system.device_url, device_id, secret, {**DATA, "site": "Hamburg"})
     third = await board.boot()
     assert third.code == 0, third.log
     rewritten = board.files()[f"{DATA_SERVICE}/{DATA_FILE}"]
@@ -243,6 +276,7 @@ async def test_the_agent_writes_the_data_file_and_a_check_in_delivers_new_data(
     assert unchanged.code == 0 and len(board.hook_calls()) == 3  # the first boot's, then two changes
 
     await set_hook_data(pool, device_id, None)
+    await until_served(session, system.device_url, device_id, secret, None)
     assert (await board.boot()).code == 0
     assert sorted(board.files()) == ["bulk/00-bulk.conf", "ssh/01-ssh.conf"]
     assert board.hook_calls()[-1] == [DATA_SERVICE]
