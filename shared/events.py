@@ -221,10 +221,12 @@ class RegistrationOutcome(Event):
     """The final answer to one registration request, for the intake waiting on it."""
 
     TYPE: ClassVar[str] = "registration.outcome"
-    VERSION: ClassVar[int] = 1
+    # 2: the status ``pending`` (a registration hook failed and its policy is fail closed:
+    # the device is answered pending with ``retry_after`` at once; docs/registration-hook.md).
+    VERSION: ClassVar[int] = 2
 
     request_id: Uuid
-    status: Annotated[str, _one_of(("ready", "refused"))]
+    status: Annotated[str, _one_of(("ready", "refused", "pending"))]
     device_id: UuidOrEmpty = ""
     hardware_id: AssignedHardwareIdOrEmpty = ""
     decision: DecisionOrEmpty = ""
@@ -234,7 +236,8 @@ class RegistrationOutcome(Event):
     # registration.refused summary counts refusals by it.
     account_id: UuidOrEmpty = ""
     # A refusal for now (the clone rate per source): seconds after which the same claim may
-    # succeed; the intake answers 429 with Retry-After. 0: the answer is final.
+    # succeed; the intake answers 429 with Retry-After. 0: the answer is final. Of a
+    # ``pending``: the Retry-After the device is told.
     retry_after: RetryAfter = 0
     # The decision's credential generation was no longer the device's when provisioning
     # handled it (a later reclaim before "ready", in the same batch or after): the intake
@@ -254,6 +257,22 @@ class RegistrationOutcome(Event):
             # publishes says "none" or the limit, so the text is never read for those.
             return quota_of_reason(self.reason)
         return self.quota
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequested(Event):
+    """Call a registration's hook about one reserved claim (docs/registration-hook.md):
+    ``call_id`` names its row in ``registration_hook_calls``, which holds everything else
+    (the request's body, the decision to send when it allows). Sent by deduplication after
+    the reservation committed, and again for each retry of a claim not yet allowed; the
+    notifier takes the row with a conditional update, so a repeat calls at most once."""
+
+    TYPE: ClassVar[str] = "registration.hook_requested"
+    VERSION: ClassVar[int] = 1
+
+    call_id: Annotated[str, _text(r"[A-Za-z0-9_-]{1,64}", "a hook call ID")]
+    registration_id: Uuid
+    request_id: Uuid
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +327,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RegistrationRequested,
         RegistrationDecided,
         RegistrationOutcome,
+        HookRequested,
         DeviceSignal,
         BulkPublish,
         BulkPublished,
@@ -470,3 +490,8 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+# registration.outcome 1 -> 2: version 2 added the status "pending"; a version 1 record is
+# one of "ready" or "refused", unchanged.
+register_upcaster(RegistrationOutcome.TYPE, 1, lambda payload: payload)

@@ -116,6 +116,18 @@ class HookCaller:
             found = self._breakers[key] = Breaker(self._breaker_failures, self._breaker_open_s)
         return found
 
+    def paused(self, key: str) -> bool:
+        """Whether the hook's breaker is open and its pause not over: a call now would fail
+        at once (read only: no trial is let through by asking)."""
+        found = self._breakers.get(key)
+        return found is not None and found.paused(self._clock())
+
+    def tripped(self, key: str) -> bool:
+        """Whether the hook's breaker is open (within its pause or past it, waiting for the
+        trial call that closes it)."""
+        found = self._breakers.get(key)
+        return found is not None and found.is_open
+
     async def call(self, hook: Hook, request: HookRequest) -> HookResult:
         """Ask ``hook`` about ``request``; the result is counted in the metrics and, unless
         the hook was not called, by its breaker."""

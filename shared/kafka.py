@@ -46,6 +46,7 @@ from shared.events import (
     BulkPublished,
     DeviceSignal,
     Event,
+    HookRequested,
     RegistrationDecided,
     RegistrationOutcome,
     RegistrationRequested,
@@ -79,6 +80,10 @@ class Topics:
         return f"{self.prefix}.registration.outcomes"
 
     @property
+    def registration_hooks(self) -> str:
+        return f"{self.prefix}.registration.hooks"
+
+    @property
     def device_signals(self) -> str:
         return f"{self.prefix}.device.signals"
 
@@ -95,6 +100,7 @@ class Topics:
             self.registration_requested,
             self.registration_decided,
             self.registration_outcomes,
+            self.registration_hooks,
             self.device_signals,
             self.bulk_publish,
             self.dead_letter,
@@ -132,6 +138,11 @@ def _outcome_key(event: RegistrationOutcome) -> str:
     return event.request_id
 
 
+def _hook_key(event: HookRequested) -> str:
+    # One hook's calls on one partition: a slow hook holds one partition's calls, not all.
+    return event.registration_id
+
+
 def _bulk_key(event: BulkPublish | BulkPublished) -> str:
     # A registration's chunks one after the other, and its announcement after its last chunk.
     return event.registration_id
@@ -145,6 +156,7 @@ PUBLICATIONS: dict[type[Event], Publication[Any]] = {
     DeviceSignal: Publication[DeviceSignal](lambda t: t.device_signals, None),
     RegistrationDecided: Publication(lambda t: t.registration_decided, _decided_key),
     RegistrationOutcome: Publication(lambda t: t.registration_outcomes, _outcome_key),
+    HookRequested: Publication(lambda t: t.registration_hooks, _hook_key),
     BulkPublish: Publication(lambda t: t.bulk_publish, _bulk_key),
     BulkPublished: Publication(lambda t: t.bulk_publish, _bulk_key),
 }

@@ -78,18 +78,27 @@ async def open_registry_and_broker(
 
 
 def consumer_context(
-    service: str, settings: PipelineSettings, subscription: Subscription[R], key: web.AppKey[R]
+    service: str,
+    settings: PipelineSettings,
+    subscription: Subscription[R],
+    key: web.AppKey[R],
+    *,
+    part: str = "",
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup context that runs ``subscription`` with the resources under ``key``
-    (opened by a cleanup context appended before this one)."""
+    (opened by a cleanup context appended before this one). ``part`` names a second
+    subscription of one service (the notifier's registration hooks): its own consumer group
+    (``<group>-<part>``), readiness part and loop name; the readiness probe checks every
+    loop of the service."""
+    group_id = f"{settings.group_id}-{part}" if part else settings.group_id
+    name = f"{service}-{part}" if part else service
+    ready_part = f"consumer_{part}" if part else "consumer"
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         resources = app[key]
         topics = subscription.topics(resources.topics)
         async with contextlib.AsyncExitStack() as stack:
-            consumer = make_consumer(
-                settings.kafka, topics, settings.group_id, max_poll_records=settings.batch_size
-            )
+            consumer = make_consumer(settings.kafka, topics, group_id, max_poll_records=settings.batch_size)
             await consumer.start()
             stack.push_async_callback(consumer.stop)
 
@@ -103,17 +112,24 @@ def consumer_context(
                 counted,
                 dead_letter=(resources.producer, resources.topics.dead_letter),
                 max_records=settings.batch_size,
-                name=service,
+                name=name,
                 transient=BATCH_RETRY_ERRORS,
             )
-            task = asyncio.create_task(loop.run(), name=f"{service}-consumer")
-            app[READINESS]["consumer"] = True
-            app[READINESS_PROBE] = lambda: _consumer_and_database_ok(loop, task, resources.pool)
-            log.info("consuming", extra={"group": settings.group_id, "topics": list(topics)})
+            task = asyncio.create_task(loop.run(), name=f"{name}-consumer")
+            app[READINESS][ready_part] = True
+            earlier = app.get(READINESS_PROBE)
+
+            async def probe() -> bool:
+                if earlier is not None and not await earlier():
+                    return False
+                return await _consumer_and_database_ok(loop, task, resources.pool)
+
+            app[READINESS_PROBE] = probe
+            log.info("consuming", extra={"group": group_id, "topics": list(topics)})
             try:
                 yield
             finally:
-                app[READINESS]["consumer"] = False
+                app[READINESS][ready_part] = False
                 loop.stop()
                 try:
                     await asyncio.wait_for(task, timeout=30)

@@ -13,9 +13,10 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 
-from shared.db import alerts, decisions, devices, products, registrations
+from shared.db import alerts, decisions, devices, hooks, products, registrations
 from shared.db.alerts import (
     BULK_KEY_GUESSING,
     HARDWARE_ID_SQUATTING,
@@ -25,7 +26,9 @@ from shared.db.alerts import (
     AlertSighting,
 )
 from shared.db.decisions import DecisionRecord, RegistryConflict, StoredDecision
-from shared.db.pool import Pool
+from shared.db.hooks import CallState, Reservation
+from shared.db.pool import Connection, Pool
+from shared.domain import hooks as hook_rules
 from shared.domain.admission import REASON_UNKNOWN_CODE, CodeAdmission, admission_refusal, recorded
 from shared.domain.credentials import Keyring
 from shared.domain.dedup import (
@@ -45,7 +48,13 @@ from shared.domain.dedup import (
     quota_of_reason,
 )
 from shared.domain.identifiers import family_stems, hardware_id_ancestors
-from shared.events import DeviceSignal, RegistrationDecided, RegistrationOutcome, RegistrationRequested
+from shared.events import (
+    DeviceSignal,
+    HookRequested,
+    RegistrationDecided,
+    RegistrationOutcome,
+    RegistrationRequested,
+)
 from shared.metrics import (
     PIPELINE_LATENCY,
     QUOTA_REFUSALS,
@@ -73,6 +82,9 @@ class Decisions:
 
     decided: list[RegistrationDecided] = field(default_factory=list)
     refused: list[RegistrationOutcome] = field(default_factory=list)
+    # Reserved claims (their registration has a hook): the call to make, instead of their
+    # registration.decided, which the notifier sends when the hook allows.
+    hooks: list[HookRequested] = field(default_factory=list)
 
     def add(self, answer: _Answer) -> None:
         event = answer.event()
@@ -176,6 +188,11 @@ class _Outcome:
     records: list[DecisionRecord] = field(default_factory=list)
     sightings: list[AlertSighting] = field(default_factory=list)
     raised: list[AlertSighting] = field(default_factory=list)  # the occurrences that crossed a threshold
+    # Request ID -> the hook call its claim waits on (docs/registration-hook.md).
+    held: dict[str, HookRequested] = field(default_factory=dict)
+    # Request ID -> the provisional answer of a reserved reference-protocol claim: its step 2
+    # answers as without a hook (H or H-N), the hook is consulted before step 5's secret.
+    provisional: dict[str, RegistrationOutcome] = field(default_factory=dict)
 
 
 async def decide_batch(
@@ -186,8 +203,17 @@ async def decide_batch(
     out = Decisions()
     unique = list({r.request_id: r for r in requests}.values())
     already = await decisions.decided(pool, [r.request_id for r in unique])
+    # A replayed decision of a device still reserved for its hook asks for the call again
+    # instead: its registration.decided is the notifier's to send when the hook allows.
+    reserved = await hooks.open_calls_of_devices(
+        pool, [s.device_id for s in already.values() if s.device_id and s.decision != "refused"]
+    )
     for stored in already.values():
-        out.add(_Answer.replayed(stored))
+        call = reserved.get(stored.device_id or "")
+        if call is not None:
+            out.hooks.append(HookRequested(call_id=call[0], registration_id=call[1], request_id=call[2]))
+        else:
+            out.add(_Answer.replayed(stored))
     fresh = [r for r in unique if r.request_id not in already]
     if not fresh:
         return out
@@ -212,7 +238,14 @@ async def decide_batch(
     for record in outcome.records:
         REGISTRATIONS.labels(record.verdict.decision).inc()
         PIPELINE_LATENCY.labels("decided").observe(max(0.0, now - record.received_at))
-        out.add(_Answer.recorded(record))
+        held = outcome.held.get(record.claim.request_id)
+        if held is not None:
+            out.hooks.append(held)
+            provisional = outcome.provisional.get(record.claim.request_id)
+            if provisional is not None:
+                out.refused.append(provisional)
+        else:
+            out.add(_Answer.recorded(record))
     return out
 
 
@@ -271,6 +304,7 @@ async def _decide_and_record(
     auto_registrations = [
         a.registration_id for items in by_product.values() for _, a in items if a.kind == "auto"
     ]
+    desks: list[_HookDesk] = []
     async with pool.acquire() as conn, conn.transaction():
         now = time.time()
         # Only registrations with a quota are locked and counted (see registrations.lock_quotas).
@@ -307,9 +341,25 @@ async def _decide_and_record(
                 if bulk_items and alert is not None
                 else {}
             )
+            desk = await _HookDesk.load(conn, items, family, now)
             for request, admission in items:
                 claim = _claim(request)
                 registration_id = admission.registration_id or ""
+                denied = desk.denied(admission, claim) if desk is not None else None
+                if denied is not None:
+                    # The hook denied this attempt (its Idempotency-Key) before: the answer
+                    # is reused, the hook not asked again, nothing reserved.
+                    records.append(
+                        DecisionRecord(
+                            claim=claim,
+                            verdict=Verdict("refused", reason=denied),
+                            account_id=account_id,
+                            product_id=product_id,
+                            received_at=request.received_at,
+                            protocol=request.protocol,
+                        )
+                    )
+                    continue
                 context = replace(
                     base,
                     kind="bulk" if admission.kind == "bulk" else "auto",
@@ -324,19 +374,134 @@ async def _decide_and_record(
                     _notice_creation_limits(scope, claim, verdict, context)
                 if verdict.two_sources:
                     _notice_two_sources(scope, claim, verdict)
-                records.append(
-                    DecisionRecord(
-                        claim=claim,
-                        verdict=verdict,
-                        account_id=account_id,
-                        product_id=product_id,
-                        received_at=request.received_at,
-                        protocol=request.protocol,
-                    )
+                record = DecisionRecord(
+                    claim=claim,
+                    verdict=verdict,
+                    account_id=account_id,
+                    product_id=product_id,
+                    received_at=request.received_at,
+                    protocol=request.protocol,
                 )
+                records.append(record)
+                if desk is not None and admission.hooked:
+                    desk.hold(out, record, registration_id, admission.kind == "auto")
+            if desk is not None:
+                desks.append(desk)
         await decisions.record_decisions(conn, [r for r in records if recorded(r.account_id)])
+        for desk in desks:  # after the devices they reserve are written
+            await desk.record(conn, out)
         await alerts.record(conn, out.sightings)
     return out
+
+
+@dataclass
+class _HookDesk:
+    """One product's claims of a batch whose registration has a hook
+    (docs/registration-hook.md): which attempts the hook denied before (their answer is
+    reused), which registered devices are reserved for their hook, and the reservations and
+    retries this batch adds, written in its transaction after the devices."""
+
+    now: float
+    by_call: dict[str, CallState]
+    by_device: dict[str, CallState]
+    new: dict[str, Reservation] = field(default_factory=dict)  # device ID -> its reservation
+    attached: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+
+    @classmethod
+    async def load(
+        cls,
+        conn: Connection,
+        items: Sequence[tuple[RegistrationRequested, CodeAdmission]],
+        family: Family,
+        now: float,
+    ) -> _HookDesk | None:
+        """None when no claim of ``items`` has a hook (no query then)."""
+        hooked = [(r, a) for r, a in items if a.hooked]
+        if not hooked:
+            return None
+        call_ids = [hook_rules.call_id(a.registration_id or "", _claim(r)) for r, a in hooked]
+        # Reservations are registered devices (not yet provisioned) of the family.
+        registered = [d.id for d in family.devices.values() if d.lifecycle == "registered"]
+        states = await hooks.load_calls(conn, call_ids, registered)
+        return cls(
+            now=now,
+            by_call={c.call_id: c for c in states},
+            by_device={c.device_id: c for c in states if c.device_id and not c.final},
+        )
+
+    def denied(self, admission: CodeAdmission, claim: Claim) -> str | None:
+        """The stored reason of this attempt's earlier denial, or None."""
+        if not admission.hooked:
+            return None
+        state = self.by_call.get(hook_rules.call_id(admission.registration_id or "", claim))
+        if state is None or state.outcome != "deny":
+            return None
+        return hook_rules.denied_reason(state.reason)
+
+    def hold(self, out: _Outcome, record: DecisionRecord, registration_id: str, auto: bool) -> None:
+        """Reserve ``record``'s claim for its hook, or attach a retry to its reservation;
+        a claim that consults no hook (a refusal, a device already confirmed) is left alone.
+        A reference-protocol claim of an auto registration (``auto``) is answered
+        provisionally at once: its step 2 as without a hook, its step 5 pending until the
+        hook allowed (docs/registration-hook.md, "The reference protocol")."""
+        verdict, claim, device = record.verdict, record.claim, record.verdict.device
+        if device is None or not record.account_id:
+            return
+        decided = asdict(_Answer.recorded(record).event())
+        asked = hook_rules.hook_decision(verdict)
+        if asked is not None:
+            request = hook_rules.hook_request(
+                claim, verdict, asked, record.product_id or "", registration_id, attestation=""
+            )
+            body = {k: v for k, v in asdict(request).items() if k not in ("call_id", "attestation")}
+            reservation = Reservation(
+                call_id=request.call_id,
+                registration_id=registration_id,
+                account_id=record.account_id,
+                device_id=device.id,
+                request_id=claim.request_id,
+                request=body,
+                decided=decided,
+                reserved_until=datetime.fromtimestamp(self.now + hook_rules.RESERVATION_HOLD_S, UTC),
+            )
+            self.new[device.id] = reservation
+            call_id = reservation.call_id
+        elif verdict.decision == "same":
+            pending = self.new.get(device.id)
+            state = self.by_device.get(device.id)
+            if pending is not None:  # a retry of a claim reserved earlier in this batch
+                self.new[device.id] = replace(pending, request_id=claim.request_id, decided=decided)
+                call_id = pending.call_id
+            elif state is not None:
+                self.attached.append((state.call_id, claim.request_id, decided))
+                call_id = state.call_id
+            else:
+                return
+        else:
+            return
+        out.held[claim.request_id] = HookRequested(
+            call_id=call_id, registration_id=registration_id, request_id=claim.request_id
+        )
+        if auto and record.protocol == "compat":
+            out.provisional[claim.request_id] = RegistrationOutcome(
+                request_id=claim.request_id,
+                status="pending",
+                device_id=device.id,
+                hardware_id=device.hardware_id,
+                decision=verdict.decision,
+                account_id=record.account_id,
+            )
+
+    async def record(self, conn: Connection, out: _Outcome) -> None:
+        """Write the reservations and attach the retries; a retry whose row was answered
+        since it was read (the ruling committed meanwhile) is released: it publishes its
+        decision as a claim of a device no longer reserved."""
+        await hooks.reserve(conn, list(self.new.values()))
+        attached = await hooks.attach(conn, self.attached)
+        for call_id, request_id, _ in self.attached:
+            if call_id not in attached:
+                out.held.pop(request_id, None)
+                out.provisional.pop(request_id, None)
 
 
 def _longest_creation_window(limits: Limits) -> float:

@@ -1,5 +1,6 @@
 """Deduplication's subscription: registration requests and device signals in; decided
-registrations (for provisioning) and refusals (for the intake) out."""
+registrations (for provisioning), refusals (for the intake) and the calls of registration
+hooks (for the notifier, docs/registration-hook.md) out."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ async def handle_batch(resources: Resources, batch: list[Event]) -> None:
     if not requests:
         return
     decisions = await handlers.decide_batch(resources.pool, resources.keyring, requests, resources.limits)
-    await publish_many(resources.producer, resources.topics, [*decisions.decided, *decisions.refused])
+    await publish_many(
+        resources.producer, resources.topics, [*decisions.decided, *decisions.refused, *decisions.hooks]
+    )
 
 
 def _topics(topics: Topics) -> list[str]:

@@ -426,6 +426,19 @@ def to_event(
 
 
 def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) -> Answer:
+    if outcome.status == "pending":
+        # The registration's hook failed and its policy is fail closed: pending at once,
+        # with the wait it asks for (docs/registration-hook.md).
+        # A reference-protocol claim's provisional answer carries its device and H-N.
+        return Answer(
+            "pending",
+            outcome.request_id,
+            device_id=outcome.device_id,
+            hardware_id=outcome.hardware_id,
+            claimed_hardware_id=claimed,
+            decision=outcome.decision,
+            retry_after=outcome.retry_after,
+        )
     if outcome.status != "ready":
         return Answer(
             "refused",

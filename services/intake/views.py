@@ -53,6 +53,7 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
             body["certificate"] = certificate_body(answer.certificate)
         return json_response(body, status=200)
     if answer.status == "pending":
+        retry_after = answer.retry_after or retry_after  # a hook's pending says its own wait
         body["retry_after"] = retry_after
         return json_response(
             body,

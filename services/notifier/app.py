@@ -18,5 +18,8 @@ def create_app(settings: NotifierSettings) -> web.Application:
     app = base_app(SERVICE)
     app.cleanup_ctx.append(resources_context(settings))
     app.cleanup_ctx.append(consumer_context(SERVICE, settings.pipeline, streams.SUBSCRIPTION, RESOURCES))
+    app.cleanup_ctx.append(
+        consumer_context(SERVICE, settings.pipeline, streams.HOOK_SUBSCRIPTION, RESOURCES, part="hooks")
+    )
     app.cleanup_ctx.append(worker.worker_context(SERVICE))
     return app

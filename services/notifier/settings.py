@@ -32,6 +32,9 @@ class DeliverySettings:
     retention_s: float  # finished deliveries (and their attempts) are pruned past this age; 0: kept
     # A webhook whose every attempt failed for this long is disabled (410 Gone: at once).
     disable_after_s: float = DEFAULT_DISABLE_AFTER_S
+    # Calls in flight at once to one registration hook, on one instance; past it a call
+    # waits for a slot within the hook's timeout (docs/registration-hook.md).
+    hook_concurrency: int = 16
 
     @property
     def lease_s(self) -> float:
@@ -67,5 +70,6 @@ class NotifierSettings(OnPipeline):
                 disable_after_s=env.number(
                     "FLEETREG_WEBHOOK_DISABLE_AFTER_SECONDS", DEFAULT_DISABLE_AFTER_S, minimum=1.0
                 ),
+                hook_concurrency=env.integer("FLEETREG_HOOK_CONCURRENCY", 16, minimum=1),
             ),
         )

@@ -4,7 +4,8 @@
   slots, at most ``per_webhook`` in flight per webhook) and sends each in a task of its
   own, so a slow endpoint holds only its own slots; it looks again as soon as an attempt
   ends, or after ``poll_s`` when there was nothing to send.
-* The sweep runs :func:`handlers.sweep` at start-up, then every ``sweep_s``
+* The sweep runs :func:`handlers.sweep` and the registration hooks' expiry
+  (:func:`rulings.expire`) at start-up, then every ``sweep_s``
   (``shared.periodic.PeriodicJob``: a failed round is logged, counted, and tried again).
 
 Nothing here depends on being the only instance: claims are leases in Postgres, the
@@ -23,9 +24,10 @@ from functools import partial
 
 from aiohttp import web
 
-from services.notifier import handlers
+from services.notifier import handlers, rulings
 from services.notifier.resources import RESOURCES, Resources
 from shared.db.webhooks import DueDelivery
+from shared.domain.hooks import PENDING_RETRY_AFTER_S
 from shared.logging import exception_summary
 from shared.metrics import ERRORS
 from shared.periodic import PeriodicJob
@@ -108,6 +110,13 @@ async def sweep(resources: Resources) -> None:
     """One round of the sweep (:func:`handlers.sweep`), run every ``sweep_s``."""
     settings = resources.delivery
     await handlers.sweep(resources.pool, online_ttl_s=settings.online_ttl_s, retention_s=settings.retention_s)
+    # Reservations no registration hook allowed within their hold (docs/registration-hook.md).
+    await rulings.expire(resources.pool, resources.publish)
+
+
+async def redial(resources: Resources) -> None:
+    """One round of the registration hooks' redial (:func:`rulings.redial`)."""
+    await rulings.redial(resources.pool, resources.hook_caller, resources.start_call)
 
 
 def worker_context(service: str) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -127,13 +136,16 @@ def worker_context(service: str) -> Callable[[web.Application], AsyncIterator[No
             run_at_start=True,
             stop_grace_s=SWEEP_STOP_GRACE_S,
         )
+        # Fail-closed hook calls that failed are made again every pause a device is told.
+        redialer = PeriodicJob(service, "hook_redial", PENDING_RETRY_AFTER_S, partial(redial, resources))
         deliveries = asyncio.create_task(loop.run(), name=f"{service}-deliveries")
         sweeper.start()
+        redialer.start()
         try:
             yield
         finally:
             loop.stop()
-            await asyncio.gather(deliveries, sweeper.stop(), return_exceptions=True)
+            await asyncio.gather(deliveries, sweeper.stop(), redialer.stop(), return_exceptions=True)
             await loop.drain(resources.delivery.timeout_s + 1)
 
     return context

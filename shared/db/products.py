@@ -81,7 +81,9 @@ KNOWN_CODE = "SELECT EXISTS (SELECT 1 FROM bulk_identification_codes WHERE code 
 CODE_REVOKED_AT = "SELECT revoked_at FROM bulk_identification_codes WHERE code = $1"
 RESOLVE_CODES = """
     SELECT c.code, c.revoked_at IS NOT NULL AS revoked, p.id::text AS product_id,
-           p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status
+           p.account_id::text AS account_id, r.id::text AS registration_id, r.kind, r.status,
+           r.hook_url IS NOT NULL AS hooked,
+           CASE WHEN r.hook_url IS NULL THEN 0 ELSE r.hook_timeout_ms END AS hook_timeout_ms
     FROM bulk_identification_codes c
     JOIN products p ON p.id = c.product_id
     LEFT JOIN registrations r ON r.product_id = p.id
@@ -432,6 +434,8 @@ async def resolve_codes(pool: Pool, codes: Sequence[str]) -> dict[str, CodeAdmis
             registration_id=r["registration_id"],
             kind=r["kind"],
             status=r["status"],
+            hooked=r["hooked"] or False,
+            hook_timeout_ms=r["hook_timeout_ms"],
         )
         for r in rows
     }

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from shared.db import audit, products
+from shared.db import audit, hooks, products
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.products import RegistrationKind, registration_kind_refusal
@@ -312,6 +312,8 @@ async def set_hook(
         )
         if before is None:
             raise NotFound(f"no auto registration {registration_id} in this account")
+        if url_changes and url is None:
+            await hooks.without_hook(conn, registration_id)
         old = _hook_audit(before["hook_url"], before["hook_timeout_ms"], before["hook_failure"])
         new = _hook_audit(
             url if url_changes else before["hook_url"],

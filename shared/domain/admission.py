@@ -21,6 +21,10 @@ class CodeAdmission:
     registration_id: str | None  # the auto registration, or one published bulk registration
     kind: str | None
     status: str | None
+    # The registration has a registration hook (docs/registration-hook.md): a claim that
+    # creates or claims a device is reserved until the hook allows it; its timeout (ms).
+    hooked: bool = False
+    hook_timeout_ms: int = 0
 
 
 def admission_refusal(admission: CodeAdmission | None) -> str | None:

@@ -195,6 +195,10 @@ class Breaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    def paused(self, now: float) -> bool:
+        """Open, and within its pause (or a trial in flight): :meth:`allow` would say no."""
+        return self.opened_at is not None and (now - self.opened_at < self.open_s or self.trial)
+
     def allow(self, now: float) -> bool:
         if self.opened_at is None:
             return True
@@ -232,9 +236,28 @@ PENDING_RETRY_AFTER_S = 5
 DENIED_REASON = "refused by the operator's registration hook"
 
 
+# How long a reservation holds without an allow before the sweep releases it (seconds,
+# after the hook's timeout): the longest a device keeps retrying a pending registration
+# before its request is forgotten (FLEETREG_PENDING_FORGET_SECONDS' default, 15 minutes).
+RESERVATION_HOLD_S = 900
+# A call in flight longer than the hook's timeout plus this margin was lost with its
+# instance: the next request for it makes it again.
+STALE_CALL_MARGIN_S = 30.0
+
+# A stored and published refusal reason is printable ASCII of at most this many characters
+# (shared.events.REASON_MAX: twice the longest device name).
+STORED_REASON_MAX = 200
+# What a sweep tells a device whose reservation expired without the hook ever answering.
+UNANSWERED_REASON = "the operator's registration hook did not answer in time; register again"
+
+
 def denied_reason(hook_reason: str) -> str:
-    """The stored reason of a claim the hook denied, with the hook's reason ("" : none)."""
-    return f"{DENIED_REASON}: {hook_reason}" if hook_reason else DENIED_REASON
+    """The stored reason of a claim the hook denied, with the hook's reason ("" : none):
+    printable ASCII (other characters become ``?``), cut to :data:`STORED_REASON_MAX`."""
+    if not hook_reason:
+        return DENIED_REASON
+    told = "".join(c if " " <= c <= "~" else "?" for c in hook_reason)
+    return f"{DENIED_REASON}: {told}"[:STORED_REASON_MAX]
 
 
 def is_hook_denial(reason: str) -> bool:

@@ -52,6 +52,7 @@ from shared.events import (
     BulkPublished,
     DeviceSignal,
     Event,
+    HookRequested,
     RegistrationDecided,
     RegistrationOutcome,
     RegistrationRequested,
@@ -302,6 +303,10 @@ def sample_events() -> list[Event]:
         RegistrationOutcome(request_id=new_request_id(), status="ready"),
         DeviceSignal(device_id=device_id, kind="ready", at=time.time()),
         DeviceSignal(device_id=device_id, kind="heartbeat", at=946_684_800),  # the earliest time decoded
+        HookRequested(
+            call_id="msg_" + uuid.uuid4().hex, registration_id=str(uuid.uuid4()), request_id=str(uuid.uuid4())
+        ),
+        RegistrationOutcome(request_id=str(uuid.uuid4()), status="pending", retry_after=5),
         BulkPublish(registration_id=str(uuid.uuid4())),
         BulkPublish(registration_id=str(uuid.uuid4()), after_line=5000),
         BulkPublished(
@@ -607,12 +612,17 @@ async def test_provisioning_publishes_what_the_document_says(monkeypatch: pytest
 def test_a_pipeline_service_receives_its_subscriptions_in_its_consumer_group(
     service: str, streams: Any
 ) -> None:
-    assert documented(service, "receive") == set(streams.SUBSCRIPTION.topics(Topics(PREFIX)))
+    # The notifier's second subscription (registration hooks) has a consumer group of its own.
+    hooks = getattr(streams, "HOOK_SUBSCRIPTION", None)
+    hook_topics = set(hooks.topics(Topics(PREFIX))) if hooks is not None else set()
+    assert documented(service, "receive") == set(streams.SUBSCRIPTION.topics(Topics(PREFIX))) | hook_topics
     for op in service_operations(service):
         if op["action"] == "receive":
             group = resolve(op["bindings"]["kafka"]["groupId"])
             assert group["type"] == "string"
-            assert group["default"] == group_default(service)
+            topic = resolve(op["channel"])["address"]
+            suffix = "-hooks" if topic in hook_topics else ""
+            assert group["default"] == group_default(service) + suffix
 
 
 def test_the_intake_sends_requests_and_signals_and_reads_outcomes_without_a_group() -> None:

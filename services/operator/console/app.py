@@ -23,6 +23,7 @@ from services.operator.console.auth import Operator, SignInRequired, render, sig
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
     attestation_cas,
+    auto_hooks,
     auto_registrations,
     bulk,
     bulk_upload,
@@ -189,6 +190,7 @@ def create_console(settings: ConsoleSettings) -> web.Application:
         signin,
         products,
         auto_registrations,
+        auto_hooks,
         attestation_cas,
         bulk_upload,
         bulk,

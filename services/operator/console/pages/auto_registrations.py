@@ -1,6 +1,6 @@
 """Auto registrations: list, create, a registration's page (pause, resume, quota, rotate the
-code, rotate a group key, an x509 registration's CAs: their forms are attestation_cas.py's)
-and revealing its code.
+code, rotate a group key, an x509 registration's CAs: their forms are attestation_cas.py's;
+its hook with its recent calls: the hook's forms are auto_hooks.py's) and revealing its code.
 
 A derived_key registration's group keys are shown once: the page answering its creation or
 a key's rotation (a POST: never on a GET page, in a URL or in the session) carries them,
@@ -19,10 +19,13 @@ from aiohttp import web
 
 from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
 from services.operator.console.forms import FIELD_MAX, Form, text
-from services.operator.handlers import attestation
+from services.operator.console.shown_once import HOOK_SECRET, HOOK_TEST, take, take_secret
+from services.operator.handlers import attestation, hooks
 from services.operator.handlers import products as handlers
 from services.operator.views import attestation as attestation_views
+from services.operator.views import hooks as hook_views
 from services.operator.views import products as views
+from services.operator.views.common import masked_url
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
 
@@ -36,6 +39,10 @@ def max_devices(form: Form) -> int | str | None:
     if raw.isascii() and raw.isdigit():
         return int(raw)
     return raw
+
+
+# The hook's recent calls on the registration's page (the API and CLI list up to 500).
+HOOK_CALLS_SHOWN = 20
 
 
 async def _product_names(request: web.Request, operator: Operator) -> dict[str, Any]:
@@ -133,9 +140,19 @@ async def _auto_context(
         if found.attestation == "x509"
         else []
     )
+    calls = await hooks.recent_calls(
+        pool, operator.account, registration_id, {"limit": str(HOOK_CALLS_SHOWN)}
+    )
+    hook_url = found.hook_url
     return {
         "cas": attestation_views.cas(cas)["cas"],
         "registration": views.auto_registration(found, masked=not shown),
+        # the hook's URL in full for a writer (it edits it), scheme and host otherwise
+        "hook_url": masked_url(hook_url) if hook_url and operator.read_only else hook_url,
+        "hooks_preview": resources(request).settings.registration_hooks_preview,
+        "hook_secret": take_secret(request, operator, HOOK_SECRET, registration_id),
+        "hook_test": take(operator, HOOK_TEST, registration_id),
+        "hook_calls": hook_views.hook_calls(calls)["calls"],
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
         "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)
