@@ -3,10 +3,13 @@ the device as one more provisioning file (in the manifest, with its SHA-256, in 
 two-call answer and to the agent)"; "native-only"), against the running system on the real
 broker and database.
 
-The hook's decision path (dedup's reservation, the notifier's call and its ruling writing
-``devices.hook_data``) is not merged yet: these tests write ``devices.hook_data`` directly
-in Postgres, as the ruling will, with the ``device:<id>`` invalidation the intakes' device
-cache listens to. The lead adds the end-to-end version through a real hook.
+These tests were written before the hook's decision path (dedup's reservation, the
+notifier's call and its ruling writing ``devices.hook_data``) was merged: most of them write
+``devices.hook_data`` directly in Postgres, as the ruling does, with the ``device:<id>``
+invalidation the intakes' device cache listens to, which drives what no hook answer can
+(data changed or removed on a device in service, a reference device with data). The last
+one goes through a real hook and the merged decision path; the lead's end-to-end tests of
+the hook (tests/e2e/test_registration_hook_decisions.py) may take over from it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from shared.db.pool import Pool
 from tests.support.agent import Agent
 from tests.support.api import DeviceAnswer, Operator, register
 from tests.support.reference_client import ReferenceClient, ReferenceDevice, read_answer
-from tests.support.system import System
+from tests.support.system import System, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -322,3 +326,57 @@ async def test_the_agents_first_boot_path_writes_the_data_file_from_the_two_call
     assert board.state("device_id") == device_id
     assert data_of(board.files()[f"{DATA_SERVICE}/{DATA_FILE}"])[1] == DATA
     assert "file_written service=registration-data name=registration-data.conf" in again.log
+
+
+async def test_through_the_hook_the_agent_boots_with_the_data_it_answered(
+    system: System, session: aiohttp.ClientSession, operator: Operator, pool: Pool, tmp_path: Path, shell: str
+) -> None:
+    """The whole path, now that the decision path is in: the registration's hook allows the
+    board with ``data``, and the agent's first boot writes the data file from the two-call
+    answer."""
+    port = free_port()
+    answer = {"allow": True, "name": "pump 7", "data": DATA}
+
+    async def allow(request: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_post("/hook", allow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        product = await operator.call(
+            "POST",
+            "/v1/products",
+            {"name": f"p-{uuid.uuid4().hex[:8]}", "services": [{"type": "ssh", "port": 22}]},
+            expect=201,
+        )
+        await operator.call("POST", f"/v1/products/{product['id']}/lock", expect=200)
+        registration = await operator.call(
+            "POST",
+            "/v1/auto-registrations",
+            {"product_id": product["id"], "hook_url": f"http://127.0.0.1:{port}/hook"},
+            expect=201,
+        )
+        (tmp_path / "board").mkdir()
+        board = Agent(
+            tmp_path / "board",
+            shell,
+            {
+                "SERVER_URL": system.device_url,
+                "CODE": registration["bulk_identification_code"],
+                "HARDWARE_ID": hardware_id(),
+                "CPU_ID": "c3",
+                "MAC": "m3",
+            },
+        )
+        booted = await board.boot()
+    finally:
+        await runner.cleanup()
+    assert booted.code == 0, booted.log
+    assert "register" in booted.events
+    assert data_of(board.files()[f"{DATA_SERVICE}/{DATA_FILE}"])[1] == DATA
+    assert sorted(board.files()) == ["bulk/00-bulk.conf", f"{DATA_SERVICE}/{DATA_FILE}", "ssh/01-ssh.conf"]
+    found = await operator.call("GET", f"/v1/devices/{board.state('device_id')}", expect=200)
+    assert found["name"] == "pump 7"
