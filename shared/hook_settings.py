@@ -38,34 +38,20 @@ class HookChange:
         return not self.url_changes and self.timeout_ms is None and self.failure is None
 
 
-HOOKS_NOT_CONSULTED = (
-    " is refused: no registration consults a registration hook in this release yet (issue 27 is "
-    "built in slices, docs/registration-hook.md), so a hook would approve nothing; "
-    "FLEETREG_REGISTRATION_HOOKS_PREVIEW=true on the operator and the bulk API stores one for "
-    "trying the configuration"
-)
-
-
 async def hook_change(
     body: Mapping[str, Any],
     registration_id: str,
     *,
     secret_key: Secret,
     allow_private: bool,
-    preview: bool,
     creation: bool = False,
 ) -> HookChange:
     """The hook fields of ``body`` (``hook_url``: an http(s) URL under the webhooks' rules,
     its host's addresses checked as a webhook's, or null to remove the hook;
     ``hook_timeout_ms``: 50-10000; ``hook_failure``: closed or open). A URL gets a new
-    signing secret, sealed for ``registration_id``. InvalidInput naming the field; rule
-    ``preview`` for any hook field but a removal unless ``preview``
-    (FLEETREG_REGISTRATION_HOOKS_PREVIEW); on a ``creation``, rule ``required`` (field
+    signing secret, sealed for ``registration_id``. InvalidInput naming the field; on a
+    ``creation``, rule ``required`` (field
     ``hook_url``) for a timeout or policy without a URL, which would have no hook to set."""
-    if not preview:
-        for name in hooks.HOOK_FIELDS:
-            if name in body and not (name == "hook_url" and body[name] is None):
-                raise InvalidInput(name + HOOKS_NOT_CONSULTED, field=name, rule="preview")
     timeout_ms = hooks.checked_timeout_ms(body["hook_timeout_ms"]) if "hook_timeout_ms" in body else None
     failure = hooks.checked_failure(body["hook_failure"]) if "hook_failure" in body else None
     if body.get("hook_url") is None:

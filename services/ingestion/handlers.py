@@ -187,7 +187,6 @@ async def _hook_change(
         registration_id,
         secret_key=r.secret_key,
         allow_private=r.hooks.allow_private,
-        preview=r.hooks.preview,
         creation=creation,
     )
 

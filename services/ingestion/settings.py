@@ -10,7 +10,6 @@ from shared.settings import (
     OnPipeline,
     PipelineSettings,
     SettingsError,
-    registration_hooks_preview,
     webhooks_allow_private_urls,
 )
 from shared.throttle import ThrottleSettings
@@ -71,11 +70,9 @@ class UploadBounds:
 class HookOptions:
     """What a bulk registration's hook may be set to, as on the operator API:
     ``allow_private`` (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS: a hook on a loopback, link-local
-    or private address) and ``preview`` (FLEETREG_REGISTRATION_HOOKS_PREVIEW: a hook at all,
-    until registrations consult one; docs/registration-hook.md)."""
+    or private address; docs/registration-hook.md)."""
 
     allow_private: bool = False
-    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,5 @@ class IngestionSettings(OnPipeline):
             ),
             bounds=UploadBounds.from_env(env, max_bytes),
             throttle=ThrottleSettings.from_env(env),
-            hooks=HookOptions(
-                allow_private=webhooks_allow_private_urls(env), preview=registration_hooks_preview(env)
-            ),
+            hooks=HookOptions(allow_private=webhooks_allow_private_urls(env)),
         )

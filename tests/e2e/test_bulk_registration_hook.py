@@ -221,24 +221,6 @@ async def test_a_hook_on_a_private_address_is_refused_where_the_setting_is_off(
     assert (await api.call("GET", f"{PATH}/{created['id']}", expect=200))["hook_url"] is None
 
 
-async def test_without_the_preview_a_hook_is_refused_and_a_removal_taken(
-    session: aiohttp.ClientSession, system: System, operator: Operator
-) -> None:
-    """As on the operator API: until registrations consult a hook, setting one is refused
-    (rule ``preview``, naming the field); removing one is always allowed."""
-    api = _bulk(session, system, operator)
-    created = await api.upload(await bulk_product(operator), 201, hook_url=HOOK)
-    async with system.instance("ingestion", {"FLEETREG_REGISTRATION_HOOKS_PREVIEW": "false"}) as released:
-        gated = BulkApi(session, released.url, operator.api_key)
-        answer = await gated.upload(await bulk_product(operator), 400, hook_url=HOOK)
-        assert (answer["field"], answer["rule"]) == ("hook_url", "preview")
-        assert "FLEETREG_REGISTRATION_HOOKS_PREVIEW" in answer["message"]
-        path = f"{PATH}/{created['id']}"
-        answer = await gated.call("PATCH", path, {"hook_failure": "open"}, expect=400)
-        assert (answer["field"], answer["rule"]) == ("hook_failure", "preview")
-        assert (await gated.call("PATCH", path, {"hook_url": None}, expect=200))["hook_url"] is None
-
-
 async def test_the_bulk_command_takes_the_hooks_flags(
     system: System, operator: Operator, tmp_path: Any
 ) -> None:

@@ -56,7 +56,6 @@ async def set_hook(request: web.Request, operator: Operator, form: Form) -> str:
         body,
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
-        hooks_preview=r.settings.registration_hooks_preview,
     )
     if issued.hook_secret:
         hold_secret(request, operator, HOOK_SECRET, registration_id, issued.hook_secret)

@@ -149,7 +149,6 @@ async def _auto_context(
         "registration": views.auto_registration(found, masked=not shown),
         # the hook's URL in full for a writer (it edits it), scheme and host otherwise
         "hook_url": masked_url(hook_url) if hook_url and operator.read_only else hook_url,
-        "hooks_preview": resources(request).settings.registration_hooks_preview,
         "hook_secret": take_secret(request, operator, HOOK_SECRET, registration_id),
         "hook_test": take(operator, HOOK_TEST, registration_id),
         "hook_calls": hook_views.hook_calls(calls)["calls"],
