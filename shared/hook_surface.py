@@ -35,6 +35,7 @@ SAMPLE_HARDWARE_ID = "SAMPLE-0001"
 TEST_CALL_PREFIX = "test_"
 CALLS_DEFAULT = 50
 CALLS_MAX = 500
+Json = dict[str, Any]
 # What a device's call of each kind says (shared.domain.hooks.hook_decision; the
 # attestation a bulk claim is told, shared/db/hooks.py): an auto registration's first
 # claim creates a device, a bulk registration's device claims its preregistered row with
@@ -151,9 +152,6 @@ async def recent_calls(
     """The registration's recent hook calls, newest first (``query``: ``limit``). NotFound
     outside the account."""
     return await hook_calls.recent_calls(pool, account.id, kind, registration_id, calls_limit(query))
-
-
-Json = dict[str, Any]
 
 
 def hook_test_json(tested: HookTest) -> Json:
