@@ -1,6 +1,6 @@
 """``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``,
 ``fleetreg auto ca ...`` (cli/commands/auto_ca.py) and ``fleetreg auto hook-test|hook-calls``
-(cli/commands/auto_hook.py)"""
+(cli/commands/registration_hook.py)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import operator_client
-from cli.commands import auto_ca, auto_hook
+from cli.commands import auto_ca, registration_hook
 from cli.hook_flags import HOOK_NOTE, add_hook_arguments, hook_body, shown_hook
 from cli.output import emit_json, print_table
 
@@ -81,7 +81,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], help="list auto registrations")
     listing.set_defaults(run=list_auto)
     auto_ca.register(actions, common)
-    auto_hook.register(actions, common)
+    registration_hook.register(actions, common, registration_hook.AUTO)
 
 
 PUBLIC = (

@@ -1,4 +1,5 @@
-"""``fleetreg bulk upload|update|publish|show|list|cancel``"""
+"""``fleetreg bulk upload|update|publish|show|list|cancel`` and ``fleetreg bulk
+hook-test|hook-calls`` (cli/commands/registration_hook.py)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import operator_client
+from cli.commands import registration_hook
 from cli.errors import CliError
 from cli.hook_flags import HOOK_NOTE, HOOK_SETTINGS, add_hook_arguments, hook_body, shown_hook
 from cli.output import confirm, emit_json, print_table, progress
@@ -56,6 +58,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     cancel.add_argument("id", type=object_id)
     cancel.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     cancel.set_defaults(run=cancel_registration)
+    registration_hook.register(actions, common, registration_hook.BULK)
 
 
 def _public(registration: dict[str, Any]) -> dict[str, Any]:

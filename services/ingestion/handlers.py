@@ -1,6 +1,7 @@
 """Bulk registration's business logic: ingest an upload (streamed, checked, all or
 nothing), publish it chunk by chunk; a bulk registration's hook, set on the upload or
-changed later (shared/hook_settings.py, as an auto registration's)."""
+changed later (shared/hook_settings.py), tested with a sample request and its recent
+calls listed (shared/hook_surface.py), as an auto registration's."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import IO, Any, Protocol
 
 from services.ingestion.settings import BulkLimits, HookOptions
 from shared.db import bulk
+from shared.db.hook_calls import HookCall
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.bulk_csv import BulkRow, CsvReader, Errors, RowError, shorten
@@ -28,6 +30,7 @@ from shared.domain.inputs import refuse_unknown_fields
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge
 from shared.events import BulkPublish, BulkPublished
 from shared.hook_settings import HookChange, hook_change, store_hook_change
+from shared.hook_surface import HookCalls, HookTest, recent_calls, sample_call
 from shared.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,21 @@ class HookStore(Protocol):
 
     @property
     def hooks(self) -> HookOptions: ...
+
+
+class HookTester(Protocol):
+    """What a test call of a registration hook uses of the service's resources: the
+    registry, the key that opens the hook's signing secret, and the caller that makes the
+    call (shared.hook_caller.HookCaller)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def secret_key(self) -> Secret: ...
+
+    @property
+    def hook_caller(self) -> HookCalls: ...
 
 
 class Store(HookStore, Protocol):
@@ -326,6 +344,24 @@ async def update_registration(
     hook = await _hook_change(r, body, registration_id)
     await store_hook_change(r.pool, account, "bulk", registration_id, hook)
     return Changed(await bulk.get_bulk(r.pool, account.id, registration_id), hook.secret)
+
+
+async def try_hook(r: HookTester, account: Account, registration_id: str, body: dict[str, Any]) -> HookTest:
+    """Call the bulk registration's hook once with a sample request (``body``: optional
+    ``hardware_id``): ``decision`` ``claim``, as a device's claim of its row is asked
+    about (shared.hook_surface.sample_call; audited as ``bulk.hook_tested``). NotFound
+    outside the account; Conflict without a hook."""
+    return await sample_call(
+        r.pool, account, registration_id, body, secret_key=r.secret_key, caller=r.hook_caller, kind="bulk"
+    )
+
+
+async def hook_calls(
+    pool: Pool, account: Account, registration_id: str, query: dict[str, str]
+) -> list[HookCall]:
+    """The bulk registration's recent hook calls, newest first (``query``: ``limit``,
+    1-500, 50 by default). NotFound outside the account."""
+    return await recent_calls(pool, account, registration_id, query, kind="bulk")
 
 
 async def request_publish(

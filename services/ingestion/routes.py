@@ -12,7 +12,7 @@ from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
-from shared.http import authenticate, json_response, parse_json_body, path_id
+from shared.http import authenticate, json_response, parse_json_body, path_id, query_params
 from shared.kafka import publish
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -120,6 +120,25 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(views.cancelled(found))
 
 
+async def try_hook(request: web.Request) -> web.Response:
+    """A read-only key may not test (POST: a write): the call is a signed request."""
+    r = request.app[RESOURCES]
+    account = await authenticate(request, r.pool, write=True)
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    tested = await handlers.try_hook(r, account, registration_id, body)
+    return json_response(views.hook_test(tested))
+
+
+async def list_hook_calls(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await authenticate(request, r.pool, write=False)
+    found = await handlers.hook_calls(
+        r.pool, account, path_id(request, "registration_id"), query_params(request)
+    )
+    return json_response(views.hook_calls(found))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
 
@@ -132,4 +151,6 @@ ROUTES: list[web.RouteDef] = [
     web.patch("/v1/bulk-registrations/{registration_id}", update),
     web.post("/v1/bulk-registrations/{registration_id}/publish", start_publish),
     web.post("/v1/bulk-registrations/{registration_id}/cancel", cancel),
+    web.post("/v1/bulk-registrations/{registration_id}/hook/test", try_hook),
+    web.get("/v1/bulk-registrations/{registration_id}/hook/calls", list_hook_calls),
 ]

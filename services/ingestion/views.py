@@ -7,6 +7,7 @@ from typing import Any
 from services.ingestion.handlers import Changed, Upload
 from shared.db.bulk import BulkRegistration
 from shared.domain.accounts import masked_url
+from shared.hook_surface import hook_calls_json, hook_test_json
 
 # The reason shown for each conflict row (a row is a conflict for this reason only).
 CONFLICT_REASON = "hardware ID registered in the account between upload and publish"
@@ -69,3 +70,9 @@ def changed(done: Changed) -> dict[str, Any]:
 def cancelled(found: BulkRegistration) -> dict[str, Any]:
     """A cancelled registration, as it was: it no longer exists."""
     return {**registration(found), "status": "cancelled"}
+
+
+# A test call of the hook and its recent calls: the operator API's shapes for an auto
+# registration's (shared/hook_surface.py), one shape for both kinds.
+hook_test = hook_test_json
+hook_calls = hook_calls_json

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from shared.db import audit
 from shared.db.pool import Pool
+from shared.db.registrations import AUDIT_NAMES
 from shared.domain.accounts import Account
 from shared.domain.products import RegistrationKind
 from shared.errors import NotFound
@@ -84,15 +85,17 @@ async def recent_calls(
 async def record_test(
     pool: Pool, actor: Account, kind: RegistrationKind, registration_id: str, host: str, outcome: str
 ) -> None:
-    """Audit a test call of the registration's hook as ``<kind>_registration.hook_tested``
-    with the URL's host only (a path or query often carries the receiver's token, as the
-    hook's settings are audited) and the call's outcome."""
+    """Audit a test call of the registration's hook as ``auto_registration.hook_tested`` or
+    ``bulk.hook_tested`` (the kind's names, as its hook's changes) with the URL's host only
+    (a path or query often carries the receiver's token, as the hook's settings are
+    audited) and the call's outcome."""
+    prefix, target = AUDIT_NAMES[kind]
     async with pool.acquire() as conn, conn.transaction():
         await audit.record(
             conn,
             actor,
-            f"{kind}_registration.hook_tested",
-            f"{kind}_registration",
+            f"{prefix}.hook_tested",
+            target,
             registration_id,
             {"hook_host": host, "outcome": outcome},
         )

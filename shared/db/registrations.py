@@ -291,7 +291,7 @@ async def set_max_devices(pool: Pool, actor: Account, registration_id: str, max_
 
 # The audit trail's names of a registration of each kind: its actions' prefix (bulk
 # registrations' actions were named ``bulk.*`` from the start) and its target type.
-_AUDIT_NAMES: dict[RegistrationKind, tuple[str, str]] = {
+AUDIT_NAMES: dict[RegistrationKind, tuple[str, str]] = {
     "auto": ("auto_registration", "auto_registration"),
     "bulk": ("bulk", "bulk_registration"),
 }
@@ -318,7 +318,7 @@ async def set_hook(
     the secret)."""
     if url_changes and (url is None) != (secret_sealed is None):
         raise ValueError("a hook's URL and its secret are set or removed together")
-    prefix, target = _AUDIT_NAMES[kind]
+    prefix, target = AUDIT_NAMES[kind]
     async with pool.acquire() as conn, conn.transaction():
         before = await conn.fetchrow(
             SET_HOOK, registration_id, actor.id, url_changes, url, secret_sealed, timeout_ms, failure, kind

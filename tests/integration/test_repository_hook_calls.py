@@ -155,3 +155,18 @@ async def test_a_test_call_is_audited_with_the_host_and_outcome(pool: Pool) -> N
     assert [(e.target_type, e.target_id, e.changes) for e in events] == [
         ("auto_registration", registration_id, {"hook_host": "hooks.example.com", "outcome": "timeout"})
     ]
+
+
+async def test_a_bulk_registrations_test_call_is_audited_under_the_bulk_names(pool: Pool) -> None:
+    """A bulk registration's actions are ``bulk.*`` (as its hook's changes), its target a
+    ``bulk_registration``."""
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id)
+    registration_id = await registry.new_registration(pool, product, kind="bulk", status="preregistered")
+    await hook_calls.record_test(
+        pool, Account(account_id, "test"), "bulk", registration_id, "hooks.example.com", "allow"
+    )
+    events = await audit.list_events(pool, account_id, audit.AuditFilter(action="bulk.hook_tested"), limit=10)
+    assert [(e.target_type, e.target_id, e.changes) for e in events] == [
+        ("bulk_registration", registration_id, {"hook_host": "hooks.example.com", "outcome": "allow"})
+    ]

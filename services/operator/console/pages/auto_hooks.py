@@ -2,17 +2,16 @@
 set or change it (URL, timeout, failure policy), remove it, and test it with a sample
 request. Each form redirects back to the registration's page (pages/auto_registrations.py),
 which shows a new signing secret once and the test's result once (console/shown_once.py)
-above the hook's recent calls."""
+above the hook's recent calls. The forms are a bulk registration's too
+(console/hook_forms.py; pages/bulk_hooks.py)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from aiohttp import web
 
 from services.operator.console.auth import Operator, action, flash, resources
-from services.operator.console.forms import FIELD_MAX, Form, text
-from services.operator.console.shown_once import HOOK_SECRET, HOOK_TEST, hold, hold_secret
+from services.operator.console.forms import Form
+from services.operator.console.hook_forms import HOOK_REMOVED, hold_test, hook_change, hook_set, sample_body
 from services.operator.handlers import hooks as handlers
 from services.operator.handlers import products
 from services.operator.views import hooks as views
@@ -23,15 +22,6 @@ def _back(registration_id: str) -> str:
     return f"/console/auto-registrations/{registration_id}#hook"
 
 
-def _timeout(form: Form) -> int | str | None:
-    """The timeout field as the API takes ``hook_timeout_ms``: empty keeps it; other text
-    than digits is passed on for the API's validation to refuse."""
-    raw = text(form, "hook_timeout_ms")[:FIELD_MAX].replace(",", "").replace("_", "")
-    if not raw:
-        return None
-    return int(raw) if raw.isascii() and raw.isdigit() else raw
-
-
 @action()
 async def set_hook(request: web.Request, operator: Operator, form: Form) -> str:
     """Set or change the hook: a new URL (or the same one with ``new_secret`` ticked) gets
@@ -39,29 +29,15 @@ async def set_hook(request: web.Request, operator: Operator, form: Form) -> str:
     registration_id = path_id(request, "registration_id")
     r = resources(request)
     current = await products.get_auto_registration(r.pool, operator.account, registration_id)
-    body: dict[str, Any] = {}
-    url = text(form, "hook_url")[: FIELD_MAX * 12]
-    if url != current.hook_url or text(form, "new_secret") == "yes":
-        body["hook_url"] = url
-    timeout = _timeout(form)
-    if timeout is not None:
-        body["hook_timeout_ms"] = timeout
-    failure = text(form, "hook_failure")[:FIELD_MAX]
-    if failure:
-        body["hook_failure"] = failure
     issued = await products.update_auto_registration(
         r.pool,
         operator.account,
         registration_id,
-        body,
+        hook_change(form, current.hook_url),
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
     )
-    if issued.hook_secret:
-        hold_secret(request, operator, HOOK_SECRET, registration_id, issued.hook_secret)
-        flash(operator, "Hook set: copy its signing secret now, it is shown only once.")
-    else:
-        flash(operator, "Hook settings saved.")
+    hook_set(request, operator, registration_id, issued.hook_secret)
     return _back(registration_id)
 
 
@@ -72,7 +48,7 @@ async def remove_hook(request: web.Request, operator: Operator, form: Form) -> s
     await products.update_auto_registration(
         r.pool, operator.account, registration_id, {"hook_url": None}, secret_key=r.settings.secret_key
     )
-    flash(operator, "Hook removed: registrations are decided without it.")
+    flash(operator, HOOK_REMOVED)
     return _back(registration_id)
 
 
@@ -82,16 +58,15 @@ async def try_hook(request: web.Request, operator: Operator, form: Form) -> str:
     empty); its result is shown once on the registration's page."""
     registration_id = path_id(request, "registration_id")
     r = resources(request)
-    hardware_id = text(form, "hardware_id")[:FIELD_MAX]
     tested = await handlers.sample_call(
         r.pool,
         operator.account,
         registration_id,
-        {"hardware_id": hardware_id} if hardware_id else {},
+        sample_body(form),
         secret_key=r.settings.secret_key,
         caller=r.hook_caller,
     )
-    hold(operator, HOOK_TEST, registration_id, views.hook_test(tested))
+    hold_test(operator, registration_id, views.hook_test(tested))
     return _back(registration_id)
 
 

@@ -19,13 +19,12 @@ from aiohttp import web
 
 from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
 from services.operator.console.forms import FIELD_MAX, Form, text
-from services.operator.console.shown_once import HOOK_SECRET, HOOK_TEST, take, take_secret
+from services.operator.console.hook_forms import HOOK_CALLS_SHOWN, hook_section
 from services.operator.handlers import attestation, hooks
 from services.operator.handlers import products as handlers
 from services.operator.views import attestation as attestation_views
 from services.operator.views import hooks as hook_views
 from services.operator.views import products as views
-from shared.domain.accounts import masked_url
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
 
@@ -39,10 +38,6 @@ def max_devices(form: Form) -> int | str | None:
     if raw.isascii() and raw.isdigit():
         return int(raw)
     return raw
-
-
-# The hook's recent calls on the registration's page (the API and CLI list up to 500).
-HOOK_CALLS_SHOWN = 20
 
 
 async def _product_names(request: web.Request, operator: Operator) -> dict[str, Any]:
@@ -143,15 +138,23 @@ async def _auto_context(
     calls = await hooks.recent_calls(
         pool, operator.account, registration_id, {"limit": str(HOOK_CALLS_SHOWN)}
     )
-    hook_url = found.hook_url
+    hook = {
+        "id": registration_id,
+        "hook_url": found.hook_url,
+        "hook_timeout_ms": found.hook_timeout_ms,
+        "hook_failure": found.hook_failure,
+    }
     return {
         "cas": attestation_views.cas(cas)["cas"],
         "registration": views.auto_registration(found, masked=not shown),
-        # the hook's URL in full for a writer (it edits it), scheme and host otherwise
-        "hook_url": masked_url(hook_url) if hook_url and operator.read_only else hook_url,
-        "hook_secret": take_secret(request, operator, HOOK_SECRET, registration_id),
-        "hook_test": take(operator, HOOK_TEST, registration_id),
-        "hook_calls": hook_views.hook_calls(calls)["calls"],
+        "hook": hook_section(
+            request,
+            operator,
+            base=f"/console/auto-registrations/{registration_id}",
+            registration=hook,
+            calls=hook_views.hook_calls(calls)["calls"],
+            cli="fleetreg auto",
+        ),
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
         "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)

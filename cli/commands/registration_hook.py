@@ -1,6 +1,8 @@
-"""``fleetreg auto hook-test|hook-calls``: try an auto registration's hook with a sample
-request, and list its recent calls (docs/registration-hook.md, "Operator surface").
-Setting the hook is ``fleetreg auto create|update --hook-url ...`` (cli/commands/auto.py)."""
+"""``fleetreg auto hook-test|hook-calls`` and ``fleetreg bulk hook-test|hook-calls``: try a
+registration's hook with a sample request, and list its recent calls
+(docs/registration-hook.md, "Operator surface"), one way for both kinds: an auto
+registration's on the operator API, a bulk registration's on the bulk API. Setting the
+hook is ``fleetreg auto|bulk ... --hook-url ...`` (cli/commands/auto.py, cli/commands/bulk.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ from cli.arguments import object_id, positive_int
 from cli.client import operator_client
 from cli.output import emit_json, print_table
 
+# Where each kind's registrations are: the API's variable in the endpoints file and the path.
+AUTO = ("FLEETREG_ADMIN_URL", "/v1/auto-registrations")
+BULK = ("FLEETREG_BULK_URL", "/v1/bulk-registrations")
 
-def register(actions: Any, common: argparse.ArgumentParser) -> None:
+
+def register(actions: Any, common: argparse.ArgumentParser, api: tuple[str, str]) -> None:
+    """Add ``hook-test`` and ``hook-calls`` to a kind's actions; ``api``: AUTO or BULK."""
     test = actions.add_parser(
         "hook-test",
         parents=[common],
@@ -23,7 +30,7 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
     test.add_argument(
         "--hardware-id", metavar="H", help="the hardware ID the sample asks about (default SAMPLE-0001)"
     )
-    test.set_defaults(run=test_hook)
+    test.set_defaults(run=test_hook, hook_api=api)
     calls = actions.add_parser(
         "hook-calls", parents=[common], help="the registration hook's recent calls, newest first"
     )
@@ -31,15 +38,16 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
     calls.add_argument(
         "--limit", type=positive_int, default=50, help="at most this many (default 50, max 500)"
     )
-    calls.set_defaults(run=list_hook_calls)
+    calls.set_defaults(run=list_hook_calls, hook_api=api)
 
 
 async def test_hook(args: argparse.Namespace) -> int:
     """0 when the hook answered (allow or deny), 1 when the call failed: a script can tell
     a hook that works from one that does not."""
     body = {"hardware_id": args.hardware_id} if args.hardware_id else None
-    async with operator_client() as client:
-        tested = await client.post(f"/v1/auto-registrations/{args.id}/hook/test", body)
+    url_variable, collection = args.hook_api
+    async with operator_client(url_variable) as client:
+        tested = await client.post(f"{collection}/{args.id}/hook/test", body)
     answered = tested["outcome"] in ("allow", "deny")
     if args.json:
         emit_json(tested)
@@ -66,8 +74,9 @@ async def test_hook(args: argparse.Namespace) -> int:
 
 
 async def list_hook_calls(args: argparse.Namespace) -> int:
-    async with operator_client() as client:
-        path = f"/v1/auto-registrations/{args.id}/hook/calls"
+    url_variable, collection = args.hook_api
+    async with operator_client(url_variable) as client:
+        path = f"{collection}/{args.id}/hook/calls"
         found = (await client.get(path, {"limit": str(args.limit)}))["calls"]
     if args.json:
         emit_json({"calls": found})
