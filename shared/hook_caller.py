@@ -127,6 +127,12 @@ class HookCaller:
         now = self._clock()
         return [key for key, breaker in self._breakers.items() if breaker.paused(now)]
 
+    def tripped(self, key: str) -> bool:
+        """Whether the hook's breaker is open (within its pause or past it, waiting for the
+        trial call that closes it)."""
+        found = self._breakers.get(key)
+        return found is not None and found.is_open
+
     async def call(self, hook: Hook, request: HookRequest) -> HookResult:
         """Ask ``hook`` about ``request``; the result is counted in the metrics and, unless
         the hook was not called, by its breaker."""

@@ -376,18 +376,6 @@ def online_ttl_s(env: Env) -> float:
     return env.number("FLEETREG_ONLINE_TTL_SECONDS", 300.0, minimum=1.0)
 
 
-def registration_hooks_preview(env: Env) -> bool:
-    """FLEETREG_REGISTRATION_HOOKS_PREVIEW (``true`` or ``false``, default false): whether an
-    auto registration may be given a registration hook. Issue 27 is built in slices and no
-    registration consults a hook yet (docs/registration-hook.md): a hook an operator set
-    would be stored and signed for, and approve nothing, so it is refused unless this is
-    on (the tests turn it on to exercise the configuration)."""
-    value = env.text("FLEETREG_REGISTRATION_HOOKS_PREVIEW", "false").lower()
-    if value not in ("true", "false"):
-        raise SettingsError(f"FLEETREG_REGISTRATION_HOOKS_PREVIEW={value!r} is not true or false")
-    return value == "true"
-
-
 def webhooks_allow_private_urls(env: Env) -> bool:
     """FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS (``true`` or ``false``, default false): whether a
     webhook may point at a loopback, link-local or private address. The local stack, the

@@ -1,5 +1,6 @@
-"""``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``, and
-``fleetreg auto ca ...`` (cli/commands/auto_ca.py)"""
+"""``fleetreg auto create|update|pause|resume|rotate-code|rotate-key|derive-key|list``,
+``fleetreg auto ca ...`` (cli/commands/auto_ca.py) and ``fleetreg auto hook-test|hook-calls``
+(cli/commands/registration_hook.py)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import operator_client
-from cli.commands import auto_ca
+from cli.commands import auto_ca, registration_hook
+from cli.hook_flags import HOOK_NOTE, add_hook_arguments, hook_body, shown_hook
 from cli.output import emit_json, print_table
 
 
@@ -38,7 +40,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         choices=("cn", "san:dns", "san:uri"),
         help="x509: where a device certificate names its hardware ID (default: its subject CN)",
     )
-    _hook_arguments(create)
+    add_hook_arguments(create, removable=False)
     create.set_defaults(run=create_auto)
     update = actions.add_parser(
         "update", parents=[common], help="set or clear the device quota or the registration hook"
@@ -47,7 +49,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     quota = update.add_mutually_exclusive_group()
     quota.add_argument("--max-devices", type=int, metavar="N", help="at most N devices from now on")
     quota.add_argument("--no-max-devices", action="store_true", help="remove the device quota")
-    _hook_arguments(update)
+    add_hook_arguments(update, removable=True)
     update.set_defaults(run=update_auto)
     for action, text in (
         ("pause", "refuse new devices until resumed"),
@@ -79,38 +81,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], help="list auto registrations")
     listing.set_defaults(run=list_auto)
     auto_ca.register(actions, common)
-
-
-def _hook_arguments(parser: argparse.ArgumentParser) -> None:
-    """The registration hook's flags (docs/registration-hook.md), as the contract names them."""
-    hook = parser.add_mutually_exclusive_group()
-    hook.add_argument(
-        "--hook-url",
-        metavar="URL",
-        help="ask this http(s) URL before each device is created or claimed; its signing "
-        "secret is printed once (hook_secret)",
-    )
-    if parser.prog.endswith(" update"):
-        hook.add_argument("--no-hook", action="store_true", help="remove the registration hook")
-    parser.add_argument("--hook-timeout-ms", type=int, metavar="N", help="the hook's timeout, 50-10000 ms")
-    parser.add_argument(
-        "--hook-failure",
-        choices=("closed", "open"),
-        help="when the hook fails: answer the device pending (closed, the default) or decide without it",
-    )
-
-
-def _hook_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if args.hook_url is not None:
-        body["hook_url"] = args.hook_url
-    if getattr(args, "no_hook", False):
-        body["hook_url"] = None
-    if args.hook_timeout_ms is not None:
-        body["hook_timeout_ms"] = args.hook_timeout_ms
-    if args.hook_failure is not None:
-        body["hook_failure"] = args.hook_failure
-    return body
+    registration_hook.register(actions, common, registration_hook.AUTO)
 
 
 PUBLIC = (
@@ -122,8 +93,6 @@ PUBLIC = (
     "attestation",
     "device_count",
 )
-# A registration hook's settings: shown when it has one (the JSON of one without is unchanged).
-HOOK_SETTINGS = ("hook_url", "hook_timeout_ms", "hook_failure")
 # A derived_key registration's group keys (in the answer of its creation or a key's rotation)
 # and a hook's signing secret (in the answer that set its URL): shown once.
 GROUP_KEYS = ("primary_key", "secondary_key")
@@ -134,19 +103,12 @@ KEY_WARNING = (
 )
 
 
-HOOK_NOTE = (
-    "fleetreg: the hook secret is shown once: give it to your hook to verify each call's "
-    "webhook-signature (Standard Webhooks)"
-)
-
-
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
     shown = {k: registration[k] for k in PUBLIC}
     if "hardware_id_from" in registration:
         shown["hardware_id_from"] = registration["hardware_id_from"]
-    if registration.get("hook_url") is not None:
-        shown.update({k: registration[k] for k in HOOK_SETTINGS})
-    shown.update({k: registration[k] for k in SHOWN_ONCE if k in registration})
+    shown.update(shown_hook(registration))
+    shown.update({k: registration[k] for k in GROUP_KEYS if k in registration})
     return shown
 
 
@@ -192,7 +154,7 @@ async def create_auto(args: argparse.Namespace) -> int:
         body["attestation"] = args.attestation
     if args.hardware_id_from is not None:
         body["hardware_id_from"] = args.hardware_id_from
-    body.update(_hook_body(args))
+    body.update(hook_body(args))
     async with operator_client() as client:
         registration = await client.post("/v1/auto-registrations", body)
     _emit(args, registration)
@@ -207,7 +169,7 @@ async def create_auto(args: argparse.Namespace) -> int:
 
 
 async def update_auto(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = _hook_body(args)
+    body: dict[str, Any] = hook_body(args)
     if args.no_max_devices or args.max_devices is not None:
         body["max_devices"] = None if args.no_max_devices else args.max_devices
     if not body:

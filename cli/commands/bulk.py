@@ -1,4 +1,5 @@
-"""``fleetreg bulk upload|publish|show|list|cancel``"""
+"""``fleetreg bulk upload|update|publish|show|list|cancel`` and ``fleetreg bulk
+hook-test|hook-calls`` (cli/commands/registration_hook.py)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 from cli.arguments import object_id
 from cli.client import operator_client
+from cli.commands import registration_hook
 from cli.errors import CliError
+from cli.hook_flags import HOOK_NOTE, HOOK_SETTINGS, add_hook_arguments, hook_body, shown_hook
 from cli.output import confirm, emit_json, print_table, progress
 
 BULK_URL = "FLEETREG_BULK_URL"
@@ -30,7 +33,14 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     upload.add_argument("file", type=Path)
     upload.add_argument("--product", required=True, metavar="ID", type=object_id)
+    add_hook_arguments(upload, removable=False)
     upload.set_defaults(run=upload_file)
+    update = actions.add_parser(
+        "update", parents=[common], help="set, change or remove the registration hook"
+    )
+    update.add_argument("id", type=object_id)
+    add_hook_arguments(update, removable=True)
+    update.set_defaults(run=update_registration)
     publish = actions.add_parser("publish", parents=[common], help="publish: the devices appear offline")
     publish.add_argument("id", type=object_id)
     publish.add_argument("--wait", action="store_true", help="wait until every row is published")
@@ -48,15 +58,24 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
     cancel.add_argument("id", type=object_id)
     cancel.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     cancel.set_defaults(run=cancel_registration)
+    registration_hook.register(actions, common, registration_hook.BULK)
 
 
 def _public(registration: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in registration.items() if k != "account_id"}
+    """The registration's JSON, its hook's settings only when it has a hook (the output for
+    one without is as it was before hooks), its hook's secret when this answer carries it."""
+    hidden = ("account_id", *HOOK_SETTINGS, "hook_secret")
+    return {k: v for k, v in registration.items() if k not in hidden} | shown_hook(registration)
 
 
 def _show(registration: dict[str, Any]) -> None:
-    for key in ("id", "product_id", "status", "rows", "published", "conflicts", "file_name"):
+    keys = ["id", "product_id", "status", "rows", "published", "conflicts", "file_name"]
+    if registration.get("hook_url") is not None:
+        keys += HOOK_SETTINGS
+    for key in keys:
         print(f"{key:12} {registration.get(key)}")
+    if "hook_secret" in registration:
+        print(f"hook secret: {registration['hook_secret']}")
     conflicts = registration.get("conflict_rows") or []
     if conflicts:
         print()
@@ -108,7 +127,8 @@ async def upload_file(args: argparse.Namespace) -> int:
             registration = await client.call(
                 "POST",
                 "/v1/bulk-registrations",
-                params={"product_id": args.product, "file_name": path.name},
+                params={"product_id": args.product, "file_name": path.name}
+                | {k: str(v) for k, v in hook_body(args).items()},
                 data=_chunks(path, total, show_progress=True),
                 # Its length, said up front: the bulk API reserves that much spool for it
                 # (without one, the whole size limit) and refuses a file too large at once.
@@ -130,10 +150,7 @@ async def upload_file(args: argparse.Namespace) -> int:
                     )
             raise
     remember_upload(registration["id"], path)
-    if args.json:
-        emit_json(_public(registration))
-    else:
-        _show(registration)
+    _emit(args, registration)
     warnings = registration.get("warnings") or []
     if warnings:  # accepted, but the operator should know (stderr: --json output stays one document)
         print(
@@ -142,6 +159,30 @@ async def upload_file(args: argparse.Namespace) -> int:
         )
         for warning in warnings:
             print(f"  line {warning['line']}: {warning['reason']}", file=sys.stderr)
+    return 0
+
+
+def _emit(args: argparse.Namespace, registration: dict[str, Any]) -> None:
+    """One registration, as JSON or lines; a hook secret (shown once) with its note."""
+    if args.json:
+        emit_json(_public(registration))
+    else:
+        _show(registration)
+    if "hook_secret" in registration:
+        print(HOOK_NOTE, file=sys.stderr)
+
+
+async def update_registration(args: argparse.Namespace) -> int:
+    body = hook_body(args)
+    if not body:
+        print(
+            "fleetreg: bulk update: give --hook-url, --no-hook, --hook-timeout-ms or --hook-failure",
+            file=sys.stderr,
+        )
+        return 2
+    async with operator_client(BULK_URL) as client:
+        registration = await client.call("PATCH", f"/v1/bulk-registrations/{args.id}", body=body)
+    _emit(args, registration)
     return 0
 
 

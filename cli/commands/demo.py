@@ -10,6 +10,9 @@ Derived keys: a product whose devices each prove a key derived from a group key 
 hardware ID (docs/device-identity.md): how a factory derives one, then a fleet boots.
 Real device agents: a handful of boards run agent/fleetreg-agent (the POSIX sh agent),
 booting with the auto product's code beside the simulated fleet.
+Registration hook: the reference hook (examples/registration_hook.py) approves each
+device of a product against a CSV of serials, naming and enriching the listed ones and
+denying the others (docs/registration-hook.md).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from cli.commands.simulate import print_summary, progress_bar
 from cli.config import ConfigError, load_endpoints, require
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
+from cli.reference_hook import free_port, reference_hook
 from cli.simulate import Summary, plan_bulk, plan_fleet, run_fleet
 from cli.webhook_receiver import DemoReceiver
 
 DEMO_CSV = Path("var") / "demo" / "bulk.csv"
 DEMO_AGENTS = Path("var") / "demo" / "agents"
+DEMO_SERIALS = Path("var") / "demo" / "serials.csv"
 DEMO_EVENTS = ["device.registered", "device.clone_detected", "device.provisioned", "bulk.published"]
 
 
@@ -56,6 +61,12 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=5,
         help="boards running the real device agent (agent/fleetreg-agent) beside the fleet (5; 0: none)",
+    )
+    parser.add_argument(
+        "--hook-devices",
+        type=int,
+        default=40,
+        help="devices of the product approved by the reference registration hook (40; 0: none)",
     )
     parser.set_defaults(run=run)
 
@@ -301,6 +312,79 @@ async def _show_webhooks(receiver: DemoReceiver, webhook_id: str, expected: dict
         await client.call("DELETE", f"/v1/webhooks/{webhook_id}")
 
 
+# Of the hook demo's devices, one in this many is not in the maker's serials: denied.
+HOOK_UNLISTED_EVERY = 8
+
+
+def _write_serials(path: Path, hardware_ids: list[str]) -> None:
+    """The maker's production records for the reference hook: hardware ID, the name and
+    categories it gives the device, and data columns delivered to it as a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["hardware_id,name,category_a,category_b,site,batch"]
+    lines += [f"{h},pump-{i:04d},pumps,line-{1 + i % 3},Lyon,2026-12" for i, h in enumerate(hardware_ids)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+async def _hook_demo(devices: int, concurrency: int, device_url: str) -> tuple[Summary, Summary]:
+    """A product whose auto registration asks the reference hook about every device: the
+    listed ones are allowed with their name, categories and data; the others denied.
+    Returns the listed devices' summary and the unlisted ones'."""
+    async with operator_client() as client:
+        _step(
+            "8. Registration hook: the maker's own service approves each device "
+            "(examples/registration_hook.py)"
+        )
+        product = await _product(client, "demo-hook")
+        plan = plan_fleet(
+            product["bulk_identification_code"], devices, 0.0, lost_response_rate=0.0, seed=None
+        )
+        unlisted = {d.index for d in plan.devices if d.index % HOOK_UNLISTED_EVERY == HOOK_UNLISTED_EVERY - 1}
+        listed = [d for d in plan.devices if d.index not in unlisted]
+        _write_serials(DEMO_SERIALS, [d.hardware_id for d in listed])
+        port = free_port()
+        registration = await client.post(
+            "/v1/auto-registrations",
+            {"product_id": product["id"], "hook_url": f"http://127.0.0.1:{port}/approve"},
+        )
+        secret = registration["hook_secret"]
+        print(
+            f"auto registration {registration['id']} with a hook: http://127.0.0.1:{port}/approve "
+            f"(signing secret shown once, {secret[:10]}...; the hook reads it from FLEETREG_HOOK_SECRET)"
+        )
+        async with reference_hook(DEMO_SERIALS.resolve(), secret, port):
+            print(f"reference hook running: {len(listed)} serials listed in {DEMO_SERIALS}")
+            tested = await client.post(
+                f"/v1/auto-registrations/{registration['id']}/hook/test",
+                {"hardware_id": listed[0].hardware_id},
+            )
+            print(
+                f"fleetreg auto hook-test {registration['id']} --hardware-id {listed[0].hardware_id}: "
+                f"{tested['outcome']} in {tested['latency_ms']} ms"
+            )
+            allowed = await run_fleet(replace(plan, devices=tuple(listed)), device_url, concurrency, None)
+            denied = await run_fleet(
+                replace(plan, devices=tuple(d for d in plan.devices if d.index in unlisted)),
+                device_url,
+                concurrency,
+                None,
+            )
+        found = await fetch_devices(client, {"registration_id": registration["id"]}, None)
+        calls = await client.get(f"/v1/auto-registrations/{registration['id']}/hook/calls?limit=500")
+    print_table(
+        [(d["hardware_id"], d["name"], d["category_a"], d["category_b"], d["state"]) for d in found[:5]],
+        ["hardware id", "name (from the hook)", "category a", "category b", "state"],
+    )
+    outcomes: dict[str, int] = {}
+    for call in calls["calls"]:
+        outcomes[call["outcome"]] = outcomes.get(call["outcome"], 0) + 1
+    print(
+        f"{allowed.provisioned} listed devices allowed, named and given their data file; "
+        f"{len(unlisted)} unlisted devices, {denied.error_kinds.get('refused', 0)} refused; "
+        f"hook calls: " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+    )
+    return allowed, denied
+
+
 async def run(args: argparse.Namespace) -> int:
     try:
         device_url = require(load_endpoints(), "FLEETREG_DEVICE_URL")
@@ -331,6 +415,9 @@ async def run(args: argparse.Namespace) -> int:
         if args.derived_devices > 0
         else None
     )
+    hooked = (
+        await _hook_demo(args.hook_devices, args.concurrency, device_url) if args.hook_devices > 0 else None
+    )
 
     _step("Summary")
     clones = sum(1 for d in auto_devices if d["hardware_id"] != d["claimed_hardware_id"])
@@ -357,6 +444,13 @@ async def run(args: argparse.Namespace) -> int:
             f"Derived keys: {derived_summary.provisioned} devices proved their own keys, provisioned, "
             f"{derived_summary.errors} errors."
         )
+    if hooked is not None:
+        allowed, denied = hooked
+        print(
+            f"Registration hook: {allowed.provisioned} of {allowed.devices} listed devices allowed and "
+            f"enriched by the reference hook, {denied.error_kinds.get('refused', 0)} of {denied.devices} "
+            "unlisted devices denied."
+        )
     print(
         "Explore: .venv/bin/fleetreg devices list --state online | .venv/bin/fleetreg bulk list | make down"
     )
@@ -376,7 +470,13 @@ async def run(args: argparse.Namespace) -> int:
         )
     derived_errors = derived_summary.errors if derived_summary is not None else 0
     agent_errors = sum(1 for b in agent_boots if b.code != 0)
-    if not (auto_summary.ok and bulk_summary.ok) or derived_errors or agent_errors:
-        errors = auto_summary.errors + bulk_summary.errors + derived_errors + agent_errors
+    # The hook's demo: every listed device provisioned, every unlisted one refused.
+    hook_errors = (
+        hooked[0].errors + (hooked[1].devices - hooked[1].error_kinds.get("refused", 0))
+        if hooked is not None
+        else 0
+    )
+    if not (auto_summary.ok and bulk_summary.ok) or derived_errors or agent_errors or hook_errors:
+        errors = auto_summary.errors + bulk_summary.errors + derived_errors + agent_errors + hook_errors
         raise CliError(f"the demo saw {errors} device error(s)")
     return 0

@@ -190,6 +190,9 @@ class _Outcome:
     raised: list[AlertSighting] = field(default_factory=list)  # the occurrences that crossed a threshold
     # Request ID -> the hook call its claim waits on (docs/registration-hook.md).
     held: dict[str, HookRequested] = field(default_factory=dict)
+    # Request ID -> the provisional answer of a reserved reference-protocol claim: its step 2
+    # answers as without a hook (H or H-N), the hook is consulted before step 5's secret.
+    provisional: dict[str, RegistrationOutcome] = field(default_factory=dict)
 
 
 async def decide_batch(
@@ -238,6 +241,9 @@ async def decide_batch(
         held = outcome.held.get(record.claim.request_id)
         if held is not None:
             out.hooks.append(held)
+            provisional = outcome.provisional.get(record.claim.request_id)
+            if provisional is not None:
+                out.refused.append(provisional)
         else:
             out.add(_Answer.recorded(record))
     return out
@@ -378,12 +384,12 @@ async def _decide_and_record(
                 )
                 records.append(record)
                 if desk is not None and admission.hooked:
-                    desk.hold(out, record, registration_id)
+                    desk.hold(out, record, registration_id, admission.kind == "auto")
             if desk is not None:
                 desks.append(desk)
         await decisions.record_decisions(conn, [r for r in records if recorded(r.account_id)])
         for desk in desks:  # after the devices they reserve are written
-            await desk.record(conn)
+            await desk.record(conn, out)
         await alerts.record(conn, out.sightings)
     return out
 
@@ -432,9 +438,12 @@ class _HookDesk:
             return None
         return hook_rules.denied_reason(state.reason)
 
-    def hold(self, out: _Outcome, record: DecisionRecord, registration_id: str) -> None:
+    def hold(self, out: _Outcome, record: DecisionRecord, registration_id: str, auto: bool) -> None:
         """Reserve ``record``'s claim for its hook, or attach a retry to its reservation;
-        a claim that consults no hook (a refusal, a device already confirmed) is left alone."""
+        a claim that consults no hook (a refusal, a device already confirmed) is left alone.
+        A reference-protocol claim of an auto registration (``auto``) is answered
+        provisionally at once: its step 2 as without a hook, its step 5 pending until the
+        hook allowed (docs/registration-hook.md, "The reference protocol")."""
         verdict, claim, device = record.verdict, record.claim, record.verdict.device
         if device is None or not record.account_id:
             return
@@ -473,10 +482,26 @@ class _HookDesk:
         out.held[claim.request_id] = HookRequested(
             call_id=call_id, registration_id=registration_id, request_id=claim.request_id
         )
+        if auto and record.protocol == "compat":
+            out.provisional[claim.request_id] = RegistrationOutcome(
+                request_id=claim.request_id,
+                status="pending",
+                device_id=device.id,
+                hardware_id=device.hardware_id,
+                decision=verdict.decision,
+                account_id=record.account_id,
+            )
 
-    async def record(self, conn: Connection) -> None:
+    async def record(self, conn: Connection, out: _Outcome) -> None:
+        """Write the reservations and attach the retries; a retry whose row was answered
+        since it was read (the ruling committed meanwhile) is released: it publishes its
+        decision as a claim of a device no longer reserved."""
         await hooks.reserve(conn, list(self.new.values()))
-        await hooks.attach(conn, self.attached)
+        attached = await hooks.attach(conn, self.attached)
+        for call_id, request_id, _ in self.attached:
+            if call_id not in attached:
+                out.held.pop(request_id, None)
+                out.provisional.pop(request_id, None)
 
 
 def _longest_creation_window(limits: Limits) -> float:

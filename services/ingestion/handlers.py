@@ -1,27 +1,37 @@
 """Bulk registration's business logic: ingest an upload (streamed, checked, all or
-nothing), publish it chunk by chunk."""
+nothing), publish it chunk by chunk; a bulk registration's hook, set on the upload or
+changed later (shared/hook_settings.py), tested with a sample request and its recent
+calls listed (shared/hook_surface.py), as an auto registration's."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import re
 import tempfile
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from services.ingestion.settings import BulkLimits
+from services.ingestion.settings import BulkLimits, HookOptions
 from shared.db import bulk
+from shared.db.hook_calls import HookCall
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.bulk_csv import BulkRow, CsvReader, Errors, RowError, shorten
 from shared.domain.credentials import Keyring
+from shared.domain.hooks import HOOK_FIELDS
 from shared.domain.identifiers import is_uuid
+from shared.domain.inputs import refuse_unknown_fields
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge
 from shared.events import BulkPublish, BulkPublished
+from shared.hook_settings import HookChange, hook_change, store_hook_change
+from shared.hook_surface import HookCalls, HookTest, recent_calls, sample_call
+from shared.settings import Secret
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +45,40 @@ PUBLISH_BUDGET_S = 5.0
 SendPublish = Callable[[BulkPublish], Awaitable[None]]
 
 
-class Store(Protocol):
-    """What an upload uses of the service's resources (``services.ingestion.resources.Resources``
-    is one, opened once per app; a Protocol because the resources sit above the handlers):
-    the registry, the keyring that digests the registration keys, and the upload limits."""
+class HookStore(Protocol):
+    """What setting a registration hook uses of the service's resources: the registry, the
+    key its signing secret is sealed with (FLEETREG_SECRET_KEY) and what a hook may be."""
 
     @property
     def pool(self) -> Pool: ...
+
+    @property
+    def secret_key(self) -> Secret: ...
+
+    @property
+    def hooks(self) -> HookOptions: ...
+
+
+class HookTester(Protocol):
+    """What a test call of a registration hook uses of the service's resources: the
+    registry, the key that opens the hook's signing secret, and the caller that makes the
+    call (shared.hook_caller.HookCaller)."""
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def secret_key(self) -> Secret: ...
+
+    @property
+    def hook_caller(self) -> HookCalls: ...
+
+
+class Store(HookStore, Protocol):
+    """What an upload uses of the service's resources (``services.ingestion.resources.Resources``
+    is one, opened once per app; a Protocol because the resources sit above the handlers):
+    the registry, the keyring that digests the registration keys, the upload limits, and
+    what its hook needs."""
 
     @property
     def keyring(self) -> Keyring: ...
@@ -52,10 +89,21 @@ class Store(Protocol):
 
 @dataclass(frozen=True)
 class Upload:
-    """An accepted upload: the registration, and the warnings of its report."""
+    """An accepted upload: the registration, the warnings of its report, and its hook's
+    signing secret when it was given one (shown once, in this answer only)."""
 
     registration: bulk.BulkRegistration
     warnings: Errors
+    hook_secret: str = ""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A bulk registration just changed, with its hook's new signing secret when the change
+    set a URL ("": none; shown once, in this answer only)."""
+
+    registration: bulk.BulkRegistration
+    hook_secret: str = ""
 
 
 class UploadRejected(DomainError):
@@ -133,19 +181,59 @@ def checked_file_name(value: str) -> str:
     return name
 
 
+# A timeout in a query string: a whole number of milliseconds (more digits are out of range
+# whatever they say, and are refused as such by the timeout's own check).
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def hook_query(query: Mapping[str, str]) -> dict[str, object]:
+    """The hook fields of an upload's query string (``hook_url``, ``hook_timeout_ms``,
+    ``hook_failure``) as a JSON body has them: a timeout written as a whole number is that
+    number; anything else stays text, which the timeout's check refuses."""
+    fields: dict[str, object] = {name: query[name] for name in HOOK_FIELDS if name in query}
+    timeout = fields.get("hook_timeout_ms")
+    if isinstance(timeout, str) and _WHOLE_NUMBER.fullmatch(timeout):
+        fields["hook_timeout_ms"] = int(timeout)
+    return fields
+
+
+async def _hook_change(
+    r: HookStore, fields: Mapping[str, object], registration_id: str, *, creation: bool = False
+) -> HookChange:
+    return await hook_change(
+        fields,
+        registration_id,
+        secret_key=r.secret_key,
+        allow_private=r.hooks.allow_private,
+        creation=creation,
+    )
+
+
 async def ingest(
-    r: Store, account: Account, product_id: str, file_name: str, chunks: AsyncIterator[bytes]
+    r: Store,
+    account: Account,
+    product_id: str,
+    file_name: str,
+    chunks: AsyncIterator[bytes],
+    hook_fields: Mapping[str, object] | None = None,
 ) -> Upload:
-    """Store a valid upload as a bulk registration in state 'configured'; reject an invalid
-    one whole (UploadRejected, 422, or 413 past the row limit), listing every bad row, with
-    nothing of it left in the registry. InvalidInput (400) for a bad product ID or file
-    name, PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES."""
+    """Store a valid upload as a bulk registration in state 'configured', with the
+    registration hook of ``hook_fields`` (:func:`hook_query`; its signing secret returned
+    this once); reject an invalid one whole (UploadRejected, 422, or 413 past the row
+    limit), listing every bad row, with nothing of it left in the registry. InvalidInput
+    (400) for a bad product ID, file name or hook setting (before a byte of the body is
+    read), PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES."""
     pool, limits = r.pool, r.limits
     if not is_uuid(product_id):
         raise InvalidInput(
             "product_id must be the ID of a locked product", field="product_id", rule="format=uuid"
         )
-    registration_id = await bulk.start_upload(pool, account.id, product_id, checked_file_name(file_name))
+    shown_name = checked_file_name(file_name)
+    new_id = str(uuid.uuid4())  # its hook's secret is sealed for it
+    hook = await _hook_change(r, hook_fields or {}, new_id, creation=True)
+    registration_id = await bulk.start_upload(
+        pool, account.id, product_id, shown_name, registration_id=new_id, hook=hook.hook
+    )
     started = time.perf_counter()
     try:
         rows, format_errors, too_many_rows, warnings = await _store_rows(
@@ -183,7 +271,7 @@ async def ingest(
         },
     )
     # The upload report: keys that work but can be guessed (never stored, shown once).
-    return Upload(await bulk.get_bulk(pool, account.id, registration_id), warnings)
+    return Upload(await bulk.get_bulk(pool, account.id, registration_id), warnings, hook.secret)
 
 
 def _every_problem(format_errors: Errors, problems: bulk.DuplicateProblems | None, limit: int) -> Errors:
@@ -238,6 +326,42 @@ async def list_registrations(pool: Pool, account: Account) -> list[bulk.BulkRegi
 async def registration(pool: Pool, account: Account, registration_id: str) -> bulk.BulkRegistration:
     """One of the account's bulk registrations with its conflict rows; NotFound otherwise."""
     return await bulk.get_bulk(pool, account.id, registration_id)
+
+
+async def update_registration(
+    r: HookStore, account: Account, registration_id: str, body: Mapping[str, Any]
+) -> Changed:
+    """Change a bulk registration's hook, in any state (its devices claim once it is
+    published): ``hook_url`` (null removes the hook and its secret; a URL gets a new
+    signing secret, returned this once), ``hook_timeout_ms``, ``hook_failure`` (alone they
+    keep the URL and secret). InvalidInput for another field, for none, or for a bad
+    setting (naming the field); NotFound outside the account."""
+    refuse_unknown_fields(body, HOOK_FIELDS, what="a bulk registration's change")
+    if not body:
+        raise InvalidInput(
+            "a hook setting is required: " + ", ".join(HOOK_FIELDS), field="hook_url", rule="required"
+        )
+    hook = await _hook_change(r, body, registration_id)
+    await store_hook_change(r.pool, account, "bulk", registration_id, hook)
+    return Changed(await bulk.get_bulk(r.pool, account.id, registration_id), hook.secret)
+
+
+async def try_hook(r: HookTester, account: Account, registration_id: str, body: dict[str, Any]) -> HookTest:
+    """Call the bulk registration's hook once with a sample request (``body``: optional
+    ``hardware_id``): ``decision`` ``claim``, as a device's claim of its row is asked
+    about (shared.hook_surface.sample_call; audited as ``bulk.hook_tested``). NotFound
+    outside the account; Conflict without a hook."""
+    return await sample_call(
+        r.pool, account, registration_id, body, secret_key=r.secret_key, caller=r.hook_caller, kind="bulk"
+    )
+
+
+async def hook_calls(
+    pool: Pool, account: Account, registration_id: str, query: dict[str, str]
+) -> list[HookCall]:
+    """The bulk registration's recent hook calls, newest first (``query``: ``limit``,
+    1-500, 50 by default). NotFound outside the account."""
+    return await recent_calls(pool, account, registration_id, query, kind="bulk")
 
 
 async def request_publish(

@@ -12,7 +12,7 @@ from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
-from shared.http import authenticate, json_response, path_id
+from shared.http import authenticate, json_response, parse_json_body, path_id, query_params
 from shared.kafka import publish
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -41,6 +41,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
                 request.query.get("product_id", ""),
                 request.query.get("file_name", ""),
                 uploads.paced(request.content.iter_chunked(READ_CHUNK_BYTES), r.bounds),
+                handlers.hook_query(request.query),
             )
     except DomainError as exc:
         if request.content.is_eof():
@@ -82,14 +83,23 @@ async def list_all(request: web.Request) -> web.Response:
             rule="known_parameters",
         )
     found = await handlers.list_registrations(r.pool, account)
-    return json_response(views.registrations(found))
+    return json_response(views.registrations(found, masked=account.read_only))
 
 
 async def show(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     account = await authenticate(request, r.pool, write=False)
     found = await handlers.registration(r.pool, account, path_id(request, "registration_id"))
-    return json_response(views.registration_detail(found))
+    return json_response(views.registration_detail(found, masked=account.read_only))
+
+
+async def update(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await authenticate(request, r.pool, write=True)
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    changed = await handlers.update_registration(r, account, registration_id, body)
+    return json_response(views.changed(changed))
 
 
 async def start_publish(request: web.Request) -> web.Response:
@@ -110,6 +120,25 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(views.cancelled(found))
 
 
+async def try_hook(request: web.Request) -> web.Response:
+    """A read-only key may not test (POST: a write): the call is a signed request."""
+    r = request.app[RESOURCES]
+    account = await authenticate(request, r.pool, write=True)
+    registration_id = path_id(request, "registration_id")
+    body = await parse_json_body(request)
+    tested = await handlers.try_hook(r, account, registration_id, body)
+    return json_response(views.hook_test(tested))
+
+
+async def list_hook_calls(request: web.Request) -> web.Response:
+    r = request.app[RESOURCES]
+    account = await authenticate(request, r.pool, write=False)
+    found = await handlers.hook_calls(
+        r.pool, account, path_id(request, "registration_id"), query_params(request)
+    )
+    return json_response(views.hook_calls(found))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=OPENAPI.read_text(encoding="utf-8"), content_type="application/yaml")
 
@@ -119,6 +148,9 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/bulk-registrations", upload),
     web.get("/v1/bulk-registrations", list_all),
     web.get("/v1/bulk-registrations/{registration_id}", show),
+    web.patch("/v1/bulk-registrations/{registration_id}", update),
     web.post("/v1/bulk-registrations/{registration_id}/publish", start_publish),
     web.post("/v1/bulk-registrations/{registration_id}/cancel", cancel),
+    web.post("/v1/bulk-registrations/{registration_id}/hook/test", try_hook),
+    web.get("/v1/bulk-registrations/{registration_id}/hook/calls", list_hook_calls),
 ]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
-from shared.settings import Env, OnPipeline, PipelineSettings, SettingsError
+from shared.settings import (
+    Env,
+    OnPipeline,
+    PipelineSettings,
+    SettingsError,
+    webhooks_allow_private_urls,
+)
 from shared.throttle import ThrottleSettings
 
 
@@ -61,11 +67,21 @@ class UploadBounds:
 
 
 @dataclass(frozen=True)
+class HookOptions:
+    """What a bulk registration's hook may be set to, as on the operator API:
+    ``allow_private`` (FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS: a hook on a loopback, link-local
+    or private address; docs/registration-hook.md)."""
+
+    allow_private: bool = False
+
+
+@dataclass(frozen=True)
 class IngestionSettings(OnPipeline):
     pipeline: PipelineSettings
     limits: BulkLimits
     bounds: UploadBounds = field(default_factory=UploadBounds)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings.off)
+    hooks: HookOptions = field(default_factory=HookOptions)
 
     @classmethod
     def from_env(cls, env: Env) -> IngestionSettings:
@@ -82,4 +98,5 @@ class IngestionSettings(OnPipeline):
             ),
             bounds=UploadBounds.from_env(env, max_bytes),
             throttle=ThrottleSettings.from_env(env),
+            hooks=HookOptions(allow_private=webhooks_allow_private_urls(env)),
         )

@@ -54,7 +54,7 @@ from shared.domain.identifiers import (
     request_id_is_issued,
     validate_hardware_id,
 )
-from shared.domain.provisioning import render, sha256_hex
+from shared.domain.provisioning import DataFile, render, sha256_hex
 from shared.domain.refusals import ReasonCode
 from shared.domain.release import Check, Release, secret_check, secret_release
 from shared.errors import (
@@ -228,6 +228,8 @@ class Boot:
 
     device: AuthenticatedDevice
     files: tuple[InlineFile, ...]
+    # The enrichment data file (its content is its own), listed after the services' files.
+    data: DataFile | None = None
 
 
 @dataclass(frozen=True)
@@ -427,8 +429,15 @@ def _from_outcome(outcome: RegistrationOutcome, claimed: str, keyring: Keyring) 
     if outcome.status == "pending":
         # The registration's hook failed and its policy is fail closed: pending at once,
         # with the wait it asks for (docs/registration-hook.md).
+        # A reference-protocol claim's provisional answer carries its device and H-N.
         return Answer(
-            "pending", outcome.request_id, claimed_hardware_id=claimed, retry_after=outcome.retry_after
+            "pending",
+            outcome.request_id,
+            device_id=outcome.device_id,
+            hardware_id=outcome.hardware_id,
+            claimed_hardware_id=claimed,
+            decision=outcome.decision,
+            retry_after=outcome.retry_after,
         )
     if outcome.status != "ready":
         return Answer(
@@ -1091,7 +1100,11 @@ async def with_files(
         return answer
     return replace(
         answer,
-        boot=Boot(device, tuple(InlineFile(f, _rendered(keyring, device, f)) for f in manifest(device))),
+        boot=Boot(
+            device,
+            tuple(InlineFile(f, _rendered(keyring, device, f)) for f in manifest(device)),
+            data_file(device),
+        ),
     )
 
 
@@ -1109,12 +1122,24 @@ def manifest(device: AuthenticatedDevice) -> tuple[ServiceFile, ...]:
     return tuple(f for f in _current_files(device) if f.recorded is not None)
 
 
+def data_file(device: AuthenticatedDevice) -> DataFile | None:
+    """The device's enrichment data file (the registration hook's ``data``), which the
+    native manifest, its download and the two-call answer list after the services' files;
+    None when the device has none. The reference protocol never lists it: its devices get
+    the hook's name and categories only (docs/registration-hook.md)."""
+    return device.registry.registration_data
+
+
 def file_content(keyring: Keyring, device: AuthenticatedDevice, file_name: str) -> bytes:
     """Render one provisioning file again (nothing secret is stored) and check it
-    against the digest recorded when it was generated."""
+    against the digest recorded when it was generated; the enrichment data file as the
+    manifest lists it (rendered from the device as read for this call)."""
     found = [
         f for f in _current_files(device) if f.recorded is not None and f.recorded.file_name == file_name
     ]
+    data = data_file(device)
+    if not found and data is not None and data.name == file_name:
+        return data.content
     if not found:
         raise NotFound(
             f"the device has no provisioning file named {shortened(file_name)!r}", field="file_name"

@@ -115,7 +115,7 @@ async def get_registration(request: web.Request) -> web.Response:
 
 async def get_manifest(request: web.Request) -> web.Response:
     found = await authenticated(request)
-    return views.manifest_view(found, handlers.manifest(found), base_url(request))
+    return views.manifest_view(found, handlers.manifest(found), handlers.data_file(found), base_url(request))
 
 
 async def get_file(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from services.intake.certificates import Issued
 from services.intake.handlers import CLONE_RATE_RULE, Answer, AuthenticatedDevice, Boot, retry_later
 from shared.db.files import ServiceFile
 from shared.domain.certificates import certs_only
+from shared.domain.provisioning import REGISTRATION_DATA_TYPE, DataFile
 from shared.domain.refusals import ReasonCode, reason_code_of, reason_code_of_status
 from shared.errors import DomainError, TooManyRequests
 from shared.http import Handler, json_response
@@ -87,42 +88,62 @@ def native_view(answer: Answer, retry_after: int, base_url: str) -> web.Response
     return json_response(body, status=403 if answer.status == "refused" else 404)
 
 
-def manifest_view(device: AuthenticatedDevice, files: tuple[ServiceFile, ...], base_url: str) -> web.Response:
-    """Every provisioning file of the device with its size, SHA-256 and download URL."""
-    return json_response(manifest_body(device, files, base_url))
+def manifest_view(
+    device: AuthenticatedDevice, files: tuple[ServiceFile, ...], data: DataFile | None, base_url: str
+) -> web.Response:
+    """Every provisioning file of the device with its size, SHA-256 and download URL, and
+    last its enrichment data file when it has one."""
+    return json_response(manifest_body(device, files, data, base_url))
 
 
 def manifest_body(
-    device: AuthenticatedDevice, files: tuple[ServiceFile, ...], base_url: str
+    device: AuthenticatedDevice, files: tuple[ServiceFile, ...], data: DataFile | None, base_url: str
 ) -> dict[str, Any]:
+    entries = [
+        {
+            "name": f.recorded.file_name,
+            "provisioning_id": f.service.provisioning_id,
+            "service": f.service.name,
+            "type": f.service.service_type,
+            "type_code": f.service.type_code,
+            "port": f.service.port,
+            "size": f.recorded.size,
+            "sha256": f.recorded.sha256,
+            "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
+        }
+        for f in files
+        if f.recorded is not None
+    ]
+    if data is not None:
+        # No service: no application type and no port (docs/device-api.md).
+        entries.append(
+            {
+                "name": data.name,
+                "provisioning_id": data.provisioning_id,
+                "service": data.service,
+                "type": REGISTRATION_DATA_TYPE,
+                "type_code": 0,
+                "port": 0,
+                "size": data.size,
+                "sha256": data.sha256,
+                "url": f"{base_url}/v1/devices/{device.id}/files/{data.name}",
+            }
+        )
     return {
         "device_id": device.id,
         "hardware_id": device.hardware_id,
         "generation": device.credential_generation,
-        "files": [
-            {
-                "name": f.recorded.file_name,
-                "provisioning_id": f.service.provisioning_id,
-                "service": f.service.name,
-                "type": f.service.service_type,
-                "type_code": f.service.type_code,
-                "port": f.service.port,
-                "size": f.recorded.size,
-                "sha256": f.recorded.sha256,
-                "url": f"{base_url}/v1/devices/{device.id}/files/{f.recorded.file_name}",
-            }
-            for f in files
-            if f.recorded is not None
-        ],
+        "files": entries,
     }
 
 
 def boot_manifest(boot: Boot, base_url: str) -> dict[str, Any]:
     """The manifest GET /v1/devices/{id}/manifest answers, each file with its ``content``:
     the exact bytes the file's URL serves, as a string (the files are ASCII)."""
-    body = manifest_body(boot.device, tuple(f.file for f in boot.files), base_url)
-    for item, inline in zip(body["files"], boot.files, strict=True):
-        item["content"] = inline.content.decode("ascii")
+    body = manifest_body(boot.device, tuple(f.file for f in boot.files), boot.data, base_url)
+    contents = [f.content for f in boot.files] + ([boot.data.content] if boot.data is not None else [])
+    for item, content in zip(body["files"], contents, strict=True):
+        item["content"] = content.decode("ascii")
     return body
 
 

@@ -95,21 +95,29 @@ async def make_call_logged(
 REDIAL_BATCH = 1000
 
 
-async def redial(pool: Pool, caller: HookCaller, start: Callable[[HookRequested], None]) -> int:
+async def redial(
+    pool: Pool, caller: HookCaller, start: Callable[[HookRequested], None], limit: int = REDIAL_BATCH
+) -> int:
     """Start again (``start``) the calls due again (``shared.db.hooks.due_again``): a fail
     closed failure after the pause its device was told, so the reservations of a hook that
     was down are decided as soon as it is back, whatever their devices do meanwhile; a
     request whose record or instance was lost. A hook whose breaker is open is skipped
-    until its pause is over (its calls would fail at once), left out of the round's query:
-    a hook down with a round's worth of calls would otherwise fill every round. Returns
-    how many it started."""
+    until its pause is over (its calls would fail at once), left out of the round's query
+    (a hook down with a round's worth of calls would otherwise fill every round), then lets
+    one trial through. At most ``limit`` calls a round, the oldest first. Returns how many
+    it started."""
     due = await hooks.due_again(
-        pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, REDIAL_BATCH, skip=caller.paused_hooks()
+        pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, limit, skip=caller.paused_hooks()
     )
     started = 0
+    trials: set[str] = set()
     for call_id, registration_id, request_id in due:
-        if caller.paused(registration_id):
+        if caller.paused(registration_id) or registration_id in trials:
             continue
+        if caller.tripped(registration_id):
+            # Past its pause: one call is the breaker's trial; the others would fail at once,
+            # so they wait for the next round (the trial's success closes the breaker).
+            trials.add(registration_id)
         start(HookRequested(call_id=call_id, registration_id=registration_id, request_id=request_id))
         started += 1
     return started

@@ -16,6 +16,7 @@ from services.operator.handlers import trail
 from services.operator.settings import OperatorSettings, RetentionSettings
 from shared.db.pool import Pool, answers, open_pool
 from shared.domain.credentials import Keyring
+from shared.hook_caller import HookCaller
 from shared.http import READINESS, READINESS_PROBE
 from shared.periodic import PeriodicJob
 from shared.throttle import THROTTLE, open_throttle
@@ -34,6 +35,10 @@ class Resources:
     # The console's client of the bulk API (uploads streamed through, publish, cancel): a
     # session of its own, so a slow upload never holds up the health probes.
     bulk_http: aiohttp.ClientSession | None = None
+    # Registration hooks' test calls (handlers/hooks.py): the notifier's caller, with its
+    # address checks under FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS as the operator reads it.
+    # Opened by resources_context; an unopened one refuses to call.
+    hook_caller: HookCaller = field(default_factory=lambda: HookCaller(allow_private=False))
 
     @property
     def keyring(self) -> Keyring:
@@ -62,11 +67,15 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
             )
             stack.push_async_callback(bulk_http.close)
+            hook_caller = HookCaller(allow_private=settings.webhooks_allow_private_urls)
+            await hook_caller.open()
+            stack.push_async_callback(hook_caller.close)
             app[RESOURCES] = Resources(
                 settings,
                 pool,
                 ExportSlots(settings.exports_max),
                 bulk_http=bulk_http,
+                hook_caller=hook_caller,
             )
             # Every instance prunes: the batches skip each other's rows (shared.db.retention).
             await stack.enter_async_context(

@@ -11,7 +11,6 @@ from shared.settings import (
     Secret,
     SettingsError,
     online_ttl_s,
-    registration_hooks_preview,
     secret_key,
     webhooks_allow_private_urls,
 )
@@ -105,7 +104,6 @@ class OperatorSettings:
     # Webhooks: their signing secrets are sealed with a key derived from this one.
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     webhooks_allow_private_urls: bool = False
-    registration_hooks_preview: bool = False
     max_webhooks: int = 20  # per account
     # Active API keys per account: each key has its own request rate, so keys without a
     # bound would make the per-key limit an account's to multiply.
@@ -127,7 +125,6 @@ class OperatorSettings:
             retention=RetentionSettings.from_env(env),
             secret_key=secret_key(env),
             webhooks_allow_private_urls=webhooks_allow_private_urls(env),
-            registration_hooks_preview=registration_hooks_preview(env),
             max_webhooks=env.integer("FLEETREG_WEBHOOKS_MAX_PER_ACCOUNT", 20, minimum=1),
             max_api_keys=env.integer("FLEETREG_API_KEYS_MAX_PER_ACCOUNT", 50, minimum=1),
             console=ConsoleSettings.from_env(env),

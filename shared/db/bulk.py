@@ -20,6 +20,7 @@ from asyncpg import ForeignKeyViolationError, Record, UniqueViolationError
 
 from shared.db import audit, products
 from shared.db.pool import Pool
+from shared.db.registrations import Hook, hook_audit
 from shared.domain.accounts import Account
 from shared.domain.identifiers import is_uuid
 from shared.domain.products import registration_kind_refusal
@@ -36,8 +37,9 @@ ROW_COLUMNS = (
     "category_b",
 )
 
-INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name)
-                   VALUES ($1, $2, $3, 'bulk', 'uploading', $4)"""
+INSERT_UPLOAD = """INSERT INTO registrations (id, account_id, product_id, kind, status, file_name,
+                                              hook_url, hook_timeout_ms, hook_failure, hook_secret_sealed)
+                   VALUES ($1, $2, $3, 'bulk', 'uploading', $4, $5, $6, $7, $8)"""
 # Each check answers the first rows at fault by line, at most the report's limit, each
 # row with the total: a file of 2,000,000 rows repeating 1,820 keys and IDs has ~4,000,000
 # problems, and answering whole groups (every line of the first 1,000 repeated IDs, as
@@ -82,13 +84,15 @@ CLAIM_PRODUCT = """UPDATE products SET registration_kind = 'bulk'
     WHERE id = $1 AND account_id = $2 AND status = 'locked'
       AND (registration_kind IS NULL OR registration_kind = 'bulk') RETURNING id"""
 FINISH_UPLOAD = """UPDATE registrations SET status = 'configured', row_count = $2, updated_at = now()
-                   WHERE id = $1 AND status = 'uploading'"""
+                   WHERE id = $1 AND status = 'uploading'
+                   RETURNING hook_url, hook_timeout_ms, hook_failure"""
 DISCARD_UPLOAD = "DELETE FROM registrations WHERE id = $1 AND status = 'uploading'"
 DISCARD_STALE = """DELETE FROM registrations WHERE kind = 'bulk' AND status = 'uploading'
                    AND created_at < now() - make_interval(secs => $1) RETURNING id"""
 SELECT_BULK = """
     SELECT r.id::text, r.product_id::text, r.account_id::text, r.status, r.row_count, r.published_count,
-           r.conflict_count, r.file_name, r.created_at, r.updated_at
+           r.conflict_count, r.file_name, r.created_at, r.updated_at,
+           r.hook_url, r.hook_timeout_ms, r.hook_failure
     FROM registrations r
     WHERE r.account_id = $1 AND r.kind = 'bulk' AND r.status <> 'uploading'
       AND ($2::uuid IS NULL OR r.id = $2)
@@ -190,6 +194,11 @@ class BulkRegistration:
     created_at: datetime
     updated_at: datetime
     conflict_rows: tuple[ConflictRow, ...] = ()
+    # Its registration hook (docs/registration-hook.md), as an auto registration's: the URL
+    # (None: no hook), the call's timeout in milliseconds, what a failed call does.
+    hook_url: str | None = None
+    hook_timeout_ms: int = 2000
+    hook_failure: str = "closed"
 
 
 @dataclass(frozen=True)
@@ -211,8 +220,18 @@ class ChunkResult:
     finished: bool
 
 
-async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: str) -> str:
-    """A registration in the internal state 'uploading', after checking the product."""
+async def start_upload(
+    pool: Pool,
+    account_id: str,
+    product_id: str,
+    file_name: str,
+    *,
+    registration_id: str | None = None,
+    hook: Hook | None = None,
+) -> str:
+    """A registration in the internal state 'uploading', after checking the product:
+    ``registration_id`` (the ID its hook's secret was sealed for; a new one by default)
+    with its registration ``hook``, if any."""
     async with pool.acquire() as conn:
         state = await products.product_state(conn, account_id, product_id)
     if state is None:
@@ -220,9 +239,19 @@ async def start_upload(pool: Pool, account_id: str, product_id: str, file_name: 
     refusal = registration_kind_refusal(product_id, state.status, state.registration_kind, BULK)
     if refusal is not None:
         raise refusal
-    registration_id = str(uuid.uuid4())
+    registration_id = registration_id or str(uuid.uuid4())
     try:
-        await pool.execute(INSERT_UPLOAD, registration_id, account_id, product_id, file_name[:200])
+        await pool.execute(
+            INSERT_UPLOAD,
+            registration_id,
+            account_id,
+            product_id,
+            file_name[:200],
+            hook.url if hook else None,
+            hook.timeout_ms if hook else 2000,
+            hook.failure if hook else "closed",
+            hook.secret_sealed if hook else None,
+        )
     except ForeignKeyViolationError as exc:  # the product was deleted since it was read
         raise NotFound(f"no product {product_id} in this account", field="product_id") from exc
     return registration_id
@@ -295,7 +324,8 @@ async def finish_upload(
     pool: Pool, registration_id: str, actor: Account, product_id: str, rows: int, file_name: str = ""
 ) -> None:
     """uploading -> configured, the product claimed for bulk registrations; audited as
-    ``bulk.uploaded`` (the product, file name and row count)."""
+    ``bulk.uploaded`` (the product, file name and row count, and a hook's host, timeout and
+    policy with ``"hook_secret": "issued"``, never the secret)."""
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval(CLAIM_PRODUCT, product_id, actor.id) is None:
             # An auto registration took the product while the file was checked.
@@ -304,14 +334,20 @@ async def finish_upload(
                 product_id, state.status, state.registration_kind, BULK
             )
             raise refusal or Conflict(f"product {product_id} cannot take a bulk registration now")
-        await conn.execute(FINISH_UPLOAD, registration_id, rows)
+        hook = await conn.fetchrow(FINISH_UPLOAD, registration_id, rows)
         await audit.record(
             conn,
             actor,
             "bulk.uploaded",
             "bulk_registration",
             registration_id,
-            {"product_id": product_id, "file_name": file_name, "rows": rows, "status": "configured"},
+            {"product_id": product_id, "file_name": file_name, "rows": rows, "status": "configured"}
+            | (
+                hook_audit(hook["hook_url"], hook["hook_timeout_ms"], hook["hook_failure"])
+                | {"hook_secret": "issued"}
+                if hook is not None and hook["hook_url"] is not None
+                else {}
+            ),
         )
 
 
@@ -335,6 +371,9 @@ def _registration(row: Record) -> BulkRegistration:
         file_name=row["file_name"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        hook_url=row["hook_url"],
+        hook_timeout_ms=row["hook_timeout_ms"],
+        hook_failure=row["hook_failure"],
     )
 
 

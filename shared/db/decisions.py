@@ -7,6 +7,7 @@ per kind of change, not one round trip per device.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,8 +104,12 @@ SELECT_OUTCOME = """
     WHERE d.request_id = $1"""
 SELECT_DECISIONS = """
     SELECT request_id::text, decided_at, decision, reason, claimed_hardware_id, assigned_hardware_id,
-           device_id::text, product_id::text, protocol
-    FROM registration_decisions
+           device_id::text, product_id::text, protocol,
+           -- the registration hook's call that answered this request (migration 0034's index)
+           (SELECT jsonb_build_object('call_id', c.call_id, 'outcome', c.outcome, 'latency_ms', c.latency_ms,
+                                      'http_status', c.http_status, 'attempts', c.attempts)
+            FROM registration_hook_calls c WHERE c.request_id = d.request_id LIMIT 1) AS hook
+    FROM registration_decisions d
     WHERE account_id = $1 AND ($2::text IS NULL OR decision = $2)
       AND ($3::timestamptz IS NULL OR decided_at < $3
            OR (decided_at = $3 AND $5::uuid IS NOT NULL AND request_id < $5::uuid))
@@ -172,6 +177,9 @@ class DecisionEntry:
     device_id: str | None
     product_id: str | None
     protocol: str
+    # The registration hook's call that answered the request (call_id, outcome, latency_ms,
+    # http_status, attempts), or None: no hook was asked.
+    hook: dict[str, object] | None = None
 
 
 async def load_idempotent(conn: Connection, product_id: str, keys: Sequence[str]) -> dict[str, str]:
@@ -366,4 +374,10 @@ async def list_decisions(
     ``before`` (and ``before_id``, the last request ID seen at that time: many decisions
     share one time) page back without skipping any."""
     rows = await pool.fetch(SELECT_DECISIONS, account_id, decision, before, limit, before_id)
-    return [DecisionEntry(**{name: r[name] for name in DecisionEntry.__dataclass_fields__}) for r in rows]
+    return [
+        DecisionEntry(
+            **{name: r[name] for name in DecisionEntry.__dataclass_fields__ if name != "hook"},
+            hook=json.loads(r["hook"]) if r["hook"] is not None else None,
+        )
+        for r in rows
+    ]

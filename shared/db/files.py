@@ -4,7 +4,9 @@ serves them), and the record of each file rendered (its name, size and SHA-256).
 
 Nothing secret is stored: the files are rendered again from the same recipe
 (:func:`shared.domain.provisioning.file_spec`) on download and checked against the
-recorded digest.
+recorded digest. The registration hook's enrichment data file is not recorded: it holds
+no secret and is rendered from ``devices.hook_data``, read by the same query
+(:attr:`DeviceFiles.registration_data`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from asyncpg import ForeignKeyViolationError, Record
 
 from shared.db.pool import Connection, Pool
 from shared.domain.credentials import Keyring
-from shared.domain.provisioning import FileSpec, ServiceRecipe, file_spec, render, service_uid, sha256_hex
+from shared.domain.provisioning import (
+    DataFile,
+    FileSpec,
+    ServiceRecipe,
+    file_spec,
+    registration_data_file,
+    render,
+    service_uid,
+    sha256_hex,
+)
 
 # Every enabled service of each device's product, with the file recorded for it (if any):
 # the one query behind both provisioning and the intake. The intake asks for one device
 # per call, on the hot path of every boot; compared with ``= ANY($1)`` of a one-element
-# array, ``= $1`` halves that lookup's round trip (measured: 175 against 380 us).
+# array, ``= $1`` halves that lookup's round trip (measured: 175 against 380 us). The hook's
+# enrichment data comes along as one column more (NULL for a device without), not a query.
 _DEVICE_FILES = """
     SELECT v.id::text AS device_id, v.hardware_id, v.name, v.lifecycle, v.disabled,
-           v.credential_generation,
+           v.credential_generation, v.hook_data::text AS hook_data,
            s.id::text AS service_id, s.position, s.name AS service_name, s.service_type, s.type_code,
            s.port, s.revision, f.service_uid, f.generation AS file_generation, f.service_revision,
            f.file_name, f.size, f.sha256
@@ -104,6 +117,18 @@ class DeviceFiles:
     disabled: bool
     credential_generation: int
     services: tuple[ServiceFile, ...]
+    # ``devices.hook_data`` as the registry's JSON text (None: no data), parsed only by
+    # :attr:`registration_data`, so a reader that serves no data file (provisioning, the
+    # reference protocol) never depends on it.
+    hook_data: str | None = None
+
+    @property
+    def registration_data(self) -> DataFile | None:
+        """The registration hook's enrichment data file (native protocol only: the intake's
+        /v1 manifest, its download and the two-call answer list it; the reference protocol
+        never does); None when the device has no hook data. ValueError for a column that is
+        not a JSON object of string values (the ruling writes nothing else)."""
+        return _registration_data(self.device_id, self.hook_data)
 
     def current(self) -> tuple[ServiceFile, ...]:
         """The files the device downloads: of its current credential generation, rendered
@@ -204,9 +229,22 @@ def _assemble(rows: Sequence[Record]) -> dict[str, DeviceFiles]:
             disabled=r["disabled"],
             credential_generation=r["credential_generation"],
             services=tuple(services[device_id]),
+            hook_data=r["hook_data"],
         )
         for device_id, r in first.items()
     }
+
+
+def _registration_data(device_id: str, hook_data: str | None) -> DataFile | None:
+    """The data file of ``hook_data`` (the column's JSON text), or None without data. The
+    column holds a JSON object of string keys to string values (the hook's answer, checked
+    by shared.domain.hooks before it is written); anything else is a broken registry row."""
+    if hook_data is None:
+        return None
+    data = orjson.loads(hook_data)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"devices.hook_data of {device_id} is not an object of string values")
+    return registration_data_file(device_id, data)
 
 
 async def next_service_uids(conn: Connection, count: int) -> list[int]:

@@ -48,7 +48,8 @@ ATTACH = """
         outcome = CASE WHEN outcome IN ('waiting', 'calling') THEN outcome ELSE 'waiting' END
     FROM unnest($1::text[], $2::uuid[], $3::jsonb[]) AS u(call_id, request_id, decided)
     WHERE registration_hook_calls.call_id = u.call_id
-      AND registration_hook_calls.outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired')"""
+      AND registration_hook_calls.outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired')
+    RETURNING registration_hook_calls.call_id"""
 TAKE = """
     UPDATE registration_hook_calls c SET outcome = 'calling', called_at = now(), attempts = attempts + 1
     FROM registrations r
@@ -169,17 +170,20 @@ async def reserve(conn: Connection, reservations: Sequence[Reservation]) -> None
     )
 
 
-async def attach(conn: Connection, attached: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+async def attach(conn: Connection, attached: Sequence[tuple[str, str, dict[str, Any]]]) -> set[str]:
     """Retries of reserved claims: each (call ID, request ID, decided fields) becomes its
-    row's latest request; a failed call's row goes back to ``waiting``."""
+    row's latest request; a failed call's row goes back to ``waiting``. Returns the call IDs
+    attached: a row answered meanwhile (the notifier's ruling committed first) is not, and
+    its retry is decided as any claim of a device no longer reserved."""
     if not attached:
-        return
-    await conn.execute(
+        return set()
+    rows = await conn.fetch(
         ATTACH,
         [a[0] for a in attached],
         [a[1] for a in attached],
         [json.dumps(a[2]) for a in attached],
     )
+    return {r["call_id"] for r in rows}
 
 
 @dataclass(frozen=True)

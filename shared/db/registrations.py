@@ -49,7 +49,8 @@ SET_REGISTRATION_STATUS = """
 # left NULL keeps its value. Returns the settings before the change, for the audit trail.
 SET_HOOK = """
     WITH before AS (SELECT id, hook_url, hook_timeout_ms, hook_failure FROM registrations
-                    WHERE id = $1 AND account_id = $2 AND kind = 'auto' FOR UPDATE)
+                    WHERE id = $1 AND account_id = $2 AND kind = $8 AND status <> 'uploading'
+                    FOR UPDATE)
     UPDATE registrations r
     SET hook_url = CASE WHEN $3 THEN $4 ELSE r.hook_url END,
         hook_secret_sealed = CASE WHEN $3 THEN $5 ELSE r.hook_secret_sealed END,
@@ -193,7 +194,7 @@ async def create_registration(
             | ({"attestation": attestation} if kind == "auto" else {})
             | ({"hardware_id_from": hardware_id_from} if x509 else {})
             | (
-                _hook_audit(hook.url, hook.timeout_ms, hook.failure) | {"hook_secret": "issued"}
+                hook_audit(hook.url, hook.timeout_ms, hook.failure) | {"hook_secret": "issued"}
                 if hook
                 else {}
             ),
@@ -201,7 +202,7 @@ async def create_registration(
     return registration_id
 
 
-def _hook_audit(url: str | None, timeout_ms: int, failure: str) -> dict[str, object]:
+def hook_audit(url: str | None, timeout_ms: int, failure: str) -> dict[str, object]:
     """A hook's settings for the audit trail: its URL's host only (a path or query often
     carries the receiver's own token), as webhooks are audited."""
     return {
@@ -288,9 +289,18 @@ async def set_max_devices(pool: Pool, actor: Account, registration_id: str, max_
         )
 
 
+# The audit trail's names of a registration of each kind: its actions' prefix (bulk
+# registrations' actions were named ``bulk.*`` from the start) and its target type.
+AUDIT_NAMES: dict[RegistrationKind, tuple[str, str]] = {
+    "auto": ("auto_registration", "auto_registration"),
+    "bulk": ("bulk", "bulk_registration"),
+}
+
+
 async def set_hook(
     pool: Pool,
     actor: Account,
+    kind: RegistrationKind,
     registration_id: str,
     *,
     url_changes: bool,
@@ -299,23 +309,26 @@ async def set_hook(
     timeout_ms: int | None = None,
     failure: str | None = None,
 ) -> None:
-    """Change an auto registration's hook: with ``url_changes``, its URL and sealed secret
-    (both None: no hook); a ``timeout_ms`` or ``failure`` given replaces that setting.
-    NotFound outside the actor's account. Audited as ``auto_registration.hook_changed``
-    with the settings before and after (the URL's host, "hook_secret": "issued" when a new
-    secret was made, never the secret)."""
+    """Change the hook of a registration of ``kind`` (a bulk registration in any state
+    but uploading: its devices claim after it is published): with ``url_changes``, its URL
+    and sealed secret (both None: no hook); a ``timeout_ms`` or ``failure`` given replaces
+    that setting. NotFound outside the actor's account. Audited as
+    ``auto_registration.hook_changed`` or ``bulk.hook_changed`` with the settings before
+    and after (the URL's host, "hook_secret": "issued" when a new secret was made, never
+    the secret)."""
     if url_changes and (url is None) != (secret_sealed is None):
         raise ValueError("a hook's URL and its secret are set or removed together")
+    prefix, target = AUDIT_NAMES[kind]
     async with pool.acquire() as conn, conn.transaction():
         before = await conn.fetchrow(
-            SET_HOOK, registration_id, actor.id, url_changes, url, secret_sealed, timeout_ms, failure
+            SET_HOOK, registration_id, actor.id, url_changes, url, secret_sealed, timeout_ms, failure, kind
         )
         if before is None:
-            raise NotFound(f"no auto registration {registration_id} in this account")
+            raise NotFound(f"no {kind} registration {registration_id} in this account")
         if url_changes and url is None:
             await hooks.without_hook(conn, registration_id)
-        old = _hook_audit(before["hook_url"], before["hook_timeout_ms"], before["hook_failure"])
-        new = _hook_audit(
+        old = hook_audit(before["hook_url"], before["hook_timeout_ms"], before["hook_failure"])
+        new = hook_audit(
             url if url_changes else before["hook_url"],
             timeout_ms if timeout_ms is not None else before["hook_timeout_ms"],
             failure if failure is not None else before["hook_failure"],
@@ -323,8 +336,8 @@ async def set_hook(
         await audit.record(
             conn,
             actor,
-            "auto_registration.hook_changed",
-            "auto_registration",
+            f"{prefix}.hook_changed",
+            target,
             registration_id,
             {k: {"from": old[k], "to": new[k]} for k in old}
             | ({"hook_secret": "issued"} if url_changes and url is not None else {}),

@@ -14,6 +14,7 @@ from shared.db.pool import Pool
 
 Table = Literal[
     "registration_decisions",
+    "registration_hook_calls",
     "operator_audit_events",
     "console_sessions",
     "deleted_devices",
@@ -27,6 +28,12 @@ _PRUNE: dict[Table, str] = {
         DELETE FROM registration_decisions WHERE request_id IN (
             SELECT request_id FROM registration_decisions WHERE decided_at < $1
             ORDER BY decided_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+    # Only answered calls: a reservation still held is never pruned (the sweep releases it).
+    "registration_hook_calls": """
+        DELETE FROM registration_hook_calls WHERE call_id IN (
+            SELECT call_id FROM registration_hook_calls
+            WHERE created_at < $1 AND outcome IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired')
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)""",
     "operator_audit_events": """
         DELETE FROM operator_audit_events WHERE id IN (
             SELECT id FROM operator_audit_events WHERE at < $1

@@ -1,8 +1,14 @@
-"""Who is calling the operator and bulk APIs: the account an API key belongs to, and the key."""
+"""Who is calling the operator and bulk APIs: the account an API key belongs to, and the key,
+and what a read-only key is shown of a secret."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+# What a read-only API key sees instead of a code or a URL's path: it may watch a fleet,
+# never enroll one (the operator API and the bulk API alike).
+MASKED = "********"
 
 
 @dataclass(frozen=True)
@@ -20,3 +26,15 @@ class Account:
     key_id: str | None = None
     key_label: str = ""
     read_only: bool = False
+
+
+def masked_url(url: str) -> str:
+    """``https://hooks.example.com/********``: the scheme and host (and port) of a URL, its
+    user information, path and query replaced by MASKED, as a read-only key sees a
+    webhook's or a registration hook's URL (a path or query often carries a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/{MASKED}"

@@ -131,6 +131,17 @@ def _text(answer: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
+def _storable(text: str) -> bool:
+    """Text Postgres' jsonb and text can keep: no NUL, valid UTF-8 (no lone surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_answer(raw: bytes) -> HookAnswer:
     """The hook's answer body: a JSON object ``{"allow": bool, "reason", "name",
     "category_a", "category_b", "data": {str: str}}``, every field but ``allow`` optional
@@ -163,6 +174,10 @@ def parse_answer(raw: bytes) -> HookAnswer:
             raise MalformedAnswer(
                 f"data's keys must be printable text of 1-{MAX_DATA_KEY} characters, its values text"
             )
+        if not _storable(value):
+            # The registry keeps the data as jsonb, which has no NUL and no lone surrogate: an
+            # answer it cannot keep is the hook's fault, a failure, never a stuck call.
+            raise MalformedAnswer("data's values must be text without NUL characters or lone surrogates")
     return HookAnswer(
         allow=allow,
         reason=_text(answer, "reason", MAX_REASON),

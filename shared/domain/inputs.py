@@ -24,3 +24,16 @@ def refuse_unknown_fields(
             field=f"{prefix}{name}",
             rule="known_fields",
         )
+
+
+def refuse_unknown_parameters(query: Mapping[str, str], known: Iterable[str]) -> None:
+    """InvalidInput (rule ``known_parameters``) naming the first query parameter not in
+    ``known``: silently ignored, a filter such as ``category_a=x`` would return everything."""
+    allowed = tuple(known)
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter {shortened(unknown[0])!r}: this listing takes {', '.join(allowed)}",
+            field=shortened(unknown[0]),
+            rule="known_parameters",
+        )

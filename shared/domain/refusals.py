@@ -44,6 +44,9 @@ class ReasonCode(StrEnum):
     PROOF_TIME = "proof_time"  # derived key: a right proof refused for its time (server_time)
     CERTIFICATE_REFUSED = "certificate_refused"  # x509: the client certificate refused
     HOOK_DENIED = "hook_denied"  # the registration hook denied it (its reason follows in the text)
+    # The hook never answered while the claim was held for it (fail closed, past the hold):
+    # registering again asks it again.
+    HOOK_UNANSWERED = "hook_unanswered"
     THROTTLED = "throttled"  # every 429: wait Retry-After
     UNAUTHORIZED = "unauthorized"  # 401: no, or a wrong, device secret; an unknown device
     CREDENTIALS_REPLACED = "credentials_replaced"  # 401: the operator's reset or move, a reclaim
@@ -64,6 +67,7 @@ TEMPORARY = frozenset(
         ReasonCode.PROOF_TIME,
         ReasonCode.THROTTLED,
         ReasonCode.NOT_ISSUED,
+        ReasonCode.HOOK_UNANSWERED,
     }
 )
 
@@ -82,6 +86,7 @@ _BY_REASON: dict[str, ReasonCode] = {
     derived_keys.REASON_REFERENCE_PROTOCOL: ReasonCode.PROOF_INVALID,
     derived_keys.REASON_PROOF_TIME: ReasonCode.PROOF_TIME,
     x509_attestation.REASON_REFERENCE_PROTOCOL: ReasonCode.CERTIFICATE_REFUSED,
+    hooks.UNANSWERED_REASON: ReasonCode.HOOK_UNANSWERED,
 }
 
 _BY_QUOTA: dict[Quota, ReasonCode] = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +15,8 @@ from shared.db.pool import Pool
 from shared.domain import hooks, webhooks
 from tests.e2e.test_cli import fleetreg, fleetreg_json
 from tests.support.api import Operator
-from tests.support.system import LOGS, TEST_SECRET_KEY, System
+from tests.support.hooks import log_offsets, log_text_since, sealed_secret
+from tests.support.system import TEST_SECRET_KEY, System
 
 HOOK = "http://127.0.0.1:9/approve?token=receiver-token"
 
@@ -33,13 +33,6 @@ async def _locked_product(operator: Operator) -> str:
     return product_id
 
 
-async def _sealed_secret(pool: Pool, registration_id: str) -> bytes | None:
-    sealed: bytes | None = await pool.fetchval(
-        "SELECT hook_secret_sealed FROM registrations WHERE id = $1", registration_id
-    )
-    return sealed
-
-
 async def test_a_hook_is_set_shown_once_changed_and_removed(operator: Operator, pool: Pool) -> None:
     product_id = await _locked_product(operator)
     created = await operator.call(
@@ -52,7 +45,7 @@ async def test_a_hook_is_set_shown_once_changed_and_removed(operator: Operator, 
     secret = created["hook_secret"]
     assert secret.startswith("whsec_")
     # Sealed at rest for this registration, as a webhook's secret is (its own purpose).
-    sealed = await _sealed_secret(pool, created["id"])
+    sealed = await sealed_secret(pool, created["id"])
     assert sealed is not None and secret.encode() not in sealed
     box = webhooks.SecretBox(TEST_SECRET_KEY.encode(), hooks.HOOK_SECRETS)
     assert box.open(created["id"], sealed) == secret
@@ -71,7 +64,7 @@ async def test_a_hook_is_set_shown_once_changed_and_removed(operator: Operator, 
         "PATCH", f"/v1/auto-registrations/{created['id']}", {"hook_failure": "closed"}, expect=200
     )
     assert (changed["hook_url"], changed["hook_failure"], "hook_secret" in changed) == (HOOK, "closed", False)
-    assert await _sealed_secret(pool, created["id"]) == sealed
+    assert await sealed_secret(pool, created["id"]) == sealed
     # A new URL: a new secret, shown once.
     moved = await operator.call(
         "PATCH",
@@ -89,7 +82,7 @@ async def test_a_hook_is_set_shown_once_changed_and_removed(operator: Operator, 
         "PATCH", f"/v1/auto-registrations/{created['id']}", {"hook_url": None}, expect=200
     )
     assert removed["hook_url"] is None and "hook_secret" not in removed
-    assert await _sealed_secret(pool, created["id"]) is None
+    assert await sealed_secret(pool, created["id"]) is None
 
 
 async def test_a_registration_without_a_hook_shows_none(operator: Operator) -> None:
@@ -202,17 +195,8 @@ async def test_the_auto_command_takes_the_hooks_flags(system: System, operator: 
     assert code == 2 and "--max-devices" in err
 
 
-def _log_text_since(offsets: dict[Path, int]) -> str:
-    texts = []
-    for path in LOGS.glob("*.log"):
-        with path.open("rb") as log:
-            log.seek(offsets.get(path, 0))
-            texts.append(log.read().decode(errors="replace"))
-    return "\n".join(texts)
-
-
 async def test_the_hook_secret_is_never_logged(system: System, operator: Operator) -> None:
-    offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
+    offsets = log_offsets()
     product_id = await _locked_product(operator)
     created = await fleetreg_json(
         operator, system, "auto", "create", "--product", product_id, "--hook-url", HOOK
@@ -224,6 +208,6 @@ async def test_the_hook_secret_is_never_logged(system: System, operator: Operato
     await operator.call(
         "PATCH", f"/v1/auto-registrations/{created['id']}", {"hook_secret": moved["hook_secret"]}, expect=400
     )
-    text = _log_text_since(offsets)
+    text = log_text_since(offsets)
     for secret in (created["hook_secret"], moved["hook_secret"]):
         assert secret[:16] not in text

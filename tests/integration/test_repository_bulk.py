@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared.db import bulk
+from shared.db import audit, bulk, registrations
 from shared.db.bulk import BulkRegistration, ChunkResult, ConflictRow
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
@@ -250,6 +250,64 @@ async def test_list_and_get_are_typed_and_stay_in_the_account(pool: Pool, produc
             await bulk.get_bulk(pool, account_id, registration_id)
         with pytest.raises(NotFound):
             await bulk.start_publish(pool, Account(account_id, "test"), registration_id)
+
+
+async def test_a_bulk_registrations_hook_is_set_on_upload_changed_and_audited_with_its_host_only(
+    pool: Pool, product: registry.Product
+) -> None:
+    """The hook's columns are the auto registration's (migration 0032): set with the upload,
+    shown in the listing, changed in any state but uploading, audited as ``bulk.uploaded``
+    and ``bulk.hook_changed`` with the URL's host, never its token or the secret."""
+    actor = Account(product.account_id, "test")
+    url = "https://hooks.example.com/approve?token=receiver-token"
+    sealed = b"\x01" * 40
+    registration_id = str(uuid.uuid4())
+    await bulk.start_upload(
+        pool,
+        product.account_id,
+        product.id,
+        "fleet.csv",
+        registration_id=registration_id,
+        hook=registrations.Hook(url, 700, "open", sealed),
+    )
+    await bulk.copy_rows(pool, _staged(registration_id, _rows("hook1")))
+    with pytest.raises(NotFound):  # still uploading: no one may see or change it yet
+        await registrations.set_hook(pool, actor, "bulk", registration_id, url_changes=False, timeout_ms=60)
+    await bulk.finish_upload(pool, registration_id, actor, product.id, 1, "fleet.csv")
+    found = await bulk.get_bulk(pool, product.account_id, registration_id)
+    assert (found.hook_url, found.hook_timeout_ms, found.hook_failure) == (url, 700, "open")
+    assert await registrations.hook_of(pool, registration_id) == registrations.Hook(url, 700, "open", sealed)
+
+    await registrations.set_hook(pool, actor, "bulk", registration_id, url_changes=False, failure="closed")
+    assert await registrations.hook_of(pool, registration_id) == registrations.Hook(
+        url, 700, "closed", sealed
+    )
+    with pytest.raises(NotFound):  # an auto registration's change does not reach a bulk one
+        await registrations.set_hook(pool, actor, "auto", registration_id, url_changes=False, timeout_ms=60)
+    stranger = Account(await registry.new_account(pool), "stranger")
+    with pytest.raises(NotFound):
+        await registrations.set_hook(pool, stranger, "bulk", registration_id, url_changes=True)
+    await registrations.set_hook(pool, actor, "bulk", registration_id, url_changes=True)
+    assert await registrations.hook_of(pool, registration_id) is None
+    plain = await _configured(pool, product, _rows("hook2"))
+    assert (await bulk.get_bulk(pool, product.account_id, plain)).hook_url is None
+
+    trail = await audit.list_events(
+        pool, product.account_id, audit.AuditFilter(target_id=registration_id), limit=10
+    )
+    assert [(e.action, e.target_type) for e in reversed(trail)] == [
+        ("bulk.uploaded", "bulk_registration"),
+        ("bulk.hook_changed", "bulk_registration"),
+        ("bulk.hook_changed", "bulk_registration"),
+    ]
+    assert (trail[2].changes["hook_host"], trail[2].changes["hook_secret"]) == ("hooks.example.com", "issued")
+    assert trail[1].changes["hook_failure"] == {"from": "open", "to": "closed"}
+    assert trail[0].changes["hook_host"] == {"from": "hooks.example.com", "to": None}
+    assert "receiver-token" not in str(trail)
+    [uploaded] = await audit.list_events(
+        pool, product.account_id, audit.AuditFilter(target_id=plain), limit=10
+    )
+    assert not any(k.startswith("hook") for k in uploaded.changes)
 
 
 async def test_publishing_in_chunks_makes_preregistered_devices_and_conflicts(

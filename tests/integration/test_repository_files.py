@@ -4,12 +4,14 @@ file), service UIDs, and recording files across credential generations."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.db import files
 from shared.db.files import DeviceFiles, NewFile, RecordedFile
 from shared.db.pool import Pool
-from shared.domain.provisioning import ServiceRecipe
+from shared.domain.provisioning import ServiceRecipe, registration_data_file
 from tests.support import registry
 from tests.support.registry import Service
 
@@ -204,3 +206,40 @@ async def test_the_intakes_one_device_lookup_reads_what_the_batch_query_reads(
     assert await files.one_device_files(pool, device_id) == batch
     assert await files.one_device_files(pool, device_id.upper()) == batch
     assert await files.one_device_files(pool, "00000000-0000-4000-8000-000000000000") is None
+
+
+async def test_the_hook_data_comes_with_the_same_read_as_the_devices_data_file(
+    pool: Pool, product: registry.Product
+) -> None:
+    """``devices.hook_data`` (migration 0033) is one column more of the one query: None
+    without data, else the file rendered from it, changed with it, whatever the jsonb's
+    own key order; the services' files are unchanged by it."""
+    device_id = await _device(pool, product, "hook-data")
+    without = await _files_of(pool, device_id)
+    assert without.registration_data is None
+
+    data = {"site": 'Berlin "North"', "zone": "é\n😀", "a key": "x=y"}
+    await pool.execute("UPDATE devices SET hook_data = $2::jsonb WHERE id = $1", device_id, json.dumps(data))
+    found = await _files_of(pool, device_id)
+    assert found.registration_data == registration_data_file(device_id, data)
+    assert found.services == without.services
+    assert await files.one_device_files(pool, device_id) == found
+    async with pool.acquire() as conn, conn.transaction():
+        assert (await files.device_files(conn, [device_id], lock=True))[device_id] == found
+
+    await pool.execute("UPDATE devices SET hook_data = '{}'::jsonb WHERE id = $1", device_id)
+    empty = (await _files_of(pool, device_id)).registration_data
+    assert empty is not None and found.registration_data is not None
+    assert empty == registration_data_file(device_id, {})
+    assert empty.sha256 != found.registration_data.sha256
+
+
+async def test_hook_data_that_is_not_an_object_of_strings_fails_only_its_data_file(
+    pool: Pool, product: registry.Product
+) -> None:
+    device_id = await _device(pool, product, "hook-data-bad")
+    await pool.execute("""UPDATE devices SET hook_data = '{"n": 1}'::jsonb WHERE id = $1""", device_id)
+    found = await _files_of(pool, device_id)  # what provisioning reads: it serves no data file
+    assert found.hook_data == '{"n": 1}'
+    with pytest.raises(ValueError, match="hook_data"):
+        _ = found.registration_data

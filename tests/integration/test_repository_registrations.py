@@ -411,24 +411,35 @@ async def test_a_hook_is_created_changed_and_removed_audited_with_its_host_only(
     assert await registrations.hook_of(pool, registration_id) == registrations.Hook(url, 700, "open", sealed)
 
     # The timeout alone: the URL and the secret are kept.
-    await registrations.set_hook(pool, actor, registration_id, url_changes=False, timeout_ms=50)
+    await registrations.set_hook(pool, actor, "auto", registration_id, url_changes=False, timeout_ms=50)
     assert await registrations.hook_of(pool, registration_id) == registrations.Hook(url, 50, "open", sealed)
     other = b"\x02" * 40
     await registrations.set_hook(
-        pool, actor, registration_id, url_changes=True, url="http://h2.example.com/", secret_sealed=other
+        pool,
+        actor,
+        "auto",
+        registration_id,
+        url_changes=True,
+        url="http://h2.example.com/",
+        secret_sealed=other,
     )
     assert await registrations.hook_of(pool, registration_id) == registrations.Hook(
         "http://h2.example.com/", 50, "open", other
     )
-    await registrations.set_hook(pool, actor, registration_id, url_changes=True, failure="closed")
+    await registrations.set_hook(pool, actor, "auto", registration_id, url_changes=True, failure="closed")
     assert await registrations.hook_of(pool, registration_id) is None
     found = await registrations.get_registration(pool, locked.account_id, "auto", registration_id)
     assert (found.hook_url, found.hook_failure) == (None, "closed")
     with pytest.raises(ValueError, match="together"):  # a URL without its secret is a bug of the caller
-        await registrations.set_hook(pool, actor, registration_id, url_changes=True, url="http://x/")
+        await registrations.set_hook(pool, actor, "auto", registration_id, url_changes=True, url="http://x/")
     with pytest.raises(NotFound):
         await registrations.set_hook(
-            pool, _actor(await registry.new_account(pool)), registration_id, url_changes=False, timeout_ms=60
+            pool,
+            _actor(await registry.new_account(pool)),
+            "auto",
+            registration_id,
+            url_changes=False,
+            timeout_ms=60,
         )
 
     trail = await audit.list_events(

@@ -73,6 +73,7 @@ async def test_expired_records_are_pruned_in_batches_and_fresh_ones_kept(pool: P
     deleted.pop("console_sessions")
     deleted.pop("deleted_devices")
     deleted.pop("device_certificates")  # any test's, expired a month ago
+    deleted.pop("registration_hook_calls")  # tested below
     assert deleted == {"registration_decisions": 7, "operator_audit_events": 7}
     assert await _left(pool, account_id) == (set(fresh), set(fresh))
     assert old  # the seeded old rows were there to delete
@@ -87,6 +88,7 @@ async def test_a_table_kept_for_zero_days_is_kept_forever(pool: Pool) -> None:
     deleted.pop("console_sessions")
     deleted.pop("deleted_devices")
     deleted.pop("device_certificates")  # any test's, expired a month ago
+    deleted.pop("registration_hook_calls")
     assert deleted == {"registration_decisions": 2}
     assert await _left(pool, account_id) == (set(old + fresh), set(fresh))
 
@@ -134,3 +136,31 @@ async def test_certificates_expired_past_their_keep_time_are_pruned_and_no_other
     assert {r["serial"] for r in left} == {serials["just expired"], serials["valid"]}
     # Only the unexpired one is what the CRL lists (shared.db.certificates.revoked).
     assert [r.serial for r in await revoked(pool, account_id)] == [serials["valid"]]
+
+
+async def test_answered_hook_calls_are_pruned_with_the_decisions_and_held_ones_never(pool: Pool) -> None:
+    """A registration hook's calls are kept as long as the decisions; a reservation still
+    held (not answered) is never pruned, however old: the hook sweep releases it."""
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id)
+    registration_id = await registry.new_registration(pool, product)
+    rows = {"old-allow": ("allow", ANCIENT), "old-held": ("waiting", ANCIENT), "new-deny": ("deny", None)}
+    for call_id, (outcome, created_at) in rows.items():
+        await pool.execute(
+            """INSERT INTO registration_hook_calls (call_id, registration_id, account_id, request_id, request,
+                   decided, outcome, reserved_until, created_at)
+               VALUES ($1, $2, $3, $4, '{}', '{}', $5, now(), coalesce($6, now()))""",
+            f"{call_id}-{registration_id}",
+            registration_id,
+            account_id,
+            str(uuid.uuid4()),
+            outcome,
+            created_at,
+        )
+
+    await prune_expired(pool, RetentionSettings(decisions_days=KEEP_DAYS, audit_days=KEEP_DAYS))
+
+    left = await pool.fetch(
+        "SELECT call_id FROM registration_hook_calls WHERE registration_id = $1", registration_id
+    )
+    assert {r["call_id"].rsplit("-", 5)[0] for r in left} == {"old-held", "new-deny"}

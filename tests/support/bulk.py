@@ -37,11 +37,18 @@ async def bulk_product(operator: Operator) -> str:
 
 
 async def upload(
-    session: aiohttp.ClientSession, bulk_url: str, operator: Operator, product_id: str, body: bytes
+    session: aiohttp.ClientSession,
+    bulk_url: str,
+    operator: Operator,
+    product_id: str,
+    body: bytes,
+    **hook: str,
 ) -> tuple[int, dict[str, Any]]:
+    """Upload ``body`` as fleet.csv, with ``hook`` settings (``hook_url``, ...) as the query
+    parameters they are."""
     async with session.post(
         f"{bulk_url}/v1/bulk-registrations",
-        params={"product_id": product_id, "file_name": "fleet.csv"},
+        params={"product_id": product_id, "file_name": "fleet.csv", **hook},
         data=io.BytesIO(body),
         headers={"Authorization": f"Bearer {operator.api_key}", "Content-Type": "text/csv"},
     ) as response:

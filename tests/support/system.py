@@ -224,8 +224,6 @@ async def start_system(database_url: str, bootstrap: str, prefix: str) -> System
         # The tests' webhook receivers listen on 127.0.0.1 (tests/e2e/test_webhooks.py turns
         # it off on an operator instance of its own).
         "FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS": "true",
-        # Issue 27's hook configuration, tried before any registration consults a hook.
-        "FLEETREG_REGISTRATION_HOOKS_PREVIEW": "true",
     }
     services = {}
     for name in SERVICES:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("shared", "services", "cli", "tests", "docs", "deploy", "agent")
+SOURCES = ("shared", "services", "cli", "tests", "docs", "deploy", "agent", "examples")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".html", ".toml"}
 
 # The Makefile's header points at the team's contract of make targets (what each one

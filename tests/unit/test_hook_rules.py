@@ -95,6 +95,10 @@ def test_a_deny_keeps_its_reason_and_nulls_count_as_absent() -> None:
         b'{"allow": true, "data": ["x"]}',
         b'{"allow": true, "data": {"k": 1}}',
         b'{"allow": true, "data": {"": "v"}}',
+        # jsonb keeps neither a NUL nor a lone surrogate: refused here, never a stuck call
+        b'{"allow": true, "data": {"k": "a\\u0000b"}}',
+        b'{"allow": true, "data": {"k": "\\ud800"}}',
+        b'{"allow": true, "data": {"\\ud800": "v"}}',
         b'{"allow": true, "reason": "' + b"r" * 201 + b'"}',
         b'{"allow": true, "pad": "' + b"x" * hooks.MAX_ANSWER_BYTES + b'"}',
         b"\xff\xfe",

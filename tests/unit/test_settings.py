@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from services.dedup.settings import DedupSettings
-from services.ingestion.settings import IngestionSettings
+from services.ingestion.settings import HookOptions, IngestionSettings
 from services.intake.settings import IntakeSettings
 from services.notifier.settings import NotifierSettings
 from services.operator.settings import OperatorSettings
@@ -188,3 +188,11 @@ def test_only_deduplication_reads_and_checks_its_limits() -> None:
     load(lambda e: PipelineSettings.from_env(e, "provisioning", default_port=0), broken)
     load(IngestionSettings.from_env, broken)
     load(NotifierSettings.from_env, broken)
+
+
+def test_the_bulk_api_reads_the_registration_hooks_settings_as_the_operator_does() -> None:
+    """A bulk registration's hook is set on the bulk API: the same variable decides whether
+    its URL may be private (off by default)."""
+    assert load(IngestionSettings.from_env, SERVICE_REQUIRED).hooks == HookOptions(allow_private=False)
+    private = {"FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS": "true"}
+    assert load(IngestionSettings.from_env, {**SERVICE_REQUIRED, **private}).hooks == HookOptions(True)

@@ -25,8 +25,8 @@ from shared.domain.dedup import (
     reason_clone_rate,
     reason_max_devices,
 )
-from shared.domain.provisioning import ServiceRecipe, file_spec, render
-from shared.errors import InvalidInput
+from shared.domain.provisioning import ServiceRecipe, file_spec, registration_data_file, render
+from shared.errors import InvalidInput, NotFound
 from shared.events import RegistrationOutcome
 from shared.throttle import target_of
 
@@ -105,10 +105,58 @@ async def test_a_registered_device_gets_its_files_as_the_download_renders_them(
     assert item["size"] == len(inline.content)
     assert item["sha256"] == hashlib.sha256(inline.content).hexdigest()
     assert item["url"] == f"http://h/v1/devices/{DEVICE_ID}/files/02-ssh.conf"
-    manifest = json.loads(views.manifest_view(device, handlers.manifest(device), "http://h").text)
+    manifest = json.loads(
+        views.manifest_view(device, handlers.manifest(device), handlers.data_file(device), "http://h").text
+    )
     assert [{k: v for k, v in f.items() if k != "content"} for f in body["manifest"]["files"]] == manifest[
         "files"
     ]
+
+
+async def test_the_enrichment_data_file_goes_out_last_with_the_services_files(
+    reads: list[DeviceFiles | None],
+) -> None:
+    hook_data = {"site": 'Berlin "North"', "note": "a\nb"}
+    data = registration_data_file(DEVICE_ID, hook_data)
+    reads.append(replace(registry(), hook_data=json.dumps(hook_data)))
+    answer = await handlers.with_files(POOL, KEYRING, ready())
+    assert answer.boot is not None and answer.boot.data == data
+    device = answer.boot.device
+    assert handlers.file_content(KEYRING, device, data.name) == data.content
+
+    body = json.loads(views.native_view(answer, 2, "http://h").text)
+    ssh, item = body["manifest"]["files"]
+    assert ssh["name"] == "02-ssh.conf"
+    assert item == {
+        "name": "registration-data.conf",
+        "provisioning_id": data.provisioning_id,
+        "service": "registration-data",
+        "type": "data",
+        "type_code": 0,
+        "port": 0,
+        "size": data.size,
+        "sha256": hashlib.sha256(data.content).hexdigest(),
+        "url": f"http://h/v1/devices/{DEVICE_ID}/files/registration-data.conf",
+        "content": data.content.decode("ascii"),
+    }
+    manifest = json.loads(
+        views.manifest_view(device, handlers.manifest(device), handlers.data_file(device), "http://h").text
+    )
+    assert [{k: v for k, v in f.items() if k != "content"} for f in body["manifest"]["files"]] == manifest[
+        "files"
+    ]
+
+
+async def test_without_hook_data_there_is_no_data_file(reads: list[DeviceFiles | None]) -> None:
+    reads.append(registry())
+    answer = await handlers.with_files(POOL, KEYRING, ready())
+    assert answer.boot is not None and answer.boot.data is None
+    with pytest.raises(NotFound):
+        handlers.file_content(KEYRING, answer.boot.device, "registration-data.conf")
+    manifest = json.loads(
+        views.manifest_view(answer.boot.device, handlers.manifest(answer.boot.device), None, "h").text
+    )
+    assert [f["name"] for f in manifest["files"]] == ["02-ssh.conf"]
 
 
 @pytest.mark.parametrize(

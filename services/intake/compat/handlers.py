@@ -255,6 +255,12 @@ async def friendly_configuration(r: Intake, code_text: str, hardware_id_text: st
         return _ok(refused(clone_rate_refusal(wait)))  # answered here: nothing published
     outcome = await register(r, _claim(r.keyring, claimant, reported), r.settings.compat.wait_seconds)
     await remember_clone_rate(throttle, source, code, outcome)
+    if outcome.status == "pending" and outcome.hardware_id:
+        # Reserved for the registration's hook (docs/registration-hook.md): step 2 answers as
+        # without one (H, or H-N for a clone); step 5 is pending until the hook allowed.
+        if outcome.clone:
+            return _ok(answer("reset", ("HardwareId", outcome.hardware_id)))
+        return _ok(answer("true", projects=projects))
     if outcome.status == "pending":
         return _ok(answer("pending", ("reason", PENDING)))
     if retry_later(outcome):

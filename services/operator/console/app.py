@@ -23,8 +23,10 @@ from services.operator.console.auth import Operator, SignInRequired, render, sig
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
     attestation_cas,
+    auto_hooks,
     auto_registrations,
     bulk,
+    bulk_hooks,
     bulk_upload,
     devices,
     live,
@@ -189,9 +191,11 @@ def create_console(settings: ConsoleSettings) -> web.Application:
         signin,
         products,
         auto_registrations,
+        auto_hooks,
         attestation_cas,
         bulk_upload,
         bulk,
+        bulk_hooks,
         devices,
         webhooks,
         live,

@@ -1,22 +1,24 @@
 """The console's client of the bulk API (services/ingestion/openapi.yaml).
 
 The console never opens CORS on the bulk API: the browser talks to the console only, and
-the operator service forwards uploads, publishes and cancels to the bulk API at
-``settings.console.ingestion_url`` with the session's own API key (sealed in the session at
-sign-in, see pages/signin.py), so the bulk API applies the same account scoping, read-only
-refusals and limits as for any other client. The key is never logged and never put in an
-error message.
+the operator service forwards uploads, publishes, cancels and the registration hook's
+changes, tests and recent calls to the bulk API at ``settings.console.ingestion_url`` with
+the session's own API key (sealed in the session at sign-in, see pages/signin.py), so the
+bulk API applies the same account scoping, read-only refusals and limits as for any other
+client. The key is never logged and never put in an error message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from services.operator.console.auth import Operator, SignInRequired
 from services.operator.resources import Resources
@@ -123,6 +125,22 @@ class BulkApi:
     async def cancel(self, registration_id: str) -> dict[str, Any]:
         return await self._call("POST", f"{PATH}/{registration_id}/cancel")
 
+    async def update(self, registration_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Set, change or remove the registration hook (``hook_url``, ``hook_timeout_ms``,
+        ``hook_failure``); the registration, with ``hook_secret`` when a URL was set."""
+        return await self._call("PATCH", f"{PATH}/{registration_id}", json=body)
+
+    async def test_hook(self, registration_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One test call of the registration hook (``body``: optional ``hardware_id``): the
+        HookTest shape; a failure of the hook is an answer, not a BulkApiError."""
+        return await self._call("POST", f"{PATH}/{registration_id}/hook/test", json=body)
+
+    async def hook_calls(self, registration_id: str, limit: int) -> builtins.list[dict[str, Any]]:
+        """The registration hook's newest ``limit`` calls (HookCall shapes), newest first."""
+        answer = await self._call("GET", f"{PATH}/{registration_id}/hook/calls", params={"limit": str(limit)})
+        found = answer.get("calls")
+        return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
     async def _call(
         self,
         method: str,
@@ -131,13 +149,14 @@ class BulkApi:
         params: dict[str, str] | None = None,
         data: AsyncIterable[bytes] | None = None,
         content_type: str | None = None,
+        json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         headers = dict(self._headers)
         if content_type:
             headers["Content-Type"] = content_type
         try:
             async with self._http.request(
-                method, self._base + path, params=params, data=data, headers=headers
+                method, self._base + path, params=params, data=data, json=json, headers=headers
             ) as response:
                 try:
                     body = await response.json(content_type=None)
@@ -155,6 +174,20 @@ class BulkApi:
             raise BulkApiUnreachable(
                 "The bulk API is unreachable just now: nothing was sent. Try again in a moment."
             ) from None
+
+
+async def written(call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """The answer of a form's call of the bulk API: another account's (or a gone)
+    registration is the 404 page, an unreachable bulk API the 503 page (not a flash:
+    nothing happened and the page says why); any other refusal is raised, to be flashed."""
+    try:
+        return await call
+    except BulkApiUnreachable as exc:
+        raise web.HTTPServiceUnavailable(reason=exc.message) from None
+    except BulkApiError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(reason="No such bulk registration in this account") from None
+        raise
 
 
 def bulk_api(resources: Resources, operator: Operator) -> BulkApi:

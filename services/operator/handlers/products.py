@@ -7,12 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.operator.handlers.auto_inputs import (
-    attestation_of,
-    hardware_id_from_of,
-    hook_change,
-    max_devices_of,
-)
+from services.operator.handlers.auto_inputs import attestation_of, hardware_id_from_of, max_devices_of
 from shared.db import attestation, certificates, products, registrations
 from shared.db.pool import Pool
 from shared.db.products import Product
@@ -29,6 +24,7 @@ from shared.domain.products import (
     validate_service_change,
 )
 from shared.errors import InvalidInput, shortened
+from shared.hook_settings import hook_change, store_hook_change
 from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
@@ -104,15 +100,13 @@ async def create_auto_registration(
     *,
     secret_key: Secret,
     allow_private: bool = False,
-    hooks_preview: bool = False,
 ) -> IssuedAutoRegistration:
     """An auto registration of ``body`` (``product_id``, optional ``max_devices``,
     ``attestation`` and, for x509, ``hardware_id_from``, and a registration hook:
     ``hook_url``, ``hook_timeout_ms``, ``hook_failure``); for ``derived_key``, two new
     256-bit group keys, and for a hook its signing secret, sealed at rest with
     ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once.
-    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address;
-    ``hooks_preview``: FLEETREG_REGISTRATION_HOOKS_PREVIEW (a hook refused without it)."""
+    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address."""
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
@@ -124,13 +118,7 @@ async def create_auto_registration(
     attestation_mode = attestation_of(body.get("attestation"))
     hardware_id_from = hardware_id_from_of(body, attestation_mode)
     new_id = str(uuid.uuid4())
-    hook = await hook_change(
-        body, new_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview
-    )
-    if hook.hook is None and (hook.timeout_ms is not None or hook.failure is not None):
-        raise InvalidInput(
-            "hook_timeout_ms and hook_failure need a hook_url", field="hook_url", rule="required"
-        )
+    hook = await hook_change(body, new_id, secret_key=secret_key, allow_private=allow_private, creation=True)
     if attestation_mode == "derived_key":
         box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
         issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
@@ -227,11 +215,10 @@ async def update_auto_registration(
     *,
     secret_key: Secret,
     allow_private: bool = False,
-    hooks_preview: bool = False,
 ) -> IssuedAutoRegistration:
     """Change an auto registration's settings: ``max_devices`` (null clears the quota) and
     its hook (``hook_url``, null removes it; a URL gets a new signing secret, shown once;
-    ``hook_timeout_ms``, ``hook_failure``; refused without ``hooks_preview``)."""
+    ``hook_timeout_ms``, ``hook_failure``)."""
     unknown = sorted(set(body) - {"max_devices", *HOOK_FIELDS})
     if unknown:
         raise InvalidInput(
@@ -242,22 +229,10 @@ async def update_auto_registration(
     if not body:
         raise InvalidInput("max_devices or a hook setting is required", field="max_devices", rule="required")
     max_devices = max_devices_of(body["max_devices"]) if "max_devices" in body else None
-    hook = await hook_change(
-        body, registration_id, secret_key=secret_key, allow_private=allow_private, preview=hooks_preview
-    )
+    hook = await hook_change(body, registration_id, secret_key=secret_key, allow_private=allow_private)
     if "max_devices" in body:
         await registrations.set_max_devices(pool, account, registration_id, max_devices)
-    if not hook.empty:
-        await registrations.set_hook(
-            pool,
-            account,
-            registration_id,
-            url_changes=hook.url_changes,
-            url=hook.hook.url if hook.hook else None,
-            secret_sealed=hook.hook.secret_sealed if hook.hook else None,
-            timeout_ms=hook.timeout_ms,
-            failure=hook.failure,
-        )
+    await store_hook_change(pool, account, AUTO, registration_id, hook)
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, hook_secret=hook.secret)
 

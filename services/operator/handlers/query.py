@@ -12,7 +12,8 @@ from typing import Generic, TypeVar
 
 from shared.domain.device_search import parse_time
 from shared.domain.identifiers import is_uuid
-from shared.errors import InvalidInput, shortened
+from shared.domain.inputs import refuse_unknown_parameters
+from shared.errors import InvalidInput
 
 T = TypeVar("T")
 NEWEST_FIRST_PARAMETERS = ("limit", "before", "before_id")
@@ -42,15 +43,9 @@ def newest_first_page(
 
 
 def only(query: dict[str, str], known: tuple[str, ...]) -> None:
-    """Refuse a query parameter the listing does not know: silently ignored, a filter
-    such as ``category_a=x`` would return everything."""
-    unknown = sorted(set(query) - set(known))
-    if unknown:
-        raise InvalidInput(
-            f"unknown query parameter {shortened(unknown[0])!r}: this listing takes {', '.join(known)}",
-            field=shortened(unknown[0]),
-            rule="known_parameters",
-        )
+    """Refuse a query parameter the listing does not know (every API's rule:
+    shared.domain.inputs.refuse_unknown_parameters)."""
+    refuse_unknown_parameters(query, known)
 
 
 def choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

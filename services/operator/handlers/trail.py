@@ -118,6 +118,8 @@ async def prune_expired(
     deleted: dict[str, int] = {}
     keep: tuple[tuple[retention_db.Table, int], ...] = (
         ("registration_decisions", retention.decisions_days),
+        # A registration hook's calls are part of the decisions' record (one per attempt).
+        ("registration_hook_calls", retention.decisions_days),
         ("operator_audit_events", retention.audit_days),
         ("device_certificates", retention.expired_certificates_days),
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.operator.handlers.addresses import check_addresses
 from services.operator.handlers.query import Page, newest_first, newest_first_page
+from shared.addresses import check_addresses
 from shared.db import webhooks
 from shared.db.pool import Pool
 from shared.db.webhooks import Delivery, Webhook

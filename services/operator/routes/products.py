@@ -84,7 +84,6 @@ async def create_auto(request: web.Request, account: Account) -> Json:
         body,
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
-        hooks_preview=r.settings.registration_hooks_preview,
     )
     return views.issued_auto_registration(issued, masked=account.read_only)
 
@@ -117,7 +116,6 @@ async def update_auto(request: web.Request, account: Account) -> Json:
         body,
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
-        hooks_preview=r.settings.registration_hooks_preview,
     )
     return views.issued_auto_registration(issued, masked=account.read_only)
 

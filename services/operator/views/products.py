@@ -4,9 +4,10 @@ read-only key)."""
 from __future__ import annotations
 
 from services.operator.handlers.products import DerivedKey, IssuedAutoRegistration
-from services.operator.views.common import MASKED, Json, masked_url
+from services.operator.views.common import Json
 from shared.db.products import Product, ProductService
 from shared.db.registrations import Registration
+from shared.domain.accounts import MASKED, masked_url
 
 
 def service(found: ProductService) -> Json:

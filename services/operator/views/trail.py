@@ -20,6 +20,7 @@ def decision(entry: DecisionEntry) -> Json:
         "device_id": entry.device_id,
         "product_id": entry.product_id,
         "protocol": entry.protocol,
+        "hook": entry.hook,
     }
 
 

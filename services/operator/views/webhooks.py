@@ -4,8 +4,9 @@ and their deliveries with each attempt."""
 from __future__ import annotations
 
 from services.operator.handlers.webhooks import IssuedWebhook
-from services.operator.views.common import Json, masked_url, time
+from services.operator.views.common import Json, time
 from shared.db.webhooks import Attempt, Delivery, Webhook
+from shared.domain.accounts import masked_url
 
 
 def webhook(found: Webhook, *, masked: bool = False) -> Json:

@@ -1,6 +1,6 @@
 """Auto registrations: list, create, a registration's page (pause, resume, quota, rotate the
-code, rotate a group key, an x509 registration's CAs: their forms are attestation_cas.py's)
-and revealing its code.
+code, rotate a group key, an x509 registration's CAs: their forms are attestation_cas.py's;
+its hook with its recent calls: the hook's forms are auto_hooks.py's) and revealing its code.
 
 A derived_key registration's group keys are shown once: the page answering its creation or
 a key's rotation (a POST: never on a GET page, in a URL or in the session) carries them,
@@ -19,9 +19,11 @@ from aiohttp import web
 
 from services.operator.console.auth import Context, Operator, Route, action, flash, page, render, resources
 from services.operator.console.forms import FIELD_MAX, Form, text
-from services.operator.handlers import attestation
+from services.operator.console.hook_forms import HOOK_CALLS_SHOWN, hook_section
+from services.operator.handlers import attestation, hooks
 from services.operator.handlers import products as handlers
 from services.operator.views import attestation as attestation_views
+from services.operator.views import hooks as hook_views
 from services.operator.views import products as views
 from shared.errors import Forbidden, InvalidInput
 from shared.http import path_id
@@ -133,9 +135,26 @@ async def _auto_context(
         if found.attestation == "x509"
         else []
     )
+    calls = await hooks.recent_calls(
+        pool, operator.account, registration_id, {"limit": str(HOOK_CALLS_SHOWN)}
+    )
+    hook = {
+        "id": registration_id,
+        "hook_url": found.hook_url,
+        "hook_timeout_ms": found.hook_timeout_ms,
+        "hook_failure": found.hook_failure,
+    }
     return {
         "cas": attestation_views.cas(cas)["cas"],
         "registration": views.auto_registration(found, masked=not shown),
+        "hook": hook_section(
+            request,
+            operator,
+            base=f"/console/auto-registrations/{registration_id}",
+            registration=hook,
+            calls=hook_views.hook_calls(calls)["calls"],
+            cli="fleetreg auto",
+        ),
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
         "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)

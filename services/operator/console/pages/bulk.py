@@ -1,5 +1,6 @@
-"""Bulk registrations: the list, one registration's page with publish (live progress)
-and cancel; the upload and a rejected file's report are in :mod:`bulk_upload`.
+"""Bulk registrations: the list, one registration's page with publish (live progress),
+cancel and its registration hook (the hook's forms are :mod:`bulk_hooks`'); the upload and
+a rejected file's report are in :mod:`bulk_upload`.
 
 Everything goes through the bulk API (:mod:`services.operator.console.bulk_api`) with the
 session's key: the browser posts to the console, its own origin.
@@ -22,7 +23,8 @@ from services.operator.console.auth import (
     resources,
     signed_in,
 )
-from services.operator.console.bulk_api import BulkApi, BulkApiError, BulkApiUnreachable, bulk_api
+from services.operator.console.bulk_api import BulkApi, BulkApiError, bulk_api, written
+from services.operator.console.hook_forms import HOOK_CALLS_SHOWN, hook_section
 from services.operator.handlers import products as handlers
 from shared.domain.identifiers import is_uuid
 from shared.errors import InvalidInput, NotFound
@@ -67,10 +69,17 @@ async def _show(api: BulkApi, registration_id: str) -> dict[str, Any]:
 
 @page("bulk_show.html")
 async def show(request: web.Request, operator: Operator) -> Context:
+    """The registration, its publishing, and its hook (console/hook_forms.py; the hook's
+    forms are pages/bulk_hooks.py's) with its recent calls."""
     r = resources(request)
-    found = await _show(bulk_api(r, operator), _registration_id(request))
+    api = bulk_api(r, operator)
+    registration_id = _registration_id(request)
+    found = await _show(api, registration_id)
+    calls = await api.hook_calls(registration_id, HOOK_CALLS_SHOWN)
     products = await handlers.list_products(r.pool, operator.account)
-    return {"b": found, "product_names": {p.id: p.name for p in products}}
+    base = f"{BASE}/{registration_id}"
+    hook = hook_section(request, operator, base=base, registration=found, calls=calls, cli="fleetreg bulk")
+    return {"b": found, "product_names": {p.id: p.name for p in products}, "hook": hook}
 
 
 async def progress(request: web.Request) -> web.StreamResponse:
@@ -93,25 +102,11 @@ def _confirmed(form: Any, what: str) -> None:
         raise InvalidInput(f"Tick the box to confirm that you want to {what}.", field="confirm")
 
 
-async def _write(api_call: Any, registration_id: str) -> dict[str, Any]:
-    """publish or cancel; another account's (or a gone) registration is the 404 page, an
-    unreachable bulk API the 503 page (not a flash: nothing happened and the page says why)."""
-    try:
-        result: dict[str, Any] = await api_call(registration_id)
-    except BulkApiUnreachable as exc:
-        raise web.HTTPServiceUnavailable(reason=exc.message) from None
-    except BulkApiError as exc:
-        if exc.status == 404:
-            raise web.HTTPNotFound(reason="No such bulk registration in this account") from None
-        raise
-    return result
-
-
 @action()
 async def publish(request: web.Request, operator: Operator, form: Any) -> str:
     registration_id = _registration_id(request)
     _confirmed(form, "publish")
-    done = await _write(bulk_api(resources(request), operator).publish, registration_id)
+    done = await written(bulk_api(resources(request), operator).publish(registration_id))
     flash(operator, f"Publishing {done.get('rows', 0):,} devices.")
     return f"{BASE}/{registration_id}"
 
@@ -120,7 +115,7 @@ async def publish(request: web.Request, operator: Operator, form: Any) -> str:
 async def cancel(request: web.Request, operator: Operator, form: Any) -> str:
     registration_id = _registration_id(request)
     _confirmed(form, "cancel this upload")
-    done = await _write(bulk_api(resources(request), operator).cancel, registration_id)
+    done = await written(bulk_api(resources(request), operator).cancel(registration_id))
     flash(
         operator,
         f"Cancelled {done.get('file_name') or 'the upload'} ({done.get('rows', 0):,} rows): "

@@ -1,5 +1,6 @@
 """The addresses an operator's outgoing URL may point to (a webhook's, a registration
-hook's): checked when the operator sets it, under FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS."""
+hook's): checked when the operator sets it (the operator API, the bulk API), under
+FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS."""
 
 from __future__ import annotations
 

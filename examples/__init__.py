@@ -1,0 +1,1 @@
+"""Examples an operator runs next to fleetreg (docs/registration-hook.md)."""

@@ -1,0 +1,131 @@
+"""An auto registration's hook in the console (docs/registration-hook.md, "Operator
+surface"), in a real browser: set (its signing secret shown once), tested with a sample
+request against the reference hook run as a real process (deny, then allow with its
+enrichment), the recent calls listed, the policy changed without a new secret, removed;
+a read-only session sees the host only and no form."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from playwright.async_api import expect
+
+from shared.db.pool import Pool
+from tests.e2e.console.conftest import ARTIFACTS, Console, NewConsole
+from tests.support.api import Operator
+from tests.support.reference_hook import reference_hook
+from tests.support.system import free_port
+
+
+async def test_set_test_list_change_and_remove_a_hook(
+    console: Console, operator: Operator, pool: Pool, tmp_path: Path
+) -> None:
+    page = console.page
+    registration = await operator.product()
+    path = f"/v1/auto-registrations/{registration['id']}"
+    await console.open(f"/console/auto-registrations/{registration['id']}")
+    await expect(
+        page.get_by_text("No hook: devices are registered without asking your service.")
+    ).to_be_visible()
+    await expect(page.get_by_text("No call yet.")).to_be_visible()
+    await console.check_accessibility()
+
+    url = f"http://127.0.0.1:{free_port()}/serials?token=receiver-token"
+    await page.get_by_label("Hook URL").fill(url)
+    await page.get_by_label("Timeout (ms, 50-10000)").fill("1500")
+    await page.get_by_label("When the hook fails").select_option("open")
+    await page.get_by_role("button", name="Set the hook").click()
+    await expect(page.locator(".flash")).to_contain_text("Hook set: copy its signing secret now")
+    secret = (await page.locator("#hook-secret").inner_text()).strip()
+    assert secret.startswith("whsec_")
+    await console.check_accessibility()
+    shown = await operator.call("GET", path, expect=200)
+    assert (shown["hook_url"], shown["hook_timeout_ms"], shown["hook_failure"]) == (url, 1500, "open")
+    await page.reload()  # shown once
+    await expect(page.locator("#hook-secret")).to_have_count(0)
+    assert secret not in await page.content()
+
+    async with reference_hook(tmp_path, secret, port=int(url.split(":")[2].split("/")[0])):
+        await page.get_by_role("button", name="Test", exact=True).click()
+        result = page.locator("#hook-test-result")
+        await expect(result).to_contain_text("SAMPLE-0001")
+        await expect(result).to_contain_text("deny")
+        await expect(result).to_contain_text("SAMPLE-0001 is not in our serials list")
+        await page.get_by_label("Sample hardware ID").fill("SN-0001")
+        await page.get_by_role("button", name="Test", exact=True).click()
+        await expect(result).to_contain_text("allow")
+        await expect(result).to_contain_text("pump-0001")
+        await expect(result).to_contain_text("pumps / line-1")
+        await expect(result).to_contain_text("site=Lyon, batch=2026-11")
+        await console.check_accessibility()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "auto-registration-hook-tested.png"), full_page=True)
+    await page.reload()  # the result is shown once
+    await expect(page.locator("#hook-test-result")).to_have_count(0)
+
+    # A call deduplication recorded is listed.
+    request_id = str(uuid.uuid4())
+    await pool.execute(
+        """INSERT INTO registration_hook_calls
+               (call_id, registration_id, account_id, request_id, request, decided, outcome, http_status,
+                latency_ms, attempts, reserved_until, created_at)
+           VALUES ($1, $2, $3, $4, $5::jsonb, '{}'::jsonb, 'timeout', NULL, 1500, 2, $6, $6)""",
+        f"msg_{uuid.uuid4().hex}",
+        registration["id"],
+        operator.account_id,
+        request_id,
+        json.dumps({"hardware_id": "SN-0042", "assigned_hardware_id": "SN-0042-1", "decision": "clone"}),
+        datetime.now(UTC),
+    )
+    await page.reload()
+    row = page.locator("#hook-calls + table tbody tr").first
+    await expect(row).to_contain_text("SN-0042 → SN-0042-1")
+    await expect(row).to_contain_text("clone")
+    await expect(row).to_contain_text("timeout")
+    await expect(row).to_contain_text("1500 ms")
+
+    # The policy alone keeps the URL and its secret.
+    await page.get_by_label("When the hook fails").select_option("closed")
+    await page.get_by_role("button", name="Save the hook").click()
+    await expect(page.locator(".flash")).to_contain_text("Hook settings saved.")
+    await expect(page.locator("#hook-secret")).to_have_count(0)
+    shown = await operator.call("GET", path, expect=200)
+    assert (shown["hook_url"], shown["hook_timeout_ms"], shown["hook_failure"]) == (url, 1500, "closed")
+
+    await page.get_by_label("I understand devices are then registered without asking it").check()
+    await page.get_by_role("button", name="Remove the hook").click()
+    await expect(page.locator(".flash")).to_contain_text("Hook removed")
+    await expect(
+        page.get_by_text("No hook: devices are registered without asking your service.")
+    ).to_be_visible()
+    assert (await operator.call("GET", path, expect=200))["hook_url"] is None
+
+
+async def test_a_read_only_session_sees_the_hooks_host_and_no_form(
+    new_console: NewConsole, operator: Operator
+) -> None:
+    registration = await operator.product()
+    await operator.call(
+        "PATCH",
+        f"/v1/auto-registrations/{registration['id']}",
+        {"hook_url": "http://127.0.0.1:9/ours?token=t"},
+        expect=200,
+    )
+    key = await operator.call("POST", "/v1/api-keys", {"label": "ro", "read_only": True}, expect=201)
+    console = await new_console(operator)
+    await console.sign_in(key["api_key"])
+    page = console.page
+    await console.open(f"/console/auto-registrations/{registration['id']}")
+    await expect(page.get_by_text("http://127.0.0.1:9/********")).to_be_visible()
+    assert "/ours" not in await page.locator("main").inner_text()
+    for button in ("Test", "Save the hook", "Remove the hook"):
+        await expect(page.get_by_role("button", name=button, exact=True)).to_have_count(0)
+    await console.check_accessibility()
+    refused = await page.context.request.post(
+        f"{console.url}/console/auto-registrations/{registration['id']}/hook/test",
+        form={"csrf_token": await console.csrf()},
+    )
+    assert refused.status == 403

@@ -1,0 +1,106 @@
+"""The notifier's redial of registration hook calls (services/notifier/rulings.redial) on
+the real Postgres: which calls it makes again (a fail-closed failure past a device's pause,
+a request never taken, a call whose instance died), which it leaves (answered, just failed,
+in flight), and how the hook's breaker holds them back (none while it pauses, one trial
+past its pause)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.notifier.rulings import redial
+from shared.db.pool import Pool
+from shared.events import HookRequested
+from shared.hook_caller import HookCaller
+from tests.support import registry
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+# call -> (outcome, created_at, called_at, answered_at): due again, or not
+ROWS = {
+    "failed-long-ago": (
+        "timeout",
+        NOW - timedelta(minutes=1),
+        NOW - timedelta(seconds=50),
+        NOW - timedelta(seconds=40),
+    ),
+    "failed-just-now": ("http_error", NOW, NOW, NOW),
+    "waiting-lost": ("waiting", NOW - timedelta(minutes=2), None, None),
+    "waiting-fresh": ("waiting", NOW, None, None),
+    "calling-dead": ("calling", NOW - timedelta(minutes=2), NOW - timedelta(minutes=2), None),
+    "calling-now": ("calling", NOW, NOW, None),
+    "allowed": ("allow", NOW - timedelta(minutes=2), NOW - timedelta(minutes=2), NOW - timedelta(minutes=2)),
+}
+DUE = {"failed-long-ago", "waiting-lost", "calling-dead"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _seeded(pool: Pool) -> tuple[str, dict[str, str]]:
+    """A registration with a hook and one reserved device per row of ROWS; returns the
+    registration and each row's call ID."""
+    account_id = await registry.new_account(pool)
+    product = await registry.new_product(pool, account_id)
+    registration_id = await registry.new_registration(pool, product)
+    await pool.execute(
+        "UPDATE registrations SET hook_url = 'http://127.0.0.1:9/', hook_secret_sealed = '\\x00' WHERE id = $1",
+        registration_id,
+    )
+    ids = {}
+    for name, (outcome, created, called, answered) in ROWS.items():
+        device_id = await registry.new_device(
+            pool, product, registration_id, f"{name}-{uuid.uuid4().hex[:6]}"
+        )
+        ids[name] = call_id = f"msg_{uuid.uuid4().hex}"
+        await pool.execute(
+            """INSERT INTO registration_hook_calls (call_id, registration_id, account_id, device_id, request_id,
+                   request, decided, outcome, reserved_until, created_at, called_at, answered_at)
+               VALUES ($1, $2, $3, $4, $5, '{}', '{}', $6, now() + interval '15 minutes', $7, $8, $9)""",
+            call_id,
+            registration_id,
+            account_id,
+            device_id,
+            str(uuid.uuid4()),
+            outcome,
+            created,
+            called,
+            answered,
+        )
+    return registration_id, ids
+
+
+async def _redialled(pool: Pool, caller: HookCaller, registration_id: str) -> list[HookRequested]:
+    started: list[HookRequested] = []
+    # Every due call of the database (other tests' too), so that none of this test's is
+    # left for a later round.
+    await redial(pool, caller, started.append, limit=1_000_000)
+    return [s for s in started if s.registration_id == registration_id]
+
+
+async def test_the_calls_due_again_are_made_again_and_no_other(pool: Pool) -> None:
+    registration_id, ids = await _seeded(pool)
+    started = await _redialled(pool, HookCaller(allow_private=True), registration_id)
+    names = {call_id: name for name, call_id in ids.items()}
+    assert {names[s.call_id] for s in started} == DUE
+
+
+async def test_an_open_breaker_holds_them_back_then_lets_one_trial_through(pool: Pool) -> None:
+    registration_id, _ = await _seeded(pool)
+    clock = Clock()
+    caller = HookCaller(allow_private=True, clock=clock)
+    breaker = caller.breaker(registration_id)
+    for _ in range(breaker.failures_to_open):
+        breaker.record(False, clock.now)
+    assert await _redialled(pool, caller, registration_id) == []  # paused: every call would fail at once
+    clock.now += breaker.open_s + 1
+    assert len(await _redialled(pool, caller, registration_id)) == 1  # the breaker's trial
