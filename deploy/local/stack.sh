@@ -259,9 +259,6 @@ service_env() {
   export FLEETREG_TLS_CERT="$VAR/tls/server.pem" FLEETREG_TLS_KEY="$VAR/tls/server.key" FLEETREG_COMPAT_PORT="$COMPAT_PORT"
   # The local stack's webhooks may call this machine (the demo's receiver listens on 127.0.0.1).
   export FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS="${FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS:-true}"
-  # Registration hooks may be set on the local stack (make bench's hook storms, the demo's
-  # reference hook on 127.0.0.1): dedup consults them.
-  export FLEETREG_REGISTRATION_HOOKS_PREVIEW="${FLEETREG_REGISTRATION_HOOKS_PREVIEW:-true}"
   # The console (operator) forwards bulk uploads to the bulk API and shows the pipeline's health.
   export FLEETREG_INGESTION_URL="http://127.0.0.1:$INGESTION_PORT"
   # Each service reads its own operations port (cli.wait_ready and cli.endpoints read them all).
