@@ -122,6 +122,11 @@ class HookCaller:
         found = self._breakers.get(key)
         return found is not None and found.paused(self._clock())
 
+    def paused_hooks(self) -> list[str]:
+        """The keys of the hooks :meth:`paused` says a call now would fail at once."""
+        now = self._clock()
+        return [key for key, breaker in self._breakers.items() if breaker.paused(now)]
+
     def tripped(self, key: str) -> bool:
         """Whether the hook's breaker is open (within its pause or past it, waiting for the
         trial call that closes it)."""
@@ -174,8 +179,10 @@ class HookCaller:
         except TimeoutError:
             return HookResult("busy", error=f"no free slot within {hook.timeout_ms} ms", latency_ms=took())
         try:
-            remaining = max(0.001, timeout_s - (time.perf_counter() - started))
-            return await self._post(session, hook, request, target.host, remaining, took)
+            # The hook's timeout is its own answer's: a call that waited for a slot behind the
+            # hook's other calls still gives it the whole timeout, so that a burst of calls (a
+            # redial round after an outage) is never read as a slow hook by its breaker.
+            return await self._post(session, hook, request, target.host, timeout_s, took)
         finally:
             slots.release()
 

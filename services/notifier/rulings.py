@@ -47,7 +47,7 @@ async def make_call(
         # The hook was removed after the claim was reserved: decided without it.
         settled = await hooks.confirm(pool, call, CallResult("no_hook", None, None, None), None)
         if settled is not None:
-            await publish([RegistrationDecided(**settled.decided)])
+            await publish([RegistrationDecided(**d) for d in (settled.decided, *settled.also_decided)])
         return "confirm"
     hook = Hook(
         key=call.registration_id,
@@ -63,7 +63,7 @@ async def make_call(
         enrichment = asdict(ruling.enrichment) if ruling.enrichment is not None else None
         settled = await hooks.confirm(pool, call, recorded, enrichment)
         if settled is not None:
-            await publish([RegistrationDecided(**settled.decided)])
+            await publish([RegistrationDecided(**d) for d in (settled.decided, *settled.also_decided)])
     elif ruling.action == "refuse":
         settled = await hooks.refuse(pool, call, recorded, ruling.reason)
         if settled is not None:
@@ -102,9 +102,13 @@ async def redial(
     closed failure after the pause its device was told, so the reservations of a hook that
     was down are decided as soon as it is back, whatever their devices do meanwhile; a
     request whose record or instance was lost. A hook whose breaker is open is skipped
-    until its pause is over (its calls would fail at once), then lets one trial through.
-    At most ``limit`` calls a round, the oldest first. Returns how many it started."""
-    due = await hooks.due_again(pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, limit)
+    until its pause is over (its calls would fail at once), left out of the round's query
+    (a hook down with a round's worth of calls would otherwise fill every round), then lets
+    one trial through. At most ``limit`` calls a round, the oldest first. Returns how many
+    it started."""
+    due = await hooks.due_again(
+        pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, limit, skip=caller.paused_hooks()
+    )
     started = 0
     trials: set[str] = set()
     for call_id, registration_id, request_id in due:

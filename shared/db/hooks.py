@@ -83,6 +83,11 @@ REFUSE_DECISIONS = """
         device_id = NULL, assigned_hardware_id = NULL
     WHERE device_id = $1 AND status = 'decided'
     RETURNING request_id::text"""
+# An allowed reservation: the earlier requests of the same attempt (retries attached to the
+# row replaced its request ID) wait on the device too, each decided as it was recorded.
+ALSO_WAITING = """
+    SELECT request_id::text, decision, extract(epoch FROM received_at)::float8 AS received_at
+    FROM registration_decisions WHERE device_id = $1 AND status = 'decided' AND request_id <> $2"""
 UNCLAIM_PREREGISTERED = """
     UPDATE devices SET lifecycle = 'preregistered', fingerprint = '', registered_at = NULL
     WHERE id = $1 AND lifecycle = 'registered'"""
@@ -231,6 +236,9 @@ class Settled:
     account_id: str
     decided: dict[str, Any]
     refused_requests: tuple[str, ...] = ()
+    # A confirmation: the ``registration.decided`` fields of every other request still
+    # waiting on the device (an earlier request of a retried attempt).
+    also_decided: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,15 @@ async def confirm(
             json.dumps(data) if data else None,
             json.dumps({"call_id": call.call_id, "outcome": result.outcome, "latency_ms": result.latency_ms}),
         )
-    return Settled(row["device_id"], row["request_id"], row["account_id"], _json(row["decided"]) or {})
+        waiting = await conn.fetch(ALSO_WAITING, row["device_id"], row["request_id"])
+    decided = _json(row["decided"]) or {}
+    # Every request of the attempt is answered, not only the latest: a device (or anyone
+    # holding an earlier request ID) polling an earlier one would otherwise wait for ever.
+    also = tuple(
+        decided | {"request_id": w["request_id"], "decision": w["decision"], "received_at": w["received_at"]}
+        for w in waiting
+    )
+    return Settled(row["device_id"], row["request_id"], row["account_id"], decided, also_decided=also)
 
 
 async def refuse(pool: Pool, call: TakenCall, result: CallResult, reason: str) -> Settled | None:
@@ -324,6 +340,9 @@ REDIAL = """
     SELECT c.call_id, c.registration_id::text, c.request_id::text FROM registration_hook_calls c
     JOIN registrations r ON r.id = c.registration_id
     WHERE c.outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired') AND c.device_id IS NOT NULL
+      -- hooks whose breaker is open: their calls would fail at once, and as the oldest they
+      -- would fill every round's limit, so no other hook's failed call would be made again
+      AND NOT (c.registration_id = ANY($4::uuid[]))
       AND CASE c.outcome
             WHEN 'waiting' THEN c.created_at < now() - make_interval(secs => $2::float8)
             WHEN 'calling'
@@ -333,12 +352,13 @@ REDIAL = """
 
 
 async def due_again(
-    pool: Pool, after_s: float, lost_after_s: float, limit: int
+    pool: Pool, after_s: float, lost_after_s: float, limit: int, skip: Sequence[str] = ()
 ) -> list[tuple[str, str, str]]:
     """(call ID, registration ID, request ID) of calls to make again: failed more than
     ``after_s`` seconds ago, or asked for (or in flight past the hook's timeout) more than
-    ``lost_after_s`` ago without a result; oldest first, at most ``limit``."""
-    rows = await pool.fetch(REDIAL, after_s, lost_after_s, limit)
+    ``lost_after_s`` ago without a result; oldest first, at most ``limit``; none of the
+    registrations ``skip`` names (hooks not to call now)."""
+    rows = await pool.fetch(REDIAL, after_s, lost_after_s, limit, list(skip))
     return [(r["call_id"], r["registration_id"], r["request_id"]) for r in rows]
 
 

@@ -20,7 +20,11 @@ and message sizes (the machine is shared and noisy; absolute figures drift, rati
 6. the device agent (tests/bench/agents.py): its boot time and the CPU a boot costs the
    device, one boot at a time under each shell, and a storm of ``--agents`` agent
    processes at once from a few loopback addresses beside the simulator's two-call storm of
-   as many devices in the same run (ratios); ``--agents-only`` runs only this part.
+   as many devices in the same run (ratios); ``--agents-only`` runs only this part;
+7. the registration hook (tests/bench/hooks.py, issue 27): two-call storms without a hook
+   and with one answering in 20 ms, alternated (devices/s ratio, p99 against the hook's
+   own), and a storm of ``--hook-outage-devices`` whose hook is down for 30 s (refused,
+   lost, recovery after its return); ``--hooks-only`` runs only this part.
 
 ``ratio_to_ceiling`` is devices/s divided by the slowest per-device ceiling: each ceiling
 divided by what one device was measured to cost in that storm (HTTP requests to the
@@ -45,7 +49,7 @@ from cli.config import load_endpoints, parse_env_file, require
 from cli.output import print_table
 from shared.service import use_fast_event_loop, use_fewer_collections
 from shared.settings import KafkaSettings
-from tests.bench import agents, bulk, ceilings, identity, scaleout, storms
+from tests.bench import agents, bulk, ceilings, hooks, identity, scaleout, storms
 
 OUT = Path("var/bench")
 
@@ -93,6 +97,18 @@ async def _agents(stack: storms.Stack, args: argparse.Namespace) -> dict[str, An
     return found
 
 
+async def _hooks(stack: storms.Stack, args: argparse.Namespace) -> dict[str, Any]:
+    return await hooks.run(
+        stack,
+        devices=args.hook_devices,
+        concurrency=args.concurrency,
+        rounds=args.hook_rounds,
+        outage_devices=args.hook_outage_devices,
+        outage_s=args.hook_outage_seconds,
+        progress=_progress,
+    )
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     infra = parse_env_file(Path("var/infra.env"))
     pool = await asyncpg.create_pool(infra["DATABASE_URL"], min_size=1, max_size=4)
@@ -102,6 +118,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "agents": await _agents(stack, args),
+            }
+        if args.hooks_only:
+            return {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "hooks": await _hooks(stack, args),
             }
         _progress("ceilings: bare HTTP endpoint, Kafka produce+consume, Postgres batched writes")
         http = await ceilings.http_ceiling(args.ceiling_requests, args.concurrency)
@@ -164,6 +185,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["agents"]["ratios"]["devices_per_s_to_run_two_call"] = round(
                 result["agents"]["storm"]["devices_per_s"] / max(two["devices_per_s"], 1e-9), 3
             )
+        if args.hook_rounds or args.hook_outage_devices:
+            result["hooks"] = await _hooks(stack, args)
         return result
     finally:
         await pool.close()
@@ -232,6 +255,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         out["scale_out"] = result["scale_out"]
     if "agents" in result:
         out["agent"] = agents.summary(result["agents"])
+    if "hooks" in result:
+        out["hook"] = hooks.summary(result["hooks"])
     return out
 
 
@@ -323,6 +348,86 @@ def report(result: dict[str, Any]) -> None:
         report_storms(result)
     if "agents" in result:
         report_agents(result["agents"])
+    if "hooks" in result:
+        report_hooks(result["hooks"])
+
+
+def report_hooks(found: dict[str, Any]) -> None:
+    if "with_and_without" in found:
+        pairs = found["with_and_without"]
+        print_table(
+            [
+                (
+                    "20 ms hook" if s["hooked"] else "no hook",
+                    s["devices"],
+                    s["devices_per_s"],
+                    s["p50_ms"],
+                    s["p99_ms"],
+                    s["errors"],
+                    s["lost"],
+                    s["duplicated"],
+                    (s.get("hook") or {}).get("own_p99_ms", "-"),
+                    (s.get("hook") or {}).get("notifier_p99_ms", "-"),
+                    _cpu_columns(s.get("cpu_ms_per_device") or {}),
+                )
+                for s in pairs["storms"]
+            ],
+            [
+                "two-call storm",
+                "devices",
+                "devices/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "lost",
+                "duplicated",
+                "hook's own p99 ms",
+                "notifier's call p99 ms",
+                "CPU ms per device: intake/postgres/all",
+            ],
+        )
+        targets = pairs["targets"]
+        print(
+            f"medians: devices/s with/without {pairs['devices_per_s_ratio']} (target >= "
+            f"{targets['devices_per_s_ratio_at_least']}: {'met' if targets['ratio_met'] else 'MISSED'}); "
+            f"p99 {pairs['median_p99_ms']['with_hook']} ms with, {pairs['median_p99_ms']['without_hook']} "
+            f"without, the hook's own p99 {pairs['hook_own_p99_ms']} ms: bound {pairs['p99_bound_ms']} ms "
+            f"({'met' if targets['p99_met'] else 'MISSED'})"
+        )
+    if "outage" in found:
+        o = found["outage"]
+        targets = o["targets"]
+        print_table(
+            [
+                (
+                    f"{o['devices']} devices, {o['concurrency']} at once, hook down {o['hook_down_s']:.0f} s",
+                    o["devices_per_s"],
+                    o["refused"],
+                    o["lost"],
+                    o["duplicated"],
+                    o["errors"],
+                    o["waiting_at_return"],
+                    o["first_ready_after_return_s"],
+                    o["all_waiting_ready_after_return_s"],
+                )
+            ],
+            [
+                "hook outage storm",
+                "devices/s",
+                "refused",
+                "lost",
+                "duplicated",
+                "errors",
+                "waiting at return",
+                "first ready s after return",
+                "all waiting ready s after return",
+            ],
+        )
+        print(
+            f"call rows {o['call_rows']}; targets: 0 refused {'met' if targets['refused_met'] else 'MISSED'}, "
+            f"0 lost {'met' if targets['lost_met'] else 'MISSED'}, recovery within "
+            f"{targets['recovery_within_s']} s {'met' if targets['recovery_met'] else 'MISSED'}"
+        )
 
 
 def report_agents(found: dict[str, Any]) -> None:
@@ -530,6 +635,32 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--agents-only", action="store_true", help="run only the device agent part (boots, storms, ratios)"
+    )
+    parser.add_argument(
+        "--hook-devices",
+        type=int,
+        default=4000,
+        help="devices of each storm without and with a 20 ms registration hook (4000)",
+    )
+    parser.add_argument(
+        "--hook-rounds",
+        type=int,
+        default=2,
+        help="rounds of a storm without and one with the 20 ms hook, odd rounds reversed (2; 0: skip)",
+    )
+    parser.add_argument(
+        "--hook-outage-devices",
+        type=int,
+        default=20_000,
+        help="devices of the storm whose registration hook is down at its start (20000; 0: skip)",
+    )
+    parser.add_argument(
+        "--hook-outage-seconds", type=float, default=30.0, help="how long the hook is down (30)"
+    )
+    parser.add_argument(
+        "--hooks-only",
+        action="store_true",
+        help="run only the registration hook part (with and without a 20 ms hook, the outage storm)",
     )
     arguments = parser.parse_args()
     use_fast_event_loop()

@@ -162,6 +162,7 @@ async def storm(
     seed: int | None = None,
     attestation: Attestation = "code",
     csr: str = "",
+    hook_url: str | None = None,
 ) -> dict[str, Any]:
     """Boot ``devices`` devices (5 % clones, 1 % lost responses) of a fresh account.
 
@@ -177,7 +178,8 @@ async def storm(
     with a CSR also ``certificates`` (signed by the intake during the storm, from its
     ``fleetreg_device_certificates_issued_total``), ``certificates_per_s`` and
     ``devices_without_certificate`` (provisioned devices the registry holds no
-    certificate of).
+    certificate of). ``hook_url``: the auto registration's registration hook (issue 27);
+    the result names the registration (``registration_id``) for its hook's call rows.
     """
     options = RunOptions(request_timeout_s=60.0, deadline_s=600.0, two_call=two_call, csr=csr)
     limit = concurrency if rate_per_s is None else 0  # 0: no limit (open loop)
@@ -190,7 +192,8 @@ async def storm(
         registration = await operator.call(
             "POST",
             "/v1/auto-registrations",
-            {"product_id": product["id"], "attestation": attestation},
+            {"product_id": product["id"], "attestation": attestation}
+            | ({"hook_url": hook_url} if hook_url is not None else {}),
             expect=201,
         )
         plan = plan_fleet(registration["bulk_identification_code"], devices, 0.05, 0.01, seed=seed)
@@ -238,6 +241,7 @@ async def storm(
     )
     return {
         "devices": devices,
+        "registration_id": registration["id"],
         "attestation": attestation,
         "csr": bool(csr),
         **certified,

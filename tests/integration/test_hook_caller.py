@@ -46,7 +46,7 @@ def _request(n: int = 1) -> HookRequest:
 @dataclass
 class Server:
     """A local hook: /allow enriches, /deny refuses, /garbage, /fail (500), /moved, /slow
-    (answers after ``release``), every request verified and kept."""
+    (answers after ``release``), /pause (allows after 0.4 s), every request verified and kept."""
 
     port: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -80,6 +80,9 @@ async def server() -> AsyncIterator[Server]:
             return web.json_response({"allow": True}, status=500)
         if name == "moved":
             raise web.HTTPFound("/allow")
+        if name == "pause":
+            await asyncio.sleep(0.4)
+            return web.json_response({"allow": True})
         if name == "slow":
             found.in_flight += 1
             found.most_in_flight = max(found.most_in_flight, found.in_flight)
@@ -216,6 +219,24 @@ async def test_a_call_finding_no_slot_within_its_timeout_is_busy_and_not_held_ag
         assert not single.breaker("reg-1").is_open  # the hook was not called: not its failure
         server.release.set()
         assert (await held).outcome == "allow"
+    finally:
+        await single.close()
+
+
+async def test_a_call_that_waited_for_a_slot_still_gives_the_hook_its_whole_timeout(
+    server: Server,
+) -> None:
+    """A burst of calls beyond the hook's concurrency (a redial round after an outage): the
+    calls that wait for a slot are not cut short by their wait, so a hook answering within
+    its timeout is never failed (and its breaker never opened) by its own queue."""
+    single = HookCaller(allow_private=True, concurrency=1, breaker_failures=1)
+    await single.open()
+    try:
+        hook = _hook(server.url("/pause"), timeout_ms=600)  # each answer takes 0.4 s
+        results = await asyncio.gather(*(single.call(hook, _request(n)) for n in (1, 2)))
+        # The second got its slot 0.4 s into its 0.6 s: its answer, 0.4 s later, still counts.
+        assert [r.outcome for r in results] == ["allow", "allow"]
+        assert not single.breaker("reg-1").is_open
     finally:
         await single.close()
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.bench.__main__ import _ratio, summary
+from tests.bench.hooks import summarize_pairs
 
 CONTRACT = {
     "boot_two_call": {"devices", "devices_per_s", "ratio_to_ceiling", "p50_ms", "p95_ms", "p99_ms", "errors"},
@@ -106,3 +107,40 @@ def test_an_agents_only_run_has_the_agent_figures_and_nothing_else() -> None:
     assert out["agent"]["storm"]["devices_per_s"] == 10.0
     assert out["agent"]["simulator_storm"]["devices_per_s"] == 100.0
     assert out["agent"]["boots"]["dash"]["first_boot"] == {"p50_ms": 400.0, "cpu_ms_per_boot": 250.0}
+
+
+def test_a_hooks_only_run_has_the_hook_figures_and_the_targets_read_from_the_medians() -> None:
+    def storm(hooked: bool, per_s: float, p99: float) -> dict[str, Any]:
+        hook = {"own_p99_ms": 21.0, "notifier_p99_ms": 25.0} if hooked else None
+        return _storm(per_s, 2.0, 4.0, 9.0) | {"p99_ms": p99, "hooked": hooked, "hook": hook}
+
+    # none, hook, hook, none: medians 400 without, 380 with (0.95); p99 500 -> 528 (bound 531).
+    pairs = summarize_pairs(
+        [
+            storm(False, 390.0, 490.0),
+            storm(True, 370.0, 526.0),
+            storm(True, 390.0, 530.0),
+            storm(False, 410.0, 510.0),
+        ]
+    )
+    assert pairs["median_devices_per_s"] == {"without_hook": 400.0, "with_hook": 380.0}
+    assert (pairs["devices_per_s_ratio"], pairs["p99_added_ms"], pairs["p99_bound_ms"]) == (0.95, 28.0, 531.0)
+    assert pairs["targets"]["ratio_met"] and pairs["targets"]["p99_met"]
+    outage = {
+        "devices": 20000,
+        "hook_down_s": 30.0,
+        "devices_per_s": 150.0,
+        "refused": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "errors": 0,
+        "waiting_at_return": 200,
+        "first_ready_after_return_s": 1.5,
+        "all_waiting_ready_after_return_s": 9.0,
+        "call_rows": {"allow": 20000},
+        "targets": {"recovery_met": False},
+    }
+    out = summary({"hooks": {"with_and_without": pairs, "outage": outage}})
+    assert set(out) == {"hook"}
+    assert out["hook"]["with_and_without"]["devices_per_s_ratio"] == 0.95
+    assert out["hook"]["outage"]["all_waiting_ready_after_return_s"] == 9.0
