@@ -107,7 +107,7 @@ async def redial(
     one trial through. At most ``limit`` calls a round, the oldest first. Returns how many
     it started."""
     due = await hooks.due_again(
-        pool, rules.PENDING_RETRY_AFTER_S, rules.STALE_CALL_MARGIN_S, limit, skip=caller.paused_hooks()
+        pool, rules.REDIAL_EVERY_S, rules.STALE_CALL_MARGIN_S, limit, skip=caller.paused_hooks()
     )
     started = 0
     trials: set[str] = set()

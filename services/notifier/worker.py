@@ -27,7 +27,7 @@ from aiohttp import web
 from services.notifier import handlers, rulings
 from services.notifier.resources import RESOURCES, Resources
 from shared.db.webhooks import DueDelivery
-from shared.domain.hooks import PENDING_RETRY_AFTER_S
+from shared.domain.hooks import REDIAL_EVERY_S
 from shared.logging import exception_summary
 from shared.metrics import ERRORS
 from shared.periodic import PeriodicJob
@@ -137,7 +137,7 @@ def worker_context(service: str) -> Callable[[web.Application], AsyncIterator[No
             stop_grace_s=SWEEP_STOP_GRACE_S,
         )
         # Fail-closed hook calls that failed are made again every pause a device is told.
-        redialer = PeriodicJob(service, "hook_redial", PENDING_RETRY_AFTER_S, partial(redial, resources))
+        redialer = PeriodicJob(service, "hook_redial", REDIAL_EVERY_S, partial(redial, resources))
         deliveries = asyncio.create_task(loop.run(), name=f"{service}-deliveries")
         sweeper.start()
         redialer.start()

@@ -191,7 +191,10 @@ def parse_answer(raw: bytes) -> HookAnswer:
 # The breaker's defaults: this many failures in a row open it, for this long; then one
 # trial call is let through (half-open), and its success closes it.
 BREAKER_FAILURES = 5
-BREAKER_OPEN_S = 10.0
+# 2 s, not the 10 s of many HTTP breakers: a hook that comes back should be asked again
+# well within the Retry-After its devices were told (5 s, issue 27's recovery target), and a
+# trial every 2 s per notifier instance is no load on a hook that is down.
+BREAKER_OPEN_S = 2.0
 
 
 @dataclass
@@ -258,6 +261,11 @@ RESERVATION_HOLD_S = 900
 # A call in flight longer than the hook's timeout plus this margin was lost with its
 # instance: the next request for it makes it again.
 STALE_CALL_MARGIN_S = 30.0
+# How often the notifier makes failed fail-closed calls again (the redial), and how long a
+# failed call rests before it is: one second, so a hook that is back decides its
+# reservations within about a second of its breaker's trial (issue 27: within one
+# Retry-After of its return); a failing hook's breaker keeps the rounds cheap.
+REDIAL_EVERY_S = 1.0
 
 # A stored and published refusal reason is printable ASCII of at most this many characters
 # (shared.events.REASON_MAX: twice the longest device name).

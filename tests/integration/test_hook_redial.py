@@ -7,7 +7,6 @@ past its pause)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,21 +18,15 @@ from tests.support import registry
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(UTC)
-# call -> (outcome, created_at, called_at, answered_at): due again, or not
+# call -> (outcome, seconds ago it was created, called, answered; None: never): due again, or not
 ROWS = {
-    "failed-long-ago": (
-        "timeout",
-        NOW - timedelta(minutes=1),
-        NOW - timedelta(seconds=50),
-        NOW - timedelta(seconds=40),
-    ),
-    "failed-just-now": ("http_error", NOW, NOW, NOW),
-    "waiting-lost": ("waiting", NOW - timedelta(minutes=2), None, None),
-    "waiting-fresh": ("waiting", NOW, None, None),
-    "calling-dead": ("calling", NOW - timedelta(minutes=2), NOW - timedelta(minutes=2), None),
-    "calling-now": ("calling", NOW, NOW, None),
-    "allowed": ("allow", NOW - timedelta(minutes=2), NOW - timedelta(minutes=2), NOW - timedelta(minutes=2)),
+    "failed-long-ago": ("timeout", 60, 50, 40),
+    "failed-just-now": ("http_error", 0, 0, 0),
+    "waiting-lost": ("waiting", 120, None, None),
+    "waiting-fresh": ("waiting", 0, None, None),
+    "calling-dead": ("calling", 120, 120, None),
+    "calling-now": ("calling", 0, 0, None),
+    "allowed": ("allow", 120, 120, 120),
 }
 DUE = {"failed-long-ago", "waiting-lost", "calling-dead"}
 
@@ -65,7 +58,9 @@ async def _seeded(pool: Pool) -> tuple[str, dict[str, str]]:
         await pool.execute(
             """INSERT INTO registration_hook_calls (call_id, registration_id, account_id, device_id, request_id,
                    request, decided, outcome, reserved_until, created_at, called_at, answered_at)
-               VALUES ($1, $2, $3, $4, $5, '{}', '{}', $6, now() + interval '15 minutes', $7, $8, $9)""",
+               VALUES ($1, $2, $3, $4, $5, '{}', '{}', $6, now() + interval '15 minutes',
+                       now() - make_interval(secs => $7), now() - make_interval(secs => $8),
+                       now() - make_interval(secs => $9))""",
             call_id,
             registration_id,
             account_id,
