@@ -349,7 +349,7 @@ async def _hook_demo(devices: int, concurrency: int, device_url: str) -> tuple[S
         secret = registration["hook_secret"]
         print(
             f"auto registration {registration['id']} with a hook: http://127.0.0.1:{port}/approve "
-            f"(signing secret shown once, {secret[:10]}...; the hook reads it from FLEETREG_HOOK_SECRET)"
+            "(its signing secret, shown once, is not printed: the hook reads it from FLEETREG_HOOK_SECRET)"
         )
         async with reference_hook(DEMO_SERIALS.resolve(), secret, port):
             print(f"reference hook running: {len(listed)} serials listed in {DEMO_SERIALS}")
