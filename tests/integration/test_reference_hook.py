@@ -15,10 +15,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from cli.reference_hook import ROOT
 from shared.domain.hooks import HookAnswer, HookRequest
 from shared.domain.webhooks import new_secret
 from shared.hook_caller import Hook, HookCaller
-from tests.support.reference_hook import ROOT, reference_hook
+from tests.support.reference_hook import reference_hook
 
 pytestmark = pytest.mark.integration
 
