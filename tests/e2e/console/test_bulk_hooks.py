@@ -94,7 +94,7 @@ async def test_set_test_list_change_and_remove_a_hook(
                 latency_ms, attempts, reserved_until, created_at)
            -- held for 15 minutes, as dedup holds one: the notifier's sweep must not expire it
            VALUES ($1, $2, $3, $4, $5::jsonb, '{}'::jsonb, 'timeout', NULL, 1500, 2,
-                   $6 + interval '15 minutes', $6)""",
+                   $6::timestamptz + interval '15 minutes', $6)""",
         f"msg_{uuid.uuid4().hex}",
         registration_id,
         operator.account_id,
