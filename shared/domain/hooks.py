@@ -142,15 +142,38 @@ def _storable(text: str) -> bool:
     return True
 
 
+class _RepeatedName(Exception):
+    """A name given twice in one object of the answer."""
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated names ({"allow": true, "allow": false} meant false):
+    # which one the hook meant is unknowable, and another reader of the same bytes may take
+    # the first, so the answer is malformed (as a repeated name in any fleetreg JSON body).
+    names: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in names:
+            raise _RepeatedName(name)
+        names[name] = value
+    return names
+
+
 def parse_answer(raw: bytes) -> HookAnswer:
     """The hook's answer body: a JSON object ``{"allow": bool, "reason", "name",
     "category_a", "category_b", "data": {str: str}}``, every field but ``allow`` optional
     (null counts as absent); unknown fields are ignored (a hook may say more than fleetreg
-    reads). MalformedAnswer naming the first problem otherwise."""
+    reads). MalformedAnswer naming the first problem otherwise, also for a name given twice
+    in one object or nesting too deep to read."""
     if len(raw) > MAX_ANSWER_BYTES:
         raise MalformedAnswer(f"the answer is longer than {MAX_ANSWER_BYTES} bytes")
     try:
-        answer = json.loads(raw)
+        answer = json.loads(raw, object_pairs_hook=_unique_names)
+    except _RepeatedName as exc:
+        raise MalformedAnswer(f"the answer gives {exc.args[0][:64]!r} twice in one object") from None
+    except RecursionError:
+        # 16 KiB of brackets nests deeper than the interpreter's stack: the hook's fault, a
+        # failure, never an exception out of the caller (which would leave the call stuck).
+        raise MalformedAnswer("the answer is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedAnswer("the answer is not JSON") from exc
     if not isinstance(answer, dict):
@@ -304,10 +327,18 @@ def hook_decision(verdict: Verdict) -> HookDecision | None:
 
 def call_id(registration_id: str, claim: Claim) -> str:
     """The ``webhook-id`` of a claim's hook call, the key of its one answer: derived from the
-    registration and the device's Idempotency-Key (its request ID without one), so a retry
-    with the same key is the same attempt, which reuses an answer (allow or deny)."""
-    attempt = f"key:{claim.idempotency_key}" if claim.idempotency_key else f"request:{claim.request_id}"
-    return event_id("registration.hook", registration_id, attempt)
+    registration, the claimed hardware ID (case-insensitively) and the device's
+    Idempotency-Key (its request ID without one), so a retry with the same key is the same
+    attempt, which reuses an answer (allow or deny). The hardware ID is part of it because a
+    key is the device's own choice: boards of one copied image (an agent's state file taken
+    mid-registration) send the same key for different hardware IDs, and deduplication takes
+    a key as a retry only of the same claimed hardware ID; without it their claims would
+    share one call row, one board's reservation taking the other's over (or reusing its
+    denial)."""
+    if not claim.idempotency_key:
+        return event_id("registration.hook", registration_id, f"request:{claim.request_id}")
+    attempt = f"key:{claim.idempotency_key}"
+    return event_id("registration.hook", registration_id, claim.hardware_id.lower(), attempt)
 
 
 def hook_request(
