@@ -362,6 +362,33 @@ async def due_again(
     return [(r["call_id"], r["registration_id"], r["request_id"]) for r in rows]
 
 
+# Confirmed calls whose registration.decided may never have gone out: the ruling commits
+# before the event is published (a registry transaction and a broker send are not one), so
+# an instance killed, or a broker failing, in between leaves the device reserved no more
+# (the row is final: neither the redial nor a replay takes it) and its request decided for
+# ever, polled pending until forgotten. A removed hook's rows (no_hook) are the same: they
+# are released here. Only rows answered more than a margin ago (their own publish had its
+# time) and within the hold; provisioning is idempotent, so a second send changes nothing.
+UNRELEASED = """
+    SELECT c.decided FROM registration_hook_calls c
+    JOIN registration_decisions d ON d.request_id = c.request_id
+    JOIN devices v ON v.id = c.device_id
+    WHERE c.outcome IN ('allow', 'failed_open', 'no_hook')
+      AND c.answered_at < now() - make_interval(secs => $1::float8)
+      AND c.answered_at > now() - make_interval(secs => $2::float8)
+      AND d.status = 'decided' AND v.lifecycle = 'registered'
+    ORDER BY c.answered_at LIMIT $3"""
+
+
+async def unreleased(pool: Pool, after_s: float, within_s: float, limit: int) -> list[dict[str, Any]]:
+    """The ``registration.decided`` fields of confirmed calls answered between ``within_s``
+    and ``after_s`` seconds ago whose request is still only decided and whose device is
+    still registered (its event lost between the ruling and its publish), oldest first, at
+    most ``limit``."""
+    rows = await pool.fetch(UNRELEASED, after_s, within_s, limit)
+    return [_json(r["decided"]) for r in rows]
+
+
 WITHOUT_HOOK = """
     UPDATE registration_hook_calls SET outcome = 'no_hook', answered_at = now()
     WHERE registration_id = $1 AND outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired')"""
