@@ -176,10 +176,11 @@ RELEASE_AFTER_S = 10.0
 
 
 async def release_lost(pool: Pool, publish: Publish, limit: int = REDIAL_BATCH) -> int:
-    """Send again the ``registration.decided`` of confirmed calls whose request is still
-    only decided (``shared.db.hooks.unreleased``: the notifier died, or the broker failed,
-    between the ruling's commit and its publish; or the hook was removed while it waited),
-    so their devices' polls get their credentials; returns how many."""
+    """Send the ``registration.decided`` of every request still only decided of a device
+    whose call was confirmed (``shared.db.hooks.unreleased``: the notifier died, or the
+    broker failed, between the ruling's commit and its publish; an earlier request of the
+    attempt the ruling did not answer; or the hook was removed while it waited), so the
+    devices' polls are answered; returns how many."""
     lost = await hooks.unreleased(pool, RELEASE_AFTER_S, rules.RESERVATION_HOLD_S, limit)
     if lost:
         await publish([RegistrationDecided(**decided) for decided in lost])

@@ -112,12 +112,19 @@ RULED = {
     "failed-open-event-lost": ("failed_open", timedelta(minutes=1), "decided", "registered"),
     "hook-removed-while-waiting": ("no_hook", timedelta(minutes=1), "decided", "registered"),
     "allowed-and-ready": ("allow", timedelta(minutes=1), "ready", "registered"),
+    # its first request still decided, the retry the ruling answered ready
+    "allowed-retry-answered": ("allow", timedelta(minutes=1), "decided", "registered"),
     "allowed-just-now": ("allow", timedelta(seconds=0), "decided", "registered"),
     "allowed-before-the-hold": ("allow", timedelta(hours=1), "decided", "registered"),
     "denied": ("deny", timedelta(minutes=1), "decided", "registered"),
     "allowed-then-reset": ("allow", timedelta(minutes=1), "decided", "preregistered"),
 }
-RELEASED = {"allowed-event-lost", "failed-open-event-lost", "hook-removed-while-waiting"}
+RELEASED = {
+    "allowed-event-lost",
+    "failed-open-event-lost",
+    "hook-removed-while-waiting",
+    "allowed-retry-answered",
+}
 
 
 async def test_a_confirmed_ruling_whose_event_was_lost_is_released_again(pool: Pool) -> None:
@@ -126,7 +133,7 @@ async def test_a_confirmed_ruling_whose_event_was_lost_is_released_again(pool: P
     account_id = await registry.new_account(pool)
     product = await registry.new_product(pool, account_id)
     registration_id = await registry.new_registration(pool, product)
-    requests = {}
+    requests = {}  # name -> the request that is still only decided
     for name, (outcome, ago, status, lifecycle) in RULED.items():
         hardware_id = f"{name}-{uuid.uuid4().hex[:6]}"
         device_id = await registry.new_device(
@@ -145,8 +152,10 @@ async def test_a_confirmed_ruling_whose_event_was_lost_is_released_again(pool: P
         }
         await pool.execute(
             """INSERT INTO registration_decisions (request_id, account_id, product_id, device_id,
-                   claimed_hardware_id, assigned_hardware_id, decision, status, received_at)
-               VALUES ($1, $2, $3, $4, $5, $5, 'new', $6, now())""",
+                   claimed_hardware_id, assigned_hardware_id, decision, status, credential_generation,
+                   received_at, decided_at)
+               VALUES ($1, $2, $3, $4, $5, $5, 'new', $6, 1, now() - interval '2 minutes',
+                       now() - interval '2 minutes')""",
             request_id,
             account_id,
             product.id,
@@ -154,6 +163,22 @@ async def test_a_confirmed_ruling_whose_event_was_lost_is_released_again(pool: P
             hardware_id,
             status,
         )
+        if name == "allowed-retry-answered":
+            # The retry (same key) became the row's request and was answered; the first
+            # request, which the device may still poll, was not.
+            request_id = str(uuid.uuid4())
+            await pool.execute(
+                """INSERT INTO registration_decisions (request_id, account_id, product_id, device_id,
+                       claimed_hardware_id, assigned_hardware_id, decision, status, credential_generation,
+                       received_at, decided_at)
+                   VALUES ($1, $2, $3, $4, $5, $5, 'same', 'ready', 1, now() - interval '1 minute',
+                           now() - interval '1 minute')""",
+                request_id,
+                account_id,
+                product.id,
+                device_id,
+                hardware_id,
+            )
         await pool.execute(
             """INSERT INTO registration_hook_calls (call_id, registration_id, account_id, device_id, request_id,
                    request, decided, outcome, reserved_until, answered_at)
