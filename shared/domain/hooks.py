@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from shared.domain.bulk_csv import CATEGORY_MAX
+from shared.domain.bulk_csv import CATEGORY_MAX, category_problem
 from shared.domain.dedup import Claim, Verdict
 from shared.domain.identifiers import validate_device_name
 from shared.domain.webhooks import event_id
@@ -205,10 +205,20 @@ def parse_answer(raw: bytes) -> HookAnswer:
         allow=allow,
         reason=_text(answer, "reason", MAX_REASON),
         name=name,
-        category_a=_text(answer, "category_a", CATEGORY_MAX),
-        category_b=_text(answer, "category_b", CATEGORY_MAX),
+        category_a=_category(answer, "category_a"),
+        category_b=_category(answer, "category_b"),
         data=dict(data),
     )
+
+
+def _category(answer: dict[str, Any], name: str) -> str:
+    # The device fields' rules, as a CSV's categories: a category starting as a formula
+    # (= + - @) would run in the spreadsheet of whoever opens an export of the devices.
+    value = _text(answer, name, CATEGORY_MAX)
+    problem = category_problem(value) if value else ""
+    if problem:
+        raise MalformedAnswer(f"{name} {problem}")
+    return value
 
 
 # The breaker's defaults: this many failures in a row open it, for this long; then one

@@ -106,6 +106,9 @@ def test_a_deny_keeps_its_reason_and_nulls_count_as_absent() -> None:
         # which of two values the hook meant is unknowable: malformed, as in any fleetreg body
         b'{"allow": true, "allow": false}',
         b'{"allow": true, "data": {"k": "a", "k": "b"}}',
+        # a category by the device fields' rules: no spreadsheet formula
+        b'{"allow": true, "category_a": "=HYPERLINK(\\"http://x\\")"}',
+        b'{"allow": true, "category_b": "@SUM(A1)"}',
         # nesting deeper than the interpreter's stack is malformed, never a RecursionError
         b"[" * 5000,
         b'{"allow": true, "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}",
