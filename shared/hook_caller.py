@@ -212,7 +212,7 @@ class HookCaller:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 status = response.status
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_at_most(response.content, MAX_ANSWER_BYTES + 1)
         except TimeoutError:
             return HookResult("timeout", error=f"timed out after {hook.timeout_ms} ms", latency_ms=took())
         except aiohttp.ClientConnectorError as exc:
@@ -235,6 +235,21 @@ class HookCaller:
         except MalformedAnswer as exc:
             return HookResult("malformed", http_status=status, error=str(exc), latency_ms=took())
         return HookResult("allow" if answer.allow else "deny", answer, status, latency_ms=took())
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or ``limit`` bytes, whichever comes first. One
+    ``read(limit)`` returns what has arrived so far: an answer sent in two pieces would be
+    cut to its first and read as malformed."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _short(error: BaseException) -> str:

@@ -170,6 +170,24 @@ def _log(call: TakenCall, result: HookResult, action: str, applied: bool) -> Non
     )
 
 
+# A confirmed call's registration.decided is looked for again this long after its ruling
+# (its own publish normally took milliseconds), and up to a reservation's hold after it.
+RELEASE_AFTER_S = 10.0
+
+
+async def release_lost(pool: Pool, publish: Publish, limit: int = REDIAL_BATCH) -> int:
+    """Send the ``registration.decided`` of every request still only decided of a device
+    whose call was confirmed (``shared.db.hooks.unreleased``: the notifier died, or the
+    broker failed, between the ruling's commit and its publish; an earlier request of the
+    attempt the ruling did not answer; or the hook was removed while it waited), so the
+    devices' polls are answered; returns how many."""
+    lost = await hooks.unreleased(pool, RELEASE_AFTER_S, rules.RESERVATION_HOLD_S, limit)
+    if lost:
+        await publish([RegistrationDecided(**decided) for decided in lost])
+        log.info("registration hook rulings released again", extra={"count": len(lost)})
+    return len(lost)
+
+
 async def expire(pool: Pool, publish: Publish, limit: int = 500) -> int:
     """Release the reservations past their hold without an allow (their devices deleted or
     preregistered again, their waiting requests refused with

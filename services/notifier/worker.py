@@ -4,8 +4,9 @@
   slots, at most ``per_webhook`` in flight per webhook) and sends each in a task of its
   own, so a slow endpoint holds only its own slots; it looks again as soon as an attempt
   ends, or after ``poll_s`` when there was nothing to send.
-* The sweep runs :func:`handlers.sweep` and the registration hooks' expiry
-  (:func:`rulings.expire`) at start-up, then every ``sweep_s``
+* The sweep runs :func:`handlers.sweep`, the registration hooks' expiry
+  (:func:`rulings.expire`) and the release of confirmed rulings whose event was lost
+  before it was published (:func:`rulings.release_lost`) at start-up, then every ``sweep_s``
   (``shared.periodic.PeriodicJob``: a failed round is logged, counted, and tried again).
 
 Nothing here depends on being the only instance: claims are leases in Postgres, the
@@ -112,6 +113,8 @@ async def sweep(resources: Resources) -> None:
     await handlers.sweep(resources.pool, online_ttl_s=settings.online_ttl_s, retention_s=settings.retention_s)
     # Reservations no registration hook allowed within their hold (docs/registration-hook.md).
     await rulings.expire(resources.pool, resources.publish)
+    # Confirmed rulings whose registration.decided was lost before it was published.
+    await rulings.release_lost(resources.pool, resources.publish)
 
 
 async def redial(resources: Resources) -> None:

@@ -362,6 +362,56 @@ async def due_again(
     return [(r["call_id"], r["registration_id"], r["request_id"]) for r in rows]
 
 
+# Confirmed calls whose device's requests may never have been released: the ruling commits
+# before its registration.decided is published (a registry transaction and a broker send
+# are not one), so an instance killed, or a broker failing, in between leaves the device
+# reserved no more (the row is final: neither the redial nor a replay takes it) and its
+# request decided for ever, polled pending until forgotten. A ruling also sends only the
+# latest request attached to the row: an earlier one a device still polls (a retry with the
+# same key sent while the call was in flight) would stay pending too, where without a hook
+# it would be answered (ready, without the secret when superseded). A removed hook's rows
+# (no_hook) are released the same way. Every decision still only decided of such a device
+# is sent, as deduplication would have: rows answered more than a margin ago (their own
+# publish had its time) and within the hold; provisioning is idempotent, so a second send
+# changes nothing.
+UNRELEASED = """
+    SELECT d.request_id::text, d.account_id::text, d.product_id::text, d.device_id::text,
+           d.assigned_hardware_id AS hardware_id, d.decision, d.credential_generation,
+           extract(epoch FROM d.received_at)::float8 AS received_at
+    FROM registration_hook_calls c
+    JOIN devices v ON v.id = c.device_id
+    JOIN registration_decisions d ON d.device_id = c.device_id
+    WHERE c.outcome IN ('allow', 'failed_open', 'no_hook')
+      AND c.answered_at < now() - make_interval(secs => $1::float8)
+      AND c.answered_at > now() - make_interval(secs => $2::float8)
+      AND v.lifecycle = 'registered'
+      AND d.status = 'decided' AND d.decision <> 'refused' AND d.credential_generation IS NOT NULL
+      AND d.decided_at < now() - make_interval(secs => $1::float8)
+    ORDER BY c.answered_at, d.decided_at LIMIT $3"""
+
+
+async def unreleased(pool: Pool, after_s: float, within_s: float, limit: int) -> list[dict[str, Any]]:
+    """The ``registration.decided`` fields of every request still only decided (for more
+    than ``after_s`` seconds) of a registered device whose hook call was confirmed between
+    ``within_s`` and ``after_s`` seconds ago: requests whose event was lost between the
+    ruling and its publish, or that the ruling did not answer (earlier requests of the
+    attempt). Oldest first, at most ``limit``."""
+    rows = await pool.fetch(UNRELEASED, after_s, within_s, limit)
+    return [
+        {
+            "request_id": r["request_id"],
+            "account_id": r["account_id"] or "",
+            "product_id": r["product_id"] or "",
+            "device_id": r["device_id"],
+            "hardware_id": r["hardware_id"] or "",
+            "decision": r["decision"],
+            "credential_generation": r["credential_generation"],
+            "received_at": r["received_at"] or 0.0,
+        }
+        for r in rows
+    ]
+
+
 WITHOUT_HOOK = """
     UPDATE registration_hook_calls SET outcome = 'no_hook', answered_at = now()
     WHERE registration_id = $1 AND outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired')"""

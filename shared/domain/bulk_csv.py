@@ -493,6 +493,12 @@ def _check_name(value: str) -> str:
     return ""
 
 
+def category_problem(value: str) -> str:
+    """Why ``value`` is no category (CATEGORY_A or CATEGORY_B: at most 100 printable
+    characters, not starting as a spreadsheet formula), or "" when it is one."""
+    return _check_category(value)
+
+
 def _check_category(value: str) -> str:
     if len(value) > CATEGORY_MAX:
         return f"longer than {CATEGORY_MAX} characters"

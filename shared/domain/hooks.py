@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from shared.domain.bulk_csv import CATEGORY_MAX
+from shared.domain.bulk_csv import CATEGORY_MAX, category_problem
 from shared.domain.dedup import Claim, Verdict
 from shared.domain.identifiers import validate_device_name
 from shared.domain.webhooks import event_id
@@ -142,15 +142,38 @@ def _storable(text: str) -> bool:
     return True
 
 
+class _RepeatedName(Exception):
+    """A name given twice in one object of the answer."""
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated names ({"allow": true, "allow": false} meant false):
+    # which one the hook meant is unknowable, and another reader of the same bytes may take
+    # the first, so the answer is malformed (as a repeated name in any fleetreg JSON body).
+    names: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in names:
+            raise _RepeatedName(name)
+        names[name] = value
+    return names
+
+
 def parse_answer(raw: bytes) -> HookAnswer:
     """The hook's answer body: a JSON object ``{"allow": bool, "reason", "name",
     "category_a", "category_b", "data": {str: str}}``, every field but ``allow`` optional
     (null counts as absent); unknown fields are ignored (a hook may say more than fleetreg
-    reads). MalformedAnswer naming the first problem otherwise."""
+    reads). MalformedAnswer naming the first problem otherwise, also for a name given twice
+    in one object or nesting too deep to read."""
     if len(raw) > MAX_ANSWER_BYTES:
         raise MalformedAnswer(f"the answer is longer than {MAX_ANSWER_BYTES} bytes")
     try:
-        answer = json.loads(raw)
+        answer = json.loads(raw, object_pairs_hook=_unique_names)
+    except _RepeatedName as exc:
+        raise MalformedAnswer(f"the answer gives {exc.args[0][:64]!r} twice in one object") from None
+    except RecursionError:
+        # 16 KiB of brackets nests deeper than the interpreter's stack: the hook's fault, a
+        # failure, never an exception out of the caller (which would leave the call stuck).
+        raise MalformedAnswer("the answer is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedAnswer("the answer is not JSON") from exc
     if not isinstance(answer, dict):
@@ -182,10 +205,20 @@ def parse_answer(raw: bytes) -> HookAnswer:
         allow=allow,
         reason=_text(answer, "reason", MAX_REASON),
         name=name,
-        category_a=_text(answer, "category_a", CATEGORY_MAX),
-        category_b=_text(answer, "category_b", CATEGORY_MAX),
+        category_a=_category(answer, "category_a"),
+        category_b=_category(answer, "category_b"),
         data=dict(data),
     )
+
+
+def _category(answer: dict[str, Any], name: str) -> str:
+    # The device fields' rules, as a CSV's categories: a category starting as a formula
+    # (= + - @) would run in the spreadsheet of whoever opens an export of the devices.
+    value = _text(answer, name, CATEGORY_MAX)
+    problem = category_problem(value) if value else ""
+    if problem:
+        raise MalformedAnswer(f"{name} {problem}")
+    return value
 
 
 # The breaker's defaults: this many failures in a row open it, for this long; then one
@@ -304,10 +337,18 @@ def hook_decision(verdict: Verdict) -> HookDecision | None:
 
 def call_id(registration_id: str, claim: Claim) -> str:
     """The ``webhook-id`` of a claim's hook call, the key of its one answer: derived from the
-    registration and the device's Idempotency-Key (its request ID without one), so a retry
-    with the same key is the same attempt, which reuses an answer (allow or deny)."""
-    attempt = f"key:{claim.idempotency_key}" if claim.idempotency_key else f"request:{claim.request_id}"
-    return event_id("registration.hook", registration_id, attempt)
+    registration, the claimed hardware ID (case-insensitively) and the device's
+    Idempotency-Key (its request ID without one), so a retry with the same key is the same
+    attempt, which reuses an answer (allow or deny). The hardware ID is part of it because a
+    key is the device's own choice: boards of one copied image (an agent's state file taken
+    mid-registration) send the same key for different hardware IDs, and deduplication takes
+    a key as a retry only of the same claimed hardware ID; without it their claims would
+    share one call row, one board's reservation taking the other's over (or reusing its
+    denial)."""
+    if not claim.idempotency_key:
+        return event_id("registration.hook", registration_id, f"request:{claim.request_id}")
+    attempt = f"key:{claim.idempotency_key}"
+    return event_id("registration.hook", registration_id, claim.hardware_id.lower(), attempt)
 
 
 def hook_request(

@@ -199,6 +199,27 @@ async def test_a_denial_is_told_to_the_device_and_releases_the_hardware_id(
     assert len(hook.calls) == 2
 
 
+async def test_boards_of_one_copied_image_sending_one_key_are_each_asked_about(
+    system: System, operator: Operator, session: aiohttp.ClientSession, pool: Pool, hook: HookServer
+) -> None:
+    # The agent persists its Idempotency-Key until ready: boards made from an image copied
+    # mid-registration send the same key with their own hardware IDs. Each is its own claim,
+    # so each is its own call: one board's denial is not another's.
+    registration = await _hooked(operator, hook)
+    code = registration["bulk_identification_code"]
+    unlisted, listed = f"HX-{uuid.uuid4().hex[:8]}", f"HY-{uuid.uuid4().hex[:8]}"
+    hook.answer = {"allow": False, "reason": "not in our records"}
+    denied = await register(session, system.device_url, code, unlisted, cpu_id="c1", idempotency_key="copied")
+    assert (denied.status, denied.body["reason_code"]) == (403, "hook_denied"), denied.body
+    hook.answer = {"allow": True, "name": "Listed board"}
+    allowed = await register(session, system.device_url, code, listed, cpu_id="c2", idempotency_key="copied")
+    assert (allowed.body["status"], allowed.body["hardware_id"]) == ("ready", listed), allowed.body
+    assert [json.loads(body)["data"]["hardware_id"] for _, body in hook.calls] == [unlisted, listed]
+    assert len({headers["webhook-id"] for headers, _ in hook.calls}) == 2
+    device = await _device(pool, operator.account_id, listed)
+    assert device is not None and device["name"] == "Listed board"
+
+
 async def test_fail_closed_answers_pending_then_decides_once_the_hook_is_back(
     system: System, operator: Operator, session: aiohttp.ClientSession, pool: Pool, hook: HookServer
 ) -> None:

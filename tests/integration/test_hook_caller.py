@@ -83,6 +83,16 @@ async def server() -> AsyncIterator[Server]:
         if name == "pause":
             await asyncio.sleep(0.4)
             return web.json_response({"allow": True})
+        if name == "split":
+            # One answer in two pieces, the second after a pause: a reader taking what has
+            # arrived as the whole body would see half of it.
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"allow": true, ')
+            await asyncio.sleep(0.2)
+            await response.write(b'"name": "Line 3 unit"}')
+            await response.write_eof()
+            return response
         if name == "slow":
             found.in_flight += 1
             found.most_in_flight = max(found.most_in_flight, found.in_flight)
@@ -163,6 +173,11 @@ async def test_garbage_a_500_and_a_redirect_are_failures(
         None,
     )
     assert [r["path"] for r in server.received] == [path]  # the redirect was not followed
+
+
+async def test_an_answer_sent_in_pieces_is_read_whole(server: Server, caller: HookCaller) -> None:
+    result = await caller.call(_hook(server.url("/split")), _request())
+    assert (result.outcome, result.answer) == ("allow", HookAnswer(True, name="Line 3 unit"))
 
 
 async def test_a_slow_hook_times_out_at_its_timeout(server: Server, caller: HookCaller) -> None:

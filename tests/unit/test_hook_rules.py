@@ -5,6 +5,7 @@ call) and the circuit breaker's states."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -102,6 +103,15 @@ def test_a_deny_keeps_its_reason_and_nulls_count_as_absent() -> None:
         b'{"allow": true, "reason": "' + b"r" * 201 + b'"}',
         b'{"allow": true, "pad": "' + b"x" * hooks.MAX_ANSWER_BYTES + b'"}',
         b"\xff\xfe",
+        # which of two values the hook meant is unknowable: malformed, as in any fleetreg body
+        b'{"allow": true, "allow": false}',
+        b'{"allow": true, "data": {"k": "a", "k": "b"}}',
+        # a category by the device fields' rules: no spreadsheet formula
+        b'{"allow": true, "category_a": "=HYPERLINK(\\"http://x\\")"}',
+        b'{"allow": true, "category_b": "@SUM(A1)"}',
+        # nesting deeper than the interpreter's stack is malformed, never a RecursionError
+        b"[" * 5000,
+        b'{"allow": true, "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
 )
 def test_anything_but_the_contracts_shape_is_malformed(raw: bytes) -> None:
@@ -177,6 +187,15 @@ def test_a_retry_with_the_same_idempotency_key_is_the_same_call() -> None:
         "g", Claim(request_id="r-4", hardware_id="H", fingerprint="f")
     )
     assert hooks.call_id("g", one).startswith("msg_")
+    # as deduplication takes a key as a retry, whatever the hardware ID's case
+    assert hooks.call_id("g", one) == hooks.call_id("g", replace(retry, hardware_id="h"))
+
+
+def test_one_key_sent_by_boards_of_different_hardware_ids_is_two_calls() -> None:
+    # Boards of one copied image share the agent's persisted key: each claim is its own attempt.
+    first = Claim(request_id="r-1", hardware_id="H1", fingerprint="f1", idempotency_key="copied")
+    second = Claim(request_id="r-2", hardware_id="H2", fingerprint="f2", idempotency_key="copied")
+    assert hooks.call_id("g", first) != hooks.call_id("g", second)
 
 
 def test_an_allow_confirms_with_its_enrichment_and_a_deny_refuses_with_its_reason() -> None:
