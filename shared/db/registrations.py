@@ -16,7 +16,7 @@ from shared.db import audit, hooks, products
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.products import RegistrationKind, registration_kind_refusal
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound
 
 # Run after the product's row is locked (products.product_state) and the rule checked.
 CLAIM_PRODUCT_KIND = "UPDATE products SET registration_kind = $2 WHERE id = $1"
@@ -325,6 +325,14 @@ async def set_hook(
         )
         if before is None:
             raise NotFound(f"no {kind} registration {registration_id} in this account")
+        if not url_changes and before["hook_url"] is None:
+            # A timeout or policy for a hook that is not there would be stored silently and
+            # inherited by a URL set later (as at creation: rule required); rolled back.
+            raise InvalidInput(
+                "hook_timeout_ms and hook_failure need a hook: set hook_url too",
+                field="hook_url",
+                rule="required",
+            )
         if url_changes and url is None:
             await hooks.without_hook(conn, registration_id)
         old = hook_audit(before["hook_url"], before["hook_timeout_ms"], before["hook_failure"])

@@ -131,15 +131,14 @@ async def test_bad_hook_settings_are_refused_naming_the_field(
     )
     assert (answer["error"], answer["field"], answer["rule"]) == ("invalid_input", field, rule), answer
     assert field in answer["message"]
-    # The same refusal on a change, but for a timeout alone, which a change may set.
+    # The same refusal on a change of a registration without a hook (a timeout alone too:
+    # it would be stored silently and inherited by a URL set later).
     registration = await operator.product()
     path = f"/v1/auto-registrations/{registration['id']}"
-    if rule == "required":
-        assert (await operator.call("PATCH", path, body, expect=200))["hook_timeout_ms"] == 100
-    else:
-        changed = await operator.call("PATCH", path, body, expect=400)
-        assert (changed["field"], changed["rule"]) == (field, rule)
-        assert (await operator.call("GET", path, expect=200))["hook_url"] is None
+    changed = await operator.call("PATCH", path, body, expect=400)
+    assert (changed["field"], changed["rule"]) == (field, rule)
+    shown = await operator.call("GET", path, expect=200)
+    assert (shown["hook_url"], shown["hook_timeout_ms"]) == (None, 2000)
 
 
 async def test_a_hook_on_a_private_address_is_refused_where_the_setting_is_off(
@@ -211,3 +210,15 @@ async def test_the_hook_secret_is_never_logged(system: System, operator: Operato
     text = log_text_since(offsets)
     for secret in (created["hook_secret"], moved["hook_secret"]):
         assert secret[:16] not in text
+
+
+async def test_a_timeout_or_policy_without_a_hook_is_refused_and_changes_nothing(operator: Operator) -> None:
+    """As at creation: a timeout or policy for a hook that is not there would be stored
+    silently and inherited by a URL set later; refused (rule ``required``), and the quota
+    given beside it is not changed either."""
+    registration = await operator.product()
+    path = f"/v1/auto-registrations/{registration['id']}"
+    answer = await operator.call("PATCH", path, {"hook_failure": "open", "max_devices": 7}, expect=400)
+    assert (answer["field"], answer["rule"]) == ("hook_url", "required"), answer
+    shown = await operator.call("GET", path, expect=200)
+    assert (shown["hook_failure"], shown["max_devices"]) == ("closed", registration["max_devices"])

@@ -230,9 +230,11 @@ async def update_auto_registration(
         raise InvalidInput("max_devices or a hook setting is required", field="max_devices", rule="required")
     max_devices = max_devices_of(body["max_devices"]) if "max_devices" in body else None
     hook = await hook_change(body, registration_id, secret_key=secret_key, allow_private=allow_private)
+    # The hook first: it may still be refused (a timeout or policy without a hook), and a
+    # refused call must leave the quota as it was.
+    await store_hook_change(pool, account, AUTO, registration_id, hook)
     if "max_devices" in body:
         await registrations.set_max_devices(pool, account, registration_id, max_devices)
-    await store_hook_change(pool, account, AUTO, registration_id, hook)
     found = await registrations.get_registration(pool, account.id, AUTO, registration_id)
     return IssuedAutoRegistration(found, hook_secret=hook.secret)
 
