@@ -137,7 +137,16 @@ async def test_a_first_boot_cut_at_any_instant_is_finished_by_the_next_boot(
     left = collections.Counter(state for first, state, _ in runs if first.cut)
     assert sum(left.values()) >= 50, (context, left)
     chosen = [(first.code, first.events) for first, _, _ in runs[RANDOM_CUTS:]]
-    assert all(code == -9 for code, _ in chosen), (context, chosen)  # every chosen moment was reached
+    # Every chosen moment was reached: the on-change script's cuts always (the agent waits
+    # for it); a cut on a logged event by at least one of its two boards (the test kills
+    # when it reads the line, and on a loaded machine a board may finish before the read:
+    # seen in CI, a 'file_written' cut outrun by the board's last file and ready).
+    pinned = dict.fromkeys(PINNED, False)
+    for event, (code, _) in zip(2 * PINNED, chosen, strict=False):
+        pinned[event] = pinned[event] or code == -9
+    missed = [(i, code, events[-3:]) for i, (code, events) in enumerate(chosen) if code != -9]
+    assert all(pinned.values()), (context, missed)
+    assert all(code == -9 for code, _ in chosen[2 * len(PINNED) :]), (context, missed)
     failed = [
         (hardware_id(a), second.code, second.text())
         for a, (_, _, second) in zip(boards, runs, strict=True)
