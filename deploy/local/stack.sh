@@ -132,9 +132,14 @@ start_kafka() {
   if [ ! -f "$KAFKA_HOME/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$("$PY" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-    java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_HOME/config/log4j2.yaml" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_HOME/config/server.properties" \
-      >"$LOG/kafka-format.log" 2>&1 || fail "formatting Kafka's KRaft storage failed; see var/log/kafka-format.log"
+    # "--cluster-id=ID", not "-t ID": one random ID in 64 starts with "-", which the storage
+    # tool's argument parser reads as an option (a fresh-clone CI run failed on exactly that).
+    if ! java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_HOME/config/log4j2.yaml" \
+      kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$KAFKA_HOME/config/server.properties" \
+      >"$LOG/kafka-format.log" 2>&1; then
+      tail -n 5 "$LOG/kafka-format.log" >&2
+      fail "formatting Kafka's KRaft storage failed; see var/log/kafka-format.log"
+    fi
   fi
   say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (log: var/log/kafka.log)"
   nohup java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC \

@@ -27,7 +27,7 @@ first_dir=${log_dirs%%,*}
 if [ ! -f "$first_dir/meta.properties" ]; then
   : "${CLUSTER_ID:?CLUSTER_ID is required to format an empty log directory}"
   echo "kafka-entrypoint: formatting $first_dir for cluster $CLUSTER_ID"
-  java_cmd kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$config" --ignore-formatted
+  java_cmd kafka.tools.StorageTool format --cluster-id="$CLUSTER_ID" -c "$config" --ignore-formatted
 fi
 # exec: the JVM becomes the container's main process and gets SIGTERM directly.
 # shellcheck disable=SC2086
