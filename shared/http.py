@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from shared import connections
 from shared.cache import SharedResult
 from shared.db.pool import TRANSIENT_ERRORS, Pool
+from shared.domain.roles import Role, at_least
 from shared.errors import (
     DomainError,
     Forbidden,
@@ -431,10 +432,16 @@ def api_key(request: web.Request) -> str:
 
 
 async def account_for(
-    key: str, pool: Pool, *, write: bool = False, request: web.Request | None = None
+    key: str,
+    pool: Pool,
+    *,
+    write: bool = False,
+    role: str | None = None,
+    request: web.Request | None = None,
 ) -> Account:
-    """The account of an API key (Unauthorized otherwise), with the key that calls; a call
-    that would change state (``write``) by a read-only key is Forbidden (403). With
+    """The account of an API key (Unauthorized otherwise), with the key that calls and who
+    it belongs to; Forbidden (403) when the key's role is below ``role`` (by default operator
+    for a call that would change state, ``write``, else viewer: a read-only key reads). With
     ``request``, the key, once found, counts one request on the request's per-key rate
     (:data:`KEY_RATE`: TooManyRequests past it)."""
     from shared.db import accounts  # the HTTP layer needs the registry only for this
@@ -445,29 +452,47 @@ async def account_for(
     rate = request.get(KEY_RATE) if request is not None else None
     if rate is not None:
         await rate(key)
-    if write and account.read_only:
+    require_role(account, role or (Role.OPERATOR if write else Role.VIEWER))
+    return account
+
+
+def require_role(account: Account, needed: str) -> None:
+    """Forbidden (403) unless the caller's role is at least ``needed`` (``shared.domain.roles``),
+    naming both roles; a viewer (a read-only key) asked to change something is told so."""
+    if at_least(account.role, needed):
+        return
+    if account.read_only:
         raise Forbidden(
             "this API key is read-only: it cannot change anything; use a full key",
             field="Authorization",
             rule="scope=read-only",
         )
-    return account
+    raise Forbidden(
+        f"this call needs the {needed} role; the caller's role is {account.role}",
+        field="Authorization",
+        rule=f"role>={needed}",
+    )
 
 
-async def authenticate(request: web.Request, pool: Pool, *, write: bool | None = None) -> Account:
+async def authenticate(
+    request: web.Request, pool: Pool, *, write: bool | None = None, role: str | None = None
+) -> Account:
     """The account of the request's API key (``Authorization: Bearer <key>``): the one way
     every HTTP API authenticates a key (:func:`api_key`, then :func:`account_for`, counted on
     the request's per-key rate). Unauthorized (401) without a key or for an unknown one,
-    before any I/O for a request without one; Forbidden (403) for a read-only key when the
-    call changes state: ``write``, by default any method but GET and HEAD."""
-    return await _authenticate(request, lambda: pool, write)
+    before any I/O for a request without one; Forbidden (403) when the key's role is below
+    ``role``, by default operator when the call changes state (``write``, by default any
+    method but GET and HEAD) and viewer otherwise."""
+    return await _authenticate(request, lambda: pool, write, role)
 
 
-async def _authenticate(request: web.Request, pool: Callable[[], Pool], write: bool | None) -> Account:
+async def _authenticate(
+    request: web.Request, pool: Callable[[], Pool], write: bool | None, role: str | None
+) -> Account:
     key = api_key(request)  # first: a request without a key is refused before anything is looked up
     if write is None:
         write = request.method not in ("GET", "HEAD")
-    return await account_for(key, pool(), write=write, request=request)
+    return await account_for(key, pool(), write=write, role=role, request=request)
 
 
 PoolOf = Callable[[web.Request], Pool]
@@ -476,17 +501,19 @@ Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def authed(
-    pool_of: PoolOf, *, status: int = 200, write: bool | None = None
+    pool_of: PoolOf, *, status: int = 200, write: bool | None = None, role: str | None = None
 ) -> Callable[[AuthedRoute], Route]:
     """A route of an account: :func:`authenticate` against the registry ``pool_of(request)``
-    (``write`` as there: by default a read-only key may call only GET and HEAD routes), then
-    the route's answer, ``route(request, account)``, as JSON with ``status`` (a response the
-    route made itself, a stream, is answered as it is)."""
+    (``write`` and ``role`` as there: by default a viewer may call only GET and HEAD routes
+    and an operator any; a route of admins says ``role=Role.ADMIN``), then the route's
+    answer, ``route(request, account)``, as JSON with ``status`` (a response the route made
+    itself, a stream, is answered as it is). The route's role is also its OpenAPI
+    operation's ``x-fleetreg-role`` (docs/security.md's matrix), checked by the tests."""
 
     def decorate(route: AuthedRoute) -> Route:
         @functools.wraps(route)
         async def answer(request: web.Request) -> web.StreamResponse:
-            account = await _authenticate(request, lambda: pool_of(request), write)
+            account = await _authenticate(request, lambda: pool_of(request), write, role)
             answered = await route(request, account)
             if isinstance(answered, web.StreamResponse):
                 return answered

@@ -12,17 +12,42 @@ from shared.db import audit
 from shared.db.pool import Connection, Pool
 from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.domain.roles import KEY_ROLES, Role, at_least
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
 SELECT_ACCOUNT_BY_NAME = "SELECT id::text, name FROM accounts WHERE name = $1"
-INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, label, read_only)
-                VALUES ($1, $2, $3, $4, $5, $6)"""
-SELECT_ACCOUNT_FOR_KEY = """SELECT a.id::text AS id, a.name, k.id::text AS key_id, k.label, k.read_only
-                            FROM api_keys k JOIN accounts a ON a.id = k.account_id
-                            WHERE k.key_digest = $1 AND k.revoked_at IS NULL"""
-SELECT_KEYS = """SELECT id::text, key_prefix, label, read_only, created_at, revoked_at FROM api_keys
-                 WHERE account_id = $1 ORDER BY created_at"""
+# A new key belongs to the same owner as the key that creates it (a person's key makes a
+# personal key, a service account's key one of that service account); a key made without a
+# key (the CLI's own setup) belongs to the account's service account "default" (migration 0036).
+INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, label, role,
+                                      user_id, service_account_id)
+                SELECT $1, $2, $3, $4, $5, $6, owner.user_id, owner.service_account_id
+                FROM (SELECT k.user_id, k.service_account_id FROM api_keys k
+                      WHERE k.id = $7 AND k.account_id = $2
+                      UNION ALL
+                      SELECT NULL, s.id FROM service_accounts s
+                      WHERE $7::uuid IS NULL AND s.account_id = $2 AND s.name = 'default'
+                        AND s.removed_at IS NULL) owner
+                LIMIT 1"""
+INSERT_DEFAULT_SERVICE_ACCOUNT = """INSERT INTO service_accounts (id, account_id, name, role)
+                                    VALUES ($1, $2, 'default', 'admin')"""
+# Who a key is: its account, its role, and its owner, a user (not removed) or a service account.
+_KEY_ACTOR = """SELECT a.id::text AS id, a.name, k.id::text AS key_id, k.label, k.role,
+                       u.id::text AS user_id, u.email AS user_email, s.name AS service_account
+                FROM api_keys k JOIN accounts a ON a.id = k.account_id
+                LEFT JOIN users u ON u.id = k.user_id
+                LEFT JOIN service_accounts s ON s.id = k.service_account_id
+                WHERE k.revoked_at IS NULL
+                  AND (k.user_id IS NULL OR u.removed_at IS NULL)
+                  AND (k.service_account_id IS NULL OR s.removed_at IS NULL)"""
+SELECT_ACCOUNT_FOR_KEY = _KEY_ACTOR + " AND k.key_digest = $1"
+SELECT_KEYS = """SELECT k.id::text, k.key_prefix, k.label, k.role, k.created_at, k.revoked_at,
+                        u.email AS user_email, s.name AS service_account
+                 FROM api_keys k
+                 LEFT JOIN users u ON u.id = k.user_id
+                 LEFT JOIN service_accounts s ON s.id = k.service_account_id
+                 WHERE k.account_id = $1 ORDER BY k.created_at"""
 REVOKE_KEY = """UPDATE api_keys SET revoked_at = now()
                 WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING label"""
 
@@ -34,7 +59,11 @@ class IssuedApiKey:
     id: str
     key: str
     label: str
-    read_only: bool = False
+    role: str = Role.ADMIN
+
+    @property
+    def read_only(self) -> bool:
+        return self.role == Role.VIEWER
 
 
 @dataclass(frozen=True)
@@ -44,9 +73,15 @@ class ApiKey:
     id: str
     prefix: str
     label: str
-    read_only: bool
+    role: str
     created_at: datetime
     revoked_at: datetime | None
+    user_email: str | None = None  # a personal key's owner
+    service_account: str | None = None  # or the service account it belongs to
+
+    @property
+    def read_only(self) -> bool:
+        return self.role == Role.VIEWER
 
 
 async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
@@ -57,7 +92,8 @@ async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
             await conn.execute(INSERT_ACCOUNT, account.id, name)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"an account named {name!r} exists already", field="name") from exc
-        issued = await _insert_key(conn, account.id, "first key")
+        await conn.execute(INSERT_DEFAULT_SERVICE_ACCOUNT, uuid.uuid4(), account.id)
+        issued = await _insert_key(conn, account, "first key")
     return account, issued.key
 
 
@@ -71,12 +107,30 @@ COUNT_ACTIVE_KEYS = "SELECT count(*) FROM api_keys WHERE account_id = $1 AND rev
 
 
 async def create_api_key(
-    pool: Pool, actor: Account, label: str, *, read_only: bool = False, max_active: int | None = None
+    pool: Pool,
+    actor: Account,
+    label: str,
+    *,
+    role: str | None = None,
+    read_only: bool = False,
+    max_active: int | None = None,
 ) -> IssuedApiKey:
     """A new key of the actor's account, the key itself returned this once; audited as
-    ``api_key.created`` (label and scope, never the key). Conflict when the account already
-    has ``max_active`` active keys (checked under the account's row lock: parallel
-    creations cannot pass it together)."""
+    ``api_key.created`` (label and role, never the key). It belongs to the actor's key's
+    owner (the person, or the service account; the account's ``default`` service account
+    for an actor without a key) and carries ``role`` (``viewer`` when ``read_only``; by
+    default the actor's own role, at most admin). Forbidden (403) for a role above the
+    actor's: a key never carries more than its creator's role, nor owner. Conflict when the
+    account already has ``max_active`` active keys (checked under the account's row lock:
+    parallel creations cannot pass it together)."""
+    wanted = Role.VIEWER if read_only else Role(role) if role is not None else _key_role_of(actor)
+    if wanted not in KEY_ROLES or not at_least(actor.role, wanted):
+        raise Forbidden(
+            f"a {actor.role} cannot create a key with the role {wanted}: a key carries at most its "
+            "creator's role, and never owner",
+            field="role",
+            rule=f"at-most={_key_role_of(actor)}",
+        )
     async with pool.acquire() as conn, conn.transaction():
         if max_active is not None:
             await conn.execute(LOCK_ACCOUNT, actor.id)
@@ -86,21 +140,49 @@ async def create_api_key(
                     "revoke one it no longer uses first",
                     rule=f"max_active_keys={max_active}",
                 )
-        issued = await _insert_key(conn, actor.id, label, read_only=read_only)
+        issued = await _insert_key(conn, actor, label, role=wanted)
         await audit.record(
-            conn, actor, "api_key.created", "api_key", issued.id, {"label": label, "read_only": read_only}
+            conn,
+            actor,
+            "api_key.created",
+            "api_key",
+            issued.id,
+            {"label": label, "role": str(wanted), "read_only": wanted == Role.VIEWER},
         )
         return issued
 
 
 async def _insert_key(
-    conn: Connection, account_id: str, label: str, *, read_only: bool = False
+    conn: Connection, actor: Account, label: str, *, role: str = Role.ADMIN
 ) -> IssuedApiKey:
     if "\0" in label:  # Postgres's text cannot hold it: the server's refusal would be a 500
         raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
-    await conn.execute(INSERT_KEY, key_id, account_id, api_key_digest(key), key[:8], label, read_only)
-    return IssuedApiKey(id=key_id, key=key, label=label, read_only=read_only)
+    creator = uuid.UUID(actor.key_id) if actor.key_id else None
+    status = await conn.execute(
+        INSERT_KEY, key_id, uuid.UUID(actor.id), api_key_digest(key), key[:8], label, str(role), creator
+    )
+    if not status.endswith(" 1"):  # the creating key was revoked meanwhile, or no default service account
+        raise NotFound("the key's owner no longer exists in this account", field="Authorization")
+    return IssuedApiKey(id=key_id, key=key, label=label, role=role)
+
+
+def _key_role_of(actor: Account) -> Role:
+    """The role a key made by ``actor`` carries unless it asks for less: the actor's, at most admin."""
+    return Role.ADMIN if actor.role == Role.OWNER else Role(actor.role)
+
+
+def _actor(row: asyncpg.Record) -> Account:
+    return Account(
+        row["id"],
+        row["name"],
+        key_id=row["key_id"],
+        key_label=row["label"],
+        role=row["role"],
+        user_id=row["user_id"],
+        user_email=row["user_email"],
+        service_account=row["service_account"],
+    )
 
 
 async def account_for_key(pool: Pool, key: str) -> Account | None:
@@ -110,9 +192,7 @@ async def account_for_key(pool: Pool, key: str) -> Account | None:
     row = await pool.fetchrow(SELECT_ACCOUNT_FOR_KEY, api_key_digest(key))
     if row is None:
         return None
-    return Account(
-        row["id"], row["name"], key_id=row["key_id"], key_label=row["label"], read_only=row["read_only"]
-    )
+    return _actor(row)
 
 
 async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
@@ -122,9 +202,11 @@ async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
             id=r["id"],
             prefix=r["key_prefix"],
             label=r["label"],
-            read_only=r["read_only"],
+            role=r["role"],
             created_at=r["created_at"],
             revoked_at=r["revoked_at"],
+            user_email=r["user_email"],
+            service_account=r["service_account"],
         )
         for r in await pool.fetch(SELECT_KEYS, account_id)
     ]
@@ -144,9 +226,7 @@ async def revoke_api_key(pool: Pool, actor: Account, key_id: str) -> None:
         await audit.record(conn, actor, "api_key.revoked", "api_key", str(parsed), {"label": label})
 
 
-SELECT_ACCOUNT_FOR_KEY_ID = """SELECT a.id::text AS id, a.name, k.id::text AS key_id, k.label, k.read_only
-                               FROM api_keys k JOIN accounts a ON a.id = k.account_id
-                               WHERE k.id = $1 AND k.revoked_at IS NULL"""
+SELECT_ACCOUNT_FOR_KEY_ID = _KEY_ACTOR + " AND k.id = $1"
 
 
 async def account_for_key_id(pool: Pool, key_id: str) -> Account | None:
@@ -159,6 +239,4 @@ async def account_for_key_id(pool: Pool, key_id: str) -> Account | None:
     row = await pool.fetchrow(SELECT_ACCOUNT_FOR_KEY_ID, parsed)
     if row is None:
         return None
-    return Account(
-        row["id"], row["name"], key_id=row["key_id"], key_label=row["label"], read_only=row["read_only"]
-    )
+    return _actor(row)

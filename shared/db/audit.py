@@ -22,12 +22,14 @@ from shared.domain.accounts import Account
 
 INSERT_EVENT = """
     INSERT INTO operator_audit_events
-        (id, account_id, api_key_id, api_key_label, action, target_type, target_id, changes)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"""
+        (id, account_id, api_key_id, api_key_label, action, target_type, target_id, changes,
+         user_id, user_email, actor_role, service_account, session_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)"""
 # Newest first; the cursor is the last event's (at, id). Every filter is optional.
 SELECT_EVENTS = """
     SELECT id::text, at, api_key_id::text, api_key_label, action, target_type, target_id,
-           changes::text AS changes
+           changes::text AS changes, user_id::text, user_email, actor_role, service_account,
+           session_id::text
     FROM operator_audit_events
     WHERE account_id = $1
       AND ($2::text IS NULL OR action = $2)
@@ -36,6 +38,7 @@ SELECT_EVENTS = """
       AND ($5::timestamptz IS NULL OR at < $5)
       AND ($6::uuid IS NULL OR api_key_id = $6)
       AND ($7::timestamptz IS NULL OR at < $7 OR (at = $7 AND id < $8::uuid))
+      AND ($10::uuid IS NULL OR user_id = $10)
     ORDER BY at DESC, id DESC
     LIMIT $9"""
 
@@ -54,6 +57,14 @@ class AuditEvent:
     target_type: str
     target_id: str
     changes: dict[str, Any]
+    # Who, when a person or a service account acted (None for events before migration 0036
+    # and for fleetreg's own changes): the user and their e-mail at the time, the role the
+    # call carried, the service account, the console session.
+    user_id: str | None = None
+    user_email: str | None = None
+    role: str | None = None
+    service_account: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class AuditFilter:
     since: datetime | None = None
     until: datetime | None = None
     api_key_id: str | None = None
+    user_id: str | None = None
 
 
 async def record(
@@ -95,6 +107,11 @@ def _event_row(
         target_type,
         target_id,
         json.dumps(dict(changes), default=str),
+        uuid.UUID(actor.user_id) if actor.user_id else None,
+        actor.user_email,
+        str(actor.role) if actor.key_id or actor.session_id else None,
+        actor.service_account,
+        uuid.UUID(actor.session_id) if actor.session_id else None,
     )
 
 
@@ -120,6 +137,7 @@ async def list_events(
         before[0] if before else None,
         before[1] if before else None,
         limit,
+        where.user_id,
     )
     return [
         AuditEvent(
@@ -131,6 +149,11 @@ async def list_events(
             target_type=r["target_type"],
             target_id=r["target_id"],
             changes=json.loads(r["changes"]),
+            user_id=r["user_id"],
+            user_email=r["user_email"],
+            role=r["actor_role"],
+            service_account=r["service_account"],
+            session_id=r["session_id"],
         )
         for r in rows
     ]

@@ -9,9 +9,14 @@ from datetime import datetime
 
 from shared.db.pool import Pool
 
+# A session is a key's (while the account has no user) or a person's (migration 0036): it
+# ends when the key is revoked or the person removed.
 SELECT_SESSION = """SELECT s.data::text FROM console_sessions s
-                    JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
-                    WHERE s.digest = $1 AND s.expires_at > now()"""
+                    LEFT JOIN api_keys k ON k.id = s.key_id
+                    LEFT JOIN users u ON u.id = s.user_id
+                    WHERE s.digest = $1 AND s.expires_at > now()
+                      AND ((k.id IS NOT NULL AND k.revoked_at IS NULL)
+                           OR (u.id IS NOT NULL AND u.removed_at IS NULL))"""
 INSERT_SESSION = """INSERT INTO console_sessions (digest, account_id, key_id, data, expires_at)
                     VALUES ($1, $2, $3, $4::jsonb, $5)"""
 # Only a session that still exists is updated: a request that loaded it before sign-out and

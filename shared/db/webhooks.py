@@ -26,7 +26,7 @@ from asyncpg import ForeignKeyViolationError, Record
 from shared.db import audit
 from shared.db.pool import Connection, Pool
 from shared.domain import webhooks as rules
-from shared.domain.accounts import Account
+from shared.domain.accounts import Account, actor_fields
 from shared.domain.identifiers import is_uuid
 from shared.errors import Conflict, NotFound
 
@@ -611,6 +611,7 @@ async def announce_device_changes(
                 "product_id": device.product_id,
                 "api_key_id": actor.key_id,
                 "api_key_label": actor.key_label,
+                "actor": actor_fields(actor),
             },
         )
         waits = registration is not None and registration.received_at >= recent

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared.domain.roles import Role
+
 # What a read-only API key sees instead of a code or a URL's path: it may watch a fleet,
 # never enroll one (the operator API and the bulk API alike).
 MASKED = "********"
@@ -15,17 +17,43 @@ MASKED = "********"
 class Account:
     """An account (a tenant): every product, registration and device belongs to one.
 
-    When it comes from a request, it also names the API key that made the request: the
-    operator audit trail records that key (``key_id``, ``key_label``), and a read-only key
-    (``read_only``) may change nothing. An account read outside a request (the CLI's own
-    setup) has no key: ``key_id`` is None.
+    When it comes from a request, it also names who made the request, as the operator
+    audit trail records it: the API key (``key_id``, ``key_label``) or the console session
+    (``session_id``), the person (``user_id``, ``user_email``) or the service account
+    (``service_account``, its name) that key belongs to, and the ``role`` the call carries
+    (``shared.domain.roles``; a viewer, ``read_only``, may change nothing). An account read
+    outside a request (the CLI's own setup, fleetreg itself) has no key: ``key_id`` is None,
+    and its role is admin.
     """
 
     id: str
     name: str
     key_id: str | None = None
     key_label: str = ""
-    read_only: bool = False
+    role: str = Role.ADMIN
+    user_id: str | None = None
+    user_email: str | None = None
+    service_account: str | None = None
+    session_id: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        """A viewer's call: it reads, codes and secrets masked, and changes nothing."""
+        return self.role == Role.VIEWER
+
+
+def actor_fields(actor: Account) -> dict[str, str | None]:
+    """Who acted, as the audit trail and webhook payloads show it (``actor``): the person
+    (``user_id``, ``user_email``) or the ``service_account``, the ``role`` the call carried
+    and the console ``session_id``; every value None for fleetreg's own changes."""
+    own = actor.key_id is None and actor.session_id is None
+    return {
+        "user_id": actor.user_id,
+        "user_email": actor.user_email,
+        "role": None if own else str(actor.role),
+        "service_account": actor.service_account,
+        "session_id": actor.session_id,
+    }
 
 
 def masked_url(url: str) -> str:

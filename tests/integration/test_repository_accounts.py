@@ -13,7 +13,7 @@ import pytest
 from shared.db import accounts, audit
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tests.support import registry
 
 pytestmark = pytest.mark.integration
@@ -43,10 +43,17 @@ async def test_create_account_issues_a_first_key_that_finds_the_account(
         None,
         False,
     )
-    # Found by its key, the account names the key that called (for the audit trail).
+    # Found by its key, the account names the key that called and who it belongs to (for the
+    # audit trail): the first key is the admin key of the service account "default".
     assert await accounts.account_for_key(pool, key) == Account(
-        created.id, created.name, key_id=first.id, key_label="first key", read_only=False
+        created.id,
+        created.name,
+        key_id=first.id,
+        key_label="first key",
+        role="admin",
+        service_account="default",
     )
+    assert (first.role, first.service_account, first.user_email) == ("admin", "default", None)
     assert await accounts.find_account(pool, f"{created.name}-other") is None
 
 
@@ -195,7 +202,12 @@ async def test_a_read_only_key_finds_its_account_as_read_only_and_both_key_chang
     trail = await audit.list_events(pool, created.id, audit.AuditFilter(target_id=issued.id), limit=10)
     assert [(e.action, e.api_key_id, e.api_key_label, e.changes) for e in trail] == [
         ("api_key.revoked", actor.key_id, "first key", {"label": "dashboard"}),
-        ("api_key.created", actor.key_id, "first key", {"label": "dashboard", "read_only": True}),
+        (
+            "api_key.created",
+            actor.key_id,
+            "first key",
+            {"label": "dashboard", "role": "viewer", "read_only": True},
+        ),
     ]
     assert issued.key not in str(trail)  # never the key itself
 
@@ -222,3 +234,34 @@ async def test_parallel_key_creations_never_pass_the_active_key_limit(
     # a revoked key frees its place
     await accounts.revoke_api_key(pool, actor, active[-1].id)
     await accounts.create_api_key(pool, actor, "again", max_active=5)
+
+
+async def test_a_key_carries_at_most_its_creators_role_and_belongs_to_its_creators_owner(
+    pool: Pool, account: tuple[Account, str]
+) -> None:
+    created, key = account
+    admin = await accounts.account_for_key(pool, key)
+    assert admin is not None
+
+    operator_key = await accounts.create_api_key(pool, admin, "ops", role="operator")
+    operator = await accounts.account_for_key(pool, operator_key.key)
+    assert operator is not None and (operator.role, operator.service_account) == ("operator", "default")
+    with pytest.raises(Forbidden) as above:
+        await accounts.create_api_key(pool, operator, "escalate", role="admin")
+    with pytest.raises(Forbidden):
+        await accounts.create_api_key(pool, admin, "never owner", role="owner")
+    # By default a key carries its creator's role.
+    assert (await accounts.create_api_key(pool, operator, "same")).role == "operator"
+
+    assert above.value.field == "role" and "operator" in str(above.value)
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM api_keys WHERE account_id = $1 AND label IN ('escalate', 'never owner')",
+            uuid.UUID(created.id),
+        )
+        == 0
+    )
+    (event,) = await audit.list_events(
+        pool, created.id, audit.AuditFilter(target_id=operator_key.id), limit=10
+    )
+    assert (event.role, event.service_account, event.user_id) == ("admin", "default", None)

@@ -63,7 +63,7 @@ async def nothing_due_from_other_tests(db: Pool) -> None:
 
 async def _actor(db: Pool) -> Account:
     account_id = await registry.new_account(db)
-    return Account(account_id, f"repo-{account_id}", key_id=None, key_label="test", read_only=False)
+    return Account(account_id, f"repo-{account_id}", key_id=None, key_label="test")
 
 
 async def _webhook(db: Pool, actor: Account, events: tuple[str, ...] = ALL, url: str = "http://h/x") -> str:

@@ -14,6 +14,7 @@ from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
+from shared.domain.roles import KEY_ROLES, Role, parse_role
 from shared.domain.uploaded_ca import checked_upload
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.settings import Secret
@@ -23,11 +24,12 @@ async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
     return await accounts.list_api_keys(pool, account.id)
 
 
-def api_key_request(body: dict[str, Any]) -> tuple[str, bool]:
-    """The (label, read_only) a ``POST /v1/api-keys`` body asks for; InvalidInput naming the
-    field for an unknown field (``readonly`` must never leave a full key), a label that is
-    not up to 100 printable ASCII characters or only spaces, a read_only not a boolean."""
-    refuse_unknown_fields(body, ("label", "read_only"), what="an API key")
+def api_key_request(body: dict[str, Any]) -> tuple[str, bool, Role | None]:
+    """The (label, read_only, role) a ``POST /v1/api-keys`` body asks for; InvalidInput
+    naming the field for an unknown field (``readonly`` must never leave a full key), a
+    label that is not up to 100 printable ASCII characters or only spaces, a read_only not a
+    boolean, a role not one a key may carry, or ``read_only`` with a role other than viewer."""
+    refuse_unknown_fields(body, ("label", "read_only", "role"), what="an API key")
     label = body.get("label", "")
     if not isinstance(label, str):
         raise InvalidInput("label must be a string", field="label", rule="type=string")
@@ -40,14 +42,21 @@ def api_key_request(body: dict[str, Any]) -> tuple[str, bool]:
     read_only = body.get("read_only", False)
     if not isinstance(read_only, bool):
         raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")
-    return label, read_only
+    role = parse_role(body["role"], allowed=KEY_ROLES) if "role" in body else None
+    if read_only and role not in (None, Role.VIEWER):
+        raise InvalidInput(
+            "read_only is the viewer role: give one or the other", field="read_only", rule="read_only=viewer"
+        )
+    return label, read_only, role
 
 
 async def create_api_key(
     pool: Pool, account: Account, body: dict[str, Any], *, max_active: int | None = None
 ) -> IssuedApiKey:
-    label, read_only = api_key_request(body)
-    return await accounts.create_api_key(pool, account, label, read_only=read_only, max_active=max_active)
+    label, read_only, role = api_key_request(body)
+    return await accounts.create_api_key(
+        pool, account, label, role=role, read_only=read_only, max_active=max_active
+    )
 
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:

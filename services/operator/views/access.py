@@ -20,6 +20,9 @@ def api_key(found: ApiKey) -> Json:
         "prefix": found.prefix,
         "label": found.label,
         "read_only": found.read_only,
+        "role": found.role,
+        "user_email": found.user_email,
+        "service_account": found.service_account,
         "created_at": found.created_at.isoformat(),
         "revoked_at": time(found.revoked_at),
     }
@@ -35,6 +38,7 @@ def issued_api_key(issued: IssuedApiKey) -> Json:
         "api_key": issued.key,
         "label": issued.label,
         "read_only": issued.read_only,
+        "role": issued.role,
         "note": "shown once: store it now, it cannot be shown again",
     }
 

@@ -34,6 +34,13 @@ def audit_event(event: AuditEvent) -> Json:
         "target_type": event.target_type,
         "target_id": event.target_id,
         "changes": event.changes,
+        "actor": {
+            "user_id": event.user_id,
+            "user_email": event.user_email,
+            "role": event.role,
+            "service_account": event.service_account,
+            "session_id": event.session_id,
+        },
     }
 
 
