@@ -30,8 +30,11 @@ INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, la
                       WHERE $7::uuid IS NULL AND s.account_id = $2 AND s.name = 'default'
                         AND s.removed_at IS NULL) owner
                 LIMIT 1"""
+# The account's service account "default" (migration 0036 made one for every account then;
+# an account made since gets it with its first key made without a key).
 INSERT_DEFAULT_SERVICE_ACCOUNT = """INSERT INTO service_accounts (id, account_id, name, role)
-                                    VALUES ($1, $2, 'default', 'admin')"""
+                                    VALUES ($1, $2, 'default', 'admin')
+                                    ON CONFLICT (account_id, name) WHERE removed_at IS NULL DO NOTHING"""
 # Who a key is: its account, its role, and its owner, a user (not removed) or a service account.
 _KEY_ACTOR = """SELECT a.id::text AS id, a.name, k.id::text AS key_id, k.label, k.role,
                        u.id::text AS user_id, u.email AS user_email, s.name AS service_account
@@ -92,7 +95,6 @@ async def create_account(pool: Pool, name: str) -> tuple[Account, str]:
             await conn.execute(INSERT_ACCOUNT, account.id, name)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"an account named {name!r} exists already", field="name") from exc
-        await conn.execute(INSERT_DEFAULT_SERVICE_ACCOUNT, uuid.uuid4(), account.id)
         issued = await _insert_key(conn, account, "first key")
     return account, issued.key
 
@@ -159,6 +161,8 @@ async def _insert_key(
         raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
     creator = uuid.UUID(actor.key_id) if actor.key_id else None
+    if creator is None:
+        await conn.execute(INSERT_DEFAULT_SERVICE_ACCOUNT, uuid.uuid4(), uuid.UUID(actor.id))
     status = await conn.execute(
         INSERT_KEY, key_id, uuid.UUID(actor.id), api_key_digest(key), key[:8], label, str(role), creator
     )

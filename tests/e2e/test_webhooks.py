@@ -311,7 +311,11 @@ async def test_a_device_disabled_by_the_api_the_batch_call_or_the_console_is_ann
             d: ["device.registered", "device.disabled"] for d in devices
         }
         audited = await operator.call("GET", "/v1/audit-events?action=device.disabled&limit=10", expect=200)
-        by_whom = {e["target_id"]: (e["api_key_id"], e["api_key_label"]) for e in audited["audit_events"]}
+        by_whom = {
+            e["target_id"]: (e["api_key_id"], e["api_key_label"], e["actor"]) for e in audited["audit_events"]
+        }
+        # The key's service account acted, with its role (the console's through its key session).
+        assert {(w[2]["service_account"], w[2]["role"]) for w in by_whom.values()} == {("default", "admin")}
         assert set(by_whom) == set(devices)
         shown = {d["id"]: d for d in await operator.devices()}
         for r in receiver.accepted:
@@ -324,6 +328,7 @@ async def test_a_device_disabled_by_the_api_the_batch_call_or_the_console_is_ann
                     "product_id": device["product_id"],
                     "api_key_id": by_whom[device["id"]][0],
                     "api_key_label": by_whom[device["id"]][1],
+                    "actor": by_whom[device["id"]][2],  # as the audit trail names it
                 }
         page = await operator.call("GET", f"/v1/webhooks/{wants['id']}/deliveries?limit=100", expect=200)
         assert sorted(d["event_type"] for d in page["deliveries"]) == sorted(

@@ -73,7 +73,7 @@ async def test_only_a_digest_of_a_key_is_stored(pool: Pool, account: tuple[Accou
 
     assert issued.label == "deploy bot"
     assert (await accounts.account_for_key(pool, issued.key)) == Account(
-        created.id, created.name, issued.id, "deploy bot"
+        created.id, created.name, issued.id, "deploy bot", service_account="default"
     )
     row = await pool.fetchrow(
         "SELECT key_digest, key_prefix FROM api_keys WHERE id = $1", uuid.UUID(issued.id)

@@ -736,6 +736,13 @@ async def test_a_disable_writes_its_device_disabled_delivery_in_its_own_transact
             "product_id": device.product_id,
             "api_key_id": None,
             "api_key_label": "test",
+            "actor": {
+                "user_id": None,
+                "user_email": None,
+                "role": None,
+                "service_account": None,
+                "session_id": None,
+            },
         },
     }
     await devices.change_devices(db, actor, [device_id], "disable")  # disabled already: nothing
