@@ -62,6 +62,7 @@ class Resources:
     hook_caller: HookCaller
     hook_secrets: SecretBox  # opens the registration hooks' sealed signing secrets
     hook_calls: CallTasks
+    hook_desk: rulings.Desk  # the calls' takes and allows, coalesced
 
     async def publish(self, events: Sequence[Event]) -> None:
         await publish_many(self.producer, self.topics, events)
@@ -69,7 +70,7 @@ class Resources:
     def start_call(self, requested: HookRequested) -> None:
         """Make a registration hook's call in a task of its own (rulings.make_call)."""
         work = rulings.make_call_logged(
-            self.pool, self.hook_caller, self.hook_secrets, self.publish, requested
+            self.hook_desk, self.hook_caller, self.hook_secrets, self.publish, requested
         )
         self.hook_calls.spawn(work, name=f"hook-{requested.call_id}")
 
@@ -109,6 +110,7 @@ def resources_context(settings: NotifierSettings) -> Callable[[web.Application],
                 caller,
                 SecretBox(key, HOOK_SECRETS),
                 calls,
+                rulings.Desk(pool),
             )
             yield
 

@@ -54,7 +54,7 @@ ATTACH = """
 TAKE = """
     UPDATE registration_hook_calls c SET outcome = 'calling', called_at = now(), attempts = attempts + 1
     FROM registrations r
-    WHERE c.call_id = $1 AND r.id = c.registration_id AND c.device_id IS NOT NULL
+    WHERE c.call_id = ANY($1::text[]) AND r.id = c.registration_id AND c.device_id IS NOT NULL
       AND (c.outcome NOT IN ('allow', 'failed_open', 'no_hook', 'deny', 'expired', 'calling')
            -- a call whose instance died: past its timeout and a margin, it is made again
            OR (c.outcome = 'calling'
@@ -65,18 +65,26 @@ TAKE = """
 # The ruling's row update, only while this call holds it (outcome 'calling', taken at
 # ``called_at``): a later taker (past the stale margin) or the sweep has moved it on.
 SETTLE = """
-    UPDATE registration_hook_calls SET outcome = $3, answer = $4::jsonb, http_status = $5,
-        latency_ms = $6, answered_at = now()
-    WHERE call_id = $1 AND outcome = 'calling' AND called_at = $2 AND device_id IS NOT NULL
-    RETURNING device_id::text, request_id::text, account_id::text, decided, request"""
-ENRICH_DEVICE = """
-    WITH changed AS (
-        UPDATE devices SET name = coalesce(nullif($2, ''), name),
-            category_a = coalesce(nullif($3, ''), category_a),
-            category_b = coalesce(nullif($4, ''), category_b),
-            hook_data = $5::jsonb
-        WHERE id = $1 RETURNING id)
-    INSERT INTO device_events (device_id, kind, detail) SELECT id, 'hook_allowed', $6::jsonb FROM changed"""
+    UPDATE registration_hook_calls c SET outcome = u.outcome, answer = u.answer,
+        http_status = u.http_status, latency_ms = u.latency_ms, answered_at = now()
+    FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::int4[], $6::int4[])
+        AS u(call_id, called_at, outcome, answer, http_status, latency_ms)
+    WHERE c.call_id = u.call_id AND c.outcome = 'calling' AND c.called_at = u.called_at
+      AND c.device_id IS NOT NULL
+    RETURNING c.call_id, c.device_id::text, c.request_id::text, c.account_id::text, c.decided, c.request"""
+# The allowed devices enriched, and each a ``hook_allowed`` event in its history, in one
+# statement for a batch of rulings.
+ENRICH_DEVICES = """
+    WITH u AS (
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[])
+            AS u(device_id, name, category_a, category_b, data, detail)),
+    changed AS (
+        UPDATE devices d SET name = coalesce(nullif(u.name, ''), d.name),
+            category_a = coalesce(nullif(u.category_a, ''), d.category_a),
+            category_b = coalesce(nullif(u.category_b, ''), d.category_b),
+            hook_data = u.data
+        FROM u WHERE d.id = u.device_id RETURNING d.id, u.detail)
+    INSERT INTO device_events (device_id, kind, detail) SELECT id, 'hook_allowed', detail FROM changed"""
 # A refused reservation: every decision still waiting on the device is refused with the
 # reason, then the device goes (a claimed preregistered device goes back to preregistered).
 REFUSE_DECISIONS = """
@@ -87,8 +95,11 @@ REFUSE_DECISIONS = """
 # An allowed reservation: the earlier requests of the same attempt (retries attached to the
 # row replaced its request ID) wait on the device too, each decided as it was recorded.
 ALSO_WAITING = """
-    SELECT request_id::text, decision, extract(epoch FROM received_at)::float8 AS received_at
-    FROM registration_decisions WHERE device_id = $1 AND status = 'decided' AND request_id <> $2"""
+    SELECT d.device_id::text, d.request_id::text, d.decision,
+           extract(epoch FROM d.received_at)::float8 AS received_at
+    FROM registration_decisions d
+    JOIN unnest($1::uuid[], $2::uuid[]) AS u(device_id, request_id) ON d.device_id = u.device_id
+    WHERE d.status = 'decided' AND d.request_id <> u.request_id"""
 UNCLAIM_PREREGISTERED = """
     UPDATE devices SET lifecycle = 'preregistered', fingerprint = '', registered_at = NULL
     WHERE id = $1 AND lifecycle = 'registered'"""
@@ -208,22 +219,28 @@ async def take(pool: Pool, call_id: str, stale_margin_s: float) -> TakenCall | N
     """Take a call to make (``calling``), or None: answered already, in flight on another
     task (unless it has been calling for the hook's timeout plus ``stale_margin_s``), or its
     device is gone."""
-    row = await pool.fetchrow(TAKE, call_id, stale_margin_s)
-    if row is None:
-        return None
-    request = _json(row["request"]) or {}
-    request["attestation"] = row["attestation"]
-    return TakenCall(
-        call_id=row["call_id"],
-        registration_id=row["registration_id"],
-        request_id=row["request_id"],
-        request=request,
-        hook_url=row["hook_url"],
-        timeout_ms=row["hook_timeout_ms"],
-        failure=row["hook_failure"],
-        secret_sealed=row["hook_secret_sealed"],
-        called_at=row["called_at"],
-    )
+    return (await take_many(pool, [call_id], stale_margin_s)).get(call_id)
+
+
+async def take_many(pool: Pool, call_ids: Sequence[str], stale_margin_s: float) -> dict[str, TakenCall]:
+    """:func:`take` for many calls in one statement (a storm's calls, coalesced by the
+    notifier): the calls taken, by call ID; a call not in it was not this one's to make."""
+    taken: dict[str, TakenCall] = {}
+    for row in await pool.fetch(TAKE, list(call_ids), stale_margin_s):
+        request = _json(row["request"]) or {}
+        request["attestation"] = row["attestation"]
+        taken[row["call_id"]] = TakenCall(
+            call_id=row["call_id"],
+            registration_id=row["registration_id"],
+            request_id=row["request_id"],
+            request=request,
+            hook_url=row["hook_url"],
+            timeout_ms=row["hook_timeout_ms"],
+            failure=row["hook_failure"],
+            secret_sealed=row["hook_secret_sealed"],
+            called_at=row["called_at"],
+        )
+    return taken
 
 
 @dataclass(frozen=True)
@@ -254,36 +271,69 @@ class CallResult:
     latency_ms: int | None
 
 
+# One allow to apply: the call as taken, what it came to, its enrichment (None: nothing).
+Confirmation = tuple[TakenCall, CallResult, dict[str, Any] | None]
+
+
 async def confirm(
     pool: Pool, call: TakenCall, result: CallResult, enrichment: dict[str, Any] | None
 ) -> Settled | None:
     """An allow (or fail open): the row settled, the device given the enrichment (``name``,
     ``category_a``, ``category_b``, ``data``; None: nothing) and a ``hook_allowed`` event in
     its history. None when this call no longer holds the row."""
+    return (await confirm_many(pool, [(call, result, enrichment)]))[0]
+
+
+async def confirm_many(pool: Pool, confirmations: Sequence[Confirmation]) -> list[Settled | None]:
+    """:func:`confirm` for many calls in one transaction of three statements (a storm's
+    allows, coalesced by the notifier), one result per confirmation in their order. The
+    rows are settled in call ID order, the order every batch of them locks in."""
+    ordered = sorted(confirmations, key=lambda c: c[0].call_id)
     async with pool.acquire() as conn, conn.transaction():
-        row = await _settle(conn, call, result)
-        if row is None:
-            return None
-        given = enrichment or {}
-        data = given.get("data") or None
+        rows = {r["call_id"]: r for r in await _settle(conn, [(call, result) for call, result, _ in ordered])}
+        enriched = [
+            (rows[call.call_id], call, result, given or {})
+            for call, result, given in ordered
+            if call.call_id in rows
+        ]
+        if not enriched:
+            return [None] * len(confirmations)
         await conn.execute(
-            ENRICH_DEVICE,
-            row["device_id"],
-            given.get("name", ""),
-            given.get("category_a", ""),
-            given.get("category_b", ""),
-            json.dumps(data) if data else None,
-            json.dumps({"call_id": call.call_id, "outcome": result.outcome, "latency_ms": result.latency_ms}),
+            ENRICH_DEVICES,
+            [row["device_id"] for row, *_ in enriched],
+            [given.get("name", "") for *_, given in enriched],
+            [given.get("category_a", "") for *_, given in enriched],
+            [given.get("category_b", "") for *_, given in enriched],
+            [json.dumps(given["data"]) if given.get("data") else None for *_, given in enriched],
+            [
+                json.dumps(
+                    {"call_id": call.call_id, "outcome": result.outcome, "latency_ms": result.latency_ms}
+                )
+                for _, call, result, _ in enriched
+            ],
         )
-        waiting = await conn.fetch(ALSO_WAITING, row["device_id"], row["request_id"])
-    decided = _json(row["decided"]) or {}
-    # Every request of the attempt is answered, not only the latest: a device (or anyone
-    # holding an earlier request ID) polling an earlier one would otherwise wait for ever.
-    also = tuple(
-        decided | {"request_id": w["request_id"], "decision": w["decision"], "received_at": w["received_at"]}
-        for w in waiting
-    )
-    return Settled(row["device_id"], row["request_id"], row["account_id"], decided, also_decided=also)
+        waiting = await conn.fetch(
+            ALSO_WAITING,
+            [row["device_id"] for row, *_ in enriched],
+            [row["request_id"] for row, *_ in enriched],
+        )
+    waiting_on: dict[str, list[Record]] = {}
+    for w in waiting:
+        waiting_on.setdefault(w["device_id"], []).append(w)
+    settled: dict[str, Settled] = {}
+    for row, call, _, _ in enriched:
+        decided = _json(row["decided"]) or {}
+        # Every request of the attempt is answered, not only the latest: a device (or anyone
+        # holding an earlier request ID) polling an earlier one would otherwise wait for ever.
+        also = tuple(
+            decided
+            | {"request_id": w["request_id"], "decision": w["decision"], "received_at": w["received_at"]}
+            for w in waiting_on.get(row["device_id"], ())
+        )
+        settled[call.call_id] = Settled(
+            row["device_id"], row["request_id"], row["account_id"], decided, also_decided=also
+        )
+    return [settled.get(call.call_id) for call, _, _ in confirmations]
 
 
 async def refuse(pool: Pool, call: TakenCall, result: CallResult, reason: str) -> Settled | None:
@@ -291,7 +341,7 @@ async def refuse(pool: Pool, call: TakenCall, result: CallResult, reason: str) -
     ``reason``, the device deleted (a claimed preregistered one preregistered again). None
     when this call no longer holds the row."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await _settle(conn, call, result)
+        row = await _settle_one(conn, call, result)
         if row is None:
             return None
         decision = (_json(row["request"]) or {}).get("decision", "")
@@ -303,7 +353,7 @@ async def fail(pool: Pool, call: TakenCall, result: CallResult) -> Settled | Non
     """A failure under fail closed: the row keeps its reservation with the failure as its
     outcome (the device's next retry calls again). None when this call no longer holds it."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await _settle(conn, call, result)
+        row = await _settle_one(conn, call, result)
     if row is None:
         return None
     return Settled(row["device_id"], row["request_id"], row["account_id"], {})
@@ -440,16 +490,23 @@ async def open_calls_of_devices(pool: Pool, device_ids: Sequence[str]) -> dict[s
     return {r["device_id"]: (r["call_id"], r["registration_id"], r["request_id"]) for r in rows}
 
 
-async def _settle(conn: Connection, call: TakenCall, result: CallResult) -> Record | None:
-    return await conn.fetchrow(
+async def _settle(conn: Connection, settling: Sequence[tuple[TakenCall, CallResult]]) -> list[Record]:
+    """The call rows of ``settling`` given their results, each only while its call still
+    holds it; the rows settled (the others are gone from the answer)."""
+    return await conn.fetch(
         SETTLE,
-        call.call_id,
-        call.called_at,
-        result.outcome,
-        json.dumps(result.answer) if result.answer is not None else None,
-        result.http_status,
-        result.latency_ms,
+        [call.call_id for call, _ in settling],
+        [call.called_at for call, _ in settling],
+        [result.outcome for _, result in settling],
+        [json.dumps(result.answer) if result.answer is not None else None for _, result in settling],
+        [result.http_status for _, result in settling],
+        [result.latency_ms for _, result in settling],
     )
+
+
+async def _settle_one(conn: Connection, call: TakenCall, result: CallResult) -> Record | None:
+    rows = await _settle(conn, [(call, result)])
+    return rows[0] if rows else None
 
 
 async def _release(conn: Connection, device_id: str, decision: str, reason: str) -> tuple[str, ...]:
