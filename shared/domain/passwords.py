@@ -23,9 +23,11 @@ a 16-byte salt, a 32-byte tag. They exceed the OWASP Password Storage Cheat Shee
 minimum for argon2id (19 MiB, 2 iterations, 1 lane). They are stated here rather than taken
 from the library's defaults, so that a release changing its defaults changes nothing until
 this module does; when it does, :func:`verify_password` hands back a new hash made with
-them at the next sign-in (argon2's ``check_needs_rehash``). One hash or verify takes tens
-of milliseconds of CPU and 64 MiB: callers on an event loop run it in a thread
-(``asyncio.to_thread``; argon2-cffi releases the GIL while it computes).
+them at the next sign-in (argon2's ``check_needs_rehash``). One hash or verify takes 64 MiB
+and a fraction of a second to a second of CPU on a 2-core machine (0.3 to 1.3 s measured
+while other work shared it): callers on an event loop run it in a thread
+(``asyncio.to_thread``; argon2-cffi releases the GIL while it computes) and bound how many
+run at once.
 """
 
 from __future__ import annotations
