@@ -18,17 +18,22 @@ from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
 SELECT_ACCOUNT_BY_NAME = "SELECT id::text, name FROM accounts WHERE name = $1"
 # A new key belongs to the same owner as the key that creates it (a person's key makes a
-# personal key, a service account's key one of that service account); a key made without a
-# key (the CLI's own setup) belongs to the account's service account "default" (migration 0036).
+# personal key, a service account's key one of that service account); a person acting without
+# a key (a console session) makes a personal key, while the person is not removed; a key made
+# by neither (the CLI's own setup) belongs to the account's service account "default"
+# (migration 0036).
 INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, label, role,
                                       user_id, service_account_id)
                 SELECT $1, $2, $3, $4, $5, $6, owner.user_id, owner.service_account_id
                 FROM (SELECT k.user_id, k.service_account_id FROM api_keys k
                       WHERE k.id = $7 AND k.account_id = $2
                       UNION ALL
+                      SELECT u.id, NULL FROM users u
+                      WHERE $7::uuid IS NULL AND u.id = $8 AND u.account_id = $2 AND u.removed_at IS NULL
+                      UNION ALL
                       SELECT NULL, s.id FROM service_accounts s
-                      WHERE $7::uuid IS NULL AND s.account_id = $2 AND s.name = 'default'
-                        AND s.removed_at IS NULL) owner
+                      WHERE $7::uuid IS NULL AND $8::uuid IS NULL AND s.account_id = $2
+                        AND s.name = 'default' AND s.removed_at IS NULL) owner
                 LIMIT 1"""
 INSERT_DEFAULT_SERVICE_ACCOUNT = """INSERT INTO service_accounts (id, account_id, name, role)
                                     VALUES ($1, $2, 'default', 'admin')"""
@@ -117,12 +122,13 @@ async def create_api_key(
 ) -> IssuedApiKey:
     """A new key of the actor's account, the key itself returned this once; audited as
     ``api_key.created`` (label and role, never the key). It belongs to the actor's key's
-    owner (the person, or the service account; the account's ``default`` service account
-    for an actor without a key) and carries ``role`` (``viewer`` when ``read_only``; by
-    default the actor's own role, at most admin). Forbidden (403) for a role above the
-    actor's: a key never carries more than its creator's role, nor owner. Conflict when the
-    account already has ``max_active`` active keys (checked under the account's row lock:
-    parallel creations cannot pass it together)."""
+    owner (the person, or the service account), or to the person of a keyless actor (a
+    console session: a personal key), else to the account's ``default`` service account;
+    it carries ``role`` (``viewer`` when ``read_only``; by default the actor's own role, at
+    most admin). Forbidden (403) for a role above the actor's: a key never carries more
+    than its creator's role, nor owner. Conflict when the account already has
+    ``max_active`` active keys (checked under the account's row lock: parallel creations
+    cannot pass it together); NotFound when the key's owner is gone."""
     wanted = Role.VIEWER if read_only else Role(role) if role is not None else _key_role_of(actor)
     if wanted not in KEY_ROLES or not at_least(actor.role, wanted):
         raise Forbidden(
@@ -159,10 +165,19 @@ async def _insert_key(
         raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
     creator = uuid.UUID(actor.key_id) if actor.key_id else None
+    person = uuid.UUID(actor.user_id) if actor.user_id else None
     status = await conn.execute(
-        INSERT_KEY, key_id, uuid.UUID(actor.id), api_key_digest(key), key[:8], label, str(role), creator
+        INSERT_KEY,
+        key_id,
+        uuid.UUID(actor.id),
+        api_key_digest(key),
+        key[:8],
+        label,
+        str(role),
+        creator,
+        person,
     )
-    if not status.endswith(" 1"):  # the creating key was revoked meanwhile, or no default service account
+    if not status.endswith(" 1"):  # the key's owner is gone (a removed person), or no default service account
         raise NotFound("the key's owner no longer exists in this account", field="Authorization")
     return IssuedApiKey(id=key_id, key=key, label=label, role=role)
 
