@@ -10,6 +10,7 @@ import asyncpg
 
 from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain import people
 from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
 from shared.domain.roles import KEY_ROLES, Role, at_least
@@ -52,9 +53,20 @@ SELECT_KEYS = """SELECT k.id::text, k.key_prefix, k.label, k.role, k.created_at,
                  FROM api_keys k
                  LEFT JOIN users u ON u.id = k.user_id
                  LEFT JOIN service_accounts s ON s.id = k.service_account_id
-                 WHERE k.account_id = $1 ORDER BY k.created_at"""
-REVOKE_KEY = """UPDATE api_keys SET revoked_at = now()
-                WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING label"""
+                 WHERE k.account_id = $1
+                   AND ($2::text[] IS NULL OR (k.role = ANY($2::text[]) AND (k.user_id = $3::uuid
+                        OR (k.user_id IS NULL AND k.service_account_id =
+                            (SELECT o.service_account_id FROM api_keys o WHERE o.id = $4::uuid)))))
+                 ORDER BY k.created_at"""
+# A key the actor may revoke: any of the account's for an admin ($3 NULL), else one of the
+# actor's own (own_keys() gives the parameters).
+REVOKE_KEY = """UPDATE api_keys k SET revoked_at = now()
+                WHERE k.id = $1 AND k.account_id = $2 AND k.revoked_at IS NULL
+                  AND ($3::text[] IS NULL OR (k.role = ANY($3::text[]) AND (k.user_id = $4::uuid
+                       OR (k.user_id IS NULL AND k.service_account_id =
+                           (SELECT o.service_account_id FROM api_keys o WHERE o.id = $5::uuid)))))
+                RETURNING k.label"""
+KEY_EXISTS = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL)"
 
 
 @dataclass(frozen=True)
@@ -210,8 +222,22 @@ async def account_for_key(pool: Pool, key: str) -> Account | None:
     return _actor(row)
 
 
-async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
-    """The account's keys, revoked ones included, oldest first."""
+def own_keys(actor: Account | None) -> tuple[list[str] | None, uuid.UUID | None, uuid.UUID | None]:
+    """Which keys are the actor's own, as SELECT_KEYS's and REVOKE_KEY's parameters: every
+    key of the account for an admin or owner (or None: no actor); else the keys of the same
+    owner (the person's personal keys; a service account's key: that service account's)
+    whose role is at most the actor's, so that a viewer's key never reaches an admin key."""
+    if actor is None or at_least(actor.role, Role.ADMIN):
+        return None, None, None
+    roles = [str(r) for r in KEY_ROLES if at_least(actor.role, r)]
+    if actor.user_id is not None:
+        return roles, uuid.UUID(actor.user_id), None
+    return roles, None, uuid.UUID(actor.key_id) if actor.key_id else None
+
+
+async def list_api_keys(pool: Pool, account_id: str, *, owned_by: Account | None = None) -> list[ApiKey]:
+    """The account's keys, revoked ones included, oldest first; with ``owned_by``, only
+    those :func:`own_keys` names for that actor (every key for an admin)."""
     return [
         ApiKey(
             id=r["id"],
@@ -223,19 +249,22 @@ async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
             user_email=r["user_email"],
             service_account=r["service_account"],
         )
-        for r in await pool.fetch(SELECT_KEYS, account_id)
+        for r in await pool.fetch(SELECT_KEYS, account_id, *own_keys(owned_by))
     ]
 
 
 async def revoke_api_key(pool: Pool, actor: Account, key_id: str) -> None:
     """Revoke one active key of the actor's account (NotFound otherwise); audited as
-    ``api_key.revoked``. A key may revoke itself: its next call is refused."""
+    ``api_key.revoked``. A key may revoke itself: its next call is refused. Below admin, only
+    the actor's own keys (:func:`own_keys`; Forbidden for another active key)."""
     try:  # parsed here, so the driver never refuses a caller's text with its value in the error
         parsed = uuid.UUID(key_id)
     except ValueError:
         raise NotFound(f"no active API key {key_id} in this account") from None
     async with pool.acquire() as conn, conn.transaction():
-        label = await conn.fetchval(REVOKE_KEY, parsed, actor.id)
+        label = await conn.fetchval(REVOKE_KEY, parsed, actor.id, *own_keys(actor))
+        if label is None and await conn.fetchval(KEY_EXISTS, parsed, actor.id):
+            raise people.refused(actor.role, "revoking another's key needs the admin role", Role.ADMIN)
         if label is None:
             raise NotFound(f"no active API key {key_id} in this account")
         await audit.record(conn, actor, "api_key.revoked", "api_key", str(parsed), {"label": label})
