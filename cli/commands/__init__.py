@@ -12,6 +12,7 @@ from cli.commands import (
     migrate,
     product,
     simulate,
+    sso,
     webhooks,
 )
 
@@ -25,6 +26,7 @@ COMMAND_MODULES = [
     alerts,
     audit,
     webhooks,
+    sso,
     simulate,
     demo,
     migrate,
