@@ -2,11 +2,13 @@
 # A real OpenID Connect provider for the tests of fleetreg's single sign-on: Keycloak, the
 # distribution zip from Maven Central (no container, no other download), in dev mode on loopback,
 # with the test realm committed at deploy/local/keycloak/fleetreg-realm.json (a test fixture: its
-# users, passwords and client secrets are known and documented there and in docs/operations.md).
+# users, passwords and client secrets are known, listed in docs/operations.md and
+# tests/support/keycloak.py).
 #
 #   keycloak.sh fetch    download and unpack Keycloak into var/keycloak (once; a .complete marker)
-#   keycloak.sh start    fetch, start on 127.0.0.1:$FLEETREG_KEYCLOAK_PORT (default 18180), import
-#                        the realm, wait until its discovery document answers, print the issuer
+#   keycloak.sh start    fetch, start on 127.0.0.1:$FLEETREG_KEYCLOAK_PORT (default 18280: 18180
+#                        is the local stack's intake operations port), import the realm, wait
+#                        until its discovery document answers, print the issuer
 #   keycloak.sh stop     stop it (also after a crash)
 #   keycloak.sh status   one line
 #
@@ -26,7 +28,7 @@ LOG="$VAR/log"
 RUN="$VAR/run"
 
 KEYCLOAK_VERSION=26.7.3
-KEYCLOAK_PORT=${FLEETREG_KEYCLOAK_PORT:-18180}
+KEYCLOAK_PORT=${FLEETREG_KEYCLOAK_PORT:-18280}
 KEYCLOAK_ROOT="$VAR/keycloak"
 KEYCLOAK_HOME="$KEYCLOAK_ROOT/keycloak-$KEYCLOAK_VERSION"
 KEYCLOAK_HEAP=${FLEETREG_KEYCLOAK_HEAP:-768m}

@@ -37,7 +37,7 @@ USERS = {
 
 @dataclass(frozen=True)
 class KeycloakRealm:
-    """Where the running provider is: its base URL (``http://127.0.0.1:18180``)."""
+    """Where the running provider is: its base URL (``http://127.0.0.1:18280``)."""
 
     base_url: str
 
