@@ -12,9 +12,12 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 
+from shared import oidc
 from shared.errors import InvalidInput
 from shared.oidc import OidcClient, Pending, Provider, SignInRefused, code_challenge
 from tests.support.keycloak import (
@@ -23,6 +26,8 @@ from tests.support.keycloak import (
     USERS,
     KeycloakRealm,
     NoCode,
+    add_signing_key,
+    remove_signing_key,
     set_user_enabled,
     sign_in,
 )
@@ -289,3 +294,52 @@ async def test_a_loopback_issuer_is_refused_without_the_private_address_permissi
         with pytest.raises(InvalidInput) as named:
             await strict.discover(by_name)
         assert named.value.rule == "public-address"
+
+
+async def test_keys_are_fetched_again_once_for_an_unknown_key_id(
+    keycloak: KeycloakRealm, client: OidcClient, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """The provider rotates its signing key: the cached key set lacks the new key's ID, the
+    client fetches the set once more and accepts the token. A made-up key ID costs at most
+    one fetch per interval, and is refused."""
+    fetches: list[str] = []
+    fetch_keys = client._fetch_keys
+
+    async def counted(jwks_uri: str) -> Any:
+        fetches.append(jwks_uri)
+        return await fetch_keys(jwks_uri)
+
+    monkeypatch.setattr(client, "_fetch_keys", counted)
+    provider = keycloak.console()
+    pending, callback = await signed_in(client, provider, "alice@example.com")
+    assert (await client.finish(provider, pending, callback)).email == "alice@example.com"
+    assert len(fetches) == 1
+
+    component = await add_signing_key(keycloak, f"rotated-{unique}")
+    try:
+        pending, callback = await signed_in(client, provider, "alice@example.com")
+        tokens = await client.exchange_code(provider, pending, callback["code"])
+        # Within the interval the set is not fetched again: the new key is unknown.
+        monkeypatch.setattr(oidc, "KEYS_REFETCH_MIN_INTERVAL_S", 3600.0)
+        with pytest.raises(SignInRefused) as refused:
+            await client.verify_id_token(provider, tokens["id_token"], nonce=pending.nonce)
+        assert refused.value.rule == "kid"
+        assert len(fetches) == 1
+
+        monkeypatch.setattr(oidc, "KEYS_REFETCH_MIN_INTERVAL_S", 0.0)
+        claims = await client.verify_id_token(provider, tokens["id_token"], nonce=pending.nonce)
+        assert claims["email"] == "alice@example.com"
+        assert len(fetches) == 2
+
+        _, payload, signature = tokens["id_token"].split(".")
+        forged_header = jwt.utils.base64url_encode(
+            jwt.utils.force_bytes('{"alg":"RS256","typ":"JWT","kid":"made-up-' + unique + '"}')
+        ).decode()
+        with pytest.raises(SignInRefused) as made_up:
+            await client.verify_id_token(
+                provider, f"{forged_header}.{payload}.{signature}", nonce=pending.nonce
+            )
+        assert made_up.value.rule == "kid"
+        assert len(fetches) == 3  # one more fetch, not a loop
+    finally:
+        await remove_signing_key(keycloak, component)

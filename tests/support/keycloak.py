@@ -148,3 +148,36 @@ async def set_user_enabled(provider: KeycloakRealm, email: str, enabled: bool) -
             raise AssertionError(f"{len(users)} users at the provider have the e-mail {email}")
         async with session.put(f"{base}/{users[0]['id']}", json={"enabled": enabled}) as answer:
             answer.raise_for_status()
+
+
+async def add_signing_key(provider: KeycloakRealm, name: str) -> str:
+    """A new RSA signing key at the provider, preferred over the realm's own (a key
+    rotation); returns its component ID, for :func:`remove_signing_key`."""
+    token = await admin_token(provider)
+    base = f"{provider.base_url}/admin/realms/{REALM}"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(base) as answer:
+            answer.raise_for_status()
+            realm: dict[str, Any] = await answer.json()
+        component = {
+            "name": name,
+            "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm["id"],
+            "config": {"priority": ["1000"], "keySize": ["2048"], "active": ["true"], "enabled": ["true"]},
+        }
+        async with session.post(f"{base}/components", json=component) as answer:
+            answer.raise_for_status()
+            location = answer.headers["Location"]
+    return location.rsplit("/", 1)[1]
+
+
+async def remove_signing_key(provider: KeycloakRealm, component_id: str) -> None:
+    token = await admin_token(provider)
+    url = f"{provider.base_url}/admin/realms/{REALM}/components/{component_id}"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session,
+        session.delete(url) as answer,
+    ):
+        answer.raise_for_status()
