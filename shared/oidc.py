@@ -247,14 +247,15 @@ class OidcClient:
         them). The caller drops ``pending`` whatever the outcome: a state is used once.
 
         Raises SignInRefused naming what failed, ProviderUnavailable."""
+        state = callback.get("state", "")
+        if not hmac.compare_digest(state.encode(), pending.state.encode()):
+            raise SignInRefused("the callback's state is not this session's sign-in", rule="state")
+        # A provider's error is shown only once the state proves it answers this sign-in.
         if "error" in callback:
             raise SignInRefused(
                 f"the provider did not sign the person in: {shortened(callback['error'])}",
                 rule="provider_error",
             )
-        state = callback.get("state", "")
-        if not hmac.compare_digest(state.encode(), pending.state.encode()):
-            raise SignInRefused("the callback's state is not this session's sign-in", rule="state")
         age = time.time() - pending.issued_at
         if not 0 <= age <= PENDING_MAX_AGE_S:
             raise SignInRefused(
@@ -289,7 +290,7 @@ class OidcClient:
         methods = found.token_auth_methods
         if "client_secret_basic" in methods:
             # RFC 6749 section 2.3.1: each part form-encoded before the Basic encoding.
-            pair = f"{urllib.parse.quote(provider.client_id, safe='')}:{urllib.parse.quote(secret, safe='')}"
+            pair = f"{urllib.parse.quote_plus(provider.client_id)}:{urllib.parse.quote_plus(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         elif "client_secret_post" in methods:
             form.update(client_id=provider.client_id, client_secret=secret)

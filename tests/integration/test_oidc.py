@@ -240,6 +240,8 @@ async def test_a_stale_sign_in_and_a_provider_error_are_refused(
     assert (await refusal(client, provider, stale, callback)).rule == "expired"
     denied = {"state": pending.state, "error": "access_denied"}
     assert (await refusal(client, provider, pending, denied)).rule == "provider_error"
+    # An error without this sign-in's state is anybody's link: refused for its state.
+    assert (await refusal(client, provider, pending, {"error": "access_denied"})).rule == "state"
     with pytest.raises(SignInRefused) as refused:
         Pending.from_dict({"state": "s"})
     assert refused.value.rule == "pending"
