@@ -361,7 +361,9 @@ class OidcClient:
                 f"the ID token was issued by another issuer, not {shortened(provider.issuer)}", rule="iss"
             ) from exc
         except jwt.ImmatureSignatureError as exc:
-            raise SignInRefused("the ID token is dated in the future", rule="iat") from exc
+            raise SignInRefused(
+                "the ID token is not valid yet (iat or nbf in the future)", rule="iat"
+            ) from exc
         except jwt.MissingRequiredClaimError as exc:
             raise SignInRefused(f"the ID token has no {exc.claim} claim", rule=exc.claim) from exc
         except jwt.InvalidTokenError as exc:  # the base of the rest: malformed parts, bad types

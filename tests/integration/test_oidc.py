@@ -19,7 +19,7 @@ import pytest
 
 from shared import oidc
 from shared.errors import InvalidInput
-from shared.oidc import OidcClient, Pending, Provider, SignInRefused, code_challenge
+from shared.oidc import OidcClient, Pending, Provider, ProviderUnavailable, SignInRefused, code_challenge
 from tests.support.keycloak import (
     CONSOLE_CLIENT_SECRET,
     OTHER_CLIENT_SECRET,
@@ -31,6 +31,7 @@ from tests.support.keycloak import (
     set_user_enabled,
     sign_in,
 )
+from tests.support.system import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -348,3 +349,20 @@ async def test_keys_are_fetched_again_once_for_an_unknown_key_id(
         assert len(fetches) == 3  # one more fetch, not a loop
     finally:
         await remove_signing_key(keycloak, component)
+
+
+async def test_a_provider_that_is_down_missing_or_misnamed_is_a_clear_error(
+    keycloak: KeycloakRealm, client: OidcClient
+) -> None:
+    with pytest.raises(ProviderUnavailable) as down:
+        await client.discover(f"http://127.0.0.1:{free_port()}/realms/fleetreg")
+    assert down.value.status == 503 and "cannot connect" in down.value.message
+
+    with pytest.raises(ProviderUnavailable) as missing:
+        await client.discover(f"{keycloak.base_url}/realms/no-such-realm")
+    assert "HTTP 404" in missing.value.message
+
+    # OpenID Connect Discovery 4.3: the document must name the issuer exactly as configured.
+    with pytest.raises(InvalidInput) as misnamed:
+        await client.discover(keycloak.issuer + "/")
+    assert misnamed.value.field == "issuer" and misnamed.value.rule == "issuer-match"
