@@ -22,6 +22,7 @@ up: venv
 
 down:
 	@$(STACK) down
+	@deploy/local/keycloak.sh stop
 
 status:
 	@$(STACK) status
@@ -29,10 +30,13 @@ status:
 demo: up
 	@$(VENV)/bin/fleetreg demo
 
+# The single sign-on tests' identity provider (Keycloak) is fetched here, started once by the
+# tests' keycloak fixture and stopped at the end of the run (deploy/local/keycloak.sh).
 test: venv
 	@$(STACK) infra-up
 	@deploy/local/browser.sh
 	@deploy/local/agent-shells.sh
+	@deploy/local/keycloak.sh fetch
 	@$(PY) -m pytest
 
 test-unit: venv

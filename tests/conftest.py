@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from cli.config import parse_env_file
 from shared.db.migrations import migrate
 from shared.db.pool import Pool, open_pool, single_connection
 from shared.settings import DatabaseSettings, KafkaSettings, Secret
+from tests.support.keycloak import KeycloakRealm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,28 @@ def infra() -> dict[str, str]:
     env_file = ROOT / "var" / "infra.env"
     subprocess.run([str(ROOT / "deploy" / "local" / "stack.sh"), "infra-up"], check=True)
     return parse_env_file(env_file)
+
+
+@pytest.fixture(scope="session")
+def keycloak() -> Iterator[KeycloakRealm]:
+    """The test identity provider (Keycloak with the realm of
+    deploy/local/keycloak/fleetreg-realm.json): the one at FLEETREG_KEYCLOAK_URL (its base
+    URL, the realm imported there), else started once for the run by deploy/local/keycloak.sh
+    and stopped at its end (left running if it already ran before the run)."""
+    given = os.environ.get("FLEETREG_KEYCLOAK_URL")
+    if given:
+        yield KeycloakRealm(given.rstrip("/"))
+        return
+    script = str(ROOT / "deploy" / "local" / "keycloak.sh")
+    status = subprocess.run([script, "status"], check=True, capture_output=True, text=True)
+    already_running = status.stdout.startswith("keycloak: running")
+    started = subprocess.run([script, "start"], check=True, stdout=subprocess.PIPE, text=True)
+    issuer = started.stdout.strip().splitlines()[-1]
+    try:
+        yield KeycloakRealm(issuer.rsplit("/realms/", 1)[0])
+    finally:
+        if not already_running:
+            subprocess.run([script, "stop"], check=False)
 
 
 @pytest.fixture(scope="session")
