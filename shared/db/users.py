@@ -27,7 +27,7 @@ from shared.db.pool import Connection, Pool
 from shared.domain import people
 from shared.domain.accounts import Account
 from shared.domain.roles import Role
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, Forbidden, NotFound
 
 LOCK_ACCOUNT = "SELECT name FROM accounts WHERE id = $1 FOR UPDATE"
 HAS_OWNER = """SELECT EXISTS (SELECT 1 FROM users
@@ -378,3 +378,87 @@ async def revoke_invitation(pool: Pool, actor: Account, invitation_id: str) -> N
             raise NotFound(f"no open invitation {invitation_id} in this account")
         changes = {"email": row["email"], "role": row["role"]}
         await audit.record(conn, actor, "invitation.revoked", "invitation", str(parsed), changes)
+
+
+# The person an address names, in any account (an address signs in to one account).
+SELECT_USER_BY_EMAIL = """SELECT id::text, account_id::text, email, role, created_at,
+                                 totp_sealed IS NOT NULL AS totp, sso_subject IS NOT NULL AS sso,
+                                 password_hash IS NOT NULL AS password,
+                                 sso_subject AS subject
+                          FROM users WHERE lower(email) = lower($1) AND removed_at IS NULL FOR UPDATE"""
+SET_SSO_SUBJECT = "UPDATE users SET sso_subject = $2 WHERE id = $1"
+
+
+@dataclass(frozen=True)
+class SsoSignIn:
+    """Who a single sign-on signs in, and what it changed: ``joined`` (the person was made
+    now, just in time) and the role before, when the provider's groups changed it."""
+
+    user: User
+    joined: bool
+    role_was: str | None = None
+
+
+async def sign_in_through_sso(
+    pool: Pool, account_id: str, email: str, subject: str, role: Role | None
+) -> SsoSignIn:
+    """The person the account's provider vouched for (``email`` verified by it, ``subject``
+    its stable ID of them), with the ``role`` their groups map to (shared.domain.sso.
+    role_from_groups; None: no group grants one). In one transaction under the account's
+    lock:
+
+    * a person of the account keeps an owner's role; any other takes ``role`` (the
+      provider's groups decide, each sign-in: a demotion there is one here too, and lowers
+      their keys), linked to ``subject`` on first use;
+    * an address of no person is made one with ``role`` (just in time, as invited by the
+      provider; audited ``user.joined`` with ``sign_in: sso``);
+
+    Forbidden (403, the same words whatever the case, naming no account) when ``role`` is
+    None for anyone but an owner, when the address is a person's of another account, or
+    when the person is linked to another subject at the provider (the address was given to
+    someone else there: an admin removes the old person first)."""
+    refused = Forbidden(
+        "single sign-on cannot sign this person in to this account: ask an admin to check your "
+        "groups at the identity provider",
+        field="email",
+        rule="sso-person",
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        account_name = await conn.fetchval(LOCK_ACCOUNT, account_id)
+        if account_name is None:
+            raise refused
+        row = await conn.fetchrow(SELECT_USER_BY_EMAIL, email)
+        if row is not None and (row["account_id"] != account_id or row["subject"] not in (None, subject)):
+            raise refused
+        if row is None:
+            if role is None:
+                raise refused
+            user_id = uuid.uuid4()
+            await conn.execute(INSERT_USER, user_id, uuid.UUID(account_id), email, str(role), None, subject)
+            user = _user(await _one(conn, SELECT_USER_FOR_UPDATE, user_id, account_id))
+            newcomer = Account(
+                account_id, account_name, role=user.role, user_id=user.id, user_email=user.email
+            )
+            changes = {"email": user.email, "role": user.role, "sign_in": "sso"}
+            await audit.record(conn, newcomer, "user.joined", "user", user.id, changes)
+            return SsoSignIn(user, joined=True)
+        user = _user(row)
+        if row["subject"] is None:
+            await conn.execute(SET_SSO_SUBJECT, uuid.UUID(user.id), subject)
+        if user.role == Role.OWNER or role == user.role:
+            return SsoSignIn(dataclasses.replace(user, sso_linked=True), joined=False)
+        if role is None:
+            raise refused
+        await conn.execute(UPDATE_ROLE, uuid.UUID(user.id), str(role))
+        lowered = await conn.execute(CAP_KEYS, uuid.UUID(user.id), _key_role(role), people.roles_above(role))
+        person = Account(account_id, account_name, role=str(role), user_id=user.id, user_email=user.email)
+        changed: dict[str, object] = {
+            "email": user.email,
+            "role": {"from": user.role, "to": str(role)},
+            "by": "sso groups",
+            "api_keys_lowered": int(lowered.split()[-1]),
+        }
+        await audit.record(conn, person, "user.role_changed", "user", user.id, changed)
+        return SsoSignIn(
+            dataclasses.replace(user, role=str(role), sso_linked=True), joined=False, role_was=user.role
+        )
