@@ -15,9 +15,12 @@ def resources(request: web.Request) -> Resources:
     return request.app[RESOURCES]
 
 
-def authed(status: int = 200, *, write: bool | None = None) -> Callable[[http.AuthedRoute], http.Route]:
+def authed(
+    status: int = 200, *, write: bool | None = None, role: str | None = None
+) -> Callable[[http.AuthedRoute], http.Route]:
     """A route of an account (shared.http.authed): the request's API key names it (401
-    otherwise); a read-only key may call only GET routes (403 otherwise: every other method
-    changes state, unless ``write`` says otherwise); the view the route returns is answered as
-    JSON with ``status``."""
-    return http.authed(lambda request: request.app[RESOURCES].pool, status=status, write=write)
+    otherwise); the key's role must be at least ``role`` (403 otherwise), by default viewer
+    for a GET route and operator for every other method (they change state, unless ``write``
+    says otherwise). ``role`` is the route's OpenAPI ``x-fleetreg-role`` (docs/security.md,
+    "Roles"). The view the route returns is answered as JSON with ``status``."""
+    return http.authed(lambda request: request.app[RESOURCES].pool, status=status, write=write, role=role)
