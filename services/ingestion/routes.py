@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
-from shared.domain.roles import Role
+from shared.domain.roles import Role, at_least
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
 from shared.http import authenticate, json_response, parse_json_body, path_id, query_params
@@ -84,14 +84,14 @@ async def list_all(request: web.Request) -> web.Response:
             rule="known_parameters",
         )
     found = await handlers.list_registrations(r.pool, account)
-    return json_response(views.registrations(found, masked=account.read_only))
+    return json_response(views.registrations(found, masked=not at_least(account.role, Role.ADMIN)))
 
 
 async def show(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     account = await authenticate(request, r.pool, write=False)
     found = await handlers.registration(r.pool, account, path_id(request, "registration_id"))
-    return json_response(views.registration_detail(found, masked=account.read_only))
+    return json_response(views.registration_detail(found, masked=not at_least(account.role, Role.ADMIN)))
 
 
 async def update(request: web.Request) -> web.Response:

@@ -141,6 +141,12 @@ async def test_an_operator_may_not_set_a_hook_and_is_told_which_field(
     # An admin sets it; the registration's audit names no operator's change to the hook.
     issued = await admin.call("PATCH", path, {"hook_url": hook}, expect=200)
     assert issued["hook_url"] == hook and issued["hook_secret"].startswith("whsec_")
+    # Below admin the hook's URL is its scheme and host only (a path often carries a token).
+    for reader in (day_to_day, await _key(operator, Role.VIEWER)):
+        assert (await reader.call("GET", path, expect=200))["hook_url"] == "http://127.0.0.1:9/********"
+        listed = (await reader.call("GET", "/v1/auto-registrations", expect=200))["auto_registrations"]
+        assert hook not in str(listed)
+    assert (await admin.call("GET", path, expect=200))["hook_url"] == hook
     trail = await operator.call("GET", f"/v1/audit-events?target_id={registration['id']}&limit=100")
     changes = [e for e in trail["audit_events"] if e["action"] == "auto_registration.hook_changed"]
     assert [e["actor"]["role"] for e in changes] == ["admin"]

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from services.operator.resources import RESOURCES, Resources
 from shared import http
+from shared.domain.accounts import Account
+from shared.domain.roles import Role, at_least
 
 
 def resources(request: web.Request) -> Resources:
@@ -24,3 +26,10 @@ def authed(
     says otherwise). ``role`` is the route's OpenAPI ``x-fleetreg-role`` (docs/security.md,
     "Roles"). The view the route returns is answered as JSON with ``status``."""
     return http.authed(lambda request: request.app[RESOURCES].pool, status=status, write=write, role=role)
+
+
+def hook_masked(account: Account) -> bool:
+    """Whether a registration hook's URL is shown as its scheme and host only: below admin,
+    as the hook is an admin's (docs/security.md, "Roles"; a path or query often carries the
+    receiver's token)."""
+    return not at_least(account.role, Role.ADMIN)
