@@ -63,12 +63,13 @@ class Operator:
         """Whether the session may see and change webhooks and registration hooks."""
         return at_least(self.account.role, Role.ADMIN)
 
-    def require(self, role: str) -> None:
+    def require(self, role: str, *, write: bool = True) -> None:
         """Forbidden (403) unless the session's role is at least ``role``; a read-only
-        session is told it is read-only, as the API tells a read-only key."""
+        session asked to change something (``write``) is told it is read-only, as the API
+        tells a read-only key (shared.http.require_role)."""
         if at_least(self.account.role, role):
             return
-        if self.read_only:
+        if self.read_only and write:
             raise Forbidden(
                 "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
             )
@@ -170,7 +171,7 @@ def page(template: str, *, role: str = Role.VIEWER) -> Callable[[PageHandler], R
         @functools.wraps(handler)
         async def answer(request: web.Request) -> web.StreamResponse:
             operator = await signed_in(request)
-            operator.require(role)
+            operator.require(role, write=False)
             return render(template, request, operator, await handler(request, operator))
 
         return answer
@@ -197,7 +198,7 @@ def action(
             form = await parsed_form(request) if read_form else None
             presented = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
             check_csrf(operator.csrf, presented if isinstance(presented, str) else None)
-            operator.require(role or (Role.OPERATOR if write else Role.VIEWER))
+            operator.require(role or (Role.OPERATOR if write else Role.VIEWER), write=write)
             try:
                 outcome = await handler(request, operator, form)
             except (Forbidden, Unauthorized):
