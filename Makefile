@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STACK  := deploy/local/stack.sh
 
-.PHONY: venv up down status demo test test-unit bench fuzz lint chaos compose-test agent-package agent-package-test
+.PHONY: venv up down status demo test test-unit bench fuzz lint chaos compose-test agent-package agent-package-test role-matrix
 
 venv: $(STAMP)
 
@@ -81,6 +81,11 @@ agent-package-test: venv
 	@$(STACK) infra-up
 	@agent/packaging/test-root.sh >/dev/null
 	@FLEETREG_AGENT_PACKAGE_TEST=1 $(PY) -m pytest tests/agent_package
+
+# docs/security.md's role x route matrix, from the OpenAPI documents' x-fleetreg-role
+# (tests/unit/test_role_matrix.py fails while it is stale).
+role-matrix: venv
+	@$(PY) deploy/tools/role_matrix.py
 
 lint: venv
 	@$(VENV)/bin/ruff check .

@@ -17,7 +17,8 @@ from shared.db.registrations import Hook
 from shared.domain import hooks, webhooks
 from shared.domain.accounts import Account
 from shared.domain.products import RegistrationKind
-from shared.errors import InvalidInput
+from shared.domain.roles import Role, at_least
+from shared.errors import Forbidden, InvalidInput
 from shared.settings import Secret
 
 
@@ -38,10 +39,26 @@ class HookChange:
         return not self.url_changes and self.timeout_ms is None and self.failure is None
 
 
+def require_hook_role(actor: Account, body: Mapping[str, Any]) -> None:
+    """Forbidden (403) naming the first hook field of ``body`` when ``actor`` is below admin:
+    a registration hook is an admin's (docs/security.md, "Roles"), as webhooks are: it sends
+    every claim to an outside address and decides who registers. An operator creates and
+    changes registrations without these fields."""
+    given = [name for name in hooks.HOOK_FIELDS if name in body]
+    if given and not at_least(actor.role, Role.ADMIN):
+        raise Forbidden(
+            f"{given[0]} needs the admin role (a registration hook is an admin's setting); "
+            f"the caller's role is {actor.role}",
+            field=given[0],
+            rule=f"role>={Role.ADMIN}",
+        )
+
+
 async def hook_change(
     body: Mapping[str, Any],
     registration_id: str,
     *,
+    actor: Account,
     secret_key: Secret,
     allow_private: bool,
     creation: bool = False,
@@ -49,9 +66,11 @@ async def hook_change(
     """The hook fields of ``body`` (``hook_url``: an http(s) URL under the webhooks' rules,
     its host's addresses checked as a webhook's, or null to remove the hook;
     ``hook_timeout_ms``: 50-10000; ``hook_failure``: closed or open). A URL gets a new
-    signing secret, sealed for ``registration_id``. InvalidInput naming the field; on a
-    ``creation``, rule ``required`` (field
+    signing secret, sealed for ``registration_id``. Forbidden (403) naming the field when
+    ``actor`` is below admin (:func:`require_hook_role`), before anything is checked;
+    InvalidInput naming the field; on a ``creation``, rule ``required`` (field
     ``hook_url``) for a timeout or policy without a URL, which would have no hook to set."""
+    require_hook_role(actor, body)
     timeout_ms = hooks.checked_timeout_ms(body["hook_timeout_ms"]) if "hook_timeout_ms" in body else None
     failure = hooks.checked_failure(body["hook_failure"]) if "hook_failure" in body else None
     if body.get("hook_url") is None:

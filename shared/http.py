@@ -452,16 +452,18 @@ async def account_for(
     rate = request.get(KEY_RATE) if request is not None else None
     if rate is not None:
         await rate(key)
-    require_role(account, role or (Role.OPERATOR if write else Role.VIEWER))
+    require_role(account, role or (Role.OPERATOR if write else Role.VIEWER), write=write)
     return account
 
 
-def require_role(account: Account, needed: str) -> None:
+def require_role(account: Account, needed: str, *, write: bool = True) -> None:
     """Forbidden (403) unless the caller's role is at least ``needed`` (``shared.domain.roles``),
-    naming both roles; a viewer (a read-only key) asked to change something is told so."""
+    naming both roles; a viewer (a read-only key) asked to change something (``write``) is
+    told it is read-only (rule ``scope=read-only``), and asked to read what is above it (a
+    webhook, say) is told the role it lacks, as any other role is (rule ``role>=<needed>``)."""
     if at_least(account.role, needed):
         return
-    if account.read_only:
+    if account.read_only and write:
         raise Forbidden(
             "this API key is read-only: it cannot change anything; use a full key",
             field="Authorization",

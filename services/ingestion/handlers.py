@@ -29,7 +29,7 @@ from shared.domain.identifiers import is_uuid
 from shared.domain.inputs import refuse_unknown_fields
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge
 from shared.events import BulkPublish, BulkPublished
-from shared.hook_settings import HookChange, hook_change, store_hook_change
+from shared.hook_settings import HookChange, hook_change, require_hook_role, store_hook_change
 from shared.hook_surface import HookCalls, HookTest, recent_calls, sample_call
 from shared.settings import Secret
 
@@ -198,11 +198,17 @@ def hook_query(query: Mapping[str, str]) -> dict[str, object]:
 
 
 async def _hook_change(
-    r: HookStore, fields: Mapping[str, object], registration_id: str, *, creation: bool = False
+    r: HookStore,
+    account: Account,
+    fields: Mapping[str, object],
+    registration_id: str,
+    *,
+    creation: bool = False,
 ) -> HookChange:
     return await hook_change(
         fields,
         registration_id,
+        actor=account,
         secret_key=r.secret_key,
         allow_private=r.hooks.allow_private,
         creation=creation,
@@ -222,7 +228,9 @@ async def ingest(
     this once); reject an invalid one whole (UploadRejected, 422, or 413 past the row
     limit), listing every bad row, with nothing of it left in the registry. InvalidInput
     (400) for a bad product ID, file name or hook setting (before a byte of the body is
-    read), PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES."""
+    read), PayloadTooLarge (413) past FLEETREG_BULK_MAX_BYTES; Forbidden (403) naming the
+    field for hook fields from a caller below admin, first."""
+    require_hook_role(account, hook_fields or {})
     pool, limits = r.pool, r.limits
     if not is_uuid(product_id):
         raise InvalidInput(
@@ -230,7 +238,7 @@ async def ingest(
         )
     shown_name = checked_file_name(file_name)
     new_id = str(uuid.uuid4())  # its hook's secret is sealed for it
-    hook = await _hook_change(r, hook_fields or {}, new_id, creation=True)
+    hook = await _hook_change(r, account, hook_fields or {}, new_id, creation=True)
     registration_id = await bulk.start_upload(
         pool, account.id, product_id, shown_name, registration_id=new_id, hook=hook.hook
     )
@@ -341,7 +349,7 @@ async def update_registration(
         raise InvalidInput(
             "a hook setting is required: " + ", ".join(HOOK_FIELDS), field="hook_url", rule="required"
         )
-    hook = await _hook_change(r, body, registration_id)
+    hook = await _hook_change(r, account, body, registration_id)
     await store_hook_change(r.pool, account, "bulk", registration_id, hook)
     return Changed(await bulk.get_bulk(r.pool, account.id, registration_id), hook.secret)
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.ingestion import handlers, uploads, views
 from services.ingestion.resources import RESOURCES
+from shared.domain.roles import Role, at_least
 from shared.errors import DomainError, InvalidInput, PayloadTooLarge, shortened
 from shared.events import BulkPublish
 from shared.http import authenticate, json_response, parse_json_body, path_id, query_params
@@ -83,19 +84,20 @@ async def list_all(request: web.Request) -> web.Response:
             rule="known_parameters",
         )
     found = await handlers.list_registrations(r.pool, account)
-    return json_response(views.registrations(found, masked=account.read_only))
+    return json_response(views.registrations(found, masked=not at_least(account.role, Role.ADMIN)))
 
 
 async def show(request: web.Request) -> web.Response:
     r = request.app[RESOURCES]
     account = await authenticate(request, r.pool, write=False)
     found = await handlers.registration(r.pool, account, path_id(request, "registration_id"))
-    return json_response(views.registration_detail(found, masked=account.read_only))
+    return json_response(views.registration_detail(found, masked=not at_least(account.role, Role.ADMIN)))
 
 
 async def update(request: web.Request) -> web.Response:
+    """An admin's: the change takes only the hook's settings (docs/security.md, "Roles")."""
     r = request.app[RESOURCES]
-    account = await authenticate(request, r.pool, write=True)
+    account = await authenticate(request, r.pool, role=Role.ADMIN)
     registration_id = path_id(request, "registration_id")
     body = await parse_json_body(request)
     changed = await handlers.update_registration(r, account, registration_id, body)
@@ -121,9 +123,9 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def try_hook(request: web.Request) -> web.Response:
-    """A read-only key may not test (POST: a write): the call is a signed request."""
+    """An admin's, as the hook is: the call is a signed request to its URL."""
     r = request.app[RESOURCES]
-    account = await authenticate(request, r.pool, write=True)
+    account = await authenticate(request, r.pool, role=Role.ADMIN)
     registration_id = path_id(request, "registration_id")
     body = await parse_json_body(request)
     tested = await handlers.try_hook(r, account, registration_id, body)
@@ -131,8 +133,9 @@ async def try_hook(request: web.Request) -> web.Response:
 
 
 async def list_hook_calls(request: web.Request) -> web.Response:
+    """An admin's, as the hook is: what the hook was asked and answered."""
     r = request.app[RESOURCES]
-    account = await authenticate(request, r.pool, write=False)
+    account = await authenticate(request, r.pool, role=Role.ADMIN)
     found = await handlers.hook_calls(
         r.pool, account, path_id(request, "registration_id"), query_params(request)
     )

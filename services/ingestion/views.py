@@ -15,7 +15,8 @@ CONFLICT_REASON = "hardware ID registered in the account between upload and publ
 
 def registration(found: BulkRegistration, *, masked: bool = False) -> dict[str, Any]:
     """A bulk registration with its hook's settings (the URL's scheme and host only when
-    ``masked``, for a read-only key, as the operator API shows an auto registration's)."""
+    ``masked``, for a key below admin, as the operator API shows an auto registration's:
+    the hook is an admin's, docs/security.md, "Roles")."""
     hook_url = found.hook_url
     return {
         "id": found.id,

@@ -133,7 +133,8 @@ async def test_who_may_test_and_list(
     key = await operator.call("POST", "/v1/api-keys", {"label": "ro", "read_only": True}, expect=201)
     reader = Operator(operator.session, operator.url, key["api_key"], operator.account_id)
     await reader.call("POST", _test_path(registration_id), expect=403)  # the call is signed: a write
-    await reader.call("GET", f"/v1/auto-registrations/{registration_id}/hook/calls", expect=200)
+    # The hook's calls are an admin's (docs/security.md, "Roles"), as the hook is.
+    await reader.call("GET", f"/v1/auto-registrations/{registration_id}/hook/calls", expect=403)
 
     stranger = await new_operator(session, pool, system.operator_url)
     await stranger.call("POST", _test_path(registration_id), expect=404)

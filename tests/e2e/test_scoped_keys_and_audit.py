@@ -1,8 +1,10 @@
 """Scoped API keys and the operator audit trail, through the running services.
 
-A read-only key is refused (403) on every state-changing operation either API documents
-(the list is read from the served OpenAPI documents, so an operation added later is
-covered without editing this test), changes nothing, and never sees a code. The audit
+A read-only key (the viewer role) is refused (403) on every operation either API documents
+above a viewer's (``x-fleetreg-role``: every state-changing one but making a key of its own
+role; the list is read from the served OpenAPI documents, so an operation added later is
+covered without editing this test), changes nothing, and never sees a code. Every role
+against every route: tests/e2e/test_role_matrix.py. The audit
 trail records each change once with the key that made it, and only for its account."""
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 
 
 async def _operations(session: aiohttp.ClientSession, url: str) -> list[tuple[str, str]]:
+    """The state-changing operations above a viewer's role."""
     async with session.get(f"{url}/openapi.yaml") as response:
         document = yaml.safe_load(await response.text())
     return [
         (method.upper(), path)
         for path, item in document["paths"].items()
-        for method in item
-        if method in WRITE_METHODS
+        for method, operation in item.items()
+        if method in WRITE_METHODS and operation.get("x-fleetreg-role") != "viewer"
     ]
 
 

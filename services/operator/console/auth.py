@@ -7,6 +7,9 @@
   Sheet, "Synchronizer Token Pattern"), and, when the browser sends ``Origin``, our own host.
   A read-only session may submit no form that changes anything (403), as a read-only API
   key may call no such route.
+- Both take a ``role``: the least role a page or form needs (docs/security.md, "Roles"), as
+  the API's routes do (the webhook pages and the hook forms: admin); a session's role is its
+  key's. By default a page is a viewer's and a form an operator's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from multidict import MultiDictProxy
 from services.operator.resources import RESOURCES, Resources
 from shared.db import accounts
 from shared.domain.accounts import Account
+from shared.domain.roles import Role, at_least
 from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 from shared.throttle import THROTTLE
 
@@ -53,6 +57,25 @@ class Operator:
     @property
     def read_only(self) -> bool:
         return self.account.read_only
+
+    @property
+    def admin(self) -> bool:
+        """Whether the session may see and change webhooks and registration hooks."""
+        return at_least(self.account.role, Role.ADMIN)
+
+    def require(self, role: str, *, write: bool = True) -> None:
+        """Forbidden (403) unless the session's role is at least ``role``; a read-only
+        session asked to change something (``write``) is told it is read-only, as the API
+        tells a read-only key (shared.http.require_role)."""
+        if at_least(self.account.role, role):
+            return
+        if self.read_only and write:
+            raise Forbidden(
+                "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
+            )
+        raise Forbidden(
+            f"this needs the {role} role; this session's role is {self.account.role}", rule=f"role>={role}"
+        )
 
 
 def resources(request: web.Request) -> Resources:
@@ -140,13 +163,15 @@ def render(
     return response
 
 
-def page(template: str) -> Callable[[PageHandler], Route]:
-    """A GET page of a signed-in operator: the handler returns the template's context."""
+def page(template: str, *, role: str = Role.VIEWER) -> Callable[[PageHandler], Route]:
+    """A GET page of a signed-in operator whose role is at least ``role`` (403 otherwise):
+    the handler returns the template's context."""
 
     def decorate(handler: PageHandler) -> Route:
         @functools.wraps(handler)
         async def answer(request: web.Request) -> web.StreamResponse:
             operator = await signed_in(request)
+            operator.require(role, write=False)
             return render(template, request, operator, await handler(request, operator))
 
         return answer
@@ -154,10 +179,13 @@ def page(template: str) -> Callable[[PageHandler], Route]:
     return decorate
 
 
-def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHandler], Route]:
+def action(
+    *, write: bool = True, read_form: bool = True, role: str | None = None
+) -> Callable[[ActionHandler], Route]:
     """A form post of a signed-in operator. Checks origin and CSRF token (from the form, or
-    the ``X-CSRF-Token`` header when ``read_form`` is False: a streamed upload) and, for a
-    ``write``, that the session may change things. The handler gets the parsed form (or
+    the ``X-CSRF-Token`` header when ``read_form`` is False: a streamed upload) and the
+    session's role: at least ``role``, by default operator for a ``write`` (a read-only
+    session changes nothing) and viewer otherwise. The handler gets the parsed form (or
     None) and returns where to go next (303 See Other), or a response of its own. A
     domain error (invalid input, not found, conflict) is flashed on the page the form came
     from."""
@@ -170,10 +198,7 @@ def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHan
             form = await parsed_form(request) if read_form else None
             presented = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
             check_csrf(operator.csrf, presented if isinstance(presented, str) else None)
-            if write and operator.read_only:
-                raise Forbidden(
-                    "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
-                )
+            operator.require(role or (Role.OPERATOR if write else Role.VIEWER), write=write)
             try:
                 outcome = await handler(request, operator, form)
             except (Forbidden, Unauthorized):

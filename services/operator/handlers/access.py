@@ -14,9 +14,9 @@ from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
-from shared.domain.roles import KEY_ROLES, Role, parse_role
+from shared.domain.roles import KEY_ROLES, Role, at_least, parse_role
 from shared.domain.uploaded_ca import checked_upload
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 from shared.settings import Secret
 
 
@@ -61,7 +61,26 @@ async def create_api_key(
 
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
+    """Revoke one of the account's active keys (NotFound otherwise). An admin (or owner)
+    revokes any; an operator only a key of its own (the same person's, or the same service
+    account's) of a role not above its own: others' keys are an admin's to manage
+    (Forbidden, 403). Checked against the key as listed, then revoked by ID."""
+    if not at_least(account.role, Role.ADMIN):
+        found = next((k for k in await accounts.list_api_keys(pool, account.id) if k.id == key_id), None)
+        if found is not None and found.revoked_at is None and not _own_key(account, found):
+            raise Forbidden(
+                f"a {account.role} revokes only its own keys of its role or lower; this key "
+                f"({found.role}) is an admin's to revoke",
+                field="key_id",
+                rule=f"role>={Role.ADMIN}",
+            )
     await accounts.revoke_api_key(pool, account, key_id)
+
+
+def _own_key(actor: Account, key: ApiKey) -> bool:
+    same_person = key.user_email is not None and key.user_email == actor.user_email
+    same_service = key.service_account is not None and key.service_account == actor.service_account
+    return (same_person or same_service) and at_least(actor.role, key.role)
 
 
 async def issuing_ca(pool: Pool, secret_key: Secret, account: Account) -> IssuingCa:

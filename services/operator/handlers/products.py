@@ -24,7 +24,7 @@ from shared.domain.products import (
     validate_service_change,
 )
 from shared.errors import InvalidInput, shortened
-from shared.hook_settings import hook_change, store_hook_change
+from shared.hook_settings import hook_change, require_hook_role, store_hook_change
 from shared.settings import Secret
 
 AUTO: RegistrationKind = "auto"
@@ -106,7 +106,9 @@ async def create_auto_registration(
     ``hook_url``, ``hook_timeout_ms``, ``hook_failure``); for ``derived_key``, two new
     256-bit group keys, and for a hook its signing secret, sealed at rest with
     ``secret_key`` (FLEETREG_SECRET_KEY) and returned in the clear this once.
-    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address."""
+    ``allow_private``: FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS, for the hook's address.
+    Forbidden (403) naming the field for hook fields from a caller below admin, first."""
+    require_hook_role(account, body)
     product_id = body.get("product_id")
     if not isinstance(product_id, str) or not product_id:
         raise InvalidInput("product_id is required", field="product_id", rule="required")
@@ -118,7 +120,9 @@ async def create_auto_registration(
     attestation_mode = attestation_of(body.get("attestation"))
     hardware_id_from = hardware_id_from_of(body, attestation_mode)
     new_id = str(uuid.uuid4())
-    hook = await hook_change(body, new_id, secret_key=secret_key, allow_private=allow_private, creation=True)
+    hook = await hook_change(
+        body, new_id, actor=account, secret_key=secret_key, allow_private=allow_private, creation=True
+    )
     if attestation_mode == "derived_key":
         box = derived_keys.GroupKeyBox(secret_key.reveal().encode())
         issued = {slot: derived_keys.new_group_key() for slot in derived_keys.KEY_SLOTS}
@@ -229,7 +233,9 @@ async def update_auto_registration(
     if not body:
         raise InvalidInput("max_devices or a hook setting is required", field="max_devices", rule="required")
     max_devices = max_devices_of(body["max_devices"]) if "max_devices" in body else None
-    hook = await hook_change(body, registration_id, secret_key=secret_key, allow_private=allow_private)
+    hook = await hook_change(
+        body, registration_id, actor=account, secret_key=secret_key, allow_private=allow_private
+    )
     # The hook first: it may still be refused (a timeout or policy without a hook), and a
     # refused call must leave the quota as it was.
     await store_hook_change(pool, account, AUTO, registration_id, hook)

@@ -23,7 +23,8 @@ async def list_keys(request: web.Request, account: Account) -> Json:
     return views.api_keys(await handlers.list_api_keys(resources(request).pool, account))
 
 
-@authed(status=201)
+# Any role may make keys: of its own role or lower (the check is the handler's).
+@authed(status=201, role=Role.VIEWER)
 async def create_key(request: web.Request, account: Account) -> Json:
     body = await parse_json_body(request)
     r = resources(request)
@@ -46,7 +47,7 @@ async def issuing_ca(request: web.Request, account: Account) -> Json:
     return views.issuing_ca(await handlers.issuing_ca(r.pool, r.settings.secret_key, account))
 
 
-@authed()
+@authed(role=Role.ADMIN)
 async def upload_issuing_ca(request: web.Request, account: Account) -> Json:
     body = await parse_json_body(request)
     r = resources(request)

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from services.operator.resources import RESOURCES, Resources
 from shared import http
+from shared.domain.accounts import Account
+from shared.domain.roles import Role, at_least
 
 
 def resources(request: web.Request) -> Resources:
@@ -19,8 +21,15 @@ def authed(
     status: int = 200, *, write: bool | None = None, role: str | None = None
 ) -> Callable[[http.AuthedRoute], http.Route]:
     """A route of an account (shared.http.authed): the request's API key names it (401
-    otherwise); a read-only key may call only GET routes (403 otherwise: every other method
-    changes state, unless ``write`` says otherwise), and a route of ``role`` (admin: people,
-    service accounts) refuses a caller below it (403); the view the route returns is answered
-    as JSON with ``status``."""
+    otherwise); the key's role must be at least ``role`` (403 otherwise), by default viewer
+    for a GET route and operator for every other method (they change state, unless ``write``
+    says otherwise). ``role`` is the route's OpenAPI ``x-fleetreg-role`` (docs/security.md,
+    "Roles"). The view the route returns is answered as JSON with ``status``."""
     return http.authed(lambda request: request.app[RESOURCES].pool, status=status, write=write, role=role)
+
+
+def hook_masked(account: Account) -> bool:
+    """Whether a registration hook's URL is shown as its scheme and host only: below admin,
+    as the hook is an admin's (docs/security.md, "Roles"; a path or query often carries the
+    receiver's token)."""
+    return not at_least(account.role, Role.ADMIN)

@@ -10,12 +10,14 @@ from services.operator.routes.common import authed, resources
 from services.operator.views import hooks as views
 from services.operator.views.common import Json
 from shared.domain.accounts import Account
+from shared.domain.roles import Role
 from shared.http import parse_json_body, path_id, query_params
 
 
-@authed()
+# A hook is an admin's, its calls too (docs/security.md, "Roles"): the test is a signed
+# request to its URL, and the calls show what the hook was asked and answered.
+@authed(role=Role.ADMIN)
 async def try_auto_hook(request: web.Request, account: Account) -> Json:
-    """A read-only key may not test (POST: a write): the call is a signed request."""
     r = resources(request)
     registration_id = path_id(request, "registration_id")
     body = await parse_json_body(request)
@@ -25,7 +27,7 @@ async def try_auto_hook(request: web.Request, account: Account) -> Json:
     return views.hook_test(tested)
 
 
-@authed()
+@authed(role=Role.ADMIN)
 async def list_auto_hook_calls(request: web.Request, account: Account) -> Json:
     registration_id = path_id(request, "registration_id")
     found = await handlers.recent_calls(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.operator.handlers import products as handlers
-from services.operator.routes.common import authed, resources
+from services.operator.routes.common import authed, hook_masked, resources
 from services.operator.views import products as views
 from services.operator.views.common import Json
 from shared.domain.accounts import Account
@@ -85,13 +85,15 @@ async def create_auto(request: web.Request, account: Account) -> Json:
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
     )
-    return views.issued_auto_registration(issued, masked=account.read_only)
+    return views.issued_auto_registration(issued, masked=account.read_only, hook_masked=hook_masked(account))
 
 
 @authed()
 async def list_auto(request: web.Request, account: Account) -> Json:
     return views.auto_registrations(
-        await handlers.list_auto_registrations(resources(request).pool, account), masked=account.read_only
+        await handlers.list_auto_registrations(resources(request).pool, account),
+        masked=account.read_only,
+        hook_masked=hook_masked(account),
     )
 
 
@@ -101,6 +103,7 @@ async def get_auto(request: web.Request, account: Account) -> Json:
     return views.auto_registration(
         await handlers.get_auto_registration(resources(request).pool, account, registration_id),
         masked=account.read_only,
+        hook_masked=hook_masked(account),
     )
 
 
@@ -117,7 +120,7 @@ async def update_auto(request: web.Request, account: Account) -> Json:
         secret_key=r.settings.secret_key,
         allow_private=r.settings.webhooks_allow_private_urls,
     )
-    return views.issued_auto_registration(issued, masked=account.read_only)
+    return views.issued_auto_registration(issued, masked=account.read_only, hook_masked=hook_masked(account))
 
 
 async def _change_auto(request: web.Request, account: Account, action: handlers.AutoAction) -> Json:
@@ -125,6 +128,7 @@ async def _change_auto(request: web.Request, account: Account, action: handlers.
     return views.auto_registration(
         await handlers.change_auto_registration(resources(request).pool, account, registration_id, action),
         masked=account.read_only,
+        hook_masked=hook_masked(account),
     )
 
 

@@ -57,10 +57,12 @@ def products(found: list[Product], *, masked: bool = False) -> Json:
 # ---------------------------------------------------------------- auto registrations
 
 
-def auto_registration(found: Registration, *, masked: bool = False) -> Json:
+def auto_registration(found: Registration, *, masked: bool = False, hook_masked: bool | None = None) -> Json:
     """An auto registration with its product's current code (MASKED when ``masked``) and its
-    hook's settings (the URL without path and query when ``masked``, as a webhook's)."""
+    hook's settings (the URL without path and query when ``hook_masked``, by default
+    ``masked``, as a webhook's: the hook is an admin's, docs/security.md, "Roles")."""
     code = found.bulk_identification_code
+    hook_masked = masked if hook_masked is None else hook_masked
     return {
         "id": found.id,
         "product_id": found.product_id,
@@ -70,7 +72,7 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
         "max_devices": found.max_devices,
         "attestation": found.attestation,
         **({"hardware_id_from": found.hardware_id_from} if found.attestation == "x509" else {}),
-        "hook_url": masked_url(found.hook_url) if masked and found.hook_url else found.hook_url,
+        "hook_url": masked_url(found.hook_url) if hook_masked and found.hook_url else found.hook_url,
         "hook_timeout_ms": found.hook_timeout_ms,
         "hook_failure": found.hook_failure,
         "device_count": found.device_count,
@@ -79,15 +81,21 @@ def auto_registration(found: Registration, *, masked: bool = False) -> Json:
     }
 
 
-def auto_registrations(found: list[Registration], *, masked: bool = False) -> Json:
-    return {"auto_registrations": [auto_registration(r, masked=masked) for r in found]}
+def auto_registrations(
+    found: list[Registration], *, masked: bool = False, hook_masked: bool | None = None
+) -> Json:
+    return {
+        "auto_registrations": [auto_registration(r, masked=masked, hook_masked=hook_masked) for r in found]
+    }
 
 
-def issued_auto_registration(issued: IssuedAutoRegistration, *, masked: bool = False) -> Json:
+def issued_auto_registration(
+    issued: IssuedAutoRegistration, *, masked: bool = False, hook_masked: bool | None = None
+) -> Json:
     """An auto registration as created or changed: for derived_key, the new group keys
     (``primary_key``, ``secondary_key``, base64), and a new hook's signing secret
     (``hook_secret``, ``whsec_...``), shown this once."""
-    shown = auto_registration(issued.registration, masked=masked)
+    shown = auto_registration(issued.registration, masked=masked, hook_masked=hook_masked)
     for slot, group_key in issued.group_keys.items():
         shown[f"{slot}_key"] = group_key
     if issued.hook_secret:

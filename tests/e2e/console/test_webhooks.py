@@ -137,29 +137,32 @@ async def test_another_accounts_webhook_is_not_found(console: Console, other_ope
     assert [w["id"] for w in still["webhooks"]] == [theirs["id"]]
 
 
-async def test_a_read_only_session_cannot_create_or_delete_and_sees_no_secret(
-    new_console: NewConsole, operator: Operator
+@pytest.mark.parametrize("role", ["viewer", "operator"])
+async def test_below_admin_a_session_sees_no_webhook_and_may_not_change_one(
+    new_console: NewConsole, operator: Operator, role: str
 ) -> None:
+    """Webhooks are an admin's, every page and form (docs/security.md, "Roles"), as the
+    API's webhook routes are: their URLs often carry the receiver's token."""
     created = await operator.call(
         "POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/ours", "events": ["device.offline"]}, expect=201
     )
-    key = await operator.call("POST", "/v1/api-keys", {"label": "ro", "read_only": True}, expect=201)
+    key = await operator.call("POST", "/v1/api-keys", {"label": role, "role": role}, expect=201)
     console = await new_console(operator)
     await console.sign_in(key["api_key"])
     page = console.page
 
-    await console.open("/console/webhooks")
-    # the URL's scheme and host only, as the API shows it to a read-only key
-    await expect(page.get_by_role("link", name="http://127.0.0.1:9/********", exact=True)).to_be_visible()
-    assert "/ours" not in await page.locator("main").inner_text()
-    await expect(page.get_by_role("button", name="Create webhook")).to_have_count(0)
-    await expect(page.get_by_role("link", name="Delete the webhook to")).to_have_count(0)
-    await console.check_accessibility()
-    await console.open(f"/console/webhooks/{created['id']}")
-    await expect(page.get_by_role("heading", name="Webhook to http://127.0.0.1:9/********")).to_be_visible()
-    assert "/ours" not in await page.locator("main").inner_text()
-    await expect(page.locator("main").get_by_role("link", name="Delete…")).to_have_count(0)
-    assert created["secret"] not in await page.content()
+    await console.open("/console/")
+    await expect(page.get_by_role("link", name="Webhooks")).to_have_count(0)
+    for path in (
+        "/console/webhooks",
+        f"/console/webhooks/{created['id']}",
+        f"/console/webhooks/{created['id']}/delete",
+    ):
+        answer = await page.goto(console.url + path)
+        assert answer is not None and answer.status == 403, path
+        assert "127.0.0.1:9" not in await page.content()
+        assert created["secret"] not in await page.content()
+    await console.open("/console/")
     await console.check_accessibility()
 
     csrf = await console.csrf()
@@ -168,12 +171,11 @@ async def test_a_read_only_session_cannot_create_or_delete_and_sees_no_secret(
         form={"csrf_token": csrf, "url": "http://127.0.0.1:9/x", "events": "device.offline"},
     )
     assert refused.status == 403
-    refused = await page.context.request.post(
-        f"{console.url}/console/webhooks/{created['id']}/delete", form={"csrf_token": csrf}
-    )
-    assert refused.status == 403
-    answer = await page.goto(f"{console.url}/console/webhooks/{created['id']}/delete")
-    assert answer is not None and answer.status == 403
+    for action in ("delete", "enable"):
+        refused = await page.context.request.post(
+            f"{console.url}/console/webhooks/{created['id']}/{action}", form={"csrf_token": csrf}
+        )
+        assert refused.status == 403, action
     listed = await operator.call("GET", "/v1/webhooks", expect=200)
     assert [w["id"] for w in listed["webhooks"]] == [created["id"]]
 

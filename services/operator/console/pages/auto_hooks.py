@@ -1,9 +1,9 @@
 """An auto registration's hook on its page (docs/registration-hook.md, "Operator surface"):
 set or change it (URL, timeout, failure policy), remove it, and test it with a sample
-request. Each form redirects back to the registration's page (pages/auto_registrations.py),
-which shows a new signing secret once and the test's result once (console/shown_once.py)
-above the hook's recent calls. The forms are a bulk registration's too
-(console/hook_forms.py; pages/bulk_hooks.py)."""
+request: an admin's, every form (docs/security.md, "Roles"). Each form redirects back to the
+registration's page (pages/auto_registrations.py), which shows a new signing secret once and
+the test's result once (console/shown_once.py) above the hook's recent calls. The forms are a
+bulk registration's too (console/hook_forms.py; pages/bulk_hooks.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.operator.console.hook_forms import HOOK_REMOVED, hold_test, hook_c
 from services.operator.handlers import hooks as handlers
 from services.operator.handlers import products
 from services.operator.views import hooks as views
+from shared.domain.roles import Role
 from shared.http import path_id
 
 
@@ -22,7 +23,7 @@ def _back(registration_id: str) -> str:
     return f"/console/auto-registrations/{registration_id}#hook"
 
 
-@action()
+@action(role=Role.ADMIN)
 async def set_hook(request: web.Request, operator: Operator, form: Form) -> str:
     """Set or change the hook: a new URL (or the same one with ``new_secret`` ticked) gets
     a new signing secret, shown once; the timeout and the policy alone keep the secret."""
@@ -41,7 +42,7 @@ async def set_hook(request: web.Request, operator: Operator, form: Form) -> str:
     return _back(registration_id)
 
 
-@action()
+@action(role=Role.ADMIN)
 async def remove_hook(request: web.Request, operator: Operator, form: Form) -> str:
     registration_id = path_id(request, "registration_id")
     r = resources(request)
@@ -52,7 +53,7 @@ async def remove_hook(request: web.Request, operator: Operator, form: Form) -> s
     return _back(registration_id)
 
 
-@action()
+@action(role=Role.ADMIN)
 async def try_hook(request: web.Request, operator: Operator, form: Form) -> str:
     """One real call with a sample request (the ``hardware_id`` field, SAMPLE-0001 when
     empty); its result is shown once on the registration's page."""

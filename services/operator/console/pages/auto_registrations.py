@@ -135,30 +135,30 @@ async def _auto_context(
         if found.attestation == "x509"
         else []
     )
-    calls = await hooks.recent_calls(
-        pool, operator.account, registration_id, {"limit": str(HOOK_CALLS_SHOWN)}
-    )
-    hook = {
-        "id": registration_id,
-        "hook_url": found.hook_url,
-        "hook_timeout_ms": found.hook_timeout_ms,
-        "hook_failure": found.hook_failure,
-    }
     return {
         "cas": attestation_views.cas(cas)["cas"],
         "registration": views.auto_registration(found, masked=not shown),
-        "hook": hook_section(
-            request,
-            operator,
-            base=f"/console/auto-registrations/{registration_id}",
-            registration=hook,
-            calls=hook_views.hook_calls(calls)["calls"],
-            cli="fleetreg auto",
-        ),
+        "hook": await _hook(request, operator, views.auto_registration(found)) if operator.admin else None,
         "product": views.product(product, masked=True),
         "revealed": shown and found.bulk_identification_code is not None,
         "group_keys": {},  # only in the answer of a creation or a key's rotation (_with_keys)
     }
+
+
+async def _hook(request: web.Request, operator: Operator, shown: dict[str, Any]) -> dict[str, Any]:
+    """The hook's section of the registration ``shown`` unmasked (its ID and hook settings),
+    an admin's only (docs/security.md, "Roles"), with its recent calls."""
+    calls = await hooks.recent_calls(
+        resources(request).pool, operator.account, shown["id"], {"limit": str(HOOK_CALLS_SHOWN)}
+    )
+    return hook_section(
+        request,
+        operator,
+        base=f"/console/auto-registrations/{shown['id']}",
+        registration=shown,
+        calls=hook_views.hook_calls(calls)["calls"],
+        cli="fleetreg auto",
+    )
 
 
 @page("auto_registration.html")

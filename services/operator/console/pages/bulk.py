@@ -69,16 +69,20 @@ async def _show(api: BulkApi, registration_id: str) -> dict[str, Any]:
 
 @page("bulk_show.html")
 async def show(request: web.Request, operator: Operator) -> Context:
-    """The registration, its publishing, and its hook (console/hook_forms.py; the hook's
-    forms are pages/bulk_hooks.py's) with its recent calls."""
+    """The registration, its publishing, and, for an admin, its hook (console/hook_forms.py;
+    the hook's forms are pages/bulk_hooks.py's) with its recent calls."""
     r = resources(request)
     api = bulk_api(r, operator)
     registration_id = _registration_id(request)
     found = await _show(api, registration_id)
-    calls = await api.hook_calls(registration_id, HOOK_CALLS_SHOWN)
     products = await handlers.list_products(r.pool, operator.account)
-    base = f"{BASE}/{registration_id}"
-    hook = hook_section(request, operator, base=base, registration=found, calls=calls, cli="fleetreg bulk")
+    hook = None  # the hook's section is an admin's (docs/security.md, "Roles")
+    if operator.admin:
+        calls = await api.hook_calls(registration_id, HOOK_CALLS_SHOWN)
+        base = f"{BASE}/{registration_id}"
+        hook = hook_section(
+            request, operator, base=base, registration=found, calls=calls, cli="fleetreg bulk"
+        )
     return {"b": found, "product_names": {p.id: p.name for p in products}, "hook": hook}
 
 

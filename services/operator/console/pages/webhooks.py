@@ -1,5 +1,6 @@
 """Webhooks: list, create (the signing secret shown once), delete (with a confirmation
-step), enable one the notifier disabled, and a webhook's recent deliveries.
+step), enable one the notifier disabled, and a webhook's recent deliveries: an admin's, every
+page and form (docs/security.md, "Roles"), as the API's webhook routes are.
 
 The secret exists in clear only in the create call's answer (handlers.create_webhook).
 The console redirects after the form (so a reload never creates a second webhook) and
@@ -17,8 +18,9 @@ from aiohttp import web
 from services.operator.console.auth import Context, Operator, action, flash, page, resources
 from services.operator.handlers import webhooks as handlers
 from services.operator.views import webhooks as views
+from shared.domain.roles import Role
 from shared.domain.webhooks import EVENT_TYPES, SecretBox
-from shared.errors import Forbidden, InvalidInput, NotFound
+from shared.errors import InvalidInput, NotFound
 from shared.http import path_id
 
 # What the session holds between creating a webhook and showing its secret.
@@ -32,7 +34,7 @@ def _box(request: web.Request) -> SecretBox:
     return SecretBox(key, CONSOLE_WEBHOOK_SECRETS)
 
 
-@page("webhooks.html")
+@page("webhooks.html", role=Role.ADMIN)
 async def list_webhooks(request: web.Request, operator: Operator) -> Context:
     """``GET /console/webhooks``: the account's webhooks and, for a writer, the form. A
     read-only session sees each URL's scheme and host only, as the API shows it (a path
@@ -42,7 +44,7 @@ async def list_webhooks(request: web.Request, operator: Operator) -> Context:
     return {"webhooks": shown["webhooks"], "event_types": EVENT_TYPES}
 
 
-@action(write=True)
+@action(role=Role.ADMIN)
 async def create_webhook(request: web.Request, operator: Operator, form: Any) -> str:
     """``POST /console/webhooks``: ``url`` and ``events`` (checkboxes) as the API takes
     them; a refusal is flashed on the list. Off to the new webhook's page, which shows
@@ -84,7 +86,7 @@ def _secret_once(request: web.Request, operator: Operator, webhook_id: str) -> s
         return None  # sealed under a rotated FLEETREG_SECRET_KEY: the secret is lost, as documented
 
 
-@page("webhook.html")
+@page("webhook.html", role=Role.ADMIN)
 async def show_webhook(request: web.Request, operator: Operator) -> Context:
     """``GET /console/webhooks/{id}``: the webhook and its newest deliveries (another
     account's webhook: 404)."""
@@ -106,19 +108,15 @@ async def show_webhook(request: web.Request, operator: Operator) -> Context:
     }
 
 
-@page("webhook_delete.html")
+@page("webhook_delete.html", role=Role.ADMIN)
 async def confirm_delete(request: web.Request, operator: Operator) -> Context:
     """``GET /console/webhooks/{id}/delete``: the confirmation step (works without JS)."""
-    if operator.read_only:
-        raise Forbidden(
-            "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
-        )
     webhook_id = path_id(request, "webhook_id")
     found = await handlers.get_webhook(resources(request).pool, operator.account, webhook_id)
     return {"webhook": views.webhook(found)}
 
 
-@action(write=True)
+@action(role=Role.ADMIN)
 async def delete_webhook(request: web.Request, operator: Operator, form: Any) -> str:
     """``POST /console/webhooks/{id}/delete``: deletes it; back to the list."""
     try:
@@ -132,7 +130,7 @@ async def delete_webhook(request: web.Request, operator: Operator, form: Any) ->
     return "/console/webhooks"
 
 
-@action(write=True)
+@action(role=Role.ADMIN)
 async def enable_webhook(request: web.Request, operator: Operator, form: Any) -> str:
     """``POST /console/webhooks/{id}/enable``: enables a webhook the notifier disabled;
     back to its page."""
