@@ -47,7 +47,7 @@ async def test_an_admin_sets_changes_and_removes_it_and_the_secret_never_shows(
     offsets = {path: path.stat().st_size for path in LOGS.glob("*.log")}
     domain = f"{uuid.uuid4().hex[:8]}.example"
 
-    created = await operator.call("PUT", "/v1/sso", _body(domain), expect=201)
+    created = await operator.call("PUT", "/v1/sso", _body(domain), expect=200)
     kept = await operator.call(
         "PUT",
         "/v1/sso",
@@ -76,7 +76,7 @@ async def test_below_admin_it_is_refused_and_a_domain_is_one_accounts(
     system: System, operator: Operator, pool: Pool
 ) -> None:
     domain = f"{uuid.uuid4().hex[:8]}.example"
-    await operator.call("PUT", "/v1/sso", _body(domain), expect=201)
+    await operator.call("PUT", "/v1/sso", _body(domain), expect=200)
     for role in ("operator", "viewer"):
         below = await _keyed(operator, role)
         for method, body in (("GET", None), ("PUT", _body(domain)), ("DELETE", None)):

@@ -14,7 +14,17 @@ from services.ingestion import routes as ingestion_routes
 from services.intake import routes
 from services.intake.compat import routes as compat_routes
 from services.operator import routes as operator_routes
-from services.operator.routes import access, attestation, devices, hooks, products, trail, users, webhooks
+from services.operator.routes import (
+    access,
+    attestation,
+    devices,
+    hooks,
+    products,
+    sso,
+    trail,
+    users,
+    webhooks,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,7 +35,7 @@ from services.operator.routes import access, attestation, devices, hooks, produc
         # The operator's routes are by area, each module with its own ROUTES.
         *(
             (area, area.ROUTES)
-            for area in (access, products, hooks, attestation, devices, trail, webhooks, users)
+            for area in (access, products, hooks, attestation, devices, trail, webhooks, users, sso)
         ),
         (ingestion_routes, ingestion_routes.ROUTES),
     ],
@@ -41,7 +51,7 @@ def test_every_route_is_a_top_level_coroutine_of_its_module(
 
 
 def test_the_operator_serves_every_area_s_routes_and_its_document() -> None:
-    areas = (access, products, hooks, attestation, devices, trail, webhooks, users)
+    areas = (access, products, hooks, attestation, devices, trail, webhooks, users, sso)
     assert areas == operator_routes.AREAS
     assert [
         web.get("/openapi.yaml", operator_routes.openapi),

@@ -62,9 +62,10 @@ async def create_api_key(
 
 async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
     """Revoke one of the account's active keys (NotFound otherwise). An admin (or owner)
-    revokes any; an operator only a key of its own (the same person's, or the same service
-    account's) of a role not above its own: others' keys are an admin's to manage
-    (Forbidden, 403). Checked against the key as listed, then revoked by ID."""
+    revokes any; below admin (a viewer too: a leaked dashboard key is ended by its holder)
+    only a key of its own (the same person's, or the same service account's) of a role not
+    above its own: others' keys are an admin's to manage (Forbidden, 403). Checked against
+    the key as listed, then revoked by ID."""
     if not at_least(account.role, Role.ADMIN):
         found = next((k for k in await accounts.list_api_keys(pool, account.id) if k.id == key_id), None)
         if found is not None and found.revoked_at is None and not _own_key(account, found):

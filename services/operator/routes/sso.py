@@ -11,7 +11,7 @@ from services.operator.views import sso as views
 from services.operator.views.common import Json
 from shared.domain.accounts import Account
 from shared.domain.roles import Role
-from shared.http import json_response, parse_json_body
+from shared.http import parse_json_body
 
 # Where the provider sends the browser back (the console's callback), registered there.
 CALLBACK_PATH = "/console/sso/callback"
@@ -30,13 +30,11 @@ async def show_sso(request: web.Request, account: Account) -> Json:
 
 
 @authed(role=Role.ADMIN)
-async def configure_sso(request: web.Request, account: Account) -> web.Response:
+async def configure_sso(request: web.Request, account: Account) -> Json:
     body = await parse_json_body(request)
     r = resources(request)
-    found, created = await handlers.configure_sso(r.pool, r.settings.secret_key, account, body)
-    return json_response(
-        views.sso(found, redirect_uri=_redirect_uri(request)), status=201 if created else 200
-    )
+    found, _ = await handlers.configure_sso(r.pool, r.settings.secret_key, account, body)
+    return views.sso(found, redirect_uri=_redirect_uri(request))
 
 
 @authed(role=Role.ADMIN)
