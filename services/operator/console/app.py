@@ -22,6 +22,7 @@ from services.operator.console import filters
 from services.operator.console.auth import Operator, SignInRequired, render, sign_in_location, signed_in
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
+    account,
     attestation_cas,
     auto_hooks,
     auto_registrations,
@@ -30,7 +31,9 @@ from services.operator.console.pages import (
     bulk_upload,
     devices,
     live,
+    people_signin,
     products,
+    reauth,
     signin,
     webhooks,
 )
@@ -189,6 +192,9 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     # The upload's routes first: ``rejections/...`` is no registration ID.
     for pages in (
         signin,
+        people_signin,
+        reauth,
+        account,
         products,
         auto_registrations,
         auto_hooks,

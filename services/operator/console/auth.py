@@ -16,6 +16,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,8 +26,9 @@ from aiohttp.web_request import FileField
 from aiohttp_session import Session, get_session
 from multidict import MultiDictProxy
 
+from services.operator.console.sessions import throttle_identity
 from services.operator.resources import RESOURCES, Resources
-from shared.db import accounts
+from shared.db import accounts, people_sessions
 from shared.domain.accounts import Account
 from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 from shared.throttle import THROTTLE
@@ -35,6 +37,10 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # The request was counted against its session's key (an error page asks who is signed in again).
 KEY_COUNTED = web.RequestKey("console_key_counted", bool)
+# The most sensitive actions need the person to have proved who they are this recently.
+REAUTH_SECONDS = 300
+# When the person of the request's session last proved who they are (None: a key's session).
+AUTHENTICATED_AT = web.RequestKey("console_authenticated_at", datetime)
 
 
 class SignInRequired(Unauthorized):
@@ -60,23 +66,35 @@ def resources(request: web.Request) -> Resources:
 
 
 async def signed_in(request: web.Request) -> Operator:
-    """The signed-in operator (SignInRequired otherwise). The key is checked on every
-    request: revoking it ends its console sessions at once. Each call counts one request
-    of the session's key against ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past
-    it), as the key's own API calls do: a session is no way around its key's rate."""
+    """The signed-in operator (SignInRequired otherwise). The session's credential, a key
+    or a person, is checked on every request: revoking the key, removing the person or
+    ending the session ends it at once, and a person acts with their current role. Each
+    call counts one request of the session's key (or person) against
+    ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past it), as the key's own API
+    calls do: a session is no way around its key's rate."""
     session = await get_session(request)
-    key_id = session.get("key_id")
-    if not isinstance(key_id, str):
-        raise SignInRequired("sign in with an API key first", field="session")
+    identity = throttle_identity(session)
+    if identity is None:
+        raise SignInRequired("sign in first", field="session")
     throttle = request.config_dict.get(THROTTLE)
     if throttle is not None and not request.get(KEY_COUNTED):  # once a request, before more reads
         request[KEY_COUNTED] = True
-        await throttle.check_console_key(key_id)
-    # The session's credential is the key it was opened with, by its ID: looked up afresh.
-    account = await accounts.account_for_key_id(resources(request).pool, key_id)
+        await throttle.check_console_key(identity)
+    user_id, key_id = session.get("user_id"), session.get("key_id")
+    account: Account | None
+    if isinstance(user_id, str):
+        found = await people_sessions.actor_for_session(
+            resources(request).pool, str(session.get("session_id", "")), user_id
+        )
+        account = found[0] if found is not None else None
+        if found is not None:
+            request[AUTHENTICATED_AT] = found[1]
+    else:
+        # The session's credential is the key it was opened with, by its ID: looked up afresh.
+        account = await accounts.account_for_key_id(resources(request).pool, str(key_id))
     if account is None or account.id != session.get("account_id"):
         session.invalidate()
-        raise SignInRequired("the session's API key was revoked; sign in again", field="session")
+        raise SignInRequired("the session has ended (signed out or revoked); sign in again", field="session")
     return Operator(account, str(session.get("csrf", "")), session)
 
 
@@ -140,13 +158,17 @@ def render(
     return response
 
 
-def page(template: str) -> Callable[[PageHandler], Route]:
-    """A GET page of a signed-in operator: the handler returns the template's context."""
+def page(template: str, *, reauth: bool = False) -> Callable[[PageHandler], Route]:
+    """A GET page of a signed-in operator: the handler returns the template's context. With
+    ``reauth``, a person who has not proved who they are within :data:`REAUTH_SECONDS` is
+    sent to re-authenticate first, and back here after."""
 
     def decorate(handler: PageHandler) -> Route:
         @functools.wraps(handler)
         async def answer(request: web.Request) -> web.StreamResponse:
             operator = await signed_in(request)
+            if reauth:
+                check_recent_authentication(request, operator, request.path_qs)
             return render(template, request, operator, await handler(request, operator))
 
         return answer
@@ -154,10 +176,15 @@ def page(template: str) -> Callable[[PageHandler], Route]:
     return decorate
 
 
-def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHandler], Route]:
+def action(
+    *, write: bool = True, read_form: bool = True, reauth: bool = False
+) -> Callable[[ActionHandler], Route]:
     """A form post of a signed-in operator. Checks origin and CSRF token (from the form, or
     the ``X-CSRF-Token`` header when ``read_form`` is False: a streamed upload) and, for a
-    ``write``, that the session may change things. The handler gets the parsed form (or
+    ``write``, that the session may change things. With ``reauth`` (revealing or rotating a
+    code, creating keys, changing roles), a person who has not proved who they are within
+    :data:`REAUTH_SECONDS` is sent to re-authenticate, then back to the form's page; a key's
+    session is not asked (it has no password). The handler gets the parsed form (or
     None) and returns where to go next (303 See Other), or a response of its own. A
     domain error (invalid input, not found, conflict) is flashed on the page the form came
     from."""
@@ -174,6 +201,9 @@ def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHan
                 raise Forbidden(
                     "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
                 )
+            if reauth:
+                back = _same_site_path(request, request.headers.get("Referer", ""))
+                check_recent_authentication(request, operator, back)
             try:
                 outcome = await handler(request, operator, form)
             except (Forbidden, Unauthorized):
@@ -189,6 +219,17 @@ def action(*, write: bool = True, read_form: bool = True) -> Callable[[ActionHan
         return answer
 
     return decorate
+
+
+def check_recent_authentication(request: web.Request, operator: Operator, back: str) -> None:
+    """Send a person whose last proof of identity is older than :data:`REAUTH_SECONDS` to
+    the re-authentication page (coming back to ``back``); a key's session passes."""
+    if operator.account.user_id is None:
+        return
+    proved = request.get(AUTHENTICATED_AT)
+    if proved is not None and (datetime.now(UTC) - proved).total_seconds() < REAUTH_SECONDS:
+        return
+    raise web.HTTPSeeOther("/console/re-auth?next=" + quote(back, safe="/"))
 
 
 def _same_site_path(request: web.Request, referer: str) -> str:

@@ -23,7 +23,7 @@ from aiohttp import web
 from services.operator.console.auth import Operator, SignInRequired
 from services.operator.resources import Resources
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
-from shared.errors import DomainError
+from shared.errors import DomainError, Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,14 @@ def bulk_api(resources: Resources, operator: Operator) -> BulkApi:
     """The bulk API with the session's key (unsealed here, kept in memory for this request
     only). SignInRequired when the session holds no key this service can open (signed in
     before FLEETREG_SECRET_KEY was rotated, say)."""
+    if operator.account.user_id is not None:
+        # A person's session holds no key to forward. Forwarding the person's identity to
+        # the bulk API (a signed assertion it checks against the live session) is not built
+        # yet: refused in words rather than sent to sign in again (which would loop).
+        raise Forbidden(
+            "Bulk registrations are not yet available in a person's console session: use "
+            "the CLI (fleetreg bulk ...) or the bulk API with an API key meanwhile."
+        )
     sealed = operator.session.get("sealed_key")
     key_id = operator.account.key_id
     if resources.bulk_http is None or not isinstance(sealed, str) or key_id is None:

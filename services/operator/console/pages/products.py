@@ -97,7 +97,7 @@ async def show_product(request: web.Request, operator: Operator) -> Context:
     return product_context(found, operator)
 
 
-@action(write=False)
+@action(write=False, reauth=True)
 async def reveal_code(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
     """The product's page with its codes shown: the answer of a POST (not cached, not in a
     URL). A read-only session may not see a code (403), as a read-only API key sees it masked."""
