@@ -14,10 +14,12 @@ import pyotp
 from playwright.async_api import expect
 
 from shared.db.pool import Pool
+from shared.domain import console_assertions
 from shared.domain.passwords import hash_password
 from tests.e2e.console.conftest import Console, NewConsole
 from tests.support.api import Operator
-from tests.support.system import LOGS, System
+from tests.support.bulk import bulk_product, csv_rows, csv_text
+from tests.support.system import LOGS, TEST_SECRET_KEY, System
 
 PASSWORD = "a long passphrase nobody guesses 4711"
 
@@ -208,3 +210,53 @@ async def test_revealing_a_code_asks_to_reauthenticate_after_five_minutes(
     assert console.page.url.endswith(product_page)
     await console.page.get_by_role("button", name="Reveal the code").click()
     await expect(console.page.locator("#bulk-code")).to_have_text(code)
+
+
+async def test_a_persons_bulk_pages_forward_who_they_are_and_the_bulk_api_checks_it(
+    new_console: NewConsole, operator: Operator, pool: Pool, system: System, session: aiohttp.ClientSession
+) -> None:
+    product_id = await bulk_product(operator)
+    product = await operator.call("GET", f"/v1/products/{product_id}", expect=200)
+    email = await new_person(pool, operator, role="operator")
+    console = await new_console(operator)
+    await sign_in_person(console, email)
+    await console.open("/console/bulk-registrations")
+    await console.page.get_by_label("Product").select_option(label=str(product["name"]))
+    await console.page.get_by_label("CSV file").set_input_files(
+        files=[{"name": "people.csv", "mimeType": "text/csv", "buffer": csv_text(csv_rows(3)).encode()}]
+    )
+    await console.page.get_by_role("button", name="Upload").click()
+    await expect(console.page.get_by_text("people.csv: 3 rows checked and stored.")).to_be_visible()
+    trail = await operator.call("GET", "/v1/audit-events", expect=200)
+    uploaded = [e for e in trail["audit_events"] if e["action"] == "bulk.uploaded"]
+    assert uploaded and uploaded[0]["actor"]["user_email"] == email  # the person, not a key
+
+    # Straight to the bulk API: an assertion opens only with FLEETREG_SECRET_KEY, and only
+    # while its session lives.
+    row = await pool.fetchrow(
+        "SELECT s.id::text, u.id::text AS user_id FROM console_sessions s JOIN users u ON u.id = s.user_id "
+        "WHERE u.email = $1",
+        email,
+    )
+    claims = {
+        "account_id": operator.account_id,
+        "user_id": row["user_id"],
+        "role": "operator",
+        "session_id": row["id"],
+        "now": time.time(),
+    }
+    good = console_assertions.issue(TEST_SECRET_KEY.encode(), **claims)
+    forged = console_assertions.issue(b"not the deployment's key at all, no", **claims)
+    url = f"{system.bulk_url}/v1/bulk-registrations"
+    statuses = {}
+    for name, token in (("good", good), ("forged", forged), ("garbage", "x" * 40)):
+        async with session.get(url, headers={console_assertions.HEADER: token}) as answer:
+            statuses[name] = answer.status
+    async with session.get(
+        f"{system.operator_url}/v1/products", headers={console_assertions.HEADER: good}
+    ) as operator_api:
+        statuses["operator API"] = operator_api.status  # only the bulk API takes assertions
+    await pool.execute("DELETE FROM console_sessions WHERE id = $1::uuid", row["id"])
+    async with session.get(url, headers={console_assertions.HEADER: good}) as ended:
+        statuses["ended"] = ended.status
+    assert statuses == {"good": 200, "forged": 401, "garbage": 401, "operator API": 401, "ended": 401}
