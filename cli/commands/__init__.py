@@ -12,12 +12,14 @@ from cli.commands import (
     migrate,
     product,
     simulate,
+    users,
     webhooks,
 )
 
 COMMAND_MODULES = [
     account,
     keys,
+    users,
     product,
     auto,
     bulk,

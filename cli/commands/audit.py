@@ -8,6 +8,7 @@ from typing import Any
 from cli.arguments import object_id, positive_int
 from cli.client import operator_client
 from cli.output import emit_json, print_table
+from shared.domain.accounts import actor_text
 
 PAGE = 1000
 
@@ -52,19 +53,20 @@ async def list_events(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"audit_events": found})
         return 0
-    print_table(audit_rows(found), ["at", "action", "target", "key", "changes"])
+    print_table(audit_rows(found), ["at", "action", "target", "by", "changes"])
     print(f"{len(found)} event(s)")
     return 0
 
 
 def audit_rows(events: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """Table rows of audit events: the key by its label (its ID when it has none)."""
+    """Table rows of audit events: who by ``shared.domain.accounts.actor_text`` (the person or
+    service account, the role, the key by its label or the console session)."""
     return [
         (
             e["at"],
             e["action"],
             f"{e['target_type']} {e['target_id']}",
-            e["api_key_label"] or e["api_key_id"] or "fleetreg",
+            actor_text(e),
             changes_text(e["changes"]),
         )
         for e in events

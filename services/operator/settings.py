@@ -58,13 +58,17 @@ class ConsoleSettings:
     whatever the scheme, which behind a TLS-terminating proxy the service cannot always
     tell. Bulk uploads, publishes and cancels are forwarded to the
     bulk API at ``ingestion_url`` with the session's key. ``pipeline_health_urls`` are the
-    readiness URLs (``/readyz``) of the pipeline's services the live view asks."""
+    readiness URLs (``/readyz``) of the pipeline's services the live view asks.
+    ``console_url`` is the console's address as people reach it (``https://fleet.example.com``),
+    which invitation links start with; empty: the address each request came to (the
+    operator's own, which behind a proxy that rewrites the host is not the public one)."""
 
     session_seconds: int = 8 * 3600
     secure_cookie: str = "auto"
     ingestion_url: str = "http://127.0.0.1:18084"
     pipeline_health_urls: tuple[str, ...] = ()
     hsts_seconds: int = 365 * 86400
+    console_url: str = ""
 
     @classmethod
     def from_env(cls, env: Env) -> ConsoleSettings:
@@ -72,6 +76,9 @@ class ConsoleSettings:
         if secure not in ("auto", "always"):
             raise SettingsError(f"FLEETREG_CONSOLE_SECURE_COOKIE must be auto or always, not {secure!r}")
         urls = env.text("FLEETREG_PIPELINE_HEALTH_URLS", "")
+        console_url = env.text("FLEETREG_CONSOLE_URL", "").strip().rstrip("/")
+        if console_url and not console_url.startswith(("http://", "https://")):
+            raise SettingsError(f"FLEETREG_CONSOLE_URL must be empty or an http(s) URL, not {console_url!r}")
         return cls(
             session_seconds=env.integer("FLEETREG_CONSOLE_SESSION_SECONDS", 8 * 3600, minimum=60),
             secure_cookie=secure,
@@ -80,6 +87,7 @@ class ConsoleSettings:
             ).rstrip("/"),
             pipeline_health_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
             hsts_seconds=env.integer("FLEETREG_CONSOLE_HSTS_SECONDS", 31536000),
+            console_url=console_url,
         )
 
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from shared.db import audit
 from shared.db.pool import Connection, Pool
+from shared.domain import people
 from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
 from shared.domain.roles import KEY_ROLES, Role, at_least
@@ -18,17 +19,22 @@ from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
 SELECT_ACCOUNT_BY_NAME = "SELECT id::text, name FROM accounts WHERE name = $1"
 # A new key belongs to the same owner as the key that creates it (a person's key makes a
-# personal key, a service account's key one of that service account); a key made without a
-# key (the CLI's own setup) belongs to the account's service account "default" (migration 0036).
+# personal key, a service account's key one of that service account); a person acting without
+# a key (a console session) makes a personal key, while the person is not removed; a key made
+# by neither (the CLI's own setup) belongs to the account's service account "default"
+# (migration 0036).
 INSERT_KEY = """INSERT INTO api_keys (id, account_id, key_digest, key_prefix, label, role,
                                       user_id, service_account_id)
                 SELECT $1, $2, $3, $4, $5, $6, owner.user_id, owner.service_account_id
                 FROM (SELECT k.user_id, k.service_account_id FROM api_keys k
                       WHERE k.id = $7 AND k.account_id = $2
                       UNION ALL
+                      SELECT u.id, NULL FROM users u
+                      WHERE $7::uuid IS NULL AND u.id = $8 AND u.account_id = $2 AND u.removed_at IS NULL
+                      UNION ALL
                       SELECT NULL, s.id FROM service_accounts s
-                      WHERE $7::uuid IS NULL AND s.account_id = $2 AND s.name = 'default'
-                        AND s.removed_at IS NULL) owner
+                      WHERE $7::uuid IS NULL AND $8::uuid IS NULL AND s.account_id = $2
+                        AND s.name = 'default' AND s.removed_at IS NULL) owner
                 LIMIT 1"""
 # The account's service account "default" (migration 0036 made one for every account then;
 # an account made since gets it with its first key made without a key).
@@ -50,9 +56,20 @@ SELECT_KEYS = """SELECT k.id::text, k.key_prefix, k.label, k.role, k.created_at,
                  FROM api_keys k
                  LEFT JOIN users u ON u.id = k.user_id
                  LEFT JOIN service_accounts s ON s.id = k.service_account_id
-                 WHERE k.account_id = $1 ORDER BY k.created_at"""
-REVOKE_KEY = """UPDATE api_keys SET revoked_at = now()
-                WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING label"""
+                 WHERE k.account_id = $1
+                   AND ($2::text[] IS NULL OR (k.role = ANY($2::text[]) AND (k.user_id = $3::uuid
+                        OR (k.user_id IS NULL AND k.service_account_id =
+                            (SELECT o.service_account_id FROM api_keys o WHERE o.id = $4::uuid)))))
+                 ORDER BY k.created_at"""
+# A key the actor may revoke: any of the account's for an admin ($3 NULL), else one of the
+# actor's own (own_keys() gives the parameters).
+REVOKE_KEY = """UPDATE api_keys k SET revoked_at = now()
+                WHERE k.id = $1 AND k.account_id = $2 AND k.revoked_at IS NULL
+                  AND ($3::text[] IS NULL OR (k.role = ANY($3::text[]) AND (k.user_id = $4::uuid
+                       OR (k.user_id IS NULL AND k.service_account_id =
+                           (SELECT o.service_account_id FROM api_keys o WHERE o.id = $5::uuid)))))
+                RETURNING k.label"""
+KEY_EXISTS = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL)"
 
 
 @dataclass(frozen=True)
@@ -119,12 +136,13 @@ async def create_api_key(
 ) -> IssuedApiKey:
     """A new key of the actor's account, the key itself returned this once; audited as
     ``api_key.created`` (label and role, never the key). It belongs to the actor's key's
-    owner (the person, or the service account; the account's ``default`` service account
-    for an actor without a key) and carries ``role`` (``viewer`` when ``read_only``; by
-    default the actor's own role, at most admin). Forbidden (403) for a role above the
-    actor's: a key never carries more than its creator's role, nor owner. Conflict when the
-    account already has ``max_active`` active keys (checked under the account's row lock:
-    parallel creations cannot pass it together)."""
+    owner (the person, or the service account), or to the person of a keyless actor (a
+    console session: a personal key), else to the account's ``default`` service account;
+    it carries ``role`` (``viewer`` when ``read_only``; by default the actor's own role, at
+    most admin). Forbidden (403) for a role above the actor's: a key never carries more
+    than its creator's role, nor owner. Conflict when the account already has
+    ``max_active`` active keys (checked under the account's row lock: parallel creations
+    cannot pass it together); NotFound when the key's owner is gone."""
     wanted = Role.VIEWER if read_only else Role(role) if role is not None else _key_role_of(actor)
     if wanted not in KEY_ROLES or not at_least(actor.role, wanted):
         raise Forbidden(
@@ -161,12 +179,21 @@ async def _insert_key(
         raise InvalidInput("label may not hold a NUL character", field="label", rule="charset=no-NUL")
     key, key_id = new_api_key(), str(uuid.uuid4())
     creator = uuid.UUID(actor.key_id) if actor.key_id else None
-    if creator is None:
+    person = uuid.UUID(actor.user_id) if actor.user_id else None
+    if creator is None and person is None:
         await conn.execute(INSERT_DEFAULT_SERVICE_ACCOUNT, uuid.uuid4(), uuid.UUID(actor.id))
     status = await conn.execute(
-        INSERT_KEY, key_id, uuid.UUID(actor.id), api_key_digest(key), key[:8], label, str(role), creator
+        INSERT_KEY,
+        key_id,
+        uuid.UUID(actor.id),
+        api_key_digest(key),
+        key[:8],
+        label,
+        str(role),
+        creator,
+        person,
     )
-    if not status.endswith(" 1"):  # the creating key was revoked meanwhile, or no default service account
+    if not status.endswith(" 1"):  # the key's owner is gone (a removed person), or no default service account
         raise NotFound("the key's owner no longer exists in this account", field="Authorization")
     return IssuedApiKey(id=key_id, key=key, label=label, role=role)
 
@@ -199,8 +226,22 @@ async def account_for_key(pool: Pool, key: str) -> Account | None:
     return _actor(row)
 
 
-async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
-    """The account's keys, revoked ones included, oldest first."""
+def own_keys(actor: Account | None) -> tuple[list[str] | None, uuid.UUID | None, uuid.UUID | None]:
+    """Which keys are the actor's own, as SELECT_KEYS's and REVOKE_KEY's parameters: every
+    key of the account for an admin or owner (or None: no actor); else the keys of the same
+    owner (the person's personal keys; a service account's key: that service account's)
+    whose role is at most the actor's, so that a viewer's key never reaches an admin key."""
+    if actor is None or at_least(actor.role, Role.ADMIN):
+        return None, None, None
+    roles = [str(r) for r in KEY_ROLES if at_least(actor.role, r)]
+    if actor.user_id is not None:
+        return roles, uuid.UUID(actor.user_id), None
+    return roles, None, uuid.UUID(actor.key_id) if actor.key_id else None
+
+
+async def list_api_keys(pool: Pool, account_id: str, *, owned_by: Account | None = None) -> list[ApiKey]:
+    """The account's keys, revoked ones included, oldest first; with ``owned_by``, only
+    those :func:`own_keys` names for that actor (every key for an admin)."""
     return [
         ApiKey(
             id=r["id"],
@@ -212,19 +253,22 @@ async def list_api_keys(pool: Pool, account_id: str) -> list[ApiKey]:
             user_email=r["user_email"],
             service_account=r["service_account"],
         )
-        for r in await pool.fetch(SELECT_KEYS, account_id)
+        for r in await pool.fetch(SELECT_KEYS, account_id, *own_keys(owned_by))
     ]
 
 
 async def revoke_api_key(pool: Pool, actor: Account, key_id: str) -> None:
     """Revoke one active key of the actor's account (NotFound otherwise); audited as
-    ``api_key.revoked``. A key may revoke itself: its next call is refused."""
+    ``api_key.revoked``. A key may revoke itself: its next call is refused. Below admin, only
+    the actor's own keys (:func:`own_keys`; Forbidden for another active key)."""
     try:  # parsed here, so the driver never refuses a caller's text with its value in the error
         parsed = uuid.UUID(key_id)
     except ValueError:
         raise NotFound(f"no active API key {key_id} in this account") from None
     async with pool.acquire() as conn, conn.transaction():
-        label = await conn.fetchval(REVOKE_KEY, parsed, actor.id)
+        label = await conn.fetchval(REVOKE_KEY, parsed, actor.id, *own_keys(actor))
+        if label is None and await conn.fetchval(KEY_EXISTS, parsed, actor.id):
+            raise people.refused(actor.role, "revoking another's key needs the admin role", Role.ADMIN)
         if label is None:
             raise NotFound(f"no active API key {key_id} in this account")
         await audit.record(conn, actor, "api_key.revoked", "api_key", str(parsed), {"label": label})

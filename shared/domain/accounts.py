@@ -3,7 +3,9 @@ and what a read-only key is shown of a secret."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.domain.roles import Role
@@ -54,6 +56,23 @@ def actor_fields(actor: Account) -> dict[str, str | None]:
         "service_account": actor.service_account,
         "session_id": actor.session_id,
     }
+
+
+def actor_text(event: Mapping[str, Any]) -> str:
+    """Who made an audit event, in one line, from its JSON shape (``api_key_id``,
+    ``api_key_label``, ``actor``): ``alice@example.com (admin, console session)``,
+    ``service account default (admin, key ci-bot)``, the key alone for events recorded
+    before people existed, ``fleetreg`` for fleetreg's own changes. The CLI's tables and
+    the console's pages both print it."""
+    actor = event.get("actor") or {}
+    account = actor.get("service_account")
+    who = actor.get("user_email") or (f"service account {account}" if account else None)
+    key = event.get("api_key_label") or event.get("api_key_id")
+    via = "console session" if actor.get("session_id") else (f"key {key}" if key else None)
+    if who is None:
+        return via or "fleetreg"
+    details = ", ".join(part for part in (actor.get("role"), via) if part)
+    return f"{who} ({details})" if details else who
 
 
 def masked_url(url: str) -> str:

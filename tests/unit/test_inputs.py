@@ -56,8 +56,9 @@ def test_an_api_key_body_that_is_not_exactly_right_is_refused(body: dict[str, An
 
 
 def test_a_right_api_key_body_is_its_label_and_scope() -> None:
-    assert handlers.api_key_request({}) == ("", False)
-    assert handlers.api_key_request({"label": "grafana", "read_only": True}) == ("grafana", True)
+    assert handlers.api_key_request({}) == ("", False, None)
+    assert handlers.api_key_request({"label": "grafana", "read_only": True}) == ("grafana", True, None)
+    assert handlers.api_key_request({"label": "ci", "role": "operator"}) == ("ci", False, "operator")
 
 
 @pytest.mark.parametrize(

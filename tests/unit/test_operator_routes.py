@@ -86,7 +86,9 @@ def request(method: str, path: str, **match_info: str) -> web.Request:
 
 
 async def test_a_route_is_testable_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def account_for(key: str, pool: object, *, write: bool = False, request: object = None) -> Account:
+    async def account_for(
+        key: str, pool: object, *, write: bool = False, role: object = None, request: object = None
+    ) -> Account:
         assert key == "k"
         return ACCOUNT
 
@@ -201,7 +203,9 @@ async def test_an_export_beyond_the_instances_limit_is_a_429_before_it_reads(
 
     from shared.errors import TooManyRequests
 
-    async def account_for(key: str, pool: object, *, write: bool = False, request: object = None) -> Account:
+    async def account_for(
+        key: str, pool: object, *, write: bool = False, role: object = None, request: object = None
+    ) -> Account:
         assert write is False  # a read-only key may export
         return ACCOUNT
 

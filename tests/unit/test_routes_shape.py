@@ -14,7 +14,7 @@ from services.ingestion import routes as ingestion_routes
 from services.intake import routes
 from services.intake.compat import routes as compat_routes
 from services.operator import routes as operator_routes
-from services.operator.routes import access, attestation, devices, hooks, products, trail, webhooks
+from services.operator.routes import access, attestation, devices, hooks, products, trail, users, webhooks
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,10 @@ from services.operator.routes import access, attestation, devices, hooks, produc
         (routes, routes.ROUTES),
         (compat_routes, compat_routes.routes("/apv/v27")),
         # The operator's routes are by area, each module with its own ROUTES.
-        *((area, area.ROUTES) for area in (access, products, hooks, attestation, devices, trail, webhooks)),
+        *(
+            (area, area.ROUTES)
+            for area in (access, products, hooks, attestation, devices, trail, webhooks, users)
+        ),
         (ingestion_routes, ingestion_routes.ROUTES),
     ],
 )
@@ -38,7 +41,7 @@ def test_every_route_is_a_top_level_coroutine_of_its_module(
 
 
 def test_the_operator_serves_every_area_s_routes_and_its_document() -> None:
-    areas = (access, products, hooks, attestation, devices, trail, webhooks)
+    areas = (access, products, hooks, attestation, devices, trail, webhooks, users)
     assert areas == operator_routes.AREAS
     assert [
         web.get("/openapi.yaml", operator_routes.openapi),

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.domain.accounts import actor_text
+
 
 def when(value: datetime | str | None) -> str:
     """A time in UTC to the second (``2026-12-01 09:42:49 UTC``), or an em dash."""
@@ -25,4 +27,4 @@ def count(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
-FILTERS: dict[str, Callable[..., Any]] = {"when": when, "count": count}
+FILTERS: dict[str, Callable[..., Any]] = {"when": when, "count": count, "actor": actor_text}

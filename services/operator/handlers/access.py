@@ -21,7 +21,8 @@ from shared.settings import Secret
 
 
 async def list_api_keys(pool: Pool, account: Account) -> list[ApiKey]:
-    return await accounts.list_api_keys(pool, account.id)
+    """The account's keys for an admin; below admin, the caller's own (shared.db.accounts.own_keys)."""
+    return await accounts.list_api_keys(pool, account.id, owned_by=account)
 
 
 def api_key_request(body: dict[str, Any]) -> tuple[str, bool, Role | None]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.operator.routes import access, attestation, devices, hooks, products, trail, webhooks
+from services.operator.routes import access, attestation, devices, hooks, products, trail, users, webhooks
 
 OPENAPI = Path(__file__).parents[1] / "openapi.yaml"
-AREAS = (access, products, hooks, attestation, devices, trail, webhooks)
+AREAS = (access, products, hooks, attestation, devices, trail, webhooks, users)
 
 
 async def openapi(request: web.Request) -> web.Response:

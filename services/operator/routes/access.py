@@ -9,6 +9,7 @@ from services.operator.routes.common import authed, resources
 from services.operator.views import access as views
 from services.operator.views.common import Json
 from shared.domain.accounts import Account
+from shared.domain.roles import Role
 from shared.http import parse_json_body, path_id
 
 
@@ -30,7 +31,9 @@ async def create_key(request: web.Request, account: Account) -> Json:
     return views.issued_api_key(issued)
 
 
-@authed()
+# Any role revokes its own keys (a viewer too: a leaked dashboard key is ended by its
+# holder); another's key needs the admin role, which the handler checks.
+@authed(role=Role.VIEWER)
 async def revoke_key(request: web.Request, account: Account) -> Json:
     key_id = path_id(request, "key_id")
     await handlers.revoke_api_key(resources(request).pool, account, key_id)
