@@ -30,6 +30,7 @@ from services.operator.console.pages import (
     bulk_hooks,
     bulk_upload,
     devices,
+    invitations,
     live,
     people_signin,
     products,
@@ -193,6 +194,7 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     for pages in (
         signin,
         people_signin,
+        invitations,
         reauth,
         account,
         products,

@@ -16,17 +16,20 @@ import base64
 import binascii
 import json
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp_session import get_session, new_session
 
-from services.operator.console.auth import resources
+from services.operator.console.auth import new_csrf_token, resources
+from services.operator.console.sessions import end_session
 from shared.db import people_sessions
 from shared.db.people_sessions import PersonCredentials
 from shared.domain import recovery_codes, totp
 from shared.domain.passwords import hash_password, verify_password
 from shared.domain.webhooks import SecretBox
-from shared.throttle import THROTTLE, request_source
+from shared.throttle import THROTTLE, clear_refused, request_source
 
 PENDING_COOKIE = "fleetreg_console_pending"
 PENDING_SECONDS = 300  # between two sign-in steps: long enough to open an authenticator app
@@ -128,6 +131,28 @@ def pending(request: web.Request, binding: str, stage: str) -> dict[str, Any] | 
 
 def drop_pending(response: web.StreamResponse) -> None:
     response.del_cookie(PENDING_COOKIE, path="/console/")
+
+
+async def start_session(request: web.Request, *, account_id: str, user_id: str) -> None:
+    """Every factor passed (or an invitation just accepted): a new session of the person, a
+    new identity (no fixation) holding the person's ID, a session ID and a fresh CSRF token;
+    its row is written as the answer goes (console/sessions.py). A session the browser held
+    before (a key's, another person's) ends."""
+    # A lapsed session cookie sent along marked the call refused as it was read: it proved
+    # who it is after all, and must neither count nor be answered 429.
+    clear_refused(request)
+    previous = await get_session(request)
+    if previous.identity is not None:
+        await end_session(resources(request).pool, str(previous.identity))
+    session = await new_session(request)
+    session.update(
+        {
+            "account_id": account_id,
+            "user_id": user_id,
+            "session_id": str(uuid.uuid4()),
+            "csrf": new_csrf_token(),
+        }
+    )
 
 
 async def single_sign_on_for(request: web.Request, email: str) -> str | None:

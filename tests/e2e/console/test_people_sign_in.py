@@ -260,3 +260,45 @@ async def test_a_persons_bulk_pages_forward_who_they_are_and_the_bulk_api_checks
     async with session.get(url, headers={console_assertions.HEADER: good}) as ended:
         statuses["ended"] = ended.status
     assert statuses == {"good": 200, "forged": 401, "garbage": 401, "operator API": 401, "ended": 401}
+
+
+async def test_an_invitation_link_shows_the_invitation_and_joining_signs_the_person_in(
+    new_console: NewConsole, operator: Operator, pool: Pool, system: System
+) -> None:
+    email = f"invited-{uuid.uuid4().hex[:8]}@example.com"
+    issued = await operator.call("POST", "/v1/users", {"email": email, "role": "operator"}, expect=201)
+    link = issued["invitation_url"]
+    console = await new_console(operator)
+    for _ in range(2):  # opening the link consumes nothing
+        await console.page.goto(link)
+        await expect(console.page.get_by_text(f"as {email}, with the role operator")).to_be_visible()
+    await console.check_accessibility()
+
+    await console.page.get_by_label("Password", exact=True).fill("password1234")
+    await console.page.get_by_label("Password again").fill("password1234")
+    await console.page.get_by_role("button", name="Join and sign in").click()
+    await expect(console.page.get_by_role("alert")).to_contain_text("common or leaked")
+    await console.page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await console.page.get_by_label("Password again").fill(PASSWORD)
+    await console.page.get_by_role("button", name="Join and sign in").click()
+    await expect(console.page.get_by_role("heading", name="Your account")).to_be_visible()
+    await expect(console.page.get_by_role("link", name=email)).to_be_visible()
+    listed = await operator.call("GET", "/v1/users", expect=200)
+    assert [(u["email"], u["role"]) for u in listed["users"]] == [(email, "operator")]
+
+    await console.page.goto(link)  # used: the link no longer works
+    await expect(console.page.get_by_role("alert")).to_contain_text("no longer works")
+    await expect(console.page.get_by_role("button", name="Join and sign in")).to_have_count(0)
+
+    late = await operator.call(
+        "POST",
+        "/v1/users",
+        {"email": f"late-{uuid.uuid4().hex[:8]}@example.com", "role": "viewer"},
+        expect=201,
+    )
+    await pool.execute(
+        "UPDATE invitations SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid", late["id"]
+    )
+    other = await new_console(operator)
+    await other.page.goto(late["invitation_url"])
+    await expect(other.page.get_by_role("alert")).to_contain_text("no longer works")

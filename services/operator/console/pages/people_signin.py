@@ -13,13 +13,10 @@ TOTP is enrolled) a code from the authenticator app or a recovery code.
 
 from __future__ import annotations
 
-import uuid
-
 from aiohttp import web
-from aiohttp_session import get_session, new_session
 
 from services.operator.console import people
-from services.operator.console.auth import new_csrf_token, parsed_form, resources
+from services.operator.console.auth import parsed_form, resources
 from services.operator.console.pages.signin import (
     SIGN_IN_COOKIE,
     check_sign_in_csrf,
@@ -27,10 +24,9 @@ from services.operator.console.pages.signin import (
     sign_in_page,
     sign_in_token,
 )
-from services.operator.console.sessions import end_session
 from services.operator.handlers import people as people_sessions
 from services.operator.handlers.people import PersonCredentials
-from shared.throttle import clear_refused, mark_refused, target_of
+from shared.throttle import mark_refused, target_of
 
 MAX_EMAIL_CHARS = 254  # RFC 5321's path limit
 WRONG_PASSWORD = "The e-mail address or the password is wrong."  # noqa: S105 (a message, no password)
@@ -139,23 +135,8 @@ async def code_step(request: web.Request) -> web.StreamResponse:
 
 
 async def _signed_in(request: web.Request, person: PersonCredentials, next_path: str) -> web.StreamResponse:
-    """Every factor passed: a new session of the person (its row is written as the answer
-    goes, console/sessions.py), and on to where they were going."""
-    # A lapsed session cookie sent along marked the call refused as it was read: it proved
-    # who it is after all, and must neither count nor be answered 429.
-    clear_refused(request)
-    previous = await get_session(request)
-    if previous.identity is not None:  # signing in again: the old session ends
-        await end_session(resources(request).pool, str(previous.identity))
-    session = await new_session(request)
-    session.update(
-        {
-            "account_id": person.account_id,
-            "user_id": person.id,
-            "session_id": str(uuid.uuid4()),
-            "csrf": new_csrf_token(),
-        }
-    )
+    """Every factor passed: a new session of the person, and on to where they were going."""
+    await people.start_session(request, account_id=person.account_id, user_id=person.id)
     response = web.HTTPSeeOther(safe_next(next_path))
     people.drop_pending(response)
     response.del_cookie(SIGN_IN_COOKIE, path="/console/")
