@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -31,6 +32,7 @@ from shared.domain.passwords import hash_password, verify_password
 from shared.domain.webhooks import SecretBox
 from shared.throttle import THROTTLE, clear_refused, request_source
 
+log = logging.getLogger(__name__)
 PENDING_COOKIE = "fleetreg_console_pending"
 PENDING_SECONDS = 300  # between two sign-in steps: long enough to open an authenticator app
 PENDING_PURPOSE = b"fleetreg console pending sign-in v1"
@@ -77,7 +79,13 @@ async def second_factor_passes(request: web.Request, person: PersonCredentials, 
         return False
     if len(typed.replace(" ", "")) == totp.DIGITS:
         secret_key = resources(request).settings.secret_key.reveal().encode()
-        secret = totp.open_secret(secret_key, person.id, bytes(person.totp_sealed))
+        try:
+            secret = totp.open_secret(secret_key, person.id, bytes(person.totp_sealed))
+        except ValueError:
+            # Sealed under another FLEETREG_SECRET_KEY (rotated without re-enrolment): no
+            # code can pass; a recovery code still can (docs/console.md).
+            log.warning("a person's TOTP secret does not open with this FLEETREG_SECRET_KEY")
+            return False
         step = totp.verify_code(secret, typed, at=time.time(), last_step=person.totp_last_step)
         return step is not None and await people_sessions.take_totp_step(pool, person.id, step)
     found = recovery_codes.matching(typed, await people_sessions.unused_recovery_codes(pool, person.id))

@@ -302,3 +302,26 @@ async def test_an_invitation_link_shows_the_invitation_and_joining_signs_the_per
     other = await new_console(operator)
     await other.page.goto(late["invitation_url"])
     await expect(other.page.get_by_role("alert")).to_contain_text("no longer works")
+
+
+async def test_a_person_changes_their_password_on_the_account_page(
+    new_console: NewConsole, operator: Operator, pool: Pool
+) -> None:
+    email = await new_person(pool, operator)
+    console = await new_console(operator)
+    await sign_in_person(console, email)
+    new = "another long passphrase, also unguessable 808"
+    for current, chosen, refusal in (
+        ("not my password at all", new, "the current password is wrong"),
+        (PASSWORD, "password1234", "common or leaked"),
+        (PASSWORD, new, None),
+    ):
+        await console.open("/console/account")
+        await console.page.get_by_label("Current password").fill(current)
+        await console.page.get_by_label("New password", exact=True).fill(chosen)
+        await console.page.get_by_label("New password again").fill(chosen)
+        await console.page.get_by_role("button", name="Change password").click()
+        await expect(console.page.locator(".flashes")).to_contain_text(refusal or "Password changed.")
+    await console.page.get_by_role("button", name="Sign out", exact=True).click()
+    await enter_email_and_password(console, email, new)
+    await expect(console.page.get_by_role("button", name="Sign out", exact=True)).to_be_visible()
