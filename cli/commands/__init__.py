@@ -12,6 +12,7 @@ from cli.commands import (
     migrate,
     product,
     simulate,
+    sso,
     users,
     webhooks,
 )
@@ -27,6 +28,7 @@ COMMAND_MODULES = [
     alerts,
     audit,
     webhooks,
+    sso,
     simulate,
     demo,
     migrate,

@@ -9,10 +9,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.operator.routes import access, attestation, devices, hooks, products, trail, users, webhooks
+from services.operator.routes import (
+    access,
+    attestation,
+    devices,
+    hooks,
+    products,
+    sso,
+    trail,
+    users,
+    webhooks,
+)
 
 OPENAPI = Path(__file__).parents[1] / "openapi.yaml"
-AREAS = (access, products, hooks, attestation, devices, trail, webhooks, users)
+AREAS = (access, products, hooks, attestation, devices, trail, webhooks, users, sso)
 
 
 async def openapi(request: web.Request) -> web.Response:
