@@ -166,5 +166,6 @@ async def start_session(request: web.Request, *, account_id: str, user_id: str) 
 async def single_sign_on_for(request: web.Request, email: str) -> str | None:
     """HOOK POINT for single sign-on (issue 28, the OIDC work in shared/oidc.py): the URL to
     send a browser to when the address's domain belongs to an account's OpenID Connect
-    provider, else None (the password form). Nothing is configured yet: always None."""
+    provider (``shared.db.sso.account_for_domain`` finds the account), else None (the
+    password form). The sign-in flow is not wired yet: always None."""
     return None
