@@ -211,6 +211,17 @@ async def test_revealing_a_code_asks_to_reauthenticate_after_five_minutes(
     await console.page.get_by_role("button", name="Reveal the code").click()
     await expect(console.page.locator("#bulk-code")).to_have_text(code)
 
+    # Setting up an authenticator app moves the second factor: asked again too.
+    await pool.execute(
+        "UPDATE console_sessions SET authenticated_at = now() - interval '6 minutes' "
+        "WHERE user_id = (SELECT id FROM users WHERE email = $1)",
+        email,
+    )
+    await console.open("/console/account")
+    await console.page.get_by_role("button", name="Set up an authenticator app").click()
+    await expect(console.page.get_by_role("heading", name="Confirm it is you")).to_be_visible()
+    await expect(console.page.locator("#manual-key")).to_have_count(0)
+
 
 async def test_a_persons_bulk_pages_forward_who_they_are_and_the_bulk_api_checks_it(
     new_console: NewConsole, operator: Operator, pool: Pool, system: System, session: aiohttp.ClientSession

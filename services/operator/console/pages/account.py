@@ -4,7 +4,9 @@ stored sealed), recovery codes (shown once, made again on demand), the password 
 current one needed, the policy's refusals shown), and their console sessions, each
 revocable, or every one but this one. A key's session has no person: the page says so.
 
-An enrolment under way keeps its secret in the session (sealed for the user, as the stored
+Setting up an app and making new recovery codes need a recent sign-in (re-authentication,
+console/auth.py), as revealing a code does: a session taken over must not move the second
+factor. An enrolment under way keeps its secret in the session (sealed for the user, as the stored
 one is) until a code confirms it; nothing is stored for the user before."""
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ async def show(request: web.Request, operator: Operator) -> Context:
     return await _context(request, operator)
 
 
-@action(write=False)
+@action(write=False, reauth=True)  # a stolen session must not move the second factor
 async def start_totp(request: web.Request, operator: Operator, form: Form) -> str:
     """A new secret to enrol (the page shows its QR code and key until confirmed)."""
     user_id, _ = _person(operator)
@@ -98,7 +100,7 @@ async def confirm_totp(request: web.Request, operator: Operator, form: Form) -> 
     return await _with_new_codes(request, operator, "Two-step sign-in is on.")
 
 
-@action(write=False)
+@action(write=False, reauth=True)
 async def new_recovery_codes(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
     """A new set of recovery codes (the old ones stop working), shown once."""
     return await _with_new_codes(request, operator, "New recovery codes made: the old ones no longer work.")
