@@ -68,7 +68,8 @@ def resources(request: web.Request) -> Resources:
 async def signed_in(request: web.Request) -> Operator:
     """The signed-in operator (SignInRequired otherwise). The session's credential, a key
     or a person, is checked on every request: revoking the key, removing the person or
-    ending the session ends it at once, and a person acts with their current role. Each
+    ending the session ends it at once, and a person acts with their current role; a key's
+    session ends once its account has a person (its console is theirs then). Each
     call counts one request of the session's key (or person) against
     ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past it), as the key's own API
     calls do: a session is no way around its key's rate."""
@@ -92,6 +93,10 @@ async def signed_in(request: web.Request) -> Operator:
     else:
         # The session's credential is the key it was opened with, by its ID: looked up afresh.
         account = await accounts.account_for_key_id(resources(request).pool, str(key_id))
+        if account is not None and await people_sessions.account_has_users(
+            resources(request).pool, account.id
+        ):
+            account = None  # the account has people now: its console is theirs (issue 28)
     if account is None or account.id != session.get("account_id"):
         session.invalidate()
         raise SignInRequired("the session has ended (signed out or revoked); sign in again", field="session")

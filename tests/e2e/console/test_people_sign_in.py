@@ -170,8 +170,11 @@ async def test_a_person_ends_another_session_and_removal_signs_out_at_once(
 async def test_an_account_with_a_person_refuses_the_key_sign_in(
     new_console: NewConsole, operator: Operator, pool: Pool
 ) -> None:
-    await new_person(pool, operator)
     console = await new_console(operator)
+    await console.sign_in()  # no person yet: the key signs in
+    await new_person(pool, operator)
+    await console.open("/console/products")  # and its session ends once the account has one
+    await expect(console.page.get_by_label("E-mail address")).to_be_visible()
     await console.open("/console/sign-in")
     await console.page.get_by_label("API key").fill(operator.api_key)
     await console.page.get_by_role("button", name="Sign in").click()
