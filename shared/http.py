@@ -20,6 +20,7 @@ becomes a logged 500 with no internals in the answer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import json
@@ -38,6 +39,7 @@ from aiokafka.errors import KafkaError
 from shared import connections
 from shared.cache import SharedResult
 from shared.db.pool import TRANSIENT_ERRORS, Pool
+from shared.domain import console_assertions
 from shared.domain.roles import Role, at_least
 from shared.errors import (
     DomainError,
@@ -491,10 +493,60 @@ async def authenticate(
 async def _authenticate(
     request: web.Request, pool: Callable[[], Pool], write: bool | None, role: str | None
 ) -> Account:
-    key = api_key(request)  # first: a request without a key is refused before anything is looked up
     if write is None:
         write = request.method not in ("GET", "HEAD")
+    assertion = request.headers.get(console_assertions.HEADER)
+    accepting = request.config_dict.get(CONSOLE_ASSERTION_KEY)
+    if assertion is not None and accepting and "Authorization" not in request.headers:
+        return await account_for_assertion(
+            assertion, pool(), accepting, write=write, role=role, request=request
+        )
+    key = api_key(request)  # first: a request without a key is refused before anything is looked up
     return await account_for(key, pool(), write=write, role=role, request=request)
+
+
+# FLEETREG_SECRET_KEY's bytes, set only by a service that accepts the console's assertions
+# (the bulk API, services/ingestion/app.py): every other API refuses them as no key.
+CONSOLE_ASSERTION_KEY = web.AppKey("console_assertion_key", bytes)
+
+
+async def account_for_assertion(
+    token: str,
+    pool: Pool,
+    secret_key: bytes,
+    *,
+    write: bool,
+    role: str | None = None,
+    request: web.Request | None = None,
+) -> Account:
+    """Who a person's console session is, from the assertion the console forwarded
+    (shared.domain.console_assertions): Unauthorized unless it opens with FLEETREG_SECRET_KEY,
+    has not expired, and names a session that is still live for a user not removed, in the
+    account it names. The role is the user's current one (read with the session), never
+    more than the assertion's; the session's requests count on the person's rate, as their
+    console requests do."""
+    from shared.db import people_sessions  # the HTTP layer needs the registry only for this
+
+    claims = console_assertions.verify(secret_key, token, now=time.time())
+    found = (
+        await people_sessions.actor_for_session(pool, claims.session_id, claims.user_id)
+        if claims is not None
+        else None
+    )
+    if claims is None or found is None or found[0].id != claims.account_id:
+        raise Unauthorized(
+            "the console session is not valid (ended, expired or not the console's)",
+            field=console_assertions.HEADER,
+            realm=OPERATOR_REALM,
+        )
+    account = found[0]
+    if not at_least(claims.role, account.role):  # the lower of the asserted and the current role
+        account = dataclasses.replace(account, role=claims.role)
+    rate = request.get(KEY_RATE) if request is not None else None
+    if rate is not None:
+        await rate(f"user:{claims.user_id}")
+    require_role(account, role or (Role.OPERATOR if write else Role.VIEWER))
+    return account
 
 
 PoolOf = Callable[[web.Request], Pool]

@@ -210,7 +210,7 @@ def key_identity(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-TargetKind = Literal["code", "device", "key", "hardware", "provisioning", "revoked", "clone"]
+TargetKind = Literal["code", "device", "key", "hardware", "provisioning", "revoked", "clone", "person"]
 
 
 def target_of(kind: TargetKind, *parts: str) -> str:

@@ -414,3 +414,42 @@ async def _console_session(browser: aiohttp.ClientSession, url: str, api_key: st
     ) as response:
         assert response.status == 303, await response.text()
         return {"Cookie": f"fleetreg_console={response.cookies['fleetreg_console'].value}"}
+
+
+async def test_guessing_a_persons_password_is_throttled_before_argon2_runs(
+    own: dict[str, ServiceProcess], operator: Operator, pool: Pool
+) -> None:
+    """Wrong passwords for one person's address count on the (address, person) pair; past
+    TARGET_ALLOWANCE they are answered 429, and so is the right password: a blocked caller
+    is refused before the password is hashed (argon2 costs 64 MiB and up to a second each)."""
+    from shared.domain.passwords import hash_password
+
+    email = f"guessed-{uuid.uuid4().hex[:8]}@example.com"
+    password = "the right passphrase for this person 99"
+    await pool.execute(
+        "INSERT INTO users (id, account_id, email, role, password_hash) VALUES ($1, $2, $3, 'admin', $4)",
+        uuid.uuid4(),
+        uuid.UUID(operator.account_id),
+        email,
+        hash_password(password),
+    )
+    base = f"{own['operator'].url}/console/sign-in"
+    statuses = []
+    async with from_address(fresh_address()) as guesser:
+        async with guesser.get(base) as page:
+            token = page.cookies["fleetreg_console_sign_in"].value
+        cookie = f"fleetreg_console_sign_in={token}"
+        form = {"csrf_token": token, "email": email}
+        async with guesser.post(
+            f"{base}/email", data=form, headers={"Cookie": cookie}, allow_redirects=False
+        ) as step:
+            assert step.status == 303
+            cookie += f"; fleetreg_console_pending={step.cookies['fleetreg_console_pending'].value}"
+        for attempt in [*(f"wrong guess number {n}" for n in range(TARGET_ALLOWANCE + 2)), password]:
+            form = {"csrf_token": token, "password": attempt}
+            async with guesser.post(
+                f"{base}/password", data=form, headers={"Cookie": cookie}, allow_redirects=False
+            ) as answer:
+                statuses.append(answer.status)
+    assert statuses[:TARGET_ALLOWANCE] == [401] * TARGET_ALLOWANCE
+    assert set(statuses[TARGET_ALLOWANCE + 1 :]) == {429}, statuses

@@ -22,6 +22,7 @@ from services.operator.console import filters
 from services.operator.console.auth import Operator, SignInRequired, render, sign_in_location, signed_in
 from services.operator.console.health import health_context
 from services.operator.console.pages import (
+    account,
     attestation_cas,
     auto_hooks,
     auto_registrations,
@@ -29,8 +30,11 @@ from services.operator.console.pages import (
     bulk_hooks,
     bulk_upload,
     devices,
+    invitations,
     live,
+    people_signin,
     products,
+    reauth,
     signin,
     webhooks,
 )
@@ -189,6 +193,10 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     # The upload's routes first: ``rejections/...`` is no registration ID.
     for pages in (
         signin,
+        people_signin,
+        invitations,
+        reauth,
+        account,
         products,
         auto_registrations,
         auto_hooks,

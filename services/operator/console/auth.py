@@ -19,6 +19,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -28,8 +29,9 @@ from aiohttp.web_request import FileField
 from aiohttp_session import Session, get_session
 from multidict import MultiDictProxy
 
+from services.operator.console.sessions import throttle_identity
 from services.operator.resources import RESOURCES, Resources
-from shared.db import accounts
+from shared.db import accounts, people_sessions
 from shared.domain.accounts import Account
 from shared.domain.roles import Role, at_least
 from shared.errors import DomainError, Forbidden, InvalidInput, Unauthorized
@@ -39,6 +41,10 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # The request was counted against its session's key (an error page asks who is signed in again).
 KEY_COUNTED = web.RequestKey("console_key_counted", bool)
+# The most sensitive actions need the person to have proved who they are this recently.
+REAUTH_SECONDS = 300
+# When the person of the request's session last proved who they are (None: a key's session).
+AUTHENTICATED_AT = web.RequestKey("console_authenticated_at", datetime)
 
 
 class SignInRequired(Unauthorized):
@@ -71,7 +77,7 @@ class Operator:
             return
         if self.read_only and write:
             raise Forbidden(
-                "this session's API key is read-only: it cannot change anything", rule="scope=read-only"
+                "this session is read-only (a viewer's, or a read-only key's): it cannot change anything", rule="scope=read-only"
             )
         raise Forbidden(
             f"this needs the {role} role; this session's role is {self.account.role}", rule=f"role>={role}"
@@ -83,23 +89,40 @@ def resources(request: web.Request) -> Resources:
 
 
 async def signed_in(request: web.Request) -> Operator:
-    """The signed-in operator (SignInRequired otherwise). The key is checked on every
-    request: revoking it ends its console sessions at once. Each call counts one request
-    of the session's key against ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past
-    it), as the key's own API calls do: a session is no way around its key's rate."""
+    """The signed-in operator (SignInRequired otherwise). The session's credential, a key
+    or a person, is checked on every request: revoking the key, removing the person or
+    ending the session ends it at once, and a person acts with their current role; a key's
+    session ends once its account has a person (its console is theirs then). Each
+    call counts one request of the session's key (or person) against
+    ``FLEETREG_LIMIT_REQUESTS_PER_KEY`` (TooManyRequests past it), as the key's own API
+    calls do: a session is no way around its key's rate."""
     session = await get_session(request)
-    key_id = session.get("key_id")
-    if not isinstance(key_id, str):
-        raise SignInRequired("sign in with an API key first", field="session")
+    identity = throttle_identity(session)
+    if identity is None:
+        raise SignInRequired("sign in first", field="session")
     throttle = request.config_dict.get(THROTTLE)
     if throttle is not None and not request.get(KEY_COUNTED):  # once a request, before more reads
         request[KEY_COUNTED] = True
-        await throttle.check_console_key(key_id)
-    # The session's credential is the key it was opened with, by its ID: looked up afresh.
-    account = await accounts.account_for_key_id(resources(request).pool, key_id)
+        await throttle.check_console_key(identity)
+    user_id, key_id = session.get("user_id"), session.get("key_id")
+    account: Account | None
+    if isinstance(user_id, str):
+        found = await people_sessions.actor_for_session(
+            resources(request).pool, str(session.get("session_id", "")), user_id
+        )
+        account = found[0] if found is not None else None
+        if found is not None:
+            request[AUTHENTICATED_AT] = found[1]
+    else:
+        # The session's credential is the key it was opened with, by its ID: looked up afresh.
+        account = await accounts.account_for_key_id(resources(request).pool, str(key_id))
+        if account is not None and await people_sessions.account_has_users(
+            resources(request).pool, account.id
+        ):
+            account = None  # the account has people now: its console is theirs (issue 28)
     if account is None or account.id != session.get("account_id"):
         session.invalidate()
-        raise SignInRequired("the session's API key was revoked; sign in again", field="session")
+        raise SignInRequired("the session has ended (signed out or revoked); sign in again", field="session")
     return Operator(account, str(session.get("csrf", "")), session)
 
 
@@ -163,15 +186,19 @@ def render(
     return response
 
 
-def page(template: str, *, role: str = Role.VIEWER) -> Callable[[PageHandler], Route]:
+def page(template: str, *, role: str = Role.VIEWER, reauth: bool = False) -> Callable[[PageHandler], Route]:
     """A GET page of a signed-in operator whose role is at least ``role`` (403 otherwise):
-    the handler returns the template's context."""
+    the handler returns the template's context. With ``reauth``, a person who has not proved
+    who they are within :data:`REAUTH_SECONDS` is sent to re-authenticate first, and back
+    here after."""
 
     def decorate(handler: PageHandler) -> Route:
         @functools.wraps(handler)
         async def answer(request: web.Request) -> web.StreamResponse:
             operator = await signed_in(request)
             operator.require(role, write=False)
+            if reauth:
+                check_recent_authentication(request, operator, request.path_qs)
             return render(template, request, operator, await handler(request, operator))
 
         return answer
@@ -180,12 +207,15 @@ def page(template: str, *, role: str = Role.VIEWER) -> Callable[[PageHandler], R
 
 
 def action(
-    *, write: bool = True, read_form: bool = True, role: str | None = None
+    *, write: bool = True, read_form: bool = True, role: str | None = None, reauth: bool = False
 ) -> Callable[[ActionHandler], Route]:
     """A form post of a signed-in operator. Checks origin and CSRF token (from the form, or
     the ``X-CSRF-Token`` header when ``read_form`` is False: a streamed upload) and the
     session's role: at least ``role``, by default operator for a ``write`` (a read-only
-    session changes nothing) and viewer otherwise. The handler gets the parsed form (or
+    session changes nothing) and viewer otherwise. With ``reauth`` (revealing or rotating a
+    code, creating keys, changing roles), a person who has not proved who they are within
+    :data:`REAUTH_SECONDS` is sent to re-authenticate, then back to the form's page; a key's
+    session is not asked (it has no password). The handler gets the parsed form (or
     None) and returns where to go next (303 See Other), or a response of its own. A
     domain error (invalid input, not found, conflict) is flashed on the page the form came
     from."""
@@ -199,6 +229,9 @@ def action(
             presented = form.get(CSRF_FIELD) if form is not None else request.headers.get(CSRF_HEADER)
             check_csrf(operator.csrf, presented if isinstance(presented, str) else None)
             operator.require(role or (Role.OPERATOR if write else Role.VIEWER), write=write)
+            if reauth:
+                back = _same_site_path(request, request.headers.get("Referer", ""))
+                check_recent_authentication(request, operator, back)
             try:
                 outcome = await handler(request, operator, form)
             except (Forbidden, Unauthorized):
@@ -214,6 +247,17 @@ def action(
         return answer
 
     return decorate
+
+
+def check_recent_authentication(request: web.Request, operator: Operator, back: str) -> None:
+    """Send a person whose last proof of identity is older than :data:`REAUTH_SECONDS` to
+    the re-authentication page (coming back to ``back``); a key's session passes."""
+    if operator.account.user_id is None:
+        return
+    proved = request.get(AUTHENTICATED_AT)
+    if proved is not None and (datetime.now(UTC) - proved).total_seconds() < REAUTH_SECONDS:
+        return
+    raise web.HTTPSeeOther("/console/re-auth?next=" + quote(back, safe="/"))
 
 
 def _same_site_path(request: web.Request, referer: str) -> str:

@@ -3,9 +3,11 @@
 The console never opens CORS on the bulk API: the browser talks to the console only, and
 the operator service forwards uploads, publishes, cancels and the registration hook's
 changes, tests and recent calls to the bulk API at ``settings.console.ingestion_url`` with
-the session's own API key (sealed in the session at sign-in, see pages/signin.py), so the
-bulk API applies the same account scoping, read-only refusals and limits as for any other
-client. The key is never logged and never put in an error message.
+the session's own API key (sealed in the session at sign-in, see pages/signin.py) or, for a
+person's session, a short-lived assertion of who they are (shared.domain.console_assertions),
+which the bulk API checks against the live session on every call; so the bulk API applies
+the same account scoping, role refusals and limits as for any other client. The key is
+never logged and never put in an error message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import base64
 import binascii
 import builtins
 import logging
+import time
 from collections.abc import AsyncIterable, Awaitable
 from typing import Any
 
@@ -22,6 +25,7 @@ from aiohttp import web
 
 from services.operator.console.auth import Operator, SignInRequired
 from services.operator.resources import Resources
+from shared.domain import console_assertions
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import DomainError
 
@@ -90,12 +94,20 @@ def rows_of(found: object) -> list[dict[str, Any]]:
 
 
 class BulkApi:
-    """The bulk API as one signed-in operator: every call carries their key."""
+    """The bulk API as one signed-in operator: every call carries their credential, the
+    session's ``key`` or, for a person, the ``headers`` holding their assertion."""
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, key: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        key: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {key}"}
+        self._headers = {"Authorization": f"Bearer {key}"} if key is not None else dict(headers or {})
 
     async def list(self) -> list[dict[str, Any]]:
         """Every bulk registration of the account (``BulkRegistration`` shapes)."""
@@ -194,6 +206,23 @@ def bulk_api(resources: Resources, operator: Operator) -> BulkApi:
     """The bulk API with the session's key (unsealed here, kept in memory for this request
     only). SignInRequired when the session holds no key this service can open (signed in
     before FLEETREG_SECRET_KEY was rotated, say)."""
+    account = operator.account
+    if resources.bulk_http is not None and account.user_id is not None and account.session_id is not None:
+        # A person's session holds no key: it forwards who it is, sealed for the bulk API
+        # (shared.domain.console_assertions), which checks the session is live per call.
+        assertion = console_assertions.issue(
+            resources.settings.secret_key.reveal().encode(),
+            account_id=account.id,
+            user_id=account.user_id,
+            role=str(account.role),
+            session_id=account.session_id,
+            now=time.time(),
+        )
+        return BulkApi(
+            resources.bulk_http,
+            resources.settings.console.ingestion_url,
+            headers={console_assertions.HEADER: assertion},
+        )
     sealed = operator.session.get("sealed_key")
     key_id = operator.account.key_id
     if resources.bulk_http is None or not isinstance(sealed, str) or key_id is None:

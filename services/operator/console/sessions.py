@@ -16,17 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session
 
-from shared.db import console_sessions
+from shared.db import console_sessions, people_sessions
 from shared.db.pool import Pool
 from shared.domain.credentials import Keyring, new_session_token, session_token_is_issued
 from shared.metrics import CONSOLE_SESSION_READS
-from shared.throttle import mark_refused
+from shared.throttle import mark_refused, request_source
 
 COOKIE = "fleetreg_console"
 PATH = "/console/"
@@ -37,6 +37,16 @@ MAX_TOKEN_CHARS = 64
 KNOWN_SESSIONS = 10_000
 # The request's cookie named no session: its answer deletes the cookie (console/app.py).
 STALE_SESSION = web.RequestKey("console_stale_session", bool)
+
+
+def throttle_identity(data: Mapping[str, object]) -> str | None:
+    """What a signed-in session's requests are counted under (FLEETREG_LIMIT_REQUESTS_PER_KEY):
+    its key's ID, or ``user:<ID>`` for a person's session (every session of one person shares
+    the bucket, as every session of one key does); None when not signed in."""
+    user_id, key_id = data.get("user_id"), data.get("key_id")
+    if isinstance(user_id, str):
+        return f"user:{user_id}"
+    return key_id if isinstance(key_id, str) else None
 
 
 def digest(token: str) -> bytes:
@@ -50,7 +60,8 @@ async def end_session(pool: Pool, token: str) -> None:
 
 class RegistryStorage(AbstractStorage):
     """aiohttp-session storage in the ``console_sessions`` table. A session is only ever
-    stored once it names its account and key (``account_id``, ``key_id``: signed in)."""
+    stored once it names its account and its key or person (``account_id`` and ``key_id``
+    or ``user_id``: signed in)."""
 
     def __init__(
         self,
@@ -69,8 +80,9 @@ class RegistryStorage(AbstractStorage):
         self._keys: OrderedDict[bytes, str] = OrderedDict()
 
     def known_key(self, request: web.Request) -> str | None:
-        """The key ID of the request's session when this instance read it lately, else None
-        (nothing is read: a cheap first look, never an authentication)."""
+        """The throttle identity (:func:`throttle_identity`) of the request's session when
+        this instance read it lately, else None (nothing is read: a cheap first look, never
+        an authentication)."""
         token = request.cookies.get(COOKIE)
         if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             return None
@@ -91,8 +103,9 @@ class RegistryStorage(AbstractStorage):
             self._keys.pop(digest(token), None)
             return self._refused(request)
         values = json.loads(data)
-        if isinstance(values.get("session", {}).get("key_id"), str):
-            self._remember(digest(token), values["session"]["key_id"])
+        identity = throttle_identity(values.get("session", {}))
+        if identity is not None:
+            self._remember(digest(token), identity)
         return Session(token, data=values, new=False, max_age=self.max_age)
 
     def _refused(self, request: web.Request) -> Session:
@@ -120,10 +133,24 @@ class RegistryStorage(AbstractStorage):
                 await end_session(pool, str(token))
             self._set_cookie(request, response, "")
             return
-        if "key_id" not in session or "account_id" not in session:
+        if throttle_identity(session) is None or "account_id" not in session:
             return  # never store a session that is not signed in
         data = json.dumps(self._get_session_data(session))
-        if token is None:  # signing in: the only way a session row comes to be
+        if token is None and "user_id" in session:  # a person signed in (every factor passed)
+            token = new_session_token(self._keyring_of(request).session_tag)
+            created = datetime.fromtimestamp(session.created, UTC)
+            await people_sessions.create(
+                pool,
+                digest(str(token)),
+                account_id=session["account_id"],
+                user_id=session["user_id"],
+                session_id=session["session_id"],
+                data=data,
+                expires_at=created + timedelta(seconds=self.max_age or 0),
+                source_address=request_source(request),
+                user_agent=request.headers.get("User-Agent", ""),
+            )
+        elif token is None:  # signing in with a key: the only other way a session row comes to be
             token = new_session_token(self._keyring_of(request).session_tag)
             created = datetime.fromtimestamp(session.created, UTC)
             await console_sessions.create(

@@ -99,7 +99,7 @@ async def _with_keys(
     return render("auto_registration.html", request, operator, context)
 
 
-@action()
+@action(reauth=True)
 async def rotate_key(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
     """Replace the primary or secondary group key (the ``key`` field; the ``confirm`` box
     ticked); the page shows the new key once."""
@@ -166,7 +166,7 @@ async def show_auto(request: web.Request, operator: Operator) -> Context:
     return await _auto_context(request, operator, reveal=False)
 
 
-@action(write=False)
+@action(write=False, reauth=True)
 async def reveal_code(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
     """The registration's page with its code shown (the answer of a POST: not cached, not in
     a URL); refused to a read-only session (403)."""
@@ -201,7 +201,7 @@ def _change(action_name: handlers.AutoAction, done: str) -> Route:
     """The form of one state change (pause, resume, rotate-code): it 303s back to the
     registration's page with ``done`` flashed; rotating needs the ``confirm`` box ticked."""
 
-    @action()
+    @action(reauth=action_name == "rotate-code")
     async def change(request: web.Request, operator: Operator, form: Form) -> str:
         registration_id = path_id(request, "registration_id")
         if action_name == "rotate-code" and text(form, "confirm") != "yes":

@@ -97,13 +97,13 @@ async def show_product(request: web.Request, operator: Operator) -> Context:
     return product_context(found, operator)
 
 
-@action(write=False)
+@action(write=False, reauth=True)
 async def reveal_code(request: web.Request, operator: Operator, form: Form) -> web.StreamResponse:
     """The product's page with its codes shown: the answer of a POST (not cached, not in a
     URL). A read-only session may not see a code (403), as a read-only API key sees it masked."""
     if operator.read_only:
         raise Forbidden(
-            "this session's API key is read-only: it may not see a product's codes", rule="scope=read-only"
+            "this session is read-only (a viewer's, or a read-only key's): it may not see a product's codes", rule="scope=read-only"
         )
     product_id = path_id(request, "product_id")
     found = await handlers.get_product(resources(request).pool, operator.account, product_id)

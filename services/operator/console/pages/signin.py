@@ -10,9 +10,11 @@ holding the key's ID, a fresh CSRF token and the key itself sealed with FLEETREG
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from aiohttp import web
 from aiohttp_session import get_session, new_session
+from multidict import MultiDictProxy
 
 from services.operator.console.auth import (
     CSRF_FIELD,
@@ -28,6 +30,7 @@ from services.operator.console.auth import (
 )
 from services.operator.console.sessions import end_session
 from services.operator.handlers import access
+from services.operator.handlers import people as people_sessions
 from services.operator.views import access as access_views
 from shared.domain.webhooks import CONSOLE_SESSION_KEYS, SecretBox
 from shared.errors import Unauthorized
@@ -45,15 +48,27 @@ def safe_next(value: str | None) -> str:
     return "/console/"
 
 
-def _sign_in_page(request: web.Request, error: str = "", status: int = 200) -> web.Response:
-    token = request.cookies.get(SIGN_IN_COOKIE)
-    if not token or len(token) > 64:
-        token = new_csrf_token()
+def sign_in_page(
+    request: web.Request,
+    error: str = "",
+    status: int = 200,
+    *,
+    template: str = "sign_in.html",
+    context: dict[str, object] | None = None,
+) -> web.Response:
+    """A page of the sign-in steps (before any session), with the form's double-submit token
+    (:data:`SIGN_IN_COOKIE`) set again."""
+    token = sign_in_token(request)
     response = render(
-        "sign_in.html",
+        template,
         request,
         None,
-        {"sign_in_csrf": token, "next": safe_next(request.query.get("next")), "error": error},
+        {
+            "sign_in_csrf": token,
+            "next": safe_next(request.query.get("next")),
+            "error": error,
+            **(context or {}),
+        },
         status=status,
     )
     response.set_cookie(
@@ -62,23 +77,35 @@ def _sign_in_page(request: web.Request, error: str = "", status: int = 200) -> w
     return response
 
 
+def sign_in_token(request: web.Request) -> str:
+    """The browser's sign-in form token (double-submit cookie), or a new one."""
+    token = request.cookies.get(SIGN_IN_COOKIE)
+    return token if token and len(token) <= 64 else new_csrf_token()
+
+
+def check_sign_in_csrf(request: web.Request, form: MultiDictProxy[Any]) -> None:
+    """A sign-in step's form: same origin, and its token is the browser's cookie."""
+    check_origin(request)
+    presented = form.get(CSRF_FIELD)
+    check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), presented if isinstance(presented, str) else None)
+
+
 async def sign_in_form(request: web.Request) -> web.StreamResponse:
-    return _sign_in_page(request)
+    return sign_in_page(request)
 
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
     check_origin(request)
     form = await parsed_form(request)
-    presented = form.get(CSRF_FIELD)
-    check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), presented if isinstance(presented, str) else None)
+    check_sign_in_csrf(request, form)
     key = form.get("api_key")
     key = key.strip() if isinstance(key, str) else ""
     if not key:
         # No credential at all: 400, not counted (as a call without Authorization on the APIs).
-        return _sign_in_page(request, "Enter an account API key.", status=400)
+        return sign_in_page(request, "Enter an account API key.", status=400)
     if len(key) > MAX_KEY_CHARS:
         mark_refused(request)
-        return _sign_in_page(request, "Enter an account API key.", status=401)
+        return sign_in_page(request, "Enter an account API key.", status=401)
     r = resources(request)
     try:
         # The key is checked as every API checks one (its per-request rate is the console's:
@@ -86,8 +113,17 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         account = await account_for(key, r.pool)
     except Unauthorized:
         mark_refused(request)  # counts against the source, as a wrong key on the API does
-        return _sign_in_page(request, "That API key is unknown or revoked.", status=401)
+        return sign_in_page(request, "That API key is unknown or revoked.", status=401)
     assert account.key_id is not None
+    if await people_sessions.account_has_users(r.pool, account.id):
+        # Once the account has people, they sign in as themselves (issue 28); automation
+        # keeps its keys for the APIs and the CLI. The key was right: nothing is counted.
+        return sign_in_page(
+            request,
+            "This account's console is signed in to by its people: sign in with your e-mail "
+            "address. API keys still work for the APIs and the CLI.",
+            status=403,
+        )
     throttle = request.config_dict.get(THROTTLE)
     if throttle is not None:
         # A sign-in is one console request of its key (TooManyRequests, the 429 page, past
