@@ -77,7 +77,8 @@ class Operator:
             return
         if self.read_only and write:
             raise Forbidden(
-                "this session is read-only (a viewer's, or a read-only key's): it cannot change anything", rule="scope=read-only"
+                "this session is read-only (a viewer's, or a read-only key's): it cannot change anything",
+                rule="scope=read-only",
             )
         raise Forbidden(
             f"this needs the {role} role; this session's role is {self.account.role}", rule=f"role>={role}"

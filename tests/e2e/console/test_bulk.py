@@ -244,7 +244,9 @@ async def test_a_read_only_session_cannot_upload_publish_or_cancel(
 
     await console.open("/console/bulk-registrations")
     page = console.page
-    await expect(page.get_by_text("This session is read-only (a viewer's, or a read-only key's)")).to_be_visible()
+    await expect(
+        page.get_by_text("This session is read-only (a viewer's, or a read-only key's)")
+    ).to_be_visible()
     await expect(page.get_by_label("CSV file")).to_have_count(0)
     await expect(page.get_by_role("link", name="fleet.csv")).to_be_visible()  # it may look
     await console.check_accessibility()

@@ -118,7 +118,10 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReade
 
 
 def _read_only() -> Forbidden:
-    return Forbidden("this session is read-only (a viewer's, or a read-only key's): it cannot upload", rule="scope=read-only")
+    return Forbidden(
+        "this session is read-only (a viewer's, or a read-only key's): it cannot upload",
+        rule="scope=read-only",
+    )
 
 
 async def _forward(

@@ -169,7 +169,8 @@ async def show_device(request: web.Request, operator: Operator) -> Context:
 def _refuse_read_only(operator: Operator) -> None:
     if operator.read_only:
         raise Forbidden(
-            "this session is read-only (a viewer's, or a read-only key's): it cannot change anything", rule="scope=read-only"
+            "this session is read-only (a viewer's, or a read-only key's): it cannot change anything",
+            rule="scope=read-only",
         )
 
 

@@ -103,7 +103,8 @@ async def reveal_code(request: web.Request, operator: Operator, form: Form) -> w
     URL). A read-only session may not see a code (403), as a read-only API key sees it masked."""
     if operator.read_only:
         raise Forbidden(
-            "this session is read-only (a viewer's, or a read-only key's): it may not see a product's codes", rule="scope=read-only"
+            "this session is read-only (a viewer's, or a read-only key's): it may not see a product's codes",
+            rule="scope=read-only",
         )
     product_id = path_id(request, "product_id")
     found = await handlers.get_product(resources(request).pool, operator.account, product_id)
