@@ -3,6 +3,9 @@
 The demo account's API key exists in clear only in var/demo_api_key (mode 600),
 because the registry stores keys hashed. The demo product (ssh and web, locked,
 with an active auto registration) gives ``fleetreg simulate`` a code to boot with.
+Until the account has a person, its first owner (:data:`DEMO_OWNER`) is invited and the
+invitation's link kept in var/demo_owner_invitation (mode 600): opening it in the console
+and choosing a password makes the owner, who then signs in by e-mail.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from pathlib import Path
 
 from cli import wait_ready
 from cli.config import parse_env_file
-from shared.db import accounts, products, registrations
-from shared.db.pool import open_pool
+from shared.db import accounts, products, registrations, users
+from shared.db.pool import Pool, open_pool
+from shared.domain.accounts import Account
 from shared.domain.products import parse_service
+from shared.domain.roles import Role
 from shared.settings import DatabaseSettings, Secret
 
 DEMO_ACCOUNT = "demo"
 DEMO_PRODUCT = "demo-gateway"
+DEMO_OWNER = "owner@demo.example.com"
+OWNER_INVITATION_FILE = "demo_owner_invitation"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -53,6 +60,8 @@ async def prepare(var: Path) -> dict[str, str]:
         if not await registrations.list_registrations(pool, account.id, "auto"):
             await registrations.create_registration(pool, account, product.id, "auto", "active")
         product = await products.get_product(pool, account.id, product.id)
+        link_file = var / OWNER_INVITATION_FILE
+        _keep_link(link_file, await _invite_owner(pool, account, _read_link(link_file), _operator_url()))
     finally:
         await pool.close()
     ports = {
@@ -82,6 +91,35 @@ async def prepare(var: Path) -> dict[str, str]:
         "DATABASE_URL": infra["DATABASE_URL"],
         **ops_urls,
     }
+
+
+def _operator_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('FLEETREG_OPERATOR_PORT', '18081')}"
+
+
+async def _invite_owner(
+    pool: Pool, account: Account, saved: str | None, operator_url: str, email: str = DEMO_OWNER
+) -> str | None:
+    """The owner invitation's link to keep while the demo account has no person: ``saved``
+    (the link kept before) while its invitation is still open, else a new one (replacing
+    any); None once the account has a person (the link is used up)."""
+    if await users.list_users(pool, account.id):
+        return None
+    if saved and await users.invitation_for(pool, saved.rsplit("/", 1)[-1]) is not None:
+        return saved
+    issued = await users.invite(pool, account, email, Role.OWNER, 72)
+    return f"{operator_url}/console/invitations/{issued.token}"
+
+
+def _keep_link(path: Path, link: str | None) -> None:
+    if link is None:
+        path.unlink(missing_ok=True)
+    else:
+        _write_private(path, link + "\n")
+
+
+def _read_link(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
 
 def main(var: Path) -> None:

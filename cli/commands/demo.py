@@ -32,6 +32,7 @@ from cli.commands.bulk import BULK_URL, remember_upload
 from cli.commands.devices import fetch_devices
 from cli.commands.simulate import print_summary, progress_bar
 from cli.config import ConfigError, load_endpoints, require
+from cli.endpoints import DEMO_OWNER, OWNER_INVITATION_FILE
 from cli.errors import CliError
 from cli.output import emit_json, print_table, progress
 from cli.reference_hook import free_port, reference_hook
@@ -76,6 +77,7 @@ def register(groups: Any, common: argparse.ArgumentParser) -> None:
 # full-access key and outlives the demo, while var/endpoints.env is readable by this user
 # only (mode 600).
 SHOW_KEY = "grep '^FLEETREG_ADMIN_TOKEN=' var/endpoints.env | cut -d= -f2-"
+SHOW_OWNER_LINK = f"cat var/{OWNER_INVITATION_FILE}"
 
 
 def console_hint(endpoints: dict[str, str]) -> list[str]:
@@ -83,8 +85,10 @@ def console_hint(endpoints: dict[str, str]) -> list[str]:
     console = endpoints.get("FLEETREG_ADMIN_URL", "http://127.0.0.1:18081").rstrip("/") + "/console/"
     return [
         f"Console: {console} (this demo's storm, live: {console}live)",
-        f"Sign in with the demo account's API key; show it with: {SHOW_KEY}",
-        "(the key is not printed here: terminal output ends up in logs and screen shares)",
+        f"Sign in as the demo account's owner, {DEMO_OWNER}, with your password. The first time, open",
+        f"the owner's invitation link and choose one: show the link with: {SHOW_OWNER_LINK}",
+        f"(until the owner joins, the demo account's API key signs in too: {SHOW_KEY};",
+        "links and keys are not printed here: terminal output ends up in logs and screen shares)",
     ]
 
 

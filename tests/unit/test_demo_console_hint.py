@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cli.commands.demo import SHOW_KEY, console_hint
+from cli.commands.demo import SHOW_KEY, SHOW_OWNER_LINK, console_hint
+from cli.endpoints import DEMO_OWNER
 
 KEY = "frk_demo-key-1234"
 
@@ -16,6 +17,7 @@ def test_the_hint_gives_the_console_url_and_a_command_that_shows_the_key(tmp_pat
     assert "Console: http://127.0.0.1:28081/console/ " in hint
     assert "http://127.0.0.1:28081/console/live" in hint
     assert KEY not in hint
+    assert DEMO_OWNER in hint and SHOW_OWNER_LINK in hint
     # the printed command, run where make demo runs, shows exactly the key
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "endpoints.env").write_text(
