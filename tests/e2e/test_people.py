@@ -156,10 +156,12 @@ async def test_below_admin_the_people_routes_are_refused(operator: Operator) -> 
         ("DELETE", f"/v1/service-accounts/{uuid.uuid4()}", None),
         ("POST", f"/v1/service-accounts/{uuid.uuid4()}/api-keys", {}),
     ]
-    for role, rule in (("operator", "role>=admin"), ("viewer", "scope=read-only")):
+    for role in ("operator", "viewer"):
         caller = await _keyed(operator, role)
         for method, path, body in calls:
             answer = await caller.call(method, path, body, expect=403)
+            # A viewer asked to change something is told it is read-only; otherwise the role it lacks.
+            rule = "scope=read-only" if role == "viewer" and method != "GET" else "role>=admin"
             assert (answer["error"], answer["rule"]) == ("forbidden", rule), (role, method, path)
     assert (await operator.call("GET", "/v1/users", expect=200))["invitations"] == []
 
