@@ -5,7 +5,8 @@ the operator's one :class:`shared.oidc.OidcClient` (services/operator/resources.
 the webhooks' address rules).
 
 - :func:`single_sign_on_for`: the e-mail step found an address whose domain is an
-  account's single sign-on: the provider's authorization URL, and the pending sign-in (the
+  account's single sign-on: a page going on to the provider's authorization URL, and the
+  pending sign-in (the
   state, nonce and PKCE verifier, the account, where to go afterwards) kept in a cookie of
   its own, sealed like the password steps' (console/people.py) and SameSite=Lax: the
   provider's redirect back is a cross-site navigation, on which a Strict cookie is not
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from services.operator.console.auth import resources
+from services.operator.console.auth import render, resources
 from services.operator.console.people import pending, set_pending
 from services.operator.handlers import sso as sso_handlers
 from shared.db.sso import SsoProvider
@@ -84,7 +85,7 @@ def _provider(request: web.Request, found: SsoProvider) -> Provider:
 
 
 async def single_sign_on_for(request: web.Request, email: str, next_path: str) -> web.StreamResponse | None:
-    """The redirect to the provider of the account whose single sign-on has ``email``'s
+    """The page going on to the provider of the account whose single sign-on has ``email``'s
     domain, with the pending sign-in's cookie set; None when no account has that domain
     (the password form). ProviderUnavailable (the 503 page) when the provider cannot be
     reached, or its address or discovery document is not acceptable."""
@@ -103,7 +104,9 @@ async def single_sign_on_for(request: web.Request, email: str, next_path: str) -
             extra={"account_id": found.account_id, "issuer": found.issuer, "error": exc.message},
         )
         raise ProviderUnavailable(UNAVAILABLE.format(reason=exc.message)) from None
-    response = web.HTTPSeeOther(url)
+    # A page, not a redirect: the sign-in form's CSP (form-action 'self') forbids a form's
+    # answer to redirect to another site; the page's own navigation is no form's.
+    response = render("sso_to_provider.html", request, None, {"url": url})
     set_pending(
         response,
         request,
