@@ -98,6 +98,11 @@ async def sso_sign_in(console: Console, email: str, path: str = "/console/sign-i
     await expect(console.page.get_by_role("button", name="Sign out", exact=True)).to_be_visible()
 
 
+async def stay(route: Route) -> None:
+    """A navigation answered 204: the browser stays on the page it was leaving."""
+    await route.fulfill(status=204)
+
+
 def log_offsets() -> dict[Path, int]:
     return {path: path.stat().st_size for path in LOGS.glob("*.log")}
 
@@ -120,8 +125,24 @@ async def test_people_sign_in_through_the_provider_with_the_role_of_their_groups
     alice.page.on("request", seen)
     await alice.open("/console/products")  # sent to sign in, then back here
     await alice.check_accessibility()
+    # Each page in between goes on by itself; a 204 answer keeps the browser on it a moment,
+    # for the accessibility checks and its link.
+    authorize, products = (
+        re.compile(r".*/protocol/openid-connect/auth\?.*"),
+        re.compile(r".*/console/products$"),
+    )
+    await alice.page.route(authorize, stay)
     await to_provider(alice, "alice@example.com", alice.page.url.removeprefix(alice.url))
+    await expect(alice.page.get_by_role("heading", name="Single sign-on")).to_be_visible()
+    await alice.check_accessibility()
+    await alice.page.unroute(authorize)
+    await alice.page.route(products, stay)
+    await alice.page.get_by_role("link", name="Continue to your identity provider").click()
     await at_provider(alice, "alice@example.com")
+    await expect(alice.page.get_by_role("heading", name="Signed in")).to_be_visible()
+    await alice.check_accessibility()
+    await alice.page.unroute(products)
+    await alice.page.get_by_role("link", name="Continue to the console").click()
     await expect(alice.page.get_by_role("button", name="Sign out", exact=True)).to_be_visible()
     assert urllib.parse.urlsplit(alice.page.url).path == "/console/products"
     assert alice.page.url.startswith("http://localhost:")
