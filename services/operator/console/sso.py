@@ -139,7 +139,13 @@ async def finish(request: web.Request) -> SignedIn:
             rule="removed",
         )
     oidc = state.get("oidc")
-    identity = await resources(request).oidc.finish(
-        _provider(request, found), Pending.from_dict(oidc if isinstance(oidc, dict) else {}), request.query
-    )
+    started = Pending.from_dict(oidc if isinstance(oidc, dict) else {})
+    try:
+        identity = await resources(request).oidc.finish(_provider(request, found), started, request.query)
+    except InvalidInput as exc:  # the provider's address or documents: the admins', not the person's
+        log.warning(
+            "single sign-on could not finish",
+            extra={"account_id": found.account_id, "issuer": found.issuer, "error": exc.message},
+        )
+        raise ProviderUnavailable(UNAVAILABLE.format(reason=exc.message)) from None
     return SignedIn(found, identity, str(state.get("next", "")))
