@@ -93,10 +93,26 @@ async def single_sign_on_for(request: web.Request, email: str, next_path: str) -
     if domain is None:
         return None
     found = await sso_handlers.sso_for_domain(resources(request).pool, domain)
-    if found is None:
-        return None
+    return None if found is None else await _to_provider(request, found, next_path)
+
+
+async def confirm_through_provider(
+    request: web.Request, account_id: str, next_path: str
+) -> web.StreamResponse | None:
+    """Re-authentication of a person of an account with single sign-on: the page going on to
+    the account's provider, which is asked to sign the person in anew (``prompt=login``);
+    its callback opens a new session, authenticated now. None: the account has none."""
+    found = await sso_handlers.sso_of_account(resources(request).pool, account_id)
+    return None if found is None else await _to_provider(request, found, next_path, prompt="login")
+
+
+async def _to_provider(
+    request: web.Request, found: SsoProvider, next_path: str, prompt: str | None = None
+) -> web.StreamResponse:
     try:
-        url, started = await resources(request).oidc.begin(_provider(request, found), callback_url(request))
+        url, started = await resources(request).oidc.begin(
+            _provider(request, found), callback_url(request), prompt=prompt
+        )
     except (ProviderUnavailable, InvalidInput) as exc:
         # Whatever the reason, the person can do nothing about it: the account's admins can.
         log.warning(

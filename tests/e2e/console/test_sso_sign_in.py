@@ -328,3 +328,31 @@ async def test_a_provider_that_cannot_be_reached_is_a_503_page(
     )
     await console.check_accessibility()
     await operator.call("DELETE", "/v1/sso", expect=200)
+
+
+async def test_a_person_of_the_provider_confirms_who_they_are_there_again(
+    new_console: NewConsole, sso_account: Operator, pool: Pool
+) -> None:
+    registration = await sso_account.product()
+    code = registration["bulk_identification_code"]
+    console = await open_console(new_console, sso_account)
+    await sso_sign_in(console, "alice@example.com")
+    await pool.execute(
+        "UPDATE console_sessions SET authenticated_at = now() - interval '6 minutes' "
+        "WHERE user_id = (SELECT id FROM users WHERE email = 'alice@example.com' AND removed_at IS NULL)"
+    )
+    product_page = f"/console/products/{registration['product_id']}"
+    await console.open(product_page)
+    await console.page.get_by_role("button", name="Reveal the code").click()
+    await expect(console.page.get_by_role("heading", name="Confirm it is you")).to_be_visible()
+    await console.check_accessibility()
+    await expect(console.page.get_by_label("Password")).to_have_count(0)  # she has none here
+    await console.page.get_by_role("button", name="Confirm through your identity provider").click()
+    # The provider asks for her password again (prompt=login), though it has a session of hers.
+    await console.page.wait_for_url(AT_PROVIDER)
+    await expect(console.page.get_by_text("Please re-authenticate to continue")).to_be_visible()
+    await console.page.locator("#password").fill(USERS["alice@example.com"][0])
+    await console.page.locator("#kc-login").click()
+    await console.page.wait_for_url(re.compile(re.escape(product_page) + "$"))
+    await console.page.get_by_role("button", name="Reveal the code").click()
+    await expect(console.page.locator("#bulk-code")).to_have_text(code)
