@@ -58,6 +58,7 @@ class SignedIn:
     sso: SsoProvider
     identity: Identity
     next_path: str
+    replaces: str | None = None  # a re-authentication: the session it replaces
 
 
 def callback_url(request: web.Request) -> str:
@@ -97,17 +98,24 @@ async def single_sign_on_for(request: web.Request, email: str, next_path: str) -
 
 
 async def confirm_through_provider(
-    request: web.Request, account_id: str, next_path: str
+    request: web.Request, account_id: str, session_id: str, next_path: str
 ) -> web.StreamResponse | None:
     """Re-authentication of a person of an account with single sign-on: the page going on to
     the account's provider, which is asked to sign the person in anew (``prompt=login``);
-    its callback opens a new session, authenticated now. None: the account has none."""
+    its callback opens a new session, authenticated now, and ends ``session_id`` (when it is
+    the same person's). None: the account has none."""
     found = await sso_handlers.sso_of_account(resources(request).pool, account_id)
-    return None if found is None else await _to_provider(request, found, next_path, prompt="login")
+    if found is None:
+        return None
+    return await _to_provider(request, found, next_path, prompt="login", replaces=session_id)
 
 
 async def _to_provider(
-    request: web.Request, found: SsoProvider, next_path: str, prompt: str | None = None
+    request: web.Request,
+    found: SsoProvider,
+    next_path: str,
+    prompt: str | None = None,
+    replaces: str | None = None,
 ) -> web.StreamResponse:
     try:
         url, started = await resources(request).oidc.begin(
@@ -127,7 +135,13 @@ async def _to_provider(
         response,
         request,
         SSO_BINDING,
-        {"stage": SSO_STAGE, "account_id": found.account_id, "oidc": started.to_dict(), "next": next_path},
+        {
+            "stage": SSO_STAGE,
+            "account_id": found.account_id,
+            "oidc": started.to_dict(),
+            "next": next_path,
+            "replaces": replaces,
+        },
         cookie=SSO_COOKIE,
         same_site="Lax",
     )
@@ -164,4 +178,6 @@ async def finish(request: web.Request) -> SignedIn:
             extra={"account_id": found.account_id, "issuer": found.issuer, "error": exc.message},
         )
         raise ProviderUnavailable(UNAVAILABLE.format(reason=exc.message)) from None
-    return SignedIn(found, identity, str(state.get("next", "")))
+    replaces = state.get("replaces")
+    replaced = replaces if isinstance(replaces, str) else None
+    return SignedIn(found, identity, str(state.get("next", "")), replaced)

@@ -356,3 +356,8 @@ async def test_a_person_of_the_provider_confirms_who_they_are_there_again(
     await console.page.wait_for_url(re.compile(re.escape(product_page) + "$"))
     await console.page.get_by_role("button", name="Reveal the code").click()
     await expect(console.page.locator("#bulk-code")).to_have_text(code)
+    sessions = await pool.fetchval(
+        "SELECT count(*) FROM console_sessions s JOIN users u ON u.id = s.user_id "
+        "WHERE u.email = 'alice@example.com' AND u.removed_at IS NULL"
+    )
+    assert sessions == 1  # the re-authenticated one; the one it confirmed for ended

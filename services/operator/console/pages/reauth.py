@@ -61,9 +61,11 @@ async def reauthenticate_through_provider(
     """On to the account's identity provider, asked to sign the person in anew; its callback
     (pages/sso_signin.py) opens a new session and comes back to ``next``."""
     next_path = safe_next(text(form, "next"))
-    if operator.account.user_id is None:
+    if operator.account.user_id is None or operator.account.session_id is None:
         return next_path
-    answer = await sso.confirm_through_provider(request, operator.account.id, next_path)
+    answer = await sso.confirm_through_provider(
+        request, operator.account.id, operator.account.session_id, next_path
+    )
     if answer is None:
         flash(operator, "This account no longer signs in through an identity provider.", "error")
         return "/console/re-auth?next=" + quote(next_path, safe="/")

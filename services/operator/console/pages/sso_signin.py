@@ -28,6 +28,7 @@ from aiohttp import web
 from services.operator.console import people, sso
 from services.operator.console.auth import render, resources
 from services.operator.console.pages.signin import safe_next
+from services.operator.handlers import people as people_sessions
 from services.operator.handlers import sso as sso_handlers
 from shared.domain.sso import role_from_groups
 from shared.errors import DomainError
@@ -61,6 +62,10 @@ async def callback(request: web.Request) -> web.StreamResponse:
         response.headers.update(exc.headers())
     else:
         await people.start_session(request, account_id=signed.sso.account_id, user_id=joined.user.id)
+        if signed.replaces is not None:
+            # A re-authentication: the session it confirmed for ends (only if it is this
+            # person's), its cookie not sent on the provider's cross-site redirect chain.
+            await people_sessions.end_session(resources(request).pool, joined.user.id, signed.replaces)
         next_path = safe_next(signed.next_path)
         response = render(
             "sso_signed_in.html", request, None, {"next": next_path, "email": joined.user.email}
