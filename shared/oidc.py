@@ -212,10 +212,14 @@ class OidcClient:
 
     # ------------------------------------------------------------------ flow ----
 
-    async def begin(self, provider: Provider, redirect_uri: str) -> tuple[str, Pending]:
+    async def begin(
+        self, provider: Provider, redirect_uri: str, *, prompt: str | None = None
+    ) -> tuple[str, Pending]:
         """The URL to send the person's browser to, and what to keep until the callback.
 
-        ``redirect_uri``: this application's callback, registered at the provider. Raises
+        ``redirect_uri``: this application's callback, registered at the provider.
+        ``prompt``: OpenID Connect's ``prompt`` (``login``: the provider asks the person to
+        sign in anew even with a session there, for a re-authentication). Raises
         InvalidInput or ProviderUnavailable when the provider's discovery document cannot
         be had (:meth:`discover`)."""
         found = await self.discover(provider.issuer)
@@ -237,6 +241,7 @@ class OidcClient:
                 "code_challenge": code_challenge(pending.code_verifier),
                 "code_challenge_method": "S256",
             }
+            | ({"prompt": prompt} if prompt else {})
         )
         separator = "&" if urllib.parse.urlsplit(found.authorization_endpoint).query else "?"
         return f"{found.authorization_endpoint}{separator}{query}", pending

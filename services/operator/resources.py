@@ -18,6 +18,7 @@ from shared.db.pool import Pool, answers, open_pool
 from shared.domain.credentials import Keyring
 from shared.hook_caller import HookCaller
 from shared.http import READINESS, READINESS_PROBE
+from shared.oidc import OidcClient
 from shared.periodic import PeriodicJob
 from shared.throttle import THROTTLE, open_throttle
 
@@ -39,6 +40,9 @@ class Resources:
     # address checks under FLEETREG_WEBHOOKS_ALLOW_PRIVATE_URLS as the operator reads it.
     # Opened by resources_context; an unopened one refuses to call.
     hook_caller: HookCaller = field(default_factory=lambda: HookCaller(allow_private=False))
+    # The console's single sign-on (console/sso.py): one client of the accounts' identity
+    # providers, under the same address rules as the hooks. Opened by resources_context.
+    oidc: OidcClient = field(default_factory=lambda: OidcClient(allow_private=False))
 
     @property
     def keyring(self) -> Keyring:
@@ -70,12 +74,16 @@ def resources_context(settings: OperatorSettings) -> Callable[[web.Application],
             hook_caller = HookCaller(allow_private=settings.webhooks_allow_private_urls)
             await hook_caller.open()
             stack.push_async_callback(hook_caller.close)
+            oidc = OidcClient(allow_private=settings.webhooks_allow_private_urls)
+            await oidc.open()
+            stack.push_async_callback(oidc.close)
             app[RESOURCES] = Resources(
                 settings,
                 pool,
                 ExportSlots(settings.exports_max),
                 bulk_http=bulk_http,
                 hook_caller=hook_caller,
+                oidc=oidc,
             )
             # Every instance prunes: the batches skip each other's rows (shared.db.retention).
             await stack.enter_async_context(

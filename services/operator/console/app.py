@@ -36,6 +36,7 @@ from services.operator.console.pages import (
     products,
     reauth,
     signin,
+    sso_signin,
     webhooks,
 )
 from services.operator.console.sessions import COOKIE, PATH, STALE_SESSION, RegistryStorage
@@ -194,6 +195,7 @@ def create_console(settings: ConsoleSettings) -> web.Application:
     for pages in (
         signin,
         people_signin,
+        sso_signin,
         invitations,
         reauth,
         account,

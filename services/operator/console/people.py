@@ -103,27 +103,36 @@ def _box(request: web.Request) -> SecretBox:
 
 
 def set_pending(
-    response: web.StreamResponse, request: web.Request, binding: str, state: dict[str, Any]
+    response: web.StreamResponse,
+    request: web.Request,
+    binding: str,
+    state: dict[str, Any],
+    *,
+    cookie: str = PENDING_COOKIE,
+    same_site: str = "Strict",
 ) -> None:
     """Keep the half-signed-in ``state`` in the browser, sealed and bound to ``binding`` (the
-    sign-in form's token), for :data:`PENDING_SECONDS`."""
+    sign-in form's token), for :data:`PENDING_SECONDS`, in ``cookie`` (single sign-on keeps
+    its own, SameSite=Lax: the provider's redirect back is a cross-site navigation)."""
     sealed = _box(request).seal(binding, json.dumps({**state, "exp": time.time() + PENDING_SECONDS}))
     response.set_cookie(
-        PENDING_COOKIE,
+        cookie,
         base64.urlsafe_b64encode(sealed).decode(),
         path="/console/",
         max_age=PENDING_SECONDS,
         httponly=True,
-        samesite="Strict",
+        samesite=same_site,
         secure=request.secure,
     )
 
 
-def pending(request: web.Request, binding: str, stage: str) -> dict[str, Any] | None:
+def pending(
+    request: web.Request, binding: str, stage: str, *, cookie: str = PENDING_COOKIE
+) -> dict[str, Any] | None:
     """The half-signed-in state at ``stage``, or None: none, another browser's, expired, or
     at another step."""
-    raw = request.cookies.get(PENDING_COOKIE, "")
-    if not raw or len(raw) > 2000 or not binding:
+    raw = request.cookies.get(cookie, "")
+    if not raw or len(raw) > 4000 or not binding:
         return None
     try:
         state = json.loads(_box(request).open(binding, base64.urlsafe_b64decode(raw)))
@@ -137,8 +146,8 @@ def pending(request: web.Request, binding: str, stage: str) -> dict[str, Any] | 
     return state
 
 
-def drop_pending(response: web.StreamResponse) -> None:
-    response.del_cookie(PENDING_COOKIE, path="/console/")
+def drop_pending(response: web.StreamResponse, cookie: str = PENDING_COOKIE) -> None:
+    response.del_cookie(cookie, path="/console/")
 
 
 async def start_session(request: web.Request, *, account_id: str, user_id: str) -> None:
@@ -161,11 +170,3 @@ async def start_session(request: web.Request, *, account_id: str, user_id: str) 
             "csrf": new_csrf_token(),
         }
     )
-
-
-async def single_sign_on_for(request: web.Request, email: str) -> str | None:
-    """HOOK POINT for single sign-on (issue 28, the OIDC work in shared/oidc.py): the URL to
-    send a browser to when the address's domain belongs to an account's OpenID Connect
-    provider (``shared.db.sso.account_for_domain`` finds the account), else None (the
-    password form). The sign-in flow is not wired yet: always None."""
-    return None

@@ -1,8 +1,11 @@
 """A person signs in (issue 28), e-mail first: the address, then the password, then (when
 TOTP is enrolled) a code from the authenticator app or a recovery code.
 
-- The address's domain may pick the account's single sign-on (:func:`people.single_sign_on_for`,
-  the hook point for OpenID Connect); otherwise the password form follows.
+- The address's domain may pick the account's single sign-on (console/sso.py sends the
+  browser to the account's OpenID Connect provider; pages/sso_signin.py is its callback);
+  otherwise the password form follows. ``with=password`` skips single sign-on: an owner's
+  way in when the provider is down; an account whose single sign-on is ``required`` lets
+  no one but its owners past the password.
 - A wrong password and an unknown address answer the same page and status, after the same
   one argon2 verify; each refusal counts against the caller's address and the address tried
   (shared.throttle), and a caller already blocked is answered 429 before any hashing.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.operator.console import people
+from services.operator.console import people, sso
 from services.operator.console.auth import parsed_form, resources
 from services.operator.console.pages.signin import (
     SIGN_IN_COOKIE,
@@ -25,11 +28,17 @@ from services.operator.console.pages.signin import (
     sign_in_token,
 )
 from services.operator.handlers import people as people_sessions
+from services.operator.handlers import sso as sso_handlers
 from services.operator.handlers.people import PersonCredentials
+from shared.domain.roles import Role
 from shared.throttle import mark_refused, target_of
 
 MAX_EMAIL_CHARS = 254  # RFC 5321's path limit
 WRONG_PASSWORD = "The e-mail address or the password is wrong."  # noqa: S105 (a message, no password)
+SSO_REQUIRED = (
+    "Your account signs its people in through its identity provider: sign in through your "
+    "identity provider (start again with your e-mail address, without choosing a password)."
+)
 WRONG_CODE = "That code is wrong, or was used already. Type the code your app shows now, or a recovery code."
 
 
@@ -65,9 +74,10 @@ async def email_step(request: web.Request) -> web.StreamResponse:
     if not email or "@" not in email or len(email) > MAX_EMAIL_CHARS:
         return sign_in_page(request, "Enter your e-mail address (name@example.com).", status=400)
     next_path = safe_next(_field(form, "next", 2000))
-    sso = await people.single_sign_on_for(request, email)
-    if sso is not None:
-        raise web.HTTPSeeOther(sso)
+    if _field(form, "with", 20) != "password":
+        to_provider = await sso.single_sign_on_for(request, email, next_path)
+        if to_provider is not None:
+            return to_provider
     raise _to_step(
         request, "/console/sign-in/password", {"stage": "password", "email": email, "next": next_path}
     )
@@ -102,6 +112,11 @@ async def password_step(request: web.Request) -> web.StreamResponse:
         mark_refused(request, _person_target(email))
         return _step_page(request, "sign_in_password.html", state, WRONG_PASSWORD, status=401)
     assert person is not None
+    pool = resources(request).pool
+    if person.role != Role.OWNER and await sso_handlers.sso_required(pool, person.account_id):
+        # The password was right (so this says nothing of an address not yet proved), and
+        # nothing is counted: the person is sent where their account wants them to sign in.
+        return _step_page(request, "sign_in_password.html", state, SSO_REQUIRED, status=403)
     if person.totp_sealed is not None:
         raise _to_step(
             request,

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from services.operator.console import people
+from services.operator.console import people, sso
 from services.operator.console.auth import Context, Operator, action, flash, page, resources
 from services.operator.console.forms import Form, text
 from services.operator.console.pages.signin import safe_next
@@ -24,7 +24,12 @@ async def reauth_form(request: web.Request, operator: Operator) -> Context:
     if operator.account.user_id is None:  # a key's session: nothing to prove
         raise web.HTTPSeeOther(next_path)
     person = await people_sessions.person_by_id(resources(request).pool, operator.account.user_id)
-    return {"next": next_path, "needs_code": person is not None and person.totp_sealed is not None}
+    return {
+        "next": next_path,
+        "needs_code": person is not None and person.totp_sealed is not None,
+        # A person single sign-on made has no password: their provider confirms who they are.
+        "through_provider": person is not None and person.password_hash is None,
+    }
 
 
 @action(write=False)
@@ -49,7 +54,26 @@ async def reauthenticate(request: web.Request, operator: Operator, form: Form) -
     return next_path
 
 
+@action(write=False)
+async def reauthenticate_through_provider(
+    request: web.Request, operator: Operator, form: Form
+) -> str | web.StreamResponse:
+    """On to the account's identity provider, asked to sign the person in anew; its callback
+    (pages/sso_signin.py) opens a new session and comes back to ``next``."""
+    next_path = safe_next(text(form, "next"))
+    if operator.account.user_id is None or operator.account.session_id is None:
+        return next_path
+    answer = await sso.confirm_through_provider(
+        request, operator.account.id, operator.account.session_id, next_path
+    )
+    if answer is None:
+        flash(operator, "This account no longer signs in through an identity provider.", "error")
+        return "/console/re-auth?next=" + quote(next_path, safe="/")
+    return answer
+
+
 ROUTES: list[web.RouteDef] = [
     web.get("/re-auth", reauth_form),
     web.post("/re-auth", reauthenticate),
+    web.post("/re-auth/sso", reauthenticate_through_provider),
 ]
