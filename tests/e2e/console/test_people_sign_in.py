@@ -138,6 +138,37 @@ async def test_a_wrong_password_and_an_unknown_address_answer_the_same(
     assert answers[0][2] == answers[1][2]  # the same page, but for the address typed
 
 
+async def test_a_control_character_in_the_address_and_a_long_next_get_a_clear_answer(
+    system: System, operator: Operator, pool: Pool
+) -> None:
+    """A NUL in the address is the e-mail step's 400 (it reached Postgres's text as a 500), and
+    a long ``next`` still signs in (its sealed step cookie was refused by its own bound: 400)."""
+    email = await new_person(pool, operator)
+    url = system.operator_url
+    ascii_next = "/console/devices?q=" + "a" * 1900
+    for address, next_path, landing in (
+        (email.replace("@", "\x00@"), "/console/", None),
+        (email, ascii_next, ascii_next),
+        (email, "/console/devices?q=" + "\u00fc" * 1900, "/console/"),  # 2 bytes a character
+    ):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(f"{url}/console/sign-in") as page:
+                token = page.cookies["fleetreg_console_sign_in"].value
+            form = {"csrf_token": token, "email": address, "next": next_path}
+            async with browser.post(f"{url}/console/sign-in/email", data=form, allow_redirects=False) as step:
+                if landing is None:
+                    assert step.status == 400
+                    assert "Enter your e-mail address" in await step.text()
+                    continue
+                assert step.status == 303
+            form = {"csrf_token": token, "password": PASSWORD}
+            async with browser.post(
+                f"{url}/console/sign-in/password", data=form, allow_redirects=False
+            ) as signed_in:
+                assert signed_in.status == 303
+                assert signed_in.headers["Location"] == landing
+
+
 async def test_a_person_ends_another_session_and_removal_signs_out_at_once(
     new_console: NewConsole, operator: Operator, pool: Pool
 ) -> None:
