@@ -13,7 +13,7 @@ from shared.db.pool import Connection, Pool
 from shared.domain import people
 from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
-from shared.domain.roles import KEY_ROLES, Role, at_least
+from shared.domain.roles import KEY_ROLES, Role, a_role, at_least
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 INSERT_ACCOUNT = "INSERT INTO accounts (id, name) VALUES ($1, $2)"
@@ -146,7 +146,7 @@ async def create_api_key(
     wanted = Role.VIEWER if read_only else Role(role) if role is not None else _key_role_of(actor)
     if wanted not in KEY_ROLES or not at_least(actor.role, wanted):
         raise Forbidden(
-            f"a {actor.role} cannot create a key with the role {wanted}: a key carries at most its "
+            f"{a_role(actor.role)} cannot create a key with the role {wanted}: a key carries at most its "
             "creator's role, and never owner",
             field="role",
             rule=f"at-most={_key_role_of(actor)}",

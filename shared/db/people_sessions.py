@@ -206,3 +206,13 @@ async def replace_recovery_codes(pool: Pool, user_id: str, digests: Sequence[byt
 
 async def set_password(pool: Pool, user_id: str, password_hash: str) -> None:
     await pool.execute(SET_PASSWORD, uuid.UUID(user_id), password_hash)
+
+
+async def change_password(pool: Pool, user_id: str, password_hash: str, keep_session_id: str) -> int:
+    """The person chose a new password: it is stored and every other session of theirs ends,
+    in one transaction (a session opened with the old password, by whoever knew it, does not
+    outlive it); how many sessions ended."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(SET_PASSWORD, uuid.UUID(user_id), password_hash)
+        status = await conn.execute(DELETE_OTHER_SESSIONS, uuid.UUID(user_id), uuid.UUID(keep_session_id))
+    return int(status.rsplit(" ", 1)[-1])

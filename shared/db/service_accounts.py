@@ -16,7 +16,7 @@ from shared.db.accounts import COUNT_ACTIVE_KEYS, LOCK_ACCOUNT, IssuedApiKey
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.credentials import api_key_digest, new_api_key
-from shared.domain.roles import KEY_ROLES, Role, at_least
+from shared.domain.roles import KEY_ROLES, Role, a_role, at_least
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 SELECT_SERVICE_ACCOUNTS = """
@@ -59,7 +59,7 @@ def _parsed(value: str) -> uuid.UUID:
 def _at_most(actor: Account, role: str, what: str) -> None:
     if role not in KEY_ROLES or not at_least(actor.role, role):
         raise Forbidden(
-            f"a {actor.role} cannot make {what} with the role {role}: at most the caller's own role, "
+            f"{a_role(actor.role)} cannot make {what} with the role {role}: at most the caller's own role, "
             "never owner",
             field="role",
             rule=f"at-most={Role.ADMIN if actor.role == Role.OWNER else actor.role}",
@@ -136,7 +136,7 @@ async def create_key(
         _at_most(actor, wanted, "a key")
         if not at_least(found["role"], wanted):
             raise Forbidden(
-                f"the service account {found['name']!r} is a {found['role']}: "
+                f"the service account {found['name']!r} is {a_role(found['role'])}: "
                 "its keys carry at most that role",
                 field="role",
                 rule=f"at-most={found['role']}",

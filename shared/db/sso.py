@@ -15,7 +15,7 @@ from shared.db import audit
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.roles import Role
-from shared.domain.sso import SsoSettings
+from shared.domain.sso import SsoSettings, domain_spellings
 from shared.errors import Conflict, NotFound
 
 SELECT = """SELECT p.account_id::text, p.issuer, p.client_id, p.client_secret_sealed, p.groups_claim,
@@ -42,6 +42,12 @@ DELETE_DOMAINS = "DELETE FROM sso_domains WHERE account_id = $1"
 INSERT_DOMAINS = "INSERT INTO sso_domains (domain, account_id) SELECT unnest($1::text[]), $2"
 DELETE = "DELETE FROM sso_providers WHERE account_id = $1"
 ACCOUNT_OF_DOMAIN = "SELECT account_id::text FROM sso_domains WHERE domain = $1"
+# A person of another account at one of the domains: that account's people sign in e-mail
+# first too, and the domain would send them to this account's provider.
+PEOPLE_OF_ANOTHER_ACCOUNT = """SELECT lower(split_part(email, '@', 2)) FROM users
+                               WHERE account_id <> $1 AND removed_at IS NULL
+                                 AND lower(split_part(email, '@', 2)) = ANY($2::text[])
+                               LIMIT 1"""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ async def account_for_domain(pool: Pool, domain: str) -> str | None:
 async def configure(pool: Pool, actor: Account, settings: SsoSettings, sealed_secret: bytes | None) -> bool:
     """Set the actor's account's single sign-on (the whole of it; ``sealed_secret`` None
     keeps the stored secret, NotFound when there is none yet); True when it was created.
-    Conflict (409) when one of the domains signs in to another account already."""
+    Conflict (409) when one of the domains signs in to another account already, or is the
+    domain of a person of another account (who would be sent to this account's provider)."""
     account = uuid.UUID(actor.id)
     try:
         async with pool.acquire() as conn, conn.transaction():
@@ -123,6 +130,16 @@ async def configure(pool: Pool, actor: Account, settings: SsoSettings, sealed_se
                     groups,
                     settings.default_role,
                     settings.required,
+                )
+            taken = await conn.fetchval(
+                PEOPLE_OF_ANOTHER_ACCOUNT, account, domain_spellings(settings.allowed_domains)
+            )
+            if taken is not None:
+                raise Conflict(
+                    f"people of another account sign in with addresses at {taken}: a domain "
+                    "belongs to one account, and this one would send them to this account's provider",
+                    field="allowed_domains",
+                    rule="domain-people",
                 )
             await conn.execute(DELETE_DOMAINS, account)
             await conn.execute(INSERT_DOMAINS, list(settings.allowed_domains), account)

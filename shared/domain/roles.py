@@ -43,6 +43,11 @@ def at_least(role: str, needed: str) -> bool:
     return role in _RANK and _RANK[Role(role)] >= _RANK[Role(needed)]
 
 
+def a_role(role: str) -> str:
+    """The role with its article, for messages: "a viewer", "an operator", "an admin"."""
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+
+
 def parse_role(value: object, *, field: str = "role", allowed: tuple[Role, ...] = ROLES) -> Role:
     """The role a request names; InvalidInput (400) for anything but one of ``allowed``."""
     if not isinstance(value, str) or value not in allowed:

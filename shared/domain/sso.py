@@ -145,6 +145,20 @@ def domain_of(email: str) -> str | None:
     return str(checked.ascii_domain).lower()
 
 
+def domain_spellings(domains: tuple[str, ...]) -> list[str]:
+    """Each of ``domains`` (the IDNA form :func:`domain_of` gives) in both the forms an
+    address may be stored with: the ASCII one, and the Unicode one the people's addresses are
+    normalised to (``shared.domain.people.checked_email``), lower case."""
+    spellings: list[str] = []
+    for domain in domains:
+        try:
+            unicode_form = str(validate_email(f"x@{domain}", check_deliverability=False).domain).lower()
+        except (EmailNotValidError, ValueError):
+            unicode_form = domain
+        spellings += [form for form in (domain, unicode_form) if form not in spellings]
+    return spellings
+
+
 def role_from_groups(groups: object, group_roles: dict[str, Role], default: Role | None) -> Role | None:
     """The highest role any of a person's ``groups`` (the provider's claim: a list of
     strings; anything else is no group) maps to, else ``default``; None: no entry."""

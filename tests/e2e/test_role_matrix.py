@@ -158,6 +158,7 @@ async def test_keys_never_above_their_makers_role_and_others_keys_are_an_admins(
     day_to_day = await _key(operator, Role.OPERATOR)
     refused = await day_to_day.call("POST", "/v1/api-keys", {"label": "up", "role": "admin"}, expect=403)
     assert (refused["error"], refused["field"]) == ("forbidden", "role"), refused
+    assert refused["message"].startswith("an operator cannot create a key with the role admin")
     owner = await day_to_day.call("POST", "/v1/api-keys", {"label": "up", "role": "owner"}, expect=400)
     assert owner["field"] == "role"
     viewer = await _key(operator, Role.VIEWER)
@@ -168,6 +169,7 @@ async def test_keys_never_above_their_makers_role_and_others_keys_are_an_admins(
     admin_key = next(k for k in keys if k["label"] == "first key")
     refused = await day_to_day.call("DELETE", f"/v1/api-keys/{admin_key['id']}", expect=403)
     assert (refused["field"], refused["rule"]) == ("key_id", "role>=admin"), refused
+    assert refused["message"].startswith("an operator revokes only its own keys")
     # Its own keys of its role or lower it revokes: one it made, and itself.
     own = await day_to_day.call("POST", "/v1/api-keys", {"label": "ci", "read_only": True}, expect=201)
     await day_to_day.call("DELETE", f"/v1/api-keys/{own['id']}", expect=200)

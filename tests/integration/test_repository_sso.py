@@ -11,7 +11,7 @@ from shared.db import audit, sso
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.roles import Role
-from shared.domain.sso import checked_settings
+from shared.domain.sso import checked_settings, domain_of
 from shared.errors import Conflict, NotFound
 from tests.support import registry
 
@@ -73,6 +73,31 @@ async def test_a_domain_signs_in_to_one_account_only(pool: Pool) -> None:
     assert refused.value.field == "allowed_domains"
     assert await sso.find(pool, two.id) is None  # nothing half-written
     assert await sso.account_for_domain(pool, domain) == one.id
+
+
+async def test_a_domain_of_another_accounts_people_is_refused(pool: Pool) -> None:
+    """Sign-in is e-mail first: an account claiming the domain of another account's people
+    would send them to its own provider (and away from their password)."""
+    one = Account(await registry.new_account(pool), "one")
+    two = Account(await registry.new_account(pool), "two")
+    stem = uuid.uuid4().hex[:8]
+    ascii_domain, unicode_domain = f"{stem}.example", f"b\u00fccher-{stem}.example"
+    for email in (f"ada@{ascii_domain}", f"bob@{unicode_domain}"):  # as invitations store them
+        await pool.execute(
+            "INSERT INTO users (id, account_id, email, role, password_hash) VALUES ($1, $2, $3, 'viewer', 'x')",
+            uuid.uuid4(),
+            uuid.UUID(one.id),
+            email,
+        )
+
+    for domain in (ascii_domain.upper(), unicode_domain, domain_of(f"x@{unicode_domain}")):
+        with pytest.raises(Conflict) as refused:
+            await sso.configure(pool, two, checked_settings(_body(domain), creating=True), b"s")
+        assert (refused.value.field, refused.value.rule) == ("allowed_domains", "domain-people")
+        assert await sso.find(pool, two.id) is None  # nothing half-written
+    # The account of those people may.
+    await sso.configure(pool, one, checked_settings(_body(ascii_domain), creating=True), b"s")
+    assert await sso.account_for_domain(pool, ascii_domain) == one.id
 
 
 async def test_a_change_without_a_secret_needs_one_stored(pool: Pool) -> None:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 PENDING_COOKIE = "fleetreg_console_pending"
 PENDING_SECONDS = 300  # between two sign-in steps: long enough to open an authenticator app
 PENDING_PURPOSE = b"fleetreg console pending sign-in v1"
+# The sealed cookie's bound, written and read: under a browser's 4,096 bytes a cookie (name and
+# attributes included), and above the state an e-mail address (254 characters) and an ASCII
+# ``next`` (2,000) make, so a sign-in never refuses its own cookie as "took too long".
+MAX_PENDING_CHARS = 3800
 # argon2id takes 64 MiB and up to a second of CPU a run (shared/domain/passwords.py): at most
 # this many at once per process; the others wait their turn on the event loop, not in RAM.
 ARGON2_AT_ONCE = 2
@@ -114,10 +118,15 @@ def set_pending(
     """Keep the half-signed-in ``state`` in the browser, sealed and bound to ``binding`` (the
     sign-in form's token), for :data:`PENDING_SECONDS`, in ``cookie`` (single sign-on keeps
     its own, SameSite=Lax: the provider's redirect back is a cross-site navigation)."""
-    sealed = _box(request).seal(binding, json.dumps({**state, "exp": time.time() + PENDING_SECONDS}))
+    box, expires = _box(request), time.time() + PENDING_SECONDS
+    value = _sealed_state(box, binding, {**state, "exp": expires})
+    if len(value) > MAX_PENDING_CHARS:
+        # A long ``next`` of non-ASCII characters (up to 4 bytes each): the sign-in goes on,
+        # to the console's home afterwards rather than to ``next``.
+        value = _sealed_state(box, binding, {**state, "next": "/console/", "exp": expires})
     response.set_cookie(
         cookie,
-        base64.urlsafe_b64encode(sealed).decode(),
+        value,
         path="/console/",
         max_age=PENDING_SECONDS,
         httponly=True,
@@ -126,13 +135,18 @@ def set_pending(
     )
 
 
+def _sealed_state(box: SecretBox, binding: str, state: dict[str, Any]) -> str:
+    # ensure_ascii=False: UTF-8, at most 4 bytes a character, where an escape takes 6 or 12.
+    return base64.urlsafe_b64encode(box.seal(binding, json.dumps(state, ensure_ascii=False))).decode()
+
+
 def pending(
     request: web.Request, binding: str, stage: str, *, cookie: str = PENDING_COOKIE
 ) -> dict[str, Any] | None:
     """The half-signed-in state at ``stage``, or None: none, another browser's, expired, or
     at another step."""
     raw = request.cookies.get(cookie, "")
-    if not raw or len(raw) > 4000 or not binding:
+    if not raw or len(raw) > MAX_PENDING_CHARS or not binding:
         return None
     try:
         state = json.loads(_box(request).open(binding, base64.urlsafe_b64decode(raw)))

@@ -14,7 +14,7 @@ from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
-from shared.domain.roles import KEY_ROLES, Role, at_least, parse_role
+from shared.domain.roles import KEY_ROLES, Role, a_role, at_least, parse_role
 from shared.domain.uploaded_ca import checked_upload
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 from shared.settings import Secret
@@ -70,7 +70,7 @@ async def revoke_api_key(pool: Pool, account: Account, key_id: str) -> None:
         found = next((k for k in await accounts.list_api_keys(pool, account.id) if k.id == key_id), None)
         if found is not None and found.revoked_at is None and not _own_key(account, found):
             raise Forbidden(
-                f"a {account.role} revokes only its own keys of its role or lower; this key "
+                f"{a_role(account.role)} revokes only its own keys of its role or lower; this key "
                 f"({found.role}) is an admin's to revoke",
                 field="key_id",
                 rule=f"role>={Role.ADMIN}",

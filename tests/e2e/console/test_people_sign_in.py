@@ -138,6 +138,37 @@ async def test_a_wrong_password_and_an_unknown_address_answer_the_same(
     assert answers[0][2] == answers[1][2]  # the same page, but for the address typed
 
 
+async def test_a_control_character_in_the_address_and_a_long_next_get_a_clear_answer(
+    system: System, operator: Operator, pool: Pool
+) -> None:
+    """A NUL in the address is the e-mail step's 400 (it reached Postgres's text as a 500), and
+    a long ``next`` still signs in (its sealed step cookie was refused by its own bound: 400)."""
+    email = await new_person(pool, operator)
+    url = system.operator_url
+    ascii_next = "/console/devices?q=" + "a" * 1900
+    for address, next_path, landing in (
+        (email.replace("@", "\x00@"), "/console/", None),
+        (email, ascii_next, ascii_next),
+        (email, "/console/devices?q=" + "\u00fc" * 1900, "/console/"),  # 2 bytes a character
+    ):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(f"{url}/console/sign-in") as page:
+                token = page.cookies["fleetreg_console_sign_in"].value
+            form = {"csrf_token": token, "email": address, "next": next_path}
+            async with browser.post(f"{url}/console/sign-in/email", data=form, allow_redirects=False) as step:
+                if landing is None:
+                    assert step.status == 400
+                    assert "Enter your e-mail address" in await step.text()
+                    continue
+                assert step.status == 303
+            form = {"csrf_token": token, "password": PASSWORD}
+            async with browser.post(
+                f"{url}/console/sign-in/password", data=form, allow_redirects=False
+            ) as signed_in:
+                assert signed_in.status == 303
+                assert signed_in.headers["Location"] == landing
+
+
 async def test_a_person_ends_another_session_and_removal_signs_out_at_once(
     new_console: NewConsole, operator: Operator, pool: Pool
 ) -> None:
@@ -324,18 +355,37 @@ async def test_a_person_changes_their_password_on_the_account_page(
     email = await new_person(pool, operator)
     console = await new_console(operator)
     await sign_in_person(console, email)
-    new = "another long passphrase, also unguessable 808"
-    for current, chosen, refusal in (
-        ("not my password at all", new, "the current password is wrong"),
-        (PASSWORD, "password1234", "common or leaked"),
-        (PASSWORD, new, None),
-    ):
-        await console.open("/console/account")
-        await console.page.get_by_label("Current password").fill(current)
-        await console.page.get_by_label("New password", exact=True).fill(chosen)
-        await console.page.get_by_label("New password again").fill(chosen)
-        await console.page.get_by_role("button", name="Change password").click()
-        await expect(console.page.locator(".flashes")).to_contain_text(refusal or "Password changed.")
+    url = console.url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as elsewhere:
+        # Another browser signed in with the old password (whoever knew it).
+        async with elsewhere.get(f"{url}/console/sign-in") as page:
+            token = page.cookies["fleetreg_console_sign_in"].value
+        await elsewhere.post(f"{url}/console/sign-in/email", data={"csrf_token": token, "email": email})
+        form = {"csrf_token": token, "password": PASSWORD}
+        async with elsewhere.post(
+            f"{url}/console/sign-in/password", data=form, allow_redirects=False
+        ) as step:
+            assert step.status == 303
+        new = "another long passphrase, also unguessable 808"
+        for current, chosen, refusal in (
+            ("not my password at all", new, "the current password is wrong"),
+            (PASSWORD, "password1234", "common or leaked"),
+            (PASSWORD, new, None),
+        ):
+            async with elsewhere.get(f"{url}/console/account", allow_redirects=False) as other:
+                assert other.status == 200  # a refused change ends nothing
+            await console.open("/console/account")
+            await console.page.get_by_label("Current password").fill(current)
+            await console.page.get_by_label("New password", exact=True).fill(chosen)
+            await console.page.get_by_label("New password again").fill(chosen)
+            await console.page.get_by_role("button", name="Change password").click()
+            await expect(console.page.locator(".flashes")).to_contain_text(refusal or "Password changed.")
+        await expect(console.page.locator(".flashes")).to_contain_text(
+            "Signed out everywhere else (1 session"
+        )
+        # The other browser's session ended with the old password; this one goes on.
+        async with elsewhere.get(f"{url}/console/account", allow_redirects=False) as other:
+            assert other.status == 303 and other.headers["Location"].startswith("/console/sign-in")
     await console.page.get_by_role("button", name="Sign out", exact=True).click()
     await enter_email_and_password(console, email, new)
     await expect(console.page.get_by_role("button", name="Sign out", exact=True)).to_be_visible()

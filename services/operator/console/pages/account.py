@@ -120,7 +120,7 @@ async def _with_new_codes(request: web.Request, operator: Operator, done: str) -
 
 @action(write=False)
 async def change_password(request: web.Request, operator: Operator, form: Form) -> str:
-    user_id, _ = _person(operator)
+    user_id, session_id = _person(operator)
     pool = resources(request).pool
     person = await people_sessions.person_by_id(pool, user_id)
     if person is None:
@@ -133,8 +133,14 @@ async def change_password(request: web.Request, operator: Operator, form: Form) 
     if not await people.password_matches(request, person, people.secret_field(form, "current_password")):
         mark_refused(request)
         raise InvalidInput("the current password is wrong", field="current_password")
-    await people_sessions.set_password(pool, user_id, await people.new_password_hash(checked))
-    flash(operator, "Password changed.")
+    # Whoever opened a session with the old password is signed out with it (OWASP ASVS 3.3.3).
+    ended = await people_sessions.change_password(
+        pool, user_id, await people.new_password_hash(checked), session_id
+    )
+    elsewhere = (
+        f" Signed out everywhere else ({ended} session{'s' if ended != 1 else ''} ended)." if ended else ""
+    )
+    flash(operator, "Password changed." + elsewhere)
     return "/console/account"
 
 

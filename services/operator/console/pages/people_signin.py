@@ -71,7 +71,8 @@ async def email_step(request: web.Request) -> web.StreamResponse:
     form = await parsed_form(request)
     check_sign_in_csrf(request, form)
     email = _field(form, "email", MAX_EMAIL_CHARS + 1).strip()
-    if not email or "@" not in email or len(email) > MAX_EMAIL_CHARS:
+    # Control characters (NUL, which Postgres's text refuses, line breaks): no address has them.
+    if not email or "@" not in email or len(email) > MAX_EMAIL_CHARS or not email.isprintable():
         return sign_in_page(request, "Enter your e-mail address (name@example.com).", status=400)
     next_path = safe_next(_field(form, "next", 2000))
     if _field(form, "with", 20) != "password":

@@ -43,7 +43,13 @@ MAX_KEY_CHARS = 200  # keys are 40-odd characters; a longer text is not a key
 
 def safe_next(value: str | None) -> str:
     """Where to go after sign-in: a console path only (never another site: no open redirect)."""
-    if value and value.startswith("/console/") and "//" not in value and "\\" not in value:
+    if (
+        value
+        and value.startswith("/console/")
+        and "//" not in value
+        and "\\" not in value
+        and value.isprintable()  # a tab or line break a browser drops could make "//" of "/\t/"
+    ):
         return value
     return "/console/"
 
