@@ -93,15 +93,15 @@ async def test_the_authorization_url_asks_for_the_code_flow_with_pkce(
 @pytest.mark.parametrize(
     ("email", "group"),
     [
-        ("alice@example.com", "fleet-admins"),
-        ("olga@example.com", "fleet-operators"),
-        ("victor@example.com", "fleet-viewers"),
+        ("alice@sso.example.com", "fleet-admins"),
+        ("olga@sso.example.com", "fleet-operators"),
+        ("victor@sso.example.com", "fleet-viewers"),
     ],
 )
 async def test_a_person_signs_in_with_their_groups(
     keycloak: KeycloakRealm, client: OidcClient, email: str, group: str
 ) -> None:
-    provider = dataclasses.replace(keycloak.console(), allowed_domains=("example.com",))
+    provider = dataclasses.replace(keycloak.console(), allowed_domains=("sso.example.com",))
     pending, callback = await signed_in(client, provider, email)
     assert callback["iss"] == keycloak.issuer
 
@@ -117,7 +117,7 @@ async def test_a_person_signs_in_with_their_groups(
 async def test_a_person_outside_the_allowed_domains_is_refused(
     keycloak: KeycloakRealm, client: OidcClient
 ) -> None:
-    provider = dataclasses.replace(keycloak.console(), allowed_domains=("example.com",))
+    provider = dataclasses.replace(keycloak.console(), allowed_domains=("sso.example.com",))
     pending, callback = await signed_in(client, provider, "mallory@evil.test")
 
     refused = await refusal(client, provider, pending, callback)
@@ -128,7 +128,7 @@ async def test_a_person_outside_the_allowed_domains_is_refused(
 
 async def test_a_tampered_state_is_refused(keycloak: KeycloakRealm, client: OidcClient) -> None:
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
 
     refused = await refusal(client, provider, pending, {**callback, "state": callback["state"][:-1] + "x"})
     assert refused.rule == "state"
@@ -136,12 +136,12 @@ async def test_a_tampered_state_is_refused(keycloak: KeycloakRealm, client: Oidc
     missing = await refusal(client, provider, pending, {k: v for k, v in callback.items() if k != "state"})
     assert missing.rule == "state"
     # The untampered callback still signs in: the refusals spent nothing at the provider.
-    assert (await client.finish(provider, pending, callback)).email == "alice@example.com"
+    assert (await client.finish(provider, pending, callback)).email == "alice@sso.example.com"
 
 
 async def test_a_wrong_nonce_is_refused(keycloak: KeycloakRealm, client: OidcClient) -> None:
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
 
     refused = await refusal(
         client, provider, dataclasses.replace(pending, nonce=secrets.token_urlsafe(32)), callback
@@ -154,7 +154,7 @@ async def test_a_wrong_code_verifier_is_refused_by_the_provider(
     keycloak: KeycloakRealm, client: OidcClient
 ) -> None:
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
 
     refused = await refusal(
         client, provider, dataclasses.replace(pending, code_verifier=secrets.token_urlsafe(64)), callback
@@ -169,7 +169,7 @@ async def test_a_wrong_client_secret_is_refused_by_the_provider(
     keycloak: KeycloakRealm, client: OidcClient
 ) -> None:
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
     wrong = dataclasses.replace(provider, client_secret=type(provider.client_secret)("not-the-secret"))
 
     refused = await refusal(client, wrong, pending, callback)
@@ -180,7 +180,7 @@ async def test_a_wrong_client_secret_is_refused_by_the_provider(
 
 async def test_an_id_token_of_another_client_is_refused(keycloak: KeycloakRealm, client: OidcClient) -> None:
     other = keycloak.other_client()
-    pending, callback = await signed_in(client, other, "alice@example.com")
+    pending, callback = await signed_in(client, other, "alice@sso.example.com")
     tokens = await client.exchange_code(other, pending, callback["code"])
     # The token is good for the application it was issued to ...
     assert (await client.verify_id_token(other, tokens["id_token"], nonce=pending.nonce))[
@@ -200,7 +200,7 @@ async def test_an_id_token_of_another_issuer_is_refused(keycloak: KeycloakRealm,
     if base.hostname != "127.0.0.1":
         pytest.skip("needs the provider on 127.0.0.1, also reachable as localhost")
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
     tokens = await client.exchange_code(provider, pending, callback["code"])
     elsewhere = dataclasses.replace(provider, issuer=keycloak.issuer.replace("127.0.0.1", "localhost"))
     assert (await client.discover(elsewhere.issuer)).issuer == elsewhere.issuer
@@ -209,7 +209,7 @@ async def test_an_id_token_of_another_issuer_is_refused(keycloak: KeycloakRealm,
         await client.verify_id_token(elsewhere, tokens["id_token"], nonce=pending.nonce)
     assert refused.value.rule == "iss"
     # The callback's RFC 9207 "iss" parameter is checked too, before any exchange.
-    again, callback = await signed_in(client, provider, "alice@example.com")
+    again, callback = await signed_in(client, provider, "alice@sso.example.com")
     assert (await refusal(client, elsewhere, again, callback)).rule == "iss"
 
 
@@ -217,25 +217,25 @@ async def test_a_user_disabled_at_the_provider_cannot_sign_in_again(
     keycloak: KeycloakRealm, client: OidcClient
 ) -> None:
     provider = keycloak.console()
-    await set_user_enabled(keycloak, "dora@example.com", True)  # a run stopped halfway left it disabled
+    await set_user_enabled(keycloak, "dora@sso.example.com", True)  # a run stopped halfway left it disabled
     try:
-        pending, callback = await signed_in(client, provider, "dora@example.com")
-        assert (await client.finish(provider, pending, callback)).email == "dora@example.com"
+        pending, callback = await signed_in(client, provider, "dora@sso.example.com")
+        assert (await client.finish(provider, pending, callback)).email == "dora@sso.example.com"
 
-        await set_user_enabled(keycloak, "dora@example.com", False)
+        await set_user_enabled(keycloak, "dora@sso.example.com", False)
 
         with pytest.raises(NoCode) as no_code:
-            await signed_in(client, provider, "dora@example.com")
+            await signed_in(client, provider, "dora@sso.example.com")
         assert "disabled" in no_code.value.page.lower()
     finally:
-        await set_user_enabled(keycloak, "dora@example.com", True)
+        await set_user_enabled(keycloak, "dora@sso.example.com", True)
 
 
 async def test_a_stale_sign_in_and_a_provider_error_are_refused(
     keycloak: KeycloakRealm, client: OidcClient
 ) -> None:
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
 
     stale = dataclasses.replace(pending, issued_at=time.time() - 3600)
     assert (await refusal(client, provider, stale, callback)).rule == "expired"
@@ -253,10 +253,10 @@ async def test_no_secret_or_token_reaches_the_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
     tokens = await client.exchange_code(provider, pending, callback["code"])
     await client.verify_id_token(provider, tokens["id_token"], nonce=pending.nonce)
-    again, callback_again = await signed_in(client, provider, "alice@example.com")
+    again, callback_again = await signed_in(client, provider, "alice@sso.example.com")
     wrong = await refusal(
         client, provider, dataclasses.replace(again, code_verifier="x" * 64), callback_again
     )
@@ -317,13 +317,13 @@ async def test_keys_are_fetched_again_once_for_an_unknown_key_id(
 
     monkeypatch.setattr(client, "_fetch_keys", counted)
     provider = keycloak.console()
-    pending, callback = await signed_in(client, provider, "alice@example.com")
-    assert (await client.finish(provider, pending, callback)).email == "alice@example.com"
+    pending, callback = await signed_in(client, provider, "alice@sso.example.com")
+    assert (await client.finish(provider, pending, callback)).email == "alice@sso.example.com"
     assert len(fetches) == 1
 
     component = await add_signing_key(keycloak, f"rotated-{unique}")
     try:
-        pending, callback = await signed_in(client, provider, "alice@example.com")
+        pending, callback = await signed_in(client, provider, "alice@sso.example.com")
         tokens = await client.exchange_code(provider, pending, callback["code"])
         # Within the interval the set is not fetched again: the new key is unknown.
         monkeypatch.setattr(oidc, "KEYS_REFETCH_MIN_INTERVAL_S", 3600.0)
@@ -334,7 +334,7 @@ async def test_keys_are_fetched_again_once_for_an_unknown_key_id(
 
         monkeypatch.setattr(oidc, "KEYS_REFETCH_MIN_INTERVAL_S", 0.0)
         claims = await client.verify_id_token(provider, tokens["id_token"], nonce=pending.nonce)
-        assert claims["email"] == "alice@example.com"
+        assert claims["email"] == "alice@sso.example.com"
         assert len(fetches) == 2
 
         _, payload, signature = tokens["id_token"].split(".")

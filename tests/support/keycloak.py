@@ -27,11 +27,11 @@ ADMIN_CLIENT_ID = "fleetreg-test-admin"
 ADMIN_CLIENT_SECRET = "fleetreg-test-admin-secret"
 # Every user's password is its name before the @, then "-password".
 USERS = {
-    "alice@example.com": ("alice-password", "fleet-admins"),
-    "olga@example.com": ("olga-password", "fleet-operators"),
-    "victor@example.com": ("victor-password", "fleet-viewers"),
+    "alice@sso.example.com": ("alice-password", "fleet-admins"),
+    "olga@sso.example.com": ("olga-password", "fleet-operators"),
+    "victor@sso.example.com": ("victor-password", "fleet-viewers"),
     "mallory@evil.test": ("mallory-password", "fleet-admins"),
-    "dora@example.com": ("dora-password", "fleet-operators"),
+    "dora@sso.example.com": ("dora-password", "fleet-operators"),
 }
 
 

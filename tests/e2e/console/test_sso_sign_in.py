@@ -38,7 +38,7 @@ AT_PROVIDER = re.compile(r"^http://127\.0\.0\.1:\d+/realms/fleetreg/")
 GROUP_ROLES = {"fleet-admins": "admin", "fleet-operators": "operator", "fleet-viewers": "viewer"}
 
 
-def sso_body(issuer: str, domain: str = "example.com", **change: object) -> dict[str, Any]:
+def sso_body(issuer: str, domain: str = "sso.example.com", **change: object) -> dict[str, Any]:
     return {
         "issuer": issuer,
         "client_id": "fleetreg-console",
@@ -50,12 +50,12 @@ def sso_body(issuer: str, domain: str = "example.com", **change: object) -> dict
 
 @pytest.fixture
 async def sso_account(operator: Operator, keycloak: KeycloakRealm, pool: Pool) -> AsyncIterator[Operator]:
-    """The operator's account signs example.com in through the test realm. The realm's
-    people are example.com's: before and after, no other account holds the domain or them
+    """The operator's account signs sso.example.com in through the test realm. The realm's
+    people are sso.example.com's: before and after, no other account holds the domain or them
     (a domain and an address belong to one account)."""
 
     async def release() -> None:
-        await pool.execute("DELETE FROM sso_domains WHERE domain = 'example.com'")
+        await pool.execute("DELETE FROM sso_domains WHERE domain = 'sso.example.com'")
         await pool.execute(
             "UPDATE users SET removed_at = now() WHERE lower(email) = ANY($1::text[]) AND removed_at IS NULL",
             list(USERS),
@@ -132,13 +132,13 @@ async def test_people_sign_in_through_the_provider_with_the_role_of_their_groups
         re.compile(r".*/console/products$"),
     )
     await alice.page.route(authorize, stay)
-    await to_provider(alice, "alice@example.com", alice.page.url.removeprefix(alice.url))
+    await to_provider(alice, "alice@sso.example.com", alice.page.url.removeprefix(alice.url))
     await expect(alice.page.get_by_role("heading", name="Single sign-on")).to_be_visible()
     await alice.check_accessibility()
     await alice.page.unroute(authorize)
     await alice.page.route(products, stay)
     await alice.page.get_by_role("link", name="Continue to your identity provider").click()
-    await at_provider(alice, "alice@example.com")
+    await at_provider(alice, "alice@sso.example.com")
     await expect(alice.page.get_by_role("heading", name="Signed in")).to_be_visible()
     await alice.check_accessibility()
     await alice.page.unroute(products)
@@ -146,12 +146,12 @@ async def test_people_sign_in_through_the_provider_with_the_role_of_their_groups
     await expect(alice.page.get_by_role("button", name="Sign out", exact=True)).to_be_visible()
     assert urllib.parse.urlsplit(alice.page.url).path == "/console/products"
     assert alice.page.url.startswith("http://localhost:")
-    await expect(alice.page.get_by_role("link", name="alice@example.com")).to_be_visible()
+    await expect(alice.page.get_by_role("link", name="alice@sso.example.com")).to_be_visible()
     await expect(alice.page.locator(".who .badge")).to_have_text("admin")
     await expect(alice.page.get_by_role("link", name="Webhooks")).to_be_visible()  # an admin's area
 
     victor = await open_console(new_console, sso_account)
-    await sso_sign_in(victor, "victor@example.com")
+    await sso_sign_in(victor, "victor@sso.example.com")
     await expect(victor.page.locator(".who .badge")).to_have_text("viewer")
     await victor.open("/console/bulk-registrations")
     await expect(victor.page.get_by_text("This session is read-only (a viewer's")).to_be_visible()
@@ -160,8 +160,8 @@ async def test_people_sign_in_through_the_provider_with_the_role_of_their_groups
 
     people = await sso_account.call("GET", "/v1/users", expect=200)
     assert sorted((u["email"], u["role"]) for u in people["users"]) == [
-        ("alice@example.com", "admin"),
-        ("victor@example.com", "viewer"),
+        ("alice@sso.example.com", "admin"),
+        ("victor@sso.example.com", "viewer"),
     ]
     joined = await sso_account.call("GET", "/v1/audit-events?action=user.joined", expect=200)
     assert {e["changes"]["sign_in"] for e in joined["audit_events"]} == {"sso"}
@@ -169,7 +169,7 @@ async def test_people_sign_in_through_the_provider_with_the_role_of_their_groups
     assert callbacks, "the provider sent the browser back to the callback"
     code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(callbacks[0]).query))["code"]
     logged = logged_since(offsets)
-    for secret in (CONSOLE_CLIENT_SECRET, code, USERS["alice@example.com"][0]):
+    for secret in (CONSOLE_CLIENT_SECRET, code, USERS["alice@sso.example.com"][0]):
         assert secret not in logged
     assert "eyJ" not in logged  # no JWT (an ID or access token) either
 
@@ -183,9 +183,9 @@ async def test_another_domain_gets_the_password_form_and_the_provider_refuses_it
     await expect(console.page.get_by_label("Password")).to_be_visible()
     assert console.page.url.startswith(console.url)  # fleetreg's form, not the provider
 
-    # Through the provider all the same (an example.com address typed, mallory's login
+    # Through the provider all the same (an sso.example.com address typed, mallory's login
     # there): the account's domains are checked on the verified address, and refused.
-    await to_provider(console, "alice@example.com")
+    await to_provider(console, "alice@sso.example.com")
     await at_provider(console, "mallory@evil.test")
     await expect(console.page.get_by_role("heading", level=1)).to_contain_text("401")
     await expect(console.page.get_by_role("heading", level=1)).to_contain_text(
@@ -201,24 +201,24 @@ async def test_a_person_disabled_at_the_provider_cannot_sign_in_again(
     new_console: NewConsole, sso_account: Operator, keycloak: KeycloakRealm
 ) -> None:
     console = await open_console(new_console, sso_account)
-    await sso_sign_in(console, "dora@example.com")
+    await sso_sign_in(console, "dora@sso.example.com")
     await expect(console.page.locator(".who .badge")).to_have_text("operator")
     await console.page.get_by_role("button", name="Sign out", exact=True).click()
 
-    await set_user_enabled(keycloak, "dora@example.com", False)
+    await set_user_enabled(keycloak, "dora@sso.example.com", False)
     try:
-        await to_provider(console, "dora@example.com")
+        await to_provider(console, "dora@sso.example.com")
         await console.page.wait_for_url(AT_PROVIDER)
         disabled = console.page.get_by_text(re.compile("disabled", re.IGNORECASE)).first
         await expect(console.page.locator("#kc-form-login").or_(disabled)).to_be_visible()
         if await console.page.locator("#kc-form-login").count():  # no session left there
-            await at_provider(console, "dora@example.com")
+            await at_provider(console, "dora@sso.example.com")
         await expect(disabled).to_be_visible()
         assert AT_PROVIDER.match(console.page.url)  # still at the provider
         await console.open("/console/")
         await expect(console.page.get_by_label("E-mail address")).to_be_visible()  # not signed in
     finally:
-        await set_user_enabled(keycloak, "dora@example.com", True)
+        await set_user_enabled(keycloak, "dora@sso.example.com", True)
 
 
 async def test_a_tampered_or_replayed_callback_is_refused(
@@ -239,8 +239,8 @@ async def test_a_tampered_or_replayed_callback_is_refused(
 
     login = re.compile(r".*/login-actions/authenticate.*")
     await console.page.route(login, hold)
-    await to_provider(console, "alice@example.com")
-    await at_provider(console, "alice@example.com")
+    await to_provider(console, "alice@sso.example.com")
+    await at_provider(console, "alice@sso.example.com")
     await asyncio.wait_for(arrived.wait(), 30)
     await console.page.unroute(login)
     callback = held[0]
@@ -286,7 +286,7 @@ async def test_required_single_sign_on_keeps_all_but_owners_off_the_password_for
 ) -> None:
     await sso_account.call("PUT", "/v1/sso", sso_body(keycloak.issuer, required=True), expect=200)
     contractor = f"contractor-{uuid.uuid4().hex[:8]}@elsewhere.test"
-    owner = "olga@example.com"  # an owner of an SSO domain, with a password: the way in
+    owner = "olga@sso.example.com"  # an owner of an SSO domain, with a password: the way in
     for email, role in ((contractor, "operator"), (owner, "owner")):
         await pool.execute(
             "INSERT INTO users (id, account_id, email, role, password_hash) VALUES ($1, $2, $3, $4, $5)",
@@ -336,10 +336,10 @@ async def test_a_person_of_the_provider_confirms_who_they_are_there_again(
     registration = await sso_account.product()
     code = registration["bulk_identification_code"]
     console = await open_console(new_console, sso_account)
-    await sso_sign_in(console, "alice@example.com")
+    await sso_sign_in(console, "alice@sso.example.com")
     await pool.execute(
         "UPDATE console_sessions SET authenticated_at = now() - interval '6 minutes' "
-        "WHERE user_id = (SELECT id FROM users WHERE email = 'alice@example.com' AND removed_at IS NULL)"
+        "WHERE user_id = (SELECT id FROM users WHERE email = 'alice@sso.example.com' AND removed_at IS NULL)"
     )
     product_page = f"/console/products/{registration['product_id']}"
     await console.open(product_page)
@@ -351,13 +351,13 @@ async def test_a_person_of_the_provider_confirms_who_they_are_there_again(
     # The provider asks for her password again (prompt=login), though it has a session of hers.
     await console.page.wait_for_url(AT_PROVIDER)
     await expect(console.page.get_by_text("Please re-authenticate to continue")).to_be_visible()
-    await console.page.locator("#password").fill(USERS["alice@example.com"][0])
+    await console.page.locator("#password").fill(USERS["alice@sso.example.com"][0])
     await console.page.locator("#kc-login").click()
     await console.page.wait_for_url(re.compile(re.escape(product_page) + "$"))
     await console.page.get_by_role("button", name="Reveal the code").click()
     await expect(console.page.locator("#bulk-code")).to_have_text(code)
     sessions = await pool.fetchval(
         "SELECT count(*) FROM console_sessions s JOIN users u ON u.id = s.user_id "
-        "WHERE u.email = 'alice@example.com' AND u.removed_at IS NULL"
+        "WHERE u.email = 'alice@sso.example.com' AND u.removed_at IS NULL"
     )
     assert sessions == 1  # the re-authenticated one; the one it confirmed for ended
