@@ -172,8 +172,13 @@ def role_from_groups(groups: object, group_roles: dict[str, Role], default: Role
 
 
 def _text(body: dict[str, Any], field: str, limit: int) -> str:
+    """A field's text, trimmed; InvalidInput naming the field and the rule it broke."""
     value = body.get(field)
-    if not isinstance(value, str) or not value.strip() or len(value) > limit or "\0" in value:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field, rule="type=string")
+    if "\0" in value:  # Postgres's text cannot hold it
+        raise InvalidInput(f"{field} may not hold a NUL character", field=field, rule="charset=no-NUL")
+    if not value.strip() or len(value) > limit:
         raise InvalidInput(
             f"{field} must be a text of 1 to {limit} characters", field=field, rule=f"max_length={limit}"
         )

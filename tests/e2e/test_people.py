@@ -8,10 +8,7 @@ Every answer of these routes is checked against the OpenAPI document by the fuzz
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,9 @@ from shared.db import accounts
 from shared.db.pool import Pool
 from shared.domain.accounts import Account
 from shared.errors import NotFound
+from tests.e2e.test_cli import fleetreg
 from tests.support.api import Operator, new_operator
-from tests.support.system import LOGS, ROOT, System
+from tests.support.system import LOGS, System
 
 pytestmark = pytest.mark.e2e
 
@@ -358,31 +356,8 @@ def _read_from(path: Path, offset: int) -> str:
         return f.read().decode("utf-8", "replace")
 
 
-async def _fleetreg(operator: Operator, system: System, *args: str) -> tuple[int, str, str]:
-    env = {
-        **os.environ,
-        "FLEETREG_ENDPOINTS_FILE": "/nonexistent",
-        "FLEETREG_ADMIN_URL": system.operator_url,
-        "FLEETREG_ADMIN_TOKEN": operator.api_key,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.main",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def _fleetreg_json(operator: Operator, system: System, *args: str) -> Any:
-    code, out, err = await _fleetreg(operator, system, *args, "--json")
+    code, out, err = await fleetreg(operator, system, *args, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -395,21 +370,21 @@ async def test_the_users_and_service_accounts_commands(
         operator, system, "users", "invite", "--email", email, "--role", "operator"
     )
     assert invited["email"] == email and invited["invitation_url"].startswith(system.operator_url)
-    code, out, _ = await _fleetreg(operator, system, "users", "list")
+    code, out, _ = await fleetreg(operator, system, "users", "list")
     assert code == 0 and "invited by" in out and email in out and "1 open invitation(s)" in out
     assert _token(invited["invitation_url"]) not in out
     user = await people.accept_invitation(pool, _token(invited["invitation_url"]), password_hash=HASH)
     listed = await _fleetreg_json(operator, system, "users", "list")
     assert [(u["id"], u["role"]) for u in listed["users"]] == [(user.id, "operator")]
-    code, out, _ = await _fleetreg(operator, system, "users", "list")
+    code, out, _ = await fleetreg(operator, system, "users", "list")
     assert "id" in out and "sign-in" in out and "password" in out and "1 user(s)" in out
     updated = await _fleetreg_json(operator, system, "users", "update", user.id, "--role", "viewer")
     assert updated["role"] == "viewer"
-    code, out, err = await _fleetreg(operator, system, "users", "remove", user.id)
+    code, out, err = await fleetreg(operator, system, "users", "remove", user.id)
     assert code == 1 and "--yes" in err  # no terminal to confirm on
-    code, out, _ = await _fleetreg(operator, system, "users", "remove", user.id, "--yes")
+    code, out, _ = await fleetreg(operator, system, "users", "remove", user.id, "--yes")
     assert code == 0 and f"removed {email}" in out
-    code, _, err = await _fleetreg(operator, system, "users", "invite", "--email", "nope", "--role", "viewer")
+    code, _, err = await fleetreg(operator, system, "users", "invite", "--email", "nope", "--role", "viewer")
     assert code == 1 and "(email)" in err
 
     created = await _fleetreg_json(
@@ -419,7 +394,7 @@ async def test_the_users_and_service_accounts_commands(
         operator, system, "service-accounts", "create-key", created["id"], "--label", "x"
     )
     assert (key["service_account"], key["role"]) == ("ci", "viewer")
-    code, out, _ = await _fleetreg(operator, system, "service-accounts", "list")
+    code, out, _ = await fleetreg(operator, system, "service-accounts", "list")
     assert (
         code == 0 and "active keys" in out and "default" in out and "ci" in out and key["api_key"] not in out
     )

@@ -83,3 +83,14 @@ def test_the_highest_mapped_group_wins_else_the_default() -> None:
     assert role_from_groups(["strangers"], roles, None) is None
     assert role_from_groups("admins", roles, None) is None  # a claim that is no list is no group
     assert role_from_groups([{"name": "admins"}], roles, None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [(7, "type=string"), ("a\0b", "charset=no-NUL"), ("", "max_length=200"), ("x" * 201, "max_length=200")],
+)
+def test_a_texts_refusal_names_the_rule_it_broke(value: object, rule: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        checked_settings(GOOD | {"client_id": value}, creating=True)
+
+    assert (refused.value.field, refused.value.rule) == ("client_id", rule)
