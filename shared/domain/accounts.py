@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.domain.roles import Role
+from shared.errors import InvalidInput
 
 # What a read-only API key sees instead of a code or a URL's path: it may watch a fleet,
 # never enroll one (the operator API and the bulk API alike).
@@ -42,6 +43,21 @@ class Account:
     def read_only(self) -> bool:
         """A viewer's call: it reads, codes and secrets masked, and changes nothing."""
         return self.role == Role.VIEWER
+
+
+def checked_key_label(label: object) -> str:
+    """An API key's label as a request gives it (a person's key or a service account's):
+    up to 100 printable ASCII characters, not only spaces, empty allowed; InvalidInput
+    naming ``label`` otherwise."""
+    if not isinstance(label, str):
+        raise InvalidInput("label must be a string", field="label", rule="type=string")
+    if len(label) > 100 or not label.isascii() or not label.isprintable() or (label and not label.strip()):
+        raise InvalidInput(
+            "label must be up to 100 printable ASCII characters, not only spaces",
+            field="label",
+            rule="max_length=100",
+        )
+    return label
 
 
 def actor_fields(actor: Account) -> dict[str, str | None]:

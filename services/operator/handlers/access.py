@@ -11,7 +11,7 @@ from typing import Any
 from shared.db import accounts, certificates
 from shared.db.accounts import ApiKey, IssuedApiKey
 from shared.db.pool import Pool
-from shared.domain.accounts import Account
+from shared.domain.accounts import Account, checked_key_label
 from shared.domain.certificates import IssuingCa
 from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.roles import KEY_ROLES, Role, a_role, at_least, parse_role
@@ -31,15 +31,7 @@ def api_key_request(body: dict[str, Any]) -> tuple[str, bool, Role | None]:
     label that is not up to 100 printable ASCII characters or only spaces, a read_only not a
     boolean, a role not one a key may carry, or ``read_only`` with a role other than viewer."""
     refuse_unknown_fields(body, ("label", "read_only", "role"), what="an API key")
-    label = body.get("label", "")
-    if not isinstance(label, str):
-        raise InvalidInput("label must be a string", field="label", rule="type=string")
-    if len(label) > 100 or not label.isascii() or not label.isprintable() or (label and not label.strip()):
-        raise InvalidInput(
-            "label must be up to 100 printable ASCII characters, not only spaces",
-            field="label",
-            rule="max_length=100",
-        )
+    label = checked_key_label(body.get("label", ""))
     read_only = body.get("read_only", False)
     if not isinstance(read_only, bool):
         raise InvalidInput("read_only must be true or false", field="read_only", rule="type=boolean")

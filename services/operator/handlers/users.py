@@ -17,7 +17,7 @@ from shared.db.pool import Pool
 from shared.db.service_accounts import ServiceAccount
 from shared.db.users import Invitation, IssuedInvitation, Removal, User
 from shared.domain import people
-from shared.domain.accounts import Account
+from shared.domain.accounts import Account, checked_key_label
 from shared.domain.inputs import refuse_unknown_fields
 from shared.domain.roles import KEY_ROLES, parse_role
 from shared.errors import InvalidInput
@@ -108,15 +108,7 @@ async def create_service_account_key(
     """``POST /v1/service-accounts/{id}/api-keys``: a key of that service account with
     ``label`` and ``role`` (by default the service account's, at most the caller's)."""
     refuse_unknown_fields(body, ("label", "role"), what="a service account's key")
-    label = body.get("label", "")
-    if not isinstance(label, str):
-        raise InvalidInput("label must be a string", field="label", rule="type=string")
-    if len(label) > 100 or not label.isascii() or not label.isprintable() or (label and not label.strip()):
-        raise InvalidInput(
-            "label must be up to 100 printable ASCII characters, not only spaces",
-            field="label",
-            rule="max_length=100",
-        )
+    label = checked_key_label(body.get("label", ""))
     role = parse_role(body["role"], allowed=KEY_ROLES) if "role" in body else None
     return await service_accounts.create_key(
         pool, account, service_account_id, label, role, max_active=max_active
